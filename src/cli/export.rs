@@ -1,0 +1,48 @@
+//! `tokenmill export`: turn a tokenmill checkpoint into another tool's format.
+//!
+//! ```text
+//! tokenmill export hf log/checkpoints/step_019073 gpt2-tokenmill/
+//! python -c "from transformers import GPT2LMHeadModel; GPT2LMHeadModel.from_pretrained('gpt2-tokenmill')"
+//! ```
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::model::{hf::export_hf_gpt2, load_model, Precision};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ExportCommand {
+    /// Write a Hugging Face GPT-2 folder (config.json + model.safetensors) from a checkpoint.
+    Hf {
+        /// A tokenmill checkpoint directory (or weights file, or HF GPT-2 folder).
+        checkpoint: PathBuf,
+        /// The folder to create; it must not exist yet (or be empty).
+        dir: PathBuf,
+    },
+}
+
+pub fn run(c: ExportCommand) -> anyhow::Result<()> {
+    match c {
+        ExportCommand::Hf { checkpoint, dir } => {
+            let spec = checkpoint.to_str().context("the checkpoint path is not valid UTF-8")?;
+            if !checkpoint.exists() {
+                anyhow::bail!("{}: no such checkpoint directory", checkpoint.display());
+            }
+            let model = load_model(spec, Precision::FP32, &candle_core::Device::Cpu)
+                .with_context(|| format!("loading {}", checkpoint.display()))?;
+            export_hf_gpt2(model.as_ref(), &dir)?;
+            let cfg = model.config();
+            println!(
+                "wrote {} (GPT-2 L{} H{} C{}, vocab {}, {} parameters)",
+                dir.display(),
+                cfg.n_layer,
+                cfg.n_head,
+                cfg.n_embd,
+                cfg.real_vocab_size,
+                model.num_parameters()
+            );
+            Ok(())
+        }
+    }
+}

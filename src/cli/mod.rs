@@ -1,0 +1,70 @@
+//! The `tokenmill` command line: a thin clap layer. Each subcommand lives in its own module with an `Args` struct
+//! (parsed flags) and `run(args)`, which resolves a typed config and calls into the library.
+
+use clap::{Parser, Subcommand};
+
+pub mod bench;
+pub mod eval;
+pub mod export;
+pub mod launch;
+pub mod prep_fineweb;
+pub mod prep_hellaswag;
+pub mod quickstart;
+pub mod report;
+pub mod sample;
+pub mod train;
+
+#[derive(Parser, Debug)]
+#[command(name = "tokenmill", version, about = "GPT-2 data pipeline and trainer: prep shards, train, evaluate, benchmark")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Turn a corpus into token shards, or an eval set into an eval file.
+    #[command(subcommand)]
+    Prep(PrepCommand),
+    /// Train a model on prepared shards.
+    Train(train::Args),
+    /// Spawn one training process per GPU (like torchrun).
+    Launch(launch::Args),
+    /// Generate text from a checkpoint or pretrained GPT-2.
+    Sample(sample::Args),
+    /// Evaluate a model.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
+    /// Time forward / backward / optimizer / full train step.
+    Bench(bench::Args),
+    /// Export a checkpoint.
+    #[command(subcommand)]
+    Export(export::ExportCommand),
+    /// Plot a training log against the GPT-2 baselines.
+    Report(report::Args),
+    /// The README's main job on the bundled sample: prep tiny Shakespeare, train a tiny model on CPU, sample.
+    Quickstart(quickstart::Args),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PrepCommand {
+    /// FineWeb-Edu (or any parquet / jsonl / text corpus) -> uint16/uint32 token shards + manifest.json.
+    Fineweb(prep_fineweb::Args),
+    /// HellaSwag -> llm.c's HellaSwag eval .bin.
+    Hellaswag(prep_hellaswag::Args),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Prep(PrepCommand::Fineweb(a)) => prep_fineweb::run(a),
+        Command::Prep(PrepCommand::Hellaswag(a)) => prep_hellaswag::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Launch(a) => launch::run(a),
+        Command::Sample(a) => sample::run(a),
+        Command::Eval(c) => eval::run(c),
+        Command::Bench(a) => bench::run(a),
+        Command::Export(c) => export::run(c),
+        Command::Report(a) => report::run(a),
+        Command::Quickstart(a) => quickstart::run(a),
+    }
+}

@@ -1,0 +1,139 @@
+//! `tokenmill prep fineweb`: a corpus (hub parquet, or local parquet/jsonl/txt) -> token shards + manifest.json.
+//! Defaults come from a pipeline definition (pipelines/fineweb-edu.toml unless --pipeline); flags override fields.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::pipelines::fineweb::{self, Input, PrepOptions, PrepReport};
+use crate::pipelines::spec::PipelineSpec;
+use crate::tokenizer::TokenizerKind;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Pipeline definition giving the defaults (default: pipelines/fineweb-edu.toml, built in).
+    #[arg(long)]
+    pub pipeline: Option<PathBuf>,
+    /// Local input files or directories (parquet, jsonl, txt), instead of the hub.
+    #[arg(long, num_args = 1..)]
+    pub input: Vec<PathBuf>,
+    /// Hugging Face dataset repo (HF_ENDPOINT, HF_HOME, HF_TOKEN are honoured).
+    #[arg(long)]
+    pub repo: Option<String>,
+    /// Subset of the repo (e.g. sample-10BT); mapped to a folder by the pipeline's [source.subsets].
+    #[arg(long)]
+    pub subset: Option<String>,
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Column (parquet) or field (jsonl) holding the document text.
+    #[arg(long)]
+    pub text_column: Option<String>,
+    /// gpt2 (u16 shards), cl100k_base or o200k_base (u32 shards).
+    #[arg(long)]
+    pub tokenizer: Option<TokenizerKind>,
+    /// Tokens per shard.
+    #[arg(long)]
+    pub shard_size: Option<u64>,
+    /// How many of the first shards are `val`.
+    #[arg(long)]
+    pub val_shards: Option<usize>,
+    /// Stop after N shards in total (val included).
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Output directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Shard file name prefix.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Tokenizer threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// Resolve the pipeline definition and flags into the options of one prep run.
+pub fn resolve(args: &Args) -> anyhow::Result<PrepOptions> {
+    let (spec, origin) = match &args.pipeline {
+        Some(p) => (PipelineSpec::load(p)?, p.display().to_string()),
+        None => (PipelineSpec::fineweb_edu_default()?, "pipelines/fineweb-edu.toml".to_string()),
+    };
+    let mut spec = spec;
+    if let Some(r) = &args.repo {
+        spec.source.repo = Some(r.clone());
+    }
+    if let Some(s) = &args.subset {
+        spec.source.subset = Some(s.clone());
+    }
+    if let Some(r) = &args.revision {
+        spec.source.revision = r.clone();
+    }
+    let input = if !args.input.is_empty() {
+        fineweb::local_input(&args.input)?
+    } else if !spec.source.files.is_empty() {
+        fineweb::local_input(&spec.source.files).with_context(|| format!("files listed in {origin}"))?
+    } else {
+        let repo = spec.source.repo.clone().with_context(|| format!("{origin}: no [source] repo or files, and no --input"))?;
+        Input::Hub { repo, revision: spec.source.revision.clone(), prefix: spec.subset_prefix(&origin)? }
+    };
+    Ok(PrepOptions {
+        input,
+        text_column: args.text_column.clone().unwrap_or(spec.source.text_column),
+        out: args.out.clone().unwrap_or(spec.shards.out),
+        dataset: args.dataset.clone().unwrap_or(spec.dataset.name),
+        tokenizer: args.tokenizer.unwrap_or(spec.tokenize.tokenizer),
+        shard_size: args.shard_size.unwrap_or(spec.shards.shard_size),
+        val_shards: args.val_shards.unwrap_or(spec.shards.val_shards),
+        max_shards: args.shards,
+        threads: args.threads,
+        progress: !args.no_progress,
+    })
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let opts = resolve(&args)?;
+    let source = match &opts.input {
+        Input::Local(files) => format!("{} local file(s)", files.len()),
+        Input::Hub { repo, revision, prefix } => format!("hub {repo}@{revision}/{prefix}"),
+    };
+    eprintln!(
+        "prep: {source} -> {} ({} tokenizer, {} tokens/shard, {} val shard(s){})",
+        opts.out.display(),
+        opts.tokenizer,
+        opts.shard_size,
+        opts.val_shards,
+        opts.max_shards.map(|n| format!(", stop after {n} shards")).unwrap_or_default()
+    );
+    let report = fineweb::prep(&opts)?;
+    print_report(&opts, &report);
+    Ok(())
+}
+
+pub fn print_report(opts: &PrepOptions, r: &PrepReport) {
+    let m = &r.manifest;
+    if r.documents_read == 0 && r.shards_before == m.shards.len() {
+        println!("{}: nothing to do, {} shard(s) already written{}", opts.out.display(), m.shards.len(),
+            if m.complete { " (input complete)" } else { "" });
+    } else {
+        println!(
+            "{}: {} document(s), {} tokens in {:.2}s ({:.2}M tokens/s){}",
+            opts.out.display(),
+            r.documents_read,
+            r.tokens_written,
+            r.seconds,
+            r.tokens_per_second() / 1e6,
+            if r.shards_before > 0 { format!(", resumed after {} shard(s)", r.shards_before) } else { String::new() }
+        );
+    }
+    for s in &m.shards {
+        println!("  {:<40} {:>5} {:>12} tokens  xxh3 {}", s.file, s.split.name(), s.tokens, s.xxh3);
+    }
+    println!(
+        "  total: train {} tokens, val {} tokens; manifest {}",
+        m.tokens_in(crate::shards::Split::Train),
+        m.tokens_in(crate::shards::Split::Val),
+        crate::shards::Manifest::path_in(&opts.out).display()
+    );
+}

@@ -1,0 +1,96 @@
+//! `tokenmill sample`: continue a prompt with top-k sampling, as build-nanogpt's sampling loop does
+//! (`num_return_sequences` continuations of "Hello, I'm a language model,", top-k 50, a seeded generator).
+//!
+//! ```text
+//! tokenmill sample --model gpt2 --prompt "Hello, I'm a language model," --num-samples 5 --max-tokens 30
+//! tokenmill sample --model log/checkpoints/step_019073 --device cuda
+//! ```
+
+use anyhow::{bail, Context};
+use rand::SeedableRng;
+
+use crate::model::{load_model, Precision};
+use crate::tokenizer::{Tokenizer, TokenizerKind};
+use crate::train::config::parse_device;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// `gpt2` (or gpt2-medium / gpt2-large / gpt2-xl / an org/name hub repo), a local Hugging Face GPT-2 folder,
+    /// a tokenmill checkpoint directory, or a tokenmill weights file.
+    #[arg(long, default_value = "gpt2")]
+    pub model: String,
+    #[arg(long, default_value = "Hello, I'm a language model,")]
+    pub prompt: String,
+    /// How many continuations to draw (one batch).
+    #[arg(long, default_value_t = 5)]
+    pub num_samples: usize,
+    /// Length of each sample in tokens, prompt included (the seed's `max_length`).
+    #[arg(long, default_value_t = 30)]
+    pub max_tokens: usize,
+    /// Draw from the k most likely tokens.
+    #[arg(long, default_value_t = 50)]
+    pub top_k: usize,
+    /// Seeds the sampling generator (ChaCha20): same seed, model and device, same samples.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// `fp32`, `bf16` (bf16 matmuls, fp32 weights) or `auto` (bf16 on CUDA, else fp32).
+    #[arg(long, default_value = "fp32")]
+    pub dtype: String,
+    /// Tokenizer (gpt2, cl100k_base, o200k_base); default: the one whose vocabulary the model was trained on.
+    #[arg(long)]
+    pub tokenizer: Option<TokenizerKind>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.num_samples == 0 || args.top_k == 0 {
+        bail!("--num-samples and --top-k must be positive");
+    }
+    let device = parse_device(&args.device)?;
+    let compute = match args.dtype.as_str() {
+        "fp32" | "f32" => candle_core::DType::F32,
+        "bf16" => candle_core::DType::BF16,
+        "auto" if device.is_cuda() => candle_core::DType::BF16,
+        "auto" => candle_core::DType::F32,
+        other => bail!("--dtype `{other}` (expected fp32, bf16 or auto)"),
+    };
+    let model = load_model(&args.model, Precision::with_compute(compute), &device)
+        .with_context(|| format!("loading --model {}", args.model))?;
+    let cfg = model.config().clone();
+    let kind = match args.tokenizer {
+        Some(k) => k,
+        None => [TokenizerKind::Gpt2, TokenizerKind::Cl100kBase, TokenizerKind::O200kBase]
+            .into_iter()
+            .find(|k| k.vocab_size() as usize == cfg.real_vocab_size)
+            .with_context(|| {
+                format!(
+                    "the model's vocabulary ({} ids) matches no known tokenizer; pass --tokenizer",
+                    cfg.real_vocab_size
+                )
+            })?,
+    };
+    let tokenizer = Tokenizer::new(kind);
+    let prompt = tokenizer.encode(&args.prompt);
+    if prompt.is_empty() {
+        bail!("--prompt is empty");
+    }
+    if args.max_tokens <= prompt.len() {
+        bail!("--max-tokens {} leaves no room after the prompt's {} tokens", args.max_tokens, prompt.len());
+    }
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(args.seed);
+    let seqs = crate::train::sample::generate(
+        model.as_ref(),
+        &prompt,
+        args.num_samples,
+        args.max_tokens,
+        args.top_k,
+        &mut rng,
+        &device,
+    )?;
+    for (i, seq) in seqs.iter().enumerate() {
+        println!("sample {i}: {}", tokenizer.decode(seq));
+    }
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! tokenmill: a data-pipeline-first toolkit that reproduces GPT-2 (124M) end to end.
+//!
+//! Data flows one way (see docs/ARCHITECTURE.md):
+//! `pipelines` (sources -> tokenize -> shards) -> `shards` (format, writer, loader) -> `train` (+ `model`, `eval`).
+//! The `cli` module is a thin clap layer over these library calls.
+
+pub mod cli;
+pub mod eval;
+pub mod model;
+pub mod pipelines;
+pub mod shards;
+pub mod tokenizer;
+pub mod train;
+pub mod util;
+
+/// Version written into manifests and checkpoints.
+pub const TOOL_VERSION: &str = concat!("tokenmill ", env!("CARGO_PKG_VERSION"));

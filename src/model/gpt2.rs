@@ -1,0 +1,220 @@
+//! GPT-2 exactly as OpenAI's: token + learned position embeddings, pre-LayerNorm blocks (causal self-attention
+//! with a fused qkv projection `c_attn`, a 4x MLP with tanh-GELU), a final `ln_f`, and an `lm_head` tied to `wte`.
+//!
+//! References: "Language Models are Unsupervised Multitask Learners" (Radford et al. 2019); OpenAI's gpt-2
+//! `src/model.py`; nanoGPT / build-nanogpt `model.py` / `train_gpt2.py`, whose structure and init this follows.
+//!
+//! Parameter names are the Hugging Face GPT-2 checkpoint keys (`wte.weight`, `h.0.attn.c_attn.weight`, ...,
+//! `ln_f.bias`), so loading and exporting are key maps (src/model/hf.rs). Linear weights are stored `(out, in)`
+//! like PyTorch's nn.Linear; HF's Conv1D `(in, out)` is transposed at that boundary.
+//!
+//! Shapes: B batch, T time, C = n_embd, NH heads, HS = C / NH, V = vocab_size (padded).
+
+use std::path::Path;
+
+use candle_core::{DType, Result, Tensor, Var};
+
+use super::attention::causal_attention;
+use super::ops::{self, LAYER_NORM_EPS};
+use super::params::{init_params, params_from_tensors, Init, ParamSpec, ParamTable};
+use super::{check_input, LanguageModel, ModelConfig, ModelError, Precision};
+
+/// The parameter list of a GPT-2 of size `cfg`, in checkpoint order (wte, wpe, h.0 ... h.{L-1}, ln_f).
+pub fn param_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
+    let (c, v) = (cfg.n_embd, cfg.vocab_size);
+    let std = 0.02;
+    // Residual projections: each block adds two outputs to the stream, so their std shrinks with depth (GPT-2 paper).
+    let proj_std = 0.02 * (2.0 * cfg.n_layer as f64).powf(-0.5);
+    let mut s = vec![
+        ParamSpec::new("wte.weight", &[v, c], Init::Normal(std)),
+        ParamSpec::new("wpe.weight", &[cfg.block_size, c], Init::Normal(std)),
+    ];
+    for l in 0..cfg.n_layer {
+        let p = |n: &str| format!("h.{l}.{n}");
+        s.push(ParamSpec::new(p("ln_1.weight"), &[c], Init::Ones));
+        s.push(ParamSpec::new(p("ln_1.bias"), &[c], Init::Zeros));
+        s.push(ParamSpec::new(p("attn.c_attn.weight"), &[3 * c, c], Init::Normal(std)));
+        s.push(ParamSpec::new(p("attn.c_attn.bias"), &[3 * c], Init::Zeros));
+        s.push(ParamSpec::new(p("attn.c_proj.weight"), &[c, c], Init::Normal(proj_std)));
+        s.push(ParamSpec::new(p("attn.c_proj.bias"), &[c], Init::Zeros));
+        s.push(ParamSpec::new(p("ln_2.weight"), &[c], Init::Ones));
+        s.push(ParamSpec::new(p("ln_2.bias"), &[c], Init::Zeros));
+        s.push(ParamSpec::new(p("mlp.c_fc.weight"), &[4 * c, c], Init::Normal(std)));
+        s.push(ParamSpec::new(p("mlp.c_fc.bias"), &[4 * c], Init::Zeros));
+        s.push(ParamSpec::new(p("mlp.c_proj.weight"), &[c, 4 * c], Init::Normal(proj_std)));
+        s.push(ParamSpec::new(p("mlp.c_proj.bias"), &[c], Init::Zeros));
+    }
+    s.push(ParamSpec::new("ln_f.weight", &[c], Init::Ones));
+    s.push(ParamSpec::new("ln_f.bias", &[c], Init::Zeros));
+    s
+}
+
+struct LayerNorm {
+    weight: Var, // (C)
+    bias: Var,   // (C)
+}
+
+impl LayerNorm {
+    fn new(t: &ParamTable, prefix: &str) -> Self {
+        LayerNorm { weight: t.get(&format!("{prefix}.weight")), bias: t.get(&format!("{prefix}.bias")) }
+    }
+
+    /// `x (B, T, C)` -> normalised, in the reduce dtype.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::layer_norm(x, &self.weight, &self.bias, LAYER_NORM_EPS)
+    }
+}
+
+struct Linear {
+    weight: Var, // (out, in)
+    bias: Var,   // (out)
+}
+
+impl Linear {
+    fn new(t: &ParamTable, prefix: &str) -> Self {
+        Linear { weight: t.get(&format!("{prefix}.weight")), bias: t.get(&format!("{prefix}.bias")) }
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::linear(x, &self.weight, Some(&self.bias))
+    }
+}
+
+struct Block {
+    ln_1: LayerNorm,
+    c_attn: Linear, // (3C, C): q, k, v stacked
+    attn_c_proj: Linear,
+    ln_2: LayerNorm,
+    c_fc: Linear, // (4C, C)
+    mlp_c_proj: Linear,
+}
+
+impl Block {
+    fn new(t: &ParamTable, l: usize) -> Self {
+        let p = |n: &str| format!("h.{l}.{n}");
+        Block {
+            ln_1: LayerNorm::new(t, &p("ln_1")),
+            c_attn: Linear::new(t, &p("attn.c_attn")),
+            attn_c_proj: Linear::new(t, &p("attn.c_proj")),
+            ln_2: LayerNorm::new(t, &p("ln_2")),
+            c_fc: Linear::new(t, &p("mlp.c_fc")),
+            mlp_c_proj: Linear::new(t, &p("mlp.c_proj")),
+        }
+    }
+
+    /// `x (B, T, C)`, the residual stream in the reduce dtype -> same.
+    fn forward(&self, x: &Tensor, n_head: usize, cd: DType) -> Result<Tensor> {
+        let rd = x.dtype();
+        let h = self.ln_1.forward(x)?.to_dtype(cd)?;
+        let x = (x + self.attn(&h, n_head)?.to_dtype(rd)?)?;
+        let h = self.ln_2.forward(&x)?.to_dtype(cd)?;
+        let m = self.mlp_c_proj.forward(&ops::gelu_tanh(&self.c_fc.forward(&h)?)?)?;
+        x + m.to_dtype(rd)?
+    }
+
+    /// `h (B, T, C)` in the compute dtype -> attention output `(B, T, C)`, same dtype.
+    fn attn(&self, h: &Tensor, n_head: usize) -> Result<Tensor> {
+        let (b, t, c) = h.dims3()?;
+        let hs = c / n_head;
+        let qkv = self.c_attn.forward(h)?; // (B, T, 3C)
+        let heads = |i: usize| -> Result<Tensor> {
+            // (B, T, C) -> (B, NH, T, HS)
+            qkv.narrow(2, i * c, c)?.reshape((b, t, n_head, hs))?.transpose(1, 2)
+        };
+        let y = causal_attention(&heads(0)?, &heads(1)?, &heads(2)?)?; // (B, NH, T, HS)
+        let y = y.transpose(1, 2)?.reshape((b, t, c))?; // re-assemble heads side by side
+        self.attn_c_proj.forward(&y)
+    }
+}
+
+/// A GPT-2 whose weights are trainable `Var`s in the master dtype.
+pub struct Gpt2 {
+    cfg: ModelConfig,
+    precision: Precision,
+    params: Vec<(String, Var)>,
+    wte: Var, // (V, C), also the lm_head
+    wpe: Var, // (block_size, C)
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+}
+
+impl Gpt2 {
+    /// A freshly initialised model (build-nanogpt's init), reproducible from `seed`.
+    pub fn new(cfg: &ModelConfig, precision: Precision, device: &candle_core::Device, seed: u64) -> std::result::Result<Self, ModelError> {
+        cfg.validate()?;
+        precision.validate()?;
+        let params = init_params(&param_specs(cfg), seed, precision.master, device)?;
+        Ok(Self::wire(cfg, precision, params))
+    }
+
+    /// A model holding `tensors` (our names and `(out, in)` layout; see `hf::gpt2_tensors_from_hf` for HF files).
+    /// `source` names the file they came from, for errors.
+    pub fn from_tensors(
+        cfg: &ModelConfig,
+        precision: Precision,
+        device: &candle_core::Device,
+        tensors: std::collections::HashMap<String, Tensor>,
+        source: &Path,
+    ) -> std::result::Result<Self, ModelError> {
+        cfg.validate()?;
+        precision.validate()?;
+        let params = params_from_tensors(&param_specs(cfg), tensors, source, "gpt2", precision.master, device)?;
+        Ok(Self::wire(cfg, precision, params))
+    }
+
+    fn wire(cfg: &ModelConfig, precision: Precision, params: Vec<(String, Var)>) -> Self {
+        let t = ParamTable::new(&params);
+        Gpt2 {
+            cfg: cfg.clone(),
+            precision,
+            wte: t.get("wte.weight"),
+            wpe: t.get("wpe.weight"),
+            blocks: (0..cfg.n_layer).map(|l| Block::new(&t, l)).collect(),
+            ln_f: LayerNorm::new(&t, "ln_f"),
+            params,
+        }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Logits `(B, T, V)` in the compute dtype.
+    fn logits(&self, idx: &Tensor) -> Result<Tensor> {
+        let (_, t) = check_input(idx, &self.cfg)?;
+        let rd = self.precision.reduce();
+        let cd = self.precision.compute;
+        // The residual stream stays in the reduce dtype (f32), as under torch autocast: only matmul inputs are bf16.
+        let tok = ops::embedding(&self.wte, idx)?.to_dtype(rd)?; // (B, T, C)
+        let pos = self.wpe.narrow(0, 0, t)?.to_dtype(rd)?; // (T, C)
+        let mut x = tok.broadcast_add(&pos)?;
+        for block in &self.blocks {
+            x = block.forward(&x, self.cfg.n_head, cd)?;
+        }
+        let x = self.ln_f.forward(&x)?.to_dtype(cd)?;
+        ops::linear(&x, &self.wte, None) // tied lm_head: (B, T, C) @ (C, V)
+    }
+}
+
+impl LanguageModel for Gpt2 {
+    fn forward(&self, idx: &Tensor) -> Result<Tensor> {
+        self.logits(idx)?.to_dtype(self.precision.reduce())
+    }
+
+    fn loss(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let logits = self.logits(idx)?;
+        let (b, t, v) = logits.dims3()?;
+        if targets.dims() != [b, t] {
+            candle_core::bail!("targets have shape {:?}, expected (B, T) = ({b}, {t})", targets.dims());
+        }
+        ops::cross_entropy(&logits.reshape((b * t, v))?, &targets.flatten_all()?)
+    }
+
+    fn parameters(&self) -> Vec<(String, Var)> {
+        self.params.clone()
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+}

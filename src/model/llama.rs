@@ -1,0 +1,204 @@
+//! A Llama-style decoder behind the same trait, proving the trainer is architecture-agnostic: pre-norm RMSNorm
+//! blocks, rotary position embeddings (no learned positions), a SwiGLU MLP, and no biases anywhere.
+//!
+//! References: "LLaMA: Open and Efficient Foundation Language Models" (Touvron et al. 2023), RoFormer (Su et al.
+//! 2021), "GLU Variants Improve Transformer" (Shazeer 2020); HF transformers' `modeling_llama.py`, whose parameter
+//! names (minus the `model.` prefix) and rotate-half rotary layout this uses.
+//!
+//! Choices, so it trains on the same shards and budget as GPT-2 of the same (L, NH, C):
+//! - The lm_head is tied to `embed_tokens` (like GPT-2), which keeps the parameter count comparable and reuses the
+//!   padded-vocabulary handling unchanged.
+//! - SwiGLU hidden size is `8C/3` rounded up to a multiple of 64 (2048 for C = 768): three matrices of that size
+//!   cost what GPT-2's two 4C matrices do.
+//! - Init as GPT-2's: N(0, 0.02), output projections (`o_proj`, `down_proj`) scaled by `(2 L)^-0.5`, norm gains 1.
+//! - Rotary theta 10000, RMSNorm eps 1e-5.
+//!
+//! Shapes: B batch, T time, C = n_embd, NH heads, HS = C / NH, H = SwiGLU hidden, V = vocab_size (padded).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+
+use super::attention::causal_attention;
+use super::ops::{self, RMS_NORM_EPS};
+use super::params::{init_params, params_from_tensors, Init, ParamSpec, ParamTable};
+use super::{check_input, LanguageModel, ModelConfig, ModelError, Precision};
+
+/// Rotary base frequency (Llama 1/2).
+pub const ROPE_THETA: f64 = 10_000.0;
+
+/// H: the SwiGLU hidden size for `n_embd` channels.
+pub fn ffn_hidden(n_embd: usize) -> usize {
+    (8 * n_embd).div_ceil(3).div_ceil(64) * 64
+}
+
+/// The parameter list of a Llama-style model of size `cfg`, in checkpoint order.
+pub fn param_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
+    let (c, v, h) = (cfg.n_embd, cfg.vocab_size, ffn_hidden(cfg.n_embd));
+    let std = 0.02;
+    let proj_std = 0.02 * (2.0 * cfg.n_layer as f64).powf(-0.5);
+    let mut s = vec![ParamSpec::new("embed_tokens.weight", &[v, c], Init::Normal(std))];
+    for l in 0..cfg.n_layer {
+        let p = |n: &str| format!("layers.{l}.{n}");
+        s.push(ParamSpec::new(p("input_layernorm.weight"), &[c], Init::Ones));
+        s.push(ParamSpec::new(p("self_attn.q_proj.weight"), &[c, c], Init::Normal(std)));
+        s.push(ParamSpec::new(p("self_attn.k_proj.weight"), &[c, c], Init::Normal(std)));
+        s.push(ParamSpec::new(p("self_attn.v_proj.weight"), &[c, c], Init::Normal(std)));
+        s.push(ParamSpec::new(p("self_attn.o_proj.weight"), &[c, c], Init::Normal(proj_std)));
+        s.push(ParamSpec::new(p("post_attention_layernorm.weight"), &[c], Init::Ones));
+        s.push(ParamSpec::new(p("mlp.gate_proj.weight"), &[h, c], Init::Normal(std)));
+        s.push(ParamSpec::new(p("mlp.up_proj.weight"), &[h, c], Init::Normal(std)));
+        s.push(ParamSpec::new(p("mlp.down_proj.weight"), &[c, h], Init::Normal(proj_std)));
+    }
+    s.push(ParamSpec::new("norm.weight", &[c], Init::Ones));
+    s
+}
+
+struct Block {
+    input_layernorm: Var, // (C)
+    q_proj: Var,          // (C, C)
+    k_proj: Var,
+    v_proj: Var,
+    o_proj: Var,
+    post_attention_layernorm: Var,
+    gate_proj: Var, // (H, C)
+    up_proj: Var,   // (H, C)
+    down_proj: Var, // (C, H)
+}
+
+impl Block {
+    fn new(t: &ParamTable, l: usize) -> Self {
+        let g = |n: &str| t.get(&format!("layers.{l}.{n}.weight"));
+        Block {
+            input_layernorm: g("input_layernorm"),
+            q_proj: g("self_attn.q_proj"),
+            k_proj: g("self_attn.k_proj"),
+            v_proj: g("self_attn.v_proj"),
+            o_proj: g("self_attn.o_proj"),
+            post_attention_layernorm: g("post_attention_layernorm"),
+            gate_proj: g("mlp.gate_proj"),
+            up_proj: g("mlp.up_proj"),
+            down_proj: g("mlp.down_proj"),
+        }
+    }
+
+    /// `x (B, T, C)`, the residual stream in the reduce dtype -> same. `cos`, `sin`: `(T, HS/2)` in `cd`.
+    fn forward(&self, x: &Tensor, n_head: usize, cd: DType, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let rd = x.dtype();
+        let (b, t, c) = x.dims3()?;
+        let hs = c / n_head;
+        let h = ops::rms_norm(x, &self.input_layernorm, RMS_NORM_EPS)?.to_dtype(cd)?;
+        let heads = |w: &Var| -> Result<Tensor> {
+            // (B, T, C) -> (B, NH, T, HS)
+            ops::linear(&h, w, None)?.reshape((b, t, n_head, hs))?.transpose(1, 2)?.contiguous()
+        };
+        let q = ops::apply_rotary(&heads(&self.q_proj)?, cos, sin)?;
+        let k = ops::apply_rotary(&heads(&self.k_proj)?, cos, sin)?;
+        let y = causal_attention(&q, &k, &heads(&self.v_proj)?)?; // (B, NH, T, HS)
+        let y = ops::linear(&y.transpose(1, 2)?.reshape((b, t, c))?, &self.o_proj, None)?;
+        let x = (x + y.to_dtype(rd)?)?;
+        let h = ops::rms_norm(&x, &self.post_attention_layernorm, RMS_NORM_EPS)?.to_dtype(cd)?;
+        let gate = ops::silu(&ops::linear(&h, &self.gate_proj, None)?)?; // (B, T, H)
+        let up = ops::linear(&h, &self.up_proj, None)?;
+        let m = ops::linear(&(gate * up)?, &self.down_proj, None)?; // (B, T, C)
+        x + m.to_dtype(rd)?
+    }
+}
+
+/// A Llama-style model whose weights are trainable `Var`s in the master dtype.
+pub struct Llama {
+    cfg: ModelConfig,
+    precision: Precision,
+    params: Vec<(String, Var)>,
+    embed_tokens: Var, // (V, C), also the lm_head
+    blocks: Vec<Block>,
+    norm: Var, // (C)
+    cos: Tensor, // (block_size, HS/2) in the compute dtype
+    sin: Tensor,
+}
+
+impl Llama {
+    /// A freshly initialised model, reproducible from `seed`.
+    pub fn new(cfg: &ModelConfig, precision: Precision, device: &Device, seed: u64) -> std::result::Result<Self, ModelError> {
+        cfg.validate()?;
+        precision.validate()?;
+        let params = init_params(&param_specs(cfg), seed, precision.master, device)?;
+        Self::wire(cfg, precision, device, params)
+    }
+
+    /// A model holding `tensors` (names and layout as `param_specs`); `source` names their file for errors.
+    pub fn from_tensors(
+        cfg: &ModelConfig,
+        precision: Precision,
+        device: &Device,
+        tensors: std::collections::HashMap<String, Tensor>,
+        source: &Path,
+    ) -> std::result::Result<Self, ModelError> {
+        cfg.validate()?;
+        precision.validate()?;
+        let params = params_from_tensors(&param_specs(cfg), tensors, source, "llama", precision.master, device)?;
+        Self::wire(cfg, precision, device, params)
+    }
+
+    fn wire(
+        cfg: &ModelConfig,
+        precision: Precision,
+        device: &Device,
+        params: Vec<(String, Var)>,
+    ) -> std::result::Result<Self, ModelError> {
+        let t = ParamTable::new(&params);
+        let (cos, sin) = ops::rotary_tables(cfg.block_size, cfg.head_size(), ROPE_THETA, precision.compute, device)?;
+        Ok(Llama {
+            cfg: cfg.clone(),
+            precision,
+            embed_tokens: t.get("embed_tokens.weight"),
+            blocks: (0..cfg.n_layer).map(|l| Block::new(&t, l)).collect(),
+            norm: t.get("norm.weight"),
+            params,
+            cos,
+            sin,
+        })
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Logits `(B, T, V)` in the compute dtype.
+    fn logits(&self, idx: &Tensor) -> Result<Tensor> {
+        let (_, t) = check_input(idx, &self.cfg)?;
+        let rd = self.precision.reduce();
+        let cd = self.precision.compute;
+        let cos = self.cos.narrow(0, 0, t)?;
+        let sin = self.sin.narrow(0, 0, t)?;
+        let mut x = ops::embedding(&self.embed_tokens, idx)?.to_dtype(rd)?; // (B, T, C)
+        for block in &self.blocks {
+            x = block.forward(&x, self.cfg.n_head, cd, &cos, &sin)?;
+        }
+        let x = ops::rms_norm(&x, &self.norm, RMS_NORM_EPS)?.to_dtype(cd)?;
+        ops::linear(&x, &self.embed_tokens, None) // tied head: (B, T, C) @ (C, V)
+    }
+}
+
+impl LanguageModel for Llama {
+    fn forward(&self, idx: &Tensor) -> Result<Tensor> {
+        self.logits(idx)?.to_dtype(self.precision.reduce())
+    }
+
+    fn loss(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let logits = self.logits(idx)?;
+        let (b, t, v) = logits.dims3()?;
+        if targets.dims() != [b, t] {
+            candle_core::bail!("targets have shape {:?}, expected (B, T) = ({b}, {t})", targets.dims());
+        }
+        ops::cross_entropy(&logits.reshape((b * t, v))?, &targets.flatten_all()?)
+    }
+
+    fn parameters(&self) -> Vec<(String, Var)> {
+        self.params.clone()
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+}

@@ -1,0 +1,150 @@
+//! Models behind one small trait, so the trainer (`crate::train`) is generic over architectures.
+//!
+//! Two architectures share the trait, the composed ops (`ops`, `attention`) and the parameter machinery
+//! (`params`): OpenAI's GPT-2 (`gpt2`) and a Llama-style model (`llama`), chosen by `ModelConfig::arch`.
+//! Around them: Hugging Face GPT-2 import/export (`hf`), tokenmill's own weight files and checkpoint directories
+//! (`store`) and resolving `--model gpt2|DIR` (`pretrained`). Top-k sampling lives with the trainer
+//! (`crate::train::sample`), which both training-time samples and `tokenmill sample` use.
+//!
+//! Precision (`Precision`): master weights are `Var`s in `master` (fp32; f64 in gradient tests); `forward` casts
+//! them to `compute` (bf16 on GPU) for the matmuls, while norms, softmax, the residual stream and the loss run in
+//! the reduce dtype (`ops::reduce_dtype(compute)`: f32, or f64 for f64 compute).
+//!
+//! Dimension letters used throughout: B batch, T sequence length, C channels (n_embd), NH heads, HS head size,
+//! V vocabulary (padded), L layers.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+
+pub mod attention;
+pub mod config;
+mod error;
+pub mod gpt2;
+pub mod hf;
+pub mod llama;
+pub mod ops;
+pub mod params;
+pub mod pretrained;
+pub mod store;
+
+pub use config::{Architecture, ModelConfig};
+pub use error::ModelError;
+pub use pretrained::load_model;
+pub use store::{load_checkpoint_model, load_model_weights, save_model_weights};
+
+/// What the trainer needs from a model.
+pub trait LanguageModel: Send {
+    /// Logits `(B, T, V)` for token ids `idx: (B, T)` u32. V is the padded vocabulary; padded ids never win
+    /// (their logits are masked or trained down, see the implementation).
+    fn forward(&self, idx: &Tensor) -> Result<Tensor>;
+
+    /// Mean cross-entropy over all B*T positions as an f32 scalar; `targets: (B, T)` u32.
+    fn loss(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor>;
+
+    /// Trainable parameters with their checkpoint names (HF GPT-2 names for GPT-2), in a stable order.
+    fn parameters(&self) -> Vec<(String, Var)>;
+
+    fn config(&self) -> &ModelConfig;
+
+    /// Number of trainable scalars (tied weights counted once).
+    fn num_parameters(&self) -> usize {
+        self.parameters().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+}
+
+/// Which dtypes a model keeps and computes in (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Precision {
+    /// Dtype of the trainable `Var`s (and of what checkpoints store).
+    pub master: DType,
+    /// Dtype of matmul inputs and elementwise activations.
+    pub compute: DType,
+}
+
+impl Precision {
+    /// Everything in fp32 (CPU training, reference runs).
+    pub const FP32: Precision = Precision { master: DType::F32, compute: DType::F32 };
+    /// fp32 master weights, bf16 matmuls; fp32 reductions (GPU training).
+    pub const BF16: Precision = Precision { master: DType::F32, compute: DType::BF16 };
+    /// Everything in f64 (finite-difference gradient tests).
+    pub const F64: Precision = Precision { master: DType::F64, compute: DType::F64 };
+
+    /// fp32 master weights computing in `compute` (f64 compute keeps f64 masters: the gradient-test setting).
+    pub fn with_compute(compute: DType) -> Precision {
+        let master = if compute == DType::F64 { DType::F64 } else { DType::F32 };
+        Precision { master, compute }
+    }
+
+    /// Dtype of norms, softmax, the residual stream, logits returned by `forward` and the loss.
+    pub fn reduce(&self) -> DType {
+        ops::reduce_dtype(self.compute)
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), ModelError> {
+        let float = |d: DType| matches!(d, DType::F64 | DType::F32 | DType::BF16 | DType::F16);
+        if !float(self.master) || !float(self.compute) {
+            return Err(ModelError::Config(format!(
+                "precision master={:?} compute={:?}: both must be float dtypes",
+                self.master, self.compute
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The parameter list (names, shapes, init) of the architecture `cfg` names, in checkpoint order.
+pub fn param_specs(cfg: &ModelConfig) -> Vec<params::ParamSpec> {
+    match cfg.arch {
+        Architecture::Gpt2 => gpt2::param_specs(cfg),
+        Architecture::Llama => llama::param_specs(cfg),
+    }
+}
+
+/// A freshly initialised model of `cfg.arch`, reproducible from `seed` (bitwise on CPU).
+pub fn build_model(
+    cfg: &ModelConfig,
+    precision: Precision,
+    device: &Device,
+    seed: u64,
+) -> std::result::Result<Box<dyn LanguageModel>, ModelError> {
+    Ok(match cfg.arch {
+        Architecture::Gpt2 => Box::new(gpt2::Gpt2::new(cfg, precision, device, seed)?),
+        Architecture::Llama => Box::new(llama::Llama::new(cfg, precision, device, seed)?),
+    })
+}
+
+/// `build_model` in the trainer's argument order: fresh weights from `seed`, fp32 masters computing in `compute`.
+pub fn build(
+    cfg: &ModelConfig,
+    seed: u64,
+    compute: DType,
+    device: &Device,
+) -> std::result::Result<Box<dyn LanguageModel>, ModelError> {
+    build_model(cfg, Precision::with_compute(compute), device, seed)
+}
+
+/// A model of `cfg.arch` holding `tensors` (tokenmill names and layout); `source` names their file for errors.
+pub fn model_from_tensors(
+    cfg: &ModelConfig,
+    precision: Precision,
+    device: &Device,
+    tensors: std::collections::HashMap<String, Tensor>,
+    source: &std::path::Path,
+) -> std::result::Result<Box<dyn LanguageModel>, ModelError> {
+    Ok(match cfg.arch {
+        Architecture::Gpt2 => Box::new(gpt2::Gpt2::from_tensors(cfg, precision, device, tensors, source)?),
+        Architecture::Llama => Box::new(llama::Llama::from_tensors(cfg, precision, device, tensors, source)?),
+    })
+}
+
+/// Checks `idx` is `(B, T)` integer ids with `1 <= T <= block_size`; returns `(B, T)`. (Ids themselves are not
+/// range-checked: that would cost a device->host sync per step; the data loader guarantees ids < vocab.)
+pub(crate) fn check_input(idx: &Tensor, cfg: &ModelConfig) -> Result<(usize, usize)> {
+    let (b, t) = idx.dims2()?;
+    if !matches!(idx.dtype(), DType::U32 | DType::U8 | DType::I64) {
+        candle_core::bail!("token ids must be an integer tensor (u32), got {:?}", idx.dtype());
+    }
+    if t == 0 || t > cfg.block_size {
+        candle_core::bail!("sequence length {t} must be in 1..={} (block_size)", cfg.block_size);
+    }
+    Ok((b, t))
+}

@@ -1,0 +1,251 @@
+//! Where documents come from: parquet (streamed record batch by record batch, only the text column decoded), JSON
+//! lines (`{"text": ...}` per line) and plain text (one document per file). Every error names the file, and the row or
+//! line where it can.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::DataType;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+
+/// Rows decoded per parquet record batch: large enough to amortise decoding, small enough to bound memory.
+const PARQUET_BATCH_ROWS: usize = 512;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    Parquet,
+    Jsonl,
+    Text,
+}
+
+impl SourceKind {
+    pub fn from_path(path: &Path) -> Option<SourceKind> {
+        let name = path.file_name()?.to_str()?.to_ascii_lowercase();
+        if name.ends_with(".parquet") {
+            Some(SourceKind::Parquet)
+        } else if name.ends_with(".jsonl") || name.ends_with(".ndjson") || name.ends_with(".json") {
+            Some(SourceKind::Jsonl)
+        } else if name.ends_with(".txt") || name.ends_with(".text") || name.ends_with(".md") {
+            Some(SourceKind::Text)
+        } else {
+            None
+        }
+    }
+}
+
+/// One input file of a corpus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub kind: SourceKind,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{path}: {source}")]
+    Io { path: String, #[source] source: std::io::Error },
+    #[error("{path}: not a readable parquet file: {source}")]
+    Parquet { path: String, #[source] source: parquet::errors::ParquetError },
+    #[error("{path}: reading record batch at row {row}: {source}")]
+    Arrow { path: String, row: u64, #[source] source: arrow::error::ArrowError },
+    #[error("{path}: no column `{column}` (columns: {available}); pick one with --text-column")]
+    MissingColumn { path: String, column: String, available: String },
+    #[error("{path}: column `{column}` has type {data_type}, expected a string column")]
+    NotText { path: String, column: String, data_type: String },
+    #[error("{path}:{line}: {message}")]
+    Json { path: String, line: u64, message: String },
+    #[error("{path}: file is not valid UTF-8 text (byte {offset})")]
+    Utf8 { path: String, offset: usize },
+    #[error("{path}: unsupported input (expected .parquet, .jsonl/.json/.ndjson or .txt)")]
+    Unsupported { path: String },
+    #[error("{path}: input does not exist")]
+    Missing { path: String },
+    #[error("no input files found in {0}")]
+    Empty(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
+    move |e| SourceError::Io { path: path.display().to_string(), source: e }
+}
+
+/// Expand files and directories into the ordered list of input files. Directories contribute their supported files
+/// sorted by name (not recursively), so the document order — and therefore the shards — never depends on the
+/// file system's listing order.
+pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<SourceFile>, SourceError> {
+    let mut out = Vec::new();
+    for input in inputs {
+        if !input.exists() {
+            return Err(SourceError::Missing { path: input.display().to_string() });
+        }
+        if input.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(input)
+                .map_err(io_err(input))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && SourceKind::from_path(p).is_some())
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                return Err(SourceError::Empty(input.display().to_string()));
+            }
+            out.extend(files.into_iter().map(|p| SourceFile { kind: SourceKind::from_path(&p).unwrap(), path: p }));
+        } else {
+            let kind = SourceKind::from_path(input).ok_or_else(|| SourceError::Unsupported { path: input.display().to_string() })?;
+            out.push(SourceFile { path: input.clone(), kind });
+        }
+    }
+    Ok(out)
+}
+
+/// Number of documents in a file without tokenizing it: parquet from its footer, jsonl by counting non-empty lines.
+pub fn count_documents(file: &SourceFile) -> Result<u64, SourceError> {
+    let path = &file.path;
+    match file.kind {
+        SourceKind::Parquet => {
+            let f = File::open(path).map_err(io_err(path))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(f)
+                .map_err(|e| SourceError::Parquet { path: path.display().to_string(), source: e })?;
+            Ok(builder.metadata().file_metadata().num_rows() as u64)
+        }
+        SourceKind::Jsonl => {
+            let f = File::open(path).map_err(io_err(path))?;
+            let mut n = 0;
+            for line in BufReader::new(f).split(b'\n') {
+                if !line.map_err(io_err(path))?.iter().all(u8::is_ascii_whitespace) {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        }
+        SourceKind::Text => Ok(1),
+    }
+}
+
+/// Whether the consumer wants more documents.
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Stream the documents of `file` in order, in chunks, skipping the first `skip` documents without handing them out
+/// (used on resume). `on_chunk` gets the documents' texts and returns whether to go on. Returns the documents seen
+/// (skipped included) when the file ends or the consumer stops.
+pub fn read_documents(
+    file: &SourceFile,
+    text_column: &str,
+    skip: u64,
+    mut on_chunk: impl FnMut(Vec<String>) -> Flow,
+) -> Result<u64, SourceError> {
+    match file.kind {
+        SourceKind::Parquet => read_parquet(&file.path, text_column, skip, &mut on_chunk),
+        SourceKind::Jsonl => read_jsonl(&file.path, text_column, skip, &mut on_chunk),
+        SourceKind::Text => {
+            let mut bytes = Vec::new();
+            File::open(&file.path).map_err(io_err(&file.path))?.read_to_end(&mut bytes).map_err(io_err(&file.path))?;
+            let text = String::from_utf8(bytes).map_err(|e| SourceError::Utf8 {
+                path: file.path.display().to_string(),
+                offset: e.utf8_error().valid_up_to(),
+            })?;
+            if skip == 0 {
+                on_chunk(vec![text]);
+            }
+            Ok(1)
+        }
+    }
+}
+
+fn read_parquet(path: &Path, column: &str, skip: u64, on_chunk: &mut dyn FnMut(Vec<String>) -> Flow) -> Result<u64, SourceError> {
+    let p = || path.display().to_string();
+    let f = File::open(path).map_err(io_err(path))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| SourceError::Parquet { path: p(), source: e })?;
+    let schema = builder.schema().clone();
+    let Some((col_idx, field)) = schema.column_with_name(column) else {
+        let available = schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ");
+        return Err(SourceError::MissingColumn { path: p(), column: column.to_string(), available });
+    };
+    if !matches!(field.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+        return Err(SourceError::NotText { path: p(), column: column.into(), data_type: field.data_type().to_string() });
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), [col_idx]);
+    let total = builder.metadata().file_metadata().num_rows() as u64;
+    let skip = skip.min(total);
+    // Rows before `skip` are skipped by the reader (decoded pages are dropped, nothing is copied out).
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(PARQUET_BATCH_ROWS)
+        .with_offset(skip as usize)
+        .build()
+        .map_err(|e| SourceError::Parquet { path: p(), source: e })?;
+    let mut row = skip;
+    for batch in reader {
+        let batch = batch.map_err(|e| SourceError::Arrow { path: p(), row, source: e })?;
+        let col = batch.column(0);
+        let n = col.len();
+        let mut docs = Vec::with_capacity(n);
+        // Null texts are empty documents: they still get their <|endoftext|>, as fineweb.py would tokenize "".
+        macro_rules! collect {
+            ($arr:expr) => {
+                for i in 0..n {
+                    docs.push(if $arr.is_null(i) { String::new() } else { $arr.value(i).to_owned() });
+                }
+            };
+        }
+        match col.data_type() {
+            DataType::Utf8 => collect!(col.as_string::<i32>()),
+            DataType::LargeUtf8 => collect!(col.as_string::<i64>()),
+            DataType::Utf8View => collect!(col.as_string_view()),
+            other => return Err(SourceError::NotText { path: p(), column: column.into(), data_type: other.to_string() }),
+        }
+        row += n as u64;
+        if let Flow::Stop = on_chunk(docs) {
+            return Ok(row);
+        }
+    }
+    if row != total {
+        return Err(SourceError::Io {
+            path: p(),
+            source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("footer says {total} rows, read {row}")),
+        });
+    }
+    Ok(row)
+}
+
+/// Documents handed to the consumer per jsonl chunk.
+const JSONL_CHUNK_DOCS: usize = 256;
+
+fn read_jsonl(path: &Path, column: &str, skip: u64, on_chunk: &mut dyn FnMut(Vec<String>) -> Flow) -> Result<u64, SourceError> {
+    let f = File::open(path).map_err(io_err(path))?;
+    let mut docs = Vec::with_capacity(JSONL_CHUNK_DOCS);
+    let mut seen = 0u64;
+    for (i, line) in BufReader::new(f).lines().enumerate() {
+        let line_no = i as u64 + 1;
+        let line = line.map_err(|e| SourceError::Json { path: path.display().to_string(), line: line_no, message: e.to_string() })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        seen += 1;
+        if seen <= skip {
+            continue;
+        }
+        let json_err = |message: String| SourceError::Json { path: path.display().to_string(), line: line_no, message };
+        let value: serde_json::Value = serde_json::from_str(&line).map_err(|e| json_err(format!("invalid JSON: {e}")))?;
+        let text = match value.get(column) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Null) => String::new(),
+            Some(other) => return Err(json_err(format!("field `{column}` is not a string: {other}"))),
+            None => return Err(json_err(format!("no field `{column}` (pick one with --text-column)"))),
+        };
+        docs.push(text);
+        if docs.len() == JSONL_CHUNK_DOCS {
+            if let Flow::Stop = on_chunk(std::mem::replace(&mut docs, Vec::with_capacity(JSONL_CHUNK_DOCS))) {
+                return Ok(seen);
+            }
+        }
+    }
+    if !docs.is_empty() {
+        on_chunk(docs);
+    }
+    Ok(seen)
+}

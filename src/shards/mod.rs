@@ -1,0 +1,12 @@
+//! Token shards: the on-disk format (`format`), the per-directory `manifest`, the atomic `writer`, the memory-mapped
+//! multi-rank `loader`, and a reader for build-nanogpt's `.npy` shards (`npy`).
+
+pub mod format;
+pub mod loader;
+pub mod manifest;
+pub mod npy;
+pub mod writer;
+
+pub use format::{ShardError, ShardHeader, TokenWidth};
+pub use loader::{Batch, DataLoader, LoaderConfig, LoaderError, LoaderState};
+pub use manifest::{Manifest, Split};

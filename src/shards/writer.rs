@@ -1,0 +1,377 @@
+//! Writes a token stream into fixed-size shards plus `manifest.json`, so that a killed run can resume and still end
+//! with byte-identical files.
+//!
+//! Shards are cut every `shard_size` tokens, named `{dataset}_{split}_{index:06}.bin`; the first `val_shards` are
+//! `val`, the rest `train` (fineweb.py's layout). Each finished shard goes to a background thread that writes it under a
+//! temp name, fsyncs, renames it into place and only then records it (with its xxh3 and the resume cursor) in the
+//! manifest, itself replaced atomically. So the manifest never names a shard that is not complete on disk, and the
+//! cursor always points at the first document whose tokens are not all in finished shards.
+
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Sender};
+
+use crate::shards::format::{encode_tokens, ShardHeader, TokenWidth, HEADER_BYTES};
+use crate::shards::manifest::{Manifest, ManifestError, ResumeCursor, ShardEntry, SourceEntry, Split};
+use crate::tokenizer::TokenizerKind;
+use crate::util::{fsync_dir, temp_path_for};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriterConfig {
+    pub dir: PathBuf,
+    /// Prefix of shard file names (fineweb.py uses `edufineweb`).
+    pub dataset: String,
+    pub tokenizer: TokenizerKind,
+    pub shard_size: u64,
+    pub val_shards: usize,
+    /// Stop after this many shards in total (`--shards N`).
+    pub max_shards: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriterError {
+    #[error("{path}: {source}")]
+    Io { path: String, #[source] source: std::io::Error },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{dir}: already holds shards prepared with different settings ({what}); use another --out or delete it")]
+    SettingsChanged { dir: String, what: String },
+    #[error("{dir}: holds shard files but no manifest.json; refusing to mix with them (use another --out)")]
+    ForeignShards { dir: String },
+    #[error("{path}: finished shard listed in the manifest is missing or damaged ({what}); delete the directory and re-run `tokenmill prep`")]
+    DamagedShard { path: String, what: String },
+    #[error("shard size must be > 0 and at most {max} tokens (llm.c's int32 header); got {got}")]
+    BadShardSize { got: u64, max: u64 },
+    #[error("the background shard writer stopped unexpectedly")]
+    WriterThread,
+}
+
+/// A shard ready to be written, with the manifest state that becomes true once it is on disk.
+struct FinishedShard {
+    file: String,
+    split: Split,
+    tokens: u64,
+    bytes: Vec<u8>,
+    cursor: ResumeCursor,
+    sources: Vec<SourceEntry>,
+    complete: bool,
+}
+
+/// A source file as the writer knows it: where its documents start in the global document order.
+#[derive(Clone, Debug)]
+struct SourceSpan {
+    name: String,
+    bytes: u64,
+    first_doc: u64,
+}
+
+pub struct ShardWriter {
+    cfg: WriterConfig,
+    width: TokenWidth,
+    /// Index of the next shard to cut.
+    next_index: usize,
+    /// Encoded body of the pending shard.
+    buf: Vec<u8>,
+    buf_tokens: u64,
+    /// Documents pushed so far (global index of the next document).
+    next_doc: u64,
+    sources: Vec<SourceSpan>,
+    tx: Option<Sender<FinishedShard>>,
+    thread: Option<JoinHandle<Result<Manifest, WriterError>>>,
+    stopped: bool,
+}
+
+/// What [`ShardWriter::push_document`] tells the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    More,
+    /// `max_shards` reached: the caller stops reading.
+    Full,
+}
+
+impl ShardWriter {
+    /// Start or resume writing into `cfg.dir`. Returns the writer and the cursor to resume from (document index to
+    /// start reading at, tokens of that document already in finished shards); a fresh directory gives the zero cursor.
+    pub fn open(cfg: WriterConfig) -> Result<(ShardWriter, ResumeCursor, Manifest), WriterError> {
+        let max = i32::MAX as u64;
+        if cfg.shard_size == 0 || cfg.shard_size > max {
+            return Err(WriterError::BadShardSize { got: cfg.shard_size, max });
+        }
+        let dir = &cfg.dir;
+        std::fs::create_dir_all(dir).map_err(|e| WriterError::Io { path: dir.display().to_string(), source: e })?;
+        remove_stale_temps(dir)?;
+        let manifest = if Manifest::path_in(dir).exists() {
+            let m = Manifest::load(dir)?;
+            check_same_settings(&m, &cfg)?;
+            verify_finished_shards(&m, dir)?;
+            m
+        } else {
+            if has_shard_files(dir)? {
+                return Err(WriterError::ForeignShards { dir: dir.display().to_string() });
+            }
+            let m = Manifest::new(&cfg.dataset, cfg.tokenizer, cfg.shard_size);
+            m.save(dir)?;
+            m
+        };
+        let cursor = manifest.resume.clone();
+        let width = manifest.token_width;
+        let (tx, rx) = bounded::<FinishedShard>(1);
+        let mut thread_manifest = manifest.clone();
+        let thread_dir = dir.clone();
+        let thread = std::thread::Builder::new()
+            .name("shard-writer".into())
+            .spawn(move || {
+                for shard in rx {
+                    // A message without a file only records completion.
+                    if !shard.file.is_empty() {
+                        write_shard_file(&thread_dir, &shard)?;
+                        thread_manifest.shards.push(ShardEntry {
+                            file: shard.file.clone(),
+                            split: shard.split,
+                            tokens: shard.tokens,
+                            xxh3: xxh3_hex(&shard.bytes),
+                        });
+                    }
+                    thread_manifest.resume = shard.cursor;
+                    thread_manifest.sources = shard.sources;
+                    thread_manifest.complete = shard.complete;
+                    thread_manifest.save(&thread_dir)?;
+                }
+                Ok(thread_manifest)
+            })
+            .map_err(|e| WriterError::Io { path: dir.display().to_string(), source: e })?;
+        let shard_bytes = HEADER_BYTES + cfg.shard_size as usize * width.bytes();
+        let mut writer = ShardWriter {
+            next_index: manifest.shards.len(),
+            width,
+            buf: Vec::with_capacity(shard_bytes),
+            buf_tokens: 0,
+            next_doc: cursor.first_unfinished_document,
+            sources: Vec::new(),
+            tx: Some(tx),
+            thread: Some(thread),
+            stopped: false,
+            cfg,
+        };
+        writer.stopped = writer.limit_reached();
+        Ok((writer, cursor, manifest))
+    }
+
+    /// True when `max_shards` shards exist: nothing more will be written.
+    pub fn limit_reached(&self) -> bool {
+        self.cfg.max_shards.is_some_and(|m| self.next_index >= m)
+    }
+
+    /// Tell the writer that the documents of a new input file start at global index `first_doc` (for the manifest's
+    /// `sources`). Must be called in file order, including files skipped on resume.
+    pub fn begin_source(&mut self, name: &str, bytes: u64, first_doc: u64) {
+        self.sources.push(SourceSpan { name: name.to_string(), bytes, first_doc });
+    }
+
+    /// Append one document's tokens (`<|endoftext|>` included). `skip` tokens at its start are already in finished
+    /// shards (resume), and are dropped.
+    pub fn push_document(&mut self, tokens: &[u32], skip: usize) -> Result<PushOutcome, WriterError> {
+        if self.stopped {
+            return Ok(PushOutcome::Full);
+        }
+        let doc = self.next_doc;
+        let mut rest = &tokens[skip.min(tokens.len())..];
+        let mut consumed = skip.min(tokens.len()) as u64;
+        while !rest.is_empty() {
+            let room = (self.cfg.shard_size - self.buf_tokens) as usize;
+            let take = room.min(rest.len());
+            encode_tokens(&rest[..take], self.width, &mut self.buf);
+            self.buf_tokens += take as u64;
+            consumed += take as u64;
+            rest = &rest[take..];
+            if self.buf_tokens == self.cfg.shard_size {
+                // The next shard starts inside this document (or at the next one if it ended exactly here).
+                let cursor = if rest.is_empty() {
+                    ResumeCursor { first_unfinished_document: doc + 1, tokens_into_document: 0 }
+                } else {
+                    ResumeCursor { first_unfinished_document: doc, tokens_into_document: consumed }
+                };
+                self.cut_shard(cursor, false)?;
+                if self.limit_reached() {
+                    self.stopped = true;
+                    self.next_doc = doc + 1;
+                    return Ok(PushOutcome::Full);
+                }
+            }
+        }
+        self.next_doc = doc + 1;
+        Ok(PushOutcome::More)
+    }
+
+    /// Input exhausted: write the last partial shard (if any tokens) and mark the directory complete.
+    /// Returns the final manifest.
+    pub fn finish(mut self, input_exhausted: bool) -> Result<Manifest, WriterError> {
+        if input_exhausted && !self.stopped {
+            let cursor = ResumeCursor {
+                first_unfinished_document: self.next_doc,
+                tokens_into_document: 0,
+            };
+            if self.buf_tokens > 0 {
+                self.cut_shard(cursor, true)?;
+            } else {
+                // Nothing pending: record completion with one more manifest write through the same thread.
+                self.send(FinishedShard {
+                    file: String::new(),
+                    split: Split::Train,
+                    tokens: 0,
+                    bytes: Vec::new(),
+                    cursor,
+                    sources: self.source_entries(self.next_doc),
+                    complete: true,
+                })?;
+            }
+        }
+        drop(self.tx.take());
+        let thread = self.thread.take().expect("writer thread present until finish");
+        let manifest = thread.join().map_err(|_| WriterError::WriterThread)??;
+        Ok(manifest)
+    }
+
+    fn cut_shard(&mut self, cursor: ResumeCursor, complete: bool) -> Result<(), WriterError> {
+        let index = self.next_index;
+        let split = if index < self.cfg.val_shards { Split::Val } else { Split::Train };
+        let file = shard_file_name(&self.cfg.dataset, split, index);
+        let cap = HEADER_BYTES + self.cfg.shard_size as usize * self.width.bytes();
+        let mut bytes = std::mem::replace(&mut self.buf, Vec::with_capacity(cap));
+        let header = ShardHeader::new(self.width, self.buf_tokens).encode();
+        bytes.splice(0..0, header);
+        let sources = self.source_entries(cursor.first_unfinished_document + u64::from(cursor.tokens_into_document > 0));
+        let shard = FinishedShard { file, split, tokens: self.buf_tokens, bytes, cursor, sources, complete };
+        self.buf_tokens = 0;
+        self.next_index += 1;
+        self.send(shard)
+    }
+
+    fn send(&mut self, shard: FinishedShard) -> Result<(), WriterError> {
+        let tx = self.tx.as_ref().expect("sender present until finish");
+        if tx.send(shard).is_err() {
+            // The thread ended early: surface its error.
+            drop(self.tx.take());
+            let thread = self.thread.take().expect("writer thread present");
+            return match thread.join() {
+                Ok(Err(e)) => Err(e),
+                _ => Err(WriterError::WriterThread),
+            };
+        }
+        Ok(())
+    }
+
+    /// Rows consumed per source file when the first `docs_done` documents have been read.
+    fn source_entries(&self, docs_done: u64) -> Vec<SourceEntry> {
+        let mut out = Vec::with_capacity(self.sources.len());
+        for (i, s) in self.sources.iter().enumerate() {
+            if s.first_doc >= docs_done && i > 0 {
+                break;
+            }
+            let end = self.sources.get(i + 1).map(|n| n.first_doc).unwrap_or(u64::MAX).min(docs_done);
+            out.push(SourceEntry { file: s.name.clone(), bytes: s.bytes, rows: end.saturating_sub(s.first_doc) });
+        }
+        out
+    }
+}
+
+impl Drop for ShardWriter {
+    fn drop(&mut self) {
+        // Dropped without finish (error path): let the thread flush what it already has.
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn shard_file_name(dataset: &str, split: Split, index: usize) -> String {
+    format!("{dataset}_{}_{index:06}.bin", split.name())
+}
+
+pub fn xxh3_hex(bytes: &[u8]) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
+}
+
+fn write_shard_file(dir: &Path, shard: &FinishedShard) -> Result<(), WriterError> {
+    use std::io::Write;
+    let path = dir.join(&shard.file);
+    let tmp = temp_path_for(&path);
+    let io = |p: &Path| {
+        let p = p.display().to_string();
+        move |e| WriterError::Io { path: p, source: e }
+    };
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(&shard.bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    fsync_dir(dir).map_err(io(dir))?;
+    Ok(())
+}
+
+fn check_same_settings(m: &Manifest, cfg: &WriterConfig) -> Result<(), WriterError> {
+    let mut diffs = Vec::new();
+    if m.dataset != cfg.dataset {
+        diffs.push(format!("dataset `{}` vs `{}`", m.dataset, cfg.dataset));
+    }
+    if m.tokenizer.name != cfg.tokenizer {
+        diffs.push(format!("tokenizer {} vs {}", m.tokenizer.name, cfg.tokenizer));
+    }
+    if m.shard_size != cfg.shard_size {
+        diffs.push(format!("shard size {} vs {}", m.shard_size, cfg.shard_size));
+    }
+    let val_on_disk = m.shards.iter().filter(|s| s.split == Split::Val).count();
+    let expected_val = cfg.val_shards.min(m.shards.len());
+    if val_on_disk != expected_val {
+        diffs.push(format!("{val_on_disk} val shards on disk, --val-shards {}", cfg.val_shards));
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(WriterError::SettingsChanged { dir: cfg.dir.display().to_string(), what: diffs.join("; ") })
+    }
+}
+
+/// Every shard the manifest lists must be on disk with the recorded size and checksum: a resume never builds on a
+/// damaged prefix.
+fn verify_finished_shards(m: &Manifest, dir: &Path) -> Result<(), WriterError> {
+    for s in &m.shards {
+        let path = dir.join(&s.file);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| WriterError::DamagedShard { path: path.display().to_string(), what: e.to_string() })?;
+        let expected_len = HEADER_BYTES as u64 + s.tokens * m.token_width.bytes() as u64;
+        if bytes.len() as u64 != expected_len {
+            return Err(WriterError::DamagedShard {
+                path: path.display().to_string(),
+                what: format!("{} bytes, expected {expected_len}", bytes.len()),
+            });
+        }
+        let sum = xxh3_hex(&bytes);
+        if sum != s.xxh3 {
+            return Err(WriterError::DamagedShard { path: path.display().to_string(), what: format!("xxh3 {sum}, manifest says {}", s.xxh3) });
+        }
+    }
+    Ok(())
+}
+
+fn has_shard_files(dir: &Path) -> Result<bool, WriterError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| WriterError::Io { path: dir.display().to_string(), source: e })?;
+    Ok(rd.filter_map(|e| e.ok()).any(|e| {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        (n.ends_with(".bin") || n.ends_with(".npy")) && (n.contains("_train_") || n.contains("_val_"))
+    }))
+}
+
+/// Temp files left by a killed run (never renamed, so never listed in the manifest) are removed on open.
+fn remove_stale_temps(dir: &Path) -> Result<(), WriterError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| WriterError::Io { path: dir.display().to_string(), source: e })?;
+    for e in rd.filter_map(|e| e.ok()) {
+        if e.file_name().to_string_lossy().contains(".tmp.") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! Checkpoint directories: everything a run needs to continue bit for bit.
+//!
+//! ```text
+//! <checkpoint dir>/step_000500/
+//!     model.safetensors      fp32 master weights, named as the model names them (HF GPT-2 names for GPT-2),
+//!                            the model config in its metadata (`crate::model::store`)
+//!     optimizer.safetensors  AdamW moments, `<param>.m` and `<param>.v`, fp32
+//!     state.json             step, optimizer step count, train loader position, sampling RNG, resolved config,
+//!                            model config, tool version
+//! ```
+//! A checkpoint is written into a temporary sibling directory, every file fsynced, then renamed into place, so a
+//! crash leaves either the previous checkpoint or the complete new one. `step_N` holds the state after N optimizer
+//! steps: resuming from it runs step N next.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::model::store::{read_safetensors, write_safetensors};
+use crate::model::{load_checkpoint_model, save_model_weights, LanguageModel, ModelConfig, ModelError, Precision};
+use crate::shards::loader::LoaderState;
+use crate::train::TrainConfig;
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const STATE_FILE: &str = "state.json";
+/// Bumped when state.json changes meaning; readers refuse newer versions.
+pub const CHECKPOINT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io { path: String, #[source] source: std::io::Error },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{path}: not a valid checkpoint state: {source}")]
+    State { path: String, #[source] source: serde_json::Error },
+    #[error("{path}: checkpoint format_version {found} is newer than this tokenmill understands ({CHECKPOINT_VERSION})")]
+    TooNew { path: String, found: u32 },
+    #[error("{path}: not a checkpoint directory (no {STATE_FILE}); checkpoints are the step_NNNNNN directories `tokenmill train` writes")]
+    NotACheckpoint { path: String },
+    #[error("no checkpoint to resume from in {dir} (no step_NNNNNN directory with a {STATE_FILE})")]
+    NoneFound { dir: String },
+}
+
+/// The sampling RNG (ChaCha20) position: the seed and how many 32-bit words it has produced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RngState {
+    /// The 32-byte ChaCha seed, hex.
+    pub seed: String,
+    /// Word position; a decimal string because JSON numbers cannot hold a u128 exactly everywhere.
+    pub word_pos: String,
+}
+
+impl RngState {
+    pub fn capture(rng: &rand_chacha::ChaCha20Rng) -> Self {
+        RngState { seed: hex::encode(rng.get_seed()), word_pos: rng.get_word_pos().to_string() }
+    }
+
+    pub fn restore(&self) -> Result<rand_chacha::ChaCha20Rng, String> {
+        use rand::SeedableRng;
+        let bytes = hex::decode(&self.seed).map_err(|e| format!("rng seed: {e}"))?;
+        let seed: [u8; 32] = bytes.try_into().map_err(|_| "rng seed: expected 32 bytes".to_string())?;
+        let pos: u128 = self.word_pos.parse().map_err(|e| format!("rng word_pos: {e}"))?;
+        let mut rng = rand_chacha::ChaCha20Rng::from_seed(seed);
+        rng.set_word_pos(pos);
+        Ok(rng)
+    }
+}
+
+/// `state.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub format_version: u32,
+    /// Optimizer steps completed; the step a resumed run executes next.
+    pub step: usize,
+    /// AdamW's own step count (bias correction).
+    pub optimizer_steps: u64,
+    pub train_loader: LoaderState,
+    pub rng: RngState,
+    pub config: TrainConfig,
+    pub model: ModelConfig,
+    pub tool_version: String,
+}
+
+/// `<root>/step_NNNNNN`.
+pub fn step_dir(root: &Path, step: usize) -> PathBuf {
+    root.join(format!("step_{step:06}"))
+}
+
+/// The checkpoint with the highest step under `root`.
+pub fn latest(root: &Path) -> Result<PathBuf, CheckpointError> {
+    let none = || CheckpointError::NoneFound { dir: root.display().to_string() };
+    let entries = std::fs::read_dir(root).map_err(|_| none())?;
+    let mut best: Option<(usize, PathBuf)> = None;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(step) = name.to_str().and_then(|n| n.strip_prefix("step_")).and_then(|s| s.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if e.path().join(STATE_FILE).is_file() && best.as_ref().is_none_or(|(b, _)| step > *b) {
+            best = Some((step, e.path()));
+        }
+    }
+    best.map(|(_, p)| p).ok_or_else(none)
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io { path: path.display().to_string(), source }
+}
+
+/// Write a checkpoint to `dir` atomically (a temp sibling renamed into place; an existing `dir` is replaced).
+/// `optimizer` is `AdamW::state_tensors()`.
+pub fn save(
+    dir: &Path,
+    model: &dyn LanguageModel,
+    optimizer: &[(String, Tensor)],
+    state: &TrainState,
+) -> Result<(), CheckpointError> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let tmp = crate::util::temp_path_for(dir);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+    // Both tensor files go through the model store's writer: streamed, fsynced, in a fixed order (byte-identical
+    // files for identical states), and model.safetensors carries the model config so `--model DIR` can load it.
+    save_model_weights(model, &tmp.join(MODEL_FILE))?;
+    write_safetensors(&tmp.join(OPTIMIZER_FILE), optimizer, &BTreeMap::new())?;
+    let json = serde_json::to_vec_pretty(state).expect("TrainState serialises");
+    let state_path = tmp.join(STATE_FILE);
+    std::fs::write(&state_path, json).map_err(io(&state_path))?;
+    std::fs::File::open(&state_path).and_then(|f| f.sync_all()).map_err(io(&state_path))?;
+    crate::util::fsync_dir(&tmp).map_err(io(&tmp))?;
+    // rename() cannot replace a non-empty directory: move the old one aside first, delete it once the new one is in.
+    let old = dir.with_file_name(format!(
+        "{}.old.{}",
+        dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let replaced = dir.exists();
+    if replaced {
+        std::fs::rename(dir, &old).map_err(io(dir))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(io(dir))?;
+    crate::util::fsync_dir(parent).map_err(io(parent))?;
+    if replaced {
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
+    Ok(())
+}
+
+/// Read `dir/state.json`.
+pub fn load_state(dir: &Path) -> Result<TrainState, CheckpointError> {
+    let path = dir.join(STATE_FILE);
+    if !path.is_file() {
+        return Err(CheckpointError::NotACheckpoint { path: dir.display().to_string() });
+    }
+    let text = std::fs::read(&path).map_err(io(&path))?;
+    let state: TrainState = serde_json::from_slice(&text)
+        .map_err(|source| CheckpointError::State { path: path.display().to_string(), source })?;
+    if state.format_version > CHECKPOINT_VERSION {
+        return Err(CheckpointError::TooNew { path: path.display().to_string(), found: state.format_version });
+    }
+    Ok(state)
+}
+
+/// The optimizer moments of checkpoint `dir`, on `device`.
+pub fn load_optimizer_tensors(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>, CheckpointError> {
+    Ok(read_safetensors(&dir.join(OPTIMIZER_FILE), device)?.0)
+}
+
+/// The model of checkpoint `dir` with its weights, computing at `precision` on `device`.
+pub fn load_model(
+    dir: &Path,
+    precision: Precision,
+    device: &Device,
+) -> Result<Box<dyn LanguageModel>, CheckpointError> {
+    Ok(load_checkpoint_model(dir, precision, device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rng_state_round_trips_mid_stream() {
+        use rand::{RngCore, SeedableRng};
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+        for _ in 0..13 {
+            rng.next_u32();
+        }
+        let saved = RngState::capture(&rng);
+        let mut back = saved.restore().unwrap();
+        assert_eq!((0..5).map(|_| rng.next_u64()).collect::<Vec<_>>(), (0..5).map(|_| back.next_u64()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn latest_picks_highest_complete_step() {
+        let dir = tempfile::tempdir().unwrap();
+        for (step, complete) in [(5, true), (20, true), (30, false)] {
+            let d = step_dir(dir.path(), step);
+            std::fs::create_dir_all(&d).unwrap();
+            if complete {
+                std::fs::write(d.join(STATE_FILE), "{}").unwrap();
+            }
+        }
+        assert_eq!(latest(dir.path()).unwrap(), step_dir(dir.path(), 20));
+        assert!(matches!(latest(&dir.path().join("nope")), Err(CheckpointError::NoneFound { .. })));
+    }
+}

@@ -1,0 +1,488 @@
+//! The training configuration: one typed `TrainConfig` holding every hyperparameter of a run, resolved in one place
+//! as built-in defaults (the GPT-2 124M seed's values) < `--config FILE` < command-line overrides, then validated.
+//!
+//! Resolution works on TOML tables (a file need only name what it changes; an override is a dotted key and a TOML
+//! value), and the merged table is parsed once with unknown keys rejected, so a typo is an error naming the key.
+//! The resolved config is what a run prints, saves to `log_dir/config.toml` and stores in every checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Architecture, ModelConfig};
+
+/// GPT-2's vocabulary is padded to a multiple of this (50257 -> 50304, "nice number" for the matmul kernels).
+pub const VOCAB_MULTIPLE: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io { path: String, #[source] source: std::io::Error },
+    #[error("{path}: not valid TOML: {source}")]
+    Toml { path: String, #[source] source: Box<toml::de::Error> },
+    #[error("{origin}: {source}")]
+    Schema { origin: String, #[source] source: Box<toml::de::Error> },
+    #[error("override `{0}`: expected KEY=VALUE with a dotted key such as optim.max_lr=3e-4")]
+    BadOverride(String),
+    #[error("override `{key}`: `{part}` is a value, not a section")]
+    NotASection { key: String, part: String },
+    #[error("[model] {0}")]
+    Model(#[from] crate::model::ModelError),
+    #[error("[model] {0} is not set and there is no preset to take it from")]
+    MissingModelField(&'static str),
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// Every hyperparameter of a training run. `Default` is build-nanogpt's GPT-2 (124M) run on 10B FineWeb-Edu tokens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub optim: OptimSection,
+    pub eval: EvalSection,
+    pub checkpoint: CheckpointSection,
+    pub run: RunSection,
+}
+
+/// `[model]`: a named preset (`crate::model::config::PRESETS`), or the architecture and sizes, or a preset with some sizes overridden.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub preset: Option<String>,
+    pub arch: Option<Architecture>,
+    pub block_size: Option<usize>,
+    pub n_layer: Option<usize>,
+    pub n_head: Option<usize>,
+    pub n_embd: Option<usize>,
+    /// Embedding / logits rows; unset = the data's vocabulary rounded up to a multiple of 64.
+    pub vocab_size: Option<usize>,
+}
+
+/// `[data]`: where batches come from and how big they are.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// The directory `tokenmill prep` wrote (its manifest.json lists train and val shards). `--data` sets it.
+    pub dir: Option<PathBuf>,
+    /// B: sequences per micro-batch per process.
+    pub micro_batch: usize,
+    /// T: tokens per sequence.
+    pub seq_len: usize,
+    /// Tokens per optimizer step over all processes and micro-steps; a multiple of B * T * world.
+    pub total_batch_tokens: usize,
+    /// Shuffle the order of shards and sequences with this seed; unset = read in file order (build-nanogpt).
+    pub shuffle_seed: Option<u64>,
+}
+
+/// `[optim]`: AdamW and the learning-rate schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimSection {
+    pub max_lr: f64,
+    /// The cosine decays to max_lr * min_lr_ratio.
+    pub min_lr_ratio: f64,
+    pub warmup_steps: usize,
+    pub max_steps: usize,
+    /// Applied only to tensors with two or more dimensions (matmul weights, embeddings).
+    pub weight_decay: f64,
+    pub betas: [f64; 2],
+    pub eps: f64,
+    /// Global L2 norm the gradients are clipped to; 0 disables clipping (the norm is still measured and logged).
+    pub grad_clip: f64,
+}
+
+/// `[eval]`: what runs between training steps. An interval of 0 turns that hook off.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    pub val_every: usize,
+    /// Batches (B x T each) averaged for one val loss, read from the start of the val split every time.
+    pub val_steps: usize,
+    pub sample_every: usize,
+    pub sample_prompt: String,
+    pub sample_count: usize,
+    /// Total length of each sample in tokens, prompt included.
+    pub sample_tokens: usize,
+    /// Sample from the k most likely tokens.
+    pub sample_top_k: usize,
+    pub hellaswag_every: usize,
+    /// The file `tokenmill prep hellaswag` wrote; unset = no HellaSwag during training.
+    pub hellaswag_file: Option<PathBuf>,
+    /// Score only the first N examples (unset = all 10,042).
+    pub hellaswag_limit: Option<usize>,
+}
+
+/// `[checkpoint]`: a checkpoint is written every `every` steps (0 = only at the end) and when the run ends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSection {
+    pub every: usize,
+    /// Where `step_NNNNNN/` directories go; unset = `<log_dir>/checkpoints`.
+    pub dir: Option<PathBuf>,
+}
+
+/// `[run]`: seeds, precision, device, logs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    /// Seeds the model's initialisation and the sampling RNG.
+    pub seed: u64,
+    /// `fp32`, `bf16` (bf16 compute, fp32 master weights and optimizer state) or `auto` (bf16 on CUDA, else fp32).
+    pub dtype: String,
+    /// `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when this build and machine have it).
+    pub device: String,
+    pub log_dir: PathBuf,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: ModelSection { preset: Some("gpt2-124m".into()), ..Default::default() },
+            data: DataSection {
+                dir: None,
+                micro_batch: 64,
+                seq_len: 1024,
+                total_batch_tokens: 524_288, // 2**19, ~0.5M tokens as in GPT-3 Small
+                shuffle_seed: None,
+            },
+            optim: OptimSection {
+                max_lr: 6e-4,
+                min_lr_ratio: 0.1,
+                warmup_steps: 715,   // 375M warmup tokens (GPT-3) / 2**19 tokens per step
+                max_steps: 19_073, // 10B tokens / 2**19 tokens per step
+                weight_decay: 0.1,
+                betas: [0.9, 0.95],
+                eps: 1e-8,
+                grad_clip: 1.0,
+            },
+            eval: EvalSection {
+                val_every: 250,
+                val_steps: 20,
+                sample_every: 250,
+                sample_prompt: "Hello, I'm a language model,".into(),
+                sample_count: 4,
+                sample_tokens: 32,
+                sample_top_k: 50,
+                hellaswag_every: 250,
+                hellaswag_file: None,
+                hellaswag_limit: None,
+            },
+            checkpoint: CheckpointSection { every: 5000, dir: None },
+            run: RunSection { seed: 1337, dtype: "auto".into(), device: "auto".into(), log_dir: PathBuf::from("log") },
+        }
+    }
+}
+
+impl ModelSection {
+    /// Fill every unset field from the preset, so the saved config names the model completely.
+    pub fn fill_from_preset(&mut self) -> Result<(), ConfigError> {
+        if let Some(name) = &self.preset {
+            let p = ModelConfig::preset(name)?;
+            self.arch.get_or_insert(p.arch);
+            self.block_size.get_or_insert(p.block_size);
+            self.n_layer.get_or_insert(p.n_layer);
+            self.n_head.get_or_insert(p.n_head);
+            self.n_embd.get_or_insert(p.n_embd);
+        }
+        Ok(())
+    }
+
+    /// The model's config for data with `data_vocab` token ids (the manifest's tokenizer vocabulary).
+    pub fn resolve(&self, data_vocab: usize) -> Result<ModelConfig, ConfigError> {
+        let mut s = self.clone();
+        s.fill_from_preset()?;
+        let vocab_size = s.vocab_size.unwrap_or_else(|| data_vocab.div_ceil(VOCAB_MULTIPLE) * VOCAB_MULTIPLE);
+        if vocab_size < data_vocab {
+            return Err(ConfigError::Invalid(format!(
+                "[model] vocab_size {vocab_size} is smaller than the data's vocabulary ({data_vocab} token ids)"
+            )));
+        }
+        let cfg = ModelConfig {
+            arch: s.arch.ok_or(ConfigError::MissingModelField("arch"))?,
+            block_size: s.block_size.ok_or(ConfigError::MissingModelField("block_size"))?,
+            vocab_size,
+            real_vocab_size: data_vocab,
+            n_layer: s.n_layer.ok_or(ConfigError::MissingModelField("n_layer"))?,
+            n_head: s.n_head.ok_or(ConfigError::MissingModelField("n_head"))?,
+            n_embd: s.n_embd.ok_or(ConfigError::MissingModelField("n_embd"))?,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// The precision policy's one switch: what the forward/backward computes in. Master weights and AdamW state are
+/// always fp32; losses and norms are reduced in fp32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ComputeDtype {
+    F32,
+    Bf16,
+}
+
+impl ComputeDtype {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            ComputeDtype::F32 => candle_core::DType::F32,
+            ComputeDtype::Bf16 => candle_core::DType::BF16,
+        }
+    }
+
+    /// The model's precision: fp32 master weights computing in this dtype.
+    pub fn precision(self) -> crate::model::Precision {
+        crate::model::Precision::with_compute(self.dtype())
+    }
+}
+
+impl RunSection {
+    /// The device `run.device` names. `auto` is CUDA 0 when available.
+    pub fn device(&self) -> Result<candle_core::Device, ConfigError> {
+        parse_device(&self.device)
+    }
+
+    /// `run.dtype` for `device`.
+    pub fn compute_dtype(&self, device: &candle_core::Device) -> Result<ComputeDtype, ConfigError> {
+        parse_compute_dtype(&self.dtype, device)
+    }
+}
+
+/// `fp32`, `bf16`, or `auto` (bf16 on CUDA, fp32 elsewhere).
+pub fn parse_compute_dtype(s: &str, device: &candle_core::Device) -> Result<ComputeDtype, ConfigError> {
+    match s {
+        "fp32" | "f32" => Ok(ComputeDtype::F32),
+        "bf16" => Ok(ComputeDtype::Bf16),
+        "auto" => Ok(if device.is_cuda() { ComputeDtype::Bf16 } else { ComputeDtype::F32 }),
+        other => Err(ConfigError::Invalid(format!("dtype `{other}` (expected fp32, bf16 or auto)"))),
+    }
+}
+
+/// `cpu`, `cuda`, `cuda:N`, `auto`.
+pub fn parse_device(s: &str) -> Result<candle_core::Device, ConfigError> {
+    let cuda = |i: usize| {
+        candle_core::Device::new_cuda(i).map_err(|e| ConfigError::Invalid(format!("device `{s}`: {e}")))
+    };
+    match s {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        "auto" => {
+            if candle_core::utils::cuda_is_available() {
+                cuda(0)
+            } else {
+                Ok(candle_core::Device::Cpu)
+            }
+        }
+        "cuda" => cuda(0),
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => cuda(i),
+            _ => Err(ConfigError::Invalid(format!("device `{s}` (expected cpu, cuda, cuda:N or auto)"))),
+        },
+    }
+}
+
+impl TrainConfig {
+    /// Resolve defaults < `file` < `overrides` (each `section.key=value`, value in TOML syntax; a bare word is a
+    /// string), fill the model section from its preset, and validate.
+    pub fn resolve(file: Option<&Path>, overrides: &[String]) -> Result<TrainConfig, ConfigError> {
+        Self::resolve_over(&TrainConfig::default(), "built-in defaults", file, overrides)
+    }
+
+    /// As `resolve`, starting from `base` instead of the defaults (a resumed run starts from its checkpoint's
+    /// config, so only what the command line changes differs).
+    pub fn resolve_over(
+        base: &TrainConfig,
+        base_origin: &str,
+        file: Option<&Path>,
+        overrides: &[String],
+    ) -> Result<TrainConfig, ConfigError> {
+        let mut table = match toml::Value::try_from(base).expect("a TrainConfig serialises") {
+            toml::Value::Table(t) => t,
+            _ => unreachable!("a struct serialises to a table"),
+        };
+        let mut origin = base_origin.to_string();
+        if let Some(path) = file {
+            let p = || path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io { path: p(), source: e })?;
+            let file_table: toml::Table =
+                text.parse().map_err(|e| ConfigError::Toml { path: p(), source: Box::new(e) })?;
+            // A file that names a model preset or an architecture describes its model itself: drop the default's.
+            if let Some(toml::Value::Table(m)) = file_table.get("model") {
+                if m.contains_key("preset") || m.contains_key("arch") {
+                    table.insert("model".into(), toml::Value::Table(toml::Table::new()));
+                }
+            }
+            merge(&mut table, file_table);
+            origin = p();
+        }
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        if !overrides.is_empty() {
+            origin = format!("{origin} + command-line overrides");
+        }
+        let mut cfg: TrainConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| ConfigError::Schema { origin, source: Box::new(e) })?;
+        cfg.model.fill_from_preset()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parse a complete config (as saved by `to_toml` into a log dir or checkpoint).
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<TrainConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Schema { origin: origin.to_string(), source: Box::new(e) })
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a TrainConfig always serialises to TOML")
+    }
+
+    /// Checks that hold whatever the data and device: sizes positive, schedule coherent.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let d = &self.data;
+        if d.micro_batch == 0 || d.seq_len == 0 || d.total_batch_tokens == 0 {
+            return bad("[data] micro_batch, seq_len and total_batch_tokens must be positive".into());
+        }
+        if d.total_batch_tokens % (d.micro_batch * d.seq_len) != 0 {
+            return bad(format!(
+                "[data] total_batch_tokens {} is not divisible by micro_batch * seq_len = {} * {} = {}",
+                d.total_batch_tokens,
+                d.micro_batch,
+                d.seq_len,
+                d.micro_batch * d.seq_len
+            ));
+        }
+        if let Some(block) = self.model.block_size {
+            if d.seq_len > block {
+                return bad(format!("[data] seq_len {} is longer than [model] block_size {block}", d.seq_len));
+            }
+        }
+        let o = &self.optim;
+        if o.max_steps == 0 {
+            return bad("[optim] max_steps must be positive".into());
+        }
+        if !(o.max_lr > 0.0) || !(0.0..=1.0).contains(&o.min_lr_ratio) {
+            return bad(format!("[optim] max_lr {} must be > 0 and min_lr_ratio {} in [0, 1]", o.max_lr, o.min_lr_ratio));
+        }
+        if !o.betas.iter().all(|b| (0.0..1.0).contains(b)) || !(o.eps > 0.0) {
+            return bad(format!("[optim] betas {:?} must be in [0, 1) and eps {} > 0", o.betas, o.eps));
+        }
+        if o.weight_decay < 0.0 || o.grad_clip < 0.0 {
+            return bad("[optim] weight_decay and grad_clip must be >= 0".into());
+        }
+        let e = &self.eval;
+        if e.val_every > 0 && e.val_steps == 0 {
+            return bad("[eval] val_steps must be positive when val_every is set".into());
+        }
+        if e.sample_every > 0 && (e.sample_count == 0 || e.sample_top_k == 0) {
+            return bad("[eval] sample_count and sample_top_k must be positive when sample_every is set".into());
+        }
+        Ok(())
+    }
+
+    /// Micro-steps per optimizer step for `world` processes; errors if the batch does not divide evenly.
+    pub fn grad_accum_steps(&self, world: usize) -> Result<usize, ConfigError> {
+        let d = &self.data;
+        let per_micro = d.micro_batch * d.seq_len * world;
+        if per_micro == 0 || d.total_batch_tokens % per_micro != 0 {
+            return Err(ConfigError::Invalid(format!(
+                "[data] total_batch_tokens {} must be divisible by micro_batch * seq_len * world = {} * {} * {world} = {per_micro}",
+                d.total_batch_tokens, d.micro_batch, d.seq_len
+            )));
+        }
+        Ok(d.total_batch_tokens / per_micro)
+    }
+
+    /// Where checkpoints go.
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.checkpoint.dir.clone().unwrap_or_else(|| self.run.log_dir.join("checkpoints"))
+    }
+
+    pub fn min_lr(&self) -> f64 {
+        self.optim.max_lr * self.optim.min_lr_ratio
+    }
+}
+
+/// Deep-merge `src` into `dst`: tables merge key by key, anything else replaces.
+fn merge(dst: &mut toml::Table, src: toml::Table) {
+    for (k, v) in src {
+        match (dst.get_mut(&k), v) {
+            (Some(toml::Value::Table(d)), toml::Value::Table(s)) => merge(d, s),
+            (_, v) => {
+                dst.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Apply one `a.b.c=value` override. The value is parsed as TOML (`3e-4`, `true`, `[0.9, 0.95]`, `"x"`); if that
+/// fails it is taken as a string, so `run.device=cuda:1` works unquoted.
+pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigError> {
+    let (key, raw) = item.split_once('=').ok_or_else(|| ConfigError::BadOverride(item.to_string()))?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(ConfigError::BadOverride(item.to_string()));
+    }
+    let raw = raw.trim();
+    let value = match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").expect("parsed key v"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    let (last, sections) = parts.split_last().expect("non-empty key");
+    let mut cur = table;
+    for part in sections {
+        let entry = cur.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(ConfigError::NotASection { key: key.to_string(), part: part.to_string() }),
+        };
+    }
+    cur.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_the_gpt2_124m_seed() {
+        let cfg = TrainConfig::resolve(None, &[]).unwrap();
+        assert_eq!(cfg.grad_accum_steps(1).unwrap(), 8);
+        assert_eq!(cfg.grad_accum_steps(8).unwrap(), 1);
+        let m = cfg.model.resolve(50257).unwrap();
+        assert_eq!((m.n_layer, m.n_head, m.n_embd, m.block_size, m.vocab_size), (12, 12, 768, 1024, 50304));
+        assert!((cfg.min_lr() - 6e-5).abs() < 1e-18);
+    }
+
+    #[test]
+    fn overrides_beat_file_and_typos_name_the_key() {
+        let mut t = toml::Table::new();
+        apply_override(&mut t, "optim.max_lr=3e-4").unwrap();
+        apply_override(&mut t, "run.device=cuda:1").unwrap();
+        apply_override(&mut t, "optim.betas=[0.9, 0.99]").unwrap();
+        assert_eq!(t["optim"]["max_lr"].as_float(), Some(3e-4));
+        assert_eq!(t["run"]["device"].as_str(), Some("cuda:1"));
+        let cfg = TrainConfig::resolve(None, &["optim.max_lr=3e-4".into(), "data.micro_batch=32".into()]).unwrap();
+        assert_eq!((cfg.optim.max_lr, cfg.data.micro_batch), (3e-4, 32));
+        let err = TrainConfig::resolve(None, &["optim.max_lrr=1".into()]).unwrap_err().to_string();
+        assert!(err.contains("max_lrr"), "{err}");
+    }
+
+    #[test]
+    fn indivisible_batch_is_a_clear_error() {
+        let err = TrainConfig::resolve(None, &["data.total_batch_tokens=1000".into()]).unwrap_err().to_string();
+        assert!(err.contains("total_batch_tokens 1000") && err.contains("64 * 1024"), "{err}");
+        let cfg = TrainConfig::resolve(None, &[]).unwrap();
+        let err = cfg.grad_accum_steps(3).unwrap_err().to_string();
+        assert!(err.contains("world = 64 * 1024 * 3"), "{err}");
+    }
+
+    #[test]
+    fn saved_config_round_trips() {
+        let cfg = TrainConfig::resolve(None, &["eval.hellaswag_file=\"x/h.bin\"".into()]).unwrap();
+        let back = TrainConfig::from_toml_str(&cfg.to_toml(), "test").unwrap();
+        assert_eq!(back, cfg);
+    }
+}

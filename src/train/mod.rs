@@ -1,0 +1,23 @@
+//! Training: a loop generic over `crate::model::LanguageModel` (GPT-2 or Llama-style, chosen by `[model] arch`),
+//! with its own AdamW, the warmup + cosine schedule, gradient accumulation and clipping, val loss / HellaSwag /
+//! sample hooks, atomic checkpoints that resume bit for bit, logs, and the report plot.
+//!
+//! Precision policy, in one place: parameters (master weights) and AdamW moments are fp32 `Var`s; the forward and
+//! backward compute in `run.dtype` (bf16 on GPU by default, see `config::ComputeDtype`), gradients come back fp32;
+//! losses, norms and evaluation statistics are reduced in fp32.
+//!
+//! Files: `config` (TrainConfig, resolution), `schedule` (lr), `optim` (AdamW), `step` (micro-step, accumulation,
+//! the gradient-reduction seam, clipping), `checkpoint`, `log`, `sample`, `trainer` (the loop), `report` (SVG).
+
+pub mod checkpoint;
+pub mod config;
+pub mod log;
+pub mod optim;
+pub mod report;
+pub mod sample;
+pub mod schedule;
+pub mod step;
+pub mod trainer;
+
+pub use config::{ComputeDtype, TrainConfig};
+pub use trainer::{Resume, StepStats, TrainError, Trainer, TrainerOptions};

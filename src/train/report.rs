@@ -1,0 +1,176 @@
+//! `tokenmill report`: a run's `log.txt` drawn as build-nanogpt's notebook draws it, to SVG: train and val loss
+//! against the OpenAI GPT-2 (124M) checkpoint's val loss on the left, HellaSwag acc_norm against its score on the
+//! right.
+
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+
+use crate::train::log::{read_log_txt, LogParseError, LogSeries, LOG_TXT};
+
+/// Val loss of OpenAI's GPT-2 (124M) checkpoint on the FineWeb-Edu val split (build-nanogpt's plot baseline).
+pub const GPT2_124M_VAL_LOSS: f64 = 3.2924;
+/// HellaSwag acc_norm of OpenAI's GPT-2 (124M) checkpoint.
+pub const GPT2_124M_HELLASWAG: f64 = 0.2955;
+pub const REPORT_FILE: &str = "report.svg";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Log(#[from] LogParseError),
+    #[error("{path}: no train, val or hella lines to plot")]
+    Empty { path: String },
+    #[error("drawing the report: {0}")]
+    Draw(String),
+    #[error("{path}: {source}")]
+    Io { path: String, #[source] source: std::io::Error },
+}
+
+fn draw_err<E: std::fmt::Display>(e: E) -> ReportError {
+    ReportError::Draw(e.to_string())
+}
+
+/// An axis range covering `values` and `baseline`, padded by 5%. Loss curves start near ln(V) ~ 11 and fall fast;
+/// the range is capped at the 95th percentile of the values so the interesting part stays readable.
+fn y_range(values: &[f64], baseline: f64, cap_outliers: bool) -> std::ops::Range<f64> {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    sorted.sort_by(f64::total_cmp);
+    let lo = sorted.first().copied().unwrap_or(baseline).min(baseline);
+    let hi = if cap_outliers && sorted.len() >= 20 {
+        sorted[(sorted.len() * 95) / 100]
+    } else {
+        sorted.last().copied().unwrap_or(baseline)
+    }
+    .max(baseline);
+    let pad = ((hi - lo) * 0.05).max(1e-3);
+    (lo - pad)..(hi + pad)
+}
+
+/// Render `series` as an SVG document.
+pub fn render_svg(series: &LogSeries) -> Result<String, ReportError> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1600, 600)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        let (left, right) = root.split_horizontally(800);
+        let max_step = series
+            .train
+            .iter()
+            .chain(&series.val)
+            .chain(&series.hella)
+            .map(|&(s, _)| s)
+            .max()
+            .unwrap_or(0)
+            .max(1) as f64;
+
+        // Loss panel.
+        let losses: Vec<f64> = series.train.iter().chain(&series.val).map(|&(_, v)| v).collect();
+        let mut chart = ChartBuilder::on(&left)
+            .caption("Loss", ("sans-serif", 24))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..max_step, y_range(&losses, GPT2_124M_VAL_LOSS, true))
+            .map_err(draw_err)?;
+        chart.configure_mesh().x_desc("step").y_desc("loss").draw().map_err(draw_err)?;
+        let pt = |&(s, v): &(usize, f64)| (s as f64, v);
+        if !series.train.is_empty() {
+            chart
+                .draw_series(LineSeries::new(series.train.iter().map(pt), BLUE.mix(0.6)))
+                .map_err(draw_err)?
+                .label("train loss")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+        }
+        if !series.val.is_empty() {
+            chart
+                .draw_series(LineSeries::new(series.val.iter().map(pt), RGBColor(255, 127, 14).stroke_width(2)))
+                .map_err(draw_err)?
+                .label("val loss")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RGBColor(255, 127, 14)));
+        }
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(0.0, GPT2_124M_VAL_LOSS), (max_step, GPT2_124M_VAL_LOSS)],
+                8,
+                6,
+                RED.stroke_width(2),
+            ))
+            .map_err(draw_err)?
+            .label(format!("OpenAI GPT-2 (124M) checkpoint val loss {GPT2_124M_VAL_LOSS}"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw()
+            .map_err(draw_err)?;
+
+        // HellaSwag panel.
+        let accs: Vec<f64> = series.hella.iter().map(|&(_, v)| v).collect();
+        let mut chart = ChartBuilder::on(&right)
+            .caption("HellaSwag eval", ("sans-serif", 24))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..max_step, y_range(&accs, GPT2_124M_HELLASWAG, false))
+            .map_err(draw_err)?;
+        chart.configure_mesh().x_desc("step").y_desc("acc_norm").draw().map_err(draw_err)?;
+        if !series.hella.is_empty() {
+            chart
+                .draw_series(LineSeries::new(series.hella.iter().map(pt), BLUE.stroke_width(2)))
+                .map_err(draw_err)?
+                .label("HellaSwag acc_norm")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+            chart
+                .draw_series(series.hella.iter().map(|p| Circle::new(pt(p), 3, BLUE.filled())))
+                .map_err(draw_err)?;
+        }
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(0.0, GPT2_124M_HELLASWAG), (max_step, GPT2_124M_HELLASWAG)],
+                8,
+                6,
+                RED.stroke_width(2),
+            ))
+            .map_err(draw_err)?
+            .label(format!("OpenAI GPT-2 (124M) checkpoint {GPT2_124M_HELLASWAG}"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw()
+            .map_err(draw_err)?;
+        root.present().map_err(draw_err)?;
+    }
+    Ok(svg)
+}
+
+/// Read `log_dir/log.txt` and write the plot atomically to `out` (default `log_dir/report.svg`). Returns the series
+/// drawn and the file written.
+pub fn write_report(log_dir: &Path, out: Option<&Path>) -> Result<(LogSeries, PathBuf), ReportError> {
+    let log_path = log_dir.join(LOG_TXT);
+    let series = read_log_txt(&log_path)?;
+    if series.train.is_empty() && series.val.is_empty() && series.hella.is_empty() {
+        return Err(ReportError::Empty { path: log_path.display().to_string() });
+    }
+    let svg = render_svg(&series)?;
+    let out = out.map(Path::to_path_buf).unwrap_or_else(|| log_dir.join(REPORT_FILE));
+    crate::util::write_atomic(&out, svg.as_bytes())
+        .map_err(|source| ReportError::Io { path: out.display().to_string(), source })?;
+    Ok((series, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_covers_baseline_and_caps_the_initial_spike() {
+        let mut losses = vec![11.0];
+        losses.extend((0..99).map(|i| 4.0 - i as f64 * 0.005));
+        let r = y_range(&losses, GPT2_124M_VAL_LOSS, true);
+        assert!(r.start < GPT2_124M_VAL_LOSS && r.end < 5.0 && r.end > 4.0, "{r:?}");
+    }
+}

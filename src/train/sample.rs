@@ -1,0 +1,82 @@
+//! Text generation as build-nanogpt's training-time samples: `count` continuations of one prompt, each token drawn
+//! from the softmax of the top-k logits (k = 50 by default). No KV cache: samples are a few dozen tokens, every
+//! `sample_every` steps. Padded vocabulary ids (>= the tokenizer's real vocabulary) are never drawn.
+
+use candle_core::{DType, Device, IndexOp, Result, Tensor};
+use rand::Rng;
+
+use crate::model::LanguageModel;
+
+/// Continue `prompt` to `total_len` tokens, `count` times. Returns each full sequence (prompt included).
+/// The context is cropped to the model's block size when it grows past it.
+pub fn generate(
+    model: &dyn LanguageModel,
+    prompt: &[u32],
+    count: usize,
+    total_len: usize,
+    top_k: usize,
+    rng: &mut impl Rng,
+    device: &Device,
+) -> Result<Vec<Vec<u32>>> {
+    if prompt.is_empty() {
+        candle_core::bail!("sampling needs a non-empty prompt");
+    }
+    let cfg = model.config();
+    let real_vocab = cfg.real_vocab_size.min(cfg.vocab_size);
+    let mut seqs: Vec<Vec<u32>> = vec![prompt.to_vec(); count];
+    while seqs[0].len() < total_len {
+        let len = seqs[0].len();
+        let start = len.saturating_sub(cfg.block_size);
+        let t = len - start;
+        let flat: Vec<u32> = seqs.iter().flat_map(|s| s[start..].iter().copied()).collect();
+        let idx = Tensor::from_vec(flat, (count, t), device)?; // (B, T)
+        let logits = model.forward(&idx)?; // (B, T, V)
+        let last = logits.i((.., t - 1, ..))?.to_dtype(DType::F32)?.to_vec2::<f32>()?; // (B, V)
+        for (seq, row) in seqs.iter_mut().zip(&last) {
+            seq.push(sample_top_k(&row[..real_vocab], top_k, rng));
+        }
+    }
+    Ok(seqs)
+}
+
+/// Draw one id from softmax over the `k` largest `logits` (ties broken towards the lower id).
+pub fn sample_top_k(logits: &[f32], k: usize, rng: &mut impl Rng) -> u32 {
+    let k = k.clamp(1, logits.len());
+    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+    // Partial sort: the k best first, in descending logit order.
+    ids.select_nth_unstable_by(k - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    let top = &mut ids[..k];
+    top.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    let max = logits[top[0] as usize] as f64;
+    let weights: Vec<f64> = top.iter().map(|&i| (logits[i as usize] as f64 - max).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    let mut u = rng.gen::<f64>() * total;
+    for (&id, w) in top.iter().zip(&weights) {
+        if u < *w {
+            return id;
+        }
+        u -= w;
+    }
+    top[k - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn top_k_never_leaves_the_k_best() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(0);
+        let logits = [0.0f32, 5.0, 1.0, 4.9, -3.0, 4.8];
+        let mut seen = [0usize; 6];
+        for _ in 0..3000 {
+            seen[sample_top_k(&logits, 3, &mut rng) as usize] += 1;
+        }
+        assert_eq!(seen[0] + seen[2] + seen[4], 0);
+        // exp(5) : exp(4.9) : exp(4.8) ~ 0.367 : 0.332 : 0.301.
+        assert!((seen[1] as f64 / 3000.0 - 0.367).abs() < 0.04, "{seen:?}");
+        assert!(seen[5] > 700, "{seen:?}");
+        assert_eq!(sample_top_k(&logits, 1, &mut rng), 1);
+    }
+}

@@ -1,0 +1,478 @@
+//! The training loop: owns the model, AdamW, the loaders, the schedule and the logs of one run, and reads top to
+//! bottom like build-nanogpt's: (val loss, HellaSwag, samples) when due, one optimizer step, one log line,
+//! a checkpoint when due. The step itself is the decomposed pipeline of `step`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, Var};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+use crate::eval::hellaswag::{self, HellaswagScore};
+use crate::eval::hellaswag_file::{Example, HellaswagFile, HellaswagFileError};
+use crate::model::{LanguageModel, ModelConfig, ModelError};
+use crate::shards::loader::{Batch, DataLoader, LoaderConfig, LoaderError};
+use crate::shards::{Manifest, Split};
+use crate::tokenizer::{Tokenizer, TokenizerKind};
+use crate::train::checkpoint::{self, CheckpointError, RngState, TrainState, CHECKPOINT_VERSION};
+use crate::train::config::{ComputeDtype, ConfigError, TrainConfig};
+use crate::train::log::{Event, RunLog};
+use crate::train::optim::{AdamW, AdamWConfig, OptimError};
+use crate::train::schedule::LrSchedule;
+use crate::train::step::{clip_grad_norm, micro_step, GradAccumulator, Reducer, SingleProcess};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Optim(#[from] OptimError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Hellaswag(#[from] HellaswagFileError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("{path}: {source}")]
+    Io { path: String, #[source] source: std::io::Error },
+    #[error("no training data: set [data] dir in the config or pass --data DIR (a directory `tokenmill prep` wrote)")]
+    NoDataDir,
+    #[error("{path}: the data has {data} token ids but the checkpoint's model was built for {model}")]
+    VocabMismatch { path: String, data: usize, model: usize },
+    #[error("step {step}: the loss is {loss}; training diverged (lower optim.max_lr or check the data)")]
+    NonFinite { step: usize, loss: f32 },
+    #[error("{0}")]
+    Resume(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io { path: path.display().to_string(), source }
+}
+
+/// How a run starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// Fresh weights from `run.seed`.
+    No,
+    /// The latest `step_N` under the config's checkpoint directory.
+    Latest,
+    /// A given checkpoint directory.
+    From(PathBuf),
+}
+
+/// What one optimizer step measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    pub step: usize,
+    /// Mean loss over the whole batch (all micro-steps, all processes).
+    pub loss: f32,
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    pub ms: f64,
+    pub tokens_per_s: f64,
+}
+
+/// Build the model `cfg` describes, fresh from `seed`, with fp32 master weights computing in `dtype` on `device`.
+pub fn build_model(
+    cfg: &ModelConfig,
+    seed: u64,
+    dtype: ComputeDtype,
+    device: &Device,
+) -> Result<Box<dyn LanguageModel>, ModelError> {
+    crate::model::build_model(cfg, dtype.precision(), device, seed)
+}
+
+pub struct Trainer {
+    cfg: TrainConfig,
+    model: Box<dyn LanguageModel>,
+    vars: Vec<Var>,
+    opt: AdamW,
+    schedule: LrSchedule,
+    train: DataLoader,
+    val: Option<DataLoader>,
+    hellaswag: Option<Vec<Example>>,
+    tokenizer: Option<Tokenizer>,
+    reducer: Box<dyn Reducer>,
+    device: Device,
+    grad_accum: usize,
+    /// Optimizer steps completed (the next step to run).
+    step: usize,
+    /// Sampling RNG; training itself draws no randomness after initialisation.
+    rng: ChaCha20Rng,
+    log: Option<RunLog>,
+    history: Vec<Event>,
+    /// Step of the last checkpoint written by this process, to avoid writing the same one twice.
+    last_checkpoint: Option<usize>,
+}
+
+/// Options that are not hyperparameters.
+pub struct TrainerOptions {
+    pub resume: Resume,
+    /// Print every log line (the CLI); tests keep quiet.
+    pub echo: bool,
+    /// Gradient averaging across processes; `SingleProcess` unless data-parallel.
+    pub reducer: Box<dyn Reducer>,
+}
+
+impl Default for TrainerOptions {
+    fn default() -> Self {
+        TrainerOptions { resume: Resume::No, echo: false, reducer: Box::new(SingleProcess) }
+    }
+}
+
+impl Trainer {
+    /// Open the data, build (or restore) the model and optimizer, open the logs. `cfg` is a resolved config.
+    pub fn new(cfg: TrainConfig, opts: TrainerOptions) -> Result<Trainer, TrainError> {
+        cfg.validate()?;
+        let device = cfg.run.device()?;
+        let dtype = cfg.run.compute_dtype(&device)?;
+        let (rank, world) = (opts.reducer.rank(), opts.reducer.world_size());
+        let grad_accum = cfg.grad_accum_steps(world)?;
+        let data_dir = cfg.data.dir.clone().ok_or(TrainError::NoDataDir)?;
+
+        let loader_cfg = |shuffle_seed| LoaderConfig {
+            batch_size: cfg.data.micro_batch,
+            seq_len: cfg.data.seq_len,
+            rank,
+            world,
+            shuffle_seed,
+        };
+        let mut train = DataLoader::open(&data_dir, Split::Train, loader_cfg(cfg.data.shuffle_seed))?;
+        // Validation always reads the same batches, in file order, from the start.
+        let val = if cfg.eval.val_every > 0 {
+            Some(DataLoader::open(&data_dir, Split::Val, loader_cfg(None))?)
+        } else {
+            None
+        };
+        let data_vocab = train.vocab_size() as usize;
+        let tokenizer = match Manifest::load(&data_dir) {
+            Ok(m) => Some(Tokenizer::new(m.tokenizer.name)),
+            Err(_) if data_vocab == TokenizerKind::Gpt2.vocab_size() as usize => Some(Tokenizer::gpt2()),
+            Err(_) => None,
+        };
+        let hellaswag = match (&cfg.eval.hellaswag_file, cfg.eval.hellaswag_every) {
+            (Some(path), every) if every > 0 => {
+                let file = HellaswagFile::open(path)?;
+                let n = cfg.eval.hellaswag_limit.unwrap_or(file.len()).min(file.len());
+                Some(file.examples()[..n].to_vec())
+            }
+            _ => None,
+        };
+
+        let resume_dir = match &opts.resume {
+            Resume::No => None,
+            Resume::Latest => Some(checkpoint::latest(&cfg.checkpoint_dir())?),
+            Resume::From(p) => Some(p.clone()),
+        };
+        let resume_state = resume_dir.as_deref().map(checkpoint::load_state).transpose()?;
+        let model_cfg = match &resume_state {
+            Some(s) => s.model.clone(),
+            None => cfg.model.resolve(data_vocab)?,
+        };
+        if data_vocab > model_cfg.vocab_size {
+            return Err(TrainError::VocabMismatch {
+                path: data_dir.display().to_string(),
+                data: data_vocab,
+                model: model_cfg.vocab_size,
+            });
+        }
+        if cfg.data.seq_len > model_cfg.block_size {
+            return Err(ConfigError::Invalid(format!(
+                "[data] seq_len {} is longer than the model's block_size {}",
+                cfg.data.seq_len, model_cfg.block_size
+            ))
+            .into());
+        }
+
+        let model = match &resume_dir {
+            Some(dir) => checkpoint::load_model(dir, dtype.precision(), &device)?,
+            None => build_model(&model_cfg, cfg.run.seed, dtype, &device)?,
+        };
+        if model.config() != &model_cfg {
+            return Err(TrainError::Resume(format!(
+                "{}: model.safetensors holds a {:?} model but state.json says {:?}",
+                resume_dir.as_deref().unwrap_or(Path::new("?")).display(),
+                model.config(),
+                model_cfg
+            )));
+        }
+        let params = model.parameters();
+        let vars: Vec<Var> = params.iter().map(|(_, v)| v.clone()).collect();
+        let mut opt = AdamW::new(params, AdamWConfig::from_config(&cfg))?;
+        let mut rng = ChaCha20Rng::seed_from_u64(cfg.run.seed);
+        let mut step = 0;
+        if let (Some(dir), Some(state)) = (&resume_dir, &resume_state) {
+            opt.load_state(&checkpoint::load_optimizer_tensors(dir, &device)?, state.optimizer_steps)?;
+            train.restore(&state.train_loader)?;
+            rng = state.rng.restore().map_err(|e| TrainError::Resume(format!("{}: {e}", dir.display())))?;
+            step = state.step;
+        }
+
+        let log = if rank == 0 {
+            let log = RunLog::open(&cfg.run.log_dir, resume_dir.is_some(), opts.echo)
+                .map_err(io_err(&cfg.run.log_dir))?;
+            let path = cfg.run.log_dir.join("config.toml");
+            crate::util::write_atomic(&path, cfg.to_toml().as_bytes()).map_err(io_err(&path))?;
+            Some(log)
+        } else {
+            None
+        };
+
+        let trainer = Trainer {
+            schedule: LrSchedule::from_config(&cfg),
+            cfg,
+            model,
+            vars,
+            opt,
+            train,
+            val,
+            hellaswag,
+            tokenizer,
+            reducer: opts.reducer,
+            device,
+            grad_accum,
+            step,
+            rng,
+            log,
+            history: Vec::new(),
+            last_checkpoint: None,
+        };
+        trainer.startup_notes(resume_dir.as_deref(), dtype);
+        Ok(trainer)
+    }
+
+    fn startup_notes(&self, resumed_from: Option<&Path>, dtype: ComputeDtype) {
+        let Some(log) = &self.log else { return };
+        let m = self.model.config();
+        let n_params: usize = self.vars.iter().map(|v| v.elem_count()).sum();
+        let ((dt, dn), (nt, nn)) = self.opt.decay_summary();
+        log.note(&format!(
+            "model: {:?} L={} NH={} C={} T<={} V={} ({} real), {n_params} parameters, compute {dtype:?} on {:?}",
+            m.arch, m.n_layer, m.n_head, m.n_embd, m.block_size, m.vocab_size, m.real_vocab_size, self.device
+        ));
+        log.note(&format!("num decayed parameter tensors: {dt}, with {dn} parameters"));
+        log.note(&format!("num non-decayed parameter tensors: {nt}, with {nn} parameters"));
+        log.note(&format!(
+            "total desired batch size: {} => calculated gradient accumulation steps: {}",
+            self.cfg.data.total_batch_tokens, self.grad_accum
+        ));
+        log.note(&format!(
+            "train data: {} tokens in {} shards",
+            self.train.total_tokens(),
+            self.train.num_shards()
+        ));
+        if let Some(dir) = resumed_from {
+            log.note(&format!("resumed from {} at step {}", dir.display(), self.step));
+        }
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    pub fn model(&self) -> &dyn LanguageModel {
+        &*self.model
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Optimizer steps completed.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    pub fn grad_accum_steps(&self) -> usize {
+        self.grad_accum
+    }
+
+    /// Every event this process recorded, in order.
+    pub fn history(&self) -> &[Event] {
+        &self.history
+    }
+
+    fn record(&mut self, event: Event) -> Result<(), TrainError> {
+        if let Some(log) = &mut self.log {
+            log.record(&event).map_err(io_err(&self.cfg.run.log_dir))?;
+        }
+        self.history.push(event);
+        Ok(())
+    }
+
+    fn to_tensors(&self, b: &Batch) -> Result<(Tensor, Tensor), TrainError> {
+        let shape = (b.batch_size, b.seq_len);
+        let x = Tensor::from_slice(&b.x, shape, &self.device)?; // (B, T)
+        let y = Tensor::from_slice(&b.y, shape, &self.device)?; // (B, T)
+        Ok((x, y))
+    }
+
+    /// The accumulated batch of one optimizer step: `grad_accum` micro-steps of forward + backward, then the
+    /// gradients reduced across processes. Returns the mean loss (f32 scalar tensor) and one gradient per parameter
+    /// (model order), not yet clipped.
+    pub fn forward_backward(&mut self) -> Result<(Tensor, Vec<Option<Tensor>>), TrainError> {
+        let mut acc = GradAccumulator::new();
+        for _ in 0..self.grad_accum {
+            let batch = self.train.next_batch()?;
+            let (x, y) = self.to_tensors(&batch)?;
+            let (loss, grads) = micro_step(&*self.model, &self.vars, &x, &y, self.grad_accum)?;
+            acc.add(loss, grads)?;
+        }
+        let (mut loss, mut grads) = acc.finish().expect("grad_accum_steps is at least 1");
+        self.reducer.reduce_grads(&mut loss, &mut grads)?;
+        Ok((loss, grads))
+    }
+
+    /// One optimizer step: `forward_backward`, clipping, AdamW at this step's learning rate.
+    pub fn train_step(&mut self) -> Result<StepStats, TrainError> {
+        let t0 = Instant::now();
+        let lr = self.schedule.lr(self.step);
+        let (loss, mut grads) = self.forward_backward()?;
+        let grad_norm = clip_grad_norm(&mut grads, self.cfg.optim.grad_clip)?;
+        let loss = loss.to_scalar::<f32>()?;
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite { step: self.step, loss });
+        }
+        self.opt.step(&grads, lr)?;
+        self.device.synchronize()?;
+        let secs = t0.elapsed().as_secs_f64();
+        let tokens = self.cfg.data.total_batch_tokens as f64;
+        let stats =
+            StepStats { step: self.step, loss, lr, grad_norm, ms: secs * 1e3, tokens_per_s: tokens / secs.max(1e-9) };
+        self.step += 1;
+        Ok(stats)
+    }
+
+    /// Mean loss over `val_steps` batches from the start of the val split (averaged across processes).
+    pub fn val_loss(&mut self) -> Result<f32, TrainError> {
+        let steps = self.cfg.eval.val_steps;
+        let Some(mut val) = self.val.take() else {
+            return Err(ConfigError::Invalid("no val loader (eval.val_every is 0)".into()).into());
+        };
+        val.reset();
+        let result = (|| -> Result<f32, TrainError> {
+            let mut total = 0f64;
+            for _ in 0..steps {
+                let batch = val.next_batch()?;
+                let (x, y) = self.to_tensors(&batch)?;
+                // Detached: no graph is kept for evaluation.
+                total += self.model.loss(&x, &y)?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64;
+            }
+            let mut v = [total / steps as f64];
+            self.reducer.mean_f64(&mut v)?;
+            Ok(v[0] as f32)
+        })();
+        self.val = Some(val);
+        result
+    }
+
+    /// HellaSwag over the configured examples (split across processes, counts summed).
+    pub fn hellaswag(&self) -> Result<Option<HellaswagScore>, TrainError> {
+        let Some(examples) = &self.hellaswag else { return Ok(None) };
+        let (rank, world) = (self.reducer.rank(), self.reducer.world_size());
+        let local = hellaswag::evaluate(&*self.model, examples, rank, world, &self.device)?;
+        let mut counts = [local.n as f64, local.correct as f64, local.correct_norm as f64];
+        self.reducer.sum_f64(&mut counts)?;
+        Ok(Some(HellaswagScore {
+            n: counts[0] as usize,
+            correct: counts[1] as usize,
+            correct_norm: counts[2] as usize,
+        }))
+    }
+
+    /// `sample_count` continuations of the sample prompt (rank 0 only; None without a tokenizer).
+    pub fn samples(&mut self) -> Result<Option<Vec<String>>, TrainError> {
+        let Some(tok) = self.tokenizer else { return Ok(None) };
+        let e = &self.cfg.eval;
+        let prompt = tok.encode(&e.sample_prompt);
+        let seqs = crate::train::sample::generate(
+            &*self.model,
+            &prompt,
+            e.sample_count,
+            e.sample_tokens.max(prompt.len() + 1),
+            e.sample_top_k,
+            &mut self.rng,
+            &self.device,
+        )?;
+        Ok(Some(seqs.iter().map(|s| tok.decode(s)).collect()))
+    }
+
+    /// Write `checkpoint_dir/step_N` for the current step (rank 0 only).
+    pub fn save_checkpoint(&mut self) -> Result<Option<PathBuf>, TrainError> {
+        if self.reducer.rank() != 0 {
+            return Ok(None);
+        }
+        let dir = checkpoint::step_dir(&self.cfg.checkpoint_dir(), self.step);
+        let state = TrainState {
+            format_version: CHECKPOINT_VERSION,
+            step: self.step,
+            optimizer_steps: self.opt.steps(),
+            train_loader: self.train.state(),
+            rng: RngState::capture(&self.rng),
+            config: self.cfg.clone(),
+            model: self.model.config().clone(),
+            tool_version: crate::TOOL_VERSION.to_string(),
+        };
+        checkpoint::save(&dir, &*self.model, &self.opt.state_tensors(), &state)?;
+        self.last_checkpoint = Some(self.step);
+        if let Some(log) = &self.log {
+            log.note(&format!("saved checkpoint {}", dir.display()));
+        }
+        Ok(Some(dir))
+    }
+
+    /// Train until `optim.max_steps` (or `stop_at`, if smaller), then write a final checkpoint.
+    pub fn run(&mut self, stop_at: Option<usize>) -> Result<(), TrainError> {
+        let max_steps = self.cfg.optim.max_steps;
+        let stop = stop_at.unwrap_or(max_steps).min(max_steps);
+        let due = |every: usize, step: usize, last: bool| every > 0 && (step % every == 0 || last);
+        let first_step = self.step;
+        while self.step < stop {
+            let step = self.step;
+            let last = step + 1 == max_steps;
+            let e = self.cfg.eval.clone();
+
+            if self.val.is_some() && due(e.val_every, step, last) {
+                let loss = self.val_loss()?;
+                self.record(Event::Val { step, loss })?;
+            }
+            if due(e.hellaswag_every, step, last) {
+                if let Some(s) = self.hellaswag()? {
+                    self.record(Event::Hella { step, acc: s.acc(), acc_norm: s.acc_norm(), n: s.n })?;
+                }
+            }
+            if self.reducer.rank() == 0 && due(e.sample_every, step, last) && (step > 0 || last) {
+                if let Some(texts) = self.samples()? {
+                    for (index, text) in texts.into_iter().enumerate() {
+                        self.record(Event::Sample { step, index, text })?;
+                    }
+                }
+            }
+
+            let s = self.train_step()?;
+            self.record(Event::Train {
+                step: s.step,
+                loss: s.loss,
+                lr: s.lr,
+                grad_norm: s.grad_norm,
+                ms: s.ms,
+                tokens_per_s: s.tokens_per_s,
+            })?;
+
+            let every = self.cfg.checkpoint.every;
+            if every > 0 && self.step % every == 0 {
+                self.save_checkpoint()?;
+            }
+        }
+        if self.step > first_step && self.last_checkpoint != Some(self.step) {
+            self.save_checkpoint()?;
+        }
+        Ok(())
+    }
+}

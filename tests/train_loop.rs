@@ -1,0 +1,292 @@
+//! The trainer end to end on CPU, on real text (tiny Shakespeare, GPT-2 BPE): overfitting one batch, lowering val
+//! loss, gradient accumulation == one big batch, bitwise resume, the shipped configs, and the binary's
+//! train / resume / report commands.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use tokenmill::shards::format::{encode_tokens, ShardHeader, TokenWidth};
+use tokenmill::shards::manifest::{Manifest, ShardEntry};
+use tokenmill::shards::Split;
+use tokenmill::tokenizer::{Tokenizer, TokenizerKind};
+use tokenmill::train::checkpoint;
+use tokenmill::train::log::Event;
+use tokenmill::train::{Resume, TrainConfig, Trainer, TrainerOptions};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Tiny Shakespeare as GPT-2 tokens (encoded once per test binary).
+fn shakespeare_tokens() -> &'static [u32] {
+    static TOKENS: OnceLock<Vec<u32>> = OnceLock::new();
+    TOKENS.get_or_init(|| {
+        let text = std::fs::read_to_string(repo().join("../shared/data/tinyshakespeare_input.txt"))
+            .expect("../shared/data/tinyshakespeare_input.txt (see /work/shared/data/README.md)");
+        let mut out = Vec::new();
+        Tokenizer::gpt2().encode_document_into(&text, &mut out);
+        out
+    })
+}
+
+/// A shard directory as `tokenmill prep` writes it: manifest.json plus llm.c shards, `val` first.
+fn write_dataset(dir: &Path, splits: &[(Split, &[u32])]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut m = Manifest::new("test", TokenizerKind::Gpt2, 1 << 20);
+    for (i, (split, tokens)) in splits.iter().enumerate() {
+        let file = format!("test_{}_{i:06}.bin", split.name());
+        let mut bytes = ShardHeader::new(TokenWidth::U16, tokens.len() as u64).encode().to_vec();
+        encode_tokens(tokens, TokenWidth::U16, &mut bytes);
+        std::fs::write(dir.join(&file), &bytes).unwrap();
+        m.shards.push(ShardEntry {
+            file,
+            split: *split,
+            tokens: tokens.len() as u64,
+            xxh3: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)),
+        });
+    }
+    m.complete = true;
+    m.save(dir).unwrap();
+}
+
+/// Val = the first 16K tokens, train = the rest (~322K).
+fn shakespeare_dataset(dir: &Path) {
+    let t = shakespeare_tokens();
+    write_dataset(dir, &[(Split::Val, &t[..16_384]), (Split::Train, &t[16_384..])]);
+}
+
+/// configs/tiny-cpu.toml with the test's data and log dirs and `extra` overrides.
+fn tiny_config(data: &Path, log: &Path, extra: &[&str]) -> TrainConfig {
+    let mut o = vec![
+        format!("data.dir={:?}", data.display().to_string()),
+        format!("run.log_dir={:?}", log.display().to_string()),
+    ];
+    o.extend(extra.iter().map(|s| s.to_string()));
+    TrainConfig::resolve(Some(&repo().join("configs/tiny-cpu.toml")), &o).unwrap()
+}
+
+fn quiet(resume: Resume) -> TrainerOptions {
+    TrainerOptions { resume, ..Default::default() }
+}
+
+fn train_losses(history: &[Event]) -> Vec<(usize, f32)> {
+    history.iter().filter_map(|e| if let Event::Train { step, loss, .. } = e { Some((*step, *loss)) } else { None }).collect()
+}
+
+fn params_f32(t: &Trainer) -> Vec<(String, Vec<f32>)> {
+    t.model()
+        .parameters()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect()
+}
+
+#[test]
+fn overfits_a_single_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A train shard of exactly one batch (B*T+1 tokens): every step sees the same 4 x 32 tokens.
+    let t = shakespeare_tokens();
+    write_dataset(&data, &[(Split::Train, &t[1000..1000 + 4 * 32 + 1])]);
+    let cfg = tiny_config(
+        &data,
+        &dir.path().join("log"),
+        &[
+            "data.micro_batch=4",
+            "data.seq_len=32",
+            "data.total_batch_tokens=128",
+            "optim.max_lr=1e-2",
+            "optim.warmup_steps=10",
+            "optim.max_steps=150",
+            "optim.weight_decay=0.0",
+            "eval.val_every=0",
+            "eval.sample_every=0",
+            "checkpoint.every=0",
+        ],
+    );
+    let mut tr = Trainer::new(cfg, quiet(Resume::No)).unwrap();
+    tr.run(None).unwrap();
+    let losses = train_losses(tr.history());
+    let (first, last) = (losses[0].1, losses.last().unwrap().1);
+    eprintln!("single batch: loss {first} -> {last}");
+    assert!(first > 10.0, "an untrained model starts near ln(50304) = 10.8, got {first}");
+    assert!(last < 0.1, "overfitting one batch must drive the loss under 0.1, got {last} after {} steps", losses.len());
+}
+
+#[test]
+fn tiny_model_lowers_val_loss_on_real_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    shakespeare_dataset(&data);
+    let cfg = tiny_config(&data, &dir.path().join("log"), &["optim.max_steps=200", "eval.sample_every=0"]);
+    let mut tr = Trainer::new(cfg, quiet(Resume::No)).unwrap();
+    let start = tr.val_loss().unwrap();
+    tr.run(None).unwrap();
+    let end = tr.val_loss().unwrap();
+    let logged: Vec<f32> =
+        tr.history().iter().filter_map(|e| if let Event::Val { loss, .. } = e { Some(*loss) } else { None }).collect();
+    eprintln!("val loss {start} -> {end}; logged {logged:?}");
+    assert!((start - 50304f32.ln()).abs() < 0.3, "initial val loss {start} should be near ln(V) = 10.83");
+    assert!(end < 7.0, "200 steps should bring val loss from {start} well below 7, got {end}");
+    assert_eq!(logged.len(), 5, "val at steps 0, 50, 100, 150 and the last step 199");
+    assert!(logged.windows(2).all(|w| w[1] < w[0]), "val loss should fall at every evaluation: {logged:?}");
+}
+
+#[test]
+fn accumulating_micro_steps_equals_one_big_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    shakespeare_dataset(&data);
+    let common = ["data.seq_len=32", "data.total_batch_tokens=256", "eval.val_every=0", "eval.sample_every=0"];
+    let make = |b: &str, log: &str| {
+        let mut o = common.to_vec();
+        o.push(b);
+        Trainer::new(tiny_config(&data, &dir.path().join(log), &o), quiet(Resume::No)).unwrap()
+    };
+    let mut small = make("data.micro_batch=2", "small"); // 4 micro-steps of 2 x 32
+    let mut big = make("data.micro_batch=8", "big"); // 1 micro-step of 8 x 32
+    assert_eq!((small.grad_accum_steps(), big.grad_accum_steps()), (4, 1));
+    assert_eq!(params_f32(&small), params_f32(&big), "same seed, same initial weights");
+
+    let (loss_s, grads_s) = small.forward_backward().unwrap();
+    let (loss_b, grads_b) = big.forward_backward().unwrap();
+    let (loss_s, loss_b) = (loss_s.to_scalar::<f32>().unwrap(), loss_b.to_scalar::<f32>().unwrap());
+    assert!((loss_s - loss_b).abs() < 1e-5, "mean loss {loss_s} vs {loss_b}");
+    let mut worst = 0f32;
+    for (gs, gb) in grads_s.iter().zip(&grads_b) {
+        let (gs, gb) = (gs.as_ref().unwrap(), gb.as_ref().unwrap());
+        let a = gs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = gb.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+        for (x, y) in a.iter().zip(&b) {
+            worst = worst.max((x - y).abs() / scale);
+        }
+    }
+    assert!(worst < 1e-4, "accumulated gradients differ from the big batch's by {worst} (relative to max |g|)");
+
+    // And whole optimizer steps agree (the sign-like first Adam step magnifies rounding only where |g| ~ eps).
+    for _ in 0..3 {
+        let (s, b) = (small.train_step().unwrap(), big.train_step().unwrap());
+        assert!((s.loss - b.loss).abs() < 1e-4, "step {}: loss {} vs {}", s.step, s.loss, b.loss);
+        assert!((s.grad_norm - b.grad_norm).abs() < 1e-3 * b.grad_norm, "grad norm {} vs {}", s.grad_norm, b.grad_norm);
+    }
+    let lr = small.config().optim.max_lr as f32;
+    for ((name, a), (_, b)) in params_f32(&small).iter().zip(params_f32(&big).iter()) {
+        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff < 0.05 * lr, "{name}: weights differ by {diff} after 4 steps (lr {lr})");
+    }
+}
+
+#[test]
+fn resume_continues_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    shakespeare_dataset(&data);
+    // Shuffled loading, samples (the RNG) and val evaluations all run, so all of their state must round-trip.
+    let extra = |log: &str| -> Vec<String> {
+        vec![
+            "data.micro_batch=4".into(),
+            "data.seq_len=32".into(),
+            "data.total_batch_tokens=256".into(),
+            "data.shuffle_seed=7".into(),
+            "optim.max_steps=12".into(),
+            "optim.warmup_steps=4".into(),
+            "eval.val_every=4".into(),
+            "eval.val_steps=2".into(),
+            "eval.sample_every=3".into(),
+            "eval.sample_tokens=12".into(),
+            "checkpoint.every=0".into(),
+            format!("run.log_dir={:?}", dir.path().join(log).display().to_string()),
+        ]
+    };
+    let cfg = |log: &str| {
+        let e = extra(log);
+        let e: Vec<&str> = e.iter().map(String::as_str).collect();
+        tiny_config(&data, &dir.path().join(log), &e)
+    };
+
+    let mut straight = Trainer::new(cfg("straight"), quiet(Resume::No)).unwrap();
+    straight.run(None).unwrap();
+
+    let mut first = Trainer::new(cfg("split"), quiet(Resume::No)).unwrap();
+    first.run(Some(6)).unwrap();
+    let mut history = first.history().to_vec();
+    drop(first);
+    let mut second = Trainer::new(cfg("split"), quiet(Resume::Latest)).unwrap();
+    assert_eq!(second.step(), 6);
+    second.run(None).unwrap();
+    history.extend_from_slice(second.history());
+
+    // Same losses, learning rates, norms, val losses and samples, step for step.
+    let strip = |h: &[Event]| -> Vec<Event> {
+        h.iter()
+            .map(|e| match e {
+                Event::Train { step, loss, lr, grad_norm, .. } => {
+                    Event::Train { step: *step, loss: *loss, lr: *lr, grad_norm: *grad_norm, ms: 0.0, tokens_per_s: 0.0 }
+                }
+                other => other.clone(),
+            })
+            .collect()
+    };
+    assert_eq!(strip(&history), strip(straight.history()));
+    assert!(history.iter().any(|e| matches!(e, Event::Sample { step: 9, .. })));
+
+    // The final checkpoints are byte-identical (weights and AdamW moments), states equal but for the paths.
+    let a = checkpoint::step_dir(&dir.path().join("straight/checkpoints"), 12);
+    let b = checkpoint::step_dir(&dir.path().join("split/checkpoints"), 12);
+    for f in [checkpoint::MODEL_FILE, checkpoint::OPTIMIZER_FILE] {
+        let (x, y) = (std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap());
+        assert!(x == y, "{f} differs between the straight and the resumed run");
+    }
+    assert!(checkpoint::step_dir(&dir.path().join("split/checkpoints"), 6).join(checkpoint::STATE_FILE).is_file());
+    let (sa, sb) = (checkpoint::load_state(&a).unwrap(), checkpoint::load_state(&b).unwrap());
+    assert_eq!((sa.step, sa.optimizer_steps, &sa.train_loader, &sa.rng), (sb.step, sb.optimizer_steps, &sb.train_loader, &sb.rng));
+    assert_eq!(params_f32(&straight), params_f32(&second));
+}
+
+#[test]
+fn shipped_configs_resolve() {
+    for name in ["gpt2-124m", "gpt2-350m", "tiny-cpu", "llama-tiny-cpu"] {
+        let path = repo().join(format!("configs/{name}.toml"));
+        let cfg = TrainConfig::resolve(Some(&path), &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let m = cfg.model.resolve(50257).unwrap();
+        assert_eq!(m.vocab_size, 50304, "{name}");
+        cfg.grad_accum_steps(1).unwrap();
+    }
+    let c = TrainConfig::resolve(Some(&repo().join("configs/gpt2-124m.toml")), &[]).unwrap();
+    assert_eq!(c, TrainConfig::resolve(None, &["eval.hellaswag_file=\"shards/hellaswag/hellaswag_val.bin\"".into()]).unwrap());
+    assert_eq!((c.grad_accum_steps(1).unwrap(), c.optim.warmup_steps, c.optim.max_steps), (8, 715, 19073));
+}
+
+#[test]
+fn binary_trains_resumes_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    shakespeare_dataset(&data);
+    let log = dir.path().join("log");
+    let bin = env!("CARGO_BIN_EXE_tokenmill");
+    let train = |more: &[&str]| {
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["train", "--config"]).arg(repo().join("configs/tiny-cpu.toml"));
+        cmd.arg("--data").arg(&data).arg("--log-dir").arg(&log);
+        cmd.args(["--max-steps", "6", "--set", "eval.val_every=3", "--set", "eval.val_steps=2", "--set", "eval.sample_every=0"]);
+        cmd.args(more);
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "train {more:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+    let out = train(&["--stop-after", "4"]);
+    assert!(out.contains("[optim]") && out.contains("step     3 | loss:"), "{out}");
+    let out = train(&["--resume"]);
+    assert!(out.contains("resumed from") && out.contains("step     5 | loss:") && !out.contains("step     3 |"), "{out}");
+    assert!(log.join("config.toml").is_file() && log.join("metrics.jsonl").is_file());
+    let txt = std::fs::read_to_string(log.join("log.txt")).unwrap();
+    assert_eq!(txt.lines().filter(|l| l.contains(" train ")).count(), 6, "{txt}");
+    assert!(txt.lines().next().unwrap().starts_with("0 val "), "{txt}");
+
+    let out = std::process::Command::new(bin).arg("report").arg(&log).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let svg = std::fs::read_to_string(log.join("report.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("val loss") && svg.contains("3.2924"), "{}", &svg[..200.min(svg.len())]);
+}
