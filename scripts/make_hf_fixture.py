@@ -164,7 +164,11 @@ def transformers_fixture(out):
 
 def check_export(d):
     from transformers import GPT2LMHeadModel
-    model = GPT2LMHeadModel.from_pretrained(d).eval()
+    model, info = GPT2LMHeadModel.from_pretrained(d, output_loading_info=True)
+    model.eval()
+    print(f"loading info: {info}")
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr(), "lm_head not tied"
     ids = make_input()
     logits = torch_logits(model, ids)
     ref = numpy_forward(make_weights(), ids)

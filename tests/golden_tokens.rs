@@ -178,7 +178,13 @@ fn golden_cases_match_tiktoken() {
         }
         assert_eq!(tok.decode(&got), text, "{}: decode(encode(text)) != text", case.name);
     }
-    assert!(failures.is_empty(), "{} of {} cases differ from tiktoken:\n{}", failures.len(), index.cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ from tiktoken:\n{}",
+        failures.len(),
+        index.cases.len(),
+        failures.join("\n")
+    );
 }
 
 /// All 2,800 FineWeb documents (19.5 MB of text, 4.36 M tokens) and tiny Shakespeare, tokenized in parallel; ~3 s
@@ -228,6 +234,7 @@ fn whole_corpus_matches_tiktoken() {
     let path = data_dir().join(&expected.file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let bytes = layout_u16le(&tok, &[text]);
-    let got = StreamDigest { file: expected.file.clone(), documents: 1, tokens: bytes.len() / 2, sha256: sha256_hex(&bytes) };
+    let got =
+        StreamDigest { file: expected.file.clone(), documents: 1, tokens: bytes.len() / 2, sha256: sha256_hex(&bytes) };
     assert_eq!(&got, expected, "tiny Shakespeare");
 }

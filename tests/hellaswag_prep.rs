@@ -43,7 +43,8 @@ fn u16_at(bytes: &[u8], word: usize) -> u16 {
 
 #[test]
 fn pipeline_file_parses_with_hub_defaults() {
-    let on_disk = HellaswagPipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/hellaswag.toml")).unwrap();
+    let on_disk =
+        HellaswagPipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/hellaswag.toml")).unwrap();
     let builtin = HellaswagPipeline::builtin();
     for p in [&on_disk, &builtin] {
         assert_eq!(p.source.repo, "Rowan/hellaswag");
@@ -170,7 +171,10 @@ fn full_llamacpp_validation_set_parses_and_round_trips() {
     let file = HellaswagFile::open(&summary.path).unwrap();
     assert_eq!(file.len(), 10_042);
     assert_eq!(file.label_counts(), [2515, 2485, 2584, 2458]);
-    assert_eq!(file.examples()[0].context, Tokenizer::gpt2().encode("Roof shingle removal: A man is sitting on a roof. he"));
+    assert_eq!(
+        file.examples()[0].context,
+        Tokenizer::gpt2().encode("Roof shingle removal: A man is sitting on a roof. he")
+    );
     assert_eq!(file.examples()[10_041].index, 10_041);
     // Every example fits GPT-2's 1024-token context, so a 124M model scores all of them untruncated.
     assert!(file.max_row_len() < 1024, "longest row {} tokens", file.max_row_len());
@@ -192,10 +196,15 @@ fn write_rowan_parquet(tasks: &[Task], path: &Path) {
     }
     let endings: ArrayRef = Arc::new(endings.finish());
     let label: ArrayRef = Arc::new(StringArray::from(tasks.iter().map(|t| t.label.to_string()).collect::<Vec<_>>()));
-    let batch =
-        RecordBatch::try_from_iter(vec![("activity_label", activity), ("ctx", ctx), ("endings", endings), ("label", label)])
-            .unwrap();
-    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
+    let batch = RecordBatch::try_from_iter(vec![
+        ("activity_label", activity),
+        ("ctx", ctx),
+        ("endings", endings),
+        ("label", label),
+    ])
+    .unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
 }
@@ -217,7 +226,10 @@ fn parquet_in_rowan_schema_reads_like_the_jsonl() {
     // A missing column names the file and lists what is there.
     let columns = Columns { context: "context".into(), ..Columns::default() };
     let err = hellaswag::read_tasks(&pq, None, &columns).unwrap_err().to_string();
-    assert!(err.contains("validation-00000-of-00001.parquet") && err.contains("`context`") && err.contains("ctx"), "{err}");
+    assert!(
+        err.contains("validation-00000-of-00001.parquet") && err.contains("`context`") && err.contains("ctx"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -325,7 +337,10 @@ fn corrupt_eval_files_are_rejected_with_the_rebuild_command() {
     let mut b = good.clone();
     b[HEADER_BYTES + 6..HEADER_BYTES + 8].copy_from_slice(&9u16.to_le_bytes());
     let err = open(&b);
-    assert!(matches!(err, HellaswagFileError::Corrupt { index: 0, .. }) && err.to_string().contains("<LABEL> 9"), "{err}");
+    assert!(
+        matches!(err, HellaswagFileError::Corrupt { index: 0, .. }) && err.to_string().contains("<LABEL> 9"),
+        "{err}"
+    );
 
     // Wrong longest-example field.
     let mut b = good.clone();
@@ -336,6 +351,11 @@ fn corrupt_eval_files_are_rejected_with_the_rebuild_command() {
     let mut b = good.clone();
     b.extend_from_slice(&[0xff, 0xff, 0, 0]);
     assert!(matches!(open(&b), HellaswagFileError::TrailingBytes { extra: 4, .. }));
+
+    // Half a u16 at the end.
+    let mut b = good.clone();
+    b.push(0);
+    assert!(matches!(open(&b), HellaswagFileError::OddBody { .. }));
 
     // Examples must be indexed by position to be encoded.
     let mut shuffled = examples.clone();
@@ -408,26 +428,31 @@ mod mock_hub {
                 }
                 let target = request.split_whitespace().nth(1).unwrap_or("").to_string();
                 let listing = |siblings: String| format!("{{\"sha\": \"{COMMIT}\", \"siblings\": [{siblings}]}}");
-                let (status, headers, body): (&str, String, Vec<u8>) =
-                    if target.starts_with(&format!("/api/datasets/{repo}/revision/main")) {
-                        ("200 OK", String::new(), listing("{\"rfilename\": \"README.md\", \"size\": 10}".into()).into_bytes())
-                    } else if target.starts_with(&format!("/api/datasets/{repo}/revision/refs%2Fconvert%2Fparquet")) {
-                        let sib = format!(
+                let (status, headers, body): (&str, String, Vec<u8>) = if target
+                    .starts_with(&format!("/api/datasets/{repo}/revision/main"))
+                {
+                    (
+                        "200 OK",
+                        String::new(),
+                        listing("{\"rfilename\": \"README.md\", \"size\": 10}".into()).into_bytes(),
+                    )
+                } else if target.starts_with(&format!("/api/datasets/{repo}/revision/refs%2Fconvert%2Fparquet")) {
+                    let sib = format!(
                             "{{\"rfilename\": \"README.md\", \"size\": 10}}, {{\"rfilename\": \"{path}\", \"size\": {n}, \"lfs\": {{\"sha256\": \"{sha}\", \"size\": {n}}}}}",
                             n = file.len()
                         );
-                        ("200 OK", String::new(), listing(sib).into_bytes())
-                    } else if target == format!("/datasets/{repo}/resolve/{COMMIT}/{path}") {
-                        let (a, b) = range.unwrap_or((0, None));
-                        let b = b.unwrap_or(file.len() - 1).min(file.len() - 1);
-                        let h = format!(
-                            "x-repo-commit: {COMMIT}\r\netag: \"{sha}\"\r\ncontent-range: bytes {a}-{b}/{}\r\n",
-                            file.len()
-                        );
-                        ("206 Partial Content", h, file[a..=b].to_vec())
-                    } else {
-                        ("404 Not Found", String::new(), b"not found".to_vec())
-                    };
+                    ("200 OK", String::new(), listing(sib).into_bytes())
+                } else if target == format!("/datasets/{repo}/resolve/{COMMIT}/{path}") {
+                    let (a, b) = range.unwrap_or((0, None));
+                    let b = b.unwrap_or(file.len() - 1).min(file.len() - 1);
+                    let h = format!(
+                        "x-repo-commit: {COMMIT}\r\netag: \"{sha}\"\r\ncontent-range: bytes {a}-{b}/{}\r\n",
+                        file.len()
+                    );
+                    ("206 Partial Content", h, file[a..=b].to_vec())
+                } else {
+                    ("404 Not Found", String::new(), b"not found".to_vec())
+                };
                 let head = format!(
                     "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n",
                     body.len()

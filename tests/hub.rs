@@ -287,7 +287,13 @@ fn handle(s: &Shared, mut stream: TcpStream) -> After {
     }
     let Some(file) = files.iter().find(|f| f.path == file_path) else {
         let message = format!("Entry not found: {file_path}");
-        respond(&mut stream, "404 Not Found", &[("X-Error-Code", "EntryNotFound".into()), ("X-Error-Message", message)], b"", true);
+        respond(
+            &mut stream,
+            "404 Not Found",
+            &[("X-Error-Code", "EntryNotFound".into()), ("X-Error-Message", message)],
+            b"",
+            true,
+        );
         return After::Continue;
     };
     let mut headers = vec![("X-Repo-Commit".to_string(), commit.clone())];
@@ -311,7 +317,13 @@ fn not_found(stream: &mut TcpStream) -> After {
 }
 
 /// 200 for the whole file, 206 + Content-Range for `Range: bytes=a-[b]`, 416 past the end; faults applied here.
-fn serve_bytes(s: &Shared, stream: &mut TcpStream, req: &Request, file: &ServedFile, extra: &[(String, String)]) -> After {
+fn serve_bytes(
+    s: &Shared,
+    stream: &mut TcpStream,
+    req: &Request,
+    file: &ServedFile,
+    extra: &[(String, String)],
+) -> After {
     let len = file.bytes.len();
     let mut headers: Vec<(&str, String)> = extra.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     headers.push(("Accept-Ranges", "bytes".into()));
@@ -443,11 +455,13 @@ fn listing_pins_the_commit_and_reports_sizes_and_sha256() {
 
     let err = hub.list_dataset_files(DATASET, "main", "sample/100BT/").unwrap_err();
     let msg = err.to_string();
+    eprintln!("{msg}");
     assert!(matches!(err, HubError::NoFiles { .. }), "{msg}");
     assert!(msg.contains("sample/100BT/") && msg.contains("README.md, sample"), "{msg}");
 
     let err = hub.list_dataset_files("nobody/nothing", "main", "").unwrap_err();
     let msg = err.to_string();
+    eprintln!("{msg}");
     assert!(matches!(err, HubError::Http { status: 404, .. }), "{msg}");
     assert!(msg.contains("nobody/nothing") && msg.contains("Repository not found"), "{msg}");
     assert!(msg.contains(server.endpoint()), "names the endpoint: {msg}");
@@ -486,6 +500,7 @@ fn an_interrupted_transfer_resumes_on_the_next_call_with_a_range_request() {
 
     let err = hub.download_dataset_file(DATASET, &file).unwrap_err();
     let msg = err.to_string();
+    eprintln!("{msg}");
     assert!(matches!(err, HubError::Download { .. }), "{msg}");
     assert!(msg.contains(&file.path) && msg.contains(server.endpoint()), "{msg}");
     assert!(msg.contains(&format!("{CUT} bytes are kept")), "{msg}");
@@ -521,9 +536,11 @@ fn corrupted_bytes_are_rejected_and_not_kept() {
 
     let err = hub.download_dataset_file(DATASET, &file).unwrap_err();
     let msg = err.to_string();
+    eprintln!("{msg}");
     assert!(matches!(err, HubError::Corrupt { .. }), "{msg}");
     assert!(msg.contains(&file.path) && msg.contains(&sha) && msg.contains("sha256"), "{msg}");
-    let left: Vec<PathBuf> = files_under(cache.path()).into_iter().filter(|p| !p.to_string_lossy().ends_with(".lock")).collect();
+    let left: Vec<PathBuf> =
+        files_under(cache.path()).into_iter().filter(|p| !p.to_string_lossy().ends_with(".lock")).collect();
     let blobs: Vec<&PathBuf> = left.iter().filter(|p| p.starts_with(blobs_dir(cache.path()))).collect();
     assert!(blobs.is_empty(), "the corrupt blob must be removed: {blobs:?}");
     let link = cache.path().join("datasets--HuggingFaceFW--fineweb/snapshots").join(COMMIT).join(&file.path);
@@ -546,6 +563,7 @@ fn a_size_that_disagrees_with_the_listing_is_rejected() {
 
     let err = hub.download_dataset_file(DATASET, &file).unwrap_err();
     let msg = err.to_string();
+    eprintln!("{msg}");
     assert!(matches!(err, HubError::Corrupt { .. }), "{msg}");
     assert!(msg.contains(&format!("{real} bytes where the hub lists {}", real + 7)), "{msg}");
     assert!(msg.contains(&file.path), "{msg}");
@@ -563,6 +581,7 @@ fn the_server_going_away_mid_transfer_is_a_clear_error() {
     let err = hub.download_dataset_file(DATASET, &file).unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(10), "gave up in {:?}", started.elapsed());
     let msg = err.to_string();
+    eprintln!("{msg}");
     assert!(matches!(err, HubError::Download { .. }), "{msg}");
     assert!(msg.contains(&file.path) && msg.contains(server.endpoint()), "{msg}");
     assert!(msg.to_lowercase().contains("connection refused"), "says why: {msg}");
@@ -574,6 +593,7 @@ fn the_server_going_away_mid_transfer_is_a_clear_error() {
     let hub = client_for(&gone, cache.path(), 0, false);
     let err = hub.list_dataset_files(DATASET, "main", "sample/10BT/").unwrap_err();
     let msg = err.to_string();
+    eprintln!("{msg}");
     assert!(matches!(err, HubError::Unreachable { .. }), "{msg}");
     assert!(msg.starts_with(&format!("could not reach {gone}/api/datasets/{DATASET}/revision/main")), "{msg}");
     assert!(msg.to_lowercase().contains("connection refused"), "{msg}");
@@ -612,6 +632,7 @@ fn model_files_download_verify_and_work_offline_afterwards() {
 
     let err = hub.download_model_file(MODEL, "pytorch_model.bin").unwrap_err();
     let msg = err.to_string();
+    eprintln!("{msg}");
     assert!(matches!(err, HubError::MissingFile { .. }), "{msg}");
     assert!(msg.contains("config.json, model.safetensors"), "{msg}");
 
@@ -622,6 +643,7 @@ fn model_files_download_verify_and_work_offline_afterwards() {
     assert_eq!(hub.download_model_file(MODEL, "config.json").unwrap(), config);
     let err = hub.download_model_file(MODEL, "tokenizer.json").unwrap_err();
     assert!(matches!(err, HubError::NotCached { .. }), "{err}");
+    assert!(err.to_string().contains("tokenizer.json") && err.to_string().contains("HF_HUB_OFFLINE is set"), "{err}");
     // The hub being unreachable falls back to the cache the same way.
     let hub = client_for(&endpoint, cache.path(), 0, false);
     assert_eq!(hub.download_model_file(MODEL, "model.safetensors").unwrap(), weights);
@@ -653,7 +675,10 @@ fn from_env_honours_hf_endpoint_hf_home_and_hf_token() {
     let path = hub.download_dataset_file(DATASET, &files[0]).expect("download via HF_ENDPOINT");
     assert!(path.starts_with(home.path().join("hub")));
     let log = server.log();
-    assert!(log.iter().all(|l| l.authorization.as_deref() == Some("Bearer hf_test_token") || l.path.starts_with("/cdn/")), "{log:?}");
+    assert!(
+        log.iter().all(|l| l.authorization.as_deref() == Some("Bearer hf_test_token") || l.path.starts_with("/cdn/")),
+        "{log:?}"
+    );
 
     let err = hub.list_dataset_files("nobody/nothing", "main", "").unwrap_err();
     assert!(err.to_string().contains(&format!("HF_ENDPOINT={}", server.endpoint())), "{err}");

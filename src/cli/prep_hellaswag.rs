@@ -71,11 +71,8 @@ fn resolve(args: Args) -> anyhow::Result<PrepConfig> {
             prefix: args.prefix.unwrap_or(first.prefix),
         }];
     }
-    let input = if args.inputs.is_empty() {
-        Input::Hub
-    } else {
-        Input::Files { paths: args.inputs, format: args.format }
-    };
+    let input =
+        if args.inputs.is_empty() { Input::Hub } else { Input::Files { paths: args.inputs, format: args.format } };
     let out_dir = args.out.unwrap_or_else(|| pipeline.output.dir.clone());
     Ok(PrepConfig { pipeline, input, out_dir, limit: args.limit })
 }

@@ -35,7 +35,11 @@ const REBUILD: &str = "re-run `tokenmill prep hellaswag`";
 #[derive(Debug, thiserror::Error)]
 pub enum HellaswagFileError {
     #[error("{path}: {source}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: file is {len} bytes, shorter than the 1024-byte header; not a HellaSwag eval file ({REBUILD})")]
     TooShort { path: String, len: u64 },
     #[error("{path}: bad magic {magic} (expected {MAGIC}); not a HellaSwag eval file ({REBUILD})")]
@@ -46,6 +50,8 @@ pub enum HellaswagFileError {
     BadHeader { path: String, field: &'static str, value: i32 },
     #[error("{path}: example {index} at byte {offset}: {reason}; the file is truncated or corrupt ({REBUILD})")]
     Corrupt { path: String, index: usize, offset: usize, reason: String },
+    #[error("{path}: {len} bytes: the body after the header is not a whole number of u16 ({REBUILD})")]
+    OddBody { path: String, len: u64 },
     #[error("{path}: header says {expected} examples but the file holds {actual} ({REBUILD})")]
     CountMismatch { path: String, expected: usize, actual: usize },
     #[error("{path}: {extra} bytes after the last of {count} examples ({REBUILD})")]
@@ -137,18 +143,17 @@ impl HellaswagFile {
             return Err(HellaswagFileError::BadHeader { path: p(), field: "[2] number of examples", value: count });
         }
         if !(0..=u16::MAX as i32).contains(&longest) {
-            return Err(HellaswagFileError::BadHeader { path: p(), field: "[3] longest example bytes", value: longest });
+            return Err(HellaswagFileError::BadHeader {
+                path: p(),
+                field: "[3] longest example bytes",
+                value: longest,
+            });
         }
         let count = count as usize;
 
         let body = &bytes[HEADER_BYTES..];
         if body.len() % 2 != 0 {
-            return Err(HellaswagFileError::Corrupt {
-                path: p(),
-                index: count,
-                offset: bytes.len(),
-                reason: "odd number of bytes after the header (the body is a stream of u16)".into(),
-            });
+            return Err(HellaswagFileError::OddBody { path: p(), len: bytes.len() as u64 });
         }
         let words: Vec<u16> = body.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
         let mut examples = Vec::with_capacity(count);
@@ -162,7 +167,10 @@ impl HellaswagFile {
                 return Err(HellaswagFileError::TrailingBytes { path: p(), count, extra: 2 * (words.len() - pos) });
             }
             if words.len() - pos < FIXED_FIELDS {
-                return Err(corrupt(format!("only {} bytes left, fewer than an example header", 2 * (words.len() - pos))));
+                return Err(corrupt(format!(
+                    "only {} bytes left, fewer than an example header",
+                    2 * (words.len() - pos)
+                )));
             }
             if words[pos] != START_EXAMPLE {
                 return Err(corrupt(format!("expected <START_EXAMPLE> 65535, found {}", words[pos])));
@@ -188,7 +196,8 @@ impl HellaswagFile {
             // Walk the length-prefixed token runs: the context, then the 4 endings; each must fit in the example.
             let mut cur = FIXED_FIELDS - 1;
             let mut take_run = |what: &str| -> Result<Vec<u32>, HellaswagFileError> {
-                let n = *ex.get(cur).ok_or_else(|| corrupt(format!("{what} length lies past <EXAMPLE_BYTES>")))? as usize;
+                let n =
+                    *ex.get(cur).ok_or_else(|| corrupt(format!("{what} length lies past <EXAMPLE_BYTES>")))? as usize;
                 let run = ex
                     .get(cur + 1..cur + 1 + n)
                     .ok_or_else(|| corrupt(format!("{what} of {n} tokens runs past <EXAMPLE_BYTES> {nbytes}")))?;
@@ -196,7 +205,7 @@ impl HellaswagFile {
                     return Err(corrupt(format!("{what} has no tokens")));
                 }
                 if let Some(t) = run.iter().position(|&t| t == START_EXAMPLE) {
-                    return Err(corrupt(format!("{what} token {t} is the delimiter 65535")));
+                    return Err(corrupt(format!("{what} token at position {t} is the delimiter 65535")));
                 }
                 cur += 1 + n;
                 Ok(run.iter().map(|&t| t as u32).collect())
@@ -204,10 +213,7 @@ impl HellaswagFile {
             let context = take_run("context")?;
             let endings = [take_run("ending 0")?, take_run("ending 1")?, take_run("ending 2")?, take_run("ending 3")?];
             if cur != ex.len() {
-                return Err(corrupt(format!(
-                    "<EXAMPLE_BYTES> is {nbytes} but its fields take {} bytes",
-                    2 * cur
-                )));
+                return Err(corrupt(format!("<EXAMPLE_BYTES> is {nbytes} but its fields take {} bytes", 2 * cur)));
             }
             longest_actual = longest_actual.max(nbytes);
             examples.push(Example { index, label, context, endings });
@@ -217,7 +223,11 @@ impl HellaswagFile {
             return Err(HellaswagFileError::CountMismatch { path: p(), expected: count, actual: examples.len() });
         }
         if longest as usize != longest_actual {
-            return Err(HellaswagFileError::LongestMismatch { path: p(), header: longest as usize, actual: longest_actual });
+            return Err(HellaswagFileError::LongestMismatch {
+                path: p(),
+                header: longest as usize,
+                actual: longest_actual,
+            });
         }
         Ok(HellaswagFile { path: path.to_path_buf(), examples, longest_example_bytes: longest_actual })
     }
@@ -289,9 +299,16 @@ pub fn encode(examples: &[Example]) -> Result<Vec<u8>, HellaswagFileError> {
             return Err(bad(format!("it takes {nbytes} bytes, but <EXAMPLE_BYTES> is a u16 (at most 65535)")));
         }
         longest = longest.max(nbytes);
-        words.extend_from_slice(&[START_EXAMPLE, nbytes as u16, position as u16, ex.label as u16, NUM_COMPLETIONS as u16]);
-        let runs = std::iter::once(("context", &ex.context))
-            .chain(ex.endings.iter().enumerate().map(|(i, e)| (["ending 0", "ending 1", "ending 2", "ending 3"][i], e)));
+        words.extend_from_slice(&[
+            START_EXAMPLE,
+            nbytes as u16,
+            position as u16,
+            ex.label as u16,
+            NUM_COMPLETIONS as u16,
+        ]);
+        let runs = std::iter::once(("context", &ex.context)).chain(
+            ex.endings.iter().enumerate().map(|(i, e)| (["ending 0", "ending 1", "ending 2", "ending 3"][i], e)),
+        );
         for (what, run) in runs {
             if run.is_empty() {
                 return Err(bad(format!("{what} has no tokens")));
@@ -330,12 +347,7 @@ mod tests {
     use super::*;
 
     fn example(index: usize, label: usize) -> Example {
-        Example {
-            index,
-            label,
-            context: vec![10, 11, 12],
-            endings: [vec![1], vec![2, 3], vec![4, 5, 6], vec![7, 8]],
-        }
+        Example { index, label, context: vec![10, 11, 12], endings: [vec![1], vec![2, 3], vec![4, 5, 6], vec![7, 8]] }
     }
 
     #[test]

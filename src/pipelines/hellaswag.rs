@@ -35,7 +35,11 @@ pub const DEFAULT_PIPELINE_PATH: &str = "pipelines/hellaswag.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum HellaswagPrepError {
     #[error("{path}: {source}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{origin}: invalid HellaSwag pipeline: {reason}")]
     Pipeline { origin: String, reason: String },
     #[error("{path}: cannot tell the layout from the extension (expected .jsonl, .parquet or .txt; or pass --format)")]
@@ -45,9 +49,17 @@ pub enum HellaswagPrepError {
     #[error("{path}: row {row}: {reason}")]
     BadRow { path: String, row: usize, reason: String },
     #[error("{path}: {source}")]
-    Parquet { path: String, #[source] source: parquet::errors::ParquetError },
+    Parquet {
+        path: String,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
     #[error("{path}: {source}")]
-    Arrow { path: String, #[source] source: arrow::error::ArrowError },
+    Arrow {
+        path: String,
+        #[source]
+        source: arrow::error::ArrowError,
+    },
     #[error("{path}: no column `{column}` (columns: {available}); set [columns] in the pipeline file")]
     MissingColumn { path: String, column: String, available: String },
     #[error("{path}: column `{column}` has type {found}, expected {expected}")]
@@ -226,7 +238,11 @@ impl FromStr for SourceFormat {
 }
 
 /// Read every task of `path`, in file order. `format` overrides the extension.
-pub fn read_tasks(path: &Path, format: Option<SourceFormat>, columns: &Columns) -> Result<Vec<Task>, HellaswagPrepError> {
+pub fn read_tasks(
+    path: &Path,
+    format: Option<SourceFormat>,
+    columns: &Columns,
+) -> Result<Vec<Task>, HellaswagPrepError> {
     let format = match format.or_else(|| SourceFormat::from_path(path)) {
         Some(f) => f,
         None => return Err(HellaswagPrepError::UnknownFormat { path: path.display().to_string() }),
@@ -287,19 +303,25 @@ pub fn parse_jsonl(text: &str, path: &Path, columns: &Columns) -> Result<Vec<Tas
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |reason: String| HellaswagPrepError::BadLine { path: path.display().to_string(), line: i + 1, reason };
+        let bad =
+            |reason: String| HellaswagPrepError::BadLine { path: path.display().to_string(), line: i + 1, reason };
         let value: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(format!("not JSON: {e}")))?;
         let field = |name: &str| value.get(name).ok_or_else(|| bad(format!("no field `{name}`")));
         let context = field(&columns.context)?
             .as_str()
             .ok_or_else(|| bad(format!("`{}` is not a string", columns.context)))?
             .to_string();
-        let endings_value = field(&columns.endings)?
-            .as_array()
-            .ok_or_else(|| bad(format!("`{}` is not an array", columns.endings)))?;
+        let endings_value =
+            field(&columns.endings)?.as_array().ok_or_else(|| bad(format!("`{}` is not an array", columns.endings)))?;
         let endings = four_endings(endings_value.iter().map(|v| v.as_str().map(str::to_string)))
             .map_err(|reason| bad(format!("`{}`: {reason}", columns.endings)))?;
-        let label = match field(&columns.label)? {
+        let label_value = value.get(&columns.label).ok_or_else(|| {
+            bad(format!(
+                "no field `{}` (HellaSwag's test split is unlabelled; use the validation split)",
+                columns.label
+            ))
+        })?;
+        let label = match label_value {
             serde_json::Value::Number(n) => parse_label(&n.to_string()),
             serde_json::Value::String(s) => parse_label(s),
             other => Err(format!("label {other} is not a number")),
@@ -329,7 +351,8 @@ fn four_endings(items: impl ExactSizeIterator<Item = Option<String>>) -> Result<
 pub fn parse_llamacpp_text(text: &str, path: &Path) -> Result<Vec<Task>, HellaswagPrepError> {
     const LINES_PER_TASK: usize = 2 + NUM_COMPLETIONS;
     let lines: Vec<&str> = text.lines().collect();
-    let bad = |line: usize, reason: String| HellaswagPrepError::BadLine { path: path.display().to_string(), line, reason };
+    let bad =
+        |line: usize, reason: String| HellaswagPrepError::BadLine { path: path.display().to_string(), line, reason };
     if lines.len() % LINES_PER_TASK != 0 {
         let start = lines.len() - lines.len() % LINES_PER_TASK;
         return Err(bad(
@@ -349,7 +372,11 @@ pub fn parse_llamacpp_text(text: &str, path: &Path) -> Result<Vec<Task>, Hellasw
         let endings: [String; NUM_COMPLETIONS] = std::array::from_fn(|i| chunk[2 + i].to_string());
         let task = Task { context: chunk[0].to_string(), endings, label };
         if let Err(reason) = check_task(&task) {
-            let line = if task.context.is_empty() { first } else { first + 2 + task.endings.iter().position(String::is_empty).unwrap_or(0) };
+            let line = if task.context.is_empty() {
+                first
+            } else {
+                first + 2 + task.endings.iter().position(String::is_empty).unwrap_or(0)
+            };
             return Err(bad(line, reason));
         }
         tasks.push(task);
@@ -379,7 +406,8 @@ pub fn read_parquet(path: &Path, columns: &Columns) -> Result<Vec<Task>, Hellasw
         }
     }
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-    let reader = builder.with_projection(mask).build().map_err(|source| HellaswagPrepError::Parquet { path: p(), source })?;
+    let reader =
+        builder.with_projection(mask).build().map_err(|source| HellaswagPrepError::Parquet { path: p(), source })?;
 
     let utf8_list = DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)));
     let mut tasks = Vec::new();
@@ -531,7 +559,8 @@ pub fn fetch_hub_source(client: &HubClient, source: &HubSource) -> Result<Vec<Pa
             .map(|f| client.download_dataset_file(&source.repo, f).map_err(HellaswagPrepError::from))
             .collect();
     }
-    let tried = source.locations.iter().map(|l| format!("`{}` at {}", l.prefix, l.revision)).collect::<Vec<_>>().join(", ");
+    let tried =
+        source.locations.iter().map(|l| format!("`{}` at {}", l.prefix, l.revision)).collect::<Vec<_>>().join(", ");
     Err(HellaswagPrepError::NoHubFiles { repo: source.repo.clone(), tried })
 }
 
@@ -566,7 +595,12 @@ pub fn prep(config: &PrepConfig) -> Result<PrepSummary, HellaswagPrepError> {
     Ok(summarize(sources, path, file_bytes, &examples))
 }
 
-fn summarize(sources: Vec<(PathBuf, SourceFormat, usize)>, path: PathBuf, file_bytes: u64, examples: &[Example]) -> PrepSummary {
+fn summarize(
+    sources: Vec<(PathBuf, SourceFormat, usize)>,
+    path: PathBuf,
+    file_bytes: u64,
+    examples: &[Example],
+) -> PrepSummary {
     PrepSummary {
         sources,
         path,

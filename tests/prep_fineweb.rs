@@ -1,0 +1,298 @@
+//! `prep fineweb` end to end on the real FineWeb parquet files of ../shared/data: manifest, order independence of the
+//! thread count, resume after SIGKILL and after `--shards N` (byte-identical), corrupt input, other input formats.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tokenmill::pipelines::fineweb::{self, Input, PrepOptions};
+use tokenmill::pipelines::sources::expand_inputs;
+use tokenmill::shards::format::read_shard;
+use tokenmill::shards::{DataLoader, LoaderConfig, Manifest, Split};
+use tokenmill::tokenizer::{Tokenizer, TokenizerKind};
+
+fn shared_data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
+}
+
+fn parquet_dir() -> PathBuf {
+    shared_data().join("fineweb_legal_pilot")
+}
+
+fn opts(input: Input, out: &Path, shard_size: u64) -> PrepOptions {
+    PrepOptions {
+        input,
+        text_column: "text".into(),
+        out: out.to_path_buf(),
+        dataset: "edufineweb".into(),
+        tokenizer: TokenizerKind::Gpt2,
+        shard_size,
+        val_shards: 1,
+        max_shards: None,
+        threads: 2,
+        progress: false,
+    }
+}
+
+fn local(paths: &[PathBuf]) -> Input {
+    Input::Local(expand_inputs(paths).unwrap())
+}
+
+/// Every file of a shard directory except the manifest, by name.
+fn shard_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "bin"))
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Reference run, computed once per test binary.
+fn full_run(shard_size: u64) -> (tempfile::TempDir, Manifest) {
+    let dir = tempfile::tempdir().unwrap();
+    let report = fineweb::prep(&opts(local(&[parquet_dir()]), dir.path(), shard_size)).unwrap();
+    assert!(report.complete);
+    (dir, report.manifest)
+}
+
+#[test]
+fn manifest_describes_the_shards_and_tokens_follow_fineweb_py() {
+    let (dir, m) = full_run(1_000_000);
+    assert_eq!(m.tokenizer.vocab_size, 50257);
+    assert_eq!(m.tokenizer.eot, 50256);
+    assert_eq!(m.shards[0].split, Split::Val);
+    assert!(m.shards[1..].iter().all(|s| s.split == Split::Train));
+    assert!(m.shards[..m.shards.len() - 1].iter().all(|s| s.tokens == 1_000_000));
+    assert_eq!(m.sources.len(), 28);
+    assert!(m.sources.iter().all(|s| s.rows == 100), "each parquet file has 100 rows");
+    assert!(m.complete);
+
+    // Shard contents: checksums match, and the concatenation is exactly EOT + BPE(text) per document in order.
+    let mut stream = Vec::new();
+    for s in &m.shards {
+        let bytes = std::fs::read(dir.path().join(&s.file)).unwrap();
+        assert_eq!(format!("{:016x}", xxhash_rust_free_xxh3(&bytes)), s.xxh3, "{}", s.file);
+        let (_, toks) = read_shard(&dir.path().join(&s.file)).unwrap();
+        stream.extend(toks);
+    }
+    assert_eq!(stream.len() as u64, m.tokens_in(Split::Train) + m.tokens_in(Split::Val));
+    let docs = stream.iter().filter(|&&t| t == 50256).count();
+    assert_eq!(docs, 2800, "one <|endoftext|> before each of the 2,800 documents");
+    assert_eq!(stream[0], 50256);
+    // The first document, re-encoded on its own, is the stream's prefix.
+    let first_doc_end = stream[1..].iter().position(|&t| t == 50256).unwrap() + 1;
+    let text = Tokenizer::gpt2().decode(&stream[1..first_doc_end]);
+    assert_eq!(Tokenizer::gpt2().encode(&text), stream[1..first_doc_end].to_vec());
+}
+
+/// xxh3 through the crate's writer helper (the test must not trust the manifest's own numbers blindly).
+fn xxhash_rust_free_xxh3(bytes: &[u8]) -> u64 {
+    u64::from_str_radix(&tokenmill::shards::writer::xxh3_hex(bytes), 16).unwrap()
+}
+
+#[test]
+fn output_does_not_depend_on_the_thread_count() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let mut o = opts(local(&[parquet_dir()]), a.path(), 700_000);
+    o.threads = 1;
+    fineweb::prep(&o).unwrap();
+    o.threads = 2;
+    o.out = b.path().to_path_buf();
+    fineweb::prep(&o).unwrap();
+    assert_eq!(shard_bytes(a.path()), shard_bytes(b.path()));
+}
+
+#[test]
+fn stop_after_n_shards_then_continue_is_byte_identical() {
+    let (full, full_manifest) = full_run(300_000);
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(local(&[parquet_dir()]), dir.path(), 300_000);
+    o.max_shards = Some(3);
+    let r = fineweb::prep(&o).unwrap();
+    assert_eq!(r.manifest.shards.len(), 3);
+    assert!(!r.complete);
+    // A shard boundary falls inside a document: the cursor must say how far into it.
+    assert!(r.manifest.resume.tokens_into_document > 0 || r.manifest.resume.first_unfinished_document > 0);
+    // Re-running with the same limit does nothing.
+    let again = fineweb::prep(&o).unwrap();
+    assert_eq!(again.tokens_written, 0);
+    o.max_shards = None;
+    let r = fineweb::prep(&o).unwrap();
+    assert_eq!(r.shards_before, 3);
+    assert_eq!(shard_bytes(dir.path()), shard_bytes(full.path()));
+    assert_eq!(r.manifest.shards, full_manifest.shards);
+    assert_eq!(r.manifest.sources, full_manifest.sources);
+}
+
+#[test]
+fn killed_run_resumes_to_byte_identical_shards() {
+    let (full, _) = full_run(40_000);
+    let out = tempfile::tempdir().unwrap();
+    let args = |out: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tokenmill"));
+        c.args(["prep", "fineweb", "--no-progress", "--shard-size", "40000", "--threads", "1", "--input"])
+            .arg(parquet_dir())
+            .arg("--out")
+            .arg(out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    };
+    // Kill it (SIGKILL: no cleanup runs) once a few shards are finished and more are pending.
+    let mut child = args(out.path()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut killed_at = None;
+    while Instant::now() < deadline {
+        if let Ok(m) = Manifest::load(out.path()) {
+            if m.shards.len() >= 5 {
+                child.kill().unwrap();
+                killed_at = Some(m.shards.len());
+                break;
+            }
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.wait().unwrap();
+    let killed_at = killed_at.expect("the run was killed mid-way");
+    let m = Manifest::load(out.path()).unwrap();
+    assert!(!m.complete, "killed after {killed_at} shards, before the end");
+    assert!(m.shards.len() < full_shard_count(full.path()), "the kill left work to resume");
+    // Every shard the manifest lists is whole.
+    for s in &m.shards {
+        read_shard(&out.path().join(&s.file)).unwrap();
+    }
+    let status = args(out.path()).status().unwrap();
+    assert!(status.success());
+    assert_eq!(shard_bytes(out.path()), shard_bytes(full.path()));
+    assert!(Manifest::load(out.path()).unwrap().complete);
+    // No temp files left behind.
+    assert!(std::fs::read_dir(out.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp.")));
+}
+
+fn full_shard_count(dir: &Path) -> usize {
+    Manifest::load(dir).unwrap().shards.len()
+}
+
+#[test]
+fn corrupt_parquet_is_named_and_finished_shards_are_kept() {
+    let (full, _) = full_run(200_000);
+    let input = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(parquet_dir()).unwrap() {
+        let p = f.unwrap().path();
+        std::fs::copy(&p, input.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let victim = input.path().join("batch_000015.parquet");
+    let good = std::fs::read(&victim).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid - 4000..mid + 4000].iter_mut().for_each(|b| *b = 0x5a);
+    std::fs::write(&victim, &bad).unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    let o = opts(local(&[input.path().to_path_buf()]), out.path(), 200_000);
+    let err = fineweb::prep(&o).unwrap_err().to_string();
+    assert!(err.contains("batch_000015.parquet"), "error names the file: {err}");
+    let m = Manifest::load(out.path()).unwrap();
+    assert!(!m.shards.is_empty(), "shards finished before the bad file are kept");
+    assert!(!m.complete);
+    for s in &m.shards {
+        assert_eq!(std::fs::read(out.path().join(&s.file)).unwrap(), std::fs::read(full.path().join(&s.file)).unwrap());
+    }
+    // Fix the file and run again: the result is the uninterrupted run's.
+    std::fs::write(&victim, &good).unwrap();
+    fineweb::prep(&o).unwrap();
+    assert_eq!(shard_bytes(out.path()), shard_bytes(full.path()));
+}
+
+#[test]
+fn missing_parquet_and_missing_column_are_clear_errors() {
+    let out = tempfile::tempdir().unwrap();
+    let err = expand_inputs(&[PathBuf::from("/nonexistent/x.parquet")]).unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/x.parquet"), "{err}");
+    let mut o = opts(local(&[parquet_dir().join("batch_000001.parquet")]), out.path(), 100_000);
+    o.text_column = "body".into();
+    let err = fineweb::prep(&o).unwrap_err().to_string();
+    assert!(err.contains("batch_000001.parquet") && err.contains("body") && err.contains("text"), "{err}");
+}
+
+#[test]
+fn jsonl_and_text_inputs_and_32_bit_tokenizers() {
+    let input = tempfile::tempdir().unwrap();
+    let jsonl = input.path().join("docs.jsonl");
+    std::fs::write(&jsonl, "{\"text\": \"Hello world\", \"id\": 1}\n\n{\"text\": \"Second <|endoftext|> doc\"}\n").unwrap();
+    let txt = input.path().join("poem.txt");
+    std::fs::write(&txt, "Shall I compare thee to a summer's day?\n").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut o = opts(local(&[jsonl.clone(), txt.clone()]), out.path(), 1000);
+    fineweb::prep(&o).unwrap();
+    let m = Manifest::load(out.path()).unwrap();
+    let (_, toks) = read_shard(&out.path().join(&m.shards[0].file)).unwrap();
+    let t = Tokenizer::gpt2();
+    let mut expected = Vec::new();
+    for d in ["Hello world", "Second <|endoftext|> doc", "Shall I compare thee to a summer's day?\n"] {
+        t.encode_document_into(d, &mut expected);
+    }
+    assert_eq!(toks, expected, "special-token text is encoded as plain text, EOT before each document");
+
+    // cl100k_base writes u32 shards under llm.c's 32-bit header; the loader reads them back.
+    let out32 = tempfile::tempdir().unwrap();
+    o.out = out32.path().to_path_buf();
+    o.tokenizer = TokenizerKind::Cl100kBase;
+    o.shard_size = 8;
+    o.val_shards = 1;
+    fineweb::prep(&o).unwrap();
+    let m = Manifest::load(out32.path()).unwrap();
+    assert_eq!(m.tokenizer.vocab_size, 100277);
+    let bytes = std::fs::read(out32.path().join(&m.shards[0].file)).unwrap();
+    assert_eq!(i32::from_le_bytes(bytes[0..4].try_into().unwrap()), 20240801);
+    assert_eq!(i32::from_le_bytes(bytes[4..8].try_into().unwrap()), 7);
+    let mut l = DataLoader::open(out32.path(), Split::Train, LoaderConfig::new(1, 4)).unwrap();
+    let b = l.next_batch().unwrap();
+    assert!(b.x.iter().all(|&id| id < 100277));
+    let mut all = Vec::new();
+    for s in &m.shards {
+        all.extend(read_shard(&out32.path().join(&s.file)).unwrap().1);
+    }
+    assert_eq!(all[0], 100257, "cl100k's <|endoftext|>");
+}
+
+#[test]
+fn refuses_to_mix_settings_or_foreign_shards() {
+    let out = tempfile::tempdir().unwrap();
+    let mut o = opts(local(&[parquet_dir().join("batch_000001.parquet")]), out.path(), 50_000);
+    o.max_shards = Some(1);
+    fineweb::prep(&o).unwrap();
+    o.shard_size = 60_000;
+    let err = fineweb::prep(&o).unwrap_err().to_string();
+    assert!(err.contains("different settings") && err.contains("shard size"), "{err}");
+
+    let foreign = tempfile::tempdir().unwrap();
+    std::fs::write(foreign.path().join("edufineweb_train_000001.bin"), b"x").unwrap();
+    o.out = foreign.path().to_path_buf();
+    o.shard_size = 50_000;
+    let err = fineweb::prep(&o).unwrap_err().to_string();
+    assert!(err.contains("no manifest.json"), "{err}");
+}
+
+#[test]
+fn damaged_finished_shard_stops_a_resume() {
+    let out = tempfile::tempdir().unwrap();
+    let mut o = opts(local(&[parquet_dir().join("batch_000001.parquet")]), out.path(), 20_000);
+    o.max_shards = Some(2);
+    fineweb::prep(&o).unwrap();
+    let m = Manifest::load(out.path()).unwrap();
+    let p = out.path().join(&m.shards[1].file);
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[2000] ^= 1;
+    std::fs::write(&p, bytes).unwrap();
+    o.max_shards = None;
+    let err = fineweb::prep(&o).unwrap_err().to_string();
+    assert!(err.contains(&m.shards[1].file) && err.contains("xxh3"), "{err}");
+}
