@@ -11,7 +11,15 @@ use tokenmill::model::{
 };
 
 fn tiny_cfg() -> ModelConfig {
-    ModelConfig { arch: Architecture::Gpt2, block_size: 8, vocab_size: 40, real_vocab_size: 37, n_layer: 2, n_head: 2, n_embd: 16 }
+    ModelConfig {
+        arch: Architecture::Gpt2,
+        block_size: 8,
+        vocab_size: 40,
+        real_vocab_size: 37,
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 16,
+    }
 }
 
 /// Parameters as f64 host vectors, by name.
@@ -36,7 +44,9 @@ fn matvec(w: &[f64], bias: Option<&[f64]>, x: &[f64]) -> Vec<f64> {
     let n_in = x.len();
     let n_out = w.len() / n_in;
     (0..n_out)
-        .map(|o| w[o * n_in..(o + 1) * n_in].iter().zip(x).map(|(a, b)| a * b).sum::<f64>() + bias.map_or(0.0, |b| b[o]))
+        .map(|o| {
+            w[o * n_in..(o + 1) * n_in].iter().zip(x).map(|(a, b)| a * b).sum::<f64>() + bias.map_or(0.0, |b| b[o])
+        })
         .collect()
 }
 
@@ -56,7 +66,9 @@ fn naive_gpt2(cfg: &ModelConfig, w: &HashMap<String, Vec<f64>>, ids: &[Vec<u32>]
             let mut x: Vec<Vec<f64>> = seq
                 .iter()
                 .enumerate()
-                .map(|(t, &id)| (0..c).map(|i| g("wte.weight")[id as usize * c + i] + g("wpe.weight")[t * c + i]).collect())
+                .map(|(t, &id)| {
+                    (0..c).map(|i| g("wte.weight")[id as usize * c + i] + g("wpe.weight")[t * c + i]).collect()
+                })
                 .collect();
             for l in 0..cfg.n_layer {
                 let p = |n: &str| format!("h.{l}.{n}");
@@ -91,8 +103,10 @@ fn naive_gpt2(cfg: &ModelConfig, w: &HashMap<String, Vec<f64>>, ids: &[Vec<u32>]
                 }
                 for xt in x.iter_mut() {
                     let h = layer_norm(xt, g(&p("ln_2.weight")), g(&p("ln_2.bias")));
-                    let f: Vec<f64> =
-                        matvec(g(&p("mlp.c_fc.weight")), Some(g(&p("mlp.c_fc.bias"))), &h).into_iter().map(gelu).collect();
+                    let f: Vec<f64> = matvec(g(&p("mlp.c_fc.weight")), Some(g(&p("mlp.c_fc.bias"))), &h)
+                        .into_iter()
+                        .map(gelu)
+                        .collect();
                     let m = matvec(g(&p("mlp.c_proj.weight")), Some(g(&p("mlp.c_proj.bias"))), &f);
                     xt.iter_mut().zip(&m).for_each(|(xv, mv)| *xv += mv);
                 }
@@ -110,7 +124,9 @@ fn ids_tensor(ids: &[Vec<u32>]) -> Tensor {
 }
 
 fn sample_ids(cfg: &ModelConfig, b: usize, t: usize, salt: u32) -> Vec<Vec<u32>> {
-    (0..b).map(|i| (0..t).map(|j| ((i * 7 + j * 13) as u32 * 31 + salt) % cfg.real_vocab_size as u32).collect()).collect()
+    (0..b)
+        .map(|i| (0..t).map(|j| ((i * 7 + j * 13) as u32 * 31 + salt) % cfg.real_vocab_size as u32).collect())
+        .collect()
 }
 
 /// Max |model - naive| over all logits, and the naive logits' max magnitude.
@@ -229,7 +245,17 @@ fn parameter_names_follow_the_hf_checkpoint() {
     let model = build_model(&cfg, Precision::FP32, &Device::Cpu, 0).unwrap();
     let names: Vec<String> = model.parameters().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names.len(), 2 + 12 * cfg.n_layer + 2);
-    assert_eq!(&names[..6], ["wte.weight", "wpe.weight", "h.0.ln_1.weight", "h.0.ln_1.bias", "h.0.attn.c_attn.weight", "h.0.attn.c_attn.bias"]);
+    assert_eq!(
+        &names[..6],
+        [
+            "wte.weight",
+            "wpe.weight",
+            "h.0.ln_1.weight",
+            "h.0.ln_1.bias",
+            "h.0.attn.c_attn.weight",
+            "h.0.attn.c_attn.bias"
+        ]
+    );
     assert_eq!(names[names.len() - 2..], ["ln_f.weight", "ln_f.bias"]);
     assert!(!names.iter().any(|n| n.contains("lm_head")), "lm_head is tied to wte: one parameter");
     let shapes: HashMap<String, Vec<usize>> =
@@ -241,9 +267,8 @@ fn parameter_names_follow_the_hf_checkpoint() {
 
 #[test]
 fn preset_parameter_counts() {
-    let count = |name: &str| -> usize {
-        param_specs(&ModelConfig::preset(name).unwrap()).iter().map(|s| s.numel()).sum()
-    };
+    let count =
+        |name: &str| -> usize { param_specs(&ModelConfig::preset(name).unwrap()).iter().map(|s| s.numel()).sum() };
     // build-nanogpt's 124M with the padded 50304 vocabulary and a tied head.
     assert_eq!(count("gpt2-124m"), 124_475_904);
     assert_eq!(count("gpt2"), 124_475_904);
@@ -368,7 +393,8 @@ fn weight_files_round_trip() {
 
     // Another size is an error naming the file and tensor, never a partial load.
     let other = ModelConfig { n_embd: 8, ..cfg.clone() };
-    std::fs::write(ckpt.join("state.json"), serde_json::to_vec(&serde_json::json!({ "model": other })).unwrap()).unwrap();
+    std::fs::write(ckpt.join("state.json"), serde_json::to_vec(&serde_json::json!({ "model": other })).unwrap())
+        .unwrap();
     let err = load_checkpoint_model(&ckpt, Precision::FP32, &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("model.safetensors") && err.contains("wte.weight") && err.contains("shape"), "{err}");
 }

@@ -124,7 +124,8 @@ fn silu_grad() {
 #[test]
 fn linear_grad() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let (x, w, b) = (rand_var(&mut rng, &[2, 3, 6], 1.0), rand_var(&mut rng, &[5, 6], 1.0), rand_var(&mut rng, &[5], 1.0));
+    let (x, w, b) =
+        (rand_var(&mut rng, &[2, 3, 6], 1.0), rand_var(&mut rng, &[5, 6], 1.0), rand_var(&mut rng, &[5], 1.0));
     let f = || weighted_sum(&ops::linear(&x, &w, Some(&b)).unwrap(), 16);
     check(&named(&[("x", &x), ("weight", &w), ("bias", &b)]), &f, 6, 0);
     let y = ops::linear(&x, &w, Some(&b)).unwrap();
@@ -207,7 +208,15 @@ fn tokens(rng: &mut ChaCha8Rng, b: usize, t: usize, vocab: usize) -> Tensor {
 
 #[test]
 fn whole_gpt2_loss_grad() {
-    let cfg = ModelConfig { arch: Architecture::Gpt2, block_size: 6, vocab_size: 19, real_vocab_size: 17, n_layer: 2, n_head: 2, n_embd: 8 };
+    let cfg = ModelConfig {
+        arch: Architecture::Gpt2,
+        block_size: 6,
+        vocab_size: 19,
+        real_vocab_size: 17,
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 8,
+    };
     let model = build_model(&cfg, Precision::F64, &Device::Cpu, 3).unwrap();
     randomise(model.as_ref(), 30);
     let mut rng = ChaCha8Rng::seed_from_u64(31);

@@ -109,7 +109,10 @@ fn export_round_trips_through_the_hf_layout() {
     assert_eq!(config["model_type"], "gpt2");
     assert_eq!(config["architectures"][0], "GPT2LMHeadModel");
     assert_eq!((config["vocab_size"].as_u64(), config["n_positions"].as_u64()), (Some(512), Some(64)));
-    assert_eq!((config["n_layer"].as_u64(), config["n_head"].as_u64(), config["n_embd"].as_u64()), (Some(2), Some(4), Some(32)));
+    assert_eq!(
+        (config["n_layer"].as_u64(), config["n_head"].as_u64(), config["n_embd"].as_u64()),
+        (Some(2), Some(4), Some(32))
+    );
     assert_eq!(config["activation_function"], "gelu_new");
 
     let back = load_hf_gpt2(&out, Precision::FP32, &Device::Cpu).unwrap();
@@ -123,7 +126,15 @@ fn export_round_trips_through_the_hf_layout() {
 #[test]
 fn export_crops_the_padded_vocabulary() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = ModelConfig { arch: Architecture::Gpt2, block_size: 8, vocab_size: 64, real_vocab_size: 50, n_layer: 1, n_head: 2, n_embd: 8 };
+    let cfg = ModelConfig {
+        arch: Architecture::Gpt2,
+        block_size: 8,
+        vocab_size: 64,
+        real_vocab_size: 50,
+        n_layer: 1,
+        n_head: 2,
+        n_embd: 8,
+    };
     let model = build_model(&cfg, Precision::FP32, &Device::Cpu, 9).unwrap();
     let out = tmp.path().join("hf");
     export_hf_gpt2(model.as_ref(), &out).unwrap();
@@ -133,7 +144,8 @@ fn export_crops_the_padded_vocabulary() {
     let full = model.forward(&ids).unwrap().narrow(2, 0, 50).unwrap();
     assert_eq!(max_abs_diff(&back.forward(&ids).unwrap(), &full), 0.0);
 
-    let llama = build_model(&ModelConfig { arch: Architecture::Llama, ..cfg }, Precision::FP32, &Device::Cpu, 9).unwrap();
+    let llama =
+        build_model(&ModelConfig { arch: Architecture::Llama, ..cfg }, Precision::FP32, &Device::Cpu, 9).unwrap();
     let err = export_hf_gpt2(llama.as_ref(), &tmp.path().join("llama")).unwrap_err().to_string();
     assert!(err.contains("GPT-2"), "{err}");
 }
@@ -168,17 +180,27 @@ fn broken_checkpoints_are_clear_errors() {
     let err = load(&d);
     assert!(err.contains("h.1.ln_2.bias") && err.contains("missing") && err.contains("model.safetensors"), "{err}");
 
-    let d = broken_copy(tmp.path(), "untied", |t| {
-        let wte = t["wte.weight"].clone();
-        t.insert("lm_head.weight".into(), (wte * 2.0).unwrap());
-    }, |_| {});
+    let d = broken_copy(
+        tmp.path(),
+        "untied",
+        |t| {
+            let wte = t["wte.weight"].clone();
+            t.insert("lm_head.weight".into(), (wte * 2.0).unwrap());
+        },
+        |_| {},
+    );
     assert!(load(&d).contains("untied"), "{}", load(&d));
 
     // A tied lm_head.weight stored explicitly is fine.
-    let d = broken_copy(tmp.path(), "tied", |t| {
-        let wte = t["wte.weight"].clone();
-        t.insert("lm_head.weight".into(), wte);
-    }, |_| {});
+    let d = broken_copy(
+        tmp.path(),
+        "tied",
+        |t| {
+            let wte = t["wte.weight"].clone();
+            t.insert("lm_head.weight".into(), wte);
+        },
+        |_| {},
+    );
     assert!(load_hf_gpt2(&d, Precision::FP32, &Device::Cpu).is_ok());
 
     let d = broken_copy(tmp.path(), "relu", |_| {}, |c| c["activation_function"] = "relu".into());
@@ -189,6 +211,11 @@ fn broken_checkpoints_are_clear_errors() {
     let err = load(&d);
     assert!(err.contains("shape") && err.contains("wte.weight"), "{err}");
 
-    let d = broken_copy(tmp.path(), "extra", |t| drop(t.insert("h.0.attn.rotary".into(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap())), |_| {});
+    let d = broken_copy(
+        tmp.path(),
+        "extra",
+        |t| drop(t.insert("h.0.attn.rotary".into(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap())),
+        |_| {},
+    );
     assert!(load(&d).contains("h.0.attn.rotary"), "{}", load(&d));
 }

@@ -76,6 +76,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if prompt.is_empty() {
         bail!("--prompt is empty");
     }
+    if let Some(&id) = prompt.iter().find(|&&id| id as usize >= cfg.real_vocab_size) {
+        bail!("the prompt has token id {id} ({kind}), outside the model's {}-id vocabulary", cfg.real_vocab_size);
+    }
     if args.max_tokens <= prompt.len() {
         bail!("--max-tokens {} leaves no room after the prompt's {} tokens", args.max_tokens, prompt.len());
     }

@@ -35,8 +35,7 @@ pub struct ModelConfig {
 
 /// Every name `ModelConfig::preset` accepts (canonical names; the HF names `gpt2`, `gpt2-medium`, `gpt2-large`,
 /// `gpt2-xl` are accepted as aliases of the four GPT-2 sizes).
-pub const PRESETS: &[&str] =
-    &["gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1558m", "tiny", "llama-124m", "llama-tiny"];
+pub const PRESETS: &[&str] = &["gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1558m", "tiny", "llama-124m", "llama-tiny"];
 
 impl ModelConfig {
     /// A named preset, with GPT-2's padded vocabulary (50304 rows, 50257 real ids).
@@ -84,7 +83,7 @@ impl ModelConfig {
                 self.n_layer, self.n_head, self.n_embd, self.block_size
             ));
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return bad(format!("n_embd {} is not a multiple of n_head {}", self.n_embd, self.n_head));
         }
         if self.real_vocab_size == 0 || self.real_vocab_size > self.vocab_size {
@@ -96,7 +95,7 @@ impl ModelConfig {
         if self.vocab_size > u32::MAX as usize {
             return bad(format!("vocab_size {} does not fit token ids in u32", self.vocab_size));
         }
-        if self.arch == Architecture::Llama && self.head_size() % 2 != 0 {
+        if self.arch == Architecture::Llama && !self.head_size().is_multiple_of(2) {
             return bad(format!("llama: head size {} must be even for rotary embeddings", self.head_size()));
         }
         Ok(())

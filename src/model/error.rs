@@ -29,10 +29,17 @@ pub enum ModelError {
     Shape { path: PathBuf, name: String, expected: Vec<usize>, got: Vec<usize> },
     #[error("{0}")]
     Unsupported(String),
+    /// Boxed: hub errors carry URLs and listings, and would otherwise bloat every `Result` in this module.
     #[error(transparent)]
-    Hub(#[from] crate::pipelines::hub::HubError),
+    Hub(Box<crate::pipelines::hub::HubError>),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+impl From<crate::pipelines::hub::HubError> for ModelError {
+    fn from(e: crate::pipelines::hub::HubError) -> Self {
+        ModelError::Hub(Box::new(e))
+    }
 }
 
 impl ModelError {

@@ -140,7 +140,12 @@ pub struct Gpt2 {
 
 impl Gpt2 {
     /// A freshly initialised model (build-nanogpt's init), reproducible from `seed`.
-    pub fn new(cfg: &ModelConfig, precision: Precision, device: &candle_core::Device, seed: u64) -> std::result::Result<Self, ModelError> {
+    pub fn new(
+        cfg: &ModelConfig,
+        precision: Precision,
+        device: &candle_core::Device,
+        seed: u64,
+    ) -> std::result::Result<Self, ModelError> {
         cfg.validate()?;
         precision.validate()?;
         let params = init_params(&param_specs(cfg), seed, precision.master, device)?;

@@ -25,6 +25,8 @@ use crate::util::fsync_dir;
 
 pub const HF_CONFIG: &str = "config.json";
 pub const HF_WEIGHTS: &str = "model.safetensors";
+/// GPT-2's `<|endoftext|>` id, HF's bos/eos for GPT-2.
+const GPT2_EOT: usize = 50256;
 
 /// The GPT-2 weights HF stores as Conv1D `(in, out)`.
 const CONV1D_SUFFIXES: [&str; 4] = ["attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"];
@@ -57,7 +59,8 @@ pub fn read_hf_config(path: &Path) -> Result<ModelConfig, ModelError> {
     let text = fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
     let hf: HfGpt2Config =
         serde_json::from_str(&text).map_err(|e| ModelError::Json { path: path.to_path_buf(), source: e })?;
-    let unsupported = |what: String| Err(ModelError::format(path, format!("{what}: not supported by tokenmill's GPT-2")));
+    let unsupported =
+        |what: String| Err(ModelError::format(path, format!("{what}: not supported by tokenmill's GPT-2")));
     if let Some(t) = &hf.model_type {
         if t != "gpt2" {
             return unsupported(format!("model_type `{t}`"));
@@ -119,7 +122,10 @@ pub fn gpt2_tensors_from_hf(
         let tied = head.dims() == wte.dims()
             && (head.to_dtype(DType::F32)? - wte.to_dtype(DType::F32)?)?.abs()?.max_all()?.to_scalar::<f32>()? == 0.0;
         if !tied {
-            return Err(ModelError::format(source, "lm_head.weight differs from wte.weight: untied heads are not supported"));
+            return Err(ModelError::format(
+                source,
+                "lm_head.weight differs from wte.weight: untied heads are not supported",
+            ));
         }
     }
     Ok(out)
@@ -145,6 +151,8 @@ pub fn load_hf_gpt2_files(
 
 /// The `config.json` transformers' `GPT2LMHeadModel` loads for `cfg` (with `vocab_size` = the real vocabulary).
 pub fn hf_config_json(cfg: &ModelConfig) -> serde_json::Value {
+    // GPT-2's <|endoftext|> (50256) when the vocabulary has it; transformers warns about ids outside the vocabulary.
+    let eot = (cfg.real_vocab_size > GPT2_EOT).then_some(GPT2_EOT);
     serde_json::json!({
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -166,8 +174,8 @@ pub fn hf_config_json(cfg: &ModelConfig) -> serde_json::Value {
         "reorder_and_upcast_attn": false,
         "tie_word_embeddings": true,
         "use_cache": true,
-        "bos_token_id": 50256,
-        "eos_token_id": 50256,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
         "torch_dtype": "float32",
     })
 }

@@ -112,14 +112,19 @@ pub struct Llama {
     params: Vec<(String, Var)>,
     embed_tokens: Var, // (V, C), also the lm_head
     blocks: Vec<Block>,
-    norm: Var, // (C)
+    norm: Var,   // (C)
     cos: Tensor, // (block_size, HS/2) in the compute dtype
     sin: Tensor,
 }
 
 impl Llama {
     /// A freshly initialised model, reproducible from `seed`.
-    pub fn new(cfg: &ModelConfig, precision: Precision, device: &Device, seed: u64) -> std::result::Result<Self, ModelError> {
+    pub fn new(
+        cfg: &ModelConfig,
+        precision: Precision,
+        device: &Device,
+        seed: u64,
+    ) -> std::result::Result<Self, ModelError> {
         cfg.validate()?;
         precision.validate()?;
         let params = init_params(&param_specs(cfg), seed, precision.master, device)?;

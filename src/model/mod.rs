@@ -37,7 +37,7 @@ pub trait LanguageModel: Send {
     /// (their logits are masked or trained down, see the implementation).
     fn forward(&self, idx: &Tensor) -> Result<Tensor>;
 
-    /// Mean cross-entropy over all B*T positions as an f32 scalar; `targets: (B, T)` u32.
+    /// Mean cross-entropy over all B*T positions as an f32 scalar (f64 under `Precision::F64`); `targets: (B, T)` u32.
     fn loss(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor>;
 
     /// Trainable parameters with their checkpoint names (HF GPT-2 names for GPT-2), in a stable order.

@@ -49,7 +49,9 @@ impl ModelSource {
         if path.is_file() {
             return Ok(ModelSource::Weights(path.to_path_buf()));
         }
-        if HUB_GPT2_MODELS.contains(&spec) || (spec.contains('/') && !spec.starts_with(['.', '/']) && spec.split('/').count() == 2) {
+        if HUB_GPT2_MODELS.contains(&spec)
+            || (spec.contains('/') && !spec.starts_with(['.', '/']) && spec.split('/').count() == 2)
+        {
             return Ok(ModelSource::Hub(spec.to_string()));
         }
         Err(ModelError::Config(format!(

@@ -75,7 +75,7 @@ pub fn write_safetensors(
     }
     let mut header = serde_json::to_vec(&serde_json::Value::Object(header)).expect("header serialises");
     // The data section starts 8-aligned (the format's recommendation; readers then map tensors without copying).
-    while (8 + header.len()) % 8 != 0 {
+    while !(8 + header.len()).is_multiple_of(8) {
         header.push(b' ');
     }
 
@@ -100,11 +100,11 @@ pub fn write_safetensors(
     fsync_dir(path.parent().unwrap_or(Path::new("."))).map_err(|e| ModelError::io(path, e))
 }
 
+/// A safetensors file's tensors by name and its header metadata.
+pub type NamedTensors = (HashMap<String, Tensor>, HashMap<String, String>);
+
 /// All tensors of the safetensors file at `path` (on `device`, in their stored dtypes) and its metadata.
-pub fn read_safetensors(
-    path: &Path,
-    device: &Device,
-) -> Result<(HashMap<String, Tensor>, HashMap<String, String>), ModelError> {
+pub fn read_safetensors(path: &Path, device: &Device) -> Result<NamedTensors, ModelError> {
     let bytes = fs::read(path).map_err(|e| ModelError::io(path, e))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| ModelError::format(path, format!("not a safetensors file: {e}")))?;
