@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Build tokenmill with the `cuda` feature (candle's CUDA backend) for an NVIDIA GPU.
+#
+# Two situations:
+#  * A machine with a normal CUDA toolkit (nvcc on PATH, libcuda from the driver): this script just runs
+#    `cargo build --release --features cuda` with CUDA_COMPUTE_CAP (default 90 = H100/H200).
+#  * A machine WITHOUT a GPU or CUDA toolkit (how tokenmill's own GPU binaries are built, then copied to the GPU box):
+#    pass --pypi-toolchain. nvcc 13.0 and the CUDA libraries come from PyPI wheels (pinned: a newer nvvm writes PTX
+#    ISA 9.5, which a 580-series driver refuses), and the driver's libcuda.so is replaced at link time by a stub with the
+#    same SONAME whose symbols are the driver API names cudarc binds; the real libcuda.so.1 is loaded at run time.
+#    Measured: first build 11-12 min on 2 cores (candle-kernels' nvcc work), then incremental.
+#
+# Usage: scripts/build-cuda.sh [--pypi-toolchain] [extra cargo args]
+# Output: target/release/tokenmill (and .dist/tokenmill.gz, ready to ship to a GPU machine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYPI=0
+if [ "${1:-}" = "--pypi-toolchain" ]; then PYPI=1; shift; fi
+export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+
+if [ "$PYPI" = 1 ]; then
+  PREFIX="${TOKENMILL_CUDA_PREFIX:-$HOME/.cache/tokenmill-cuda}"
+  mkdir -p "$PREFIX"
+  [ -x "$PREFIX/venv/bin/python" ] || python3 -m venv "$PREFIX/venv"
+  "$PREFIX/venv/bin/pip" install -q \
+    "nvidia-cuda-nvcc==13.0.88" "nvidia-nvvm==13.0.88" "nvidia-cuda-crt==13.0.88" "nvidia-cuda-cccl==13.0.85" \
+    "nvidia-cuda-runtime==13.0.96" "nvidia-cuda-nvrtc==13.0.88" "nvidia-cublas==13.0.2.14" "nvidia-curand==10.4.5.25" "nvidia-nccl-cu13==2.28.9" \
+    ${TOKENMILL_CUDA_EXTRA_PIP:-}
+  CU="$("$PREFIX/venv/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')"
+  mkdir -p "$PREFIX/link"
+  for l in cublas cublasLt cudart nvrtc; do ln -sf "$CU/lib/lib$l.so.13" "$PREFIX/link/lib$l.so"; done
+  ln -sf "$CU/lib/libcurand.so.10" "$PREFIX/link/libcurand.so"
+  if [ -e "$CU/lib/libnccl.so.2" ]; then ln -sf "$CU/lib/libnccl.so.2" "$PREFIX/link/libnccl.so"; fi
+  cargo fetch -q
+  CUDARC_SRC="$(ls -d "$HOME"/.cargo/registry/src/*/cudarc-0.19.* 2>/dev/null | tail -n 1 || true)"
+  [ -n "$CUDARC_SRC" ] || { echo "cudarc source not found after cargo fetch" >&2; exit 1; }
+  grep -rohE "pub (unsafe )?fn (cu[A-Za-z0-9_]+)\(" "$CUDARC_SRC/src/driver/sys/" \
+    | sed -E 's/pub (unsafe )?fn //; s/\(//' | sort -u | awk '{print "void "$1"(void){}"}' > "$PREFIX/link/cuda_stub.c"
+  gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$PREFIX/link/libcuda.so" "$PREFIX/link/cuda_stub.c"
+  export PATH="$CU/bin:$PATH"
+  export CUDA_ROOT="$CU" CUDA_PATH="$CU" CUDA_HOME="$CU"
+  export LIBRARY_PATH="$PREFIX/link:$CU/lib:${LIBRARY_PATH:-}"
+  export RUSTFLAGS="-L $PREFIX/link -L $CU/lib ${RUSTFLAGS:-}"
+fi
+
+command -v nvcc >/dev/null || { echo "nvcc not found: install the CUDA toolkit or use --pypi-toolchain" >&2; exit 1; }
+echo "building with $(nvcc --version | tail -n 2 | head -n 1), compute cap $CUDA_COMPUTE_CAP"
+cargo build --release --features cuda "$@"
+mkdir -p .dist
+strip -o .dist/tokenmill target/release/tokenmill
+gzip -kf .dist/tokenmill
+ls -la .dist/
