@@ -30,7 +30,10 @@ if [ "$PYPI" = 1 ]; then
   mkdir -p "$PREFIX/link"
   for l in cublas cublasLt cudart nvrtc; do ln -sf "$CU/lib/lib$l.so.13" "$PREFIX/link/lib$l.so"; done
   ln -sf "$CU/lib/libcurand.so.10" "$PREFIX/link/libcurand.so"
-  if [ -e "$CU/lib/libnccl.so.2" ]; then ln -sf "$CU/lib/libnccl.so.2" "$PREFIX/link/libnccl.so"; fi
+  # NCCL (data-parallel training) ships in its own wheel, outside cu13/.
+  NCCL_LIB="$(ls "$CU"/../nccl/lib/libnccl.so.2 "$CU"/lib/libnccl.so.2 2>/dev/null | head -n 1 || true)"
+  [ -n "$NCCL_LIB" ] || { echo "libnccl.so.2 not found in the nvidia-nccl-cu13 wheel" >&2; exit 1; }
+  ln -sf "$NCCL_LIB" "$PREFIX/link/libnccl.so"
   cargo fetch -q
   CUDARC_SRC="$(ls -d "$HOME"/.cargo/registry/src/*/cudarc-0.19.* 2>/dev/null | tail -n 1 || true)"
   [ -n "$CUDARC_SRC" ] || { echo "cudarc source not found after cargo fetch" >&2; exit 1; }
