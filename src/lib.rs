@@ -4,6 +4,7 @@
 //! `pipelines` (sources -> tokenize -> shards) -> `shards` (format, writer, loader) -> `train` (+ `model`, `eval`).
 //! The `cli` module is a thin clap layer over these library calls.
 
+pub mod bench;
 pub mod cli;
 pub mod eval;
 pub mod model;

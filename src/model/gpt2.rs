@@ -186,6 +186,11 @@ impl Gpt2 {
 
     /// Logits `(B, T, V)` in the compute dtype.
     fn logits(&self, idx: &Tensor) -> Result<Tensor> {
+        ops::linear(&self.hidden(idx)?, &self.wte, None) // tied lm_head: (B, T, C) @ (C, V)
+    }
+
+    /// The final hidden state `(B, T, C)` (after `ln_f`) in the compute dtype: what the tied head multiplies.
+    fn hidden(&self, idx: &Tensor) -> Result<Tensor> {
         let (_, t) = check_input(idx, &self.cfg)?;
         let rd = self.precision.reduce();
         let cd = self.precision.compute;
@@ -196,8 +201,7 @@ impl Gpt2 {
         for block in &self.blocks {
             x = block.forward(&x, self.cfg.n_head, cd)?;
         }
-        let x = self.ln_f.forward(&x)?.to_dtype(cd)?;
-        ops::linear(&x, &self.wte, None) // tied lm_head: (B, T, C) @ (C, V)
+        self.ln_f.forward(&x)?.to_dtype(cd)
     }
 }
 
@@ -207,12 +211,8 @@ impl LanguageModel for Gpt2 {
     }
 
     fn loss(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        let logits = self.logits(idx)?;
-        let (b, t, v) = logits.dims3()?;
-        if targets.dims() != [b, t] {
-            candle_core::bail!("targets have shape {:?}, expected (B, T) = ({b}, {t})", targets.dims());
-        }
-        ops::cross_entropy(&logits.reshape((b * t, v))?, &targets.flatten_all()?)
+        // Head and fused loss together: no (B, T, V) reshapes for autograd to allocate gradients through.
+        ops::lm_head_cross_entropy(&self.hidden(idx)?, &self.wte, targets)
     }
 
     fn parameters(&self) -> Vec<(String, Var)> {

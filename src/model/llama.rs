@@ -171,6 +171,11 @@ impl Llama {
 
     /// Logits `(B, T, V)` in the compute dtype.
     fn logits(&self, idx: &Tensor) -> Result<Tensor> {
+        ops::linear(&self.hidden(idx)?, &self.embed_tokens, None) // tied head: (B, T, C) @ (C, V)
+    }
+
+    /// The final hidden state `(B, T, C)` (after `norm`) in the compute dtype: what the tied head multiplies.
+    fn hidden(&self, idx: &Tensor) -> Result<Tensor> {
         let (_, t) = check_input(idx, &self.cfg)?;
         let rd = self.precision.reduce();
         let cd = self.precision.compute;
@@ -180,8 +185,7 @@ impl Llama {
         for block in &self.blocks {
             x = block.forward(&x, self.cfg.n_head, cd, &cos, &sin)?;
         }
-        let x = ops::rms_norm(&x, &self.norm, RMS_NORM_EPS)?.to_dtype(cd)?;
-        ops::linear(&x, &self.embed_tokens, None) // tied head: (B, T, C) @ (C, V)
+        ops::rms_norm(&x, &self.norm, RMS_NORM_EPS)?.to_dtype(cd)
     }
 }
 
@@ -191,12 +195,8 @@ impl LanguageModel for Llama {
     }
 
     fn loss(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        let logits = self.logits(idx)?;
-        let (b, t, v) = logits.dims3()?;
-        if targets.dims() != [b, t] {
-            candle_core::bail!("targets have shape {:?}, expected (B, T) = ({b}, {t})", targets.dims());
-        }
-        ops::cross_entropy(&logits.reshape((b * t, v))?, &targets.flatten_all()?)
+        // Head and fused loss together: no (B, T, V) reshapes for autograd to allocate gradients through.
+        ops::lm_head_cross_entropy(&self.hidden(idx)?, &self.embed_tokens, targets)
     }
 
     fn parameters(&self) -> Vec<(String, Var)> {

@@ -16,6 +16,7 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 
 pub mod attention;
+pub mod kernels;
 pub mod config;
 mod error;
 pub mod gpt2;

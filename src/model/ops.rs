@@ -4,8 +4,9 @@
 //! Why not candle-nn: `candle_nn::LayerNorm` (its fast path) and `candle_nn::ops::softmax_last_dim` are custom ops
 //! with no backward, so gradients silently stop at them, and candle's built-in `gelu` backward uses 6-digit
 //! constants (~1e-7 relative error, which fails the f64 finite-difference check). Every function here is held against finite differences in
-//! f64 (tests/model_grad.rs) and runs on any candle backend (CPU, CUDA) in any float dtype. Fused kernels that
-//! replace them on GPU come with their own backward (src/kernels, issue 4), and these stay as their references.
+//! f64 (tests/model_grad.rs) and runs on any candle backend (CPU, CUDA) in any float dtype. Fused kernels
+//! (`model::kernels`) come with their own backward; the cross-entropy here already routes to its fused kernel
+//! on every device, and the composed version stays as `*_slow`, its reference (tests/kernels_cross_entropy.rs).
 //!
 //! Precision: statistics (LayerNorm/RMSNorm moments, softmax, the loss) are computed in `reduce_dtype` (f32, or
 //! f64 when the input is f64); matmuls and elementwise activations run in their input's dtype (bf16 on GPU).
@@ -98,7 +99,20 @@ pub fn embedding(table: &Tensor, idx: &Tensor) -> Result<Tensor> {
 }
 
 /// Per-position cross-entropy: `logits (N, V)`, `targets (N)` integer ids -> `(N)` in `reduce_dtype(logits)`.
+/// The fused kernel (`kernels::cross_entropy`): no (N, V) temporaries in forward, one in backward; targets equal to
+/// `kernels::IGNORE_INDEX` give 0 loss and 0 gradient.
 pub fn token_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    super::kernels::softmax_cross_entropy(logits, targets)
+}
+
+/// Mean cross-entropy over all N positions, a scalar in `reduce_dtype(logits)` (fused kernel).
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    token_cross_entropy(logits, targets)?.mean_all()
+}
+
+/// `token_cross_entropy` composed from candle ops: the reference the fused kernel is tested against. Every
+/// target must be a valid id (no ignore index).
+pub fn token_cross_entropy_slow(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let logits = logits.to_dtype(reduce_dtype(logits.dtype()))?;
     let max = logits.max_keepdim(D::Minus1)?.detach(); // (N, 1); cancels like the softmax's
     let shifted = logits.broadcast_sub(&max)?; // (N, V)
@@ -107,9 +121,22 @@ pub fn token_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> 
     (lse - target_logit)?.squeeze(1)
 }
 
-/// Mean cross-entropy over all N positions, a scalar in `reduce_dtype(logits)`.
-pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    token_cross_entropy(logits, targets)?.mean_all()
+/// `cross_entropy` composed from candle ops (reference).
+pub fn cross_entropy_slow(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    token_cross_entropy_slow(logits, targets)?.mean_all()
+}
+
+/// Mean cross-entropy of the head `x @ weight^T` without the `(B, T, V)` reshapes of `linear`: `x (B, T, C)` in
+/// the compute dtype, `weight (V, C)` (the tied `wte`), `targets (B, T)`. The logits stay one `(B*T, V)` matmul
+/// output feeding the fused loss, so backward creates one `(B*T, V)` gradient instead of one per reshape (candle's
+/// autograd allocates a zero tensor and a sum for every node it passes a gradient through).
+pub fn lm_head_cross_entropy(x: &Tensor, weight: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (b, t, c) = x.dims3()?;
+    if targets.dims() != [b, t] {
+        candle_core::bail!("targets have shape {:?}, expected (B, T) = ({b}, {t})", targets.dims());
+    }
+    let logits = x.reshape((b * t, c))?.matmul(&weight.to_dtype(x.dtype())?.t()?)?; // (B*T, V)
+    cross_entropy(&logits, &targets.flatten_all()?)
 }
 
 /// Rotary embedding tables for positions `0..t` and head size `hs`: `(cos, sin)`, each `(T, HS/2)` in `dtype`.

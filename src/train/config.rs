@@ -343,7 +343,7 @@ impl TrainConfig {
         if d.micro_batch == 0 || d.seq_len == 0 || d.total_batch_tokens == 0 {
             return bad("[data] micro_batch, seq_len and total_batch_tokens must be positive".into());
         }
-        if d.total_batch_tokens % (d.micro_batch * d.seq_len) != 0 {
+        if !d.total_batch_tokens.is_multiple_of(d.micro_batch * d.seq_len) {
             return bad(format!(
                 "[data] total_batch_tokens {} is not divisible by micro_batch * seq_len = {} * {} = {}",
                 d.total_batch_tokens,
@@ -361,10 +361,10 @@ impl TrainConfig {
         if o.max_steps == 0 {
             return bad("[optim] max_steps must be positive".into());
         }
-        if !(o.max_lr > 0.0) || !(0.0..=1.0).contains(&o.min_lr_ratio) {
+        if o.max_lr.is_nan() || o.max_lr <= 0.0 || !(0.0..=1.0).contains(&o.min_lr_ratio) {
             return bad(format!("[optim] max_lr {} must be > 0 and min_lr_ratio {} in [0, 1]", o.max_lr, o.min_lr_ratio));
         }
-        if !o.betas.iter().all(|b| (0.0..1.0).contains(b)) || !(o.eps > 0.0) {
+        if !o.betas.iter().all(|b| (0.0..1.0).contains(b)) || o.eps.is_nan() || o.eps <= 0.0 {
             return bad(format!("[optim] betas {:?} must be in [0, 1) and eps {} > 0", o.betas, o.eps));
         }
         if o.weight_decay < 0.0 || o.grad_clip < 0.0 {
@@ -384,7 +384,7 @@ impl TrainConfig {
     pub fn grad_accum_steps(&self, world: usize) -> Result<usize, ConfigError> {
         let d = &self.data;
         let per_micro = d.micro_batch * d.seq_len * world;
-        if per_micro == 0 || d.total_batch_tokens % per_micro != 0 {
+        if per_micro == 0 || !d.total_batch_tokens.is_multiple_of(per_micro) {
             return Err(ConfigError::Invalid(format!(
                 "[data] total_batch_tokens {} must be divisible by micro_batch * seq_len * world = {} * {} * {world} = {per_micro}",
                 d.total_batch_tokens, d.micro_batch, d.seq_len

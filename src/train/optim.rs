@@ -232,11 +232,11 @@ mod tests {
             opt.step(&grads, lr).unwrap();
             for (s, &g) in rw.iter_mut().zip(&gw) {
                 let [p, m, v] = s;
-                reference(p, m, v, g as f64, lr, step as i32 + 1, &cfg, true);
+                reference(p, m, v, g as f64, lr, step + 1, &cfg, true);
             }
             for (s, &g) in rb.iter_mut().zip(&gb) {
                 let [p, m, v] = s;
-                reference(p, m, v, g as f64, lr, step as i32 + 1, &cfg, false);
+                reference(p, m, v, g as f64, lr, step + 1, &cfg, false);
             }
         }
         let got_w = w.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();

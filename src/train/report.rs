@@ -30,18 +30,22 @@ fn draw_err<E: std::fmt::Display>(e: E) -> ReportError {
     ReportError::Draw(e.to_string())
 }
 
-/// An axis range covering `values` and `baseline`, padded by 5%. Loss curves start near ln(V) ~ 11 and fall fast;
+/// HellaSwag's chance level: 4 endings.
+pub const HELLASWAG_CHANCE: f64 = 0.25;
+
+/// An axis range covering `values`, `baseline` and the span `at_least`, padded by 5%. Loss curves start near ln(V) ~ 11 and fall fast;
 /// the range is capped at the 95th percentile of the values so the interesting part stays readable.
-fn y_range(values: &[f64], baseline: f64, cap_outliers: bool) -> std::ops::Range<f64> {
+fn y_range(values: &[f64], baseline: f64, cap_outliers: bool, at_least: (f64, f64)) -> std::ops::Range<f64> {
     let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
     sorted.sort_by(f64::total_cmp);
-    let lo = sorted.first().copied().unwrap_or(baseline).min(baseline);
+    let lo = sorted.first().copied().unwrap_or(baseline).min(baseline).min(at_least.0);
     let hi = if cap_outliers && sorted.len() >= 20 {
         sorted[(sorted.len() * 95) / 100]
     } else {
         sorted.last().copied().unwrap_or(baseline)
     }
-    .max(baseline);
+    .max(baseline)
+    .max(at_least.1);
     let pad = ((hi - lo) * 0.05).max(1e-3);
     (lo - pad)..(hi + pad)
 }
@@ -70,9 +74,10 @@ pub fn render_svg(series: &LogSeries) -> Result<String, ReportError> {
             .margin(15)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(0f64..max_step, y_range(&losses, GPT2_124M_VAL_LOSS, true))
+            .build_cartesian_2d(0f64..max_step, y_range(&losses, GPT2_124M_VAL_LOSS, true, (f64::INFINITY, f64::NEG_INFINITY)))
             .map_err(draw_err)?;
-        chart.configure_mesh().x_desc("step").y_desc("loss").draw().map_err(draw_err)?;
+        let int = |x: &f64| format!("{x:.0}");
+        chart.configure_mesh().x_desc("step").y_desc("loss").x_label_formatter(&int).draw().map_err(draw_err)?;
         let pt = |&(s, v): &(usize, f64)| (s as f64, v);
         if !series.train.is_empty() {
             chart
@@ -100,6 +105,7 @@ pub fn render_svg(series: &LogSeries) -> Result<String, ReportError> {
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
             .border_style(BLACK)
             .background_style(WHITE.mix(0.8))
             .draw()
@@ -112,9 +118,9 @@ pub fn render_svg(series: &LogSeries) -> Result<String, ReportError> {
             .margin(15)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(0f64..max_step, y_range(&accs, GPT2_124M_HELLASWAG, false))
+            .build_cartesian_2d(0f64..max_step, y_range(&accs, GPT2_124M_HELLASWAG, false, (0.24, 0.31)))
             .map_err(draw_err)?;
-        chart.configure_mesh().x_desc("step").y_desc("acc_norm").draw().map_err(draw_err)?;
+        chart.configure_mesh().x_desc("step").y_desc("acc_norm").x_label_formatter(&int).draw().map_err(draw_err)?;
         if !series.hella.is_empty() {
             chart
                 .draw_series(LineSeries::new(series.hella.iter().map(pt), BLUE.stroke_width(2)))
@@ -135,6 +141,16 @@ pub fn render_svg(series: &LogSeries) -> Result<String, ReportError> {
             .map_err(draw_err)?
             .label(format!("OpenAI GPT-2 (124M) checkpoint {GPT2_124M_HELLASWAG}"))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(0.0, HELLASWAG_CHANCE), (max_step, HELLASWAG_CHANCE)],
+                4,
+                4,
+                BLACK.mix(0.5).stroke_width(1),
+            ))
+            .map_err(draw_err)?
+            .label(format!("random chance {HELLASWAG_CHANCE}"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5)));
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::LowerRight)
@@ -170,7 +186,7 @@ mod tests {
     fn range_covers_baseline_and_caps_the_initial_spike() {
         let mut losses = vec![11.0];
         losses.extend((0..99).map(|i| 4.0 - i as f64 * 0.005));
-        let r = y_range(&losses, GPT2_124M_VAL_LOSS, true);
+        let r = y_range(&losses, GPT2_124M_VAL_LOSS, true, (f64::INFINITY, f64::NEG_INFINITY));
         assert!(r.start < GPT2_124M_VAL_LOSS && r.end < 5.0 && r.end > 4.0, "{r:?}");
     }
 }

@@ -431,7 +431,7 @@ impl Trainer {
     pub fn run(&mut self, stop_at: Option<usize>) -> Result<(), TrainError> {
         let max_steps = self.cfg.optim.max_steps;
         let stop = stop_at.unwrap_or(max_steps).min(max_steps);
-        let due = |every: usize, step: usize, last: bool| every > 0 && (step % every == 0 || last);
+        let due = |every: usize, step: usize, last: bool| every > 0 && (step.is_multiple_of(every) || last);
         let first_step = self.step;
         while self.step < stop {
             let step = self.step;
@@ -466,7 +466,7 @@ impl Trainer {
             })?;
 
             let every = self.cfg.checkpoint.every;
-            if every > 0 && self.step % every == 0 {
+            if every > 0 && self.step.is_multiple_of(every) {
                 self.save_checkpoint()?;
             }
         }

@@ -1,0 +1,327 @@
+//! Fused softmax cross-entropy with its backward: `logits (N, V)` (f32, bf16, f16 or f64) and `targets (N)` u32
+//! -> per-row loss `(N)` in the reduce dtype (f32; f64 for f64 logits); backward gives
+//! `dlogits = (softmax(logits) - onehot(target)) * dloss` in the logits' dtype in one pass.
+//!
+//! Why: the composed version (`ops::token_cross_entropy_slow`) materialises the shifted logits, their exp and
+//! the gradient of each step, so one micro-step of the tiny CPU model made ~17 fresh (N, V) f32 tensors (2.6M minor
+//! page faults in 6 steps) and 124M on GPU (N = 65536) would need several 13 GB f32 tensors. Here forward
+//! allocates only the (N) losses and backward the one (N, V) gradient.
+//!
+//! The backward recovers each row's logsumexp as `loss + logits[target]` instead of saving it (exact up to one
+//! rounding in the accumulator dtype; see the tolerance in tests/kernels_cross_entropy.rs).
+//! Rows whose target is `IGNORE_INDEX` give 0 loss and 0 gradient (masked losses, e.g. HellaSwag's completion
+//! tokens). A target `>= V` is an error on CPU and a NaN loss on CUDA (checking it there would cost a sync).
+//!
+//! CPU: rayon over rows, f32 accumulation (f64 for f64). CUDA: `cross_entropy.cu`, one block per row.
+
+use candle_core::backend::BackendStorage;
+use candle_core::op::BackpropOp;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::real::{Elem, Real};
+
+/// A target id that contributes zero loss and zero gradient.
+pub const IGNORE_INDEX: u32 = u32::MAX;
+
+/// Per-row cross-entropy `(N)`: `logsumexp(logits[n]) - logits[n, targets[n]]`, 0 where `targets[n] ==
+/// IGNORE_INDEX`. `logits (N, V)` float, `targets (N)` integer ids (u32, or u8/i64 converted). The result is f32
+/// (f64 for f64 logits) and records a fused backward.
+pub fn softmax_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (n, v) = logits.dims2()?;
+    if n == 0 || v == 0 {
+        candle_core::bail!("cross-entropy over empty logits ({n}, {v})");
+    }
+    if targets.dims() != [n] {
+        candle_core::bail!("cross-entropy targets have shape {:?}, expected (N) = ({n}) for logits (N, V) = ({n}, {v})", targets.dims());
+    }
+    if !matches!(logits.dtype(), DType::F32 | DType::BF16 | DType::F16 | DType::F64) {
+        candle_core::bail!("cross-entropy logits must be f32, bf16, f16 or f64, got {:?}", logits.dtype());
+    }
+    let targets = match targets.dtype() {
+        DType::U32 => targets.clone(),
+        DType::U8 | DType::I64 => targets.to_dtype(DType::U32)?,
+        dt => candle_core::bail!("cross-entropy targets must be integer ids (u32), got {dt:?}"),
+    };
+    // The kernels index rows with a stride; columns must be dense.
+    let logits = if logits.layout().stride()[1] == 1 || v == 1 { logits.clone() } else { logits.contiguous()? };
+    logits.apply_op2(&targets, SoftmaxCrossEntropy)
+}
+
+/// Accumulator/loss dtype for logits of dtype `dt`.
+fn loss_dtype(dt: DType) -> DType {
+    if dt == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+struct SoftmaxCrossEntropy;
+
+/// Where row n of a `(N, V)` layout with dense columns starts: `start + n * row_stride`.
+fn row_geometry(l: &Layout) -> Result<(usize, usize, usize, usize)> {
+    let (n, v) = l.shape().dims2()?;
+    let st = l.stride();
+    if v > 1 && st[1] != 1 {
+        candle_core::bail!("cross-entropy logits need dense columns (stride {:?})", st);
+    }
+    Ok((n, v, l.start_offset(), st[0]))
+}
+
+/// Element `n` of a 1-d layout is at `start + n * stride` (stride 0 for a broadcast).
+fn vec_geometry(l: &Layout, what: &str) -> Result<(usize, usize)> {
+    if l.shape().rank() != 1 {
+        candle_core::bail!("cross-entropy {what} must be 1-d, got shape {:?}", l.shape());
+    }
+    Ok((l.start_offset(), l.stride()[0]))
+}
+
+fn read_targets(s: &CpuStorage, l: &Layout, n: usize, v: usize) -> Result<Vec<u32>> {
+    let (start, stride) = vec_geometry(l, "targets")?;
+    let data = s.as_slice::<u32>()?;
+    let t: Vec<u32> = (0..n).map(|i| data[start + i * stride]).collect();
+    if let Some(bad) = t.iter().find(|&&t| t != IGNORE_INDEX && t as usize >= v) {
+        candle_core::bail!("cross-entropy target id {bad} is outside the vocabulary (V = {v})");
+    }
+    Ok(t)
+}
+
+/// logsumexp of one row, accumulating in `A`.
+fn row_lse<T: Elem<A>, A: Real>(row: &[T]) -> A {
+    let mut m = A::NEG_INFINITY;
+    for x in row {
+        m = m.max(x.to_acc());
+    }
+    if m == A::NEG_INFINITY {
+        return m; // every logit is -inf: the row has no probability mass
+    }
+    let mut s = A::ZERO;
+    for x in row {
+        s = s + (x.to_acc() - m).exp();
+    }
+    m + s.ln()
+}
+
+fn cpu_fwd_typed<T: Elem<A>, A: Real>(x: &[T], (n, v, start, rs): (usize, usize, usize, usize), t: &[u32]) -> Vec<A> {
+    (0..n)
+        .into_par_iter()
+        .map(|r| {
+            let row = &x[start + r * rs..start + r * rs + v];
+            match t[r] {
+                IGNORE_INDEX => A::ZERO,
+                tr => row_lse::<T, A>(row) - row[tr as usize].to_acc(),
+            }
+        })
+        .collect()
+}
+
+impl CustomOp2 for SoftmaxCrossEntropy {
+    fn name(&self) -> &'static str {
+        "softmax-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let geo = row_geometry(l1)?;
+        let t = read_targets(s2, l2, geo.0, geo.1)?;
+        let out = match s1 {
+            CpuStorage::F32(x) => CpuStorage::F32(cpu_fwd_typed::<f32, f32>(x, geo, &t)),
+            CpuStorage::BF16(x) => CpuStorage::F32(cpu_fwd_typed::<bf16, f32>(x, geo, &t)),
+            CpuStorage::F16(x) => CpuStorage::F32(cpu_fwd_typed::<f16, f32>(x, geo, &t)),
+            CpuStorage::F64(x) => CpuStorage::F64(cpu_fwd_typed::<f64, f64>(x, geo, &t)),
+            s => candle_core::bail!("cross-entropy logits must be float, got {:?}", s.dtype()),
+        };
+        Ok((out, Shape::from(geo.0)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let geo = row_geometry(l1)?;
+        let tg = vec_geometry(l2, "targets")?;
+        let out = cuda::fwd(s1, geo, s2, tg)?;
+        Ok((out, Shape::from(geo.0)))
+    }
+
+    fn bwd(&self, logits: &Tensor, targets: &Tensor, loss: &Tensor, dloss: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(softmax_cross_entropy_bwd(logits, targets, loss, dloss)?), None))
+    }
+}
+
+/// `dlogits (N, V)` in the logits' dtype from the forward's inputs, its per-row `loss (N)` and `dloss (N)`.
+pub fn softmax_cross_entropy_bwd(logits: &Tensor, targets: &Tensor, loss: &Tensor, dloss: &Tensor) -> Result<Tensor> {
+    let (n, v) = logits.dims2()?;
+    let ld = loss_dtype(logits.dtype());
+    let loss = loss.to_dtype(ld)?.contiguous()?;
+    let dloss = dloss.to_dtype(ld)?;
+    let (xs, xl) = logits.storage_and_layout();
+    let (ts, tl) = targets.storage_and_layout();
+    let (ls, _) = loss.storage_and_layout();
+    let (gs, gl) = dloss.storage_and_layout();
+    let geo = row_geometry(xl)?;
+    let storage = match (&*xs, &*ts, &*ls, &*gs) {
+        (Storage::Cpu(xs), Storage::Cpu(ts), Storage::Cpu(ls), Storage::Cpu(gs)) => {
+            let t = read_targets(ts, tl, n, v)?;
+            let (gstart, gstride) = vec_geometry(gl, "dloss")?;
+            Storage::Cpu(match xs {
+                CpuStorage::F32(x) => CpuStorage::F32(cpu_bwd_typed::<f32, f32>(x, geo, &t, ls.as_slice()?, gs.as_slice()?, gstart, gstride)),
+                CpuStorage::BF16(x) => CpuStorage::BF16(cpu_bwd_typed::<bf16, f32>(x, geo, &t, ls.as_slice()?, gs.as_slice()?, gstart, gstride)),
+                CpuStorage::F16(x) => CpuStorage::F16(cpu_bwd_typed::<f16, f32>(x, geo, &t, ls.as_slice()?, gs.as_slice()?, gstart, gstride)),
+                CpuStorage::F64(x) => CpuStorage::F64(cpu_bwd_typed::<f64, f64>(x, geo, &t, ls.as_slice()?, gs.as_slice()?, gstart, gstride)),
+                s => candle_core::bail!("cross-entropy logits must be float, got {:?}", s.dtype()),
+            })
+        }
+        #[cfg(feature = "cuda")]
+        (Storage::Cuda(xs), Storage::Cuda(ts), Storage::Cuda(ls), Storage::Cuda(gs)) => {
+            Storage::Cuda(cuda::bwd(xs, geo, ts, vec_geometry(tl, "targets")?, ls, gs, vec_geometry(gl, "dloss")?)?)
+        }
+        _ => candle_core::bail!("cross-entropy backward: logits, targets and gradients must be on one CPU or CUDA device"),
+    };
+    Ok(Tensor::from_storage(storage, (n, v), BackpropOp::none(), false))
+}
+
+fn cpu_bwd_typed<T: Elem<A>, A: Real>(
+    x: &[T],
+    (n, v, start, rs): (usize, usize, usize, usize),
+    t: &[u32],
+    loss: &[A],
+    dloss: &[A],
+    gstart: usize,
+    gstride: usize,
+) -> Vec<T> {
+    let mut out = vec![T::from_acc(A::ZERO); n * v];
+    out.par_chunks_mut(v.max(1)).enumerate().for_each(|(r, dx)| {
+        let tr = t[r];
+        if tr == IGNORE_INDEX {
+            return; // already zero
+        }
+        let row = &x[start + r * rs..start + r * rs + v];
+        let g = dloss[gstart + r * gstride];
+        let lse = loss[r] + row[tr as usize].to_acc();
+        for (i, (d, xi)) in dx.iter_mut().zip(row).enumerate() {
+            let p = (xi.to_acc() - lse).exp();
+            let onehot = if i == tr as usize { A::ONE } else { A::ZERO };
+            *d = T::from_acc((p - onehot) * g);
+        }
+    });
+    out
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! Launchers for cross_entropy.cu: one block of `THREADS` threads per row.
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::{CudaStorage, DType, Result};
+    use half::{bf16, f16};
+
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/cross_entropy.ptx"));
+    const MODULE: &str = "tokenmill_cross_entropy";
+    /// Must equal CE_THREADS in the .cu (the shared-memory reduction is sized by it).
+    const THREADS: u32 = 512;
+
+    fn cfg(n: usize) -> LaunchConfig {
+        LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+    }
+
+    fn suffix(dt: DType) -> Result<&'static str> {
+        Ok(match dt {
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
+            dt => candle_core::bail!("cross-entropy logits must be float, got {dt:?}"),
+        })
+    }
+
+    pub(super) fn fwd(
+        xs: &CudaStorage,
+        (n, v, start, rs): (usize, usize, usize, usize),
+        ts: &CudaStorage,
+        (tstart, tstride): (usize, usize),
+    ) -> Result<CudaStorage> {
+        fn go<T: CudaDType + DeviceRepr, A: CudaDType + DeviceRepr>(
+            xs: &CudaStorage,
+            name: &str,
+            (n, v, start, rs): (usize, usize, usize, usize),
+            ts: &CudaStorage,
+            (tstart, tstride): (usize, usize),
+        ) -> Result<CudaStorage> {
+            let dev = xs.device();
+            let x = xs.as_cuda_slice::<T>()?.slice(start..);
+            let t = ts.as_cuda_slice::<u32>()?.slice(tstart..);
+            // SAFETY: every element is written by the kernel (thread 0 of each row's block).
+            let loss = unsafe { dev.alloc::<A>(n)? };
+            if n > 0 {
+                let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+                let mut b = func.builder();
+                let (v, rs, tstride) = (v as i64, rs as i64, tstride as i64);
+                b.arg(&x).arg(&t).arg(&loss).arg(&v).arg(&rs).arg(&tstride);
+                // SAFETY: argument types match the kernel's signature in cross_entropy.cu.
+                unsafe { b.launch(cfg(n)) }.w()?;
+            }
+            Ok(CudaStorage::wrap_cuda_slice(loss, dev.clone()))
+        }
+        let name = format!("ce_fwd_{}", suffix(xs.dtype())?);
+        let geo = (n, v, start, rs);
+        match xs.dtype() {
+            DType::F32 => go::<f32, f32>(xs, &name, geo, ts, (tstart, tstride)),
+            DType::F64 => go::<f64, f64>(xs, &name, geo, ts, (tstart, tstride)),
+            DType::BF16 => go::<bf16, f32>(xs, &name, geo, ts, (tstart, tstride)),
+            _ => go::<f16, f32>(xs, &name, geo, ts, (tstart, tstride)),
+        }
+    }
+
+    pub(super) fn bwd(
+        xs: &CudaStorage,
+        geo: (usize, usize, usize, usize),
+        ts: &CudaStorage,
+        tg: (usize, usize),
+        ls: &CudaStorage,
+        gs: &CudaStorage,
+        gg: (usize, usize),
+    ) -> Result<CudaStorage> {
+        #[allow(clippy::too_many_arguments)]
+        fn go<T: CudaDType + DeviceRepr, A: CudaDType + DeviceRepr>(
+            xs: &CudaStorage,
+            name: &str,
+            (n, v, start, rs): (usize, usize, usize, usize),
+            ts: &CudaStorage,
+            (tstart, tstride): (usize, usize),
+            ls: &CudaStorage,
+            gs: &CudaStorage,
+            (gstart, gstride): (usize, usize),
+        ) -> Result<CudaStorage> {
+            let dev = xs.device();
+            let x = xs.as_cuda_slice::<T>()?.slice(start..);
+            let t = ts.as_cuda_slice::<u32>()?.slice(tstart..);
+            let loss = ls.as_cuda_slice::<A>()?.slice(0..);
+            let g = gs.as_cuda_slice::<A>()?.slice(gstart..);
+            // SAFETY: every element of every row is written by the kernel.
+            let dx = unsafe { dev.alloc::<T>(n * v)? };
+            if n > 0 && v > 0 {
+                let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+                let mut b = func.builder();
+                let (v, rs, tstride, gstride) = (v as i64, rs as i64, tstride as i64, gstride as i64);
+                b.arg(&x).arg(&t).arg(&loss).arg(&g).arg(&dx).arg(&v).arg(&rs).arg(&tstride).arg(&gstride);
+                // SAFETY: argument types match the kernel's signature in cross_entropy.cu.
+                unsafe { b.launch(cfg(n)) }.w()?;
+            }
+            Ok(CudaStorage::wrap_cuda_slice(dx, dev.clone()))
+        }
+        let name = format!("ce_bwd_{}", suffix(xs.dtype())?);
+        match xs.dtype() {
+            DType::F32 => go::<f32, f32>(xs, &name, geo, ts, tg, ls, gs, gg),
+            DType::F64 => go::<f64, f64>(xs, &name, geo, ts, tg, ls, gs, gg),
+            DType::BF16 => go::<bf16, f32>(xs, &name, geo, ts, tg, ls, gs, gg),
+            _ => go::<f16, f32>(xs, &name, geo, ts, tg, ls, gs, gg),
+        }
+    }
+}

@@ -1,0 +1,250 @@
+// Runs the CUDA kernels of ../cross_entropy.cu and ../attention.cu under cuda_emu.h and compares them with plain
+// double-precision references, in f32 and bf16, on awkward sizes (T not a multiple of the tiles, unaligned rows,
+// the strided q/k/v views GPT-2 passes, ignored targets). Prints one line per check; exits 1 on any mismatch.
+// Build and run: src/model/kernels/lab/run.sh
+#include "cuda_emu.h"
+
+#include "../attention.cu"
+#include "../cross_entropy.cu"
+
+#include <cstdio>
+#include <random>
+#include <string>
+
+static int failures = 0;
+
+template <typename T> T cast_to(double x);
+template <> float cast_to<float>(double x) { return (float)x; }
+template <> __nv_bfloat16 cast_to<__nv_bfloat16>(double x) { return __float2bfloat16((float)x); }
+static double back(float x) { return x; }
+static double back(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// |got - want| <= abs + rel * |want| everywhere.
+template <typename G> void expect(const std::string& what, const std::vector<G>& got, const std::vector<double>& want, double abs, double rel) {
+    double worst = 0, scale = 0;
+    size_t bad = 0, first = 0;
+    for (double w : want) scale = std::max(scale, std::fabs(w));
+    for (size_t i = 0; i < want.size(); i++) {
+        const double g = back(got[i]), err = std::fabs(g - want[i]);
+        if (!(err <= abs + rel * std::fabs(want[i]))) {
+            if (!bad) first = i;
+            bad++;
+        }
+        if (err > worst || std::isnan(err)) worst = err;
+    }
+    std::printf("%-5s %-46s max |diff| %.3e (max |ref| %.2e) over %zu%s\n", bad ? "FAIL" : "ok", what.c_str(), worst,
+                scale, want.size(),
+                bad ? (" (" + std::to_string(bad) + " bad, first at " + std::to_string(first) + ": got " +
+                       std::to_string(back(got[first])) + " want " + std::to_string(want[first]) + ")").c_str()
+                    : "");
+    if (bad) failures++;
+}
+
+// ---- attention -------------------------------------------------------------------------------------------------
+// q, k, v are views into one qkv buffer laid out (B, T, 3, NH, HS), as GPT-2's c_attn output split into heads.
+struct Attn {
+    int b, nh, t;
+    static constexpr int hs = 64;
+    std::vector<double> qkv;   // (B, T, 3, NH, HS), values rounded to the tested dtype
+    std::vector<double> dout;  // (B, NH, T, HS)
+    int64_t sb() const { return (int64_t)t * 3 * nh * hs; }
+    int64_t st() const { return 3 * nh * hs; }
+    int64_t sh() const { return hs; }
+    int64_t off(int which) const { return (int64_t)which * nh * hs; }
+    double at(int which, int bb, int hh, int tt, int d) const { return qkv[off(which) + bb * sb() + hh * sh() + tt * st() + d]; }
+};
+
+struct AttnRef {
+    std::vector<double> o, lse, dq, dk, dv;
+};
+
+static AttnRef attn_reference(const Attn& a) {
+    const int B = a.b, NH = a.nh, T = a.t, HS = Attn::hs;
+    const double scale = 1.0 / std::sqrt((double)HS);
+    AttnRef r;
+    const size_t n = (size_t)B * NH * T * HS;
+    r.o.assign(n, 0);
+    r.lse.assign((size_t)B * NH * T, 0);
+    r.dq.assign(n, 0);
+    r.dk.assign(n, 0);
+    r.dv.assign(n, 0);
+    for (int bb = 0; bb < B; bb++)
+        for (int hh = 0; hh < NH; hh++) {
+            const size_t base = ((size_t)bb * NH + hh) * T;
+            std::vector<double> P((size_t)T * T, 0);
+            for (int i = 0; i < T; i++) {
+                double m = -INFINITY;
+                std::vector<double> s(i + 1);
+                for (int j = 0; j <= i; j++) {
+                    double dot = 0;
+                    for (int d = 0; d < HS; d++) dot += a.at(0, bb, hh, i, d) * a.at(1, bb, hh, j, d);
+                    s[j] = dot * scale;
+                    m = std::max(m, s[j]);
+                }
+                double l = 0;
+                for (int j = 0; j <= i; j++) l += std::exp(s[j] - m);
+                r.lse[base + i] = m + std::log(l);
+                for (int j = 0; j <= i; j++) P[(size_t)i * T + j] = std::exp(s[j] - m) / l;
+                for (int d = 0; d < HS; d++) {
+                    double acc = 0;
+                    for (int j = 0; j <= i; j++) acc += P[(size_t)i * T + j] * a.at(2, bb, hh, j, d);
+                    r.o[(base + i) * HS + d] = acc;
+                }
+            }
+            for (int i = 0; i < T; i++) {
+                // D_i = dO_i . O_i ; dP_ij = dO_i . V_j ; dS = P (dP - D)
+                double D = 0;
+                for (int d = 0; d < HS; d++) D += a.dout[(base + i) * HS + d] * r.o[(base + i) * HS + d];
+                for (int j = 0; j <= i; j++) {
+                    const double p = P[(size_t)i * T + j];
+                    double dp = 0;
+                    for (int d = 0; d < HS; d++) dp += a.dout[(base + i) * HS + d] * a.at(2, bb, hh, j, d);
+                    const double ds = p * (dp - D);
+                    for (int d = 0; d < HS; d++) {
+                        r.dv[(base + j) * HS + d] += p * a.dout[(base + i) * HS + d];
+                        r.dq[(base + i) * HS + d] += scale * ds * a.at(1, bb, hh, j, d);
+                        r.dk[(base + j) * HS + d] += scale * ds * a.at(0, bb, hh, i, d);
+                    }
+                }
+            }
+        }
+    return r;
+}
+
+template <typename T>
+static void check_attention(const char* dtype, int B, int NH, int Tn, double tol_abs, double tol_rel, uint32_t seed) {
+    Attn a{B, NH, Tn, {}, {}};
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<double> u(-1.0, 1.0);
+    const int HS = Attn::hs;
+    std::vector<T> qkv((size_t)B * Tn * 3 * NH * HS), dout((size_t)B * NH * Tn * HS);
+    a.qkv.resize(qkv.size());
+    a.dout.resize(dout.size());
+    for (size_t i = 0; i < qkv.size(); i++) {
+        qkv[i] = cast_to<T>(u(rng) * 2.0);  // scores of O(10): a peaked softmax
+        a.qkv[i] = back(qkv[i]);
+    }
+    for (size_t i = 0; i < dout.size(); i++) {
+        dout[i] = cast_to<T>(u(rng));
+        a.dout[i] = back(dout[i]);
+    }
+    const AttnRef ref = attn_reference(a);
+    std::vector<T> o(dout.size()), dq(dout.size()), dk(dout.size()), dv(dout.size());
+    std::vector<float> lse((size_t)B * NH * Tn), dvec((size_t)B * NH * Tn);
+    const float scale = 1.f / std::sqrt((float)HS);
+    const T* q = qkv.data() + a.off(0);
+    const T* k = qkv.data() + a.off(1);
+    const T* v = qkv.data() + a.off(2);
+    const int64_t sb = a.sb(), sh = a.sh(), st = a.st();
+    const unsigned nqt = (Tn + FA_BR - 1) / FA_BR, nkt = (Tn + FA_BKV - 1) / FA_BKV;
+    const int64_t rows = (int64_t)B * NH * Tn;
+    void (*fwd)(const T*, const T*, const T*, T*, float*, int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                int64_t, int64_t, int64_t, float);
+    void (*dot)(const T*, const T*, float*, int64_t);
+    void (*dkdv)(const T*, const T*, const T*, const T*, const float*, const float*, T*, T*, int, int, int64_t, int64_t,
+                 int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float);
+    void (*dqk)(const T*, const T*, const T*, const T*, const float*, const float*, T*, int, int, int64_t, int64_t,
+                int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float);
+    if constexpr (std::is_same_v<T, float>) {
+        fwd = fa_fwd_f32;
+        dot = fa_bwd_dot_f32;
+        dkdv = fa_bwd_dkdv_f32;
+        dqk = fa_bwd_dq_f32;
+    } else {
+        fwd = fa_fwd_bf16;
+        dot = fa_bwd_dot_bf16;
+        dkdv = fa_bwd_dkdv_bf16;
+        dqk = fa_bwd_dq_bf16;
+    }
+    emu_launch(fwd, dim3{nqt, (unsigned)(B * NH), 1}, dim3{FA_THREADS, 1, 1}, q, k, v, o.data(), lse.data(), NH, Tn, sb, sh,
+               st, sb, sh, st, sb, sh, st, scale);
+    emu_launch(dot, dim3{(unsigned)((rows + 127) / 128), 1, 1}, dim3{128, 1, 1}, (const T*)o.data(), (const T*)dout.data(),
+               dvec.data(), rows);
+    emu_launch(dkdv, dim3{nkt, (unsigned)(B * NH), 1}, dim3{FA_THREADS, 1, 1}, q, k, v, (const T*)dout.data(),
+               (const float*)lse.data(), (const float*)dvec.data(), dk.data(), dv.data(), NH, Tn, sb, sh, st, sb, sh, st, sb,
+               sh, st, scale);
+    emu_launch(dqk, dim3{nqt, (unsigned)(B * NH), 1}, dim3{FA_THREADS, 1, 1}, q, k, v, (const T*)dout.data(),
+               (const float*)lse.data(), (const float*)dvec.data(), dq.data(), NH, Tn, sb, sh, st, sb, sh, st, sb, sh, st,
+               scale);
+    const std::string tag = std::string("attention ") + dtype + " B=" + std::to_string(B) + " NH=" + std::to_string(NH) +
+                            " T=" + std::to_string(Tn);
+    expect(tag + " O", o, ref.o, tol_abs, tol_rel);
+    expect(tag + " L", lse, ref.lse, 1e-5, 1e-5);
+    expect(tag + " dQ", dq, ref.dq, tol_abs, tol_rel);
+    expect(tag + " dK", dk, ref.dk, tol_abs, tol_rel);
+    expect(tag + " dV", dv, ref.dv, tol_abs, tol_rel);
+}
+
+// ---- cross-entropy ---------------------------------------------------------------------------------------------
+template <typename T>
+static void check_ce(const char* dtype, int N, int V, int64_t row_stride, double tol_abs, double tol_rel, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<double> u(-6.0, 6.0);
+    std::vector<T> x((size_t)N * row_stride + 8);
+    std::vector<double> xd(x.size());
+    for (size_t i = 0; i < x.size(); i++) {
+        x[i] = cast_to<T>(u(rng));
+        xd[i] = back(x[i]);
+    }
+    const int off = row_stride == V ? 0 : 1;  // a column offset makes rows unaligned
+    std::vector<uint32_t> tg(N);
+    std::vector<float> dloss(N);
+    for (int n = 0; n < N; n++) {
+        tg[n] = (n % 5 == 3) ? TM_IGNORE_INDEX : rng() % V;
+        dloss[n] = (float)(u(rng) / 6.0);
+    }
+    std::vector<double> want_loss(N, 0), want_grad((size_t)N * V, 0);
+    for (int n = 0; n < N; n++) {
+        const double* r = xd.data() + off + n * row_stride;
+        double m = -INFINITY, s = 0;
+        for (int i = 0; i < V; i++) m = std::max(m, r[i]);
+        for (int i = 0; i < V; i++) s += std::exp(r[i] - m);
+        const double lse = m + std::log(s);
+        if (tg[n] == TM_IGNORE_INDEX) continue;
+        want_loss[n] = lse - r[tg[n]];
+        for (int i = 0; i < V; i++) want_grad[(size_t)n * V + i] = (std::exp(r[i] - lse) - (i == (int)tg[n])) * dloss[n];
+    }
+    std::vector<float> loss(N);
+    std::vector<T> grad((size_t)N * V);
+    void (*fwd)(const T*, const uint32_t*, float*, int64_t, int64_t, int64_t);
+    void (*bwd)(const T*, const uint32_t*, const float*, const float*, T*, int64_t, int64_t, int64_t, int64_t);
+    if constexpr (std::is_same_v<T, float>) {
+        fwd = ce_fwd_f32;
+        bwd = ce_bwd_f32;
+    } else {
+        fwd = ce_fwd_bf16;
+        bwd = ce_bwd_bf16;
+    }
+    emu_launch(fwd, dim3{(unsigned)N, 1, 1}, dim3{CE_THREADS, 1, 1}, (const T*)x.data() + off, (const uint32_t*)tg.data(),
+               loss.data(), (int64_t)V, row_stride, (int64_t)1);
+    emu_launch(bwd, dim3{(unsigned)N, 1, 1}, dim3{CE_THREADS, 1, 1}, (const T*)x.data() + off, (const uint32_t*)tg.data(),
+               (const float*)loss.data(), (const float*)dloss.data(), grad.data(), (int64_t)V, row_stride, (int64_t)1,
+               (int64_t)1);
+    const std::string tag = std::string("cross-entropy ") + dtype + " N=" + std::to_string(N) + " V=" + std::to_string(V) +
+                            " row stride " + std::to_string(row_stride);
+    expect(tag + " loss", loss, want_loss, 1e-5, 1e-5);
+    expect(tag + " dlogits", grad, want_grad, tol_abs, tol_rel);
+}
+
+int main() {
+    check_ce<float>("f32", 7, 1024, 1024, 1e-7, 1e-5, 1);
+    check_ce<float>("f32", 6, 1003, 1003, 1e-7, 1e-5, 2);
+    check_ce<float>("f32", 6, 999, 1010, 1e-7, 1e-5, 3);
+    check_ce<__nv_bfloat16>("bf16", 7, 2048, 2048, 1e-6, 1.0 / 128, 4);
+    check_ce<__nv_bfloat16>("bf16", 5, 1001, 1001, 1e-6, 1.0 / 128, 5);
+    // f32: scores ~ O(10) and sums over <= T keys: 1e-4 relative covers f32 accumulation order.
+    check_attention<float>("f32", 1, 2, 1, 1e-5, 1e-4, 11);
+    check_attention<float>("f32", 2, 3, 100, 1e-5, 1e-4, 12);
+    check_attention<float>("f32", 1, 2, 130, 1e-5, 1e-4, 13);
+    check_attention<float>("f32", 1, 1, 64, 1e-5, 1e-4, 14);
+    // bf16: outputs rounded to bf16 (2^-9 relative) on top of f32 accumulation, and D = dO . O uses the bf16 O
+    // (as FlashAttention-2 does), so dS = P (dP - D) carries ~2^-9 |dO| |O| of cancellation error: an absolute
+    // 1% of the largest gradient entry.
+    check_attention<__nv_bfloat16>("bf16", 2, 2, 97, 6e-3, 1.0 / 64, 15);
+    if (failures) {
+        std::printf("%d check(s) FAILED\n", failures);
+        return 1;
+    }
+    std::printf("all kernel checks passed\n");
+    return 0;
+}

@@ -1,0 +1,16 @@
+//! Fused kernels with their backward, CPU and CUDA: each `<op>.rs` holds a candle custom op (forward on CPU
+//! and CUDA, and `bwd`), its `<op>.cu` sits beside it (compiled to PTX by build.rs under the `cuda` feature), and
+//! the composed candle version it replaces stays in `model::ops` / `model::attention` as its reference, held
+//! against it in tests/kernels_*.rs.
+//!
+//! - `cross_entropy`: softmax cross-entropy, per-row loss and one-pass `dlogits` (any device, f32/bf16/f16/f64).
+//! - `attention`: FlashAttention-2 style causal attention, forward saving O and the row logsumexp, backward
+//!   recomputing P blockwise (CUDA; the CPU implementation of the same algorithm is its twin in tests).
+//!
+//! `lab/` is the bench for the CUDA files without a GPU: `lab/run.sh` compiles the .cu kernels with g++ against a
+//! small CUDA emulation header and checks them against plain C++ references.
+
+pub mod cross_entropy;
+mod real;
+
+pub use cross_entropy::{softmax_cross_entropy, IGNORE_INDEX};

@@ -1,0 +1,367 @@
+//! The process launcher behind `tokenmill launch` (torchrun's job on one node): start one child per GPU with RANK,
+//! LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR and MASTER_PORT set, pass their output through
+//! with a `[rank N]` prefix, and supervise them: the first child that fails (non-zero exit, or killed by a signal)
+//! stops the others at once and the launch fails naming that rank. SIGINT / SIGTERM sent to the launcher are
+//! forwarded to the children; those still running after a grace period are killed.
+//!
+//! Killing a child mid-step is safe: checkpoints are written to a temp directory and renamed into place.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::setup::TIMEOUT_VAR;
+
+/// How long children get to exit after a forwarded SIGINT / SIGTERM before they are killed.
+const GRACE: Duration = Duration::from_secs(15);
+const POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("launch: {0}")]
+    Invalid(String),
+    #[error("launch: cannot start rank {rank} ({program}): {source}")]
+    Spawn { rank: usize, program: String, #[source] source: std::io::Error },
+    #[error("rank {rank} {status} after {secs:.1}s; stopped the other ranks on this node")]
+    RankFailed { rank: usize, status: String, secs: f64 },
+    #[error("interrupted by {signal}; stopped every rank on this node")]
+    Interrupted { signal: &'static str },
+    #[error("launch: waiting for rank {rank}: {source}")]
+    Wait { rank: usize, #[source] source: std::io::Error },
+}
+
+/// Which stream of a child a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Receives each line a child prints: (global rank, stream, line without its newline).
+pub type LineSink = Arc<dyn Fn(usize, Stream, &str) + Send + Sync>;
+
+/// What to launch on this node.
+#[derive(Clone, Debug)]
+pub struct LaunchSpec {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub nproc_per_node: usize,
+    pub nnodes: usize,
+    pub node_rank: usize,
+    pub master_addr: String,
+    pub master_port: u16,
+    /// Seconds a rank waits for the others; passed to the children as TOKENMILL_DIST_TIMEOUT.
+    pub timeout_s: Option<f64>,
+}
+
+impl LaunchSpec {
+    fn validate(&self) -> Result<(), LaunchError> {
+        let bad = |m: String| Err(LaunchError::Invalid(m));
+        if self.nproc_per_node == 0 {
+            return bad("--nproc-per-node must be at least 1".into());
+        }
+        if self.nnodes == 0 || self.node_rank >= self.nnodes {
+            return bad(format!("--node-rank {} must be below --nnodes {}", self.node_rank, self.nnodes));
+        }
+        if self.master_port == 0 {
+            return bad("--master-port must be a TCP port, 1..65535".into());
+        }
+        if let Some(t) = self.timeout_s {
+            if !(t > 0.0 && t.is_finite()) {
+                return bad(format!("--timeout {t}: expected a positive number of seconds"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn world(&self) -> usize {
+        self.nproc_per_node * self.nnodes
+    }
+
+    /// The environment of local rank `local`.
+    pub fn child_env(&self, local: usize) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("RANK", (self.node_rank * self.nproc_per_node + local).to_string()),
+            ("LOCAL_RANK", local.to_string()),
+            ("WORLD_SIZE", self.world().to_string()),
+            ("LOCAL_WORLD_SIZE", self.nproc_per_node.to_string()),
+            ("GROUP_RANK", self.node_rank.to_string()),
+            ("MASTER_ADDR", self.master_addr.clone()),
+            ("MASTER_PORT", self.master_port.to_string()),
+        ];
+        if let Some(t) = self.timeout_s {
+            env.push((TIMEOUT_VAR, t.to_string()));
+        }
+        env
+    }
+}
+
+/// Print child lines as `[rank N] line` on the launcher's stdout / stderr.
+pub fn print_lines() -> LineSink {
+    Arc::new(|rank, stream, line| match stream {
+        Stream::Stdout => println!("[rank {rank}] {line}"),
+        Stream::Stderr => eprintln!("[rank {rank}] {line}"),
+    })
+}
+
+struct Rank {
+    rank: usize,
+    child: Child,
+    status: Option<ExitStatus>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+/// Start the ranks of this node and supervise them until all succeed, one fails, or a signal arrives.
+pub fn launch(spec: &LaunchSpec, sink: LineSink) -> Result<(), LaunchError> {
+    spec.validate()?;
+    let _signals = signals::Forwarding::install();
+    let t0 = Instant::now();
+    let mut ranks: Vec<Rank> = Vec::with_capacity(spec.nproc_per_node);
+    for local in 0..spec.nproc_per_node {
+        let rank = spec.node_rank * spec.nproc_per_node + local;
+        let mut cmd = Command::new(&spec.program);
+        cmd.args(&spec.args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        for (k, v) in spec.child_env(local) {
+            cmd.env(k, v);
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(source) => {
+                stop_all(&mut ranks, None);
+                return Err(LaunchError::Spawn { rank, program: spec.program.display().to_string(), source });
+            }
+        };
+        let mut readers = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            readers.push(forward(out, rank, Stream::Stdout, sink.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            readers.push(forward(err, rank, Stream::Stderr, sink.clone()));
+        }
+        sink(rank, Stream::Stderr, &format!("launched as pid {}", child.id()));
+        ranks.push(Rank { rank, child, status: None, readers });
+    }
+
+    let outcome = loop {
+        if let Some(sig) = signals::received() {
+            stop_all(&mut ranks, Some(sig));
+            break Err(LaunchError::Interrupted { signal: signals::name(sig) });
+        }
+        let mut failed = None;
+        for r in ranks.iter_mut().filter(|r| r.status.is_none()) {
+            match r.child.try_wait() {
+                Ok(Some(status)) => {
+                    r.status = Some(status);
+                    if !status.success() && failed.is_none() {
+                        failed = Some((r.rank, describe(status)));
+                    }
+                }
+                Ok(None) => {}
+                Err(source) => {
+                    failed.get_or_insert((r.rank, format!("could not be waited for ({source})")));
+                }
+            }
+        }
+        if let Some((rank, status)) = failed {
+            stop_all(&mut ranks, None);
+            break Err(LaunchError::RankFailed { rank, status, secs: t0.elapsed().as_secs_f64() });
+        }
+        if ranks.iter().all(|r| r.status.is_some()) {
+            break Ok(());
+        }
+        std::thread::sleep(POLL);
+    };
+    // Let the readers drain, so the failing rank's last words are printed before the launcher's verdict.
+    for r in &mut ranks {
+        for h in r.readers.drain(..) {
+            let _ = h.join();
+        }
+    }
+    outcome
+}
+
+fn forward(pipe: impl Read + Send + 'static, rank: usize, stream: Stream, sink: LineSink) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(pipe);
+        let mut line = Vec::new();
+        // Bytes, not `lines()`: one non-UTF-8 byte in a child's output must not stop its forwarding.
+        while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+            let text = String::from_utf8_lossy(&line);
+            sink(rank, stream, text.trim_end_matches(['\n', '\r']));
+            line.clear();
+        }
+    })
+}
+
+/// Stop every child still running: forward `signal` and allow a grace period, or kill at once.
+fn stop_all(ranks: &mut [Rank], signal: Option<i32>) {
+    if let Some(sig) = signal {
+        for r in ranks.iter().filter(|r| r.status.is_none()) {
+            signals::send(r.child.id(), sig);
+        }
+        let deadline = Instant::now() + GRACE;
+        while Instant::now() < deadline {
+            let mut running = false;
+            for r in ranks.iter_mut().filter(|r| r.status.is_none()) {
+                match r.child.try_wait() {
+                    Ok(Some(s)) => r.status = Some(s),
+                    _ => running = true,
+                }
+            }
+            if !running {
+                return;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+    for r in ranks.iter_mut().filter(|r| r.status.is_none()) {
+        let _ = r.child.kill();
+        r.status = r.child.wait().ok();
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exited with status {code}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = status.signal() {
+            return format!("was killed by signal {sig} ({})", signals::name(sig));
+        }
+    }
+    format!("ended ({status})")
+}
+
+/// SIGINT / SIGTERM: noted by a handler (an atomic store, async-signal-safe) and forwarded by the supervision loop.
+#[cfg(unix)]
+mod signals {
+    use std::sync::atomic::{AtomicI32, Ordering};
+
+    const SIGINT: i32 = 2;
+    const SIGKILL: i32 = 9;
+    const SIGTERM: i32 = 15;
+
+    static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+    extern "C" {
+        // `handler` is a `void (*)(int)`, SIG_DFL (0) or SIG_IGN (1); the previous one is returned.
+        fn signal(signum: i32, handler: usize) -> usize;
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+
+    extern "C" fn on_signal(sig: i32) {
+        RECEIVED.store(sig, Ordering::SeqCst);
+    }
+
+    /// Our handlers while the launch runs; the previous ones come back on drop (tests launch in-process).
+    pub struct Forwarding {
+        previous: [(i32, usize); 2],
+    }
+
+    impl Forwarding {
+        pub fn install() -> Forwarding {
+            RECEIVED.store(0, Ordering::SeqCst);
+            let handler = on_signal as extern "C" fn(i32) as usize;
+            // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+            let previous = unsafe { [(SIGINT, signal(SIGINT, handler)), (SIGTERM, signal(SIGTERM, handler))] };
+            Forwarding { previous }
+        }
+    }
+
+    impl Drop for Forwarding {
+        fn drop(&mut self) {
+            for (sig, h) in self.previous {
+                // SAFETY: reinstalls the handler that was there before `install`.
+                unsafe {
+                    signal(sig, h);
+                }
+            }
+        }
+    }
+
+    pub fn received() -> Option<i32> {
+        match RECEIVED.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+
+    pub fn send(pid: u32, sig: i32) {
+        // SAFETY: plain kill(2) on a child we spawned and have not reaped.
+        unsafe {
+            kill(pid as i32, sig);
+        }
+    }
+
+    pub fn name(sig: i32) -> &'static str {
+        match sig {
+            SIGINT => "SIGINT",
+            SIGTERM => "SIGTERM",
+            SIGKILL => "SIGKILL",
+            6 => "SIGABRT",
+            11 => "SIGSEGV",
+            _ => "a signal",
+        }
+    }
+}
+
+#[cfg(not(unix))]
+mod signals {
+    pub struct Forwarding;
+    impl Forwarding {
+        pub fn install() -> Forwarding {
+            Forwarding
+        }
+    }
+    pub fn received() -> Option<i32> {
+        None
+    }
+    pub fn send(_pid: u32, _sig: i32) {}
+    pub fn name(_sig: i32) -> &'static str {
+        "a signal"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> LaunchSpec {
+        LaunchSpec {
+            program: "sh".into(),
+            args: vec![],
+            nproc_per_node: 4,
+            nnodes: 2,
+            node_rank: 1,
+            master_addr: "node0".into(),
+            master_port: 1234,
+            timeout_s: Some(30.0),
+        }
+    }
+
+    #[test]
+    fn child_env_follows_torchrun() {
+        let s = spec();
+        let env: std::collections::HashMap<_, _> = s.child_env(2).into_iter().collect();
+        assert_eq!(env["RANK"], "6");
+        assert_eq!(env["LOCAL_RANK"], "2");
+        assert_eq!(env["WORLD_SIZE"], "8");
+        assert_eq!(env["LOCAL_WORLD_SIZE"], "4");
+        assert_eq!(env["MASTER_ADDR"], "node0");
+        assert_eq!(env["MASTER_PORT"], "1234");
+        assert_eq!(env[TIMEOUT_VAR], "30");
+    }
+
+    #[test]
+    fn bad_specs_are_refused() {
+        let e = |s: LaunchSpec| launch(&s, print_lines()).unwrap_err().to_string();
+        assert!(e(LaunchSpec { nproc_per_node: 0, ..spec() }).contains("--nproc-per-node"));
+        assert!(e(LaunchSpec { node_rank: 2, ..spec() }).contains("--node-rank 2 must be below --nnodes 2"));
+        assert!(e(LaunchSpec { timeout_s: Some(-1.0), ..spec() }).contains("--timeout"));
+    }
+}

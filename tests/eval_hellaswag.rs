@@ -1,0 +1,140 @@
+//! HellaSwag scoring against an independent reference: every ending scored alone (no padding, no batching) with a
+//! host-side log-softmax, on real HellaSwag tasks (the first tasks of the validation set, GPT-2 BPE), with a
+//! tiny random GPT-2. Also the context-cropping path and `tokenmill eval hellaswag` on a checkpoint directory.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use tokenmill::eval::hellaswag::{evaluate, score_example};
+use tokenmill::eval::hellaswag_file::{self, Example, HellaswagFile};
+use tokenmill::model::{build_model, Architecture, LanguageModel, ModelConfig, Precision};
+use tokenmill::tokenizer::Tokenizer;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The first `n` tasks of the llama.cpp-layout validation file (6 lines each: context, label, 4 endings), tokenized
+/// as build-nanogpt's render_example does (`" " + ending`), written to and read back from an eval file.
+fn real_examples(n: usize, dir: &Path) -> Vec<Example> {
+    let text = std::fs::read_to_string(repo().join("../shared/data/hellaswag_val_full.txt")).unwrap();
+    let lines: Vec<&str> = text.lines().take(6 * n).collect();
+    let tok = Tokenizer::gpt2();
+    let examples: Vec<Example> = lines
+        .chunks_exact(6)
+        .enumerate()
+        .map(|(index, t)| Example {
+            index,
+            label: t[1].parse().unwrap(),
+            context: tok.encode(t[0]),
+            endings: [2, 3, 4, 5].map(|i| tok.encode(&format!(" {}", t[i]))),
+        })
+        .collect();
+    let path = dir.join("hellaswag_val.bin");
+    hellaswag_file::write(&path, &examples).unwrap();
+    let back = HellaswagFile::open(&path).unwrap();
+    assert_eq!(back.examples(), &examples[..]);
+    examples
+}
+
+fn tiny(block_size: usize) -> Box<dyn LanguageModel> {
+    let cfg = ModelConfig {
+        arch: Architecture::Gpt2,
+        block_size,
+        vocab_size: 50304,
+        real_vocab_size: 50257,
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 32,
+    };
+    build_model(&cfg, Precision::FP32, &Device::Cpu, 42).unwrap()
+}
+
+/// -log p(tokens[j+1] | tokens[..=j]) summed over the positions `from..tokens.len()-1`, one unpadded row.
+fn reference_sum_loss(model: &dyn LanguageModel, tokens: &[u32], first_scored: usize) -> f64 {
+    let idx = Tensor::from_slice(tokens, (1, tokens.len()), &Device::Cpu).unwrap();
+    let logits = model.forward(&idx).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap(); // (T, V)
+    (first_scored..tokens.len())
+        .map(|target_pos| {
+            let row = &logits[target_pos - 1];
+            let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+            let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            lse - row[tokens[target_pos] as usize] as f64
+        })
+        .sum()
+}
+
+#[test]
+fn matches_per_ending_reference_on_real_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = real_examples(6, dir.path());
+    let model = tiny(256);
+    let (mut correct, mut correct_norm) = (0, 0);
+    for ex in &examples {
+        assert!(ex.row_len() <= 256, "no cropping in this test");
+        let s = score_example(&*model, ex, &Device::Cpu).unwrap();
+        for (i, ending) in ex.endings.iter().enumerate() {
+            let row: Vec<u32> = ex.context.iter().chain(ending).copied().collect();
+            let want = reference_sum_loss(&*model, &row, ex.context.len());
+            assert!((s.sum_loss[i] - want).abs() < 1e-3 * want, "example {} ending {i}: {} vs {want}", ex.index, s.sum_loss[i]);
+            let want_avg = want / ending.len() as f64;
+            assert!((s.avg_loss[i] - want_avg).abs() < 1e-3 * want_avg);
+        }
+        let argmin = |v: &[f64; 4]| (0..4).fold(0, |b, i| if v[i] < v[b] { i } else { b });
+        assert_eq!((s.pred, s.pred_norm), (argmin(&s.sum_loss), argmin(&s.avg_loss)));
+        correct += usize::from(s.pred == ex.label);
+        correct_norm += usize::from(s.pred_norm == ex.label);
+    }
+    let score = evaluate(&*model, &examples, 0, 1, &Device::Cpu).unwrap();
+    assert_eq!((score.n, score.correct, score.correct_norm), (6, correct, correct_norm));
+    // Two ranks split the examples and their counts add up to the whole.
+    let mut halves = evaluate(&*model, &examples, 0, 2, &Device::Cpu).unwrap();
+    halves.merge(&evaluate(&*model, &examples, 1, 2, &Device::Cpu).unwrap());
+    assert_eq!(halves, score);
+}
+
+#[test]
+fn rows_longer_than_the_context_keep_their_endings() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = real_examples(2, dir.path());
+    let ex = &examples[0];
+    let block = ex.endings.iter().map(Vec::len).max().unwrap() + 4;
+    assert!(ex.row_len() > block);
+    let model = tiny(block);
+    let s = score_example(&*model, ex, &Device::Cpu).unwrap();
+    // The cropped row keeps the last `block` columns of the padded (4, T) rows: check ending 0 against that.
+    let t = ex.row_len();
+    let drop = t - block;
+    let mut row: Vec<u32> = ex.context.iter().chain(&ex.endings[0]).copied().collect();
+    row.resize(t, 0);
+    let cropped = &row[drop..];
+    let first_scored = ex.context.len() - drop;
+    let want = reference_sum_loss(&*model, &cropped[..first_scored + ex.endings[0].len()], first_scored);
+    assert!((s.sum_loss[0] - want).abs() < 1e-3 * want, "{} vs {want}", s.sum_loss[0]);
+    assert!(s.avg_loss.iter().all(|l| l.is_finite()));
+}
+
+#[test]
+fn cli_scores_a_checkpoint_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = real_examples(4, dir.path());
+    let model = tiny(256);
+    let ckpt = dir.path().join("ckpt");
+    std::fs::create_dir_all(&ckpt).unwrap();
+    tokenmill::model::save_model_weights(&*model, &ckpt.join("model.safetensors")).unwrap();
+    let want = evaluate(&*model, &examples, 0, 1, &Device::Cpu).unwrap();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokenmill"))
+        .args(["eval", "hellaswag", "--device", "cpu", "--limit", "3", "--model"])
+        .arg(&ckpt)
+        .arg("--data")
+        .arg(dir.path().join("hellaswag_val.bin"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let three = evaluate(&*model, &examples[..3], 0, 1, &Device::Cpu).unwrap();
+    let line = format!("acc: {:.4} acc_norm: {:.4} (n=3)", three.acc(), three.acc_norm());
+    assert!(stdout.contains(&line), "expected `{line}` in:\n{stdout}");
+    assert_eq!(want.n, 4);
+}
