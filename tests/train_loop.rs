@@ -99,7 +99,7 @@ fn overfits_a_single_batch_gpt2_and_llama() {
                 "data.total_batch_tokens=128",
                 "optim.max_lr=1e-2",
                 "optim.warmup_steps=10",
-                "optim.max_steps=50",
+                "optim.max_steps=70",
                 "optim.weight_decay=0.0",
                 "eval.val_every=0",
                 "eval.sample_every=0",

@@ -5,12 +5,14 @@
 //!
 //! - `cross_entropy`: softmax cross-entropy, per-row loss and one-pass `dlogits` (any device, f32/bf16/f16/f64).
 //! - `attention`: FlashAttention-2 style causal attention, forward saving O and the row logsumexp, backward
-//!   recomputing P blockwise (CUDA; the CPU implementation of the same algorithm is its twin in tests).
+//!   recomputing P blockwise (CUDA, HS = 64; a row-by-row CPU implementation of the same algorithm is its twin).
 //!
 //! `lab/` is the bench for the CUDA files without a GPU: `lab/run.sh` compiles the .cu kernels with g++ against a
 //! small CUDA emulation header and checks them against plain C++ references.
 
+pub mod attention;
 pub mod cross_entropy;
 mod real;
 
+pub use attention::flash_causal_attention;
 pub use cross_entropy::{softmax_cross_entropy, IGNORE_INDEX};

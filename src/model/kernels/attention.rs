@@ -1,0 +1,494 @@
+//! Fused causal attention (FlashAttention-2 algorithm) with its backward: `q, k, v (B, NH, T, HS)` -> `o (B, NH,
+//! T, HS)`, never materialising the `(B, NH, T, T)` scores. Forward keeps O and the per-row logsumexp
+//! `L (B, NH, T)` (f32; f64 for f64 inputs) for backward, which recomputes the probabilities tile by tile and
+//! returns dQ, dK, dV. At 124M with B=64, T=1024 that is 3 MB of L per layer instead of the composed version's
+//! 3.2 GB f32 scores + 3.2 GB probabilities (+ their bf16 copy) per layer.
+//!
+//! CUDA (`attention.cu`): HS = 64 only (GPT-2), f32/bf16/f16 inputs, f32 accumulation; any (b, h, t) strides
+//! with a dense last dim, so GPT-2's head views of the fused qkv projection go in without copies.
+//! CPU: the same algorithm row by row (any HS, f32/bf16/f16 accumulating in f32, f64 in f64); it is the twin the
+//! tests hold against the composed reference (`model::attention::causal_attention_slow`) and finite differences.
+//! The models call `model::attention::causal_attention`, which routes here only where the fused path exists
+//! (CUDA, HS = 64) and to the composed reference otherwise (CPU training keeps candle's faster gemm-based path).
+
+use std::sync::Mutex;
+
+use candle_core::backend::BackendStorage;
+use candle_core::op::BackpropOp;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::real::{Elem, Real};
+
+/// The only head size the CUDA kernels are written for.
+pub const FLASH_HEAD_SIZE: usize = 64;
+
+/// Whether `flash_causal_attention` has a fused kernel for `q` (B, NH, T, HS) on its device: CUDA, HS = 64,
+/// f32/bf16/f16.
+pub fn fused_supported(q: &Tensor) -> bool {
+    q.device().is_cuda()
+        && q.rank() == 4
+        && q.dims()[3] == FLASH_HEAD_SIZE
+        && matches!(q.dtype(), DType::F32 | DType::BF16 | DType::F16)
+}
+
+/// Causal attention `softmax(q k^T / sqrt(HS) + mask) v` for `q, k, v (B, NH, T, HS)` of one dtype, fused
+/// (see the module doc); records its own backward. On CUDA, HS must be 64 and the dtype f32/bf16/f16 (an error
+/// otherwise: `model::attention::causal_attention` falls back to the composed path there).
+pub fn flash_causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let (b, nh, t, hs) = q.dims4()?;
+    if k.dims() != q.dims() || v.dims() != q.dims() {
+        candle_core::bail!("attention q, k, v must share a shape (B, NH, T, HS): {:?}, {:?}, {:?}", q.dims(), k.dims(), v.dims());
+    }
+    if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
+        candle_core::bail!("attention q, k, v must share a dtype: {:?}, {:?}, {:?}", q.dtype(), k.dtype(), v.dtype());
+    }
+    if b * nh * t * hs == 0 {
+        candle_core::bail!("attention over an empty tensor ({b}, {nh}, {t}, {hs})");
+    }
+    if q.device().is_cuda() && !fused_supported(q) {
+        candle_core::bail!(
+            "fused attention on CUDA supports head size {FLASH_HEAD_SIZE} in f32/bf16/f16, got HS = {hs} in {:?}; \
+             use model::attention::causal_attention, which falls back to the composed path",
+            q.dtype()
+        );
+    }
+    let dense = |x: &Tensor| -> Result<Tensor> {
+        if x.layout().stride()[3] == 1 {
+            Ok(x.clone())
+        } else {
+            x.contiguous()
+        }
+    };
+    let op = FlashAttention { scale: 1.0 / (hs as f64).sqrt(), lse: Mutex::new(None) };
+    dense(q)?.apply_op3(&dense(k)?, &dense(v)?, op)
+}
+
+/// One call's op: the forward stores the row logsumexp here for this call's backward (each call builds its own).
+struct FlashAttention {
+    scale: f64,
+    lse: Mutex<Option<Tensor>>, // (B, NH, T)
+}
+
+/// Where `(b, h, t, 0)` of a `(B, NH, T, HS)` layout with a dense last dim lives.
+#[derive(Clone, Copy, Debug)]
+struct HeadView {
+    start: usize,
+    sb: usize,
+    sh: usize,
+    st: usize,
+    nh: usize,
+}
+
+impl HeadView {
+    fn new(l: &Layout, what: &str) -> Result<Self> {
+        let (_, nh, _, hs) = l.shape().dims4()?;
+        let s = l.stride();
+        if hs > 1 && s[3] != 1 {
+            candle_core::bail!("attention {what} needs a dense last dim (strides {s:?})");
+        }
+        Ok(HeadView { start: l.start_offset(), sb: s[0], sh: s[1], st: s[2], nh })
+    }
+
+    /// Offset of row `t` of head `bh` (= b * NH + h).
+    fn row(&self, bh: usize, t: usize) -> usize {
+        self.start + (bh / self.nh) * self.sb + (bh % self.nh) * self.sh + t * self.st
+    }
+}
+
+fn dot<A: Real>(a: &[A], b: &[A]) -> A {
+    a.iter().zip(b).fold(A::ZERO, |s, (&x, &y)| s + x * y)
+}
+
+fn widen<T: Elem<A>, A: Real>(x: &[T]) -> Vec<A> {
+    x.iter().map(|v| v.to_acc()).collect()
+}
+
+/// Forward on CPU: `o (B, NH, T, HS)` contiguous and `lse (B, NH, T)`.
+fn cpu_fwd_typed<T: Elem<A>, A: Real>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    (qv, kv, vv): (HeadView, HeadView, HeadView),
+    (bh_n, t, hs): (usize, usize, usize),
+    scale: A,
+) -> (Vec<T>, Vec<A>) {
+    let mut o = vec![T::from_acc(A::ZERO); bh_n * t * hs];
+    let mut lse = vec![A::ZERO; bh_n * t];
+    o.par_chunks_mut(hs).zip(lse.par_iter_mut()).enumerate().for_each(|(row, (orow, l))| {
+        let (bh, i) = (row / t, row % t);
+        let qi: Vec<A> = widen(&q[qv.row(bh, i)..qv.row(bh, i) + hs]);
+        let s: Vec<A> = (0..=i).map(|j| dot(&qi, &widen(&k[kv.row(bh, j)..kv.row(bh, j) + hs])) * scale).collect();
+        let m = s.iter().fold(A::NEG_INFINITY, |m, &x| m.max(x));
+        let mut sum = A::ZERO;
+        let mut acc = vec![A::ZERO; hs];
+        for (j, &sj) in s.iter().enumerate() {
+            let p = (sj - m).exp();
+            sum = sum + p;
+            for (a, x) in acc.iter_mut().zip(&v[vv.row(bh, j)..vv.row(bh, j) + hs]) {
+                *a = *a + p * x.to_acc();
+            }
+        }
+        for (out, a) in orow.iter_mut().zip(&acc) {
+            *out = T::from_acc(*a / sum);
+        }
+        *l = m + sum.ln();
+    });
+    (o, lse)
+}
+
+/// Backward on CPU: `(dq, dk, dv)`, each contiguous `(B, NH, T, HS)`. `o`, `dout`: contiguous.
+#[allow(clippy::too_many_arguments)]
+fn cpu_bwd_typed<T: Elem<A>, A: Real>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    (qv, kv, vv): (HeadView, HeadView, HeadView),
+    o: &[T],
+    dout: &[T],
+    lse: &[A],
+    (bh_n, t, hs): (usize, usize, usize),
+    scale: A,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let zero = T::from_acc(A::ZERO);
+    let (mut dq, mut dk, mut dv) = (vec![zero; bh_n * t * hs], vec![zero; bh_n * t * hs], vec![zero; bh_n * t * hs]);
+    let head = t * hs;
+    dq.par_chunks_mut(head).zip(dk.par_chunks_mut(head)).zip(dv.par_chunks_mut(head)).enumerate().for_each(
+        |(bh, ((dqh, dkh), dvh))| {
+            let rows = |x: &[T], view: &HeadView| -> Vec<Vec<A>> {
+                (0..t).map(|i| widen(&x[view.row(bh, i)..view.row(bh, i) + hs])).collect()
+            };
+            let (qs, ks, vs) = (rows(q, &qv), rows(k, &kv), rows(v, &vv));
+            let contiguous = |x: &[T]| -> Vec<Vec<A>> {
+                (0..t).map(|i| widen(&x[(bh * t + i) * hs..(bh * t + i + 1) * hs])).collect()
+            };
+            let (os, gs) = (contiguous(o), contiguous(dout));
+            let (mut aq, mut ak, mut av) = (vec![A::ZERO; head], vec![A::ZERO; head], vec![A::ZERO; head]);
+            for i in 0..t {
+                // D_i = dO_i . O_i: the softmax backward's row term, from O as stored (as the CUDA kernel).
+                let d_i = dot(&gs[i], &os[i]);
+                let l_i = lse[bh * t + i];
+                for j in 0..=i {
+                    let p = (dot(&qs[i], &ks[j]) * scale - l_i).exp();
+                    let ds = p * (dot(&gs[i], &vs[j]) - d_i) * scale;
+                    for d in 0..hs {
+                        av[j * hs + d] = av[j * hs + d] + p * gs[i][d];
+                        aq[i * hs + d] = aq[i * hs + d] + ds * ks[j][d];
+                        ak[j * hs + d] = ak[j * hs + d] + ds * qs[i][d];
+                    }
+                }
+            }
+            for (out, a) in [(dqh, &aq), (dkh, &ak), (dvh, &av)] {
+                for (x, y) in out.iter_mut().zip(a.iter()) {
+                    *x = T::from_acc(*y);
+                }
+            }
+        },
+    );
+    (dq, dk, dv)
+}
+
+fn acc_dtype(dt: DType) -> DType {
+    if dt == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+impl CustomOp3 for FlashAttention {
+    fn name(&self) -> &'static str {
+        "flash-causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, nh, t, hs) = l1.shape().dims4()?;
+        let views = (HeadView::new(l1, "q")?, HeadView::new(l2, "k")?, HeadView::new(l3, "v")?);
+        let dims = (b * nh, t, hs);
+        macro_rules! go {
+            ($T:ty, $A:ty, $var:ident, $lvar:ident) => {{
+                let (o, lse) = cpu_fwd_typed::<$T, $A>(s1.as_slice()?, s2.as_slice()?, s3.as_slice()?, views, dims, <$A>::from_f64(self.scale));
+                (CpuStorage::$var(o), CpuStorage::$lvar(lse))
+            }};
+        }
+        let (o, lse) = match s1.dtype() {
+            DType::F32 => go!(f32, f32, F32, F32),
+            DType::BF16 => go!(bf16, f32, BF16, F32),
+            DType::F16 => go!(f16, f32, F16, F32),
+            DType::F64 => go!(f64, f64, F64, F64),
+            dt => candle_core::bail!("attention inputs must be float, got {dt:?}"),
+        };
+        self.save_lse(Storage::Cpu(lse), (b, nh, t));
+        Ok((o, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (b, nh, t, _) = l1.shape().dims4()?;
+        let views = (HeadView::new(l1, "q")?, HeadView::new(l2, "k")?, HeadView::new(l3, "v")?);
+        let (o, lse) = cuda::fwd(s1, s2, s3, views, (b, nh, t), self.scale as f32)?;
+        self.save_lse(Storage::Cuda(lse), (b, nh, t));
+        Ok((o, l1.shape().clone()))
+    }
+
+    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, dout: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let lse = self.lse.lock().map_err(|_| candle_core::Error::Msg("attention lse lock poisoned".into()))?.clone();
+        let Some(lse) = lse else { candle_core::bail!("attention backward before its forward stored the logsumexp") };
+        let (dq, dk, dv) = flash_bwd(q, k, v, o, &dout.contiguous()?, &lse, self.scale)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+impl FlashAttention {
+    fn save_lse(&self, storage: Storage, shape: (usize, usize, usize)) {
+        let t = Tensor::from_storage(storage, shape, BackpropOp::none(), false);
+        // A poisoned lock only means another thread panicked mid-store; the value is still ours to replace.
+        *self.lse.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+    }
+}
+
+/// dQ, dK, dV (each `(B, NH, T, HS)` in the inputs' dtype) from the inputs, the forward's `o` and `lse`, and
+/// `dout` (contiguous).
+fn flash_bwd(q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, dout: &Tensor, lse: &Tensor, scale: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, nh, t, hs) = q.dims4()?;
+    let o = o.contiguous()?;
+    let lse = lse.to_dtype(acc_dtype(q.dtype()))?.contiguous()?;
+    let (qs, ql) = q.storage_and_layout();
+    let (ks, kl) = k.storage_and_layout();
+    let (vs, vl) = v.storage_and_layout();
+    let (os, _) = o.storage_and_layout();
+    let (gs, _) = dout.storage_and_layout();
+    let (ls, _) = lse.storage_and_layout();
+    let views = (HeadView::new(ql, "q")?, HeadView::new(kl, "k")?, HeadView::new(vl, "v")?);
+    let shape = (b, nh, t, hs);
+    let wrap = |s: Storage| Tensor::from_storage(s, shape, BackpropOp::none(), false);
+    match (&*qs, &*ks, &*vs, &*os, &*gs, &*ls) {
+        (Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs), Storage::Cpu(os), Storage::Cpu(gs), Storage::Cpu(ls)) => {
+            let dims = (b * nh, t, hs);
+            macro_rules! go {
+                ($T:ty, $A:ty, $var:ident) => {{
+                    let (dq, dk, dv) = cpu_bwd_typed::<$T, $A>(
+                        qs.as_slice()?,
+                        ks.as_slice()?,
+                        vs.as_slice()?,
+                        views,
+                        os.as_slice()?,
+                        gs.as_slice()?,
+                        ls.as_slice()?,
+                        dims,
+                        <$A>::from_f64(scale),
+                    );
+                    (CpuStorage::$var(dq), CpuStorage::$var(dk), CpuStorage::$var(dv))
+                }};
+            }
+            let (dq, dk, dv) = match qs.dtype() {
+                DType::F32 => go!(f32, f32, F32),
+                DType::BF16 => go!(bf16, f32, BF16),
+                DType::F16 => go!(f16, f32, F16),
+                DType::F64 => go!(f64, f64, F64),
+                dt => candle_core::bail!("attention inputs must be float, got {dt:?}"),
+            };
+            Ok((wrap(Storage::Cpu(dq)), wrap(Storage::Cpu(dk)), wrap(Storage::Cpu(dv))))
+        }
+        #[cfg(feature = "cuda")]
+        (Storage::Cuda(qs), Storage::Cuda(ks), Storage::Cuda(vs), Storage::Cuda(os), Storage::Cuda(gs), Storage::Cuda(ls)) => {
+            let (dq, dk, dv) = cuda::bwd(qs, ks, vs, views, os, gs, ls, (b, nh, t), scale as f32)?;
+            Ok((wrap(Storage::Cuda(dq)), wrap(Storage::Cuda(dk)), wrap(Storage::Cuda(dv))))
+        }
+        _ => candle_core::bail!("attention backward: q, k, v, o, dout and lse must be on one CPU or CUDA device"),
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! Launchers for attention.cu. Grids: forward and dQ (ceil(T / 64) query tiles, B * NH), dK/dV (ceil(T / 64)
+    //! key tiles, B * NH), D (one thread per row); 128 threads per tile block.
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::{CudaDevice, CudaStorage, DType, Result};
+    use half::{bf16, f16};
+
+    use super::HeadView;
+
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
+    const MODULE: &str = "tokenmill_attention";
+    /// FA_THREADS, FA_BR (= FA_BKV) in attention.cu.
+    const THREADS: u32 = 128;
+    const TILE: usize = 64;
+
+    fn suffix(dt: DType) -> Result<&'static str> {
+        Ok(match dt {
+            DType::F32 => "f32",
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
+            dt => candle_core::bail!("fused attention on CUDA takes f32, bf16 or f16, got {dt:?}"),
+        })
+    }
+
+    fn tile_grid(bh: usize, t: usize) -> Result<LaunchConfig> {
+        if bh > 65535 {
+            candle_core::bail!("fused attention: B * NH = {bh} exceeds the grid's 65535 limit");
+        }
+        Ok(LaunchConfig { grid_dim: (t.div_ceil(TILE) as u32, bh as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 })
+    }
+
+    fn strides(v: &[HeadView; 3]) -> [i64; 9] {
+        let mut s = [0i64; 9];
+        for (i, h) in v.iter().enumerate() {
+            s[3 * i] = h.sb as i64;
+            s[3 * i + 1] = h.sh as i64;
+            s[3 * i + 2] = h.st as i64;
+        }
+        s
+    }
+
+    fn views<'a, T: CudaDType>(
+        s: [&'a CudaStorage; 3],
+        v: &[HeadView; 3],
+    ) -> Result<[CudaView<'a, T>; 3]> {
+        Ok([
+            s[0].as_cuda_slice::<T>()?.slice(v[0].start..),
+            s[1].as_cuda_slice::<T>()?.slice(v[1].start..),
+            s[2].as_cuda_slice::<T>()?.slice(v[2].start..),
+        ])
+    }
+
+    pub(super) fn fwd(
+        qs: &CudaStorage,
+        ks: &CudaStorage,
+        vs: &CudaStorage,
+        hv: (HeadView, HeadView, HeadView),
+        (b, nh, t): (usize, usize, usize),
+        scale: f32,
+    ) -> Result<(CudaStorage, CudaStorage)> {
+        fn go<T: CudaDType + DeviceRepr>(
+            dev: &CudaDevice,
+            name: &str,
+            s: [&CudaStorage; 3],
+            hv: [HeadView; 3],
+            (b, nh, t): (usize, usize, usize),
+            scale: f32,
+        ) -> Result<(CudaStorage, CudaStorage)> {
+            let [q, k, v] = views::<T>(s, &hv)?;
+            let st = strides(&hv);
+            // SAFETY: the kernel writes every row < T of every head (o) and every lse entry.
+            let o = unsafe { dev.alloc::<T>(b * nh * t * super::FLASH_HEAD_SIZE)? };
+            let lse = unsafe { dev.alloc::<f32>(b * nh * t)? };
+            let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+            let mut a = func.builder();
+            let (nh_i, t_i) = (nh as i32, t as i32);
+            a.arg(&q).arg(&k).arg(&v).arg(&o).arg(&lse).arg(&nh_i).arg(&t_i);
+            for x in &st {
+                a.arg(x);
+            }
+            a.arg(&scale);
+            // SAFETY: argument list matches fa_fwd_* in attention.cu.
+            unsafe { a.launch(tile_grid(b * nh, t)?) }.w()?;
+            Ok((CudaStorage::wrap_cuda_slice(o, dev.clone()), CudaStorage::wrap_cuda_slice(lse, dev.clone())))
+        }
+        let dev = qs.device();
+        let name = format!("fa_fwd_{}", suffix(qs.dtype())?);
+        let s = [qs, ks, vs];
+        let hv = [hv.0, hv.1, hv.2];
+        match qs.dtype() {
+            DType::F32 => go::<f32>(dev, &name, s, hv, (b, nh, t), scale),
+            DType::BF16 => go::<bf16>(dev, &name, s, hv, (b, nh, t), scale),
+            _ => go::<f16>(dev, &name, s, hv, (b, nh, t), scale),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn bwd(
+        qs: &CudaStorage,
+        ks: &CudaStorage,
+        vs: &CudaStorage,
+        hv: (HeadView, HeadView, HeadView),
+        os: &CudaStorage,
+        gs: &CudaStorage,
+        ls: &CudaStorage,
+        (b, nh, t): (usize, usize, usize),
+        scale: f32,
+    ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+        #[allow(clippy::too_many_arguments)]
+        fn go<T: CudaDType + DeviceRepr>(
+            dev: &CudaDevice,
+            sfx: &str,
+            s: [&CudaStorage; 3],
+            hv: [HeadView; 3],
+            os: &CudaStorage,
+            gs: &CudaStorage,
+            ls: &CudaStorage,
+            (b, nh, t): (usize, usize, usize),
+            scale: f32,
+        ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+            let [q, k, v] = views::<T>(s, &hv)?;
+            let st = strides(&hv);
+            let o = os.as_cuda_slice::<T>()?.slice(0..);
+            let g = gs.as_cuda_slice::<T>()?.slice(0..);
+            let lse = ls.as_cuda_slice::<f32>()?.slice(0..);
+            let rows = b * nh * t;
+            let n = rows * super::FLASH_HEAD_SIZE;
+            // SAFETY: each kernel writes every element of its outputs (rows < T of every head).
+            let dvec = unsafe { dev.alloc::<f32>(rows)? };
+            let (dq, dk, dv) = unsafe { (dev.alloc::<T>(n)?, dev.alloc::<T>(n)?, dev.alloc::<T>(n)?) };
+            let (nh_i, t_i, rows_i) = (nh as i32, t as i32, rows as i64);
+
+            let func = dev.get_or_load_custom_func(&format!("fa_bwd_dot_{sfx}"), MODULE, PTX)?;
+            let mut a = func.builder();
+            a.arg(&o).arg(&g).arg(&dvec).arg(&rows_i);
+            let cfg = LaunchConfig { grid_dim: (rows.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: argument list matches fa_bwd_dot_* in attention.cu.
+            unsafe { a.launch(cfg) }.w()?;
+
+            let func = dev.get_or_load_custom_func(&format!("fa_bwd_dkdv_{sfx}"), MODULE, PTX)?;
+            let mut a = func.builder();
+            a.arg(&q).arg(&k).arg(&v).arg(&g).arg(&lse).arg(&dvec).arg(&dk).arg(&dv).arg(&nh_i).arg(&t_i);
+            for x in &st {
+                a.arg(x);
+            }
+            a.arg(&scale);
+            // SAFETY: argument list matches fa_bwd_dkdv_* in attention.cu.
+            unsafe { a.launch(tile_grid(b * nh, t)?) }.w()?;
+
+            let func = dev.get_or_load_custom_func(&format!("fa_bwd_dq_{sfx}"), MODULE, PTX)?;
+            let mut a = func.builder();
+            a.arg(&q).arg(&k).arg(&v).arg(&g).arg(&lse).arg(&dvec).arg(&dq).arg(&nh_i).arg(&t_i);
+            for x in &st {
+                a.arg(x);
+            }
+            a.arg(&scale);
+            // SAFETY: argument list matches fa_bwd_dq_* in attention.cu.
+            unsafe { a.launch(tile_grid(b * nh, t)?) }.w()?;
+
+            let w = |x| CudaStorage::wrap_cuda_slice(x, dev.clone());
+            Ok((w(dq), w(dk), w(dv)))
+        }
+        let dev = qs.device();
+        let sfx = suffix(qs.dtype())?;
+        let s = [qs, ks, vs];
+        let hv = [hv.0, hv.1, hv.2];
+        match qs.dtype() {
+            DType::F32 => go::<f32>(dev, sfx, s, hv, os, gs, ls, (b, nh, t), scale),
+            DType::BF16 => go::<bf16>(dev, sfx, s, hv, os, gs, ls, (b, nh, t), scale),
+            _ => go::<f16>(dev, sfx, s, hv, os, gs, ls, (b, nh, t), scale),
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The fused causal attention (`model::kernels::attention`) against the composed reference
+//! (`model::attention::causal_attention_slow`), forward and backward: its CPU implementation in f64, f32 and bf16
+//! and against central finite differences in f64; its CUDA kernels against the CPU (skipped, with a printed line,
+//! when no CUDA device exists). q, k, v are the strided head views GPT-2 passes (split out of one qkv tensor).
+//!
+//! Tolerances (|fused - reference| <= abs + rel * |reference|):
+//! - f64: 1e-12 abs + 1e-10 rel (same math, different summation order).
+//! - f32: 2e-5 abs + 1e-4 rel (softmax over <= T scores of O(10) and sums over T rows in f32).
+//! - bf16 (CUDA vs CPU twin, both from the same bf16 inputs, f32 accumulation, bf16 outputs): 1% of the largest
+//!   entry absolute + 1/64 relative. D = dO . O uses O rounded to bf16 in both, and dS = P (dP - D) cancels, so
+//!   the error scales with the largest gradient rather than each entry (seen in the CUDA lab: 0.4%).
+//! - finite differences (f64, eps 1e-6): 1e-8 + 1e-7 rel, as tests/model_grad.rs.
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokenmill::model::attention::{causal_attention, causal_attention_slow};
+use tokenmill::model::kernels::attention::{flash_causal_attention, fused_supported, FLASH_HEAD_SIZE};
+
+/// `(q, k, v)` as GPT-2 makes them: views `(B, NH, T, HS)` of one `(B, T, 3 * NH * HS)` variable, plus the variable.
+fn qkv(rng: &mut ChaCha8Rng, (b, nh, t, hs): (usize, usize, usize, usize), dt: DType, dev: &Device) -> (Var, [Tensor; 3]) {
+    let c = nh * hs;
+    let x: Vec<f64> = (0..b * t * 3 * c).map(|_| rng.gen_range(-1.0..1.0) * 1.5).collect();
+    let var = Var::from_tensor(&Tensor::from_vec(x, (b, t, 3 * c), dev).unwrap().to_dtype(dt).unwrap()).unwrap();
+    let head = |i: usize| var.as_tensor().narrow(2, i * c, c).unwrap().reshape((b, t, nh, hs)).unwrap().transpose(1, 2).unwrap();
+    let heads = [head(0), head(1), head(2)];
+    (var, heads)
+}
+
+fn f64s(t: &Tensor) -> Vec<f64> {
+    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap()
+}
+
+fn assert_close(what: &str, got: &[f64], want: &[f64], abs: f64, rel: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let mut worst = 0.0f64;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        assert!(err <= abs + rel * w.abs(), "{what}[{i}]: {g} vs reference {w} (|diff| {err:e})");
+        worst = worst.max(err);
+    }
+    let scale = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+    eprintln!("{what}: max |diff| {worst:e} (max |ref| {scale:.3e}) over {} values", got.len());
+}
+
+type AttnFn = fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>;
+
+/// Output and d(sum(out * r))/d(qkv) of `f` on a fresh qkv variable from `seed`.
+fn out_and_grad(f: AttnFn, shape: (usize, usize, usize, usize), dt: DType, dev: &Device, seed: u64) -> (Vec<f64>, Vec<f64>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (var, [q, k, v]) = qkv(&mut rng, shape, dt, dev);
+    let out = f(&q, &k, &v).unwrap();
+    assert_eq!(out.dims(), q.dims());
+    assert_eq!(out.dtype(), dt);
+    let r: Vec<f64> = (0..out.elem_count()).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let r = Tensor::from_vec(r, out.dims(), dev).unwrap().to_dtype(dt).unwrap();
+    let acc = if dt == DType::F64 { DType::F64 } else { DType::F32 };
+    let loss = (out.to_dtype(acc).unwrap() * r.to_dtype(acc).unwrap()).unwrap().sum_all().unwrap();
+    let g = loss.backward().unwrap();
+    let g = g.get(var.as_tensor()).expect("no gradient reached q, k, v");
+    (f64s(&out), f64s(g))
+}
+
+fn compare(dt: DType, shape: (usize, usize, usize, usize), seed: u64, abs: f64, rel: f64) {
+    let (o, g) = out_and_grad(flash_causal_attention, shape, dt, &Device::Cpu, seed);
+    let (ro, rg) = out_and_grad(causal_attention_slow, shape, dt, &Device::Cpu, seed);
+    assert_close(&format!("cpu {dt:?} {shape:?} out"), &o, &ro, abs, rel);
+    assert_close(&format!("cpu {dt:?} {shape:?} dqkv"), &g, &rg, abs, rel);
+}
+
+#[test]
+fn cpu_fused_matches_composed_f64() {
+    compare(DType::F64, (2, 3, 11, 8), 1, 1e-12, 1e-10);
+    compare(DType::F64, (1, 2, 70, 64), 2, 1e-12, 1e-10);
+}
+
+#[test]
+fn cpu_fused_matches_composed_f32() {
+    compare(DType::F32, (2, 2, 37, 64), 3, 2e-5, 1e-4);
+}
+
+#[test]
+fn finite_differences_f64() {
+    const EPS: f64 = 1e-6;
+    let shape = (1, 2, 5, 4);
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let (var, [q, k, v]) = qkv(&mut rng, shape, DType::F64, &Device::Cpu);
+    let r: Vec<f64> = (0..q.elem_count()).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let r = Tensor::from_vec(r, q.dims(), &Device::Cpu).unwrap();
+    let f = |q: &Tensor, k: &Tensor, v: &Tensor| -> f64 {
+        (flash_causal_attention(q, k, v).unwrap() * &r).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+    };
+    let loss = (flash_causal_attention(&q, &k, &v).unwrap() * &r).unwrap().sum_all().unwrap();
+    let g = f64s(loss.backward().unwrap().get(var.as_tensor()).unwrap());
+    let base = f64s(var.as_tensor());
+    let dims = var.dims().to_vec();
+    let (_, t, c3) = (dims[0], dims[1], dims[2]);
+    let c = c3 / 3;
+    for i in 0..base.len() {
+        let at = |d: f64| {
+            let mut p = base.clone();
+            p[i] += d;
+            let x = Tensor::from_vec(p, dims.as_slice(), &Device::Cpu).unwrap();
+            let head = |j: usize| x.narrow(2, j * c, c).unwrap().reshape((1, t, 2, 4)).unwrap().transpose(1, 2).unwrap();
+            f(&head(0), &head(1), &head(2))
+        };
+        let fd = (at(EPS) - at(-EPS)) / (2.0 * EPS);
+        assert!((g[i] - fd).abs() <= 1e-8 + 1e-7 * fd.abs(), "dqkv[{i}]: {} vs finite difference {fd}", g[i]);
+    }
+}
+
+#[test]
+fn output_is_causal() {
+    // Changing the last position's k and v must not change any earlier output row.
+    let shape = (1, 2, 9, 16);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (var, [q, k, v]) = qkv(&mut rng, shape, DType::F32, &Device::Cpu);
+    let o1 = flash_causal_attention(&q, &k, &v).unwrap();
+    let bump = |x: &Tensor| {
+        let last = (x.narrow(2, 8, 1).unwrap() + 3.0).unwrap();
+        Tensor::cat(&[x.narrow(2, 0, 8).unwrap(), last], 2).unwrap()
+    };
+    let o2 = flash_causal_attention(&q, &bump(&k), &bump(&v)).unwrap();
+    let d = (o1.narrow(2, 0, 8).unwrap() - o2.narrow(2, 0, 8).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
+    assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+    let last = (o1.narrow(2, 8, 1).unwrap() - o2.narrow(2, 8, 1).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(last.to_scalar::<f32>().unwrap() > 0.0);
+    drop(var);
+}
+
+#[test]
+fn cpu_routes_to_the_composed_path() {
+    // On CPU the models keep the composed path (candle's gemm is faster there); the fused op is opt-in.
+    let q = Tensor::zeros((1, 1, 4, FLASH_HEAD_SIZE), DType::F32, &Device::Cpu).unwrap();
+    assert!(!fused_supported(&q));
+    let (o, _) = out_and_grad(causal_attention, (1, 2, 6, 8), DType::F64, &Device::Cpu, 6);
+    let (r, _) = out_and_grad(causal_attention_slow, (1, 2, 6, 8), DType::F64, &Device::Cpu, 6);
+    assert_eq!(o, r);
+}
+
+#[test]
+fn mismatched_inputs_are_errors() {
+    let a = Tensor::zeros((1, 2, 4, 8), DType::F32, &Device::Cpu).unwrap();
+    let b = Tensor::zeros((1, 2, 5, 8), DType::F32, &Device::Cpu).unwrap();
+    assert!(flash_causal_attention(&a, &a, &b).is_err());
+    assert!(flash_causal_attention(&a, &a, &a.to_dtype(DType::F64).unwrap()).is_err());
+}
+
+/// The CUDA kernels against the CPU twin (same inputs, same dtype): f32 and bf16, T a multiple of the tiles and
+/// not, and the GPT-2 head views (strided q, k, v). Also: HS != 64 on CUDA is an error naming the fallback, and
+/// `causal_attention` takes the fused path there.
+#[test]
+fn cuda_matches_cpu() {
+    let Some(dev) = cuda_device() else {
+        eprintln!("SKIPPED cuda_matches_cpu: no CUDA device (CPU twins above ran)");
+        return;
+    };
+    let cases: [(DType, (usize, usize, usize, usize), f64, f64); 4] = [
+        (DType::F32, (2, 3, 100, 64), 2e-5, 1e-4),
+        (DType::F32, (1, 2, 256, 64), 2e-5, 1e-4),
+        (DType::BF16, (2, 2, 97, 64), 0.0, 1.0 / 64.0),
+        (DType::BF16, (1, 4, 192, 64), 0.0, 1.0 / 64.0),
+    ];
+    for (i, (dt, shape, abs, rel)) in cases.into_iter().enumerate() {
+        let (co, cg) = out_and_grad(flash_causal_attention, shape, dt, &Device::Cpu, 10 + i as u64);
+        let (go, gg) = out_and_grad(flash_causal_attention, shape, dt, &dev, 10 + i as u64);
+        let scale = |x: &[f64]| x.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+        let (oabs, gabs) = if dt == DType::BF16 { (0.01 * scale(&co), 0.01 * scale(&cg)) } else { (abs, abs) };
+        assert_close(&format!("cuda {dt:?} {shape:?} out"), &go, &co, oabs, rel);
+        assert_close(&format!("cuda {dt:?} {shape:?} dqkv"), &gg, &cg, gabs, rel);
+    }
+    // The routing and the refusal.
+    let q = Tensor::zeros((1, 1, 8, 64), DType::BF16, &dev).unwrap();
+    assert!(fused_supported(&q));
+    let q32 = Tensor::zeros((1, 1, 8, 32), DType::BF16, &dev).unwrap();
+    let err = flash_causal_attention(&q32, &q32, &q32).unwrap_err().to_string();
+    assert!(err.contains("head size 64") && err.contains("causal_attention"), "{err}");
+    assert!(causal_attention(&q32, &q32, &q32).is_ok(), "HS = 32 falls back to the composed path");
+}
+
+fn cuda_device() -> Option<Device> {
+    if !candle_core::utils::cuda_is_available() {
+        return None;
+    }
+    Device::new_cuda(0).ok()
+}
