@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The lead's GPU-machine script: everything tokenmill measures on the device, in one call.
+# Run from the repo root on the device with .dist/ carried (see scripts/device-pack.sh):
+#   scripts/device-run.sh STEP...      STEP in: env prep train bench compare ddp kernels
+# Writes logs under $OUT (or /tmp/tm-out) and prints a short summary of each step last.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/tm-out}"; mkdir -p "$OUT"
+BIN="$PWD/.dist/tokenmill"
+[ -x "$BIN" ] || { gunzip -kf .dist/tokenmill.gz && chmod +x "$BIN"; }
+PY=/opt/torch/.venv/bin/python3
+NV=/opt/torch/.venv/lib/python3.12/site-packages/nvidia
+export LD_LIBRARY_PATH="$(ls -d "$NV"/*/lib 2>/dev/null | tr '\n' ':')${LD_LIBRARY_PATH:-}"
+export TOKENMILL_R50K_RANKS="$PWD/.dist/r50k_base.tiktoken"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+SUMMARY="$OUT/summary.txt"; : > "$SUMMARY"
+note() { echo "$*" | tee -a "$SUMMARY"; }
+
+data() {  # FineWeb shards for GPU runs: 1M-token shards (val 1M, train 3.36M tokens)
+  [ -f "$OUT/fw/manifest.json" ] || "$BIN" prep fineweb --no-progress --input .dist/parquet --out "$OUT/fw" --shard-size 1000000 > "$OUT/prep_fw.log" 2>&1
+}
+
+for step in "$@"; do
+  case "$step" in
+  env)
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+    ldd "$BIN" | grep -E "not found|cuda|cublas|nccl|curand" | tee "$OUT/ldd.txt"
+    note "env: $(tail -n 1 "$OUT/gpu.txt"); $(grep -c 'not found' "$OUT/ldd.txt") missing libs"
+    ;;
+  prep)  # tokenmill vs the Python reference, pinned to 2 cores (the dev machine's size), 4x the corpus
+    CORES=0,1 BIN="$BIN" PYTHON="$PY" REPEATS=3 SHARD_SIZE=10000000 REPLICATE=4 \
+      bench/prep_compare.sh .dist/parquet 1 2 > "$OUT/prep_compare.log" 2>&1
+    note "prep compare (2 pinned cores):"; tail -n 6 "$OUT/prep_compare.log" | tee -a "$SUMMARY"
+    CORES=0-15 BIN="$BIN" PYTHON="$PY" REPEATS=1 SHARD_SIZE=10000000 REPLICATE=4 \
+      bench/prep_compare.sh .dist/parquet 4 8 16 > "$OUT/prep_compare_16.log" 2>&1
+    note "prep scaling (16 cores):"; tail -n 6 "$OUT/prep_compare_16.log" | tee -a "$SUMMARY"
+    ;;
+  train)  # 124M, bf16, total batch 524288, largest micro-batch that fits
+    data
+    for B in ${TRAIN_B:-64 32 16}; do
+      rm -rf "$OUT/log124m"
+      timeout 300 "$BIN" train --config configs/gpt2-124m.toml --data "$OUT/fw" --device cuda --dtype bf16 \
+        --max-steps "${TRAIN_STEPS:-12}" --log-dir "$OUT/log124m" --set data.micro_batch=$B \
+        --set eval.val_every=0 --set eval.sample_every=0 --set eval.hellaswag_every=0 --set checkpoint.every=0 \
+        > "$OUT/train_B$B.log" 2>&1
+      rc=$?
+      note "train 124M B=$B rc=$rc: $(grep -E '^step' "$OUT/train_B$B.log" | tail -n 1)"
+      [ $rc = 0 ] && break
+      tail -n 5 "$OUT/train_B$B.log" | tee -a "$SUMMARY"
+    done
+    ;;
+  bench)
+    "$BIN" bench --model small --batch "${BENCH_B:-16}" --seq-len 1024 --dtype bf16 --device cuda \
+      --total-batch 524288 --warmup 2 --steps 5 --json "$OUT/bench_124m.json" > "$OUT/bench_124m.txt" 2>&1
+    note "bench 124M:"; tail -n 12 "$OUT/bench_124m.txt" | tee -a "$SUMMARY"
+    ;;
+  compare)
+    "$BIN" bench compare --model small --batch "${BENCH_B:-16}" --seq-len 1024 --total-batch 524288 --warmup 2 \
+      --steps 5 --device cuda --python "$PY" --json "$OUT/compare_124m.json" > "$OUT/compare_124m.txt" 2>&1
+    note "compare 124M:"; tail -n 8 "$OUT/compare_124m.txt" | tee -a "$SUMMARY"
+    ;;
+  ddp)
+    [ -x scripts/gpu-ddp-check.sh ] && BIN="$BIN" scripts/gpu-ddp-check.sh > "$OUT/ddp.log" 2>&1
+    note "ddp WORLD_SIZE=1 rc=$?: $(tail -n 3 "$OUT/ddp.log" | tr '\n' ' ')"
+    ;;
+  kernels)
+    [ -x scripts/gpu-kernel-check.sh ] && scripts/gpu-kernel-check.sh run > "$OUT/kernels.log" 2>&1
+    note "kernels rc=$?:"; tail -n 12 "$OUT/kernels.log" | tee -a "$SUMMARY"
+    ;;
+  *) echo "unknown step $step" >&2; exit 2 ;;
+  esac
+done
+echo "===== summary"; cat "$SUMMARY"
