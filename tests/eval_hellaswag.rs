@@ -76,7 +76,12 @@ fn matches_per_ending_reference_on_real_tasks() {
         for (i, ending) in ex.endings.iter().enumerate() {
             let row: Vec<u32> = ex.context.iter().chain(ending).copied().collect();
             let want = reference_sum_loss(&*model, &row, ex.context.len());
-            assert!((s.sum_loss[i] - want).abs() < 1e-3 * want, "example {} ending {i}: {} vs {want}", ex.index, s.sum_loss[i]);
+            assert!(
+                (s.sum_loss[i] - want).abs() < 1e-3 * want,
+                "example {} ending {i}: {} vs {want}",
+                ex.index,
+                s.sum_loss[i]
+            );
             let want_avg = want / ending.len() as f64;
             assert!((s.avg_loss[i] - want_avg).abs() < 1e-3 * want_avg);
         }

@@ -18,11 +18,18 @@ use tokenmill::model::attention::{causal_attention, causal_attention_slow};
 use tokenmill::model::kernels::attention::{flash_causal_attention, fused_supported, FLASH_HEAD_SIZE};
 
 /// `(q, k, v)` as GPT-2 makes them: views `(B, NH, T, HS)` of one `(B, T, 3 * NH * HS)` variable, plus the variable.
-fn qkv(rng: &mut ChaCha8Rng, (b, nh, t, hs): (usize, usize, usize, usize), dt: DType, dev: &Device) -> (Var, [Tensor; 3]) {
+fn qkv(
+    rng: &mut ChaCha8Rng,
+    (b, nh, t, hs): (usize, usize, usize, usize),
+    dt: DType,
+    dev: &Device,
+) -> (Var, [Tensor; 3]) {
     let c = nh * hs;
     let x: Vec<f64> = (0..b * t * 3 * c).map(|_| rng.gen_range(-1.0..1.0) * 1.5).collect();
     let var = Var::from_tensor(&Tensor::from_vec(x, (b, t, 3 * c), dev).unwrap().to_dtype(dt).unwrap()).unwrap();
-    let head = |i: usize| var.as_tensor().narrow(2, i * c, c).unwrap().reshape((b, t, nh, hs)).unwrap().transpose(1, 2).unwrap();
+    let head = |i: usize| {
+        var.as_tensor().narrow(2, i * c, c).unwrap().reshape((b, t, nh, hs)).unwrap().transpose(1, 2).unwrap()
+    };
     let heads = [head(0), head(1), head(2)];
     (var, heads)
 }
@@ -46,7 +53,13 @@ fn assert_close(what: &str, got: &[f64], want: &[f64], abs: f64, rel: f64) {
 type AttnFn = fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>;
 
 /// Output and d(sum(out * r))/d(qkv) of `f` on a fresh qkv variable from `seed`.
-fn out_and_grad(f: AttnFn, shape: (usize, usize, usize, usize), dt: DType, dev: &Device, seed: u64) -> (Vec<f64>, Vec<f64>) {
+fn out_and_grad(
+    f: AttnFn,
+    shape: (usize, usize, usize, usize),
+    dt: DType,
+    dev: &Device,
+    seed: u64,
+) -> (Vec<f64>, Vec<f64>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (var, [q, k, v]) = qkv(&mut rng, shape, dt, dev);
     let out = f(&q, &k, &v).unwrap();
@@ -101,7 +114,8 @@ fn finite_differences_f64() {
             let mut p = base.clone();
             p[i] += d;
             let x = Tensor::from_vec(p, dims.as_slice(), &Device::Cpu).unwrap();
-            let head = |j: usize| x.narrow(2, j * c, c).unwrap().reshape((1, t, 2, 4)).unwrap().transpose(1, 2).unwrap();
+            let head =
+                |j: usize| x.narrow(2, j * c, c).unwrap().reshape((1, t, 2, 4)).unwrap().transpose(1, 2).unwrap();
             f(&head(0), &head(1), &head(2))
         };
         let fd = (at(EPS) - at(-EPS)) / (2.0 * EPS);
@@ -146,6 +160,9 @@ fn mismatched_inputs_are_errors() {
     assert!(flash_causal_attention(&a, &a, &a.to_dtype(DType::F64).unwrap()).is_err());
 }
 
+/// (dtype, (B, NH, T, HS), abs, rel).
+type Case = (DType, (usize, usize, usize, usize), f64, f64);
+
 /// The CUDA kernels against the CPU twin (same inputs, same dtype): f32 and bf16, T a multiple of the tiles and
 /// not, and the GPT-2 head views (strided q, k, v). Also: HS != 64 on CUDA is an error naming the fallback, and
 /// `causal_attention` takes the fused path there.
@@ -155,7 +172,7 @@ fn cuda_matches_cpu() {
         eprintln!("SKIPPED cuda_matches_cpu: no CUDA device (CPU twins above ran)");
         return;
     };
-    let cases: [(DType, (usize, usize, usize, usize), f64, f64); 4] = [
+    let cases: [Case; 4] = [
         (DType::F32, (2, 3, 100, 64), 2e-5, 1e-4),
         (DType::F32, (1, 2, 256, 64), 2e-5, 1e-4),
         (DType::BF16, (2, 2, 97, 64), 0.0, 1.0 / 64.0),
@@ -183,4 +200,67 @@ fn cuda_device() -> Option<Device> {
         return None;
     }
     Device::new_cuda(0).ok()
+}
+
+/// Timings at GPT-2 124M shapes (NH = 12, T = 1024, HS = 64, bf16): the fused kernels at B = 64 (the training
+/// micro-batch) and both versions at B = 8 (the composed one keeps ~6 (B, NH, T, T) tensors per call). Checks the
+/// two agree at B = 8; prints `TIMING` lines for scripts/gpu-kernel-check.sh.
+#[test]
+#[ignore = "GPU timing; run by scripts/gpu-kernel-check.sh"]
+fn cuda_timing_gpt2_shapes() {
+    let Some(dev) = cuda_device() else {
+        eprintln!("SKIPPED cuda_timing_gpt2_shapes: no CUDA device");
+        return;
+    };
+    let (nh, t, hs) = (12, 1024, 64);
+    let mut outs = Vec::new();
+    let cases: [(&str, AttnFn, usize); 3] = [
+        ("fused", flash_causal_attention, 64),
+        ("fused", flash_causal_attention, 8),
+        ("composed", causal_attention_slow, 8),
+    ];
+    for (label, f, b) in cases {
+        let mut rng = ChaCha8Rng::seed_from_u64(21);
+        let c = nh * hs;
+        let x: Vec<f32> = (0..b * t * 3 * c).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let var = Var::from_tensor(&Tensor::from_vec(x, (b, t, 3 * c), &dev).unwrap().to_dtype(DType::BF16).unwrap())
+            .unwrap();
+        let head = |i: usize| {
+            var.as_tensor().narrow(2, i * c, c).unwrap().reshape((b, t, nh, hs)).unwrap().transpose(1, 2).unwrap()
+        };
+        let (q, k, v) = (head(0), head(1), head(2));
+        let run = |bwd: bool| -> Tensor {
+            let o = f(&q, &k, &v).unwrap();
+            if bwd {
+                let g = o.to_dtype(DType::F32).unwrap().sum_all().unwrap().backward().unwrap();
+                assert!(g.get(var.as_tensor()).is_some());
+            }
+            o
+        };
+        let o = run(true); // warm-up: PTX JIT, allocations
+        let time = |bwd: bool| {
+            dev.synchronize().unwrap();
+            let t0 = std::time::Instant::now();
+            const REPS: usize = 5;
+            for _ in 0..REPS {
+                run(bwd);
+            }
+            dev.synchronize().unwrap();
+            t0.elapsed().as_secs_f64() * 1e3 / REPS as f64
+        };
+        let (fwd, both) = (time(false), time(true));
+        // Causal attention FLOPs, FlashAttention's convention: forward 2 matmuls over half the (T, T) square,
+        // backward counted as 2.5x forward.
+        let fwd_flop = 4.0 * (b * nh) as f64 * (t * t / 2) as f64 * hs as f64;
+        eprintln!(
+            "TIMING attention {label:8} B={b:2} NH={nh} T={t} HS={hs} bf16: fwd {fwd:8.2} ms ({:5.1} TFLOP/s)  fwd+bwd {both:8.2} ms ({:5.1} TFLOP/s)",
+            fwd_flop / (fwd * 1e-3) / 1e12,
+            3.5 * fwd_flop / (both * 1e-3) / 1e12
+        );
+        if b == 8 {
+            outs.push(f64s(&o));
+        }
+    }
+    let scale = outs[1].iter().fold(0.0f64, |m, w| m.max(w.abs()));
+    assert_close("timing case: fused vs composed (B=8, bf16)", &outs[0], &outs[1], 0.02 * scale, 1.0 / 32.0);
 }

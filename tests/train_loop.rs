@@ -70,7 +70,10 @@ fn quiet(resume: Resume) -> TrainerOptions {
 }
 
 fn train_losses(history: &[Event]) -> Vec<(usize, f32)> {
-    history.iter().filter_map(|e| if let Event::Train { step, loss, .. } = e { Some((*step, *loss)) } else { None }).collect()
+    history
+        .iter()
+        .filter_map(|e| if let Event::Train { step, loss, .. } = e { Some((*step, *loss)) } else { None })
+        .collect()
 }
 
 fn params_f32(t: &Trainer) -> Vec<(String, Vec<f32>)> {
@@ -113,7 +116,11 @@ fn overfits_a_single_batch_gpt2_and_llama() {
         let (first, last) = (losses[0].1, losses.last().unwrap().1);
         eprintln!("{arch} single batch: loss {first} -> {last}");
         assert!(first > 10.0, "{arch}: an untrained model starts near ln(50304) = 10.8, got {first}");
-        assert!(last < 0.1, "{arch}: overfitting one batch must drive the loss under 0.1, got {last} after {} steps", losses.len());
+        assert!(
+            last < 0.1,
+            "{arch}: overfitting one batch must drive the loss under 0.1, got {last} after {} steps",
+            losses.len()
+        );
     }
 }
 
@@ -239,9 +246,14 @@ fn resume_continues_bit_for_bit() {
     let strip = |h: &[Event]| -> Vec<Event> {
         h.iter()
             .map(|e| match e {
-                Event::Train { step, loss, lr, grad_norm, .. } => {
-                    Event::Train { step: *step, loss: *loss, lr: *lr, grad_norm: *grad_norm, ms: 0.0, tokens_per_s: 0.0 }
-                }
+                Event::Train { step, loss, lr, grad_norm, .. } => Event::Train {
+                    step: *step,
+                    loss: *loss,
+                    lr: *lr,
+                    grad_norm: *grad_norm,
+                    ms: 0.0,
+                    tokens_per_s: 0.0,
+                },
                 other => other.clone(),
             })
             .collect()
@@ -258,7 +270,10 @@ fn resume_continues_bit_for_bit() {
     }
     assert!(checkpoint::step_dir(&dir.path().join("split/checkpoints"), 6).join(checkpoint::STATE_FILE).is_file());
     let (sa, sb) = (checkpoint::load_state(&a).unwrap(), checkpoint::load_state(&b).unwrap());
-    assert_eq!((sa.step, sa.optimizer_steps, &sa.train_loader, &sa.rng), (sb.step, sb.optimizer_steps, &sb.train_loader, &sb.rng));
+    assert_eq!(
+        (sa.step, sa.optimizer_steps, &sa.train_loader, &sa.rng),
+        (sb.step, sb.optimizer_steps, &sb.train_loader, &sb.rng)
+    );
     assert_eq!(params_f32(&straight), params_f32(&second));
 }
 
@@ -272,7 +287,10 @@ fn shipped_configs_resolve() {
         cfg.grad_accum_steps(1).unwrap();
     }
     let c = TrainConfig::resolve(Some(&repo().join("configs/gpt2-124m.toml")), &[]).unwrap();
-    assert_eq!(c, TrainConfig::resolve(None, &["eval.hellaswag_file=\"shards/hellaswag/hellaswag_val.bin\"".into()]).unwrap());
+    assert_eq!(
+        c,
+        TrainConfig::resolve(None, &["eval.hellaswag_file=\"shards/hellaswag/hellaswag_val.bin\"".into()]).unwrap()
+    );
     assert_eq!((c.grad_accum_steps(1).unwrap(), c.optim.warmup_steps, c.optim.max_steps), (8, 715, 19073));
 }
 
@@ -287,7 +305,16 @@ fn binary_trains_resumes_and_reports() {
         let mut cmd = std::process::Command::new(bin);
         cmd.args(["train", "--config"]).arg(repo().join("configs/tiny-cpu.toml"));
         cmd.arg("--data").arg(&data).arg("--log-dir").arg(&log);
-        cmd.args(["--max-steps", "6", "--set", "eval.val_every=3", "--set", "eval.val_steps=2", "--set", "eval.sample_every=0"]);
+        cmd.args([
+            "--max-steps",
+            "6",
+            "--set",
+            "eval.val_every=3",
+            "--set",
+            "eval.val_steps=2",
+            "--set",
+            "eval.sample_every=0",
+        ]);
         cmd.args(more);
         let out = cmd.output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -297,7 +324,10 @@ fn binary_trains_resumes_and_reports() {
     let out = train(&["--stop-after", "4"]);
     assert!(out.contains("[optim]") && out.contains("step     3 | loss:"), "{out}");
     let out = train(&["--resume"]);
-    assert!(out.contains("resumed from") && out.contains("step     5 | loss:") && !out.contains("step     3 |"), "{out}");
+    assert!(
+        out.contains("resumed from") && out.contains("step     5 | loss:") && !out.contains("step     3 |"),
+        "{out}"
+    );
     assert!(log.join("config.toml").is_file() && log.join("metrics.jsonl").is_file());
     let txt = std::fs::read_to_string(log.join("log.txt")).unwrap();
     assert_eq!(txt.lines().filter(|l| l.contains(" train ")).count(), 6, "{txt}");
@@ -306,5 +336,9 @@ fn binary_trains_resumes_and_reports() {
     let out = std::process::Command::new(bin).arg("report").arg(&log).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let svg = std::fs::read_to_string(log.join("report.svg")).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("val loss") && svg.contains("3.2924"), "{}", &svg[..200.min(svg.len())]);
+    assert!(
+        svg.starts_with("<svg") && svg.contains("val loss") && svg.contains("3.2924"),
+        "{}",
+        &svg[..200.min(svg.len())]
+    );
 }

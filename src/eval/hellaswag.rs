@@ -75,10 +75,11 @@ pub fn score_example(model: &dyn LanguageModel, ex: &Example, device: &Device) -
     if t < 2 {
         candle_core::bail!("HellaSwag example {} needs at least 2 tokens of context window", ex.index);
     }
-    let cols = |v: &[u32]| -> Vec<u32> { (0..NUM_COMPLETIONS).flat_map(|r| v[r * t_full + drop..(r + 1) * t_full].to_vec()).collect() };
+    let cols = |v: &[u32]| -> Vec<u32> {
+        (0..NUM_COMPLETIONS).flat_map(|r| v[r * t_full + drop..(r + 1) * t_full].to_vec()).collect()
+    };
     let tokens = cols(&tokens);
-    let mask: Vec<u8> =
-        (0..NUM_COMPLETIONS).flat_map(|r| mask[r * t_full + drop..(r + 1) * t_full].to_vec()).collect();
+    let mask: Vec<u8> = (0..NUM_COMPLETIONS).flat_map(|r| mask[r * t_full + drop..(r + 1) * t_full].to_vec()).collect();
 
     let idx = Tensor::from_vec(tokens, (NUM_COMPLETIONS, t), device)?; // (4, T)
     let logits = model.forward(&idx)?.to_dtype(DType::F32)?; // (4, T, V)

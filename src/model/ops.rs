@@ -126,17 +126,16 @@ pub fn cross_entropy_slow(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     token_cross_entropy_slow(logits, targets)?.mean_all()
 }
 
-/// Mean cross-entropy of the head `x @ weight^T` without the `(B, T, V)` reshapes of `linear`: `x (B, T, C)` in
-/// the compute dtype, `weight (V, C)` (the tied `wte`), `targets (B, T)`. The logits stay one `(B*T, V)` matmul
-/// output feeding the fused loss, so backward creates one `(B*T, V)` gradient instead of one per reshape (candle's
-/// autograd allocates a zero tensor and a sum for every node it passes a gradient through).
+/// Mean cross-entropy of the tied head `x @ weight^T`: `x (B, T, C)` in the compute dtype, `weight (V, C)` (the
+/// master `wte`, cast to x's dtype here), `targets (B, T)`. Head and loss are one autograd node
+/// (`kernels::linear_cross_entropy`): backward keeps 2 (B*T, V) tensors alive instead of 4.
 pub fn lm_head_cross_entropy(x: &Tensor, weight: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let (b, t, c) = x.dims3()?;
     if targets.dims() != [b, t] {
         candle_core::bail!("targets have shape {:?}, expected (B, T) = ({b}, {t})", targets.dims());
     }
-    let logits = x.reshape((b * t, c))?.matmul(&weight.to_dtype(x.dtype())?.t()?)?; // (B*T, V)
-    cross_entropy(&logits, &targets.flatten_all()?)
+    let x = x.reshape((b * t, c))?;
+    super::kernels::linear_cross_entropy(&x, &weight.to_dtype(x.dtype())?, &targets.flatten_all()?)?.mean_all()
 }
 
 /// Rotary embedding tables for positions `0..t` and head size `hs`: `(cos, sin)`, each `(T, HS/2)` in `dtype`.

@@ -32,12 +32,22 @@ pub const CHECKPOINT_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("{path}: {source}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error("{path}: not a valid checkpoint state: {source}")]
-    State { path: String, #[source] source: serde_json::Error },
-    #[error("{path}: checkpoint format_version {found} is newer than this tokenmill understands ({CHECKPOINT_VERSION})")]
+    State {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "{path}: checkpoint format_version {found} is newer than this tokenmill understands ({CHECKPOINT_VERSION})"
+    )]
     TooNew { path: String, found: u32 },
     #[error("{path}: not a checkpoint directory (no {STATE_FILE}); checkpoints are the step_NNNNNN directories `tokenmill train` writes")]
     NotACheckpoint { path: String },
@@ -196,7 +206,10 @@ mod tests {
         }
         let saved = RngState::capture(&rng);
         let mut back = saved.restore().unwrap();
-        assert_eq!((0..5).map(|_| rng.next_u64()).collect::<Vec<_>>(), (0..5).map(|_| back.next_u64()).collect::<Vec<_>>());
+        assert_eq!(
+            (0..5).map(|_| rng.next_u64()).collect::<Vec<_>>(),
+            (0..5).map(|_| back.next_u64()).collect::<Vec<_>>()
+        );
     }
 
     #[test]

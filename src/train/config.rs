@@ -17,11 +17,23 @@ pub const VOCAB_MULTIPLE: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: not valid TOML: {source}")]
-    Toml { path: String, #[source] source: Box<toml::de::Error> },
+    Toml {
+        path: String,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
     #[error("{origin}: {source}")]
-    Schema { origin: String, #[source] source: Box<toml::de::Error> },
+    Schema {
+        origin: String,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
     #[error("override `{0}`: expected KEY=VALUE with a dotted key such as optim.max_lr=3e-4")]
     BadOverride(String),
     #[error("override `{key}`: `{part}` is a value, not a section")]
@@ -150,7 +162,7 @@ impl Default for TrainConfig {
             optim: OptimSection {
                 max_lr: 6e-4,
                 min_lr_ratio: 0.1,
-                warmup_steps: 715,   // 375M warmup tokens (GPT-3) / 2**19 tokens per step
+                warmup_steps: 715, // 375M warmup tokens (GPT-3) / 2**19 tokens per step
                 max_steps: 19_073, // 10B tokens / 2**19 tokens per step
                 weight_decay: 0.1,
                 betas: [0.9, 0.95],
@@ -259,9 +271,8 @@ pub fn parse_compute_dtype(s: &str, device: &candle_core::Device) -> Result<Comp
 
 /// `cpu`, `cuda`, `cuda:N`, `auto`.
 pub fn parse_device(s: &str) -> Result<candle_core::Device, ConfigError> {
-    let cuda = |i: usize| {
-        candle_core::Device::new_cuda(i).map_err(|e| ConfigError::Invalid(format!("device `{s}`: {e}")))
-    };
+    let cuda =
+        |i: usize| candle_core::Device::new_cuda(i).map_err(|e| ConfigError::Invalid(format!("device `{s}`: {e}")));
     match s {
         "cpu" => Ok(candle_core::Device::Cpu),
         "auto" => {
@@ -319,9 +330,8 @@ impl TrainConfig {
         if !overrides.is_empty() {
             origin = format!("{origin} + command-line overrides");
         }
-        let mut cfg: TrainConfig = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e| ConfigError::Schema { origin, source: Box::new(e) })?;
+        let mut cfg: TrainConfig =
+            toml::Value::Table(table).try_into().map_err(|e| ConfigError::Schema { origin, source: Box::new(e) })?;
         cfg.model.fill_from_preset()?;
         cfg.validate()?;
         Ok(cfg)
@@ -362,7 +372,10 @@ impl TrainConfig {
             return bad("[optim] max_steps must be positive".into());
         }
         if o.max_lr.is_nan() || o.max_lr <= 0.0 || !(0.0..=1.0).contains(&o.min_lr_ratio) {
-            return bad(format!("[optim] max_lr {} must be > 0 and min_lr_ratio {} in [0, 1]", o.max_lr, o.min_lr_ratio));
+            return bad(format!(
+                "[optim] max_lr {} must be > 0 and min_lr_ratio {} in [0, 1]",
+                o.max_lr, o.min_lr_ratio
+            ));
         }
         if !o.betas.iter().all(|b| (0.0..1.0).contains(b)) || o.eps.is_nan() || o.eps <= 0.0 {
             return bad(format!("[optim] betas {:?} must be in [0, 1) and eps {} > 0", o.betas, o.eps));

@@ -109,7 +109,11 @@ pub struct LogSeries {
 #[derive(Debug, thiserror::Error)]
 pub enum LogParseError {
     #[error("{path}: {source}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}:{line}: expected `STEP train|val|hella VALUE`, found `{text}`")]
     BadLine { path: String, line: usize, text: String },
 }
@@ -126,7 +130,8 @@ pub fn read_log_txt(path: &Path) -> Result<LogSeries, LogParseError> {
         }
         let bad = || LogParseError::BadLine { path: p(), line: i + 1, text: line.to_string() };
         let mut parts = line.split_whitespace();
-        let (Some(step), Some(kind), Some(value), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(step), Some(kind), Some(value), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(bad());
         };
         let step: usize = step.parse().map_err(|_| bad())?;

@@ -7,10 +7,12 @@
 //! losses, norms and evaluation statistics are reduced in fp32.
 //!
 //! Files: `config` (TrainConfig, resolution), `schedule` (lr), `optim` (AdamW), `step` (micro-step, accumulation,
-//! the gradient-reduction seam, clipping), `checkpoint`, `log`, `sample`, `trainer` (the loop), `report` (SVG).
+//! the gradient-reduction seam, clipping), `checkpoint`, `log`, `sample`, `trainer` (the loop), `report` (SVG);
+//! `dist` is data-parallel training (process groups, and `DataParallel`, the multi-process `step::Reducer`).
 
 pub mod checkpoint;
 pub mod config;
+pub mod dist;
 pub mod log;
 pub mod optim;
 pub mod report;

@@ -23,7 +23,11 @@ pub enum ReportError {
     #[error("drawing the report: {0}")]
     Draw(String),
     #[error("{path}: {source}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn draw_err<E: std::fmt::Display>(e: E) -> ReportError {
@@ -57,15 +61,9 @@ pub fn render_svg(series: &LogSeries) -> Result<String, ReportError> {
         let root = SVGBackend::with_string(&mut svg, (1600, 600)).into_drawing_area();
         root.fill(&WHITE).map_err(draw_err)?;
         let (left, right) = root.split_horizontally(800);
-        let max_step = series
-            .train
-            .iter()
-            .chain(&series.val)
-            .chain(&series.hella)
-            .map(|&(s, _)| s)
-            .max()
-            .unwrap_or(0)
-            .max(1) as f64;
+        let max_step =
+            series.train.iter().chain(&series.val).chain(&series.hella).map(|&(s, _)| s).max().unwrap_or(0).max(1)
+                as f64;
 
         // Loss panel.
         let losses: Vec<f64> = series.train.iter().chain(&series.val).map(|&(_, v)| v).collect();
@@ -74,7 +72,10 @@ pub fn render_svg(series: &LogSeries) -> Result<String, ReportError> {
             .margin(15)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(0f64..max_step, y_range(&losses, GPT2_124M_VAL_LOSS, true, (f64::INFINITY, f64::NEG_INFINITY)))
+            .build_cartesian_2d(
+                0f64..max_step,
+                y_range(&losses, GPT2_124M_VAL_LOSS, true, (f64::INFINITY, f64::NEG_INFINITY)),
+            )
             .map_err(draw_err)?;
         let int = |x: &f64| format!("{x:.0}");
         chart.configure_mesh().x_desc("step").y_desc("loss").x_label_formatter(&int).draw().map_err(draw_err)?;
@@ -127,9 +128,7 @@ pub fn render_svg(series: &LogSeries) -> Result<String, ReportError> {
                 .map_err(draw_err)?
                 .label("HellaSwag acc_norm")
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-            chart
-                .draw_series(series.hella.iter().map(|p| Circle::new(pt(p), 3, BLUE.filled())))
-                .map_err(draw_err)?;
+            chart.draw_series(series.hella.iter().map(|p| Circle::new(pt(p), 3, BLUE.filled()))).map_err(draw_err)?;
         }
         chart
             .draw_series(DashedLineSeries::new(

@@ -109,11 +109,8 @@ impl Reducer for SingleProcess {
 
 /// The L2 norm of all gradients together, reduced in f32 on their device (one host sync for the result).
 pub fn global_grad_norm(grads: &[Option<Tensor>]) -> Result<f32> {
-    let squares = grads
-        .iter()
-        .flatten()
-        .map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all())
-        .collect::<Result<Vec<_>>>()?;
+    let squares =
+        grads.iter().flatten().map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all()).collect::<Result<Vec<_>>>()?;
     if squares.is_empty() {
         return Ok(0.0);
     }

@@ -39,7 +39,11 @@ pub enum TrainError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error("{path}: {source}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no training data: set [data] dir in the config or pass --data DIR (a directory `tokenmill prep` wrote)")]
     NoDataDir,
     #[error("{path}: the data has {data} token ids but the checkpoint's model was built for {model}")]
@@ -215,8 +219,8 @@ impl Trainer {
         }
 
         let log = if rank == 0 {
-            let log = RunLog::open(&cfg.run.log_dir, resume_dir.is_some(), opts.echo)
-                .map_err(io_err(&cfg.run.log_dir))?;
+            let log =
+                RunLog::open(&cfg.run.log_dir, resume_dir.is_some(), opts.echo).map_err(io_err(&cfg.run.log_dir))?;
             let path = cfg.run.log_dir.join("config.toml");
             crate::util::write_atomic(&path, cfg.to_toml().as_bytes()).map_err(io_err(&path))?;
             Some(log)
@@ -262,11 +266,7 @@ impl Trainer {
             "total desired batch size: {} => calculated gradient accumulation steps: {}",
             self.cfg.data.total_batch_tokens, self.grad_accum
         ));
-        log.note(&format!(
-            "train data: {} tokens in {} shards",
-            self.train.total_tokens(),
-            self.train.num_shards()
-        ));
+        log.note(&format!("train data: {} tokens in {} shards", self.train.total_tokens(), self.train.num_shards()));
         if let Some(dir) = resumed_from {
             log.note(&format!("resumed from {} at step {}", dir.display(), self.step));
         }

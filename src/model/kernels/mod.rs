@@ -3,7 +3,8 @@
 //! the composed candle version it replaces stays in `model::ops` / `model::attention` as its reference, held
 //! against it in tests/kernels_*.rs.
 //!
-//! - `cross_entropy`: softmax cross-entropy, per-row loss and one-pass `dlogits` (any device, f32/bf16/f16/f64).
+//! - `cross_entropy`: softmax cross-entropy, per-row loss and one-pass `dlogits` (any device, f32/bf16/f16/f64),
+//!   and the LM head + loss as one autograd node (`linear_cross_entropy`).
 //! - `attention`: FlashAttention-2 style causal attention, forward saving O and the row logsumexp, backward
 //!   recomputing P blockwise (CUDA, HS = 64; a row-by-row CPU implementation of the same algorithm is its twin).
 //!
@@ -15,4 +16,4 @@ pub mod cross_entropy;
 mod real;
 
 pub use attention::flash_causal_attention;
-pub use cross_entropy::{softmax_cross_entropy, IGNORE_INDEX};
+pub use cross_entropy::{linear_cross_entropy, softmax_cross_entropy, IGNORE_INDEX};

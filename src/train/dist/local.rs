@@ -128,8 +128,8 @@ impl Exchange for LocalCommunicator {
             let now = Instant::now();
             if now >= deadline {
                 let waiting_for = (0..self.world).filter(|&r| st.slots[r].is_none()).collect();
-                let secs = self.shared.timeout.as_secs();
-                return Err(self.fail(&mut st, DistError::Timeout { rank: self.rank, op, waiting_for, secs }));
+                let after = self.shared.timeout;
+                return Err(self.fail(&mut st, DistError::Timeout { rank: self.rank, op, waiting_for, after }));
             }
             st = self.shared.changed.wait_timeout(st, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
             if st.completed > round {

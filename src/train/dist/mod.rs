@@ -57,10 +57,10 @@ pub enum DistError {
     MissingEnv { source_name: &'static str, present: &'static str, missing: &'static str, hint: &'static str },
     #[error("rendezvous on {addr}: {msg}")]
     Rendezvous { addr: String, msg: String },
-    #[error("rendezvous on {addr}: {} did not arrive within {secs}s (world size {world}); check that every rank was started and can reach {addr}", rank_list(missing))]
-    NotArrived { addr: String, missing: Vec<usize>, world: usize, secs: u64 },
-    #[error("rank {rank}: {op} timed out after {secs}s waiting for {} (it hung, died or is stuck elsewhere)", rank_list(waiting_for))]
-    Timeout { rank: usize, op: &'static str, waiting_for: Vec<usize>, secs: u64 },
+    #[error("rendezvous on {addr}: {} did not arrive within {after:?} (world size {world}); check that every rank was started and can reach {addr}", rank_list(missing))]
+    NotArrived { addr: String, missing: Vec<usize>, world: usize, after: Duration },
+    #[error("rank {rank}: {op} timed out after {after:?} waiting for {} (it hung, died or is stuck elsewhere)", rank_list(waiting_for))]
+    Timeout { rank: usize, op: &'static str, waiting_for: Vec<usize>, after: Duration },
     #[error("rank {rank}: lost rank {peer} during {op}: {detail}")]
     PeerLost { rank: usize, peer: usize, op: &'static str, detail: String },
     #[error("rank {rank}: the job was aborted: {msg}")]

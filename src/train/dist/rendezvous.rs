@@ -105,7 +105,7 @@ fn serve(addr: &str, world: usize, group_id: &[u8], timeout: Duration) -> Result
                     addr: addr.to_string(),
                     missing,
                     world,
-                    secs: timeout.as_secs(),
+                    after: timeout,
                 });
             }
             let mut stream = match listener.accept() {
@@ -179,9 +179,8 @@ fn connect(addr: &str, rank: usize, world: usize, timeout: Duration) -> Result<(
         }
         if Instant::now() + RETRY_PAUSE >= deadline {
             return Err(rv_err(format!(
-                "rank {rank} could not reach rank 0 within {}s (last error: {last_error}); is rank 0 running, \
-                 and is MASTER_ADDR rank 0's host?",
-                timeout.as_secs()
+                "rank {rank} could not reach rank 0 within {timeout:?} (last error: {last_error}); is rank 0 \
+                 running, and is MASTER_ADDR rank 0's host?"
             )));
         }
         std::thread::sleep(RETRY_PAUSE);

@@ -58,7 +58,7 @@ impl TcpCommunicator {
 
     fn lost(&self, peer: usize, op: &'static str, e: &io::Error) -> DistError {
         if wire::is_timeout(e) {
-            DistError::Timeout { rank: self.rank, op, waiting_for: vec![peer], secs: self.timeout.as_secs() }
+            DistError::Timeout { rank: self.rank, op, waiting_for: vec![peer], after: self.timeout }
         } else {
             let detail = match e.kind() {
                 io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {

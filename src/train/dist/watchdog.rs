@@ -47,9 +47,8 @@ impl Watchdog {
                         let ran = since.elapsed();
                         if ran >= timeout {
                             let msg = format!(
-                                "{what} has not completed after {:.0}s (timeout {}s): a peer rank died or hung",
-                                ran.as_secs_f64(),
-                                timeout.as_secs()
+                                "{what} has not completed after {:.1}s (timeout {timeout:?}): a peer rank died or hung",
+                                ran.as_secs_f64()
                             );
                             *cur = None;
                             drop(cur);
