@@ -49,8 +49,11 @@ fn tcp_group(world: usize, timeout: Duration) -> Vec<TcpCommunicator> {
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
+/// What one rank saw in `run_collectives`: (sum, avg, f64 counts, broadcast, tensor avg).
+type Seen = (Vec<f32>, Vec<f32>, Vec<f64>, Vec<f32>, Vec<f32>);
+
 /// What every rank computes in `collectives_agree`: results of a fixed sequence of collectives.
-fn run_collectives(rank: usize, c: &dyn Communicator) -> (Vec<f32>, Vec<f32>, Vec<f64>, Vec<f32>, Vec<f32>) {
+fn run_collectives(rank: usize, c: &dyn Communicator) -> Seen {
     let world = c.world();
     // Values that are not exact in binary, so the summation order shows in the bits.
     let mut sum: Vec<f32> = (0..7).map(|i| 0.1 * (rank * 7 + i) as f32 + 1.0 / 3.0).collect();
@@ -71,15 +74,13 @@ fn run_collectives(rank: usize, c: &dyn Communicator) -> (Vec<f32>, Vec<f32>, Ve
 }
 
 fn expected_sum(world: usize) -> Vec<f32> {
-    (0..7)
-        .map(|i| (0..world).fold(0f32, |acc, r| acc + (0.1 * (r * 7 + i) as f32 + 1.0 / 3.0)))
-        .collect()
+    (0..7).map(|i| (0..world).fold(0f32, |acc, r| acc + (0.1 * (r * 7 + i) as f32 + 1.0 / 3.0))).collect()
 }
 
 #[test]
 fn collectives_agree_on_both_backends_bit_for_bit() {
     for world in [1, 3] {
-        let local = on_threads(LocalGroup::new(world, Duration::from_secs(20)), |r, c| run_collectives(r, &c));
+        let local = on_threads(LocalGroup::ranks(world, Duration::from_secs(20)), |r, c| run_collectives(r, &c));
         let tcp = on_threads(tcp_group(world, Duration::from_secs(20)), |r, c| run_collectives(r, &c));
         let mean_rank = (0..world).sum::<usize>() as f32 / world as f32;
         for results in [&local, &tcp] {
@@ -97,7 +98,7 @@ fn collectives_agree_on_both_backends_bit_for_bit() {
 
 #[test]
 fn ranks_that_disagree_are_named() {
-    let errs = on_threads(LocalGroup::new(3, Duration::from_secs(20)), |rank, c| {
+    let errs = on_threads(LocalGroup::ranks(3, Duration::from_secs(20)), |rank, c| {
         let mut buf = vec![1f32; if rank == 2 { 5 } else { 4 }];
         c.all_reduce_f32(&mut buf, ReduceOp::Sum).unwrap_err().to_string()
     });
@@ -136,7 +137,11 @@ fn rank_that_never_arrives_at_the_rendezvous_is_named() {
     );
     assert!(msgs[0].contains("rank 2 did not arrive within 1s"), "{}", msgs[0]);
     // Rank 1 learns the reason from rank 0 instead of timing out on its own.
-    assert!(msgs[1].contains("rank 1: the job was aborted") && msgs[1].contains("rank 2 did not arrive"), "{}", msgs[1]);
+    assert!(
+        msgs[1].contains("rank 1: the job was aborted") && msgs[1].contains("rank 2 did not arrive"),
+        "{}",
+        msgs[1]
+    );
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
 }
 
@@ -164,7 +169,7 @@ fn rendezvous_tolerates_any_start_order_and_refuses_a_mismatched_world() {
 fn hung_rank_times_out_naming_it() {
     // Local group: rank 1 stops responding (sleeps past the timeout) instead of joining the all-reduce.
     let t0 = Instant::now();
-    let errs = on_threads(LocalGroup::new(3, SHORT), |rank, c| {
+    let errs = on_threads(LocalGroup::ranks(3, SHORT), |rank, c| {
         if rank == 1 {
             thread::sleep(SHORT * 3);
             return String::new();
@@ -195,7 +200,7 @@ fn dead_rank_fails_the_others_at_once() {
     // The timeout is long; the failure must not wait for it.
     let long = Duration::from_secs(60);
     let t0 = Instant::now();
-    let errs = on_threads(LocalGroup::new(3, long), |rank, c| {
+    let errs = on_threads(LocalGroup::ranks(3, long), |rank, c| {
         c.barrier().unwrap();
         if rank == 2 {
             drop(c); // the thread ends (returns or panics): its handle is dropped
@@ -220,7 +225,7 @@ fn dead_rank_fails_the_others_at_once() {
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
 
     // After a failure the group refuses further collectives instead of exchanging garbage.
-    let errs = on_threads(LocalGroup::new(2, SHORT), |rank, c| {
+    let errs = on_threads(LocalGroup::ranks(2, SHORT), |rank, c| {
         if rank == 0 {
             let _ = c.all_reduce_f32(&mut [1.0], ReduceOp::Sum).unwrap_err();
             c.barrier().unwrap_err().to_string()
@@ -249,7 +254,8 @@ fn liveness_reports_a_lost_rank_to_everyone_but_not_a_clean_exit() {
             let (rank, tx) = (rv.rank, tx.clone());
             Liveness::start(rv, move |m| {
                 let _ = tx.lock().unwrap().send((rank, m));
-            }).unwrap()
+            })
+            .unwrap()
         })
         .collect();
     let mut monitors: Vec<Option<Liveness>> = monitors.into_iter().map(Some).collect();
@@ -286,9 +292,12 @@ fn abort_reaches_the_surviving_ranks() {
         .into_iter()
         .map(|rv| {
             let (rank, tx) = (rv.rank, tx.clone());
-            Some(Liveness::start(rv, move |m| {
-                let _ = tx.lock().unwrap().send((rank, m));
-            }).unwrap())
+            Some(
+                Liveness::start(rv, move |m| {
+                    let _ = tx.lock().unwrap().send((rank, m));
+                })
+                .unwrap(),
+            )
         })
         .collect();
     monitors[2] = None; // rank 2 crashes

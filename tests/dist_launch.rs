@@ -53,15 +53,15 @@ fn children_get_torchrun_variables_and_prefixed_output() {
 fn a_failing_rank_stops_the_others_at_once() {
     let (lines, sink) = collect();
     let t0 = Instant::now();
-    // Local rank 1 (global rank 3) fails after a moment; the others would run for a minute.
+    // Local rank 1 (global rank 4: node 1 of 3-process nodes) fails after a moment; the others would run for a minute.
     let script = r#"if [ "$LOCAL_RANK" = 1 ]; then sleep 0.3; echo "bad data" >&2; exit 3; fi; exec sleep 60"#;
     let err = launch(&sh_spec(script, 3), sink).unwrap_err();
-    assert!(matches!(err, LaunchError::RankFailed { rank: 3, .. }), "{err}");
+    assert!(matches!(err, LaunchError::RankFailed { rank: 4, .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("rank 3 exited with status 3"), "{msg}");
+    assert!(msg.contains("rank 4 exited with status 3"), "{msg}");
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     // The failing rank's last words are printed before the verdict.
-    assert!(lines.lock().unwrap().iter().any(|(r, _, l)| *r == 3 && l == "bad data"));
+    assert!(lines.lock().unwrap().iter().any(|(r, _, l)| *r == 4 && l == "bad data"));
 }
 
 /// A prepped tiny Shakespeare shard dir.

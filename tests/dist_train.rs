@@ -85,7 +85,7 @@ fn on_ranks<R: Send + 'static>(
     f: impl Fn(usize, &mut Trainer) -> R + Send + Sync + 'static,
 ) -> Vec<R> {
     let f = Arc::new(f);
-    let handles: Vec<_> = LocalGroup::new(world, timeout)
+    let handles: Vec<_> = LocalGroup::ranks(world, timeout)
         .into_iter()
         .enumerate()
         .map(|(rank, comm)| {
@@ -113,11 +113,9 @@ fn n_ranks_of_b_equal_one_rank_of_n_times_b() {
     let dir = tempfile::tempdir().unwrap();
     const STEPS: usize = 3;
     // 1 rank x B=4: 2 micro-steps of 4 x 32 per step.
-    let mut single = Trainer::new(
-        config(&dir.path().join("single"), &s(&["data.micro_batch=4"])),
-        TrainerOptions::default(),
-    )
-    .unwrap();
+    let mut single =
+        Trainer::new(config(&dir.path().join("single"), &s(&["data.micro_batch=4"])), TrainerOptions::default())
+            .unwrap();
     assert_eq!(single.grad_accum_steps(), 2);
     let single_stats: Vec<_> = (0..STEPS).map(|_| single.train_step().unwrap()).collect();
     let single_params = params(&single);
@@ -173,9 +171,16 @@ fn ranks_never_read_the_same_tokens() {
             for (r, loader) in ranks.iter_mut().enumerate() {
                 let mine = loader.next_batch().unwrap();
                 // Rank r's micro-batch is exactly rows [rB, (r+1)B) of the one-rank batch of N*B.
-                assert_eq!(mine.x[..], big.x[r * b * t..(r + 1) * b * t], "step {step} rank {r} (shuffle {shuffle_seed:?})");
+                assert_eq!(
+                    mine.x[..],
+                    big.x[r * b * t..(r + 1) * b * t],
+                    "step {step} rank {r} (shuffle {shuffle_seed:?})"
+                );
                 for row in mine.x.chunks(t) {
-                    assert!(seen.insert(row.to_vec()), "step {step}: rank {r} re-reads a row (shuffle {shuffle_seed:?})");
+                    assert!(
+                        seen.insert(row.to_vec()),
+                        "step {step}: rank {r} re-reads a row (shuffle {shuffle_seed:?})"
+                    );
                 }
             }
         }
@@ -204,8 +209,9 @@ fn val_loss_and_hellaswag_are_split_and_reduced() {
             &format!("eval.hellaswag_file={:?}", hs.path.display().to_string()),
         ])
     };
-    let mut single = Trainer::new(config(&dir.path().join("single"), &eval("data.micro_batch=4")), TrainerOptions::default())
-        .unwrap();
+    let mut single =
+        Trainer::new(config(&dir.path().join("single"), &eval("data.micro_batch=4")), TrainerOptions::default())
+            .unwrap();
     let (val, hella) = (single.val_loss().unwrap(), single.hellaswag().unwrap().unwrap());
     assert_eq!(hella.n, 5);
     let dist = on_ranks(
@@ -300,7 +306,7 @@ fn on_ranks_raw<R: Send + 'static>(
     f: impl Fn(usize, &mut Trainer) -> R + Send + Sync + 'static,
 ) -> Vec<R> {
     let f = Arc::new(f);
-    let handles: Vec<_> = LocalGroup::new(world, timeout)
+    let handles: Vec<_> = LocalGroup::ranks(world, timeout)
         .into_iter()
         .enumerate()
         .map(|(rank, comm)| {
@@ -318,11 +324,35 @@ fn on_ranks_raw<R: Send + 'static>(
 #[test]
 fn batch_that_does_not_divide_across_ranks_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let comm = LocalGroup::new(3, Duration::from_secs(5)).into_iter().next().unwrap();
+    let comm = LocalGroup::ranks(3, Duration::from_secs(5)).into_iter().next().unwrap();
     let reducer = Box::new(DataParallel::new(Arc::new(comm)));
-    let err = Trainer::new(config(dir.path(), &s(&["data.micro_batch=2"])), TrainerOptions { reducer, ..Default::default() })
-        .err()
-        .expect("256 tokens do not split into micro-batches of 2 x 32 on 3 ranks")
-        .to_string();
+    let err =
+        Trainer::new(config(dir.path(), &s(&["data.micro_batch=2"])), TrainerOptions { reducer, ..Default::default() })
+            .err()
+            .expect("256 tokens do not split into micro-batches of 2 x 32 on 3 ranks")
+            .to_string();
     assert!(err.contains("total_batch_tokens 256") && err.contains("* 3 = 192"), "{err}");
+}
+
+#[test]
+fn every_rank_starts_from_rank_zeros_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    // Rank 1 would initialise differently; DDP-style, rank 0's weights are broadcast at construction.
+    let out = on_ranks(
+        2,
+        Duration::from_secs(60),
+        |rank| {
+            let seed = format!("run.seed={}", 1000 + rank);
+            config(&dir.path().join(format!("r{rank}")), &s(&["data.micro_batch=2", &seed]))
+        },
+        Resume::No,
+        |_, t| params(t),
+    );
+    assert_eq!(out[0], out[1]);
+    let own = Trainer::new(
+        config(&dir.path().join("own"), &s(&["data.micro_batch=2", "run.seed=1001"])),
+        TrainerOptions::default(),
+    )
+    .unwrap();
+    assert_ne!(params(&own), out[1], "seed 1001 alone gives other weights: the broadcast did something");
 }

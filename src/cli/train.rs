@@ -6,13 +6,21 @@
 //! tokenmill train --config configs/gpt2-124m.toml --data shards/edu_fineweb10B --device cuda
 //! tokenmill train --data shards/tinyshakespeare --log-dir log/tiny --resume          # latest checkpoint
 //! tokenmill train --resume log/tiny/checkpoints/step_000200 --set eval.val_every=50
+//! tokenmill launch --nproc-per-node 8 -- train --config configs/gpt2-124m.toml --data shards/edu_fineweb10B
 //! ```
+//!
+//! Data parallel: when RANK / WORLD_SIZE (our launcher, torchrun), SLURM_PROCID / SLURM_NTASKS or mpirun's variables
+//! are set, this process joins the job (NCCL on `cuda:LOCAL_RANK`, the tcp backend on CPU) before training; only rank
+//! 0 prints the config, logs, samples and checkpoints.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 
 use crate::train::checkpoint;
+use crate::train::dist::{self, Communicator, DataParallel, DistEnv, DistTimeouts};
+use crate::train::step::{Reducer, SingleProcess};
 use crate::train::{Resume, TrainConfig, Trainer, TrainerOptions};
 
 #[derive(clap::Args, Debug)]
@@ -72,6 +80,8 @@ impl Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let job = DistEnv::from_env().context("reading the data-parallel environment")?;
+    let rank0 = job.as_ref().is_none_or(|j| j.rank == 0);
     let overrides = args.overrides();
     let resume = match args.resume.as_deref() {
         None => Resume::No,
@@ -89,15 +99,51 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let state = checkpoint::load_state(&dir)?;
             let origin = format!("{}/{}", dir.display(), checkpoint::STATE_FILE);
             let cfg = TrainConfig::resolve_over(&state.config, &origin, None, &overrides)?;
-            println!("resuming with the config saved in {origin}");
+            if rank0 {
+                println!("resuming with the config saved in {origin}");
+            }
             cfg
         }
     };
-    println!("# resolved config\n{}", cfg.to_toml());
+    let mut cfg = cfg;
+    if let Some(j) = &job {
+        cfg.run.device = rank_device(&cfg.run.device, j);
+        // Fail here, the same way on every rank, rather than after the rendezvous.
+        cfg.grad_accum_steps(j.world)?;
+    }
+    if rank0 {
+        println!("# resolved config\n{}", cfg.to_toml());
+    }
 
-    let mut trainer = Trainer::new(cfg, TrainerOptions { resume, echo: true, ..Default::default() })
-        .context("setting up training")?;
+    let (reducer, comm): (Box<dyn Reducer>, Option<Arc<dyn Communicator>>) = match &job {
+        None => (Box::new(SingleProcess), None),
+        Some(j) => {
+            let device = cfg.run.device()?;
+            let timeouts = DistTimeouts::from_env()?;
+            let comm = dist::init(j, &device, timeouts)
+                .with_context(|| format!("rank {} joining the data-parallel job at {}", j.rank, j.master()))?;
+            println!("{}", dist::setup::describe(j, &*comm));
+            (Box::new(DataParallel::new(comm.clone())), Some(comm))
+        }
+    };
+
+    let mut trainer =
+        Trainer::new(cfg, TrainerOptions { resume, echo: rank0, reducer }).context("setting up training")?;
     trainer.run(args.stop_after).context("training")?;
-    println!("done: {} steps; logs in {}", trainer.step(), trainer.config().run.log_dir.display());
+    if let Some(comm) = &comm {
+        comm.shutdown().context("leaving the data-parallel job")?;
+    }
+    if rank0 {
+        println!("done: {} steps; logs in {}", trainer.step(), trainer.config().run.log_dir.display());
+    }
     Ok(())
+}
+
+/// `cuda` (and `auto` where CUDA is available) means this rank's GPU, `cuda:LOCAL_RANK`; anything explicit stays.
+fn rank_device(device: &str, job: &DistEnv) -> String {
+    match device {
+        "cuda" => job.cuda_device(),
+        "auto" if candle_core::utils::cuda_is_available() => job.cuda_device(),
+        other => other.to_string(),
+    }
 }

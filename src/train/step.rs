@@ -87,6 +87,10 @@ pub trait Reducer {
     }
     fn world_size(&self) -> usize;
     fn rank(&self) -> usize;
+    /// Give every process rank 0's parameters (once, before training), as DDP does at construction.
+    fn sync_params(&self, _params: &[Var]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// One process: the local values are already the global ones.

@@ -208,6 +208,7 @@ impl Trainer {
         }
         let params = model.parameters();
         let vars: Vec<Var> = params.iter().map(|(_, v)| v.clone()).collect();
+        opts.reducer.sync_params(&vars)?;
         let mut opt = AdamW::new(params, AdamWConfig::from_config(&cfg))?;
         let mut rng = ChaCha20Rng::seed_from_u64(cfg.run.seed);
         let mut step = 0;

@@ -100,11 +100,7 @@ pub(crate) trait Exchange {
     fn exchange(&self, collective: Collective, payload: Vec<u8>) -> Result<Vec<u8>, DistError>;
 }
 
-pub(crate) fn all_reduce<T: Elem>(
-    ex: &impl Exchange,
-    c: Collective,
-    buf: &mut [T],
-) -> Result<(), DistError> {
+pub(crate) fn all_reduce<T: Elem>(ex: &impl Exchange, c: Collective, buf: &mut [T]) -> Result<(), DistError> {
     let out = ex.exchange(c, to_bytes(buf))?;
     from_bytes(&out, buf);
     Ok(())

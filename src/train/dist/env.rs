@@ -212,12 +212,7 @@ mod tests {
 
     #[test]
     fn slurm_and_mpi_variables() {
-        let slurm = [
-            ("SLURM_PROCID", "5"),
-            ("SLURM_NTASKS", "16"),
-            ("SLURM_LOCALID", "5"),
-            ("MASTER_ADDR", "gpu001"),
-        ];
+        let slurm = [("SLURM_PROCID", "5"), ("SLURM_NTASKS", "16"), ("SLURM_LOCALID", "5"), ("MASTER_ADDR", "gpu001")];
         let e = parse(&slurm).unwrap().unwrap();
         assert_eq!((e.rank, e.local_rank, e.world, e.source), (5, 5, 16, EnvSource::Slurm));
         assert_eq!(e.master_port, DEFAULT_MASTER_PORT);
@@ -247,7 +242,13 @@ mod tests {
         assert!(e.contains("MASTER_ADDR"), "{e}");
         let e = err(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "h")]);
         assert!(e.contains("LOCAL_RANK"), "{e}");
-        let e = err(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "99999")]);
+        let e = err(&[
+            ("RANK", "0"),
+            ("WORLD_SIZE", "2"),
+            ("LOCAL_RANK", "0"),
+            ("MASTER_ADDR", "h"),
+            ("MASTER_PORT", "99999"),
+        ]);
         assert!(e.contains("MASTER_PORT"), "{e}");
         let e = err(&[("SLURM_PROCID", "1"), ("SLURM_NTASKS", "2"), ("SLURM_LOCALID", "1")]);
         assert!(e.contains("scontrol show hostnames"), "{e}");

@@ -24,13 +24,22 @@ pub enum LaunchError {
     #[error("launch: {0}")]
     Invalid(String),
     #[error("launch: cannot start rank {rank} ({program}): {source}")]
-    Spawn { rank: usize, program: String, #[source] source: std::io::Error },
+    Spawn {
+        rank: usize,
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("rank {rank} {status} after {secs:.1}s; stopped the other ranks on this node")]
     RankFailed { rank: usize, status: String, secs: f64 },
     #[error("interrupted by {signal}; stopped every rank on this node")]
     Interrupted { signal: &'static str },
     #[error("launch: waiting for rank {rank}: {source}")]
-    Wait { rank: usize, #[source] source: std::io::Error },
+    Wait {
+        rank: usize,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Which stream of a child a line came from.

@@ -92,7 +92,9 @@ fn watch(sh: Arc<Shared>, peer: usize, mut stream: TcpStream) {
     let msg = loop {
         match wire::read_frame(&mut stream) {
             Ok((Tag::Bye, _)) => return,
-            Ok((Tag::Abort, why)) => break format!("rank {me}: the job was aborted: {}", String::from_utf8_lossy(&why)),
+            Ok((Tag::Abort, why)) => {
+                break format!("rank {me}: the job was aborted: {}", String::from_utf8_lossy(&why))
+            }
             // Nothing else travels on these sockets once the rendezvous is done; ignore rather than die.
             Ok(_) => continue,
             Err(e) => {

@@ -16,7 +16,7 @@ pub struct LocalGroup;
 
 impl LocalGroup {
     /// `world` handles, one per rank thread; a collective fails after waiting `timeout` for a rank.
-    pub fn new(world: usize, timeout: Duration) -> Vec<LocalCommunicator> {
+    pub fn ranks(world: usize, timeout: Duration) -> Vec<LocalCommunicator> {
         assert!(world > 0, "a group has at least one rank");
         let shared = Arc::new(Shared {
             state: Mutex::new(State {

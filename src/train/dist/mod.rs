@@ -59,7 +59,10 @@ pub enum DistError {
     Rendezvous { addr: String, msg: String },
     #[error("rendezvous on {addr}: {} did not arrive within {after:?} (world size {world}); check that every rank was started and can reach {addr}", rank_list(missing))]
     NotArrived { addr: String, missing: Vec<usize>, world: usize, after: Duration },
-    #[error("rank {rank}: {op} timed out after {after:?} waiting for {} (it hung, died or is stuck elsewhere)", rank_list(waiting_for))]
+    #[error(
+        "rank {rank}: {op} timed out after {after:?} waiting for {} (it hung, died or is stuck elsewhere)",
+        rank_list(waiting_for)
+    )]
     Timeout { rank: usize, op: &'static str, waiting_for: Vec<usize>, after: Duration },
     #[error("rank {rank}: lost rank {peer} during {op}: {detail}")]
     PeerLost { rank: usize, peer: usize, op: &'static str, detail: String },
@@ -74,7 +77,11 @@ pub enum DistError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error("{what}: {source}")]
-    Io { what: String, #[source] source: std::io::Error },
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// "rank 2" / "ranks 1, 3".

@@ -68,15 +68,10 @@ impl NcclCommunicator {
     pub fn new(device: &Device, rv: Rendezvous, timeout: Duration) -> Result<NcclCommunicator, DistError> {
         let (rank, world) = (rv.rank, rv.world);
         let cuda = device.as_cuda_device()?.clone();
-        let raw: [std::ffi::c_char; NCCL_ID_BYTES] = rv
-            .group_id
-            .iter()
-            .map(|&b| b as std::ffi::c_char)
-            .collect::<Vec<_>>()
-            .try_into()
-            .map_err(|v: Vec<_>| {
-                rv.err(format!("rank 0 handed out a {}-byte id, NCCL needs {NCCL_ID_BYTES}", v.len()))
-            })?;
+        let raw: [std::ffi::c_char; NCCL_ID_BYTES] =
+            rv.group_id.iter().map(|&b| b as std::ffi::c_char).collect::<Vec<_>>().try_into().map_err(
+                |v: Vec<_>| rv.err(format!("rank 0 handed out a {}-byte id, NCCL needs {NCCL_ID_BYTES}", v.len())),
+            )?;
         let ctx = cuda.cuda_stream().context().clone();
         ctx.bind_to_thread().map_err(cuda_err("binding the CUDA context"))?;
         let stream = ctx.new_stream().map_err(cuda_err("creating the NCCL stream"))?;
@@ -160,8 +155,7 @@ impl CustomOp1 for DeviceOp<'_> {
         let out = comm
             .run(what, |nc| {
                 let src = storage.as_cuda_slice::<f32>().map_err(DistError::Candle)?.slice(start..end);
-                let mut dst =
-                    comm.stream.alloc_zeros::<f32>(end - start).map_err(cuda_err("allocating the result"))?;
+                let mut dst = comm.stream.alloc_zeros::<f32>(end - start).map_err(cuda_err("allocating the result"))?;
                 match self {
                     DeviceOp::AllReduce(_, op) => {
                         nc.all_reduce(&src, &mut dst, &nccl_op(*op)).map_err(nccl_err("ncclAllReduce"))?;

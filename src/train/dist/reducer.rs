@@ -120,6 +120,10 @@ impl Reducer for DataParallel {
     fn rank(&self) -> usize {
         self.comm.rank()
     }
+
+    fn sync_params(&self, params: &[Var]) -> Result<()> {
+        self.broadcast_params(params)
+    }
 }
 
 #[cfg(test)]

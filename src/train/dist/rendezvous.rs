@@ -101,12 +101,7 @@ fn serve(addr: &str, world: usize, group_id: &[u8], timeout: Duration) -> Result
             let now = Instant::now();
             if now >= deadline {
                 let missing = (1..world).filter(|&r| peers[r].is_none()).collect();
-                return Err(DistError::NotArrived {
-                    addr: addr.to_string(),
-                    missing,
-                    world,
-                    after: timeout,
-                });
+                return Err(DistError::NotArrived { addr: addr.to_string(), missing, world, after: timeout });
             }
             let mut stream = match listener.accept() {
                 Ok((s, _)) => s,
@@ -122,21 +117,33 @@ fn serve(addr: &str, world: usize, group_id: &[u8], timeout: Duration) -> Result
             stream.set_nodelay(true).map_err(io_err)?;
             stream.set_read_timeout(Some((deadline - now).max(Duration::from_millis(10)))).map_err(io_err)?;
             let (tag, payload) = wire::read_frame(&mut stream).map_err(io_err)?;
-            let (rank, their_world) = match tag {
-                Tag::Hello => wire::parse_hello(&payload).map_err(|m| rv_err(format!("connection from {from}: {m}")))?,
-                other => return Err(rv_err(format!("connection from {from}: expected a hello, got {other:?}"))),
+            let checked = (|| {
+                let (rank, their_world) = match tag {
+                    Tag::Hello => wire::parse_hello(&payload).map_err(|m| format!("connection from {from}: {m}"))?,
+                    other => return Err(format!("connection from {from}: expected a hello, got {other:?}")),
+                };
+                if their_world != world {
+                    return Err(format!(
+                        "rank {rank} (from {from}) was started with world size {their_world}, rank 0 with {world}"
+                    ));
+                }
+                if rank == 0 || rank >= world {
+                    return Err(format!("a rank from {from} claims rank {rank}, outside 1..{world}"));
+                }
+                if peers[rank].is_some() {
+                    return Err(format!("rank {rank} arrived twice (the second from {from}); check RANK"));
+                }
+                Ok(rank)
+            })();
+            let rank = match checked {
+                Ok(rank) => rank,
+                Err(msg) => {
+                    // The refused rank learns why too (the ranks already in hear it below).
+                    let e = rv_err(msg);
+                    let _ = wire::write_frame(&mut stream, Tag::Abort, e.to_string().as_bytes());
+                    return Err(e);
+                }
             };
-            if their_world != world {
-                return Err(rv_err(format!(
-                    "rank {rank} (from {from}) was started with world size {their_world}, rank 0 with {world}"
-                )));
-            }
-            if rank == 0 || rank >= world {
-                return Err(rv_err(format!("a rank from {from} claims rank {rank}, outside 1..{world}")));
-            }
-            if peers[rank].is_some() {
-                return Err(rv_err(format!("rank {rank} arrived twice (the second from {from}); check RANK")));
-            }
             peers[rank] = Some(stream);
         }
         Ok(())
