@@ -7,10 +7,10 @@
 //! synthetic token ids (uniform over the vocabulary, seeded), runs `warmup` untimed iterations and `steps` timed ones,
 //! each between two device synchronizations (`timer`), and records peak memory over the whole case (`memory`).
 //!
-//! What each computation runs (and what `train` runs): see `Computation`. `train_step` is `Trainer::train_step`
-//! call for call, fed from host buffers instead of the shard loader: lr from the schedule, per micro-step a host ->
-//! device upload of (x, y) and `micro_step`, `GradAccumulator`, `Reducer::reduce_grads` (single process),
-//! `clip_grad_norm`, the loss fetched to the host and checked, `AdamW::step`.
+//! What each computation runs (and what `train` runs): see `Computation`. `train_step` calls the same
+//! `step::optimizer_step` as `Trainer::train_step`, fed from host buffers instead of the shard loader: per micro-step
+//! a host -> device upload of (x, y) and `micro_step`, accumulation, the (single-process) reduce, clipping, the loss
+//! fetched to the host and checked, `AdamW::step` at the schedule's lr.
 
 use std::path::Path;
 
@@ -30,7 +30,7 @@ use crate::model::{LanguageModel, ModelConfig};
 use crate::train::config::{parse_compute_dtype, ComputeDtype, TrainConfig};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::schedule::LrSchedule;
-use crate::train::step::{clip_grad_norm, micro_step, GradAccumulator, Reducer, SingleProcess};
+use crate::train::step::{clip_grad_norm, micro_step, optimizer_step, SingleProcess};
 use crate::train::trainer::build_model;
 
 /// Micro-batch of a preset when `--batch` is not given (fits GPT-2 124M-350M fp32 on one 80 GB GPU, runs on a CPU).
@@ -552,7 +552,6 @@ pub fn run_case(spec: &CaseSpec, device: &Device) -> Result<RawMeasurement, Benc
         Computation::TrainStep => {
             let mut opt = AdamW::new(params.clone(), AdamWConfig::from_config(&spec.cfg))?;
             let schedule = LrSchedule::from_config(&spec.cfg);
-            let reducer = SingleProcess;
             let mut step = 0;
             iterate(
                 device,
@@ -560,23 +559,19 @@ pub fn run_case(spec: &CaseSpec, device: &Device) -> Result<RawMeasurement, Benc
                 n,
                 || Ok(()),
                 |()| {
-                    let lr = schedule.lr(step);
-                    let mut acc = GradAccumulator::new();
-                    for k in 0..accum {
-                        let (x, y) = host.upload(k, device)?;
-                        let (l, g) = micro_step(model, &vars, &x, &y, accum)?;
-                        acc.add(l, g)?;
-                    }
-                    let (mut l, mut g) = acc.finish().expect("grad_accum is at least 1");
-                    reducer.reduce_grads(&mut l, &mut g)?;
-                    clip_grad_norm(&mut g, spec.cfg.optim.grad_clip)?;
-                    let value = l.to_scalar::<f32>()?;
-                    if !value.is_finite() {
-                        return Err(BenchError::NonFinite { case: spec.name(), loss: value });
-                    }
-                    opt.step(&g, lr)?;
+                    let outcome = optimizer_step(
+                        model,
+                        &vars,
+                        accum,
+                        &SingleProcess,
+                        &mut opt,
+                        schedule.lr(step),
+                        spec.cfg.optim.grad_clip,
+                        |k| Ok::<_, BenchError>(host.upload(k, device)?),
+                        |loss| BenchError::NonFinite { case: spec.name(), loss },
+                    )?;
                     step += 1;
-                    Ok(l)
+                    Ok(Tensor::new(outcome.loss, &Device::Cpu)?)
                 },
                 &mut keep,
             )?

@@ -20,7 +20,7 @@ use crate::train::config::{ComputeDtype, ConfigError, TrainConfig};
 use crate::train::log::{Event, RunLog};
 use crate::train::optim::{AdamW, AdamWConfig, OptimError};
 use crate::train::schedule::LrSchedule;
-use crate::train::step::{clip_grad_norm, micro_step, GradAccumulator, Reducer, SingleProcess};
+use crate::train::step::{accumulate_grads, optimizer_step, Reducer, SingleProcess, StepOutcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -52,6 +52,14 @@ pub enum TrainError {
     NonFinite { step: usize, loss: f32 },
     #[error("{0}")]
     Resume(String),
+}
+
+/// A loader batch as device tensors (B, T) u32.
+fn upload(b: &Batch, device: &Device) -> Result<(Tensor, Tensor), TrainError> {
+    let shape = (b.batch_size, b.seq_len);
+    let x = Tensor::from_slice(&b.x, shape, device)?; // (B, T)
+    let y = Tensor::from_slice(&b.y, shape, device)?; // (B, T)
+    Ok((x, y))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -307,40 +315,32 @@ impl Trainer {
         Ok(())
     }
 
-    fn to_tensors(&self, b: &Batch) -> Result<(Tensor, Tensor), TrainError> {
-        let shape = (b.batch_size, b.seq_len);
-        let x = Tensor::from_slice(&b.x, shape, &self.device)?; // (B, T)
-        let y = Tensor::from_slice(&b.y, shape, &self.device)?; // (B, T)
-        Ok((x, y))
-    }
-
     /// The accumulated batch of one optimizer step: `grad_accum` micro-steps of forward + backward, then the
     /// gradients reduced across processes. Returns the mean loss (f32 scalar tensor) and one gradient per parameter
     /// (model order), not yet clipped.
     pub fn forward_backward(&mut self) -> Result<(Tensor, Vec<Option<Tensor>>), TrainError> {
-        let mut acc = GradAccumulator::new();
-        for _ in 0..self.grad_accum {
-            let batch = self.train.next_batch()?;
-            let (x, y) = self.to_tensors(&batch)?;
-            let (loss, grads) = micro_step(&*self.model, &self.vars, &x, &y, self.grad_accum)?;
-            acc.add(loss, grads)?;
-        }
-        let (mut loss, mut grads) = acc.finish().expect("grad_accum_steps is at least 1");
-        self.reducer.reduce_grads(&mut loss, &mut grads)?;
-        Ok((loss, grads))
+        let (train, device) = (&mut self.train, &self.device);
+        accumulate_grads(&*self.model, &self.vars, self.grad_accum, &*self.reducer, |_| {
+            upload(&train.next_batch()?, device)
+        })
     }
 
-    /// One optimizer step: `forward_backward`, clipping, AdamW at this step's learning rate.
+    /// One optimizer step (`step::optimizer_step`): `forward_backward`, clipping, AdamW at this step's learning rate.
     pub fn train_step(&mut self) -> Result<StepStats, TrainError> {
         let t0 = Instant::now();
         let lr = self.schedule.lr(self.step);
-        let (loss, mut grads) = self.forward_backward()?;
-        let grad_norm = clip_grad_norm(&mut grads, self.cfg.optim.grad_clip)?;
-        let loss = loss.to_scalar::<f32>()?;
-        if !loss.is_finite() {
-            return Err(TrainError::NonFinite { step: self.step, loss });
-        }
-        self.opt.step(&grads, lr)?;
+        let (train, device, step) = (&mut self.train, &self.device, self.step);
+        let StepOutcome { loss, grad_norm } = optimizer_step(
+            &*self.model,
+            &self.vars,
+            self.grad_accum,
+            &*self.reducer,
+            &mut self.opt,
+            lr,
+            self.cfg.optim.grad_clip,
+            |_| upload(&train.next_batch()?, device),
+            |loss| TrainError::NonFinite { step, loss },
+        )?;
         self.device.synchronize()?;
         let secs = t0.elapsed().as_secs_f64();
         let tokens = self.cfg.data.total_batch_tokens as f64;
@@ -361,7 +361,7 @@ impl Trainer {
             let mut total = 0f64;
             for _ in 0..steps {
                 let batch = val.next_batch()?;
-                let (x, y) = self.to_tensors(&batch)?;
+                let (x, y) = upload(&batch, &self.device)?;
                 // Detached: no graph is kept for evaluation.
                 total += self.model.loss(&x, &y)?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64;
             }
