@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CudaDevice, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use cudarc::driver::{CudaStream, DeviceRepr, ValidAsZeroBits};
 use cudarc::nccl::{Comm, Id, NcclType, ReduceOp as NcclOp};
 
@@ -48,8 +48,6 @@ pub struct NcclCommunicator {
     comm: Mutex<SendComm>,
     /// The stream NCCL runs on (created for it).
     stream: Arc<CudaStream>,
-    /// candle's device: its compute stream is synchronised before each collective.
-    device: candle_core::CudaDevice,
     watchdog: Watchdog,
     liveness: Liveness,
 }
@@ -82,18 +80,31 @@ impl NcclCommunicator {
             let _g = watchdog.guard(format!("rank {rank}: NCCL initialisation ({world} ranks)"));
             Comm::from_rank(stream.clone(), rank, world, Id::uninit(raw)).map_err(nccl_err("ncclCommInitRank"))?
         };
-        Ok(NcclCommunicator { rank, world, comm: Mutex::new(SendComm(comm)), stream, device: cuda, watchdog, liveness })
+        Ok(NcclCommunicator { rank, world, comm: Mutex::new(SendComm(comm)), stream, watchdog, liveness })
     }
 
     fn lock(&self) -> MutexGuard<'_, SendComm> {
         self.comm.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Run one collective: compute stream drained, NCCL call, NCCL stream drained, all under the watchdog.
-    fn run<R>(&self, what: String, f: impl FnOnce(&Comm) -> Result<R, DistError>) -> Result<R, DistError> {
+    /// Run one collective: `producer` (the stream that wrote the input, if any) drained, NCCL call, NCCL stream
+    /// drained, all under the watchdog.
+    ///
+    /// The producer is the input tensor's own device stream, not `self.device`'s: every `Device::new_cuda(i)` is a
+    /// separate candle device with its own stream, and the trainer's device is not the one this communicator was
+    /// created with. Draining the wrong stream let NCCL read a buffer whose last writes (the loss appended at the
+    /// end of the first bucket) had not landed yet (found on the H100: the logged loss read 0).
+    fn run<R>(
+        &self,
+        what: String,
+        producer: Option<&CudaDevice>,
+        f: impl FnOnce(&Comm) -> Result<R, DistError>,
+    ) -> Result<R, DistError> {
         let comm = self.lock();
         let _g = self.watchdog.guard(format!("rank {}: NCCL {what}", self.rank));
-        self.device.cuda_stream().synchronize().map_err(cuda_err("compute stream"))?;
+        if let Some(dev) = producer {
+            dev.cuda_stream().synchronize().map_err(cuda_err("compute stream"))?;
+        }
         let r = f(&comm.0)?;
         self.stream.synchronize().map_err(cuda_err(&what))?;
         Ok(r)
@@ -107,7 +118,7 @@ impl NcclCommunicator {
         if buf.is_empty() {
             return Ok(());
         }
-        self.run(format!("all_reduce of {} host values", buf.len()), |comm| {
+        self.run(format!("all_reduce of {} host values", buf.len()), None, |comm| {
             let mut dev = self.stream.clone_htod(&*buf).map_err(cuda_err("copy to device"))?;
             comm.all_reduce_in_place(&mut dev, &nccl_op(op)).map_err(nccl_err("ncclAllReduce"))?;
             self.stream.memcpy_dtoh(&dev, buf).map_err(cuda_err("copy to host"))?;
@@ -153,7 +164,7 @@ impl CustomOp1 for DeviceOp<'_> {
             DeviceOp::Broadcast(c, root) => (*c, format!("broadcast of {} f32 from rank {root}", end - start)),
         };
         let out = comm
-            .run(what, |nc| {
+            .run(what, Some(&storage.device), |nc| {
                 let src = storage.as_cuda_slice::<f32>().map_err(DistError::Candle)?.slice(start..end);
                 let mut dst = comm.stream.alloc_zeros::<f32>(end - start).map_err(cuda_err("allocating the result"))?;
                 match self {
@@ -191,7 +202,7 @@ impl Communicator for NcclCommunicator {
         if buf.is_empty() {
             return Ok(());
         }
-        self.run(format!("broadcast of {} host values from rank {root}", buf.len()), |comm| {
+        self.run(format!("broadcast of {} host values from rank {root}", buf.len()), None, |comm| {
             let mut dev = self.stream.clone_htod(&*buf).map_err(cuda_err("copy to device"))?;
             comm.broadcast_in_place(&mut dev, root as i32).map_err(nccl_err("ncclBroadcast"))?;
             self.stream.memcpy_dtoh(&dev, buf).map_err(cuda_err("copy to host"))?;
