@@ -28,10 +28,18 @@ for step in "$@"; do
     note "env: $(tail -n 1 "$OUT/gpu.txt"); $(grep -c 'not found' "$OUT/ldd.txt") missing libs"
     ;;
   prep)  # tokenmill vs the Python reference, pinned to 2 cores (the dev machine's size), 4x the corpus
-    CORES=0,1 BIN="$BIN" PYTHON="$PY" REPEATS=3 SHARD_SIZE=10000000 REPLICATE=4 \
+    # The reference needs tiktoken (carried as wheels in .dist/wheels by scripts/device-pack.sh) and pyarrow (too
+    # large to carry; used only if the machine's Python has it).
+    PYV="$OUT/pyref"; [ -x "$PYV/bin/python" ] || "$PY" -m venv --system-site-packages "$PYV" > /dev/null
+    "$PYV/bin/pip" install -q --no-index --find-links .dist/wheels tiktoken > "$OUT/pip.log" 2>&1
+    if ! "$PYV/bin/python" -c "import tiktoken, pyarrow, numpy" 2> "$OUT/pyref_missing.txt"; then
+      note "prep compare: skipped, the reference's Python lacks a module: $(tail -n 1 "$OUT/pyref_missing.txt")"
+      continue
+    fi
+    CORES=0,1 BIN="$BIN" PYTHON="$PYV/bin/python" REPEATS=3 SHARD_SIZE=10000000 REPLICATE=4 \
       bench/prep_compare.sh .dist/parquet 1 2 > "$OUT/prep_compare.log" 2>&1
     note "prep compare (2 pinned cores):"; tail -n 6 "$OUT/prep_compare.log" | tee -a "$SUMMARY"
-    CORES=0-15 BIN="$BIN" PYTHON="$PY" REPEATS=1 SHARD_SIZE=10000000 REPLICATE=4 \
+    CORES=0-15 BIN="$BIN" PYTHON="$PYV/bin/python" REPEATS=1 SHARD_SIZE=10000000 REPLICATE=4 \
       bench/prep_compare.sh .dist/parquet 4 8 16 > "$OUT/prep_compare_16.log" 2>&1
     note "prep scaling (16 cores):"; tail -n 6 "$OUT/prep_compare_16.log" | tee -a "$SUMMARY"
     ;;
