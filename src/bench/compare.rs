@@ -26,8 +26,8 @@ pub struct ReferenceOptions {
     pub script: PathBuf,
     /// torch.compile the model (the recipe; the first warm-up steps pay the compilation).
     pub compile: bool,
-    /// Appended to the generated arguments (e.g. `--no-tf32` when comparing fp32: candle's fp32 matmuls do not
-    /// use TF32, the recipe's do).
+    /// Appended to the generated arguments (e.g. `--no-tf32` to compare full-fp32 matmuls, with
+    /// a config with `run.tf32 = false` on tokenmill's side; both use TF32 by default, as the recipe does).
     pub extra_args: Vec<String>,
 }
 

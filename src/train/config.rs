@@ -146,6 +146,14 @@ pub struct RunSection {
     /// `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when this build and machine have it).
     pub device: String,
     pub log_dir: PathBuf,
+    /// Let fp32 matmuls on CUDA use TF32 tensor cores (PyTorch's `set_float32_matmul_precision("high")`, which
+    /// the recipe sets). Only matmuls still in fp32 are affected: under `bf16` those are none of the model's.
+    #[serde(default = "default_tf32")]
+    pub tf32: bool,
+}
+
+fn default_tf32() -> bool {
+    true
 }
 
 impl Default for TrainConfig {
@@ -182,7 +190,13 @@ impl Default for TrainConfig {
                 hellaswag_limit: None,
             },
             checkpoint: CheckpointSection { every: 5000, dir: None },
-            run: RunSection { seed: 1337, dtype: "auto".into(), device: "auto".into(), log_dir: PathBuf::from("log") },
+            run: RunSection {
+                seed: 1337,
+                dtype: "auto".into(),
+                device: "auto".into(),
+                log_dir: PathBuf::from("log"),
+                tf32: true,
+            },
         }
     }
 }
