@@ -6,6 +6,7 @@
 //! tokenmill train --config configs/gpt2-124m.toml --data shards/edu_fineweb10B --device cuda
 //! tokenmill train --data shards/tinyshakespeare --log-dir log/tiny --resume          # latest checkpoint
 //! tokenmill train --resume log/tiny/checkpoints/step_000200 --set eval.val_every=50
+//! tokenmill train --config configs/tiny-cpu.toml --data shards/tinyshakespeare --save-init   # + step_000000
 //! tokenmill launch --nproc-per-node 8 -- train --config configs/gpt2-124m.toml --data shards/edu_fineweb10B
 //! ```
 //!
@@ -49,6 +50,11 @@ pub struct Args {
     /// Stop after this many optimizer steps (with a checkpoint) without shortening the lr schedule.
     #[arg(long, value_name = "STEP")]
     pub stop_after: Option<usize>,
+    /// Before the first step, write the initial weights as checkpoint step_000000 (a fresh run only): the exact
+    /// starting point a reference implementation loads to train from the same weights
+    /// (bench/reference/track_ref.py, scripts/gpu-correctness.sh).
+    #[arg(long)]
+    pub save_init: bool,
     /// Any other setting as SECTION.KEY=VALUE (TOML value), e.g. --set optim.max_lr=3e-4. Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -129,6 +135,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let mut trainer =
         Trainer::new(cfg, TrainerOptions { resume, echo: rank0, reducer }).context("setting up training")?;
+    if args.save_init {
+        if trainer.step() != 0 {
+            anyhow::bail!(
+                "--save-init writes the step-0 weights of a fresh run, but this run resumes at step {}",
+                trainer.step()
+            );
+        }
+        // Saving draws no randomness and moves no loader, so the run that follows is the same as without it.
+        trainer.save_checkpoint().context("writing the initial checkpoint (--save-init)")?;
+    }
     trainer.run(args.stop_after).context("training")?;
     if let Some(comm) = &comm {
         comm.shutdown().context("leaving the data-parallel job")?;

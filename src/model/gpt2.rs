@@ -59,9 +59,10 @@ impl LayerNorm {
         LayerNorm { weight: t.get(&format!("{prefix}.weight")), bias: t.get(&format!("{prefix}.bias")) }
     }
 
-    /// `x (B, T, C)` -> normalised, in the reduce dtype.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::layer_norm(x, &self.weight, &self.bias, LAYER_NORM_EPS)
+    /// `x (B, T, C)` -> normalised, in `out` (the compute dtype: the fused kernel writes it directly, so no f32
+    /// copy of the activations is kept for the cast's backward).
+    fn forward(&self, x: &Tensor, out: DType) -> Result<Tensor> {
+        ops::layer_norm_to(x, &self.weight, &self.bias, LAYER_NORM_EPS, out)
     }
 }
 
@@ -105,9 +106,9 @@ impl Block {
     /// `x (B, T, C)`, the residual stream in the reduce dtype -> same.
     fn forward(&self, x: &Tensor, n_head: usize, cd: DType) -> Result<Tensor> {
         let rd = x.dtype();
-        let h = self.ln_1.forward(x)?.to_dtype(cd)?;
+        let h = self.ln_1.forward(x, cd)?;
         let x = (x + self.attn(&h, n_head)?.to_dtype(rd)?)?;
-        let h = self.ln_2.forward(&x)?.to_dtype(cd)?;
+        let h = self.ln_2.forward(&x, cd)?;
         let m = self.mlp_c_proj.forward(&ops::gelu_tanh(&self.c_fc.forward(&h)?)?)?;
         x + m.to_dtype(rd)?
     }
@@ -201,7 +202,7 @@ impl Gpt2 {
         for block in &self.blocks {
             x = block.forward(&x, self.cfg.n_head, cd)?;
         }
-        self.ln_f.forward(&x)?.to_dtype(cd)
+        self.ln_f.forward(&x, cd)
     }
 }
 

@@ -5,8 +5,8 @@
 //! with no backward, so gradients silently stop at them, and candle's built-in `gelu` backward uses 6-digit
 //! constants (~1e-7 relative error, which fails the f64 finite-difference check). Every function here is held against finite differences in
 //! f64 (tests/model_grad.rs) and runs on any candle backend (CPU, CUDA) in any float dtype. Fused kernels
-//! (`model::kernels`) come with their own backward; the cross-entropy here already routes to its fused kernel
-//! on every device, and the composed version stays as `*_slow`, its reference (tests/kernels_cross_entropy.rs).
+//! (`model::kernels`) come with their own backward; cross-entropy, LayerNorm and GELU here route to their fused
+//! kernels (CPU and CUDA), and each composed version stays as `*_slow`, its reference (tests/kernels_*.rs).
 //!
 //! Precision: statistics (LayerNorm/RMSNorm moments, softmax, the loss) are computed in `reduce_dtype` (f32, or
 //! f64 when the input is f64); matmuls and elementwise activations run in their input's dtype (bf16 on GPU).
@@ -37,9 +37,31 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     e.broadcast_div(&sum)
 }
 
-/// LayerNorm over the last dimension: `x (..., C)`, `weight (C)`, `bias (C)`. Statistics and the affine map run in
-/// `reduce_dtype(x)`, which is also the output dtype (the caller casts to the compute dtype for the next matmul).
+/// LayerNorm over the last dimension: `x (..., C)`, `weight (C)`, `bias (C)`, returned in `reduce_dtype(x)` (f32, or
+/// f64 for f64 x). The fused kernel (`kernels::layer_norm`) where it runs, the composed reference otherwise.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    layer_norm_to(x, weight, bias, eps, reduce_dtype(x.dtype()))
+}
+
+/// LayerNorm as `layer_norm`, returned in `out`: the models pass their compute dtype, so on the fused path the
+/// normalised activations are written once in bf16 instead of kept in f32 and cast. Statistics and the affine map
+/// run in `reduce_dtype(x)` on both paths; only the final rounding differs from `layer_norm(..)?.to_dtype(out)`.
+pub fn layer_norm_to(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, out: DType) -> Result<Tensor> {
+    let half_or_f32 = |d: DType| matches!(d, DType::F32 | DType::BF16 | DType::F16);
+    let fused = match (x.dtype(), out) {
+        (DType::F64, DType::F64) => x.device().is_cpu(),
+        (dx, o) => half_or_f32(dx) && half_or_f32(o) && (x.device().is_cpu() || x.device().is_cuda()),
+    };
+    if fused {
+        super::kernels::layer_norm(x, weight, bias, eps, out)
+    } else {
+        layer_norm_slow(x, weight, bias, eps)?.to_dtype(out)
+    }
+}
+
+/// `layer_norm` composed from candle ops: the reference the fused kernel is tested against. Statistics and the
+/// affine map run in `reduce_dtype(x)`, which is also the output dtype.
+pub fn layer_norm_slow(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let rd = reduce_dtype(x.dtype());
     let x = x.to_dtype(rd)?;
     let mean = x.mean_keepdim(D::Minus1)?; // (..., 1)
@@ -59,7 +81,17 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// GELU, tanh approximation (GPT-2's `gelu_new`): `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, in x's dtype.
+/// The fused kernel (`kernels::gelu_tanh`, f32 math, saves only x) on CPU and CUDA, the composed reference elsewhere.
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() || x.device().is_cuda() {
+        super::kernels::gelu_tanh(x)
+    } else {
+        gelu_tanh_slow(x)
+    }
+}
+
+/// `gelu_tanh` composed from candle ops (reference; math in x's dtype).
+pub fn gelu_tanh_slow(x: &Tensor) -> Result<Tensor> {
     const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
     // x * x * x rather than powf(3): powf's backward goes through powf(2) of a negative base on some backends.
     let cube = x.sqr()?.mul(x)?;
@@ -92,10 +124,12 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 }
 
 /// Embedding lookup: `table (V, C)`, `idx (B, T)` integer ids -> `(B, T, C)` in the table's dtype.
+/// The lookup is `kernels::embedding_lookup`: candle's gather forward, and a backward that on CUDA scatters rows in
+/// parallel instead of candle's column-serial `index_add` (on CPU it is that `index_add`).
 pub fn embedding(table: &Tensor, idx: &Tensor) -> Result<Tensor> {
     let (b, t) = idx.dims2()?;
     let (_, c) = table.dims2()?;
-    table.index_select(&idx.flatten_all()?, 0)?.reshape((b, t, c))
+    super::kernels::embedding_lookup(table, &idx.flatten_all()?)?.reshape((b, t, c))
 }
 
 /// Per-position cross-entropy: `logits (N, V)`, `targets (N)` integer ids -> `(N)` in `reduce_dtype(logits)`.

@@ -7,13 +7,24 @@
 //!   and the LM head + loss as one autograd node (`linear_cross_entropy`).
 //! - `attention`: FlashAttention-2 style causal attention, forward saving O and the row logsumexp, backward
 //!   recomputing P blockwise (CUDA, HS = 64; a row-by-row CPU implementation of the same algorithm is its twin).
+//! - `layer_norm`: LayerNorm saving only mean and rstd, output straight in the compute dtype, deterministic
+//!   dweight/dbias (CPU and CUDA, one warp per row).
+//! - `embedding`: the token embedding lookup, with a row-parallel scatter-add backward on CUDA (candle's
+//!   `index_add` walks the ids serially per column).
+//! - `gelu`: GELU (tanh approximation) saving only its input (CPU and CUDA, elementwise).
 //!
 //! `lab/` is the bench for the CUDA files without a GPU: `lab/run.sh` compiles the .cu kernels with g++ against a
 //! small CUDA emulation header and checks them against plain C++ references.
 
 pub mod attention;
 pub mod cross_entropy;
+pub mod embedding;
+pub mod gelu;
+pub mod layer_norm;
 mod real;
 
 pub use attention::flash_causal_attention;
+pub use embedding::{embedding_backward, embedding_lookup};
 pub use cross_entropy::{linear_cross_entropy, softmax_cross_entropy, IGNORE_INDEX};
+pub use gelu::gelu_tanh;
+pub use layer_norm::layer_norm;

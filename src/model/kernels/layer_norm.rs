@@ -1,0 +1,473 @@
+//! Fused LayerNorm over the last dim with its backward: `x (..., C)` (f32, bf16, f16; f64 on CPU), `weight`,
+//! `bias (C)` (cast to f32, or f64 for f64 x: the fp32 master weights go in as they are) -> `y (..., C)` in a dtype
+//! the caller picks (the compute dtype: the model's residual stream is f32 and the next matmul wants bf16, so the
+//! cast is part of the kernel). Statistics in f32 (f64 for f64). Forward saves only mean and rstd (N each) beside
+//! x, which autograd keeps anyway; backward returns dx (x's dtype), dweight and dbias (f32; f64 for f64).
+//!
+//! Why: the composed version (`ops::layer_norm_slow`) is ~10 candle ops in f32 whose autograd keeps ~5 (N, C) f32
+//! intermediates per call (~0.6 GB per LayerNorm at 124M, B = 32) plus the f32 output its cast to bf16 holds on to;
+//! this keeps 2N floats and returns bf16 directly.
+//!
+//! dweight/dbias are deterministic on both devices: rows are summed in fixed blocks of `BWD_ROWS` (CPU) or
+//! LN_BWD_ROWS (CUDA), then the block partials in block order.
+//! CPU: rayon over row blocks (the twin the tests hold against the composed reference and finite differences).
+//! CUDA: `layer_norm.cu`, one warp per row.
+
+use std::sync::Mutex;
+
+use candle_core::backend::BackendStorage;
+use candle_core::op::BackpropOp;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::real::{Elem, Real};
+
+/// Rows per CPU backward task (and per partial sum of dweight/dbias).
+const BWD_ROWS: usize = 64;
+
+/// LayerNorm of `x (..., C)` over its last dim, output in `out` (f32/bf16/f16 for f32/bf16/f16 x; f64 for f64 x),
+/// with a fused backward for x, weight and bias.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, out: DType) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let Some(&c) = dims.last() else { candle_core::bail!("layer norm of a scalar") };
+    let n = x.elem_count() / c.max(1);
+    if n == 0 || c == 0 {
+        candle_core::bail!("layer norm over an empty tensor {dims:?}");
+    }
+    if weight.dims() != [c] || bias.dims() != [c] {
+        candle_core::bail!(
+            "layer norm weight {:?} and bias {:?} must be ({c}) for x {dims:?}",
+            weight.dims(),
+            bias.dims()
+        );
+    }
+    let acc = stats_dtype(x.dtype(), out)?;
+    if x.device().is_cuda() && acc == DType::F64 {
+        candle_core::bail!("fused layer norm on CUDA takes f32, bf16 or f16; use ops::layer_norm_slow for f64");
+    }
+    let op = LayerNormOp { eps, out, stats: Mutex::new(None) };
+    let x2 = x.reshape((n, c))?.contiguous()?;
+    let w = weight.to_dtype(acc)?.contiguous()?;
+    let b = bias.to_dtype(acc)?.contiguous()?;
+    x2.apply_op3(&w, &b, op)?.reshape(dims)
+}
+
+/// The statistics' (and weights') dtype for input `x` and output `out`: f32, or f64 when both are f64.
+fn stats_dtype(x: DType, out: DType) -> Result<DType> {
+    let float = |d: DType| matches!(d, DType::F32 | DType::BF16 | DType::F16);
+    match (x, out) {
+        (DType::F64, DType::F64) => Ok(DType::F64),
+        (x, o) if float(x) && float(o) => Ok(DType::F32),
+        (x, o) => {
+            candle_core::bail!("layer norm: input {x:?} -> output {o:?} is not supported (f32/bf16/f16, or f64 -> f64)")
+        }
+    }
+}
+
+/// sqrt, the one function the statistics need beyond `Real`.
+trait Sqrt: Real {
+    fn sqrt(self) -> Self;
+}
+
+impl Sqrt for f32 {
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+}
+
+impl Sqrt for f64 {
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+}
+
+/// One call's op: the forward stores (mean, rstd) here for this call's backward.
+struct LayerNormOp {
+    eps: f64,
+    out: DType,
+    stats: Mutex<Option<(Tensor, Tensor)>>, // (N), (N) in the stats dtype
+}
+
+/// Forward on CPU: y (N, C) and per-row mean and rstd; the same operation order as `ops::layer_norm_slow`.
+fn cpu_fwd_typed<T: Elem<A>, O: Elem<A>, A: Sqrt>(
+    x: &[T],
+    w: &[A],
+    b: &[A],
+    c: usize,
+    eps: A,
+) -> (Vec<O>, Vec<A>, Vec<A>) {
+    let n = x.len() / c;
+    let mut y = vec![O::from_acc(A::ZERO); n * c];
+    let mut mean = vec![A::ZERO; n];
+    let mut rstd = vec![A::ZERO; n];
+    let cf = A::from_f64(c as f64);
+    y.par_chunks_mut(c).zip(mean.par_iter_mut().zip(rstd.par_iter_mut())).zip(x.par_chunks(c)).for_each(
+        |((yr, (m, r)), xr)| {
+            let mu = xr.iter().fold(A::ZERO, |s, v| s + v.to_acc()) / cf;
+            let var = xr.iter().fold(A::ZERO, |s, v| {
+                let d = v.to_acc() - mu;
+                s + d * d
+            }) / cf;
+            let rs = A::ONE / (var + eps).sqrt();
+            for (i, (o, v)) in yr.iter_mut().zip(xr).enumerate() {
+                *o = O::from_acc((v.to_acc() - mu) * rs * w[i] + b[i]);
+            }
+            *m = mu;
+            *r = rs;
+        },
+    );
+    (y, mean, rstd)
+}
+
+/// Backward on CPU: dx (N, C) in T, and dweight, dbias (C) summed over rows in fixed blocks of `BWD_ROWS`.
+fn cpu_bwd_typed<T: Elem<A>, O: Elem<A>, A: Real>(
+    x: &[T],
+    w: &[A],
+    mean: &[A],
+    rstd: &[A],
+    dy: &[O],
+    c: usize,
+) -> (Vec<T>, Vec<A>, Vec<A>) {
+    let mut dx = vec![T::from_acc(A::ZERO); x.len()];
+    let cf = A::from_f64(c as f64);
+    let partials: Vec<(Vec<A>, Vec<A>)> = dx
+        .par_chunks_mut(BWD_ROWS * c)
+        .enumerate()
+        .map(|(blk, dxb)| {
+            let (mut dw, mut db) = (vec![A::ZERO; c], vec![A::ZERO; c]);
+            for (k, dr) in dxb.chunks_mut(c).enumerate() {
+                let row = blk * BWD_ROWS + k;
+                let (xr, gr) = (&x[row * c..(row + 1) * c], &dy[row * c..(row + 1) * c]);
+                let (m, rs) = (mean[row], rstd[row]);
+                let (mut sg, mut sgx) = (A::ZERO, A::ZERO);
+                for i in 0..c {
+                    let xh = (xr[i].to_acc() - m) * rs;
+                    let d = gr[i].to_acc();
+                    let g = d * w[i];
+                    sg = sg + g;
+                    sgx = sgx + g * xh;
+                    dw[i] = dw[i] + d * xh;
+                    db[i] = db[i] + d;
+                }
+                let (sg, sgx) = (sg / cf, sgx / cf);
+                for i in 0..c {
+                    let xh = (xr[i].to_acc() - m) * rs;
+                    let g = gr[i].to_acc() * w[i];
+                    dr[i] = T::from_acc(rs * (g - sg - xh * sgx));
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    let (mut dw, mut db) = (vec![A::ZERO; c], vec![A::ZERO; c]);
+    for (pw, pb) in &partials {
+        for i in 0..c {
+            dw[i] = dw[i] + pw[i];
+            db[i] = db[i] + pb[i];
+        }
+    }
+    (dx, dw, db)
+}
+
+fn contiguous<'a, T>(s: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s[a..b]),
+        None => candle_core::bail!("layer norm: {what} must be contiguous"),
+    }
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c) = l1.shape().dims2()?;
+        macro_rules! go {
+            ($T:ty, $O:ty, $A:ty, $ov:ident, $av:ident) => {{
+                let (y, m, r) = cpu_fwd_typed::<$T, $O, $A>(
+                    contiguous(s1.as_slice::<$T>()?, l1, "x")?,
+                    contiguous(s2.as_slice::<$A>()?, l2, "weight")?,
+                    contiguous(s3.as_slice::<$A>()?, l3, "bias")?,
+                    c,
+                    <$A>::from_f64(self.eps),
+                );
+                (CpuStorage::$ov(y), CpuStorage::$av(m), CpuStorage::$av(r))
+            }};
+        }
+        let (y, m, r) = match (s1.dtype(), self.out) {
+            (DType::F32, DType::F32) => go!(f32, f32, f32, F32, F32),
+            (DType::F32, DType::BF16) => go!(f32, bf16, f32, BF16, F32),
+            (DType::F32, DType::F16) => go!(f32, f16, f32, F16, F32),
+            (DType::BF16, DType::BF16) => go!(bf16, bf16, f32, BF16, F32),
+            (DType::BF16, DType::F32) => go!(bf16, f32, f32, F32, F32),
+            (DType::BF16, DType::F16) => go!(bf16, f16, f32, F16, F32),
+            (DType::F16, DType::F16) => go!(f16, f16, f32, F16, F32),
+            (DType::F16, DType::F32) => go!(f16, f32, f32, F32, F32),
+            (DType::F16, DType::BF16) => go!(f16, bf16, f32, BF16, F32),
+            (DType::F64, DType::F64) => go!(f64, f64, f64, F64, F64),
+            (x, o) => {
+                candle_core::bail!("layer norm: input {x:?} -> output {o:?} is not supported")
+            }
+        };
+        self.save_stats(Storage::Cpu(m), Storage::Cpu(r), n);
+        Ok((y, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c) = l1.shape().dims2()?;
+        let start = |l: &Layout, what: &str| -> Result<usize> {
+            l.contiguous_offsets()
+                .map(|(a, _)| a)
+                .ok_or_else(|| candle_core::Error::Msg(format!("layer norm: {what} must be contiguous")))
+        };
+        let offs = [start(l1, "x")?, start(l2, "weight")?, start(l3, "bias")?];
+        let (y, m, r) = cuda::fwd([s1, s2, s3], offs, (n, c), self.out, self.eps as f32)?;
+        self.save_stats(Storage::Cuda(m), Storage::Cuda(r), n);
+        Ok((y, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some((mean, rstd)) = stats else { candle_core::bail!("layer norm backward before its forward") };
+        let dy = dy.to_dtype(self.out)?.contiguous()?;
+        let (dx, dw, db) = layer_norm_bwd(x, w, &mean, &rstd, &dy)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+impl LayerNormOp {
+    fn save_stats(&self, mean: Storage, rstd: Storage, n: usize) {
+        let t = |s| Tensor::from_storage(s, n, BackpropOp::none(), false);
+        // A poisoned lock only means another thread panicked mid-store; the value is still ours to replace.
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = Some((t(mean), t(rstd)));
+    }
+}
+
+/// dx (N, C) in x's dtype and dweight, dbias (C) in the stats dtype. All inputs contiguous (as the op made them).
+fn layer_norm_bwd(
+    x: &Tensor,
+    w: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    dy: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (n, c) = x.dims2()?;
+    let (xs, xl) = x.storage_and_layout();
+    let (ws, wl) = w.storage_and_layout();
+    let (ms, ml) = mean.storage_and_layout();
+    let (rs, rl) = rstd.storage_and_layout();
+    let (gs, gl) = dy.storage_and_layout();
+    let wrap = |s: Storage, shape: Shape| Tensor::from_storage(s, shape, BackpropOp::none(), false);
+    match (&*xs, &*ws, &*ms, &*rs, &*gs) {
+        (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(ms), Storage::Cpu(rs), Storage::Cpu(gs)) => {
+            macro_rules! go {
+                ($T:ty, $O:ty, $A:ty, $xv:ident, $av:ident) => {{
+                    let (dx, dw, db) = cpu_bwd_typed::<$T, $O, $A>(
+                        contiguous(xs.as_slice::<$T>()?, xl, "x")?,
+                        contiguous(ws.as_slice::<$A>()?, wl, "weight")?,
+                        contiguous(ms.as_slice::<$A>()?, ml, "mean")?,
+                        contiguous(rs.as_slice::<$A>()?, rl, "rstd")?,
+                        contiguous(gs.as_slice::<$O>()?, gl, "dy")?,
+                        c,
+                    );
+                    (CpuStorage::$xv(dx), CpuStorage::$av(dw), CpuStorage::$av(db))
+                }};
+            }
+            let (dx, dw, db) = match (xs.dtype(), gs.dtype()) {
+                (DType::F32, DType::F32) => go!(f32, f32, f32, F32, F32),
+                (DType::F32, DType::BF16) => go!(f32, bf16, f32, F32, F32),
+                (DType::F32, DType::F16) => go!(f32, f16, f32, F32, F32),
+                (DType::BF16, DType::BF16) => go!(bf16, bf16, f32, BF16, F32),
+                (DType::BF16, DType::F32) => go!(bf16, f32, f32, BF16, F32),
+                (DType::BF16, DType::F16) => go!(bf16, f16, f32, BF16, F32),
+                (DType::F16, DType::F16) => go!(f16, f16, f32, F16, F32),
+                (DType::F16, DType::F32) => go!(f16, f32, f32, F16, F32),
+                (DType::F16, DType::BF16) => go!(f16, bf16, f32, F16, F32),
+                (DType::F64, DType::F64) => go!(f64, f64, f64, F64, F64),
+                (x, g) => candle_core::bail!("layer norm backward: x {x:?} with dy {g:?} is not supported"),
+            };
+            Ok((
+                wrap(Storage::Cpu(dx), Shape::from((n, c))),
+                wrap(Storage::Cpu(dw), Shape::from(c)),
+                wrap(Storage::Cpu(db), Shape::from(c)),
+            ))
+        }
+        #[cfg(feature = "cuda")]
+        (Storage::Cuda(xs), Storage::Cuda(ws), Storage::Cuda(ms), Storage::Cuda(rs), Storage::Cuda(gs)) => {
+            let off = |l: &Layout| l.start_offset();
+            let (dx, dw, db) = cuda::bwd([xs, ws, ms, rs, gs], [off(xl), off(wl), off(ml), off(rl), off(gl)], (n, c))?;
+            Ok((
+                wrap(Storage::Cuda(dx), Shape::from((n, c))),
+                wrap(Storage::Cuda(dw), Shape::from(c)),
+                wrap(Storage::Cuda(db), Shape::from(c)),
+            ))
+        }
+        _ => candle_core::bail!("layer norm backward: x, weight, stats and dy must be on one CPU or CUDA device"),
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! Launchers for layer_norm.cu: forward one warp per row (LN_THREADS / 32 rows per block); backward one block
+    //! per LN_BWD_ROWS rows writing dweight/dbias partials, then `ln_bwd_reduce` over them.
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::{CudaStorage, DType, Result};
+    use half::{bf16, f16};
+
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/layer_norm.ptx"));
+    const MODULE: &str = "tokenmill_layer_norm";
+    /// LN_THREADS and LN_BWD_ROWS in layer_norm.cu.
+    const THREADS: u32 = 256;
+    const ROWS_PER_FWD_BLOCK: usize = THREADS as usize / 32;
+    const BWD_ROWS: usize = 64;
+
+    fn sfx(dt: DType) -> Result<&'static str> {
+        Ok(match dt {
+            DType::F32 => "f32",
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
+            dt => candle_core::bail!("fused layer norm on CUDA takes f32, bf16 or f16, got {dt:?}"),
+        })
+    }
+
+    fn cfg(blocks: usize) -> LaunchConfig {
+        LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+    }
+
+    /// `s`: x, weight, bias (f32) with their start offsets; returns y in `out`, mean and rstd (f32).
+    pub(super) fn fwd(
+        s: [&CudaStorage; 3],
+        offs: [usize; 3],
+        (n, c): (usize, usize),
+        out: DType,
+        eps: f32,
+    ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+        fn go<T: CudaDType + DeviceRepr, O: CudaDType + DeviceRepr>(
+            s: [&CudaStorage; 3],
+            offs: [usize; 3],
+            (n, c): (usize, usize),
+            name: &str,
+            eps: f32,
+        ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+            let dev = s[0].device();
+            let x = s[0].as_cuda_slice::<T>()?.slice(offs[0]..);
+            let w = s[1].as_cuda_slice::<f32>()?.slice(offs[1]..);
+            let b = s[2].as_cuda_slice::<f32>()?.slice(offs[2]..);
+            // SAFETY: the kernel writes every row of y and every mean/rstd entry.
+            let (y, mean, rstd) = unsafe { (dev.alloc::<O>(n * c)?, dev.alloc::<f32>(n)?, dev.alloc::<f32>(n)?) };
+            let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+            let mut a = func.builder();
+            let (n_i, c_i) = (n as i64, c as i64);
+            a.arg(&x).arg(&w).arg(&b).arg(&y).arg(&mean).arg(&rstd).arg(&n_i).arg(&c_i).arg(&eps);
+            // SAFETY: argument types match ln_fwd_* in layer_norm.cu.
+            unsafe { a.launch(cfg(n.div_ceil(ROWS_PER_FWD_BLOCK))) }.w()?;
+            let d = || dev.clone();
+            Ok((
+                CudaStorage::wrap_cuda_slice(y, d()),
+                CudaStorage::wrap_cuda_slice(mean, d()),
+                CudaStorage::wrap_cuda_slice(rstd, d()),
+            ))
+        }
+        let xt = s[0].dtype();
+        let name = format!("ln_fwd_{}_{}", sfx(xt)?, sfx(out)?);
+        match (xt, out) {
+            (DType::F32, DType::F32) => go::<f32, f32>(s, offs, (n, c), &name, eps),
+            (DType::F32, DType::BF16) => go::<f32, bf16>(s, offs, (n, c), &name, eps),
+            (DType::F32, DType::F16) => go::<f32, f16>(s, offs, (n, c), &name, eps),
+            (DType::BF16, DType::BF16) => go::<bf16, bf16>(s, offs, (n, c), &name, eps),
+            (DType::BF16, DType::F32) => go::<bf16, f32>(s, offs, (n, c), &name, eps),
+            (DType::BF16, DType::F16) => go::<bf16, f16>(s, offs, (n, c), &name, eps),
+            (DType::F16, DType::F16) => go::<f16, f16>(s, offs, (n, c), &name, eps),
+            (DType::F16, DType::F32) => go::<f16, f32>(s, offs, (n, c), &name, eps),
+            (DType::F16, DType::BF16) => go::<f16, bf16>(s, offs, (n, c), &name, eps),
+            (x, o) => candle_core::bail!("fused layer norm on CUDA: input {x:?} -> output {o:?} is not supported"),
+        }
+    }
+
+    /// `s`: x, weight, mean, rstd, dy with their start offsets; returns dx (x's dtype), dweight, dbias (f32).
+    pub(super) fn bwd(
+        s: [&CudaStorage; 5],
+        offs: [usize; 5],
+        (n, c): (usize, usize),
+    ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+        fn go<T: CudaDType + DeviceRepr, O: CudaDType + DeviceRepr>(
+            s: [&CudaStorage; 5],
+            offs: [usize; 5],
+            (n, c): (usize, usize),
+            name: &str,
+        ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+            let dev = s[0].device();
+            let x = s[0].as_cuda_slice::<T>()?.slice(offs[0]..);
+            let w = s[1].as_cuda_slice::<f32>()?.slice(offs[1]..);
+            let mean = s[2].as_cuda_slice::<f32>()?.slice(offs[2]..);
+            let rstd = s[3].as_cuda_slice::<f32>()?.slice(offs[3]..);
+            let dy = s[4].as_cuda_slice::<O>()?.slice(offs[4]..);
+            let p = n.div_ceil(BWD_ROWS);
+            // SAFETY: ln_bwd writes every row of dx and all 2 * p partial rows; ln_bwd_reduce every dw/db entry.
+            let (dx, partial, dw, db) = unsafe {
+                (dev.alloc::<T>(n * c)?, dev.alloc::<f32>(2 * p * c)?, dev.alloc::<f32>(c)?, dev.alloc::<f32>(c)?)
+            };
+            let (n_i, c_i, p_i) = (n as i64, c as i64, p as i64);
+            let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+            let mut a = func.builder();
+            a.arg(&x).arg(&w).arg(&mean).arg(&rstd).arg(&dy).arg(&dx).arg(&partial).arg(&n_i).arg(&c_i);
+            // SAFETY: argument types match ln_bwd_* in layer_norm.cu.
+            unsafe { a.launch(cfg(p)) }.w()?;
+            let func = dev.get_or_load_custom_func("ln_bwd_reduce", MODULE, PTX)?;
+            let mut a = func.builder();
+            a.arg(&partial).arg(&dw).arg(&db).arg(&p_i).arg(&c_i);
+            let rcfg =
+                LaunchConfig { grid_dim: (c.div_ceil(32) as u32, 1, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
+            // SAFETY: argument types match ln_bwd_reduce in layer_norm.cu.
+            unsafe { a.launch(rcfg) }.w()?;
+            let d = || dev.clone();
+            Ok((
+                CudaStorage::wrap_cuda_slice(dx, d()),
+                CudaStorage::wrap_cuda_slice(dw, d()),
+                CudaStorage::wrap_cuda_slice(db, d()),
+            ))
+        }
+        let (xt, gt) = (s[0].dtype(), s[4].dtype());
+        let name = format!("ln_bwd_{}_{}", sfx(xt)?, sfx(gt)?);
+        match (xt, gt) {
+            (DType::F32, DType::F32) => go::<f32, f32>(s, offs, (n, c), &name),
+            (DType::F32, DType::BF16) => go::<f32, bf16>(s, offs, (n, c), &name),
+            (DType::F32, DType::F16) => go::<f32, f16>(s, offs, (n, c), &name),
+            (DType::BF16, DType::BF16) => go::<bf16, bf16>(s, offs, (n, c), &name),
+            (DType::BF16, DType::F32) => go::<bf16, f32>(s, offs, (n, c), &name),
+            (DType::BF16, DType::F16) => go::<bf16, f16>(s, offs, (n, c), &name),
+            (DType::F16, DType::F16) => go::<f16, f16>(s, offs, (n, c), &name),
+            (DType::F16, DType::F32) => go::<f16, f32>(s, offs, (n, c), &name),
+            (DType::F16, DType::BF16) => go::<f16, bf16>(s, offs, (n, c), &name),
+            (x, g) => candle_core::bail!("fused layer norm backward on CUDA: x {x:?} with dy {g:?} is not supported"),
+        }
+    }
+}
