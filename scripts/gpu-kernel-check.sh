@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIST=.dist/kernels
-TESTS=(kernels_cross_entropy kernels_attention kernels_norm_act gpu_model)
+TESTS=(kernels_cross_entropy kernels_attention kernels_norm_act kernels_embedding dist_nccl gpu_model)
 
 build() {
   if ! command -v nvcc >/dev/null; then
