@@ -12,7 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIST=.dist/kernels
-TESTS=(kernels_cross_entropy kernels_attention kernels_norm_act kernels_embedding dist_nccl gpu_model)
+# One binary (tests/gpu/main.rs) holding every test file with a CUDA part, as these modules.
+TESTS=(gpu)
+MODULES=(kernels_cross_entropy kernels_attention kernels_norm_act kernels_embedding dist_nccl gpu_model)
 
 build() {
   if ! command -v nvcc >/dev/null; then
@@ -57,18 +59,19 @@ run() {
   local tmp; tmp="$(mktemp -d)"
   local status=0
   : > "$tmp/summary"
-  for t in "${TESTS[@]}"; do
-    gunzip -c "$DIST/$t.gz" > "$tmp/$t" && chmod +x "$tmp/$t"
+  for t in "${TESTS[@]}"; do gunzip -c "$DIST/$t.gz" > "$tmp/$t" && chmod +x "$tmp/$t"; done
+  local bin="$tmp/gpu"
+  for t in "${MODULES[@]}"; do
     echo "=== $t (correctness)"
-    if "$tmp/$t" --test-threads=1 --nocapture 2>&1 | tee "$tmp/$t.log"; then
+    if "$bin" "$t::" --test-threads=1 --nocapture 2>&1 | tee "$tmp/$t.log"; then
       echo "PASS $t" >> "$tmp/summary"
     else
       echo "FAIL $t" >> "$tmp/summary"; status=1
     fi
-    if command -v compute-sanitizer >/dev/null; then
+    if command -v compute-sanitizer >/dev/null && "$bin" --list 2>/dev/null | grep -q "^$t::cuda_matches_cpu: test"; then
       echo "=== $t cuda_matches_cpu under compute-sanitizer memcheck"
       local rc=0
-      timeout "${MEMCHECK_TIMEOUT:-90}" compute-sanitizer --tool memcheck --error-exitcode 9 "$tmp/$t" cuda_matches_cpu \
+      timeout "${MEMCHECK_TIMEOUT:-90}" compute-sanitizer --tool memcheck --error-exitcode 9 "$bin" "$t::cuda_matches_cpu" \
         --exact --test-threads=1 > "$tmp/$t.memcheck" 2>&1 || rc=$?
       if [ "$rc" = 0 ]; then
         echo "PASS $t memcheck" >> "$tmp/summary"
@@ -79,7 +82,7 @@ run() {
       fi
     fi
     echo "=== $t (timings)"
-    "$tmp/$t" cuda_timing --ignored --test-threads=1 --nocapture 2>&1 | tee "$tmp/$t.timing" || status=1
+    "$bin" "$t::cuda_timing" --ignored --test-threads=1 --nocapture 2>&1 | tee "$tmp/$t.timing" || status=1
   done
   echo
   echo "===== summary"
