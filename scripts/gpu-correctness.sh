@@ -3,7 +3,7 @@
 #
 #   grads    gradients of every parameter on CUDA (f32 and bf16 compute) against the CPU in f64, and central finite
 #            differences on the CUDA f32 path: tests/gpu_model.rs, the binary scripts/gpu-kernel-check.sh build packs
-#            into .dist/kernels/gpu_model.gz. Fails if the test skipped its GPU part (no CUDA device).
+#            into .dist/kernels/gpu.gz (module gpu_model). Fails if the test skipped its GPU part (no CUDA device).
 #   tiny     the tiny config (configs/tiny-cpu.toml) on tiny Shakespeare, 50 steps from the same init (run.seed) on
 #            the same shards: per-step train loss of CUDA fp32 and CUDA bf16 against tokenmill's CPU fp32 run.
 #   124m     GPT-2 124M on the FineWeb sample (.dist/parquet), 50 steps at 8 x 1024 tokens, warmup 10, cosine to
@@ -16,7 +16,7 @@
 #   all      grads tiny 124m cpu-ref (the default)
 #
 # On the GPU machine, from the repo root with .dist/ carried (scripts/device-pack.sh, and
-# scripts/gpu-kernel-check.sh build for .dist/kernels/gpu_model.gz):
+# scripts/gpu-kernel-check.sh build for .dist/kernels/gpu.gz):
 #   scripts/gpu-correctness.sh [MODE...]
 # Logs go under $OUT (default /tmp/tm-correctness-out), large files (shards, checkpoints) under $WORK (default
 # /tmp/tm-correctness); the summary is printed last and saved as $OUT/summary.txt. Exit status: non-zero if any
@@ -105,11 +105,12 @@ compare() {
 }
 
 mode_grads() {
-  local gz="$ROOT/.dist/kernels/gpu_model.gz"
+  local gz="$ROOT/.dist/kernels/gpu.gz"
   need "$gz" "grads" "build it here with scripts/gpu-kernel-check.sh build" || return
-  local exe="$WORK/gpu_model"
+  local exe="$WORK/gpu"
   gunzip -c "$gz" > "$exe" && chmod +x "$exe"
-  "$exe" --test-threads=1 --nocapture > "$OUT/grads.log" 2>&1
+  # The gpu_model module of the one GPU test binary (tests/gpu/main.rs).
+  "$exe" gpu_model:: --test-threads=1 --nocapture > "$OUT/grads.log" 2>&1
   local rc=$?
   grep -E "^(GRADCHECK|FDCHECK) cuda" "$OUT/grads.log" | tee -a "$SUMMARY"
   if grep -q "skipped: no CUDA device" "$OUT/grads.log"; then

@@ -87,7 +87,7 @@ run() {
   echo
   echo "===== summary"
   cat "$tmp/summary"
-  grep -h -E "^(cuda .*max \|diff\||SKIPPED)" "$tmp"/*.log || true
+  grep -h -E "^(cuda .*max \|diff\||SKIPPED|GRADCHECK|FDCHECK)" "$tmp"/*.log || true
   grep -h "^TIMING" "$tmp"/*.timing || true
   return $status
 }
