@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The lead's GPU-machine script: everything tokenmill measures on the device, in one call.
 # Run from the repo root on the device with .dist/ carried (see scripts/device-pack.sh):
-#   scripts/device-run.sh STEP...      STEP in: env prep train bench compare ddp kernels
+#   scripts/device-run.sh STEP...      STEP in: env prep train bench compare ddp kernels correct
 # Writes logs under $OUT (or /tmp/tm-out) and prints a short summary of each step last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,22 +58,28 @@ for step in "$@"; do
     done
     ;;
   bench)
-    "$BIN" bench --model small --batch "${BENCH_B:-16}" --seq-len 1024 --dtype bf16 --device cuda \
-      --total-batch 524288 --warmup 2 --steps 5 --json "$OUT/bench_124m.json" > "$OUT/bench_124m.txt" 2>&1
+    "$BIN" bench --model small --batch "${BENCH_B:-64}" --seq-len 1024 --dtype bf16 --device cuda \
+      --total-batch 524288 --warmup "${BENCH_WARMUP:-2}" --steps "${BENCH_STEPS:-5}" --json "$OUT/bench_124m.json" \
+      > "$OUT/bench_124m.txt" 2>&1
     note "bench 124M:"; tail -n 12 "$OUT/bench_124m.txt" | tee -a "$SUMMARY"
     ;;
   compare)
-    "$BIN" bench compare --model small --batch "${BENCH_B:-16}" --seq-len 1024 --total-batch 524288 --warmup 2 \
-      --steps 5 --device cuda --python "$PY" --json "$OUT/compare_124m.json" > "$OUT/compare_124m.txt" 2>&1
-    note "compare 124M:"; tail -n 8 "$OUT/compare_124m.txt" | tee -a "$SUMMARY"
+    "$BIN" bench compare --model small --batch "${BENCH_B:-64}" --seq-len 1024 --total-batch 524288 \
+      --warmup "${BENCH_WARMUP:-2}" --steps "${BENCH_STEPS:-5}" --device cuda --python "$PY" \
+      --json "$OUT/compare_124m.json" > "$OUT/compare_124m.txt" 2>&1
+    note "compare 124M rc=$?:"; tail -n 8 "$OUT/compare_124m.txt" | tee -a "$SUMMARY"
     ;;
   ddp)
     [ -x scripts/gpu-ddp-check.sh ] && BIN="$BIN" scripts/gpu-ddp-check.sh > "$OUT/ddp.log" 2>&1
     note "ddp WORLD_SIZE=1 rc=$?: $(tail -n 3 "$OUT/ddp.log" | tr '\n' ' ')"
     ;;
-  kernels)
-    [ -x scripts/gpu-kernel-check.sh ] && scripts/gpu-kernel-check.sh run > "$OUT/kernels.log" 2>&1
-    note "kernels rc=$?:"; tail -n 12 "$OUT/kernels.log" | tee -a "$SUMMARY"
+  kernels)  # fused kernels, NCCL path and model gradients on CUDA vs their CPU twins (one test binary), + timings
+    MEMCHECK_TIMEOUT="${MEMCHECK_TIMEOUT:-30}" scripts/gpu-kernel-check.sh run > "$OUT/kernels.log" 2>&1
+    note "kernels rc=$?:"; sed -n '/===== summary/,$p' "$OUT/kernels.log" | tee -a "$SUMMARY"
+    ;;
+  correct)  # loss tracking: tiny config CPU fp32 vs CUDA fp32/bf16, and 124M tokenmill vs PyTorch, 50 steps
+    OUT="$OUT/correct" BIN="$BIN" PY="$PY" scripts/gpu-correctness.sh ${CORRECT_MODES:-tiny 124m} > "$OUT/correct.log" 2>&1
+    note "correctness rc=$?:"; tail -n 14 "$OUT/correct.log" | tee -a "$SUMMARY"
     ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
   esac
