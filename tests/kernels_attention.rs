@@ -8,27 +8,40 @@
 //! - f32: 2e-5 abs + 1e-4 rel (softmax over <= T scores of O(10) and sums over T rows in f32).
 //! - bf16 (CUDA vs CPU twin, both from the same bf16 inputs, f32 accumulation, bf16 outputs): 1% of the largest
 //!   entry absolute + 1/64 relative. D = dO . O uses O rounded to bf16 in both, and dS = P (dP - D) cancels, so
-//!   the error scales with the largest gradient rather than each entry (seen in the CUDA lab: 0.4%).
+//!   the error scales with the largest gradient rather than each entry (seen in the CUDA lab: 0.4%). The same for
+//!   the tensor-core kernels, which also round P and dS to bf16 before their products (as FlashAttention-2; lab
+//!   emulation: 0.3% of the largest entry at T <= 130), and for f16 (more mantissa than bf16).
+//! - tensor cores vs FMA kernels on the GPU (both bf16, GPT-2 shapes): 2% of the largest entry + 1/32 relative.
 //! - finite differences (f64, eps 1e-6): 1e-8 + 1e-7 rel, as tests/model_grad.rs.
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokenmill::model::attention::{causal_attention, causal_attention_slow};
-use tokenmill::model::kernels::attention::{flash_causal_attention, fused_supported, FLASH_HEAD_SIZE};
+use tokenmill::model::kernels::attention::{
+    flash_causal_attention, flash_causal_attention_with, fused_supported, FlashKernel, FLASH_HEAD_SIZE,
+};
 
 /// `(q, k, v)` as GPT-2 makes them: views `(B, NH, T, HS)` of one `(B, T, 3 * NH * HS)` variable, plus the variable.
-fn qkv(
+fn qkv(rng: &mut ChaCha8Rng, shape: (usize, usize, usize, usize), dt: DType, dev: &Device) -> (Var, [Tensor; 3]) {
+    qkv_padded(rng, shape, dt, dev, 0)
+}
+
+/// [`qkv`] with `pad` extra leading columns in the variable, `(B, T, pad + 3 * NH * HS)`: with an odd `pad` the
+/// head views start off 16-byte alignment (the kernels' element-by-element load path).
+fn qkv_padded(
     rng: &mut ChaCha8Rng,
     (b, nh, t, hs): (usize, usize, usize, usize),
     dt: DType,
     dev: &Device,
+    pad: usize,
 ) -> (Var, [Tensor; 3]) {
     let c = nh * hs;
-    let x: Vec<f64> = (0..b * t * 3 * c).map(|_| rng.gen_range(-1.0..1.0) * 1.5).collect();
-    let var = Var::from_tensor(&Tensor::from_vec(x, (b, t, 3 * c), dev).unwrap().to_dtype(dt).unwrap()).unwrap();
+    let w = pad + 3 * c;
+    let x: Vec<f64> = (0..b * t * w).map(|_| rng.gen_range(-1.0..1.0) * 1.5).collect();
+    let var = Var::from_tensor(&Tensor::from_vec(x, (b, t, w), dev).unwrap().to_dtype(dt).unwrap()).unwrap();
     let head = |i: usize| {
-        var.as_tensor().narrow(2, i * c, c).unwrap().reshape((b, t, nh, hs)).unwrap().transpose(1, 2).unwrap()
+        var.as_tensor().narrow(2, pad + i * c, c).unwrap().reshape((b, t, nh, hs)).unwrap().transpose(1, 2).unwrap()
     };
     let heads = [head(0), head(1), head(2)];
     (var, heads)
@@ -60,8 +73,20 @@ fn out_and_grad(
     dev: &Device,
     seed: u64,
 ) -> (Vec<f64>, Vec<f64>) {
+    out_and_grad_padded(f, shape, dt, dev, seed, 0)
+}
+
+/// [`out_and_grad`] on [`qkv_padded`] views.
+fn out_and_grad_padded(
+    f: AttnFn,
+    shape: (usize, usize, usize, usize),
+    dt: DType,
+    dev: &Device,
+    seed: u64,
+    pad: usize,
+) -> (Vec<f64>, Vec<f64>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let (var, [q, k, v]) = qkv(&mut rng, shape, dt, dev);
+    let (var, [q, k, v]) = qkv_padded(&mut rng, shape, dt, dev, pad);
     let out = f(&q, &k, &v).unwrap();
     assert_eq!(out.dims(), q.dims());
     assert_eq!(out.dtype(), dt);
@@ -160,11 +185,19 @@ fn mismatched_inputs_are_errors() {
     assert!(flash_causal_attention(&a, &a, &a.to_dtype(DType::F64).unwrap()).is_err());
 }
 
-/// (dtype, (B, NH, T, HS), abs, rel).
-type Case = (DType, (usize, usize, usize, usize), f64, f64);
+/// The FMA kernels (version 1) whatever the dtype; `flash_causal_attention` takes the tensor cores for bf16/f16.
+fn fma_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+    flash_causal_attention_with(q, k, v, FlashKernel::Fma)
+}
 
-/// The CUDA kernels against the CPU twin (same inputs, same dtype): f32 and bf16, T a multiple of the tiles and
-/// not, and the GPT-2 head views (strided q, k, v). Also: HS != 64 on CUDA is an error naming the fallback, and
+/// (kernel label, kernel, dtype, (B, NH, T, HS), abs, rel, pad); abs for f32 only, bf16/f16 take 1% of the
+/// largest reference entry.
+type Case = (&'static str, AttnFn, DType, (usize, usize, usize, usize), f64, f64, usize);
+
+/// The CUDA kernels against the CPU twin (same inputs, same dtype): the FMA kernels in f32 and bf16, the
+/// tensor-core kernels (the default for bf16/f16) in bf16 and f16; T = 1, below, between and at multiples of the
+/// 64-row tiles up to 1024; B * NH > 1; the GPT-2 head views (strided q, k, v), 16-byte aligned (vector loads)
+/// and not (pad 1: element loads). Also: HS != 64 on CUDA is an error naming the fallback, and
 /// `causal_attention` takes the fused path there.
 #[test]
 fn cuda_matches_cpu() {
@@ -172,20 +205,39 @@ fn cuda_matches_cpu() {
         eprintln!("SKIPPED cuda_matches_cpu: no CUDA device (CPU twins above ran)");
         return;
     };
-    let cases: [Case; 4] = [
-        (DType::F32, (2, 3, 100, 64), 2e-5, 1e-4),
-        (DType::F32, (1, 2, 256, 64), 2e-5, 1e-4),
-        (DType::BF16, (2, 2, 97, 64), 0.0, 1.0 / 64.0),
-        (DType::BF16, (1, 4, 192, 64), 0.0, 1.0 / 64.0),
+    let (fused, fma): (AttnFn, AttnFn) = (flash_causal_attention, fma_attention);
+    let bf = 1.0 / 64.0;
+    let cases: [Case; 13] = [
+        ("fma", fma, DType::F32, (2, 3, 100, 64), 2e-5, 1e-4, 0),
+        ("fma", fma, DType::F32, (1, 2, 256, 64), 2e-5, 1e-4, 0),
+        ("fma", fma, DType::BF16, (2, 2, 97, 64), 0.0, bf, 0),
+        ("fma", fma, DType::BF16, (1, 4, 192, 64), 0.0, bf, 1),
+        ("tc", fused, DType::BF16, (2, 3, 1, 64), 0.0, bf, 0),
+        ("tc", fused, DType::BF16, (2, 2, 17, 64), 0.0, bf, 0),
+        ("tc", fused, DType::BF16, (2, 3, 100, 64), 0.0, bf, 0),
+        ("tc", fused, DType::BF16, (1, 4, 192, 64), 0.0, bf, 0),
+        ("tc", fused, DType::BF16, (2, 2, 100, 64), 0.0, bf, 1),
+        ("tc", fused, DType::BF16, (1, 2, 1024, 64), 0.0, bf, 0),
+        ("tc", fused, DType::F16, (2, 2, 97, 64), 0.0, bf, 0),
+        ("tc", fused, DType::F16, (1, 2, 130, 64), 0.0, bf, 1),
+        ("tc", fused, DType::F16, (1, 2, 1024, 64), 0.0, bf, 0),
     ];
-    for (i, (dt, shape, abs, rel)) in cases.into_iter().enumerate() {
-        let (co, cg) = out_and_grad(flash_causal_attention, shape, dt, &Device::Cpu, 10 + i as u64);
-        let (go, gg) = out_and_grad(flash_causal_attention, shape, dt, &dev, 10 + i as u64);
+    for (i, (label, f, dt, shape, abs, rel, pad)) in cases.into_iter().enumerate() {
+        let seed = 10 + i as u64;
+        let (co, cg) = out_and_grad_padded(flash_causal_attention, shape, dt, &Device::Cpu, seed, pad);
+        let (go, gg) = out_and_grad_padded(f, shape, dt, &dev, seed, pad);
         let scale = |x: &[f64]| x.iter().fold(0.0f64, |m, w| m.max(w.abs()));
-        let (oabs, gabs) = if dt == DType::BF16 { (0.01 * scale(&co), 0.01 * scale(&cg)) } else { (abs, abs) };
-        assert_close(&format!("cuda {dt:?} {shape:?} out"), &go, &co, oabs, rel);
-        assert_close(&format!("cuda {dt:?} {shape:?} dqkv"), &gg, &cg, gabs, rel);
+        let (oabs, gabs) = if dt == DType::F32 { (abs, abs) } else { (0.01 * scale(&co), 0.01 * scale(&cg)) };
+        assert_close(&format!("cuda {label} {dt:?} {shape:?} pad {pad} out"), &go, &co, oabs, rel);
+        assert_close(&format!("cuda {label} {dt:?} {shape:?} pad {pad} dqkv"), &gg, &cg, gabs, rel);
     }
+    // The tensor cores against the FMA kernels on the GPU at a GPT-2 shape.
+    let shape = (2, 12, 1024, 64);
+    let (fo, fg) = out_and_grad(fma, shape, DType::BF16, &dev, 40);
+    let (to, tg) = out_and_grad(fused, shape, DType::BF16, &dev, 40);
+    let scale = |x: &[f64]| x.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+    assert_close(&format!("cuda tc vs fma BF16 {shape:?} out"), &to, &fo, 0.02 * scale(&fo), 1.0 / 32.0);
+    assert_close(&format!("cuda tc vs fma BF16 {shape:?} dqkv"), &tg, &fg, 0.02 * scale(&fg), 1.0 / 32.0);
     // The routing and the refusal.
     let q = Tensor::zeros((1, 1, 8, 64), DType::BF16, &dev).unwrap();
     assert!(fused_supported(&q));
@@ -202,9 +254,17 @@ fn cuda_device() -> Option<Device> {
     Device::new_cuda(0).ok()
 }
 
-/// Timings at GPT-2 124M shapes (NH = 12, T = 1024, HS = 64, bf16): the fused kernels at B = 64 (the training
-/// micro-batch) and both versions at B = 8 (the composed one keeps ~6 (B, NH, T, T) tensors per call). Checks the
-/// two agree at B = 8; prints `TIMING` lines for scripts/gpu-kernel-check.sh.
+/// `q + k + v`: what the timing harness costs around an attention call (the head views' narrow / reshape /
+/// transpose backward into the qkv variable, the f32 loss); its `glue` TIMING lines are the floor of the others.
+fn glue(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+    (q + k)? + v
+}
+
+/// Timings at GPT-2 124M shapes (NH = 12, T = 1024, HS = 64, bf16): the tensor-core (`fused-tc`) and FMA
+/// (`fused-fma`) kernels at B = 64 (the training micro-batch) and B = 8, and the composed version at B = 8 (it
+/// keeps ~6 (B, NH, T, T) tensors per call). Checks the fused ones against the composed one at B = 8 and the
+/// tensor cores against FMA at B = 64; prints `TIMING` lines for scripts/gpu-kernel-check.sh (`glue`: the
+/// same harness around `q + k + v`, the part of each line that is not attention).
 #[test]
 #[ignore = "GPU timing; run by scripts/gpu-kernel-check.sh"]
 fn cuda_timing_gpt2_shapes() {
@@ -213,10 +273,14 @@ fn cuda_timing_gpt2_shapes() {
         return;
     };
     let (nh, t, hs) = (12, 1024, 64);
-    let mut outs = Vec::new();
-    let cases: [(&str, AttnFn, usize); 3] = [
-        ("fused", flash_causal_attention, 64),
-        ("fused", flash_causal_attention, 8),
+    let mut outs = std::collections::HashMap::new();
+    let cases: [(&str, AttnFn, usize); 7] = [
+        ("fused-tc", flash_causal_attention, 64),
+        ("fused-fma", fma_attention, 64),
+        ("glue", glue, 64),
+        ("fused-tc", flash_causal_attention, 8),
+        ("fused-fma", fma_attention, 8),
+        ("glue", glue, 8),
         ("composed", causal_attention_slow, 8),
     ];
     for (label, f, b) in cases {
@@ -253,14 +317,18 @@ fn cuda_timing_gpt2_shapes() {
         // backward counted as 2.5x forward.
         let fwd_flop = 4.0 * (b * nh) as f64 * (t * t / 2) as f64 * hs as f64;
         eprintln!(
-            "TIMING attention {label:8} B={b:2} NH={nh} T={t} HS={hs} bf16: fwd {fwd:8.2} ms ({:5.1} TFLOP/s)  fwd+bwd {both:8.2} ms ({:5.1} TFLOP/s)",
+            "TIMING attention {label:9} B={b:2} NH={nh} T={t} HS={hs} bf16: fwd {fwd:8.2} ms ({:5.1} TFLOP/s)  fwd+bwd {both:8.2} ms ({:5.1} TFLOP/s)",
             fwd_flop / (fwd * 1e-3) / 1e12,
             3.5 * fwd_flop / (both * 1e-3) / 1e12
         );
-        if b == 8 {
-            outs.push(f64s(&o));
-        }
+        outs.insert((label, b), f64s(&o));
     }
-    let scale = outs[1].iter().fold(0.0f64, |m, w| m.max(w.abs()));
-    assert_close("timing case: fused vs composed (B=8, bf16)", &outs[0], &outs[1], 0.02 * scale, 1.0 / 32.0);
+    let check = |what: &str, got: (&str, usize), want: (&str, usize)| {
+        let (g, w) = (&outs[&got], &outs[&want]);
+        let scale = w.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        assert_close(what, g, w, 0.02 * scale, 1.0 / 32.0);
+    };
+    check("timing case: fused-tc vs composed (B=8, bf16)", ("fused-tc", 8), ("composed", 8));
+    check("timing case: fused-fma vs composed (B=8, bf16)", ("fused-fma", 8), ("composed", 8));
+    check("timing case: fused-tc vs fused-fma (B=64, bf16)", ("fused-tc", 64), ("fused-fma", 64));
 }

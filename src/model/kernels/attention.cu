@@ -17,6 +17,10 @@
 // two halves hit neighbouring banks); tiles padded to 65 floats per row so rows 16 apart fall in other banks.
 // The backward runs as two kernels, dK/dV per key tile and dQ per query tile, each recomputing P: 7 tile matmuls
 // instead of FlashAttention-2's 5, in exchange for no atomics (deterministic, and emulable in lab/).
+//
+// Version 2 (attention_tc.cuh, included at the end): the same three tile kernels for bf16/f16 on the tensor cores
+// (mma.sync m16n8k16, sm_80+), same launch geometry and outputs; attention.rs runs those for bf16/f16 and keeps
+// these FMA kernels for f32 (and as the reference the GPU tests hold the tensor-core kernels against).
 #include "common.cuh"
 
 #define FA_HS 64
@@ -348,3 +352,9 @@ __device__ void fa_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, cons
 FA_KERNELS(float, f32)
 FA_KERNELS(__nv_bfloat16, bf16)
 FA_KERNELS(__half, f16)
+
+// Tensor-core kernels fa_tc_{fwd,bwd_dkdv,bwd_dq}_{bf16,f16}. The stock lab (lab/cuda_emu.h) emulates no warp-level
+// primitives, so it compiles them only where the includer provides them (TM_TC_LAB).
+#if defined(__CUDACC__) || defined(TM_TC_LAB)
+#include "attention_tc.cuh"
+#endif

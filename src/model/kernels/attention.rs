@@ -5,10 +5,12 @@
 //! 3.2 GB f32 scores + 3.2 GB probabilities (+ their bf16 copy) per layer.
 //!
 //! CUDA (`attention.cu`): HS = 64 only (GPT-2), f32/bf16/f16 inputs, f32 accumulation; any (b, h, t) strides
-//! with a dense last dim, so GPT-2's head views of the fused qkv projection go in without copies. Version 1 is
-//! plain FMA (no tensor cores). Measured on an H100, bf16, NH = 12, T = 1024: B = 8 forward 1.17 ms vs 12.0 ms
-//! composed, forward + backward 6.9 ms vs 33.9 ms; B = 64 forward 7.6 ms (13.6 TFLOP/s), forward + backward
-//! 51 ms (7.1 TFLOP/s): correct but far from the tensor cores' ~800 TFLOP/s, see attention.cu.
+//! with a dense last dim, so GPT-2's head views of the fused qkv projection go in without copies. Two kernel
+//! sets: plain FMA (version 1, attention.cu; f32, and bf16/f16 on request) and tensor cores (version 2,
+//! attention_tc.cuh: mma.sync m16n8k16, sm_80+; bf16/f16 by default, see [`FlashKernel`]). Version 1 measured on
+//! an H100, bf16, NH = 12, T = 1024: B = 8 forward 1.17 ms vs 12.0 ms composed, forward + backward 6.9 ms vs
+//! 33.9 ms; B = 64 forward 7.6 ms (13.6 TFLOP/s), forward + backward 51 ms (7.1 TFLOP/s). Version 2: see the
+//! TIMING lines of tests/kernels_attention.rs (`cuda_timing_gpt2_shapes`).
 //! CPU: the same algorithm row by row (any HS, f32/bf16/f16 accumulating in f32, f64 in f64); it is the twin the
 //! tests hold against the composed reference (`model::attention::causal_attention_slow`) and finite differences.
 //! The models call `model::attention::causal_attention`, which routes here only where the fused path exists
@@ -27,6 +29,26 @@ use super::real::{Elem, Real};
 /// The only head size the CUDA kernels are written for.
 pub const FLASH_HEAD_SIZE: usize = 64;
 
+/// Which CUDA kernel set runs a fused attention call (CPU ignores it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlashKernel {
+    /// Tensor cores for bf16/f16, FMA for f32. `TOKENMILL_ATTN_FMA=1` in the environment forces FMA everywhere
+    /// (a switch for comparing or bisecting, read once per process).
+    Auto,
+    /// The FMA kernels (version 1) for every dtype.
+    Fma,
+}
+
+impl FlashKernel {
+    /// Whether this call runs the tensor-core kernels.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn tensor_cores(self, dt: DType) -> bool {
+        static FORCE_FMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let force_fma = *FORCE_FMA.get_or_init(|| std::env::var("TOKENMILL_ATTN_FMA").is_ok_and(|v| v == "1"));
+        self == FlashKernel::Auto && !force_fma && matches!(dt, DType::BF16 | DType::F16)
+    }
+}
+
 /// Whether `flash_causal_attention` has a fused kernel for `q` (B, NH, T, HS) on its device: CUDA, HS = 64,
 /// f32/bf16/f16.
 pub fn fused_supported(q: &Tensor) -> bool {
@@ -40,6 +62,11 @@ pub fn fused_supported(q: &Tensor) -> bool {
 /// (see the module doc); records its own backward. On CUDA, HS must be 64 and the dtype f32/bf16/f16 (an error
 /// otherwise: `model::attention::causal_attention` falls back to the composed path there).
 pub fn flash_causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    flash_causal_attention_with(q, k, v, FlashKernel::Auto)
+}
+
+/// [`flash_causal_attention`] with the CUDA kernel set chosen (for tests and timings: tensor cores vs FMA).
+pub fn flash_causal_attention_with(q: &Tensor, k: &Tensor, v: &Tensor, kernel: FlashKernel) -> Result<Tensor> {
     let (b, nh, t, hs) = q.dims4()?;
     if k.dims() != q.dims() || v.dims() != q.dims() {
         candle_core::bail!(
@@ -69,13 +96,15 @@ pub fn flash_causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tens
             x.contiguous()
         }
     };
-    let op = FlashAttention { scale: 1.0 / (hs as f64).sqrt(), lse: Mutex::new(None) };
+    let op = FlashAttention { scale: 1.0 / (hs as f64).sqrt(), kernel, lse: Mutex::new(None) };
     dense(q)?.apply_op3(&dense(k)?, &dense(v)?, op)
 }
 
 /// One call's op: the forward stores the row logsumexp here for this call's backward (each call builds its own).
 struct FlashAttention {
     scale: f64,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    kernel: FlashKernel,
     lse: Mutex<Option<Tensor>>, // (B, NH, T)
 }
 
@@ -258,7 +287,8 @@ impl CustomOp3 for FlashAttention {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (b, nh, t, _) = l1.shape().dims4()?;
         let views = (HeadView::new(l1, "q")?, HeadView::new(l2, "k")?, HeadView::new(l3, "v")?);
-        let (o, lse) = cuda::fwd(s1, s2, s3, views, (b, nh, t), self.scale as f32)?;
+        let tc = self.kernel.tensor_cores(s1.dtype());
+        let (o, lse) = cuda::fwd(s1, s2, s3, views, (b, nh, t), self.scale as f32, tc)?;
         self.save_lse(Storage::Cuda(lse), (b, nh, t));
         Ok((o, l1.shape().clone()))
     }
@@ -273,7 +303,7 @@ impl CustomOp3 for FlashAttention {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let lse = self.lse.lock().map_err(|_| candle_core::Error::Msg("attention lse lock poisoned".into()))?.clone();
         let Some(lse) = lse else { candle_core::bail!("attention backward before its forward stored the logsumexp") };
-        let (dq, dk, dv) = flash_bwd(q, k, v, o, &dout.contiguous()?, &lse, self.scale)?;
+        let (dq, dk, dv) = flash_bwd(q, k, v, o, &dout.contiguous()?, &lse, self.scale, self.kernel)?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }
@@ -288,6 +318,7 @@ impl FlashAttention {
 
 /// dQ, dK, dV (each `(B, NH, T, HS)` in the inputs' dtype) from the inputs, the forward's `o` and `lse`, and
 /// `dout` (contiguous).
+#[allow(clippy::too_many_arguments)]
 fn flash_bwd(
     q: &Tensor,
     k: &Tensor,
@@ -296,6 +327,7 @@ fn flash_bwd(
     dout: &Tensor,
     lse: &Tensor,
     scale: f64,
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))] kernel: FlashKernel,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (b, nh, t, hs) = q.dims4()?;
     let o = o.contiguous()?;
@@ -303,9 +335,11 @@ fn flash_bwd(
     let (qs, ql) = q.storage_and_layout();
     let (ks, kl) = k.storage_and_layout();
     let (vs, vl) = v.storage_and_layout();
-    let (os, _) = o.storage_and_layout();
-    let (gs, _) = dout.storage_and_layout();
-    let (ls, _) = lse.storage_and_layout();
+    let (os, ol) = o.storage_and_layout();
+    let (gs, gl) = dout.storage_and_layout();
+    let (ls, ll) = lse.storage_and_layout();
+    // Contiguous, but possibly a view starting inside its storage.
+    let starts = (ol.start_offset(), gl.start_offset(), ll.start_offset());
     let views = (HeadView::new(ql, "q")?, HeadView::new(kl, "k")?, HeadView::new(vl, "v")?);
     let shape = (b, nh, t, hs);
     let wrap = |s: Storage| Tensor::from_storage(s, shape, BackpropOp::none(), false);
@@ -326,9 +360,9 @@ fn flash_bwd(
                         ks.as_slice()?,
                         vs.as_slice()?,
                         views,
-                        os.as_slice()?,
-                        gs.as_slice()?,
-                        ls.as_slice()?,
+                        &os.as_slice()?[starts.0..],
+                        &gs.as_slice()?[starts.1..],
+                        &ls.as_slice()?[starts.2..],
                         dims,
                         <$A>::from_f64(scale),
                     );
@@ -353,7 +387,8 @@ fn flash_bwd(
             Storage::Cuda(gs),
             Storage::Cuda(ls),
         ) => {
-            let (dq, dk, dv) = cuda::bwd(qs, ks, vs, views, os, gs, ls, (b, nh, t), scale as f32)?;
+            let tc = kernel.tensor_cores(qs.dtype());
+            let (dq, dk, dv) = cuda::bwd(qs, ks, vs, views, (os, gs, ls), starts, (b, nh, t), scale as f32, tc)?;
             Ok((wrap(Storage::Cuda(dq)), wrap(Storage::Cuda(dk)), wrap(Storage::Cuda(dv))))
         }
         _ => candle_core::bail!("attention backward: q, k, v, o, dout and lse must be on one CPU or CUDA device"),
@@ -363,7 +398,8 @@ fn flash_bwd(
 #[cfg(feature = "cuda")]
 mod cuda {
     //! Launchers for attention.cu. Grids: forward and dQ (ceil(T / 64) query tiles, B * NH), dK/dV (ceil(T / 64)
-    //! key tiles, B * NH), D (one thread per row); 128 threads per tile block.
+    //! key tiles, B * NH), D (one thread per row); 128 threads per tile block. The FMA kernels (`fa_*`) and the
+    //! tensor-core kernels (`fa_tc_*`, bf16/f16) share this geometry and argument lists; `tc` picks the set.
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
@@ -374,7 +410,7 @@ mod cuda {
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
     const MODULE: &str = "tokenmill_attention";
-    /// FA_THREADS, FA_BR (= FA_BKV) in attention.cu.
+    /// FA_THREADS, FA_BR (= FA_BKV = TC_ROWS) in attention.cu.
     const THREADS: u32 = 128;
     const TILE: usize = 64;
 
@@ -385,6 +421,15 @@ mod cuda {
             DType::F16 => "f16",
             dt => candle_core::bail!("fused attention on CUDA takes f32, bf16 or f16, got {dt:?}"),
         })
+    }
+
+    /// "tc_" for the tensor-core kernels (bf16/f16 only), "" for the FMA ones.
+    fn prefix(dt: DType, tc: bool) -> &'static str {
+        if tc && matches!(dt, DType::BF16 | DType::F16) {
+            "tc_"
+        } else {
+            ""
+        }
     }
 
     fn tile_grid(bh: usize, t: usize) -> Result<LaunchConfig> {
@@ -423,6 +468,7 @@ mod cuda {
         hv: (HeadView, HeadView, HeadView),
         (b, nh, t): (usize, usize, usize),
         scale: f32,
+        tc: bool,
     ) -> Result<(CudaStorage, CudaStorage)> {
         fn go<T: CudaDType + DeviceRepr>(
             dev: &CudaDevice,
@@ -445,12 +491,12 @@ mod cuda {
                 a.arg(x);
             }
             a.arg(&scale);
-            // SAFETY: argument list matches fa_fwd_* in attention.cu.
+            // SAFETY: argument list matches fa_fwd_* / fa_tc_fwd_* in attention.cu.
             unsafe { a.launch(tile_grid(b * nh, t)?) }.w()?;
             Ok((CudaStorage::wrap_cuda_slice(o, dev.clone()), CudaStorage::wrap_cuda_slice(lse, dev.clone())))
         }
         let dev = qs.device();
-        let name = format!("fa_fwd_{}", suffix(qs.dtype())?);
+        let name = format!("fa_{}fwd_{}", prefix(qs.dtype(), tc), suffix(qs.dtype())?);
         let s = [qs, ks, vs];
         let hv = [hv.0, hv.1, hv.2];
         match qs.dtype() {
@@ -466,29 +512,28 @@ mod cuda {
         ks: &CudaStorage,
         vs: &CudaStorage,
         hv: (HeadView, HeadView, HeadView),
-        os: &CudaStorage,
-        gs: &CudaStorage,
-        ls: &CudaStorage,
+        (os, gs, ls): (&CudaStorage, &CudaStorage, &CudaStorage),
+        starts: (usize, usize, usize),
         (b, nh, t): (usize, usize, usize),
         scale: f32,
+        tc: bool,
     ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
         #[allow(clippy::too_many_arguments)]
         fn go<T: CudaDType + DeviceRepr>(
             dev: &CudaDevice,
-            sfx: &str,
+            (pfx, sfx): (&str, &str),
             s: [&CudaStorage; 3],
             hv: [HeadView; 3],
-            os: &CudaStorage,
-            gs: &CudaStorage,
-            ls: &CudaStorage,
+            (os, gs, ls): (&CudaStorage, &CudaStorage, &CudaStorage),
+            starts: (usize, usize, usize),
             (b, nh, t): (usize, usize, usize),
             scale: f32,
         ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
             let [q, k, v] = views::<T>(s, &hv)?;
             let st = strides(&hv);
-            let o = os.as_cuda_slice::<T>()?.slice(0..);
-            let g = gs.as_cuda_slice::<T>()?.slice(0..);
-            let lse = ls.as_cuda_slice::<f32>()?.slice(0..);
+            let o = os.as_cuda_slice::<T>()?.slice(starts.0..);
+            let g = gs.as_cuda_slice::<T>()?.slice(starts.1..);
+            let lse = ls.as_cuda_slice::<f32>()?.slice(starts.2..);
             let rows = b * nh * t;
             let n = rows * super::FLASH_HEAD_SIZE;
             // SAFETY: each kernel writes every element of its outputs (rows < T of every head).
@@ -507,37 +552,38 @@ mod cuda {
             // SAFETY: argument list matches fa_bwd_dot_* in attention.cu.
             unsafe { a.launch(cfg) }.w()?;
 
-            let func = dev.get_or_load_custom_func(&format!("fa_bwd_dkdv_{sfx}"), MODULE, PTX)?;
+            let func = dev.get_or_load_custom_func(&format!("fa_{pfx}bwd_dkdv_{sfx}"), MODULE, PTX)?;
             let mut a = func.builder();
             a.arg(&q).arg(&k).arg(&v).arg(&g).arg(&lse).arg(&dvec).arg(&dk).arg(&dv).arg(&nh_i).arg(&t_i);
             for x in &st {
                 a.arg(x);
             }
             a.arg(&scale);
-            // SAFETY: argument list matches fa_bwd_dkdv_* in attention.cu.
+            // SAFETY: argument list matches fa_bwd_dkdv_* / fa_tc_bwd_dkdv_* in attention.cu.
             unsafe { a.launch(tile_grid(b * nh, t)?) }.w()?;
 
-            let func = dev.get_or_load_custom_func(&format!("fa_bwd_dq_{sfx}"), MODULE, PTX)?;
+            let func = dev.get_or_load_custom_func(&format!("fa_{pfx}bwd_dq_{sfx}"), MODULE, PTX)?;
             let mut a = func.builder();
             a.arg(&q).arg(&k).arg(&v).arg(&g).arg(&lse).arg(&dvec).arg(&dq).arg(&nh_i).arg(&t_i);
             for x in &st {
                 a.arg(x);
             }
             a.arg(&scale);
-            // SAFETY: argument list matches fa_bwd_dq_* in attention.cu.
+            // SAFETY: argument list matches fa_bwd_dq_* / fa_tc_bwd_dq_* in attention.cu.
             unsafe { a.launch(tile_grid(b * nh, t)?) }.w()?;
 
             let w = |x| CudaStorage::wrap_cuda_slice(x, dev.clone());
             Ok((w(dq), w(dk), w(dv)))
         }
         let dev = qs.device();
-        let sfx = suffix(qs.dtype())?;
+        let names = (prefix(qs.dtype(), tc), suffix(qs.dtype())?);
         let s = [qs, ks, vs];
         let hv = [hv.0, hv.1, hv.2];
+        let og = (os, gs, ls);
         match qs.dtype() {
-            DType::F32 => go::<f32>(dev, sfx, s, hv, os, gs, ls, (b, nh, t), scale),
-            DType::BF16 => go::<bf16>(dev, sfx, s, hv, os, gs, ls, (b, nh, t), scale),
-            _ => go::<f16>(dev, sfx, s, hv, os, gs, ls, (b, nh, t), scale),
+            DType::F32 => go::<f32>(dev, names, s, hv, og, starts, (b, nh, t), scale),
+            DType::BF16 => go::<bf16>(dev, names, s, hv, og, starts, (b, nh, t), scale),
+            _ => go::<f16>(dev, names, s, hv, og, starts, (b, nh, t), scale),
         }
     }
 }
