@@ -332,3 +332,104 @@ fn cuda_timing_gpt2_shapes() {
     check("timing case: fused-fma vs composed (B=8, bf16)", ("fused-fma", 8), ("composed", 8));
     check("timing case: fused-tc vs fused-fma (B=64, bf16)", ("fused-tc", 64), ("fused-fma", 64));
 }
+
+/// `flash_causal_attention_qkv` (reads the heads out of one (B, T, 3C) tensor, returns d(qkv) in one piece) and the
+/// same attention through three head views: the output in (B, T, C) and the gradient of the qkv variable, for
+/// `attn` = the fused op on `qkv` vs `reference` on its head views. Loss: sum(o * w) with fixed random w.
+fn qkv_op_vs_views(
+    dt: DType,
+    (b, nh, t, hs): (usize, usize, usize, usize),
+    dev: &Device,
+    reference: AttnFn,
+) -> ((Vec<f64>, Vec<f64>), (Vec<f64>, Vec<f64>)) {
+    let mut rng = ChaCha8Rng::seed_from_u64(7 + t as u64);
+    let c = nh * hs;
+    let x: Vec<f64> = (0..b * t * 3 * c).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let wv: Vec<f64> = (0..b * t * c).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let var = Var::from_tensor(&Tensor::from_vec(x, (b, t, 3 * c), dev).unwrap().to_dtype(dt).unwrap()).unwrap();
+    let w = Tensor::from_vec(wv, (b, t, c), dev).unwrap().to_dtype(DType::F32).unwrap();
+    let run = |o: Tensor| {
+        let o = o.transpose(1, 2).unwrap().reshape((b, t, c)).unwrap();
+        let loss = (o.to_dtype(DType::F32).unwrap() * &w).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap().remove(var.as_tensor()).unwrap();
+        (f64s(&o), f64s(&g))
+    };
+    let fused = run(tokenmill::model::kernels::flash_causal_attention_qkv(var.as_tensor(), nh).unwrap());
+    let head = |i: usize| {
+        var.as_tensor().narrow(2, i * c, c).unwrap().reshape((b, t, nh, hs)).unwrap().transpose(1, 2).unwrap()
+    };
+    let views = run(reference(&head(0), &head(1), &head(2)).unwrap());
+    (fused, views)
+}
+
+#[test]
+fn cpu_qkv_op_matches_head_views() {
+    for (shape, dt, abs, rel) in [
+        ((2, 3, 17, 8), DType::F64, 1e-12, 1e-10),
+        ((1, 2, 70, 16), DType::F64, 1e-12, 1e-10),
+        ((2, 2, 33, 8), DType::F32, 2e-5, 1e-4),
+    ] {
+        let ((o, g), (ro, rg)) = qkv_op_vs_views(dt, shape, &Device::Cpu, causal_attention_slow);
+        assert_close(&format!("qkv op output {shape:?} {dt:?}"), &o, &ro, abs, rel);
+        assert_close(&format!("qkv op d(qkv) {shape:?} {dt:?}"), &g, &rg, abs, rel);
+    }
+    // Shapes that do not split into heads are errors.
+    let bad = Tensor::zeros((1, 4, 10), DType::F32, &Device::Cpu).unwrap();
+    assert!(tokenmill::model::kernels::flash_causal_attention_qkv(&bad, 3).is_err());
+}
+
+#[test]
+fn cuda_qkv_op_matches_head_views() {
+    let Some(dev) = cuda_device() else {
+        eprintln!("SKIPPED cuda_qkv_op_matches_head_views: no CUDA device");
+        return;
+    };
+    for (shape, dt) in [((2, 12, 1024, 64), DType::BF16), ((2, 3, 100, 64), DType::BF16), ((1, 2, 97, 64), DType::F32)]
+    {
+        // Same kernels on the same inputs: only the assembly of d(qkv) differs, so the results agree exactly.
+        let ((o, g), (ro, rg)) = qkv_op_vs_views(dt, shape, &dev, flash_causal_attention);
+        assert_close(&format!("cuda qkv op output {shape:?} {dt:?}"), &o, &ro, 0.0, 0.0);
+        assert_close(&format!("cuda qkv op d(qkv) {shape:?} {dt:?}"), &g, &rg, 0.0, 0.0);
+        // And against the CPU twin of the same op (bf16: the tolerance of cuda_matches_cpu).
+        let ((co, cg), _) = qkv_op_vs_views(dt, shape, &Device::Cpu, causal_attention_slow);
+        let scale = |v: &[f64]| v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let (abs_o, abs_g) = if dt == DType::F32 { (2e-5, 2e-5) } else { (0.01 * scale(&co), 0.01 * scale(&cg)) };
+        let rel = if dt == DType::F32 { 1e-4 } else { 1.0 / 64.0 };
+        assert_close(&format!("cuda vs cpu qkv op output {shape:?} {dt:?}"), &o, &co, abs_o, rel);
+        assert_close(&format!("cuda vs cpu qkv op d(qkv) {shape:?} {dt:?}"), &g, &cg, abs_g, rel);
+        println!("cuda qkv op {shape:?} {dt:?}: identical to the head-view path; within tolerance of the CPU twin");
+    }
+}
+
+/// `TIMING` for the qkv op at B = 64 (to set against `fused-tc` + `glue` of `cuda_timing_gpt2_shapes`).
+#[test]
+#[ignore = "GPU timing; run by scripts/gpu-kernel-check.sh"]
+fn cuda_timing_qkv_op() {
+    let Some(dev) = cuda_device() else {
+        eprintln!("SKIPPED cuda_timing_qkv_op: no CUDA device");
+        return;
+    };
+    let (b, nh, t, hs) = (64, 12, 1024, 64);
+    let c = nh * hs;
+    let var = Var::from_tensor(&Tensor::randn(0f32, 1., (b, t, 3 * c), &dev).unwrap().to_dtype(DType::BF16).unwrap())
+        .unwrap();
+    let run = |bwd: bool| {
+        let o = tokenmill::model::kernels::flash_causal_attention_qkv(var.as_tensor(), nh).unwrap();
+        if bwd {
+            let g = o.to_dtype(DType::F32).unwrap().sum_all().unwrap().backward().unwrap();
+            assert!(g.get(var.as_tensor()).is_some());
+        }
+    };
+    run(true);
+    let time = |bwd: bool| {
+        dev.synchronize().unwrap();
+        let t0 = std::time::Instant::now();
+        for _ in 0..5 {
+            run(bwd);
+        }
+        dev.synchronize().unwrap();
+        t0.elapsed().as_secs_f64() * 1e3 / 5.0
+    };
+    let (fwd, both) = (time(false), time(true));
+    eprintln!("TIMING attention fused-qkv B={b:2} NH={nh} T={t} HS={hs} bf16: fwd {fwd:8.2} ms  fwd+bwd {both:8.2} ms");
+}

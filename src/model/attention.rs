@@ -10,7 +10,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::kernels::attention::{flash_causal_attention, fused_supported};
+use super::kernels::attention::{flash_causal_attention, flash_causal_attention_qkv, fused_supported, FLASH_HEAD_SIZE};
 use super::ops::{reduce_dtype, softmax_last_dim};
 
 /// `(T, T)` additive mask in `dtype`: 0 where key j <= query i, -inf where j > i (the future).
@@ -29,6 +29,27 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         return flash_causal_attention(q, k, v);
     }
     causal_attention_slow(q, k, v)
+}
+
+/// GPT-2's attention from its fused projection: `qkv (B, T, 3C)` (q, k, v side by side) -> `(B, T, C)`, the heads
+/// side by side again. Where the fused kernel exists (CUDA, HS = 64) it reads the heads straight out of `qkv` and
+/// returns d(qkv) in one piece (`flash_causal_attention_qkv`: no per-head gradient glue); elsewhere the heads are
+/// split into `(B, NH, T, HS)` and go through [`causal_attention`].
+pub fn causal_attention_qkv(qkv: &Tensor, n_head: usize) -> Result<Tensor> {
+    let (b, t, c3) = qkv.dims3()?;
+    let c = c3 / 3;
+    let hs = c / n_head;
+    let fused = qkv.device().is_cuda()
+        && hs == FLASH_HEAD_SIZE
+        && matches!(qkv.dtype(), DType::F32 | DType::BF16 | DType::F16);
+    let y = if fused {
+        flash_causal_attention_qkv(qkv, n_head)? // (B, NH, T, HS)
+    } else {
+        // (B, T, C) -> (B, NH, T, HS) per part.
+        let heads = |i: usize| qkv.narrow(2, i * c, c)?.reshape((b, t, n_head, hs))?.transpose(1, 2);
+        causal_attention(&heads(0)?, &heads(1)?, &heads(2)?)?
+    };
+    y.transpose(1, 2)?.reshape((b, t, c)) // re-assemble heads side by side
 }
 
 /// The composed reference: `softmax(q k^T / sqrt(HS) + mask) v`, materialising the `(B, NH, T, T)` scores.

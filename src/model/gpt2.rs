@@ -14,7 +14,7 @@ use std::path::Path;
 
 use candle_core::{DType, Result, Tensor, Var};
 
-use super::attention::causal_attention;
+use super::attention::causal_attention_qkv;
 use super::ops::{self, LAYER_NORM_EPS};
 use super::params::{init_params, params_from_tensors, Init, ParamSpec, ParamTable};
 use super::{check_input, LanguageModel, ModelConfig, ModelError, Precision};
@@ -115,15 +115,8 @@ impl Block {
 
     /// `h (B, T, C)` in the compute dtype -> attention output `(B, T, C)`, same dtype.
     fn attn(&self, h: &Tensor, n_head: usize) -> Result<Tensor> {
-        let (b, t, c) = h.dims3()?;
-        let hs = c / n_head;
         let qkv = self.c_attn.forward(h)?; // (B, T, 3C)
-        let heads = |i: usize| -> Result<Tensor> {
-            // (B, T, C) -> (B, NH, T, HS)
-            qkv.narrow(2, i * c, c)?.reshape((b, t, n_head, hs))?.transpose(1, 2)
-        };
-        let y = causal_attention(&heads(0)?, &heads(1)?, &heads(2)?)?; // (B, NH, T, HS)
-        let y = y.transpose(1, 2)?.reshape((b, t, c))?; // re-assemble heads side by side
+        let y = causal_attention_qkv(&qkv, n_head)?; // (B, T, C)
         self.attn_c_proj.forward(&y)
     }
 }

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -313,6 +313,114 @@ impl FlashAttention {
         let t = Tensor::from_storage(storage, shape, BackpropOp::none(), false);
         // A poisoned lock only means another thread panicked mid-store; the value is still ours to replace.
         *self.lse.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+    }
+}
+
+/// Causal attention straight from GPT-2's fused projection: `qkv (B, T, 3C)` (q, k, v side by side, each
+/// C = NH * HS) -> `o (B, NH, T, HS)`, the same kernels as [`flash_causal_attention`]. What differs is the
+/// backward: it returns d(qkv) as one `(B, T, 3C)` tensor. Through three head views instead, candle's autograd
+/// routes each head-shaped gradient back through transpose, reshape and narrow, and narrow's backward is a
+/// zero-padded copy of the whole `(B, T, 3C)` per view plus their sum: measured on the H100 at B = 64 (the `glue`
+/// TIMING line of tests/kernels_attention.rs), ~17 ms per layer, more than the tensor-core kernels themselves.
+pub fn flash_causal_attention_qkv(qkv: &Tensor, n_head: usize) -> Result<Tensor> {
+    let (_, _, c3) = qkv.dims3()?;
+    if n_head == 0 || c3 % (3 * n_head) != 0 {
+        candle_core::bail!("attention qkv: last dim {c3} is not 3 * n_head ({n_head}) * head size");
+    }
+    let hs = c3 / 3 / n_head;
+    if qkv.device().is_cuda()
+        && (hs != FLASH_HEAD_SIZE || !matches!(qkv.dtype(), DType::F32 | DType::BF16 | DType::F16))
+    {
+        candle_core::bail!(
+            "fused attention on CUDA supports head size {FLASH_HEAD_SIZE} in f32/bf16/f16, got HS = {hs} in {:?}",
+            qkv.dtype()
+        );
+    }
+    let op = FlashAttentionQkv {
+        n_head,
+        scale: 1.0 / (hs as f64).sqrt(),
+        kernel: FlashKernel::Auto,
+        lse: Mutex::new(None),
+    };
+    qkv.contiguous()?.apply_op1(op)
+}
+
+/// [`flash_causal_attention_qkv`]'s op; like [`FlashAttention`] it keeps its forward's logsumexp for its backward.
+struct FlashAttentionQkv {
+    n_head: usize,
+    scale: f64,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    kernel: FlashKernel,
+    lse: Mutex<Option<Tensor>>,
+}
+
+impl FlashAttentionQkv {
+    /// The q, k, v head views of a contiguous `(B, T, 3C)` layout, and (B, NH, T, HS).
+    fn views(&self, l: &Layout) -> Result<([HeadView; 3], (usize, usize, usize, usize))> {
+        let (b, t, c3) = l.shape().dims3()?;
+        if !l.is_contiguous() {
+            candle_core::bail!("attention qkv must be contiguous");
+        }
+        let (c, nh) = (c3 / 3, self.n_head);
+        let hs = c / nh;
+        let view = |i: usize| HeadView { start: l.start_offset() + i * c, sb: t * c3, sh: hs, st: c3, nh };
+        Ok(([view(0), view(1), view(2)], (b, nh, t, hs)))
+    }
+
+    fn save_lse(&self, storage: Storage, shape: (usize, usize, usize)) {
+        let t = Tensor::from_storage(storage, shape, BackpropOp::none(), false);
+        *self.lse.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+    }
+}
+
+impl CustomOp1 for FlashAttentionQkv {
+    fn name(&self) -> &'static str {
+        "flash-causal-attention-qkv"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let ([q, k, v], (b, nh, t, hs)) = self.views(l)?;
+        let dims = (b * nh, t, hs);
+        macro_rules! go {
+            ($T:ty, $A:ty, $var:ident, $lvar:ident) => {{
+                let x = s.as_slice::<$T>()?;
+                let (o, lse) = cpu_fwd_typed::<$T, $A>(x, x, x, (q, k, v), dims, <$A>::from_f64(self.scale));
+                (CpuStorage::$var(o), CpuStorage::$lvar(lse))
+            }};
+        }
+        let (o, lse) = match s.dtype() {
+            DType::F32 => go!(f32, f32, F32, F32),
+            DType::BF16 => go!(bf16, f32, BF16, F32),
+            DType::F16 => go!(f16, f32, F16, F32),
+            DType::F64 => go!(f64, f64, F64, F64),
+            dt => candle_core::bail!("attention inputs must be float, got {dt:?}"),
+        };
+        self.save_lse(Storage::Cpu(lse), (b, nh, t));
+        Ok((o, Shape::from((b, nh, t, hs))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let ([q, k, v], (b, nh, t, hs)) = self.views(l)?;
+        let tc = self.kernel.tensor_cores(s.dtype());
+        let (o, lse) = cuda::fwd(s, s, s, (q, k, v), (b, nh, t), self.scale as f32, tc)?;
+        self.save_lse(Storage::Cuda(lse), (b, nh, t));
+        Ok((o, Shape::from((b, nh, t, hs))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, o: &Tensor, dout: &Tensor) -> Result<Option<Tensor>> {
+        let lse = self.lse.lock().map_err(|_| candle_core::Error::Msg("attention lse lock poisoned".into()))?.clone();
+        let Some(lse) = lse else { candle_core::bail!("attention backward before its forward stored the logsumexp") };
+        let (b, t, c3) = qkv.dims3()?;
+        let (nh, hs) = (self.n_head, c3 / 3 / self.n_head);
+        // The head views as tensors (no copies: reshape of a contiguous tensor, then views), for flash_bwd.
+        let x = qkv.contiguous()?.reshape((b, t, 3, nh, hs))?;
+        let part = |i: usize| x.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2); // (B, NH, T, HS)
+        let (dq, dk, dv) =
+            flash_bwd(&part(0)?, &part(1)?, &part(2)?, o, &dout.contiguous()?, &lse, self.scale, self.kernel)?;
+        // (B, NH, T, HS) x 3 -> (B, T, 3, NH, HS) -> (B, T, 3C): one strided copy each.
+        let dqkv = Tensor::stack(&[dq.transpose(1, 2)?, dk.transpose(1, 2)?, dv.transpose(1, 2)?], 2)?;
+        Ok(Some(dqkv.reshape((b, t, c3))?))
     }
 }
 

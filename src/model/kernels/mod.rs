@@ -23,7 +23,7 @@ pub mod gelu;
 pub mod layer_norm;
 mod real;
 
-pub use attention::flash_causal_attention;
+pub use attention::{flash_causal_attention, flash_causal_attention_qkv};
 pub use embedding::{embedding_backward, embedding_lookup};
 pub use cross_entropy::{linear_cross_entropy, softmax_cross_entropy, IGNORE_INDEX};
 pub use gelu::gelu_tanh;
