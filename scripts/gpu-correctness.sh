@@ -67,14 +67,14 @@ note() { echo "$*" | tee -a "$SUMMARY"; }
 fail() { note "FAIL $*"; FAILED=1; }
 need() { [ -e "$1" ] || { fail "$2: missing $1 ($3)"; return 1; }; }
 
-# `tokenmill train` on the tiny config, quiet evals, STEPS steps (the lr schedule spans them), into log dir $1 with
+# `tokenmill train` on the tiny config (no TF32), quiet evals, STEPS steps (the lr schedule spans them), into log dir $1 with
 # device $2 and dtype $3; extra flags after. Output in $OUT/<name>.log.
 tiny_train() {
   local log="$1" device="$2" dtype="$3"; shift 3
   rm -rf "$log"
   "$BIN" train --config configs/tiny-cpu.toml --data "$WORK/tiny" --log-dir "$log" --device "$device" \
     --dtype "$dtype" --max-steps "$STEPS" --set eval.val_every=0 --set eval.sample_every=0 --set checkpoint.every=0 \
-    "$@" > "$OUT/$(basename "$log").log" 2>&1
+    --set run.tf32=false "$@" > "$OUT/$(basename "$log").log" 2>&1
 }
 
 # Tiny Shakespeare in 10,000-token shards: 100 micro-batches of 4 x 64 cross three shard boundaries (39 batches per
@@ -143,7 +143,8 @@ mode_124m() {
   fineweb_data || return
   local common=(--config configs/gpt2-124m.toml --data "$WORK/fw" --device cuda --max-steps "$STEPS"
     --set data.micro_batch=8 --set data.total_batch_tokens=8192 --set optim.warmup_steps=10
-    --set eval.val_every=0 --set eval.sample_every=0 --set eval.hellaswag_every=0 --set checkpoint.every=0)
+    --set eval.val_every=0 --set eval.sample_every=0 --set eval.hellaswag_every=0 --set checkpoint.every=0
+    --set run.tf32=false)  # fp32 matmuls in full fp32, as the reference (TF32 off unless --tf32)
   for dt in bf16 fp32; do
     local log="$WORK/g124_$dt"
     rm -rf "$log" "$OUT/g124_$dt".* "$OUT/g124_${dt}_torch".*

@@ -43,6 +43,18 @@ fn check_on(device: &Device) {
     assert_eq!(tail.to_scalar::<f32>().unwrap(), 6.5, "scalar view at an offset ({})", comm.backend());
     assert_eq!((tail * 1.0).unwrap().to_scalar::<f32>().unwrap(), 6.5, "{}", comm.backend());
 
+    // Odd and large lengths: every element comes back, the last one included.
+    for n in [7usize, 1_000_000, 1_000_001, 3_323_649] {
+        let x = (Tensor::arange(0u32, n as u32, device).unwrap().to_dtype(DType::F32).unwrap() * 0.25).unwrap();
+        let y = comm.all_reduce_tensor(&x, ReduceOp::Avg).unwrap();
+        let last = y.narrow(0, n - 1, 1).unwrap().reshape(()).unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(last, (n - 1) as f32 * 0.25, "last of {n} ({})", comm.backend());
+        let diff = (y - &x).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff, 0.0, "all of {n} ({})", comm.backend());
+        let b = comm.broadcast_tensor(&x, 0).unwrap();
+        assert_eq!(b.narrow(0, n - 1, 1).unwrap().reshape(()).unwrap().to_scalar::<f32>().unwrap(), last);
+    }
+
     // Through the trainer's reducer: bf16 and f32 gradients, a computed loss; one bucket and several.
     for bucket in [usize::MAX, 3] {
         let reducer = DataParallel::new(comm.clone()).with_bucket_elems(bucket);

@@ -110,33 +110,29 @@ impl NcclCommunicator {
         Ok(r)
     }
 
-    fn host_all_reduce<T: NcclType + DeviceRepr + ValidAsZeroBits>(
-        &self,
-        buf: &mut [T],
-        op: ReduceOp,
-    ) -> Result<(), DistError> {
+    /// Sum `buf` over the ranks (through a device buffer on the NCCL stream).
+    fn host_all_reduce<T: NcclType + DeviceRepr + ValidAsZeroBits>(&self, buf: &mut [T]) -> Result<(), DistError> {
         if buf.is_empty() {
             return Ok(());
         }
         self.run(format!("all_reduce of {} host values", buf.len()), None, |comm| {
             let mut dev = self.stream.clone_htod(&*buf).map_err(cuda_err("copy to device"))?;
-            comm.all_reduce_in_place(&mut dev, &nccl_op(op)).map_err(nccl_err("ncclAllReduce"))?;
+            comm.all_reduce_in_place(&mut dev, &NcclOp::Sum).map_err(nccl_err("ncclAllReduce"))?;
             self.stream.memcpy_dtoh(&dev, buf).map_err(cuda_err("copy to host"))?;
             Ok(())
         })
     }
 }
 
-fn nccl_op(op: ReduceOp) -> NcclOp {
-    match op {
-        ReduceOp::Sum => NcclOp::Sum,
-        ReduceOp::Avg => NcclOp::Avg,
-    }
-}
+// Every all-reduce here is a NCCL sum; averages divide afterwards. ncclAvg is not used: on the H100 (NCCL
+// 2.28.9, one rank) an ncclAvg all-reduce of 3,323,649 f32 (the tiny model's gradient bucket, the loss in its
+// last slot) left the tail of the result unwritten (0 from a zeroed buffer, stale values from an uninitialised
+// one; tests/dist_nccl.rs) while 1,000,001 elements came back whole, and the trainer logged a loss of 0.
 
 /// The out-of-place collectives as candle ops on contiguous f32 CUDA tensors.
 enum DeviceOp<'a> {
-    AllReduce(&'a NcclCommunicator, ReduceOp),
+    /// Sum over the ranks.
+    AllReduce(&'a NcclCommunicator),
     Broadcast(&'a NcclCommunicator, usize),
 }
 
@@ -160,24 +156,27 @@ impl CustomOp1 for DeviceOp<'_> {
             candle_core::bail!("{}: expected f32, got {:?}", self.name(), storage.dtype());
         }
         let (comm, what) = match self {
-            DeviceOp::AllReduce(c, _) => (*c, format!("all_reduce of {} f32", end - start)),
+            DeviceOp::AllReduce(c) => (*c, format!("all_reduce of {} f32", end - start)),
             DeviceOp::Broadcast(c, root) => (*c, format!("broadcast of {} f32 from rank {root}", end - start)),
         };
-        let out = comm
-            .run(what, Some(&storage.device), |nc| {
-                let src = storage.as_cuda_slice::<f32>().map_err(DistError::Candle)?.slice(start..end);
-                let mut dst = comm.stream.alloc_zeros::<f32>(end - start).map_err(cuda_err("allocating the result"))?;
-                match self {
-                    DeviceOp::AllReduce(_, op) => {
-                        nc.all_reduce(&src, &mut dst, &nccl_op(*op)).map_err(nccl_err("ncclAllReduce"))?;
-                    }
-                    DeviceOp::Broadcast(_, root) => {
-                        nc.broadcast(Some(&src), &mut dst, *root as i32).map_err(nccl_err("ncclBroadcast"))?;
-                    }
+        // The result is allocated by the compute device, on its stream, like every other candle tensor (candle
+        // copies a tensor to the host on the stream that owns its buffer), and before `run` drains that stream, so
+        // the allocation is complete before NCCL writes it.
+        // SAFETY: NCCL writes all n elements before anything reads them (`run` waits for the NCCL stream).
+        let mut out = unsafe { storage.device.alloc::<f32>(end - start)? };
+        comm.run(what, Some(&storage.device), |nc| {
+            let src = storage.as_cuda_slice::<f32>().map_err(DistError::Candle)?.slice(start..end);
+            match self {
+                DeviceOp::AllReduce(_) => {
+                    nc.all_reduce(&src, &mut out, &NcclOp::Sum).map_err(nccl_err("ncclAllReduce"))?;
                 }
-                Ok(dst)
-            })
-            .map_err(candle_core::Error::wrap)?;
+                DeviceOp::Broadcast(_, root) => {
+                    nc.broadcast(Some(&src), &mut out, *root as i32).map_err(nccl_err("ncclBroadcast"))?;
+                }
+            }
+            Ok(())
+        })
+        .map_err(candle_core::Error::wrap)?;
         Ok((CudaStorage::wrap_cuda_slice(out, storage.device.clone()), layout.shape().clone()))
     }
 }
@@ -193,10 +192,18 @@ impl Communicator for NcclCommunicator {
         "nccl"
     }
     fn all_reduce_f32(&self, buf: &mut [f32], op: ReduceOp) -> Result<(), DistError> {
-        self.host_all_reduce(buf, op)
+        self.host_all_reduce(buf)?;
+        if op == ReduceOp::Avg && self.world > 1 {
+            buf.iter_mut().for_each(|x| *x /= self.world as f32);
+        }
+        Ok(())
     }
     fn all_reduce_f64(&self, buf: &mut [f64], op: ReduceOp) -> Result<(), DistError> {
-        self.host_all_reduce(buf, op)
+        self.host_all_reduce(buf)?;
+        if op == ReduceOp::Avg && self.world > 1 {
+            buf.iter_mut().for_each(|x| *x /= self.world as f64);
+        }
+        Ok(())
     }
     fn broadcast_f32(&self, buf: &mut [f32], root: usize) -> Result<(), DistError> {
         if buf.is_empty() {
@@ -210,11 +217,15 @@ impl Communicator for NcclCommunicator {
         })
     }
     fn barrier(&self) -> Result<(), DistError> {
-        self.host_all_reduce(&mut [0f32], ReduceOp::Sum)
+        self.host_all_reduce(&mut [0f32])
     }
     fn all_reduce_tensor(&self, t: &Tensor, op: ReduceOp) -> Result<Tensor, DistError> {
         let t = t.to_dtype(DType::F32)?.contiguous()?;
-        Ok(t.apply_op1_no_bwd(&DeviceOp::AllReduce(self, op))?)
+        let sum = t.apply_op1_no_bwd(&DeviceOp::AllReduce(self))?;
+        Ok(match op {
+            ReduceOp::Avg if self.world > 1 => (sum / self.world as f64)?,
+            _ => sum,
+        })
     }
     fn broadcast_tensor(&self, t: &Tensor, root: usize) -> Result<Tensor, DistError> {
         let t = t.to_dtype(DType::F32)?.contiguous()?;
