@@ -48,6 +48,11 @@ REF="$ROOT/bench/reference/track_ref.py"
 # fp32's, not a bug). Each can be overridden from the environment; every summary line states the ones it used.
 TIGHT_STEPS="${TIGHT_STEPS:-30}"
 TOL_F32_TIGHT="${TOL_F32_TIGHT:-2e-5}"      # fp32 vs fp32, first TIGHT_STEPS steps (measured 3e-6 on CPU)
+# CUDA vs CPU fp32, tiny config, first TIGHT_STEPS steps: measured 3.4e-5 on the H100 (2026-11-23; max 1.3e-3 over
+# 50 steps, median 2.1e-5), against 3e-6 for CPU vs PyTorch CPU: cuBLAS against the CPU gemm differ more per step
+# than two CPU fp32 implementations, and lr 3e-3 on a 3M-parameter model amplifies it. (124M on the GPU against
+# PyTorch on the GPU, both fp32 without TF32: 6e-6.)
+TOL_CUDA_CPU_F32_TIGHT="${TOL_CUDA_CPU_F32_TIGHT:-1e-4}"
 TOL_F32_ALL="${TOL_F32_ALL:-3e-3}"          # fp32 vs fp32 or fp64, all steps (measured <= 1.1e-3 on CPU)
 TOL_F64_TIGHT="${TOL_F64_TIGHT:-1e-4}"      # tokenmill fp32 vs PyTorch fp64, first TIGHT_STEPS (measured 3.4e-5)
 TOL_124M_F32_TIGHT="${TOL_124M_F32_TIGHT:-1e-4}"  # 124M fp32 vs fp32, first TIGHT_STEPS (not measurable on CPU:
@@ -133,7 +138,7 @@ mode_tiny() {
   # fp32 vs fp32: the same math in another summation order (cuBLAS vs gemm, the fused CE kernel's CUDA vs CPU
   # reduction); differences start at ~1e-6 and grow through 50 AdamW steps at lr 3e-3.
   compare "tiny cuda fp32 vs cpu fp32" "$OUT/tiny_cuda_f32.txt" "$OUT/tiny_cpu_f32.txt" \
-    "$TOL_F32_ALL" "$TOL_F32_TIGHT" "$TOL_F32_MEDIAN"
+    "$TOL_F32_ALL" "$TOL_CUDA_CPU_F32_TIGHT" "$TOL_F32_MEDIAN"
   # bf16 vs fp32: matmul inputs rounded to 8 mantissa bits (2^-9 relative) on one side only.
   compare "tiny cuda bf16 vs cpu fp32" "$OUT/tiny_cuda_bf16.txt" "$OUT/tiny_cpu_f32.txt" \
     "$TOL_BF16_ALL" "$TOL_BF16_TIGHT" "$TOL_BF16_MEDIAN"
