@@ -250,27 +250,7 @@ impl CustomOp3 for FlashAttention {
     ) -> Result<(CpuStorage, Shape)> {
         let (b, nh, t, hs) = l1.shape().dims4()?;
         let views = (HeadView::new(l1, "q")?, HeadView::new(l2, "k")?, HeadView::new(l3, "v")?);
-        let dims = (b * nh, t, hs);
-        macro_rules! go {
-            ($T:ty, $A:ty, $var:ident, $lvar:ident) => {{
-                let (o, lse) = cpu_fwd_typed::<$T, $A>(
-                    s1.as_slice()?,
-                    s2.as_slice()?,
-                    s3.as_slice()?,
-                    views,
-                    dims,
-                    <$A>::from_f64(self.scale),
-                );
-                (CpuStorage::$var(o), CpuStorage::$lvar(lse))
-            }};
-        }
-        let (o, lse) = match s1.dtype() {
-            DType::F32 => go!(f32, f32, F32, F32),
-            DType::BF16 => go!(bf16, f32, BF16, F32),
-            DType::F16 => go!(f16, f32, F16, F32),
-            DType::F64 => go!(f64, f64, F64, F64),
-            dt => candle_core::bail!("attention inputs must be float, got {dt:?}"),
-        };
+        let (o, lse) = cpu_fwd([s1, s2, s3], views, (b * nh, t, hs), self.scale)?;
         self.save_lse(Storage::Cpu(lse), (b, nh, t));
         Ok((o, l1.shape().clone()))
     }
@@ -310,10 +290,44 @@ impl CustomOp3 for FlashAttention {
 
 impl FlashAttention {
     fn save_lse(&self, storage: Storage, shape: (usize, usize, usize)) {
-        let t = Tensor::from_storage(storage, shape, BackpropOp::none(), false);
-        // A poisoned lock only means another thread panicked mid-store; the value is still ours to replace.
-        *self.lse.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+        store_lse(&self.lse, storage, shape)
     }
+}
+
+/// Keep a forward's logsumexp `(B, NH, T)` for the same op's backward.
+fn store_lse(slot: &Mutex<Option<Tensor>>, storage: Storage, shape: (usize, usize, usize)) {
+    let t = Tensor::from_storage(storage, shape, BackpropOp::none(), false);
+    // A poisoned lock only means another thread panicked mid-store; the value is still ours to replace.
+    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+}
+
+/// The CPU forward for q, k, v stored in `s` at `views`: `(o, lse)` storages, by dtype.
+fn cpu_fwd(
+    s: [&CpuStorage; 3],
+    views: (HeadView, HeadView, HeadView),
+    dims: (usize, usize, usize),
+    scale: f64,
+) -> Result<(CpuStorage, CpuStorage)> {
+    macro_rules! go {
+        ($T:ty, $A:ty, $var:ident, $lvar:ident) => {{
+            let (o, lse) = cpu_fwd_typed::<$T, $A>(
+                s[0].as_slice()?,
+                s[1].as_slice()?,
+                s[2].as_slice()?,
+                views,
+                dims,
+                <$A>::from_f64(scale),
+            );
+            (CpuStorage::$var(o), CpuStorage::$lvar(lse))
+        }};
+    }
+    Ok(match s[0].dtype() {
+        DType::F32 => go!(f32, f32, F32, F32),
+        DType::BF16 => go!(bf16, f32, BF16, F32),
+        DType::F16 => go!(f16, f32, F16, F32),
+        DType::F64 => go!(f64, f64, F64, F64),
+        dt => candle_core::bail!("attention inputs must be float, got {dt:?}"),
+    })
 }
 
 /// Causal attention straight from GPT-2's fused projection: `qkv (B, T, 3C)` (q, k, v side by side, each
@@ -368,8 +382,7 @@ impl FlashAttentionQkv {
     }
 
     fn save_lse(&self, storage: Storage, shape: (usize, usize, usize)) {
-        let t = Tensor::from_storage(storage, shape, BackpropOp::none(), false);
-        *self.lse.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+        store_lse(&self.lse, storage, shape)
     }
 }
 
@@ -380,21 +393,7 @@ impl CustomOp1 for FlashAttentionQkv {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let ([q, k, v], (b, nh, t, hs)) = self.views(l)?;
-        let dims = (b * nh, t, hs);
-        macro_rules! go {
-            ($T:ty, $A:ty, $var:ident, $lvar:ident) => {{
-                let x = s.as_slice::<$T>()?;
-                let (o, lse) = cpu_fwd_typed::<$T, $A>(x, x, x, (q, k, v), dims, <$A>::from_f64(self.scale));
-                (CpuStorage::$var(o), CpuStorage::$lvar(lse))
-            }};
-        }
-        let (o, lse) = match s.dtype() {
-            DType::F32 => go!(f32, f32, F32, F32),
-            DType::BF16 => go!(bf16, f32, BF16, F32),
-            DType::F16 => go!(f16, f32, F16, F32),
-            DType::F64 => go!(f64, f64, F64, F64),
-            dt => candle_core::bail!("attention inputs must be float, got {dt:?}"),
-        };
+        let (o, lse) = cpu_fwd([s, s, s], (q, k, v), (b * nh, t, hs), self.scale)?;
         self.save_lse(Storage::Cpu(lse), (b, nh, t));
         Ok((o, Shape::from((b, nh, t, hs))))
     }
