@@ -1,11 +1,14 @@
 //! The tokenizers tokenmill can write shards with: GPT-2 BPE (r50k_base, tiktoken's `gpt2`) by default, and
-//! tiktoken's cl100k_base / o200k_base for 32-bit shards. All encodings go through tiktoken-rs, which is the
-//! reference the golden tests hold us to (tests/golden_tokens.rs).
+//! tiktoken's cl100k_base / o200k_base for 32-bit shards. The vocabularies and merges are tiktoken-rs's, the
+//! reference the golden tests hold us to (tests/golden_tokens.rs); GPT-2's pre-tokenizer regex is replaced by a
+//! hand-written scanner with a piece cache (`gpt2_split`), proven to split identically.
 
 use std::fmt;
 use std::str::FromStr;
 
 use tiktoken_rs::CoreBPE;
+
+mod gpt2_split;
 
 /// Which BPE vocabulary a shard directory was written with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -106,13 +109,24 @@ impl Tokenizer {
 
     /// Plain BPE of `text`, special-token strings treated as ordinary text (tiktoken's `encode_ordinary`).
     pub fn encode(&self, text: &str) -> Vec<u32> {
-        self.kind.bpe().encode_ordinary(text)
+        let mut out = Vec::new();
+        self.encode_into(text, &mut out);
+        out
     }
 
     /// A document as fineweb.py tokenizes it: `<|endoftext|>` first, then the text, appended to `out`.
     pub fn encode_document_into(&self, text: &str, out: &mut Vec<u32>) {
         out.push(self.eot());
-        out.extend(self.kind.bpe().encode_ordinary(text));
+        self.encode_into(text, out);
+    }
+
+    /// `encode_ordinary(text)` appended to `out`. GPT-2 goes through the hand-written pre-tokenizer and piece
+    /// cache of `gpt2_split` (same tokens, ~2x faster than tiktoken-rs's regex); the others through tiktoken-rs.
+    fn encode_into(&self, text: &str, out: &mut Vec<u32>) {
+        match self.kind {
+            TokenizerKind::Gpt2 => gpt2_split::encode_into(self.kind.bpe(), text, out),
+            _ => out.extend(self.kind.bpe().encode_ordinary(text)),
+        }
     }
 
     /// Decode ids back to text (lossy on invalid UTF-8 boundaries, as samples may cut mid-character).
