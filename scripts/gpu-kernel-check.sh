@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 DIST=.dist/kernels
 # One binary (tests/gpu/main.rs) holding every test file with a CUDA part, as these modules.
 TESTS=(gpu)
-MODULES=(kernels_cross_entropy kernels_attention kernels_norm_act kernels_embedding dist_nccl gpu_model)
+# KERNEL_MODULES="kernels_embedding dist_nccl" runs a subset.
+read -ra MODULES <<< "${KERNEL_MODULES:-kernels_cross_entropy kernels_attention kernels_norm_act kernels_embedding dist_nccl gpu_model}"
 
 build() {
   if ! command -v nvcc >/dev/null; then

@@ -93,14 +93,8 @@ mod cuda {
     use candle_core::Device;
     use cudarc::driver::{result, sys};
 
-    /// The current memory pool of `device`'s CUDA device (the one `cuMemAllocAsync` draws from), with its context
-    /// bound to this thread.
     fn pool(device: &Device) -> Option<sys::CUmemoryPool> {
-        let stream = device.as_cuda_device().ok()?.cuda_stream();
-        let ctx = stream.context();
-        ctx.bind_to_thread().ok()?;
-        // SAFETY: cu_device() is the valid device handle of a live context.
-        unsafe { result::device::get_mem_pool(ctx.cu_device()) }.ok()
+        crate::train::cuda_pool::pool_of(device).ok().flatten()
     }
 
     fn attribute(pool: sys::CUmemoryPool, attr: sys::CUmemPool_attribute) -> Option<u64> {

@@ -285,8 +285,12 @@ pub fn parse_compute_dtype(s: &str, device: &candle_core::Device) -> Result<Comp
 
 /// `cpu`, `cuda`, `cuda:N`, `auto`.
 pub fn parse_device(s: &str) -> Result<candle_core::Device, ConfigError> {
-    let cuda =
-        |i: usize| candle_core::Device::new_cuda(i).map_err(|e| ConfigError::Invalid(format!("device `{s}`: {e}")));
+    let cuda = |i: usize| {
+        let device =
+            candle_core::Device::new_cuda(i).map_err(|e| ConfigError::Invalid(format!("device `{s}`: {e}")))?;
+        super::cuda_pool::retain_freed_memory(&device).map_err(|e| ConfigError::Invalid(format!("device `{s}`: {e}")))?;
+        Ok(device)
+    };
     match s {
         "cpu" => Ok(candle_core::Device::Cpu),
         "auto" => {

@@ -12,6 +12,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod cuda_pool;
 pub mod dist;
 pub mod log;
 pub mod optim;

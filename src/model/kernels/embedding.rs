@@ -1,10 +1,10 @@
-//! Embedding lookup `table (V, C)`, `ids (N)` u32 -> `(N, C)`, whose backward on CUDA is a row-parallel scatter-add
-//! (`embedding.cu`) instead of candle's `index_add`, which walks all N ids serially per column (measured the cost
-//! in the module doc of embedding.cu). Forward is candle's own `index_select` on the storages.
+//! Embedding lookup `table (V, C)`, `ids (N)` u32 -> `(N, C)`, whose backward on CUDA is a grouped, deterministic
+//! sum (`embedding.cu`) instead of candle's `index_add`, which walks all N ids serially per column (the cost is in
+//! the module doc of embedding.cu). Forward is candle's own `index_select` on the storages.
 //!
-//! Backward returns `dtable (V, C)` in the table's dtype: on CPU candle's `index_add` (deterministic, the
-//! reference); on CUDA, for an f32 table (the models' fp32 master `wte`), the atomic kernel, whose summation order
-//! for repeated ids varies between runs (last-bit differences, as PyTorch's default embedding backward on GPU).
+//! Backward returns `dtable (V, C)` in the table's dtype: on CPU candle's `index_add` (the reference); on CUDA, for
+//! an f32 table (the models' fp32 master `wte`), the rows are grouped by id on the host (`IdGroups`) and summed per
+//! group in ascending row order, which is the CPU's order: the two agree bit for bit and runs repeat exactly.
 //! Other dtypes on CUDA fall back to `index_add`.
 
 use candle_core::backend::BackendStorage;
@@ -27,6 +27,54 @@ pub fn embedding_backward(dy: &Tensor, ids: &Tensor, v: usize) -> Result<Tensor>
         return dy.contiguous()?.apply_op2_no_bwd(&ids.contiguous()?, &cuda::ScatterAdd { v });
     }
     Tensor::zeros((v, c), dy.dtype(), dy.device())?.index_add(ids, dy, 0)
+}
+
+/// The rows of `ids` grouped by id, for the CUDA backward: a stable counting sort, so every group lists its rows in
+/// ascending order. Only ids that occur get a group.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+#[derive(Debug, PartialEq)]
+struct IdGroups {
+    /// Row indices, group after group.
+    rows: Vec<u32>,
+    /// `start[g]..start[g + 1]` is group g's range in `rows` (len groups + 1).
+    start: Vec<u32>,
+    /// The id of each group, ascending.
+    id: Vec<u32>,
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+impl IdGroups {
+    fn new(ids: &[u32], v: usize) -> Result<IdGroups> {
+        if ids.len() > u32::MAX as usize {
+            candle_core::bail!("embedding backward: {} ids do not fit u32 row indices", ids.len());
+        }
+        let mut count = vec![0u32; v];
+        for (r, &id) in ids.iter().enumerate() {
+            let Some(c) = count.get_mut(id as usize) else {
+                candle_core::bail!("embedding backward: id {id} at row {r} is out of range for a table of {v} rows")
+            };
+            *c += 1;
+        }
+        let (mut start, mut id) = (vec![0u32], Vec::new());
+        // `count` becomes each id's next write position in `rows`.
+        let mut next = 0u32;
+        for (i, c) in count.iter_mut().enumerate() {
+            if *c > 0 {
+                id.push(i as u32);
+                let n = *c;
+                *c = next;
+                next += n;
+                start.push(next);
+            }
+        }
+        let mut rows = vec![0u32; ids.len()];
+        for (r, &i) in ids.iter().enumerate() {
+            let pos = &mut count[i as usize];
+            rows[*pos as usize] = r as u32;
+            *pos += 1;
+        }
+        Ok(IdGroups { rows, start, id })
+    }
 }
 
 struct Lookup {
@@ -70,14 +118,14 @@ mod cuda {
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape};
 
+    use super::IdGroups;
+
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/embedding.ptx"));
     const MODULE: &str = "tokenmill_embedding";
     /// EMB_THREADS in embedding.cu.
     const THREADS: u32 = 256;
-    /// Grid-stride cap over rows: ~16 blocks per SM of an H100.
-    const MAX_BLOCKS: usize = 2048;
 
-    /// `(dy (N, C) f32, ids (N) u32)` -> zeroed `(V, C)` f32 with `dtable[ids[r]] += dy[r]`.
+    /// `(dy (N, C) f32, ids (N) u32)` -> `(V, C)` f32 with `dtable[id] = sum of dy[r] over ids[r] == id`.
     pub(super) struct ScatterAdd {
         pub v: usize,
     }
@@ -93,7 +141,7 @@ mod cuda {
 
         fn cuda_fwd(&self, g: &CudaStorage, gl: &Layout, i: &CudaStorage, il: &Layout) -> Result<(CudaStorage, Shape)> {
             let (n, c) = gl.shape().dims2()?;
-            let (Some((gstart, _)), Some((istart, _))) = (gl.contiguous_offsets(), il.contiguous_offsets()) else {
+            let (Some((gstart, _)), Some((istart, iend))) = (gl.contiguous_offsets(), il.contiguous_offsets()) else {
                 candle_core::bail!("embedding-scatter-add: dy and ids must be contiguous")
             };
             if g.dtype() != DType::F32 || i.dtype() != DType::U32 {
@@ -101,23 +149,49 @@ mod cuda {
             }
             let dev = g.device();
             let out = dev.alloc_zeros::<f32>(self.v * c)?;
-            if n > 0 && c > 0 {
-                let dy = g.as_cuda_slice::<f32>()?.slice(gstart..);
-                let ids = i.as_cuda_slice::<u32>()?.slice(istart..);
-                let func = dev.get_or_load_custom_func("embedding_bwd_f32", MODULE, PTX)?;
-                let mut b = func.builder();
-                let (n64, c64, v64, stride) = (n as i64, c as i64, self.v as i64, c as i64);
-                b.arg(&ids).arg(&dy).arg(&out).arg(&n64).arg(&c64).arg(&v64).arg(&stride);
-                let cfg = LaunchConfig {
-                    grid_dim: (n.min(MAX_BLOCKS) as u32, 1, 1),
-                    block_dim: (THREADS, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                // SAFETY: argument types and order match embedding_bwd_f32; `out` holds V * C f32, every id < V is
-                // checked in the kernel before it writes.
-                unsafe { b.launch(cfg) }.w()?;
+            if n == 0 || c == 0 {
+                return Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((self.v, c))));
             }
+            // The grouping needs the ids on the host: one 4N-byte copy and a wait for the stream. The embedding's
+            // backward is the last of the backward pass, so little queued work is lost to that wait.
+            let ids = dev.clone_dtoh(&i.as_cuda_slice::<u32>()?.slice(istart..iend))?;
+            let groups = IdGroups::new(&ids, self.v)?;
+            let packed: Vec<u32> = [&groups.rows[..], &groups.start[..], &groups.id[..]].concat();
+            let packed = dev.clone_htod(&packed)?;
+            let ngroups = groups.id.len();
+            let rows = packed.slice(..n);
+            let start = packed.slice(n..n + ngroups + 1);
+            let id = packed.slice(n + ngroups + 1..);
+            let dy = g.as_cuda_slice::<f32>()?.slice(gstart..);
+            let func = dev.get_or_load_custom_func("embedding_bwd_sorted_f32", MODULE, PTX)?;
+            let mut b = func.builder();
+            let (c64, stride) = (c as i64, c as i64);
+            b.arg(&rows).arg(&start).arg(&id).arg(&dy).arg(&out).arg(&c64).arg(&stride);
+            let cfg = LaunchConfig {
+                grid_dim: (ngroups as u32, c.div_ceil(THREADS as usize) as u32, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: argument types and order match embedding_bwd_sorted_f32; every row index is < N, every group
+            // id < V (IdGroups checks), and `out` holds V * C f32.
+            unsafe { b.launch(cfg) }.w()?;
             Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((self.v, c))))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdGroups;
+
+    #[test]
+    fn groups_are_stable_and_ascending() {
+        let g = IdGroups::new(&[3, 1, 3, 0, 1, 3], 5).unwrap();
+        assert_eq!(g.id, vec![0, 1, 3]);
+        assert_eq!(g.start, vec![0, 1, 3, 6]);
+        assert_eq!(g.rows, vec![3, 1, 4, 0, 2, 5]);
+        assert_eq!(IdGroups::new(&[], 4).unwrap(), IdGroups { rows: vec![], start: vec![0], id: vec![] });
+        let e = IdGroups::new(&[0, 7], 5).unwrap_err().to_string();
+        assert!(e.contains("id 7 at row 1"), "{e}");
     }
 }

@@ -9,8 +9,8 @@
 //!   recomputing P blockwise (CUDA, HS = 64; a row-by-row CPU implementation of the same algorithm is its twin).
 //! - `layer_norm`: LayerNorm saving only mean and rstd, output straight in the compute dtype, deterministic
 //!   dweight/dbias (CPU and CUDA, one warp per row).
-//! - `embedding`: the token embedding lookup, with a row-parallel scatter-add backward on CUDA (candle's
-//!   `index_add` walks the ids serially per column).
+//! - `embedding`: the token embedding lookup, with a deterministic grouped backward on CUDA (rows grouped by id on
+//!   the host, summed in the CPU's order: equal to candle's `index_add`, which walks the ids serially per column).
 //! - `gelu`: GELU (tanh approximation) saving only its input (CPU and CUDA, elementwise).
 //!
 //! `lab/` is the bench for the CUDA files without a GPU: `lab/run.sh` compiles the .cu kernels with g++ against a

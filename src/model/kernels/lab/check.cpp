@@ -1,4 +1,4 @@
-// Runs the CUDA kernels of ../cross_entropy.cu and ../attention.cu under cuda_emu.h and compares them with plain
+// Runs the CUDA kernels of ../cross_entropy.cu, ../attention.cu and ../embedding.cu under cuda_emu.h and compares them with plain
 // double-precision references, in f32 and bf16, on awkward sizes (T not a multiple of the tiles, unaligned rows,
 // the strided q/k/v views GPT-2 passes, ignored targets). Prints one line per check; exits 1 on any mismatch.
 // Build and run: src/model/kernels/lab/run.sh
@@ -6,8 +6,10 @@
 
 #include "../attention.cu"
 #include "../cross_entropy.cu"
+#include "../embedding.cu"
 
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <string>
 
@@ -226,7 +228,47 @@ static void check_ce(const char* dtype, int N, int V, int64_t row_stride, double
     expect(tag + " dlogits", grad, want_grad, tol_abs, tol_rel);
 }
 
+// ---- embedding backward ----------------------------------------------------------------------------------------
+// The grouped kernel must equal a serial f32 index_add (rows added in ascending order into zeros) bit for bit: that
+// is what makes the CUDA backward deterministic and equal to candle's CPU op. Rows of dy are `stride` apart.
+static void check_embedding(int N, int V, int C, int64_t stride, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> nd(0.f, 1.f);
+    std::vector<float> dy((size_t)N * stride);
+    for (auto& x : dy) x = nd(rng);
+    std::vector<uint32_t> ids(N);
+    for (int r = 0; r < N; r++) ids[r] = (r % 4 == 0) ? 5 % V : rng() % V;  // one id on a quarter of the rows
+    std::vector<float> want((size_t)V * C, 0.f);
+    for (int r = 0; r < N; r++)
+        for (int j = 0; j < C; j++) want[(size_t)ids[r] * C + j] += dy[(size_t)r * stride + j];
+    // The host grouping of embedding.rs (IdGroups): a stable counting sort.
+    std::vector<uint32_t> count(V, 0), start{0}, gid, rows(N);
+    for (uint32_t id : ids) count[id]++;
+    uint32_t next = 0;
+    for (int i = 0; i < V; i++)
+        if (count[i]) {
+            gid.push_back(i);
+            const uint32_t n = count[i];
+            count[i] = next;
+            next += n;
+            start.push_back(next);
+        }
+    for (int r = 0; r < N; r++) rows[count[ids[r]]++] = r;
+    std::vector<float> got((size_t)V * C, 0.f);
+    emu_launch(embedding_bwd_sorted_f32, dim3{(unsigned)gid.size(), (unsigned)((C + EMB_THREADS - 1) / EMB_THREADS), 1},
+               dim3{EMB_THREADS, 1, 1}, (const uint32_t*)rows.data(), (const uint32_t*)start.data(),
+               (const uint32_t*)gid.data(), (const float*)dy.data(), got.data(), (int64_t)C, stride);
+    size_t bad = 0;
+    for (size_t i = 0; i < got.size(); i++) bad += std::memcmp(&got[i], &want[i], sizeof(float)) != 0;
+    std::printf("%-5s embedding backward N=%d V=%d C=%d stride %lld: %zu of %zu values differ from serial f32 index_add\n",
+                bad ? "FAIL" : "ok", N, V, C, (long long)stride, bad, got.size());
+    if (bad) failures++;
+}
+
 int main() {
+    check_embedding(1, 3, 5, 5, 21);
+    check_embedding(1000, 37, 300, 300, 22);
+    check_embedding(777, 1000, 64, 70, 23);
     check_ce<float>("f32", 7, 1024, 1024, 1e-7, 1e-5, 1);
     check_ce<float>("f32", 6, 1003, 1003, 1e-7, 1e-5, 2);
     check_ce<float>("f32", 6, 999, 1010, 1e-7, 1e-5, 3);
