@@ -4,14 +4,13 @@
 //! and the step's loss concatenated into one flat buffer, all-reduced, and read back through views (narrow +
 //! reshape) — including the loss scalar read on the host.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
-use tokenmill::pipelines::fineweb::{self, Input, PrepOptions};
-use tokenmill::pipelines::sources::{SourceFile, SourceKind};
-use tokenmill::tokenizer::TokenizerKind;
 use tokenmill::train::dist::rendezvous::free_local_port;
 use tokenmill::train::dist::{init, Communicator, DataParallel, DistEnv, DistTimeouts, EnvSource, ReduceOp};
 use tokenmill::train::step::Reducer;
@@ -76,28 +75,8 @@ fn check_on(device: &Device) {
     comm.shutdown().unwrap();
 }
 
-/// data/tinyshakespeare.txt through `prep` (GPT-2 BPE, 100K-token shards), once per test binary.
 fn shards() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let text = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/tinyshakespeare.txt");
-        fineweb::prep(&PrepOptions {
-            input: Input::Local(vec![SourceFile { path: text, kind: SourceKind::Text }]),
-            text_column: "text".into(),
-            out: dir.path().to_path_buf(),
-            dataset: "tinyshakespeare".into(),
-            tokenizer: TokenizerKind::Gpt2,
-            shard_size: 100_000,
-            val_shards: 1,
-            max_shards: None,
-            threads: 1,
-            progress: false,
-        })
-        .unwrap();
-        dir
-    })
-    .path()
+    common::tiny_shakespeare_shards()
 }
 
 /// A few optimizer steps of the tiny config on `device`, alone and as the one rank of a job: the logged losses and

@@ -3,17 +3,17 @@
 //! the same tokens; val loss and HellaSwag are split and reduced; only rank 0 logs and checkpoints while every rank
 //! resumes; a dead or hung rank fails the others with its name; indivisible batches are a clear error.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tokenmill::pipelines::fineweb::{self, Input, PrepOptions};
-use tokenmill::pipelines::sources::{SourceFile, SourceKind};
 use tokenmill::shards::loader::{DataLoader, LoaderConfig};
 use tokenmill::shards::Split;
-use tokenmill::tokenizer::TokenizerKind;
 use tokenmill::train::dist::{Communicator, DataParallel, LocalGroup};
 use tokenmill::train::log::Event;
 use tokenmill::train::{Resume, TrainConfig, Trainer, TrainerOptions};
@@ -22,30 +22,8 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// data/tinyshakespeare.txt through `prep` (GPT-2 BPE, 100K-token shards: 1 val + 3 train), once per test binary.
 fn shards() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        fineweb::prep(&PrepOptions {
-            input: Input::Local(vec![SourceFile {
-                path: repo().join("data/tinyshakespeare.txt"),
-                kind: SourceKind::Text,
-            }]),
-            text_column: "text".into(),
-            out: dir.path().to_path_buf(),
-            dataset: "tinyshakespeare".into(),
-            tokenizer: TokenizerKind::Gpt2,
-            shard_size: 100_000,
-            val_shards: 1,
-            max_shards: None,
-            threads: 1,
-            progress: false,
-        })
-        .unwrap();
-        dir
-    })
-    .path()
+    common::tiny_shakespeare_shards()
 }
 
 /// configs/tiny-cpu.toml on the prepped shards, logging under `log`, plus `extra` overrides.

@@ -3,7 +3,7 @@
 //! same bytes. The tag lets the combiner tell ranks that called different collectives apart from ranks that merely
 //! disagree on a length, and name them.
 
-use super::{add_bytes, finish_op, from_bytes, to_bytes, DistError, Elem, ReduceOp};
+use super::{add_bytes, finish_op, from_bytes, to_bytes, Communicator, DistError, Elem, ReduceOp};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Collective {
@@ -95,22 +95,56 @@ fn reduce<T: Elem>(parts: &[&[u8]], op: ReduceOp, world: usize) -> Result<Vec<u8
     Ok(to_bytes(&acc))
 }
 
-/// A backend's raw exchange: contribute `payload` to `collective`, get the combined bytes back.
-pub(crate) trait Exchange {
+/// A byte-moving backend (tcp, local): one raw exchange (contribute `payload` to `collective`, get the combined bytes
+/// back) plus who this rank is. Every such backend is a `Communicator` through the impl below.
+pub(crate) trait Exchange: Send + Sync {
+    /// "tcp", "local": `Communicator::backend`.
+    const BACKEND: &'static str;
+    /// `(rank, world)`.
+    fn position(&self) -> (usize, usize);
     fn exchange(&self, collective: Collective, payload: Vec<u8>) -> Result<Vec<u8>, DistError>;
+    /// After the closing barrier of `shutdown`: this rank's departure is normal from now on, and any further
+    /// collective on this handle is an error.
+    fn mark_finished(&self);
 }
 
-pub(crate) fn all_reduce<T: Elem>(ex: &impl Exchange, c: Collective, buf: &mut [T]) -> Result<(), DistError> {
+fn all_reduce<T: Elem>(ex: &impl Exchange, c: Collective, buf: &mut [T]) -> Result<(), DistError> {
     let out = ex.exchange(c, to_bytes(buf))?;
     from_bytes(&out, buf);
     Ok(())
 }
 
-pub(crate) fn broadcast_f32(ex: &impl Exchange, rank: usize, buf: &mut [f32], root: usize) -> Result<(), DistError> {
-    let payload = if rank == root { to_bytes(buf) } else { (buf.len() as u64).to_le_bytes().to_vec() };
-    let out = ex.exchange(Collective::BroadcastF32 { root }, payload)?;
-    from_bytes(&out, buf);
-    Ok(())
+impl<E: Exchange> Communicator for E {
+    fn rank(&self) -> usize {
+        self.position().0
+    }
+    fn world(&self) -> usize {
+        self.position().1
+    }
+    fn backend(&self) -> &'static str {
+        E::BACKEND
+    }
+    fn all_reduce_f32(&self, buf: &mut [f32], op: ReduceOp) -> Result<(), DistError> {
+        all_reduce(self, Collective::AllReduceF32(op), buf)
+    }
+    fn all_reduce_f64(&self, buf: &mut [f64], op: ReduceOp) -> Result<(), DistError> {
+        all_reduce(self, Collective::AllReduceF64(op), buf)
+    }
+    fn broadcast_f32(&self, buf: &mut [f32], root: usize) -> Result<(), DistError> {
+        // Only root's values travel; the others send their length, which the combiner checks.
+        let payload = if self.rank() == root { to_bytes(buf) } else { (buf.len() as u64).to_le_bytes().to_vec() };
+        let out = self.exchange(Collective::BroadcastF32 { root }, payload)?;
+        from_bytes(&out, buf);
+        Ok(())
+    }
+    fn barrier(&self) -> Result<(), DistError> {
+        self.exchange(Collective::Barrier, Vec::new()).map(|_| ())
+    }
+    fn shutdown(&self) -> Result<(), DistError> {
+        self.barrier()?;
+        self.mark_finished();
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::collective::{self, Collective, Exchange};
-use super::{Communicator, DistError, ReduceOp};
+use super::collective::{Collective, Exchange};
+use super::DistError;
 
 /// Builds the per-thread handles of one in-process group.
 pub struct LocalGroup;
@@ -95,6 +95,13 @@ impl LocalCommunicator {
 }
 
 impl Exchange for LocalCommunicator {
+    const BACKEND: &'static str = "local";
+    fn position(&self) -> (usize, usize) {
+        (self.rank, self.world)
+    }
+    fn mark_finished(&self) {
+        self.lock().finished[self.rank] = true;
+    }
     fn exchange(&self, c: Collective, payload: Vec<u8>) -> Result<Vec<u8>, DistError> {
         let op = c.name();
         let mut st = self.lock();
@@ -140,35 +147,6 @@ impl Exchange for LocalCommunicator {
             }
             self.check_departed(&mut st, op)?;
         }
-    }
-}
-
-impl Communicator for LocalCommunicator {
-    fn rank(&self) -> usize {
-        self.rank
-    }
-    fn world(&self) -> usize {
-        self.world
-    }
-    fn backend(&self) -> &'static str {
-        "local"
-    }
-    fn all_reduce_f32(&self, buf: &mut [f32], op: ReduceOp) -> Result<(), DistError> {
-        collective::all_reduce(self, Collective::AllReduceF32(op), buf)
-    }
-    fn all_reduce_f64(&self, buf: &mut [f64], op: ReduceOp) -> Result<(), DistError> {
-        collective::all_reduce(self, Collective::AllReduceF64(op), buf)
-    }
-    fn broadcast_f32(&self, buf: &mut [f32], root: usize) -> Result<(), DistError> {
-        collective::broadcast_f32(self, self.rank, buf, root)
-    }
-    fn barrier(&self) -> Result<(), DistError> {
-        self.exchange(Collective::Barrier, Vec::new()).map(|_| ())
-    }
-    fn shutdown(&self) -> Result<(), DistError> {
-        self.barrier()?;
-        self.lock().finished[self.rank] = true;
-        Ok(())
     }
 }
 

@@ -11,10 +11,10 @@ use std::net::TcpStream;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::collective::{self, Collective, Exchange, HEADER};
+use super::collective::{Collective, Exchange, HEADER};
 use super::rendezvous::Rendezvous;
 use super::wire::{self, Tag};
-use super::{Communicator, DistError, ReduceOp};
+use super::DistError;
 
 pub struct TcpCommunicator {
     rank: usize,
@@ -119,6 +119,13 @@ impl TcpCommunicator {
 }
 
 impl Exchange for TcpCommunicator {
+    const BACKEND: &'static str = "tcp";
+    fn position(&self) -> (usize, usize) {
+        (self.rank, self.world)
+    }
+    fn mark_finished(&self) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).finished = true;
+    }
     fn exchange(&self, c: Collective, payload: Vec<u8>) -> Result<Vec<u8>, DistError> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(first) = &inner.broken {
@@ -149,31 +156,3 @@ impl Exchange for TcpCommunicator {
     }
 }
 
-impl Communicator for TcpCommunicator {
-    fn rank(&self) -> usize {
-        self.rank
-    }
-    fn world(&self) -> usize {
-        self.world
-    }
-    fn backend(&self) -> &'static str {
-        "tcp"
-    }
-    fn all_reduce_f32(&self, buf: &mut [f32], op: ReduceOp) -> Result<(), DistError> {
-        collective::all_reduce(self, Collective::AllReduceF32(op), buf)
-    }
-    fn all_reduce_f64(&self, buf: &mut [f64], op: ReduceOp) -> Result<(), DistError> {
-        collective::all_reduce(self, Collective::AllReduceF64(op), buf)
-    }
-    fn broadcast_f32(&self, buf: &mut [f32], root: usize) -> Result<(), DistError> {
-        collective::broadcast_f32(self, self.rank, buf, root)
-    }
-    fn barrier(&self) -> Result<(), DistError> {
-        self.exchange(Collective::Barrier, Vec::new()).map(|_| ())
-    }
-    fn shutdown(&self) -> Result<(), DistError> {
-        self.barrier()?;
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).finished = true;
-        Ok(())
-    }
-}

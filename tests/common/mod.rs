@@ -1,0 +1,34 @@
+//! Fixtures shared by the integration tests that train on real text. Included with
+//! `#[path = "common/mod.rs"] mod common;` (a path relative to the including file, so it also resolves when
+//! tests/gpu/main.rs includes that file as a module).
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use tokenmill::pipelines::fineweb::{self, Input, PrepOptions};
+use tokenmill::pipelines::sources::{SourceFile, SourceKind};
+use tokenmill::tokenizer::TokenizerKind;
+
+/// data/tinyshakespeare.txt through `prep` (GPT-2 BPE, 100K-token shards: 1 val + 3 train), once per test binary.
+pub fn tiny_shakespeare_shards() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tinyshakespeare.txt");
+        fineweb::prep(&PrepOptions {
+            input: Input::Local(vec![SourceFile { path: text, kind: SourceKind::Text }]),
+            text_column: "text".into(),
+            out: dir.path().to_path_buf(),
+            dataset: "tinyshakespeare".into(),
+            tokenizer: TokenizerKind::Gpt2,
+            shard_size: 100_000,
+            val_shards: 1,
+            max_shards: None,
+            threads: 1,
+            progress: false,
+        })
+        .unwrap();
+        dir
+    })
+    .path()
+}
