@@ -237,28 +237,36 @@ fn dead_rank_fails_the_others_at_once() {
     assert!(errs[0].contains("already failed"), "{errs:?}");
 }
 
-#[test]
-fn liveness_reports_a_lost_rank_to_everyone_but_not_a_clean_exit() {
+/// `world` ranks joined over a real rendezvous, each with a liveness monitor that reports `(rank, message)` on the
+/// returned channel; a monitor set to `None` is dropped (the rank vanishes), `leave()` is a clean exit.
+fn monitored_group(world: usize) -> (Vec<Option<Liveness>>, mpsc::Receiver<(usize, String)>) {
     let addr = format!("127.0.0.1:{}", free_local_port().unwrap());
     let (tx, rx) = mpsc::channel::<(usize, String)>();
     let tx = Arc::new(Mutex::new(tx));
-    let monitors: Vec<Liveness> = (0..3)
+    let monitors = (0..world)
         .map(|rank| {
             let addr = addr.clone();
-            thread::spawn(move || Rendezvous::join(&addr, rank, 3, b"", Duration::from_secs(20)).unwrap())
+            thread::spawn(move || Rendezvous::join(&addr, rank, world, b"", Duration::from_secs(20)).unwrap())
         })
         .collect::<Vec<_>>()
         .into_iter()
         .map(|h| h.join().unwrap())
         .map(|rv| {
             let (rank, tx) = (rv.rank, tx.clone());
-            Liveness::start(rv, move |m| {
-                let _ = tx.lock().unwrap().send((rank, m));
-            })
-            .unwrap()
+            Some(
+                Liveness::start(rv, move |m| {
+                    let _ = tx.lock().unwrap().send((rank, m));
+                })
+                .unwrap(),
+            )
         })
         .collect();
-    let mut monitors: Vec<Option<Liveness>> = monitors.into_iter().map(Some).collect();
+    (monitors, rx)
+}
+
+#[test]
+fn liveness_reports_a_lost_rank_to_everyone_but_not_a_clean_exit() {
+    let (mut monitors, rx) = monitored_group(3);
 
     // Rank 2 exits cleanly: nobody is alarmed.
     monitors[2].as_ref().unwrap().leave();
@@ -276,30 +284,7 @@ fn liveness_reports_a_lost_rank_to_everyone_but_not_a_clean_exit() {
 
 #[test]
 fn abort_reaches_the_surviving_ranks() {
-    let addr = format!("127.0.0.1:{}", free_local_port().unwrap());
-    let (tx, rx) = mpsc::channel::<(usize, String)>();
-    let tx = Arc::new(Mutex::new(tx));
-    let rvs: Vec<Rendezvous> = (0..3)
-        .map(|rank| {
-            let addr = addr.clone();
-            thread::spawn(move || Rendezvous::join(&addr, rank, 3, b"", Duration::from_secs(20)).unwrap())
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .collect();
-    let mut monitors: Vec<Option<Liveness>> = rvs
-        .into_iter()
-        .map(|rv| {
-            let (rank, tx) = (rv.rank, tx.clone());
-            Some(
-                Liveness::start(rv, move |m| {
-                    let _ = tx.lock().unwrap().send((rank, m));
-                })
-                .unwrap(),
-            )
-        })
-        .collect();
+    let (mut monitors, rx) = monitored_group(3);
     monitors[2] = None; // rank 2 crashes
     let mut got: Vec<(usize, String)> = (0..2).map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap()).collect();
     got.sort();

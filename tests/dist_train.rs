@@ -54,12 +54,33 @@ fn params(t: &Trainer) -> Vec<(String, Vec<f32>)> {
 }
 
 /// Run `f(rank, trainer)` for `world` ranks on threads over one in-process group; `cfg(rank)` gives each rank's
-/// config. Returns the results by rank.
+/// config. Returns the results by rank. The ranks leave the group cleanly (`shutdown`) after `f`.
 fn on_ranks<R: Send + 'static>(
     world: usize,
     timeout: Duration,
     cfg: impl Fn(usize) -> TrainConfig,
     resume: Resume,
+    f: impl Fn(usize, &mut Trainer) -> R + Send + Sync + 'static,
+) -> Vec<R> {
+    ranks(world, timeout, &cfg, resume, true, f)
+}
+
+/// As `on_ranks`, without the final shutdown (the ranks here end abnormally).
+fn on_ranks_raw<R: Send + 'static>(
+    world: usize,
+    timeout: Duration,
+    cfg: &dyn Fn(usize) -> TrainConfig,
+    f: impl Fn(usize, &mut Trainer) -> R + Send + Sync + 'static,
+) -> Vec<R> {
+    ranks(world, timeout, cfg, Resume::No, false, f)
+}
+
+fn ranks<R: Send + 'static>(
+    world: usize,
+    timeout: Duration,
+    cfg: &dyn Fn(usize) -> TrainConfig,
+    resume: Resume,
+    shutdown: bool,
     f: impl Fn(usize, &mut Trainer) -> R + Send + Sync + 'static,
 ) -> Vec<R> {
     let f = Arc::new(f);
@@ -74,7 +95,9 @@ fn on_ranks<R: Send + 'static>(
                 let reducer = Box::new(DataParallel::new(comm.clone()).with_bucket_elems(50_000));
                 let mut t = Trainer::new(cfg, TrainerOptions { resume, echo: false, reducer }).unwrap();
                 let r = f(rank, &mut t);
-                comm.shutdown().unwrap();
+                if shutdown {
+                    comm.shutdown().unwrap();
+                }
                 r
             })
         })
@@ -274,29 +297,6 @@ fn dead_or_hung_rank_fails_the_others_naming_it() {
     });
     let err = out[1].clone().unwrap();
     assert!(err.contains("timed out after 1s waiting for rank 0"), "{err}");
-}
-
-/// As `on_ranks`, without the final shutdown (the ranks here end abnormally).
-fn on_ranks_raw<R: Send + 'static>(
-    world: usize,
-    timeout: Duration,
-    cfg: &dyn Fn(usize) -> TrainConfig,
-    f: impl Fn(usize, &mut Trainer) -> R + Send + Sync + 'static,
-) -> Vec<R> {
-    let f = Arc::new(f);
-    let handles: Vec<_> = LocalGroup::ranks(world, timeout)
-        .into_iter()
-        .enumerate()
-        .map(|(rank, comm)| {
-            let (cfg, f) = (cfg(rank), f.clone());
-            thread::spawn(move || {
-                let reducer = Box::new(DataParallel::new(Arc::new(comm)));
-                let mut t = Trainer::new(cfg, TrainerOptions { resume: Resume::No, echo: false, reducer }).unwrap();
-                f(rank, &mut t)
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().expect("rank thread panicked")).collect()
 }
 
 #[test]
