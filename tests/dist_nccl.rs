@@ -15,6 +15,7 @@ use tokenmill::train::dist::rendezvous::free_local_port;
 use tokenmill::train::dist::{init, Communicator, DataParallel, DistEnv, DistTimeouts, EnvSource, ReduceOp};
 use tokenmill::train::step::Reducer;
 use tokenmill::train::{TrainConfig, Trainer, TrainerOptions};
+use common::cuda_device;
 
 fn one_rank_job(device: &Device) -> std::sync::Arc<dyn Communicator> {
     let env = DistEnv {
@@ -111,14 +112,6 @@ fn trainer_on(device: &Device, dev: &str) {
     comm.shutdown().unwrap();
 }
 
-fn cuda() -> Option<Device> {
-    if !candle_core::utils::cuda_is_available() {
-        eprintln!("skipped: this binary has no CUDA support");
-        return None;
-    }
-    Device::new_cuda(0).map_err(|e| eprintln!("skipped: no CUDA device ({e})")).ok()
-}
-
 #[test]
 fn one_rank_collectives_read_back_exactly_on_cpu() {
     check_on(&Device::Cpu);
@@ -126,7 +119,7 @@ fn one_rank_collectives_read_back_exactly_on_cpu() {
 
 #[test]
 fn one_rank_collectives_read_back_exactly_on_cuda() {
-    if let Some(d) = cuda() {
+    if let Some(d) = cuda_device() {
         check_on(&d);
     }
 }
@@ -138,7 +131,7 @@ fn one_rank_job_trains_like_one_process_on_cpu() {
 
 #[test]
 fn one_rank_job_trains_like_one_process_on_cuda() {
-    if let Some(d) = cuda() {
+    if let Some(d) = cuda_device() {
         trainer_on(&d, "cuda:0");
     }
 }

@@ -28,6 +28,9 @@
 //! The CLI feature the end-to-end check needs (`tokenmill train --save-init`, the step-0 weights a reference
 //! implementation starts from) is tested here too (`save_init_writes_the_fresh_weights`).
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -36,6 +39,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokenmill::model::{build_model, model_from_tensors, Architecture, LanguageModel, ModelConfig, Precision};
 use tokenmill::train::step::micro_step;
+use common::cuda_device;
 
 /// Per-dtype bounds (see the module doc for where they come from).
 struct Tolerance {
@@ -269,13 +273,6 @@ fn finite_differences(name: &str, cfg: &ModelConfig, b: usize, t: usize, device:
         worst * 100.0
     );
     checked
-}
-
-fn cuda_device() -> Option<Device> {
-    if !candle_core::utils::cuda_is_available() {
-        return None;
-    }
-    Device::new_cuda(0).ok()
 }
 
 #[test]

@@ -14,6 +14,9 @@
 //! - tensor cores vs FMA kernels on the GPU (both bf16, GPT-2 shapes): 2% of the largest entry + 1/32 relative.
 //! - finite differences (f64, eps 1e-6): 1e-8 + 1e-7 rel, as tests/model_grad.rs.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -21,6 +24,7 @@ use tokenmill::model::attention::{causal_attention, causal_attention_slow};
 use tokenmill::model::kernels::attention::{
     flash_causal_attention, flash_causal_attention_with, fused_supported, FlashKernel, FLASH_HEAD_SIZE,
 };
+use common::cuda_device;
 
 /// `(q, k, v)` as GPT-2 makes them: views `(B, NH, T, HS)` of one `(B, T, 3 * NH * HS)` variable, plus the variable.
 fn qkv(rng: &mut ChaCha8Rng, shape: (usize, usize, usize, usize), dt: DType, dev: &Device) -> (Var, [Tensor; 3]) {
@@ -245,13 +249,6 @@ fn cuda_matches_cpu() {
     let err = flash_causal_attention(&q32, &q32, &q32).unwrap_err().to_string();
     assert!(err.contains("head size 64") && err.contains("causal_attention"), "{err}");
     assert!(causal_attention(&q32, &q32, &q32).is_ok(), "HS = 32 falls back to the composed path");
-}
-
-fn cuda_device() -> Option<Device> {
-    if !candle_core::utils::cuda_is_available() {
-        return None;
-    }
-    Device::new_cuda(0).ok()
 }
 
 /// `q + k + v`: what the timing harness costs around an attention call (the head views' narrow / reshape /

@@ -10,11 +10,15 @@
 //!   the upcast logits; dlogits are rounded to bf16: 1/128 rel + 1e-6 abs.
 //! - finite differences (f64, eps 1e-6): 1e-8 + 1e-7 rel, as tests/model_grad.rs.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokenmill::model::kernels::{linear_cross_entropy, softmax_cross_entropy, IGNORE_INDEX};
 use tokenmill::model::ops;
+use common::cuda_device;
 
 fn rand_logits(rng: &mut ChaCha8Rng, n: usize, v: usize, scale: f64) -> Tensor {
     let x: Vec<f64> = (0..n * v).map(|_| rng.gen_range(-1.0..1.0) * scale).collect();
@@ -334,13 +338,6 @@ fn cuda_linear_head_matches_cpu() {
     compare_head(DType::F32, (64, 64, 5003), 24, (0.0, 1e-5, 1e-5, 1e-4), &dev);
     // bf16 matmuls on both sides round differently: 2% of the loss, 1/32 relative + 1e-3 absolute on the grads.
     compare_head(DType::BF16, (64, 64, 5003), 25, (0.0, 2e-2, 1e-3, 1.0 / 32.0), &dev);
-}
-
-fn cuda_device() -> Option<Device> {
-    if !candle_core::utils::cuda_is_available() {
-        return None;
-    }
-    Device::new_cuda(0).ok()
 }
 
 /// Timings at GPT-2 124M shapes (V = 50304, bf16 logits): the fused kernel at N = B*T = 65536 and both versions

@@ -3,10 +3,14 @@
 //! and a second CUDA run repeats the first bit for bit. On a GPU (scripts/gpu-kernel-check.sh) also the timing of the
 //! backward against `index_add` at GPT-2 shapes, with uniform and with skewed (one very frequent id) ids.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use tokenmill::model::kernels::{embedding_backward, embedding_lookup};
+use common::cuda_device;
 
 /// Seeded ids in 0..v with many repeats (v small relative to n) and random upstream gradients.
 fn inputs(n: usize, v: usize, c: usize, device: &Device) -> (Var, Tensor, Tensor) {
@@ -62,7 +66,7 @@ fn bad_ids_are_errors() {
 
 #[test]
 fn cuda_matches_cpu() {
-    let Some(dev) = cuda() else { return };
+    let Some(dev) = cuda_device() else { return };
     for (n, v, c) in [(1, 3, 5), (1000, 37, 24), (4096, 50304, 768), (8192, 11, 768)] {
         let (table, ids, w) = inputs(n, v, c, &Device::Cpu);
         let (fused_cpu, _, g_cpu, _) = grads(&table, &ids, &w);
@@ -80,7 +84,7 @@ fn cuda_matches_cpu() {
 #[test]
 #[ignore]
 fn cuda_timing() {
-    let Some(dev) = cuda() else { return };
+    let Some(dev) = cuda_device() else { return };
     let (n, v, c) = (65536, 50304, 768); // GPT-2 124M, B = 64, T = 1024
     let uniform: Vec<u32> = (0..n).map(|i| ((i as u64 * 2654435761) % 50257) as u32).collect();
     // Text-like skew: one id on 5% of the rows (as "," or " the" in FineWeb), the rest uniform.
@@ -109,10 +113,3 @@ fn cuda_timing() {
     }
 }
 
-fn cuda() -> Option<Device> {
-    if !candle_core::utils::cuda_is_available() {
-        eprintln!("skipped: this binary has no CUDA support");
-        return None;
-    }
-    Device::new_cuda(0).map_err(|e| eprintln!("skipped: no CUDA device ({e})")).ok()
-}

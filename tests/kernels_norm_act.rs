@@ -15,11 +15,15 @@
 //!   dweight 1.6e-5 of 89; GELU f32 dx 5.7e-7; bf16 outputs one bf16 rounding (7.8e-3 at |y| ~ 3).
 //! - finite differences (f64, eps 1e-6): 1e-8 + 1e-7 rel, as tests/model_grad.rs.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokenmill::model::kernels::{gelu_tanh, layer_norm};
 use tokenmill::model::ops;
+use common::cuda_device;
 
 const EPS: f64 = ops::LAYER_NORM_EPS;
 
@@ -256,13 +260,6 @@ fn gelu_finite_differences_f64() {
         let want = 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh());
         assert!((y - want).abs() < 1e-15, "gelu({x}) = {y}, want {want}");
     }
-}
-
-fn cuda_device() -> Option<Device> {
-    if !candle_core::utils::cuda_is_available() {
-        return None;
-    }
-    Device::new_cuda(0).ok()
 }
 
 /// CUDA forward and every gradient against the CPU twin in f64 on the same rounded inputs: LayerNorm in the

@@ -1,10 +1,12 @@
 //! Fixtures shared by the integration tests that train on real text. Included with
 //! `#[path = "common/mod.rs"] mod common;` (a path relative to the including file, so it also resolves when
-//! tests/gpu/main.rs includes that file as a module).
+//! tests/gpu/main.rs includes that file as a module). Not every test binary uses every fixture.
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::sync::OnceLock;
 
+use candle_core::Device;
 use tokenmill::pipelines::fineweb::{self, Input, PrepOptions};
 use tokenmill::pipelines::sources::{SourceFile, SourceKind};
 use tokenmill::tokenizer::TokenizerKind;
@@ -31,4 +33,14 @@ pub fn tiny_shakespeare_shards() -> &'static Path {
         dir
     })
     .path()
+}
+
+/// CUDA device 0, or `None` (with the reason on stderr) where the binary lacks CUDA support or no GPU is present:
+/// the tests' GPU parts then skip and their CPU parts still run.
+pub fn cuda_device() -> Option<Device> {
+    if !candle_core::utils::cuda_is_available() {
+        eprintln!("skipped the CUDA part: this binary has no CUDA support");
+        return None;
+    }
+    Device::new_cuda(0).map_err(|e| eprintln!("skipped the CUDA part: no CUDA device ({e})")).ok()
 }

@@ -513,6 +513,7 @@ mod cuda {
     use candle_core::{CudaDevice, CudaStorage, DType, Result};
     use half::{bf16, f16};
 
+    use super::super::launch::{dtype_suffix, grid_1d};
     use super::HeadView;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
@@ -522,12 +523,7 @@ mod cuda {
     const TILE: usize = 64;
 
     fn suffix(dt: DType) -> Result<&'static str> {
-        Ok(match dt {
-            DType::F32 => "f32",
-            DType::BF16 => "bf16",
-            DType::F16 => "f16",
-            dt => candle_core::bail!("fused attention on CUDA takes f32, bf16 or f16, got {dt:?}"),
-        })
+        dtype_suffix(dt, "fused attention", &[DType::F32, DType::BF16, DType::F16])
     }
 
     /// "tc_" for the tensor-core kernels (bf16/f16 only), "" for the FMA ones.
@@ -651,11 +647,7 @@ mod cuda {
             let func = dev.get_or_load_custom_func(&format!("fa_bwd_dot_{sfx}"), MODULE, PTX)?;
             let mut a = func.builder();
             a.arg(&o).arg(&g).arg(&dvec).arg(&rows_i);
-            let cfg = LaunchConfig {
-                grid_dim: (rows.div_ceil(256) as u32, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = grid_1d(rows.div_ceil(256), 256)?;
             // SAFETY: argument list matches fa_bwd_dot_* in attention.cu.
             unsafe { a.launch(cfg) }.w()?;
 

@@ -163,6 +163,31 @@ template <typename T> __device__ __forceinline__ bool tc_vec_ok(const T* p, int6
     return aligned16(p) && (st % (int64_t)(16 / sizeof(T))) == 0;
 }
 
+// This block's (b, h) head of q, k, v (strided views into the qkv buffer) and of dO (contiguous (B, NH, T, HS); null
+// in the forward), the head's first row in o / dO / lse / D, and whether each may be read in 16-byte vectors.
+template <typename T> struct TcHead {
+    const T *q, *k, *v, *g;
+    int64_t row0;
+    bool qv, kv, vv, gv;
+};
+
+template <typename T>
+__device__ __forceinline__ TcHead<T> tc_head(const T* q, const T* k, const T* v, const T* dout, int bh, int nh, int t_len,
+                                             int64_t qsb, int64_t qsh, int64_t qst, int64_t ksb, int64_t ksh,
+                                             int64_t kst, int64_t vsb, int64_t vsh, int64_t vst) {
+    TcHead<T> h;
+    h.q = q + head(bh, nh, qsb, qsh, qst).off;
+    h.k = k + head(bh, nh, ksb, ksh, kst).off;
+    h.v = v + head(bh, nh, vsb, vsh, vst).off;
+    h.row0 = (int64_t)bh * t_len;
+    h.g = dout ? dout + h.row0 * FA_HS : nullptr;
+    h.qv = tc_vec_ok(h.q, qst);
+    h.kv = tc_vec_ok(h.k, kst);
+    h.vv = tc_vec_ok(h.v, vst);
+    h.gv = dout ? tc_vec_ok(h.g, (int64_t)FA_HS) : false;
+    return h;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Forward. Thread (warp w, g, c) holds rows ra = 16w + g and rb = ra + 8 of the query tile.
 template <typename T>
@@ -179,13 +204,9 @@ __device__ void tc_fwd(const T* __restrict__ q, const T* __restrict__ k, const T
     const int tid = threadIdx.x, warp = tid >> 5, g = (tid & 31) >> 2, c = tid & 3;
     const float sl2 = scale * FA_LOG2E;
 
-    const HeadPtr qh = head(bh, nh, qsb, qsh, qst), kh = head(bh, nh, ksb, ksh, kst), vh = head(bh, nh, vsb, vsh, vst);
-    const T* qb = q + qh.off;
-    const T* kb = k + kh.off;
-    const T* vb = v + vh.off;
-    const bool qv = tc_vec_ok(qb, qst), kv = tc_vec_ok(kb, kst), vv = tc_vec_ok(vb, vst);
+    const TcHead<T> h = tc_head<T>(q, k, v, nullptr, bh, nh, t_len, qsb, qsh, qst, ksb, ksh, kst, vsb, vsh, vst);
 
-    tc_load_tile<T>(Qs, nullptr, qb, qst, qt * TC_ROWS, t_len, qv);
+    tc_load_tile<T>(Qs, nullptr, h.q, qst, qt * TC_ROWS, t_len, h.qv);
     __syncthreads();
     uint32_t qa[4][4];
     tc_load_a<T>(qa, Qs, warp * 16);
@@ -200,8 +221,8 @@ __device__ void tc_fwd(const T* __restrict__ q, const T* __restrict__ k, const T
 
     const int kv_end = min(t_len, (qt + 1) * TC_ROWS);
     for (int c0 = 0; c0 < kv_end; c0 += TC_ROWS) {
-        tc_load_tile<T>(Ks, nullptr, kb, kst, c0, t_len, kv);
-        tc_load_tile<T>(nullptr, Vt, vb, vst, c0, t_len, vv);
+        tc_load_tile<T>(Ks, nullptr, h.k, kst, c0, t_len, h.kv);
+        tc_load_tile<T>(nullptr, Vt, h.v, vst, c0, t_len, h.vv);
         __syncthreads();
 
         float s[8][4];
@@ -271,7 +292,7 @@ __device__ void tc_fwd(const T* __restrict__ q, const T* __restrict__ k, const T
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Backward dK, dV (key-outer). Thread (w, g, c) holds key rows ka = c0 + 16w + g and kb = ka + 8; query tiles of
+// Backward dK, dV (key-outer). Thread (w, g, c) holds key rows ka = c0 + 16w + g and h.k = ka + 8; query tiles of
 // 64 stream through shared memory, from the block's own tile (earlier queries see none of its keys) to T.
 // S^T = K Q^T, dP^T = V dO^T; P^T = exp2(S^T * scale * log2e - L2[query]); dS^T = P^T (dP^T - D[query]);
 // dV += P^T dO, dK += dS^T Q (times scale at the end). dout contiguous (B, NH, T, HS).
@@ -293,18 +314,12 @@ __device__ void tc_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k, co
     const int c0 = kt * TC_ROWS;
     const float sl2 = scale * FA_LOG2E;
 
-    const HeadPtr qh = head(bh, nh, qsb, qsh, qst), kh = head(bh, nh, ksb, ksh, kst), vh = head(bh, nh, vsb, vsh, vst);
-    const T* qb = q + qh.off;
-    const T* kb = k + kh.off;
-    const T* vb = v + vh.off;
-    const int64_t orow0 = (int64_t)bh * t_len;
-    const T* gb = dout + orow0 * FA_HS;
-    const bool qv = tc_vec_ok(qb, qst), kv = tc_vec_ok(kb, kst), vv = tc_vec_ok(vb, vst), gv = tc_vec_ok(gb, (int64_t)FA_HS);
+    const TcHead<T> h = tc_head<T>(q, k, v, dout, bh, nh, t_len, qsb, qsh, qst, ksb, ksh, kst, vsb, vsh, vst);
 
     // This block's K and V rows as A fragments (staged through Qs and Gs).
     uint32_t ka[4][4], va[4][4];
-    tc_load_tile<T>(Qs, nullptr, kb, kst, c0, t_len, kv);
-    tc_load_tile<T>(Gs, nullptr, vb, vst, c0, t_len, vv);
+    tc_load_tile<T>(Qs, nullptr, h.k, kst, c0, t_len, h.kv);
+    tc_load_tile<T>(Gs, nullptr, h.v, vst, c0, t_len, h.vv);
     __syncthreads();
     tc_load_a<T>(ka, Qs, warp * 16);
     tc_load_a<T>(va, Gs, warp * 16);
@@ -318,12 +333,12 @@ __device__ void tc_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k, co
         for (int i = 0; i < 4; i++) dka[nt][i] = dva[nt][i] = 0.f;
 
     for (int i0 = c0; i0 < t_len; i0 += TC_ROWS) {
-        tc_load_tile<T>(Qs, Qt, qb, qst, i0, t_len, qv);
-        tc_load_tile<T>(Gs, Gt, gb, FA_HS, i0, t_len, gv);
+        tc_load_tile<T>(Qs, Qt, h.q, qst, i0, t_len, h.qv);
+        tc_load_tile<T>(Gs, Gt, h.g, FA_HS, i0, t_len, h.gv);
         if (tid < TC_ROWS) {
             const int qi = i0 + tid;
-            Ls[tid] = qi < t_len ? lse[orow0 + qi] * FA_LOG2E : 0.f;
-            Ds[tid] = qi < t_len ? dvec[orow0 + qi] : 0.f;
+            Ls[tid] = qi < t_len ? lse[h.row0 + qi] * FA_LOG2E : 0.f;
+            Ds[tid] = qi < t_len ? dvec[h.row0 + qi] : 0.f;
         }
         __syncthreads();
 
@@ -349,8 +364,8 @@ __device__ void tc_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k, co
     }
 
     if (key_a < t_len) {
-        uint32_t* kp = reinterpret_cast<uint32_t*>(dk + (orow0 + key_a) * FA_HS);
-        uint32_t* vp = reinterpret_cast<uint32_t*>(dv + (orow0 + key_a) * FA_HS);
+        uint32_t* kp = reinterpret_cast<uint32_t*>(dk + (h.row0 + key_a) * FA_HS);
+        uint32_t* vp = reinterpret_cast<uint32_t*>(dv + (h.row0 + key_a) * FA_HS);
 #pragma unroll
         for (int nt = 0; nt < 8; nt++) {
             kp[nt * 4 + c] = tc_pack<T>(dka[nt][0] * scale, dka[nt][1] * scale);
@@ -358,8 +373,8 @@ __device__ void tc_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k, co
         }
     }
     if (key_b < t_len) {
-        uint32_t* kp = reinterpret_cast<uint32_t*>(dk + (orow0 + key_b) * FA_HS);
-        uint32_t* vp = reinterpret_cast<uint32_t*>(dv + (orow0 + key_b) * FA_HS);
+        uint32_t* kp = reinterpret_cast<uint32_t*>(dk + (h.row0 + key_b) * FA_HS);
+        uint32_t* vp = reinterpret_cast<uint32_t*>(dv + (h.row0 + key_b) * FA_HS);
 #pragma unroll
         for (int nt = 0; nt < 8; nt++) {
             kp[nt * 4 + c] = tc_pack<T>(dka[nt][2] * scale, dka[nt][3] * scale);
@@ -385,28 +400,22 @@ __device__ void tc_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, cons
     const int tid = threadIdx.x, warp = tid >> 5, g = (tid & 31) >> 2, c = tid & 3;
     const float sl2 = scale * FA_LOG2E;
 
-    const HeadPtr qh = head(bh, nh, qsb, qsh, qst), kh = head(bh, nh, ksb, ksh, kst), vh = head(bh, nh, vsb, vsh, vst);
-    const T* qb = q + qh.off;
-    const T* kb = k + kh.off;
-    const T* vb = v + vh.off;
-    const int64_t orow0 = (int64_t)bh * t_len;
-    const T* gb = dout + orow0 * FA_HS;
-    const bool qv = tc_vec_ok(qb, qst), kv = tc_vec_ok(kb, kst), vv = tc_vec_ok(vb, vst), gv = tc_vec_ok(gb, (int64_t)FA_HS);
+    const TcHead<T> h = tc_head<T>(q, k, v, dout, bh, nh, t_len, qsb, qsh, qst, ksb, ksh, kst, vsb, vsh, vst);
 
     // This block's Q and dO rows as A fragments (staged through Ks and Vs).
     uint32_t qa[4][4], ga[4][4];
-    tc_load_tile<T>(Ks, nullptr, qb, qst, qt * TC_ROWS, t_len, qv);
-    tc_load_tile<T>(Vs, nullptr, gb, FA_HS, qt * TC_ROWS, t_len, gv);
+    tc_load_tile<T>(Ks, nullptr, h.q, qst, qt * TC_ROWS, t_len, h.qv);
+    tc_load_tile<T>(Vs, nullptr, h.g, FA_HS, qt * TC_ROWS, t_len, h.gv);
     __syncthreads();
     tc_load_a<T>(qa, Ks, warp * 16);
     tc_load_a<T>(ga, Vs, warp * 16);
     __syncthreads();
 
     const int ra = qt * TC_ROWS + warp * 16 + g, rb = ra + 8;
-    const float l2a = ra < t_len ? lse[orow0 + ra] * FA_LOG2E : 0.f;
-    const float l2b = rb < t_len ? lse[orow0 + rb] * FA_LOG2E : 0.f;
-    const float da = ra < t_len ? dvec[orow0 + ra] : 0.f;
-    const float db = rb < t_len ? dvec[orow0 + rb] : 0.f;
+    const float l2a = ra < t_len ? lse[h.row0 + ra] * FA_LOG2E : 0.f;
+    const float l2b = rb < t_len ? lse[h.row0 + rb] * FA_LOG2E : 0.f;
+    const float da = ra < t_len ? dvec[h.row0 + ra] : 0.f;
+    const float db = rb < t_len ? dvec[h.row0 + rb] : 0.f;
     float dqa[8][4];
 #pragma unroll
     for (int nt = 0; nt < 8; nt++)
@@ -415,8 +424,8 @@ __device__ void tc_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, cons
 
     const int kv_end = min(t_len, (qt + 1) * TC_ROWS);
     for (int c0 = 0; c0 < kv_end; c0 += TC_ROWS) {
-        tc_load_tile<T>(Ks, Kt, kb, kst, c0, t_len, kv);
-        tc_load_tile<T>(Vs, nullptr, vb, vst, c0, t_len, vv);
+        tc_load_tile<T>(Ks, Kt, h.k, kst, c0, t_len, h.kv);
+        tc_load_tile<T>(Vs, nullptr, h.v, vst, c0, t_len, h.vv);
         __syncthreads();
 
         float s[8][4], dp[8][4];
@@ -442,12 +451,12 @@ __device__ void tc_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, cons
 
     const float sc = scale;
     if (ra < t_len) {
-        uint32_t* p = reinterpret_cast<uint32_t*>(dq + (orow0 + ra) * FA_HS);
+        uint32_t* p = reinterpret_cast<uint32_t*>(dq + (h.row0 + ra) * FA_HS);
 #pragma unroll
         for (int nt = 0; nt < 8; nt++) p[nt * 4 + c] = tc_pack<T>(dqa[nt][0] * sc, dqa[nt][1] * sc);
     }
     if (rb < t_len) {
-        uint32_t* p = reinterpret_cast<uint32_t*>(dq + (orow0 + rb) * FA_HS);
+        uint32_t* p = reinterpret_cast<uint32_t*>(dq + (h.row0 + rb) * FA_HS);
 #pragma unroll
         for (int nt = 0; nt < 8; nt++) p[nt * 4 + c] = tc_pack<T>(dqa[nt][2] * sc, dqa[nt][3] * sc);
     }

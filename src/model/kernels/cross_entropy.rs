@@ -369,28 +369,20 @@ fn cpu_bwd_typed<T: Elem<A>, A: Real>(
 mod cuda {
     //! Launchers for cross_entropy.cu: one block of `THREADS` threads per row.
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaStorage, DType, Result};
     use half::{bf16, f16};
+
+    use super::super::launch::{dtype_suffix, grid_1d};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/cross_entropy.ptx"));
     const MODULE: &str = "tokenmill_cross_entropy";
     /// Must equal CE_THREADS in the .cu (the shared-memory reduction is sized by it).
     const THREADS: u32 = 512;
 
-    fn cfg(n: usize) -> LaunchConfig {
-        LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
-    }
-
     fn suffix(dt: DType) -> Result<&'static str> {
-        Ok(match dt {
-            DType::F32 => "f32",
-            DType::F64 => "f64",
-            DType::BF16 => "bf16",
-            DType::F16 => "f16",
-            dt => candle_core::bail!("cross-entropy logits must be float, got {dt:?}"),
-        })
+        dtype_suffix(dt, "cross-entropy", &[DType::F32, DType::F64, DType::BF16, DType::F16])
     }
 
     pub(super) fn fwd(
@@ -417,7 +409,7 @@ mod cuda {
                 let (v, rs, tstride) = (v as i64, rs as i64, tstride as i64);
                 b.arg(&x).arg(&t).arg(&loss).arg(&v).arg(&rs).arg(&tstride);
                 // SAFETY: argument types match the kernel's signature in cross_entropy.cu.
-                unsafe { b.launch(cfg(n)) }.w()?;
+                unsafe { b.launch(grid_1d(n, THREADS)?) }.w()?;
             }
             Ok(CudaStorage::wrap_cuda_slice(loss, dev.clone()))
         }
@@ -464,7 +456,7 @@ mod cuda {
                 let (v, rs, tstride, gstride) = (v as i64, rs as i64, tstride as i64, gstride as i64);
                 b.arg(&x).arg(&t).arg(&loss).arg(&g).arg(&dx).arg(&v).arg(&rs).arg(&tstride).arg(&gstride);
                 // SAFETY: argument types match the kernel's signature in cross_entropy.cu.
-                unsafe { b.launch(cfg(n)) }.w()?;
+                unsafe { b.launch(grid_1d(n, THREADS)?) }.w()?;
             }
             Ok(CudaStorage::wrap_cuda_slice(dx, dev.clone()))
         }

@@ -114,10 +114,11 @@ impl CustomOp2 for Lookup {
 mod cuda {
     //! Launcher for embedding.cu.
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape};
 
+    use super::super::launch::grid_1d;
     use super::IdGroups;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/embedding.ptx"));
@@ -167,11 +168,8 @@ mod cuda {
             let mut b = func.builder();
             let (c64, stride) = (c as i64, c as i64);
             b.arg(&rows).arg(&start).arg(&id).arg(&dy).arg(&out).arg(&c64).arg(&stride);
-            let cfg = LaunchConfig {
-                grid_dim: (ngroups as u32, c.div_ceil(THREADS as usize) as u32, 1),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let mut cfg = grid_1d(ngroups, THREADS)?;
+            cfg.grid_dim.1 = c.div_ceil(THREADS as usize) as u32; // column slices of THREADS
             // SAFETY: argument types and order match embedding_bwd_sorted_f32; every row index is < N, every group
             // id < V (IdGroups checks), and `out` holds V * C f32.
             unsafe { b.launch(cfg) }.w()?;

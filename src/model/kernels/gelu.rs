@@ -154,10 +154,12 @@ fn gelu_tanh_bwd(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
 mod cuda {
     //! Launcher for gelu.cu: grid-stride, GELU_THREADS threads per block.
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaStorage, DType, Result};
     use half::{bf16, f16};
+
+    use super::super::launch::{dtype_suffix, grid_1d};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gelu.ptx"));
     const MODULE: &str = "tokenmill_gelu";
@@ -179,16 +181,16 @@ mod cuda {
             xstart: usize,
             dy: Option<(&CudaStorage, usize)>,
             n: usize,
-            sfx: &str,
         ) -> Result<CudaStorage> {
+            let sfx = dtype_suffix(xs.dtype(), "gelu", &[DType::F32, DType::F64, DType::BF16, DType::F16])?;
             let dev = xs.device();
             let x = xs.as_cuda_slice::<T>()?.slice(xstart..);
             // SAFETY: the kernel writes every one of the n elements.
             let out = unsafe { dev.alloc::<T>(n)? };
             if n > 0 {
                 let per_block = THREADS as usize * (16 / std::mem::size_of::<T>());
-                let blocks = n.div_ceil(per_block).clamp(1, MAX_BLOCKS) as u32;
-                let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+                let blocks = n.div_ceil(per_block).clamp(1, MAX_BLOCKS);
+                let cfg = grid_1d(blocks, THREADS)?;
                 let n = n as i64;
                 match dy {
                     None => {
@@ -216,10 +218,10 @@ mod cuda {
             }
         }
         match xs.dtype() {
-            DType::F32 => go::<f32>(xs, xstart, dy, n, "f32"),
-            DType::F64 => go::<f64>(xs, xstart, dy, n, "f64"),
-            DType::BF16 => go::<bf16>(xs, xstart, dy, n, "bf16"),
-            DType::F16 => go::<f16>(xs, xstart, dy, n, "f16"),
+            DType::F32 => go::<f32>(xs, xstart, dy, n),
+            DType::F64 => go::<f64>(xs, xstart, dy, n),
+            DType::BF16 => go::<bf16>(xs, xstart, dy, n),
+            DType::F16 => go::<f16>(xs, xstart, dy, n),
             dt => candle_core::bail!("gelu: input must be float, got {dt:?}"),
         }
     }

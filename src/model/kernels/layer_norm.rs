@@ -342,6 +342,8 @@ mod cuda {
     use candle_core::{CudaStorage, DType, Result};
     use half::{bf16, f16};
 
+    use super::super::launch::{dtype_suffix, grid_1d};
+
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/layer_norm.ptx"));
     const MODULE: &str = "tokenmill_layer_norm";
     /// LN_THREADS and LN_BWD_ROWS in layer_norm.cu.
@@ -350,16 +352,7 @@ mod cuda {
     const BWD_ROWS: usize = 64;
 
     fn sfx(dt: DType) -> Result<&'static str> {
-        Ok(match dt {
-            DType::F32 => "f32",
-            DType::BF16 => "bf16",
-            DType::F16 => "f16",
-            dt => candle_core::bail!("fused layer norm on CUDA takes f32, bf16 or f16, got {dt:?}"),
-        })
-    }
-
-    fn cfg(blocks: usize) -> LaunchConfig {
-        LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+        dtype_suffix(dt, "fused layer norm", &[DType::F32, DType::BF16, DType::F16])
     }
 
     /// `s`: x, weight, bias (f32) with their start offsets; returns y in `out`, mean and rstd (f32).
@@ -388,7 +381,7 @@ mod cuda {
             let (n_i, c_i) = (n as i64, c as i64);
             a.arg(&x).arg(&w).arg(&b).arg(&y).arg(&mean).arg(&rstd).arg(&n_i).arg(&c_i).arg(&eps);
             // SAFETY: argument types match ln_fwd_* in layer_norm.cu.
-            unsafe { a.launch(cfg(n.div_ceil(ROWS_PER_FWD_BLOCK))) }.w()?;
+            unsafe { a.launch(grid_1d(n.div_ceil(ROWS_PER_FWD_BLOCK), THREADS)?) }.w()?;
             let d = || dev.clone();
             Ok((
                 CudaStorage::wrap_cuda_slice(y, d()),
@@ -440,7 +433,7 @@ mod cuda {
             let mut a = func.builder();
             a.arg(&x).arg(&w).arg(&mean).arg(&rstd).arg(&dy).arg(&dx).arg(&partial).arg(&n_i).arg(&c_i);
             // SAFETY: argument types match ln_bwd_* in layer_norm.cu.
-            unsafe { a.launch(cfg(p)) }.w()?;
+            unsafe { a.launch(grid_1d(p, THREADS)?) }.w()?;
             let func = dev.get_or_load_custom_func("ln_bwd_reduce", MODULE, PTX)?;
             let mut a = func.builder();
             a.arg(&partial).arg(&dw).arg(&db).arg(&p_i).arg(&c_i);

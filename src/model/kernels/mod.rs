@@ -21,6 +21,8 @@ pub mod cross_entropy;
 pub mod embedding;
 pub mod gelu;
 pub mod layer_norm;
+#[cfg(feature = "cuda")]
+mod launch;
 mod real;
 
 pub use attention::{flash_causal_attention, flash_causal_attention_qkv};
