@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The lead's GPU-machine script: everything tokenmill measures on the device, in one call.
 # Run from the repo root on the device with .dist/ carried (see scripts/device-pack.sh):
-#   scripts/device-run.sh STEP...      STEP in: env prep train bench compare ddp kernels correct
+#   scripts/device-run.sh STEP...      STEP in: env prep train bench pool compare ddp kernels correct
 # Writes logs under $OUT (or /tmp/tm-out) and prints a short summary of each step last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -53,8 +53,21 @@ for step in "$@"; do
         > "$OUT/train_B$B.log" 2>&1
       rc=$?
       note "train 124M B=$B rc=$rc: $(grep -E '^step' "$OUT/train_B$B.log" | tail -n 1)"
+      # Median step time after step 0 (which includes the warm-up), from the `dt: ...ms` field.
+      grep -E '^step' "$OUT/train_B$B.log" | sed -E 's/.*dt: *([0-9.]+)ms.*/\1/' | tail -n +2 | sort -n |
+        awk -v b="$B" '{ a[NR] = $1 } END { if (NR) { m = a[int((NR + 1) / 2)];
+          note = sprintf("train 124M B=%s: median step %.1f ms over steps 1-%d (min %.1f, max %.1f) = %.0f tok/s", b, m, NR, a[1], a[NR], 524288 * 1000 / m);
+          print note } }' | tee -a "$SUMMARY"
       [ $rc = 0 ] && break
       tail -n 5 "$OUT/train_B$B.log" | tee -a "$SUMMARY"
+    done
+    ;;
+  pool)  # the CUDA pool A/B (docs/PERF.md): the same bench with the pool releasing at every sync, then retaining
+    for mode in release retain; do
+      TOKENMILL_CUDA_POOL=$mode "$BIN" bench --model small --batch "${BENCH_B:-64}" --seq-len 1024 --dtype bf16 \
+        --device cuda --total-batch 524288 --warmup "${BENCH_WARMUP:-1}" --steps "${BENCH_STEPS:-3}" \
+        --json "$OUT/bench_pool_$mode.json" > "$OUT/bench_pool_$mode.txt" 2>&1
+      note "bench 124M, TOKENMILL_CUDA_POOL=$mode:"; grep -E '^gpt2' "$OUT/bench_pool_$mode.txt" | tee -a "$SUMMARY"
     done
     ;;
   bench)
