@@ -1,0 +1,654 @@
+// FlashAttention-2 on the tensor cores for GPT-2's fused qkv layout: causal, bf16/f16, head size 64, any T.
+// Rust launcher: flash_attn.rs (the API and the grid mapping); CPU run of these very kernels: lab/check_flash.cpp.
+//
+//   forward:  y = softmax(scale * q k^T + causal mask) v,  lse = row logsumexp (natural log) of the scaled scores
+//   backward: D = rowsum(dy * y)                                                  (flash_dvec, a pre-pass)
+//             P = exp(scale * q k^T - lse) recomputed tile by tile, dP = dy v^T, dS = P * (dP - D)
+//             dv = P^T dy, dk = scale * dS^T q                                    (flash_dkdv, key-block outer)
+//             dq = scale * dS k                                                   (flash_dq, query-block outer)
+//
+// Layout (B, T, NH, HS = 64, C = NH * HS): qkv (B, T, 3C) with head h of q at columns h*HS, of k at C + h*HS, of v
+// at 2C + h*HS; y and dy (B, T, C); dqkv (B, T, 3C) like qkv (each kernel writes its third, every element);
+// lse and D f32 (B, NH, T). Nothing is permuted or copied around the kernels.
+//
+// Determinism: no atomics. dq gets its own kernel that recomputes S and dP for its query block (2 of the backward's
+// 7 tile products are this recomputation, FlashAttention-2's atomic dq accumulation would need 5), so every output
+// element is a sum in one fixed order and runs repeat bit for bit.
+//
+// Scheme, per kernel: a CTA owns a block of rows (16 per warp and m-tile, held as mma A fragments in registers)
+// and streams 64-row tiles of the other side through shared memory with cp.async (two stages: the next tile loads
+// while this one is multiplied). Tiles are 64 elements (128 bytes) wide with the 16-byte chunk index XOR-swizzled
+// by (row & 7), so both the cp.async stores and every ldmatrix (8 rows of 16 bytes) hit 32 distinct banks.
+// Fragments come from ldmatrix (.trans where the product needs the tile transposed: P V, P^T dy, dS^T q, dS k);
+// products are mma.sync m16n8k16 with f32 accumulation. Scores are scaled by scale * log2(e) so each probability
+// is one ex2. Tiles wholly above the diagonal are never loaded; tiles a warp sees only masked rows of are skipped
+// by that warp. Block order: every kernel's grid is 1-D, walked in groups of heads (`group` heads' blocks at a
+// time, so the K/V of the heads in flight stay in L2), longest blocks first inside a group.
+//
+// Precision (as FlashAttention-2): S, dP, statistics and accumulators f32; P and dS rounded to the input type
+// before their products; outputs rounded once at the end.
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+#define FA2_INF __int_as_float(0x7f800000)
+#else
+// lab/cuda_emu.h (included first) provides the CUDA keywords, the 16-bit types and the warp-level emulation.
+#define FA2_INF (std::numeric_limits<float>::infinity())
+#endif
+
+#define FA2_HS 64          // head size
+#define FA2_CH 8           // 16-byte chunks per row (HS * 2 bytes / 16)
+#define FA2_TILE 64        // rows of a streamed tile
+#define FA2_LOG2E 1.4426950408889634f
+#define FA2_LN2 0.6931471805599453f
+
+// ---- warp-level primitives -------------------------------------------------------------------------------------
+#ifdef __CUDACC__
+__device__ __forceinline__ uint32_t fa2_smem(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+// 16 bytes global -> shared, asynchronously; `valid` false writes zeros (src-size 0) and reads nothing.
+__device__ __forceinline__ void fa2_cp16(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(fa2_smem(dst)), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void fa2_cp4(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(fa2_smem(dst)), "l"(src), "r"(valid ? 4 : 0));
+}
+__device__ __forceinline__ void fa2_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void fa2_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+// Shared-memory addresses as ldmatrix takes them (32-bit, shared window).
+typedef uint32_t fa2_addr_t;
+__device__ __forceinline__ fa2_addr_t fa2_addr(const void* p) { return fa2_smem(p); }
+__device__ __forceinline__ void fa2_ldsm(uint32_t (&r)[4], fa2_addr_t a) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+__device__ __forceinline__ void fa2_ldsm_t(uint32_t (&r)[4], fa2_addr_t a) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+template <typename T> __device__ __forceinline__ void fa2_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <>
+__device__ __forceinline__ void fa2_mma<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void fa2_mma<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ float fa2_shfl_xor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
+// 2^x; ex2.approx: 2 ulp, -inf -> +0 (the masked scores).
+__device__ __forceinline__ float fa2_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ float fa2_log2(float x) { return __log2f(x); }
+
+template <typename T> __device__ __forceinline__ uint32_t fa2_pack(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t fa2_pack<__nv_bfloat16>(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+    return *reinterpret_cast<uint32_t*>(&h);
+}
+template <> __device__ __forceinline__ uint32_t fa2_pack<__half>(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+}
+__device__ __forceinline__ float fa2_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float fa2_float(__half x) { return __half2float(x); }
+#else
+inline void fa2_cp16(void* dst, const void* src, bool valid) { emu_cp_async(dst, src, 16, valid); }
+inline void fa2_cp4(void* dst, const void* src, bool valid) { emu_cp_async(dst, src, 4, valid); }
+inline void fa2_commit() { emu_cp_commit(); }
+inline void fa2_wait_all() { emu_cp_wait(0); }
+typedef uintptr_t fa2_addr_t;
+inline fa2_addr_t fa2_addr(const void* p) { return reinterpret_cast<uintptr_t>(p); }
+inline void fa2_ldsm(uint32_t (&r)[4], fa2_addr_t a) { emu_ldmatrix_x4(r, reinterpret_cast<const void*>(a), false); }
+inline void fa2_ldsm_t(uint32_t (&r)[4], fa2_addr_t a) { emu_ldmatrix_x4(r, reinterpret_cast<const void*>(a), true); }
+template <typename T> inline void fa2_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    emu_mma_m16n8k16(c, a, b0, b1, std::is_same_v<T, __nv_bfloat16>);
+}
+inline float fa2_shfl_xor(float v, int mask) { return emu_shfl_xor(v, mask); }
+inline float fa2_exp2(float x) { return std::exp2(x); }
+inline float fa2_log2(float x) { return std::log2(x); }
+template <typename T> inline uint32_t fa2_pack(float lo, float hi) { return emu_pack16<T>(lo, hi); }
+inline float fa2_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+inline float fa2_float(__half x) { return __half2float(x); }
+#endif
+
+// ---- shared-memory tiles ---------------------------------------------------------------------------------------
+// Element offset of (row, col) in a [rows][64] tile whose 16-byte chunks are XOR-swizzled by row & 7.
+__device__ __forceinline__ int fa2_swz(int row, int col) {
+    return row * FA2_HS + ((((col >> 3) ^ row) & 7) << 3) + (col & 7);
+}
+
+// cp.async rows row0 .. row0 + ROWS - 1 of a (t_len, 64) matrix (row stride `ld` elements, 16-byte aligned rows)
+// into tile `s`; rows >= t_len are zero-filled.
+template <int ROWS, int NT, typename T>
+__device__ __forceinline__ void fa2_load_tile(T* s, const T* g, int64_t ld, int row0, int t_len) {
+    static_assert(ROWS * FA2_CH % NT == 0, "whole 16-byte chunks per thread");
+#pragma unroll
+    for (int i = 0; i < ROWS * FA2_CH / NT; i++) {
+        const int e = i * NT + (int)threadIdx.x, r = e / FA2_CH, ch = e % FA2_CH, row = row0 + r;
+        const bool ok = row < t_len;
+        fa2_cp16(s + fa2_swz(r, ch * 8), g + (int64_t)(ok ? row : 0) * ld + ch * 8, ok);
+    }
+}
+
+// 16-byte stores of tile `s` (swizzled) rows < t_len - row0 to global rows row0.. (row stride ld).
+template <int ROWS, int NT, typename T>
+__device__ __forceinline__ void fa2_store_tile(T* g, int64_t ld, const T* s, int row0, int t_len) {
+    static_assert(ROWS * FA2_CH % NT == 0, "whole 16-byte chunks per thread");
+#pragma unroll
+    for (int i = 0; i < ROWS * FA2_CH / NT; i++) {
+        const int e = i * NT + (int)threadIdx.x, r = e / FA2_CH, ch = e % FA2_CH, row = row0 + r;
+        if (row < t_len)
+            *reinterpret_cast<uint4*>(g + (int64_t)row * ld + ch * 8) = *reinterpret_cast<const uint4*>(s + fa2_swz(r, ch * 8));
+    }
+}
+
+// mma fragments (g = lane / 4, c = lane % 4; PTX ISA "Matrix Fragments for mma.m16n8k16"):
+//   A 16x16: a0 = A[g][2c..2c+1], a1 = A[g+8][2c..], a2 = A[g][2c+8..], a3 = A[g+8][2c+8..]
+//   B 16x8:  b0 = B[2c..2c+1][g], b1 = B[2c+8..2c+9][g];   C 16x8 f32: c0,c1 = C[g][2c..], c2,c3 = C[g+8][2c..]
+
+// Fragment addresses: a tile starts 1024-byte aligned and its rows are 128 bytes, so moving a fragment by 16 rows
+// adds 2048 bytes and moving it by 16 columns (two chunks) XORs (kk << 5) into the address: one ALU op per
+// ldmatrix instead of a register per (row, column) pair.
+
+// A fragments of rows r0..r0+15 (r0 a multiple of 16), all four 16-wide k-steps of HS, from a swizzled tile.
+template <typename T> __device__ __forceinline__ void fa2_load_a(uint32_t (&a)[4][4], const T* s, int r0) {
+    const int lane = threadIdx.x & 31;
+    const fa2_addr_t base = fa2_addr(s + fa2_swz(r0 + (lane & 15), (lane >> 4) << 3));
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) fa2_ldsm(a[kk], base ^ (kk << 5));
+}
+
+// acc[M][8] (M m-tiles of 16 rows x 64 columns) += A * X^T, X a swizzled tile [64 columns][64 k] (the B operand
+// "col" layout is X's rows: plain ldmatrix). Each ldmatrix.x4 serves two n-tiles and all M m-tiles.
+template <typename T, int M>
+__device__ __forceinline__ void fa2_mm_abt(float (&acc)[M][8][4], const uint32_t (&a)[M][4][4], const T* x) {
+    const int lane = threadIdx.x & 31;
+    const fa2_addr_t base = fa2_addr(x + fa2_swz((lane & 7) + ((lane >> 4) << 3), ((lane >> 3) & 1) << 3));
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+            uint32_t b[4];
+            fa2_ldsm(b, (base + np * 2048) ^ (kk << 5));
+#pragma unroll
+            for (int m = 0; m < M; m++) {
+                fa2_mma<T>(acc[m][2 * np], a[m][kk], b[0], b[1]);
+                fa2_mma<T>(acc[m][2 * np + 1], a[m][kk], b[2], b[3]);
+            }
+        }
+}
+
+// acc[M][8] (16 x 64 each, over the 64 columns of Y) += P * Y, P given as f32 C fragments p[M][8][4] (16 x 64, the
+// k dimension = Y's rows) rounded to T here, Y a swizzled tile [64 k][64 n] (ldmatrix .trans).
+template <typename T, int M>
+__device__ __forceinline__ void fa2_mm_cy(float (&acc)[M][8][4], const float (&p)[M][8][4], const T* y) {
+    const int lane = threadIdx.x & 31;
+    const fa2_addr_t base = fa2_addr(y + fa2_swz((lane & 7) + (((lane >> 3) & 1) << 3), (lane >> 4) << 3));
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+        uint32_t a[M][4];
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            a[m][0] = fa2_pack<T>(p[m][2 * kk][0], p[m][2 * kk][1]);
+            a[m][1] = fa2_pack<T>(p[m][2 * kk][2], p[m][2 * kk][3]);
+            a[m][2] = fa2_pack<T>(p[m][2 * kk + 1][0], p[m][2 * kk + 1][1]);
+            a[m][3] = fa2_pack<T>(p[m][2 * kk + 1][2], p[m][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+            uint32_t b[4];
+            fa2_ldsm_t(b, (base + kk * 2048) ^ (np << 5));
+#pragma unroll
+            for (int m = 0; m < M; m++) {
+                fa2_mma<T>(acc[m][2 * np], a[m], b[0], b[1]);
+                fa2_mma<T>(acc[m][2 * np + 1], a[m], b[2], b[3]);
+            }
+        }
+    }
+}
+
+// C fragments (16 x 64, rows r0..) rounded to T into a swizzled tile, times `mul`.
+template <typename T>
+__device__ __forceinline__ void fa2_stage_c(T* s, const float (&acc)[8][4], int r0, float mul_a, float mul_b) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++) {
+        *reinterpret_cast<uint32_t*>(s + fa2_swz(r0 + g, nt * 8 + 2 * c)) = fa2_pack<T>(acc[nt][0] * mul_a, acc[nt][1] * mul_a);
+        *reinterpret_cast<uint32_t*>(s + fa2_swz(r0 + g + 8, nt * 8 + 2 * c)) =
+            fa2_pack<T>(acc[nt][2] * mul_b, acc[nt][3] * mul_b);
+    }
+}
+
+template <int M> __device__ __forceinline__ void fa2_zero(float (&x)[M][8][4]) {
+#pragma unroll
+    for (int m = 0; m < M; m++)
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) x[m][n][i] = 0.f;
+}
+
+// The (head, block) a CTA of a 1-D grid of n_bh * n_blocks works on: heads in groups of `group`, inside a group
+// block rank r (0 = most work) of every head before rank r + 1. `reverse`: rank r is block n_blocks - 1 - r.
+__device__ __forceinline__ void fa2_coords(int n_blocks, int n_bh, int group, bool reverse, int& bh, int& blk) {
+    const int per = group * n_blocks;
+    const int chunk = (int)blockIdx.x / per, r = (int)blockIdx.x - chunk * per;
+    const int g0 = chunk * group, gn = min(group, n_bh - g0);
+    const int rank = r / gn;
+    bh = g0 + (r - rank * gn);
+    blk = reverse ? n_blocks - 1 - rank : rank;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Forward. CTA: WARPS warps x M m-tiles = BR query rows; warp w owns rows 16*M*w .. +16*M. Key/value tiles of 64.
+template <typename T, int WARPS, int M>
+__device__ __forceinline__ void fa2_fwd(const T* __restrict__ qkv, T* __restrict__ y, float* __restrict__ lse, int nh,
+                                        int t_len, float scale, int group) {
+    constexpr int BR = WARPS * 16 * M, NT = WARPS * 32, TILE = FA2_TILE * FA2_HS;
+    static_assert(BR * FA2_HS + 4 * TILE <= 24576, "static shared memory is 48 KiB");
+    alignas(1024) __shared__ T sm[BR * FA2_HS + 4 * TILE];
+    T* qs = sm;                    // [BR][64], later the output staging
+    T* ks = sm + BR * FA2_HS;      // [2 stages][64][64]
+    T* vs = ks + 2 * TILE;         // [2 stages][64][64]
+
+    const int n_qb = (t_len + BR - 1) / BR;
+    int bh, qb;
+    fa2_coords(n_qb, (int)(gridDim.x / n_qb), group, true, bh, qb);
+    const int b = bh / nh, h = bh - b * nh, c = nh * FA2_HS;
+    const int64_t ld = 3 * (int64_t)c;
+    const T* qg = qkv + (int64_t)b * t_len * ld + h * FA2_HS;
+    const T* kg = qg + c;
+    const T* vg = qg + 2 * c;
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, cq = lane & 3;
+    const int q0 = qb * BR, wr0 = q0 + warp * 16 * M, wr1 = wr0 + 16 * M - 1;  // this warp's rows
+    const int kv_end = min(t_len, q0 + BR);
+    const int n_kv = (kv_end + FA2_TILE - 1) / FA2_TILE;
+    const float sl2 = scale * FA2_LOG2E;
+
+    fa2_load_tile<BR, NT>(qs, qg, ld, q0, t_len);
+    fa2_load_tile<FA2_TILE, NT>(ks, kg, ld, 0, t_len);
+    fa2_load_tile<FA2_TILE, NT>(vs, vg, ld, 0, t_len);
+    fa2_commit();
+
+    uint32_t qa[M][4][4];
+    float acc[M][8][4], mx[M][2], ls[M][2];
+    fa2_zero<M>(acc);
+#pragma unroll
+    for (int m = 0; m < M; m++)
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) mx[m][hf] = -FA2_INF, ls[m][hf] = 0.f;
+
+    for (int t = 0; t < n_kv; t++) {
+        fa2_wait_all();
+        __syncthreads();  // tile t visible to all; every warp is done with tile t - 1, whose stage loads next
+        if (t + 1 < n_kv) {
+            const int st = (t + 1) & 1;
+            fa2_load_tile<FA2_TILE, NT>(ks + st * TILE, kg, ld, (t + 1) * FA2_TILE, t_len);
+            fa2_load_tile<FA2_TILE, NT>(vs + st * TILE, vg, ld, (t + 1) * FA2_TILE, t_len);
+        }
+        fa2_commit();
+        if (t == 0) {
+#pragma unroll
+            for (int m = 0; m < M; m++) fa2_load_a<T>(qa[m], qs, warp * 16 * M + m * 16);
+        }
+        const int c0 = t * FA2_TILE;
+        if (c0 > wr1) continue;  // every key of this tile is in the future of every row of this warp
+        const T* kt = ks + (t & 1) * TILE;
+        const T* vt = vs + (t & 1) * TILE;
+
+        float s[M][8][4];
+        fa2_zero<M>(s);
+        fa2_mm_abt<T, M>(s, qa, kt);
+
+        const bool diag = c0 + FA2_TILE - 1 > wr0;  // some key of the tile is after some row of the warp
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                const int row = wr0 + m * 16 + g + 8 * hf;
+                float tmax = -FA2_INF;
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                    for (int j = 0; j < 2; j++) {
+                        float x = s[m][nt][2 * hf + j];
+                        if (diag && c0 + nt * 8 + 2 * cq + j > row) x = -FA2_INF;
+                        s[m][nt][2 * hf + j] = x;
+                        tmax = fmaxf(tmax, x);
+                    }
+                tmax = fmaxf(tmax, fa2_shfl_xor(tmax, 1));
+                tmax = fmaxf(tmax, fa2_shfl_xor(tmax, 2));
+                // Tile 0 holds key 0, which every row sees: the maximum is finite from the first tile on.
+                const float mnew = fmaxf(mx[m][hf], tmax);
+                const float alpha = fa2_exp2((mx[m][hf] - mnew) * sl2);  // 0 on the first tile
+                mx[m][hf] = mnew;
+                const float msc = mnew * sl2;
+                float rs = 0.f;
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                    for (int j = 0; j < 2; j++) {
+                        const float p = fa2_exp2(s[m][nt][2 * hf + j] * sl2 - msc);
+                        s[m][nt][2 * hf + j] = p;
+                        rs += p;
+                    }
+                ls[m][hf] = ls[m][hf] * alpha + rs;
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++) acc[m][nt][2 * hf] *= alpha, acc[m][nt][2 * hf + 1] *= alpha;
+            }
+        }
+        fa2_mm_cy<T, M>(acc, s, vt);  // O += P V
+    }
+
+    // Epilogue: O / l through shared memory (this warp's own rows of the Q tile) to y with 16-byte stores.
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        float inv[2];
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            float l = ls[m][hf];
+            l += fa2_shfl_xor(l, 1);
+            l += fa2_shfl_xor(l, 2);
+            inv[hf] = 1.f / l;
+            const int row = wr0 + m * 16 + g + 8 * hf;
+            if (cq == 0 && row < t_len) lse[(int64_t)bh * t_len + row] = mx[m][hf] * scale + fa2_log2(l) * FA2_LN2;
+        }
+        fa2_stage_c<T>(qs, acc[m], warp * 16 * M + m * 16, inv[0], inv[1]);
+    }
+    __syncthreads();
+    fa2_store_tile<BR, NT>(y + (int64_t)b * t_len * c + h * FA2_HS, c, qs, q0, t_len);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// D = rowsum(dy * y) in f32, (B, NH, T). Eight threads per (b, t, h) row of 64, rows in (B, T, NH) order.
+template <typename T>
+__device__ __forceinline__ void fa2_dvec(const T* __restrict__ y, const T* __restrict__ dy, float* __restrict__ dvec,
+                                         int nh, int t_len, int64_t rows) {
+    const int64_t r = (int64_t)blockIdx.x * (blockDim.x / 8) + threadIdx.x / 8;
+    const int part = threadIdx.x & 7;
+    float sum = 0.f;
+    int64_t bt = 0;
+    int h = 0;
+    if (r < rows) {
+        bt = r / nh;
+        h = (int)(r - bt * nh);
+        const int64_t off = r * FA2_HS + part * 8;  // (b, t, h) rows of 64 are consecutive in (B, T, C)
+        const uint4 a = *reinterpret_cast<const uint4*>(y + off), d = *reinterpret_cast<const uint4*>(dy + off);
+        const T* ae = reinterpret_cast<const T*>(&a);
+        const T* de = reinterpret_cast<const T*>(&d);
+#pragma unroll
+        for (int i = 0; i < 8; i++) sum += fa2_float(ae[i]) * fa2_float(de[i]);
+    }
+    sum += fa2_shfl_xor(sum, 1);
+    sum += fa2_shfl_xor(sum, 2);
+    sum += fa2_shfl_xor(sum, 4);
+    if (r < rows && part == 0) {
+        const int64_t b = bt / t_len, t = bt - b * t_len;
+        dvec[(b * nh + h) * t_len + t] = sum;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Backward dK, dV. CTA: WARPS warps x 16 keys = BK keys; query tiles of 64 stream from the one holding the CTA's
+// first key to T. Per tile and warp: S^T = K Q^T, dP^T = V dY^T (K, V as A fragments in registers),
+// P^T = exp2(S^T * scale * log2e - lse * log2e), dS^T = P^T (dP^T - D); dV += P^T dY, dK += dS^T Q.
+template <typename T, int WARPS>
+__device__ __forceinline__ void fa2_dkdv(const T* __restrict__ qkv, const T* __restrict__ dy, const float* __restrict__ lse,
+                                         const float* __restrict__ dvec, T* __restrict__ dqkv, int nh, int t_len,
+                                         float scale, int group) {
+    constexpr int BK = WARPS * 16, NT = WARPS * 32, TILE = FA2_TILE * FA2_HS;
+    static_assert(BK * FA2_HS <= 2 * TILE, "the K and V blocks are staged in two tiles each");
+    alignas(1024) __shared__ T sm[4 * TILE];
+    __shared__ float lsm[2][FA2_TILE], dsm[2][FA2_TILE];
+    T* qs = sm;              // [2 stages][64][64]; first the K block, at the end the dK block
+    T* gs = sm + 2 * TILE;   // [2 stages][64][64]; first the V block, at the end the dV block
+
+    const int n_kb = (t_len + BK - 1) / BK;
+    int bh, kb;
+    fa2_coords(n_kb, (int)(gridDim.x / n_kb), group, false, bh, kb);
+    const int b = bh / nh, h = bh - b * nh, c = nh * FA2_HS;
+    const int64_t ld = 3 * (int64_t)c;
+    const T* qg = qkv + (int64_t)b * t_len * ld + h * FA2_HS;
+    const T* kg = qg + c;
+    const T* vg = qg + 2 * c;
+    const T* gg = dy + (int64_t)b * t_len * c + h * FA2_HS;
+    const float* lg = lse + (int64_t)bh * t_len;
+    const float* dg = dvec + (int64_t)bh * t_len;
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, cq = lane & 3;
+    const int k0 = kb * BK, kw0 = k0 + warp * 16;  // this warp's keys: kw0 .. kw0 + 15
+    const int i_first = k0 / FA2_TILE, n_qt = (t_len + FA2_TILE - 1) / FA2_TILE;
+    const float sl2 = scale * FA2_LOG2E;
+
+    fa2_load_tile<BK, NT>(qs, kg, ld, k0, t_len);
+    fa2_load_tile<BK, NT>(gs, vg, ld, k0, t_len);
+    fa2_commit();
+    fa2_wait_all();
+    __syncthreads();
+    uint32_t ka[1][4][4], va[1][4][4];
+    fa2_load_a<T>(ka[0], qs, warp * 16);
+    fa2_load_a<T>(va[0], gs, warp * 16);
+    __syncthreads();  // the K, V staging is overwritten by the first query tile next
+
+    auto load_q_tile = [&](int it, int st) {
+        const int i0 = it * FA2_TILE;
+        fa2_load_tile<FA2_TILE, NT>(qs + st * TILE, qg, ld, i0, t_len);
+        fa2_load_tile<FA2_TILE, NT>(gs + st * TILE, gg, c, i0, t_len);
+        for (int e = tid; e < FA2_TILE; e += NT) {
+            const bool ok = i0 + e < t_len;
+            fa2_cp4(&lsm[st][e], lg + (ok ? i0 + e : 0), ok);
+            fa2_cp4(&dsm[st][e], dg + (ok ? i0 + e : 0), ok);
+        }
+    };
+    load_q_tile(i_first, 0);
+    fa2_commit();
+
+    float dk[1][8][4], dv[1][8][4];
+    fa2_zero<1>(dk);
+    fa2_zero<1>(dv);
+    for (int it = i_first; it < n_qt; it++) {
+        const int st = (it - i_first) & 1;
+        fa2_wait_all();
+        __syncthreads();
+        if (it + 1 < n_qt) load_q_tile(it + 1, st ^ 1);
+        fa2_commit();
+        const int i0 = it * FA2_TILE;
+        if (i0 + FA2_TILE - 1 < kw0) continue;  // every query of the tile is before every key of this warp
+        const T* qt = qs + st * TILE;
+        const T* gt = gs + st * TILE;
+
+        float s[1][8][4], dp[1][8][4];
+        fa2_zero<1>(s);
+        fa2_zero<1>(dp);
+        fa2_mm_abt<T, 1>(s, ka, qt);   // S^T: keys x queries
+        fa2_mm_abt<T, 1>(dp, va, gt);  // dP^T
+        const bool edge = i0 < kw0 + 15 || i0 + FA2_TILE > t_len;  // some masked (key, query) pair in the tile
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                const int ql = nt * 8 + 2 * cq + j;
+                const float l2 = lsm[st][ql] * FA2_LOG2E, dd = dsm[st][ql];
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++) {
+                    const int key = kw0 + g + 8 * hf, q = i0 + ql;
+                    float p = fa2_exp2(s[0][nt][2 * hf + j] * sl2 - l2);
+                    if (edge && (q < key || q >= t_len)) p = 0.f;
+                    s[0][nt][2 * hf + j] = p;
+                    dp[0][nt][2 * hf + j] = p * (dp[0][nt][2 * hf + j] - dd);
+                }
+            }
+        fa2_mm_cy<T, 1>(dv, s, gt);   // dV += P^T dY
+        fa2_mm_cy<T, 1>(dk, dp, qt);  // dK += dS^T Q
+    }
+
+    __syncthreads();  // every warp is done with the last tiles before they become the output staging
+    fa2_stage_c<T>(qs, dk[0], warp * 16, scale, scale);
+    fa2_stage_c<T>(gs, dv[0], warp * 16, 1.f, 1.f);
+    __syncthreads();
+    T* out = dqkv + (int64_t)b * t_len * ld + h * FA2_HS;
+    fa2_store_tile<BK, NT>(out + c, ld, qs, k0, t_len);
+    fa2_store_tile<BK, NT>(out + 2 * c, ld, gs, k0, t_len);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Backward dQ. CTA: WARPS warps x 16 queries = BQ queries (Q and dY as A fragments), key tiles of 64 up to the
+// diagonal. S = Q K^T, dP = dY V^T, P = exp2(S * scale * log2e - lse * log2e), dS = P (dP - D), dQ += dS K.
+template <typename T, int WARPS>
+__device__ __forceinline__ void fa2_dq(const T* __restrict__ qkv, const T* __restrict__ dy, const float* __restrict__ lse,
+                                       const float* __restrict__ dvec, T* __restrict__ dqkv, int nh, int t_len,
+                                       float scale, int group) {
+    constexpr int BQ = WARPS * 16, NT = WARPS * 32, TILE = FA2_TILE * FA2_HS;
+    static_assert(BQ * FA2_HS <= 2 * TILE, "the Q and dY blocks are staged in two tiles each");
+    alignas(1024) __shared__ T sm[4 * TILE];
+    T* ks = sm;              // [2 stages][64][64]; first the Q block, at the end the dQ block
+    T* vs = sm + 2 * TILE;   // [2 stages][64][64]; first the dY block
+
+    const int n_qb = (t_len + BQ - 1) / BQ;
+    int bh, qb;
+    fa2_coords(n_qb, (int)(gridDim.x / n_qb), group, true, bh, qb);
+    const int b = bh / nh, h = bh - b * nh, c = nh * FA2_HS;
+    const int64_t ld = 3 * (int64_t)c;
+    const T* qg = qkv + (int64_t)b * t_len * ld + h * FA2_HS;
+    const T* kg = qg + c;
+    const T* vg = qg + 2 * c;
+    const T* gg = dy + (int64_t)b * t_len * c + h * FA2_HS;
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, cq = lane & 3;
+    const int q0 = qb * BQ, wr0 = q0 + warp * 16, wr1 = wr0 + 15;
+    const int kv_end = min(t_len, q0 + BQ);
+    const int n_kv = (kv_end + FA2_TILE - 1) / FA2_TILE;
+    const float sl2 = scale * FA2_LOG2E;
+
+    fa2_load_tile<BQ, NT>(ks, qg, ld, q0, t_len);
+    fa2_load_tile<BQ, NT>(vs, gg, c, q0, t_len);
+    fa2_commit();
+    // This thread's rows wr0 + g and wr0 + g + 8: lse (log2 units) and D; rows >= T get 0 (their output is dropped).
+    float l2[2], dd[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        const int row = wr0 + g + 8 * hf;
+        l2[hf] = row < t_len ? lse[(int64_t)bh * t_len + row] * FA2_LOG2E : 0.f;
+        dd[hf] = row < t_len ? dvec[(int64_t)bh * t_len + row] : 0.f;
+    }
+    fa2_wait_all();
+    __syncthreads();
+    uint32_t qa[1][4][4], ga[1][4][4];
+    fa2_load_a<T>(qa[0], ks, warp * 16);
+    fa2_load_a<T>(ga[0], vs, warp * 16);
+    __syncthreads();  // the Q, dY staging is overwritten by the first key tile next
+
+    fa2_load_tile<FA2_TILE, NT>(ks, kg, ld, 0, t_len);
+    fa2_load_tile<FA2_TILE, NT>(vs, vg, ld, 0, t_len);
+    fa2_commit();
+
+    float dq[1][8][4];
+    fa2_zero<1>(dq);
+    for (int t = 0; t < n_kv; t++) {
+        const int st = t & 1;
+        fa2_wait_all();
+        __syncthreads();
+        if (t + 1 < n_kv) {
+            fa2_load_tile<FA2_TILE, NT>(ks + (st ^ 1) * TILE, kg, ld, (t + 1) * FA2_TILE, t_len);
+            fa2_load_tile<FA2_TILE, NT>(vs + (st ^ 1) * TILE, vg, ld, (t + 1) * FA2_TILE, t_len);
+        }
+        fa2_commit();
+        const int c0 = t * FA2_TILE;
+        if (c0 > wr1) continue;
+        const T* kt = ks + st * TILE;
+        const T* vt = vs + st * TILE;
+
+        float s[1][8][4], dp[1][8][4];
+        fa2_zero<1>(s);
+        fa2_zero<1>(dp);
+        fa2_mm_abt<T, 1>(s, qa, kt);   // S
+        fa2_mm_abt<T, 1>(dp, ga, vt);  // dP
+        const bool diag = c0 + FA2_TILE - 1 > wr0;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+                for (int j = 0; j < 2; j++) {
+                    const int key = c0 + nt * 8 + 2 * cq + j, row = wr0 + g + 8 * hf;
+                    float p = fa2_exp2(s[0][nt][2 * hf + j] * sl2 - l2[hf]);
+                    if (diag && key > row) p = 0.f;
+                    dp[0][nt][2 * hf + j] = p * (dp[0][nt][2 * hf + j] - dd[hf]);
+                }
+        fa2_mm_cy<T, 1>(dq, dp, kt);  // dQ += dS K
+    }
+
+    __syncthreads();
+    fa2_stage_c<T>(ks, dq[0], warp * 16, scale, scale);
+    __syncthreads();
+    fa2_store_tile<BQ, NT>(dqkv + (int64_t)b * t_len * ld + h * FA2_HS, ld, ks, q0, t_len);
+}
+
+// ---- entry points ----------------------------------------------------------------------------------------------
+// Minimum resident CTAs per SM handed to __launch_bounds__ (1: no register cap); -D to try others.
+#ifndef FA2_MB_F42
+#define FA2_MB_F42 1
+#endif
+#ifndef FA2_MB_F81
+#define FA2_MB_F81 1
+#endif
+#ifndef FA2_MB_F41
+#define FA2_MB_F41 1
+#endif
+#ifndef FA2_MB_KV4
+#define FA2_MB_KV4 1
+#endif
+#ifndef FA2_MB_Q4
+#define FA2_MB_Q4 1
+#endif
+#ifndef FA2_MB_KV8
+#define FA2_MB_KV8 1
+#endif
+#ifndef FA2_MB_Q8
+#define FA2_MB_Q8 1
+#endif
+// Names: flash_<pass>_<dtype>_<variant>; flash_attn.rs lists the variants and picks the default.
+#define FA2_FWD(T, SFX, W, M, MINB)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(W * 32, MINB) flash_fwd_##SFX##_w##W##m##M(                                \
+        const T* qkv, T* y, float* lse, int nh, int t_len, float scale, int group) {                                   \
+        fa2_fwd<T, W, M>(qkv, y, lse, nh, t_len, scale, group);                                                        \
+    }
+#define FA2_BWD(T, SFX, W, MINKV, MINQ)                                                                                \
+    extern "C" __global__ void __launch_bounds__(W * 32, MINKV) flash_dkdv_##SFX##_w##W(                                     \
+        const T* qkv, const T* dy, const float* lse, const float* dvec, T* dqkv, int nh, int t_len, float scale,      \
+        int group) {                                                                                                   \
+        fa2_dkdv<T, W>(qkv, dy, lse, dvec, dqkv, nh, t_len, scale, group);                                            \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(W * 32, MINQ) flash_dq_##SFX##_w##W(                                       \
+        const T* qkv, const T* dy, const float* lse, const float* dvec, T* dqkv, int nh, int t_len, float scale,      \
+        int group) {                                                                                                   \
+        fa2_dq<T, W>(qkv, dy, lse, dvec, dqkv, nh, t_len, scale, group);                                              \
+    }
+#define FA2_ALL(T, SFX)                                                                                                \
+    FA2_FWD(T, SFX, 4, 2, FA2_MB_F42)                                                                                 \
+    FA2_FWD(T, SFX, 8, 1, FA2_MB_F81)                                                                                 \
+    FA2_FWD(T, SFX, 4, 1, FA2_MB_F41)                                                                                 \
+    FA2_BWD(T, SFX, 4, FA2_MB_KV4, FA2_MB_Q4)                                                                         \
+    FA2_BWD(T, SFX, 8, FA2_MB_KV8, FA2_MB_Q8)                                                                         \
+    extern "C" __global__ void __launch_bounds__(256) flash_dvec_##SFX(const T* y, const T* dy, float* dvec, int nh,  \
+                                                                        int t_len, int64_t rows) {                    \
+        fa2_dvec<T>(y, dy, dvec, nh, t_len, rows);                                                                     \
+    }
+
+FA2_ALL(__nv_bfloat16, bf16)
+FA2_ALL(__half, f16)
