@@ -36,6 +36,22 @@ pub enum BenchCommand {
     /// Time tokenmill's train_step, then the PyTorch reference (build-nanogpt's recipe) at the same B, T, total
     /// batch, warm-up and steps; print both and the tokens/s ratio.
     Compare(CompareArgs),
+    /// Time the flash-attention kernels alone (forward, backward and each backward kernel; CUDA events, medians)
+    /// at GPT-2 124M attention shapes; scripts/attn-bench.sh sets them beside PyTorch's SDPA.
+    Attention(AttentionArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AttentionArgs {
+    /// Time every compiled launch variant, not only the default.
+    #[arg(long)]
+    pub variants: bool,
+    /// Untimed runs before the timed ones, per kernel.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// Timed runs per kernel (the median is reported).
+    #[arg(long, default_value_t = 30)]
+    pub reps: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -88,6 +104,10 @@ pub struct GridArgs {
     /// Seeds the weights and the synthetic tokens.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
+    /// Training engine: auto (gpt2-cuda for GPT-2 in bf16 on CUDA, else autograd), autograd or gpt2-cuda
+    /// [default: the config's run.engine, auto].
+    #[arg(long)]
+    pub engine: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -119,6 +139,10 @@ pub struct CompareArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Training engine: auto (gpt2-cuda for GPT-2 in bf16 on CUDA, else autograd), autograd or gpt2-cuda
+    /// [default: the config's run.engine, auto].
+    #[arg(long)]
+    pub engine: Option<String>,
     /// The reference script.
     #[arg(long, default_value = "bench/reference/train_gpt2_ref.py")]
     pub reference: PathBuf,
@@ -144,6 +168,13 @@ pub struct CompareArgs {
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Some(BenchCommand::Compare(a)) => run_compare(a),
+        Some(BenchCommand::Attention(a)) => {
+            let (rows, device) = crate::bench::attention::run(a.variants, a.warmup, a.reps)?;
+            println!("flash attention, bf16, causal, on {device}:");
+            print!("{}", crate::bench::attention::report(&rows));
+            print!("{}", crate::bench::attention::machine_lines(&rows, &crate::bench::attention::default_label()));
+            Ok(())
+        }
         None => run_grid(args.grid),
     }
 }
@@ -171,6 +202,7 @@ fn run_grid(a: GridArgs) -> anyhow::Result<()> {
         steps: a.steps,
         what: Computation::parse_list(&a.what)?,
         seed: a.seed,
+        engine: a.engine.clone(),
     };
     plan.fill_defaults(&device, a.sweep)?;
     let cases = plan.cases(&device)?;
@@ -216,6 +248,7 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
         steps: a.steps,
         what: vec![Computation::TrainStep],
         seed: a.seed,
+        engine: a.engine.clone(),
     };
     let cases = plan.cases(&device)?;
     let [spec] = cases.as_slice() else { unreachable!("one model, one shape, one dtype: one case") };

@@ -32,9 +32,10 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
 }
 
 /// GPT-2's attention from its fused projection: `qkv (B, T, 3C)` (q, k, v side by side) -> `(B, T, C)`, the heads
-/// side by side again. Where the fused kernel exists (CUDA, HS = 64) it reads the heads straight out of `qkv` and
-/// returns d(qkv) in one piece (`flash_causal_attention_qkv`: no per-head gradient glue); elsewhere the heads are
-/// split into `(B, NH, T, HS)` and go through [`causal_attention`].
+/// side by side again. Where the fused kernel exists (CUDA, HS = 64) it reads the heads straight out of `qkv`,
+/// writes `(B, T, C)` directly and returns d(qkv) in one piece (`flash_causal_attention_qkv`: no permutes, no
+/// per-head gradient glue); elsewhere the heads are split into `(B, NH, T, HS)` and go through
+/// [`causal_attention`].
 pub fn causal_attention_qkv(qkv: &Tensor, n_head: usize) -> Result<Tensor> {
     let (b, t, c3) = qkv.dims3()?;
     let c = c3 / 3;
@@ -42,13 +43,12 @@ pub fn causal_attention_qkv(qkv: &Tensor, n_head: usize) -> Result<Tensor> {
     let fused = qkv.device().is_cuda()
         && hs == FLASH_HEAD_SIZE
         && matches!(qkv.dtype(), DType::F32 | DType::BF16 | DType::F16);
-    let y = if fused {
-        flash_causal_attention_qkv(qkv, n_head)? // (B, NH, T, HS)
-    } else {
-        // (B, T, C) -> (B, NH, T, HS) per part.
-        let heads = |i: usize| qkv.narrow(2, i * c, c)?.reshape((b, t, n_head, hs))?.transpose(1, 2);
-        causal_attention(&heads(0)?, &heads(1)?, &heads(2)?)?
-    };
+    if fused {
+        return flash_causal_attention_qkv(qkv, n_head); // (B, T, C)
+    }
+    // (B, T, C) -> (B, NH, T, HS) per part.
+    let heads = |i: usize| qkv.narrow(2, i * c, c)?.reshape((b, t, n_head, hs))?.transpose(1, 2);
+    let y = causal_attention(&heads(0)?, &heads(1)?, &heads(2)?)?;
     y.transpose(1, 2)?.reshape((b, t, c)) // re-assemble heads side by side
 }
 

@@ -331,11 +331,11 @@ fn cpu_fwd(
 }
 
 /// Causal attention straight from GPT-2's fused projection: `qkv (B, T, 3C)` (q, k, v side by side, each
-/// C = NH * HS) -> `o (B, NH, T, HS)`, the same kernels as [`flash_causal_attention`]. What differs is the
-/// backward: it returns d(qkv) as one `(B, T, 3C)` tensor. Through three head views instead, candle's autograd
-/// routes each head-shaped gradient back through transpose, reshape and narrow, and narrow's backward is a
-/// zero-padded copy of the whole `(B, T, 3C)` per view plus their sum: measured on the H100 at B = 64 (the `glue`
-/// TIMING line of tests/kernels_attention.rs), ~17 ms per layer, more than the tensor-core kernels themselves.
+/// C = NH * HS) -> `y (B, T, C)` (the heads side by side, c_proj's input), recording a backward that returns d(qkv)
+/// as one `(B, T, 3C)` tensor. Nothing is permuted or copied around the kernels: on CUDA in bf16/f16 this is a thin
+/// adapter over [`crate::cuda::flash_attn`] (FlashAttention-2 on the tensor cores, reading the heads out of `qkv`
+/// and writing `y` and d(qkv) in place; deterministic). Elsewhere (CPU, f32 on CUDA, or `TOKENMILL_ATTN_FMA=1`)
+/// the kernels of [`flash_causal_attention`] run on head views and the result is permuted to the same layout.
 pub fn flash_causal_attention_qkv(qkv: &Tensor, n_head: usize) -> Result<Tensor> {
     let (_, _, c3) = qkv.dims3()?;
     if n_head == 0 || c3 % (3 * n_head) != 0 {
@@ -381,9 +381,39 @@ impl FlashAttentionQkv {
         Ok(([view(0), view(1), view(2)], (b, nh, t, hs)))
     }
 
+    /// Whether this call runs crate::cuda::flash_attn (CUDA, bf16/f16, not forced onto the FMA kernels).
+    #[cfg(feature = "cuda")]
+    fn flash2(&self, dt: DType) -> bool {
+        self.kernel.tensor_cores(dt)
+    }
+
     fn save_lse(&self, storage: Storage, shape: (usize, usize, usize)) {
         store_lse(&self.lse, storage, shape)
     }
+}
+
+/// `(B, NH, T, HS)` rows -> `(B, T, NH * HS)` on the host.
+fn heads_to_rows(o: CpuStorage, (b, nh, t, hs): (usize, usize, usize, usize)) -> Result<CpuStorage> {
+    fn go<X: Copy>(o: &[X], (b, nh, t, hs): (usize, usize, usize, usize)) -> Vec<X> {
+        let mut out = Vec::with_capacity(o.len());
+        for bi in 0..b {
+            for ti in 0..t {
+                for h in 0..nh {
+                    let src = ((bi * nh + h) * t + ti) * hs;
+                    out.extend_from_slice(&o[src..src + hs]);
+                }
+            }
+        }
+        out
+    }
+    let d = (b, nh, t, hs);
+    Ok(match o {
+        CpuStorage::F32(v) => CpuStorage::F32(go(&v, d)),
+        CpuStorage::F64(v) => CpuStorage::F64(go(&v, d)),
+        CpuStorage::BF16(v) => CpuStorage::BF16(go(&v, d)),
+        CpuStorage::F16(v) => CpuStorage::F16(go(&v, d)),
+        o => candle_core::bail!("attention output must be float, got {:?}", o.dtype()),
+    })
 }
 
 impl CustomOp1 for FlashAttentionQkv {
@@ -395,31 +425,179 @@ impl CustomOp1 for FlashAttentionQkv {
         let ([q, k, v], (b, nh, t, hs)) = self.views(l)?;
         let (o, lse) = cpu_fwd([s, s, s], (q, k, v), (b * nh, t, hs), self.scale)?;
         self.save_lse(Storage::Cpu(lse), (b, nh, t));
-        Ok((o, Shape::from((b, nh, t, hs))))
+        Ok((heads_to_rows(o, (b, nh, t, hs))?, Shape::from((b, t, nh * hs))))
     }
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
         let ([q, k, v], (b, nh, t, hs)) = self.views(l)?;
+        let shape = Shape::from((b, t, nh * hs));
+        if self.flash2(s.dtype()) {
+            let (y, lse) = flash2::fwd(s, l.start_offset(), (b, t, nh, hs))?;
+            self.save_lse(Storage::Cuda(lse), (b, nh, t));
+            return Ok((y, shape));
+        }
         let tc = self.kernel.tensor_cores(s.dtype());
         let (o, lse) = cuda::fwd(s, s, s, (q, k, v), (b, nh, t), self.scale as f32, tc)?;
         self.save_lse(Storage::Cuda(lse), (b, nh, t));
-        Ok((o, Shape::from((b, nh, t, hs))))
+        // (B, NH, T, HS) -> (B, T, NH, HS): one strided copy (f32 and the FMA switch only).
+        let heads = Layout::contiguous((b, nh, t, hs)).transpose(1, 2)?;
+        let dev = o.device().clone();
+        let mut y = match o.dtype() {
+            DType::F32 => candle_core::CudaStorage::wrap_cuda_slice(unsafe { dev.alloc::<f32>(b * t * nh * hs)? }, dev),
+            DType::BF16 => candle_core::CudaStorage::wrap_cuda_slice(unsafe { dev.alloc::<bf16>(b * t * nh * hs)? }, dev),
+            _ => candle_core::CudaStorage::wrap_cuda_slice(unsafe { dev.alloc::<f16>(b * t * nh * hs)? }, dev),
+        };
+        o.copy_strided_src(&mut y, 0, &heads)?;
+        Ok((y, shape))
     }
 
-    fn bwd(&self, qkv: &Tensor, o: &Tensor, dout: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(&self, qkv: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let lse = self.lse.lock().map_err(|_| candle_core::Error::Msg("attention lse lock poisoned".into()))?.clone();
         let Some(lse) = lse else { candle_core::bail!("attention backward before its forward stored the logsumexp") };
         let (b, t, c3) = qkv.dims3()?;
         let (nh, hs) = (self.n_head, c3 / 3 / self.n_head);
+        #[cfg(feature = "cuda")]
+        if qkv.device().is_cuda() && self.flash2(qkv.dtype()) {
+            return flash2::bwd(qkv, y, dy, &lse, (b, t, nh, hs)).map(Some);
+        }
         // The head views as tensors (no copies: reshape of a contiguous tensor, then views), for flash_bwd.
         let x = qkv.contiguous()?.reshape((b, t, 3, nh, hs))?;
         let part = |i: usize| x.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2); // (B, NH, T, HS)
+        let heads = |z: &Tensor| z.reshape((b, t, nh, hs))?.transpose(1, 2)?.contiguous(); // (B, T, C) -> heads
         let (dq, dk, dv) =
-            flash_bwd(&part(0)?, &part(1)?, &part(2)?, o, &dout.contiguous()?, &lse, self.scale, self.kernel)?;
+            flash_bwd(&part(0)?, &part(1)?, &part(2)?, &heads(y)?, &heads(dy)?, &lse, self.scale, self.kernel)?;
         // (B, NH, T, HS) x 3 -> (B, T, 3, NH, HS) -> (B, T, 3C): one strided copy each.
         let dqkv = Tensor::stack(&[dq.transpose(1, 2)?, dk.transpose(1, 2)?, dv.transpose(1, 2)?], 2)?;
         Ok(Some(dqkv.reshape((b, t, c3))?))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod flash2 {
+    //! The qkv op over crate::cuda::flash_attn: candle storages in, raw pointers to the launcher, storages out.
+    use std::sync::{Arc, Mutex};
+
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
+    use candle_core::cuda_backend::{CudaDType, DeviceId};
+    use candle_core::op::BackpropOp;
+    use candle_core::{CudaDevice, CudaStorage, DType, Result, Storage, Tensor};
+    use half::{bf16, f16};
+
+    use crate::cuda::flash_attn::{Dtype, FlashAttn};
+
+    /// The kernels loaded once per device.
+    fn kernels(dev: &CudaDevice) -> Result<Arc<FlashAttn>> {
+        static LOADED: Mutex<Vec<(DeviceId, Arc<FlashAttn>)>> = Mutex::new(Vec::new());
+        let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, f)) = loaded.iter().find(|(id, _)| *id == dev.id()) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(FlashAttn::new(&dev.cuda_stream())?);
+        loaded.push((dev.id(), f.clone()));
+        Ok(f)
+    }
+
+    fn dtype(dt: DType) -> Result<Dtype> {
+        match dt {
+            DType::BF16 => Ok(Dtype::Bf16),
+            DType::F16 => Ok(Dtype::F16),
+            dt => candle_core::bail!("flash attention takes bf16 or f16, got {dt:?}"),
+        }
+    }
+
+    /// `y (B, T, C)` and `lse (B, NH, T)` from the contiguous `qkv` storage starting at element `start`.
+    pub(super) fn fwd(
+        s: &CudaStorage,
+        start: usize,
+        (b, t, nh, hs): (usize, usize, usize, usize),
+    ) -> Result<(CudaStorage, CudaStorage)> {
+        fn go<X: CudaDType + DeviceRepr>(
+            s: &CudaStorage,
+            start: usize,
+            d: (usize, usize, usize, usize),
+            dt: Dtype,
+        ) -> Result<(CudaStorage, CudaStorage)> {
+            let (b, t, nh, hs) = d;
+            let dev = s.device();
+            let stream = dev.cuda_stream();
+            let fa = kernels(dev)?;
+            let qkv = s.as_cuda_slice::<X>()?.slice(start..);
+            // SAFETY: forward writes every element of y and lse.
+            let mut y = unsafe { dev.alloc::<X>(b * t * nh * hs)? };
+            let mut lse = unsafe { dev.alloc::<f32>(b * nh * t)? };
+            {
+                let (qp, _q) = qkv.device_ptr(&stream);
+                let (yp, _y) = y.device_ptr_mut(&stream);
+                let (lp, _l) = lse.device_ptr_mut(&stream);
+                // SAFETY: qkv holds b * t * 3 * nh * hs elements from `start` (the op's contiguous input), y and
+                // lse were just allocated at the sizes forward writes; all on the device's one stream.
+                unsafe { fa.forward_with(dt, qp, yp, lp, b, t, nh, hs)? };
+            }
+            Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), CudaStorage::wrap_cuda_slice(lse, dev.clone())))
+        }
+        let d = (b, t, nh, hs);
+        match dtype(s.dtype())? {
+            Dtype::Bf16 => go::<bf16>(s, start, d, Dtype::Bf16),
+            Dtype::F16 => go::<f16>(s, start, d, Dtype::F16),
+        }
+    }
+
+    /// d(qkv) `(B, T, 3C)` from qkv, the op's output y, its gradient dy and the forward's lse.
+    pub(super) fn bwd(
+        qkv: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+        lse: &Tensor,
+        (b, t, nh, hs): (usize, usize, usize, usize),
+    ) -> Result<Tensor> {
+        let dt = dtype(qkv.dtype())?;
+        let (qkv, y, dy, lse) = (qkv.contiguous()?, y.contiguous()?, dy.contiguous()?, lse.contiguous()?);
+        let (qs, ql) = qkv.storage_and_layout();
+        let (ys, yl) = y.storage_and_layout();
+        let (gs, gl) = dy.storage_and_layout();
+        let (ls, ll) = lse.storage_and_layout();
+        let (Storage::Cuda(qs), Storage::Cuda(ys), Storage::Cuda(gs), Storage::Cuda(ls)) = (&*qs, &*ys, &*gs, &*ls) else {
+            candle_core::bail!("flash attention backward: qkv, y, dy and lse must be on one CUDA device");
+        };
+        let starts = [ql.start_offset(), yl.start_offset(), gl.start_offset(), ll.start_offset()];
+        fn go<X: CudaDType + DeviceRepr>(
+            st: [&CudaStorage; 4],
+            starts: [usize; 4],
+            (b, t, nh, hs): (usize, usize, usize, usize),
+            dt: Dtype,
+        ) -> Result<CudaStorage> {
+            let dev = st[0].device();
+            let stream = dev.cuda_stream();
+            let fa = kernels(dev)?;
+            let qkv = st[0].as_cuda_slice::<X>()?.slice(starts[0]..);
+            let y = st[1].as_cuda_slice::<X>()?.slice(starts[1]..);
+            let dy = st[2].as_cuda_slice::<X>()?.slice(starts[2]..);
+            let lse = st[3].as_cuda_slice::<f32>()?.slice(starts[3]..);
+            // SAFETY: backward writes every element of dqkv; the scratch is written before it is read.
+            let mut dqkv = unsafe { dev.alloc::<X>(b * t * 3 * nh * hs)? };
+            let mut scratch = unsafe { dev.alloc::<f32>(FlashAttn::scratch_len(b, t, nh))? };
+            {
+                let (qp, _q) = qkv.device_ptr(&stream);
+                let (yp, _y) = y.device_ptr(&stream);
+                let (gp, _g) = dy.device_ptr(&stream);
+                let (lp, _l) = lse.device_ptr(&stream);
+                let (sp, _s) = scratch.device_ptr_mut(&stream);
+                let (dp, _d) = dqkv.device_ptr_mut(&stream);
+                // SAFETY: contiguous inputs of the sizes the API documents (checked by the op's shapes); the
+                // outputs were just allocated; one stream.
+                unsafe { fa.backward_with(dt, qp, yp, gp, lp, sp, dp, b, t, nh, hs)? };
+            }
+            Ok(CudaStorage::wrap_cuda_slice(dqkv, dev.clone()))
+        }
+        let st = [qs, ys, gs, ls];
+        let d = (b, t, nh, hs);
+        let out = match dt {
+            Dtype::Bf16 => go::<bf16>(st, starts, d, dt)?,
+            Dtype::F16 => go::<f16>(st, starts, d, dt)?,
+        };
+        Ok(Tensor::from_storage(Storage::Cuda(out), (b, t, 3 * nh * hs), BackpropOp::none(), false))
     }
 }
 

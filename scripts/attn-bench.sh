@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Flash attention, tokenmill against PyTorch's SDPA backends, in one call on the GPU machine: runs
+# `tokenmill bench attention` (CUDA events, medians; every launch variant with --variants) and
+# bench/reference/attention_sdpa.py (cuDNN, flash = FlashAttention-2, memory-efficient) on the same shapes, then
+# prints one table: ms and TFLOP/s per implementation and shape, and tokenmill's time over each backend's.
+#
+#   scripts/attn-bench.sh [--check] [--variants]     # on the GPU machine, from the repo root
+# --check first runs the attention tests of the GPU test binary (.dist/kernels/gpu.gz from
+# `scripts/gpu-kernel-check.sh build`): the kernels against the CPU twin at T = 1..2048, bitwise repeats, every
+# launch variant writing every element; then compute-sanitizer memcheck and racecheck on a small fwd + bwd.
+# Environment: TOKENMILL (the binary; default: .dist/tokenmill.gz unpacked, else target/release/tokenmill),
+# PYTHON (default /opt/torch/.venv/bin/python3 if present, else python3), OUT (a folder for the logs; default a
+# temp dir).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$(mktemp -d)}"
+mkdir -p "$OUT"
+CHECK=0
+if [ "${1:-}" = "--check" ]; then CHECK=1; shift; fi
+# CUDA 13 user-space libraries (cuBLAS, NVRTC, ...) from wherever the machine has them (as gpu-kernel-check.sh).
+libdirs=""
+for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libnccl.so.2 libcudart.so.13; do
+  f="$(find / -name "$lib" -not -path '/proc/*' 2>/dev/null | head -n 1 || true)"
+  [ -n "$f" ] && libdirs="$libdirs:$(dirname "$f")"
+done
+export LD_LIBRARY_PATH="${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+status=0
+if [ "$CHECK" = 1 ]; then
+  bin="$OUT/gpu"; gunzip -c .dist/kernels/gpu.gz > "$bin"; chmod +x "$bin"
+  for t in cuda_flash_qkv_matches_cpu cuda_flash_api_variants_write_everything cuda_qkv_op_matches_head_views \
+           cuda_matches_cpu; do
+    if "$bin" "kernels_attention::$t" --exact --test-threads=1 --nocapture > "$OUT/test-$t.log" 2>&1; then
+      echo "PASS $t"; else echo "FAIL $t"; tail -n 20 "$OUT/test-$t.log"; status=1; fi
+    grep -hE "max \|diff\||bitwise|written" "$OUT/test-$t.log" | sed 's/^/    /' | head -n 40 || true
+  done
+  for tool in memcheck racecheck; do
+    if compute-sanitizer --tool "$tool" --error-exitcode 9 "$bin" kernels_attention::cuda_flash_sanitizer_case \
+        --exact --test-threads=1 > "$OUT/sanitizer-$tool.log" 2>&1; then
+      echo "PASS compute-sanitizer $tool: $(grep -h 'ERROR SUMMARY\|RACECHECK SUMMARY' "$OUT/sanitizer-$tool.log" | head -n 1)"
+    else
+      echo "FAIL compute-sanitizer $tool"; tail -n 30 "$OUT/sanitizer-$tool.log"; status=1
+    fi
+  done
+fi
+if [ -z "${TOKENMILL:-}" ]; then
+  if [ -f .dist/tokenmill.gz ]; then
+    TOKENMILL="$OUT/tokenmill"; gunzip -c .dist/tokenmill.gz > "$TOKENMILL"; chmod +x "$TOKENMILL"
+  else
+    TOKENMILL=target/release/tokenmill
+  fi
+fi
+PYTHON="${PYTHON:-$( [ -x /opt/torch/.venv/bin/python3 ] && echo /opt/torch/.venv/bin/python3 || echo python3)}"
+
+"$TOKENMILL" bench attention "$@" 2>&1 | tee "$OUT/attn-tokenmill.log"
+"$PYTHON" bench/reference/attention_sdpa.py 2>&1 | tee "$OUT/attn-torch.log"
+
+python3 - "$OUT/attn-tokenmill.log" "$OUT/attn-torch.log" <<'PY'
+import sys
+rows = {}
+for path in sys.argv[1:]:
+    for line in open(path):
+        f = line.split()
+        if len(f) == 8 and f[0] == "ATTN":
+            rows.setdefault(tuple(map(int, f[2:6])), {})[f[1]] = (float(f[6]), float(f[7]))
+print("\n===== flash attention, bf16, causal (ms; TFLOP/s: causal half, bwd = 2.5x fwd; ratio = tokenmill / backend)")
+print(f"{'shape':<22} {'impl':<16} {'fwd ms':>8} {'TFLOP/s':>8} {'bwd ms':>8} {'TFLOP/s':>8} {'f+b ms':>8} {'ours/x':>7}")
+for (B, T, NH, HS), impls in rows.items():
+    flop = 2.0 * B * NH * T * T * HS
+    ours = impls.get("tokenmill")
+    for name, (fw, bw) in impls.items():
+        ratio = f"{(ours[0] + ours[1]) / (fw + bw):7.2f}" if ours and fw == fw and bw == bw else "      -"
+        print(f"{f'B={B} T={T} NH={NH} HS={HS}':<22} {name:<16} {fw:8.3f} {flop / fw / 1e9:8.1f} {bw:8.3f} "
+              f"{2.5 * flop / bw / 1e9:8.1f} {fw + bw:8.3f} {ratio}")
+PY
+exit $status

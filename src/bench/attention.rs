@@ -1,0 +1,192 @@
+//! `tokenmill bench attention`: the flash-attention kernels (`crate::cuda::flash_attn`) timed alone with CUDA
+//! events, at GPT-2 124M attention shapes: the training micro-batch B=64, T=1024, NH=12, HS=64 and T in 256, 512,
+//! 2048 at the same 65,536 tokens. Per shape and launch variant: forward, backward (D pre-pass + dQ + dK/dV) and
+//! each backward kernel alone, the median of `reps` timed runs after `warmup` untimed ones, each run bracketed by
+//! its own pair of events; TFLOP/s count the causal half (forward 2*B*NH*T^2*HS, backward 2.5x that), as
+//! FlashAttention's papers and PyTorch's benchmarks do. Inputs are random bf16 (never zeros). Compared with
+//! PyTorch's SDPA by scripts/attn-bench.sh (bench/reference/attention_sdpa.py).
+
+use serde::Serialize;
+
+/// (B, T, NH, HS) of the benchmark: 65,536 tokens each.
+pub const SHAPES: [(usize, usize, usize, usize); 4] = [(64, 1024, 12, 64), (256, 256, 12, 64), (128, 512, 12, 64), (32, 2048, 12, 64)];
+
+/// One (shape, variant) row, milliseconds (medians).
+#[derive(Clone, Debug, Serialize)]
+pub struct AttnTiming {
+    pub b: usize,
+    pub t: usize,
+    pub nh: usize,
+    pub hs: usize,
+    pub variant: String,
+    pub fwd_ms: f64,
+    pub bwd_ms: f64,
+    pub dvec_ms: f64,
+    pub dq_ms: f64,
+    pub dkdv_ms: f64,
+}
+
+impl AttnTiming {
+    /// Causal forward FLOPs: two (T x T x HS) products over half the square, 2 FLOPs per multiply-add.
+    pub fn fwd_flop(&self) -> f64 {
+        2.0 * (self.b * self.nh) as f64 * (self.t * self.t) as f64 * self.hs as f64
+    }
+    pub fn fwd_tflops(&self) -> f64 {
+        self.fwd_flop() / (self.fwd_ms * 1e-3) / 1e12
+    }
+    pub fn bwd_tflops(&self) -> f64 {
+        2.5 * self.fwd_flop() / (self.bwd_ms * 1e-3) / 1e12
+    }
+}
+
+/// The lines `scripts/attn-bench.sh` reads (`ATTN <impl> B T NH HS fwd_ms bwd_ms`), then a readable table.
+pub fn report(rows: &[AttnTiming]) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "{:>3} {:>5} {:>3} {:>3}  {:<28} {:>9} {:>7} {:>9} {:>7} {:>8} {:>8} {:>8}\n",
+        "B", "T", "NH", "HS", "variant", "fwd ms", "TFLOP/s", "bwd ms", "TFLOP/s", "D ms", "dQ ms", "dK/dV ms"
+    ));
+    for r in rows {
+        s.push_str(&format!(
+            "{:>3} {:>5} {:>3} {:>3}  {:<28} {:>9.3} {:>7.1} {:>9.3} {:>7.1} {:>8.3} {:>8.3} {:>8.3}\n",
+            r.b,
+            r.t,
+            r.nh,
+            r.hs,
+            r.variant,
+            r.fwd_ms,
+            r.fwd_tflops(),
+            r.bwd_ms,
+            r.bwd_tflops(),
+            r.dvec_ms,
+            r.dq_ms,
+            r.dkdv_ms
+        ));
+    }
+    s
+}
+
+/// `ATTN tokenmill ...` lines for the default variant only (the one training runs).
+pub fn machine_lines(rows: &[AttnTiming], default_label: &str) -> String {
+    rows.iter()
+        .filter(|r| r.variant == default_label)
+        .map(|r| format!("ATTN tokenmill {} {} {} {} {:.4} {:.4}\n", r.b, r.t, r.nh, r.hs, r.fwd_ms, r.bwd_ms))
+        .collect()
+}
+
+/// The label of the variant `forward` / `backward` launch (the rows `machine_lines` reports).
+#[cfg(feature = "cuda")]
+pub fn default_label() -> String {
+    crate::cuda::flash_attn::Variant::DEFAULT.label()
+}
+#[cfg(not(feature = "cuda"))]
+pub fn default_label() -> String {
+    String::new()
+}
+
+#[cfg(feature = "cuda")]
+pub use gpu::run;
+
+#[cfg(not(feature = "cuda"))]
+pub fn run(_all_variants: bool, _warmup: usize, _reps: usize) -> anyhow::Result<(Vec<AttnTiming>, String)> {
+    anyhow::bail!("`tokenmill bench attention` times CUDA kernels: build with --features cuda (scripts/build-cuda.sh)")
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use std::sync::Arc;
+
+    use anyhow::Context;
+    use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
+    use candle_core::cuda_backend::cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+    use half::bf16;
+
+    use super::{AttnTiming, SHAPES};
+    use crate::cuda::flash_attn::{check_dims, Dtype, FlashAttn, Variant};
+
+    /// Random bf16 in [-1, 1) from a fixed xorshift stream.
+    fn random_bf16(n: usize, seed: u64) -> Vec<bf16> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                bf16::from_f32(((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
+            })
+            .collect()
+    }
+
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+
+    /// Median milliseconds of `reps` event-bracketed runs of `f` after `warmup` untimed ones.
+    fn time(stream: &Arc<CudaStream>, warmup: usize, reps: usize, mut f: impl FnMut() -> candle_core::Result<()>) -> anyhow::Result<f64> {
+        for _ in 0..warmup {
+            f()?;
+        }
+        let mut ms = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let a = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+            f()?;
+            let b = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+            ms.push(a.elapsed_ms(&b)? as f64);
+        }
+        Ok(median(ms))
+    }
+
+    struct Bufs {
+        qkv: CudaSlice<bf16>,
+        dy: CudaSlice<bf16>,
+        y: CudaSlice<bf16>,
+        dqkv: CudaSlice<bf16>,
+        lse: CudaSlice<f32>,
+        scratch: CudaSlice<f32>,
+    }
+
+    /// Time every shape with the default variant (or every compiled variant): the rows and the device name.
+    pub fn run(all_variants: bool, warmup: usize, reps: usize) -> anyhow::Result<(Vec<AttnTiming>, String)> {
+        let ctx = CudaContext::new(0).context("CUDA device 0")?;
+        let name = ctx.name().unwrap_or_else(|_| "CUDA device 0".into());
+        let stream = ctx.default_stream();
+        let variants: Vec<Variant> = if all_variants { Variant::ALL.to_vec() } else { vec![Variant::DEFAULT] };
+        let kernels = variants.iter().map(|&v| FlashAttn::with_variant(&stream, v)).collect::<candle_core::Result<Vec<_>>>()?;
+        let mut rows = Vec::new();
+        for (si, &(b, t, nh, hs)) in SHAPES.iter().enumerate() {
+            let c = nh * hs;
+            let mut bufs = Bufs {
+                qkv: stream.clone_htod(&random_bf16(b * t * 3 * c, 1 + si as u64))?,
+                dy: stream.clone_htod(&random_bf16(b * t * c, 101 + si as u64))?,
+                y: stream.alloc_zeros::<bf16>(b * t * c)?,
+                dqkv: stream.alloc_zeros::<bf16>(b * t * 3 * c)?,
+                lse: stream.alloc_zeros::<f32>(b * nh * t)?,
+                scratch: stream.alloc_zeros::<f32>(FlashAttn::scratch_len(b, t, nh))?,
+            };
+            let d = check_dims(b, t, nh, hs)?;
+            for (fa, v) in kernels.iter().zip(&variants) {
+                let s = &stream;
+                let bf = &mut bufs;
+                let (qkv, _a) = bf.qkv.device_ptr(s);
+                let (dy, _b) = bf.dy.device_ptr(s);
+                let (y, _c) = bf.y.device_ptr_mut(s);
+                let (dqkv, _d) = bf.dqkv.device_ptr_mut(s);
+                let (lse, _e) = bf.lse.device_ptr_mut(s);
+                let (scr, _f) = bf.scratch.device_ptr_mut(s);
+                let dt = Dtype::Bf16;
+                // SAFETY: every buffer above was allocated at the size the flash_attn API documents for (b, t, nh, hs).
+                let fwd_ms = time(s, warmup, reps, || unsafe { fa.forward_with(dt, qkv, y, lse, b, t, nh, hs) })?;
+                let bwd_ms =
+                    time(s, warmup, reps, || unsafe { fa.backward_with(dt, qkv, y, dy, lse, scr, dqkv, b, t, nh, hs) })?;
+                let dvec_ms = time(s, warmup, reps, || unsafe { fa.launch_dvec(y, dy, scr, d, dt) })?;
+                let dq_ms = time(s, warmup, reps, || unsafe { fa.launch_dq(qkv, dy, lse, scr, dqkv, d, dt) })?;
+                let dkdv_ms = time(s, warmup, reps, || unsafe { fa.launch_dkdv(qkv, dy, lse, scr, dqkv, d, dt) })?;
+                let row = AttnTiming { b, t, nh, hs, variant: v.label(), fwd_ms, bwd_ms, dvec_ms, dq_ms, dkdv_ms };
+                eprintln!("{}", super::report(std::slice::from_ref(&row)).lines().nth(1).unwrap_or_default());
+                rows.push(row);
+            }
+        }
+        Ok((rows, name))
+    }
+}

@@ -1,0 +1,394 @@
+//! Causal flash attention for GPT-2's fused qkv layout (flash_attn.cu: FlashAttention-2 on the tensor cores, bf16 /
+//! f16, head size 64, any T, deterministic backward), launched with raw device pointers: no candle tensors, no
+//! autograd. The explicit GPT-2 engine calls it with slices of its own buffers; the candle op
+//! `model::kernels::attention::flash_causal_attention_qkv` is a thin adapter over it.
+//!
+//! # API (stable)
+//! ```text
+//! let fa = FlashAttn::new(&stream)?;                      // loads the PTX into the stream's context, once
+//! unsafe { fa.forward(qkv, y, lse, b, t, nh)? };          // bf16, hs = 64: the GPT-2 engine's calls
+//! let scratch = FlashAttn::scratch_len(b, t, nh);         // f32 elements
+//! unsafe { fa.backward(qkv, y, dy, lse, dvec_scratch, dqkv, b, t, nh)? };
+//! unsafe { fa.forward_with(Dtype::F16, qkv, y, lse, b, t, nh, hs)? };   // any supported dtype / head size
+//! unsafe { fa.backward_with(Dtype::F16, qkv, y, dy, lse, dvec_scratch, dqkv, b, t, nh, hs)? };
+//! ```
+//! Buffers (device pointers as `u64`, C = nh * hs; all row-major, element type `dtype` unless stated):
+//! - `qkv (B, T, 3C)`: q of head h at columns `h*hs`, k at `C + h*hs`, v at `2C + h*hs` (c_attn's output);
+//! - `y (B, T, C)`: the output, heads side by side (c_proj's input), written whole by `forward`;
+//! - `lse (B, NH, T)` f32: row logsumexp (natural log) of the scaled scores, written by `forward`, read by `backward`;
+//! - `dy (B, T, C)`: the gradient of `y`; `dqkv (B, T, 3C)`: written whole by `backward` (no zeroing needed; it may
+//!   not alias `qkv`, `y` or `dy`);
+//! - `dvec_scratch`: `scratch_len(b, t, nh)` f32 (D = rowsum(dy * y)), contents irrelevant on entry.
+//!
+//! Requirements, checked with an error naming the argument: hs = 64; b, t, nh > 0; `qkv`, `y`, `dy`, `dqkv`
+//! 16-byte aligned (C is then a multiple of 8, so every row is); `lse` and the scratch 4-byte aligned; grid sizes
+//! within CUDA's limits. Launches go on `stream` and return at once; the caller orders them with its other work.
+//!
+//! Determinism: no atomics anywhere; two runs on the same inputs give the same bytes (dq has its own query-block
+//! kernel instead of FlashAttention-2's atomic accumulation).
+
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
+use candle_core::{Error, Result};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_attn.ptx"));
+
+/// The one head size the kernels are written for (every GPT-2 size uses 64).
+pub const HEAD_SIZE: usize = 64;
+/// Threads per block of flash_dvec_*, and (b, t, h) rows per block (8 threads per row).
+const DVEC_THREADS: u32 = 256;
+
+/// Element type of qkv, y, dy and dqkv (statistics are always f32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    Bf16,
+    F16,
+}
+
+impl Dtype {
+    fn suffix(self) -> &'static str {
+        match self {
+            Dtype::Bf16 => "bf16",
+            Dtype::F16 => "f16",
+        }
+    }
+}
+
+/// A launch configuration of the three tile kernels (the benchmark times several; [`Variant::DEFAULT`] is what
+/// `forward` / `backward` use).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Variant {
+    /// Forward: warps per block (4 or 8) and 16-row m-tiles per warp (1, or 2 with 4 warps).
+    pub fwd_warps: usize,
+    pub fwd_mtiles: usize,
+    /// Backward dK/dV and dQ kernels: warps per block (4 or 8), 16 rows each.
+    pub bwd_warps: usize,
+    /// Blocks per head group: heads are walked in groups of about this many blocks, longest blocks first inside a
+    /// group, so that the K/V of the heads in flight stay in L2.
+    pub group_blocks: usize,
+}
+
+impl Variant {
+    pub const DEFAULT: Variant = Variant { fwd_warps: 4, fwd_mtiles: 2, bwd_warps: 4, group_blocks: 512 };
+    /// Every compiled launch variant (flash_attn.cu's FA2_ALL), for the benchmark.
+    pub const ALL: [Variant; 6] = [
+        Variant { fwd_warps: 4, fwd_mtiles: 2, bwd_warps: 4, group_blocks: 512 },
+        Variant { fwd_warps: 8, fwd_mtiles: 1, bwd_warps: 8, group_blocks: 512 },
+        Variant { fwd_warps: 4, fwd_mtiles: 1, bwd_warps: 4, group_blocks: 512 },
+        Variant { fwd_warps: 4, fwd_mtiles: 2, bwd_warps: 8, group_blocks: 512 },
+        Variant { fwd_warps: 4, fwd_mtiles: 2, bwd_warps: 4, group_blocks: 128 },
+        Variant { fwd_warps: 4, fwd_mtiles: 2, bwd_warps: 4, group_blocks: 1 << 30 },
+    ];
+
+    fn check(&self) -> Result<()> {
+        let fwd_ok = matches!((self.fwd_warps, self.fwd_mtiles), (4, 1) | (4, 2) | (8, 1));
+        if !fwd_ok || !matches!(self.bwd_warps, 4 | 8) || self.group_blocks == 0 {
+            return Err(Error::Msg(format!("flash attention: no compiled kernels for {self:?}")));
+        }
+        Ok(())
+    }
+
+    /// Query rows per forward block; key (dK/dV) and query (dQ) rows per backward block.
+    fn fwd_rows(&self) -> usize {
+        16 * self.fwd_warps * self.fwd_mtiles
+    }
+    fn bwd_rows(&self) -> usize {
+        16 * self.bwd_warps
+    }
+
+    pub fn label(&self) -> String {
+        let g = if self.group_blocks >= 1 << 30 { "all".to_string() } else { self.group_blocks.to_string() };
+        format!("fwd {}w x{} bwd {}w group {g}", self.fwd_warps, self.fwd_mtiles, self.bwd_warps)
+    }
+}
+
+/// One dtype's kernels of one variant.
+struct Kernels {
+    fwd: CudaFunction,
+    dvec: CudaFunction,
+    dq: CudaFunction,
+    dkdv: CudaFunction,
+}
+
+/// The flash-attention kernels loaded for one stream (see the module doc); every launch goes on that stream.
+pub struct FlashAttn {
+    stream: Arc<CudaStream>,
+    variant: Variant,
+    bf16: Kernels,
+    f16: Kernels,
+}
+
+/// Sizes of one call, checked ([`check_dims`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dims {
+    b: usize,
+    t: usize,
+    nh: usize,
+}
+
+impl FlashAttn {
+    /// Load flash_attn.ptx into `stream`'s context with the default launch variant; launches go on `stream`.
+    pub fn new(stream: &Arc<CudaStream>) -> Result<FlashAttn> {
+        FlashAttn::with_variant(stream, Variant::DEFAULT)
+    }
+
+    /// Load with a chosen launch variant (benchmarks).
+    pub fn with_variant(stream: &Arc<CudaStream>, variant: Variant) -> Result<FlashAttn> {
+        variant.check()?;
+        let module =
+            stream.context().load_module(Ptx::from_src(PTX)).map_err(|e| Error::Msg(format!("loading flash_attn.ptx: {e:?}")))?;
+        let load = |name: String| {
+            module.load_function(&name).map_err(|e| Error::Msg(format!("flash_attn.ptx: kernel {name}: {e:?}")))
+        };
+        let kernels = |dt: Dtype| -> Result<Kernels> {
+            let s = dt.suffix();
+            let (fw, fm, bw) = (variant.fwd_warps, variant.fwd_mtiles, variant.bwd_warps);
+            Ok(Kernels {
+                fwd: load(format!("flash_fwd_{s}_w{fw}m{fm}"))?,
+                dvec: load(format!("flash_dvec_{s}"))?,
+                dq: load(format!("flash_dq_{s}_w{bw}"))?,
+                dkdv: load(format!("flash_dkdv_{s}_w{bw}"))?,
+            })
+        };
+        Ok(FlashAttn { stream: stream.clone(), variant, bf16: kernels(Dtype::Bf16)?, f16: kernels(Dtype::F16)? })
+    }
+
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// f32 elements of the backward's scratch (`D`, one per (b, h, t)).
+    pub fn scratch_len(b: usize, t: usize, nh: usize) -> usize {
+        b * nh * t
+    }
+
+    fn kernels(&self, dtype: Dtype) -> &Kernels {
+        match dtype {
+            Dtype::Bf16 => &self.bf16,
+            Dtype::F16 => &self.f16,
+        }
+    }
+
+    /// Forward in bf16 with head size 64 (GPT-2): [`FlashAttn::forward_with`].
+    ///
+    /// # Safety
+    /// As [`FlashAttn::forward_with`].
+    pub unsafe fn forward(&self, qkv: u64, y: u64, lse: u64, b: usize, t: usize, nh: usize) -> Result<()> {
+        unsafe { self.forward_with(Dtype::Bf16, qkv, y, lse, b, t, nh, HEAD_SIZE) }
+    }
+
+    /// Backward in bf16 with head size 64 (GPT-2): [`FlashAttn::backward_with`].
+    ///
+    /// # Safety
+    /// As [`FlashAttn::backward_with`].
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn backward(
+        &self,
+        qkv: u64,
+        y: u64,
+        dy: u64,
+        lse: u64,
+        dvec_scratch: u64,
+        dqkv: u64,
+        b: usize,
+        t: usize,
+        nh: usize,
+    ) -> Result<()> {
+        unsafe { self.backward_with(Dtype::Bf16, qkv, y, dy, lse, dvec_scratch, dqkv, b, t, nh, HEAD_SIZE) }
+    }
+
+    /// Forward: `y (B, T, C)` and `lse (B, NH, T)` from `qkv (B, T, 3C)` (module doc).
+    ///
+    /// # Safety
+    /// Each pointer addresses a live device allocation of at least the size the module doc gives for it, in the
+    /// context of this object's stream; `y` and `lse` do not overlap `qkv` or each other.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn forward_with(
+        &self,
+        dtype: Dtype,
+        qkv: u64,
+        y: u64,
+        lse: u64,
+        b: usize,
+        t: usize,
+        nh: usize,
+        hs: usize,
+    ) -> Result<()> {
+        let d = check_dims(b, t, nh, hs)?;
+        check_align(&[("qkv", qkv, 16), ("y", y, 16), ("lse", lse, 4)])?;
+        unsafe { self.launch_fwd(qkv, y, lse, d, dtype) }
+    }
+
+    /// Backward: `dqkv (B, T, 3C)` from `qkv`, the forward's `y` and `lse`, and `dy (B, T, C)` (module doc). Three
+    /// launches: D = rowsum(dy * y) into the scratch, dQ (query blocks), dK and dV (key blocks).
+    ///
+    /// # Safety
+    /// As [`FlashAttn::forward_with`]; `lse` holds the forward's output for these `qkv`; `dvec_scratch` holds
+    /// `scratch_len` f32; `dqkv` overlaps none of the inputs.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn backward_with(
+        &self,
+        dtype: Dtype,
+        qkv: u64,
+        y: u64,
+        dy: u64,
+        lse: u64,
+        dvec_scratch: u64,
+        dqkv: u64,
+        b: usize,
+        t: usize,
+        nh: usize,
+        hs: usize,
+    ) -> Result<()> {
+        let d = check_dims(b, t, nh, hs)?;
+        check_align(&[
+            ("qkv", qkv, 16),
+            ("y", y, 16),
+            ("dy", dy, 16),
+            ("dqkv", dqkv, 16),
+            ("lse", lse, 4),
+            ("dvec_scratch", dvec_scratch, 4),
+        ])?;
+        unsafe {
+            self.launch_dvec(y, dy, dvec_scratch, d, dtype)?;
+            self.launch_dq(qkv, dy, lse, dvec_scratch, dqkv, d, dtype)?;
+            self.launch_dkdv(qkv, dy, lse, dvec_scratch, dqkv, d, dtype)
+        }
+    }
+
+    /// Heads per group for blocks of `rows` rows at this T.
+    fn group(&self, d: Dims, rows: usize) -> i32 {
+        let per_head = d.t.div_ceil(rows);
+        (self.variant.group_blocks.div_ceil(per_head)).clamp(1, d.b * d.nh) as i32
+    }
+
+    unsafe fn launch_fwd(&self, qkv: u64, y: u64, lse: u64, d: Dims, dtype: Dtype) -> Result<()> {
+        let rows = self.variant.fwd_rows();
+        let cfg = tile_grid(d, rows, 32 * self.variant.fwd_warps as u32)?;
+        let (nh, t, scale, group) = (d.nh as i32, d.t as i32, scale(), self.group(d, rows));
+        let mut a = self.stream.launch_builder(&self.kernels(dtype).fwd);
+        a.arg(&qkv).arg(&y).arg(&lse).arg(&nh).arg(&t).arg(&scale).arg(&group);
+        // SAFETY: flash_fwd_*(const T* qkv, T* y, float* lse, int nh, int t_len, float scale, int group); the
+        // caller vouches for the buffers (forward's contract); grid = B * NH * ceil(T / rows) blocks.
+        unsafe { a.launch(cfg) }.map(|_| ()).map_err(|e| Error::Msg(format!("flash attention forward: {e:?}")))
+    }
+
+    pub(crate) unsafe fn launch_dvec(&self, y: u64, dy: u64, dvec: u64, d: Dims, dtype: Dtype) -> Result<()> {
+        let rows = d.b * d.t * d.nh;
+        let per = DVEC_THREADS as usize / 8;
+        let blocks = u32::try_from(rows.div_ceil(per))
+            .ok()
+            .filter(|&n| n < 1 << 31)
+            .ok_or_else(|| Error::Msg(format!("flash attention: {rows} rows exceed the grid limit")))?;
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (DVEC_THREADS, 1, 1), shared_mem_bytes: 0 };
+        let (nh, t, rows) = (d.nh as i32, d.t as i32, rows as i64);
+        let mut a = self.stream.launch_builder(&self.kernels(dtype).dvec);
+        a.arg(&y).arg(&dy).arg(&dvec).arg(&nh).arg(&t).arg(&rows);
+        // SAFETY: flash_dvec_*(const T* y, const T* dy, float* dvec, int nh, int t_len, int64_t rows); one
+        // (b, t, h) row per 8 threads, guarded by rows.
+        unsafe { a.launch(cfg) }.map(|_| ()).map_err(|e| Error::Msg(format!("flash attention D pass: {e:?}")))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn launch_dq(
+        &self,
+        qkv: u64,
+        dy: u64,
+        lse: u64,
+        dvec: u64,
+        dqkv: u64,
+        d: Dims,
+        dtype: Dtype,
+    ) -> Result<()> {
+        unsafe { self.launch_bwd(&self.kernels(dtype).dq, "dQ", [qkv, dy, lse, dvec, dqkv], d) }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn launch_dkdv(
+        &self,
+        qkv: u64,
+        dy: u64,
+        lse: u64,
+        dvec: u64,
+        dqkv: u64,
+        d: Dims,
+        dtype: Dtype,
+    ) -> Result<()> {
+        unsafe { self.launch_bwd(&self.kernels(dtype).dkdv, "dK/dV", [qkv, dy, lse, dvec, dqkv], d) }
+    }
+
+    unsafe fn launch_bwd(&self, f: &CudaFunction, what: &str, p: [u64; 5], d: Dims) -> Result<()> {
+        let rows = self.variant.bwd_rows();
+        let cfg = tile_grid(d, rows, 32 * self.variant.bwd_warps as u32)?;
+        let (nh, t, scale, group) = (d.nh as i32, d.t as i32, scale(), self.group(d, rows));
+        let mut a = self.stream.launch_builder(f);
+        a.arg(&p[0]).arg(&p[1]).arg(&p[2]).arg(&p[3]).arg(&p[4]).arg(&nh).arg(&t).arg(&scale).arg(&group);
+        // SAFETY: flash_dq_* / flash_dkdv_*(const T* qkv, const T* dy, const float* lse, const float* dvec,
+        // T* dqkv, int nh, int t_len, float scale, int group); buffers per backward's contract.
+        unsafe { a.launch(cfg) }.map(|_| ()).map_err(|e| Error::Msg(format!("flash attention {what} pass: {e:?}")))
+    }
+}
+
+fn scale() -> f32 {
+    1.0 / (HEAD_SIZE as f32).sqrt()
+}
+
+pub(crate) fn check_dims(b: usize, t: usize, nh: usize, hs: usize) -> Result<Dims> {
+    if hs != HEAD_SIZE {
+        return Err(Error::Msg(format!("flash attention supports head size {HEAD_SIZE}, got hs = {hs}")));
+    }
+    if b == 0 || t == 0 || nh == 0 {
+        return Err(Error::Msg(format!("flash attention over an empty shape: b = {b}, t = {t}, nh = {nh}")));
+    }
+    // The kernels index with 32-bit ints where a value stays below b * nh * (blocks of a head) or T; element
+    // offsets are 64-bit.
+    let blocks = b.checked_mul(nh).and_then(|x| x.checked_mul(t.div_ceil(16)));
+    if t > i32::MAX as usize || blocks.is_none_or(|x| x >= 1 << 31) {
+        return Err(Error::Msg(format!("flash attention: b = {b}, t = {t}, nh = {nh} exceed the grid limits")));
+    }
+    Ok(Dims { b, t, nh })
+}
+
+fn check_align(ptrs: &[(&str, u64, u64)]) -> Result<()> {
+    for &(name, p, align) in ptrs {
+        if p == 0 || p % align != 0 {
+            return Err(Error::Msg(format!("flash attention: {name} = {p:#x} must be a non-null {align}-byte aligned pointer")));
+        }
+    }
+    Ok(())
+}
+
+/// A 1-D grid of ceil(T / rows) blocks per head, `threads` threads each (static shared memory only).
+fn tile_grid(d: Dims, rows: usize, threads: u32) -> Result<LaunchConfig> {
+    let blocks = d.b * d.nh * d.t.div_ceil(rows);
+    let blocks = u32::try_from(blocks)
+        .ok()
+        .filter(|&n| n < 1 << 31)
+        .ok_or_else(|| Error::Msg(format!("flash attention: {blocks} blocks exceed the grid limit")))?;
+    Ok(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_and_pointers_are_checked() {
+        assert!(check_dims(1, 1, 1, 64).is_ok());
+        let e = check_dims(1, 8, 2, 128).unwrap_err().to_string();
+        assert!(e.contains("head size 64"), "{e}");
+        assert!(check_dims(0, 8, 2, 64).is_err());
+        assert!(check_dims(1 << 20, 1 << 12, 64, 64).is_err());
+        assert!(check_align(&[("qkv", 0x1000, 16), ("lse", 0x1004, 4)]).is_ok());
+        let e = check_align(&[("dy", 0x1008, 16)]).unwrap_err().to_string();
+        assert!(e.contains("dy") && e.contains("16-byte"), "{e}");
+        assert!(Variant::ALL.iter().all(|v| v.check().is_ok()));
+        assert!(Variant { fwd_warps: 8, fwd_mtiles: 2, ..Variant::DEFAULT }.check().is_err());
+    }
+}
