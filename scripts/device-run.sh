@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The lead's GPU-machine script: everything tokenmill measures on the device, in one call.
 # Run from the repo root on the device with .dist/ carried (see scripts/device-pack.sh):
-#   scripts/device-run.sh STEP...      STEP in: env prep train bench pool compare ddp kernels correct
+#   scripts/device-run.sh STEP...      STEP in: env prep train bench pool compare ddp kernels correct engine profile
+# ENGINE=autograd|gpt2-cuda|auto (default auto: gpt2-cuda for these GPT-2 bf16 runs) picks the training engine of
+# train, bench, compare and profile.
 # Writes logs under $OUT (or /tmp/tm-out) and prints a short summary of each step last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -50,7 +52,7 @@ for step in "$@"; do
       timeout 300 "$BIN" train --config configs/gpt2-124m.toml --data "$OUT/fw" --device cuda --dtype bf16 \
         --max-steps "${TRAIN_STEPS:-12}" --log-dir "$OUT/log124m" --set data.micro_batch=$B \
         --set eval.val_every=0 --set eval.sample_every=0 --set eval.hellaswag_every=0 --set checkpoint.every=0 \
-        > "$OUT/train_B$B.log" 2>&1
+        --set "run.engine=\"${ENGINE:-auto}\"" > "$OUT/train_B$B.log" 2>&1
       rc=$?
       note "train 124M B=$B rc=$rc: $(grep -E '^step' "$OUT/train_B$B.log" | tail -n 1)"
       # Median step time after step 0 (which includes the warm-up), from the `dt: ...ms` field.
@@ -73,13 +75,13 @@ for step in "$@"; do
   bench)
     "$BIN" bench --model small --batch "${BENCH_B:-64}" --seq-len 1024 --dtype bf16 --device cuda \
       --total-batch 524288 --warmup "${BENCH_WARMUP:-2}" --steps "${BENCH_STEPS:-5}" --json "$OUT/bench_124m.json" \
-      > "$OUT/bench_124m.txt" 2>&1
+      --engine "${ENGINE:-auto}" --what "${BENCH_WHAT:-all}" > "$OUT/bench_124m.txt" 2>&1
     note "bench 124M:"; tail -n 12 "$OUT/bench_124m.txt" | tee -a "$SUMMARY"
     ;;
   compare)
     "$BIN" bench compare --model small --batch "${BENCH_B:-64}" --seq-len 1024 --total-batch 524288 \
       --warmup "${BENCH_WARMUP:-2}" --steps "${BENCH_STEPS:-5}" --device cuda --python "$PY" \
-      --json "$OUT/compare_124m.json" > "$OUT/compare_124m.txt" 2>&1
+      --engine "${ENGINE:-auto}" --json "$OUT/compare_124m.json" > "$OUT/compare_124m.txt" 2>&1
     note "compare 124M rc=$?:"; tail -n 8 "$OUT/compare_124m.txt" | tee -a "$SUMMARY"
     ;;
   ddp)
@@ -93,6 +95,17 @@ for step in "$@"; do
   correct)  # loss tracking: tiny config CPU fp32 vs CUDA fp32/bf16, and 124M tokenmill vs PyTorch, 50 steps
     OUT="$OUT/correct" BIN="$BIN" PY="$PY" scripts/gpu-correctness.sh ${CORRECT_MODES:-tiny 124m} > "$OUT/correct.log" 2>&1
     note "correctness rc=$?:"; tail -n 14 "$OUT/correct.log" | tee -a "$SUMMARY"
+    ;;
+  engine)  # the gpt2-cuda engine against the autograd engine on this GPU (tests/gpu_engine.rs), memcheck too
+    KERNEL_MODULES=gpu_engine MEMCHECK_TIMEOUT="${MEMCHECK_TIMEOUT:-120}" scripts/gpu-kernel-check.sh run > "$OUT/engine.log" 2>&1
+    note "engine checks rc=$?:"; sed -n '/===== summary/,$p' "$OUT/engine.log" | tee -a "$SUMMARY"
+    grep -E "gpt2-cuda|worst|after resume" "$OUT/engine.log" | sort -u | tee -a "$SUMMARY"
+    ;;
+  profile)  # per-kernel CUDA-event breakdown of the gpt2-cuda engine's micro-step (docs/PERF.md)
+    TOKENMILL_ENGINE_PROFILE=1 "$BIN" bench --model small --batch "${BENCH_B:-64}" --seq-len 1024 --dtype bf16 \
+      --device cuda --total-batch 524288 --warmup 1 --steps 3 --what train_step --engine gpt2-cuda \
+      > "$OUT/profile.txt" 2>&1
+    note "profile rc=$?:"; sed -n '/engine profile/,$p' "$OUT/profile.txt" | tee -a "$SUMMARY"
     ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
   esac

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod cuda;
 pub mod eval;
 pub mod model;
 pub mod pipelines;

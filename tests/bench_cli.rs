@@ -243,6 +243,7 @@ fn config_files_and_bad_input() {
         steps: 1,
         what: vec![Computation::TrainStep],
         seed: 1,
+        engine: None,
     };
     let cases = plan.cases(&Device::Cpu).unwrap();
     assert_eq!(cases.len(), 1);
@@ -391,6 +392,7 @@ fn reference_script_defines_every_flag_compare_passes() {
         steps: 10,
         what: vec![Computation::TrainStep],
         seed: 1,
+        engine: None,
     }
     .cases(&Device::Cpu)
     .unwrap()

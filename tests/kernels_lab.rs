@@ -1,13 +1,16 @@
-//! The CUDA kernel sources (src/model/kernels/*.cu) executed on the CPU: `src/model/kernels/lab/run.sh` compiles
-//! them with g++ under a small CUDA emulation header and checks forward and backward against double-precision
-//! references (awkward sizes, strided q/k/v, unaligned rows, ignored targets). This keeps the .cu files checked in
-//! CPU-only CI; on a GPU, tests/kernels_*.rs run the real kernels. Skipped (with a printed line) without g++ >= 11.
+//! The CUDA kernel sources executed on the CPU: each lab's `run.sh` compiles them with g++ under a small CUDA
+//! emulation header (src/model/kernels/lab/cuda_emu.h) and checks forward and backward against double-precision
+//! references (awkward sizes, strided q/k/v, unaligned rows, ignored targets, accumulation into non-zero gradients).
+//! This keeps the .cu files checked in CPU-only CI; on a GPU, tests/kernels_*.rs and the GPU test binary run the
+//! real kernels. Skipped (with a printed line) without g++ >= 11.
+//!
+//! Two labs: the candle ops' kernels (src/model/kernels/lab) and the explicit GPT-2 engine's (src/cuda/lab).
 
 use std::path::Path;
 use std::process::Command;
 
-#[test]
-fn cuda_sources_pass_the_cpu_emulation() {
+/// Run `script` (relative to the crate root) and require it to print `marker` and no FAIL line.
+fn run_lab(test: &str, script: &str, marker: &str) {
     let gxx_major = Command::new("g++")
         .arg("-dumpversion")
         .output()
@@ -17,16 +20,26 @@ fn cuda_sources_pass_the_cpu_emulation() {
     match gxx_major {
         Some(v) if v >= 11 => {}
         other => {
-            eprintln!("SKIPPED cuda_sources_pass_the_cpu_emulation: needs g++ >= 11 (C++20 std::barrier), found {other:?}");
+            eprintln!("SKIPPED {test}: needs g++ >= 11 (C++20 std::barrier), found {other:?}");
             return;
         }
     }
     let tmp = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/model/kernels/lab/run.sh");
-    let out = Command::new("bash").arg(&script).env("TMPDIR", tmp.path()).output().expect("running lab/run.sh");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+    let out = Command::new("bash").arg(&script).env("TMPDIR", tmp.path()).output().expect("running the lab");
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "kernel lab failed:\n{stdout}");
-    assert!(stdout.contains("all kernel checks passed"), "{stdout}");
+    assert!(out.status.success(), "kernel lab {} failed:\n{stdout}", script.display());
+    assert!(stdout.contains(marker), "{stdout}");
     assert!(!stdout.contains("FAIL"), "{stdout}");
+}
+
+#[test]
+fn cuda_sources_pass_the_cpu_emulation() {
+    run_lab("cuda_sources_pass_the_cpu_emulation", "src/model/kernels/lab/run.sh", "all kernel checks passed");
+}
+
+#[test]
+fn engine_kernels_pass_the_cpu_emulation() {
+    run_lab("engine_kernels_pass_the_cpu_emulation", "src/cuda/lab/run.sh", "all engine kernel checks passed");
 }

@@ -7,10 +7,11 @@
 //! synthetic token ids (uniform over the vocabulary, seeded), runs `warmup` untimed iterations and `steps` timed ones,
 //! each between two device synchronizations (`timer`), and records peak memory over the whole case (`memory`).
 //!
-//! What each computation runs (and what `train` runs): see `Computation`. `train_step` calls the same
-//! `step::optimizer_step` as `Trainer::train_step`, fed from host buffers instead of the shard loader: per micro-step
-//! a host -> device upload of (x, y) and `micro_step`, accumulation, the (single-process) reduce, clipping, the loss
-//! fetched to the host and checked, `AdamW::step` at the schedule's lr.
+//! Each case runs on the engine `train` would pick for it (`[run] engine`, `--engine`; `train::engine`).
+//! What each computation runs: see `Computation`. `train_step` calls the same `engine::optimizer_step` as
+//! `Trainer::train_step`, fed from host batches instead of the shard loader: per micro-step the batch uploaded and
+//! forward + backward, accumulation, the (single-process) reduce, clipping, the loss fetched to the host and checked,
+//! AdamW at the schedule's lr. The other computations time the pieces (`autograd_pieces`, `engine_pieces`).
 
 use std::path::Path;
 
@@ -28,9 +29,11 @@ use super::{dtype_name, BenchError, Computation, HostInfo};
 use crate::model::config::GPT2_VOCAB_SIZE;
 use crate::model::{LanguageModel, ModelConfig};
 use crate::train::config::{parse_compute_dtype, ComputeDtype, TrainConfig};
+use crate::shards::loader::Batch;
+use crate::train::engine::{self, Autograd, Engine, EngineKind};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::schedule::LrSchedule;
-use crate::train::step::{clip_grad_norm, micro_step, optimizer_step, SingleProcess};
+use crate::train::step::{clip_grad_norm, micro_step, SingleProcess};
 use crate::train::trainer::{build_model, set_tf32};
 
 /// Micro-batch of a preset when `--batch` is not given (fits GPT-2 124M-350M fp32 on one 80 GB GPU, runs on a CPU).
@@ -108,6 +111,8 @@ pub struct Plan {
     pub what: Vec<Computation>,
     /// Seeds the weights and the synthetic tokens.
     pub seed: u64,
+    /// `[run] engine` for every case (None: each config's own, `auto` by default).
+    pub engine: Option<String>,
 }
 
 /// One case, fully resolved.
@@ -118,6 +123,8 @@ pub struct CaseSpec {
     pub cfg: TrainConfig,
     pub model: ModelConfig,
     pub dtype: ComputeDtype,
+    /// The engine that runs it (`train::engine`), resolved as `train` resolves it.
+    pub engine: EngineKind,
     pub what: Computation,
     pub warmup: usize,
     pub steps: usize,
@@ -173,17 +180,21 @@ impl Plan {
                 for &b in &or_default(&self.batches, d.micro_batch) {
                     let total = self.total_batch.or(src.total_batch).unwrap_or(b * t * PRESET_ACCUM_STEPS);
                     for dtype_name in &dtypes {
-                        let overrides = [
+                        let mut overrides = vec![
                             format!("data.micro_batch={b}"),
                             format!("data.seq_len={t}"),
                             format!("data.total_batch_tokens={total}"),
                             format!("run.dtype={}", toml::Value::String(dtype_name.clone())),
                         ];
+                        if let Some(e) = &self.engine {
+                            overrides.push(format!("run.engine={}", toml::Value::String(e.clone())));
+                        }
                         let origin = format!("{} with B={b} T={t} total batch {total}", src.origin);
                         let cfg = TrainConfig::resolve_over(&src.base, &origin, None, &overrides)?;
                         cfg.grad_accum_steps(1)?;
                         let model = cfg.model.resolve(GPT2_VOCAB_SIZE)?;
                         let dtype = parse_compute_dtype(dtype_name, device)?;
+                        let engine = EngineKind::resolve(&cfg.run.engine, &model, device, dtype)?;
                         for &warmup in &self.warmups {
                             for &what in &self.what {
                                 out.push(CaseSpec {
@@ -191,6 +202,7 @@ impl Plan {
                                     cfg: cfg.clone(),
                                     model: model.clone(),
                                     dtype,
+                                    engine,
                                     what,
                                     warmup,
                                     steps: self.steps,
@@ -218,6 +230,8 @@ pub struct CaseInfo {
     pub params: usize,
     pub what: Computation,
     pub dtype: String,
+    /// `autograd` or `gpt2-cuda`.
+    pub engine: String,
     /// B.
     pub batch: usize,
     /// T.
@@ -262,14 +276,15 @@ impl CaseSpec {
         }
     }
 
-    /// `tiny B=4 T=64 fp32 train_step warmup=3`.
+    /// `tiny B=4 T=64 fp32 autograd train_step warmup=3`.
     pub fn name(&self) -> String {
         format!(
-            "{} B={} T={} {} {} warmup={}",
+            "{} B={} T={} {} {} {} warmup={}",
             self.label,
             self.batch(),
             self.seq_len(),
             dtype_name(self.dtype.dtype()),
+            self.engine.name(),
             self.what.name(),
             self.warmup
         )
@@ -288,6 +303,7 @@ impl CaseSpec {
             params: total_params(m),
             what: self.what,
             dtype: dtype_name(self.dtype.dtype()).to_string(),
+            engine: self.engine.name().to_string(),
             batch: self.batch(),
             seq_len: self.seq_len(),
             total_batch: self.total_batch(),
@@ -423,34 +439,16 @@ impl RawMeasurement {
     }
 }
 
-/// Seeded synthetic token ids, uniform over the real vocabulary, as host buffers shaped like the loader's batches
-/// (each row of y is its row of x shifted by one).
-struct HostBatches {
-    b: usize,
-    t: usize,
-    /// Per batch: (x, y), each B * T ids.
-    batches: Vec<(Vec<u32>, Vec<u32>)>,
-}
-
-impl HostBatches {
-    fn new(count: usize, b: usize, t: usize, vocab: usize, seed: u64) -> HostBatches {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let batches = (0..count)
-            .map(|_| {
-                let buf: Vec<u32> = (0..b * t + 1).map(|_| rng.gen_range(0..vocab as u32)).collect();
-                (buf[..b * t].to_vec(), buf[1..].to_vec())
-            })
-            .collect();
-        HostBatches { b, t, batches }
-    }
-
-    /// Batch `k` as device tensors (B, T) u32, the way `Trainer::to_tensors` uploads a loader batch.
-    fn upload(&self, k: usize, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
-        let (x, y) = &self.batches[k % self.batches.len()];
-        let x = Tensor::from_slice(x, (self.b, self.t), device)?; // (B, T)
-        let y = Tensor::from_slice(y, (self.b, self.t), device)?; // (B, T)
-        Ok((x, y))
-    }
+/// Seeded synthetic token ids, uniform over the real vocabulary, as loader batches (each row of y is its row of x
+/// shifted by one).
+fn host_batches(count: usize, b: usize, t: usize, vocab: usize, seed: u64) -> Vec<Batch> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..count)
+        .map(|_| {
+            let buf: Vec<u32> = (0..b * t + 1).map(|_| rng.gen_range(0..vocab as u32)).collect();
+            Batch { x: buf[..b * t].to_vec(), y: buf[1..].to_vec(), batch_size: b, seq_len: t }
+        })
+        .collect()
 }
 
 /// `warmup` untimed then `steps` timed iterations. Each iteration: `prepare` (off the clock), `timed` (between two
@@ -481,58 +479,135 @@ pub fn run_case(spec: &CaseSpec, device: &Device) -> Result<RawMeasurement, Benc
     let probe = MemoryProbe::start(device);
     set_tf32(spec.cfg.run.tf32);
     let model: Box<dyn LanguageModel> = build_model(&spec.model, spec.seed, spec.dtype, device)?;
-    let model = &*model;
-    let params = model.parameters();
-    let vars: Vec<Var> = params.iter().map(|(_, v)| v.clone()).collect();
     let accum = spec.grad_accum();
     let (b, t) = (spec.batch(), spec.seq_len());
     let host_count = if spec.what == Computation::TrainStep { accum } else { 1 };
-    let host = HostBatches::new(host_count, b, t, spec.model.real_vocab_size, spec.seed);
+    let host = host_batches(host_count, b, t, spec.model.real_vocab_size, spec.seed);
+    let adam = AdamWConfig::from_config(&spec.cfg);
+    let mut engine = engine::build(spec.engine, model, device, (b, t), adam)?;
+    let (samples, loss) = match engine.as_autograd() {
+        Some(autograd) if spec.what != Computation::TrainStep => autograd_pieces(spec, device, autograd, &host[0])?,
+        _ => engine_pieces(spec, device, &mut *engine, &host)?,
+    };
+    if let Some(l) = loss.filter(|l| !l.is_finite()) {
+        return Err(BenchError::NonFinite { case: spec.name(), loss: l });
+    }
+    Ok(RawMeasurement { samples_ms: samples, peak_memory_bytes: probe.peak_bytes(), memory_source: probe.source(), loss })
+}
+
+/// The pieces of a step through the `Engine` calls `train` makes: train_step is `engine::optimizer_step` (both
+/// engines); for the explicit engine, forward is its evaluation forward (upload + forward + loss), forward_backward
+/// one `micro_step`, optimizer_step one `finish_step` over one micro-batch's gradients, and backward alone is not
+/// separable (an error: time forward_backward).
+fn engine_pieces(spec: &CaseSpec, device: &Device, engine: &mut dyn Engine, host: &[Batch]) -> Result<(Vec<f64>, Option<f32>), BenchError> {
+    let (w, n, accum) = (spec.warmup, spec.steps, spec.grad_accum());
+    let schedule = LrSchedule::from_config(&spec.cfg);
+    let clip = spec.cfg.optim.grad_clip;
+    let mut loss = None;
+    let mut step = 0;
+    let samples = match spec.what {
+        Computation::Forward => iterate(device, w, n, || Ok(()), |()| Ok(engine.eval_loss(&host[0])?), |l| {
+            loss = Some(l);
+            Ok(())
+        })?,
+        Computation::Backward => {
+            return Err(BenchError::Invalid(format!(
+                "the {} engine runs forward and backward as one micro-step: time forward_backward (and forward)",
+                spec.engine.name()
+            )))
+        }
+        Computation::ForwardBackward => {
+            // Gradients keep accumulating over the iterations, as over a step's micro-steps.
+            engine.begin_step()?;
+            iterate(device, w, n, || Ok(()), |()| Ok(engine.micro_step(&host[0], accum)?), |()| Ok(()))?
+        }
+        Computation::OptimizerStep => {
+            engine.begin_step()?;
+            engine.micro_step(&host[0], accum)?;
+            iterate(
+                device,
+                w,
+                n,
+                || Ok(()),
+                |()| {
+                    let o = engine.finish_step(schedule.lr(step), clip, &SingleProcess)?;
+                    step += 1;
+                    Ok(o)
+                },
+                |_| Ok(()),
+            )?
+        }
+        Computation::TrainStep => iterate(
+            device,
+            w,
+            n,
+            || Ok(()),
+            |()| {
+                let o = engine::optimizer_step(
+                    engine,
+                    accum,
+                    &SingleProcess,
+                    schedule.lr(step),
+                    clip,
+                    |k| Ok::<_, BenchError>(host[k].clone()),
+                    |loss| BenchError::NonFinite { case: spec.name(), loss },
+                )?;
+                step += 1;
+                Ok(o.loss)
+            },
+            |l| {
+                loss = Some(l);
+                Ok(())
+            },
+        )?,
+    };
+    Ok((samples, loss))
+}
+
+/// forward / backward / forward_backward / optimizer_step of the autograd engine, piece by piece on its model
+/// (`step::micro_step`'s halves, `clip_grad_norm` + `AdamW::step`).
+fn autograd_pieces(spec: &CaseSpec, device: &Device, engine: &mut Autograd, batch: &Batch) -> Result<(Vec<f64>, Option<f32>), BenchError> {
+    let model = engine.model();
+    let params = model.parameters();
+    let vars: Vec<Var> = params.iter().map(|(_, v)| v.clone()).collect();
+    let accum = spec.grad_accum();
     let (w, n) = (spec.warmup, spec.steps);
+    let (x, y) = engine::upload(batch, device)?;
     // The last iteration's mean loss (detached; fetched to the host after the timed loop).
     let mut last_loss: Option<Tensor> = None;
     let mut keep = |l: Tensor| -> Result<(), BenchError> {
         last_loss = Some(l.detach());
         Ok(())
     };
-
     let samples = match spec.what {
         Computation::Forward => {
-            let (x, y) = host.upload(0, device)?;
             iterate(device, w, n, || Ok(()), |()| Ok(model.loss(&x, &y)?.to_dtype(DType::F32)?), &mut keep)?
         }
-        Computation::Backward => {
-            let (x, y) = host.upload(0, device)?;
-            iterate(
-                device,
-                w,
-                n,
-                // micro_step's forward half, off the clock.
-                || Ok((model.loss(&x, &y)?.to_dtype(DType::F32)? / accum as f64)?),
-                // micro_step's backward half: backward, take the parameters' gradients, drop the rest.
-                |l| {
-                    let mut store = l.backward()?;
-                    let grads: Vec<Option<Tensor>> = vars.iter().map(|p| store.remove(p.as_tensor())).collect();
-                    Ok((l.detach(), grads))
-                },
-                |(l, _grads)| keep((l * accum as f64)?),
-            )?
-        }
-        Computation::ForwardBackward => {
-            let (x, y) = host.upload(0, device)?;
-            iterate(
-                device,
-                w,
-                n,
-                || Ok(()),
-                |()| Ok(micro_step(model, &vars, &x, &y, accum)?),
-                |(l, _grads)| keep((l * accum as f64)?),
-            )?
-        }
+        Computation::Backward => iterate(
+            device,
+            w,
+            n,
+            // micro_step's forward half, off the clock.
+            || Ok((model.loss(&x, &y)?.to_dtype(DType::F32)? / accum as f64)?),
+            // micro_step's backward half: backward, take the parameters' gradients, drop the rest.
+            |l| {
+                let mut store = l.backward()?;
+                let grads: Vec<Option<Tensor>> = vars.iter().map(|p| store.remove(p.as_tensor())).collect();
+                Ok((l.detach(), grads))
+            },
+            |(l, _grads)| keep((l * accum as f64)?),
+        )?,
+        Computation::ForwardBackward => iterate(
+            device,
+            w,
+            n,
+            || Ok(()),
+            |()| Ok(micro_step(model, &vars, &x, &y, accum)?),
+            |(l, _grads)| keep((l * accum as f64)?),
+        )?,
         Computation::OptimizerStep => {
             let mut opt = AdamW::new(params.clone(), AdamWConfig::from_config(&spec.cfg))?;
             let schedule = LrSchedule::from_config(&spec.cfg);
-            let (x, y) = host.upload(0, device)?;
             // One micro-batch's gradients, computed once; every iteration clips and applies (a copy of) them.
             let (_, grads) = micro_step(model, &vars, &x, &y, accum)?;
             let mut step = 0;
@@ -550,45 +625,10 @@ pub fn run_case(spec: &CaseSpec, device: &Device) -> Result<RawMeasurement, Benc
                 |()| Ok(()),
             )?
         }
-        Computation::TrainStep => {
-            let mut opt = AdamW::new(params.clone(), AdamWConfig::from_config(&spec.cfg))?;
-            let schedule = LrSchedule::from_config(&spec.cfg);
-            let mut step = 0;
-            iterate(
-                device,
-                w,
-                n,
-                || Ok(()),
-                |()| {
-                    let outcome = optimizer_step(
-                        model,
-                        &vars,
-                        accum,
-                        &SingleProcess,
-                        &mut opt,
-                        schedule.lr(step),
-                        spec.cfg.optim.grad_clip,
-                        |k| Ok::<_, BenchError>(host.upload(k, device)?),
-                        |loss| BenchError::NonFinite { case: spec.name(), loss },
-                    )?;
-                    step += 1;
-                    Ok(Tensor::new(outcome.loss, &Device::Cpu)?)
-                },
-                &mut keep,
-            )?
-        }
+        Computation::TrainStep => unreachable!("train_step runs through engine_pieces"),
     };
-
     let loss = last_loss.map(|l| l.to_scalar::<f32>()).transpose()?;
-    if let Some(l) = loss.filter(|l| !l.is_finite()) {
-        return Err(BenchError::NonFinite { case: spec.name(), loss: l });
-    }
-    Ok(RawMeasurement {
-        samples_ms: samples,
-        peak_memory_bytes: probe.peak_bytes(),
-        memory_source: probe.source(),
-        loss,
-    })
+    Ok((samples, loss))
 }
 
 #[cfg(test)]
@@ -606,6 +646,7 @@ mod tests {
             steps: 2,
             what: Computation::ALL.to_vec(),
             seed: 1,
+            engine: None,
         }
     }
 
@@ -638,6 +679,7 @@ mod tests {
             steps: 1,
             what: vec![],
             seed: 1,
+            engine: None,
         };
         let mut sweep = empty.clone();
         sweep.fill_defaults(&Device::Cpu, true).unwrap();

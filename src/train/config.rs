@@ -150,10 +150,19 @@ pub struct RunSection {
     /// the recipe sets). Only matmuls still in fp32 are affected: under `bf16` those are none of the model's.
     #[serde(default = "default_tf32")]
     pub tf32: bool,
+    /// Which training engine runs the step: `autograd` (candle's autograd over the model; any architecture and
+    /// device, the reference), `gpt2-cuda` (the explicit GPT-2 engine: CUDA, bf16) or `auto` (gpt2-cuda where it
+    /// supports the model, device and dtype, else autograd). See `train::engine`.
+    #[serde(default = "default_engine")]
+    pub engine: String,
 }
 
 fn default_tf32() -> bool {
     true
+}
+
+fn default_engine() -> String {
+    "auto".into()
 }
 
 impl Default for TrainConfig {
@@ -196,6 +205,7 @@ impl Default for TrainConfig {
                 device: "auto".into(),
                 log_dir: PathBuf::from("log"),
                 tf32: true,
+                engine: default_engine(),
             },
         }
     }
@@ -400,6 +410,13 @@ impl TrainConfig {
         }
         if o.weight_decay < 0.0 || o.grad_clip < 0.0 {
             return bad("[optim] weight_decay and grad_clip must be >= 0".into());
+        }
+        if !crate::train::engine::ENGINE_NAMES.contains(&self.run.engine.as_str()) {
+            return bad(format!(
+                "[run] engine `{}` (expected one of {})",
+                self.run.engine,
+                crate::train::engine::ENGINE_NAMES.join(", ")
+            ));
         }
         let e = &self.eval;
         if e.val_every > 0 && e.val_steps == 0 {

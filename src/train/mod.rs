@@ -14,6 +14,8 @@ pub mod checkpoint;
 pub mod config;
 pub mod cuda_pool;
 pub mod dist;
+pub mod engine;
+pub mod gpt2_cuda;
 pub mod log;
 pub mod optim;
 pub mod report;

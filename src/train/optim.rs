@@ -102,18 +102,7 @@ impl AdamW {
             return Err(OptimError::GradCount { got: grads.len(), expected: self.slots.len() });
         }
         self.steps += 1;
-        let t = self.steps as i32;
-        let bc1 = 1.0 - self.cfg.beta1.powi(t);
-        let bc2 = 1.0 - self.cfg.beta2.powi(t);
-        let h = StepScalars {
-            lr,
-            decay_factor: 1.0 - lr * self.cfg.weight_decay,
-            beta1: self.cfg.beta1,
-            beta2: self.cfg.beta2,
-            step_size: lr / bc1,
-            bc2_sqrt: bc2.sqrt(),
-            eps: self.cfg.eps,
-        };
+        let h = StepScalars::new(&self.cfg, lr, self.steps);
         for (slot, g) in self.slots.iter_mut().zip(grads) {
             let Some(g) = g else { continue };
             let g = g.to_dtype(DType::F32)?;
@@ -169,6 +158,24 @@ pub struct StepScalars {
     /// sqrt(1 - beta2^t).
     pub bc2_sqrt: f64,
     pub eps: f64,
+}
+
+impl StepScalars {
+    /// The scalars of update number `t` (1 for the first) at learning rate `lr`.
+    pub fn new(cfg: &AdamWConfig, lr: f64, t: u64) -> StepScalars {
+        let t = t as i32;
+        let bc1 = 1.0 - cfg.beta1.powi(t);
+        let bc2 = 1.0 - cfg.beta2.powi(t);
+        StepScalars {
+            lr,
+            decay_factor: 1.0 - lr * cfg.weight_decay,
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            step_size: lr / bc1,
+            bc2_sqrt: bc2.sqrt(),
+            eps: cfg.eps,
+        }
+    }
 }
 
 /// One parameter's AdamW update with composed tensor ops (any device); returns (p, m, v). The reference a fused

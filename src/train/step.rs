@@ -1,8 +1,8 @@
-//! One optimizer step, decomposed so each piece can be timed, swapped or distributed on its own:
+//! The autograd engine's optimizer step, decomposed so each piece can be timed, swapped or distributed on its own:
 //! `micro_step` (forward + backward of one micro-batch) -> `GradAccumulator` (sum over micro-steps) ->
 //! `Reducer::reduce_grads` (the one place gradients cross processes) -> `clip_grad_norm` -> `AdamW::step`.
-//! `accumulate_grads` and `optimizer_step` chain them; the trainer and `tokenmill bench` both call these, so the
-//! benchmark times exactly what training runs.
+//! `engine::Autograd` chains them, and `engine::optimizer_step` is the step the trainer and `tokenmill bench` both
+//! run, so the benchmark times exactly what training runs.
 //!
 //! Each micro-step's loss is divided by the number of micro-steps before backward, so the summed gradients are
 //! the gradient of the mean loss over the whole batch: k micro-batches of B give the update of one batch of kB.
@@ -10,7 +10,6 @@
 use candle_core::{DType, Result, Tensor, Var};
 
 use crate::model::LanguageModel;
-use crate::train::optim::{AdamW, OptimError};
 
 /// Forward and backward of one micro-batch. `x`, `y`: (B, T) u32. Returns the loss divided by `accum_steps`
 /// (a detached f32 scalar, not yet synchronised to the host) and one gradient per parameter of `params` (None where
@@ -73,28 +72,6 @@ impl GradAccumulator {
     }
 }
 
-/// `accum` micro-steps, micro-batch `k` from `next_batch(k)` as (B, T) u32 device tensors, their gradients summed
-/// and then reduced across processes. Returns the mean loss (f32 scalar tensor, still on the device) and one
-/// gradient per parameter of `params`, not yet clipped.
-pub fn accumulate_grads<E: From<candle_core::Error>>(
-    model: &dyn LanguageModel,
-    params: &[Var],
-    accum: usize,
-    reducer: &dyn Reducer,
-    mut next_batch: impl FnMut(usize) -> std::result::Result<(Tensor, Tensor), E>,
-) -> std::result::Result<(Tensor, Vec<Option<Tensor>>), E> {
-    assert!(accum > 0, "an optimizer step has at least one micro-step");
-    let mut acc = GradAccumulator::new();
-    for k in 0..accum {
-        let (x, y) = next_batch(k)?;
-        let (loss, grads) = micro_step(model, params, &x, &y, accum)?;
-        acc.add(loss, grads)?;
-    }
-    let (mut loss, mut grads) = acc.finish().expect("accum is at least 1");
-    reducer.reduce_grads(&mut loss, &mut grads)?;
-    Ok((loss, grads))
-}
-
 /// What one optimizer step reports.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepOutcome {
@@ -102,31 +79,6 @@ pub struct StepOutcome {
     pub loss: f32,
     /// Global gradient norm before clipping.
     pub grad_norm: f32,
-}
-
-/// One whole optimizer step: `accumulate_grads`, `clip_grad_norm`, the loss fetched to the host (the step's one
-/// synchronisation besides the norm) and, only when it is finite, `AdamW::step` at `lr`. A non-finite loss leaves
-/// the parameters untouched and returns `on_non_finite(loss)`: a diverged run must not write NaN weights.
-#[allow(clippy::too_many_arguments)]
-pub fn optimizer_step<E: From<candle_core::Error> + From<OptimError>>(
-    model: &dyn LanguageModel,
-    params: &[Var],
-    accum: usize,
-    reducer: &dyn Reducer,
-    opt: &mut AdamW,
-    lr: f64,
-    grad_clip: f64,
-    next_batch: impl FnMut(usize) -> std::result::Result<(Tensor, Tensor), E>,
-    on_non_finite: impl FnOnce(f32) -> E,
-) -> std::result::Result<StepOutcome, E> {
-    let (loss, mut grads) = accumulate_grads(model, params, accum, reducer, next_batch)?;
-    let grad_norm = clip_grad_norm(&mut grads, grad_clip)?;
-    let loss = loss.to_scalar::<f32>()?;
-    if !loss.is_finite() {
-        return Err(on_non_finite(loss));
-    }
-    opt.step(&grads, lr)?;
-    Ok(StepOutcome { loss, grad_norm })
 }
 
 /// What the trainer needs from its process group: data-parallel training averages gradients (and the logged loss)

@@ -5,22 +5,23 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
 use crate::eval::hellaswag::{self, HellaswagScore};
 use crate::eval::hellaswag_file::{Example, HellaswagFile, HellaswagFileError};
 use crate::model::{LanguageModel, ModelConfig, ModelError};
-use crate::shards::loader::{Batch, DataLoader, LoaderConfig, LoaderError};
+use crate::shards::loader::{DataLoader, LoaderConfig, LoaderError};
 use crate::shards::{Manifest, Split};
 use crate::tokenizer::{Tokenizer, TokenizerKind};
 use crate::train::checkpoint::{self, CheckpointError, RngState, TrainState, CHECKPOINT_VERSION};
 use crate::train::config::{ComputeDtype, ConfigError, TrainConfig};
 use crate::train::log::{Event, RunLog};
-use crate::train::optim::{AdamW, AdamWConfig, OptimError};
+use crate::train::engine::{self, Engine, EngineKind};
+use crate::train::optim::{AdamWConfig, OptimError};
 use crate::train::schedule::LrSchedule;
-use crate::train::step::{accumulate_grads, optimizer_step, Reducer, SingleProcess, StepOutcome};
+use crate::train::step::{Reducer, SingleProcess, StepOutcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -52,14 +53,6 @@ pub enum TrainError {
     NonFinite { step: usize, loss: f32 },
     #[error("{0}")]
     Resume(String),
-}
-
-/// A loader batch as device tensors (B, T) u32.
-fn upload(b: &Batch, device: &Device) -> Result<(Tensor, Tensor), TrainError> {
-    let shape = (b.batch_size, b.seq_len);
-    let x = Tensor::from_slice(&b.x, shape, device)?; // (B, T)
-    let y = Tensor::from_slice(&b.y, shape, device)?; // (B, T)
-    Ok((x, y))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -108,9 +101,8 @@ pub fn build_model(
 
 pub struct Trainer {
     cfg: TrainConfig,
-    model: Box<dyn LanguageModel>,
-    vars: Vec<Var>,
-    opt: AdamW,
+    /// Runs the steps and holds the model and the optimizer state (`train::engine`).
+    engine: Box<dyn Engine>,
     schedule: LrSchedule,
     train: DataLoader,
     val: Option<DataLoader>,
@@ -221,14 +213,16 @@ impl Trainer {
                 model_cfg
             )));
         }
-        let params = model.parameters();
-        let vars: Vec<Var> = params.iter().map(|(_, v)| v.clone()).collect();
+        let vars: Vec<_> = model.parameters().into_iter().map(|(_, v)| v).collect();
         opts.reducer.sync_params(&vars)?;
-        let mut opt = AdamW::new(params, AdamWConfig::from_config(&cfg))?;
+        drop(vars);
+        let kind = EngineKind::resolve(&cfg.run.engine, &model_cfg, &device, dtype)?;
+        let micro_batch = (cfg.data.micro_batch, cfg.data.seq_len);
+        let mut engine = engine::build(kind, model, &device, micro_batch, AdamWConfig::from_config(&cfg))?;
         let mut rng = ChaCha20Rng::seed_from_u64(cfg.run.seed);
         let mut step = 0;
         if let (Some(dir), Some(state)) = (&resume_dir, &resume_state) {
-            opt.load_state(&checkpoint::load_optimizer_tensors(dir, &device)?, state.optimizer_steps)?;
+            engine.load_optimizer_state(&checkpoint::load_optimizer_tensors(dir, &device)?, state.optimizer_steps)?;
             train.restore(&state.train_loader)?;
             rng = state.rng.restore().map_err(|e| TrainError::Resume(format!("{}: {e}", dir.display())))?;
             step = state.step;
@@ -247,9 +241,7 @@ impl Trainer {
         let trainer = Trainer {
             schedule: LrSchedule::from_config(&cfg),
             cfg,
-            model,
-            vars,
-            opt,
+            engine,
             train,
             val,
             hellaswag,
@@ -269,12 +261,21 @@ impl Trainer {
 
     fn startup_notes(&self, resumed_from: Option<&Path>, dtype: ComputeDtype) {
         let Some(log) = &self.log else { return };
-        let m = self.model.config();
-        let n_params: usize = self.vars.iter().map(|v| v.elem_count()).sum();
-        let ((dt, dn), (nt, nn)) = self.opt.decay_summary();
+        let m = self.engine.model().config();
+        let n_params = self.engine.model().num_parameters();
+        let ((dt, dn), (nt, nn)) = self.engine.decay_summary();
         log.note(&format!(
-            "model: {:?} L={} NH={} C={} T<={} V={} ({} real), {n_params} parameters, compute {dtype:?} on {:?}",
-            m.arch, m.n_layer, m.n_head, m.n_embd, m.block_size, m.vocab_size, m.real_vocab_size, self.device
+            "model: {:?} L={} NH={} C={} T<={} V={} ({} real), {n_params} parameters, compute {dtype:?} on {:?}, \
+             engine {}",
+            m.arch,
+            m.n_layer,
+            m.n_head,
+            m.n_embd,
+            m.block_size,
+            m.vocab_size,
+            m.real_vocab_size,
+            self.device,
+            self.engine.kind().name()
         ));
         log.note(&format!("num decayed parameter tensors: {dt}, with {dn} parameters"));
         log.note(&format!("num non-decayed parameter tensors: {nt}, with {nn} parameters"));
@@ -293,7 +294,12 @@ impl Trainer {
     }
 
     pub fn model(&self) -> &dyn LanguageModel {
-        &*self.model
+        self.engine.model()
+    }
+
+    /// Which engine runs the steps.
+    pub fn engine_kind(&self) -> EngineKind {
+        self.engine.kind()
     }
 
     pub fn device(&self) -> &Device {
@@ -324,28 +330,32 @@ impl Trainer {
 
     /// The accumulated batch of one optimizer step: `grad_accum` micro-steps of forward + backward, then the
     /// gradients reduced across processes. Returns the mean loss (f32 scalar tensor) and one gradient per parameter
-    /// (model order), not yet clipped.
+    /// (model order), not yet clipped; nothing is applied. Autograd engine only (the explicit engine keeps its
+    /// gradients in one flat buffer): for tests that compare gradients.
     pub fn forward_backward(&mut self) -> Result<(Tensor, Vec<Option<Tensor>>), TrainError> {
-        let (train, device) = (&mut self.train, &self.device);
-        accumulate_grads(&*self.model, &self.vars, self.grad_accum, &*self.reducer, |_| {
-            upload(&train.next_batch()?, device)
-        })
+        let Some(autograd) = self.engine.as_autograd() else {
+            return Err(TrainError::Resume("forward_backward needs run.engine = \"autograd\"".into()));
+        };
+        autograd.begin_step()?;
+        for _ in 0..self.grad_accum {
+            autograd.micro_step(&self.train.next_batch()?, self.grad_accum)?;
+        }
+        Ok(autograd.accumulated(&*self.reducer)?)
     }
 
-    /// One optimizer step (`step::optimizer_step`): `forward_backward`, clipping, AdamW at this step's learning rate.
+    /// One optimizer step (`engine::optimizer_step`): `grad_accum` micro-steps, reduction, clipping, AdamW at this
+    /// step's learning rate.
     pub fn train_step(&mut self) -> Result<StepStats, TrainError> {
         let t0 = Instant::now();
         let lr = self.schedule.lr(self.step);
-        let (train, device, step) = (&mut self.train, &self.device, self.step);
-        let StepOutcome { loss, grad_norm } = optimizer_step(
-            &*self.model,
-            &self.vars,
+        let (train, step) = (&mut self.train, self.step);
+        let StepOutcome { loss, grad_norm } = engine::optimizer_step(
+            &mut *self.engine,
             self.grad_accum,
             &*self.reducer,
-            &mut self.opt,
             lr,
             self.cfg.optim.grad_clip,
-            |_| upload(&train.next_batch()?, device),
+            |_| Ok::<_, TrainError>(train.next_batch()?),
             |loss| TrainError::NonFinite { step, loss },
         )?;
         self.device.synchronize()?;
@@ -368,9 +378,7 @@ impl Trainer {
             let mut total = 0f64;
             for _ in 0..steps {
                 let batch = val.next_batch()?;
-                let (x, y) = upload(&batch, &self.device)?;
-                // Detached: no graph is kept for evaluation.
-                total += self.model.loss(&x, &y)?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64;
+                total += self.engine.eval_loss(&batch)? as f64;
             }
             let mut v = [total / steps as f64];
             self.reducer.mean_f64(&mut v)?;
@@ -384,7 +392,7 @@ impl Trainer {
     pub fn hellaswag(&self) -> Result<Option<HellaswagScore>, TrainError> {
         let Some(examples) = &self.hellaswag else { return Ok(None) };
         let (rank, world) = (self.reducer.rank(), self.reducer.world_size());
-        let local = hellaswag::evaluate(&*self.model, examples, rank, world, &self.device)?;
+        let local = hellaswag::evaluate(self.engine.model(), examples, rank, world, &self.device)?;
         let mut counts = [local.n as f64, local.correct as f64, local.correct_norm as f64];
         self.reducer.sum_f64(&mut counts)?;
         Ok(Some(HellaswagScore {
@@ -400,7 +408,7 @@ impl Trainer {
         let e = &self.cfg.eval;
         let prompt = tok.encode(&e.sample_prompt);
         let seqs = crate::train::sample::generate(
-            &*self.model,
+            self.engine.model(),
             &prompt,
             e.sample_count,
             e.sample_tokens.max(prompt.len() + 1),
@@ -420,14 +428,14 @@ impl Trainer {
         let state = TrainState {
             format_version: CHECKPOINT_VERSION,
             step: self.step,
-            optimizer_steps: self.opt.steps(),
+            optimizer_steps: self.engine.optimizer_steps(),
             train_loader: self.train.state(),
             rng: RngState::capture(&self.rng),
             config: self.cfg.clone(),
-            model: self.model.config().clone(),
+            model: self.engine.model().config().clone(),
             tool_version: crate::TOOL_VERSION.to_string(),
         };
-        checkpoint::save(&dir, &*self.model, &self.opt.state_tensors(), &state)?;
+        checkpoint::save(&dir, self.engine.model(), &self.engine.optimizer_state()?, &state)?;
         self.last_checkpoint = Some(self.step);
         if let Some(log) = &self.log {
             log.note(&format!("saved checkpoint {}", dir.display()));

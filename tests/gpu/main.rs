@@ -6,6 +6,8 @@
 
 #[path = "../dist_nccl.rs"]
 mod dist_nccl;
+#[path = "../gpu_engine.rs"]
+mod gpu_engine;
 #[path = "../gpu_model.rs"]
 mod gpu_model;
 #[path = "../kernels_attention.rs"]

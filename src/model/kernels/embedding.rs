@@ -29,22 +29,21 @@ pub fn embedding_backward(dy: &Tensor, ids: &Tensor, v: usize) -> Result<Tensor>
     Tensor::zeros((v, c), dy.dtype(), dy.device())?.index_add(ids, dy, 0)
 }
 
-/// The rows of `ids` grouped by id, for the CUDA backward: a stable counting sort, so every group lists its rows in
-/// ascending order. Only ids that occur get a group.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+/// The rows of `ids` grouped by id, for the CUDA backwards (this op's and the GPT-2 engine's `cuda::encoder`): a
+/// stable counting sort, so every group lists its rows in ascending order. Only ids that occur get a group.
 #[derive(Debug, PartialEq)]
-struct IdGroups {
+pub struct IdGroups {
     /// Row indices, group after group.
-    rows: Vec<u32>,
+    pub rows: Vec<u32>,
     /// `start[g]..start[g + 1]` is group g's range in `rows` (len groups + 1).
-    start: Vec<u32>,
+    pub start: Vec<u32>,
     /// The id of each group, ascending.
-    id: Vec<u32>,
+    pub id: Vec<u32>,
 }
 
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 impl IdGroups {
-    fn new(ids: &[u32], v: usize) -> Result<IdGroups> {
+    /// Group `ids`; an id `>= v` is an error naming its position.
+    pub fn new(ids: &[u32], v: usize) -> Result<IdGroups> {
         if ids.len() > u32::MAX as usize {
             candle_core::bail!("embedding backward: {} ids do not fit u32 row indices", ids.len());
         }

@@ -1,0 +1,385 @@
+//! cuBLASLt matmuls with epilogues, for the explicit GPT-2 engine, through cudarc's `cublaslt::result` layer (the
+//! safe `CudaBlasLT` lacks the aux pointer, DGELU, mixed bf16-in/f32-out and algorithm caching).
+//!
+//! Conventions are cuBLAS's: column-major, `D (m x n) = op(A) (m x k) op(B) (k x n) [+ C] [epilogue]`. A row-major
+//! `(rows, cols)` buffer is a column-major `(cols x rows)` matrix with `ld = cols`, so the engine's row-major
+//! `out (N, OC) = inp (N, IC) @ W^T` (W `(OC, IC)` as nn.Linear stores it) is `m = OC, n = N, k = IC`, A = W
+//! transposed, B = inp (see `Gemm::linear_forward` and friends, which spell the three products of a linear layer).
+//! A and B are always bf16; D is bf16 or f32 (f32 for the residual stream and the weight gradients); accumulation
+//! and scaling are f32.
+//!
+//! Each distinct shape (dims, transposes, leading dims, types, epilogue kind) gets its descriptors and the
+//! heuristic's first algorithm once, cached; per call only the epilogue pointers are set on the cached descriptor
+//! (cuBLASLt reads them when `cublasLtMatmul` is called, so updating them for the next call is safe). One 32 MiB
+//! workspace, as llm.c. Split-K reductions "in place" in the output are excluded (they may sum in varying order),
+//! so every product is deterministic.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::cublaslt::{result, sys};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use candle_core::{Error, Result};
+
+/// Workspace for the split-K and stream-K algorithms (llm.c's size).
+pub const WORKSPACE_BYTES: usize = 32 << 20;
+
+/// Element type of D (and C), or of a bias vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Ty {
+    Bf16,
+    F32,
+}
+
+impl Ty {
+    fn cuda(self) -> sys::cudaDataType {
+        match self {
+            Ty::Bf16 => sys::cudaDataType::CUDA_R_16BF,
+            Ty::F32 => sys::cudaDataType::CUDA_R_32F,
+        }
+    }
+}
+
+/// What happens to `A B (+ C)` before it is stored in D.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Epilogue {
+    None,
+    /// `+ bias[row]` (length m) of type `ty`.
+    Bias { bias: u64, ty: Ty },
+    /// `gelu(A B + bias)` stored in D, and `A B + bias` stored in `aux` (bf16, `m x n`, ld m) for the backward.
+    GeluAuxBias { bias: u64, aux: u64 },
+    /// `(A B) * gelu'(aux)`: the GELU backward fused into the product that computes its input gradient.
+    DGelu { aux: u64 },
+}
+
+impl Epilogue {
+    fn kind(&self) -> u8 {
+        match self {
+            Epilogue::None => 0,
+            Epilogue::Bias { ty: Ty::Bf16, .. } => 1,
+            Epilogue::Bias { ty: Ty::F32, .. } => 2,
+            Epilogue::GeluAuxBias { .. } => 3,
+            Epilogue::DGelu { .. } => 4,
+        }
+    }
+}
+
+/// One product `D = op(A) op(B) [+ C]` in cuBLAS terms (column-major, see the module doc); pointers are raw device
+/// addresses, the matrices' 256-byte aligned (what the heuristic assumes by default).
+#[derive(Clone, Copy, Debug)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub a: u64,
+    pub lda: usize,
+    pub b: u64,
+    pub ldb: usize,
+    pub d: u64,
+    pub ldd: usize,
+    pub d_type: Ty,
+    /// `Some(c)`: add C (D's type and layout; `c == d` accumulates in place). `None`: overwrite D.
+    pub c: Option<u64>,
+    pub epilogue: Epilogue,
+}
+
+impl Gemm {
+    /// Forward of a linear layer on row-major buffers: `out (N, OC) = inp (N, IC) @ w (OC, IC)^T`.
+    pub fn linear_forward(inp: u64, w: u64, out: u64, n: usize, ic: usize, oc: usize, out_type: Ty) -> Gemm {
+        Gemm {
+            m: oc,
+            n,
+            k: ic,
+            trans_a: true,
+            trans_b: false,
+            a: w,
+            lda: ic,
+            b: inp,
+            ldb: ic,
+            d: out,
+            ldd: oc,
+            d_type: out_type,
+            c: None,
+            epilogue: Epilogue::None,
+        }
+    }
+
+    /// Input gradient of a linear layer: `dinp (N, IC) = dout (N, OC) @ w (OC, IC)`.
+    pub fn linear_dinput(dout: u64, w: u64, dinp: u64, n: usize, ic: usize, oc: usize) -> Gemm {
+        Gemm {
+            m: ic,
+            n,
+            k: oc,
+            trans_a: false,
+            trans_b: false,
+            a: w,
+            lda: ic,
+            b: dout,
+            ldb: oc,
+            d: dinp,
+            ldd: ic,
+            d_type: Ty::Bf16,
+            c: None,
+            epilogue: Epilogue::None,
+        }
+    }
+
+    /// Weight gradient of a linear layer, accumulated in f32: `dw (OC, IC) += dout (N, OC)^T @ inp (N, IC)`.
+    pub fn linear_dweight(dout: u64, inp: u64, dw: u64, n: usize, ic: usize, oc: usize) -> Gemm {
+        Gemm {
+            m: ic,
+            n: oc,
+            k: n,
+            trans_a: false,
+            trans_b: true,
+            a: inp,
+            lda: ic,
+            b: dout,
+            ldb: oc,
+            d: dw,
+            ldd: ic,
+            d_type: Ty::F32,
+            c: Some(dw),
+            epilogue: Epilogue::None,
+        }
+    }
+
+    pub fn with_epilogue(mut self, e: Epilogue) -> Gemm {
+        self.epilogue = e;
+        self
+    }
+
+    /// Add C (same type and layout as D) to the product.
+    pub fn plus(mut self, c: u64) -> Gemm {
+        self.c = Some(c);
+        self
+    }
+
+    fn key(&self) -> Key {
+        Key {
+            dims: [self.m, self.n, self.k, self.lda, self.ldb, self.ldd],
+            trans: (self.trans_a, self.trans_b),
+            d_type: self.d_type,
+            has_c: self.c.is_some(),
+            epilogue: self.epilogue.kind(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    dims: [usize; 6],
+    trans: (bool, bool),
+    d_type: Ty,
+    has_c: bool,
+    epilogue: u8,
+}
+
+/// Descriptors and the chosen algorithm of one shape.
+struct Plan {
+    desc: sys::cublasLtMatmulDesc_t,
+    a: sys::cublasLtMatrixLayout_t,
+    b: sys::cublasLtMatrixLayout_t,
+    d: sys::cublasLtMatrixLayout_t,
+    algo: sys::cublasLtMatmulAlgo_t,
+}
+
+/// The cuBLASLt handle, the workspace and the per-shape plans of one stream.
+pub struct BlasLt {
+    handle: sys::cublasLtHandle_t,
+    pref: sys::cublasLtMatmulPreference_t,
+    stream: Arc<CudaStream>,
+    workspace: CudaSlice<u8>,
+    workspace_ptr: u64,
+    plans: HashMap<Key, Plan>,
+}
+
+fn lt_err(what: &str) -> impl FnOnce(result::CublasError) -> Error + '_ {
+    move |e| Error::Msg(format!("cuBLASLt {what}: {e:?}"))
+}
+
+unsafe fn set_desc<T>(desc: sys::cublasLtMatmulDesc_t, attr: sys::cublasLtMatmulDescAttributes_t, v: &T) -> Result<()> {
+    result::set_matmul_desc_attribute(desc, attr, v as *const T as *const c_void, std::mem::size_of::<T>())
+        .map_err(lt_err("set matmul attribute"))
+}
+
+impl BlasLt {
+    pub fn new(stream: Arc<CudaStream>) -> Result<BlasLt> {
+        let handle = result::create_handle().map_err(lt_err("create handle"))?;
+        let pref = result::create_matmul_pref().map_err(lt_err("create preference"))?;
+        let workspace = stream.alloc_zeros::<u8>(WORKSPACE_BYTES).map_err(Error::wrap)?;
+        let workspace_ptr = {
+            let (p, _sync) = workspace.device_ptr(&stream);
+            p
+        };
+        // SAFETY: pref is a live descriptor; the values are the attributes' documented types.
+        unsafe {
+            let ws = WORKSPACE_BYTES as u64;
+            result::set_matmul_pref_attribute(
+                pref,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &ws as *const u64 as *const c_void,
+                8,
+            )
+            .map_err(lt_err("set workspace preference"))?;
+            // No in-place split-K reduction: its partial sums may land in varying order.
+            let schemes = sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE as u32
+                | sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE as u32;
+            result::set_matmul_pref_attribute(
+                pref,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                &schemes as *const u32 as *const c_void,
+                4,
+            )
+            .map_err(lt_err("set reduction preference"))?;
+        }
+        Ok(BlasLt { handle, pref, stream, workspace, workspace_ptr, plans: HashMap::new() })
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    fn plan(&mut self, g: &Gemm) -> Result<&Plan> {
+        let key = g.key();
+        if !self.plans.contains_key(&key) {
+            let plan = self.make_plan(g)?;
+            self.plans.insert(key, plan);
+        }
+        Ok(&self.plans[&key])
+    }
+
+    fn make_plan(&self, g: &Gemm) -> Result<Plan> {
+        let layout = |ty: Ty, rows: usize, cols: usize, ld: usize| {
+            result::create_matrix_layout(ty.cuda(), rows as u64, cols as u64, ld as i64).map_err(lt_err("layout"))
+        };
+        let (ar, ac) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
+        let (br, bc) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+        let a = layout(Ty::Bf16, ar, ac, g.lda)?;
+        let b = layout(Ty::Bf16, br, bc, g.ldb)?;
+        let d = layout(g.d_type, g.m, g.n, g.ldd)?;
+        let desc = result::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType::CUDA_R_32F)
+            .map_err(lt_err("create matmul descriptor"))?;
+        use sys::cublasLtEpilogue_t as E;
+        use sys::cublasLtMatmulDescAttributes_t as A;
+        // SAFETY: desc is live; each value has the attribute's documented type (i32 enums, u64 pointers, i64 ld).
+        unsafe {
+            set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSA, &(g.trans_a as i32))?;
+            set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSB, &(g.trans_b as i32))?;
+            let epi = match g.epilogue {
+                Epilogue::None => E::CUBLASLT_EPILOGUE_DEFAULT,
+                Epilogue::Bias { .. } => E::CUBLASLT_EPILOGUE_BIAS,
+                Epilogue::GeluAuxBias { .. } => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+                Epilogue::DGelu { .. } => E::CUBLASLT_EPILOGUE_DGELU,
+            };
+            set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE, &(epi as i32))?;
+            match g.epilogue {
+                Epilogue::Bias { ty, .. } => set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &(ty.cuda() as i32))?,
+                Epilogue::GeluAuxBias { .. } => {
+                    set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &(Ty::Bf16.cuda() as i32))?;
+                    set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &(g.m as i64))?;
+                }
+                Epilogue::DGelu { .. } => set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &(g.m as i64))?,
+                Epilogue::None => {}
+            }
+            self.set_pointers(desc, g)?;
+            let heuristic = result::get_matmul_algo_heuristic(self.handle, desc, a, b, d, d, self.pref).map_err(|e| {
+                Error::Msg(format!(
+                    "cuBLASLt has no algorithm for m={} n={} k={} trans=({}, {}) ld=({}, {}, {}) D={:?} C={} \
+                     epilogue={:?}: {e:?}",
+                    g.m,
+                    g.n,
+                    g.k,
+                    g.trans_a,
+                    g.trans_b,
+                    g.lda,
+                    g.ldb,
+                    g.ldd,
+                    g.d_type,
+                    g.c.is_some(),
+                    g.epilogue
+                ))
+            })?;
+            Ok(Plan { desc, a, b, d, algo: heuristic.algo })
+        }
+    }
+
+    /// # Safety
+    /// `desc` is live.
+    unsafe fn set_pointers(&self, desc: sys::cublasLtMatmulDesc_t, g: &Gemm) -> Result<()> {
+        use sys::cublasLtMatmulDescAttributes_t as A;
+        match g.epilogue {
+            Epilogue::None => {}
+            Epilogue::Bias { bias, .. } => set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)?,
+            Epilogue::GeluAuxBias { bias, aux } => {
+                set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)?;
+                set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux)?;
+            }
+            Epilogue::DGelu { aux } => set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux)?,
+        }
+        Ok(())
+    }
+
+    /// Enqueue `g` on the stream.
+    ///
+    /// # Safety
+    /// Every pointer of `g` addresses device memory of this context large enough for its matrix (and vector) under
+    /// the given dims and leading dimensions, and stays valid until the stream has run the product.
+    pub unsafe fn matmul(&mut self, g: &Gemm) -> Result<()> {
+        // The heuristic assumes 256-byte aligned matrices unless told otherwise (its default preference).
+        for (what, p) in [("A", g.a), ("B", g.b), ("C", g.c.unwrap_or(g.d)), ("D", g.d)] {
+            if p % 256 != 0 {
+                candle_core::bail!("cuBLASLt matmul: {what} at {p:#x} is not 256-byte aligned");
+            }
+        }
+        let (handle, ws, ws_len) = (self.handle, self.workspace_ptr, WORKSPACE_BYTES);
+        let cu_stream = self.stream.cu_stream() as sys::cudaStream_t;
+        let plan = self.plan(g)?;
+        let (desc, a_l, b_l, d_l, algo) = (plan.desc, plan.a, plan.b, plan.d, plan.algo);
+        self.set_pointers(desc, g)?;
+        let alpha = 1f32;
+        let beta = if g.c.is_some() { 1f32 } else { 0f32 };
+        let c = g.c.unwrap_or(g.d);
+        result::matmul(
+            handle,
+            desc,
+            &alpha as *const f32 as *const c_void,
+            &beta as *const f32 as *const c_void,
+            g.a as *const c_void,
+            a_l,
+            g.b as *const c_void,
+            b_l,
+            c as *const c_void,
+            d_l,
+            g.d as *mut c_void,
+            d_l,
+            &algo,
+            ws as *mut c_void,
+            ws_len,
+            cu_stream,
+        )
+        .map_err(lt_err("matmul"))
+    }
+}
+
+impl Drop for BlasLt {
+    fn drop(&mut self) {
+        // SAFETY: every handle below was created by this object and is destroyed once; the stream is synchronised
+        // first so no enqueued product still uses the workspace or a descriptor.
+        let _ = self.stream.synchronize();
+        unsafe {
+            for (_, p) in self.plans.drain() {
+                let _ = result::destroy_matrix_layout(p.a);
+                let _ = result::destroy_matrix_layout(p.b);
+                let _ = result::destroy_matrix_layout(p.d);
+                let _ = result::destroy_matmul_desc(p.desc);
+            }
+            let _ = result::destroy_matmul_pref(self.pref);
+            let _ = result::destroy_handle(self.handle);
+        }
+        let _ = &self.workspace;
+    }
+}

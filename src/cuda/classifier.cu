@@ -1,0 +1,99 @@
+// The GPT-2 engine's classifier (Rust side: classifier.rs): softmax cross-entropy over bf16 logits, forward and
+// backward in one pass over each row, the gradient written over the logits (llm.c's fused classifier).
+//
+//   loss[r]       = logsumexp(logits[r, :]) - logits[r, target[r]]                              (f32)
+//   logits[r, i] <- (softmax(logits[r])[i] - [i == target[r]]) * dscale   when dscale != 0      (bf16, in place)
+//
+// dscale is d(mean loss)/d(loss[r]): 1 / (B * T * micro-steps) for training; 0 leaves the logits alone (evaluation).
+// The softmax runs over all V columns (the padded vocabulary too, as PyTorch's cross_entropy on the padded head).
+// One block per row: pass 1 keeps an online (max, sum of exp) per thread over 16-byte vectors, merged across the
+// block in a fixed order; pass 2 re-reads the row (mostly from L2: a 100 KB row per block) and writes the gradient.
+// The target's logit is read by one thread before anything is overwritten (the block barrier orders it).
+//
+// loss_reduce sums the per-row losses in a fixed order (one block), times `scale`, into acc[0] (+=): the step's loss
+// without atomics, deterministic.
+#include "../model/kernels/common.cuh"
+
+#ifndef CLS_THREADS  // the CPU lab runs smaller blocks
+#define CLS_THREADS 1024
+#endif
+
+__device__ __forceinline__ void cls_online_add(float& m, float& s, float x) {
+    if (x > m) {
+        s = s * expf(m - x) + 1.f;
+        m = x;
+    } else {
+        s += expf(x - m);
+    }
+}
+
+__device__ __forceinline__ void cls_merge(float& m, float& s, float m2, float s2) {
+    const float mx = fmaxf(m, m2);
+    if (mx == -TM_INF) return;
+    s = (m == -TM_INF ? 0.f : s * expf(m - mx)) + (m2 == -TM_INF ? 0.f : s2 * expf(m2 - mx));
+    m = mx;
+}
+
+// grid N, block CLS_THREADS. V must be a multiple of 8 and each row 16-byte aligned (classifier.rs checks).
+extern "C" __global__ void __launch_bounds__(CLS_THREADS)
+    classifier_fwd_bwd(__nv_bfloat16* __restrict__ logits, const uint32_t* __restrict__ targets,
+                       float* __restrict__ loss, int v, float dscale) {
+    __shared__ float sh_m[CLS_THREADS];
+    __shared__ float sh_s[CLS_THREADS];
+    __shared__ float sh_target;
+    const int64_t row = blockIdx.x;
+    const int tid = threadIdx.x;
+    __nv_bfloat16* x = logits + row * (int64_t)v;
+    const uint32_t target = targets[row];
+    if (tid == 0) sh_target = to_acc(x[target]);
+    const int nv = v / 8;
+    float m = -TM_INF, s = 0.f;
+    for (int j = tid; j < nv; j += CLS_THREADS) {
+        const Vec16<__nv_bfloat16> p = load16(x + 8 * j);
+#pragma unroll
+        for (int k = 0; k < 8; k++) cls_online_add(m, s, to_acc(p.v[k]));
+    }
+    sh_m[tid] = m;
+    sh_s[tid] = s;
+    __syncthreads();
+    // Tree merge in a fixed order.
+    for (int half = CLS_THREADS / 2; half > 0; half /= 2) {
+        if (tid < half) {
+            float a = sh_m[tid], b = sh_s[tid];
+            cls_merge(a, b, sh_m[tid + half], sh_s[tid + half]);
+            sh_m[tid] = a;
+            sh_s[tid] = b;
+        }
+        __syncthreads();
+    }
+    const float mx = sh_m[0], sum = sh_s[0];
+    if (tid == 0) loss[row] = logf(sum) + mx - sh_target;
+    if (dscale == 0.f) return;
+    const float inv = 1.f / sum;
+    for (int j = tid; j < nv; j += CLS_THREADS) {
+        Vec16<__nv_bfloat16> p = load16(x + 8 * j);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const int i = 8 * j + k;
+            const float prob = expf(to_acc(p.v[k]) - mx) * inv;
+            p.v[k] = from_acc<__nv_bfloat16>((prob - (i == (int)target ? 1.f : 0.f)) * dscale);
+        }
+        store16(x + 8 * j, p);
+    }
+}
+
+// acc[0] += scale * sum(loss[0..n]), in a fixed order. grid 1, block 1024.
+extern "C" __global__ void __launch_bounds__(1024) loss_reduce(const float* __restrict__ loss, float* __restrict__ acc,
+                                                               int n, float scale) {
+    __shared__ float sh[1024];
+    const int tid = threadIdx.x;
+    float s = 0.f;
+    for (int i = tid; i < n; i += 1024) s += loss[i];
+    sh[tid] = s;
+    __syncthreads();
+    for (int half = 512; half > 0; half /= 2) {
+        if (tid < half) sh[tid] += sh[tid + half];
+        __syncthreads();
+    }
+    if (tid == 0) acc[0] += scale * sh[0];
+}

@@ -1,0 +1,65 @@
+//! The GPT-2 engine's embeddings (encoder.cu): `x = wte[idx] + wpe[t]` into the f32 residual stream, and the
+//! deterministic backward (`dwte +=` grouped sums over the host-built `IdGroups`, `dwpe +=` batch sums).
+//! CPU checks: src/cuda/lab.
+
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::driver::{CudaStream, PushKernelArg};
+use candle_core::Result;
+
+use super::launch::{blocks, cfg, go, int, Module};
+pub use crate::model::kernels::embedding::IdGroups;
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/encoder.ptx"));
+
+pub struct Encoder {
+    module: Module,
+}
+
+impl Encoder {
+    pub fn new(stream: &Arc<CudaStream>) -> Result<Encoder> {
+        let names = ["encoder_fwd", "encoder_bwd_wte", "encoder_bwd_wpe"];
+        Ok(Encoder { module: Module::load(stream, "encoder.cu", PTX, &names)? })
+    }
+
+    /// `x (B*T, C) = wte[idx] + wpe[t]`.
+    ///
+    /// # Safety
+    /// Pointers address device buffers of the stated sizes; ids < V; C a multiple of 4, rows 16-byte aligned.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn forward(&self, idx: u64, wte: u64, wpe: u64, x: u64, b: usize, t: usize, c: usize) -> Result<()> {
+        let n = b * t;
+        let (n_i, t_i, c_i) = (int(n, "tokens")?, int(t, "T")?, int(c, "C")?);
+        let mut a = self.module.args("encoder_fwd")?;
+        a.arg(&idx).arg(&wte).arg(&wpe).arg(&x).arg(&n_i).arg(&t_i).arg(&c_i);
+        go(a, cfg((blocks(n * c / 4, 256)?, 1), (256, 1)))
+    }
+
+    /// `dwte[id] += grouped sums of dx`, `dwpe[t] += sum_b dx[b, t]`. `groups` on the device as `IdGroups` lays
+    /// them out: `rows` (N u32) at `rows`, `start` at `start`, `id` at `id`.
+    ///
+    /// # Safety
+    /// Pointers address device buffers of the stated sizes, the groups those of this batch's ids.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn backward(
+        &self,
+        (rows, start, id, n_groups): (u64, u64, u64, usize),
+        dx: u64,
+        dwte: u64,
+        dwpe: u64,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
+        let (b_i, t_i, c_i) = (int(b, "B")?, int(t, "T")?, int(c, "C")?);
+        if n_groups > 0 {
+            let g = u32::try_from(n_groups).map_err(|_| candle_core::Error::Msg("too many id groups".into()))?;
+            let mut a = self.module.args("encoder_bwd_wte")?;
+            a.arg(&rows).arg(&start).arg(&id).arg(&dx).arg(&dwte).arg(&c_i);
+            go(a, cfg((g, blocks(c, 256)?), (256, 1)))?;
+        }
+        let mut a = self.module.args("encoder_bwd_wpe")?;
+        a.arg(&dx).arg(&dwpe).arg(&b_i).arg(&t_i).arg(&c_i);
+        go(a, cfg((blocks(t * c, 256)?, 1), (256, 1)))
+    }
+}

@@ -1,0 +1,23 @@
+//! CUDA pieces of the explicit GPT-2 engine (`train::gpt2_cuda`), each `<op>.cu` beside its thin launcher
+//! `<op>.rs` that takes raw device pointers (no candle autograd): LayerNorm (`norm`), the fused classifier
+//! (`classifier`), embeddings (`encoder`), bias gradients (`bias_grad`), GELU (`activation`), the optimizer
+//! (`adamw`), cuBLASLt matmuls with epilogues (`blaslt`) and the PTX loading they share (`launch`).
+//! `lab/` runs the `.cu` files on the CPU under emulation against double-precision references (CI).
+#[cfg(feature = "cuda")]
+pub mod activation;
+#[cfg(feature = "cuda")]
+pub mod adamw;
+#[cfg(feature = "cuda")]
+pub mod bias_grad;
+#[cfg(feature = "cuda")]
+pub mod blaslt;
+#[cfg(feature = "cuda")]
+pub mod classifier;
+#[cfg(feature = "cuda")]
+pub mod encoder;
+#[cfg(feature = "cuda")]
+pub mod flash_attn;
+#[cfg(feature = "cuda")]
+pub mod launch;
+#[cfg(feature = "cuda")]
+pub mod norm;

@@ -1,0 +1,142 @@
+//! The GPT-2 engine's device memory: a handful of allocations sized once at start (`layout` says where everything
+//! is inside them), their base addresses, and the raw copies and fills the engine does on its one stream. Nothing is
+//! allocated or freed inside a step.
+
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::driver::{result as cu, CudaSlice, CudaStream, DevicePtr};
+use candle_core::{Error, Result};
+use half::bf16;
+
+use super::layout::{ActLayout, ParamLayout, ALIGN};
+
+/// Offsets into `Buffers::scalars` (f32).
+pub const NORM_PARTIAL: usize = 0; // adamw::NORM_BLOCKS values
+pub const NORM_OUT: usize = 1024; // norm, clip coefficient
+pub const LOSS_ACC: usize = 1024 + 128; // the step's (or evaluation's) mean loss
+pub const SCALARS: usize = LOSS_ACC + 128;
+
+/// One device allocation and its base address.
+pub struct Buf<T> {
+    _slice: CudaSlice<T>,
+    pub base: u64,
+    pub len: usize,
+}
+
+impl<T: candle_core::cuda_backend::cudarc::driver::DeviceRepr + candle_core::cuda_backend::cudarc::driver::ValidAsZeroBits>
+    Buf<T>
+{
+    fn zeros(stream: &Arc<CudaStream>, len: usize, what: &str) -> Result<Buf<T>> {
+        let slice = stream.alloc_zeros::<T>(len.max(1)).map_err(|e| {
+            Error::Msg(format!(
+                "gpt2-cuda engine: allocating {what} ({:.2} GiB): {e:?}",
+                (len * std::mem::size_of::<T>()) as f64 / (1u64 << 30) as f64
+            ))
+        })?;
+        let base = {
+            let (p, _sync) = slice.device_ptr(stream);
+            p
+        };
+        Ok(Buf { _slice: slice, base, len })
+    }
+
+    /// Address of element `off`.
+    pub fn at(&self, off: usize) -> u64 {
+        debug_assert!(off <= self.len, "offset {off} past a buffer of {}", self.len);
+        self.base + (off * std::mem::size_of::<T>()) as u64
+    }
+}
+
+/// Every allocation of the engine.
+pub struct Buffers {
+    pub stream: Arc<CudaStream>,
+    /// Master weights, their bf16 working copy, gradients, AdamW moments: `ParamLayout::total` each.
+    pub params: Buf<f32>,
+    pub params16: Buf<bf16>,
+    pub grads: Buf<f32>,
+    pub m: Buf<f32>,
+    pub v: Buf<f32>,
+    /// Activations and backward scratch (`ActLayout`).
+    pub act32: Buf<f32>,
+    pub act16: Buf<bf16>,
+    /// One micro-batch's inputs and targets (N u32 each), and its id groups for the embedding backward: rows (N),
+    /// starts (V + 1), ids (V) at `groups_start`, `groups_id`.
+    pub tokens: Buf<u32>,
+    pub targets: Buf<u32>,
+    pub groups: Buf<u32>,
+    pub groups_start: usize,
+    pub groups_id: usize,
+    /// Small f32 values (`NORM_PARTIAL`, `NORM_OUT`, `LOSS_ACC`).
+    pub scalars: Buf<f32>,
+}
+
+fn align(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+impl Buffers {
+    pub fn new(stream: &Arc<CudaStream>, p: &ParamLayout, a: &ActLayout, n: usize, v: usize) -> Result<Buffers> {
+        let groups_start = align(n);
+        let groups_id = groups_start + align(v + 1);
+        Ok(Buffers {
+            stream: stream.clone(),
+            params: Buf::zeros(stream, p.total, "master weights")?,
+            params16: Buf::zeros(stream, p.total, "bf16 weights")?,
+            grads: Buf::zeros(stream, p.total, "gradients")?,
+            m: Buf::zeros(stream, p.total, "AdamW m")?,
+            v: Buf::zeros(stream, p.total, "AdamW v")?,
+            act32: Buf::zeros(stream, a.f32_total, "f32 activations")?,
+            act16: Buf::zeros(stream, a.bf16_total, "bf16 activations")?,
+            tokens: Buf::zeros(stream, n, "tokens")?,
+            targets: Buf::zeros(stream, n, "targets")?,
+            groups: Buf::zeros(stream, groups_id + v, "embedding id groups")?,
+            groups_start,
+            groups_id,
+            scalars: Buf::zeros(stream, SCALARS, "scalars")?,
+        })
+    }
+
+    /// Total bytes held.
+    pub fn bytes(&self) -> usize {
+        4 * (self.params.len + self.grads.len + self.m.len + self.v.len + self.act32.len + self.scalars.len)
+            + 2 * (self.params16.len + self.act16.len)
+            + 4 * (self.tokens.len + self.targets.len + self.groups.len)
+    }
+
+    fn cu_stream(&self) -> candle_core::cuda_backend::cudarc::driver::sys::CUstream {
+        self.stream.cu_stream()
+    }
+
+    /// Zero `bytes` bytes at `ptr` (stream-ordered).
+    ///
+    /// # Safety
+    /// The range is inside one of these buffers.
+    pub unsafe fn zero(&self, ptr: u64, bytes: usize) -> Result<()> {
+        cu::memset_d8_async(ptr, 0, bytes, self.cu_stream()).map_err(Error::wrap)
+    }
+
+    /// Copy `bytes` bytes device to device (stream-ordered).
+    ///
+    /// # Safety
+    /// Both ranges are valid device memory of this context.
+    pub unsafe fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        cu::memcpy_dtod_async(dst, src, bytes, self.cu_stream()).map_err(Error::wrap)
+    }
+
+    /// Copy host values to `dst` (stream-ordered; the host slice is consumed before this returns).
+    ///
+    /// # Safety
+    /// `dst` has room for `src`.
+    pub unsafe fn upload<T>(&self, dst: u64, src: &[T]) -> Result<()> {
+        cu::memcpy_htod_async(dst, src, self.cu_stream()).map_err(Error::wrap)
+    }
+
+    /// Wait for the stream, then copy device values to the host: the step's one synchronisation.
+    ///
+    /// # Safety
+    /// `src` holds `dst.len()` values.
+    pub unsafe fn download<T>(&self, dst: &mut [T], src: u64) -> Result<()> {
+        cu::memcpy_dtoh_async(dst, src, self.cu_stream()).map_err(Error::wrap)?;
+        self.stream.synchronize().map_err(Error::wrap)
+    }
+}

@@ -1,0 +1,379 @@
+//! The engine object: kernels, buffers, the parameter mirror, and what the trainer asks of it besides the step
+//! (evaluation loss, optimizer state in and out).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::driver::{CudaStream, DevicePtr};
+use candle_core::{DType, Device, Result, Storage, Tensor, Var};
+
+use super::buffers::{Buffers, LOSS_ACC};
+use super::layout::{ActLayout, Dims, LayerParams, ParamLayout, ScratchSizes};
+use super::profile::Profiler;
+use crate::cuda::activation::Gelu;
+use crate::cuda::adamw::AdamWKernels;
+use crate::cuda::bias_grad::BiasGrad;
+use crate::cuda::blaslt::BlasLt;
+use crate::cuda::classifier::Classifier;
+use crate::cuda::encoder::{Encoder, IdGroups};
+use crate::cuda::flash_attn::FlashAttn;
+use crate::cuda::norm::LayerNorm;
+use crate::model::{LanguageModel, ModelConfig};
+use crate::shards::loader::Batch;
+use crate::train::optim::{AdamWConfig, OptimError};
+
+/// Choices that do not change the maths.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EngineOptions {
+    /// Rows of the lm_head + classifier computed at once (bounds the logits buffer: rows x V bf16).
+    pub classifier_chunk: usize,
+    /// GELU inside the MLP matmuls' cuBLASLt epilogues (GELU_AUX_BIAS forward, DGELU backward) instead of its own
+    /// kernels.
+    pub gelu_fusion: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { classifier_chunk: 16384, gelu_fusion: true }
+    }
+}
+
+impl EngineOptions {
+    /// The defaults, with `TOKENMILL_GELU_FUSION=0` and `TOKENMILL_CLASSIFIER_CHUNK=ROWS` from the environment
+    /// (switches for A/B timings; neither changes the maths beyond bf16 rounding of the GELU output).
+    pub fn from_env() -> EngineOptions {
+        let mut o = EngineOptions::default();
+        if std::env::var("TOKENMILL_GELU_FUSION").is_ok_and(|v| v == "0") {
+            o.gelu_fusion = false;
+        }
+        if let Some(rows) = std::env::var("TOKENMILL_CLASSIFIER_CHUNK").ok().and_then(|v| v.parse().ok()) {
+            o.classifier_chunk = rows;
+        }
+        o
+    }
+}
+
+pub(super) struct Kernels {
+    pub blas: BlasLt,
+    pub ln: LayerNorm,
+    pub cls: Classifier,
+    pub enc: Encoder,
+    pub bias: BiasGrad,
+    pub gelu: Gelu,
+    pub adamw: AdamWKernels,
+    pub attn: FlashAttn,
+}
+
+pub struct Gpt2Cuda {
+    pub(super) cfg: ModelConfig,
+    pub(super) dims: Dims,
+    pub(super) opts: EngineOptions,
+    pub(super) params: ParamLayout,
+    pub(super) layers: Vec<LayerParams>,
+    pub(super) act: ActLayout,
+    pub(super) bufs: Buffers,
+    pub(super) k: Kernels,
+    pub(super) adam: AdamWConfig,
+    /// AdamW updates applied so far.
+    pub(super) steps: u64,
+    /// Micro-steps accumulated since `begin_step`.
+    pub(super) micro_steps: usize,
+    /// Id groups of the uploaded training batch (the embedding backward's grid).
+    pub(super) n_groups: usize,
+    /// Per-kernel CUDA-event timing (`TOKENMILL_ENGINE_PROFILE=1`).
+    pub(super) prof: Profiler,
+    /// The candle model that mirrors the master weights, and each parameter's device address in it.
+    pub(super) mirror: Box<dyn LanguageModel>,
+    pub(super) mirror_ptrs: Vec<u64>,
+}
+
+/// The device address of a contiguous f32 Var's first element.
+fn var_ptr(v: &Var, stream: &Arc<CudaStream>) -> Result<u64> {
+    if v.dtype() != DType::F32 {
+        candle_core::bail!("gpt2-cuda: master weights must be f32, got {:?}", v.dtype());
+    }
+    tensor_ptr(v.as_tensor(), stream)
+}
+
+pub(super) fn tensor_ptr(t: &Tensor, stream: &Arc<CudaStream>) -> Result<u64> {
+    if !t.is_contiguous() {
+        candle_core::bail!("gpt2-cuda: expected a contiguous tensor, got {:?}", t.layout());
+    }
+    let (s, l) = t.storage_and_layout();
+    let Storage::Cuda(cs) = &*s else { candle_core::bail!("gpt2-cuda: a tensor is not on the CUDA device") };
+    let base = match t.dtype() {
+        DType::F32 => cs.as_cuda_slice::<f32>()?.device_ptr(stream).0,
+        DType::BF16 => cs.as_cuda_slice::<half::bf16>()?.device_ptr(stream).0,
+        DType::U32 => cs.as_cuda_slice::<u32>()?.device_ptr(stream).0,
+        other => candle_core::bail!("gpt2-cuda: no raw access to {other:?} tensors"),
+    };
+    Ok(base + (t.dtype().size_in_bytes() * l.start_offset()) as u64)
+}
+
+impl Gpt2Cuda {
+    /// An engine for `model` (a GPT-2 on a CUDA device, fp32 master weights) at micro-batch `(b, t)`. The engine
+    /// starts from the model's current weights and keeps the model as its mirror.
+    pub fn new(
+        model: Box<dyn LanguageModel>,
+        device: &Device,
+        (b, t): (usize, usize),
+        adam: AdamWConfig,
+        opts: EngineOptions,
+    ) -> Result<Gpt2Cuda> {
+        let cfg = model.config().clone();
+        if let Some(why) = super::unsupported(&cfg, device.is_cuda(), true) {
+            candle_core::bail!("{why}");
+        }
+        if t == 0 || t > cfg.block_size || b == 0 {
+            candle_core::bail!("gpt2-cuda: micro-batch ({b}, {t}) with block size {}", cfg.block_size);
+        }
+        let stream = device.as_cuda_device()?.cuda_stream();
+        let dims = Dims::new(&cfg, b, t, opts.classifier_chunk);
+        let params = ParamLayout::new(&crate::model::param_specs(&cfg));
+        let layers = (0..cfg.n_layer).map(|l| LayerParams::new(&params, l)).collect();
+        let k = Kernels {
+            blas: BlasLt::new(stream.clone())?,
+            ln: LayerNorm::new(&stream, cfg.n_embd)?,
+            cls: Classifier::new(&stream)?,
+            enc: Encoder::new(&stream)?,
+            bias: BiasGrad::new(&stream)?,
+            gelu: Gelu::new(&stream)?,
+            adamw: AdamWKernels::new(&stream)?,
+            attn: FlashAttn::new(&stream)?,
+        };
+        let n = dims.n();
+        let scratch = ScratchSizes {
+            ln: k.ln.scratch_len(n),
+            bias: BiasGrad::scratch_len(4 * cfg.n_embd),
+            attention: FlashAttn::scratch_len(b, t, cfg.n_head),
+        };
+        let act = ActLayout::new(&dims, scratch);
+        let bufs = Buffers::new(&stream, &params, &act, n, cfg.vocab_size)?;
+
+        let named = model.parameters();
+        if named.len() != params.slots.len() {
+            candle_core::bail!("gpt2-cuda: the model has {} parameters, the layout {}", named.len(), params.slots.len());
+        }
+        let mut mirror_ptrs = Vec::with_capacity(named.len());
+        for ((name, var), slot) in named.iter().zip(&params.slots) {
+            if name != &slot.name || var.dims() != slot.shape.as_slice() {
+                candle_core::bail!(
+                    "gpt2-cuda: parameter {name} {:?} does not match the layout's {} {:?}",
+                    var.dims(),
+                    slot.name,
+                    slot.shape
+                );
+            }
+            mirror_ptrs.push(var_ptr(var, &stream)?);
+        }
+        let mut engine = Gpt2Cuda {
+            cfg,
+            dims,
+            opts,
+            params,
+            layers,
+            act,
+            bufs,
+            k,
+            adam,
+            steps: 0,
+            micro_steps: 0,
+            n_groups: 0,
+            prof: Profiler::new(&stream),
+            mirror: model,
+            mirror_ptrs,
+        };
+        engine.load_weights_from_mirror()?;
+        Ok(engine)
+    }
+
+    /// Master weights <- the mirror model's Vars, and the bf16 copy from them.
+    fn load_weights_from_mirror(&mut self) -> Result<()> {
+        // SAFETY: each slot's range lies inside the params buffer and each mirror pointer addresses a contiguous
+        // f32 Var of the slot's length (checked in `new`).
+        unsafe {
+            for (slot, &src) in self.params.slots.iter().zip(&self.mirror_ptrs) {
+                self.bufs.copy(self.bufs.params.at(slot.offset), src, 4 * slot.len)?;
+            }
+            self.k.adamw.cast_bf16(self.bufs.params.base, self.bufs.params16.base, self.params.total)?;
+        }
+        Ok(())
+    }
+
+    /// The mirror's Vars <- master weights (after every optimizer step).
+    pub(super) fn refresh_mirror(&self) -> Result<()> {
+        // SAFETY: as in `load_weights_from_mirror`, the other direction.
+        unsafe {
+            for (slot, &dst) in self.params.slots.iter().zip(&self.mirror_ptrs) {
+                self.bufs.copy(dst, self.bufs.params.at(slot.offset), 4 * slot.len)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn model(&self) -> &dyn LanguageModel {
+        &*self.mirror
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn micro_batch(&self) -> (usize, usize) {
+        (self.dims.b, self.dims.t)
+    }
+
+    pub fn decay_summary(&self) -> ((usize, usize), (usize, usize)) {
+        self.params.decay_summary()
+    }
+
+    /// Device bytes the engine holds (besides its mirror model).
+    pub fn bytes(&self) -> usize {
+        self.bufs.bytes()
+    }
+
+    pub fn optimizer_steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Check a host batch has the engine's shape.
+    pub(super) fn check_batch(&self, batch: &Batch) -> Result<()> {
+        let (b, t) = (self.dims.b, self.dims.t);
+        if batch.batch_size != b || batch.seq_len != t || batch.x.len() != b * t || batch.y.len() != b * t {
+            candle_core::bail!(
+                "gpt2-cuda: a batch of ({}, {}) with {} / {} ids; the engine was sized for ({b}, {t})",
+                batch.batch_size,
+                batch.seq_len,
+                batch.x.len(),
+                batch.y.len()
+            );
+        }
+        if let Some((i, &y)) = batch.y.iter().enumerate().find(|(_, &y)| y as usize >= self.cfg.vocab_size) {
+            candle_core::bail!("gpt2-cuda: target id {y} at position {i} is outside the vocabulary ({})", self.cfg.vocab_size);
+        }
+        Ok(())
+    }
+
+    /// Upload one micro-batch's ids and targets (and, when training, the id groups of its embedding backward).
+    pub(super) fn upload_batch(&mut self, batch: &Batch, train: bool) -> Result<()> {
+        self.check_batch(batch)?;
+        let groups = if train { Some(IdGroups::new(&batch.x, self.cfg.vocab_size)?) } else { None };
+        let b = &self.bufs;
+        // SAFETY: tokens and targets hold N u32 (checked above); the groups fit their reserved ranges (rows N,
+        // starts <= V + 1, ids <= V).
+        unsafe {
+            b.upload(b.tokens.base, &batch.x)?;
+            b.upload(b.targets.base, &batch.y)?;
+            if let Some(g) = &groups {
+                b.upload(b.groups.base, &g.rows)?;
+                b.upload(b.groups.at(b.groups_start), &g.start)?;
+                b.upload(b.groups.at(b.groups_id), &g.id)?;
+            }
+        }
+        self.n_groups = groups.map_or(0, |g| g.id.len());
+        Ok(())
+    }
+
+    /// Mean loss of one batch, no gradients (validation).
+    pub fn eval_loss(&mut self, batch: &Batch) -> Result<f32> {
+        self.upload_batch(batch, false)?;
+        let n = self.dims.n();
+        let mut out = [0f32];
+        // SAFETY: the forward reads and writes the engine's own buffers; LOSS_ACC is one f32.
+        unsafe {
+            let acc = self.bufs.scalars.at(LOSS_ACC);
+            self.bufs.zero(acc, 4)?;
+            self.forward(None)?;
+            self.k.cls.sum_into(self.bufs.act32.at(self.act.losses), acc, n, 1.0 / n as f32)?;
+            self.bufs.download(&mut out, acc)?;
+        }
+        Ok(out[0])
+    }
+
+    /// The accumulated gradients as named tensors (checkpoint names and shapes): for tests against the autograd
+    /// engine.
+    pub fn gradients(&self) -> Result<Vec<(String, Tensor)>> {
+        self.export(&self.bufs.grads, "")
+    }
+
+    /// Copies of the `slot`-shaped ranges of an f32 parameter-layout buffer, named `<param><suffix>`.
+    fn export(&self, buf: &super::buffers::Buf<f32>, suffix: &str) -> Result<Vec<(String, Tensor)>> {
+        let device = self.mirror_device()?;
+        let mut out = Vec::with_capacity(self.params.slots.len());
+        for slot in &self.params.slots {
+            let t = Tensor::zeros(slot.shape.as_slice(), DType::F32, &device)?;
+            // SAFETY: t is a fresh contiguous f32 tensor of the slot's length; the source range is the slot's.
+            unsafe { self.bufs.copy(tensor_ptr(&t, &self.bufs.stream)?, buf.at(slot.offset), 4 * slot.len)? };
+            out.push((format!("{}{suffix}", slot.name), t));
+        }
+        Ok(out)
+    }
+
+    /// Run the evaluation forward of `batch` and copy out the activations of layer 0, the last residual, the final
+    /// LayerNorm, the first chunk of logits and the per-row losses, named as in `layout::ActLayout` (`res0`, `ln1`,
+    /// `qkv`, `atty`, `res_mid`, `ln2`, `fch`, `fch_gelu`, `res1`, `resL`, `lnf`, `logits`, `losses`), shaped
+    /// (rows, width): the per-kernel device check holds each against its reference computed from the previous one.
+    pub fn forward_activations(&mut self, batch: &Batch) -> Result<Vec<(String, Tensor)>> {
+        self.upload_batch(batch, false)?;
+        // SAFETY: a batch of the engine's shape was uploaded.
+        unsafe { self.forward(None)? };
+        let device = self.mirror_device()?;
+        let (d, a) = (self.dims, &self.act);
+        let (n, c) = (d.n(), d.c);
+        let f32s = [("res0", a.res[0], c), ("res_mid", a.res_mid[0], c), ("res1", a.res[1], c), ("resL", a.res[d.l], c), ("losses", a.losses, 1)];
+        let bf16s = [("ln1", a.ln1[0], c), ("qkv", a.qkv[0], 3 * c), ("atty", a.atty[0], c), ("ln2", a.ln2[0], c), ("fch", a.fch[0], 4 * c), ("fch_gelu", a.fch_gelu[0], 4 * c), ("lnf", a.lnf, c)];
+        let mut out = Vec::new();
+        let b = &self.bufs;
+        for (name, off, w) in f32s {
+            let t = Tensor::zeros((n, w), DType::F32, &device)?;
+            // SAFETY: the source range is the activation's (n x w f32); t is fresh and contiguous.
+            unsafe { b.copy(tensor_ptr(&t, &b.stream)?, b.act32.at(off), 4 * n * w)? };
+            out.push((name.to_string(), t));
+        }
+        for (name, off, w) in bf16s {
+            let t = Tensor::zeros((n, w), DType::BF16, &device)?;
+            // SAFETY: as above, n x w bf16.
+            unsafe { b.copy(tensor_ptr(&t, &b.stream)?, b.act16.at(off), 2 * n * w)? };
+            out.push((name.to_string(), t));
+        }
+        let rows = d.chunk.min(n);
+        let t = Tensor::zeros((rows, d.v), DType::BF16, &device)?;
+        // SAFETY: the logits buffer holds chunk x V bf16 (the last chunk's; the test uses one chunk).
+        unsafe { b.copy(tensor_ptr(&t, &b.stream)?, b.act16.at(a.logits), 2 * rows * d.v)? };
+        out.push(("logits".to_string(), t));
+        b.stream.synchronize().map_err(candle_core::Error::wrap)?;
+        Ok(out)
+    }
+
+    /// AdamW's moments as named tensors (`<param>.m`, `<param>.v`), as `AdamW::state_tensors` names them.
+    pub fn optimizer_state(&self) -> Result<Vec<(String, Tensor)>> {
+        // Interleaved per parameter (m, v), as AdamW::state_tensors orders them.
+        let (m, v) = (self.export(&self.bufs.m, ".m")?, self.export(&self.bufs.v, ".v")?);
+        Ok(m.into_iter().zip(v).flat_map(|(a, b)| [a, b]).collect())
+    }
+
+    /// Restore what `optimizer_state` saved (from either engine's checkpoint) and the update count.
+    pub fn load_optimizer_state(&mut self, tensors: &HashMap<String, Tensor>, steps: u64) -> std::result::Result<(), OptimError> {
+        for slot in &self.params.slots {
+            for (suffix, buf) in [("m", &self.bufs.m), ("v", &self.bufs.v)] {
+                let key = format!("{}.{suffix}", slot.name);
+                let t = tensors.get(&key).ok_or_else(|| OptimError::MissingState(key.clone()))?;
+                if t.dims() != slot.shape.as_slice() {
+                    return Err(OptimError::StateShape { name: key, got: t.dims().to_vec(), expected: slot.shape.clone() });
+                }
+                let t = t.to_dtype(DType::F32)?.to_device(&self.mirror_device()?)?.contiguous()?;
+                // SAFETY: t is contiguous f32 of the slot's length; the destination range is the slot's.
+                unsafe { self.bufs.copy(buf.at(slot.offset), tensor_ptr(&t, &self.bufs.stream)?, 4 * slot.len)? };
+                // The copy is stream-ordered; keep `t` alive until it has run.
+                self.bufs.stream.synchronize().map_err(candle_core::Error::wrap)?;
+            }
+        }
+        self.steps = steps;
+        Ok(())
+    }
+
+    fn mirror_device(&self) -> Result<Device> {
+        let (_, v) = self.mirror.parameters().into_iter().next().ok_or_else(|| candle_core::Error::Msg("no parameters".into()))?;
+        Ok(v.device().clone())
+    }
+}

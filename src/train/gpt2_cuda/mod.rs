@@ -1,0 +1,79 @@
+//! `gpt2-cuda`: an explicit GPT-2 training engine on CUDA, llm.c's design in Rust. Instead of candle's autograd
+//! (which allocates and zero-fills every gradient, runs bias adds, casts and reshapes as separate kernels and gives
+//! no control over matmul epilogues), the engine owns a few big buffers sized at start (`layout`, `buffers`) and runs
+//! GPT-2's forward and backward kernel by kernel on one stream (`forward`, `backward`), then the optimizer over the
+//! flat buffers in two launches (`optimizer`). No allocation and no host synchronisation inside a step except reading
+//! the loss and the gradient norm at its end.
+//!
+//! Numerics follow PyTorch autocast (the reference recipe): fp32 master weights and AdamW state; a bf16 working copy
+//! of the weights written by the optimizer; matmuls in bf16 with f32 accumulation; the residual stream and its
+//! gradient in f32 (the attention and MLP projections add into it in their cuBLASLt epilogue, `D = A B + bias + C`);
+//! LayerNorm statistics, softmax and the loss in f32; gradients accumulated in f32 across micro-steps. Everything is
+//! deterministic (no float atomics), so runs repeat and resume bit for bit.
+//!
+//! The engine keeps a candle `Gpt2` mirror of its master weights (refreshed after every optimizer step, a 0.5 GB
+//! device copy at 124M) for sampling, HellaSwag and checkpoints: a checkpoint written here has the autograd
+//! engine's names and files, so either engine resumes the other's.
+//!
+//! Layout (`layout.rs`) is plain arithmetic and compiled everywhere; the rest needs the `cuda` feature.
+
+pub mod layout;
+
+#[cfg(feature = "cuda")]
+mod backward;
+#[cfg(feature = "cuda")]
+mod buffers;
+#[cfg(feature = "cuda")]
+mod engine;
+#[cfg(feature = "cuda")]
+mod forward;
+#[cfg(feature = "cuda")]
+mod optimizer;
+#[cfg(feature = "cuda")]
+mod profile;
+
+#[cfg(feature = "cuda")]
+pub use engine::{EngineOptions, Gpt2Cuda};
+
+use crate::model::{Architecture, ModelConfig};
+
+/// Why a model cannot run on the GPT-2 engine (None: it can). The engine is written for GPT-2 on CUDA in bf16
+/// with the attention kernel's head size and the LayerNorm kernel's widths.
+pub fn unsupported(cfg: &ModelConfig, cuda: bool, bf16: bool) -> Option<String> {
+    if cfg.arch != Architecture::Gpt2 {
+        return Some(format!("the gpt2-cuda engine runs GPT-2 only, not {:?}", cfg.arch));
+    }
+    if !cuda {
+        return Some("the gpt2-cuda engine needs a CUDA device (and the `cuda` build)".into());
+    }
+    if !bf16 {
+        return Some("the gpt2-cuda engine computes in bf16 (use run.engine = \"autograd\" for fp32)".into());
+    }
+    let hs = cfg.n_embd / cfg.n_head.max(1);
+    if hs != 64 {
+        return Some(format!("the gpt2-cuda engine's attention needs head size 64, this model has {hs}"));
+    }
+    if cfg.n_embd % 8 != 0 || cfg.n_embd > 2048 {
+        return Some(format!("the gpt2-cuda engine needs n_embd a multiple of 8 up to 2048, got {}", cfg.n_embd));
+    }
+    if cfg.vocab_size % 8 != 0 {
+        return Some(format!("the gpt2-cuda engine needs a vocabulary padded to a multiple of 8, got {}", cfg.vocab_size));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn support_is_explained() {
+        let gpt2 = ModelConfig::preset("gpt2-124m").unwrap();
+        assert_eq!(unsupported(&gpt2, true, true), None);
+        assert!(unsupported(&gpt2, false, true).unwrap().contains("CUDA"));
+        assert!(unsupported(&gpt2, true, false).unwrap().contains("bf16"));
+        let mut odd = gpt2.clone();
+        odd.n_head = 6;
+        assert!(unsupported(&odd, true, true).unwrap().contains("head size 64"));
+    }
+}
