@@ -2,10 +2,10 @@
 // Rust launcher: flash_attn.rs (the API and the grid mapping); CPU run of these very kernels: lab/check_flash.cpp.
 //
 //   forward:  y = softmax(scale * q k^T + causal mask) v,  lse = row logsumexp (natural log) of the scaled scores
-//   backward: D = rowsum(dy * y)                                                  (flash_dvec, a pre-pass)
+//   backward: D = rowsum(dy * y), then
 //             P = exp(scale * q k^T - lse) recomputed tile by tile, dP = dy v^T, dS = P * (dP - D)
-//             dv = P^T dy, dk = scale * dS^T q                                    (flash_dkdv, key-block outer)
-//             dq = scale * dS k                                                   (flash_dq, query-block outer)
+//             dq = scale * dS k, and D written out for the next kernel       (flash_dq, query-block outer, first)
+//             dv = P^T dy, dk = scale * dS^T q                                (flash_dkdv, key-block outer, second)
 //
 // Layout (B, T, NH, HS = 64, C = NH * HS): qkv (B, T, 3C) with head h of q at columns h*HS, of k at C + h*HS, of v
 // at 2C + h*HS; y and dy (B, T, C); dqkv (B, T, 3C) like qkv (each kernel writes its third, every element);
@@ -86,6 +86,7 @@ __device__ __forceinline__ void fa2_mma<__half>(float (&c)[4], const uint32_t (&
 }
 
 __device__ __forceinline__ float fa2_shfl_xor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
+__device__ __forceinline__ float fa2_shfl(float v, int src) { return __shfl_sync(0xffffffffu, v, src); }
 // 2^x; ex2.approx: 2 ulp, -inf -> +0 (the masked scores).
 __device__ __forceinline__ float fa2_exp2(float x) {
     float y;
@@ -117,7 +118,8 @@ inline void fa2_ldsm_t(uint32_t (&r)[4], fa2_addr_t a) { emu_ldmatrix_x4(r, rein
 template <typename T> inline void fa2_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     emu_mma_m16n8k16(c, a, b0, b1, std::is_same_v<T, __nv_bfloat16>);
 }
-inline float fa2_shfl_xor(float v, int mask) { return emu_shfl_xor(v, mask); }
+inline float fa2_shfl_xor(float v, int mask) { return emu_warp_shfl_xor(v, mask); }
+inline float fa2_shfl(float v, int src) { return emu_warp_shfl(v, src); }
 inline float fa2_exp2(float x) { return std::exp2(x); }
 inline float fa2_log2(float x) { return std::log2(x); }
 template <typename T> inline uint32_t fa2_pack(float lo, float hi) { return emu_pack16<T>(lo, hi); }
@@ -375,35 +377,6 @@ __device__ __forceinline__ void fa2_fwd(const T* __restrict__ qkv, T* __restrict
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// D = rowsum(dy * y) in f32, (B, NH, T). Eight threads per (b, t, h) row of 64, rows in (B, T, NH) order.
-template <typename T>
-__device__ __forceinline__ void fa2_dvec(const T* __restrict__ y, const T* __restrict__ dy, float* __restrict__ dvec,
-                                         int nh, int t_len, int64_t rows) {
-    const int64_t r = (int64_t)blockIdx.x * (blockDim.x / 8) + threadIdx.x / 8;
-    const int part = threadIdx.x & 7;
-    float sum = 0.f;
-    int64_t bt = 0;
-    int h = 0;
-    if (r < rows) {
-        bt = r / nh;
-        h = (int)(r - bt * nh);
-        const int64_t off = r * FA2_HS + part * 8;  // (b, t, h) rows of 64 are consecutive in (B, T, C)
-        const uint4 a = *reinterpret_cast<const uint4*>(y + off), d = *reinterpret_cast<const uint4*>(dy + off);
-        const T* ae = reinterpret_cast<const T*>(&a);
-        const T* de = reinterpret_cast<const T*>(&d);
-#pragma unroll
-        for (int i = 0; i < 8; i++) sum += fa2_float(ae[i]) * fa2_float(de[i]);
-    }
-    sum += fa2_shfl_xor(sum, 1);
-    sum += fa2_shfl_xor(sum, 2);
-    sum += fa2_shfl_xor(sum, 4);
-    if (r < rows && part == 0) {
-        const int64_t b = bt / t_len, t = bt - b * t_len;
-        dvec[(b * nh + h) * t_len + t] = sum;
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------------------
 // Backward dK, dV. CTA: WARPS warps x 16 keys = BK keys; query tiles of 64 stream from the one holding the CTA's
 // first key to T. Per tile and warp: S^T = K Q^T, dP^T = V dY^T (K, V as A fragments in registers),
 // P^T = exp2(S^T * scale * log2e - lse * log2e), dS^T = P^T (dP^T - D); dV += P^T dY, dK += dS^T Q.
@@ -507,17 +480,21 @@ __device__ __forceinline__ void fa2_dkdv(const T* __restrict__ qkv, const T* __r
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Backward dQ. CTA: WARPS warps x 16 queries = BQ queries (Q and dY as A fragments), key tiles of 64 up to the
-// diagonal. S = Q K^T, dP = dY V^T, P = exp2(S * scale * log2e - lse * log2e), dS = P (dP - D), dQ += dS K.
+// Backward dQ, the first backward kernel. CTA: WARPS warps x 16 queries = BQ queries (Q and dY as A fragments),
+// key tiles of 64 up to the diagonal. First D = rowsum(dY * Y) for the block's rows (written to dvec for flash_dkdv:
+// no separate pass over y and dy), then S = Q K^T, dP = dY V^T, P = exp2(S * scale * log2e - lse * log2e),
+// dS = P (dP - D), dQ += dS K.
 template <typename T, int WARPS>
-__device__ __forceinline__ void fa2_dq(const T* __restrict__ qkv, const T* __restrict__ dy, const float* __restrict__ lse,
-                                       const float* __restrict__ dvec, T* __restrict__ dqkv, int nh, int t_len,
-                                       float scale, int group) {
+__device__ __forceinline__ void fa2_dq(const T* __restrict__ qkv, const T* __restrict__ y, const T* __restrict__ dy,
+                                       const float* __restrict__ lse, float* __restrict__ dvec, T* __restrict__ dqkv,
+                                       int nh, int t_len, float scale, int group) {
     constexpr int BQ = WARPS * 16, NT = WARPS * 32, TILE = FA2_TILE * FA2_HS;
     static_assert(BQ * FA2_HS <= 2 * TILE, "the Q and dY blocks are staged in two tiles each");
-    alignas(1024) __shared__ T sm[4 * TILE];
-    T* ks = sm;              // [2 stages][64][64]; first the Q block, at the end the dQ block
-    T* vs = sm + 2 * TILE;   // [2 stages][64][64]; first the dY block
+    static_assert(4 * TILE + BQ * FA2_HS <= 24576, "static shared memory is 48 KiB");
+    alignas(1024) __shared__ T sm[4 * TILE + BQ * FA2_HS];
+    T* ks = sm;                // [2 stages][64][64]; first the Q block, at the end the dQ block
+    T* vs = sm + 2 * TILE;     // [2 stages][64][64]; first the dY block
+    T* ys = sm + 4 * TILE;     // [BQ][64]: the Y block
 
     const int n_qb = (t_len + BQ - 1) / BQ;
     int bh, qb;
@@ -528,6 +505,7 @@ __device__ __forceinline__ void fa2_dq(const T* __restrict__ qkv, const T* __res
     const T* kg = qg + c;
     const T* vg = qg + 2 * c;
     const T* gg = dy + (int64_t)b * t_len * c + h * FA2_HS;
+    const T* yg = y + (int64_t)b * t_len * c + h * FA2_HS;
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, cq = lane & 3;
     const int q0 = qb * BQ, wr0 = q0 + warp * 16, wr1 = wr0 + 15;
@@ -537,17 +515,37 @@ __device__ __forceinline__ void fa2_dq(const T* __restrict__ qkv, const T* __res
 
     fa2_load_tile<BQ, NT>(ks, qg, ld, q0, t_len);
     fa2_load_tile<BQ, NT>(vs, gg, c, q0, t_len);
+    fa2_load_tile<BQ, NT>(ys, yg, c, q0, t_len);
     fa2_commit();
-    // This thread's rows wr0 + g and wr0 + g + 8: lse (log2 units) and D; rows >= T get 0 (their output is dropped).
+    // This thread's rows wr0 + g and wr0 + g + 8: lse (log2 units); rows >= T get 0 (their output is dropped).
     float l2[2], dd[2];
 #pragma unroll
     for (int hf = 0; hf < 2; hf++) {
         const int row = wr0 + g + 8 * hf;
         l2[hf] = row < t_len ? lse[(int64_t)bh * t_len + row] * FA2_LOG2E : 0.f;
-        dd[hf] = row < t_len ? dvec[(int64_t)bh * t_len + row] : 0.f;
     }
     fa2_wait_all();
     __syncthreads();
+    {
+        // D: two threads per row (NT = 2 BQ: row r on lanes 2 (r % 16) and 2 (r % 16) + 1 of warp r / 16, the warp
+        // that owns the row), each 32 columns as four 16-byte chunks in column order; the halves add up in a fixed
+        // order. Rows >= T are zero-filled: D = 0.
+        const int r = tid >> 1, half = tid & 1;
+        float part = 0.f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int off = fa2_swz(r, (half * 4 + i) * 8);
+            const uint4 a = *reinterpret_cast<const uint4*>(ys + off), d = *reinterpret_cast<const uint4*>(vs + off);
+            const T* ae = reinterpret_cast<const T*>(&a);
+            const T* de = reinterpret_cast<const T*>(&d);
+#pragma unroll
+            for (int j = 0; j < 8; j++) part += fa2_float(ae[j]) * fa2_float(de[j]);
+        }
+        const float dsum = part + fa2_shfl_xor(part, 1);  // commutative: both threads hold the same sum
+        if (half == 0 && q0 + r < t_len) dvec[(int64_t)bh * t_len + q0 + r] = dsum;
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) dd[hf] = fa2_shfl(dsum, 2 * (g + 8 * hf));
+    }
     uint32_t qa[1][4][4], ga[1][4][4];
     fa2_load_a<T>(qa[0], ks, warp * 16);
     fa2_load_a<T>(ga[0], vs, warp * 16);
@@ -635,20 +633,16 @@ __device__ __forceinline__ void fa2_dq(const T* __restrict__ qkv, const T* __res
         fa2_dkdv<T, W>(qkv, dy, lse, dvec, dqkv, nh, t_len, scale, group);                                            \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(W * 32, MINQ) flash_dq_##SFX##_w##W(                                       \
-        const T* qkv, const T* dy, const float* lse, const float* dvec, T* dqkv, int nh, int t_len, float scale,      \
-        int group) {                                                                                                   \
-        fa2_dq<T, W>(qkv, dy, lse, dvec, dqkv, nh, t_len, scale, group);                                              \
+        const T* qkv, const T* y, const T* dy, const float* lse, float* dvec, T* dqkv, int nh, int t_len,             \
+        float scale, int group) {                                                                                      \
+        fa2_dq<T, W>(qkv, y, dy, lse, dvec, dqkv, nh, t_len, scale, group);                                           \
     }
 #define FA2_ALL(T, SFX)                                                                                                \
     FA2_FWD(T, SFX, 4, 2, FA2_MB_F42)                                                                                 \
     FA2_FWD(T, SFX, 8, 1, FA2_MB_F81)                                                                                 \
     FA2_FWD(T, SFX, 4, 1, FA2_MB_F41)                                                                                 \
     FA2_BWD(T, SFX, 4, FA2_MB_KV4, FA2_MB_Q4)                                                                         \
-    FA2_BWD(T, SFX, 8, FA2_MB_KV8, FA2_MB_Q8)                                                                         \
-    extern "C" __global__ void __launch_bounds__(256) flash_dvec_##SFX(const T* y, const T* dy, float* dvec, int nh,  \
-                                                                        int t_len, int64_t rows) {                    \
-        fa2_dvec<T>(y, dy, dvec, nh, t_len, rows);                                                                     \
-    }
+    FA2_BWD(T, SFX, 8, FA2_MB_KV8, FA2_MB_Q8)
 
 FA2_ALL(__nv_bfloat16, bf16)
 FA2_ALL(__half, f16)

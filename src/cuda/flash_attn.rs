@@ -18,7 +18,8 @@
 //! - `lse (B, NH, T)` f32: row logsumexp (natural log) of the scaled scores, written by `forward`, read by `backward`;
 //! - `dy (B, T, C)`: the gradient of `y`; `dqkv (B, T, 3C)`: written whole by `backward` (no zeroing needed; it may
 //!   not alias `qkv`, `y` or `dy`);
-//! - `dvec_scratch`: `scratch_len(b, t, nh)` f32 (D = rowsum(dy * y)), contents irrelevant on entry.
+//! - `dvec_scratch`: `scratch_len(b, t, nh)` f32 (D = rowsum(dy * y), written by the dQ kernel and read by the
+//!   dK/dV kernel), contents irrelevant on entry.
 //!
 //! Requirements, checked with an error naming the argument: hs = 64; b, t, nh > 0; `qkv`, `y`, `dy`, `dqkv`
 //! 16-byte aligned (C is then a multiple of 8, so every row is); `lse` and the scratch 4-byte aligned; grid sizes
@@ -37,8 +38,6 @@ const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_attn.ptx"));
 
 /// The one head size the kernels are written for (every GPT-2 size uses 64).
 pub const HEAD_SIZE: usize = 64;
-/// Threads per block of flash_dvec_*, and (b, t, h) rows per block (8 threads per row).
-const DVEC_THREADS: u32 = 256;
 
 /// Element type of qkv, y, dy and dqkv (statistics are always f32).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,7 +106,6 @@ impl Variant {
 /// One dtype's kernels of one variant.
 struct Kernels {
     fwd: CudaFunction,
-    dvec: CudaFunction,
     dq: CudaFunction,
     dkdv: CudaFunction,
 }
@@ -147,7 +145,6 @@ impl FlashAttn {
             let (fw, fm, bw) = (variant.fwd_warps, variant.fwd_mtiles, variant.bwd_warps);
             Ok(Kernels {
                 fwd: load(format!("flash_fwd_{s}_w{fw}m{fm}"))?,
-                dvec: load(format!("flash_dvec_{s}"))?,
                 dq: load(format!("flash_dq_{s}_w{bw}"))?,
                 dkdv: load(format!("flash_dkdv_{s}_w{bw}"))?,
             })
@@ -225,8 +222,9 @@ impl FlashAttn {
         unsafe { self.launch_fwd(qkv, y, lse, d, dtype) }
     }
 
-    /// Backward: `dqkv (B, T, 3C)` from `qkv`, the forward's `y` and `lse`, and `dy (B, T, C)` (module doc). Three
-    /// launches: D = rowsum(dy * y) into the scratch, dQ (query blocks), dK and dV (key blocks).
+    /// Backward: `dqkv (B, T, 3C)` from `qkv`, the forward's `y` and `lse`, and `dy (B, T, C)` (module doc). Two
+    /// launches: dQ (query blocks; it also writes D = rowsum(dy * y) into the scratch), then dK and dV (key
+    /// blocks, reading D).
     ///
     /// # Safety
     /// As [`FlashAttn::forward_with`]; `lse` holds the forward's output for these `qkv`; `dvec_scratch` holds
@@ -256,8 +254,7 @@ impl FlashAttn {
             ("dvec_scratch", dvec_scratch, 4),
         ])?;
         unsafe {
-            self.launch_dvec(y, dy, dvec_scratch, d, dtype)?;
-            self.launch_dq(qkv, dy, lse, dvec_scratch, dqkv, d, dtype)?;
+            self.launch_dq(qkv, y, dy, lse, dvec_scratch, dqkv, d, dtype)?;
             self.launch_dkdv(qkv, dy, lse, dvec_scratch, dqkv, d, dtype)
         }
     }
@@ -279,26 +276,11 @@ impl FlashAttn {
         unsafe { a.launch(cfg) }.map(|_| ()).map_err(|e| Error::Msg(format!("flash attention forward: {e:?}")))
     }
 
-    pub(crate) unsafe fn launch_dvec(&self, y: u64, dy: u64, dvec: u64, d: Dims, dtype: Dtype) -> Result<()> {
-        let rows = d.b * d.t * d.nh;
-        let per = DVEC_THREADS as usize / 8;
-        let blocks = u32::try_from(rows.div_ceil(per))
-            .ok()
-            .filter(|&n| n < 1 << 31)
-            .ok_or_else(|| Error::Msg(format!("flash attention: {rows} rows exceed the grid limit")))?;
-        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (DVEC_THREADS, 1, 1), shared_mem_bytes: 0 };
-        let (nh, t, rows) = (d.nh as i32, d.t as i32, rows as i64);
-        let mut a = self.stream.launch_builder(&self.kernels(dtype).dvec);
-        a.arg(&y).arg(&dy).arg(&dvec).arg(&nh).arg(&t).arg(&rows);
-        // SAFETY: flash_dvec_*(const T* y, const T* dy, float* dvec, int nh, int t_len, int64_t rows); one
-        // (b, t, h) row per 8 threads, guarded by rows.
-        unsafe { a.launch(cfg) }.map(|_| ()).map_err(|e| Error::Msg(format!("flash attention D pass: {e:?}")))
-    }
-
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn launch_dq(
         &self,
         qkv: u64,
+        y: u64,
         dy: u64,
         lse: u64,
         dvec: u64,
@@ -306,7 +288,9 @@ impl FlashAttn {
         d: Dims,
         dtype: Dtype,
     ) -> Result<()> {
-        unsafe { self.launch_bwd(&self.kernels(dtype).dq, "dQ", [qkv, dy, lse, dvec, dqkv], d) }
+        // flash_dq_*(const T* qkv, const T* y, const T* dy, const float* lse, float* dvec, T* dqkv, int nh,
+        // int t_len, float scale, int group)
+        unsafe { self.launch_bwd(&self.kernels(dtype).dq, "dQ", &[qkv, y, dy, lse, dvec, dqkv], d) }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -320,17 +304,22 @@ impl FlashAttn {
         d: Dims,
         dtype: Dtype,
     ) -> Result<()> {
-        unsafe { self.launch_bwd(&self.kernels(dtype).dkdv, "dK/dV", [qkv, dy, lse, dvec, dqkv], d) }
+        // flash_dkdv_*(const T* qkv, const T* dy, const float* lse, const float* dvec, T* dqkv, int nh, int t_len,
+        // float scale, int group)
+        unsafe { self.launch_bwd(&self.kernels(dtype).dkdv, "dK/dV", &[qkv, dy, lse, dvec, dqkv], d) }
     }
 
-    unsafe fn launch_bwd(&self, f: &CudaFunction, what: &str, p: [u64; 5], d: Dims) -> Result<()> {
+    unsafe fn launch_bwd(&self, f: &CudaFunction, what: &str, ptrs: &[u64], d: Dims) -> Result<()> {
         let rows = self.variant.bwd_rows();
         let cfg = tile_grid(d, rows, 32 * self.variant.bwd_warps as u32)?;
         let (nh, t, scale, group) = (d.nh as i32, d.t as i32, scale(), self.group(d, rows));
         let mut a = self.stream.launch_builder(f);
-        a.arg(&p[0]).arg(&p[1]).arg(&p[2]).arg(&p[3]).arg(&p[4]).arg(&nh).arg(&t).arg(&scale).arg(&group);
-        // SAFETY: flash_dq_* / flash_dkdv_*(const T* qkv, const T* dy, const float* lse, const float* dvec,
-        // T* dqkv, int nh, int t_len, float scale, int group); buffers per backward's contract.
+        for p in ptrs {
+            a.arg(p);
+        }
+        a.arg(&nh).arg(&t).arg(&scale).arg(&group);
+        // SAFETY: `ptrs` are the kernel's pointer parameters in order (the callers' comments), then int nh,
+        // int t_len, float scale, int group; buffers per backward's contract.
         unsafe { a.launch(cfg) }.map(|_| ()).map_err(|e| Error::Msg(format!("flash attention {what} pass: {e:?}")))
     }
 }

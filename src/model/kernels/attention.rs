@@ -11,6 +11,9 @@
 //! an H100, bf16, NH = 12, T = 1024: B = 8 forward 1.17 ms vs 12.0 ms composed, forward + backward 6.9 ms vs
 //! 33.9 ms; B = 64 forward 7.6 ms (13.6 TFLOP/s), forward + backward 51 ms (7.1 TFLOP/s). Version 2: see the
 //! TIMING lines of tests/kernels_attention.rs (`cuda_timing_gpt2_shapes`).
+//! GPT-2's fused-qkv op ([`flash_causal_attention_qkv`]) runs `crate::cuda::flash_attn` instead for bf16/f16 on
+//! CUDA (FlashAttention-2 with cp.async/ldmatrix, no layout copies; H200, B=64, T=1024: fwd 0.45 ms, bwd 1.48 ms,
+//! docs/PERF.md); the kernels above remain for f32, the head-view op and `TOKENMILL_ATTN_FMA=1`.
 //! CPU: the same algorithm row by row (any HS, f32/bf16/f16 accumulating in f32, f64 in f64); it is the twin the
 //! tests hold against the composed reference (`model::attention::causal_attention_slow`) and finite differences.
 //! The models call `model::attention::causal_attention`, which routes here only where the fused path exists
@@ -381,10 +384,13 @@ impl FlashAttentionQkv {
         Ok(([view(0), view(1), view(2)], (b, nh, t, hs)))
     }
 
-    /// Whether this call runs crate::cuda::flash_attn (CUDA, bf16/f16, not forced onto the FMA kernels).
+    /// Whether this call runs crate::cuda::flash_attn (CUDA, bf16/f16, not forced onto the FMA kernels, and not
+    /// sent back to the head-view kernels by `TOKENMILL_ATTN_QKV=legacy`, the before/after switch of docs/PERF.md).
     #[cfg(feature = "cuda")]
     fn flash2(&self, dt: DType) -> bool {
-        self.kernel.tensor_cores(dt)
+        static LEGACY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let legacy = *LEGACY.get_or_init(|| std::env::var("TOKENMILL_ATTN_QKV").is_ok_and(|v| v == "legacy"));
+        !legacy && self.kernel.tensor_cores(dt)
     }
 
     fn save_lse(&self, storage: Storage, shape: (usize, usize, usize)) {

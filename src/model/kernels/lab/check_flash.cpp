@@ -45,8 +45,7 @@ static void expect(const std::string& what, const std::vector<G>& got, const std
 template <typename T> struct Kernels {
     void (*fwd)(const T*, T*, float*, int, int, float, int);
     void (*dkdv)(const T*, const T*, const float*, const float*, T*, int, int, float, int);
-    void (*dq)(const T*, const T*, const float*, const float*, T*, int, int, float, int);
-    void (*dvec)(const T*, const T*, float*, int, int, int64_t);
+    void (*dq)(const T*, const T*, const T*, const float*, float*, T*, int, int, float, int);
     int fwd_rows, fwd_threads, bwd_rows, bwd_threads;
 };
 
@@ -61,7 +60,6 @@ template <typename T> static Kernels<T> kernels(int fw, int fm, int bw);
         k.dq = bw == 8 ? flash_dq_##SFX##_w8 : flash_dq_##SFX##_w4;                                               \
         k.bwd_rows = bw * 16;                                                                                     \
         k.bwd_threads = bw * 32;                                                                                  \
-        k.dvec = flash_dvec_##SFX;                                                                                \
         return k;                                                                                                 \
     }
 FA2_PICK(__nv_bfloat16, bf16)
@@ -98,11 +96,8 @@ static void check(const char* dtype, int B, int NH, int Tn, int fw, int fm, int 
         const unsigned nq = (Tn + k.fwd_rows - 1) / k.fwd_rows, nb = (Tn + k.bwd_rows - 1) / k.bwd_rows;
         emu_launch(k.fwd, dim3{nq * nbh, 1, 1}, dim3{(unsigned)k.fwd_threads, 1, 1}, (const T*)qkv.data(), y.data(), lse.data(),
                    NH, Tn, fscale, group);
-        const int64_t rows = (int64_t)B * Tn * NH;
-        emu_launch(k.dvec, dim3{(unsigned)((rows + 31) / 32), 1, 1}, dim3{256, 1, 1}, (const T*)y.data(), (const T*)dy.data(),
-                   dvec.data(), NH, Tn, rows);
-        emu_launch(k.dq, dim3{nb * nbh, 1, 1}, dim3{(unsigned)k.bwd_threads, 1, 1}, (const T*)qkv.data(), (const T*)dy.data(),
-                   (const float*)lse.data(), (const float*)dvec.data(), dqkv.data(), NH, Tn, fscale, group);
+        emu_launch(k.dq, dim3{nb * nbh, 1, 1}, dim3{(unsigned)k.bwd_threads, 1, 1}, (const T*)qkv.data(), (const T*)y.data(),
+                   (const T*)dy.data(), (const float*)lse.data(), dvec.data(), dqkv.data(), NH, Tn, fscale, group);
         emu_launch(k.dkdv, dim3{nb * nbh, 1, 1}, dim3{(unsigned)k.bwd_threads, 1, 1}, (const T*)qkv.data(), (const T*)dy.data(),
                    (const float*)lse.data(), (const float*)dvec.data(), dqkv.data(), NH, Tn, fscale, group);
     };

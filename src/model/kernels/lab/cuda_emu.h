@@ -7,7 +7,7 @@
 // memory, atomics, streams; the kernels restrict themselves accordingly (see ../common.cuh).
 //
 // Warp-level instructions (for src/cuda/flash_attn.cu), emulated by the 32 threads of a warp meeting at a per-warp
-// barrier and exchanging operands: shfl.xor, ldmatrix.x4 (plain and .trans, with its 16-byte alignment checked),
+// barrier and exchanging operands: shfl (idx and xor), ldmatrix.x4 (plain and .trans, with its 16-byte alignment checked),
 // mma.m16n8k16 with bf16/f16 inputs and f32 accumulation (products summed exactly in double, then rounded once:
 // the tensor core's own order and rounding are not modelled, which is below the tests' bf16 tolerances), and
 // cp.async as real asynchronous copies: a copy lands in shared memory only at the wait_group that retires its
@@ -94,10 +94,18 @@ inline __half __float2half(float f) {
 }
 
 // ---- warp-level instructions --------------------------------------------------------------------------------
-inline float emu_shfl_xor(float v, int mask) {
+inline float emu_warp_shfl_xor(float v, int mask) {
     tm_warp->f[tm_lane] = v;
     __syncwarp();
     const float r = tm_warp->f[tm_lane ^ (unsigned)mask];
+    __syncwarp();
+    return r;
+}
+
+inline float emu_warp_shfl(float v, int src) {
+    tm_warp->f[tm_lane] = v;
+    __syncwarp();
+    const float r = tm_warp->f[src & 31];
     __syncwarp();
     return r;
 }
