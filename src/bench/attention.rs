@@ -9,7 +9,8 @@
 use serde::Serialize;
 
 /// (B, T, NH, HS) of the benchmark: 65,536 tokens each.
-pub const SHAPES: [(usize, usize, usize, usize); 4] = [(64, 1024, 12, 64), (256, 256, 12, 64), (128, 512, 12, 64), (32, 2048, 12, 64)];
+pub const SHAPES: [(usize, usize, usize, usize); 4] =
+    [(64, 1024, 12, 64), (256, 256, 12, 64), (128, 512, 12, 64), (32, 2048, 12, 64)];
 
 /// One (shape, variant) row, milliseconds (medians).
 #[derive(Clone, Debug, Serialize)]
@@ -121,7 +122,12 @@ mod gpu {
     }
 
     /// Median milliseconds of `reps` event-bracketed runs of `f` after `warmup` untimed ones.
-    fn time(stream: &Arc<CudaStream>, warmup: usize, reps: usize, mut f: impl FnMut() -> candle_core::Result<()>) -> anyhow::Result<f64> {
+    fn time(
+        stream: &Arc<CudaStream>,
+        warmup: usize,
+        reps: usize,
+        mut f: impl FnMut() -> candle_core::Result<()>,
+    ) -> anyhow::Result<f64> {
         for _ in 0..warmup {
             f()?;
         }
@@ -150,7 +156,8 @@ mod gpu {
         let name = ctx.name().unwrap_or_else(|_| "CUDA device 0".into());
         let stream = ctx.default_stream();
         let variants: Vec<Variant> = if all_variants { Variant::ALL.to_vec() } else { vec![Variant::DEFAULT] };
-        let kernels = variants.iter().map(|&v| FlashAttn::with_variant(&stream, v)).collect::<candle_core::Result<Vec<_>>>()?;
+        let kernels =
+            variants.iter().map(|&v| FlashAttn::with_variant(&stream, v)).collect::<candle_core::Result<Vec<_>>>()?;
         let mut rows = Vec::new();
         for (si, &(b, t, nh, hs)) in SHAPES.iter().enumerate() {
             let c = nh * hs;
@@ -175,8 +182,9 @@ mod gpu {
                 let dt = Dtype::Bf16;
                 // SAFETY: every buffer above was allocated at the size the flash_attn API documents for (b, t, nh, hs).
                 let fwd_ms = time(s, warmup, reps, || unsafe { fa.forward_with(dt, qkv, y, lse, b, t, nh, hs) })?;
-                let bwd_ms =
-                    time(s, warmup, reps, || unsafe { fa.backward_with(dt, qkv, y, dy, lse, scr, dqkv, b, t, nh, hs) })?;
+                let bwd_ms = time(s, warmup, reps, || unsafe {
+                    fa.backward_with(dt, qkv, y, dy, lse, scr, dqkv, b, t, nh, hs)
+                })?;
                 let dq_ms = time(s, warmup, reps, || unsafe { fa.launch_dq(qkv, y, dy, lse, scr, dqkv, d, dt) })?;
                 let dkdv_ms = time(s, warmup, reps, || unsafe { fa.launch_dkdv(qkv, dy, lse, scr, dqkv, d, dt) })?;
                 let row = AttnTiming { b, t, nh, hs, variant: v.label(), fwd_ms, bwd_ms, dq_ms, dkdv_ms };

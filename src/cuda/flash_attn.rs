@@ -135,8 +135,10 @@ impl FlashAttn {
     /// Load with a chosen launch variant (benchmarks).
     pub fn with_variant(stream: &Arc<CudaStream>, variant: Variant) -> Result<FlashAttn> {
         variant.check()?;
-        let module =
-            stream.context().load_module(Ptx::from_src(PTX)).map_err(|e| Error::Msg(format!("loading flash_attn.ptx: {e:?}")))?;
+        let module = stream
+            .context()
+            .load_module(Ptx::from_src(PTX))
+            .map_err(|e| Error::Msg(format!("loading flash_attn.ptx: {e:?}")))?;
         let load = |name: String| {
             module.load_function(&name).map_err(|e| Error::Msg(format!("flash_attn.ptx: kernel {name}: {e:?}")))
         };
@@ -347,7 +349,9 @@ pub(crate) fn check_dims(b: usize, t: usize, nh: usize, hs: usize) -> Result<Dim
 fn check_align(ptrs: &[(&str, u64, u64)]) -> Result<()> {
     for &(name, p, align) in ptrs {
         if p == 0 || p % align != 0 {
-            return Err(Error::Msg(format!("flash attention: {name} = {p:#x} must be a non-null {align}-byte aligned pointer")));
+            return Err(Error::Msg(format!(
+                "flash attention: {name} = {p:#x} must be a non-null {align}-byte aligned pointer"
+            )));
         }
     }
     Ok(())
