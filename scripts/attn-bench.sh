@@ -4,10 +4,12 @@
 # bench/reference/attention_sdpa.py (cuDNN, flash = FlashAttention-2, memory-efficient) on the same shapes, then
 # prints one table: ms and TFLOP/s per implementation and shape, and tokenmill's time over each backend's.
 #
-#   scripts/attn-bench.sh [--check] [--variants]     # on the GPU machine, from the repo root
+#   scripts/attn-bench.sh [--check] [--ncu] [--variants]     # on the GPU machine, from the repo root
 # --check first runs the attention tests of the GPU test binary (.dist/kernels/gpu.gz from
 # `scripts/gpu-kernel-check.sh build`): the kernels against the CPU twin at T = 1..2048, bitwise repeats, every
 # launch variant writing every element; then compute-sanitizer memcheck and racecheck on a small fwd + bwd.
+# --ncu last reads the hardware counters of the default kernels at B=64, T=1024 (Nsight Compute, clocks left alone:
+# --clock-control none) into $OUT/ncu.txt: throughput of the tensor, shared-memory and issue pipes, stall reasons.
 # Environment: TOKENMILL (the binary; default: .dist/tokenmill.gz unpacked, else target/release/tokenmill),
 # PYTHON (default /opt/torch/.venv/bin/python3 if present, else python3), OUT (a folder for the logs; default a
 # temp dir).
@@ -16,7 +18,9 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT"
 CHECK=0
+NCU=0
 if [ "${1:-}" = "--check" ]; then CHECK=1; shift; fi
+if [ "${1:-}" = "--ncu" ]; then NCU=1; shift; fi
 # CUDA 13 user-space libraries (cuBLAS, NVRTC, ...) from wherever the machine has them (as gpu-kernel-check.sh).
 libdirs=""
 for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libnccl.so.2 libcudart.so.13; do
@@ -72,4 +76,12 @@ for (B, T, NH, HS), impls in rows.items():
         print(f"{f'B={B} T={T} NH={NH} HS={HS}':<22} {name:<16} {fw:8.3f} {flop / fw / 1e9:8.1f} {bw:8.3f} "
               f"{2.5 * flop / bw / 1e9:8.1f} {fw + bw:8.3f} {ratio}")
 PY
+if [ "$NCU" = 1 ] && command -v ncu >/dev/null; then
+  # The first shape's first three flash kernels: forward, dQ, dK/dV (one timed run each, no warm-up).
+  timeout 240 ncu --clock-control none -k regex:flash_ -c 3 --section SpeedOfLight --section ComputeWorkloadAnalysis \
+    --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
+    "$TOKENMILL" bench attention --warmup 0 --reps 1 > "$OUT/ncu.txt" 2>&1 || echo "ncu failed (rc $?)"
+  grep -E "flash_|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Issue Slots Busy|Warp Cycles Per Issued|Stall|Shared Memory|Executed Ipc A" \
+    "$OUT/ncu.txt" | head -n 60 || true
+fi
 exit $status

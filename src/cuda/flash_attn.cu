@@ -598,51 +598,34 @@ __device__ __forceinline__ void fa2_dq(const T* __restrict__ qkv, const T* __res
 }
 
 // ---- entry points ----------------------------------------------------------------------------------------------
-// Minimum resident CTAs per SM handed to __launch_bounds__ (1: no register cap); -D to try others.
-#ifndef FA2_MB_F42
-#define FA2_MB_F42 1
-#endif
-#ifndef FA2_MB_F81
-#define FA2_MB_F81 1
-#endif
-#ifndef FA2_MB_F41
-#define FA2_MB_F41 1
-#endif
-#ifndef FA2_MB_KV4
-#define FA2_MB_KV4 1
-#endif
-#ifndef FA2_MB_Q4
-#define FA2_MB_Q4 1
-#endif
-#ifndef FA2_MB_KV8
-#define FA2_MB_KV8 1
-#endif
-#ifndef FA2_MB_Q8
-#define FA2_MB_Q8 1
-#endif
-// Names: flash_<pass>_<dtype>_<variant>; flash_attn.rs lists the variants and picks the default.
-#define FA2_FWD(T, SFX, W, M, MINB)                                                                                    \
-    extern "C" __global__ void __launch_bounds__(W * 32, MINB) flash_fwd_##SFX##_w##W##m##M(                                \
+// Names: flash_<pass>_<dtype>_w<warps>[m<m-tiles>][b<blocks>]; flash_attn.rs lists the variants and picks the
+// default. `b3` kernels ask __launch_bounds__ for 3 resident blocks per SM (registers capped at 168: 12 warps per SM
+// instead of 8, for a few spilled bytes; ptxas -v: fwd w4m1 0, dq 8, dK/dV 88 bytes); the others leave registers
+// to the compiler (fwd w4m2 255 registers with 60 bytes spilled, dq w4 220, dK/dV w4 254, 2 blocks per SM).
+#define FA2_FWD(T, SFX, W, M, MINB, NAME)                                                                              \
+    extern "C" __global__ void __launch_bounds__(W * 32, MINB) flash_fwd_##SFX##_##NAME(                              \
         const T* qkv, T* y, float* lse, int nh, int t_len, float scale, int group) {                                   \
         fa2_fwd<T, W, M>(qkv, y, lse, nh, t_len, scale, group);                                                        \
     }
-#define FA2_BWD(T, SFX, W, MINKV, MINQ)                                                                                \
-    extern "C" __global__ void __launch_bounds__(W * 32, MINKV) flash_dkdv_##SFX##_w##W(                                     \
+#define FA2_BWD(T, SFX, W, MINB, NAME)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(W * 32, MINB) flash_dkdv_##SFX##_##NAME(                             \
         const T* qkv, const T* dy, const float* lse, const float* dvec, T* dqkv, int nh, int t_len, float scale,      \
         int group) {                                                                                                   \
         fa2_dkdv<T, W>(qkv, dy, lse, dvec, dqkv, nh, t_len, scale, group);                                            \
     }                                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(W * 32, MINQ) flash_dq_##SFX##_w##W(                                       \
+    extern "C" __global__ void __launch_bounds__(W * 32, MINB) flash_dq_##SFX##_##NAME(                               \
         const T* qkv, const T* y, const T* dy, const float* lse, float* dvec, T* dqkv, int nh, int t_len,             \
         float scale, int group) {                                                                                      \
         fa2_dq<T, W>(qkv, y, dy, lse, dvec, dqkv, nh, t_len, scale, group);                                           \
     }
 #define FA2_ALL(T, SFX)                                                                                                \
-    FA2_FWD(T, SFX, 4, 2, FA2_MB_F42)                                                                                 \
-    FA2_FWD(T, SFX, 8, 1, FA2_MB_F81)                                                                                 \
-    FA2_FWD(T, SFX, 4, 1, FA2_MB_F41)                                                                                 \
-    FA2_BWD(T, SFX, 4, FA2_MB_KV4, FA2_MB_Q4)                                                                         \
-    FA2_BWD(T, SFX, 8, FA2_MB_KV8, FA2_MB_Q8)
+    FA2_FWD(T, SFX, 4, 2, 1, w4m2)                                                                                     \
+    FA2_FWD(T, SFX, 8, 1, 1, w8m1)                                                                                     \
+    FA2_FWD(T, SFX, 4, 1, 1, w4m1)                                                                                     \
+    FA2_FWD(T, SFX, 4, 1, 3, w4m1b3)                                                                                   \
+    FA2_BWD(T, SFX, 4, 1, w4)                                                                                          \
+    FA2_BWD(T, SFX, 4, 3, w4b3)                                                                                        \
+    FA2_BWD(T, SFX, 8, 1, w8)
 
 FA2_ALL(__nv_bfloat16, bf16)
 FA2_ALL(__half, f16)

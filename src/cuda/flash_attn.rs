@@ -55,7 +55,7 @@ impl Dtype {
     }
 }
 
-/// A launch configuration of the three tile kernels (the benchmark times several; [`Variant::DEFAULT`] is what
+/// A launch configuration of the tile kernels (the benchmark times several; [`Variant::DEFAULT`] is what
 /// `forward` / `backward` use).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Variant {
@@ -64,26 +64,45 @@ pub struct Variant {
     pub fwd_mtiles: usize,
     /// Backward dK/dV and dQ kernels: warps per block (4 or 8), 16 rows each.
     pub bwd_warps: usize,
+    /// The `b3` kernels (3 blocks per SM, registers capped at 168) for the 4-warp, 1-m-tile forward and for the
+    /// 4-warp dQ and dK/dV kernels.
+    pub fwd_b3: bool,
+    pub dq_b3: bool,
+    pub dkdv_b3: bool,
     /// Blocks per head group: heads are walked in groups of about this many blocks, longest blocks first inside a
     /// group, so that the K/V of the heads in flight stay in L2.
     pub group_blocks: usize,
 }
 
 impl Variant {
-    pub const DEFAULT: Variant = Variant { fwd_warps: 4, fwd_mtiles: 2, bwd_warps: 4, group_blocks: 512 };
-    /// Every compiled launch variant (flash_attn.cu's FA2_ALL), for the benchmark.
-    pub const ALL: [Variant; 6] = [
-        Variant { fwd_warps: 4, fwd_mtiles: 2, bwd_warps: 4, group_blocks: 512 },
-        Variant { fwd_warps: 8, fwd_mtiles: 1, bwd_warps: 8, group_blocks: 512 },
-        Variant { fwd_warps: 4, fwd_mtiles: 1, bwd_warps: 4, group_blocks: 512 },
-        Variant { fwd_warps: 4, fwd_mtiles: 2, bwd_warps: 8, group_blocks: 512 },
-        Variant { fwd_warps: 4, fwd_mtiles: 2, bwd_warps: 4, group_blocks: 128 },
-        Variant { fwd_warps: 4, fwd_mtiles: 2, bwd_warps: 4, group_blocks: 1 << 30 },
+    /// H200, B=64, T=1024 (docs/PERF.md, device run 3): the forward with 32 rows per warp (0.453 ms), dQ capped
+    /// at 3 blocks per SM (0.587 ms vs 0.635: more warps hide its latency; 8 spilled bytes), dK/dV left at 2
+    /// blocks (0.805 ms; capped it spills 88 bytes and takes 0.868).
+    pub const DEFAULT: Variant = Variant {
+        fwd_warps: 4,
+        fwd_mtiles: 2,
+        bwd_warps: 4,
+        fwd_b3: false,
+        dq_b3: true,
+        dkdv_b3: false,
+        group_blocks: 512,
+    };
+    /// Every compiled launch variant (flash_attn.cu's FA2_ALL) worth timing, for the benchmark.
+    pub const ALL: [Variant; 8] = [
+        Variant::DEFAULT,
+        Variant { fwd_warps: 8, fwd_mtiles: 1, bwd_warps: 8, dq_b3: false, ..Variant::DEFAULT },
+        Variant { fwd_warps: 4, fwd_mtiles: 1, dq_b3: false, ..Variant::DEFAULT },
+        Variant { fwd_warps: 4, fwd_mtiles: 1, fwd_b3: true, dkdv_b3: true, ..Variant::DEFAULT },
+        Variant { dq_b3: false, ..Variant::DEFAULT },
+        Variant { bwd_warps: 8, dq_b3: false, ..Variant::DEFAULT },
+        Variant { group_blocks: 128, ..Variant::DEFAULT },
+        Variant { group_blocks: 1 << 30, ..Variant::DEFAULT },
     ];
 
     fn check(&self) -> Result<()> {
-        let fwd_ok = matches!((self.fwd_warps, self.fwd_mtiles), (4, 1) | (4, 2) | (8, 1));
-        if !fwd_ok || !matches!(self.bwd_warps, 4 | 8) || self.group_blocks == 0 {
+        let fwd_ok = matches!((self.fwd_warps, self.fwd_mtiles, self.fwd_b3), (4, 1, _) | (4, 2, false) | (8, 1, false));
+        let bwd_ok = matches!((self.bwd_warps, self.dq_b3, self.dkdv_b3), (4, _, _) | (8, false, false));
+        if !fwd_ok || !bwd_ok || self.group_blocks == 0 {
             return Err(Error::Msg(format!("flash attention: no compiled kernels for {self:?}")));
         }
         Ok(())
@@ -97,9 +116,21 @@ impl Variant {
         16 * self.bwd_warps
     }
 
+    /// The kernels' name suffixes (flash_attn.cu's FA2_ALL).
+    fn fwd_name(&self) -> String {
+        let b3 = if self.fwd_b3 { "b3" } else { "" };
+        format!("w{}m{}{b3}", self.fwd_warps, self.fwd_mtiles)
+    }
+    fn dq_name(&self) -> String {
+        format!("w{}{}", self.bwd_warps, if self.dq_b3 { "b3" } else { "" })
+    }
+    fn dkdv_name(&self) -> String {
+        format!("w{}{}", self.bwd_warps, if self.dkdv_b3 { "b3" } else { "" })
+    }
+
     pub fn label(&self) -> String {
         let g = if self.group_blocks >= 1 << 30 { "all".to_string() } else { self.group_blocks.to_string() };
-        format!("fwd {}w x{} bwd {}w group {g}", self.fwd_warps, self.fwd_mtiles, self.bwd_warps)
+        format!("fwd {} dq {} dkdv {} group {g}", self.fwd_name(), self.dq_name(), self.dkdv_name())
     }
 }
 
@@ -144,11 +175,10 @@ impl FlashAttn {
         };
         let kernels = |dt: Dtype| -> Result<Kernels> {
             let s = dt.suffix();
-            let (fw, fm, bw) = (variant.fwd_warps, variant.fwd_mtiles, variant.bwd_warps);
             Ok(Kernels {
-                fwd: load(format!("flash_fwd_{s}_w{fw}m{fm}"))?,
-                dq: load(format!("flash_dq_{s}_w{bw}"))?,
-                dkdv: load(format!("flash_dkdv_{s}_w{bw}"))?,
+                fwd: load(format!("flash_fwd_{s}_{}", variant.fwd_name()))?,
+                dq: load(format!("flash_dq_{s}_{}", variant.dq_name()))?,
+                dkdv: load(format!("flash_dkdv_{s}_{}", variant.dkdv_name()))?,
             })
         };
         Ok(FlashAttn { stream: stream.clone(), variant, bf16: kernels(Dtype::Bf16)?, f16: kernels(Dtype::F16)? })
@@ -383,5 +413,7 @@ mod tests {
         assert!(e.contains("dy") && e.contains("16-byte"), "{e}");
         assert!(Variant::ALL.iter().all(|v| v.check().is_ok()));
         assert!(Variant { fwd_warps: 8, fwd_mtiles: 2, ..Variant::DEFAULT }.check().is_err());
+        assert!(Variant { fwd_b3: true, ..Variant::DEFAULT }.check().is_err());
+        assert_eq!(Variant::DEFAULT.label(), "fwd w4m2 dq w4b3 dkdv w4 group 512");
     }
 }

@@ -12,7 +12,7 @@
 //! 33.9 ms; B = 64 forward 7.6 ms (13.6 TFLOP/s), forward + backward 51 ms (7.1 TFLOP/s). Version 2: see the
 //! TIMING lines of tests/kernels_attention.rs (`cuda_timing_gpt2_shapes`).
 //! GPT-2's fused-qkv op ([`flash_causal_attention_qkv`]) runs `crate::cuda::flash_attn` instead for bf16/f16 on
-//! CUDA (FlashAttention-2 with cp.async/ldmatrix, no layout copies; H200, B=64, T=1024: fwd 0.45 ms, bwd 1.48 ms,
+//! CUDA (FlashAttention-2 with cp.async/ldmatrix, no layout copies; H200, B=64, T=1024: fwd 0.45 ms, bwd 1.39 ms,
 //! docs/PERF.md); the kernels above remain for f32, the head-view op and `TOKENMILL_ATTN_FMA=1`.
 //! CPU: the same algorithm row by row (any HS, f32/bf16/f16 accumulating in f32, f64 in f64); it is the twin the
 //! tests hold against the composed reference (`model::attention::causal_attention_slow`) and finite differences.
