@@ -18,19 +18,23 @@
 #define CLS_THREADS 1024
 #endif
 
+// Statistics in the log2 domain (x * log2 e), so each exponential is one exp2f (the hardware ex2, 2 ulp).
+#define CLS_LOG2E 1.4426950408889634f
+#define CLS_LN2 0.6931471805599453f
+
 __device__ __forceinline__ void cls_online_add(float& m, float& s, float x) {
     if (x > m) {
-        s = s * expf(m - x) + 1.f;
+        s = s * exp2f(m - x) + 1.f;
         m = x;
     } else {
-        s += expf(x - m);
+        s += exp2f(x - m);
     }
 }
 
 __device__ __forceinline__ void cls_merge(float& m, float& s, float m2, float s2) {
     const float mx = fmaxf(m, m2);
     if (mx == -TM_INF) return;
-    s = (m == -TM_INF ? 0.f : s * expf(m - mx)) + (m2 == -TM_INF ? 0.f : s2 * expf(m2 - mx));
+    s = (m == -TM_INF ? 0.f : s * exp2f(m - mx)) + (m2 == -TM_INF ? 0.f : s2 * exp2f(m2 - mx));
     m = mx;
 }
 
@@ -51,7 +55,7 @@ extern "C" __global__ void __launch_bounds__(CLS_THREADS)
     for (int j = tid; j < nv; j += CLS_THREADS) {
         const Vec16<__nv_bfloat16> p = load16(x + 8 * j);
 #pragma unroll
-        for (int k = 0; k < 8; k++) cls_online_add(m, s, to_acc(p.v[k]));
+        for (int k = 0; k < 8; k++) cls_online_add(m, s, to_acc(p.v[k]) * CLS_LOG2E);
     }
     sh_m[tid] = m;
     sh_s[tid] = s;
@@ -67,7 +71,8 @@ extern "C" __global__ void __launch_bounds__(CLS_THREADS)
         __syncthreads();
     }
     const float mx = sh_m[0], sum = sh_s[0];
-    if (tid == 0) loss[row] = logf(sum) + mx - sh_target;
+    // mx is in log2 units: logsumexp = (log2(sum) + mx) * ln 2.
+    if (tid == 0) loss[row] = (log2f(sum) + mx) * CLS_LN2 - sh_target;
     if (dscale == 0.f) return;
     const float inv = 1.f / sum;
     for (int j = tid; j < nv; j += CLS_THREADS) {
@@ -75,7 +80,7 @@ extern "C" __global__ void __launch_bounds__(CLS_THREADS)
 #pragma unroll
         for (int k = 0; k < 8; k++) {
             const int i = 8 * j + k;
-            const float prob = expf(to_acc(p.v[k]) - mx) * inv;
+            const float prob = exp2f(to_acc(p.v[k]) * CLS_LOG2E - mx) * inv;
             p.v[k] = from_acc<__nv_bfloat16>((prob - (i == (int)target ? 1.f : 0.f)) * dscale);
         }
         store16(x + 8 * j, p);

@@ -2,6 +2,7 @@
 // autocast), the normalised output feeds a bf16 matmul, and the backward accumulates into the f32 residual gradient.
 //
 // Forward:  y[r, i] = (x[r, i] - mean[r]) * rstd[r] * w[i] + b[i]          x f32 -> y bf16; mean, rstd f32 (N)
+//           optionally fused with the residual add before it: x = res + delta, res_out = x  (f32 + bf16 -> f32)
 // Backward: with xhat = (x - mean) * rstd and g = dy * w,
 //           dres[r, i] += rstd * (g - mean_i(g) - xhat * mean_i(g * xhat))  (f32, in place)
 //           dres16[r, i] = bf16(dres[r, i])   (the next matmul backward's input)
@@ -20,7 +21,7 @@
 #define LN_THREADS 256
 #define LN_WARPS 8
 #define LN_MAX_C 2048
-#define LN_BWD_ROWS 128
+#define LN_BWD_ROWS 256
 
 #ifdef __CUDACC__
 __device__ __forceinline__ float ln_warp_sum(float v) {
@@ -35,43 +36,70 @@ inline float ln_warp_sum(float v) {
 }
 #endif
 
-struct F4 {
+// Vector accesses through aligned types (a memcpy to global memory compiles to byte stores, which measured
+// both slow and wrong here: the bf16 output lost its low bytes on the H200).
+struct alignas(16) F4 {
     float x, y, z, w;
 };
-__device__ __forceinline__ F4 ld4(const float* p) {
-    F4 r;
-    memcpy(&r, p, 16);
-    return r;
+struct alignas(8) H4 {  // four bf16
+    uint32_t lo, hi;
+};
+__device__ __forceinline__ F4 ld4(const float* p) { return *reinterpret_cast<const F4*>(p); }
+__device__ __forceinline__ void st4(float* p, F4 v) { *reinterpret_cast<F4*>(p) = v; }
+__device__ __forceinline__ uint32_t bf16_bits(float a) {
+    const __nv_bfloat16 h = from_acc<__nv_bfloat16>(a);
+    uint16_t u;
+    memcpy(&u, &h, 2);
+    return u;
 }
-__device__ __forceinline__ void st4(float* p, F4 v) { memcpy(p, &v, 16); }
+__device__ __forceinline__ float bf16_from_bits(uint32_t u) {
+    const uint16_t v = (uint16_t)u;
+    __nv_bfloat16 h;
+    memcpy(&h, &v, 2);
+    return to_acc(h);
+}
 __device__ __forceinline__ void st4_bf16(__nv_bfloat16* p, float a, float b, float c, float d) {
-    __nv_bfloat16 h[4] = {from_acc<__nv_bfloat16>(a), from_acc<__nv_bfloat16>(b), from_acc<__nv_bfloat16>(c),
-                          from_acc<__nv_bfloat16>(d)};
-    memcpy(p, h, 8);
+    H4 h;
+    h.lo = bf16_bits(a) | (bf16_bits(b) << 16);
+    h.hi = bf16_bits(c) | (bf16_bits(d) << 16);
+    *reinterpret_cast<H4*>(p) = h;
 }
 __device__ __forceinline__ void ld4_bf16(const __nv_bfloat16* p, float (&o)[4]) {
-    __nv_bfloat16 h[4];
-    memcpy(h, p, 8);
-    for (int i = 0; i < 4; i++) o[i] = to_acc(h[i]);
+    const H4 h = *reinterpret_cast<const H4*>(p);
+    o[0] = bf16_from_bits(h.lo & 0xffffu);
+    o[1] = bf16_from_bits(h.lo >> 16);
+    o[2] = bf16_from_bits(h.hi & 0xffffu);
+    o[3] = bf16_from_bits(h.hi >> 16);
 }
 
-// grid ceil(N / 8), block 256.
-template <int NCH>
-__device__ void ln_fwd_engine(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
-                  __nv_bfloat16* __restrict__ y, float* __restrict__ mean, float* __restrict__ rstd, int n, int c,
-                  float eps) {
+// grid ceil(N / 8), block 256. With RES, the row is first the residual sum x = res + delta (f32 + bf16: a
+// projection's output added to the stream, as PyTorch autocast adds a bf16 linear output to an f32 tensor), stored
+// to res_out; without, x is read from res and delta/res_out are unused.
+template <int NCH, bool RES>
+__device__ void ln_fwd_engine(const float* __restrict__ res, const __nv_bfloat16* __restrict__ delta,
+                              float* __restrict__ res_out, const float* __restrict__ w, const float* __restrict__ b,
+                              __nv_bfloat16* __restrict__ y, float* __restrict__ mean, float* __restrict__ rstd, int n,
+                              int c, float eps) {
     const int lane = threadIdx.x % 32;
     const int row_raw = blockIdx.x * LN_WARPS + threadIdx.x / 32;
     const bool valid = row_raw < n;
     const int64_t row = valid ? row_raw : n - 1;
-    const float* xr = x + row * c;
     F4 v[NCH];
     float s = 0.f;
 #pragma unroll
     for (int j = 0; j < NCH; j++) {
         const int col = 4 * lane + 128 * j;
         if (col < c) {
-            v[j] = ld4(xr + col);
+            v[j] = ld4(res + row * c + col);
+            if (RES) {
+                float d[4];
+                ld4_bf16(delta + row * c + col, d);
+                v[j].x += d[0];
+                v[j].y += d[1];
+                v[j].z += d[2];
+                v[j].w += d[3];
+                if (valid) st4(res_out + row * c + col, v[j]);
+            }
             s += (v[j].x + v[j].y) + (v[j].z + v[j].w);
         }
     }
@@ -104,43 +132,44 @@ __device__ void ln_fwd_engine(const float* __restrict__ x, const float* __restri
     }
 }
 
-// grid ceil(N / LN_BWD_ROWS), block 256. partial: 2 * gridDim.x rows of C floats (dw partials, then db partials).
+// grid ceil(N / LN_BWD_ROWS), block 256 (two blocks per SM: the launch bound caps registers at 128). partial:
+// 2 * gridDim.x rows of C floats (dw partials, then db partials). A lane keeps its row's x and dy (as f32) and its
+// columns' dw/db sums in registers; everything else is recomputed rather than held.
 template <int NCH>
-__device__ void ln_bwd_engine(const __nv_bfloat16* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ w,
-                  const float* __restrict__ mean, const float* __restrict__ rstd, float* __restrict__ dres,
-                  __nv_bfloat16* __restrict__ dres16, float* __restrict__ partial, int n, int c) {
+__device__ void ln_bwd_engine(const __nv_bfloat16* __restrict__ dy, const float* __restrict__ x,
+                              const float* __restrict__ w, const float* __restrict__ mean,
+                              const float* __restrict__ rstd, float* __restrict__ dres,
+                              __nv_bfloat16* __restrict__ dres16, float* __restrict__ partial, int n, int c) {
     __shared__ float acc_w[LN_MAX_C];
     __shared__ float acc_b[LN_MAX_C];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int r0 = blockIdx.x * LN_BWD_ROWS;
     const int r1 = min(r0 + LN_BWD_ROWS, n);
-    float dw[NCH][4], db[NCH][4];
+    F4 dw[NCH], db[NCH];
 #pragma unroll
-    for (int j = 0; j < NCH; j++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) dw[j][i] = db[j][i] = 0.f;
+    for (int j = 0; j < NCH; j++) dw[j] = db[j] = F4{0.f, 0.f, 0.f, 0.f};
 
     // Every warp runs the same number of iterations (uniform for the lab); rows past r1 do nothing.
     for (int row_raw = r0 + warp; row_raw < r0 + LN_BWD_ROWS; row_raw += LN_WARPS) {
         const bool valid = row_raw < r1;
         const int64_t row = valid ? row_raw : r0;
         const float m = mean[row], rs = rstd[row];
-        float g[NCH][4], xh[NCH][4], d[NCH][4];
+        F4 xv[NCH] = {}, dv[NCH] = {};
         float sg = 0.f, sgx = 0.f;
 #pragma unroll
         for (int j = 0; j < NCH; j++) {
             const int col = 4 * lane + 128 * j;
             if (col < c) {
-                const F4 xv = ld4(x + row * c + col), wv = ld4(w + col);
-                ld4_bf16(dy + row * c + col, d[j]);
-                const float xs[4] = {xv.x, xv.y, xv.z, xv.w}, ws[4] = {wv.x, wv.y, wv.z, wv.w};
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    xh[j][i] = (xs[i] - m) * rs;
-                    g[j][i] = d[j][i] * ws[i];
-                    sg += g[j][i];
-                    sgx += g[j][i] * xh[j][i];
-                }
+                xv[j] = ld4(x + row * c + col);
+                float d[4];
+                ld4_bf16(dy + row * c + col, d);
+                dv[j] = F4{d[0], d[1], d[2], d[3]};
+                const F4 wv = ld4(w + col);
+                // xhat in place of x from here on
+                xv[j] = F4{(xv[j].x - m) * rs, (xv[j].y - m) * rs, (xv[j].z - m) * rs, (xv[j].w - m) * rs};
+                const float g0 = d[0] * wv.x, g1 = d[1] * wv.y, g2 = d[2] * wv.z, g3 = d[3] * wv.w;
+                sg += (g0 + g1) + (g2 + g3);
+                sgx += (g0 * xv[j].x + g1 * xv[j].y) + (g2 * xv[j].z + g3 * xv[j].w);
             }
         }
         sg = ln_warp_sum(sg) / (float)c;
@@ -150,18 +179,22 @@ __device__ void ln_bwd_engine(const __nv_bfloat16* __restrict__ dy, const float*
             for (int j = 0; j < NCH; j++) {
                 const int col = 4 * lane + 128 * j;
                 if (col < c) {
+                    const F4 wv = ld4(w + col);
                     F4 o = ld4(dres + row * c + col);
-                    o.x += rs * (g[j][0] - sg - xh[j][0] * sgx);
-                    o.y += rs * (g[j][1] - sg - xh[j][1] * sgx);
-                    o.z += rs * (g[j][2] - sg - xh[j][2] * sgx);
-                    o.w += rs * (g[j][3] - sg - xh[j][3] * sgx);
+                    o.x += rs * (dv[j].x * wv.x - sg - xv[j].x * sgx);
+                    o.y += rs * (dv[j].y * wv.y - sg - xv[j].y * sgx);
+                    o.z += rs * (dv[j].z * wv.z - sg - xv[j].z * sgx);
+                    o.w += rs * (dv[j].w * wv.w - sg - xv[j].w * sgx);
                     st4(dres + row * c + col, o);
                     st4_bf16(dres16 + row * c + col, o.x, o.y, o.z, o.w);
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        dw[j][i] += d[j][i] * xh[j][i];
-                        db[j][i] += d[j][i];
-                    }
+                    dw[j].x += dv[j].x * xv[j].x;
+                    dw[j].y += dv[j].y * xv[j].y;
+                    dw[j].z += dv[j].z * xv[j].z;
+                    dw[j].w += dv[j].w * xv[j].w;
+                    db[j].x += dv[j].x;
+                    db[j].y += dv[j].y;
+                    db[j].z += dv[j].z;
+                    db[j].w += dv[j].w;
                 }
             }
         }
@@ -173,10 +206,11 @@ __device__ void ln_bwd_engine(const __nv_bfloat16* __restrict__ dy, const float*
             for (int j = 0; j < NCH; j++) {
                 const int col = 4 * lane + 128 * j;
                 if (col < c) {
+                    const float wv[4] = {dw[j].x, dw[j].y, dw[j].z, dw[j].w}, bv[4] = {db[j].x, db[j].y, db[j].z, db[j].w};
 #pragma unroll
                     for (int i = 0; i < 4; i++) {
-                        acc_w[col + i] = k == 0 ? dw[j][i] : acc_w[col + i] + dw[j][i];
-                        acc_b[col + i] = k == 0 ? db[j][i] : acc_b[col + i] + db[j][i];
+                        acc_w[col + i] = k == 0 ? wv[i] : acc_w[col + i] + wv[i];
+                        acc_b[col + i] = k == 0 ? bv[i] : acc_b[col + i] + bv[i];
                     }
                 }
             }
@@ -223,9 +257,14 @@ extern "C" __global__ void __launch_bounds__(256)
     extern "C" __global__ void __launch_bounds__(LN_THREADS) ln_fwd_engine_##NCH(                                  \
         const float* x, const float* w, const float* b, __nv_bfloat16* y, float* mean, float* rstd, int n, int c,  \
         float eps) {                                                                                               \
-        ln_fwd_engine<NCH>(x, w, b, y, mean, rstd, n, c, eps);                                                     \
+        ln_fwd_engine<NCH, false>(x, nullptr, nullptr, w, b, y, mean, rstd, n, c, eps);                            \
     }                                                                                                              \
-    extern "C" __global__ void __launch_bounds__(LN_THREADS) ln_bwd_engine_##NCH(                                  \
+    extern "C" __global__ void __launch_bounds__(LN_THREADS) ln_fwd_residual_engine_##NCH(                         \
+        const float* res, const __nv_bfloat16* delta, float* res_out, const float* w, const float* b,              \
+        __nv_bfloat16* y, float* mean, float* rstd, int n, int c, float eps) {                                     \
+        ln_fwd_engine<NCH, true>(res, delta, res_out, w, b, y, mean, rstd, n, c, eps);                             \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(LN_THREADS, 2) ln_bwd_engine_##NCH(                               \
         const __nv_bfloat16* dy, const float* x, const float* w, const float* mean, const float* rstd, float* dres, \
         __nv_bfloat16* dres16, float* partial, int n, int c) {                                                     \
         ln_bwd_engine<NCH>(dy, x, w, mean, rstd, dres, dres16, partial, n, c);                                     \

@@ -96,11 +96,30 @@ template <int NCH> static void check_layernorm(int n, int c) {
     auto xf = to_f32(x), wf = to_f32(w), bfv = to_f32(b);
     std::vector<__nv_bfloat16> yk((size_t)n * c);
     std::vector<float> mk(n), rk(n);
-    emu_launch(ln_fwd_engine<NCH>, {blocks(n, LN_WARPS)}, {LN_THREADS}, xf.data(), wf.data(), bfv.data(), yk.data(),
-               mk.data(), rk.data(), n, c, eps);
+    emu_launch(ln_fwd_engine<NCH, false>, {blocks(n, LN_WARPS)}, {LN_THREADS}, (const float*)xf.data(),
+               (const __nv_bfloat16*)nullptr, (float*)nullptr, (const float*)wf.data(), (const float*)bfv.data(),
+               yk.data(), mk.data(), rk.data(), n, c, eps);
     expect("ln_fwd y (bf16) " + tag, yk, y, 1e-2, 8e-3);
     expect("ln_fwd mean " + tag, mk, mean, 1e-5, 1e-5);
     expect("ln_fwd rstd " + tag, rk, rstd, 0, 1e-4);
+
+    // Fused with the residual add: x = res + delta (delta bf16), where res + delta equals the x above.
+    {
+        const auto delta = randn((size_t)n * c, 0.5);
+        std::vector<double> res(x.size());
+        auto dk = to_bf16(delta);
+        for (size_t i = 0; i < x.size(); i++) res[i] = (double)xf[i] - (double)__bfloat162float(dk[i]);
+        auto resf = to_f32(res);
+        std::vector<float> res_out(x.size(), NAN), m2(n), r2(n);
+        std::vector<__nv_bfloat16> y2((size_t)n * c);
+        emu_launch(ln_fwd_engine<NCH, true>, {blocks(n, LN_WARPS)}, {LN_THREADS}, (const float*)resf.data(),
+                   (const __nv_bfloat16*)dk.data(), res_out.data(), (const float*)wf.data(), (const float*)bfv.data(),
+                   y2.data(), m2.data(), r2.data(), n, c, eps);
+        std::vector<double> sum(x.size());
+        for (size_t i = 0; i < x.size(); i++) sum[i] = (double)(float)(resf[i] + __bfloat162float(dk[i]));
+        expect("ln_fwd_residual res_out = res + delta " + tag, res_out, sum, 0, 0);
+        expect("ln_fwd_residual y (bf16) " + tag, y2, y, 1e-2, 8e-3);
+    }
 
     // Backward into non-zero residual and parameter gradients.
     const auto dy = randn((size_t)n * c, 1.0);

@@ -290,6 +290,12 @@ impl Gpt2Cuda {
         Ok(out[0])
     }
 
+    /// The master weights as named tensors (copies), read from the engine's own buffer (the mirror model is
+    /// refreshed from it after every step).
+    pub fn weights(&self) -> Result<Vec<(String, Tensor)>> {
+        self.export(&self.bufs.params, "")
+    }
+
     /// The accumulated gradients as named tensors (checkpoint names and shapes): for tests against the autograd
     /// engine.
     pub fn gradients(&self) -> Result<Vec<(String, Tensor)>> {

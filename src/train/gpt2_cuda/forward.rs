@@ -6,10 +6,10 @@
 //!   ln1 = LN(res[l])                                               norm (f32 -> bf16)
 //!   qkv = ln1 Wqkv^T + bqkv                                        matmul, bias epilogue
 //!   atty = attention(qkv)                                          flash attention (+ lse)
-//!   res_mid = atty Wproj^T + bproj + res[l]                        matmul into f32, bias + C epilogue
-//!   ln2 = LN(res_mid)
+//!   res_mid = res[l] + (atty Wproj^T + bproj)                      matmul (bf16, bias), then the residual add
+//!   ln2 = LN(res_mid)                                              fused into the LayerNorm after it
 //!   fch_gelu = gelu(ln2 Wfc^T + bfc), fch = ln2 Wfc^T + bfc        matmul, GELU_AUX_BIAS epilogue
-//!   res[l+1] = fch_gelu Wfcproj^T + bfcproj + res_mid              matmul into f32, bias + C epilogue
+//!   res[l+1] = res_mid + (fch_gelu Wfcproj^T + bfcproj)            matmul, residual add fused into the next LN
 //! lnf = LN(res[L])
 //! per chunk of rows: logits = lnf wte^T; loss, and (training) dlogits in place;
 //!                    dlnf = dlogits wte, dwte += dlogits^T lnf        (the head's backward, while the chunk is live)
@@ -42,9 +42,14 @@ impl Gpt2Cuda {
 
         k.enc.forward(self.bufs.tokens.base, w32.at(p.offset("wte.weight")), w32.at(p.offset("wpe.weight")), f.at(a.res[0]), d.b, d.t, c)?;
         prof.mark("encoder fwd")?;
+        let l0 = &self.layers[0];
+        k.ln.forward(f.at(a.res[0]), w32.at(l0.ln1_w), w32.at(l0.ln1_b), h.at(a.ln1[0]), f.at(a.ln1_mean[0]), f.at(a.ln1_rstd[0]), n, eps)?;
+        prof.mark("layernorm fwd")?;
+        // Each projection's bf16 output lands in `proj` (the backward's dres16, free during the forward) and the next
+        // LayerNorm adds it to the residual stream as it normalises.
+        let proj = h.at(a.dres16);
+        let (lnf_w, lnf_b) = (p.offset("ln_f.weight"), p.offset("ln_f.bias"));
         for (l, lp) in self.layers.iter().enumerate() {
-            k.ln.forward(f.at(a.res[l]), w32.at(lp.ln1_w), w32.at(lp.ln1_b), h.at(a.ln1[l]), f.at(a.ln1_mean[l]), f.at(a.ln1_rstd[l]), n, eps)?;
-            prof.mark("layernorm fwd")?;
             k.blas.matmul(
                 &Gemm::linear_forward(h.at(a.ln1[l]), w16.at(lp.qkv_w), h.at(a.qkv[l]), n, c, 3 * c, Ty::Bf16)
                     .with_epilogue(Epilogue::Bias { bias: w16.at(lp.qkv_b), ty: Ty::Bf16 }),
@@ -53,13 +58,12 @@ impl Gpt2Cuda {
             k.attn.forward(h.at(a.qkv[l]), h.at(a.atty[l]), f.at(a.lse[l]), d.b, d.t, nh)?;
             prof.mark("attention fwd")?;
             k.blas.matmul(
-                &Gemm::linear_forward(h.at(a.atty[l]), w16.at(lp.proj_w), f.at(a.res_mid[l]), n, c, c, Ty::F32)
-                    .with_epilogue(Epilogue::Bias { bias: w32.at(lp.proj_b), ty: Ty::F32 })
-                    .plus(f.at(a.res[l])),
+                &Gemm::linear_forward(h.at(a.atty[l]), w16.at(lp.proj_w), proj, n, c, c, Ty::Bf16)
+                    .with_epilogue(Epilogue::Bias { bias: w16.at(lp.proj_b), ty: Ty::Bf16 }),
             )?;
-            prof.mark("matmul attn proj (+res)")?;
-            k.ln.forward(f.at(a.res_mid[l]), w32.at(lp.ln2_w), w32.at(lp.ln2_b), h.at(a.ln2[l]), f.at(a.ln2_mean[l]), f.at(a.ln2_rstd[l]), n, eps)?;
-            prof.mark("layernorm fwd")?;
+            prof.mark("matmul attn proj")?;
+            k.ln.forward_residual((f.at(a.res[l]), proj, f.at(a.res_mid[l])), w32.at(lp.ln2_w), w32.at(lp.ln2_b), h.at(a.ln2[l]), f.at(a.ln2_mean[l]), f.at(a.ln2_rstd[l]), n, eps)?;
+            prof.mark("residual + layernorm fwd")?;
             let fc = Gemm::linear_forward(h.at(a.ln2[l]), w16.at(lp.fc_w), h.at(a.fch_gelu[l]), n, c, 4 * c, Ty::Bf16);
             if self.opts.gelu_fusion {
                 k.blas.matmul(&fc.with_epilogue(Epilogue::GeluAuxBias { bias: w16.at(lp.fc_b), aux: h.at(a.fch[l]) }))?;
@@ -70,15 +74,18 @@ impl Gpt2Cuda {
             }
             prof.mark("matmul fc (+gelu)")?;
             k.blas.matmul(
-                &Gemm::linear_forward(h.at(a.fch_gelu[l]), w16.at(lp.fcproj_w), f.at(a.res[l + 1]), n, 4 * c, c, Ty::F32)
-                    .with_epilogue(Epilogue::Bias { bias: w32.at(lp.fcproj_b), ty: Ty::F32 })
-                    .plus(f.at(a.res_mid[l])),
+                &Gemm::linear_forward(h.at(a.fch_gelu[l]), w16.at(lp.fcproj_w), proj, n, 4 * c, c, Ty::Bf16)
+                    .with_epilogue(Epilogue::Bias { bias: w16.at(lp.fcproj_b), ty: Ty::Bf16 }),
             )?;
-            prof.mark("matmul mlp proj (+res)")?;
+            prof.mark("matmul mlp proj")?;
+            // The next LayerNorm: the next layer's ln_1, or ln_f after the last layer.
+            let (nw, nb, ny, nm, nr) = match self.layers.get(l + 1) {
+                Some(next) => (next.ln1_w, next.ln1_b, a.ln1[l + 1], a.ln1_mean[l + 1], a.ln1_rstd[l + 1]),
+                None => (lnf_w, lnf_b, a.lnf, a.lnf_mean, a.lnf_rstd),
+            };
+            k.ln.forward_residual((f.at(a.res_mid[l]), proj, f.at(a.res[l + 1])), w32.at(nw), w32.at(nb), h.at(ny), f.at(nm), f.at(nr), n, eps)?;
+            prof.mark("residual + layernorm fwd")?;
         }
-        let (lnf_w, lnf_b) = (p.offset("ln_f.weight"), p.offset("ln_f.bias"));
-        k.ln.forward(f.at(a.res[d.l]), w32.at(lnf_w), w32.at(lnf_b), h.at(a.lnf), f.at(a.lnf_mean), f.at(a.lnf_rstd), n, eps)?;
-        prof.mark("layernorm fwd")?;
 
         let wte = p.offset("wte.weight");
         let mut r0 = 0;

@@ -6,10 +6,11 @@
 //! the loss and the gradient norm at its end.
 //!
 //! Numerics follow PyTorch autocast (the reference recipe): fp32 master weights and AdamW state; a bf16 working copy
-//! of the weights written by the optimizer; matmuls in bf16 with f32 accumulation; the residual stream and its
-//! gradient in f32 (the attention and MLP projections add into it in their cuBLASLt epilogue, `D = A B + bias + C`);
-//! LayerNorm statistics, softmax and the loss in f32; gradients accumulated in f32 across micro-steps. Everything is
-//! deterministic (no float atomics), so runs repeat and resume bit for bit.
+//! of the weights written by the optimizer; matmuls in bf16 with f32 accumulation, bias in the cuBLASLt epilogue and
+//! bf16 outputs; the residual stream and its gradient in f32 (each projection's bf16 output is added to it by the
+//! LayerNorm kernel that follows, as autocast adds a bf16 linear output to an f32 tensor); LayerNorm statistics,
+//! softmax and the loss in f32; gradients accumulated in f32 across micro-steps. Everything is deterministic (no
+//! float atomics), so runs repeat and resume bit for bit.
 //!
 //! The engine keeps a candle `Gpt2` mirror of its master weights (refreshed after every optimizer step, a 0.5 GB
 //! device copy at 124M) for sampling, HellaSwag and checkpoints: a checkpoint written here has the autograd
