@@ -4,6 +4,7 @@
 #   default                          GELU in the cuBLASLt epilogues, classifier chunks of 16,384 rows
 #   TOKENMILL_GELU_FUSION=0          GELU as its own kernels (activation.cu)
 #   TOKENMILL_CLASSIFIER_CHUNK=N     the lm_head + classifier over N rows at once
+#   TOKENMILL_BGRADB=1               bias gradients from the dW matmuls' BGRADB epilogue
 # Run from the repo root with .dist/tokenmill.gz carried; prints one line per variant.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,3 +24,4 @@ variant default
 variant gelu_unfused TOKENMILL_GELU_FUSION=0
 variant chunk32k TOKENMILL_CLASSIFIER_CHUNK=32768
 variant chunk64k TOKENMILL_CLASSIFIER_CHUNK=65536
+variant bgradb TOKENMILL_BGRADB=1

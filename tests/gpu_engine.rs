@@ -62,7 +62,7 @@ mod cuda {
     }
 
     fn engine(cfg: &ModelConfig, dev: &Device, (b, t): (usize, usize), chunk: usize) -> Gpt2Cuda {
-        let opts = EngineOptions { classifier_chunk: chunk, ..EngineOptions::default() };
+        let opts = EngineOptions { classifier_chunk: chunk, ..EngineOptions::from_env() };
         Gpt2Cuda::new(model(cfg, dev, DType::BF16), dev, (b, t), ADAM, opts).unwrap()
     }
 
@@ -144,7 +144,7 @@ mod cuda {
         let (c, nh) = (cfg.n_embd, cfg.n_head);
         let m = model(&cfg, &dev, DType::BF16);
         let p: HashMap<String, Tensor> = m.parameters().into_iter().map(|(n, v)| (n, v.as_tensor().copy().unwrap())).collect();
-        let mut e = Gpt2Cuda::new(m, &dev, (b, t), ADAM, EngineOptions { classifier_chunk: 512, ..Default::default() }).unwrap();
+        let mut e = Gpt2Cuda::new(m, &dev, (b, t), ADAM, EngineOptions { classifier_chunk: 512, ..EngineOptions::from_env() }).unwrap();
         let batch = &batches(&cfg, b, t, 1, 3)[0];
         let acts: HashMap<String, Tensor> = e.forward_activations(batch).unwrap().into_iter().collect();
         for (name, t) in e.weights().unwrap() {
@@ -246,7 +246,7 @@ mod cuda {
         // Rebuild from a's weights and optimizer state, as `--resume` does, and continue both.
         let state: HashMap<String, Tensor> = a.optimizer_state().unwrap().into_iter().collect();
         let restored = model_from_tensors(&cfg, Precision::BF16, &dev, wa.clone(), std::path::Path::new("a")).unwrap();
-        let mut c = Gpt2Cuda::new(restored, &dev, (4, 100), ADAM, EngineOptions { classifier_chunk: 128, ..Default::default() }).unwrap();
+        let mut c = Gpt2Cuda::new(restored, &dev, (4, 100), ADAM, EngineOptions { classifier_chunk: 128, ..EngineOptions::from_env() }).unwrap();
         c.load_optimizer_state(&state, a.optimizer_steps()).unwrap();
         let (ra3, rc3) = (run(&mut a, &data, 2..3), run(&mut c, &data, 2..3));
         assert_eq!(ra3, rc3, "resumed engine continues bit for bit");

@@ -43,4 +43,15 @@ impl BiasGrad {
         a.arg(&scratch).arg(&db).arg(&ch).arg(&oc_i);
         go(a, cfg((blocks(oc, 256)?, 1), (256, 1)))
     }
+
+    /// `db += src` for `oc` f32 (a bias gradient a matmul epilogue wrote to `src`).
+    ///
+    /// # Safety
+    /// Both hold oc f32.
+    pub unsafe fn add(&self, src: u64, db: u64, oc: usize) -> Result<()> {
+        let (oc_i, one) = (int(oc, "width")?, 1i32);
+        let mut a = self.module.args("bias_grad_reduce")?;
+        a.arg(&src).arg(&db).arg(&one).arg(&oc_i);
+        go(a, cfg((blocks(oc, 256)?, 1), (256, 1)))
+    }
 }

@@ -51,6 +51,9 @@ pub enum Epilogue {
     GeluAuxBias { bias: u64, aux: u64 },
     /// `(A B) * gelu'(aux)`: the GELU backward fused into the product that computes its input gradient.
     DGelu { aux: u64 },
+    /// Also write the sums of op(B) over k (one per column of D, f32) to `grad`: a linear layer's bias gradient
+    /// computed by its weight-gradient product, which reads dout anyway. Overwrites `grad`.
+    BGradB { grad: u64 },
 }
 
 impl Epilogue {
@@ -61,6 +64,7 @@ impl Epilogue {
             Epilogue::Bias { ty: Ty::F32, .. } => 2,
             Epilogue::GeluAuxBias { .. } => 3,
             Epilogue::DGelu { .. } => 4,
+            Epilogue::BGradB { .. } => 5,
         }
     }
 }
@@ -274,6 +278,7 @@ impl BlasLt {
                 Epilogue::Bias { .. } => E::CUBLASLT_EPILOGUE_BIAS,
                 Epilogue::GeluAuxBias { .. } => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
                 Epilogue::DGelu { .. } => E::CUBLASLT_EPILOGUE_DGELU,
+                Epilogue::BGradB { .. } => E::CUBLASLT_EPILOGUE_BGRADB,
             };
             set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE, &(epi as i32))?;
             match g.epilogue {
@@ -283,6 +288,7 @@ impl BlasLt {
                     set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &(g.m as i64))?;
                 }
                 Epilogue::DGelu { .. } => set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &(g.m as i64))?,
+                Epilogue::BGradB { .. } => set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &(Ty::F32.cuda() as i32))?,
                 Epilogue::None => {}
             }
             self.set_pointers(desc, g)?;
@@ -319,6 +325,7 @@ impl BlasLt {
                 set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux)?;
             }
             Epilogue::DGelu { aux } => set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux)?,
+            Epilogue::BGradB { grad } => set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &grad)?,
         }
         Ok(())
     }

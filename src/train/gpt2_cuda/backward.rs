@@ -18,8 +18,24 @@
 
 use candle_core::Result;
 
-use super::engine::Gpt2Cuda;
+use super::engine::{Gpt2Cuda, Kernels};
 use crate::cuda::blaslt::{Epilogue, Gemm};
+
+/// A linear layer's weight gradient (`dw += dout^T inp`, the product `dweight` spells) and its bias gradient
+/// (`db += colsum(dout)`): from the product's BGRADB epilogue into `scratch`, then added, or by `bias_grad.cu`.
+///
+/// # Safety
+/// `dweight`'s pointers are valid for its shape; `db` holds OC f32 and `scratch` at least `BiasGrad::scratch_len(OC)`.
+unsafe fn dweight_and_bias(k: &mut Kernels, epilogue: bool, dweight: Gemm, db: u64, scratch: u64) -> Result<()> {
+    let (n, oc, dout) = (dweight.k, dweight.n, dweight.b);
+    if epilogue {
+        k.blas.matmul(&dweight.with_epilogue(Epilogue::BGradB { grad: scratch }))?;
+        k.bias.add(scratch, db, oc)
+    } else {
+        k.blas.matmul(&dweight)?;
+        k.bias.accumulate(dout, db, scratch, n, oc)
+    }
+}
 
 impl Gpt2Cuda {
     /// Backward of the micro-batch whose training forward (`forward(Some(..))`) just ran.
@@ -36,6 +52,7 @@ impl Gpt2Cuda {
         let (ln_scratch, bias_scratch) = (f.at(a.ln_scratch), f.at(a.bias_scratch));
         let k = &mut self.k;
         let prof = &mut self.prof;
+        let bias_epi = self.opts.bias_grad_epilogue;
 
         self.bufs.zero(dres, 4 * n * c)?;
         prof.mark("zero dres")?;
@@ -45,10 +62,8 @@ impl Gpt2Cuda {
 
         for (l, lp) in self.layers.iter().enumerate().rev() {
             // MLP projection: res[l+1] = fch_gelu Wfcproj^T + bfcproj + res_mid.
-            k.blas.matmul(&Gemm::linear_dweight(dres16, h.at(a.fch_gelu[l]), g.at(lp.fcproj_w), n, 4 * c, c))?;
-            prof.mark("matmul dW mlp proj")?;
-            k.bias.accumulate(dres16, g.at(lp.fcproj_b), bias_scratch, n, c)?;
-            prof.mark("bias grad")?;
+            dweight_and_bias(k, bias_epi, Gemm::linear_dweight(dres16, h.at(a.fch_gelu[l]), g.at(lp.fcproj_w), n, 4 * c, c), g.at(lp.fcproj_b), bias_scratch)?;
+            prof.mark("matmul dW + db mlp proj")?;
             let dfc = Gemm::linear_dinput(dres16, w16.at(lp.fcproj_w), dbig, n, 4 * c, c);
             if self.opts.gelu_fusion {
                 k.blas.matmul(&dfc.with_epilogue(Epilogue::DGelu { aux: h.at(a.fch[l]) }))?;
@@ -59,30 +74,24 @@ impl Gpt2Cuda {
                 prof.mark("matmul dX mlp proj (+dgelu)")?;
             }
             // MLP input: fch = ln2 Wfc^T + bfc.
-            k.blas.matmul(&Gemm::linear_dweight(dbig, h.at(a.ln2[l]), g.at(lp.fc_w), n, c, 4 * c))?;
-            prof.mark("matmul dW fc")?;
-            k.bias.accumulate(dbig, g.at(lp.fc_b), bias_scratch, n, 4 * c)?;
-            prof.mark("bias grad")?;
+            dweight_and_bias(k, bias_epi, Gemm::linear_dweight(dbig, h.at(a.ln2[l]), g.at(lp.fc_w), n, c, 4 * c), g.at(lp.fc_b), bias_scratch)?;
+            prof.mark("matmul dW + db fc")?;
             k.blas.matmul(&Gemm::linear_dinput(dbig, w16.at(lp.fc_w), dsmall, n, c, 4 * c))?;
             prof.mark("matmul dX fc")?;
             k.ln.backward(dsmall, f.at(a.res_mid[l]), w32.at(lp.ln2_w), f.at(a.ln2_mean[l]), f.at(a.ln2_rstd[l]), dres, dres16, g.at(lp.ln2_w), g.at(lp.ln2_b), ln_scratch, n)?;
             prof.mark("layernorm bwd")?;
 
             // Attention projection: res_mid = atty Wproj^T + bproj + res[l].
-            k.blas.matmul(&Gemm::linear_dweight(dres16, h.at(a.atty[l]), g.at(lp.proj_w), n, c, c))?;
-            prof.mark("matmul dW attn proj")?;
-            k.bias.accumulate(dres16, g.at(lp.proj_b), bias_scratch, n, c)?;
-            prof.mark("bias grad")?;
+            dweight_and_bias(k, bias_epi, Gemm::linear_dweight(dres16, h.at(a.atty[l]), g.at(lp.proj_w), n, c, c), g.at(lp.proj_b), bias_scratch)?;
+            prof.mark("matmul dW + db attn proj")?;
             k.blas.matmul(&Gemm::linear_dinput(dres16, w16.at(lp.proj_w), dsmall, n, c, c))?;
             prof.mark("matmul dX attn proj")?;
             k.attn.backward(h.at(a.qkv[l]), h.at(a.atty[l]), dsmall, f.at(a.lse[l]), f.at(a.att_scratch), dbig, d.b, d.t, nh)?;
             prof.mark("attention bwd")?;
 
             // qkv projection: qkv = ln1 Wqkv^T + bqkv.
-            k.blas.matmul(&Gemm::linear_dweight(dbig, h.at(a.ln1[l]), g.at(lp.qkv_w), n, c, 3 * c))?;
-            prof.mark("matmul dW qkv")?;
-            k.bias.accumulate(dbig, g.at(lp.qkv_b), bias_scratch, n, 3 * c)?;
-            prof.mark("bias grad")?;
+            dweight_and_bias(k, bias_epi, Gemm::linear_dweight(dbig, h.at(a.ln1[l]), g.at(lp.qkv_w), n, c, 3 * c), g.at(lp.qkv_b), bias_scratch)?;
+            prof.mark("matmul dW + db qkv")?;
             k.blas.matmul(&Gemm::linear_dinput(dbig, w16.at(lp.qkv_w), dsmall, n, c, 3 * c))?;
             prof.mark("matmul dX qkv")?;
             k.ln.backward(dsmall, f.at(a.res[l]), w32.at(lp.ln1_w), f.at(a.ln1_mean[l]), f.at(a.ln1_rstd[l]), dres, dres16, g.at(lp.ln1_w), g.at(lp.ln1_b), ln_scratch, n)?;

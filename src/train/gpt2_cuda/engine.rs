@@ -30,21 +30,28 @@ pub struct EngineOptions {
     /// GELU inside the MLP matmuls' cuBLASLt epilogues (GELU_AUX_BIAS forward, DGELU backward) instead of its own
     /// kernels.
     pub gelu_fusion: bool,
+    /// Bias gradients from the weight-gradient matmuls' BGRADB epilogue (then added to the accumulated gradient)
+    /// instead of `bias_grad.cu`'s column sums, which read dout once more.
+    pub bias_grad_epilogue: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { classifier_chunk: 16384, gelu_fusion: true }
+        EngineOptions { classifier_chunk: 16384, gelu_fusion: true, bias_grad_epilogue: false }
     }
 }
 
 impl EngineOptions {
-    /// The defaults, with `TOKENMILL_GELU_FUSION=0` and `TOKENMILL_CLASSIFIER_CHUNK=ROWS` from the environment
-    /// (switches for A/B timings; neither changes the maths beyond bf16 rounding of the GELU output).
+    /// The defaults, with `TOKENMILL_GELU_FUSION=0|1`, `TOKENMILL_BGRADB=0|1` and `TOKENMILL_CLASSIFIER_CHUNK=ROWS`
+    /// from the environment (switches for A/B timings; none changes the maths beyond rounding).
     pub fn from_env() -> EngineOptions {
         let mut o = EngineOptions::default();
-        if std::env::var("TOKENMILL_GELU_FUSION").is_ok_and(|v| v == "0") {
-            o.gelu_fusion = false;
+        let flag = |name: &str| std::env::var(name).ok().map(|v| v == "1");
+        if let Some(on) = flag("TOKENMILL_GELU_FUSION") {
+            o.gelu_fusion = on;
+        }
+        if let Some(on) = flag("TOKENMILL_BGRADB") {
+            o.bias_grad_epilogue = on;
         }
         if let Some(rows) = std::env::var("TOKENMILL_CLASSIFIER_CHUNK").ok().and_then(|v| v.parse().ok()) {
             o.classifier_chunk = rows;
