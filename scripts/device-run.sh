@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The lead's GPU-machine script: everything tokenmill measures on the device, in one call.
 # Run from the repo root on the device with .dist/ carried (see scripts/device-pack.sh):
-#   scripts/device-run.sh STEP...      STEP in: env prep train bench pool compare ddp kernels correct engine profile
+#   scripts/device-run.sh STEP...      STEP in: env prep train bench pool compare ddp kernels correct engine
+#                                      engine-train profile
 # ENGINE=autograd|gpt2-cuda|auto (default auto: gpt2-cuda for these GPT-2 bf16 runs) picks the training engine of
 # train, bench, compare and profile.
 # Writes logs under $OUT (or /tmp/tm-out) and prints a short summary of each step last.
@@ -100,6 +101,25 @@ for step in "$@"; do
     KERNEL_MODULES=gpu_engine MEMCHECK_TIMEOUT="${MEMCHECK_TIMEOUT:-120}" scripts/gpu-kernel-check.sh run > "$OUT/engine.log" 2>&1
     note "engine checks rc=$?:"; sed -n '/===== summary/,$p' "$OUT/engine.log" | tee -a "$SUMMARY"
     grep -E "gpt2-cuda|worst|after resume" "$OUT/engine.log" | sort -u | tee -a "$SUMMARY"
+    ;;
+  engine-train)  # the engine through `tokenmill train`: val loss, samples, checkpoints; stop + resume = uninterrupted
+    data
+    et=(--config configs/gpt2-124m.toml --data "$OUT/fw" --device cuda --dtype bf16 --max-steps 8
+      --set data.micro_batch=8 --set data.total_batch_tokens=16384 --set optim.warmup_steps=2
+      --set eval.val_every=4 --set eval.val_steps=2 --set eval.sample_every=4 --set eval.sample_count=1
+      --set eval.hellaswag_every=0 --set checkpoint.every=4 --set "run.engine=\"gpt2-cuda\"")
+    rm -rf "$OUT/et_full" "$OUT/et_part"
+    "$BIN" train "${et[@]}" --log-dir "$OUT/et_full" > "$OUT/et_full.log" 2>&1; rc1=$?
+    "$BIN" train "${et[@]}" --log-dir "$OUT/et_part" --stop-after 4 > "$OUT/et_part1.log" 2>&1; rc2=$?
+    "$BIN" train "${et[@]}" --log-dir "$OUT/et_part" --resume > "$OUT/et_part2.log" 2>&1; rc3=$?
+    note "engine-train rc=$rc1/$rc2/$rc3: $(grep -cE '^[0-9]+ train' "$OUT/et_full/log.txt" 2>/dev/null) train lines, val: $(grep -E '^[0-9]+ val' "$OUT/et_full/log.txt" | tr '\n' ' ')"
+    grep -E "engine|sample" "$OUT/et_full.log" | head -n 4 | tee -a "$SUMMARY"
+    if cmp -s <(grep -E '^[0-9]+ (train|val)' "$OUT/et_full/log.txt") <(grep -E '^[0-9]+ (train|val)' "$OUT/et_part/log.txt"); then
+      note "engine-train: stopped at 4 + resumed = uninterrupted, bit for bit (train and val lines)"
+    else
+      note "engine-train: resumed run DIFFERS:"; diff <(grep -E '^[0-9]+ (train|val)' "$OUT/et_full/log.txt") \
+        <(grep -E '^[0-9]+ (train|val)' "$OUT/et_part/log.txt") | head -n 10 | tee -a "$SUMMARY"
+    fi
     ;;
   profile)  # per-kernel CUDA-event breakdown of the gpt2-cuda engine's micro-step (docs/PERF.md)
     TOKENMILL_ENGINE_PROFILE=1 "$BIN" bench --model small --batch "${BENCH_B:-64}" --seq-len 1024 --dtype bf16 \
