@@ -17,6 +17,7 @@
 // rows in row order, the block's warps are merged in warp order, and ln_bwd_reduce adds the block partials in block
 // order. No atomics anywhere.
 #include "../model/kernels/common.cuh"
+#include "../model/kernels/ln_partials.cuh"
 
 #define LN_THREADS 256
 #define LN_WARPS 8
@@ -223,34 +224,11 @@ __device__ void ln_bwd_engine(const __nv_bfloat16* __restrict__ dy, const float*
     }
 }
 
-// dw[c] += sum_k partial[k][c], db[c] += sum_k partial[p + k][c], k in order. grid ceil(C / 32), block (32, 8): the
-// partials split 8 ways by k mod 8, merged in y order.
+// dw += sum of the dw partials, db likewise (ln_partials.cuh). grid ceil(C / 32), block (32, 8).
 extern "C" __global__ void __launch_bounds__(256)
     ln_bwd_reduce_engine(const float* __restrict__ partial, float* __restrict__ dw, float* __restrict__ db, int p,
                          int c) {
-    __shared__ float sw[8][33];
-    __shared__ float sb[8][33];
-    const int tx = threadIdx.x, ty = threadIdx.y;
-    const int col = blockIdx.x * 32 + tx;
-    float aw = 0.f, ab = 0.f;
-    if (col < c) {
-        for (int k = ty; k < p; k += 8) {
-            aw += partial[(int64_t)k * c + col];
-            ab += partial[(int64_t)(p + k) * c + col];
-        }
-    }
-    sw[ty][tx] = aw;
-    sb[ty][tx] = ab;
-    __syncthreads();
-    if (ty == 0 && col < c) {
-        float a = 0.f, bb = 0.f;
-        for (int j = 0; j < 8; j++) {
-            a += sw[j][tx];
-            bb += sb[j][tx];
-        }
-        dw[col] += a;
-        db[col] += bb;
-    }
+    ln_reduce_partials<true>(partial, dw, db, p, c);
 }
 
 #define LN_ENGINE_KERNELS(NCH)                                                                                      \

@@ -16,6 +16,7 @@
 // Unlike cross_entropy.cu and attention.cu this file uses warp shuffles, so the CPU lab (lab/cuda_emu.h) cannot
 // run it; tests/kernels_norm_act.rs checks it against the CPU twin on a GPU instead.
 #include "common.cuh"
+#include "ln_partials.cuh"
 
 #define LN_THREADS 256
 #define LN_WARPS (LN_THREADS / 32)
@@ -97,34 +98,11 @@ __device__ void ln_bwd(const T* __restrict__ x, const float* __restrict__ w, con
     }
 }
 
-// dw[c] = sum_k partial[k][c], db[c] = sum_k partial[p + k][c], in a fixed order. Block (32, 8): 32 columns, the
-// partials split 8 ways by k mod 8 and merged in shared memory in y order.
+// dw = sum of the dw partials, db likewise (ln_partials.cuh). grid ceil(C / 32), block (32, 8).
 extern "C" __global__ void __launch_bounds__(256) ln_bwd_reduce(const float* __restrict__ partial,
                                                                  float* __restrict__ dw, float* __restrict__ db,
                                                                  int64_t p, int64_t c) {
-    __shared__ float sw[8][33];
-    __shared__ float sb[8][33];
-    const int tx = threadIdx.x, ty = threadIdx.y;
-    const int64_t col = (int64_t)blockIdx.x * 32 + tx;
-    float aw = 0.f, ab = 0.f;
-    if (col < c) {
-        for (int64_t k = ty; k < p; k += 8) {
-            aw += partial[k * c + col];
-            ab += partial[(p + k) * c + col];
-        }
-    }
-    sw[ty][tx] = aw;
-    sb[ty][tx] = ab;
-    __syncthreads();
-    if (ty == 0 && col < c) {
-        float w = 0.f, b = 0.f;
-        for (int j = 0; j < 8; j++) {
-            w += sw[j][tx];
-            b += sb[j][tx];
-        }
-        dw[col] = w;
-        db[col] = b;
-    }
+    ln_reduce_partials<false>(partial, dw, db, p, c);
 }
 
 #define LN_KERNELS(T, O, SUFFIX)                                                                                     \
