@@ -31,6 +31,7 @@ fn opts(input: Input, out: &Path, shard_size: u64) -> PrepOptions {
         max_shards: None,
         threads: 2,
         progress: false,
+        overwrite: false,
     }
 }
 
@@ -38,16 +39,9 @@ fn local(paths: &[PathBuf]) -> Input {
     Input::Local(expand_inputs(paths).unwrap())
 }
 
-/// Every file of a shard directory except the manifest, by name.
+/// Every shard file of a directory, by name.
 fn shard_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "bin"))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
-        .collect();
-    v.sort();
-    v
+    dir_bytes(dir).into_iter().filter(|(name, _)| name.ends_with(".bin")).collect()
 }
 
 /// Reference run, computed once per test binary.
@@ -295,4 +289,82 @@ fn damaged_finished_shard_stops_a_resume() {
     o.max_shards = None;
     let err = fineweb::prep(&o).unwrap_err().to_string();
     assert!(err.contains(&m.shards[1].file) && err.contains("xxh3"), "{err}");
+}
+
+/// Every file of a directory (manifest included), by name: what "nothing was touched" compares.
+fn dir_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Issue 12 item 1: an interrupted `prep --input A --out D` re-run as `--input B --out D` used to mark D complete
+/// with A's first shards and B's name in `sources`. The manifest now records the dataset's definition; another one is
+/// refused (saying what differs and how to start over) and leaves D untouched; the same inputs, even moved, resume.
+#[test]
+fn resume_with_different_inputs_is_refused_and_touches_nothing() {
+    let (full, _) = full_run(100_000);
+    let out = tempfile::tempdir().unwrap();
+    let mut a = opts(local(&[parquet_dir()]), out.path(), 100_000);
+    a.max_shards = Some(2);
+    fineweb::prep(&a).unwrap();
+    let m = Manifest::load(out.path()).unwrap();
+    assert!(m.sources.len() >= 2, "the resume point lies past the first file: {:?}", m.sources);
+    let def = m.definition.expect("the manifest records the definition");
+    assert_eq!((def.inputs.len(), def.text_column.as_str(), def.val_shards), (28, "text", 1));
+    assert!(def.inputs.iter().all(|i| i.content.starts_with("xxh3:") && i.bytes > 0));
+    let before = dir_bytes(out.path());
+    a.max_shards = None;
+
+    let mut b = a.clone();
+    b.input = local(&[parquet_dir().join("batch_000020.parquet")]);
+    let err = fineweb::prep(&b).unwrap_err().to_string();
+    assert!(err.contains("28 input file(s) on disk, 1 now"), "{err}");
+    assert!(err.contains("input file #1 was") && err.contains("batch_000001.parquet"), "{err}");
+    assert!(err.contains("--overwrite") && err.contains("--out"), "says how to start over: {err}");
+    assert_eq!(dir_bytes(out.path()), before, "a refused resume changes nothing");
+
+    let mut other = a.clone();
+    other.text_column = "url".into();
+    other.val_shards = 2;
+    let err = fineweb::prep(&other).unwrap_err().to_string();
+    assert!(err.contains("text column `text` on disk, `url` now") && err.contains("1 val shard(s) on disk, 2 now"), "{err}");
+    // A file whose documents are in finished shards changed in place, same name and size: refused.
+    let edited = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(parquet_dir()).unwrap() {
+        let p = f.unwrap().path();
+        std::fs::copy(&p, edited.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let mut a_moved = a.clone();
+    a_moved.input = local(&[edited.path().to_path_buf()]);
+    let victim = edited.path().join("batch_000001.parquet");
+    let good = std::fs::read(&victim).unwrap();
+    let mut bad = good.clone();
+    bad[100] ^= 1;
+    std::fs::write(&victim, &bad).unwrap();
+    let err = fineweb::prep(&a_moved).unwrap_err().to_string();
+    assert!(err.contains("input file #1 was") && err.contains("xxh3:") && err.contains("finished shards"), "{err}");
+    assert_eq!(dir_bytes(out.path()), before);
+
+    // The same bytes from another place (a copied corpus) are the same dataset: it resumes to the uninterrupted run.
+    std::fs::write(&victim, &good).unwrap();
+    let r = fineweb::prep(&a_moved).unwrap();
+    assert_eq!(r.shards_before, 2);
+    assert!(r.complete);
+    assert_eq!(shard_bytes(out.path()), shard_bytes(full.path()));
+
+    // --overwrite starts over from B: the old shards are gone, the manifest describes B alone.
+    b.overwrite = true;
+    let r = fineweb::prep(&b).unwrap();
+    assert_eq!(r.shards_before, 0);
+    let m = Manifest::load(out.path()).unwrap();
+    assert_eq!(m.definition.unwrap().inputs.len(), 1);
+    assert_eq!(m.sources.len(), 1);
+    let mut listed: Vec<String> = m.shards.iter().map(|s| s.file.clone()).collect();
+    listed.sort();
+    assert_eq!(shard_bytes(out.path()).into_iter().map(|(n, _)| n).collect::<Vec<_>>(), listed);
 }

@@ -52,6 +52,10 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Delete the dataset --out already holds (its manifest and the shards it lists) and start over. Without it, an
+    /// existing directory is resumed, and refused if it was prepared from other inputs or settings.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 /// Resolve the pipeline definition and flags into the options of one prep run.
@@ -89,6 +93,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<PrepOptions> {
         max_shards: args.shards,
         threads: args.threads,
         progress: !args.no_progress,
+        overwrite: args.overwrite,
     })
 }
 

@@ -21,7 +21,7 @@ use rayon::prelude::*;
 
 use crate::pipelines::hub::{HubClient, HubError, RemoteFile};
 use crate::pipelines::sources::{self, Flow, SourceError, SourceFile, SourceKind};
-use crate::shards::manifest::Manifest;
+use crate::shards::manifest::{DatasetDefinition, InputIdentity, Manifest};
 use crate::shards::writer::{PushOutcome, ShardWriter, WriterConfig, WriterError};
 use crate::tokenizer::{Tokenizer, TokenizerKind};
 
@@ -53,6 +53,8 @@ pub struct PrepOptions {
     /// Tokenizer threads (rayon); 0 = all cores.
     pub threads: usize,
     pub progress: bool,
+    /// Replace a dataset `out` already holds instead of resuming it (`--overwrite`).
+    pub overwrite: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -127,6 +129,8 @@ pub fn prep(opts: &PrepOptions) -> Result<PrepReport, PrepError> {
         shard_size: opts.shard_size,
         val_shards: opts.val_shards,
         max_shards: opts.max_shards,
+        definition: definition(opts, &files)?,
+        overwrite: opts.overwrite,
     })?;
     let shards_before = manifest_before.shards.len();
     if manifest_before.complete || writer.limit_reached() {
@@ -243,6 +247,32 @@ fn plan_files(opts: &PrepOptions) -> Result<(Option<HubClient>, Vec<PlannedFile>
             Ok((Some(client), files))
         }
     }
+}
+
+/// What defines the dataset this run would write: every input file's identity (local: size and content
+/// fingerprint; hub: size and the hub's sha256), the text column and the val split.
+fn definition(opts: &PrepOptions, files: &[PlannedFile]) -> Result<DatasetDefinition, PrepError> {
+    let inputs = files
+        .iter()
+        .map(|f| match f {
+            PlannedFile::Local(s) => Ok(InputIdentity {
+                file: f.name(),
+                bytes: std::fs::metadata(&s.path)
+                    .map_err(|e| SourceError::Io { path: f.name(), source: e })?
+                    .len(),
+                content: sources::fingerprint(&s.path)?,
+            }),
+            PlannedFile::Remote(r) => Ok(InputIdentity {
+                file: r.path.clone(),
+                bytes: r.size.unwrap_or(0),
+                content: r
+                    .sha256
+                    .as_ref()
+                    .map_or(InputIdentity::UNKNOWN_CONTENT.to_string(), |h| format!("sha256:{h}")),
+            }),
+        })
+        .collect::<Result<Vec<_>, PrepError>>()?;
+    Ok(DatasetDefinition { inputs, text_column: opts.text_column.clone(), val_shards: opts.val_shards })
 }
 
 /// The reader thread: every file in order; documents before `skip_docs` are counted, not sent.

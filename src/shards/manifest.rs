@@ -78,6 +78,89 @@ pub struct SourceEntry {
     pub rows: u64,
 }
 
+/// One input file as it was when the dataset was first defined: enough to tell whether a resume reads the same bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputIdentity {
+    /// Path (local) or path in the hub repo, as given; for messages (a moved local corpus is still the same input).
+    pub file: String,
+    pub bytes: u64,
+    /// `xxh3:HEX` of a local file's content (whole file up to 64 MiB, else its size and first and last 8 MiB),
+    /// `sha256:HEX` of a hub file as the hub reports it, or `unknown` (a hub file without a checksum: then the path
+    /// and size must match).
+    pub content: String,
+}
+
+impl InputIdentity {
+    pub const UNKNOWN_CONTENT: &'static str = "unknown";
+
+    fn same_input(&self, other: &InputIdentity) -> bool {
+        self.bytes == other.bytes
+            && self.content == other.content
+            && (self.content != Self::UNKNOWN_CONTENT || self.file == other.file)
+    }
+
+    fn describe(&self) -> String {
+        format!("{} ({} bytes, {})", self.file, self.bytes, self.content)
+    }
+}
+
+/// The inputs and settings a shard directory was prepared from, beyond the manifest's `dataset`, `tokenizer` and
+/// `shard_size`. Recorded on the first run; every resume must present the same.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetDefinition {
+    /// Every input file, in reading order.
+    pub inputs: Vec<InputIdentity>,
+    pub text_column: String,
+    pub val_shards: usize,
+}
+
+/// How a resume's definition compares with the one on disk.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DefinitionCheck {
+    /// What makes it another dataset, one readable item each; empty when the resume may go on.
+    pub differences: Vec<String>,
+    /// Input files (1-based) whose content changed but whose documents are not all in finished shards yet, with the
+    /// same size: a repaired input (the one a run failed on, re-downloaded). Accepted, and reported.
+    pub repaired: Vec<usize>,
+}
+
+impl DatasetDefinition {
+    /// Compare the definition on disk (`self`) with the one a resume presents. The first `pinned` input files hold
+    /// only documents that are in finished shards: their content must be identical. Later files must have the same
+    /// size (and path where the content is unknown); their content may have been repaired.
+    pub fn check(&self, now: &DatasetDefinition, pinned: usize) -> DefinitionCheck {
+        let mut c = DefinitionCheck::default();
+        if self.text_column != now.text_column {
+            c.differences.push(format!("text column `{}` on disk, `{}` now", self.text_column, now.text_column));
+        }
+        if self.val_shards != now.val_shards {
+            c.differences.push(format!("{} val shard(s) on disk, {} now", self.val_shards, now.val_shards));
+        }
+        let (a, b) = (&self.inputs, &now.inputs);
+        if a.len() != b.len() {
+            c.differences.push(format!("{} input file(s) on disk, {} now", a.len(), b.len()));
+        }
+        let show = |x: Option<&InputIdentity>| x.map_or("nothing".to_string(), InputIdentity::describe);
+        for i in 0..a.len().max(b.len()) {
+            let (x, y) = (a.get(i), b.get(i));
+            let same = match (x, y) {
+                (Some(x), Some(y)) if x.same_input(y) => true,
+                (Some(x), Some(y)) if i >= pinned && x.bytes == y.bytes && x.content != InputIdentity::UNKNOWN_CONTENT => {
+                    c.repaired.push(i + 1);
+                    true
+                }
+                _ => false,
+            };
+            if !same {
+                let finished = if i < pinned { " (its documents are in finished shards)" } else { "" };
+                c.differences.push(format!("input file #{} was {}{finished}, is now {}", i + 1, show(x), show(y)));
+                break;
+            }
+        }
+        c
+    }
+}
+
 /// Where a resumed `prep` continues: documents before `first_unfinished_document` are entirely in finished shards,
 /// and so are the first `tokens_into_document` tokens (EOT included) of that document. Tokens of an unfinished shard
 /// are never saved: a resume re-derives them from the sources, which is what makes it byte-identical.
@@ -98,6 +181,10 @@ pub struct Manifest {
     pub shard_size: u64,
     pub shards: Vec<ShardEntry>,
     pub sources: Vec<SourceEntry>,
+    /// What, with `dataset`, `tokenizer` and `shard_size`, defines the dataset: a resume under another definition is
+    /// refused. Absent in manifests written before tokenmill recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<DatasetDefinition>,
     /// Present while the directory may still grow; `complete` says whether the input was exhausted.
     pub resume: ResumeCursor,
     pub complete: bool,
@@ -124,6 +211,7 @@ impl Manifest {
             shard_size,
             shards: Vec::new(),
             sources: Vec::new(),
+            definition: None,
             resume: ResumeCursor::default(),
             complete: false,
             tool_version: crate::TOOL_VERSION.to_string(),

@@ -13,7 +13,9 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, Sender};
 
 use crate::shards::format::{encode_tokens, ShardHeader, TokenWidth, HEADER_BYTES};
-use crate::shards::manifest::{Manifest, ManifestError, ResumeCursor, ShardEntry, SourceEntry, Split};
+use crate::shards::manifest::{
+    DatasetDefinition, Manifest, ManifestError, ResumeCursor, ShardEntry, SourceEntry, Split,
+};
 use crate::tokenizer::TokenizerKind;
 use crate::util::{fsync_dir, temp_path_for};
 
@@ -27,6 +29,10 @@ pub struct WriterConfig {
     pub val_shards: usize,
     /// Stop after this many shards in total (`--shards N`).
     pub max_shards: Option<usize>,
+    /// The inputs and settings the shards come from; a directory prepared from another definition is refused.
+    pub definition: DatasetDefinition,
+    /// Delete a previous dataset in `dir` (its manifest and the shards it lists) and start over (`--overwrite`).
+    pub overwrite: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +41,11 @@ pub enum WriterError {
     Io { path: String, #[source] source: std::io::Error },
     #[error(transparent)]
     Manifest(#[from] ManifestError),
-    #[error("{dir}: already holds shards prepared with different settings ({what}); use another --out or delete it")]
-    SettingsChanged { dir: String, what: String },
+    #[error(
+        "{dir}: already holds {shards} shard(s) prepared with different settings ({what}); nothing was changed. \
+         To start over, re-run with --overwrite (deletes those shards) or use another --out"
+    )]
+    SettingsChanged { dir: String, shards: usize, what: String },
     #[error("{dir}: holds shard files but no manifest.json; refusing to mix with them (use another --out)")]
     ForeignShards { dir: String },
     #[error("{path}: finished shard listed in the manifest is missing or damaged ({what}); delete the directory and re-run `tokenmill prep`")]
@@ -100,17 +109,23 @@ impl ShardWriter {
         }
         let dir = &cfg.dir;
         std::fs::create_dir_all(dir).map_err(|e| WriterError::Io { path: dir.display().to_string(), source: e })?;
-        remove_stale_temps(dir)?;
+        if cfg.overwrite {
+            remove_previous_dataset(dir)?;
+        }
         let manifest = if Manifest::path_in(dir).exists() {
-            let m = Manifest::load(dir)?;
-            check_same_settings(&m, &cfg)?;
+            let mut m = Manifest::load(dir)?;
+            // Refuse before touching anything: a different definition leaves the directory exactly as it was.
+            check_same_definition(&mut m, &cfg)?;
+            remove_stale_temps(dir)?;
             verify_finished_shards(&m, dir)?;
             m
         } else {
+            remove_stale_temps(dir)?;
             if has_shard_files(dir)? {
                 return Err(WriterError::ForeignShards { dir: dir.display().to_string() });
             }
-            let m = Manifest::new(&cfg.dataset, cfg.tokenizer, cfg.shard_size);
+            let mut m = Manifest::new(&cfg.dataset, cfg.tokenizer, cfg.shard_size);
+            m.definition = Some(cfg.definition.clone());
             m.save(dir)?;
             m
         };
@@ -311,27 +326,90 @@ fn write_shard_file(dir: &Path, shard: &FinishedShard) -> Result<(), WriterError
     Ok(())
 }
 
-fn check_same_settings(m: &Manifest, cfg: &WriterConfig) -> Result<(), WriterError> {
+/// The directory's dataset must be the one `cfg` defines: same name, tokenizer, shard size, and (recorded since
+/// manifests carry a `definition`) the same input files, text column and val split. A manifest from before the
+/// definition was recorded is checked on what it has (settings, and the files read so far by name and size) and then
+/// adopts the current definition.
+fn check_same_definition(m: &mut Manifest, cfg: &WriterConfig) -> Result<(), WriterError> {
     let mut diffs = Vec::new();
     if m.dataset != cfg.dataset {
-        diffs.push(format!("dataset `{}` vs `{}`", m.dataset, cfg.dataset));
+        diffs.push(format!("dataset `{}` on disk, `{}` now", m.dataset, cfg.dataset));
     }
     if m.tokenizer.name != cfg.tokenizer {
-        diffs.push(format!("tokenizer {} vs {}", m.tokenizer.name, cfg.tokenizer));
+        diffs.push(format!("tokenizer {} on disk, {} now", m.tokenizer.name, cfg.tokenizer));
     }
     if m.shard_size != cfg.shard_size {
-        diffs.push(format!("shard size {} vs {}", m.shard_size, cfg.shard_size));
+        diffs.push(format!("shard size {} on disk, {} now", m.shard_size, cfg.shard_size));
     }
+    let mut repaired = Vec::new();
+    match &m.definition {
+        Some(def) => {
+            // Every file before the one the resume point falls in holds only documents of finished shards.
+            let check = def.check(&cfg.definition, m.sources.len().saturating_sub(1));
+            diffs.extend(check.differences);
+            repaired = check.repaired;
+        }
+        None => diffs.extend(legacy_differences(m, cfg)),
+    }
+    if !diffs.is_empty() {
+        return Err(WriterError::SettingsChanged {
+            dir: cfg.dir.display().to_string(),
+            shards: m.shards.len(),
+            what: diffs.join("; "),
+        });
+    }
+    for i in repaired {
+        tracing::warn!(
+            "input file #{i} ({}) changed since this dataset was started; its documents after the resume point are read \
+             as the file is now (a repaired input)",
+            cfg.definition.inputs[i - 1].file
+        );
+    }
+    m.definition = Some(cfg.definition.clone());
+    Ok(())
+}
+
+/// What a manifest without a `definition` can still tell: its val shards, and the input files read so far.
+fn legacy_differences(m: &Manifest, cfg: &WriterConfig) -> Vec<String> {
+    let mut diffs = Vec::new();
     let val_on_disk = m.shards.iter().filter(|s| s.split == Split::Val).count();
-    let expected_val = cfg.val_shards.min(m.shards.len());
-    if val_on_disk != expected_val {
-        diffs.push(format!("{val_on_disk} val shards on disk, --val-shards {}", cfg.val_shards));
+    if val_on_disk != cfg.definition.val_shards.min(m.shards.len()) {
+        diffs.push(format!("{val_on_disk} val shard(s) on disk, --val-shards {}", cfg.definition.val_shards));
     }
-    if diffs.is_empty() {
-        Ok(())
-    } else {
-        Err(WriterError::SettingsChanged { dir: cfg.dir.display().to_string(), what: diffs.join("; ") })
+    let base = |p: &str| Path::new(p).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    for (i, s) in m.sources.iter().enumerate() {
+        let same = cfg.definition.inputs.get(i).is_some_and(|now| base(&now.file) == base(&s.file) && now.bytes == s.bytes);
+        if !same {
+            let now = cfg.definition.inputs.get(i).map_or("nothing".into(), |n| format!("{} ({} bytes)", n.file, n.bytes));
+            diffs.push(format!("input file #{} was {} ({} bytes), is now {now}", i + 1, s.file, s.bytes));
+            break;
+        }
     }
+    diffs
+}
+
+/// `--overwrite`: remove the dataset a previous run left (the shards its manifest lists, then the manifest). Files
+/// the manifest does not list are left alone.
+fn remove_previous_dataset(dir: &Path) -> Result<(), WriterError> {
+    let path = Manifest::path_in(dir);
+    if !path.exists() {
+        return Ok(());
+    }
+    let io = |p: &Path| {
+        let p = p.display().to_string();
+        move |e| WriterError::Io { path: p, source: e }
+    };
+    if let Ok(m) = Manifest::load(dir) {
+        for s in &m.shards {
+            let shard = dir.join(&s.file);
+            match std::fs::remove_file(&shard) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&shard)(e)),
+                _ => {}
+            }
+        }
+    }
+    std::fs::remove_file(&path).map_err(io(&path))?;
+    fsync_dir(dir).map_err(io(dir))
 }
 
 /// Every shard the manifest lists must be on disk with the recorded size and checksum: a resume never builds on a

@@ -28,6 +28,7 @@ pub fn tiny_shakespeare_shards() -> &'static Path {
             max_shards: None,
             threads: 1,
             progress: false,
+            overwrite: false,
         })
         .unwrap();
         dir
