@@ -329,6 +329,18 @@ fn binary_trains_resumes_and_reports() {
         "{out}"
     );
     assert!(log.join("config.toml").is_file() && log.join("metrics.jsonl").is_file());
+    // A change a resume cannot apply fails before anything is printed or recorded as the config.
+    let saved = std::fs::read_to_string(log.join("config.toml")).unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["train", "--resume", "--log-dir"])
+        .arg(&log)
+        .args(["--set", "model.n_layer=4"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && stderr.contains("model n_layer 2 -> 4"), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("n_layer = 4"), "{stdout}");
+    assert_eq!(std::fs::read_to_string(log.join("config.toml")).unwrap(), saved);
     let txt = std::fs::read_to_string(log.join("log.txt")).unwrap();
     assert_eq!(txt.lines().filter(|l| l.contains(" train ")).count(), 6, "{txt}");
     assert!(txt.lines().next().unwrap().starts_with("0 val "), "{txt}");
@@ -341,4 +353,70 @@ fn binary_trains_resumes_and_reports() {
         "{}",
         &svg[..200.min(svg.len())]
     );
+}
+
+/// Issue 12 item 2: `--resume` with `--set model.n_layer=4` kept the 2-layer model yet recorded `n_layer = 4`, and a
+/// resume on other data was accepted silently. A resume now applies a change or refuses it, and records what is in
+/// effect.
+#[test]
+fn resume_applies_or_refuses_each_change_and_records_the_config_in_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    shakespeare_dataset(&data);
+    let log = dir.path().join("log");
+    let cfg = |data: &Path, extra: &[&str]| {
+        let mut o = vec![
+            "data.micro_batch=4",
+            "data.seq_len=32",
+            "data.total_batch_tokens=128",
+            "optim.max_steps=6",
+            "eval.val_every=0",
+            "eval.sample_every=0",
+            "checkpoint.every=0",
+        ];
+        o.extend_from_slice(extra);
+        tiny_config(data, &log, &o)
+    };
+    let mut first = Trainer::new(cfg(&data, &[]), quiet(Resume::No)).unwrap();
+    first.run(Some(3)).unwrap();
+    drop(first);
+
+    let refused = |c: TrainConfig| match Trainer::new(c, quiet(Resume::Latest)) {
+        Ok(_) => panic!("the resume should have been refused"),
+        Err(e) => e.to_string(),
+    };
+    let err = refused(cfg(&data, &["model.n_layer=4"]));
+    assert!(err.contains("model n_layer 2 -> 4") && err.contains("start a new run"), "{err}");
+    // Other data (other tokens in the train split): refused, naming both.
+    let other = dir.path().join("other");
+    let t = shakespeare_tokens();
+    write_dataset(&other, &[(Split::Val, &t[..16_384]), (Split::Train, &t[20_000..])]);
+    let err = refused(cfg(&other, &[]));
+    assert!(err.contains("data: the run trained on") && err.contains("other"), "{err}");
+    // The data position and the seed, all reasons in one message.
+    let err = refused(cfg(&data, &["data.micro_batch=2", "data.shuffle_seed=5", "run.seed=1"]));
+    assert!(
+        err.contains("data.micro_batch 4 -> 2") && err.contains("data.shuffle_seed unset -> 5") && err.contains("run.seed"),
+        "{err}"
+    );
+
+    // The same data moved elsewhere, with a new schedule: applied, and what is recorded is what runs.
+    let moved = dir.path().join("moved");
+    std::fs::create_dir_all(&moved).unwrap();
+    for f in std::fs::read_dir(&data).unwrap() {
+        let p = f.unwrap().path();
+        std::fs::copy(&p, moved.join(p.file_name().unwrap())).unwrap();
+    }
+    let mut second = Trainer::new(cfg(&moved, &["optim.max_lr=1e-3", "optim.warmup_steps=2"]), quiet(Resume::Latest))
+        .expect("moved data and a new learning-rate schedule resume");
+    assert_eq!(second.step(), 3);
+    second.run(None).unwrap();
+    let lrs: Vec<f64> =
+        second.history().iter().filter_map(|e| if let Event::Train { lr, .. } = e { Some(*lr) } else { None }).collect();
+    assert!(lrs.iter().all(|&lr| lr <= 1e-3 && lr > 1e-4), "the new schedule is in effect: {lrs:?}");
+    let state = checkpoint::load_state(&checkpoint::step_dir(&log.join("checkpoints"), 6)).unwrap();
+    assert_eq!((state.config.optim.max_lr, state.config.model.n_layer, state.model.n_layer), (1e-3, Some(2), 2));
+    assert_eq!(state.config.data.dir.as_deref(), Some(moved.as_path()));
+    let saved = std::fs::read_to_string(log.join("config.toml")).unwrap();
+    assert_eq!(TrainConfig::from_toml_str(&saved, "config.toml").unwrap(), state.config);
 }

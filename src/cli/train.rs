@@ -117,9 +117,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // Fail here, the same way on every rank, rather than after the rendezvous.
         cfg.grad_accum_steps(j.world)?;
     }
-    if rank0 {
-        println!("# resolved config\n{}", cfg.to_toml());
-    }
 
     let (reducer, comm): (Box<dyn Reducer>, Option<Arc<dyn Communicator>>) = match &job {
         None => (Box::new(SingleProcess), None),
@@ -135,6 +132,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let mut trainer =
         Trainer::new(cfg, TrainerOptions { resume, echo: rank0, reducer }).context("setting up training")?;
+    if rank0 {
+        // After setup: a resume has applied or refused every change by now, so this is the config in effect.
+        println!("# resolved config\n{}", trainer.config().to_toml());
+    }
     if args.save_init {
         if trainer.step() != 0 {
             anyhow::bail!(

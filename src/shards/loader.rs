@@ -198,13 +198,7 @@ impl DataLoader {
     /// Open the `split` shards of a directory written by `tokenmill prep` (manifest.json), or, without a manifest,
     /// llm.c `.bin` / build-nanogpt `.npy` shards named `*_{split}_*` (GPT-2 vocabulary assumed for u16 shards).
     pub fn open(data_dir: &Path, split: Split, cfg: LoaderConfig) -> Result<Self, LoaderError> {
-        let manifest_path = Manifest::path_in(data_dir);
-        let (files, vocab) = if manifest_path.exists() {
-            let m = Manifest::load(data_dir)?;
-            (m.shard_paths(data_dir, split), m.tokenizer.vocab_size)
-        } else {
-            (discover_split_files(data_dir, split)?, 0)
-        };
+        let (files, vocab) = split_files(data_dir, split)?;
         if files.is_empty() {
             return Err(LoaderError::NoShards { dir: data_dir.display().to_string(), split });
         }
@@ -408,6 +402,17 @@ fn mix(seed: u64, epoch: u64, shard: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// The `split` shard files of a directory, in order, and the vocabulary size its manifest gives (0 without a
+/// manifest: then the files are `*_{split}_*.bin` / `.npy` by name).
+pub fn split_files(data_dir: &Path, split: Split) -> Result<(Vec<PathBuf>, u32), LoaderError> {
+    if Manifest::path_in(data_dir).exists() {
+        let m = Manifest::load(data_dir)?;
+        Ok((m.shard_paths(data_dir, split), m.tokenizer.vocab_size))
+    } else {
+        Ok((discover_split_files(data_dir, split)?, 0))
+    }
 }
 
 /// Shards of one split in a directory without a manifest: `*_{split}_*.bin` or `*.npy`, sorted by name.

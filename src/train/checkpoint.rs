@@ -6,7 +6,7 @@
 //!                            the model config in its metadata (`crate::model::store`)
 //!     optimizer.safetensors  AdamW moments, `<param>.m` and `<param>.v`, fp32
 //!     state.json             step, optimizer step count, train loader position, sampling RNG, resolved config,
-//!                            model config, tool version
+//!                            model config, data identity, tool version
 //! ```
 //! A checkpoint is written into a temporary sibling directory, every file fsynced, then renamed into place, so a
 //! crash leaves either the previous checkpoint or the complete new one. `step_N` holds the state after N optimizer
@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::store::{read_safetensors, write_safetensors};
 use crate::model::{load_checkpoint_model, save_model_weights, LanguageModel, ModelConfig, ModelError, Precision};
 use crate::shards::loader::LoaderState;
+use crate::train::resume::DataIdentity;
 use crate::train::TrainConfig;
 
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -92,6 +93,9 @@ pub struct TrainState {
     pub rng: RngState,
     pub config: TrainConfig,
     pub model: ModelConfig,
+    /// The data the run trains on (`train::resume`); absent in checkpoints written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataIdentity>,
     pub tool_version: String,
 }
 

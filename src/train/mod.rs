@@ -7,7 +7,8 @@
 //! losses, norms and evaluation statistics are reduced in fp32.
 //!
 //! Files: `config` (TrainConfig, resolution), `schedule` (lr), `optim` (AdamW), `step` (micro-step, accumulation,
-//! the gradient-reduction seam, clipping), `checkpoint`, `log`, `sample`, `trainer` (the loop), `report` (SVG);
+//! the gradient-reduction seam, clipping), `checkpoint`, `resume` (what a resumed run may change), `log`, `sample`,
+//! `trainer` (the loop), `report` (SVG);
 //! `dist` is data-parallel training (process groups, and `DataParallel`, the multi-process `step::Reducer`).
 
 pub mod checkpoint;
@@ -19,6 +20,7 @@ pub mod gpt2_cuda;
 pub mod log;
 pub mod optim;
 pub mod report;
+pub mod resume;
 pub mod sample;
 pub mod schedule;
 pub mod step;

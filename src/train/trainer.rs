@@ -20,6 +20,7 @@ use crate::train::config::{ComputeDtype, ConfigError, TrainConfig};
 use crate::train::log::{Event, RunLog};
 use crate::train::engine::{self, Engine, EngineKind};
 use crate::train::optim::{AdamWConfig, OptimError};
+use crate::train::resume::{self, DataIdentity, ResumeRefused};
 use crate::train::schedule::LrSchedule;
 use crate::train::step::{Reducer, SingleProcess, StepOutcome};
 
@@ -53,6 +54,8 @@ pub enum TrainError {
     NonFinite { step: usize, loss: f32 },
     #[error("{0}")]
     Resume(String),
+    #[error(transparent)]
+    ResumeRefused(#[from] ResumeRefused),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -119,6 +122,8 @@ pub struct Trainer {
     history: Vec<Event>,
     /// Step of the last checkpoint written by this process, to avoid writing the same one twice.
     last_checkpoint: Option<usize>,
+    /// What the run trains on, recorded in every checkpoint so a resume on other data is refused.
+    data: DataIdentity,
 }
 
 /// Options that are not hyperparameters.
@@ -181,6 +186,12 @@ impl Trainer {
             Resume::From(p) => Some(p.clone()),
         };
         let resume_state = resume_dir.as_deref().map(checkpoint::load_state).transpose()?;
+        let data = DataIdentity::of_dir(&data_dir)?;
+        // A resume applies what it can of `cfg` and refuses the rest, so `cfg` is the config in effect from here on.
+        let resume_changes = match (&resume_dir, &resume_state) {
+            (Some(dir), Some(state)) => resume::reconcile(dir, state, &cfg, &data, data_vocab)?,
+            _ => Vec::new(),
+        };
         let model_cfg = match &resume_state {
             Some(s) => s.model.clone(),
             None => cfg.model.resolve(data_vocab)?,
@@ -254,12 +265,13 @@ impl Trainer {
             log,
             history: Vec::new(),
             last_checkpoint: None,
+            data,
         };
-        trainer.startup_notes(resume_dir.as_deref(), dtype);
+        trainer.startup_notes(resume_dir.as_deref(), &resume_changes, dtype);
         Ok(trainer)
     }
 
-    fn startup_notes(&self, resumed_from: Option<&Path>, dtype: ComputeDtype) {
+    fn startup_notes(&self, resumed_from: Option<&Path>, changes: &[String], dtype: ComputeDtype) {
         let Some(log) = &self.log else { return };
         let m = self.engine.model().config();
         let n_params = self.engine.model().num_parameters();
@@ -286,6 +298,9 @@ impl Trainer {
         log.note(&format!("train data: {} tokens in {} shards", self.train.total_tokens(), self.train.num_shards()));
         if let Some(dir) = resumed_from {
             log.note(&format!("resumed from {} at step {}", dir.display(), self.step));
+            for change in changes {
+                log.note(&format!("resume applies {change}"));
+            }
         }
     }
 
@@ -433,6 +448,7 @@ impl Trainer {
             rng: RngState::capture(&self.rng),
             config: self.cfg.clone(),
             model: self.engine.model().config().clone(),
+            data: Some(self.data.clone()),
             tool_version: crate::TOOL_VERSION.to_string(),
         };
         checkpoint::save(&dir, self.engine.model(), &self.engine.optimizer_state()?, &state)?;

@@ -1,0 +1,192 @@
+//! What a resumed run may change. A checkpoint continues one run: its model shape, its data and its position in the
+//! data (B, T, shuffle seed) are fixed, and so is the seed whose streams it restores; the rest of the config
+//! (learning-rate schedule, optimizer constants, total batch, eval, checkpoints, device, dtype, engine) is applied
+//! as given now. [`reconcile`] compares the config a resume asks for with the checkpoint's: what cannot be honoured
+//! is refused, all of it in one message; what is applied comes back as one line per change, so the run can say so.
+//! The config a resumed run records (printed, `config.toml`, every later `state.json`) is therefore always the one
+//! in effect.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::shards::loader::{split_files, LoaderError};
+use crate::shards::{Manifest, Split};
+use crate::tokenizer::TokenizerKind;
+use crate::train::checkpoint::TrainState;
+use crate::train::TrainConfig;
+
+/// What a run trains on, as `state.json` records it: a resume on other data is refused, a moved directory is not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataIdentity {
+    /// The manifest's tokenizer; `None` for a directory of bare llm.c / `.npy` shards.
+    pub tokenizer: Option<TokenizerKind>,
+    pub train_shards: usize,
+    pub val_shards: usize,
+    /// xxh3 over every shard's split, name, token count and xxh3 as the manifest lists them (without a manifest:
+    /// split, name and size in bytes).
+    pub digest: String,
+}
+
+impl DataIdentity {
+    /// The identity of the shard directory `dir` (its manifest, or its files' names and sizes).
+    pub fn of_dir(dir: &Path) -> Result<DataIdentity, LoaderError> {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        if Manifest::path_in(dir).exists() {
+            let m = Manifest::load(dir)?;
+            for s in &m.shards {
+                h.update(format!("{}\t{}\t{}\t{}\n", s.split, s.file, s.tokens, s.xxh3).as_bytes());
+            }
+            let count = |split| m.shards.iter().filter(|s| s.split == split).count();
+            return Ok(DataIdentity {
+                tokenizer: Some(m.tokenizer.name),
+                train_shards: count(Split::Train),
+                val_shards: count(Split::Val),
+                digest: format!("{:016x}", h.digest()),
+            });
+        }
+        let mut counts = [0; 2];
+        for (i, split) in [Split::Train, Split::Val].into_iter().enumerate() {
+            let (files, _) = split_files(dir, split)?;
+            for f in &files {
+                let bytes = std::fs::metadata(f).map_err(|e| crate::shards::ShardError::io(f, e))?.len();
+                let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                h.update(format!("{split}\t{name}\t{bytes}\n").as_bytes());
+            }
+            counts[i] = files.len();
+        }
+        Ok(DataIdentity {
+            tokenizer: None,
+            train_shards: counts[0],
+            val_shards: counts[1],
+            digest: format!("{:016x}", h.digest()),
+        })
+    }
+
+    fn describe(&self) -> String {
+        let tok = self.tokenizer.map_or("no manifest".to_string(), |t| format!("{t} tokens"));
+        format!("{tok}, {} train + {} val shards, digest {}", self.train_shards, self.val_shards, self.digest)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{checkpoint}: a resume continues that run, so it cannot change: {}. Resume without these changes, or start a \
+     new run (another --log-dir, no --resume) to train differently",
+    reasons.join("; ")
+)]
+pub struct ResumeRefused {
+    pub checkpoint: String,
+    pub reasons: Vec<String>,
+}
+
+/// Keys of the learning-rate schedule: a resume may change them (the schedule is a function of the step).
+const SCHEDULE_KEYS: &[&str] = &["optim.max_lr", "optim.min_lr_ratio", "optim.warmup_steps", "optim.max_steps"];
+/// Keys that fix the data stream's position: the loader state in the checkpoint counts batches of this shape.
+const POSITION_KEYS: &[&str] = &["data.micro_batch", "data.seq_len", "data.shuffle_seed"];
+
+/// Compare the config a resume of `checkpoint` asks for (`requested`, on data `data` of `data_vocab` token ids) with
+/// the checkpoint's `saved` state. Refuses model-shape, data and data-position changes and `run.seed`; returns every
+/// other change as a line to log (`key old -> new`, schedule changes marked).
+pub fn reconcile(
+    checkpoint: &Path,
+    saved: &TrainState,
+    requested: &TrainConfig,
+    data: &DataIdentity,
+    data_vocab: usize,
+) -> Result<Vec<String>, ResumeRefused> {
+    let mut reasons = Vec::new();
+    match requested.model.resolve(data_vocab) {
+        Ok(model) => {
+            let (was, now) = (flatten_json(&saved.model), flatten_json(&model));
+            for (key, old, new) in changed(&was, &now) {
+                reasons.push(format!("model {key} {old} -> {new} (the checkpoint's weights have its model's shape)"));
+            }
+        }
+        Err(e) => reasons.push(format!("[model] {e}")),
+    }
+    let data_dir = |c: &TrainConfig| c.data.dir.as_ref().map_or("unset".into(), |d| d.display().to_string());
+    match &saved.data {
+        Some(trained_on) if trained_on != data => reasons.push(format!(
+            "data: the run trained on {} ({}), {} holds {}",
+            data_dir(&saved.config),
+            trained_on.describe(),
+            data_dir(requested),
+            data.describe()
+        )),
+        None if saved.config.data.dir != requested.data.dir => reasons.push(format!(
+            "data.dir {} -> {} (this checkpoint predates data checksums, so only its own directory is accepted)",
+            data_dir(&saved.config),
+            data_dir(requested)
+        )),
+        _ => {}
+    }
+    let (was, now) = (flatten_toml(&saved.config), flatten_toml(requested));
+    let mut applied = Vec::new();
+    for (key, old, new) in changed(&was, &now) {
+        if key.starts_with("model.") {
+            continue; // judged on the resolved shape above
+        } else if POSITION_KEYS.contains(&key.as_str()) {
+            reasons.push(format!(
+                "{key} {old} -> {new} (the checkpoint's place in the data is counted in batches of B={} x T={}, \
+                 shuffle {:?})",
+                saved.config.data.micro_batch, saved.config.data.seq_len, saved.config.data.shuffle_seed
+            ));
+        } else if key == "run.seed" {
+            reasons.push(format!(
+                "run.seed {old} -> {new} (it seeds the initial weights and the sampling RNG, both restored from the \
+                 checkpoint)"
+            ));
+        } else if SCHEDULE_KEYS.contains(&key.as_str()) {
+            applied.push(format!("{key} {old} -> {new} (learning-rate schedule)"));
+        } else {
+            applied.push(format!("{key} {old} -> {new}"));
+        }
+    }
+    if reasons.is_empty() {
+        Ok(applied)
+    } else {
+        Err(ResumeRefused { checkpoint: checkpoint.display().to_string(), reasons })
+    }
+}
+
+/// `(key, old, new)` for every key whose value differs (absent = `unset`), in key order.
+fn changed(was: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> Vec<(String, String, String)> {
+    let unset = "unset".to_string();
+    let keys: std::collections::BTreeSet<&String> = was.keys().chain(now.keys()).collect();
+    keys.into_iter()
+        .filter_map(|k| {
+            let (a, b) = (was.get(k).unwrap_or(&unset), now.get(k).unwrap_or(&unset));
+            (a != b).then(|| (k.clone(), a.clone(), b.clone()))
+        })
+        .collect()
+}
+
+/// A config as dotted keys and TOML values (`optim.max_lr` -> `0.0006`).
+fn flatten_toml(cfg: &TrainConfig) -> BTreeMap<String, String> {
+    fn walk(prefix: &str, t: &toml::Table, out: &mut BTreeMap<String, String>) {
+        for (k, v) in t {
+            let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            match v {
+                toml::Value::Table(t) => walk(&key, t, out),
+                v => {
+                    out.insert(key, v.to_string());
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    if let toml::Value::Table(t) = toml::Value::try_from(cfg).expect("a TrainConfig serialises") {
+        walk("", &t, &mut out);
+    }
+    out
+}
+
+/// A flat serialisable struct (the model config) as field -> JSON value.
+fn flatten_json<T: Serialize>(v: &T) -> BTreeMap<String, String> {
+    match serde_json::to_value(v).expect("serialises") {
+        serde_json::Value::Object(m) => m.into_iter().map(|(k, v)| (k, v.to_string())).collect(),
+        other => BTreeMap::from([(String::new(), other.to_string())]),
+    }
+}
