@@ -1,10 +1,14 @@
 //! Batch assembly throughput of the mmap loader (tokens/s on one core). A GPU step of GPT-2 124M consumes ~0.5M
 //! tokens/s on an H100; the loader must be orders of magnitude faster so it never shows up in a profile.
+//! And the one-off check when the loader first enters a shard: token ids < vocab, with and without the manifest's
+//! xxh3 (`train --no-verify` skips the checksum).
 //! Run: cargo bench --bench loader
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use tokenmill::shards::format::{encode_tokens, ShardHeader, TokenWidth};
-use tokenmill::shards::{DataLoader, LoaderConfig};
+use tokenmill::shards::manifest::{Manifest, ShardEntry};
+use tokenmill::shards::{DataLoader, LoaderConfig, Split};
+use tokenmill::tokenizer::TokenizerKind;
 
 fn make_shards(dir: &std::path::Path, n: usize, tokens: usize) -> Vec<std::path::PathBuf> {
     (0..n)
@@ -40,5 +44,32 @@ fn bench_loader(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_loader);
+fn bench_first_entry(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    // One 16M-token (32 MB) shard listed in a manifest, in the page cache after the first iteration: the CPU cost.
+    let file = make_shards(dir.path(), 1, 16 << 20).remove(0);
+    let mut m = Manifest::new("bench", TokenizerKind::Gpt2, 16 << 20);
+    m.shards.push(ShardEntry {
+        file: file.file_name().unwrap().to_string_lossy().into_owned(),
+        split: Split::Train,
+        tokens: 16 << 20,
+        xxh3: tokenmill::util::xxh3_file(&file).unwrap(),
+    });
+    m.save(dir.path()).unwrap();
+    let mut group = c.benchmark_group("first entry of a 16M-token shard");
+    group.throughput(Throughput::Elements(16 << 20));
+    group.sample_size(20);
+    for verify in [false, true] {
+        let name = if verify { "ids + xxh3" } else { "ids only (--no-verify)" };
+        group.bench_function(name, |bench| {
+            bench.iter(|| {
+                let l = DataLoader::open_with(dir.path(), Split::Train, LoaderConfig::new(64, 1024), verify).unwrap();
+                black_box(l.num_shards());
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_loader, bench_first_entry);
 criterion_main!(benches);

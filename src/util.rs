@@ -1,4 +1,5 @@
-//! Small shared helpers: atomic file writes (temp name, fsync, rename) used by every artifact writer.
+//! Small shared helpers: atomic file writes (temp name, fsync, rename) used by every artifact writer, and the
+//! streamed xxh3 of a file that checksums are made of.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -27,4 +28,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     fs::rename(&tmp, path)?;
     fsync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// XXH3-64 of a file's content, 16 lowercase hex digits, read in 8 MiB pieces (bounded memory for GB-sized files).
+pub fn xxh3_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut f = File::open(path)?;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 8 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(format!("{:016x}", h.digest()));
+        }
+        h.update(&buf[..n]);
+    }
 }

@@ -13,6 +13,7 @@ pub mod quickstart;
 pub mod report;
 pub mod sample;
 pub mod train;
+pub mod verify;
 
 #[derive(Parser, Debug)]
 #[command(name = "tokenmill", version, about = "GPT-2 data pipeline and trainer: prep shards, train, evaluate, benchmark")]
@@ -42,6 +43,8 @@ pub enum Command {
     Export(export::ExportCommand),
     /// Plot a training log against the GPT-2 baselines.
     Report(report::Args),
+    /// Check a shard directory or a checkpoint against its checksums and say what is damaged.
+    Verify(verify::Args),
     /// The README's main job on the bundled sample: prep tiny Shakespeare, train a tiny model on CPU, sample.
     Quickstart(quickstart::Args),
 }
@@ -66,5 +69,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(c) => export::run(c),
         Command::Report(a) => report::run(a),
         Command::Quickstart(a) => quickstart::run(a),
+        Command::Verify(a) => verify::run(a),
     }
 }

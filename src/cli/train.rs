@@ -55,6 +55,10 @@ pub struct Args {
     /// (bench/reference/track_ref.py, scripts/gpu-correctness.sh).
     #[arg(long)]
     pub save_init: bool,
+    /// Skip the checksums: of each shard against the manifest when first read, and of a resumed checkpoint's files
+    /// against its state.json (token ids are still checked against the vocabulary).
+    #[arg(long)]
+    pub no_verify: bool,
     /// Any other setting as SECTION.KEY=VALUE (TOML value), e.g. --set optim.max_lr=3e-4. Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -131,7 +135,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let mut trainer =
-        Trainer::new(cfg, TrainerOptions { resume, echo: rank0, reducer }).context("setting up training")?;
+        Trainer::new(cfg, TrainerOptions { resume, echo: rank0, reducer, verify: !args.no_verify }).context("setting up training")?;
     if rank0 {
         // After setup: a resume has applied or refused every change by now, so this is the config in effect.
         println!("# resolved config\n{}", trainer.config().to_toml());

@@ -112,20 +112,17 @@ pub fn fingerprint(path: &Path) -> Result<String, SourceError> {
     use std::io::{Seek, SeekFrom};
     let mut f = File::open(path).map_err(io_err(path))?;
     let len = f.metadata().map_err(io_err(path))?.len();
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
     if len <= FINGERPRINT_WHOLE_BYTES {
-        let mut buf = Vec::with_capacity(len as usize);
-        f.read_to_end(&mut buf).map_err(io_err(path))?;
-        h.update(&buf);
-    } else {
-        let mut buf = vec![0u8; FINGERPRINT_END_BYTES as usize];
-        h.update(&len.to_le_bytes());
-        f.read_exact(&mut buf).map_err(io_err(path))?;
-        h.update(&buf);
-        f.seek(SeekFrom::Start(len - FINGERPRINT_END_BYTES)).map_err(io_err(path))?;
-        f.read_exact(&mut buf).map_err(io_err(path))?;
-        h.update(&buf);
+        return Ok(format!("xxh3:{}", crate::util::xxh3_file(path).map_err(io_err(path))?));
     }
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; FINGERPRINT_END_BYTES as usize];
+    h.update(&len.to_le_bytes());
+    f.read_exact(&mut buf).map_err(io_err(path))?;
+    h.update(&buf);
+    f.seek(SeekFrom::Start(len - FINGERPRINT_END_BYTES)).map_err(io_err(path))?;
+    f.read_exact(&mut buf).map_err(io_err(path))?;
+    h.update(&buf);
     Ok(format!("xxh3:{:016x}", h.digest()))
 }
 

@@ -10,7 +10,9 @@
 //! its global batches; permutations derive from `(seed, epoch, shard)`, identical on every rank, so ranks never overlap.
 //!
 //! The position is a small [`LoaderState`] serialised into checkpoints: restoring it continues on the exact next batch.
-//! Shards are mmapped (never read whole) and validated when opened (header, size) and when first entered (ids < vocab).
+//! Shards are mmapped (never read whole) and validated when opened (header, size) and when first entered: ids <
+//! vocab, and the whole file against the manifest's xxh3 (`open_with(.., verify = false)` skips that; docs/PERF.md
+//! has the cost).
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::shards::format::{ShardError, ShardHeader, TokenWidth, HEADER_BYTES};
 use crate::shards::manifest::{Manifest, ManifestError, Split};
 use crate::shards::npy::parse_npy_header;
+use crate::shards::verify::check_xxh3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoaderConfig {
@@ -100,11 +103,14 @@ struct MappedShard {
     data_offset: usize,
     num_tokens: usize,
     width: TokenWidth,
-    ids_checked: bool,
+    /// The manifest's xxh3 of the whole file, checked on first entry (`None`: no manifest, or verification off).
+    expected_xxh3: Option<String>,
+    /// Ids (and checksum) already checked.
+    checked: bool,
 }
 
 impl MappedShard {
-    fn open(path: &Path) -> Result<Self, ShardError> {
+    fn open(path: &Path, expected_xxh3: Option<String>) -> Result<Self, ShardError> {
         let file = std::fs::File::open(path).map_err(|e| ShardError::io(path, e))?;
         let len = file.metadata().map_err(|e| ShardError::io(path, e))?.len();
         // SAFETY: shard files are immutable once renamed into place (docs/SHARD_FORMAT.md); nothing writes to them
@@ -120,7 +126,15 @@ impl MappedShard {
         };
         #[cfg(unix)]
         let _ = map.advise(memmap2::Advice::Sequential);
-        Ok(MappedShard { path: path.to_path_buf(), map, data_offset, num_tokens: num_tokens as usize, width, ids_checked: false })
+        Ok(MappedShard {
+            path: path.to_path_buf(),
+            map,
+            data_offset,
+            num_tokens: num_tokens as usize,
+            width,
+            expected_xxh3,
+            checked: false,
+        })
     }
 
     fn body(&self) -> &[u8] {
@@ -146,10 +160,14 @@ impl MappedShard {
         }
     }
 
-    /// Every id must be < vocab; checked once per shard, the first time the loader enters it.
-    fn check_ids(&mut self, vocab: u32) -> Result<(), ShardError> {
-        if self.ids_checked {
+    /// The file must match the manifest's checksum and every id must be < vocab; checked once per shard, the first
+    /// time the loader enters it.
+    fn check(&mut self, vocab: u32) -> Result<(), ShardError> {
+        if self.checked {
             return Ok(());
+        }
+        if let Some(expected) = &self.expected_xxh3 {
+            check_xxh3(&self.path, &self.map, expected)?;
         }
         let body = self.body();
         let bad = match self.width {
@@ -177,7 +195,7 @@ impl MappedShard {
                 vocab,
             });
         }
-        self.ids_checked = true;
+        self.checked = true;
         Ok(())
     }
 }
@@ -197,12 +215,21 @@ pub struct DataLoader {
 impl DataLoader {
     /// Open the `split` shards of a directory written by `tokenmill prep` (manifest.json), or, without a manifest,
     /// llm.c `.bin` / build-nanogpt `.npy` shards named `*_{split}_*` (GPT-2 vocabulary assumed for u16 shards).
+    /// Each shard is checked against the manifest's xxh3 the first time the loader enters it.
     pub fn open(data_dir: &Path, split: Split, cfg: LoaderConfig) -> Result<Self, LoaderError> {
-        let (files, vocab) = split_files(data_dir, split)?;
+        Self::open_with(data_dir, split, cfg, true)
+    }
+
+    /// As [`open`](Self::open); `verify = false` skips the checksums (`train --no-verify`), not the id check.
+    pub fn open_with(data_dir: &Path, split: Split, cfg: LoaderConfig, verify: bool) -> Result<Self, LoaderError> {
+        let (mut files, vocab) = split_files(data_dir, split)?;
         if files.is_empty() {
             return Err(LoaderError::NoShards { dir: data_dir.display().to_string(), split });
         }
-        let mut loader = Self::from_files(files, cfg, vocab)?;
+        if !verify {
+            files.iter_mut().for_each(|(_, sum)| *sum = None);
+        }
+        let mut loader = Self::from_listed(files, cfg, vocab)?;
         loader.split = Some(split);
         loader.state.split = Some(split);
         Ok(loader)
@@ -210,6 +237,11 @@ impl DataLoader {
 
     /// Open explicit shard files. `vocab_size == 0` means: GPT-2's 50257 for u16 shards, no id check for u32.
     pub fn from_files(files: Vec<PathBuf>, cfg: LoaderConfig, vocab_size: u32) -> Result<Self, LoaderError> {
+        Self::from_listed(files.into_iter().map(|f| (f, None)).collect(), cfg, vocab_size)
+    }
+
+    /// Shard files with the xxh3 each must have (`None`: unchecked).
+    fn from_listed(files: Vec<(PathBuf, Option<String>)>, cfg: LoaderConfig, vocab_size: u32) -> Result<Self, LoaderError> {
         if cfg.batch_size == 0 || cfg.seq_len == 0 || cfg.world == 0 || cfg.rank >= cfg.world {
             return Err(LoaderError::Config(format!(
                 "need B > 0, T > 0 and rank < world (got B={}, T={}, rank={}, world={})",
@@ -217,8 +249,8 @@ impl DataLoader {
             )));
         }
         let mut shards = Vec::with_capacity(files.len());
-        for f in &files {
-            let s = MappedShard::open(f)?;
+        for (f, sum) in &files {
+            let s = MappedShard::open(f, sum.clone())?;
             let needed = cfg.global_tokens() + 1;
             if s.num_tokens < needed {
                 return Err(LoaderError::ShardTooSmall {
@@ -385,7 +417,7 @@ impl DataLoader {
     fn enter_shard(&mut self) -> Result<(), LoaderError> {
         let idx = self.shard_order[self.state.shard];
         let vocab = self.vocab_size;
-        self.shards[idx].check_ids(vocab)?;
+        self.shards[idx].check(vocab)?;
         let n = self.batches_in(&self.shards[idx]);
         self.batch_order = (0..n).collect();
         if let Some(seed) = self.cfg.shuffle_seed {
@@ -404,14 +436,16 @@ fn mix(seed: u64, epoch: u64, shard: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The `split` shard files of a directory, in order, and the vocabulary size its manifest gives (0 without a
-/// manifest: then the files are `*_{split}_*.bin` / `.npy` by name).
-pub fn split_files(data_dir: &Path, split: Split) -> Result<(Vec<PathBuf>, u32), LoaderError> {
+/// The `split` shard files of a directory, in order, each with the xxh3 its manifest lists, and the vocabulary size
+/// the manifest gives (without a manifest: `*_{split}_*.bin` / `.npy` by name, no checksums, vocabulary 0).
+#[allow(clippy::type_complexity)]
+pub fn split_files(data_dir: &Path, split: Split) -> Result<(Vec<(PathBuf, Option<String>)>, u32), LoaderError> {
     if Manifest::path_in(data_dir).exists() {
         let m = Manifest::load(data_dir)?;
-        Ok((m.shard_paths(data_dir, split), m.tokenizer.vocab_size))
+        let files = m.shards.iter().filter(|s| s.split == split);
+        Ok((files.map(|s| (data_dir.join(&s.file), Some(s.xxh3.clone()))).collect(), m.tokenizer.vocab_size))
     } else {
-        Ok((discover_split_files(data_dir, split)?, 0))
+        Ok((discover_split_files(data_dir, split)?.into_iter().map(|f| (f, None)).collect(), 0))
     }
 }
 

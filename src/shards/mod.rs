@@ -1,10 +1,12 @@
 //! Token shards: the on-disk format (`format`), the per-directory `manifest`, the atomic `writer`, the memory-mapped
-//! multi-rank `loader`, and a reader for build-nanogpt's `.npy` shards (`npy`).
+//! multi-rank `loader`, checks against the manifest (`verify`), and a reader for build-nanogpt's `.npy` shards
+//! (`npy`).
 
 pub mod format;
 pub mod loader;
 pub mod manifest;
 pub mod npy;
+pub mod verify;
 pub mod writer;
 
 pub use format::{ShardError, ShardHeader, TokenWidth};

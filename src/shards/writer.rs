@@ -12,10 +12,11 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Sender};
 
-use crate::shards::format::{encode_tokens, ShardHeader, TokenWidth, HEADER_BYTES};
+use crate::shards::format::{encode_tokens, ShardError, ShardHeader, TokenWidth, HEADER_BYTES};
 use crate::shards::manifest::{
     DatasetDefinition, Manifest, ManifestError, ResumeCursor, ShardEntry, SourceEntry, Split,
 };
+use crate::shards::verify::check_listed_shard;
 use crate::tokenizer::TokenizerKind;
 use crate::util::{fsync_dir, temp_path_for};
 
@@ -48,8 +49,8 @@ pub enum WriterError {
     SettingsChanged { dir: String, shards: usize, what: String },
     #[error("{dir}: holds shard files but no manifest.json; refusing to mix with them (use another --out)")]
     ForeignShards { dir: String },
-    #[error("{path}: finished shard listed in the manifest is missing or damaged ({what}); delete the directory and re-run `tokenmill prep`")]
-    DamagedShard { path: String, what: String },
+    #[error("a finished shard is missing or damaged, so this directory cannot be resumed: {0}")]
+    DamagedShard(#[source] ShardError),
     #[error("shard size must be > 0 and at most {max} tokens (llm.c's int32 header); got {got}")]
     BadShardSize { got: u64, max: u64 },
     #[error("the background shard writer stopped unexpectedly")]
@@ -416,20 +417,7 @@ fn remove_previous_dataset(dir: &Path) -> Result<(), WriterError> {
 /// damaged prefix.
 fn verify_finished_shards(m: &Manifest, dir: &Path) -> Result<(), WriterError> {
     for s in &m.shards {
-        let path = dir.join(&s.file);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| WriterError::DamagedShard { path: path.display().to_string(), what: e.to_string() })?;
-        let expected_len = HEADER_BYTES as u64 + s.tokens * m.token_width.bytes() as u64;
-        if bytes.len() as u64 != expected_len {
-            return Err(WriterError::DamagedShard {
-                path: path.display().to_string(),
-                what: format!("{} bytes, expected {expected_len}", bytes.len()),
-            });
-        }
-        let sum = xxh3_hex(&bytes);
-        if sum != s.xxh3 {
-            return Err(WriterError::DamagedShard { path: path.display().to_string(), what: format!("xxh3 {sum}, manifest says {}", s.xxh3) });
-        }
+        check_listed_shard(dir, s).map_err(WriterError::DamagedShard)?;
     }
     Ok(())
 }

@@ -6,8 +6,10 @@
 //!                            the model config in its metadata (`crate::model::store`)
 //!     optimizer.safetensors  AdamW moments, `<param>.m` and `<param>.v`, fp32
 //!     state.json             step, optimizer step count, train loader position, sampling RNG, resolved config,
-//!                            model config, data identity, tool version
+//!                            model config, data identity, xxh3 of both tensor files, tool version
 //! ```
+//! The checksums are verified on resume (unless `--no-verify`) and by `tokenmill verify`: a damaged file is named,
+//! never loaded silently.
 //! A checkpoint is written into a temporary sibling directory, every file fsynced, then renamed into place, so a
 //! crash leaves either the previous checkpoint or the complete new one. `step_N` holds the state after N optimizer
 //! steps: resuming from it runs step N next.
@@ -27,6 +29,8 @@ use crate::train::TrainConfig;
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "state.json";
+/// The files `state.json` records checksums of.
+pub const TENSOR_FILES: [&str; 2] = [MODEL_FILE, OPTIMIZER_FILE];
 /// Bumped when state.json changes meaning; readers refuse newer versions.
 pub const CHECKPOINT_VERSION: u32 = 1;
 
@@ -54,6 +58,13 @@ pub enum CheckpointError {
     NotACheckpoint { path: String },
     #[error("no checkpoint to resume from in {dir} (no step_NNNNNN directory with a {STATE_FILE})")]
     NoneFound { dir: String },
+    #[error(
+        "{path}: xxh3 {found}, {STATE_FILE} says {expected}: the checkpoint is damaged; resume from an earlier one \
+         (--resume DIR/step_N; `tokenmill verify DIR` checks them) or load it anyway with --no-verify"
+    )]
+    Damaged { path: String, found: String, expected: String },
+    #[error("{path}: {STATE_FILE} records no checksum for {file}")]
+    Unlisted { path: String, file: &'static str },
 }
 
 /// The sampling RNG (ChaCha20) position: the seed and how many 32-bit words it has produced.
@@ -96,6 +107,10 @@ pub struct TrainState {
     /// The data the run trains on (`train::resume`); absent in checkpoints written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<DataIdentity>,
+    /// xxh3 (16 hex digits) of each tensor file by name, filled in by [`save`]; empty in checkpoints written before
+    /// tokenmill recorded them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checksums: BTreeMap<String, String>,
     pub tool_version: String,
 }
 
@@ -104,22 +119,24 @@ pub fn step_dir(root: &Path, step: usize) -> PathBuf {
     root.join(format!("step_{step:06}"))
 }
 
+/// The complete checkpoints under `root` (`step_NNNNNN` directories with a `state.json`), by step.
+pub fn all(root: &Path) -> Vec<(usize, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
+    let mut found: Vec<(usize, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let step = name.to_str()?.strip_prefix("step_")?.parse::<usize>().ok()?;
+            e.path().join(STATE_FILE).is_file().then(|| (step, e.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 /// The checkpoint with the highest step under `root`.
 pub fn latest(root: &Path) -> Result<PathBuf, CheckpointError> {
-    let none = || CheckpointError::NoneFound { dir: root.display().to_string() };
-    let entries = std::fs::read_dir(root).map_err(|_| none())?;
-    let mut best: Option<(usize, PathBuf)> = None;
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(step) = name.to_str().and_then(|n| n.strip_prefix("step_")).and_then(|s| s.parse::<usize>().ok())
-        else {
-            continue;
-        };
-        if e.path().join(STATE_FILE).is_file() && best.as_ref().is_none_or(|(b, _)| step > *b) {
-            best = Some((step, e.path()));
-        }
-    }
-    best.map(|(_, p)| p).ok_or_else(none)
+    all(root).pop().map(|(_, p)| p).ok_or_else(|| CheckpointError::NoneFound { dir: root.display().to_string() })
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -145,7 +162,12 @@ pub fn save(
     // files for identical states), and model.safetensors carries the model config so `--model DIR` can load it.
     save_model_weights(model, &tmp.join(MODEL_FILE))?;
     write_safetensors(&tmp.join(OPTIMIZER_FILE), optimizer, &BTreeMap::new())?;
-    let json = serde_json::to_vec_pretty(state).expect("TrainState serialises");
+    let mut state = state.clone();
+    for file in TENSOR_FILES {
+        let path = tmp.join(file);
+        state.checksums.insert(file.to_string(), crate::util::xxh3_file(&path).map_err(io(&path))?);
+    }
+    let json = serde_json::to_vec_pretty(&state).expect("TrainState serialises");
     let state_path = tmp.join(STATE_FILE);
     std::fs::write(&state_path, json).map_err(io(&state_path))?;
     std::fs::File::open(&state_path).and_then(|f| f.sync_all()).map_err(io(&state_path))?;
@@ -181,6 +203,32 @@ pub fn load_state(dir: &Path) -> Result<TrainState, CheckpointError> {
         return Err(CheckpointError::TooNew { path: path.display().to_string(), found: state.format_version });
     }
     Ok(state)
+}
+
+/// Check checkpoint `dir`'s tensor files against the checksums its `state` records; the first damaged one is the
+/// error. Returns the files checked: none for a checkpoint written before checksums were recorded.
+pub fn verify(dir: &Path, state: &TrainState) -> Result<Vec<&'static str>, CheckpointError> {
+    verify_each(dir, state).into_iter().map(|(file, r)| r.map(|()| file)).collect()
+}
+
+/// Each tensor file of checkpoint `dir` against `state`'s checksum (empty without checksums).
+pub fn verify_each(dir: &Path, state: &TrainState) -> Vec<(&'static str, Result<(), CheckpointError>)> {
+    if state.checksums.is_empty() {
+        return Vec::new();
+    }
+    let check = |file: &'static str| {
+        let path = dir.join(file);
+        let expected = state
+            .checksums
+            .get(file)
+            .ok_or_else(|| CheckpointError::Unlisted { path: dir.join(STATE_FILE).display().to_string(), file })?;
+        let found = crate::util::xxh3_file(&path).map_err(io(&path))?;
+        if &found != expected {
+            return Err(CheckpointError::Damaged { path: path.display().to_string(), found, expected: expected.clone() });
+        }
+        Ok(())
+    };
+    TENSOR_FILES.into_iter().map(|f| (f, check(f))).collect()
 }
 
 /// The optimizer moments of checkpoint `dir`, on `device`.

@@ -133,11 +133,14 @@ pub struct TrainerOptions {
     pub echo: bool,
     /// Gradient averaging across processes; `SingleProcess` unless data-parallel.
     pub reducer: Box<dyn Reducer>,
+    /// Check shards against the manifest's xxh3 when first entered, and a resumed checkpoint's files against its
+    /// state.json (`--no-verify` turns both off).
+    pub verify: bool,
 }
 
 impl Default for TrainerOptions {
     fn default() -> Self {
-        TrainerOptions { resume: Resume::No, echo: false, reducer: Box::new(SingleProcess) }
+        TrainerOptions { resume: Resume::No, echo: false, reducer: Box::new(SingleProcess), verify: true }
     }
 }
 
@@ -158,10 +161,10 @@ impl Trainer {
             world,
             shuffle_seed,
         };
-        let mut train = DataLoader::open(&data_dir, Split::Train, loader_cfg(cfg.data.shuffle_seed))?;
+        let mut train = DataLoader::open_with(&data_dir, Split::Train, loader_cfg(cfg.data.shuffle_seed), opts.verify)?;
         // Validation always reads the same batches, in file order, from the start.
         let val = if cfg.eval.val_every > 0 {
-            Some(DataLoader::open(&data_dir, Split::Val, loader_cfg(None))?)
+            Some(DataLoader::open_with(&data_dir, Split::Val, loader_cfg(None), opts.verify)?)
         } else {
             None
         };
@@ -186,6 +189,9 @@ impl Trainer {
             Resume::From(p) => Some(p.clone()),
         };
         let resume_state = resume_dir.as_deref().map(checkpoint::load_state).transpose()?;
+        if let (Some(dir), Some(state), true) = (&resume_dir, &resume_state, opts.verify) {
+            checkpoint::verify(dir, state)?;
+        }
         let data = DataIdentity::of_dir(&data_dir)?;
         // A resume applies what it can of `cfg` and refuses the rest, so `cfg` is the config in effect from here on.
         let resume_changes = match (&resume_dir, &resume_state) {
@@ -449,6 +455,7 @@ impl Trainer {
             config: self.cfg.clone(),
             model: self.engine.model().config().clone(),
             data: Some(self.data.clone()),
+            checksums: Default::default(), // filled in by checkpoint::save
             tool_version: crate::TOOL_VERSION.to_string(),
         };
         checkpoint::save(&dir, self.engine.model(), &self.engine.optimizer_state()?, &state)?;

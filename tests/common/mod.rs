@@ -11,26 +11,31 @@ use tokenmill::pipelines::fineweb::{self, Input, PrepOptions};
 use tokenmill::pipelines::sources::{SourceFile, SourceKind};
 use tokenmill::tokenizer::TokenizerKind;
 
-/// data/tinyshakespeare.txt through `prep` (GPT-2 BPE, 100K-token shards: 1 val + 3 train), once per test binary.
+/// data/tinyshakespeare.txt through `prep` into `dir` (GPT-2 BPE, 100K-token shards: 1 val + 3 train).
+pub fn prep_tiny_shakespeare(dir: &Path) {
+    let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tinyshakespeare.txt");
+    fineweb::prep(&PrepOptions {
+        input: Input::Local(vec![SourceFile { path: text, kind: SourceKind::Text }]),
+        text_column: "text".into(),
+        out: dir.to_path_buf(),
+        dataset: "tinyshakespeare".into(),
+        tokenizer: TokenizerKind::Gpt2,
+        shard_size: 100_000,
+        val_shards: 1,
+        max_shards: None,
+        threads: 1,
+        progress: false,
+        overwrite: false,
+    })
+    .unwrap();
+}
+
+/// [`prep_tiny_shakespeare`] once per test binary, shared read-only by its tests.
 pub fn tiny_shakespeare_shards() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tinyshakespeare.txt");
-        fineweb::prep(&PrepOptions {
-            input: Input::Local(vec![SourceFile { path: text, kind: SourceKind::Text }]),
-            text_column: "text".into(),
-            out: dir.path().to_path_buf(),
-            dataset: "tinyshakespeare".into(),
-            tokenizer: TokenizerKind::Gpt2,
-            shard_size: 100_000,
-            val_shards: 1,
-            max_shards: None,
-            threads: 1,
-            progress: false,
-            overwrite: false,
-        })
-        .unwrap();
+        prep_tiny_shakespeare(dir.path());
         dir
     })
     .path()

@@ -1,0 +1,95 @@
+//! `tokenmill verify DIR`: check what another command wrote against its own checksums, and say exactly what is wrong.
+//!
+//! ```text
+//! tokenmill verify shards/tinyshakespeare                   # manifest.json: every listed shard, unlisted files
+//! tokenmill verify log/tiny/checkpoints/step_000100         # state.json: model and optimizer files
+//! tokenmill verify log/tiny                                 # every checkpoint of a run (or of a checkpoints dir)
+//! ```
+//! One line per file; exits non-zero when anything is damaged.
+
+use std::path::{Path, PathBuf};
+
+use crate::shards::verify::verify_dir;
+use crate::shards::Manifest;
+use crate::train::checkpoint::{self, STATE_FILE};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A shard directory (manifest.json), a checkpoint (step_NNNNNN with state.json), a checkpoints directory, or a
+    /// run's log directory (its checkpoints/).
+    pub dir: PathBuf,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let dir = &args.dir;
+    let (damaged, checked) = if Manifest::path_in(dir).exists() {
+        shard_dir(dir)?
+    } else if dir.join(STATE_FILE).exists() {
+        one_checkpoint(dir)
+    } else {
+        let mut found = checkpoint::all(dir);
+        if found.is_empty() {
+            found = checkpoint::all(&dir.join("checkpoints"));
+        }
+        anyhow::ensure!(
+            !found.is_empty(),
+            "{}: nothing to verify: not a shard directory (no manifest.json), a checkpoint (no {STATE_FILE}), or a \
+             directory of step_NNNNNN checkpoints",
+            dir.display()
+        );
+        found.iter().map(|(_, p)| one_checkpoint(p)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    };
+    anyhow::ensure!(damaged == 0, "{}: {damaged} of {checked} file(s) damaged", dir.display());
+    println!("{}: all {checked} file(s) match their checksums", dir.display());
+    Ok(())
+}
+
+/// (damaged, checked) for a shard directory.
+fn shard_dir(dir: &Path) -> anyhow::Result<(usize, usize)> {
+    let report = verify_dir(dir)?;
+    let m = &report.manifest;
+    println!(
+        "{}: manifest.json: {} tokenizer, {} shard(s), {}",
+        dir.display(),
+        m.tokenizer.name,
+        m.shards.len(),
+        if m.complete { "complete" } else { "not complete (a prep that stopped or is still running)" }
+    );
+    for (entry, result) in &report.shards {
+        match result {
+            Ok(()) => println!("  ok       {} ({} tokens, xxh3 {})", entry.file, entry.tokens, entry.xxh3),
+            Err(e) => println!("  DAMAGED  {e}"),
+        }
+    }
+    for name in &report.unlisted {
+        println!("  unlisted {name} (not in manifest.json: a leftover of a killed run, or not tokenmill's)");
+    }
+    Ok((report.damaged(), report.shards.len()))
+}
+
+/// (damaged, checked) for one checkpoint; problems are printed, not returned, so every checkpoint is looked at.
+fn one_checkpoint(dir: &Path) -> (usize, usize) {
+    let state = match checkpoint::load_state(dir) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("{}:\n  DAMAGED  {e}", dir.display());
+            return (1, 1);
+        }
+    };
+    println!("{}: step {}, {STATE_FILE} readable", dir.display(), state.step);
+    let results = checkpoint::verify_each(dir, &state);
+    if results.is_empty() {
+        println!("  note     no checksums recorded (written before tokenmill recorded them): nothing to check against");
+    }
+    let mut damaged = 0;
+    for (file, result) in &results {
+        match result {
+            Ok(()) => println!("  ok       {file} (xxh3 {})", state.checksums[*file]),
+            Err(e) => {
+                damaged += 1;
+                println!("  DAMAGED  {e}");
+            }
+        }
+    }
+    (damaged, 1 + results.len())
+}

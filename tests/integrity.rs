@@ -1,0 +1,112 @@
+//! Checksums end to end (issue 12 item 3): a checkpoint records the xxh3 of its tensor files and a resume checks
+//! them; the loader checks each shard against the manifest when it first enters it; `tokenmill verify DIR` names
+//! exactly what is damaged in a shard directory or a checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tokenmill::shards::{DataLoader, LoaderConfig, LoaderError, Manifest, ShardError, Split};
+use tokenmill::train::checkpoint;
+use tokenmill::train::{Resume, TrainConfig, Trainer, TrainerOptions};
+
+#[path = "common/mod.rs"]
+mod common;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tiny(data: &Path, log: &Path) -> TrainConfig {
+    let o: Vec<String> = vec![
+        format!("data.dir={:?}", data.display().to_string()),
+        format!("run.log_dir={:?}", log.display().to_string()),
+        "data.micro_batch=4".into(),
+        "data.seq_len=32".into(),
+        "data.total_batch_tokens=128".into(),
+        "optim.max_steps=4".into(),
+        "eval.val_every=0".into(),
+        "eval.sample_every=0".into(),
+    ];
+    TrainConfig::resolve(Some(&repo().join("configs/tiny-cpu.toml")), &o).unwrap()
+}
+
+fn options(resume: Resume, verify: bool) -> TrainerOptions {
+    TrainerOptions { resume, verify, ..Default::default() }
+}
+
+/// `tokenmill verify ARG`: (success, stdout + stderr).
+fn verify(arg: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenmill")).arg("verify").arg(arg).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Overwrite `len` bytes in the middle of `path` with junk.
+fn scribble(path: &Path, len: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid..mid + len].iter_mut().for_each(|b| *b = !*b);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn damaged_checkpoint_file_stops_a_resume_and_verify_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, log) = (dir.path().join("data"), dir.path().join("log"));
+    common::prep_tiny_shakespeare(&data);
+    let mut t = Trainer::new(tiny(&data, &log), options(Resume::No, true)).unwrap();
+    t.run(Some(2)).unwrap();
+    drop(t);
+    let ckpt = checkpoint::step_dir(&log.join("checkpoints"), 2);
+    let state = checkpoint::load_state(&ckpt).unwrap();
+    assert_eq!(state.checksums.len(), 2, "state.json records both tensor files: {:?}", state.checksums);
+    let (ok, out) = verify(&log);
+    assert!(ok && out.contains("ok       optimizer.safetensors"), "{out}");
+
+    // Junk in the optimizer moments: a resume refuses, naming the file.
+    scribble(&ckpt.join(checkpoint::OPTIMIZER_FILE), 4096);
+    let err = match Trainer::new(tiny(&data, &log), options(Resume::Latest, true)) {
+        Ok(_) => panic!("resumed from a damaged checkpoint"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("optimizer.safetensors") && err.contains("xxh3") && err.contains("damaged"), "{err}");
+    let (ok, out) = verify(&ckpt);
+    assert!(!ok, "{out}");
+    assert!(out.contains("ok       model.safetensors") && out.contains("DAMAGED") && out.contains("1 of 3"), "{out}");
+    // --no-verify loads it anyway.
+    assert!(Trainer::new(tiny(&data, &log), options(Resume::Latest, false)).is_ok());
+}
+
+#[test]
+fn flipped_bit_in_a_shard_is_caught_when_the_loader_reaches_it_and_by_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::prep_tiny_shakespeare(&data);
+    let m = Manifest::load(&data).unwrap();
+    let train: Vec<&str> = m.shards.iter().filter(|s| s.split == Split::Train).map(|s| s.file.as_str()).collect();
+    assert_eq!(train.len(), 3);
+    let victim = data.join(train[1]);
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[5000] ^= 0x04;
+    std::fs::write(&victim, bytes).unwrap();
+
+    // The loader opens fine (shard 0 is intact) and stops when it first enters the damaged shard.
+    let cfg = LoaderConfig::new(4, 32);
+    let mut loader = DataLoader::open(&data, Split::Train, cfg).unwrap();
+    let err = (0..10_000).find_map(|_| loader.next_batch().err()).expect("the damaged shard is detected");
+    assert!(matches!(err, LoaderError::Shard(ShardError::ChecksumMismatch { .. })), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(train[1]) && msg.contains("manifest says") && msg.contains("tokenmill verify"), "{msg}");
+    // Without verification the (still in-vocabulary) flip goes through.
+    let mut unchecked = DataLoader::open_with(&data, Split::Train, cfg, false).unwrap();
+    assert!((0..10_000).all(|_| unchecked.next_batch().is_ok()));
+
+    std::fs::write(data.join("tinyshakespeare_train_000004.bin.tmp.77"), b"partial").unwrap();
+    let (ok, out) = verify(&data);
+    assert!(!ok, "{out}");
+    let damaged: Vec<&str> = out.lines().filter(|l| l.contains("DAMAGED")).collect();
+    assert!(damaged.len() == 1 && damaged[0].contains(train[1]), "{out}");
+    assert_eq!(out.lines().filter(|l| l.trim_start().starts_with("ok ")).count(), 3, "{out}");
+    assert!(out.contains("unlisted tinyshakespeare_train_000004.bin.tmp.77"), "{out}");
+    assert!(out.contains("1 of 4 file(s) damaged"), "{out}");
+}
