@@ -420,3 +420,63 @@ fn resume_applies_or_refuses_each_change_and_records_the_config_in_effect() {
     let saved = std::fs::read_to_string(log.join("config.toml")).unwrap();
     assert_eq!(TrainConfig::from_toml_str(&saved, "config.toml").unwrap(), state.config);
 }
+
+/// Issue 12 item 6: `step_N.tmp.PID` folders of interrupted checkpoint writes stayed forever, and a resumed run
+/// appended to log.txt, repeating the steps the stopped run had logged after its checkpoint. Now leftovers are cleaned
+/// at start and a resumed log reads exactly like an uninterrupted one.
+#[test]
+fn resumed_log_reads_like_an_uninterrupted_one_and_stale_checkpoint_temps_are_cleaned() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    shakespeare_dataset(&data);
+    let cfg = |log: &str| {
+        tiny_config(
+            &data,
+            &dir.path().join(log),
+            &[
+                "data.micro_batch=4",
+                "data.seq_len=32",
+                "data.total_batch_tokens=128",
+                "optim.max_steps=6",
+                "eval.val_every=2",
+                "eval.val_steps=1",
+                "eval.sample_every=0",
+                "checkpoint.every=2",
+            ],
+        )
+    };
+    Trainer::new(cfg("straight"), quiet(Resume::No)).unwrap().run(None).unwrap();
+
+    // A run that logged step 4 after its step_4 checkpoint, then died; and a checkpoint write cut short.
+    Trainer::new(cfg("split"), quiet(Resume::No)).unwrap().run(Some(5)).unwrap();
+    let ckpts = dir.path().join("split/checkpoints");
+    let dead = {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        child.id()
+    };
+    let stale = ckpts.join(format!("step_000006.tmp.{dead}"));
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join(checkpoint::MODEL_FILE), b"half a file").unwrap();
+    let mut resumed = Trainer::new(cfg("split"), quiet(Resume::From(checkpoint::step_dir(&ckpts, 4)))).unwrap();
+    assert!(!stale.exists(), "the stale temp folder is removed at start");
+    resumed.run(None).unwrap();
+
+    let read = |log: &str, f: &str| std::fs::read_to_string(dir.path().join(log).join(f)).unwrap();
+    let txt = read("split", "log.txt");
+    assert_eq!(txt, read("straight", "log.txt"), "log.txt of the resumed run");
+    assert_eq!(txt.lines().filter(|l| l.contains(" train ")).count(), 6);
+    // metrics.jsonl: the same events (timings aside).
+    let events = |log: &str| -> Vec<Event> {
+        read(log, "metrics.jsonl")
+            .lines()
+            .map(|l| match serde_json::from_str(l).unwrap() {
+                Event::Train { step, loss, lr, grad_norm, .. } => {
+                    Event::Train { step, loss, lr, grad_norm, ms: 0.0, tokens_per_s: 0.0 }
+                }
+                e => e,
+            })
+            .collect()
+    };
+    assert_eq!(events("split"), events("straight"));
+}

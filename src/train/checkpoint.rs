@@ -158,20 +158,11 @@ pub fn save(
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     std::fs::create_dir(&tmp).map_err(io(&tmp))?;
-    // Both tensor files go through the model store's writer: streamed, fsynced, in a fixed order (byte-identical
-    // files for identical states), and model.safetensors carries the model config so `--model DIR` can load it.
-    save_model_weights(model, &tmp.join(MODEL_FILE))?;
-    write_safetensors(&tmp.join(OPTIMIZER_FILE), optimizer, &BTreeMap::new())?;
-    let mut state = state.clone();
-    for file in TENSOR_FILES {
-        let path = tmp.join(file);
-        state.checksums.insert(file.to_string(), crate::util::xxh3_file(&path).map_err(io(&path))?);
+    if let Err(e) = write_files(&tmp, model, optimizer, state) {
+        // A failed write (disk full) leaves nothing behind; what a crash leaves, the next start removes.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
     }
-    let json = serde_json::to_vec_pretty(&state).expect("TrainState serialises");
-    let state_path = tmp.join(STATE_FILE);
-    std::fs::write(&state_path, json).map_err(io(&state_path))?;
-    std::fs::File::open(&state_path).and_then(|f| f.sync_all()).map_err(io(&state_path))?;
-    crate::util::fsync_dir(&tmp).map_err(io(&tmp))?;
     // rename() cannot replace a non-empty directory: move the old one aside first, delete it once the new one is in.
     let old = dir.with_file_name(format!(
         "{}.old.{}",
@@ -188,6 +179,71 @@ pub fn save(
         std::fs::remove_dir_all(&old).map_err(io(&old))?;
     }
     Ok(())
+}
+
+/// The three files of a checkpoint into the (temporary) directory `tmp`, each fsynced, `state.json` last and with the
+/// checksums of the other two.
+fn write_files(
+    tmp: &Path,
+    model: &dyn LanguageModel,
+    optimizer: &[(String, Tensor)],
+    state: &TrainState,
+) -> Result<(), CheckpointError> {
+    // Both tensor files go through the model store's writer: streamed, fsynced, in a fixed order (byte-identical
+    // files for identical states), and model.safetensors carries the model config so `--model DIR` can load it.
+    save_model_weights(model, &tmp.join(MODEL_FILE))?;
+    write_safetensors(&tmp.join(OPTIMIZER_FILE), optimizer, &BTreeMap::new())?;
+    let mut state = state.clone();
+    for file in TENSOR_FILES {
+        let path = tmp.join(file);
+        state.checksums.insert(file.to_string(), crate::util::xxh3_file(&path).map_err(io(&path))?);
+    }
+    let json = serde_json::to_vec_pretty(&state).expect("TrainState serialises");
+    let state_path = tmp.join(STATE_FILE);
+    std::fs::write(&state_path, json).map_err(io(&state_path))?;
+    std::fs::File::open(&state_path).and_then(|f| f.sync_all()).map_err(io(&state_path))?;
+    crate::util::fsync_dir(tmp).map_err(io(tmp))
+}
+
+/// Leftovers of checkpoint writes that did not finish, under `root`: `step_N.tmp.PID` (a write cut short: removed)
+/// and `step_N.old.PID` (the previous `step_N`, moved aside while it was replaced: removed when `step_N` is in place,
+/// renamed back when the replacement never arrived). Entries of a process that is still running are left alone.
+/// Returns one line per action, for the run's log. Run at start by the process that writes checkpoints.
+pub fn clean_stale(root: &Path) -> Result<Vec<String>, CheckpointError> {
+    let Ok(entries) = std::fs::read_dir(root) else { return Ok(Vec::new()) };
+    let mut notes = Vec::new();
+    let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    for name in names {
+        let Some((base, kind, pid)) = parse_leftover(&name) else { continue };
+        let path = root.join(&name);
+        if pid != std::process::id() && process_running(pid) {
+            notes.push(format!("left {} alone: process {pid} is still running", path.display()));
+            continue;
+        }
+        let target = root.join(base);
+        if kind == "old" && !target.exists() && path.join(STATE_FILE).is_file() {
+            std::fs::rename(&path, &target).map_err(io(&path))?;
+            notes.push(format!("restored {} from {name} (a save interrupted while replacing it)", target.display()));
+        } else {
+            std::fs::remove_dir_all(&path).map_err(io(&path))?;
+            notes.push(format!("removed {} (left by an interrupted checkpoint write)", path.display()));
+        }
+    }
+    Ok(notes)
+}
+
+/// `step_000100.tmp.4242` -> `("step_000100", "tmp", 4242)`; `None` for anything else.
+fn parse_leftover(name: &str) -> Option<(&str, &str, u32)> {
+    let (rest, pid) = name.rsplit_once('.')?;
+    let (base, kind) = rest.rsplit_once('.')?;
+    let pid = pid.parse().ok()?;
+    (base.starts_with("step_") && (kind == "tmp" || kind == "old")).then_some((base, kind, pid))
+}
+
+/// Whether process `pid` exists (Linux: /proc; elsewhere assumed gone, so leftovers are always cleaned).
+fn process_running(pid: u32) -> bool {
+    cfg!(target_os = "linux") && Path::new("/proc").join(pid.to_string()).exists()
 }
 
 /// Read `dir/state.json`.
@@ -262,6 +318,34 @@ mod tests {
             (0..5).map(|_| rng.next_u64()).collect::<Vec<_>>(),
             (0..5).map(|_| back.next_u64()).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn stale_leftovers_are_removed_or_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = {
+            let mut child = std::process::Command::new("true").spawn().unwrap();
+            child.wait().unwrap();
+            child.id()
+        };
+        let mk = |name: &str, complete: bool| {
+            let d = dir.path().join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(if complete { STATE_FILE } else { "model.safetensors" }), "{}").unwrap();
+        };
+        mk("step_000002", true);
+        mk(&format!("step_000004.tmp.{dead}"), false); // a write cut short
+        mk(&format!("step_000002.old.{dead}"), true); // replaced: step_000002 is in place
+        mk(&format!("step_000006.old.{dead}"), true); // moved aside, the replacement never arrived
+        mk(&format!("step_000008.tmp.{}", std::process::id()), false); // ours: nothing of ours is in flight at start
+        mk("step_000010.tmp.x", false); // not a leftover name: untouched
+        let notes = clean_stale(dir.path()).unwrap();
+        assert_eq!(notes.len(), 4, "{notes:?}");
+        let mut left: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["step_000002", "step_000006", "step_000010.tmp.x"]);
+        assert_eq!(latest(dir.path()).unwrap(), step_dir(dir.path(), 6));
     }
 
     #[test]

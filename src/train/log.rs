@@ -1,6 +1,8 @@
 //! A run's logs: one line per event on screen, build-nanogpt's `log.txt` (`"{step} train|val|hella {value}"`, which
 //! its plotting notebook and `tokenmill report` read), and `metrics.jsonl` with every field. Only rank 0 logs.
-//! A fresh run truncates both files (as build-nanogpt does); a resumed run appends.
+//! A fresh run truncates both files (as build-nanogpt does); a run resumed at step N first drops their lines of steps
+//! >= N (logged after that checkpoint by the run that stopped), then appends, so its log reads like an uninterrupted
+//! run's.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -56,8 +58,26 @@ pub struct RunLog {
 }
 
 impl RunLog {
-    /// Open `dir/log.txt` and `dir/metrics.jsonl`, truncating unless `append`. `echo` also prints every event.
-    pub fn open(dir: &Path, append: bool, echo: bool) -> std::io::Result<Self> {
+    /// Start `dir/log.txt` and `dir/metrics.jsonl` afresh (truncated). `echo` also prints every event.
+    pub fn open(dir: &Path, echo: bool) -> std::io::Result<Self> {
+        Self::open_files(dir, false, echo)
+    }
+
+    /// Continue the logs of a run resumed at `step`: lines of steps >= `step` are dropped (the stopped run logged them
+    /// after its checkpoint; the resumed run logs them again), as are lines cut short by a kill. Returns the log and
+    /// how many lines were dropped.
+    pub fn resume(dir: &Path, step: usize, echo: bool) -> std::io::Result<(Self, usize)> {
+        let txt_step = |line: &str| line.split_whitespace().next()?.parse().ok();
+        let json_step = |line: &str| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            v.get("step")?.as_u64().map(|s| s as usize)
+        };
+        let dropped = keep_steps_before(&dir.join(LOG_TXT), step, txt_step)?
+            + keep_steps_before(&dir.join(METRICS_JSONL), step, json_step)?;
+        Ok((Self::open_files(dir, true, echo)?, dropped))
+    }
+
+    fn open_files(dir: &Path, append: bool, echo: bool) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let open = |name: &str| {
             let mut o = OpenOptions::new();
@@ -98,6 +118,29 @@ impl RunLog {
     }
 }
 
+/// Rewrite `path` (atomically) keeping only the lines whose step (`step_of`) is below `step`; a missing file is
+/// fine. Returns the number of lines dropped.
+fn keep_steps_before(path: &Path, step: usize, step_of: impl Fn(&str) -> Option<usize>) -> std::io::Result<usize> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let (mut kept, mut dropped) = (String::with_capacity(text.len()), 0);
+    for line in text.lines() {
+        if step_of(line).is_some_and(|s| s < step) {
+            kept.push_str(line);
+            kept.push('\n');
+        } else if !line.trim().is_empty() {
+            dropped += 1;
+        }
+    }
+    if kept.len() != text.len() {
+        crate::util::write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(dropped)
+}
+
 /// The three curves of a `log.txt`: (step, value) in file order.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LogSeries {
@@ -118,7 +161,8 @@ pub enum LogParseError {
     BadLine { path: String, line: usize, text: String },
 }
 
-/// Read a build-nanogpt style `log.txt`. A resumed run may log a step twice; the later value wins.
+/// Read a build-nanogpt style `log.txt`. A step logged twice (by a run resumed with an older tokenmill, which appended)
+/// keeps its later value.
 pub fn read_log_txt(path: &Path) -> Result<LogSeries, LogParseError> {
     let p = || path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| LogParseError::Io { path: p(), source })?;
@@ -158,7 +202,7 @@ mod tests {
     #[test]
     fn log_txt_round_trips_in_build_nanogpt_format() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = RunLog::open(dir.path(), false, false).unwrap();
+        let mut log = RunLog::open(dir.path(), false).unwrap();
         log.record(&Event::Val { step: 0, loss: 10.98766 }).unwrap();
         log.record(&Event::Hella { step: 0, acc: 0.25, acc_norm: 0.2512, n: 100 }).unwrap();
         log.record(&Event::Train { step: 0, loss: 10.987654, lr: 8.4e-7, grad_norm: 15.2, ms: 1.0, tokens_per_s: 2.0 })
@@ -171,14 +215,43 @@ mod tests {
         assert_eq!(jsonl.lines().count(), 4);
         assert!(jsonl.lines().nth(2).unwrap().contains("\"kind\":\"train\""));
 
-        // A resumed run appends; a repeated step replaces the earlier value.
-        let mut log = RunLog::open(dir.path(), true, false).unwrap();
-        log.record(&Event::Val { step: 0, loss: 9.5 }).unwrap();
+        // A run resumed at step 1 keeps step 0 and appends.
+        let (mut log, dropped) = RunLog::resume(dir.path(), 1, false).unwrap();
+        assert_eq!(dropped, 0);
+        log.record(&Event::Val { step: 1, loss: 9.5 }).unwrap();
         drop(log);
         let s = read_log_txt(&dir.path().join(LOG_TXT)).unwrap();
-        assert_eq!(s.val, vec![(0, 9.5)]);
+        assert_eq!(s.val, vec![(0, 10.9877), (1, 9.5)]);
         assert_eq!(s.train, vec![(0, 10.987654)]);
         assert_eq!(s.hella, vec![(0, 0.2512)]);
+    }
+
+    #[test]
+    fn resume_drops_the_steps_logged_after_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = RunLog::open(dir.path(), false).unwrap();
+        for step in 0..6 {
+            log.record(&Event::Train { step, loss: 1.0, lr: 0.1, grad_norm: 1.0, ms: 1.0, tokens_per_s: 1.0 }).unwrap();
+        }
+        drop(log);
+        // A kill mid-write leaves a torn last line.
+        let jsonl = dir.path().join(METRICS_JSONL);
+        let mut text = std::fs::read_to_string(&jsonl).unwrap();
+        text.push_str("{\"kind\":\"tra");
+        std::fs::write(&jsonl, text).unwrap();
+        let (_, dropped) = RunLog::resume(dir.path(), 4, false).unwrap();
+        assert_eq!(dropped, 2 + 3);
+        assert_eq!(std::fs::read_to_string(dir.path().join(LOG_TXT)).unwrap(), "0 train 1.000000\n1 train 1.000000\n2 train 1.000000\n3 train 1.000000\n");
+        assert_eq!(std::fs::read_to_string(&jsonl).unwrap().lines().count(), 4);
+    }
+
+    #[test]
+    fn read_log_txt_keeps_the_later_value_of_a_repeated_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(LOG_TXT);
+        std::fs::write(&p, "0 val 10.0\n0 train 10.5\n0 val 9.5\n").unwrap();
+        let s = read_log_txt(&p).unwrap();
+        assert_eq!((s.val, s.train), (vec![(0, 9.5)], vec![(0, 10.5)]));
     }
 
     #[test]

@@ -183,6 +183,8 @@ impl Trainer {
             _ => None,
         };
 
+        // Leftovers of interrupted checkpoint writes go before anything looks for the latest checkpoint.
+        let mut notes = if rank == 0 { checkpoint::clean_stale(&cfg.checkpoint_dir())? } else { Vec::new() };
         let resume_dir = match &opts.resume {
             Resume::No => None,
             Resume::Latest => Some(checkpoint::latest(&cfg.checkpoint_dir())?),
@@ -194,10 +196,10 @@ impl Trainer {
         }
         let data = DataIdentity::of_dir(&data_dir)?;
         // A resume applies what it can of `cfg` and refuses the rest, so `cfg` is the config in effect from here on.
-        let resume_changes = match (&resume_dir, &resume_state) {
-            (Some(dir), Some(state)) => resume::reconcile(dir, state, &cfg, &data, data_vocab)?,
-            _ => Vec::new(),
-        };
+        if let (Some(dir), Some(state)) = (&resume_dir, &resume_state) {
+            let changes = resume::reconcile(dir, state, &cfg, &data, data_vocab)?;
+            notes.extend(changes.into_iter().map(|c| format!("resume applies {c}")));
+        }
         let model_cfg = match &resume_state {
             Some(s) => s.model.clone(),
             None => cfg.model.resolve(data_vocab)?,
@@ -246,8 +248,19 @@ impl Trainer {
         }
 
         let log = if rank == 0 {
-            let log =
-                RunLog::open(&cfg.run.log_dir, resume_dir.is_some(), opts.echo).map_err(io_err(&cfg.run.log_dir))?;
+            let dir = &cfg.run.log_dir;
+            let log = if resume_dir.is_some() {
+                let (log, dropped) = RunLog::resume(dir, step, opts.echo).map_err(io_err(dir))?;
+                if dropped > 0 {
+                    notes.push(format!(
+                        "dropped {dropped} line(s) of log.txt and metrics.jsonl for steps >= {step}, logged after that \
+                         checkpoint by the run that stopped"
+                    ));
+                }
+                log
+            } else {
+                RunLog::open(dir, opts.echo).map_err(io_err(dir))?
+            };
             let path = cfg.run.log_dir.join("config.toml");
             crate::util::write_atomic(&path, cfg.to_toml().as_bytes()).map_err(io_err(&path))?;
             Some(log)
@@ -273,11 +286,12 @@ impl Trainer {
             last_checkpoint: None,
             data,
         };
-        trainer.startup_notes(resume_dir.as_deref(), &resume_changes, dtype);
+        trainer.startup_notes(resume_dir.as_deref(), &notes, dtype);
         Ok(trainer)
     }
 
-    fn startup_notes(&self, resumed_from: Option<&Path>, changes: &[String], dtype: ComputeDtype) {
+    /// The run's opening lines; `notes` are what setup did besides the usual (cleanups, applied resume changes).
+    fn startup_notes(&self, resumed_from: Option<&Path>, notes: &[String], dtype: ComputeDtype) {
         let Some(log) = &self.log else { return };
         let m = self.engine.model().config();
         let n_params = self.engine.model().num_parameters();
@@ -304,9 +318,9 @@ impl Trainer {
         log.note(&format!("train data: {} tokens in {} shards", self.train.total_tokens(), self.train.num_shards()));
         if let Some(dir) = resumed_from {
             log.note(&format!("resumed from {} at step {}", dir.display(), self.step));
-            for change in changes {
-                log.note(&format!("resume applies {change}"));
-            }
+        }
+        for note in notes {
+            log.note(note);
         }
     }
 
