@@ -9,6 +9,13 @@
 //! H100/H200; the same variable candle-kernels reads). No `--use_fast_math`: the kernels call the fast
 //! intrinsics (`exp2f` on pre-scaled arguments) explicitly where the error is bounded, and keep IEEE division and
 //! `expf`/`logf` elsewhere (the loss must agree with the CPU reference to ~1e-6).
+//!
+//! With the `cudnn` feature it also compiles `src/cuda/cudnn_attn.cpp` (the cuDNN SDPA shim, C++17 over the
+//! header-only cuDNN frontend) with the `cc` crate and links libcudnn and libcudart. Headers and libraries:
+//! `CUDNN_INCLUDE_DIR`, `CUDNN_FRONTEND_INCLUDE_DIR`, `CUDNN_LIB_DIR` (scripts/build-cuda.sh exports them), else the
+//! PyPI wheels' layout beside `$CUDA_ROOT` (site-packages/nvidia/cu13 -> ../cudnn/{include,lib}, ../../include),
+//! else the compiler's default paths. A library directory that has only `libcudnn.so.9` (the wheel) gets a
+//! `libcudnn.so` link in OUT_DIR for the linker; the binary records the soname libcudnn.so.9.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -62,6 +69,62 @@ fn main() {
         if !status.success() {
             panic!("nvcc failed on {} ({status})", src.display());
         }
+    }
+    if std::env::var_os("CARGO_FEATURE_CUDNN").is_some() {
+        build_cudnn_shim(&out_dir);
+    }
+}
+
+/// `src/cuda/cudnn_attn.cpp` into a static library, and the link lines for libcudnn and libcudart.
+fn build_cudnn_shim(out_dir: &Path) {
+    const SHIM: &str = "src/cuda/cudnn_attn.cpp";
+    println!("cargo:rerun-if-changed={SHIM}");
+    for var in ["CUDNN_INCLUDE_DIR", "CUDNN_FRONTEND_INCLUDE_DIR", "CUDNN_LIB_DIR", "CXX"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    let env_dir = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let cuda_root = ["CUDA_ROOT", "CUDA_PATH", "CUDA_HOME"].iter().find_map(|v| env_dir(v));
+    // The PyPI layout: CUDA_ROOT = site-packages/nvidia/cu13, cuDNN in nvidia/cudnn, the frontend in include/.
+    let beside = |rel: &str| cuda_root.as_ref().map(|r| r.join(rel)).filter(|p| p.exists());
+    let cuda_include = cuda_root.as_ref().map(|r| r.join("include")).filter(|p| p.join("cuda_runtime.h").exists());
+    let cudnn_include = env_dir("CUDNN_INCLUDE_DIR").or_else(|| beside("../cudnn/include"));
+    let frontend_include = env_dir("CUDNN_FRONTEND_INCLUDE_DIR")
+        .or_else(|| beside("../../include").filter(|p| p.join("cudnn_frontend.h").exists()));
+    let cudnn_lib = env_dir("CUDNN_LIB_DIR").or_else(|| beside("../cudnn/lib"));
+
+    let mut build = cc::Build::new();
+    build.cpp(true).std("c++17").opt_level(2).file(SHIM);
+    // -isystem: the frontend's and CUDA's headers are not ours to warn about.
+    for dir in [&cuda_include, &cudnn_include, &frontend_include].into_iter().flatten() {
+        build.flag("-isystem").flag(dir.to_str().expect("utf-8 include path"));
+    }
+    build.compile("tokenmill_cudnn_attn");
+
+    let link_dir = out_dir.join("cudnn-link");
+    std::fs::create_dir_all(&link_dir).expect("creating OUT_DIR/cudnn-link");
+    let mut search: Vec<PathBuf> = vec![link_dir.clone()];
+    search.extend(cudnn_lib.iter().cloned());
+    if let Some(root) = &cuda_root {
+        search.extend(["lib64", "lib"].iter().map(|l| root.join(l)).filter(|p| p.exists()));
+    }
+    for (lib, soname) in [("cudnn", "libcudnn.so.9"), ("cudart", "libcudart.so.13")] {
+        let plain = format!("lib{lib}.so");
+        // A directory with only the versioned name (a wheel): a plain-named link to it, for `-l`.
+        if !search.iter().any(|d| d.join(&plain).exists()) {
+            if let Some(versioned) = search.iter().map(|d| d.join(soname)).find(|p| p.exists()) {
+                let link = link_dir.join(&plain);
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(&versioned, &link)
+                    .unwrap_or_else(|e| panic!("linking {} -> {}: {e}", link.display(), versioned.display()));
+            }
+        }
+        if !search.iter().any(|d| d.join(&plain).exists() || d.join(soname).exists()) {
+            println!("cargo:warning=lib{lib} not found in {search:?}: set CUDNN_LIB_DIR / CUDA_ROOT, or rely on the linker's paths");
+        }
+        println!("cargo:rustc-link-lib=dylib={lib}");
+    }
+    for dir in &search {
+        println!("cargo:rustc-link-search=native={}", dir.display());
     }
 }
 

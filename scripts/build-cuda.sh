@@ -10,12 +10,22 @@
 #    same SONAME whose symbols are the driver API names cudarc binds; the real libcuda.so.1 is loaded at run time.
 #    Measured: first build 11-12 min on 2 cores (candle-kernels' nvcc work), then incremental.
 #
-# Usage: scripts/build-cuda.sh [--pypi-toolchain] [extra cargo args]
+# With `--features cudnn` among the cargo args (cuDNN's SDPA as a second attention backend), --pypi-toolchain also
+# installs libcudnn 9 with its headers and the header-only cuDNN frontend, pinned: cuDNN 9.19.0.56 is the one
+# PyTorch 2.11 (cu130) ships, what the GPU machine loads at run time (libcudnn.so.9 from its torch venv), and
+# frontend 1.18 is of the same release; CUDNN_INCLUDE_DIR, CUDNN_FRONTEND_INCLUDE_DIR and CUDNN_LIB_DIR tell build.rs
+# where they are (with a system toolkit, set them if cuDNN is not on the default paths).
+#
+# Usage: scripts/build-cuda.sh [--pypi-toolchain] [extra cargo args, e.g. --features cudnn]
 # Output: target/release/tokenmill (and .dist/tokenmill.gz, ready to ship to a GPU machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYPI=0
 if [ "${1:-}" = "--pypi-toolchain" ]; then PYPI=1; shift; fi
+CUDNN=0
+case " $* " in *cudnn*) CUDNN=1 ;; esac
+CUDNN_PIP=()
+[ "$CUDNN" = 1 ] && CUDNN_PIP=("nvidia-cudnn-cu13==9.19.0.56" "nvidia-cudnn-frontend==1.18.0")
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 
 if [ "$PYPI" = 1 ]; then
@@ -25,7 +35,7 @@ if [ "$PYPI" = 1 ]; then
   "$PREFIX/venv/bin/pip" install -q \
     "nvidia-cuda-nvcc==13.0.88" "nvidia-nvvm==13.0.88" "nvidia-cuda-crt==13.0.88" "nvidia-cuda-cccl==13.0.85" \
     "nvidia-cuda-runtime==13.0.96" "nvidia-cuda-nvrtc==13.0.88" "nvidia-cublas==13.0.2.14" "nvidia-curand==10.4.5.25" "nvidia-nccl-cu13==2.28.9" \
-    ${TOKENMILL_CUDA_EXTRA_PIP:-}
+    "${CUDNN_PIP[@]}" ${TOKENMILL_CUDA_EXTRA_PIP:-}
   CU="$("$PREFIX/venv/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')"
   mkdir -p "$PREFIX/link"
   for l in cublas cublasLt cudart nvrtc; do ln -sf "$CU/lib/lib$l.so.13" "$PREFIX/link/lib$l.so"; done
@@ -44,6 +54,12 @@ if [ "$PYPI" = 1 ]; then
   export CUDA_ROOT="$CU" CUDA_PATH="$CU" CUDA_HOME="$CU"
   export LIBRARY_PATH="$PREFIX/link:$CU/lib:${LIBRARY_PATH:-}"
   export RUSTFLAGS="-L $PREFIX/link -L $CU/lib ${RUSTFLAGS:-}"
+  if [ "$CUDNN" = 1 ]; then
+    # The wheels' layout: nvidia/cudnn/{include,lib} beside nvidia/cu13, the frontend's headers in site-packages/include.
+    export CUDNN_INCLUDE_DIR="$CU/../cudnn/include" CUDNN_LIB_DIR="$CU/../cudnn/lib" CUDNN_FRONTEND_INCLUDE_DIR="$CU/../../include"
+    [ -f "$CUDNN_FRONTEND_INCLUDE_DIR/cudnn_frontend.h" ] || { echo "cudnn_frontend.h not found in $CUDNN_FRONTEND_INCLUDE_DIR" >&2; exit 1; }
+    [ -f "$CUDNN_LIB_DIR/libcudnn.so.9" ] || { echo "libcudnn.so.9 not found in $CUDNN_LIB_DIR" >&2; exit 1; }
+  fi
 fi
 
 command -v nvcc >/dev/null || { echo "nvcc not found: install the CUDA toolkit or use --pypi-toolchain" >&2; exit 1; }

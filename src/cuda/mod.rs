@@ -13,6 +13,8 @@ pub mod bias_grad;
 pub mod blaslt;
 #[cfg(feature = "cuda")]
 pub mod classifier;
+#[cfg(feature = "cudnn")]
+pub mod cudnn_attn;
 #[cfg(feature = "cuda")]
 pub mod encoder;
 #[cfg(feature = "cuda")]
