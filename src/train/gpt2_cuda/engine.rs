@@ -7,6 +7,7 @@ use std::sync::Arc;
 use candle_core::cuda_backend::cudarc::driver::{CudaStream, DevicePtr};
 use candle_core::{DType, Device, Result, Storage, Tensor, Var};
 
+use super::attention::{Attention, AttentionBackend};
 use super::buffers::{Buffers, LOSS_ACC};
 use super::layout::{ActLayout, Dims, LayerParams, ParamLayout, ScratchSizes};
 use super::profile::Profiler;
@@ -33,17 +34,25 @@ pub struct EngineOptions {
     /// Bias gradients from the weight-gradient matmuls' BGRADB epilogue (then added to the accumulated gradient)
     /// instead of `bias_grad.cu`'s column sums, which read dout once more.
     pub bias_grad_epilogue: bool,
+    /// The attention kernels: tokenmill's flash attention or cuDNN's SDPA (`TOKENMILL_ATTENTION=native|cudnn`).
+    pub attention: AttentionBackend,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { classifier_chunk: 16384, gelu_fusion: true, bias_grad_epilogue: false }
+        EngineOptions {
+            classifier_chunk: 16384,
+            gelu_fusion: true,
+            bias_grad_epilogue: false,
+            attention: AttentionBackend::Native,
+        }
     }
 }
 
 impl EngineOptions {
-    /// The defaults, with `TOKENMILL_GELU_FUSION=0|1`, `TOKENMILL_BGRADB=0|1` and `TOKENMILL_CLASSIFIER_CHUNK=ROWS`
-    /// from the environment (switches for A/B timings; none changes the maths beyond rounding).
+    /// The defaults, with `TOKENMILL_GELU_FUSION=0|1`, `TOKENMILL_BGRADB=0|1`, `TOKENMILL_CLASSIFIER_CHUNK=ROWS` and
+    /// `TOKENMILL_ATTENTION=native|cudnn` from the environment (switches for A/B timings; none changes the maths
+    /// beyond rounding).
     pub fn from_env() -> EngineOptions {
         let mut o = EngineOptions::default();
         let flag = |name: &str| std::env::var(name).ok().map(|v| v == "1");
@@ -56,6 +65,7 @@ impl EngineOptions {
         if let Some(rows) = std::env::var("TOKENMILL_CLASSIFIER_CHUNK").ok().and_then(|v| v.parse().ok()) {
             o.classifier_chunk = rows;
         }
+        o.attention = AttentionBackend::from_env();
         o
     }
 }
@@ -68,7 +78,7 @@ pub(super) struct Kernels {
     pub bias: BiasGrad,
     pub gelu: Gelu,
     pub adamw: AdamWKernels,
-    pub attn: FlashAttn,
+    pub attn: Attention,
 }
 
 pub struct Gpt2Cuda {
@@ -146,7 +156,7 @@ impl Gpt2Cuda {
             bias: BiasGrad::new(&stream)?,
             gelu: Gelu::new(&stream)?,
             adamw: AdamWKernels::new(&stream)?,
-            attn: FlashAttn::new(&stream)?,
+            attn: Attention::new(&stream, opts.attention, (b, t, cfg.n_head))?,
         };
         let n = dims.n();
         let scratch = ScratchSizes {

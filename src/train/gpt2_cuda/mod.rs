@@ -21,6 +21,8 @@
 pub mod layout;
 
 #[cfg(feature = "cuda")]
+mod attention;
+#[cfg(feature = "cuda")]
 mod backward;
 #[cfg(feature = "cuda")]
 mod buffers;
@@ -33,6 +35,8 @@ mod optimizer;
 #[cfg(feature = "cuda")]
 mod profile;
 
+#[cfg(feature = "cuda")]
+pub use attention::AttentionBackend;
 #[cfg(feature = "cuda")]
 pub use engine::{EngineOptions, Gpt2Cuda};
 
