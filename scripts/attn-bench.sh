@@ -4,10 +4,14 @@
 # bench/reference/attention_sdpa.py (cuDNN, flash = FlashAttention-2, memory-efficient) on the same shapes, then
 # prints one table: ms and TFLOP/s per implementation and shape, and tokenmill's time over each backend's.
 #
-#   scripts/attn-bench.sh [--check] [--ncu] [--variants]     # on the GPU machine, from the repo root
+#   scripts/attn-bench.sh [--check] [--ncu] [--cudnn] [--variants]     # on the GPU machine, from the repo root
 # --check first runs the attention tests of the GPU test binary (.dist/kernels/gpu.gz from
 # `scripts/gpu-kernel-check.sh build`): the kernels against the CPU twin at T = 1..2048, bitwise repeats, every
 # launch variant writing every element; then compute-sanitizer memcheck and racecheck on a small fwd + bwd.
+# --cudnn also times tokenmill's cuDNN SDPA backend (a `--features cudnn` binary, which does so by default too):
+# rows tokenmill-cudnn (deterministic backward, what TOKENMILL_ATTENTION=cudnn trains with) and tokenmill-cudnn-nondet
+# (cuDNN's default backward), then their ratio to PyTorch's cuDNN and the cost of determinism; with --check it also
+# runs the cuDNN backend's tests (kernels_cudnn_attention: a gpu binary built with KERNEL_FEATURES=cudnn).
 # --ncu last reads the hardware counters of the default kernels at B=64, T=1024 (Nsight Compute, clocks left alone:
 # --clock-control none) into $OUT/ncu.txt: throughput of the tensor, shared-memory and issue pipes, stall reasons.
 # Environment: TOKENMILL (the binary; default: .dist/tokenmill.gz unpacked, else target/release/tokenmill),
@@ -19,11 +23,20 @@ OUT="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT"
 CHECK=0
 NCU=0
-if [ "${1:-}" = "--check" ]; then CHECK=1; shift; fi
-if [ "${1:-}" = "--ncu" ]; then NCU=1; shift; fi
+CUDNN=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --check) CHECK=1; shift ;;
+    --ncu) NCU=1; shift ;;
+    --cudnn) CUDNN=1; shift ;;
+    *) break ;;
+  esac
+done
+BENCH_ARGS=()
+[ "$CUDNN" = 1 ] && BENCH_ARGS=(--backend both)
 # CUDA 13 user-space libraries (cuBLAS, NVRTC, ...) from wherever the machine has them (as gpu-kernel-check.sh).
 libdirs=""
-for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libnccl.so.2 libcudart.so.13; do
+for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libnccl.so.2 libcudart.so.13 libcudnn.so.9; do
   f="$(find / -name "$lib" -not -path '/proc/*' 2>/dev/null | head -n 1 || true)"
   [ -n "$f" ] && libdirs="$libdirs:$(dirname "$f")"
 done
@@ -37,6 +50,13 @@ if [ "$CHECK" = 1 ]; then
       echo "PASS $t"; else echo "FAIL $t"; tail -n 20 "$OUT/test-$t.log"; status=1; fi
     grep -hE "max \|diff\||bitwise|written" "$OUT/test-$t.log" | sed 's/^/    /' | head -n 40 || true
   done
+  if [ "$CUDNN" = 1 ]; then
+    for t in cuda_cudnn_matches_native_and_cpu cuda_cudnn_backward_repeats_bitwise cuda_engine_with_cudnn_matches_native; do
+      if "$bin" "kernels_cudnn_attention::cudnn::$t" --exact --test-threads=1 --nocapture > "$OUT/test-$t.log" 2>&1; then
+        echo "PASS $t"; else echo "FAIL $t"; tail -n 20 "$OUT/test-$t.log"; status=1; fi
+      grep -hE "max \|diff\||bitwise|written|cuDNN|loss|relative|runs" "$OUT/test-$t.log" | sed 's/^/    /' | head -n 60 || true
+    done
+  fi
   for tool in memcheck racecheck; do
     if compute-sanitizer --tool "$tool" --error-exitcode 9 "$bin" kernels_attention::cuda_flash_sanitizer_case \
         --exact --test-threads=1 > "$OUT/sanitizer-$tool.log" 2>&1; then
@@ -55,7 +75,7 @@ if [ -z "${TOKENMILL:-}" ]; then
 fi
 PYTHON="${PYTHON:-$( [ -x /opt/torch/.venv/bin/python3 ] && echo /opt/torch/.venv/bin/python3 || echo python3)}"
 
-"$TOKENMILL" bench attention "$@" 2>&1 | tee "$OUT/attn-tokenmill.log"
+"$TOKENMILL" bench attention "${BENCH_ARGS[@]}" "$@" 2>&1 | tee "$OUT/attn-tokenmill.log"
 "$PYTHON" bench/reference/attention_sdpa.py 2>&1 | tee "$OUT/attn-torch.log"
 
 python3 - "$OUT/attn-tokenmill.log" "$OUT/attn-torch.log" <<'PY'
@@ -75,12 +95,23 @@ for (B, T, NH, HS), impls in rows.items():
         ratio = f"{(ours[0] + ours[1]) / (fw + bw):7.2f}" if ours and fw == fw and bw == bw else "      -"
         print(f"{f'B={B} T={T} NH={NH} HS={HS}':<22} {name:<16} {fw:8.3f} {flop / fw / 1e9:8.1f} {bw:8.3f} "
               f"{2.5 * flop / bw / 1e9:8.1f} {fw + bw:8.3f} {ratio}")
+cudnn = [(s, i) for s, i in rows.items() if "tokenmill-cudnn" in i]
+if cudnn:
+    print("\n===== tokenmill's cuDNN backend (f+b ms): against PyTorch's cuDNN SDPA, and the deterministic backward's cost")
+    for (B, T, NH, HS), impls in cudnn:
+        det, nondet, torch = (impls.get(k) for k in ("tokenmill-cudnn", "tokenmill-cudnn-nondet", "torch-cudnn"))
+        line = f"B={B} T={T} NH={NH} HS={HS}: tokenmill-cudnn {sum(det):.3f}"
+        if torch and torch[0] == torch[0]:
+            line += f", torch-cudnn {sum(torch):.3f} (ratio {sum(det) / sum(torch):.3f})"
+        if nondet:
+            line += f"; deterministic bwd {det[1]:.3f} vs default {nondet[1]:.3f} ms ({det[1] / nondet[1]:.3f}x)"
+        print(line)
 PY
 if [ "$NCU" = 1 ] && command -v ncu >/dev/null; then
   # The first shape's first three flash kernels: forward, dQ, dK/dV (one timed run each, no warm-up).
   timeout 240 ncu --clock-control none -k regex:flash_ -c 3 --section SpeedOfLight --section ComputeWorkloadAnalysis \
     --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
-    "$TOKENMILL" bench attention --warmup 0 --reps 1 > "$OUT/ncu.txt" 2>&1 || echo "ncu failed (rc $?)"
+    "$TOKENMILL" bench attention --backend native --warmup 0 --reps 1 > "$OUT/ncu.txt" 2>&1 || echo "ncu failed (rc $?)"
   grep -E "flash_|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Issue Slots Busy|Warp Cycles Per Issued|Stall|Shared Memory|Executed Ipc A" \
     "$OUT/ncu.txt" | head -n 60 || true
 fi

@@ -5,12 +5,51 @@
 //! its own pair of events; TFLOP/s count the causal half (forward 2*B*NH*T^2*HS, backward 2.5x that), as
 //! FlashAttention's papers and PyTorch's benchmarks do. Inputs are random bf16 (never zeros). Compared with
 //! PyTorch's SDPA by scripts/attn-bench.sh (bench/reference/attention_sdpa.py).
+//!
+//! `--backend cudnn|both` (a `--features cudnn` build; `both` is its default) also times cuDNN's SDPA through
+//! `crate::cuda::cudnn_attn` on the same buffers with the same events: with the deterministic backward requested
+//! (what `TOKENMILL_ATTENTION=cudnn` trains with) and with cuDNN's default backward, so the cost of determinism is
+//! measured. Graphs are built before timing; cuDNN has no separate dQ / dK-dV kernels to time (NaN there).
 
 use serde::Serialize;
 
 /// (B, T, NH, HS) of the benchmark: 65,536 tokens each.
 pub const SHAPES: [(usize, usize, usize, usize); 4] =
     [(64, 1024, 12, 64), (256, 256, 12, 64), (128, 512, 12, 64), (32, 2048, 12, 64)];
+
+/// Which implementations `tokenmill bench attention` times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// tokenmill's flash kernels (`crate::cuda::flash_attn`)
+    Native,
+    /// cuDNN's SDPA (`crate::cuda::cudnn_attn`; deterministic and default backward)
+    Cudnn,
+    /// both
+    Both,
+}
+
+impl Backend {
+    /// `both` where the binary has the cuDNN backend, else `native`.
+    pub fn default_for_build() -> Backend {
+        if cfg!(feature = "cudnn") {
+            Backend::Both
+        } else {
+            Backend::Native
+        }
+    }
+    /// Whether the native kernels are timed.
+    pub fn native(self) -> bool {
+        self != Backend::Cudnn
+    }
+    /// Whether cuDNN is timed.
+    pub fn cudnn(self) -> bool {
+        self != Backend::Native
+    }
+}
+
+/// The `variant` labels of the cuDNN rows, and the `ATTN` implementation names `machine_lines` gives them.
+pub const CUDNN_DETERMINISTIC: &str = "cudnn deterministic bwd";
+pub const CUDNN_DEFAULT: &str = "cudnn default bwd";
 
 /// One (shape, variant) row, milliseconds (medians).
 #[derive(Clone, Debug, Serialize)]
@@ -65,11 +104,19 @@ pub fn report(rows: &[AttnTiming]) -> String {
     s
 }
 
-/// `ATTN tokenmill ...` lines for the default variant only (the one training runs).
+/// `ATTN tokenmill ...` lines for the default variant only (the one training runs), and `ATTN tokenmill-cudnn`
+/// (deterministic backward) / `ATTN tokenmill-cudnn-nondet` (cuDNN's default backward) for the cuDNN rows.
 pub fn machine_lines(rows: &[AttnTiming], default_label: &str) -> String {
     rows.iter()
-        .filter(|r| r.variant == default_label)
-        .map(|r| format!("ATTN tokenmill {} {} {} {} {:.4} {:.4}\n", r.b, r.t, r.nh, r.hs, r.fwd_ms, r.bwd_ms))
+        .filter_map(|r| {
+            let name = match r.variant.as_str() {
+                v if v == default_label => "tokenmill",
+                CUDNN_DETERMINISTIC => "tokenmill-cudnn",
+                CUDNN_DEFAULT => "tokenmill-cudnn-nondet",
+                _ => return None,
+            };
+            Some(format!("ATTN {name} {} {} {} {} {:.4} {:.4}\n", r.b, r.t, r.nh, r.hs, r.fwd_ms, r.bwd_ms))
+        })
         .collect()
 }
 
@@ -87,7 +134,12 @@ pub fn default_label() -> String {
 pub use gpu::run;
 
 #[cfg(not(feature = "cuda"))]
-pub fn run(_all_variants: bool, _warmup: usize, _reps: usize) -> anyhow::Result<(Vec<AttnTiming>, String)> {
+pub fn run(
+    _all_variants: bool,
+    _backend: Backend,
+    _warmup: usize,
+    _reps: usize,
+) -> anyhow::Result<(Vec<AttnTiming>, String)> {
     anyhow::bail!("`tokenmill bench attention` times CUDA kernels: build with --features cuda (scripts/build-cuda.sh)")
 }
 
@@ -100,7 +152,7 @@ mod gpu {
     use candle_core::cuda_backend::cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
     use half::bf16;
 
-    use super::{AttnTiming, SHAPES};
+    use super::{AttnTiming, Backend, SHAPES};
     use crate::cuda::flash_attn::{check_dims, Dtype, FlashAttn, Variant};
 
     /// Random bf16 in [-1, 1) from a fixed xorshift stream.
@@ -150,12 +202,30 @@ mod gpu {
         scratch: CudaSlice<f32>,
     }
 
-    /// Time every shape with the default variant (or every compiled variant): the rows and the device name.
-    pub fn run(all_variants: bool, warmup: usize, reps: usize) -> anyhow::Result<(Vec<AttnTiming>, String)> {
+    /// Time every shape with the default variant (or every compiled variant) of the native kernels and/or cuDNN
+    /// (`backend`): the rows and the device name.
+    pub fn run(
+        all_variants: bool,
+        backend: Backend,
+        warmup: usize,
+        reps: usize,
+    ) -> anyhow::Result<(Vec<AttnTiming>, String)> {
         let ctx = CudaContext::new(0).context("CUDA device 0")?;
         let name = ctx.name().unwrap_or_else(|_| "CUDA device 0".into());
         let stream = ctx.default_stream();
-        let variants: Vec<Variant> = if all_variants { Variant::ALL.to_vec() } else { vec![Variant::DEFAULT] };
+        #[cfg(feature = "cudnn")]
+        let cudnn = cudnn_contexts(&stream, backend.cudnn())?;
+        #[cfg(not(feature = "cudnn"))]
+        if backend.cudnn() {
+            anyhow::bail!(
+                "bench attention --backend cudnn|both: this binary was built without the `cudnn` feature \
+                 (scripts/build-cuda.sh --pypi-toolchain --features cudnn)"
+            );
+        }
+        let mut variants: Vec<Variant> = if all_variants { Variant::ALL.to_vec() } else { vec![Variant::DEFAULT] };
+        if !backend.native() {
+            variants.clear();
+        }
         let kernels =
             variants.iter().map(|&v| FlashAttn::with_variant(&stream, v)).collect::<candle_core::Result<Vec<_>>>()?;
         let mut rows = Vec::new();
@@ -170,15 +240,15 @@ mod gpu {
                 scratch: stream.alloc_zeros::<f32>(FlashAttn::scratch_len(b, t, nh))?,
             };
             let d = check_dims(b, t, nh, hs)?;
+            let s = &stream;
+            let bf = &mut bufs;
+            let (qkv, _a) = bf.qkv.device_ptr(s);
+            let (dy, _b) = bf.dy.device_ptr(s);
+            let (y, _c) = bf.y.device_ptr_mut(s);
+            let (dqkv, _d) = bf.dqkv.device_ptr_mut(s);
+            let (lse, _e) = bf.lse.device_ptr_mut(s);
+            let (scr, _f) = bf.scratch.device_ptr_mut(s);
             for (fa, v) in kernels.iter().zip(&variants) {
-                let s = &stream;
-                let bf = &mut bufs;
-                let (qkv, _a) = bf.qkv.device_ptr(s);
-                let (dy, _b) = bf.dy.device_ptr(s);
-                let (y, _c) = bf.y.device_ptr_mut(s);
-                let (dqkv, _d) = bf.dqkv.device_ptr_mut(s);
-                let (lse, _e) = bf.lse.device_ptr_mut(s);
-                let (scr, _f) = bf.scratch.device_ptr_mut(s);
                 let dt = Dtype::Bf16;
                 // SAFETY: every buffer above was allocated at the size the flash_attn API documents for (b, t, nh, hs).
                 let fwd_ms = time(s, warmup, reps, || unsafe { fa.forward_with(dt, qkv, y, lse, b, t, nh, hs) })?;
@@ -191,7 +261,40 @@ mod gpu {
                 eprintln!("{}", super::report(std::slice::from_ref(&row)).lines().nth(1).unwrap_or_default());
                 rows.push(row);
             }
+            #[cfg(feature = "cudnn")]
+            for (att, label) in &cudnn {
+                att.prepare(b, t, nh)?;
+                // SAFETY: the buffers were allocated at the sizes the cudnn_attn API documents for (b, t, nh, 64).
+                let fwd_ms = time(s, warmup, reps, || unsafe { att.forward(qkv, y, lse, b, t, nh) })?;
+                let bwd_ms = time(s, warmup, reps, || unsafe { att.backward(qkv, y, dy, lse, 0, dqkv, b, t, nh) })?;
+                let (dq_ms, dkdv_ms) = (f64::NAN, f64::NAN);
+                let row = AttnTiming { b, t, nh, hs, variant: label.to_string(), fwd_ms, bwd_ms, dq_ms, dkdv_ms };
+                eprintln!("{}", super::report(std::slice::from_ref(&row)).lines().nth(1).unwrap_or_default());
+                rows.push(row);
+            }
+        }
+        #[cfg(feature = "cudnn")]
+        for (att, label) in &cudnn {
+            eprintln!("{label}: {}", att.describe()?.replace('\n', &format!("\n{label}: ")));
         }
         Ok((rows, name))
+    }
+
+    /// The cuDNN contexts to time, deterministic backward first (none unless `wanted`).
+    #[cfg(feature = "cudnn")]
+    fn cudnn_contexts(
+        stream: &Arc<CudaStream>,
+        wanted: bool,
+    ) -> anyhow::Result<Vec<(crate::cuda::cudnn_attn::CudnnAttn, &'static str)>> {
+        use crate::cuda::cudnn_attn::CudnnAttn;
+        if !wanted {
+            return Ok(Vec::new());
+        }
+        let (rt, compiled, fe) = CudnnAttn::versions();
+        eprintln!("cuDNN {rt} at run time (compiled against {compiled}), cuDNN frontend {fe}");
+        Ok(vec![
+            (CudnnAttn::with_determinism(stream, true)?, super::CUDNN_DETERMINISTIC),
+            (CudnnAttn::with_determinism(stream, false)?, super::CUDNN_DEFAULT),
+        ])
     }
 }

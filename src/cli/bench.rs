@@ -46,6 +46,10 @@ pub struct AttentionArgs {
     /// Time every compiled launch variant, not only the default.
     #[arg(long)]
     pub variants: bool,
+    /// Implementations to time: tokenmill's flash kernels, cuDNN's SDPA (a `--features cudnn` build), or both
+    /// [default: both in a cudnn build, else native].
+    #[arg(long, value_enum)]
+    pub backend: Option<crate::bench::attention::Backend>,
     /// Untimed runs before the timed ones, per kernel.
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,
@@ -169,7 +173,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Some(BenchCommand::Compare(a)) => run_compare(a),
         Some(BenchCommand::Attention(a)) => {
-            let (rows, device) = crate::bench::attention::run(a.variants, a.warmup, a.reps)?;
+            let backend = a.backend.unwrap_or_else(crate::bench::attention::Backend::default_for_build);
+            let (rows, device) = crate::bench::attention::run(a.variants, backend, a.warmup, a.reps)?;
             println!("flash attention, bf16, causal, on {device}:");
             print!("{}", crate::bench::attention::report(&rows));
             print!("{}", crate::bench::attention::machine_lines(&rows, &crate::bench::attention::default_label()));
