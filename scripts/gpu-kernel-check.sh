@@ -7,6 +7,10 @@
 #                                       # that `scripts/build-cuda.sh --pypi-toolchain` installed
 #   scripts/gpu-kernel-check.sh run     # on the GPU machine, from the repo root with .dist/kernels/ present
 #
+# KERNEL_FEATURES=cudnn (build) adds cargo features to `cuda`: with cudnn, the cuDNN SDPA backend and its tests
+# (kernels_cudnn_attention; needs the cuDNN wheels that `scripts/build-cuda.sh --pypi-toolchain --features cudnn`
+# installs, found by build.rs beside the PyPI CUDA, or CUDNN_INCLUDE_DIR / CUDNN_FRONTEND_INCLUDE_DIR / CUDNN_LIB_DIR).
+#
 # `run` prints each test's output, then a short table last (one line per check or timing). Exit status: non-zero
 # if any correctness test failed.
 set -euo pipefail
@@ -15,7 +19,7 @@ DIST=.dist/kernels
 # One binary (tests/gpu/main.rs) holding every test file with a CUDA part, as these modules.
 TESTS=(gpu)
 # KERNEL_MODULES="kernels_embedding dist_nccl" runs a subset.
-read -ra MODULES <<< "${KERNEL_MODULES:-kernels_cross_entropy kernels_attention kernels_norm_act kernels_embedding dist_nccl gpu_model}"
+read -ra MODULES <<< "${KERNEL_MODULES:-kernels_cross_entropy kernels_attention kernels_cudnn_attention kernels_norm_act kernels_embedding dist_nccl gpu_model}"
 
 build() {
   if ! command -v nvcc >/dev/null; then
@@ -30,7 +34,8 @@ build() {
   export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
   local args=()
   for t in "${TESTS[@]}"; do args+=(--test "$t"); done
-  cargo test --release --features cuda --no-run "${args[@]}" --message-format=json 2>/dev/null \
+  local features="cuda${KERNEL_FEATURES:+,$KERNEL_FEATURES}"
+  cargo test --release --features "$features" --no-run "${args[@]}" --message-format=json 2>/dev/null \
     | python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -38,7 +43,7 @@ for line in sys.stdin:
     except ValueError: continue
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["target"]["name"], m["executable"])' > /tmp/tokenmill-kernel-tests.txt
-  [ -s /tmp/tokenmill-kernel-tests.txt ] || { echo "build failed: rerun cargo test --release --features cuda --no-run to see why" >&2; exit 1; }
+  [ -s /tmp/tokenmill-kernel-tests.txt ] || { echo "build failed: rerun cargo test --release --features $features --no-run to see why" >&2; exit 1; }
   mkdir -p "$DIST"
   while read -r name exe; do
     strip -o "$DIST/$name" "$exe"
@@ -48,9 +53,10 @@ for line in sys.stdin:
 }
 
 run() {
-  # CUDA 13 user-space libraries (cuBLAS, cuRAND, NVRTC, NCCL) from wherever the machine has them.
+  # CUDA 13 user-space libraries (cuBLAS, cuRAND, NVRTC, NCCL; cuDNN 9 for a cudnn build) from wherever the machine
+  # has them.
   local libdirs=""
-  for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libnccl.so.2 libcudart.so.13; do
+  for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libnccl.so.2 libcudart.so.13 libcudnn.so.9; do
     local f
     f="$(find / -name "$lib" -not -path '/proc/*' 2>/dev/null | head -n 1 || true)"
     [ -n "$f" ] && libdirs="$libdirs:$(dirname "$f")"
