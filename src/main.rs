@@ -10,6 +10,12 @@ fn main() -> std::process::ExitCode {
     match tokenmill::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(stop) = e.downcast_ref::<tokenmill::cli::Interrupted>() {
+                if !stop.message.is_empty() {
+                    eprintln!("{stop}");
+                }
+                return std::process::ExitCode::from(stop.code);
+            }
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }

@@ -188,3 +188,36 @@ fn batch_that_does_not_divide_across_launched_ranks_is_named() {
     assert!(text.contains("must be divisible by micro_batch * seq_len * world = 4 * 64 * 3 = 768"), "{text}");
     assert!(text.contains("exited with status 1"), "{text}");
 }
+
+/// SIGTERM to the launcher (a scheduler's preemption): forwarded once to each rank, which finish their step, agree on
+/// it, and rank 0 writes the checkpoint; the job ends with the stop line, not a lost run.
+#[test]
+fn sigterm_to_the_launcher_stops_every_rank_with_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = shards(dir.path());
+    let log = dir.path().join("log");
+    let mut child = launch_train(2, &data, &log, &["--max-steps", "100000", "--set", "checkpoint.every=0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !rx.recv_timeout(deadline - Instant::now()).expect("rank 0 logs a step").starts_with("[rank 0] step     1 |") {}
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("[rank 0] stopped by SIGTERM after "), "{stderr}");
+    assert!(stderr.contains("interrupted by SIGTERM"), "{stderr}");
+    let ckpt = tokenmill::train::checkpoint::latest(&log.join("checkpoints")).expect("rank 0 wrote a checkpoint");
+    let state = tokenmill::train::checkpoint::load_state(&ckpt).unwrap();
+    let txt = std::fs::read_to_string(log.join("log.txt")).unwrap();
+    assert_eq!(txt.lines().count(), state.step, "{txt}");
+}

@@ -16,7 +16,7 @@ use tokenmill::shards::loader::{DataLoader, LoaderConfig};
 use tokenmill::shards::Split;
 use tokenmill::train::dist::{Communicator, DataParallel, LocalGroup};
 use tokenmill::train::log::Event;
-use tokenmill::train::{Resume, TrainConfig, Trainer, TrainerOptions};
+use tokenmill::train::{Resume, RunEnd, TrainConfig, Trainer, TrainerOptions};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -333,4 +333,31 @@ fn every_rank_starts_from_rank_zeros_weights() {
     )
     .unwrap();
     assert_ne!(params(&own), out[1], "seed 1001 alone gives other weights: the broadcast did something");
+}
+
+/// A stop requested on one rank only (a signal that reaches one process first): every rank stops after the same step
+/// (they agree once per step), and rank 0 writes the checkpoint although the request was not its own.
+#[test]
+fn a_stop_on_one_rank_stops_every_rank_after_the_same_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let (d, c) = (dir.path().to_path_buf(), ckpt.clone());
+    let cfg = move |rank: usize| {
+        let extra = vec![
+            "data.micro_batch=2".to_string(),
+            "optim.max_steps=50".to_string(),
+            format!("checkpoint.dir={:?}", c.display().to_string()),
+        ];
+        config(&d.join(format!("log{rank}")), &extra)
+    };
+    let ends = on_ranks(2, Duration::from_secs(60), cfg, Resume::No, |rank, t| {
+        if rank == 1 {
+            t.stop_request().request(15);
+        }
+        t.run(None).unwrap()
+    });
+    let at = tokenmill::train::checkpoint::step_dir(&ckpt, 1);
+    assert_eq!(ends[0], RunEnd::Stopped { signal: None, step: 1, checkpoint: Some(at.clone()) });
+    assert_eq!(ends[1], RunEnd::Stopped { signal: Some(15), step: 1, checkpoint: None });
+    assert_eq!(tokenmill::train::checkpoint::load_state(&at).unwrap().step, 1);
 }

@@ -480,3 +480,77 @@ fn resumed_log_reads_like_an_uninterrupted_one_and_stale_checkpoint_temps_are_cl
     };
     assert_eq!(events("split"), events("straight"));
 }
+
+/// `tokenmill train` on the test's data with the tiny config, stdout piped (the run is long: a signal ends it).
+fn spawn_train(data: &Path, log: &Path, more: &[&str]) -> std::process::Child {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tokenmill"));
+    cmd.args(["train", "--config"]).arg(repo().join("configs/tiny-cpu.toml"));
+    cmd.arg("--data").arg(data).arg("--log-dir").arg(log);
+    cmd.args(["--max-steps", "1000", "--set", "eval.val_every=0", "--set", "eval.sample_every=0"]);
+    cmd.args(["--set", "checkpoint.every=0"]).args(more);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+}
+
+/// Wait until the child's stdout shows a line starting with `prefix` (its stdout keeps draining in the background),
+/// then send it `signals` (`kill` arguments) and wait for it: (exit code, stderr).
+fn signal_after(mut child: std::process::Child, prefix: &str, signals: &[&str]) -> (Option<i32>, String) {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let line = rx.recv_timeout(deadline - std::time::Instant::now()).expect("the run logs its first steps");
+        if line.starts_with(prefix) {
+            break;
+        }
+    }
+    let pid = child.id().to_string();
+    for s in signals {
+        assert!(std::process::Command::new("kill").args([*s, &pid]).status().unwrap().success());
+    }
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Issue 12 item 5: SIGTERM (a scheduler's preemption) or Ctrl-C lost every step since the last checkpoint. Now the
+/// first signal finishes the step, writes a checkpoint and exits 128 + signal with a line saying how to continue;
+/// the resumed run continues from that step. A second signal exits at once.
+#[test]
+fn sigterm_finishes_the_step_writes_a_checkpoint_and_a_second_signal_aborts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    shakespeare_dataset(&data);
+    let log = dir.path().join("log");
+    let (code, stderr) = signal_after(spawn_train(&data, &log, &[]), "step     1 |", &["-TERM"]);
+    assert_eq!(code, Some(128 + 15), "{stderr}");
+    let line = stderr.lines().find(|l| l.starts_with("stopped by SIGTERM after ")).unwrap_or_else(|| panic!("{stderr}"));
+    let ckpt = checkpoint::latest(&log.join("checkpoints")).expect("a checkpoint is written on SIGTERM");
+    let state = checkpoint::load_state(&ckpt).unwrap();
+    assert!(line.contains(&format!("after {} of 1000 steps", state.step)) && line.contains("--resume"), "{line}");
+    let txt = std::fs::read_to_string(log.join("log.txt")).unwrap();
+    assert_eq!(txt.lines().count(), state.step, "every finished step is in the checkpoint: {txt}");
+
+    let stop_at = (state.step + 1).to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokenmill"))
+        .args(["train", "--resume", "--stop-after", &stop_at])
+        .arg("--log-dir")
+        .arg(&log)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("resumed from {}", ckpt.display())), "{stdout}");
+    assert_eq!(std::fs::read_to_string(log.join("log.txt")).unwrap().lines().count(), state.step + 1);
+
+    // Two signals: the second exits at once, mid-step, without a checkpoint.
+    let log2 = dir.path().join("log2");
+    let (code, stderr) = signal_after(spawn_train(&data, &log2, &[]), "step     1 |", &["-INT", "-INT"]);
+    assert_eq!(code, Some(128 + 2), "{stderr}");
+    assert!(!stderr.contains("stopped by"), "{stderr}");
+    assert!(checkpoint::all(&log2.join("checkpoints")).is_empty());
+}

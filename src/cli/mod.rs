@@ -57,6 +57,22 @@ pub enum PrepCommand {
     Hellaswag(prep_hellaswag::Args),
 }
 
+/// A command that ended early on purpose (a stop signal) rather than failing: `main` prints `message` (if any) as is
+/// and exits with `code`.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub message: String,
+    pub code: u8,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Prep(PrepCommand::Fineweb(a)) => prep_fineweb::run(a),

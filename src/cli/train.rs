@@ -22,7 +22,8 @@ use anyhow::Context;
 use crate::train::checkpoint;
 use crate::train::dist::{self, Communicator, DataParallel, DistEnv, DistTimeouts};
 use crate::train::step::{Reducer, SingleProcess};
-use crate::train::{Resume, TrainConfig, Trainer, TrainerOptions};
+use crate::train::stop::{self, StopRequest};
+use crate::train::{Resume, RunEnd, TrainConfig, Trainer, TrainerOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -134,8 +135,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
 
-    let mut trainer =
-        Trainer::new(cfg, TrainerOptions { resume, echo: rank0, reducer, verify: !args.no_verify }).context("setting up training")?;
+    let stop = StopRequest::new();
+    let opts = TrainerOptions { resume, echo: rank0, reducer, verify: !args.no_verify, stop: stop.clone() };
+    let mut trainer = Trainer::new(cfg, opts).context("setting up training")?;
     if rank0 {
         // After setup: a resume has applied or refused every change by now, so this is the config in effect.
         println!("# resolved config\n{}", trainer.config().to_toml());
@@ -150,9 +152,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // Saving draws no randomness and moves no loader, so the run that follows is the same as without it.
         trainer.save_checkpoint().context("writing the initial checkpoint (--save-init)")?;
     }
-    trainer.run(args.stop_after).context("training")?;
+    // From here a first SIGTERM / SIGINT stops after the current step with a checkpoint; a second exits at once.
+    stop.on_signals().context("installing the SIGTERM / SIGINT handlers")?;
+    let end = trainer.run(args.stop_after).context("training")?;
     if let Some(comm) = &comm {
         comm.shutdown().context("leaving the data-parallel job")?;
+    }
+    if let RunEnd::Stopped { signal, step, checkpoint } = end {
+        let by = signal.map_or("a stop on another rank".to_string(), stop::signal_name);
+        let message = match (rank0, checkpoint) {
+            (true, Some(dir)) => format!(
+                "stopped by {by} after {step} of {} steps; checkpoint {} written. Continue with: tokenmill train \
+                 --resume {}",
+                trainer.config().optim.max_steps,
+                dir.display(),
+                dir.display()
+            ),
+            _ => String::new(),
+        };
+        return Err(crate::cli::Interrupted { message, code: (128 + signal.unwrap_or(stop::SIGTERM)) as u8 }.into());
     }
     if rank0 {
         println!("done: {} steps; logs in {}", trainer.step(), trainer.config().run.log_dir.display());

@@ -8,7 +8,7 @@
 //!
 //! Files: `config` (TrainConfig, resolution), `schedule` (lr), `optim` (AdamW), `step` (micro-step, accumulation,
 //! the gradient-reduction seam, clipping), `checkpoint`, `resume` (what a resumed run may change), `log`, `sample`,
-//! `trainer` (the loop), `report` (SVG);
+//! `trainer` (the loop), `stop` (SIGTERM/SIGINT: stop after the step, with a checkpoint), `report` (SVG);
 //! `dist` is data-parallel training (process groups, and `DataParallel`, the multi-process `step::Reducer`).
 
 pub mod checkpoint;
@@ -24,7 +24,8 @@ pub mod resume;
 pub mod sample;
 pub mod schedule;
 pub mod step;
+pub mod stop;
 pub mod trainer;
 
 pub use config::{ComputeDtype, TrainConfig};
-pub use trainer::{Resume, StepStats, TrainError, Trainer, TrainerOptions};
+pub use trainer::{Resume, RunEnd, StepStats, TrainError, Trainer, TrainerOptions};

@@ -23,6 +23,7 @@ use crate::train::optim::{AdamWConfig, OptimError};
 use crate::train::resume::{self, DataIdentity, ResumeRefused};
 use crate::train::schedule::LrSchedule;
 use crate::train::step::{Reducer, SingleProcess, StepOutcome};
+use crate::train::stop::StopRequest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -124,6 +125,18 @@ pub struct Trainer {
     last_checkpoint: Option<usize>,
     /// What the run trains on, recorded in every checkpoint so a resume on other data is refused.
     data: DataIdentity,
+    /// Raised by SIGTERM / SIGINT (or `StopRequest::request`): stop after the current step, with a checkpoint.
+    stop: StopRequest,
+}
+
+/// How [`Trainer::run`] ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// `optim.max_steps` (or the `stop_at` step) reached.
+    Finished,
+    /// A stop was requested (on this rank by `signal`, or on another rank): the run stopped after `step` steps with
+    /// `checkpoint` written (rank 0).
+    Stopped { signal: Option<i32>, step: usize, checkpoint: Option<PathBuf> },
 }
 
 /// Options that are not hyperparameters.
@@ -136,11 +149,19 @@ pub struct TrainerOptions {
     /// Check shards against the manifest's xxh3 when first entered, and a resumed checkpoint's files against its
     /// state.json (`--no-verify` turns both off).
     pub verify: bool,
+    /// Checked after every step; the CLI raises it on SIGTERM / SIGINT (`StopRequest::on_signals`).
+    pub stop: StopRequest,
 }
 
 impl Default for TrainerOptions {
     fn default() -> Self {
-        TrainerOptions { resume: Resume::No, echo: false, reducer: Box::new(SingleProcess), verify: true }
+        TrainerOptions {
+            resume: Resume::No,
+            echo: false,
+            reducer: Box::new(SingleProcess),
+            verify: true,
+            stop: StopRequest::new(),
+        }
     }
 }
 
@@ -285,6 +306,7 @@ impl Trainer {
             history: Vec::new(),
             last_checkpoint: None,
             data,
+            stop: opts.stop,
         };
         trainer.startup_notes(resume_dir.as_deref(), &notes, dtype);
         Ok(trainer)
@@ -480,8 +502,22 @@ impl Trainer {
         Ok(Some(dir))
     }
 
-    /// Train until `optim.max_steps` (or `stop_at`, if smaller), then write a final checkpoint.
-    pub fn run(&mut self, stop_at: Option<usize>) -> Result<(), TrainError> {
+    /// The run's stop request (a clone: raising it stops the run after its current step).
+    pub fn stop_request(&self) -> StopRequest {
+        self.stop.clone()
+    }
+
+    /// Whether any process's stop request is raised: one all-reduce of a flag, so every rank stops after the same
+    /// step.
+    fn stop_agreed(&self) -> Result<bool, TrainError> {
+        let mut raised = [if self.stop.raised() { 1.0 } else { 0.0 }];
+        self.reducer.sum_f64(&mut raised)?;
+        Ok(raised[0] > 0.0)
+    }
+
+    /// Train until `optim.max_steps` (or `stop_at`, if smaller), then write a final checkpoint. A raised stop request
+    /// ends the run after the step in progress, with a checkpoint (`RunEnd::Stopped`).
+    pub fn run(&mut self, stop_at: Option<usize>) -> Result<RunEnd, TrainError> {
         let max_steps = self.cfg.optim.max_steps;
         let stop = stop_at.unwrap_or(max_steps).min(max_steps);
         let due = |every: usize, step: usize, last: bool| every > 0 && (step.is_multiple_of(every) || last);
@@ -522,10 +558,22 @@ impl Trainer {
             if every > 0 && self.step.is_multiple_of(every) {
                 self.save_checkpoint()?;
             }
+            if self.stop_agreed()? {
+                let checkpoint = self.final_checkpoint()?;
+                return Ok(RunEnd::Stopped { signal: self.stop.signal(), step: self.step, checkpoint });
+            }
         }
-        if self.step > first_step && self.last_checkpoint != Some(self.step) {
-            self.save_checkpoint()?;
+        if self.step > first_step {
+            self.final_checkpoint()?;
         }
-        Ok(())
+        Ok(RunEnd::Finished)
+    }
+
+    /// The checkpoint of the current step, written unless it already was (rank 0; `None` elsewhere).
+    fn final_checkpoint(&mut self) -> Result<Option<PathBuf>, TrainError> {
+        if self.last_checkpoint == Some(self.step) {
+            return Ok((self.reducer.rank() == 0).then(|| checkpoint::step_dir(&self.cfg.checkpoint_dir(), self.step)));
+        }
+        self.save_checkpoint()
     }
 }
