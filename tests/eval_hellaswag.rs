@@ -143,3 +143,34 @@ fn cli_scores_a_checkpoint_directory() {
     assert!(stdout.contains(&line), "expected `{line}` in:\n{stdout}");
     assert_eq!(want.n, 4);
 }
+
+/// Issue 12 item 4: a cl100k-trained model was scored on the GPT-2 eval file (acc 0.40, exit 0). The file holds
+/// GPT-2 ids; a model with another tokenizer's vocabulary is refused, naming it.
+#[test]
+fn cli_refuses_a_model_of_another_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    real_examples(2, dir.path());
+    let cfg = ModelConfig {
+        arch: Architecture::Gpt2,
+        block_size: 64,
+        vocab_size: 100_288,
+        real_vocab_size: 100_277,
+        n_layer: 1,
+        n_head: 2,
+        n_embd: 16,
+    };
+    let model = build_model(&cfg, Precision::FP32, &Device::Cpu, 1).unwrap();
+    let ckpt = dir.path().join("cl100k");
+    std::fs::create_dir_all(&ckpt).unwrap();
+    tokenmill::model::save_model_weights(&*model, &ckpt.join("model.safetensors")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokenmill"))
+        .args(["eval", "hellaswag", "--device", "cpu", "--model"])
+        .arg(&ckpt)
+        .arg("--data")
+        .arg(dir.path().join("hellaswag_val.bin"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr.contains("holds GPT-2 token ids") && stderr.contains("cl100k_base (100277 token ids)"), "{stderr}");
+}

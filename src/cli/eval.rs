@@ -52,6 +52,13 @@ fn hellaswag(a: HellaswagArgs) -> anyhow::Result<()> {
     let n = a.limit.unwrap_or(file.len()).min(file.len());
     let model = crate::model::load_model(&a.model, precision, &device)
         .with_context(|| format!("loading --model {}", a.model))?;
+    // A tokenmill checkpoint says which tokenizer its data had; any model says how many token ids it knows.
+    let ckpt = std::path::Path::new(&a.model);
+    let recorded = match ckpt.join(crate::train::checkpoint::STATE_FILE).is_file() {
+        true => crate::train::checkpoint::load_state(ckpt)?.data.and_then(|d| d.tokenizer),
+        false => None,
+    };
+    file.check_tokenizer(&a.model, model.config().real_vocab_size, recorded)?;
     let block = model.config().block_size;
     if file.max_row_len() > block {
         eprintln!(

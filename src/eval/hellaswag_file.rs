@@ -18,6 +18,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::tokenizer::TokenizerKind;
+
 pub const MAGIC: i32 = 20240522;
 pub const VERSION: i32 = 1;
 pub const HEADER_INTS: usize = 256;
@@ -56,6 +58,11 @@ pub enum HellaswagFileError {
     CountMismatch { path: String, expected: usize, actual: usize },
     #[error("{path}: {extra} bytes after the last of {count} examples ({REBUILD})")]
     TrailingBytes { path: String, count: usize, extra: usize },
+    #[error(
+        "{path} holds GPT-2 token ids, but {model} uses {tokenizer} ({vocab} token ids): its HellaSwag score would be \
+         meaningless (llm.c's eval file is u16 GPT-2 tokens; HellaSwag is scored for GPT-2-tokenizer models only)"
+    )]
+    TokenizerMismatch { path: String, model: String, tokenizer: String, vocab: usize },
     #[error("{path}: header says the longest example is {header} bytes but it is {actual} ({REBUILD})")]
     LongestMismatch { path: String, header: usize, actual: usize },
     #[error("cannot encode example {index}: {reason}")]
@@ -123,6 +130,31 @@ impl HellaswagFile {
     pub fn open(path: &Path) -> Result<Self, HellaswagFileError> {
         let bytes = std::fs::read(path).map_err(|e| HellaswagFileError::io(path, e))?;
         Self::from_bytes(&bytes, path)
+    }
+
+    /// Refuse to score a model whose vocabulary is not GPT-2's on this file (whose ids are GPT-2's: `prep
+    /// hellaswag` encodes with it, and llm.c's layout is u16). `real_vocab` is the model's real vocabulary
+    /// (`ModelConfig::real_vocab_size`, the tokenizer's id count), `tokenizer` what its checkpoint recorded, if it did.
+    pub fn check_tokenizer(
+        &self,
+        model: &str,
+        real_vocab: usize,
+        tokenizer: Option<TokenizerKind>,
+    ) -> Result<(), HellaswagFileError> {
+        let gpt2 = TokenizerKind::Gpt2;
+        if tokenizer.is_none_or(|t| t == gpt2) && real_vocab == gpt2.vocab_size() as usize {
+            return Ok(());
+        }
+        let named = [TokenizerKind::Gpt2, TokenizerKind::Cl100kBase, TokenizerKind::O200kBase]
+            .into_iter()
+            .find(|k| k.vocab_size() as usize == real_vocab);
+        let tokenizer = tokenizer.or(named).map_or("another tokenizer".to_string(), |t| t.name().to_string());
+        Err(HellaswagFileError::TokenizerMismatch {
+            path: self.path.display().to_string(),
+            model: model.to_string(),
+            tokenizer,
+            vocab: real_vocab,
+        })
     }
 
     /// Decode a file's bytes; `path` is only used in error messages.

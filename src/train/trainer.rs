@@ -195,9 +195,11 @@ impl Trainer {
             Err(_) if data_vocab == TokenizerKind::Gpt2.vocab_size() as usize => Some(Tokenizer::gpt2()),
             Err(_) => None,
         };
+        let data = DataIdentity::of_dir(&data_dir)?;
         let hellaswag = match (&cfg.eval.hellaswag_file, cfg.eval.hellaswag_every) {
             (Some(path), every) if every > 0 => {
                 let file = HellaswagFile::open(path)?;
+                file.check_tokenizer(&format!("the data in {}", data_dir.display()), data_vocab, data.tokenizer)?;
                 let n = cfg.eval.hellaswag_limit.unwrap_or(file.len()).min(file.len());
                 Some(file.examples()[..n].to_vec())
             }
@@ -215,7 +217,6 @@ impl Trainer {
         if let (Some(dir), Some(state), true) = (&resume_dir, &resume_state, opts.verify) {
             checkpoint::verify(dir, state)?;
         }
-        let data = DataIdentity::of_dir(&data_dir)?;
         // A resume applies what it can of `cfg` and refuses the rest, so `cfg` is the config in effect from here on.
         if let (Some(dir), Some(state)) = (&resume_dir, &resume_state) {
             let changes = resume::reconcile(dir, state, &cfg, &data, data_vocab)?;
