@@ -129,11 +129,12 @@ fn cli_scores_a_checkpoint_directory() {
     tokenmill::model::save_model_weights(&*model, &ckpt.join("model.safetensors")).unwrap();
     let want = evaluate(&*model, &examples, 0, 1, &Device::Cpu).unwrap();
 
+    // --data takes the directory `prep hellaswag --out DIR` wrote (issue 12 item 8), as well as the file.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokenmill"))
         .args(["eval", "hellaswag", "--device", "cpu", "--limit", "3", "--model"])
         .arg(&ckpt)
         .arg("--data")
-        .arg(dir.path().join("hellaswag_val.bin"))
+        .arg(dir.path())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -345,6 +345,14 @@ fn binary_trains_resumes_and_reports() {
     assert_eq!(txt.lines().filter(|l| l.contains(" train ")).count(), 6, "{txt}");
     assert!(txt.lines().next().unwrap().starts_with("0 val "), "{txt}");
 
+    // Commands that read a checkpoint take the run's log directory: its latest checkpoint (issue 12 item 8).
+    let out = std::process::Command::new(bin)
+        .args(["sample", "--device", "cpu", "--num-samples", "1", "--max-tokens", "16", "--model"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sample --model LOG_DIR: {}", String::from_utf8_lossy(&out.stderr));
+
     let out = std::process::Command::new(bin).arg("report").arg(&log).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let svg = std::fs::read_to_string(log.join("report.svg")).unwrap();

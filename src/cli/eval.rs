@@ -25,7 +25,7 @@ pub struct HellaswagArgs {
     /// `gpt2` (or gpt2-medium/-large/-xl, any org/name GPT-2 on the hub), an HF folder, or a checkpoint directory.
     #[arg(long, default_value = "gpt2")]
     pub model: String,
-    /// The eval file `tokenmill prep hellaswag` wrote.
+    /// The eval file `tokenmill prep hellaswag` wrote, or the directory it wrote it into.
     #[arg(long, default_value = "shards/hellaswag/hellaswag_val.bin")]
     pub data: PathBuf,
     /// Score only the first N examples.
@@ -50,10 +50,11 @@ fn hellaswag(a: HellaswagArgs) -> anyhow::Result<()> {
     let precision = parse_compute_dtype(&a.dtype, &device)?.precision();
     let file = HellaswagFile::open(&a.data)?;
     let n = a.limit.unwrap_or(file.len()).min(file.len());
-    let model = crate::model::load_model(&a.model, precision, &device)
-        .with_context(|| format!("loading --model {}", a.model))?;
+    let spec = super::model_arg(&a.model);
+    let model =
+        crate::model::load_model(&spec, precision, &device).with_context(|| format!("loading --model {}", a.model))?;
     // A tokenmill checkpoint says which tokenizer its data had; any model says how many token ids it knows.
-    let ckpt = std::path::Path::new(&a.model);
+    let ckpt = std::path::Path::new(&spec);
     let recorded = match ckpt.join(crate::train::checkpoint::STATE_FILE).is_file() {
         true => crate::train::checkpoint::load_state(ckpt)?.data.and_then(|d| d.tokenizer),
         false => None,

@@ -57,6 +57,16 @@ pub enum PrepCommand {
     Hellaswag(prep_hellaswag::Args),
 }
 
+/// A `--model` value as the loader should see it: a run's log directory or a checkpoints directory means its latest
+/// checkpoint (`train::checkpoint::resolve`); anything else (hub names, HF folders, files) is kept.
+pub fn model_arg(spec: &str) -> String {
+    let path = std::path::Path::new(spec);
+    if !path.is_dir() {
+        return spec.to_string();
+    }
+    crate::train::checkpoint::resolve(path).display().to_string()
+}
+
 /// A command that ended early on purpose (a stop signal) rather than failing: `main` prints `message` (if any) as is
 /// and exits with `code`.
 #[derive(Debug)]

@@ -97,7 +97,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let resume = match args.resume.as_deref() {
         None => Resume::No,
         Some("latest") => Resume::Latest,
-        Some(p) => Resume::From(PathBuf::from(p)),
+        // A run's log directory or a checkpoints directory means its latest checkpoint.
+        Some(p) => Resume::From(checkpoint::resolve(std::path::Path::new(p))),
     };
     let cfg = match (&resume, &args.config) {
         (Resume::No, _) | (_, Some(_)) => TrainConfig::resolve(args.config.as_deref(), &overrides)?,

@@ -31,6 +31,9 @@ pub const NUM_COMPLETIONS: usize = 4;
 /// The u16 fields before the context tokens: delimiter, bytes, index, label, completions, context length.
 const FIXED_FIELDS: usize = 6;
 
+/// The name `prep hellaswag` gives the file (pipelines/hellaswag.toml); what a directory is searched for first.
+pub const DEFAULT_FILE: &str = "hellaswag_val.bin";
+
 /// The command whose output this file is; every "corrupt file" error points at it.
 const REBUILD: &str = "re-run `tokenmill prep hellaswag`";
 
@@ -42,6 +45,11 @@ pub enum HellaswagFileError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{dir}: no {DEFAULT_FILE} and {found} other .bin files (one would be used); give the eval file itself, or the \
+         directory `tokenmill prep hellaswag --out DIR` wrote"
+    )]
+    NoFileInDir { dir: String, found: usize },
     #[error("{path}: file is {len} bytes, shorter than the 1024-byte header; not a HellaSwag eval file ({REBUILD})")]
     TooShort { path: String, len: u64 },
     #[error("{path}: bad magic {magic} (expected {MAGIC}); not a HellaSwag eval file ({REBUILD})")]
@@ -126,10 +134,30 @@ pub struct HellaswagFile {
 
 impl HellaswagFile {
     /// Read and validate `path`: magic, version, counts, every example's delimiter, size, index, label and
-    /// completion count, and that the file ends exactly after the last example.
+    /// completion count, and that the file ends exactly after the last example. A directory (what `prep hellaswag
+    /// --out DIR` was given) means the eval file in it.
     pub fn open(path: &Path) -> Result<Self, HellaswagFileError> {
+        let path = &Self::file_in(path)?;
         let bytes = std::fs::read(path).map_err(|e| HellaswagFileError::io(path, e))?;
         Self::from_bytes(&bytes, path)
+    }
+
+    /// `path` itself, or for a directory its `hellaswag_val.bin` (the default name), else its only `.bin` file.
+    fn file_in(path: &Path) -> Result<PathBuf, HellaswagFileError> {
+        if !path.is_dir() {
+            return Ok(path.to_path_buf());
+        }
+        let default = path.join(DEFAULT_FILE);
+        if default.is_file() {
+            return Ok(default);
+        }
+        let rd = std::fs::read_dir(path).map_err(|e| HellaswagFileError::io(path, e))?;
+        let bins: Vec<PathBuf> =
+            rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "bin")).collect();
+        match &bins[..] {
+            [one] => Ok(one.clone()),
+            _ => Err(HellaswagFileError::NoFileInDir { dir: path.display().to_string(), found: bins.len() }),
+        }
     }
 
     /// Refuse to score a model whose vocabulary is not GPT-2's on this file (whose ids are GPT-2's: `prep

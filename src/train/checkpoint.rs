@@ -134,6 +134,19 @@ pub fn all(root: &Path) -> Vec<(usize, PathBuf)> {
     found
 }
 
+/// What a command that reads a checkpoint may be given: a checkpoint (`state.json` inside), a checkpoints directory,
+/// or a run's log directory (its `checkpoints/`, or `checkpoint.dir` elsewhere given directly). The last two mean
+/// their latest checkpoint. Anything else comes back unchanged, for the caller to judge.
+pub fn resolve(path: &Path) -> PathBuf {
+    if path.join(STATE_FILE).is_file() {
+        return path.to_path_buf();
+    }
+    [path.to_path_buf(), path.join("checkpoints")]
+        .iter()
+        .find_map(|root| latest(root).ok())
+        .unwrap_or_else(|| path.to_path_buf())
+}
+
 /// The checkpoint with the highest step under `root`.
 pub fn latest(root: &Path) -> Result<PathBuf, CheckpointError> {
     all(root).pop().map(|(_, p)| p).ok_or_else(|| CheckpointError::NoneFound { dir: root.display().to_string() })
