@@ -368,3 +368,35 @@ fn resume_with_different_inputs_is_refused_and_touches_nothing() {
     listed.sort();
     assert_eq!(shard_bytes(out.path()).into_iter().map(|(n, _)| n).collect::<Vec<_>>(), listed);
 }
+
+/// Issue 12 item 7: a small local corpus through the FineWeb-Edu preset became one 100M-token val shard named
+/// `edufineweb_*`, "train 0 tokens", exit 0, and `train` then said "run `tokenmill prep` first". `prep corpus` names
+/// shards after the corpus and sizes them to it; the preset now warns, and `train` names the empty split.
+#[test]
+fn prep_corpus_sizes_shards_to_a_small_corpus_and_an_empty_train_split_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tinyshakespeare.txt");
+    let tokenmill = |args: &[&str], out: &Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_tokenmill")).args(args).arg(&text).arg("--out").arg(out).output().unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let corpus = dir.path().join("corpus");
+    let (ok, stderr) = tokenmill(&["prep", "corpus", "--no-progress", "--input"], &corpus);
+    assert!(ok && stderr.contains("28672 tokens per shard"), "{stderr}");
+    let m = Manifest::load(&corpus).unwrap();
+    assert_eq!(m.dataset, "tinyshakespeare");
+    assert_eq!(m.shards.len(), 12, "{:?}", m.shards);
+    assert!(m.shards.iter().all(|s| s.file.starts_with("tinyshakespeare_")));
+    assert_eq!(m.shards.iter().filter(|s| s.split == Split::Val).count(), 1);
+    assert!(m.tokens_in(Split::Train) > 9 * m.tokens_in(Split::Val));
+    DataLoader::open(&corpus, Split::Train, LoaderConfig::new(4, 64)).unwrap();
+
+    let preset = dir.path().join("preset");
+    let (ok, stderr) = tokenmill(&["prep", "fineweb", "--no-progress", "--input"], &preset);
+    assert!(ok && stderr.contains("warning: the train split is empty") && stderr.contains("prep corpus"), "{stderr}");
+    let err = match DataLoader::open(&preset, Split::Train, LoaderConfig::new(4, 64)) {
+        Ok(_) => panic!("an empty train split opened"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("the train split is empty") && err.contains("1 shard(s)") && err.contains("prep corpus"), "{err}");
+}

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod eval;
 pub mod export;
 pub mod launch;
+pub mod prep_corpus;
 pub mod prep_fineweb;
 pub mod prep_hellaswag;
 pub mod quickstart;
@@ -51,8 +52,10 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum PrepCommand {
-    /// FineWeb-Edu (or any parquet / jsonl / text corpus) -> uint16/uint32 token shards + manifest.json.
+    /// FineWeb-Edu from the hub (the preset: 100M-token shards named edufineweb_*) -> token shards + manifest.json.
     Fineweb(prep_fineweb::Args),
+    /// Any local corpus (parquet, jsonl, txt) -> shards named after it, sized to it (~10 shards, the first val).
+    Corpus(prep_corpus::Args),
     /// HellaSwag -> llm.c's HellaSwag eval .bin.
     Hellaswag(prep_hellaswag::Args),
 }
@@ -86,6 +89,7 @@ impl std::error::Error for Interrupted {}
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Prep(PrepCommand::Fineweb(a)) => prep_fineweb::run(a),
+        Command::Prep(PrepCommand::Corpus(a)) => prep_corpus::run(a),
         Command::Prep(PrepCommand::Hellaswag(a)) => prep_hellaswag::run(a),
         Command::Train(a) => train::run(a),
         Command::Launch(a) => launch::run(a),

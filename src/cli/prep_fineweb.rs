@@ -25,6 +25,16 @@ pub struct Args {
     pub subset: Option<String>,
     #[arg(long)]
     pub revision: Option<String>,
+    /// Shard file name prefix.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    #[command(flatten)]
+    pub shards: ShardArgs,
+}
+
+/// What both `prep fineweb` and `prep corpus` take about reading documents and writing shards.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ShardArgs {
     /// Column (parquet) or field (jsonl) holding the document text.
     #[arg(long)]
     pub text_column: Option<String>,
@@ -43,9 +53,6 @@ pub struct Args {
     /// Output directory.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Shard file name prefix.
-    #[arg(long)]
-    pub dataset: Option<String>,
     /// Tokenizer threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -82,23 +89,28 @@ pub fn resolve(args: &Args) -> anyhow::Result<PrepOptions> {
         let repo = spec.source.repo.clone().with_context(|| format!("{origin}: no [source] repo or files, and no --input"))?;
         Input::Hub { repo, revision: spec.source.revision.clone(), prefix: spec.subset_prefix(&origin)? }
     };
+    let a = &args.shards;
     Ok(PrepOptions {
         input,
-        text_column: args.text_column.clone().unwrap_or(spec.source.text_column),
-        out: args.out.clone().unwrap_or(spec.shards.out),
+        text_column: a.text_column.clone().unwrap_or(spec.source.text_column),
+        out: a.out.clone().unwrap_or(spec.shards.out),
         dataset: args.dataset.clone().unwrap_or(spec.dataset.name),
-        tokenizer: args.tokenizer.unwrap_or(spec.tokenize.tokenizer),
-        shard_size: args.shard_size.unwrap_or(spec.shards.shard_size),
-        val_shards: args.val_shards.unwrap_or(spec.shards.val_shards),
-        max_shards: args.shards,
-        threads: args.threads,
-        progress: !args.no_progress,
-        overwrite: args.overwrite,
+        tokenizer: a.tokenizer.unwrap_or(spec.tokenize.tokenizer),
+        shard_size: a.shard_size.unwrap_or(spec.shards.shard_size),
+        val_shards: a.val_shards.unwrap_or(spec.shards.val_shards),
+        max_shards: a.shards,
+        threads: a.threads,
+        progress: !a.no_progress,
+        overwrite: a.overwrite,
     })
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let opts = resolve(&args)?;
+    prep_and_report(&resolve(&args)?)
+}
+
+/// Run one prep and print what it did (shared with `prep corpus`).
+pub fn prep_and_report(opts: &PrepOptions) -> anyhow::Result<()> {
     let source = match &opts.input {
         Input::Local(files) => format!("{} local file(s)", files.len()),
         Input::Hub { repo, revision, prefix } => format!("hub {repo}@{revision}/{prefix}"),
@@ -111,8 +123,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         opts.val_shards,
         opts.max_shards.map(|n| format!(", stop after {n} shards")).unwrap_or_default()
     );
-    let report = fineweb::prep(&opts)?;
-    print_report(&opts, &report);
+    let report = fineweb::prep(opts)?;
+    print_report(opts, &report);
     Ok(())
 }
 
@@ -135,10 +147,18 @@ pub fn print_report(opts: &PrepOptions, r: &PrepReport) {
     for s in &m.shards {
         println!("  {:<40} {:>5} {:>12} tokens  xxh3 {}", s.file, s.split.name(), s.tokens, s.xxh3);
     }
+    let (train, val) = (m.tokens_in(crate::shards::Split::Train), m.tokens_in(crate::shards::Split::Val));
     println!(
-        "  total: train {} tokens, val {} tokens; manifest {}",
-        m.tokens_in(crate::shards::Split::Train),
-        m.tokens_in(crate::shards::Split::Val),
+        "  total: train {train} tokens, val {val} tokens; manifest {}",
         crate::shards::Manifest::path_in(&opts.out).display()
     );
+    if m.complete && train == 0 {
+        eprintln!(
+            "warning: the train split is empty: all {val} tokens fit in the first {} shard(s) of {} tokens, which are \
+             val; `train` needs train shards (re-run with --overwrite and a smaller --shard-size, or use `tokenmill \
+             prep corpus`, which sizes shards to the corpus)",
+            m.shards.len(),
+            m.shard_size
+        );
+    }
 }

@@ -86,6 +86,12 @@ pub enum LoaderError {
     Manifest(#[from] ManifestError),
     #[error("{dir}: no {split} shards (looked for manifest.json, then *_{split}_*.bin / *_{split}_*.npy); run `tokenmill prep` first")]
     NoShards { dir: String, split: Split },
+    #[error(
+        "{dir}: the {split} split is empty: manifest.json lists {shards} shard(s) of up to {shard_size} tokens, none \
+         of them {split}; the corpus fit in the first {shards} shard(s). Re-run `tokenmill prep corpus --input ... \
+         --out {dir} --overwrite` (it sizes shards to the corpus), or prep with a smaller --shard-size"
+    )]
+    EmptySplit { dir: String, split: Split, shards: usize, shard_size: u64 },
     #[error("{path}: {tokens} tokens is too few for one global batch of B*T*world+1 = {needed} tokens (B={b}, T={t}, world={world}); use a smaller batch or larger shards")]
     ShardTooSmall { path: String, tokens: u64, needed: usize, b: usize, t: usize, world: usize },
     #[error("invalid loader config: {0}")]
@@ -224,7 +230,13 @@ impl DataLoader {
     pub fn open_with(data_dir: &Path, split: Split, cfg: LoaderConfig, verify: bool) -> Result<Self, LoaderError> {
         let (mut files, vocab) = split_files(data_dir, split)?;
         if files.is_empty() {
-            return Err(LoaderError::NoShards { dir: data_dir.display().to_string(), split });
+            let dir = data_dir.display().to_string();
+            return Err(match Manifest::load(data_dir) {
+                Ok(m) if !m.shards.is_empty() => {
+                    LoaderError::EmptySplit { dir, split, shards: m.shards.len(), shard_size: m.shard_size }
+                }
+                _ => LoaderError::NoShards { dir, split },
+            });
         }
         if !verify {
             files.iter_mut().for_each(|(_, sum)| *sum = None);
