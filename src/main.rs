@@ -16,7 +16,7 @@ fn main() -> std::process::ExitCode {
                 }
                 return std::process::ExitCode::from(stop.code);
             }
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", tokenmill::cli::render_error(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -562,3 +562,32 @@ fn sigterm_finishes_the_step_writes_a_checkpoint_and_a_second_signal_aborts() {
     assert!(!stderr.contains("stopped by"), "{stderr}");
     assert!(checkpoint::all(&log2.join("checkpoints")).is_empty());
 }
+
+/// Issue 12 item 10: causes were printed twice ("X: Y: Y") and the resolved config came before errors. Each cause is
+/// said once, and `--quiet` hides the config (still saved to config.toml).
+#[test]
+fn errors_say_each_cause_once_and_quiet_hides_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    shakespeare_dataset(&data);
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_tokenmill")).args(args).output().unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let missing = dir.path().join("missing.toml");
+    let (ok, _, stderr) = run(&["train", "--config", missing.to_str().unwrap()]);
+    assert!(!ok && stderr.matches("No such file or directory").count() == 1, "{stderr}");
+    let (ok, stdout, stderr) = run(&["train", "--data", data.to_str().unwrap(), "--set", "optim.max_lrr=1"]);
+    assert!(!ok && stderr.matches("unknown field `max_lrr`").count() == 1, "{stderr}");
+    assert!(!stdout.contains("[optim]"), "no config dump before an error: {stdout}");
+
+    let log = dir.path().join("log");
+    let config = repo().join("configs/tiny-cpu.toml");
+    let (ok, stdout, stderr) = run(&[
+        "train", "--quiet", "--config", config.to_str().unwrap(), "--data", data.to_str().unwrap(), "--log-dir",
+        log.to_str().unwrap(), "--max-steps", "1", "--set", "eval.val_every=0", "--set", "eval.sample_every=0",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(!stdout.contains("[optim]") && stdout.contains("step     0 |"), "{stdout}");
+    assert!(std::fs::read_to_string(log.join("config.toml")).unwrap().contains("[optim]"));
+}

@@ -70,6 +70,24 @@ pub fn model_arg(spec: &str) -> String {
     crate::train::checkpoint::resolve(path).display().to_string()
 }
 
+/// An error as one line per cause, for `main`: each cause that its wrapper's message does not already quote (library
+/// errors name their cause in their own text, so anyhow's `{:#}` would print it twice: "X: Y: Y").
+pub fn render_error(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let text = text.trim();
+        if text.is_empty() || out.contains(text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(text);
+    }
+    out
+}
+
 /// A command that ended early on purpose (a stop signal) rather than failing: `main` prints `message` (if any) as is
 /// and exits with `code`.
 #[derive(Debug)]
@@ -100,5 +118,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Report(a) => report::run(a),
         Command::Quickstart(a) => quickstart::run(a),
         Command::Verify(a) => verify::run(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn render_error_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)");
+        let config = crate::train::config::ConfigError::Io { path: "/x.toml".into(), source: io };
+        let e = anyhow::Error::new(config).context("setting up training");
+        assert_eq!(super::render_error(&e), "setting up training: /x.toml: No such file or directory (os error 2)");
     }
 }

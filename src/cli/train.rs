@@ -60,6 +60,9 @@ pub struct Args {
     /// against its state.json (token ids are still checked against the vocabulary).
     #[arg(long)]
     pub no_verify: bool,
+    /// Do not print the resolved config (it is still saved to LOG_DIR/config.toml and in every checkpoint).
+    #[arg(long)]
+    pub quiet: bool,
     /// Any other setting as SECTION.KEY=VALUE (TOML value), e.g. --set optim.max_lr=3e-4. Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -139,7 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let stop = StopRequest::new();
     let opts = TrainerOptions { resume, echo: rank0, reducer, verify: !args.no_verify, stop: stop.clone() };
     let mut trainer = Trainer::new(cfg, opts).context("setting up training")?;
-    if rank0 {
+    if rank0 && !args.quiet {
         // After setup: a resume has applied or refused every change by now, so this is the config in effect.
         println!("# resolved config\n{}", trainer.config().to_toml());
     }
