@@ -63,6 +63,14 @@ fn sample_is_seeded_and_prints_each_sample() {
     assert_eq!(a, run("42"), "same seed, same samples");
     assert_ne!(a, run("7"), "another seed, other samples");
 
+    // More samples than one chunk, longer than the context: bounded memory, a note, every sample printed in order.
+    let (ok, out, err) = tokenmill(&["sample", "--model", &ckpt, "--num-samples", "40", "--max-tokens", "70"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("longer than the model's 64-token context"), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 40, "{out}");
+    assert!(lines.iter().enumerate().all(|(i, l)| l.starts_with(&format!("sample {i}: "))), "{out}");
+
     let (ok, _, err) = tokenmill(&["sample", "--model", &ckpt, "--max-tokens", "3"]);
     assert!(!ok && err.contains("--max-tokens"), "{err}");
     let (ok, _, err) = tokenmill(&["sample", "--model", "definitely/not/a/path/x"]);

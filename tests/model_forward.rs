@@ -398,3 +398,20 @@ fn weight_files_round_trip() {
     let err = load_checkpoint_model(&ckpt, Precision::FP32, &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("model.safetensors") && err.contains("wte.weight") && err.contains("shape"), "{err}");
 }
+
+/// Issue 12 item 9: sampling computed (B, T, V) logits for every position (161 GB for 100,000 samples). The head now
+/// runs on the last position only, and gives the last row of the full forward (to rounding: the matmul has another
+/// shape), for both architectures.
+#[test]
+fn forward_last_is_the_last_row_of_forward() {
+    for arch in [Architecture::Gpt2, Architecture::Llama] {
+        let cfg = ModelConfig { arch, ..tiny_cfg() };
+        let model = build_model(&cfg, Precision::FP32, &Device::Cpu, 3).unwrap();
+        let ids = ids_tensor(&sample_ids(&cfg, 3, 8, 1));
+        let full = model.forward(&ids).unwrap(); // (B, T, V)
+        let want = full.narrow(1, 7, 1).unwrap().squeeze(1).unwrap().to_vec2::<f32>().unwrap();
+        let got = model.forward_last(&ids).unwrap().to_vec2::<f32>().unwrap(); // (B, V)
+        let diff = got.iter().flatten().zip(want.iter().flatten()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff < 1e-6, "{arch:?}: differs by {diff}");
+    }
+}

@@ -400,3 +400,20 @@ fn prep_corpus_sizes_shards_to_a_small_corpus_and_an_empty_train_split_is_named(
     };
     assert!(err.contains("the train split is empty") && err.contains("1 shard(s)") && err.contains("prep corpus"), "{err}");
 }
+
+/// Issue 12 item 9: `--threads 100000` spawned threads until the machine gave out. It is capped at the cores there
+/// are, with a note, and the shards are the same as with any thread count.
+#[test]
+fn thread_count_is_capped_at_the_cores() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tinyshakespeare.txt");
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenmill"))
+        .args(["prep", "corpus", "--no-progress", "--threads", "100000", "--input"])
+        .arg(&text)
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("--threads 100000: this machine has"), "{stderr}");
+}

@@ -82,18 +82,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.max_tokens <= prompt.len() {
         bail!("--max-tokens {} leaves no room after the prompt's {} tokens", args.max_tokens, prompt.len());
     }
+    if args.max_tokens > cfg.block_size {
+        eprintln!(
+            "note: --max-tokens {} is longer than the model's {}-token context: past it the window slides, and every \
+             new token costs a forward over the whole context",
+            args.max_tokens, cfg.block_size
+        );
+    }
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(args.seed);
-    let seqs = crate::train::sample::generate(
-        model.as_ref(),
-        &prompt,
-        args.num_samples,
-        args.max_tokens,
-        args.top_k,
-        &mut rng,
-        &device,
-    )?;
-    for (i, seq) in seqs.iter().enumerate() {
-        println!("sample {i}: {}", tokenizer.decode(seq));
+    // One chunk at a time (the same draws as one call), printed as each is done.
+    let mut done = 0;
+    while done < args.num_samples {
+        let n = crate::train::sample::CHUNK.min(args.num_samples - done);
+        let seqs =
+            crate::train::sample::generate(model.as_ref(), &prompt, n, args.max_tokens, args.top_k, &mut rng, &device)?;
+        for seq in &seqs {
+            println!("sample {done}: {}", tokenizer.decode(seq));
+            done += 1;
+        }
     }
     Ok(())
 }

@@ -204,6 +204,12 @@ impl LanguageModel for Gpt2 {
         self.logits(idx)?.to_dtype(self.precision.reduce())
     }
 
+    fn forward_last(&self, idx: &Tensor) -> Result<Tensor> {
+        let h = self.hidden(idx)?; // (B, T, C)
+        let last = h.narrow(1, h.dim(1)? - 1, 1)?; // (B, 1, C)
+        ops::linear(&last, &self.wte, None)?.squeeze(1)?.to_dtype(self.precision.reduce()) // (B, V)
+    }
+
     fn loss(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor> {
         // Head and fused loss together: no (B, T, V) reshapes for autograd to allocate gradients through.
         ops::lm_head_cross_entropy(&self.hidden(idx)?, &self.wte, targets)

@@ -38,6 +38,13 @@ pub trait LanguageModel: Send {
     /// (their logits are masked or trained down, see the implementation).
     fn forward(&self, idx: &Tensor) -> Result<Tensor>;
 
+    /// Logits `(B, V)` of the last position only, for sampling: implementations run the head on that one position
+    /// (at GPT-2 124M, B = 64 and T = 1024 the full `(B, T, V)` logits are 13 GB in f32).
+    fn forward_last(&self, idx: &Tensor) -> Result<Tensor> {
+        let t = idx.dim(1)?;
+        self.forward(idx)?.narrow(1, t - 1, 1)?.squeeze(1)
+    }
+
     /// Mean cross-entropy over all B*T positions as an f32 scalar (f64 under `Precision::F64`); `targets: (B, T)` u32.
     fn loss(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor>;
 

@@ -144,11 +144,12 @@ pub fn prep(opts: &PrepOptions) -> Result<PrepReport, PrepError> {
         .map(|f| manifest_before.sources.iter().find(|s| s.file == f.name()).map(|s| s.rows))
         .collect();
 
+    let threads = capped_threads(opts.threads);
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.threads)
+        .num_threads(threads)
         .thread_name(|i| format!("bpe-{i}"))
         .build()
-        .map_err(|e| PrepError::Threads { threads: opts.threads, message: e.to_string() })?;
+        .map_err(|e| PrepError::Threads { threads, message: e.to_string() })?;
     let tokenizer = Tokenizer::new(opts.tokenizer);
     let _ = opts.tokenizer.bpe(); // build the encoder before the clock of the first chunk starts
 
@@ -375,6 +376,17 @@ fn progress_position(opts: &PrepOptions, docs: u64, tokens: u64, shards_before: 
         Some(_) => shards_before as u64 * opts.shard_size + tokens,
         None => docs,
     }
+}
+
+/// `--threads`: 0 means every core; more than the machine has only adds contention (and 100,000 threads exhaust
+/// it), so a larger number is capped, with a note.
+fn capped_threads(asked: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if asked > cores {
+        tracing::warn!("--threads {asked}: this machine has {cores} cores; using {cores}");
+        return cores;
+    }
+    asked
 }
 
 /// Resolve `--input` paths into source files (helper for the CLI and tests).

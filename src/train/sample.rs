@@ -1,14 +1,21 @@
 //! Text generation as build-nanogpt's training-time samples: `count` continuations of one prompt, each token drawn
 //! from the softmax of the top-k logits (k = 50 by default). No KV cache: samples are a few dozen tokens, every
 //! `sample_every` steps. Padded vocabulary ids (>= the tokenizer's real vocabulary) are never drawn.
+//!
+//! Bounded memory whatever `count`: sequences go through the model [`CHUNK`] at a time, and only the last position's
+//! logits are computed (`LanguageModel::forward_last`).
 
-use candle_core::{DType, Device, IndexOp, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use rand::Rng;
 
 use crate::model::LanguageModel;
 
+/// Sequences sampled together (one forward of `CHUNK` rows per token).
+pub const CHUNK: usize = 16;
+
 /// Continue `prompt` to `total_len` tokens, `count` times. Returns each full sequence (prompt included).
-/// The context is cropped to the model's block size when it grows past it.
+/// The context is cropped to the model's block size when it grows past it. Sequences are drawn [`CHUNK`] at a
+/// time, each chunk to the end before the next (so `count <= CHUNK` draws as one batch did).
 pub fn generate(
     model: &dyn LanguageModel,
     prompt: &[u32],
@@ -21,6 +28,24 @@ pub fn generate(
     if prompt.is_empty() {
         candle_core::bail!("sampling needs a non-empty prompt");
     }
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        let n = CHUNK.min(count - out.len());
+        out.extend(generate_batch(model, prompt, n, total_len, top_k, rng, device)?);
+    }
+    Ok(out)
+}
+
+/// `count` sequences in one batch.
+fn generate_batch(
+    model: &dyn LanguageModel,
+    prompt: &[u32],
+    count: usize,
+    total_len: usize,
+    top_k: usize,
+    rng: &mut impl Rng,
+    device: &Device,
+) -> Result<Vec<Vec<u32>>> {
     let cfg = model.config();
     let real_vocab = cfg.real_vocab_size.min(cfg.vocab_size);
     let mut seqs: Vec<Vec<u32>> = vec![prompt.to_vec(); count];
@@ -30,8 +55,7 @@ pub fn generate(
         let t = len - start;
         let flat: Vec<u32> = seqs.iter().flat_map(|s| s[start..].iter().copied()).collect();
         let idx = Tensor::from_vec(flat, (count, t), device)?; // (B, T)
-        let logits = model.forward(&idx)?; // (B, T, V)
-        let last = logits.i((.., t - 1, ..))?.to_dtype(DType::F32)?.to_vec2::<f32>()?; // (B, V)
+        let last = model.forward_last(&idx)?.to_dtype(DType::F32)?.to_vec2::<f32>()?; // (B, V)
         for (seq, row) in seqs.iter_mut().zip(&last) {
             seq.push(sample_top_k(&row[..real_vocab], top_k, rng));
         }
