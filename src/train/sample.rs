@@ -30,37 +30,36 @@ pub fn generate(
     }
     let mut out = Vec::with_capacity(count);
     while out.len() < count {
-        let n = CHUNK.min(count - out.len());
-        out.extend(generate_batch(model, prompt, n, total_len, top_k, rng, device)?);
+        let mut seqs = vec![prompt.to_vec(); CHUNK.min(count - out.len())];
+        extend_batch(model, &mut seqs, total_len, top_k, rng, device)?;
+        out.append(&mut seqs);
     }
     Ok(out)
 }
 
-/// `count` sequences in one batch.
-fn generate_batch(
+/// Grow every sequence of `seqs` (all the same length) to `total_len` tokens, as one batch.
+fn extend_batch(
     model: &dyn LanguageModel,
-    prompt: &[u32],
-    count: usize,
+    seqs: &mut [Vec<u32>],
     total_len: usize,
     top_k: usize,
     rng: &mut impl Rng,
     device: &Device,
-) -> Result<Vec<Vec<u32>>> {
+) -> Result<()> {
     let cfg = model.config();
     let real_vocab = cfg.real_vocab_size.min(cfg.vocab_size);
-    let mut seqs: Vec<Vec<u32>> = vec![prompt.to_vec(); count];
     while seqs[0].len() < total_len {
         let len = seqs[0].len();
         let start = len.saturating_sub(cfg.block_size);
         let t = len - start;
         let flat: Vec<u32> = seqs.iter().flat_map(|s| s[start..].iter().copied()).collect();
-        let idx = Tensor::from_vec(flat, (count, t), device)?; // (B, T)
+        let idx = Tensor::from_vec(flat, (seqs.len(), t), device)?; // (B, T)
         let last = model.forward_last(&idx)?.to_dtype(DType::F32)?.to_vec2::<f32>()?; // (B, V)
         for (seq, row) in seqs.iter_mut().zip(&last) {
             seq.push(sample_top_k(&row[..real_vocab], top_k, rng));
         }
     }
-    Ok(seqs)
+    Ok(())
 }
 
 /// Draw one id from softmax over the `k` largest `logits` (ties broken towards the lower id).
