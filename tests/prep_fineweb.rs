@@ -417,3 +417,37 @@ fn thread_count_is_capped_at_the_cores() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.contains("--threads 100000: this machine has"), "{stderr}");
 }
+
+/// Issue 12 item 11, the small ones on the input side: an empty .txt wrote a 1-token shard (a lone EOT), a folder
+/// holding only README.md was tokenized as a corpus, "no input files found" did not say what counts, and a short run
+/// reported "0.00M tokens/s".
+#[test]
+fn empty_text_files_and_readmes_are_not_documents_and_short_runs_report_real_rates() {
+    let input = tempfile::tempdir().unwrap();
+    std::fs::write(input.path().join("a_empty.txt"), "\n  \n").unwrap();
+    std::fs::write(input.path().join("b_poem.txt"), "Shall I compare thee to a summer's day?\n").unwrap();
+    std::fs::write(input.path().join("README.md"), "# About this corpus\n").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    fineweb::prep(&opts(local(&[input.path().to_path_buf()]), out.path(), 1000)).unwrap();
+    let m = Manifest::load(out.path()).unwrap();
+    let (_, toks) = read_shard(&out.path().join(&m.shards[0].file)).unwrap();
+    let mut expected = Vec::new();
+    Tokenizer::gpt2().encode_document_into("Shall I compare thee to a summer's day?\n", &mut expected);
+    assert_eq!(toks, expected, "one document: no EOT for the empty file, nothing from README.md");
+    assert_eq!(m.definition.unwrap().inputs.len(), 2);
+
+    let docs_only = tempfile::tempdir().unwrap();
+    std::fs::write(docs_only.path().join("README.md"), "# About\n").unwrap();
+    let err = expand_inputs(&[docs_only.path().to_path_buf()]).unwrap_err().to_string();
+    assert!(err.contains("no input files") && err.contains(".parquet") && err.contains("subdirectories"), "{err}");
+
+    let o = Command::new(env!("CARGO_BIN_EXE_tokenmill"))
+        .args(["prep", "corpus", "--no-progress", "--input"])
+        .arg(input.path().join("b_poem.txt"))
+        .arg("--out")
+        .arg(out.path().join("rate"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && stdout.contains(" tokens/s)") && !stdout.contains("0.00M"), "{stdout}");
+}

@@ -19,20 +19,21 @@ use crate::train::dist::launch::{launch, print_lines, LaunchSpec};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    // torchrun's underscore spellings (--nproc_per_node, --node_rank, --master_addr, --master_port) are accepted too.
     /// Processes to start on this node (one per GPU: rank r uses cuda:LOCAL_RANK).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, alias = "nproc_per_node", default_value_t = 1)]
     pub nproc_per_node: usize,
     /// Nodes in the job.
     #[arg(long, default_value_t = 1)]
     pub nnodes: usize,
     /// This node's index, 0..nnodes.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, alias = "node_rank", default_value_t = 0)]
     pub node_rank: usize,
     /// Host of global rank 0 (node 0), where the rendezvous listens.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, alias = "master_addr", default_value = "127.0.0.1")]
     pub master_addr: String,
     /// Port of the rendezvous on the master host.
-    #[arg(long, default_value_t = crate::train::dist::env::DEFAULT_MASTER_PORT)]
+    #[arg(long, alias = "master_port", default_value_t = crate::train::dist::env::DEFAULT_MASTER_PORT)]
     pub master_port: u16,
     /// Seconds a rank waits for the others (at the rendezvous, in any collective) before failing [default: 600].
     #[arg(long, value_name = "SECONDS")]

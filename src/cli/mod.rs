@@ -123,6 +123,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
+    #[test]
+    fn torchrun_spellings_and_train_seed_parse() {
+        let cli = super::Cli::try_parse_from(["tokenmill", "launch", "--nproc_per_node", "2", "--master_port", "29501", "--", "train"]).unwrap();
+        let super::Command::Launch(a) = cli.command else { panic!("not launch") };
+        assert_eq!((a.nproc_per_node, a.master_port), (2, 29501));
+        let cli = super::Cli::try_parse_from(["tokenmill", "train", "--seed", "5"]).unwrap();
+        let super::Command::Train(a) = cli.command else { panic!("not train") };
+        assert!(a.overrides().contains(&"run.seed=5".to_string()));
+    }
+
     #[test]
     fn render_error_says_each_cause_once() {
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)");

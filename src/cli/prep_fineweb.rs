@@ -128,6 +128,18 @@ pub fn prep_and_report(opts: &PrepOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// 338025 -> "338K", 4.1e6 -> "4.10M": three significant figures (a short run is not "0.00M").
+fn si(x: f64) -> String {
+    let (v, unit) = match x {
+        x if x >= 1e9 => (x / 1e9, "G"),
+        x if x >= 1e6 => (x / 1e6, "M"),
+        x if x >= 1e3 => (x / 1e3, "K"),
+        x => (x, ""),
+    };
+    let decimals = if v >= 100.0 { 0 } else if v >= 10.0 { 1 } else { 2 };
+    format!("{v:.decimals$}{unit}")
+}
+
 pub fn print_report(opts: &PrepOptions, r: &PrepReport) {
     let m = &r.manifest;
     if r.documents_read == 0 && r.shards_before == m.shards.len() {
@@ -135,12 +147,12 @@ pub fn print_report(opts: &PrepOptions, r: &PrepReport) {
             if m.complete { " (input complete)" } else { "" });
     } else {
         println!(
-            "{}: {} document(s), {} tokens in {:.2}s ({:.2}M tokens/s){}",
+            "{}: {} document(s), {} tokens in {:.2}s ({} tokens/s){}",
             opts.out.display(),
             r.documents_read,
             r.tokens_written,
             r.seconds,
-            r.tokens_per_second() / 1e6,
+            si(r.tokens_per_second()),
             if r.shards_before > 0 { format!(", resumed after {} shard(s)", r.shards_before) } else { String::new() }
         );
     }

@@ -63,6 +63,9 @@ pub struct Args {
     /// Do not print the resolved config (it is still saved to LOG_DIR/config.toml and in every checkpoint).
     #[arg(long)]
     pub quiet: bool,
+    /// Seed of the initial weights and of the sampling RNG (run.seed).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Any other setting as SECTION.KEY=VALUE (TOML value), e.g. --set optim.max_lr=3e-4. Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -70,7 +73,7 @@ pub struct Args {
 
 impl Args {
     /// The dedicated flags as overrides, then the --set ones (which therefore win).
-    fn overrides(&self) -> Vec<String> {
+    pub(crate) fn overrides(&self) -> Vec<String> {
         let mut o = Vec::new();
         let path = |p: &PathBuf| toml::Value::String(p.display().to_string()).to_string();
         if let Some(d) = &self.data {
@@ -84,6 +87,9 @@ impl Args {
         }
         if let Some(d) = &self.device {
             o.push(format!("run.device={}", toml::Value::String(d.clone())));
+        }
+        if let Some(n) = self.seed {
+            o.push(format!("run.seed={n}"));
         }
         if let Some(d) = &self.dtype {
             o.push(format!("run.dtype={}", toml::Value::String(d.clone())));

@@ -63,7 +63,10 @@ pub enum SourceError {
     Unsupported { path: String },
     #[error("{path}: input does not exist")]
     Missing { path: String },
-    #[error("no input files found in {0}")]
+    #[error(
+        "{0}: no input files: a directory contributes its .parquet, .jsonl/.json/.ndjson and .txt/.text/.md files \
+         (not README/LICENSE files, not subdirectories: pass those themselves)"
+    )]
     Empty(String),
 }
 
@@ -84,7 +87,7 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<SourceFile>, SourceError>
             let mut files: Vec<PathBuf> = std::fs::read_dir(input)
                 .map_err(io_err(input))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && SourceKind::from_path(p).is_some())
+                .filter(|p| p.is_file() && SourceKind::from_path(p).is_some() && !is_repo_doc(p))
                 .collect();
             files.sort();
             if files.is_empty() {
@@ -126,6 +129,13 @@ pub fn fingerprint(path: &Path) -> Result<String, SourceError> {
     Ok(format!("xxh3:{:016x}", h.digest()))
 }
 
+/// README, LICENSE, CHANGELOG...: a folder's own documentation, not corpus text (skipped when a folder is expanded;
+/// named explicitly, such a file is read).
+fn is_repo_doc(path: &Path) -> bool {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().to_ascii_uppercase()).unwrap_or_default();
+    ["README", "LICENSE", "LICENCE", "CHANGELOG", "CONTRIBUTING", "NOTICE"].contains(&stem.as_str())
+}
+
 /// Number of documents in a file without tokenizing it: parquet from its footer, jsonl by counting non-empty lines.
 pub fn count_documents(file: &SourceFile) -> Result<u64, SourceError> {
     let path = &file.path;
@@ -146,7 +156,10 @@ pub fn count_documents(file: &SourceFile) -> Result<u64, SourceError> {
             }
             Ok(n)
         }
-        SourceKind::Text => Ok(1),
+        SourceKind::Text => {
+            let blank = std::fs::read(path).map_err(io_err(path))?.iter().all(u8::is_ascii_whitespace);
+            Ok(u64::from(!blank))
+        }
     }
 }
 
@@ -175,6 +188,11 @@ pub fn read_documents(
                 path: file.path.display().to_string(),
                 offset: e.utf8_error().valid_up_to(),
             })?;
+            // An empty (or blank) text file is no document: not a shard holding a lone <|endoftext|>.
+            if text.trim().is_empty() {
+                tracing::warn!("{}: empty, skipped", file.path.display());
+                return Ok(0);
+            }
             if skip == 0 {
                 on_chunk(vec![text]);
             }
