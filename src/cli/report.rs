@@ -14,7 +14,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let (series, out) = write_report(&args.log_dir, args.out.as_deref())?;
+    let (series, opts, out) = write_report(&args.log_dir, args.out.as_deref())?;
     let last = |s: &[(usize, f64)]| s.last().map(|&(step, v)| format!("{v:.4} at step {step}"));
     let min = |s: &[(usize, f64)]| {
         s.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1)).map(|(step, v)| format!("{v:.4} at step {step}"))
@@ -24,7 +24,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let none = || "-".to_string();
     println!("train loss (last): {}", last(&series.train).unwrap_or_else(none));
-    println!("val loss (min):    {} (GPT-2 124M: {GPT2_124M_VAL_LOSS})", min(&series.val).unwrap_or_else(none));
+    let baseline = if opts.val_baseline {
+        format!(" (GPT-2 124M: {GPT2_124M_VAL_LOSS})")
+    } else {
+        " (no GPT-2 124M baseline: it is FineWeb-Edu val loss, and this run's data is not FineWeb-Edu or unknown)".into()
+    };
+    println!("val loss (min):    {}{baseline}", min(&series.val).unwrap_or_else(none));
     println!("hellaswag (max):   {} (GPT-2 124M: {GPT2_124M_HELLASWAG})", max(&series.hella).unwrap_or_else(none));
     println!("wrote {}", out.display());
     Ok(())

@@ -1,6 +1,7 @@
-//! `tokenmill report`: a run's `log.txt` drawn as build-nanogpt's notebook draws it, to SVG: train and val loss
-//! against the OpenAI GPT-2 (124M) checkpoint's val loss on the left, HellaSwag acc_norm against its score on the
-//! right.
+//! `tokenmill report`: a run's `log.txt` drawn as build-nanogpt's notebook draws it, to SVG: train and val loss on
+//! the left (against the OpenAI GPT-2 (124M) checkpoint's val loss when the run trained on FineWeb-Edu, the only
+//! data that number was measured on), HellaSwag acc_norm against that checkpoint's score on the right (or a note
+//! saying why the panel is empty). Baselines are dashed, in the plot and in the legend.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,16 @@ pub const GPT2_124M_VAL_LOSS: f64 = 3.2924;
 /// HellaSwag acc_norm of OpenAI's GPT-2 (124M) checkpoint.
 pub const GPT2_124M_HELLASWAG: f64 = 0.2955;
 pub const REPORT_FILE: &str = "report.svg";
+/// The dataset name FineWeb-Edu's shards carry (pipelines/fineweb-edu.toml, fineweb.py's prefix): the val-loss
+/// baseline is drawn only for runs on it.
+pub const FINEWEB_EDU_DATASET: &str = "edufineweb";
+
+/// What is drawn besides the run's own curves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReportOptions {
+    /// The GPT-2 124M val loss line (meaningful only for FineWeb-Edu val loss).
+    pub val_baseline: bool,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -34,6 +45,10 @@ fn draw_err<E: std::fmt::Display>(e: E) -> ReportError {
     ReportError::Draw(e.to_string())
 }
 
+/// What the HellaSwag panel says when the log has no HellaSwag line.
+pub const NO_HELLASWAG: &str =
+    "no HellaSwag evaluations in log.txt: set eval.hellaswag_every and eval.hellaswag_file to score during training";
+
 /// HellaSwag's chance level: 4 endings.
 pub const HELLASWAG_CHANCE: f64 = 0.25;
 
@@ -54,8 +69,21 @@ fn y_range(values: &[f64], baseline: f64, cap_outliers: bool, at_least: (f64, f6
     (lo - pad)..(hi + pad)
 }
 
+/// A legend mark for a dashed line: two dashes, as the line is drawn (a macro: the closure's element type is
+/// inferred at each legend).
+macro_rules! dashed_mark {
+    ($style:expr) => {{
+        let style: ShapeStyle = $style;
+        move |(x, y): (i32, i32)| {
+            EmptyElement::at((x, y))
+                + PathElement::new(vec![(0, 0), (8, 0)], style)
+                + PathElement::new(vec![(12, 0), (20, 0)], style)
+        }
+    }};
+}
+
 /// Render `series` as an SVG document.
-pub fn render_svg(series: &LogSeries) -> Result<String, ReportError> {
+pub fn render_svg(series: &LogSeries, opts: ReportOptions) -> Result<String, ReportError> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (1600, 600)).into_drawing_area();
@@ -72,10 +100,11 @@ pub fn render_svg(series: &LogSeries) -> Result<String, ReportError> {
             .margin(15)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(
-                0f64..max_step,
-                y_range(&losses, GPT2_124M_VAL_LOSS, true, (f64::INFINITY, f64::NEG_INFINITY)),
-            )
+            .build_cartesian_2d(0f64..max_step, {
+                // Without the baseline, the range covers the curves alone (the first value stands in for it).
+                let anchor = if opts.val_baseline { GPT2_124M_VAL_LOSS } else { losses.first().copied().unwrap_or(1.0) };
+                y_range(&losses, anchor, true, (f64::INFINITY, f64::NEG_INFINITY))
+            })
             .map_err(draw_err)?;
         let int = |x: &f64| format!("{x:.0}");
         chart.configure_mesh().x_desc("step").y_desc("loss").x_label_formatter(&int).draw().map_err(draw_err)?;
@@ -94,16 +123,18 @@ pub fn render_svg(series: &LogSeries) -> Result<String, ReportError> {
                 .label("val loss")
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RGBColor(255, 127, 14)));
         }
-        chart
-            .draw_series(DashedLineSeries::new(
-                [(0.0, GPT2_124M_VAL_LOSS), (max_step, GPT2_124M_VAL_LOSS)],
-                8,
-                6,
-                RED.stroke_width(2),
-            ))
-            .map_err(draw_err)?
-            .label(format!("OpenAI GPT-2 (124M) checkpoint val loss {GPT2_124M_VAL_LOSS}"))
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        if opts.val_baseline {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(0.0, GPT2_124M_VAL_LOSS), (max_step, GPT2_124M_VAL_LOSS)],
+                    8,
+                    6,
+                    RED.stroke_width(2),
+                ))
+                .map_err(draw_err)?
+                .label(format!("OpenAI GPT-2 (124M) checkpoint val loss {GPT2_124M_VAL_LOSS} (FineWeb-Edu val)"))
+                .legend(dashed_mark!(RED.stroke_width(2)));
+        }
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
@@ -139,7 +170,7 @@ pub fn render_svg(series: &LogSeries) -> Result<String, ReportError> {
             ))
             .map_err(draw_err)?
             .label(format!("OpenAI GPT-2 (124M) checkpoint {GPT2_124M_HELLASWAG}"))
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+            .legend(dashed_mark!(RED.stroke_width(2)));
         chart
             .draw_series(DashedLineSeries::new(
                 [(0.0, HELLASWAG_CHANCE), (max_step, HELLASWAG_CHANCE)],
@@ -149,7 +180,16 @@ pub fn render_svg(series: &LogSeries) -> Result<String, ReportError> {
             ))
             .map_err(draw_err)?
             .label(format!("random chance {HELLASWAG_CHANCE}"))
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5)));
+            .legend(dashed_mark!(BLACK.mix(0.5).stroke_width(1)));
+        if series.hella.is_empty() {
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    NO_HELLASWAG,
+                    (max_step * 0.04, HELLASWAG_CHANCE + 0.045),
+                    ("sans-serif", 16).into_font().color(&BLACK.mix(0.7)),
+                )))
+                .map_err(draw_err)?;
+        }
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::LowerRight)
@@ -162,19 +202,29 @@ pub fn render_svg(series: &LogSeries) -> Result<String, ReportError> {
     Ok(svg)
 }
 
+/// Whether the run in `log_dir` trained on FineWeb-Edu: its `config.toml` names the data directory, whose manifest
+/// names the dataset. `None` when that cannot be read (then no baseline is drawn).
+pub fn trained_on_fineweb_edu(log_dir: &Path) -> Option<bool> {
+    let text = std::fs::read_to_string(log_dir.join("config.toml")).ok()?;
+    let cfg = crate::train::TrainConfig::from_toml_str(&text, "config.toml").ok()?;
+    let manifest = crate::shards::Manifest::load(&cfg.data.dir?).ok()?;
+    Some(manifest.dataset == FINEWEB_EDU_DATASET)
+}
+
 /// Read `log_dir/log.txt` and write the plot atomically to `out` (default `log_dir/report.svg`). Returns the series
-/// drawn and the file written.
-pub fn write_report(log_dir: &Path, out: Option<&Path>) -> Result<(LogSeries, PathBuf), ReportError> {
+/// drawn, the options it was drawn with and the file written.
+pub fn write_report(log_dir: &Path, out: Option<&Path>) -> Result<(LogSeries, ReportOptions, PathBuf), ReportError> {
     let log_path = log_dir.join(LOG_TXT);
     let series = read_log_txt(&log_path)?;
     if series.train.is_empty() && series.val.is_empty() && series.hella.is_empty() {
         return Err(ReportError::Empty { path: log_path.display().to_string() });
     }
-    let svg = render_svg(&series)?;
+    let opts = ReportOptions { val_baseline: trained_on_fineweb_edu(log_dir) == Some(true) };
+    let svg = render_svg(&series, opts)?;
     let out = out.map(Path::to_path_buf).unwrap_or_else(|| log_dir.join(REPORT_FILE));
     crate::util::write_atomic(&out, svg.as_bytes())
         .map_err(|source| ReportError::Io { path: out.display().to_string(), source })?;
-    Ok((series, out))
+    Ok((series, opts, out))
 }
 
 #[cfg(test)]
@@ -187,5 +237,14 @@ mod tests {
         losses.extend((0..99).map(|i| 4.0 - i as f64 * 0.005));
         let r = y_range(&losses, GPT2_124M_VAL_LOSS, true, (f64::INFINITY, f64::NEG_INFINITY));
         assert!(r.start < GPT2_124M_VAL_LOSS && r.end < 5.0 && r.end > 4.0, "{r:?}");
+    }
+
+    #[test]
+    fn val_baseline_only_when_asked_and_an_empty_hellaswag_panel_says_why() {
+        let series = LogSeries { train: vec![(0, 10.9), (1, 9.0)], val: vec![(0, 10.9)], hella: vec![] };
+        let with = render_svg(&series, ReportOptions { val_baseline: true }).unwrap();
+        let without = render_svg(&series, ReportOptions { val_baseline: false }).unwrap();
+        assert!(with.contains("3.2924") && !without.contains("3.2924"));
+        assert!(without.contains("no HellaSwag evaluations") && without.contains("0.2955"));
     }
 }
