@@ -87,6 +87,12 @@ fn export_hf_writes_a_folder_sample_can_read() {
     assert!(ok, "{err}");
     assert!(stdout.contains("vocab 50257"), "{stdout}");
     assert!(out.join("config.json").is_file() && out.join("model.safetensors").is_file());
+    // GPT-2's tokenizer files, so AutoTokenizer loads the folder (issue 12 item 11).
+    let vocab: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("vocab.json")).unwrap()).unwrap();
+    assert_eq!((vocab["Ġthe"].as_u64(), vocab.as_object().unwrap().len()), (Some(262), 50257));
+    let merges = std::fs::read_to_string(out.join("merges.txt")).unwrap();
+    assert!(merges.starts_with("#version: 0.2\nĠ t\nĠ a\n") && merges.lines().count() == 50001);
+    assert!(out.join("tokenizer_config.json").is_file());
     // The exported folder (50257 rows) samples like the checkpoint (50304 rows, padded ids never drawn).
     let common = ["--prompt", "Hello", "--num-samples", "2", "--max-tokens", "8", "--seed", "3"];
     let (ok1, from_ckpt, e1) = tokenmill(&[&["sample", "--model", &ckpt][..], &common].concat());

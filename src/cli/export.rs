@@ -13,7 +13,8 @@ use crate::model::{hf::export_hf_gpt2, load_model, Precision};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ExportCommand {
-    /// Write a Hugging Face GPT-2 folder (config.json + model.safetensors) from a checkpoint.
+    /// Write a Hugging Face GPT-2 folder (config.json + model.safetensors, and GPT-2's tokenizer files for a GPT-2
+    /// vocabulary) from a checkpoint.
     Hf {
         /// A tokenmill checkpoint directory (or weights file, or HF GPT-2 folder).
         checkpoint: PathBuf,
@@ -34,6 +35,15 @@ pub fn run(c: ExportCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("loading {}", checkpoint.display()))?;
             export_hf_gpt2(model.as_ref(), &dir)?;
             let cfg = model.config();
+            if cfg.real_vocab_size == crate::tokenizer::TokenizerKind::Gpt2.vocab_size() as usize {
+                println!("tokenizer: GPT-2's vocab.json, merges.txt and tokenizer_config.json (AutoTokenizer loads them)");
+            } else {
+                eprintln!(
+                    "note: no tokenizer files: the model's {}-id vocabulary is not GPT-2's (HF's GPT-2 tokenizer cannot \
+                     encode for it); load its tiktoken tokenizer yourself",
+                    cfg.real_vocab_size
+                );
+            }
             println!(
                 "wrote {} (GPT-2 L{} H{} C{}, vocab {}, {} parameters)",
                 dir.display(),

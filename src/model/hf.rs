@@ -216,6 +216,12 @@ pub fn export_hf_gpt2(model: &dyn LanguageModel, dir: &Path) -> Result<(), Model
         fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
         let config = serde_json::to_vec_pretty(&hf_config_json(cfg)).expect("config serialises");
         crate::util::write_atomic(&tmp.join(HF_CONFIG), &config).map_err(|e| ModelError::io(tmp.join(HF_CONFIG), e))?;
+        // GPT-2's tokenizer files, so AutoTokenizer loads the folder; a model of another vocabulary gets none.
+        if cfg.real_vocab_size == crate::tokenizer::TokenizerKind::Gpt2.vocab_size() as usize {
+            for (name, bytes) in crate::tokenizer::hf_files::gpt2_hf_files(cfg.block_size) {
+                crate::util::write_atomic(&tmp.join(name), &bytes).map_err(|e| ModelError::io(tmp.join(name), e))?;
+            }
+        }
         write_safetensors(&tmp.join(HF_WEIGHTS), &tensors, &meta)
     };
     if let Err(e) = build() {

@@ -9,6 +9,7 @@ use std::str::FromStr;
 use tiktoken_rs::CoreBPE;
 
 mod gpt2_split;
+pub mod hf_files;
 
 /// Which BPE vocabulary a shard directory was written with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
