@@ -73,6 +73,19 @@ fn damaged_checkpoint_file_stops_a_resume_and_verify_names_it() {
     let (ok, out) = verify(&ckpt);
     assert!(!ok, "{out}");
     assert!(out.contains("ok       model.safetensors") && out.contains("DAMAGED") && out.contains("1 of 3"), "{out}");
+    // Sampling reads only the model file, which is intact; junk in it is named there too.
+    let sample = |ckpt: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_tokenmill"))
+            .args(["sample", "--device", "cpu", "--num-samples", "1", "--max-tokens", "12", "--model"])
+            .arg(ckpt)
+            .output()
+            .unwrap()
+    };
+    assert!(sample(&ckpt).status.success());
+    scribble(&ckpt.join(checkpoint::MODEL_FILE), 64);
+    let out = sample(&log);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("model.safetensors") && stderr.contains("damaged"), "{stderr}");
     // --no-verify loads it anyway.
     assert!(Trainer::new(tiny(&data, &log), options(Resume::Latest, false)).is_ok());
 }

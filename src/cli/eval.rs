@@ -50,7 +50,7 @@ fn hellaswag(a: HellaswagArgs) -> anyhow::Result<()> {
     let precision = parse_compute_dtype(&a.dtype, &device)?.precision();
     let file = HellaswagFile::open(&a.data)?;
     let n = a.limit.unwrap_or(file.len()).min(file.len());
-    let spec = super::model_arg(&a.model);
+    let spec = super::model_arg(&a.model)?;
     let model =
         crate::model::load_model(&spec, precision, &device).with_context(|| format!("loading --model {}", a.model))?;
     // A tokenmill checkpoint says which tokenizer its data had; any model says how many token ids it knows.

@@ -26,7 +26,7 @@ pub enum ExportCommand {
 pub fn run(c: ExportCommand) -> anyhow::Result<()> {
     match c {
         ExportCommand::Hf { checkpoint, dir } => {
-            let spec = super::model_arg(checkpoint.to_str().context("the checkpoint path is not valid UTF-8")?);
+            let spec = super::model_arg(checkpoint.to_str().context("the checkpoint path is not valid UTF-8")?)?;
             let spec = spec.as_str();
             if !checkpoint.exists() {
                 anyhow::bail!("{}: no such checkpoint directory", checkpoint.display());

@@ -61,13 +61,19 @@ pub enum PrepCommand {
 }
 
 /// A `--model` value as the loader should see it: a run's log directory or a checkpoints directory means its latest
-/// checkpoint (`train::checkpoint::resolve`); anything else (hub names, HF folders, files) is kept.
-pub fn model_arg(spec: &str) -> String {
+/// checkpoint (`train::checkpoint::resolve`); anything else (hub names, HF folders, files) is kept. A tokenmill
+/// checkpoint's model file is checked against its state.json first, so a damaged one is named, not loaded.
+pub fn model_arg(spec: &str) -> anyhow::Result<String> {
     let path = std::path::Path::new(spec);
     if !path.is_dir() {
-        return spec.to_string();
+        return Ok(spec.to_string());
     }
-    crate::train::checkpoint::resolve(path).display().to_string()
+    let dir = crate::train::checkpoint::resolve(path);
+    if dir.join(crate::train::checkpoint::STATE_FILE).is_file() {
+        let state = crate::train::checkpoint::load_state(&dir)?;
+        crate::train::checkpoint::verify_file(&dir, &state, crate::train::checkpoint::MODEL_FILE)?;
+    }
+    Ok(dir.display().to_string())
 }
 
 /// An error as one line per cause, for `main`: each cause that its wrapper's message does not already quote (library

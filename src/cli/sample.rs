@@ -56,7 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "auto" => candle_core::DType::F32,
         other => bail!("--dtype `{other}` (expected fp32, bf16 or auto)"),
     };
-    let model = load_model(&super::model_arg(&args.model), Precision::with_compute(compute), &device)
+    let model = load_model(&super::model_arg(&args.model)?, Precision::with_compute(compute), &device)
         .with_context(|| format!("loading --model {}", args.model))?;
     let cfg = model.config().clone();
     let kind = match args.tokenizer {
