@@ -84,7 +84,7 @@ pub struct InputIdentity {
     /// Path (local) or path in the hub repo, as given; for messages (a moved local corpus is still the same input).
     pub file: String,
     pub bytes: u64,
-    /// `xxh3:HEX` of a local file's content (whole file up to 64 MiB, else its size and first and last 8 MiB),
+    /// `xxh3:HEX` of a local file's content (whole file up to 2 MiB, else its size and first and last 1 MiB),
     /// `sha256:HEX` of a hub file as the hub reports it, or `unknown` (a hub file without a checksum: then the path
     /// and size must match).
     pub content: String,
