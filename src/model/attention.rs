@@ -15,11 +15,77 @@ use super::ops::{reduce_dtype, softmax_last_dim};
 
 /// `(T, T)` additive mask in `dtype`: 0 where key j <= query i, -inf where j > i (the future).
 pub fn causal_mask(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let pos = Tensor::arange(0u32, t as u32, device)?;
-    let future = pos.reshape((1, t))?.broadcast_gt(&pos.reshape((t, 1))?)?; // (T, T) u8: 1 where j > i
-    let neg_inf = Tensor::full(f32::NEG_INFINITY, (t, t), device)?.to_dtype(dtype)?;
-    let zero = Tensor::zeros((t, t), dtype, device)?;
+    causal_mask_after(t, 0, dtype, device)
+}
+
+/// `(T, past + T)` additive mask for `t` queries at positions `past..past + t` over keys `0..past + t`: 0 where key
+/// j <= past + i, -inf where it lies in that query's future.
+pub fn causal_mask_after(t: usize, past: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let all = past + t;
+    let keys = Tensor::arange(0u32, all as u32, device)?.reshape((1, all))?;
+    let queries = Tensor::arange(past as u32, all as u32, device)?.reshape((t, 1))?;
+    let future = keys.broadcast_gt(&queries)?; // (T, past + T) u8: 1 where j > past + i
+    let neg_inf = Tensor::full(f32::NEG_INFINITY, (t, all), device)?.to_dtype(dtype)?;
+    let zero = Tensor::zeros((t, all), dtype, device)?;
     future.where_cond(&neg_inf, &zero)
+}
+
+/// Per layer, the keys and values of every position seen so far (`(B, NH, T_seen, HS)` each), so that generation
+/// feeds only the new token and attends over these (`LanguageModel::forward_last_cached`): one position's work per
+/// token instead of the whole context's.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    seen: usize,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Positions the cache holds.
+    pub fn seen(&self) -> usize {
+        self.seen
+    }
+
+    /// Layer `l`'s keys and values (empty until the first forward).
+    pub fn layer(&mut self, l: usize) -> &mut Option<(Tensor, Tensor)> {
+        if self.layers.len() <= l {
+            self.layers.resize(l + 1, None);
+        }
+        &mut self.layers[l]
+    }
+
+    /// `t` more positions went through every layer.
+    pub fn advance(&mut self, t: usize) {
+        self.seen += t;
+    }
+}
+
+/// Causal attention of `t` new positions over a layer's cached ones and themselves: `q, k, v (B, NH, T, HS)` of the
+/// new positions; `entry` holds the earlier keys and values and gets these appended. Composed (as
+/// [`causal_attention_slow`]), in the same dtypes.
+pub fn cached_causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    entry: &mut Option<(Tensor, Tensor)>,
+) -> Result<Tensor> {
+    let (k, v) = match entry.take() {
+        Some((k0, v0)) => (Tensor::cat(&[&k0, k], 2)?, Tensor::cat(&[&v0, v], 2)?), // (B, NH, past + T, HS)
+        None => (k.contiguous()?, v.contiguous()?),
+    };
+    let (_, _, t, hs) = q.dims4()?;
+    let past = k.dim(2)? - t;
+    let cd = q.dtype();
+    let rd = reduce_dtype(cd);
+    let att = q.contiguous()?.matmul(&k.t()?)?; // (B, NH, T, past + T) in cd
+    let att = (att.to_dtype(rd)? * (1.0 / (hs as f64).sqrt()))?;
+    let att = att.broadcast_add(&causal_mask_after(t, past, rd, q.device())?)?;
+    let y = softmax_last_dim(&att)?.to_dtype(cd)?.matmul(&v)?; // (B, NH, T, HS)
+    *entry = Some((k, v));
+    Ok(y)
 }
 
 /// Causal self-attention: `q, k, v (B, NH, T, HS)` in the compute dtype -> `(B, NH, T, HS)` in the same dtype.

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use candle_core::{DType, Result, Tensor, Var};
 
-use super::attention::causal_attention_qkv;
+use super::attention::{cached_causal_attention, causal_attention_qkv, KvCache};
 use super::ops::{self, LAYER_NORM_EPS};
 use super::params::{init_params, params_from_tensors, Init, ParamSpec, ParamTable};
 use super::{check_input, LanguageModel, ModelConfig, ModelError, Precision};
@@ -103,20 +103,31 @@ impl Block {
         }
     }
 
-    /// `x (B, T, C)`, the residual stream in the reduce dtype -> same.
-    fn forward(&self, x: &Tensor, n_head: usize, cd: DType) -> Result<Tensor> {
+    /// `x (B, T, C)`, the residual stream in the reduce dtype -> same. With `cache`, this layer's keys and values
+    /// of the earlier positions (generation).
+    fn forward(&self, x: &Tensor, n_head: usize, cd: DType, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
         let rd = x.dtype();
         let h = self.ln_1.forward(x, cd)?;
-        let x = (x + self.attn(&h, n_head)?.to_dtype(rd)?)?;
+        let x = (x + self.attn(&h, n_head, cache)?.to_dtype(rd)?)?;
         let h = self.ln_2.forward(&x, cd)?;
         let m = self.mlp_c_proj.forward(&ops::gelu_tanh(&self.c_fc.forward(&h)?)?)?;
         x + m.to_dtype(rd)?
     }
 
     /// `h (B, T, C)` in the compute dtype -> attention output `(B, T, C)`, same dtype.
-    fn attn(&self, h: &Tensor, n_head: usize) -> Result<Tensor> {
+    fn attn(&self, h: &Tensor, n_head: usize, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
         let qkv = self.c_attn.forward(h)?; // (B, T, 3C)
-        let y = causal_attention_qkv(&qkv, n_head)?; // (B, T, C)
+        let y = match cache {
+            None => causal_attention_qkv(&qkv, n_head)?, // (B, T, C)
+            Some(entry) => {
+                let (b, t, c3) = qkv.dims3()?;
+                let (c, hs) = (c3 / 3, c3 / 3 / n_head);
+                // (B, T, C) -> (B, NH, T, HS) per part, and back.
+                let heads = |i: usize| qkv.narrow(2, i * c, c)?.reshape((b, t, n_head, hs))?.transpose(1, 2);
+                let y = cached_causal_attention(&heads(0)?, &heads(1)?, &heads(2)?, entry)?;
+                y.transpose(1, 2)?.reshape((b, t, c))?
+            }
+        };
         self.attn_c_proj.forward(&y)
     }
 }
@@ -185,17 +196,35 @@ impl Gpt2 {
 
     /// The final hidden state `(B, T, C)` (after `ln_f`) in the compute dtype: what the tied head multiplies.
     fn hidden(&self, idx: &Tensor) -> Result<Tensor> {
+        self.hidden_after(idx, None)
+    }
+
+    /// As `hidden`, for positions after those `cache` holds (and appending theirs to it).
+    fn hidden_after(&self, idx: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (_, t) = check_input(idx, &self.cfg)?;
+        let past = cache.as_ref().map_or(0, |c| c.seen());
+        if past + t > self.cfg.block_size {
+            candle_core::bail!("{past} cached + {t} new positions exceed the block size {}", self.cfg.block_size);
+        }
         let rd = self.precision.reduce();
         let cd = self.precision.compute;
         // The residual stream stays in the reduce dtype (f32), as under torch autocast: only matmul inputs are bf16.
         let tok = ops::embedding(&self.wte, idx)?.to_dtype(rd)?; // (B, T, C)
-        let pos = self.wpe.narrow(0, 0, t)?.to_dtype(rd)?; // (T, C)
+        let pos = self.wpe.narrow(0, past, t)?.to_dtype(rd)?; // (T, C)
         let mut x = tok.broadcast_add(&pos)?;
-        for block in &self.blocks {
-            x = block.forward(&x, self.cfg.n_head, cd)?;
+        for (l, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, self.cfg.n_head, cd, cache.as_deref_mut().map(|c| c.layer(l)))?;
+        }
+        if let Some(c) = cache {
+            c.advance(t);
         }
         self.ln_f.forward(&x, cd)
+    }
+
+    /// The tied head on the last position of `h (B, T, C)` -> logits `(B, V)` in the reduce dtype.
+    fn head_last(&self, h: &Tensor) -> Result<Tensor> {
+        let last = h.narrow(1, h.dim(1)? - 1, 1)?; // (B, 1, C)
+        ops::linear(&last, &self.wte, None)?.squeeze(1)?.to_dtype(self.precision.reduce())
     }
 }
 
@@ -205,9 +234,11 @@ impl LanguageModel for Gpt2 {
     }
 
     fn forward_last(&self, idx: &Tensor) -> Result<Tensor> {
-        let h = self.hidden(idx)?; // (B, T, C)
-        let last = h.narrow(1, h.dim(1)? - 1, 1)?; // (B, 1, C)
-        ops::linear(&last, &self.wte, None)?.squeeze(1)?.to_dtype(self.precision.reduce()) // (B, V)
+        self.head_last(&self.hidden(idx)?)
+    }
+
+    fn forward_last_cached(&self, idx: &Tensor, cache: &mut KvCache) -> Result<Option<Tensor>> {
+        Ok(Some(self.head_last(&self.hidden_after(idx, Some(cache))?)?))
     }
 
     fn loss(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor> {

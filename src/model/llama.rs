@@ -19,7 +19,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
-use super::attention::causal_attention;
+use super::attention::{cached_causal_attention, causal_attention, KvCache};
 use super::ops::{self, RMS_NORM_EPS};
 use super::params::{init_params, params_from_tensors, Init, ParamSpec, ParamTable};
 use super::{check_input, LanguageModel, ModelConfig, ModelError, Precision};
@@ -82,8 +82,16 @@ impl Block {
         }
     }
 
-    /// `x (B, T, C)`, the residual stream in the reduce dtype -> same. `cos`, `sin`: `(T, HS/2)` in `cd`.
-    fn forward(&self, x: &Tensor, n_head: usize, cd: DType, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    /// `x (B, T, C)`, the residual stream in the reduce dtype -> same. `cos`, `sin`: `(T, HS/2)` in `cd`, for the
+    /// positions of `x`. With `cache`, this layer's keys and values of the earlier positions (generation).
+    fn forward(
+        &self,
+        x: &Tensor,
+        n_head: usize,
+        cd: DType,
+        (cos, sin): (&Tensor, &Tensor),
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
         let rd = x.dtype();
         let (b, t, c) = x.dims3()?;
         let hs = c / n_head;
@@ -94,7 +102,11 @@ impl Block {
         };
         let q = ops::apply_rotary(&heads(&self.q_proj)?, cos, sin)?;
         let k = ops::apply_rotary(&heads(&self.k_proj)?, cos, sin)?;
-        let y = causal_attention(&q, &k, &heads(&self.v_proj)?)?; // (B, NH, T, HS)
+        let v = heads(&self.v_proj)?;
+        let y = match cache {
+            None => causal_attention(&q, &k, &v)?, // (B, NH, T, HS)
+            Some(entry) => cached_causal_attention(&q, &k, &v, entry)?,
+        };
         let y = ops::linear(&y.transpose(1, 2)?.reshape((b, t, c))?, &self.o_proj, None)?;
         let x = (x + y.to_dtype(rd)?)?;
         let h = ops::rms_norm(&x, &self.post_attention_layernorm, RMS_NORM_EPS)?.to_dtype(cd)?;
@@ -176,16 +188,34 @@ impl Llama {
 
     /// The final hidden state `(B, T, C)` (after `norm`) in the compute dtype: what the tied head multiplies.
     fn hidden(&self, idx: &Tensor) -> Result<Tensor> {
+        self.hidden_after(idx, None)
+    }
+
+    /// As `hidden`, for positions after those `cache` holds (and appending theirs to it).
+    fn hidden_after(&self, idx: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (_, t) = check_input(idx, &self.cfg)?;
+        let past = cache.as_ref().map_or(0, |c| c.seen());
+        if past + t > self.cfg.block_size {
+            candle_core::bail!("{past} cached + {t} new positions exceed the block size {}", self.cfg.block_size);
+        }
         let rd = self.precision.reduce();
         let cd = self.precision.compute;
-        let cos = self.cos.narrow(0, 0, t)?;
-        let sin = self.sin.narrow(0, 0, t)?;
+        let cos = self.cos.narrow(0, past, t)?;
+        let sin = self.sin.narrow(0, past, t)?;
         let mut x = ops::embedding(&self.embed_tokens, idx)?.to_dtype(rd)?; // (B, T, C)
-        for block in &self.blocks {
-            x = block.forward(&x, self.cfg.n_head, cd, &cos, &sin)?;
+        for (l, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, self.cfg.n_head, cd, (&cos, &sin), cache.as_deref_mut().map(|c| c.layer(l)))?;
+        }
+        if let Some(c) = cache {
+            c.advance(t);
         }
         ops::rms_norm(&x, &self.norm, RMS_NORM_EPS)?.to_dtype(cd)
+    }
+
+    /// The tied head on the last position of `h (B, T, C)` -> logits `(B, V)` in the reduce dtype.
+    fn head_last(&self, h: &Tensor) -> Result<Tensor> {
+        let last = h.narrow(1, h.dim(1)? - 1, 1)?; // (B, 1, C)
+        ops::linear(&last, &self.embed_tokens, None)?.squeeze(1)?.to_dtype(self.precision.reduce())
     }
 }
 
@@ -195,9 +225,11 @@ impl LanguageModel for Llama {
     }
 
     fn forward_last(&self, idx: &Tensor) -> Result<Tensor> {
-        let h = self.hidden(idx)?; // (B, T, C)
-        let last = h.narrow(1, h.dim(1)? - 1, 1)?; // (B, 1, C)
-        ops::linear(&last, &self.embed_tokens, None)?.squeeze(1)?.to_dtype(self.precision.reduce()) // (B, V)
+        self.head_last(&self.hidden(idx)?)
+    }
+
+    fn forward_last_cached(&self, idx: &Tensor, cache: &mut KvCache) -> Result<Option<Tensor>> {
+        Ok(Some(self.head_last(&self.hidden_after(idx, Some(cache))?)?))
     }
 
     fn loss(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor> {

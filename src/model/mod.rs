@@ -45,6 +45,13 @@ pub trait LanguageModel: Send {
         self.forward(idx)?.narrow(1, t - 1, 1)?.squeeze(1)
     }
 
+    /// As [`forward_last`](Self::forward_last) for `idx` continuing the sequences `cache` holds (`(B, T_new)`; an
+    /// empty cache: a fresh start), whose keys and values it appends: generation then feeds one new token per step.
+    /// `None` for a model without a cache (generation re-runs the context). The positions must fit the block size.
+    fn forward_last_cached(&self, _idx: &Tensor, _cache: &mut attention::KvCache) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
     /// Mean cross-entropy over all B*T positions as an f32 scalar (f64 under `Precision::F64`); `targets: (B, T)` u32.
     fn loss(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor>;
 

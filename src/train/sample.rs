@@ -1,6 +1,7 @@
 //! Text generation as build-nanogpt's training-time samples: `count` continuations of one prompt, each token drawn
-//! from the softmax of the top-k logits (k = 50 by default). No KV cache: samples are a few dozen tokens, every
-//! `sample_every` steps. Padded vocabulary ids (>= the tokenizer's real vocabulary) are never drawn.
+//! from the softmax of the top-k logits (k = 50 by default), with a KV cache (`model::attention::KvCache`): one
+//! position's work per new token while the context fits the block. Padded vocabulary ids (>= the tokenizer's real
+//! vocabulary) are never drawn.
 //!
 //! Bounded memory whatever `count`: sequences go through the model [`CHUNK`] at a time, and only the last position's
 //! logits are computed (`LanguageModel::forward_last`).
@@ -8,6 +9,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 use rand::Rng;
 
+use crate::model::attention::KvCache;
 use crate::model::LanguageModel;
 
 /// Sequences sampled together (one forward of `CHUNK` rows per token).
@@ -48,13 +50,31 @@ fn extend_batch(
 ) -> Result<()> {
     let cfg = model.config();
     let real_vocab = cfg.real_vocab_size.min(cfg.vocab_size);
+    // Keys and values of the positions fed so far: each step feeds only the new token. Dropped when the model has no
+    // cache or the context outgrows the block (the window then slides, and every step re-runs it).
+    let mut cache = Some(KvCache::new());
+    let mut fed = 0;
+    let tokens = |seqs: &[Vec<u32>], from: usize| -> Result<Tensor> {
+        let flat: Vec<u32> = seqs.iter().flat_map(|s| s[from..].iter().copied()).collect();
+        Tensor::from_vec(flat, (seqs.len(), seqs[0].len() - from), device) // (B, T)
+    };
     while seqs[0].len() < total_len {
         let len = seqs[0].len();
-        let start = len.saturating_sub(cfg.block_size);
-        let t = len - start;
-        let flat: Vec<u32> = seqs.iter().flat_map(|s| s[start..].iter().copied()).collect();
-        let idx = Tensor::from_vec(flat, (seqs.len(), t), device)?; // (B, T)
-        let last = model.forward_last(&idx)?.to_dtype(DType::F32)?.to_vec2::<f32>()?; // (B, V)
+        let cached = match cache.as_mut().filter(|_| len <= cfg.block_size) {
+            Some(c) => model.forward_last_cached(&tokens(seqs, fed)?, c)?,
+            None => None,
+        };
+        let logits = match cached {
+            Some(logits) => {
+                fed = len;
+                logits
+            }
+            None => {
+                cache = None;
+                model.forward_last(&tokens(seqs, len.saturating_sub(cfg.block_size))?)?
+            }
+        };
+        let last = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?; // (B, V)
         for (seq, row) in seqs.iter_mut().zip(&last) {
             seq.push(sample_top_k(&row[..real_vocab], top_k, rng));
         }
