@@ -209,7 +209,9 @@ fn sigterm_to_the_launcher_stops_every_rank_with_a_checkpoint() {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !rx.recv_timeout(deadline - Instant::now()).expect("rank 0 logs a step").starts_with("[rank 0] step     1 |") {}
+    while !rx.recv_timeout(deadline - Instant::now()).expect("rank 0 logs a step").starts_with("[rank 0] step     1 |")
+    {
+    }
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

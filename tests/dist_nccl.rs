@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
+use common::cuda_device;
 use tokenmill::train::dist::rendezvous::free_local_port;
 use tokenmill::train::dist::{init, Communicator, DataParallel, DistEnv, DistTimeouts, EnvSource, ReduceOp};
 use tokenmill::train::step::Reducer;
 use tokenmill::train::{TrainConfig, Trainer, TrainerOptions};
-use common::cuda_device;
 
 fn one_rank_job(device: &Device) -> std::sync::Arc<dyn Communicator> {
     let env = DistEnv {
@@ -63,7 +63,12 @@ fn check_on(device: &Device) {
         let mut grads = vec![Some(g1.clone()), None, Some(g2.clone())];
         let mut loss = (Tensor::new(&[2f32, 4.], device).unwrap().mean_all().unwrap() / 2.0).unwrap(); // 1.5
         reducer.reduce_grads(&mut loss, &mut grads).unwrap();
-        assert_eq!(loss.to_scalar::<f32>().unwrap(), 1.5, "loss after reduce_grads, bucket {bucket} ({})", comm.backend());
+        assert_eq!(
+            loss.to_scalar::<f32>().unwrap(),
+            1.5,
+            "loss after reduce_grads, bucket {bucket} ({})",
+            comm.backend()
+        );
         assert_eq!(grads[0].as_ref().unwrap().to_vec2::<f32>().unwrap(), g1.to_vec2::<f32>().unwrap());
         assert!(grads[1].is_none());
         let g2r = grads[2].as_ref().unwrap();

@@ -93,7 +93,8 @@ fn ranks<R: Send + 'static>(
                 let comm: Arc<dyn Communicator> = Arc::new(comm);
                 // Small buckets, so gradients cross in several collectives as they do at 124M.
                 let reducer = Box::new(DataParallel::new(comm.clone()).with_bucket_elems(50_000));
-                let mut t = Trainer::new(cfg, TrainerOptions { resume, echo: false, reducer, ..Default::default() }).unwrap();
+                let mut t =
+                    Trainer::new(cfg, TrainerOptions { resume, echo: false, reducer, ..Default::default() }).unwrap();
                 let r = f(rank, &mut t);
                 if shutdown {
                     comm.shutdown().unwrap();

@@ -77,14 +77,20 @@ mod cuda {
     }
 
     /// (loss, named gradients) of one micro-step of the autograd engine in `compute`.
-    fn autograd_grads(cfg: &ModelConfig, dev: &Device, compute: DType, batch: &Batch) -> (f32, HashMap<String, Vec<f32>>) {
+    fn autograd_grads(
+        cfg: &ModelConfig,
+        dev: &Device,
+        compute: DType,
+        batch: &Batch,
+    ) -> (f32, HashMap<String, Vec<f32>>) {
         let m = model(cfg, dev, compute);
         let names: Vec<String> = m.parameters().into_iter().map(|(n, _)| n).collect();
         let mut e = Autograd::new(m, dev, ADAM).unwrap();
         e.begin_step().unwrap();
         e.micro_step(batch, 1).unwrap();
         let (loss, grads) = e.accumulated(&SingleProcess).unwrap();
-        let grads = names.into_iter().zip(grads).map(|(n, g)| (n, host(&g.expect("every parameter has a gradient")))).collect();
+        let grads =
+            names.into_iter().zip(grads).map(|(n, g)| (n, host(&g.expect("every parameter has a gradient")))).collect();
         (loss.to_scalar::<f32>().unwrap(), grads)
     }
 
@@ -143,14 +149,23 @@ mod cuda {
         let (b, t) = (4, 100);
         let (c, nh) = (cfg.n_embd, cfg.n_head);
         let m = model(&cfg, &dev, DType::BF16);
-        let p: HashMap<String, Tensor> = m.parameters().into_iter().map(|(n, v)| (n, v.as_tensor().copy().unwrap())).collect();
-        let mut e = Gpt2Cuda::new(m, &dev, (b, t), ADAM, EngineOptions { classifier_chunk: 512, ..EngineOptions::from_env() }).unwrap();
+        let p: HashMap<String, Tensor> =
+            m.parameters().into_iter().map(|(n, v)| (n, v.as_tensor().copy().unwrap())).collect();
+        let mut e =
+            Gpt2Cuda::new(m, &dev, (b, t), ADAM, EngineOptions { classifier_chunk: 512, ..EngineOptions::from_env() })
+                .unwrap();
         let batch = &batches(&cfg, b, t, 1, 3)[0];
         let acts: HashMap<String, Tensor> = e.forward_activations(batch).unwrap().into_iter().collect();
         for (name, t) in e.weights().unwrap() {
             let (got, want) = (host(&t), host(&p[&name]));
             let bad = got.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits());
-            assert!(bad.is_none(), "engine weight {name}[{}] = {} but the model has {}", bad.unwrap(), got[bad.unwrap()], want[bad.unwrap()]);
+            assert!(
+                bad.is_none(),
+                "engine weight {name}[{}] = {} but the model has {}",
+                bad.unwrap(),
+                got[bad.unwrap()],
+                want[bad.unwrap()]
+            );
         }
         let f = |n: &str| acts[n].to_dtype(DType::F32).unwrap();
         // The engine's matmuls read bf16 copies of the weights; its LayerNorms and residual biases the f32 masters.
@@ -166,29 +181,46 @@ mod cuda {
         // The projections' outputs are bf16 (as under autocast) before they join the f32 residual stream.
         let round16 = |x: &Tensor| x.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
         let ln = |x: &Tensor, pre: &str| {
-            tokenmill::model::ops::layer_norm_slow(x, &w(&format!("{pre}.weight")), &w(&format!("{pre}.bias")), 1e-5).unwrap()
+            tokenmill::model::ops::layer_norm_slow(x, &w(&format!("{pre}.weight")), &w(&format!("{pre}.bias")), 1e-5)
+                .unwrap()
         };
         let ids = Tensor::from_slice(&batch.x, b * t, &dev).unwrap();
         let pos: Vec<u32> = (0..b * t).map(|i| (i % t) as u32).collect();
         let pos = Tensor::from_slice(&pos, b * t, &dev).unwrap();
-        let res0 = (w("wte.weight").index_select(&ids, 0).unwrap() + w("wpe.weight").index_select(&pos, 0).unwrap()).unwrap();
+        let res0 =
+            (w("wte.weight").index_select(&ids, 0).unwrap() + w("wpe.weight").index_select(&pos, 0).unwrap()).unwrap();
         let qkv = f("qkv").reshape((b, t, 3, nh, c / nh)).unwrap();
-        let head = |i: usize| qkv.narrow(2, i, 1).unwrap().squeeze(2).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        let head =
+            |i: usize| qkv.narrow(2, i, 1).unwrap().squeeze(2).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
         let att = tokenmill::model::attention::causal_attention_slow(&head(0), &head(1), &head(2)).unwrap();
         let att = att.transpose(1, 2).unwrap().contiguous().unwrap().reshape((b * t, c)).unwrap();
         let logits = f("lnf").matmul(&w16("wte.weight").t().unwrap()).unwrap();
         let targets = Tensor::from_slice(&batch.y, b * t, &dev).unwrap();
-        let losses = tokenmill::model::ops::token_cross_entropy_slow(&f("logits"), &targets).unwrap().reshape((b * t, 1)).unwrap();
+        let losses = tokenmill::model::ops::token_cross_entropy_slow(&f("logits"), &targets)
+            .unwrap()
+            .reshape((b * t, 1))
+            .unwrap();
         let checks: Vec<(&str, Tensor, f64)> = vec![
             ("res0", res0, 1e-6),
             ("ln1", ln(&f("res0"), "h.0.ln_1"), 1e-2),
             ("qkv", linear(&f("ln1"), "h.0.attn.c_attn.weight", Some(w16("h.0.attn.c_attn.bias"))), 1e-2),
             ("atty", att, 2e-2),
-            ("res_mid", (round16(&linear(&f("atty"), "h.0.attn.c_proj.weight", Some(w16("h.0.attn.c_proj.bias")))) + f("res0")).unwrap(), 1e-3),
+            (
+                "res_mid",
+                (round16(&linear(&f("atty"), "h.0.attn.c_proj.weight", Some(w16("h.0.attn.c_proj.bias")))) + f("res0"))
+                    .unwrap(),
+                1e-3,
+            ),
             ("ln2", ln(&f("res_mid"), "h.0.ln_2"), 1e-2),
             ("fch", linear(&f("ln2"), "h.0.mlp.c_fc.weight", Some(w16("h.0.mlp.c_fc.bias"))), 1e-2),
             ("fch_gelu", tokenmill::model::ops::gelu_tanh_slow(&f("fch")).unwrap(), 1e-2),
-            ("res1", (round16(&linear(&f("fch_gelu"), "h.0.mlp.c_proj.weight", Some(w16("h.0.mlp.c_proj.bias")))) + f("res_mid")).unwrap(), 1e-3),
+            (
+                "res1",
+                (round16(&linear(&f("fch_gelu"), "h.0.mlp.c_proj.weight", Some(w16("h.0.mlp.c_proj.bias"))))
+                    + f("res_mid"))
+                .unwrap(),
+                1e-3,
+            ),
             ("lnf", ln(&f("resL"), "ln_f"), 1e-2),
             ("logits", logits, 1e-2),
             ("losses", losses, 1e-5),
@@ -246,7 +278,14 @@ mod cuda {
         // Rebuild from a's weights and optimizer state, as `--resume` does, and continue both.
         let state: HashMap<String, Tensor> = a.optimizer_state().unwrap().into_iter().collect();
         let restored = model_from_tensors(&cfg, Precision::BF16, &dev, wa.clone(), std::path::Path::new("a")).unwrap();
-        let mut c = Gpt2Cuda::new(restored, &dev, (4, 100), ADAM, EngineOptions { classifier_chunk: 128, ..EngineOptions::from_env() }).unwrap();
+        let mut c = Gpt2Cuda::new(
+            restored,
+            &dev,
+            (4, 100),
+            ADAM,
+            EngineOptions { classifier_chunk: 128, ..EngineOptions::from_env() },
+        )
+        .unwrap();
         c.load_optimizer_state(&state, a.optimizer_steps()).unwrap();
         let (ra3, rc3) = (run(&mut a, &data, 2..3), run(&mut c, &data, 2..3));
         assert_eq!(ra3, rc3, "resumed engine continues bit for bit");

@@ -35,11 +35,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
+use common::cuda_device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokenmill::model::{build_model, model_from_tensors, Architecture, LanguageModel, ModelConfig, Precision};
 use tokenmill::train::step::micro_step;
-use common::cuda_device;
 
 /// Per-dtype bounds (see the module doc for where they come from).
 struct Tolerance {
@@ -168,8 +168,8 @@ fn compare_with_f64(name: &str, cfg: &ModelConfig, b: usize, t: usize, device: &
     let cpu_y = Tensor::from_vec(ys.clone(), (b, t), &Device::Cpu).unwrap();
     let (ref_loss, ref_grads) = reference_loss_and_grads(reference.as_ref(), &cpu_x, &cpu_y);
 
-    let model = model_from_tensors(cfg, Precision::with_compute(dt), device, weights, Path::new("reference weights"))
-        .unwrap();
+    let model =
+        model_from_tensors(cfg, Precision::with_compute(dt), device, weights, Path::new("reference weights")).unwrap();
     let x = Tensor::from_vec(xs, (b, t), device).unwrap();
     let y = Tensor::from_vec(ys, (b, t), device).unwrap();
     let (loss, grads) = loss_and_grads(model.as_ref(), &x, &y);
@@ -219,8 +219,7 @@ fn finite_differences(name: &str, cfg: &ModelConfig, b: usize, t: usize, device:
     let (xs, ys) = (tokens(&mut rng, b, t, cfg.real_vocab_size), tokens(&mut rng, b, t, cfg.real_vocab_size));
     let cpu_x = Tensor::from_vec(xs.clone(), (b, t), &Device::Cpu).unwrap();
     let cpu_y = Tensor::from_vec(ys.clone(), (b, t), &Device::Cpu).unwrap();
-    let model =
-        model_from_tensors(cfg, Precision::FP32, device, weights, Path::new("reference weights")).unwrap();
+    let model = model_from_tensors(cfg, Precision::FP32, device, weights, Path::new("reference weights")).unwrap();
     let x = Tensor::from_vec(xs, (b, t), device).unwrap();
     let y = Tensor::from_vec(ys, (b, t), device).unwrap();
     let (_, grads) = loss_and_grads(model.as_ref(), &x, &y);
@@ -263,7 +262,10 @@ fn finite_differences(name: &str, cfg: &ModelConfig, b: usize, t: usize, device:
         );
         worst = worst.max(err / tol);
         if std::env::var_os("FD_VERBOSE").is_some() {
-            eprintln!("{pname}[{i}] g {:.6e} fd {fd:.6e} g64 {:.6e} fd64 {fd64:.6e} tol {tol:.2e}", g[i], ref_grads[p].1[i]);
+            eprintln!(
+                "{pname}[{i}] g {:.6e} fd {fd:.6e} g64 {:.6e} fd64 {fd64:.6e} tol {tol:.2e}",
+                g[i], ref_grads[p].1[i]
+            );
         }
         checked += 1;
     }

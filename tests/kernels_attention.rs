@@ -18,13 +18,13 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
+use common::cuda_device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokenmill::model::attention::{causal_attention, causal_attention_slow};
 use tokenmill::model::kernels::attention::{
     flash_causal_attention, flash_causal_attention_with, fused_supported, FlashKernel, FLASH_HEAD_SIZE,
 };
-use common::cuda_device;
 
 /// `(q, k, v)` as GPT-2 makes them: views `(B, NH, T, HS)` of one `(B, T, 3 * NH * HS)` variable, plus the variable.
 fn qkv(rng: &mut ChaCha8Rng, shape: (usize, usize, usize, usize), dt: DType, dev: &Device) -> (Var, [Tensor; 3]) {
@@ -357,7 +357,8 @@ fn qkv_op_vs_views(
     let head = |i: usize| {
         var.as_tensor().narrow(2, i * c, c).unwrap().reshape((b, t, nh, hs)).unwrap().transpose(1, 2).unwrap()
     };
-    let views = run(reference(&head(0), &head(1), &head(2)).unwrap().transpose(1, 2).unwrap().reshape((b, t, c)).unwrap());
+    let views =
+        run(reference(&head(0), &head(1), &head(2)).unwrap().transpose(1, 2).unwrap().reshape((b, t, c)).unwrap());
     (fused, views)
 }
 
@@ -439,7 +440,12 @@ fn cuda_timing_qkv_op() {
 
 /// The qkv op's output and d(qkv) for loss sum(y * w), y (B, T, C), on `dev`; inputs from `seed` (same on every
 /// device).
-fn qkv_op_out_grad(dt: DType, (b, nh, t, hs): (usize, usize, usize, usize), dev: &Device, seed: u64) -> (Vec<f64>, Vec<f64>) {
+fn qkv_op_out_grad(
+    dt: DType,
+    (b, nh, t, hs): (usize, usize, usize, usize),
+    dev: &Device,
+    seed: u64,
+) -> (Vec<f64>, Vec<f64>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let c = nh * hs;
     let x: Vec<f64> = (0..b * t * 3 * c).map(|_| rng.gen_range(-1.0..1.0) * 1.5).collect();
@@ -537,7 +543,10 @@ fn cuda_flash_api_variants_write_everything() {
             let (y1, l1, d1) = run();
             let (y2, l2, d2) = run();
             let label = format!("variant {} B={b} T={t} NH={nh}", v.label());
-            assert!(y1.iter().all(|x| x.is_finite()) && l1.iter().all(|x| x.is_finite()), "{label}: y/lse not all written");
+            assert!(
+                y1.iter().all(|x| x.is_finite()) && l1.iter().all(|x| x.is_finite()),
+                "{label}: y/lse not all written"
+            );
             assert!(d1.iter().all(|x| x.is_finite()), "{label}: dqkv not all written");
             assert!(y1 == y2 && l1 == l2 && d1 == d2, "{label}: second run differs");
             let yf: Vec<f64> = y1.iter().map(|x| x.to_f64()).collect();

@@ -14,11 +14,11 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
+use common::cuda_device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokenmill::model::kernels::{linear_cross_entropy, softmax_cross_entropy, IGNORE_INDEX};
 use tokenmill::model::ops;
-use common::cuda_device;
 
 fn rand_logits(rng: &mut ChaCha8Rng, n: usize, v: usize, scale: f64) -> Tensor {
     let x: Vec<f64> = (0..n * v).map(|_| rng.gen_range(-1.0..1.0) * scale).collect();

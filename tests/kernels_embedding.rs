@@ -9,8 +9,8 @@ mod common;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use tokenmill::model::kernels::{embedding_backward, embedding_lookup};
 use common::cuda_device;
+use tokenmill::model::kernels::{embedding_backward, embedding_lookup};
 
 /// Seeded ids in 0..v with many repeats (v small relative to n) and random upstream gradients.
 fn inputs(n: usize, v: usize, c: usize, device: &Device) -> (Var, Tensor, Tensor) {
@@ -112,4 +112,3 @@ fn cuda_timing() {
         );
     }
 }
-

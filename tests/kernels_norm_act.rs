@@ -19,11 +19,11 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
+use common::cuda_device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokenmill::model::kernels::{gelu_tanh, layer_norm};
 use tokenmill::model::ops;
-use common::cuda_device;
 
 const EPS: f64 = ops::LAYER_NORM_EPS;
 

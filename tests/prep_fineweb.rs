@@ -167,7 +167,11 @@ fn killed_run_resumes_to_byte_identical_shards() {
     assert_eq!(shard_bytes(out.path()), shard_bytes(full.path()));
     assert!(Manifest::load(out.path()).unwrap().complete);
     // No temp files left behind.
-    assert!(std::fs::read_dir(out.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp.")));
+    assert!(std::fs::read_dir(out.path()).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains(".tmp.")));
 }
 
 fn full_shard_count(dir: &Path) -> usize {
@@ -220,7 +224,8 @@ fn missing_parquet_and_missing_column_are_clear_errors() {
 fn jsonl_and_text_inputs_and_32_bit_tokenizers() {
     let input = tempfile::tempdir().unwrap();
     let jsonl = input.path().join("docs.jsonl");
-    std::fs::write(&jsonl, "{\"text\": \"Hello world\", \"id\": 1}\n\n{\"text\": \"Second <|endoftext|> doc\"}\n").unwrap();
+    std::fs::write(&jsonl, "{\"text\": \"Hello world\", \"id\": 1}\n\n{\"text\": \"Second <|endoftext|> doc\"}\n")
+        .unwrap();
     let txt = input.path().join("poem.txt");
     std::fs::write(&txt, "Shall I compare thee to a summer's day?\n").unwrap();
     let out = tempfile::tempdir().unwrap();
@@ -332,7 +337,10 @@ fn resume_with_different_inputs_is_refused_and_touches_nothing() {
     other.text_column = "url".into();
     other.val_shards = 2;
     let err = fineweb::prep(&other).unwrap_err().to_string();
-    assert!(err.contains("text column `text` on disk, `url` now") && err.contains("1 val shard(s) on disk, 2 now"), "{err}");
+    assert!(
+        err.contains("text column `text` on disk, `url` now") && err.contains("1 val shard(s) on disk, 2 now"),
+        "{err}"
+    );
     // A file whose documents are in finished shards changed in place, same name and size: refused.
     let edited = tempfile::tempdir().unwrap();
     for f in std::fs::read_dir(parquet_dir()).unwrap() {
@@ -377,7 +385,8 @@ fn prep_corpus_sizes_shards_to_a_small_corpus_and_an_empty_train_split_is_named(
     let dir = tempfile::tempdir().unwrap();
     let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tinyshakespeare.txt");
     let tokenmill = |args: &[&str], out: &Path| {
-        let o = Command::new(env!("CARGO_BIN_EXE_tokenmill")).args(args).arg(&text).arg("--out").arg(out).output().unwrap();
+        let o =
+            Command::new(env!("CARGO_BIN_EXE_tokenmill")).args(args).arg(&text).arg("--out").arg(out).output().unwrap();
         (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
     };
     let corpus = dir.path().join("corpus");
@@ -398,7 +407,10 @@ fn prep_corpus_sizes_shards_to_a_small_corpus_and_an_empty_train_split_is_named(
         Ok(_) => panic!("an empty train split opened"),
         Err(e) => e.to_string(),
     };
-    assert!(err.contains("the train split is empty") && err.contains("1 shard(s)") && err.contains("prep corpus"), "{err}");
+    assert!(
+        err.contains("the train split is empty") && err.contains("1 shard(s)") && err.contains("prep corpus"),
+        "{err}"
+    );
 }
 
 /// Issue 12 item 9: `--threads 100000` spawned threads until the machine gave out. It is capped at the cores there

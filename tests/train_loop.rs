@@ -405,7 +405,9 @@ fn resume_applies_or_refuses_each_change_and_records_the_config_in_effect() {
     // The data position and the seed, all reasons in one message.
     let err = refused(cfg(&data, &["data.micro_batch=2", "data.shuffle_seed=5", "run.seed=1"]));
     assert!(
-        err.contains("data.micro_batch 4 -> 2") && err.contains("data.shuffle_seed unset -> 5") && err.contains("run.seed"),
+        err.contains("data.micro_batch 4 -> 2")
+            && err.contains("data.shuffle_seed unset -> 5")
+            && err.contains("run.seed"),
         "{err}"
     );
 
@@ -420,8 +422,11 @@ fn resume_applies_or_refuses_each_change_and_records_the_config_in_effect() {
         .expect("moved data and a new learning-rate schedule resume");
     assert_eq!(second.step(), 3);
     second.run(None).unwrap();
-    let lrs: Vec<f64> =
-        second.history().iter().filter_map(|e| if let Event::Train { lr, .. } = e { Some(*lr) } else { None }).collect();
+    let lrs: Vec<f64> = second
+        .history()
+        .iter()
+        .filter_map(|e| if let Event::Train { lr, .. } = e { Some(*lr) } else { None })
+        .collect();
     assert!(lrs.iter().all(|&lr| lr <= 1e-3 && lr > 1e-4), "the new schedule is in effect: {lrs:?}");
     let state = checkpoint::load_state(&checkpoint::step_dir(&log.join("checkpoints"), 6)).unwrap();
     assert_eq!((state.config.optim.max_lr, state.config.model.n_layer, state.model.n_layer), (1e-3, Some(2), 2));
@@ -537,7 +542,8 @@ fn sigterm_finishes_the_step_writes_a_checkpoint_and_a_second_signal_aborts() {
     let log = dir.path().join("log");
     let (code, stderr) = signal_after(spawn_train(&data, &log, &[]), "step     1 |", &["-TERM"]);
     assert_eq!(code, Some(128 + 15), "{stderr}");
-    let line = stderr.lines().find(|l| l.starts_with("stopped by SIGTERM after ")).unwrap_or_else(|| panic!("{stderr}"));
+    let line =
+        stderr.lines().find(|l| l.starts_with("stopped by SIGTERM after ")).unwrap_or_else(|| panic!("{stderr}"));
     let ckpt = checkpoint::latest(&log.join("checkpoints")).expect("a checkpoint is written on SIGTERM");
     let state = checkpoint::load_state(&ckpt).unwrap();
     assert!(line.contains(&format!("after {} of 1000 steps", state.step)) && line.contains("--resume"), "{line}");
@@ -573,7 +579,11 @@ fn errors_say_each_cause_once_and_quiet_hides_the_config() {
     shakespeare_dataset(&data);
     let run = |args: &[&str]| {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_tokenmill")).args(args).output().unwrap();
-        (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
     };
     let missing = dir.path().join("missing.toml");
     let (ok, _, stderr) = run(&["train", "--config", missing.to_str().unwrap()]);
@@ -585,8 +595,20 @@ fn errors_say_each_cause_once_and_quiet_hides_the_config() {
     let log = dir.path().join("log");
     let config = repo().join("configs/tiny-cpu.toml");
     let (ok, stdout, stderr) = run(&[
-        "train", "--quiet", "--config", config.to_str().unwrap(), "--data", data.to_str().unwrap(), "--log-dir",
-        log.to_str().unwrap(), "--max-steps", "1", "--set", "eval.val_every=0", "--set", "eval.sample_every=0",
+        "train",
+        "--quiet",
+        "--config",
+        config.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--log-dir",
+        log.to_str().unwrap(),
+        "--max-steps",
+        "1",
+        "--set",
+        "eval.val_every=0",
+        "--set",
+        "eval.sample_every=0",
     ]);
     assert!(ok, "{stderr}");
     assert!(!stdout.contains("[optim]") && stdout.contains("step     0 |"), "{stdout}");

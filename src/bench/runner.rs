@@ -28,8 +28,8 @@ use super::timer::time_region;
 use super::{dtype_name, BenchError, Computation, HostInfo};
 use crate::model::config::GPT2_VOCAB_SIZE;
 use crate::model::{LanguageModel, ModelConfig};
-use crate::train::config::{parse_compute_dtype, ComputeDtype, TrainConfig};
 use crate::shards::loader::Batch;
+use crate::train::config::{parse_compute_dtype, ComputeDtype, TrainConfig};
 use crate::train::engine::{self, Autograd, Engine, EngineKind};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::schedule::LrSchedule;
@@ -492,24 +492,41 @@ pub fn run_case(spec: &CaseSpec, device: &Device) -> Result<RawMeasurement, Benc
     if let Some(l) = loss.filter(|l| !l.is_finite()) {
         return Err(BenchError::NonFinite { case: spec.name(), loss: l });
     }
-    Ok(RawMeasurement { samples_ms: samples, peak_memory_bytes: probe.peak_bytes(), memory_source: probe.source(), loss })
+    Ok(RawMeasurement {
+        samples_ms: samples,
+        peak_memory_bytes: probe.peak_bytes(),
+        memory_source: probe.source(),
+        loss,
+    })
 }
 
 /// The pieces of a step through the `Engine` calls `train` makes: train_step is `engine::optimizer_step` (both
 /// engines); for the explicit engine, forward is its evaluation forward (upload + forward + loss), forward_backward
 /// one `micro_step`, optimizer_step one `finish_step` over one micro-batch's gradients, and backward alone is not
 /// separable (an error: time forward_backward).
-fn engine_pieces(spec: &CaseSpec, device: &Device, engine: &mut dyn Engine, host: &[Batch]) -> Result<(Vec<f64>, Option<f32>), BenchError> {
+fn engine_pieces(
+    spec: &CaseSpec,
+    device: &Device,
+    engine: &mut dyn Engine,
+    host: &[Batch],
+) -> Result<(Vec<f64>, Option<f32>), BenchError> {
     let (w, n, accum) = (spec.warmup, spec.steps, spec.grad_accum());
     let schedule = LrSchedule::from_config(&spec.cfg);
     let clip = spec.cfg.optim.grad_clip;
     let mut loss = None;
     let mut step = 0;
     let samples = match spec.what {
-        Computation::Forward => iterate(device, w, n, || Ok(()), |()| Ok(engine.eval_loss(&host[0])?), |l| {
-            loss = Some(l);
-            Ok(())
-        })?,
+        Computation::Forward => iterate(
+            device,
+            w,
+            n,
+            || Ok(()),
+            |()| Ok(engine.eval_loss(&host[0])?),
+            |l| {
+                loss = Some(l);
+                Ok(())
+            },
+        )?,
         Computation::Backward => {
             return Err(BenchError::Invalid(format!(
                 "the {} engine runs forward and backward as one micro-step: time forward_backward (and forward)",
@@ -566,7 +583,12 @@ fn engine_pieces(spec: &CaseSpec, device: &Device, engine: &mut dyn Engine, host
 
 /// forward / backward / forward_backward / optimizer_step of the autograd engine, piece by piece on its model
 /// (`step::micro_step`'s halves, `clip_grad_norm` + `AdamW::step`).
-fn autograd_pieces(spec: &CaseSpec, device: &Device, engine: &mut Autograd, batch: &Batch) -> Result<(Vec<f64>, Option<f32>), BenchError> {
+fn autograd_pieces(
+    spec: &CaseSpec,
+    device: &Device,
+    engine: &mut Autograd,
+    batch: &Batch,
+) -> Result<(Vec<f64>, Option<f32>), BenchError> {
     let model = engine.model();
     let params = model.parameters();
     let vars: Vec<Var> = params.iter().map(|(_, v)| v.clone()).collect();

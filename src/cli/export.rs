@@ -36,7 +36,9 @@ pub fn run(c: ExportCommand) -> anyhow::Result<()> {
             export_hf_gpt2(model.as_ref(), &dir)?;
             let cfg = model.config();
             if cfg.real_vocab_size == crate::tokenizer::TokenizerKind::Gpt2.vocab_size() as usize {
-                println!("tokenizer: GPT-2's vocab.json, merges.txt and tokenizer_config.json (AutoTokenizer loads them)");
+                println!(
+                    "tokenizer: GPT-2's vocab.json, merges.txt and tokenizer_config.json (AutoTokenizer loads them)"
+                );
             } else {
                 eprintln!(
                     "note: no tokenizer files: the model's {}-id vocabulary is not GPT-2's (HF's GPT-2 tokenizer cannot \

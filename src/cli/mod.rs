@@ -17,7 +17,11 @@ pub mod train;
 pub mod verify;
 
 #[derive(Parser, Debug)]
-#[command(name = "tokenmill", version, about = "GPT-2 data pipeline and trainer: prep shards, train, evaluate, benchmark")]
+#[command(
+    name = "tokenmill",
+    version,
+    about = "GPT-2 data pipeline and trainer: prep shards, train, evaluate, benchmark"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -133,7 +137,17 @@ mod tests {
 
     #[test]
     fn torchrun_spellings_and_train_seed_parse() {
-        let cli = super::Cli::try_parse_from(["tokenmill", "launch", "--nproc_per_node", "2", "--master_port", "29501", "--", "train"]).unwrap();
+        let cli = super::Cli::try_parse_from([
+            "tokenmill",
+            "launch",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29501",
+            "--",
+            "train",
+        ])
+        .unwrap();
         let super::Command::Launch(a) = cli.command else { panic!("not launch") };
         assert_eq!((a.nproc_per_node, a.master_port), (2, 29501));
         let cli = super::Cli::try_parse_from(["tokenmill", "train", "--seed", "5"]).unwrap();

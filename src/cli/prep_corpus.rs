@@ -77,7 +77,9 @@ pub fn resolve(args: &Args) -> anyhow::Result<PrepOptions> {
 fn default_name(first: &Path) -> anyhow::Result<String> {
     let stem = if first.is_dir() { first.file_name() } else { first.file_stem() };
     let name: String = stem
-        .map(|s| s.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect())
+        .map(|s| {
+            s.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+        })
         .unwrap_or_default();
     anyhow::ensure!(!name.is_empty(), "{}: cannot name the dataset after it; pass --name", first.display());
     Ok(name)

@@ -86,7 +86,8 @@ pub fn resolve(args: &Args) -> anyhow::Result<PrepOptions> {
     } else if !spec.source.files.is_empty() {
         fineweb::local_input(&spec.source.files).with_context(|| format!("files listed in {origin}"))?
     } else {
-        let repo = spec.source.repo.clone().with_context(|| format!("{origin}: no [source] repo or files, and no --input"))?;
+        let repo =
+            spec.source.repo.clone().with_context(|| format!("{origin}: no [source] repo or files, and no --input"))?;
         Input::Hub { repo, revision: spec.source.revision.clone(), prefix: spec.subset_prefix(&origin)? }
     };
     let a = &args.shards;
@@ -136,15 +137,25 @@ fn si(x: f64) -> String {
         x if x >= 1e3 => (x / 1e3, "K"),
         x => (x, ""),
     };
-    let decimals = if v >= 100.0 { 0 } else if v >= 10.0 { 1 } else { 2 };
+    let decimals = if v >= 100.0 {
+        0
+    } else if v >= 10.0 {
+        1
+    } else {
+        2
+    };
     format!("{v:.decimals$}{unit}")
 }
 
 pub fn print_report(opts: &PrepOptions, r: &PrepReport) {
     let m = &r.manifest;
     if r.documents_read == 0 && r.shards_before == m.shards.len() {
-        println!("{}: nothing to do, {} shard(s) already written{}", opts.out.display(), m.shards.len(),
-            if m.complete { " (input complete)" } else { "" });
+        println!(
+            "{}: nothing to do, {} shard(s) already written{}",
+            opts.out.display(),
+            m.shards.len(),
+            if m.complete { " (input complete)" } else { "" }
+        );
     } else {
         println!(
             "{}: {} document(s), {} tokens in {:.2}s ({} tokens/s){}",

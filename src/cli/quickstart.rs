@@ -52,7 +52,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "tokenize the bundled tiny Shakespeare into GPT-2 shards",
         vec!["prep".into(), "fineweb".into(), "--pipeline".into(), s(&args.pipeline), "--out".into(), s(&args.data)],
     )?;
-    let manifest = std::fs::read_to_string(args.data.join("manifest.json")).context("reading the manifest prep wrote")?;
+    let manifest =
+        std::fs::read_to_string(args.data.join("manifest.json")).context("reading the manifest prep wrote")?;
     println!("\n{}/manifest.json (first lines):", args.data.display());
     for line in manifest.lines().take(16) {
         println!("    {line}");
@@ -62,22 +63,40 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&args.log_dir).with_context(|| format!("removing old {}", args.log_dir.display()))?;
     }
     let mut train = vec![
-        "train".into(), "--config".into(), s(&args.config), "--data".into(), s(&args.data),
-        "--log-dir".into(), s(&args.log_dir), "--device".into(), "cpu".into(),
+        "train".into(),
+        "--config".into(),
+        s(&args.config),
+        "--data".into(),
+        s(&args.data),
+        "--log-dir".into(),
+        s(&args.log_dir),
+        "--device".into(),
+        "cpu".into(),
     ];
     if let Some(n) = args.max_steps {
         train.extend(["--max-steps".into(), n.to_string()]);
     }
     step("train a tiny GPT-2 on CPU", train)?;
-    let checkpoint = crate::train::checkpoint::latest(&args.log_dir.join("checkpoints"))
-        .context("finding the final checkpoint")?;
+    let checkpoint =
+        crate::train::checkpoint::latest(&args.log_dir.join("checkpoints")).context("finding the final checkpoint")?;
     step(
         "sample from the trained model",
         vec![
-            "sample".into(), "--model".into(), s(&checkpoint), "--prompt".into(), args.prompt.clone(),
-            "--num-samples".into(), "3".into(), "--max-tokens".into(), "48".into(),
+            "sample".into(),
+            "--model".into(),
+            s(&checkpoint),
+            "--prompt".into(),
+            args.prompt.clone(),
+            "--num-samples".into(),
+            "3".into(),
+            "--max-tokens".into(),
+            "48".into(),
         ],
     )?;
-    println!("\nquickstart done: shards in {}, logs and checkpoints in {}", args.data.display(), args.log_dir.display());
+    println!(
+        "\nquickstart done: shards in {}, logs and checkpoints in {}",
+        args.data.display(),
+        args.log_dir.display()
+    );
     Ok(())
 }

@@ -27,7 +27,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let baseline = if opts.val_baseline {
         format!(" (GPT-2 124M: {GPT2_124M_VAL_LOSS})")
     } else {
-        " (no GPT-2 124M baseline: it is FineWeb-Edu val loss, and this run's data is not FineWeb-Edu or unknown)".into()
+        " (no GPT-2 124M baseline: it is FineWeb-Edu val loss, and this run's data is not FineWeb-Edu or unknown)"
+            .into()
     };
     println!("val loss (min):    {}{baseline}", min(&series.val).unwrap_or_else(none));
     println!("hellaswag (max):   {} (GPT-2 124M: {GPT2_124M_HELLASWAG})", max(&series.hella).unwrap_or_else(none));

@@ -56,8 +56,14 @@ impl AdamWKernels {
         h: &StepScalars,
     ) -> Result<()> {
         let (n_i, nd_i) = (n as i64, n_decay as i64);
-        let (df, b1, b2, ss, bc2, eps) =
-            (h.decay_factor as f32, h.beta1 as f32, h.beta2 as f32, h.step_size as f32, h.bc2_sqrt as f32, h.eps as f32);
+        let (df, b1, b2, ss, bc2, eps) = (
+            h.decay_factor as f32,
+            h.beta1 as f32,
+            h.beta2 as f32,
+            h.step_size as f32,
+            h.bc2_sqrt as f32,
+            h.eps as f32,
+        );
         let mut a = self.module.args("adamw_step")?;
         a.arg(&p).arg(&grad).arg(&m).arg(&v).arg(&p16).arg(&coef).arg(&n_i).arg(&nd_i);
         a.arg(&df).arg(&b1).arg(&b2).arg(&ss).arg(&bc2).arg(&eps);

@@ -46,14 +46,24 @@ impl Ty {
 pub enum Epilogue {
     None,
     /// `+ bias[row]` (length m) of type `ty`.
-    Bias { bias: u64, ty: Ty },
+    Bias {
+        bias: u64,
+        ty: Ty,
+    },
     /// `gelu(A B + bias)` stored in D, and `A B + bias` stored in `aux` (bf16, `m x n`, ld m) for the backward.
-    GeluAuxBias { bias: u64, aux: u64 },
+    GeluAuxBias {
+        bias: u64,
+        aux: u64,
+    },
     /// `(A B) * gelu'(aux)`: the GELU backward fused into the product that computes its input gradient.
-    DGelu { aux: u64 },
+    DGelu {
+        aux: u64,
+    },
     /// Also write the sums of op(B) over k (one per column of D, f32) to `grad`: a linear layer's bias gradient
     /// computed by its weight-gradient product, which reads dout anyway. Overwrites `grad`.
-    BGradB { grad: u64 },
+    BGradB {
+        grad: u64,
+    },
 }
 
 impl Epilogue {
@@ -265,8 +275,9 @@ impl BlasLt {
         let a = layout(Ty::Bf16, ar, ac, g.lda)?;
         let b = layout(Ty::Bf16, br, bc, g.ldb)?;
         let d = layout(g.d_type, g.m, g.n, g.ldd)?;
-        let desc = result::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType::CUDA_R_32F)
-            .map_err(lt_err("create matmul descriptor"))?;
+        let desc =
+            result::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType::CUDA_R_32F)
+                .map_err(lt_err("create matmul descriptor"))?;
         use sys::cublasLtEpilogue_t as E;
         use sys::cublasLtMatmulDescAttributes_t as A;
         // SAFETY: desc is live; each value has the attribute's documented type (i32 enums, u64 pointers, i64 ld).
@@ -282,33 +293,38 @@ impl BlasLt {
             };
             set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE, &(epi as i32))?;
             match g.epilogue {
-                Epilogue::Bias { ty, .. } => set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &(ty.cuda() as i32))?,
+                Epilogue::Bias { ty, .. } => {
+                    set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &(ty.cuda() as i32))?
+                }
                 Epilogue::GeluAuxBias { .. } => {
                     set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &(Ty::Bf16.cuda() as i32))?;
                     set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &(g.m as i64))?;
                 }
                 Epilogue::DGelu { .. } => set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &(g.m as i64))?,
-                Epilogue::BGradB { .. } => set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &(Ty::F32.cuda() as i32))?,
+                Epilogue::BGradB { .. } => {
+                    set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &(Ty::F32.cuda() as i32))?
+                }
                 Epilogue::None => {}
             }
             self.set_pointers(desc, g)?;
-            let heuristic = result::get_matmul_algo_heuristic(self.handle, desc, a, b, d, d, self.pref).map_err(|e| {
-                Error::Msg(format!(
-                    "cuBLASLt has no algorithm for m={} n={} k={} trans=({}, {}) ld=({}, {}, {}) D={:?} C={} \
+            let heuristic =
+                result::get_matmul_algo_heuristic(self.handle, desc, a, b, d, d, self.pref).map_err(|e| {
+                    Error::Msg(format!(
+                        "cuBLASLt has no algorithm for m={} n={} k={} trans=({}, {}) ld=({}, {}, {}) D={:?} C={} \
                      epilogue={:?}: {e:?}",
-                    g.m,
-                    g.n,
-                    g.k,
-                    g.trans_a,
-                    g.trans_b,
-                    g.lda,
-                    g.ldb,
-                    g.ldd,
-                    g.d_type,
-                    g.c.is_some(),
-                    g.epilogue
-                ))
-            })?;
+                        g.m,
+                        g.n,
+                        g.k,
+                        g.trans_a,
+                        g.trans_b,
+                        g.lda,
+                        g.ldb,
+                        g.ldd,
+                        g.d_type,
+                        g.c.is_some(),
+                        g.epilogue
+                    ))
+                })?;
             Ok(Plan { desc, a, b, d, algo: heuristic.algo })
         }
     }

@@ -26,7 +26,15 @@ impl Classifier {
     ///
     /// # Safety
     /// Pointers address device buffers of the stated sizes; every target is `< v`; `logits` is 16-byte aligned.
-    pub unsafe fn forward_backward(&self, logits: u64, targets: u64, loss: u64, rows: usize, v: usize, dscale: f32) -> Result<()> {
+    pub unsafe fn forward_backward(
+        &self,
+        logits: u64,
+        targets: u64,
+        loss: u64,
+        rows: usize,
+        v: usize,
+        dscale: f32,
+    ) -> Result<()> {
         if v % 8 != 0 {
             candle_core::bail!("engine classifier: vocabulary {v} must be a multiple of 8 (pad it)");
         }

@@ -100,7 +100,8 @@ impl Variant {
     ];
 
     fn check(&self) -> Result<()> {
-        let fwd_ok = matches!((self.fwd_warps, self.fwd_mtiles, self.fwd_b3), (4, 1, _) | (4, 2, false) | (8, 1, false));
+        let fwd_ok =
+            matches!((self.fwd_warps, self.fwd_mtiles, self.fwd_b3), (4, 1, _) | (4, 2, false) | (8, 1, false));
         let bwd_ok = matches!((self.bwd_warps, self.dq_b3, self.dkdv_b3), (4, _, _) | (8, false, false));
         if !fwd_ok || !bwd_ok || self.group_blocks == 0 {
             return Err(Error::Msg(format!("flash attention: no compiled kernels for {self:?}")));

@@ -16,20 +16,58 @@ const WARPS: usize = 8;
 const BWD_ROWS: usize = 256;
 const THREADS: u32 = 256;
 const FWD: [&str; 16] = [
-    "ln_fwd_engine_1", "ln_fwd_engine_2", "ln_fwd_engine_3", "ln_fwd_engine_4", "ln_fwd_engine_5", "ln_fwd_engine_6",
-    "ln_fwd_engine_7", "ln_fwd_engine_8", "ln_fwd_engine_9", "ln_fwd_engine_10", "ln_fwd_engine_11",
-    "ln_fwd_engine_12", "ln_fwd_engine_13", "ln_fwd_engine_14", "ln_fwd_engine_15", "ln_fwd_engine_16",
+    "ln_fwd_engine_1",
+    "ln_fwd_engine_2",
+    "ln_fwd_engine_3",
+    "ln_fwd_engine_4",
+    "ln_fwd_engine_5",
+    "ln_fwd_engine_6",
+    "ln_fwd_engine_7",
+    "ln_fwd_engine_8",
+    "ln_fwd_engine_9",
+    "ln_fwd_engine_10",
+    "ln_fwd_engine_11",
+    "ln_fwd_engine_12",
+    "ln_fwd_engine_13",
+    "ln_fwd_engine_14",
+    "ln_fwd_engine_15",
+    "ln_fwd_engine_16",
 ];
 const FWD_RES: [&str; 16] = [
-    "ln_fwd_residual_engine_1", "ln_fwd_residual_engine_2", "ln_fwd_residual_engine_3", "ln_fwd_residual_engine_4",
-    "ln_fwd_residual_engine_5", "ln_fwd_residual_engine_6", "ln_fwd_residual_engine_7", "ln_fwd_residual_engine_8",
-    "ln_fwd_residual_engine_9", "ln_fwd_residual_engine_10", "ln_fwd_residual_engine_11", "ln_fwd_residual_engine_12",
-    "ln_fwd_residual_engine_13", "ln_fwd_residual_engine_14", "ln_fwd_residual_engine_15", "ln_fwd_residual_engine_16",
+    "ln_fwd_residual_engine_1",
+    "ln_fwd_residual_engine_2",
+    "ln_fwd_residual_engine_3",
+    "ln_fwd_residual_engine_4",
+    "ln_fwd_residual_engine_5",
+    "ln_fwd_residual_engine_6",
+    "ln_fwd_residual_engine_7",
+    "ln_fwd_residual_engine_8",
+    "ln_fwd_residual_engine_9",
+    "ln_fwd_residual_engine_10",
+    "ln_fwd_residual_engine_11",
+    "ln_fwd_residual_engine_12",
+    "ln_fwd_residual_engine_13",
+    "ln_fwd_residual_engine_14",
+    "ln_fwd_residual_engine_15",
+    "ln_fwd_residual_engine_16",
 ];
 const BWD: [&str; 16] = [
-    "ln_bwd_engine_1", "ln_bwd_engine_2", "ln_bwd_engine_3", "ln_bwd_engine_4", "ln_bwd_engine_5", "ln_bwd_engine_6",
-    "ln_bwd_engine_7", "ln_bwd_engine_8", "ln_bwd_engine_9", "ln_bwd_engine_10", "ln_bwd_engine_11",
-    "ln_bwd_engine_12", "ln_bwd_engine_13", "ln_bwd_engine_14", "ln_bwd_engine_15", "ln_bwd_engine_16",
+    "ln_bwd_engine_1",
+    "ln_bwd_engine_2",
+    "ln_bwd_engine_3",
+    "ln_bwd_engine_4",
+    "ln_bwd_engine_5",
+    "ln_bwd_engine_6",
+    "ln_bwd_engine_7",
+    "ln_bwd_engine_8",
+    "ln_bwd_engine_9",
+    "ln_bwd_engine_10",
+    "ln_bwd_engine_11",
+    "ln_bwd_engine_12",
+    "ln_bwd_engine_13",
+    "ln_bwd_engine_14",
+    "ln_bwd_engine_15",
+    "ln_bwd_engine_16",
 ];
 
 /// The kernels for one row width C.
@@ -62,7 +100,17 @@ impl LayerNorm {
     /// # Safety
     /// Pointers address device buffers of the stated sizes; `w`, `b` hold C f32.
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn forward(&self, x: u64, w: u64, b: u64, y: u64, mean: u64, rstd: u64, n: usize, eps: f32) -> Result<()> {
+    pub unsafe fn forward(
+        &self,
+        x: u64,
+        w: u64,
+        b: u64,
+        y: u64,
+        mean: u64,
+        rstd: u64,
+        n: usize,
+        eps: f32,
+    ) -> Result<()> {
         let (n_i, c_i) = (int(n, "LayerNorm rows")?, self.c as i32);
         let mut a = self.module.args(self.fwd)?;
         a.arg(&x).arg(&w).arg(&b).arg(&y).arg(&mean).arg(&rstd).arg(&n_i).arg(&c_i).arg(&eps);
@@ -88,7 +136,17 @@ impl LayerNorm {
     ) -> Result<()> {
         let (n_i, c_i) = (int(n, "LayerNorm rows")?, self.c as i32);
         let mut a = self.module.args(self.fwd_res)?;
-        a.arg(&res).arg(&delta).arg(&res_out).arg(&w).arg(&b).arg(&y).arg(&mean).arg(&rstd).arg(&n_i).arg(&c_i).arg(&eps);
+        a.arg(&res)
+            .arg(&delta)
+            .arg(&res_out)
+            .arg(&w)
+            .arg(&b)
+            .arg(&y)
+            .arg(&mean)
+            .arg(&rstd)
+            .arg(&n_i)
+            .arg(&c_i)
+            .arg(&eps);
         go(a, cfg((blocks(n, WARPS)?, 1), (THREADS, 1)))
     }
 

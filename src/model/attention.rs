@@ -106,9 +106,8 @@ pub fn causal_attention_qkv(qkv: &Tensor, n_head: usize) -> Result<Tensor> {
     let (b, t, c3) = qkv.dims3()?;
     let c = c3 / 3;
     let hs = c / n_head;
-    let fused = qkv.device().is_cuda()
-        && hs == FLASH_HEAD_SIZE
-        && matches!(qkv.dtype(), DType::F32 | DType::BF16 | DType::F16);
+    let fused =
+        qkv.device().is_cuda() && hs == FLASH_HEAD_SIZE && matches!(qkv.dtype(), DType::F32 | DType::BF16 | DType::F16);
     if fused {
         return flash_causal_attention_qkv(qkv, n_head); // (B, T, C)
     }

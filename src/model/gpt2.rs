@@ -105,7 +105,13 @@ impl Block {
 
     /// `x (B, T, C)`, the residual stream in the reduce dtype -> same. With `cache`, this layer's keys and values
     /// of the earlier positions (generation).
-    fn forward(&self, x: &Tensor, n_head: usize, cd: DType, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        n_head: usize,
+        cd: DType,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
         let rd = x.dtype();
         let h = self.ln_1.forward(x, cd)?;
         let x = (x + self.attn(&h, n_head, cache)?.to_dtype(rd)?)?;

@@ -16,11 +16,11 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 
 pub mod attention;
-pub mod kernels;
 pub mod config;
 mod error;
 pub mod gpt2;
 pub mod hf;
+pub mod kernels;
 pub mod llama;
 pub mod ops;
 pub mod params;

@@ -111,7 +111,11 @@ impl PlannedFile {
 /// Messages from the reader thread, in document order.
 enum ReaderMsg {
     /// A file starts; its documents get global indices from `first_doc`.
-    FileStart { name: String, bytes: u64, first_doc: u64 },
+    FileStart {
+        name: String,
+        bytes: u64,
+        first_doc: u64,
+    },
     Docs(Vec<String>),
 }
 
@@ -136,13 +140,18 @@ pub fn prep(opts: &PrepOptions) -> Result<PrepReport, PrepError> {
     if manifest_before.complete || writer.limit_reached() {
         let complete = manifest_before.complete;
         let manifest = writer.finish(false)?;
-        return Ok(PrepReport { manifest, shards_before, documents_read: 0, tokens_written: 0, seconds: 0.0, complete });
+        return Ok(PrepReport {
+            manifest,
+            shards_before,
+            documents_read: 0,
+            tokens_written: 0,
+            seconds: 0.0,
+            complete,
+        });
     }
     // Rows per file from the previous run let the reader skip whole files without opening them.
-    let known_rows: Vec<Option<u64>> = files
-        .iter()
-        .map(|f| manifest_before.sources.iter().find(|s| s.file == f.name()).map(|s| s.rows))
-        .collect();
+    let known_rows: Vec<Option<u64>> =
+        files.iter().map(|f| manifest_before.sources.iter().find(|s| s.file == f.name()).map(|s| s.rows)).collect();
 
     let threads = capped_threads(opts.threads);
     let pool = rayon::ThreadPoolBuilder::new()
@@ -243,7 +252,11 @@ fn plan_files(opts: &PrepOptions) -> Result<(Option<HubClient>, Vec<PlannedFile>
                 .map(PlannedFile::Remote)
                 .collect();
             if files.is_empty() {
-                return Err(PrepError::NoHubFiles { repo: repo.clone(), revision: revision.clone(), prefix: prefix.clone() });
+                return Err(PrepError::NoHubFiles {
+                    repo: repo.clone(),
+                    revision: revision.clone(),
+                    prefix: prefix.clone(),
+                });
             }
             Ok((Some(client), files))
         }
@@ -258,9 +271,7 @@ fn definition(opts: &PrepOptions, files: &[PlannedFile]) -> Result<DatasetDefini
         .map(|f| match f {
             PlannedFile::Local(s) => Ok(InputIdentity {
                 file: f.name(),
-                bytes: std::fs::metadata(&s.path)
-                    .map_err(|e| SourceError::Io { path: f.name(), source: e })?
-                    .len(),
+                bytes: std::fs::metadata(&s.path).map_err(|e| SourceError::Io { path: f.name(), source: e })?.len(),
                 content: sources::fingerprint(&s.path)?,
             }),
             PlannedFile::Remote(r) => Ok(InputIdentity {
@@ -365,7 +376,8 @@ fn make_progress(opts: &PrepOptions) -> ProgressBar {
         (None, Input::Hub { .. }) => (0, "docs"),
     };
     let bar = if len > 0 { ProgressBar::new(len) } else { ProgressBar::new_spinner() };
-    let template = format!("{{spinner}} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} {unit} | {{msg}} | ETA {{eta}}");
+    let template =
+        format!("{{spinner}} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} {unit} | {{msg}} | ETA {{eta}}");
     bar.set_style(ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()));
     bar.enable_steady_tick(std::time::Duration::from_millis(250));
     bar

@@ -46,11 +46,24 @@ pub struct SourceFile {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("{path}: {source}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: not a readable parquet file: {source}")]
-    Parquet { path: String, #[source] source: parquet::errors::ParquetError },
+    Parquet {
+        path: String,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
     #[error("{path}: reading record batch at row {row}: {source}")]
-    Arrow { path: String, row: u64, #[source] source: arrow::error::ArrowError },
+    Arrow {
+        path: String,
+        row: u64,
+        #[source]
+        source: arrow::error::ArrowError,
+    },
     #[error("{path}: no column `{column}` (columns: {available}); pick one with --text-column")]
     MissingColumn { path: String, column: String, available: String },
     #[error("{path}: column `{column}` has type {data_type}, expected a string column")]
@@ -95,7 +108,8 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<SourceFile>, SourceError>
             }
             out.extend(files.into_iter().map(|p| SourceFile { kind: SourceKind::from_path(&p).unwrap(), path: p }));
         } else {
-            let kind = SourceKind::from_path(input).ok_or_else(|| SourceError::Unsupported { path: input.display().to_string() })?;
+            let kind = SourceKind::from_path(input)
+                .ok_or_else(|| SourceError::Unsupported { path: input.display().to_string() })?;
             out.push(SourceFile { path: input.clone(), kind });
         }
     }
@@ -203,17 +217,27 @@ pub fn read_documents(
     }
 }
 
-fn read_parquet(path: &Path, column: &str, skip: u64, on_chunk: &mut dyn FnMut(Vec<String>) -> Flow) -> Result<u64, SourceError> {
+fn read_parquet(
+    path: &Path,
+    column: &str,
+    skip: u64,
+    on_chunk: &mut dyn FnMut(Vec<String>) -> Flow,
+) -> Result<u64, SourceError> {
     let p = || path.display().to_string();
     let f = File::open(path).map_err(io_err(path))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| SourceError::Parquet { path: p(), source: e })?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| SourceError::Parquet { path: p(), source: e })?;
     let schema = builder.schema().clone();
     let Some((col_idx, field)) = schema.column_with_name(column) else {
         let available = schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ");
         return Err(SourceError::MissingColumn { path: p(), column: column.to_string(), available });
     };
     if !matches!(field.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
-        return Err(SourceError::NotText { path: p(), column: column.into(), data_type: field.data_type().to_string() });
+        return Err(SourceError::NotText {
+            path: p(),
+            column: column.into(),
+            data_type: field.data_type().to_string(),
+        });
     }
     let mask = ProjectionMask::roots(builder.parquet_schema(), [col_idx]);
     let total = builder.metadata().file_metadata().num_rows() as u64;
@@ -243,7 +267,9 @@ fn read_parquet(path: &Path, column: &str, skip: u64, on_chunk: &mut dyn FnMut(V
             DataType::Utf8 => collect!(col.as_string::<i32>()),
             DataType::LargeUtf8 => collect!(col.as_string::<i64>()),
             DataType::Utf8View => collect!(col.as_string_view()),
-            other => return Err(SourceError::NotText { path: p(), column: column.into(), data_type: other.to_string() }),
+            other => {
+                return Err(SourceError::NotText { path: p(), column: column.into(), data_type: other.to_string() })
+            }
         }
         row += n as u64;
         if let Flow::Stop = on_chunk(docs) {
@@ -253,7 +279,10 @@ fn read_parquet(path: &Path, column: &str, skip: u64, on_chunk: &mut dyn FnMut(V
     if row != total {
         return Err(SourceError::Io {
             path: p(),
-            source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("footer says {total} rows, read {row}")),
+            source: std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("footer says {total} rows, read {row}"),
+            ),
         });
     }
     Ok(row)
@@ -262,13 +291,22 @@ fn read_parquet(path: &Path, column: &str, skip: u64, on_chunk: &mut dyn FnMut(V
 /// Documents handed to the consumer per jsonl chunk.
 const JSONL_CHUNK_DOCS: usize = 256;
 
-fn read_jsonl(path: &Path, column: &str, skip: u64, on_chunk: &mut dyn FnMut(Vec<String>) -> Flow) -> Result<u64, SourceError> {
+fn read_jsonl(
+    path: &Path,
+    column: &str,
+    skip: u64,
+    on_chunk: &mut dyn FnMut(Vec<String>) -> Flow,
+) -> Result<u64, SourceError> {
     let f = File::open(path).map_err(io_err(path))?;
     let mut docs = Vec::with_capacity(JSONL_CHUNK_DOCS);
     let mut seen = 0u64;
     for (i, line) in BufReader::new(f).lines().enumerate() {
         let line_no = i as u64 + 1;
-        let line = line.map_err(|e| SourceError::Json { path: path.display().to_string(), line: line_no, message: e.to_string() })?;
+        let line = line.map_err(|e| SourceError::Json {
+            path: path.display().to_string(),
+            line: line_no,
+            message: e.to_string(),
+        })?;
         if line.trim().is_empty() {
             continue;
         }
@@ -277,7 +315,8 @@ fn read_jsonl(path: &Path, column: &str, skip: u64, on_chunk: &mut dyn FnMut(Vec
             continue;
         }
         let json_err = |message: String| SourceError::Json { path: path.display().to_string(), line: line_no, message };
-        let value: serde_json::Value = serde_json::from_str(&line).map_err(|e| json_err(format!("invalid JSON: {e}")))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| json_err(format!("invalid JSON: {e}")))?;
         let text = match value.get(column) {
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(serde_json::Value::Null) => String::new(),

@@ -73,7 +73,11 @@ fn default_val_shards() -> usize {
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     #[error("{path}: {source}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: invalid pipeline definition: {message}")]
     Parse { path: String, message: String },
     #[error("{path}: subset `{subset}` is not listed under [source.subsets] (known: {known})")]
@@ -86,7 +90,8 @@ impl PipelineSpec {
     }
 
     pub fn load(path: &Path) -> Result<Self, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|e| SpecError::Io { path: path.display().to_string(), source: e })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| SpecError::Io { path: path.display().to_string(), source: e })?;
         Self::parse(&text, &path.display().to_string())
     }
 

@@ -64,19 +64,27 @@ pub enum ShardError {
     SizeMismatch { path: String, tokens: u64, expected: u64, actual: u64 },
     #[error("{path}: negative token count {count} in header")]
     NegativeCount { path: String, count: i32 },
-    #[error("{path}: token {token} at index {index} is >= vocab size {vocab}; the shard was written with another tokenizer")]
+    #[error(
+        "{path}: token {token} at index {index} is >= vocab size {vocab}; the shard was written with another tokenizer"
+    )]
     TokenOutOfRange { path: String, index: usize, token: u32, vocab: u32 },
     #[error(
         "{path}: xxh3 {found}, the manifest says {expected}: the shard is damaged (`tokenmill verify DIR` checks every \
          shard; re-create the directory with `tokenmill prep`, --overwrite or a new --out)"
     )]
     ChecksumMismatch { path: String, found: String, expected: String },
-    #[error("{path}: the header says {header} tokens, the manifest {listed}: the shard is not the one the manifest lists")]
+    #[error(
+        "{path}: the header says {header} tokens, the manifest {listed}: the shard is not the one the manifest lists"
+    )]
     CountMismatch { path: String, header: u64, listed: u64 },
     #[error("{path}: not a valid .npy uint16 array: {reason}")]
     BadNpy { path: String, reason: String },
     #[error("{path}: {source}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ShardError {

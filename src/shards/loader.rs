@@ -181,13 +181,17 @@ impl MappedShard {
                 // max over the slice vectorises; only on failure do we look for the offending index.
                 let max = body.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).max().unwrap_or(0) as u32;
                 (max >= vocab).then(|| {
-                    body.chunks_exact(2).position(|c| u16::from_le_bytes([c[0], c[1]]) as u32 >= vocab).map(|i| (i, max))
+                    body.chunks_exact(2)
+                        .position(|c| u16::from_le_bytes([c[0], c[1]]) as u32 >= vocab)
+                        .map(|i| (i, max))
                 })
             }
             TokenWidth::U32 => {
                 let max = body.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).max().unwrap_or(0);
                 (max >= vocab).then(|| {
-                    body.chunks_exact(4).position(|c| u32::from_le_bytes(c.try_into().unwrap()) >= vocab).map(|i| (i, max))
+                    body.chunks_exact(4)
+                        .position(|c| u32::from_le_bytes(c.try_into().unwrap()) >= vocab)
+                        .map(|i| (i, max))
                 })
             }
         };
@@ -253,7 +257,11 @@ impl DataLoader {
     }
 
     /// Shard files with the xxh3 each must have (`None`: unchecked).
-    fn from_listed(files: Vec<(PathBuf, Option<String>)>, cfg: LoaderConfig, vocab_size: u32) -> Result<Self, LoaderError> {
+    fn from_listed(
+        files: Vec<(PathBuf, Option<String>)>,
+        cfg: LoaderConfig,
+        vocab_size: u32,
+    ) -> Result<Self, LoaderError> {
         if cfg.batch_size == 0 || cfg.seq_len == 0 || cfg.world == 0 || cfg.rank >= cfg.world {
             return Err(LoaderError::Config(format!(
                 "need B > 0, T > 0 and rank < world (got B={}, T={}, rank={}, world={})",
@@ -277,7 +285,11 @@ impl DataLoader {
             if let Some(first) = shards.first() {
                 let first: &MappedShard = first;
                 if first.width != s.width {
-                    return Err(LoaderError::MixedWidths { path: f.display().to_string(), found: s.width, expected: first.width });
+                    return Err(LoaderError::MixedWidths {
+                        path: f.display().to_string(),
+                        found: s.width,
+                        expected: first.width,
+                    });
                 }
             }
             shards.push(s);
@@ -300,7 +312,15 @@ impl DataLoader {
             seq_len: cfg.seq_len,
             world: cfg.world,
         };
-        let mut loader = DataLoader { cfg, split: None, shards, vocab_size, state, shard_order: Vec::new(), batch_order: Vec::new() };
+        let mut loader = DataLoader {
+            cfg,
+            split: None,
+            shards,
+            vocab_size,
+            state,
+            shard_order: Vec::new(),
+            batch_order: Vec::new(),
+        };
         loader.enter_epoch()?;
         Ok(loader)
     }
@@ -316,7 +336,8 @@ impl DataLoader {
     /// The next `(x, y)` micro-batch of this rank.
     pub fn next_batch(&mut self) -> Result<Batch, LoaderError> {
         let n = self.cfg.local_tokens();
-        let mut batch = Batch { x: vec![0; n], y: vec![0; n], batch_size: self.cfg.batch_size, seq_len: self.cfg.seq_len };
+        let mut batch =
+            Batch { x: vec![0; n], y: vec![0; n], batch_size: self.cfg.batch_size, seq_len: self.cfg.seq_len };
         self.next_batch_into(&mut batch.x, &mut batch.y)?;
         Ok(batch)
     }
@@ -364,7 +385,12 @@ impl DataLoader {
         self.state.shard = s.shard;
         self.enter_epoch_keep_position()?;
         if s.batch >= self.batch_order.len() {
-            return Err(LoaderError::State(format!("batch {} beyond the {} batches of shard {}", s.batch, self.batch_order.len(), s.shard)));
+            return Err(LoaderError::State(format!(
+                "batch {} beyond the {} batches of shard {}",
+                s.batch,
+                self.batch_order.len(),
+                s.shard
+            )));
         }
         self.state.batch = s.batch;
         Ok(())

@@ -145,7 +145,9 @@ impl DatasetDefinition {
             let (x, y) = (a.get(i), b.get(i));
             let same = match (x, y) {
                 (Some(x), Some(y)) if x.same_input(y) => true,
-                (Some(x), Some(y)) if i >= pinned && x.bytes == y.bytes && x.content != InputIdentity::UNKNOWN_CONTENT => {
+                (Some(x), Some(y))
+                    if i >= pinned && x.bytes == y.bytes && x.content != InputIdentity::UNKNOWN_CONTENT =>
+                {
                     c.repaired.push(i + 1);
                     true
                 }
@@ -194,9 +196,17 @@ pub struct Manifest {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("{path}: {source}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: not a valid tokenmill manifest: {source}")]
-    Parse { path: String, #[source] source: serde_json::Error },
+    Parse {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("{path}: manifest format_version {found} is newer than this tokenmill understands ({MANIFEST_VERSION})")]
     TooNew { path: String, found: u32 },
 }

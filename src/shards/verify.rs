@@ -13,7 +13,11 @@ use crate::shards::writer::xxh3_hex;
 pub fn check_xxh3(path: &Path, bytes: &[u8], expected: &str) -> Result<(), ShardError> {
     let found = xxh3_hex(bytes);
     if found != expected {
-        return Err(ShardError::ChecksumMismatch { path: path.display().to_string(), found, expected: expected.into() });
+        return Err(ShardError::ChecksumMismatch {
+            path: path.display().to_string(),
+            found,
+            expected: expected.into(),
+        });
     }
     Ok(())
 }
@@ -55,7 +59,8 @@ pub fn verify_dir(dir: &Path) -> Result<DirReport, ManifestError> {
         .map_err(|e| ManifestError::Io { path: dir.display().to_string(), source: e })?
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
         .filter(|n| {
-            let shard_like = (n.ends_with(".bin") || n.ends_with(".npy")) && (n.contains("_train_") || n.contains("_val_"));
+            let shard_like =
+                (n.ends_with(".bin") || n.ends_with(".npy")) && (n.contains("_train_") || n.contains("_val_"));
             (shard_like || n.contains(".tmp.")) && !manifest.shards.iter().any(|s| &s.file == n)
         })
         .collect();

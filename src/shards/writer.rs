@@ -39,7 +39,11 @@ pub struct WriterConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum WriterError {
     #[error("{path}: {source}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error(
@@ -224,10 +228,7 @@ impl ShardWriter {
     /// Returns the final manifest.
     pub fn finish(mut self, input_exhausted: bool) -> Result<Manifest, WriterError> {
         if input_exhausted && !self.stopped {
-            let cursor = ResumeCursor {
-                first_unfinished_document: self.next_doc,
-                tokens_into_document: 0,
-            };
+            let cursor = ResumeCursor { first_unfinished_document: self.next_doc, tokens_into_document: 0 };
             if self.buf_tokens > 0 {
                 self.cut_shard(cursor, true)?;
             } else {
@@ -257,7 +258,8 @@ impl ShardWriter {
         let mut bytes = std::mem::replace(&mut self.buf, Vec::with_capacity(cap));
         let header = ShardHeader::new(self.width, self.buf_tokens).encode();
         bytes.splice(0..0, header);
-        let sources = self.source_entries(cursor.first_unfinished_document + u64::from(cursor.tokens_into_document > 0));
+        let sources =
+            self.source_entries(cursor.first_unfinished_document + u64::from(cursor.tokens_into_document > 0));
         let shard = FinishedShard { file, split, tokens: self.buf_tokens, bytes, cursor, sources, complete };
         self.buf_tokens = 0;
         self.next_index += 1;
@@ -379,9 +381,11 @@ fn legacy_differences(m: &Manifest, cfg: &WriterConfig) -> Vec<String> {
     }
     let base = |p: &str| Path::new(p).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     for (i, s) in m.sources.iter().enumerate() {
-        let same = cfg.definition.inputs.get(i).is_some_and(|now| base(&now.file) == base(&s.file) && now.bytes == s.bytes);
+        let same =
+            cfg.definition.inputs.get(i).is_some_and(|now| base(&now.file) == base(&s.file) && now.bytes == s.bytes);
         if !same {
-            let now = cfg.definition.inputs.get(i).map_or("nothing".into(), |n| format!("{} ({} bytes)", n.file, n.bytes));
+            let now =
+                cfg.definition.inputs.get(i).map_or("nothing".into(), |n| format!("{} ({} bytes)", n.file, n.bytes));
             diffs.push(format!("input file #{} was {} ({} bytes), is now {now}", i + 1, s.file, s.bytes));
             break;
         }

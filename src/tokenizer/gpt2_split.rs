@@ -156,8 +156,7 @@ mod tests {
     fn regex_pieces(text: &str) -> Vec<String> {
         static RE: OnceLock<fancy_regex::Regex> = OnceLock::new();
         let re = RE.get_or_init(|| {
-            fancy_regex::Regex::new(r"'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+")
-                .unwrap()
+            fancy_regex::Regex::new(r"'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+").unwrap()
         });
         re.find_iter(text).map(|m| m.unwrap().as_str().to_string()).collect()
     }
@@ -196,8 +195,7 @@ mod tests {
     fn generated_text_splits_like_the_regex() {
         // Strings over an alphabet chosen to hit every branch: spaces of several kinds, apostrophes and the
         // contraction letters, letters and numbers from several scripts, punctuation and symbols.
-        let alphabet: Vec<char> =
-            " \u{a0}\t\n\r\u{2003}'sdmtlvreSLVRxyZ09٣Ⅻ½.,!?-\"()中é🙂\u{301}_".chars().collect();
+        let alphabet: Vec<char> = " \u{a0}\t\n\r\u{2003}'sdmtlvreSLVRxyZ09٣Ⅻ½.,!?-\"()中é🙂\u{301}_".chars().collect();
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut next = || {
             state ^= state << 13;

@@ -116,7 +116,8 @@ mod tests {
     #[test]
     fn hf_style_bpe_over_the_files_matches_tiktoken() {
         let vocab: HashMap<String, u32> = gpt2_vocab().into_iter().collect();
-        let rank: HashMap<(String, String), usize> = gpt2_merges().into_iter().enumerate().map(|(i, p)| (p, i)).collect();
+        let rank: HashMap<(String, String), usize> =
+            gpt2_merges().into_iter().enumerate().map(|(i, p)| (p, i)).collect();
         let table = byte_to_unicode();
         let tok = crate::tokenizer::Tokenizer::gpt2();
         let text = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate: Rough winds do \

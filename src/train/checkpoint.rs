@@ -360,8 +360,10 @@ mod tests {
         mk("step_000010.tmp.x", false); // not a leftover name: untouched
         let notes = clean_stale(dir.path()).unwrap();
         assert_eq!(notes.len(), 4, "{notes:?}");
-        let mut left: Vec<String> =
-            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         left.sort();
         assert_eq!(left, ["step_000002", "step_000006", "step_000010.tmp.x"]);
         assert_eq!(latest(dir.path()).unwrap(), step_dir(dir.path(), 6));

@@ -298,7 +298,8 @@ pub fn parse_device(s: &str) -> Result<candle_core::Device, ConfigError> {
     let cuda = |i: usize| {
         let device =
             candle_core::Device::new_cuda(i).map_err(|e| ConfigError::Invalid(format!("device `{s}`: {e}")))?;
-        super::cuda_pool::retain_freed_memory(&device).map_err(|e| ConfigError::Invalid(format!("device `{s}`: {e}")))?;
+        super::cuda_pool::retain_freed_memory(&device)
+            .map_err(|e| ConfigError::Invalid(format!("device `{s}`: {e}")))?;
         Ok(device)
     };
     match s {

@@ -59,8 +59,7 @@ pub fn release_cached_memory(device: &Device) -> Result<(), String> {
     if let Some(pool) = pool_of(device)? {
         device.synchronize().map_err(|e| format!("synchronising before trimming the pool: {e}"))?;
         // SAFETY: a valid pool handle; trimming only releases memory no allocation holds.
-        unsafe { cudarc::driver::result::mem_pool::trim_to(pool, 0) }
-            .map_err(|e| format!("cuMemPoolTrimTo: {e}"))?;
+        unsafe { cudarc::driver::result::mem_pool::trim_to(pool, 0) }.map_err(|e| format!("cuMemPoolTrimTo: {e}"))?;
     }
     #[cfg(not(feature = "cuda"))]
     let _ = device;

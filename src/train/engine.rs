@@ -41,7 +41,12 @@ impl EngineKind {
 
     /// Resolve `[run] engine` for this model, device and dtype: an explicit `gpt2-cuda` it cannot run is an error
     /// that says why; `auto` falls back to autograd.
-    pub fn resolve(name: &str, model: &ModelConfig, device: &Device, dtype: ComputeDtype) -> std::result::Result<EngineKind, ConfigError> {
+    pub fn resolve(
+        name: &str,
+        model: &ModelConfig,
+        device: &Device,
+        dtype: ComputeDtype,
+    ) -> std::result::Result<EngineKind, ConfigError> {
         let why_not = crate::train::gpt2_cuda::unsupported(model, device.is_cuda(), dtype == ComputeDtype::Bf16)
             .or_else(|| (!cfg!(feature = "cuda")).then(|| "this build has no `cuda` feature".to_string()));
         match name {
@@ -78,7 +83,11 @@ pub trait Engine {
     fn optimizer_state(&self) -> Result<Vec<(String, Tensor)>>;
     /// AdamW updates applied so far.
     fn optimizer_steps(&self) -> u64;
-    fn load_optimizer_state(&mut self, tensors: &HashMap<String, Tensor>, steps: u64) -> std::result::Result<(), OptimError>;
+    fn load_optimizer_state(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        steps: u64,
+    ) -> std::result::Result<(), OptimError>;
     /// ((tensors, elements) with weight decay, (tensors, elements) without).
     fn decay_summary(&self) -> ((usize, usize), (usize, usize));
     /// The autograd engine, for what only it can do (per-parameter gradient tensors).
@@ -128,7 +137,11 @@ pub struct Autograd {
 }
 
 impl Autograd {
-    pub fn new(model: Box<dyn LanguageModel>, device: &Device, adam: AdamWConfig) -> std::result::Result<Autograd, OptimError> {
+    pub fn new(
+        model: Box<dyn LanguageModel>,
+        device: &Device,
+        adam: AdamWConfig,
+    ) -> std::result::Result<Autograd, OptimError> {
         let params = model.parameters();
         let vars = params.iter().map(|(_, v)| v.clone()).collect();
         let opt = AdamW::new(params, adam)?;
@@ -189,7 +202,11 @@ impl Engine for Autograd {
         self.opt.steps()
     }
 
-    fn load_optimizer_state(&mut self, tensors: &HashMap<String, Tensor>, steps: u64) -> std::result::Result<(), OptimError> {
+    fn load_optimizer_state(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        steps: u64,
+    ) -> std::result::Result<(), OptimError> {
         self.opt.load_state(tensors, steps)
     }
 
@@ -228,7 +245,11 @@ impl Engine for crate::train::gpt2_cuda::Gpt2Cuda {
     fn optimizer_steps(&self) -> u64 {
         crate::train::gpt2_cuda::Gpt2Cuda::optimizer_steps(self)
     }
-    fn load_optimizer_state(&mut self, tensors: &HashMap<String, Tensor>, steps: u64) -> std::result::Result<(), OptimError> {
+    fn load_optimizer_state(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        steps: u64,
+    ) -> std::result::Result<(), OptimError> {
         crate::train::gpt2_cuda::Gpt2Cuda::load_optimizer_state(self, tensors, steps)
     }
     fn decay_summary(&self) -> ((usize, usize), (usize, usize)) {

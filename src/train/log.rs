@@ -241,7 +241,10 @@ mod tests {
         std::fs::write(&jsonl, text).unwrap();
         let (_, dropped) = RunLog::resume(dir.path(), 4, false).unwrap();
         assert_eq!(dropped, 2 + 3);
-        assert_eq!(std::fs::read_to_string(dir.path().join(LOG_TXT)).unwrap(), "0 train 1.000000\n1 train 1.000000\n2 train 1.000000\n3 train 1.000000\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(LOG_TXT)).unwrap(),
+            "0 train 1.000000\n1 train 1.000000\n2 train 1.000000\n3 train 1.000000\n"
+        );
         assert_eq!(std::fs::read_to_string(&jsonl).unwrap().lines().count(), 4);
     }
 

@@ -102,7 +102,8 @@ pub fn render_svg(series: &LogSeries, opts: ReportOptions) -> Result<String, Rep
             .y_label_area_size(60)
             .build_cartesian_2d(0f64..max_step, {
                 // Without the baseline, the range covers the curves alone (the first value stands in for it).
-                let anchor = if opts.val_baseline { GPT2_124M_VAL_LOSS } else { losses.first().copied().unwrap_or(1.0) };
+                let anchor =
+                    if opts.val_baseline { GPT2_124M_VAL_LOSS } else { losses.first().copied().unwrap_or(1.0) };
                 y_range(&losses, anchor, true, (f64::INFINITY, f64::NEG_INFINITY))
             })
             .map_err(draw_err)?;

@@ -353,12 +353,8 @@ pub fn flash_causal_attention_qkv(qkv: &Tensor, n_head: usize) -> Result<Tensor>
             qkv.dtype()
         );
     }
-    let op = FlashAttentionQkv {
-        n_head,
-        scale: 1.0 / (hs as f64).sqrt(),
-        kernel: FlashKernel::Auto,
-        lse: Mutex::new(None),
-    };
+    let op =
+        FlashAttentionQkv { n_head, scale: 1.0 / (hs as f64).sqrt(), kernel: FlashKernel::Auto, lse: Mutex::new(None) };
     qkv.contiguous()?.apply_op1(op)
 }
 
@@ -451,7 +447,9 @@ impl CustomOp1 for FlashAttentionQkv {
         let dev = o.device().clone();
         let mut y = match o.dtype() {
             DType::F32 => candle_core::CudaStorage::wrap_cuda_slice(unsafe { dev.alloc::<f32>(b * t * nh * hs)? }, dev),
-            DType::BF16 => candle_core::CudaStorage::wrap_cuda_slice(unsafe { dev.alloc::<bf16>(b * t * nh * hs)? }, dev),
+            DType::BF16 => {
+                candle_core::CudaStorage::wrap_cuda_slice(unsafe { dev.alloc::<bf16>(b * t * nh * hs)? }, dev)
+            }
             _ => candle_core::CudaStorage::wrap_cuda_slice(unsafe { dev.alloc::<f16>(b * t * nh * hs)? }, dev),
         };
         o.copy_strided_src(&mut y, 0, &heads)?;
@@ -564,7 +562,8 @@ mod flash2 {
         let (ys, yl) = y.storage_and_layout();
         let (gs, gl) = dy.storage_and_layout();
         let (ls, ll) = lse.storage_and_layout();
-        let (Storage::Cuda(qs), Storage::Cuda(ys), Storage::Cuda(gs), Storage::Cuda(ls)) = (&*qs, &*ys, &*gs, &*ls) else {
+        let (Storage::Cuda(qs), Storage::Cuda(ys), Storage::Cuda(gs), Storage::Cuda(ls)) = (&*qs, &*ys, &*gs, &*ls)
+        else {
             candle_core::bail!("flash attention backward: qkv, y, dy and lse must be on one CUDA device");
         };
         let starts = [ql.start_offset(), yl.start_offset(), gl.start_offset(), ll.start_offset()];

@@ -104,7 +104,13 @@ impl CustomOp2 for Lookup {
         Ok((out, Shape::from((il.shape().elem_count(), c))))
     }
 
-    fn bwd(&self, _table: &Tensor, ids: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        _table: &Tensor,
+        ids: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((Some(embedding_backward(dy, ids, self.v)?), None))
     }
 }
@@ -145,7 +151,11 @@ mod cuda {
                 candle_core::bail!("embedding-scatter-add: dy and ids must be contiguous")
             };
             if g.dtype() != DType::F32 || i.dtype() != DType::U32 {
-                candle_core::bail!("embedding-scatter-add: expected f32 dy and u32 ids, got {:?}, {:?}", g.dtype(), i.dtype());
+                candle_core::bail!(
+                    "embedding-scatter-add: expected f32 dy and u32 ids, got {:?}, {:?}",
+                    g.dtype(),
+                    i.dtype()
+                );
             }
             let dev = g.device();
             let out = dev.alloc_zeros::<f32>(self.v * c)?;
@@ -169,8 +179,8 @@ mod cuda {
             b.arg(&rows).arg(&start).arg(&id).arg(&dy).arg(&out).arg(&c64).arg(&stride);
             let mut cfg = grid_1d(ngroups, THREADS)?;
             cfg.grid_dim.1 = c.div_ceil(THREADS as usize) as u32; // column slices of THREADS
-            // SAFETY: argument types and order match embedding_bwd_sorted_f32; every row index is < N, every group
-            // id < V (IdGroups checks), and `out` holds V * C f32.
+                                                                  // SAFETY: argument types and order match embedding_bwd_sorted_f32; every row index is < N, every group
+                                                                  // id < V (IdGroups checks), and `out` holds V * C f32.
             unsafe { b.launch(cfg) }.w()?;
             Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((self.v, c))))
         }

@@ -21,6 +21,8 @@ pub(super) fn dtype_suffix(dt: DType, op: &str, supported: &[DType]) -> Result<&
 
 /// `blocks` blocks of `threads` threads in x, no dynamic shared memory.
 pub(super) fn grid_1d(blocks: usize, threads: u32) -> Result<LaunchConfig> {
-    let Ok(blocks) = u32::try_from(blocks) else { candle_core::bail!("{blocks} blocks exceed a CUDA grid's x dimension") };
+    let Ok(blocks) = u32::try_from(blocks) else {
+        candle_core::bail!("{blocks} blocks exceed a CUDA grid's x dimension")
+    };
     Ok(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 })
 }

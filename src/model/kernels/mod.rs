@@ -20,13 +20,13 @@ pub mod attention;
 pub mod cross_entropy;
 pub mod embedding;
 pub mod gelu;
-pub mod layer_norm;
 #[cfg(feature = "cuda")]
 mod launch;
+pub mod layer_norm;
 mod real;
 
 pub use attention::{flash_causal_attention, flash_causal_attention_qkv};
-pub use embedding::{embedding_backward, embedding_lookup};
 pub use cross_entropy::{linear_cross_entropy, softmax_cross_entropy, IGNORE_INDEX};
+pub use embedding::{embedding_backward, embedding_lookup};
 pub use gelu::gelu_tanh;
 pub use layer_norm::layer_norm;

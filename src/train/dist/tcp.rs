@@ -155,4 +155,3 @@ impl Exchange for TcpCommunicator {
         result
     }
 }
-

@@ -57,12 +57,30 @@ impl Gpt2Cuda {
         self.bufs.zero(dres, 4 * n * c)?;
         prof.mark("zero dres")?;
         let (lnf_w, lnf_b) = (p.offset("ln_f.weight"), p.offset("ln_f.bias"));
-        k.ln.backward(dsmall, f.at(a.res[d.l]), w32.at(lnf_w), f.at(a.lnf_mean), f.at(a.lnf_rstd), dres, dres16, g.at(lnf_w), g.at(lnf_b), ln_scratch, n)?;
+        k.ln.backward(
+            dsmall,
+            f.at(a.res[d.l]),
+            w32.at(lnf_w),
+            f.at(a.lnf_mean),
+            f.at(a.lnf_rstd),
+            dres,
+            dres16,
+            g.at(lnf_w),
+            g.at(lnf_b),
+            ln_scratch,
+            n,
+        )?;
         prof.mark("layernorm bwd")?;
 
         for (l, lp) in self.layers.iter().enumerate().rev() {
             // MLP projection: res[l+1] = fch_gelu Wfcproj^T + bfcproj + res_mid.
-            dweight_and_bias(k, bias_epi, Gemm::linear_dweight(dres16, h.at(a.fch_gelu[l]), g.at(lp.fcproj_w), n, 4 * c, c), g.at(lp.fcproj_b), bias_scratch)?;
+            dweight_and_bias(
+                k,
+                bias_epi,
+                Gemm::linear_dweight(dres16, h.at(a.fch_gelu[l]), g.at(lp.fcproj_w), n, 4 * c, c),
+                g.at(lp.fcproj_b),
+                bias_scratch,
+            )?;
             prof.mark("matmul dW + db mlp proj")?;
             let dfc = Gemm::linear_dinput(dres16, w16.at(lp.fcproj_w), dbig, n, 4 * c, c);
             if self.opts.gelu_fusion {
@@ -74,27 +92,79 @@ impl Gpt2Cuda {
                 prof.mark("matmul dX mlp proj (+dgelu)")?;
             }
             // MLP input: fch = ln2 Wfc^T + bfc.
-            dweight_and_bias(k, bias_epi, Gemm::linear_dweight(dbig, h.at(a.ln2[l]), g.at(lp.fc_w), n, c, 4 * c), g.at(lp.fc_b), bias_scratch)?;
+            dweight_and_bias(
+                k,
+                bias_epi,
+                Gemm::linear_dweight(dbig, h.at(a.ln2[l]), g.at(lp.fc_w), n, c, 4 * c),
+                g.at(lp.fc_b),
+                bias_scratch,
+            )?;
             prof.mark("matmul dW + db fc")?;
             k.blas.matmul(&Gemm::linear_dinput(dbig, w16.at(lp.fc_w), dsmall, n, c, 4 * c))?;
             prof.mark("matmul dX fc")?;
-            k.ln.backward(dsmall, f.at(a.res_mid[l]), w32.at(lp.ln2_w), f.at(a.ln2_mean[l]), f.at(a.ln2_rstd[l]), dres, dres16, g.at(lp.ln2_w), g.at(lp.ln2_b), ln_scratch, n)?;
+            k.ln.backward(
+                dsmall,
+                f.at(a.res_mid[l]),
+                w32.at(lp.ln2_w),
+                f.at(a.ln2_mean[l]),
+                f.at(a.ln2_rstd[l]),
+                dres,
+                dres16,
+                g.at(lp.ln2_w),
+                g.at(lp.ln2_b),
+                ln_scratch,
+                n,
+            )?;
             prof.mark("layernorm bwd")?;
 
             // Attention projection: res_mid = atty Wproj^T + bproj + res[l].
-            dweight_and_bias(k, bias_epi, Gemm::linear_dweight(dres16, h.at(a.atty[l]), g.at(lp.proj_w), n, c, c), g.at(lp.proj_b), bias_scratch)?;
+            dweight_and_bias(
+                k,
+                bias_epi,
+                Gemm::linear_dweight(dres16, h.at(a.atty[l]), g.at(lp.proj_w), n, c, c),
+                g.at(lp.proj_b),
+                bias_scratch,
+            )?;
             prof.mark("matmul dW + db attn proj")?;
             k.blas.matmul(&Gemm::linear_dinput(dres16, w16.at(lp.proj_w), dsmall, n, c, c))?;
             prof.mark("matmul dX attn proj")?;
-            k.attn.backward(h.at(a.qkv[l]), h.at(a.atty[l]), dsmall, f.at(a.lse[l]), f.at(a.att_scratch), dbig, d.b, d.t, nh)?;
+            k.attn.backward(
+                h.at(a.qkv[l]),
+                h.at(a.atty[l]),
+                dsmall,
+                f.at(a.lse[l]),
+                f.at(a.att_scratch),
+                dbig,
+                d.b,
+                d.t,
+                nh,
+            )?;
             prof.mark("attention bwd")?;
 
             // qkv projection: qkv = ln1 Wqkv^T + bqkv.
-            dweight_and_bias(k, bias_epi, Gemm::linear_dweight(dbig, h.at(a.ln1[l]), g.at(lp.qkv_w), n, c, 3 * c), g.at(lp.qkv_b), bias_scratch)?;
+            dweight_and_bias(
+                k,
+                bias_epi,
+                Gemm::linear_dweight(dbig, h.at(a.ln1[l]), g.at(lp.qkv_w), n, c, 3 * c),
+                g.at(lp.qkv_b),
+                bias_scratch,
+            )?;
             prof.mark("matmul dW + db qkv")?;
             k.blas.matmul(&Gemm::linear_dinput(dbig, w16.at(lp.qkv_w), dsmall, n, c, 3 * c))?;
             prof.mark("matmul dX qkv")?;
-            k.ln.backward(dsmall, f.at(a.res[l]), w32.at(lp.ln1_w), f.at(a.ln1_mean[l]), f.at(a.ln1_rstd[l]), dres, dres16, g.at(lp.ln1_w), g.at(lp.ln1_b), ln_scratch, n)?;
+            k.ln.backward(
+                dsmall,
+                f.at(a.res[l]),
+                w32.at(lp.ln1_w),
+                f.at(a.ln1_mean[l]),
+                f.at(a.ln1_rstd[l]),
+                dres,
+                dres16,
+                g.at(lp.ln1_w),
+                g.at(lp.ln1_b),
+                ln_scratch,
+                n,
+            )?;
             prof.mark("layernorm bwd")?;
         }
 

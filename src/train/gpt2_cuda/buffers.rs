@@ -23,8 +23,10 @@ pub struct Buf<T> {
     pub len: usize,
 }
 
-impl<T: candle_core::cuda_backend::cudarc::driver::DeviceRepr + candle_core::cuda_backend::cudarc::driver::ValidAsZeroBits>
-    Buf<T>
+impl<
+        T: candle_core::cuda_backend::cudarc::driver::DeviceRepr
+            + candle_core::cuda_backend::cudarc::driver::ValidAsZeroBits,
+    > Buf<T>
 {
     fn zeros(stream: &Arc<CudaStream>, len: usize, what: &str) -> Result<Buf<T>> {
         let slice = stream.alloc_zeros::<T>(len.max(1)).map_err(|e| {

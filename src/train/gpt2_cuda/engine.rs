@@ -169,7 +169,11 @@ impl Gpt2Cuda {
 
         let named = model.parameters();
         if named.len() != params.slots.len() {
-            candle_core::bail!("gpt2-cuda: the model has {} parameters, the layout {}", named.len(), params.slots.len());
+            candle_core::bail!(
+                "gpt2-cuda: the model has {} parameters, the layout {}",
+                named.len(),
+                params.slots.len()
+            );
         }
         let mut mirror_ptrs = Vec::with_capacity(named.len());
         for ((name, var), slot) in named.iter().zip(&params.slots) {
@@ -266,7 +270,10 @@ impl Gpt2Cuda {
             );
         }
         if let Some((i, &y)) = batch.y.iter().enumerate().find(|(_, &y)| y as usize >= self.cfg.vocab_size) {
-            candle_core::bail!("gpt2-cuda: target id {y} at position {i} is outside the vocabulary ({})", self.cfg.vocab_size);
+            candle_core::bail!(
+                "gpt2-cuda: target id {y} at position {i} is outside the vocabulary ({})",
+                self.cfg.vocab_size
+            );
         }
         Ok(())
     }
@@ -343,8 +350,22 @@ impl Gpt2Cuda {
         let device = self.mirror_device()?;
         let (d, a) = (self.dims, &self.act);
         let (n, c) = (d.n(), d.c);
-        let f32s = [("res0", a.res[0], c), ("res_mid", a.res_mid[0], c), ("res1", a.res[1], c), ("resL", a.res[d.l], c), ("losses", a.losses, 1)];
-        let bf16s = [("ln1", a.ln1[0], c), ("qkv", a.qkv[0], 3 * c), ("atty", a.atty[0], c), ("ln2", a.ln2[0], c), ("fch", a.fch[0], 4 * c), ("fch_gelu", a.fch_gelu[0], 4 * c), ("lnf", a.lnf, c)];
+        let f32s = [
+            ("res0", a.res[0], c),
+            ("res_mid", a.res_mid[0], c),
+            ("res1", a.res[1], c),
+            ("resL", a.res[d.l], c),
+            ("losses", a.losses, 1),
+        ];
+        let bf16s = [
+            ("ln1", a.ln1[0], c),
+            ("qkv", a.qkv[0], 3 * c),
+            ("atty", a.atty[0], c),
+            ("ln2", a.ln2[0], c),
+            ("fch", a.fch[0], 4 * c),
+            ("fch_gelu", a.fch_gelu[0], 4 * c),
+            ("lnf", a.lnf, c),
+        ];
         let mut out = Vec::new();
         let b = &self.bufs;
         for (name, off, w) in f32s {
@@ -376,13 +397,21 @@ impl Gpt2Cuda {
     }
 
     /// Restore what `optimizer_state` saved (from either engine's checkpoint) and the update count.
-    pub fn load_optimizer_state(&mut self, tensors: &HashMap<String, Tensor>, steps: u64) -> std::result::Result<(), OptimError> {
+    pub fn load_optimizer_state(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        steps: u64,
+    ) -> std::result::Result<(), OptimError> {
         for slot in &self.params.slots {
             for (suffix, buf) in [("m", &self.bufs.m), ("v", &self.bufs.v)] {
                 let key = format!("{}.{suffix}", slot.name);
                 let t = tensors.get(&key).ok_or_else(|| OptimError::MissingState(key.clone()))?;
                 if t.dims() != slot.shape.as_slice() {
-                    return Err(OptimError::StateShape { name: key, got: t.dims().to_vec(), expected: slot.shape.clone() });
+                    return Err(OptimError::StateShape {
+                        name: key,
+                        got: t.dims().to_vec(),
+                        expected: slot.shape.clone(),
+                    });
                 }
                 let t = t.to_dtype(DType::F32)?.to_device(&self.mirror_device()?)?.contiguous()?;
                 // SAFETY: t is contiguous f32 of the slot's length; the destination range is the slot's.
@@ -396,7 +425,12 @@ impl Gpt2Cuda {
     }
 
     fn mirror_device(&self) -> Result<Device> {
-        let (_, v) = self.mirror.parameters().into_iter().next().ok_or_else(|| candle_core::Error::Msg("no parameters".into()))?;
+        let (_, v) = self
+            .mirror
+            .parameters()
+            .into_iter()
+            .next()
+            .ok_or_else(|| candle_core::Error::Msg("no parameters".into()))?;
         Ok(v.device().clone())
     }
 }

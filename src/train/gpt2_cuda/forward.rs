@@ -40,10 +40,27 @@ impl Gpt2Cuda {
         let k = &mut self.k;
         let prof = &mut self.prof;
 
-        k.enc.forward(self.bufs.tokens.base, w32.at(p.offset("wte.weight")), w32.at(p.offset("wpe.weight")), f.at(a.res[0]), d.b, d.t, c)?;
+        k.enc.forward(
+            self.bufs.tokens.base,
+            w32.at(p.offset("wte.weight")),
+            w32.at(p.offset("wpe.weight")),
+            f.at(a.res[0]),
+            d.b,
+            d.t,
+            c,
+        )?;
         prof.mark("encoder fwd")?;
         let l0 = &self.layers[0];
-        k.ln.forward(f.at(a.res[0]), w32.at(l0.ln1_w), w32.at(l0.ln1_b), h.at(a.ln1[0]), f.at(a.ln1_mean[0]), f.at(a.ln1_rstd[0]), n, eps)?;
+        k.ln.forward(
+            f.at(a.res[0]),
+            w32.at(l0.ln1_w),
+            w32.at(l0.ln1_b),
+            h.at(a.ln1[0]),
+            f.at(a.ln1_mean[0]),
+            f.at(a.ln1_rstd[0]),
+            n,
+            eps,
+        )?;
         prof.mark("layernorm fwd")?;
         // Each projection's bf16 output lands in `proj` (the backward's dres16, free during the forward) and the next
         // LayerNorm adds it to the residual stream as it normalises.
@@ -62,11 +79,21 @@ impl Gpt2Cuda {
                     .with_epilogue(Epilogue::Bias { bias: w16.at(lp.proj_b), ty: Ty::Bf16 }),
             )?;
             prof.mark("matmul attn proj")?;
-            k.ln.forward_residual((f.at(a.res[l]), proj, f.at(a.res_mid[l])), w32.at(lp.ln2_w), w32.at(lp.ln2_b), h.at(a.ln2[l]), f.at(a.ln2_mean[l]), f.at(a.ln2_rstd[l]), n, eps)?;
+            k.ln.forward_residual(
+                (f.at(a.res[l]), proj, f.at(a.res_mid[l])),
+                w32.at(lp.ln2_w),
+                w32.at(lp.ln2_b),
+                h.at(a.ln2[l]),
+                f.at(a.ln2_mean[l]),
+                f.at(a.ln2_rstd[l]),
+                n,
+                eps,
+            )?;
             prof.mark("residual + layernorm fwd")?;
             let fc = Gemm::linear_forward(h.at(a.ln2[l]), w16.at(lp.fc_w), h.at(a.fch_gelu[l]), n, c, 4 * c, Ty::Bf16);
             if self.opts.gelu_fusion {
-                k.blas.matmul(&fc.with_epilogue(Epilogue::GeluAuxBias { bias: w16.at(lp.fc_b), aux: h.at(a.fch[l]) }))?;
+                k.blas
+                    .matmul(&fc.with_epilogue(Epilogue::GeluAuxBias { bias: w16.at(lp.fc_b), aux: h.at(a.fch[l]) }))?;
             } else {
                 let fc = Gemm { d: h.at(a.fch[l]), ..fc };
                 k.blas.matmul(&fc.with_epilogue(Epilogue::Bias { bias: w16.at(lp.fc_b), ty: Ty::Bf16 }))?;
@@ -83,7 +110,16 @@ impl Gpt2Cuda {
                 Some(next) => (next.ln1_w, next.ln1_b, a.ln1[l + 1], a.ln1_mean[l + 1], a.ln1_rstd[l + 1]),
                 None => (lnf_w, lnf_b, a.lnf, a.lnf_mean, a.lnf_rstd),
             };
-            k.ln.forward_residual((f.at(a.res_mid[l]), proj, f.at(a.res[l + 1])), w32.at(nw), w32.at(nb), h.at(ny), f.at(nm), f.at(nr), n, eps)?;
+            k.ln.forward_residual(
+                (f.at(a.res_mid[l]), proj, f.at(a.res[l + 1])),
+                w32.at(nw),
+                w32.at(nb),
+                h.at(ny),
+                f.at(nm),
+                f.at(nr),
+                n,
+                eps,
+            )?;
             prof.mark("residual + layernorm fwd")?;
         }
 

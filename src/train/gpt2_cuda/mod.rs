@@ -62,7 +62,10 @@ pub fn unsupported(cfg: &ModelConfig, cuda: bool, bf16: bool) -> Option<String> 
         return Some(format!("the gpt2-cuda engine needs n_embd a multiple of 8 up to 2048, got {}", cfg.n_embd));
     }
     if cfg.vocab_size % 8 != 0 {
-        return Some(format!("the gpt2-cuda engine needs a vocabulary padded to a multiple of 8, got {}", cfg.vocab_size));
+        return Some(format!(
+            "the gpt2-cuda engine needs a vocabulary padded to a multiple of 8, got {}",
+            cfg.vocab_size
+        ));
     }
     None
 }

@@ -54,7 +54,13 @@ impl Gpt2Cuda {
         let mut host = [0f32; 3];
         // SAFETY: NORM_PARTIAL holds NORM_BLOCKS f32, NORM_OUT two, LOSS_ACC one; grads `total` f32.
         unsafe {
-            self.k.adamw.grad_norm(b.grads.base, b.grads.len, b.scalars.at(NORM_PARTIAL), b.scalars.at(NORM_OUT), grad_clip as f32)?;
+            self.k.adamw.grad_norm(
+                b.grads.base,
+                b.grads.len,
+                b.scalars.at(NORM_PARTIAL),
+                b.scalars.at(NORM_OUT),
+                grad_clip as f32,
+            )?;
             self.prof.mark("grad norm (per step)")?;
             b.download(&mut host[..2], b.scalars.at(NORM_OUT))?;
             b.download(&mut host[2..], b.scalars.at(LOSS_ACC))?;

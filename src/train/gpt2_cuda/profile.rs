@@ -84,7 +84,12 @@ impl Profiler {
         let mut out = format!("gpt2-cuda engine profile over {} micro-steps (CUDA events)\n", self.micro_steps);
         out.push_str(&format!("{:<28} {:>12} {:>8} {:>7}\n", "kernel", "ms/micro", "calls", "share"));
         for (label, ms, n) in &self.totals {
-            out.push_str(&format!("{label:<28} {:>12.3} {:>8.1} {:>6.1}%\n", ms / per, *n as f64 / per, 100.0 * ms / total.max(1e-12)));
+            out.push_str(&format!(
+                "{label:<28} {:>12.3} {:>8.1} {:>6.1}%\n",
+                ms / per,
+                *n as f64 / per,
+                100.0 * ms / total.max(1e-12)
+            ));
         }
         out.push_str(&format!("{:<28} {:>12.3}\n", "total", total / per));
         out
