@@ -8,6 +8,7 @@
 //! - resume: an engine rebuilt from another's weights and optimizer state continues it bit for bit, and the
 //!   autograd engine resumes the explicit engine's state within bf16 tolerance;
 //! - evaluation: `eval_loss` equals the training forward's loss bit for bit.
+//!
 //! Shapes: a 2-layer GPT-2 with C = 128 (two heads of 64), V = 512, B = 4, T = 100 (not a multiple of any tile), the
 //! classifier in chunks of 128 rows (the last one short); and GPT-2 124M at B = 2, T = 1024 (the real matmul shapes).
 //!

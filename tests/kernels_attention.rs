@@ -330,6 +330,9 @@ fn cuda_timing_gpt2_shapes() {
     check("timing case: fused-tc vs fused-fma (B=64, bf16)", ("fused-tc", 64), ("fused-fma", 64));
 }
 
+/// An attention output (B, T, C) and the gradient of its qkv input, flattened to f64.
+type OutputAndGrad = (Vec<f64>, Vec<f64>);
+
 /// `flash_causal_attention_qkv` (reads the heads out of one (B, T, 3C) tensor, returns d(qkv) in one piece) and the
 /// same attention through three head views: the output in (B, T, C) and the gradient of the qkv variable, for
 /// `attn` = the fused op on `qkv` vs `reference` on its head views. Loss: sum(o * w) with fixed random w.
@@ -338,7 +341,7 @@ fn qkv_op_vs_views(
     (b, nh, t, hs): (usize, usize, usize, usize),
     dev: &Device,
     reference: AttnFn,
-) -> ((Vec<f64>, Vec<f64>), (Vec<f64>, Vec<f64>)) {
+) -> (OutputAndGrad, OutputAndGrad) {
     let mut rng = ChaCha8Rng::seed_from_u64(7 + t as u64);
     let c = nh * hs;
     let x: Vec<f64> = (0..b * t * 3 * c).map(|_| rng.gen_range(-1.0..1.0)).collect();

@@ -13,6 +13,7 @@
 //!   everything); the default one is reported, not required;
 //! - the GPT-2 engine with `attention = Cudnn` against the engine with the native kernels: one micro-step's loss and
 //!   gradients.
+//!
 //! T in {64, 100, 1024}: one cuDNN tile, a partial tile, the 124M context.
 //!
 //! Without the `cudnn` feature (CI, the default build) the file holds one test that says so; without a CUDA device

@@ -31,6 +31,8 @@ pub struct Args {
     pub grid: GridArgs,
 }
 
+// Parsed once per process (see `cli::Command`): the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
     /// Time tokenmill's train_step, then the PyTorch reference (build-nanogpt's recipe) at the same B, T, total

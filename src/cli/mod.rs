@@ -27,6 +27,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process and matched once in `run`: the size difference between variants costs nothing, and
+// boxing them would only add a deref to every handler.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Turn a corpus into token shards, or an eval set into an eval file.

@@ -2,6 +2,7 @@
 //! 1. `prep fineweb --pipeline pipelines/tinyshakespeare.toml` (data/tinyshakespeare.txt -> GPT-2 shards + manifest),
 //! 2. `train --config configs/tiny-cpu.toml` (a tiny GPT-2, a few minutes on 2 cores, val loss printed as it falls),
 //! 3. `sample` from the final checkpoint.
+//!
 //! Every step is the real subcommand with its arguments, so what the quickstart shows is what users run.
 
 use std::path::PathBuf;

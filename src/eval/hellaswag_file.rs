@@ -212,7 +212,7 @@ impl HellaswagFile {
         let count = count as usize;
 
         let body = &bytes[HEADER_BYTES..];
-        if body.len() % 2 != 0 {
+        if !body.len().is_multiple_of(2) {
             return Err(HellaswagFileError::OddBody { path: p(), len: bytes.len() as u64 });
         }
         let words: Vec<u16> = body.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
@@ -236,7 +236,10 @@ impl HellaswagFile {
                 return Err(corrupt(format!("expected <START_EXAMPLE> 65535, found {}", words[pos])));
             }
             let nbytes = words[pos + 1] as usize;
-            if nbytes % 2 != 0 || nbytes / 2 < FIXED_FIELDS + NUM_COMPLETIONS || pos + nbytes / 2 > words.len() {
+            if !nbytes.is_multiple_of(2)
+                || nbytes / 2 < FIXED_FIELDS + NUM_COMPLETIONS
+                || pos + nbytes / 2 > words.len()
+            {
                 return Err(corrupt(format!(
                     "<EXAMPLE_BYTES> {nbytes} is impossible ({} bytes left in the file)",
                     2 * (words.len() - pos)

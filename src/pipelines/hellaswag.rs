@@ -353,7 +353,7 @@ pub fn parse_llamacpp_text(text: &str, path: &Path) -> Result<Vec<Task>, Hellasw
     let lines: Vec<&str> = text.lines().collect();
     let bad =
         |line: usize, reason: String| HellaswagPrepError::BadLine { path: path.display().to_string(), line, reason };
-    if lines.len() % LINES_PER_TASK != 0 {
+    if !lines.len().is_multiple_of(LINES_PER_TASK) {
         let start = lines.len() - lines.len() % LINES_PER_TASK;
         return Err(bad(
             start + 1,

@@ -165,30 +165,30 @@ impl fmt::Display for Target {
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     #[error("could not reach {url} ({endpoint}) for {target}: {message}")]
-    Unreachable { target: Target, url: String, endpoint: String, message: String },
+    Unreachable { target: Box<Target>, url: String, endpoint: String, message: String },
 
     #[error("{url} answered HTTP {status} for {target} ({endpoint}): {message}{hint}")]
-    Http { target: Target, url: String, endpoint: String, status: u16, message: String, hint: &'static str },
+    Http { target: Box<Target>, url: String, endpoint: String, status: u16, message: String, hint: &'static str },
 
     #[error("the listing of {target} from {url} ({endpoint}) is not a hub revision listing: {message}")]
-    BadListing { target: Target, url: String, endpoint: String, message: String },
+    BadListing { target: Box<Target>, url: String, endpoint: String, message: String },
 
     #[error(
         "{target} has no files under `{prefix}` at revision {revision} ({endpoint}); top-level entries: {available}"
     )]
-    NoFiles { target: Target, prefix: String, revision: String, endpoint: String, available: String },
+    NoFiles { target: Box<Target>, prefix: String, revision: String, endpoint: String, available: String },
 
     #[error("{target} does not exist at revision {revision} ({endpoint}); the repo has: {available}")]
-    MissingFile { target: Target, revision: String, endpoint: String, available: String },
+    MissingFile { target: Box<Target>, revision: String, endpoint: String, available: String },
 
     #[error("download of {target} from {url} ({endpoint}) failed: {message}{partial}")]
-    Download { target: Target, url: String, endpoint: String, message: String, partial: String },
+    Download { target: Box<Target>, url: String, endpoint: String, message: String, partial: String },
 
     #[error("{target} from {url} ({endpoint}) is corrupt: {detail}; the bad copy was removed from the cache, run again to download it afresh")]
-    Corrupt { target: Target, url: String, endpoint: String, detail: String },
+    Corrupt { target: Box<Target>, url: String, endpoint: String, detail: String },
 
     #[error("{target} is not in the hub cache {cache}, and {reason}")]
-    NotCached { target: Target, cache: PathBuf, reason: String },
+    NotCached { target: Box<Target>, cache: PathBuf, reason: String },
 
     #[error("hub cache {path}: {source}")]
     Cache { path: PathBuf, source: io::Error },
@@ -447,7 +447,14 @@ impl HubClient {
         Some(self.settings.cache_dir.join(repo.folder_name()).join("blobs").join(format!("{sha}.part")))
     }
 
-    fn download_error(&self, what: Target, url: String, failure: Failure, repo: &Repo, file: &RemoteFile) -> HubError {
+    fn download_error(
+        &self,
+        what: Box<Target>,
+        url: String,
+        failure: Failure,
+        repo: &Repo,
+        file: &RemoteFile,
+    ) -> HubError {
         if let Failure::Status { status, message, .. } = failure {
             return self.http_error(what, url, status, message);
         }
@@ -466,7 +473,7 @@ impl HubClient {
         }
     }
 
-    fn http_error(&self, what: Target, url: String, status: u16, message: String) -> HubError {
+    fn http_error(&self, what: Box<Target>, url: String, status: u16, message: String) -> HubError {
         let hint = match status {
             401 => " (the repo is private or gated, or the token is wrong: set HF_TOKEN)",
             403 => " (a gated repo: accept its terms on the hub, then set HF_TOKEN)",
@@ -573,13 +580,14 @@ fn error_text(body: &str) -> String {
     }
 }
 
-fn target(kind: RepoType, repo: &str, path: &str) -> Target {
+/// Boxed: the error variants carry it, and a boxed target keeps `HubError` (and every error wrapping it) small.
+fn target(kind: RepoType, repo: &str, path: &str) -> Box<Target> {
     let kind = match kind {
         RepoType::Model => "model",
         RepoType::Dataset => "dataset",
         RepoType::Space => "space",
     };
-    Target { kind, repo: repo.to_string(), path: path.to_string() }
+    Box::new(Target { kind, repo: repo.to_string(), path: path.to_string() })
 }
 
 /// The first path components of a listing, for "no files under prefix" messages.

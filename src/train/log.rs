@@ -1,8 +1,8 @@
 //! A run's logs: one line per event on screen, build-nanogpt's `log.txt` (`"{step} train|val|hella {value}"`, which
 //! its plotting notebook and `tokenmill report` read), and `metrics.jsonl` with every field. Only rank 0 logs.
-//! A fresh run truncates both files (as build-nanogpt does); a run resumed at step N first drops their lines of steps
-//! >= N (logged after that checkpoint by the run that stopped), then appends, so its log reads like an uninterrupted
-//! run's.
+//! A fresh run truncates both files (as build-nanogpt does); a run resumed at step N first drops their lines of
+//! steps >= N (logged after that checkpoint by the run that stopped), then appends, so its log reads like an
+//! uninterrupted run's.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

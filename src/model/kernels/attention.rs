@@ -358,6 +358,9 @@ pub fn flash_causal_attention_qkv(qkv: &Tensor, n_head: usize) -> Result<Tensor>
     qkv.contiguous()?.apply_op1(op)
 }
 
+/// (B, NH, T, HS): batch, heads, positions, head size.
+type HeadDims = (usize, usize, usize, usize);
+
 /// [`flash_causal_attention_qkv`]'s op; like [`FlashAttention`] it keeps its forward's logsumexp for its backward.
 struct FlashAttentionQkv {
     n_head: usize,
@@ -369,7 +372,7 @@ struct FlashAttentionQkv {
 
 impl FlashAttentionQkv {
     /// The q, k, v head views of a contiguous `(B, T, 3C)` layout, and (B, NH, T, HS).
-    fn views(&self, l: &Layout) -> Result<([HeadView; 3], (usize, usize, usize, usize))> {
+    fn views(&self, l: &Layout) -> Result<([HeadView; 3], HeadDims)> {
         let (b, t, c3) = l.shape().dims3()?;
         if !l.is_contiguous() {
             candle_core::bail!("attention qkv must be contiguous");
@@ -395,8 +398,8 @@ impl FlashAttentionQkv {
 }
 
 /// `(B, NH, T, HS)` rows -> `(B, T, NH * HS)` on the host.
-fn heads_to_rows(o: CpuStorage, (b, nh, t, hs): (usize, usize, usize, usize)) -> Result<CpuStorage> {
-    fn go<X: Copy>(o: &[X], (b, nh, t, hs): (usize, usize, usize, usize)) -> Vec<X> {
+fn heads_to_rows(o: CpuStorage, (b, nh, t, hs): HeadDims) -> Result<CpuStorage> {
+    fn go<X: Copy>(o: &[X], (b, nh, t, hs): HeadDims) -> Vec<X> {
         let mut out = Vec::with_capacity(o.len());
         for bi in 0..b {
             for ti in 0..t {

@@ -58,10 +58,10 @@ pub fn unsupported(cfg: &ModelConfig, cuda: bool, bf16: bool) -> Option<String> 
     if hs != 64 {
         return Some(format!("the gpt2-cuda engine's attention needs head size 64, this model has {hs}"));
     }
-    if cfg.n_embd % 8 != 0 || cfg.n_embd > 2048 {
+    if !cfg.n_embd.is_multiple_of(8) || cfg.n_embd > 2048 {
         return Some(format!("the gpt2-cuda engine needs n_embd a multiple of 8 up to 2048, got {}", cfg.n_embd));
     }
-    if cfg.vocab_size % 8 != 0 {
+    if !cfg.vocab_size.is_multiple_of(8) {
         return Some(format!(
             "the gpt2-cuda engine needs a vocabulary padded to a multiple of 8, got {}",
             cfg.vocab_size
