@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod cli;
 pub mod cuda;
+pub mod device;
 pub mod eval;
 pub mod model;
 pub mod pipelines;

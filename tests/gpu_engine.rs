@@ -25,13 +25,13 @@ mod cuda {
     use candle_core::{DType, Device, Tensor};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
+    use tokenmill::device::set_tf32;
     use tokenmill::model::{build_model, model_from_tensors, Architecture, LanguageModel, ModelConfig, Precision};
     use tokenmill::shards::loader::Batch;
     use tokenmill::train::engine::{optimizer_step, Autograd, Engine};
     use tokenmill::train::gpt2_cuda::{EngineOptions, Gpt2Cuda};
     use tokenmill::train::optim::AdamWConfig;
     use tokenmill::train::step::SingleProcess;
-    use tokenmill::train::trainer::set_tf32;
 
     const SEED: u64 = 7;
     const ADAM: AdamWConfig = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };

@@ -155,8 +155,8 @@ pub fn compare(
         fmt_ms(measurement.time_ms.median),
         fmt_thousands(ours)
     ));
-    // tokenmill's pool keeps the memory it freed (train::cuda_pool); the reference needs it on the same GPU.
-    crate::train::cuda_pool::release_cached_memory(device).map_err(BenchError::Invalid)?;
+    // tokenmill's pool keeps the memory it freed (device::cuda_pool); the reference needs it on the same GPU.
+    crate::device::cuda_pool::release_cached_memory(device).map_err(BenchError::Invalid)?;
     let mut args = reference_args(spec, device, opts.compile);
     args.extend(opts.extra_args.iter().cloned());
     progress(&format!("reference: {} {} {}", opts.python, opts.script.display(), args.join(" ")));

@@ -94,7 +94,7 @@ mod cuda {
     use cudarc::driver::{result, sys};
 
     fn pool(device: &Device) -> Option<sys::CUmemoryPool> {
-        crate::train::cuda_pool::pool_of(device).ok().flatten()
+        crate::device::cuda_pool::pool_of(device).ok().flatten()
     }
 
     fn attribute(pool: sys::CUmemoryPool, attr: sys::CUmemPool_attribute) -> Option<u64> {

@@ -34,7 +34,7 @@ use crate::train::engine::{self, Autograd, Engine, EngineKind};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::schedule::LrSchedule;
 use crate::train::step::{clip_grad_norm, micro_step, SingleProcess};
-use crate::train::trainer::{build_model, set_tf32};
+use crate::train::trainer::build_model;
 
 /// Micro-batch of a preset when `--batch` is not given (fits GPT-2 124M-350M fp32 on one 80 GB GPU, runs on a CPU).
 pub const PRESET_MICRO_BATCH: usize = 8;
@@ -477,7 +477,7 @@ fn iterate<P, V>(
 /// Run one case on `device`.
 pub fn run_case(spec: &CaseSpec, device: &Device) -> Result<RawMeasurement, BenchError> {
     let probe = MemoryProbe::start(device);
-    set_tf32(spec.cfg.run.tf32);
+    crate::device::set_tf32(spec.cfg.run.tf32);
     let model: Box<dyn LanguageModel> = build_model(&spec.model, spec.seed, spec.dtype, device)?;
     let accum = spec.grad_accum();
     let (b, t) = (spec.batch(), spec.seq_len());

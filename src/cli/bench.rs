@@ -20,7 +20,6 @@ use crate::bench::peak::PeakOptions;
 use crate::bench::report::{csv, json, table, write_to};
 use crate::bench::runner::{ModelSource, Plan, DEFAULT_WARMUP};
 use crate::bench::{run_plan, Computation};
-use crate::train::config::parse_device;
 
 #[derive(clap::Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -191,7 +190,7 @@ fn progress(line: &str) {
 }
 
 fn run_grid(a: GridArgs) -> anyhow::Result<()> {
-    let device = parse_device(&a.device)?;
+    let device = crate::device::open(&a.device)?;
     let mut models = Vec::new();
     for p in &a.models {
         models.push(ModelSource::preset(p).with_context(|| format!("--model {p}"))?);
@@ -239,7 +238,7 @@ fn run_grid(a: GridArgs) -> anyhow::Result<()> {
 }
 
 fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
-    let device = parse_device(&a.device)?;
+    let device = crate::device::open(&a.device)?;
     let source = match (&a.model, &a.config) {
         (_, Some(c)) => ModelSource::file(c).with_context(|| format!("--config {}", c.display()))?,
         (Some(m), None) => ModelSource::preset(m).with_context(|| format!("--model {m}"))?,

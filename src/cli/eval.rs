@@ -12,7 +12,7 @@ use anyhow::Context;
 
 use crate::eval::hellaswag::evaluate_with_progress;
 use crate::eval::hellaswag_file::HellaswagFile;
-use crate::train::config::{parse_compute_dtype, parse_device};
+use crate::train::config::parse_compute_dtype;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum EvalCommand {
@@ -46,7 +46,7 @@ pub fn run(c: EvalCommand) -> anyhow::Result<()> {
 }
 
 fn hellaswag(a: HellaswagArgs) -> anyhow::Result<()> {
-    let device = parse_device(&a.device)?;
+    let device = crate::device::open(&a.device)?;
     let precision = parse_compute_dtype(&a.dtype, &device)?.precision();
     let file = HellaswagFile::open(&a.data)?;
     let n = a.limit.unwrap_or(file.len()).min(file.len());

@@ -11,7 +11,6 @@ use rand::SeedableRng;
 
 use crate::model::{load_model, Precision};
 use crate::tokenizer::{Tokenizer, TokenizerKind};
-use crate::train::config::parse_device;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -48,7 +47,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.num_samples == 0 || args.top_k == 0 {
         bail!("--num-samples and --top-k must be positive");
     }
-    let device = parse_device(&args.device)?;
+    let device = crate::device::open(&args.device)?;
     let compute = match args.dtype.as_str() {
         "fp32" | "f32" => candle_core::DType::F32,
         "bf16" => candle_core::DType::BF16,

@@ -44,6 +44,8 @@ pub enum ConfigError {
     MissingModelField(&'static str),
     #[error("invalid config: {0}")]
     Invalid(String),
+    #[error("invalid config: {0}")]
+    Device(#[from] crate::device::DeviceError),
 }
 
 /// Every hyperparameter of a training run. `Default` is build-nanogpt's GPT-2 (124M) run on 10B FineWeb-Edu tokens.
@@ -272,9 +274,9 @@ impl ComputeDtype {
 }
 
 impl RunSection {
-    /// The device `run.device` names. `auto` is CUDA 0 when available.
+    /// The device `run.device` names, opened (`crate::device::open`). `auto` is CUDA 0 when available.
     pub fn device(&self) -> Result<candle_core::Device, ConfigError> {
-        parse_device(&self.device)
+        Ok(crate::device::open(&self.device)?)
     }
 
     /// `run.dtype` for `device`.
@@ -290,32 +292,6 @@ pub fn parse_compute_dtype(s: &str, device: &candle_core::Device) -> Result<Comp
         "bf16" => Ok(ComputeDtype::Bf16),
         "auto" => Ok(if device.is_cuda() { ComputeDtype::Bf16 } else { ComputeDtype::F32 }),
         other => Err(ConfigError::Invalid(format!("dtype `{other}` (expected fp32, bf16 or auto)"))),
-    }
-}
-
-/// `cpu`, `cuda`, `cuda:N`, `auto`.
-pub fn parse_device(s: &str) -> Result<candle_core::Device, ConfigError> {
-    let cuda = |i: usize| {
-        let device =
-            candle_core::Device::new_cuda(i).map_err(|e| ConfigError::Invalid(format!("device `{s}`: {e}")))?;
-        super::cuda_pool::retain_freed_memory(&device)
-            .map_err(|e| ConfigError::Invalid(format!("device `{s}`: {e}")))?;
-        Ok(device)
-    };
-    match s {
-        "cpu" => Ok(candle_core::Device::Cpu),
-        "auto" => {
-            if candle_core::utils::cuda_is_available() {
-                cuda(0)
-            } else {
-                Ok(candle_core::Device::Cpu)
-            }
-        }
-        "cuda" => cuda(0),
-        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(i)) => cuda(i),
-            _ => Err(ConfigError::Invalid(format!("device `{s}` (expected cpu, cuda, cuda:N or auto)"))),
-        },
     }
 }
 

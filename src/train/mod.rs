@@ -13,7 +13,6 @@
 
 pub mod checkpoint;
 pub mod config;
-pub mod cuda_pool;
 pub mod dist;
 pub mod engine;
 pub mod gpt2_cuda;

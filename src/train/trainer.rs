@@ -87,12 +87,6 @@ pub struct StepStats {
     pub tokens_per_s: f64,
 }
 
-/// Whether fp32 matmuls on CUDA may use TF32 (`run.tf32`). A process-wide cuBLAS setting in candle; without CUDA
-/// support compiled in it does nothing.
-pub fn set_tf32(enabled: bool) {
-    candle_core::cuda::set_gemm_reduced_precision_f32(enabled);
-}
-
 /// Build the model `cfg` describes, fresh from `seed`, with fp32 master weights computing in `dtype` on `device`.
 pub fn build_model(
     cfg: &ModelConfig,
@@ -241,7 +235,7 @@ impl Trainer {
             .into());
         }
 
-        set_tf32(cfg.run.tf32);
+        crate::device::set_tf32(cfg.run.tf32);
         let model = match &resume_dir {
             Some(dir) => checkpoint::load_model(dir, dtype.precision(), &device)?,
             None => build_model(&model_cfg, cfg.run.seed, dtype, &device)?,
