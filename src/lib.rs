@@ -2,6 +2,8 @@
 //!
 //! Data flows one way (see docs/ARCHITECTURE.md):
 //! `pipelines` (sources -> tokenize -> shards) -> `shards` (format, writer, loader) -> `train` (+ `model`, `eval`).
+//! `hub` (Hugging Face downloads) serves both ends: prep's corpora and `model::pretrained`'s weights; `device` opens
+//! the device everything computes on.
 //! The `cli` module is a thin clap layer over these library calls.
 
 pub mod bench;
@@ -9,6 +11,7 @@ pub mod cli;
 pub mod cuda;
 pub mod device;
 pub mod eval;
+pub mod hub;
 pub mod model;
 pub mod pipelines;
 pub mod shards;

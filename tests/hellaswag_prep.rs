@@ -471,7 +471,7 @@ mod mock_hub {
 
 #[test]
 fn hub_source_falls_back_to_the_next_location_and_downloads_verified_files() {
-    use tokenmill::pipelines::hub::HubClient;
+    use tokenmill::hub::HubClient;
 
     // The fixture as a parquet file in the Rowan/hellaswag schema, served by a local stand-in for the hub.
     let dir = tempfile::tempdir().unwrap();

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use tokenmill::pipelines::hub::{HubClient, HubError, HubSettings, RemoteFile};
+use tokenmill::hub::{HubClient, HubError, HubSettings, RemoteFile};
 
 const DATASET: &str = "HuggingFaceFW/fineweb";
 const MODEL: &str = "openai-community/gpt2";

@@ -31,13 +31,13 @@ pub enum ModelError {
     Unsupported(String),
     /// Boxed: hub errors carry URLs and listings, and would otherwise bloat every `Result` in this module.
     #[error(transparent)]
-    Hub(Box<crate::pipelines::hub::HubError>),
+    Hub(Box<crate::hub::HubError>),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 
-impl From<crate::pipelines::hub::HubError> for ModelError {
-    fn from(e: crate::pipelines::hub::HubError) -> Self {
+impl From<crate::hub::HubError> for ModelError {
+    fn from(e: crate::hub::HubError) -> Self {
         ModelError::Hub(Box::new(e))
     }
 }

@@ -9,7 +9,7 @@ use candle_core::Device;
 use super::hf::{load_hf_gpt2, load_hf_gpt2_files, HF_CONFIG, HF_WEIGHTS};
 use super::store::{load_checkpoint_model, load_model_weights, CHECKPOINT_STATE, CHECKPOINT_WEIGHTS};
 use super::{LanguageModel, ModelError, Precision};
-use crate::pipelines::hub::HubClient;
+use crate::hub::HubClient;
 
 /// OpenAI's four GPT-2 sizes on the hub.
 pub const HUB_GPT2_MODELS: [&str; 4] = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"];

@@ -19,7 +19,7 @@ use crossbeam_channel::{bounded, Sender};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
-use crate::pipelines::hub::{HubClient, HubError, RemoteFile};
+use crate::hub::{HubClient, HubError, RemoteFile};
 use crate::pipelines::sources::{self, Flow, SourceError, SourceFile, SourceKind};
 use crate::shards::manifest::{DatasetDefinition, InputIdentity, Manifest};
 use crate::shards::writer::{PushOutcome, ShardWriter, WriterConfig, WriterError};

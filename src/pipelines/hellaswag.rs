@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use crate::eval::hellaswag_file::{self, Example, HellaswagFileError, NUM_COMPLETIONS};
-use crate::pipelines::hub::{HubClient, HubError, RemoteFile};
+use crate::hub::{HubClient, HubError, RemoteFile};
 use crate::tokenizer::{Tokenizer, TokenizerKind};
 
 /// The pipeline file compiled into the binary, used when no `pipelines/hellaswag.toml` is found.
