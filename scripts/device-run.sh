@@ -2,7 +2,8 @@
 # The lead's GPU-machine script: everything tokenmill measures on the device, in one call.
 # Run from the repo root on the device with .dist/ carried (see scripts/device-pack.sh):
 #   scripts/device-run.sh STEP...      STEP in: env prep train bench pool compare ddp kernels correct engine
-#                                      engine-train profile
+#                                      engine-train cudnn profile
+# TOKENMILL_ATTENTION=cudnn (a --features cudnn build) puts the engine's attention on cuDNN's SDPA in every step.
 # ENGINE=autograd|gpt2-cuda|auto (default auto: gpt2-cuda for these GPT-2 bf16 runs) picks the training engine of
 # train, bench, compare and profile.
 # Writes logs under $OUT (or /tmp/tm-out) and prints a short summary of each step last.
@@ -120,6 +121,16 @@ for step in "$@"; do
       note "engine-train: resumed run DIFFERS:"; diff <(grep -E '^[0-9]+ (train|val)' "$OUT/et_full/log.txt") \
         <(grep -E '^[0-9]+ (train|val)' "$OUT/et_part/log.txt") | head -n 10 | tee -a "$SUMMARY"
     fi
+    ;;
+  cudnn)  # cuDNN's SDPA backend (both binaries built with --features cudnn): its checks and timings beside PyTorch's
+          # SDPA (scripts/attn-bench.sh), then the engine's checks with TOKENMILL_ATTENTION=cudnn
+    OUT="$OUT/attn" scripts/attn-bench.sh --check --cudnn --reps "${ATTN_REPS:-20}" > "$OUT/attn_cudnn.log" 2>&1
+    note "cudnn attention rc=$?:"
+    grep -E "^(PASS|FAIL)|^=====|cuDNN|deterministic bwd|B=64 T=1024" "$OUT/attn_cudnn.log" | tee -a "$SUMMARY"
+    TOKENMILL_ATTENTION=cudnn KERNEL_MODULES=gpu_engine MEMCHECK_TIMEOUT="${MEMCHECK_TIMEOUT:-60}" \
+      scripts/gpu-kernel-check.sh run > "$OUT/engine_cudnn.log" 2>&1
+    note "engine checks with cuDNN attention rc=$?:"; sed -n '/===== summary/,$p' "$OUT/engine_cudnn.log" | tee -a "$SUMMARY"
+    grep -E "gpt2-cuda|worst|after resume" "$OUT/engine_cudnn.log" | sort -u | tee -a "$SUMMARY"
     ;;
   profile)  # per-kernel CUDA-event breakdown of the gpt2-cuda engine's micro-step (docs/PERF.md)
     TOKENMILL_ENGINE_PROFILE=1 "$BIN" bench --model small --batch "${BENCH_B:-64}" --seq-len 1024 --dtype bf16 \
