@@ -387,7 +387,7 @@ fn save_init_writes_the_fresh_weights() {
     let init = dir.path().join("with/checkpoints/step_000000");
     let state = tokenmill::train::checkpoint::load_state(&init).unwrap();
     assert_eq!((state.step, state.optimizer_steps), (0, 0));
-    let saved = tokenmill::train::checkpoint::load_model(&init, Precision::FP32, &Device::Cpu).unwrap();
+    let saved = tokenmill::model::load_checkpoint_model(&init, Precision::FP32, &Device::Cpu).unwrap();
     let fresh = build_model(saved.config(), Precision::FP32, &Device::Cpu, 1337).unwrap();
     for ((name, a), (_, b)) in saved.parameters().iter().zip(fresh.parameters()) {
         assert_eq!(f64s(a.as_tensor()), f64s(b.as_tensor()), "{name}: step_000000 differs from the seed-1337 init");

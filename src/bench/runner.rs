@@ -3,7 +3,7 @@
 //! A `Plan` is the grid (every axis a list; the cases are their cartesian product). Each case resolves to a full
 //! `TrainConfig` through the trainer's own resolution (preset or config file < the case's B, T, total batch and
 //! dtype), so an impossible combination (T > block_size, a total batch that B * T does not divide) is the trainer's
-//! error, raised before anything runs. A case builds its own model with the trainer's `build_model`, feeds it
+//! error, raised before anything runs. A case builds its own model with `model::build_model` (as the trainer does), feeds it
 //! synthetic token ids (uniform over the vocabulary, seeded), runs `warmup` untimed iterations and `steps` timed ones,
 //! each between two device synchronizations (`timer`), and records peak memory over the whole case (`memory`).
 //!
@@ -34,7 +34,6 @@ use crate::train::engine::{self, Autograd, Engine, EngineKind};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::schedule::LrSchedule;
 use crate::train::step::{clip_grad_norm, micro_step, SingleProcess};
-use crate::train::trainer::build_model;
 
 /// Micro-batch of a preset when `--batch` is not given (fits GPT-2 124M-350M fp32 on one 80 GB GPU, runs on a CPU).
 pub const PRESET_MICRO_BATCH: usize = 8;
@@ -478,7 +477,8 @@ fn iterate<P, V>(
 pub fn run_case(spec: &CaseSpec, device: &Device) -> Result<RawMeasurement, BenchError> {
     let probe = MemoryProbe::start(device);
     crate::device::set_tf32(spec.cfg.run.tf32);
-    let model: Box<dyn LanguageModel> = build_model(&spec.model, spec.seed, spec.dtype, device)?;
+    let model: Box<dyn LanguageModel> =
+        crate::model::build_model(&spec.model, spec.dtype.precision(), device, spec.seed)?;
     let accum = spec.grad_accum();
     let (b, t) = (spec.batch(), spec.seq_len());
     let host_count = if spec.what == Computation::TrainStep { accum } else { 1 };

@@ -127,16 +127,6 @@ pub fn build_model(
     })
 }
 
-/// `build_model` in the trainer's argument order: fresh weights from `seed`, fp32 masters computing in `compute`.
-pub fn build(
-    cfg: &ModelConfig,
-    seed: u64,
-    compute: DType,
-    device: &Device,
-) -> std::result::Result<Box<dyn LanguageModel>, ModelError> {
-    build_model(cfg, Precision::with_compute(compute), device, seed)
-}
-
 /// A model of `cfg.arch` holding `tensors` (tokenmill names and layout); `source` names their file for errors.
 pub fn model_from_tensors(
     cfg: &ModelConfig,

@@ -21,7 +21,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::model::store::{read_safetensors, write_safetensors};
-use crate::model::{load_checkpoint_model, save_model_weights, LanguageModel, ModelConfig, ModelError, Precision};
+use crate::model::{save_model_weights, LanguageModel, ModelConfig, ModelError};
 use crate::shards::loader::LoaderState;
 use crate::train::resume::DataIdentity;
 use crate::train::TrainConfig;
@@ -309,15 +309,6 @@ pub fn verify_file(dir: &Path, state: &TrainState, file: &'static str) -> Result
 /// The optimizer moments of checkpoint `dir`, on `device`.
 pub fn load_optimizer_tensors(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>, CheckpointError> {
     Ok(read_safetensors(&dir.join(OPTIMIZER_FILE), device)?.0)
-}
-
-/// The model of checkpoint `dir` with its weights, computing at `precision` on `device`.
-pub fn load_model(
-    dir: &Path,
-    precision: Precision,
-    device: &Device,
-) -> Result<Box<dyn LanguageModel>, CheckpointError> {
-    Ok(load_checkpoint_model(dir, precision, device)?)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha20Rng;
 
 use crate::eval::hellaswag::{self, HellaswagScore};
 use crate::eval::hellaswag_file::{Example, HellaswagFile, HellaswagFileError};
-use crate::model::{LanguageModel, ModelConfig, ModelError};
+use crate::model::{self, LanguageModel, ModelError};
 use crate::shards::loader::{DataLoader, LoaderConfig, LoaderError};
 use crate::shards::{Manifest, Split};
 use crate::tokenizer::{Tokenizer, TokenizerKind};
@@ -85,16 +85,6 @@ pub struct StepStats {
     pub grad_norm: f32,
     pub ms: f64,
     pub tokens_per_s: f64,
-}
-
-/// Build the model `cfg` describes, fresh from `seed`, with fp32 master weights computing in `dtype` on `device`.
-pub fn build_model(
-    cfg: &ModelConfig,
-    seed: u64,
-    dtype: ComputeDtype,
-    device: &Device,
-) -> Result<Box<dyn LanguageModel>, ModelError> {
-    crate::model::build_model(cfg, dtype.precision(), device, seed)
 }
 
 pub struct Trainer {
@@ -237,8 +227,8 @@ impl Trainer {
 
         crate::device::set_tf32(cfg.run.tf32);
         let model = match &resume_dir {
-            Some(dir) => checkpoint::load_model(dir, dtype.precision(), &device)?,
-            None => build_model(&model_cfg, cfg.run.seed, dtype, &device)?,
+            Some(dir) => model::load_checkpoint_model(dir, dtype.precision(), &device)?,
+            None => model::build_model(&model_cfg, dtype.precision(), &device, cfg.run.seed)?,
         };
         if model.config() != &model_cfg {
             return Err(TrainError::Resume(format!(
