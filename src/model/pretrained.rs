@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 
 use super::hf::{load_hf_gpt2, load_hf_gpt2_files, HF_CONFIG, HF_WEIGHTS};
-use super::store::{load_checkpoint_model, load_model_weights, CHECKPOINT_STATE, CHECKPOINT_WEIGHTS};
+use super::store::{load_checkpoint_model, load_model_weights, MODEL_FILE, STATE_FILE};
 use super::{LanguageModel, ModelError, Precision};
 use crate::hub::HubClient;
 
@@ -35,14 +35,14 @@ impl ModelSource {
             if path.join(HF_CONFIG).is_file() {
                 return Ok(ModelSource::HfDir(path.to_path_buf()));
             }
-            if path.join(CHECKPOINT_WEIGHTS).is_file() {
+            if path.join(MODEL_FILE).is_file() {
                 return Ok(ModelSource::Checkpoint(path.to_path_buf()));
             }
             return Err(ModelError::format(
                 path,
                 format!(
                     "neither an HF folder ({HF_CONFIG} + {HF_WEIGHTS}) nor a tokenmill checkpoint \
-                     ({CHECKPOINT_WEIGHTS} + {CHECKPOINT_STATE})"
+                     ({MODEL_FILE} + {STATE_FILE})"
                 ),
             ));
         }

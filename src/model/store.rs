@@ -18,10 +18,11 @@ use crate::util::{fsync_dir, temp_path_for};
 
 /// Metadata key holding the JSON `ModelConfig` in tokenmill weight files.
 pub const MODEL_CONFIG_KEY: &str = "tokenmill.model_config";
-/// The weights file inside a checkpoint directory.
-pub const CHECKPOINT_WEIGHTS: &str = "model.safetensors";
-/// The trainer's state file inside a checkpoint directory (a fallback source of the model config).
-pub const CHECKPOINT_STATE: &str = "state.json";
+/// The weights file inside a checkpoint directory. Defined here, where a checkpoint's model is loaded from;
+/// `train::checkpoint` writes the directory and lists it with its own optimizer file.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// The trainer's state file inside a checkpoint directory (here: a fallback source of the model config).
+pub const STATE_FILE: &str = "state.json";
 
 fn st_dtype(dt: DType) -> Result<&'static str, ModelError> {
     Ok(match dt {
@@ -155,12 +156,12 @@ pub fn load_checkpoint_model(
     precision: Precision,
     device: &Device,
 ) -> Result<Box<dyn LanguageModel>, ModelError> {
-    let weights = dir.join(CHECKPOINT_WEIGHTS);
+    let weights = dir.join(MODEL_FILE);
     let (tensors, meta) = read_safetensors(&weights, device)?;
     let cfg = match config_from_metadata(&weights, &meta)? {
         Some(cfg) => cfg,
         None => {
-            let state_path = dir.join(CHECKPOINT_STATE);
+            let state_path = dir.join(STATE_FILE);
             let text = fs::read_to_string(&state_path).map_err(|e| ModelError::io(&state_path, e))?;
             let state: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| ModelError::Json { path: state_path.clone(), source: e })?;

@@ -26,9 +26,10 @@ use crate::shards::loader::LoaderState;
 use crate::train::resume::DataIdentity;
 use crate::train::TrainConfig;
 
-pub const MODEL_FILE: &str = "model.safetensors";
+/// A checkpoint directory's files: the model's weights and the state file (named where models are loaded from a
+/// checkpoint, `model::store`), and the optimizer moments.
+pub use crate::model::store::{MODEL_FILE, STATE_FILE};
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-pub const STATE_FILE: &str = "state.json";
 /// The files `state.json` records checksums of.
 pub const TENSOR_FILES: [&str; 2] = [MODEL_FILE, OPTIMIZER_FILE];
 /// Bumped when state.json changes meaning; readers refuse newer versions.
@@ -341,7 +342,7 @@ mod tests {
         let mk = |name: &str, complete: bool| {
             let d = dir.path().join(name);
             std::fs::create_dir_all(&d).unwrap();
-            std::fs::write(d.join(if complete { STATE_FILE } else { "model.safetensors" }), "{}").unwrap();
+            std::fs::write(d.join(if complete { STATE_FILE } else { MODEL_FILE }), "{}").unwrap();
         };
         mk("step_000002", true);
         mk(&format!("step_000004.tmp.{dead}"), false); // a write cut short
