@@ -107,7 +107,7 @@ fn ranks<R: Send + 'static>(
 }
 
 fn train_losses(history: &[Event]) -> Vec<f32> {
-    history.iter().filter_map(|e| if let Event::Train { loss, .. } = e { Some(*loss) } else { None }).collect()
+    history.iter().filter_map(|e| if let Event::Train(s) = e { Some(s.loss) } else { None }).collect()
 }
 
 #[test]

@@ -10,7 +10,7 @@ use tokenmill::shards::manifest::{Manifest, ShardEntry};
 use tokenmill::shards::Split;
 use tokenmill::tokenizer::{Tokenizer, TokenizerKind};
 use tokenmill::train::checkpoint;
-use tokenmill::train::log::Event;
+use tokenmill::train::log::{Event, StepStats};
 use tokenmill::train::{Resume, TrainConfig, Trainer, TrainerOptions};
 
 fn repo() -> PathBuf {
@@ -70,10 +70,7 @@ fn quiet(resume: Resume) -> TrainerOptions {
 }
 
 fn train_losses(history: &[Event]) -> Vec<(usize, f32)> {
-    history
-        .iter()
-        .filter_map(|e| if let Event::Train { step, loss, .. } = e { Some((*step, *loss)) } else { None })
-        .collect()
+    history.iter().filter_map(|e| if let Event::Train(s) = e { Some((s.step, s.loss)) } else { None }).collect()
 }
 
 fn params_f32(t: &Trainer) -> Vec<(String, Vec<f32>)> {
@@ -246,14 +243,7 @@ fn resume_continues_bit_for_bit() {
     let strip = |h: &[Event]| -> Vec<Event> {
         h.iter()
             .map(|e| match e {
-                Event::Train { step, loss, lr, grad_norm, .. } => Event::Train {
-                    step: *step,
-                    loss: *loss,
-                    lr: *lr,
-                    grad_norm: *grad_norm,
-                    ms: 0.0,
-                    tokens_per_s: 0.0,
-                },
+                Event::Train(s) => Event::Train(StepStats { ms: 0.0, tokens_per_s: 0.0, ..*s }),
                 other => other.clone(),
             })
             .collect()
@@ -422,11 +412,8 @@ fn resume_applies_or_refuses_each_change_and_records_the_config_in_effect() {
         .expect("moved data and a new learning-rate schedule resume");
     assert_eq!(second.step(), 3);
     second.run(None).unwrap();
-    let lrs: Vec<f64> = second
-        .history()
-        .iter()
-        .filter_map(|e| if let Event::Train { lr, .. } = e { Some(*lr) } else { None })
-        .collect();
+    let lrs: Vec<f64> =
+        second.history().iter().filter_map(|e| if let Event::Train(s) = e { Some(s.lr) } else { None }).collect();
     assert!(lrs.iter().all(|&lr| lr <= 1e-3 && lr > 1e-4), "the new schedule is in effect: {lrs:?}");
     let state = checkpoint::load_state(&checkpoint::step_dir(&log.join("checkpoints"), 6)).unwrap();
     assert_eq!((state.config.optim.max_lr, state.config.model.n_layer, state.model.n_layer), (1e-3, Some(2), 2));
@@ -485,9 +472,7 @@ fn resumed_log_reads_like_an_uninterrupted_one_and_stale_checkpoint_temps_are_cl
         read(log, "metrics.jsonl")
             .lines()
             .map(|l| match serde_json::from_str(l).unwrap() {
-                Event::Train { step, loss, lr, grad_norm, .. } => {
-                    Event::Train { step, loss, lr, grad_norm, ms: 0.0, tokens_per_s: 0.0 }
-                }
+                Event::Train(s) => Event::Train(StepStats { ms: 0.0, tokens_per_s: 0.0, ..s }),
                 e => e,
             })
             .collect()

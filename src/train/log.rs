@@ -13,21 +13,48 @@ use serde::{Deserialize, Serialize};
 pub const LOG_TXT: &str = "log.txt";
 pub const METRICS_JSONL: &str = "metrics.jsonl";
 
+/// One optimizer step as `Trainer::train_step` returns it and the log records it: the engine's `StepOutcome`
+/// (loss, norm) with the step, its learning rate and its timing.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    pub step: usize,
+    /// Mean loss over the whole batch (all micro-steps, all processes).
+    pub loss: f32,
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    pub ms: f64,
+    pub tokens_per_s: f64,
+}
+
 /// One record of `metrics.jsonl`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Event {
-    Train { step: usize, loss: f32, lr: f64, grad_norm: f32, ms: f64, tokens_per_s: f64 },
-    Val { step: usize, loss: f32 },
-    Hella { step: usize, acc: f64, acc_norm: f64, n: usize },
-    Sample { step: usize, index: usize, text: String },
+    /// Serialised flat: `{"kind":"train","step":..,"loss":..,...}`.
+    Train(StepStats),
+    Val {
+        step: usize,
+        loss: f32,
+    },
+    Hella {
+        step: usize,
+        acc: f64,
+        acc_norm: f64,
+        n: usize,
+    },
+    Sample {
+        step: usize,
+        index: usize,
+        text: String,
+    },
 }
 
 impl Event {
     /// The screen line.
     pub fn display(&self) -> String {
         match self {
-            Event::Train { step, loss, lr, grad_norm, ms, tokens_per_s } => format!(
+            Event::Train(StepStats { step, loss, lr, grad_norm, ms, tokens_per_s }) => format!(
                 "step {step:5} | loss: {loss:.6} | lr {lr:.4e} | norm: {grad_norm:.4} | dt: {ms:.2}ms | tok/sec: {tokens_per_s:.2}"
             ),
             Event::Val { step, loss } => format!("step {step:5} | validation loss: {loss:.4}"),
@@ -41,7 +68,7 @@ impl Event {
     /// The `log.txt` line, if this event has one (build-nanogpt logs hella as acc_norm).
     pub fn log_txt_line(&self) -> Option<String> {
         match self {
-            Event::Train { step, loss, .. } => Some(format!("{step} train {loss:.6}")),
+            Event::Train(StepStats { step, loss, .. }) => Some(format!("{step} train {loss:.6}")),
             Event::Val { step, loss } => Some(format!("{step} val {loss:.4}")),
             Event::Hella { step, acc_norm, .. } => Some(format!("{step} hella {acc_norm:.4}")),
             Event::Sample { .. } => None,
@@ -205,15 +232,26 @@ mod tests {
         let mut log = RunLog::open(dir.path(), false).unwrap();
         log.record(&Event::Val { step: 0, loss: 10.98766 }).unwrap();
         log.record(&Event::Hella { step: 0, acc: 0.25, acc_norm: 0.2512, n: 100 }).unwrap();
-        log.record(&Event::Train { step: 0, loss: 10.987654, lr: 8.4e-7, grad_norm: 15.2, ms: 1.0, tokens_per_s: 2.0 })
-            .unwrap();
+        log.record(&Event::Train(StepStats {
+            step: 0,
+            loss: 10.987654,
+            lr: 8.4e-7,
+            grad_norm: 15.2,
+            ms: 1.0,
+            tokens_per_s: 2.0,
+        }))
+        .unwrap();
         log.record(&Event::Sample { step: 0, index: 0, text: "Hello".into() }).unwrap();
         drop(log);
         let txt = std::fs::read_to_string(dir.path().join(LOG_TXT)).unwrap();
         assert_eq!(txt, "0 val 10.9877\n0 hella 0.2512\n0 train 10.987654\n");
         let jsonl = std::fs::read_to_string(dir.path().join(METRICS_JSONL)).unwrap();
         assert_eq!(jsonl.lines().count(), 4);
-        assert!(jsonl.lines().nth(2).unwrap().contains("\"kind\":\"train\""));
+        // The flat layout metrics.jsonl has always had (a step's fields beside its kind).
+        assert_eq!(
+            jsonl.lines().nth(2).unwrap(),
+            r#"{"kind":"train","step":0,"loss":10.987654,"lr":8.4e-7,"grad_norm":15.2,"ms":1.0,"tokens_per_s":2.0}"#
+        );
 
         // A run resumed at step 1 keeps step 0 and appends.
         let (mut log, dropped) = RunLog::resume(dir.path(), 1, false).unwrap();
@@ -231,7 +269,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut log = RunLog::open(dir.path(), false).unwrap();
         for step in 0..6 {
-            log.record(&Event::Train { step, loss: 1.0, lr: 0.1, grad_norm: 1.0, ms: 1.0, tokens_per_s: 1.0 }).unwrap();
+            let stats = StepStats { step, loss: 1.0, lr: 0.1, grad_norm: 1.0, ms: 1.0, tokens_per_s: 1.0 };
+            log.record(&Event::Train(stats)).unwrap();
         }
         drop(log);
         // A kill mid-write leaves a torn last line.

@@ -27,4 +27,5 @@ pub mod stop;
 pub mod trainer;
 
 pub use config::{ComputeDtype, TrainConfig};
-pub use trainer::{Resume, RunEnd, StepStats, TrainError, Trainer, TrainerOptions};
+pub use log::StepStats;
+pub use trainer::{Resume, RunEnd, TrainError, Trainer, TrainerOptions};

@@ -18,7 +18,7 @@ use crate::tokenizer::{Tokenizer, TokenizerKind};
 use crate::train::checkpoint::{self, CheckpointError, RngState, TrainState, CHECKPOINT_VERSION};
 use crate::train::config::{ComputeDtype, ConfigError, TrainConfig};
 use crate::train::engine::{self, Engine, EngineKind};
-use crate::train::log::{Event, RunLog};
+use crate::train::log::{Event, RunLog, StepStats};
 use crate::train::optim::{AdamWConfig, OptimError};
 use crate::train::resume::{self, DataIdentity, ResumeRefused};
 use crate::train::schedule::LrSchedule;
@@ -72,19 +72,6 @@ pub enum Resume {
     Latest,
     /// A given checkpoint directory.
     From(PathBuf),
-}
-
-/// What one optimizer step measured.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StepStats {
-    pub step: usize,
-    /// Mean loss over the whole batch (all micro-steps, all processes).
-    pub loss: f32,
-    pub lr: f64,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f32,
-    pub ms: f64,
-    pub tokens_per_s: f64,
 }
 
 pub struct Trainer {
@@ -530,14 +517,7 @@ impl Trainer {
             }
 
             let s = self.train_step()?;
-            self.record(Event::Train {
-                step: s.step,
-                loss: s.loss,
-                lr: s.lr,
-                grad_norm: s.grad_norm,
-                ms: s.ms,
-                tokens_per_s: s.tokens_per_s,
-            })?;
+            self.record(Event::Train(s))?;
 
             let every = self.cfg.checkpoint.every;
             if every > 0 && self.step.is_multiple_of(every) {
