@@ -32,6 +32,7 @@ fn opts(input: Input, out: &Path, shard_size: u64) -> PrepOptions {
         threads: 2,
         progress: false,
         overwrite: false,
+        worker: None,
     }
 }
 

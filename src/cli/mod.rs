@@ -10,6 +10,7 @@ pub mod launch;
 pub mod prep_corpus;
 pub mod prep_fineweb;
 pub mod prep_hellaswag;
+pub mod prep_merge;
 pub mod quickstart;
 pub mod report;
 pub mod sample;
@@ -65,6 +66,8 @@ pub enum PrepCommand {
     Corpus(prep_corpus::Args),
     /// HellaSwag -> llm.c's HellaSwag eval .bin.
     Hellaswag(prep_hellaswag::Args),
+    /// The finished workers of a `--worker I/N` prep -> the shards and manifest of a one-box prep, byte for byte.
+    Merge(prep_merge::Args),
 }
 
 /// A `--model` value as the loader should see it: a run's log directory or a checkpoints directory means its latest
@@ -122,6 +125,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prep(PrepCommand::Fineweb(a)) => prep_fineweb::run(a),
         Command::Prep(PrepCommand::Corpus(a)) => prep_corpus::run(a),
         Command::Prep(PrepCommand::Hellaswag(a)) => prep_hellaswag::run(a),
+        Command::Prep(PrepCommand::Merge(a)) => prep_merge::run(a),
         Command::Train(a) => train::run(a),
         Command::Launch(a) => launch::run(a),
         Command::Sample(a) => sample::run(a),

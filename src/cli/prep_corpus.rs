@@ -69,6 +69,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<PrepOptions> {
         threads: a.threads,
         progress: !a.no_progress,
         overwrite: a.overwrite,
+        worker: a.worker()?,
     })
 }
 

@@ -7,6 +7,7 @@ use anyhow::Context;
 
 use crate::pipelines::fineweb::{self, Input, PrepOptions, PrepReport};
 use crate::pipelines::spec::PipelineSpec;
+use crate::pipelines::workers::WorkerId;
 use crate::tokenizer::TokenizerKind;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -63,6 +64,21 @@ pub struct ShardArgs {
     /// existing directory is resumed, and refused if it was prepared from other inputs or settings.
     #[arg(long)]
     pub overwrite: bool,
+    /// Run as worker I of N (0-based): tokenize the I-th of N contiguous ranges of the sorted input files into
+    /// OUT/workers/IIIII-of-NNNNN/; `tokenmill prep merge OUT` then writes the dataset. Without it,
+    /// SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, or JOB_COMPLETION_INDEX with --workers, choose the worker.
+    #[arg(long, value_name = "I/N")]
+    pub worker: Option<WorkerId>,
+    /// The worker count, for a worker index taken from the environment (Kubernetes' JOB_COMPLETION_INDEX).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+}
+
+impl ShardArgs {
+    /// The worker this process is: `--worker`, else the scheduler's environment (see `WorkerId::resolve`).
+    pub fn worker(&self) -> anyhow::Result<Option<WorkerId>> {
+        WorkerId::resolve(self.worker, self.workers, |k| std::env::var(k).ok()).map_err(anyhow::Error::msg)
+    }
 }
 
 /// Resolve the pipeline definition and flags into the options of one prep run.
@@ -103,6 +119,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<PrepOptions> {
         threads: a.threads,
         progress: !a.no_progress,
         overwrite: a.overwrite,
+        worker: a.worker()?,
     })
 }
 
@@ -116,8 +133,12 @@ pub fn prep_and_report(opts: &PrepOptions) -> anyhow::Result<()> {
         Input::Local(files) => format!("{} local file(s)", files.len()),
         Input::Hub { repo, revision, prefix } => format!("hub {repo}@{revision}/{prefix}"),
     };
+    let worker = match opts.worker {
+        Some(w) => format!("worker {w} of "),
+        None => String::new(),
+    };
     eprintln!(
-        "prep: {source} -> {} ({} tokenizer, {} tokens/shard, {} val shard(s){})",
+        "prep: {worker}{source} -> {} ({} tokenizer, {} tokens/shard, {} val shard(s){})",
         opts.out.display(),
         opts.tokenizer,
         opts.shard_size,
@@ -149,17 +170,21 @@ fn si(x: f64) -> String {
 
 pub fn print_report(opts: &PrepOptions, r: &PrepReport) {
     let m = &r.manifest;
+    let dir = r.dir.display();
+    if let Some(why) = &r.skipped {
+        println!("{dir}: {why}");
+        return;
+    }
     if r.documents_read == 0 && r.shards_before == m.shards.len() {
         println!(
-            "{}: nothing to do, {} shard(s) already written{}",
-            opts.out.display(),
+            "{dir}: nothing to do, {} {} already written{}",
             m.shards.len(),
+            if opts.worker.is_some() { "part(s)" } else { "shard(s)" },
             if m.complete { " (input complete)" } else { "" }
         );
     } else {
         println!(
-            "{}: {} document(s), {} tokens in {:.2}s ({} tokens/s){}",
-            opts.out.display(),
+            "{dir}: {} document(s), {} tokens in {:.2}s ({} tokens/s){}",
             r.documents_read,
             r.tokens_written,
             r.seconds,
@@ -170,10 +195,26 @@ pub fn print_report(opts: &PrepOptions, r: &PrepReport) {
     for s in &m.shards {
         println!("  {:<40} {:>5} {:>12} tokens  xxh3 {}", s.file, s.split.name(), s.tokens, s.xxh3);
     }
+    if let Some(w) = opts.worker {
+        let total: u64 = m.shards.iter().map(|s| s.tokens).sum();
+        let state = if m.complete {
+            "finished (input complete)"
+        } else if opts.max_shards.is_some_and(|k| m.shards.len() >= k) {
+            "finished (--shards limit)"
+        } else {
+            "unfinished"
+        };
+        println!(
+            "  worker {w}: {state}, {} part(s), {total} tokens; when every worker has finished: tokenmill prep merge {}",
+            m.shards.len(),
+            opts.out.display()
+        );
+        return;
+    }
     let (train, val) = (m.tokens_in(crate::shards::Split::Train), m.tokens_in(crate::shards::Split::Val));
     println!(
         "  total: train {train} tokens, val {val} tokens; manifest {}",
-        crate::shards::Manifest::path_in(&opts.out).display()
+        crate::shards::Manifest::path_in(&r.dir).display()
     );
     if m.complete && train == 0 {
         eprintln!(

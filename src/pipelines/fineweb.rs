@@ -1,35 +1,39 @@
 //! `prep fineweb`: documents -> GPT-2 BPE (parallel, order preserved) -> shards + manifest, resumable.
 //!
-//! Three stages overlap:
-//! 1. a reader thread walks the input files in order (downloading hub files first, one file ahead), and sends chunks of
-//!    document texts through a bounded channel (bounded memory: at most a few chunks in flight);
-//! 2. the calling thread tokenizes each chunk on a rayon pool (`par_iter` + ordered `collect`: output never depends on
-//!    the thread count), and appends the documents in order to the [`ShardWriter`];
-//! 3. the writer's own thread writes finished shards (temp name, fsync, rename) and the manifest.
+//! The input is planned as a sequence of segments (`segments`: a range of rows of a parquet row group, a block of
+//! JSON lines, a text file), each decoded *and* tokenized by one job on the rayon pool; at most two jobs per thread are
+//! outstanding and their results are taken in order (`ordered`), so nothing serial stands between the files and the
+//! pool: the calling thread only plans (footers, line ends, hub downloads one file ahead) and appends tokens to the
+//! [`ShardWriter`], whose own thread writes finished shards (temp name, fsync, rename) and the manifest. The output
+//! never depends on the thread count.
 //!
 //! Resume: the manifest's cursor says which document to start at and how many of its tokens are already in finished
-//! shards; files entirely before the cursor are skipped without being opened (or downloaded).
+//! shards; files entirely before the cursor are skipped without being opened (or downloaded), and rows before it
+//! inside a file are never decoded.
+//!
+//! With `worker: Some(I/N)` the same pipeline runs over worker I's range of the input files, into its folder under
+//! the output directory (`workers`); `prep merge` makes the workers' streams one dataset (`merge`).
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Sender};
 use indicatif::{ProgressBar, ProgressStyle};
-use rayon::prelude::*;
 
 use crate::hub::{HubClient, HubError, RemoteFile};
-use crate::pipelines::sources::{self, Flow, SourceError, SourceFile, SourceKind};
+use crate::pipelines::ordered::OrderedJobs;
+use crate::pipelines::segments::{FilePlan, Segment};
+use crate::pipelines::sources::{self, SourceError, SourceFile, SourceKind};
+use crate::pipelines::workers::{self, Finished, PartRecord, WorkerId, WorkerRecord};
 use crate::shards::manifest::{DatasetDefinition, InputIdentity, Manifest};
 use crate::shards::writer::{PushOutcome, ShardWriter, WriterConfig, WriterError};
 use crate::tokenizer::{Tokenizer, TokenizerKind};
 
-/// Documents are grouped into chunks of about this many text bytes before they are tokenized in parallel: big enough
-/// that the barrier at the end of a chunk costs < 1% (one document's time), small enough to bound memory.
-const CHUNK_TEXT_BYTES: usize = 4 << 20;
-/// Chunks allowed in flight between the reader and the tokenizer.
-const CHUNKS_IN_FLIGHT: usize = 2;
+/// Segments outstanding per pool thread: one running, one queued, so a thread never waits for the planner; with
+/// segments of ~2 MiB of text this bounds memory to tens of MiB per thread.
+const SEGMENTS_PER_THREAD: usize = 2;
+/// When the progress goes to a file or pipe (a batch job's log), one plain line this often instead of a bar.
+const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Where the documents come from.
 #[derive(Clone, Debug)]
@@ -55,10 +59,14 @@ pub struct PrepOptions {
     pub progress: bool,
     /// Replace a dataset `out` already holds instead of resuming it (`--overwrite`).
     pub overwrite: bool,
+    /// Run as worker I of N: only the I-th range of the input files, into `out/workers/IIIII-of-NNNNN/`.
+    pub worker: Option<WorkerId>,
 }
 
 #[derive(Clone, Debug)]
 pub struct PrepReport {
+    /// The directory written: `out`, or the worker's folder.
+    pub dir: PathBuf,
     pub manifest: Manifest,
     /// Shards that existed before this run (resume).
     pub shards_before: usize,
@@ -66,6 +74,8 @@ pub struct PrepReport {
     pub tokens_written: u64,
     pub seconds: f64,
     pub complete: bool,
+    /// Why a worker did nothing (the dataset's `--shards` are covered by the workers before it).
+    pub skipped: Option<String>,
 }
 
 impl PrepReport {
@@ -86,13 +96,13 @@ pub enum PrepError {
     NoHubFiles { repo: String, revision: String, prefix: String },
     #[error("could not build a thread pool of {threads} threads: {message}")]
     Threads { threads: usize, message: String },
-    #[error("the reader thread stopped unexpectedly")]
-    ReaderThread,
     #[error("{0}: the hub download thread stopped unexpectedly")]
     DownloadThread(String),
+    #[error("{dir}: {message}")]
+    Worker { dir: String, message: String },
 }
 
-/// One input file as the reader sees it: local, or on the hub and downloaded when reached.
+/// One input file as the planner sees it: local, or on the hub and downloaded when reached.
 #[derive(Clone, Debug)]
 enum PlannedFile {
     Local(SourceFile),
@@ -108,51 +118,101 @@ impl PlannedFile {
     }
 }
 
-/// Messages from the reader thread, in document order.
-enum ReaderMsg {
-    /// A file starts; its documents get global indices from `first_doc`.
-    FileStart {
-        name: String,
-        bytes: u64,
-        first_doc: u64,
-    },
-    Docs(Vec<String>),
-}
-
 pub fn prep(opts: &PrepOptions) -> Result<PrepReport, PrepError> {
     let start = Instant::now();
-    let (hub, files) = plan_files(opts)?;
+    let (hub, mut files) = plan_files(opts)?;
+    let inputs_total = files.len();
+    let (dir, writer_val_shards) = match opts.worker {
+        None => (opts.out.clone(), opts.val_shards),
+        Some(w) => {
+            let range = w.file_range(inputs_total);
+            files = files[range].to_vec();
+            // A worker's folder holds its stream in parts of `shard_size`; splits are decided at the merge.
+            (w.dir_in(&opts.out), 0)
+        }
+    };
+    if let (Some(w), Some(k)) = (opts.worker, opts.max_shards) {
+        if let Some(why) = past_the_end(&opts.out, w, k as u64 * opts.shard_size) {
+            return Ok(PrepReport {
+                manifest: Manifest::new(&opts.dataset, opts.tokenizer, opts.shard_size),
+                dir,
+                shards_before: 0,
+                documents_read: 0,
+                tokens_written: 0,
+                seconds: start.elapsed().as_secs_f64(),
+                complete: false,
+                skipped: Some(why),
+            });
+        }
+    }
     let repo = match &opts.input {
         Input::Hub { repo, .. } => repo.clone(),
         Input::Local(_) => String::new(),
     };
     let (mut writer, cursor, manifest_before) = ShardWriter::open(WriterConfig {
-        dir: opts.out.clone(),
+        dir: dir.clone(),
         dataset: opts.dataset.clone(),
         tokenizer: opts.tokenizer,
         shard_size: opts.shard_size,
-        val_shards: opts.val_shards,
+        val_shards: writer_val_shards,
         max_shards: opts.max_shards,
         definition: definition(opts, &files)?,
         overwrite: opts.overwrite,
     })?;
+    // A worker's record says "unfinished" for as long as this run may change its stream.
+    let previous_parts = match opts.worker {
+        Some(w) => start_worker_record(&dir, w, inputs_total, files.len(), opts.max_shards)?,
+        None => Vec::new(),
+    };
     let shards_before = manifest_before.shards.len();
-    if manifest_before.complete || writer.limit_reached() {
-        let complete = manifest_before.complete;
-        let manifest = writer.finish(false)?;
-        return Ok(PrepReport {
-            manifest,
-            shards_before,
-            documents_read: 0,
-            tokens_written: 0,
-            seconds: 0.0,
-            complete,
-        });
+    let (mut documents_read, mut tokens_written, mut full) = (0u64, 0u64, true);
+    if !(manifest_before.complete || writer.limit_reached()) {
+        // Rows per file from the previous run let the planner skip whole files without opening them.
+        let known_rows: Vec<Option<u64>> =
+            files.iter().map(|f| manifest_before.sources.iter().find(|s| s.file == f.name()).map(|s| s.rows)).collect();
+        let planner = Planner {
+            files,
+            known_rows,
+            hub: hub.map(|h| (h, repo)),
+            column: opts.text_column.clone(),
+            skip_docs: cursor.first_unfinished_document,
+            next_file: 0,
+            first_doc: 0,
+            current: None,
+            prefetch: None,
+        };
+        let progress = Progress::new(opts, &planner.files, shards_before);
+        let run = run_segments(opts, planner, &mut writer, cursor.tokens_into_document, &progress, start);
+        progress.finish();
+        (documents_read, tokens_written, full) = run?;
     }
-    // Rows per file from the previous run let the reader skip whole files without opening them.
-    let known_rows: Vec<Option<u64>> =
-        files.iter().map(|f| manifest_before.sources.iter().find(|s| s.file == f.name()).map(|s| s.rows)).collect();
+    let complete_before = manifest_before.complete;
+    // A reader error returns above, so reaching here not `full` means the input really ended.
+    let manifest = writer.finish(!full && !complete_before)?;
+    if let Some(w) = opts.worker {
+        finish_worker_record(&dir, w, &manifest, opts, previous_parts)?;
+    }
+    Ok(PrepReport {
+        dir,
+        complete: manifest.complete,
+        manifest,
+        shards_before,
+        documents_read,
+        tokens_written,
+        seconds: start.elapsed().as_secs_f64(),
+        skipped: None,
+    })
+}
 
+/// Plan, encode on the pool, push in order. Returns (documents, tokens, whether the shard limit stopped it).
+fn run_segments(
+    opts: &PrepOptions,
+    mut planner: Planner,
+    writer: &mut ShardWriter,
+    mut skip_tokens: u64,
+    progress: &Progress,
+    start: Instant,
+) -> Result<(u64, u64, bool), PrepError> {
     let threads = capped_threads(opts.threads);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -160,84 +220,217 @@ pub fn prep(opts: &PrepOptions) -> Result<PrepReport, PrepError> {
         .build()
         .map_err(|e| PrepError::Threads { threads, message: e.to_string() })?;
     let tokenizer = Tokenizer::new(opts.tokenizer);
-    let _ = opts.tokenizer.bpe(); // build the encoder before the clock of the first chunk starts
+    let _ = opts.tokenizer.bpe(); // build the encoder before the first segment's clock starts
+    let mut jobs = OrderedJobs::new(&pool, SEGMENTS_PER_THREAD * pool.current_num_threads());
+    let (mut documents, mut tokens) = (0u64, 0u64);
+    // A planning error (a file that cannot be opened) surfaces after every document before it is written.
+    let mut plan_error = None;
+    loop {
+        while plan_error.is_none() && jobs.has_room() {
+            match planner.next() {
+                None => break,
+                Some(Err(e)) => plan_error = Some(e),
+                Some(Ok(Planned::File { name, bytes, first_doc })) => writer.begin_source(&name, bytes, first_doc),
+                Some(Ok(Planned::Segment(seg))) => jobs.submit(move || seg.encode(tokenizer)),
+            }
+        }
+        let Some(encoded) = jobs.next() else { break };
+        for doc in encoded?.documents() {
+            let skip = std::mem::take(&mut skip_tokens) as usize;
+            tokens += doc.len().saturating_sub(skip) as u64;
+            documents += 1;
+            if writer.push_document(doc, skip)? == PushOutcome::Full {
+                return Ok((documents, tokens, true));
+            }
+        }
+        progress.update(documents, tokens, start);
+    }
+    match plan_error {
+        Some(e) => Err(e),
+        None => Ok((documents, tokens, false)),
+    }
+}
 
-    let (tx, rx) = bounded::<Result<ReaderMsg, PrepError>>(CHUNKS_IN_FLIGHT);
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let stop = stop.clone();
-        let column = opts.text_column.clone();
-        let skip_docs = cursor.first_unfinished_document;
-        std::thread::Builder::new()
-            .name("doc-reader".into())
-            .spawn(move || {
-                // Errors travel through the channel, in order after the documents read before them.
-                if let Err(e) = read_all(files, known_rows, hub.map(|h| (h, repo)), column, skip_docs, &tx, &stop) {
-                    let _ = tx.send(Err(e));
-                }
-            })
-            .expect("spawn reader thread")
-    };
+/// What the planner hands the driver, in document order.
+enum Planned {
+    /// A file starts; its documents get global indices from `first_doc`.
+    File {
+        name: String,
+        bytes: u64,
+        first_doc: u64,
+    },
+    Segment(Segment),
+}
 
-    let progress = make_progress(opts);
-    let mut skip_tokens = cursor.tokens_into_document as usize;
-    let (mut documents_read, mut tokens_written) = (0u64, 0u64);
-    let mut full = false;
-    let result: Result<(), PrepError> = (|| {
-        for msg in rx.iter() {
-            match msg? {
-                ReaderMsg::FileStart { name, bytes, first_doc } => writer.begin_source(&name, bytes, first_doc),
-                ReaderMsg::Docs(docs) => {
-                    let encoded: Vec<Vec<u32>> = pool.install(|| {
-                        docs.par_iter()
-                            .with_min_len(1)
-                            .map(|d| {
-                                let mut ids = Vec::with_capacity(d.len() / 4 + 1);
-                                tokenizer.encode_document_into(d, &mut ids);
-                                ids
-                            })
-                            .collect()
-                    });
-                    for ids in &encoded {
-                        let skip = std::mem::take(&mut skip_tokens);
-                        tokens_written += ids.len().saturating_sub(skip) as u64;
-                        documents_read += 1;
-                        if writer.push_document(ids, skip)? == PushOutcome::Full {
-                            full = true;
-                            break;
-                        }
-                    }
-                    progress.set_position(progress_position(opts, documents_read, tokens_written, shards_before));
-                    let secs = start.elapsed().as_secs_f64().max(1e-9);
-                    progress.set_message(format!(
-                        "docs {documents_read} | tokens {tokens_written} | {:.2}M tok/s",
-                        tokens_written as f64 / secs / 1e6
-                    ));
-                    if full {
-                        return Ok(());
-                    }
+/// Walks the input files in order and cuts them into segments; documents before `skip_docs` are counted, not planned.
+struct Planner {
+    files: Vec<PlannedFile>,
+    known_rows: Vec<Option<u64>>,
+    hub: Option<(HubClient, String)>,
+    column: String,
+    skip_docs: u64,
+    next_file: usize,
+    first_doc: u64,
+    current: Option<FilePlan>,
+    prefetch: Option<std::thread::JoinHandle<Result<PathBuf, HubError>>>,
+}
+
+impl Planner {
+    fn next(&mut self) -> Option<Result<Planned, PrepError>> {
+        let r = self.step();
+        if matches!(r, Some(Err(_))) {
+            // Nothing after an error: the driver reports it once the documents before it are written.
+            self.next_file = self.files.len();
+            self.current = None;
+        }
+        r
+    }
+
+    fn step(&mut self) -> Option<Result<Planned, PrepError>> {
+        if let Some(plan) = &mut self.current {
+            match plan.next() {
+                Some(seg) => return Some(seg.map(Planned::Segment).map_err(PrepError::from)),
+                None => {
+                    self.first_doc += plan.documents();
+                    self.current = None;
                 }
             }
         }
-        Ok(())
-    })();
-    // Stop the reader (it may be blocked on a full channel) before joining it.
-    stop.store(true, Ordering::Relaxed);
-    drop(rx);
-    reader.join().map_err(|_| PrepError::ReaderThread)?;
-    // A reader error arrives as a message, so reaching here with `Ok` and not `full` means the input really ended.
-    result?;
-    let input_exhausted = !full;
-    let manifest = writer.finish(input_exhausted)?;
-    progress.finish_and_clear();
-    Ok(PrepReport {
-        complete: manifest.complete,
-        manifest,
-        shards_before,
-        documents_read,
-        tokens_written,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+        let i = self.next_file;
+        let planned = self.files.get(i)?.clone();
+        self.next_file += 1;
+        let name = planned.name();
+        // Entirely before the resume point: account for its rows without opening (or downloading) it.
+        if let Some(rows) = self.known_rows[i] {
+            if self.first_doc + rows <= self.skip_docs {
+                let bytes = match &planned {
+                    PlannedFile::Local(f) => std::fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0),
+                    PlannedFile::Remote(r) => r.size.unwrap_or(0),
+                };
+                let first_doc = self.first_doc;
+                self.first_doc += rows;
+                return Some(Ok(Planned::File { name, bytes, first_doc }));
+            }
+        }
+        let local = match self.local_copy(i, &planned) {
+            Ok(l) => l,
+            Err(e) => return Some(Err(e)),
+        };
+        let bytes = std::fs::metadata(&local.path).map(|m| m.len()).unwrap_or(0);
+        match FilePlan::open(&local, &self.column, self.first_doc, self.skip_docs) {
+            Ok(plan) => self.current = Some(plan),
+            Err(e) => return Some(Err(e.into())),
+        }
+        Some(Ok(Planned::File { name, bytes, first_doc: self.first_doc }))
+    }
+
+    /// The file on local disk: itself, or its hub download (the next remote file downloads meanwhile).
+    fn local_copy(&mut self, i: usize, planned: &PlannedFile) -> Result<SourceFile, PrepError> {
+        let r = match planned {
+            PlannedFile::Local(f) => return Ok(f.clone()),
+            PlannedFile::Remote(r) => r,
+        };
+        let (hub, repo) = self.hub.as_ref().expect("remote files come with a hub client");
+        let path = match self.prefetch.take() {
+            Some(h) => h.join().map_err(|_| PrepError::DownloadThread(r.path.clone()))??,
+            None => hub.download_dataset_file(repo, r)?,
+        };
+        if let Some(PlannedFile::Remote(next)) = self.files.get(i + 1) {
+            let (client, repo, next) = (hub.clone(), repo.clone(), next.clone());
+            self.prefetch = Some(std::thread::spawn(move || client.download_dataset_file(&repo, &next)));
+        }
+        Ok(SourceFile { path, kind: SourceKind::Parquet })
+    }
+}
+
+/// A worker with `--shards K` whose predecessors have all finished with at least `target` (K shards) tokens among them
+/// has nothing to add: the merge never reads past the K-th shard.
+fn past_the_end(out: &Path, w: WorkerId, target: u64) -> Option<String> {
+    let mut tokens = 0u64;
+    for i in 0..w.index {
+        let dir = WorkerId { index: i, count: w.count }.dir_in(out);
+        let (record, manifest) = (WorkerRecord::load(&dir).ok()?, Manifest::load(&dir).ok()?);
+        record.finished_with(&manifest)?;
+        tokens += record.tokens();
+        if tokens >= target {
+            return Some(format!(
+                "workers 0..={i} of {} already hold the {target} tokens of the dataset's --shards; nothing to do",
+                w.count
+            ));
+        }
+    }
+    None
+}
+
+/// Check the worker folder belongs to this split of the inputs and mark it unfinished. Returns the parts a previous
+/// run recorded (their document counts are reused when this run finishes).
+fn start_worker_record(
+    dir: &Path,
+    w: WorkerId,
+    inputs_total: usize,
+    inputs: usize,
+    max_shards: Option<usize>,
+) -> Result<Vec<PartRecord>, PrepError> {
+    let err = |message: String| PrepError::Worker { dir: dir.display().to_string(), message };
+    let first_input = w.file_range(inputs_total).start;
+    let mut previous = Vec::new();
+    if WorkerRecord::path_in(dir).exists() {
+        let old = WorkerRecord::load(dir).map_err(err)?;
+        if (old.worker, old.workers, old.inputs_total, old.first_input, old.inputs)
+            != (w.index, w.count, inputs_total, first_input, inputs)
+        {
+            return Err(err(format!(
+                "this folder is worker {}/{} of {} input files (files {}..{}); this run is worker {w} of                  {inputs_total} (files {first_input}..{}). Use another --out, or --overwrite",
+                old.worker,
+                old.workers,
+                old.inputs_total,
+                old.first_input,
+                old.first_input + old.inputs,
+                first_input + inputs
+            )));
+        }
+        previous = old.finished.map(|f| f.parts).unwrap_or_default();
+    }
+    let record = WorkerRecord {
+        worker: w.index,
+        workers: w.count,
+        inputs_total,
+        first_input,
+        inputs,
+        max_shards,
+        finished: None,
+    };
+    record.save(dir).map_err(|e| err(e.to_string()))?;
+    Ok(previous)
+}
+
+/// A worker that exhausted its input or reached its `--shards` limit records its parts with their document counts.
+fn finish_worker_record(
+    dir: &Path,
+    w: WorkerId,
+    manifest: &Manifest,
+    opts: &PrepOptions,
+    previous: Vec<PartRecord>,
+) -> Result<(), PrepError> {
+    let err = |message: String| PrepError::Worker { dir: dir.display().to_string(), message };
+    let limited = opts.max_shards.is_some_and(|k| manifest.shards.len() >= k);
+    if !manifest.complete && !limited {
+        return Ok(());
+    }
+    let mut parts = Vec::with_capacity(manifest.shards.len());
+    for s in &manifest.shards {
+        let known = previous.iter().find(|p| p.file == s.file && p.xxh3 == s.xxh3 && p.tokens == s.tokens);
+        let documents = match known {
+            Some(p) => p.documents,
+            None => workers::count_documents_in_shard(&dir.join(&s.file), manifest.token_width, manifest.tokenizer.eot)
+                .map_err(|e| err(format!("{}: {e}", s.file)))?,
+        };
+        parts.push(PartRecord { file: s.file.clone(), tokens: s.tokens, xxh3: s.xxh3.clone(), documents });
+    }
+    let mut record = WorkerRecord::load(dir).map_err(err)?;
+    debug_assert_eq!((record.worker, record.workers), (w.index, w.count));
+    record.finished = Some(Finished { complete: manifest.complete, parts });
+    record.save(dir).map_err(|e| err(e.to_string()))
 }
 
 fn plan_files(opts: &PrepOptions) -> Result<(Option<HubClient>, Vec<PlannedFile>), PrepError> {
@@ -287,106 +480,69 @@ fn definition(opts: &PrepOptions, files: &[PlannedFile]) -> Result<DatasetDefini
     Ok(DatasetDefinition { inputs, text_column: opts.text_column.clone(), val_shards: opts.val_shards })
 }
 
-/// The reader thread: every file in order; documents before `skip_docs` are counted, not sent.
-fn read_all(
-    files: Vec<PlannedFile>,
-    known_rows: Vec<Option<u64>>,
-    hub: Option<(HubClient, String)>,
-    column: String,
-    skip_docs: u64,
-    tx: &Sender<Result<ReaderMsg, PrepError>>,
-    stop: &AtomicBool,
-) -> Result<(), PrepError> {
-    let send = |m: Result<ReaderMsg, PrepError>| tx.send(m).is_ok() && !stop.load(Ordering::Relaxed);
-    let mut first_doc = 0u64;
-    let mut prefetch: Option<std::thread::JoinHandle<Result<PathBuf, HubError>>> = None;
-    for (i, planned) in files.iter().enumerate() {
-        let name = planned.name();
-        // Entirely before the resume point: account for its rows without opening (or downloading) it.
-        if let Some(rows) = known_rows[i] {
-            if first_doc + rows <= skip_docs {
-                let bytes = match planned {
-                    PlannedFile::Local(f) => std::fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0),
-                    PlannedFile::Remote(r) => r.size.unwrap_or(0),
-                };
-                if !send(Ok(ReaderMsg::FileStart { name, bytes, first_doc })) {
-                    return Ok(());
-                }
-                first_doc += rows;
-                continue;
-            }
+/// Progress of one run: an indicatif bar on a terminal, a plain line every [`PLAIN_PROGRESS_EVERY`] otherwise (a
+/// batch job's log), nothing with `--no-progress`. A worker's lines start with `worker I/N`.
+struct Progress {
+    bar: Option<ProgressBar>,
+    plain: Option<std::cell::Cell<Instant>>,
+    label: String,
+    /// Position units: tokens against a `--shards` target, else documents.
+    by_tokens: bool,
+    base: u64,
+}
+
+impl Progress {
+    fn new(opts: &PrepOptions, files: &[PlannedFile], shards_before: usize) -> Progress {
+        let label = opts.worker.map(|w| format!("worker {w}: ")).unwrap_or_default();
+        let by_tokens = opts.max_shards.is_some();
+        let base = if by_tokens { shards_before as u64 * opts.shard_size } else { 0 };
+        let mut p = Progress { bar: None, plain: None, label, by_tokens, base };
+        if !opts.progress {
+            return p;
         }
-        let local = match planned {
-            PlannedFile::Local(f) => f.clone(),
-            PlannedFile::Remote(r) => {
-                let (hub, repo) = hub.as_ref().expect("remote files come with a hub client");
-                let path = match prefetch.take() {
-                    Some(h) => h.join().map_err(|_| PrepError::DownloadThread(r.path.clone()))??,
-                    None => hub.download_dataset_file(repo, r)?,
+        if !std::io::stderr().is_terminal() {
+            p.plain = Some(std::cell::Cell::new(Instant::now()));
+            return p;
+        }
+        let (len, unit) = match opts.max_shards {
+            Some(n) => (n as u64 * opts.shard_size, "tokens"),
+            None => {
+                let count = |f: &PlannedFile| match f {
+                    PlannedFile::Local(f) => sources::count_documents(f).unwrap_or(0),
+                    PlannedFile::Remote(_) => 0,
                 };
-                // Download the next remote file while this one is read and tokenized.
-                if let Some(PlannedFile::Remote(next)) = files.get(i + 1) {
-                    let (client, repo, next) = (hub.clone(), repo.clone(), next.clone());
-                    prefetch = Some(std::thread::spawn(move || client.download_dataset_file(&repo, &next)));
-                }
-                SourceFile { path, kind: SourceKind::Parquet }
+                (files.iter().map(count).sum(), "docs")
             }
         };
-        let bytes = std::fs::metadata(&local.path).map(|m| m.len()).unwrap_or(0);
-        if !send(Ok(ReaderMsg::FileStart { name, bytes, first_doc })) {
-            return Ok(());
-        }
-        let skip_here = skip_docs.saturating_sub(first_doc);
-        let mut chunk: Vec<String> = Vec::new();
-        let mut chunk_bytes = 0usize;
-        let mut stopped = false;
-        let read = sources::read_documents(&local, &column, skip_here, |docs| {
-            for d in docs {
-                chunk_bytes += d.len();
-                chunk.push(d);
-            }
-            if chunk_bytes >= CHUNK_TEXT_BYTES {
-                chunk_bytes = 0;
-                if !send(Ok(ReaderMsg::Docs(std::mem::take(&mut chunk)))) {
-                    stopped = true;
-                    return Flow::Stop;
-                }
-            }
-            Flow::Continue
-        });
-        let rows = read?;
-        if stopped {
-            return Ok(());
-        }
-        if !chunk.is_empty() && !send(Ok(ReaderMsg::Docs(chunk))) {
-            return Ok(());
-        }
-        first_doc += rows;
+        let bar = if len > 0 { ProgressBar::new(len) } else { ProgressBar::new_spinner() };
+        let template = format!(
+            "{}{{spinner}} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} {unit} | {{msg}} | ETA {{eta}}",
+            p.label
+        );
+        bar.set_style(ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()));
+        bar.enable_steady_tick(Duration::from_millis(250));
+        p.bar = Some(bar);
+        p
     }
-    Ok(())
-}
 
-fn make_progress(opts: &PrepOptions) -> ProgressBar {
-    if !opts.progress {
-        return ProgressBar::hidden();
+    fn update(&self, docs: u64, tokens: u64, start: Instant) {
+        let rate = tokens as f64 / start.elapsed().as_secs_f64().max(1e-9) / 1e6;
+        let msg = format!("docs {docs} | tokens {tokens} | {rate:.2}M tok/s");
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.base + if self.by_tokens { tokens } else { docs });
+            bar.set_message(msg);
+        } else if let Some(last) = &self.plain {
+            if last.get().elapsed() >= PLAIN_PROGRESS_EVERY {
+                last.set(Instant::now());
+                eprintln!("{}{msg}", self.label);
+            }
+        }
     }
-    let (len, unit) = match (opts.max_shards, &opts.input) {
-        (Some(n), _) => (n as u64 * opts.shard_size, "tokens"),
-        (None, Input::Local(files)) => (files.iter().map(|f| sources::count_documents(f).unwrap_or(0)).sum(), "docs"),
-        (None, Input::Hub { .. }) => (0, "docs"),
-    };
-    let bar = if len > 0 { ProgressBar::new(len) } else { ProgressBar::new_spinner() };
-    let template =
-        format!("{{spinner}} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} {unit} | {{msg}} | ETA {{eta}}");
-    bar.set_style(ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()));
-    bar.enable_steady_tick(std::time::Duration::from_millis(250));
-    bar
-}
 
-fn progress_position(opts: &PrepOptions, docs: u64, tokens: u64, shards_before: usize) -> u64 {
-    match opts.max_shards {
-        Some(_) => shards_before as u64 * opts.shard_size + tokens,
-        None => docs,
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
     }
 }
 

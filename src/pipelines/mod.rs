@@ -3,5 +3,9 @@
 
 pub mod fineweb;
 pub mod hellaswag;
+pub mod merge;
+pub mod ordered;
+pub mod segments;
 pub mod sources;
 pub mod spec;
+pub mod workers;

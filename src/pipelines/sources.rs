@@ -1,18 +1,12 @@
-//! Where documents come from: parquet (streamed record batch by record batch, only the text column decoded), JSON
-//! lines (`{"text": ...}` per line) and plain text (one document per file). Every error names the file, and the row or
-//! line where it can.
+//! Where documents come from: the input files (parquet, JSON lines `{"text": ...}`, plain text with one document per
+//! file), their order, their identity for resume, and the errors reading them gives, each naming the file and the
+//! row or line where it can. How a file is cut into units of parallel work and decoded: `segments`.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ProjectionMask;
-
-/// Rows decoded per parquet record batch: large enough to amortise decoding, small enough to bound memory.
-const PARQUET_BATCH_ROWS: usize = 512;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SourceKind {
@@ -83,7 +77,7 @@ pub enum SourceError {
     Empty(String),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
     move |e| SourceError::Io { path: path.display().to_string(), source: e }
 }
 
@@ -177,163 +171,6 @@ pub fn count_documents(file: &SourceFile) -> Result<u64, SourceError> {
             Ok(u64::from(!blank))
         }
     }
-}
-
-/// Whether the consumer wants more documents.
-pub enum Flow {
-    Continue,
-    Stop,
-}
-
-/// Stream the documents of `file` in order, in chunks, skipping the first `skip` documents without handing them out
-/// (used on resume). `on_chunk` gets the documents' texts and returns whether to go on. Returns the documents seen
-/// (skipped included) when the file ends or the consumer stops.
-pub fn read_documents(
-    file: &SourceFile,
-    text_column: &str,
-    skip: u64,
-    mut on_chunk: impl FnMut(Vec<String>) -> Flow,
-) -> Result<u64, SourceError> {
-    match file.kind {
-        SourceKind::Parquet => read_parquet(&file.path, text_column, skip, &mut on_chunk),
-        SourceKind::Jsonl => read_jsonl(&file.path, text_column, skip, &mut on_chunk),
-        SourceKind::Text => {
-            let mut bytes = Vec::new();
-            File::open(&file.path).map_err(io_err(&file.path))?.read_to_end(&mut bytes).map_err(io_err(&file.path))?;
-            let text = String::from_utf8(bytes).map_err(|e| SourceError::Utf8 {
-                path: file.path.display().to_string(),
-                offset: e.utf8_error().valid_up_to(),
-            })?;
-            // An empty (or blank) text file is no document: not a shard holding a lone <|endoftext|>.
-            if text.trim().is_empty() {
-                tracing::warn!("{}: empty, skipped", file.path.display());
-                return Ok(0);
-            }
-            if skip == 0 {
-                on_chunk(vec![text]);
-            }
-            Ok(1)
-        }
-    }
-}
-
-fn read_parquet(
-    path: &Path,
-    column: &str,
-    skip: u64,
-    on_chunk: &mut dyn FnMut(Vec<String>) -> Flow,
-) -> Result<u64, SourceError> {
-    let p = || path.display().to_string();
-    let f = File::open(path).map_err(io_err(path))?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| SourceError::Parquet { path: p(), source: e })?;
-    let schema = builder.schema().clone();
-    let Some((col_idx, field)) = schema.column_with_name(column) else {
-        let available = schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ");
-        return Err(SourceError::MissingColumn { path: p(), column: column.to_string(), available });
-    };
-    if !matches!(field.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
-        return Err(SourceError::NotText {
-            path: p(),
-            column: column.into(),
-            data_type: field.data_type().to_string(),
-        });
-    }
-    let mask = ProjectionMask::roots(builder.parquet_schema(), [col_idx]);
-    let total = builder.metadata().file_metadata().num_rows() as u64;
-    let skip = skip.min(total);
-    // Rows before `skip` are skipped by the reader (decoded pages are dropped, nothing is copied out).
-    let reader = builder
-        .with_projection(mask)
-        .with_batch_size(PARQUET_BATCH_ROWS)
-        .with_offset(skip as usize)
-        .build()
-        .map_err(|e| SourceError::Parquet { path: p(), source: e })?;
-    let mut row = skip;
-    for batch in reader {
-        let batch = batch.map_err(|e| SourceError::Arrow { path: p(), row, source: e })?;
-        let col = batch.column(0);
-        let n = col.len();
-        let mut docs = Vec::with_capacity(n);
-        // Null texts are empty documents: they still get their <|endoftext|>, as fineweb.py would tokenize "".
-        macro_rules! collect {
-            ($arr:expr) => {
-                for i in 0..n {
-                    docs.push(if $arr.is_null(i) { String::new() } else { $arr.value(i).to_owned() });
-                }
-            };
-        }
-        match col.data_type() {
-            DataType::Utf8 => collect!(col.as_string::<i32>()),
-            DataType::LargeUtf8 => collect!(col.as_string::<i64>()),
-            DataType::Utf8View => collect!(col.as_string_view()),
-            other => {
-                return Err(SourceError::NotText { path: p(), column: column.into(), data_type: other.to_string() })
-            }
-        }
-        row += n as u64;
-        if let Flow::Stop = on_chunk(docs) {
-            return Ok(row);
-        }
-    }
-    if row != total {
-        return Err(SourceError::Io {
-            path: p(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("footer says {total} rows, read {row}"),
-            ),
-        });
-    }
-    Ok(row)
-}
-
-/// Documents handed to the consumer per jsonl chunk.
-const JSONL_CHUNK_DOCS: usize = 256;
-
-fn read_jsonl(
-    path: &Path,
-    column: &str,
-    skip: u64,
-    on_chunk: &mut dyn FnMut(Vec<String>) -> Flow,
-) -> Result<u64, SourceError> {
-    let f = File::open(path).map_err(io_err(path))?;
-    let mut docs = Vec::with_capacity(JSONL_CHUNK_DOCS);
-    let mut seen = 0u64;
-    for (i, line) in BufReader::new(f).lines().enumerate() {
-        let line_no = i as u64 + 1;
-        let line = line.map_err(|e| SourceError::Json {
-            path: path.display().to_string(),
-            line: line_no,
-            message: e.to_string(),
-        })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        seen += 1;
-        if seen <= skip {
-            continue;
-        }
-        let json_err = |message: String| SourceError::Json { path: path.display().to_string(), line: line_no, message };
-        let value: serde_json::Value =
-            serde_json::from_str(&line).map_err(|e| json_err(format!("invalid JSON: {e}")))?;
-        let text = match value.get(column) {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(serde_json::Value::Null) => String::new(),
-            Some(other) => return Err(json_err(format!("field `{column}` is not a string: {other}"))),
-            None => return Err(json_err(format!("no field `{column}` (pick one with --text-column)"))),
-        };
-        docs.push(text);
-        if docs.len() == JSONL_CHUNK_DOCS {
-            if let Flow::Stop = on_chunk(std::mem::replace(&mut docs, Vec::with_capacity(JSONL_CHUNK_DOCS))) {
-                return Ok(seen);
-            }
-        }
-    }
-    if !docs.is_empty() {
-        on_chunk(docs);
-    }
-    Ok(seen)
 }
 
 #[cfg(test)]

@@ -191,6 +191,17 @@ pub struct Manifest {
     pub resume: ResumeCursor,
     pub complete: bool,
     pub tool_version: String,
+    /// Written by `prep merge`: the workers whose streams make the dataset. Absent from a one-box run's manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_from: Option<MergedFrom>,
+}
+
+/// Provenance of a merged dataset: worker `i`'s stream is `worker_tokens[i]` tokens of the dataset's, in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MergedFrom {
+    pub workers: usize,
+    /// Tokens each worker used contributed, in worker order (workers past the dataset's `--shards` are not listed).
+    pub worker_tokens: Vec<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -225,6 +236,7 @@ impl Manifest {
             resume: ResumeCursor::default(),
             complete: false,
             tool_version: crate::TOOL_VERSION.to_string(),
+            merged_from: None,
         }
     }
 

@@ -74,10 +74,10 @@ struct FinishedShard {
 
 /// A source file as the writer knows it: where its documents start in the global document order.
 #[derive(Clone, Debug)]
-struct SourceSpan {
-    name: String,
-    bytes: u64,
-    first_doc: u64,
+pub struct SourceSpan {
+    pub name: String,
+    pub bytes: u64,
+    pub first_doc: u64,
 }
 
 pub struct ShardWriter {
@@ -280,18 +280,23 @@ impl ShardWriter {
         Ok(())
     }
 
-    /// Rows consumed per source file when the first `docs_done` documents have been read.
     fn source_entries(&self, docs_done: u64) -> Vec<SourceEntry> {
-        let mut out = Vec::with_capacity(self.sources.len());
-        for (i, s) in self.sources.iter().enumerate() {
-            if s.first_doc >= docs_done && i > 0 {
-                break;
-            }
-            let end = self.sources.get(i + 1).map(|n| n.first_doc).unwrap_or(u64::MAX).min(docs_done);
-            out.push(SourceEntry { file: s.name.clone(), bytes: s.bytes, rows: end.saturating_sub(s.first_doc) });
-        }
-        out
+        source_entries(&self.sources, docs_done)
     }
+}
+
+/// The manifest's `sources` when the first `docs_done` documents have been read: the files begun by then (the first
+/// always), with the rows consumed from each. Shared with `prep merge`, whose manifest must read as a one-box run's.
+pub fn source_entries(sources: &[SourceSpan], docs_done: u64) -> Vec<SourceEntry> {
+    let mut out = Vec::with_capacity(sources.len());
+    for (i, s) in sources.iter().enumerate() {
+        if s.first_doc >= docs_done && i > 0 {
+            break;
+        }
+        let end = sources.get(i + 1).map(|n| n.first_doc).unwrap_or(u64::MAX).min(docs_done);
+        out.push(SourceEntry { file: s.name.clone(), bytes: s.bytes, rows: end.saturating_sub(s.first_doc) });
+    }
+    out
 }
 
 impl Drop for ShardWriter {

@@ -26,6 +26,7 @@ pub fn prep_tiny_shakespeare(dir: &Path) {
         threads: 1,
         progress: false,
         overwrite: false,
+        worker: None,
     })
     .unwrap();
 }
