@@ -222,6 +222,7 @@ fn run_segments(
     let tokenizer = Tokenizer::new(opts.tokenizer);
     let _ = opts.tokenizer.bpe(); // build the encoder before the first segment's clock starts
     let mut jobs = OrderedJobs::new(&pool, SEGMENTS_PER_THREAD * pool.current_num_threads());
+    let width = opts.tokenizer.token_bytes();
     let (mut documents, mut tokens) = (0u64, 0u64);
     // A planning error (a file that cannot be opened) surfaces after every document before it is written.
     let mut plan_error = None;
@@ -237,7 +238,7 @@ fn run_segments(
         let Some(encoded) = jobs.next() else { break };
         for doc in encoded?.documents() {
             let skip = std::mem::take(&mut skip_tokens) as usize;
-            tokens += doc.len().saturating_sub(skip) as u64;
+            tokens += (doc.len() / width).saturating_sub(skip) as u64;
             documents += 1;
             if writer.push_document(doc, skip)? == PushOutcome::Full {
                 return Ok((documents, tokens, true));

@@ -14,6 +14,7 @@ use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, Parq
 use parquet::arrow::ProjectionMask;
 
 use crate::pipelines::sources::{io_err, SourceError, SourceFile, SourceKind};
+use crate::shards::format::{encode_tokens, TokenWidth};
 use crate::tokenizer::Tokenizer;
 
 /// Text bytes a segment aims at: large enough that scheduling costs nothing (a few ms of work per segment), small
@@ -48,20 +49,21 @@ enum Work {
     },
 }
 
-/// A segment decoded and tokenized: every document's tokens (`<|endoftext|>` first), back to back.
+/// A segment decoded and tokenized: every document's tokens (`<|endoftext|>` first), back to back, already encoded in
+/// the shard token width.
 #[derive(Debug, Default)]
 pub struct Encoded {
-    pub tokens: Vec<u32>,
-    /// Token count of each document, in order.
-    pub doc_lens: Vec<u32>,
+    pub bytes: Vec<u8>,
+    /// Size in bytes of each document, in order.
+    pub doc_bytes: Vec<u32>,
 }
 
 impl Encoded {
-    /// The documents' token slices, in order.
-    pub fn documents(&self) -> impl Iterator<Item = &[u32]> {
+    /// The documents' encoded tokens, in order.
+    pub fn documents(&self) -> impl Iterator<Item = &[u8]> {
         let mut at = 0usize;
-        self.doc_lens.iter().map(move |&n| {
-            let doc = &self.tokens[at..at + n as usize];
+        self.doc_bytes.iter().map(move |&n| {
+            let doc = &self.bytes[at..at + n as usize];
             at += n as usize;
             doc
         })
@@ -69,13 +71,18 @@ impl Encoded {
 }
 
 impl Segment {
-    /// Decode the segment's documents and tokenize them as fineweb.py does (EOT, then the text).
+    /// Decode the segment's documents, tokenize them as fineweb.py does (EOT, then the text) and encode the tokens as
+    /// the shards store them, all on the calling (pool) thread.
     pub fn encode(self, tokenizer: Tokenizer) -> Result<Encoded, SourceError> {
-        let mut out = Encoded { tokens: Vec::new(), doc_lens: Vec::with_capacity(self.docs as usize) };
+        let width = TokenWidth::for_token_bytes(tokenizer.kind().token_bytes());
+        let mut out = Encoded { bytes: Vec::new(), doc_bytes: Vec::with_capacity(self.docs as usize) };
+        let mut ids = Vec::new();
         let mut push = |text: &str| {
-            let before = out.tokens.len();
-            tokenizer.encode_document_into(text, &mut out.tokens);
-            out.doc_lens.push((out.tokens.len() - before) as u32);
+            ids.clear();
+            tokenizer.encode_document_into(text, &mut ids);
+            let before = out.bytes.len();
+            encode_tokens(&ids, width, &mut out.bytes);
+            out.doc_bytes.push((out.bytes.len() - before) as u32);
         };
         match self.work {
             Work::Parquet { path, meta, column, row_group, offset } => {

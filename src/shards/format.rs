@@ -150,17 +150,20 @@ impl ShardHeader {
 
 /// Serialise tokens as the little-endian body of a shard of `width`.
 pub fn encode_tokens(tokens: &[u32], width: TokenWidth, out: &mut Vec<u8>) {
-    out.reserve(tokens.len() * width.bytes());
+    // Sized once, then filled in place: a loop the compiler vectorizes (prep encodes every token here).
+    let start = out.len();
+    out.resize(start + tokens.len() * width.bytes(), 0);
+    let dst = &mut out[start..];
     match width {
         TokenWidth::U16 => {
-            for &t in tokens {
+            for (d, &t) in dst.chunks_exact_mut(2).zip(tokens) {
                 debug_assert!(t <= u16::MAX as u32);
-                out.extend_from_slice(&(t as u16).to_le_bytes());
+                d.copy_from_slice(&(t as u16).to_le_bytes());
             }
         }
         TokenWidth::U32 => {
-            for &t in tokens {
-                out.extend_from_slice(&t.to_le_bytes());
+            for (d, &t) in dst.chunks_exact_mut(4).zip(tokens) {
+                d.copy_from_slice(&t.to_le_bytes());
             }
         }
     }

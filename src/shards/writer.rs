@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Sender};
 
-use crate::shards::format::{encode_tokens, ShardError, ShardHeader, TokenWidth, HEADER_BYTES};
+use crate::shards::format::{ShardError, ShardHeader, TokenWidth, HEADER_BYTES};
 use crate::shards::manifest::{
     DatasetDefinition, Manifest, ManifestError, ResumeCursor, ShardEntry, SourceEntry, Split,
 };
@@ -161,11 +161,10 @@ impl ShardWriter {
                 Ok(thread_manifest)
             })
             .map_err(|e| WriterError::Io { path: dir.display().to_string(), source: e })?;
-        let shard_bytes = HEADER_BYTES + cfg.shard_size as usize * width.bytes();
         let mut writer = ShardWriter {
             next_index: manifest.shards.len(),
             width,
-            buf: Vec::with_capacity(shard_bytes),
+            buf: new_shard_buffer(cfg.shard_size, width),
             buf_tokens: 0,
             next_doc: cursor.first_unfinished_document,
             sources: Vec::new(),
@@ -189,28 +188,30 @@ impl ShardWriter {
         self.sources.push(SourceSpan { name: name.to_string(), bytes, first_doc });
     }
 
-    /// Append one document's tokens (`<|endoftext|>` included). `skip` tokens at its start are already in finished
-    /// shards (resume), and are dropped.
-    pub fn push_document(&mut self, tokens: &[u32], skip: usize) -> Result<PushOutcome, WriterError> {
+    /// Append one document's tokens (`<|endoftext|>` included), already encoded in the shard's token width
+    /// ([`encode_tokens`](crate::shards::format::encode_tokens), done where the document was tokenized, so this thread only copies bytes). `skip` tokens at
+    /// its start are already in finished shards (resume), and are dropped.
+    pub fn push_document(&mut self, encoded: &[u8], skip: usize) -> Result<PushOutcome, WriterError> {
         if self.stopped {
             return Ok(PushOutcome::Full);
         }
+        let w = self.width.bytes();
+        debug_assert_eq!(encoded.len() % w, 0);
         let doc = self.next_doc;
-        let mut rest = &tokens[skip.min(tokens.len())..];
-        let mut consumed = skip.min(tokens.len()) as u64;
-        while !rest.is_empty() {
+        let tokens = encoded.len() / w;
+        let mut consumed = skip.min(tokens);
+        while consumed < tokens {
             let room = (self.cfg.shard_size - self.buf_tokens) as usize;
-            let take = room.min(rest.len());
-            encode_tokens(&rest[..take], self.width, &mut self.buf);
+            let take = room.min(tokens - consumed);
+            self.buf.extend_from_slice(&encoded[consumed * w..(consumed + take) * w]);
             self.buf_tokens += take as u64;
-            consumed += take as u64;
-            rest = &rest[take..];
+            consumed += take;
             if self.buf_tokens == self.cfg.shard_size {
                 // The next shard starts inside this document (or at the next one if it ended exactly here).
-                let cursor = if rest.is_empty() {
+                let cursor = if consumed == tokens {
                     ResumeCursor { first_unfinished_document: doc + 1, tokens_into_document: 0 }
                 } else {
-                    ResumeCursor { first_unfinished_document: doc, tokens_into_document: consumed }
+                    ResumeCursor { first_unfinished_document: doc, tokens_into_document: consumed as u64 }
                 };
                 self.cut_shard(cursor, false)?;
                 if self.limit_reached() {
@@ -254,10 +255,9 @@ impl ShardWriter {
         let index = self.next_index;
         let split = if index < self.cfg.val_shards { Split::Val } else { Split::Train };
         let file = shard_file_name(&self.cfg.dataset, split, index);
-        let cap = HEADER_BYTES + self.cfg.shard_size as usize * self.width.bytes();
-        let mut bytes = std::mem::replace(&mut self.buf, Vec::with_capacity(cap));
-        let header = ShardHeader::new(self.width, self.buf_tokens).encode();
-        bytes.splice(0..0, header);
+        let mut bytes = std::mem::replace(&mut self.buf, new_shard_buffer(self.cfg.shard_size, self.width));
+        // The buffer starts with room for the header: filled now that the count is known (no shift of the body).
+        bytes[..HEADER_BYTES].copy_from_slice(&ShardHeader::new(self.width, self.buf_tokens).encode());
         let sources =
             self.source_entries(cursor.first_unfinished_document + u64::from(cursor.tokens_into_document > 0));
         let shard = FinishedShard { file, split, tokens: self.buf_tokens, bytes, cursor, sources, complete };
@@ -307,6 +307,13 @@ impl Drop for ShardWriter {
             let _ = t.join();
         }
     }
+}
+
+/// An empty shard: zeroed room for the header, capacity for `shard_size` tokens.
+fn new_shard_buffer(shard_size: u64, width: TokenWidth) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(HEADER_BYTES + shard_size as usize * width.bytes());
+    buf.resize(HEADER_BYTES, 0);
+    buf
 }
 
 pub fn shard_file_name(dataset: &str, split: Split, index: usize) -> String {
