@@ -14,7 +14,7 @@
 # (default 4; 0 skips) run as `--worker I/WORKERS` at once with cores/WORKERS threads each, and `prep merge` joins
 # them. Every output's shards must be byte-identical to the 1-thread run's (exit 1 otherwise).
 #
-# Env: SHARD_SIZE (default 10000000 tokens), WORK (scratch directory, default a new one under ${TMPDIR:-/tmp},
+# Env: SHARD_SIZE (default 10000000 tokens), NVIDIA_LIBS (see below), WORK (scratch directory, default a new one under ${TMPDIR:-/tmp},
 # removed at the end unless KEEP=1). About 1 minute on 16 cores, 2-3 minutes on 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +40,14 @@ if [ -z "$BIN" ] && [ -f .dist/tokenmill.gz ]; then
   chmod +x "$BIN"
 fi
 [ -n "$BIN" ] && [ -x "$BIN" ] || { echo "no tokenmill binary (pass one, or set TOKENMILL_BIN)" >&2; exit 2; }
+# A CUDA build loads the CUDA/cuDNN libraries at start-up; on the GPU machine they come from PyTorch's wheels, as in
+# scripts/device-run.sh (NVIDIA_LIBS: the wheels' nvidia/ folder).
+NVIDIA_LIBS=${NVIDIA_LIBS:-/opt/torch/.venv/lib/python3.12/site-packages/nvidia}
+if [ -d "$NVIDIA_LIBS" ]; then
+  LD_LIBRARY_PATH="$(ls -d "$NVIDIA_LIBS"/*/lib 2> /dev/null | tr '\n' ':')${LD_LIBRARY_PATH:-}"
+  export LD_LIBRARY_PATH
+fi
+"$BIN" --version > /dev/null || { echo "$BIN does not start (see above)" >&2; exit 2; }
 
 PARQUET_DIR=${PARQUET_DIR:-}
 if [ -z "$PARQUET_DIR" ]; then
@@ -58,7 +66,11 @@ for r in $(seq 1 "$REPLICATE"); do
   done
 done
 
-echo "prep scaling: $("$BIN" --version), $CORES cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'))"
+if [ "$WORKERS" -gt 0 ] && ! "$BIN" prep merge --help > /dev/null 2>&1; then
+  echo "note: $BIN has no \`prep merge\` (built before issue 13): the workers + merge check is skipped"
+  WORKERS=0
+fi
+echo "prep scaling: $BIN ($("$BIN" --version)), $CORES cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'))"
 echo "input: $n_files parquet files ($REPLICATE x $PARQUET_DIR), shard size $SHARD_SIZE, $REPEATS run(s) per thread count"
 
 # One prep run into $1 with the remaining arguments; prints "TOKENS SECONDS" from prep's own report (the whole
@@ -94,6 +106,7 @@ for n in $THREADS; do
     rates+=("$(awk -v t="$tokens" -v s="$secs" 'BEGIN { printf "%.0f", t / s }')")
     if [ ! -d "$REF" ]; then
       mv "$WORK/out" "$REF"
+      echo "(each run: $tokens tokens)"
       verdict=reference
     elif same_shards "$REF" "$WORK/out"; then
       verdict=identical
