@@ -235,7 +235,7 @@ fn run_segments(
                 Some(Ok(Planned::Segment(seg))) => jobs.submit(move || seg.encode(tokenizer)),
             }
         }
-        let Some(encoded) = jobs.next() else { break };
+        let Some(encoded) = jobs.wait_next() else { break };
         for doc in encoded?.documents() {
             let skip = std::mem::take(&mut skip_tokens) as usize;
             tokens += (doc.len() / width).saturating_sub(skip) as u64;

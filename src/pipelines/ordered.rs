@@ -42,7 +42,7 @@ impl<'p, T: Send + 'static> OrderedJobs<'p, T> {
     }
 
     /// The result of the oldest job not yet taken, waiting for it; `None` when nothing is outstanding.
-    pub fn next(&mut self) -> Option<T> {
+    pub fn wait_next(&mut self) -> Option<T> {
         if self.is_empty() {
             return None;
         }
@@ -83,7 +83,7 @@ mod tests {
                 submitted += 1;
             }
             assert!((jobs.next_submit - jobs.next_take) <= 3);
-            match jobs.next() {
+            match jobs.wait_next() {
                 Some(i) => got.push(i),
                 None => break,
             }
