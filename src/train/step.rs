@@ -92,11 +92,11 @@ pub trait Reducer {
     /// Replace each value by its mean over all processes.
     fn mean_f64(&self, values: &mut [f64]) -> Result<()> {
         self.sum_f64(values)?;
-        let world = self.world_size() as f64;
+        let world = self.world() as f64;
         values.iter_mut().for_each(|v| *v /= world);
         Ok(())
     }
-    fn world_size(&self) -> usize;
+    fn world(&self) -> usize;
     fn rank(&self) -> usize;
     /// Give every process rank 0's parameters (once, before training), as DDP does at construction.
     fn sync_params(&self, _params: &[Var]) -> Result<()> {
@@ -114,7 +114,7 @@ impl Reducer for SingleProcess {
     fn sum_f64(&self, _values: &mut [f64]) -> Result<()> {
         Ok(())
     }
-    fn world_size(&self) -> usize {
+    fn world(&self) -> usize {
         1
     }
     fn rank(&self) -> usize {

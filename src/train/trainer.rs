@@ -142,7 +142,7 @@ impl Trainer {
         cfg.validate()?;
         let device = cfg.run.device()?;
         let dtype = cfg.run.compute_dtype(&device)?;
-        let (rank, world) = (opts.reducer.rank(), opts.reducer.world_size());
+        let (rank, world) = (opts.reducer.rank(), opts.reducer.world());
         let grad_accum = cfg.grad_accum_steps(world)?;
         let data_dir = cfg.data.dir.clone().ok_or(TrainError::NoDataDir)?;
 
@@ -420,7 +420,7 @@ impl Trainer {
     /// HellaSwag over the configured examples (split across processes, counts summed).
     pub fn hellaswag(&self) -> Result<Option<HellaswagScore>, TrainError> {
         let Some(examples) = &self.hellaswag else { return Ok(None) };
-        let (rank, world) = (self.reducer.rank(), self.reducer.world_size());
+        let (rank, world) = (self.reducer.rank(), self.reducer.world());
         let local = hellaswag::evaluate(self.engine.model(), examples, rank, world, &self.device)?;
         let mut counts = [local.n as f64, local.correct as f64, local.correct_norm as f64];
         self.reducer.sum_f64(&mut counts)?;

@@ -3,7 +3,7 @@
 //! same bytes. The tag lets the combiner tell ranks that called different collectives apart from ranks that merely
 //! disagree on a length, and name them.
 
-use super::{add_bytes, finish_op, from_bytes, to_bytes, Communicator, DistError, Elem, ReduceOp};
+use super::{add_bytes, finish_op, from_bytes, to_bytes, Communicator, DistError, ReduceOp, WireElem};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Collective {
@@ -77,7 +77,7 @@ impl Collective {
     }
 }
 
-fn reduce<T: Elem>(parts: &[&[u8]], op: ReduceOp, world: usize) -> Result<Vec<u8>, String> {
+fn reduce<T: WireElem>(parts: &[&[u8]], op: ReduceOp, world: usize) -> Result<Vec<u8>, String> {
     let len = parts[0].len();
     if let Some((r, p)) = parts.iter().enumerate().find(|(_, p)| p.len() != len) {
         return Err(format!(
@@ -108,7 +108,7 @@ pub(crate) trait Exchange: Send + Sync {
     fn mark_finished(&self);
 }
 
-fn all_reduce<T: Elem>(ex: &impl Exchange, c: Collective, buf: &mut [T]) -> Result<(), DistError> {
+fn all_reduce<T: WireElem>(ex: &impl Exchange, c: Collective, buf: &mut [T]) -> Result<(), DistError> {
     let out = ex.exchange(c, to_bytes(buf))?;
     from_bytes(&out, buf);
     Ok(())

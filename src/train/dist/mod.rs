@@ -129,7 +129,7 @@ pub trait Communicator: Send + Sync {
 }
 
 /// Sealed numeric types the byte-level collectives (tcp, local) move: little-endian on the wire.
-pub(crate) trait Elem: Copy + Send + Sync + 'static {
+pub(crate) trait WireElem: Copy + Send + Sync + 'static {
     const SIZE: usize;
     const ZERO: Self;
     fn write_le(self, out: &mut Vec<u8>);
@@ -140,7 +140,7 @@ pub(crate) trait Elem: Copy + Send + Sync + 'static {
 
 macro_rules! elem {
     ($t:ty) => {
-        impl Elem for $t {
+        impl WireElem for $t {
             const SIZE: usize = std::mem::size_of::<$t>();
             const ZERO: Self = 0.0;
             fn write_le(self, out: &mut Vec<u8>) {
@@ -161,14 +161,14 @@ macro_rules! elem {
 elem!(f32);
 elem!(f64);
 
-pub(crate) fn to_bytes<T: Elem>(v: &[T]) -> Vec<u8> {
+pub(crate) fn to_bytes<T: WireElem>(v: &[T]) -> Vec<u8> {
     let mut out = Vec::with_capacity(v.len() * T::SIZE);
     v.iter().for_each(|x| x.write_le(&mut out));
     out
 }
 
 /// Copy little-endian `bytes` into `dst`; the caller has checked the length.
-pub(crate) fn from_bytes<T: Elem>(bytes: &[u8], dst: &mut [T]) {
+pub(crate) fn from_bytes<T: WireElem>(bytes: &[u8], dst: &mut [T]) {
     debug_assert_eq!(bytes.len(), dst.len() * T::SIZE);
     for (d, c) in dst.iter_mut().zip(bytes.chunks_exact(T::SIZE)) {
         *d = T::read_le(c);
@@ -176,13 +176,13 @@ pub(crate) fn from_bytes<T: Elem>(bytes: &[u8], dst: &mut [T]) {
 }
 
 /// `acc += bytes`, elementwise (the same order on every backend: the caller adds rank 1, then 2, ...).
-pub(crate) fn add_bytes<T: Elem>(acc: &mut [T], bytes: &[u8]) {
+pub(crate) fn add_bytes<T: WireElem>(acc: &mut [T], bytes: &[u8]) {
     for (a, c) in acc.iter_mut().zip(bytes.chunks_exact(T::SIZE)) {
         *a = a.add(T::read_le(c));
     }
 }
 
-pub(crate) fn finish_op<T: Elem>(acc: &mut [T], op: ReduceOp, world: usize) {
+pub(crate) fn finish_op<T: WireElem>(acc: &mut [T], op: ReduceOp, world: usize) {
     if op == ReduceOp::Avg && world > 1 {
         acc.iter_mut().for_each(|a| *a = a.div_usize(world));
     }

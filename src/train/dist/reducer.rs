@@ -113,7 +113,7 @@ impl Reducer for DataParallel {
         self.comm.all_reduce_f64(values, ReduceOp::Sum).map_err(candle_core::Error::wrap)
     }
 
-    fn world_size(&self) -> usize {
+    fn world(&self) -> usize {
         self.comm.world()
     }
 

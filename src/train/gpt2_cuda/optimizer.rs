@@ -47,7 +47,7 @@ impl Gpt2Cuda {
     /// Reduce, clip, and (for a finite loss) update at `lr`. Returns the step's mean loss and the gradient norm
     /// before clipping; a non-finite loss leaves the weights and moments untouched (the caller reports it).
     pub fn finish_step(&mut self, lr: f64, grad_clip: f64, reducer: &dyn Reducer) -> Result<StepOutcome> {
-        if reducer.world_size() > 1 {
+        if reducer.world() > 1 {
             self.all_reduce(reducer)?;
         }
         let b = &self.bufs;
