@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokenmill::bench::compare::reference_args;
 use tokenmill::bench::flops::{flops_per_iteration, matmul_params, total_params, train_flops_per_token};
 use tokenmill::bench::report::CSV_COLUMNS;
-use tokenmill::bench::runner::{ModelSource, Plan};
+use tokenmill::bench::runner::{BenchModel, Plan};
 use tokenmill::bench::Computation;
 use tokenmill::model::{build_model, ModelConfig, Precision};
 
@@ -232,7 +232,7 @@ fn sweep_runs_the_grid_and_json_can_go_to_stdout() {
 #[test]
 fn config_files_and_bad_input() {
     // A config file brings its own B, T and total batch (tiny-cpu.toml: 4 x 64, 512 tokens = 2 micro-steps).
-    let src = ModelSource::file(&repo().join("configs/tiny-cpu.toml")).unwrap();
+    let src = BenchModel::file(&repo().join("configs/tiny-cpu.toml")).unwrap();
     let plan = Plan {
         models: vec![src],
         seq_lens: vec![],
@@ -383,7 +383,7 @@ fn reference_script_defines_every_flag_compare_passes() {
     let script_path = repo().join("bench/reference/train_gpt2_ref.py");
     let script = std::fs::read_to_string(&script_path).unwrap();
     let spec = Plan {
-        models: vec![ModelSource::preset("small").unwrap()],
+        models: vec![BenchModel::preset("small").unwrap()],
         seq_lens: vec![],
         batches: vec![],
         total_batch: None,

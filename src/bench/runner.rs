@@ -53,7 +53,7 @@ pub fn canonical_preset(name: &str) -> &str {
 
 /// A model to benchmark, with the batch shape it trains at by default.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ModelSource {
+pub struct BenchModel {
     /// The preset name or the config file's stem.
     pub label: String,
     /// Its training config (a preset's: the built-in defaults with the preset's model).
@@ -64,9 +64,9 @@ pub struct ModelSource {
     pub total_batch: Option<usize>,
 }
 
-impl ModelSource {
+impl BenchModel {
     /// A named preset (`gpt2-124m`, `small`, `350m`, `tiny`, ...): B = `PRESET_MICRO_BATCH`, T = min(1024, block).
-    pub fn preset(name: &str) -> Result<ModelSource, BenchError> {
+    pub fn preset(name: &str) -> Result<BenchModel, BenchError> {
         let name = canonical_preset(name);
         let model = ModelConfig::preset(name)?;
         let t = model.block_size.min(1024);
@@ -77,15 +77,15 @@ impl ModelSource {
             format!("data.total_batch_tokens={}", PRESET_MICRO_BATCH * t * PRESET_ACCUM_STEPS),
         ];
         let base = TrainConfig::resolve(None, &overrides)?;
-        Ok(ModelSource { label: name.to_string(), base, origin: format!("preset {name}"), total_batch: None })
+        Ok(BenchModel { label: name.to_string(), base, origin: format!("preset {name}"), total_batch: None })
     }
 
     /// A training config file (configs/*.toml): its model, micro-batch, sequence length and total batch.
-    pub fn file(path: &Path) -> Result<ModelSource, BenchError> {
+    pub fn file(path: &Path) -> Result<BenchModel, BenchError> {
         let base = TrainConfig::resolve(Some(path), &[])?;
         let label =
             path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
-        Ok(ModelSource {
+        Ok(BenchModel {
             label,
             total_batch: Some(base.data.total_batch_tokens),
             origin: path.display().to_string(),
@@ -97,7 +97,7 @@ impl ModelSource {
 /// The grid. Empty `batches` / `seq_lens` / `dtypes` mean "each model's own" (its config's, or the preset defaults).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
-    pub models: Vec<ModelSource>,
+    pub models: Vec<BenchModel>,
     pub seq_lens: Vec<usize>,
     pub batches: Vec<usize>,
     /// Tokens per optimizer step (train_step); None = the model's default.
@@ -145,7 +145,7 @@ impl Plan {
                 (true, false) => &["gpt2-124m"],
                 (false, _) => &["tiny"],
             };
-            self.models = presets.iter().map(|p| ModelSource::preset(p)).collect::<Result<_, _>>()?;
+            self.models = presets.iter().map(|p| BenchModel::preset(p)).collect::<Result<_, _>>()?;
         }
         if self.warmups.is_empty() {
             self.warmups = if sweep { vec![0, DEFAULT_WARMUP] } else { vec![DEFAULT_WARMUP] };
@@ -659,7 +659,7 @@ mod tests {
 
     fn tiny_plan() -> Plan {
         Plan {
-            models: vec![ModelSource::preset("tiny").unwrap()],
+            models: vec![BenchModel::preset("tiny").unwrap()],
             seq_lens: vec![16],
             batches: vec![2],
             total_batch: None,
@@ -674,10 +674,10 @@ mod tests {
 
     #[test]
     fn presets_and_grid_order() {
-        let src = ModelSource::preset("small").unwrap();
+        let src = BenchModel::preset("small").unwrap();
         assert_eq!(src.label, "gpt2-124m");
         assert_eq!((src.base.data.micro_batch, src.base.data.seq_len), (PRESET_MICRO_BATCH, 1024));
-        let tiny = ModelSource::preset("tiny").unwrap();
+        let tiny = BenchModel::preset("tiny").unwrap();
         assert_eq!(tiny.base.data.seq_len, 64);
         let mut plan = tiny_plan();
         plan.batches = vec![1, 2];
@@ -734,7 +734,7 @@ mod tests {
         plan.total_batch = Some(100);
         let err = plan.cases(&Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("total_batch_tokens 100"), "{err}");
-        assert!(ModelSource::preset("gpt5").unwrap_err().to_string().contains("gpt5"));
+        assert!(BenchModel::preset("gpt5").unwrap_err().to_string().contains("gpt5"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use anyhow::Context;
 use crate::bench::compare::{compare, comparison_table, ReferenceOptions};
 use crate::bench::peak::PeakOptions;
 use crate::bench::report::{csv, json, table, write_to};
-use crate::bench::runner::{ModelSource, Plan, DEFAULT_WARMUP};
+use crate::bench::runner::{BenchModel, Plan, DEFAULT_WARMUP};
 use crate::bench::{run_plan, Computation};
 
 #[derive(clap::Args, Debug)]
@@ -193,10 +193,10 @@ fn run_grid(a: GridArgs) -> anyhow::Result<()> {
     let device = crate::device::open(&a.device)?;
     let mut models = Vec::new();
     for p in &a.models {
-        models.push(ModelSource::preset(p).with_context(|| format!("--model {p}"))?);
+        models.push(BenchModel::preset(p).with_context(|| format!("--model {p}"))?);
     }
     for c in &a.configs {
-        models.push(ModelSource::file(c).with_context(|| format!("--config {}", c.display()))?);
+        models.push(BenchModel::file(c).with_context(|| format!("--config {}", c.display()))?);
     }
     let mut plan = Plan {
         models,
@@ -240,9 +240,9 @@ fn run_grid(a: GridArgs) -> anyhow::Result<()> {
 fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
     let device = crate::device::open(&a.device)?;
     let source = match (&a.model, &a.config) {
-        (_, Some(c)) => ModelSource::file(c).with_context(|| format!("--config {}", c.display()))?,
-        (Some(m), None) => ModelSource::preset(m).with_context(|| format!("--model {m}"))?,
-        (None, None) => ModelSource::preset(if device.is_cuda() { "gpt2-124m" } else { "tiny" })?,
+        (_, Some(c)) => BenchModel::file(c).with_context(|| format!("--config {}", c.display()))?,
+        (Some(m), None) => BenchModel::preset(m).with_context(|| format!("--model {m}"))?,
+        (None, None) => BenchModel::preset(if device.is_cuda() { "gpt2-124m" } else { "tiny" })?,
     };
     let plan = Plan {
         models: vec![source],
