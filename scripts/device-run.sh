@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The lead's GPU-machine script: everything tokenmill measures on the device, in one call.
+# GPU-machine script: everything tokenmill measures on the device, in one call.
 # Run from the repo root on the device with .dist/ carried (see scripts/device-pack.sh):
 #   scripts/device-run.sh STEP...      STEP in: env prep train bench pool compare ddp kernels correct engine
 #                                      engine-train cudnn profile

@@ -1,6 +1,6 @@
 //! Model hyperparameters: the typed `ModelConfig` every architecture is built from, and the named presets
-//! (GPT-2 124M / 350M / 774M / 1558M, a tiny CPU model, Llama-style twins). Training configs (configs/model/*.toml)
-//! name a preset or spell the sizes out; this is the form they resolve to.
+//! (GPT-2 124M / 350M / 774M / 1558M, a tiny CPU model, Llama-style twins). Training configs (the `[model]` section
+//! of configs/*.toml) name a preset or spell the sizes out; this is the form they resolve to.
 
 use super::ModelError;
 

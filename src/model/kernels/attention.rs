@@ -7,12 +7,10 @@
 //! CUDA (`attention.cu`): HS = 64 only (GPT-2), f32/bf16/f16 inputs, f32 accumulation; any (b, h, t) strides
 //! with a dense last dim, so GPT-2's head views of the fused qkv projection go in without copies. Two kernel
 //! sets: plain FMA (version 1, attention.cu; f32, and bf16/f16 on request) and tensor cores (version 2,
-//! attention_tc.cuh: mma.sync m16n8k16, sm_80+; bf16/f16 by default, see [`FlashKernel`]). Version 1 measured on
-//! an H100, bf16, NH = 12, T = 1024: B = 8 forward 1.17 ms vs 12.0 ms composed, forward + backward 6.9 ms vs
-//! 33.9 ms; B = 64 forward 7.6 ms (13.6 TFLOP/s), forward + backward 51 ms (7.1 TFLOP/s). Version 2: see the
-//! TIMING lines of tests/kernels_attention.rs (`cuda_timing_gpt2_shapes`).
+//! attention_tc.cuh: mma.sync m16n8k16, sm_80+; bf16/f16 by default, see [`FlashKernel`]). Their timings against the
+//! composed version are in docs/PERF.md (from the TIMING lines of tests/kernels_attention.rs).
 //! GPT-2's fused-qkv op ([`flash_causal_attention_qkv`]) runs `crate::cuda::flash_attn` instead for bf16/f16 on
-//! CUDA (FlashAttention-2 with cp.async/ldmatrix, no layout copies; H200, B=64, T=1024: fwd 0.45 ms, bwd 1.39 ms,
+//! CUDA (FlashAttention-2 with cp.async/ldmatrix, no layout copies; timed against PyTorch's SDPA in
 //! docs/PERF.md); the kernels above remain for f32, the head-view op and `TOKENMILL_ATTN_FMA=1`.
 //! CPU: the same algorithm row by row (any HS, f32/bf16/f16 accumulating in f32, f64 in f64); it is the twin the
 //! tests hold against the composed reference (`model::attention::causal_attention_slow`) and finite differences.

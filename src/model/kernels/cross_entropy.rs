@@ -7,8 +7,7 @@
 //! page faults in 6 steps) and 124M on GPU (N = 65536) would need several 13 GB f32 tensors. Here forward
 //! allocates only the (N) losses and backward the one (N, V) gradient; with the head fused in
 //! (`linear_cross_entropy`, what the models use) the tiny CPU run takes 0.31M faults and 1.1 s of system time
-//! instead of 2.6M and 5.5 s. On an H100 (bf16, V = 50304, N = 8192): 0.53 ms forward vs 16.5 ms composed,
-//! 4.9 ms forward + backward vs 46 ms (both including candle's autograd around the op).
+//! instead of 2.6M and 5.5 s. GPU timings against the composed version: docs/PERF.md.
 //!
 //! The backward recovers each row's logsumexp as `loss + logits[target]` instead of saving it (exact up to one
 //! rounding in the accumulator dtype; see the tolerance in tests/kernels_cross_entropy.rs).
