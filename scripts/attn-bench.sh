@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Flash attention, tokenmill against PyTorch's SDPA backends, in one call on the GPU machine: runs
 # `tokenmill bench attention` (CUDA events, medians; every launch variant with --variants) and
-# bench/reference/attention_sdpa.py (cuDNN, flash = FlashAttention-2, memory-efficient) on the same shapes, then
+# reference/attention_sdpa.py (cuDNN, flash = FlashAttention-2, memory-efficient) on the same shapes, then
 # prints one table: ms and TFLOP/s per implementation and shape, and tokenmill's time over each backend's.
 #
 #   scripts/attn-bench.sh [--check] [--ncu] [--cudnn] [--variants]     # on the GPU machine, from the repo root
@@ -76,7 +76,7 @@ fi
 PYTHON="${PYTHON:-$( [ -x /opt/torch/.venv/bin/python3 ] && echo /opt/torch/.venv/bin/python3 || echo python3)}"
 
 "$TOKENMILL" bench attention "${BENCH_ARGS[@]}" "$@" 2>&1 | tee "$OUT/attn-tokenmill.log"
-"$PYTHON" bench/reference/attention_sdpa.py 2>&1 | tee "$OUT/attn-torch.log"
+"$PYTHON" reference/attention_sdpa.py 2>&1 | tee "$OUT/attn-torch.log"
 
 python3 - "$OUT/attn-tokenmill.log" "$OUT/attn-torch.log" <<'PY'
 import sys

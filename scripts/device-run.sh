@@ -41,10 +41,10 @@ for step in "$@"; do
       continue
     fi
     CORES=0,1 BIN="$BIN" PYTHON="$PYV/bin/python" REPEATS=3 SHARD_SIZE=10000000 REPLICATE=4 \
-      bench/prep_compare.sh .dist/parquet 1 2 > "$OUT/prep_compare.log" 2>&1
+      scripts/prep-compare.sh .dist/parquet 1 2 > "$OUT/prep_compare.log" 2>&1
     note "prep compare (2 pinned cores):"; tail -n 6 "$OUT/prep_compare.log" | tee -a "$SUMMARY"
     CORES=0-15 BIN="$BIN" PYTHON="$PYV/bin/python" REPEATS=1 SHARD_SIZE=10000000 REPLICATE=4 \
-      bench/prep_compare.sh .dist/parquet 4 8 16 > "$OUT/prep_compare_16.log" 2>&1
+      scripts/prep-compare.sh .dist/parquet 4 8 16 > "$OUT/prep_compare_16.log" 2>&1
     note "prep scaling (16 cores):"; tail -n 6 "$OUT/prep_compare_16.log" | tee -a "$SUMMARY"
     ;;
   train)  # 124M, bf16, total batch 524288, largest micro-batch that fits

@@ -7,7 +7,7 @@
 #   tiny     the tiny config (configs/tiny-cpu.toml) on tiny Shakespeare, 50 steps from the same init (run.seed) on
 #            the same shards: per-step train loss of CUDA fp32 and CUDA bf16 against tokenmill's CPU fp32 run.
 #   124m     GPT-2 124M on the FineWeb sample (.dist/parquet), 50 steps at 8 x 1024 tokens, warmup 10, cosine to
-#            step 50: tokenmill on CUDA against bench/reference/track_ref.py (build-nanogpt's model, AdamW, schedule
+#            step 50: tokenmill on CUDA against reference/track_ref.py (build-nanogpt's model, AdamW, schedule
 #            and clipping in PyTorch) started from tokenmill's step-0 weights (`train --save-init`), reading the same
 #            shards in the same order; in bf16 (autocast) and in fp32 (no TF32).
 #   cpu-ref  the tiny config on the CPU: tokenmill fp32 against track_ref.py fp32 (PyTorch CPU). No GPU needed: run
@@ -39,7 +39,7 @@ NV="${NV:-/opt/torch/.venv/lib/python3.12/site-packages/nvidia}"
 export LD_LIBRARY_PATH="$(ls -d "$NV"/*/lib 2>/dev/null | tr '\n' ':')${LD_LIBRARY_PATH:-}"
 # The device has no network: tiktoken's GPT-2 ranks travel in .dist/ (scripts/device-pack.sh).
 [ -f "$ROOT/.dist/r50k_base.tiktoken" ] && export TOKENMILL_R50K_RANKS="$ROOT/.dist/r50k_base.tiktoken"
-REF="$ROOT/bench/reference/track_ref.py"
+REF="$ROOT/reference/track_ref.py"
 
 # Tolerances on |loss diff| per step, in two windows (track_ref.py compare): the first TIGHT_STEPS steps, where two
 # implementations of the same math must agree to rounding, and all STEPS steps, where training amplifies rounding

@@ -2,7 +2,7 @@
 """Regenerate tests/fixtures/golden/: GPT-2 token ids as Python's tiktoken produces them, for tests/golden_tokens.rs.
 
 The encoding is tiktoken's own r50k_base constructor run on the ranks file tiktoken-rs bundles, with tiktoken's pinned
-sha256 checked (bench/reference/gpt2_encoding.py), and cross-checked against the ranks tiktoken's `gpt2` builds from
+sha256 checked (reference/gpt2_encoding.py), and cross-checked against the ranks tiktoken's `gpt2` builds from
 GPT-2's original vocab.bpe + encoder.json. So the fixture is tiktoken's gpt2, not tiktoken-rs checked against itself.
 
 What it writes (small enough to commit, ~0.2 MB):
@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "bench", "reference"))
+sys.path.insert(0, os.path.join(REPO, "reference"))
 from gpt2_encoding import EOT, check_against_data_gym_gpt2, gpt2_encoding, provenance  # noqa: E402
 
 FINEWEB_DIR = "fineweb_legal_pilot"

@@ -380,7 +380,7 @@ fn compare_runs_the_reference_with_the_same_settings_and_prints_the_ratio() {
 
 #[test]
 fn reference_script_defines_every_flag_compare_passes() {
-    let script_path = repo().join("bench/reference/train_gpt2_ref.py");
+    let script_path = repo().join("reference/train_gpt2_ref.py");
     let script = std::fs::read_to_string(&script_path).unwrap();
     let spec = Plan {
         models: vec![BenchModel::preset("small").unwrap()],

@@ -4,7 +4,7 @@
 //! each backward kernel alone, the median of `reps` timed runs after `warmup` untimed ones, each run bracketed by
 //! its own pair of events; TFLOP/s count the causal half (forward 2*B*NH*T^2*HS, backward 2.5x that), as
 //! FlashAttention's papers and PyTorch's benchmarks do. Inputs are random bf16 (never zeros). Compared with
-//! PyTorch's SDPA by scripts/attn-bench.sh (bench/reference/attention_sdpa.py).
+//! PyTorch's SDPA by scripts/attn-bench.sh (reference/attention_sdpa.py).
 //!
 //! `--backend cudnn|both` (a `--features cudnn` build; `both` is its default) also times cuDNN's SDPA through
 //! `crate::cuda::cudnn_attn` on the same buffers with the same events: with the deterministic backward requested

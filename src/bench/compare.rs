@@ -1,7 +1,7 @@
 //! `tokenmill bench compare`: tokenmill's full training step against the PyTorch reference on the same machine, in
 //! one invocation, at the same B, T, total batch, warm-up and timed steps, and the ratio of their tokens/s.
 //!
-//! The reference is bench/reference/train_gpt2_ref.py (build-nanogpt's recipe: torch.compile, bf16 autocast,
+//! The reference is reference/train_gpt2_ref.py (build-nanogpt's recipe: torch.compile, bf16 autocast,
 //! scaled_dot_product_attention, fused AdamW), run as a subprocess after tokenmill's case has finished and freed its
 //! memory. It prints human-readable progress on stderr (passed through) and one JSON object as the last line of
 //! stdout, of which `tokens_per_s` (total batch / median step time, timed between `torch.cuda.synchronize()` calls)

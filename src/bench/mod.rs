@@ -6,7 +6,7 @@
 //!
 //! Files: `timer` (device-synchronised regions), `stats`, `flops` (FLOPs per token, stated accounting), `peak`
 //! (the measured matmul peak), `memory` (peak device memory / RSS), `runner` (the cases and the grid), `report`
-//! (table, JSON, CSV), `compare` (tokenmill against the PyTorch reference in bench/reference/), `attention` (the
+//! (table, JSON, CSV), `compare` (tokenmill against the PyTorch reference in reference/), `attention` (the
 //! flash-attention kernels alone, `tokenmill bench attention`).
 
 pub mod attention;

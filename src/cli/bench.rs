@@ -149,7 +149,7 @@ pub struct CompareArgs {
     #[arg(long)]
     pub engine: Option<String>,
     /// The reference script.
-    #[arg(long, default_value = "bench/reference/train_gpt2_ref.py")]
+    #[arg(long, default_value = "reference/train_gpt2_ref.py")]
     pub reference: PathBuf,
     /// The Python interpreter that has torch.
     #[arg(long, default_value = "python3")]

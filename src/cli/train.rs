@@ -53,7 +53,7 @@ pub struct Args {
     pub stop_after: Option<usize>,
     /// Before the first step, write the initial weights as checkpoint step_000000 (a fresh run only): the exact
     /// starting point a reference implementation loads to train from the same weights
-    /// (bench/reference/track_ref.py, scripts/gpu-correctness.sh).
+    /// (reference/track_ref.py, scripts/gpu-correctness.sh).
     #[arg(long)]
     pub save_init: bool,
     /// Skip the checksums: of each shard against the manifest when first read, and of a resumed checkpoint's files

@@ -11,7 +11,7 @@ its own pair of CUDA events. Inputs: standard normal (never zeros).
 Prints one line per (backend, shape): `ATTN torch-<backend> B T NH HS fwd_ms bwd_ms` (`nan` where the backend
 refuses the shape), the format `tokenmill bench attention` also prints.
 
-    python3 bench/reference/attention_sdpa.py [--reps 30] [--warmup 5]
+    python3 reference/attention_sdpa.py [--reps 30] [--warmup 5]
 """
 import argparse
 import statistics

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of `tokenmill prep fineweb` and the Python reference (bench/reference/fineweb_ref.py, built
+# Side-by-side benchmark of `tokenmill prep fineweb` and the Python reference (reference/fineweb_ref.py, built
 # the way build-nanogpt's fineweb.py is) on the same parquet files, same machine, one run. For each worker count it
 # runs both tools REPEATS times, checks that their shards are byte-identical, and prints tokens/s (best and median)
 # and peak RSS (tokenmill: the process; Python: main process + largest worker, as fineweb_ref.py reports).
 #
-# usage: bench/prep_compare.sh [INPUT_DIR] [WORKERS...]
+# usage: scripts/prep-compare.sh [INPUT_DIR] [WORKERS...]
 # env:   BIN (tokenmill binary, default target/release/tokenmill), PYTHON (with tiktoken, numpy, pyarrow),
 #        REPEATS (3), SHARD_SIZE (1000000), CORES (e.g. "0,1": pin everything to these CPUs with taskset),
 #        REPLICATE (N: also build a larger input of N copies of every file, as symlinks, for the peak-RSS run)
@@ -39,7 +39,7 @@ for w in "${WORKERS[@]}"; do
     rate=$(grep -oE '[0-9.]+M tokens/s' "$WORK/rs_out" | grep -oE '^[0-9.]+')
     tokens=$(grep -oE '[0-9]+ tokens in' "$WORK/rs_out" | grep -oE '^[0-9]+')
     echo "$rate" >> "$WORK/rust_rates"
-    "${PIN[@]}" "$PYTHON" bench/reference/fineweb_ref.py --input "$INPUT" --out "$WORK/py" \
+    "${PIN[@]}" "$PYTHON" reference/fineweb_ref.py --input "$INPUT" --out "$WORK/py" \
       --shard-size "$SHARD_SIZE" --procs "$w" > "$WORK/py_out"
     tail -n 1 "$WORK/py_out" > "$WORK/py_json"
     "$PYTHON" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["tokens_per_s"]/1e6)' "$WORK/py_json" >> "$WORK/py_rates"

@@ -4,7 +4,7 @@
 # CPU per token than the lone run, the cores slow each other down and no pipeline can scale linearly there.
 # Optionally (PROFILE=1) records a perf profile of the lone run and prints its top symbols.
 #
-# usage: bench/prep_contention.sh [INPUT_DIR]   env: BIN (default target/debug/tokenmill), REPLICATE (4)
+# usage: scripts/prep-contention.sh [INPUT_DIR]   env: BIN (default target/debug/tokenmill), REPLICATE (4)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 INPUT="${1:-../shared/data/fineweb_legal_pilot}"

@@ -14,8 +14,8 @@ Timing: `--warmup` untimed steps (torch.compile compiles during the first), then
 Peak memory: `torch.cuda.max_memory_allocated()` (bytes in tensors, since the process started) on CUDA, peak RSS on
 CPU. Progress goes to stderr; the last stdout line is one JSON object for `tokenmill bench compare`.
 
-    python bench/reference/train_gpt2_ref.py --model 124m --batch 64 --seq-len 1024 --total-batch 524288
-    python bench/reference/train_gpt2_ref.py --model tiny --batch 4 --seq-len 64 --total-batch 512 \\
+    python reference/train_gpt2_ref.py --model 124m --batch 64 --seq-len 1024 --total-batch 524288
+    python reference/train_gpt2_ref.py --model tiny --batch 4 --seq-len 64 --total-batch 512 \\
         --device cpu --dtype fp32 --no-compile --warmup 1 --steps 3          # quick local check, no GPU
 """
 

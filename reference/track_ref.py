@@ -6,9 +6,9 @@ same hyperparameters, and writes its per-step train loss in tokenmill's log.txt 
 so the two loss curves can be compared step by step (`track_ref.py compare`).
 
     tokenmill train --config configs/tiny-cpu.toml --data DIR --max-steps 50 --save-init --log-dir LOG ...
-    python bench/reference/track_ref.py train --init LOG/checkpoints/step_000000 --steps 50 --device cpu \\
+    python reference/track_ref.py train --init LOG/checkpoints/step_000000 --steps 50 --device cpu \\
         --dtype fp32 --out ref.txt
-    python bench/reference/track_ref.py compare LOG/log.txt ref.txt --tol 1e-4
+    python reference/track_ref.py compare LOG/log.txt ref.txt --tol 1e-4
 
 Everything that decides the numbers comes from the checkpoint tokenmill wrote with `--save-init`:
 - state.json: the model sizes (`model`) and the resolved run config (`config`: data dir, B, T, total batch,

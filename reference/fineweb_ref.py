@@ -15,7 +15,7 @@ The encoding is built offline exactly as scripts/make_golden.py builds it (gpt2_
 It prints tokens, seconds, tokens/s and peak RSS (getrusage: this process, and the largest worker via
 RUSAGE_CHILDREN), then the same as one JSON line for scripts.
 
-    python bench/reference/fineweb_ref.py --input ../shared/data/fineweb_legal_pilot --out /tmp/ref \\
+    python reference/fineweb_ref.py --input ../shared/data/fineweb_legal_pilot --out /tmp/ref \\
         --shard-size 1000000 --procs 2
 """
 
