@@ -22,7 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::hub::{HubClient, HubError, RemoteFile};
 use crate::pipelines::ordered::OrderedJobs;
-use crate::pipelines::segments::{FilePlan, Segment};
+use crate::pipelines::segments::{Encoded, FilePlan, Segment};
 use crate::pipelines::sources::{self, SourceError, SourceFile, SourceKind};
 use crate::pipelines::workers::{self, Finished, PartRecord, WorkerId, WorkerRecord};
 use crate::shards::manifest::{DatasetDefinition, InputIdentity, Manifest};
@@ -221,7 +221,10 @@ fn run_segments(
         .map_err(|e| PrepError::Threads { threads, message: e.to_string() })?;
     let tokenizer = Tokenizer::new(opts.tokenizer);
     let _ = opts.tokenizer.bpe(); // build the encoder before the first segment's clock starts
-    let mut jobs = OrderedJobs::new(&pool, SEGMENTS_PER_THREAD * pool.current_num_threads());
+    let window = SEGMENTS_PER_THREAD * pool.current_num_threads();
+    let mut jobs = OrderedJobs::new(&pool, window);
+    // Consumed segment buffers go back to the jobs (see `Segment::encode`).
+    let (recycle, recycled) = crossbeam_channel::bounded::<Encoded>(window);
     let width = opts.tokenizer.token_bytes();
     let (mut documents, mut tokens) = (0u64, 0u64);
     // A planning error (a file that cannot be opened) surfaces after every document before it is written.
@@ -232,11 +235,15 @@ fn run_segments(
                 None => break,
                 Some(Err(e)) => plan_error = Some(e),
                 Some(Ok(Planned::File { name, bytes, first_doc })) => writer.begin_source(&name, bytes, first_doc),
-                Some(Ok(Planned::Segment(seg))) => jobs.submit(move || seg.encode(tokenizer)),
+                Some(Ok(Planned::Segment(seg))) => {
+                    let buffers = recycled.clone();
+                    jobs.submit(move || seg.encode(tokenizer, buffers.try_recv().unwrap_or_default()))
+                }
             }
         }
         let Some(encoded) = jobs.wait_next() else { break };
-        for doc in encoded?.documents() {
+        let encoded = encoded?;
+        for doc in encoded.documents() {
             let skip = std::mem::take(&mut skip_tokens) as usize;
             tokens += (doc.len() / width).saturating_sub(skip) as u64;
             documents += 1;
@@ -244,6 +251,7 @@ fn run_segments(
                 return Ok((documents, tokens, true));
             }
         }
+        let _ = recycle.try_send(encoded);
         progress.update(documents, tokens, start);
     }
     match plan_error {

@@ -3,6 +3,7 @@
 //! ends); decoding and tokenizing it is the expensive part, and runs on the thread pool. Every segment knows the
 //! global index of its first document, so a resume skips exactly the documents already in finished shards.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -72,17 +73,25 @@ impl Encoded {
 
 impl Segment {
     /// Decode the segment's documents, tokenize them as fineweb.py does (EOT, then the text) and encode the tokens as
-    /// the shards store them, all on the calling (pool) thread.
-    pub fn encode(self, tokenizer: Tokenizer) -> Result<Encoded, SourceError> {
+    /// the shards store them, all on the calling (pool) thread. `out` is a buffer to fill (emptied first): the driver
+    /// hands back the ones it has consumed, so that steady state allocates nothing (fresh pages cost a page fault
+    /// each, and page faults of many threads of one process serialise on its memory map).
+    pub fn encode(self, tokenizer: Tokenizer, mut out: Encoded) -> Result<Encoded, SourceError> {
+        thread_local! {
+            /// One document's token ids; kept per thread at the largest document's size.
+            static IDS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+        }
         let width = TokenWidth::for_token_bytes(tokenizer.kind().token_bytes());
-        let mut out = Encoded { bytes: Vec::new(), doc_bytes: Vec::with_capacity(self.docs as usize) };
-        let mut ids = Vec::new();
+        out.bytes.clear();
+        out.doc_bytes.clear();
         let mut push = |text: &str| {
-            ids.clear();
-            tokenizer.encode_document_into(text, &mut ids);
-            let before = out.bytes.len();
-            encode_tokens(&ids, width, &mut out.bytes);
-            out.doc_bytes.push((out.bytes.len() - before) as u32);
+            IDS.with_borrow_mut(|ids| {
+                ids.clear();
+                tokenizer.encode_document_into(text, ids);
+                let before = out.bytes.len();
+                encode_tokens(ids, width, &mut out.bytes);
+                out.doc_bytes.push((out.bytes.len() - before) as u32);
+            })
         };
         match self.work {
             Work::Parquet { path, meta, column, row_group, offset } => {
