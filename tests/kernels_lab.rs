@@ -1,10 +1,10 @@
 //! The CUDA kernel sources executed on the CPU: each lab's `run.sh` compiles them with g++ under a small CUDA
-//! emulation header (src/model/kernels/lab/cuda_emu.h) and checks forward and backward against double-precision
+//! emulation header (dev/cuda/cuda_emu.h) and checks forward and backward against double-precision
 //! references (awkward sizes, strided q/k/v, unaligned rows, ignored targets, accumulation into non-zero gradients).
 //! This keeps the .cu files checked in CPU-only CI; on a GPU, tests/kernels_*.rs and the GPU test binary run the
 //! real kernels. Skipped (with a printed line) without g++ >= 11.
 //!
-//! Two labs: the candle ops' kernels (src/model/kernels/lab) and the explicit GPT-2 engine's (src/cuda/lab).
+//! Two labs: the candle ops' kernels (dev/cuda) and the explicit GPT-2 engine's (src/cuda/lab).
 
 use std::path::Path;
 use std::process::Command;
@@ -36,7 +36,7 @@ fn run_lab(test: &str, script: &str, marker: &str) {
 
 #[test]
 fn cuda_sources_pass_the_cpu_emulation() {
-    run_lab("cuda_sources_pass_the_cpu_emulation", "src/model/kernels/lab/run.sh", "all kernel checks passed");
+    run_lab("cuda_sources_pass_the_cpu_emulation", "dev/cuda/run.sh", "all kernel checks passed");
 }
 
 #[test]

@@ -1,12 +1,12 @@
 // Runs the CUDA kernels of ../cross_entropy.cu, ../attention.cu and ../embedding.cu under cuda_emu.h and compares them with plain
 // double-precision references, in f32 and bf16, on awkward sizes (T not a multiple of the tiles, unaligned rows,
 // the strided q/k/v views GPT-2 passes, ignored targets). Prints one line per check; exits 1 on any mismatch.
-// Build and run: src/model/kernels/lab/run.sh
+// Build and run: dev/cuda/run.sh
 #include "cuda_emu.h"
 
-#include "../attention.cu"
-#include "../cross_entropy.cu"
-#include "../embedding.cu"
+#include "../../src/model/kernels/attention.cu"
+#include "../../src/model/kernels/cross_entropy.cu"
+#include "../../src/model/kernels/embedding.cu"
 
 #include <cstdio>
 #include <cstring>

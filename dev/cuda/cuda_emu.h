@@ -1,5 +1,5 @@
 // A minimal CUDA emulation for running tokenmill's kernels on a CPU with g++ (C++20), so their indexing,
-// masking and synchronisation can be checked against plain references without a GPU (lab/run.sh).
+// masking and synchronisation can be checked against plain references without a GPU (dev/cuda/run.sh).
 //
 // Model: blocks run one after another; the threads of a block run concurrently as std::threads and
 // __syncthreads() is a std::barrier (a thread that returns drops out of it, as an exited CUDA thread does).

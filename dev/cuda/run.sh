@@ -2,7 +2,7 @@
 # Compile the CUDA kernels of src/model/kernels/*.cu and src/cuda/flash_attn.cu for the CPU under cuda_emu.h and check
 # them against double-precision references (check.cpp, check_flash.cpp). Needs g++ >= 11 (C++20 std::barrier); no
 # GPU, no CUDA toolkit.
-# Usage: src/model/kernels/lab/run.sh [full]   (full: also the larger flash-attention cases)
+# Usage: dev/cuda/run.sh [full]   (full: also the larger flash-attention cases)
 set -euo pipefail
 cd "$(dirname "$0")"
 out="${TMPDIR:-/tmp}/tokenmill-kernel-lab"

@@ -1,5 +1,5 @@
 // FlashAttention-2 on the tensor cores for GPT-2's fused qkv layout: causal, bf16/f16, head size 64, any T.
-// Rust launcher: flash_attn.rs (the API and the grid mapping); CPU run of these very kernels: lab/check_flash.cpp.
+// Rust launcher: flash_attn.rs (the API and the grid mapping); CPU run of these very kernels: dev/cuda/check_flash.cpp.
 //
 //   forward:  y = softmax(scale * q k^T + causal mask) v,  lse = row logsumexp (natural log) of the scaled scores
 //   backward: D = rowsum(dy * y), then
@@ -33,7 +33,7 @@
 #include <stdint.h>
 #define FA2_INF __int_as_float(0x7f800000)
 #else
-// lab/cuda_emu.h (included first) provides the CUDA keywords, the 16-bit types and the warp-level emulation.
+// dev/cuda/cuda_emu.h (included first) provides the CUDA keywords, the 16-bit types and the warp-level emulation.
 #define FA2_INF (std::numeric_limits<float>::infinity())
 #endif
 

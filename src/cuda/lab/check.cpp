@@ -1,8 +1,8 @@
-// Runs the GPT-2 engine's CUDA kernels (src/cuda/*.cu) on the CPU under ../../model/kernels/lab/cuda_emu.h and
+// Runs the GPT-2 engine's CUDA kernels (src/cuda/*.cu) on the CPU under dev/cuda/cuda_emu.h and
 // compares them with plain double-precision references on awkward sizes (rows not a multiple of the block's, widths
 // not a multiple of 128, repeated token ids, accumulation into non-zero gradients). One line per check; exit 1 on any
-// mismatch. Build and run: src/cuda/lab/run.sh (also run by `cargo test`, tests/engine_kernels_lab.rs).
-#include "../../model/kernels/lab/cuda_emu.h"
+// mismatch. Build and run: src/cuda/lab/run.sh (also run by `cargo test`, tests/kernels_lab.rs).
+#include "../../../dev/cuda/cuda_emu.h"
 
 // Warp shuffles, emulated with block barriers: every thread of the block must call them the same number of times
 // (the engine kernels keep their control flow uniform around shuffles for this reason).

@@ -16,7 +16,7 @@
 // two threads per query (or key) row, each owning the even or odd half of the 64 output dims (interleaved so the
 // two halves hit neighbouring banks); tiles padded to 65 floats per row so rows 16 apart fall in other banks.
 // The backward runs as two kernels, dK/dV per key tile and dQ per query tile, each recomputing P: 7 tile matmuls
-// instead of FlashAttention-2's 5, in exchange for no atomics (deterministic, and emulable in lab/).
+// instead of FlashAttention-2's 5, in exchange for no atomics (deterministic, and emulable in dev/cuda/).
 //
 // Version 2 (attention_tc.cuh, included at the end): the same three tile kernels for bf16/f16 on the tensor cores
 // (mma.sync m16n8k16, sm_80+), same launch geometry and outputs; attention.rs runs those for bf16/f16 and keeps
@@ -353,7 +353,7 @@ FA_KERNELS(float, f32)
 FA_KERNELS(__nv_bfloat16, bf16)
 FA_KERNELS(__half, f16)
 
-// Tensor-core kernels fa_tc_{fwd,bwd_dkdv,bwd_dq}_{bf16,f16}. The stock lab (lab/cuda_emu.h) emulates no warp-level
+// Tensor-core kernels fa_tc_{fwd,bwd_dkdv,bwd_dq}_{bf16,f16}. The stock lab (dev/cuda/cuda_emu.h) emulates no warp-level
 // primitives, so it compiles them only where the includer provides them (TM_TC_LAB).
 #if defined(__CUDACC__) || defined(TM_TC_LAB)
 #include "attention_tc.cuh"

@@ -1,8 +1,8 @@
 // Shared helpers of tokenmill's CUDA kernels: the element types (f32, bf16, f16, f64), their accumulator type
 // (f32, f64 for f64), conversions, and 16-byte vector loads/stores.
 //
-// The kernels use only what `lab/cuda_emu.h` can also provide on a CPU (threadIdx/blockIdx, __syncthreads,
-// static __shared__ arrays; no warp shuffles, no dynamic shared memory), so `lab/run.sh` can execute them with
+// The kernels use only what `dev/cuda/cuda_emu.h` can also provide on a CPU (threadIdx/blockIdx, __syncthreads,
+// static __shared__ arrays; no warp shuffles, no dynamic shared memory), so `dev/cuda/run.sh` can execute them with
 // g++ against the Rust reference before any GPU time is spent.
 #pragma once
 
@@ -13,7 +13,7 @@
 #define TM_INF __int_as_float(0x7f800000)
 #define TM_INF_D __longlong_as_double(0x7ff0000000000000LL)
 #else
-// lab/cuda_emu.h has defined the CUDA keywords, __nv_bfloat16, __half and the conversions.
+// dev/cuda/cuda_emu.h has defined the CUDA keywords, __nv_bfloat16, __half and the conversions.
 #define TM_INF (std::numeric_limits<float>::infinity())
 #define TM_INF_D (std::numeric_limits<double>::infinity())
 #endif

@@ -13,7 +13,7 @@
 // dw/db are deterministic: each block of the backward sums its LN_BWD_ROWS rows column by column in row order into
 // its own partial row, and ln_bwd_reduce sums the partials in block order. No atomics.
 //
-// Unlike cross_entropy.cu and attention.cu this file uses warp shuffles, so the CPU lab (lab/cuda_emu.h) cannot
+// Unlike cross_entropy.cu and attention.cu this file uses warp shuffles, so the CPU lab (dev/cuda/cuda_emu.h) cannot
 // run it; tests/kernels_norm_act.rs checks it against the CPU twin on a GPU instead.
 #include "common.cuh"
 #include "ln_partials.cuh"

@@ -13,8 +13,8 @@
 //!   the host, summed in the CPU's order: equal to candle's `index_add`, which walks the ids serially per column).
 //! - `gelu`: GELU (tanh approximation) saving only its input (CPU and CUDA, elementwise).
 //!
-//! `lab/` is the bench for the CUDA files without a GPU: `lab/run.sh` compiles the .cu kernels with g++ against a
-//! small CUDA emulation header and checks them against plain C++ references.
+//! The .cu files run without a GPU in the kernel lab, dev/cuda/ (llm.c's dev/cuda): `dev/cuda/run.sh` compiles them
+//! with g++ against a small CUDA emulation header and checks them against plain C++ references.
 
 pub mod attention;
 pub mod cross_entropy;
