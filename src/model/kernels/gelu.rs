@@ -29,31 +29,14 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(GeluTanh)
 }
 
-/// tanh, the one function the accumulators need beyond `Real`.
-trait Tanh: Real {
-    fn tanh(self) -> Self;
-}
-
-impl Tanh for f32 {
-    fn tanh(self) -> Self {
-        f32::tanh(self)
-    }
-}
-
-impl Tanh for f64 {
-    fn tanh(self) -> Self {
-        f64::tanh(self)
-    }
-}
-
 /// The forward in the same operation order as the composed reference, so f64 agrees to the last bit or two.
-fn val<A: Tanh>(x: A) -> A {
+fn val<A: Real>(x: A) -> A {
     let t = ((x * x * x * A::from_f64(COEF) + x) * A::from_f64(SQRT_2_OVER_PI)).tanh();
     (t + A::ONE) * x * A::from_f64(0.5)
 }
 
 /// d gelu / dx = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2).
-fn grad<A: Tanh>(x: A) -> A {
+fn grad<A: Real>(x: A) -> A {
     let half = A::from_f64(0.5);
     let x2 = x * x;
     let t = ((x2 * x * A::from_f64(COEF) + x) * A::from_f64(SQRT_2_OVER_PI)).tanh();
@@ -61,7 +44,7 @@ fn grad<A: Tanh>(x: A) -> A {
         + half * x * (A::ONE - t * t) * A::from_f64(SQRT_2_OVER_PI) * (A::ONE + A::from_f64(3.0 * COEF) * x2)
 }
 
-fn cpu_fwd_typed<T: Elem<A>, A: Tanh>(x: &[T]) -> Vec<T> {
+fn cpu_fwd_typed<T: Elem<A>, A: Real>(x: &[T]) -> Vec<T> {
     let mut y = vec![T::from_acc(A::ZERO); x.len()];
     y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
         for (y, x) in y.iter_mut().zip(x) {
@@ -71,7 +54,7 @@ fn cpu_fwd_typed<T: Elem<A>, A: Tanh>(x: &[T]) -> Vec<T> {
     y
 }
 
-fn cpu_bwd_typed<T: Elem<A>, A: Tanh>(x: &[T], dy: &[T]) -> Vec<T> {
+fn cpu_bwd_typed<T: Elem<A>, A: Real>(x: &[T], dy: &[T]) -> Vec<T> {
     let mut dx = vec![T::from_acc(A::ZERO); x.len()];
     dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dx, (x, dy))| {
         for (d, (x, g)) in dx.iter_mut().zip(x.iter().zip(dy)) {

@@ -65,23 +65,6 @@ fn stats_dtype(x: DType, out: DType) -> Result<DType> {
     }
 }
 
-/// sqrt, the one function the statistics need beyond `Real`.
-trait Sqrt: Real {
-    fn sqrt(self) -> Self;
-}
-
-impl Sqrt for f32 {
-    fn sqrt(self) -> Self {
-        f32::sqrt(self)
-    }
-}
-
-impl Sqrt for f64 {
-    fn sqrt(self) -> Self {
-        f64::sqrt(self)
-    }
-}
-
 /// One call's op: the forward stores (mean, rstd) here for this call's backward.
 struct LayerNormOp {
     eps: f64,
@@ -90,7 +73,7 @@ struct LayerNormOp {
 }
 
 /// Forward on CPU: y (N, C) and per-row mean and rstd; the same operation order as `ops::layer_norm_slow`.
-fn cpu_fwd_typed<T: Elem<A>, O: Elem<A>, A: Sqrt>(
+fn cpu_fwd_typed<T: Elem<A>, O: Elem<A>, A: Real>(
     x: &[T],
     w: &[A],
     b: &[A],

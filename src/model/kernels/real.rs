@@ -21,6 +21,8 @@ pub trait Real:
     const NEG_INFINITY: Self;
     fn exp(self) -> Self;
     fn ln(self) -> Self;
+    fn sqrt(self) -> Self;
+    fn tanh(self) -> Self;
     fn max(self, other: Self) -> Self;
     fn from_f64(x: f64) -> Self;
 }
@@ -34,6 +36,12 @@ impl Real for f32 {
     }
     fn ln(self) -> Self {
         f32::ln(self)
+    }
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+    fn tanh(self) -> Self {
+        f32::tanh(self)
     }
     fn max(self, other: Self) -> Self {
         f32::max(self, other)
@@ -52,6 +60,12 @@ impl Real for f64 {
     }
     fn ln(self) -> Self {
         f64::ln(self)
+    }
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+    fn tanh(self) -> Self {
+        f64::tanh(self)
     }
     fn max(self, other: Self) -> Self {
         f64::max(self, other)
