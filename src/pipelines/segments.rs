@@ -74,8 +74,8 @@ impl Encoded {
 impl Segment {
     /// Decode the segment's documents, tokenize them as fineweb.py does (EOT, then the text) and encode the tokens as
     /// the shards store them, all on the calling (pool) thread. `out` is a buffer to fill (emptied first): the driver
-    /// hands back the ones it has consumed, so that steady state allocates nothing (fresh pages cost a page fault
-    /// each, and page faults of many threads of one process serialise on its memory map).
+    /// hands back the ones it has consumed, so token buffers are not allocated afresh per segment (fresh pages cost a
+    /// page fault each, and the page faults of many threads of one process contend on its memory map).
     pub fn encode(self, tokenizer: Tokenizer, mut out: Encoded) -> Result<Encoded, SourceError> {
         thread_local! {
             /// One document's token ids; kept per thread at the largest document's size.
