@@ -47,12 +47,7 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 /// normalised activations are written once in bf16 instead of kept in f32 and cast. Statistics and the affine map
 /// run in `reduce_dtype(x)` on both paths; only the final rounding differs from `layer_norm(..)?.to_dtype(out)`.
 pub fn layer_norm_to(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, out: DType) -> Result<Tensor> {
-    let half_or_f32 = |d: DType| matches!(d, DType::F32 | DType::BF16 | DType::F16);
-    let fused = match (x.dtype(), out) {
-        (DType::F64, DType::F64) => x.device().is_cpu(),
-        (dx, o) => half_or_f32(dx) && half_or_f32(o) && (x.device().is_cpu() || x.device().is_cuda()),
-    };
-    if fused {
+    if super::kernels::layer_norm::supported(x, out) {
         super::kernels::layer_norm(x, weight, bias, eps, out)
     } else {
         layer_norm_slow(x, weight, bias, eps)?.to_dtype(out)

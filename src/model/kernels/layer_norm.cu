@@ -117,13 +117,9 @@ extern "C" __global__ void __launch_bounds__(256) ln_bwd_reduce(const float* __r
         ln_bwd<T, O>(x, w, mean, rstd, dy, dx, partial, n, c);                                                      \
     }
 
-// <input>_<output>: the residual stream is f32 and the output the compute dtype (bf16 on GPU), or both bf16/f16.
+// <input>_<output>: the residual stream is f32 and the output the compute dtype (bf16 on GPU), or both bf16; no f16
+// (no config selects it; layer_norm.rs's `supported`).
 LN_KERNELS(float, float, f32_f32)
 LN_KERNELS(float, __nv_bfloat16, f32_bf16)
-LN_KERNELS(float, __half, f32_f16)
 LN_KERNELS(__nv_bfloat16, __nv_bfloat16, bf16_bf16)
 LN_KERNELS(__nv_bfloat16, float, bf16_f32)
-LN_KERNELS(__nv_bfloat16, __half, bf16_f16)
-LN_KERNELS(__half, __half, f16_f16)
-LN_KERNELS(__half, float, f16_f32)
-LN_KERNELS(__half, __nv_bfloat16, f16_bf16)

@@ -1,4 +1,4 @@
-//! Fused LayerNorm over the last dim with its backward: `x (..., C)` (f32, bf16, f16; f64 on CPU), `weight`,
+//! Fused LayerNorm over the last dim with its backward: `x (..., C)` (f32, bf16; f64 on CPU), `weight`,
 //! `bias (C)` (cast to f32, or f64 for f64 x: the fp32 master weights go in as they are) -> `y (..., C)` in a dtype
 //! the caller picks (the compute dtype: the model's residual stream is f32 and the next matmul wants bf16, so the
 //! cast is part of the kernel). Statistics in f32 (f64 for f64). Forward saves only mean and rstd (N each) beside
@@ -17,17 +17,16 @@ use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
-use half::{bf16, f16};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::real::{Elem, Real};
+use super::real::{float_pair, Elem, Real};
 
 /// Rows per CPU backward task (and per partial sum of dweight/dbias).
 const BWD_ROWS: usize = 64;
 
-/// LayerNorm of `x (..., C)` over its last dim, output in `out` (f32/bf16/f16 for f32/bf16/f16 x; f64 for f64 x),
-/// with a fused backward for x, weight and bias.
+/// LayerNorm of `x (..., C)` over its last dim, output in `out`, with a fused backward for x, weight and bias.
+/// Where [`supported`] says no, an error (`ops::layer_norm_to` routes there to the composed version).
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, out: DType) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let Some(&c) = dims.last() else { candle_core::bail!("layer norm of a scalar") };
@@ -42,10 +41,14 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, out: DTy
             bias.dims()
         );
     }
-    let acc = stats_dtype(x.dtype(), out)?;
-    if x.device().is_cuda() && acc == DType::F64 {
-        candle_core::bail!("fused layer norm on CUDA takes f32, bf16 or f16; use ops::layer_norm_slow for f64");
+    if !supported(x, out) {
+        candle_core::bail!(
+            "fused layer norm: {:?} -> {out:?} on {:?} is not supported (f32/bf16 pairs, or f64 -> f64 on the CPU)",
+            x.dtype(),
+            x.device().location()
+        );
     }
+    let acc = if out == DType::F64 { DType::F64 } else { DType::F32 };
     let op = LayerNormOp { eps, out, stats: Mutex::new(None) };
     let x2 = x.reshape((n, c))?.contiguous()?;
     let w = weight.to_dtype(acc)?.contiguous()?;
@@ -53,15 +56,14 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, out: DTy
     x2.apply_op3(&w, &b, op)?.reshape(dims)
 }
 
-/// The statistics' (and weights') dtype for input `x` and output `out`: f32, or f64 when both are f64.
-fn stats_dtype(x: DType, out: DType) -> Result<DType> {
-    let float = |d: DType| matches!(d, DType::F32 | DType::BF16 | DType::F16);
-    match (x, out) {
-        (DType::F64, DType::F64) => Ok(DType::F64),
-        (x, o) if float(x) && float(o) => Ok(DType::F32),
-        (x, o) => {
-            candle_core::bail!("layer norm: input {x:?} -> output {o:?} is not supported (f32/bf16/f16, or f64 -> f64)")
-        }
+/// Whether the fused kernel runs `x` -> `out` on x's device: f32 and bf16 in any pair on the CPU or CUDA, f64 -> f64
+/// on the CPU (the gradient checks). Statistics and weights are f32, or f64 for f64. The one routing rule:
+/// `ops::layer_norm_to` takes the fused path exactly where this holds.
+pub fn supported(x: &Tensor, out: DType) -> bool {
+    let f32_or_bf16 = |d: DType| matches!(d, DType::F32 | DType::BF16);
+    match (x.dtype(), out) {
+        (DType::F64, DType::F64) => x.device().is_cpu(),
+        (dx, o) => f32_or_bf16(dx) && f32_or_bf16(o) && (x.device().is_cpu() || x.device().is_cuda()),
     }
 }
 
@@ -175,33 +177,16 @@ impl CustomOp3 for LayerNormOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c) = l1.shape().dims2()?;
-        macro_rules! go {
-            ($T:ty, $O:ty, $A:ty, $ov:ident, $av:ident) => {{
-                let (y, m, r) = cpu_fwd_typed::<$T, $O, $A>(
-                    contiguous(s1.as_slice::<$T>()?, l1, "x")?,
-                    contiguous(s2.as_slice::<$A>()?, l2, "weight")?,
-                    contiguous(s3.as_slice::<$A>()?, l3, "bias")?,
-                    c,
-                    <$A>::from_f64(self.eps),
-                );
-                (CpuStorage::$ov(y), CpuStorage::$av(m), CpuStorage::$av(r))
-            }};
-        }
-        let (y, m, r) = match (s1.dtype(), self.out) {
-            (DType::F32, DType::F32) => go!(f32, f32, f32, F32, F32),
-            (DType::F32, DType::BF16) => go!(f32, bf16, f32, BF16, F32),
-            (DType::F32, DType::F16) => go!(f32, f16, f32, F16, F32),
-            (DType::BF16, DType::BF16) => go!(bf16, bf16, f32, BF16, F32),
-            (DType::BF16, DType::F32) => go!(bf16, f32, f32, F32, F32),
-            (DType::BF16, DType::F16) => go!(bf16, f16, f32, F16, F32),
-            (DType::F16, DType::F16) => go!(f16, f16, f32, F16, F32),
-            (DType::F16, DType::F32) => go!(f16, f32, f32, F32, F32),
-            (DType::F16, DType::BF16) => go!(f16, bf16, f32, BF16, F32),
-            (DType::F64, DType::F64) => go!(f64, f64, f64, F64, F64),
-            (x, o) => {
-                candle_core::bail!("layer norm: input {x:?} -> output {o:?} is not supported")
-            }
-        };
+        let (y, m, r) = float_pair!("layer norm", (s1.dtype(), self.out), |T, O, A| {
+            let (y, m, r) = cpu_fwd_typed::<T, O, A>(
+                contiguous(s1.as_slice::<T>()?, l1, "x")?,
+                contiguous(s2.as_slice::<A>()?, l2, "weight")?,
+                contiguous(s3.as_slice::<A>()?, l3, "bias")?,
+                c,
+                <A as Real>::from_f64(self.eps),
+            );
+            (O::to_cpu_storage_owned(y), A::to_cpu_storage_owned(m), A::to_cpu_storage_owned(r))
+        });
         self.save_stats(Storage::Cpu(m), Storage::Cpu(r), n);
         Ok((y, l1.shape().clone()))
     }
@@ -269,32 +254,17 @@ fn layer_norm_bwd(
     let wrap = |s: Storage, shape: Shape| Tensor::from_storage(s, shape, BackpropOp::none(), false);
     match (&*xs, &*ws, &*ms, &*rs, &*gs) {
         (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(ms), Storage::Cpu(rs), Storage::Cpu(gs)) => {
-            macro_rules! go {
-                ($T:ty, $O:ty, $A:ty, $xv:ident, $av:ident) => {{
-                    let (dx, dw, db) = cpu_bwd_typed::<$T, $O, $A>(
-                        contiguous(xs.as_slice::<$T>()?, xl, "x")?,
-                        contiguous(ws.as_slice::<$A>()?, wl, "weight")?,
-                        contiguous(ms.as_slice::<$A>()?, ml, "mean")?,
-                        contiguous(rs.as_slice::<$A>()?, rl, "rstd")?,
-                        contiguous(gs.as_slice::<$O>()?, gl, "dy")?,
-                        c,
-                    );
-                    (CpuStorage::$xv(dx), CpuStorage::$av(dw), CpuStorage::$av(db))
-                }};
-            }
-            let (dx, dw, db) = match (xs.dtype(), gs.dtype()) {
-                (DType::F32, DType::F32) => go!(f32, f32, f32, F32, F32),
-                (DType::F32, DType::BF16) => go!(f32, bf16, f32, F32, F32),
-                (DType::F32, DType::F16) => go!(f32, f16, f32, F32, F32),
-                (DType::BF16, DType::BF16) => go!(bf16, bf16, f32, BF16, F32),
-                (DType::BF16, DType::F32) => go!(bf16, f32, f32, BF16, F32),
-                (DType::BF16, DType::F16) => go!(bf16, f16, f32, BF16, F32),
-                (DType::F16, DType::F16) => go!(f16, f16, f32, F16, F32),
-                (DType::F16, DType::F32) => go!(f16, f32, f32, F16, F32),
-                (DType::F16, DType::BF16) => go!(f16, bf16, f32, F16, F32),
-                (DType::F64, DType::F64) => go!(f64, f64, f64, F64, F64),
-                (x, g) => candle_core::bail!("layer norm backward: x {x:?} with dy {g:?} is not supported"),
-            };
+            let (dx, dw, db) = float_pair!("layer norm backward", (xs.dtype(), gs.dtype()), |T, O, A| {
+                let (dx, dw, db) = cpu_bwd_typed::<T, O, A>(
+                    contiguous(xs.as_slice::<T>()?, xl, "x")?,
+                    contiguous(ws.as_slice::<A>()?, wl, "weight")?,
+                    contiguous(ms.as_slice::<A>()?, ml, "mean")?,
+                    contiguous(rs.as_slice::<A>()?, rl, "rstd")?,
+                    contiguous(gs.as_slice::<O>()?, gl, "dy")?,
+                    c,
+                );
+                (T::to_cpu_storage_owned(dx), A::to_cpu_storage_owned(dw), A::to_cpu_storage_owned(db))
+            });
             Ok((
                 wrap(Storage::Cpu(dx), Shape::from((n, c))),
                 wrap(Storage::Cpu(dw), Shape::from(c)),
@@ -323,9 +293,9 @@ mod cuda {
     use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaStorage, DType, Result};
-    use half::{bf16, f16};
 
     use super::super::launch::{dtype_suffix, grid_1d};
+    use super::super::real::float_pair;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/layer_norm.ptx"));
     const MODULE: &str = "tokenmill_layer_norm";
@@ -335,7 +305,7 @@ mod cuda {
     const BWD_ROWS: usize = 64;
 
     fn sfx(dt: DType) -> Result<&'static str> {
-        dtype_suffix(dt, "fused layer norm", &[DType::F32, DType::BF16, DType::F16])
+        dtype_suffix(dt, "fused layer norm", &[DType::F32, DType::BF16])
     }
 
     /// `s`: x, weight, bias (f32) with their start offsets; returns y in `out`, mean and rstd (f32).
@@ -374,18 +344,7 @@ mod cuda {
         }
         let xt = s[0].dtype();
         let name = format!("ln_fwd_{}_{}", sfx(xt)?, sfx(out)?);
-        match (xt, out) {
-            (DType::F32, DType::F32) => go::<f32, f32>(s, offs, (n, c), &name, eps),
-            (DType::F32, DType::BF16) => go::<f32, bf16>(s, offs, (n, c), &name, eps),
-            (DType::F32, DType::F16) => go::<f32, f16>(s, offs, (n, c), &name, eps),
-            (DType::BF16, DType::BF16) => go::<bf16, bf16>(s, offs, (n, c), &name, eps),
-            (DType::BF16, DType::F32) => go::<bf16, f32>(s, offs, (n, c), &name, eps),
-            (DType::BF16, DType::F16) => go::<bf16, f16>(s, offs, (n, c), &name, eps),
-            (DType::F16, DType::F16) => go::<f16, f16>(s, offs, (n, c), &name, eps),
-            (DType::F16, DType::F32) => go::<f16, f32>(s, offs, (n, c), &name, eps),
-            (DType::F16, DType::BF16) => go::<f16, bf16>(s, offs, (n, c), &name, eps),
-            (x, o) => candle_core::bail!("fused layer norm on CUDA: input {x:?} -> output {o:?} is not supported"),
-        }
+        float_pair!("fused layer norm on CUDA", (xt, out), |T, O, A| go::<T, O>(s, offs, (n, c), &name, eps))
     }
 
     /// `s`: x, weight, mean, rstd, dy with their start offsets; returns dx (x's dtype), dweight, dbias (f32).
@@ -433,17 +392,6 @@ mod cuda {
         }
         let (xt, gt) = (s[0].dtype(), s[4].dtype());
         let name = format!("ln_bwd_{}_{}", sfx(xt)?, sfx(gt)?);
-        match (xt, gt) {
-            (DType::F32, DType::F32) => go::<f32, f32>(s, offs, (n, c), &name),
-            (DType::F32, DType::BF16) => go::<f32, bf16>(s, offs, (n, c), &name),
-            (DType::F32, DType::F16) => go::<f32, f16>(s, offs, (n, c), &name),
-            (DType::BF16, DType::BF16) => go::<bf16, bf16>(s, offs, (n, c), &name),
-            (DType::BF16, DType::F32) => go::<bf16, f32>(s, offs, (n, c), &name),
-            (DType::BF16, DType::F16) => go::<bf16, f16>(s, offs, (n, c), &name),
-            (DType::F16, DType::F16) => go::<f16, f16>(s, offs, (n, c), &name),
-            (DType::F16, DType::F32) => go::<f16, f32>(s, offs, (n, c), &name),
-            (DType::F16, DType::BF16) => go::<f16, bf16>(s, offs, (n, c), &name),
-            (x, g) => candle_core::bail!("fused layer norm backward on CUDA: x {x:?} with dy {g:?} is not supported"),
-        }
+        float_pair!("fused layer norm backward on CUDA", (xt, gt), |T, O, A| go::<T, O>(s, offs, (n, c), &name))
     }
 }

@@ -1,6 +1,10 @@
 //! The two scalar traits the CPU kernels are generic over: `Real`, the accumulator (f32, or f64 for f64 inputs),
 //! and `Elem<A>`, a stored element type that widens to and narrows from its accumulator (f32/bf16/f16 -> f32,
 //! f64 -> f64). Narrowing rounds to nearest even, as the CUDA kernels' `__float2bfloat16` does.
+//!
+//! `float_pair!` is the one dtype dispatch of ops whose input and output dtypes differ (llm.c's precision
+//! discipline: the dtypes the project runs, f32 and bf16 in any pair, and f64 -> f64 for gradient checks on the
+//! CPU; no f16, which no config selects).
 
 use half::{bf16, f16};
 
@@ -115,3 +119,31 @@ impl Elem<f64> for f64 {
         a
     }
 }
+
+/// Runs `$body` with `$T` and `$O` the element types of the dtypes `$x` and `$o`, and `$A` their accumulator: f32 and
+/// bf16 in any pair accumulate in f32, f64 -> f64 in f64. Any other pair is an error naming `$op`.
+macro_rules! float_pair {
+    ($op:expr, ($x:expr, $o:expr), |$T:ident, $O:ident, $A:ident| $body:expr) => {{
+        use candle_core::DType;
+        use half::bf16;
+        match ($x, $o) {
+            (DType::F32, DType::F32) => float_pair!(@with ($T, $O, $A) = (f32, f32, f32) $body),
+            (DType::F32, DType::BF16) => float_pair!(@with ($T, $O, $A) = (f32, bf16, f32) $body),
+            (DType::BF16, DType::F32) => float_pair!(@with ($T, $O, $A) = (bf16, f32, f32) $body),
+            (DType::BF16, DType::BF16) => float_pair!(@with ($T, $O, $A) = (bf16, bf16, f32) $body),
+            (DType::F64, DType::F64) => float_pair!(@with ($T, $O, $A) = (f64, f64, f64) $body),
+            (x, o) => candle_core::bail!("{}: {x:?} -> {o:?} is not supported (f32/bf16 pairs, or f64 -> f64)", $op),
+        }
+    }};
+    (@with ($T:ident, $O:ident, $A:ident) = ($t:ty, $o:ty, $a:ty) $body:expr) => {{
+        // A body need not name all three.
+        #[allow(dead_code)]
+        type $T = $t;
+        #[allow(dead_code)]
+        type $O = $o;
+        #[allow(dead_code)]
+        type $A = $a;
+        $body
+    }};
+}
+pub(super) use float_pair;
