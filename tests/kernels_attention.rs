@@ -23,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokenmill::model::attention::{causal_attention, causal_attention_slow};
 use tokenmill::model::kernels::attention::{
-    flash_causal_attention, flash_causal_attention_with, fused_supported, FlashKernel, FLASH_HEAD_SIZE,
+    flash_causal_attention, flash_causal_attention_with, supported, FlashKernel, FLASH_HEAD_SIZE,
 };
 
 /// `(q, k, v)` as GPT-2 makes them: views `(B, NH, T, HS)` of one `(B, T, 3 * NH * HS)` variable, plus the variable.
@@ -175,7 +175,7 @@ fn output_is_causal() {
 fn cpu_routes_to_the_composed_path() {
     // On CPU the models keep the composed path (candle's gemm is faster there); the fused op is opt-in.
     let q = Tensor::zeros((1, 1, 4, FLASH_HEAD_SIZE), DType::F32, &Device::Cpu).unwrap();
-    assert!(!fused_supported(&q));
+    assert!(!supported(q.device(), q.dtype(), FLASH_HEAD_SIZE));
     let (o, _) = out_and_grad(causal_attention, (1, 2, 6, 8), DType::F64, &Device::Cpu, 6);
     let (r, _) = out_and_grad(causal_attention_slow, (1, 2, 6, 8), DType::F64, &Device::Cpu, 6);
     assert_eq!(o, r);
@@ -244,7 +244,7 @@ fn cuda_matches_cpu() {
     assert_close(&format!("cuda tc vs fma BF16 {shape:?} dqkv"), &tg, &fg, 0.02 * scale(&fg), 1.0 / 32.0);
     // The routing and the refusal.
     let q = Tensor::zeros((1, 1, 8, 64), DType::BF16, &dev).unwrap();
-    assert!(fused_supported(&q));
+    assert!(supported(q.device(), q.dtype(), 64));
     let q32 = Tensor::zeros((1, 1, 8, 32), DType::BF16, &dev).unwrap();
     let err = flash_causal_attention(&q32, &q32, &q32).unwrap_err().to_string();
     assert!(err.contains("head size 64") && err.contains("causal_attention"), "{err}");

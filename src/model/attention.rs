@@ -10,7 +10,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::kernels::attention::{flash_causal_attention, flash_causal_attention_qkv, fused_supported, FLASH_HEAD_SIZE};
+use super::kernels::attention::{self as fused, flash_causal_attention, flash_causal_attention_qkv};
 use super::ops::{reduce_dtype, softmax_last_dim};
 
 /// `(T, T)` additive mask in `dtype`: 0 where key j <= query i, -inf where j > i (the future).
@@ -91,7 +91,8 @@ pub fn cached_causal_attention(
 /// Causal self-attention: `q, k, v (B, NH, T, HS)` in the compute dtype -> `(B, NH, T, HS)` in the same dtype.
 /// Fused where supported (see the module doc), composed otherwise.
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    if fused_supported(q) {
+    let (_, _, _, hs) = q.dims4()?;
+    if fused::supported(q.device(), q.dtype(), hs) {
         return flash_causal_attention(q, k, v);
     }
     causal_attention_slow(q, k, v)
@@ -106,9 +107,7 @@ pub fn causal_attention_qkv(qkv: &Tensor, n_head: usize) -> Result<Tensor> {
     let (b, t, c3) = qkv.dims3()?;
     let c = c3 / 3;
     let hs = c / n_head;
-    let fused =
-        qkv.device().is_cuda() && hs == FLASH_HEAD_SIZE && matches!(qkv.dtype(), DType::F32 | DType::BF16 | DType::F16);
-    if fused {
+    if fused::supported(qkv.device(), qkv.dtype(), hs) {
         return flash_causal_attention_qkv(qkv, n_head); // (B, T, C)
     }
     // (B, T, C) -> (B, NH, T, HS) per part.

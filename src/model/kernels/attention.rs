@@ -21,7 +21,7 @@ use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -50,13 +50,19 @@ impl FlashKernel {
     }
 }
 
-/// Whether `flash_causal_attention` has a fused kernel for `q` (B, NH, T, HS) on its device: CUDA, HS = 64,
-/// f32/bf16/f16.
-pub fn fused_supported(q: &Tensor) -> bool {
-    q.device().is_cuda()
-        && q.rank() == 4
-        && q.dims()[3] == FLASH_HEAD_SIZE
-        && matches!(q.dtype(), DType::F32 | DType::BF16 | DType::F16)
+/// Whether attention with head size `hs` in `dt` runs fused on `device`: CUDA, HS = 64, f32/bf16/f16. The one rule:
+/// both entry points of `model::attention` route by it, and both ops refuse on CUDA what it refuses. (On the CPU the
+/// ops run their twin at any HS, for tests; the models keep candle's faster composed path there.)
+pub fn supported(device: &Device, dt: DType, hs: usize) -> bool {
+    device.is_cuda() && hs == FLASH_HEAD_SIZE && matches!(dt, DType::F32 | DType::BF16 | DType::F16)
+}
+
+/// The ops' refusal of what [`supported`] refuses on CUDA.
+fn refuse_on_cuda(dt: DType, hs: usize) -> Result<()> {
+    candle_core::bail!(
+        "fused attention on CUDA supports head size {FLASH_HEAD_SIZE} in f32/bf16/f16, got HS = {hs} in {dt:?}; \
+         use model::attention::causal_attention(_qkv), which falls back to the composed path"
+    )
 }
 
 /// Causal attention `softmax(q k^T / sqrt(HS) + mask) v` for `q, k, v (B, NH, T, HS)` of one dtype, fused
@@ -83,12 +89,8 @@ pub fn flash_causal_attention_with(q: &Tensor, k: &Tensor, v: &Tensor, kernel: F
     if b * nh * t * hs == 0 {
         candle_core::bail!("attention over an empty tensor ({b}, {nh}, {t}, {hs})");
     }
-    if q.device().is_cuda() && !fused_supported(q) {
-        candle_core::bail!(
-            "fused attention on CUDA supports head size {FLASH_HEAD_SIZE} in f32/bf16/f16, got HS = {hs} in {:?}; \
-             use model::attention::causal_attention, which falls back to the composed path",
-            q.dtype()
-        );
+    if q.device().is_cuda() && !supported(q.device(), q.dtype(), hs) {
+        refuse_on_cuda(q.dtype(), hs)?;
     }
     let dense = |x: &Tensor| -> Result<Tensor> {
         if x.layout().stride()[3] == 1 {
@@ -343,13 +345,8 @@ pub fn flash_causal_attention_qkv(qkv: &Tensor, n_head: usize) -> Result<Tensor>
         candle_core::bail!("attention qkv: last dim {c3} is not 3 * n_head ({n_head}) * head size");
     }
     let hs = c3 / 3 / n_head;
-    if qkv.device().is_cuda()
-        && (hs != FLASH_HEAD_SIZE || !matches!(qkv.dtype(), DType::F32 | DType::BF16 | DType::F16))
-    {
-        candle_core::bail!(
-            "fused attention on CUDA supports head size {FLASH_HEAD_SIZE} in f32/bf16/f16, got HS = {hs} in {:?}",
-            qkv.dtype()
-        );
+    if qkv.device().is_cuda() && !supported(qkv.device(), qkv.dtype(), hs) {
+        refuse_on_cuda(qkv.dtype(), hs)?;
     }
     let op =
         FlashAttentionQkv { n_head, scale: 1.0 / (hs as f64).sqrt(), kernel: FlashKernel::Auto, lse: Mutex::new(None) };
