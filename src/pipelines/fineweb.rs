@@ -125,7 +125,7 @@ pub fn prep(opts: &PrepOptions) -> Result<PrepReport, PrepError> {
     // would weigh on it.
     let warm_up = {
         let kind = opts.tokenizer;
-        std::thread::spawn(move || drop(Tokenizer::new(kind).encode("warm up")))
+        std::thread::spawn(move || kind.warm_up())
     };
     let (hub, mut files) = plan_files(opts)?;
     let inputs_total = files.len();

@@ -57,6 +57,17 @@ impl TokenizerKind {
         }
     }
 
+    /// Build the shared tables now, two at once (the encoder from its ranks; for GPT-2 also the splitter's class of
+    /// every char), so that the first document does not wait for them (`prep` calls it while it lists its inputs).
+    pub fn warm_up(self) {
+        std::thread::scope(|s| {
+            if self == TokenizerKind::Gpt2 {
+                s.spawn(gpt2_split::warm_up);
+            }
+            self.bpe();
+        });
+    }
+
     /// The shared, lazily built encoder (building r50k from its ranks takes ~100 ms, so do it once).
     pub fn bpe(self) -> &'static CoreBPE {
         match self {
