@@ -12,7 +12,8 @@
 # `prep fineweb --input DIR --threads N` REPEATS times (default 3), and prints the best and median tokens/s, the
 # speed-up over 1 thread and the ratio to 0.8 x N x rate(1) (>= 1 meets issue 13's target). Then WORKERS processes
 # (default 4; 0 skips) run as `--worker I/WORKERS` at once with cores/WORKERS threads each, and `prep merge` joins
-# them. Every output's shards must be byte-identical to the 1-thread run's (exit 1 otherwise).
+# them, and one prep of a single file times what every run pays whatever its size. Every output's shards must be
+# byte-identical to the 1-thread run's (exit 1 otherwise).
 #
 # Env: SHARD_SIZE (default 10000000 tokens), NVIDIA_LIBS (see below), WORK (scratch directory, default a new one under ${TMPDIR:-/tmp},
 # removed at the end unless KEEP=1). About 1 minute on 16 cores, 2-3 minutes on 2.
@@ -123,6 +124,19 @@ for n in $THREADS; do
     t = 0.8 * n * r1
     printf "%-8d %13.2fM %13.2fM %8.2fx %15.2fM %8.2f  %s\n", n, b / 1e6, m / 1e6, b / r1, t / 1e6, b / t, v }'
 done
+
+# What every run pays before and after tokenizing (encoder build, listing and fingerprinting inputs, the last shard's
+# fsync): prep of one file with every core, best of 3. On many cores it is a visible part of a sub-second run.
+mkdir -p "$WORK/one"
+ln -sf "$(ls "$PARQUET_DIR"/*.parquet | head -n 1)" "$WORK/one/"
+best=""
+for rep in 1 2 3; do
+  rm -rf "$WORK/one_out"
+  "$BIN" prep fineweb --no-progress --input "$WORK/one" --out "$WORK/one_out" --threads "$CORES" > "$WORK/one.log" 2>&1
+  secs=$(sed -n 's/^.* tokens in \([0-9.]*\)s.*$/\1/p' "$WORK/one.log" | head -n 1)
+  best=$(awk -v a="$best" -v b="$secs" 'BEGIN { print (a == "" || b < a) ? b : a }')
+done
+echo "fixed cost of a run (1 file, $CORES threads, best of 3): ${best}s"
 
 if [ "$WORKERS" -gt 0 ]; then
   per=$(( CORES / WORKERS > 0 ? CORES / WORKERS : 1 ))
