@@ -78,7 +78,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 /// GELU, tanh approximation (GPT-2's `gelu_new`): `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, in x's dtype.
 /// The fused kernel (`kernels::gelu_tanh`, f32 math, saves only x) on CPU and CUDA, the composed reference elsewhere.
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() || x.device().is_cuda() {
+    if super::kernels::gelu::supported(x) {
         super::kernels::gelu_tanh(x)
     } else {
         gelu_tanh_slow(x)

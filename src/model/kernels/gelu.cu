@@ -74,4 +74,3 @@ __device__ void gelu_bwd(const T* __restrict__ x, const T* __restrict__ dy, T* _
 GELU_KERNELS(float, f32)
 GELU_KERNELS(double, f64)
 GELU_KERNELS(__nv_bfloat16, bf16)
-GELU_KERNELS(__half, f16)

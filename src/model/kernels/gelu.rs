@@ -1,5 +1,5 @@
 //! Fused GELU, tanh approximation (GPT-2's `gelu_new`), with its exact backward: one elementwise pass each way, in
-//! the input's dtype (f32, bf16, f16, f64) with f32 math (f64 for f64). Saves only its input.
+//! the input's dtype (f32, bf16, f64) with f32 math (f64 for f64). Saves only its input.
 //!
 //! Why: the composed version (`ops::gelu_tanh_slow`) is 7 candle ops whose autograd keeps ~5 intermediates of the
 //! (B, T, 4C) activation alive for backward (~1.8 GB per layer at 124M, B = 32, bf16) and runs ~12 elementwise
@@ -10,11 +10,10 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor};
-use half::{bf16, f16};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::real::{Elem, Real};
+use super::real::{float_elem, Elem, Real};
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const COEF: f64 = 0.044715;
@@ -22,11 +21,22 @@ const COEF: f64 = 0.044715;
 const CHUNK: usize = 1 << 14;
 
 /// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))` elementwise, in x's dtype, with a fused backward.
+/// Where [`supported`] says no, an error (`ops::gelu_tanh` routes there to the composed version).
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    if !matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16 | DType::F64) {
-        candle_core::bail!("gelu: input must be f32, bf16, f16 or f64, got {:?}", x.dtype());
+    if !supported(x) {
+        candle_core::bail!(
+            "fused gelu: {:?} on {:?} is not supported (f32, bf16 or f64)",
+            x.dtype(),
+            x.device().location()
+        );
     }
     x.contiguous()?.apply_op1(GeluTanh)
+}
+
+/// Whether the fused kernel runs `x`: f32, bf16 or f64 on the CPU or CUDA. The one routing rule: `ops::gelu_tanh`
+/// takes the fused path exactly where this holds.
+pub fn supported(x: &Tensor) -> bool {
+    matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F64) && (x.device().is_cpu() || x.device().is_cuda())
 }
 
 /// The forward in the same operation order as the composed reference, so f64 agrees to the last bit or two.
@@ -78,13 +88,9 @@ impl CustomOp1 for GeluTanh {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (a, b) = range(l)?;
-        let out = match s {
-            CpuStorage::F32(x) => CpuStorage::F32(cpu_fwd_typed::<f32, f32>(&x[a..b])),
-            CpuStorage::BF16(x) => CpuStorage::BF16(cpu_fwd_typed::<bf16, f32>(&x[a..b])),
-            CpuStorage::F16(x) => CpuStorage::F16(cpu_fwd_typed::<f16, f32>(&x[a..b])),
-            CpuStorage::F64(x) => CpuStorage::F64(cpu_fwd_typed::<f64, f64>(&x[a..b])),
-            s => candle_core::bail!("gelu: input must be float, got {:?}", s.dtype()),
-        };
+        let out = float_elem!("gelu", s.dtype(), |T, A| {
+            T::to_cpu_storage_owned(cpu_fwd_typed::<T, A>(&s.as_slice::<T>()?[a..b]))
+        });
         Ok((out, l.shape().clone()))
     }
 
@@ -109,23 +115,17 @@ fn gelu_tanh_bwd(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
         candle_core::bail!("gelu backward: x has {} elements, dy {}", xb - xa, gb - ga);
     }
     let storage = match (&*xs, &*gs) {
-        (Storage::Cpu(xs), Storage::Cpu(gs)) => Storage::Cpu(match (xs, gs) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
-                CpuStorage::F32(cpu_bwd_typed::<f32, f32>(&x[xa..xb], &g[ga..gb]))
+        (Storage::Cpu(xs), Storage::Cpu(gs)) => {
+            if xs.dtype() != gs.dtype() {
+                candle_core::bail!("gelu backward: x {:?} and dy {:?} must share a dtype", xs.dtype(), gs.dtype());
             }
-            (CpuStorage::BF16(x), CpuStorage::BF16(g)) => {
-                CpuStorage::BF16(cpu_bwd_typed::<bf16, f32>(&x[xa..xb], &g[ga..gb]))
-            }
-            (CpuStorage::F16(x), CpuStorage::F16(g)) => {
-                CpuStorage::F16(cpu_bwd_typed::<f16, f32>(&x[xa..xb], &g[ga..gb]))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
-                CpuStorage::F64(cpu_bwd_typed::<f64, f64>(&x[xa..xb], &g[ga..gb]))
-            }
-            (x, g) => {
-                candle_core::bail!("gelu backward: x {:?} and dy {:?} must share a float dtype", x.dtype(), g.dtype())
-            }
-        }),
+            Storage::Cpu(float_elem!("gelu backward", xs.dtype(), |T, A| {
+                T::to_cpu_storage_owned(cpu_bwd_typed::<T, A>(
+                    &xs.as_slice::<T>()?[xa..xb],
+                    &gs.as_slice::<T>()?[ga..gb],
+                ))
+            }))
+        }
         #[cfg(feature = "cuda")]
         (Storage::Cuda(xs), Storage::Cuda(gs)) => Storage::Cuda(cuda::run(xs, xa, Some((gs, ga)), xb - xa)?),
         _ => candle_core::bail!("gelu backward: x and dy must be on one CPU or CUDA device"),
@@ -140,9 +140,9 @@ mod cuda {
     use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaStorage, DType, Result};
-    use half::{bf16, f16};
 
     use super::super::launch::{dtype_suffix, grid_1d};
+    use super::super::real::float_elem;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gelu.ptx"));
     const MODULE: &str = "tokenmill_gelu";
@@ -165,7 +165,7 @@ mod cuda {
             dy: Option<(&CudaStorage, usize)>,
             n: usize,
         ) -> Result<CudaStorage> {
-            let sfx = dtype_suffix(xs.dtype(), "gelu", &[DType::F32, DType::F64, DType::BF16, DType::F16])?;
+            let sfx = dtype_suffix(xs.dtype(), "gelu", &[DType::F32, DType::F64, DType::BF16])?;
             let dev = xs.device();
             let x = xs.as_cuda_slice::<T>()?.slice(xstart..);
             // SAFETY: the kernel writes every one of the n elements.
@@ -200,12 +200,6 @@ mod cuda {
                 candle_core::bail!("gelu backward: dy {:?} and x {:?} differ in dtype", gs.dtype(), xs.dtype());
             }
         }
-        match xs.dtype() {
-            DType::F32 => go::<f32>(xs, xstart, dy, n),
-            DType::F64 => go::<f64>(xs, xstart, dy, n),
-            DType::BF16 => go::<bf16>(xs, xstart, dy, n),
-            DType::F16 => go::<f16>(xs, xstart, dy, n),
-            dt => candle_core::bail!("gelu: input must be float, got {dt:?}"),
-        }
+        float_elem!("gelu on CUDA", xs.dtype(), |T, A| go::<T>(xs, xstart, dy, n))
     }
 }

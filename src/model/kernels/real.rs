@@ -2,8 +2,8 @@
 //! and `Elem<A>`, a stored element type that widens to and narrows from its accumulator (f32/bf16/f16 -> f32,
 //! f64 -> f64). Narrowing rounds to nearest even, as the CUDA kernels' `__float2bfloat16` does.
 //!
-//! `float_pair!` is the one dtype dispatch of ops whose input and output dtypes differ (llm.c's precision
-//! discipline: the dtypes the project runs, f32 and bf16 in any pair, and f64 -> f64 for gradient checks on the
+//! `float_pair!` (input and output dtypes) and `float_elem!` (one dtype) are the kernels' dtype dispatch (llm.c's
+//! precision discipline: the dtypes the project runs, f32 and bf16 in any pair, and f64 for gradient checks on the
 //! CPU; no f16, which no config selects).
 
 use half::{bf16, f16};
@@ -147,3 +147,25 @@ macro_rules! float_pair {
     }};
 }
 pub(super) use float_pair;
+
+/// `float_pair!` for ops with one dtype in and out: runs `$body` with `$T` the element type of `$x` (f32, bf16 or
+/// f64) and `$A` its accumulator.
+macro_rules! float_elem {
+    ($op:expr, $x:expr, |$T:ident, $A:ident| $body:expr) => {{
+        use candle_core::DType;
+        use half::bf16;
+        match $x {
+            DType::F32 => float_elem!(@with ($T, $A) = (f32, f32) $body),
+            DType::BF16 => float_elem!(@with ($T, $A) = (bf16, f32) $body),
+            DType::F64 => float_elem!(@with ($T, $A) = (f64, f64) $body),
+            x => candle_core::bail!("{}: {x:?} is not supported (f32, bf16 or f64)", $op),
+        }
+    }};
+    (@with ($T:ident, $A:ident) = ($t:ty, $a:ty) $body:expr) => {{
+        type $T = $t;
+        #[allow(dead_code)] // a body need not name the accumulator
+        type $A = $a;
+        $body
+    }};
+}
+pub(super) use float_elem;
