@@ -142,4 +142,3 @@ __device__ void ce_bwd(const T* __restrict__ logits, const uint32_t* __restrict_
 CE_KERNELS(float, f32)
 CE_KERNELS(double, f64)
 CE_KERNELS(__nv_bfloat16, bf16)
-CE_KERNELS(__half, f16)

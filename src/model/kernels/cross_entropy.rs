@@ -1,4 +1,4 @@
-//! Fused softmax cross-entropy with its backward: `logits (N, V)` (f32, bf16, f16 or f64) and `targets (N)` u32
+//! Fused softmax cross-entropy with its backward: `logits (N, V)` (f32, bf16 or f64) and `targets (N)` u32
 //! -> per-row loss `(N)` in the reduce dtype (f32; f64 for f64 logits); backward gives
 //! `dlogits = (softmax(logits) - onehot(target)) * dloss` in the logits' dtype in one pass.
 //!
@@ -20,11 +20,10 @@ use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
-use half::{bf16, f16};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::real::{Elem, Real};
+use super::real::{float_elem, Elem, Real};
 
 /// A target id that contributes zero loss and zero gradient.
 pub const IGNORE_INDEX: u32 = u32::MAX;
@@ -43,8 +42,8 @@ pub fn softmax_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor
             targets.dims()
         );
     }
-    if !matches!(logits.dtype(), DType::F32 | DType::BF16 | DType::F16 | DType::F64) {
-        candle_core::bail!("cross-entropy logits must be f32, bf16, f16 or f64, got {:?}", logits.dtype());
+    if !matches!(logits.dtype(), DType::F32 | DType::BF16 | DType::F64) {
+        candle_core::bail!("cross-entropy logits must be f32, bf16 or f64, got {:?}", logits.dtype());
     }
     let targets = u32_targets(targets)?;
     // The kernels index rows with a stride; columns must be dense.
@@ -236,13 +235,9 @@ impl CustomOp2 for SoftmaxCrossEntropy {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let geo = row_geometry(l1)?;
         let t = read_targets(s2, l2, geo.0, geo.1)?;
-        let out = match s1 {
-            CpuStorage::F32(x) => CpuStorage::F32(cpu_fwd_typed::<f32, f32>(x, geo, &t)),
-            CpuStorage::BF16(x) => CpuStorage::F32(cpu_fwd_typed::<bf16, f32>(x, geo, &t)),
-            CpuStorage::F16(x) => CpuStorage::F32(cpu_fwd_typed::<f16, f32>(x, geo, &t)),
-            CpuStorage::F64(x) => CpuStorage::F64(cpu_fwd_typed::<f64, f64>(x, geo, &t)),
-            s => candle_core::bail!("cross-entropy logits must be float, got {:?}", s.dtype()),
-        };
+        let out = float_elem!("cross-entropy", s1.dtype(), |T, A| {
+            A::to_cpu_storage_owned(cpu_fwd_typed::<T, A>(s1.as_slice::<T>()?, geo, &t))
+        });
         Ok((out, Shape::from(geo.0)))
     }
 
@@ -286,45 +281,11 @@ pub fn softmax_cross_entropy_bwd(logits: &Tensor, targets: &Tensor, loss: &Tenso
         (Storage::Cpu(xs), Storage::Cpu(ts), Storage::Cpu(ls), Storage::Cpu(gs)) => {
             let t = read_targets(ts, tl, n, v)?;
             let (gstart, gstride) = vec_geometry(gl, "dloss")?;
-            Storage::Cpu(match xs {
-                CpuStorage::F32(x) => CpuStorage::F32(cpu_bwd_typed::<f32, f32>(
-                    x,
-                    geo,
-                    &t,
-                    ls.as_slice()?,
-                    gs.as_slice()?,
-                    gstart,
-                    gstride,
-                )),
-                CpuStorage::BF16(x) => CpuStorage::BF16(cpu_bwd_typed::<bf16, f32>(
-                    x,
-                    geo,
-                    &t,
-                    ls.as_slice()?,
-                    gs.as_slice()?,
-                    gstart,
-                    gstride,
-                )),
-                CpuStorage::F16(x) => CpuStorage::F16(cpu_bwd_typed::<f16, f32>(
-                    x,
-                    geo,
-                    &t,
-                    ls.as_slice()?,
-                    gs.as_slice()?,
-                    gstart,
-                    gstride,
-                )),
-                CpuStorage::F64(x) => CpuStorage::F64(cpu_bwd_typed::<f64, f64>(
-                    x,
-                    geo,
-                    &t,
-                    ls.as_slice()?,
-                    gs.as_slice()?,
-                    gstart,
-                    gstride,
-                )),
-                s => candle_core::bail!("cross-entropy logits must be float, got {:?}", s.dtype()),
-            })
+            Storage::Cpu(float_elem!("cross-entropy backward", xs.dtype(), |T, A| {
+                let x = xs.as_slice::<T>()?;
+                let dx = cpu_bwd_typed::<T, A>(x, geo, &t, ls.as_slice()?, gs.as_slice()?, gstart, gstride);
+                T::to_cpu_storage_owned(dx)
+            }))
         }
         #[cfg(feature = "cuda")]
         (Storage::Cuda(xs), Storage::Cuda(ts), Storage::Cuda(ls), Storage::Cuda(gs)) => {
@@ -371,9 +332,9 @@ mod cuda {
     use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaStorage, DType, Result};
-    use half::{bf16, f16};
 
     use super::super::launch::{dtype_suffix, grid_1d};
+    use super::super::real::float_elem;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/cross_entropy.ptx"));
     const MODULE: &str = "tokenmill_cross_entropy";
@@ -381,7 +342,7 @@ mod cuda {
     const THREADS: u32 = 512;
 
     fn suffix(dt: DType) -> Result<&'static str> {
-        dtype_suffix(dt, "cross-entropy", &[DType::F32, DType::F64, DType::BF16, DType::F16])
+        dtype_suffix(dt, "cross-entropy", &[DType::F32, DType::F64, DType::BF16])
     }
 
     pub(super) fn fwd(
@@ -414,12 +375,7 @@ mod cuda {
         }
         let name = format!("ce_fwd_{}", suffix(xs.dtype())?);
         let geo = (n, v, start, rs);
-        match xs.dtype() {
-            DType::F32 => go::<f32, f32>(xs, &name, geo, ts, (tstart, tstride)),
-            DType::F64 => go::<f64, f64>(xs, &name, geo, ts, (tstart, tstride)),
-            DType::BF16 => go::<bf16, f32>(xs, &name, geo, ts, (tstart, tstride)),
-            _ => go::<f16, f32>(xs, &name, geo, ts, (tstart, tstride)),
-        }
+        float_elem!("cross-entropy on CUDA", xs.dtype(), |T, A| go::<T, A>(xs, &name, geo, ts, (tstart, tstride)))
     }
 
     pub(super) fn bwd(
@@ -460,11 +416,6 @@ mod cuda {
             Ok(CudaStorage::wrap_cuda_slice(dx, dev.clone()))
         }
         let name = format!("ce_bwd_{}", suffix(xs.dtype())?);
-        match xs.dtype() {
-            DType::F32 => go::<f32, f32>(xs, &name, geo, ts, tg, ls, gs, gg),
-            DType::F64 => go::<f64, f64>(xs, &name, geo, ts, tg, ls, gs, gg),
-            DType::BF16 => go::<bf16, f32>(xs, &name, geo, ts, tg, ls, gs, gg),
-            _ => go::<f16, f32>(xs, &name, geo, ts, tg, ls, gs, gg),
-        }
+        float_elem!("cross-entropy backward on CUDA", xs.dtype(), |T, A| go::<T, A>(xs, &name, geo, ts, tg, ls, gs, gg))
     }
 }
