@@ -3,7 +3,7 @@
 //! the composed candle version it replaces stays in `model::ops` / `model::attention` as its reference, held
 //! against it in tests/kernels_*.rs.
 //!
-//! - `cross_entropy`: softmax cross-entropy, per-row loss and one-pass `dlogits` (any device, f32/bf16/f16/f64),
+//! - `cross_entropy`: softmax cross-entropy, per-row loss and one-pass `dlogits` (CPU and CUDA, f32/bf16/f64),
 //!   and the LM head + loss as one autograd node (`linear_cross_entropy`).
 //! - `attention`: FlashAttention-2 style causal attention, forward saving O and the row logsumexp, backward
 //!   recomputing P blockwise (CUDA, HS = 64; a row-by-row CPU implementation of the same algorithm is its twin).
@@ -12,6 +12,12 @@
 //! - `embedding`: the token embedding lookup, with a deterministic grouped backward on CUDA (rows grouped by id on
 //!   the host, summed in the CPU's order: equal to candle's `index_add`, which walks the ids serially per column).
 //! - `gelu`: GELU (tanh approximation) saving only its input (CPU and CUDA, elementwise).
+//!
+//! Every file is laid out alike: the public entry point with its shape checks, `supported` where a model routes
+//! between the fused and the composed version (the one place that rule lives), the CPU twin generic over
+//! `real::{Real, Elem}`, the custom op, and a `cuda` launcher module. Dtypes are dispatched once per call by
+//! `real::float_pair!` / `float_elem!`: f32 and bf16 (what configs select) and f64 (gradient checks); attention
+//! also takes f16, for `crate::cuda::flash_attn`'s f16 path.
 //!
 //! The .cu files run without a GPU in the kernel lab, dev/cuda/ (llm.c's dev/cuda): `dev/cuda/run.sh` compiles them
 //! with g++ against a small CUDA emulation header and checks them against plain C++ references.
