@@ -586,22 +586,20 @@ fn write_shards(
             my_record = serde_json::from_str(&text).unwrap_or_default();
         }
     }
-    for k in (0..n).filter(|&k| mine(k)) {
-        if done[k].is_none() {
-            let (file, split, from, to) = plan.shard(k);
-            let path = out.join(&file);
-            let bytes = plan.stream.shard_bytes(from, to)?;
-            // A killed merge's temp file for this shard (other shards' temps may be another merge's, in progress).
-            let _ = std::fs::remove_file(temp_path_for(&path));
-            crate::util::write_atomic(&path, &bytes).map_err(io(&path))?;
-            let entry = ShardEntry { file, split, tokens: to - from, xxh3: xxh3_hex(&bytes) };
-            if opts.progress {
-                eprintln!("merge: {} ({} tokens, xxh3 {})", entry.file, entry.tokens, entry.xxh3);
-            }
-            written.push(entry.clone());
-            my_record.push(entry.clone());
-            done[k] = Some(entry);
+    for k in (0..n).filter(|&k| mine(k) && done[k].is_none()) {
+        let (file, split, from, to) = plan.shard(k);
+        let path = out.join(&file);
+        let bytes = plan.stream.shard_bytes(from, to)?;
+        // A killed merge's temp file for this shard (other shards' temps may be another merge's, in progress).
+        let _ = std::fs::remove_file(temp_path_for(&path));
+        crate::util::write_atomic(&path, &bytes).map_err(io(&path))?;
+        let entry = ShardEntry { file, split, tokens: to - from, xxh3: xxh3_hex(&bytes) };
+        if opts.progress {
+            eprintln!("merge: {} ({} tokens, xxh3 {})", entry.file, entry.tokens, entry.xxh3);
         }
+        written.push(entry.clone());
+        my_record.push(entry.clone());
+        done[k] = Some(entry);
         match opts.split {
             Some(s) => {
                 let path = split_record_path(out, s);
