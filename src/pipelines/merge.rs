@@ -586,7 +586,10 @@ fn write_shards(
             my_record = serde_json::from_str(&text).unwrap_or_default();
         }
     }
-    for k in (0..n).filter(|&k| mine(k) && done[k].is_none()) {
+    for k in 0..n {
+        if !mine(k) || done[k].is_some() {
+            continue;
+        }
         let (file, split, from, to) = plan.shard(k);
         let path = out.join(&file);
         let bytes = plan.stream.shard_bytes(from, to)?;
