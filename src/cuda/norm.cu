@@ -65,12 +65,14 @@ __device__ __forceinline__ void st4_bf16(__nv_bfloat16* p, float a, float b, flo
     h.hi = bf16_bits(c) | (bf16_bits(d) << 16);
     *reinterpret_cast<H4*>(p) = h;
 }
-__device__ __forceinline__ void ld4_bf16(const __nv_bfloat16* p, float (&o)[4]) {
-    const H4 h = *reinterpret_cast<const H4*>(p);
+__device__ __forceinline__ void unpack4_bf16(const H4 h, float (&o)[4]) {
     o[0] = bf16_from_bits(h.lo & 0xffffu);
     o[1] = bf16_from_bits(h.lo >> 16);
     o[2] = bf16_from_bits(h.hi & 0xffffu);
     o[3] = bf16_from_bits(h.hi >> 16);
+}
+__device__ __forceinline__ void ld4_bf16(const __nv_bfloat16* p, float (&o)[4]) {
+    unpack4_bf16(*reinterpret_cast<const H4*>(p), o);
 }
 
 // grid ceil(N / 8), block 256. With RES, the row is first the residual sum x = res + delta (f32 + bf16: a
@@ -155,16 +157,27 @@ __device__ void ln_bwd_engine(const __nv_bfloat16* __restrict__ dy, const float*
         const bool valid = row_raw < r1;
         const int64_t row = valid ? row_raw : r0;
         const float m = mean[row], rs = rstd[row];
-        F4 xv[NCH] = {}, dv[NCH] = {};
-        float sg = 0.f, sgx = 0.f;
+        // Every load of the row is issued before the reductions need any of them, the residual gradient this row
+        // adds into included, so a warp waits on memory once per row (reading dres after the shuffles made it a
+        // second round trip). dy stays packed bf16 in registers (half the registers of f32), unpacked where used.
+        F4 xv[NCH] = {}, ov[NCH] = {};
+        H4 dh[NCH] = {};
 #pragma unroll
         for (int j = 0; j < NCH; j++) {
             const int col = 4 * lane + 128 * j;
             if (col < c) {
                 xv[j] = ld4(x + row * c + col);
+                dh[j] = *reinterpret_cast<const H4*>(dy + row * c + col);
+                ov[j] = ld4(dres + row * c + col);
+            }
+        }
+        float sg = 0.f, sgx = 0.f;
+#pragma unroll
+        for (int j = 0; j < NCH; j++) {
+            const int col = 4 * lane + 128 * j;
+            if (col < c) {
                 float d[4];
-                ld4_bf16(dy + row * c + col, d);
-                dv[j] = F4{d[0], d[1], d[2], d[3]};
+                unpack4_bf16(dh[j], d);
                 const F4 wv = ld4(w + col);
                 // xhat in place of x from here on
                 xv[j] = F4{(xv[j].x - m) * rs, (xv[j].y - m) * rs, (xv[j].z - m) * rs, (xv[j].w - m) * rs};
@@ -180,22 +193,24 @@ __device__ void ln_bwd_engine(const __nv_bfloat16* __restrict__ dy, const float*
             for (int j = 0; j < NCH; j++) {
                 const int col = 4 * lane + 128 * j;
                 if (col < c) {
+                    float d[4];
+                    unpack4_bf16(dh[j], d);
                     const F4 wv = ld4(w + col);
-                    F4 o = ld4(dres + row * c + col);
-                    o.x += rs * (dv[j].x * wv.x - sg - xv[j].x * sgx);
-                    o.y += rs * (dv[j].y * wv.y - sg - xv[j].y * sgx);
-                    o.z += rs * (dv[j].z * wv.z - sg - xv[j].z * sgx);
-                    o.w += rs * (dv[j].w * wv.w - sg - xv[j].w * sgx);
+                    F4 o = ov[j];
+                    o.x += rs * (d[0] * wv.x - sg - xv[j].x * sgx);
+                    o.y += rs * (d[1] * wv.y - sg - xv[j].y * sgx);
+                    o.z += rs * (d[2] * wv.z - sg - xv[j].z * sgx);
+                    o.w += rs * (d[3] * wv.w - sg - xv[j].w * sgx);
                     st4(dres + row * c + col, o);
                     st4_bf16(dres16 + row * c + col, o.x, o.y, o.z, o.w);
-                    dw[j].x += dv[j].x * xv[j].x;
-                    dw[j].y += dv[j].y * xv[j].y;
-                    dw[j].z += dv[j].z * xv[j].z;
-                    dw[j].w += dv[j].w * xv[j].w;
-                    db[j].x += dv[j].x;
-                    db[j].y += dv[j].y;
-                    db[j].z += dv[j].z;
-                    db[j].w += dv[j].w;
+                    dw[j].x += d[0] * xv[j].x;
+                    dw[j].y += d[1] * xv[j].y;
+                    dw[j].z += d[2] * xv[j].z;
+                    dw[j].w += d[3] * xv[j].w;
+                    db[j].x += d[0];
+                    db[j].y += d[1];
+                    db[j].z += d[2];
+                    db[j].w += d[3];
                 }
             }
         }
