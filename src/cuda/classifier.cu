@@ -7,8 +7,7 @@
 // dscale is d(mean loss)/d(loss[r]): 1 / (B * T * micro-steps) for training; 0 leaves the logits alone (evaluation).
 // The softmax runs over all V columns (the padded vocabulary too, as PyTorch's cross_entropy on the padded head).
 // One block per row: pass 1 keeps an online (max, sum of exp) per thread over 16-byte vectors, merged across the
-// block in a fixed order (warp butterflies); pass 2 re-reads the row (mostly from L2: a 100 KB row per block) and
-// writes the gradient.
+// block in a fixed order; pass 2 re-reads the row (mostly from L2: a 100 KB row per block) and writes the gradient.
 // The target's logit is read by one thread before anything is overwritten (the block barrier orders it).
 //
 // loss_reduce sums the per-row losses in a fixed order (one block), times `scale`, into acc[0] (+=): the step's loss
@@ -39,30 +38,15 @@ __device__ __forceinline__ void cls_merge(float& m, float& s, float m2, float s2
     m = mx;
 }
 
-#ifdef __CUDACC__
-__device__ __forceinline__ float cls_shfl_xor(float v, int o) { return __shfl_xor_sync(0xffffffffu, v, o); }
-#else
-inline float cls_shfl_xor(float v, int o) { return emu_shfl_xor(v, o); }
-#endif
-// (m, s) merged across the 32 lanes of a warp by a butterfly. Every lane ends with the same bits: cls_merge is
-// symmetric in its two operands (a max, and a sum of two products, and float addition commutes).
-__device__ __forceinline__ void cls_warp_merge(float& m, float& s) {
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2) {
-        const float m2 = cls_shfl_xor(m, o), s2 = cls_shfl_xor(s, o);
-        cls_merge(m, s, m2, s2);
-    }
-}
 // grid N, block CLS_THREADS. V must be a multiple of 8 and each row 16-byte aligned (classifier.rs checks).
 extern "C" __global__ void __launch_bounds__(CLS_THREADS)
     classifier_fwd_bwd(__nv_bfloat16* __restrict__ logits, const uint32_t* __restrict__ targets,
                        float* __restrict__ loss, int v, float dscale) {
-    constexpr int CLS_WARPS = CLS_THREADS / 32;
-    __shared__ float sh_m[CLS_WARPS];
-    __shared__ float sh_s[CLS_WARPS];
+    __shared__ float sh_m[CLS_THREADS];
+    __shared__ float sh_s[CLS_THREADS];
     __shared__ float sh_target;
     const int64_t row = blockIdx.x;
-    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const int tid = threadIdx.x;
     __nv_bfloat16* x = logits + row * (int64_t)v;
     const uint32_t target = targets[row];
     if (tid == 0) sh_target = to_acc(x[target]);
@@ -73,18 +57,20 @@ extern "C" __global__ void __launch_bounds__(CLS_THREADS)
 #pragma unroll
         for (int k = 0; k < 8; k++) cls_online_add(m, s, to_acc(p.v[k]) * CLS_LOG2E);
     }
-    // Merged in a fixed order: within each warp, then the warps' results by every warp alike (a second butterfly),
-    // so every thread holds the row's statistics after one barrier (a shared-memory tree took log2(1024) of them).
-    cls_warp_merge(m, s);
-    if (lane == 0) {
-        sh_m[warp] = m;
-        sh_s[warp] = s;
-    }
+    sh_m[tid] = m;
+    sh_s[tid] = s;
     __syncthreads();
-    m = lane < CLS_WARPS ? sh_m[lane] : -TM_INF;
-    s = lane < CLS_WARPS ? sh_s[lane] : 0.f;
-    cls_warp_merge(m, s);
-    const float mx = m, sum = s;
+    // Tree merge in a fixed order.
+    for (int half = CLS_THREADS / 2; half > 0; half /= 2) {
+        if (tid < half) {
+            float a = sh_m[tid], b = sh_s[tid];
+            cls_merge(a, b, sh_m[tid + half], sh_s[tid + half]);
+            sh_m[tid] = a;
+            sh_s[tid] = b;
+        }
+        __syncthreads();
+    }
+    const float mx = sh_m[0], sum = sh_s[0];
     // mx is in log2 units: logsumexp = (log2(sum) + mx) * ln 2.
     if (tid == 0) loss[row] = (log2f(sum) + mx) * CLS_LN2 - sh_target;
     if (dscale == 0.f) return;
