@@ -1,6 +1,7 @@
-//! The engine's attention backend: tokenmill's flash kernels (`crate::cuda::flash_attn`, the default and the
-//! deterministic reference) or cuDNN's SDPA (`crate::cuda::cudnn_attn`, feature `cudnn`), chosen by
-//! `TOKENMILL_ATTENTION=native|cudnn` ([`EngineOptions::from_env`](super::EngineOptions::from_env)). Both take the
+//! The engine's attention backend: tokenmill's flash kernels (`crate::cuda::flash_attn`, the reference, always
+//! built) or cuDNN's SDPA (`crate::cuda::cudnn_attn`, feature `cudnn`; deterministic backward), chosen by
+//! `TOKENMILL_ATTENTION=native|cudnn` ([`EngineOptions::from_env`](super::EngineOptions::from_env)). The default is
+//! cuDNN in a `cudnn` build (measured faster: docs/PERF.md) and the native kernels otherwise. Both take the
 //! same buffers (qkv, y, lse, dy, dqkv) and the lse of either is the natural-log logsumexp its own backward reads,
 //! so the engine's layout does not change with the backend.
 
@@ -14,13 +15,24 @@ use crate::cuda::cudnn_attn::CudnnAttn;
 use crate::cuda::flash_attn::FlashAttn;
 
 /// Which attention implementation the engine runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionBackend {
     /// `crate::cuda::flash_attn` (always built).
-    #[default]
     Native,
     /// cuDNN's SDPA with the deterministic backward requested (needs a `--features cudnn` build).
     Cudnn,
+}
+
+impl Default for AttentionBackend {
+    /// cuDNN where the binary has it: at GPT-2 124M shapes its deterministic SDPA is 1.49 ms per layer against the
+    /// native kernels' 1.83 (docs/PERF.md).
+    fn default() -> Self {
+        if cfg!(feature = "cudnn") {
+            AttentionBackend::Cudnn
+        } else {
+            AttentionBackend::Native
+        }
+    }
 }
 
 impl AttentionBackend {
@@ -33,15 +45,16 @@ impl AttentionBackend {
         }
     }
 
-    /// `TOKENMILL_ATTENTION`, native when unset; an unknown value is reported and ignored (as the engine's other
-    /// switches ignore values they do not know).
+    /// `TOKENMILL_ATTENTION`, the default when unset; an unknown value is reported and ignored (as the engine's
+    /// other switches ignore values they do not know).
     pub fn from_env() -> AttentionBackend {
         match std::env::var("TOKENMILL_ATTENTION") {
             Ok(v) if !v.trim().is_empty() => AttentionBackend::parse(&v).unwrap_or_else(|| {
-                tracing::warn!("TOKENMILL_ATTENTION={v:?} is not native or cudnn: using the native kernels");
-                AttentionBackend::Native
+                let d = AttentionBackend::default();
+                tracing::warn!("TOKENMILL_ATTENTION={v:?} is not native or cudnn: using {d:?}");
+                d
             }),
-            _ => AttentionBackend::Native,
+            _ => AttentionBackend::default(),
         }
     }
 }

@@ -44,7 +44,7 @@ impl Default for EngineOptions {
             classifier_chunk: 16384,
             gelu_fusion: true,
             bias_grad_epilogue: false,
-            attention: AttentionBackend::Native,
+            attention: AttentionBackend::default(),
         }
     }
 }
