@@ -4,13 +4,13 @@
 //! This keeps the .cu files checked in CPU-only CI; on a GPU, tests/kernels_*.rs and the GPU test binary run the
 //! real kernels. Skipped (with a printed line) without g++ >= 11.
 //!
-//! Two labs: the candle ops' kernels (dev/cuda) and the explicit GPT-2 engine's (src/cuda/lab).
+//! Two labs in dev/cuda: the candle ops' kernels (`run.sh ops`) and the explicit GPT-2 engine's (`run.sh engine`).
 
 use std::path::Path;
 use std::process::Command;
 
-/// Run `script` (relative to the crate root) and require it to print `marker` and no FAIL line.
-fn run_lab(test: &str, script: &str, marker: &str) {
+/// Run dev/cuda/run.sh `lab` and require it to print `marker` and no FAIL line.
+fn run_lab(test: &str, lab: &str, marker: &str) {
     let gxx_major = Command::new("g++")
         .arg("-dumpversion")
         .output()
@@ -25,8 +25,8 @@ fn run_lab(test: &str, script: &str, marker: &str) {
         }
     }
     let tmp = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
-    let out = Command::new("bash").arg(&script).env("TMPDIR", tmp.path()).output().expect("running the lab");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("dev/cuda/run.sh");
+    let out = Command::new("bash").arg(&script).arg(lab).env("TMPDIR", tmp.path()).output().expect("running the lab");
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "kernel lab {} failed:\n{stdout}", script.display());
@@ -36,10 +36,10 @@ fn run_lab(test: &str, script: &str, marker: &str) {
 
 #[test]
 fn cuda_sources_pass_the_cpu_emulation() {
-    run_lab("cuda_sources_pass_the_cpu_emulation", "dev/cuda/run.sh", "all kernel checks passed");
+    run_lab("cuda_sources_pass_the_cpu_emulation", "ops", "all kernel checks passed");
 }
 
 #[test]
 fn engine_kernels_pass_the_cpu_emulation() {
-    run_lab("engine_kernels_pass_the_cpu_emulation", "src/cuda/lab/run.sh", "all engine kernel checks passed");
+    run_lab("engine_kernels_pass_the_cpu_emulation", "engine", "all engine kernel checks passed");
 }

@@ -1,7 +1,7 @@
 // Runs the CUDA kernels of ../cross_entropy.cu, ../attention.cu and ../embedding.cu under cuda_emu.h and compares them with plain
 // double-precision references, in f32 and bf16, on awkward sizes (T not a multiple of the tiles, unaligned rows,
 // the strided q/k/v views GPT-2 passes, ignored targets). Prints one line per check; exits 1 on any mismatch.
-// Build and run: dev/cuda/run.sh
+// Build and run: dev/cuda/run.sh ops
 #include "cuda_emu.h"
 
 #include "../../src/model/kernels/attention.cu"

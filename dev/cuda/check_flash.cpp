@@ -2,7 +2,7 @@
 // cuda_emu.h's warp-level emulation and compares them with a double-precision reference, in bf16 and f16, on T that
 // are and are not multiples of the tiles, every launch variant, and head groups that do not divide B * NH. Checks
 // that every output element is written (outputs start as NaN) and that a second run gives the same bytes.
-// Prints one line per check; exits 1 on any mismatch. Build and run: dev/cuda/run.sh
+// Prints one line per check; exits 1 on any mismatch. Build and run: dev/cuda/run.sh ops
 #include "cuda_emu.h"
 
 #include "../../src/cuda/flash_attn.cu"

@@ -1,13 +1,27 @@
 #!/usr/bin/env bash
-# Compile the CUDA kernels of src/model/kernels/*.cu and src/cuda/flash_attn.cu for the CPU under cuda_emu.h and check
-# them against double-precision references (check.cpp, check_flash.cpp). Needs g++ >= 11 (C++20 std::barrier); no
-# GPU, no CUDA toolkit.
-# Usage: dev/cuda/run.sh [full]   (full: also the larger flash-attention cases)
+# The kernel lab: compile tokenmill's CUDA kernels for the CPU under cuda_emu.h and check them against
+# double-precision references. Needs g++ >= 11 (C++20 std::barrier); no GPU, no CUDA toolkit.
+#   ops:    src/model/kernels/*.cu (the candle ops) and src/cuda/flash_attn.cu (check.cpp, check_flash.cpp)
+#   engine: the explicit GPT-2 engine's kernels, src/cuda/*.cu (check_engine.cpp)
+# Usage: dev/cuda/run.sh [ops [full] | engine]   (no argument: both; full: also the larger flash-attention cases)
 set -euo pipefail
 cd "$(dirname "$0")"
 out="${TMPDIR:-/tmp}/tokenmill-kernel-lab"
+what="${1:-all}"
+[ $# -gt 0 ] && shift
 # -fno-strict-aliasing: the kernels reinterpret 16-byte vectors as CUDA does.
-g++ -std=c++20 -O2 -fno-strict-aliasing -pthread -Wall -Wno-unknown-pragmas -o "$out" check.cpp
-g++ -std=c++20 -O2 -fno-strict-aliasing -pthread -Wall -Wno-unknown-pragmas -o "$out-flash" check_flash.cpp
-"$out"
-"$out-flash" "$@"
+build() { g++ -std=c++20 -O2 -fno-strict-aliasing -pthread -Wall -Wno-unknown-pragmas -o "$1" "$2"; }
+case "$what" in
+  ops | all)
+    build "$out" check.cpp
+    build "$out-flash" check_flash.cpp
+    "$out"
+    "$out-flash" "$@"
+    ;;&
+  engine | all)
+    build "$out-engine" check_engine.cpp
+    "$out-engine"
+    ;;
+  ops) ;;
+  *) echo "usage: $0 [ops [full] | engine]" >&2; exit 2 ;;
+esac

@@ -1,7 +1,7 @@
 //! The GPT-2 engine's optimizer over its flat buffers (adamw.cu): the global gradient norm and clip coefficient
 //! (deterministic two-stage sum), then AdamW over every parameter in one launch, writing the bf16 working copy.
 //! The per-step scalars are `train::optim::StepScalars`, the same the autograd engine's AdamW uses.
-//! CPU checks: src/cuda/lab.
+//! CPU checks: dev/cuda/check_engine.cpp.
 
 use std::sync::Arc;
 

@@ -1,5 +1,5 @@
 //! The GPT-2 engine's classifier (classifier.cu): per-row softmax cross-entropy over bf16 logits with the gradient
-//! written over the logits in the same pass, and the deterministic loss sum. CPU checks: src/cuda/lab.
+//! written over the logits in the same pass, and the deterministic loss sum. CPU checks: dev/cuda/check_engine.cpp.
 
 use std::sync::Arc;
 

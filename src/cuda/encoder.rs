@@ -1,6 +1,6 @@
 //! The GPT-2 engine's embeddings (encoder.cu): `x = wte[idx] + wpe[t]` into the f32 residual stream, and the
 //! deterministic backward (`dwte +=` grouped sums over the host-built `IdGroups`, `dwpe +=` batch sums).
-//! CPU checks: src/cuda/lab.
+//! CPU checks: dev/cuda/check_engine.cpp.
 
 use std::sync::Arc;
 

@@ -1,6 +1,6 @@
 //! LayerNorm of the GPT-2 engine (norm.cu): f32 residual in, bf16 out, mean and rstd kept; the backward adds into
 //! the f32 residual gradient, writes its bf16 copy, and adds the weight and bias gradients deterministically.
-//! CPU checks: src/cuda/lab (the .cu under emulation against a double-precision reference).
+//! CPU checks: dev/cuda/check_engine.cpp (the .cu under emulation against a double-precision reference).
 
 use std::sync::Arc;
 

@@ -1,8 +1,8 @@
 // Runs the GPT-2 engine's CUDA kernels (src/cuda/*.cu) on the CPU under dev/cuda/cuda_emu.h and
 // compares them with plain double-precision references on awkward sizes (rows not a multiple of the block's, widths
 // not a multiple of 128, repeated token ids, accumulation into non-zero gradients). One line per check; exit 1 on any
-// mismatch. Build and run: src/cuda/lab/run.sh (also run by `cargo test`, tests/kernels_lab.rs).
-#include "../../../dev/cuda/cuda_emu.h"
+// mismatch. Build and run: dev/cuda/run.sh engine (also run by `cargo test`, tests/kernels_lab.rs).
+#include "cuda_emu.h"
 
 // Warp shuffles, emulated with block barriers: every thread of the block must call them the same number of times
 // (the engine kernels keep their control flow uniform around shuffles for this reason).
@@ -22,12 +22,12 @@ inline float emu_shfl_xor(float v, int mask) {
 #define NORM_THREADS 64
 #define CLS_THREADS 64
 
-#include "../activation.cu"
-#include "../adamw.cu"
-#include "../bias_grad.cu"
-#include "../classifier.cu"
-#include "../encoder.cu"
-#include "../norm.cu"
+#include "../../src/cuda/activation.cu"
+#include "../../src/cuda/adamw.cu"
+#include "../../src/cuda/bias_grad.cu"
+#include "../../src/cuda/classifier.cu"
+#include "../../src/cuda/encoder.cu"
+#include "../../src/cuda/norm.cu"
 
 #include <cstdio>
 #include <random>
