@@ -75,9 +75,9 @@ pub struct Variant {
 }
 
 impl Variant {
-    /// H200, B=64, T=1024 (docs/PERF.md, device run 3): the forward with 32 rows per warp (0.453 ms), dQ capped
-    /// at 3 blocks per SM (0.587 ms vs 0.635: more warps hide its latency; 8 spilled bytes), dK/dV left at 2
-    /// blocks (0.805 ms; capped it spills 88 bytes and takes 0.868).
+    /// The fastest launch measured at GPT-2 124M's shape (docs/PERF.md, "Device run 3"): the forward with 32 rows
+    /// per warp, dQ capped at 3 blocks per SM (more warps hide its latency, at the cost of a few spilled bytes),
+    /// dK/dV left at 2 blocks (capped, it spills more and runs slower).
     pub const DEFAULT: Variant = Variant {
         fwd_warps: 4,
         fwd_mtiles: 2,
