@@ -11,6 +11,8 @@ use tiktoken_rs::CoreBPE;
 mod gpt2_split;
 pub mod hf_files;
 
+pub use gpt2_split::{piece_counts, PieceCounts};
+
 /// Which BPE vocabulary a shard directory was written with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -57,14 +59,17 @@ impl TokenizerKind {
         }
     }
 
-    /// Build the shared tables now, two at once (the encoder from its ranks; for GPT-2 also the splitter's class of
-    /// every char), so that the first document does not wait for them (`prep` calls it while it lists its inputs).
+    /// Build the shared tables now, two at once (the encoder from its ranks, then for GPT-2 the vocabulary table of
+    /// `gpt2_split`; for GPT-2 also the splitter's class of every char), so that the first document does not wait for them (`prep` calls it while it lists its inputs).
     pub fn warm_up(self) {
         std::thread::scope(|s| {
             if self == TokenizerKind::Gpt2 {
                 s.spawn(gpt2_split::warm_up);
             }
-            self.bpe();
+            let bpe = self.bpe();
+            if self == TokenizerKind::Gpt2 {
+                gpt2_split::warm_up_ranks(bpe);
+            }
         });
     }
 
