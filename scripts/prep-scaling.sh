@@ -15,8 +15,20 @@
 # them, and one prep of a single file times what every run pays whatever its size. Every output's shards must be
 # byte-identical to the 1-thread run's (exit 1 otherwise).
 #
+# REPLICATE may be a list ("8 32"): the table is then printed for each input size (the 1-thread rate of each is its
+# own reference; outputs are compared within one size), which separates what a run pays once (start-up, pipeline fill
+# and drain, threads' cold caches) from the steady state: a speed-up that grows with the input is warm-up, one that
+# does not is a serial stage or a per-thread slowdown.
+#
+# PROFILE=1: every run with TOKENMILL_PREP_PROFILE=1 (src/pipelines/profile.rs), and for each input size and thread
+# count the profile of its best run is printed after the table: timeline, workers' busy share, fill and drain, worker
+# time per token by stage (tokenize, encode, decode/other; on-CPU and run-queue wait from schedstat), how pieces were
+# answered, the consumer's planning/waiting/pushing, process user/sys time and faults, one line per pool thread. The CPU
+# topology (lscpu) is printed first: hyperthreads share a core's execution units.
+#
 # Env: SHARD_SIZE (default 10000000 tokens), NVIDIA_LIBS (see below), WORK (scratch directory, default a new one under ${TMPDIR:-/tmp},
-# removed at the end unless KEEP=1). About 1 minute on 16 cores, 2-3 minutes on 2.
+# removed at the end unless KEEP=1). About 1 minute on 16 cores, 2-3 minutes on 2 (REPLICATE=8); REPLICATE="8 32"
+# PROFILE=1 WORKERS=0 about 2.5 minutes on 16 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,22 +69,32 @@ fi
 [ -n "$PARQUET_DIR" ] || { echo "no parquet files (set PARQUET_DIR)" >&2; exit 2; }
 PARQUET_DIR=$(cd "$PARQUET_DIR" && pwd)
 
-IN=$WORK/input
-mkdir -p "$IN"
-n_files=0
-for r in $(seq 1 "$REPLICATE"); do
-  for f in "$PARQUET_DIR"/*.parquet; do
-    ln -sf "$f" "$IN/r$(printf %02d "$r")_$(basename "$f")"
-    n_files=$((n_files + 1))
+PROFILE=${PROFILE:-0}
+[ "$PROFILE" = 1 ] && export TOKENMILL_PREP_PROFILE=1
+
+# The input of $1 replicas: the parquet files linked that many times into $IN.
+make_input() {
+  IN=$WORK/input$1
+  rm -rf "$IN"
+  mkdir -p "$IN"
+  n_files=0
+  for r in $(seq 1 "$1"); do
+    for f in "$PARQUET_DIR"/*.parquet; do
+      ln -sf "$f" "$IN/r$(printf %03d "$r")_$(basename "$f")"
+      n_files=$((n_files + 1))
+    done
   done
-done
+}
 
 if [ "$WORKERS" -gt 0 ] && ! "$BIN" prep merge --help > /dev/null 2>&1; then
   echo "note: $BIN has no \`prep merge\` (built before issue 13): the workers + merge check is skipped"
   WORKERS=0
 fi
 echo "prep scaling: $BIN ($("$BIN" --version)), $CORES cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'))"
-echo "input: $n_files parquet files ($REPLICATE x $PARQUET_DIR), shard size $SHARD_SIZE, $REPEATS run(s) per thread count"
+if [ "$PROFILE" = 1 ] && command -v lscpu > /dev/null; then
+  lscpu | grep -E '^(CPU\(s\)|Thread\(s\) per core|Core\(s\) per socket|Socket\(s\)|NUMA node\(s\)|CPU max MHz|L3 cache)' \
+    | sed 's/^/  /'
+fi
 
 # One prep run into $1 with the remaining arguments; prints "TOKENS SECONDS" from prep's own report (the whole
 # prep: planning, tokenizing, writing and fsyncing every shard, the manifest).
@@ -92,38 +114,63 @@ same_shards() {
   [ "$(grep -A4 '"file"' "$a/manifest.json")" = "$(grep -A4 '"file"' "$b/manifest.json")" ]
 }
 
-REF=$WORK/ref
-rate1=""
 status=0
-printf '\n%-8s %14s %14s %9s %16s %8s  %s\n' threads "best tok/s" "median tok/s" speedup "0.8*N*rate(1)" ratio output
-for n in $THREADS; do
-  if [ "$n" -gt "$CORES" ]; then
-    echo "($n threads: skipped, this machine has $CORES cores)"
-    continue
-  fi
-  rates=()
-  for rep in $(seq 1 "$REPEATS"); do
-    read -r tokens secs < <(run_prep "$WORK/out" --threads "$n")
-    rates+=("$(awk -v t="$tokens" -v s="$secs" 'BEGIN { printf "%.0f", t / s }')")
-    if [ ! -d "$REF" ]; then
-      mv "$WORK/out" "$REF"
-      echo "(each run: $tokens tokens)"
-      verdict=reference
-    elif same_shards "$REF" "$WORK/out"; then
-      verdict=identical
-    else
-      verdict="DIFFERENT from the 1st run"
-      status=1
+PROFILES=$WORK/profiles
+mkdir -p "$PROFILES"
+for replicate in $REPLICATE; do
+  make_input "$replicate"
+  REF=$WORK/ref$replicate
+  rate1=""
+  echo
+  echo "input: $n_files parquet files ($replicate x $PARQUET_DIR), shard size $SHARD_SIZE, $REPEATS run(s) per thread count"
+  printf '%-8s %14s %14s %9s %16s %8s  %s\n' threads "best tok/s" "median tok/s" speedup "0.8*N*rate(1)" ratio output
+  for n in $THREADS; do
+    if [ "$n" -gt "$CORES" ]; then
+      echo "($n threads: skipped, this machine has $CORES cores)"
+      continue
     fi
+    rates=()
+    best_rate=0
+    for rep in $(seq 1 "$REPEATS"); do
+      read -r tokens secs < <(run_prep "$WORK/out" --threads "$n")
+      rate=$(awk -v t="$tokens" -v s="$secs" 'BEGIN { printf "%.0f", t / s }')
+      rates+=("$rate")
+      if [ "$rate" -gt "$best_rate" ]; then
+        best_rate=$rate
+        grep '^prep profile:' "$WORK/out.log" > "$PROFILES/r${replicate}_t$n" || true
+      fi
+      if [ ! -d "$REF" ]; then
+        mv "$WORK/out" "$REF"
+        echo "(each run: $tokens tokens)"
+        verdict=reference
+      elif same_shards "$REF" "$WORK/out"; then
+        verdict=identical
+      else
+        verdict="DIFFERENT from the 1st run"
+        status=1
+      fi
+    done
+    sorted=$(printf '%s\n' "${rates[@]}" | sort -n)
+    best=$(echo "$sorted" | tail -n 1)
+    median=$(echo "$sorted" | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+    [ -n "$rate1" ] || rate1=$(awk -v b="$best" -v n="$n" 'BEGIN { print b / n }')
+    awk -v n="$n" -v b="$best" -v m="$median" -v r1="$rate1" -v v="$verdict" 'BEGIN {
+      t = 0.8 * n * r1
+      printf "%-8d %13.2fM %13.2fM %8.2fx %15.2fM %8.2f  %s\n", n, b / 1e6, m / 1e6, b / r1, t / 1e6, b / t, v }'
   done
-  sorted=$(printf '%s\n' "${rates[@]}" | sort -n)
-  best=$(echo "$sorted" | tail -n 1)
-  median=$(echo "$sorted" | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
-  [ -n "$rate1" ] || rate1=$(awk -v b="$best" -v n="$n" 'BEGIN { print b / n }')
-  awk -v n="$n" -v b="$best" -v m="$median" -v r1="$rate1" -v v="$verdict" 'BEGIN {
-    t = 0.8 * n * r1
-    printf "%-8d %13.2fM %13.2fM %8.2fx %15.2fM %8.2f  %s\n", n, b / 1e6, m / 1e6, b / r1, t / 1e6, b / t, v }'
+  if [ "$PROFILE" = 1 ]; then
+    for n in $THREADS; do
+      [ -s "$PROFILES/r${replicate}_t$n" ] || continue
+      echo
+      echo "profile of the best run, $replicate replicas, $n thread(s):"
+      cat "$PROFILES/r${replicate}_t$n"
+    done
+  fi
 done
+# The fixed-cost run and the workers below use the first REPLICATE's input and reference.
+first=${REPLICATE%% *}
+make_input "$first"
+REF=$WORK/ref$first
 
 # What every run pays before and after tokenizing (encoder build, listing and fingerprinting inputs, the last shard's
 # fsync): prep of one file with every core, best of 3. On many cores it is a visible part of a sub-second run.

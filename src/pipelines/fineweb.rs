@@ -16,12 +16,14 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::hub::{HubClient, HubError, RemoteFile};
 use crate::pipelines::ordered::OrderedJobs;
+use crate::pipelines::profile::{ConsumerTimes, Profile, StageTimes};
 use crate::pipelines::segments::{Encoded, FilePlan, Segment};
 use crate::pipelines::sources::{self, SourceError, SourceFile, SourceKind};
 use crate::pipelines::workers::{self, Finished, PartRecord, WorkerId, WorkerRecord};
@@ -125,9 +127,19 @@ pub fn prep(opts: &PrepOptions) -> Result<PrepReport, PrepError> {
     // would weigh on it.
     let warm_up = {
         let kind = opts.tokenizer;
-        std::thread::spawn(move || kind.warm_up())
+        std::thread::spawn(move || {
+            kind.warm_up();
+            start.elapsed()
+        })
+    };
+    let profile = Profile::new(start);
+    let mark = |what| {
+        if let Some(p) = &profile {
+            p.mark(what)
+        }
     };
     let (hub, mut files) = plan_files(opts)?;
+    mark("inputs listed");
     let inputs_total = files.len();
     let (dir, writer_val_shards) = match opts.worker {
         None => (opts.out.clone(), opts.val_shards),
@@ -166,6 +178,7 @@ pub fn prep(opts: &PrepOptions) -> Result<PrepReport, PrepError> {
         definition: definition(opts, &files)?,
         overwrite: opts.overwrite,
     })?;
+    mark("writer open (inputs fingerprinted)");
     // A worker's record says "unfinished" for as long as this run may change its stream.
     let previous_parts = match opts.worker {
         Some(w) => start_worker_record(&dir, w, inputs_total, files.len(), opts.max_shards)?,
@@ -189,14 +202,24 @@ pub fn prep(opts: &PrepOptions) -> Result<PrepReport, PrepError> {
             prefetch: None,
         };
         let progress = Progress::new(opts, &planner.files, shards_before);
-        let _ = warm_up.join();
-        let run = run_segments(opts, planner, &mut writer, cursor.tokens_into_document, &progress, start);
+        let built = warm_up.join();
+        if let (Some(p), Ok(at)) = (&profile, built) {
+            p.mark_at("tokenizer tables built", at);
+        }
+        mark("encoder ready");
+        let run = run_segments(opts, planner, &mut writer, cursor.tokens_into_document, &progress, start, &profile);
         progress.finish();
         (documents_read, tokens_written, full) = run?;
     }
     let complete_before = manifest_before.complete;
     // A reader error returns above, so reaching here not `full` means the input really ended.
     let manifest = writer.finish(!full && !complete_before)?;
+    mark("writer finished (last shard fsynced, manifest)");
+    if let Some(p) = &profile {
+        for line in p.report() {
+            eprintln!("{line}");
+        }
+    }
     if let Some(w) = opts.worker {
         finish_worker_record(&dir, w, &manifest, opts, previous_parts)?;
     }
@@ -215,11 +238,12 @@ pub fn prep(opts: &PrepOptions) -> Result<PrepReport, PrepError> {
 /// Plan, encode on the pool, push in order. Returns (documents, tokens, whether the shard limit stopped it).
 fn run_segments(
     opts: &PrepOptions,
-    mut planner: Planner,
+    planner: Planner,
     writer: &mut ShardWriter,
-    mut skip_tokens: u64,
+    skip_tokens: u64,
     progress: &Progress,
     start: Instant,
+    profile: &Option<Arc<Profile>>,
 ) -> Result<(u64, u64, bool), PrepError> {
     let threads = capped_threads(opts.threads);
     let pool = rayon::ThreadPoolBuilder::new()
@@ -227,16 +251,50 @@ fn run_segments(
         .thread_name(|i| format!("bpe-{i}"))
         .build()
         .map_err(|e| PrepError::Threads { threads, message: e.to_string() })?;
+    if let Some(p) = profile {
+        p.mark("pool ready");
+    }
+    let mut consumer = ConsumerTimes::default();
+    let run = feed_pool(opts, &pool, planner, writer, skip_tokens, progress, start, profile, &mut consumer);
+    if let Some(p) = profile {
+        p.mark("last segment pushed");
+        p.set_consumer(pool.current_num_threads(), consumer);
+    }
+    run
+}
+
+/// `run_segments`' loop: keep the pool's window full, take the results in order, push them to the writer.
+#[allow(clippy::too_many_arguments)]
+fn feed_pool(
+    opts: &PrepOptions,
+    pool: &rayon::ThreadPool,
+    mut planner: Planner,
+    writer: &mut ShardWriter,
+    mut skip_tokens: u64,
+    progress: &Progress,
+    start: Instant,
+    profile: &Option<Arc<Profile>>,
+    consumer: &mut ConsumerTimes,
+) -> Result<(u64, u64, bool), PrepError> {
     let tokenizer = Tokenizer::new(opts.tokenizer);
     let window = SEGMENTS_PER_THREAD * pool.current_num_threads();
-    let mut jobs = OrderedJobs::new(&pool, window);
+    let mut jobs = OrderedJobs::new(pool, window);
     // Consumed segment buffers go back to the jobs (see `Segment::encode`).
     let (recycle, recycled) = crossbeam_channel::bounded::<Encoded>(window);
     let width = opts.tokenizer.token_bytes();
     let (mut documents, mut tokens) = (0u64, 0u64);
     // A planning error (a file that cannot be opened) surfaces after every document before it is written.
     let mut plan_error = None;
+    // The consumer's clock runs only when profiling.
+    let clock = || profile.as_ref().map(|_| Instant::now());
+    let add = |sum: &mut Duration, since: Option<Instant>| {
+        if let Some(t) = since {
+            *sum += t.elapsed();
+        }
+    };
+    let mut first_taken = false;
     loop {
+        let t = clock();
         while plan_error.is_none() && jobs.has_room() {
             match planner.next() {
                 None => break,
@@ -244,11 +302,32 @@ fn run_segments(
                 Some(Ok(Planned::File { name, bytes, first_doc })) => writer.begin_source(&name, bytes, first_doc),
                 Some(Ok(Planned::Segment(seg))) => {
                     let buffers = recycled.clone();
-                    jobs.submit(move || seg.encode(tokenizer, buffers.try_recv().unwrap_or_default()))
+                    let profile = profile.clone();
+                    jobs.submit(move || {
+                        let buffer = buffers.try_recv().unwrap_or_default();
+                        match profile {
+                            None => seg.encode(tokenizer, buffer, None),
+                            Some(p) => {
+                                let (timer, mut stages) = (p.job_start(), StageTimes::default());
+                                let r = seg.encode(tokenizer, buffer, Some(&mut stages));
+                                p.job_finish(timer, stages);
+                                r
+                            }
+                        }
+                    })
                 }
             }
         }
-        let Some(encoded) = jobs.wait_next() else { break };
+        add(&mut consumer.planning, t);
+        let t = clock();
+        let next = jobs.wait_next();
+        add(&mut consumer.waiting, t);
+        let Some(encoded) = next else { break };
+        if let (Some(p), false) = (profile, first_taken) {
+            p.mark("first segment taken");
+            first_taken = true;
+        }
+        let t = clock();
         let encoded = encoded?;
         for doc in encoded.documents() {
             let skip = std::mem::take(&mut skip_tokens) as usize;
@@ -260,6 +339,7 @@ fn run_segments(
         }
         let _ = recycle.try_send(encoded);
         progress.update(documents, tokens, start);
+        add(&mut consumer.pushing, t);
     }
     match plan_error {
         Some(e) => Err(e),

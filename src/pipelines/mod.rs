@@ -5,6 +5,7 @@ pub mod fineweb;
 pub mod hellaswag;
 pub mod merge;
 pub mod ordered;
+pub mod profile;
 pub mod segments;
 pub mod sources;
 pub mod spec;

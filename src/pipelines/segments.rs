@@ -8,12 +8,14 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::DataType;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 
+use crate::pipelines::profile::StageTimes;
 use crate::pipelines::sources::{io_err, SourceError, SourceFile, SourceKind};
 use crate::shards::format::{encode_tokens, TokenWidth};
 use crate::tokenizer::Tokenizer;
@@ -76,7 +78,14 @@ impl Segment {
     /// the shards store them, all on the calling (pool) thread. `out` is a buffer to fill (emptied first): the driver
     /// hands back the ones it has consumed, so token buffers are not allocated afresh per segment (fresh pages cost a
     /// page fault each, and the page faults of many threads of one process contend on its memory map).
-    pub fn encode(self, tokenizer: Tokenizer, mut out: Encoded) -> Result<Encoded, SourceError> {
+    /// `times`: when profiling (`profile`), filled with the time spent tokenizing and encoding (the rest of the job
+    /// is decoding).
+    pub fn encode(
+        self,
+        tokenizer: Tokenizer,
+        mut out: Encoded,
+        mut times: Option<&mut StageTimes>,
+    ) -> Result<Encoded, SourceError> {
         thread_local! {
             /// One document's token ids; kept per thread at the largest document's size.
             static IDS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
@@ -87,10 +96,17 @@ impl Segment {
         let mut push = |text: &str| {
             IDS.with_borrow_mut(|ids| {
                 ids.clear();
+                let t0 = times.is_some().then(Instant::now);
                 tokenizer.encode_document_into(text, ids);
+                let t1 = t0.map(|_| Instant::now());
                 let before = out.bytes.len();
                 encode_tokens(ids, width, &mut out.bytes);
                 out.doc_bytes.push((out.bytes.len() - before) as u32);
+                if let (Some(t), Some(t0), Some(t1)) = (times.as_deref_mut(), t0, t1) {
+                    t.tokenize += t1 - t0;
+                    t.encode += t1.elapsed();
+                    t.tokens += ids.len() as u64;
+                }
             })
         };
         match self.work {
