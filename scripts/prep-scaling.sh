@@ -28,7 +28,8 @@
 #
 # Env: SHARD_SIZE (default 10000000 tokens), NVIDIA_LIBS (see below), WORK (scratch directory, default a new one under ${TMPDIR:-/tmp},
 # removed at the end unless KEEP=1). About 1 minute on 16 cores, 2-3 minutes on 2 (REPLICATE=8); REPLICATE="8 32"
-# PROFILE=1 WORKERS=0 about 2.5 minutes on 16 cores.
+# PROFILE=1 about 2.5 minutes on 16 cores (the 140M-token runs take ~4x as long). PROFILE=1 prints ~30k characters:
+# send it to a file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
