@@ -36,6 +36,14 @@ fn main() {
     for h in &headers {
         println!("cargo:rerun-if-changed={}", h.display());
     }
+    // The folders that hold kernels, so that a new .cu file reruns this script (a folder is watched as a whole:
+    // editing a launcher beside a kernel reruns it too, which `up_to_date` makes cheap).
+    let mut dirs: Vec<&Path> = sources.iter().filter_map(|s| s.parent()).collect();
+    dirs.sort();
+    dirs.dedup();
+    for d in dirs {
+        println!("cargo:rerun-if-changed={}", d.display());
+    }
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
@@ -55,6 +63,9 @@ fn main() {
             panic!("two CUDA sources are named {stem}.cu; kernel file names must be unique across src/");
         }
         let ptx = out_dir.join(format!("{stem}.ptx"));
+        if up_to_date(&ptx, src, &headers, &cap) {
+            continue;
+        }
         let status = Command::new(&nvcc)
             .arg("--ptx")
             .arg(format!("-arch=compute_{cap}"))
@@ -69,6 +80,7 @@ fn main() {
         if !status.success() {
             panic!("nvcc failed on {} ({status})", src.display());
         }
+        std::fs::write(stamp(&ptx), &cap).expect("writing the PTX's compute-capability stamp");
     }
     if std::env::var_os("CARGO_FEATURE_CUDNN").is_some() {
         build_cudnn_shim(&out_dir);
@@ -126,6 +138,21 @@ fn build_cudnn_shim(out_dir: &Path) {
     for dir in &search {
         println!("cargo:rustc-link-search=native={}", dir.display());
     }
+}
+
+/// The file beside a PTX that records the compute capability it was compiled for.
+fn stamp(ptx: &Path) -> PathBuf {
+    ptx.with_extension("ptx.cap")
+}
+
+/// Whether `ptx` was compiled for `cap` after `src` and every shared header last changed (then nvcc is skipped).
+fn up_to_date(ptx: &Path, src: &Path, headers: &[PathBuf], cap: &str) -> bool {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let Some(built) = modified(ptx) else { return false };
+    if std::fs::read_to_string(stamp(ptx)).ok().as_deref() != Some(cap) {
+        return false;
+    }
+    std::iter::once(src).chain(headers.iter().map(PathBuf::as_path)).all(|p| modified(p).is_some_and(|m| m <= built))
 }
 
 fn nvcc_path() -> PathBuf {

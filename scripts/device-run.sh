@@ -2,16 +2,21 @@
 # GPU-machine script: everything tokenmill measures on the device, in one call.
 # Run from the repo root on the device with .dist/ carried (see scripts/device-pack.sh):
 #   scripts/device-run.sh STEP...      STEP in: env prep train bench pool compare ddp kernels correct engine
-#                                      engine-train cudnn profile
-# TOKENMILL_ATTENTION=cudnn (a --features cudnn build) puts the engine's attention on cuDNN's SDPA in every step.
-# ENGINE=autograd|gpt2-cuda|auto (default auto: gpt2-cuda for these GPT-2 bf16 runs) picks the training engine of
-# train, bench, compare and profile.
+#                                      engine-train cudnn profile bitwise llama llama-1b llama-profile
+# TOKENMILL_ATTENTION=cudnn|native overrides the config's [engine] attention in every step (auto: cuDNN in a
+# --features cudnn build). ENGINE=autograd|cuda|auto (default auto: the cuda engine for these bf16 runs) picks the
+# training engine of train, bench, compare and profile. MODEL=llama-124m runs bench/compare/profile on that preset.
 # Writes logs under $OUT (or /tmp/tm-out) and prints a short summary of each step last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/tm-out}"; mkdir -p "$OUT"
 BIN="$PWD/.dist/tokenmill"
-[ -x "$BIN" ] || { gunzip -kf .dist/tokenmill.gz && chmod +x "$BIN"; }
+unpack() {  # $1 without the .xz / .gz that travelled (xz: about half gzip's size for these binaries)
+  [ -x "$1" ] && return
+  if [ -f "$1.xz" ]; then xz -dkf "$1.xz"; else gunzip -kf "$1.gz"; fi
+  chmod +x "$1"
+}
+unpack "$BIN"
 PY=/opt/torch/.venv/bin/python3
 NV=/opt/torch/.venv/lib/python3.12/site-packages/nvidia
 export LD_LIBRARY_PATH="$(ls -d "$NV"/*/lib 2>/dev/null | tr '\n' ':')${LD_LIBRARY_PATH:-}"
@@ -132,11 +137,42 @@ for step in "$@"; do
     note "engine checks with cuDNN attention rc=$?:"; sed -n '/===== summary/,$p' "$OUT/engine_cudnn.log" | tee -a "$SUMMARY"
     grep -E "gpt2-cuda|worst|after resume" "$OUT/engine_cudnn.log" | sort -u | tee -a "$SUMMARY"
     ;;
-  profile)  # per-kernel CUDA-event breakdown of the gpt2-cuda engine's micro-step (docs/PERF.md)
-    TOKENMILL_ENGINE_PROFILE=1 "$BIN" bench --model small --batch "${BENCH_B:-64}" --seq-len 1024 --dtype bf16 \
-      --device cuda --total-batch 524288 --warmup 1 --steps 3 --what train_step --engine gpt2-cuda \
-      > "$OUT/profile.txt" 2>&1
-    note "profile rc=$?:"; sed -n '/engine profile/,$p' "$OUT/profile.txt" | tee -a "$SUMMARY"
+  profile)  # per-kernel CUDA-event breakdown of the cuda engine's micro-step (docs/PERF.md)
+    TOKENMILL_ENGINE_PROFILE=1 "$BIN" bench --model "${MODEL:-small}" --batch "${BENCH_B:-64}" --seq-len 1024 \
+      --dtype bf16 --device cuda --total-batch 524288 --warmup 1 --steps 3 --what train_step --engine cuda \
+      > "$OUT/profile_${MODEL:-small}.txt" 2>&1
+    note "profile ${MODEL:-small} rc=$?:"; sed -n '/engine profile/,$p' "$OUT/profile_${MODEL:-small}.txt" | tee -a "$SUMMARY"
+    ;;
+  bitwise)  # GPT-2 124M, 20 steps: the generalised engine's losses against the previous engine's binary, bit for bit
+    # .dist/base/tokenmill-base(.xz|.gz): the binary of the commit before the decoder engine (docs/PERF.md says which).
+    data
+    unpack "$PWD/.dist/base/tokenmill-base"
+    bw=(--data "$OUT/fw" --device cuda --dtype bf16 --max-steps 20
+      --set data.micro_batch=${BITWISE_B:-16} --set eval.val_every=10 --set eval.val_steps=2 --set eval.sample_every=0
+      --set eval.hellaswag_every=0 --set checkpoint.every=0)
+    rm -rf "$OUT/bw_base" "$OUT/bw_new"
+    # The earlier binary knows no [engine] table (its options were environment variables then): its config without it.
+    sed '/^\[engine\]/,$d' configs/gpt2-124m.toml > "$OUT/gpt2-124m-base.toml"
+    .dist/base/tokenmill-base train "${bw[@]}" --config "$OUT/gpt2-124m-base.toml" --set 'run.engine="gpt2-cuda"' \
+      --log-dir "$OUT/bw_base" > "$OUT/bw_base.log" 2>&1; r1=$?
+    "$BIN" train "${bw[@]}" --config configs/gpt2-124m.toml --set 'run.engine="cuda"' --log-dir "$OUT/bw_new" \
+      > "$OUT/bw_new.log" 2>&1; r2=$?
+    n=$(grep -cE '^[0-9]+ train' "$OUT/bw_new/log.txt" 2>/dev/null)
+    if [ $r1 = 0 ] && [ $r2 = 0 ] && [ "$n" = 20 ] &&
+       cmp -s <(grep -E '^[0-9]+ (train|val)' "$OUT/bw_base/log.txt") <(grep -E '^[0-9]+ (train|val)' "$OUT/bw_new/log.txt"); then
+      note "bitwise: GPT-2 124M, 20 steps (B=${BITWISE_B:-16}): decoder engine = previous gpt2-cuda engine, every train and val line bit for bit"
+    else
+      note "bitwise: DIFFERS (rc $r1/$r2, $n train lines):"; diff <(grep -E '^[0-9]+ (train|val)' "$OUT/bw_base/log.txt") \
+        <(grep -E '^[0-9]+ (train|val)' "$OUT/bw_new/log.txt") | head -n 10 | tee -a "$SUMMARY"
+    fi
+    grep -E '^[0-9]+ train' "$OUT/bw_new/log.txt" | sed -n '1p;$p' | tee -a "$SUMMARY"
+    ;;
+  llama | llama-1b)  # bench compare of a Llama preset against HF transformers' LlamaForCausalLM + torch.compile
+    if [ "$step" = llama ]; then m=llama-124m; b=${LLAMA_B:-64}; tb=524288; else m=llama-1b; b=${LLAMA1B_B:-8}; tb=131072; fi
+    "$BIN" bench compare --model $m --batch "$b" --seq-len 1024 --total-batch "$tb" \
+      --warmup "${BENCH_WARMUP:-2}" --steps "${BENCH_STEPS:-5}" --device cuda --python "$PY" \
+      --engine "${ENGINE:-auto}" --json "$OUT/compare_$m.json" > "$OUT/compare_$m.txt" 2>&1
+    note "compare $m B=$b rc=$?:"; tail -n 6 "$OUT/compare_$m.txt" | tee -a "$SUMMARY"
     ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
   esac

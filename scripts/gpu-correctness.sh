@@ -10,6 +10,10 @@
 #            step 50: tokenmill on CUDA against reference/track_ref.py (build-nanogpt's model, AdamW, schedule
 #            and clipping in PyTorch) started from tokenmill's step-0 weights (`train --save-init`), reading the same
 #            shards in the same order; in bf16 (autocast) and in fp32 (no TF32).
+#   llama    the Llama-124M preset (configs/llama-124m.toml) on the FineWeb sample, 50 steps at 8 x 1024 tokens as
+#            124m, in bf16 on the cuda engine, against reference/train_llama_ref.py track (HF transformers'
+#            LlamaForCausalLM, sdpa attention, bf16 autocast, the same AdamW, schedule and clipping) started from
+#            tokenmill's step-0 weights: max |loss diff| over all steps <= TOL_LLAMA (5e-3).
 #   cpu-ref  the tiny config on the CPU: tokenmill fp32 against track_ref.py fp32 (PyTorch CPU). No GPU needed: run
 #            it on the dev machine first (BIN=target/debug/tokenmill PY=<python with torch>) to prove data order,
 #            init transfer and optimizer agree before any GPU time is spent.
@@ -30,8 +34,9 @@ STEPS="${STEPS:-50}"
 PY="${PY:-/opt/torch/.venv/bin/python3}"
 [ -x "$PY" ] || PY="$(command -v python3)"
 BIN="${BIN:-$ROOT/.dist/tokenmill}"
-if [ ! -x "$BIN" ] && [ -f "$ROOT/.dist/tokenmill.gz" ] && [ "$BIN" = "$ROOT/.dist/tokenmill" ]; then
-  gunzip -kf "$ROOT/.dist/tokenmill.gz" && chmod +x "$BIN"
+if [ ! -x "$BIN" ] && [ "$BIN" = "$ROOT/.dist/tokenmill" ]; then
+  if [ -f "$BIN.xz" ]; then xz -dkf "$BIN.xz"; elif [ -f "$BIN.gz" ]; then gunzip -kf "$BIN.gz"; fi
+  [ -f "$BIN" ] && chmod +x "$BIN"
 fi
 # CUDA 13 user-space libraries (cuBLAS, cuRAND, NVRTC, NCCL) from the PyTorch venv's nvidia wheels, as
 # scripts/device-run.sh does; harmless on a machine without them.
@@ -111,9 +116,10 @@ compare() {
 
 mode_grads() {
   local gz="$ROOT/.dist/kernels/gpu.gz"
+  [ -f "$ROOT/.dist/kernels/gpu.xz" ] && gz="$ROOT/.dist/kernels/gpu.xz"
   need "$gz" "grads" "build it here with scripts/gpu-kernel-check.sh build" || return
   local exe="$WORK/gpu"
-  gunzip -c "$gz" > "$exe" && chmod +x "$exe"
+  case "$gz" in *.xz) xz -dc "$gz" > "$exe" ;; *) gunzip -c "$gz" > "$exe" ;; esac && chmod +x "$exe"
   # The gpu_model module of the one GPU test binary (tests/gpu/main.rs).
   "$exe" gpu_model:: --test-threads=1 --nocapture > "$OUT/grads.log" 2>&1
   local rc=$?
@@ -169,6 +175,24 @@ mode_124m() {
     "$OUT/g124_fp32_torch.txt" "$TOL_F32_ALL" "$TOL_124M_F32_TIGHT" "$TOL_F32_MEDIAN"
 }
 
+mode_llama() {
+  fineweb_data || return
+  local log="$WORK/llama124"
+  rm -rf "$log"
+  "$BIN" train --config configs/llama-124m.toml --data "$WORK/fw" --device cuda --dtype bf16 --max-steps "$STEPS" \
+    --set data.micro_batch=8 --set data.total_batch_tokens=8192 --set optim.warmup_steps=10 \
+    --set eval.val_every=0 --set eval.sample_every=0 --set eval.hellaswag_every=0 --set checkpoint.every=0 \
+    --set run.tf32=false --log-dir "$log" --save-init > "$OUT/llama124.log" 2>&1 \
+    || { fail "llama tokenmill: see $OUT/llama124.log"; return; }
+  grep -E "engine" "$OUT/llama124.log" | head -n 2 | tee -a "$SUMMARY"
+  cp "$log/log.txt" "$OUT/llama124.txt"
+  PYTHONUNBUFFERED=1 "$PY" "$ROOT/reference/train_llama_ref.py" track --init "$log/checkpoints/step_000000" \
+    --data "$WORK/fw" --steps "$STEPS" --device cuda --dtype bf16 --out "$OUT/llama124_hf.txt" \
+    > "$OUT/llama124_hf.log" 2>&1 || { fail "llama HF reference: see $OUT/llama124_hf.log"; return; }
+  compare "Llama-124M cuda bf16 tokenmill vs HF transformers" "$OUT/llama124.txt" "$OUT/llama124_hf.txt" \
+    "${TOL_LLAMA:-5e-3}" "$TOL_BF16_TIGHT" "$TOL_BF16_MEDIAN"
+}
+
 mode_cpu_ref() {
   "$PY" -c "import torch" 2>/dev/null || { fail "cpu-ref: $PY has no torch (set PY=<python with torch>)"; return; }
   tiny_data || return
@@ -202,7 +226,8 @@ for m in "${MODES[@]}"; do
     tiny) mode_tiny ;;
     124m) mode_124m ;;
     cpu-ref) mode_cpu_ref ;;
-    *) echo "unknown mode $m (grads tiny 124m cpu-ref all)" >&2; exit 2 ;;
+    llama) mode_llama ;;
+    *) echo "unknown mode $m (grads tiny 124m llama cpu-ref all)" >&2; exit 2 ;;
   esac
 done
 { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } \

@@ -30,6 +30,10 @@ build() {
     export PATH="$CU/bin:$PATH" CUDA_ROOT="$CU" CUDA_PATH="$CU" CUDA_HOME="$CU"
     export LIBRARY_PATH="$PREFIX/link:$CU/lib:${LIBRARY_PATH:-}"
     export RUSTFLAGS="-L $PREFIX/link -L $CU/lib ${RUSTFLAGS:-}"
+    case ",${KERNEL_FEATURES:-}," in *,cudnn,*)
+      # As scripts/build-cuda.sh exports them: the same environment, so build.rs does not rerun and rebuild the lib.
+      export CUDNN_INCLUDE_DIR="$CU/../cudnn/include" CUDNN_LIB_DIR="$CU/../cudnn/lib" CUDNN_FRONTEND_INCLUDE_DIR="$CU/../../include" ;;
+    esac
   fi
   export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
   local args=()
@@ -47,7 +51,8 @@ for line in sys.stdin:
   mkdir -p "$DIST"
   while read -r name exe; do
     strip -o "$DIST/$name" "$exe"
-    gzip -f "$DIST/$name"
+    rm -f "$DIST/$name.gz" "$DIST/$name.xz"
+    xz -T2 -9 -f "$DIST/$name"  # about half gzip's size: the device call carries at most 64 MiB
   done < /tmp/tokenmill-kernel-tests.txt
   ls -la "$DIST"
 }
@@ -66,7 +71,10 @@ run() {
   local tmp; tmp="$(mktemp -d)"
   local status=0
   : > "$tmp/summary"
-  for t in "${TESTS[@]}"; do gunzip -c "$DIST/$t.gz" > "$tmp/$t" && chmod +x "$tmp/$t"; done
+  for t in "${TESTS[@]}"; do
+    if [ -f "$DIST/$t.xz" ]; then xz -dc "$DIST/$t.xz" > "$tmp/$t"; else gunzip -c "$DIST/$t.gz" > "$tmp/$t"; fi
+    chmod +x "$tmp/$t"
+  done
   local bin="$tmp/gpu"
   for t in "${MODULES[@]}"; do
     echo "=== $t (correctness)"

@@ -46,6 +46,10 @@ fn tiny(block_size: usize) -> Box<dyn LanguageModel> {
         n_layer: 2,
         n_head: 2,
         n_embd: 32,
+        n_kv_head: None,
+        ffn_hidden: None,
+        rope_theta: None,
+        tie_word_embeddings: None,
     };
     build_model(&cfg, Precision::FP32, &Device::Cpu, 42).unwrap()
 }
@@ -159,6 +163,10 @@ fn cli_refuses_a_model_of_another_tokenizer() {
         n_layer: 1,
         n_head: 2,
         n_embd: 16,
+        n_kv_head: None,
+        ffn_hidden: None,
+        rope_theta: None,
+        tie_word_embeddings: None,
     };
     let model = build_model(&cfg, Precision::FP32, &Device::Cpu, 1).unwrap();
     let ckpt = dir.path().join("cl100k");

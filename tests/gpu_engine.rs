@@ -1,5 +1,6 @@
-//! The explicit GPT-2 engine (`train::gpt2_cuda`, run.engine = "gpt2-cuda") against the autograd engine on the
-//! same GPU, from the same initial weights and batches:
+//! The decoder engine (`train::decoder`, run.engine = "cuda") against the autograd engine on the same GPU, from the
+//! same initial weights and batches, for GPT-2 and for Llama-style models (RMSNorm, rotary, SwiGLU, grouped-query
+//! attention, tied and untied heads):
 //! - one micro-step: the loss within 1e-3 relative and every parameter's gradient within 2e-2 relative L2 of the
 //!   autograd engine in f32 (TF32 off); the autograd engine in bf16 is measured against the same reference and
 //!   printed beside it, for scale (it was 7.8e-3 from f64 on the H100);
@@ -10,7 +11,8 @@
 //! - evaluation: `eval_loss` equals the training forward's loss bit for bit.
 //!
 //! Shapes: a 2-layer GPT-2 with C = 128 (two heads of 64), V = 512, B = 4, T = 100 (not a multiple of any tile), the
-//! classifier in chunks of 128 rows (the last one short); and GPT-2 124M at B = 2, T = 1024 (the real matmul shapes).
+//! classifier in chunks of 128 rows (the last one short); a 2-layer Llama with C = 256, 4 query heads on 2 KV heads,
+//! H = 200, an untied head; and GPT-2 124M and the Llama-124M preset at B = 2, T = 1024 (the real matmul shapes).
 //!
 //! Without a CUDA device (CI, or a build without `--features cuda`) the tests print "skipped" and pass. On the GPU
 //! machine they run from the GPU test binary (tests/gpu/main.rs; `scripts/gpu-kernel-check.sh`).
@@ -28,8 +30,8 @@ mod cuda {
     use tokenmill::device::set_tf32;
     use tokenmill::model::{build_model, model_from_tensors, Architecture, LanguageModel, ModelConfig, Precision};
     use tokenmill::shards::loader::Batch;
+    use tokenmill::train::decoder::{DecoderEngine, EngineOptions};
     use tokenmill::train::engine::{optimizer_step, Autograd, Engine};
-    use tokenmill::train::gpt2_cuda::{EngineOptions, Gpt2Cuda};
     use tokenmill::train::optim::AdamWConfig;
     use tokenmill::train::step::SingleProcess;
 
@@ -45,7 +47,30 @@ mod cuda {
             n_layer: 2,
             n_head: 2,
             n_embd: 128,
+            n_kv_head: None,
+            ffn_hidden: None,
+            rope_theta: None,
+            tie_word_embeddings: None,
         }
+    }
+
+    /// A small Llama-style model with grouped-query attention (4 query heads on 2 KV heads), an MLP width that is
+    /// not a multiple of 64, rotary theta 500000 and an untied head.
+    fn small_llama() -> ModelConfig {
+        ModelConfig {
+            arch: Architecture::Llama,
+            n_embd: 256,
+            n_head: 4,
+            n_kv_head: Some(2),
+            ffn_hidden: Some(200),
+            rope_theta: Some(500_000.0),
+            tie_word_embeddings: Some(false),
+            ..small()
+        }
+    }
+
+    fn options(chunk: usize) -> EngineOptions {
+        EngineOptions { classifier_chunk: chunk, ..EngineOptions::default().with_env_overrides().unwrap().0 }
     }
 
     fn batches(cfg: &ModelConfig, b: usize, t: usize, count: usize, seed: u64) -> Vec<Batch> {
@@ -62,9 +87,8 @@ mod cuda {
         build_model(cfg, Precision::with_compute(compute), dev, SEED).unwrap()
     }
 
-    fn engine(cfg: &ModelConfig, dev: &Device, (b, t): (usize, usize), chunk: usize) -> Gpt2Cuda {
-        let opts = EngineOptions { classifier_chunk: chunk, ..EngineOptions::from_env() };
-        Gpt2Cuda::new(model(cfg, dev, DType::BF16), dev, (b, t), ADAM, opts).unwrap()
+    fn engine(cfg: &ModelConfig, dev: &Device, (b, t): (usize, usize), chunk: usize) -> DecoderEngine {
+        DecoderEngine::new(model(cfg, dev, DType::BF16), dev, (b, t), ADAM, options(chunk)).unwrap()
     }
 
     fn host(t: &Tensor) -> Vec<f32> {
@@ -109,7 +133,8 @@ mod cuda {
         let out = e.finish_step(0.0, 0.0, &SingleProcess).unwrap();
         let rel = |l: f32| ((l - loss_ref) / loss_ref).abs();
         println!(
-            "gpt2-cuda {}x{} L={} C={}: loss {} (autograd f32 {loss_ref}, bf16 {loss_bf}): rel {:.2e} (autograd bf16 {:.2e})",
+            "cuda engine {:?} {}x{} L={} C={}: loss {} (autograd f32 {loss_ref}, bf16 {loss_bf}): rel {:.2e} (autograd bf16 {:.2e})",
+            cfg.arch,
             b,
             t,
             cfg.n_layer,
@@ -120,25 +145,48 @@ mod cuda {
         );
         assert_eq!(eval.to_bits(), out.loss.to_bits(), "eval forward {eval} vs training forward {}", out.loss);
         assert!(rel(out.loss) < 1e-3, "loss {} vs {loss_ref}", out.loss);
-        let (mut worst, mut worst_bf) = ((0f64, String::new()), 0f64);
-        for (name, g) in &grads {
-            let r = rel_l2(&host(g), &g_ref[name]);
-            worst_bf = worst_bf.max(rel_l2(&g_bf[name], &g_ref[name]));
-            if r > worst.0 {
-                worst = (r, name.clone());
-            }
-            assert!(r < 2e-2, "{name}: gradient relative L2 {r:.3e} from the f32 autograd engine");
+        // Every gradient's distance from the f32 autograd engine, beside the autograd engine's own in bf16 (the
+        // rounding any bf16 implementation pays), largest first; then the bound.
+        let mut rows: Vec<(f64, f64, String)> = grads
+            .iter()
+            .map(|(name, g)| (rel_l2(&host(g), &g_ref[name]), rel_l2(&g_bf[name], &g_ref[name]), name.clone()))
+            .collect();
+        rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (r, rb, name) in rows.iter().take(4) {
+            println!("  gradient {name}: relative L2 {r:.2e} (autograd bf16 {rb:.2e})");
         }
-        println!("  worst gradient relative L2 {:.2e} ({}); autograd bf16's worst {worst_bf:.2e}", worst.0, worst.1);
+        let worst_bf = rows.iter().map(|r| r.1).fold(0f64, f64::max);
+        println!(
+            "  worst gradient relative L2 {:.2e} ({}); autograd bf16's worst {worst_bf:.2e}",
+            rows[0].0, rows[0].2
+        );
+        // The bound: 2e-2, or where bf16 itself lands further from f32 on a tensor (the autograd engine in bf16 does,
+        // on Llama-124M's k_proj at T = 1024: 2.2e-2 on the H100), 1.25x what bf16 costs there.
+        for (r, rb, name) in &rows {
+            let bound = 2e-2f64.max(1.25 * rb);
+            assert!(
+                *r < bound,
+                "{name}: gradient relative L2 {r:.3e} from the f32 autograd engine (bound {bound:.2e}; autograd bf16 {rb:.3e})"
+            );
+        }
     }
 
     pub fn micro_step_matches_autograd_small() {
         one_micro_step_matches(&small(), (4, 100), 128);
     }
 
+    pub fn micro_step_matches_autograd_small_llama() {
+        one_micro_step_matches(&small_llama(), (4, 100), 128);
+    }
+
     #[test]
     fn micro_step_matches_autograd_124m() {
         one_micro_step_matches(&ModelConfig::preset("gpt2-124m").unwrap(), (2, 1024), 16384);
+    }
+
+    #[test]
+    fn micro_step_matches_autograd_llama_124m() {
+        one_micro_step_matches(&ModelConfig::preset("llama-124m").unwrap(), (2, 1024), 16384);
     }
 
     /// Every stage of the forward (each kernel or matmul) against its reference computed in f32 from the engine's own
@@ -152,9 +200,7 @@ mod cuda {
         let m = model(&cfg, &dev, DType::BF16);
         let p: HashMap<String, Tensor> =
             m.parameters().into_iter().map(|(n, v)| (n, v.as_tensor().copy().unwrap())).collect();
-        let mut e =
-            Gpt2Cuda::new(m, &dev, (b, t), ADAM, EngineOptions { classifier_chunk: 512, ..EngineOptions::from_env() })
-                .unwrap();
+        let mut e = DecoderEngine::new(m, &dev, (b, t), ADAM, options(512)).unwrap();
         let batch = &batches(&cfg, b, t, 1, 3)[0];
         let acts: HashMap<String, Tensor> = e.forward_activations(batch).unwrap().into_iter().collect();
         for (name, t) in e.weights().unwrap() {
@@ -214,10 +260,10 @@ mod cuda {
             ),
             ("ln2", ln(&f("res_mid"), "h.0.ln_2"), 1e-2),
             ("fch", linear(&f("ln2"), "h.0.mlp.c_fc.weight", Some(w16("h.0.mlp.c_fc.bias"))), 1e-2),
-            ("fch_gelu", tokenmill::model::ops::gelu_tanh_slow(&f("fch")).unwrap(), 1e-2),
+            ("fch_act", tokenmill::model::ops::gelu_tanh_slow(&f("fch")).unwrap(), 1e-2),
             (
                 "res1",
-                (round16(&linear(&f("fch_gelu"), "h.0.mlp.c_proj.weight", Some(w16("h.0.mlp.c_proj.bias"))))
+                (round16(&linear(&f("fch_act"), "h.0.mlp.c_proj.weight", Some(w16("h.0.mlp.c_proj.bias"))))
                     + f("res_mid"))
                 .unwrap(),
                 1e-3,
@@ -238,6 +284,109 @@ mod cuda {
             }
         }
         assert!(bad.is_empty(), "stages off their references: {bad:?}");
+    }
+
+    /// The Llama path's stages (embedding without positions, RMSNorm, the fused q|k|v product with rotary positions,
+    /// grouped-query attention, gate|up and SwiGLU, the untied head) against references in f32 from the engine's own
+    /// inputs, as `each_forward_kernel_matches_its_reference` does for GPT-2.
+    pub fn each_llama_forward_kernel_matches_its_reference() {
+        let Some(dev) = super::common::cuda_device() else { return };
+        set_tf32(false);
+        let cfg = small_llama();
+        let (b, t) = (4, 100);
+        let (c, nh, nkv, hs, hid) = (cfg.n_embd, cfg.n_head, cfg.kv_heads(), cfg.head_size(), cfg.hidden());
+        let m = model(&cfg, &dev, DType::BF16);
+        let p: HashMap<String, Tensor> =
+            m.parameters().into_iter().map(|(n, v)| (n, v.as_tensor().copy().unwrap())).collect();
+        let mut e = DecoderEngine::new(m, &dev, (b, t), ADAM, options(512)).unwrap();
+        let batch = &batches(&cfg, b, t, 1, 3)[0];
+        let acts: HashMap<String, Tensor> = e.forward_activations(batch).unwrap().into_iter().collect();
+        let f = |n: &str| acts[n].to_dtype(DType::F32).unwrap();
+        let w16 = |n: &str| p[n].to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+        let w = |n: &str| p[n].clone();
+        let linear = |x: &Tensor, wn: &str| x.matmul(&w16(wn).t().unwrap()).unwrap();
+        let round16 = |x: &Tensor| x.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+        let rms = |x: &Tensor, n: &str| tokenmill::model::ops::rms_norm(x, &w(n), 1e-5).unwrap();
+        let l0 = |n: &str| format!("layers.0.{n}.weight");
+        let ids = Tensor::from_slice(&batch.x, b * t, &dev).unwrap();
+        let res0 = w("embed_tokens.weight").index_select(&ids, 0).unwrap();
+        // q|k|v before rotation, then rotated as the model does (HF's rotate-half layout).
+        let q_k_v = Tensor::cat(
+            &[
+                linear(&f("ln1"), &l0("self_attn.q_proj")),
+                linear(&f("ln1"), &l0("self_attn.k_proj")),
+                linear(&f("ln1"), &l0("self_attn.v_proj")),
+            ],
+            1,
+        )
+        .unwrap();
+        let (cos, sin) = tokenmill::model::ops::rotary_tables(t, hs, cfg.rope_base(), DType::F32, &dev).unwrap();
+        let heads = |x: &Tensor, off: usize, n: usize| {
+            x.narrow(1, off, n * hs)
+                .unwrap()
+                .reshape((b, t, n, hs))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let flat =
+            |x: &Tensor, n: usize| x.transpose(1, 2).unwrap().contiguous().unwrap().reshape((b * t, n * hs)).unwrap();
+        let rot = |x: Tensor| tokenmill::model::ops::apply_rotary(&x, &cos, &sin).unwrap();
+        let qkv_ref = Tensor::cat(
+            &[
+                flat(&rot(heads(&q_k_v, 0, nh)), nh),
+                flat(&rot(heads(&q_k_v, c, nkv)), nkv),
+                q_k_v.narrow(1, c + nkv * hs, nkv * hs).unwrap(),
+            ],
+            1,
+        )
+        .unwrap();
+        let qkv = f("qkv");
+        let rep = |x: Tensor| tokenmill::model::attention::repeat_kv(&x, nh / nkv).unwrap();
+        let att = tokenmill::model::attention::causal_attention_slow(
+            &heads(&qkv, 0, nh),
+            &rep(heads(&qkv, c, nkv)),
+            &rep(heads(&qkv, c + nkv * hs, nkv)),
+        )
+        .unwrap();
+        let att = flat(&att, nh);
+        let gate_up =
+            Tensor::cat(&[linear(&f("ln2"), &l0("mlp.gate_proj")), linear(&f("ln2"), &l0("mlp.up_proj"))], 1).unwrap();
+        let fch = f("fch");
+        let act = (tokenmill::model::ops::silu(&fch.narrow(1, 0, hid).unwrap()).unwrap()
+            * fch.narrow(1, hid, hid).unwrap())
+        .unwrap();
+        let logits = f("lnf").matmul(&w16("lm_head.weight").t().unwrap()).unwrap();
+        let targets = Tensor::from_slice(&batch.y, b * t, &dev).unwrap();
+        let losses = tokenmill::model::ops::token_cross_entropy_slow(&f("logits"), &targets)
+            .unwrap()
+            .reshape((b * t, 1))
+            .unwrap();
+        let checks: Vec<(&str, Tensor, f64)> = vec![
+            ("res0", res0, 0.0),
+            ("ln1", rms(&f("res0"), &l0("input_layernorm")), 1e-2),
+            ("qkv", qkv_ref, 1e-2),
+            ("atty", att, 2e-2),
+            ("res_mid", (round16(&linear(&f("atty"), &l0("self_attn.o_proj"))) + f("res0")).unwrap(), 1e-3),
+            ("ln2", rms(&f("res_mid"), &l0("post_attention_layernorm")), 1e-2),
+            ("fch", gate_up, 1e-2),
+            ("fch_act", act, 1e-2),
+            ("res1", (round16(&linear(&f("fch_act"), &l0("mlp.down_proj"))) + f("res_mid")).unwrap(), 1e-3),
+            ("lnf", rms(&f("resL"), "norm.weight"), 1e-2),
+            ("logits", logits, 1e-2),
+            ("losses", losses, 1e-5),
+        ];
+        let mut bad = Vec::new();
+        for (name, reference, tol) in checks {
+            let r = rel_l2(&host(&f(name)), &host(&reference));
+            println!("llama stage {name:<9} relative L2 {r:.3e} (bound {tol:.0e})");
+            if !(r <= tol) {
+                bad.push(format!("{name} {r:.3e}"));
+            }
+        }
+        assert!(bad.is_empty(), "llama stages off their references: {bad:?}");
     }
 
     /// `steps` optimizer steps of 2 micro-steps; (loss, norm) per step.
@@ -265,8 +414,17 @@ mod cuda {
 
     #[test]
     fn deterministic_and_resumable() {
+        deterministic_and_resumable_for(&small());
+    }
+
+    #[test]
+    fn deterministic_and_resumable_llama() {
+        deterministic_and_resumable_for(&small_llama());
+    }
+
+    fn deterministic_and_resumable_for(cfg: &ModelConfig) {
         let Some(dev) = super::common::cuda_device() else { return };
-        let cfg = small();
+        let cfg = cfg.clone();
         let data = batches(&cfg, 4, 100, 6, 2);
         let (mut a, mut b) = (engine(&cfg, &dev, (4, 100), 128), engine(&cfg, &dev, (4, 100), 128));
         let (ra, rb) = (run(&mut a, &data, 0..2), run(&mut b, &data, 0..2));
@@ -279,14 +437,7 @@ mod cuda {
         // Rebuild from a's weights and optimizer state, as `--resume` does, and continue both.
         let state: HashMap<String, Tensor> = a.optimizer_state().unwrap().into_iter().collect();
         let restored = model_from_tensors(&cfg, Precision::BF16, &dev, wa.clone(), std::path::Path::new("a")).unwrap();
-        let mut c = Gpt2Cuda::new(
-            restored,
-            &dev,
-            (4, 100),
-            ADAM,
-            EngineOptions { classifier_chunk: 128, ..EngineOptions::from_env() },
-        )
-        .unwrap();
+        let mut c = DecoderEngine::new(restored, &dev, (4, 100), ADAM, options(128)).unwrap();
         c.load_optimizer_state(&state, a.optimizer_steps()).unwrap();
         let (ra3, rc3) = (run(&mut a, &data, 2..3), run(&mut c, &data, 2..3));
         assert_eq!(ra3, rc3, "resumed engine continues bit for bit");
@@ -297,7 +448,7 @@ mod cuda {
         g.load_optimizer_state(&state, 2).unwrap();
         let rg3 = run(&mut g, &data, 2..3);
         let (la, lg) = (f32::from_bits(ra3[0].0), f32::from_bits(rg3[0].0));
-        println!("step 3 after resume: gpt2-cuda {la}, autograd (bf16) {lg}");
+        println!("{:?} step 3 after resume: cuda engine {la}, autograd (bf16) {lg}", cfg.arch);
         assert!(((la - lg) / la).abs() < 5e-3, "{la} vs {lg}");
     }
 }
@@ -308,11 +459,13 @@ mod cuda {
 #[test]
 fn cuda_matches_cpu() {
     cuda::each_forward_kernel_matches_its_reference();
+    cuda::each_llama_forward_kernel_matches_its_reference();
     cuda::micro_step_matches_autograd_small();
+    cuda::micro_step_matches_autograd_small_llama();
 }
 
 #[cfg(not(feature = "cuda"))]
 #[test]
-fn gpt2_cuda_engine_needs_cuda() {
-    println!("skipped: the gpt2-cuda engine tests need a CUDA build and device");
+fn cuda_engine_needs_cuda() {
+    println!("skipped: the cuda engine tests need a CUDA build and device");
 }

@@ -73,6 +73,10 @@ fn cases() -> Vec<(&'static str, ModelConfig, usize, usize)> {
         n_layer: 2,
         n_head,
         n_embd,
+        n_kv_head: None,
+        ffn_hidden: None,
+        rope_theta: None,
+        tie_word_embeddings: None,
     };
     vec![
         // HS = 64: CUDA routes attention to the fused FlashAttention kernel (kernels::attention).

@@ -506,7 +506,7 @@ fn cuda_flash_qkv_matches_cpu() {
 #[test]
 fn cuda_flash_api_variants_write_everything() {
     use half::bf16;
-    use tokenmill::cuda::flash_attn::{Dtype, FlashAttn, Variant};
+    use tokenmill::cuda::flash_attn::{Dtype, FlashAttn, Heads, Variant};
     let Some(dev) = cuda_device() else {
         eprintln!("SKIPPED cuda_flash_api_variants_write_everything: no CUDA device");
         return;
@@ -537,8 +537,8 @@ fn cuda_flash_api_variants_write_everything() {
                     let (sp, _e) = scr.device_ptr_mut(&stream);
                     let (dp, _f) = dqkv.device_ptr_mut(&stream);
                     unsafe {
-                        fa.forward_with(Dtype::Bf16, q, yp, lp, b, t, nh, 64).unwrap();
-                        fa.backward(q, yp, g, lp, sp, dp, b, t, nh).unwrap();
+                        fa.forward_with(Dtype::Bf16, q, yp, lp, b, t, Heads::mha(nh), 64).unwrap();
+                        fa.backward(q, yp, g, lp, sp, dp, b, t, Heads::mha(nh)).unwrap();
                     }
                 }
                 (stream.clone_dtoh(&y).unwrap(), stream.clone_dtoh(&lse).unwrap(), stream.clone_dtoh(&dqkv).unwrap())
@@ -566,9 +566,9 @@ fn cuda_flash_api_variants_write_everything() {
     }
     // The launcher refuses what it has no kernels for.
     let fa = FlashAttn::new(&stream).unwrap();
-    let e = unsafe { fa.forward_with(Dtype::Bf16, 16, 16, 16, 1, 8, 1, 128) }.unwrap_err().to_string();
+    let e = unsafe { fa.forward_with(Dtype::Bf16, 16, 16, 16, 1, 8, Heads::mha(1), 128) }.unwrap_err().to_string();
     assert!(e.contains("head size 64"), "{e}");
-    let e = unsafe { fa.forward(8, 16, 16, 1, 8, 1) }.unwrap_err().to_string();
+    let e = unsafe { fa.forward(8, 16, 16, 1, 8, Heads::mha(1)) }.unwrap_err().to_string();
     assert!(e.contains("qkv") && e.contains("16-byte"), "{e}");
 }
 

@@ -1,13 +1,15 @@
-//! The Llama-style model (RMSNorm, rotary positions, SwiGLU, no biases, tied head) behind the same trait: its
-//! forward against a naive loop reference, its loss gradient against finite differences (f64), names and sizes,
-//! training on one batch, and the weight-file round trip that checkpoints use.
+//! The Llama-style model (RMSNorm, rotary positions, SwiGLU, no biases, tied or untied head, multi-head or
+//! grouped-query attention) behind the same trait: its forward against a naive loop reference, its loss gradient
+//! against finite differences (f64), the KV cache with grouped heads, names and sizes, training on one batch, and the
+//! weight-file round trip that checkpoints use.
 
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tokenmill::model::llama::{ffn_hidden, ROPE_THETA};
+use tokenmill::model::attention::KvCache;
+use tokenmill::model::llama::ffn_hidden;
 use tokenmill::model::{
     build_model, load_model_weights, save_model_weights, Architecture, LanguageModel, ModelConfig, Precision,
 };
@@ -21,6 +23,23 @@ fn cfg() -> ModelConfig {
         n_layer: 2,
         n_head: 2,
         n_embd: 12,
+        n_kv_head: None,
+        ffn_hidden: None,
+        rope_theta: None,
+        tie_word_embeddings: None,
+    }
+}
+
+/// Grouped-query attention (4 query heads on 2 KV heads), an MLP width of its own, theta 500000, an untied head.
+fn gqa_cfg() -> ModelConfig {
+    ModelConfig {
+        n_embd: 16,
+        n_head: 4,
+        n_kv_head: Some(2),
+        ffn_hidden: Some(20),
+        rope_theta: Some(500_000.0),
+        tie_word_embeddings: Some(false),
+        ..cfg()
     }
 }
 
@@ -58,12 +77,12 @@ fn matvec(w: &[f64], x: &[f64]) -> Vec<f64> {
 }
 
 /// Rotate one head vector at position `pos` (pairs `(i, i + HS/2)`, HF's rotate-half layout).
-fn rope(v: &[f64], pos: usize) -> Vec<f64> {
+fn rope(v: &[f64], pos: usize, theta: f64) -> Vec<f64> {
     let hs = v.len();
     let half = hs / 2;
     let mut out = vec![0.0; hs];
     for i in 0..half {
-        let angle = pos as f64 * ROPE_THETA.powf(-2.0 * i as f64 / hs as f64);
+        let angle = pos as f64 * theta.powf(-2.0 * i as f64 / hs as f64);
         let (s, c) = angle.sin_cos();
         out[i] = v[i] * c - v[i + half] * s;
         out[i + half] = v[i + half] * c + v[i] * s;
@@ -71,9 +90,10 @@ fn rope(v: &[f64], pos: usize) -> Vec<f64> {
     out
 }
 
-/// Naive Llama-style forward for one sequence: logits `[t][v]`.
+/// Naive Llama-style forward for one sequence: logits `[t][v]`. Query head `hd` attends with key/value head
+/// `hd / (NH / KV)`.
 fn naive_llama(cfg: &ModelConfig, w: &HashMap<String, Vec<f64>>, seq: &[u32]) -> Vec<Vec<f64>> {
-    let (c, nh) = (cfg.n_embd, cfg.n_head);
+    let (c, nh, kv, theta) = (cfg.n_embd, cfg.n_head, cfg.kv_heads(), cfg.rope_base());
     let hs = c / nh;
     let g = |n: &str| w[n].as_slice();
     let mut x: Vec<Vec<f64>> =
@@ -81,17 +101,17 @@ fn naive_llama(cfg: &ModelConfig, w: &HashMap<String, Vec<f64>>, seq: &[u32]) ->
     for l in 0..cfg.n_layer {
         let p = |n: &str| format!("layers.{l}.{n}.weight");
         let hn: Vec<Vec<f64>> = x.iter().map(|xt| rms(xt, g(&p("input_layernorm")))).collect();
-        let proj = |name: &str, rotate: bool| -> Vec<Vec<Vec<f64>>> {
+        let proj = |name: &str, heads: usize, rotate: bool| -> Vec<Vec<Vec<f64>>> {
             // [t][head][HS]
             hn.iter()
                 .enumerate()
                 .map(|(t, h)| {
                     let y = matvec(g(&p(name)), h);
-                    (0..nh)
+                    (0..heads)
                         .map(|hd| {
                             let v = &y[hd * hs..(hd + 1) * hs];
                             if rotate {
-                                rope(v, t)
+                                rope(v, t, theta)
                             } else {
                                 v.to_vec()
                             }
@@ -100,20 +120,24 @@ fn naive_llama(cfg: &ModelConfig, w: &HashMap<String, Vec<f64>>, seq: &[u32]) ->
                 })
                 .collect()
         };
-        let (q, k, v) =
-            (proj("self_attn.q_proj", true), proj("self_attn.k_proj", true), proj("self_attn.v_proj", false));
+        let (q, k, v) = (
+            proj("self_attn.q_proj", nh, true),
+            proj("self_attn.k_proj", kv, true),
+            proj("self_attn.v_proj", kv, false),
+        );
         for t in 0..seq.len() {
             let mut y = vec![0.0; c];
             for hd in 0..nh {
+                let kh = hd / (nh / kv);
                 let s: Vec<f64> = (0..=t)
-                    .map(|j| q[t][hd].iter().zip(&k[j][hd]).map(|(a, b)| a * b).sum::<f64>() / (hs as f64).sqrt())
+                    .map(|j| q[t][hd].iter().zip(&k[j][kh]).map(|(a, b)| a * b).sum::<f64>() / (hs as f64).sqrt())
                     .collect();
                 let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
                 let z: f64 = e.iter().sum();
                 for (j, ej) in e.iter().enumerate() {
                     for i in 0..hs {
-                        y[hd * hs + i] += ej / z * v[j][hd][i];
+                        y[hd * hs + i] += ej / z * v[j][kh][i];
                     }
                 }
             }
@@ -129,7 +153,8 @@ fn naive_llama(cfg: &ModelConfig, w: &HashMap<String, Vec<f64>>, seq: &[u32]) ->
             xt.iter_mut().zip(m).for_each(|(a, b)| *a += b);
         }
     }
-    x.iter().map(|xt| matvec(g("embed_tokens.weight"), &rms(xt, g("norm.weight")))).collect()
+    let head = if cfg.tied() { "embed_tokens.weight" } else { "lm_head.weight" };
+    x.iter().map(|xt| matvec(g(head), &rms(xt, g("norm.weight")))).collect()
 }
 
 fn max_diff_to_naive(model: &dyn LanguageModel, idx: &Tensor) -> (f64, f64) {
@@ -149,7 +174,15 @@ fn max_diff_to_naive(model: &dyn LanguageModel, idx: &Tensor) -> (f64, f64) {
 
 #[test]
 fn forward_matches_the_naive_reference() {
-    let c = cfg();
+    forward_matches_the_naive_reference_for(cfg());
+}
+
+#[test]
+fn grouped_query_attention_with_an_untied_head_matches_the_naive_reference() {
+    forward_matches_the_naive_reference_for(gqa_cfg());
+}
+
+fn forward_matches_the_naive_reference_for(c: ModelConfig) {
     let idx = tokens(1, 2, 7, c.real_vocab_size);
     let m64 = build_model(&c, Precision::F64, &Device::Cpu, 4).unwrap();
     randomise(m64.as_ref(), 5);
@@ -168,7 +201,31 @@ fn forward_matches_the_naive_reference() {
 
 #[test]
 fn loss_gradient_matches_finite_differences() {
-    let c = cfg();
+    loss_gradient_matches_finite_differences_for(cfg());
+    loss_gradient_matches_finite_differences_for(gqa_cfg());
+}
+
+/// Generation with grouped heads: the cache keeps the KV heads unrepeated, and position by position its logits are
+/// the full forward's.
+#[test]
+fn kv_cache_with_grouped_heads_gives_the_full_forwards_logits() {
+    let c = gqa_cfg();
+    let model = build_model(&c, Precision::F64, &Device::Cpu, 12).unwrap();
+    randomise(model.as_ref(), 13);
+    let idx = tokens(14, 2, 6, c.real_vocab_size);
+    let full = model.forward(&idx).unwrap().to_vec3::<f64>().unwrap();
+    let mut cache = KvCache::new();
+    for t in 0..6 {
+        let step = idx.narrow(1, t, 1).unwrap();
+        let last = model.forward_last_cached(&step, &mut cache).unwrap().expect("llama keeps a cache");
+        for (b, row) in last.to_vec2::<f64>().unwrap().iter().enumerate() {
+            let d = row.iter().zip(&full[b][t]).map(|(a, w)| (a - w).abs()).fold(0.0, f64::max);
+            assert!(d < 1e-10, "position {t} batch {b}: cached logits differ by {d:e}");
+        }
+    }
+}
+
+fn loss_gradient_matches_finite_differences_for(c: ModelConfig) {
     let model = build_model(&c, Precision::F64, &Device::Cpu, 2).unwrap();
     randomise(model.as_ref(), 3);
     let (idx, targets) = (tokens(6, 2, 6, c.real_vocab_size), tokens(7, 2, 6, c.real_vocab_size));
@@ -213,8 +270,27 @@ fn names_shapes_and_no_biases() {
     assert_eq!(ffn_hidden(768), 2048, "three 2048-wide matrices ~ GPT-2's two 3072-wide ones");
     let preset = ModelConfig::preset("llama-tiny").unwrap();
     assert_eq!(preset.arch, Architecture::Llama);
-    let odd = ModelConfig { n_embd: 6, n_head: 2, ..c };
+    let odd = ModelConfig { n_embd: 6, n_head: 2, ..c.clone() };
     assert!(build_model(&odd, Precision::FP32, &Device::Cpu, 0).err().unwrap().to_string().contains("even"));
+
+    // Grouped-query attention and an untied head: k and v are (KV * HS, C), the head is its own tensor, last.
+    let g = gqa_cfg();
+    let gp: Vec<(String, Vec<usize>)> = build_model(&g, Precision::FP32, &Device::Cpu, 0)
+        .unwrap()
+        .parameters()
+        .into_iter()
+        .map(|(n, v)| (n, v.dims().to_vec()))
+        .collect();
+    let gshape = |n: &str| gp.iter().find(|(k, _)| k == n).unwrap().1.clone();
+    assert_eq!(gshape("layers.0.self_attn.k_proj.weight"), [2 * 4, 16]);
+    assert_eq!(gshape("layers.0.mlp.up_proj.weight"), [20, 16]);
+    assert_eq!(gp.last().unwrap(), &("lm_head.weight".to_string(), vec![24, 16]));
+    let one_b = ModelConfig::preset("llama-1b").unwrap();
+    assert_eq!((one_b.kv_heads(), one_b.hidden(), one_b.rope_base(), one_b.tied()), (8, 8192, 500_000.0, true));
+    let bad = ModelConfig { n_kv_head: Some(3), ..g.clone() };
+    assert!(build_model(&bad, Precision::FP32, &Device::Cpu, 0).err().unwrap().to_string().contains("divide"));
+    let gpt2_gqa = ModelConfig { arch: Architecture::Gpt2, ..g };
+    assert!(build_model(&gpt2_gqa, Precision::FP32, &Device::Cpu, 0).err().unwrap().to_string().contains("gpt2"));
 }
 
 #[test]

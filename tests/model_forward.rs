@@ -19,6 +19,10 @@ fn tiny_cfg() -> ModelConfig {
         n_layer: 2,
         n_head: 2,
         n_embd: 16,
+        n_kv_head: None,
+        ffn_hidden: None,
+        rope_theta: None,
+        tie_word_embeddings: None,
     }
 }
 

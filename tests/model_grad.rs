@@ -216,6 +216,10 @@ fn whole_gpt2_loss_grad() {
         n_layer: 2,
         n_head: 2,
         n_embd: 8,
+        n_kv_head: None,
+        ffn_hidden: None,
+        rope_theta: None,
+        tie_word_embeddings: None,
     };
     let model = build_model(&cfg, Precision::F64, &Device::Cpu, 3).unwrap();
     randomise(model.as_ref(), 30);

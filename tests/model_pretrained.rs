@@ -134,6 +134,10 @@ fn export_crops_the_padded_vocabulary() {
         n_layer: 1,
         n_head: 2,
         n_embd: 8,
+        n_kv_head: None,
+        ffn_hidden: None,
+        rope_theta: None,
+        tie_word_embeddings: None,
     };
     let model = build_model(&cfg, Precision::FP32, &Device::Cpu, 9).unwrap();
     let out = tmp.path().join("hf");

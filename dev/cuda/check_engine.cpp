@@ -28,6 +28,8 @@ inline float emu_shfl_xor(float v, int mask) {
 #include "../../src/cuda/classifier.cu"
 #include "../../src/cuda/encoder.cu"
 #include "../../src/cuda/norm.cu"
+#include "../../src/cuda/rope.cu"
+#include "../../src/cuda/swiglu.cu"
 
 #include <cstdio>
 #include <random>
@@ -96,7 +98,7 @@ template <int NCH> static void check_layernorm(int n, int c) {
     auto xf = to_f32(x), wf = to_f32(w), bfv = to_f32(b);
     std::vector<__nv_bfloat16> yk((size_t)n * c);
     std::vector<float> mk(n), rk(n);
-    emu_launch(ln_fwd_engine<NCH, false>, {blocks(n, LN_WARPS)}, {LN_THREADS}, (const float*)xf.data(),
+    emu_launch(ln_fwd_engine<NCH, false, false>, {blocks(n, LN_WARPS)}, {LN_THREADS}, (const float*)xf.data(),
                (const __nv_bfloat16*)nullptr, (float*)nullptr, (const float*)wf.data(), (const float*)bfv.data(),
                yk.data(), mk.data(), rk.data(), n, c, eps);
     expect("ln_fwd y (bf16) " + tag, yk, y, 1e-2, 8e-3);
@@ -112,7 +114,7 @@ template <int NCH> static void check_layernorm(int n, int c) {
         auto resf = to_f32(res);
         std::vector<float> res_out(x.size(), NAN), m2(n), r2(n);
         std::vector<__nv_bfloat16> y2((size_t)n * c);
-        emu_launch(ln_fwd_engine<NCH, true>, {blocks(n, LN_WARPS)}, {LN_THREADS}, (const float*)resf.data(),
+        emu_launch(ln_fwd_engine<NCH, true, false>, {blocks(n, LN_WARPS)}, {LN_THREADS}, (const float*)resf.data(),
                    (const __nv_bfloat16*)dk.data(), res_out.data(), (const float*)wf.data(), (const float*)bfv.data(),
                    y2.data(), m2.data(), r2.data(), n, c, eps);
         std::vector<double> sum(x.size());
@@ -148,7 +150,7 @@ template <int NCH> static void check_layernorm(int n, int c) {
     std::vector<__nv_bfloat16> dres16((size_t)n * c);
     const unsigned nb = blocks(n, LN_BWD_ROWS);
     std::vector<float> partial((size_t)2 * nb * c, NAN);
-    emu_launch(ln_bwd_engine<NCH>, {nb}, {LN_THREADS}, dyk.data(), xf.data(), wf.data(), mk.data(), rk.data(),
+    emu_launch(ln_bwd_engine<NCH, false>, {nb}, {LN_THREADS}, dyk.data(), xf.data(), wf.data(), mk.data(), rk.data(),
                dresk.data(), dres16.data(), partial.data(), n, c);
     emu_launch(ln_bwd_reduce_engine, {blocks(c, 32)}, {32, 8}, (const float*)partial.data(), dwk.data(), dbk.data(),
                (int)nb, c);
@@ -158,6 +160,146 @@ template <int NCH> static void check_layernorm(int n, int c) {
     expect("ln_bwd dres16 = bf16(dres) " + tag, dres16, dres_rounded, 0, 0);
     expect("ln_bwd dw += " + tag, dwk, dw, 1e-3, 1e-4);
     expect("ln_bwd db += " + tag, dbk, db, 1e-3, 1e-4);
+}
+
+// The extern "C" RMSNorm entry points of one chunk count (the lab calls them as the launcher does).
+struct RmsKernels {
+    void (*fwd)(const float*, const float*, __nv_bfloat16*, float*, int, int, float);
+    void (*fwd_res)(const float*, const __nv_bfloat16*, float*, const float*, __nv_bfloat16*, float*, int, int, float);
+    void (*bwd)(const __nv_bfloat16*, const float*, const float*, const float*, float*, __nv_bfloat16*, float*, int, int);
+};
+#define RMS_KERNELS(NCH) RmsKernels{rms_fwd_engine_##NCH, rms_fwd_residual_engine_##NCH, rms_bwd_engine_##NCH}
+
+// ---- RMSNorm (norm.cu with RMS): forward, fused residual forward, backward into non-zero gradients ---------------
+static void check_rmsnorm(int n, int c, RmsKernels k) {
+    const std::string tag = "n=" + std::to_string(n) + " c=" + std::to_string(c);
+    const auto x = randn((size_t)n * c, 1.5, 0.5);
+    const auto w = randn(c, 0.3, 1.0);
+    const float eps = 1e-5f;
+    auto xf = to_f32(x), wf = to_f32(w);
+    std::vector<double> rstd(n), xhat((size_t)n * c), y((size_t)n * c);
+    for (int r = 0; r < n; r++) {
+        double q = 0;
+        for (int i = 0; i < c; i++) q += (double)xf[(size_t)r * c + i] * xf[(size_t)r * c + i];
+        rstd[r] = 1 / std::sqrt(q / c + eps);
+        for (int i = 0; i < c; i++) {
+            xhat[(size_t)r * c + i] = xf[(size_t)r * c + i] * rstd[r];
+            y[(size_t)r * c + i] = xhat[(size_t)r * c + i] * wf[i];
+        }
+    }
+    std::vector<__nv_bfloat16> yk((size_t)n * c);
+    std::vector<float> rk(n, NAN);
+    emu_launch(k.fwd, {blocks(n, LN_WARPS)}, {LN_THREADS}, (const float*)xf.data(),
+               (const float*)wf.data(), yk.data(), rk.data(), n, c, eps);
+    expect("rms_fwd y (bf16) " + tag, yk, y, 1e-2, 8e-3);
+    expect("rms_fwd rstd " + tag, rk, rstd, 0, 1e-5);
+    {
+        const auto delta = randn((size_t)n * c, 0.5);
+        auto dk = to_bf16(delta);
+        std::vector<double> res(x.size());
+        for (size_t i = 0; i < x.size(); i++) res[i] = (double)xf[i] - (double)__bfloat162float(dk[i]);
+        auto resf = to_f32(res);
+        std::vector<float> res_out(x.size(), NAN), r2(n, NAN);
+        std::vector<__nv_bfloat16> y2((size_t)n * c);
+        emu_launch(k.fwd_res, {blocks(n, LN_WARPS)}, {LN_THREADS},
+                   (const float*)resf.data(), (const __nv_bfloat16*)dk.data(), res_out.data(), (const float*)wf.data(),
+                   y2.data(), r2.data(), n, c, eps);
+        std::vector<double> sum(x.size());
+        for (size_t i = 0; i < x.size(); i++) sum[i] = (double)(float)(resf[i] + __bfloat162float(dk[i]));
+        expect("rms_fwd_residual res_out = res + delta " + tag, res_out, sum, 0, 0);
+        expect("rms_fwd_residual y (bf16) " + tag, y2, y, 1e-2, 8e-3);
+    }
+    const auto dy = randn((size_t)n * c, 1.0);
+    std::vector<double> dyr(dy.size());
+    for (size_t i = 0; i < dy.size(); i++) dyr[i] = bf(dy[i]);
+    const auto dres0 = randn((size_t)n * c, 0.5), dw0 = randn(c, 0.1);
+    std::vector<double> dres = dres0, dw = dw0;
+    for (int r = 0; r < n; r++) {
+        double sgx = 0;
+        for (int i = 0; i < c; i++) sgx += dyr[(size_t)r * c + i] * wf[i] * xhat[(size_t)r * c + i];
+        sgx /= c;
+        for (int i = 0; i < c; i++) {
+            const double g = dyr[(size_t)r * c + i] * wf[i], xh = xhat[(size_t)r * c + i];
+            dres[(size_t)r * c + i] += rstd[r] * (g - xh * sgx);
+            dw[i] += dyr[(size_t)r * c + i] * xh;
+        }
+    }
+    auto dyk = to_bf16(dy);
+    auto dresk = to_f32(dres0), dwk = to_f32(dw0);
+    std::vector<__nv_bfloat16> dres16((size_t)n * c);
+    const unsigned nb = blocks(n, LN_BWD_ROWS);
+    std::vector<float> partial((size_t)2 * nb * c, NAN);
+    emu_launch(k.bwd, {nb}, {LN_THREADS}, (const __nv_bfloat16*)dyk.data(),
+               (const float*)xf.data(), (const float*)wf.data(), (const float*)rk.data(), dresk.data(), dres16.data(),
+               partial.data(), n, c);
+    emu_launch(rms_bwd_reduce_engine, {blocks(c, 32)}, {32, 8}, (const float*)partial.data(), dwk.data(), (int)nb, c);
+    expect("rms_bwd dres += (f32) " + tag, dresk, dres, 1e-4, 1e-4);
+    std::vector<double> dres_rounded(dresk.size());
+    for (size_t i = 0; i < dresk.size(); i++) dres_rounded[i] = bf(dresk[i]);
+    expect("rms_bwd dres16 = bf16(dres) " + tag, dres16, dres_rounded, 0, 0);
+    expect("rms_bwd dw += " + tag, dwk, dw, 1e-3, 1e-4);
+}
+
+// ---- rotary embeddings (rope.cu) ------------------------------------------------------------------------------------
+static void check_rope(int n, int t_len, int nh, int nkv, int hs) {
+    const std::string tag = "n=" + std::to_string(n) + " T=" + std::to_string(t_len) + " NH=" + std::to_string(nh) +
+                            " KV=" + std::to_string(nkv) + " HS=" + std::to_string(hs);
+    const int ld = (nh + 2 * nkv) * hs, half = hs / 2, nrot = nh + nkv;
+    const double theta = 10000.0;
+    std::vector<float> cs((size_t)t_len * half), sn((size_t)t_len * half);
+    for (int p = 0; p < t_len; p++)
+        for (int i = 0; i < half; i++) {
+            const double a = p * std::pow(theta, -2.0 * i / hs);
+            cs[(size_t)p * half + i] = (float)std::cos(a);
+            sn[(size_t)p * half + i] = (float)std::sin(a);
+        }
+    auto x = randn((size_t)n * ld, 1.0);
+    for (auto& e : x) e = bf(e);
+    std::vector<double> fwd = x, bwd = x;
+    for (int r = 0; r < n; r++)
+        for (int h = 0; h < nrot; h++)
+            for (int i = 0; i < half; i++) {
+                const size_t a = (size_t)r * ld + (size_t)h * hs + i, b = a + half;
+                const double c = cs[(size_t)(r % t_len) * half + i], s = sn[(size_t)(r % t_len) * half + i];
+                fwd[a] = x[a] * c - x[b] * s;
+                fwd[b] = x[b] * c + x[a] * s;
+                bwd[a] = x[a] * c + x[b] * s;
+                bwd[b] = x[b] * c - x[a] * s;
+            }
+    auto k1 = to_bf16(x), k2 = to_bf16(x);
+    const unsigned grid = blocks((size_t)n * nrot * hs / 16, 256);
+    emu_launch(rope_fwd, {grid}, {256}, k1.data(), (const float*)cs.data(), (const float*)sn.data(), n, t_len, nrot, hs,
+               ld);
+    emu_launch(rope_bwd, {grid}, {256}, k2.data(), (const float*)cs.data(), (const float*)sn.data(), n, t_len, nrot, hs,
+               ld);
+    expect("rope_fwd (v untouched) " + tag, k1, fwd, 1e-6, 8e-3);
+    expect("rope_bwd = transposed rotation " + tag, k2, bwd, 1e-6, 8e-3);
+}
+
+// ---- SwiGLU (swiglu.cu) ---------------------------------------------------------------------------------------------
+static void check_swiglu(int n, int h) {
+    const std::string tag = "n=" + std::to_string(n) + " h=" + std::to_string(h);
+    auto gu = randn((size_t)n * 2 * h, 2.0);
+    for (auto& e : gu) e = bf(e);
+    auto dy = randn((size_t)n * h, 1.0);
+    for (auto& e : dy) e = bf(e);
+    std::vector<double> y((size_t)n * h), dgu((size_t)n * 2 * h);
+    for (int r = 0; r < n; r++)
+        for (int j = 0; j < h; j++) {
+            const double g = gu[(size_t)r * 2 * h + j], u = gu[(size_t)r * 2 * h + h + j], d = dy[(size_t)r * h + j];
+            const double s = 1 / (1 + std::exp(-g));
+            y[(size_t)r * h + j] = g * s * u;
+            dgu[(size_t)r * 2 * h + j] = d * u * s * (1 + g * (1 - s));
+            dgu[(size_t)r * 2 * h + h + j] = d * g * s;
+        }
+    auto guk = to_bf16(gu), dyk = to_bf16(dy);
+    std::vector<__nv_bfloat16> yk((size_t)n * h), dguk((size_t)n * 2 * h);
+    const unsigned grid = blocks((size_t)n * h / 8, 256);
+    emu_launch(swiglu_fwd, {grid}, {256}, (const __nv_bfloat16*)guk.data(), yk.data(), n, h);
+    emu_launch(swiglu_bwd, {grid}, {256}, (const __nv_bfloat16*)guk.data(), (const __nv_bfloat16*)dyk.data(),
+               dguk.data(), n, h);
+    expect("swiglu_fwd y = silu(g) u " + tag, yk, y, 1e-6, 8e-3);
+    expect("swiglu_bwd [dg | du] " + tag, dguk, dgu, 1e-6, 8e-3);
 }
 
 // ---- classifier --------------------------------------------------------------------------------------------------
@@ -207,6 +349,15 @@ static void check_encoder() {
     emu_launch(encoder_fwd, {blocks((size_t)N * C / 4, 256)}, {256}, (const uint32_t*)idx.data(),
                (const float*)wtef.data(), (const float*)wpef.data(), xk.data(), N, T, C);
     expect("encoder_fwd x = wte[idx] + wpe", xk, x, 1e-6, 1e-6);
+    {
+        std::vector<double> xt((size_t)N * C);
+        for (int r = 0; r < N; r++)
+            for (int i = 0; i < C; i++) xt[(size_t)r * C + i] = (double)(float)wte[idx[r] * C + i];
+        std::vector<float> xtk((size_t)N * C, NAN);
+        emu_launch(encoder_fwd_tokens, {blocks((size_t)N * C / 4, 256)}, {256}, (const uint32_t*)idx.data(),
+                   (const float*)wtef.data(), xtk.data(), N, C);
+        expect("encoder_fwd_tokens x = wte[idx]", xtk, xt, 0, 0);
+    }
 
     // Host grouping as encoder.rs does: a stable counting sort.
     std::vector<uint32_t> rows, start{0}, gid;
@@ -328,6 +479,13 @@ int main() {
     check_layernorm<1>(37, 64);
     check_layernorm<2>(300, 200);
     check_layernorm<6>(21, 768);
+    check_rmsnorm(37, 64, RMS_KERNELS(1));
+    check_rmsnorm(300, 200, RMS_KERNELS(2));
+    check_rmsnorm(21, 768, RMS_KERNELS(6));
+    check_rope(12, 5, 4, 2, 32);
+    check_rope(9, 9, 2, 2, 64);
+    check_swiglu(7, 24);
+    check_swiglu(3, 200);
     check_classifier(5, 72, 0.37f);
     check_classifier(3, 1000, 1.0f / 3000);
     check_classifier(2, 96, 0.f);

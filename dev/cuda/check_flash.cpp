@@ -1,6 +1,7 @@
 // Runs src/cuda/flash_attn.cu (the tensor-core FlashAttention-2 kernels: cp.async, ldmatrix, mma.sync) under
 // cuda_emu.h's warp-level emulation and compares them with a double-precision reference, in bf16 and f16, on T that
-// are and are not multiples of the tiles, every launch variant, and head groups that do not divide B * NH. Checks
+// are and are not multiples of the tiles, every launch variant, head groups that do not divide B * NH, and grouped-query
+// attention (NKV key/value heads shared by NH / NKV query heads each). Checks
 // that every output element is written (outputs start as NaN) and that a second run gives the same bytes.
 // Prints one line per check; exits 1 on any mismatch. Build and run: dev/cuda/run.sh ops
 #include "cuda_emu.h"
@@ -43,9 +44,9 @@ static void expect(const std::string& what, const std::vector<G>& got, const std
 }
 
 template <typename T> struct Kernels {
-    void (*fwd)(const T*, T*, float*, int, int, float, int);
-    void (*dkdv)(const T*, const T*, const float*, const float*, T*, int, int, float, int);
-    void (*dq)(const T*, const T*, const T*, const float*, float*, T*, int, int, float, int);
+    void (*fwd)(const T*, T*, float*, int, int, int, float, int);
+    void (*dkdv)(const T*, const T*, const float*, const float*, T*, int, int, int, float, int);
+    void (*dq)(const T*, const T*, const T*, const float*, float*, T*, int, int, int, float, int);
     int fwd_rows, fwd_threads, bwd_rows, bwd_threads;
 };
 
@@ -66,14 +67,15 @@ template <typename T> static Kernels<T> kernels(int fw, int fm, int bw);
 FA2_PICK(__nv_bfloat16, bf16)
 FA2_PICK(__half, f16)
 
-// One case: qkv (B, T, 3C), dy (B, T, C) random; the kernels against the reference; dqkv all written; repeat exact.
+// One case: qkv (B, T, C + 2 KW), dy (B, T, C) random; the kernels against the reference; dqkv all written; repeat
+// exact.
 template <typename T>
-static void check(const char* dtype, int B, int NH, int Tn, int fw, int fm, int bw, int group, uint32_t seed) {
-    const int HS = FA2_HS, C = NH * HS;
+static void check(const char* dtype, int B, int NH, int NKV, int Tn, int fw, int fm, int bw, int group, uint32_t seed) {
+    const int HS = FA2_HS, C = NH * HS, KW = NKV * HS, W = C + 2 * KW, NQ = NH / NKV;
     const double scale = 1.0 / std::sqrt((double)HS);
     std::mt19937 rng(seed);
     std::uniform_real_distribution<double> u(-1.0, 1.0);
-    std::vector<T> qkv((size_t)B * Tn * 3 * C), dy((size_t)B * Tn * C);
+    std::vector<T> qkv((size_t)B * Tn * W), dy((size_t)B * Tn * C);
     std::vector<double> x(qkv.size()), g(dy.size());
     for (size_t i = 0; i < qkv.size(); i++) {
         qkv[i] = to16<T>(u(rng) * 2.0);  // scores of O(10): a peaked softmax
@@ -83,7 +85,9 @@ static void check(const char* dtype, int B, int NH, int Tn, int fw, int fm, int 
         dy[i] = to16<T>(u(rng));
         g[i] = from16(dy[i]);
     }
-    auto at = [&](int part, int b, int h, int t, int d) { return x[((size_t)b * Tn + t) * 3 * C + part * C + h * HS + d]; };
+    // Column of part 0 (q of query head h), 1 (k) or 2 (v) of query head h's key/value head.
+    auto col = [&](int part, int h) { return part == 0 ? h * HS : C + (part - 1) * KW + (h / NQ) * HS; };
+    auto at = [&](int part, int b, int h, int t, int d) { return x[((size_t)b * Tn + t) * W + col(part, h) + d]; };
 
     const Kernels<T> k = kernels<T>(fw, fm, bw);
     const int nbh = B * NH;
@@ -96,11 +100,12 @@ static void check(const char* dtype, int B, int NH, int Tn, int fw, int fm, int 
         std::vector<float> dvec((size_t)nbh * Tn, NAN);
         const unsigned nq = (Tn + k.fwd_rows - 1) / k.fwd_rows, nb = (Tn + k.bwd_rows - 1) / k.bwd_rows;
         emu_launch(k.fwd, dim3{nq * nbh, 1, 1}, dim3{(unsigned)k.fwd_threads, 1, 1}, (const T*)qkv.data(), y.data(), lse.data(),
-                   NH, Tn, fscale, group);
+                   NH, NKV, Tn, fscale, group);
         emu_launch(k.dq, dim3{nb * nbh, 1, 1}, dim3{(unsigned)k.bwd_threads, 1, 1}, (const T*)qkv.data(), (const T*)y.data(),
-                   (const T*)dy.data(), (const float*)lse.data(), dvec.data(), dqkv.data(), NH, Tn, fscale, group);
-        emu_launch(k.dkdv, dim3{nb * nbh, 1, 1}, dim3{(unsigned)k.bwd_threads, 1, 1}, (const T*)qkv.data(), (const T*)dy.data(),
-                   (const float*)lse.data(), (const float*)dvec.data(), dqkv.data(), NH, Tn, fscale, group);
+                   (const T*)dy.data(), (const float*)lse.data(), dvec.data(), dqkv.data(), NH, NKV, Tn, fscale, group);
+        emu_launch(k.dkdv, dim3{nb * (unsigned)(B * NKV), 1, 1}, dim3{(unsigned)k.bwd_threads, 1, 1}, (const T*)qkv.data(),
+                   (const T*)dy.data(), (const float*)lse.data(), (const float*)dvec.data(), dqkv.data(), NH, NKV, Tn, fscale,
+                   group);
     };
     std::vector<T> y, dqkv, y2, dqkv2;
     std::vector<float> lse, lse2;
@@ -138,11 +143,11 @@ static void check(const char* dtype, int B, int NH, int Tn, int fw, int fm, int 
                     double dp = 0;
                     for (int d = 0; d < HS; d++) dp += g[yr + d] * at(2, b, h, j, d);
                     const double ds = p * (dp - D) * scale;
-                    const size_t qi = ((size_t)b * Tn + i) * 3 * C + h * HS, kj = ((size_t)b * Tn + j) * 3 * C + h * HS;
+                    const size_t qi = ((size_t)b * Tn + i) * W + col(0, h), rj = ((size_t)b * Tn + j) * W;
                     for (int d = 0; d < HS; d++) {
                         rd[qi + d] += ds * at(1, b, h, j, d);
-                        rd[kj + C + d] += ds * at(0, b, h, i, d);
-                        rd[kj + 2 * C + d] += p * g[yr + d];
+                        rd[rj + col(1, h) + d] += ds * at(0, b, h, i, d);  // summed over the group's query heads
+                        rd[rj + col(2, h) + d] += p * g[yr + d];
                     }
                 }
             }
@@ -151,7 +156,7 @@ static void check(const char* dtype, int B, int NH, int Tn, int fw, int fm, int 
     for (double v : ry) ymax = std::max(ymax, std::fabs(v));
     for (double v : rd) gmax = std::max(gmax, std::fabs(v));
     const std::string tag = std::string("flash ") + dtype + " B=" + std::to_string(B) + " NH=" + std::to_string(NH) +
-                            " T=" + std::to_string(Tn) + " fwd w" + std::to_string(fw) + "m" + std::to_string(fm) + " bwd w" +
+                            (NKV != NH ? " KV=" + std::to_string(NKV) : std::string()) + " T=" + std::to_string(Tn) + " fwd w" + std::to_string(fw) + "m" + std::to_string(fm) + " bwd w" +
                             std::to_string(bw) + " group " + std::to_string(group);
     // bf16 tolerance as tests/kernels_attention.rs: 1% of the largest entry + 1/64 relative (P and dS are rounded to
     // the input type before their products; D = dy . y cancels against dP).
@@ -170,15 +175,19 @@ static void check(const char* dtype, int B, int NH, int Tn, int fw, int fm, int 
 int main(int argc, char** argv) {
     const bool full = argc > 1 && std::string(argv[1]) == "full";
     // T below, at and past the tiles, partial head groups, then every other launch variant once.
-    check<__nv_bfloat16>("bf16", 1, 2, 1, 4, 1, 4, 1, 1);
-    check<__nv_bfloat16>("bf16", 2, 3, 7, 4, 1, 4, 4, 2);
-    check<__nv_bfloat16>("bf16", 1, 2, 100, 4, 1, 4, 3, 3);
-    check<__half>("f16", 1, 1, 130, 4, 1, 4, 1, 4);
-    check<__nv_bfloat16>("bf16", 1, 2, 150, 4, 2, 8, 2, 5);
-    check<__nv_bfloat16>("bf16", 1, 1, 200, 8, 1, 8, 1, 6);
+    check<__nv_bfloat16>("bf16", 1, 2, 2, 1, 4, 1, 4, 1, 1);
+    check<__nv_bfloat16>("bf16", 2, 3, 3, 7, 4, 1, 4, 4, 2);
+    check<__nv_bfloat16>("bf16", 1, 2, 2, 100, 4, 1, 4, 3, 3);
+    check<__half>("f16", 1, 1, 1, 130, 4, 1, 4, 1, 4);
+    check<__nv_bfloat16>("bf16", 1, 2, 2, 150, 4, 2, 8, 2, 5);
+    check<__nv_bfloat16>("bf16", 1, 1, 1, 200, 8, 1, 8, 1, 6);
+    // Grouped-query attention: 4 query heads on 2 and on 1 key/value heads, T past one tile, two batches.
+    check<__nv_bfloat16>("bf16", 2, 4, 2, 70, 4, 2, 4, 3, 9);
+    check<__nv_bfloat16>("bf16", 1, 4, 1, 90, 4, 1, 4, 1, 10);
     if (full) {
-        check<__nv_bfloat16>("bf16", 1, 1, 256, 4, 1, 4, 1, 7);
-        check<__half>("f16", 2, 1, 97, 8, 1, 4, 2, 8);
+        check<__nv_bfloat16>("bf16", 1, 1, 1, 256, 4, 1, 4, 1, 7);
+        check<__half>("f16", 2, 1, 1, 97, 8, 1, 4, 2, 8);
+        check<__nv_bfloat16>("bf16", 1, 6, 2, 200, 8, 1, 8, 2, 11);
     }
     if (failures) {
         std::printf("%d check(s) FAILED\n", failures);

@@ -153,7 +153,7 @@ mod gpu {
     use half::bf16;
 
     use super::{AttnTiming, Backend, SHAPES};
-    use crate::cuda::flash_attn::{check_dims, Dtype, FlashAttn, Variant};
+    use crate::cuda::flash_attn::{check_dims, Dtype, FlashAttn, Heads, Variant};
 
     /// Random bf16 in [-1, 1) from a fixed xorshift stream.
     fn random_bf16(n: usize, seed: u64) -> Vec<bf16> {
@@ -239,7 +239,7 @@ mod gpu {
                 lse: stream.alloc_zeros::<f32>(b * nh * t)?,
                 scratch: stream.alloc_zeros::<f32>(FlashAttn::scratch_len(b, t, nh))?,
             };
-            let d = check_dims(b, t, nh, hs)?;
+            let d = check_dims(b, t, Heads::mha(nh), hs)?;
             let s = &stream;
             let bf = &mut bufs;
             let (qkv, _a) = bf.qkv.device_ptr(s);
@@ -251,9 +251,10 @@ mod gpu {
             for (fa, v) in kernels.iter().zip(&variants) {
                 let dt = Dtype::Bf16;
                 // SAFETY: every buffer above was allocated at the size the flash_attn API documents for (b, t, nh, hs).
-                let fwd_ms = time(s, warmup, reps, || unsafe { fa.forward_with(dt, qkv, y, lse, b, t, nh, hs) })?;
+                let fwd_ms =
+                    time(s, warmup, reps, || unsafe { fa.forward_with(dt, qkv, y, lse, b, t, Heads::mha(nh), hs) })?;
                 let bwd_ms = time(s, warmup, reps, || unsafe {
-                    fa.backward_with(dt, qkv, y, dy, lse, scr, dqkv, b, t, nh, hs)
+                    fa.backward_with(dt, qkv, y, dy, lse, scr, dqkv, b, t, Heads::mha(nh), hs)
                 })?;
                 let dq_ms = time(s, warmup, reps, || unsafe { fa.launch_dq(qkv, y, dy, lse, scr, dqkv, d, dt) })?;
                 let dkdv_ms = time(s, warmup, reps, || unsafe { fa.launch_dkdv(qkv, dy, lse, scr, dqkv, d, dt) })?;
@@ -263,10 +264,11 @@ mod gpu {
             }
             #[cfg(feature = "cudnn")]
             for (att, label) in &cudnn {
-                att.prepare(b, t, nh)?;
+                att.prepare(b, t, Heads::mha(nh))?;
                 // SAFETY: the buffers were allocated at the sizes the cudnn_attn API documents for (b, t, nh, 64).
-                let fwd_ms = time(s, warmup, reps, || unsafe { att.forward(qkv, y, lse, b, t, nh) })?;
-                let bwd_ms = time(s, warmup, reps, || unsafe { att.backward(qkv, y, dy, lse, 0, dqkv, b, t, nh) })?;
+                let fwd_ms = time(s, warmup, reps, || unsafe { att.forward(qkv, y, lse, b, t, Heads::mha(nh)) })?;
+                let bwd_ms =
+                    time(s, warmup, reps, || unsafe { att.backward(qkv, y, dy, lse, 0, dqkv, b, t, Heads::mha(nh)) })?;
                 let (dq_ms, dkdv_ms) = (f64::NAN, f64::NAN);
                 let row = AttnTiming { b, t, nh, hs, variant: label.to_string(), fwd_ms, bwd_ms, dq_ms, dkdv_ms };
                 eprintln!("{}", super::report(std::slice::from_ref(&row)).lines().nth(1).unwrap_or_default());

@@ -1,9 +1,10 @@
 //! `tokenmill bench compare`: tokenmill's full training step against the PyTorch reference on the same machine, in
 //! one invocation, at the same B, T, total batch, warm-up and timed steps, and the ratio of their tokens/s.
 //!
-//! The reference is reference/train_gpt2_ref.py (build-nanogpt's recipe: torch.compile, bf16 autocast,
-//! scaled_dot_product_attention, fused AdamW), run as a subprocess after tokenmill's case has finished and freed its
-//! memory. It prints human-readable progress on stderr (passed through) and one JSON object as the last line of
+//! The reference is reference/train_gpt2_ref.py for GPT-2 (build-nanogpt's recipe: torch.compile, bf16 autocast,
+//! scaled_dot_product_attention, fused AdamW) and reference/train_llama_ref.py for Llama-style models (HF
+//! transformers' LlamaForCausalLM with sdpa attention, the same recipe), run as a subprocess after tokenmill's case
+//! has finished and freed its memory. It prints human-readable progress on stderr (passed through) and one JSON object as the last line of
 //! stdout, of which `tokens_per_s` (total batch / median step time, timed between `torch.cuda.synchronize()` calls)
 //! is compared with tokenmill's tokens/s (total batch / median step time, `timer`).
 
@@ -17,6 +18,7 @@ use serde::Serialize;
 use super::report::{fmt_bytes, fmt_ms, fmt_thousands};
 use super::runner::{run_case, CaseResult, CaseSpec};
 use super::{dtype_name, BenchError, Computation, HostInfo};
+use crate::model::{Architecture, ModelConfig};
 
 /// How to run the reference.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,7 +64,16 @@ fn torch_device(device: &Device) -> String {
     }
 }
 
-/// The reference's arguments for `spec`: the same model sizes, batch shape, steps, dtype and seed.
+/// The reference script for a model's architecture.
+pub fn default_reference(model: &ModelConfig) -> PathBuf {
+    PathBuf::from(match model.arch {
+        Architecture::Gpt2 => "reference/train_gpt2_ref.py",
+        Architecture::Llama => "reference/train_llama_ref.py",
+    })
+}
+
+/// The reference's arguments for `spec`: the same model sizes (for Llama-style models also the KV heads, MLP width,
+/// rotary theta and head tying), batch shape, steps, dtype and seed.
 pub fn reference_args(spec: &CaseSpec, device: &Device, compile: bool) -> Vec<String> {
     let m = &spec.model;
     let mut args: Vec<String> = [
@@ -80,6 +91,19 @@ pub fn reference_args(spec: &CaseSpec, device: &Device, compile: bool) -> Vec<St
     .iter()
     .flat_map(|(k, v)| [k.to_string(), v.to_string()])
     .collect();
+    if m.arch == Architecture::Llama {
+        args.extend([
+            "--n-kv-head".to_string(),
+            m.kv_heads().to_string(),
+            "--ffn-hidden".to_string(),
+            m.hidden().to_string(),
+            "--rope-theta".to_string(),
+            m.rope_base().to_string(),
+        ]);
+        if !m.tied() {
+            args.push("--untied".to_string());
+        }
+    }
     args.extend([
         "--dtype".to_string(),
         dtype_name(spec.dtype.dtype()).to_string(),
@@ -231,6 +255,32 @@ pub fn comparison_table(c: &Comparison) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn llama_cases_run_the_llama_reference_with_its_shape() {
+        use super::super::runner::BenchModel;
+        use crate::bench::Plan;
+        let plan = Plan {
+            models: vec![BenchModel::preset("llama-tiny").unwrap()],
+            seq_lens: vec![],
+            batches: vec![],
+            total_batch: None,
+            dtypes: vec!["fp32".into()],
+            warmups: vec![1],
+            steps: 2,
+            what: vec![Computation::TrainStep],
+            seed: 1,
+            engine: None,
+        };
+        let cases = plan.cases(&Device::Cpu).unwrap();
+        let spec = &cases[0];
+        assert_eq!(default_reference(&spec.model), PathBuf::from("reference/train_llama_ref.py"));
+        let args = reference_args(spec, &Device::Cpu, false).join(" ");
+        assert!(args.contains("--n-kv-head 2 --ffn-hidden 192 --rope-theta 10000"), "{args}");
+        assert!(!args.contains("--untied"), "{args}");
+        let gpt2 = ModelConfig::preset("tiny").unwrap();
+        assert_eq!(default_reference(&gpt2), PathBuf::from("reference/train_gpt2_ref.py"));
+    }
 
     #[test]
     fn parses_the_last_json_line() {

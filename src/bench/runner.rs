@@ -193,7 +193,7 @@ impl Plan {
                         cfg.grad_accum_steps(1)?;
                         let model = cfg.model.resolve(GPT2_VOCAB_SIZE)?;
                         let dtype = parse_compute_dtype(dtype_name, device)?;
-                        let engine = EngineKind::resolve(&cfg.run.engine, &model, device, dtype)?;
+                        let engine = EngineKind::resolve(cfg.run.engine, &model, device, dtype)?;
                         for &warmup in &self.warmups {
                             for &what in &self.what {
                                 out.push(CaseSpec {
@@ -484,7 +484,7 @@ pub fn run_case(spec: &CaseSpec, device: &Device) -> Result<RawMeasurement, Benc
     let host_count = if spec.what == Computation::TrainStep { accum } else { 1 };
     let host = host_batches(host_count, b, t, spec.model.real_vocab_size, spec.seed);
     let adam = AdamWConfig::from_config(&spec.cfg);
-    let mut engine = engine::build(spec.engine, model, device, (b, t), adam)?;
+    let mut engine = engine::build(spec.engine, model, device, (b, t), adam, &spec.cfg.engine)?;
     let (samples, loss) = match engine.as_autograd() {
         Some(autograd) if spec.what != Computation::TrainStep => autograd_pieces(spec, device, autograd, &host[0])?,
         _ => engine_pieces(spec, device, &mut *engine, &host)?,

@@ -109,7 +109,7 @@ pub struct GridArgs {
     /// Seeds the weights and the synthetic tokens.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
-    /// Training engine: auto (gpt2-cuda for GPT-2 in bf16 on CUDA, else autograd), autograd or gpt2-cuda
+    /// Training engine: auto (cuda for a model it supports in bf16 on CUDA, else autograd), autograd or cuda
     /// [default: the config's run.engine, auto].
     #[arg(long)]
     pub engine: Option<String>,
@@ -144,13 +144,14 @@ pub struct CompareArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Training engine: auto (gpt2-cuda for GPT-2 in bf16 on CUDA, else autograd), autograd or gpt2-cuda
+    /// Training engine: auto (cuda for a model it supports in bf16 on CUDA, else autograd), autograd or cuda
     /// [default: the config's run.engine, auto].
     #[arg(long)]
     pub engine: Option<String>,
-    /// The reference script.
-    #[arg(long, default_value = "reference/train_gpt2_ref.py")]
-    pub reference: PathBuf,
+    /// The reference script [default: reference/train_gpt2_ref.py for GPT-2, reference/train_llama_ref.py (HF
+    /// transformers' LlamaForCausalLM) for Llama-style models].
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
     /// The Python interpreter that has torch.
     #[arg(long, default_value = "python3")]
     pub python: String,
@@ -260,7 +261,7 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
     let [spec] = cases.as_slice() else { unreachable!("one model, one shape, one dtype: one case") };
     let opts = ReferenceOptions {
         python: a.python.clone(),
-        script: a.reference.clone(),
+        script: a.reference.clone().unwrap_or_else(|| crate::bench::compare::default_reference(&spec.model)),
         compile: if a.compile || a.no_compile { a.compile } else { device.is_cuda() },
         extra_args: a.reference_args.clone(),
     };

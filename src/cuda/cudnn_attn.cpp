@@ -1,14 +1,16 @@
-// cuDNN SDPA (scaled dot-product attention) for GPT-2's fused qkv layout, through the cuDNN frontend's graph API:
-// the C side of src/cuda/cudnn_attn.rs, compiled by build.rs only with the `cudnn` cargo feature.
+// cuDNN SDPA (scaled dot-product attention) for the fused qkv layout, through the cuDNN frontend's graph API: the C
+// side of src/cuda/cudnn_attn.rs, compiled by build.rs only with the `cudnn` cargo feature.
 //
-// Layout (the same as src/cuda/flash_attn.cu, so the two backends are interchangeable):
-//   qkv  (B, T, 3C) bf16: q of head h at columns h*HS, k at C + h*HS, v at 2C + h*HS   (C = NH * HS)
+// Layout (the same as src/cuda/flash_attn.cu, so the two backends are interchangeable; C = NH * HS, KW = NKV * HS,
+// W = C + 2 KW):
+//   qkv  (B, T, W) bf16: query head h at columns h*HS, key head j at C + j*HS, value head j at C + KW + j*HS
 //   y    (B, T, C)  bf16: heads side by side
 //   stats (B, NH, T) f32: per query row, the natural-log logsumexp of the scaled, masked scores
-//   dy   (B, T, C)  bf16;  dqkv (B, T, 3C) bf16, written whole (dq, dk, dv at the same column offsets as q, k, v)
-// cuDNN sees every one of them as a (B, NH, T, HS) tensor described by strides, so nothing is copied or permuted:
-// q, k, v (and dq, dk, dv) have strides (T*3C, HS, 3C, 1) and base pointers qkv, qkv + C, qkv + 2C; y and dy have
-// strides (T*C, HS, C, 1).
+//   dy   (B, T, C)  bf16;  dqkv (B, T, W) bf16, written whole (dq, dk, dv at the same column offsets as q, k, v)
+// cuDNN sees q as a (B, NH, T, HS) tensor and k, v as (B, NKV, T, HS) ones described by strides, so nothing is
+// copied or permuted: strides (T*W, HS, W, 1) from base pointers qkv, qkv + C, qkv + C + KW; y and dy have strides
+// (T*C, HS, C, 1). With NKV < NH (grouped-query attention) cuDNN maps query head h to key/value head h / (NH / NKV)
+// and sums dK, dV over each group itself.
 //
 // Stats: the frontend lowers SDPA's softmax into max, exp, sum, then Stats = max + log(sum) with cuDNN's LOG
 // pointwise mode, which is the natural logarithm; the scores it reduces are already multiplied by the attention
@@ -53,11 +55,12 @@ constexpr int kException = 5;
 enum Uid : int64_t { kQ = 1, kK, kV, kO, kStats, kDO, kDQ, kDK, kDV };
 
 struct Shape {
-    int64_t b, t, nh, hs;
+    int64_t b, t, nh, nkv, hs;
     bool backward;
     bool operator<(const Shape& o) const {
-        return std::tie(b, t, nh, hs, backward) < std::tie(o.b, o.t, o.nh, o.hs, o.backward);
+        return std::tie(b, t, nh, nkv, hs, backward) < std::tie(o.b, o.t, o.nh, o.nkv, o.hs, o.backward);
     }
+    int64_t width() const { return (nh + 2 * nkv) * hs; }  // W, the qkv row
 };
 
 struct Built {
@@ -90,8 +93,8 @@ void write_message(char* msg, size_t len, const std::string& text) {
 
 std::string shape_text(const Shape& s) {
     char buf[160];
-    std::snprintf(buf, sizeof buf, "%s B=%lld T=%lld NH=%lld HS=%lld", s.backward ? "backward" : "forward",
-                  (long long)s.b, (long long)s.t, (long long)s.nh, (long long)s.hs);
+    std::snprintf(buf, sizeof buf, "%s B=%lld T=%lld NH=%lld KV=%lld HS=%lld", s.backward ? "backward" : "forward",
+                  (long long)s.b, (long long)s.t, (long long)s.nh, (long long)s.nkv, (long long)s.hs);
     return buf;
 }
 
@@ -122,12 +125,12 @@ std::shared_ptr<fe::graph::Graph> new_graph() {
     return g;
 }
 
-// A (B, NH, T, HS) view with the given row stride (3C for the qkv / dqkv columns, C for y / dy).
-fe::graph::Tensor_attributes heads(const char* name, int64_t uid, const Shape& s, int64_t row) {
+// A (B, n, T, HS) view with the given row stride (W for the qkv / dqkv columns, C for y / dy).
+fe::graph::Tensor_attributes heads(const char* name, int64_t uid, const Shape& s, int64_t n, int64_t row) {
     return fe::graph::Tensor_attributes()
         .set_name(name)
         .set_uid(uid)
-        .set_dim({s.b, s.nh, s.t, s.hs})
+        .set_dim({s.b, n, s.t, s.hs})
         .set_stride({s.t * row, s.hs, row, 1});
 }
 
@@ -144,9 +147,10 @@ std::shared_ptr<fe::graph::Graph> define(const Shape& s, bool deterministic) {
     const int64_t c = s.nh * s.hs;
     const float scale = 1.0f / std::sqrt(static_cast<float>(s.hs));
     auto g = new_graph();
-    auto q = g->tensor(heads("q", kQ, s, 3 * c));
-    auto k = g->tensor(heads("k", kK, s, 3 * c));
-    auto v = g->tensor(heads("v", kV, s, 3 * c));
+    const int64_t w = s.width();
+    auto q = g->tensor(heads("q", kQ, s, s.nh, w));
+    auto k = g->tensor(heads("k", kK, s, s.nkv, w));
+    auto v = g->tensor(heads("v", kV, s, s.nkv, w));
     if (!s.backward) {
         // Causal: key j is visible to query i iff j <= i (band right bound 0 from the top-left diagonal).
         auto attrs = fe::graph::SDPA_attributes()
@@ -162,8 +166,8 @@ std::shared_ptr<fe::graph::Graph> define(const Shape& s, bool deterministic) {
         stats->set_output(true);
         stats_layout(stats, s);
     } else {
-        auto o = g->tensor(heads("o", kO, s, c));
-        auto d_o = g->tensor(heads("dO", kDO, s, c));
+        auto o = g->tensor(heads("o", kO, s, s.nh, c));
+        auto d_o = g->tensor(heads("dO", kDO, s, s.nh, c));
         auto stats = g->tensor(fe::graph::Tensor_attributes().set_name("stats"));
         stats_layout(stats, s);
         // set_deterministic_algorithm (cuDNN frontend >= 1.5): on Hopper it forces the dP-workspace kernel, which
@@ -178,8 +182,9 @@ std::shared_ptr<fe::graph::Graph> define(const Shape& s, bool deterministic) {
         const char* names[3] = {"dQ", "dK", "dV"};
         const int64_t uids[3] = {kDQ, kDK, kDV};
         for (int i = 0; i < 3; ++i) {
-            grads[i]->set_output(true).set_name(names[i]).set_uid(uids[i]).set_dim({s.b, s.nh, s.t, s.hs}).set_stride(
-                {s.t * 3 * c, s.hs, 3 * c, 1});
+            const int64_t n = i == 0 ? s.nh : s.nkv;
+            grads[i]->set_output(true).set_name(names[i]).set_uid(uids[i]).set_dim({s.b, n, s.t, s.hs}).set_stride(
+                {s.t * w, s.hs, w, 1});
         }
     }
     return g;
@@ -240,14 +245,18 @@ const Built& graph_for(Context& ctx, const Shape& s) {
     return ctx.graphs.emplace(s, std::move(b)).first->second;
 }
 
-Shape checked_shape(int64_t b, int64_t t, int64_t nh, int64_t hs, bool backward) {
-    Shape s{b, t, nh, hs, backward};
-    if (b <= 0 || t <= 0 || nh <= 0 || hs <= 0 || hs % 8 != 0 || hs > 256) {
+Shape checked_shape(int64_t b, int64_t t, int64_t nh, int64_t nkv, int64_t hs, bool backward) {
+    Shape s{b, t, nh, nkv, hs, backward};
+    if (b <= 0 || t <= 0 || nh <= 0 || nkv <= 0 || nh % nkv != 0 || hs <= 0 || hs % 8 != 0 || hs > 256) {
         throw Failure{kBadArgument, "cuDNN SDPA " + shape_text(s) +
-                                        ": sizes must be positive and HS a multiple of 8 up to 256"};
+                                        ": sizes must be positive, KV divide NH and HS be a multiple of 8 up to 256"};
     }
     return s;
 }
+
+// Byte offsets of k and v in a qkv row.
+int64_t k_offset(const Shape& s) { return s.nh * s.hs * 2; }
+int64_t v_offset(const Shape& s) { return (s.nh + s.nkv) * s.hs * 2; }
 
 void bind_stream(Context& ctx, void* stream) {
     auto st = static_cast<cudaStream_t>(stream);
@@ -333,44 +342,47 @@ int tm_cudnn_attn_destroy(void* handle, char* msg, size_t msg_len) {
 
 // Forward: y and stats from qkv (layouts above). Asynchronous on `stream`.
 int tm_cudnn_attn_forward(void* handle, const void* qkv, void* y, float* stats, int64_t b, int64_t t, int64_t nh,
-                          int64_t hs, void* stream, char* msg, size_t msg_len) {
+                          int64_t nkv, int64_t hs, void* stream, char* msg, size_t msg_len) {
     return guarded(msg, msg_len, [&] {
         if (handle == nullptr) throw Failure{kBadArgument, "cuDNN SDPA forward: null context"};
         auto& ctx = *static_cast<Context*>(handle);
-        Shape s = checked_shape(b, t, nh, hs, false);
+        Shape s = checked_shape(b, t, nh, nkv, hs, false);
         bind_stream(ctx, stream);
-        const int64_t c = nh * hs * 2;  // bytes of one head block of columns
-        std::unordered_map<int64_t, void*> pack = {
-            {kQ, bytes(qkv)}, {kK, bytes(qkv) + c}, {kV, bytes(qkv) + 2 * c}, {kO, y}, {kStats, stats}};
+        std::unordered_map<int64_t, void*> pack = {{kQ, bytes(qkv)},
+                                                   {kK, bytes(qkv) + k_offset(s)},
+                                                   {kV, bytes(qkv) + v_offset(s)},
+                                                   {kO, y},
+                                                   {kStats, stats}};
         execute(ctx, s, pack);
     });
 }
 
 // Backward: dqkv (written whole) from qkv, the forward's y and stats, and dy. Asynchronous on `stream`.
 int tm_cudnn_attn_backward(void* handle, const void* qkv, const void* y, const void* dy, const float* stats,
-                           void* dqkv, int64_t b, int64_t t, int64_t nh, int64_t hs, void* stream, char* msg,
-                           size_t msg_len) {
+                           void* dqkv, int64_t b, int64_t t, int64_t nh, int64_t nkv, int64_t hs, void* stream,
+                           char* msg, size_t msg_len) {
     return guarded(msg, msg_len, [&] {
         if (handle == nullptr) throw Failure{kBadArgument, "cuDNN SDPA backward: null context"};
         auto& ctx = *static_cast<Context*>(handle);
-        Shape s = checked_shape(b, t, nh, hs, true);
+        Shape s = checked_shape(b, t, nh, nkv, hs, true);
         bind_stream(ctx, stream);
-        const int64_t c = nh * hs * 2;
+        const int64_t kb = k_offset(s), vb = v_offset(s);
         std::unordered_map<int64_t, void*> pack = {
-            {kQ, bytes(qkv)},       {kK, bytes(qkv) + c},        {kV, bytes(qkv) + 2 * c},
-            {kO, bytes(y)},         {kDO, bytes(dy)},            {kStats, bytes(stats)},
-            {kDQ, bytes(dqkv)},     {kDK, bytes(dqkv) + c},      {kDV, bytes(dqkv) + 2 * c}};
+            {kQ, bytes(qkv)},   {kK, bytes(qkv) + kb},  {kV, bytes(qkv) + vb},  {kO, bytes(y)},
+            {kDO, bytes(dy)},   {kStats, bytes(stats)}, {kDQ, bytes(dqkv)},     {kDK, bytes(dqkv) + kb},
+            {kDV, bytes(dqkv) + vb}};
         execute(ctx, s, pack);
     });
 }
 
 // Build (if needed) the forward and backward graphs of a shape without running them, e.g. before timing.
-int tm_cudnn_attn_prepare(void* handle, int64_t b, int64_t t, int64_t nh, int64_t hs, char* msg, size_t msg_len) {
+int tm_cudnn_attn_prepare(void* handle, int64_t b, int64_t t, int64_t nh, int64_t nkv, int64_t hs, char* msg,
+                          size_t msg_len) {
     return guarded(msg, msg_len, [&] {
         if (handle == nullptr) throw Failure{kBadArgument, "cuDNN SDPA prepare: null context"};
         auto& ctx = *static_cast<Context*>(handle);
-        graph_for(ctx, checked_shape(b, t, nh, hs, false));
-        graph_for(ctx, checked_shape(b, t, nh, hs, true));
+        graph_for(ctx, checked_shape(b, t, nh, nkv, hs, false));
+        graph_for(ctx, checked_shape(b, t, nh, nkv, hs, true));
     });
 }
 

@@ -1,21 +1,22 @@
 //! Causal attention through cuDNN's SDPA graph (cudnn_attn.cpp, the cuDNN frontend's header-only C++ API over
-//! libcudnn 9), for GPT-2's fused qkv layout: the second backend beside [`crate::cuda::flash_attn`], with the same
-//! calls, buffers and statistics, so the explicit engine can run either (`TOKENMILL_ATTENTION=cudnn`). Built only
-//! with the `cudnn` cargo feature (build.rs compiles the shim and links libcudnn.so.9 and libcudart).
+//! libcudnn 9), for the fused qkv layout (multi-head or grouped-query): the second backend beside
+//! [`crate::cuda::flash_attn`], with the same calls, buffers and statistics, so the decoder engine can run either
+//! (`[engine] attention = "cudnn"`). Built only with the `cudnn` cargo feature (build.rs compiles the shim and links
+//! libcudnn.so.9 and libcudart).
 //!
 //! # API (as [`crate::cuda::flash_attn::FlashAttn`]'s bf16, head size 64 calls)
 //! ```text
 //! let att = CudnnAttn::new(&stream)?;                       // a cudnnHandle on `stream`; deterministic backward
-//! unsafe { att.forward(qkv, y, lse, b, t, nh)? };
-//! unsafe { att.backward(qkv, y, dy, lse, 0, dqkv, b, t, nh)? };   // the scratch argument is not used
-//! att.prepare(b, t, nh)?;                                    // build both graphs now (else on first use)
+//! unsafe { att.forward(qkv, y, lse, b, t, heads)? };         // heads: flash_attn::Heads { q: NH, kv: NKV }
+//! unsafe { att.backward(qkv, y, dy, lse, 0, dqkv, b, t, heads)? };   // the scratch argument is not used
+//! att.prepare(b, t, heads)?;                                  // build both graphs now (else on first use)
 //! ```
-//! Buffers (device pointers as `u64`, C = nh * 64, bf16 unless stated): `qkv (B, T, 3C)`; `y (B, T, C)`;
-//! `lse (B, NH, T)` f32, the natural-log logsumexp of the scaled scores per query row (cuDNN's "Stats", the same
-//! quantity flash_attn writes); `dy (B, T, C)`; `dqkv (B, T, 3C)` written whole. cuDNN reads q, k, v and writes
-//! dq, dk, dv in place through strides: no copies.
+//! Buffers (device pointers as `u64`, C = NH * 64, W = (NH + 2 NKV) * 64, bf16 unless stated): `qkv (B, T, W)`
+//! (flash_attn's layout); `y (B, T, C)`; `lse (B, NH, T)` f32, the natural-log logsumexp of the scaled scores per
+//! query row (cuDNN's "Stats", the same quantity flash_attn writes); `dy (B, T, C)`; `dqkv (B, T, W)` written
+//! whole. cuDNN reads q, k, v and writes dq, dk, dv in place through strides: no copies.
 //!
-//! Graphs are built once per (B, T, NH, forward|backward) on first use (tens of milliseconds to seconds: cuDNN
+//! Graphs are built once per (B, T, NH, NKV, forward|backward) on first use (tens of milliseconds to seconds: cuDNN
 //! may compile kernels at run time) and cached; one device workspace, grown to the largest graph's need, is held
 //! by the context (the deterministic backward needs a dP buffer, B * NH * T^2 bf16 at most).
 //!
@@ -31,6 +32,8 @@ use std::sync::Arc;
 
 use candle_core::cuda_backend::cudarc::driver::CudaStream;
 use candle_core::{Error, Result};
+
+use super::flash_attn::Heads;
 
 /// The head size of the GPT-2 calls (`forward` / `backward`), as flash_attn's.
 pub const HEAD_SIZE: usize = 64;
@@ -59,6 +62,7 @@ mod ffi {
             b: i64,
             t: i64,
             nh: i64,
+            nkv: i64,
             hs: i64,
             stream: *mut c_void,
             msg: *mut c_char,
@@ -74,6 +78,7 @@ mod ffi {
             b: i64,
             t: i64,
             nh: i64,
+            nkv: i64,
             hs: i64,
             stream: *mut c_void,
             msg: *mut c_char,
@@ -84,6 +89,7 @@ mod ffi {
             b: i64,
             t: i64,
             nh: i64,
+            nkv: i64,
             hs: i64,
             msg: *mut c_char,
             msg_len: usize,
@@ -168,14 +174,14 @@ impl CudnnAttn {
         unsafe { (ffi::tm_cudnn_runtime_version(), ffi::tm_cudnn_compiled_version(), ffi::tm_cudnn_frontend_version()) }
     }
 
-    /// Build the forward and backward graphs of (b, t, nh) now instead of on first use.
-    pub fn prepare(&self, b: usize, t: usize, nh: usize) -> Result<()> {
-        let (bi, ti, nhi) = check_dims(b, t, nh)?;
+    /// Build the forward and backward graphs of (b, t, heads) now instead of on first use.
+    pub fn prepare(&self, b: usize, t: usize, heads: Heads) -> Result<()> {
+        let (bi, ti, nhi, nkvi) = check_dims(b, t, heads)?;
         bind(&self.stream)?;
         // SAFETY: the context is live (owned by self); no device pointers are passed.
         call(
-            || format!("cuDNN SDPA: building the graphs for B={b} T={t} NH={nh}"),
-            |m, n| unsafe { ffi::tm_cudnn_attn_prepare(self.ctx.as_ptr(), bi, ti, nhi, HEAD_SIZE as i64, m, n) },
+            || format!("cuDNN SDPA: building the graphs for B={b} T={t} {heads:?}"),
+            |m, n| unsafe { ffi::tm_cudnn_attn_prepare(self.ctx.as_ptr(), bi, ti, nhi, nkvi, HEAD_SIZE as i64, m, n) },
         )
     }
 
@@ -192,20 +198,20 @@ impl CudnnAttn {
         Ok(text)
     }
 
-    /// Forward: `y (B, T, C)` and `lse (B, NH, T)` from `qkv (B, T, 3C)` (module doc).
+    /// Forward: `y (B, T, C)` and `lse (B, NH, T)` from `qkv (B, T, W)` (module doc).
     ///
     /// # Safety
     /// Each pointer addresses a live device allocation of at least the size the module doc gives for it, in the
     /// context of this object's stream; `y` and `lse` do not overlap `qkv` or each other.
-    pub unsafe fn forward(&self, qkv: u64, y: u64, lse: u64, b: usize, t: usize, nh: usize) -> Result<()> {
-        let (bi, ti, nhi) = check_dims(b, t, nh)?;
+    pub unsafe fn forward(&self, qkv: u64, y: u64, lse: u64, b: usize, t: usize, heads: Heads) -> Result<()> {
+        let (bi, ti, nhi, nkvi) = check_dims(b, t, heads)?;
         check_align(&[("qkv", qkv), ("y", y), ("lse", lse)])?;
         bind(&self.stream)?;
         let stream = self.stream.cu_stream() as *mut c_void;
         // SAFETY: the caller vouches for the buffers (this function's contract); the context is live and bound to
         // this stream's CUDA context; the shim only enqueues work on `stream`.
         call(
-            || format!("cuDNN SDPA forward B={b} T={t} NH={nh}"),
+            || format!("cuDNN SDPA forward B={b} T={t} {heads:?}"),
             |m, n| unsafe {
                 ffi::tm_cudnn_attn_forward(
                     self.ctx.as_ptr(),
@@ -215,6 +221,7 @@ impl CudnnAttn {
                     bi,
                     ti,
                     nhi,
+                    nkvi,
                     HEAD_SIZE as i64,
                     stream,
                     m,
@@ -224,7 +231,7 @@ impl CudnnAttn {
         )
     }
 
-    /// Backward: `dqkv (B, T, 3C)` from `qkv`, the forward's `y` and `lse`, and `dy (B, T, C)`. `_dvec_scratch`
+    /// Backward: `dqkv (B, T, W)` from `qkv`, the forward's `y` and `lse`, and `dy (B, T, C)`. `_dvec_scratch`
     /// is flash_attn's scratch argument, unused here (any value, 0 included).
     ///
     /// # Safety
@@ -241,15 +248,15 @@ impl CudnnAttn {
         dqkv: u64,
         b: usize,
         t: usize,
-        nh: usize,
+        heads: Heads,
     ) -> Result<()> {
-        let (bi, ti, nhi) = check_dims(b, t, nh)?;
+        let (bi, ti, nhi, nkvi) = check_dims(b, t, heads)?;
         check_align(&[("qkv", qkv), ("y", y), ("dy", dy), ("lse", lse), ("dqkv", dqkv)])?;
         bind(&self.stream)?;
         let stream = self.stream.cu_stream() as *mut c_void;
         // SAFETY: as in `forward`.
         call(
-            || format!("cuDNN SDPA backward B={b} T={t} NH={nh}"),
+            || format!("cuDNN SDPA backward B={b} T={t} {heads:?}"),
             |m, n| unsafe {
                 ffi::tm_cudnn_attn_backward(
                     self.ctx.as_ptr(),
@@ -261,6 +268,7 @@ impl CudnnAttn {
                     bi,
                     ti,
                     nhi,
+                    nkvi,
                     HEAD_SIZE as i64,
                     stream,
                     m,
@@ -290,16 +298,20 @@ fn bind(stream: &Arc<CudaStream>) -> Result<()> {
     stream.context().bind_to_thread().map_err(|e| Error::Msg(format!("cuDNN SDPA: binding the CUDA context: {e:?}")))
 }
 
-fn check_dims(b: usize, t: usize, nh: usize) -> Result<(i64, i64, i64)> {
+fn check_dims(b: usize, t: usize, heads: Heads) -> Result<(i64, i64, i64, i64)> {
+    let Heads { q: nh, kv: nkv } = heads;
     if b == 0 || t == 0 || nh == 0 {
         return Err(Error::Msg(format!("cuDNN SDPA over an empty shape: B={b} T={t} NH={nh}")));
     }
-    // Element offsets inside cuDNN are 64-bit; keep every extent and the largest buffer (B * T * 3C) in i64.
-    let total = b.checked_mul(t).and_then(|x| x.checked_mul(3 * nh * HEAD_SIZE));
+    if nkv == 0 || !nh.is_multiple_of(nkv) {
+        return Err(Error::Msg(format!("cuDNN SDPA: {nkv} key/value heads must divide {nh} query heads")));
+    }
+    // Element offsets inside cuDNN are 64-bit; keep every extent and the largest buffer (B * T * W) in i64.
+    let total = b.checked_mul(t).and_then(|x| x.checked_mul((nh + 2 * nkv) * HEAD_SIZE));
     if total.is_none_or(|x| x > i64::MAX as usize) || t > i32::MAX as usize || nh > i32::MAX as usize {
         return Err(Error::Msg(format!("cuDNN SDPA: B={b} T={t} NH={nh} is too large")));
     }
-    Ok((b as i64, t as i64, nh as i64))
+    Ok((b as i64, t as i64, nh as i64, nkv as i64))
 }
 
 /// cuDNN wants 16-byte aligned tensors (the engine's buffers are 256-byte aligned).
@@ -318,10 +330,12 @@ mod tests {
 
     #[test]
     fn shapes_and_pointers_are_checked() {
-        assert!(check_dims(1, 1, 1).is_ok());
-        let e = check_dims(0, 8, 2).unwrap_err().to_string();
+        assert!(check_dims(1, 1, Heads::mha(1)).is_ok());
+        assert_eq!(check_dims(2, 8, Heads { q: 32, kv: 8 }).unwrap(), (2, 8, 32, 8));
+        let e = check_dims(0, 8, Heads::mha(2)).unwrap_err().to_string();
         assert!(e.contains("B=0 T=8 NH=2"), "{e}");
-        assert!(check_dims(usize::MAX / 2, 1 << 12, 64).is_err());
+        assert!(check_dims(1, 8, Heads { q: 6, kv: 4 }).is_err());
+        assert!(check_dims(usize::MAX / 2, 1 << 12, Heads::mha(64)).is_err());
         assert!(check_align(&[("qkv", 0x1000), ("lse", 0x1010)]).is_ok());
         let e = check_align(&[("lse", 0x1004)]).unwrap_err().to_string();
         assert!(e.contains("lse") && e.contains("16-byte"), "{e}");

@@ -1,5 +1,6 @@
-//! The GPT-2 engine's embeddings (encoder.cu): `x = wte[idx] + wpe[t]` into the f32 residual stream, and the
-//! deterministic backward (`dwte +=` grouped sums over the host-built `IdGroups`, `dwpe +=` batch sums).
+//! The decoder engine's embeddings (encoder.cu): `x = wte[idx] (+ wpe[t])` into the f32 residual stream, and the
+//! deterministic backward (`dwte +=` grouped sums over the host-built `IdGroups`, `dwpe +=` batch sums). Rotary
+//! models pass no position table.
 //! CPU checks: dev/cuda/check_engine.cpp.
 
 use std::sync::Arc;
@@ -18,25 +19,40 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(stream: &Arc<CudaStream>) -> Result<Encoder> {
-        let names = ["encoder_fwd", "encoder_bwd_wte", "encoder_bwd_wpe"];
+        let names = ["encoder_fwd", "encoder_fwd_tokens", "encoder_bwd_wte", "encoder_bwd_wpe"];
         Ok(Encoder { module: Module::load(stream, "encoder.cu", PTX, &names)? })
     }
 
-    /// `x (B*T, C) = wte[idx] + wpe[t]`.
+    /// `x (B*T, C) = wte[idx] + wpe[t]`, or `wte[idx]` without a position table.
     ///
     /// # Safety
     /// Pointers address device buffers of the stated sizes; ids < V; C a multiple of 4, rows 16-byte aligned.
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn forward(&self, idx: u64, wte: u64, wpe: u64, x: u64, b: usize, t: usize, c: usize) -> Result<()> {
+    pub unsafe fn forward(
+        &self,
+        idx: u64,
+        wte: u64,
+        wpe: Option<u64>,
+        x: u64,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
         let n = b * t;
         let (n_i, t_i, c_i) = (int(n, "tokens")?, int(t, "T")?, int(c, "C")?);
+        let grid = cfg((blocks(n * c / 4, 256)?, 1), (256, 1));
+        let Some(wpe) = wpe else {
+            let mut a = self.module.args("encoder_fwd_tokens")?;
+            a.arg(&idx).arg(&wte).arg(&x).arg(&n_i).arg(&c_i);
+            return go(a, grid);
+        };
         let mut a = self.module.args("encoder_fwd")?;
         a.arg(&idx).arg(&wte).arg(&wpe).arg(&x).arg(&n_i).arg(&t_i).arg(&c_i);
-        go(a, cfg((blocks(n * c / 4, 256)?, 1), (256, 1)))
+        go(a, grid)
     }
 
-    /// `dwte[id] += grouped sums of dx`, `dwpe[t] += sum_b dx[b, t]`. `groups` on the device as `IdGroups` lays
-    /// them out: `rows` (N u32) at `rows`, `start` at `start`, `id` at `id`.
+    /// `dwte[id] += grouped sums of dx`, `dwpe[t] += sum_b dx[b, t]` (with a position table). `groups` on the
+    /// device as `IdGroups` lays them out: `rows` (N u32) at `rows`, `start` at `start`, `id` at `id`.
     ///
     /// # Safety
     /// Pointers address device buffers of the stated sizes, the groups those of this batch's ids.
@@ -46,7 +62,7 @@ impl Encoder {
         (rows, start, id, n_groups): (u64, u64, u64, usize),
         dx: u64,
         dwte: u64,
-        dwpe: u64,
+        dwpe: Option<u64>,
         b: usize,
         t: usize,
         c: usize,
@@ -58,6 +74,7 @@ impl Encoder {
             a.arg(&rows).arg(&start).arg(&id).arg(&dx).arg(&dwte).arg(&c_i);
             go(a, cfg((g, blocks(c, 256)?), (256, 1)))?;
         }
+        let Some(dwpe) = dwpe else { return Ok(()) };
         let mut a = self.module.args("encoder_bwd_wpe")?;
         a.arg(&dx).arg(&dwpe).arg(&b_i).arg(&t_i).arg(&c_i);
         go(a, cfg((blocks(t * c, 256)?, 1), (256, 1)))

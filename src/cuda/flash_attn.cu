@@ -1,4 +1,5 @@
-// FlashAttention-2 on the tensor cores for GPT-2's fused qkv layout: causal, bf16/f16, head size 64, any T.
+// FlashAttention-2 on the tensor cores for the fused qkv layout: causal, bf16/f16, head size 64, any T, multi-head or
+// grouped-query (NKV key/value heads, each shared by NH / NKV consecutive query heads).
 // Rust launcher: flash_attn.rs (the API and the grid mapping); CPU run of these very kernels: dev/cuda/check_flash.cpp.
 //
 //   forward:  y = softmax(scale * q k^T + causal mask) v,  lse = row logsumexp (natural log) of the scaled scores
@@ -7,9 +8,11 @@
 //             dq = scale * dS k, and D written out for the next kernel       (flash_dq, query-block outer, first)
 //             dv = P^T dy, dk = scale * dS^T q                                (flash_dkdv, key-block outer, second)
 //
-// Layout (B, T, NH, HS = 64, C = NH * HS): qkv (B, T, 3C) with head h of q at columns h*HS, of k at C + h*HS, of v
-// at 2C + h*HS; y and dy (B, T, C); dqkv (B, T, 3C) like qkv (each kernel writes its third, every element);
-// lse and D f32 (B, NH, T). Nothing is permuted or copied around the kernels.
+// Layout (B, T, NH, NKV, HS = 64, C = NH * HS, KW = NKV * HS): qkv (B, T, C + 2 KW) with query head h at columns h*HS,
+// key head j at C + j*HS, value head j at C + KW + j*HS (GPT-2's c_attn output when NKV = NH; Llama's q|k|v
+// projections); query head h reads key/value head h / (NH / NKV); y and dy (B, T, C); dqkv like qkv (each kernel
+// writes its part, every element); lse and D f32 (B, NH, T). Nothing is permuted or copied around the kernels.
+// With grouping, a dK/dV block of key head j sums over the query heads of its group, in head order.
 //
 // Determinism: no atomics. dq gets its own kernel that recomputes S and dP for its query block (2 of the backward's
 // 7 tile products are this recomputation, FlashAttention-2's atomic dq accumulation would need 5), so every output
@@ -259,7 +262,7 @@ __device__ __forceinline__ void fa2_coords(int n_blocks, int n_bh, int group, bo
 // Forward. CTA: WARPS warps x M m-tiles = BR query rows; warp w owns rows 16*M*w .. +16*M. Key/value tiles of 64.
 template <typename T, int WARPS, int M>
 __device__ __forceinline__ void fa2_fwd(const T* __restrict__ qkv, T* __restrict__ y, float* __restrict__ lse, int nh,
-                                        int t_len, float scale, int group) {
+                                        int nkv, int t_len, float scale, int group) {
     constexpr int BR = WARPS * 16 * M, NT = WARPS * 32, TILE = FA2_TILE * FA2_HS;
     static_assert(BR * FA2_HS + 4 * TILE <= 24576, "static shared memory is 48 KiB");
     alignas(1024) __shared__ T sm[BR * FA2_HS + 4 * TILE];
@@ -270,11 +273,11 @@ __device__ __forceinline__ void fa2_fwd(const T* __restrict__ qkv, T* __restrict
     const int n_qb = (t_len + BR - 1) / BR;
     int bh, qb;
     fa2_coords(n_qb, (int)(gridDim.x / n_qb), group, true, bh, qb);
-    const int b = bh / nh, h = bh - b * nh, c = nh * FA2_HS;
-    const int64_t ld = 3 * (int64_t)c;
+    const int b = bh / nh, h = bh - b * nh, c = nh * FA2_HS, kw = nkv * FA2_HS;
+    const int64_t ld = (int64_t)c + 2 * kw;
     const T* qg = qkv + (int64_t)b * t_len * ld + h * FA2_HS;
-    const T* kg = qg + c;
-    const T* vg = qg + 2 * c;
+    const T* kg = qkv + (int64_t)b * t_len * ld + c + (h / (nh / nkv)) * FA2_HS;
+    const T* vg = kg + kw;
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, cq = lane & 3;
     const int q0 = qb * BR, wr0 = q0 + warp * 16 * M, wr1 = wr0 + 16 * M - 1;  // this warp's rows
@@ -382,8 +385,8 @@ __device__ __forceinline__ void fa2_fwd(const T* __restrict__ qkv, T* __restrict
 // P^T = exp2(S^T * scale * log2e - lse * log2e), dS^T = P^T (dP^T - D); dV += P^T dY, dK += dS^T Q.
 template <typename T, int WARPS>
 __device__ __forceinline__ void fa2_dkdv(const T* __restrict__ qkv, const T* __restrict__ dy, const float* __restrict__ lse,
-                                         const float* __restrict__ dvec, T* __restrict__ dqkv, int nh, int t_len,
-                                         float scale, int group) {
+                                         const float* __restrict__ dvec, T* __restrict__ dqkv, int nh, int nkv,
+                                         int t_len, float scale, int group) {
     constexpr int BK = WARPS * 16, NT = WARPS * 32, TILE = FA2_TILE * FA2_HS;
     static_assert(BK * FA2_HS <= 2 * TILE, "the K and V blocks are staged in two tiles each");
     alignas(1024) __shared__ T sm[4 * TILE];
@@ -393,15 +396,12 @@ __device__ __forceinline__ void fa2_dkdv(const T* __restrict__ qkv, const T* __r
 
     const int n_kb = (t_len + BK - 1) / BK;
     int bh, kb;
+    // bh: (batch, key/value head); the group's query heads h0 .. h0 + nq - 1.
     fa2_coords(n_kb, (int)(gridDim.x / n_kb), group, false, bh, kb);
-    const int b = bh / nh, h = bh - b * nh, c = nh * FA2_HS;
-    const int64_t ld = 3 * (int64_t)c;
-    const T* qg = qkv + (int64_t)b * t_len * ld + h * FA2_HS;
-    const T* kg = qg + c;
-    const T* vg = qg + 2 * c;
-    const T* gg = dy + (int64_t)b * t_len * c + h * FA2_HS;
-    const float* lg = lse + (int64_t)bh * t_len;
-    const float* dg = dvec + (int64_t)bh * t_len;
+    const int b = bh / nkv, hk = bh - b * nkv, c = nh * FA2_HS, kw = nkv * FA2_HS, nq = nh / nkv, h0 = hk * nq;
+    const int64_t ld = (int64_t)c + 2 * kw;
+    const T* kg = qkv + (int64_t)b * t_len * ld + c + hk * FA2_HS;
+    const T* vg = kg + kw;
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, cq = lane & 3;
     const int k0 = kb * BK, kw0 = k0 + warp * 16;  // this warp's keys: kw0 .. kw0 + 15
@@ -418,29 +418,33 @@ __device__ __forceinline__ void fa2_dkdv(const T* __restrict__ qkv, const T* __r
     fa2_load_a<T>(va[0], gs, warp * 16);
     __syncthreads();  // the K, V staging is overwritten by the first query tile next
 
-    auto load_q_tile = [&](int it, int st) {
-        const int i0 = it * FA2_TILE;
-        fa2_load_tile<FA2_TILE, NT>(qs + st * TILE, qg, ld, i0, t_len);
-        fa2_load_tile<FA2_TILE, NT>(gs + st * TILE, gg, c, i0, t_len);
+    // Step j of the stream: query tile i_first + j % per of the group's query head h0 + j / per (head by head, so
+    // the sums run in one fixed order).
+    const int per = n_qt - i_first, steps = nq * per;
+    auto load_q_tile = [&](int j, int st) {
+        const int hq = h0 + j / per, i0 = (i_first + j % per) * FA2_TILE;
+        const int64_t bq = (int64_t)b * nh + hq;
+        fa2_load_tile<FA2_TILE, NT>(qs + st * TILE, qkv + (int64_t)b * t_len * ld + hq * FA2_HS, ld, i0, t_len);
+        fa2_load_tile<FA2_TILE, NT>(gs + st * TILE, dy + (int64_t)b * t_len * c + hq * FA2_HS, c, i0, t_len);
         for (int e = tid; e < FA2_TILE; e += NT) {
             const bool ok = i0 + e < t_len;
-            fa2_cp4(&lsm[st][e], lg + (ok ? i0 + e : 0), ok);
-            fa2_cp4(&dsm[st][e], dg + (ok ? i0 + e : 0), ok);
+            fa2_cp4(&lsm[st][e], lse + bq * t_len + (ok ? i0 + e : 0), ok);
+            fa2_cp4(&dsm[st][e], dvec + bq * t_len + (ok ? i0 + e : 0), ok);
         }
     };
-    load_q_tile(i_first, 0);
+    load_q_tile(0, 0);
     fa2_commit();
 
     float dk[1][8][4], dv[1][8][4];
     fa2_zero<1>(dk);
     fa2_zero<1>(dv);
-    for (int it = i_first; it < n_qt; it++) {
-        const int st = (it - i_first) & 1;
+    for (int j = 0; j < steps; j++) {
+        const int st = j & 1;
         fa2_wait_all();
         __syncthreads();
-        if (it + 1 < n_qt) load_q_tile(it + 1, st ^ 1);
+        if (j + 1 < steps) load_q_tile(j + 1, st ^ 1);
         fa2_commit();
-        const int i0 = it * FA2_TILE;
+        const int i0 = (i_first + j % per) * FA2_TILE;
         if (i0 + FA2_TILE - 1 < kw0) continue;  // every query of the tile is before every key of this warp
         const T* qt = qs + st * TILE;
         const T* gt = gs + st * TILE;
@@ -474,9 +478,9 @@ __device__ __forceinline__ void fa2_dkdv(const T* __restrict__ qkv, const T* __r
     fa2_stage_c<T>(qs, dk[0], warp * 16, scale, scale);
     fa2_stage_c<T>(gs, dv[0], warp * 16, 1.f, 1.f);
     __syncthreads();
-    T* out = dqkv + (int64_t)b * t_len * ld + h * FA2_HS;
-    fa2_store_tile<BK, NT>(out + c, ld, qs, k0, t_len);
-    fa2_store_tile<BK, NT>(out + 2 * c, ld, gs, k0, t_len);
+    T* out = dqkv + (int64_t)b * t_len * ld + c + hk * FA2_HS;
+    fa2_store_tile<BK, NT>(out, ld, qs, k0, t_len);
+    fa2_store_tile<BK, NT>(out + kw, ld, gs, k0, t_len);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -487,7 +491,7 @@ __device__ __forceinline__ void fa2_dkdv(const T* __restrict__ qkv, const T* __r
 template <typename T, int WARPS>
 __device__ __forceinline__ void fa2_dq(const T* __restrict__ qkv, const T* __restrict__ y, const T* __restrict__ dy,
                                        const float* __restrict__ lse, float* __restrict__ dvec, T* __restrict__ dqkv,
-                                       int nh, int t_len, float scale, int group) {
+                                       int nh, int nkv, int t_len, float scale, int group) {
     constexpr int BQ = WARPS * 16, NT = WARPS * 32, TILE = FA2_TILE * FA2_HS;
     static_assert(BQ * FA2_HS <= 2 * TILE, "the Q and dY blocks are staged in two tiles each");
     static_assert(4 * TILE + BQ * FA2_HS <= 24576, "static shared memory is 48 KiB");
@@ -499,11 +503,11 @@ __device__ __forceinline__ void fa2_dq(const T* __restrict__ qkv, const T* __res
     const int n_qb = (t_len + BQ - 1) / BQ;
     int bh, qb;
     fa2_coords(n_qb, (int)(gridDim.x / n_qb), group, true, bh, qb);
-    const int b = bh / nh, h = bh - b * nh, c = nh * FA2_HS;
-    const int64_t ld = 3 * (int64_t)c;
+    const int b = bh / nh, h = bh - b * nh, c = nh * FA2_HS, kw = nkv * FA2_HS;
+    const int64_t ld = (int64_t)c + 2 * kw;
     const T* qg = qkv + (int64_t)b * t_len * ld + h * FA2_HS;
-    const T* kg = qg + c;
-    const T* vg = qg + 2 * c;
+    const T* kg = qkv + (int64_t)b * t_len * ld + c + (h / (nh / nkv)) * FA2_HS;
+    const T* vg = kg + kw;
     const T* gg = dy + (int64_t)b * t_len * c + h * FA2_HS;
     const T* yg = y + (int64_t)b * t_len * c + h * FA2_HS;
 
@@ -604,19 +608,19 @@ __device__ __forceinline__ void fa2_dq(const T* __restrict__ qkv, const T* __res
 // to the compiler (fwd w4m2 255 registers with 60 bytes spilled, dq w4 220, dK/dV w4 254, 2 blocks per SM).
 #define FA2_FWD(T, SFX, W, M, MINB, NAME)                                                                              \
     extern "C" __global__ void __launch_bounds__(W * 32, MINB) flash_fwd_##SFX##_##NAME(                              \
-        const T* qkv, T* y, float* lse, int nh, int t_len, float scale, int group) {                                   \
-        fa2_fwd<T, W, M>(qkv, y, lse, nh, t_len, scale, group);                                                        \
+        const T* qkv, T* y, float* lse, int nh, int nkv, int t_len, float scale, int group) {                          \
+        fa2_fwd<T, W, M>(qkv, y, lse, nh, nkv, t_len, scale, group);                                                   \
     }
 #define FA2_BWD(T, SFX, W, MINB, NAME)                                                                                 \
     extern "C" __global__ void __launch_bounds__(W * 32, MINB) flash_dkdv_##SFX##_##NAME(                             \
-        const T* qkv, const T* dy, const float* lse, const float* dvec, T* dqkv, int nh, int t_len, float scale,      \
-        int group) {                                                                                                   \
-        fa2_dkdv<T, W>(qkv, dy, lse, dvec, dqkv, nh, t_len, scale, group);                                            \
+        const T* qkv, const T* dy, const float* lse, const float* dvec, T* dqkv, int nh, int nkv, int t_len,          \
+        float scale, int group) {                                                                                      \
+        fa2_dkdv<T, W>(qkv, dy, lse, dvec, dqkv, nh, nkv, t_len, scale, group);                                       \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(W * 32, MINB) flash_dq_##SFX##_##NAME(                               \
-        const T* qkv, const T* y, const T* dy, const float* lse, float* dvec, T* dqkv, int nh, int t_len,             \
+        const T* qkv, const T* y, const T* dy, const float* lse, float* dvec, T* dqkv, int nh, int nkv, int t_len,    \
         float scale, int group) {                                                                                      \
-        fa2_dq<T, W>(qkv, y, dy, lse, dvec, dqkv, nh, t_len, scale, group);                                           \
+        fa2_dq<T, W>(qkv, y, dy, lse, dvec, dqkv, nh, nkv, t_len, scale, group);                                      \
     }
 #define FA2_ALL(T, SFX)                                                                                                \
     FA2_FWD(T, SFX, 4, 2, 1, w4m2)                                                                                     \

@@ -1,27 +1,31 @@
-//! Causal flash attention for GPT-2's fused qkv layout (flash_attn.cu: FlashAttention-2 on the tensor cores, bf16 /
-//! f16, head size 64, any T, deterministic backward), launched with raw device pointers: no candle tensors, no
-//! autograd. The explicit GPT-2 engine calls it with slices of its own buffers; the candle op
-//! `model::kernels::attention::flash_causal_attention_qkv` is a thin adapter over it.
+//! Causal flash attention for the fused qkv layout (flash_attn.cu: FlashAttention-2 on the tensor cores, bf16 /
+//! f16, head size 64, any T, multi-head or grouped-query, deterministic backward), launched with raw device
+//! pointers: no candle tensors, no autograd. The decoder engine calls it with slices of its own buffers; the candle
+//! op `model::kernels::attention::flash_causal_attention_qkv` is a thin adapter over it.
 //!
 //! # API (stable)
 //! ```text
 //! let fa = FlashAttn::new(&stream)?;                      // loads the PTX into the stream's context, once
-//! unsafe { fa.forward(qkv, y, lse, b, t, nh)? };          // bf16, hs = 64: the GPT-2 engine's calls
+//! let heads = Heads { q: nh, kv: nkv };                   // Heads::mha(nh) without grouping
+//! unsafe { fa.forward(qkv, y, lse, b, t, heads)? };       // bf16, hs = 64: the decoder engine's calls
 //! let scratch = FlashAttn::scratch_len(b, t, nh);         // f32 elements
-//! unsafe { fa.backward(qkv, y, dy, lse, dvec_scratch, dqkv, b, t, nh)? };
-//! unsafe { fa.forward_with(Dtype::F16, qkv, y, lse, b, t, nh, hs)? };   // any supported dtype / head size
-//! unsafe { fa.backward_with(Dtype::F16, qkv, y, dy, lse, dvec_scratch, dqkv, b, t, nh, hs)? };
+//! unsafe { fa.backward(qkv, y, dy, lse, dvec_scratch, dqkv, b, t, heads)? };
+//! unsafe { fa.forward_with(Dtype::F16, qkv, y, lse, b, t, heads, hs)? };   // any supported dtype / head size
+//! unsafe { fa.backward_with(Dtype::F16, qkv, y, dy, lse, dvec_scratch, dqkv, b, t, heads, hs)? };
 //! ```
-//! Buffers (device pointers as `u64`, C = nh * hs; all row-major, element type `dtype` unless stated):
-//! - `qkv (B, T, 3C)`: q of head h at columns `h*hs`, k at `C + h*hs`, v at `2C + h*hs` (c_attn's output);
-//! - `y (B, T, C)`: the output, heads side by side (c_proj's input), written whole by `forward`;
+//! Buffers (device pointers as `u64`, C = nh * hs, KW = nkv * hs; all row-major, element type `dtype` unless
+//! stated):
+//! - `qkv (B, T, C + 2 KW)`: query head h at columns `h*hs`, key head j at `C + j*hs`, value head j at
+//!   `C + KW + j*hs` (GPT-2's c_attn output with KW = C; Llama's q|k|v projections); query head h attends with
+//!   key/value head `h / (nh / nkv)`;
+//! - `y (B, T, C)`: the output, heads side by side (the output projection's input), written whole by `forward`;
 //! - `lse (B, NH, T)` f32: row logsumexp (natural log) of the scaled scores, written by `forward`, read by `backward`;
-//! - `dy (B, T, C)`: the gradient of `y`; `dqkv (B, T, 3C)`: written whole by `backward` (no zeroing needed; it may
-//!   not alias `qkv`, `y` or `dy`);
+//! - `dy (B, T, C)`: the gradient of `y`; `dqkv` (qkv's layout): written whole by `backward` (no zeroing needed; it
+//!   may not alias `qkv`, `y` or `dy`);
 //! - `dvec_scratch`: `scratch_len(b, t, nh)` f32 (D = rowsum(dy * y), written by the dQ kernel and read by the
 //!   dK/dV kernel), contents irrelevant on entry.
 //!
-//! Requirements, checked with an error naming the argument: hs = 64; b, t, nh > 0; `qkv`, `y`, `dy`, `dqkv`
+//! Requirements, checked with an error naming the argument: hs = 64; b, t, nh, nkv > 0 with nkv dividing nh; `qkv`, `y`, `dy`, `dqkv`
 //! 16-byte aligned (C is then a multiple of 8, so every row is); `lse` and the scratch 4-byte aligned; grid sizes
 //! within CUDA's limits. Launches go on `stream` and return at once; the caller orders them with its other work.
 //!
@@ -150,12 +154,27 @@ pub struct FlashAttn {
     f16: Kernels,
 }
 
+/// Query heads and key/value heads (`kv` divides `q`; equal without grouped-query attention).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heads {
+    pub q: usize,
+    pub kv: usize,
+}
+
+impl Heads {
+    /// Multi-head attention: every query head has its own keys and values.
+    pub fn mha(nh: usize) -> Heads {
+        Heads { q: nh, kv: nh }
+    }
+}
+
 /// Sizes of one call, checked ([`check_dims`]).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Dims {
     b: usize,
     t: usize,
     nh: usize,
+    nkv: usize,
 }
 
 impl FlashAttn {
@@ -205,15 +224,15 @@ impl FlashAttn {
         }
     }
 
-    /// Forward in bf16 with head size 64 (GPT-2): [`FlashAttn::forward_with`].
+    /// Forward in bf16 with head size 64 (the decoder engine): [`FlashAttn::forward_with`].
     ///
     /// # Safety
     /// As [`FlashAttn::forward_with`].
-    pub unsafe fn forward(&self, qkv: u64, y: u64, lse: u64, b: usize, t: usize, nh: usize) -> Result<()> {
-        unsafe { self.forward_with(Dtype::Bf16, qkv, y, lse, b, t, nh, HEAD_SIZE) }
+    pub unsafe fn forward(&self, qkv: u64, y: u64, lse: u64, b: usize, t: usize, heads: Heads) -> Result<()> {
+        unsafe { self.forward_with(Dtype::Bf16, qkv, y, lse, b, t, heads, HEAD_SIZE) }
     }
 
-    /// Backward in bf16 with head size 64 (GPT-2): [`FlashAttn::backward_with`].
+    /// Backward in bf16 with head size 64 (the decoder engine): [`FlashAttn::backward_with`].
     ///
     /// # Safety
     /// As [`FlashAttn::backward_with`].
@@ -228,12 +247,12 @@ impl FlashAttn {
         dqkv: u64,
         b: usize,
         t: usize,
-        nh: usize,
+        heads: Heads,
     ) -> Result<()> {
-        unsafe { self.backward_with(Dtype::Bf16, qkv, y, dy, lse, dvec_scratch, dqkv, b, t, nh, HEAD_SIZE) }
+        unsafe { self.backward_with(Dtype::Bf16, qkv, y, dy, lse, dvec_scratch, dqkv, b, t, heads, HEAD_SIZE) }
     }
 
-    /// Forward: `y (B, T, C)` and `lse (B, NH, T)` from `qkv (B, T, 3C)` (module doc).
+    /// Forward: `y (B, T, C)` and `lse (B, NH, T)` from `qkv` (module doc).
     ///
     /// # Safety
     /// Each pointer addresses a live device allocation of at least the size the module doc gives for it, in the
@@ -247,17 +266,17 @@ impl FlashAttn {
         lse: u64,
         b: usize,
         t: usize,
-        nh: usize,
+        heads: Heads,
         hs: usize,
     ) -> Result<()> {
-        let d = check_dims(b, t, nh, hs)?;
+        let d = check_dims(b, t, heads, hs)?;
         check_align(&[("qkv", qkv, 16), ("y", y, 16), ("lse", lse, 4)])?;
         unsafe { self.launch_fwd(qkv, y, lse, d, dtype) }
     }
 
-    /// Backward: `dqkv (B, T, 3C)` from `qkv`, the forward's `y` and `lse`, and `dy (B, T, C)` (module doc). Two
-    /// launches: dQ (query blocks; it also writes D = rowsum(dy * y) into the scratch), then dK and dV (key
-    /// blocks, reading D).
+    /// Backward: `dqkv` from `qkv`, the forward's `y` and `lse`, and `dy (B, T, C)` (module doc). Two launches: dQ
+    /// (query blocks; it also writes D = rowsum(dy * y) into the scratch), then dK and dV (key blocks of each
+    /// key/value head, over the query heads of its group, reading D).
     ///
     /// # Safety
     /// As [`FlashAttn::forward_with`]; `lse` holds the forward's output for these `qkv`; `dvec_scratch` holds
@@ -274,10 +293,10 @@ impl FlashAttn {
         dqkv: u64,
         b: usize,
         t: usize,
-        nh: usize,
+        heads: Heads,
         hs: usize,
     ) -> Result<()> {
-        let d = check_dims(b, t, nh, hs)?;
+        let d = check_dims(b, t, heads, hs)?;
         check_align(&[
             ("qkv", qkv, 16),
             ("y", y, 16),
@@ -292,20 +311,21 @@ impl FlashAttn {
         }
     }
 
-    /// Heads per group for blocks of `rows` rows at this T.
-    fn group(&self, d: Dims, rows: usize) -> i32 {
+    /// Heads per group for blocks of `rows` rows at this T, over `heads` (batch x heads) rows of blocks.
+    fn group(&self, d: Dims, rows: usize, heads: usize) -> i32 {
         let per_head = d.t.div_ceil(rows);
-        (self.variant.group_blocks.div_ceil(per_head)).clamp(1, d.b * d.nh) as i32
+        (self.variant.group_blocks.div_ceil(per_head)).clamp(1, heads) as i32
     }
 
     unsafe fn launch_fwd(&self, qkv: u64, y: u64, lse: u64, d: Dims, dtype: Dtype) -> Result<()> {
         let rows = self.variant.fwd_rows();
-        let cfg = tile_grid(d, rows, 32 * self.variant.fwd_warps as u32)?;
-        let (nh, t, scale, group) = (d.nh as i32, d.t as i32, scale(), self.group(d, rows));
+        let cfg = tile_grid(d.b * d.nh, d.t, rows, 32 * self.variant.fwd_warps as u32)?;
+        let (nh, nkv, t, scale) = (d.nh as i32, d.nkv as i32, d.t as i32, scale());
+        let group = self.group(d, rows, d.b * d.nh);
         let mut a = self.stream.launch_builder(&self.kernels(dtype).fwd);
-        a.arg(&qkv).arg(&y).arg(&lse).arg(&nh).arg(&t).arg(&scale).arg(&group);
-        // SAFETY: flash_fwd_*(const T* qkv, T* y, float* lse, int nh, int t_len, float scale, int group); the
-        // caller vouches for the buffers (forward's contract); grid = B * NH * ceil(T / rows) blocks.
+        a.arg(&qkv).arg(&y).arg(&lse).arg(&nh).arg(&nkv).arg(&t).arg(&scale).arg(&group);
+        // SAFETY: flash_fwd_*(const T* qkv, T* y, float* lse, int nh, int nkv, int t_len, float scale, int group);
+        // the caller vouches for the buffers (forward's contract); grid = B * NH * ceil(T / rows) blocks.
         unsafe { a.launch(cfg) }.map(|_| ()).map_err(|e| Error::Msg(format!("flash attention forward: {e:?}")))
     }
 
@@ -322,8 +342,8 @@ impl FlashAttn {
         dtype: Dtype,
     ) -> Result<()> {
         // flash_dq_*(const T* qkv, const T* y, const T* dy, const float* lse, float* dvec, T* dqkv, int nh,
-        // int t_len, float scale, int group)
-        unsafe { self.launch_bwd(&self.kernels(dtype).dq, "dQ", &[qkv, y, dy, lse, dvec, dqkv], d) }
+        // int nkv, int t_len, float scale, int group): one row of blocks per (batch, query head)
+        unsafe { self.launch_bwd(&self.kernels(dtype).dq, "dQ", &[qkv, y, dy, lse, dvec, dqkv], d, d.b * d.nh) }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -337,22 +357,23 @@ impl FlashAttn {
         d: Dims,
         dtype: Dtype,
     ) -> Result<()> {
-        // flash_dkdv_*(const T* qkv, const T* dy, const float* lse, const float* dvec, T* dqkv, int nh, int t_len,
-        // float scale, int group)
-        unsafe { self.launch_bwd(&self.kernels(dtype).dkdv, "dK/dV", &[qkv, dy, lse, dvec, dqkv], d) }
+        // flash_dkdv_*(const T* qkv, const T* dy, const float* lse, const float* dvec, T* dqkv, int nh, int nkv,
+        // int t_len, float scale, int group): one row of blocks per (batch, key/value head)
+        unsafe { self.launch_bwd(&self.kernels(dtype).dkdv, "dK/dV", &[qkv, dy, lse, dvec, dqkv], d, d.b * d.nkv) }
     }
 
-    unsafe fn launch_bwd(&self, f: &CudaFunction, what: &str, ptrs: &[u64], d: Dims) -> Result<()> {
+    unsafe fn launch_bwd(&self, f: &CudaFunction, what: &str, ptrs: &[u64], d: Dims, heads: usize) -> Result<()> {
         let rows = self.variant.bwd_rows();
-        let cfg = tile_grid(d, rows, 32 * self.variant.bwd_warps as u32)?;
-        let (nh, t, scale, group) = (d.nh as i32, d.t as i32, scale(), self.group(d, rows));
+        let cfg = tile_grid(heads, d.t, rows, 32 * self.variant.bwd_warps as u32)?;
+        let (nh, nkv, t, scale) = (d.nh as i32, d.nkv as i32, d.t as i32, scale());
+        let group = self.group(d, rows, heads);
         let mut a = self.stream.launch_builder(f);
         for p in ptrs {
             a.arg(p);
         }
-        a.arg(&nh).arg(&t).arg(&scale).arg(&group);
+        a.arg(&nh).arg(&nkv).arg(&t).arg(&scale).arg(&group);
         // SAFETY: `ptrs` are the kernel's pointer parameters in order (the callers' comments), then int nh,
-        // int t_len, float scale, int group; buffers per backward's contract.
+        // int nkv, int t_len, float scale, int group; buffers per backward's contract.
         unsafe { a.launch(cfg) }.map(|_| ()).map_err(|e| Error::Msg(format!("flash attention {what} pass: {e:?}")))
     }
 }
@@ -361,12 +382,16 @@ fn scale() -> f32 {
     1.0 / (HEAD_SIZE as f32).sqrt()
 }
 
-pub(crate) fn check_dims(b: usize, t: usize, nh: usize, hs: usize) -> Result<Dims> {
+pub(crate) fn check_dims(b: usize, t: usize, heads: Heads, hs: usize) -> Result<Dims> {
+    let Heads { q: nh, kv: nkv } = heads;
     if hs != HEAD_SIZE {
         return Err(Error::Msg(format!("flash attention supports head size {HEAD_SIZE}, got hs = {hs}")));
     }
     if b == 0 || t == 0 || nh == 0 {
         return Err(Error::Msg(format!("flash attention over an empty shape: b = {b}, t = {t}, nh = {nh}")));
+    }
+    if nkv == 0 || !nh.is_multiple_of(nkv) {
+        return Err(Error::Msg(format!("flash attention: {nkv} key/value heads must divide {nh} query heads")));
     }
     // The kernels index with 32-bit ints where a value stays below b * nh * (blocks of a head) or T; element
     // offsets are 64-bit.
@@ -374,7 +399,7 @@ pub(crate) fn check_dims(b: usize, t: usize, nh: usize, hs: usize) -> Result<Dim
     if t > i32::MAX as usize || blocks.is_none_or(|x| x >= 1 << 31) {
         return Err(Error::Msg(format!("flash attention: b = {b}, t = {t}, nh = {nh} exceed the grid limits")));
     }
-    Ok(Dims { b, t, nh })
+    Ok(Dims { b, t, nh, nkv })
 }
 
 fn check_align(ptrs: &[(&str, u64, u64)]) -> Result<()> {
@@ -388,9 +413,10 @@ fn check_align(ptrs: &[(&str, u64, u64)]) -> Result<()> {
     Ok(())
 }
 
-/// A 1-D grid of ceil(T / rows) blocks per head, `threads` threads each (static shared memory only).
-fn tile_grid(d: Dims, rows: usize, threads: u32) -> Result<LaunchConfig> {
-    let blocks = d.b * d.nh * d.t.div_ceil(rows);
+/// A 1-D grid of ceil(T / rows) blocks per each of `heads` (batch x heads), `threads` threads each (static shared
+/// memory only).
+fn tile_grid(heads: usize, t: usize, rows: usize, threads: u32) -> Result<LaunchConfig> {
+    let blocks = heads * t.div_ceil(rows);
     let blocks = u32::try_from(blocks)
         .ok()
         .filter(|&n| n < 1 << 31)
@@ -404,11 +430,14 @@ mod tests {
 
     #[test]
     fn shapes_and_pointers_are_checked() {
-        assert!(check_dims(1, 1, 1, 64).is_ok());
-        let e = check_dims(1, 8, 2, 128).unwrap_err().to_string();
+        assert!(check_dims(1, 1, Heads::mha(1), 64).is_ok());
+        assert!(check_dims(1, 1, Heads { q: 32, kv: 8 }, 64).is_ok());
+        let e = check_dims(1, 1, Heads { q: 12, kv: 5 }, 64).unwrap_err().to_string();
+        assert!(e.contains("must divide"), "{e}");
+        let e = check_dims(1, 8, Heads::mha(2), 128).unwrap_err().to_string();
         assert!(e.contains("head size 64"), "{e}");
-        assert!(check_dims(0, 8, 2, 64).is_err());
-        assert!(check_dims(1 << 20, 1 << 12, 64, 64).is_err());
+        assert!(check_dims(0, 8, Heads::mha(2), 64).is_err());
+        assert!(check_dims(1 << 20, 1 << 12, Heads::mha(64), 64).is_err());
         assert!(check_align(&[("qkv", 0x1000, 16), ("lse", 0x1004, 4)]).is_ok());
         let e = check_align(&[("dy", 0x1008, 16)]).unwrap_err().to_string();
         assert!(e.contains("dy") && e.contains("16-byte"), "{e}");

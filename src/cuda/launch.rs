@@ -11,12 +11,12 @@ use candle_core::{Error, Result};
 /// The named kernels of one PTX file, loaded once.
 pub struct Module {
     stream: Arc<CudaStream>,
-    funcs: Vec<(&'static str, CudaFunction)>,
+    funcs: Vec<(String, CudaFunction)>,
 }
 
 impl Module {
     /// Load `ptx` (a build.rs output) into `stream`'s context and look up `names`.
-    pub fn load(stream: &Arc<CudaStream>, file: &str, ptx: &'static str, names: &[&'static str]) -> Result<Module> {
+    pub fn load(stream: &Arc<CudaStream>, file: &str, ptx: &'static str, names: &[&str]) -> Result<Module> {
         let module = stream
             .context()
             .load_module(Ptx::from_src(ptx))
@@ -25,7 +25,7 @@ impl Module {
             .iter()
             .map(|&n| {
                 let f = module.load_function(n).map_err(|e| Error::Msg(format!("{file}: kernel {n}: {e:?}")))?;
-                Ok((n, f))
+                Ok((n.to_string(), f))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Module { stream: stream.clone(), funcs })

@@ -1,8 +1,10 @@
-//! CUDA pieces of the explicit GPT-2 engine (`train::gpt2_cuda`), each `<op>.cu` beside its thin launcher
-//! `<op>.rs` that takes raw device pointers (no candle autograd): LayerNorm (`norm`), the fused classifier
-//! (`classifier`), embeddings (`encoder`), bias gradients (`bias_grad`), GELU (`activation`), the optimizer
-//! (`adamw`), cuBLASLt matmuls with epilogues (`blaslt`) and the PTX loading they share (`launch`).
-//! `lab/` runs the `.cu` files on the CPU under emulation against double-precision references (CI).
+//! CUDA pieces of the decoder engine (`train::decoder`), each `<op>.cu` beside its thin launcher `<op>.rs` that
+//! takes raw device pointers (no candle autograd): LayerNorm and RMSNorm (`norm`), rotary embeddings (`rope`),
+//! SwiGLU (`swiglu`), the fused classifier (`classifier`), embeddings (`encoder`), bias gradients (`bias_grad`),
+//! GELU (`activation`), the optimizer (`adamw`), flash attention (`flash_attn`) and cuDNN's (`cudnn_attn`, feature
+//! `cudnn`), cuBLASLt matmuls with epilogues (`blaslt`) and the PTX loading they share (`launch`).
+//! dev/cuda (the kernel lab) runs the `.cu` files on the CPU under emulation against double-precision references
+//! (CI, tests/kernels_lab.rs).
 #[cfg(feature = "cuda")]
 pub mod activation;
 #[cfg(feature = "cuda")]
@@ -23,3 +25,7 @@ pub mod flash_attn;
 pub mod launch;
 #[cfg(feature = "cuda")]
 pub mod norm;
+#[cfg(feature = "cuda")]
+pub mod rope;
+#[cfg(feature = "cuda")]
+pub mod swiglu;

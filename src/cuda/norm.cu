@@ -1,12 +1,17 @@
-// LayerNorm for the explicit GPT-2 engine (Rust side: norm.rs): the residual stream is f32 (as under PyTorch
+// LayerNorm and RMSNorm for the decoder engine (Rust side: norm.rs): the residual stream is f32 (as under PyTorch
 // autocast), the normalised output feeds a bf16 matmul, and the backward accumulates into the f32 residual gradient.
+// One kernel per pass with the norm as a template parameter (RMS): RMSNorm is LayerNorm with the mean fixed at 0 and
+// no bias, so both share every line but the mean's reduction, the bias and the mean's term of the backward.
 //
-// Forward:  y[r, i] = (x[r, i] - mean[r]) * rstd[r] * w[i] + b[i]          x f32 -> y bf16; mean, rstd f32 (N)
-//           optionally fused with the residual add before it: x = res + delta, res_out = x  (f32 + bf16 -> f32)
-// Backward: with xhat = (x - mean) * rstd and g = dy * w,
-//           dres[r, i] += rstd * (g - mean_i(g) - xhat * mean_i(g * xhat))  (f32, in place)
+// LayerNorm forward:  y[r, i] = (x[r, i] - mean[r]) * rstd[r] * w[i] + b[i]    x f32 -> y bf16; mean, rstd f32 (N)
+//                     rstd = 1 / sqrt(mean_i((x - mean)^2) + eps)
+// RMSNorm forward:    y[r, i] = x[r, i] * rstd[r] * w[i],  rstd = 1 / sqrt(mean_i(x^2) + eps)     (mean not written)
+//           either optionally fused with the residual add before it: x = res + delta, res_out = x  (f32 + bf16 -> f32)
+// Backward: with xhat = (x - mean) * rstd (mean = 0 for RMSNorm) and g = dy * w,
+//           LayerNorm: dres[r, i] += rstd * (g - mean_i(g) - xhat * mean_i(g * xhat))  (f32, in place)
+//           RMSNorm:   dres[r, i] += rstd * (g - xhat * mean_i(g * xhat))
 //           dres16[r, i] = bf16(dres[r, i])   (the next matmul backward's input)
-//           dw[i] += sum_r dy * xhat,  db[i] += sum_r dy                    (f32 gradient buffer)
+//           dw[i] += sum_r dy * xhat,  db[i] += sum_r dy (LayerNorm only)         (f32 gradient buffer)
 //
 // One warp per row, the row held in registers as float4 chunks (lane l owns columns 4l + 128j), so x is read once;
 // the kernels are instantiated per chunk count NCH = ceil(C / 128) (1..16) so the register arrays are exactly as
@@ -78,7 +83,7 @@ __device__ __forceinline__ void ld4_bf16(const __nv_bfloat16* p, float (&o)[4]) 
 // grid ceil(N / 8), block 256. With RES, the row is first the residual sum x = res + delta (f32 + bf16: a
 // projection's output added to the stream, as PyTorch autocast adds a bf16 linear output to an f32 tensor), stored
 // to res_out; without, x is read from res and delta/res_out are unused.
-template <int NCH, bool RES>
+template <int NCH, bool RES, bool RMS>
 __device__ void ln_fwd_engine(const float* __restrict__ res, const __nv_bfloat16* __restrict__ delta,
                               float* __restrict__ res_out, const float* __restrict__ w, const float* __restrict__ b,
                               __nv_bfloat16* __restrict__ y, float* __restrict__ mean, float* __restrict__ rstd, int n,
@@ -106,7 +111,7 @@ __device__ void ln_fwd_engine(const float* __restrict__ res, const __nv_bfloat16
             s += (v[j].x + v[j].y) + (v[j].z + v[j].w);
         }
     }
-    const float m = ln_warp_sum(s) / (float)c;
+    const float m = RMS ? 0.f : ln_warp_sum(s) / (float)c;
     float q = 0.f;
 #pragma unroll
     for (int j = 0; j < NCH; j++) {
@@ -123,22 +128,27 @@ __device__ void ln_fwd_engine(const float* __restrict__ res, const __nv_bfloat16
         for (int j = 0; j < NCH; j++) {
             const int col = 4 * lane + 128 * j;
             if (col < c) {
-                const F4 wv = ld4(w + col), bv = ld4(b + col);
-                st4_bf16(yr + col, (v[j].x - m) * r * wv.x + bv.x, (v[j].y - m) * r * wv.y + bv.y,
-                         (v[j].z - m) * r * wv.z + bv.z, (v[j].w - m) * r * wv.w + bv.w);
+                const F4 wv = ld4(w + col);
+                if (RMS) {
+                    st4_bf16(yr + col, v[j].x * r * wv.x, v[j].y * r * wv.y, v[j].z * r * wv.z, v[j].w * r * wv.w);
+                } else {
+                    const F4 bv = ld4(b + col);
+                    st4_bf16(yr + col, (v[j].x - m) * r * wv.x + bv.x, (v[j].y - m) * r * wv.y + bv.y,
+                             (v[j].z - m) * r * wv.z + bv.z, (v[j].w - m) * r * wv.w + bv.w);
+                }
             }
         }
         if (lane == 0) {
-            mean[row] = m;
+            if (!RMS) mean[row] = m;
             rstd[row] = r;
         }
     }
 }
 
 // grid ceil(N / LN_BWD_ROWS), block 256 (two blocks per SM: the launch bound caps registers at 128). partial:
-// 2 * gridDim.x rows of C floats (dw partials, then db partials). A lane keeps its row's x and dy (as f32) and its
+// 2 * gridDim.x rows of C floats (dw partials, then db partials; RMSNorm writes only the first gridDim.x). A lane keeps its row's x and dy (as f32) and its
 // columns' dw/db sums in registers; everything else is recomputed rather than held.
-template <int NCH>
+template <int NCH, bool RMS>
 __device__ void ln_bwd_engine(const __nv_bfloat16* __restrict__ dy, const float* __restrict__ x,
                               const float* __restrict__ w, const float* __restrict__ mean,
                               const float* __restrict__ rstd, float* __restrict__ dres,
@@ -156,7 +166,7 @@ __device__ void ln_bwd_engine(const __nv_bfloat16* __restrict__ dy, const float*
     for (int row_raw = r0 + warp; row_raw < r0 + LN_BWD_ROWS; row_raw += LN_WARPS) {
         const bool valid = row_raw < r1;
         const int64_t row = valid ? row_raw : r0;
-        const float m = mean[row], rs = rstd[row];
+        const float m = RMS ? 0.f : mean[row], rs = rstd[row];
         // Every load of the row is issued before the reductions need any of them, the residual gradient this row
         // adds into included, so a warp waits on memory once per row (reading dres after the shuffles made it a
         // second round trip). dy stays packed bf16 in registers (half the registers of f32), unpacked where used.
@@ -186,7 +196,7 @@ __device__ void ln_bwd_engine(const __nv_bfloat16* __restrict__ dy, const float*
                 sgx += (g0 * xv[j].x + g1 * xv[j].y) + (g2 * xv[j].z + g3 * xv[j].w);
             }
         }
-        sg = ln_warp_sum(sg) / (float)c;
+        sg = RMS ? 0.f : ln_warp_sum(sg) / (float)c;
         sgx = ln_warp_sum(sgx) / (float)c;
         if (valid) {
 #pragma unroll
@@ -226,7 +236,7 @@ __device__ void ln_bwd_engine(const __nv_bfloat16* __restrict__ dy, const float*
 #pragma unroll
                     for (int i = 0; i < 4; i++) {
                         acc_w[col + i] = k == 0 ? wv[i] : acc_w[col + i] + wv[i];
-                        acc_b[col + i] = k == 0 ? bv[i] : acc_b[col + i] + bv[i];
+                        if (!RMS) acc_b[col + i] = k == 0 ? bv[i] : acc_b[col + i] + bv[i];
                     }
                 }
             }
@@ -235,7 +245,7 @@ __device__ void ln_bwd_engine(const __nv_bfloat16* __restrict__ dy, const float*
     }
     for (int col = threadIdx.x; col < c; col += LN_THREADS) {
         partial[(int64_t)blockIdx.x * c + col] = acc_w[col];
-        partial[(int64_t)(gridDim.x + blockIdx.x) * c + col] = acc_b[col];
+        if (!RMS) partial[(int64_t)(gridDim.x + blockIdx.x) * c + col] = acc_b[col];
     }
 }
 
@@ -246,21 +256,41 @@ extern "C" __global__ void __launch_bounds__(256)
     ln_reduce_partials<true>(partial, dw, db, p, c);
 }
 
+// RMSNorm: dw += sum of the dw partials (there is no bias).
+extern "C" __global__ void __launch_bounds__(256)
+    rms_bwd_reduce_engine(const float* __restrict__ partial, float* __restrict__ dw, int p, int c) {
+    ln_reduce_partials<true, false>(partial, dw, nullptr, p, c);
+}
+
 #define LN_ENGINE_KERNELS(NCH)                                                                                      \
     extern "C" __global__ void __launch_bounds__(LN_THREADS) ln_fwd_engine_##NCH(                                  \
         const float* x, const float* w, const float* b, __nv_bfloat16* y, float* mean, float* rstd, int n, int c,  \
         float eps) {                                                                                               \
-        ln_fwd_engine<NCH, false>(x, nullptr, nullptr, w, b, y, mean, rstd, n, c, eps);                            \
+        ln_fwd_engine<NCH, false, false>(x, nullptr, nullptr, w, b, y, mean, rstd, n, c, eps);                     \
     }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(LN_THREADS) ln_fwd_residual_engine_##NCH(                         \
         const float* res, const __nv_bfloat16* delta, float* res_out, const float* w, const float* b,              \
         __nv_bfloat16* y, float* mean, float* rstd, int n, int c, float eps) {                                     \
-        ln_fwd_engine<NCH, true>(res, delta, res_out, w, b, y, mean, rstd, n, c, eps);                             \
+        ln_fwd_engine<NCH, true, false>(res, delta, res_out, w, b, y, mean, rstd, n, c, eps);                      \
     }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(LN_THREADS, 2) ln_bwd_engine_##NCH(                               \
         const __nv_bfloat16* dy, const float* x, const float* w, const float* mean, const float* rstd, float* dres, \
         __nv_bfloat16* dres16, float* partial, int n, int c) {                                                     \
-        ln_bwd_engine<NCH>(dy, x, w, mean, rstd, dres, dres16, partial, n, c);                                     \
+        ln_bwd_engine<NCH, false>(dy, x, w, mean, rstd, dres, dres16, partial, n, c);                              \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(LN_THREADS) rms_fwd_engine_##NCH(                                 \
+        const float* x, const float* w, __nv_bfloat16* y, float* rstd, int n, int c, float eps) {                  \
+        ln_fwd_engine<NCH, false, true>(x, nullptr, nullptr, w, nullptr, y, nullptr, rstd, n, c, eps);             \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(LN_THREADS) rms_fwd_residual_engine_##NCH(                        \
+        const float* res, const __nv_bfloat16* delta, float* res_out, const float* w, __nv_bfloat16* y,            \
+        float* rstd, int n, int c, float eps) {                                                                    \
+        ln_fwd_engine<NCH, true, true>(res, delta, res_out, w, nullptr, y, nullptr, rstd, n, c, eps);              \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(LN_THREADS, 2) rms_bwd_engine_##NCH(                              \
+        const __nv_bfloat16* dy, const float* x, const float* w, const float* rstd, float* dres,                   \
+        __nv_bfloat16* dres16, float* partial, int n, int c) {                                                     \
+        ln_bwd_engine<NCH, true>(dy, x, w, nullptr, rstd, dres, dres16, partial, n, c);                            \
     }
 LN_ENGINE_KERNELS(1)
 LN_ENGINE_KERNELS(2)

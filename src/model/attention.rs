@@ -64,18 +64,22 @@ impl KvCache {
 }
 
 /// Causal attention of `t` new positions over a layer's cached ones and themselves: `q, k, v (B, NH, T, HS)` of the
-/// new positions; `entry` holds the earlier keys and values and gets these appended. Composed (as
+/// new positions; `entry` holds the earlier keys and values and gets these appended. With grouped-query attention
+/// k and v have `NH / groups` heads (kept so in the cache) and each serves `groups` query heads. Composed (as
 /// [`causal_attention_slow`]), in the same dtypes.
 pub fn cached_causal_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     entry: &mut Option<(Tensor, Tensor)>,
+    groups: usize,
 ) -> Result<Tensor> {
     let (k, v) = match entry.take() {
-        Some((k0, v0)) => (Tensor::cat(&[&k0, k], 2)?, Tensor::cat(&[&v0, v], 2)?), // (B, NH, past + T, HS)
+        Some((k0, v0)) => (Tensor::cat(&[&k0, k], 2)?, Tensor::cat(&[&v0, v], 2)?), // (B, KV, past + T, HS)
         None => (k.contiguous()?, v.contiguous()?),
     };
+    *entry = Some((k.clone(), v.clone()));
+    let (k, v) = (repeat_kv(&k, groups)?, repeat_kv(&v, groups)?); // (B, NH, past + T, HS)
     let (_, _, t, hs) = q.dims4()?;
     let past = k.dim(2)? - t;
     let cd = q.dtype();
@@ -83,9 +87,17 @@ pub fn cached_causal_attention(
     let att = q.contiguous()?.matmul(&k.t()?)?; // (B, NH, T, past + T) in cd
     let att = (att.to_dtype(rd)? * (1.0 / (hs as f64).sqrt()))?;
     let att = att.broadcast_add(&causal_mask_after(t, past, rd, q.device())?)?;
-    let y = softmax_last_dim(&att)?.to_dtype(cd)?.matmul(&v)?; // (B, NH, T, HS)
-    *entry = Some((k, v));
-    Ok(y)
+    softmax_last_dim(&att)?.to_dtype(cd)?.matmul(&v) // (B, NH, T, HS)
+}
+
+/// `(B, KV, T, HS)` -> `(B, KV * groups, T, HS)`, each KV head repeated for its `groups` query heads (HF's
+/// `repeat_kv`); the identity without grouping.
+pub fn repeat_kv(x: &Tensor, groups: usize) -> Result<Tensor> {
+    if groups == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, t, hs) = x.dims4()?;
+    x.unsqueeze(2)?.broadcast_as((b, kv, groups, t, hs))?.contiguous()?.reshape((b, kv * groups, t, hs))
 }
 
 /// Causal self-attention: `q, k, v (B, NH, T, HS)` in the compute dtype -> `(B, NH, T, HS)` in the same dtype.

@@ -31,11 +31,27 @@ pub struct ModelConfig {
     pub n_layer: usize,
     pub n_head: usize,
     pub n_embd: usize,
+    /// KV heads (grouped-query attention; divides `n_head`); unset = `n_head` (multi-head attention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_kv_head: Option<usize>,
+    /// H, the MLP's hidden width; unset = the architecture's rule (`ffn_hidden_default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ffn_hidden: Option<usize>,
+    /// Rotary base frequency (Llama); unset = 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta: Option<f64>,
+    /// The lm_head shares the token embedding (HF's `tie_word_embeddings`); unset = tied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tie_word_embeddings: Option<bool>,
 }
 
 /// Every name `ModelConfig::preset` accepts (canonical names; the HF names `gpt2`, `gpt2-medium`, `gpt2-large`,
 /// `gpt2-xl` are accepted as aliases of the four GPT-2 sizes).
-pub const PRESETS: &[&str] = &["gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1558m", "tiny", "llama-124m", "llama-tiny"];
+pub const PRESETS: &[&str] =
+    &["gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1558m", "tiny", "llama-124m", "llama-1b", "llama-tiny"];
+
+/// Rotary base frequency when `rope_theta` is unset (Llama 1 and 2).
+pub const DEFAULT_ROPE_THETA: f64 = 10_000.0;
 
 impl ModelConfig {
     /// A named preset, with GPT-2's padded vocabulary (50304 rows, 50257 real ids).
@@ -48,6 +64,17 @@ impl ModelConfig {
             // Small enough to train a few hundred steps on two CPU cores (quickstart, CI).
             "tiny" => (Architecture::Gpt2, 64, 2, 2, 64),
             "llama-124m" => (Architecture::Llama, 1024, 12, 12, 768),
+            // Llama 3.2 1B's shape (GQA with 8 KV heads, H = 8192, theta 500000) over GPT-2's vocabulary.
+            "llama-1b" => {
+                let cfg = ModelConfig {
+                    n_kv_head: Some(8),
+                    ffn_hidden: Some(8192),
+                    rope_theta: Some(500_000.0),
+                    ..ModelConfig::sized(Architecture::Llama, 1024, 16, 32, 2048)
+                };
+                cfg.validate()?;
+                return Ok(cfg);
+            }
             "llama-tiny" => (Architecture::Llama, 64, 2, 2, 64),
             other => {
                 return Err(ModelError::Config(format!(
@@ -56,7 +83,15 @@ impl ModelConfig {
                 )))
             }
         };
-        let cfg = ModelConfig {
+        let cfg = ModelConfig::sized(arch, block_size, n_layer, n_head, n_embd);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// A model of these sizes with GPT-2's padded vocabulary and every other choice at its architecture's default
+    /// (multi-head attention, the default MLP width, theta 10000, tied head).
+    pub fn sized(arch: Architecture, block_size: usize, n_layer: usize, n_head: usize, n_embd: usize) -> ModelConfig {
+        ModelConfig {
             arch,
             block_size,
             vocab_size: GPT2_PADDED_VOCAB_SIZE,
@@ -64,14 +99,36 @@ impl ModelConfig {
             n_layer,
             n_head,
             n_embd,
-        };
-        cfg.validate()?;
-        Ok(cfg)
+            n_kv_head: None,
+            ffn_hidden: None,
+            rope_theta: None,
+            tie_word_embeddings: None,
+        }
     }
 
     /// HS: channels per attention head.
     pub fn head_size(&self) -> usize {
         self.n_embd / self.n_head
+    }
+
+    /// KV heads (= NH without grouped-query attention).
+    pub fn kv_heads(&self) -> usize {
+        self.n_kv_head.unwrap_or(self.n_head)
+    }
+
+    /// H: the MLP's hidden width.
+    pub fn hidden(&self) -> usize {
+        self.ffn_hidden.unwrap_or_else(|| ffn_hidden_default(self.arch, self.n_embd))
+    }
+
+    /// The rotary base frequency (Llama).
+    pub fn rope_base(&self) -> f64 {
+        self.rope_theta.unwrap_or(DEFAULT_ROPE_THETA)
+    }
+
+    /// Whether the lm_head is the token embedding.
+    pub fn tied(&self) -> bool {
+        self.tie_word_embeddings.unwrap_or(true)
     }
 
     /// Sizes that every architecture needs to be buildable; the error names the offending field.
@@ -98,6 +155,45 @@ impl ModelConfig {
         if self.arch == Architecture::Llama && !self.head_size().is_multiple_of(2) {
             return bad(format!("llama: head size {} must be even for rotary embeddings", self.head_size()));
         }
+        let kv = self.kv_heads();
+        if kv == 0 || !self.n_head.is_multiple_of(kv) {
+            return bad(format!("n_kv_head {kv} must divide n_head {} (grouped-query attention)", self.n_head));
+        }
+        if self.hidden() == 0 {
+            return bad("ffn_hidden must be positive".to_string());
+        }
+        if let Some(theta) = self.rope_theta {
+            if !(theta.is_finite() && theta > 1.0) {
+                return bad(format!("rope_theta {theta} must be a finite number above 1"));
+            }
+        }
+        if self.arch == Architecture::Gpt2 {
+            // GPT-2's blocks are fixed by its checkpoints: multi-head attention, a 4C MLP, learned positions, tied head.
+            let gpt2 = |field: &str, why: String| {
+                bad(format!("gpt2: {field} {why} (GPT-2 has no such option; use arch = \"llama\")"))
+            };
+            if kv != self.n_head {
+                return gpt2("n_kv_head", format!("{kv} != n_head {}", self.n_head));
+            }
+            if self.hidden() != 4 * self.n_embd {
+                return gpt2("ffn_hidden", format!("{} != 4 * n_embd", self.hidden()));
+            }
+            if self.rope_theta.is_some() {
+                return gpt2("rope_theta", "is set".to_string());
+            }
+            if !self.tied() {
+                return gpt2("tie_word_embeddings", "= false".to_string());
+            }
+        }
         Ok(())
+    }
+}
+
+/// H when `ffn_hidden` is unset: GPT-2's 4C; for Llama-style SwiGLU `8C/3` rounded up to a multiple of 64 (2048 for
+/// C = 768), so its three matrices cost what GPT-2's two 4C ones do.
+pub fn ffn_hidden_default(arch: Architecture, n_embd: usize) -> usize {
+    match arch {
+        Architecture::Gpt2 => 4 * n_embd,
+        Architecture::Llama => (8 * n_embd).div_ceil(3).div_ceil(64) * 64,
     }
 }

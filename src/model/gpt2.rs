@@ -130,7 +130,7 @@ impl Block {
                 let (c, hs) = (c3 / 3, c3 / 3 / n_head);
                 // (B, T, C) -> (B, NH, T, HS) per part, and back.
                 let heads = |i: usize| qkv.narrow(2, i * c, c)?.reshape((b, t, n_head, hs))?.transpose(1, 2);
-                let y = cached_causal_attention(&heads(0)?, &heads(1)?, &heads(2)?, entry)?;
+                let y = cached_causal_attention(&heads(0)?, &heads(1)?, &heads(2)?, entry, 1)?;
                 y.transpose(1, 2)?.reshape((b, t, c))?
             }
         };

@@ -86,13 +86,9 @@ pub fn read_hf_config(path: &Path) -> Result<ModelConfig, ModelError> {
         return unsupported("attention scaling other than 1/sqrt(head size)".into());
     }
     let cfg = ModelConfig {
-        arch: Architecture::Gpt2,
-        block_size: hf.n_positions,
         vocab_size: hf.vocab_size,
         real_vocab_size: hf.vocab_size,
-        n_layer: hf.n_layer,
-        n_head: hf.n_head,
-        n_embd: hf.n_embd,
+        ..ModelConfig::sized(Architecture::Gpt2, hf.n_positions, hf.n_layer, hf.n_head, hf.n_embd)
     };
     cfg.validate().map_err(|e| ModelError::format(path, e.to_string()))?;
     Ok(cfg)

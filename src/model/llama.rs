@@ -6,35 +6,39 @@
 //! names (minus the `model.` prefix) and rotate-half rotary layout this uses.
 //!
 //! Choices, so it trains on the same shards and budget as GPT-2 of the same (L, NH, C):
-//! - The lm_head is tied to `embed_tokens` (like GPT-2), which keeps the parameter count comparable and reuses the
-//!   padded-vocabulary handling unchanged.
-//! - SwiGLU hidden size is `8C/3` rounded up to a multiple of 64 (2048 for C = 768): three matrices of that size
-//!   cost what GPT-2's two 4C matrices do.
+//! - The lm_head is tied to `embed_tokens` (like GPT-2) unless `tie_word_embeddings = false` (then `lm_head.weight`,
+//!   as HF names it), which keeps the parameter count comparable and reuses the padded-vocabulary handling.
+//! - SwiGLU hidden size H is `ffn_hidden`, by default `8C/3` rounded up to a multiple of 64 (2048 for C = 768):
+//!   three matrices of that size cost what GPT-2's two 4C matrices do.
+//! - Grouped-query attention: `n_kv_head` KV heads (dividing NH), each shared by NH / KV query heads; k_proj and
+//!   v_proj are `(KV * HS, C)`.
 //! - Init as GPT-2's: N(0, 0.02), output projections (`o_proj`, `down_proj`) scaled by `(2 L)^-0.5`, norm gains 1.
-//! - Rotary theta 10000, RMSNorm eps 1e-5.
+//! - Rotary theta `rope_theta` (default 10000), RMSNorm eps 1e-5.
 //!
-//! Shapes: B batch, T time, C = n_embd, NH heads, HS = C / NH, H = SwiGLU hidden, V = vocab_size (padded).
+//! Shapes: B batch, T time, C = n_embd, NH heads, KV kv heads, HS = C / NH, H = SwiGLU hidden, V = vocab_size
+//! (padded).
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
-use super::attention::{cached_causal_attention, causal_attention, KvCache};
+use super::attention::{cached_causal_attention, causal_attention, repeat_kv, KvCache};
 use super::ops::{self, RMS_NORM_EPS};
 use super::params::{init_params, params_from_tensors, Init, ParamSpec, ParamTable};
 use super::{check_input, LanguageModel, ModelConfig, ModelError, Precision};
 
-/// Rotary base frequency (Llama 1/2).
-pub const ROPE_THETA: f64 = 10_000.0;
+/// Rotary base frequency of Llama 1/2 (`ModelConfig::rope_theta` unset).
+pub const ROPE_THETA: f64 = super::config::DEFAULT_ROPE_THETA;
 
-/// H: the SwiGLU hidden size for `n_embd` channels.
+/// H: the default SwiGLU hidden size for `n_embd` channels.
 pub fn ffn_hidden(n_embd: usize) -> usize {
-    (8 * n_embd).div_ceil(3).div_ceil(64) * 64
+    super::config::ffn_hidden_default(super::Architecture::Llama, n_embd)
 }
 
 /// The parameter list of a Llama-style model of size `cfg`, in checkpoint order.
 pub fn param_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
-    let (c, v, h) = (cfg.n_embd, cfg.vocab_size, ffn_hidden(cfg.n_embd));
+    let (c, v, h) = (cfg.n_embd, cfg.vocab_size, cfg.hidden());
+    let kvw = cfg.kv_heads() * cfg.head_size();
     let std = 0.02;
     let proj_std = 0.02 * (2.0 * cfg.n_layer as f64).powf(-0.5);
     let mut s = vec![ParamSpec::new("embed_tokens.weight", &[v, c], Init::Normal(std))];
@@ -42,8 +46,8 @@ pub fn param_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
         let p = |n: &str| format!("layers.{l}.{n}");
         s.push(ParamSpec::new(p("input_layernorm.weight"), &[c], Init::Ones));
         s.push(ParamSpec::new(p("self_attn.q_proj.weight"), &[c, c], Init::Normal(std)));
-        s.push(ParamSpec::new(p("self_attn.k_proj.weight"), &[c, c], Init::Normal(std)));
-        s.push(ParamSpec::new(p("self_attn.v_proj.weight"), &[c, c], Init::Normal(std)));
+        s.push(ParamSpec::new(p("self_attn.k_proj.weight"), &[kvw, c], Init::Normal(std)));
+        s.push(ParamSpec::new(p("self_attn.v_proj.weight"), &[kvw, c], Init::Normal(std)));
         s.push(ParamSpec::new(p("self_attn.o_proj.weight"), &[c, c], Init::Normal(proj_std)));
         s.push(ParamSpec::new(p("post_attention_layernorm.weight"), &[c], Init::Ones));
         s.push(ParamSpec::new(p("mlp.gate_proj.weight"), &[h, c], Init::Normal(std)));
@@ -51,13 +55,16 @@ pub fn param_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
         s.push(ParamSpec::new(p("mlp.down_proj.weight"), &[c, h], Init::Normal(proj_std)));
     }
     s.push(ParamSpec::new("norm.weight", &[c], Init::Ones));
+    if !cfg.tied() {
+        s.push(ParamSpec::new("lm_head.weight", &[v, c], Init::Normal(std)));
+    }
     s
 }
 
 struct Block {
     input_layernorm: Var, // (C)
     q_proj: Var,          // (C, C)
-    k_proj: Var,
+    k_proj: Var,          // (KV * HS, C)
     v_proj: Var,
     o_proj: Var,
     post_attention_layernorm: Var,
@@ -87,7 +94,7 @@ impl Block {
     fn forward(
         &self,
         x: &Tensor,
-        n_head: usize,
+        (n_head, n_kv): (usize, usize),
         cd: DType,
         (cos, sin): (&Tensor, &Tensor),
         cache: Option<&mut Option<(Tensor, Tensor)>>,
@@ -96,17 +103,18 @@ impl Block {
         let (b, t, c) = x.dims3()?;
         let hs = c / n_head;
         let h = ops::rms_norm(x, &self.input_layernorm, RMS_NORM_EPS)?.to_dtype(cd)?;
-        let heads = |w: &Var| -> Result<Tensor> {
-            // (B, T, C) -> (B, NH, T, HS)
-            ops::linear(&h, w, None)?.reshape((b, t, n_head, hs))?.transpose(1, 2)?.contiguous()
+        let heads = |w: &Var, nh: usize| -> Result<Tensor> {
+            // (B, T, nh * HS) -> (B, nh, T, HS)
+            ops::linear(&h, w, None)?.reshape((b, t, nh, hs))?.transpose(1, 2)?.contiguous()
         };
-        let q = ops::apply_rotary(&heads(&self.q_proj)?, cos, sin)?;
-        let k = ops::apply_rotary(&heads(&self.k_proj)?, cos, sin)?;
-        let v = heads(&self.v_proj)?;
+        let q = ops::apply_rotary(&heads(&self.q_proj, n_head)?, cos, sin)?;
+        // Keys and values of each KV head serve NH / KV query heads (the cache keeps them unrepeated).
+        let k = ops::apply_rotary(&heads(&self.k_proj, n_kv)?, cos, sin)?;
+        let v = heads(&self.v_proj, n_kv)?;
         let y = match cache {
-            None => causal_attention(&q, &k, &v)?, // (B, NH, T, HS)
-            Some(entry) => cached_causal_attention(&q, &k, &v, entry)?,
-        };
+            None => causal_attention(&q, &repeat_kv(&k, n_head / n_kv)?, &repeat_kv(&v, n_head / n_kv)?)?,
+            Some(entry) => cached_causal_attention(&q, &k, &v, entry, n_head / n_kv)?,
+        }; // (B, NH, T, HS)
         let y = ops::linear(&y.transpose(1, 2)?.reshape((b, t, c))?, &self.o_proj, None)?;
         let x = (x + y.to_dtype(rd)?)?;
         let h = ops::rms_norm(&x, &self.post_attention_layernorm, RMS_NORM_EPS)?.to_dtype(cd)?;
@@ -122,7 +130,8 @@ pub struct Llama {
     cfg: ModelConfig,
     precision: Precision,
     params: Vec<(String, Var)>,
-    embed_tokens: Var, // (V, C), also the lm_head
+    embed_tokens: Var, // (V, C), also the lm_head when tied
+    lm_head: Var,      // (V, C): embed_tokens, or lm_head.weight when untied
     blocks: Vec<Block>,
     norm: Var,   // (C)
     cos: Tensor, // (block_size, HS/2) in the compute dtype
@@ -164,11 +173,14 @@ impl Llama {
         params: Vec<(String, Var)>,
     ) -> std::result::Result<Self, ModelError> {
         let t = ParamTable::new(&params);
-        let (cos, sin) = ops::rotary_tables(cfg.block_size, cfg.head_size(), ROPE_THETA, precision.compute, device)?;
+        let (cos, sin) =
+            ops::rotary_tables(cfg.block_size, cfg.head_size(), cfg.rope_base(), precision.compute, device)?;
+        let embed_tokens = t.get("embed_tokens.weight");
         Ok(Llama {
             cfg: cfg.clone(),
             precision,
-            embed_tokens: t.get("embed_tokens.weight"),
+            lm_head: if cfg.tied() { embed_tokens.clone() } else { t.get("lm_head.weight") },
+            embed_tokens,
             blocks: (0..cfg.n_layer).map(|l| Block::new(&t, l)).collect(),
             norm: t.get("norm.weight"),
             params,
@@ -183,7 +195,7 @@ impl Llama {
 
     /// Logits `(B, T, V)` in the compute dtype.
     fn logits(&self, idx: &Tensor) -> Result<Tensor> {
-        ops::linear(&self.hidden(idx)?, &self.embed_tokens, None) // tied head: (B, T, C) @ (C, V)
+        ops::linear(&self.hidden(idx)?, &self.lm_head, None) // (B, T, C) @ (C, V)
     }
 
     /// The final hidden state `(B, T, C)` (after `norm`) in the compute dtype: what the tied head multiplies.
@@ -204,7 +216,8 @@ impl Llama {
         let sin = self.sin.narrow(0, past, t)?;
         let mut x = ops::embedding(&self.embed_tokens, idx)?.to_dtype(rd)?; // (B, T, C)
         for (l, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x, self.cfg.n_head, cd, (&cos, &sin), cache.as_deref_mut().map(|c| c.layer(l)))?;
+            let heads = (self.cfg.n_head, self.cfg.kv_heads());
+            x = block.forward(&x, heads, cd, (&cos, &sin), cache.as_deref_mut().map(|c| c.layer(l)))?;
         }
         if let Some(c) = cache {
             c.advance(t);
@@ -212,10 +225,10 @@ impl Llama {
         ops::rms_norm(&x, &self.norm, RMS_NORM_EPS)?.to_dtype(cd)
     }
 
-    /// The tied head on the last position of `h (B, T, C)` -> logits `(B, V)` in the reduce dtype.
+    /// The head on the last position of `h (B, T, C)` -> logits `(B, V)` in the reduce dtype.
     fn head_last(&self, h: &Tensor) -> Result<Tensor> {
         let last = h.narrow(1, h.dim(1)? - 1, 1)?; // (B, 1, C)
-        ops::linear(&last, &self.embed_tokens, None)?.squeeze(1)?.to_dtype(self.precision.reduce())
+        ops::linear(&last, &self.lm_head, None)?.squeeze(1)?.to_dtype(self.precision.reduce())
     }
 }
 
@@ -234,7 +247,7 @@ impl LanguageModel for Llama {
 
     fn loss(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor> {
         // Head and fused loss together: no (B, T, V) reshapes for autograd to allocate gradients through.
-        ops::lm_head_cross_entropy(&self.hidden(idx)?, &self.embed_tokens, targets)
+        ops::lm_head_cross_entropy(&self.hidden(idx)?, &self.lm_head, targets)
     }
 
     fn parameters(&self) -> Vec<(String, Var)> {

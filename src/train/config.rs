@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Architecture, ModelConfig};
+pub use crate::train::decoder::options::{AttentionBackend, EngineOptions};
 
 /// GPT-2's vocabulary is padded to a multiple of this (50257 -> 50304, "nice number" for the matmul kernels).
 pub const VOCAB_MULTIPLE: usize = 64;
@@ -46,6 +47,22 @@ pub enum ConfigError {
     Invalid(String),
     #[error("invalid config: {0}")]
     Device(#[from] crate::device::DeviceError),
+    #[error("environment override {0}")]
+    EngineOverride(#[from] crate::train::decoder::options::BadOverride),
+}
+
+/// `[run] engine`: which engine runs the training step (`train::engine`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineChoice {
+    /// The cuda engine wherever it supports the model, device and dtype, else autograd.
+    #[default]
+    Auto,
+    /// candle's autograd over the model: any architecture and device, the reference.
+    Autograd,
+    /// The decoder engine (CUDA, bf16; GPT-2 and Llama-style). `gpt2-cuda` is its earlier name.
+    #[serde(alias = "gpt2-cuda", alias = "decoder")]
+    Cuda,
 }
 
 /// Every hyperparameter of a training run. `Default` is build-nanogpt's GPT-2 (124M) run on 10B FineWeb-Edu tokens.
@@ -58,6 +75,10 @@ pub struct TrainConfig {
     pub eval: EvalSection,
     pub checkpoint: CheckpointSection,
     pub run: RunSection,
+    /// `[engine]`: how the cuda engine computes (attention backend, fusions, classifier chunk); unset keys take
+    /// their defaults, and older configs without the table parse as all defaults.
+    #[serde(default)]
+    pub engine: EngineOptions,
 }
 
 /// `[model]`: a named preset (`crate::model::config::PRESETS`), or the architecture and sizes, or a preset with some sizes overridden.
@@ -72,6 +93,18 @@ pub struct ModelSection {
     pub n_embd: Option<usize>,
     /// Embedding / logits rows; unset = the data's vocabulary rounded up to a multiple of 64.
     pub vocab_size: Option<usize>,
+    /// KV heads (grouped-query attention, Llama); unset = the preset's, else n_head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_kv_head: Option<usize>,
+    /// The MLP's hidden width H; unset = the preset's, else the architecture's rule (4C; SwiGLU 8C/3 to 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ffn_hidden: Option<usize>,
+    /// Rotary base frequency (Llama); unset = the preset's, else 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta: Option<f64>,
+    /// The lm_head shares the token embedding; unset = the preset's, else true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tie_word_embeddings: Option<bool>,
 }
 
 /// `[data]`: where batches come from and how big they are.
@@ -153,18 +186,15 @@ pub struct RunSection {
     #[serde(default = "default_tf32")]
     pub tf32: bool,
     /// Which training engine runs the step: `autograd` (candle's autograd over the model; any architecture and
-    /// device, the reference), `gpt2-cuda` (the explicit GPT-2 engine: CUDA, bf16) or `auto` (gpt2-cuda where it
-    /// supports the model, device and dtype, else autograd). See `train::engine`.
-    #[serde(default = "default_engine")]
-    pub engine: String,
+    /// device, the reference), `cuda` (the explicit decoder engine: CUDA, bf16, GPT-2 and Llama-style; `gpt2-cuda`
+    /// is accepted) or `auto` (cuda where it supports the model, device and dtype, else autograd). See
+    /// `train::engine`; `[engine]` sets how the cuda engine computes.
+    #[serde(default)]
+    pub engine: EngineChoice,
 }
 
 fn default_tf32() -> bool {
     true
-}
-
-fn default_engine() -> String {
-    "auto".into()
 }
 
 impl Default for TrainConfig {
@@ -207,8 +237,9 @@ impl Default for TrainConfig {
                 device: "auto".into(),
                 log_dir: PathBuf::from("log"),
                 tf32: true,
-                engine: default_engine(),
+                engine: EngineChoice::Auto,
             },
+            engine: EngineOptions::default(),
         }
     }
 }
@@ -223,6 +254,11 @@ impl ModelSection {
             self.n_layer.get_or_insert(p.n_layer);
             self.n_head.get_or_insert(p.n_head);
             self.n_embd.get_or_insert(p.n_embd);
+            // Optional fields stay unset where the preset leaves them at the architecture's default.
+            self.n_kv_head = self.n_kv_head.or(p.n_kv_head);
+            self.ffn_hidden = self.ffn_hidden.or(p.ffn_hidden);
+            self.rope_theta = self.rope_theta.or(p.rope_theta);
+            self.tie_word_embeddings = self.tie_word_embeddings.or(p.tie_word_embeddings);
         }
         Ok(())
     }
@@ -245,6 +281,10 @@ impl ModelSection {
             n_layer: s.n_layer.ok_or(ConfigError::MissingModelField("n_layer"))?,
             n_head: s.n_head.ok_or(ConfigError::MissingModelField("n_head"))?,
             n_embd: s.n_embd.ok_or(ConfigError::MissingModelField("n_embd"))?,
+            n_kv_head: s.n_kv_head,
+            ffn_hidden: s.ffn_hidden,
+            rope_theta: s.rope_theta,
+            tie_word_embeddings: s.tie_word_embeddings,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -338,6 +378,13 @@ impl TrainConfig {
         let mut cfg: TrainConfig =
             toml::Value::Table(table).try_into().map_err(|e| ConfigError::Schema { origin, source: Box::new(e) })?;
         cfg.model.fill_from_preset()?;
+        // The engine's environment switches override the file here, once, so the config the run prints, saves and
+        // checkpoints is what it runs with.
+        let (engine, applied) = cfg.engine.with_env_overrides()?;
+        if !applied.is_empty() {
+            tracing::info!("[engine] from the environment: {}", applied.join(", "));
+        }
+        cfg.engine = engine;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -388,12 +435,8 @@ impl TrainConfig {
         if o.weight_decay < 0.0 || o.grad_clip < 0.0 {
             return bad("[optim] weight_decay and grad_clip must be >= 0".into());
         }
-        if !crate::train::engine::ENGINE_NAMES.contains(&self.run.engine.as_str()) {
-            return bad(format!(
-                "[run] engine `{}` (expected one of {})",
-                self.run.engine,
-                crate::train::engine::ENGINE_NAMES.join(", ")
-            ));
+        if self.engine.classifier_chunk == 0 {
+            return bad("[engine] classifier_chunk must be positive".into());
         }
         let e = &self.eval;
         if e.val_every > 0 && e.val_steps == 0 {

@@ -13,9 +13,9 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod decoder;
 pub mod dist;
 pub mod engine;
-pub mod gpt2_cuda;
 pub mod log;
 pub mod optim;
 pub mod report;

@@ -228,9 +228,10 @@ impl Trainer {
         let vars: Vec<_> = model.parameters().into_iter().map(|(_, v)| v).collect();
         opts.reducer.sync_params(&vars)?;
         drop(vars);
-        let kind = EngineKind::resolve(&cfg.run.engine, &model_cfg, &device, dtype)?;
+        let kind = EngineKind::resolve(cfg.run.engine, &model_cfg, &device, dtype)?;
         let micro_batch = (cfg.data.micro_batch, cfg.data.seq_len);
-        let mut engine = engine::build(kind, model, &device, micro_batch, AdamWConfig::from_config(&cfg))?;
+        let adam = AdamWConfig::from_config(&cfg);
+        let mut engine = engine::build(kind, model, &device, micro_batch, adam, &cfg.engine)?;
         let mut rng = ChaCha20Rng::seed_from_u64(cfg.run.seed);
         let mut step = 0;
         if let (Some(dir), Some(state)) = (&resume_dir, &resume_state) {
@@ -303,6 +304,9 @@ impl Trainer {
             self.device,
             self.engine.kind().name()
         ));
+        if self.engine.kind() == EngineKind::Cuda {
+            log.note(&format!("[engine] {}", self.cfg.engine.describe()));
+        }
         log.note(&format!("num decayed parameter tensors: {dt}, with {dn} parameters"));
         log.note(&format!("num non-decayed parameter tensors: {nt}, with {nn} parameters"));
         log.note(&format!(

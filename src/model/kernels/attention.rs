@@ -487,7 +487,7 @@ mod flash2 {
     use candle_core::{CudaDevice, CudaStorage, DType, Result, Storage, Tensor};
     use half::{bf16, f16};
 
-    use crate::cuda::flash_attn::{Dtype, FlashAttn};
+    use crate::cuda::flash_attn::{Dtype, FlashAttn, Heads};
 
     /// The kernels loaded once per device.
     fn kernels(dev: &CudaDevice) -> Result<Arc<FlashAttn>> {
@@ -535,7 +535,7 @@ mod flash2 {
                 let (lp, _l) = lse.device_ptr_mut(&stream);
                 // SAFETY: qkv holds b * t * 3 * nh * hs elements from `start` (the op's contiguous input), y and
                 // lse were just allocated at the sizes forward writes; all on the device's one stream.
-                unsafe { fa.forward_with(dt, qp, yp, lp, b, t, nh, hs)? };
+                unsafe { fa.forward_with(dt, qp, yp, lp, b, t, Heads::mha(nh), hs)? };
             }
             Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), CudaStorage::wrap_cuda_slice(lse, dev.clone())))
         }
@@ -590,7 +590,7 @@ mod flash2 {
                 let (dp, _d) = dqkv.device_ptr_mut(&stream);
                 // SAFETY: contiguous inputs of the sizes the API documents (checked by the op's shapes); the
                 // outputs were just allocated; one stream.
-                unsafe { fa.backward_with(dt, qp, yp, gp, lp, sp, dp, b, t, nh, hs)? };
+                unsafe { fa.backward_with(dt, qp, yp, gp, lp, sp, dp, b, t, Heads::mha(nh), hs)? };
             }
             Ok(CudaStorage::wrap_cuda_slice(dqkv, dev.clone()))
         }

@@ -2,10 +2,11 @@
 // the weight and bias gradients from per-block partial column sums, in a fixed order (no atomics).
 //   dw[col] (= or +=) sum_k partial[k][col],  db[col] (= or +=) sum_k partial[p + k][col]
 // Block (32, 8): 32 columns; the p partial rows split 8 ways by k mod 8, then merged in shared memory in y order.
-// ACC adds into dw/db (the engine accumulates gradients over micro-steps); otherwise they are overwritten.
+// ACC adds into dw/db (the engine accumulates gradients over micro-steps); otherwise they are overwritten. Without
+// BIAS (RMSNorm) there are only the dw partials and db is not touched.
 #pragma once
 
-template <bool ACC>
+template <bool ACC, bool BIAS = true>
 __device__ void ln_reduce_partials(const float* __restrict__ partial, float* __restrict__ dw, float* __restrict__ db,
                                    int64_t p, int64_t c) {
     __shared__ float sw[8][33];
@@ -16,7 +17,7 @@ __device__ void ln_reduce_partials(const float* __restrict__ partial, float* __r
     if (col < c) {
         for (int64_t k = ty; k < p; k += 8) {
             aw += partial[k * c + col];
-            ab += partial[(p + k) * c + col];
+            if (BIAS) ab += partial[(p + k) * c + col];
         }
     }
     sw[ty][tx] = aw;
@@ -29,6 +30,6 @@ __device__ void ln_reduce_partials(const float* __restrict__ partial, float* __r
             b += sb[j][tx];
         }
         dw[col] = ACC ? dw[col] + w : w;
-        db[col] = ACC ? db[col] + b : b;
+        if (BIAS) db[col] = ACC ? db[col] + b : b;
     }
 }

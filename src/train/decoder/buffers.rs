@@ -1,4 +1,4 @@
-//! The GPT-2 engine's device memory: a handful of allocations sized once at start (`layout` says where everything
+//! The decoder engine's device memory: a handful of allocations sized once at start (`layout` says where everything
 //! is inside them), their base addresses, and the raw copies and fills the engine does on its one stream. Nothing is
 //! allocated or freed inside a step.
 
@@ -31,7 +31,7 @@ impl<
     fn zeros(stream: &Arc<CudaStream>, len: usize, what: &str) -> Result<Buf<T>> {
         let slice = stream.alloc_zeros::<T>(len.max(1)).map_err(|e| {
             Error::Msg(format!(
-                "gpt2-cuda engine: allocating {what} ({:.2} GiB): {e:?}",
+                "cuda engine: allocating {what} ({:.2} GiB): {e:?}",
                 (len * std::mem::size_of::<T>()) as f64 / (1u64 << 30) as f64
             ))
         })?;

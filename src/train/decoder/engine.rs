@@ -7,9 +7,10 @@ use std::sync::Arc;
 use candle_core::cuda_backend::cudarc::driver::{CudaStream, DevicePtr};
 use candle_core::{DType, Device, Result, Storage, Tensor, Var};
 
-use super::attention::{Attention, AttentionBackend};
+use super::attention::Attention;
 use super::buffers::{Buffers, LOSS_ACC};
-use super::layout::{ActLayout, Dims, LayerParams, ParamLayout, ScratchSizes};
+use super::layout::{rotary_tables, ActLayout, Arch, BlockParams, Dims, ModelParams, Norm, ParamLayout, ScratchSizes};
+use super::options::EngineOptions;
 use super::profile::Profiler;
 use crate::cuda::activation::Gelu;
 use crate::cuda::adamw::AdamWKernels;
@@ -17,62 +18,20 @@ use crate::cuda::bias_grad::BiasGrad;
 use crate::cuda::blaslt::BlasLt;
 use crate::cuda::classifier::Classifier;
 use crate::cuda::encoder::{Encoder, IdGroups};
-use crate::cuda::flash_attn::FlashAttn;
-use crate::cuda::norm::LayerNorm;
+use crate::cuda::flash_attn::{FlashAttn, Heads};
+use crate::cuda::norm::Norm as NormKernels;
+use crate::cuda::rope::Rope;
+use crate::cuda::swiglu::SwiGlu;
 use crate::model::{LanguageModel, ModelConfig};
 use crate::shards::loader::Batch;
 use crate::train::optim::{AdamWConfig, OptimError};
 
-/// Choices that do not change the maths.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct EngineOptions {
-    /// Rows of the lm_head + classifier computed at once (bounds the logits buffer: rows x V bf16).
-    pub classifier_chunk: usize,
-    /// GELU inside the MLP matmuls' cuBLASLt epilogues (GELU_AUX_BIAS forward, DGELU backward) instead of its own
-    /// kernels.
-    pub gelu_fusion: bool,
-    /// Bias gradients from the weight-gradient matmuls' BGRADB epilogue (then added to the accumulated gradient)
-    /// instead of `bias_grad.cu`'s column sums, which read dout once more.
-    pub bias_grad_epilogue: bool,
-    /// The attention kernels: tokenmill's flash attention or cuDNN's SDPA (`TOKENMILL_ATTENTION=native|cudnn`).
-    pub attention: AttentionBackend,
-}
-
-impl Default for EngineOptions {
-    fn default() -> Self {
-        EngineOptions {
-            classifier_chunk: 16384,
-            gelu_fusion: true,
-            bias_grad_epilogue: false,
-            attention: AttentionBackend::default(),
-        }
-    }
-}
-
-impl EngineOptions {
-    /// The defaults, with `TOKENMILL_GELU_FUSION=0|1`, `TOKENMILL_BGRADB=0|1`, `TOKENMILL_CLASSIFIER_CHUNK=ROWS` and
-    /// `TOKENMILL_ATTENTION=native|cudnn` from the environment (switches for A/B timings; none changes the maths
-    /// beyond rounding).
-    pub fn from_env() -> EngineOptions {
-        let mut o = EngineOptions::default();
-        let flag = |name: &str| std::env::var(name).ok().map(|v| v == "1");
-        if let Some(on) = flag("TOKENMILL_GELU_FUSION") {
-            o.gelu_fusion = on;
-        }
-        if let Some(on) = flag("TOKENMILL_BGRADB") {
-            o.bias_grad_epilogue = on;
-        }
-        if let Some(rows) = std::env::var("TOKENMILL_CLASSIFIER_CHUNK").ok().and_then(|v| v.parse().ok()) {
-            o.classifier_chunk = rows;
-        }
-        o.attention = AttentionBackend::from_env();
-        o
-    }
-}
-
 pub(super) struct Kernels {
     pub blas: BlasLt,
-    pub ln: LayerNorm,
+    /// The blocks' norm (LayerNorm or RMSNorm, `Arch::norm`).
+    pub ln: NormKernels,
+    pub rope: Rope,
+    pub swiglu: SwiGlu,
     pub cls: Classifier,
     pub enc: Encoder,
     pub bias: BiasGrad,
@@ -81,12 +40,15 @@ pub(super) struct Kernels {
     pub attn: Attention,
 }
 
-pub struct Gpt2Cuda {
+pub struct DecoderEngine {
     pub(super) cfg: ModelConfig,
+    /// The model's row of the architecture table: what the forward and backward run.
+    pub(super) arch: Arch,
     pub(super) dims: Dims,
     pub(super) opts: EngineOptions,
     pub(super) params: ParamLayout,
-    pub(super) layers: Vec<LayerParams>,
+    pub(super) top: ModelParams,
+    pub(super) layers: Vec<BlockParams>,
     pub(super) act: ActLayout,
     pub(super) bufs: Buffers,
     pub(super) k: Kernels,
@@ -107,70 +69,84 @@ pub struct Gpt2Cuda {
 /// The device address of a contiguous f32 Var's first element.
 fn var_ptr(v: &Var, stream: &Arc<CudaStream>) -> Result<u64> {
     if v.dtype() != DType::F32 {
-        candle_core::bail!("gpt2-cuda: master weights must be f32, got {:?}", v.dtype());
+        candle_core::bail!("cuda engine: master weights must be f32, got {:?}", v.dtype());
     }
     tensor_ptr(v.as_tensor(), stream)
 }
 
 pub(super) fn tensor_ptr(t: &Tensor, stream: &Arc<CudaStream>) -> Result<u64> {
     if !t.is_contiguous() {
-        candle_core::bail!("gpt2-cuda: expected a contiguous tensor, got {:?}", t.layout());
+        candle_core::bail!("cuda engine: expected a contiguous tensor, got {:?}", t.layout());
     }
     let (s, l) = t.storage_and_layout();
-    let Storage::Cuda(cs) = &*s else { candle_core::bail!("gpt2-cuda: a tensor is not on the CUDA device") };
+    let Storage::Cuda(cs) = &*s else { candle_core::bail!("cuda engine: a tensor is not on the CUDA device") };
     let base = match t.dtype() {
         DType::F32 => cs.as_cuda_slice::<f32>()?.device_ptr(stream).0,
         DType::BF16 => cs.as_cuda_slice::<half::bf16>()?.device_ptr(stream).0,
         DType::U32 => cs.as_cuda_slice::<u32>()?.device_ptr(stream).0,
-        other => candle_core::bail!("gpt2-cuda: no raw access to {other:?} tensors"),
+        other => candle_core::bail!("cuda engine: no raw access to {other:?} tensors"),
     };
     Ok(base + (t.dtype().size_in_bytes() * l.start_offset()) as u64)
 }
 
-impl Gpt2Cuda {
-    /// An engine for `model` (a GPT-2 on a CUDA device, fp32 master weights) at micro-batch `(b, t)`. The engine
-    /// starts from the model's current weights and keeps the model as its mirror.
+impl DecoderEngine {
+    /// An engine for `model` (a decoder of the architecture table on a CUDA device, fp32 master weights) at
+    /// micro-batch `(b, t)`. The engine starts from the model's current weights and keeps the model as its mirror.
     pub fn new(
         model: Box<dyn LanguageModel>,
         device: &Device,
         (b, t): (usize, usize),
         adam: AdamWConfig,
         opts: EngineOptions,
-    ) -> Result<Gpt2Cuda> {
+    ) -> Result<DecoderEngine> {
         let cfg = model.config().clone();
         if let Some(why) = super::unsupported(&cfg, device.is_cuda(), true) {
             candle_core::bail!("{why}");
         }
         if t == 0 || t > cfg.block_size || b == 0 {
-            candle_core::bail!("gpt2-cuda: micro-batch ({b}, {t}) with block size {}", cfg.block_size);
+            candle_core::bail!("cuda engine: micro-batch ({b}, {t}) with block size {}", cfg.block_size);
         }
         let stream = device.as_cuda_device()?.cuda_stream();
+        let arch = Arch::of(&cfg);
         let dims = Dims::new(&cfg, b, t, opts.classifier_chunk);
-        let params = ParamLayout::new(&crate::model::param_specs(&cfg));
-        let layers = (0..cfg.n_layer).map(|l| LayerParams::new(&params, l)).collect();
+        let params = ParamLayout::for_model(&cfg);
+        let top = ModelParams::new(&cfg, &params);
+        let layers = (0..cfg.n_layer).map(|l| BlockParams::new(&cfg, &params, l)).collect();
+        let heads = Heads { q: dims.nh, kv: dims.nkv };
         let k = Kernels {
             blas: BlasLt::new(stream.clone())?,
-            ln: LayerNorm::new(&stream, cfg.n_embd)?,
+            ln: NormKernels::new(&stream, cfg.n_embd, arch.norm == Norm::RmsNorm)?,
+            rope: Rope::new(&stream)?,
+            swiglu: SwiGlu::new(&stream)?,
             cls: Classifier::new(&stream)?,
             enc: Encoder::new(&stream)?,
             bias: BiasGrad::new(&stream)?,
             gelu: Gelu::new(&stream)?,
             adamw: AdamWKernels::new(&stream)?,
-            attn: Attention::new(&stream, opts.attention, (b, t, cfg.n_head))?,
+            attn: Attention::new(&stream, opts.attention, (b, t, heads))?,
         };
         let n = dims.n();
         let scratch = ScratchSizes {
             ln: k.ln.scratch_len(n),
-            bias: BiasGrad::scratch_len(4 * cfg.n_embd),
+            bias: BiasGrad::scratch_len(dims.fc.max(dims.qkv())),
             attention: FlashAttn::scratch_len(b, t, cfg.n_head),
         };
-        let act = ActLayout::new(&dims, scratch);
+        let act = ActLayout::new(&dims, &arch, scratch);
         let bufs = Buffers::new(&stream, &params, &act, n, cfg.vocab_size)?;
+        if let Some(theta) = arch.rotary {
+            let (cos, sin) = rotary_tables(t, dims.hs(), theta);
+            // SAFETY: the rotary tables' ranges were sized for (T, HS/2) f32 each by the layout.
+            unsafe {
+                bufs.upload(bufs.act32.at(act.rope_cos), &cos)?;
+                bufs.upload(bufs.act32.at(act.rope_sin), &sin)?;
+            }
+            stream.synchronize().map_err(candle_core::Error::wrap)?;
+        }
 
         let named = model.parameters();
         if named.len() != params.slots.len() {
             candle_core::bail!(
-                "gpt2-cuda: the model has {} parameters, the layout {}",
+                "cuda engine: the model has {} parameters, the layout {}",
                 named.len(),
                 params.slots.len()
             );
@@ -179,7 +155,7 @@ impl Gpt2Cuda {
         for ((name, var), slot) in named.iter().zip(&params.slots) {
             if name != &slot.name || var.dims() != slot.shape.as_slice() {
                 candle_core::bail!(
-                    "gpt2-cuda: parameter {name} {:?} does not match the layout's {} {:?}",
+                    "cuda engine: parameter {name} {:?} does not match the layout's {} {:?}",
                     var.dims(),
                     slot.name,
                     slot.shape
@@ -187,11 +163,13 @@ impl Gpt2Cuda {
             }
             mirror_ptrs.push(var_ptr(var, &stream)?);
         }
-        let mut engine = Gpt2Cuda {
+        let mut engine = DecoderEngine {
             cfg,
+            arch,
             dims,
             opts,
             params,
+            top,
             layers,
             act,
             bufs,
@@ -240,6 +218,11 @@ impl Gpt2Cuda {
         &self.cfg
     }
 
+    /// The options the engine was built with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.opts
+    }
+
     pub fn micro_batch(&self) -> (usize, usize) {
         (self.dims.b, self.dims.t)
     }
@@ -262,7 +245,7 @@ impl Gpt2Cuda {
         let (b, t) = (self.dims.b, self.dims.t);
         if batch.batch_size != b || batch.seq_len != t || batch.x.len() != b * t || batch.y.len() != b * t {
             candle_core::bail!(
-                "gpt2-cuda: a batch of ({}, {}) with {} / {} ids; the engine was sized for ({b}, {t})",
+                "cuda engine: a batch of ({}, {}) with {} / {} ids; the engine was sized for ({b}, {t})",
                 batch.batch_size,
                 batch.seq_len,
                 batch.x.len(),
@@ -271,7 +254,7 @@ impl Gpt2Cuda {
         }
         if let Some((i, &y)) = batch.y.iter().enumerate().find(|(_, &y)| y as usize >= self.cfg.vocab_size) {
             candle_core::bail!(
-                "gpt2-cuda: target id {y} at position {i} is outside the vocabulary ({})",
+                "cuda engine: target id {y} at position {i} is outside the vocabulary ({})",
                 self.cfg.vocab_size
             );
         }
@@ -340,8 +323,8 @@ impl Gpt2Cuda {
     }
 
     /// Run the evaluation forward of `batch` and copy out the activations of layer 0, the last residual, the final
-    /// LayerNorm, the first chunk of logits and the per-row losses, named as in `layout::ActLayout` (`res0`, `ln1`,
-    /// `qkv`, `atty`, `res_mid`, `ln2`, `fch`, `fch_gelu`, `res1`, `resL`, `lnf`, `logits`, `losses`), shaped
+    /// norm, the first chunk of logits and the per-row losses, named as in `layout::ActLayout` (`res0`, `ln1`,
+    /// `qkv`, `atty`, `res_mid`, `ln2`, `fch`, `fch_act`, `res1`, `resL`, `lnf`, `logits`, `losses`), shaped
     /// (rows, width): the per-kernel device check holds each against its reference computed from the previous one.
     pub fn forward_activations(&mut self, batch: &Batch) -> Result<Vec<(String, Tensor)>> {
         self.upload_batch(batch, false)?;
@@ -359,11 +342,11 @@ impl Gpt2Cuda {
         ];
         let bf16s = [
             ("ln1", a.ln1[0], c),
-            ("qkv", a.qkv[0], 3 * c),
+            ("qkv", a.qkv[0], d.qkv()),
             ("atty", a.atty[0], c),
             ("ln2", a.ln2[0], c),
-            ("fch", a.fch[0], 4 * c),
-            ("fch_gelu", a.fch_gelu[0], 4 * c),
+            ("fch", a.fch[0], d.fc),
+            ("fch_act", a.fch_act[0], d.hidden),
             ("lnf", a.lnf, c),
         ];
         let mut out = Vec::new();

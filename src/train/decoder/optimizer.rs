@@ -1,4 +1,4 @@
-//! One optimizer step of the GPT-2 engine, in the same three calls the autograd engine has (`train::engine`):
+//! One optimizer step of the decoder engine, in the same three calls the autograd engine has (`train::engine`):
 //! `begin_step` zeroes the gradients and the loss, `micro_step` uploads a batch and runs forward and backward
 //! (adding loss / accum and its gradients), `finish_step` reduces across processes, measures and clips the global
 //! norm, reads the loss and the norm (the step's one host synchronisation) and, when the loss is finite, applies
@@ -7,12 +7,12 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::buffers::{LOSS_ACC, NORM_OUT, NORM_PARTIAL};
-use super::engine::{tensor_ptr, Gpt2Cuda};
+use super::engine::{tensor_ptr, DecoderEngine};
 use crate::shards::loader::Batch;
 use crate::train::optim::StepScalars;
 use crate::train::step::{Reducer, StepOutcome};
 
-impl Gpt2Cuda {
+impl DecoderEngine {
     /// Start an optimizer step: gradients and the loss accumulator to zero.
     pub fn begin_step(&mut self) -> Result<()> {
         let b = &self.bufs;

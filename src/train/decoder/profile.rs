@@ -81,7 +81,7 @@ impl Profiler {
     pub fn report(&self) -> String {
         let per = self.micro_steps.max(1) as f64;
         let total: f64 = self.totals.iter().map(|t| t.1).sum();
-        let mut out = format!("gpt2-cuda engine profile over {} micro-steps (CUDA events)\n", self.micro_steps);
+        let mut out = format!("cuda engine profile over {} micro-steps (CUDA events)\n", self.micro_steps);
         out.push_str(&format!("{:<28} {:>12} {:>8} {:>7}\n", "kernel", "ms/micro", "calls", "share"));
         for (label, ms, n) in &self.totals {
             out.push_str(&format!(

@@ -1,0 +1,89 @@
+//! The engine's attention backend: tokenmill's flash kernels (`crate::cuda::flash_attn`, the reference, always
+//! built) or cuDNN's SDPA (`crate::cuda::cudnn_attn`, feature `cudnn`; deterministic backward), chosen by
+//! `[engine] attention` ([`AttentionBackend`]). Both take the same buffers (qkv with NH query heads and KV key/value
+//! heads, y, lse, dy, dqkv) and the lse of either is the natural-log logsumexp its own backward reads, so the
+//! engine's layout does not change with the backend.
+
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::driver::CudaStream;
+use candle_core::Result;
+
+use super::options::AttentionBackend;
+#[cfg(feature = "cudnn")]
+use crate::cuda::cudnn_attn::CudnnAttn;
+use crate::cuda::flash_attn::{FlashAttn, Heads};
+
+/// The loaded backend; `forward` / `backward` have flash_attn's signatures.
+pub(super) enum Attention {
+    Native(FlashAttn),
+    #[cfg(feature = "cudnn")]
+    Cudnn(CudnnAttn),
+}
+
+impl Attention {
+    /// Load `backend` on `stream`; cuDNN builds its graphs for the engine's (b, t, heads) here, so a shape it
+    /// does not support fails now rather than in the first step.
+    pub fn new(
+        stream: &Arc<CudaStream>,
+        backend: AttentionBackend,
+        (b, t, heads): (usize, usize, Heads),
+    ) -> Result<Self> {
+        match backend.resolved() {
+            AttentionBackend::Native | AttentionBackend::Auto => Ok(Attention::Native(FlashAttn::new(stream)?)),
+            #[cfg(feature = "cudnn")]
+            AttentionBackend::Cudnn => {
+                let att = CudnnAttn::new(stream)?;
+                att.prepare(b, t, heads)?;
+                tracing::info!("cuda engine attention: cuDNN SDPA\n{}", att.describe()?);
+                Ok(Attention::Cudnn(att))
+            }
+            #[cfg(not(feature = "cudnn"))]
+            AttentionBackend::Cudnn => {
+                let _ = (b, t, heads);
+                candle_core::bail!(
+                    "[engine] attention = \"cudnn\": this binary was built without the `cudnn` feature (build with \
+                     scripts/build-cuda.sh --pypi-toolchain --features cudnn)"
+                )
+            }
+        }
+    }
+
+    /// As [`FlashAttn::forward`].
+    ///
+    /// # Safety
+    /// As [`FlashAttn::forward`].
+    pub unsafe fn forward(&self, qkv: u64, y: u64, lse: u64, b: usize, t: usize, heads: Heads) -> Result<()> {
+        match self {
+            // SAFETY: the caller's contract is the backends' contract.
+            Attention::Native(a) => unsafe { a.forward(qkv, y, lse, b, t, heads) },
+            #[cfg(feature = "cudnn")]
+            Attention::Cudnn(a) => unsafe { a.forward(qkv, y, lse, b, t, heads) },
+        }
+    }
+
+    /// As [`FlashAttn::backward`] (cuDNN ignores `dvec_scratch`).
+    ///
+    /// # Safety
+    /// As [`FlashAttn::backward`].
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn backward(
+        &self,
+        qkv: u64,
+        y: u64,
+        dy: u64,
+        lse: u64,
+        dvec_scratch: u64,
+        dqkv: u64,
+        b: usize,
+        t: usize,
+        heads: Heads,
+    ) -> Result<()> {
+        match self {
+            // SAFETY: the caller's contract is the backends' contract.
+            Attention::Native(a) => unsafe { a.backward(qkv, y, dy, lse, dvec_scratch, dqkv, b, t, heads) },
+            #[cfg(feature = "cudnn")]
+            Attention::Cudnn(a) => unsafe { a.backward(qkv, y, dy, lse, dvec_scratch, dqkv, b, t, heads) },
+        }
+    }
+}

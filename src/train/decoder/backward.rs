@@ -1,0 +1,205 @@
+//! The decoder's backward pass, kernel by kernel, in the reverse order of `forward.rs`, accumulating every parameter
+//! gradient into the f32 `grads` buffer (weight gradients by matmuls with beta = 1, bias gradients by `bias_grad`,
+//! the norms' by their own reduction, the embeddings' by grouped sums; no atomics). Bracketed steps run only where
+//! the architecture has them.
+//!
+//! ```text
+//! dres = normf backward(dlnf)                          dres (f32) is the running residual gradient, dres16 its copy
+//! per layer l, last first:
+//!   dWfcproj += dres16^T fch_act;  [dbfcproj += colsum(dres16)]
+//!   GELU:   dfch = (dres16 Wfcproj) * gelu'(fch)       matmul, DGELU epilogue                  -> dbig
+//!   SwiGLU: dact = dres16 Wfcproj                      matmul, over fch_act (read only by the dW above)
+//!           [dg | du] = swiglu backward(dact, fch)                                             -> dbig
+//!   dWfc += dfch^T ln2;  [dbfc += colsum(dfch)];  dln2 = dfch Wfc                                 -> dsmall
+//!   dres += norm2 backward(dln2)                       now d(res_mid)
+//!   dWproj += dres16^T atty;  [dbproj += colsum(dres16)];  datty = dres16 Wproj                   -> dsmall
+//!   dqkv = attention backward(datty)                   (GQA: dk, dv summed over each group)     -> dbig
+//!   [dq, dk = rope backward(dq, dk)]                   the transposed rotation, in place
+//!   dWqkv += dqkv^T ln1;  [dbqkv += colsum(dqkv)];  dln1 = dqkv Wqkv                             -> dsmall
+//!   dres += norm1 backward(dln1)                       now d(res[l])
+//! dwte += grouped sums of dres;  [dwpe += batch sums of dres]
+//! ```
+
+use candle_core::Result;
+
+use super::engine::{DecoderEngine, Kernels};
+use super::layout::{Mlp, Norm};
+use crate::cuda::blaslt::{Epilogue, Gemm};
+use crate::cuda::flash_attn::Heads;
+use crate::cuda::rope::RopeShape;
+
+/// A linear layer's weight gradient (`dw += dout^T inp`, the product `dweight` spells) and, with a bias, its bias
+/// gradient (`db += colsum(dout)`): from the product's BGRADB epilogue into `scratch`, then added, or by
+/// `bias_grad.cu`.
+///
+/// # Safety
+/// `dweight`'s pointers are valid for its shape; `db` holds OC f32 and `scratch` at least `BiasGrad::scratch_len(OC)`.
+unsafe fn dweight_and_bias(
+    k: &mut Kernels,
+    epilogue: bool,
+    dweight: Gemm,
+    db: Option<u64>,
+    scratch: u64,
+) -> Result<()> {
+    let (n, oc, dout) = (dweight.k, dweight.n, dweight.b);
+    match db {
+        None => k.blas.matmul(&dweight),
+        Some(db) if epilogue => {
+            k.blas.matmul(&dweight.with_epilogue(Epilogue::BGradB { grad: scratch }))?;
+            k.bias.add(scratch, db, oc)
+        }
+        Some(db) => {
+            k.blas.matmul(&dweight)?;
+            k.bias.accumulate(dout, db, scratch, n, oc)
+        }
+    }
+}
+
+impl DecoderEngine {
+    /// Backward of the micro-batch whose training forward (`forward(Some(..))`) just ran.
+    ///
+    /// # Safety
+    /// The training forward of the uploaded batch ran last on the stream.
+    pub(super) unsafe fn backward(&mut self) -> Result<()> {
+        let d = self.dims;
+        let (n, c) = (d.n(), d.c);
+        let arch = self.arch;
+        let (a, top) = (&self.act, &self.top);
+        let (w32, w16, g) = (&self.bufs.params, &self.bufs.params16, &self.bufs.grads);
+        let (f, h) = (&self.bufs.act32, &self.bufs.act16);
+        let (dres, dres16, dbig, dsmall) = (f.at(a.dres), h.at(a.dres16), h.at(a.dbig), h.at(a.dsmall));
+        let (ln_scratch, bias_scratch) = (f.at(a.ln_scratch), f.at(a.bias_scratch));
+        let mean = |off: usize| (arch.norm == Norm::LayerNorm).then(|| f.at(off));
+        let grad = |off: Option<usize>| off.map(|o| g.at(o));
+        let heads = Heads { q: d.nh, kv: d.nkv };
+        let rope = RopeShape { n, t: d.t, heads: d.nh + d.nkv, hs: d.hs(), ld: d.qkv() };
+        let rope_tables = (f.at(a.rope_cos), f.at(a.rope_sin));
+        let k = &mut self.k;
+        let prof = &mut self.prof;
+        let bias_epi = self.opts.bias_grad_epilogue;
+
+        self.bufs.zero(dres, 4 * n * c)?;
+        prof.mark("zero dres")?;
+        k.ln.backward(
+            dsmall,
+            f.at(a.res[d.l]),
+            w32.at(top.normf_w),
+            mean(a.lnf_mean),
+            f.at(a.lnf_rstd),
+            (dres, dres16),
+            (g.at(top.normf_w), grad(top.normf_b)),
+            ln_scratch,
+            n,
+        )?;
+        prof.mark("norm bwd")?;
+
+        for (l, lp) in self.layers.iter().enumerate().rev() {
+            // MLP projection: res[l+1] = fch_act Wfcproj^T [+ bfcproj] + res_mid.
+            dweight_and_bias(
+                k,
+                bias_epi,
+                Gemm::linear_dweight(dres16, h.at(a.fch_act[l]), g.at(lp.fcproj_w), n, d.hidden, c),
+                grad(lp.fcproj_b),
+                bias_scratch,
+            )?;
+            prof.mark("matmul dW + db mlp proj")?;
+            let dact = Gemm::linear_dinput(dres16, w16.at(lp.fcproj_w), dbig, n, d.hidden, c);
+            match arch.mlp {
+                Mlp::Gelu if self.opts.gelu_fusion => {
+                    k.blas.matmul(&dact.with_epilogue(Epilogue::DGelu { aux: h.at(a.fch[l]) }))?;
+                }
+                Mlp::Gelu => {
+                    k.blas.matmul(&dact)?;
+                    k.gelu.backward(h.at(a.fch[l]), dbig, dbig, n * d.hidden)?;
+                }
+                Mlp::SwiGlu => {
+                    // The activation's gradient overwrites the activation (its only reader, the dW above, has run).
+                    k.blas.matmul(&Gemm { d: h.at(a.fch_act[l]), ..dact })?;
+                    k.swiglu.backward(h.at(a.fch[l]), h.at(a.fch_act[l]), dbig, n, d.hidden)?;
+                }
+            }
+            prof.mark("matmul dX mlp proj (+activation)")?;
+            // MLP input: fch = ln2 Wfc^T [+ bfc].
+            dweight_and_bias(
+                k,
+                bias_epi,
+                Gemm::linear_dweight(dbig, h.at(a.ln2[l]), g.at(lp.fc_w), n, c, d.fc),
+                grad(lp.fc_b),
+                bias_scratch,
+            )?;
+            prof.mark("matmul dW + db fc")?;
+            k.blas.matmul(&Gemm::linear_dinput(dbig, w16.at(lp.fc_w), dsmall, n, c, d.fc))?;
+            prof.mark("matmul dX fc")?;
+            k.ln.backward(
+                dsmall,
+                f.at(a.res_mid[l]),
+                w32.at(lp.norm2_w),
+                mean(a.ln2_mean[l]),
+                f.at(a.ln2_rstd[l]),
+                (dres, dres16),
+                (g.at(lp.norm2_w), grad(lp.norm2_b)),
+                ln_scratch,
+                n,
+            )?;
+            prof.mark("norm bwd")?;
+
+            // Attention projection: res_mid = atty Wproj^T [+ bproj] + res[l].
+            dweight_and_bias(
+                k,
+                bias_epi,
+                Gemm::linear_dweight(dres16, h.at(a.atty[l]), g.at(lp.proj_w), n, c, c),
+                grad(lp.proj_b),
+                bias_scratch,
+            )?;
+            prof.mark("matmul dW + db attn proj")?;
+            k.blas.matmul(&Gemm::linear_dinput(dres16, w16.at(lp.proj_w), dsmall, n, c, c))?;
+            prof.mark("matmul dX attn proj")?;
+            k.attn.backward(
+                h.at(a.qkv[l]),
+                h.at(a.atty[l]),
+                dsmall,
+                f.at(a.lse[l]),
+                f.at(a.att_scratch),
+                dbig,
+                d.b,
+                d.t,
+                heads,
+            )?;
+            prof.mark("attention bwd")?;
+            if arch.rotary.is_some() {
+                k.rope.apply(dbig, rope_tables, rope, true)?;
+                prof.mark("rope bwd")?;
+            }
+
+            // qkv projection: qkv = ln1 Wqkv^T [+ bqkv].
+            dweight_and_bias(
+                k,
+                bias_epi,
+                Gemm::linear_dweight(dbig, h.at(a.ln1[l]), g.at(lp.qkv_w), n, c, d.qkv()),
+                grad(lp.qkv_b),
+                bias_scratch,
+            )?;
+            prof.mark("matmul dW + db qkv")?;
+            k.blas.matmul(&Gemm::linear_dinput(dbig, w16.at(lp.qkv_w), dsmall, n, c, d.qkv()))?;
+            prof.mark("matmul dX qkv")?;
+            k.ln.backward(
+                dsmall,
+                f.at(a.res[l]),
+                w32.at(lp.norm1_w),
+                mean(a.ln1_mean[l]),
+                f.at(a.ln1_rstd[l]),
+                (dres, dres16),
+                (g.at(lp.norm1_w), grad(lp.norm1_b)),
+                ln_scratch,
+                n,
+            )?;
+            prof.mark("norm bwd")?;
+        }
+
+        let b = &self.bufs;
+        let groups = (b.groups.base, b.groups.at(b.groups_start), b.groups.at(b.groups_id), self.n_groups);
+        k.enc.backward(groups, dres, g.at(top.wte), grad(top.wpe), d.b, d.t, c)?;
+        prof.mark("encoder bwd")?;
+        Ok(())
+    }
+}
