@@ -29,6 +29,7 @@ fn config(paths: Vec<PathBuf>, out_dir: &Path) -> PrepConfig {
         input: Input::Files { paths, format: None },
         out_dir: out_dir.to_path_buf(),
         limit: None,
+        overwrite: false,
     }
 }
 
