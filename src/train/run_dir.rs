@@ -306,12 +306,18 @@ fn remove_owned(dir: &Path) -> Result<Vec<String>, RunDirError> {
     if checkpoints > 0 {
         removed.push(format!("{checkpoints} checkpoint folder(s)"));
     }
-    let mut left: Vec<String> = std::fs::read_dir(dir)
-        .map_err(io(dir))?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != LOCK_FILE && n != MARKER_FILE)
-        .collect();
+    let names = |d: &Path| -> Vec<String> {
+        std::fs::read_dir(d).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    };
+    let mut left: Vec<String> = Vec::new();
+    for n in names(dir).into_iter().filter(|n| n != LOCK_FILE && n != MARKER_FILE) {
+        if n == CHECKPOINTS_DIR && root.is_dir() {
+            left.extend(names(&root).into_iter().map(|c| format!("{CHECKPOINTS_DIR}/{c}")));
+        } else {
+            left.push(n);
+        }
+    }
     left.sort();
     let mut notes = vec![format!(
         "--overwrite: removed the previous run's {} from {}",
@@ -388,7 +394,7 @@ mod tests {
         let (_, notes) = RunDir::take(&dir, &ckpts, Claim::Fresh { overwrite: true }).unwrap();
         assert!(!dir.join(LOG_TXT).exists() && !step.exists(), "{notes:?}");
         assert!(dir.join("notes.md").is_file() && ckpts.join("keep").is_dir(), "{notes:?}");
-        assert!(notes.iter().any(|n| n.contains("left notes.md")), "{notes:?}");
+        assert!(notes.iter().any(|n| n.contains("left checkpoints/keep, notes.md alone")), "{notes:?}");
     }
 
     #[test]
