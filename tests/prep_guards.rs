@@ -7,15 +7,19 @@ use std::process::Command;
 
 use tokenmill::pipelines::fineweb::{self, Input, PrepOptions};
 use tokenmill::pipelines::sources::{SourceFile, SourceKind};
-use tokenmill::shards::writer::{ShardWriter, WriterConfig};
 use tokenmill::shards::manifest::DatasetDefinition;
+use tokenmill::shards::writer::{ShardWriter, WriterConfig};
 use tokenmill::shards::Manifest;
 use tokenmill::tokenizer::TokenizerKind;
 
 /// (success, stdout, stderr) of `tokenmill ARGS`.
 fn tokenmill(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tokenmill")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn s(p: &Path) -> &str {
@@ -51,7 +55,8 @@ fn out_holding_the_input_a_path_like_name_and_zero_shards_are_refused_before_any
     // --out equal to --input: a second run would have read its own manifest.json as a corpus.
     let (ok, _, err) = tokenmill(&["prep", "corpus", "--no-progress", "--input", s(&d), "--out", s(&d)]);
     assert!(!ok && err.contains("is inside --out") && err.contains("another --out"), "{err}");
-    let (ok, _, err) = tokenmill(&["prep", "corpus", "--no-progress", "--input", s(&d.join("poem.txt")), "--out", s(&d)]);
+    let (ok, _, err) =
+        tokenmill(&["prep", "corpus", "--no-progress", "--input", s(&d.join("poem.txt")), "--out", s(&d)]);
     assert!(!ok && err.contains("is inside --out"), "{err}");
     assert_eq!(tree(&d), ["poem.txt"]);
 
@@ -66,7 +71,8 @@ fn out_holding_the_input_a_path_like_name_and_zero_shards_are_refused_before_any
     assert_eq!(tree(tmp.path()), ["corpus", "corpus/poem.txt"], "nothing written anywhere");
 
     // --shards 0 exited 0 doing nothing.
-    let (ok, _, err) = tokenmill(&["prep", "corpus", "--no-progress", "--input", s(&d), "--out", s(&out), "--shards", "0"]);
+    let (ok, _, err) =
+        tokenmill(&["prep", "corpus", "--no-progress", "--input", s(&d), "--out", s(&out), "--shards", "0"]);
     assert!(!ok && err.contains("--shards 0 writes nothing"), "{err}");
     assert!(!out.exists());
 }
@@ -98,7 +104,8 @@ fn a_second_prep_on_an_out_being_written_is_refused() {
     }
     assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), manifest, "the running prep's manifest is intact");
     drop(writer);
-    let (ok, _, err) = tokenmill(&["prep", "corpus", "--no-progress", "--input", s(&input), "--out", s(&out), "--overwrite"]);
+    let (ok, _, err) =
+        tokenmill(&["prep", "corpus", "--no-progress", "--input", s(&input), "--out", s(&out), "--overwrite"]);
     assert!(ok, "{err}");
 }
 
@@ -137,10 +144,18 @@ fn an_input_that_cannot_be_followed_says_why() {
     let tmp = tempfile::tempdir().unwrap();
     let link = tmp.path().join("loop.txt");
     std::os::unix::fs::symlink(&link, &link).unwrap();
-    let (ok, _, err) = tokenmill(&["prep", "corpus", "--no-progress", "--input", s(&link), "--out", s(&tmp.path().join("o"))]);
-    assert!(!ok && err.contains("cannot be opened") && !err.contains("does not exist"), "{err}");
     let (ok, _, err) =
-        tokenmill(&["prep", "corpus", "--no-progress", "--input", s(&tmp.path().join("nope.txt")), "--out", s(&tmp.path().join("o"))]);
+        tokenmill(&["prep", "corpus", "--no-progress", "--input", s(&link), "--out", s(&tmp.path().join("o"))]);
+    assert!(!ok && err.contains("cannot be opened") && !err.contains("does not exist"), "{err}");
+    let (ok, _, err) = tokenmill(&[
+        "prep",
+        "corpus",
+        "--no-progress",
+        "--input",
+        s(&tmp.path().join("nope.txt")),
+        "--out",
+        s(&tmp.path().join("o")),
+    ]);
     assert!(!ok && err.contains("does not exist"), "a missing input still says so: {err}");
 }
 
@@ -155,9 +170,15 @@ fn a_corpus_too_small_to_split_gets_advice_that_fits_it() {
     let (ok, _, err) = tokenmill(&["prep", "corpus", "--no-progress", "--input", s(&input), "--out", s(&out)]);
     assert!(ok, "{err}");
     let warning = err.lines().find(|l| l.starts_with("warning:")).unwrap_or_else(|| panic!("{err}"));
-    assert!(warning.contains("too small") && warning.contains("--val-shards 0") && !warning.contains("prep corpus"), "{warning}");
+    assert!(
+        warning.contains("too small") && warning.contains("--val-shards 0") && !warning.contains("prep corpus"),
+        "{warning}"
+    );
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny-cpu.toml");
     let (ok, _, err) =
         tokenmill(&["train", "--config", s(&config), "--data", s(&out), "--log-dir", s(&tmp.path().join("log"))]);
-    assert!(!ok && err.contains("too small") && err.contains("--val-shards 0") && !err.contains("prep corpus"), "{err}");
+    assert!(
+        !ok && err.contains("too small") && err.contains("--val-shards 0") && !err.contains("prep corpus"),
+        "{err}"
+    );
 }

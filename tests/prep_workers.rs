@@ -315,7 +315,11 @@ fn workers_given_different_input_lists_are_not_merged() {
 #[test]
 fn worker_counts_are_bounded_and_a_merge_missing_thousands_says_so_briefly() {
     let out = tempfile::tempdir().unwrap();
-    for (w, says) in [("0/99999999999", "at most 65536 workers"), ("0/100000", "at most 65536 workers"), ("0/11", "at most 10 workers")] {
+    for (w, says) in [
+        ("0/99999999999", "at most 65536 workers"),
+        ("0/100000", "at most 65536 workers"),
+        ("0/11", "at most 10 workers"),
+    ] {
         let o = tokenmill()
             .args(["prep", "fineweb", "--no-progress", "--worker", w, "--input"])
             .arg(input_dir())
@@ -329,5 +333,10 @@ fn worker_counts_are_bounded_and_a_merge_missing_thousands_says_so_briefly() {
     assert!(entries(out.path()).is_empty(), "nothing written");
     std::fs::create_dir_all(out.path().join("workers/00000-of-65536")).unwrap();
     let (ok, err) = merge(out.path(), &[]);
-    assert!(!ok && err.contains("... and 65526 more") && err.len() < 3000, "{} bytes: {}", err.len(), &err[..err.len().min(3000)]);
+    assert!(
+        !ok && err.contains("... and 65526 more") && err.len() < 3000,
+        "{} bytes: {}",
+        err.len(),
+        &err[..err.len().min(3000)]
+    );
 }

@@ -21,7 +21,11 @@ fn repo() -> PathBuf {
 /// (success, stdout, stderr) of the binary run in `cwd`.
 fn tokenmill_in(cwd: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tokenmill")).current_dir(cwd).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn tokenmill(args: &[&str]) -> (bool, String, String) {
@@ -83,7 +87,17 @@ fn quickstart_refuses_a_log_dir_it_did_not_make_and_replaces_only_its_own_run() 
     let quickstart = |log_dir: &str| {
         tokenmill_in(
             work,
-            &["quickstart", "--pipeline", s(&pipeline), "--config", s(&config), "--max-steps", "1", "--log-dir", log_dir],
+            &[
+                "quickstart",
+                "--pipeline",
+                s(&pipeline),
+                "--config",
+                s(&config),
+                "--max-steps",
+                "1",
+                "--log-dir",
+                log_dir,
+            ],
         )
     };
     let err = refused(quickstart("."));
@@ -215,10 +229,8 @@ fn a_branch_resume_moves_the_abandoned_checkpoints_aside_so_the_latest_is_the_li
     let out = ok(train(&["--resume", s(&checkpoint::step_dir(&ckpts, 2)), "--max-steps", "3"]));
     assert!(out.contains("starts a new branch"), "{out}");
     assert_eq!(checkpoint::resolve(&log), checkpoint::step_dir(&ckpts, 3), "the live branch's latest");
-    let abandoned: Vec<PathBuf> = std::fs::read_dir(ckpts.join("abandoned"))
-        .unwrap()
-        .map(|b| b.unwrap().path().join("step_000004"))
-        .collect();
+    let abandoned: Vec<PathBuf> =
+        std::fs::read_dir(ckpts.join("abandoned")).unwrap().map(|b| b.unwrap().path().join("step_000004")).collect();
     assert!(abandoned.len() == 1 && abandoned[0].join(checkpoint::STATE_FILE).is_file(), "moved, not deleted");
     let out = ok(train(&["--resume", s(&log), "--max-steps", "5"]));
     assert!(out.contains(&format!("resumed from {} at step 3", checkpoint::step_dir(&ckpts, 3).display())), "{out}");

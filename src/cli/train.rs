@@ -159,7 +159,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Resume::From(p) => state(p),
         };
         if let Some(at) = at.filter(|&at| stop_after <= at) {
-            anyhow::bail!("--stop-after {stop_after}: the run is already at step {at}; nothing to train (give a later step)");
+            anyhow::bail!(
+                "--stop-after {stop_after}: the run is already at step {at}; nothing to train (give a later step)"
+            );
         }
     }
     let (reducer, comm): (Box<dyn Reducer>, Option<Arc<dyn Communicator>>) = match &job {

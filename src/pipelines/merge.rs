@@ -22,8 +22,8 @@ use crate::shards::manifest::{
 };
 use crate::shards::verify::check_listed_shard;
 use crate::shards::writer::{shard_file_name, source_entries, SourceSpan};
-use crate::util::xxh3_hex;
 use crate::util::temp_path_for;
+use crate::util::xxh3_hex;
 
 #[derive(Clone, Debug)]
 pub struct MergeOptions {
@@ -407,7 +407,11 @@ fn check_same_inputs(out: &Path, loaded: &[Option<Worker>]) -> Result<(), MergeE
         *counts.entry(d).or_default() += 1;
     }
     // The most common list (a tie goes to the lowest worker's).
-    let Some(common) = digests.iter().map(|(_, d)| *d).max_by_key(|d| (counts[d], std::cmp::Reverse(digests.iter().position(|(_, x)| x == d)))) else {
+    let Some(common) = digests
+        .iter()
+        .map(|(_, d)| *d)
+        .max_by_key(|d| (counts[d], std::cmp::Reverse(digests.iter().position(|(_, x)| x == d))))
+    else {
         return Ok(());
     };
     let odd: Vec<String> = digests.iter().filter(|(_, d)| *d != common).map(|(id, _)| id.to_string()).collect();
@@ -618,7 +622,8 @@ fn shards_in_place(out: &Path, plan: &Plan) -> Result<Vec<Option<ShardEntry>>, M
     for s in listed {
         let Some(k) = (0..n).find(|&k| plan.shard(k).0 == s.file) else { continue };
         let (_, _, from, to) = plan.shard(k);
-        if done[k].is_none() && s.tokens == to - from && check_listed_shard(out, &s, plan.template.token_width).is_ok() {
+        if done[k].is_none() && s.tokens == to - from && check_listed_shard(out, &s, plan.template.token_width).is_ok()
+        {
             done[k] = Some(s);
         }
     }

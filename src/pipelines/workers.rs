@@ -50,7 +50,9 @@ impl WorkerId {
             return Err(format!("worker {index}/{count}: need 0 <= I < N"));
         }
         if count > MAX_WORKERS {
-            return Err(format!("worker {index}/{count}: at most {MAX_WORKERS} workers (N); each reads whole input files"));
+            return Err(format!(
+                "worker {index}/{count}: at most {MAX_WORKERS} workers (N); each reads whole input files"
+            ));
         }
         Ok(WorkerId { index, count })
     }

@@ -167,7 +167,11 @@ impl MappedShard {
         };
         // The manifest's word on the shard must be the header's: its token width and count (cheap, always checked).
         if let Some(expected) = listed.width.filter(|w| *w != width) {
-            return Err(ShardError::WidthMismatch { path: path.display().to_string(), header: width, listed: expected });
+            return Err(ShardError::WidthMismatch {
+                path: path.display().to_string(),
+                header: width,
+                listed: expected,
+            });
         }
         if let Some(listed) = listed.tokens.filter(|t| *t != num_tokens) {
             return Err(ShardError::CountMismatch { path: path.display().to_string(), header: num_tokens, listed });

@@ -29,7 +29,11 @@ pub fn check_listed_shard(dir: &Path, entry: &ShardEntry, width: TokenWidth) -> 
     let bytes = std::fs::read(&path).map_err(|e| ShardError::io(&path, e))?;
     let header = ShardHeader::decode(&bytes[..bytes.len().min(HEADER_BYTES)], bytes.len() as u64, &path)?;
     if header.width != width {
-        return Err(ShardError::WidthMismatch { path: path.display().to_string(), header: header.width, listed: width });
+        return Err(ShardError::WidthMismatch {
+            path: path.display().to_string(),
+            header: header.width,
+            listed: width,
+        });
     }
     if header.num_tokens != entry.tokens {
         return Err(ShardError::CountMismatch {
@@ -58,7 +62,8 @@ impl DirReport {
 /// Check every shard `dir/manifest.json` lists, and list what else the directory holds that looks like a shard.
 pub fn verify_dir(dir: &Path) -> Result<DirReport, ManifestError> {
     let manifest = Manifest::load(dir)?;
-    let shards = manifest.shards.iter().map(|s| (s.clone(), check_listed_shard(dir, s, manifest.token_width))).collect();
+    let shards =
+        manifest.shards.iter().map(|s| (s.clone(), check_listed_shard(dir, s, manifest.token_width))).collect();
     let mut unlisted: Vec<String> = std::fs::read_dir(dir)
         .map_err(|e| ManifestError::Io { path: dir.display().to_string(), source: e })?
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))

@@ -402,7 +402,9 @@ impl TrainConfig {
             return bad("[eval] val_steps must be positive when val_every is set".into());
         }
         if e.hellaswag_limit == Some(0) {
-            return bad("[eval] hellaswag_limit 0 scores nothing: give a positive number, or leave it unset (all)".into());
+            return bad(
+                "[eval] hellaswag_limit 0 scores nothing: give a positive number, or leave it unset (all)".into()
+            );
         }
         if e.sample_every > 0 && (e.sample_count == 0 || e.sample_top_k == 0) {
             return bad("[eval] sample_count and sample_top_k must be positive when sample_every is set".into());

@@ -144,7 +144,10 @@ fn survey(dir: &Path, checkpoint_root: &Path) -> Result<Survey, RunDirError> {
         Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
-            return Err(RunDirError::Foreign { dir: dir.display().to_string(), entries: "a file, not a directory".into() })
+            return Err(RunDirError::Foreign {
+                dir: dir.display().to_string(),
+                entries: "a file, not a directory".into(),
+            })
         }
         Err(e) => return Err(io(dir)(e)),
     };
@@ -182,7 +185,8 @@ fn judge(dir: &Path, checkpoint_root: &Path, s: &Survey, claim: Claim) -> Result
     let d = || dir.display().to_string();
     let fresh = Action { remove_owned: false, new_marker: true };
     if s.marker.is_none() && !s.entries.is_empty() {
-        let what = s.run.clone().unwrap_or_else(|| "the files of a run (log.txt, metrics.jsonl or checkpoints/)".into());
+        let what =
+            s.run.clone().unwrap_or_else(|| "the files of a run (log.txt, metrics.jsonl or checkpoints/)".into());
         return match (claim, s.legacy) {
             (Claim::Resume { own: true, .. }, true) => Ok(fresh),
             (_, true) => Err(RunDirError::Unmarked { dir: d(), what }),
@@ -307,7 +311,8 @@ fn remove_owned(dir: &Path) -> Result<Vec<String>, RunDirError> {
         removed.push(format!("{checkpoints} checkpoint folder(s)"));
     }
     let names = |d: &Path| -> Vec<String> {
-        std::fs::read_dir(d).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        std::fs::read_dir(d)
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default()
     };
     let mut left: Vec<String> = Vec::new();

@@ -70,7 +70,9 @@ pub struct LaunchSpec {
 }
 
 impl LaunchSpec {
-    fn validate(&self) -> Result<(), LaunchError> {
+    /// Refuse a spec that cannot run here (bad ranks, a port of 0, more ranks than the node can take), before anything
+    /// starts. `launch` calls it too.
+    pub fn validate(&self) -> Result<(), LaunchError> {
         let bad = |m: String| Err(LaunchError::Invalid(m));
         if self.nproc_per_node == 0 {
             return bad("--nproc-per-node must be at least 1".into());
@@ -470,7 +472,10 @@ mod tests {
         assert!(e(LaunchSpec { nproc_per_node: 0, ..spec() }).contains("--nproc-per-node"));
         // Issue 20: 100,000 ranks started ~16,000 processes; now refused before any starts, with the bound.
         let err = e(LaunchSpec { nproc_per_node: 100_000, ..spec() });
-        assert!(err.contains("--nproc-per-node 100000 is more than this node can run") && err.contains("core"), "{err}");
+        assert!(
+            err.contains("--nproc-per-node 100000 is more than this node can run") && err.contains("core"),
+            "{err}"
+        );
         assert!(e(LaunchSpec { node_rank: 2, ..spec() }).contains("--node-rank 2 must be below --nnodes 2"));
         assert!(e(LaunchSpec { timeout_s: Some(-1.0), ..spec() }).contains("--timeout"));
     }
