@@ -1,5 +1,6 @@
-//! Small shared helpers: atomic file writes (temp name, fsync, rename) used by every artifact writer, and the
-//! streamed xxh3 of a file that checksums are made of.
+//! Small shared helpers: atomic file writes (temp name, fsync, rename) used by every artifact writer, the xxh3 that
+//! checksums are made of, the lock that makes one process the only writer of a directory, and the check that a name
+//! from a command line or a file is a plain file name (no path out of the directory it is joined to).
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -42,5 +43,150 @@ pub fn xxh3_file(path: &Path) -> std::io::Result<String> {
             return Ok(format!("{:016x}", h.digest()));
         }
         h.update(&buf[..n]);
+    }
+}
+
+/// XXH3-64 of `bytes`, 16 lowercase hex digits (the checksum manifests and checkpoints record).
+pub fn xxh3_hex(bytes: &[u8]) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
+}
+
+/// Whether `name` is one plain file name: not empty, not `.` or `..`, no path separator, no NUL. Joined to a
+/// directory, such a name stays inside it.
+pub fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
+
+/// The file a directory's writer holds an advisory lock on while it writes there (`DirLock`).
+pub const LOCK_FILE: &str = ".tokenmill-lock";
+
+/// Another process holds the lock of a directory.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "{dir}: another tokenmill process{holder} is writing into this directory ({LOCK_FILE} is locked); wait for it \
+         to finish, or use another directory"
+    )]
+    Busy { dir: String, holder: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An advisory lock (flock) on `DIR/.tokenmill-lock`, held until dropped (or the process ends, however it ends: the
+/// kernel releases it). Exclusive: the one writer of the directory; shared: one of several cooperating writers (the
+/// processes of a split `prep merge`), which excludes an exclusive one. The file holds the holder's pid, for the
+/// message another process gets; it is left in place (removing it would race with the next locker).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    /// Lock `dir` (created if missing) for this process alone, or fail at once naming the holder.
+    pub fn exclusive(dir: &Path) -> Result<DirLock, LockError> {
+        Self::acquire(dir, true)
+    }
+
+    /// Lock `dir` (created if missing) shared with other shared holders, or fail at once if an exclusive holder has it.
+    pub fn shared(dir: &Path) -> Result<DirLock, LockError> {
+        Self::acquire(dir, false)
+    }
+
+    /// Whether another process holds `dir`'s lock now. Creates nothing: a directory without a lock file is free.
+    pub fn held_elsewhere(dir: &Path) -> Option<LockError> {
+        let path = dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).ok()?;
+        match flock(&file, true) {
+            Ok(true) => None,
+            Ok(false) => Some(busy(dir, &path)),
+            Err(_) => None,
+        }
+    }
+
+    fn acquire(dir: &Path, exclusive: bool) -> Result<DirLock, LockError> {
+        let io = |p: &Path| {
+            let path = p.display().to_string();
+            move |source| LockError::Io { path, source }
+        };
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let path = dir.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))?;
+        if !flock(&file, exclusive).map_err(io(&path))? {
+            return Err(busy(dir, &path));
+        }
+        if exclusive {
+            // Who holds it, for the next process's message (best effort: the lock is what counts).
+            let _ = file.set_len(0).and_then(|()| writeln!(file, "{}", std::process::id()));
+        }
+        Ok(DirLock { _file: file })
+    }
+}
+
+fn busy(dir: &Path, lock_file: &Path) -> LockError {
+    let pid = fs::read_to_string(lock_file).ok().and_then(|t| t.trim().parse::<u32>().ok());
+    LockError::Busy { dir: dir.display().to_string(), holder: pid.map(|p| format!(" (pid {p})")).unwrap_or_default() }
+}
+
+/// Try to take `file`'s flock without waiting: `Ok(false)` when another open file description holds a conflicting one.
+#[cfg(unix)]
+fn flock(file: &File, exclusive: bool) -> std::io::Result<bool> {
+    use std::os::unix::io::AsRawFd;
+    let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+    // SAFETY: flock(2) on a descriptor this `File` owns for the duration of the call.
+    if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Elsewhere no advisory lock is taken (tokenmill's platform is Linux).
+#[cfg(not(unix))]
+fn flock(_file: &File, _exclusive: bool) -> std::io::Result<bool> {
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_has_one_exclusive_writer_or_many_shared_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("out");
+        assert!(DirLock::held_elsewhere(&d).is_none() && !d.exists(), "probing creates nothing");
+        let first = DirLock::exclusive(&d).unwrap();
+        let err = DirLock::exclusive(&d).unwrap_err().to_string();
+        assert!(err.contains(&format!("pid {}", std::process::id())) && err.contains("another tokenmill"), "{err}");
+        assert!(DirLock::shared(&d).is_err() && DirLock::held_elsewhere(&d).is_some());
+        drop(first);
+        let (a, b) = (DirLock::shared(&d).unwrap(), DirLock::shared(&d).unwrap());
+        assert!(DirLock::exclusive(&d).is_err());
+        drop((a, b));
+        assert!(DirLock::exclusive(&d).is_ok());
+    }
+
+    #[test]
+    fn plain_file_names_stay_in_their_directory() {
+        for ok in ["a.bin", "tiny_val_000000.bin", "x..y"] {
+            assert!(is_plain_file_name(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "../x", "a/b", "/etc/passwd", "a\\b", "a\0b"] {
+            assert!(!is_plain_file_name(bad), "{bad:?}");
+        }
     }
 }

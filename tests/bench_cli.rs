@@ -422,3 +422,11 @@ fn reference_script_defines_every_flag_compare_passes() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("not divisible"));
     }
 }
+
+/// Issue 20: `bench --peak-size 200000` aborted allocating 160 GB, with a backtrace. Refused up front, in one line.
+#[test]
+fn a_peak_size_past_the_memory_is_refused_in_one_line() {
+    let (ok, _, err) = tokenmill(&["bench", "--device", "cpu", "--peak-size", "200000"]);
+    assert!(!ok && err.contains("--peak-size 200000") && err.contains("GiB"), "{err}");
+    assert!(err.trim().lines().count() == 1 && !err.contains("panicked") && !err.contains("backtrace"), "{err}");
+}

@@ -183,3 +183,15 @@ fn cli_refuses_a_model_of_another_tokenizer() {
     assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(stderr.contains("holds GPT-2 token ids") && stderr.contains("cl100k_base (100277 token ids)"), "{stderr}");
 }
+
+/// Issue 20: `eval hellaswag --limit 0` printed acc 0.0000 with exit 0. It is refused.
+#[test]
+fn cli_refuses_a_limit_of_zero() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokenmill"))
+        .args(["eval", "hellaswag", "--device", "cpu", "--limit", "0", "--model", "gpt2"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--limit 0 scores nothing"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("acc"), "no score printed");
+}

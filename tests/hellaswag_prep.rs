@@ -29,6 +29,7 @@ fn config(paths: Vec<PathBuf>, out_dir: &Path) -> PrepConfig {
         input: Input::Files { paths, format: None },
         out_dir: out_dir.to_path_buf(),
         limit: None,
+        overwrite: false,
     }
 }
 
@@ -492,4 +493,28 @@ fn hub_source_falls_back_to_the_next_location_and_downloads_verified_files() {
     source.locations.truncate(1);
     let msg = hellaswag::fetch_hub_source(&client, &source).unwrap_err().to_string();
     assert!(msg.contains("Rowan/hellaswag") && msg.contains("`data/validation-` at main"), "{msg}");
+}
+
+/// Issue 20 item 7: `prep hellaswag --input one_task.txt --out DIR` replaced a finished 10,042-task eval file with a
+/// 1-task one. Another eval file in the way is refused without `--overwrite` (the same bytes are fine), and a file
+/// that is not an eval file is never replaced.
+#[test]
+fn an_existing_eval_file_is_replaced_only_with_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = hellaswag::prep(&config(vec![fixture()], dir.path())).unwrap();
+    let bytes = std::fs::read(&full.path).unwrap();
+    let one = PrepConfig { limit: Some(1), ..config(vec![fixture()], dir.path()) };
+    let err = hellaswag::prep(&one).unwrap_err().to_string();
+    assert!(err.contains("already holds another eval file (5 examples; this run would write 1)"), "{err}");
+    assert!(err.contains("--overwrite"), "{err}");
+    assert_eq!(std::fs::read(&full.path).unwrap(), bytes, "untouched");
+    hellaswag::prep(&config(vec![fixture()], dir.path())).expect("the same file again is fine");
+    let replaced = hellaswag::prep(&PrepConfig { overwrite: true, ..one }).unwrap();
+    assert_eq!(HellaswagFile::open(&replaced.path).unwrap().len(), 1);
+
+    std::fs::write(&full.path, "my notes").unwrap();
+    let forced = PrepConfig { overwrite: true, ..config(vec![fixture()], dir.path()) };
+    let err = hellaswag::prep(&forced).unwrap_err().to_string();
+    assert!(err.contains("not a HellaSwag eval file"), "{err}");
+    assert_eq!(std::fs::read(&full.path).unwrap(), b"my notes");
 }

@@ -1,6 +1,7 @@
 //! Checksums end to end (issue 12 item 3): a checkpoint records the xxh3 of its tensor files and a resume checks
 //! them; the loader checks each shard against the manifest when it first enters it; `tokenmill verify DIR` names
-//! exactly what is damaged in a shard directory or a checkpoint.
+//! exactly what is damaged in a shard directory or a checkpoint; a manifest that names files outside its directory,
+//! twice, or with another token width or count is refused by the loader and `verify` alike (issue 20).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -70,6 +71,7 @@ fn damaged_checkpoint_file_stops_a_resume_and_verify_names_it() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains("optimizer.safetensors") && err.contains("xxh3") && err.contains("damaged"), "{err}");
+    assert!(err.contains("train --no-verify"), "a resume may skip the check: {err}");
     let (ok, out) = verify(&ckpt);
     assert!(!ok, "{out}");
     assert!(out.contains("ok       model.safetensors") && out.contains("DAMAGED") && out.contains("1 of 3"), "{out}");
@@ -86,6 +88,8 @@ fn damaged_checkpoint_file_stops_a_resume_and_verify_names_it() {
     let out = sample(&log);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("model.safetensors") && stderr.contains("damaged"), "{stderr}");
+    // Issue 20: sample (like eval and export) has no --no-verify, so it is not suggested there.
+    assert!(!stderr.contains("--no-verify") && stderr.contains("earlier checkpoint"), "{stderr}");
     // --no-verify loads it anyway.
     assert!(Trainer::new(tiny(&data, &log), options(Resume::Latest, false)).is_ok());
 }
@@ -122,4 +126,93 @@ fn flipped_bit_in_a_shard_is_caught_when_the_loader_reaches_it_and_by_verify() {
     assert_eq!(out.lines().filter(|l| l.trim_start().starts_with("ok ")).count(), 3, "{out}");
     assert!(out.contains("unlisted tinyshakespeare_train_000004.bin.tmp.77"), "{out}");
     assert!(out.contains("1 of 4 file(s) damaged"), "{out}");
+}
+
+/// A copy of the shared tiny Shakespeare shards (1 val + 3 train) to tamper with.
+fn dataset_copy(dir: &Path) -> PathBuf {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for f in std::fs::read_dir(common::tiny_shakespeare_shards()).unwrap() {
+        let p = f.unwrap().path();
+        std::fs::copy(&p, data.join(p.file_name().unwrap())).unwrap();
+    }
+    data
+}
+
+/// Issue 20: a manifest naming files outside its dataset (`../x`, an absolute path) was read by the loader and passed
+/// `verify`; a shard listed twice trained twice and passed; `token_width: "u32"` over u16 shards went unnoticed; an
+/// edited `tokens` was accepted by the loader while `verify` said DAMAGED. The loader and `verify` now agree, and
+/// refuse each.
+#[test]
+fn the_loader_and_verify_refuse_a_manifest_that_does_not_describe_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside.bin");
+    let tamper = |what: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let data = dataset_copy(&dir.path().join(what));
+        let path = data.join("manifest.json");
+        let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        edit(&mut m);
+        std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+        let loader = match DataLoader::open(&data, Split::Train, LoaderConfig::new(4, 32)) {
+            Ok(_) => panic!("{what}: the loader accepted it"),
+            Err(e) => e.to_string(),
+        };
+        let (ok, out) = verify(&data);
+        assert!(!ok, "{what}: verify passed:\n{out}");
+        (loader, out)
+    };
+    std::fs::copy(common::tiny_shakespeare_shards().join("tinyshakespeare_train_000001.bin"), &outside).unwrap();
+    for (what, bad) in [("relative", "../../outside.bin".to_string()), ("absolute", outside.display().to_string())] {
+        let (loader, out) = tamper(what, &|m| m["shards"][1]["file"] = bad.clone().into());
+        assert!(loader.contains("not a file name in the dataset's directory") && loader.contains(&bad), "{loader}");
+        assert!(out.contains("not a file name in the dataset's directory"), "{out}");
+    }
+    let (loader, out) = tamper("twice", &|m| {
+        let first = m["shards"][1].clone();
+        m["shards"].as_array_mut().unwrap().push(first);
+    });
+    assert!(loader.contains("listed twice") && out.contains("listed twice"), "{loader}\n{out}");
+    let (loader, out) = tamper("width", &|m| m["token_width"] = "u32".into());
+    assert!(loader.contains("token_width U32") && out.contains("token_width U32"), "{loader}\n{out}");
+    let (loader, out) = tamper("tokens", &|m| {
+        let t = m["shards"][1]["tokens"].as_u64().unwrap();
+        m["shards"][1]["tokens"] = (t - 1).into();
+    });
+    assert!(loader.contains("the manifest") && loader.contains("tinyshakespeare_train_000001.bin"), "{loader}");
+    assert!(out.contains("DAMAGED") && out.contains("tinyshakespeare_train_000001.bin"), "{out}");
+}
+
+/// Issue 20 item 2: `prep corpus --overwrite` deleted the files a tampered manifest named outside `--out`. Nothing is
+/// deleted through a manifest that names a path outside its directory.
+#[test]
+fn prep_overwrite_deletes_nothing_a_tampered_manifest_names_outside_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset_copy(dir.path());
+    let victim = dir.path().join("victim2");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("important.bin"), "precious").unwrap();
+    std::fs::write(dir.path().join("abs.bin"), "precious too").unwrap();
+    let path = data.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m["shards"][0]["file"] = "../victim2/important.bin".into();
+    m["shards"][1]["file"] = dir.path().join("abs.bin").display().to_string().into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let listing = |d: &Path| {
+        let mut v: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
+        v.sort();
+        v
+    };
+    let before = listing(&data);
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenmill"))
+        .args(["prep", "corpus", "--no-progress", "--overwrite", "--name", "tinyshakespeare", "--input"])
+        .arg(repo().join("data/tinyshakespeare.txt"))
+        .arg("--out")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("../victim2/important.bin"), "{stderr}");
+    assert_eq!(std::fs::read(victim.join("important.bin")).unwrap(), b"precious");
+    assert_eq!(std::fs::read(dir.path().join("abs.bin")).unwrap(), b"precious too");
+    assert_eq!(listing(&data), before, "nothing in --out was deleted either");
 }

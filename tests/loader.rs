@@ -205,3 +205,38 @@ fn open_without_shards_says_to_run_prep() {
     let msg = DataLoader::open(dir.path(), Split::Train, cfg(1, 8, 0, 1)).err().unwrap().to_string();
     assert!(msg.contains("tokenmill prep"), "{msg}");
 }
+
+/// Issue 20, messages that misled: u32 shards without a manifest said "vocab_size 4294967296"; a folder of `prep
+/// --worker` outputs said to run `prep` (the missing step is `prep merge`); a dataset prepared with `--val-shards 0`
+/// blamed the corpus size.
+#[test]
+fn a_dataset_the_loader_cannot_use_says_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let wide = dir.path().join("wide");
+    std::fs::create_dir(&wide).unwrap();
+    write_shard(&wide, "c_train_000000.bin", &(0..100).collect::<Vec<u32>>(), TokenWidth::U32);
+    let msg = DataLoader::open(&wide, Split::Train, cfg(1, 8, 0, 1)).err().unwrap().to_string();
+    assert!(msg.contains("u32 token shards without a manifest.json") && !msg.contains("4294967"), "{msg}");
+    assert!(matches!(tokenmill::shards::loader::dir_vocab_size(&wide), Err(LoaderError::UnknownVocab { .. })));
+
+    let workers = dir.path().join("workers-out");
+    std::fs::create_dir_all(workers.join("workers/00000-of-00002")).unwrap();
+    let msg = DataLoader::open(&workers, Split::Train, cfg(1, 8, 0, 1)).err().unwrap().to_string();
+    assert!(msg.contains("tokenmill prep merge"), "{msg}");
+
+    let no_val = dir.path().join("no-val");
+    std::fs::create_dir(&no_val).unwrap();
+    let p = write_shard(&no_val, "n_train_000000.bin", &(0..100).collect::<Vec<u32>>(), TokenWidth::U16);
+    let bytes = std::fs::read(&p).unwrap();
+    let mut m = tokenmill::shards::Manifest::new("n", tokenmill::tokenizer::TokenizerKind::Gpt2, 100);
+    m.shards.push(tokenmill::shards::manifest::ShardEntry {
+        file: "n_train_000000.bin".into(),
+        split: Split::Train,
+        tokens: 100,
+        xxh3: tokenmill::util::xxh3_hex(&bytes),
+    });
+    m.complete = true;
+    m.save(&no_val).unwrap();
+    let msg = DataLoader::open(&no_val, Split::Val, cfg(1, 8, 0, 1)).err().unwrap().to_string();
+    assert!(msg.contains("--val-shards 0") && msg.contains("eval.val_every=0") && !msg.contains("corpus"), "{msg}");
+}

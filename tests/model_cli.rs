@@ -102,3 +102,17 @@ fn export_hf_writes_a_folder_sample_can_read() {
     let (ok, _, err) = tokenmill(&["export", "hf", &ckpt, out_s]);
     assert!(!ok && err.contains("not empty"), "{err}");
 }
+
+/// Issue 20: an HF folder without its config.json was taken for a tokenmill checkpoint and the error named state.json.
+/// It names config.json.
+#[test]
+fn an_hf_folder_without_config_json_names_config_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tiny_checkpoint(tmp.path());
+    let out = tmp.path().join("hf");
+    let (ok, _, err) = tokenmill(&["export", "hf", &ckpt, out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    std::fs::remove_file(out.join("config.json")).unwrap();
+    let (ok, _, err) = tokenmill(&["sample", "--model", out.to_str().unwrap(), "--max-tokens", "8"]);
+    assert!(!ok && err.contains("config.json") && err.contains("an HF GPT-2 folder"), "{err}");
+}

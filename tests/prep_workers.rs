@@ -279,3 +279,64 @@ fn missing_or_killed_workers_are_named_nothing_is_written_and_a_rerun_resumes() 
     assert!(ok, "{err}");
     assert_same_dataset(out.path(), one.path());
 }
+
+/// Issue 20: workers given different `--input` lists (each reads its range of its own list) were merged silently, the
+/// merged corpus skipping files. Each worker records its list's digest; the merge names the one that differs.
+#[test]
+fn workers_given_different_input_lists_are_not_merged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for (dir, names) in [(&a, ["p", "q", "r", "s"]), (&b, ["p", "q", "x", "y"])] {
+        std::fs::create_dir(dir).unwrap();
+        for n in names {
+            std::fs::write(dir.join(format!("{n}.txt")), format!("document {n}, ").repeat(40)).unwrap();
+        }
+    }
+    let out = tmp.path().join("out");
+    for (w, input) in [("0/2", &a), ("1/2", &b)] {
+        let o = tokenmill()
+            .args(["prep", "corpus", "--no-progress", "--threads", "1", "--shard-size", "1024", "--name", "c"])
+            .args(["--worker", w, "--input"])
+            .arg(input)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let (ok, err) = merge(&out, &[]);
+    assert!(!ok && err.contains("another --input list") && err.contains("1/2"), "{err}");
+    assert!(!Manifest::path_in(&out).exists(), "nothing merged");
+}
+
+/// Issue 20: `--worker 0/99999999999` was accepted (and the merge aborted allocating 36 TB); `0/100000` printed a
+/// 7 MB error. Worker counts are bounded (at most one worker per input file), and a merge missing many workers says so
+/// in a few lines.
+#[test]
+fn worker_counts_are_bounded_and_a_merge_missing_thousands_says_so_briefly() {
+    let out = tempfile::tempdir().unwrap();
+    for (w, says) in [
+        ("0/99999999999", "at most 65536 workers"),
+        ("0/100000", "at most 65536 workers"),
+        ("0/11", "at most 10 workers"),
+    ] {
+        let o = tokenmill()
+            .args(["prep", "fineweb", "--no-progress", "--worker", w, "--input"])
+            .arg(input_dir())
+            .arg("--out")
+            .arg(out.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && stderr.contains(says) && stderr.len() < 500, "{w}: {stderr}");
+    }
+    assert!(entries(out.path()).is_empty(), "nothing written");
+    std::fs::create_dir_all(out.path().join("workers/00000-of-65536")).unwrap();
+    let (ok, err) = merge(out.path(), &[]);
+    assert!(
+        !ok && err.contains("... and 65526 more") && err.len() < 3000,
+        "{} bytes: {}",
+        err.len(),
+        &err[..err.len().min(3000)]
+    );
+}

@@ -186,12 +186,45 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
+/// The peak matmul holds an f32 matrix while converting, then two n x n inputs and the product in its dtype: refuse a
+/// `--peak-size` whose matrices do not fit the memory available (on CPU, /proc/meminfo's MemAvailable), up front and
+/// in one line, instead of aborting on the allocation with a backtrace.
+fn check_peak_size(device: &candle_core::Device, opts: &PeakOptions) -> anyhow::Result<()> {
+    let n = opts.n as u128;
+    let need = n * n * (4 + 3 * opts.dtype.size_in_bytes() as u128);
+    let available = if device.is_cpu() { mem_available_bytes() } else { None };
+    let gib = |b: u128| b as f64 / (1u128 << 30) as f64;
+    if let Some(avail) = available.filter(|&a| need > a as u128) {
+        anyhow::bail!(
+            "--peak-size {}: the peak matmul needs {:.1} GiB ({} x {} {:?} matrices), more than the {:.1} GiB of memory \
+             available; pick a smaller --peak-size (the default on this device is {})",
+            opts.n,
+            gib(need),
+            opts.n,
+            opts.n,
+            opts.dtype,
+            gib(avail as u128),
+            PeakOptions::for_device(device, None).n
+        );
+    }
+    Ok(())
+}
+
+/// MemAvailable from /proc/meminfo, in bytes (`None` where there is no such file).
+fn mem_available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 fn progress(line: &str) {
     eprintln!("{line}");
 }
 
 fn run_grid(a: GridArgs) -> anyhow::Result<()> {
     let device = crate::device::open(&a.device)?;
+    check_peak_size(&device, &PeakOptions::for_device(&device, a.peak_size))?;
     let mut models = Vec::new();
     for p in &a.models {
         models.push(BenchModel::preset(p).with_context(|| format!("--model {p}"))?);

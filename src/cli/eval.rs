@@ -46,6 +46,9 @@ pub fn run(c: EvalCommand) -> anyhow::Result<()> {
 }
 
 fn hellaswag(a: HellaswagArgs) -> anyhow::Result<()> {
+    if a.limit == Some(0) {
+        anyhow::bail!("--limit 0 scores nothing: give a positive number of examples, or leave --limit out (all)");
+    }
     let device = crate::device::open(&a.device)?;
     let precision = parse_compute_dtype(&a.dtype, &device)?.precision();
     let file = HellaswagFile::open(&a.data)?;

@@ -55,6 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         master_port: args.master_port,
         timeout_s: args.timeout,
     };
+    spec.validate()?;
     eprintln!(
         "launch: {} rank(s) on node {} of {} (world size {}), rendezvous {}:{}",
         spec.nproc_per_node,

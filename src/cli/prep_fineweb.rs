@@ -217,12 +217,14 @@ pub fn print_report(opts: &PrepOptions, r: &PrepReport) {
         crate::shards::Manifest::path_in(&r.dir).display()
     );
     if m.complete && train == 0 {
-        eprintln!(
-            "warning: the train split is empty: all {val} tokens fit in the first {} shard(s) of {} tokens, which are \
-             val; `train` needs train shards (re-run with --overwrite and a smaller --shard-size, or use `tokenmill \
-             prep corpus`, which sizes shards to the corpus)",
+        // The advice `train` gives too: it depends on how small the corpus is, not on which command made it.
+        let why = crate::shards::loader::empty_split_message(
+            &r.dir.display().to_string(),
+            crate::shards::Split::Train,
             m.shards.len(),
-            m.shard_size
+            m.shard_size,
+            val,
         );
+        eprintln!("warning: {why}");
     }
 }

@@ -38,6 +38,9 @@ pub struct Args {
     /// Keep only the first N tasks (smoke runs).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// Replace an eval file already in --out that differs from this run's (without it, such a file is refused).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -74,5 +77,5 @@ fn resolve(args: Args) -> anyhow::Result<PrepConfig> {
     let input =
         if args.inputs.is_empty() { Input::Hub } else { Input::Files { paths: args.inputs, format: args.format } };
     let out_dir = args.out.unwrap_or_else(|| pipeline.output.dir.clone());
-    Ok(PrepConfig { pipeline, input, out_dir, limit: args.limit })
+    Ok(PrepConfig { pipeline, input, out_dir, limit: args.limit, overwrite: args.overwrite })
 }

@@ -21,7 +21,8 @@ pub struct Args {
     /// Where shards go.
     #[arg(long, default_value = "shards/tinyshakespeare")]
     pub data: PathBuf,
-    /// Where logs and checkpoints go (a previous quickstart there is replaced).
+    /// Where logs and checkpoints go: a new or empty directory, or a previous run's, which is replaced (only the files
+    /// its owner marker proves tokenmill wrote: `train --overwrite`). Any other directory is refused.
     #[arg(long, default_value = "log/quickstart")]
     pub log_dir: PathBuf,
     /// Optimizer steps (default: the config's).
@@ -48,6 +49,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for (what, p) in [("pipeline", &args.pipeline), ("config", &args.config)] {
         anyhow::ensure!(p.exists(), "{what} {} not found: run the quickstart from the repository root", p.display());
     }
+    // Before anything is done: the log directory must be one a fresh run may take (a previous run's is replaced by
+    // `train --overwrite` below, removing only what tokenmill wrote; a directory that is not a run is refused).
+    let claim = crate::train::run_dir::Claim::Fresh { overwrite: true };
+    crate::train::run_dir::check(&args.log_dir, &args.log_dir.join(crate::train::run_dir::CHECKPOINTS_DIR), claim)
+        .with_context(|| format!("--log-dir {}", args.log_dir.display()))?;
     let s = |p: &PathBuf| p.display().to_string();
     step(
         "tokenize the bundled tiny Shakespeare into GPT-2 shards",
@@ -59,12 +65,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for line in manifest.lines().take(16) {
         println!("    {line}");
     }
-    // A fresh run each time: an old log dir with checkpoints would otherwise be refused (or resumed).
-    if args.log_dir.exists() {
-        std::fs::remove_dir_all(&args.log_dir).with_context(|| format!("removing old {}", args.log_dir.display()))?;
-    }
+    // A fresh run each time: a previous quickstart's run is replaced (its own files only).
     let mut train = vec![
         "train".into(),
+        "--overwrite".into(),
         "--config".into(),
         s(&args.config),
         "--data".into(),

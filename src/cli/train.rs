@@ -63,6 +63,14 @@ pub struct Args {
     /// Do not print the resolved config (it is still saved to LOG_DIR/config.toml and in every checkpoint).
     #[arg(long)]
     pub quiet: bool,
+    /// Replace the run LOG_DIR holds: remove what its owner marker (.tokenmill-run) proves tokenmill wrote there
+    /// (log.txt, metrics.jsonl, config.toml, report.svg, checkpoints/step_N) and nothing else. Without it a fresh run
+    /// into a directory that holds a run is refused.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Train on a dataset whose prep did not finish (its manifest says complete: false, short of its --shards).
+    #[arg(long)]
+    pub allow_incomplete_data: bool,
     /// Seed of the initial weights and of the sampling RNG (run.seed).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -127,12 +135,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let mut cfg = cfg;
+    if let (Resume::From(ckpt), None) = (&resume, &args.log_dir) {
+        // The run a checkpoint continues is the one whose directory holds it, wherever that directory is now (a copy,
+        // a move): not the directory its state.json recorded, which may be another run's.
+        if let Some(dir) = checkpoint::run_dir_of(ckpt) {
+            if cfg.checkpoint.dir.is_none() {
+                cfg.run.log_dir = dir;
+            }
+        }
+    }
     if let Some(j) = &job {
         cfg.run.device = rank_device(&cfg.run.device, j);
         // Fail here, the same way on every rank, rather than after the rendezvous.
         cfg.grad_accum_steps(j.world)?;
     }
 
+    if let Some(stop_after) = args.stop_after {
+        // Refused before anything is touched: a stop at or before the step the run starts from trains nothing.
+        let state = |dir: &std::path::Path| checkpoint::load_state(dir).map(|s| s.step).ok();
+        let at = match &resume {
+            Resume::No => Some(0),
+            Resume::Latest => checkpoint::latest(&cfg.checkpoint_dir()).ok().and_then(|d| state(&d)),
+            Resume::From(p) => state(p),
+        };
+        if let Some(at) = at.filter(|&at| stop_after <= at) {
+            anyhow::bail!(
+                "--stop-after {stop_after}: the run is already at step {at}; nothing to train (give a later step)"
+            );
+        }
+    }
     let (reducer, comm): (Box<dyn Reducer>, Option<Arc<dyn Communicator>>) = match &job {
         None => (Box::new(SingleProcess), None),
         Some(j) => {
@@ -146,7 +177,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let stop = StopRequest::new();
-    let opts = TrainerOptions { resume, echo: rank0, reducer, verify: !args.no_verify, stop: stop.clone() };
+    let opts = TrainerOptions {
+        resume,
+        echo: rank0,
+        reducer,
+        verify: !args.no_verify,
+        stop: stop.clone(),
+        overwrite: args.overwrite,
+        allow_incomplete_data: args.allow_incomplete_data,
+    };
     let mut trainer = Trainer::new(cfg, opts).context("setting up training")?;
     if rank0 && !args.quiet {
         // After setup: a resume has applied or refused every change by now, so this is the config in effect.

@@ -162,6 +162,15 @@ pub fn load_checkpoint_model(
         Some(cfg) => cfg,
         None => {
             let state_path = dir.join(STATE_FILE);
+            if !state_path.exists() {
+                // Most likely an HF folder that lost its config.json: say that, not only "no state.json".
+                return Err(ModelError::format(
+                    dir,
+                    "model.safetensors carries no tokenmill model config, and neither config.json (an HF GPT-2 \
+                     folder: put its config.json beside model.safetensors) nor state.json (a tokenmill checkpoint) \
+                     is there",
+                ));
+            }
             let text = fs::read_to_string(&state_path).map_err(|e| ModelError::io(&state_path, e))?;
             let state: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| ModelError::Json { path: state_path.clone(), source: e })?;

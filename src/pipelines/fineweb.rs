@@ -102,6 +102,8 @@ pub enum PrepError {
     DownloadThread(String),
     #[error("{dir}: {message}")]
     Worker { dir: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// One input file as the planner sees it: local, or on the hub and downloaded when reached.
@@ -132,6 +134,7 @@ pub fn prep(opts: &PrepOptions) -> Result<PrepReport, PrepError> {
             start.elapsed()
         })
     };
+    check_options(opts)?;
     let profile = Profile::new(start);
     let mark = |what| {
         if let Some(p) = &profile {
@@ -141,6 +144,14 @@ pub fn prep(opts: &PrepOptions) -> Result<PrepReport, PrepError> {
     let (hub, mut files) = plan_files(opts)?;
     mark("inputs listed");
     let inputs_total = files.len();
+    let digest = inputs_digest(&files);
+    if let Some(w) = opts.worker.filter(|w| w.count > inputs_total) {
+        return Err(PrepError::Invalid(format!(
+            "--worker {w}: {} workers for {inputs_total} input file(s); a worker reads whole files, so use at most \
+             {inputs_total} workers",
+            w.count
+        )));
+    }
     let (dir, writer_val_shards) = match opts.worker {
         None => (opts.out.clone(), opts.val_shards),
         Some(w) => {
@@ -181,7 +192,7 @@ pub fn prep(opts: &PrepOptions) -> Result<PrepReport, PrepError> {
     mark("writer open (inputs fingerprinted)");
     // A worker's record says "unfinished" for as long as this run may change its stream.
     let previous_parts = match opts.worker {
-        Some(w) => start_worker_record(&dir, w, inputs_total, files.len(), opts.max_shards)?,
+        Some(w) => start_worker_record(&dir, w, (inputs_total, &digest), files.len(), opts.max_shards)?,
         None => Vec::new(),
     };
     let shards_before = manifest_before.shards.len();
@@ -463,7 +474,7 @@ fn past_the_end(out: &Path, w: WorkerId, target: u64) -> Option<String> {
 fn start_worker_record(
     dir: &Path,
     w: WorkerId,
-    inputs_total: usize,
+    (inputs_total, digest): (usize, &str),
     inputs: usize,
     max_shards: Option<usize>,
 ) -> Result<Vec<PartRecord>, PrepError> {
@@ -472,11 +483,20 @@ fn start_worker_record(
     let mut previous = Vec::new();
     if WorkerRecord::path_in(dir).exists() {
         let old = WorkerRecord::load(dir).map_err(err)?;
+        if old.inputs_digest.as_deref().is_some_and(|d| d != digest) {
+            return Err(err(format!(
+                "this folder is worker {}/{} of another list of input files (inputs digest {}, now {digest}); give \
+                 every worker the same --input list, or use another --out, or --overwrite",
+                old.worker,
+                old.workers,
+                old.inputs_digest.as_deref().unwrap_or("?")
+            )));
+        }
         if (old.worker, old.workers, old.inputs_total, old.first_input, old.inputs)
             != (w.index, w.count, inputs_total, first_input, inputs)
         {
             return Err(err(format!(
-                "this folder is worker {}/{} of {} input files (files {}..{}); this run is worker {w} of                  {inputs_total} (files {first_input}..{}). Use another --out, or --overwrite",
+                "this folder is worker {}/{} of {} input files (files {}..{}); this run is worker {w} of {inputs_total} (files {first_input}..{}). Use another --out, or --overwrite",
                 old.worker,
                 old.workers,
                 old.inputs_total,
@@ -494,6 +514,7 @@ fn start_worker_record(
         first_input,
         inputs,
         max_shards,
+        inputs_digest: Some(digest.to_string()),
         finished: None,
     };
     record.save(dir).map_err(|e| err(e.to_string()))?;
@@ -527,6 +548,65 @@ fn finish_worker_record(
     debug_assert_eq!((record.worker, record.workers), (w.index, w.count));
     record.finished = Some(Finished { complete: manifest.complete, parts });
     record.save(dir).map_err(|e| err(e.to_string()))
+}
+
+/// Refuse options that would write nothing, write outside `--out`, or read `--out` as input, before anything is
+/// listed or written.
+fn check_options(opts: &PrepOptions) -> Result<(), PrepError> {
+    check_dataset_name(&opts.dataset)?;
+    if opts.max_shards == Some(0) {
+        return Err(PrepError::Invalid(
+            "--shards 0 writes nothing: give a positive number of shards, or leave --shards out to prep the whole \
+             input"
+                .into(),
+        ));
+    }
+    if let (Input::Local(files), Ok(out)) = (&opts.input, std::fs::canonicalize(&opts.out)) {
+        for f in files {
+            let path = std::fs::canonicalize(&f.path).unwrap_or_else(|_| f.path.clone());
+            if path.starts_with(&out) {
+                return Err(PrepError::Invalid(format!(
+                    "--input {} is inside --out {}: the output directory must not hold the inputs (a later run would \
+                     read its manifest.json and shards as a corpus); use another --out",
+                    f.path.display(),
+                    opts.out.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The dataset name prefixes every shard file written into `--out` (`NAME_train_000000.bin`), so it must be a plain
+/// file name: ASCII letters, digits, `-`, `_` and `.`, not starting with `.` (no `../x`, no `a/b`, not empty).
+pub fn check_dataset_name(name: &str) -> Result<(), PrepError> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        return Ok(());
+    }
+    Err(PrepError::Invalid(format!(
+        "dataset name `{name}` (--name / --dataset): it names the shard files in --out (NAME_train_000000.bin), so it \
+         must be a plain file name of letters, digits, `-`, `_` and `.`, not empty and not starting with `.`"
+    )))
+}
+
+/// The input list as the workers must all have seen it: every file's name (local: without its folder, so machines
+/// mounting the corpus elsewhere agree) and size, in order.
+fn inputs_digest(files: &[PlannedFile]) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for f in files {
+        let (name, bytes) = match f {
+            PlannedFile::Local(s) => (
+                s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                std::fs::metadata(&s.path).map_or(0, |m| m.len()),
+            ),
+            PlannedFile::Remote(r) => (r.path.clone(), r.size.unwrap_or(0)),
+        };
+        h.update(format!("{name}\t{bytes}\n").as_bytes());
+    }
+    format!("{:016x}", h.digest())
 }
 
 fn plan_files(opts: &PrepOptions) -> Result<(Option<HubClient>, Vec<PlannedFile>), PrepError> {

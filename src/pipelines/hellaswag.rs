@@ -23,7 +23,7 @@ use arrow::datatypes::{DataType, Field};
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use crate::eval::hellaswag_file::{self, Example, HellaswagFileError, NUM_COMPLETIONS};
+use crate::eval::hellaswag_file::{self, Example, HellaswagFile, HellaswagFileError, NUM_COMPLETIONS};
 use crate::hub::{HubClient, HubError, RemoteFile};
 use crate::tokenizer::{Tokenizer, TokenizerKind};
 
@@ -74,6 +74,16 @@ pub enum HellaswagPrepError {
     NoHubFiles { repo: String, tried: String },
     #[error(transparent)]
     File(#[from] HellaswagFileError),
+    #[error(
+        "{path}: already holds another eval file ({old} examples; this run would write {new}); nothing was written. \
+         Pass --overwrite to replace it, or another --out"
+    )]
+    Exists { path: String, old: usize, new: usize },
+    #[error(
+        "{path}: exists and is not a HellaSwag eval file; refusing to replace it (even with --overwrite): remove it \
+         yourself, or use another --out"
+    )]
+    NotAnEvalFile { path: String },
 }
 
 impl HellaswagPrepError {
@@ -491,6 +501,9 @@ pub struct PrepConfig {
     pub out_dir: PathBuf,
     /// Keep only the first N tasks (smoke runs); None keeps all.
     pub limit: Option<usize>,
+    /// Replace an existing eval file that differs from the one this run writes (`--overwrite`). Without it such a file
+    /// is refused; one with the same bytes is left as it is. A file that is not an eval file is never replaced.
+    pub overwrite: bool,
 }
 
 /// What a prep run wrote.
@@ -589,10 +602,25 @@ pub fn prep(config: &PrepConfig) -> Result<PrepSummary, HellaswagPrepError> {
     let tokenizer = Tokenizer::new(config.pipeline.tokenizer);
     let examples = tokenize_tasks(&tasks, &tokenizer);
 
-    std::fs::create_dir_all(&config.out_dir).map_err(|e| HellaswagPrepError::io(&config.out_dir, e))?;
+    let bytes = hellaswag_file::encode(&examples)?;
     let path = config.out_dir.join(&config.pipeline.output.file);
-    let file_bytes = hellaswag_file::write(&path, &examples)?;
-    Ok(summarize(sources, path, file_bytes, &examples))
+    if path.exists() || path.is_symlink() {
+        let p = || path.display().to_string();
+        let old = std::fs::read(&path).ok();
+        if old.as_deref() != Some(&bytes[..]) {
+            let old = old.and_then(|b| HellaswagFile::from_bytes(&b, &path).ok());
+            match (old, config.overwrite) {
+                (None, _) => return Err(HellaswagPrepError::NotAnEvalFile { path: p() }),
+                (Some(f), false) => {
+                    return Err(HellaswagPrepError::Exists { path: p(), old: f.len(), new: examples.len() })
+                }
+                (Some(_), true) => {}
+            }
+        }
+    }
+    std::fs::create_dir_all(&config.out_dir).map_err(|e| HellaswagPrepError::io(&config.out_dir, e))?;
+    crate::util::write_atomic(&path, &bytes).map_err(|e| HellaswagPrepError::io(&path, e))?;
+    Ok(summarize(sources, path, bytes.len() as u64, &examples))
 }
 
 fn summarize(

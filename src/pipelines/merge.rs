@@ -21,8 +21,9 @@ use crate::shards::manifest::{
     DatasetDefinition, Manifest, ManifestError, MergedFrom, ResumeCursor, ShardEntry, Split,
 };
 use crate::shards::verify::check_listed_shard;
-use crate::shards::writer::{shard_file_name, source_entries, xxh3_hex, SourceSpan};
+use crate::shards::writer::{shard_file_name, source_entries, SourceSpan};
 use crate::util::temp_path_for;
+use crate::util::xxh3_hex;
 
 #[derive(Clone, Debug)]
 pub struct MergeOptions {
@@ -62,7 +63,7 @@ pub enum MergeError {
     NoWorkers(String),
     #[error("{dir}: worker folders of different worker counts ({counts}); remove the ones of the old run")]
     MixedCounts { dir: String, counts: String },
-    #[error("{dir}: cannot merge yet, nothing was written:\n  {}", problems.join("\n  "))]
+    #[error("{dir}: cannot merge yet, nothing was written:\n  {}", list_problems(.problems))]
     NotReady { dir: String, problems: Vec<String> },
     #[error("{dir}: the workers do not make one dataset: {what}")]
     Inconsistent { dir: String, what: String },
@@ -81,7 +82,23 @@ pub enum MergeError {
     Part { path: String, message: String },
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error("--shards 0 writes nothing: give a positive number of shards, or leave it out (the workers' limit)")]
+    NoShardsAsked,
+    #[error(transparent)]
+    Lock(#[from] crate::util::LockError),
 }
+
+/// At most [`PROBLEMS_SHOWN`] lines, then how many more (a merge of thousands of missing workers says so in a few
+/// lines, not megabytes).
+fn list_problems(problems: &[String]) -> String {
+    let mut lines: Vec<String> = problems.iter().take(PROBLEMS_SHOWN).cloned().collect();
+    if problems.len() > PROBLEMS_SHOWN {
+        lines.push(format!("... and {} more", problems.len() - PROBLEMS_SHOWN));
+    }
+    lines.join("\n  ")
+}
+
+const PROBLEMS_SHOWN: usize = 10;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MergeError + '_ {
     move |e| MergeError::Io { path: path.display().to_string(), source: e }
@@ -282,6 +299,9 @@ impl Plan {
 pub fn merge(opts: &MergeOptions) -> Result<MergeReport, MergeError> {
     let start = Instant::now();
     let out = &opts.out;
+    if opts.max_shards == Some(0) {
+        return Err(MergeError::NoShardsAsked);
+    }
     let (count, dirs) = scan(out)?;
     let mut loaded: Vec<Option<Worker>> = Vec::with_capacity(count);
     let mut problems = Vec::new();
@@ -302,6 +322,7 @@ pub fn merge(opts: &MergeOptions) -> Result<MergeReport, MergeError> {
             }
         }
     }
+    check_same_inputs(out, &loaded)?;
     let max_shards = match opts.max_shards {
         Some(k) => Some(k),
         None => {
@@ -363,9 +384,49 @@ pub fn merge(opts: &MergeOptions) -> Result<MergeReport, MergeError> {
     if !problems.is_empty() {
         return Err(MergeError::NotReady { dir: out.display().to_string(), problems });
     }
-    let plan = plan(out, &loaded, &needed, target, shard_size)?;
+    let mut plan = plan(out, &loaded, &needed, target, shard_size)?;
+    // As a one-box run with the same --shards records it.
+    plan.template.shards_limit = max_shards;
+    // Before the first write: a one-box prep writes OUT alone; the processes of a split merge share it (each writes
+    // its own shards), and exclude a one-box prep or an unsplit merge.
+    let _lock = match opts.split {
+        None => crate::util::DirLock::exclusive(out)?,
+        Some(_) => crate::util::DirLock::shared(out)?,
+    };
     let done = shards_in_place(out, &plan)?;
     write_shards(opts, &plan, done, states, start)
+}
+
+/// Every worker must have been given the same input list (its record's `inputs_digest`; older records have none):
+/// otherwise their ranges of it do not make one corpus. Names the workers that differ from the most common list.
+fn check_same_inputs(out: &Path, loaded: &[Option<Worker>]) -> Result<(), MergeError> {
+    let digests: Vec<(WorkerId, &str)> =
+        loaded.iter().flatten().filter_map(|w| Some((w.id, w.record.inputs_digest.as_deref()?))).collect();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, d) in &digests {
+        *counts.entry(d).or_default() += 1;
+    }
+    // The most common list (a tie goes to the lowest worker's).
+    let Some(common) = digests
+        .iter()
+        .map(|(_, d)| *d)
+        .max_by_key(|d| (counts[d], std::cmp::Reverse(digests.iter().position(|(_, x)| x == d))))
+    else {
+        return Ok(());
+    };
+    let odd: Vec<String> = digests.iter().filter(|(_, d)| *d != common).map(|(id, _)| id.to_string()).collect();
+    if odd.is_empty() {
+        return Ok(());
+    }
+    Err(MergeError::Inconsistent {
+        dir: out.display().to_string(),
+        what: format!(
+            "worker(s) {} were given another --input list than the others (inputs digest {}, the others {common}); \
+             re-run them with the same --input list (and --overwrite)",
+            odd.join(", "),
+            digests.iter().find(|(_, d)| *d != common).map_or("", |(_, d)| d)
+        ),
+    })
 }
 
 /// Check the needed workers are one dataset's, and lay their parts end to end.
@@ -561,7 +622,8 @@ fn shards_in_place(out: &Path, plan: &Plan) -> Result<Vec<Option<ShardEntry>>, M
     for s in listed {
         let Some(k) = (0..n).find(|&k| plan.shard(k).0 == s.file) else { continue };
         let (_, _, from, to) = plan.shard(k);
-        if done[k].is_none() && s.tokens == to - from && check_listed_shard(out, &s).is_ok() {
+        if done[k].is_none() && s.tokens == to - from && check_listed_shard(out, &s, plan.template.token_width).is_ok()
+        {
             done[k] = Some(s);
         }
     }

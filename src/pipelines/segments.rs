@@ -254,8 +254,8 @@ fn plan_parquet(path: &Path, column: &str, first_doc: u64, skip: u64) -> Result<
     Ok((segs, seen))
 }
 
-/// Rows `offset..offset + rows` of one row group's text column, each handed to `each` (a null text is an empty
-/// document: it still gets its <|endoftext|>, as fineweb.py would tokenize "").
+/// Rows `offset..offset + rows` of one row group's text column, each handed to `each`. A null text is refused, naming
+/// the row (as a JSON line's null text is): one rule for every input format.
 fn decode_parquet_rows(
     path: &Path,
     meta: ArrowReaderMetadata,
@@ -286,7 +286,11 @@ fn decode_parquet_rows(
             ($arr:expr) => {{
                 let arr = $arr;
                 for i in 0..arr.len() {
-                    each(if arr.is_null(i) { "" } else { arr.value(i) });
+                    if arr.is_null(i) {
+                        let place = format!("row {}", row + i as u64);
+                        return Err(SourceError::NullText { path: p(), place, unit: "row" });
+                    }
+                    each(arr.value(i));
                 }
             }};
         }
@@ -366,13 +370,17 @@ impl JsonlBlocks {
     }
 }
 
-/// The text of one JSON line's `field` (null: an empty document).
+/// The text of one JSON line's `field`: a string; null, a number or anything else is refused, naming the line.
 fn json_text(path: &Path, line: u64, text: &str, field: &str) -> Result<String, SourceError> {
     let json_err = |message: String| SourceError::Json { path: path.display().to_string(), line, message };
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| json_err(format!("invalid JSON: {e}")))?;
     match value.get(field) {
         Some(serde_json::Value::String(s)) => Ok(s.clone()),
-        Some(serde_json::Value::Null) => Ok(String::new()),
+        Some(serde_json::Value::Null) => Err(SourceError::NullText {
+            path: path.display().to_string(),
+            place: format!("line {line}, field `{field}`"),
+            unit: "line",
+        }),
         Some(other) => Err(json_err(format!("field `{field}` is not a string: {other}"))),
         None => Err(json_err(format!("no field `{field}` (pick one with --text-column)"))),
     }

@@ -70,6 +70,17 @@ pub enum SourceError {
     Unsupported { path: String },
     #[error("{path}: input does not exist")]
     Missing { path: String },
+    #[error("{path}: the input cannot be opened: {source} (a symbolic link that loops or points nowhere?)")]
+    Unreadable {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: {place}: the text is null; every document needs a string (null texts are refused, not read as \
+         empty documents: remove or fill that {unit})"
+    )]
+    NullText { path: String, place: String, unit: &'static str },
     #[error(
         "{0}: no input files: a directory contributes its .parquet, .jsonl/.json/.ndjson and .txt/.text/.md files \
          (not README/LICENSE files, not subdirectories: pass those themselves)"
@@ -87,8 +98,14 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError 
 pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<SourceFile>, SourceError> {
     let mut out = Vec::new();
     for input in inputs {
-        if !input.exists() {
-            return Err(SourceError::Missing { path: input.display().to_string() });
+        if let Err(e) = std::fs::metadata(input) {
+            // A path that is there but cannot be followed (a symlink loop, a dangling link, no permission) says why.
+            return Err(match std::fs::symlink_metadata(input) {
+                Err(_) if e.kind() == std::io::ErrorKind::NotFound => {
+                    SourceError::Missing { path: input.display().to_string() }
+                }
+                _ => SourceError::Unreadable { path: input.display().to_string(), source: e },
+            });
         }
         if input.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(input)

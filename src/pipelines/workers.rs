@@ -17,6 +17,9 @@ use crate::shards::manifest::Manifest;
 pub const WORKERS_DIR: &str = "workers";
 /// A worker folder's record of who it is and whether it finished.
 pub const WORKER_FILE: &str = "worker.json";
+/// The most workers one dataset may be split over (folder names have five digits; a prep also refuses more workers
+/// than input files).
+pub const MAX_WORKERS: usize = 65_536;
 
 /// Worker `index` of `count` (0-based), written `I/N`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -45,6 +48,11 @@ impl WorkerId {
     pub fn new(index: usize, count: usize) -> Result<Self, String> {
         if count == 0 || index >= count {
             return Err(format!("worker {index}/{count}: need 0 <= I < N"));
+        }
+        if count > MAX_WORKERS {
+            return Err(format!(
+                "worker {index}/{count}: at most {MAX_WORKERS} workers (N); each reads whole input files"
+            ));
         }
         Ok(WorkerId { index, count })
     }
@@ -137,6 +145,10 @@ pub struct WorkerRecord {
     pub inputs: usize,
     /// `--shards K` of the latest run (the dataset's limit: the worker's stream stops after K parts, all it may need).
     pub max_shards: Option<usize>,
+    /// xxh3 of the whole input list every worker was given (each file's name and size, in order): workers given
+    /// different `--input` lists do not make one dataset, and the merge refuses them. Absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs_digest: Option<String>,
     pub finished: Option<Finished>,
 }
 
@@ -241,6 +253,11 @@ mod tests {
         assert_eq!(WorkerId::resolve(None, None, env(&[])), Ok(None));
         assert!(WorkerId::resolve(None, Some(2), env(&[])).is_err());
         assert!("3/3".parse::<WorkerId>().is_err() && "x".parse::<WorkerId>().is_err());
+        // A count past any real job is refused in one short line (it used to size a 36 TB allocation).
+        for huge in ["0/99999999999", "0/100000"] {
+            let err = huge.parse::<WorkerId>().unwrap_err();
+            assert!(err.contains("at most 65536 workers") && err.len() < 200, "{err}");
+        }
         assert_eq!(WorkerId::parse_dir_name(&w("3/12").dir_name()), Some(w("3/12")));
         assert_eq!(WorkerId::parse_dir_name("merge-00001-of-00002.json"), None);
     }

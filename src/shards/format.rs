@@ -77,6 +77,11 @@ pub enum ShardError {
         "{path}: the header says {header} tokens, the manifest {listed}: the shard is not the one the manifest lists"
     )]
     CountMismatch { path: String, header: u64, listed: u64 },
+    #[error(
+        "{path}: the header says {header:?} tokens, the manifest {listed:?}: the shard is not the one the manifest \
+         lists (re-create the directory with `tokenmill prep`)"
+    )]
+    WidthMismatch { path: String, header: TokenWidth, listed: TokenWidth },
     #[error("{path}: not a valid .npy uint16 array: {reason}")]
     BadNpy { path: String, reason: String },
     #[error("{path}: {source}")]

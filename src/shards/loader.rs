@@ -87,11 +87,19 @@ pub enum LoaderError {
     #[error("{dir}: no {split} shards (looked for manifest.json, then *_{split}_*.bin / *_{split}_*.npy); run `tokenmill prep` first")]
     NoShards { dir: String, split: Split },
     #[error(
-        "{dir}: the {split} split is empty: manifest.json lists {shards} shard(s) of up to {shard_size} tokens, none \
-         of them {split}; the corpus fit in the first {shards} shard(s). Re-run `tokenmill prep corpus --input ... \
-         --out {dir} --overwrite` (it sizes shards to the corpus), or prep with a smaller --shard-size"
+        "{dir}: holds the folders of `prep --worker I/N` runs ({}/) but no dataset yet: run `tokenmill prep merge \
+         {dir}` once every worker has finished, then train on {dir}",
+        crate::pipelines::workers::WORKERS_DIR
     )]
-    EmptySplit { dir: String, split: Split, shards: usize, shard_size: u64 },
+    UnmergedWorkers { dir: String },
+    #[error("{}", empty_split_message(.dir, *.split, *.shards, *.shard_size, *.tokens))]
+    EmptySplit { dir: String, split: Split, shards: usize, shard_size: u64, tokens: u64 },
+    #[error(
+        "{path}: u32 token shards without a manifest.json: their vocabulary is unknown (only u16 shards are taken as \
+         GPT-2's); prepare the corpus with `tokenmill prep corpus --tokenizer ...`, which records the tokenizer in a \
+         manifest"
+    )]
+    UnknownVocab { path: String },
     #[error("{path}: {tokens} tokens is too few for one global batch of B*T*world+1 = {needed} tokens (B={b}, T={t}, world={world}); use a smaller batch or larger shards")]
     ShardTooSmall { path: String, tokens: u64, needed: usize, b: usize, t: usize, world: usize },
     #[error("invalid loader config: {0}")]
@@ -100,6 +108,32 @@ pub enum LoaderError {
     State(String),
     #[error("{path}: shard uses {found:?} tokens but the other shards use {expected:?}")]
     MixedWidths { path: String, found: TokenWidth, expected: TokenWidth },
+}
+
+/// What an empty split's error says: for val, that the dataset was prepared without one; for train, that the corpus
+/// fit in the val shard(s), and what to do given how small it is.
+pub fn empty_split_message(dir: &str, split: Split, shards: usize, shard_size: u64, tokens: u64) -> String {
+    if split == Split::Val {
+        return format!(
+            "{dir}: no val shards: manifest.json lists {shards} shard(s), all train (the dataset was prepared with \
+             --val-shards 0). Train without validation (--set eval.val_every=0), or prep it again with --val-shards 1 \
+             and --overwrite"
+        );
+    }
+    let advice = if shard_size > 1024 {
+        format!(
+            "Prep it again with a smaller --shard-size (below {tokens}) and --overwrite; `tokenmill prep corpus` picks \
+             one that gives about 10 shards"
+        )
+    } else {
+        "The corpus is too small to split into val and train shards: use a larger corpus, or prep it with \
+         --val-shards 0 and train without validation (--set eval.val_every=0)"
+            .to_string()
+    };
+    format!(
+        "{dir}: the train split is empty: the corpus ({tokens} tokens) fit in the first {shards} shard(s) of up to \
+         {shard_size} tokens, which are val. {advice}"
+    )
 }
 
 /// One opened shard: its map and where the tokens start.
@@ -116,7 +150,8 @@ struct MappedShard {
 }
 
 impl MappedShard {
-    fn open(path: &Path, expected_xxh3: Option<String>) -> Result<Self, ShardError> {
+    fn open(listed: &ListedShard) -> Result<Self, ShardError> {
+        let (path, expected_xxh3) = (listed.path.as_path(), listed.xxh3.clone());
         let file = std::fs::File::open(path).map_err(|e| ShardError::io(path, e))?;
         let len = file.metadata().map_err(|e| ShardError::io(path, e))?.len();
         // SAFETY: shard files are immutable once renamed into place (docs/SHARD_FORMAT.md); nothing writes to them
@@ -130,6 +165,17 @@ impl MappedShard {
             let header = ShardHeader::decode(&map[..map.len().min(HEADER_BYTES)], len, path)?;
             (HEADER_BYTES, header.num_tokens, header.width)
         };
+        // The manifest's word on the shard must be the header's: its token width and count (cheap, always checked).
+        if let Some(expected) = listed.width.filter(|w| *w != width) {
+            return Err(ShardError::WidthMismatch {
+                path: path.display().to_string(),
+                header: width,
+                listed: expected,
+            });
+        }
+        if let Some(listed) = listed.tokens.filter(|t| *t != num_tokens) {
+            return Err(ShardError::CountMismatch { path: path.display().to_string(), header: num_tokens, listed });
+        }
         #[cfg(unix)]
         let _ = map.advise(memmap2::Advice::Sequential);
         Ok(MappedShard {
@@ -234,16 +280,14 @@ impl DataLoader {
     pub fn open_with(data_dir: &Path, split: Split, cfg: LoaderConfig, verify: bool) -> Result<Self, LoaderError> {
         let (mut files, vocab) = split_files(data_dir, split)?;
         if files.is_empty() {
-            let dir = data_dir.display().to_string();
-            return Err(match Manifest::load(data_dir) {
-                Ok(m) if !m.shards.is_empty() => {
-                    LoaderError::EmptySplit { dir, split, shards: m.shards.len(), shard_size: m.shard_size }
-                }
-                _ => LoaderError::NoShards { dir, split },
-            });
+            return Err(no_shards(data_dir, split));
         }
         if !verify {
-            files.iter_mut().for_each(|(_, sum)| *sum = None);
+            files.iter_mut().for_each(|f| f.xxh3 = None);
+        }
+        if vocab == 0 {
+            // No manifest: u16 shards are GPT-2's; u32 ones could be any vocabulary.
+            dir_vocab_size(data_dir)?;
         }
         let mut loader = Self::from_listed(files, cfg, vocab)?;
         loader.split = Some(split);
@@ -253,15 +297,11 @@ impl DataLoader {
 
     /// Open explicit shard files. `vocab_size == 0` means: GPT-2's 50257 for u16 shards, no id check for u32.
     pub fn from_files(files: Vec<PathBuf>, cfg: LoaderConfig, vocab_size: u32) -> Result<Self, LoaderError> {
-        Self::from_listed(files.into_iter().map(|f| (f, None)).collect(), cfg, vocab_size)
+        Self::from_listed(files.into_iter().map(ListedShard::unlisted).collect(), cfg, vocab_size)
     }
 
-    /// Shard files with the xxh3 each must have (`None`: unchecked).
-    fn from_listed(
-        files: Vec<(PathBuf, Option<String>)>,
-        cfg: LoaderConfig,
-        vocab_size: u32,
-    ) -> Result<Self, LoaderError> {
+    /// Shard files with what the manifest says of each (nothing: unchecked).
+    fn from_listed(files: Vec<ListedShard>, cfg: LoaderConfig, vocab_size: u32) -> Result<Self, LoaderError> {
         if cfg.batch_size == 0 || cfg.seq_len == 0 || cfg.world == 0 || cfg.rank >= cfg.world {
             return Err(LoaderError::Config(format!(
                 "need B > 0, T > 0 and rank < world (got B={}, T={}, rank={}, world={})",
@@ -269,8 +309,8 @@ impl DataLoader {
             )));
         }
         let mut shards = Vec::with_capacity(files.len());
-        for (f, sum) in &files {
-            let s = MappedShard::open(f, sum.clone())?;
+        for listed in &files {
+            let (f, s) = (&listed.path, MappedShard::open(listed)?);
             let needed = cfg.global_tokens() + 1;
             if s.num_tokens < needed {
                 return Err(LoaderError::ShardTooSmall {
@@ -474,16 +514,90 @@ fn mix(seed: u64, epoch: u64, shard: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The `split` shard files of a directory, in order, each with the xxh3 its manifest lists, and the vocabulary size
-/// the manifest gives (without a manifest: `*_{split}_*.bin` / `.npy` by name, no checksums, vocabulary 0).
-#[allow(clippy::type_complexity)]
-pub fn split_files(data_dir: &Path, split: Split) -> Result<(Vec<(PathBuf, Option<String>)>, u32), LoaderError> {
+/// A shard file and what the manifest says of it (all `None` without a manifest).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedShard {
+    pub path: PathBuf,
+    /// The xxh3 of the whole file, checked when the loader first enters it (cleared by `--no-verify`).
+    pub xxh3: Option<String>,
+    /// Its token count and token width, checked against the header when it is opened.
+    pub tokens: Option<u64>,
+    pub width: Option<TokenWidth>,
+}
+
+impl ListedShard {
+    fn unlisted(path: PathBuf) -> ListedShard {
+        ListedShard { path, xxh3: None, tokens: None, width: None }
+    }
+}
+
+/// The `split` shard files of a directory, in order, each with what its manifest lists, and the vocabulary size the
+/// manifest gives (without a manifest: `*_{split}_*.bin` / `.npy` by name, nothing to check, vocabulary 0).
+pub fn split_files(data_dir: &Path, split: Split) -> Result<(Vec<ListedShard>, u32), LoaderError> {
     if Manifest::path_in(data_dir).exists() {
         let m = Manifest::load(data_dir)?;
-        let files = m.shards.iter().filter(|s| s.split == split);
-        Ok((files.map(|s| (data_dir.join(&s.file), Some(s.xxh3.clone()))).collect(), m.tokenizer.vocab_size))
+        let files = m.shards.iter().filter(|s| s.split == split).map(|s| ListedShard {
+            path: data_dir.join(&s.file),
+            xxh3: Some(s.xxh3.clone()),
+            tokens: Some(s.tokens),
+            width: Some(m.token_width),
+        });
+        Ok((files.collect(), m.tokenizer.vocab_size))
     } else {
-        Ok((discover_split_files(data_dir, split)?.into_iter().map(|f| (f, None)).collect(), 0))
+        Ok((discover_split_files(data_dir, split)?.into_iter().map(ListedShard::unlisted).collect(), 0))
+    }
+}
+
+/// Why `data_dir` has no `split` shards, as the error to give.
+fn no_shards(data_dir: &Path, split: Split) -> LoaderError {
+    let dir = data_dir.display().to_string();
+    match Manifest::load(data_dir) {
+        Ok(m) if !m.shards.is_empty() => LoaderError::EmptySplit {
+            dir,
+            split,
+            shards: m.shards.len(),
+            shard_size: m.shard_size,
+            tokens: m.shards.iter().map(|s| s.tokens).sum(),
+        },
+        Err(e) if Manifest::path_in(data_dir).exists() => e.into(),
+        _ if data_dir.join(crate::pipelines::workers::WORKERS_DIR).is_dir() => LoaderError::UnmergedWorkers { dir },
+        _ => LoaderError::NoShards { dir, split },
+    }
+}
+
+/// The vocabulary size of the token ids in `data_dir`, read without opening a loader: its manifest's tokenizer, or
+/// without a manifest GPT-2's for u16 (`.bin`, `.npy`) shards; u32 shards without a manifest are refused (their
+/// vocabulary is unknown), and so is a directory without shards (naming `prep merge` where workers wrote it).
+pub fn dir_vocab_size(data_dir: &Path) -> Result<u32, LoaderError> {
+    if Manifest::path_in(data_dir).exists() {
+        return Ok(Manifest::load(data_dir)?.tokenizer.vocab_size);
+    }
+    if !data_dir.is_dir() {
+        return Err(LoaderError::Shard(ShardError::io(
+            data_dir,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+        )));
+    }
+    let mut files = discover_split_files(data_dir, Split::Train)?;
+    files.extend(discover_split_files(data_dir, Split::Val)?);
+    let Some(first) = files.iter().find(|f| f.extension().is_some_and(|e| e == "bin")).or(files.first()) else {
+        return Err(no_shards(data_dir, Split::Train));
+    };
+    let gpt2 = crate::tokenizer::TokenizerKind::Gpt2.vocab_size();
+    if first.extension().is_some_and(|e| e == "npy") {
+        return Ok(gpt2);
+    }
+    let mut header = vec![0u8; HEADER_BYTES];
+    let len = std::fs::metadata(first).map_err(|e| ShardError::io(first, e))?.len();
+    {
+        use std::io::Read;
+        let mut f = std::fs::File::open(first).map_err(|e| ShardError::io(first, e))?;
+        let n = f.read(&mut header).map_err(|e| ShardError::io(first, e))?;
+        header.truncate(n);
+    }
+    match ShardHeader::decode(&header, len, first)?.width {
+        TokenWidth::U16 => Ok(gpt2),
+        TokenWidth::U32 => Err(LoaderError::UnknownVocab { path: data_dir.display().to_string() }),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `manifest.json`: the one file `train --data DIR` reads to learn what a shard directory holds.
 //! Written atomically after every finished shard, so it always describes exactly the shards on disk, and carries the
-//! resume cursor that lets a killed `prep` continue where it stopped.
+//! resume cursor that lets a killed `prep` continue where it stopped. A manifest is followed only if it names shards
+//! inside its own directory, each once, with the tokenizer's token width (`Manifest::validate`, checked on load).
 
 use std::path::{Path, PathBuf};
 
@@ -194,6 +195,10 @@ pub struct Manifest {
     /// Written by `prep merge`: the workers whose streams make the dataset. Absent from a one-box run's manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merged_from: Option<MergedFrom>,
+    /// The `--shards K` the latest run was given: with K shards written the dataset is finished as asked even though
+    /// its input is not exhausted (`complete: false`). Absent without `--shards` (and in older manifests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards_limit: Option<usize>,
 }
 
 /// Provenance of a merged dataset: worker `i`'s stream is `worker_tokens[i]` tokens of the dataset's, in order.
@@ -220,6 +225,11 @@ pub enum ManifestError {
     },
     #[error("{path}: manifest format_version {found} is newer than this tokenmill understands ({MANIFEST_VERSION})")]
     TooNew { path: String, found: u32 },
+    #[error(
+        "{path}: {what}; the manifest was edited or is not tokenmill's, so nothing is read or deleted through it \
+         (re-create the dataset with `tokenmill prep` into a new --out)"
+    )]
+    Invalid { path: String, what: String },
 }
 
 impl Manifest {
@@ -237,7 +247,44 @@ impl Manifest {
             complete: false,
             tool_version: crate::TOOL_VERSION.to_string(),
             merged_from: None,
+            shards_limit: None,
         }
+    }
+
+    /// Whether the prep that wrote it finished: its input exhausted, or its `--shards` count reached. A dataset whose
+    /// prep was killed (or is still running) is not finished.
+    pub fn finished(&self) -> bool {
+        self.complete || self.shards_limit.is_some_and(|k| self.shards.len() >= k)
+    }
+
+    /// What must hold for the manifest to be followed at all: every shard a plain file name in the manifest's own
+    /// directory (no `../`, no absolute path), listed once; the dataset name a plain file name; the token width the
+    /// tokenizer's.
+    pub fn validate(&self) -> Result<(), String> {
+        if !crate::util::is_plain_file_name(&self.dataset) {
+            return Err(format!("dataset name `{}` is not a plain file name", self.dataset));
+        }
+        let width = TokenWidth::for_token_bytes(self.tokenizer.name.token_bytes());
+        if self.token_width != width {
+            return Err(format!(
+                "token_width {:?} but the {} tokenizer's ids are stored as {width:?}",
+                self.token_width, self.tokenizer.name
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in self.shards.iter().enumerate() {
+            if !crate::util::is_plain_file_name(&s.file) || s.file == MANIFEST_FILE {
+                return Err(format!(
+                    "shard #{} is `{}`, not a file name in the dataset's directory (a path outside it)",
+                    i + 1,
+                    s.file
+                ));
+            }
+            if !seen.insert(s.file.as_str()) {
+                return Err(format!("shard `{}` is listed twice (#{} again)", s.file, i + 1));
+            }
+        }
+        Ok(())
     }
 
     pub fn path_in(dir: &Path) -> PathBuf {
@@ -252,6 +299,7 @@ impl Manifest {
         if m.format_version > MANIFEST_VERSION {
             return Err(ManifestError::TooNew { path: p(), found: m.format_version });
         }
+        m.validate().map_err(|what| ManifestError::Invalid { path: p(), what })?;
         Ok(m)
     }
 

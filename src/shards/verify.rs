@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
-use crate::shards::format::{ShardError, ShardHeader, HEADER_BYTES};
+use crate::shards::format::{ShardError, ShardHeader, TokenWidth, HEADER_BYTES};
 use crate::shards::manifest::{Manifest, ManifestError, ShardEntry};
-use crate::shards::writer::xxh3_hex;
+use crate::util::xxh3_hex;
 
 /// `bytes` (a whole shard file, header included) must hash to `expected`, the manifest's xxh3.
 pub fn check_xxh3(path: &Path, bytes: &[u8], expected: &str) -> Result<(), ShardError> {
@@ -22,11 +22,19 @@ pub fn check_xxh3(path: &Path, bytes: &[u8], expected: &str) -> Result<(), Shard
     Ok(())
 }
 
-/// Read the shard `entry` names under `dir` and check it whole: header, size, token count, xxh3.
-pub fn check_listed_shard(dir: &Path, entry: &ShardEntry) -> Result<(), ShardError> {
+/// Read the shard `entry` names under `dir` and check it whole: header, size, token width (the manifest's `width`),
+/// token count, xxh3.
+pub fn check_listed_shard(dir: &Path, entry: &ShardEntry, width: TokenWidth) -> Result<(), ShardError> {
     let path = dir.join(&entry.file);
     let bytes = std::fs::read(&path).map_err(|e| ShardError::io(&path, e))?;
     let header = ShardHeader::decode(&bytes[..bytes.len().min(HEADER_BYTES)], bytes.len() as u64, &path)?;
+    if header.width != width {
+        return Err(ShardError::WidthMismatch {
+            path: path.display().to_string(),
+            header: header.width,
+            listed: width,
+        });
+    }
     if header.num_tokens != entry.tokens {
         return Err(ShardError::CountMismatch {
             path: path.display().to_string(),
@@ -54,7 +62,8 @@ impl DirReport {
 /// Check every shard `dir/manifest.json` lists, and list what else the directory holds that looks like a shard.
 pub fn verify_dir(dir: &Path) -> Result<DirReport, ManifestError> {
     let manifest = Manifest::load(dir)?;
-    let shards = manifest.shards.iter().map(|s| (s.clone(), check_listed_shard(dir, s))).collect();
+    let shards =
+        manifest.shards.iter().map(|s| (s.clone(), check_listed_shard(dir, s, manifest.token_width))).collect();
     let mut unlisted: Vec<String> = std::fs::read_dir(dir)
         .map_err(|e| ManifestError::Io { path: dir.display().to_string(), source: e })?
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))

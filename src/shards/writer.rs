@@ -18,6 +18,7 @@ use crate::shards::manifest::{
 };
 use crate::shards::verify::check_listed_shard;
 use crate::tokenizer::TokenizerKind;
+pub use crate::util::xxh3_hex;
 use crate::util::{fsync_dir, temp_path_for};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +60,8 @@ pub enum WriterError {
     BadShardSize { got: u64, max: u64 },
     #[error("the background shard writer stopped unexpectedly")]
     WriterThread,
+    #[error(transparent)]
+    Lock(#[from] crate::util::LockError),
 }
 
 /// A shard ready to be written, with the manifest state that becomes true once it is on disk.
@@ -94,6 +97,8 @@ pub struct ShardWriter {
     tx: Option<Sender<FinishedShard>>,
     thread: Option<JoinHandle<Result<Manifest, WriterError>>>,
     stopped: bool,
+    /// This process is the directory's one writer until the writer is dropped (`util::DirLock`).
+    _lock: crate::util::DirLock,
 }
 
 /// What [`ShardWriter::push_document`] tells the caller.
@@ -113,11 +118,12 @@ impl ShardWriter {
             return Err(WriterError::BadShardSize { got: cfg.shard_size, max });
         }
         let dir = &cfg.dir;
-        std::fs::create_dir_all(dir).map_err(|e| WriterError::Io { path: dir.display().to_string(), source: e })?;
+        // One writer per directory: a second prep into it is refused before it reads or deletes anything.
+        let lock = crate::util::DirLock::exclusive(dir)?;
         if cfg.overwrite {
             remove_previous_dataset(dir)?;
         }
-        let manifest = if Manifest::path_in(dir).exists() {
+        let mut manifest = if Manifest::path_in(dir).exists() {
             let mut m = Manifest::load(dir)?;
             // Refuse before touching anything: a different definition leaves the directory exactly as it was.
             check_same_definition(&mut m, &cfg)?;
@@ -131,9 +137,15 @@ impl ShardWriter {
             }
             let mut m = Manifest::new(&cfg.dataset, cfg.tokenizer, cfg.shard_size);
             m.definition = Some(cfg.definition.clone());
+            m.shards_limit = cfg.max_shards;
             m.save(dir)?;
             m
         };
+        if manifest.shards_limit != cfg.max_shards {
+            // The latest run's --shards: reaching it finishes the dataset as asked (`Manifest::finished`).
+            manifest.shards_limit = cfg.max_shards;
+            manifest.save(dir)?;
+        }
         let cursor = manifest.resume.clone();
         let width = manifest.token_width;
         let (tx, rx) = bounded::<FinishedShard>(1);
@@ -172,6 +184,7 @@ impl ShardWriter {
             thread: Some(thread),
             stopped: false,
             cfg,
+            _lock: lock,
         };
         writer.stopped = writer.limit_reached();
         Ok((writer, cursor, manifest))
@@ -320,10 +333,6 @@ pub fn shard_file_name(dataset: &str, split: Split, index: usize) -> String {
     format!("{dataset}_{}_{index:06}.bin", split.name())
 }
 
-pub fn xxh3_hex(bytes: &[u8]) -> String {
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
-}
-
 fn write_shard_file(dir: &Path, shard: &FinishedShard) -> Result<(), WriterError> {
     use std::io::Write;
     let path = dir.join(&shard.file);
@@ -406,7 +415,8 @@ fn legacy_differences(m: &Manifest, cfg: &WriterConfig) -> Vec<String> {
 }
 
 /// `--overwrite`: remove the dataset a previous run left (the shards its manifest lists, then the manifest). Files
-/// the manifest does not list are left alone.
+/// the manifest does not list are left alone, and so is everything when the manifest cannot be trusted (unreadable,
+/// or naming a file outside `dir`, `Manifest::validate`): the error says so and nothing is deleted.
 fn remove_previous_dataset(dir: &Path) -> Result<(), WriterError> {
     let path = Manifest::path_in(dir);
     if !path.exists() {
@@ -416,13 +426,12 @@ fn remove_previous_dataset(dir: &Path) -> Result<(), WriterError> {
         let p = p.display().to_string();
         move |e| WriterError::Io { path: p, source: e }
     };
-    if let Ok(m) = Manifest::load(dir) {
-        for s in &m.shards {
-            let shard = dir.join(&s.file);
-            match std::fs::remove_file(&shard) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&shard)(e)),
-                _ => {}
-            }
+    let m = Manifest::load(dir)?;
+    for s in &m.shards {
+        let shard = dir.join(&s.file);
+        match std::fs::remove_file(&shard) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&shard)(e)),
+            _ => {}
         }
     }
     std::fs::remove_file(&path).map_err(io(&path))?;
@@ -433,7 +442,7 @@ fn remove_previous_dataset(dir: &Path) -> Result<(), WriterError> {
 /// damaged prefix.
 fn verify_finished_shards(m: &Manifest, dir: &Path) -> Result<(), WriterError> {
     for s in &m.shards {
-        check_listed_shard(dir, s).map_err(WriterError::DamagedShard)?;
+        check_listed_shard(dir, s, m.token_width).map_err(WriterError::DamagedShard)?;
     }
     Ok(())
 }

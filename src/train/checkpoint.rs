@@ -59,13 +59,21 @@ pub enum CheckpointError {
     NotACheckpoint { path: String },
     #[error("no checkpoint to resume from in {dir} (no step_NNNNNN directory with a {STATE_FILE})")]
     NoneFound { dir: String },
-    #[error(
-        "{path}: xxh3 {found}, {STATE_FILE} says {expected}: the checkpoint is damaged; resume from an earlier one \
-         (--resume DIR/step_N; `tokenmill verify DIR` checks them) or load it anyway with --no-verify"
-    )]
-    Damaged { path: String, found: String, expected: String },
+    #[error("{path}: xxh3 {found}, {STATE_FILE} says {expected}: the checkpoint is damaged; {}", damaged_advice(*.resume))]
+    Damaged { path: String, found: String, expected: String, resume: bool },
     #[error("{path}: {STATE_FILE} records no checksum for {file}")]
     Unlisted { path: String, file: &'static str },
+}
+
+/// What to do about a damaged checkpoint: a resume may skip the check (`train --no-verify`); `sample`, `eval` and
+/// `export` have no such flag, so they are pointed at another checkpoint only.
+fn damaged_advice(resume: bool) -> &'static str {
+    if resume {
+        "resume from an earlier one (--resume DIR/step_N; `tokenmill verify DIR` checks them) or load it anyway with \
+         `train --no-verify`"
+    } else {
+        "use an earlier checkpoint of the run (`tokenmill verify DIR` says which are intact)"
+    }
 }
 
 /// The sampling RNG (ChaCha20) position: the seed and how many 32-bit words it has produced.
@@ -247,6 +255,51 @@ pub fn clean_stale(root: &Path) -> Result<Vec<String>, CheckpointError> {
     Ok(notes)
 }
 
+/// Whether `name` is a leftover of an interrupted checkpoint write (`step_N.tmp.PID`, `step_N.old.PID`).
+pub fn is_leftover_name(name: &str) -> bool {
+    parse_leftover(name).is_some()
+}
+
+/// The run directory a checkpoint lies in: `RUN/checkpoints/step_N` -> `RUN` (the default layout); `None` for a
+/// checkpoint elsewhere (a `checkpoint.dir` of its own).
+pub fn run_dir_of(checkpoint: &Path) -> Option<PathBuf> {
+    let root = checkpoint.parent()?;
+    if root.file_name()? != crate::train::run_dir::CHECKPOINTS_DIR {
+        return None;
+    }
+    Some(root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf())
+}
+
+/// A resume from step `step` when `root` holds later checkpoints starts a new branch of the run: those later
+/// checkpoints (complete `step_N` folders, N > `step`) belonged to the abandoned branch. They are moved, not deleted,
+/// to `root/abandoned/branch-at-step_NNNNNN-UNIXTIME/`, so the latest checkpoint under `root` is always the live
+/// branch's (`--resume DIR`, `sample --model DIR`). Returns one note per checkpoint moved.
+pub fn abandon_after(root: &Path, step: usize) -> Result<Vec<String>, CheckpointError> {
+    let later: Vec<(usize, PathBuf)> = all(root).into_iter().filter(|(s, _)| *s > step).collect();
+    if later.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut branch = root.join(crate::train::run_dir::ABANDONED_DIR).join(format!("branch-at-step_{step:06}-{now}"));
+    if branch.exists() {
+        branch.set_extension(std::process::id().to_string());
+    }
+    std::fs::create_dir_all(&branch).map_err(io(&branch))?;
+    let mut notes = Vec::new();
+    for (_, path) in later {
+        let to = branch.join(path.file_name().expect("a step_N folder"));
+        std::fs::rename(&path, &to).map_err(io(&path))?;
+        notes.push(format!(
+            "moved {} to {}: this resume from step {step} starts a new branch, and that checkpoint was the old \
+             branch's",
+            path.display(),
+            to.display()
+        ));
+    }
+    crate::util::fsync_dir(root).map_err(io(root))?;
+    Ok(notes)
+}
+
 /// `step_000100.tmp.4242` -> `("step_000100", "tmp", 4242)`; `None` for anything else.
 fn parse_leftover(name: &str) -> Option<(&str, &str, u32)> {
     let (rest, pid) = name.rsplit_once('.')?;
@@ -278,7 +331,17 @@ pub fn load_state(dir: &Path) -> Result<TrainState, CheckpointError> {
 /// Check checkpoint `dir`'s tensor files against the checksums its `state` records; the first damaged one is the
 /// error. Returns the files checked: none for a checkpoint written before checksums were recorded.
 pub fn verify(dir: &Path, state: &TrainState) -> Result<Vec<&'static str>, CheckpointError> {
-    verify_each(dir, state).into_iter().map(|(file, r)| r.map(|()| file)).collect()
+    let mut checked = Vec::new();
+    for (file, r) in verify_each(dir, state) {
+        match r {
+            Ok(()) => checked.push(file),
+            Err(CheckpointError::Damaged { path, found, expected, .. }) => {
+                return Err(CheckpointError::Damaged { path, found, expected, resume: true })
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(checked)
 }
 
 /// Each tensor file of checkpoint `dir` against `state`'s checksum (empty without checksums).
@@ -302,7 +365,8 @@ pub fn verify_file(dir: &Path, state: &TrainState, file: &'static str) -> Result
         .ok_or_else(|| CheckpointError::Unlisted { path: dir.join(STATE_FILE).display().to_string(), file })?;
     let found = crate::util::xxh3_file(&path).map_err(io(&path))?;
     if &found != expected {
-        return Err(CheckpointError::Damaged { path: path.display().to_string(), found, expected: expected.clone() });
+        let (path, expected) = (path.display().to_string(), expected.clone());
+        return Err(CheckpointError::Damaged { path, found, expected, resume: false });
     }
     Ok(())
 }

@@ -29,14 +29,16 @@ pub enum ConfigError {
         #[source]
         source: Box<toml::de::Error>,
     },
-    #[error("{origin}: {source}")]
-    Schema {
-        origin: String,
-        #[source]
-        source: Box<toml::de::Error>,
-    },
+    /// One line, as every error (toml's own text spans lines: "invalid type ...\nin `optim.max_lr`").
+    #[error("{origin}: {}", one_line(&error.to_string()))]
+    Schema { origin: String, error: Box<toml::de::Error> },
     #[error("override `{0}`: expected KEY=VALUE with a dotted key such as optim.max_lr=3e-4")]
     BadOverride(String),
+    #[error(
+        "override `{}`: one KEY=VALUE per --set (this one holds a line break; repeat --set for each setting)",
+        .0.escape_debug()
+    )]
+    MultiLineOverride(String),
     #[error("override `{key}`: `{part}` is a value, not a section")]
     NotASection { key: String, part: String },
     #[error("[model] {0}")]
@@ -376,7 +378,7 @@ impl TrainConfig {
             origin = format!("{origin} + command-line overrides");
         }
         let mut cfg: TrainConfig =
-            toml::Value::Table(table).try_into().map_err(|e| ConfigError::Schema { origin, source: Box::new(e) })?;
+            toml::Value::Table(table).try_into().map_err(|e| ConfigError::Schema { origin, error: Box::new(e) })?;
         cfg.model.fill_from_preset()?;
         // The engine's environment switches override the file here, once, so the config the run prints, saves and
         // checkpoints is what it runs with.
@@ -391,7 +393,7 @@ impl TrainConfig {
 
     /// Parse a complete config (as saved by `to_toml` into a log dir or checkpoint).
     pub fn from_toml_str(text: &str, origin: &str) -> Result<TrainConfig, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Schema { origin: origin.to_string(), source: Box::new(e) })
+        toml::from_str(text).map_err(|e| ConfigError::Schema { origin: origin.to_string(), error: Box::new(e) })
     }
 
     pub fn to_toml(&self) -> String {
@@ -442,6 +444,11 @@ impl TrainConfig {
         if e.val_every > 0 && e.val_steps == 0 {
             return bad("[eval] val_steps must be positive when val_every is set".into());
         }
+        if e.hellaswag_limit == Some(0) {
+            return bad(
+                "[eval] hellaswag_limit 0 scores nothing: give a positive number, or leave it unset (all)".into()
+            );
+        }
         if e.sample_every > 0 && (e.sample_count == 0 || e.sample_top_k == 0) {
             return bad("[eval] sample_count and sample_top_k must be positive when sample_every is set".into());
         }
@@ -471,6 +478,11 @@ impl TrainConfig {
     }
 }
 
+/// `text` on one line: its lines trimmed and joined with a space.
+fn one_line(text: &str) -> String {
+    text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
 /// Deep-merge `src` into `dst`: tables merge key by key, anything else replaces.
 fn merge(dst: &mut toml::Table, src: toml::Table) {
     for (k, v) in src {
@@ -486,6 +498,10 @@ fn merge(dst: &mut toml::Table, src: toml::Table) {
 /// Apply one `a.b.c=value` override. The value is parsed as TOML (`3e-4`, `true`, `[0.9, 0.95]`, `"x"`); if that
 /// fails it is taken as a string, so `run.device=cuda:1` works unquoted.
 pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigError> {
+    if item.contains(['\n', '\r']) {
+        // `--set 'optim.max_lr=1e-3\nfoo=1'` would parse as two TOML lines, the second silently dropped.
+        return Err(ConfigError::MultiLineOverride(item.to_string()));
+    }
     let (key, raw) = item.split_once('=').ok_or_else(|| ConfigError::BadOverride(item.to_string()))?;
     let key = key.trim();
     if key.is_empty() || key.split('.').any(str::is_empty) {
@@ -493,8 +509,8 @@ pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigE
     }
     let raw = raw.trim();
     let value = match format!("v = {raw}").parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").expect("parsed key v"),
-        Err(_) => toml::Value::String(raw.to_string()),
+        Ok(mut t) if t.len() == 1 => t.remove("v").expect("parsed key v"),
+        _ => toml::Value::String(raw.to_string()),
     };
     let parts: Vec<&str> = key.split('.').collect();
     let (last, sections) = parts.split_last().expect("non-empty key");
@@ -536,6 +552,19 @@ mod tests {
         assert_eq!((cfg.optim.max_lr, cfg.data.micro_batch), (3e-4, 32));
         let err = TrainConfig::resolve(None, &["optim.max_lrr=1".into()]).unwrap_err().to_string();
         assert!(err.contains("max_lrr"), "{err}");
+    }
+
+    #[test]
+    fn one_setting_per_override_and_type_errors_on_one_line() {
+        // Issue 20: a line break smuggled a second setting past the parser, which dropped it silently.
+        let err = TrainConfig::resolve(None, &["optim.max_lr=1e-3\nfoo=1".into()]).unwrap_err().to_string();
+        assert!(err.contains("one KEY=VALUE per --set") && !err.contains('\n'), "{err}");
+        let err = TrainConfig::resolve(None, &["optim.max_lr=1e-3 # x\r".into()]).unwrap_err().to_string();
+        assert!(err.contains("line break"), "{err}");
+        // A wrong type names the key, in one line.
+        let err = TrainConfig::resolve(None, &["optim.max_lr=\"fast\"".into()]).unwrap_err();
+        let text = crate::cli::render_error(&anyhow::Error::new(err));
+        assert!(text.contains("max_lr") && text.contains("fast") && !text.contains('\n'), "{text}");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! losses, norms and evaluation statistics are reduced in fp32.
 //!
 //! Files: `config` (TrainConfig, resolution), `schedule` (lr), `optim` (AdamW), `step` (micro-step, accumulation,
-//! the gradient-reduction seam, clipping), `checkpoint`, `resume` (what a resumed run may change), `log`, `sample`,
+//! the gradient-reduction seam, clipping), `checkpoint`, `resume` (what a resumed run may change), `run_dir` (the
+//! run directory's owner marker and lock: what a run may write and remove there), `log`, `sample`,
 //! `trainer` (the loop), `stop` (SIGTERM/SIGINT: stop after the step, with a checkpoint), `report` (SVG);
 //! `dist` is data-parallel training (process groups, and `DataParallel`, the multi-process `step::Reducer`).
 
@@ -20,6 +21,7 @@ pub mod log;
 pub mod optim;
 pub mod report;
 pub mod resume;
+pub mod run_dir;
 pub mod sample;
 pub mod schedule;
 pub mod step;

@@ -25,6 +25,19 @@ pub struct ReportOptions {
     pub val_baseline: bool,
 }
 
+/// The element every report carries right after its `<svg ...>` tag: what proves an existing file is a report tokenmill
+/// wrote, and so one `report` may replace.
+pub const REPORT_SIGNATURE: &str = "<desc>tokenmill report</desc>";
+
+/// Whether `path` is an SVG `tokenmill report` wrote (it starts with `<svg` and carries [`REPORT_SIGNATURE`]).
+pub fn is_tokenmill_report(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let read = std::fs::File::open(path).and_then(|f| f.take(4096).read_to_end(&mut head));
+    let head = String::from_utf8_lossy(&head);
+    read.is_ok() && head.trim_start().starts_with("<svg") && head.contains(REPORT_SIGNATURE)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     #[error(transparent)]
@@ -39,6 +52,11 @@ pub enum ReportError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{path}: exists and is not a report tokenmill wrote; refusing to replace it (pass another --out, or remove \
+         the file yourself)"
+    )]
+    NotAReport { path: String },
 }
 
 fn draw_err<E: std::fmt::Display>(e: E) -> ReportError {
@@ -200,6 +218,9 @@ pub fn render_svg(series: &LogSeries, opts: ReportOptions) -> Result<String, Rep
             .map_err(draw_err)?;
         root.present().map_err(draw_err)?;
     }
+    // The signature goes right after the opening tag, so a later `report` can tell this file is its own.
+    let open_end = svg.find('>').map_or(0, |i| i + 1);
+    svg.insert_str(open_end, &format!("\n{REPORT_SIGNATURE}"));
     Ok(svg)
 }
 
@@ -212,8 +233,9 @@ pub fn trained_on_fineweb_edu(log_dir: &Path) -> Option<bool> {
     Some(manifest.dataset == FINEWEB_EDU_DATASET)
 }
 
-/// Read `log_dir/log.txt` and write the plot atomically to `out` (default `log_dir/report.svg`). Returns the series
-/// drawn, the options it was drawn with and the file written.
+/// Read `log_dir/log.txt` and write the plot atomically to `out` (default `log_dir/report.svg`), which must not exist
+/// or be a report tokenmill wrote ([`is_tokenmill_report`]). Returns the series drawn, the options it was drawn with
+/// and the file written.
 pub fn write_report(log_dir: &Path, out: Option<&Path>) -> Result<(LogSeries, ReportOptions, PathBuf), ReportError> {
     let log_path = log_dir.join(LOG_TXT);
     let series = read_log_txt(&log_path)?;
@@ -223,6 +245,10 @@ pub fn write_report(log_dir: &Path, out: Option<&Path>) -> Result<(LogSeries, Re
     let opts = ReportOptions { val_baseline: trained_on_fineweb_edu(log_dir) == Some(true) };
     let svg = render_svg(&series, opts)?;
     let out = out.map(Path::to_path_buf).unwrap_or_else(|| log_dir.join(REPORT_FILE));
+    // Only a report replaces a report: never a run's log, config or checkpoint, nor anything else that is not one.
+    if (out.exists() || out.is_symlink()) && !(out.is_file() && !out.is_symlink() && is_tokenmill_report(&out)) {
+        return Err(ReportError::NotAReport { path: out.display().to_string() });
+    }
     crate::util::write_atomic(&out, svg.as_bytes())
         .map_err(|source| ReportError::Io { path: out.display().to_string(), source })?;
     Ok((series, opts, out))
@@ -247,5 +273,6 @@ mod tests {
         let without = render_svg(&series, ReportOptions { val_baseline: false }).unwrap();
         assert!(with.contains("3.2924") && !without.contains("3.2924"));
         assert!(without.contains("no HellaSwag evaluations") && without.contains("0.2955"));
+        assert!(with.starts_with("<svg") && with.contains(REPORT_SIGNATURE));
     }
 }

@@ -49,7 +49,7 @@ impl DataIdentity {
         let mut counts = [0; 2];
         for (i, split) in [Split::Train, Split::Val].into_iter().enumerate() {
             let (files, _) = split_files(dir, split)?;
-            for (f, _) in &files {
+            for f in files.iter().map(|f| &f.path) {
                 let bytes = std::fs::metadata(f).map_err(|e| crate::shards::ShardError::io(f, e))?.len();
                 let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 h.update(format!("{split}\t{name}\t{bytes}\n").as_bytes());

@@ -21,6 +21,7 @@ use crate::train::engine::{self, Engine, EngineKind};
 use crate::train::log::{Event, RunLog, StepStats};
 use crate::train::optim::{AdamWConfig, OptimError};
 use crate::train::resume::{self, DataIdentity, ResumeRefused};
+use crate::train::run_dir::{self, Claim, RunDir, RunDirError};
 use crate::train::schedule::LrSchedule;
 use crate::train::step::{Reducer, SingleProcess, StepOutcome};
 use crate::train::stop::StopRequest;
@@ -57,6 +58,21 @@ pub enum TrainError {
     Resume(String),
     #[error(transparent)]
     ResumeRefused(#[from] ResumeRefused),
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
+    #[error(transparent)]
+    Manifest(#[from] crate::shards::manifest::ManifestError),
+    #[error(
+        "{dir}/manifest.json says complete: false: the prep that wrote it stopped before the end of its input (killed, \
+         or still running) after {shards} shard(s), {tokens} tokens. Re-run the same `tokenmill prep` command to \
+         finish it, or pass --allow-incomplete-data to train on what it has"
+    )]
+    IncompleteData { dir: String, shards: usize, tokens: u64 },
+    #[error(
+        "{checkpoint}: the run is at step {step} and optim.max_steps is {max_steps}: nothing to train. Raise \
+         --max-steps above {step} to continue it (the learning-rate schedule follows), or start a new run"
+    )]
+    NothingToTrain { checkpoint: String, step: usize, max_steps: usize },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -98,6 +114,8 @@ pub struct Trainer {
     data: DataIdentity,
     /// Raised by SIGTERM / SIGINT (or `StopRequest::request`): stop after the current step, with a checkpoint.
     stop: StopRequest,
+    /// Rank 0: the run directory, locked for as long as the trainer lives.
+    _run_dir: Option<RunDir>,
 }
 
 /// How [`Trainer::run`] ended.
@@ -122,6 +140,12 @@ pub struct TrainerOptions {
     pub verify: bool,
     /// Checked after every step; the CLI raises it on SIGTERM / SIGINT (`StopRequest::on_signals`).
     pub stop: StopRequest,
+    /// A fresh run (or a resume into another directory) may replace a previous run in `run.log_dir`, removing only
+    /// what its owner marker proves tokenmill wrote (`--overwrite`; `run_dir`).
+    pub overwrite: bool,
+    /// Train on a dataset whose prep did not finish (`complete: false` and short of its `--shards`):
+    /// `--allow-incomplete-data`.
+    pub allow_incomplete_data: bool,
 }
 
 impl Default for TrainerOptions {
@@ -132,12 +156,17 @@ impl Default for TrainerOptions {
             reducer: Box::new(SingleProcess),
             verify: true,
             stop: StopRequest::new(),
+            overwrite: false,
+            allow_incomplete_data: false,
         }
     }
 }
 
 impl Trainer {
-    /// Open the data, build (or restore) the model and optimizer, open the logs. `cfg` is a resolved config.
+    /// Open the data, build (or restore) the model and optimizer, take the run directory, open the logs. `cfg` is a
+    /// resolved config. Everything that can refuse the run is checked before anything is written: the run directory
+    /// (`run_dir`: another run, another process, not tokenmill's), the data, and a resume's checkpoint (a change it
+    /// cannot honour comes first, before batch-size or HellaSwag problems of the new config).
     pub fn new(cfg: TrainConfig, opts: TrainerOptions) -> Result<Trainer, TrainError> {
         cfg.validate()?;
         let device = cfg.run.device()?;
@@ -145,53 +174,66 @@ impl Trainer {
         let (rank, world) = (opts.reducer.rank(), opts.reducer.world());
         let grad_accum = cfg.grad_accum_steps(world)?;
         let data_dir = cfg.data.dir.clone().ok_or(TrainError::NoDataDir)?;
+        let (log_dir, checkpoint_root) = (cfg.run.log_dir.clone(), cfg.checkpoint_dir());
 
-        let loader_cfg = |shuffle_seed| LoaderConfig {
-            batch_size: cfg.data.micro_batch,
-            seq_len: cfg.data.seq_len,
-            rank,
-            world,
-            shuffle_seed,
+        // The run directory: refused now if it is another run's, another process's or not tokenmill's. A resume of
+        // this directory's own checkpoint takes it (lock, marker) at once, because the leftovers of interrupted
+        // checkpoint writes are cleaned before anything looks for the latest checkpoint.
+        let claim = match &opts.resume {
+            Resume::No => Claim::Fresh { overwrite: opts.overwrite },
+            Resume::Latest => Claim::Resume { own: true, overwrite: opts.overwrite },
+            Resume::From(p) => Claim::Resume {
+                own: p.parent().is_some_and(|root| run_dir::same_dir(root, &checkpoint_root)),
+                overwrite: opts.overwrite,
+            },
         };
-        let mut train = DataLoader::open_with(&data_dir, Split::Train, loader_cfg(cfg.data.shuffle_seed), opts.verify)?;
-        // Validation always reads the same batches, in file order, from the start.
-        let val = if cfg.eval.val_every > 0 {
-            Some(DataLoader::open_with(&data_dir, Split::Val, loader_cfg(None), opts.verify)?)
-        } else {
-            None
-        };
-        let data_vocab = train.vocab_size() as usize;
-        let tokenizer = match Manifest::load(&data_dir) {
-            Ok(m) => Some(Tokenizer::new(m.tokenizer.name)),
-            Err(_) if data_vocab == TokenizerKind::Gpt2.vocab_size() as usize => Some(Tokenizer::gpt2()),
-            Err(_) => None,
-        };
-        let data = DataIdentity::of_dir(&data_dir)?;
-        let hellaswag = match (&cfg.eval.hellaswag_file, cfg.eval.hellaswag_every) {
-            (Some(path), every) if every > 0 => {
-                let file = HellaswagFile::open(path)?;
-                file.check_tokenizer(&format!("the data in {}", data_dir.display()), data_vocab, data.tokenizer)?;
-                let n = cfg.eval.hellaswag_limit.unwrap_or(file.len()).min(file.len());
-                Some(file.examples()[..n].to_vec())
+        let mut notes = Vec::new();
+        let mut taken = None;
+        if rank == 0 {
+            run_dir::check(&log_dir, &checkpoint_root, claim)?;
+            if let (Claim::Resume { own: true, .. }, true) = (claim, checkpoint_root.is_dir()) {
+                let (dir, n) = RunDir::take(&log_dir, &checkpoint_root, claim)?;
+                taken = Some(dir);
+                notes.extend(n);
+                notes.extend(checkpoint::clean_stale(&checkpoint_root)?);
             }
-            _ => None,
-        };
+        }
 
-        // Leftovers of interrupted checkpoint writes go before anything looks for the latest checkpoint.
-        let mut notes = if rank == 0 { checkpoint::clean_stale(&cfg.checkpoint_dir())? } else { Vec::new() };
+        // The data, as far as a resume and the model need it, without opening the loaders yet.
+        let data_vocab = crate::shards::loader::dir_vocab_size(&data_dir)? as usize;
+        if Manifest::path_in(&data_dir).exists() {
+            let m = Manifest::load(&data_dir)?;
+            if !m.finished() && !opts.allow_incomplete_data {
+                return Err(TrainError::IncompleteData {
+                    dir: data_dir.display().to_string(),
+                    shards: m.shards.len(),
+                    tokens: m.shards.iter().map(|s| s.tokens).sum(),
+                });
+            }
+        }
+        let data = DataIdentity::of_dir(&data_dir)?;
+
+        // A resume's checkpoint: read, checked, and reconciled with `cfg` first, so a change it cannot honour is the
+        // first thing said. From here `cfg` is the config in effect.
         let resume_dir = match &opts.resume {
             Resume::No => None,
-            Resume::Latest => Some(checkpoint::latest(&cfg.checkpoint_dir())?),
+            Resume::Latest => Some(checkpoint::latest(&checkpoint_root)?),
             Resume::From(p) => Some(p.clone()),
         };
         let resume_state = resume_dir.as_deref().map(checkpoint::load_state).transpose()?;
-        if let (Some(dir), Some(state), true) = (&resume_dir, &resume_state, opts.verify) {
-            checkpoint::verify(dir, state)?;
-        }
-        // A resume applies what it can of `cfg` and refuses the rest, so `cfg` is the config in effect from here on.
         if let (Some(dir), Some(state)) = (&resume_dir, &resume_state) {
             let changes = resume::reconcile(dir, state, &cfg, &data, data_vocab)?;
             notes.extend(changes.into_iter().map(|c| format!("resume applies {c}")));
+            if state.step >= cfg.optim.max_steps {
+                return Err(TrainError::NothingToTrain {
+                    checkpoint: dir.display().to_string(),
+                    step: state.step,
+                    max_steps: cfg.optim.max_steps,
+                });
+            }
+            if opts.verify {
+                checkpoint::verify(dir, state)?;
+            }
         }
         let model_cfg = match &resume_state {
             Some(s) => s.model.clone(),
@@ -211,6 +253,35 @@ impl Trainer {
             ))
             .into());
         }
+
+        let loader_cfg = |shuffle_seed| LoaderConfig {
+            batch_size: cfg.data.micro_batch,
+            seq_len: cfg.data.seq_len,
+            rank,
+            world,
+            shuffle_seed,
+        };
+        let mut train = DataLoader::open_with(&data_dir, Split::Train, loader_cfg(cfg.data.shuffle_seed), opts.verify)?;
+        // Validation always reads the same batches, in file order, from the start.
+        let val = if cfg.eval.val_every > 0 {
+            Some(DataLoader::open_with(&data_dir, Split::Val, loader_cfg(None), opts.verify)?)
+        } else {
+            None
+        };
+        let tokenizer = match Manifest::load(&data_dir) {
+            Ok(m) => Some(Tokenizer::new(m.tokenizer.name)),
+            Err(_) if data_vocab == TokenizerKind::Gpt2.vocab_size() as usize => Some(Tokenizer::gpt2()),
+            Err(_) => None,
+        };
+        let hellaswag = match (&cfg.eval.hellaswag_file, cfg.eval.hellaswag_every) {
+            (Some(path), every) if every > 0 => {
+                let file = HellaswagFile::open(path)?;
+                file.check_tokenizer(&format!("the data in {}", data_dir.display()), data_vocab, data.tokenizer)?;
+                let n = cfg.eval.hellaswag_limit.unwrap_or(file.len()).min(file.len());
+                Some(file.examples()[..n].to_vec())
+            }
+            _ => None,
+        };
 
         crate::device::set_tf32(cfg.run.tf32);
         let model = match &resume_dir {
@@ -241,8 +312,23 @@ impl Trainer {
             step = state.step;
         }
 
+        // Everything checked: now the run directory is written (rank 0 only).
         let log = if rank == 0 {
-            let dir = &cfg.run.log_dir;
+            let run_dir = match taken {
+                Some(d) => d,
+                None => {
+                    let (d, n) = RunDir::take(&log_dir, &checkpoint_root, claim)?;
+                    notes.extend(n);
+                    d
+                }
+            };
+            taken = Some(run_dir);
+            if let (Claim::Resume { own: true, .. }, Some(_)) = (claim, &resume_dir) {
+                // A resume from an earlier step starts a new branch: later checkpoints are moved aside, so the
+                // latest one is always the live branch's.
+                notes.extend(checkpoint::abandon_after(&checkpoint_root, step)?);
+            }
+            let dir = &log_dir;
             let log = if resume_dir.is_some() {
                 let (log, dropped) = RunLog::resume(dir, step, opts.echo).map_err(io_err(dir))?;
                 if dropped > 0 {
@@ -255,7 +341,7 @@ impl Trainer {
             } else {
                 RunLog::open(dir, opts.echo).map_err(io_err(dir))?
             };
-            let path = cfg.run.log_dir.join("config.toml");
+            let path = log_dir.join(run_dir::CONFIG_FILE);
             crate::util::write_atomic(&path, cfg.to_toml().as_bytes()).map_err(io_err(&path))?;
             Some(log)
         } else {
@@ -280,6 +366,7 @@ impl Trainer {
             last_checkpoint: None,
             data,
             stop: opts.stop,
+            _run_dir: taken,
         };
         trainer.startup_notes(resume_dir.as_deref(), &notes, dtype);
         Ok(trainer)

@@ -70,7 +70,9 @@ pub struct LaunchSpec {
 }
 
 impl LaunchSpec {
-    fn validate(&self) -> Result<(), LaunchError> {
+    /// Refuse a spec that cannot run here (bad ranks, a port of 0, more ranks than the node can take), before anything
+    /// starts. `launch` calls it too.
+    pub fn validate(&self) -> Result<(), LaunchError> {
         let bad = |m: String| Err(LaunchError::Invalid(m));
         if self.nproc_per_node == 0 {
             return bad("--nproc-per-node must be at least 1".into());
@@ -85,6 +87,13 @@ impl LaunchSpec {
             if !(t > 0.0 && t.is_finite()) {
                 return bad(format!("--timeout {t}: expected a positive number of seconds"));
             }
+        }
+        let (max, why) = max_local_ranks(&self.args);
+        if self.nproc_per_node > max {
+            return bad(format!(
+                "--nproc-per-node {} is more than this node can run: {why}; nothing was started",
+                self.nproc_per_node
+            ));
         }
         Ok(())
     }
@@ -111,6 +120,42 @@ impl LaunchSpec {
     }
 }
 
+/// CPU ranks (the tcp backend) per core a node may start: more only time-slice one core between processes.
+pub const CPU_RANKS_PER_CORE: usize = 4;
+
+/// The most ranks this node may start for the command `args`, and why: one per visible GPU when the ranks train on
+/// CUDA (a CUDA build that sees GPUs, and no `--device cpu` in the command), else [`CPU_RANKS_PER_CORE`] per core.
+pub fn max_local_ranks(args: &[String]) -> (usize, String) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu_flag = args.windows(2).any(|w| w[0] == "--device" && w[1].starts_with("cpu"))
+        || args.iter().any(|a| a.starts_with("--device=cpu") || a.starts_with("run.device=cpu"));
+    match visible_gpus() {
+        Some(gpus) if gpus > 0 && !cpu_flag => (
+            gpus,
+            format!(
+                "{gpus} visible GPU(s), one rank each (CUDA_VISIBLE_DEVICES chooses them; `-- train --device cpu` runs \
+                 CPU ranks)"
+            ),
+        ),
+        _ => (
+            cores * CPU_RANKS_PER_CORE,
+            format!("CPU ranks, at most {CPU_RANKS_PER_CORE} per core, and this machine has {cores} core(s)"),
+        ),
+    }
+}
+
+/// GPUs this process can see (`None`: a build without CUDA, or no driver).
+fn visible_gpus() -> Option<usize> {
+    #[cfg(feature = "cuda")]
+    {
+        cudarc::driver::CudaContext::device_count().ok().map(|n| n.max(0) as usize)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        None
+    }
+}
+
 /// Print child lines as `[rank N] line` on the launcher's stdout / stderr.
 pub fn print_lines() -> LineSink {
     Arc::new(|rank, stream, line| match stream {
@@ -133,6 +178,12 @@ pub fn launch(spec: &LaunchSpec, sink: LineSink) -> Result<(), LaunchError> {
     let t0 = Instant::now();
     let mut ranks: Vec<Rank> = Vec::with_capacity(spec.nproc_per_node);
     for local in 0..spec.nproc_per_node {
+        // A signal that arrives while ranks are still being started stops the ones started so far, and no more start.
+        if let Some(sig) = signals::take() {
+            stop_all(&mut ranks, Some(sig));
+            join_readers(&mut ranks);
+            return Err(LaunchError::Interrupted { signal: signals::name(sig) });
+        }
         let rank = spec.node_rank * spec.nproc_per_node + local;
         let mut cmd = Command::new(&spec.program);
         cmd.args(&spec.args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -188,13 +239,17 @@ pub fn launch(spec: &LaunchSpec, sink: LineSink) -> Result<(), LaunchError> {
         }
         std::thread::sleep(POLL);
     };
-    // Let the readers drain, so the failing rank's last words are printed before the launcher's verdict.
-    for r in &mut ranks {
+    join_readers(&mut ranks);
+    outcome
+}
+
+/// Let the readers drain, so the failing rank's last words are printed before the launcher's verdict.
+fn join_readers(ranks: &mut [Rank]) {
+    for r in ranks {
         for h in r.readers.drain(..) {
             let _ = h.join();
         }
     }
-    outcome
 }
 
 fn forward(pipe: impl Read + Send + 'static, rank: usize, stream: Stream, sink: LineSink) -> JoinHandle<()> {
@@ -364,6 +419,40 @@ mod tests {
         }
     }
 
+    /// Issue 20: a SIGTERM that reached the launcher while it was still starting ranks was ignored until every rank
+    /// had started. Now the ranks started so far are stopped (and reaped) and no more start.
+    #[cfg(unix)]
+    #[test]
+    fn a_signal_while_ranks_start_stops_those_started_and_starts_no_more() {
+        let pids = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = pids.clone();
+        let sink: LineSink = Arc::new(move |_, _, line: &str| {
+            if let Some(pid) = line.strip_prefix("launched as pid ") {
+                seen.lock().unwrap().push(pid.to_string());
+                // raise(3) runs the launcher's handler on this (the launching) thread before it returns.
+                // SAFETY: raise is async-signal-safe and the launcher's handler only stores to an atomic.
+                unsafe {
+                    libc::raise(libc::SIGTERM);
+                }
+            }
+        });
+        let spec = LaunchSpec {
+            program: "sleep".into(),
+            args: vec!["30".into()],
+            nproc_per_node: 4,
+            nnodes: 1,
+            node_rank: 0,
+            ..spec()
+        };
+        let t0 = Instant::now();
+        let err = launch(&spec, sink).unwrap_err();
+        assert!(matches!(err, LaunchError::Interrupted { signal: "SIGTERM" }), "{err}");
+        let pids = pids.lock().unwrap();
+        assert_eq!(pids.len(), 1, "no rank starts after the signal: {pids:?}");
+        assert!(!std::path::Path::new("/proc").join(&pids[0]).exists(), "the started rank is stopped and reaped");
+        assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    }
+
     #[test]
     fn child_env_follows_torchrun() {
         let s = spec();
@@ -381,6 +470,12 @@ mod tests {
     fn bad_specs_are_refused() {
         let e = |s: LaunchSpec| launch(&s, print_lines()).unwrap_err().to_string();
         assert!(e(LaunchSpec { nproc_per_node: 0, ..spec() }).contains("--nproc-per-node"));
+        // Issue 20: 100,000 ranks started ~16,000 processes; now refused before any starts, with the bound.
+        let err = e(LaunchSpec { nproc_per_node: 100_000, ..spec() });
+        assert!(
+            err.contains("--nproc-per-node 100000 is more than this node can run") && err.contains("core"),
+            "{err}"
+        );
         assert!(e(LaunchSpec { node_rank: 2, ..spec() }).contains("--node-rank 2 must be below --nnodes 2"));
         assert!(e(LaunchSpec { timeout_s: Some(-1.0), ..spec() }).contains("--timeout"));
     }

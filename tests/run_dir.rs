@@ -1,0 +1,310 @@
+//! Issue 20, the run directory: a command writes only inside the place it was given, deletes only what it can prove
+//! it made, and one writer owns a directory at a time. The run directory's owner marker (`.tokenmill-run`) and lock
+//! (`.tokenmill-lock`) decide what `train`, `quickstart` and `report` may replace; each test reproduces one way a
+//! user's data was lost (or a run was silently wrong) and checks it no longer is.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tokenmill::shards::manifest::Manifest;
+use tokenmill::train::checkpoint;
+use tokenmill::train::run_dir::MARKER_FILE;
+use tokenmill::train::{Resume, TrainConfig, Trainer, TrainerOptions};
+
+#[path = "common/mod.rs"]
+mod common;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// (success, stdout, stderr) of the binary run in `cwd`.
+fn tokenmill_in(cwd: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenmill")).current_dir(cwd).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn tokenmill(args: &[&str]) -> (bool, String, String) {
+    tokenmill_in(&repo(), args)
+}
+
+/// `train` with the tiny config on the shared tiny Shakespeare shards: 4 x 32 tokens a step, a checkpoint every 2
+/// steps, no val or samples; `more` adds flags (`--log-dir`, `--max-steps`, `--resume`, ...).
+fn train(more: &[&str]) -> (bool, String, String) {
+    let config = repo().join("configs/tiny-cpu.toml");
+    let data = common::tiny_shakespeare_shards();
+    let mut args = vec!["train", "--quiet", "--config", config.to_str().unwrap(), "--data", data.to_str().unwrap()];
+    args.extend([
+        "--set",
+        "data.micro_batch=4",
+        "--set",
+        "data.seq_len=32",
+        "--set",
+        "data.total_batch_tokens=128",
+        "--set",
+        "eval.val_every=0",
+        "--set",
+        "eval.sample_every=0",
+        "--set",
+        "checkpoint.every=2",
+    ]);
+    args.extend_from_slice(more);
+    tokenmill(&args)
+}
+
+fn ok(r: (bool, String, String)) -> String {
+    assert!(r.0, "expected success:\n{}\n{}", r.1, r.2);
+    r.1
+}
+
+fn refused(r: (bool, String, String)) -> String {
+    assert!(!r.0, "expected a refusal:\n{}\n{}", r.1, r.2);
+    r.2
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Item 1: `quickstart --log-dir DIR` deleted DIR whatever it held (`--log-dir .` emptied the current folder). Now a
+/// directory that is not a tokenmill run is refused before anything is done, and a previous run there (a quickstart's)
+/// is replaced only as far as its marker proves tokenmill wrote it: the user's own files stay.
+#[test]
+fn quickstart_refuses_a_log_dir_it_did_not_make_and_replaces_only_its_own_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    std::os::unix::fs::symlink(repo().join("data"), work.join("data")).unwrap();
+    std::fs::write(work.join("thesis.tex"), "years of work").unwrap();
+    let (pipeline, config) = (repo().join("pipelines/tinyshakespeare.toml"), repo().join("configs/tiny-cpu.toml"));
+    let quickstart = |log_dir: &str| {
+        tokenmill_in(
+            work,
+            &[
+                "quickstart",
+                "--pipeline",
+                s(&pipeline),
+                "--config",
+                s(&config),
+                "--max-steps",
+                "1",
+                "--log-dir",
+                log_dir,
+            ],
+        )
+    };
+    let err = refused(quickstart("."));
+    assert!(err.contains("not a tokenmill run directory") && err.contains("thesis.tex"), "{err}");
+    assert_eq!(read(&work.join("thesis.tex")), b"years of work");
+    assert!(!work.join("shards").exists(), "refused before the prep step: {err}");
+
+    // A previous quickstart's run is replaced; a file the user put beside it is not touched.
+    let out = ok(quickstart("log"));
+    assert!(out.contains("quickstart done"), "{out}");
+    let log = work.join("log");
+    let first_id = std::fs::read_to_string(log.join(MARKER_FILE)).unwrap();
+    std::fs::write(log.join("my-notes.md"), "keep me").unwrap();
+    ok(quickstart("log"));
+    assert_eq!(read(&log.join("my-notes.md")), b"keep me");
+    assert_ne!(std::fs::read_to_string(log.join(MARKER_FILE)).unwrap(), first_id, "a new run took the directory");
+    assert_eq!(checkpoint::all(&log.join("checkpoints")).len(), 1, "only the new run's checkpoint");
+}
+
+/// Item 3: resuming a copy of a run (`cp -r run1 run1r; train --resume run1r/checkpoints/step_000002`) rewrote
+/// run1/log.txt and run1/config.toml: the checkpoint's recorded log directory won over where the checkpoint is. The
+/// run directory is the one the checkpoint lies in.
+#[test]
+fn resuming_a_copy_of_a_run_writes_into_the_copy_not_the_original() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run1, copy) = (tmp.path().join("run1"), tmp.path().join("run1r"));
+    ok(train(&["--log-dir", s(&run1), "--max-steps", "4"]));
+    let cp = Command::new("cp").arg("-r").arg(&run1).arg(&copy).status().unwrap();
+    assert!(cp.success());
+    let before: Vec<Vec<u8>> =
+        ["log.txt", "metrics.jsonl", "config.toml"].iter().map(|f| read(&run1.join(f))).collect();
+    let ckpt = checkpoint::step_dir(&copy.join("checkpoints"), 2);
+    let out = ok(train(&["--resume", s(&ckpt), "--max-steps", "4"]));
+    assert!(out.contains("run.log_dir") && out.contains("run1r"), "the applied change is said: {out}");
+    let after: Vec<Vec<u8>> = ["log.txt", "metrics.jsonl", "config.toml"].iter().map(|f| read(&run1.join(f))).collect();
+    assert!(before == after, "the original run's files are untouched");
+    let log = String::from_utf8(read(&copy.join("log.txt"))).unwrap();
+    assert_eq!(log.lines().filter(|l| l.contains(" train ")).count(), 4, "{log}");
+    let cfg = TrainConfig::from_toml_str(&String::from_utf8(read(&copy.join("config.toml"))).unwrap(), "x").unwrap();
+    assert_eq!(cfg.run.log_dir, copy);
+}
+
+/// Item 4: a fresh `train` into a finished run's `--log-dir` truncated its log and left the old run's step_000004
+/// beside the new run's (so `sample --model DIR` took the old one). Now it is refused, saying how to continue or
+/// replace it; `--overwrite` removes only what tokenmill wrote there.
+#[test]
+fn a_fresh_run_into_a_finished_runs_directory_is_refused_and_overwrite_removes_only_its_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("run");
+    ok(train(&["--log-dir", s(&log), "--max-steps", "4"]));
+    let log_txt = read(&log.join("log.txt"));
+    let err = refused(train(&["--log-dir", s(&log), "--max-steps", "2"]));
+    assert!(err.contains("--resume") && err.contains("--overwrite") && err.contains("step_000004"), "{err}");
+    assert_eq!(read(&log.join("log.txt")), log_txt, "nothing was written");
+
+    std::fs::write(log.join("paper-figures.svg"), "<svg>mine</svg>").unwrap();
+    let out = ok(train(&["--log-dir", s(&log), "--max-steps", "2", "--overwrite"]));
+    assert!(out.contains("--overwrite: removed") && out.contains("left paper-figures.svg alone"), "{out}");
+    assert_eq!(read(&log.join("paper-figures.svg")), b"<svg>mine</svg>");
+    let steps: Vec<usize> = checkpoint::all(&log.join("checkpoints")).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(steps, [2], "the old run's checkpoints are gone, the new run's is the latest");
+
+    // A directory that is not a run is never taken, not even with --overwrite.
+    let mine = tmp.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("data.csv"), "1,2").unwrap();
+    let err = refused(train(&["--log-dir", s(&mine), "--max-steps", "2", "--overwrite"]));
+    assert!(err.contains("not a tokenmill run directory"), "{err}");
+    assert_eq!(std::fs::read_dir(&mine).unwrap().count(), 1, "nothing was added");
+}
+
+/// Item 5: two `train`s on one `--log-dir` at once both reported success. The run directory is locked for the
+/// training process's lifetime: a second one is refused at once, naming the holder.
+#[test]
+fn a_second_train_on_a_locked_run_directory_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("run");
+    let o = vec![
+        format!("data.dir={:?}", s(common::tiny_shakespeare_shards())),
+        format!("run.log_dir={:?}", s(&log)),
+        "data.micro_batch=4".into(),
+        "data.seq_len=32".into(),
+        "data.total_batch_tokens=128".into(),
+        "eval.val_every=0".into(),
+        "eval.sample_every=0".into(),
+    ];
+    let cfg = TrainConfig::resolve(Some(&repo().join("configs/tiny-cpu.toml")), &o).unwrap();
+    let running = Trainer::new(cfg, TrainerOptions::default()).unwrap();
+    for extra in [&[][..], &["--resume"][..], &["--overwrite"][..]] {
+        let mut args = vec!["--log-dir", s(&log), "--max-steps", "2"];
+        args.extend_from_slice(extra);
+        let err = refused(train(&args));
+        assert!(
+            err.contains("another tokenmill process") && err.contains(&format!("pid {}", std::process::id())),
+            "{extra:?}: {err}"
+        );
+    }
+    drop(running);
+    ok(train(&["--log-dir", s(&log), "--max-steps", "2"]));
+}
+
+/// Item 6: `tokenmill report RUN --out RUN/log.txt` replaced the training log with the SVG. A report replaces only a
+/// report it wrote (the signature in the SVG), never a run's file or anyone else's.
+#[test]
+fn report_replaces_only_a_report_it_wrote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("run");
+    ok(train(&["--log-dir", s(&log), "--max-steps", "2"]));
+    let log_txt = read(&log.join("log.txt"));
+    let err = refused(tokenmill(&["report", s(&log), "--out", s(&log.join("log.txt"))]));
+    assert!(err.contains("not a report tokenmill wrote"), "{err}");
+    assert_eq!(read(&log.join("log.txt")), log_txt);
+    ok(tokenmill(&["report", s(&log)]));
+    ok(tokenmill(&["report", s(&log)])); // its own report.svg: replaced
+    let theirs = tmp.path().join("figure.svg");
+    std::fs::write(&theirs, "<svg xmlns=\"http://www.w3.org/2000/svg\"></svg>").unwrap();
+    refused(tokenmill(&["report", s(&log), "--out", s(&theirs)]));
+    assert_eq!(read(&theirs), b"<svg xmlns=\"http://www.w3.org/2000/svg\"></svg>");
+}
+
+/// After a branch resume (from step 2 of a 4-step run), `--resume DIR` picked the abandoned step 4. A resume from an
+/// earlier step moves the later checkpoints aside (checkpoints/abandoned/...), so the latest is the live branch's.
+#[test]
+fn a_branch_resume_moves_the_abandoned_checkpoints_aside_so_the_latest_is_the_live_branch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("run");
+    let ckpts = log.join("checkpoints");
+    ok(train(&["--log-dir", s(&log), "--max-steps", "4"]));
+    let out = ok(train(&["--resume", s(&checkpoint::step_dir(&ckpts, 2)), "--max-steps", "3"]));
+    assert!(out.contains("starts a new branch"), "{out}");
+    assert_eq!(checkpoint::resolve(&log), checkpoint::step_dir(&ckpts, 3), "the live branch's latest");
+    let abandoned: Vec<PathBuf> =
+        std::fs::read_dir(ckpts.join("abandoned")).unwrap().map(|b| b.unwrap().path().join("step_000004")).collect();
+    assert!(abandoned.len() == 1 && abandoned[0].join(checkpoint::STATE_FILE).is_file(), "moved, not deleted");
+    let out = ok(train(&["--resume", s(&log), "--max-steps", "5"]));
+    assert!(out.contains(&format!("resumed from {} at step 3", checkpoint::step_dir(&ckpts, 3).display())), "{out}");
+}
+
+/// `train --resume step_000004 --max-steps 2` printed "done: 4 steps" with exit 0 and trained nothing. It is refused,
+/// saying how to continue.
+#[test]
+fn resuming_past_max_steps_is_refused_not_reported_done() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("run");
+    ok(train(&["--log-dir", s(&log), "--max-steps", "4"]));
+    let log_txt = read(&log.join("log.txt"));
+    for max in ["2", "4"] {
+        let err = refused(train(&["--resume", s(&log), "--max-steps", max]));
+        assert!(err.contains("nothing to train") && err.contains("at step 4") && err.contains("--max-steps"), "{err}");
+    }
+    assert_eq!(read(&log.join("log.txt")), log_txt);
+    let err = refused(train(&["--resume", s(&log), "--max-steps", "6", "--stop-after", "3"]));
+    assert!(err.contains("--stop-after 3") && err.contains("already at step 4"), "{err}");
+}
+
+/// Resuming with another preset reported the batch size and a missing HellaSwag file before the model-shape refusal.
+/// The checkpoint's refusal comes first, every reason in one message.
+#[test]
+fn resume_with_another_preset_reports_the_model_shape_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("run");
+    ok(train(&["--log-dir", s(&log), "--max-steps", "2"]));
+    let data = common::tiny_shakespeare_shards();
+    let err = refused(tokenmill(&[
+        "train",
+        "--resume",
+        s(&log),
+        "--config",
+        s(&repo().join("configs/gpt2-124m.toml")),
+        "--data",
+        s(data),
+    ]));
+    let first = err.lines().next().unwrap_or_default();
+    assert!(first.contains("model n_layer 2 -> 12") && first.contains("start a new run"), "{err}");
+    assert!(!err.contains("hellaswag") && !err.contains("too few"), "{err}");
+}
+
+/// `train` on a dataset whose prep died (`complete: false`) started without a word. It is refused, naming
+/// `--allow-incomplete-data`; a dataset that stopped at its `--shards` count is finished as asked and trains.
+#[test]
+fn training_on_a_dataset_whose_prep_did_not_finish_is_refused_unless_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for f in std::fs::read_dir(common::tiny_shakespeare_shards()).unwrap() {
+        let p = f.unwrap().path();
+        std::fs::copy(&p, data.join(p.file_name().unwrap())).unwrap();
+    }
+    let mut m = Manifest::load(&data).unwrap();
+    m.complete = false;
+    m.save(&data).unwrap();
+    let cfg = |log: &str| {
+        let o = vec![
+            format!("data.dir={:?}", s(&data)),
+            format!("run.log_dir={:?}", s(&tmp.path().join(log))),
+            "data.micro_batch=4".into(),
+            "data.seq_len=32".into(),
+            "data.total_batch_tokens=128".into(),
+        ];
+        TrainConfig::resolve(Some(&repo().join("configs/tiny-cpu.toml")), &o).unwrap()
+    };
+    let err = Trainer::new(cfg("a"), TrainerOptions::default()).err().expect("refused").to_string();
+    assert!(err.contains("complete: false") && err.contains("--allow-incomplete-data"), "{err}");
+    assert!(!tmp.path().join("a").exists(), "refused before the run directory was made");
+    let opts = TrainerOptions { allow_incomplete_data: true, ..Default::default() };
+    Trainer::new(cfg("b"), opts).unwrap();
+    m.shards_limit = Some(m.shards.len());
+    m.save(&data).unwrap();
+    Trainer::new(cfg("c"), TrainerOptions { resume: Resume::No, ..Default::default() }).unwrap();
+}
