@@ -16,13 +16,20 @@
 # frontend 1.18 is of the same release; CUDNN_INCLUDE_DIR, CUDNN_FRONTEND_INCLUDE_DIR and CUDNN_LIB_DIR tell build.rs
 # where they are (with a system toolkit, set them if cuDNN is not on the default paths).
 #
-# Usage: scripts/build-cuda.sh [--pypi-toolchain] [extra cargo args, e.g. --features cudnn]
+# --check (after --pypi-toolchain, if given): instead of building, run clippy (-D warnings) over every target with the
+# `cuda` feature and the extra cargo args, compiling tokenmill's own kernels with nvcc and the cuDNN shim with the
+# wheels' headers but not candle-kernels' (scripts/nvcc-check.sh: nothing is linked): what CI runs
+# (`.ci/run`), so the GPU code cannot rot unseen.
+#
+# Usage: scripts/build-cuda.sh [--pypi-toolchain] [--check] [extra cargo args, e.g. --features cudnn]
 # Output: target/release/tokenmill (and .dist/tokenmill.xz, ready to ship to a GPU machine: xz is about half the size of
 # gzip for this binary, and a device call carries at most 64 MiB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYPI=0
 if [ "${1:-}" = "--pypi-toolchain" ]; then PYPI=1; shift; fi
+CHECK=0
+if [ "${1:-}" = "--check" ]; then CHECK=1; shift; fi
 CUDNN=0
 case " $* " in *cudnn*) CUDNN=1 ;; esac
 CUDNN_PIP=()
@@ -64,6 +71,12 @@ if [ "$PYPI" = 1 ]; then
 fi
 
 command -v nvcc >/dev/null || { echo "nvcc not found: install the CUDA toolkit or use --pypi-toolchain" >&2; exit 1; }
+if [ "$CHECK" = 1 ]; then
+  echo "checking with $(nvcc --version | tail -n 2 | head -n 1), compute cap $CUDA_COMPUTE_CAP (candle-kernels stubbed)"
+  export TOKENMILL_REAL_NVCC="$(command -v nvcc)" NVCC="$PWD/scripts/nvcc-check.sh"
+  # The check's own target dir: its stubbed candle-kernels must never meet a real build's.
+  exec cargo clippy --locked --all-targets --target-dir target/cuda-check --features cuda "$@" -- -D warnings
+fi
 echo "building with $(nvcc --version | tail -n 2 | head -n 1), compute cap $CUDA_COMPUTE_CAP"
 cargo build --release --features cuda "$@"
 mkdir -p .dist

@@ -191,6 +191,25 @@ mode_llama() {
     > "$OUT/llama124_hf.log" 2>&1 || { fail "llama HF reference: see $OUT/llama124_hf.log"; return; }
   compare "Llama-124M cuda bf16 tokenmill vs HF transformers" "$OUT/llama124.txt" "$OUT/llama124_hf.txt" \
     "${TOL_LLAMA:-5e-3}" "$TOL_BF16_TIGHT" "$TOL_BF16_MEDIAN"
+  # The noise floor of this comparison, reported beside it (not pass/fail): two bf16 implementations of the same
+  # math that tokenmill has (the cuda engine and candle's autograd, from the same init), and HF bf16 against HF fp32.
+  local alog="$WORK/llama124_autograd"
+  rm -rf "$alog"
+  "$BIN" train --config configs/llama-124m.toml --data "$WORK/fw" --device cuda --dtype bf16 --max-steps "$STEPS" \
+    --set data.micro_batch=8 --set data.total_batch_tokens=8192 --set optim.warmup_steps=10 \
+    --set eval.val_every=0 --set eval.sample_every=0 --set eval.hellaswag_every=0 --set checkpoint.every=0 \
+    --set run.tf32=false --set 'run.engine="autograd"' --log-dir "$alog" > "$OUT/llama124_autograd.log" 2>&1 \
+    && cp "$alog/log.txt" "$OUT/llama124_autograd.txt"
+  PYTHONUNBUFFERED=1 "$PY" "$ROOT/reference/train_llama_ref.py" track --init "$log/checkpoints/step_000000" \
+    --data "$WORK/fw" --steps "$STEPS" --device cuda --dtype fp32 --out "$OUT/llama124_hf_fp32.txt" \
+    > "$OUT/llama124_hf_fp32.log" 2>&1
+  for pair in "cuda engine vs tokenmill autograd (both bf16):llama124.txt:llama124_autograd.txt" \
+    "HF bf16 vs HF fp32:llama124_hf.txt:llama124_hf_fp32.txt" "cuda engine bf16 vs HF fp32:llama124.txt:llama124_hf_fp32.txt"; do
+    IFS=: read -r label a b <<< "$pair"
+    [ -f "$OUT/$a" ] && [ -f "$OUT/$b" ] || { note "noise floor $label: a run is missing"; continue; }
+    note "noise floor (reported): $("$PY" "$REF" compare "$OUT/$a" "$OUT/$b" --tol "${TOL_LLAMA:-5e-3}" --steps "$STEPS" \
+      --label "Llama-124M $label" 2>&1)"
+  done
 }
 
 mode_cpu_ref() {

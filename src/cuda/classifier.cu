@@ -1,5 +1,5 @@
-// The GPT-2 engine's classifier (Rust side: classifier.rs): softmax cross-entropy over bf16 logits, forward and
-// backward in one pass over each row, the gradient written over the logits (llm.c's fused classifier).
+// The decoder engine's classifier (Rust side: classifier.rs): softmax cross-entropy over bf16 logits, forward and
+// backward in one kernel over each row, the gradient written over the logits (llm.c's fused classifier).
 //
 //   loss[r]       = logsumexp(logits[r, :]) - logits[r, target[r]]                              (f32)
 //   logits[r, i] <- (softmax(logits[r])[i] - [i == target[r]]) * dscale   when dscale != 0      (bf16, in place)
@@ -7,7 +7,10 @@
 // dscale is d(mean loss)/d(loss[r]): 1 / (B * T * micro-steps) for training; 0 leaves the logits alone (evaluation).
 // The softmax runs over all V columns (the padded vocabulary too, as PyTorch's cross_entropy on the padded head).
 // One block per row: pass 1 keeps an online (max, sum of exp) per thread over 16-byte vectors, merged across the
-// block in a fixed order; pass 2 re-reads the row (mostly from L2: a 100 KB row per block) and writes the gradient.
+// block in a fixed order; pass 2 writes the gradient. classifier_fwd_bwd_reg keeps each thread's vectors of the row
+// in registers between the passes (up to CLS_REG_VECS each: V <= 65,536 with 1024 threads), so the row is read from
+// memory once; classifier_fwd_bwd re-reads it (mostly from L2: a 100 KB row per block) for larger vocabularies. Both
+// do the same arithmetic in the same order, so they give the same bits.
 // The target's logit is read by one thread before anything is overwritten (the block barrier orders it).
 //
 // loss_reduce sums the per-row losses in a fixed order (one block), times `scale`, into acc[0] (+=): the step's loss
@@ -38,10 +41,13 @@ __device__ __forceinline__ void cls_merge(float& m, float& s, float m2, float s2
     m = mx;
 }
 
-// grid N, block CLS_THREADS. V must be a multiple of 8 and each row 16-byte aligned (classifier.rs checks).
-extern "C" __global__ void __launch_bounds__(CLS_THREADS)
-    classifier_fwd_bwd(__nv_bfloat16* __restrict__ logits, const uint32_t* __restrict__ targets,
-                       float* __restrict__ loss, int v, float dscale) {
+#define CLS_REG_VECS 8
+
+// grid N, block CLS_THREADS. V must be a multiple of 8 and each row 16-byte aligned (classifier.rs checks). REG: the
+// row's vectors stay in registers (V / 8 <= CLS_REG_VECS * CLS_THREADS, the launcher checks).
+template <bool REG>
+__device__ __forceinline__ void classifier_row(__nv_bfloat16* __restrict__ logits, const uint32_t* __restrict__ targets,
+                                               float* __restrict__ loss, int v, float dscale) {
     __shared__ float sh_m[CLS_THREADS];
     __shared__ float sh_s[CLS_THREADS];
     __shared__ float sh_target;
@@ -52,10 +58,23 @@ extern "C" __global__ void __launch_bounds__(CLS_THREADS)
     if (tid == 0) sh_target = to_acc(x[target]);
     const int nv = v / 8;
     float m = -TM_INF, s = 0.f;
-    for (int j = tid; j < nv; j += CLS_THREADS) {
-        const Vec16<__nv_bfloat16> p = load16(x + 8 * j);
+    Vec16<__nv_bfloat16> held[REG ? CLS_REG_VECS : 1];
+    if (REG) {
 #pragma unroll
-        for (int k = 0; k < 8; k++) cls_online_add(m, s, to_acc(p.v[k]) * CLS_LOG2E);
+        for (int r = 0; r < CLS_REG_VECS; r++) {
+            const int j = tid + r * CLS_THREADS;
+            if (j < nv) {
+                held[r] = load16(x + 8 * j);
+#pragma unroll
+                for (int k = 0; k < 8; k++) cls_online_add(m, s, to_acc(held[r].v[k]) * CLS_LOG2E);
+            }
+        }
+    } else {
+        for (int j = tid; j < nv; j += CLS_THREADS) {
+            const Vec16<__nv_bfloat16> p = load16(x + 8 * j);
+#pragma unroll
+            for (int k = 0; k < 8; k++) cls_online_add(m, s, to_acc(p.v[k]) * CLS_LOG2E);
+        }
     }
     sh_m[tid] = m;
     sh_s[tid] = s;
@@ -75,8 +94,7 @@ extern "C" __global__ void __launch_bounds__(CLS_THREADS)
     if (tid == 0) loss[row] = (log2f(sum) + mx) * CLS_LN2 - sh_target;
     if (dscale == 0.f) return;
     const float inv = 1.f / sum;
-    for (int j = tid; j < nv; j += CLS_THREADS) {
-        Vec16<__nv_bfloat16> p = load16(x + 8 * j);
+    auto grad = [&](int j, Vec16<__nv_bfloat16> p) {
 #pragma unroll
         for (int k = 0; k < 8; k++) {
             const int i = 8 * j + k;
@@ -84,7 +102,28 @@ extern "C" __global__ void __launch_bounds__(CLS_THREADS)
             p.v[k] = from_acc<__nv_bfloat16>((prob - (i == (int)target ? 1.f : 0.f)) * dscale);
         }
         store16(x + 8 * j, p);
+    };
+    if (REG) {
+#pragma unroll
+        for (int r = 0; r < CLS_REG_VECS; r++) {
+            const int j = tid + r * CLS_THREADS;
+            if (j < nv) grad(j, held[r]);
+        }
+    } else {
+        for (int j = tid; j < nv; j += CLS_THREADS) grad(j, load16(x + 8 * j));
     }
+}
+
+extern "C" __global__ void __launch_bounds__(CLS_THREADS)
+    classifier_fwd_bwd(__nv_bfloat16* __restrict__ logits, const uint32_t* __restrict__ targets,
+                       float* __restrict__ loss, int v, float dscale) {
+    classifier_row<false>(logits, targets, loss, v, dscale);
+}
+
+extern "C" __global__ void __launch_bounds__(CLS_THREADS)
+    classifier_fwd_bwd_reg(__nv_bfloat16* __restrict__ logits, const uint32_t* __restrict__ targets,
+                           float* __restrict__ loss, int v, float dscale) {
+    classifier_row<true>(logits, targets, loss, v, dscale);
 }
 
 // acc[0] += scale * sum(loss[0..n]), in a fixed order. grid 1, block 1024.

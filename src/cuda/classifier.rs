@@ -1,5 +1,5 @@
-//! The GPT-2 engine's classifier (classifier.cu): per-row softmax cross-entropy over bf16 logits with the gradient
-//! written over the logits in the same pass, and the deterministic loss sum. CPU checks: dev/cuda/check_engine.cpp.
+//! The decoder engine's classifier (classifier.cu): per-row softmax cross-entropy over bf16 logits with the gradient
+//! written over the logits in the same kernel, and the deterministic loss sum. CPU checks: dev/cuda/check_engine.cpp.
 
 use std::sync::Arc;
 
@@ -9,8 +9,9 @@ use candle_core::Result;
 use super::launch::{cfg, go, int, Module};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/classifier.ptx"));
-/// CLS_THREADS in classifier.cu.
+/// CLS_THREADS, CLS_REG_VECS in classifier.cu.
 const THREADS: u32 = 1024;
+const REG_VECS: usize = 8;
 
 pub struct Classifier {
     module: Module,
@@ -18,7 +19,8 @@ pub struct Classifier {
 
 impl Classifier {
     pub fn new(stream: &Arc<CudaStream>) -> Result<Classifier> {
-        Ok(Classifier { module: Module::load(stream, "classifier.cu", PTX, &["classifier_fwd_bwd", "loss_reduce"])? })
+        let names = ["classifier_fwd_bwd", "classifier_fwd_bwd_reg", "loss_reduce"];
+        Ok(Classifier { module: Module::load(stream, "classifier.cu", PTX, &names)? })
     }
 
     /// `loss[r]` (f32) for `rows` rows of `logits (rows, v)` bf16 and `targets (rows)` u32; with `dscale != 0` the
@@ -40,7 +42,9 @@ impl Classifier {
         }
         let grid = u32::try_from(rows).map_err(|_| candle_core::Error::Msg(format!("classifier rows {rows}")))?;
         let v_i = int(v, "vocabulary")?;
-        let mut a = self.module.args("classifier_fwd_bwd")?;
+        // The row in registers when it fits (V <= 65,536): one read of the logits instead of a read and a re-read.
+        let kernel = if v / 8 <= REG_VECS * THREADS as usize { "classifier_fwd_bwd_reg" } else { "classifier_fwd_bwd" };
+        let mut a = self.module.args(kernel)?;
         a.arg(&logits).arg(&targets).arg(&loss).arg(&v_i).arg(&dscale);
         go(a, cfg((grid, 1), (THREADS, 1)))
     }

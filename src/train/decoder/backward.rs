@@ -65,7 +65,7 @@ impl DecoderEngine {
         let (n, c) = (d.n(), d.c);
         let arch = self.arch;
         let (a, top) = (&self.act, &self.top);
-        let (w32, w16, g) = (&self.bufs.params, &self.bufs.params16, &self.bufs.grads);
+        let (w32, w16, g) = (&self.masters, &self.bufs.params16, &self.bufs.grads);
         let (f, h) = (&self.bufs.act32, &self.bufs.act16);
         let (dres, dres16, dbig, dsmall) = (f.at(a.dres), h.at(a.dres16), h.at(a.dbig), h.at(a.dsmall));
         let (ln_scratch, bias_scratch) = (f.at(a.ln_scratch), f.at(a.bias_scratch));

@@ -52,8 +52,8 @@ impl<
 /// Every allocation of the engine.
 pub struct Buffers {
     pub stream: Arc<CudaStream>,
-    /// Master weights, their bf16 working copy, gradients, AdamW moments: `ParamLayout::total` each.
-    pub params: Buf<f32>,
+    /// The bf16 working copy of the weights, gradients, AdamW moments: `ParamLayout::total` each (the f32 master
+    /// weights are the candle model's Vars: `engine::Masters`).
     pub params16: Buf<bf16>,
     pub grads: Buf<f32>,
     pub m: Buf<f32>,
@@ -82,7 +82,6 @@ impl Buffers {
         let groups_id = groups_start + align(v + 1);
         Ok(Buffers {
             stream: stream.clone(),
-            params: Buf::zeros(stream, p.total, "master weights")?,
             params16: Buf::zeros(stream, p.total, "bf16 weights")?,
             grads: Buf::zeros(stream, p.total, "gradients")?,
             m: Buf::zeros(stream, p.total, "AdamW m")?,
@@ -100,7 +99,7 @@ impl Buffers {
 
     /// Total bytes held.
     pub fn bytes(&self) -> usize {
-        4 * (self.params.len + self.grads.len + self.m.len + self.v.len + self.act32.len + self.scalars.len)
+        4 * (self.grads.len + self.m.len + self.v.len + self.act32.len + self.scalars.len)
             + 2 * (self.params16.len + self.act16.len)
             + 4 * (self.tokens.len + self.targets.len + self.groups.len)
     }

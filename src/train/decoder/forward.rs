@@ -48,7 +48,7 @@ impl DecoderEngine {
         // The LayerNorm mean (RMSNorm has none) and a bias of the norms and linear layers, where the model has them.
         let mean = |off: usize| (arch.norm == Norm::LayerNorm).then_some(off);
         let (a, top) = (&self.act, &self.top);
-        let (w32, w16) = (&self.bufs.params, &self.bufs.params16);
+        let (w32, w16) = (&self.masters, &self.bufs.params16);
         let (f, h) = (&self.bufs.act32, &self.bufs.act16);
         let bias = |off: Option<usize>, gemm: Gemm| match off {
             Some(o) => gemm.with_epilogue(Epilogue::Bias { bias: w16.at(o), ty: Ty::Bf16 }),

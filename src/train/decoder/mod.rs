@@ -15,9 +15,9 @@
 //! softmax and the loss in f32; gradients accumulated in f32 across micro-steps. Everything is deterministic (no
 //! float atomics), so runs repeat and resume bit for bit.
 //!
-//! The engine keeps a candle model mirroring its master weights (refreshed after every optimizer step, a 0.5 GB
-//! device copy at 124M) for sampling, HellaSwag and checkpoints: a checkpoint written here has the autograd
-//! engine's names and files, so either engine resumes the other's.
+//! The engine's f32 master weights are the Vars of a candle model of the same architecture (`engine::Masters`): the
+//! optimizer updates them in place, so that model serves sampling, HellaSwag and checkpoints with no copy (a
+//! checkpoint written here has the autograd engine's names and files, so either engine resumes the other's).
 //!
 //! Layout (`layout.rs`) is plain arithmetic and compiled everywhere; the rest needs the `cuda` feature.
 

@@ -2,7 +2,7 @@
 //! `begin_step` zeroes the gradients and the loss, `micro_step` uploads a batch and runs forward and backward
 //! (adding loss / accum and its gradients), `finish_step` reduces across processes, measures and clips the global
 //! norm, reads the loss and the norm (the step's one host synchronisation) and, when the loss is finite, applies
-//! AdamW to every parameter in one launch, then refreshes the candle mirror.
+//! AdamW to every parameter (one launch per tensor: the master weights are the candle model's Vars).
 
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -71,12 +71,16 @@ impl DecoderEngine {
         }
         self.steps += 1;
         let h = StepScalars::new(&self.adam, lr, self.steps);
-        let ptrs = (b.params.base, b.grads.base, b.m.base, b.v.base, b.params16.base);
-        // SAFETY: the five buffers hold `total` elements each; NORM_OUT + 1 is the clip coefficient.
-        unsafe { self.k.adamw.step(ptrs, b.scalars.at(NORM_OUT + 1), self.params.total, self.params.n_decay, &h)? };
+        // One launch per tensor: the master weights are the model's own Vars, one allocation each (`Masters`); the
+        // other buffers are flat. Each element's update is what one launch over a flat buffer computed.
+        for &(off, p, len) in self.masters.iter() {
+            let ptrs = (p, b.grads.at(off), b.m.at(off), b.v.at(off), b.params16.at(off));
+            let n_decay = if off < self.params.n_decay { len } else { 0 };
+            // SAFETY: `p` holds the tensor's `len` f32 and every flat buffer `len` elements at its layout offset;
+            // NORM_OUT + 1 is the clip coefficient.
+            unsafe { self.k.adamw.step(ptrs, b.scalars.at(NORM_OUT + 1), len, n_decay, &h)? };
+        }
         self.prof.mark("adamw (per step)")?;
-        self.refresh_mirror()?;
-        self.prof.mark("mirror copy (per step)")?;
         self.prof.collect(false)?;
         Ok(StepOutcome { loss, grad_norm })
     }
