@@ -40,12 +40,16 @@ if [ "$PYPI" = 1 ]; then
   PREFIX="${TOKENMILL_CUDA_PREFIX:-$HOME/.cache/tokenmill-cuda}"
   mkdir -p "$PREFIX"
   [ -x "$PREFIX/venv/bin/python" ] || python3 -m venv "$PREFIX/venv"
+  # A check links nothing: the compiler and headers suffice (cuBLAS, cuRAND and NCCL are only linked against).
+  LINK_PIP=("nvidia-cublas==13.0.2.14" "nvidia-curand==10.4.5.25" "nvidia-nccl-cu13==2.28.9")
+  [ "$CHECK" = 1 ] && LINK_PIP=()
   "$PREFIX/venv/bin/pip" install -q \
     "nvidia-cuda-nvcc==13.0.88" "nvidia-nvvm==13.0.88" "nvidia-cuda-crt==13.0.88" "nvidia-cuda-cccl==13.0.85" \
-    "nvidia-cuda-runtime==13.0.96" "nvidia-cuda-nvrtc==13.0.88" "nvidia-cublas==13.0.2.14" "nvidia-curand==10.4.5.25" "nvidia-nccl-cu13==2.28.9" \
+    "nvidia-cuda-runtime==13.0.96" "nvidia-cuda-nvrtc==13.0.88" "${LINK_PIP[@]}" \
     "${CUDNN_PIP[@]}" ${TOKENMILL_CUDA_EXTRA_PIP:-}
   CU="$("$PREFIX/venv/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')"
   mkdir -p "$PREFIX/link"
+  if [ "$CHECK" = 0 ]; then
   for l in cublas cublasLt cudart nvrtc; do ln -sf "$CU/lib/lib$l.so.13" "$PREFIX/link/lib$l.so"; done
   ln -sf "$CU/lib/libcurand.so.10" "$PREFIX/link/libcurand.so"
   # NCCL (data-parallel training) ships in its own wheel, outside cu13/.
@@ -58,6 +62,7 @@ if [ "$PYPI" = 1 ]; then
   grep -rohE "pub (unsafe )?fn (cu[A-Za-z0-9_]+)\(" "$CUDARC_SRC/src/driver/sys/" \
     | sed -E 's/pub (unsafe )?fn //; s/\(//' | sort -u | awk '{print "void "$1"(void){}"}' > "$PREFIX/link/cuda_stub.c"
   gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$PREFIX/link/libcuda.so" "$PREFIX/link/cuda_stub.c"
+  fi
   export PATH="$CU/bin:$PATH"
   export CUDA_ROOT="$CU" CUDA_PATH="$CU" CUDA_HOME="$CU"
   export LIBRARY_PATH="$PREFIX/link:$CU/lib:${LIBRARY_PATH:-}"

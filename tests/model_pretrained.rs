@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use tokenmill::model::hf::{export_hf_gpt2, load_hf_gpt2, HF_CONFIG, HF_WEIGHTS};
+use tokenmill::model::hf::{export_hf, load_hf, load_hf_gpt2, HF_CONFIG, HF_WEIGHTS};
 use tokenmill::model::store::{read_safetensors, write_safetensors};
 use tokenmill::model::{build_model, load_model, Architecture, LanguageModel, ModelConfig, Precision};
 
@@ -91,7 +91,7 @@ fn export_round_trips_through_the_hf_layout() {
     let (ids, want) = reference(&src);
     let model = load_hf_gpt2(&src, Precision::FP32, &Device::Cpu).unwrap();
     let out = tmp.path().join("exported");
-    export_hf_gpt2(&model, &out).unwrap();
+    export_hf(&model, &out).unwrap();
 
     let (tensors, meta) = read_safetensors(&out.join(HF_WEIGHTS), &Device::Cpu).unwrap();
     assert_eq!(meta.get("format").map(String::as_str), Some("pt"), "transformers refuses files without it");
@@ -119,7 +119,7 @@ fn export_round_trips_through_the_hf_layout() {
     assert!(max_abs_diff(&back.forward(&ids).unwrap(), &want) < 1e-4);
 
     // Never into a folder that already holds something.
-    let err = export_hf_gpt2(&model, &out).unwrap_err().to_string();
+    let err = export_hf(&model, &out).unwrap_err().to_string();
     assert!(err.contains("not empty"), "{err}");
 }
 
@@ -141,17 +141,61 @@ fn export_crops_the_padded_vocabulary() {
     };
     let model = build_model(&cfg, Precision::FP32, &Device::Cpu, 9).unwrap();
     let out = tmp.path().join("hf");
-    export_hf_gpt2(model.as_ref(), &out).unwrap();
+    export_hf(model.as_ref(), &out).unwrap();
     let back = load_hf_gpt2(&out, Precision::FP32, &Device::Cpu).unwrap();
     assert_eq!((back.config().vocab_size, back.config().real_vocab_size), (50, 50));
     let ids = Tensor::from_vec(vec![1u32, 7, 49, 3], (1, 4), &Device::Cpu).unwrap();
     let full = model.forward(&ids).unwrap().narrow(2, 0, 50).unwrap();
     assert_eq!(max_abs_diff(&back.forward(&ids).unwrap(), &full), 0.0);
+}
 
-    let llama =
-        build_model(&ModelConfig { arch: Architecture::Llama, ..cfg }, Precision::FP32, &Device::Cpu, 9).unwrap();
-    let err = export_hf_gpt2(llama.as_ref(), &tmp.path().join("llama")).unwrap_err().to_string();
-    assert!(err.contains("GPT-2"), "{err}");
+/// A Llama checkpoint as `LlamaForCausalLM`'s folder and back (grouped-query attention, untied head, its own MLP
+/// width and rotary base, a padded vocabulary cropped): HF's key names and config fields, the same logits over the
+/// real vocabulary. (That transformers loads the folder with the same loss is checked on the GPU machine:
+/// scripts/device-run.sh hf-llama.)
+#[test]
+fn llama_exports_as_llama_for_causal_lm_and_imports_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = ModelConfig {
+        arch: Architecture::Llama,
+        block_size: 8,
+        vocab_size: 64,
+        real_vocab_size: 50,
+        n_layer: 2,
+        n_head: 4,
+        n_embd: 16,
+        n_kv_head: Some(2),
+        ffn_hidden: Some(24),
+        rope_theta: Some(500_000.0),
+        tie_word_embeddings: Some(false),
+    };
+    let model = build_model(&cfg, Precision::FP32, &Device::Cpu, 9).unwrap();
+    let out = tmp.path().join("hf-llama");
+    export_hf(model.as_ref(), &out).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(HF_CONFIG)).unwrap()).unwrap();
+    assert_eq!(json["architectures"][0], "LlamaForCausalLM");
+    assert_eq!((json["num_key_value_heads"].as_u64(), json["intermediate_size"].as_u64()), (Some(2), Some(24)));
+    assert_eq!((json["rope_theta"].as_f64(), json["tie_word_embeddings"].as_bool()), (Some(500_000.0), Some(false)));
+    let (tensors, _) = tokenmill::model::store::read_safetensors(&out.join(HF_WEIGHTS), &Device::Cpu).unwrap();
+    assert_eq!(tensors["model.embed_tokens.weight"].dims(), [50, 16]);
+    assert_eq!(tensors["lm_head.weight"].dims(), [50, 16]);
+    assert_eq!(tensors["model.layers.1.self_attn.k_proj.weight"].dims(), [8, 16]);
+    let back = load_hf(&out, Precision::FP32, &Device::Cpu).unwrap();
+    let want = ModelConfig { vocab_size: 50, real_vocab_size: 50, ..cfg };
+    assert_eq!(back.config(), &want);
+    let ids = Tensor::from_vec(vec![1u32, 7, 49, 3], (1, 4), &Device::Cpu).unwrap();
+    let full = model.forward(&ids).unwrap().narrow(2, 0, 50).unwrap();
+    assert_eq!(max_abs_diff(&back.forward(&ids).unwrap(), &full), 0.0);
+    // A tied one: no lm_head.weight in the folder, and back to the same model.
+    let tied =
+        build_model(&ModelConfig { tie_word_embeddings: None, ..want.clone() }, Precision::FP32, &Device::Cpu, 3)
+            .unwrap();
+    let out = tmp.path().join("hf-llama-tied");
+    export_hf(tied.as_ref(), &out).unwrap();
+    let (tensors, _) = tokenmill::model::store::read_safetensors(&out.join(HF_WEIGHTS), &Device::Cpu).unwrap();
+    assert!(!tensors.contains_key("lm_head.weight"));
+    let back = load_hf(&out, Precision::FP32, &Device::Cpu).unwrap();
+    assert_eq!(max_abs_diff(&back.forward(&ids).unwrap(), &tied.forward(&ids).unwrap()), 0.0);
 }
 
 /// A copy of the numpy fixture with `edit` applied to its tensors and `config_edit` to its config.json.

@@ -2,21 +2,21 @@
 //!
 //! ```text
 //! tokenmill export hf log/checkpoints/step_019073 gpt2-tokenmill/
-//! python -c "from transformers import GPT2LMHeadModel; GPT2LMHeadModel.from_pretrained('gpt2-tokenmill')"
+//! python -c "from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained('gpt2-tokenmill')"
 //! ```
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::model::{hf::export_hf_gpt2, load_model, Precision};
+use crate::model::{hf::export_hf, load_model, Architecture, Precision};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ExportCommand {
-    /// Write a Hugging Face GPT-2 folder (config.json + model.safetensors, and GPT-2's tokenizer files for a GPT-2
-    /// vocabulary) from a checkpoint.
+    /// Write a Hugging Face folder (GPT2LMHeadModel or LlamaForCausalLM: config.json + model.safetensors, and
+    /// GPT-2's tokenizer files for a GPT-2 vocabulary) from a checkpoint.
     Hf {
-        /// A tokenmill checkpoint directory (or weights file, or HF GPT-2 folder).
+        /// A tokenmill checkpoint directory (or weights file, or HF folder).
         checkpoint: PathBuf,
         /// The folder to create; it must not exist yet (or be empty).
         dir: PathBuf,
@@ -33,7 +33,7 @@ pub fn run(c: ExportCommand) -> anyhow::Result<()> {
             }
             let model = load_model(spec, Precision::FP32, &candle_core::Device::Cpu)
                 .with_context(|| format!("loading {}", checkpoint.display()))?;
-            export_hf_gpt2(model.as_ref(), &dir)?;
+            export_hf(model.as_ref(), &dir)?;
             let cfg = model.config();
             if cfg.real_vocab_size == crate::tokenizer::TokenizerKind::Gpt2.vocab_size() as usize {
                 println!(
@@ -46,8 +46,12 @@ pub fn run(c: ExportCommand) -> anyhow::Result<()> {
                     cfg.real_vocab_size
                 );
             }
+            let class = match cfg.arch {
+                Architecture::Gpt2 => "GPT-2",
+                Architecture::Llama => "Llama",
+            };
             println!(
-                "wrote {} (GPT-2 L{} H{} C{}, vocab {}, {} parameters)",
+                "wrote {} ({class} L{} H{} C{}, vocab {}, {} parameters)",
                 dir.display(),
                 cfg.n_layer,
                 cfg.n_head,

@@ -20,7 +20,7 @@ impl Gelu {
     }
 
     fn check(n: usize) -> Result<()> {
-        if n % 8 != 0 {
+        if !n.is_multiple_of(8) {
             candle_core::bail!("GELU kernels: {n} elements is not a multiple of 8");
         }
         Ok(())

@@ -32,7 +32,7 @@ impl BiasGrad {
     /// # Safety
     /// `dy` holds n * oc bf16 (16-byte aligned rows: oc a multiple of 8), `db` oc f32, `scratch` `scratch_len(oc)`.
     pub unsafe fn accumulate(&self, dy: u64, db: u64, scratch: u64, n: usize, oc: usize) -> Result<()> {
-        if oc % 8 != 0 {
+        if !oc.is_multiple_of(8) {
             candle_core::bail!("bias gradient: width {oc} must be a multiple of 8");
         }
         let (n_i, oc_i, ch) = (int(n, "rows")?, int(oc, "width")?, CHUNKS as i32);

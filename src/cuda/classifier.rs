@@ -37,7 +37,7 @@ impl Classifier {
         v: usize,
         dscale: f32,
     ) -> Result<()> {
-        if v % 8 != 0 {
+        if !v.is_multiple_of(8) {
             candle_core::bail!("engine classifier: vocabulary {v} must be a multiple of 8 (pad it)");
         }
         let grid = u32::try_from(rows).map_err(|_| candle_core::Error::Msg(format!("classifier rows {rows}")))?;

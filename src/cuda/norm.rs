@@ -38,7 +38,7 @@ impl Norm {
     /// LayerNorm (`rms = false`: mean, rstd, weight and bias) or RMSNorm (`rms = true`: rstd and weight) over rows of
     /// `c` f32.
     pub fn new(stream: &Arc<CudaStream>, c: usize, rms: bool) -> Result<Norm> {
-        if c == 0 || c % 4 != 0 || c > MAX_C {
+        if c == 0 || !c.is_multiple_of(4) || c > MAX_C {
             candle_core::bail!("engine norm: C = {c} must be a positive multiple of 4 up to {MAX_C}");
         }
         let [fwd, fwd_res, bwd] = names(rms, c.div_ceil(128));

@@ -1,5 +1,8 @@
-//! Hugging Face GPT-2 folders (`config.json` + `model.safetensors`): import (`load_hf_gpt2`) and export
-//! (`export_hf_gpt2`). Both are key maps over the names tokenmill already uses, plus two layout facts:
+//! Hugging Face folders (`config.json` + `model.safetensors`) of GPT-2 (`GPT2LMHeadModel`) and Llama
+//! (`LlamaForCausalLM`): import (`load_hf`, `load_hf_files`) and export (`export_hf`). Both are key maps over the
+//! names tokenmill already uses. Llama's are HF's without the `model.` prefix, in nn.Linear's `(out, in)` layout,
+//! with HF's rotate-half rotary layout, so they map one to one (`lm_head.weight` only for an untied head). For GPT-2,
+//! two layout facts:
 //!
 //! - HF GPT-2 uses `Conv1D` for its four projections, storing weights `(in, out)`; tokenmill stores `(out, in)` like
 //!   nn.Linear, so `attn.c_attn`, `attn.c_proj`, `mlp.c_fc` and `mlp.c_proj` weights are transposed both ways.
@@ -18,7 +21,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use super::gpt2::Gpt2;
-use super::ops::LAYER_NORM_EPS;
+use super::ops::{LAYER_NORM_EPS, RMS_NORM_EPS};
 use super::store::{read_safetensors, write_safetensors};
 use super::{Architecture, LanguageModel, ModelConfig, ModelError, Precision};
 use crate::util::fsync_dir;
@@ -53,17 +56,45 @@ struct HfGpt2Config {
     scale_attn_by_inverse_layer_idx: Option<bool>,
 }
 
-/// The tokenmill config of the HF GPT-2 described by `config.json` at `path`. Variants tokenmill's GPT-2 does not
-/// compute (another activation, untied head, other eps, layer-scaled attention) are errors, never silently wrong.
+/// The fields of HF's `LlamaConfig` that decide the architecture (the rotary base is `rope_theta`, or
+/// `rope_parameters.rope_theta` in transformers 5).
+#[derive(Debug, serde::Deserialize)]
+struct HfLlamaConfig {
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    max_position_embeddings: usize,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_parameters: Option<serde_json::Value>,
+    rope_scaling: Option<serde_json::Value>,
+    hidden_act: Option<String>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    tie_word_embeddings: Option<bool>,
+}
+
+/// The tokenmill config of the HF model described by `config.json` at `path` (`model_type` gpt2 or llama).
+/// Variants tokenmill does not compute (another activation, other eps, scaled rotary or layer-scaled attention,
+/// biases on a Llama) are errors, never silently wrong.
 pub fn read_hf_config(path: &Path) -> Result<ModelConfig, ModelError> {
     let text = fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-    let hf: HfGpt2Config =
+    let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| ModelError::Json { path: path.to_path_buf(), source: e })?;
+    if json.get("model_type").and_then(|t| t.as_str()) == Some("llama") {
+        return read_hf_llama_config(path, json);
+    }
+    let hf: HfGpt2Config =
+        serde_json::from_value(json).map_err(|e| ModelError::Json { path: path.to_path_buf(), source: e })?;
     let unsupported =
         |what: String| Err(ModelError::format(path, format!("{what}: not supported by tokenmill's GPT-2")));
     if let Some(t) = &hf.model_type {
         if t != "gpt2" {
-            return unsupported(format!("model_type `{t}`"));
+            return unsupported(format!("model_type `{t}` (gpt2 and llama are read)"));
         }
     }
     let act = hf.activation_function.as_deref().unwrap_or("gelu_new");
@@ -92,6 +123,107 @@ pub fn read_hf_config(path: &Path) -> Result<ModelConfig, ModelError> {
     };
     cfg.validate().map_err(|e| ModelError::format(path, e.to_string()))?;
     Ok(cfg)
+}
+
+fn read_hf_llama_config(path: &Path, json: serde_json::Value) -> Result<ModelConfig, ModelError> {
+    let hf: HfLlamaConfig =
+        serde_json::from_value(json).map_err(|e| ModelError::Json { path: path.to_path_buf(), source: e })?;
+    let unsupported =
+        |what: String| Err(ModelError::format(path, format!("{what}: not supported by tokenmill's Llama")));
+    let act = hf.hidden_act.as_deref().unwrap_or("silu");
+    if act != "silu" {
+        return unsupported(format!("hidden_act `{act}` (SwiGLU with silu expected)"));
+    }
+    let eps = hf.rms_norm_eps.unwrap_or(RMS_NORM_EPS);
+    if (eps - RMS_NORM_EPS).abs() > 1e-12 {
+        return unsupported(format!("rms_norm_eps {eps} (expected {RMS_NORM_EPS})"));
+    }
+    if hf.attention_bias == Some(true) || hf.mlp_bias == Some(true) {
+        return unsupported("biases".into());
+    }
+    if hf.head_dim.is_some_and(|d| d * hf.num_attention_heads != hf.hidden_size) {
+        return unsupported(format!("head_dim {:?} != hidden_size / num_attention_heads", hf.head_dim));
+    }
+    let rope = hf.rope_parameters.as_ref().or(hf.rope_scaling.as_ref());
+    let rope_type = rope.and_then(|r| r.get("rope_type").or_else(|| r.get("type"))).and_then(|t| t.as_str());
+    if rope_type.is_some_and(|t| t != "default") {
+        return unsupported(format!("rope type `{}` (plain rotary expected)", rope_type.unwrap_or_default()));
+    }
+    let theta = hf
+        .rope_theta
+        .or_else(|| rope.and_then(|r| r.get("rope_theta")).and_then(|t| t.as_f64()))
+        .unwrap_or(super::config::DEFAULT_ROPE_THETA);
+    let base = ModelConfig::sized(
+        Architecture::Llama,
+        hf.max_position_embeddings,
+        hf.num_hidden_layers,
+        hf.num_attention_heads,
+        hf.hidden_size,
+    );
+    let cfg = ModelConfig {
+        vocab_size: hf.vocab_size,
+        real_vocab_size: hf.vocab_size,
+        n_kv_head: hf.num_key_value_heads.filter(|&kv| kv != hf.num_attention_heads),
+        ffn_hidden: Some(hf.intermediate_size).filter(|&h| h != base.hidden()),
+        rope_theta: Some(theta).filter(|&t| t != super::config::DEFAULT_ROPE_THETA),
+        tie_word_embeddings: hf.tie_word_embeddings.filter(|&t| !t),
+        ..base
+    };
+    cfg.validate().map_err(|e| ModelError::format(path, e.to_string()))?;
+    Ok(cfg)
+}
+
+/// HF Llama tensors in tokenmill's form: `model.` stripped, rotary buffers dropped, a stored `lm_head.weight` kept
+/// for an untied head and checked equal to the embedding for a tied one.
+fn llama_tensors_from_hf(
+    cfg: &ModelConfig,
+    tensors: HashMap<String, Tensor>,
+    source: &Path,
+) -> Result<HashMap<String, Tensor>, ModelError> {
+    let mut out = HashMap::with_capacity(tensors.len());
+    let mut lm_head = None;
+    for (key, t) in tensors {
+        if key.ends_with("rotary_emb.inv_freq") {
+            continue; // a buffer older transformers saved; the tables are computed
+        }
+        if key == "lm_head.weight" && cfg.tied() {
+            lm_head = Some(t);
+            continue;
+        }
+        out.insert(key.strip_prefix("model.").unwrap_or(&key).to_string(), t);
+    }
+    if let (Some(head), Some(emb)) = (lm_head, out.get("embed_tokens.weight")) {
+        let tied = head.dims() == emb.dims()
+            && (head.to_dtype(DType::F32)? - emb.to_dtype(DType::F32)?)?.abs()?.max_all()?.to_scalar::<f32>()? == 0.0;
+        if !tied {
+            return Err(ModelError::format(
+                source,
+                "lm_head.weight differs from embed_tokens.weight, but config.json says the head is tied",
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Load the HF model (GPT-2 or Llama) in `dir` (`config.json` + `model.safetensors`).
+pub fn load_hf(dir: &Path, precision: Precision, device: &Device) -> Result<Box<dyn LanguageModel>, ModelError> {
+    load_hf_files(&dir.join(HF_CONFIG), &dir.join(HF_WEIGHTS), precision, device)
+}
+
+/// Load an HF model (GPT-2 or Llama) from its two files (as downloaded to the hub cache, which keeps them apart).
+pub fn load_hf_files(
+    config: &Path,
+    weights: &Path,
+    precision: Precision,
+    device: &Device,
+) -> Result<Box<dyn LanguageModel>, ModelError> {
+    let cfg = read_hf_config(config)?;
+    if cfg.arch == Architecture::Gpt2 {
+        return Ok(Box::new(load_hf_gpt2_files(config, weights, precision, device)?));
+    }
+    let (tensors, _) = read_safetensors(weights, device)?;
+    let tensors = llama_tensors_from_hf(&cfg, tensors, weights)?;
+    Ok(Box::new(super::llama::Llama::from_tensors(&cfg, precision, device, tensors, weights)?))
 }
 
 /// Rename and re-lay HF GPT-2 tensors into tokenmill's form: strip `transformer.`, drop the causal-mask buffers,
@@ -145,10 +277,38 @@ pub fn load_hf_gpt2_files(
     Gpt2::from_tensors(&cfg, precision, device, tensors, weights)
 }
 
-/// The `config.json` transformers' `GPT2LMHeadModel` loads for `cfg` (with `vocab_size` = the real vocabulary).
+/// The `config.json` transformers' `GPT2LMHeadModel` or `LlamaForCausalLM` loads for `cfg` (with `vocab_size` =
+/// the real vocabulary).
 pub fn hf_config_json(cfg: &ModelConfig) -> serde_json::Value {
     // GPT-2's <|endoftext|> (50256) when the vocabulary has it; transformers warns about ids outside the vocabulary.
     let eot = (cfg.real_vocab_size > GPT2_EOT).then_some(GPT2_EOT);
+    if cfg.arch == Architecture::Llama {
+        return serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": cfg.real_vocab_size,
+            "hidden_size": cfg.n_embd,
+            "intermediate_size": cfg.hidden(),
+            "num_hidden_layers": cfg.n_layer,
+            "num_attention_heads": cfg.n_head,
+            "num_key_value_heads": cfg.kv_heads(),
+            "head_dim": cfg.head_size(),
+            "max_position_embeddings": cfg.block_size,
+            "rms_norm_eps": RMS_NORM_EPS,
+            "rope_theta": cfg.rope_base(),
+            "rope_scaling": null,
+            "hidden_act": "silu",
+            "attention_bias": false,
+            "attention_dropout": 0.0,
+            "mlp_bias": false,
+            "initializer_range": 0.02,
+            "tie_word_embeddings": cfg.tied(),
+            "use_cache": true,
+            "bos_token_id": eot,
+            "eos_token_id": eot,
+            "torch_dtype": "float32",
+        });
+    }
     serde_json::json!({
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -176,17 +336,12 @@ pub fn hf_config_json(cfg: &ModelConfig) -> serde_json::Value {
     })
 }
 
-/// Write `model` (a GPT-2) as a Hugging Face folder at `dir`: `config.json` + `model.safetensors` (fp32,
-/// `transformer.`-prefixed keys, Conv1D layout, vocabulary cropped to `real_vocab_size`). The folder is assembled
-/// under a temp name and renamed into place; `dir` must not exist yet (or be empty).
-pub fn export_hf_gpt2(model: &dyn LanguageModel, dir: &Path) -> Result<(), ModelError> {
+/// Write `model` as a Hugging Face folder at `dir`: `config.json` + `model.safetensors` (fp32, vocabulary cropped to
+/// `real_vocab_size`); GPT-2 in `GPT2LMHeadModel`'s form (`transformer.`-prefixed keys, Conv1D layout), Llama in
+/// `LlamaForCausalLM`'s (`model.`-prefixed keys, `lm_head.weight` for an untied head). The folder is assembled under
+/// a temp name and renamed into place; `dir` must not exist yet (or be empty).
+pub fn export_hf(model: &dyn LanguageModel, dir: &Path) -> Result<(), ModelError> {
     let cfg = model.config();
-    if cfg.arch != Architecture::Gpt2 {
-        return Err(ModelError::Unsupported(format!(
-            "HF export writes GPT-2 folders; this checkpoint is a {:?} model",
-            cfg.arch
-        )));
-    }
     if dir.exists() {
         let empty = fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))?.next().is_none();
         if !empty {
@@ -196,13 +351,20 @@ pub fn export_hf_gpt2(model: &dyn LanguageModel, dir: &Path) -> Result<(), Model
     let mut tensors = Vec::new();
     for (name, var) in model.parameters() {
         let mut t = var.as_tensor().to_dtype(DType::F32)?;
-        if name == "wte.weight" {
+        if matches!(name.as_str(), "wte.weight" | "embed_tokens.weight" | "lm_head.weight") {
             t = t.narrow(0, 0, cfg.real_vocab_size)?;
         }
-        if is_conv1d(&name) {
-            t = t.t()?;
-        }
-        tensors.push((format!("transformer.{name}"), t.contiguous()?));
+        let key = match cfg.arch {
+            Architecture::Gpt2 => {
+                if is_conv1d(&name) {
+                    t = t.t()?;
+                }
+                format!("transformer.{name}")
+            }
+            Architecture::Llama if name == "lm_head.weight" => name,
+            Architecture::Llama => format!("model.{name}"),
+        };
+        tensors.push((key, t.contiguous()?));
     }
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());

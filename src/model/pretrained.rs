@@ -1,12 +1,12 @@
 //! What `--model` can name, and loading it: a Hugging Face hub GPT-2 (`gpt2`, `gpt2-medium`, `gpt2-large`,
-//! `gpt2-xl`, or any `org/name` GPT-2 repo), a local HF folder (`config.json` + `model.safetensors`), a tokenmill
+//! `gpt2-xl`) or any `org/name` GPT-2 or Llama repo, a local HF folder (`config.json` + `model.safetensors`), a tokenmill
 //! checkpoint directory (`model.safetensors` + `state.json`), or a tokenmill weight file (`*.safetensors`).
 
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
-use super::hf::{load_hf_gpt2, load_hf_gpt2_files, HF_CONFIG, HF_WEIGHTS};
+use super::hf::{load_hf, load_hf_files, HF_CONFIG, HF_WEIGHTS};
 use super::store::{load_checkpoint_model, load_model_weights, MODEL_FILE, STATE_FILE};
 use super::{LanguageModel, ModelError, Precision};
 use crate::hub::HubClient;
@@ -68,9 +68,9 @@ pub fn load_model(spec: &str, precision: Precision, device: &Device) -> Result<B
             let hub = HubClient::from_env()?;
             let config = hub.download_model_file(&repo, HF_CONFIG)?;
             let weights = hub.download_model_file(&repo, HF_WEIGHTS)?;
-            Box::new(load_hf_gpt2_files(&config, &weights, precision, device)?)
+            load_hf_files(&config, &weights, precision, device)?
         }
-        ModelSource::HfDir(dir) => Box::new(load_hf_gpt2(&dir, precision, device)?),
+        ModelSource::HfDir(dir) => load_hf(&dir, precision, device)?,
         ModelSource::Checkpoint(dir) => load_checkpoint_model(&dir, precision, device)?,
         ModelSource::Weights(file) => load_model_weights(&file, precision, device)?,
     })

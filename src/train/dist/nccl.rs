@@ -74,8 +74,7 @@ impl NcclCommunicator {
         ctx.bind_to_thread().map_err(cuda_err("binding the CUDA context"))?;
         let stream = ctx.new_stream().map_err(cuda_err("creating the NCCL stream"))?;
         let watchdog = Watchdog::new(timeout, exit_action());
-        let action = exit_action();
-        let liveness = Liveness::start(rv, move |m| action(m))?;
+        let liveness = Liveness::start(rv, exit_action())?;
         let comm = {
             let _g = watchdog.guard(format!("rank {rank}: NCCL initialisation ({world} ranks)"));
             Comm::from_rank(stream.clone(), rank, world, Id::uninit(raw)).map_err(nccl_err("ncclCommInitRank"))?
