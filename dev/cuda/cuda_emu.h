@@ -4,7 +4,7 @@
 // Model: blocks run one after another; the threads of a block run concurrently as std::threads and
 // __syncthreads() is a std::barrier (a thread that returns drops out of it, as an exited CUDA thread does).
 // `__shared__` becomes `static`, which is right because one block runs at a time. Not emulated: dynamic shared
-// memory, atomics, streams; the kernels restrict themselves accordingly (see ../common.cuh).
+// memory, atomics, streams; the kernels restrict themselves accordingly (see src/model/kernels/common.cuh).
 //
 // Warp-level instructions (for src/cuda/flash_attn.cu), emulated by the 32 threads of a warp meeting at a per-warp
 // barrier and exchanging operands: shfl (idx and xor), ldmatrix.x4 (plain and .trans, with its 16-byte alignment checked),

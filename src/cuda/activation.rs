@@ -1,5 +1,5 @@
 //! GPT-2's tanh-GELU as its own kernels (activation.cu), for when the engine does not fuse it into the matmul
-//! epilogues (`[run] gelu_fusion = false`, or to time the two against each other). CPU checks: dev/cuda/check_engine.cpp.
+//! epilogues (`[engine] gelu_fusion = false`, or to time the two against each other). CPU checks: dev/cuda/check_engine.cpp.
 
 use std::sync::Arc;
 

@@ -80,10 +80,32 @@ impl Norm {
         n: usize,
         eps: f32,
     ) -> Result<()> {
+        // SAFETY: the caller's contract (`x` is the kernel's one input).
+        unsafe { self.launch_forward(&self.fwd, &[x], (w, b), y, (mean, rstd), n, eps) }
+    }
+
+    /// The arguments both forward kernels share, after their inputs: `(w, [b], y, [mean], rstd, n, c, eps)`.
+    ///
+    /// # Safety
+    /// As `forward` / `forward_residual`; `inputs` are the kernel's leading pointer arguments.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn launch_forward(
+        &self,
+        kernel: &str,
+        inputs: &[u64],
+        (w, b): (u64, Option<u64>),
+        y: u64,
+        (mean, rstd): (Option<u64>, u64),
+        n: usize,
+        eps: f32,
+    ) -> Result<()> {
         self.check_kind(b, mean)?;
         let (n_i, c_i) = (int(n, "norm rows")?, self.c as i32);
-        let mut a = self.module.args(&self.fwd)?;
-        a.arg(&x).arg(&w);
+        let mut a = self.module.args(kernel)?;
+        for p in inputs {
+            a.arg(p);
+        }
+        a.arg(&w);
         let (b, mean) = (b.unwrap_or(0), mean.unwrap_or(0));
         if !self.rms {
             a.arg(&b);
@@ -113,20 +135,8 @@ impl Norm {
         n: usize,
         eps: f32,
     ) -> Result<()> {
-        self.check_kind(b, mean)?;
-        let (n_i, c_i) = (int(n, "norm rows")?, self.c as i32);
-        let mut a = self.module.args(&self.fwd_res)?;
-        a.arg(&res).arg(&delta).arg(&res_out).arg(&w);
-        let (b, mean) = (b.unwrap_or(0), mean.unwrap_or(0));
-        if !self.rms {
-            a.arg(&b);
-        }
-        a.arg(&y);
-        if !self.rms {
-            a.arg(&mean);
-        }
-        a.arg(&rstd).arg(&n_i).arg(&c_i).arg(&eps);
-        go(a, cfg((blocks(n, WARPS)?, 1), (THREADS, 1)))
+        // SAFETY: the caller's contract.
+        unsafe { self.launch_forward(&self.fwd_res, &[res, delta, res_out], (w, b), y, (mean, rstd), n, eps) }
     }
 
     /// `dres (n, C) f32 += dnorm/dx`, `dres16 = bf16(dres)`, `dw (C) f32 +=` (and `db` for LayerNorm), from

@@ -167,21 +167,29 @@ pub fn lm_head_cross_entropy(x: &Tensor, weight: &Tensor, targets: &Tensor) -> R
     super::kernels::linear_cross_entropy(&x, &weight.to_dtype(x.dtype())?, &targets.flatten_all()?)?.mean_all()
 }
 
-/// Rotary embedding tables for positions `0..t` and head size `hs`: `(cos, sin)`, each `(T, HS/2)` in `dtype`.
-/// Frequencies `theta^(-2i/HS)` as in Llama (theta = 10000).
-pub fn rotary_tables(t: usize, hs: usize, theta: f64, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+/// The rotary angles' cosines and sines for positions `0..t` and head size `hs`, in f64, row-major `(T, HS/2)`:
+/// entry `(pos, i)` of the angle `pos * theta^(-2i/HS)` (Llama's frequencies). The one definition both the candle
+/// op's tables and the decoder engine's are made from.
+pub fn rotary_cos_sin(t: usize, hs: usize, theta: f64) -> (Vec<f64>, Vec<f64>) {
     let half = hs / 2;
     let mut cos = Vec::with_capacity(t * half);
     let mut sin = Vec::with_capacity(t * half);
     for pos in 0..t {
         for i in 0..half {
-            let angle = pos as f64 * theta.powf(-2.0 * i as f64 / hs as f64);
-            cos.push(angle.cos());
-            sin.push(angle.sin());
+            let (s, c) = (pos as f64 * theta.powf(-2.0 * i as f64 / hs as f64)).sin_cos();
+            cos.push(c);
+            sin.push(s);
         }
     }
-    let cos = Tensor::from_vec(cos, (t, half), device)?.to_dtype(dtype)?;
-    let sin = Tensor::from_vec(sin, (t, half), device)?.to_dtype(dtype)?;
+    (cos, sin)
+}
+
+/// Rotary embedding tables for positions `0..t` and head size `hs`: `(cos, sin)`, each `(T, HS/2)` in `dtype`.
+/// Frequencies `theta^(-2i/HS)` as in Llama.
+pub fn rotary_tables(t: usize, hs: usize, theta: f64, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    let (cos, sin) = rotary_cos_sin(t, hs, theta);
+    let cos = Tensor::from_vec(cos, (t, hs / 2), device)?.to_dtype(dtype)?;
+    let sin = Tensor::from_vec(sin, (t, hs / 2), device)?.to_dtype(dtype)?;
     Ok((cos, sin))
 }
 

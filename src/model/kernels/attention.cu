@@ -353,8 +353,9 @@ FA_KERNELS(float, f32)
 FA_KERNELS(__nv_bfloat16, bf16)
 FA_KERNELS(__half, f16)
 
-// Tensor-core kernels fa_tc_{fwd,bwd_dkdv,bwd_dq}_{bf16,f16}. The stock lab (dev/cuda/cuda_emu.h) emulates no warp-level
-// primitives, so it compiles them only where the includer provides them (TM_TC_LAB).
+// Tensor-core kernels fa_tc_{fwd,bwd_dkdv,bwd_dq}_{bf16,f16}. The ops lab (dev/cuda/check.cpp) does not define TM_TC_LAB,
+// so it does not run them (it runs the scalar kernels above); src/cuda/flash_attn.cu, the same scheme, runs under
+// cuda_emu.h's warp emulation in dev/cuda/check_flash.cpp, and these on the GPU in tests/kernels_attention.rs.
 #if defined(__CUDACC__) || defined(TM_TC_LAB)
 #include "attention_tc.cuh"
 #endif

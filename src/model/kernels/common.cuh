@@ -2,8 +2,9 @@
 // (f32, f64 for f64), conversions, and 16-byte vector loads/stores.
 //
 // The kernels use only what `dev/cuda/cuda_emu.h` can also provide on a CPU (threadIdx/blockIdx, __syncthreads,
-// static __shared__ arrays; no warp shuffles, no dynamic shared memory), so `dev/cuda/run.sh` can execute them with
-// g++ against the Rust reference before any GPU time is spent.
+// static __shared__ arrays, warp shuffles and the tensor-core fragments flash_attn.cu uses; no dynamic shared
+// memory, no atomics), so `dev/cuda/run.sh` can execute them with g++ against double-precision references before
+// any GPU time is spent.
 #pragma once
 
 #ifdef __CUDACC__

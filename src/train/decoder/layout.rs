@@ -461,20 +461,12 @@ impl ActLayout {
     }
 }
 
-/// The rotary tables of positions `0..t` for head size `hs`: `cos[pos * HS/2 + i]`, `sin[...]` of the angle
-/// `pos * theta^(-2i/HS)`, computed in f64 and rounded once (as `model::ops::rotary_tables`).
+/// The rotary tables of positions `0..t` for head size `hs`: `cos[pos * HS/2 + i]`, `sin[...]`, computed in f64 and
+/// rounded once to f32 (`model::ops::rotary_cos_sin`, the candle op's tables too).
 pub fn rotary_tables(t: usize, hs: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
-    let half = hs / 2;
-    let mut cos = Vec::with_capacity(t * half);
-    let mut sin = Vec::with_capacity(t * half);
-    for pos in 0..t {
-        for i in 0..half {
-            let angle = pos as f64 * theta.powf(-2.0 * i as f64 / hs as f64);
-            cos.push(angle.cos() as f32);
-            sin.push(angle.sin() as f32);
-        }
-    }
-    (cos, sin)
+    let (cos, sin) = crate::model::ops::rotary_cos_sin(t, hs, theta);
+    let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+    (f32s(cos), f32s(sin))
 }
 
 #[cfg(test)]
