@@ -213,6 +213,41 @@ def get_lr(step: int) -> float:
     return MIN_LR + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (MAX_LR - MIN_LR)
 
 
+def time_steps(train_step, warmup: int, steps: int, device):
+    """Run `warmup` untimed then `steps` timed calls of `train_step(step) -> loss tensor`, each between two
+    synchronizations of `device` (none on CPU); (step times in ms, last loss), or None after a non-finite loss."""
+    cuda = device.type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    times_ms = []
+    loss = float("nan")
+    for step in range(warmup + steps):
+        sync()
+        t0 = time.perf_counter()
+        loss_t = train_step(step)
+        sync()
+        dt = time.perf_counter() - t0
+        loss = loss_t.item()  # after the synchronize: a copy, not a wait
+        if not math.isfinite(loss):
+            log(f"step {step}: loss {loss}")
+            return None
+        is_timed = step >= warmup
+        if is_timed:
+            times_ms.append(dt * 1e3)
+        log(f"step {step:4d} | loss {loss:.6f} | {dt * 1e3:9.2f} ms | {'timed' if is_timed else 'warm-up'}")
+    return times_ms, loss
+
+
+def peak_memory(device):
+    """(bytes, how measured): torch's allocator high-water mark on CUDA, the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "ru_maxrss"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if torch is None:
@@ -279,32 +314,12 @@ def main(argv=None) -> int:
         optimizer.step()
         return loss_accum, norm
 
-    def sync():
-        if cuda:
-            torch.cuda.synchronize(device)
-
-    times_ms = []
-    loss = float("nan")
-    for step in range(args.warmup + args.steps):
-        sync()
-        t0 = time.perf_counter()
-        loss_accum, _ = train_step(step)
-        sync()
-        dt = time.perf_counter() - t0
-        loss = loss_accum.item()  # after the synchronize: a copy, not a wait
-        if not math.isfinite(loss):
-            log(f"step {step}: loss {loss}")
-            return 1
-        timed = step >= args.warmup
-        if timed:
-            times_ms.append(dt * 1e3)
-        log(f"step {step:4d} | loss {loss:.6f} | {dt * 1e3:9.2f} ms | {'timed' if timed else 'warm-up'}")
-
+    timed = time_steps(lambda step: train_step(step)[0], args.warmup, args.steps, device)
+    if timed is None:
+        return 1
+    times_ms, loss = timed
     median_ms = statistics.median(times_ms)
-    if cuda:
-        peak_bytes, peak_source = torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
-    else:
-        peak_bytes, peak_source = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "ru_maxrss"
+    peak_bytes, peak_source = peak_memory(device)
     result = {
         "impl": "pytorch",
         "torch": torch.__version__,

@@ -37,13 +37,12 @@ import contextlib
 import json
 import math
 import os
-import resource
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import track_ref  # noqa: E402  (the shard reader, DataLoaderLite, the schedule and the safetensors reader)
+import train_gpt2_ref  # noqa: E402  (the timed-steps loop and the peak-memory reading)
 
 try:
     import torch
@@ -251,31 +250,12 @@ def bench(args) -> int:
         opt.step()
         return loss_accum
 
-    def sync():
-        if cuda:
-            torch.cuda.synchronize(device)
-
-    times_ms = []
-    loss = float("nan")
-    for step in range(args.warmup + args.steps):
-        sync()
-        t0 = time.perf_counter()
-        loss_t = train_step(step)
-        sync()
-        dt = time.perf_counter() - t0
-        loss = loss_t.item()
-        if not math.isfinite(loss):
-            log(f"step {step}: loss {loss}")
-            return 1
-        timed = step >= args.warmup
-        if timed:
-            times_ms.append(dt * 1e3)
-        log(f"step {step:4d} | loss {loss:.6f} | {dt * 1e3:9.2f} ms | {'timed' if timed else 'warm-up'}")
+    timed = train_gpt2_ref.time_steps(train_step, args.warmup, args.steps, device)
+    if timed is None:
+        return 1
+    times_ms, loss = timed
     median_ms = statistics.median(times_ms)
-    if cuda:
-        peak, source = torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
-    else:
-        peak, source = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "ru_maxrss"
+    peak, source = train_gpt2_ref.peak_memory(device)
     result = {
         "impl": "hf-llama",
         "torch": torch.__version__,

@@ -423,6 +423,47 @@ fn reference_script_defines_every_flag_compare_passes() {
     }
 }
 
+/// The Llama reference takes every flag `bench compare` passes for a Llama preset (GQA, MLP width, rotary base,
+/// untied head), and, where Python is installed, parses them without torch into tokenmill's shape.
+#[test]
+fn llama_reference_script_defines_every_flag_compare_passes() {
+    let script_path = repo().join("reference/train_llama_ref.py");
+    let script = std::fs::read_to_string(&script_path).unwrap();
+    let spec = Plan {
+        models: vec![BenchModel::preset("llama-1b").unwrap()],
+        seq_lens: vec![],
+        batches: vec![],
+        total_batch: None,
+        dtypes: vec!["bf16".into()],
+        warmups: vec![3],
+        steps: 10,
+        what: vec![Computation::TrainStep],
+        seed: 1,
+        engine: None,
+    }
+    .cases(&Device::Cpu)
+    .unwrap()
+    .remove(0);
+    let mut flags: Vec<String> = reference_args(&spec, &Device::Cpu, true);
+    flags.extend(reference_args(&spec, &Device::Cpu, false));
+    flags.push("--untied".into());
+    for flag in flags.iter().filter(|a| a.starts_with("--")) {
+        assert!(script.contains(&format!("add_argument(\"{flag}\"")), "train_llama_ref.py does not define {flag}");
+    }
+    if Command::new("python3").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        let args = reference_args(&spec, &Device::Cpu, false);
+        let probe = "import sys; sys.path.insert(0, 'reference'); import train_llama_ref as r; \
+                     print(r.model_dims(r.parse_args(sys.argv[1:])))";
+        let out = Command::new("python3").current_dir(repo()).arg("-c").arg(probe).args(&args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        for want in ["'n_kv_head': 8", "'ffn_hidden': 8192", "'rope_theta': 500000.0", "'tied': True", "'n_layer': 16"]
+        {
+            assert!(text.contains(want), "{want} not in {text}");
+        }
+    }
+}
+
 /// Issue 20: `bench --peak-size 200000` aborted allocating 160 GB, with a backtrace. Refused up front, in one line.
 #[test]
 fn a_peak_size_past_the_memory_is_refused_in_one_line() {

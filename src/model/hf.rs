@@ -193,16 +193,19 @@ fn llama_tensors_from_hf(
         out.insert(key.strip_prefix("model.").unwrap_or(&key).to_string(), t);
     }
     if let (Some(head), Some(emb)) = (lm_head, out.get("embed_tokens.weight")) {
-        let tied = head.dims() == emb.dims()
-            && (head.to_dtype(DType::F32)? - emb.to_dtype(DType::F32)?)?.abs()?.max_all()?.to_scalar::<f32>()? == 0.0;
-        if !tied {
-            return Err(ModelError::format(
-                source,
-                "lm_head.weight differs from embed_tokens.weight, but config.json says the head is tied",
-            ));
-        }
+        check_tied(&head, emb, source, "embed_tokens.weight, but config.json says the head is tied")?;
     }
     Ok(out)
+}
+
+/// A stored `lm_head.weight` of a tied model must be the embedding, bit for bit; `what` ends the error.
+fn check_tied(head: &Tensor, emb: &Tensor, source: &Path, what: &str) -> Result<(), ModelError> {
+    let tied = head.dims() == emb.dims()
+        && (head.to_dtype(DType::F32)? - emb.to_dtype(DType::F32)?)?.abs()?.max_all()?.to_scalar::<f32>()? == 0.0;
+    if !tied {
+        return Err(ModelError::format(source, format!("lm_head.weight differs from {what}")));
+    }
+    Ok(())
 }
 
 /// Load the HF model (GPT-2 or Llama) in `dir` (`config.json` + `model.safetensors`).
@@ -247,14 +250,7 @@ pub fn gpt2_tensors_from_hf(
         out.insert(name, t);
     }
     if let (Some(head), Some(wte)) = (lm_head, out.get("wte.weight")) {
-        let tied = head.dims() == wte.dims()
-            && (head.to_dtype(DType::F32)? - wte.to_dtype(DType::F32)?)?.abs()?.max_all()?.to_scalar::<f32>()? == 0.0;
-        if !tied {
-            return Err(ModelError::format(
-                source,
-                "lm_head.weight differs from wte.weight: untied heads are not supported",
-            ));
-        }
+        check_tied(&head, wte, source, "wte.weight: untied heads are not supported")?;
     }
     Ok(out)
 }
