@@ -72,11 +72,16 @@ fn hellaswag(a: HellaswagArgs) -> anyhow::Result<()> {
     }
     println!("HellaSwag: {n} examples from {} with {} on {device:?}", a.data.display(), a.model);
     let every = (n / 20).max(1);
+    let mut next = every;
+    let started = std::time::Instant::now();
+    // Examples are scored in batches (longest first), so the running count advances by a batch at a time.
     let score = evaluate_with_progress(&*model, &file.examples()[..n], 0, 1, &device, |s| {
-        if s.n % every == 0 || s.n == n {
+        if s.n >= next || s.n == n {
             println!("{} acc_norm: {}/{}={:.4}", s.n, s.correct_norm, s.n, s.acc_norm());
+            next = (s.n / every + 1) * every;
         }
     })?;
     println!("acc: {:.4} acc_norm: {:.4} (n={})", score.acc(), score.acc_norm(), score.n);
+    println!("scored {n} examples in {:.2} s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -252,6 +252,10 @@ impl LanguageModel for Gpt2 {
         ops::lm_head_cross_entropy(&self.hidden(idx)?, &self.wte, targets)
     }
 
+    fn token_losses(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        super::head_token_losses(&self.hidden(idx)?, &self.wte, targets)
+    }
+
     fn parameters(&self) -> Vec<(String, Var)> {
         self.params.clone()
     }

@@ -250,6 +250,10 @@ impl LanguageModel for Llama {
         ops::lm_head_cross_entropy(&self.hidden(idx)?, &self.lm_head, targets)
     }
 
+    fn token_losses(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        super::head_token_losses(&self.hidden(idx)?, &self.lm_head, targets)
+    }
+
     fn parameters(&self) -> Vec<(String, Var)> {
         self.params.clone()
     }

@@ -55,6 +55,17 @@ pub trait LanguageModel: Send {
     /// Mean cross-entropy over all B*T positions as an f32 scalar (f64 under `Precision::F64`); `targets: (B, T)` u32.
     fn loss(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor>;
 
+    /// Each position's cross-entropy `(B, T)` f32 (f64 under `Precision::F64`), 0 where the target is
+    /// `kernels::IGNORE_INDEX`: what evaluation scores (HellaSwag's ending tokens). For evaluation only (no
+    /// gradient is taken). The default goes through `forward`'s `(B, T, V)` logits; the models run their head
+    /// in the compute dtype into the fused cross-entropy kernel instead.
+    fn token_losses(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let (b, t) = idx.dims2()?;
+        let logits = self.forward(idx)?;
+        let v = logits.dim(2)?;
+        kernels::softmax_cross_entropy(&logits.reshape((b * t, v))?, &targets.flatten_all()?)?.reshape((b, t))
+    }
+
     /// Trainable parameters with their checkpoint names (HF GPT-2 names for GPT-2), in a stable order.
     fn parameters(&self) -> Vec<(String, Var)>;
 
@@ -112,6 +123,15 @@ pub fn param_specs(cfg: &ModelConfig) -> Vec<params::ParamSpec> {
         Architecture::Gpt2 => gpt2::param_specs(cfg),
         Architecture::Llama => llama::param_specs(cfg),
     }
+}
+
+/// `token_losses` for a model whose final hidden state `h (B, T, C)` (compute dtype) meets the head `w (V, C)`:
+/// the logits `(B*T, V)` stay in the compute dtype (bf16 on GPU: half the bytes of forward's f32 logits) and the
+/// fused kernel reduces each row in f32.
+pub(crate) fn head_token_losses(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (b, t, c) = h.dims3()?;
+    let logits = ops::linear(&h.reshape((b * t, c))?, w, None)?; // (B*T, V)
+    kernels::softmax_cross_entropy(&logits, &targets.flatten_all()?)?.reshape((b, t))
 }
 
 /// A freshly initialised model of `cfg.arch`, reproducible from `seed` (bitwise on CPU).

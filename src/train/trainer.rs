@@ -508,6 +508,13 @@ impl Trainer {
         result
     }
 
+    /// A screen line with how long an evaluation took (the training log's time per evaluation).
+    fn note_time(&self, step: usize, what: &str, started: Instant) {
+        if let Some(log) = &self.log {
+            log.note(&format!("step {step:5} | {what} took {:.2} s", started.elapsed().as_secs_f64()));
+        }
+    }
+
     /// HellaSwag over the configured examples (split across processes, counts summed).
     pub fn hellaswag(&self) -> Result<Option<HellaswagScore>, TrainError> {
         let Some(examples) = &self.hellaswag else { return Ok(None) };
@@ -591,12 +598,16 @@ impl Trainer {
             let e = self.cfg.eval.clone();
 
             if self.val.is_some() && due(e.val_every, step, last) {
+                let started = Instant::now();
                 let loss = self.val_loss()?;
                 self.record(Event::Val { step, loss })?;
+                self.note_time(step, &format!("validation ({} batches)", e.val_steps), started);
             }
             if due(e.hellaswag_every, step, last) {
+                let started = Instant::now();
                 if let Some(s) = self.hellaswag()? {
                     self.record(Event::Hella { step, acc: s.acc(), acc_norm: s.acc_norm(), n: s.n })?;
+                    self.note_time(step, &format!("HellaSwag ({} examples)", s.n), started);
                 }
             }
             if self.reducer.rank() == 0 && due(e.sample_every, step, last) && (step > 0 || last) {
