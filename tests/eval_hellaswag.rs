@@ -248,3 +248,22 @@ fn cli_refuses_a_limit_of_zero() {
     assert!(!out.status.success() && stderr.contains("--limit 0 scores nothing"), "{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("acc"), "no score printed");
 }
+
+/// Timing (ignored; `cargo test --test eval_hellaswag -- --ignored --nocapture hellaswag_batched_timing`): 200 real
+/// tasks on the CPU with a tiny GPT-2, scored one example per forward and batched; docs/PERF.md has the figures.
+#[test]
+#[ignore]
+fn hellaswag_batched_timing() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = real_examples(200, dir.path());
+    let model = tiny(256);
+    let t0 = std::time::Instant::now();
+    for ex in &examples {
+        score_example(&*model, ex, &Device::Cpu).unwrap();
+    }
+    let alone = t0.elapsed().as_secs_f64();
+    let t0 = std::time::Instant::now();
+    let score = evaluate(&*model, &examples, 0, 1, &Device::Cpu).unwrap();
+    let batched = t0.elapsed().as_secs_f64();
+    println!("TIMING hellaswag 200 tasks, tiny GPT-2 (L2 C32), CPU: one example per forward {alone:.2} s, batched {batched:.2} s ({:.1}x); n={}", alone / batched, score.n);
+}
