@@ -294,6 +294,13 @@ def train(args) -> int:
         f"accum={accum}; {args.dtype}; data {data_dir} ({len(loader.files)} train shards)"
     )
     steps = args.steps if args.steps is not None else o["max_steps"]
+    return train_steps(model, params, opt, loader, o, steps, accum, autocast, device, args.out)
+
+
+def train_steps(model, params, opt, loader, o: dict, steps: int, accum: int, autocast, device, out) -> int:
+    """`steps` optimizer steps of `accum` micro-batches from `loader` (`model(x, y)` -> mean loss), clipping and the
+    schedule from the config's [optim] `o`; the "{step} train {loss}" lines written to `out` (stdout if None).
+    Returns the exit status (1 after a non-finite loss). Shared by the GPT-2 and Llama references."""
     lines = []
     for step in range(steps):
         opt.zero_grad(set_to_none=True)
@@ -319,8 +326,8 @@ def train(args) -> int:
         lines.append(f"{step} train {loss_v:.6f}")
         log(f"step {step:5d} | loss {loss_v:.6f} | lr {lr:.4e} | norm {norm.item():.4f}")
     text = "\n".join(lines) + "\n"
-    if args.out:
-        with open(args.out, "w") as f:
+    if out:
+        with open(out, "w") as f:
             f.write(text)
     else:
         sys.stdout.write(text)

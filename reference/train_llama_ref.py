@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import statistics
 import sys
@@ -345,36 +344,7 @@ def track(args) -> int:
         else contextlib.nullcontext
     )
     steps = args.steps if args.steps is not None else o["max_steps"]
-    lines = []
-    for step in range(steps):
-        opt.zero_grad(set_to_none=True)
-        loss_accum = torch.zeros((), device=device)
-        for _ in range(accum):
-            x, y = loader.next_batch()
-            with autocast():
-                loss = step_model(x.to(device), y.to(device))
-            loss = loss / accum
-            loss_accum += loss.detach().float()
-            loss.backward()
-        clip = o["grad_clip"]
-        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-        lr = track_ref.get_lr(step, o)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        loss_v = loss_accum.item()
-        if not math.isfinite(loss_v):
-            log(f"step {step}: loss {loss_v}")
-            return 1
-        opt.step()
-        lines.append(f"{step} train {loss_v:.6f}")
-        log(f"step {step:5d} | loss {loss_v:.6f} | lr {lr:.4e} | norm {norm.item():.4f}")
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return track_ref.train_steps(step_model, params, opt, loader, o, steps, accum, autocast, device, args.out)
 
 
 def main(argv=None) -> int:

@@ -378,12 +378,10 @@ fn compare_runs_the_reference_with_the_same_settings_and_prints_the_ratio() {
     assert!(!ok && stderr.contains("bad.sh") && stderr.contains("exit"), "{stderr}");
 }
 
-#[test]
-fn reference_script_defines_every_flag_compare_passes() {
-    let script_path = repo().join("reference/train_gpt2_ref.py");
-    let script = std::fs::read_to_string(&script_path).unwrap();
-    let spec = Plan {
-        models: vec![BenchModel::preset("small").unwrap()],
+/// The bf16 train_step case `bench compare` would run for preset `model` (on the CPU device: only its flags matter).
+fn bf16_train_step_case(model: &str) -> tokenmill::bench::CaseSpec {
+    Plan {
+        models: vec![BenchModel::preset(model).unwrap()],
         seq_lens: vec![],
         batches: vec![],
         total_batch: None,
@@ -396,7 +394,14 @@ fn reference_script_defines_every_flag_compare_passes() {
     }
     .cases(&Device::Cpu)
     .unwrap()
-    .remove(0);
+    .remove(0)
+}
+
+#[test]
+fn reference_script_defines_every_flag_compare_passes() {
+    let script_path = repo().join("reference/train_gpt2_ref.py");
+    let script = std::fs::read_to_string(&script_path).unwrap();
+    let spec = bf16_train_step_case("small");
     let mut flags: Vec<String> = reference_args(&spec, &Device::Cpu, true);
     flags.extend(reference_args(&spec, &Device::Cpu, false));
     for flag in flags.iter().filter(|a| a.starts_with("--")) {
@@ -429,21 +434,7 @@ fn reference_script_defines_every_flag_compare_passes() {
 fn llama_reference_script_defines_every_flag_compare_passes() {
     let script_path = repo().join("reference/train_llama_ref.py");
     let script = std::fs::read_to_string(&script_path).unwrap();
-    let spec = Plan {
-        models: vec![BenchModel::preset("llama-1b").unwrap()],
-        seq_lens: vec![],
-        batches: vec![],
-        total_batch: None,
-        dtypes: vec!["bf16".into()],
-        warmups: vec![3],
-        steps: 10,
-        what: vec![Computation::TrainStep],
-        seed: 1,
-        engine: None,
-    }
-    .cases(&Device::Cpu)
-    .unwrap()
-    .remove(0);
+    let spec = bf16_train_step_case("llama-1b");
     let mut flags: Vec<String> = reference_args(&spec, &Device::Cpu, true);
     flags.extend(reference_args(&spec, &Device::Cpu, false));
     flags.push("--untied".into());
