@@ -1,6 +1,7 @@
 //! The GPT-2 engine's optimizer over its flat buffers (adamw.cu): the global gradient norm and clip coefficient
 //! (deterministic two-stage sum), then AdamW over every parameter in one launch, writing the bf16 working copy.
-//! The per-step scalars are `train::optim::StepScalars`, the same the autograd engine's AdamW uses.
+//! The per-step scalars come as `AdamWStep` (the engine makes them from `train::optim::StepScalars`, the same the
+//! autograd engine's AdamW uses), so this layer knows nothing of the trainer.
 //! CPU checks: dev/cuda/check_engine.cpp.
 
 use std::sync::Arc;
@@ -9,12 +10,23 @@ use candle_core::cuda_backend::cudarc::driver::{CudaStream, PushKernelArg};
 use candle_core::Result;
 
 use super::launch::{blocks, cfg, go, Module};
-use crate::train::optim::StepScalars;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/adamw.ptx"));
 /// NORM_BLOCKS, NORM_THREADS in adamw.cu.
 pub const NORM_BLOCKS: usize = 1024;
 const NORM_THREADS: u32 = 512;
+
+/// One update's scalars, as adamw.cu takes them: `p *= decay_factor; ...; p -= step_size * m / (sqrt(v) / bc2_sqrt +
+/// eps)` (adamw.cu's header has the whole update).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWStep {
+    pub decay_factor: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub step_size: f32,
+    pub bc2_sqrt: f32,
+    pub eps: f32,
+}
 
 pub struct AdamWKernels {
     module: Module,
@@ -53,20 +65,12 @@ impl AdamWKernels {
         coef: u64,
         n: usize,
         n_decay: usize,
-        h: &StepScalars,
+        h: &AdamWStep,
     ) -> Result<()> {
         let (n_i, nd_i) = (n as i64, n_decay as i64);
-        let (df, b1, b2, ss, bc2, eps) = (
-            h.decay_factor as f32,
-            h.beta1 as f32,
-            h.beta2 as f32,
-            h.step_size as f32,
-            h.bc2_sqrt as f32,
-            h.eps as f32,
-        );
         let mut a = self.module.args("adamw_step")?;
         a.arg(&p).arg(&grad).arg(&m).arg(&v).arg(&p16).arg(&coef).arg(&n_i).arg(&nd_i);
-        a.arg(&df).arg(&b1).arg(&b2).arg(&ss).arg(&bc2).arg(&eps);
+        a.arg(&h.decay_factor).arg(&h.beta1).arg(&h.beta2).arg(&h.step_size).arg(&h.bc2_sqrt).arg(&h.eps);
         go(a, cfg((blocks(n, 256)?, 1), (256, 1)))
     }
 

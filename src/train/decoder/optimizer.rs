@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::buffers::{LOSS_ACC, NORM_OUT, NORM_PARTIAL};
 use super::engine::{tensor_ptr, DecoderEngine};
+use crate::cuda::adamw::AdamWStep;
 use crate::shards::loader::Batch;
 use crate::train::optim::StepScalars;
 use crate::train::step::{Reducer, StepOutcome};
@@ -71,6 +72,15 @@ impl DecoderEngine {
         }
         self.steps += 1;
         let h = StepScalars::new(&self.adam, lr, self.steps);
+        // The kernel's f32 scalars, rounded from the f64 schedule as the launch always did.
+        let h = AdamWStep {
+            decay_factor: h.decay_factor as f32,
+            beta1: h.beta1 as f32,
+            beta2: h.beta2 as f32,
+            step_size: h.step_size as f32,
+            bc2_sqrt: h.bc2_sqrt as f32,
+            eps: h.eps as f32,
+        };
         // One launch per tensor: the master weights are the model's own Vars, one allocation each (`Masters`); the
         // other buffers are flat. Each element's update is what one launch over a flat buffer computed.
         for &(off, p, len) in self.masters.iter() {
