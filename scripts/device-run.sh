@@ -2,7 +2,7 @@
 # GPU-machine script: everything tokenmill measures on the device, in one call.
 # Run from the repo root on the device with .dist/ carried (see scripts/device-pack.sh):
 #   scripts/device-run.sh STEP...      STEP in: env prep train bench pool compare ddp kernels correct engine
-#                                      engine-train cudnn profile bitwise llama llama-1b llama-profile
+#                                      engine-train cudnn profile bitwise gemm llama llama-1b hellaswag
 # TOKENMILL_ATTENTION=cudnn|native overrides the config's [engine] attention in every step (auto: cuDNN in a
 # --features cudnn build). ENGINE=autograd|cuda|auto (default auto: the cuda engine for these bf16 runs) picks the
 # training engine of train, bench, compare and profile. MODEL=llama-124m runs bench/compare/profile on that preset.
@@ -86,10 +86,11 @@ for step in "$@"; do
     note "bench 124M:"; tail -n 12 "$OUT/bench_124m.txt" | tee -a "$SUMMARY"
     ;;
   compare)
-    "$BIN" bench compare --model small --batch "${BENCH_B:-64}" --seq-len 1024 --total-batch 524288 \
+    tab="$OUT/gemm_gpt2-124m_B${BENCH_B:-64}.toml"; [ -f "$tab" ] || tab=""
+    TOKENMILL_GEMM_TABLE="$tab" "$BIN" bench compare --model small --batch "${BENCH_B:-64}" --seq-len 1024 --total-batch 524288 \
       --warmup "${BENCH_WARMUP:-2}" --steps "${BENCH_STEPS:-5}" --device cuda --python "$PY" \
       --engine "${ENGINE:-auto}" --json "$OUT/compare_124m.json" > "$OUT/compare_124m.txt" 2>&1
-    note "compare 124M rc=$?:"; tail -n 8 "$OUT/compare_124m.txt" | tee -a "$SUMMARY"
+    note "compare 124M rc=$? ${tab:+(gemm table $tab)}:"; tail -n 8 "$OUT/compare_124m.txt" | tee -a "$SUMMARY"
     ;;
   ddp)
     [ -x scripts/gpu-ddp-check.sh ] && BIN="$BIN" scripts/gpu-ddp-check.sh > "$OUT/ddp.log" 2>&1
@@ -167,12 +168,45 @@ for step in "$@"; do
     fi
     grep -E '^[0-9]+ train' "$OUT/bw_new/log.txt" | sed -n '1p;$p' | tee -a "$SUMMARY"
     ;;
+  hellaswag)  # issue 21: all 10,042 tasks (.dist/hellaswag_val.bin from `tokenmill prep hellaswag`), in the training loop
+              # and standalone, on a 2-step checkpoint of each HS_MODELS config (only the time is of interest here)
+    data
+    for cfg in ${HS_MODELS:-gpt2-124m llama-124m}; do
+      rm -rf "$OUT/hs_$cfg"
+      "$BIN" train --config "configs/$cfg.toml" --data "$OUT/fw" --device cuda --dtype bf16 --max-steps 2 \
+        --set data.micro_batch=16 --set data.total_batch_tokens=16384 --set eval.val_every=2 --set eval.val_steps=20 \
+        --set eval.sample_every=0 --set eval.hellaswag_every=2 --set "eval.hellaswag_file=\"$PWD/.dist/hellaswag_val.bin\"" \
+        --set checkpoint.every=2 --log-dir "$OUT/hs_$cfg" > "$OUT/hs_train_$cfg.log" 2>&1
+      note "hellaswag $cfg in the loop rc=$?: $(grep -E 'took' "$OUT/hs_train_$cfg.log" | tr '\n' ' ')"
+      ck=$(ls -d "$OUT/hs_$cfg"/checkpoints/step_* 2>/dev/null | tail -n 1)
+      for dt in ${HS_DTYPES:-bf16 fp32}; do
+        "$BIN" eval hellaswag --model "$ck" --data .dist/hellaswag_val.bin --device cuda --dtype $dt > "$OUT/hs_eval_${cfg}_$dt.log" 2>&1
+        note "hellaswag $cfg standalone $dt rc=$?: $(tail -n 2 "$OUT/hs_eval_${cfg}_$dt.log" | tr '\n' ' ')"
+      done
+    done
+    ;;
+  gemm)  # cuBLASLt's algorithm per matmul shape, tuned into a table (bench gemm-tune), then train_step without and
+         # with it, same call. GEMM_SPECS: PRESET:B ... The later llama/llama-1b/compare steps use a table made here
+         # for their preset and B.
+    for spec in ${GEMM_SPECS:-llama-124m:64 llama-1b:8 gpt2-124m:64}; do
+      m=${spec%%:*}; b=${spec##*:}; tab="$OUT/gemm_${m}_B$b.toml"
+      "$BIN" bench gemm-tune --model "$m" --batch "$b" --out "$tab" > "$OUT/gemm_tune_$m.txt" 2>&1
+      note "gemm-tune $m B=$b rc=$?: $(grep -E '^all products' "$OUT/gemm_tune_$m.txt")"
+      for use in "" "$tab"; do
+        TOKENMILL_GEMM_TABLE="$use" "$BIN" bench --model "$m" --batch "$b" --seq-len 1024 --dtype bf16 --device cuda \
+          --total-batch $((b * 1024 * 8)) --warmup 1 --steps "${GEMM_STEPS:-3}" --what train_step --engine cuda \
+          > "$OUT/gemm_bench_$m${use:+_table}.txt" 2>&1
+        note "train_step $m B=$b ${use:+with the table}${use:-heuristic}: $(grep -E "^$m|^llama|^gpt2" "$OUT/gemm_bench_$m${use:+_table}.txt" | tail -n 1)"
+      done
+    done
+    ;;
   llama | llama-1b)  # bench compare of a Llama preset against HF transformers' LlamaForCausalLM + torch.compile
     if [ "$step" = llama ]; then m=llama-124m; b=${LLAMA_B:-64}; tb=524288; else m=llama-1b; b=${LLAMA1B_B:-8}; tb=131072; fi
-    "$BIN" bench compare --model $m --batch "$b" --seq-len 1024 --total-batch "$tb" \
+    tab="$OUT/gemm_${m}_B$b.toml"; [ -f "$tab" ] || tab=""
+    TOKENMILL_GEMM_TABLE="$tab" "$BIN" bench compare --model $m --batch "$b" --seq-len 1024 --total-batch "$tb" \
       --warmup "${BENCH_WARMUP:-2}" --steps "${BENCH_STEPS:-5}" --device cuda --python "$PY" \
       --engine "${ENGINE:-auto}" --json "$OUT/compare_$m.json" > "$OUT/compare_$m.txt" 2>&1
-    note "compare $m B=$b rc=$?:"; tail -n 6 "$OUT/compare_$m.txt" | tee -a "$SUMMARY"
+    note "compare $m B=$b rc=$? ${tab:+(gemm table $tab)}:"; tail -n 6 "$OUT/compare_$m.txt" | tee -a "$SUMMARY"
     ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
   esac

@@ -462,3 +462,16 @@ fn a_peak_size_past_the_memory_is_refused_in_one_line() {
     assert!(!ok && err.contains("--peak-size 200000") && err.contains("GiB"), "{err}");
     assert!(err.trim().lines().count() == 1 && !err.contains("panicked") && !err.contains("backtrace"), "{err}");
 }
+
+#[test]
+fn gemm_tune_refuses_what_it_cannot_time_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("gemm.toml");
+    let out_s = out.to_str().unwrap();
+    let (ok, _, err) = tokenmill(&["bench", "gemm-tune", "--device", "cpu", "--out", out_s]);
+    let why = if cfg!(feature = "cuda") { "--device cuda" } else { "`cuda` build" };
+    assert!(!ok && err.contains("gemm-tune") && err.contains(why), "{err}");
+    let (ok, _, err) = tokenmill(&["bench", "gemm-tune", "--device", "cpu", "--reps", "0", "--out", out_s]);
+    assert!(!ok && err.contains("--reps"), "{err}");
+    assert!(!out.exists(), "a refused tuning wrote {out:?}");
+}

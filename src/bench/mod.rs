@@ -7,11 +7,13 @@
 //! Files: `timer` (device-synchronised regions), `stats`, `flops` (FLOPs per token, stated accounting), `peak`
 //! (the measured matmul peak), `memory` (peak device memory / RSS), `runner` (the cases and the grid), `report`
 //! (table, JSON, CSV), `compare` (tokenmill against the PyTorch reference in reference/), `attention` (the
-//! flash-attention kernels alone, `tokenmill bench attention`).
+//! flash-attention kernels alone, `tokenmill bench attention`), `gemm_tune` (cuBLASLt's algorithm per matmul shape,
+//! timed once into a table the engine loads).
 
 pub mod attention;
 pub mod compare;
 pub mod flops;
+pub mod gemm_tune;
 pub mod memory;
 pub mod peak;
 pub mod report;

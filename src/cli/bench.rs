@@ -8,6 +8,7 @@
 //! tokenmill bench --config configs/gpt2-124m.toml --what train_step --device cuda --json bench.json
 //! tokenmill bench --sweep --device cuda --csv sweep.csv          # models x computations x warm-up x dtype
 //! tokenmill bench compare --model small --batch 16 --seq-len 1024 --total-batch 524288 --device cuda
+//! tokenmill bench gemm-tune --model llama-124m --batch 64 --out h100-gemm.toml   # then [engine] gemm_table
 //! ```
 //! Progress goes to stderr, the table to stdout (to stderr when `--json -` or `--csv -` takes stdout).
 
@@ -40,6 +41,33 @@ pub enum BenchCommand {
     /// Time the flash-attention kernels alone (forward, backward and each backward kernel; CUDA events, medians)
     /// at GPT-2 124M attention shapes; scripts/attn-bench.sh sets them beside PyTorch's SDPA.
     Attention(AttentionArgs),
+    /// Time every cuBLASLt candidate of each matmul shape of the engine's micro-step on this GPU and write the
+    /// fastest per shape to a table (`[engine] gemm_table = "FILE"` or TOKENMILL_GEMM_TABLE=FILE uses it).
+    GemmTune(GemmTuneArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GemmTuneArgs {
+    /// Model presets whose products to tune (shapes they share are timed once).
+    #[arg(long = "model", value_name = "PRESET", value_delimiter = ',', default_value = "gpt2-124m")]
+    pub models: Vec<String>,
+    /// Micro-batch B (the table holds the shapes of this B x T: tune at the B you train with).
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub seq_len: usize,
+    /// Timed runs per candidate algorithm (after one untimed).
+    #[arg(long, default_value_t = 10)]
+    pub reps: usize,
+    /// cuda or cuda:N.
+    #[arg(long, default_value = "cuda")]
+    pub device: String,
+    /// Seeds the weights and the tokens.
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// Where to write the table (TOML).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -180,6 +208,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             println!("flash attention, bf16, causal, on {device}:");
             print!("{}", crate::bench::attention::report(&rows));
             print!("{}", crate::bench::attention::machine_lines(&rows, &crate::bench::attention::default_label()));
+            Ok(())
+        }
+        Some(BenchCommand::GemmTune(a)) => {
+            if a.batch == 0 || a.seq_len == 0 || a.reps == 0 {
+                anyhow::bail!("bench gemm-tune: --batch, --seq-len and --reps must be positive");
+            }
+            let device = crate::device::open(&a.device)?;
+            let spec = crate::bench::gemm_tune::TuneSpec {
+                presets: a.models.clone(),
+                batch: a.batch,
+                seq_len: a.seq_len,
+                reps: a.reps,
+                seed: a.seed,
+            };
+            let table = crate::bench::gemm_tune::tune(&spec, &device, &a.out)?;
+            print!("{}", crate::bench::gemm_tune::report(&table));
+            println!("wrote {}", a.out.display());
             Ok(())
         }
         None => run_grid(args.grid),

@@ -8,8 +8,8 @@
 //! A and B are always bf16; D is bf16 or f32 (f32 for the residual stream and the weight gradients); accumulation
 //! and scaling are f32.
 //!
-//! Each distinct shape (dims, transposes, leading dims, types, epilogue kind) gets its descriptors and the
-//! heuristic's first algorithm once, cached; per call only the epilogue pointers are set on the cached descriptor
+//! Each distinct shape (dims, transposes, leading dims, types, epilogue kind) gets its descriptors and an algorithm
+//! once, cached: the heuristic's first, or the one a tuned table names for the shape (`AlgoChoice`, `gemm_table`); per call only the epilogue pointers are set on the cached descriptor
 //! (cuBLASLt reads them when `cublasLtMatmul` is called, so updating them for the next call is safe). One 32 MiB
 //! workspace, as llm.c. Split-K reductions "in place" in the output are excluded (they may sum in varying order),
 //! so every product is deterministic.
@@ -19,8 +19,11 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 use candle_core::cuda_backend::cudarc::cublaslt::{result, sys};
+use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use candle_core::{Error, Result};
+
+use super::gemm_table::{self, GemmShape, GemmTable, TunedShape, CANDIDATES};
 
 /// Workspace for the split-K and stream-K algorithms (llm.c's size).
 pub const WORKSPACE_BYTES: usize = 32 << 20;
@@ -67,6 +70,11 @@ pub enum Epilogue {
 }
 
 impl Epilogue {
+    /// The epilogue's name in a gemm table.
+    fn name(kind: u8) -> &'static str {
+        ["none", "bias_bf16", "bias_f32", "gelu_aux_bias", "dgelu", "bgradb"][kind as usize]
+    }
+
     fn kind(&self) -> u8 {
         match self {
             Epilogue::None => 0,
@@ -192,7 +200,40 @@ struct Key {
     epilogue: u8,
 }
 
-/// Descriptors and the chosen algorithm of one shape.
+impl Key {
+    /// The shape as a gemm table names it.
+    fn shape(&self) -> GemmShape {
+        let [m, n, k, lda, ldb, ldd] = self.dims;
+        GemmShape {
+            m,
+            n,
+            k,
+            lda,
+            ldb,
+            ldd,
+            trans_a: self.trans.0,
+            trans_b: self.trans.1,
+            d_f32: self.d_type == Ty::F32,
+            accumulate: self.has_c,
+            epilogue: Epilogue::name(self.epilogue).to_string(),
+        }
+    }
+}
+
+/// How the algorithm of a shape met for the first time is chosen.
+pub enum AlgoChoice {
+    /// The heuristic's first.
+    Heuristic,
+    /// The position a tuning run recorded for the shape (`gemm_table`); the heuristic's first where it has none.
+    Table(GemmTable),
+    /// Time every candidate on the call's own operands (`reps` runs after one untimed) and keep
+    /// `gemm_table::choose`'s pick. Products run many times over, accumulating ones too: only for `bench gemm-tune`,
+    /// whose numbers are thrown away.
+    Tune { reps: usize },
+}
+
+/// Descriptors and the chosen algorithm of one shape (handles: copying one does not copy what it points to).
+#[derive(Clone, Copy)]
 struct Plan {
     desc: sys::cublasLtMatmulDesc_t,
     a: sys::cublasLtMatrixLayout_t,
@@ -209,6 +250,10 @@ pub struct BlasLt {
     workspace: CudaSlice<u8>,
     workspace_ptr: u64,
     plans: HashMap<Key, Plan>,
+    choice: AlgoChoice,
+    /// Tuning only: each tuned shape's finding, and how many times each shape was called.
+    tuned: Vec<(Key, TunedShape)>,
+    calls: HashMap<Key, usize>,
 }
 
 fn lt_err(what: &str) -> impl FnOnce(result::CublasError) -> Error + '_ {
@@ -221,7 +266,13 @@ unsafe fn set_desc<T>(desc: sys::cublasLtMatmulDesc_t, attr: sys::cublasLtMatmul
 }
 
 impl BlasLt {
-    pub fn new(stream: Arc<CudaStream>) -> Result<BlasLt> {
+    /// `cublasLtGetVersion()`: with the GPU's name, what a gemm table is valid for.
+    pub fn version() -> usize {
+        // SAFETY: a plain query without arguments.
+        unsafe { sys::cublasLtGetVersion() }
+    }
+
+    pub fn new(stream: Arc<CudaStream>, choice: AlgoChoice) -> Result<BlasLt> {
         let handle = result::create_handle().map_err(lt_err("create handle"))?;
         let pref = result::create_matmul_pref().map_err(lt_err("create preference"))?;
         let workspace = stream.alloc_zeros::<u8>(WORKSPACE_BYTES).map_err(Error::wrap)?;
@@ -250,15 +301,34 @@ impl BlasLt {
             )
             .map_err(lt_err("set reduction preference"))?;
         }
-        Ok(BlasLt { handle, pref, stream, workspace, workspace_ptr, plans: HashMap::new() })
+        Ok(BlasLt {
+            handle,
+            pref,
+            stream,
+            workspace,
+            workspace_ptr,
+            plans: HashMap::new(),
+            choice,
+            tuned: Vec::new(),
+            calls: HashMap::new(),
+        })
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
 
+    /// What a tuning run found so far, with each shape's calls since the engine was built.
+    pub fn tuned(&self) -> Vec<TunedShape> {
+        let calls = |k: &Key| self.calls.get(k).copied().unwrap_or(0);
+        self.tuned.iter().map(|(k, t)| TunedShape { calls: calls(k), ..t.clone() }).collect()
+    }
+
     fn plan(&mut self, g: &Gemm) -> Result<&Plan> {
         let key = g.key();
+        if let AlgoChoice::Tune { .. } = self.choice {
+            *self.calls.entry(key).or_default() += 1;
+        }
         if !self.plans.contains_key(&key) {
             let plan = self.make_plan(g)?;
             self.plans.insert(key, plan);
@@ -266,7 +336,60 @@ impl BlasLt {
         Ok(&self.plans[&key])
     }
 
-    fn make_plan(&self, g: &Gemm) -> Result<Plan> {
+    /// Up to `CANDIDATES` algorithms for the descriptors, the heuristic's order (the same request every time, so a
+    /// position means the same algorithm on the same GPU and library).
+    ///
+    /// # Safety
+    /// The descriptors are live.
+    unsafe fn candidates(
+        &self,
+        desc: sys::cublasLtMatmulDesc_t,
+        a: sys::cublasLtMatrixLayout_t,
+        b: sys::cublasLtMatrixLayout_t,
+        d: sys::cublasLtMatrixLayout_t,
+    ) -> std::result::Result<Vec<sys::cublasLtMatmulAlgo_t>, result::CublasError> {
+        // SAFETY: the results are plain C structs that the call fills in; `count` says how many.
+        let mut found: Vec<sys::cublasLtMatmulHeuristicResult_t> = vec![std::mem::zeroed(); CANDIDATES];
+        let mut count = 0;
+        sys::cublasLtMatmulAlgoGetHeuristic(
+            self.handle,
+            desc,
+            a,
+            b,
+            d,
+            d,
+            self.pref,
+            CANDIDATES as i32,
+            found.as_mut_ptr(),
+            &mut count,
+        )
+        .result()?;
+        found.truncate(count.max(0) as usize);
+        let ok = sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS;
+        let algos: Vec<_> = found.into_iter().filter(|r| r.state == ok).map(|r| r.algo).collect();
+        if algos.is_empty() {
+            return Err(result::CublasError(sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED));
+        }
+        Ok(algos)
+    }
+
+    /// Microseconds per call of `g` with `algo`: one untimed run, then `reps` between two events.
+    ///
+    /// # Safety
+    /// As `matmul`, and the descriptors are `g`'s.
+    unsafe fn time(&self, p: &Plan, g: &Gemm, reps: usize) -> Result<f64> {
+        self.launch(p, g)?;
+        let ev = |s: &Arc<CudaStream>| s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(Error::wrap);
+        let start = ev(&self.stream)?;
+        for _ in 0..reps {
+            self.launch(p, g)?;
+        }
+        let end = ev(&self.stream)?;
+        let ms = start.elapsed_ms(&end).map_err(Error::wrap)? as f64;
+        Ok(ms * 1e3 / reps.max(1) as f64)
+    }
+
+    fn make_plan(&mut self, g: &Gemm) -> Result<Plan> {
         let layout = |ty: Ty, rows: usize, cols: usize, ld: usize| {
             result::create_matrix_layout(ty.cuda(), rows as u64, cols as u64, ld as i64).map_err(lt_err("layout"))
         };
@@ -307,25 +430,55 @@ impl BlasLt {
                 Epilogue::None => {}
             }
             self.set_pointers(desc, g)?;
-            let heuristic =
-                result::get_matmul_algo_heuristic(self.handle, desc, a, b, d, d, self.pref).map_err(|e| {
-                    Error::Msg(format!(
-                        "cuBLASLt has no algorithm for m={} n={} k={} trans=({}, {}) ld=({}, {}, {}) D={:?} C={} \
+            let algos = self.candidates(desc, a, b, d).map_err(|e| {
+                Error::Msg(format!(
+                    "cuBLASLt has no algorithm for m={} n={} k={} trans=({}, {}) ld=({}, {}, {}) D={:?} C={} \
                      epilogue={:?}: {e:?}",
-                        g.m,
-                        g.n,
-                        g.k,
-                        g.trans_a,
-                        g.trans_b,
-                        g.lda,
-                        g.ldb,
-                        g.ldd,
-                        g.d_type,
-                        g.c.is_some(),
-                        g.epilogue
-                    ))
-                })?;
-            Ok(Plan { desc, a, b, d, algo: heuristic.algo })
+                    g.m,
+                    g.n,
+                    g.k,
+                    g.trans_a,
+                    g.trans_b,
+                    g.lda,
+                    g.ldb,
+                    g.ldd,
+                    g.d_type,
+                    g.c.is_some(),
+                    g.epilogue
+                ))
+            })?;
+            let key = g.key();
+            let pick = match &self.choice {
+                AlgoChoice::Heuristic => 0,
+                AlgoChoice::Table(t) => t.algo(&key.shape()).unwrap_or(0),
+                AlgoChoice::Tune { reps } => {
+                    let reps = *reps;
+                    let mut us = Vec::with_capacity(algos.len());
+                    for &algo in &algos {
+                        // A candidate that fails to run is never chosen (NaN).
+                        us.push(self.time(&Plan { desc, a, b, d, algo }, g, reps).unwrap_or(f64::NAN));
+                    }
+                    let i = gemm_table::choose(&us);
+                    let found = TunedShape {
+                        shape: key.shape(),
+                        algo: i,
+                        offered: algos.len(),
+                        calls: 0,
+                        default_us: us[0],
+                        chosen_us: us[i],
+                    };
+                    self.tuned.push((key, found));
+                    i
+                }
+            };
+            let Some(&algo) = algos.get(pick) else {
+                candle_core::bail!(
+                    "gemm table: shape {:?} names the heuristic's algorithm {pick}, but it offers {} here",
+                    key.shape(),
+                    algos.len()
+                )
+            };
+            Ok(Plan { desc, a, b, d, algo })
         }
     }
 
@@ -358,9 +511,17 @@ impl BlasLt {
                 candle_core::bail!("cuBLASLt matmul: {what} at {p:#x} is not 256-byte aligned");
             }
         }
+        let plan = *self.plan(g)?;
+        self.launch(&plan, g)
+    }
+
+    /// Set `g`'s pointers on the plan's descriptor and enqueue the product.
+    ///
+    /// # Safety
+    /// As `matmul`; the plan was made for `g`'s shape.
+    unsafe fn launch(&self, plan: &Plan, g: &Gemm) -> Result<()> {
         let (handle, ws, ws_len) = (self.handle, self.workspace_ptr, WORKSPACE_BYTES);
         let cu_stream = self.stream.cu_stream() as sys::cudaStream_t;
-        let plan = self.plan(g)?;
         let (desc, a_l, b_l, d_l, algo) = (plan.desc, plan.a, plan.b, plan.d, plan.algo);
         self.set_pointers(desc, g)?;
         let alpha = 1f32;

@@ -2,7 +2,7 @@
 //! takes raw device pointers (no candle autograd): LayerNorm and RMSNorm (`norm`), rotary embeddings (`rope`),
 //! SwiGLU (`swiglu`), the fused classifier (`classifier`), embeddings (`encoder`), bias gradients (`bias_grad`),
 //! GELU (`activation`), the optimizer (`adamw`), flash attention (`flash_attn`) and cuDNN's (`cudnn_attn`, feature
-//! `cudnn`), cuBLASLt matmuls with epilogues (`blaslt`) and the PTX loading they share (`launch`).
+//! `cudnn`), cuBLASLt matmuls with epilogues (`blaslt`) and their tuned algorithm table (`gemm_table`, no CUDA) and the PTX loading they share (`launch`).
 //! dev/cuda (the kernel lab) runs the `.cu` files on the CPU under emulation against double-precision references
 //! (CI, tests/kernels_lab.rs).
 #[cfg(feature = "cuda")]
@@ -21,6 +21,7 @@ pub mod cudnn_attn;
 pub mod encoder;
 #[cfg(feature = "cuda")]
 pub mod flash_attn;
+pub mod gemm_table;
 #[cfg(feature = "cuda")]
 pub mod launch;
 #[cfg(feature = "cuda")]

@@ -267,7 +267,7 @@ pub fn build(
         EngineKind::Autograd => Ok(Box::new(Autograd::new(model, device, adam)?)),
         #[cfg(feature = "cuda")]
         EngineKind::Cuda => {
-            Ok(Box::new(crate::train::decoder::DecoderEngine::new(model, device, micro_batch, adam, *opts)?))
+            Ok(Box::new(crate::train::decoder::DecoderEngine::new(model, device, micro_batch, adam, opts.clone())?))
         }
         #[cfg(not(feature = "cuda"))]
         EngineKind::Cuda => {

@@ -15,10 +15,11 @@ use super::profile::Profiler;
 use crate::cuda::activation::Gelu;
 use crate::cuda::adamw::AdamWKernels;
 use crate::cuda::bias_grad::BiasGrad;
-use crate::cuda::blaslt::BlasLt;
+use crate::cuda::blaslt::{AlgoChoice, BlasLt};
 use crate::cuda::classifier::Classifier;
 use crate::cuda::encoder::{Encoder, IdGroups};
 use crate::cuda::flash_attn::{FlashAttn, Heads};
+use crate::cuda::gemm_table::{GemmTable, TunedShape};
 use crate::cuda::norm::Norm as NormKernels;
 use crate::cuda::rope::Rope;
 use crate::cuda::swiglu::SwiGlu;
@@ -138,8 +139,17 @@ impl DecoderEngine {
         let top = ModelParams::new(&cfg, &params);
         let layers = (0..cfg.n_layer).map(|l| BlockParams::new(&cfg, &params, l)).collect();
         let heads = Heads { q: dims.nh, kv: dims.nkv };
+        let algos = match &opts.gemm_table {
+            None => AlgoChoice::Heuristic,
+            Some(path) => {
+                let table = GemmTable::load(path).map_err(candle_core::Error::wrap)?;
+                let gpu = stream.context().name().map_err(candle_core::Error::wrap)?;
+                table.check_machine(path, &gpu, BlasLt::version()).map_err(candle_core::Error::wrap)?;
+                AlgoChoice::Table(table)
+            }
+        };
         let k = Kernels {
-            blas: BlasLt::new(stream.clone())?,
+            blas: BlasLt::new(stream.clone(), algos)?,
             ln: NormKernels::new(&stream, cfg.n_embd, arch.norm == Norm::RmsNorm)?,
             rope: Rope::new(&stream)?,
             swiglu: SwiGlu::new(&stream)?,
@@ -226,6 +236,20 @@ impl DecoderEngine {
 
     pub fn model(&self) -> &dyn LanguageModel {
         &*self.mirror
+    }
+
+    /// From now on, time every cuBLASLt candidate of each product shape met for the first time (`reps` runs each)
+    /// and keep the fastest. The products run many times over, so the step's numbers are garbage: for
+    /// `bench gemm-tune`, which then reads `tuned_gemms`.
+    pub fn tune_gemms(&mut self, reps: usize) -> Result<()> {
+        let stream = self.k.blas.stream().clone();
+        self.k.blas = BlasLt::new(stream, AlgoChoice::Tune { reps })?;
+        Ok(())
+    }
+
+    /// What `tune_gemms` found, per shape, with its calls since then.
+    pub fn tuned_gemms(&self) -> Vec<TunedShape> {
+        self.k.blas.tuned()
     }
 
     pub fn config(&self) -> &ModelConfig {

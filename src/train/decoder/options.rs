@@ -3,7 +3,7 @@
 //! changes the maths beyond rounding; each exists to time one implementation against another.
 //!
 //! Environment variables override the table for A/B timings without editing a config (`TOKENMILL_ATTENTION`,
-//! `TOKENMILL_GELU_FUSION`, `TOKENMILL_BGRADB`, `TOKENMILL_CLASSIFIER_CHUNK`): `with_env_overrides` applies them once,
+//! `TOKENMILL_GELU_FUSION`, `TOKENMILL_BGRADB`, `TOKENMILL_CLASSIFIER_CHUNK`, `TOKENMILL_GEMM_TABLE`): `with_env_overrides` applies them once,
 //! where the config is resolved, so what ran is what the run records.
 
 use serde::{Deserialize, Serialize};
@@ -45,7 +45,7 @@ impl AttentionBackend {
 }
 
 /// `[engine]`: how the decoder engine computes (the autograd engine ignores it).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineOptions {
     /// `auto` (cuDNN in a cudnn build, else native), `native` or `cudnn`.
@@ -58,6 +58,10 @@ pub struct EngineOptions {
     pub bias_grad_epilogue: bool,
     /// Rows of the lm_head + classifier computed at once (bounds the logits buffer: rows x V bf16).
     pub classifier_chunk: usize,
+    /// A table of cuBLASLt algorithms per matmul shape from `tokenmill bench gemm-tune` on this GPU and cuBLASLt
+    /// version (`cuda::gemm_table`); unset: cuBLASLt's heuristic picks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gemm_table: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -67,6 +71,7 @@ impl Default for EngineOptions {
             gelu_fusion: true,
             bias_grad_epilogue: false,
             classifier_chunk: 16384,
+            gemm_table: None,
         }
     }
 }
@@ -81,8 +86,9 @@ pub struct BadOverride {
 }
 
 impl EngineOptions {
-    /// These options with `TOKENMILL_ATTENTION=auto|native|cudnn`, `TOKENMILL_GELU_FUSION=0|1`, `TOKENMILL_BGRADB=0|1`
-    /// and `TOKENMILL_CLASSIFIER_CHUNK=ROWS` applied where set, and the name of each one applied.
+    /// These options with `TOKENMILL_ATTENTION=auto|native|cudnn`, `TOKENMILL_GELU_FUSION=0|1`, `TOKENMILL_BGRADB=0|1`,
+    /// `TOKENMILL_CLASSIFIER_CHUNK=ROWS` and `TOKENMILL_GEMM_TABLE=FILE` applied where set, and the name of each one
+    /// applied.
     pub fn with_env_overrides(self) -> Result<(EngineOptions, Vec<String>), BadOverride> {
         self.with_overrides(|var| std::env::var(var).ok().filter(|v| !v.trim().is_empty()))
     }
@@ -122,13 +128,21 @@ impl EngineOptions {
             })?;
             applied.push(format!("TOKENMILL_CLASSIFIER_CHUNK={v}"));
         }
+        if let Some(v) = get("TOKENMILL_GEMM_TABLE") {
+            self.gemm_table = Some(v.trim().into());
+            applied.push(format!("TOKENMILL_GEMM_TABLE={v}"));
+        }
         Ok((self, applied))
     }
 
     /// A one-line summary for the run's start.
     pub fn describe(&self) -> String {
+        let table = match &self.gemm_table {
+            Some(p) => format!("gemm_table {}", p.display()),
+            None => "cuBLASLt heuristic".to_string(),
+        };
         format!(
-            "attention {:?}, gelu_fusion {}, bias_grad_epilogue {}, classifier_chunk {}",
+            "attention {:?}, gelu_fusion {}, bias_grad_epilogue {}, classifier_chunk {}, {table}",
             self.attention.resolved(),
             self.gelu_fusion,
             self.bias_grad_epilogue,
@@ -158,13 +172,23 @@ mod tests {
             move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
         };
         let (o, applied) = EngineOptions::default()
-            .with_overrides(env(&[("TOKENMILL_ATTENTION", "native"), ("TOKENMILL_CLASSIFIER_CHUNK", "4096")]))
+            .with_overrides(env(&[
+                ("TOKENMILL_ATTENTION", "native"),
+                ("TOKENMILL_CLASSIFIER_CHUNK", "4096"),
+                ("TOKENMILL_GEMM_TABLE", "h100.toml"),
+            ]))
             .unwrap();
         assert_eq!((o.attention, o.classifier_chunk, o.gelu_fusion), (AttentionBackend::Native, 4096, true));
-        assert_eq!(applied, ["TOKENMILL_ATTENTION=native", "TOKENMILL_CLASSIFIER_CHUNK=4096"]);
+        assert_eq!(o.gemm_table.as_deref(), Some(std::path::Path::new("h100.toml")));
+        assert_eq!(
+            applied,
+            ["TOKENMILL_ATTENTION=native", "TOKENMILL_CLASSIFIER_CHUNK=4096", "TOKENMILL_GEMM_TABLE=h100.toml"]
+        );
         let err = EngineOptions::default().with_overrides(env(&[("TOKENMILL_BGRADB", "yes")])).unwrap_err();
         assert!(err.to_string().contains("TOKENMILL_BGRADB") && err.to_string().contains("0 or 1"), "{err}");
-        let toml: EngineOptions = toml::from_str("attention = \"cudnn\"\nclassifier_chunk = 8192").unwrap();
+        let toml: EngineOptions =
+            toml::from_str("attention = \"cudnn\"\nclassifier_chunk = 8192\ngemm_table = \"t.toml\"").unwrap();
+        assert_eq!(toml.gemm_table.as_deref(), Some(std::path::Path::new("t.toml")));
         assert_eq!((toml.attention, toml.classifier_chunk, toml.gelu_fusion), (AttentionBackend::Cudnn, 8192, true));
         assert!(toml::from_str::<EngineOptions>("fusion = true").is_err(), "unknown keys are refused");
     }
