@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use tokenmill::eval::hellaswag::{evaluate, score_batch, score_example};
+use tokenmill::eval::hellaswag::{
+    evaluate, evaluate_with, flips, score_batch, score_example, tally, BatchShape, ModelScorer, RowScorer,
+};
 use tokenmill::eval::hellaswag_file::{self, Example, HellaswagFile};
 use tokenmill::model::{build_model, Architecture, LanguageModel, ModelConfig, Precision};
 use tokenmill::tokenizer::Tokenizer;
@@ -129,7 +131,7 @@ fn batched_scoring_equals_each_example_scored_alone() {
     for model in &models {
         let (mut correct, mut correct_norm) = (0, 0);
         let refs: Vec<&Example> = examples.iter().collect();
-        let batched = score_batch(&**model, &refs, &Device::Cpu).unwrap();
+        let batched = score_batch(&mut ModelScorer::new(&**model, &Device::Cpu), &refs).unwrap();
         for (ex, b) in examples.iter().zip(&batched) {
             let alone = score_example(&**model, ex, &Device::Cpu).unwrap();
             for i in 0..4 {
@@ -153,6 +155,53 @@ fn batched_scoring_equals_each_example_scored_alone() {
     }
 }
 
+/// A fixed-shape scorer as the decoder engine is one: lengths rounded up to a bucket, always `rows` rows (padded
+/// with empty rows), scored by a candle model underneath.
+struct Bucketed<'a> {
+    inner: ModelScorer<'a>,
+    bucket: usize,
+    rows: usize,
+    calls: Vec<(usize, usize)>,
+}
+
+impl RowScorer for Bucketed<'_> {
+    fn block_size(&self) -> usize {
+        self.inner.block_size()
+    }
+    fn batch_shape(&self, t: usize) -> BatchShape {
+        BatchShape { t: t.div_ceil(self.bucket) * self.bucket, rows: self.rows, fixed: true }
+    }
+    fn token_losses(
+        &mut self,
+        tokens: Vec<u32>,
+        targets: Vec<u32>,
+        rows: usize,
+        t: usize,
+    ) -> candle_core::Result<Vec<f32>> {
+        self.calls.push((rows, t));
+        self.inner.token_losses(tokens, targets, rows, t)
+    }
+}
+
+#[test]
+fn a_fixed_shape_scorer_gives_the_same_predictions_and_flips_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = real_examples(30, dir.path());
+    let model = tiny(256);
+    let plain = evaluate_with(&mut ModelScorer::new(&*model, &Device::Cpu), &examples, 0, 1, |_| {}).unwrap();
+    let mut bucketed = Bucketed { inner: ModelScorer::new(&*model, &Device::Cpu), bucket: 32, rows: 12, calls: vec![] };
+    let fixed = evaluate_with(&mut bucketed, &examples, 0, 1, |_| {}).unwrap();
+    assert_eq!(plain, fixed, "padding to a bucket and with empty rows changes no prediction");
+    assert_eq!(flips(&plain, &fixed), (0, 0));
+    assert!(bucketed.calls.iter().all(|&(r, t)| r == 12 && t % 32 == 0), "{:?}", bucketed.calls);
+    assert_eq!(bucketed.calls.len(), 10, "3 examples (12 rows) per call");
+    assert_eq!(tally(&plain), evaluate(&*model, &examples, 0, 1, &Device::Cpu).unwrap());
+    // One prediction changed, one example missing from the second run.
+    let mut other = fixed[1..].to_vec();
+    other[0].pred_norm = (other[0].pred_norm + 1) % 4;
+    assert_eq!(flips(&plain, &other), (1, 1));
+}
+
 #[test]
 fn rows_longer_than_the_context_keep_their_endings() {
     let dir = tempfile::tempdir().unwrap();
@@ -162,7 +211,7 @@ fn rows_longer_than_the_context_keep_their_endings() {
     assert!(ex.row_len() > block);
     let model = tiny(block);
     let s = score_example(&*model, ex, &Device::Cpu).unwrap();
-    let b = &score_batch(&*model, &[ex], &Device::Cpu).unwrap()[0];
+    let b = &score_batch(&mut ModelScorer::new(&*model, &Device::Cpu), &[ex]).unwrap()[0];
     assert!((0..4).all(|i| (b.sum_loss[i] - s.sum_loss[i]).abs() <= 1e-5 * s.sum_loss[i].abs()), "{b:?} vs {s:?}");
     // The cropped row keeps the last `block` columns of the padded (4, T) rows: check ending 0 against that.
     let t = ex.row_len();

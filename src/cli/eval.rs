@@ -3,16 +3,18 @@
 //!
 //! ```text
 //! tokenmill eval hellaswag --model gpt2                       # OpenAI GPT-2 124M: acc_norm 0.2955
-//! tokenmill eval hellaswag --model log/checkpoints/step_019073 --device cuda
+//! tokenmill eval hellaswag --model log/checkpoints/step_019073 --device cuda --dtype bf16 --compare-fp32
 //! ```
+//! In bf16 on CUDA a model the decoder engine supports is scored by the engine's forward (`--engine`).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::eval::hellaswag::evaluate_with_progress;
+use crate::eval::hellaswag::{evaluate_with, flips, tally, HellaswagScore, ModelScorer, Prediction};
 use crate::eval::hellaswag_file::HellaswagFile;
-use crate::train::config::parse_compute_dtype;
+use crate::train::config::{parse_compute_dtype, EngineChoice};
+use crate::train::engine::EngineKind;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum EvalCommand {
@@ -37,7 +39,19 @@ pub struct HellaswagArgs {
     /// Compute dtype: fp32, bf16 or auto (bf16 on CUDA).
     #[arg(long, default_value = "fp32")]
     pub dtype: String,
+    /// What runs the forward: auto (the decoder engine for a model it supports in bf16 on CUDA, else the candle
+    /// model), autograd (the candle model) or cuda (the engine, or an error saying why not).
+    #[arg(long, default_value = "auto")]
+    pub engine: String,
+    /// Also score every example in fp32 (the candle model) and report the fp32 accuracy, the difference and how
+    /// many examples' acc_norm prediction flips between the two.
+    #[arg(long)]
+    pub compare_fp32: bool,
 }
+
+/// Positions of the engine's evaluation buffers in a standalone evaluation (rows x bucketed length).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+const ENGINE_EVAL_POSITIONS: usize = 32768;
 
 pub fn run(c: EvalCommand) -> anyhow::Result<()> {
     match c {
@@ -50,7 +64,8 @@ fn hellaswag(a: HellaswagArgs) -> anyhow::Result<()> {
         anyhow::bail!("--limit 0 scores nothing: give a positive number of examples, or leave --limit out (all)");
     }
     let device = crate::device::open(&a.device)?;
-    let precision = parse_compute_dtype(&a.dtype, &device)?.precision();
+    let dtype = parse_compute_dtype(&a.dtype, &device)?;
+    let precision = dtype.precision();
     let file = HellaswagFile::open(&a.data)?;
     let n = a.limit.unwrap_or(file.len()).min(file.len());
     let spec = super::model_arg(&a.model)?;
@@ -70,18 +85,84 @@ fn hellaswag(a: HellaswagArgs) -> anyhow::Result<()> {
             file.max_row_len()
         );
     }
-    println!("HellaSwag: {n} examples from {} with {} on {device:?}", a.data.display(), a.model);
+    let examples = &file.examples()[..n];
+    let longest = examples.iter().map(|e| e.row_len()).max().unwrap_or(0).min(block);
+    let choice: EngineChoice = toml::Value::String(a.engine.clone())
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("--engine {:?}: expected auto, autograd or cuda", a.engine))?;
+    let kind =
+        EngineKind::resolve(choice, model.config(), &device, dtype).map_err(|e| anyhow::anyhow!("--engine: {e}"))?;
+    let what = match kind {
+        EngineKind::Cuda => "the decoder engine's forward (bf16)",
+        EngineKind::Autograd => "the candle model",
+    };
+    println!("HellaSwag: {n} examples from {} with {} on {device:?}, {what}", a.data.display(), a.model);
     let every = (n / 20).max(1);
     let mut next = every;
     let started = std::time::Instant::now();
     // Examples are scored in batches (longest first), so the running count advances by a batch at a time.
-    let score = evaluate_with_progress(&*model, &file.examples()[..n], 0, 1, &device, |s| {
+    let progress = |s: &HellaswagScore| {
         if s.n >= next || s.n == n {
             println!("{} acc_norm: {}/{}={:.4}", s.n, s.correct_norm, s.n, s.acc_norm());
             next = (s.n / every + 1) * every;
         }
-    })?;
+    };
+    let predictions = match kind {
+        EngineKind::Cuda => score_on_engine(model, &device, examples, longest, progress)?,
+        EngineKind::Autograd => evaluate_with(&mut ModelScorer::new(&*model, &device), examples, 0, 1, progress)?,
+    };
+    let score = tally(&predictions);
     println!("acc: {:.4} acc_norm: {:.4} (n={})", score.acc(), score.acc_norm(), score.n);
     println!("scored {n} examples in {:.2} s", started.elapsed().as_secs_f64());
+    if a.compare_fp32 {
+        let started = std::time::Instant::now();
+        let fp32 = crate::model::load_model(&spec, crate::model::Precision::FP32, &device)
+            .with_context(|| format!("loading --model {} in fp32", a.model))?;
+        let reference = evaluate_with(&mut ModelScorer::new(&*fp32, &device), examples, 0, 1, |_| {})?;
+        let r = tally(&reference);
+        let (flipped, _) = flips(&reference, &predictions);
+        println!(
+            "fp32: acc: {:.4} acc_norm: {:.4} ({:.2} s); {} - fp32: acc_norm {:+.4}, {flipped} of {n} examples' \
+             acc_norm prediction differ",
+            r.acc(),
+            r.acc_norm(),
+            started.elapsed().as_secs_f64(),
+            a.dtype,
+            score.acc_norm() - r.acc_norm()
+        );
+    }
     Ok(())
+}
+
+/// Score on the decoder engine: an engine built over the model for rows up to `longest` tokens (its optimizer
+/// state goes unused), `ENGINE_EVAL_POSITIONS` positions per forward.
+#[cfg(feature = "cuda")]
+fn score_on_engine(
+    model: Box<dyn crate::model::LanguageModel>,
+    device: &candle_core::Device,
+    examples: &[crate::eval::hellaswag_file::Example],
+    longest: usize,
+    progress: impl FnMut(&HellaswagScore),
+) -> anyhow::Result<Vec<Prediction>> {
+    let shape =
+        crate::train::decoder::scoring::scoring_shape(ENGINE_EVAL_POSITIONS, model.config().block_size, longest)
+            .ok_or_else(|| anyhow::anyhow!("rows of {longest} tokens do not fit the engine's evaluation buffers"))?;
+    let rows = ENGINE_EVAL_POSITIONS / shape.t;
+    let cfg = crate::train::config::TrainConfig::default();
+    let adam = crate::train::optim::AdamWConfig::from_config(&cfg);
+    let (opts, _) = cfg.engine.with_env_overrides()?;
+    let mut engine = crate::train::decoder::DecoderEngine::new(model, device, (rows, shape.t), adam, opts)?;
+    let mut scorer = engine.scorer(longest).expect("the engine was sized for these rows");
+    Ok(evaluate_with(&mut scorer, examples, 0, 1, progress)?)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn score_on_engine(
+    _model: Box<dyn crate::model::LanguageModel>,
+    _device: &candle_core::Device,
+    _examples: &[crate::eval::hellaswag_file::Example],
+    _longest: usize,
+    _progress: impl FnMut(&HellaswagScore),
+) -> anyhow::Result<Vec<Prediction>> {
+    unreachable!("EngineKind::resolve picks the cuda engine only in a `cuda` build")
 }

@@ -109,6 +109,61 @@ fn example_score(sums: [(f64, usize); NUM_COMPLETIONS]) -> ExampleScore {
     ExampleScore { pred: argmin(&sum_loss), pred_norm: argmin(&avg_loss), sum_loss, avg_loss }
 }
 
+/// What turns a batch of padded rows into per-position losses: a candle model (`ModelScorer`, any device and
+/// dtype) or the decoder engine's own forward (`train::decoder`, CUDA). `evaluate` sorts, batches and sums the
+/// ending positions the same way for both.
+pub trait RowScorer {
+    /// The model's context: longer rows keep their last `block_size` tokens.
+    fn block_size(&self) -> usize;
+    /// How a batch whose longest row has `t` tokens runs.
+    fn batch_shape(&self, t: usize) -> BatchShape;
+    /// Each position's next-token loss (f32, `rows * t`) of `tokens` `(rows, t)` against `targets`; positions whose
+    /// target is `IGNORE_INDEX` are not read by the caller (any finite or non-finite value will do there).
+    fn token_losses(&mut self, tokens: Vec<u32>, targets: Vec<u32>, rows: usize, t: usize) -> Result<Vec<f32>>;
+}
+
+/// The shape of one scoring batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchShape {
+    /// Rows are padded at their end to this length (>= the longest).
+    pub t: usize,
+    /// At most this many rows (at least `NUM_COMPLETIONS`).
+    pub rows: usize,
+    /// The scorer runs exactly `rows` rows (a fixed shape: the batch is padded with empty rows to it).
+    pub fixed: bool,
+}
+
+/// A candle `LanguageModel` as a scorer: `LanguageModel::token_losses` on batches bounded by `BatchLimits`.
+pub struct ModelScorer<'a> {
+    pub model: &'a dyn LanguageModel,
+    pub device: Device,
+    pub limits: BatchLimits,
+}
+
+impl<'a> ModelScorer<'a> {
+    pub fn new(model: &'a dyn LanguageModel, device: &Device) -> ModelScorer<'a> {
+        ModelScorer { model, device: device.clone(), limits: BatchLimits::for_device(device) }
+    }
+}
+
+impl RowScorer for ModelScorer<'_> {
+    fn block_size(&self) -> usize {
+        self.model.config().block_size
+    }
+
+    fn batch_shape(&self, t: usize) -> BatchShape {
+        let v = self.model.config().vocab_size;
+        let rows = (self.limits.max_logits / (t * v)).min(self.limits.max_rows);
+        BatchShape { t, rows: rows.max(NUM_COMPLETIONS), fixed: false }
+    }
+
+    fn token_losses(&mut self, tokens: Vec<u32>, targets: Vec<u32>, rows: usize, t: usize) -> Result<Vec<f32>> {
+        let idx = Tensor::from_vec(tokens, (rows, t), &self.device)?;
+        let targets = Tensor::from_vec(targets, (rows, t), &self.device)?;
+        self.model.token_losses(&idx, &targets)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+    }
+}
+
 /// How many rows go through the model at once: at most `max_rows`, and rows x T x V logits at most `max_logits`
 /// (the head's `(rows * T, V)` product is the batch's largest tensor).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,14 +196,22 @@ fn cropped_rows(ex: &Example, block: usize) -> Result<(Vec<u32>, Vec<u8>, usize)
     Ok((crop(&tokens), mask, t))
 }
 
-/// Score several examples in one forward (rows padded at their end to the longest; see the module doc).
-pub fn score_batch(model: &dyn LanguageModel, examples: &[&Example], device: &Device) -> Result<Vec<ExampleScore>> {
-    let block = model.config().block_size;
+/// Score several examples in one forward (rows padded at their end to the longest, or to the scorer's length;
+/// see the module doc).
+pub fn score_batch(scorer: &mut dyn RowScorer, examples: &[&Example]) -> Result<Vec<ExampleScore>> {
+    let block = scorer.block_size();
     let rows = examples.iter().map(|ex| cropped_rows(ex, block)).collect::<Result<Vec<_>>>()?;
-    let t = rows.iter().map(|r| r.2).max().unwrap_or(0);
+    let longest = rows.iter().map(|r| r.2).max().unwrap_or(0);
+    let shape = scorer.batch_shape(longest);
+    let t = shape.t;
     let n_rows = NUM_COMPLETIONS * examples.len();
-    let mut tokens = vec![0u32; n_rows * t];
-    let mut targets = vec![IGNORE_INDEX; n_rows * t];
+    if t < longest || (shape.fixed && shape.rows < n_rows) {
+        candle_core::bail!("HellaSwag scorer: {n_rows} rows of {longest} tokens do not fit its batch {shape:?}");
+    }
+    // Rows beyond the examples' (a fixed-shape scorer's padding) are all padding: token 0, nothing scored.
+    let n_run = if shape.fixed { shape.rows } else { n_rows };
+    let mut tokens = vec![0u32; n_run * t];
+    let mut targets = vec![IGNORE_INDEX; n_run * t];
     for (e, (tok, mask, te)) in rows.iter().enumerate() {
         for r in 0..NUM_COMPLETIONS {
             let (row, src) = ((e * NUM_COMPLETIONS + r) * t, r * te);
@@ -161,9 +224,7 @@ pub fn score_batch(model: &dyn LanguageModel, examples: &[&Example], device: &De
             }
         }
     }
-    let idx = Tensor::from_vec(tokens, (n_rows, t), device)?;
-    let targets_t = Tensor::from_vec(targets.clone(), (n_rows, t), device)?;
-    let losses = model.token_losses(&idx, &targets_t)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let losses = scorer.token_losses(tokens, targets.clone(), n_run, t)?;
     Ok((0..examples.len())
         .map(|e| {
             let mut sums = [(0f64, 0usize); NUM_COMPLETIONS];
@@ -181,8 +242,8 @@ pub fn score_batch(model: &dyn LanguageModel, examples: &[&Example], device: &De
         .collect())
 }
 
-/// Score `examples[rank], examples[rank + world], ...` (all of them for one process), batched (module doc). Merge
-/// ranks' results with `HellaswagScore::merge`.
+/// Score `examples[rank], examples[rank + world], ...` (all of them for one process) with a candle model, batched
+/// (module doc). Merge ranks' results with `HellaswagScore::merge`.
 pub fn evaluate(
     model: &dyn LanguageModel,
     examples: &[Example],
@@ -190,39 +251,75 @@ pub fn evaluate(
     world: usize,
     device: &Device,
 ) -> Result<HellaswagScore> {
-    evaluate_with_progress(model, examples, rank, world, device, |_| {})
+    let scored = evaluate_with(&mut ModelScorer::new(model, device), examples, rank, world, |_| {})?;
+    Ok(tally(&scored))
 }
 
-/// As `evaluate`, calling `progress` with the running score after every batch.
-pub fn evaluate_with_progress(
-    model: &dyn LanguageModel,
+/// One scored example: its index in the file, its label and the two predictions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prediction {
+    pub index: usize,
+    pub label: usize,
+    pub pred: usize,
+    pub pred_norm: usize,
+}
+
+/// The counts of a set of predictions.
+pub fn tally(predictions: &[Prediction]) -> HellaswagScore {
+    let mut score = HellaswagScore::default();
+    for p in predictions {
+        score.n += 1;
+        score.correct += usize::from(p.pred == p.label);
+        score.correct_norm += usize::from(p.pred_norm == p.label);
+    }
+    score
+}
+
+/// How many examples two runs over the same examples predict differently (`acc_norm`'s prediction; matched by
+/// index), and how many of the first's indices the second lacks.
+pub fn flips(a: &[Prediction], b: &[Prediction]) -> (usize, usize) {
+    let by_index: std::collections::HashMap<usize, usize> = b.iter().map(|p| (p.index, p.pred_norm)).collect();
+    let mut flipped = 0;
+    let mut missing = 0;
+    for p in a {
+        match by_index.get(&p.index) {
+            Some(&q) => flipped += usize::from(q != p.pred_norm),
+            None => missing += 1,
+        }
+    }
+    (flipped, missing)
+}
+
+/// Score this process's share of `examples` with any scorer, longest first, calling `progress` with the running
+/// count after every batch; the predictions come back in scoring order.
+pub fn evaluate_with(
+    scorer: &mut dyn RowScorer,
     examples: &[Example],
     rank: usize,
     world: usize,
-    device: &Device,
     mut progress: impl FnMut(&HellaswagScore),
-) -> Result<HellaswagScore> {
-    let limits = BatchLimits::for_device(device);
-    let (block, v) = (model.config().block_size, model.config().vocab_size);
+) -> Result<Vec<Prediction>> {
+    let block = scorer.block_size();
     let mut mine: Vec<&Example> = examples.iter().skip(rank).step_by(world.max(1)).collect();
     // Longest first: the first batch meets the memory limit, and every batch pads little.
     mine.sort_by_key(|ex| std::cmp::Reverse(ex.row_len().min(block)));
+    let mut out = Vec::with_capacity(mine.len());
     let mut score = HellaswagScore::default();
     let mut start = 0;
     while start < mine.len() {
         let t = mine[start].row_len().min(block).max(1);
-        let fits = (limits.max_logits / (t * v)).min(limits.max_rows) / NUM_COMPLETIONS;
+        let fits = scorer.batch_shape(t).rows / NUM_COMPLETIONS;
         let end = (start + fits.max(1)).min(mine.len());
         let batch = &mine[start..end];
-        for (ex, s) in batch.iter().zip(score_batch(model, batch, device)?) {
-            score.n += 1;
-            score.correct += usize::from(s.pred == ex.label);
-            score.correct_norm += usize::from(s.pred_norm == ex.label);
+        for (ex, s) in batch.iter().zip(score_batch(scorer, batch)?) {
+            let p = Prediction { index: ex.index, label: ex.label, pred: s.pred, pred_norm: s.pred_norm };
+            score.merge(&tally(&[p]));
+            out.push(p);
         }
         progress(&score);
         start = end;
     }
-    Ok(score)
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
+use crate::eval::hellaswag::RowScorer;
 use crate::model::{LanguageModel, ModelConfig};
 use crate::shards::loader::Batch;
 use crate::train::config::{ComputeDtype, ConfigError, EngineChoice, EngineOptions};
@@ -88,6 +89,12 @@ pub trait Engine {
     fn decay_summary(&self) -> ((usize, usize), (usize, usize));
     /// The autograd engine, for what only it can do (per-parameter gradient tensors).
     fn as_autograd(&mut self) -> Option<&mut Autograd> {
+        None
+    }
+    /// A scorer of evaluation rows of up to `longest` tokens by the engine's own forward, where it has one that
+    /// takes them (else evaluation runs on `model()`).
+    fn scorer(&mut self, longest: usize) -> Option<Box<dyn RowScorer + '_>> {
+        let _ = longest;
         None
     }
 }
@@ -250,6 +257,9 @@ impl Engine for crate::train::decoder::DecoderEngine {
     }
     fn decay_summary(&self) -> ((usize, usize), (usize, usize)) {
         Self::decay_summary(self)
+    }
+    fn scorer(&mut self, longest: usize) -> Option<Box<dyn RowScorer + '_>> {
+        Self::scorer(self, longest).map(|s| Box::new(s) as Box<dyn RowScorer + '_>)
     }
 }
 

@@ -516,10 +516,23 @@ impl Trainer {
     }
 
     /// HellaSwag over the configured examples (split across processes, counts summed).
-    pub fn hellaswag(&self) -> Result<Option<HellaswagScore>, TrainError> {
+    /// The decoder engine scores with its own forward (`decoder::scoring`), the autograd engine with its model.
+    pub fn hellaswag(&mut self) -> Result<Option<HellaswagScore>, TrainError> {
         let Some(examples) = &self.hellaswag else { return Ok(None) };
         let (rank, world) = (self.reducer.rank(), self.reducer.world());
-        let local = hellaswag::evaluate(self.engine.model(), examples, rank, world, &self.device)?;
+        let longest = examples.iter().map(Example::row_len).max().unwrap_or(0);
+        let on_engine = match self.engine.scorer(longest) {
+            Some(mut scorer) => Some(hellaswag::evaluate_with(&mut *scorer, examples, rank, world, |_| {})?),
+            None => None,
+        };
+        let predictions = match on_engine {
+            Some(p) => p,
+            None => {
+                let mut scorer = hellaswag::ModelScorer::new(self.engine.model(), &self.device);
+                hellaswag::evaluate_with(&mut scorer, examples, rank, world, |_| {})?
+            }
+        };
+        let local = hellaswag::tally(&predictions);
         let mut counts = [local.n as f64, local.correct as f64, local.correct_norm as f64];
         self.reducer.sum_f64(&mut counts)?;
         Ok(Some(HellaswagScore {

@@ -19,7 +19,11 @@
 //! optimizer updates them in place, so that model serves sampling, HellaSwag and checkpoints with no copy (a
 //! checkpoint written here has the autograd engine's names and files, so either engine resumes the other's).
 //!
-//! Layout (`layout.rs`) is plain arithmetic and compiled everywhere; the rest needs the `cuda` feature.
+//! Evaluation runs on the engine too (`scoring`: HellaSwag's rows through the engine's forward in the training
+//! buffers).
+//!
+//! Layout (`layout.rs`) and the scoring shapes are plain arithmetic and compiled everywhere; the rest needs the
+//! `cuda` feature.
 
 pub mod layout;
 pub mod options;
@@ -38,6 +42,7 @@ mod forward;
 mod optimizer;
 #[cfg(feature = "cuda")]
 mod profile;
+pub mod scoring;
 
 #[cfg(feature = "cuda")]
 pub use engine::DecoderEngine;
