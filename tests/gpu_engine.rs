@@ -451,6 +451,48 @@ mod cuda {
         println!("{:?} step 3 after resume: cuda engine {la}, autograd (bf16) {lg}", cfg.arch);
         assert!(((la - lg) / la).abs() < 5e-3, "{la} vs {lg}");
     }
+
+    #[test]
+    fn scoring_on_the_engine_matches_the_model_and_leaves_training_alone() {
+        scoring_matches_for(&small());
+        scoring_matches_for(&small_llama());
+    }
+
+    /// The engine's evaluation forward (`DecoderEngine::token_losses`, another shape than training's) against the
+    /// candle model's `token_losses` in bf16 on the same weights; and a run that scores between its steps trains
+    /// bit for bit as one that does not.
+    fn scoring_matches_for(cfg: &ModelConfig) {
+        let Some(dev) = super::common::cuda_device() else { return };
+        let cfg = cfg.clone();
+        let data = batches(&cfg, 4, 100, 6, 2);
+        let (mut a, mut b) = (engine(&cfg, &dev, (4, 100), 128), engine(&cfg, &dev, (4, 100), 128));
+        let (ra, rb) = (run(&mut a, &data, 0..1), run(&mut b, &data, 0..1));
+        assert_eq!(ra, rb);
+        // 6 rows of 64 positions (384 of the engine's 400), some targets ignored as HellaSwag's context positions are.
+        let (rows, t) = (6, 64);
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let tokens: Vec<u32> = (0..rows * t).map(|_| rng.gen_range(0..cfg.real_vocab_size as u32)).collect();
+        let targets: Vec<u32> = (0..rows * t)
+            .map(|i| if i % 3 == 0 { u32::MAX } else { rng.gen_range(0..cfg.real_vocab_size as u32) })
+            .collect();
+        let got = a.token_losses(&tokens, &targets, rows, t).unwrap();
+        let idx = Tensor::from_vec(tokens.clone(), (rows, t), &dev).unwrap();
+        let tgt = Tensor::from_vec(targets.clone(), (rows, t), &dev).unwrap();
+        // The engine's model computes in f32 (its Vars are the masters): a bf16 twin of the same weights.
+        let w = weights(&a);
+        let twin = model_from_tensors(&cfg, Precision::BF16, &dev, w, std::path::Path::new("a")).unwrap();
+        let want = host(&twin.token_losses(&idx, &tgt).unwrap());
+        let keep: Vec<usize> = (0..rows * t).filter(|&i| targets[i] != u32::MAX).collect();
+        let (g, w): (Vec<f32>, Vec<f32>) = keep.iter().map(|&i| (got[i], want[i])).unzip();
+        let r = rel_l2(&g, &w);
+        println!("{:?} engine scoring vs the bf16 model: rel L2 {r:.2e} over {} positions", cfg.arch, keep.len());
+        assert!(r < 1e-2, "engine scoring off the model: rel L2 {r:.3e}");
+        assert_eq!(a.token_losses(&tokens, &targets, rows, t).unwrap(), got, "scoring repeats bit for bit");
+        assert!(a.token_losses(&tokens[..2 * 128], &targets[..2 * 128], 2, 128).is_err(), "T past the engine's");
+        // Training after scoring is unchanged.
+        let (ra2, rb2) = (run(&mut a, &data, 1..2), run(&mut b, &data, 1..2));
+        assert_eq!(ra2, rb2, "a step after scoring");
+    }
 }
 
 /// Each forward stage against its reference, then the small model's micro-step against the autograd engine; named
