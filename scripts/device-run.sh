@@ -196,8 +196,14 @@ for step in "$@"; do
         TOKENMILL_GEMM_TABLE="$use" "$BIN" bench --model "$m" --batch "$b" --seq-len 1024 --dtype bf16 --device cuda \
           --total-batch $((b * 1024 * 8)) --warmup 1 --steps "${GEMM_STEPS:-3}" --what train_step --engine cuda \
           > "$OUT/gemm_bench_$m${use:+_table}.txt" 2>&1
-        note "train_step $m B=$b ${use:+with the table}${use:-heuristic}: $(grep -E "^$m|^llama|^gpt2" "$OUT/gemm_bench_$m${use:+_table}.txt" | tail -n 1)"
+        note "train_step $m B=$b ${use:+with the table}${use:-heuristic}: $(grep -oE 'median [0-9.]+ ms.*' "$OUT/gemm_bench_$m${use:+_table}.txt" | tail -n 1)"
       done
+      # Later steps use the table only where it made the step faster (by 0.5% or more).
+      ms() { grep -oE 'median [0-9.]+ ms' "$1" | tail -n 1 | awk '{ print $2 }'; }
+      if ! awk -v a="$(ms "$OUT/gemm_bench_$m.txt")" -v b="$(ms "$OUT/gemm_bench_${m}_table.txt")" \
+           'BEGIN { exit !(a > 0 && b > 0 && b < 0.995 * a) }'; then
+        mv "$tab" "$tab.unused"; note "gemm table for $m B=$b not faster: later steps use the heuristic"
+      fi
     done
     ;;
   llama | llama-1b)  # bench compare of a Llama preset against HF transformers' LlamaForCausalLM + torch.compile
