@@ -180,8 +180,11 @@ for step in "$@"; do
       note "hellaswag $cfg in the loop rc=$?: $(grep -E 'took' "$OUT/hs_train_$cfg.log" | tr '\n' ' ')"
       ck=$(ls -d "$OUT/hs_$cfg"/checkpoints/step_* 2>/dev/null | tail -n 1)
       for dt in ${HS_DTYPES:-bf16 fp32}; do
-        "$BIN" eval hellaswag --model "$ck" --data .dist/hellaswag_val.bin --device cuda --dtype $dt > "$OUT/hs_eval_${cfg}_$dt.log" 2>&1
-        note "hellaswag $cfg standalone $dt rc=$?: $(tail -n 2 "$OUT/hs_eval_${cfg}_$dt.log" | tr '\n' ' ')"
+        # HS_COMPARE=1: the bf16 evaluation also scores in fp32 and counts the predictions that flip.
+        cmp=(); [ "$dt" = bf16 ] && [ "${HS_COMPARE:-0}" = 1 ] && cmp=(--compare-fp32)
+        "$BIN" eval hellaswag --model "$ck" --data .dist/hellaswag_val.bin --device cuda --dtype $dt "${cmp[@]}" \
+          > "$OUT/hs_eval_${cfg}_$dt.log" 2>&1
+        note "hellaswag $cfg standalone $dt rc=$?: $(tail -n 3 "$OUT/hs_eval_${cfg}_$dt.log" | tr '\n' ' ')"
       done
     done
     ;;

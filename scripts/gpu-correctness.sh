@@ -175,12 +175,12 @@ mode_124m() {
     "$OUT/g124_fp32_torch.txt" "$TOL_F32_ALL" "$TOL_124M_F32_TIGHT" "$TOL_F32_MEDIAN"
 }
 
-mode_llama() {
+mode_llama() {  # LLAMA_WARMUP=N: warmup steps of this recipe (default 10, as 124m)
   fineweb_data || return
   local log="$WORK/llama124"
   rm -rf "$log"
   "$BIN" train --config configs/llama-124m.toml --data "$WORK/fw" --device cuda --dtype bf16 --max-steps "$STEPS" \
-    --set data.micro_batch=8 --set data.total_batch_tokens=8192 --set optim.warmup_steps=10 \
+    --set data.micro_batch=8 --set data.total_batch_tokens=8192 --set optim.warmup_steps="${LLAMA_WARMUP:-10}" \
     --set eval.val_every=0 --set eval.sample_every=0 --set eval.hellaswag_every=0 --set checkpoint.every=0 \
     --set run.tf32=false --log-dir "$log" --save-init > "$OUT/llama124.log" 2>&1 \
     || { fail "llama tokenmill: see $OUT/llama124.log"; return; }
@@ -196,7 +196,7 @@ mode_llama() {
   local alog="$WORK/llama124_autograd"
   rm -rf "$alog"
   "$BIN" train --config configs/llama-124m.toml --data "$WORK/fw" --device cuda --dtype bf16 --max-steps "$STEPS" \
-    --set data.micro_batch=8 --set data.total_batch_tokens=8192 --set optim.warmup_steps=10 \
+    --set data.micro_batch=8 --set data.total_batch_tokens=8192 --set optim.warmup_steps="${LLAMA_WARMUP:-10}" \
     --set eval.val_every=0 --set eval.sample_every=0 --set eval.hellaswag_every=0 --set checkpoint.every=0 \
     --set run.tf32=false --set 'run.engine="autograd"' --log-dir "$alog" > "$OUT/llama124_autograd.log" 2>&1 \
     && cp "$alog/log.txt" "$OUT/llama124_autograd.txt"

@@ -9,9 +9,8 @@ use candle_core::Result;
 use super::launch::{cfg, go, int, Module};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/classifier.ptx"));
-/// CLS_THREADS, CLS_REG_VECS in classifier.cu.
+/// CLS_THREADS in classifier.cu.
 const THREADS: u32 = 1024;
-const REG_VECS: usize = 8;
 
 pub struct Classifier {
     module: Module,
@@ -19,7 +18,7 @@ pub struct Classifier {
 
 impl Classifier {
     pub fn new(stream: &Arc<CudaStream>) -> Result<Classifier> {
-        let names = ["classifier_fwd_bwd", "classifier_fwd_bwd_reg", "loss_reduce"];
+        let names = ["classifier_fwd_bwd", "loss_reduce"];
         Ok(Classifier { module: Module::load(stream, "classifier.cu", PTX, &names)? })
     }
 
@@ -42,9 +41,9 @@ impl Classifier {
         }
         let grid = u32::try_from(rows).map_err(|_| candle_core::Error::Msg(format!("classifier rows {rows}")))?;
         let v_i = int(v, "vocabulary")?;
-        // The row in registers when it fits (V <= 65,536): one read of the logits instead of a read and a re-read.
-        let kernel = if v / 8 <= REG_VECS * THREADS as usize { "classifier_fwd_bwd_reg" } else { "classifier_fwd_bwd" };
-        let mut a = self.module.args(kernel)?;
+        // The two-pass kernel for every V: the register-resident one (classifier_fwd_bwd_reg, the same bits) was
+        // measured slower on the H100 (Llama-124M micro-step: 9.24 ms against 5.57, docs/PERF.md), so it is not launched.
+        let mut a = self.module.args("classifier_fwd_bwd")?;
         a.arg(&logits).arg(&targets).arg(&loss).arg(&v_i).arg(&dscale);
         go(a, cfg((grid, 1), (THREADS, 1)))
     }
