@@ -1,16 +1,18 @@
-// Runs the CUDA kernels of ../cross_entropy.cu, ../attention.cu and ../embedding.cu under cuda_emu.h and compares them with plain
-// double-precision references, in f32 and bf16, on awkward sizes (T not a multiple of the tiles, unaligned rows,
+// Runs the CUDA kernels of src/cuda/{cross_entropy,attention,embedding}.cu (attention.cu with its tensor-core
+// kernels, attention_tc.cuh) under cuda_emu.h and compares them with plain
+// double-precision references, in f32, bf16 and f16, on awkward sizes (T not a multiple of the tiles, unaligned rows,
 // the strided q/k/v views GPT-2 passes, ignored targets). Prints one line per check; exits 1 on any mismatch.
 // Build and run: dev/cuda/run.sh ops
 #include "cuda_emu.h"
 
-#include "../../src/model/kernels/attention.cu"
-#include "../../src/model/kernels/cross_entropy.cu"
-#include "../../src/model/kernels/embedding.cu"
+#include "../../src/cuda/attention.cu"
+#include "../../src/cuda/cross_entropy.cu"
+#include "../../src/cuda/embedding.cu"
 
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <span>
 #include <string>
 
 static int failures = 0;
@@ -18,8 +20,10 @@ static int failures = 0;
 template <typename T> T cast_to(double x);
 template <> float cast_to<float>(double x) { return (float)x; }
 template <> __nv_bfloat16 cast_to<__nv_bfloat16>(double x) { return __float2bfloat16((float)x); }
+template <> __half cast_to<__half>(double x) { return __float2half((float)x); }
 static double back(float x) { return x; }
 static double back(__nv_bfloat16 x) { return __bfloat162float(x); }
+static double back(__half x) { return __half2float(x); }
 
 // |got - want| <= abs + rel * |want| everywhere.
 template <typename G> void expect(const std::string& what, const std::vector<G>& got, const std::vector<double>& want, double abs, double rel) {
@@ -113,13 +117,21 @@ static AttnRef attn_reference(const Attn& a) {
     return r;
 }
 
+// Which kernel set of attention.cu: the FMA tiles (any dtype) or the tensor-core ones (attention_tc.cuh, bf16/f16).
+enum class AttnKernels { Fma, TensorCores };
+
+// misalign: q, k, v start one element past a 16-byte boundary, so the tensor-core tile loads take their
+// element-by-element path.
 template <typename T>
-static void check_attention(const char* dtype, int B, int NH, int Tn, double tol_abs, double tol_rel, uint32_t seed) {
+static void check_attention(const char* dtype, AttnKernels set, int B, int NH, int Tn, double tol_abs, double tol_rel,
+                            uint32_t seed, bool misalign = false) {
     Attn a{B, NH, Tn, {}, {}};
     std::mt19937 rng(seed);
     std::uniform_real_distribution<double> u(-1.0, 1.0);
     const int HS = Attn::hs;
-    std::vector<T> qkv((size_t)B * Tn * 3 * NH * HS), dout((size_t)B * NH * Tn * HS);
+    const size_t shift = misalign ? 1 : 0;
+    std::vector<T> qkv_buf((size_t)B * Tn * 3 * NH * HS + shift), dout((size_t)B * NH * Tn * HS);
+    std::span<T> qkv(qkv_buf.data() + shift, qkv_buf.size() - shift);
     a.qkv.resize(qkv.size());
     a.dout.resize(dout.size());
     for (size_t i = 0; i < qkv.size(); i++) {
@@ -147,16 +159,23 @@ static void check_attention(const char* dtype, int B, int NH, int Tn, double tol
                  int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float);
     void (*dqk)(const T*, const T*, const T*, const T*, const float*, const float*, T*, int, int, int64_t, int64_t,
                 int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float);
+    const bool tc = set == AttnKernels::TensorCores;
     if constexpr (std::is_same_v<T, float>) {
+        emu_check(!tc, "the tensor-core attention kernels take bf16/f16");
         fwd = fa_fwd_f32;
         dot = fa_bwd_dot_f32;
         dkdv = fa_bwd_dkdv_f32;
         dqk = fa_bwd_dq_f32;
-    } else {
-        fwd = fa_fwd_bf16;
+    } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+        fwd = tc ? fa_tc_fwd_bf16 : fa_fwd_bf16;
         dot = fa_bwd_dot_bf16;
-        dkdv = fa_bwd_dkdv_bf16;
-        dqk = fa_bwd_dq_bf16;
+        dkdv = tc ? fa_tc_bwd_dkdv_bf16 : fa_bwd_dkdv_bf16;
+        dqk = tc ? fa_tc_bwd_dq_bf16 : fa_bwd_dq_bf16;
+    } else {
+        fwd = tc ? fa_tc_fwd_f16 : fa_fwd_f16;
+        dot = fa_bwd_dot_f16;
+        dkdv = tc ? fa_tc_bwd_dkdv_f16 : fa_bwd_dkdv_f16;
+        dqk = tc ? fa_tc_bwd_dq_f16 : fa_bwd_dq_f16;
     }
     emu_launch(fwd, dim3{nqt, (unsigned)(B * NH), 1}, dim3{FA_THREADS, 1, 1}, q, k, v, o.data(), lse.data(), NH, Tn, sb, sh,
                st, sb, sh, st, sb, sh, st, scale);
@@ -168,7 +187,8 @@ static void check_attention(const char* dtype, int B, int NH, int Tn, double tol
     emu_launch(dqk, dim3{nqt, (unsigned)(B * NH), 1}, dim3{FA_THREADS, 1, 1}, q, k, v, (const T*)dout.data(),
                (const float*)lse.data(), (const float*)dvec.data(), dq.data(), NH, Tn, sb, sh, st, sb, sh, st, sb, sh, st,
                scale);
-    const std::string tag = std::string("attention ") + dtype + " B=" + std::to_string(B) + " NH=" + std::to_string(NH) +
+    const std::string tag = std::string(tc ? "attention (tensor cores) " : "attention ") + dtype +
+                            (misalign ? " unaligned" : "") + " B=" + std::to_string(B) + " NH=" + std::to_string(NH) +
                             " T=" + std::to_string(Tn);
     expect(tag + " O", o, ref.o, tol_abs, tol_rel);
     expect(tag + " L", lse, ref.lse, 1e-5, 1e-5);
@@ -275,14 +295,20 @@ int main() {
     check_ce<__nv_bfloat16>("bf16", 7, 2048, 2048, 1e-6, 1.0 / 128, 4);
     check_ce<__nv_bfloat16>("bf16", 5, 1001, 1001, 1e-6, 1.0 / 128, 5);
     // f32: scores ~ O(10) and sums over <= T keys: 1e-4 relative covers f32 accumulation order.
-    check_attention<float>("f32", 1, 2, 1, 1e-5, 1e-4, 11);
-    check_attention<float>("f32", 2, 3, 100, 1e-5, 1e-4, 12);
-    check_attention<float>("f32", 1, 2, 130, 1e-5, 1e-4, 13);
-    check_attention<float>("f32", 1, 1, 64, 1e-5, 1e-4, 14);
+    check_attention<float>("f32", AttnKernels::Fma, 1, 2, 1, 1e-5, 1e-4, 11);
+    check_attention<float>("f32", AttnKernels::Fma, 2, 3, 100, 1e-5, 1e-4, 12);
+    check_attention<float>("f32", AttnKernels::Fma, 1, 2, 130, 1e-5, 1e-4, 13);
+    check_attention<float>("f32", AttnKernels::Fma, 1, 1, 64, 1e-5, 1e-4, 14);
     // bf16: outputs rounded to bf16 (2^-9 relative) on top of f32 accumulation, and D = dO . O uses the bf16 O
     // (as FlashAttention-2 does), so dS = P (dP - D) carries ~2^-9 |dO| |O| of cancellation error: an absolute
     // 1% of the largest gradient entry.
-    check_attention<__nv_bfloat16>("bf16", 2, 2, 97, 6e-3, 1.0 / 64, 15);
+    check_attention<__nv_bfloat16>("bf16", AttnKernels::Fma, 2, 2, 97, 6e-3, 1.0 / 64, 15);
+    // Tensor cores (attention_tc.cuh): P and dS are also rounded to the input type before their products (as
+    // FlashAttention-2), which the bf16 tolerance above already covers; f16 keeps 3 more bits.
+    check_attention<__nv_bfloat16>("bf16", AttnKernels::TensorCores, 2, 2, 97, 6e-3, 1.0 / 64, 16);
+    check_attention<__nv_bfloat16>("bf16", AttnKernels::TensorCores, 1, 2, 130, 6e-3, 1.0 / 64, 17, true);
+    check_attention<__half>("f16", AttnKernels::TensorCores, 1, 3, 64, 1e-3, 1.0 / 256, 18);
+    check_attention<__half>("f16", AttnKernels::Fma, 1, 2, 33, 1e-3, 1.0 / 256, 19);
     if (failures) {
         std::printf("%d check(s) FAILED\n", failures);
         return 1;

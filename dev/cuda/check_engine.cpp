@@ -4,19 +4,6 @@
 // mismatch. Build and run: dev/cuda/run.sh engine (also run by `cargo test`, tests/kernels_lab.rs).
 #include "cuda_emu.h"
 
-// Warp shuffles, emulated with block barriers: every thread of the block must call them the same number of times
-// (the engine kernels keep their control flow uniform around shuffles for this reason).
-inline float emu_shfl_buf[1024];
-inline float emu_shfl_xor(float v, int mask) {
-    const unsigned t = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
-    emu_shfl_buf[t] = v;
-    __syncthreads();
-    const unsigned lane = t % 32;
-    const float r = emu_shfl_buf[t - lane + (lane ^ (unsigned)mask)];
-    __syncthreads();
-    return r;
-}
-
 // Smaller launches than on the GPU (each emulated thread is a std::thread); the kernels read these constants.
 #define NORM_BLOCKS 8
 #define NORM_THREADS 64

@@ -3,7 +3,7 @@
 //   forward:  y = 0.5 x (1 + tanh(k (x + 0.044715 x^3))),  k = sqrt(2 / pi)
 //   backward: dx = dy * (0.5 (1 + th) + 0.5 x (1 - th^2) k (1 + 3 * 0.044715 x^2)),  th = tanh(k (x + 0.044715 x^3))
 // n must be a multiple of 8 and the buffers 16-byte aligned (activation.rs checks). dx may alias dy.
-#include "../model/kernels/common.cuh"
+#include "common.cuh"
 
 #define GELU_K 0.7978845608028654f
 #define GELU_C 0.044715f

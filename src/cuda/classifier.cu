@@ -15,15 +15,13 @@
 //
 // loss_reduce sums the per-row losses in a fixed order (one block), times `scale`, into acc[0] (+=): the step's loss
 // without atomics, deterministic.
-#include "../model/kernels/common.cuh"
+#include "common.cuh"
 
 #ifndef CLS_THREADS  // the CPU lab runs smaller blocks
 #define CLS_THREADS 1024
 #endif
 
 // Statistics in the log2 domain (x * log2 e), so each exponential is one exp2f (the hardware ex2, 2 ulp).
-#define CLS_LOG2E 1.4426950408889634f
-#define CLS_LN2 0.6931471805599453f
 
 __device__ __forceinline__ void cls_online_add(float& m, float& s, float x) {
     if (x > m) {
@@ -66,14 +64,14 @@ __device__ __forceinline__ void classifier_row(__nv_bfloat16* __restrict__ logit
             if (j < nv) {
                 held[r] = load16(x + 8 * j);
 #pragma unroll
-                for (int k = 0; k < 8; k++) cls_online_add(m, s, to_acc(held[r].v[k]) * CLS_LOG2E);
+                for (int k = 0; k < 8; k++) cls_online_add(m, s, to_acc(held[r].v[k]) * TM_LOG2E);
             }
         }
     } else {
         for (int j = tid; j < nv; j += CLS_THREADS) {
             const Vec16<__nv_bfloat16> p = load16(x + 8 * j);
 #pragma unroll
-            for (int k = 0; k < 8; k++) cls_online_add(m, s, to_acc(p.v[k]) * CLS_LOG2E);
+            for (int k = 0; k < 8; k++) cls_online_add(m, s, to_acc(p.v[k]) * TM_LOG2E);
         }
     }
     sh_m[tid] = m;
@@ -91,14 +89,14 @@ __device__ __forceinline__ void classifier_row(__nv_bfloat16* __restrict__ logit
     }
     const float mx = sh_m[0], sum = sh_s[0];
     // mx is in log2 units: logsumexp = (log2(sum) + mx) * ln 2.
-    if (tid == 0) loss[row] = (log2f(sum) + mx) * CLS_LN2 - sh_target;
+    if (tid == 0) loss[row] = (log2f(sum) + mx) * TM_LN2 - sh_target;
     if (dscale == 0.f) return;
     const float inv = 1.f / sum;
     auto grad = [&](int j, Vec16<__nv_bfloat16> p) {
 #pragma unroll
         for (int k = 0; k < 8; k++) {
             const int i = 8 * j + k;
-            const float prob = exp2f(to_acc(p.v[k]) * CLS_LOG2E - mx) * inv;
+            const float prob = exp2f(to_acc(p.v[k]) * TM_LOG2E - mx) * inv;
             p.v[k] = from_acc<__nv_bfloat16>((prob - (i == (int)target ? 1.f : 0.f)) * dscale);
         }
         store16(x + 8 * j, p);

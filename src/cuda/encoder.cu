@@ -9,7 +9,7 @@
 // The wte backward is embedding.cu's grouped sum (the host sorts the ids into groups, stable, so each group lists
 // its rows in order) with `+=` instead of `=`: in the engine dwte already holds the tied lm_head's gradient.
 // No atomics: the sums run in a fixed order, so a run repeats bit for bit.
-#include "../model/kernels/common.cuh"
+#include "common.cuh"
 
 template <bool POS>
 __device__ __forceinline__ void encoder_fwd_rows(const uint32_t* __restrict__ idx, const float* __restrict__ wte,

@@ -694,11 +694,11 @@ mod cuda {
     use candle_core::{CudaDevice, CudaStorage, DType, Result};
     use half::{bf16, f16};
 
-    use super::super::launch::{dtype_suffix, grid_1d};
     use super::HeadView;
+    use crate::cuda::launch::{dtype_suffix, grid_1d, Module};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
-    const MODULE: &str = "tokenmill_attention";
+    const FILE: &str = "attention.cu";
     /// FA_THREADS, FA_BR (= FA_BKV = TC_ROWS) in attention.cu.
     const THREADS: u32 = 128;
     const TILE: usize = 64;
@@ -767,7 +767,7 @@ mod cuda {
             // SAFETY: the kernel writes every row < T of every head (o) and every lse entry.
             let o = unsafe { dev.alloc::<T>(b * nh * t * super::FLASH_HEAD_SIZE)? };
             let lse = unsafe { dev.alloc::<f32>(b * nh * t)? };
-            let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+            let func = Module::on_device(dev, FILE, PTX)?.kernel(name)?;
             let mut a = func.builder();
             let (nh_i, t_i) = (nh as i32, t as i32);
             a.arg(&q).arg(&k).arg(&v).arg(&o).arg(&lse).arg(&nh_i).arg(&t_i);
@@ -825,14 +825,14 @@ mod cuda {
             let (dq, dk, dv) = unsafe { (dev.alloc::<T>(n)?, dev.alloc::<T>(n)?, dev.alloc::<T>(n)?) };
             let (nh_i, t_i, rows_i) = (nh as i32, t as i32, rows as i64);
 
-            let func = dev.get_or_load_custom_func(&format!("fa_bwd_dot_{sfx}"), MODULE, PTX)?;
+            let func = Module::on_device(dev, FILE, PTX)?.kernel(&format!("fa_bwd_dot_{sfx}"))?;
             let mut a = func.builder();
             a.arg(&o).arg(&g).arg(&dvec).arg(&rows_i);
             let cfg = grid_1d(rows.div_ceil(256), 256)?;
             // SAFETY: argument list matches fa_bwd_dot_* in attention.cu.
             unsafe { a.launch(cfg) }.w()?;
 
-            let func = dev.get_or_load_custom_func(&format!("fa_{pfx}bwd_dkdv_{sfx}"), MODULE, PTX)?;
+            let func = Module::on_device(dev, FILE, PTX)?.kernel(&format!("fa_{pfx}bwd_dkdv_{sfx}"))?;
             let mut a = func.builder();
             a.arg(&q).arg(&k).arg(&v).arg(&g).arg(&lse).arg(&dvec).arg(&dk).arg(&dv).arg(&nh_i).arg(&t_i);
             for x in &st {
@@ -842,7 +842,7 @@ mod cuda {
             // SAFETY: argument list matches fa_bwd_dkdv_* / fa_tc_bwd_dkdv_* in attention.cu.
             unsafe { a.launch(tile_grid(b * nh, t)?) }.w()?;
 
-            let func = dev.get_or_load_custom_func(&format!("fa_{pfx}bwd_dq_{sfx}"), MODULE, PTX)?;
+            let func = Module::on_device(dev, FILE, PTX)?.kernel(&format!("fa_{pfx}bwd_dq_{sfx}"))?;
             let mut a = func.builder();
             a.arg(&q).arg(&k).arg(&v).arg(&g).arg(&lse).arg(&dvec).arg(&dq).arg(&nh_i).arg(&t_i);
             for x in &st {

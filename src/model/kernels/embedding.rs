@@ -123,11 +123,11 @@ mod cuda {
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape};
 
-    use super::super::launch::grid_1d;
     use super::IdGroups;
+    use crate::cuda::launch::{grid_1d, Module};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/embedding.ptx"));
-    const MODULE: &str = "tokenmill_embedding";
+    const FILE: &str = "embedding.cu";
     /// EMB_THREADS in embedding.cu.
     const THREADS: u32 = 256;
 
@@ -173,7 +173,7 @@ mod cuda {
             let start = packed.slice(n..n + ngroups + 1);
             let id = packed.slice(n + ngroups + 1..);
             let dy = g.as_cuda_slice::<f32>()?.slice(gstart..);
-            let func = dev.get_or_load_custom_func("embedding_bwd_sorted_f32", MODULE, PTX)?;
+            let func = Module::on_device(dev, FILE, PTX)?.kernel("embedding_bwd_sorted_f32")?;
             let mut b = func.builder();
             let (c64, stride) = (c as i64, c as i64);
             b.arg(&rows).arg(&start).arg(&id).arg(&dy).arg(&out).arg(&c64).arg(&stride);

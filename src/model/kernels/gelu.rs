@@ -141,11 +141,11 @@ mod cuda {
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaStorage, DType, Result};
 
-    use super::super::launch::{dtype_suffix, grid_1d};
     use super::super::real::float_elem;
+    use crate::cuda::launch::{dtype_suffix, grid_1d, Module};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gelu.ptx"));
-    const MODULE: &str = "tokenmill_gelu";
+    const FILE: &str = "gelu.cu";
     /// GELU_THREADS in gelu.cu.
     const THREADS: u32 = 256;
     /// Grid-stride cap: ~16 blocks per SM on an H100 (132 SMs) keeps every SM busy; more only adds block overhead.
@@ -177,7 +177,7 @@ mod cuda {
                 let n = n as i64;
                 match dy {
                     None => {
-                        let func = dev.get_or_load_custom_func(&format!("gelu_fwd_{sfx}"), MODULE, PTX)?;
+                        let func = Module::on_device(dev, FILE, PTX)?.kernel(&format!("gelu_fwd_{sfx}"))?;
                         let mut b = func.builder();
                         b.arg(&x).arg(&out).arg(&n);
                         // SAFETY: argument types match gelu_fwd_* in gelu.cu.
@@ -185,7 +185,7 @@ mod cuda {
                     }
                     Some((gs, gstart)) => {
                         let g = gs.as_cuda_slice::<T>()?.slice(gstart..);
-                        let func = dev.get_or_load_custom_func(&format!("gelu_bwd_{sfx}"), MODULE, PTX)?;
+                        let func = Module::on_device(dev, FILE, PTX)?.kernel(&format!("gelu_bwd_{sfx}"))?;
                         let mut b = func.builder();
                         b.arg(&x).arg(&g).arg(&out).arg(&n);
                         // SAFETY: argument types match gelu_bwd_* in gelu.cu.

@@ -17,18 +17,13 @@
 // run it; tests/kernels_norm_act.rs checks it against the CPU twin on a GPU instead.
 #include "common.cuh"
 #include "ln_partials.cuh"
+#include "warp.cuh"
 
 #define LN_THREADS 256
 #define LN_WARPS (LN_THREADS / 32)
 // Rows per backward block: enough rows that the partials stay small (N / 64 rows of C floats), few enough that
 // there are several blocks per SM at N = B*T = 32768.
 #define LN_BWD_ROWS 64
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 template <typename T, typename O>
 __device__ void ln_fwd(const T* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
