@@ -16,29 +16,14 @@
 // loss_reduce sums the per-row losses in a fixed order (one block), times `scale`, into acc[0] (+=): the step's loss
 // without atomics, deterministic.
 #include "common.cuh"
+#include "online_softmax.cuh"
 
 #ifndef CLS_THREADS  // the CPU lab runs smaller blocks
 #define CLS_THREADS 1024
 #endif
 
-// Statistics in the log2 domain (x * log2 e), so each exponential is one exp2f (the hardware ex2, 2 ulp).
-
-__device__ __forceinline__ void cls_online_add(float& m, float& s, float x) {
-    if (x > m) {
-        s = s * exp2f(m - x) + 1.f;
-        m = x;
-    } else {
-        s += exp2f(x - m);
-    }
-}
-
-__device__ __forceinline__ void cls_merge(float& m, float& s, float m2, float s2) {
-    const float mx = fmaxf(m, m2);
-    if (mx == -TM_INF) return;
-    s = (m == -TM_INF ? 0.f : s * exp2f(m - mx)) + (m2 == -TM_INF ? 0.f : s2 * exp2f(m2 - mx));
-    m = mx;
-}
-
+// Statistics in the log2 domain (x * log2 e), so each exponential is one exp2f (the hardware ex2, 2 ulp): the pairs
+// of online_softmax.cuh with Exp2, and no -inf test (the logits come out of a matmul, finite).
 #define CLS_REG_VECS 8
 
 // grid N, block CLS_THREADS. V must be a multiple of 8 and each row 16-byte aligned (classifier.rs checks). REG: the
@@ -64,29 +49,19 @@ __device__ __forceinline__ void classifier_row(__nv_bfloat16* __restrict__ logit
             if (j < nv) {
                 held[r] = load16(x + 8 * j);
 #pragma unroll
-                for (int k = 0; k < 8; k++) cls_online_add(m, s, to_acc(held[r].v[k]) * TM_LOG2E);
+                for (int k = 0; k < 8; k++) online_add<false>(m, s, to_acc(held[r].v[k]) * TM_LOG2E, Exp2());
             }
         }
     } else {
         for (int j = tid; j < nv; j += CLS_THREADS) {
             const Vec16<__nv_bfloat16> p = load16(x + 8 * j);
 #pragma unroll
-            for (int k = 0; k < 8; k++) cls_online_add(m, s, to_acc(p.v[k]) * TM_LOG2E);
+            for (int k = 0; k < 8; k++) online_add<false>(m, s, to_acc(p.v[k]) * TM_LOG2E, Exp2());
         }
     }
     sh_m[tid] = m;
     sh_s[tid] = s;
-    __syncthreads();
-    // Tree merge in a fixed order.
-    for (int half = CLS_THREADS / 2; half > 0; half /= 2) {
-        if (tid < half) {
-            float a = sh_m[tid], b = sh_s[tid];
-            cls_merge(a, b, sh_m[tid + half], sh_s[tid + half]);
-            sh_m[tid] = a;
-            sh_s[tid] = b;
-        }
-        __syncthreads();
-    }
+    online_block_merge(sh_m, sh_s, CLS_THREADS, Exp2());
     const float mx = sh_m[0], sum = sh_s[0];
     // mx is in log2 units: logsumexp = (log2(sum) + mx) * ln 2.
     if (tid == 0) loss[row] = (log2f(sum) + mx) * TM_LN2 - sh_target;

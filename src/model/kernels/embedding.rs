@@ -1,6 +1,6 @@
 //! Embedding lookup `table (V, C)`, `ids (N)` u32 -> `(N, C)`, whose backward on CUDA is a grouped, deterministic
-//! sum (`embedding.cu`) instead of candle's `index_add`, which walks all N ids serially per column (the cost is in
-//! the module doc of embedding.cu). Forward is candle's own `index_select` on the storages.
+//! sum (`embedding_bwd_sorted_f32` in `src/cuda/encoder.cu`, the engine's wte backward with `=` for `+=`) instead of
+//! candle's `index_add`, which walks all N ids serially per column (the cost is in encoder.cu's header). Forward is candle's own `index_select` on the storages.
 //!
 //! Backward returns `dtable (V, C)` in the table's dtype: on CPU candle's `index_add` (the reference); on CUDA, for
 //! an f32 table (the models' fp32 master `wte`), the rows are grouped by id on the host (`IdGroups`) and summed per
@@ -117,7 +117,7 @@ impl CustomOp2 for Lookup {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    //! Launcher for embedding.cu.
+    //! Launcher for embedding_bwd_sorted_f32 in encoder.cu (the grouped sum the engine's wte backward runs too).
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::cuda_backend::WrapErr;
@@ -126,9 +126,9 @@ mod cuda {
     use super::IdGroups;
     use crate::cuda::launch::{grid_1d, Module};
 
-    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/embedding.ptx"));
-    const FILE: &str = "embedding.cu";
-    /// EMB_THREADS in embedding.cu.
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/encoder.ptx"));
+    const FILE: &str = "encoder.cu";
+    /// EMB_THREADS in encoder.cu.
     const THREADS: u32 = 256;
 
     /// `(dy (N, C) f32, ids (N) u32)` -> `(V, C)` f32 with `dtable[id] = sum of dy[r] over ids[r] == id`.
