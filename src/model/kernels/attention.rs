@@ -4,7 +4,7 @@
 //! returns dQ, dK, dV. At 124M with B=64, T=1024 that is 3 MB of L per layer instead of the composed version's
 //! 3.2 GB f32 scores + 3.2 GB probabilities (+ their bf16 copy) per layer.
 //!
-//! CUDA (`attention.cu`): HS = 64 only (GPT-2), f32/bf16/f16 inputs, f32 accumulation; any (b, h, t) strides
+//! CUDA (`src/cuda/attention.cu`): HS = 64 only (GPT-2), f32/bf16/f16 inputs, f32 accumulation; any (b, h, t) strides
 //! with a dense last dim, so GPT-2's head views of the fused qkv projection go in without copies. Two kernel
 //! sets: plain FMA (version 1, attention.cu; f32, and bf16/f16 on request) and tensor cores (version 2,
 //! attention_tc.cuh: mma.sync m16n8k16, sm_80+; bf16/f16 by default, see [`FlashKernel`]). Their timings against the

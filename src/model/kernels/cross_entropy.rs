@@ -14,7 +14,7 @@
 //! Rows whose target is `IGNORE_INDEX` give 0 loss and 0 gradient (masked losses, e.g. HellaSwag's completion
 //! tokens). A target `>= V` is an error on CPU and a NaN loss on CUDA (checking it there would cost a sync).
 //!
-//! CPU: rayon over rows, f32 accumulation (f64 for f64). CUDA: `cross_entropy.cu`, one block per row.
+//! CPU: rayon over rows, f32 accumulation (f64 for f64). CUDA: `src/cuda/cross_entropy.cu`, one block per row.
 
 use std::sync::Mutex;
 

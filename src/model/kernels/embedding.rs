@@ -1,6 +1,7 @@
 //! Embedding lookup `table (V, C)`, `ids (N)` u32 -> `(N, C)`, whose backward on CUDA is a grouped, deterministic
 //! sum (`embedding_bwd_sorted_f32` in `src/cuda/encoder.cu`, the engine's wte backward with `=` for `+=`) instead of
-//! candle's `index_add`, which walks all N ids serially per column (the cost is in encoder.cu's header). Forward is candle's own `index_select` on the storages.
+//! candle's `index_add`, which walks all N ids serially per column (the cost is in encoder.cu's header). Forward is
+//! candle's own `index_select` on the storages.
 //!
 //! Backward returns `dtable (V, C)` in the table's dtype: on CPU candle's `index_add` (the reference); on CUDA, for
 //! an f32 table (the models' fp32 master `wte`), the rows are grouped by id on the host (`IdGroups`) and summed per
@@ -178,9 +179,10 @@ mod cuda {
             let (c64, stride) = (c as i64, c as i64);
             b.arg(&rows).arg(&start).arg(&id).arg(&dy).arg(&out).arg(&c64).arg(&stride);
             let mut cfg = grid_1d(ngroups, THREADS)?;
-            cfg.grid_dim.1 = c.div_ceil(THREADS as usize) as u32; // column slices of THREADS
-                                                                  // SAFETY: argument types and order match embedding_bwd_sorted_f32; every row index is < N, every group
-                                                                  // id < V (IdGroups checks), and `out` holds V * C f32.
+            // column slices of THREADS
+            cfg.grid_dim.1 = c.div_ceil(THREADS as usize) as u32;
+            // SAFETY: argument types and order match embedding_bwd_sorted_f32; every row index is < N, every group
+            // id < V (IdGroups checks), and `out` holds V * C f32.
             unsafe { b.launch(cfg) }.w()?;
             Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((self.v, c))))
         }

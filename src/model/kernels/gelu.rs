@@ -6,7 +6,8 @@
 //! kernels forward + backward; this keeps none beyond x and runs one kernel each way.
 //!
 //! CPU: rayon over chunks (the twin the tests hold against the composed reference and finite differences).
-//! CUDA: `src/cuda/activation.cu` (the engine's GELU kernels, templated over the dtype), grid-stride with 16-byte vectors.
+//! CUDA: `src/cuda/activation.cu` (the engine's GELU kernels, templated over the dtype), grid-stride with 16-byte
+//! vectors.
 
 use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;

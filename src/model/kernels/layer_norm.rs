@@ -11,7 +11,7 @@
 //! dweight/dbias are deterministic on both devices: rows are summed in fixed blocks of `BWD_ROWS` (CPU) or
 //! LN_BWD_ROWS (CUDA), then the block partials in block order.
 //! CPU: rayon over row blocks (the twin the tests hold against the composed reference and finite differences).
-//! CUDA: `layer_norm.cu`, one warp per row.
+//! CUDA: `src/cuda/layer_norm.cu`, one warp per row.
 
 use std::sync::Mutex;
 
