@@ -44,6 +44,23 @@ __device__ __forceinline__ HeadPtr head(int bh, int nh, int64_t sb, int64_t sh, 
     return p;
 }
 
+// Keys and values c0 .. c0 + FA_BC - 1 of a head into shared f32 tiles (rows past T read as 0), all threads of the
+// block together; the forward and the dQ kernel stream the keys this way.
+template <typename T>
+__device__ __forceinline__ void fa_load_kv_tile(float (*Ks)[FA_PAD], float (*Vs)[FA_PAD], const T* __restrict__ k,
+                                                const T* __restrict__ v, HeadPtr kh, HeadPtr vh, int c0, int t_len) {
+    for (int e = threadIdx.x; e < FA_BC * FA_HS; e += FA_THREADS) {
+        const int j = e / FA_HS, d = e % FA_HS, c = c0 + j;
+        float kx = 0.f, vx = 0.f;
+        if (c < t_len) {
+            kx = to_acc(k[kh.off + (int64_t)c * kh.st + d]);
+            vx = to_acc(v[vh.off + (int64_t)c * vh.st + d]);
+        }
+        Ks[j][d] = kx;
+        Vs[j][d] = vx;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Forward: grid (ceil(T / 64), B * NH), block 128. Thread (r = tid / 2, h = tid % 2) owns query row r of the tile
 // and output dims {2 * dd + h}.
@@ -79,16 +96,7 @@ __device__ void fa_fwd(const T* __restrict__ q, const T* __restrict__ k, const T
 
     const int kv_end = min(t_len, (qt + 1) * FA_BR);
     for (int c0 = 0; c0 < kv_end; c0 += FA_BC) {
-        for (int e = tid; e < FA_BC * FA_HS; e += FA_THREADS) {
-            const int j = e / FA_HS, d = e % FA_HS, c = c0 + j;
-            float kx = 0.f, vx = 0.f;
-            if (c < t_len) {
-                kx = to_acc(k[kh.off + (int64_t)c * kh.st + d]);
-                vx = to_acc(v[vh.off + (int64_t)c * vh.st + d]);
-            }
-            Ks[j][d] = kx;
-            Vs[j][d] = vx;
-        }
+        fa_load_kv_tile(Ks, Vs, k, v, kh, vh, c0, t_len);
         __syncthreads();
 
         float s[FA_BC / 2];
@@ -286,16 +294,7 @@ __device__ void fa_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, cons
 
     const int kv_end = min(t_len, (qt + 1) * FA_BR);
     for (int c0 = 0; c0 < kv_end; c0 += FA_BC) {
-        for (int e = tid; e < FA_BC * FA_HS; e += FA_THREADS) {
-            const int j = e / FA_HS, d = e % FA_HS, c = c0 + j;
-            float kx = 0.f, vx = 0.f;
-            if (c < t_len) {
-                kx = to_acc(k[kh.off + (int64_t)c * kh.st + d]);
-                vx = to_acc(v[vh.off + (int64_t)c * vh.st + d]);
-            }
-            Ks[j][d] = kx;
-            Vs[j][d] = vx;
-        }
+        fa_load_kv_tile(Ks, Vs, k, v, kh, vh, c0, t_len);
         __syncthreads();
 #pragma unroll 2
         for (int jj = 0; jj < FA_BC / 2; jj++) {

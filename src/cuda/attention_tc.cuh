@@ -47,6 +47,19 @@ __device__ __forceinline__ void tc_mm_nt(float (&acc)[8][4], const uint32_t (&a)
             mma_m16n8k16<T>(acc[nt], a[kk], tc_ld32(&m[nt * 8 + g][kk * 16 + 2 * c]), tc_ld32(&m[nt * 8 + g][kk * 16 + 2 * c + 8]));
 }
 
+// The two products both backward kernels start a tile with: s = A M^T and dp = B N^T (tc_mm_nt from zero), S and dP
+// (or their transposes) of the tile.
+template <typename T>
+__device__ __forceinline__ void tc_scores(float (&s)[8][4], const uint32_t (&a)[4][4], const T (*m)[TC_LD],
+                                          float (&dp)[8][4], const uint32_t (&b)[4][4], const T (*n)[TC_LD]) {
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) s[nt][i] = dp[nt][i] = 0.f;
+    tc_mm_nt<T>(s, a, m);
+    tc_mm_nt<T>(dp, b, n);
+}
+
 // acc[nt] (16 x 64) += X (16 x 64 in C fragments x[8][4], rounded to T) * N, N given transposed as a row-major
 // shared tile nt_[d][k] (= N[k][d]).
 template <typename T>
@@ -288,12 +301,7 @@ __device__ void tc_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k, co
         __syncthreads();
 
         float s[8][4], dp[8][4];
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) s[nt][i] = dp[nt][i] = 0.f;
-        tc_mm_nt<T>(s, ka, Qs);   // S^T (keys x queries)
-        tc_mm_nt<T>(dp, va, Gs);  // dP^T
+        tc_scores<T>(s, ka, Qs, dp, va, Gs);  // S^T (keys x queries), dP^T
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
@@ -374,12 +382,7 @@ __device__ void tc_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, cons
         __syncthreads();
 
         float s[8][4], dp[8][4];
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) s[nt][i] = dp[nt][i] = 0.f;
-        tc_mm_nt<T>(s, qa, Ks);   // S
-        tc_mm_nt<T>(dp, ga, Vs);  // dP
+        tc_scores<T>(s, qa, Ks, dp, ga, Vs);  // S, dP
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
