@@ -3,8 +3,10 @@
 //! - the engine's thin launchers (norm.rs, classifier.rs, flash_attn.rs, ...) load a [`Module`] into their stream
 //!   once, with the kernel names they launch, and pass raw device pointers (`u64` = `CUdeviceptr`);
 //! - the candle ops (`model::kernels`) take a [`Kernel`] from [`Module::on_device`], which loads each file once per
-//!   candle device and keeps it for the process (as candle's own kernel modules are kept).
+//!   candle device and keeps it for the process (as candle's own kernel modules are kept), through [`per_device`]
+//!   (which also keeps the fused-qkv attention op's `FlashAttn`).
 
+use std::any::Any;
 use std::sync::{Arc, Mutex};
 
 use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaModule, CudaStream, LaunchArgs, LaunchConfig};
@@ -51,14 +53,7 @@ impl Module {
 
     /// `file`'s module on candle device `dev` (its stream), loaded on the first call for that device and file.
     pub fn on_device(dev: &CudaDevice, file: &'static str, ptx: &'static str) -> Result<Arc<Module>> {
-        static LOADED: Mutex<Vec<(DeviceId, &'static str, Arc<Module>)>> = Mutex::new(Vec::new());
-        let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, _, m)) = loaded.iter().find(|(id, f, _)| *id == dev.id() && *f == file) {
-            return Ok(m.clone());
-        }
-        let m = Arc::new(Module::load(&dev.cuda_stream(), file, ptx, &[])?);
-        loaded.push((dev.id(), file, m.clone()));
-        Ok(m)
+        per_device(dev, file, |stream| Module::load(stream, file, ptx, &[]))
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
@@ -86,6 +81,27 @@ impl Module {
             .ok_or_else(|| Error::Msg(format!("{}: kernel {name} was not loaded", self.file)))?;
         Ok(self.stream.launch_builder(f))
     }
+}
+
+/// The `T` kept for candle device `dev` under `key`, made by `make` (from the device's stream) on the first call for
+/// that device, key and type, and kept for the process: kernels loaded once per device, as candle keeps its own
+/// modules.
+pub fn per_device<T: Send + Sync + 'static>(
+    dev: &CudaDevice,
+    key: &'static str,
+    make: impl FnOnce(&Arc<CudaStream>) -> Result<T>,
+) -> Result<Arc<T>> {
+    type Loaded = Vec<(DeviceId, &'static str, Arc<dyn Any + Send + Sync>)>;
+    static LOADED: Mutex<Loaded> = Mutex::new(Vec::new());
+    // A poisoned lock only means another thread panicked while loading; what is in the list is whole.
+    let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+    let kept = loaded.iter().find(|(id, k, x)| *id == dev.id() && *k == key && x.is::<T>());
+    if let Some(x) = kept.and_then(|(_, _, x)| x.clone().downcast::<T>().ok()) {
+        return Ok(x);
+    }
+    let x = Arc::new(make(&dev.cuda_stream())?);
+    loaded.push((dev.id(), key, x.clone()));
+    Ok(x)
 }
 
 /// Enqueue a launch built by `Module::args`.

@@ -1,25 +1,19 @@
 //! The qkv op over crate::cuda::flash_attn: candle storages in, raw pointers to the launcher, storages out.
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
-use candle_core::cuda_backend::{CudaDType, DeviceId};
+use candle_core::cuda_backend::CudaDType;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, DType, Result, Storage, Tensor};
 use half::{bf16, f16};
 
 use crate::cuda::flash_attn::{Dtype, FlashAttn, Heads};
+use crate::cuda::launch::per_device;
 
 /// The kernels loaded once per device.
 fn kernels(dev: &CudaDevice) -> Result<Arc<FlashAttn>> {
-    static LOADED: Mutex<Vec<(DeviceId, Arc<FlashAttn>)>> = Mutex::new(Vec::new());
-    let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, f)) = loaded.iter().find(|(id, _)| *id == dev.id()) {
-        return Ok(f.clone());
-    }
-    let f = Arc::new(FlashAttn::new(&dev.cuda_stream())?);
-    loaded.push((dev.id(), f.clone()));
-    Ok(f)
+    per_device(dev, "flash_attn.cu", FlashAttn::new)
 }
 
 fn dtype(dt: DType) -> Result<Dtype> {
