@@ -1,8 +1,8 @@
 //! Compiles tokenmill's own CUDA kernels (every `src/**/*.cu`) to PTX, only when the `cuda` feature is on.
 //!
-//! Each `src/<dir>/<op>.cu` becomes `$OUT_DIR/<op>.ptx`; its Rust wrapper embeds it with
-//! `include_str!(concat!(env!("OUT_DIR"), "/<op>.ptx"))` and loads it through candle's `CudaDevice` (cudarc
-//! underneath), as candle-kernels does. PTX rather than cubin: the driver JIT-compiles it once per process for
+//! Each `src/cuda/<op>.cu` (the kernel layer's one folder; any `src/**/*.cu` is compiled, stems unique) becomes
+//! `$OUT_DIR/<op>.ptx`; its Rust launcher embeds it with `include_str!(concat!(env!("OUT_DIR"), "/<op>.ptx"))` and
+//! loads it through `cuda::launch` (cudarc underneath), the engine's launchers and the candle ops alike. PTX rather than cubin: the driver JIT-compiles it once per process for
 //! the GPU it finds, so one binary built on a GPU-less machine runs on any card at or above the target arch.
 //!
 //! Environment: `NVCC` (default: `$CUDA_ROOT/bin/nvcc`, then `nvcc` on PATH), `CUDA_COMPUTE_CAP` (default 90,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Check tokenmill's fused CUDA kernels (src/model/kernels) on a GPU: correctness against the CPU twins, a memcheck
+# Check tokenmill's fused CUDA kernels (the candle ops of src/model/kernels, their kernels in src/cuda) on a GPU: correctness against the CPU twins, a memcheck
 # pass, and timings at GPT-2 124M shapes. Two steps, because the GPU machine need not have Rust or a toolkit:
 #
 #   scripts/gpu-kernel-check.sh build   # here: compile the kernel test binaries with --features cuda into

@@ -85,7 +85,7 @@ fn manifest_describes_the_shards_and_tokens_follow_fineweb_py() {
 
 /// xxh3 through the crate's writer helper (the test must not trust the manifest's own numbers blindly).
 fn xxhash_rust_free_xxh3(bytes: &[u8]) -> u64 {
-    u64::from_str_radix(&tokenmill::shards::writer::xxh3_hex(bytes), 16).unwrap()
+    u64::from_str_radix(&tokenmill::util::xxh3_hex(bytes), 16).unwrap()
 }
 
 #[test]

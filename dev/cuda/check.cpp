@@ -1,16 +1,19 @@
-// Runs the CUDA kernels of ../cross_entropy.cu, ../attention.cu and ../embedding.cu under cuda_emu.h and compares them with plain
-// double-precision references, in f32 and bf16, on awkward sizes (T not a multiple of the tiles, unaligned rows,
+// Runs the candle ops' CUDA kernels (src/cuda: cross_entropy.cu, attention.cu with its tensor-core kernels in
+// attention_tc.cuh, the embedding backward in encoder.cu) under cuda_emu.h and compares them with plain
+// double-precision references, in f32, bf16 and f16, on awkward sizes (T not a multiple of the tiles, unaligned rows,
 // the strided q/k/v views GPT-2 passes, ignored targets). Prints one line per check; exits 1 on any mismatch.
 // Build and run: dev/cuda/run.sh ops
 #include "cuda_emu.h"
 
-#include "../../src/model/kernels/attention.cu"
-#include "../../src/model/kernels/cross_entropy.cu"
-#include "../../src/model/kernels/embedding.cu"
+#include "../../src/cuda/attention.cu"
+#include "../../src/cuda/cross_entropy.cu"
+#include "../../src/cuda/encoder.cu"
+#include "../../src/cuda/layer_norm.cu"
 
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <span>
 #include <string>
 
 static int failures = 0;
@@ -18,8 +21,10 @@ static int failures = 0;
 template <typename T> T cast_to(double x);
 template <> float cast_to<float>(double x) { return (float)x; }
 template <> __nv_bfloat16 cast_to<__nv_bfloat16>(double x) { return __float2bfloat16((float)x); }
+template <> __half cast_to<__half>(double x) { return __float2half((float)x); }
 static double back(float x) { return x; }
 static double back(__nv_bfloat16 x) { return __bfloat162float(x); }
+static double back(__half x) { return __half2float(x); }
 
 // |got - want| <= abs + rel * |want| everywhere.
 template <typename G> void expect(const std::string& what, const std::vector<G>& got, const std::vector<double>& want, double abs, double rel) {
@@ -113,13 +118,21 @@ static AttnRef attn_reference(const Attn& a) {
     return r;
 }
 
+// Which kernel set of attention.cu: the FMA tiles (any dtype) or the tensor-core ones (attention_tc.cuh, bf16/f16).
+enum class AttnKernels { Fma, TensorCores };
+
+// misalign: q, k, v start one element past a 16-byte boundary, so the tensor-core tile loads take their
+// element-by-element path.
 template <typename T>
-static void check_attention(const char* dtype, int B, int NH, int Tn, double tol_abs, double tol_rel, uint32_t seed) {
+static void check_attention(const char* dtype, AttnKernels set, int B, int NH, int Tn, double tol_abs, double tol_rel,
+                            uint32_t seed, bool misalign = false) {
     Attn a{B, NH, Tn, {}, {}};
     std::mt19937 rng(seed);
     std::uniform_real_distribution<double> u(-1.0, 1.0);
     const int HS = Attn::hs;
-    std::vector<T> qkv((size_t)B * Tn * 3 * NH * HS), dout((size_t)B * NH * Tn * HS);
+    const size_t shift = misalign ? 1 : 0;
+    std::vector<T> qkv_buf((size_t)B * Tn * 3 * NH * HS + shift), dout((size_t)B * NH * Tn * HS);
+    std::span<T> qkv(qkv_buf.data() + shift, qkv_buf.size() - shift);
     a.qkv.resize(qkv.size());
     a.dout.resize(dout.size());
     for (size_t i = 0; i < qkv.size(); i++) {
@@ -147,16 +160,23 @@ static void check_attention(const char* dtype, int B, int NH, int Tn, double tol
                  int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float);
     void (*dqk)(const T*, const T*, const T*, const T*, const float*, const float*, T*, int, int, int64_t, int64_t,
                 int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float);
+    const bool tc = set == AttnKernels::TensorCores;
     if constexpr (std::is_same_v<T, float>) {
+        emu_check(!tc, "the tensor-core attention kernels take bf16/f16");
         fwd = fa_fwd_f32;
         dot = fa_bwd_dot_f32;
         dkdv = fa_bwd_dkdv_f32;
         dqk = fa_bwd_dq_f32;
-    } else {
-        fwd = fa_fwd_bf16;
+    } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+        fwd = tc ? fa_tc_fwd_bf16 : fa_fwd_bf16;
         dot = fa_bwd_dot_bf16;
-        dkdv = fa_bwd_dkdv_bf16;
-        dqk = fa_bwd_dq_bf16;
+        dkdv = tc ? fa_tc_bwd_dkdv_bf16 : fa_bwd_dkdv_bf16;
+        dqk = tc ? fa_tc_bwd_dq_bf16 : fa_bwd_dq_bf16;
+    } else {
+        fwd = tc ? fa_tc_fwd_f16 : fa_fwd_f16;
+        dot = fa_bwd_dot_f16;
+        dkdv = tc ? fa_tc_bwd_dkdv_f16 : fa_bwd_dkdv_f16;
+        dqk = tc ? fa_tc_bwd_dq_f16 : fa_bwd_dq_f16;
     }
     emu_launch(fwd, dim3{nqt, (unsigned)(B * NH), 1}, dim3{FA_THREADS, 1, 1}, q, k, v, o.data(), lse.data(), NH, Tn, sb, sh,
                st, sb, sh, st, sb, sh, st, scale);
@@ -168,7 +188,8 @@ static void check_attention(const char* dtype, int B, int NH, int Tn, double tol
     emu_launch(dqk, dim3{nqt, (unsigned)(B * NH), 1}, dim3{FA_THREADS, 1, 1}, q, k, v, (const T*)dout.data(),
                (const float*)lse.data(), (const float*)dvec.data(), dq.data(), NH, Tn, sb, sh, st, sb, sh, st, sb, sh, st,
                scale);
-    const std::string tag = std::string("attention ") + dtype + " B=" + std::to_string(B) + " NH=" + std::to_string(NH) +
+    const std::string tag = std::string(tc ? "attention (tensor cores) " : "attention ") + dtype +
+                            (misalign ? " unaligned" : "") + " B=" + std::to_string(B) + " NH=" + std::to_string(NH) +
                             " T=" + std::to_string(Tn);
     expect(tag + " O", o, ref.o, tol_abs, tol_rel);
     expect(tag + " L", lse, ref.lse, 1e-5, 1e-5);
@@ -179,20 +200,25 @@ static void check_attention(const char* dtype, int B, int NH, int Tn, double tol
 
 // ---- cross-entropy ---------------------------------------------------------------------------------------------
 template <typename T>
-static void check_ce(const char* dtype, int N, int V, int64_t row_stride, double tol_abs, double tol_rel, uint32_t seed) {
+// masked: every third logit is -inf (a masked vocabulary entry), the first of each row among them, so a thread's
+// running max starts at -inf and must stay NaN-free; targets avoid the masked columns.
+static void check_ce(const char* dtype, int N, int V, int64_t row_stride, double tol_abs, double tol_rel, uint32_t seed,
+                     bool masked = false) {
     std::mt19937 rng(seed);
     std::uniform_real_distribution<double> u(-6.0, 6.0);
     std::vector<T> x((size_t)N * row_stride + 8);
     std::vector<double> xd(x.size());
+    const int off = row_stride == V ? 0 : 1;  // a column offset makes rows unaligned
     for (size_t i = 0; i < x.size(); i++) {
-        x[i] = cast_to<T>(u(rng));
+        const bool hidden = masked && i >= (size_t)off && ((i - off) % row_stride) % 3 == 0;
+        x[i] = cast_to<T>(hidden ? -INFINITY : u(rng));
         xd[i] = back(x[i]);
     }
-    const int off = row_stride == V ? 0 : 1;  // a column offset makes rows unaligned
     std::vector<uint32_t> tg(N);
     std::vector<float> dloss(N);
     for (int n = 0; n < N; n++) {
         tg[n] = (n % 5 == 3) ? TM_IGNORE_INDEX : rng() % V;
+        if (masked && tg[n] != TM_IGNORE_INDEX && tg[n] % 3 == 0) tg[n] = (tg[n] + 1) % V;
         dloss[n] = (float)(u(rng) / 6.0);
     }
     std::vector<double> want_loss(N, 0), want_grad((size_t)N * V, 0);
@@ -222,10 +248,92 @@ static void check_ce(const char* dtype, int N, int V, int64_t row_stride, double
     emu_launch(bwd, dim3{(unsigned)N, 1, 1}, dim3{CE_THREADS, 1, 1}, (const T*)x.data() + off, (const uint32_t*)tg.data(),
                (const float*)loss.data(), (const float*)dloss.data(), grad.data(), (int64_t)V, row_stride, (int64_t)1,
                (int64_t)1);
-    const std::string tag = std::string("cross-entropy ") + dtype + " N=" + std::to_string(N) + " V=" + std::to_string(V) +
+    const std::string tag = std::string(masked ? "cross-entropy (masked) " : "cross-entropy ") + dtype + " N=" + std::to_string(N) + " V=" + std::to_string(V) +
                             " row stride " + std::to_string(row_stride);
     expect(tag + " loss", loss, want_loss, 1e-5, 1e-5);
     expect(tag + " dlogits", grad, want_grad, tol_abs, tol_rel);
+}
+
+// ---- LayerNorm (layer_norm.cu) -----------------------------------------------------------------------------------
+// Input T, output O, f32 weights; the backward's dx in T, dw/db (f32) overwritten. Rows of a large mean (the centred
+// variance must not cancel), C not a multiple of 32, more rows than one backward block holds.
+template <typename T, typename O>
+static void check_layer_norm(const char* types, int N, int C, double tol_abs, double tol_rel, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<double> nd(0.0, 1.0);
+    std::vector<T> x((size_t)N * C);
+    std::vector<O> dy((size_t)N * C);
+    std::vector<double> xd(x.size()), dyd(dy.size());
+    for (size_t i = 0; i < x.size(); i++) {
+        x[i] = cast_to<T>(3.0 + 1.5 * nd(rng));
+        xd[i] = back(x[i]);
+        dy[i] = cast_to<O>(nd(rng));
+        dyd[i] = back(dy[i]);
+    }
+    std::vector<float> w(C), b(C);
+    for (int i = 0; i < C; i++) {
+        w[i] = (float)(1.0 + 0.3 * nd(rng));
+        b[i] = (float)(0.2 * nd(rng));
+    }
+    const float eps = 1e-5f;
+    std::vector<double> mean(N), rstd(N), y(x.size()), dx(x.size()), dw(C, 0), db(C, 0);
+    for (int r = 0; r < N; r++) {
+        const double* xr = xd.data() + (size_t)r * C;
+        const double* gr = dyd.data() + (size_t)r * C;
+        double m = 0, v = 0, sg = 0, sgx = 0;
+        for (int i = 0; i < C; i++) m += xr[i];
+        m /= C;
+        for (int i = 0; i < C; i++) v += (xr[i] - m) * (xr[i] - m);
+        const double rs = 1 / std::sqrt(v / C + eps);
+        mean[r] = m;
+        rstd[r] = rs;
+        for (int i = 0; i < C; i++) {
+            const double xh = (xr[i] - m) * rs, g = gr[i] * w[i];
+            y[(size_t)r * C + i] = xh * w[i] + b[i];
+            sg += g;
+            sgx += g * xh;
+            dw[i] += gr[i] * xh;
+            db[i] += gr[i];
+        }
+        sg /= C;
+        sgx /= C;
+        for (int i = 0; i < C; i++) dx[(size_t)r * C + i] = rs * (gr[i] * w[i] - sg - (xr[i] - m) * rs * sgx);
+    }
+    std::vector<O> yk(x.size());
+    std::vector<T> dxk(x.size());
+    std::vector<float> mk(N), rk(N), dwk(C, NAN), dbk(C, NAN);
+    void (*fwd)(const T*, const float*, const float*, O*, float*, float*, int64_t, int64_t, float);
+    void (*bwd)(const T*, const float*, const float*, const float*, const O*, T*, float*, int64_t, int64_t);
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<O, float>) {
+        fwd = ln_fwd_f32_f32;
+        bwd = ln_bwd_f32_f32;
+    } else if constexpr (std::is_same_v<T, float>) {
+        fwd = ln_fwd_f32_bf16;
+        bwd = ln_bwd_f32_bf16;
+    } else if constexpr (std::is_same_v<O, float>) {
+        fwd = ln_fwd_bf16_f32;
+        bwd = ln_bwd_bf16_f32;
+    } else {
+        fwd = ln_fwd_bf16_bf16;
+        bwd = ln_bwd_bf16_bf16;
+    }
+    const unsigned p = (unsigned)((N + LN_BWD_ROWS - 1) / LN_BWD_ROWS);
+    std::vector<float> partial((size_t)2 * p * C, NAN);
+    emu_launch(fwd, dim3{(unsigned)((N + LN_WARPS - 1) / LN_WARPS), 1, 1}, dim3{LN_THREADS, 1, 1}, (const T*)x.data(),
+               (const float*)w.data(), (const float*)b.data(), yk.data(), mk.data(), rk.data(), (int64_t)N, (int64_t)C,
+               eps);
+    emu_launch(bwd, dim3{p, 1, 1}, dim3{LN_THREADS, 1, 1}, (const T*)x.data(), (const float*)w.data(),
+               (const float*)mk.data(), (const float*)rk.data(), (const O*)dy.data(), dxk.data(), partial.data(),
+               (int64_t)N, (int64_t)C);
+    emu_launch(ln_bwd_reduce, dim3{(unsigned)((C + 31) / 32), 1, 1}, dim3{32, 8, 1}, (const float*)partial.data(),
+               dwk.data(), dbk.data(), (int64_t)p, (int64_t)C);
+    const std::string tag = std::string("layer_norm ") + types + " N=" + std::to_string(N) + " C=" + std::to_string(C);
+    expect(tag + " y", yk, y, tol_abs, tol_rel);
+    expect(tag + " mean", mk, mean, 1e-5, 1e-5);
+    expect(tag + " rstd", rk, rstd, 0, 1e-4);
+    expect(tag + " dx", dxk, dx, tol_abs, tol_rel);
+    expect(tag + " dw", dwk, dw, 1e-3, 1e-4);
+    expect(tag + " db", dbk, db, 1e-3, 1e-4);
 }
 
 // ---- embedding backward ----------------------------------------------------------------------------------------
@@ -269,20 +377,33 @@ int main() {
     check_embedding(1, 3, 5, 5, 21);
     check_embedding(1000, 37, 300, 300, 22);
     check_embedding(777, 1000, 64, 70, 23);
+    // f32 throughout: sums over C and over the rows in f32; bf16 on either side: one rounding to 2^-9 of the row's scale.
+    check_layer_norm<float, float>("f32 -> f32", 37, 100, 1e-5, 1e-4, 31);
+    check_layer_norm<float, __nv_bfloat16>("f32 -> bf16", 130, 768, 2e-2, 1.0 / 128, 32);
+    check_layer_norm<__nv_bfloat16, __nv_bfloat16>("bf16 -> bf16", 9, 33, 2e-2, 1.0 / 128, 33);
+    check_layer_norm<__nv_bfloat16, float>("bf16 -> f32", 70, 64, 2e-2, 1.0 / 128, 34);
     check_ce<float>("f32", 7, 1024, 1024, 1e-7, 1e-5, 1);
     check_ce<float>("f32", 6, 1003, 1003, 1e-7, 1e-5, 2);
     check_ce<float>("f32", 6, 999, 1010, 1e-7, 1e-5, 3);
     check_ce<__nv_bfloat16>("bf16", 7, 2048, 2048, 1e-6, 1.0 / 128, 4);
     check_ce<__nv_bfloat16>("bf16", 5, 1001, 1001, 1e-6, 1.0 / 128, 5);
+    check_ce<float>("f32", 5, 1001, 1001, 1e-7, 1e-5, 6, true);
+    check_ce<float>("f32", 4, 999, 1010, 1e-7, 1e-5, 7, true);
     // f32: scores ~ O(10) and sums over <= T keys: 1e-4 relative covers f32 accumulation order.
-    check_attention<float>("f32", 1, 2, 1, 1e-5, 1e-4, 11);
-    check_attention<float>("f32", 2, 3, 100, 1e-5, 1e-4, 12);
-    check_attention<float>("f32", 1, 2, 130, 1e-5, 1e-4, 13);
-    check_attention<float>("f32", 1, 1, 64, 1e-5, 1e-4, 14);
+    check_attention<float>("f32", AttnKernels::Fma, 1, 2, 1, 1e-5, 1e-4, 11);
+    check_attention<float>("f32", AttnKernels::Fma, 2, 3, 100, 1e-5, 1e-4, 12);
+    check_attention<float>("f32", AttnKernels::Fma, 1, 2, 130, 1e-5, 1e-4, 13);
+    check_attention<float>("f32", AttnKernels::Fma, 1, 1, 64, 1e-5, 1e-4, 14);
     // bf16: outputs rounded to bf16 (2^-9 relative) on top of f32 accumulation, and D = dO . O uses the bf16 O
     // (as FlashAttention-2 does), so dS = P (dP - D) carries ~2^-9 |dO| |O| of cancellation error: an absolute
     // 1% of the largest gradient entry.
-    check_attention<__nv_bfloat16>("bf16", 2, 2, 97, 6e-3, 1.0 / 64, 15);
+    check_attention<__nv_bfloat16>("bf16", AttnKernels::Fma, 2, 2, 97, 6e-3, 1.0 / 64, 15);
+    // Tensor cores (attention_tc.cuh): P and dS are also rounded to the input type before their products (as
+    // FlashAttention-2), which the bf16 tolerance above already covers; f16 keeps 3 more bits.
+    check_attention<__nv_bfloat16>("bf16", AttnKernels::TensorCores, 2, 2, 97, 6e-3, 1.0 / 64, 16);
+    check_attention<__nv_bfloat16>("bf16", AttnKernels::TensorCores, 1, 2, 130, 6e-3, 1.0 / 64, 17, true);
+    check_attention<__half>("f16", AttnKernels::TensorCores, 1, 3, 64, 1e-3, 1.0 / 256, 18);
+    check_attention<__half>("f16", AttnKernels::Fma, 1, 2, 33, 1e-3, 1.0 / 256, 19);
     if (failures) {
         std::printf("%d check(s) FAILED\n", failures);
         return 1;

@@ -4,10 +4,10 @@
 // Model: blocks run one after another; the threads of a block run concurrently as std::threads and
 // __syncthreads() is a std::barrier (a thread that returns drops out of it, as an exited CUDA thread does).
 // `__shared__` becomes `static`, which is right because one block runs at a time. Not emulated: dynamic shared
-// memory, atomics, streams; the kernels restrict themselves accordingly (see src/model/kernels/common.cuh).
+// memory, atomics, streams; the kernels restrict themselves accordingly (see src/cuda/common.cuh).
 //
-// Warp-level instructions (for src/cuda/flash_attn.cu), emulated by the 32 threads of a warp meeting at a per-warp
-// barrier and exchanging operands: shfl (idx and xor), ldmatrix.x4 (plain and .trans, with its 16-byte alignment checked),
+// Warp-level instructions (called through src/cuda/warp.cuh and mma.cuh, and flash_attn.cu's copy wrappers), emulated
+// by the 32 threads of a warp meeting at a per-warp barrier and exchanging operands: shfl (idx and xor), ldmatrix.x4 (plain and .trans, with its 16-byte alignment checked),
 // mma.m16n8k16 with bf16/f16 inputs and f32 accumulation (products summed exactly in double, then rounded once:
 // the tensor core's own order and rounding are not modelled, which is below the tests' bf16 tolerances), and
 // cp.async as real asynchronous copies: a copy lands in shared memory only at the wait_group that retires its

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The kernel lab: compile tokenmill's CUDA kernels for the CPU under cuda_emu.h and check them against
 # double-precision references. Needs g++ >= 11 (C++20 std::barrier); no GPU, no CUDA toolkit.
-#   ops:    src/model/kernels/*.cu (the candle ops) and src/cuda/flash_attn.cu (check.cpp, check_flash.cpp)
-#   engine: the explicit GPT-2 engine's kernels, src/cuda/*.cu (check_engine.cpp)
+#   ops:    the candle ops' kernels in src/cuda/ (check.cpp) and flash_attn.cu (check_flash.cpp)
+#   engine: the explicit engine's kernels in src/cuda/ (check_engine.cpp)
 # Usage: dev/cuda/run.sh [ops [full] | engine]   (no argument: both; full: also the larger flash-attention cases)
 set -euo pipefail
 cd "$(dirname "$0")"

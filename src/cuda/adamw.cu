@@ -10,7 +10,7 @@
 //   p *= 1 - lr * wd   (only the first n_decay elements: the layout puts every >= 2-D tensor first)
 //   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  p -= step_size * m / (sqrt(v) / bc2_sqrt + eps)
 // and writes the bf16 working copy of p that the matmuls read.
-#include "../model/kernels/common.cuh"
+#include "common.cuh"
 
 #ifndef NORM_BLOCKS  // the CPU lab runs smaller launches
 #define NORM_BLOCKS 1024

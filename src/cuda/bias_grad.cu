@@ -6,7 +6,7 @@
 //     warps in warp order into partial[k, :];
 //   bias_grad_reduce: db[j] += sum_k partial[k, j], k in order.
 // Reads dy once (0.1-0.4 GB per call at the 124M micro-batch); no atomics.
-#include "../model/kernels/common.cuh"
+#include "common.cuh"
 
 #define BG_THREADS 256
 #define BG_WARPS 8

@@ -41,8 +41,6 @@ impl Classifier {
         }
         let grid = u32::try_from(rows).map_err(|_| candle_core::Error::Msg(format!("classifier rows {rows}")))?;
         let v_i = int(v, "vocabulary")?;
-        // The two-pass kernel for every V: the register-resident one (classifier_fwd_bwd_reg, the same bits) was
-        // measured slower on the H100 (Llama-124M micro-step: 9.24 ms against 5.57, docs/PERF.md), so it is not launched.
         let mut a = self.module.args("classifier_fwd_bwd")?;
         a.arg(&logits).arg(&targets).arg(&loss).arg(&v_i).arg(&dscale);
         go(a, cfg((grid, 1), (THREADS, 1)))

@@ -30,23 +30,15 @@
 //
 // Precision (as FlashAttention-2): S, dP, statistics and accumulators f32; P and dS rounded to the input type
 // before their products; outputs rounded once at the end.
-#ifdef __CUDACC__
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <stdint.h>
-#define FA2_INF __int_as_float(0x7f800000)
-#else
-// dev/cuda/cuda_emu.h (included first) provides the CUDA keywords, the 16-bit types and the warp-level emulation.
-#define FA2_INF (std::numeric_limits<float>::infinity())
-#endif
+#include "common.cuh"
+#include "mma.cuh"
+#include "warp.cuh"
 
 #define FA2_HS 64          // head size
 #define FA2_CH 8           // 16-byte chunks per row (HS * 2 bytes / 16)
 #define FA2_TILE 64        // rows of a streamed tile
-#define FA2_LOG2E 1.4426950408889634f
-#define FA2_LN2 0.6931471805599453f
 
-// ---- warp-level primitives -------------------------------------------------------------------------------------
+// ---- asynchronous copies, ldmatrix, fast exp2/log2 (the product: mma.cuh; shuffles: warp.cuh) ----------------
 #ifdef __CUDACC__
 __device__ __forceinline__ uint32_t fa2_smem(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
@@ -74,22 +66,6 @@ __device__ __forceinline__ void fa2_ldsm_t(uint32_t (&r)[4], fa2_addr_t a) {
                  : "r"(a));
 }
 
-template <typename T> __device__ __forceinline__ void fa2_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-template <>
-__device__ __forceinline__ void fa2_mma<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <>
-__device__ __forceinline__ void fa2_mma<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ float fa2_shfl_xor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
-__device__ __forceinline__ float fa2_shfl(float v, int src) { return __shfl_sync(0xffffffffu, v, src); }
 // 2^x; ex2.approx: 2 ulp, -inf -> +0 (the masked scores).
 __device__ __forceinline__ float fa2_exp2(float x) {
     float y;
@@ -97,18 +73,6 @@ __device__ __forceinline__ float fa2_exp2(float x) {
     return y;
 }
 __device__ __forceinline__ float fa2_log2(float x) { return __log2f(x); }
-
-template <typename T> __device__ __forceinline__ uint32_t fa2_pack(float lo, float hi);
-template <> __device__ __forceinline__ uint32_t fa2_pack<__nv_bfloat16>(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
-    return *reinterpret_cast<uint32_t*>(&h);
-}
-template <> __device__ __forceinline__ uint32_t fa2_pack<__half>(float lo, float hi) {
-    __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&h);
-}
-__device__ __forceinline__ float fa2_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float fa2_float(__half x) { return __half2float(x); }
 #else
 inline void fa2_cp16(void* dst, const void* src, bool valid) { emu_cp_async(dst, src, 16, valid); }
 inline void fa2_cp4(void* dst, const void* src, bool valid) { emu_cp_async(dst, src, 4, valid); }
@@ -118,16 +82,8 @@ typedef uintptr_t fa2_addr_t;
 inline fa2_addr_t fa2_addr(const void* p) { return reinterpret_cast<uintptr_t>(p); }
 inline void fa2_ldsm(uint32_t (&r)[4], fa2_addr_t a) { emu_ldmatrix_x4(r, reinterpret_cast<const void*>(a), false); }
 inline void fa2_ldsm_t(uint32_t (&r)[4], fa2_addr_t a) { emu_ldmatrix_x4(r, reinterpret_cast<const void*>(a), true); }
-template <typename T> inline void fa2_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    emu_mma_m16n8k16(c, a, b0, b1, std::is_same_v<T, __nv_bfloat16>);
-}
-inline float fa2_shfl_xor(float v, int mask) { return emu_warp_shfl_xor(v, mask); }
-inline float fa2_shfl(float v, int src) { return emu_warp_shfl(v, src); }
 inline float fa2_exp2(float x) { return std::exp2(x); }
 inline float fa2_log2(float x) { return std::log2(x); }
-template <typename T> inline uint32_t fa2_pack(float lo, float hi) { return emu_pack16<T>(lo, hi); }
-inline float fa2_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-inline float fa2_float(__half x) { return __half2float(x); }
 #endif
 
 // ---- shared-memory tiles ---------------------------------------------------------------------------------------
@@ -191,8 +147,8 @@ __device__ __forceinline__ void fa2_mm_abt(float (&acc)[M][8][4], const uint32_t
             fa2_ldsm(b, (base + np * 2048) ^ (kk << 5));
 #pragma unroll
             for (int m = 0; m < M; m++) {
-                fa2_mma<T>(acc[m][2 * np], a[m][kk], b[0], b[1]);
-                fa2_mma<T>(acc[m][2 * np + 1], a[m][kk], b[2], b[3]);
+                mma_m16n8k16<T>(acc[m][2 * np], a[m][kk], b[0], b[1]);
+                mma_m16n8k16<T>(acc[m][2 * np + 1], a[m][kk], b[2], b[3]);
             }
         }
 }
@@ -208,10 +164,10 @@ __device__ __forceinline__ void fa2_mm_cy(float (&acc)[M][8][4], const float (&p
         uint32_t a[M][4];
 #pragma unroll
         for (int m = 0; m < M; m++) {
-            a[m][0] = fa2_pack<T>(p[m][2 * kk][0], p[m][2 * kk][1]);
-            a[m][1] = fa2_pack<T>(p[m][2 * kk][2], p[m][2 * kk][3]);
-            a[m][2] = fa2_pack<T>(p[m][2 * kk + 1][0], p[m][2 * kk + 1][1]);
-            a[m][3] = fa2_pack<T>(p[m][2 * kk + 1][2], p[m][2 * kk + 1][3]);
+            a[m][0] = pack_pair<T>(p[m][2 * kk][0], p[m][2 * kk][1]);
+            a[m][1] = pack_pair<T>(p[m][2 * kk][2], p[m][2 * kk][3]);
+            a[m][2] = pack_pair<T>(p[m][2 * kk + 1][0], p[m][2 * kk + 1][1]);
+            a[m][3] = pack_pair<T>(p[m][2 * kk + 1][2], p[m][2 * kk + 1][3]);
         }
 #pragma unroll
         for (int np = 0; np < 4; np++) {
@@ -219,8 +175,8 @@ __device__ __forceinline__ void fa2_mm_cy(float (&acc)[M][8][4], const float (&p
             fa2_ldsm_t(b, (base + kk * 2048) ^ (np << 5));
 #pragma unroll
             for (int m = 0; m < M; m++) {
-                fa2_mma<T>(acc[m][2 * np], a[m], b[0], b[1]);
-                fa2_mma<T>(acc[m][2 * np + 1], a[m], b[2], b[3]);
+                mma_m16n8k16<T>(acc[m][2 * np], a[m], b[0], b[1]);
+                mma_m16n8k16<T>(acc[m][2 * np + 1], a[m], b[2], b[3]);
             }
         }
     }
@@ -232,9 +188,9 @@ __device__ __forceinline__ void fa2_stage_c(T* s, const float (&acc)[8][4], int 
     const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
 #pragma unroll
     for (int nt = 0; nt < 8; nt++) {
-        *reinterpret_cast<uint32_t*>(s + fa2_swz(r0 + g, nt * 8 + 2 * c)) = fa2_pack<T>(acc[nt][0] * mul_a, acc[nt][1] * mul_a);
+        *reinterpret_cast<uint32_t*>(s + fa2_swz(r0 + g, nt * 8 + 2 * c)) = pack_pair<T>(acc[nt][0] * mul_a, acc[nt][1] * mul_a);
         *reinterpret_cast<uint32_t*>(s + fa2_swz(r0 + g + 8, nt * 8 + 2 * c)) =
-            fa2_pack<T>(acc[nt][2] * mul_b, acc[nt][3] * mul_b);
+            pack_pair<T>(acc[nt][2] * mul_b, acc[nt][3] * mul_b);
     }
 }
 
@@ -283,7 +239,7 @@ __device__ __forceinline__ void fa2_fwd(const T* __restrict__ qkv, T* __restrict
     const int q0 = qb * BR, wr0 = q0 + warp * 16 * M, wr1 = wr0 + 16 * M - 1;  // this warp's rows
     const int kv_end = min(t_len, q0 + BR);
     const int n_kv = (kv_end + FA2_TILE - 1) / FA2_TILE;
-    const float sl2 = scale * FA2_LOG2E;
+    const float sl2 = scale * TM_LOG2E;
 
     fa2_load_tile<BR, NT>(qs, qg, ld, q0, t_len);
     fa2_load_tile<FA2_TILE, NT>(ks, kg, ld, 0, t_len);
@@ -296,7 +252,7 @@ __device__ __forceinline__ void fa2_fwd(const T* __restrict__ qkv, T* __restrict
 #pragma unroll
     for (int m = 0; m < M; m++)
 #pragma unroll
-        for (int hf = 0; hf < 2; hf++) mx[m][hf] = -FA2_INF, ls[m][hf] = 0.f;
+        for (int hf = 0; hf < 2; hf++) mx[m][hf] = -TM_INF, ls[m][hf] = 0.f;
 
     for (int t = 0; t < n_kv; t++) {
         fa2_wait_all();
@@ -326,18 +282,18 @@ __device__ __forceinline__ void fa2_fwd(const T* __restrict__ qkv, T* __restrict
 #pragma unroll
             for (int hf = 0; hf < 2; hf++) {
                 const int row = wr0 + m * 16 + g + 8 * hf;
-                float tmax = -FA2_INF;
+                float tmax = -TM_INF;
 #pragma unroll
                 for (int nt = 0; nt < 8; nt++)
 #pragma unroll
                     for (int j = 0; j < 2; j++) {
                         float x = s[m][nt][2 * hf + j];
-                        if (diag && c0 + nt * 8 + 2 * cq + j > row) x = -FA2_INF;
+                        if (diag && c0 + nt * 8 + 2 * cq + j > row) x = -TM_INF;
                         s[m][nt][2 * hf + j] = x;
                         tmax = fmaxf(tmax, x);
                     }
-                tmax = fmaxf(tmax, fa2_shfl_xor(tmax, 1));
-                tmax = fmaxf(tmax, fa2_shfl_xor(tmax, 2));
+                tmax = fmaxf(tmax, warp_shfl_xor(tmax, 1));
+                tmax = fmaxf(tmax, warp_shfl_xor(tmax, 2));
                 // Tile 0 holds key 0, which every row sees: the maximum is finite from the first tile on.
                 const float mnew = fmaxf(mx[m][hf], tmax);
                 const float alpha = fa2_exp2((mx[m][hf] - mnew) * sl2);  // 0 on the first tile
@@ -367,11 +323,11 @@ __device__ __forceinline__ void fa2_fwd(const T* __restrict__ qkv, T* __restrict
 #pragma unroll
         for (int hf = 0; hf < 2; hf++) {
             float l = ls[m][hf];
-            l += fa2_shfl_xor(l, 1);
-            l += fa2_shfl_xor(l, 2);
+            l += warp_shfl_xor(l, 1);
+            l += warp_shfl_xor(l, 2);
             inv[hf] = 1.f / l;
             const int row = wr0 + m * 16 + g + 8 * hf;
-            if (cq == 0 && row < t_len) lse[(int64_t)bh * t_len + row] = mx[m][hf] * scale + fa2_log2(l) * FA2_LN2;
+            if (cq == 0 && row < t_len) lse[(int64_t)bh * t_len + row] = mx[m][hf] * scale + fa2_log2(l) * TM_LN2;
         }
         fa2_stage_c<T>(qs, acc[m], warp * 16 * M + m * 16, inv[0], inv[1]);
     }
@@ -406,7 +362,7 @@ __device__ __forceinline__ void fa2_dkdv(const T* __restrict__ qkv, const T* __r
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, cq = lane & 3;
     const int k0 = kb * BK, kw0 = k0 + warp * 16;  // this warp's keys: kw0 .. kw0 + 15
     const int i_first = k0 / FA2_TILE, n_qt = (t_len + FA2_TILE - 1) / FA2_TILE;
-    const float sl2 = scale * FA2_LOG2E;
+    const float sl2 = scale * TM_LOG2E;
 
     fa2_load_tile<BK, NT>(qs, kg, ld, k0, t_len);
     fa2_load_tile<BK, NT>(gs, vg, ld, k0, t_len);
@@ -460,7 +416,7 @@ __device__ __forceinline__ void fa2_dkdv(const T* __restrict__ qkv, const T* __r
 #pragma unroll
             for (int j = 0; j < 2; j++) {
                 const int ql = nt * 8 + 2 * cq + j;
-                const float l2 = lsm[st][ql] * FA2_LOG2E, dd = dsm[st][ql];
+                const float l2 = lsm[st][ql] * TM_LOG2E, dd = dsm[st][ql];
 #pragma unroll
                 for (int hf = 0; hf < 2; hf++) {
                     const int key = kw0 + g + 8 * hf, q = i0 + ql;
@@ -515,7 +471,7 @@ __device__ __forceinline__ void fa2_dq(const T* __restrict__ qkv, const T* __res
     const int q0 = qb * BQ, wr0 = q0 + warp * 16, wr1 = wr0 + 15;
     const int kv_end = min(t_len, q0 + BQ);
     const int n_kv = (kv_end + FA2_TILE - 1) / FA2_TILE;
-    const float sl2 = scale * FA2_LOG2E;
+    const float sl2 = scale * TM_LOG2E;
 
     fa2_load_tile<BQ, NT>(ks, qg, ld, q0, t_len);
     fa2_load_tile<BQ, NT>(vs, gg, c, q0, t_len);
@@ -526,7 +482,7 @@ __device__ __forceinline__ void fa2_dq(const T* __restrict__ qkv, const T* __res
 #pragma unroll
     for (int hf = 0; hf < 2; hf++) {
         const int row = wr0 + g + 8 * hf;
-        l2[hf] = row < t_len ? lse[(int64_t)bh * t_len + row] * FA2_LOG2E : 0.f;
+        l2[hf] = row < t_len ? lse[(int64_t)bh * t_len + row] * TM_LOG2E : 0.f;
     }
     fa2_wait_all();
     __syncthreads();
@@ -543,12 +499,12 @@ __device__ __forceinline__ void fa2_dq(const T* __restrict__ qkv, const T* __res
             const T* ae = reinterpret_cast<const T*>(&a);
             const T* de = reinterpret_cast<const T*>(&d);
 #pragma unroll
-            for (int j = 0; j < 8; j++) part += fa2_float(ae[j]) * fa2_float(de[j]);
+            for (int j = 0; j < 8; j++) part += to_acc(ae[j]) * to_acc(de[j]);
         }
-        const float dsum = part + fa2_shfl_xor(part, 1);  // commutative: both threads hold the same sum
+        const float dsum = part + warp_shfl_xor(part, 1);  // commutative: both threads hold the same sum
         if (half == 0 && q0 + r < t_len) dvec[(int64_t)bh * t_len + q0 + r] = dsum;
 #pragma unroll
-        for (int hf = 0; hf < 2; hf++) dd[hf] = fa2_shfl(dsum, 2 * (g + 8 * hf));
+        for (int hf = 0; hf < 2; hf++) dd[hf] = warp_shfl(dsum, 2 * (g + 8 * hf));
     }
     uint32_t qa[1][4][4], ga[1][4][4];
     fa2_load_a<T>(qa[0], ks, warp * 16);

@@ -35,8 +35,9 @@
 use std::sync::Arc;
 
 use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::{Error, Result};
+
+use super::launch::Module;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_attn.ptx"));
 
@@ -186,13 +187,8 @@ impl FlashAttn {
     /// Load with a chosen launch variant (benchmarks).
     pub fn with_variant(stream: &Arc<CudaStream>, variant: Variant) -> Result<FlashAttn> {
         variant.check()?;
-        let module = stream
-            .context()
-            .load_module(Ptx::from_src(PTX))
-            .map_err(|e| Error::Msg(format!("loading flash_attn.ptx: {e:?}")))?;
-        let load = |name: String| {
-            module.load_function(&name).map_err(|e| Error::Msg(format!("flash_attn.ptx: kernel {name}: {e:?}")))
-        };
+        let module = Module::load(stream, "flash_attn.cu", PTX, &[])?;
+        let load = |name: String| module.function(&name);
         let kernels = |dt: Dtype| -> Result<Kernels> {
             let s = dt.suffix();
             Ok(Kernels {

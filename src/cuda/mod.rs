@@ -1,10 +1,20 @@
-//! CUDA pieces of the decoder engine (`train::decoder`), each `<op>.cu` beside its thin launcher `<op>.rs` that
-//! takes raw device pointers (no candle autograd): LayerNorm and RMSNorm (`norm`), rotary embeddings (`rope`),
-//! SwiGLU (`swiglu`), the fused classifier (`classifier`), embeddings (`encoder`), bias gradients (`bias_grad`),
-//! GELU (`activation`), the optimizer (`adamw`), flash attention (`flash_attn`) and cuDNN's (`cudnn_attn`, feature
-//! `cudnn`), cuBLASLt matmuls with epilogues (`blaslt`) and their tuned algorithm table (`gemm_table`, no CUDA) and the PTX loading they share (`launch`).
-//! dev/cuda (the kernel lab) runs the `.cu` files on the CPU under emulation against double-precision references
-//! (CI, tests/kernels_lab.rs).
+//! The kernel layer: every CUDA source of tokenmill lives in this folder, and nothing here imports from `train` or
+//! `model` (they call down into it).
+//!
+//! - Kernels, one `<op>.cu` per op, compiled to PTX by build.rs: the engine's `norm` (LayerNorm and RMSNorm),
+//!   `rope`, `swiglu`, `classifier`, `encoder`, `bias_grad`, `activation` (GELU), `adamw`, `flash_attn`; and the
+//!   candle ops' `layer_norm`, `cross_entropy`, `attention` (+ `attention_tc.cuh`), launched from `model::kernels`,
+//!   which also launches `activation`'s GELU and `encoder`'s embedding backward (one kernel for both callers).
+//! - Headers shared by the kernels: `common.cuh` (element types, conversions, 16-byte vectors), `warp.cuh` (warp
+//!   shuffles and sums), `mma.cuh` (the tensor-core product), `online_softmax.cuh` (the running max and sum of
+//!   `cross_entropy` and `classifier`), `ln_partials.cuh` (LayerNorm's weight/bias gradient reduction).
+//! - Rust: each engine kernel file's thin launcher `<op>.rs` over raw device pointers (no candle autograd);
+//!   `cudnn_attn` (cuDNN's SDPA, feature `cudnn`, with its C++ shim `cudnn_attn.cpp`); `blaslt` (cuBLASLt matmuls
+//!   with epilogues) and `gemm_table` (its tuned algorithm per shape; the format, no CUDA); `launch`, the one PTX
+//!   loader both the engine and the candle ops use.
+//!
+//! The kernel lab, dev/cuda, runs every `.cu` file on the CPU under emulation against double-precision references
+//! (CI: tests/kernels_lab.rs).
 #[cfg(feature = "cuda")]
 pub mod activation;
 #[cfg(feature = "cuda")]

@@ -21,26 +21,14 @@
 // dw/db are deterministic: a block owns LN_BWD_ROWS consecutive rows; each lane sums its columns over its warp's
 // rows in row order, the block's warps are merged in warp order, and ln_bwd_reduce adds the block partials in block
 // order. No atomics anywhere.
-#include "../model/kernels/common.cuh"
-#include "../model/kernels/ln_partials.cuh"
+#include "common.cuh"
+#include "ln_partials.cuh"
+#include "warp.cuh"
 
 #define LN_THREADS 256
 #define LN_WARPS 8
 #define LN_MAX_C 2048
 #define LN_BWD_ROWS 256
-
-#ifdef __CUDACC__
-__device__ __forceinline__ float ln_warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-#else
-inline float ln_warp_sum(float v) {
-    for (int o = 16; o > 0; o /= 2) v += emu_shfl_xor(v, o);
-    return v;
-}
-#endif
 
 // Vector accesses through aligned types (a memcpy to global memory compiles to byte stores, which measured
 // both slow and wrong here: the bf16 output lost its low bytes on the H200).
@@ -111,7 +99,7 @@ __device__ void ln_fwd_engine(const float* __restrict__ res, const __nv_bfloat16
             s += (v[j].x + v[j].y) + (v[j].z + v[j].w);
         }
     }
-    const float m = RMS ? 0.f : ln_warp_sum(s) / (float)c;
+    const float m = RMS ? 0.f : warp_sum(s) / (float)c;
     float q = 0.f;
 #pragma unroll
     for (int j = 0; j < NCH; j++) {
@@ -121,7 +109,7 @@ __device__ void ln_fwd_engine(const float* __restrict__ res, const __nv_bfloat16
             q += (a * a + bb * bb) + (cc * cc + d * d);
         }
     }
-    const float r = 1.f / sqrtf(ln_warp_sum(q) / (float)c + eps);
+    const float r = 1.f / sqrtf(warp_sum(q) / (float)c + eps);
     if (valid) {
         __nv_bfloat16* yr = y + row * c;
 #pragma unroll
@@ -196,8 +184,8 @@ __device__ void ln_bwd_engine(const __nv_bfloat16* __restrict__ dy, const float*
                 sgx += (g0 * xv[j].x + g1 * xv[j].y) + (g2 * xv[j].z + g3 * xv[j].w);
             }
         }
-        sg = RMS ? 0.f : ln_warp_sum(sg) / (float)c;
-        sgx = ln_warp_sum(sgx) / (float)c;
+        sg = RMS ? 0.f : warp_sum(sg) / (float)c;
+        sgx = warp_sum(sgx) / (float)c;
         if (valid) {
 #pragma unroll
             for (int j = 0; j < NCH; j++) {

@@ -10,7 +10,7 @@
 // computed in f64 on the host (decoder/layout.rs, as model::ops::rotary_tables). Arithmetic in f32, one rounding to
 // bf16 per element (PyTorch's recipe rounds cos and sin to bf16 and each product: within its tolerance of this).
 // One thread turns 8 pairs (two 16-byte loads and stores); HS/2 must be a multiple of 8 (rope.rs checks).
-#include "../model/kernels/common.cuh"
+#include "common.cuh"
 
 template <bool BWD>
 __device__ __forceinline__ void rope_rows(__nv_bfloat16* __restrict__ qkv, const float* __restrict__ cos_t,

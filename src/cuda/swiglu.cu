@@ -7,7 +7,7 @@
 //
 // PyTorch's recipe (HF LlamaMLP under autocast) rounds silu(g) to bf16 before the product; here the product is taken
 // in f32 and rounded once. H must be a multiple of 8 and the rows 16-byte aligned (swiglu.rs checks).
-#include "../model/kernels/common.cuh"
+#include "common.cuh"
 
 __device__ __forceinline__ float swiglu_sigmoid(float g) { return 1.f / (1.f + expf(-g)); }
 

@@ -18,8 +18,7 @@ use crate::shards::manifest::{
 };
 use crate::shards::verify::check_listed_shard;
 use crate::tokenizer::TokenizerKind;
-pub use crate::util::xxh3_hex;
-use crate::util::{fsync_dir, temp_path_for};
+use crate::util::{fsync_dir, temp_path_for, xxh3_hex};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriterConfig {

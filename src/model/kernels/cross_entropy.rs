@@ -14,7 +14,7 @@
 //! Rows whose target is `IGNORE_INDEX` give 0 loss and 0 gradient (masked losses, e.g. HellaSwag's completion
 //! tokens). A target `>= V` is an error on CPU and a NaN loss on CUDA (checking it there would cost a sync).
 //!
-//! CPU: rayon over rows, f32 accumulation (f64 for f64). CUDA: `cross_entropy.cu`, one block per row.
+//! CPU: rayon over rows, f32 accumulation (f64 for f64). CUDA: `src/cuda/cross_entropy.cu`, one block per row.
 
 use std::sync::Mutex;
 
@@ -333,11 +333,11 @@ mod cuda {
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaStorage, DType, Result};
 
-    use super::super::launch::{dtype_suffix, grid_1d};
     use super::super::real::float_elem;
+    use crate::cuda::launch::{dtype_suffix, grid_1d, Module};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/cross_entropy.ptx"));
-    const MODULE: &str = "tokenmill_cross_entropy";
+    const FILE: &str = "cross_entropy.cu";
     /// Must equal CE_THREADS in the .cu (the shared-memory reduction is sized by it).
     const THREADS: u32 = 512;
 
@@ -364,7 +364,7 @@ mod cuda {
             // SAFETY: every element is written by the kernel (thread 0 of each row's block).
             let loss = unsafe { dev.alloc::<A>(n)? };
             if n > 0 {
-                let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+                let func = Module::on_device(dev, FILE, PTX)?.kernel(name)?;
                 let mut b = func.builder();
                 let (v, rs, tstride) = (v as i64, rs as i64, tstride as i64);
                 b.arg(&x).arg(&t).arg(&loss).arg(&v).arg(&rs).arg(&tstride);
@@ -406,7 +406,7 @@ mod cuda {
             // SAFETY: every element of every row is written by the kernel.
             let dx = unsafe { dev.alloc::<T>(n * v)? };
             if n > 0 && v > 0 {
-                let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+                let func = Module::on_device(dev, FILE, PTX)?.kernel(name)?;
                 let mut b = func.builder();
                 let (v, rs, tstride, gstride) = (v as i64, rs as i64, tstride as i64, gstride as i64);
                 b.arg(&x).arg(&t).arg(&loss).arg(&g).arg(&dx).arg(&v).arg(&rs).arg(&tstride).arg(&gstride);

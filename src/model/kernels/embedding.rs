@@ -1,6 +1,7 @@
 //! Embedding lookup `table (V, C)`, `ids (N)` u32 -> `(N, C)`, whose backward on CUDA is a grouped, deterministic
-//! sum (`embedding.cu`) instead of candle's `index_add`, which walks all N ids serially per column (the cost is in
-//! the module doc of embedding.cu). Forward is candle's own `index_select` on the storages.
+//! sum (`embedding_bwd_sorted_f32` in `src/cuda/encoder.cu`, the engine's wte backward with `=` for `+=`) instead of
+//! candle's `index_add`, which walks all N ids serially per column (the cost is in encoder.cu's header). Forward is
+//! candle's own `index_select` on the storages.
 //!
 //! Backward returns `dtable (V, C)` in the table's dtype: on CPU candle's `index_add` (the reference); on CUDA, for
 //! an f32 table (the models' fp32 master `wte`), the rows are grouped by id on the host (`IdGroups`) and summed per
@@ -117,18 +118,18 @@ impl CustomOp2 for Lookup {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    //! Launcher for embedding.cu.
+    //! Launcher for embedding_bwd_sorted_f32 in encoder.cu (the grouped sum the engine's wte backward runs too).
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape};
 
-    use super::super::launch::grid_1d;
     use super::IdGroups;
+    use crate::cuda::launch::{grid_1d, Module};
 
-    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/embedding.ptx"));
-    const MODULE: &str = "tokenmill_embedding";
-    /// EMB_THREADS in embedding.cu.
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/encoder.ptx"));
+    const FILE: &str = "encoder.cu";
+    /// EMB_THREADS in encoder.cu.
     const THREADS: u32 = 256;
 
     /// `(dy (N, C) f32, ids (N) u32)` -> `(V, C)` f32 with `dtable[id] = sum of dy[r] over ids[r] == id`.
@@ -173,14 +174,15 @@ mod cuda {
             let start = packed.slice(n..n + ngroups + 1);
             let id = packed.slice(n + ngroups + 1..);
             let dy = g.as_cuda_slice::<f32>()?.slice(gstart..);
-            let func = dev.get_or_load_custom_func("embedding_bwd_sorted_f32", MODULE, PTX)?;
+            let func = Module::on_device(dev, FILE, PTX)?.kernel("embedding_bwd_sorted_f32")?;
             let mut b = func.builder();
             let (c64, stride) = (c as i64, c as i64);
             b.arg(&rows).arg(&start).arg(&id).arg(&dy).arg(&out).arg(&c64).arg(&stride);
             let mut cfg = grid_1d(ngroups, THREADS)?;
-            cfg.grid_dim.1 = c.div_ceil(THREADS as usize) as u32; // column slices of THREADS
-                                                                  // SAFETY: argument types and order match embedding_bwd_sorted_f32; every row index is < N, every group
-                                                                  // id < V (IdGroups checks), and `out` holds V * C f32.
+            // column slices of THREADS
+            cfg.grid_dim.1 = c.div_ceil(THREADS as usize) as u32;
+            // SAFETY: argument types and order match embedding_bwd_sorted_f32; every row index is < N, every group
+            // id < V (IdGroups checks), and `out` holds V * C f32.
             unsafe { b.launch(cfg) }.w()?;
             Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((self.v, c))))
         }

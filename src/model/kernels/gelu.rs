@@ -6,7 +6,8 @@
 //! kernels forward + backward; this keeps none beyond x and runs one kernel each way.
 //!
 //! CPU: rayon over chunks (the twin the tests hold against the composed reference and finite differences).
-//! CUDA: `gelu.cu`, grid-stride with 16-byte vectors.
+//! CUDA: `src/cuda/activation.cu` (the engine's GELU kernels, templated over the dtype), grid-stride with 16-byte
+//! vectors.
 
 use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
@@ -135,18 +136,18 @@ fn gelu_tanh_bwd(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    //! Launcher for gelu.cu: grid-stride, GELU_THREADS threads per block.
+    //! Launcher for the GELU kernels of activation.cu (the engine's too): grid-stride, GELU_THREADS threads a block.
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaStorage, DType, Result};
 
-    use super::super::launch::{dtype_suffix, grid_1d};
     use super::super::real::float_elem;
+    use crate::cuda::launch::{dtype_suffix, grid_1d, Module};
 
-    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gelu.ptx"));
-    const MODULE: &str = "tokenmill_gelu";
-    /// GELU_THREADS in gelu.cu.
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/activation.ptx"));
+    const FILE: &str = "activation.cu";
+    /// GELU_THREADS in activation.cu.
     const THREADS: u32 = 256;
     /// Grid-stride cap: ~16 blocks per SM on an H100 (132 SMs) keeps every SM busy; more only adds block overhead.
     const MAX_BLOCKS: usize = 2048;
@@ -177,18 +178,18 @@ mod cuda {
                 let n = n as i64;
                 match dy {
                     None => {
-                        let func = dev.get_or_load_custom_func(&format!("gelu_fwd_{sfx}"), MODULE, PTX)?;
+                        let func = Module::on_device(dev, FILE, PTX)?.kernel(&format!("gelu_fwd_{sfx}"))?;
                         let mut b = func.builder();
                         b.arg(&x).arg(&out).arg(&n);
-                        // SAFETY: argument types match gelu_fwd_* in gelu.cu.
+                        // SAFETY: argument types match gelu_fwd_* in activation.cu.
                         unsafe { b.launch(cfg) }.w()?;
                     }
                     Some((gs, gstart)) => {
                         let g = gs.as_cuda_slice::<T>()?.slice(gstart..);
-                        let func = dev.get_or_load_custom_func(&format!("gelu_bwd_{sfx}"), MODULE, PTX)?;
+                        let func = Module::on_device(dev, FILE, PTX)?.kernel(&format!("gelu_bwd_{sfx}"))?;
                         let mut b = func.builder();
                         b.arg(&x).arg(&g).arg(&out).arg(&n);
-                        // SAFETY: argument types match gelu_bwd_* in gelu.cu.
+                        // SAFETY: argument types match gelu_bwd_* in activation.cu.
                         unsafe { b.launch(cfg) }.w()?;
                     }
                 }

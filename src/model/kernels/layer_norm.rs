@@ -11,7 +11,7 @@
 //! dweight/dbias are deterministic on both devices: rows are summed in fixed blocks of `BWD_ROWS` (CPU) or
 //! LN_BWD_ROWS (CUDA), then the block partials in block order.
 //! CPU: rayon over row blocks (the twin the tests hold against the composed reference and finite differences).
-//! CUDA: `layer_norm.cu`, one warp per row.
+//! CUDA: `src/cuda/layer_norm.cu`, one warp per row.
 
 use std::sync::Mutex;
 
@@ -294,11 +294,11 @@ mod cuda {
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaStorage, DType, Result};
 
-    use super::super::launch::{dtype_suffix, grid_1d};
     use super::super::real::float_pair;
+    use crate::cuda::launch::{dtype_suffix, grid_1d, Module};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/layer_norm.ptx"));
-    const MODULE: &str = "tokenmill_layer_norm";
+    const FILE: &str = "layer_norm.cu";
     /// LN_THREADS and LN_BWD_ROWS in layer_norm.cu.
     const THREADS: u32 = 256;
     const ROWS_PER_FWD_BLOCK: usize = THREADS as usize / 32;
@@ -329,7 +329,7 @@ mod cuda {
             let b = s[2].as_cuda_slice::<f32>()?.slice(offs[2]..);
             // SAFETY: the kernel writes every row of y and every mean/rstd entry.
             let (y, mean, rstd) = unsafe { (dev.alloc::<O>(n * c)?, dev.alloc::<f32>(n)?, dev.alloc::<f32>(n)?) };
-            let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+            let func = Module::on_device(dev, FILE, PTX)?.kernel(name)?;
             let mut a = func.builder();
             let (n_i, c_i) = (n as i64, c as i64);
             a.arg(&x).arg(&w).arg(&b).arg(&y).arg(&mean).arg(&rstd).arg(&n_i).arg(&c_i).arg(&eps);
@@ -371,12 +371,12 @@ mod cuda {
                 (dev.alloc::<T>(n * c)?, dev.alloc::<f32>(2 * p * c)?, dev.alloc::<f32>(c)?, dev.alloc::<f32>(c)?)
             };
             let (n_i, c_i, p_i) = (n as i64, c as i64, p as i64);
-            let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+            let func = Module::on_device(dev, FILE, PTX)?.kernel(name)?;
             let mut a = func.builder();
             a.arg(&x).arg(&w).arg(&mean).arg(&rstd).arg(&dy).arg(&dx).arg(&partial).arg(&n_i).arg(&c_i);
             // SAFETY: argument types match ln_bwd_* in layer_norm.cu.
             unsafe { a.launch(grid_1d(p, THREADS)?) }.w()?;
-            let func = dev.get_or_load_custom_func("ln_bwd_reduce", MODULE, PTX)?;
+            let func = Module::on_device(dev, FILE, PTX)?.kernel("ln_bwd_reduce")?;
             let mut a = func.builder();
             a.arg(&partial).arg(&dw).arg(&db).arg(&p_i).arg(&c_i);
             let rcfg =

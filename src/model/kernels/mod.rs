@@ -1,5 +1,6 @@
 //! Fused kernels with their backward, CPU and CUDA: each `<op>.rs` holds a candle custom op (forward on CPU
-//! and CUDA, and `bwd`), its `<op>.cu` sits beside it (compiled to PTX by build.rs under the `cuda` feature), and
+//! and CUDA, and `bwd`) whose CUDA kernels live in the kernel layer, `src/cuda/` (each op's `.cu` file is named in its
+//! module doc; build.rs compiles it to PTX under the `cuda` feature, `crate::cuda::launch` loads it), and
 //! the composed candle version it replaces stays in `model::ops` / `model::attention` as its reference, held
 //! against it in tests/kernels_*.rs.
 //!
@@ -20,14 +21,12 @@
 //! also takes f16, for `crate::cuda::flash_attn`'s f16 path.
 //!
 //! The .cu files run without a GPU in the kernel lab, dev/cuda/ (llm.c's dev/cuda): `dev/cuda/run.sh` compiles them
-//! with g++ against a small CUDA emulation header and checks them against plain C++ references.
+//! with g++ against a small CUDA emulation header and checks them against double-precision C++ references.
 
 pub mod attention;
 pub mod cross_entropy;
 pub mod embedding;
 pub mod gelu;
-#[cfg(feature = "cuda")]
-mod launch;
 pub mod layer_norm;
 mod real;
 

@@ -13,22 +13,21 @@
 // dw/db are deterministic: each block of the backward sums its LN_BWD_ROWS rows column by column in row order into
 // its own partial row, and ln_bwd_reduce sums the partials in block order. No atomics.
 //
-// Unlike cross_entropy.cu and attention.cu this file uses warp shuffles, so the CPU lab (dev/cuda/cuda_emu.h) cannot
-// run it; tests/kernels_norm_act.rs checks it against the CPU twin on a GPU instead.
+// The CPU lab runs it against a double-precision reference (dev/cuda/check.cpp), its shuffles on cuda_emu.h's
+// per-warp emulation; tests/kernels_norm_act.rs holds it against the CPU twin on a GPU.
+//
+// Why not the engine's norm.cu: that one keeps a row in registers (C a multiple of 4, at most 2048), reads f32 and
+// writes bf16 only, and adds its backward into the residual gradient with a bf16 copy; this op takes any C, f32 or
+// bf16 on either side, and returns dx. They share the deterministic dw/db reduction, ln_partials.cuh.
 #include "common.cuh"
 #include "ln_partials.cuh"
+#include "warp.cuh"
 
 #define LN_THREADS 256
 #define LN_WARPS (LN_THREADS / 32)
 // Rows per backward block: enough rows that the partials stay small (N / 64 rows of C floats), few enough that
 // there are several blocks per SM at N = B*T = 32768.
 #define LN_BWD_ROWS 64
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 template <typename T, typename O>
 __device__ void ln_fwd(const T* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,

@@ -31,8 +31,6 @@
 #define FA_BKV 64   // key rows per dK/dV block (2 threads per key)
 #define FA_BQ 32    // query rows per tile in dK/dV
 #define FA_PAD (FA_HS + 1)
-#define FA_LOG2E 1.4426950408889634f
-#define FA_LN2 0.6931471805599453f
 
 struct HeadPtr {
     int64_t off;  // element offset of (b, h, t = 0, d = 0)
@@ -44,6 +42,23 @@ __device__ __forceinline__ HeadPtr head(int bh, int nh, int64_t sb, int64_t sh, 
     p.off = (int64_t)(bh / nh) * sb + (int64_t)(bh % nh) * sh;
     p.st = st;
     return p;
+}
+
+// Keys and values c0 .. c0 + FA_BC - 1 of a head into shared f32 tiles (rows past T read as 0), all threads of the
+// block together; the forward and the dQ kernel stream the keys this way.
+template <typename T>
+__device__ __forceinline__ void fa_load_kv_tile(float (*Ks)[FA_PAD], float (*Vs)[FA_PAD], const T* __restrict__ k,
+                                                const T* __restrict__ v, HeadPtr kh, HeadPtr vh, int c0, int t_len) {
+    for (int e = threadIdx.x; e < FA_BC * FA_HS; e += FA_THREADS) {
+        const int j = e / FA_HS, d = e % FA_HS, c = c0 + j;
+        float kx = 0.f, vx = 0.f;
+        if (c < t_len) {
+            kx = to_acc(k[kh.off + (int64_t)c * kh.st + d]);
+            vx = to_acc(v[vh.off + (int64_t)c * vh.st + d]);
+        }
+        Ks[j][d] = kx;
+        Vs[j][d] = vx;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -67,7 +82,7 @@ __device__ void fa_fwd(const T* __restrict__ q, const T* __restrict__ k, const T
     const int row = qt * FA_BR + r;
     // Rows past T compute on a copy of the last row (finite values) and write nothing.
     const int lrow = row < t_len ? row : t_len - 1;
-    const float sl2 = scale * FA_LOG2E;
+    const float sl2 = scale * TM_LOG2E;
 
     const HeadPtr qh = head(bh, nh, qsb, qsh, qst), kh = head(bh, nh, ksb, ksh, kst), vh = head(bh, nh, vsb, vsh, vst);
     float qr[FA_HS];
@@ -81,16 +96,7 @@ __device__ void fa_fwd(const T* __restrict__ q, const T* __restrict__ k, const T
 
     const int kv_end = min(t_len, (qt + 1) * FA_BR);
     for (int c0 = 0; c0 < kv_end; c0 += FA_BC) {
-        for (int e = tid; e < FA_BC * FA_HS; e += FA_THREADS) {
-            const int j = e / FA_HS, d = e % FA_HS, c = c0 + j;
-            float kx = 0.f, vx = 0.f;
-            if (c < t_len) {
-                kx = to_acc(k[kh.off + (int64_t)c * kh.st + d]);
-                vx = to_acc(v[vh.off + (int64_t)c * vh.st + d]);
-            }
-            Ks[j][d] = kx;
-            Vs[j][d] = vx;
-        }
+        fa_load_kv_tile(Ks, Vs, k, v, kh, vh, c0, t_len);
         __syncthreads();
 
         float s[FA_BC / 2];
@@ -135,7 +141,7 @@ __device__ void fa_fwd(const T* __restrict__ q, const T* __restrict__ k, const T
         const float inv = 1.f / l;
 #pragma unroll
         for (int dd = 0; dd < FA_HALF; dd++) op[2 * dd + h] = from_acc<T>(acc[dd] * inv);
-        if (h == 0) lse[(int64_t)bh * t_len + row] = (m + log2f(l)) * FA_LN2;
+        if (h == 0) lse[(int64_t)bh * t_len + row] = (m + log2f(l)) * TM_LN2;
     }
 }
 
@@ -177,7 +183,7 @@ __device__ void fa_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k, co
     const int c0 = kt * FA_BKV;
     const int key = c0 + cl;
     const int lkey = key < t_len ? key : t_len - 1;
-    const float sl2 = scale * FA_LOG2E;
+    const float sl2 = scale * TM_LOG2E;
 
     const HeadPtr qh = head(bh, nh, qsb, qsh, qst), kh = head(bh, nh, ksb, ksh, kst), vh = head(bh, nh, vsb, vsh, vst);
     float kr[FA_HS], vr[FA_HS];
@@ -208,7 +214,7 @@ __device__ void fa_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k, co
         }
         for (int i = tid; i < FA_BQ; i += FA_THREADS) {
             const int qi = i0 + i;
-            Ls[i] = qi < t_len ? lse[orow0 + qi] * FA_LOG2E : 0.f;
+            Ls[i] = qi < t_len ? lse[orow0 + qi] * TM_LOG2E : 0.f;
             Ds[i] = qi < t_len ? dvec[orow0 + qi] : 0.f;
         }
         __syncthreads();
@@ -266,7 +272,7 @@ __device__ void fa_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, cons
     const int r = tid >> 1, h = tid & 1;
     const int row = qt * FA_BR + r;
     const int lrow = row < t_len ? row : t_len - 1;
-    const float sl2 = scale * FA_LOG2E;
+    const float sl2 = scale * TM_LOG2E;
 
     const HeadPtr qh = head(bh, nh, qsb, qsh, qst), kh = head(bh, nh, ksb, ksh, kst), vh = head(bh, nh, vsb, vsh, vst);
     const int64_t orow = (int64_t)bh * t_len + lrow;
@@ -280,7 +286,7 @@ __device__ void fa_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, cons
             gr[d] = to_acc(gp[d]);
         }
     }
-    const float l2 = lse[orow] * FA_LOG2E;
+    const float l2 = lse[orow] * TM_LOG2E;
     const float dr = dvec[orow];
     float dqa[FA_HALF];
 #pragma unroll
@@ -288,16 +294,7 @@ __device__ void fa_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, cons
 
     const int kv_end = min(t_len, (qt + 1) * FA_BR);
     for (int c0 = 0; c0 < kv_end; c0 += FA_BC) {
-        for (int e = tid; e < FA_BC * FA_HS; e += FA_THREADS) {
-            const int j = e / FA_HS, d = e % FA_HS, c = c0 + j;
-            float kx = 0.f, vx = 0.f;
-            if (c < t_len) {
-                kx = to_acc(k[kh.off + (int64_t)c * kh.st + d]);
-                vx = to_acc(v[vh.off + (int64_t)c * vh.st + d]);
-            }
-            Ks[j][d] = kx;
-            Vs[j][d] = vx;
-        }
+        fa_load_kv_tile(Ks, Vs, k, v, kh, vh, c0, t_len);
         __syncthreads();
 #pragma unroll 2
         for (int jj = 0; jj < FA_BC / 2; jj++) {
@@ -353,9 +350,6 @@ FA_KERNELS(float, f32)
 FA_KERNELS(__nv_bfloat16, bf16)
 FA_KERNELS(__half, f16)
 
-// Tensor-core kernels fa_tc_{fwd,bwd_dkdv,bwd_dq}_{bf16,f16}. The ops lab (dev/cuda/check.cpp) does not define TM_TC_LAB,
-// so it does not run them (it runs the scalar kernels above); src/cuda/flash_attn.cu, the same scheme, runs under
-// cuda_emu.h's warp emulation in dev/cuda/check_flash.cpp, and these on the GPU in tests/kernels_attention.rs.
-#if defined(__CUDACC__) || defined(TM_TC_LAB)
+// Tensor-core kernels fa_tc_{fwd,bwd_dkdv,bwd_dq}_{bf16,f16}: run on the GPU (tests/kernels_attention.rs) and in the
+// ops lab under cuda_emu.h's warp emulation (dev/cuda/check.cpp).
 #include "attention_tc.cuh"
-#endif

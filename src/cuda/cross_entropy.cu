@@ -12,24 +12,9 @@
 // forward and 6.6 GB read + 6.6 GB written in backward, where the composed candle version made ~5 f32 (N, V)
 // temporaries (13 GB each).
 #include "common.cuh"
+#include "online_softmax.cuh"
 
 #define CE_THREADS 512
-
-template <typename A> __device__ __forceinline__ void online_add(A& m, A& s, A x) {
-    if (x > m) {
-        s = s * acc_exp(m - x) + A(1);
-        m = x;
-    } else if (m != -acc_inf<A>()) {
-        s += acc_exp(x - m);
-    }
-}
-
-template <typename A> __device__ __forceinline__ void online_merge(A& m, A& s, A m2, A s2) {
-    A mx = acc_max(m, m2);
-    if (mx == -acc_inf<A>()) return;  // both empty
-    s = s * acc_exp(m - mx) + s2 * acc_exp(m2 - mx);
-    m = mx;
-}
 
 // logits: row n starts at logits + n * row_stride (elements); targets[n * t_stride].
 template <typename T>
@@ -49,23 +34,14 @@ __device__ void ce_fwd(const T* __restrict__ logits, const uint32_t* __restrict_
         for (int64_t j = tid; j < nv; j += blockDim.x) {
             Vec16<T> p = load16(x + j * VN);
 #pragma unroll
-            for (int k = 0; k < VN; k++) online_add(m, s, to_acc(p.v[k]));
+            for (int k = 0; k < VN; k++) online_add<true>(m, s, to_acc(p.v[k]), NaturalExp());
         }
         i0 = nv * VN;
     }
-    for (int64_t i = i0 + tid; i < v; i += blockDim.x) online_add(m, s, to_acc(x[i]));
+    for (int64_t i = i0 + tid; i < v; i += blockDim.x) online_add<true>(m, s, to_acc(x[i]), NaturalExp());
     sh_m[tid] = m;
     sh_s[tid] = s;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {
-        if (tid < half) {
-            A mm = sh_m[tid], ss = sh_s[tid];
-            online_merge(mm, ss, sh_m[tid + half], sh_s[tid + half]);
-            sh_m[tid] = mm;
-            sh_s[tid] = ss;
-        }
-        __syncthreads();
-    }
+    online_block_merge(sh_m, sh_s, (int)blockDim.x, NaturalExp());
     if (tid == 0) {
         const uint32_t t = targets[row * t_stride];
         A out;

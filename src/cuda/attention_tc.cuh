@@ -6,73 +6,21 @@
 // Geometry (all three kernels): grid (ceil(T / 64), B * NH), 128 threads = 4 warps; a block owns 64 rows
 // (queries for forward and dQ, keys for dK/dV), warp w owns rows 16w..16w+15 of them and streams 64-row tiles of
 // the other side through shared memory. HS = 64 = 4 mma k-steps. Control flow is uniform across the block
-// (every warp runs every tile, the causal mask is applied per element), which also lets the CPU lab emulate the
-// warp-level primitives with block barriers.
+// (every warp runs every tile, the causal mask is applied per element), as warp.cuh and mma.cuh require.
 //
-// mma.m16n8k16 fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16"), g = lane / 4, c = lane % 4:
-//   A (16 x 16, row major): a0 = A[g][2c, 2c+1], a1 = A[g+8][2c, 2c+1], a2 = A[g][2c+8, 2c+9], a3 = A[g+8][2c+8, 2c+9]
-//   B (16 x 8, k x n):      b0 = B[2c, 2c+1][g], b1 = B[2c+8, 2c+9][g]
-//   C (16 x 8, f32):        c0, c1 = C[g][2c, 2c+1], c2, c3 = C[g+8][2c, 2c+1]
-// (a .b32 register holds two 16-bit elements, the lower k index in the low half). So the C fragments of two
-// neighbouring n-tiles are, element for element, the A fragment of the next product (FlashAttention-2's
-// register reuse of P and dS), and B = M^T for a row-major shared tile M[n][k] is one 32-bit load per register.
+// With the mma.m16n8k16 fragment layout (mma.cuh), the C fragments of two neighbouring n-tiles are, element for
+// element, the A fragment of the next product (FlashAttention-2's register reuse of P and dS), and B = M^T for a row-major shared tile M[n][k] is one 32-bit load per register.
 // Products whose B is not such a transposed tile (P V, P^T dO, dS^T Q, dS K) read a transposed copy that the
 // tile loader writes ([d][row]); rows are padded to 72 elements so all fragment loads are bank-conflict free.
 //
 // Precision: S, dP and all accumulators in f32; P and dS are rounded to the input type before their products
 // (as FlashAttention-2); softmax statistics in f32 in the log2 domain, as the FMA kernels.
 #pragma once
+#include "mma.cuh"
+#include "warp.cuh"
 
 #define TC_ROWS 64  // rows per block and per streamed tile
 #define TC_LD 72    // shared tile row pitch in elements (64 + 8: conflict-free 32-bit fragment loads)
-
-// ---- warp-level primitives --------------------------------------------------------------------------------------
-#ifdef __CUDACC__
-template <typename T> __device__ __forceinline__ void tc_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-template <>
-__device__ __forceinline__ void tc_mma<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#if __CUDA_ARCH__ >= 800
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-    __trap();
-#endif
-}
-template <>
-__device__ __forceinline__ void tc_mma<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#if __CUDA_ARCH__ >= 800
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-    __trap();
-#endif
-}
-__device__ __forceinline__ float tc_shfl_xor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
-template <typename T> __device__ __forceinline__ uint32_t tc_pack(float lo, float hi);
-template <> __device__ __forceinline__ uint32_t tc_pack<__nv_bfloat16>(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
-    return *reinterpret_cast<uint32_t*>(&h);
-}
-template <> __device__ __forceinline__ uint32_t tc_pack<__half>(float lo, float hi) {
-    __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&h);
-}
-#else
-// CPU lab: the includer provides tc_emu_mma(c, a, b0, b1, is_bf16) and tc_emu_shfl_xor (block-barrier based).
-template <typename T> inline void tc_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    tc_emu_mma(c, a, b0, b1, sizeof(T) == 2 && std::is_same_v<T, __nv_bfloat16>);
-}
-inline float tc_shfl_xor(float v, int mask) { return tc_emu_shfl_xor(v, mask); }
-template <typename T> inline uint32_t tc_pack(float lo, float hi) {
-    const T a = from_acc<T>(lo), b = from_acc<T>(hi);
-    uint16_t x, y;
-    memcpy(&x, &a, 2);
-    memcpy(&y, &b, 2);
-    return (uint32_t)x | ((uint32_t)y << 16);
-}
-#endif
 
 template <typename T> __device__ __forceinline__ uint32_t tc_ld32(const T* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
@@ -96,7 +44,20 @@ __device__ __forceinline__ void tc_mm_nt(float (&acc)[8][4], const uint32_t (&a)
     for (int kk = 0; kk < 4; kk++)
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
-            tc_mma<T>(acc[nt], a[kk], tc_ld32(&m[nt * 8 + g][kk * 16 + 2 * c]), tc_ld32(&m[nt * 8 + g][kk * 16 + 2 * c + 8]));
+            mma_m16n8k16<T>(acc[nt], a[kk], tc_ld32(&m[nt * 8 + g][kk * 16 + 2 * c]), tc_ld32(&m[nt * 8 + g][kk * 16 + 2 * c + 8]));
+}
+
+// The two products both backward kernels start a tile with: s = A M^T and dp = B N^T (tc_mm_nt from zero), S and dP
+// (or their transposes) of the tile.
+template <typename T>
+__device__ __forceinline__ void tc_scores(float (&s)[8][4], const uint32_t (&a)[4][4], const T (*m)[TC_LD],
+                                          float (&dp)[8][4], const uint32_t (&b)[4][4], const T (*n)[TC_LD]) {
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) s[nt][i] = dp[nt][i] = 0.f;
+    tc_mm_nt<T>(s, a, m);
+    tc_mm_nt<T>(dp, b, n);
 }
 
 // acc[nt] (16 x 64) += X (16 x 64 in C fragments x[8][4], rounded to T) * N, N given transposed as a row-major
@@ -107,13 +68,13 @@ __device__ __forceinline__ void tc_mm_cn(float (&acc)[8][4], const float (&x)[8]
 #pragma unroll
     for (int kk = 0; kk < 4; kk++) {
         uint32_t a[4];
-        a[0] = tc_pack<T>(x[2 * kk][0], x[2 * kk][1]);
-        a[1] = tc_pack<T>(x[2 * kk][2], x[2 * kk][3]);
-        a[2] = tc_pack<T>(x[2 * kk + 1][0], x[2 * kk + 1][1]);
-        a[3] = tc_pack<T>(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+        a[0] = pack_pair<T>(x[2 * kk][0], x[2 * kk][1]);
+        a[1] = pack_pair<T>(x[2 * kk][2], x[2 * kk][3]);
+        a[2] = pack_pair<T>(x[2 * kk + 1][0], x[2 * kk + 1][1]);
+        a[3] = pack_pair<T>(x[2 * kk + 1][2], x[2 * kk + 1][3]);
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
-            tc_mma<T>(acc[nt], a, tc_ld32(&nt_[nt * 8 + g][kk * 16 + 2 * c]),
+            mma_m16n8k16<T>(acc[nt], a, tc_ld32(&nt_[nt * 8 + g][kk * 16 + 2 * c]),
                       tc_ld32(&nt_[nt * 8 + g][kk * 16 + 2 * c + 8]));
     }
 }
@@ -157,9 +118,6 @@ __device__ __forceinline__ void tc_load_tile(T (*rows)[TC_LD], T (*cols)[TC_LD],
 }
 
 template <typename T> __device__ __forceinline__ bool tc_vec_ok(const T* p, int64_t st) {
-#ifdef TC_FORCE_SCALAR  // lab: exercise the element-by-element loads
-    return false;
-#endif
     return aligned16(p) && (st % (int64_t)(16 / sizeof(T))) == 0;
 }
 
@@ -202,7 +160,7 @@ __device__ void tc_fwd(const T* __restrict__ q, const T* __restrict__ k, const T
     const int qt = n_qt - 1 - (int)blockIdx.x;  // the longest rows first
     const int bh = blockIdx.y;
     const int tid = threadIdx.x, warp = tid >> 5, g = (tid & 31) >> 2, c = tid & 3;
-    const float sl2 = scale * FA_LOG2E;
+    const float sl2 = scale * TM_LOG2E;
 
     const TcHead<T> h = tc_head<T>(q, k, v, nullptr, bh, nh, t_len, qsb, qsh, qst, ksb, ksh, kst, vsb, vsh, vst);
 
@@ -243,10 +201,10 @@ __device__ void tc_fwd(const T* __restrict__ q, const T* __restrict__ k, const T
                 s[nt][i] = x;
                 if (i < 2) xa = fmaxf(xa, x); else xb = fmaxf(xb, x);
             }
-        xa = fmaxf(xa, tc_shfl_xor(xa, 1));
-        xa = fmaxf(xa, tc_shfl_xor(xa, 2));
-        xb = fmaxf(xb, tc_shfl_xor(xb, 1));
-        xb = fmaxf(xb, tc_shfl_xor(xb, 2));
+        xa = fmaxf(xa, warp_shfl_xor(xa, 1));
+        xa = fmaxf(xa, warp_shfl_xor(xa, 2));
+        xb = fmaxf(xb, warp_shfl_xor(xb, 1));
+        xb = fmaxf(xb, warp_shfl_xor(xb, 2));
         // Key 0 is in the first tile and every row sees it: the new maxima are finite from the first tile on.
         const float na = fmaxf(ma, xa), nb = fmaxf(mb, xb);
         const float alpha_a = exp2f(ma - na), alpha_b = exp2f(mb - nb);  // 0 on the first tile
@@ -271,23 +229,23 @@ __device__ void tc_fwd(const T* __restrict__ q, const T* __restrict__ k, const T
         tc_mm_cn<T>(acc, s, Vt);  // O += P V
         __syncthreads();  // Ks, Vt are overwritten by the next tile
     }
-    la += tc_shfl_xor(la, 1);
-    la += tc_shfl_xor(la, 2);
-    lb += tc_shfl_xor(lb, 1);
-    lb += tc_shfl_xor(lb, 2);
+    la += warp_shfl_xor(la, 1);
+    la += warp_shfl_xor(la, 2);
+    lb += warp_shfl_xor(lb, 1);
+    lb += warp_shfl_xor(lb, 2);
 
     const float ia = 1.f / la, ib = 1.f / lb;
     if (ra < t_len) {
         uint32_t* op = reinterpret_cast<uint32_t*>(o + ((int64_t)bh * t_len + ra) * FA_HS);
 #pragma unroll
-        for (int nt = 0; nt < 8; nt++) op[nt * 4 + c] = tc_pack<T>(acc[nt][0] * ia, acc[nt][1] * ia);
-        if (c == 0) lse[(int64_t)bh * t_len + ra] = (ma + log2f(la)) * FA_LN2;
+        for (int nt = 0; nt < 8; nt++) op[nt * 4 + c] = pack_pair<T>(acc[nt][0] * ia, acc[nt][1] * ia);
+        if (c == 0) lse[(int64_t)bh * t_len + ra] = (ma + log2f(la)) * TM_LN2;
     }
     if (rb < t_len) {
         uint32_t* op = reinterpret_cast<uint32_t*>(o + ((int64_t)bh * t_len + rb) * FA_HS);
 #pragma unroll
-        for (int nt = 0; nt < 8; nt++) op[nt * 4 + c] = tc_pack<T>(acc[nt][2] * ib, acc[nt][3] * ib);
-        if (c == 0) lse[(int64_t)bh * t_len + rb] = (mb + log2f(lb)) * FA_LN2;
+        for (int nt = 0; nt < 8; nt++) op[nt * 4 + c] = pack_pair<T>(acc[nt][2] * ib, acc[nt][3] * ib);
+        if (c == 0) lse[(int64_t)bh * t_len + rb] = (mb + log2f(lb)) * TM_LN2;
     }
 }
 
@@ -312,7 +270,7 @@ __device__ void tc_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k, co
     const int bh = blockIdx.y;
     const int tid = threadIdx.x, warp = tid >> 5, g = (tid & 31) >> 2, c = tid & 3;
     const int c0 = kt * TC_ROWS;
-    const float sl2 = scale * FA_LOG2E;
+    const float sl2 = scale * TM_LOG2E;
 
     const TcHead<T> h = tc_head<T>(q, k, v, dout, bh, nh, t_len, qsb, qsh, qst, ksb, ksh, kst, vsb, vsh, vst);
 
@@ -337,18 +295,13 @@ __device__ void tc_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k, co
         tc_load_tile<T>(Gs, Gt, h.g, FA_HS, i0, t_len, h.gv);
         if (tid < TC_ROWS) {
             const int qi = i0 + tid;
-            Ls[tid] = qi < t_len ? lse[h.row0 + qi] * FA_LOG2E : 0.f;
+            Ls[tid] = qi < t_len ? lse[h.row0 + qi] * TM_LOG2E : 0.f;
             Ds[tid] = qi < t_len ? dvec[h.row0 + qi] : 0.f;
         }
         __syncthreads();
 
         float s[8][4], dp[8][4];
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) s[nt][i] = dp[nt][i] = 0.f;
-        tc_mm_nt<T>(s, ka, Qs);   // S^T (keys x queries)
-        tc_mm_nt<T>(dp, va, Gs);  // dP^T
+        tc_scores<T>(s, ka, Qs, dp, va, Gs);  // S^T (keys x queries), dP^T
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
@@ -368,8 +321,8 @@ __device__ void tc_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k, co
         uint32_t* vp = reinterpret_cast<uint32_t*>(dv + (h.row0 + key_a) * FA_HS);
 #pragma unroll
         for (int nt = 0; nt < 8; nt++) {
-            kp[nt * 4 + c] = tc_pack<T>(dka[nt][0] * scale, dka[nt][1] * scale);
-            vp[nt * 4 + c] = tc_pack<T>(dva[nt][0], dva[nt][1]);
+            kp[nt * 4 + c] = pack_pair<T>(dka[nt][0] * scale, dka[nt][1] * scale);
+            vp[nt * 4 + c] = pack_pair<T>(dva[nt][0], dva[nt][1]);
         }
     }
     if (key_b < t_len) {
@@ -377,8 +330,8 @@ __device__ void tc_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k, co
         uint32_t* vp = reinterpret_cast<uint32_t*>(dv + (h.row0 + key_b) * FA_HS);
 #pragma unroll
         for (int nt = 0; nt < 8; nt++) {
-            kp[nt * 4 + c] = tc_pack<T>(dka[nt][2] * scale, dka[nt][3] * scale);
-            vp[nt * 4 + c] = tc_pack<T>(dva[nt][2], dva[nt][3]);
+            kp[nt * 4 + c] = pack_pair<T>(dka[nt][2] * scale, dka[nt][3] * scale);
+            vp[nt * 4 + c] = pack_pair<T>(dva[nt][2], dva[nt][3]);
         }
     }
 }
@@ -398,7 +351,7 @@ __device__ void tc_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, cons
     const int qt = n_qt - 1 - (int)blockIdx.x;
     const int bh = blockIdx.y;
     const int tid = threadIdx.x, warp = tid >> 5, g = (tid & 31) >> 2, c = tid & 3;
-    const float sl2 = scale * FA_LOG2E;
+    const float sl2 = scale * TM_LOG2E;
 
     const TcHead<T> h = tc_head<T>(q, k, v, dout, bh, nh, t_len, qsb, qsh, qst, ksb, ksh, kst, vsb, vsh, vst);
 
@@ -412,8 +365,8 @@ __device__ void tc_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, cons
     __syncthreads();
 
     const int ra = qt * TC_ROWS + warp * 16 + g, rb = ra + 8;
-    const float l2a = ra < t_len ? lse[h.row0 + ra] * FA_LOG2E : 0.f;
-    const float l2b = rb < t_len ? lse[h.row0 + rb] * FA_LOG2E : 0.f;
+    const float l2a = ra < t_len ? lse[h.row0 + ra] * TM_LOG2E : 0.f;
+    const float l2b = rb < t_len ? lse[h.row0 + rb] * TM_LOG2E : 0.f;
     const float da = ra < t_len ? dvec[h.row0 + ra] : 0.f;
     const float db = rb < t_len ? dvec[h.row0 + rb] : 0.f;
     float dqa[8][4];
@@ -429,12 +382,7 @@ __device__ void tc_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, cons
         __syncthreads();
 
         float s[8][4], dp[8][4];
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) s[nt][i] = dp[nt][i] = 0.f;
-        tc_mm_nt<T>(s, qa, Ks);   // S
-        tc_mm_nt<T>(dp, ga, Vs);  // dP
+        tc_scores<T>(s, qa, Ks, dp, ga, Vs);  // S, dP
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
@@ -453,12 +401,12 @@ __device__ void tc_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, cons
     if (ra < t_len) {
         uint32_t* p = reinterpret_cast<uint32_t*>(dq + (h.row0 + ra) * FA_HS);
 #pragma unroll
-        for (int nt = 0; nt < 8; nt++) p[nt * 4 + c] = tc_pack<T>(dqa[nt][0] * sc, dqa[nt][1] * sc);
+        for (int nt = 0; nt < 8; nt++) p[nt * 4 + c] = pack_pair<T>(dqa[nt][0] * sc, dqa[nt][1] * sc);
     }
     if (rb < t_len) {
         uint32_t* p = reinterpret_cast<uint32_t*>(dq + (h.row0 + rb) * FA_HS);
 #pragma unroll
-        for (int nt = 0; nt < 8; nt++) p[nt * 4 + c] = tc_pack<T>(dqa[nt][2] * sc, dqa[nt][3] * sc);
+        for (int nt = 0; nt < 8; nt++) p[nt * 4 + c] = pack_pair<T>(dqa[nt][2] * sc, dqa[nt][3] * sc);
     }
 }
 

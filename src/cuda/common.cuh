@@ -2,9 +2,9 @@
 // (f32, f64 for f64), conversions, and 16-byte vector loads/stores.
 //
 // The kernels use only what `dev/cuda/cuda_emu.h` can also provide on a CPU (threadIdx/blockIdx, __syncthreads,
-// static __shared__ arrays, warp shuffles and the tensor-core fragments flash_attn.cu uses; no dynamic shared
-// memory, no atomics), so `dev/cuda/run.sh` can execute them with g++ against double-precision references before
-// any GPU time is spent.
+// static __shared__ arrays, the warp shuffles of warp.cuh, the tensor-core product of mma.cuh and flash_attn.cu's
+// cp.async/ldmatrix; no dynamic shared memory, no atomics), so `dev/cuda/run.sh` can execute them with g++ against
+// double-precision references before any GPU time is spent.
 #pragma once
 
 #ifdef __CUDACC__
@@ -18,6 +18,10 @@
 #define TM_INF (std::numeric_limits<float>::infinity())
 #define TM_INF_D (std::numeric_limits<double>::infinity())
 #endif
+
+// Softmax statistics kept in the log2 domain (x * log2 e) make each exponential one exp2; ln 2 brings the result back.
+#define TM_LOG2E 1.4426950408889634f
+#define TM_LN2 0.6931471805599453f
 
 // Targets equal to this id contribute zero loss and zero gradient (kernels::cross_entropy::IGNORE_INDEX).
 #define TM_IGNORE_INDEX 0xffffffffu
