@@ -211,6 +211,21 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_tables_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/gemm");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let t = GemmTable::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!t.shapes.is_empty() && t.gpu.starts_with("NVIDIA"), "{path:?}");
+            let (first, chosen) = t.micro_step_us();
+            assert!(chosen <= first, "{path:?}: the chosen algorithms are never slower than the heuristic's first");
+            n += 1;
+        }
+        assert!(n >= 3, "configs/gemm holds the tables docs/PERF.md measured");
+    }
+
+    #[test]
     fn bad_tables_are_refused_with_the_file_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha20Rng;
 
 use crate::eval::hellaswag::{self, HellaswagScore};
 use crate::eval::hellaswag_file::{Example, HellaswagFile, HellaswagFileError};
-use crate::model::{self, LanguageModel, ModelError};
+use crate::model::{self, LanguageModel, ModelConfig, ModelError};
 use crate::shards::loader::{DataLoader, LoaderConfig, LoaderError};
 use crate::shards::{Manifest, Split};
 use crate::tokenizer::{Tokenizer, TokenizerKind};
@@ -162,6 +162,145 @@ impl Default for TrainerOptions {
     }
 }
 
+/// The run directory, refused now if it is another run's, another process's or not tokenmill's (rank 0). A resume
+/// of this directory's own checkpoint takes it (lock, marker) at once, because the leftovers of interrupted
+/// checkpoint writes are cleaned before anything looks for the latest checkpoint; otherwise it is taken once
+/// everything else has been checked.
+fn claim_run_dir(
+    log_dir: &Path,
+    checkpoint_root: &Path,
+    claim: Claim,
+    notes: &mut Vec<String>,
+) -> Result<Option<RunDir>, TrainError> {
+    run_dir::check(log_dir, checkpoint_root, claim)?;
+    if let (Claim::Resume { own: true, .. }, true) = (claim, checkpoint_root.is_dir()) {
+        let (dir, n) = RunDir::take(log_dir, checkpoint_root, claim)?;
+        notes.extend(n);
+        notes.extend(checkpoint::clean_stale(checkpoint_root)?);
+        return Ok(Some(dir));
+    }
+    Ok(None)
+}
+
+/// The data, as far as a resume and the model need it, without opening the loaders yet: its vocabulary and identity.
+/// A corpus whose preparation did not finish is refused unless `allow_incomplete`.
+fn check_data(data_dir: &Path, allow_incomplete: bool) -> Result<(usize, DataIdentity), TrainError> {
+    let data_vocab = crate::shards::loader::dir_vocab_size(data_dir)? as usize;
+    if Manifest::path_in(data_dir).exists() {
+        let m = Manifest::load(data_dir)?;
+        if !m.finished() && !allow_incomplete {
+            return Err(TrainError::IncompleteData {
+                dir: data_dir.display().to_string(),
+                shards: m.shards.len(),
+                tokens: m.shards.iter().map(|s| s.tokens).sum(),
+            });
+        }
+    }
+    Ok((data_vocab, DataIdentity::of_dir(data_dir)?))
+}
+
+/// A resume's checkpoint: read, checked, and reconciled with `cfg` first, so a change it cannot honour is the first
+/// thing said; the changes it applies become notes. From here `cfg` is the config in effect.
+fn read_resume(
+    dir: &Path,
+    cfg: &TrainConfig,
+    data: &DataIdentity,
+    data_vocab: usize,
+    verify: bool,
+    notes: &mut Vec<String>,
+) -> Result<TrainState, TrainError> {
+    let state = checkpoint::load_state(dir)?;
+    let changes = resume::reconcile(dir, &state, cfg, data, data_vocab)?;
+    notes.extend(changes.into_iter().map(|c| format!("resume applies {c}")));
+    if state.step >= cfg.optim.max_steps {
+        return Err(TrainError::NothingToTrain {
+            checkpoint: dir.display().to_string(),
+            step: state.step,
+            max_steps: cfg.optim.max_steps,
+        });
+    }
+    if verify {
+        checkpoint::verify(dir, &state)?;
+    }
+    Ok(state)
+}
+
+/// The HellaSwag examples the loop scores (None when it scores none), checked against the data's tokenizer.
+fn hellaswag_examples(
+    cfg: &TrainConfig,
+    data_dir: &Path,
+    data_vocab: usize,
+    data: &DataIdentity,
+) -> Result<Option<Vec<Example>>, TrainError> {
+    match (&cfg.eval.hellaswag_file, cfg.eval.hellaswag_every) {
+        (Some(path), every) if every > 0 => {
+            let file = HellaswagFile::open(path)?;
+            file.check_tokenizer(&format!("the data in {}", data_dir.display()), data_vocab, data.tokenizer)?;
+            let n = cfg.eval.hellaswag_limit.unwrap_or(file.len()).min(file.len());
+            Ok(Some(file.examples()[..n].to_vec()))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The model (fresh from the seed, or a resume's checkpoint), its weights made equal across processes, and the
+/// engine `[run] engine` picks over it.
+fn build_engine(
+    cfg: &TrainConfig,
+    model_cfg: &ModelConfig,
+    resume_dir: Option<&Path>,
+    device: &Device,
+    dtype: ComputeDtype,
+    reducer: &dyn Reducer,
+) -> Result<Box<dyn Engine>, TrainError> {
+    crate::device::set_tf32(cfg.run.tf32);
+    let model = match resume_dir {
+        Some(dir) => model::load_checkpoint_model(dir, dtype.precision(), device)?,
+        None => model::build_model(model_cfg, dtype.precision(), device, cfg.run.seed)?,
+    };
+    if model.config() != model_cfg {
+        return Err(TrainError::Resume(format!(
+            "{}: model.safetensors holds a {:?} model but state.json says {:?}",
+            resume_dir.unwrap_or(Path::new("?")).display(),
+            model.config(),
+            model_cfg
+        )));
+    }
+    let vars: Vec<_> = model.parameters().into_iter().map(|(_, v)| v).collect();
+    reducer.sync_params(&vars)?;
+    drop(vars);
+    let kind = EngineKind::resolve(cfg.run.engine, model_cfg, device, dtype)?;
+    let micro_batch = (cfg.data.micro_batch, cfg.data.seq_len);
+    Ok(engine::build(kind, model, device, micro_batch, AdamWConfig::from_config(cfg), &cfg.engine)?)
+}
+
+/// The run's log (a resume drops what the stopped run logged after its checkpoint) and its `config.toml`, the
+/// config in effect.
+fn open_log(
+    cfg: &TrainConfig,
+    resumed: bool,
+    step: usize,
+    echo: bool,
+    notes: &mut Vec<String>,
+) -> Result<RunLog, TrainError> {
+    let dir = &cfg.run.log_dir;
+    let log = if resumed {
+        let (log, dropped) = RunLog::resume(dir, step, echo).map_err(io_err(dir))?;
+        if dropped > 0 {
+            notes.push(format!(
+                "dropped {dropped} line(s) of log.txt and metrics.jsonl for steps >= {step}, logged after that \
+                 checkpoint by the run that stopped"
+            ));
+        }
+        log
+    } else {
+        RunLog::open(dir, echo).map_err(io_err(dir))?
+    };
+    let path = dir.join(run_dir::CONFIG_FILE);
+    crate::util::write_atomic(&path, cfg.to_toml().as_bytes()).map_err(io_err(&path))?;
+    Ok(log)
+}
+
 impl Trainer {
     /// Open the data, build (or restore) the model and optimizer, take the run directory, open the logs. `cfg` is a
     /// resolved config. Everything that can refuse the run is checked before anything is written: the run directory
@@ -176,9 +315,6 @@ impl Trainer {
         let data_dir = cfg.data.dir.clone().ok_or(TrainError::NoDataDir)?;
         let (log_dir, checkpoint_root) = (cfg.run.log_dir.clone(), cfg.checkpoint_dir());
 
-        // The run directory: refused now if it is another run's, another process's or not tokenmill's. A resume of
-        // this directory's own checkpoint takes it (lock, marker) at once, because the leftovers of interrupted
-        // checkpoint writes are cleaned before anything looks for the latest checkpoint.
         let claim = match &opts.resume {
             Resume::No => Claim::Fresh { overwrite: opts.overwrite },
             Resume::Latest => Claim::Resume { own: true, overwrite: opts.overwrite },
@@ -188,53 +324,17 @@ impl Trainer {
             },
         };
         let mut notes = Vec::new();
-        let mut taken = None;
-        if rank == 0 {
-            run_dir::check(&log_dir, &checkpoint_root, claim)?;
-            if let (Claim::Resume { own: true, .. }, true) = (claim, checkpoint_root.is_dir()) {
-                let (dir, n) = RunDir::take(&log_dir, &checkpoint_root, claim)?;
-                taken = Some(dir);
-                notes.extend(n);
-                notes.extend(checkpoint::clean_stale(&checkpoint_root)?);
-            }
-        }
-
-        // The data, as far as a resume and the model need it, without opening the loaders yet.
-        let data_vocab = crate::shards::loader::dir_vocab_size(&data_dir)? as usize;
-        if Manifest::path_in(&data_dir).exists() {
-            let m = Manifest::load(&data_dir)?;
-            if !m.finished() && !opts.allow_incomplete_data {
-                return Err(TrainError::IncompleteData {
-                    dir: data_dir.display().to_string(),
-                    shards: m.shards.len(),
-                    tokens: m.shards.iter().map(|s| s.tokens).sum(),
-                });
-            }
-        }
-        let data = DataIdentity::of_dir(&data_dir)?;
-
-        // A resume's checkpoint: read, checked, and reconciled with `cfg` first, so a change it cannot honour is the
-        // first thing said. From here `cfg` is the config in effect.
+        let mut taken = if rank == 0 { claim_run_dir(&log_dir, &checkpoint_root, claim, &mut notes)? } else { None };
+        let (data_vocab, data) = check_data(&data_dir, opts.allow_incomplete_data)?;
         let resume_dir = match &opts.resume {
             Resume::No => None,
             Resume::Latest => Some(checkpoint::latest(&checkpoint_root)?),
             Resume::From(p) => Some(p.clone()),
         };
-        let resume_state = resume_dir.as_deref().map(checkpoint::load_state).transpose()?;
-        if let (Some(dir), Some(state)) = (&resume_dir, &resume_state) {
-            let changes = resume::reconcile(dir, state, &cfg, &data, data_vocab)?;
-            notes.extend(changes.into_iter().map(|c| format!("resume applies {c}")));
-            if state.step >= cfg.optim.max_steps {
-                return Err(TrainError::NothingToTrain {
-                    checkpoint: dir.display().to_string(),
-                    step: state.step,
-                    max_steps: cfg.optim.max_steps,
-                });
-            }
-            if opts.verify {
-                checkpoint::verify(dir, state)?;
-            }
-        }
+        let resume_state = match &resume_dir {
+            Some(dir) => Some(read_resume(dir, &cfg, &data, data_vocab, opts.verify, &mut notes)?),
+            None => None,
+        };
         let model_cfg = match &resume_state {
             Some(s) => s.model.clone(),
             None => cfg.model.resolve(data_vocab)?,
@@ -273,36 +373,9 @@ impl Trainer {
             Err(_) if data_vocab == TokenizerKind::Gpt2.vocab_size() as usize => Some(Tokenizer::gpt2()),
             Err(_) => None,
         };
-        let hellaswag = match (&cfg.eval.hellaswag_file, cfg.eval.hellaswag_every) {
-            (Some(path), every) if every > 0 => {
-                let file = HellaswagFile::open(path)?;
-                file.check_tokenizer(&format!("the data in {}", data_dir.display()), data_vocab, data.tokenizer)?;
-                let n = cfg.eval.hellaswag_limit.unwrap_or(file.len()).min(file.len());
-                Some(file.examples()[..n].to_vec())
-            }
-            _ => None,
-        };
+        let hellaswag = hellaswag_examples(&cfg, &data_dir, data_vocab, &data)?;
 
-        crate::device::set_tf32(cfg.run.tf32);
-        let model = match &resume_dir {
-            Some(dir) => model::load_checkpoint_model(dir, dtype.precision(), &device)?,
-            None => model::build_model(&model_cfg, dtype.precision(), &device, cfg.run.seed)?,
-        };
-        if model.config() != &model_cfg {
-            return Err(TrainError::Resume(format!(
-                "{}: model.safetensors holds a {:?} model but state.json says {:?}",
-                resume_dir.as_deref().unwrap_or(Path::new("?")).display(),
-                model.config(),
-                model_cfg
-            )));
-        }
-        let vars: Vec<_> = model.parameters().into_iter().map(|(_, v)| v).collect();
-        opts.reducer.sync_params(&vars)?;
-        drop(vars);
-        let kind = EngineKind::resolve(cfg.run.engine, &model_cfg, &device, dtype)?;
-        let micro_batch = (cfg.data.micro_batch, cfg.data.seq_len);
-        let adam = AdamWConfig::from_config(&cfg);
-        let mut engine = engine::build(kind, model, &device, micro_batch, adam, &cfg.engine)?;
+        let mut engine = build_engine(&cfg, &model_cfg, resume_dir.as_deref(), &device, dtype, &*opts.reducer)?;
         let mut rng = ChaCha20Rng::seed_from_u64(cfg.run.seed);
         let mut step = 0;
         if let (Some(dir), Some(state)) = (&resume_dir, &resume_state) {
@@ -328,22 +401,7 @@ impl Trainer {
                 // latest one is always the live branch's.
                 notes.extend(checkpoint::abandon_after(&checkpoint_root, step)?);
             }
-            let dir = &log_dir;
-            let log = if resume_dir.is_some() {
-                let (log, dropped) = RunLog::resume(dir, step, opts.echo).map_err(io_err(dir))?;
-                if dropped > 0 {
-                    notes.push(format!(
-                        "dropped {dropped} line(s) of log.txt and metrics.jsonl for steps >= {step}, logged after that \
-                         checkpoint by the run that stopped"
-                    ));
-                }
-                log
-            } else {
-                RunLog::open(dir, opts.echo).map_err(io_err(dir))?
-            };
-            let path = log_dir.join(run_dir::CONFIG_FILE);
-            crate::util::write_atomic(&path, cfg.to_toml().as_bytes()).map_err(io_err(&path))?;
-            Some(log)
+            Some(open_log(&cfg, resume_dir.is_some(), step, opts.echo, &mut notes)?)
         } else {
             None
         };
