@@ -15,9 +15,10 @@ use std::path::Path;
 use candle_core::{DType, Result, Tensor, Var};
 
 use super::attention::{cached_causal_attention, causal_attention_qkv, KvCache};
+use super::decoder::Decoder;
 use super::ops::{self, LAYER_NORM_EPS};
 use super::params::{init_params, params_from_tensors, Init, ParamSpec, ParamTable};
-use super::{check_input, LanguageModel, ModelConfig, ModelError, Precision};
+use super::{check_input, ModelConfig, ModelError, Precision};
 
 /// The parameter list of a GPT-2 of size `cfg`, in checkpoint order (wte, wpe, h.0 ... h.{L-1}, ln_f).
 pub fn param_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
@@ -190,22 +191,9 @@ impl Gpt2 {
             params,
         }
     }
+}
 
-    pub fn precision(&self) -> Precision {
-        self.precision
-    }
-
-    /// Logits `(B, T, V)` in the compute dtype.
-    fn logits(&self, idx: &Tensor) -> Result<Tensor> {
-        ops::linear(&self.hidden(idx)?, &self.wte, None) // tied lm_head: (B, T, C) @ (C, V)
-    }
-
-    /// The final hidden state `(B, T, C)` (after `ln_f`) in the compute dtype: what the tied head multiplies.
-    fn hidden(&self, idx: &Tensor) -> Result<Tensor> {
-        self.hidden_after(idx, None)
-    }
-
-    /// As `hidden`, for positions after those `cache` holds (and appending theirs to it).
+impl Decoder for Gpt2 {
     fn hidden_after(&self, idx: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (_, t) = check_input(idx, &self.cfg)?;
         let past = cache.as_ref().map_or(0, |c| c.seen());
@@ -227,40 +215,19 @@ impl Gpt2 {
         self.ln_f.forward(&x, cd)
     }
 
-    /// The tied head on the last position of `h (B, T, C)` -> logits `(B, V)` in the reduce dtype.
-    fn head_last(&self, h: &Tensor) -> Result<Tensor> {
-        let last = h.narrow(1, h.dim(1)? - 1, 1)?; // (B, 1, C)
-        ops::linear(&last, &self.wte, None)?.squeeze(1)?.to_dtype(self.precision.reduce())
-    }
-}
-
-impl LanguageModel for Gpt2 {
-    fn forward(&self, idx: &Tensor) -> Result<Tensor> {
-        self.logits(idx)?.to_dtype(self.precision.reduce())
+    fn head(&self) -> &Tensor {
+        &self.wte
     }
 
-    fn forward_last(&self, idx: &Tensor) -> Result<Tensor> {
-        self.head_last(&self.hidden(idx)?)
+    fn precision(&self) -> Precision {
+        self.precision
     }
 
-    fn forward_last_cached(&self, idx: &Tensor, cache: &mut KvCache) -> Result<Option<Tensor>> {
-        Ok(Some(self.head_last(&self.hidden_after(idx, Some(cache))?)?))
+    fn named_parameters(&self) -> &[(String, Var)] {
+        &self.params
     }
 
-    fn loss(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        // Head and fused loss together: no (B, T, V) reshapes for autograd to allocate gradients through.
-        ops::lm_head_cross_entropy(&self.hidden(idx)?, &self.wte, targets)
-    }
-
-    fn token_losses(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        super::head_token_losses(&self.hidden(idx)?, &self.wte, targets)
-    }
-
-    fn parameters(&self) -> Vec<(String, Var)> {
-        self.params.clone()
-    }
-
-    fn config(&self) -> &ModelConfig {
+    fn model_config(&self) -> &ModelConfig {
         &self.cfg
     }
 }

@@ -23,9 +23,10 @@ use std::path::Path;
 use candle_core::{DType, Device, Result, Tensor, Var};
 
 use super::attention::{cached_causal_attention, causal_attention, repeat_kv, KvCache};
+use super::decoder::Decoder;
 use super::ops::{self, RMS_NORM_EPS};
 use super::params::{init_params, params_from_tensors, Init, ParamSpec, ParamTable};
-use super::{check_input, LanguageModel, ModelConfig, ModelError, Precision};
+use super::{check_input, ModelConfig, ModelError, Precision};
 
 /// Rotary base frequency of Llama 1/2 (`ModelConfig::rope_theta` unset).
 pub const ROPE_THETA: f64 = super::config::DEFAULT_ROPE_THETA;
@@ -188,22 +189,9 @@ impl Llama {
             sin,
         })
     }
+}
 
-    pub fn precision(&self) -> Precision {
-        self.precision
-    }
-
-    /// Logits `(B, T, V)` in the compute dtype.
-    fn logits(&self, idx: &Tensor) -> Result<Tensor> {
-        ops::linear(&self.hidden(idx)?, &self.lm_head, None) // (B, T, C) @ (C, V)
-    }
-
-    /// The final hidden state `(B, T, C)` (after `norm`) in the compute dtype: what the tied head multiplies.
-    fn hidden(&self, idx: &Tensor) -> Result<Tensor> {
-        self.hidden_after(idx, None)
-    }
-
-    /// As `hidden`, for positions after those `cache` holds (and appending theirs to it).
+impl Decoder for Llama {
     fn hidden_after(&self, idx: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (_, t) = check_input(idx, &self.cfg)?;
         let past = cache.as_ref().map_or(0, |c| c.seen());
@@ -225,40 +213,19 @@ impl Llama {
         ops::rms_norm(&x, &self.norm, RMS_NORM_EPS)?.to_dtype(cd)
     }
 
-    /// The head on the last position of `h (B, T, C)` -> logits `(B, V)` in the reduce dtype.
-    fn head_last(&self, h: &Tensor) -> Result<Tensor> {
-        let last = h.narrow(1, h.dim(1)? - 1, 1)?; // (B, 1, C)
-        ops::linear(&last, &self.lm_head, None)?.squeeze(1)?.to_dtype(self.precision.reduce())
-    }
-}
-
-impl LanguageModel for Llama {
-    fn forward(&self, idx: &Tensor) -> Result<Tensor> {
-        self.logits(idx)?.to_dtype(self.precision.reduce())
+    fn head(&self) -> &Tensor {
+        &self.lm_head
     }
 
-    fn forward_last(&self, idx: &Tensor) -> Result<Tensor> {
-        self.head_last(&self.hidden(idx)?)
+    fn precision(&self) -> Precision {
+        self.precision
     }
 
-    fn forward_last_cached(&self, idx: &Tensor, cache: &mut KvCache) -> Result<Option<Tensor>> {
-        Ok(Some(self.head_last(&self.hidden_after(idx, Some(cache))?)?))
+    fn named_parameters(&self) -> &[(String, Var)] {
+        &self.params
     }
 
-    fn loss(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        // Head and fused loss together: no (B, T, V) reshapes for autograd to allocate gradients through.
-        ops::lm_head_cross_entropy(&self.hidden(idx)?, &self.lm_head, targets)
-    }
-
-    fn token_losses(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        super::head_token_losses(&self.hidden(idx)?, &self.lm_head, targets)
-    }
-
-    fn parameters(&self) -> Vec<(String, Var)> {
-        self.params.clone()
-    }
-
-    fn config(&self) -> &ModelConfig {
+    fn model_config(&self) -> &ModelConfig {
         &self.cfg
     }
 }

@@ -17,6 +17,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 
 pub mod attention;
 pub mod config;
+pub mod decoder;
 mod error;
 pub mod gpt2;
 pub mod hf;
@@ -123,15 +124,6 @@ pub fn param_specs(cfg: &ModelConfig) -> Vec<params::ParamSpec> {
         Architecture::Gpt2 => gpt2::param_specs(cfg),
         Architecture::Llama => llama::param_specs(cfg),
     }
-}
-
-/// `token_losses` for a model whose final hidden state `h (B, T, C)` (compute dtype) meets the head `w (V, C)`:
-/// the logits `(B*T, V)` stay in the compute dtype (bf16 on GPU: half the bytes of forward's f32 logits) and the
-/// fused kernel reduces each row in f32.
-pub(crate) fn head_token_losses(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let (b, t, c) = h.dims3()?;
-    let logits = ops::linear(&h.reshape((b * t, c))?, w, None)?; // (B*T, V)
-    kernels::softmax_cross_entropy(&logits, &targets.flatten_all()?)?.reshape((b, t))
 }
 
 /// A freshly initialised model of `cfg.arch`, reproducible from `seed` (bitwise on CPU).
