@@ -28,6 +28,8 @@ pub mod classifier;
 #[cfg(feature = "cudnn")]
 pub mod cudnn_attn;
 #[cfg(feature = "cuda")]
+pub mod devptr;
+#[cfg(feature = "cuda")]
 pub mod encoder;
 #[cfg(feature = "cuda")]
 pub mod flash_attn;
