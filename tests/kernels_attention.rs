@@ -506,7 +506,8 @@ fn cuda_flash_qkv_matches_cpu() {
 #[test]
 fn cuda_flash_api_variants_write_everything() {
     use half::bf16;
-    use tokenmill::cuda::flash_attn::{Dtype, FlashAttn, Heads, Variant};
+    use tokenmill::cuda::devptr::DevPtr;
+    use tokenmill::cuda::flash_attn::{AttnBwd, FlashAttn, Heads, Variant};
     let Some(dev) = cuda_device() else {
         eprintln!("SKIPPED cuda_flash_api_variants_write_everything: no CUDA device");
         return;
@@ -524,21 +525,21 @@ fn cuda_flash_api_variants_write_everything() {
         for v in Variant::ALL {
             let fa = FlashAttn::with_variant(&stream, v).unwrap();
             let run = || -> (Vec<bf16>, Vec<f32>, Vec<bf16>) {
-                use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut};
                 let mut y = stream.clone_htod(&vec![bf16::NAN; b * t * c]).unwrap();
                 let mut lse = stream.clone_htod(&vec![f32::NAN; b * nh * t]).unwrap();
                 let mut scr = stream.clone_htod(&vec![f32::NAN; FlashAttn::scratch_len(b, t, nh)]).unwrap();
                 let mut dqkv = stream.clone_htod(&vec![bf16::NAN; b * t * 3 * c]).unwrap();
                 {
-                    let (q, _a) = qkv.device_ptr(&stream);
-                    let (g, _b) = dy.device_ptr(&stream);
-                    let (yp, _c) = y.device_ptr_mut(&stream);
-                    let (lp, _d) = lse.device_ptr_mut(&stream);
-                    let (sp, _e) = scr.device_ptr_mut(&stream);
-                    let (dp, _f) = dqkv.device_ptr_mut(&stream);
+                    let (q, _a) = DevPtr::of(&qkv, &stream);
+                    let (g, _b) = DevPtr::of(&dy, &stream);
+                    let (yp, _c) = DevPtr::of_mut(&mut y, &stream);
+                    let (lp, _d) = DevPtr::of_mut(&mut lse, &stream);
+                    let (sp, _e) = DevPtr::of_mut(&mut scr, &stream);
+                    let (dp, _f) = DevPtr::of_mut(&mut dqkv, &stream);
+                    let p = AttnBwd { qkv: q, y: yp, dy: g, lse: lp, dvec_scratch: sp, dqkv: dp };
                     unsafe {
-                        fa.forward_with(Dtype::Bf16, q, yp, lp, b, t, Heads::mha(nh), 64).unwrap();
-                        fa.backward(q, yp, g, lp, sp, dp, b, t, Heads::mha(nh)).unwrap();
+                        fa.forward_with(q, yp, lp, b, t, Heads::mha(nh), 64).unwrap();
+                        fa.backward(p, b, t, Heads::mha(nh)).unwrap();
                     }
                 }
                 (stream.clone_dtoh(&y).unwrap(), stream.clone_dtoh(&lse).unwrap(), stream.clone_dtoh(&dqkv).unwrap())
@@ -566,9 +567,12 @@ fn cuda_flash_api_variants_write_everything() {
     }
     // The launcher refuses what it has no kernels for.
     let fa = FlashAttn::new(&stream).unwrap();
-    let e = unsafe { fa.forward_with(Dtype::Bf16, 16, 16, 16, 1, 8, Heads::mha(1), 128) }.unwrap_err().to_string();
+    // SAFETY: the launcher fails its checks before it launches; these addresses are never dereferenced.
+    let (p8, p16) = unsafe { (DevPtr::<bf16>::from_raw(8), DevPtr::<bf16>::from_raw(16)) };
+    let lse16 = unsafe { DevPtr::<f32>::from_raw(16) };
+    let e = unsafe { fa.forward_with(p16, p16, lse16, 1, 8, Heads::mha(1), 128) }.unwrap_err().to_string();
     assert!(e.contains("head size 64"), "{e}");
-    let e = unsafe { fa.forward(8, 16, 16, 1, 8, Heads::mha(1)) }.unwrap_err().to_string();
+    let e = unsafe { fa.forward(p8, p16, lse16, 1, 8, Heads::mha(1)) }.unwrap_err().to_string();
     assert!(e.contains("qkv") && e.contains("16-byte"), "{e}");
 }
 

@@ -33,13 +33,14 @@ fn cudnn_backend_not_built() {
 mod cudnn {
     use std::sync::Arc;
 
-    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream};
     use candle_core::{DType, Device, Tensor, Var};
     use half::bf16;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
     use tokenmill::cuda::cudnn_attn::CudnnAttn;
-    use tokenmill::cuda::flash_attn::{FlashAttn, Heads};
+    use tokenmill::cuda::devptr::DevPtr;
+    use tokenmill::cuda::flash_attn::{AttnBwd, FlashAttn, Heads};
 
     use super::common::cuda_device;
 
@@ -170,12 +171,13 @@ mod cudnn {
         let mut scr = s.clone_htod(&vec![f32::NAN; FlashAttn::scratch_len(b, t, nh)]).unwrap();
         let mut dqkv = s.clone_htod(&vec![bf16::NAN; b * t * 3 * c]).unwrap();
         {
-            let (q, _a) = d.qkv.device_ptr(s);
-            let (g, _b) = d.dy.device_ptr(s);
-            let (yp, _c) = y.device_ptr_mut(s);
-            let (lp, _d) = lse.device_ptr_mut(s);
-            let (sp, _e) = scr.device_ptr_mut(s);
-            let (dp, _f) = dqkv.device_ptr_mut(s);
+            let (q, _a) = DevPtr::of(&d.qkv, s);
+            let (g, _b) = DevPtr::of(&d.dy, s);
+            let (yp, _c) = DevPtr::of_mut(&mut y, s);
+            let (lp, _d) = DevPtr::of_mut(&mut lse, s);
+            let (sp, _e) = DevPtr::of_mut(&mut scr, s);
+            let (dp, _f) = DevPtr::of_mut(&mut dqkv, s);
+            let p = AttnBwd { qkv: q, y: yp, dy: g, lse: lp, dvec_scratch: sp, dqkv: dp };
             // SAFETY: every buffer was allocated above at the size both APIs document for (b, t, nh, 64).
             unsafe {
                 match fwd {
@@ -183,8 +185,8 @@ mod cudnn {
                     Backend::Cudnn(a) => a.forward(q, yp, lp, b, t, Heads::mha(nh)).unwrap(),
                 }
                 match bwd {
-                    Backend::Native(a) => a.backward(q, yp, g, lp, sp, dp, b, t, Heads::mha(nh)).unwrap(),
-                    Backend::Cudnn(a) => a.backward(q, yp, g, lp, sp, dp, b, t, Heads::mha(nh)).unwrap(),
+                    Backend::Native(a) => a.backward(p, b, t, Heads::mha(nh)).unwrap(),
+                    Backend::Cudnn(a) => a.backward(p, b, t, Heads::mha(nh)).unwrap(),
                 }
             }
         }
@@ -245,7 +247,10 @@ mod cudnn {
         }
         println!("cudnn plans:\n{}", cudnn.describe().unwrap());
         // Shapes the shim refuses come back as errors naming them, not crashes.
-        let e = unsafe { cudnn.forward(8, 16, 16, 1, 8, Heads::mha(1)) }.unwrap_err().to_string();
+        // SAFETY: the launcher fails its checks before it calls cuDNN; these addresses are never dereferenced.
+        let (p8, p16, l16) =
+            unsafe { (DevPtr::<bf16>::from_raw(8), DevPtr::<bf16>::from_raw(16), DevPtr::<f32>::from_raw(16)) };
+        let e = unsafe { cudnn.forward(p8, p16, l16, 1, 8, Heads::mha(1)) }.unwrap_err().to_string();
         assert!(e.contains("qkv") && e.contains("16-byte"), "{e}");
         let e = cudnn.prepare(0, 8, Heads::mha(1)).unwrap_err().to_string();
         assert!(e.contains("B=0"), "{e}");
@@ -389,7 +394,7 @@ mod cudnn {
                     }
                 }
             }
-            let run = |fwd_bwd: &dyn Fn(u64, u64, u64, u64, u64, u64), q: &[bf16], width: usize| {
+            let run = |fwd_bwd: &dyn Fn(AttnBwd<bf16>), q: &[bf16], width: usize| {
                 let qd = stream.clone_htod(q).unwrap();
                 let gd = stream.clone_htod(&dy).unwrap();
                 let mut y = stream.clone_htod(&vec![bf16::NAN; b * t * c]).unwrap();
@@ -397,13 +402,13 @@ mod cudnn {
                 let mut scr = stream.clone_htod(&vec![f32::NAN; FlashAttn::scratch_len(b, t, nh)]).unwrap();
                 let mut dq = stream.clone_htod(&vec![bf16::NAN; b * t * width]).unwrap();
                 {
-                    let (qp, _a) = qd.device_ptr(&stream);
-                    let (gp, _b) = gd.device_ptr(&stream);
-                    let (yp, _c) = y.device_ptr_mut(&stream);
-                    let (lp, _d) = lse.device_ptr_mut(&stream);
-                    let (sp, _e) = scr.device_ptr_mut(&stream);
-                    let (dp, _f) = dq.device_ptr_mut(&stream);
-                    fwd_bwd(qp, gp, yp, lp, sp, dp);
+                    let (qkv, _a) = DevPtr::of(&qd, &stream);
+                    let (dy, _b) = DevPtr::of(&gd, &stream);
+                    let (y, _c) = DevPtr::of_mut(&mut y, &stream);
+                    let (lse, _d) = DevPtr::of_mut(&mut lse, &stream);
+                    let (dvec_scratch, _e) = DevPtr::of_mut(&mut scr, &stream);
+                    let (dqkv, _f) = DevPtr::of_mut(&mut dq, &stream);
+                    fwd_bwd(AttnBwd { qkv, y, dy, lse, dvec_scratch, dqkv });
                 }
                 let f = |v: Vec<bf16>| v.into_iter().map(|x| x.to_f64()).collect::<Vec<f64>>();
                 (f(stream.clone_dtoh(&y).unwrap()), f(stream.clone_dtoh(&dq).unwrap()))
@@ -411,9 +416,9 @@ mod cudnn {
             let gqa = Heads { q: nh, kv: nkv };
             // SAFETY (each closure): `run` allocated every buffer at the size the APIs document for these heads.
             let (y_ref, d_wide) = run(
-                &|q, gr, y, l, s, d| unsafe {
-                    native.forward(q, y, l, b, t, Heads::mha(nh)).unwrap();
-                    native.backward(q, y, gr, l, s, d, b, t, Heads::mha(nh)).unwrap();
+                &|p| unsafe {
+                    native.forward(p.qkv, p.y, p.lse, b, t, Heads::mha(nh)).unwrap();
+                    native.backward(p, b, t, Heads::mha(nh)).unwrap();
                 },
                 &wide,
                 3 * c,
@@ -433,15 +438,15 @@ mod cudnn {
             let label = format!("B={b} NH={nh} KV={nkv} T={t}");
             let scale = |x: &[f64]| x.iter().fold(0.0f64, |m, v| m.max(v.abs()));
             for (name, backend) in [("native", Backend::Native(&native)), ("cudnn", Backend::Cudnn(&cudnn))] {
-                let go = |q: u64, gr: u64, y: u64, l: u64, s: u64, d: u64| unsafe {
+                let go = |p: AttnBwd<bf16>| unsafe {
                     match &backend {
                         Backend::Native(a) => {
-                            a.forward(q, y, l, b, t, gqa).unwrap();
-                            a.backward(q, y, gr, l, s, d, b, t, gqa).unwrap();
+                            a.forward(p.qkv, p.y, p.lse, b, t, gqa).unwrap();
+                            a.backward(p, b, t, gqa).unwrap();
                         }
                         Backend::Cudnn(a) => {
-                            a.forward(q, y, l, b, t, gqa).unwrap();
-                            a.backward(q, y, gr, l, s, d, b, t, gqa).unwrap();
+                            a.forward(p.qkv, p.y, p.lse, b, t, gqa).unwrap();
+                            a.backward(p, b, t, gqa).unwrap();
                         }
                     }
                 };

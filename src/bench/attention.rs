@@ -149,11 +149,12 @@ mod gpu {
 
     use anyhow::Context;
     use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
-    use candle_core::cuda_backend::cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+    use candle_core::cuda_backend::cudarc::driver::{CudaContext, CudaSlice, CudaStream};
     use half::bf16;
 
     use super::{AttnTiming, Backend, SHAPES};
-    use crate::cuda::flash_attn::{check_dims, Dtype, FlashAttn, Heads, Variant};
+    use crate::cuda::devptr::DevPtr;
+    use crate::cuda::flash_attn::{check_dims, AttnBwd, FlashAttn, Heads, Variant};
 
     /// Random bf16 in [-1, 1) from a fixed xorshift stream.
     fn random_bf16(n: usize, seed: u64) -> Vec<bf16> {
@@ -242,22 +243,20 @@ mod gpu {
             let d = check_dims(b, t, Heads::mha(nh), hs)?;
             let s = &stream;
             let bf = &mut bufs;
-            let (qkv, _a) = bf.qkv.device_ptr(s);
-            let (dy, _b) = bf.dy.device_ptr(s);
-            let (y, _c) = bf.y.device_ptr_mut(s);
-            let (dqkv, _d) = bf.dqkv.device_ptr_mut(s);
-            let (lse, _e) = bf.lse.device_ptr_mut(s);
-            let (scr, _f) = bf.scratch.device_ptr_mut(s);
+            let (qkv, _a) = DevPtr::of(&bf.qkv, s);
+            let (dy, _b) = DevPtr::of(&bf.dy, s);
+            let (y, _c) = DevPtr::of_mut(&mut bf.y, s);
+            let (dqkv, _d) = DevPtr::of_mut(&mut bf.dqkv, s);
+            let (lse, _e) = DevPtr::of_mut(&mut bf.lse, s);
+            let (dvec_scratch, _f) = DevPtr::of_mut(&mut bf.scratch, s);
+            let p = AttnBwd { qkv, y, dy, lse, dvec_scratch, dqkv };
             for (fa, v) in kernels.iter().zip(&variants) {
-                let dt = Dtype::Bf16;
                 // SAFETY: every buffer above was allocated at the size the flash_attn API documents for (b, t, nh, hs).
                 let fwd_ms =
-                    time(s, warmup, reps, || unsafe { fa.forward_with(dt, qkv, y, lse, b, t, Heads::mha(nh), hs) })?;
-                let bwd_ms = time(s, warmup, reps, || unsafe {
-                    fa.backward_with(dt, qkv, y, dy, lse, scr, dqkv, b, t, Heads::mha(nh), hs)
-                })?;
-                let dq_ms = time(s, warmup, reps, || unsafe { fa.launch_dq(qkv, y, dy, lse, scr, dqkv, d, dt) })?;
-                let dkdv_ms = time(s, warmup, reps, || unsafe { fa.launch_dkdv(qkv, dy, lse, scr, dqkv, d, dt) })?;
+                    time(s, warmup, reps, || unsafe { fa.forward_with(qkv, y, lse, b, t, Heads::mha(nh), hs) })?;
+                let bwd_ms = time(s, warmup, reps, || unsafe { fa.backward_with(p, b, t, Heads::mha(nh), hs) })?;
+                let dq_ms = time(s, warmup, reps, || unsafe { fa.launch_dq(&p, d) })?;
+                let dkdv_ms = time(s, warmup, reps, || unsafe { fa.launch_dkdv(&p, d) })?;
                 let row = AttnTiming { b, t, nh, hs, variant: v.label(), fwd_ms, bwd_ms, dq_ms, dkdv_ms };
                 eprintln!("{}", super::report(std::slice::from_ref(&row)).lines().nth(1).unwrap_or_default());
                 rows.push(row);
@@ -267,8 +266,7 @@ mod gpu {
                 att.prepare(b, t, Heads::mha(nh))?;
                 // SAFETY: the buffers were allocated at the sizes the cudnn_attn API documents for (b, t, nh, 64).
                 let fwd_ms = time(s, warmup, reps, || unsafe { att.forward(qkv, y, lse, b, t, Heads::mha(nh)) })?;
-                let bwd_ms =
-                    time(s, warmup, reps, || unsafe { att.backward(qkv, y, dy, lse, 0, dqkv, b, t, Heads::mha(nh)) })?;
+                let bwd_ms = time(s, warmup, reps, || unsafe { att.backward(p, b, t, Heads::mha(nh)) })?;
                 let (dq_ms, dkdv_ms) = (f64::NAN, f64::NAN);
                 let row = AttnTiming { b, t, nh, hs, variant: label.to_string(), fwd_ms, bwd_ms, dq_ms, dkdv_ms };
                 eprintln!("{}", super::report(std::slice::from_ref(&row)).lines().nth(1).unwrap_or_default());

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use candle_core::cuda_backend::cudarc::driver::{CudaStream, PushKernelArg};
 use candle_core::Result;
+use half::bf16;
 
+use super::devptr::DevPtr;
 use super::launch::{blocks, cfg, go, Module};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/activation.ptx"));
@@ -30,7 +32,7 @@ impl Gelu {
     ///
     /// # Safety
     /// `x`, `y` hold n bf16, 16-byte aligned.
-    pub unsafe fn forward(&self, x: u64, y: u64, n: usize) -> Result<()> {
+    pub unsafe fn forward(&self, x: DevPtr<bf16>, y: DevPtr<bf16>, n: usize) -> Result<()> {
         Self::check(n)?;
         let n_i = n as i64;
         let mut a = self.module.args("gelu_fwd_bf16")?;
@@ -42,7 +44,7 @@ impl Gelu {
     ///
     /// # Safety
     /// All hold n bf16, 16-byte aligned.
-    pub unsafe fn backward(&self, x: u64, dy: u64, dx: u64, n: usize) -> Result<()> {
+    pub unsafe fn backward(&self, x: DevPtr<bf16>, dy: DevPtr<bf16>, dx: DevPtr<bf16>, n: usize) -> Result<()> {
         Self::check(n)?;
         let n_i = n as i64;
         let mut a = self.module.args("gelu_bwd_bf16")?;

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use candle_core::cuda_backend::cudarc::driver::{CudaStream, PushKernelArg};
 use candle_core::Result;
+use half::bf16;
 
+use super::devptr::DevPtr;
 use super::launch::{blocks, cfg, go, Module};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/adamw.ptx"));
@@ -28,6 +30,16 @@ pub struct AdamWStep {
     pub eps: f32,
 }
 
+/// One tensor's buffers for an update: the f32 master weights, gradient and moments, and the bf16 working copy.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWTensor {
+    pub p: DevPtr<f32>,
+    pub grad: DevPtr<f32>,
+    pub m: DevPtr<f32>,
+    pub v: DevPtr<f32>,
+    pub p16: DevPtr<bf16>,
+}
+
 pub struct AdamWKernels {
     module: Module,
 }
@@ -43,7 +55,14 @@ impl AdamWKernels {
     ///
     /// # Safety
     /// `grad` holds n f32, `out` two.
-    pub unsafe fn grad_norm(&self, grad: u64, n: usize, partial: u64, out: u64, max_norm: f32) -> Result<()> {
+    pub unsafe fn grad_norm(
+        &self,
+        grad: DevPtr<f32>,
+        n: usize,
+        partial: DevPtr<f32>,
+        out: DevPtr<f32>,
+        max_norm: f32,
+    ) -> Result<()> {
         let n_i = n as i64;
         let mut a = self.module.args("grad_norm_partial")?;
         a.arg(&grad).arg(&partial).arg(&n_i);
@@ -57,16 +76,16 @@ impl AdamWKernels {
     /// scalar at `coef`; writes `p16 = bf16(p)`.
     ///
     /// # Safety
-    /// `p`, `grad`, `m`, `v` hold n f32, `p16` n bf16, `coef` one f32.
-    #[allow(clippy::too_many_arguments)]
+    /// `t`'s `p`, `grad`, `m`, `v` hold n f32, its `p16` n bf16, `coef` one f32.
     pub unsafe fn step(
         &self,
-        (p, grad, m, v, p16): (u64, u64, u64, u64, u64),
-        coef: u64,
+        t: AdamWTensor,
+        coef: DevPtr<f32>,
         n: usize,
         n_decay: usize,
         h: &AdamWStep,
     ) -> Result<()> {
+        let AdamWTensor { p, grad, m, v, p16 } = t;
         let (n_i, nd_i) = (n as i64, n_decay as i64);
         let mut a = self.module.args("adamw_step")?;
         a.arg(&p).arg(&grad).arg(&m).arg(&v).arg(&p16).arg(&coef).arg(&n_i).arg(&nd_i);
@@ -78,7 +97,7 @@ impl AdamWKernels {
     ///
     /// # Safety
     /// `x` holds n f32, `y` n bf16.
-    pub unsafe fn cast_bf16(&self, x: u64, y: u64, n: usize) -> Result<()> {
+    pub unsafe fn cast_bf16(&self, x: DevPtr<f32>, y: DevPtr<bf16>, n: usize) -> Result<()> {
         let n_i = n as i64;
         let mut a = self.module.args("cast_f32_bf16")?;
         a.arg(&x).arg(&y).arg(&n_i);

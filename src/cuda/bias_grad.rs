@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use candle_core::cuda_backend::cudarc::driver::{CudaStream, PushKernelArg};
 use candle_core::Result;
+use half::bf16;
 
+use super::devptr::DevPtr;
 use super::launch::{blocks, cfg, go, int, Module};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/bias_grad.ptx"));
@@ -31,7 +33,14 @@ impl BiasGrad {
     ///
     /// # Safety
     /// `dy` holds n * oc bf16 (16-byte aligned rows: oc a multiple of 8), `db` oc f32, `scratch` `scratch_len(oc)`.
-    pub unsafe fn accumulate(&self, dy: u64, db: u64, scratch: u64, n: usize, oc: usize) -> Result<()> {
+    pub unsafe fn accumulate(
+        &self,
+        dy: DevPtr<bf16>,
+        db: DevPtr<f32>,
+        scratch: DevPtr<f32>,
+        n: usize,
+        oc: usize,
+    ) -> Result<()> {
         if !oc.is_multiple_of(8) {
             candle_core::bail!("bias gradient: width {oc} must be a multiple of 8");
         }
@@ -48,7 +57,7 @@ impl BiasGrad {
     ///
     /// # Safety
     /// Both hold oc f32.
-    pub unsafe fn add(&self, src: u64, db: u64, oc: usize) -> Result<()> {
+    pub unsafe fn add(&self, src: DevPtr<f32>, db: DevPtr<f32>, oc: usize) -> Result<()> {
         let (oc_i, one) = (int(oc, "width")?, 1i32);
         let mut a = self.module.args("bias_grad_reduce")?;
         a.arg(&src).arg(&db).arg(&one).arg(&oc_i);

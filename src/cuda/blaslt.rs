@@ -22,7 +22,9 @@ use candle_core::cuda_backend::cudarc::cublaslt::{result, sys};
 use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use candle_core::{Error, Result};
+use half::bf16;
 
+use super::devptr::DevPtr;
 use super::gemm_table::{self, GemmShape, GemmTable, TunedShape, CANDIDATES};
 
 /// Workspace for the split-K and stream-K algorithms (llm.c's size).
@@ -33,6 +35,42 @@ pub const WORKSPACE_BYTES: usize = 32 << 20;
 pub enum Ty {
     Bf16,
     F32,
+}
+
+/// An element type D (and C) may have: what `DevPtr<T>` a product writes.
+pub trait GemmOut {
+    const TY: Ty;
+}
+
+impl GemmOut for bf16 {
+    const TY: Ty = Ty::Bf16;
+}
+
+impl GemmOut for f32 {
+    const TY: Ty = Ty::F32;
+}
+
+/// A bias vector of either type.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum BiasPtr {
+    Bf16(DevPtr<bf16>),
+    F32(DevPtr<f32>),
+}
+
+impl BiasPtr {
+    fn ty(self) -> Ty {
+        match self {
+            BiasPtr::Bf16(_) => Ty::Bf16,
+            BiasPtr::F32(_) => Ty::F32,
+        }
+    }
+
+    fn raw(self) -> u64 {
+        match self {
+            BiasPtr::Bf16(p) => p.raw(),
+            BiasPtr::F32(p) => p.raw(),
+        }
+    }
 }
 
 impl Ty {
@@ -48,24 +86,23 @@ impl Ty {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Epilogue {
     None,
-    /// `+ bias[row]` (length m) of type `ty`.
+    /// `+ bias[row]` (length m), bf16 or f32.
     Bias {
-        bias: u64,
-        ty: Ty,
+        bias: BiasPtr,
     },
     /// `gelu(A B + bias)` stored in D, and `A B + bias` stored in `aux` (bf16, `m x n`, ld m) for the backward.
     GeluAuxBias {
-        bias: u64,
-        aux: u64,
+        bias: DevPtr<bf16>,
+        aux: DevPtr<bf16>,
     },
     /// `(A B) * gelu'(aux)`: the GELU backward fused into the product that computes its input gradient.
     DGelu {
-        aux: u64,
+        aux: DevPtr<bf16>,
     },
     /// Also write the sums of op(B) over k (one per column of D, f32) to `grad`: a linear layer's bias gradient
     /// computed by its weight-gradient product, which reads dout anyway. Overwrites `grad`.
     BGradB {
-        grad: u64,
+        grad: DevPtr<f32>,
     },
 }
 
@@ -78,8 +115,8 @@ impl Epilogue {
     fn kind(&self) -> u8 {
         match self {
             Epilogue::None => 0,
-            Epilogue::Bias { ty: Ty::Bf16, .. } => 1,
-            Epilogue::Bias { ty: Ty::F32, .. } => 2,
+            Epilogue::Bias { bias: BiasPtr::Bf16(_) } => 1,
+            Epilogue::Bias { bias: BiasPtr::F32(_) } => 2,
             Epilogue::GeluAuxBias { .. } => 3,
             Epilogue::DGelu { .. } => 4,
             Epilogue::BGradB { .. } => 5,
@@ -87,8 +124,9 @@ impl Epilogue {
     }
 }
 
-/// One product `D = op(A) op(B) [+ C]` in cuBLAS terms (column-major, see the module doc); pointers are raw device
-/// addresses, the matrices' 256-byte aligned (what the heuristic assumes by default).
+/// One product `D = op(A) op(B) [+ C]` in cuBLAS terms (column-major, see the module doc); the matrices 256-byte
+/// aligned (what the heuristic assumes by default). A and B are bf16; D and C, whose type `d_type` says, are kept
+/// as raw addresses and set only through the typed constructors and [`Gemm::writing`] / [`Gemm::plus`].
 #[derive(Clone, Copy, Debug)]
 pub struct Gemm {
     pub m: usize,
@@ -96,21 +134,29 @@ pub struct Gemm {
     pub k: usize,
     pub trans_a: bool,
     pub trans_b: bool,
-    pub a: u64,
+    a: DevPtr<bf16>,
     pub lda: usize,
-    pub b: u64,
+    b: DevPtr<bf16>,
     pub ldb: usize,
-    pub d: u64,
+    d: u64,
     pub ldd: usize,
-    pub d_type: Ty,
+    d_type: Ty,
     /// `Some(c)`: add C (D's type and layout; `c == d` accumulates in place). `None`: overwrite D.
-    pub c: Option<u64>,
+    c: Option<u64>,
     pub epilogue: Epilogue,
 }
 
 impl Gemm {
-    /// Forward of a linear layer on row-major buffers: `out (N, OC) = inp (N, IC) @ w (OC, IC)^T`.
-    pub fn linear_forward(inp: u64, w: u64, out: u64, n: usize, ic: usize, oc: usize, out_type: Ty) -> Gemm {
+    /// Forward of a linear layer on row-major buffers: `out (N, OC) = inp (N, IC) @ w (OC, IC)^T`, `out` bf16 or
+    /// f32.
+    pub fn linear_forward<D: GemmOut>(
+        inp: DevPtr<bf16>,
+        w: DevPtr<bf16>,
+        out: DevPtr<D>,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> Gemm {
         Gemm {
             m: oc,
             n,
@@ -121,16 +167,23 @@ impl Gemm {
             lda: ic,
             b: inp,
             ldb: ic,
-            d: out,
+            d: out.raw(),
             ldd: oc,
-            d_type: out_type,
+            d_type: D::TY,
             c: None,
             epilogue: Epilogue::None,
         }
     }
 
     /// Input gradient of a linear layer: `dinp (N, IC) = dout (N, OC) @ w (OC, IC)`.
-    pub fn linear_dinput(dout: u64, w: u64, dinp: u64, n: usize, ic: usize, oc: usize) -> Gemm {
+    pub fn linear_dinput(
+        dout: DevPtr<bf16>,
+        w: DevPtr<bf16>,
+        dinp: DevPtr<bf16>,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> Gemm {
         Gemm {
             m: ic,
             n,
@@ -141,7 +194,7 @@ impl Gemm {
             lda: ic,
             b: dout,
             ldb: oc,
-            d: dinp,
+            d: dinp.raw(),
             ldd: ic,
             d_type: Ty::Bf16,
             c: None,
@@ -150,7 +203,14 @@ impl Gemm {
     }
 
     /// Weight gradient of a linear layer, accumulated in f32: `dw (OC, IC) += dout (N, OC)^T @ inp (N, IC)`.
-    pub fn linear_dweight(dout: u64, inp: u64, dw: u64, n: usize, ic: usize, oc: usize) -> Gemm {
+    pub fn linear_dweight(
+        dout: DevPtr<bf16>,
+        inp: DevPtr<bf16>,
+        dw: DevPtr<f32>,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> Gemm {
         Gemm {
             m: ic,
             n: oc,
@@ -161,10 +221,10 @@ impl Gemm {
             lda: ic,
             b: dout,
             ldb: oc,
-            d: dw,
+            d: dw.raw(),
             ldd: ic,
             d_type: Ty::F32,
-            c: Some(dw),
+            c: Some(dw.raw()),
             epilogue: Epilogue::None,
         }
     }
@@ -174,10 +234,24 @@ impl Gemm {
         self
     }
 
-    /// Add C (same type and layout as D) to the product.
-    pub fn plus(mut self, c: u64) -> Gemm {
-        self.c = Some(c);
+    /// Add C (same type and layout as D: a C of another type is a bug in the caller) to the product.
+    pub fn plus<D: GemmOut>(mut self, c: DevPtr<D>) -> Gemm {
+        assert_eq!(D::TY, self.d_type, "cuBLASLt: C must have D's type");
+        self.c = Some(c.raw());
         self
+    }
+
+    /// The same product written to `d` instead (D's type is `d`'s; a C, if any, is kept and must match).
+    pub fn writing<D: GemmOut>(mut self, d: DevPtr<D>) -> Gemm {
+        assert!(self.c.is_none() || D::TY == self.d_type, "cuBLASLt: C must have D's type");
+        self.d = d.raw();
+        self.d_type = D::TY;
+        self
+    }
+
+    /// B, the bf16 matrix the product reads on the right (a linear layer's dout in `linear_dweight`).
+    pub fn b(&self) -> DevPtr<bf16> {
+        self.b
     }
 
     fn key(&self) -> Key {
@@ -416,8 +490,8 @@ impl BlasLt {
             };
             set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE, &(epi as i32))?;
             match g.epilogue {
-                Epilogue::Bias { ty, .. } => {
-                    set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &(ty.cuda() as i32))?
+                Epilogue::Bias { bias } => {
+                    set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &(bias.ty().cuda() as i32))?
                 }
                 Epilogue::GeluAuxBias { .. } => {
                     set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &(Ty::Bf16.cuda() as i32))?;
@@ -488,13 +562,13 @@ impl BlasLt {
         use sys::cublasLtMatmulDescAttributes_t as A;
         match g.epilogue {
             Epilogue::None => {}
-            Epilogue::Bias { bias, .. } => set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)?,
+            Epilogue::Bias { bias } => set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias.raw())?,
             Epilogue::GeluAuxBias { bias, aux } => {
-                set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)?;
-                set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux)?;
+                set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias.raw())?;
+                set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux.raw())?;
             }
-            Epilogue::DGelu { aux } => set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux)?,
-            Epilogue::BGradB { grad } => set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &grad)?,
+            Epilogue::DGelu { aux } => set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux.raw())?,
+            Epilogue::BGradB { grad } => set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &grad.raw())?,
         }
         Ok(())
     }
@@ -506,7 +580,7 @@ impl BlasLt {
     /// the given dims and leading dimensions, and stays valid until the stream has run the product.
     pub unsafe fn matmul(&mut self, g: &Gemm) -> Result<()> {
         // The heuristic assumes 256-byte aligned matrices unless told otherwise (its default preference).
-        for (what, p) in [("A", g.a), ("B", g.b), ("C", g.c.unwrap_or(g.d)), ("D", g.d)] {
+        for (what, p) in [("A", g.a.raw()), ("B", g.b.raw()), ("C", g.c.unwrap_or(g.d)), ("D", g.d)] {
             if p % 256 != 0 {
                 candle_core::bail!("cuBLASLt matmul: {what} at {p:#x} is not 256-byte aligned");
             }
@@ -532,9 +606,9 @@ impl BlasLt {
             desc,
             &alpha as *const f32 as *const c_void,
             &beta as *const f32 as *const c_void,
-            g.a as *const c_void,
+            g.a.raw() as *const c_void,
             a_l,
-            g.b as *const c_void,
+            g.b.raw() as *const c_void,
             b_l,
             c as *const c_void,
             d_l,

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use candle_core::cuda_backend::cudarc::driver::{CudaStream, PushKernelArg};
 use candle_core::Result;
+use half::bf16;
 
+use super::devptr::DevPtr;
 use super::launch::{cfg, go, int, Module};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/classifier.ptx"));
@@ -29,9 +31,9 @@ impl Classifier {
     /// Pointers address device buffers of the stated sizes; every target is `< v`; `logits` is 16-byte aligned.
     pub unsafe fn forward_backward(
         &self,
-        logits: u64,
-        targets: u64,
-        loss: u64,
+        logits: DevPtr<bf16>,
+        targets: DevPtr<u32>,
+        loss: DevPtr<f32>,
         rows: usize,
         v: usize,
         dscale: f32,
@@ -50,7 +52,7 @@ impl Classifier {
     ///
     /// # Safety
     /// `loss` holds n f32, `acc` one.
-    pub unsafe fn sum_into(&self, loss: u64, acc: u64, n: usize, scale: f32) -> Result<()> {
+    pub unsafe fn sum_into(&self, loss: DevPtr<f32>, acc: DevPtr<f32>, n: usize, scale: f32) -> Result<()> {
         let n_i = int(n, "loss rows")?;
         let mut a = self.module.args("loss_reduce")?;
         a.arg(&loss).arg(&acc).arg(&n_i).arg(&scale);

@@ -8,10 +8,10 @@
 //! ```text
 //! let att = CudnnAttn::new(&stream)?;                       // a cudnnHandle on `stream`; deterministic backward
 //! unsafe { att.forward(qkv, y, lse, b, t, heads)? };         // heads: flash_attn::Heads { q: NH, kv: NKV }
-//! unsafe { att.backward(qkv, y, dy, lse, 0, dqkv, b, t, heads)? };   // the scratch argument is not used
+//! unsafe { att.backward(AttnBwd { qkv, y, dy, lse, dvec_scratch, dqkv }, b, t, heads)? };   // the scratch is not used
 //! att.prepare(b, t, heads)?;                                  // build both graphs now (else on first use)
 //! ```
-//! Buffers (device pointers as `u64`, C = NH * 64, W = (NH + 2 NKV) * 64, bf16 unless stated): `qkv (B, T, W)`
+//! Buffers (typed device pointers, C = NH * 64, W = (NH + 2 NKV) * 64, bf16 unless stated): `qkv (B, T, W)`
 //! (flash_attn's layout); `y (B, T, C)`; `lse (B, NH, T)` f32, the natural-log logsumexp of the scaled scores per
 //! query row (cuDNN's "Stats", the same quantity flash_attn writes); `dy (B, T, C)`; `dqkv (B, T, W)` written
 //! whole. cuDNN reads q, k, v and writes dq, dk, dv in place through strides: no copies.
@@ -32,8 +32,10 @@ use std::sync::Arc;
 
 use candle_core::cuda_backend::cudarc::driver::CudaStream;
 use candle_core::{Error, Result};
+use half::bf16;
 
-use super::flash_attn::Heads;
+use super::devptr::DevPtr;
+use super::flash_attn::{AttnBwd, Heads};
 
 /// The head size of the GPT-2 calls (`forward` / `backward`), as flash_attn's.
 pub const HEAD_SIZE: usize = 64;
@@ -203,8 +205,17 @@ impl CudnnAttn {
     /// # Safety
     /// Each pointer addresses a live device allocation of at least the size the module doc gives for it, in the
     /// context of this object's stream; `y` and `lse` do not overlap `qkv` or each other.
-    pub unsafe fn forward(&self, qkv: u64, y: u64, lse: u64, b: usize, t: usize, heads: Heads) -> Result<()> {
+    pub unsafe fn forward(
+        &self,
+        qkv: DevPtr<bf16>,
+        y: DevPtr<bf16>,
+        lse: DevPtr<f32>,
+        b: usize,
+        t: usize,
+        heads: Heads,
+    ) -> Result<()> {
         let (bi, ti, nhi, nkvi) = check_dims(b, t, heads)?;
+        let (qkv, y, lse) = (qkv.raw(), y.raw(), lse.raw());
         check_align(&[("qkv", qkv), ("y", y), ("lse", lse)])?;
         bind(&self.stream)?;
         let stream = self.stream.cu_stream() as *mut c_void;
@@ -231,26 +242,15 @@ impl CudnnAttn {
         )
     }
 
-    /// Backward: `dqkv (B, T, W)` from `qkv`, the forward's `y` and `lse`, and `dy (B, T, C)`. `_dvec_scratch`
-    /// is flash_attn's scratch argument, unused here (any value, 0 included).
+    /// Backward: `dqkv (B, T, W)` from `qkv`, the forward's `y` and `lse`, and `dy (B, T, C)`. `dvec_scratch` is
+    /// flash_attn's scratch, unused here (any value, null included).
     ///
     /// # Safety
     /// As [`CudnnAttn::forward`]; `lse` holds this backend's forward output for these `qkv`; `dqkv` overlaps none
     /// of the inputs.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn backward(
-        &self,
-        qkv: u64,
-        y: u64,
-        dy: u64,
-        lse: u64,
-        _dvec_scratch: u64,
-        dqkv: u64,
-        b: usize,
-        t: usize,
-        heads: Heads,
-    ) -> Result<()> {
+    pub unsafe fn backward(&self, p: AttnBwd<bf16>, b: usize, t: usize, heads: Heads) -> Result<()> {
         let (bi, ti, nhi, nkvi) = check_dims(b, t, heads)?;
+        let (qkv, y, dy, lse, dqkv) = (p.qkv.raw(), p.y.raw(), p.dy.raw(), p.lse.raw(), p.dqkv.raw());
         check_align(&[("qkv", qkv), ("y", y), ("dy", dy), ("lse", lse), ("dqkv", dqkv)])?;
         bind(&self.stream)?;
         let stream = self.stream.cu_stream() as *mut c_void;

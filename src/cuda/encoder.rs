@@ -8,10 +8,20 @@ use std::sync::Arc;
 use candle_core::cuda_backend::cudarc::driver::{CudaStream, PushKernelArg};
 use candle_core::Result;
 
+use super::devptr::DevPtr;
 use super::launch::{blocks, cfg, go, int, Module};
 pub use crate::model::kernels::embedding::IdGroups;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/encoder.ptx"));
+
+/// A batch's `IdGroups` on the device: `rows` (N u32), `start`, `id`, and how many groups there are.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceIdGroups {
+    pub rows: DevPtr<u32>,
+    pub start: DevPtr<u32>,
+    pub id: DevPtr<u32>,
+    pub n_groups: usize,
+}
 
 pub struct Encoder {
     module: Module,
@@ -27,16 +37,13 @@ impl Encoder {
     ///
     /// # Safety
     /// Pointers address device buffers of the stated sizes; ids < V; C a multiple of 4, rows 16-byte aligned.
-    #[allow(clippy::too_many_arguments)]
     pub unsafe fn forward(
         &self,
-        idx: u64,
-        wte: u64,
-        wpe: Option<u64>,
-        x: u64,
-        b: usize,
-        t: usize,
-        c: usize,
+        idx: DevPtr<u32>,
+        wte: DevPtr<f32>,
+        wpe: Option<DevPtr<f32>>,
+        x: DevPtr<f32>,
+        (b, t, c): (usize, usize, usize),
     ) -> Result<()> {
         let n = b * t;
         let (n_i, t_i, c_i) = (int(n, "tokens")?, int(t, "T")?, int(c, "C")?);
@@ -52,21 +59,19 @@ impl Encoder {
     }
 
     /// `dwte[id] += grouped sums of dx`, `dwpe[t] += sum_b dx[b, t]` (with a position table). `groups` on the
-    /// device as `IdGroups` lays them out: `rows` (N u32) at `rows`, `start` at `start`, `id` at `id`.
+    /// device as `IdGroups` lays them out.
     ///
     /// # Safety
     /// Pointers address device buffers of the stated sizes, the groups those of this batch's ids.
-    #[allow(clippy::too_many_arguments)]
     pub unsafe fn backward(
         &self,
-        (rows, start, id, n_groups): (u64, u64, u64, usize),
-        dx: u64,
-        dwte: u64,
-        dwpe: Option<u64>,
-        b: usize,
-        t: usize,
-        c: usize,
+        groups: DeviceIdGroups,
+        dx: DevPtr<f32>,
+        dwte: DevPtr<f32>,
+        dwpe: Option<DevPtr<f32>>,
+        (b, t, c): (usize, usize, usize),
     ) -> Result<()> {
+        let DeviceIdGroups { rows, start, id, n_groups } = groups;
         let (b_i, t_i, c_i) = (int(b, "B")?, int(t, "T")?, int(c, "C")?);
         if n_groups > 0 {
             let g = u32::try_from(n_groups).map_err(|_| candle_core::Error::Msg("too many id groups".into()))?;

@@ -9,12 +9,13 @@
 //! let heads = Heads { q: nh, kv: nkv };                   // Heads::mha(nh) without grouping
 //! unsafe { fa.forward(qkv, y, lse, b, t, heads)? };       // bf16, hs = 64: the decoder engine's calls
 //! let scratch = FlashAttn::scratch_len(b, t, nh);         // f32 elements
-//! unsafe { fa.backward(qkv, y, dy, lse, dvec_scratch, dqkv, b, t, heads)? };
-//! unsafe { fa.forward_with(Dtype::F16, qkv, y, lse, b, t, heads, hs)? };   // any supported dtype / head size
-//! unsafe { fa.backward_with(Dtype::F16, qkv, y, dy, lse, dvec_scratch, dqkv, b, t, heads, hs)? };
+//! let bwd = AttnBwd { qkv, y, dy, lse, dvec_scratch, dqkv };
+//! unsafe { fa.backward(bwd, b, t, heads)? };
+//! unsafe { fa.forward_with(qkv, y, lse, b, t, heads, hs)? };   // any supported element type (bf16, f16) / head size
+//! unsafe { fa.backward_with(bwd, b, t, heads, hs)? };
 //! ```
-//! Buffers (device pointers as `u64`, C = nh * hs, KW = nkv * hs; all row-major, element type `dtype` unless
-//! stated):
+//! Buffers (typed device pointers, `DevPtr<T>` with T = bf16 or f16 (the kernels' `T`, [`AttnElem`]) unless
+//! stated; C = nh * hs, KW = nkv * hs; all row-major):
 //! - `qkv (B, T, C + 2 KW)`: query head h at columns `h*hs`, key head j at `C + j*hs`, value head j at
 //!   `C + KW + j*hs` (GPT-2's c_attn output with KW = C; Llama's q|k|v projections); query head h attends with
 //!   key/value head `h / (nh / nkv)`;
@@ -37,6 +38,7 @@ use std::sync::Arc;
 use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 use candle_core::{Error, Result};
 
+use super::devptr::DevPtr;
 use super::launch::Module;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_attn.ptx"));
@@ -49,6 +51,30 @@ pub const HEAD_SIZE: usize = 64;
 pub enum Dtype {
     Bf16,
     F16,
+}
+
+/// An element type the kernels are instantiated for: what a `DevPtr<T>` to qkv, y, dy and dqkv may point at.
+pub trait AttnElem: Copy {
+    const DTYPE: Dtype;
+}
+
+impl AttnElem for half::bf16 {
+    const DTYPE: Dtype = Dtype::Bf16;
+}
+
+impl AttnElem for half::f16 {
+    const DTYPE: Dtype = Dtype::F16;
+}
+
+/// The buffers of one backward (module doc): `qkv`, the forward's `y` and `lse`, `dy`, the scratch, and `dqkv`.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnBwd<T> {
+    pub qkv: DevPtr<T>,
+    pub y: DevPtr<T>,
+    pub dy: DevPtr<T>,
+    pub lse: DevPtr<f32>,
+    pub dvec_scratch: DevPtr<f32>,
+    pub dqkv: DevPtr<T>,
 }
 
 impl Dtype {
@@ -224,28 +250,24 @@ impl FlashAttn {
     ///
     /// # Safety
     /// As [`FlashAttn::forward_with`].
-    pub unsafe fn forward(&self, qkv: u64, y: u64, lse: u64, b: usize, t: usize, heads: Heads) -> Result<()> {
-        unsafe { self.forward_with(Dtype::Bf16, qkv, y, lse, b, t, heads, HEAD_SIZE) }
+    pub unsafe fn forward(
+        &self,
+        qkv: DevPtr<half::bf16>,
+        y: DevPtr<half::bf16>,
+        lse: DevPtr<f32>,
+        b: usize,
+        t: usize,
+        heads: Heads,
+    ) -> Result<()> {
+        unsafe { self.forward_with(qkv, y, lse, b, t, heads, HEAD_SIZE) }
     }
 
     /// Backward in bf16 with head size 64 (the decoder engine): [`FlashAttn::backward_with`].
     ///
     /// # Safety
     /// As [`FlashAttn::backward_with`].
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn backward(
-        &self,
-        qkv: u64,
-        y: u64,
-        dy: u64,
-        lse: u64,
-        dvec_scratch: u64,
-        dqkv: u64,
-        b: usize,
-        t: usize,
-        heads: Heads,
-    ) -> Result<()> {
-        unsafe { self.backward_with(Dtype::Bf16, qkv, y, dy, lse, dvec_scratch, dqkv, b, t, heads, HEAD_SIZE) }
+    pub unsafe fn backward(&self, p: AttnBwd<half::bf16>, b: usize, t: usize, heads: Heads) -> Result<()> {
+        unsafe { self.backward_with(p, b, t, heads, HEAD_SIZE) }
     }
 
     /// Forward: `y (B, T, C)` and `lse (B, NH, T)` from `qkv` (module doc).
@@ -254,20 +276,19 @@ impl FlashAttn {
     /// Each pointer addresses a live device allocation of at least the size the module doc gives for it, in the
     /// context of this object's stream; `y` and `lse` do not overlap `qkv` or each other.
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn forward_with(
+    pub unsafe fn forward_with<T: AttnElem>(
         &self,
-        dtype: Dtype,
-        qkv: u64,
-        y: u64,
-        lse: u64,
+        qkv: DevPtr<T>,
+        y: DevPtr<T>,
+        lse: DevPtr<f32>,
         b: usize,
         t: usize,
         heads: Heads,
         hs: usize,
     ) -> Result<()> {
         let d = check_dims(b, t, heads, hs)?;
-        check_align(&[("qkv", qkv, 16), ("y", y, 16), ("lse", lse, 4)])?;
-        unsafe { self.launch_fwd(qkv, y, lse, d, dtype) }
+        check_align(&[("qkv", qkv.raw(), 16), ("y", y.raw(), 16), ("lse", lse.raw(), 4)])?;
+        unsafe { self.launch_fwd(qkv, y, lse, d) }
     }
 
     /// Backward: `dqkv` from `qkv`, the forward's `y` and `lse`, and `dy (B, T, C)` (module doc). Two launches: dQ
@@ -277,16 +298,9 @@ impl FlashAttn {
     /// # Safety
     /// As [`FlashAttn::forward_with`]; `lse` holds the forward's output for these `qkv`; `dvec_scratch` holds
     /// `scratch_len` f32; `dqkv` overlaps none of the inputs.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn backward_with(
+    pub unsafe fn backward_with<T: AttnElem>(
         &self,
-        dtype: Dtype,
-        qkv: u64,
-        y: u64,
-        dy: u64,
-        lse: u64,
-        dvec_scratch: u64,
-        dqkv: u64,
+        p: AttnBwd<T>,
         b: usize,
         t: usize,
         heads: Heads,
@@ -294,16 +308,16 @@ impl FlashAttn {
     ) -> Result<()> {
         let d = check_dims(b, t, heads, hs)?;
         check_align(&[
-            ("qkv", qkv, 16),
-            ("y", y, 16),
-            ("dy", dy, 16),
-            ("dqkv", dqkv, 16),
-            ("lse", lse, 4),
-            ("dvec_scratch", dvec_scratch, 4),
+            ("qkv", p.qkv.raw(), 16),
+            ("y", p.y.raw(), 16),
+            ("dy", p.dy.raw(), 16),
+            ("dqkv", p.dqkv.raw(), 16),
+            ("lse", p.lse.raw(), 4),
+            ("dvec_scratch", p.dvec_scratch.raw(), 4),
         ])?;
         unsafe {
-            self.launch_dq(qkv, y, dy, lse, dvec_scratch, dqkv, d, dtype)?;
-            self.launch_dkdv(qkv, dy, lse, dvec_scratch, dqkv, d, dtype)
+            self.launch_dq(&p, d)?;
+            self.launch_dkdv(&p, d)
         }
     }
 
@@ -313,66 +327,51 @@ impl FlashAttn {
         (self.variant.group_blocks.div_ceil(per_head)).clamp(1, heads) as i32
     }
 
-    unsafe fn launch_fwd(&self, qkv: u64, y: u64, lse: u64, d: Dims, dtype: Dtype) -> Result<()> {
+    unsafe fn launch_fwd<T: AttnElem>(&self, qkv: DevPtr<T>, y: DevPtr<T>, lse: DevPtr<f32>, d: Dims) -> Result<()> {
         let rows = self.variant.fwd_rows();
         let cfg = tile_grid(d.b * d.nh, d.t, rows, 32 * self.variant.fwd_warps as u32)?;
         let (nh, nkv, t, scale) = (d.nh as i32, d.nkv as i32, d.t as i32, scale());
         let group = self.group(d, rows, d.b * d.nh);
-        let mut a = self.stream.launch_builder(&self.kernels(dtype).fwd);
+        let mut a = self.stream.launch_builder(&self.kernels(T::DTYPE).fwd);
         a.arg(&qkv).arg(&y).arg(&lse).arg(&nh).arg(&nkv).arg(&t).arg(&scale).arg(&group);
         // SAFETY: flash_fwd_*(const T* qkv, T* y, float* lse, int nh, int nkv, int t_len, float scale, int group);
         // the caller vouches for the buffers (forward's contract); grid = B * NH * ceil(T / rows) blocks.
         unsafe { a.launch(cfg) }.map(|_| ()).map_err(|e| Error::Msg(format!("flash attention forward: {e:?}")))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn launch_dq(
-        &self,
-        qkv: u64,
-        y: u64,
-        dy: u64,
-        lse: u64,
-        dvec: u64,
-        dqkv: u64,
-        d: Dims,
-        dtype: Dtype,
-    ) -> Result<()> {
-        // flash_dq_*(const T* qkv, const T* y, const T* dy, const float* lse, float* dvec, T* dqkv, int nh,
-        // int nkv, int t_len, float scale, int group): one row of blocks per (batch, query head)
-        unsafe { self.launch_bwd(&self.kernels(dtype).dq, "dQ", &[qkv, y, dy, lse, dvec, dqkv], d, d.b * d.nh) }
+    pub(crate) unsafe fn launch_dq<T: AttnElem>(&self, p: &AttnBwd<T>, d: Dims) -> Result<()> {
+        let (cfg, (nh, nkv, t, scale, group)) = self.bwd_launch(d, d.b * d.nh)?;
+        let mut a = self.stream.launch_builder(&self.kernels(T::DTYPE).dq);
+        a.arg(&p.qkv).arg(&p.y).arg(&p.dy).arg(&p.lse).arg(&p.dvec_scratch).arg(&p.dqkv);
+        a.arg(&nh).arg(&nkv).arg(&t).arg(&scale).arg(&group);
+        // SAFETY: flash_dq_*(const T* qkv, const T* y, const T* dy, const float* lse, float* dvec, T* dqkv, int nh,
+        // int nkv, int t_len, float scale, int group), T the pointers' element type; buffers per backward's
+        // contract; one row of blocks per (batch, query head).
+        unsafe { a.launch(cfg) }.map(|_| ()).map_err(|e| Error::Msg(format!("flash attention dQ pass: {e:?}")))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn launch_dkdv(
-        &self,
-        qkv: u64,
-        dy: u64,
-        lse: u64,
-        dvec: u64,
-        dqkv: u64,
-        d: Dims,
-        dtype: Dtype,
-    ) -> Result<()> {
-        // flash_dkdv_*(const T* qkv, const T* dy, const float* lse, const float* dvec, T* dqkv, int nh, int nkv,
-        // int t_len, float scale, int group): one row of blocks per (batch, key/value head)
-        unsafe { self.launch_bwd(&self.kernels(dtype).dkdv, "dK/dV", &[qkv, dy, lse, dvec, dqkv], d, d.b * d.nkv) }
+    pub(crate) unsafe fn launch_dkdv<T: AttnElem>(&self, p: &AttnBwd<T>, d: Dims) -> Result<()> {
+        let (cfg, (nh, nkv, t, scale, group)) = self.bwd_launch(d, d.b * d.nkv)?;
+        let mut a = self.stream.launch_builder(&self.kernels(T::DTYPE).dkdv);
+        a.arg(&p.qkv).arg(&p.dy).arg(&p.lse).arg(&p.dvec_scratch).arg(&p.dqkv);
+        a.arg(&nh).arg(&nkv).arg(&t).arg(&scale).arg(&group);
+        // SAFETY: flash_dkdv_*(const T* qkv, const T* dy, const float* lse, const float* dvec, T* dqkv, int nh,
+        // int nkv, int t_len, float scale, int group), T the pointers' element type; buffers per backward's
+        // contract; one row of blocks per (batch, key/value head).
+        unsafe { a.launch(cfg) }.map(|_| ()).map_err(|e| Error::Msg(format!("flash attention dK/dV pass: {e:?}")))
     }
 
-    unsafe fn launch_bwd(&self, f: &CudaFunction, what: &str, ptrs: &[u64], d: Dims, heads: usize) -> Result<()> {
+    /// The grid of a backward kernel over `heads` rows of blocks and its trailing scalars.
+    fn bwd_launch(&self, d: Dims, heads: usize) -> Result<(LaunchConfig, BwdScalars)> {
         let rows = self.variant.bwd_rows();
         let cfg = tile_grid(heads, d.t, rows, 32 * self.variant.bwd_warps as u32)?;
-        let (nh, nkv, t, scale) = (d.nh as i32, d.nkv as i32, d.t as i32, scale());
         let group = self.group(d, rows, heads);
-        let mut a = self.stream.launch_builder(f);
-        for p in ptrs {
-            a.arg(p);
-        }
-        a.arg(&nh).arg(&nkv).arg(&t).arg(&scale).arg(&group);
-        // SAFETY: `ptrs` are the kernel's pointer parameters in order (the callers' comments), then int nh,
-        // int nkv, int t_len, float scale, int group; buffers per backward's contract.
-        unsafe { a.launch(cfg) }.map(|_| ()).map_err(|e| Error::Msg(format!("flash attention {what} pass: {e:?}")))
+        Ok((cfg, (d.nh as i32, d.nkv as i32, d.t as i32, scale(), group)))
     }
 }
+
+/// A backward kernel's trailing arguments: int nh, int nkv, int t_len, float scale, int group.
+type BwdScalars = (i32, i32, i32, f32, i32);
 
 fn scale() -> f32 {
     1.0 / (HEAD_SIZE as f32).sqrt()

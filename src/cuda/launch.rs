@@ -1,7 +1,7 @@
 //! The one way tokenmill loads its kernels' PTX (build.rs compiles each `src/cuda/<op>.cu` to `$OUT_DIR/<op>.ptx`)
 //! into a CUDA context and looks kernels up, for both callers of the kernel layer:
 //! - the engine's thin launchers (norm.rs, classifier.rs, flash_attn.rs, ...) load a [`Module`] into their stream
-//!   once, with the kernel names they launch, and pass raw device pointers (`u64` = `CUdeviceptr`);
+//!   once, with the kernel names they launch, and pass typed device pointers (`devptr::DevPtr<T>`, a `CUdeviceptr`);
 //! - the candle ops (`model::kernels`) take a [`Kernel`] from [`Module::on_device`], which loads each file once per
 //!   candle device and keeps it for the process (as candle's own kernel modules are kept), through [`per_device`]
 //!   (which also keeps the fused-qkv attention op's `FlashAttn`).

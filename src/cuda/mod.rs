@@ -8,7 +8,8 @@
 //! - Headers shared by the kernels: `common.cuh` (element types, conversions, 16-byte vectors), `warp.cuh` (warp
 //!   shuffles and sums), `mma.cuh` (the tensor-core product), `online_softmax.cuh` (the running max and sum of
 //!   `cross_entropy` and `classifier`), `ln_partials.cuh` (LayerNorm's weight/bias gradient reduction).
-//! - Rust: each engine kernel file's thin launcher `<op>.rs` over raw device pointers (no candle autograd);
+//! - Rust: each engine kernel file's thin launcher `<op>.rs` over typed device pointers (`devptr::DevPtr<T>`, the
+//!   element type each kernel parameter reads; no candle autograd);
 //!   `cudnn_attn` (cuDNN's SDPA, feature `cudnn`, with its C++ shim `cudnn_attn.cpp`); `blaslt` (cuBLASLt matmuls
 //!   with epilogues) and `gemm_table` (its tuned algorithm per shape; the format, no CUDA); `launch`, the one PTX
 //!   loader both the engine and the candle ops use.

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use candle_core::cuda_backend::cudarc::driver::{CudaStream, PushKernelArg};
 use candle_core::Result;
+use half::bf16;
 
+use super::devptr::DevPtr;
 use super::launch::{blocks, cfg, go, int, Module};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/norm.ptx"));
@@ -21,6 +23,42 @@ const THREADS: u32 = 256;
 fn names(rms: bool, nch: usize) -> [String; 3] {
     let p = if rms { "rms" } else { "ln" };
     [format!("{p}_fwd_engine_{nch}"), format!("{p}_fwd_residual_engine_{nch}"), format!("{p}_bwd_engine_{nch}")]
+}
+
+/// What a forward writes and reads besides its input: weight `w` and bias `b` (C f32; no bias for RMSNorm), the
+/// output `y` (n, C) bf16, and the per-row `mean` (LayerNorm only) and `rstd` (n f32).
+#[derive(Clone, Copy, Debug)]
+pub struct NormFwd {
+    pub w: DevPtr<f32>,
+    pub b: Option<DevPtr<f32>>,
+    pub y: DevPtr<bf16>,
+    pub mean: Option<DevPtr<f32>>,
+    pub rstd: DevPtr<f32>,
+}
+
+/// The buffers of one backward: `dy (n, C) bf16`, the forward's input `x (n, C) f32`, weight `w`, `mean`
+/// (LayerNorm only) and `rstd`; the running residual gradient `dres (n, C) f32` and its bf16 copy `dres16`; the
+/// weight (and, for LayerNorm, bias) gradients `dw`, `db` (C f32); `scratch` (`Norm::scratch_len(n)` f32).
+#[derive(Clone, Copy, Debug)]
+pub struct NormBwd {
+    pub dy: DevPtr<bf16>,
+    pub x: DevPtr<f32>,
+    pub w: DevPtr<f32>,
+    pub mean: Option<DevPtr<f32>>,
+    pub rstd: DevPtr<f32>,
+    pub dres: DevPtr<f32>,
+    pub dres16: DevPtr<bf16>,
+    pub dw: DevPtr<f32>,
+    pub db: Option<DevPtr<f32>>,
+    pub scratch: DevPtr<f32>,
+}
+
+/// A forward kernel's leading arguments: the input row (`x`), or the residual add fused before the norm
+/// (`res (n, C) f32 + delta (n, C) bf16 -> res_out (n, C) f32`, then normalised).
+#[derive(Clone, Copy, Debug)]
+enum Input {
+    Plain(DevPtr<f32>),
+    Residual(DevPtr<f32>, DevPtr<bf16>, DevPtr<f32>),
 }
 
 /// The kernels of one norm for one row width C.
@@ -48,7 +86,7 @@ impl Norm {
     }
 
     /// The pointers a LayerNorm needs and an RMSNorm must not get (bias, mean), checked against the kind.
-    fn check_kind(&self, b: Option<u64>, mean: Option<u64>) -> Result<()> {
+    fn check_kind(&self, b: Option<DevPtr<f32>>, mean: Option<DevPtr<f32>>) -> Result<()> {
         if self.rms != (b.is_none() && mean.is_none()) || b.is_some() != mean.is_some() {
             candle_core::bail!(
                 "engine norm: {} takes {} (got bias {b:?}, mean {mean:?})",
@@ -68,45 +106,30 @@ impl Norm {
     ///
     /// # Safety
     /// Pointers address device buffers of the stated sizes; `w`, `b` hold C f32.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn forward(
-        &self,
-        x: u64,
-        w: u64,
-        b: Option<u64>,
-        y: u64,
-        mean: Option<u64>,
-        rstd: u64,
-        n: usize,
-        eps: f32,
-    ) -> Result<()> {
+    pub unsafe fn forward(&self, x: DevPtr<f32>, out: NormFwd, n: usize, eps: f32) -> Result<()> {
         // SAFETY: the caller's contract (`x` is the kernel's one input).
-        unsafe { self.launch_forward(&self.fwd, &[x], (w, b), y, (mean, rstd), n, eps) }
+        unsafe { self.launch_forward(&self.fwd, Input::Plain(x), out, n, eps) }
     }
 
     /// The arguments both forward kernels share, after their inputs: `(w, [b], y, [mean], rstd, n, c, eps)`.
     ///
     /// # Safety
-    /// As `forward` / `forward_residual`; `inputs` are the kernel's leading pointer arguments.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn launch_forward(
-        &self,
-        kernel: &str,
-        inputs: &[u64],
-        (w, b): (u64, Option<u64>),
-        y: u64,
-        (mean, rstd): (Option<u64>, u64),
-        n: usize,
-        eps: f32,
-    ) -> Result<()> {
+    /// As `forward` / `forward_residual`; `input` gives the kernel's leading pointer arguments.
+    unsafe fn launch_forward(&self, kernel: &str, input: Input, out: NormFwd, n: usize, eps: f32) -> Result<()> {
+        let NormFwd { w, b, y, mean, rstd } = out;
         self.check_kind(b, mean)?;
         let (n_i, c_i) = (int(n, "norm rows")?, self.c as i32);
         let mut a = self.module.args(kernel)?;
-        for p in inputs {
-            a.arg(p);
+        match &input {
+            Input::Plain(x) => {
+                a.arg(x);
+            }
+            Input::Residual(res, delta, res_out) => {
+                a.arg(res).arg(delta).arg(res_out);
+            }
         }
         a.arg(&w);
-        let (b, mean) = (b.unwrap_or(0), mean.unwrap_or(0));
+        let (b, mean) = (b.unwrap_or(DevPtr::NULL), mean.unwrap_or(DevPtr::NULL));
         if !self.rms {
             a.arg(&b);
         }
@@ -123,46 +146,30 @@ impl Norm {
     ///
     /// # Safety
     /// Pointers address device buffers of the stated sizes (`res`, `res_out` n x C f32; `delta`, `y` n x C bf16).
-    #[allow(clippy::too_many_arguments)]
     pub unsafe fn forward_residual(
         &self,
-        (res, delta, res_out): (u64, u64, u64),
-        w: u64,
-        b: Option<u64>,
-        y: u64,
-        mean: Option<u64>,
-        rstd: u64,
+        (res, delta, res_out): (DevPtr<f32>, DevPtr<bf16>, DevPtr<f32>),
+        out: NormFwd,
         n: usize,
         eps: f32,
     ) -> Result<()> {
         // SAFETY: the caller's contract.
-        unsafe { self.launch_forward(&self.fwd_res, &[res, delta, res_out], (w, b), y, (mean, rstd), n, eps) }
+        unsafe { self.launch_forward(&self.fwd_res, Input::Residual(res, delta, res_out), out, n, eps) }
     }
 
     /// `dres (n, C) f32 += dnorm/dx`, `dres16 = bf16(dres)`, `dw (C) f32 +=` (and `db` for LayerNorm), from
     /// `dy (n, C) bf16`.
     ///
     /// # Safety
-    /// Pointers address device buffers of the stated sizes; `scratch` holds `scratch_len(n)` f32.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn backward(
-        &self,
-        dy: u64,
-        x: u64,
-        w: u64,
-        mean: Option<u64>,
-        rstd: u64,
-        (dres, dres16): (u64, u64),
-        (dw, db): (u64, Option<u64>),
-        scratch: u64,
-        n: usize,
-    ) -> Result<()> {
+    /// Pointers address device buffers of the stated sizes (`NormBwd`).
+    pub unsafe fn backward(&self, p: NormBwd, n: usize) -> Result<()> {
+        let NormBwd { dy, x, w, mean, rstd, dres, dres16, dw, db, scratch } = p;
         self.check_kind(db, mean)?;
         let (n_i, c_i) = (int(n, "norm rows")?, self.c as i32);
         let nb = blocks(n, BWD_ROWS)?;
         let mut a = self.module.args(&self.bwd)?;
         a.arg(&dy).arg(&x).arg(&w);
-        let (db, mean) = (db.unwrap_or(0), mean.unwrap_or(0));
+        let (db, mean) = (db.unwrap_or(DevPtr::NULL), mean.unwrap_or(DevPtr::NULL));
         if !self.rms {
             a.arg(&mean);
         }

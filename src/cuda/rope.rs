@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use candle_core::cuda_backend::cudarc::driver::{CudaStream, PushKernelArg};
 use candle_core::Result;
+use half::bf16;
 
+use super::devptr::DevPtr;
 use super::launch::{blocks, cfg, go, int, Module};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/rope.ptx"));
@@ -35,7 +37,13 @@ impl Rope {
     ///
     /// # Safety
     /// `qkv` holds `n * ld` bf16, 16-byte aligned; `cos`, `sin` hold at least `t * hs / 2` f32, 16-byte aligned.
-    pub unsafe fn apply(&self, qkv: u64, (cos, sin): (u64, u64), s: RopeShape, backward: bool) -> Result<()> {
+    pub unsafe fn apply(
+        &self,
+        qkv: DevPtr<bf16>,
+        (cos, sin): (DevPtr<f32>, DevPtr<f32>),
+        s: RopeShape,
+        backward: bool,
+    ) -> Result<()> {
         if !(s.hs / 2).is_multiple_of(8) || s.heads * s.hs > s.ld || !s.ld.is_multiple_of(8) {
             candle_core::bail!("rope: {s:?} needs HS/2 a multiple of 8 and the rotated heads inside an aligned row");
         }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use candle_core::cuda_backend::cudarc::driver::{CudaStream, PushKernelArg};
 use candle_core::Result;
+use half::bf16;
 
+use super::devptr::DevPtr;
 use super::launch::{blocks, cfg, go, int, Module};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/swiglu.ptx"));
@@ -30,7 +32,7 @@ impl SwiGlu {
     ///
     /// # Safety
     /// `gu` holds n x 2H bf16 and `y` n x H, both 16-byte aligned.
-    pub unsafe fn forward(&self, gu: u64, y: u64, n: usize, h: usize) -> Result<()> {
+    pub unsafe fn forward(&self, gu: DevPtr<bf16>, y: DevPtr<bf16>, n: usize, h: usize) -> Result<()> {
         Self::check(h)?;
         let (n_i, h_i) = (int(n, "rows")?, int(h, "H")?);
         let mut a = self.module.args("swiglu_fwd")?;
@@ -42,7 +44,14 @@ impl SwiGlu {
     ///
     /// # Safety
     /// `gu`, `dgu` hold n x 2H bf16 and `dy` n x H, 16-byte aligned; `dgu` overlaps neither input.
-    pub unsafe fn backward(&self, gu: u64, dy: u64, dgu: u64, n: usize, h: usize) -> Result<()> {
+    pub unsafe fn backward(
+        &self,
+        gu: DevPtr<bf16>,
+        dy: DevPtr<bf16>,
+        dgu: DevPtr<bf16>,
+        n: usize,
+        h: usize,
+    ) -> Result<()> {
         Self::check(h)?;
         let (n_i, h_i) = (int(n, "rows")?, int(h, "H")?);
         let mut a = self.module.args("swiglu_bwd")?;

@@ -12,7 +12,10 @@ use candle_core::Result;
 use super::options::AttentionBackend;
 #[cfg(feature = "cudnn")]
 use crate::cuda::cudnn_attn::CudnnAttn;
-use crate::cuda::flash_attn::{FlashAttn, Heads};
+use half::bf16;
+
+use crate::cuda::devptr::DevPtr;
+use crate::cuda::flash_attn::{AttnBwd, FlashAttn, Heads};
 
 /// The loaded backend; `forward` / `backward` have flash_attn's signatures.
 pub(super) enum Attention {
@@ -53,7 +56,15 @@ impl Attention {
     ///
     /// # Safety
     /// As [`FlashAttn::forward`].
-    pub unsafe fn forward(&self, qkv: u64, y: u64, lse: u64, b: usize, t: usize, heads: Heads) -> Result<()> {
+    pub unsafe fn forward(
+        &self,
+        qkv: DevPtr<bf16>,
+        y: DevPtr<bf16>,
+        lse: DevPtr<f32>,
+        b: usize,
+        t: usize,
+        heads: Heads,
+    ) -> Result<()> {
         match self {
             // SAFETY: the caller's contract is the backends' contract.
             Attention::Native(a) => unsafe { a.forward(qkv, y, lse, b, t, heads) },
@@ -66,24 +77,12 @@ impl Attention {
     ///
     /// # Safety
     /// As [`FlashAttn::backward`].
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn backward(
-        &self,
-        qkv: u64,
-        y: u64,
-        dy: u64,
-        lse: u64,
-        dvec_scratch: u64,
-        dqkv: u64,
-        b: usize,
-        t: usize,
-        heads: Heads,
-    ) -> Result<()> {
+    pub unsafe fn backward(&self, p: AttnBwd<bf16>, b: usize, t: usize, heads: Heads) -> Result<()> {
         match self {
             // SAFETY: the caller's contract is the backends' contract.
-            Attention::Native(a) => unsafe { a.backward(qkv, y, dy, lse, dvec_scratch, dqkv, b, t, heads) },
+            Attention::Native(a) => unsafe { a.backward(p, b, t, heads) },
             #[cfg(feature = "cudnn")]
-            Attention::Cudnn(a) => unsafe { a.backward(qkv, y, dy, lse, dvec_scratch, dqkv, b, t, heads) },
+            Attention::Cudnn(a) => unsafe { a.backward(p, b, t, heads) },
         }
     }
 }

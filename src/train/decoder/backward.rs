@@ -21,11 +21,15 @@
 //! ```
 
 use candle_core::Result;
+use half::bf16;
 
 use super::engine::{DecoderEngine, Kernels};
 use super::layout::{Mlp, Norm};
 use crate::cuda::blaslt::{Epilogue, Gemm};
-use crate::cuda::flash_attn::Heads;
+use crate::cuda::devptr::DevPtr;
+use crate::cuda::encoder::DeviceIdGroups;
+use crate::cuda::flash_attn::{AttnBwd, Heads};
+use crate::cuda::norm::NormBwd;
 use crate::cuda::rope::RopeShape;
 
 /// A linear layer's weight gradient (`dw += dout^T inp`, the product `dweight` spells) and, with a bias, its bias
@@ -38,10 +42,10 @@ unsafe fn dweight_and_bias(
     k: &mut Kernels,
     epilogue: bool,
     dweight: Gemm,
-    db: Option<u64>,
-    scratch: u64,
+    db: Option<DevPtr<f32>>,
+    scratch: DevPtr<f32>,
 ) -> Result<()> {
-    let (n, oc, dout) = (dweight.k, dweight.n, dweight.b);
+    let (n, oc, dout): (usize, usize, DevPtr<bf16>) = (dweight.k, dweight.n, dweight.b());
     match db {
         None => k.blas.matmul(&dweight),
         Some(db) if epilogue => {
@@ -78,19 +82,21 @@ impl DecoderEngine {
         let prof = &mut self.prof;
         let bias_epi = self.opts.bias_grad_epilogue;
 
-        self.bufs.zero(dres, 4 * n * c)?;
+        self.bufs.zero(dres, n * c)?;
         prof.mark("zero dres")?;
-        k.ln.backward(
-            dsmall,
-            f.at(a.res[d.l]),
-            w32.at(top.normf_w),
-            mean(a.lnf_mean),
-            f.at(a.lnf_rstd),
-            (dres, dres16),
-            (g.at(top.normf_w), grad(top.normf_b)),
-            ln_scratch,
-            n,
-        )?;
+        let normf = NormBwd {
+            dy: dsmall,
+            x: f.at(a.res[d.l]),
+            w: w32.at(top.normf_w),
+            mean: mean(a.lnf_mean),
+            rstd: f.at(a.lnf_rstd),
+            dres,
+            dres16,
+            dw: g.at(top.normf_w),
+            db: grad(top.normf_b),
+            scratch: ln_scratch,
+        };
+        k.ln.backward(normf, n)?;
         prof.mark("norm bwd")?;
 
         for (l, lp) in self.layers.iter().enumerate().rev() {
@@ -114,7 +120,7 @@ impl DecoderEngine {
                 }
                 Mlp::SwiGlu => {
                     // The activation's gradient overwrites the activation (its only reader, the dW above, has run).
-                    k.blas.matmul(&Gemm { d: h.at(a.fch_act[l]), ..dact })?;
+                    k.blas.matmul(&dact.writing(h.at(a.fch_act[l])))?;
                     k.swiglu.backward(h.at(a.fch[l]), h.at(a.fch_act[l]), dbig, n, d.hidden)?;
                 }
             }
@@ -130,17 +136,19 @@ impl DecoderEngine {
             prof.mark("matmul dW + db fc")?;
             k.blas.matmul(&Gemm::linear_dinput(dbig, w16.at(lp.fc_w), dsmall, n, c, d.fc))?;
             prof.mark("matmul dX fc")?;
-            k.ln.backward(
-                dsmall,
-                f.at(a.res_mid[l]),
-                w32.at(lp.norm2_w),
-                mean(a.ln2_mean[l]),
-                f.at(a.ln2_rstd[l]),
-                (dres, dres16),
-                (g.at(lp.norm2_w), grad(lp.norm2_b)),
-                ln_scratch,
-                n,
-            )?;
+            let norm2 = NormBwd {
+                dy: dsmall,
+                x: f.at(a.res_mid[l]),
+                w: w32.at(lp.norm2_w),
+                mean: mean(a.ln2_mean[l]),
+                rstd: f.at(a.ln2_rstd[l]),
+                dres,
+                dres16,
+                dw: g.at(lp.norm2_w),
+                db: grad(lp.norm2_b),
+                scratch: ln_scratch,
+            };
+            k.ln.backward(norm2, n)?;
             prof.mark("norm bwd")?;
 
             // Attention projection: res_mid = atty Wproj^T [+ bproj] + res[l].
@@ -154,17 +162,15 @@ impl DecoderEngine {
             prof.mark("matmul dW + db attn proj")?;
             k.blas.matmul(&Gemm::linear_dinput(dres16, w16.at(lp.proj_w), dsmall, n, c, c))?;
             prof.mark("matmul dX attn proj")?;
-            k.attn.backward(
-                h.at(a.qkv[l]),
-                h.at(a.atty[l]),
-                dsmall,
-                f.at(a.lse[l]),
-                f.at(a.att_scratch),
-                dbig,
-                d.b,
-                d.t,
-                heads,
-            )?;
+            let att = AttnBwd {
+                qkv: h.at(a.qkv[l]),
+                y: h.at(a.atty[l]),
+                dy: dsmall,
+                lse: f.at(a.lse[l]),
+                dvec_scratch: f.at(a.att_scratch),
+                dqkv: dbig,
+            };
+            k.attn.backward(att, d.b, d.t, heads)?;
             prof.mark("attention bwd")?;
             if arch.rotary.is_some() {
                 k.rope.apply(dbig, rope_tables, rope, true)?;
@@ -182,23 +188,30 @@ impl DecoderEngine {
             prof.mark("matmul dW + db qkv")?;
             k.blas.matmul(&Gemm::linear_dinput(dbig, w16.at(lp.qkv_w), dsmall, n, c, d.qkv()))?;
             prof.mark("matmul dX qkv")?;
-            k.ln.backward(
-                dsmall,
-                f.at(a.res[l]),
-                w32.at(lp.norm1_w),
-                mean(a.ln1_mean[l]),
-                f.at(a.ln1_rstd[l]),
-                (dres, dres16),
-                (g.at(lp.norm1_w), grad(lp.norm1_b)),
-                ln_scratch,
-                n,
-            )?;
+            let norm1 = NormBwd {
+                dy: dsmall,
+                x: f.at(a.res[l]),
+                w: w32.at(lp.norm1_w),
+                mean: mean(a.ln1_mean[l]),
+                rstd: f.at(a.ln1_rstd[l]),
+                dres,
+                dres16,
+                dw: g.at(lp.norm1_w),
+                db: grad(lp.norm1_b),
+                scratch: ln_scratch,
+            };
+            k.ln.backward(norm1, n)?;
             prof.mark("norm bwd")?;
         }
 
         let b = &self.bufs;
-        let groups = (b.groups.base, b.groups.at(b.groups_start), b.groups.at(b.groups_id), self.n_groups);
-        k.enc.backward(groups, dres, g.at(top.wte), grad(top.wpe), d.b, d.t, c)?;
+        let groups = DeviceIdGroups {
+            rows: b.groups.base,
+            start: b.groups.at(b.groups_start),
+            id: b.groups.at(b.groups_id),
+            n_groups: self.n_groups,
+        };
+        k.enc.backward(groups, dres, g.at(top.wte), grad(top.wpe), (d.b, d.t, c))?;
         prof.mark("encoder bwd")?;
         Ok(())
     }

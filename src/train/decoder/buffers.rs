@@ -1,14 +1,15 @@
 //! The decoder engine's device memory: a handful of allocations sized once at start (`layout` says where everything
-//! is inside them), their base addresses, and the raw copies and fills the engine does on its one stream. Nothing is
-//! allocated or freed inside a step.
+//! is inside them), their base addresses as typed device pointers (`DevPtr<T>` of each allocation's element type),
+//! and the raw copies and fills the engine does on its one stream. Nothing is allocated or freed inside a step.
 
 use std::sync::Arc;
 
-use candle_core::cuda_backend::cudarc::driver::{result as cu, CudaSlice, CudaStream, DevicePtr};
+use candle_core::cuda_backend::cudarc::driver::{result as cu, CudaSlice, CudaStream};
 use candle_core::{Error, Result};
 use half::bf16;
 
 use super::layout::{ActLayout, ParamLayout, ALIGN};
+use crate::cuda::devptr::DevPtr;
 
 /// Offsets into `Buffers::scalars` (f32).
 pub const NORM_PARTIAL: usize = 0; // adamw::NORM_BLOCKS values
@@ -16,10 +17,10 @@ pub const NORM_OUT: usize = 1024; // norm, clip coefficient
 pub const LOSS_ACC: usize = 1024 + 128; // the step's (or evaluation's) mean loss
 pub const SCALARS: usize = LOSS_ACC + 128;
 
-/// One device allocation and its base address.
+/// One device allocation of `len` T and its base address.
 pub struct Buf<T> {
     _slice: CudaSlice<T>,
-    pub base: u64,
+    pub base: DevPtr<T>,
     pub len: usize,
 }
 
@@ -36,16 +37,16 @@ impl<
             ))
         })?;
         let base = {
-            let (p, _sync) = slice.device_ptr(stream);
+            let (p, _sync) = DevPtr::of(&slice, stream);
             p
         };
         Ok(Buf { _slice: slice, base, len })
     }
 
     /// Address of element `off`.
-    pub fn at(&self, off: usize) -> u64 {
+    pub fn at(&self, off: usize) -> DevPtr<T> {
         debug_assert!(off <= self.len, "offset {off} past a buffer of {}", self.len);
-        self.base + (off * std::mem::size_of::<T>()) as u64
+        self.base.offset(off)
     }
 }
 
@@ -108,36 +109,36 @@ impl Buffers {
         self.stream.cu_stream()
     }
 
-    /// Zero `bytes` bytes at `ptr` (stream-ordered).
+    /// Zero `n` elements at `ptr` (stream-ordered).
     ///
     /// # Safety
     /// The range is inside one of these buffers.
-    pub unsafe fn zero(&self, ptr: u64, bytes: usize) -> Result<()> {
-        cu::memset_d8_async(ptr, 0, bytes, self.cu_stream()).map_err(Error::wrap)
+    pub unsafe fn zero<T>(&self, ptr: DevPtr<T>, n: usize) -> Result<()> {
+        cu::memset_d8_async(ptr.raw(), 0, n * std::mem::size_of::<T>(), self.cu_stream()).map_err(Error::wrap)
     }
 
-    /// Copy `bytes` bytes device to device (stream-ordered).
+    /// Copy `n` elements device to device (stream-ordered).
     ///
     /// # Safety
     /// Both ranges are valid device memory of this context.
-    pub unsafe fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
-        cu::memcpy_dtod_async(dst, src, bytes, self.cu_stream()).map_err(Error::wrap)
+    pub unsafe fn copy<T>(&self, dst: DevPtr<T>, src: DevPtr<T>, n: usize) -> Result<()> {
+        cu::memcpy_dtod_async(dst.raw(), src.raw(), n * std::mem::size_of::<T>(), self.cu_stream()).map_err(Error::wrap)
     }
 
     /// Copy host values to `dst` (stream-ordered; the host slice is consumed before this returns).
     ///
     /// # Safety
     /// `dst` has room for `src`.
-    pub unsafe fn upload<T>(&self, dst: u64, src: &[T]) -> Result<()> {
-        cu::memcpy_htod_async(dst, src, self.cu_stream()).map_err(Error::wrap)
+    pub unsafe fn upload<T>(&self, dst: DevPtr<T>, src: &[T]) -> Result<()> {
+        cu::memcpy_htod_async(dst.raw(), src, self.cu_stream()).map_err(Error::wrap)
     }
 
     /// Wait for the stream, then copy device values to the host: the step's one synchronisation.
     ///
     /// # Safety
     /// `src` holds `dst.len()` values.
-    pub unsafe fn download<T>(&self, dst: &mut [T], src: u64) -> Result<()> {
-        cu::memcpy_dtoh_async(dst, src, self.cu_stream()).map_err(Error::wrap)?;
+    pub unsafe fn download<T>(&self, dst: &mut [T], src: DevPtr<T>) -> Result<()> {
+        cu::memcpy_dtoh_async(dst, src.raw(), self.cu_stream()).map_err(Error::wrap)?;
         self.stream.synchronize().map_err(Error::wrap)
     }
 }

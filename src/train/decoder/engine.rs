@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::cuda_backend::cudarc::driver::{CudaStream, DevicePtr};
-use candle_core::{DType, Device, Result, Storage, Tensor, Var};
+use candle_core::cuda_backend::cudarc::driver::CudaStream;
+use candle_core::{DType, Device, Result, Tensor, Var};
 
 use super::attention::Attention;
 use super::buffers::{Buffers, LOSS_ACC};
@@ -17,6 +17,7 @@ use crate::cuda::adamw::AdamWKernels;
 use crate::cuda::bias_grad::BiasGrad;
 use crate::cuda::blaslt::{AlgoChoice, BlasLt};
 use crate::cuda::classifier::Classifier;
+use crate::cuda::devptr::DevPtr;
 use crate::cuda::encoder::{Encoder, IdGroups};
 use crate::cuda::flash_attn::{FlashAttn, Heads};
 use crate::cuda::gemm_table::{GemmTable, TunedShape};
@@ -73,13 +74,13 @@ pub struct DecoderEngine {
 /// by the tensor's offset in the parameter layout, which is how `BlockParams` and `ModelParams` name tensors.
 pub(super) struct Masters {
     /// (layout offset, device address, elements), sorted by offset.
-    slots: Vec<(usize, u64, usize)>,
+    slots: Vec<(usize, DevPtr<f32>, usize)>,
 }
 
 impl Masters {
     /// The device address of the master weights of the tensor at layout offset `off` (a tensor's start; anything
     /// else is a bug in the engine).
-    pub fn at(&self, off: usize) -> u64 {
+    pub fn at(&self, off: usize) -> DevPtr<f32> {
         match self.slots.binary_search_by_key(&off, |s| s.0) {
             Ok(i) => self.slots[i].1,
             Err(_) => panic!("no parameter tensor starts at layout offset {off}"),
@@ -87,32 +88,17 @@ impl Masters {
     }
 
     /// (layout offset, device address, elements) of every tensor.
-    pub fn iter(&self) -> impl Iterator<Item = &(usize, u64, usize)> {
+    pub fn iter(&self) -> impl Iterator<Item = &(usize, DevPtr<f32>, usize)> {
         self.slots.iter()
     }
 }
 
 /// The device address of a contiguous f32 Var's first element.
-fn var_ptr(v: &Var, stream: &Arc<CudaStream>) -> Result<u64> {
+fn var_ptr(v: &Var, stream: &Arc<CudaStream>) -> Result<DevPtr<f32>> {
     if v.dtype() != DType::F32 {
         candle_core::bail!("cuda engine: master weights must be f32, got {:?}", v.dtype());
     }
-    tensor_ptr(v.as_tensor(), stream)
-}
-
-pub(super) fn tensor_ptr(t: &Tensor, stream: &Arc<CudaStream>) -> Result<u64> {
-    if !t.is_contiguous() {
-        candle_core::bail!("cuda engine: expected a contiguous tensor, got {:?}", t.layout());
-    }
-    let (s, l) = t.storage_and_layout();
-    let Storage::Cuda(cs) = &*s else { candle_core::bail!("cuda engine: a tensor is not on the CUDA device") };
-    let base = match t.dtype() {
-        DType::F32 => cs.as_cuda_slice::<f32>()?.device_ptr(stream).0,
-        DType::BF16 => cs.as_cuda_slice::<half::bf16>()?.device_ptr(stream).0,
-        DType::U32 => cs.as_cuda_slice::<u32>()?.device_ptr(stream).0,
-        other => candle_core::bail!("cuda engine: no raw access to {other:?} tensors"),
-    };
-    Ok(base + (t.dtype().size_in_bytes() * l.start_offset()) as u64)
+    DevPtr::of_tensor(v.as_tensor(), stream)
 }
 
 impl DecoderEngine {
@@ -327,7 +313,7 @@ impl DecoderEngine {
         // SAFETY: the forward reads and writes the engine's own buffers; LOSS_ACC is one f32.
         unsafe {
             let acc = self.bufs.scalars.at(LOSS_ACC);
-            self.bufs.zero(acc, 4)?;
+            self.bufs.zero(acc, 1)?;
             self.forward(None)?;
             self.k.cls.sum_into(self.bufs.act32.at(self.act.losses), acc, n, 1.0 / n as f32)?;
             self.bufs.download(&mut out, acc)?;
@@ -353,7 +339,7 @@ impl DecoderEngine {
         for slot in &self.params.slots {
             let t = Tensor::zeros(slot.shape.as_slice(), DType::F32, &device)?;
             // SAFETY: t is a fresh contiguous f32 tensor of the slot's length; the source range is the slot's.
-            unsafe { self.bufs.copy(tensor_ptr(&t, &self.bufs.stream)?, buf.at(slot.offset), 4 * slot.len)? };
+            unsafe { self.bufs.copy(DevPtr::of_tensor(&t, &self.bufs.stream)?, buf.at(slot.offset), slot.len)? };
             out.push((format!("{}{suffix}", slot.name), t));
         }
         Ok(out)
@@ -391,19 +377,19 @@ impl DecoderEngine {
         for (name, off, w) in f32s {
             let t = Tensor::zeros((n, w), DType::F32, &device)?;
             // SAFETY: the source range is the activation's (n x w f32); t is fresh and contiguous.
-            unsafe { b.copy(tensor_ptr(&t, &b.stream)?, b.act32.at(off), 4 * n * w)? };
+            unsafe { b.copy(DevPtr::of_tensor(&t, &b.stream)?, b.act32.at(off), n * w)? };
             out.push((name.to_string(), t));
         }
         for (name, off, w) in bf16s {
             let t = Tensor::zeros((n, w), DType::BF16, &device)?;
             // SAFETY: as above, n x w bf16.
-            unsafe { b.copy(tensor_ptr(&t, &b.stream)?, b.act16.at(off), 2 * n * w)? };
+            unsafe { b.copy(DevPtr::of_tensor(&t, &b.stream)?, b.act16.at(off), n * w)? };
             out.push((name.to_string(), t));
         }
         let rows = d.chunk.min(n);
         let t = Tensor::zeros((rows, d.v), DType::BF16, &device)?;
         // SAFETY: the logits buffer holds chunk x V bf16 (the last chunk's; the test uses one chunk).
-        unsafe { b.copy(tensor_ptr(&t, &b.stream)?, b.act16.at(a.logits), 2 * rows * d.v)? };
+        unsafe { b.copy(DevPtr::of_tensor(&t, &b.stream)?, b.act16.at(a.logits), rows * d.v)? };
         out.push(("logits".to_string(), t));
         b.stream.synchronize().map_err(candle_core::Error::wrap)?;
         Ok(out)
@@ -435,7 +421,7 @@ impl DecoderEngine {
                 }
                 let t = t.to_dtype(DType::F32)?.to_device(&self.mirror_device()?)?.contiguous()?;
                 // SAFETY: t is contiguous f32 of the slot's length; the destination range is the slot's.
-                unsafe { self.bufs.copy(buf.at(slot.offset), tensor_ptr(&t, &self.bufs.stream)?, 4 * slot.len)? };
+                unsafe { self.bufs.copy(buf.at(slot.offset), DevPtr::of_tensor(&t, &self.bufs.stream)?, slot.len)? };
                 // The copy is stream-ordered; keep `t` alive until it has run.
                 self.bufs.stream.synchronize().map_err(candle_core::Error::wrap)?;
             }

@@ -26,8 +26,9 @@ use candle_core::Result;
 
 use super::engine::DecoderEngine;
 use super::layout::{Mlp, Norm};
-use crate::cuda::blaslt::{Epilogue, Gemm, Ty};
+use crate::cuda::blaslt::{BiasPtr, Epilogue, Gemm};
 use crate::cuda::flash_attn::Heads;
+use crate::cuda::norm::NormFwd;
 use crate::cuda::rope::RopeShape;
 use crate::model::ops::{LAYER_NORM_EPS, RMS_NORM_EPS};
 
@@ -51,7 +52,7 @@ impl DecoderEngine {
         let (w32, w16) = (&self.masters, &self.bufs.params16);
         let (f, h) = (&self.bufs.act32, &self.bufs.act16);
         let bias = |off: Option<usize>, gemm: Gemm| match off {
-            Some(o) => gemm.with_epilogue(Epilogue::Bias { bias: w16.at(o), ty: Ty::Bf16 }),
+            Some(o) => gemm.with_epilogue(Epilogue::Bias { bias: BiasPtr::Bf16(w16.at(o)) }),
             None => gemm,
         };
         let heads = Heads { q: d.nh, kv: d.nkv };
@@ -65,22 +66,18 @@ impl DecoderEngine {
             w32.at(top.wte),
             top.wpe.map(|o| w32.at(o)),
             f.at(a.res[0]),
-            d.b,
-            d.t,
-            c,
+            (d.b, d.t, c),
         )?;
         prof.mark("encoder fwd")?;
         let l0 = &self.layers[0];
-        k.ln.forward(
-            f.at(a.res[0]),
-            w32.at(l0.norm1_w),
-            l0.norm1_b.map(|o| w32.at(o)),
-            h.at(a.ln1[0]),
-            mean(a.ln1_mean[0]).map(|o| f.at(o)),
-            f.at(a.ln1_rstd[0]),
-            n,
-            eps,
-        )?;
+        let out = NormFwd {
+            w: w32.at(l0.norm1_w),
+            b: l0.norm1_b.map(|o| w32.at(o)),
+            y: h.at(a.ln1[0]),
+            mean: mean(a.ln1_mean[0]).map(|o| f.at(o)),
+            rstd: f.at(a.ln1_rstd[0]),
+        };
+        k.ln.forward(f.at(a.res[0]), out, n, eps)?;
         prof.mark("norm fwd")?;
         // Each projection's bf16 output lands in `proj` (the backward's dres16, free during the forward) and the next
         // norm adds it to the residual stream as it normalises.
@@ -88,7 +85,7 @@ impl DecoderEngine {
         for (l, lp) in self.layers.iter().enumerate() {
             k.blas.matmul(&bias(
                 lp.qkv_b,
-                Gemm::linear_forward(h.at(a.ln1[l]), w16.at(lp.qkv_w), h.at(a.qkv[l]), n, c, d.qkv(), Ty::Bf16),
+                Gemm::linear_forward(h.at(a.ln1[l]), w16.at(lp.qkv_w), h.at(a.qkv[l]), n, c, d.qkv()),
             ))?;
             prof.mark("matmul qkv")?;
             if arch.rotary.is_some() {
@@ -97,41 +94,36 @@ impl DecoderEngine {
             }
             k.attn.forward(h.at(a.qkv[l]), h.at(a.atty[l]), f.at(a.lse[l]), d.b, d.t, heads)?;
             prof.mark("attention fwd")?;
-            k.blas.matmul(&bias(
-                lp.proj_b,
-                Gemm::linear_forward(h.at(a.atty[l]), w16.at(lp.proj_w), proj, n, c, c, Ty::Bf16),
-            ))?;
+            k.blas.matmul(&bias(lp.proj_b, Gemm::linear_forward(h.at(a.atty[l]), w16.at(lp.proj_w), proj, n, c, c)))?;
             prof.mark("matmul attn proj")?;
-            k.ln.forward_residual(
-                (f.at(a.res[l]), proj, f.at(a.res_mid[l])),
-                w32.at(lp.norm2_w),
-                lp.norm2_b.map(|o| w32.at(o)),
-                h.at(a.ln2[l]),
-                mean(a.ln2_mean[l]).map(|o| f.at(o)),
-                f.at(a.ln2_rstd[l]),
-                n,
-                eps,
-            )?;
+            let out = NormFwd {
+                w: w32.at(lp.norm2_w),
+                b: lp.norm2_b.map(|o| w32.at(o)),
+                y: h.at(a.ln2[l]),
+                mean: mean(a.ln2_mean[l]).map(|o| f.at(o)),
+                rstd: f.at(a.ln2_rstd[l]),
+            };
+            k.ln.forward_residual((f.at(a.res[l]), proj, f.at(a.res_mid[l])), out, n, eps)?;
             prof.mark("residual + norm fwd")?;
-            let fc = Gemm::linear_forward(h.at(a.ln2[l]), w16.at(lp.fc_w), h.at(a.fch_act[l]), n, c, d.fc, Ty::Bf16);
+            let fc = Gemm::linear_forward(h.at(a.ln2[l]), w16.at(lp.fc_w), h.at(a.fch_act[l]), n, c, d.fc);
             match (arch.mlp, lp.fc_b) {
                 (Mlp::Gelu, Some(fc_b)) if self.opts.gelu_fusion => {
                     k.blas
                         .matmul(&fc.with_epilogue(Epilogue::GeluAuxBias { bias: w16.at(fc_b), aux: h.at(a.fch[l]) }))?;
                 }
                 (Mlp::Gelu, fc_b) => {
-                    k.blas.matmul(&bias(fc_b, Gemm { d: h.at(a.fch[l]), ..fc }))?;
+                    k.blas.matmul(&bias(fc_b, fc.writing(h.at(a.fch[l]))))?;
                     k.gelu.forward(h.at(a.fch[l]), h.at(a.fch_act[l]), n * d.hidden)?;
                 }
                 (Mlp::SwiGlu, fc_b) => {
-                    k.blas.matmul(&bias(fc_b, Gemm { d: h.at(a.fch[l]), ..fc }))?;
+                    k.blas.matmul(&bias(fc_b, fc.writing(h.at(a.fch[l]))))?;
                     k.swiglu.forward(h.at(a.fch[l]), h.at(a.fch_act[l]), n, d.hidden)?;
                 }
             }
             prof.mark("matmul fc (+activation)")?;
             k.blas.matmul(&bias(
                 lp.fcproj_b,
-                Gemm::linear_forward(h.at(a.fch_act[l]), w16.at(lp.fcproj_w), proj, n, d.hidden, c, Ty::Bf16),
+                Gemm::linear_forward(h.at(a.fch_act[l]), w16.at(lp.fcproj_w), proj, n, d.hidden, c),
             ))?;
             prof.mark("matmul mlp proj")?;
             // The next norm: the next layer's first, or the final one after the last layer.
@@ -139,16 +131,14 @@ impl DecoderEngine {
                 Some(next) => (next.norm1_w, next.norm1_b, a.ln1[l + 1], a.ln1_mean[l + 1], a.ln1_rstd[l + 1]),
                 None => (top.normf_w, top.normf_b, a.lnf, a.lnf_mean, a.lnf_rstd),
             };
-            k.ln.forward_residual(
-                (f.at(a.res_mid[l]), proj, f.at(a.res[l + 1])),
-                w32.at(nw),
-                nb.map(|o| w32.at(o)),
-                h.at(ny),
-                mean(nm).map(|o| f.at(o)),
-                f.at(nr),
-                n,
-                eps,
-            )?;
+            let out = NormFwd {
+                w: w32.at(nw),
+                b: nb.map(|o| w32.at(o)),
+                y: h.at(ny),
+                mean: mean(nm).map(|o| f.at(o)),
+                rstd: f.at(nr),
+            };
+            k.ln.forward_residual((f.at(a.res_mid[l]), proj, f.at(a.res[l + 1])), out, n, eps)?;
             prof.mark("residual + norm fwd")?;
         }
 
@@ -157,7 +147,7 @@ impl DecoderEngine {
         while r0 < n {
             let rows = d.chunk.min(n - r0);
             let (lnf, logits) = (h.at(a.lnf + r0 * c), h.at(a.logits));
-            k.blas.matmul(&Gemm::linear_forward(lnf, head, logits, rows, c, d.v, Ty::Bf16))?;
+            k.blas.matmul(&Gemm::linear_forward(lnf, head, logits, rows, c, d.v))?;
             prof.mark("matmul lm_head")?;
             let targets = self.bufs.targets.at(r0);
             k.cls.forward_backward(logits, targets, f.at(a.losses + r0), rows, d.v, dscale.unwrap_or(0.0))?;

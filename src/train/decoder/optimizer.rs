@@ -7,8 +7,9 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::buffers::{LOSS_ACC, NORM_OUT, NORM_PARTIAL};
-use super::engine::{tensor_ptr, DecoderEngine};
-use crate::cuda::adamw::AdamWStep;
+use super::engine::DecoderEngine;
+use crate::cuda::adamw::{AdamWStep, AdamWTensor};
+use crate::cuda::devptr::DevPtr;
 use crate::shards::loader::Batch;
 use crate::train::optim::StepScalars;
 use crate::train::step::{Reducer, StepOutcome};
@@ -19,8 +20,8 @@ impl DecoderEngine {
         let b = &self.bufs;
         // SAFETY: both ranges are the buffers' own.
         unsafe {
-            b.zero(b.grads.base, 4 * b.grads.len)?;
-            b.zero(b.scalars.at(LOSS_ACC), 4)?;
+            b.zero(b.grads.base, b.grads.len)?;
+            b.zero(b.scalars.at(LOSS_ACC), 1)?;
         }
         self.micro_steps = 0;
         Ok(())
@@ -84,7 +85,8 @@ impl DecoderEngine {
         // One launch per tensor: the master weights are the model's own Vars, one allocation each (`Masters`); the
         // other buffers are flat. Each element's update is what one launch over a flat buffer computed.
         for &(off, p, len) in self.masters.iter() {
-            let ptrs = (p, b.grads.at(off), b.m.at(off), b.v.at(off), b.params16.at(off));
+            let ptrs =
+                AdamWTensor { p, grad: b.grads.at(off), m: b.m.at(off), v: b.v.at(off), p16: b.params16.at(off) };
             let n_decay = if off < self.params.n_decay { len } else { 0 };
             // SAFETY: `p` holds the tensor's `len` f32 and every flat buffer `len` elements at its layout offset;
             // NORM_OUT + 1 is the clip coefficient.
@@ -104,7 +106,7 @@ impl DecoderEngine {
         let mut loss = [0f32];
         // SAFETY: `grads` is a fresh contiguous f32 tensor of the buffer's length.
         unsafe {
-            b.copy(tensor_ptr(&grads, &b.stream)?, b.grads.base, 4 * b.grads.len)?;
+            b.copy(DevPtr::of_tensor(&grads, &b.stream)?, b.grads.base, b.grads.len)?;
             b.download(&mut loss, b.scalars.at(LOSS_ACC))?;
         }
         let mut loss_t = Tensor::new(loss[0], &device)?;
@@ -114,7 +116,7 @@ impl DecoderEngine {
         let loss = [loss_t.to_device(&Device::Cpu)?.to_scalar::<f32>()?];
         // SAFETY: as above, the other direction; the stream is drained before `mean` is dropped.
         unsafe {
-            b.copy(b.grads.base, tensor_ptr(&mean, &b.stream)?, 4 * b.grads.len)?;
+            b.copy(b.grads.base, DevPtr::of_tensor(&mean, &b.stream)?, b.grads.len)?;
             b.upload(b.scalars.at(LOSS_ACC), &loss)?;
             b.stream.synchronize().map_err(candle_core::Error::wrap)?;
         }

@@ -1,14 +1,15 @@
-//! The qkv op over crate::cuda::flash_attn: candle storages in, raw pointers to the launcher, storages out.
+//! The qkv op over crate::cuda::flash_attn: candle storages in, typed device pointers to the launcher, storages out.
 use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
+use candle_core::cuda_backend::cudarc::driver::DeviceRepr;
 use candle_core::cuda_backend::CudaDType;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, DType, Result, Storage, Tensor};
 use half::{bf16, f16};
 
-use crate::cuda::flash_attn::{Dtype, FlashAttn, Heads};
+use crate::cuda::devptr::DevPtr;
+use crate::cuda::flash_attn::{AttnBwd, AttnElem, Dtype, FlashAttn, Heads};
 use crate::cuda::launch::per_device;
 
 /// The kernels loaded once per device.
@@ -30,11 +31,10 @@ pub(super) fn fwd(
     start: usize,
     (b, t, nh, hs): (usize, usize, usize, usize),
 ) -> Result<(CudaStorage, CudaStorage)> {
-    fn go<X: CudaDType + DeviceRepr>(
+    fn go<X: CudaDType + DeviceRepr + AttnElem>(
         s: &CudaStorage,
         start: usize,
         d: (usize, usize, usize, usize),
-        dt: Dtype,
     ) -> Result<(CudaStorage, CudaStorage)> {
         let (b, t, nh, hs) = d;
         let dev = s.device();
@@ -45,19 +45,19 @@ pub(super) fn fwd(
         let mut y = unsafe { dev.alloc::<X>(b * t * nh * hs)? };
         let mut lse = unsafe { dev.alloc::<f32>(b * nh * t)? };
         {
-            let (qp, _q) = qkv.device_ptr(&stream);
-            let (yp, _y) = y.device_ptr_mut(&stream);
-            let (lp, _l) = lse.device_ptr_mut(&stream);
+            let (qp, _q) = DevPtr::of(&qkv, &stream);
+            let (yp, _y) = DevPtr::of_mut(&mut y, &stream);
+            let (lp, _l) = DevPtr::of_mut(&mut lse, &stream);
             // SAFETY: qkv holds b * t * 3 * nh * hs elements from `start` (the op's contiguous input), y and
             // lse were just allocated at the sizes forward writes; all on the device's one stream.
-            unsafe { fa.forward_with(dt, qp, yp, lp, b, t, Heads::mha(nh), hs)? };
+            unsafe { fa.forward_with(qp, yp, lp, b, t, Heads::mha(nh), hs)? };
         }
         Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), CudaStorage::wrap_cuda_slice(lse, dev.clone())))
     }
     let d = (b, t, nh, hs);
     match dtype(s.dtype())? {
-        Dtype::Bf16 => go::<bf16>(s, start, d, Dtype::Bf16),
-        Dtype::F16 => go::<f16>(s, start, d, Dtype::F16),
+        Dtype::Bf16 => go::<bf16>(s, start, d),
+        Dtype::F16 => go::<f16>(s, start, d),
     }
 }
 
@@ -79,11 +79,10 @@ pub(super) fn bwd(
         candle_core::bail!("flash attention backward: qkv, y, dy and lse must be on one CUDA device");
     };
     let starts = [ql.start_offset(), yl.start_offset(), gl.start_offset(), ll.start_offset()];
-    fn go<X: CudaDType + DeviceRepr>(
+    fn go<X: CudaDType + DeviceRepr + AttnElem>(
         st: [&CudaStorage; 4],
         starts: [usize; 4],
         (b, t, nh, hs): (usize, usize, usize, usize),
-        dt: Dtype,
     ) -> Result<CudaStorage> {
         let dev = st[0].device();
         let stream = dev.cuda_stream();
@@ -96,23 +95,24 @@ pub(super) fn bwd(
         let mut dqkv = unsafe { dev.alloc::<X>(b * t * 3 * nh * hs)? };
         let mut scratch = unsafe { dev.alloc::<f32>(FlashAttn::scratch_len(b, t, nh))? };
         {
-            let (qp, _q) = qkv.device_ptr(&stream);
-            let (yp, _y) = y.device_ptr(&stream);
-            let (gp, _g) = dy.device_ptr(&stream);
-            let (lp, _l) = lse.device_ptr(&stream);
-            let (sp, _s) = scratch.device_ptr_mut(&stream);
-            let (dp, _d) = dqkv.device_ptr_mut(&stream);
+            let (qkv, _q) = DevPtr::of(&qkv, &stream);
+            let (y, _y) = DevPtr::of(&y, &stream);
+            let (dy, _g) = DevPtr::of(&dy, &stream);
+            let (lse, _l) = DevPtr::of(&lse, &stream);
+            let (dvec_scratch, _s) = DevPtr::of_mut(&mut scratch, &stream);
+            let (dqkv, _d) = DevPtr::of_mut(&mut dqkv, &stream);
+            let p = AttnBwd { qkv, y, dy, lse, dvec_scratch, dqkv };
             // SAFETY: contiguous inputs of the sizes the API documents (checked by the op's shapes); the
             // outputs were just allocated; one stream.
-            unsafe { fa.backward_with(dt, qp, yp, gp, lp, sp, dp, b, t, Heads::mha(nh), hs)? };
+            unsafe { fa.backward_with(p, b, t, Heads::mha(nh), hs)? };
         }
         Ok(CudaStorage::wrap_cuda_slice(dqkv, dev.clone()))
     }
     let st = [qs, ys, gs, ls];
     let d = (b, t, nh, hs);
     let out = match dt {
-        Dtype::Bf16 => go::<bf16>(st, starts, d, dt)?,
-        Dtype::F16 => go::<f16>(st, starts, d, dt)?,
+        Dtype::Bf16 => go::<bf16>(st, starts, d)?,
+        Dtype::F16 => go::<f16>(st, starts, d)?,
     };
     Ok(Tensor::from_storage(Storage::Cuda(out), (b, t, 3 * nh * hs), BackpropOp::none(), false))
 }
