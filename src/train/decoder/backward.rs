@@ -75,6 +75,20 @@ impl DecoderEngine {
         let (ln_scratch, bias_scratch) = (f.at(a.ln_scratch), f.at(a.bias_scratch));
         let mean = |off: usize| (arch.norm == Norm::LayerNorm).then(|| f.at(off));
         let grad = |off: Option<usize>| off.map(|o| g.at(o));
+        // A norm's backward from dsmall, added into the f32 residual gradient: the norm of input `x` with weight
+        // `w`, bias `b` and the statistics its forward saved.
+        let norm_bwd = |x: usize, w: usize, b: Option<usize>, mean_off: usize, rstd: usize| NormBwd {
+            dy: dsmall,
+            x: f.at(x),
+            w: w32.at(w),
+            mean: mean(mean_off),
+            rstd: f.at(rstd),
+            dres,
+            dres16,
+            dw: g.at(w),
+            db: grad(b),
+            scratch: ln_scratch,
+        };
         let heads = Heads { q: d.nh, kv: d.nkv };
         let rope = RopeShape { n, t: d.t, heads: d.nh + d.nkv, hs: d.hs(), ld: d.qkv() };
         let rope_tables = (f.at(a.rope_cos), f.at(a.rope_sin));
@@ -84,19 +98,7 @@ impl DecoderEngine {
 
         self.bufs.zero(dres, n * c)?;
         prof.mark("zero dres")?;
-        let normf = NormBwd {
-            dy: dsmall,
-            x: f.at(a.res[d.l]),
-            w: w32.at(top.normf_w),
-            mean: mean(a.lnf_mean),
-            rstd: f.at(a.lnf_rstd),
-            dres,
-            dres16,
-            dw: g.at(top.normf_w),
-            db: grad(top.normf_b),
-            scratch: ln_scratch,
-        };
-        k.ln.backward(normf, n)?;
+        k.ln.backward(norm_bwd(a.res[d.l], top.normf_w, top.normf_b, a.lnf_mean, a.lnf_rstd), n)?;
         prof.mark("norm bwd")?;
 
         for (l, lp) in self.layers.iter().enumerate().rev() {
@@ -136,19 +138,7 @@ impl DecoderEngine {
             prof.mark("matmul dW + db fc")?;
             k.blas.matmul(&Gemm::linear_dinput(dbig, w16.at(lp.fc_w), dsmall, n, c, d.fc))?;
             prof.mark("matmul dX fc")?;
-            let norm2 = NormBwd {
-                dy: dsmall,
-                x: f.at(a.res_mid[l]),
-                w: w32.at(lp.norm2_w),
-                mean: mean(a.ln2_mean[l]),
-                rstd: f.at(a.ln2_rstd[l]),
-                dres,
-                dres16,
-                dw: g.at(lp.norm2_w),
-                db: grad(lp.norm2_b),
-                scratch: ln_scratch,
-            };
-            k.ln.backward(norm2, n)?;
+            k.ln.backward(norm_bwd(a.res_mid[l], lp.norm2_w, lp.norm2_b, a.ln2_mean[l], a.ln2_rstd[l]), n)?;
             prof.mark("norm bwd")?;
 
             // Attention projection: res_mid = atty Wproj^T [+ bproj] + res[l].
@@ -188,19 +178,7 @@ impl DecoderEngine {
             prof.mark("matmul dW + db qkv")?;
             k.blas.matmul(&Gemm::linear_dinput(dbig, w16.at(lp.qkv_w), dsmall, n, c, d.qkv()))?;
             prof.mark("matmul dX qkv")?;
-            let norm1 = NormBwd {
-                dy: dsmall,
-                x: f.at(a.res[l]),
-                w: w32.at(lp.norm1_w),
-                mean: mean(a.ln1_mean[l]),
-                rstd: f.at(a.ln1_rstd[l]),
-                dres,
-                dres16,
-                dw: g.at(lp.norm1_w),
-                db: grad(lp.norm1_b),
-                scratch: ln_scratch,
-            };
-            k.ln.backward(norm1, n)?;
+            k.ln.backward(norm_bwd(a.res[l], lp.norm1_w, lp.norm1_b, a.ln1_mean[l], a.ln1_rstd[l]), n)?;
             prof.mark("norm bwd")?;
         }
 
