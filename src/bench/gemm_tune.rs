@@ -116,3 +116,55 @@ pub fn report(table: &GemmTable) -> String {
     ));
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::gemm_table::{GemmShape, TunedShape};
+
+    #[test]
+    fn the_report_has_a_line_per_shape_and_the_micro_step_total() {
+        let shape = |m, epilogue: &str| GemmShape {
+            m,
+            n: 65536,
+            k: 768,
+            lda: 768,
+            ldb: 768,
+            ldd: m,
+            trans_a: true,
+            trans_b: false,
+            d_f32: false,
+            accumulate: false,
+            epilogue: epilogue.into(),
+        };
+        let table = GemmTable {
+            gpu: "NVIDIA H100 80GB HBM3".into(),
+            cublaslt: 130100,
+            tuned_for: "llama-124m at B=64 T=1024".into(),
+            shapes: vec![
+                TunedShape {
+                    shape: shape(2304, "none"),
+                    algo: 5,
+                    offered: 8,
+                    calls: 12,
+                    default_us: 322.9,
+                    chosen_us: 292.8,
+                },
+                TunedShape {
+                    shape: shape(768, "bias_bf16"),
+                    algo: 0,
+                    offered: 8,
+                    calls: 12,
+                    default_us: 100.0,
+                    chosen_us: 100.0,
+                },
+            ],
+        };
+        let r = report(&table);
+        assert!(r.starts_with("cuBLASLt algorithms on NVIDIA H100 80GB HBM3 (cuBLASLt 130100)"), "{r}");
+        assert_eq!(r.lines().filter(|l| l.contains("65536")).count(), 2, "{r}");
+        assert!(r.contains("bias_bf16") && r.contains("9.3%") && r.contains("0.0%"), "{r}");
+        // 12 x 322.9 + 12 x 100 = 5074.8 us; 12 x 292.8 + 12 x 100 = 4713.6 us.
+        assert!(r.contains("5.075 ms with the heuristic's first, 4.714 ms chosen (7.1% less)"), "{r}");
+    }
+}
