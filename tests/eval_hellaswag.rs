@@ -249,6 +249,30 @@ fn cli_scores_a_checkpoint_directory() {
     let line = format!("acc: {:.4} acc_norm: {:.4} (n=3)", three.acc(), three.acc_norm());
     assert!(stdout.contains(&line), "expected `{line}` in:\n{stdout}");
     assert_eq!(want.n, 4);
+
+    // --compare-fp32 scores again in fp32 and counts the flips (none: both passes are fp32 here); --engine is
+    // checked against the device and named when wrong.
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokenmill"))
+            .args(["eval", "hellaswag", "--device", "cpu", "--limit", "3", "--model"])
+            .arg(&ckpt)
+            .arg("--data")
+            .arg(dir.path())
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let (ok, text) = run(&["--compare-fp32"]);
+    assert!(
+        ok && text.contains("fp32: acc:") && text.contains("0 of 3 examples' acc_norm prediction differ"),
+        "{text}"
+    );
+    let (ok, text) = run(&["--engine", "cuda"]);
+    assert!(!ok && text.contains("--engine") && text.contains("CUDA"), "{text}");
+    let (ok, text) = run(&["--engine", "fast"]);
+    assert!(!ok && text.contains("--engine \"fast\"") && text.contains("auto, autograd or cuda"), "{text}");
 }
 
 /// Issue 12 item 4: a cl100k-trained model was scored on the GPT-2 eval file (acc 0.40, exit 0). The file holds
