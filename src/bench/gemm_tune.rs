@@ -124,19 +124,8 @@ mod tests {
 
     #[test]
     fn the_report_has_a_line_per_shape_and_the_micro_step_total() {
-        let shape = |m, epilogue: &str| GemmShape {
-            m,
-            n: 65536,
-            k: 768,
-            lda: 768,
-            ldb: 768,
-            ldd: m,
-            trans_a: true,
-            trans_b: false,
-            d_f32: false,
-            accumulate: false,
-            epilogue: epilogue.into(),
-        };
+        let shape =
+            |m, epilogue: &str| GemmShape { epilogue: epilogue.into(), ..crate::cuda::gemm_table::tests::shape(m) };
         let table = GemmTable {
             gpu: "NVIDIA H100 80GB HBM3".into(),
             cublaslt: 130100,

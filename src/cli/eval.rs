@@ -50,7 +50,6 @@ pub struct HellaswagArgs {
 }
 
 /// Positions of the engine's evaluation buffers in a standalone evaluation (rows x bucketed length).
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 const ENGINE_EVAL_POSITIONS: usize = 32768;
 
 pub fn run(c: EvalCommand) -> anyhow::Result<()> {
@@ -136,7 +135,6 @@ fn hellaswag(a: HellaswagArgs) -> anyhow::Result<()> {
 
 /// Score on the decoder engine: an engine built over the model for rows up to `longest` tokens (its optimizer
 /// state goes unused), `ENGINE_EVAL_POSITIONS` positions per forward.
-#[cfg(feature = "cuda")]
 fn score_on_engine(
     model: Box<dyn crate::model::LanguageModel>,
     device: &candle_core::Device,
@@ -151,18 +149,7 @@ fn score_on_engine(
     let cfg = crate::train::config::TrainConfig::default();
     let adam = crate::train::optim::AdamWConfig::from_config(&cfg);
     let (opts, _) = cfg.engine.with_env_overrides()?;
-    let mut engine = crate::train::decoder::DecoderEngine::new(model, device, (rows, shape.t), adam, opts)?;
+    let mut engine = crate::train::engine::build(EngineKind::Cuda, model, device, (rows, shape.t), adam, &opts)?;
     let mut scorer = engine.scorer(longest).expect("the engine was sized for these rows");
-    Ok(evaluate_with(&mut scorer, examples, 0, 1, progress)?)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn score_on_engine(
-    _model: Box<dyn crate::model::LanguageModel>,
-    _device: &candle_core::Device,
-    _examples: &[crate::eval::hellaswag_file::Example],
-    _longest: usize,
-    _progress: impl FnMut(&HellaswagScore),
-) -> anyhow::Result<Vec<Prediction>> {
-    unreachable!("EngineKind::resolve picks the cuda engine only in a `cuda` build")
+    Ok(evaluate_with(&mut *scorer, examples, 0, 1, progress)?)
 }

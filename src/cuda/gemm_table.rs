@@ -157,10 +157,11 @@ pub fn choose(us: &[f64]) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn shape(m: usize) -> GemmShape {
+    /// A forward product of a 124M model at B*T = 65,536 with `m` outputs (test fixture, also for `bench::gemm_tune`).
+    pub(crate) fn shape(m: usize) -> GemmShape {
         GemmShape {
             m,
             n: 65536,
