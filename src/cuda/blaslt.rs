@@ -126,7 +126,7 @@ impl Epilogue {
 
 /// One product `D = op(A) op(B) [+ C]` in cuBLAS terms (column-major, see the module doc); the matrices 256-byte
 /// aligned (what the heuristic assumes by default). A and B are bf16; D and C, whose type `d_type` says, are kept
-/// as raw addresses and set only through the typed constructors and [`Gemm::writing`] / [`Gemm::plus`].
+/// as raw addresses and set only through the typed constructors and [`Gemm::writing`].
 #[derive(Clone, Copy, Debug)]
 pub struct Gemm {
     pub m: usize,
@@ -231,13 +231,6 @@ impl Gemm {
 
     pub fn with_epilogue(mut self, e: Epilogue) -> Gemm {
         self.epilogue = e;
-        self
-    }
-
-    /// Add C (same type and layout as D: a C of another type is a bug in the caller) to the product.
-    pub fn plus<D: GemmOut>(mut self, c: DevPtr<D>) -> Gemm {
-        assert_eq!(D::TY, self.d_type, "cuBLASLt: C must have D's type");
-        self.c = Some(c.raw());
         self
     }
 
