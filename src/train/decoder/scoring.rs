@@ -1,5 +1,5 @@
 //! The decoder engine as an evaluation scorer (`eval::hellaswag::RowScorer`): HellaSwag's rows through the engine's
-//! own forward in bf16, in the training buffers, with no allocation per call.
+//! own forward in bf16, in the training buffers, with no device allocation per call.
 //!
 //! The engine is sized for training micro-batches of B x T tokens; an evaluation batch of `rows` rows of `t` tokens
 //! runs in the same buffers whenever rows * t <= B * T and t <= T (each buffer's first rows * t positions; the
