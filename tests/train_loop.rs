@@ -508,10 +508,11 @@ fn signal_after(mut child: std::process::Child, prefix: &str, signals: &[&str]) 
             break;
         }
     }
-    let pid = child.id().to_string();
-    for s in signals {
-        assert!(std::process::Command::new("kill").args([*s, &pid]).status().unwrap().success());
-    }
+    // One shell sends them all with its builtin `kill`, microseconds apart: a second signal sent by a second process
+    // could arrive after the run had already finished its step and written the checkpoint (seen on a loaded CI box).
+    let pid = child.id();
+    let script: Vec<String> = signals.iter().map(|s| format!("kill {s} {pid}")).collect();
+    assert!(std::process::Command::new("sh").args(["-c", &script.join(" && ")]).status().unwrap().success());
     let out = child.wait_with_output().unwrap();
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
@@ -547,10 +548,11 @@ fn sigterm_finishes_the_step_writes_a_checkpoint_and_a_second_signal_aborts() {
     assert!(stdout.contains(&format!("resumed from {}", ckpt.display())), "{stdout}");
     assert_eq!(std::fs::read_to_string(log.join("log.txt")).unwrap().lines().count(), state.step + 1);
 
-    // Two signals: the second exits at once, mid-step, without a checkpoint.
+    // Two signals: the second exits at once, mid-step, without a checkpoint. They differ because a standard signal
+    // sent while the same one is still pending is merged into it; the kernel may deliver them in either order.
     let log2 = dir.path().join("log2");
-    let (code, stderr) = signal_after(spawn_train(&data, &log2, &[]), "step     1 |", &["-INT", "-INT"]);
-    assert_eq!(code, Some(128 + 2), "{stderr}");
+    let (code, stderr) = signal_after(spawn_train(&data, &log2, &[]), "step     1 |", &["-TERM", "-INT"]);
+    assert!(code == Some(128 + 2) || code == Some(128 + 15), "{code:?} {stderr}");
     assert!(!stderr.contains("stopped by"), "{stderr}");
     assert!(checkpoint::all(&log2.join("checkpoints")).is_empty());
 }
