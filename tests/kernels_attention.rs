@@ -389,14 +389,11 @@ fn cuda_qkv_op_matches_head_views() {
     };
     for (shape, dt) in [((2, 12, 1024, 64), DType::BF16), ((2, 3, 100, 64), DType::BF16), ((1, 2, 97, 64), DType::F32)]
     {
-        // f32: the same FMA kernels on the same inputs, only the assembly of d(qkv) differs: exact. bf16: the qkv op
-        // runs crate::cuda::flash_attn, the head views the older tensor-core kernels: the tc-vs-fma tolerance.
+        // The same kernels on the same inputs, only the layouts differ (f32: attention.cu's FMA kernels; bf16:
+        // flash_attn.cu over the whole buffer and through the head views' strides): exact.
         let ((o, g), (ro, rg)) = qkv_op_vs_views(dt, shape, &dev, flash_causal_attention);
-        let scale = |v: &[f64]| v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-        let (ao, ag, r) =
-            if dt == DType::F32 { (0.0, 0.0, 0.0) } else { (0.02 * scale(&ro), 0.02 * scale(&rg), 1.0 / 32.0) };
-        assert_close(&format!("cuda qkv op output {shape:?} {dt:?}"), &o, &ro, ao, r);
-        assert_close(&format!("cuda qkv op d(qkv) {shape:?} {dt:?}"), &g, &rg, ag, r);
+        assert_close(&format!("cuda qkv op output {shape:?} {dt:?}"), &o, &ro, 0.0, 0.0);
+        assert_close(&format!("cuda qkv op d(qkv) {shape:?} {dt:?}"), &g, &rg, 0.0, 0.0);
         // And against the CPU twin of the same op (bf16: the tolerance of cuda_matches_cpu).
         let ((co, cg), _) = qkv_op_vs_views(dt, shape, &Device::Cpu, causal_attention_slow);
         let scale = |v: &[f64]| v.iter().fold(0.0f64, |m, x| m.max(x.abs()));

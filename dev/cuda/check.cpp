@@ -1,5 +1,6 @@
-// Runs the candle ops' CUDA kernels (src/cuda: cross_entropy.cu, attention.cu with its tensor-core kernels in
-// attention_tc.cuh, the embedding backward in encoder.cu) under cuda_emu.h and compares them with plain
+// Runs the candle ops' CUDA kernels (src/cuda: cross_entropy.cu, attention.cu's FMA kernels, the embedding backward in
+// encoder.cu, layer_norm.cu; the op's tensor-core attention is flash_attn.cu, check_flash.cpp) under cuda_emu.h and
+// compares them with plain
 // double-precision references, in f32, bf16 and f16, on awkward sizes (T not a multiple of the tiles, unaligned rows,
 // the strided q/k/v views GPT-2 passes, ignored targets). Prints one line per check; exits 1 on any mismatch.
 // Build and run: dev/cuda/run.sh ops
@@ -118,14 +119,10 @@ static AttnRef attn_reference(const Attn& a) {
     return r;
 }
 
-// Which kernel set of attention.cu: the FMA tiles (any dtype) or the tensor-core ones (attention_tc.cuh, bf16/f16).
-enum class AttnKernels { Fma, TensorCores };
-
-// misalign: q, k, v start one element past a 16-byte boundary, so the tensor-core tile loads take their
-// element-by-element path.
+// misalign: q, k, v start one element past a 16-byte boundary (the FMA kernels read element by element).
 template <typename T>
-static void check_attention(const char* dtype, AttnKernels set, int B, int NH, int Tn, double tol_abs, double tol_rel,
-                            uint32_t seed, bool misalign = false) {
+static void check_attention(const char* dtype, int B, int NH, int Tn, double tol_abs, double tol_rel, uint32_t seed,
+                            bool misalign = false) {
     Attn a{B, NH, Tn, {}, {}};
     std::mt19937 rng(seed);
     std::uniform_real_distribution<double> u(-1.0, 1.0);
@@ -160,23 +157,21 @@ static void check_attention(const char* dtype, AttnKernels set, int B, int NH, i
                  int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float);
     void (*dqk)(const T*, const T*, const T*, const T*, const float*, const float*, T*, int, int, int64_t, int64_t,
                 int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float);
-    const bool tc = set == AttnKernels::TensorCores;
     if constexpr (std::is_same_v<T, float>) {
-        emu_check(!tc, "the tensor-core attention kernels take bf16/f16");
         fwd = fa_fwd_f32;
         dot = fa_bwd_dot_f32;
         dkdv = fa_bwd_dkdv_f32;
         dqk = fa_bwd_dq_f32;
     } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-        fwd = tc ? fa_tc_fwd_bf16 : fa_fwd_bf16;
+        fwd = fa_fwd_bf16;
         dot = fa_bwd_dot_bf16;
-        dkdv = tc ? fa_tc_bwd_dkdv_bf16 : fa_bwd_dkdv_bf16;
-        dqk = tc ? fa_tc_bwd_dq_bf16 : fa_bwd_dq_bf16;
+        dkdv = fa_bwd_dkdv_bf16;
+        dqk = fa_bwd_dq_bf16;
     } else {
-        fwd = tc ? fa_tc_fwd_f16 : fa_fwd_f16;
+        fwd = fa_fwd_f16;
         dot = fa_bwd_dot_f16;
-        dkdv = tc ? fa_tc_bwd_dkdv_f16 : fa_bwd_dkdv_f16;
-        dqk = tc ? fa_tc_bwd_dq_f16 : fa_bwd_dq_f16;
+        dkdv = fa_bwd_dkdv_f16;
+        dqk = fa_bwd_dq_f16;
     }
     emu_launch(fwd, dim3{nqt, (unsigned)(B * NH), 1}, dim3{FA_THREADS, 1, 1}, q, k, v, o.data(), lse.data(), NH, Tn, sb, sh,
                st, sb, sh, st, sb, sh, st, scale);
@@ -188,7 +183,7 @@ static void check_attention(const char* dtype, AttnKernels set, int B, int NH, i
     emu_launch(dqk, dim3{nqt, (unsigned)(B * NH), 1}, dim3{FA_THREADS, 1, 1}, q, k, v, (const T*)dout.data(),
                (const float*)lse.data(), (const float*)dvec.data(), dq.data(), NH, Tn, sb, sh, st, sb, sh, st, sb, sh, st,
                scale);
-    const std::string tag = std::string(tc ? "attention (tensor cores) " : "attention ") + dtype +
+    const std::string tag = std::string("attention ") + dtype +
                             (misalign ? " unaligned" : "") + " B=" + std::to_string(B) + " NH=" + std::to_string(NH) +
                             " T=" + std::to_string(Tn);
     expect(tag + " O", o, ref.o, tol_abs, tol_rel);
@@ -390,20 +385,17 @@ int main() {
     check_ce<float>("f32", 5, 1001, 1001, 1e-7, 1e-5, 6, true);
     check_ce<float>("f32", 4, 999, 1010, 1e-7, 1e-5, 7, true);
     // f32: scores ~ O(10) and sums over <= T keys: 1e-4 relative covers f32 accumulation order.
-    check_attention<float>("f32", AttnKernels::Fma, 1, 2, 1, 1e-5, 1e-4, 11);
-    check_attention<float>("f32", AttnKernels::Fma, 2, 3, 100, 1e-5, 1e-4, 12);
-    check_attention<float>("f32", AttnKernels::Fma, 1, 2, 130, 1e-5, 1e-4, 13);
-    check_attention<float>("f32", AttnKernels::Fma, 1, 1, 64, 1e-5, 1e-4, 14);
+    check_attention<float>("f32", 1, 2, 1, 1e-5, 1e-4, 11);
+    check_attention<float>("f32", 2, 3, 100, 1e-5, 1e-4, 12);
+    check_attention<float>("f32", 1, 2, 130, 1e-5, 1e-4, 13);
+    check_attention<float>("f32", 1, 1, 64, 1e-5, 1e-4, 14);
     // bf16: outputs rounded to bf16 (2^-9 relative) on top of f32 accumulation, and D = dO . O uses the bf16 O
     // (as FlashAttention-2 does), so dS = P (dP - D) carries ~2^-9 |dO| |O| of cancellation error: an absolute
     // 1% of the largest gradient entry.
-    check_attention<__nv_bfloat16>("bf16", AttnKernels::Fma, 2, 2, 97, 6e-3, 1.0 / 64, 15);
-    // Tensor cores (attention_tc.cuh): P and dS are also rounded to the input type before their products (as
-    // FlashAttention-2), which the bf16 tolerance above already covers; f16 keeps 3 more bits.
-    check_attention<__nv_bfloat16>("bf16", AttnKernels::TensorCores, 2, 2, 97, 6e-3, 1.0 / 64, 16);
-    check_attention<__nv_bfloat16>("bf16", AttnKernels::TensorCores, 1, 2, 130, 6e-3, 1.0 / 64, 17, true);
-    check_attention<__half>("f16", AttnKernels::TensorCores, 1, 3, 64, 1e-3, 1.0 / 256, 18);
-    check_attention<__half>("f16", AttnKernels::Fma, 1, 2, 33, 1e-3, 1.0 / 256, 19);
+    check_attention<__nv_bfloat16>("bf16", 2, 2, 97, 6e-3, 1.0 / 64, 15);
+    check_attention<__nv_bfloat16>("bf16", 1, 2, 130, 6e-3, 1.0 / 64, 17, true);
+    // f16 keeps 3 more bits.
+    check_attention<__half>("f16", 1, 2, 33, 1e-3, 1.0 / 256, 19);
     if (failures) {
         std::printf("%d check(s) FAILED\n", failures);
         return 1;

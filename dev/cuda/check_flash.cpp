@@ -1,7 +1,8 @@
 // Runs src/cuda/flash_attn.cu (the tensor-core FlashAttention-2 kernels: cp.async, ldmatrix, mma.sync) under
 // cuda_emu.h's warp-level emulation and compares them with a double-precision reference, in bf16 and f16, on T that
-// are and are not multiples of the tiles, every launch variant, head groups that do not divide B * NH, and grouped-query
-// attention (NKV key/value heads shared by NH / NKV query heads each). Checks
+// are and are not multiples of the tiles, every launch variant, head groups that do not divide B * NH, grouped-query
+// attention (NKV key/value heads shared by NH / NKV query heads each), and both callers' layouts (the engine's fused
+// qkv, the candle op's strided head views with dense gradients). Checks
 // that every output element is written (outputs start as NaN) and that a second run gives the same bytes.
 // Prints one line per check; exits 1 on any mismatch. Build and run: dev/cuda/run.sh ops
 #include "cuda_emu.h"
@@ -44,9 +45,9 @@ static void expect(const std::string& what, const std::vector<G>& got, const std
 }
 
 template <typename T> struct Kernels {
-    void (*fwd)(const T*, T*, float*, int, int, int, float, int);
-    void (*dkdv)(const T*, const T*, const float*, const float*, T*, int, int, int, float, int);
-    void (*dq)(const T*, const T*, const T*, const float*, float*, T*, int, int, int, float, int);
+    void (*fwd)(const T*, const T*, const T*, T*, float*, Fa2Layout, int, int, int, float, int);
+    void (*dkdv)(const T*, const T*, const T*, const T*, const float*, const float*, T*, T*, Fa2Layout, int, int, int, float, int);
+    void (*dq)(const T*, const T*, const T*, const T*, const T*, const float*, float*, T*, Fa2Layout, int, int, int, float, int);
     int fwd_rows, fwd_threads, bwd_rows, bwd_threads;
 };
 
@@ -67,52 +68,111 @@ template <typename T> static Kernels<T> kernels(int fw, int fm, int bw);
 FA2_PICK(__nv_bfloat16, bf16)
 FA2_PICK(__half, f16)
 
-// One case: qkv (B, T, C + 2 KW), dy (B, T, C) random; the kernels against the reference; dqkv all written; repeat
-// exact.
+// How a case lays its tensors out, as the two callers do.
+enum class Layout {
+    // The decoder engine: q|k|v side by side in one (B, T, C + 2 KW) buffer, y and dy (B, T, C), dqkv like qkv.
+    Fused,
+    // The candle op over head views: q a (B, T, NH, HS) buffer read as (B, NH, T, HS), k with rows padded by 8
+    // elements, v dense (B, NKV, T, HS); y, dy and the gradients dense (B, heads, T, HS).
+    Heads,
+};
+
+// One tensor of head-size rows in a buffer: element d of row t of head h in batch b at off + b*sb + h*sh + t*st + d.
+struct View {
+    size_t off;
+    Fa2Strides s;
+    size_t at(int b, int h, int t, int d) const { return off + b * s.b_ + h * s.h_ + t * s.t_ + d; }
+};
+static View dense(size_t off, int heads, int Tn) {
+    return {off, {(int64_t)heads * Tn * FA2_HS, (int64_t)Tn * FA2_HS, FA2_HS}};
+}
+
+// One case: q, k, v, dy random; the kernels against the reference; every output element written; a second run
+// bitwise equal.
 template <typename T>
-static void check(const char* dtype, int B, int NH, int NKV, int Tn, int fw, int fm, int bw, int group, uint32_t seed) {
+static void check(const char* dtype, Layout layout, int B, int NH, int NKV, int Tn, int fw, int fm, int bw, int group,
+                  uint32_t seed) {
     const int HS = FA2_HS, C = NH * HS, KW = NKV * HS, W = C + 2 * KW, NQ = NH / NKV;
     const double scale = 1.0 / std::sqrt((double)HS);
+    // Where q, k, v live in the input buffer, y / dy in theirs, dq, dk, dv in the gradient buffer.
+    View vq, vk, vv, vy, vdq, vdk, vdv;
+    size_t n_in, n_y, n_grad;
+    if (layout == Layout::Fused) {
+        const Fa2Strides s{(int64_t)Tn * W, HS, W};
+        vq = {0, s}, vk = {(size_t)C, s}, vv = {(size_t)(C + KW), s};
+        vdq = vq, vdk = vk, vdv = vv;
+        vy = {0, {(int64_t)Tn * C, HS, C}};
+        n_in = n_grad = (size_t)B * Tn * W;
+        n_y = (size_t)B * Tn * C;
+    } else {
+        const size_t nq = (size_t)B * Tn * C, nk = (size_t)B * NKV * Tn * (HS + 8), nv = (size_t)B * Tn * KW;
+        vq = {0, {(int64_t)Tn * C, HS, C}};
+        vk = {nq, {(int64_t)NKV * Tn * (HS + 8), (int64_t)Tn * (HS + 8), HS + 8}};
+        vv = dense(nq + nk, NKV, Tn);
+        n_in = nq + nk + nv;
+        vy = dense(0, NH, Tn);
+        n_y = (size_t)B * NH * Tn * HS;
+        vdq = dense(0, NH, Tn), vdk = dense(n_y, NKV, Tn), vdv = dense(n_y + nv, NKV, Tn);
+        n_grad = n_y + 2 * nv;
+    }
+    const Fa2Layout L{vq.s, vk.s, vv.s, vy.s, vdq.s, vdk.s, vdv.s};
+
     std::mt19937 rng(seed);
     std::uniform_real_distribution<double> u(-1.0, 1.0);
-    std::vector<T> qkv((size_t)B * Tn * W), dy((size_t)B * Tn * C);
-    std::vector<double> x(qkv.size()), g(dy.size());
-    for (size_t i = 0; i < qkv.size(); i++) {
-        qkv[i] = to16<T>(u(rng) * 2.0);  // scores of O(10): a peaked softmax
-        x[i] = from16(qkv[i]);
-    }
-    for (size_t i = 0; i < dy.size(); i++) {
-        dy[i] = to16<T>(u(rng));
-        g[i] = from16(dy[i]);
-    }
-    // Column of part 0 (q of query head h), 1 (k) or 2 (v) of query head h's key/value head.
-    auto col = [&](int part, int h) { return part == 0 ? h * HS : C + (part - 1) * KW + (h / NQ) * HS; };
-    auto at = [&](int part, int b, int h, int t, int d) { return x[((size_t)b * Tn + t) * W + col(part, h) + d]; };
+    const uint16_t nan16 = 0x7fff;
+    std::vector<T> in(n_in, T{nan16}), dy(n_y, T{nan16});  // padding stays NaN: a read of it poisons the results
+    auto fill = [&](std::vector<T>& buf, const View& v, int heads, double amp) {
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < heads; h++)
+                for (int t = 0; t < Tn; t++)
+                    for (int d = 0; d < HS; d++) buf[v.at(b, h, t, d)] = to16<T>(u(rng) * amp);
+    };
+    fill(in, vq, NH, 2.0);  // scores of O(10): a peaked softmax
+    fill(in, vk, NKV, 2.0);
+    fill(in, vv, NKV, 2.0);
+    fill(dy, vy, NH, 1.0);
+    // Part 0 (q of query head h), 1 (k) or 2 (v) of query head h's key/value head, as the reference reads it.
+    auto at = [&](int part, int b, int h, int t, int d) {
+        const View& v = part == 0 ? vq : part == 1 ? vk : vv;
+        return from16(in[v.at(b, part == 0 ? h : h / NQ, t, d)]);
+    };
+    auto gy = [&](int b, int h, int t, int d) { return from16(dy[vy.at(b, h, t, d)]); };
 
     const Kernels<T> k = kernels<T>(fw, fm, bw);
     const int nbh = B * NH;
     const float fscale = (float)scale;
-    const uint16_t nan16 = 0x7fff;
-    auto run = [&](std::vector<T>& y, std::vector<float>& lse, std::vector<T>& dqkv) {
-        y.assign(dy.size(), T{nan16});
+    const T* base = in.data();
+    auto run = [&](std::vector<T>& y, std::vector<float>& lse, std::vector<T>& grad) {
+        y.assign(n_y, T{nan16});
         lse.assign((size_t)nbh * Tn, NAN);
-        dqkv.assign(qkv.size(), T{nan16});
+        grad.assign(n_grad, T{nan16});
         std::vector<float> dvec((size_t)nbh * Tn, NAN);
+        const T *q = base + vq.off, *kk = base + vk.off, *v = base + vv.off;
+        T *dq = grad.data() + vdq.off, *dk = grad.data() + vdk.off, *dv = grad.data() + vdv.off;
         const unsigned nq = (Tn + k.fwd_rows - 1) / k.fwd_rows, nb = (Tn + k.bwd_rows - 1) / k.bwd_rows;
-        emu_launch(k.fwd, dim3{nq * nbh, 1, 1}, dim3{(unsigned)k.fwd_threads, 1, 1}, (const T*)qkv.data(), y.data(), lse.data(),
+        emu_launch(k.fwd, dim3{nq * nbh, 1, 1}, dim3{(unsigned)k.fwd_threads, 1, 1}, q, kk, v, y.data(), lse.data(), L,
                    NH, NKV, Tn, fscale, group);
-        emu_launch(k.dq, dim3{nb * nbh, 1, 1}, dim3{(unsigned)k.bwd_threads, 1, 1}, (const T*)qkv.data(), (const T*)y.data(),
-                   (const T*)dy.data(), (const float*)lse.data(), dvec.data(), dqkv.data(), NH, NKV, Tn, fscale, group);
-        emu_launch(k.dkdv, dim3{nb * (unsigned)(B * NKV), 1, 1}, dim3{(unsigned)k.bwd_threads, 1, 1}, (const T*)qkv.data(),
-                   (const T*)dy.data(), (const float*)lse.data(), (const float*)dvec.data(), dqkv.data(), NH, NKV, Tn, fscale,
-                   group);
+        emu_launch(k.dq, dim3{nb * nbh, 1, 1}, dim3{(unsigned)k.bwd_threads, 1, 1}, q, kk, v, (const T*)y.data(),
+                   (const T*)dy.data(), (const float*)lse.data(), dvec.data(), dq, L, NH, NKV, Tn, fscale, group);
+        emu_launch(k.dkdv, dim3{nb * (unsigned)(B * NKV), 1, 1}, dim3{(unsigned)k.bwd_threads, 1, 1}, q, kk, v,
+                   (const T*)dy.data(), (const float*)lse.data(), (const float*)dvec.data(), dk, dv, L, NH, NKV, Tn,
+                   fscale, group);
     };
-    std::vector<T> y, dqkv, y2, dqkv2;
+    std::vector<T> y, grad, y2, grad2;
     std::vector<float> lse, lse2;
-    run(y, lse, dqkv);
+    run(y, lse, grad);
 
-    // Reference (double), backward from the kernel's own y (rounded), as the CPU twin and FlashAttention-2 do.
-    std::vector<double> ry(dy.size()), rl(lse.size()), rd(qkv.size(), 0.0);
+    // Reference (double), backward from the kernel's own y (rounded), as the CPU twin and FlashAttention-2 do. Each
+    // output is compared where the kernels wrote it; the gradient buffer's padding (none here) would stay NaN.
+    std::vector<double> ry(n_y, NAN), rl(lse.size()), rd(n_grad, NAN);
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < Tn; t++)
+                for (int d = 0; d < HS; d++) rd[vdq.at(b, h, t, d)] = 0.0;
+        for (int h = 0; h < NKV; h++)
+            for (int t = 0; t < Tn; t++)
+                for (int d = 0; d < HS; d++) rd[vdk.at(b, h, t, d)] = rd[vdv.at(b, h, t, d)] = 0.0;
+    }
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
             std::vector<double> P((size_t)Tn * Tn, 0.0);
@@ -131,23 +191,21 @@ static void check(const char* dtype, int B, int NH, int NKV, int Tn, int fw, int
                 for (int d = 0; d < HS; d++) {
                     double acc = 0;
                     for (int j = 0; j <= i; j++) acc += P[(size_t)i * Tn + j] * at(2, b, h, j, d);
-                    ry[((size_t)b * Tn + i) * C + h * HS + d] = acc;
+                    ry[vy.at(b, h, i, d)] = acc;
                 }
             }
             for (int i = 0; i < Tn; i++) {
-                const size_t yr = ((size_t)b * Tn + i) * C + h * HS;
                 double D = 0;
-                for (int d = 0; d < HS; d++) D += g[yr + d] * from16(y[yr + d]);
+                for (int d = 0; d < HS; d++) D += gy(b, h, i, d) * from16(y[vy.at(b, h, i, d)]);
                 for (int j = 0; j <= i; j++) {
                     const double p = P[(size_t)i * Tn + j];
                     double dp = 0;
-                    for (int d = 0; d < HS; d++) dp += g[yr + d] * at(2, b, h, j, d);
+                    for (int d = 0; d < HS; d++) dp += gy(b, h, i, d) * at(2, b, h, j, d);
                     const double ds = p * (dp - D) * scale;
-                    const size_t qi = ((size_t)b * Tn + i) * W + col(0, h), rj = ((size_t)b * Tn + j) * W;
                     for (int d = 0; d < HS; d++) {
-                        rd[qi + d] += ds * at(1, b, h, j, d);
-                        rd[rj + col(1, h) + d] += ds * at(0, b, h, i, d);  // summed over the group's query heads
-                        rd[rj + col(2, h) + d] += p * g[yr + d];
+                        rd[vdq.at(b, h, i, d)] += ds * at(1, b, h, j, d);
+                        rd[vdk.at(b, h / NQ, j, d)] += ds * at(0, b, h, i, d);  // summed over the group's query heads
+                        rd[vdv.at(b, h / NQ, j, d)] += p * gy(b, h, i, d);
                     }
                 }
             }
@@ -155,19 +213,21 @@ static void check(const char* dtype, int B, int NH, int NKV, int Tn, int fw, int
     double ymax = 0, gmax = 0;
     for (double v : ry) ymax = std::max(ymax, std::fabs(v));
     for (double v : rd) gmax = std::max(gmax, std::fabs(v));
-    const std::string tag = std::string("flash ") + dtype + " B=" + std::to_string(B) + " NH=" + std::to_string(NH) +
-                            (NKV != NH ? " KV=" + std::to_string(NKV) : std::string()) + " T=" + std::to_string(Tn) + " fwd w" + std::to_string(fw) + "m" + std::to_string(fm) + " bwd w" +
-                            std::to_string(bw) + " group " + std::to_string(group);
+    const std::string tag = std::string("flash ") + dtype + (layout == Layout::Heads ? " heads" : "") +
+                            " B=" + std::to_string(B) + " NH=" + std::to_string(NH) +
+                            (NKV != NH ? " KV=" + std::to_string(NKV) : std::string()) + " T=" + std::to_string(Tn) +
+                            " fwd w" + std::to_string(fw) + "m" + std::to_string(fm) + " bwd w" + std::to_string(bw) +
+                            " group " + std::to_string(group);
     // bf16 tolerance as tests/kernels_attention.rs: 1% of the largest entry + 1/64 relative (P and dS are rounded to
     // the input type before their products; D = dy . y cancels against dP).
     expect(tag + " y", y, ry, 0.01 * ymax, 1.0 / 64);
     expect(tag + " lse", lse, rl, 1e-4, 1e-5);
-    expect(tag + " dqkv", dqkv, rd, 0.01 * gmax, 1.0 / 64);
+    expect(tag + (layout == Layout::Fused ? " dqkv" : " dq dk dv"), grad, rd, 0.01 * gmax, 1.0 / 64);
 
-    run(y2, lse2, dqkv2);
+    run(y2, lse2, grad2);
     const bool same = std::memcmp(y.data(), y2.data(), y.size() * sizeof(T)) == 0 &&
                       std::memcmp(lse.data(), lse2.data(), lse.size() * 4) == 0 &&
-                      std::memcmp(dqkv.data(), dqkv2.data(), dqkv.size() * sizeof(T)) == 0;
+                      std::memcmp(grad.data(), grad2.data(), grad.size() * sizeof(T)) == 0;
     std::printf("%-5s %-58s second run bitwise equal\n", same ? "ok" : "FAIL", tag.c_str());
     if (!same) failures++;
 }
@@ -175,19 +235,22 @@ static void check(const char* dtype, int B, int NH, int NKV, int Tn, int fw, int
 int main(int argc, char** argv) {
     const bool full = argc > 1 && std::string(argv[1]) == "full";
     // T below, at and past the tiles, partial head groups, then every other launch variant once.
-    check<__nv_bfloat16>("bf16", 1, 2, 2, 1, 4, 1, 4, 1, 1);
-    check<__nv_bfloat16>("bf16", 2, 3, 3, 7, 4, 1, 4, 4, 2);
-    check<__nv_bfloat16>("bf16", 1, 2, 2, 100, 4, 1, 4, 3, 3);
-    check<__half>("f16", 1, 1, 1, 130, 4, 1, 4, 1, 4);
-    check<__nv_bfloat16>("bf16", 1, 2, 2, 150, 4, 2, 8, 2, 5);
-    check<__nv_bfloat16>("bf16", 1, 1, 1, 200, 8, 1, 8, 1, 6);
+    check<__nv_bfloat16>("bf16", Layout::Fused, 1, 2, 2, 1, 4, 1, 4, 1, 1);
+    check<__nv_bfloat16>("bf16", Layout::Fused, 2, 3, 3, 7, 4, 1, 4, 4, 2);
+    check<__nv_bfloat16>("bf16", Layout::Fused, 1, 2, 2, 100, 4, 1, 4, 3, 3);
+    check<__half>("f16", Layout::Fused, 1, 1, 1, 130, 4, 1, 4, 1, 4);
+    check<__nv_bfloat16>("bf16", Layout::Fused, 1, 2, 2, 150, 4, 2, 8, 2, 5);
+    check<__nv_bfloat16>("bf16", Layout::Fused, 1, 1, 1, 200, 8, 1, 8, 1, 6);
     // Grouped-query attention: 4 query heads on 2 and on 1 key/value heads, T past one tile, two batches.
-    check<__nv_bfloat16>("bf16", 2, 4, 2, 70, 4, 2, 4, 3, 9);
-    check<__nv_bfloat16>("bf16", 1, 4, 1, 90, 4, 1, 4, 1, 10);
+    check<__nv_bfloat16>("bf16", Layout::Fused, 2, 4, 2, 70, 4, 2, 4, 3, 9);
+    check<__nv_bfloat16>("bf16", Layout::Fused, 1, 4, 1, 90, 4, 1, 4, 1, 10);
+    // The candle op's head views: a transposed q, padded k rows, dense v; multi-head and grouped.
+    check<__nv_bfloat16>("bf16", Layout::Heads, 2, 3, 3, 70, 4, 2, 4, 2, 12);
+    check<__half>("f16", Layout::Heads, 1, 4, 2, 33, 4, 1, 4, 1, 13);
     if (full) {
-        check<__nv_bfloat16>("bf16", 1, 1, 1, 256, 4, 1, 4, 1, 7);
-        check<__half>("f16", 2, 1, 1, 97, 8, 1, 4, 2, 8);
-        check<__nv_bfloat16>("bf16", 1, 6, 2, 200, 8, 1, 8, 2, 11);
+        check<__nv_bfloat16>("bf16", Layout::Fused, 1, 1, 1, 256, 4, 1, 4, 1, 7);
+        check<__half>("f16", Layout::Fused, 2, 1, 1, 97, 8, 1, 4, 2, 8);
+        check<__nv_bfloat16>("bf16", Layout::Fused, 1, 6, 2, 200, 8, 1, 8, 2, 11);
     }
     if (failures) {
         std::printf("%d check(s) FAILED\n", failures);

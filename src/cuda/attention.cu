@@ -1,4 +1,7 @@
-// Fused causal attention, FlashAttention-2 style, forward and backward (Rust side: attention.rs).
+// Fused causal attention on the FMA units, FlashAttention-2 style, forward and backward: the f32 kernels of the
+// candle op over head views (Rust side: model/kernels/attention/cuda_heads.rs), and its bf16/f16 kernels when the
+// FMA path is forced (`TOKENMILL_ATTN_FMA=1`, tests). bf16/f16 otherwise run flash_attn.cu's tensor-core kernels,
+// the decoder engine's, through strided views.
 //
 //   forward:  O = softmax(scale * Q K^T + causal mask) V,  L = row logsumexp of the scaled, masked scores
 //   backward: D = rowsum(dO * O); P = exp(scale * Q K^T - L) recomputed tile by tile;
@@ -17,10 +20,7 @@
 // two halves hit neighbouring banks); tiles padded to 65 floats per row so rows 16 apart fall in other banks.
 // The backward runs as two kernels, dK/dV per key tile and dQ per query tile, each recomputing P: 7 tile matmuls
 // instead of FlashAttention-2's 5, in exchange for no atomics (deterministic, and emulable in dev/cuda/).
-//
-// Version 2 (attention_tc.cuh, included at the end): the same three tile kernels for bf16/f16 on the tensor cores
-// (mma.sync m16n8k16, sm_80+), same launch geometry and outputs; attention.rs runs those for bf16/f16 and keeps
-// these FMA kernels for f32 (and as the reference the GPU tests hold the tensor-core kernels against).
+// These kernels are also the reference the GPU tests hold the tensor-core kernels against.
 #include "common.cuh"
 
 #define FA_HS 64
@@ -349,7 +349,3 @@ __device__ void fa_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, cons
 FA_KERNELS(float, f32)
 FA_KERNELS(__nv_bfloat16, bf16)
 FA_KERNELS(__half, f16)
-
-// Tensor-core kernels fa_tc_{fwd,bwd_dkdv,bwd_dq}_{bf16,f16}: run on the GPU (tests/kernels_attention.rs) and in the
-// ops lab under cuda_emu.h's warp emulation (dev/cuda/check.cpp).
-#include "attention_tc.cuh"

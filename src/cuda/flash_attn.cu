@@ -1,5 +1,5 @@
-// FlashAttention-2 on the tensor cores for the fused qkv layout: causal, bf16/f16, head size 64, any T, multi-head or
-// grouped-query (NKV key/value heads, each shared by NH / NKV consecutive query heads).
+// FlashAttention-2 on the tensor cores: causal, bf16/f16, head size 64, any T, multi-head or grouped-query (NKV
+// key/value heads, each shared by NH / NKV consecutive query heads), every tensor read and written through strides.
 // Rust launcher: flash_attn.rs (the API and the grid mapping); CPU run of these very kernels: dev/cuda/check_flash.cpp.
 //
 //   forward:  y = softmax(scale * q k^T + causal mask) v,  lse = row logsumexp (natural log) of the scaled scores
@@ -8,11 +8,14 @@
 //             dq = scale * dS k, and D written out for the next kernel       (flash_dq, query-block outer, first)
 //             dv = P^T dy, dk = scale * dS^T q                                (flash_dkdv, key-block outer, second)
 //
-// Layout (B, T, NH, NKV, HS = 64, C = NH * HS, KW = NKV * HS): qkv (B, T, C + 2 KW) with query head h at columns h*HS,
-// key head j at C + j*HS, value head j at C + KW + j*HS (GPT-2's c_attn output when NKV = NH; Llama's q|k|v
-// projections); query head h reads key/value head h / (NH / NKV); y and dy (B, T, C); dqkv like qkv (each kernel
-// writes its part, every element); lse and D f32 (B, NH, T). Nothing is permuted or copied around the kernels.
-// With grouping, a dK/dV block of key head j sums over the query heads of its group, in head order.
+// Layout (B, T, NH, NKV, HS = 64): every tensor of head size rows is addressed through its own (batch, head, row)
+// strides (Fa2Layout; the last dim dense): element d of row t of head h in batch b of q is q[b*sb + h*sh + t*st + d].
+// The decoder engine passes its fused projection qkv (B, T, C + 2 KW), C = NH * HS, KW = NKV * HS: q = qkv, k = qkv +
+// C, v = qkv + C + KW, all with row stride C + 2 KW and head stride HS, y and dy (B, T, C), dq/dk/dv the same parts
+// of dqkv; the candle op over head views passes (B, NH, T, HS) views of any aligned strides and dense gradients.
+// Query head h reads key/value head h / (NH / NKV); each kernel writes every element of its outputs; lse and D are
+// f32 (B, NH, T), dense. Nothing is permuted or copied around the kernels. With grouping, a dK/dV block of key
+// head j sums over the query heads of its group, in head order.
 //
 // Determinism: no atomics. dq gets its own kernel that recomputes S and dP for its query block (2 of the backward's
 // 7 tile products are this recomputation, FlashAttention-2's atomic dq accumulation would need 5), so every output
@@ -37,6 +40,20 @@
 #define FA2_HS 64          // head size
 #define FA2_CH 8           // 16-byte chunks per row (HS * 2 bytes / 16)
 #define FA2_TILE 64        // rows of a streamed tile
+
+// Where the heads of one tensor live (elements): row t of head h in batch b starts at b * b_ + h * h_ + t * t_.
+struct Fa2Strides {
+    int64_t b_, h_, t_;
+};
+// The strides of one call: q, k, v and their gradients (the candle op's inputs are views, its gradients dense), y
+// (and dy, which shares y's layout). A kernel argument by value: it lives in the constant bank, not in registers.
+struct Fa2Layout {
+    Fa2Strides q, k, v, y, dq, dk, dv;
+};
+// The first row of head h of batch b.
+template <typename P> __device__ __forceinline__ P* fa2_head(P* base, const Fa2Strides& s, int b, int h) {
+    return base + (int64_t)b * s.b_ + (int64_t)h * s.h_;
+}
 
 // ---- asynchronous copies, ldmatrix, fast exp2/log2 (the product: mma.cuh; shuffles: warp.cuh) ----------------
 #ifdef __CUDACC__
@@ -217,8 +234,9 @@ __device__ __forceinline__ void fa2_coords(int n_blocks, int n_bh, int group, bo
 // ---------------------------------------------------------------------------------------------------------------
 // Forward. CTA: WARPS warps x M m-tiles = BR query rows; warp w owns rows 16*M*w .. +16*M. Key/value tiles of 64.
 template <typename T, int WARPS, int M>
-__device__ __forceinline__ void fa2_fwd(const T* __restrict__ qkv, T* __restrict__ y, float* __restrict__ lse, int nh,
-                                        int nkv, int t_len, float scale, int group) {
+__device__ __forceinline__ void fa2_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                        T* __restrict__ y, float* __restrict__ lse, const Fa2Layout& L, int nh, int nkv,
+                                        int t_len, float scale, int group) {
     constexpr int BR = WARPS * 16 * M, NT = WARPS * 32, TILE = FA2_TILE * FA2_HS;
     static_assert(BR * FA2_HS + 4 * TILE <= 24576, "static shared memory is 48 KiB");
     alignas(1024) __shared__ T sm[BR * FA2_HS + 4 * TILE];
@@ -229,11 +247,10 @@ __device__ __forceinline__ void fa2_fwd(const T* __restrict__ qkv, T* __restrict
     const int n_qb = (t_len + BR - 1) / BR;
     int bh, qb;
     fa2_coords(n_qb, (int)(gridDim.x / n_qb), group, true, bh, qb);
-    const int b = bh / nh, h = bh - b * nh, c = nh * FA2_HS, kw = nkv * FA2_HS;
-    const int64_t ld = (int64_t)c + 2 * kw;
-    const T* qg = qkv + (int64_t)b * t_len * ld + h * FA2_HS;
-    const T* kg = qkv + (int64_t)b * t_len * ld + c + (h / (nh / nkv)) * FA2_HS;
-    const T* vg = kg + kw;
+    const int b = bh / nh, h = bh - b * nh, hk = h / (nh / nkv);
+    const T* qg = fa2_head(q, L.q, b, h);
+    const T* kg = fa2_head(k, L.k, b, hk);
+    const T* vg = fa2_head(v, L.v, b, hk);
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, cq = lane & 3;
     const int q0 = qb * BR, wr0 = q0 + warp * 16 * M, wr1 = wr0 + 16 * M - 1;  // this warp's rows
@@ -241,9 +258,9 @@ __device__ __forceinline__ void fa2_fwd(const T* __restrict__ qkv, T* __restrict
     const int n_kv = (kv_end + FA2_TILE - 1) / FA2_TILE;
     const float sl2 = scale * TM_LOG2E;
 
-    fa2_load_tile<BR, NT>(qs, qg, ld, q0, t_len);
-    fa2_load_tile<FA2_TILE, NT>(ks, kg, ld, 0, t_len);
-    fa2_load_tile<FA2_TILE, NT>(vs, vg, ld, 0, t_len);
+    fa2_load_tile<BR, NT>(qs, qg, L.q.t_, q0, t_len);
+    fa2_load_tile<FA2_TILE, NT>(ks, kg, L.k.t_, 0, t_len);
+    fa2_load_tile<FA2_TILE, NT>(vs, vg, L.v.t_, 0, t_len);
     fa2_commit();
 
     uint32_t qa[M][4][4];
@@ -259,8 +276,8 @@ __device__ __forceinline__ void fa2_fwd(const T* __restrict__ qkv, T* __restrict
         __syncthreads();  // tile t visible to all; every warp is done with tile t - 1, whose stage loads next
         if (t + 1 < n_kv) {
             const int st = (t + 1) & 1;
-            fa2_load_tile<FA2_TILE, NT>(ks + st * TILE, kg, ld, (t + 1) * FA2_TILE, t_len);
-            fa2_load_tile<FA2_TILE, NT>(vs + st * TILE, vg, ld, (t + 1) * FA2_TILE, t_len);
+            fa2_load_tile<FA2_TILE, NT>(ks + st * TILE, kg, L.k.t_, (t + 1) * FA2_TILE, t_len);
+            fa2_load_tile<FA2_TILE, NT>(vs + st * TILE, vg, L.v.t_, (t + 1) * FA2_TILE, t_len);
         }
         fa2_commit();
         if (t == 0) {
@@ -332,7 +349,7 @@ __device__ __forceinline__ void fa2_fwd(const T* __restrict__ qkv, T* __restrict
         fa2_stage_c<T>(qs, acc[m], warp * 16 * M + m * 16, inv[0], inv[1]);
     }
     __syncthreads();
-    fa2_store_tile<BR, NT>(y + (int64_t)b * t_len * c + h * FA2_HS, c, qs, q0, t_len);
+    fa2_store_tile<BR, NT>(fa2_head(y, L.y, b, h), L.y.t_, qs, q0, t_len);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -340,9 +357,10 @@ __device__ __forceinline__ void fa2_fwd(const T* __restrict__ qkv, T* __restrict
 // first key to T. Per tile and warp: S^T = K Q^T, dP^T = V dY^T (K, V as A fragments in registers),
 // P^T = exp2(S^T * scale * log2e - lse * log2e), dS^T = P^T (dP^T - D); dV += P^T dY, dK += dS^T Q.
 template <typename T, int WARPS>
-__device__ __forceinline__ void fa2_dkdv(const T* __restrict__ qkv, const T* __restrict__ dy, const float* __restrict__ lse,
-                                         const float* __restrict__ dvec, T* __restrict__ dqkv, int nh, int nkv,
-                                         int t_len, float scale, int group) {
+__device__ __forceinline__ void fa2_dkdv(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                         const T* __restrict__ dy, const float* __restrict__ lse,
+                                         const float* __restrict__ dvec, T* __restrict__ dk, T* __restrict__ dv,
+                                         const Fa2Layout& L, int nh, int nkv, int t_len, float scale, int group) {
     constexpr int BK = WARPS * 16, NT = WARPS * 32, TILE = FA2_TILE * FA2_HS;
     static_assert(BK * FA2_HS <= 2 * TILE, "the K and V blocks are staged in two tiles each");
     alignas(1024) __shared__ T sm[4 * TILE];
@@ -354,18 +372,17 @@ __device__ __forceinline__ void fa2_dkdv(const T* __restrict__ qkv, const T* __r
     int bh, kb;
     // bh: (batch, key/value head); the group's query heads h0 .. h0 + nq - 1.
     fa2_coords(n_kb, (int)(gridDim.x / n_kb), group, false, bh, kb);
-    const int b = bh / nkv, hk = bh - b * nkv, c = nh * FA2_HS, kw = nkv * FA2_HS, nq = nh / nkv, h0 = hk * nq;
-    const int64_t ld = (int64_t)c + 2 * kw;
-    const T* kg = qkv + (int64_t)b * t_len * ld + c + hk * FA2_HS;
-    const T* vg = kg + kw;
+    const int b = bh / nkv, hk = bh - b * nkv, nq = nh / nkv, h0 = hk * nq;
+    const T* kg = fa2_head(k, L.k, b, hk);
+    const T* vg = fa2_head(v, L.v, b, hk);
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, cq = lane & 3;
     const int k0 = kb * BK, kw0 = k0 + warp * 16;  // this warp's keys: kw0 .. kw0 + 15
     const int i_first = k0 / FA2_TILE, n_qt = (t_len + FA2_TILE - 1) / FA2_TILE;
     const float sl2 = scale * TM_LOG2E;
 
-    fa2_load_tile<BK, NT>(qs, kg, ld, k0, t_len);
-    fa2_load_tile<BK, NT>(gs, vg, ld, k0, t_len);
+    fa2_load_tile<BK, NT>(qs, kg, L.k.t_, k0, t_len);
+    fa2_load_tile<BK, NT>(gs, vg, L.v.t_, k0, t_len);
     fa2_commit();
     fa2_wait_all();
     __syncthreads();
@@ -380,8 +397,8 @@ __device__ __forceinline__ void fa2_dkdv(const T* __restrict__ qkv, const T* __r
     auto load_q_tile = [&](int j, int st) {
         const int hq = h0 + j / per, i0 = (i_first + j % per) * FA2_TILE;
         const int64_t bq = (int64_t)b * nh + hq;
-        fa2_load_tile<FA2_TILE, NT>(qs + st * TILE, qkv + (int64_t)b * t_len * ld + hq * FA2_HS, ld, i0, t_len);
-        fa2_load_tile<FA2_TILE, NT>(gs + st * TILE, dy + (int64_t)b * t_len * c + hq * FA2_HS, c, i0, t_len);
+        fa2_load_tile<FA2_TILE, NT>(qs + st * TILE, fa2_head(q, L.q, b, hq), L.q.t_, i0, t_len);
+        fa2_load_tile<FA2_TILE, NT>(gs + st * TILE, fa2_head(dy, L.y, b, hq), L.y.t_, i0, t_len);
         for (int e = tid; e < FA2_TILE; e += NT) {
             const bool ok = i0 + e < t_len;
             fa2_cp4(&lsm[st][e], lse + bq * t_len + (ok ? i0 + e : 0), ok);
@@ -391,9 +408,9 @@ __device__ __forceinline__ void fa2_dkdv(const T* __restrict__ qkv, const T* __r
     load_q_tile(0, 0);
     fa2_commit();
 
-    float dk[1][8][4], dv[1][8][4];
-    fa2_zero<1>(dk);
-    fa2_zero<1>(dv);
+    float dka[1][8][4], dva[1][8][4];
+    fa2_zero<1>(dka);
+    fa2_zero<1>(dva);
     for (int j = 0; j < steps; j++) {
         const int st = j & 1;
         fa2_wait_all();
@@ -426,17 +443,16 @@ __device__ __forceinline__ void fa2_dkdv(const T* __restrict__ qkv, const T* __r
                     dp[0][nt][2 * hf + j] = p * (dp[0][nt][2 * hf + j] - dd);
                 }
             }
-        fa2_mm_cy<T, 1>(dv, s, gt);   // dV += P^T dY
-        fa2_mm_cy<T, 1>(dk, dp, qt);  // dK += dS^T Q
+        fa2_mm_cy<T, 1>(dva, s, gt);   // dV += P^T dY
+        fa2_mm_cy<T, 1>(dka, dp, qt);  // dK += dS^T Q
     }
 
     __syncthreads();  // every warp is done with the last tiles before they become the output staging
-    fa2_stage_c<T>(qs, dk[0], warp * 16, scale, scale);
-    fa2_stage_c<T>(gs, dv[0], warp * 16, 1.f, 1.f);
+    fa2_stage_c<T>(qs, dka[0], warp * 16, scale, scale);
+    fa2_stage_c<T>(gs, dva[0], warp * 16, 1.f, 1.f);
     __syncthreads();
-    T* out = dqkv + (int64_t)b * t_len * ld + c + hk * FA2_HS;
-    fa2_store_tile<BK, NT>(out, ld, qs, k0, t_len);
-    fa2_store_tile<BK, NT>(out + kw, ld, gs, k0, t_len);
+    fa2_store_tile<BK, NT>(fa2_head(dk, L.dk, b, hk), L.dk.t_, qs, k0, t_len);
+    fa2_store_tile<BK, NT>(fa2_head(dv, L.dv, b, hk), L.dv.t_, gs, k0, t_len);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -445,9 +461,10 @@ __device__ __forceinline__ void fa2_dkdv(const T* __restrict__ qkv, const T* __r
 // no separate pass over y and dy), then S = Q K^T, dP = dY V^T, P = exp2(S * scale * log2e - lse * log2e),
 // dS = P (dP - D), dQ += dS K.
 template <typename T, int WARPS>
-__device__ __forceinline__ void fa2_dq(const T* __restrict__ qkv, const T* __restrict__ y, const T* __restrict__ dy,
-                                       const float* __restrict__ lse, float* __restrict__ dvec, T* __restrict__ dqkv,
-                                       int nh, int nkv, int t_len, float scale, int group) {
+__device__ __forceinline__ void fa2_dq(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                       const T* __restrict__ y, const T* __restrict__ dy, const float* __restrict__ lse,
+                                       float* __restrict__ dvec, T* __restrict__ dq, const Fa2Layout& L, int nh, int nkv,
+                                       int t_len, float scale, int group) {
     constexpr int BQ = WARPS * 16, NT = WARPS * 32, TILE = FA2_TILE * FA2_HS;
     static_assert(BQ * FA2_HS <= 2 * TILE, "the Q and dY blocks are staged in two tiles each");
     static_assert(4 * TILE + BQ * FA2_HS <= 24576, "static shared memory is 48 KiB");
@@ -459,13 +476,12 @@ __device__ __forceinline__ void fa2_dq(const T* __restrict__ qkv, const T* __res
     const int n_qb = (t_len + BQ - 1) / BQ;
     int bh, qb;
     fa2_coords(n_qb, (int)(gridDim.x / n_qb), group, true, bh, qb);
-    const int b = bh / nh, h = bh - b * nh, c = nh * FA2_HS, kw = nkv * FA2_HS;
-    const int64_t ld = (int64_t)c + 2 * kw;
-    const T* qg = qkv + (int64_t)b * t_len * ld + h * FA2_HS;
-    const T* kg = qkv + (int64_t)b * t_len * ld + c + (h / (nh / nkv)) * FA2_HS;
-    const T* vg = kg + kw;
-    const T* gg = dy + (int64_t)b * t_len * c + h * FA2_HS;
-    const T* yg = y + (int64_t)b * t_len * c + h * FA2_HS;
+    const int b = bh / nh, h = bh - b * nh, hk = h / (nh / nkv);
+    const T* qg = fa2_head(q, L.q, b, h);
+    const T* kg = fa2_head(k, L.k, b, hk);
+    const T* vg = fa2_head(v, L.v, b, hk);
+    const T* gg = fa2_head(dy, L.y, b, h);
+    const T* yg = fa2_head(y, L.y, b, h);
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, cq = lane & 3;
     const int q0 = qb * BQ, wr0 = q0 + warp * 16, wr1 = wr0 + 15;
@@ -473,9 +489,9 @@ __device__ __forceinline__ void fa2_dq(const T* __restrict__ qkv, const T* __res
     const int n_kv = (kv_end + FA2_TILE - 1) / FA2_TILE;
     const float sl2 = scale * TM_LOG2E;
 
-    fa2_load_tile<BQ, NT>(ks, qg, ld, q0, t_len);
-    fa2_load_tile<BQ, NT>(vs, gg, c, q0, t_len);
-    fa2_load_tile<BQ, NT>(ys, yg, c, q0, t_len);
+    fa2_load_tile<BQ, NT>(ks, qg, L.q.t_, q0, t_len);
+    fa2_load_tile<BQ, NT>(vs, gg, L.y.t_, q0, t_len);
+    fa2_load_tile<BQ, NT>(ys, yg, L.y.t_, q0, t_len);
     fa2_commit();
     // This thread's rows wr0 + g and wr0 + g + 8: lse (log2 units); rows >= T get 0 (their output is dropped).
     float l2[2], dd[2];
@@ -511,19 +527,19 @@ __device__ __forceinline__ void fa2_dq(const T* __restrict__ qkv, const T* __res
     fa2_load_a<T>(ga[0], vs, warp * 16);
     __syncthreads();  // the Q, dY staging is overwritten by the first key tile next
 
-    fa2_load_tile<FA2_TILE, NT>(ks, kg, ld, 0, t_len);
-    fa2_load_tile<FA2_TILE, NT>(vs, vg, ld, 0, t_len);
+    fa2_load_tile<FA2_TILE, NT>(ks, kg, L.k.t_, 0, t_len);
+    fa2_load_tile<FA2_TILE, NT>(vs, vg, L.v.t_, 0, t_len);
     fa2_commit();
 
-    float dq[1][8][4];
-    fa2_zero<1>(dq);
+    float dqa[1][8][4];
+    fa2_zero<1>(dqa);
     for (int t = 0; t < n_kv; t++) {
         const int st = t & 1;
         fa2_wait_all();
         __syncthreads();
         if (t + 1 < n_kv) {
-            fa2_load_tile<FA2_TILE, NT>(ks + (st ^ 1) * TILE, kg, ld, (t + 1) * FA2_TILE, t_len);
-            fa2_load_tile<FA2_TILE, NT>(vs + (st ^ 1) * TILE, vg, ld, (t + 1) * FA2_TILE, t_len);
+            fa2_load_tile<FA2_TILE, NT>(ks + (st ^ 1) * TILE, kg, L.k.t_, (t + 1) * FA2_TILE, t_len);
+            fa2_load_tile<FA2_TILE, NT>(vs + (st ^ 1) * TILE, vg, L.v.t_, (t + 1) * FA2_TILE, t_len);
         }
         fa2_commit();
         const int c0 = t * FA2_TILE;
@@ -548,13 +564,13 @@ __device__ __forceinline__ void fa2_dq(const T* __restrict__ qkv, const T* __res
                     if (diag && key > row) p = 0.f;
                     dp[0][nt][2 * hf + j] = p * (dp[0][nt][2 * hf + j] - dd[hf]);
                 }
-        fa2_mm_cy<T, 1>(dq, dp, kt);  // dQ += dS K
+        fa2_mm_cy<T, 1>(dqa, dp, kt);  // dQ += dS K
     }
 
     __syncthreads();
-    fa2_stage_c<T>(ks, dq[0], warp * 16, scale, scale);
+    fa2_stage_c<T>(ks, dqa[0], warp * 16, scale, scale);
     __syncthreads();
-    fa2_store_tile<BQ, NT>(dqkv + (int64_t)b * t_len * ld + h * FA2_HS, ld, ks, q0, t_len);
+    fa2_store_tile<BQ, NT>(fa2_head(dq, L.dq, b, h), L.dq.t_, ks, q0, t_len);
 }
 
 // ---- entry points ----------------------------------------------------------------------------------------------
@@ -564,19 +580,20 @@ __device__ __forceinline__ void fa2_dq(const T* __restrict__ qkv, const T* __res
 // to the compiler (fwd w4m2 255 registers with 60 bytes spilled, dq w4 220, dK/dV w4 254, 2 blocks per SM).
 #define FA2_FWD(T, SFX, W, M, MINB, NAME)                                                                              \
     extern "C" __global__ void __launch_bounds__(W * 32, MINB) flash_fwd_##SFX##_##NAME(                              \
-        const T* qkv, T* y, float* lse, int nh, int nkv, int t_len, float scale, int group) {                          \
-        fa2_fwd<T, W, M>(qkv, y, lse, nh, nkv, t_len, scale, group);                                                   \
+        const T* q, const T* k, const T* v, T* y, float* lse, Fa2Layout L, int nh, int nkv, int t_len, float scale,   \
+        int group) {                                                                                                   \
+        fa2_fwd<T, W, M>(q, k, v, y, lse, L, nh, nkv, t_len, scale, group);                                            \
     }
 #define FA2_BWD(T, SFX, W, MINB, NAME)                                                                                 \
     extern "C" __global__ void __launch_bounds__(W * 32, MINB) flash_dkdv_##SFX##_##NAME(                             \
-        const T* qkv, const T* dy, const float* lse, const float* dvec, T* dqkv, int nh, int nkv, int t_len,          \
-        float scale, int group) {                                                                                      \
-        fa2_dkdv<T, W>(qkv, dy, lse, dvec, dqkv, nh, nkv, t_len, scale, group);                                       \
+        const T* q, const T* k, const T* v, const T* dy, const float* lse, const float* dvec, T* dk, T* dv,           \
+        Fa2Layout L, int nh, int nkv, int t_len, float scale, int group) {                                             \
+        fa2_dkdv<T, W>(q, k, v, dy, lse, dvec, dk, dv, L, nh, nkv, t_len, scale, group);                               \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(W * 32, MINB) flash_dq_##SFX##_##NAME(                               \
-        const T* qkv, const T* y, const T* dy, const float* lse, float* dvec, T* dqkv, int nh, int nkv, int t_len,    \
-        float scale, int group) {                                                                                      \
-        fa2_dq<T, W>(qkv, y, dy, lse, dvec, dqkv, nh, nkv, t_len, scale, group);                                      \
+        const T* q, const T* k, const T* v, const T* y, const T* dy, const float* lse, float* dvec, T* dq,            \
+        Fa2Layout L, int nh, int nkv, int t_len, float scale, int group) {                                             \
+        fa2_dq<T, W>(q, k, v, y, dy, lse, dvec, dq, L, nh, nkv, t_len, scale, group);                                  \
     }
 #define FA2_ALL(T, SFX)                                                                                                \
     FA2_FWD(T, SFX, 4, 2, 1, w4m2)                                                                                     \

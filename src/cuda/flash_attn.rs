@@ -1,7 +1,10 @@
-//! Causal flash attention for the fused qkv layout (flash_attn.cu: FlashAttention-2 on the tensor cores, bf16 /
-//! f16, head size 64, any T, multi-head or grouped-query, deterministic backward), launched with raw device
-//! pointers: no candle tensors, no autograd. The decoder engine calls it with slices of its own buffers; the candle
-//! op `model::kernels::attention::flash_causal_attention_qkv` is a thin adapter over it.
+//! Causal flash attention (flash_attn.cu: FlashAttention-2 on the tensor cores, bf16 / f16, head size 64, any T,
+//! multi-head or grouped-query, deterministic backward), launched with typed device pointers: no candle tensors, no
+//! autograd. The kernels read and write every tensor through (batch, head, row) strides, so one set of kernels serves
+//! both layouts: the fused qkv projection (the decoder engine, with slices of its own buffers; the candle op
+//! `model::kernels::attention::flash_causal_attention_qkv`, a thin adapter) and q, k, v head views `(B, NH, T, HS)`
+//! (the candle op `flash_causal_attention` in bf16/f16, through [`FlashAttn::forward_views`] /
+//! [`FlashAttn::backward_views`]).
 //!
 //! # API (stable)
 //! ```text
@@ -13,6 +16,9 @@
 //! unsafe { fa.backward(bwd, b, t, heads)? };
 //! unsafe { fa.forward_with(qkv, y, lse, b, t, heads, hs)? };   // any supported element type (bf16, f16) / head size
 //! unsafe { fa.backward_with(bwd, b, t, heads, hs)? };
+//! // Any strides: q, k, v (and dq, dk, dv) as three pointers, every tensor's strides in an `AttnLayout`.
+//! unsafe { fa.forward_views(Qkv { q, k, v }, y, lse, &layout, b, t, heads)? };
+//! unsafe { fa.backward_views(AttnBwdViews { x, y, dy, lse, dvec_scratch, dx }, &layout, b, t, heads)? };
 //! ```
 //! Buffers (typed device pointers, `DevPtr<T>` with T = bf16 or f16 (the kernels' `T`, [`AttnElem`]) unless
 //! stated; C = nh * hs, KW = nkv * hs; all row-major):
@@ -26,16 +32,20 @@
 //! - `dvec_scratch`: `scratch_len(b, t, nh)` f32 (D = rowsum(dy * y), written by the dQ kernel and read by the
 //!   dK/dV kernel), contents irrelevant on entry.
 //!
+//! With views, each of q, k, v, y (and dy), dq, dk, dv is `(B, heads, T, hs)` through its own strides
+//! ([`AttnLayout`]; the last dim dense), `lse` and the scratch as above; dq, dk, dv are written whole and overlap
+//! nothing else.
+//!
 //! Requirements, checked with an error naming the argument: hs = 64; b, t, nh, nkv > 0 with nkv dividing nh; `qkv`, `y`, `dy`, `dqkv`
-//! 16-byte aligned (C is then a multiple of 8, so every row is); `lse` and the scratch 4-byte aligned; grid sizes
-//! within CUDA's limits. Launches go on `stream` and return at once; the caller orders them with its other work.
+//! (with views: every pointer of a head-size tensor and every stride) 16-byte aligned (C is then a multiple of 8, so
+//! every row is); `lse` and the scratch 4-byte aligned; grid sizes within CUDA's limits. Launches go on `stream` and return at once; the caller orders them with its other work.
 //!
 //! Determinism: no atomics anywhere; two runs on the same inputs give the same bytes (dq has its own query-block
 //! kernel instead of FlashAttention-2's atomic accumulation).
 
 use std::sync::Arc;
 
-use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::{Error, Result};
 
 use super::devptr::DevPtr;
@@ -75,6 +85,114 @@ pub struct AttnBwd<T> {
     pub lse: DevPtr<f32>,
     pub dvec_scratch: DevPtr<f32>,
     pub dqkv: DevPtr<T>,
+}
+
+/// q, k and v (or their gradients dq, dk, dv): where each starts.
+#[derive(Clone, Copy, Debug)]
+pub struct Qkv<T> {
+    pub q: DevPtr<T>,
+    pub k: DevPtr<T>,
+    pub v: DevPtr<T>,
+}
+
+impl<T> Qkv<T> {
+    /// The three parts of a fused projection `(B, T, C + 2 KW)` (module doc).
+    pub fn fused(qkv: DevPtr<T>, heads: Heads, hs: usize) -> Qkv<T> {
+        let (c, kw) = (heads.q * hs, heads.kv * hs);
+        Qkv { q: qkv, k: qkv.offset(c), v: qkv.offset(c + kw) }
+    }
+}
+
+/// The buffers of one backward through views: the inputs `x`, the forward's `y` and `lse`, `dy` (y's layout), the
+/// scratch, and the gradients `dx`.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnBwdViews<T> {
+    pub x: Qkv<T>,
+    pub y: DevPtr<T>,
+    pub dy: DevPtr<T>,
+    pub lse: DevPtr<f32>,
+    pub dvec_scratch: DevPtr<f32>,
+    pub dx: Qkv<T>,
+}
+
+impl<T> AttnBwd<T> {
+    /// The fused buffers as views.
+    fn views(&self, heads: Heads, hs: usize) -> AttnBwdViews<T> {
+        AttnBwdViews {
+            x: Qkv::fused(self.qkv, heads, hs),
+            y: self.y,
+            dy: self.dy,
+            lse: self.lse,
+            dvec_scratch: self.dvec_scratch,
+            dx: Qkv::fused(self.dqkv, heads, hs),
+        }
+    }
+}
+
+/// Where the heads of one tensor live, in elements: row t of head h of batch b starts at `b * batch + h * head + t *
+/// row` (the head-size dim dense). flash_attn.cu's `Fa2Strides`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadStrides {
+    pub batch: i64,
+    pub head: i64,
+    pub row: i64,
+}
+
+impl HeadStrides {
+    /// A dense `(B, heads, T, hs)` tensor.
+    pub fn dense(heads: usize, t: usize, hs: usize) -> HeadStrides {
+        HeadStrides { batch: (heads * t * hs) as i64, head: (t * hs) as i64, row: hs as i64 }
+    }
+}
+
+/// The strides of one call (flash_attn.cu's `Fa2Layout`, passed to the kernels by value): the inputs, the output
+/// `y` (and its gradient `dy`), the input gradients.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnLayout {
+    pub q: HeadStrides,
+    pub k: HeadStrides,
+    pub v: HeadStrides,
+    pub y: HeadStrides,
+    pub dq: HeadStrides,
+    pub dk: HeadStrides,
+    pub dv: HeadStrides,
+}
+
+// SAFETY: a #[repr(C)] struct of i64s, laid out as flash_attn.cu's Fa2Layout (seven structs of three int64_t).
+unsafe impl DeviceRepr for AttnLayout {}
+
+impl AttnLayout {
+    /// The fused projection (module doc): q, k, v and their gradients rows of `C + 2 KW`, y and dy rows of `C`.
+    pub fn fused(t: usize, heads: Heads, hs: usize) -> AttnLayout {
+        let (c, kw) = (heads.q * hs, heads.kv * hs);
+        let ld = (c + 2 * kw) as i64;
+        let x = HeadStrides { batch: t as i64 * ld, head: hs as i64, row: ld };
+        let y = HeadStrides { batch: (t * c) as i64, head: hs as i64, row: c as i64 };
+        AttnLayout { q: x, k: x, v: x, y, dq: x, dk: x, dv: x }
+    }
+
+    fn check(&self) -> Result<()> {
+        let named = [
+            ("q", self.q),
+            ("k", self.k),
+            ("v", self.v),
+            ("y", self.y),
+            ("dq", self.dq),
+            ("dk", self.dk),
+            ("dv", self.dv),
+        ];
+        for (name, s) in named {
+            // 16-byte rows for cp.async and the vector stores: every stride a multiple of 8 two-byte elements.
+            if [s.batch, s.head, s.row].iter().any(|&x| x < 0 || x % 8 != 0) {
+                return Err(Error::Msg(format!(
+                    "flash attention: the strides of {name} ({s:?}) must be non-negative multiples of 8 elements"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Dtype {
@@ -286,9 +404,35 @@ impl FlashAttn {
         heads: Heads,
         hs: usize,
     ) -> Result<()> {
-        let d = check_dims(b, t, heads, hs)?;
-        check_align(&[("qkv", qkv.raw(), 16), ("y", y.raw(), 16), ("lse", lse.raw(), 4)])?;
-        unsafe { self.launch_fwd(qkv, y, lse, d) }
+        unsafe { self.forward_views(Qkv::fused(qkv, heads, hs), y, lse, &AttnLayout::fused(t, heads, hs), b, t, heads) }
+    }
+
+    /// Forward through views: `y` and `lse (B, NH, T)` from q, k, v, each where `x` and `layout` say (module doc).
+    ///
+    /// # Safety
+    /// Each pointer addresses a live device allocation holding every element its strides reach for (b, t, heads,
+    /// hs = 64), in the context of this object's stream; `y` and `lse` overlap no input or each other.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn forward_views<T: AttnElem>(
+        &self,
+        x: Qkv<T>,
+        y: DevPtr<T>,
+        lse: DevPtr<f32>,
+        layout: &AttnLayout,
+        b: usize,
+        t: usize,
+        heads: Heads,
+    ) -> Result<()> {
+        let d = check_dims(b, t, heads, HEAD_SIZE)?;
+        layout.check()?;
+        check_align(&[
+            ("q", x.q.raw(), 16),
+            ("k", x.k.raw(), 16),
+            ("v", x.v.raw(), 16),
+            ("y", y.raw(), 16),
+            ("lse", lse.raw(), 4),
+        ])?;
+        unsafe { self.launch_fwd(x, y, lse, layout, d) }
     }
 
     /// Backward: `dqkv` from `qkv`, the forward's `y` and `lse`, and `dy (B, T, C)` (module doc). Two launches: dQ
@@ -306,18 +450,41 @@ impl FlashAttn {
         heads: Heads,
         hs: usize,
     ) -> Result<()> {
-        let d = check_dims(b, t, heads, hs)?;
+        check_dims(b, t, heads, hs)?;
+        unsafe { self.backward_views(p.views(heads, hs), &AttnLayout::fused(t, heads, hs), b, t, heads) }
+    }
+
+    /// Backward through views: dq, dk, dv (`p.dx`, where `layout` says) from the inputs, the forward's `y` and
+    /// `lse`, and `dy` (y's layout); the two launches of [`FlashAttn::backward_with`].
+    ///
+    /// # Safety
+    /// As [`FlashAttn::forward_views`]; `lse` holds the forward's output for these inputs; `dvec_scratch` holds
+    /// `scratch_len` f32; the gradients overlap none of the inputs or each other.
+    pub unsafe fn backward_views<T: AttnElem>(
+        &self,
+        p: AttnBwdViews<T>,
+        layout: &AttnLayout,
+        b: usize,
+        t: usize,
+        heads: Heads,
+    ) -> Result<()> {
+        let d = check_dims(b, t, heads, HEAD_SIZE)?;
+        layout.check()?;
         check_align(&[
-            ("qkv", p.qkv.raw(), 16),
+            ("q", p.x.q.raw(), 16),
+            ("k", p.x.k.raw(), 16),
+            ("v", p.x.v.raw(), 16),
             ("y", p.y.raw(), 16),
             ("dy", p.dy.raw(), 16),
-            ("dqkv", p.dqkv.raw(), 16),
+            ("dq", p.dx.q.raw(), 16),
+            ("dk", p.dx.k.raw(), 16),
+            ("dv", p.dx.v.raw(), 16),
             ("lse", p.lse.raw(), 4),
             ("dvec_scratch", p.dvec_scratch.raw(), 4),
         ])?;
         unsafe {
-            self.launch_dq(&p, d)?;
-            self.launch_dkdv(&p, d)
+            self.launch_dq_views(&p, layout, d)?;
+            self.launch_dkdv_views(&p, layout, d)
         }
     }
 
@@ -327,37 +494,58 @@ impl FlashAttn {
         (self.variant.group_blocks.div_ceil(per_head)).clamp(1, heads) as i32
     }
 
-    unsafe fn launch_fwd<T: AttnElem>(&self, qkv: DevPtr<T>, y: DevPtr<T>, lse: DevPtr<f32>, d: Dims) -> Result<()> {
+    unsafe fn launch_fwd<T: AttnElem>(
+        &self,
+        x: Qkv<T>,
+        y: DevPtr<T>,
+        lse: DevPtr<f32>,
+        layout: &AttnLayout,
+        d: Dims,
+    ) -> Result<()> {
         let rows = self.variant.fwd_rows();
         let cfg = tile_grid(d.b * d.nh, d.t, rows, 32 * self.variant.fwd_warps as u32)?;
         let (nh, nkv, t, scale) = (d.nh as i32, d.nkv as i32, d.t as i32, scale());
         let group = self.group(d, rows, d.b * d.nh);
         let mut a = self.stream.launch_builder(&self.kernels(T::DTYPE).fwd);
-        a.arg(&qkv).arg(&y).arg(&lse).arg(&nh).arg(&nkv).arg(&t).arg(&scale).arg(&group);
-        // SAFETY: flash_fwd_*(const T* qkv, T* y, float* lse, int nh, int nkv, int t_len, float scale, int group);
-        // the caller vouches for the buffers (forward's contract); grid = B * NH * ceil(T / rows) blocks.
+        a.arg(&x.q).arg(&x.k).arg(&x.v).arg(&y).arg(&lse).arg(layout);
+        a.arg(&nh).arg(&nkv).arg(&t).arg(&scale).arg(&group);
+        // SAFETY: flash_fwd_*(const T* q, const T* k, const T* v, T* y, float* lse, Fa2Layout L, int nh, int nkv,
+        // int t_len, float scale, int group); the caller vouches for the buffers (forward's contract); grid = B *
+        // NH * ceil(T / rows) blocks.
         unsafe { a.launch(cfg) }.map(|_| ()).map_err(|e| Error::Msg(format!("flash attention forward: {e:?}")))
     }
 
+    /// The dQ pass alone over fused buffers (the attention benchmark times it).
     pub(crate) unsafe fn launch_dq<T: AttnElem>(&self, p: &AttnBwd<T>, d: Dims) -> Result<()> {
+        let heads = Heads { q: d.nh, kv: d.nkv };
+        unsafe { self.launch_dq_views(&p.views(heads, HEAD_SIZE), &AttnLayout::fused(d.t, heads, HEAD_SIZE), d) }
+    }
+
+    /// The dK/dV pass alone over fused buffers (the attention benchmark times it).
+    pub(crate) unsafe fn launch_dkdv<T: AttnElem>(&self, p: &AttnBwd<T>, d: Dims) -> Result<()> {
+        let heads = Heads { q: d.nh, kv: d.nkv };
+        unsafe { self.launch_dkdv_views(&p.views(heads, HEAD_SIZE), &AttnLayout::fused(d.t, heads, HEAD_SIZE), d) }
+    }
+
+    unsafe fn launch_dq_views<T: AttnElem>(&self, p: &AttnBwdViews<T>, layout: &AttnLayout, d: Dims) -> Result<()> {
         let (cfg, (nh, nkv, t, scale, group)) = self.bwd_launch(d, d.b * d.nh)?;
         let mut a = self.stream.launch_builder(&self.kernels(T::DTYPE).dq);
-        a.arg(&p.qkv).arg(&p.y).arg(&p.dy).arg(&p.lse).arg(&p.dvec_scratch).arg(&p.dqkv);
-        a.arg(&nh).arg(&nkv).arg(&t).arg(&scale).arg(&group);
-        // SAFETY: flash_dq_*(const T* qkv, const T* y, const T* dy, const float* lse, float* dvec, T* dqkv, int nh,
-        // int nkv, int t_len, float scale, int group), T the pointers' element type; buffers per backward's
-        // contract; one row of blocks per (batch, query head).
+        a.arg(&p.x.q).arg(&p.x.k).arg(&p.x.v).arg(&p.y).arg(&p.dy).arg(&p.lse).arg(&p.dvec_scratch).arg(&p.dx.q);
+        a.arg(layout).arg(&nh).arg(&nkv).arg(&t).arg(&scale).arg(&group);
+        // SAFETY: flash_dq_*(const T* q, const T* k, const T* v, const T* y, const T* dy, const float* lse, float*
+        // dvec, T* dq, Fa2Layout L, int nh, int nkv, int t_len, float scale, int group), T the pointers' element
+        // type; buffers per backward's contract; one row of blocks per (batch, query head).
         unsafe { a.launch(cfg) }.map(|_| ()).map_err(|e| Error::Msg(format!("flash attention dQ pass: {e:?}")))
     }
 
-    pub(crate) unsafe fn launch_dkdv<T: AttnElem>(&self, p: &AttnBwd<T>, d: Dims) -> Result<()> {
+    unsafe fn launch_dkdv_views<T: AttnElem>(&self, p: &AttnBwdViews<T>, layout: &AttnLayout, d: Dims) -> Result<()> {
         let (cfg, (nh, nkv, t, scale, group)) = self.bwd_launch(d, d.b * d.nkv)?;
         let mut a = self.stream.launch_builder(&self.kernels(T::DTYPE).dkdv);
-        a.arg(&p.qkv).arg(&p.dy).arg(&p.lse).arg(&p.dvec_scratch).arg(&p.dqkv);
-        a.arg(&nh).arg(&nkv).arg(&t).arg(&scale).arg(&group);
-        // SAFETY: flash_dkdv_*(const T* qkv, const T* dy, const float* lse, const float* dvec, T* dqkv, int nh,
-        // int nkv, int t_len, float scale, int group), T the pointers' element type; buffers per backward's
-        // contract; one row of blocks per (batch, key/value head).
+        a.arg(&p.x.q).arg(&p.x.k).arg(&p.x.v).arg(&p.dy).arg(&p.lse).arg(&p.dvec_scratch).arg(&p.dx.k).arg(&p.dx.v);
+        a.arg(layout).arg(&nh).arg(&nkv).arg(&t).arg(&scale).arg(&group);
+        // SAFETY: flash_dkdv_*(const T* q, const T* k, const T* v, const T* dy, const float* lse, const float* dvec,
+        // T* dk, T* dv, Fa2Layout L, int nh, int nkv, int t_len, float scale, int group), T the pointers' element
+        // type; buffers per backward's contract; one row of blocks per (batch, key/value head).
         unsafe { a.launch(cfg) }.map(|_| ()).map_err(|e| Error::Msg(format!("flash attention dK/dV pass: {e:?}")))
     }
 
@@ -440,5 +628,16 @@ mod tests {
         assert!(Variant { fwd_warps: 8, fwd_mtiles: 2, ..Variant::DEFAULT }.check().is_err());
         assert!(Variant { fwd_b3: true, ..Variant::DEFAULT }.check().is_err());
         assert_eq!(Variant::DEFAULT.label(), "fwd w4m2 dq w4b3 dkdv w4 group 512");
+        // GPT-2 124M's fused layout: rows of 3C, heads 64 apart; y rows of C.
+        let l = AttnLayout::fused(1024, Heads::mha(12), 64);
+        assert_eq!(l.q, HeadStrides { batch: 1024 * 2304, head: 64, row: 2304 });
+        assert_eq!((l.k, l.dv), (l.q, l.q));
+        assert_eq!(l.y, HeadStrides { batch: 1024 * 768, head: 64, row: 768 });
+        assert!(l.check().is_ok());
+        let e = AttnLayout { k: HeadStrides { row: 68, ..l.k }, ..l }.check().unwrap_err().to_string();
+        assert!(e.contains("strides of k"), "{e}");
+        assert_eq!(HeadStrides::dense(4, 10, 64), HeadStrides { batch: 2560, head: 640, row: 64 });
+        // The layout goes to the kernels by value as seven structs of three int64_t.
+        assert_eq!(std::mem::size_of::<AttnLayout>(), 7 * 3 * 8);
     }
 }

@@ -1,7 +1,7 @@
-// The tensor-core product both attention kernel files use (flash_attn.cu, the engine's and the fused-qkv op's;
-// attention_tc.cuh, the head-view op's): mma.sync.aligned.m16n8k16 with bf16 or f16 inputs and f32 accumulation,
-// and the packing of two f32 values into one 16-bit pair register, its A-fragment format. Written once here; in the
-// kernel lab (dev/cuda/cuda_emu.h, included first) both run on the emulation's warp exchange.
+// The tensor-core product of flash_attn.cu (the attention of the engine and of both candle attention ops):
+// mma.sync.aligned.m16n8k16 with bf16 or f16 inputs and f32 accumulation, and the packing of two f32 values into one
+// 16-bit pair register, its A-fragment format. In the kernel lab (dev/cuda/cuda_emu.h, included first) it runs on the
+// emulation's warp exchange.
 //
 // Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16"), g = lane / 4, c = lane % 4:
 //   A (16 x 16, row major): a0 = A[g][2c, 2c+1], a1 = A[g+8][2c, 2c+1], a2 = A[g][2c+8, 2c+9], a3 = A[g+8][2c+8, 2c+9]

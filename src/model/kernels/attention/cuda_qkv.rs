@@ -12,8 +12,8 @@ use crate::cuda::devptr::DevPtr;
 use crate::cuda::flash_attn::{AttnBwd, AttnElem, Dtype, FlashAttn, Heads};
 use crate::cuda::launch::per_device;
 
-/// The kernels loaded once per device.
-fn kernels(dev: &CudaDevice) -> Result<Arc<FlashAttn>> {
+/// flash_attn.cu's kernels, loaded once per device (both ops run them).
+pub(super) fn flash_kernels(dev: &CudaDevice) -> Result<Arc<FlashAttn>> {
     per_device(dev, "flash_attn.cu", FlashAttn::new)
 }
 
@@ -39,7 +39,7 @@ pub(super) fn fwd(
         let (b, t, nh, hs) = d;
         let dev = s.device();
         let stream = dev.cuda_stream();
-        let fa = kernels(dev)?;
+        let fa = flash_kernels(dev)?;
         let qkv = s.as_cuda_slice::<X>()?.slice(start..);
         // SAFETY: forward writes every element of y and lse.
         let mut y = unsafe { dev.alloc::<X>(b * t * nh * hs)? };
@@ -86,7 +86,7 @@ pub(super) fn bwd(
     ) -> Result<CudaStorage> {
         let dev = st[0].device();
         let stream = dev.cuda_stream();
-        let fa = kernels(dev)?;
+        let fa = flash_kernels(dev)?;
         let qkv = st[0].as_cuda_slice::<X>()?.slice(starts[0]..);
         let y = st[1].as_cuda_slice::<X>()?.slice(starts[1]..);
         let dy = st[2].as_cuda_slice::<X>()?.slice(starts[2]..);

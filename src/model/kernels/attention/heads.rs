@@ -39,15 +39,22 @@ pub fn flash_causal_attention_with(q: &Tensor, k: &Tensor, v: &Tensor, kernel: F
     if q.device().is_cuda() && !supported(q.device(), q.dtype(), hs) {
         refuse_on_cuda(q.dtype(), hs)?;
     }
-    let dense = |x: &Tensor| -> Result<Tensor> {
-        if x.layout().stride()[3] == 1 {
-            Ok(x.clone())
-        } else {
-            x.contiguous()
-        }
-    };
+    let tc = q.device().is_cuda() && kernel.tensor_cores(q.dtype());
     let op = FlashAttention { scale: 1.0 / (hs as f64).sqrt(), kernel, lse: Mutex::new(None) };
-    dense(q)?.apply_op3(&dense(k)?, &dense(v)?, op)
+    readable(q, tc)?.apply_op3(&readable(k, tc)?, &readable(v, tc)?, op)
+}
+
+/// `x` as the kernels can read it: the last dim dense, and for the tensor-core kernels (`tc`: 16-byte cp.async rows)
+/// its start and every stride a multiple of 8 elements; a copy where it is not.
+fn readable(x: &Tensor, tc: bool) -> Result<Tensor> {
+    let l = x.layout();
+    let aligned =
+        !tc || (l.start_offset().is_multiple_of(8) && l.stride().iter().rev().skip(1).all(|s| s.is_multiple_of(8)));
+    match (l.stride()[3] == 1, aligned) {
+        (true, true) => Ok(x.clone()),
+        (true, false) => x.force_contiguous(),
+        (false, _) => x.contiguous(),
+    }
 }
 
 /// One call's op: the forward stores the row logsumexp here for this call's backward (each call builds its own).
@@ -107,7 +114,7 @@ impl CustomOp3 for FlashAttention {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let lse = self.lse.lock().map_err(|_| candle_core::Error::Msg("attention lse lock poisoned".into()))?.clone();
         let Some(lse) = lse else { candle_core::bail!("attention backward before its forward stored the logsumexp") };
-        let (dq, dk, dv) = flash_bwd(q, k, v, o, &dout.contiguous()?, &lse, self.scale, self.kernel)?;
+        let (dq, dk, dv) = flash_bwd(q, k, v, o, dout, &lse, self.scale, self.kernel)?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }
@@ -118,8 +125,8 @@ impl FlashAttention {
     }
 }
 
-/// dQ, dK, dV (each `(B, NH, T, HS)` in the inputs' dtype) from the inputs, the forward's `o` and `lse`, and
-/// `dout` (contiguous).
+/// dQ, dK, dV (each `(B, NH, T, HS)` in the inputs' dtype) from the inputs (as the forward read them), the forward's
+/// `o` and `lse`, and `dout`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn flash_bwd(
     q: &Tensor,
@@ -129,10 +136,12 @@ pub(super) fn flash_bwd(
     dout: &Tensor,
     lse: &Tensor,
     scale: f64,
-    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))] kernel: FlashKernel,
+    kernel: FlashKernel,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (b, nh, t, hs) = q.dims4()?;
-    let o = o.contiguous()?;
+    // o and dout are read contiguous from their starts.
+    let tc = q.device().is_cuda() && kernel.tensor_cores(q.dtype());
+    let (o, dout) = (readable(&o.contiguous()?, tc)?, readable(&dout.contiguous()?, tc)?);
     let lse = lse.to_dtype(acc_dtype(q.dtype()))?.contiguous()?;
     let (qs, ql) = q.storage_and_layout();
     let (ks, kl) = k.storage_and_layout();
@@ -166,7 +175,6 @@ pub(super) fn flash_bwd(
             Storage::Cuda(gs),
             Storage::Cuda(ls),
         ) => {
-            let tc = kernel.tensor_cores(qs.dtype());
             let (dq, dk, dv) = cuda_heads::bwd(qs, ks, vs, views, (os, gs, ls), starts, (b, nh, t), scale as f32, tc)?;
             Ok((wrap(Storage::Cuda(dq)), wrap(Storage::Cuda(dk)), wrap(Storage::Cuda(dv))))
         }

@@ -4,14 +4,14 @@
 //! returns dQ, dK, dV. At 124M with B=64, T=1024 that is 3 MB of L per layer instead of the composed version's
 //! 3.2 GB f32 scores + 3.2 GB probabilities (+ their bf16 copy) per layer.
 //!
-//! CUDA (`src/cuda/attention.cu`): HS = 64 only (GPT-2), f32/bf16/f16 inputs, f32 accumulation; any (b, h, t) strides
-//! with a dense last dim, so GPT-2's head views of the fused qkv projection go in without copies. Two kernel
-//! sets: plain FMA (version 1, attention.cu; f32, and bf16/f16 on request) and tensor cores (version 2,
-//! attention_tc.cuh: mma.sync m16n8k16, sm_80+; bf16/f16 by default, see [`FlashKernel`]). Their timings against the
-//! composed version are in docs/PERF.md (from the TIMING lines of tests/kernels_attention.rs).
-//! GPT-2's fused-qkv op ([`flash_causal_attention_qkv`]) runs `crate::cuda::flash_attn` instead for bf16/f16 on
-//! CUDA (FlashAttention-2 with cp.async/ldmatrix, no layout copies; timed against PyTorch's SDPA in
-//! docs/PERF.md); the kernels above remain for f32, the head-view op and `TOKENMILL_ATTN_FMA=1`.
+//! CUDA: HS = 64 only (GPT-2, Llama-124M), f32/bf16/f16 inputs, f32 accumulation; any (b, h, t) strides with a dense
+//! last dim, so GPT-2's head views of the fused qkv projection go in without copies. Two kernel sets, one per
+//! precision: bf16/f16 on the tensor cores, `crate::cuda::flash_attn` (flash_attn.cu, FlashAttention-2 with cp.async,
+//! ldmatrix and mma.sync: the decoder engine's kernels, read through strides; the head views must then start and step
+//! on 16-byte boundaries, or the op copies them), and plain FMA (`src/cuda/attention.cu`) for f32, for bf16/f16 on
+//! request ([`FlashKernel::Fma`], `TOKENMILL_ATTN_FMA=1`) and as the GPU tests' reference. GPT-2's fused-qkv op
+//! ([`flash_causal_attention_qkv`]) hands the whole buffer to the same tensor-core kernels (no layout copies); timings
+//! against PyTorch's SDPA and the composed version are in docs/PERF.md.
 //! CPU: the same algorithm row by row (any HS, f32/bf16/f16 accumulating in f32, f64 in f64); it is the twin the
 //! tests hold against the composed reference (`model::attention::causal_attention_slow`) and finite differences.
 //! The models call `model::attention::causal_attention`, which routes here only where the fused path exists
@@ -19,8 +19,8 @@
 //!
 //! Files, one concern each: this one holds what both ops share (the routing rule, the kernel choice, head views,
 //! the saved logsumexp); `heads` the op over q, k, v head views; `qkv` the op over GPT-2's fused projection; `cpu`
-//! the CPU twin; `cuda_heads` the launchers of `src/cuda/attention.cu`; `cuda_qkv` the adapter over
-//! `crate::cuda::flash_attn`.
+//! the CPU twin; `cuda_heads` the head-view op's launchers (`src/cuda/attention.cu`'s FMA kernels, and
+//! `crate::cuda::flash_attn`'s views); `cuda_qkv` the fused op's adapter over `crate::cuda::flash_attn`.
 
 use std::sync::Mutex;
 
@@ -52,8 +52,7 @@ pub enum FlashKernel {
 }
 
 impl FlashKernel {
-    /// Whether this call runs the tensor-core kernels.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    /// Whether this call runs the tensor-core kernels (flash_attn.cu) on CUDA.
     fn tensor_cores(self, dt: DType) -> bool {
         static FORCE_FMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let force_fma = *FORCE_FMA.get_or_init(|| std::env::var("TOKENMILL_ATTN_FMA").is_ok_and(|v| v == "1"));

@@ -60,13 +60,11 @@ impl FlashAttentionQkv {
         Ok(([view(0), view(1), view(2)], (b, nh, t, hs)))
     }
 
-    /// Whether this call runs crate::cuda::flash_attn (CUDA, bf16/f16, not forced onto the FMA kernels, and not
-    /// sent back to the head-view kernels by `TOKENMILL_ATTN_QKV=legacy`, the before/after switch of docs/PERF.md).
+    /// Whether this call runs crate::cuda::flash_attn over the fused buffer (CUDA, bf16/f16, not forced onto the
+    /// FMA kernels); otherwise the head views go to attention.cu's FMA kernels.
     #[cfg(feature = "cuda")]
     fn flash2(&self, dt: DType) -> bool {
-        static LEGACY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let legacy = *LEGACY.get_or_init(|| std::env::var("TOKENMILL_ATTN_QKV").is_ok_and(|v| v == "legacy"));
-        !legacy && self.kernel.tensor_cores(dt)
+        self.kernel.tensor_cores(dt)
     }
 
     fn save_lse(&self, storage: Storage, shape: (usize, usize, usize)) {
@@ -119,8 +117,7 @@ impl CustomOp1 for FlashAttentionQkv {
             self.save_lse(Storage::Cuda(lse), (b, nh, t));
             return Ok((y, shape));
         }
-        let tc = self.kernel.tensor_cores(s.dtype());
-        let (o, lse) = cuda_heads::fwd(s, s, s, (q, k, v), (b, nh, t), self.scale as f32, tc)?;
+        let (o, lse) = cuda_heads::fwd(s, s, s, (q, k, v), (b, nh, t), self.scale as f32, false)?;
         self.save_lse(Storage::Cuda(lse), (b, nh, t));
         // (B, NH, T, HS) -> (B, T, NH, HS): one strided copy (f32 and the FMA switch only).
         let heads = Layout::contiguous((b, nh, t, hs)).transpose(1, 2)?;
