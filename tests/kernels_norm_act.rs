@@ -273,7 +273,8 @@ fn gelu_finite_differences_f64() {
 
 /// CUDA forward and every gradient against the CPU twin in f64 on the same rounded inputs: LayerNorm in the
 /// model's f32 -> bf16 form, f32 -> f32 and bf16 -> bf16, at GPT-2 widths and odd ones (partial last blocks of the
-/// backward, rows that are not 16-byte multiples); GELU in f32, bf16 and f64 with an unaligned start.
+/// backward, rows that are not 128-column multiples, the widest 2048), an unaligned start, and widths the kernels do
+/// not take routed to the composed version; GELU in f32, bf16 and f64 with an unaligned start.
 #[test]
 fn cuda_matches_cpu() {
     let Some(dev) = cuda_device() else {
@@ -286,10 +287,10 @@ fn cuda_matches_cpu() {
     let bf_tol = (4e-3, 1.0 / 128.0);
     let cases: [LnCase; 5] = [
         (DType::F32, DType::BF16, 1000, 768, bf_tol, f32_tol),
-        (DType::F32, DType::F32, 2049, 771, f32_tol, f32_tol),
-        (DType::F32, DType::F32, 70, 3072, f32_tol, f32_tol),
+        (DType::F32, DType::F32, 2049, 772, f32_tol, f32_tol),
+        (DType::F32, DType::F32, 70, 2048, f32_tol, f32_tol),
         (DType::BF16, DType::BF16, 300, 768, bf_tol, bf_tol),
-        (DType::BF16, DType::F32, 65, 33, f32_tol, bf_tol),
+        (DType::BF16, DType::F32, 65, 36, f32_tol, bf_tol),
     ];
     for (xdt, out, n, c, ytol, dxtol) in cases {
         let (x, w, b, r) = ln_inputs(20 + c as u64, &[n, c]);
@@ -304,6 +305,28 @@ fn cuda_matches_cpu() {
         assert_close(&format!("{what} dweight"), &got.grads[1], &want.grads[1], f32_tol.0, f32_tol.1);
         assert_close(&format!("{what} dbias"), &got.grads[2], &want.grads[2], f32_tol.0, f32_tol.1);
     }
+    // Widths the kernels do not take (rows in registers: C a multiple of 4 up to 2048) are refused by the op and go
+    // to the composed version through ops::layer_norm_to.
+    for c in [771usize, 3072] {
+        let (x, w, b, _) = ln_inputs(40 + c as u64, &[5, c]);
+        let on = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_device(&dev).unwrap();
+        let (xd, wd, bd) = (on(&x), on(&w), on(&b));
+        assert!(!tokenmill::model::kernels::layer_norm::supported(&xd, DType::F32), "C = {c}");
+        assert!(layer_norm(&xd, &wd, &bd, EPS, DType::F32).is_err(), "C = {c}");
+        let got = ops::layer_norm_to(&xd, &wd, &bd, EPS, DType::F32).unwrap();
+        let want = ops::layer_norm_slow(&on(&x).to_device(&Device::Cpu).unwrap(), &w, &b, EPS).unwrap();
+        assert_close(&format!("cuda layer-norm routed C={c}"), &f64s(&got), &f64s(&want), 1e-5, 1e-4);
+    }
+    // A start one element into the buffer: the op copies x to a start the 4-element vector loads can read.
+    let (x, w, b, _) = ln_inputs(50, &[8 * 768 + 1]);
+    let w = w.narrow(0, 0, 768).unwrap();
+    let b = b.narrow(0, 0, 768).unwrap();
+    let on = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_device(&dev).unwrap();
+    let xd = on(&x).narrow(0, 1, 8 * 768).unwrap().reshape((8, 768)).unwrap();
+    assert_eq!(xd.layout().start_offset(), 1);
+    let got = layer_norm(&xd, &on(&w), &on(&b), EPS, DType::F32).unwrap();
+    let want = ops::layer_norm_slow(&xd.to_device(&Device::Cpu).unwrap(), &w, &b, EPS).unwrap();
+    assert_close("cuda layer-norm unaligned start", &f64s(&got), &f64s(&want), 1e-5, 1e-4);
     // GELU: a narrowed view starting one element in (the kernels' scalar path) and an aligned one (16-byte path).
     let (x, r) = gelu_inputs(30, (1 << 20) + 11);
     for (dt, tol) in [(DType::F32, (1e-6, 1e-5)), (DType::BF16, (1e-4, 1.0 / 128.0)), (DType::F64, (1e-14, 1e-13))] {

@@ -90,7 +90,7 @@ template <int NCH> static void check_layernorm(int n, int c) {
     auto xf = to_f32(x), wf = to_f32(w), bfv = to_f32(b);
     std::vector<__nv_bfloat16> yk((size_t)n * c);
     std::vector<float> mk(n), rk(n);
-    emu_launch(ln_fwd_engine<NCH, false, false>, {blocks(n, LN_WARPS)}, {LN_THREADS}, (const float*)xf.data(),
+    emu_launch(norm_fwd<NCH, false, false, float, __nv_bfloat16>, {blocks(n, LN_WARPS)}, {LN_THREADS}, (const float*)xf.data(),
                (const __nv_bfloat16*)nullptr, (float*)nullptr, (const float*)wf.data(), (const float*)bfv.data(),
                yk.data(), mk.data(), rk.data(), n, c, eps);
     expect("ln_fwd y (bf16) " + tag, yk, y, 1e-2, 8e-3);
@@ -106,7 +106,7 @@ template <int NCH> static void check_layernorm(int n, int c) {
         auto resf = to_f32(res);
         std::vector<float> res_out(x.size(), NAN), m2(n), r2(n);
         std::vector<__nv_bfloat16> y2((size_t)n * c);
-        emu_launch(ln_fwd_engine<NCH, true, false>, {blocks(n, LN_WARPS)}, {LN_THREADS}, (const float*)resf.data(),
+        emu_launch(norm_fwd<NCH, true, false, float, __nv_bfloat16>, {blocks(n, LN_WARPS)}, {LN_THREADS}, (const float*)resf.data(),
                    (const __nv_bfloat16*)dk.data(), res_out.data(), (const float*)wf.data(), (const float*)bfv.data(),
                    y2.data(), m2.data(), r2.data(), n, c, eps);
         std::vector<double> sum(x.size());
@@ -142,7 +142,7 @@ template <int NCH> static void check_layernorm(int n, int c) {
     std::vector<__nv_bfloat16> dres16((size_t)n * c);
     const unsigned nb = blocks(n, LN_BWD_ROWS);
     std::vector<float> partial((size_t)2 * nb * c, NAN);
-    emu_launch(ln_bwd_engine<NCH, false>, {nb}, {LN_THREADS}, dyk.data(), xf.data(), wf.data(), mk.data(), rk.data(),
+    emu_launch(norm_bwd<NCH, false, float, __nv_bfloat16, true>, {nb}, {LN_THREADS}, dyk.data(), xf.data(), wf.data(), mk.data(), rk.data(),
                dresk.data(), dres16.data(), partial.data(), n, c);
     emu_launch(ln_bwd_reduce_engine, {blocks(c, 32)}, {32, 8}, (const float*)partial.data(), dwk.data(), dbk.data(),
                (int)nb, c);

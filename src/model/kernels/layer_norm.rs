@@ -9,9 +9,11 @@
 //! this keeps 2N floats and returns bf16 directly.
 //!
 //! dweight/dbias are deterministic on both devices: rows are summed in fixed blocks of `BWD_ROWS` (CPU) or
-//! LN_BWD_ROWS (CUDA), then the block partials in block order.
+//! LN_BWD_ROWS (CUDA, in warp order inside a block), then the block partials in block order.
 //! CPU: rayon over row blocks (the twin the tests hold against the composed reference and finite differences).
-//! CUDA: `src/cuda/layer_norm.cu`, one warp per row.
+//! CUDA: the LayerNorm kernels of `src/cuda/norm.cu` (the decoder engine's, instantiated for the op's dtype pairs):
+//! one warp per row held in registers, so C must be a multiple of 4 up to 2048 (every GPT-2 width); [`supported`]
+//! sends other widths to the composed version.
 
 use std::sync::Mutex;
 
@@ -50,21 +52,42 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, out: DTy
     }
     let acc = if out == DType::F64 { DType::F64 } else { DType::F32 };
     let op = LayerNormOp { eps, out, stats: Mutex::new(None) };
-    let x2 = x.reshape((n, c))?.contiguous()?;
-    let w = weight.to_dtype(acc)?.contiguous()?;
-    let b = bias.to_dtype(acc)?.contiguous()?;
+    let x2 = aligned(&x.reshape((n, c))?)?;
+    let w = aligned(&weight.to_dtype(acc)?)?;
+    let b = aligned(&bias.to_dtype(acc)?)?;
     x2.apply_op3(&w, &b, op)?.reshape(dims)
 }
 
-/// Whether the fused kernel runs `x` -> `out` on x's device: f32 and bf16 in any pair on the CPU or CUDA, f64 -> f64
-/// on the CPU (the gradient checks). Statistics and weights are f32, or f64 for f64. The one routing rule:
-/// `ops::layer_norm_to` takes the fused path exactly where this holds.
+/// `x` contiguous from a start the CUDA kernels can read in 4-element vectors (a copy where it is not).
+fn aligned(x: &Tensor) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    if x.device().is_cuda() && !x.layout().start_offset().is_multiple_of(4) {
+        return x.force_contiguous();
+    }
+    Ok(x)
+}
+
+/// Whether the fused kernel runs `x` -> `out` on x's device: f32 and bf16 in any pair on the CPU (any C) or CUDA (C a
+/// multiple of 4 up to 2048: rows in registers), f64 -> f64 on the CPU (the gradient checks). Statistics and weights
+/// are f32, or f64 for f64. The one routing rule: `ops::layer_norm_to` takes the fused path exactly where this holds.
 pub fn supported(x: &Tensor, out: DType) -> bool {
     let f32_or_bf16 = |d: DType| matches!(d, DType::F32 | DType::BF16);
+    let c = x.dims().last().copied().unwrap_or(0);
     match (x.dtype(), out) {
         (DType::F64, DType::F64) => x.device().is_cpu(),
-        (dx, o) => f32_or_bf16(dx) && f32_or_bf16(o) && (x.device().is_cpu() || x.device().is_cuda()),
+        (dx, o) => f32_or_bf16(dx) && f32_or_bf16(o) && (x.device().is_cpu() || x.device().is_cuda() && cuda_width(c)),
     }
+}
+
+/// A row width the CUDA kernels take.
+#[cfg(feature = "cuda")]
+fn cuda_width(c: usize) -> bool {
+    c > 0 && c.is_multiple_of(4) && c <= crate::cuda::norm::MAX_C
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_width(_c: usize) -> bool {
+    false
 }
 
 /// One call's op: the forward stores (mean, rstd) here for this call's backward.
@@ -223,7 +246,7 @@ impl CustomOp3 for LayerNormOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let Some((mean, rstd)) = stats else { candle_core::bail!("layer norm backward before its forward") };
-        let dy = dy.to_dtype(self.out)?.contiguous()?;
+        let dy = aligned(&dy.to_dtype(self.out)?)?;
         let (dx, dw, db) = layer_norm_bwd(x, w, &mean, &rstd, &dy)?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
@@ -287,25 +310,34 @@ fn layer_norm_bwd(
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    //! Launchers for layer_norm.cu: forward one warp per row (LN_THREADS / 32 rows per block); backward one block
-    //! per LN_BWD_ROWS rows writing dweight/dbias partials, then `ln_bwd_reduce` over them.
+    //! Launchers for the op's LayerNorm kernels in norm.cu: forward one warp per row (LN_WARPS rows per block);
+    //! backward one block per LN_BWD_ROWS rows writing dweight/dbias partials, then `ln_bwd_reduce` over them. The
+    //! kernels are instantiated per 128-column chunk count (`_<nch>`), as the engine's.
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaStorage, DType, Result};
 
     use super::super::real::float_pair;
-    use crate::cuda::launch::{dtype_suffix, grid_1d, Module};
+    use crate::cuda::launch::{dtype_suffix, grid_1d, int, Module};
 
-    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/layer_norm.ptx"));
-    const FILE: &str = "layer_norm.cu";
-    /// LN_THREADS and LN_BWD_ROWS in layer_norm.cu.
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/norm.ptx"));
+    const FILE: &str = "norm.cu";
+    /// LN_THREADS, LN_WARPS and LN_BWD_ROWS in norm.cu.
     const THREADS: u32 = 256;
-    const ROWS_PER_FWD_BLOCK: usize = THREADS as usize / 32;
-    const BWD_ROWS: usize = 64;
+    const ROWS_PER_FWD_BLOCK: usize = 8;
+    const BWD_ROWS: usize = 256;
 
     fn sfx(dt: DType) -> Result<&'static str> {
         dtype_suffix(dt, "fused layer norm", &[DType::F32, DType::BF16])
+    }
+
+    /// The kernels' chunk count for rows of `c` (a multiple of 4 up to 2048: `supported`).
+    fn nch(c: usize) -> Result<usize> {
+        if !super::cuda_width(c) {
+            candle_core::bail!("fused layer norm on CUDA: C = {c} must be a positive multiple of 4 up to 2048");
+        }
+        Ok(c.div_ceil(128))
     }
 
     /// `s`: x, weight, bias (f32) with their start offsets; returns y in `out`, mean and rstd (f32).
@@ -331,9 +363,10 @@ mod cuda {
             let (y, mean, rstd) = unsafe { (dev.alloc::<O>(n * c)?, dev.alloc::<f32>(n)?, dev.alloc::<f32>(n)?) };
             let func = Module::on_device(dev, FILE, PTX)?.kernel(name)?;
             let mut a = func.builder();
-            let (n_i, c_i) = (n as i64, c as i64);
+            let (n_i, c_i) = (int(n, "layer norm rows")?, int(c, "layer norm width")?);
             a.arg(&x).arg(&w).arg(&b).arg(&y).arg(&mean).arg(&rstd).arg(&n_i).arg(&c_i).arg(&eps);
-            // SAFETY: argument types match ln_fwd_* in layer_norm.cu.
+            // SAFETY: argument types match ln_fwd_<tx>_<ty>_<nch> in norm.cu; x, w, b start 4-element aligned (the
+            // op's `aligned`) and C is the kernel's width.
             unsafe { a.launch(grid_1d(n.div_ceil(ROWS_PER_FWD_BLOCK), THREADS)?) }.w()?;
             let d = || dev.clone();
             Ok((
@@ -343,7 +376,7 @@ mod cuda {
             ))
         }
         let xt = s[0].dtype();
-        let name = format!("ln_fwd_{}_{}", sfx(xt)?, sfx(out)?);
+        let name = format!("ln_fwd_{}_{}_{}", sfx(xt)?, sfx(out)?, nch(c)?);
         float_pair!("fused layer norm on CUDA", (xt, out), |T, O, A| go::<T, O>(s, offs, (n, c), &name, eps))
     }
 
@@ -370,18 +403,18 @@ mod cuda {
             let (dx, partial, dw, db) = unsafe {
                 (dev.alloc::<T>(n * c)?, dev.alloc::<f32>(2 * p * c)?, dev.alloc::<f32>(c)?, dev.alloc::<f32>(c)?)
             };
-            let (n_i, c_i, p_i) = (n as i64, c as i64, p as i64);
+            let (n_i, c_i, p_i) = (int(n, "layer norm rows")?, int(c, "layer norm width")?, int(p, "partials")?);
             let func = Module::on_device(dev, FILE, PTX)?.kernel(name)?;
             let mut a = func.builder();
-            a.arg(&x).arg(&w).arg(&mean).arg(&rstd).arg(&dy).arg(&dx).arg(&partial).arg(&n_i).arg(&c_i);
-            // SAFETY: argument types match ln_bwd_* in layer_norm.cu.
+            a.arg(&dy).arg(&x).arg(&w).arg(&mean).arg(&rstd).arg(&dx).arg(&partial).arg(&n_i).arg(&c_i);
+            // SAFETY: argument types match ln_bwd_<tx>_<ty>_<nch> in norm.cu; dy and x start 4-element aligned.
             unsafe { a.launch(grid_1d(p, THREADS)?) }.w()?;
             let func = Module::on_device(dev, FILE, PTX)?.kernel("ln_bwd_reduce")?;
             let mut a = func.builder();
             a.arg(&partial).arg(&dw).arg(&db).arg(&p_i).arg(&c_i);
             let rcfg =
                 LaunchConfig { grid_dim: (c.div_ceil(32) as u32, 1, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
-            // SAFETY: argument types match ln_bwd_reduce in layer_norm.cu.
+            // SAFETY: argument types match ln_bwd_reduce in norm.cu.
             unsafe { a.launch(rcfg) }.w()?;
             let d = || dev.clone();
             Ok((
@@ -391,7 +424,7 @@ mod cuda {
             ))
         }
         let (xt, gt) = (s[0].dtype(), s[4].dtype());
-        let name = format!("ln_bwd_{}_{}", sfx(xt)?, sfx(gt)?);
+        let name = format!("ln_bwd_{}_{}_{}", sfx(xt)?, sfx(gt)?, nch(c)?);
         float_pair!("fused layer norm backward on CUDA", (xt, gt), |T, O, A| go::<T, O>(s, offs, (n, c), &name))
     }
 }
