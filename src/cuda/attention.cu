@@ -32,6 +32,18 @@
 #define FA_BQ 32    // query rows per tile in dK/dV
 #define FA_PAD (FA_HS + 1)
 
+// The two dot products every backward tile step takes, over one head-size row each: s = a . b (a score) and
+// dp = c . d (its gradient), accumulated in d order.
+__device__ __forceinline__ void fa_dot2(const float* a, const float* b, const float* c, const float* d, float& s,
+                                        float& dp) {
+    s = 0.f, dp = 0.f;
+#pragma unroll
+    for (int i = 0; i < FA_HS; i++) {
+        s += a[i] * b[i];
+        dp += c[i] * d[i];
+    }
+}
+
 struct HeadPtr {
     int64_t off;  // element offset of (b, h, t = 0, d = 0)
     int64_t st;   // stride between time steps
@@ -222,12 +234,8 @@ __device__ void fa_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k, co
 #pragma unroll 2
         for (int ii = 0; ii < FA_BQ / 2; ii++) {
             const int i = h * (FA_BQ / 2) + ii, qi = i0 + i;
-            float s = 0.f, dp = 0.f;
-#pragma unroll
-            for (int d = 0; d < FA_HS; d++) {
-                s += kr[d] * Qs[i][d];
-                dp += vr[d] * dOs[i][d];
-            }
+            float s, dp;
+            fa_dot2(kr, Qs[i], vr, dOs[i], s, dp);
             const float p = (key <= qi && qi < t_len && key < t_len) ? exp2f(s - Ls[i]) : 0.f;
             Ps[cl][i] = p;
             dSs[cl][i] = p * (dp - Ds[i]);
@@ -299,12 +307,8 @@ __device__ void fa_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, cons
 #pragma unroll 2
         for (int jj = 0; jj < FA_BC / 2; jj++) {
             const int j = h * (FA_BC / 2) + jj, c = c0 + j;
-            float s = 0.f, dp = 0.f;
-#pragma unroll
-            for (int d = 0; d < FA_HS; d++) {
-                s += qr[d] * Ks[j][d];
-                dp += gr[d] * Vs[j][d];
-            }
+            float s, dp;
+            fa_dot2(qr, Ks[j], gr, Vs[j], s, dp);
             const float p = (c <= lrow) ? exp2f(s - l2) : 0.f;
             dSs[r][j] = p * (dp - dr);
         }

@@ -231,6 +231,26 @@ __device__ __forceinline__ void fa2_coords(int n_blocks, int n_bh, int group, bo
     blk = reverse ? n_blocks - 1 - rank : rank;
 }
 
+// The query block a forward or dQ CTA works on (longest blocks first), and its query head's q, k and v.
+template <typename T> struct Fa2QueryBlock {
+    int b, h, bh, blk;
+    const T *q, *k, *v;
+};
+template <typename T>
+__device__ __forceinline__ Fa2QueryBlock<T> fa2_query_block(int rows, const T* q, const T* k, const T* v,
+                                                            const Fa2Layout& L, int nh, int nkv, int t_len, int group) {
+    Fa2QueryBlock<T> qb;
+    const int n_qb = (t_len + rows - 1) / rows;
+    fa2_coords(n_qb, (int)(gridDim.x / n_qb), group, true, qb.bh, qb.blk);
+    qb.b = qb.bh / nh;
+    qb.h = qb.bh - qb.b * nh;
+    const int hk = qb.h / (nh / nkv);
+    qb.q = fa2_head(q, L.q, qb.b, qb.h);
+    qb.k = fa2_head(k, L.k, qb.b, hk);
+    qb.v = fa2_head(v, L.v, qb.b, hk);
+    return qb;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Forward. CTA: WARPS warps x M m-tiles = BR query rows; warp w owns rows 16*M*w .. +16*M. Key/value tiles of 64.
 template <typename T, int WARPS, int M>
@@ -244,13 +264,9 @@ __device__ __forceinline__ void fa2_fwd(const T* __restrict__ q, const T* __rest
     T* ks = sm + BR * FA2_HS;      // [2 stages][64][64]
     T* vs = ks + 2 * TILE;         // [2 stages][64][64]
 
-    const int n_qb = (t_len + BR - 1) / BR;
-    int bh, qb;
-    fa2_coords(n_qb, (int)(gridDim.x / n_qb), group, true, bh, qb);
-    const int b = bh / nh, h = bh - b * nh, hk = h / (nh / nkv);
-    const T* qg = fa2_head(q, L.q, b, h);
-    const T* kg = fa2_head(k, L.k, b, hk);
-    const T* vg = fa2_head(v, L.v, b, hk);
+    const Fa2QueryBlock<T> blk = fa2_query_block(BR, q, k, v, L, nh, nkv, t_len, group);
+    const int b = blk.b, h = blk.h, bh = blk.bh, qb = blk.blk;
+    const T *qg = blk.q, *kg = blk.k, *vg = blk.v;
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, cq = lane & 3;
     const int q0 = qb * BR, wr0 = q0 + warp * 16 * M, wr1 = wr0 + 16 * M - 1;  // this warp's rows
@@ -473,13 +489,9 @@ __device__ __forceinline__ void fa2_dq(const T* __restrict__ q, const T* __restr
     T* vs = sm + 2 * TILE;     // [2 stages][64][64]; first the dY block
     T* ys = sm + 4 * TILE;     // [BQ][64]: the Y block
 
-    const int n_qb = (t_len + BQ - 1) / BQ;
-    int bh, qb;
-    fa2_coords(n_qb, (int)(gridDim.x / n_qb), group, true, bh, qb);
-    const int b = bh / nh, h = bh - b * nh, hk = h / (nh / nkv);
-    const T* qg = fa2_head(q, L.q, b, h);
-    const T* kg = fa2_head(k, L.k, b, hk);
-    const T* vg = fa2_head(v, L.v, b, hk);
+    const Fa2QueryBlock<T> blk = fa2_query_block(BQ, q, k, v, L, nh, nkv, t_len, group);
+    const int b = blk.b, h = blk.h, bh = blk.bh, qb = blk.blk;
+    const T *qg = blk.q, *kg = blk.k, *vg = blk.v;
     const T* gg = fa2_head(dy, L.y, b, h);
     const T* yg = fa2_head(y, L.y, b, h);
 

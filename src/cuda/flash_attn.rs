@@ -423,15 +423,7 @@ impl FlashAttn {
         t: usize,
         heads: Heads,
     ) -> Result<()> {
-        let d = check_dims(b, t, heads, HEAD_SIZE)?;
-        layout.check()?;
-        check_align(&[
-            ("q", x.q.raw(), 16),
-            ("k", x.k.raw(), 16),
-            ("v", x.v.raw(), 16),
-            ("y", y.raw(), 16),
-            ("lse", lse.raw(), 4),
-        ])?;
+        let d = check_views(&x, layout, (b, t, heads), &[("y", y.raw(), 16), ("lse", lse.raw(), 4)])?;
         unsafe { self.launch_fwd(x, y, lse, layout, d) }
     }
 
@@ -468,20 +460,20 @@ impl FlashAttn {
         t: usize,
         heads: Heads,
     ) -> Result<()> {
-        let d = check_dims(b, t, heads, HEAD_SIZE)?;
-        layout.check()?;
-        check_align(&[
-            ("q", p.x.q.raw(), 16),
-            ("k", p.x.k.raw(), 16),
-            ("v", p.x.v.raw(), 16),
-            ("y", p.y.raw(), 16),
-            ("dy", p.dy.raw(), 16),
-            ("dq", p.dx.q.raw(), 16),
-            ("dk", p.dx.k.raw(), 16),
-            ("dv", p.dx.v.raw(), 16),
-            ("lse", p.lse.raw(), 4),
-            ("dvec_scratch", p.dvec_scratch.raw(), 4),
-        ])?;
+        let d = check_views(
+            &p.x,
+            layout,
+            (b, t, heads),
+            &[
+                ("y", p.y.raw(), 16),
+                ("dy", p.dy.raw(), 16),
+                ("dq", p.dx.q.raw(), 16),
+                ("dk", p.dx.k.raw(), 16),
+                ("dv", p.dx.v.raw(), 16),
+                ("lse", p.lse.raw(), 4),
+                ("dvec_scratch", p.dvec_scratch.raw(), 4),
+            ],
+        )?;
         unsafe {
             self.launch_dq_views(&p, layout, d)?;
             self.launch_dkdv_views(&p, layout, d)
@@ -583,6 +575,20 @@ pub(crate) fn check_dims(b: usize, t: usize, heads: Heads, hs: usize) -> Result<
         return Err(Error::Msg(format!("flash attention: b = {b}, t = {t}, nh = {nh} exceed the grid limits")));
     }
     Ok(Dims { b, t, nh, nkv })
+}
+
+/// A call through views: its sizes, its layout's strides, q, k, v and the call's `other` pointers aligned.
+fn check_views<T>(
+    x: &Qkv<T>,
+    layout: &AttnLayout,
+    (b, t, heads): (usize, usize, Heads),
+    other: &[(&str, u64, u64)],
+) -> Result<Dims> {
+    let d = check_dims(b, t, heads, HEAD_SIZE)?;
+    layout.check()?;
+    check_align(&[("q", x.q.raw(), 16), ("k", x.k.raw(), 16), ("v", x.v.raw(), 16)])?;
+    check_align(other)?;
+    Ok(d)
 }
 
 fn check_align(ptrs: &[(&str, u64, u64)]) -> Result<()> {
