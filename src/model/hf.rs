@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
+use super::decoder::DecoderBase;
 use super::gpt2::Gpt2;
 use super::ops::{LAYER_NORM_EPS, RMS_NORM_EPS};
 use super::store::{read_safetensors, write_safetensors};
@@ -244,7 +245,7 @@ pub fn load_hf_files(
     }
     let (tensors, _) = read_safetensors(weights, device)?;
     let tensors = llama_tensors_from_hf(&cfg, tensors, weights)?;
-    Ok(Box::new(super::llama::Llama::from_tensors(&cfg, precision, device, tensors, weights)?))
+    super::model_from_tensors(&cfg, precision, device, tensors, weights)
 }
 
 /// Rename and re-lay HF GPT-2 tensors into tokenmill's form: strip `transformer.`, drop the causal-mask buffers,
@@ -277,9 +278,12 @@ pub fn load_hf_gpt2_files(
     device: &Device,
 ) -> Result<Gpt2, ModelError> {
     let cfg = read_hf_config(config)?;
+    if cfg.arch != Architecture::Gpt2 {
+        return Err(ModelError::format(config, "a Llama model, not GPT-2 (`load_hf` loads either)"));
+    }
     let (tensors, _) = read_safetensors(weights, device)?;
     let tensors = gpt2_tensors_from_hf(tensors, weights)?;
-    Gpt2::from_tensors(&cfg, precision, device, tensors, weights)
+    Ok(Gpt2::new(DecoderBase::load(&cfg, precision, device, tensors, weights)?))
 }
 
 /// The `config.json` transformers' `GPT2LMHeadModel` or `LlamaForCausalLM` loads for `cfg` (with `vocab_size` =
