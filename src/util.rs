@@ -1,6 +1,7 @@
 //! Small shared helpers: atomic file writes (temp name, fsync, rename) used by every artifact writer, the xxh3 that
-//! checksums are made of, the lock that makes one process the only writer of a directory, and the check that a name
-//! from a command line or a file is a plain file name (no path out of the directory it is joined to).
+//! checksums are made of, the lock that makes one process the only writer of a directory, the check that a name
+//! from a command line or a file is a plain file name (no path out of the directory it is joined to), and the I/O
+//! error that names its path (`PathIoError`), which error enums wrap instead of each declaring its own.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -51,6 +52,21 @@ pub fn xxh3_hex(bytes: &[u8]) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
 }
 
+/// An I/O error on a file or directory, with its path: `"{path}: {source}"`. Error enums hold it as
+/// `#[error(transparent)] Io(#[from] PathIoError)`, so `.map_err(io_at(path))?` converts into any of them.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct PathIoError {
+    pub path: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// `map_err` adapter: an I/O error on `path` becomes a [`PathIoError`] naming it.
+pub fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> PathIoError + '_ {
+    move |source| PathIoError { path: path.display().to_string(), source }
+}
+
 /// Whether `name` is one plain file name: not empty, not `.` or `..`, no path separator, no NUL. Joined to a
 /// directory, such a name stays inside it.
 pub fn is_plain_file_name(name: &str) -> bool {
@@ -68,12 +84,8 @@ pub enum LockError {
          to finish, or use another directory"
     )]
     Busy { dir: String, holder: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
 }
 
 /// An advisory lock (flock) on `DIR/.tokenmill-lock`, held until dropped (or the process ends, however it ends: the
@@ -108,11 +120,7 @@ impl DirLock {
     }
 
     fn acquire(dir: &Path, exclusive: bool) -> Result<DirLock, LockError> {
-        let io = |p: &Path| {
-            let path = p.display().to_string();
-            move |source| LockError::Io { path, source }
-        };
-        fs::create_dir_all(dir).map_err(io(dir))?;
+        fs::create_dir_all(dir).map_err(io_at(dir))?;
         let path = dir.join(LOCK_FILE);
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -120,8 +128,8 @@ impl DirLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(io(&path))?;
-        if !flock(&file, exclusive).map_err(io(&path))? {
+            .map_err(io_at(&path))?;
+        if !flock(&file, exclusive).map_err(io_at(&path))? {
             return Err(busy(dir, &path));
         }
         if exclusive {

@@ -214,32 +214,13 @@ impl CudnnAttn {
         t: usize,
         heads: Heads,
     ) -> Result<()> {
-        let (bi, ti, nhi, nkvi) = check_dims(b, t, heads)?;
         let (qkv, y, lse) = (qkv.raw(), y.raw(), lse.raw());
-        check_align(&[("qkv", qkv), ("y", y), ("lse", lse)])?;
-        bind(&self.stream)?;
-        let stream = self.stream.cu_stream() as *mut c_void;
-        // SAFETY: the caller vouches for the buffers (this function's contract); the context is live and bound to
-        // this stream's CUDA context; the shim only enqueues work on `stream`.
-        call(
-            || format!("cuDNN SDPA forward B={b} T={t} {heads:?}"),
-            |m, n| unsafe {
-                ffi::tm_cudnn_attn_forward(
-                    self.ctx.as_ptr(),
-                    qkv as *const c_void,
-                    y as *mut c_void,
-                    lse as *mut f32,
-                    bi,
-                    ti,
-                    nhi,
-                    nkvi,
-                    HEAD_SIZE as i64,
-                    stream,
-                    m,
-                    n,
-                )
-            },
-        )
+        let ptrs = [("qkv", qkv), ("y", y), ("lse", lse)];
+        // SAFETY: the caller vouches for the buffers (this function's contract); `launch` has bound the live context
+        // to this stream's CUDA context; the shim only enqueues work on `stream`.
+        self.launch("forward", b, t, heads, &ptrs, |ctx, [bi, ti, nhi, nkvi, hs], stream, m, n| unsafe {
+            ffi::tm_cudnn_attn_forward(ctx, qkv as _, y as _, lse as _, bi, ti, nhi, nkvi, hs, stream, m, n)
+        })
     }
 
     /// Backward: `dqkv (B, T, W)` from `qkv`, the forward's `y` and `lse`, and `dy (B, T, C)`. `dvec_scratch` is
@@ -249,32 +230,33 @@ impl CudnnAttn {
     /// As [`CudnnAttn::forward`]; `lse` holds this backend's forward output for these `qkv`; `dqkv` overlaps none
     /// of the inputs.
     pub unsafe fn backward(&self, p: AttnBwd<bf16>, b: usize, t: usize, heads: Heads) -> Result<()> {
-        let (bi, ti, nhi, nkvi) = check_dims(b, t, heads)?;
         let (qkv, y, dy, lse, dqkv) = (p.qkv.raw(), p.y.raw(), p.dy.raw(), p.lse.raw(), p.dqkv.raw());
-        check_align(&[("qkv", qkv), ("y", y), ("dy", dy), ("lse", lse), ("dqkv", dqkv)])?;
+        let ptrs = [("qkv", qkv), ("y", y), ("dy", dy), ("lse", lse), ("dqkv", dqkv)];
+        // SAFETY: as in `forward`.
+        self.launch("backward", b, t, heads, &ptrs, |ctx, [bi, ti, nhi, nkvi, hs], stream, m, n| unsafe {
+            let (qkv, y, dy, lse, dqkv) = (qkv as _, y as _, dy as _, lse as _, dqkv as _);
+            ffi::tm_cudnn_attn_backward(ctx, qkv, y, dy, lse, dqkv, bi, ti, nhi, nkvi, hs, stream, m, n)
+        })
+    }
+
+    /// What `forward` and `backward` share: check the shape and the pointers, bind the stream's context, then run
+    /// the shim call `f(ctx, [B, T, NH, NKV, HS], stream, msg, msg_len)`, its errors named "cuDNN SDPA `pass` ...".
+    fn launch(
+        &self,
+        pass: &str,
+        b: usize,
+        t: usize,
+        heads: Heads,
+        ptrs: &[(&str, u64)],
+        f: impl FnOnce(*mut c_void, [i64; 5], *mut c_void, *mut c_char, usize) -> c_int,
+    ) -> Result<()> {
+        let (bi, ti, nhi, nkvi) = check_dims(b, t, heads)?;
+        check_align(ptrs)?;
         bind(&self.stream)?;
         let stream = self.stream.cu_stream() as *mut c_void;
-        // SAFETY: as in `forward`.
         call(
-            || format!("cuDNN SDPA backward B={b} T={t} {heads:?}"),
-            |m, n| unsafe {
-                ffi::tm_cudnn_attn_backward(
-                    self.ctx.as_ptr(),
-                    qkv as *const c_void,
-                    y as *const c_void,
-                    dy as *const c_void,
-                    lse as *const f32,
-                    dqkv as *mut c_void,
-                    bi,
-                    ti,
-                    nhi,
-                    nkvi,
-                    HEAD_SIZE as i64,
-                    stream,
-                    m,
-                    n,
-                )
-            },
+            || format!("cuDNN SDPA {pass} B={b} T={t} {heads:?}"),
+            |m, n| f(self.ctx.as_ptr(), [bi, ti, nhi, nkvi, HEAD_SIZE as i64], stream, m, n),
         )
     }
 }

@@ -19,6 +19,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::tokenizer::TokenizerKind;
+use crate::util::{io_at, PathIoError};
 
 pub const MAGIC: i32 = 20240522;
 pub const VERSION: i32 = 1;
@@ -39,12 +40,8 @@ const REBUILD: &str = "re-run `tokenmill prep hellaswag`";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HellaswagFileError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error(
         "{dir}: no {DEFAULT_FILE} and {found} other .bin files (one would be used); give the eval file itself, or the \
          directory `tokenmill prep hellaswag --out DIR` wrote"
@@ -75,12 +72,6 @@ pub enum HellaswagFileError {
     LongestMismatch { path: String, header: usize, actual: usize },
     #[error("cannot encode example {index}: {reason}")]
     Unencodable { index: usize, reason: String },
-}
-
-impl HellaswagFileError {
-    fn io(path: &Path, source: std::io::Error) -> Self {
-        HellaswagFileError::Io { path: path.display().to_string(), source }
-    }
 }
 
 /// One HellaSwag task, tokenized: a shared context and 4 candidate endings (each already carrying its leading
@@ -138,7 +129,7 @@ impl HellaswagFile {
     /// --out DIR` was given) means the eval file in it.
     pub fn open(path: &Path) -> Result<Self, HellaswagFileError> {
         let path = &Self::file_in(path)?;
-        let bytes = std::fs::read(path).map_err(|e| HellaswagFileError::io(path, e))?;
+        let bytes = std::fs::read(path).map_err(io_at(path))?;
         Self::from_bytes(&bytes, path)
     }
 
@@ -151,7 +142,7 @@ impl HellaswagFile {
         if default.is_file() {
             return Ok(default);
         }
-        let rd = std::fs::read_dir(path).map_err(|e| HellaswagFileError::io(path, e))?;
+        let rd = std::fs::read_dir(path).map_err(io_at(path))?;
         let bins: Vec<PathBuf> =
             rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "bin")).collect();
         match &bins[..] {
@@ -401,7 +392,7 @@ pub fn encode(examples: &[Example]) -> Result<Vec<u8>, HellaswagFileError> {
 /// Encode `examples` and write them to `path` atomically. Returns the file size in bytes.
 pub fn write(path: &Path, examples: &[Example]) -> Result<u64, HellaswagFileError> {
     let bytes = encode(examples)?;
-    crate::util::write_atomic(path, &bytes).map_err(|e| HellaswagFileError::io(path, e))?;
+    crate::util::write_atomic(path, &bytes).map_err(io_at(path))?;
     Ok(bytes.len() as u64)
 }
 

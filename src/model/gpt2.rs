@@ -10,15 +10,13 @@
 //!
 //! Shapes: B batch, T time, C = n_embd, NH heads, HS = C / NH, V = vocab_size (padded).
 
-use std::path::Path;
-
 use candle_core::{DType, Result, Tensor, Var};
 
 use super::attention::{cached_causal_attention, causal_attention_qkv, KvCache};
-use super::decoder::Decoder;
+use super::decoder::{Decoder, DecoderBase};
 use super::ops::{self, LAYER_NORM_EPS};
-use super::params::{init_params, params_from_tensors, Init, ParamSpec, ParamTable};
-use super::{check_input, ModelConfig, ModelError, Precision};
+use super::params::{Init, ParamSpec, ParamTable};
+use super::ModelConfig;
 
 /// The parameter list of a GPT-2 of size `cfg`, in checkpoint order (wte, wpe, h.0 ... h.{L-1}, ln_f).
 pub fn param_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
@@ -141,9 +139,7 @@ impl Block {
 
 /// A GPT-2 whose weights are trainable `Var`s in the master dtype.
 pub struct Gpt2 {
-    cfg: ModelConfig,
-    precision: Precision,
-    params: Vec<(String, Var)>,
+    base: DecoderBase,
     wte: Var, // (V, C), also the lm_head
     wpe: Var, // (block_size, C)
     blocks: Vec<Block>,
@@ -151,63 +147,30 @@ pub struct Gpt2 {
 }
 
 impl Gpt2 {
-    /// A freshly initialised model (build-nanogpt's init), reproducible from `seed`.
-    pub fn new(
-        cfg: &ModelConfig,
-        precision: Precision,
-        device: &candle_core::Device,
-        seed: u64,
-    ) -> std::result::Result<Self, ModelError> {
-        cfg.validate()?;
-        precision.validate()?;
-        let params = init_params(&param_specs(cfg), seed, precision.master, device)?;
-        Ok(Self::wire(cfg, precision, params))
-    }
-
-    /// A model holding `tensors` (our names and `(out, in)` layout; see `hf::gpt2_tensors_from_hf` for HF files).
-    /// `source` names the file they came from, for errors.
-    pub fn from_tensors(
-        cfg: &ModelConfig,
-        precision: Precision,
-        device: &candle_core::Device,
-        tensors: std::collections::HashMap<String, Tensor>,
-        source: &Path,
-    ) -> std::result::Result<Self, ModelError> {
-        cfg.validate()?;
-        precision.validate()?;
-        let params = params_from_tensors(&param_specs(cfg), tensors, source, "gpt2", precision.master, device)?;
-        Ok(Self::wire(cfg, precision, params))
-    }
-
-    fn wire(cfg: &ModelConfig, precision: Precision, params: Vec<(String, Var)>) -> Self {
-        let t = ParamTable::new(&params);
+    /// The GPT-2 over `base`'s parameters (`DecoderBase::init` or `load` of a GPT-2 config).
+    pub fn new(base: DecoderBase) -> Self {
+        let t = ParamTable::new(&base.params);
         Gpt2 {
-            cfg: cfg.clone(),
-            precision,
             wte: t.get("wte.weight"),
             wpe: t.get("wpe.weight"),
-            blocks: (0..cfg.n_layer).map(|l| Block::new(&t, l)).collect(),
+            blocks: (0..base.cfg.n_layer).map(|l| Block::new(&t, l)).collect(),
             ln_f: LayerNorm::new(&t, "ln_f"),
-            params,
+            base,
         }
     }
 }
 
 impl Decoder for Gpt2 {
     fn hidden_after(&self, idx: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let (_, t) = check_input(idx, &self.cfg)?;
-        let past = cache.as_ref().map_or(0, |c| c.seen());
-        if past + t > self.cfg.block_size {
-            candle_core::bail!("{past} cached + {t} new positions exceed the block size {}", self.cfg.block_size);
-        }
-        let rd = self.precision.reduce();
-        let cd = self.precision.compute;
+        let (past, t) = self.base.positions(idx, cache.as_deref())?;
+        let rd = self.base.precision.reduce();
+        let cd = self.base.precision.compute;
         // The residual stream stays in the reduce dtype (f32), as under torch autocast: only matmul inputs are bf16.
         let tok = ops::embedding(&self.wte, idx)?.to_dtype(rd)?; // (B, T, C)
         let pos = self.wpe.narrow(0, past, t)?.to_dtype(rd)?; // (T, C)
         let mut x = tok.broadcast_add(&pos)?;
         for (l, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x, self.cfg.n_head, cd, cache.as_deref_mut().map(|c| c.layer(l)))?;
+            x = block.forward(&x, self.base.cfg.n_head, cd, cache.as_deref_mut().map(|c| c.layer(l)))?;
         }
         if let Some(c) = cache {
             c.advance(t);
@@ -219,15 +182,7 @@ impl Decoder for Gpt2 {
         &self.wte
     }
 
-    fn precision(&self) -> Precision {
-        self.precision
-    }
-
-    fn named_parameters(&self) -> &[(String, Var)] {
-        &self.params
-    }
-
-    fn model_config(&self) -> &ModelConfig {
-        &self.cfg
+    fn base(&self) -> &DecoderBase {
+        &self.base
     }
 }

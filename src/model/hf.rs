@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
+use super::decoder::DecoderBase;
 use super::gpt2::Gpt2;
 use super::ops::{LAYER_NORM_EPS, RMS_NORM_EPS};
 use super::store::{read_safetensors, write_safetensors};
@@ -180,20 +181,38 @@ fn llama_tensors_from_hf(
     tensors: HashMap<String, Tensor>,
     source: &Path,
 ) -> Result<HashMap<String, Tensor>, ModelError> {
+    let tied =
+        cfg.tied().then_some(("embed_tokens.weight", "embed_tokens.weight, but config.json says the head is tied"));
+    tensors_from_hf(tensors, source, tied, |key, t| {
+        if key.ends_with("rotary_emb.inv_freq") {
+            return Ok(None); // a buffer older transformers saved; the tables are computed
+        }
+        Ok(Some((key.strip_prefix("model.").unwrap_or(key).to_string(), t)))
+    })
+}
+
+/// What both architectures' imports share: `rename` gives each HF tensor its tokenmill name and layout (`None`: a
+/// buffer HF persisted, dropped). With `tied = Some((embedding, what))` a stored `lm_head.weight` is no parameter:
+/// it is set aside and must equal the embedding, bit for bit (`what` ends the error).
+fn tensors_from_hf(
+    tensors: HashMap<String, Tensor>,
+    source: &Path,
+    tied: Option<(&str, &str)>,
+    rename: impl Fn(&str, Tensor) -> Result<Option<(String, Tensor)>, ModelError>,
+) -> Result<HashMap<String, Tensor>, ModelError> {
     let mut out = HashMap::with_capacity(tensors.len());
     let mut lm_head = None;
     for (key, t) in tensors {
-        if key.ends_with("rotary_emb.inv_freq") {
-            continue; // a buffer older transformers saved; the tables are computed
-        }
-        if key == "lm_head.weight" && cfg.tied() {
+        let Some((name, t)) = rename(&key, t)? else { continue };
+        if name == "lm_head.weight" && tied.is_some() {
             lm_head = Some(t);
-            continue;
+        } else {
+            out.insert(name, t);
         }
-        out.insert(key.strip_prefix("model.").unwrap_or(&key).to_string(), t);
     }
-    if let (Some(head), Some(emb)) = (lm_head, out.get("embed_tokens.weight")) {
-        check_tied(&head, emb, source, "embed_tokens.weight, but config.json says the head is tied")?;
+    let emb = tied.and_then(|(name, what)| Some((out.get(name)?, what)));
+    if let (Some(head), Some((emb, what))) = (lm_head, emb) {
+        check_tied(&head, emb, source, what)?;
     }
     Ok(out)
 }
@@ -226,7 +245,7 @@ pub fn load_hf_files(
     }
     let (tensors, _) = read_safetensors(weights, device)?;
     let tensors = llama_tensors_from_hf(&cfg, tensors, weights)?;
-    Ok(Box::new(super::llama::Llama::from_tensors(&cfg, precision, device, tensors, weights)?))
+    super::model_from_tensors(&cfg, precision, device, tensors, weights)
 }
 
 /// Rename and re-lay HF GPT-2 tensors into tokenmill's form: strip `transformer.`, drop the causal-mask buffers,
@@ -235,24 +254,15 @@ pub fn gpt2_tensors_from_hf(
     tensors: HashMap<String, Tensor>,
     source: &Path,
 ) -> Result<HashMap<String, Tensor>, ModelError> {
-    let mut out = HashMap::with_capacity(tensors.len());
-    let mut lm_head = None;
-    for (key, t) in tensors {
-        let name = key.strip_prefix("transformer.").unwrap_or(&key).to_string();
+    let tied = Some(("wte.weight", "wte.weight: untied heads are not supported"));
+    tensors_from_hf(tensors, source, tied, |key, t| {
+        let name = key.strip_prefix("transformer.").unwrap_or(key).to_string();
         if name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") {
-            continue; // causal-mask buffers that old checkpoints persisted; the mask is built, not stored
-        }
-        if name == "lm_head.weight" {
-            lm_head = Some(t);
-            continue;
+            return Ok(None); // causal-mask buffers that old checkpoints persisted; the mask is built, not stored
         }
         let t = if is_conv1d(&name) { t.t()?.contiguous()? } else { t };
-        out.insert(name, t);
-    }
-    if let (Some(head), Some(wte)) = (lm_head, out.get("wte.weight")) {
-        check_tied(&head, wte, source, "wte.weight: untied heads are not supported")?;
-    }
-    Ok(out)
+        Ok(Some((name, t)))
+    })
 }
 
 /// Load the HF GPT-2 in `dir` (`config.json` + `model.safetensors`).
@@ -268,9 +278,12 @@ pub fn load_hf_gpt2_files(
     device: &Device,
 ) -> Result<Gpt2, ModelError> {
     let cfg = read_hf_config(config)?;
+    if cfg.arch != Architecture::Gpt2 {
+        return Err(ModelError::format(config, "a Llama model, not GPT-2 (`load_hf` loads either)"));
+    }
     let (tensors, _) = read_safetensors(weights, device)?;
     let tensors = gpt2_tensors_from_hf(tensors, weights)?;
-    Gpt2::from_tensors(&cfg, precision, device, tensors, weights)
+    Ok(Gpt2::new(DecoderBase::load(&cfg, precision, device, tensors, weights)?))
 }
 
 /// The `config.json` transformers' `GPT2LMHeadModel` or `LlamaForCausalLM` loads for `cfg` (with `vocab_size` =

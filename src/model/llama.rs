@@ -18,15 +18,13 @@
 //! Shapes: B batch, T time, C = n_embd, NH heads, KV kv heads, HS = C / NH, H = SwiGLU hidden, V = vocab_size
 //! (padded).
 
-use std::path::Path;
-
 use candle_core::{DType, Device, Result, Tensor, Var};
 
 use super::attention::{cached_causal_attention, causal_attention, repeat_kv, KvCache};
-use super::decoder::Decoder;
+use super::decoder::{Decoder, DecoderBase};
 use super::ops::{self, RMS_NORM_EPS};
-use super::params::{init_params, params_from_tensors, Init, ParamSpec, ParamTable};
-use super::{check_input, ModelConfig, ModelError, Precision};
+use super::params::{Init, ParamSpec, ParamTable};
+use super::{ModelConfig, ModelError};
 
 /// Rotary base frequency of Llama 1/2 (`ModelConfig::rope_theta` unset).
 pub const ROPE_THETA: f64 = super::config::DEFAULT_ROPE_THETA;
@@ -128,9 +126,7 @@ impl Block {
 
 /// A Llama-style model whose weights are trainable `Var`s in the master dtype.
 pub struct Llama {
-    cfg: ModelConfig,
-    precision: Precision,
-    params: Vec<(String, Var)>,
+    base: DecoderBase,
     embed_tokens: Var, // (V, C), also the lm_head when tied
     lm_head: Var,      // (V, C): embed_tokens, or lm_head.weight when untied
     blocks: Vec<Block>,
@@ -140,71 +136,35 @@ pub struct Llama {
 }
 
 impl Llama {
-    /// A freshly initialised model, reproducible from `seed`.
-    pub fn new(
-        cfg: &ModelConfig,
-        precision: Precision,
-        device: &Device,
-        seed: u64,
-    ) -> std::result::Result<Self, ModelError> {
-        cfg.validate()?;
-        precision.validate()?;
-        let params = init_params(&param_specs(cfg), seed, precision.master, device)?;
-        Self::wire(cfg, precision, device, params)
-    }
-
-    /// A model holding `tensors` (names and layout as `param_specs`); `source` names their file for errors.
-    pub fn from_tensors(
-        cfg: &ModelConfig,
-        precision: Precision,
-        device: &Device,
-        tensors: std::collections::HashMap<String, Tensor>,
-        source: &Path,
-    ) -> std::result::Result<Self, ModelError> {
-        cfg.validate()?;
-        precision.validate()?;
-        let params = params_from_tensors(&param_specs(cfg), tensors, source, "llama", precision.master, device)?;
-        Self::wire(cfg, precision, device, params)
-    }
-
-    fn wire(
-        cfg: &ModelConfig,
-        precision: Precision,
-        device: &Device,
-        params: Vec<(String, Var)>,
-    ) -> std::result::Result<Self, ModelError> {
-        let t = ParamTable::new(&params);
+    /// The Llama-style model over `base`'s parameters (`DecoderBase::init` or `load` of a Llama config), with its
+    /// rotary tables on `device`.
+    pub fn new(base: DecoderBase, device: &Device) -> std::result::Result<Self, ModelError> {
+        let (cfg, t) = (&base.cfg, ParamTable::new(&base.params));
         let (cos, sin) =
-            ops::rotary_tables(cfg.block_size, cfg.head_size(), cfg.rope_base(), precision.compute, device)?;
+            ops::rotary_tables(cfg.block_size, cfg.head_size(), cfg.rope_base(), base.precision.compute, device)?;
         let embed_tokens = t.get("embed_tokens.weight");
         Ok(Llama {
-            cfg: cfg.clone(),
-            precision,
             lm_head: if cfg.tied() { embed_tokens.clone() } else { t.get("lm_head.weight") },
             embed_tokens,
             blocks: (0..cfg.n_layer).map(|l| Block::new(&t, l)).collect(),
             norm: t.get("norm.weight"),
-            params,
             cos,
             sin,
+            base,
         })
     }
 }
 
 impl Decoder for Llama {
     fn hidden_after(&self, idx: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let (_, t) = check_input(idx, &self.cfg)?;
-        let past = cache.as_ref().map_or(0, |c| c.seen());
-        if past + t > self.cfg.block_size {
-            candle_core::bail!("{past} cached + {t} new positions exceed the block size {}", self.cfg.block_size);
-        }
-        let rd = self.precision.reduce();
-        let cd = self.precision.compute;
+        let (past, t) = self.base.positions(idx, cache.as_deref())?;
+        let rd = self.base.precision.reduce();
+        let cd = self.base.precision.compute;
         let cos = self.cos.narrow(0, past, t)?;
         let sin = self.sin.narrow(0, past, t)?;
         let mut x = ops::embedding(&self.embed_tokens, idx)?.to_dtype(rd)?; // (B, T, C)
         for (l, block) in self.blocks.iter().enumerate() {
-            let heads = (self.cfg.n_head, self.cfg.kv_heads());
+            let heads = (self.base.cfg.n_head, self.base.cfg.kv_heads());
             x = block.forward(&x, heads, cd, (&cos, &sin), cache.as_deref_mut().map(|c| c.layer(l)))?;
         }
         if let Some(c) = cache {
@@ -217,15 +177,7 @@ impl Decoder for Llama {
         &self.lm_head
     }
 
-    fn precision(&self) -> Precision {
-        self.precision
-    }
-
-    fn named_parameters(&self) -> &[(String, Var)] {
-        &self.params
-    }
-
-    fn model_config(&self) -> &ModelConfig {
-        &self.cfg
+    fn base(&self) -> &DecoderBase {
+        &self.base
     }
 }

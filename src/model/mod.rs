@@ -29,6 +29,7 @@ pub mod pretrained;
 pub mod store;
 
 pub use config::{Architecture, ModelConfig};
+use decoder::DecoderBase;
 pub use error::ModelError;
 pub use pretrained::load_model;
 pub use store::{load_checkpoint_model, load_model_weights, save_model_weights};
@@ -133,10 +134,7 @@ pub fn build_model(
     device: &Device,
     seed: u64,
 ) -> std::result::Result<Box<dyn LanguageModel>, ModelError> {
-    Ok(match cfg.arch {
-        Architecture::Gpt2 => Box::new(gpt2::Gpt2::new(cfg, precision, device, seed)?),
-        Architecture::Llama => Box::new(llama::Llama::new(cfg, precision, device, seed)?),
-    })
+    wire(DecoderBase::init(cfg, precision, device, seed)?, device)
 }
 
 /// A model of `cfg.arch` holding `tensors` (tokenmill names and layout); `source` names their file for errors.
@@ -147,9 +145,14 @@ pub fn model_from_tensors(
     tensors: std::collections::HashMap<String, Tensor>,
     source: &std::path::Path,
 ) -> std::result::Result<Box<dyn LanguageModel>, ModelError> {
-    Ok(match cfg.arch {
-        Architecture::Gpt2 => Box::new(gpt2::Gpt2::from_tensors(cfg, precision, device, tensors, source)?),
-        Architecture::Llama => Box::new(llama::Llama::from_tensors(cfg, precision, device, tensors, source)?),
+    wire(DecoderBase::load(cfg, precision, device, tensors, source)?, device)
+}
+
+/// The model of `base.cfg.arch` over `base`'s parameters.
+fn wire(base: DecoderBase, device: &Device) -> std::result::Result<Box<dyn LanguageModel>, ModelError> {
+    Ok(match base.cfg.arch {
+        Architecture::Gpt2 => Box::new(gpt2::Gpt2::new(base)),
+        Architecture::Llama => Box::new(llama::Llama::new(base, device)?),
     })
 }
 

@@ -18,7 +18,7 @@ use crate::shards::manifest::{
 };
 use crate::shards::verify::check_listed_shard;
 use crate::tokenizer::TokenizerKind;
-use crate::util::{fsync_dir, temp_path_for, xxh3_hex};
+use crate::util::{fsync_dir, io_at, temp_path_for, xxh3_hex, PathIoError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriterConfig {
@@ -38,12 +38,8 @@ pub struct WriterConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriterError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error(
@@ -171,7 +167,7 @@ impl ShardWriter {
                 }
                 Ok(thread_manifest)
             })
-            .map_err(|e| WriterError::Io { path: dir.display().to_string(), source: e })?;
+            .map_err(io_at(dir))?;
         let mut writer = ShardWriter {
             next_index: manifest.shards.len(),
             width,
@@ -336,16 +332,12 @@ fn write_shard_file(dir: &Path, shard: &FinishedShard) -> Result<(), WriterError
     use std::io::Write;
     let path = dir.join(&shard.file);
     let tmp = temp_path_for(&path);
-    let io = |p: &Path| {
-        let p = p.display().to_string();
-        move |e| WriterError::Io { path: p, source: e }
-    };
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(&shard.bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
+    let mut f = std::fs::File::create(&tmp).map_err(io_at(&tmp))?;
+    f.write_all(&shard.bytes).map_err(io_at(&tmp))?;
+    f.sync_all().map_err(io_at(&tmp))?;
     drop(f);
-    std::fs::rename(&tmp, &path).map_err(io(&path))?;
-    fsync_dir(dir).map_err(io(dir))?;
+    std::fs::rename(&tmp, &path).map_err(io_at(&path))?;
+    fsync_dir(dir).map_err(io_at(dir))?;
     Ok(())
 }
 
@@ -421,20 +413,17 @@ fn remove_previous_dataset(dir: &Path) -> Result<(), WriterError> {
     if !path.exists() {
         return Ok(());
     }
-    let io = |p: &Path| {
-        let p = p.display().to_string();
-        move |e| WriterError::Io { path: p, source: e }
-    };
     let m = Manifest::load(dir)?;
     for s in &m.shards {
         let shard = dir.join(&s.file);
         match std::fs::remove_file(&shard) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&shard)(e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_at(&shard)(e).into()),
             _ => {}
         }
     }
-    std::fs::remove_file(&path).map_err(io(&path))?;
-    fsync_dir(dir).map_err(io(dir))
+    std::fs::remove_file(&path).map_err(io_at(&path))?;
+    fsync_dir(dir).map_err(io_at(dir))?;
+    Ok(())
 }
 
 /// Every shard the manifest lists must be on disk with the recorded size and checksum: a resume never builds on a
@@ -447,7 +436,7 @@ fn verify_finished_shards(m: &Manifest, dir: &Path) -> Result<(), WriterError> {
 }
 
 fn has_shard_files(dir: &Path) -> Result<bool, WriterError> {
-    let rd = std::fs::read_dir(dir).map_err(|e| WriterError::Io { path: dir.display().to_string(), source: e })?;
+    let rd = std::fs::read_dir(dir).map_err(io_at(dir))?;
     Ok(rd.filter_map(|e| e.ok()).any(|e| {
         let n = e.file_name();
         let n = n.to_string_lossy();
@@ -457,7 +446,7 @@ fn has_shard_files(dir: &Path) -> Result<bool, WriterError> {
 
 /// Temp files left by a killed run (never renamed, so never listed in the manifest) are removed on open.
 fn remove_stale_temps(dir: &Path) -> Result<(), WriterError> {
-    let rd = std::fs::read_dir(dir).map_err(|e| WriterError::Io { path: dir.display().to_string(), source: e })?;
+    let rd = std::fs::read_dir(dir).map_err(io_at(dir))?;
     for e in rd.filter_map(|e| e.ok()) {
         if e.file_name().to_string_lossy().contains(".tmp.") {
             let _ = std::fs::remove_file(e.path());

@@ -25,6 +25,7 @@ use crate::model::{save_model_weights, LanguageModel, ModelConfig, ModelError};
 use crate::shards::loader::LoaderState;
 use crate::train::resume::DataIdentity;
 use crate::train::TrainConfig;
+use crate::util::{io_at, PathIoError};
 
 /// A checkpoint directory's files: the model's weights and the state file (named where models are loaded from a
 /// checkpoint, `model::store`), and the optimizer moments.
@@ -37,12 +38,8 @@ pub const CHECKPOINT_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error("{path}: not a valid checkpoint state: {source}")]
@@ -161,10 +158,6 @@ pub fn latest(root: &Path) -> Result<PathBuf, CheckpointError> {
     all(root).pop().map(|(_, p)| p).ok_or_else(|| CheckpointError::NoneFound { dir: root.display().to_string() })
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io { path: path.display().to_string(), source }
-}
-
 /// Write a checkpoint to `dir` atomically (a temp sibling renamed into place; an existing `dir` is replaced).
 /// `optimizer` is `AdamW::state_tensors()`.
 pub fn save(
@@ -174,12 +167,12 @@ pub fn save(
     state: &TrainState,
 ) -> Result<(), CheckpointError> {
     let parent = dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    std::fs::create_dir_all(parent).map_err(io_at(parent))?;
     let tmp = crate::util::temp_path_for(dir);
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        std::fs::remove_dir_all(&tmp).map_err(io_at(&tmp))?;
     }
-    std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+    std::fs::create_dir(&tmp).map_err(io_at(&tmp))?;
     if let Err(e) = write_files(&tmp, model, optimizer, state) {
         // A failed write (disk full) leaves nothing behind; what a crash leaves, the next start removes.
         let _ = std::fs::remove_dir_all(&tmp);
@@ -193,12 +186,12 @@ pub fn save(
     ));
     let replaced = dir.exists();
     if replaced {
-        std::fs::rename(dir, &old).map_err(io(dir))?;
+        std::fs::rename(dir, &old).map_err(io_at(dir))?;
     }
-    std::fs::rename(&tmp, dir).map_err(io(dir))?;
-    crate::util::fsync_dir(parent).map_err(io(parent))?;
+    std::fs::rename(&tmp, dir).map_err(io_at(dir))?;
+    crate::util::fsync_dir(parent).map_err(io_at(parent))?;
     if replaced {
-        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        std::fs::remove_dir_all(&old).map_err(io_at(&old))?;
     }
     Ok(())
 }
@@ -218,13 +211,14 @@ fn write_files(
     let mut state = state.clone();
     for file in TENSOR_FILES {
         let path = tmp.join(file);
-        state.checksums.insert(file.to_string(), crate::util::xxh3_file(&path).map_err(io(&path))?);
+        state.checksums.insert(file.to_string(), crate::util::xxh3_file(&path).map_err(io_at(&path))?);
     }
     let json = serde_json::to_vec_pretty(&state).expect("TrainState serialises");
     let state_path = tmp.join(STATE_FILE);
-    std::fs::write(&state_path, json).map_err(io(&state_path))?;
-    std::fs::File::open(&state_path).and_then(|f| f.sync_all()).map_err(io(&state_path))?;
-    crate::util::fsync_dir(tmp).map_err(io(tmp))
+    std::fs::write(&state_path, json).map_err(io_at(&state_path))?;
+    std::fs::File::open(&state_path).and_then(|f| f.sync_all()).map_err(io_at(&state_path))?;
+    crate::util::fsync_dir(tmp).map_err(io_at(tmp))?;
+    Ok(())
 }
 
 /// Leftovers of checkpoint writes that did not finish, under `root`: `step_N.tmp.PID` (a write cut short: removed)
@@ -245,10 +239,10 @@ pub fn clean_stale(root: &Path) -> Result<Vec<String>, CheckpointError> {
         }
         let target = root.join(base);
         if kind == "old" && !target.exists() && path.join(STATE_FILE).is_file() {
-            std::fs::rename(&path, &target).map_err(io(&path))?;
+            std::fs::rename(&path, &target).map_err(io_at(&path))?;
             notes.push(format!("restored {} from {name} (a save interrupted while replacing it)", target.display()));
         } else {
-            std::fs::remove_dir_all(&path).map_err(io(&path))?;
+            std::fs::remove_dir_all(&path).map_err(io_at(&path))?;
             notes.push(format!("removed {} (left by an interrupted checkpoint write)", path.display()));
         }
     }
@@ -284,11 +278,11 @@ pub fn abandon_after(root: &Path, step: usize) -> Result<Vec<String>, Checkpoint
     if branch.exists() {
         branch.set_extension(std::process::id().to_string());
     }
-    std::fs::create_dir_all(&branch).map_err(io(&branch))?;
+    std::fs::create_dir_all(&branch).map_err(io_at(&branch))?;
     let mut notes = Vec::new();
     for (_, path) in later {
         let to = branch.join(path.file_name().expect("a step_N folder"));
-        std::fs::rename(&path, &to).map_err(io(&path))?;
+        std::fs::rename(&path, &to).map_err(io_at(&path))?;
         notes.push(format!(
             "moved {} to {}: this resume from step {step} starts a new branch, and that checkpoint was the old \
              branch's",
@@ -296,7 +290,7 @@ pub fn abandon_after(root: &Path, step: usize) -> Result<Vec<String>, Checkpoint
             to.display()
         ));
     }
-    crate::util::fsync_dir(root).map_err(io(root))?;
+    crate::util::fsync_dir(root).map_err(io_at(root))?;
     Ok(notes)
 }
 
@@ -319,7 +313,7 @@ pub fn load_state(dir: &Path) -> Result<TrainState, CheckpointError> {
     if !path.is_file() {
         return Err(CheckpointError::NotACheckpoint { path: dir.display().to_string() });
     }
-    let text = std::fs::read(&path).map_err(io(&path))?;
+    let text = std::fs::read(&path).map_err(io_at(&path))?;
     let state: TrainState = serde_json::from_slice(&text)
         .map_err(|source| CheckpointError::State { path: path.display().to_string(), source })?;
     if state.format_version > CHECKPOINT_VERSION {
@@ -363,7 +357,7 @@ pub fn verify_file(dir: &Path, state: &TrainState, file: &'static str) -> Result
         .checksums
         .get(file)
         .ok_or_else(|| CheckpointError::Unlisted { path: dir.join(STATE_FILE).display().to_string(), file })?;
-    let found = crate::util::xxh3_file(&path).map_err(io(&path))?;
+    let found = crate::util::xxh3_file(&path).map_err(io_at(&path))?;
     if &found != expected {
         let (path, expected) = (path.display().to_string(), expected.clone());
         return Err(CheckpointError::Damaged { path, found, expected, resume: false });

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 
 use crate::train::log::{read_log_txt, LogParseError, LogSeries, LOG_TXT};
+use crate::util::{io_at, PathIoError};
 
 /// Val loss of OpenAI's GPT-2 (124M) checkpoint on the FineWeb-Edu val split (build-nanogpt's plot baseline).
 pub const GPT2_124M_VAL_LOSS: f64 = 3.2924;
@@ -46,12 +47,8 @@ pub enum ReportError {
     Empty { path: String },
     #[error("drawing the report: {0}")]
     Draw(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error(
         "{path}: exists and is not a report tokenmill wrote; refusing to replace it (pass another --out, or remove \
          the file yourself)"
@@ -249,8 +246,7 @@ pub fn write_report(log_dir: &Path, out: Option<&Path>) -> Result<(LogSeries, Re
     if (out.exists() || out.is_symlink()) && !(out.is_file() && !out.is_symlink() && is_tokenmill_report(&out)) {
         return Err(ReportError::NotAReport { path: out.display().to_string() });
     }
-    crate::util::write_atomic(&out, svg.as_bytes())
-        .map_err(|source| ReportError::Io { path: out.display().to_string(), source })?;
+    crate::util::write_atomic(&out, svg.as_bytes()).map_err(io_at(&out))?;
     Ok((series, opts, out))
 }
 

@@ -25,6 +25,7 @@ use crate::train::run_dir::{self, Claim, RunDir, RunDirError};
 use crate::train::schedule::LrSchedule;
 use crate::train::step::{Reducer, SingleProcess, StepOutcome};
 use crate::train::stop::StopRequest;
+use crate::util::{io_at, PathIoError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -42,12 +43,8 @@ pub enum TrainError {
     Hellaswag(#[from] HellaswagFileError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error("no training data: set [data] dir in the config or pass --data DIR (a directory `tokenmill prep` wrote)")]
     NoDataDir,
     #[error("{path}: the data has {data} token ids but the checkpoint's model was built for {model}")]
@@ -73,10 +70,6 @@ pub enum TrainError {
          --max-steps above {step} to continue it (the learning-rate schedule follows), or start a new run"
     )]
     NothingToTrain { checkpoint: String, step: usize, max_steps: usize },
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io { path: path.display().to_string(), source }
 }
 
 /// How a run starts.
@@ -285,7 +278,7 @@ fn open_log(
 ) -> Result<RunLog, TrainError> {
     let dir = &cfg.run.log_dir;
     let log = if resumed {
-        let (log, dropped) = RunLog::resume(dir, step, echo).map_err(io_err(dir))?;
+        let (log, dropped) = RunLog::resume(dir, step, echo).map_err(io_at(dir))?;
         if dropped > 0 {
             notes.push(format!(
                 "dropped {dropped} line(s) of log.txt and metrics.jsonl for steps >= {step}, logged after that \
@@ -294,10 +287,10 @@ fn open_log(
         }
         log
     } else {
-        RunLog::open(dir, echo).map_err(io_err(dir))?
+        RunLog::open(dir, echo).map_err(io_at(dir))?
     };
     let path = dir.join(run_dir::CONFIG_FILE);
-    crate::util::write_atomic(&path, cfg.to_toml().as_bytes()).map_err(io_err(&path))?;
+    crate::util::write_atomic(&path, cfg.to_toml().as_bytes()).map_err(io_at(&path))?;
     Ok(log)
 }
 
@@ -500,7 +493,7 @@ impl Trainer {
 
     fn record(&mut self, event: Event) -> Result<(), TrainError> {
         if let Some(log) = &mut self.log {
-            log.record(&event).map_err(io_err(&self.cfg.run.log_dir))?;
+            log.record(&event).map_err(io_at(&self.cfg.run.log_dir))?;
         }
         self.history.push(event);
         Ok(())
