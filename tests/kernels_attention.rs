@@ -504,7 +504,7 @@ fn cuda_flash_qkv_matches_cpu() {
 fn cuda_flash_api_variants_write_everything() {
     use half::bf16;
     use tokenmill::cuda::devptr::DevPtr;
-    use tokenmill::cuda::flash_attn::{AttnBwd, FlashAttn, Heads, Variant};
+    use tokenmill::cuda::flash_attn::{AttnBwd, AttnFwd, FlashAttn, Heads, Variant};
     let Some(dev) = cuda_device() else {
         eprintln!("SKIPPED cuda_flash_api_variants_write_everything: no CUDA device");
         return;
@@ -535,7 +535,7 @@ fn cuda_flash_api_variants_write_everything() {
                     let (dp, _f) = DevPtr::of_mut(&mut dqkv, &stream);
                     let p = AttnBwd { qkv: q, y: yp, dy: g, lse: lp, dvec_scratch: sp, dqkv: dp };
                     unsafe {
-                        fa.forward_with(q, yp, lp, b, t, Heads::mha(nh), 64).unwrap();
+                        fa.forward_with(p.fwd(), b, t, Heads::mha(nh), 64).unwrap();
                         fa.backward(p, b, t, Heads::mha(nh)).unwrap();
                     }
                 }
@@ -567,9 +567,10 @@ fn cuda_flash_api_variants_write_everything() {
     // SAFETY: the launcher fails its checks before it launches; these addresses are never dereferenced.
     let (p8, p16) = unsafe { (DevPtr::<bf16>::from_raw(8), DevPtr::<bf16>::from_raw(16)) };
     let lse16 = unsafe { DevPtr::<f32>::from_raw(16) };
-    let e = unsafe { fa.forward_with(p16, p16, lse16, 1, 8, Heads::mha(1), 128) }.unwrap_err().to_string();
+    let fwd = |qkv, y| AttnFwd { qkv, y, lse: lse16 };
+    let e = unsafe { fa.forward_with(fwd(p16, p16), 1, 8, Heads::mha(1), 128) }.unwrap_err().to_string();
     assert!(e.contains("head size 64"), "{e}");
-    let e = unsafe { fa.forward(p8, p16, lse16, 1, 8, Heads::mha(1)) }.unwrap_err().to_string();
+    let e = unsafe { fa.forward(fwd(p8, p16), 1, 8, Heads::mha(1)) }.unwrap_err().to_string();
     assert!(e.contains("qkv") && e.contains("16-byte"), "{e}");
 }
 

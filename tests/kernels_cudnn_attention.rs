@@ -40,7 +40,7 @@ mod cudnn {
     use rand_chacha::ChaCha8Rng;
     use tokenmill::cuda::cudnn_attn::CudnnAttn;
     use tokenmill::cuda::devptr::DevPtr;
-    use tokenmill::cuda::flash_attn::{AttnBwd, FlashAttn, Heads};
+    use tokenmill::cuda::flash_attn::{AttnBwd, AttnFwd, FlashAttn, Heads};
 
     use super::common::cuda_device;
 
@@ -181,8 +181,8 @@ mod cudnn {
             // SAFETY: every buffer was allocated above at the size both APIs document for (b, t, nh, 64).
             unsafe {
                 match fwd {
-                    Backend::Native(a) => a.forward(q, yp, lp, b, t, Heads::mha(nh)).unwrap(),
-                    Backend::Cudnn(a) => a.forward(q, yp, lp, b, t, Heads::mha(nh)).unwrap(),
+                    Backend::Native(a) => a.forward(p.fwd(), b, t, Heads::mha(nh)).unwrap(),
+                    Backend::Cudnn(a) => a.forward(p.fwd(), b, t, Heads::mha(nh)).unwrap(),
                 }
                 match bwd {
                     Backend::Native(a) => a.backward(p, b, t, Heads::mha(nh)).unwrap(),
@@ -250,7 +250,8 @@ mod cudnn {
         // SAFETY: the launcher fails its checks before it calls cuDNN; these addresses are never dereferenced.
         let (p8, p16, l16) =
             unsafe { (DevPtr::<bf16>::from_raw(8), DevPtr::<bf16>::from_raw(16), DevPtr::<f32>::from_raw(16)) };
-        let e = unsafe { cudnn.forward(p8, p16, l16, 1, 8, Heads::mha(1)) }.unwrap_err().to_string();
+        let bad = AttnFwd { qkv: p8, y: p16, lse: l16 };
+        let e = unsafe { cudnn.forward(bad, 1, 8, Heads::mha(1)) }.unwrap_err().to_string();
         assert!(e.contains("qkv") && e.contains("16-byte"), "{e}");
         let e = cudnn.prepare(0, 8, Heads::mha(1)).unwrap_err().to_string();
         assert!(e.contains("B=0"), "{e}");
@@ -417,7 +418,7 @@ mod cudnn {
             // SAFETY (each closure): `run` allocated every buffer at the size the APIs document for these heads.
             let (y_ref, d_wide) = run(
                 &|p| unsafe {
-                    native.forward(p.qkv, p.y, p.lse, b, t, Heads::mha(nh)).unwrap();
+                    native.forward(p.fwd(), b, t, Heads::mha(nh)).unwrap();
                     native.backward(p, b, t, Heads::mha(nh)).unwrap();
                 },
                 &wide,
@@ -441,11 +442,11 @@ mod cudnn {
                 let go = |p: AttnBwd<bf16>| unsafe {
                     match &backend {
                         Backend::Native(a) => {
-                            a.forward(p.qkv, p.y, p.lse, b, t, gqa).unwrap();
+                            a.forward(p.fwd(), b, t, gqa).unwrap();
                             a.backward(p, b, t, gqa).unwrap();
                         }
                         Backend::Cudnn(a) => {
-                            a.forward(p.qkv, p.y, p.lse, b, t, gqa).unwrap();
+                            a.forward(p.fwd(), b, t, gqa).unwrap();
                             a.backward(p, b, t, gqa).unwrap();
                         }
                     }

@@ -250,10 +250,10 @@ mod gpu {
             let (lse, _e) = DevPtr::of_mut(&mut bf.lse, s);
             let (dvec_scratch, _f) = DevPtr::of_mut(&mut bf.scratch, s);
             let p = AttnBwd { qkv, y, dy, lse, dvec_scratch, dqkv };
+            let fwd = p.fwd();
             for (fa, v) in kernels.iter().zip(&variants) {
                 // SAFETY: every buffer above was allocated at the size the flash_attn API documents for (b, t, nh, hs).
-                let fwd_ms =
-                    time(s, warmup, reps, || unsafe { fa.forward_with(qkv, y, lse, b, t, Heads::mha(nh), hs) })?;
+                let fwd_ms = time(s, warmup, reps, || unsafe { fa.forward_with(fwd, b, t, Heads::mha(nh), hs) })?;
                 let bwd_ms = time(s, warmup, reps, || unsafe { fa.backward_with(p, b, t, Heads::mha(nh), hs) })?;
                 let dq_ms = time(s, warmup, reps, || unsafe { fa.launch_dq(&p, d) })?;
                 let dkdv_ms = time(s, warmup, reps, || unsafe { fa.launch_dkdv(&p, d) })?;
@@ -265,7 +265,7 @@ mod gpu {
             for (att, label) in &cudnn {
                 att.prepare(b, t, Heads::mha(nh))?;
                 // SAFETY: the buffers were allocated at the sizes the cudnn_attn API documents for (b, t, nh, 64).
-                let fwd_ms = time(s, warmup, reps, || unsafe { att.forward(qkv, y, lse, b, t, Heads::mha(nh)) })?;
+                let fwd_ms = time(s, warmup, reps, || unsafe { att.forward(fwd, b, t, Heads::mha(nh)) })?;
                 let bwd_ms = time(s, warmup, reps, || unsafe { att.backward(p, b, t, Heads::mha(nh)) })?;
                 let (dq_ms, dkdv_ms) = (f64::NAN, f64::NAN);
                 let row = AttnTiming { b, t, nh, hs, variant: label.to_string(), fwd_ms, bwd_ms, dq_ms, dkdv_ms };

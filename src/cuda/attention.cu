@@ -44,6 +44,23 @@ __device__ __forceinline__ void fa_dot2(const float* a, const float* b, const fl
     }
 }
 
+// The query row a thread of a forward or dQ block owns (two threads per row, `h` its half of the output dims; the
+// blocks with the longest rows start first). Rows past T compute on a copy of the last row (`lrow`: finite values)
+// and write nothing.
+struct FaQueryRow {
+    int qt, bh, r, h, row, lrow;
+};
+__device__ __forceinline__ FaQueryRow fa_query_row(int t_len) {
+    FaQueryRow x;
+    x.qt = (t_len + FA_BR - 1) / FA_BR - 1 - (int)blockIdx.x;
+    x.bh = blockIdx.y;
+    x.r = (int)threadIdx.x >> 1;
+    x.h = (int)threadIdx.x & 1;
+    x.row = x.qt * FA_BR + x.r;
+    x.lrow = x.row < t_len ? x.row : t_len - 1;
+    return x;
+}
+
 struct HeadPtr {
     int64_t off;  // element offset of (b, h, t = 0, d = 0)
     int64_t st;   // stride between time steps
@@ -86,14 +103,8 @@ __device__ void fa_fwd(const T* __restrict__ q, const T* __restrict__ k, const T
     __shared__ float red_m[FA_BR][2];
     __shared__ float red_l[FA_BR][2];
 
-    const int n_qt = (t_len + FA_BR - 1) / FA_BR;
-    const int qt = n_qt - 1 - (int)blockIdx.x;  // the longest rows (most key tiles) start first
-    const int bh = blockIdx.y;
-    const int tid = threadIdx.x;
-    const int r = tid >> 1, h = tid & 1;
-    const int row = qt * FA_BR + r;
-    // Rows past T compute on a copy of the last row (finite values) and write nothing.
-    const int lrow = row < t_len ? row : t_len - 1;
+    const FaQueryRow me = fa_query_row(t_len);
+    const int qt = me.qt, bh = me.bh, r = me.r, h = me.h, row = me.row, lrow = me.lrow;
     const float sl2 = scale * TM_LOG2E;
 
     const HeadPtr qh = head(bh, nh, qsb, qsh, qst), kh = head(bh, nh, ksb, ksh, kst), vh = head(bh, nh, vsb, vsh, vst);
@@ -273,13 +284,8 @@ __device__ void fa_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, cons
     __shared__ float Vs[FA_BC][FA_PAD];
     __shared__ float dSs[FA_BR][FA_BC + 1];
 
-    const int n_qt = (t_len + FA_BR - 1) / FA_BR;
-    const int qt = n_qt - 1 - (int)blockIdx.x;
-    const int bh = blockIdx.y;
-    const int tid = threadIdx.x;
-    const int r = tid >> 1, h = tid & 1;
-    const int row = qt * FA_BR + r;
-    const int lrow = row < t_len ? row : t_len - 1;
+    const FaQueryRow me = fa_query_row(t_len);
+    const int qt = me.qt, bh = me.bh, r = me.r, h = me.h, row = me.row, lrow = me.lrow;
     const float sl2 = scale * TM_LOG2E;
 
     const HeadPtr qh = head(bh, nh, qsb, qsh, qst), kh = head(bh, nh, ksb, ksh, kst), vh = head(bh, nh, vsb, vsh, vst);

@@ -41,6 +41,11 @@
 
 namespace fe = cudnn_frontend;
 
+// One call's sizes (cudnn_attn.rs's ffi::Shape): batch, tokens, query heads, key/value heads, head size.
+struct TmAttnShape {
+    int64_t b, t, nh, nkv, hs;
+};
+
 namespace {
 
 // Status codes (mirrored in cudnn_attn.rs).
@@ -245,9 +250,11 @@ const Built& graph_for(Context& ctx, const Shape& s) {
     return ctx.graphs.emplace(s, std::move(b)).first->second;
 }
 
-Shape checked_shape(int64_t b, int64_t t, int64_t nh, int64_t nkv, int64_t hs, bool backward) {
-    Shape s{b, t, nh, nkv, hs, backward};
-    if (b <= 0 || t <= 0 || nh <= 0 || nkv <= 0 || nh % nkv != 0 || hs <= 0 || hs % 8 != 0 || hs > 256) {
+Shape checked_shape(const TmAttnShape* shape, bool backward) {
+    if (shape == nullptr) throw Failure{kBadArgument, "cuDNN SDPA: null shape"};
+    Shape s{shape->b, shape->t, shape->nh, shape->nkv, shape->hs, backward};
+    const bool positive = s.b > 0 && s.t > 0 && s.nh > 0 && s.nkv > 0 && s.hs > 0;
+    if (!positive || s.nh % s.nkv != 0 || s.hs % 8 != 0 || s.hs > 256) {
         throw Failure{kBadArgument, "cuDNN SDPA " + shape_text(s) +
                                         ": sizes must be positive, KV divide NH and HS be a multiple of 8 up to 256"};
     }
@@ -297,6 +304,7 @@ char* bytes(const void* p) {
 
 extern "C" {
 
+
 // Runtime and compile-time cuDNN versions (major * 10000 + minor * 100 + patch for cuDNN 9).
 int64_t tm_cudnn_runtime_version() {
     return static_cast<int64_t>(cudnnGetVersion());
@@ -341,12 +349,12 @@ int tm_cudnn_attn_destroy(void* handle, char* msg, size_t msg_len) {
 }
 
 // Forward: y and stats from qkv (layouts above). Asynchronous on `stream`.
-int tm_cudnn_attn_forward(void* handle, const void* qkv, void* y, float* stats, int64_t b, int64_t t, int64_t nh,
-                          int64_t nkv, int64_t hs, void* stream, char* msg, size_t msg_len) {
+int tm_cudnn_attn_forward(void* handle, const void* qkv, void* y, float* stats, const TmAttnShape* shape, void* stream,
+                          char* msg, size_t msg_len) {
     return guarded(msg, msg_len, [&] {
         if (handle == nullptr) throw Failure{kBadArgument, "cuDNN SDPA forward: null context"};
         auto& ctx = *static_cast<Context*>(handle);
-        Shape s = checked_shape(b, t, nh, nkv, hs, false);
+        Shape s = checked_shape(shape, false);
         bind_stream(ctx, stream);
         std::unordered_map<int64_t, void*> pack = {{kQ, bytes(qkv)},
                                                    {kK, bytes(qkv) + k_offset(s)},
@@ -359,12 +367,11 @@ int tm_cudnn_attn_forward(void* handle, const void* qkv, void* y, float* stats, 
 
 // Backward: dqkv (written whole) from qkv, the forward's y and stats, and dy. Asynchronous on `stream`.
 int tm_cudnn_attn_backward(void* handle, const void* qkv, const void* y, const void* dy, const float* stats,
-                           void* dqkv, int64_t b, int64_t t, int64_t nh, int64_t nkv, int64_t hs, void* stream,
-                           char* msg, size_t msg_len) {
+                           void* dqkv, const TmAttnShape* shape, void* stream, char* msg, size_t msg_len) {
     return guarded(msg, msg_len, [&] {
         if (handle == nullptr) throw Failure{kBadArgument, "cuDNN SDPA backward: null context"};
         auto& ctx = *static_cast<Context*>(handle);
-        Shape s = checked_shape(b, t, nh, nkv, hs, true);
+        Shape s = checked_shape(shape, true);
         bind_stream(ctx, stream);
         const int64_t kb = k_offset(s), vb = v_offset(s);
         std::unordered_map<int64_t, void*> pack = {
@@ -376,13 +383,12 @@ int tm_cudnn_attn_backward(void* handle, const void* qkv, const void* y, const v
 }
 
 // Build (if needed) the forward and backward graphs of a shape without running them, e.g. before timing.
-int tm_cudnn_attn_prepare(void* handle, int64_t b, int64_t t, int64_t nh, int64_t nkv, int64_t hs, char* msg,
-                          size_t msg_len) {
+int tm_cudnn_attn_prepare(void* handle, const TmAttnShape* shape, char* msg, size_t msg_len) {
     return guarded(msg, msg_len, [&] {
         if (handle == nullptr) throw Failure{kBadArgument, "cuDNN SDPA prepare: null context"};
         auto& ctx = *static_cast<Context*>(handle);
-        graph_for(ctx, checked_shape(b, t, nh, nkv, hs, false));
-        graph_for(ctx, checked_shape(b, t, nh, nkv, hs, true));
+        graph_for(ctx, checked_shape(shape, false));
+        graph_for(ctx, checked_shape(shape, true));
     });
 }
 

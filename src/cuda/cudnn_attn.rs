@@ -7,7 +7,7 @@
 //! # API (as [`crate::cuda::flash_attn::FlashAttn`]'s bf16, head size 64 calls)
 //! ```text
 //! let att = CudnnAttn::new(&stream)?;                       // a cudnnHandle on `stream`; deterministic backward
-//! unsafe { att.forward(qkv, y, lse, b, t, heads)? };         // heads: flash_attn::Heads { q: NH, kv: NKV }
+//! unsafe { att.forward(AttnFwd { qkv, y, lse }, b, t, heads)? };         // heads: flash_attn::Heads { q: NH, kv: NKV }
 //! unsafe { att.backward(AttnBwd { qkv, y, dy, lse, dvec_scratch, dqkv }, b, t, heads)? };   // the scratch is not used
 //! att.prepare(b, t, heads)?;                                  // build both graphs now (else on first use)
 //! ```
@@ -34,14 +34,24 @@ use candle_core::cuda_backend::cudarc::driver::CudaStream;
 use candle_core::{Error, Result};
 use half::bf16;
 
-use super::devptr::DevPtr;
-use super::flash_attn::{AttnBwd, Heads};
+use super::flash_attn::{AttnBwd, AttnFwd, Heads};
 
 /// The head size of the GPT-2 calls (`forward` / `backward`), as flash_attn's.
 pub const HEAD_SIZE: usize = 64;
 
 mod ffi {
     use std::ffi::{c_char, c_int, c_void};
+
+    /// One call's sizes, as cudnn_attn.cpp's `TmAttnShape` (passed by pointer).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct Shape {
+        pub b: i64,
+        pub t: i64,
+        pub nh: i64,
+        pub nkv: i64,
+        pub hs: i64,
+    }
 
     // cudnn_attn.cpp. Every function returns 0 or a status code and fills `msg` (NUL-terminated) on error.
     extern "C" {
@@ -61,11 +71,7 @@ mod ffi {
             qkv: *const c_void,
             y: *mut c_void,
             stats: *mut f32,
-            b: i64,
-            t: i64,
-            nh: i64,
-            nkv: i64,
-            hs: i64,
+            shape: *const Shape,
             stream: *mut c_void,
             msg: *mut c_char,
             msg_len: usize,
@@ -77,25 +83,12 @@ mod ffi {
             dy: *const c_void,
             stats: *const f32,
             dqkv: *mut c_void,
-            b: i64,
-            t: i64,
-            nh: i64,
-            nkv: i64,
-            hs: i64,
+            shape: *const Shape,
             stream: *mut c_void,
             msg: *mut c_char,
             msg_len: usize,
         ) -> c_int;
-        pub fn tm_cudnn_attn_prepare(
-            ctx: *mut c_void,
-            b: i64,
-            t: i64,
-            nh: i64,
-            nkv: i64,
-            hs: i64,
-            msg: *mut c_char,
-            msg_len: usize,
-        ) -> c_int;
+        pub fn tm_cudnn_attn_prepare(ctx: *mut c_void, shape: *const Shape, msg: *mut c_char, msg_len: usize) -> c_int;
         pub fn tm_cudnn_attn_describe(ctx: *mut c_void, out: *mut c_char, out_len: usize) -> c_int;
     }
 }
@@ -178,12 +171,12 @@ impl CudnnAttn {
 
     /// Build the forward and backward graphs of (b, t, heads) now instead of on first use.
     pub fn prepare(&self, b: usize, t: usize, heads: Heads) -> Result<()> {
-        let (bi, ti, nhi, nkvi) = check_dims(b, t, heads)?;
+        let shape = check_dims(b, t, heads)?;
         bind(&self.stream)?;
-        // SAFETY: the context is live (owned by self); no device pointers are passed.
+        // SAFETY: the context is live (owned by self); `shape` outlives the call; no device pointers are passed.
         call(
             || format!("cuDNN SDPA: building the graphs for B={b} T={t} {heads:?}"),
-            |m, n| unsafe { ffi::tm_cudnn_attn_prepare(self.ctx.as_ptr(), bi, ti, nhi, nkvi, HEAD_SIZE as i64, m, n) },
+            |m, n| unsafe { ffi::tm_cudnn_attn_prepare(self.ctx.as_ptr(), &shape, m, n) },
         )
     }
 
@@ -205,21 +198,13 @@ impl CudnnAttn {
     /// # Safety
     /// Each pointer addresses a live device allocation of at least the size the module doc gives for it, in the
     /// context of this object's stream; `y` and `lse` do not overlap `qkv` or each other.
-    pub unsafe fn forward(
-        &self,
-        qkv: DevPtr<bf16>,
-        y: DevPtr<bf16>,
-        lse: DevPtr<f32>,
-        b: usize,
-        t: usize,
-        heads: Heads,
-    ) -> Result<()> {
-        let (qkv, y, lse) = (qkv.raw(), y.raw(), lse.raw());
+    pub unsafe fn forward(&self, p: AttnFwd<bf16>, b: usize, t: usize, heads: Heads) -> Result<()> {
+        let (qkv, y, lse) = (p.qkv.raw(), p.y.raw(), p.lse.raw());
         let ptrs = [("qkv", qkv), ("y", y), ("lse", lse)];
         // SAFETY: the caller vouches for the buffers (this function's contract); `launch` has bound the live context
         // to this stream's CUDA context; the shim only enqueues work on `stream`.
-        self.launch("forward", b, t, heads, &ptrs, |ctx, [bi, ti, nhi, nkvi, hs], stream, m, n| unsafe {
-            ffi::tm_cudnn_attn_forward(ctx, qkv as _, y as _, lse as _, bi, ti, nhi, nkvi, hs, stream, m, n)
+        self.launch("forward", b, t, heads, &ptrs, |ctx, shape, stream, m, n| unsafe {
+            ffi::tm_cudnn_attn_forward(ctx, qkv as _, y as _, lse as _, shape, stream, m, n)
         })
     }
 
@@ -233,14 +218,15 @@ impl CudnnAttn {
         let (qkv, y, dy, lse, dqkv) = (p.qkv.raw(), p.y.raw(), p.dy.raw(), p.lse.raw(), p.dqkv.raw());
         let ptrs = [("qkv", qkv), ("y", y), ("dy", dy), ("lse", lse), ("dqkv", dqkv)];
         // SAFETY: as in `forward`.
-        self.launch("backward", b, t, heads, &ptrs, |ctx, [bi, ti, nhi, nkvi, hs], stream, m, n| unsafe {
+        self.launch("backward", b, t, heads, &ptrs, |ctx, shape, stream, m, n| unsafe {
             let (qkv, y, dy, lse, dqkv) = (qkv as _, y as _, dy as _, lse as _, dqkv as _);
-            ffi::tm_cudnn_attn_backward(ctx, qkv, y, dy, lse, dqkv, bi, ti, nhi, nkvi, hs, stream, m, n)
+            ffi::tm_cudnn_attn_backward(ctx, qkv, y, dy, lse, dqkv, shape, stream, m, n)
         })
     }
 
     /// What `forward` and `backward` share: check the shape and the pointers, bind the stream's context, then run
-    /// the shim call `f(ctx, [B, T, NH, NKV, HS], stream, msg, msg_len)`, its errors named "cuDNN SDPA `pass` ...".
+    /// the shim call `f(ctx, shape, stream, msg, msg_len)` (`shape` valid for the call), its errors named "cuDNN SDPA
+    /// `pass` ...".
     fn launch(
         &self,
         pass: &str,
@@ -248,16 +234,13 @@ impl CudnnAttn {
         t: usize,
         heads: Heads,
         ptrs: &[(&str, u64)],
-        f: impl FnOnce(*mut c_void, [i64; 5], *mut c_void, *mut c_char, usize) -> c_int,
+        f: impl FnOnce(*mut c_void, *const ffi::Shape, *mut c_void, *mut c_char, usize) -> c_int,
     ) -> Result<()> {
-        let (bi, ti, nhi, nkvi) = check_dims(b, t, heads)?;
+        let shape = check_dims(b, t, heads)?;
         check_align(ptrs)?;
         bind(&self.stream)?;
         let stream = self.stream.cu_stream() as *mut c_void;
-        call(
-            || format!("cuDNN SDPA {pass} B={b} T={t} {heads:?}"),
-            |m, n| f(self.ctx.as_ptr(), [bi, ti, nhi, nkvi, HEAD_SIZE as i64], stream, m, n),
-        )
+        call(|| format!("cuDNN SDPA {pass} B={b} T={t} {heads:?}"), |m, n| f(self.ctx.as_ptr(), &shape, stream, m, n))
     }
 }
 
@@ -280,7 +263,8 @@ fn bind(stream: &Arc<CudaStream>) -> Result<()> {
     stream.context().bind_to_thread().map_err(|e| Error::Msg(format!("cuDNN SDPA: binding the CUDA context: {e:?}")))
 }
 
-fn check_dims(b: usize, t: usize, heads: Heads) -> Result<(i64, i64, i64, i64)> {
+/// The shim's shape of a call, checked (head size 64).
+fn check_dims(b: usize, t: usize, heads: Heads) -> Result<ffi::Shape> {
     let Heads { q: nh, kv: nkv } = heads;
     if b == 0 || t == 0 || nh == 0 {
         return Err(Error::Msg(format!("cuDNN SDPA over an empty shape: B={b} T={t} NH={nh}")));
@@ -293,7 +277,7 @@ fn check_dims(b: usize, t: usize, heads: Heads) -> Result<(i64, i64, i64, i64)> 
     if total.is_none_or(|x| x > i64::MAX as usize) || t > i32::MAX as usize || nh > i32::MAX as usize {
         return Err(Error::Msg(format!("cuDNN SDPA: B={b} T={t} NH={nh} is too large")));
     }
-    Ok((b as i64, t as i64, nh as i64, nkv as i64))
+    Ok(ffi::Shape { b: b as i64, t: t as i64, nh: nh as i64, nkv: nkv as i64, hs: HEAD_SIZE as i64 })
 }
 
 /// cuDNN wants 16-byte aligned tensors (the engine's buffers are 256-byte aligned).
@@ -313,7 +297,8 @@ mod tests {
     #[test]
     fn shapes_and_pointers_are_checked() {
         assert!(check_dims(1, 1, Heads::mha(1)).is_ok());
-        assert_eq!(check_dims(2, 8, Heads { q: 32, kv: 8 }).unwrap(), (2, 8, 32, 8));
+        let s = check_dims(2, 8, Heads { q: 32, kv: 8 }).unwrap();
+        assert_eq!((s.b, s.t, s.nh, s.nkv, s.hs), (2, 8, 32, 8, 64));
         let e = check_dims(0, 8, Heads::mha(2)).unwrap_err().to_string();
         assert!(e.contains("B=0 T=8 NH=2"), "{e}");
         assert!(check_dims(1, 8, Heads { q: 6, kv: 4 }).is_err());

@@ -10,11 +10,11 @@
 //! ```text
 //! let fa = FlashAttn::new(&stream)?;                      // loads the PTX into the stream's context, once
 //! let heads = Heads { q: nh, kv: nkv };                   // Heads::mha(nh) without grouping
-//! unsafe { fa.forward(qkv, y, lse, b, t, heads)? };       // bf16, hs = 64: the decoder engine's calls
+//! unsafe { fa.forward(AttnFwd { qkv, y, lse }, b, t, heads)? };   // bf16, hs = 64: the decoder engine's calls
 //! let scratch = FlashAttn::scratch_len(b, t, nh);         // f32 elements
 //! let bwd = AttnBwd { qkv, y, dy, lse, dvec_scratch, dqkv };
 //! unsafe { fa.backward(bwd, b, t, heads)? };
-//! unsafe { fa.forward_with(qkv, y, lse, b, t, heads, hs)? };   // any supported element type (bf16, f16) / head size
+//! unsafe { fa.forward_with(AttnFwd { qkv, y, lse }, b, t, heads, hs)? };   // any supported element type / head size
 //! unsafe { fa.backward_with(bwd, b, t, heads, hs)? };
 //! // Any strides: q, k, v (and dq, dk, dv) as three pointers, every tensor's strides in an `AttnLayout`.
 //! unsafe { fa.forward_views(Qkv { q, k, v }, y, lse, &layout, b, t, heads)? };
@@ -76,6 +76,14 @@ impl AttnElem for half::f16 {
     const DTYPE: Dtype = Dtype::F16;
 }
 
+/// The buffers of one forward (module doc): `qkv` in, `y` and `lse` out.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnFwd<T> {
+    pub qkv: DevPtr<T>,
+    pub y: DevPtr<T>,
+    pub lse: DevPtr<f32>,
+}
+
 /// The buffers of one backward (module doc): `qkv`, the forward's `y` and `lse`, `dy`, the scratch, and `dqkv`.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnBwd<T> {
@@ -116,6 +124,11 @@ pub struct AttnBwdViews<T> {
 }
 
 impl<T> AttnBwd<T> {
+    /// The buffers of the forward this backward follows.
+    pub fn fwd(&self) -> AttnFwd<T> {
+        AttnFwd { qkv: self.qkv, y: self.y, lse: self.lse }
+    }
+
     /// The fused buffers as views.
     fn views(&self, heads: Heads, hs: usize) -> AttnBwdViews<T> {
         AttnBwdViews {
@@ -368,16 +381,8 @@ impl FlashAttn {
     ///
     /// # Safety
     /// As [`FlashAttn::forward_with`].
-    pub unsafe fn forward(
-        &self,
-        qkv: DevPtr<half::bf16>,
-        y: DevPtr<half::bf16>,
-        lse: DevPtr<f32>,
-        b: usize,
-        t: usize,
-        heads: Heads,
-    ) -> Result<()> {
-        unsafe { self.forward_with(qkv, y, lse, b, t, heads, HEAD_SIZE) }
+    pub unsafe fn forward(&self, p: AttnFwd<half::bf16>, b: usize, t: usize, heads: Heads) -> Result<()> {
+        unsafe { self.forward_with(p, b, t, heads, HEAD_SIZE) }
     }
 
     /// Backward in bf16 with head size 64 (the decoder engine): [`FlashAttn::backward_with`].
@@ -393,18 +398,18 @@ impl FlashAttn {
     /// # Safety
     /// Each pointer addresses a live device allocation of at least the size the module doc gives for it, in the
     /// context of this object's stream; `y` and `lse` do not overlap `qkv` or each other.
-    #[allow(clippy::too_many_arguments)]
     pub unsafe fn forward_with<T: AttnElem>(
         &self,
-        qkv: DevPtr<T>,
-        y: DevPtr<T>,
-        lse: DevPtr<f32>,
+        p: AttnFwd<T>,
         b: usize,
         t: usize,
         heads: Heads,
         hs: usize,
     ) -> Result<()> {
-        unsafe { self.forward_views(Qkv::fused(qkv, heads, hs), y, lse, &AttnLayout::fused(t, heads, hs), b, t, heads) }
+        check_dims(b, t, heads, hs)?;
+        check_align(&[("qkv", p.qkv.raw(), 16)])?; // named as the caller knows it (then again as q, k, v)
+        let x = Qkv::fused(p.qkv, heads, hs);
+        unsafe { self.forward_views(x, p.y, p.lse, &AttnLayout::fused(t, heads, hs), b, t, heads) }
     }
 
     /// Forward through views: `y` and `lse (B, NH, T)` from q, k, v, each where `x` and `layout` say (module doc).
@@ -443,6 +448,7 @@ impl FlashAttn {
         hs: usize,
     ) -> Result<()> {
         check_dims(b, t, heads, hs)?;
+        check_align(&[("qkv", p.qkv.raw(), 16), ("dqkv", p.dqkv.raw(), 16)])?;
         unsafe { self.backward_views(p.views(heads, hs), &AttnLayout::fused(t, heads, hs), b, t, heads) }
     }
 

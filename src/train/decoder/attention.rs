@@ -14,8 +14,7 @@ use super::options::AttentionBackend;
 use crate::cuda::cudnn_attn::CudnnAttn;
 use half::bf16;
 
-use crate::cuda::devptr::DevPtr;
-use crate::cuda::flash_attn::{AttnBwd, FlashAttn, Heads};
+use crate::cuda::flash_attn::{AttnBwd, AttnFwd, FlashAttn, Heads};
 
 /// The loaded backend; `forward` / `backward` have flash_attn's signatures.
 pub(super) enum Attention {
@@ -56,20 +55,12 @@ impl Attention {
     ///
     /// # Safety
     /// As [`FlashAttn::forward`].
-    pub unsafe fn forward(
-        &self,
-        qkv: DevPtr<bf16>,
-        y: DevPtr<bf16>,
-        lse: DevPtr<f32>,
-        b: usize,
-        t: usize,
-        heads: Heads,
-    ) -> Result<()> {
+    pub unsafe fn forward(&self, p: AttnFwd<bf16>, b: usize, t: usize, heads: Heads) -> Result<()> {
         match self {
             // SAFETY: the caller's contract is the backends' contract.
-            Attention::Native(a) => unsafe { a.forward(qkv, y, lse, b, t, heads) },
+            Attention::Native(a) => unsafe { a.forward(p, b, t, heads) },
             #[cfg(feature = "cudnn")]
-            Attention::Cudnn(a) => unsafe { a.forward(qkv, y, lse, b, t, heads) },
+            Attention::Cudnn(a) => unsafe { a.forward(p, b, t, heads) },
         }
     }
 

@@ -27,7 +27,7 @@ use candle_core::Result;
 use super::engine::DecoderEngine;
 use super::layout::{Mlp, Norm};
 use crate::cuda::blaslt::{BiasPtr, Epilogue, Gemm};
-use crate::cuda::flash_attn::Heads;
+use crate::cuda::flash_attn::{AttnFwd, Heads};
 use crate::cuda::norm::NormFwd;
 use crate::cuda::rope::RopeShape;
 use crate::model::ops::{LAYER_NORM_EPS, RMS_NORM_EPS};
@@ -92,7 +92,12 @@ impl DecoderEngine {
                 k.rope.apply(h.at(a.qkv[l]), rope_tables, rope, false)?;
                 prof.mark("rope fwd")?;
             }
-            k.attn.forward(h.at(a.qkv[l]), h.at(a.atty[l]), f.at(a.lse[l]), d.b, d.t, heads)?;
+            k.attn.forward(
+                AttnFwd { qkv: h.at(a.qkv[l]), y: h.at(a.atty[l]), lse: f.at(a.lse[l]) },
+                d.b,
+                d.t,
+                heads,
+            )?;
             prof.mark("attention fwd")?;
             k.blas.matmul(&bias(lp.proj_b, Gemm::linear_forward(h.at(a.atty[l]), w16.at(lp.proj_w), proj, n, c, c)))?;
             prof.mark("matmul attn proj")?;

@@ -9,7 +9,7 @@ use candle_core::{CudaDevice, CudaStorage, DType, Result, Storage, Tensor};
 use half::{bf16, f16};
 
 use crate::cuda::devptr::DevPtr;
-use crate::cuda::flash_attn::{AttnBwd, AttnElem, Dtype, FlashAttn, Heads};
+use crate::cuda::flash_attn::{AttnBwd, AttnElem, AttnFwd, Dtype, FlashAttn, Heads};
 use crate::cuda::launch::per_device;
 
 /// flash_attn.cu's kernels, loaded once per device (both ops run them).
@@ -50,7 +50,7 @@ pub(super) fn fwd(
             let (lp, _l) = DevPtr::of_mut(&mut lse, &stream);
             // SAFETY: qkv holds b * t * 3 * nh * hs elements from `start` (the op's contiguous input), y and
             // lse were just allocated at the sizes forward writes; all on the device's one stream.
-            unsafe { fa.forward_with(qp, yp, lp, b, t, Heads::mha(nh), hs)? };
+            unsafe { fa.forward_with(AttnFwd { qkv: qp, y: yp, lse: lp }, b, t, Heads::mha(nh), hs)? };
         }
         Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), CudaStorage::wrap_cuda_slice(lse, dev.clone())))
     }
