@@ -94,6 +94,13 @@ __device__ __forceinline__ F4 ld4_as_f32(const __nv_bfloat16* p) {
 __device__ __forceinline__ void stq(float* p, float a, float b, float c, float d) { st4(p, F4{a, b, c, d}); }
 __device__ __forceinline__ void stq(__nv_bfloat16* p, float a, float b, float c, float d) { st4_bf16(p, a, b, c, d); }
 
+// The backward's chunk of a row: dy unpacked into d, and the weights of its columns (both passes over the row use
+// them: recomputing g = dy * w costs less than holding it in registers).
+template <typename P> __device__ __forceinline__ F4 dy_and_w(const P dh, const float* w, float (&d)[4]) {
+    unq(dh, d);
+    return ld4(w);
+}
+
 // grid ceil(N / 8), block 256. With RES, the row is first the residual sum x = res + delta (f32 + bf16: a
 // projection's output added to the stream, as PyTorch autocast adds a bf16 linear output to an f32 tensor), stored
 // to res_out; without, x is read from res and delta/res_out are unused.
@@ -201,8 +208,7 @@ __device__ void norm_bwd(const TY* __restrict__ dy, const TX* __restrict__ x, co
             const int col = 4 * lane + 128 * j;
             if (col < c) {
                 float d[4];
-                unq(dh[j], d);
-                const F4 wv = ld4(w + col);
+                const F4 wv = dy_and_w(dh[j], w + col, d);
                 // xhat in place of x from here on
                 xv[j] = F4{(xv[j].x - m) * rs, (xv[j].y - m) * rs, (xv[j].z - m) * rs, (xv[j].w - m) * rs};
                 const float g0 = d[0] * wv.x, g1 = d[1] * wv.y, g2 = d[2] * wv.z, g3 = d[3] * wv.w;
@@ -218,8 +224,7 @@ __device__ void norm_bwd(const TY* __restrict__ dy, const TX* __restrict__ x, co
                 const int col = 4 * lane + 128 * j;
                 if (col < c) {
                     float d[4];
-                    unq(dh[j], d);
-                    const F4 wv = ld4(w + col);
+                    const F4 wv = dy_and_w(dh[j], w + col, d);
                     F4 o = ov[j];  // zeros without ACC
                     o.x += rs * (d[0] * wv.x - sg - xv[j].x * sgx);
                     o.y += rs * (d[1] * wv.y - sg - xv[j].y * sgx);
