@@ -337,6 +337,53 @@ static void check_layer_norm(const char* types, int N, int C, double tol_abs, do
     expect(tag + " db", dbk, db, 1e-3, 1e-4);
 }
 
+// The op's f32 -> bf16 LayerNorm and the engine's are one template: on the same inputs (the engine's residual
+// gradient and weight gradients starting at zero) they must give the same bytes: y, mean, rstd, dx, dw, db.
+template <int NCH, typename OpFwd, typename OpBwd, typename EngFwd, typename EngBwd>
+static void check_norm_op_is_engine(int N, int C, OpFwd op_fwd, OpBwd op_bwd, EngFwd eng_fwd, EngBwd eng_bwd) {
+    emu_check((C + 127) / 128 == NCH, "the kernels' chunk count");
+    std::mt19937 rng(40 + C);
+    std::normal_distribution<float> nd(0.f, 1.f);
+    std::vector<float> x((size_t)N * C), w(C), b(C);
+    std::vector<__nv_bfloat16> dy((size_t)N * C);
+    for (auto& v : x) v = 3.f + 1.5f * nd(rng);
+    for (auto& v : w) v = 1.f + 0.3f * nd(rng);
+    for (auto& v : b) v = 0.2f * nd(rng);
+    for (auto& v : dy) v = __float2bfloat16(nd(rng));
+    const unsigned fg = (unsigned)((N + LN_WARPS - 1) / LN_WARPS), p = (unsigned)((N + LN_BWD_ROWS - 1) / LN_BWD_ROWS);
+    const dim3 rg{(unsigned)((C + 31) / 32), 1, 1}, rb{32, 8, 1};
+    struct Out {
+        std::vector<__nv_bfloat16> y;
+        std::vector<float> mean, rstd, dx, dw, db;
+    };
+    auto make = [&]() {
+        Out o{std::vector<__nv_bfloat16>((size_t)N * C), std::vector<float>(N), std::vector<float>(N),
+              std::vector<float>((size_t)N * C, 0.f), std::vector<float>(C, 0.f), std::vector<float>(C, 0.f)};
+        return o;
+    };
+    Out op = make(), eng = make();
+    std::vector<float> partial((size_t)2 * p * C, NAN);
+    emu_launch(op_fwd, dim3{fg, 1, 1}, dim3{LN_THREADS, 1, 1}, (const float*)x.data(), (const float*)w.data(),
+               (const float*)b.data(), op.y.data(), op.mean.data(), op.rstd.data(), N, C, 1e-5f);
+    emu_launch(op_bwd, dim3{p, 1, 1}, dim3{LN_THREADS, 1, 1}, (const __nv_bfloat16*)dy.data(), (const float*)x.data(),
+               (const float*)w.data(), (const float*)op.mean.data(), (const float*)op.rstd.data(), op.dx.data(),
+               partial.data(), N, C);
+    emu_launch(ln_bwd_reduce, rg, rb, (const float*)partial.data(), op.dw.data(), op.db.data(), (int)p, C);
+    std::vector<__nv_bfloat16> dres16((size_t)N * C);
+    emu_launch(eng_fwd, dim3{fg, 1, 1}, dim3{LN_THREADS, 1, 1}, (const float*)x.data(), (const float*)w.data(),
+               (const float*)b.data(), eng.y.data(), eng.mean.data(), eng.rstd.data(), N, C, 1e-5f);
+    emu_launch(eng_bwd, dim3{p, 1, 1}, dim3{LN_THREADS, 1, 1}, (const __nv_bfloat16*)dy.data(), (const float*)x.data(),
+               (const float*)w.data(), (const float*)eng.mean.data(), (const float*)eng.rstd.data(), eng.dx.data(),
+               dres16.data(), partial.data(), N, C);
+    emu_launch(ln_bwd_reduce_engine, rg, rb, (const float*)partial.data(), eng.dw.data(), eng.db.data(), (int)p, C);
+    auto same = [](const auto& a, const auto& b) { return std::memcmp(a.data(), b.data(), a.size() * sizeof(a[0])) == 0; };
+    const bool ok = same(op.y, eng.y) && same(op.mean, eng.mean) && same(op.rstd, eng.rstd) && same(op.dx, eng.dx) &&
+                    same(op.dw, eng.dw) && same(op.db, eng.db);
+    std::printf("%-5s layer_norm op f32 -> bf16 N=%d C=%d: the same bytes as the engine's kernels\n", ok ? "ok" : "FAIL", N,
+                C);
+    if (!ok) failures++;
+}
+
 // ---- embedding backward ----------------------------------------------------------------------------------------
 // The grouped kernel must equal a serial f32 index_add (rows added in ascending order into zeros) bit for bit: that
 // is what makes the CUDA backward deterministic and equal to candle's CPU op. Rows of dy are `stride` apart.
@@ -383,6 +430,8 @@ int main() {
     check_layer_norm<float, __nv_bfloat16>("f32 -> bf16", 130, 768, 2e-2, 1.0 / 128, 32);
     check_layer_norm<__nv_bfloat16, __nv_bfloat16>("bf16 -> bf16", 9, 36, 2e-2, 1.0 / 128, 33);
     check_layer_norm<__nv_bfloat16, float>("bf16 -> f32", 70, 260, 2e-2, 1.0 / 128, 34);
+    check_norm_op_is_engine<6>(300, 768, ln_fwd_f32_bf16_6, ln_bwd_f32_bf16_6, ln_fwd_engine_6, ln_bwd_engine_6);
+    check_norm_op_is_engine<1>(40, 100, ln_fwd_f32_bf16_1, ln_bwd_f32_bf16_1, ln_fwd_engine_1, ln_bwd_engine_1);
     check_ce<float>("f32", 7, 1024, 1024, 1e-7, 1e-5, 1);
     check_ce<float>("f32", 6, 1003, 1003, 1e-7, 1e-5, 2);
     check_ce<float>("f32", 6, 999, 1010, 1e-7, 1e-5, 3);

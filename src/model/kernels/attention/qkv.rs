@@ -60,13 +60,6 @@ impl FlashAttentionQkv {
         Ok(([view(0), view(1), view(2)], (b, nh, t, hs)))
     }
 
-    /// Whether this call runs crate::cuda::flash_attn over the fused buffer (CUDA, bf16/f16, not forced onto the
-    /// FMA kernels); otherwise the head views go to attention.cu's FMA kernels.
-    #[cfg(feature = "cuda")]
-    fn flash2(&self, dt: DType) -> bool {
-        self.kernel.tensor_cores(dt)
-    }
-
     fn save_lse(&self, storage: Storage, shape: (usize, usize, usize)) {
         store_lse(&self.lse, storage, shape)
     }
@@ -112,7 +105,8 @@ impl CustomOp1 for FlashAttentionQkv {
     fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
         let ([q, k, v], (b, nh, t, hs)) = self.views(l)?;
         let shape = Shape::from((b, t, nh * hs));
-        if self.flash2(s.dtype()) {
+        // The tensor-core kernels take the whole buffer; f32 (and forced FMA) goes to attention.cu over head views.
+        if self.kernel.tensor_cores(s.dtype()) {
             let (y, lse) = cuda_qkv::fwd(s, l.start_offset(), (b, t, nh, hs))?;
             self.save_lse(Storage::Cuda(lse), (b, nh, t));
             return Ok((y, shape));
@@ -139,7 +133,7 @@ impl CustomOp1 for FlashAttentionQkv {
         let (b, t, c3) = qkv.dims3()?;
         let (nh, hs) = (self.n_head, c3 / 3 / self.n_head);
         #[cfg(feature = "cuda")]
-        if qkv.device().is_cuda() && self.flash2(qkv.dtype()) {
+        if qkv.device().is_cuda() && self.kernel.tensor_cores(qkv.dtype()) {
             return cuda_qkv::bwd(qkv, y, dy, &lse, (b, t, nh, hs)).map(Some);
         }
         // The head views as tensors (no copies: reshape of a contiguous tensor, then views), for flash_bwd.
