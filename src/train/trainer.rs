@@ -442,8 +442,8 @@ impl Trainer {
             self.device,
             self.engine.kind().name()
         ));
-        if self.engine.kind() == EngineKind::Cuda {
-            log.note(&format!("[engine] {}", self.cfg.engine.describe()));
+        if let Some(resolved) = self.engine.resolved() {
+            log.note(&format!("[engine] {} (resolved: {resolved})", self.cfg.engine.describe()));
         }
         log.note(&format!("num decayed parameter tensors: {dt}, with {dn} parameters"));
         log.note(&format!("num non-decayed parameter tensors: {nt}, with {nn} parameters"));
@@ -625,6 +625,7 @@ impl Trainer {
             config: self.cfg.clone(),
             model: self.engine.model().config().clone(),
             data: Some(self.data.clone()),
+            engine: self.engine.resolved(),
             checksums: Default::default(), // filled in by checkpoint::save
             tool_version: crate::TOOL_VERSION.to_string(),
         };
