@@ -2,7 +2,10 @@
 //! host-side log-softmax, on real HellaSwag tasks (the first tasks of the validation set, GPT-2 BPE), with a
 //! tiny random GPT-2. Also the context-cropping path and `tokenmill eval hellaswag` on a checkpoint directory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+#[path = "common/mod.rs"]
+mod common;
 
 use candle_core::{Device, Tensor};
 use tokenmill::eval::hellaswag::{
@@ -12,14 +15,10 @@ use tokenmill::eval::hellaswag_file::{self, Example, HellaswagFile};
 use tokenmill::model::{build_model, Architecture, LanguageModel, ModelConfig, Precision};
 use tokenmill::tokenizer::Tokenizer;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// The first `n` tasks of the llama.cpp-layout validation file (6 lines each: context, label, 4 endings), tokenized
 /// as build-nanogpt's render_example does (`" " + ending`), written to and read back from an eval file.
 fn real_examples(n: usize, dir: &Path) -> Vec<Example> {
-    let text = std::fs::read_to_string(repo().join("../shared/data/hellaswag_val_full.txt")).unwrap();
+    let text = std::fs::read_to_string(common::hellaswag_val_full()).unwrap();
     let lines: Vec<&str> = text.lines().take(6 * n).collect();
     let tok = Tokenizer::gpt2();
     let examples: Vec<Example> = lines

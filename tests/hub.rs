@@ -1,7 +1,7 @@
 //! The hub client against a real HTTP/1.1 server on 127.0.0.1 that speaks the hub's protocol: the revision listing
 //! (`/api/{datasets,models}/{repo}/revision/{rev}?blobs=true`), `resolve/{rev}/{path}` with HEAD/GET, `Range` (206 +
 //! `Content-Range`, 416), `x-repo-commit`, and LFS files redirected to a CDN route with `x-linked-etag` = sha256, as
-//! huggingface.co does. It serves the real FineWeb parquet files of shared/data as `sample/10BT/000_000NN.parquet`.
+//! huggingface.co does. It serves the real FineWeb parquet files of tests/fixtures as `sample/10BT/000_0000N.parquet`.
 //! Faults (a transfer cut after N bytes, the server vanishing, flipped bytes, a listing that lies about a size) are
 //! switched per test. Every server stops when its test drops it, and by itself after 60 s.
 
@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokenmill::hub::{HubClient, HubError, HubSettings, RemoteFile};
+
+#[path = "common/mod.rs"]
+mod common;
 
 const DATASET: &str = "HuggingFaceFW/fineweb";
 const MODEL: &str = "openai-community/gpt2";
@@ -41,16 +44,17 @@ fn served(path: &str, bytes: Vec<u8>, lfs: bool) -> ServedFile {
     ServedFile { path: path.to_string(), sha256: sha256_hex(&bytes), bytes: Arc::new(bytes), lfs }
 }
 
-/// The 28 FineWeb parquet files (12 MB), read once per test binary.
+/// The vendored FineWeb parquet files (1.8 MB), read once per test binary.
 fn parquet_files() -> &'static Vec<(String, Arc<Vec<u8>>)> {
     static FILES: OnceLock<Vec<(String, Arc<Vec<u8>>)>> = OnceLock::new();
     FILES.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/fineweb_legal_pilot");
-        (1..=28)
-            .map(|i| {
-                let src = dir.join(format!("batch_{i:06}.parquet"));
+        common::FINEWEB_FIXTURE_FILES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let src = common::fineweb_fixture_dir().join(name);
                 let bytes = std::fs::read(&src).unwrap_or_else(|e| panic!("reading {}: {e}", src.display()));
-                (format!("sample/10BT/000_{:05}.parquet", i - 1), Arc::new(bytes))
+                (format!("sample/10BT/000_{i:05}.parquet"), Arc::new(bytes))
             })
             .collect()
     })
@@ -442,7 +446,7 @@ fn listing_pins_the_commit_and_reports_sizes_and_sha256() {
     let hub = client(&server, cache.path(), 0);
 
     let files = list(&hub);
-    assert_eq!(files.len(), 28, "README.md must be filtered out by the prefix");
+    assert_eq!(files.len(), parquet_files().len(), "README.md must be filtered out by the prefix");
     for (i, f) in files.iter().enumerate() {
         let bytes = &parquet_files()[i].1;
         assert_eq!(f.path, format!("sample/10BT/000_{i:05}.parquet"), "sorted by path");
@@ -495,7 +499,7 @@ fn an_interrupted_transfer_resumes_on_the_next_call_with_a_range_request() {
     let server = HubServer::start(Faults { cut_after: Some(CUT), ..Faults::default() });
     let cache = tempfile::tempdir().unwrap();
     let hub = client(&server, cache.path(), 0);
-    let file = list(&hub)[4].clone();
+    let file = list(&hub)[1].clone();
     let sha = file.sha256.clone().unwrap();
 
     let err = hub.download_dataset_file(DATASET, &file).unwrap_err();
@@ -519,7 +523,7 @@ fn a_dropped_connection_is_resumed_within_the_same_call() {
     let server = HubServer::start(Faults { cut_after: Some(CUT), ..Faults::default() });
     let cache = tempfile::tempdir().unwrap();
     let hub = client(&server, cache.path(), 2);
-    let file = list(&hub)[7].clone();
+    let file = list(&hub)[3].clone();
 
     let path = hub.download_dataset_file(DATASET, &file).expect("retried download");
     assert_eq!(std::fs::read(&path).unwrap(), *source_bytes(&file.path));
@@ -604,7 +608,7 @@ fn a_stale_complete_part_file_is_discarded_and_downloaded_again() {
     let server = HubServer::start(Faults::default());
     let cache = tempfile::tempdir().unwrap();
     let hub = client(&server, cache.path(), 0);
-    let file = list(&hub)[5].clone();
+    let file = list(&hub)[2].clone();
     let sha = file.sha256.clone().unwrap();
     // A run that received every byte but died before the rename: the Range request for the rest gets 416.
     let blobs = blobs_dir(cache.path());

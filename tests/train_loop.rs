@@ -21,8 +21,7 @@ fn repo() -> PathBuf {
 fn shakespeare_tokens() -> &'static [u32] {
     static TOKENS: OnceLock<Vec<u32>> = OnceLock::new();
     TOKENS.get_or_init(|| {
-        let text = std::fs::read_to_string(repo().join("../shared/data/tinyshakespeare_input.txt"))
-            .expect("../shared/data/tinyshakespeare_input.txt (see /work/shared/data/README.md)");
+        let text = std::fs::read_to_string(repo().join("data/tinyshakespeare.txt")).expect("data/tinyshakespeare.txt");
         let mut out = Vec::new();
         Tokenizer::gpt2().encode_document_into(&text, &mut out);
         out
