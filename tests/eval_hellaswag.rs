@@ -51,6 +51,7 @@ fn tiny(block_size: usize) -> Box<dyn LanguageModel> {
         ffn_hidden: None,
         rope_theta: None,
         tie_word_embeddings: None,
+        norm_eps: None,
     };
     build_model(&cfg, Precision::FP32, &Device::Cpu, 42).unwrap()
 }
@@ -125,6 +126,7 @@ fn batched_scoring_equals_each_example_scored_alone() {
         ffn_hidden: None,
         rope_theta: None,
         tie_word_embeddings: Some(false),
+        norm_eps: None,
     };
     let models = [tiny(256), build_model(&llama, Precision::FP32, &Device::Cpu, 5).unwrap()];
     for model in &models {
@@ -292,6 +294,7 @@ fn cli_refuses_a_model_of_another_tokenizer() {
         ffn_hidden: None,
         rope_theta: None,
         tie_word_embeddings: None,
+        norm_eps: None,
     };
     let model = build_model(&cfg, Precision::FP32, &Device::Cpu, 1).unwrap();
     let ckpt = dir.path().join("cl100k");

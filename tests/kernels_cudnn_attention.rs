@@ -326,6 +326,7 @@ mod cudnn {
             ffn_hidden: None,
             rope_theta: None,
             tie_word_embeddings: None,
+            norm_eps: None,
         };
         let (b, t) = (4, 100);
         let mut rng = ChaCha8Rng::seed_from_u64(5);

@@ -294,7 +294,7 @@ impl CaseSpec {
         let tokens = self.tokens_per_iter();
         CaseInfo {
             model: self.label.clone(),
-            arch: format!("{:?}", m.arch).to_lowercase(),
+            arch: m.arch.spec().name.to_string(),
             n_layer: m.n_layer,
             n_head: m.n_head,
             n_embd: m.n_embd,

@@ -1,6 +1,7 @@
 //! The decoder's forward pass, kernel by kernel (the autograd models `gpt2.rs` and `llama.rs` compute the same
-//! functions). `norm` is LayerNorm (GPT-2) or RMSNorm (Llama); bracketed steps run only where the architecture has
-//! them (`layout::Arch`):
+//! functions). `norm` is LayerNorm (GPT-2) or RMSNorm (Llama, Qwen2); bracketed steps run only where the
+//! architecture has them (`layout::Arch`; a bias where the row's tensors have one: GPT-2 everywhere, Qwen2 on q, k,
+//! v):
 //!
 //! ```text
 //! res[0] = wte[idx] [+ wpe]                                         encoder (learned positions: GPT-2)
@@ -30,7 +31,6 @@ use crate::cuda::blaslt::{BiasPtr, Epilogue, Gemm};
 use crate::cuda::flash_attn::{AttnFwd, Heads};
 use crate::cuda::norm::NormFwd;
 use crate::cuda::rope::RopeShape;
-use crate::model::ops::{LAYER_NORM_EPS, RMS_NORM_EPS};
 
 impl DecoderEngine {
     /// Forward of the uploaded micro-batch; per-row losses in `act.losses`. `dscale: Some(d)` also runs the
@@ -42,10 +42,7 @@ impl DecoderEngine {
         let d = self.dims;
         let (n, c) = (d.n(), d.c);
         let arch = self.arch;
-        let eps = match arch.norm {
-            Norm::LayerNorm => LAYER_NORM_EPS,
-            Norm::RmsNorm => RMS_NORM_EPS,
-        } as f32;
+        let eps = arch.eps as f32;
         // The LayerNorm mean (RMSNorm has none) and a bias of the norms and linear layers, where the model has them.
         let mean = |off: usize| (arch.norm == Norm::LayerNorm).then_some(off);
         let (a, top) = (&self.act, &self.top);
