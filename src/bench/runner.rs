@@ -229,7 +229,7 @@ pub struct CaseInfo {
     pub params: usize,
     pub what: Computation,
     pub dtype: String,
-    /// `autograd` or `gpt2-cuda`.
+    /// `autograd` or `cuda`.
     pub engine: String,
     /// B.
     pub batch: usize,

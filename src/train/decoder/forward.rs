@@ -74,7 +74,7 @@ impl DecoderEngine {
             mean: mean(a.ln1_mean[0]).map(|o| f.at(o)),
             rstd: f.at(a.ln1_rstd[0]),
         };
-        k.ln.forward(f.at(a.res[0]), out, n, eps)?;
+        k.norm.forward(f.at(a.res[0]), out, n, eps)?;
         prof.mark("norm fwd")?;
         // Each projection's bf16 output lands in `proj` (the backward's dres16, free during the forward) and the next
         // norm adds it to the residual stream as it normalises.
@@ -105,7 +105,7 @@ impl DecoderEngine {
                 mean: mean(a.ln2_mean[l]).map(|o| f.at(o)),
                 rstd: f.at(a.ln2_rstd[l]),
             };
-            k.ln.forward_residual((f.at(a.res[l]), proj, f.at(a.res_mid[l])), out, n, eps)?;
+            k.norm.forward_residual((f.at(a.res[l]), proj, f.at(a.res_mid[l])), out, n, eps)?;
             prof.mark("residual + norm fwd")?;
             let fc = Gemm::linear_forward(h.at(a.ln2[l]), w16.at(lp.fc_w), h.at(a.fch_act[l]), n, c, d.fc);
             match (arch.mlp, lp.fc_b) {
@@ -140,7 +140,7 @@ impl DecoderEngine {
                 mean: mean(nm).map(|o| f.at(o)),
                 rstd: f.at(nr),
             };
-            k.ln.forward_residual((f.at(a.res_mid[l]), proj, f.at(a.res[l + 1])), out, n, eps)?;
+            k.norm.forward_residual((f.at(a.res_mid[l]), proj, f.at(a.res[l + 1])), out, n, eps)?;
             prof.mark("residual + norm fwd")?;
         }
 

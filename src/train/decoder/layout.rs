@@ -313,7 +313,7 @@ pub struct ActLayout {
     /// gradient partials.
     pub dres: usize,
     pub att_scratch: usize,
-    pub ln_scratch: usize,
+    pub norm_scratch: usize,
     pub bias_scratch: usize,
     /// Backward, bf16: the residual gradient's copy (N, C), a buffer of the widest product input (N, max(fc, qkv):
     /// d pre-activation, then dqkv) and a (N, C) one (dnorm outputs, d attention out).
@@ -325,7 +325,7 @@ pub struct ActLayout {
 /// Scratch sizes that depend on kernels (given by the launchers, so this file stays free of CUDA).
 #[derive(Clone, Copy, Debug)]
 pub struct ScratchSizes {
-    pub ln: usize,
+    pub norm: usize,
     pub bias: usize,
     pub attention: usize,
 }
@@ -352,7 +352,7 @@ impl ActLayout {
         let losses = take_f(n);
         let dres = take_f(n * c);
         let att_scratch = take_f(s.attention);
-        let ln_scratch = take_f(s.ln);
+        let norm_scratch = take_f(s.norm);
         let bias_scratch = take_f(s.bias);
         let half = d.t * d.hs() / 2;
         let (rope_cos, rope_sin) = if arch.rotary.is_some() { (take_f(half), take_f(half)) } else { (0, 0) };
@@ -397,7 +397,7 @@ impl ActLayout {
             logits,
             dres,
             att_scratch,
-            ln_scratch,
+            norm_scratch,
             bias_scratch,
             dres16,
             dbig,
@@ -525,7 +525,7 @@ mod tests {
     fn activations_are_aligned_and_sized() {
         let cfg = ModelConfig::preset("gpt2-124m").unwrap();
         let d = Dims::new(&cfg, 64, 1024, 16384);
-        let a = ActLayout::new(&d, &Arch::of(&cfg), ScratchSizes { ln: 1000, bias: 3000, attention: 64 * 12 * 1024 });
+        let a = ActLayout::new(&d, &Arch::of(&cfg), ScratchSizes { norm: 1000, bias: 3000, attention: 64 * 12 * 1024 });
         for v in [&a.res, &a.res_mid, &a.ln1, &a.qkv, &a.fch] {
             assert!(v.iter().all(|o| o % ALIGN == 0));
         }
@@ -537,7 +537,7 @@ mod tests {
         let llama = ModelConfig::preset("llama-124m").unwrap();
         let dl = Dims::new(&llama, 64, 1024, 16384);
         let al =
-            ActLayout::new(&dl, &Arch::of(&llama), ScratchSizes { ln: 1000, bias: 3000, attention: 64 * 12 * 1024 });
+            ActLayout::new(&dl, &Arch::of(&llama), ScratchSizes { norm: 1000, bias: 3000, attention: 64 * 12 * 1024 });
         assert_eq!(al.bf16_total - a.bf16_total, 64 * 1024 * (4096 - 3072), "dbig holds gate | up");
         assert!(al.rope_cos > 0 && al.rope_sin > al.rope_cos);
     }
