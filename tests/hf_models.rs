@@ -19,8 +19,16 @@ use tokenmill::train::{Resume, TrainConfig, Trainer, TrainerOptions};
 /// The fixtures' vocabulary (all three).
 const VOCAB: usize = 256;
 
+/// The GPT-2 fixture of tests/model_pretrained.rs, which `train --init` also starts from.
+const GPT2: &str = "hf_gpt2_tiny";
+
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf").join(name)
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    if name == GPT2 {
+        fixtures.join(name)
+    } else {
+        fixtures.join("hf").join(name)
+    }
 }
 
 /// The fixture's input ids `(B, T)` u32 and transformers' logits `(B, T, V)` f32.
@@ -120,7 +128,9 @@ fn edited_copy(root: &Path, name: &str, edit: impl FnOnce(&mut serde_json::Value
     std::fs::create_dir_all(&dir).unwrap();
     for e in std::fs::read_dir(fixture(name)).unwrap() {
         let p = e.unwrap().path();
-        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        if p.is_file() {
+            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        }
     }
     let path = dir.join(HF_CONFIG);
     let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -196,14 +206,15 @@ fn quiet(resume: Resume) -> TrainerOptions {
     TrainerOptions { resume, ..Default::default() }
 }
 
-/// A run from each fixture: its step-0 model is the HF model (same logits), the config names the init and the
-/// model, two steps train, a checkpoint resumes without the HF folder, and the exported checkpoint loads back.
+/// A run from each fixture (and the GPT-2 one): its step-0 model is the HF model (same logits), the config names the
+/// init and the model, two steps train, a checkpoint resumes without the HF folder, and the exported checkpoint
+/// loads back.
 #[test]
 fn train_init_starts_from_the_hf_weights_and_records_them() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     small_vocab_data(&data);
-    for name in FIXTURES {
+    for name in FIXTURES.into_iter().chain([GPT2]) {
         // A copy, so that the resume below can show it no longer needs the folder.
         let init = edited_copy(&tmp.path().join("init"), name, |_| {});
         let log = tmp.path().join(format!("log-{name}"));
@@ -213,7 +224,11 @@ fn train_init_starts_from_the_hf_weights_and_records_them() {
         let mut trainer = Trainer::new(cfg, quiet(Resume::No)).unwrap();
         let (ids, want) = reference(name);
         assert!(rel_diff(&trainer.model().forward(&ids).unwrap(), &want) < 1e-5, "{name}: step 0 is the HF model");
-        assert_eq!(trainer.model().config().vocab_size, VOCAB);
+        let hf_vocab = want.dim(2).unwrap();
+        assert_eq!(
+            (trainer.model().config().vocab_size, trainer.model().config().real_vocab_size),
+            (hf_vocab, hf_vocab)
+        );
         trainer.run(Some(2)).unwrap();
         let saved = std::fs::read_to_string(log.join("config.toml")).unwrap();
         assert!(saved.contains(&format!("init = {:?}", init.display().to_string())), "{saved}");
