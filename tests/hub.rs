@@ -24,6 +24,9 @@ const DATASET: &str = "HuggingFaceFW/fineweb";
 const MODEL: &str = "openai-community/gpt2";
 const COMMIT: &str = "0f3c1a6e9d2b4c8f7a5e3d1b9c7a5f3e1d2c4b6a";
 const MODEL_COMMIT: &str = "607a30d783dfa663caf39e06633721c8d4cfcd7e";
+/// A sharded Llama (tests/fixtures/hf/llama_gqa_untied: config.json, the index and three shards).
+const SHARDED: &str = "tokenmill-test/llama-sharded";
+const SHARDED_COMMIT: &str = "5a1b2c3d4e5f60718293a4b5c6d7e8f901234567";
 
 // ---------------------------------------------------------------------------------------------------------------
 // Fixture data: the real parquet files, named as FineWeb's sample/10BT files are.
@@ -74,6 +77,21 @@ fn gpt2_repo() -> Vec<ServedFile> {
     vec![served("config.json", config, false), served("model.safetensors", parquet_files()[0].1.to_vec(), true)]
 }
 
+fn sharded_llama_repo() -> Vec<ServedFile> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/llama_gqa_untied");
+    let mut files: Vec<ServedFile> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "reference.safetensors")
+        .map(|name| {
+            let bytes = std::fs::read(dir.join(&name)).unwrap();
+            served(&name, bytes, name.ends_with(".safetensors"))
+        })
+        .collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    files
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // The server.
 
@@ -119,6 +137,7 @@ impl HubServer {
         let mut repos = HashMap::new();
         repos.insert(("datasets".to_string(), DATASET.to_string()), (COMMIT.to_string(), fineweb_repo()));
         repos.insert(("models".to_string(), MODEL.to_string()), (MODEL_COMMIT.to_string(), gpt2_repo()));
+        repos.insert(("models".to_string(), SHARDED.to_string()), (SHARDED_COMMIT.to_string(), sharded_llama_repo()));
         let shared = Arc::new(Shared {
             repos,
             faults: Mutex::new(faults),
@@ -651,6 +670,27 @@ fn model_files_download_verify_and_work_offline_afterwards() {
     // The hub being unreachable falls back to the cache the same way.
     let hub = client_for(&endpoint, cache.path(), 0, false);
     assert_eq!(hub.download_model_file(MODEL, "model.safetensors").unwrap(), weights);
+}
+
+/// `train --init hf:REPO`'s files: a sharded model (no model.safetensors) is found through its index, every shard
+/// downloaded and verified, and the same files come from the cache offline; the model loads as transformers saved it.
+#[test]
+fn a_sharded_model_is_fetched_through_its_index_and_then_served_offline() {
+    use tokenmill::model::hf::{load_hf_model, HfFiles};
+    let server = HubServer::start(Faults::default());
+    let cache = tempfile::tempdir().unwrap();
+    let hub = client(&server, cache.path(), 0);
+    let files = HfFiles::from_hub(&hub, SHARDED).expect("the sharded repo");
+    assert_eq!(files.weights.len(), 3, "{files:?}");
+    assert_eq!(files.tokenizer, None, "the repo has no tokenizer.json");
+    let model = load_hf_model(&files, tokenmill::model::Precision::FP32, &candle_core::Device::Cpu).unwrap();
+    assert_eq!((model.config().n_layer, model.config().kv_heads(), model.config().tied()), (2, 2, false));
+    assert!(server.log().iter().any(|l| l.path.ends_with("/model.safetensors.index.json")));
+
+    let endpoint = server.endpoint().to_string();
+    drop(server);
+    let offline = HfFiles::from_hub(&client_for(&endpoint, cache.path(), 0, true), SHARDED).expect("from the cache");
+    assert_eq!(offline, files);
 }
 
 /// `from_env` reads HF_ENDPOINT, HF_HOME and HF_TOKEN. The only test here that touches those variables, so it
