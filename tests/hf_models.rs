@@ -143,13 +143,22 @@ fn edited_copy(root: &Path, name: &str, edit: impl FnOnce(&mut serde_json::Value
 fn unsupported_configs_name_the_file_and_field() {
     let tmp = tempfile::tempdir().unwrap();
     type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
-    let cases: [(&str, &str, Edit, &str); 5] = [
+    let cases: [(&str, &str, Edit, &str); 6] = [
         ("llama_gqa_tied", "mistral", Box::new(|c| c["model_type"] = "mistral".into()), "model_type `mistral`"),
         (
             "llama_gqa_tied",
             "classifier",
             Box::new(|c| c["architectures"] = serde_json::json!(["LlamaForSequenceClassification"])),
             "architectures `LlamaForSequenceClassification`",
+        ),
+        (
+            "llama_gqa_tied",
+            "class-only",
+            Box::new(|c| {
+                c.as_object_mut().unwrap().remove("model_type");
+                c["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+            }),
+            "architectures `MistralForCausalLM`",
         ),
         ("llama_gqa_tied", "o-bias", Box::new(|c| c["attention_bias"] = true.into()), "attention_bias = true"),
         ("qwen2_gqa", "window", Box::new(|c| c["use_sliding_window"] = true.into()), "use_sliding_window = true"),

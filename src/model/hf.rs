@@ -128,29 +128,36 @@ fn shard_names(index: &Path) -> Result<Vec<String>, ModelError> {
     Ok(files)
 }
 
-/// The row `config.json` describes: by its `model_type` (OpenAI's oldest GPT-2 configs lack it: GPT-2), checked
-/// against its `architectures` class. Anything else is refused, naming the field.
+/// The row `config.json` describes: by its `model_type`, checked against its `architectures` class (a config without
+/// `model_type` by the class alone; OpenAI's oldest GPT-2 configs have neither: GPT-2). Anything else is refused,
+/// naming the field.
 fn row_of(path: &Path, json: &serde_json::Value) -> Result<&'static ArchSpec, ModelError> {
-    let known = || TABLE.iter().map(|r| r.hf.model_type).collect::<Vec<_>>().join(", ");
-    let row = match json.get("model_type") {
-        None => &super::arch::GPT2,
-        Some(t) => {
+    let list = |f: fn(&ArchSpec) -> &'static str| TABLE.iter().map(|r| f(r)).collect::<Vec<_>>().join(", ");
+    let class = json.get("architectures").and_then(|a| a.get(0)).and_then(|c| c.as_str());
+    let row = match (json.get("model_type"), class) {
+        (Some(t), _) => {
             let t = t.as_str().unwrap_or_default();
+            let known = list(|r| r.hf.model_type);
             *TABLE.iter().find(|r| r.hf.model_type == t).ok_or_else(|| {
-                ModelError::format(path, format!("model_type `{t}` is not supported (tokenmill reads {})", known()))
+                ModelError::format(path, format!("model_type `{t}` is not supported (tokenmill reads {known})"))
             })?
         }
-    };
-    if let Some(class) = json.get("architectures").and_then(|a| a.get(0)).and_then(|c| c.as_str()) {
-        if class != row.hf.class {
-            return Err(ModelError::format(
-                path,
-                format!(
-                    "architectures `{class}` is not supported (model_type {} is read as {})",
-                    row.hf.model_type, row.hf.class
-                ),
-            ));
+        (None, Some(c)) => {
+            let known = list(|r| r.hf.class);
+            *TABLE.iter().find(|r| r.hf.class == c).ok_or_else(|| {
+                ModelError::format(path, format!("architectures `{c}` is not supported (tokenmill reads {known})"))
+            })?
         }
+        (None, None) => &super::arch::GPT2,
+    };
+    if let Some(class) = class.filter(|&c| c != row.hf.class) {
+        return Err(ModelError::format(
+            path,
+            format!(
+                "architectures `{class}` is not supported (model_type {} is read as {})",
+                row.hf.model_type, row.hf.class
+            ),
+        ));
     }
     for &(key, want) in row.hf.switches {
         if let Some(got) = json.get(key).and_then(|v| v.as_bool()).filter(|&got| got != want) {

@@ -113,6 +113,9 @@ pub struct ModelSection {
 
 const PRESET_KEY: &str = "preset";
 const INIT_KEY: &str = "init";
+/// The `ModelConfig` fields a section must have once filled (the rest have defaults; the vocabulary comes from the
+/// data unless set).
+const REQUIRED_KEYS: [&str; 5] = ["arch", "block_size", "n_layer", "n_head", "n_embd"];
 
 impl Serialize for ModelSection {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -300,11 +303,13 @@ impl ModelSection {
     }
 
     /// Fill every unset field from the preset, or from the init model's `config.json` (read once: a filled section,
-    /// as saved with a run, already names `arch`), so the saved config names the model completely.
+    /// as saved with a run, already names the model and its vocabulary), so the saved config names the model
+    /// completely.
     pub fn fill(&mut self) -> Result<(), ConfigError> {
+        let filled = REQUIRED_KEYS.iter().chain(&["vocab_size"]).all(|k| self.fields.contains_key(*k));
         let base = match (&self.preset, &self.init) {
             (Some(name), _) => ModelConfig::preset(name)?,
-            (None, Some(init)) if !self.fields.contains_key("arch") => crate::train::init::config(init)?,
+            (None, Some(init)) if !filled => crate::train::init::config(init)?,
             _ => return Ok(()),
         };
         let mut filled = config_table(&base);
@@ -322,7 +327,7 @@ impl ModelSection {
     pub fn resolve(&self, data_vocab: usize) -> Result<ModelConfig, ConfigError> {
         let mut s = self.clone();
         s.fill()?;
-        for key in ["arch", "block_size", "n_layer", "n_head", "n_embd"] {
+        for key in REQUIRED_KEYS {
             if !s.fields.contains_key(key) {
                 return Err(ConfigError::MissingModelField(key));
             }
