@@ -104,17 +104,17 @@ for step in "$@"; do
     OUT="$OUT/correct" BIN="$BIN" PY="$PY" scripts/gpu-correctness.sh ${CORRECT_MODES:-tiny 124m} > "$OUT/correct.log" 2>&1
     note "correctness rc=$?:"; tail -n 14 "$OUT/correct.log" | tee -a "$SUMMARY"
     ;;
-  engine)  # the gpt2-cuda engine against the autograd engine on this GPU (tests/gpu_engine.rs), memcheck too
+  engine)  # the decoder (cuda) engine against the autograd engine on this GPU (tests/gpu_engine.rs), memcheck too
     KERNEL_MODULES=gpu_engine MEMCHECK_TIMEOUT="${MEMCHECK_TIMEOUT:-120}" scripts/gpu-kernel-check.sh run > "$OUT/engine.log" 2>&1
     note "engine checks rc=$?:"; sed -n '/===== summary/,$p' "$OUT/engine.log" | tee -a "$SUMMARY"
-    grep -E "gpt2-cuda|worst|after resume" "$OUT/engine.log" | sort -u | tee -a "$SUMMARY"
+    grep -E "cuda engine|worst|after resume" "$OUT/engine.log" | sort -u | tee -a "$SUMMARY"
     ;;
   engine-train)  # the engine through `tokenmill train`: val loss, samples, checkpoints; stop + resume = uninterrupted
     data
     et=(--config configs/gpt2-124m.toml --data "$OUT/fw" --device cuda --dtype bf16 --max-steps 8
       --set data.micro_batch=8 --set data.total_batch_tokens=16384 --set optim.warmup_steps=2
       --set eval.val_every=4 --set eval.val_steps=2 --set eval.sample_every=4 --set eval.sample_count=1
-      --set eval.hellaswag_every=0 --set checkpoint.every=4 --set "run.engine=\"gpt2-cuda\"")
+      --set eval.hellaswag_every=0 --set checkpoint.every=4 --set "run.engine=\"cuda\"")
     rm -rf "$OUT/et_full" "$OUT/et_part"
     "$BIN" train "${et[@]}" --log-dir "$OUT/et_full" > "$OUT/et_full.log" 2>&1; rc1=$?
     "$BIN" train "${et[@]}" --log-dir "$OUT/et_part" --stop-after 4 > "$OUT/et_part1.log" 2>&1; rc2=$?
@@ -136,7 +136,7 @@ for step in "$@"; do
     TOKENMILL_ATTENTION=cudnn KERNEL_MODULES=gpu_engine MEMCHECK_TIMEOUT="${MEMCHECK_TIMEOUT:-60}" \
       scripts/gpu-kernel-check.sh run > "$OUT/engine_cudnn.log" 2>&1
     note "engine checks with cuDNN attention rc=$?:"; sed -n '/===== summary/,$p' "$OUT/engine_cudnn.log" | tee -a "$SUMMARY"
-    grep -E "gpt2-cuda|worst|after resume" "$OUT/engine_cudnn.log" | sort -u | tee -a "$SUMMARY"
+    grep -E "cuda engine|worst|after resume" "$OUT/engine_cudnn.log" | sort -u | tee -a "$SUMMARY"
     ;;
   profile)  # per-kernel CUDA-event breakdown of the cuda engine's micro-step (docs/PERF.md); PROFILE_BASE=1 also
             # profiles .dist/base/tokenmill-base (the binary before this session's changes) at the same settings

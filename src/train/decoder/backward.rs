@@ -83,7 +83,7 @@ impl DecoderEngine {
         let (w32, w16, g) = (&self.masters, &self.bufs.params16, &self.bufs.grads);
         let (f, h) = (&self.bufs.act32, &self.bufs.act16);
         let (dres, dres16, dbig, dsmall) = (f.at(a.dres), h.at(a.dres16), h.at(a.dbig), h.at(a.dsmall));
-        let (ln_scratch, bias_scratch) = (f.at(a.ln_scratch), f.at(a.bias_scratch));
+        let (norm_scratch, bias_scratch) = (f.at(a.norm_scratch), f.at(a.bias_scratch));
         let mean = |off: usize| (arch.norm == Norm::LayerNorm).then(|| f.at(off));
         let grad = |off: Option<usize>| off.map(|o| g.at(o));
         // A norm's backward from dsmall, added into the f32 residual gradient: the norm of input `x` with weight
@@ -98,7 +98,7 @@ impl DecoderEngine {
             dres16,
             dw: g.at(w),
             db: grad(b),
-            scratch: ln_scratch,
+            scratch: norm_scratch,
         };
         let heads = Heads { q: d.nh, kv: d.nkv };
         let rope = RopeShape { n, t: d.t, heads: d.nh + d.nkv, hs: d.hs(), ld: d.qkv() };
@@ -109,7 +109,7 @@ impl DecoderEngine {
 
         self.bufs.zero(dres, n * c)?;
         prof.mark("zero dres")?;
-        k.ln.backward(norm_bwd(a.res[d.l], top.normf_w, top.normf_b, a.lnf_mean, a.lnf_rstd), n)?;
+        k.norm.backward(norm_bwd(a.res[d.l], top.normf_w, top.normf_b, a.lnf_mean, a.lnf_rstd), n)?;
         prof.mark("norm bwd")?;
 
         for (l, lp) in self.layers.iter().enumerate().rev() {
@@ -151,7 +151,7 @@ impl DecoderEngine {
             )?;
             k.blas.matmul(&Gemm::linear_dinput(dbig, w16.at(lp.fc_w), dsmall, n, c, d.fc))?;
             prof.mark("matmul dX fc")?;
-            k.ln.backward(norm_bwd(a.res_mid[l], lp.norm2_w, lp.norm2_b, a.ln2_mean[l], a.ln2_rstd[l]), n)?;
+            k.norm.backward(norm_bwd(a.res_mid[l], lp.norm2_w, lp.norm2_b, a.ln2_mean[l], a.ln2_rstd[l]), n)?;
             prof.mark("norm bwd")?;
 
             // Attention projection: res_mid = atty Wproj^T [+ bproj] + res[l].
@@ -193,7 +193,7 @@ impl DecoderEngine {
             )?;
             k.blas.matmul(&Gemm::linear_dinput(dbig, w16.at(lp.qkv_w), dsmall, n, c, d.qkv()))?;
             prof.mark("matmul dX qkv")?;
-            k.ln.backward(norm_bwd(a.res[l], lp.norm1_w, lp.norm1_b, a.ln1_mean[l], a.ln1_rstd[l]), n)?;
+            k.norm.backward(norm_bwd(a.res[l], lp.norm1_w, lp.norm1_b, a.ln1_mean[l], a.ln1_rstd[l]), n)?;
             prof.mark("norm bwd")?;
         }
 

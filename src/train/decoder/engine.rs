@@ -31,7 +31,7 @@ use crate::train::optim::{AdamWConfig, OptimError};
 pub(super) struct Kernels {
     pub blas: BlasLt,
     /// The blocks' norm (LayerNorm or RMSNorm, `Arch::norm`).
-    pub ln: NormKernels,
+    pub norm: NormKernels,
     pub rope: Rope,
     pub swiglu: SwiGlu,
     pub cls: Classifier,
@@ -163,7 +163,7 @@ impl DecoderEngine {
         tracing::info!("cuda engine products: {gemm_source}");
         let k = Kernels {
             blas: BlasLt::new(stream.clone(), algos)?,
-            ln: NormKernels::new(&stream, cfg.n_embd, arch.norm == Norm::RmsNorm)?,
+            norm: NormKernels::new(&stream, cfg.n_embd, arch.norm == Norm::RmsNorm)?,
             rope: Rope::new(&stream)?,
             swiglu: SwiGlu::new(&stream)?,
             cls: Classifier::new(&stream)?,
@@ -175,7 +175,7 @@ impl DecoderEngine {
         };
         let n = dims.n();
         let scratch = ScratchSizes {
-            ln: k.ln.scratch_len(n),
+            norm: k.norm.scratch_len(n),
             bias: BiasGrad::scratch_len(dims.fc.max(dims.qkv())),
             attention: FlashAttn::scratch_len(b, t, cfg.n_head),
         };
