@@ -3,6 +3,7 @@
 # Run from the repo root on the device with .dist/ carried (see scripts/device-pack.sh):
 #   scripts/device-run.sh STEP...      STEP in: env prep train bench pool compare ddp kernels correct engine
 #                                      engine-train cudnn profile ab bitwise gemm llama llama-1b hellaswag
+#                                      compare-sizes
 # TOKENMILL_ATTENTION=cudnn|native overrides the config's [engine] attention in every step (auto: cuDNN in a
 # --features cudnn build). ENGINE=autograd|cuda|auto (default auto: the cuda engine for these bf16 runs) picks the
 # training engine of train, bench, compare and profile. MODEL=llama-124m runs bench/compare/profile on that preset.
@@ -91,6 +92,17 @@ for step in "$@"; do
       --warmup "${BENCH_WARMUP:-2}" --steps "${BENCH_STEPS:-5}" --device cuda --python "$PY" \
       --engine "${ENGINE:-auto}" --json "$OUT/compare_124m.json" > "$OUT/compare_124m.txt" 2>&1
     note "compare 124M rc=$? ${tab:+(gemm table $tab)}:"; tail -n 8 "$OUT/compare_124m.txt" | tee -a "$SUMMARY"
+    ;;
+  compare-sizes)  # bench compare of GPT-2 sizes against the PyTorch recipe, per COMPARE_SPECS entry PRESET:B:TOTAL_TOKENS
+                  # (a table tuned in this call's gemm step for that preset and B is used if present; else the default)
+    for spec in ${COMPARE_SPECS:-gpt2-350m:32:524288 gpt2-1558m:8:131072}; do
+      IFS=: read -r m b tot <<< "$spec"
+      tab="$OUT/gemm_${m}_B$b.toml"; [ -f "$tab" ] || tab=""
+      TOKENMILL_GEMM_TABLE="$tab" "$BIN" bench compare --model "$m" --batch "$b" --seq-len 1024 --total-batch "$tot" \
+        --warmup "${BENCH_WARMUP:-2}" --steps "${BENCH_STEPS:-5}" --device cuda --python "$PY" \
+        --engine "${ENGINE:-auto}" --json "$OUT/compare_$m.json" > "$OUT/compare_$m.txt" 2>&1
+      note "compare $m B=$b rc=$? ${tab:+(gemm table $tab)}:"; tail -n 6 "$OUT/compare_$m.txt" | tee -a "$SUMMARY"
+    done
     ;;
   ddp)
     [ -x scripts/gpu-ddp-check.sh ] && BIN="$BIN" scripts/gpu-ddp-check.sh > "$OUT/ddp.log" 2>&1
@@ -218,6 +230,7 @@ for step in "$@"; do
       m=${spec%%:*}; b=${spec##*:}; tab="$OUT/gemm_${m}_B$b.toml"
       "$BIN" bench gemm-tune --model "$m" --batch "$b" --out "$tab" > "$OUT/gemm_tune_$m.txt" 2>&1
       note "gemm-tune $m B=$b rc=$?: $(grep -E '^all products' "$OUT/gemm_tune_$m.txt")"
+      [ "${GEMM_AB:-1}" = 0 ] && continue  # tune only (the table is judged by a later compare)
       for use in "" "$tab"; do
         TOKENMILL_GEMM_TABLE="$use" "$BIN" bench --model "$m" --batch "$b" --seq-len 1024 --dtype bf16 --device cuda \
           --total-batch $((b * 1024 * 8)) --warmup 1 --steps "${GEMM_STEPS:-3}" --what train_step --engine cuda \

@@ -487,6 +487,29 @@ mod cuda {
         assert!(((la - lg) / la).abs() < 5e-3, "{la} vs {lg}");
     }
 
+    /// The bias gradients on their side stream (`[engine] bias_grad_stream`, the default) and on the main stream:
+    /// the same kernels in the same order, so the same bits after steps of accumulation and updates (a missing wait
+    /// would read a buffer the main stream already overwrote, or let the optimizer read a bias gradient unfinished).
+    #[test]
+    fn bias_gradients_on_a_side_stream_change_no_bit() {
+        for cfg in [small(), small_qwen2()] {
+            let Some(dev) = super::common::cuda_device() else { return };
+            let data = batches(&cfg, 4, 100, 6, 3);
+            let build = |side: bool| {
+                let opts = EngineOptions { bias_grad_stream: side, ..options(128) };
+                DecoderEngine::new(model(&cfg, &dev, DType::BF16), &dev, (4, 100), ADAM, opts).unwrap()
+            };
+            let (mut on, mut off) = (build(true), build(false));
+            assert!(on.describe().contains("side stream true") && off.describe().contains("side stream false"));
+            assert_eq!(run(&mut on, &data, 0..3), run(&mut off, &data, 0..3), "{:?}: losses and norms", cfg.arch);
+            let (won, woff) = (weights(&on), weights(&off));
+            for (n, t) in &won {
+                assert_eq!(host(t), host(&woff[n]), "{:?}: {n} after 3 steps", cfg.arch);
+            }
+            println!("{:?}: bias gradients on the side stream = on the main stream, bit for bit over 3 steps", cfg.arch);
+        }
+    }
+
     #[test]
     fn scoring_on_the_engine_matches_the_model_and_leaves_training_alone() {
         scoring_matches_for(&small());

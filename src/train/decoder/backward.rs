@@ -1,7 +1,8 @@
 //! The decoder's backward pass, kernel by kernel, in the reverse order of `forward.rs`, accumulating every parameter
 //! gradient into the f32 `grads` buffer (weight gradients by matmuls with beta = 1, bias gradients by `bias_grad`,
 //! the norms' by their own reduction, the embeddings' by grouped sums; no atomics). Bracketed steps run only where
-//! the architecture has them.
+//! the architecture has them. The bias gradients run on a side stream beside the products where `[engine]
+//! bias_grad_stream` says so (`bias_stream.rs`): the same kernels, so the same bits.
 //!
 //! ```text
 //! dres = normf backward(dlnf)                          dres (f32) is the running residual gradient, dres16 its copy
@@ -23,6 +24,7 @@
 use candle_core::Result;
 use half::bf16;
 
+use super::bias_stream::Read;
 use super::engine::{DecoderEngine, Kernels};
 use super::layout::{Mlp, Norm};
 use super::profile::Profiler;
@@ -40,18 +42,28 @@ use crate::cuda::rope::RopeShape;
 /// # Safety
 /// `dweight`'s pointers are valid for its shape; `db` holds OC f32 and `scratch` at least `BiasGrad::scratch_len(OC)`.
 /// The profile marks the product (`labels.0`) and a separate bias-gradient kernel (`labels.1`) apart.
+/// With the side stream (`BiasStream`, `[engine] bias_grad_stream`), the bias gradient is queued there first (it
+/// reads `dout`, in buffer `read`) and the product runs beside it.
+#[allow(clippy::too_many_arguments)]
 unsafe fn dweight_and_bias(
     k: &mut Kernels,
     prof: &mut Profiler,
     labels: (&'static str, &'static str),
     epilogue: bool,
     dweight: Gemm,
-    db: Option<DevPtr<f32>>,
+    (db, read): (Option<DevPtr<f32>>, Read),
     scratch: DevPtr<f32>,
 ) -> Result<()> {
     let (n, oc, dout): (usize, usize, DevPtr<bf16>) = (dweight.k, dweight.n, dweight.b());
     match db {
         None => {
+            k.blas.matmul(&dweight)?;
+            prof.mark(labels.0)
+        }
+        Some(db) if k.bias_stream.is_some() && !epilogue => {
+            let side = k.bias_stream.as_mut().expect("checked");
+            // SAFETY: the caller's contract; the scratch is the side stream's alone while it is on.
+            unsafe { side.accumulate(read, dout, db, scratch, (n, oc))? };
             k.blas.matmul(&dweight)?;
             prof.mark(labels.0)
         }
@@ -120,9 +132,10 @@ impl DecoderEngine {
                 ("matmul dW mlp proj", "bias grad mlp proj"),
                 bias_epi,
                 Gemm::linear_dweight(dres16, h.at(a.fch_act[l]), g.at(lp.fcproj_w), n, d.hidden, c),
-                grad(lp.fcproj_b),
+                (grad(lp.fcproj_b), Read::Dres16),
                 bias_scratch,
             )?;
+            k.before_write(Read::Dbig)?;
             let dact = Gemm::linear_dinput(dres16, w16.at(lp.fcproj_w), dbig, n, d.hidden, c);
             match arch.mlp {
                 Mlp::Gelu if self.opts.gelu_fusion => {
@@ -146,11 +159,12 @@ impl DecoderEngine {
                 ("matmul dW fc", "bias grad fc"),
                 bias_epi,
                 Gemm::linear_dweight(dbig, h.at(a.ln2[l]), g.at(lp.fc_w), n, c, d.fc),
-                grad(lp.fc_b),
+                (grad(lp.fc_b), Read::Dbig),
                 bias_scratch,
             )?;
             k.blas.matmul(&Gemm::linear_dinput(dbig, w16.at(lp.fc_w), dsmall, n, c, d.fc))?;
             prof.mark("matmul dX fc")?;
+            k.before_write(Read::Dres16)?;
             k.norm.backward(norm_bwd(a.res_mid[l], lp.norm2_w, lp.norm2_b, a.ln2_mean[l], a.ln2_rstd[l]), n)?;
             prof.mark("norm bwd")?;
 
@@ -161,7 +175,7 @@ impl DecoderEngine {
                 ("matmul dW attn proj", "bias grad attn proj"),
                 bias_epi,
                 Gemm::linear_dweight(dres16, h.at(a.atty[l]), g.at(lp.proj_w), n, c, c),
-                grad(lp.proj_b),
+                (grad(lp.proj_b), Read::Dres16),
                 bias_scratch,
             )?;
             k.blas.matmul(&Gemm::linear_dinput(dres16, w16.at(lp.proj_w), dsmall, n, c, c))?;
@@ -174,6 +188,7 @@ impl DecoderEngine {
                 dvec_scratch: f.at(a.att_scratch),
                 dqkv: dbig,
             };
+            k.before_write(Read::Dbig)?;
             k.attn.backward(att, d.b, d.t, heads)?;
             prof.mark("attention bwd")?;
             if arch.rotary.is_some() {
@@ -188,11 +203,12 @@ impl DecoderEngine {
                 ("matmul dW qkv", "bias grad qkv"),
                 bias_epi,
                 Gemm::linear_dweight(dbig, h.at(a.ln1[l]), g.at(lp.qkv_w), n, c, d.qkv()),
-                grad(lp.qkv_b),
+                (grad(lp.qkv_b), Read::Dbig),
                 bias_scratch,
             )?;
             k.blas.matmul(&Gemm::linear_dinput(dbig, w16.at(lp.qkv_w), dsmall, n, c, d.qkv()))?;
             prof.mark("matmul dX qkv")?;
+            k.before_write(Read::Dres16)?;
             k.norm.backward(norm_bwd(a.res[l], lp.norm1_w, lp.norm1_b, a.ln1_mean[l], a.ln1_rstd[l]), n)?;
             prof.mark("norm bwd")?;
         }
@@ -206,6 +222,9 @@ impl DecoderEngine {
         };
         k.enc.backward(groups, dres, g.at(top.wte), grad(top.wpe), (d.b, d.t, c))?;
         prof.mark("encoder bwd")?;
+        if let Some(side) = k.bias_stream.as_mut() {
+            side.join()?;
+        }
         Ok(())
     }
 }

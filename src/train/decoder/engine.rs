@@ -8,6 +8,7 @@ use candle_core::cuda_backend::cudarc::driver::CudaStream;
 use candle_core::{DType, Device, Result, Tensor, Var};
 
 use super::attention::Attention;
+use super::bias_stream::{BiasStream, Read};
 use super::buffers::{Buffers, LOSS_ACC};
 use super::layout::{rotary_tables, ActLayout, Arch, BlockParams, Dims, ModelParams, Norm, ParamLayout, ScratchSizes};
 use super::options::{EngineOptions, GemmTableChoice};
@@ -40,6 +41,18 @@ pub(super) struct Kernels {
     pub gelu: Gelu,
     pub adamw: AdamWKernels,
     pub attn: Attention,
+    /// The bias gradients' side stream (`[engine] bias_grad_stream`, with models that have biases).
+    pub bias_stream: Option<BiasStream>,
+}
+
+impl Kernels {
+    /// Before the main stream writes `read`: wait for the side stream's bias gradients that read it.
+    pub fn before_write(&mut self, read: Read) -> Result<()> {
+        match self.bias_stream.as_mut() {
+            Some(side) => side.before_write(read),
+            None => Ok(()),
+        }
+    }
 }
 
 pub struct DecoderEngine {
@@ -157,7 +170,8 @@ impl DecoderEngine {
         let dims = Dims::new(&cfg, b, t, opts.classifier_chunk);
         let params = ParamLayout::for_model(&cfg);
         let top = ModelParams::new(&cfg, &params);
-        let layers = (0..cfg.n_layer).map(|l| BlockParams::new(&cfg, &params, l)).collect();
+        let layers: Vec<BlockParams> = (0..cfg.n_layer).map(|l| BlockParams::new(&cfg, &params, l)).collect();
+        let biases = layers.iter().any(|p| [p.qkv_b, p.proj_b, p.fc_b, p.fcproj_b].iter().any(Option::is_some));
         let heads = Heads { q: dims.nh, kv: dims.nkv };
         let (algos, gemm_source) = gemm_algorithms(&opts.gemm_table, &stream)?;
         tracing::info!("cuda engine products: {gemm_source}");
@@ -172,6 +186,10 @@ impl DecoderEngine {
             gelu: Gelu::new(&stream)?,
             adamw: AdamWKernels::new(&stream)?,
             attn: Attention::new(&stream, opts.attention, (b, t, heads))?,
+            bias_stream: match opts.bias_grad_stream && !opts.bias_grad_epilogue && biases {
+                true => Some(BiasStream::new(&stream)?),
+                false => None,
+            },
         };
         let n = dims.n();
         let scratch = ScratchSizes {
@@ -280,10 +298,12 @@ impl DecoderEngine {
     pub fn describe(&self) -> String {
         let o = &self.opts;
         format!(
-            "attention {:?}, gelu_fusion {}, bias_grad_epilogue {}, classifier_chunk {}, products: {}",
+            "attention {:?}, gelu_fusion {}, bias_grad_epilogue {}, bias grads on a side stream {}, classifier_chunk \
+             {}, products: {}",
             o.attention.resolved(),
             o.gelu_fusion,
             o.bias_grad_epilogue,
+            self.k.bias_stream.is_some(),
             o.classifier_chunk,
             self.gemm_source
         )

@@ -33,6 +33,8 @@ mod attention;
 #[cfg(feature = "cuda")]
 mod backward;
 #[cfg(feature = "cuda")]
+mod bias_stream;
+#[cfg(feature = "cuda")]
 mod buffers;
 #[cfg(feature = "cuda")]
 mod engine;

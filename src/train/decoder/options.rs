@@ -3,7 +3,7 @@
 //! changes the maths beyond rounding; each exists to time one implementation against another.
 //!
 //! Environment variables override the table for A/B timings without editing a config (`TOKENMILL_ATTENTION`,
-//! `TOKENMILL_GELU_FUSION`, `TOKENMILL_BGRADB`, `TOKENMILL_CLASSIFIER_CHUNK`, `TOKENMILL_GEMM_TABLE`): `with_env_overrides` applies them once,
+//! `TOKENMILL_GELU_FUSION`, `TOKENMILL_BGRADB`, `TOKENMILL_BIAS_STREAM`, `TOKENMILL_CLASSIFIER_CHUNK`, `TOKENMILL_GEMM_TABLE`): `with_env_overrides` applies them once,
 //! where the config is resolved, so what ran is what the run records.
 
 use serde::{Deserialize, Serialize};
@@ -106,6 +106,9 @@ pub struct EngineOptions {
     /// Bias gradients from the weight-gradient matmuls' BGRADB epilogue (then added to the accumulated gradient)
     /// instead of `bias_grad.cu`'s column sums, which read dout once more.
     pub bias_grad_epilogue: bool,
+    /// `bias_grad.cu`'s column sums on a second stream, beside the products (same kernels, same bits; ignored with
+    /// `bias_grad_epilogue`).
+    pub bias_grad_stream: bool,
     /// Rows of the lm_head + classifier computed at once (bounds the logits buffer: rows x V bf16).
     pub classifier_chunk: usize,
     /// cuBLASLt's algorithm per matmul shape: `"auto"` (the shipped tables tuned on this GPU and cuBLASLt, else
@@ -119,6 +122,7 @@ impl Default for EngineOptions {
             attention: AttentionBackend::Auto,
             gelu_fusion: true,
             bias_grad_epilogue: false,
+            bias_grad_stream: true,
             classifier_chunk: 16384,
             gemm_table: GemmTableChoice::Auto,
         }
@@ -169,6 +173,10 @@ impl EngineOptions {
             self.bias_grad_epilogue = flag("TOKENMILL_BGRADB", v.clone())?;
             applied.push(format!("TOKENMILL_BGRADB={v}"));
         }
+        if let Some(v) = get("TOKENMILL_BIAS_STREAM") {
+            self.bias_grad_stream = flag("TOKENMILL_BIAS_STREAM", v.clone())?;
+            applied.push(format!("TOKENMILL_BIAS_STREAM={v}"));
+        }
         if let Some(v) = get("TOKENMILL_CLASSIFIER_CHUNK") {
             self.classifier_chunk = v.trim().parse().ok().filter(|&r: &usize| r > 0).ok_or(BadOverride {
                 var: "TOKENMILL_CLASSIFIER_CHUNK",
@@ -187,10 +195,11 @@ impl EngineOptions {
     /// A one-line summary for the run's start.
     pub fn describe(&self) -> String {
         format!(
-            "attention {:?}, gelu_fusion {}, bias_grad_epilogue {}, classifier_chunk {}, gemm_table {}",
+            "attention {:?}, gelu_fusion {}, bias_grad_epilogue {}, bias_grad_stream {}, classifier_chunk {}, gemm_table {}",
             self.attention.resolved(),
             self.gelu_fusion,
             self.bias_grad_epilogue,
+            self.bias_grad_stream,
             self.classifier_chunk,
             self.gemm_table
         )
