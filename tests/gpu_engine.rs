@@ -179,9 +179,14 @@ mod cuda {
             rows[0].0, rows[0].2
         );
         // The bound: 2e-2, or where bf16 itself lands further from f32 on a tensor (the autograd engine in bf16 does,
-        // on Llama-124M's k_proj at T = 1024: 2.2e-2 on the H100), 1.25x what bf16 costs there.
+        // on Llama-124M's k_proj at T = 1024: 2.2e-2 on the H100), 1.25x what bf16 costs there. A key bias's gradient
+        // is a cancellation residue: without rotary positions it is exactly 0 (a bias on every key shifts a query's
+        // scores by one constant, which softmax ignores), with them it is what the rotation leaves, so bf16
+        // rounding of dK is large beside it: on Qwen2's small case (H100, 2026-12-07) the autograd engine in bf16
+        // lands 3.6e-2 from f32 and the cuda engine (cuDNN attention, another rounding order) 5.0e-2; those get 1.5x.
         for (r, rb, name) in &rows {
-            let bound = 2e-2f64.max(1.25 * rb);
+            let factor = if name.ends_with("k_proj.bias") { 1.5 } else { 1.25 };
+            let bound = 2e-2f64.max(factor * rb);
             assert!(
                 *r < bound,
                 "{name}: gradient relative L2 {r:.3e} from the f32 autograd engine (bound {bound:.2e}; autograd bf16 {rb:.3e})"

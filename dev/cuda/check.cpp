@@ -255,9 +255,9 @@ static void check_ce(const char* dtype, int N, int V, int64_t row_stride, double
 // variance must not cancel), C not a multiple of 32 or 128, more rows than one backward block holds.
 template <typename T, typename O> struct LnOp {
     void (*fwd)(const T*, const float*, const float*, O*, float*, float*, int, int, float);
-    void (*bwd)(const O*, const T*, const float*, const float*, const float*, T*, float*, int, int);
+    void (*bwd)(const O*, const T*, const float*, const float*, const float*, T*, float*, int, int, int);
 };
-// The kernels of chunk count NCH = ceil(C / 128), as layer_norm.rs picks them.
+// The kernels of chunk count NCH = ceil(C / 128), as cuda::norm::LayerNormOp picks them.
 template <typename T, typename O> static LnOp<T, O> ln_op(int nch);
 #define LN_ROW(SFX, N) {ln_fwd_##SFX##_##N, ln_bwd_##SFX##_##N}
 #define LN_PICK(T, O, SFX)                                                                                        \
