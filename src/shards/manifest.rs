@@ -258,11 +258,18 @@ impl Manifest {
     }
 
     /// What must hold for the manifest to be followed at all: every shard a plain file name in the manifest's own
-    /// directory (no `../`, no absolute path), listed once; the dataset name a plain file name; the token width the
-    /// tokenizer's.
+    /// directory (no `../`, no absolute path), listed once; the dataset name a plain file name; the vocabulary size,
+    /// end-of-text id and token width the named tokenizer's.
     pub fn validate(&self) -> Result<(), String> {
         if !crate::util::is_plain_file_name(&self.dataset) {
             return Err(format!("dataset name `{}` is not a plain file name", self.dataset));
+        }
+        let named = TokenizerInfo::from(self.tokenizer.name);
+        if self.tokenizer.vocab_size != named.vocab_size || self.tokenizer.eot != named.eot {
+            return Err(format!(
+                "tokenizer {} has {} token ids and <|endoftext|> {}, but the manifest says vocab_size {} and eot {}",
+                self.tokenizer.name, named.vocab_size, named.eot, self.tokenizer.vocab_size, self.tokenizer.eot
+            ));
         }
         let width = TokenWidth::for_token_bytes(self.tokenizer.name.token_bytes());
         if self.token_width != width {
