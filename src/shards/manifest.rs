@@ -324,6 +324,22 @@ impl Manifest {
         self.shards.iter().filter(|s| s.split == split).map(|s| dir.join(&s.file)).collect()
     }
 
+    /// When the train split is empty because `--val-shards` asked for as many val shards as the dataset has (more
+    /// than one: with one, the corpus fit in a single shard and the shard size is the cause), what to say about it.
+    pub fn empty_train_because_of_val_shards(&self, dir: &Path) -> Option<String> {
+        let asked = self.definition.as_ref()?.val_shards;
+        let shards = self.shards.len();
+        let all_val = shards > 0 && self.shards.iter().all(|s| s.split == Split::Val);
+        (asked > 1 && all_val && asked >= shards).then(|| {
+            format!(
+                "{}: the train split is empty: the dataset was prepared with --val-shards {asked}, which made all \
+                 {shards} of its shard(s) val. Prep it again with a smaller --val-shards (1 is the usual) and \
+                 --overwrite",
+                dir.display()
+            )
+        })
+    }
+
     pub fn tokens_in(&self, split: Split) -> u64 {
         self.shards.iter().filter(|s| s.split == split).map(|s| s.tokens).sum()
     }

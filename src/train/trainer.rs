@@ -78,6 +78,8 @@ pub enum TrainError {
     OtherRunsCheckpoint { checkpoint: String, theirs: String, ours: String, dir: String },
     #[error(transparent)]
     Memory(#[from] crate::train::memory::MemoryError),
+    #[error("{0}")]
+    EmptyTrain(String),
     #[error("[engine] gemm_table: {0} (fix or remove the file, or unset engine.gemm_table)")]
     GemmTable(#[from] crate::cuda::gemm_table::GemmTableError),
 }
@@ -386,7 +388,13 @@ impl Trainer {
             world,
             shuffle_seed,
         };
-        let mut train = DataLoader::open_with(&data_dir, Split::Train, loader_cfg(cfg.data.shuffle_seed), opts.verify)?;
+        let mut train = DataLoader::open_with(&data_dir, Split::Train, loader_cfg(cfg.data.shuffle_seed), opts.verify)
+            .map_err(|e| match (&e, Manifest::load(&data_dir)) {
+                (LoaderError::EmptySplit { split: Split::Train, .. }, Ok(m)) => {
+                    m.empty_train_because_of_val_shards(&data_dir).map_or(TrainError::Loader(e), TrainError::EmptyTrain)
+                }
+                _ => TrainError::Loader(e),
+            })?;
         // Validation always reads the same batches, in file order, from the start.
         let val = if cfg.eval.val_every > 0 {
             Some(DataLoader::open_with(&data_dir, Split::Val, loader_cfg(None), opts.verify)?)
