@@ -44,7 +44,8 @@ pub fn reconcile(
     let mut reasons = Vec::new();
     match requested.model.resolve(data_vocab) {
         Ok(model) => {
-            let (was, now) = (flatten_json(&saved.model), flatten_json(&model));
+            // Resolved values are compared: `rope_theta = 10000.0` spelled out is the default left unset.
+            let (was, now) = (flatten_json(&resolved_model(&saved.model)), flatten_json(&resolved_model(&model)));
             for (key, old, new) in changed(&was, &now) {
                 reasons.push(format!("model {key} {old} -> {new} (the checkpoint's weights have its model's shape)"));
             }
@@ -93,6 +94,19 @@ pub fn reconcile(
         Ok(applied)
     } else {
         Err(ResumeRefused { checkpoint: checkpoint.display().to_string(), reasons })
+    }
+}
+
+/// `cfg` with every optional field at the value it takes (KV heads, MLP width, rotary base for Llama, tied head), so
+/// two configs that build the same model compare equal.
+fn resolved_model(cfg: &crate::model::ModelConfig) -> crate::model::ModelConfig {
+    let llama = cfg.arch == crate::model::Architecture::Llama;
+    crate::model::ModelConfig {
+        n_kv_head: Some(cfg.kv_heads()),
+        ffn_hidden: Some(cfg.hidden()),
+        rope_theta: if llama { Some(cfg.rope_base()) } else { cfg.rope_theta },
+        tie_word_embeddings: Some(cfg.tied()),
+        ..cfg.clone()
     }
 }
 
