@@ -25,7 +25,7 @@ use crate::util::{io_at, PathIoError};
 
 /// The names and the state a checkpoint holds live in `train::state` (shared with `resume` and `run_dir`).
 pub use crate::train::state::{
-    RngState, TrainState, CHECKPOINT_VERSION, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, TENSOR_FILES,
+    RngState, TrainState, CHECKPOINTS_DIR, CHECKPOINT_VERSION, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, TENSOR_FILES,
 };
 
 #[derive(Debug, thiserror::Error)]
