@@ -267,6 +267,53 @@ mod tests {
         assert!(DirLock::exclusive(&d).is_ok());
     }
 
+    /// Issue 26: `report --out` and `prep hellaswag` on a full disk left their full-size `NAME.tmp.PID` behind. A write
+    /// that fails (here the rename: the target is a non-empty directory) removes its temp; one never goes through a
+    /// link planted at the temp name.
+    #[test]
+    fn a_failed_atomic_write_leaves_no_temp_and_follows_no_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("report.svg");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("inside"), "x").unwrap();
+        assert!(write_atomic(&target, b"<svg/>").is_err());
+        let names: Vec<String> =
+            fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["report.svg"], "no temp left");
+        #[cfg(unix)]
+        {
+            let precious = dir.path().join("precious.txt");
+            std::fs::write(&precious, "mine").unwrap();
+            let out = dir.path().join("out.txt");
+            std::os::unix::fs::symlink(&precious, temp_path_for(&out)).unwrap();
+            assert!(write_atomic(&out, b"new").is_err());
+            assert_eq!(std::fs::read(&precious).unwrap(), b"mine");
+        }
+    }
+
+    #[test]
+    fn a_lock_file_tokenmill_did_not_make_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let precious = dir.path().join("precious.txt");
+        std::fs::write(&precious, "irreplaceable").unwrap();
+        let d = dir.path().join("out");
+        std::fs::create_dir(&d).unwrap();
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(&precious, d.join(LOCK_FILE)).unwrap();
+            let err = DirLock::exclusive(&d).unwrap_err().to_string();
+            assert!(err.contains("symbolic link") && err.contains("not a lock file tokenmill made"), "{err}");
+            std::fs::remove_file(d.join(LOCK_FILE)).unwrap();
+            std::fs::hard_link(&precious, d.join(LOCK_FILE)).unwrap();
+            assert!(DirLock::exclusive(&d).unwrap_err().to_string().contains("hard link"));
+            std::fs::remove_file(d.join(LOCK_FILE)).unwrap();
+        }
+        std::fs::write(d.join(LOCK_FILE), "my notes, not a pid").unwrap();
+        assert!(DirLock::shared(&d).is_err());
+        assert_eq!(std::fs::read(&precious).unwrap(), b"irreplaceable");
+        assert_eq!(std::fs::read(d.join(LOCK_FILE)).unwrap(), b"my notes, not a pid");
+    }
+
     #[test]
     fn plain_file_names_stay_in_their_directory() {
         for ok in ["a.bin", "tiny_val_000000.bin", "x..y"] {

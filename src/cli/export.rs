@@ -193,3 +193,24 @@ fn remove_staging(staging: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 26: an export whose rename into place failed (another export got there first, a mount point) left its
+    /// full-size temp folder behind.
+    #[test]
+    fn a_failed_export_leaves_no_staging_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("hf");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("theirs.txt"), "there first").unwrap();
+        let cfg = crate::model::ModelConfig::preset("tiny").unwrap();
+        let model = crate::model::build_model(&cfg, Precision::FP32, &candle_core::Device::Cpu, 1).unwrap();
+        let err = export_staged(model, &dir).unwrap_err().to_string();
+        assert!(err.contains("could not put the export in place"), "{err}");
+        assert_eq!(output::entries(tmp.path(), &[]).unwrap(), ["hf"], "no staging folder left");
+        assert_eq!(output::entries(&dir, &[]).unwrap(), ["theirs.txt"], "the winner's folder is untouched");
+    }
+}

@@ -619,6 +619,38 @@ mod tests {
         assert!(err.contains("world = 64 * 1024 * 3"), "{err}");
     }
 
+    /// Issue 26: `optim.grad_clip=nan` turned clipping off and `optim.eps=inf` froze learning, both with status 0;
+    /// `weight_decay=nan` came back as "divergence (lower optim.max_lr)". Every optimizer constant must be finite.
+    #[test]
+    fn non_finite_optimizer_constants_are_refused_naming_the_key() {
+        for (key, value) in [
+            ("grad_clip", "nan"),
+            ("eps", "inf"),
+            ("weight_decay", "nan"),
+            ("max_lr", "inf"),
+            ("min_lr_ratio", "nan"),
+            ("betas", "[nan, 0.95]"),
+        ] {
+            let err = TrainConfig::resolve(None, &[format!("optim.{key}={value}")]).unwrap_err().to_string();
+            assert!(err.contains(&format!("[optim] {key}")) && err.contains("finite"), "{key}={value}: {err}");
+        }
+    }
+
+    /// Issue 26: `micro_batch=4611686018427387905 seq_len=4 total_batch_tokens=4` passed validation (B * T wrapped to
+    /// 4) and panicked with a backtrace; sizes are multiplied with checked arithmetic, and a model size beyond any model
+    /// is refused before it is multiplied.
+    #[test]
+    fn sizes_that_overflow_when_multiplied_are_refused() {
+        let o = ["data.micro_batch=4611686018427387905", "data.seq_len=4", "data.total_batch_tokens=4"];
+        let err = TrainConfig::resolve(None, &o.map(String::from)).unwrap_err().to_string();
+        assert!(err.contains("does not fit in 64 bits") && err.contains("4611686018427387905"), "{err}");
+        let cfg = TrainConfig::resolve(None, &[]).unwrap();
+        let err = cfg.grad_accum_steps(usize::MAX).unwrap_err().to_string();
+        assert!(err.contains("does not fit"), "{err}");
+        let err = TrainConfig::resolve(None, &["model.n_embd=4611686018427387904".into()]).unwrap_err().to_string();
+        assert!(err.contains("[model] n_embd 4611686018427387904 is larger than any model dimension"), "{err}");
+    }
+
     #[test]
     fn saved_config_round_trips() {
         let cfg = TrainConfig::resolve(None, &["eval.hellaswag_file=\"x/h.bin\"".into()]).unwrap();
