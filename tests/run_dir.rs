@@ -508,3 +508,40 @@ fn report_says_how_many_examples_a_hellaswag_score_is_over() {
     let line = out.lines().find(|l| l.starts_with("hellaswag")).unwrap();
     assert!(line.contains("n=10 of 10042") && line.contains("not comparable"), "{out}");
 }
+
+/// Hang: `report` spun forever when a loss series had no finite value (`0 train nan`; also inf, -inf, +-1e308). A
+/// value no axis can hold is left out (and said); a log with nothing finite is refused. (A watchdog turns a hang
+/// back into a failure.)
+#[test]
+fn report_of_a_log_without_finite_values_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, (log, finite)) in
+        [("0 train nan\n", false), ("0 train inf\n1 train -inf\n", false), ("0 train 1e308\n1 train -1e308\n", true)]
+            .into_iter()
+            .enumerate()
+    {
+        let run = tmp.path().join(format!("run{i}"));
+        std::fs::create_dir(&run).unwrap();
+        std::fs::write(run.join("log.txt"), log).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tokenmill"))
+            .args(["report", s(&run)])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > std::time::Duration::from_secs(120) {
+                child.kill().unwrap();
+                panic!("report on {log:?} did not end");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), finite, "{log:?}: {stderr}");
+        if !finite {
+            assert!(stderr.contains("no finite value to plot"), "{stderr}");
+        }
+    }
+}

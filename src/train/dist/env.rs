@@ -208,6 +208,14 @@ mod tests {
         assert_eq!(e.cuda_device(), "cuda:1");
     }
 
+    /// Issue 26: a world of 10^12 (`launch --nnodes 1000000000000`) made rank 0's rendezvous abort in the allocator.
+    #[test]
+    fn a_world_beyond_any_job_is_refused() {
+        let big = (MAX_WORLD + 1).to_string();
+        let err = parse(&[("RANK", "0"), ("WORLD_SIZE", &big), ("LOCAL_RANK", "0")]).unwrap_err().to_string();
+        assert!(err.contains("WORLD_SIZE") && err.contains(&format!("at most {MAX_WORLD}")), "{err}");
+    }
+
     #[test]
     fn world_size_one_from_the_launcher_is_a_group_with_defaults() {
         let e = parse(&[("RANK", "0"), ("WORLD_SIZE", "1")]).unwrap().unwrap();
