@@ -60,11 +60,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// that step: a resumed run may have logged it twice).
 fn hellaswag_examples_at(log_dir: &Path, step: usize) -> Option<usize> {
     let text = std::fs::read_to_string(log_dir.join(METRICS_JSONL)).ok()?;
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<Event>(l).ok())
-        .filter_map(|e| match e {
-            Event::Hella { step: s, n, .. } if s == step => Some(n),
-            _ => None,
-        })
-        .last()
+    text.lines().rev().filter_map(|l| serde_json::from_str::<Event>(l).ok()).find_map(|e| match e {
+        Event::Hella { step: s, n, .. } if s == step => Some(n),
+        _ => None,
+    })
 }
