@@ -545,3 +545,22 @@ fn report_of_a_log_without_finite_values_ends() {
         }
     }
 }
+
+/// The lock's rule for every file a run writes (data loss 2's class): a link planted at `log.txt` is never written
+/// through, by a fresh run or a resume.
+#[test]
+fn a_link_planted_at_a_runs_log_is_never_written_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let precious = tmp.path().join("precious.txt");
+    std::fs::write(&precious, "0 train 1.0\nirreplaceable\n").unwrap();
+    ok(train(&["--log-dir", s(&run), "--max-steps", "2"]));
+    std::fs::remove_file(run.join("log.txt")).unwrap();
+    std::os::unix::fs::symlink(&precious, run.join("log.txt")).unwrap();
+    let _ = train(&["--log-dir", s(&run), "--max-steps", "2", "--overwrite"]);
+    assert_eq!(read(&precious), b"0 train 1.0\nirreplaceable\n");
+    if run.join("log.txt").is_symlink() {
+        let _ = train(&["--resume", s(&run), "--max-steps", "4"]);
+    }
+    assert_eq!(read(&precious), b"0 train 1.0\nirreplaceable\n");
+}
