@@ -88,6 +88,8 @@ pub enum RunDirError {
     WouldRemoveResumed { checkpoint: String },
     #[error("{path}: not a tokenmill run marker ({message}); the directory is not one tokenmill can prove it made")]
     BadMarker { path: String, message: String },
+    #[error(transparent)]
+    Path(#[from] crate::output::OutputError),
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -382,11 +384,7 @@ fn inside(path: &Path, dir: &Path) -> bool {
 /// Refuse, without changing anything, a claim the directory cannot grant (another process's lock, another run, a
 /// directory that is not tokenmill's). Taking it ([`RunDir::take`]) checks again under the lock.
 pub fn check(dir: &Path, checkpoint_root: &Path, claim: Claim) -> Result<(), RunDirError> {
-    output::check_dir_path(dir).map_err(|e| RunDirError::Foreign {
-        dir: dir.display().to_string(),
-        entries: e.to_string(),
-        why: "a path tokenmill will not create",
-    })?;
+    output::check_dir_path(dir)?;
     if let Some(busy) = DirLock::held_elsewhere(dir) {
         return Err(busy.into());
     }

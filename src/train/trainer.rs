@@ -179,7 +179,8 @@ fn claim_run_dir(
     notes: &mut Vec<String>,
 ) -> Result<Option<RunDir>, TrainError> {
     run_dir::check(log_dir, checkpoint_root, claim)?;
-    if let (Claim::Resume { own: true, .. }, true) = (claim, log_dir.is_dir() || checkpoint_root.is_dir()) {
+    let something_to_resume = checkpoint_root.is_dir() || resumed_from.is_some_and(Path::is_dir);
+    if let (Claim::Resume { own: true, .. }, true) = (claim, something_to_resume) {
         let (dir, n) = RunDir::take(log_dir, checkpoint_root, claim, resumed_from)?;
         notes.extend(n);
         notes.extend(checkpoint::clean_stale(checkpoint_root)?);
