@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::model::{hf::export_hf, load_model, Architecture, Precision};
+use crate::model::{hf::export_hf, load_model, Precision};
 use crate::output;
 
 /// The file that proves a staging folder is an export's (what a later export may remove).
@@ -25,8 +25,8 @@ const STAGED: &str = "export";
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ExportCommand {
-    /// Write a Hugging Face folder (GPT2LMHeadModel or LlamaForCausalLM: config.json + model.safetensors, and
-    /// GPT-2's tokenizer files for a GPT-2 vocabulary) from a checkpoint.
+    /// Write a Hugging Face folder (GPT2LMHeadModel, LlamaForCausalLM or Qwen2ForCausalLM: config.json +
+    /// model.safetensors, and GPT-2's tokenizer files for a GPT-2 vocabulary) from a checkpoint.
     Hf {
         /// A tokenmill checkpoint directory (or weights file, or HF folder).
         checkpoint: PathBuf,
@@ -62,10 +62,7 @@ pub fn run(c: ExportCommand) -> anyhow::Result<()> {
                     cfg.real_vocab_size
                 );
             }
-            let class = match cfg.arch {
-                Architecture::Gpt2 => "GPT-2",
-                Architecture::Llama => "Llama",
-            };
+            let class = cfg.arch.spec().hf.class;
             println!(
                 "wrote {} ({class} L{} H{} C{}, vocab {}, {params} parameters)",
                 dir.display(),

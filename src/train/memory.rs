@@ -10,7 +10,7 @@
 //! allocation failure aborts the process. On CUDA the device's allocator returns an error instead, so there only a
 //! size that cannot be represented is refused here.
 
-use crate::model::{Architecture, ModelConfig};
+use crate::model::ModelConfig;
 
 /// Bytes per parameter a training run holds: fp32 weights, fp32 gradients, AdamW's fp32 first and second moments.
 pub const TRAIN_BYTES_PER_PARAM: u64 = 4 + 4 + 4 + 4;
@@ -70,41 +70,20 @@ fn sum(terms: &[Option<u64>]) -> Option<u64> {
     terms.iter().try_fold(0u64, |acc, t| acc.checked_add((*t)?))
 }
 
-/// The parameter count of `cfg` (the sum over `model::param_specs`, computed without listing them: a million layers
-/// would be a million entries), or `None` when it does not fit 64 bits.
+/// The parameter count of `cfg`: the model's own parameter list (`model::param_specs`, the architecture's row) for
+/// one and for two layers gives what the embeddings and head hold and what each layer adds, so a million layers are
+/// counted without listing them; every size is multiplied checked. `None` when it does not fit 64 bits.
 pub fn parameters(cfg: &ModelConfig) -> Option<u64> {
-    let u = |x: usize| x as u64;
-    let (c, v, t, l, h) = (u(cfg.n_embd), u(cfg.vocab_size), u(cfg.block_size), u(cfg.n_layer), u(cfg.hidden()));
-    let per_layer = match cfg.arch {
-        // ln_1, c_attn (3C x C + 3C), c_proj (C x C + C), ln_2, c_fc (4C x C + 4C), mlp c_proj (C x 4C + C).
-        Architecture::Gpt2 => {
-            let h = product(&[4, c])?;
-            sum(&[
-                product(&[4, c]),
-                product(&[3, c, c]),
-                product(&[3, c]),
-                product(&[c, c]),
-                Some(c),
-                product(&[h, c]),
-                Some(h),
-                product(&[c, h]),
-                Some(c),
-            ])?
-        }
-        // input and post-attention RMSNorm, q and o (C x C), k and v (KV*HS x C), gate and up (H x C), down (C x H).
-        Architecture::Llama => {
-            let kvw = product(&[u(cfg.kv_heads()), u(cfg.head_size())])?;
-            sum(&[product(&[2, c]), product(&[2, c, c]), product(&[2, kvw, c]), product(&[3, h, c])])?
-        }
+    let listed = |n_layer: usize| -> Option<u64> {
+        let specs = crate::model::param_specs(&ModelConfig { n_layer, ..cfg.clone() });
+        let sizes: Vec<Option<u64>> =
+            specs.iter().map(|p| product(&p.shape.iter().map(|&d| d as u64).collect::<Vec<_>>())).collect();
+        sum(&sizes)
     };
-    let layers = product(&[per_layer, l])?;
-    match cfg.arch {
-        Architecture::Gpt2 => sum(&[product(&[v, c]), product(&[t, c]), Some(layers), product(&[2, c])]),
-        Architecture::Llama => {
-            let head = if cfg.tied() { Some(0) } else { product(&[v, c]) };
-            sum(&[product(&[v, c]), Some(layers), Some(c), head])
-        }
-    }
+    let (one, two) = (listed(1)?, listed(2)?);
+    let per_layer = two.checked_sub(one)?;
+    let outside = one.checked_sub(per_layer)?;
+    outside.checked_add(per_layer.checked_mul(cfg.n_layer as u64)?)
 }
 
 /// Activation values one micro-batch of `b` x `t` tokens keeps for its backward (llm.c's list): per layer and token

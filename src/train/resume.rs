@@ -97,15 +97,16 @@ pub fn reconcile(
     }
 }
 
-/// `cfg` with every optional field at the value it takes (KV heads, MLP width, rotary base for Llama, tied head), so
-/// two configs that build the same model compare equal.
+/// `cfg` with every optional field at the value it takes (KV heads, MLP width, rotary base where the architecture has
+/// rotary positions, tied head, norm epsilon), so two configs that build the same model compare equal.
 fn resolved_model(cfg: &crate::model::ModelConfig) -> crate::model::ModelConfig {
-    let llama = cfg.arch == crate::model::Architecture::Llama;
+    let rotary = cfg.arch.spec().positions == crate::model::arch::Positions::Rotary;
     crate::model::ModelConfig {
         n_kv_head: Some(cfg.kv_heads()),
         ffn_hidden: Some(cfg.hidden()),
-        rope_theta: if llama { Some(cfg.rope_base()) } else { cfg.rope_theta },
+        rope_theta: if rotary { Some(cfg.rope_base()) } else { cfg.rope_theta },
         tie_word_embeddings: Some(cfg.tied()),
+        norm_eps: Some(cfg.eps()),
         ..cfg.clone()
     }
 }

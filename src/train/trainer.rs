@@ -18,6 +18,7 @@ use crate::tokenizer::{Tokenizer, TokenizerKind};
 use crate::train::checkpoint::{self, CheckpointError, RngState, TrainState, CHECKPOINT_VERSION};
 use crate::train::config::{ComputeDtype, ConfigError, TrainConfig};
 use crate::train::engine::{self, Engine, EngineKind};
+use crate::train::init::{InitError, InitModel};
 use crate::train::log::{Event, RunLog, StepStats};
 use crate::train::optim::{AdamWConfig, OptimError};
 use crate::train::resume::{self, DataIdentity, ResumeRefused};
@@ -59,6 +60,8 @@ pub enum TrainError {
     RunDir(#[from] RunDirError),
     #[error(transparent)]
     Manifest(#[from] crate::shards::manifest::ManifestError),
+    #[error(transparent)]
+    Init(Box<InitError>),
     #[error(
         "{dir}/manifest.json says complete: false: the prep that wrote it stopped before the end of its input (killed, \
          or still running) after {shards} shard(s), {tokens} tokens. Re-run the same `tokenmill prep` command to \
@@ -82,6 +85,12 @@ pub enum TrainError {
     EmptyTrain(String),
     #[error("[engine] gemm_table: {0} (fix or remove the file, or unset engine.gemm_table)")]
     GemmTable(#[from] crate::cuda::gemm_table::GemmTableError),
+}
+
+impl From<InitError> for TrainError {
+    fn from(e: InitError) -> Self {
+        TrainError::Init(Box::new(e))
+    }
 }
 
 /// How a run starts.
@@ -262,20 +271,32 @@ fn hellaswag_examples(
     }
 }
 
-/// The model (fresh from the seed, or a resume's checkpoint), its weights made equal across processes, and the
-/// engine `[run] engine` picks over it.
+/// A fresh run's `[model] init` model, found, with the data's tokenizer checked against it (None: no init, or a
+/// resume, which starts from its checkpoint).
+fn open_init(cfg: &TrainConfig, resumed: bool, data_dir: &Path) -> Result<Option<InitModel>, TrainError> {
+    let Some(spec) = cfg.model.init.as_deref().filter(|_| !resumed) else { return Ok(None) };
+    let init = InitModel::open(spec)?;
+    if Manifest::path_in(data_dir).exists() {
+        init.check_data_tokenizer(data_dir, &Manifest::load(data_dir)?.tokenizer)?;
+    }
+    Ok(Some(init))
+}
+
+/// The model (fresh from the seed or from `init`'s weights, or a resume's checkpoint), its weights made equal across
+/// processes, and the engine `[run] engine` picks over it.
 fn build_engine(
     cfg: &TrainConfig,
     model_cfg: &ModelConfig,
-    resume_dir: Option<&Path>,
+    (resume_dir, init): (Option<&Path>, Option<&InitModel>),
     device: &Device,
     dtype: ComputeDtype,
     reducer: &dyn Reducer,
 ) -> Result<Box<dyn Engine>, TrainError> {
     crate::device::set_tf32(cfg.run.tf32);
-    let model = match resume_dir {
-        Some(dir) => model::load_checkpoint_model(dir, dtype.precision(), device)?,
-        None => model::build_model(model_cfg, dtype.precision(), device, cfg.run.seed)?,
+    let model = match (resume_dir, init) {
+        (Some(dir), _) => model::load_checkpoint_model(dir, dtype.precision(), device)?,
+        (None, Some(init)) => init.load(model_cfg, dtype.precision(), device)?,
+        (None, None) => model::build_model(model_cfg, dtype.precision(), device, cfg.run.seed)?,
     };
     if model.config() != model_cfg {
         return Err(TrainError::Resume(format!(
@@ -410,12 +431,14 @@ impl Trainer {
         let hellaswag = hellaswag_examples(&cfg, &data_dir, data_vocab, &data)?;
         // What the run needs, from the config alone, before the model and its optimizer state are allocated.
         crate::train::memory::check(&model_cfg, cfg.data.micro_batch, cfg.data.seq_len, device.is_cpu(), "train")?;
-        if let Some(table) = &cfg.engine.gemm_table {
+        if let crate::train::decoder::options::GemmTableChoice::File(table) = &cfg.engine.gemm_table {
             // Read (and checked) whatever the engine: a missing or garbage file is named, not recorded silently.
             crate::cuda::gemm_table::GemmTable::load(table)?;
         }
+        let init = open_init(&cfg, resume_dir.is_some(), &data_dir)?;
 
-        let mut engine = build_engine(&cfg, &model_cfg, resume_dir.as_deref(), &device, dtype, &*opts.reducer)?;
+        let sources = (resume_dir.as_deref(), init.as_ref());
+        let mut engine = build_engine(&cfg, &model_cfg, sources, &device, dtype, &*opts.reducer)?;
         let mut rng = ChaCha20Rng::seed_from_u64(cfg.run.seed);
         let mut step = 0;
         if let (Some(dir), Some(state)) = (&resume_dir, &resume_state) {
@@ -489,8 +512,8 @@ impl Trainer {
             self.device,
             self.engine.kind().name()
         ));
-        if self.engine.kind() == EngineKind::Cuda {
-            log.note(&format!("[engine] {}", self.cfg.engine.describe()));
+        if let Some(resolved) = self.engine.resolved() {
+            log.note(&format!("[engine] {} (resolved: {resolved})", self.cfg.engine.describe()));
         } else if self.cfg.engine != crate::train::config::EngineOptions::default() {
             log.note(&format!(
                 "note: [engine] {} applies to the cuda engine only; this run's {} engine on {:?} does not use it \
@@ -680,6 +703,7 @@ impl Trainer {
             config: self.cfg.clone(),
             model: self.engine.model().config().clone(),
             data: Some(self.data.clone()),
+            engine: self.engine.resolved(),
             run_id: self.run_dir.as_ref().map(|d| d.marker().run_id.clone()),
             checksums: Default::default(), // filled in by checkpoint::save
             tool_version: crate::TOOL_VERSION.to_string(),
