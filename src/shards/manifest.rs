@@ -258,14 +258,16 @@ impl Manifest {
     }
 
     /// What must hold for the manifest to be followed at all: every shard a plain file name in the manifest's own
-    /// directory (no `../`, no absolute path), listed once; the dataset name a plain file name; the vocabulary size,
-    /// end-of-text id and token width the named tokenizer's.
+    /// directory (no `../`, no absolute path), listed once; the dataset name a plain file name; the end-of-text id and
+    /// token width the named tokenizer's, and no more token ids than it has.
     pub fn validate(&self) -> Result<(), String> {
         if !crate::util::is_plain_file_name(&self.dataset) {
             return Err(format!("dataset name `{}` is not a plain file name", self.dataset));
         }
+        // More ids than the tokenizer has cannot come from it (a model would be built with rows no token uses); fewer
+        // is a restricted vocabulary, which the loader holds every shard id to.
         let named = TokenizerInfo::from(self.tokenizer.name);
-        if self.tokenizer.vocab_size != named.vocab_size || self.tokenizer.eot != named.eot {
+        if self.tokenizer.vocab_size > named.vocab_size || self.tokenizer.eot != named.eot {
             return Err(format!(
                 "tokenizer {} has {} token ids and <|endoftext|> {}, but the manifest says vocab_size {} and eot {}",
                 self.tokenizer.name, named.vocab_size, named.eot, self.tokenizer.vocab_size, self.tokenizer.eot
