@@ -13,6 +13,7 @@ pub mod device;
 pub mod eval;
 pub mod hub;
 pub mod model;
+pub mod output;
 pub mod pipelines;
 pub mod shards;
 pub mod tokenizer;

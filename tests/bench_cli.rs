@@ -475,3 +475,81 @@ fn gemm_tune_refuses_what_it_cannot_time_and_writes_nothing() {
     assert!(!ok && err.contains("--reps"), "{err}");
     assert!(!out.exists(), "a refused tuning wrote {out:?}");
 }
+
+/// Issue 26, data loss 3: `bench --json FILE` / `--csv FILE` replaced any existing file, a run's `log.txt` included
+/// (`report --out` refused this; bench did not). Every output follows one rule: a file is replaced only when it is
+/// the same kind of output tokenmill wrote. The refusal comes before anything runs.
+#[test]
+fn bench_outputs_replace_only_a_bench_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("log.txt");
+    std::fs::write(&log, "0 train 10.9\n").unwrap();
+    let bench = |flag: &str, path: &Path| {
+        tokenmill(&[
+            "bench",
+            "--model",
+            "tiny",
+            "--device",
+            "cpu",
+            "--batch",
+            "1",
+            "--seq-len",
+            "16",
+            "--warmup",
+            "0",
+            "--steps",
+            "1",
+            "--what",
+            "forward",
+            "--peak-size",
+            "64",
+            flag,
+            path.to_str().unwrap(),
+        ])
+    };
+    for flag in ["--json", "--csv"] {
+        let (ok, _, stderr) = bench(flag, &log);
+        assert!(!ok && stderr.contains("is not a bench") && stderr.contains("log.txt"), "{stderr}");
+        assert!(!stderr.contains("cases\n"), "refused before running: {stderr}");
+    }
+    assert_eq!(std::fs::read(&log).unwrap(), b"0 train 10.9\n");
+    // Its own outputs are replaced, run after run; a JSON file that is not a bench result is not.
+    let (json, csv) = (tmp.path().join("b.json"), tmp.path().join("b.csv"));
+    for _ in 0..2 {
+        for (flag, path) in [("--json", &json), ("--csv", &csv)] {
+            let (ok, _, stderr) = bench(flag, path);
+            assert!(ok, "{stderr}");
+        }
+    }
+    std::fs::write(&json, "{\"my\": \"data\"}").unwrap();
+    let (ok, _, stderr) = bench("--json", &json);
+    assert!(!ok && stderr.contains("is not a bench result"), "{stderr}");
+}
+
+/// Issue 26, resources: `bench --batch 1000000000` aborted with `memory allocation of N bytes failed`, a backtrace and
+/// SIGABRT. What a case needs is estimated first; one that cannot fit is refused (a failed row), with the numbers.
+#[test]
+fn a_bench_case_too_big_for_memory_is_refused_with_the_numbers() {
+    let (ok, stdout, stderr) = tokenmill(&[
+        "bench",
+        "--model",
+        "tiny",
+        "--device",
+        "cpu",
+        "--batch",
+        "1000000000",
+        "--seq-len",
+        "64",
+        "--warmup",
+        "0",
+        "--steps",
+        "1",
+        "--what",
+        "forward",
+        "--peak-size",
+        "64",
+    ]);
+    let all = format!("{stdout}{stderr}");
+    assert!(!ok && all.contains("GiB") && all.contains("nothing was allocated"), "{all}");
+    assert!(!all.contains("memory allocation of") && !all.contains("panicked"), "{all}");
+}

@@ -342,3 +342,37 @@ fn hellaswag_batched_timing() {
     let batched = t0.elapsed().as_secs_f64();
     println!("TIMING hellaswag 200 tasks, tiny GPT-2 (L2 C32), CPU: one example per forward {alone:.2} s, batched {batched:.2} s ({:.1}x); n={}", alone / batched, score.n);
 }
+
+/// Issue 26, silent wrong result 7 and misleading 6: eval-file ids 50257..50303 (outside GPT-2's vocabulary, inside
+/// the model's padding) were scored, and an id past the model's rows (60000) failed with candle's `index-select
+/// invalid index` and a backtrace naming neither the file nor the example. The file is refused where it is read.
+#[test]
+fn eval_file_ids_outside_gpt2s_vocabulary_are_refused_naming_the_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(256);
+    let ckpt = dir.path().join("ckpt");
+    std::fs::create_dir_all(&ckpt).unwrap();
+    tokenmill::model::save_model_weights(&*model, &ckpt.join("model.safetensors")).unwrap();
+    for bad in [50_300u32, 60_000] {
+        let mut examples = real_examples(3, dir.path());
+        examples[1].endings[2][0] = bad;
+        let path = dir.path().join(format!("bad-{bad}.bin"));
+        hellaswag_file::write(&path, &examples).unwrap();
+        let err = HellaswagFile::open(&path).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("is {bad}, outside GPT-2's 50257 token ids")) && err.contains("example 1"),
+            "{err}"
+        );
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokenmill"))
+            .args(["eval", "hellaswag", "--device", "cpu", "--model"])
+            .arg(&ckpt)
+            .arg("--data")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(stderr.contains(path.to_str().unwrap()) && stderr.contains("example 1"), "{stderr}");
+        assert!(!stderr.contains("index-select") && !stderr.contains("backtrace"), "{stderr}");
+    }
+}

@@ -216,3 +216,106 @@ fn prep_overwrite_deletes_nothing_a_tampered_manifest_names_outside_out() {
     assert_eq!(std::fs::read(dir.path().join("abs.bin")).unwrap(), b"precious too");
     assert_eq!(listing(&data), before, "nothing in --out was deleted either");
 }
+
+// Issue 26: never use state tokenmill cannot vouch for.
+
+/// A 2-step run in `dir/log` on tiny Shakespeare prepared into `dir/data`; returns (data, log).
+fn two_steps(dir: &Path) -> (PathBuf, PathBuf) {
+    let (data, log) = (dir.join("data"), dir.join("log"));
+    common::prep_tiny_shakespeare(&data);
+    let mut t = Trainer::new(tiny(&data, &log), options(Resume::No, true)).unwrap();
+    t.run(Some(2)).unwrap();
+    (data, log)
+}
+
+/// Edit `ckpt/state.json` as JSON.
+fn edit_state(ckpt: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = ckpt.join(checkpoint::STATE_FILE);
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+fn resume_error(data: &Path, log: &Path, resume: Resume) -> String {
+    match Trainer::new(tiny(data, log), options(resume, true)) {
+        Ok(_) => panic!("resumed from a checkpoint it cannot vouch for"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Silent wrong result 3: a manifest whose `tokenizer.vocab_size` is not the named tokenizer's (70000 for GPT-2) passed
+/// `verify`, and `train` built a 70016-row model.
+#[test]
+fn a_manifest_whose_vocab_size_is_not_its_tokenizers_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::prep_tiny_shakespeare(&data);
+    let path = Manifest::path_in(&data);
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v["tokenizer"]["vocab_size"] = serde_json::json!(70000);
+    std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    let (ok, out) = verify(&data);
+    assert!(!ok && out.contains("vocab_size 70000") && out.contains("50257"), "{out}");
+    let err = resume_error(&data, &dir.path().join("log"), Resume::No);
+    assert!(err.contains("vocab_size 70000"), "{err}");
+}
+
+/// Silent wrong result 4: `verify` passed a checkpoint whose state.json lost its checksums (with a flipped byte in the
+/// weights), and resume loaded it. A version-2 checkpoint always records them: without, it cannot be vouched for.
+#[test]
+fn a_checkpoint_whose_state_lost_its_checksums_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, log) = two_steps(dir.path());
+    let ckpt = checkpoint::step_dir(&log.join("checkpoints"), 2);
+    scribble(&ckpt.join(checkpoint::MODEL_FILE), 64);
+    edit_state(&ckpt, |v| {
+        v.as_object_mut().unwrap().remove("checksums");
+    });
+    let (ok, out) = verify(&ckpt);
+    assert!(!ok && out.contains("records no checksum for model.safetensors"), "{out}");
+    let err = resume_error(&data, &log, Resume::Latest);
+    assert!(err.contains("records no checksum") && err.contains("--no-verify"), "{err}");
+}
+
+/// Silent wrong result 5: `verify RUN` passed when the latest checkpoint folder lost its state.json, and resume and
+/// sample silently fell back to an older checkpoint.
+#[test]
+fn a_latest_checkpoint_that_lost_its_state_is_named_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, log) = two_steps(dir.path());
+    let mut t = Trainer::new(tiny(&data, &log), options(Resume::Latest, true)).unwrap();
+    t.run(Some(4)).unwrap();
+    drop(t);
+    let step4 = checkpoint::step_dir(&log.join("checkpoints"), 4);
+    std::fs::remove_file(step4.join(checkpoint::STATE_FILE)).unwrap();
+    let (ok, out) = verify(&log);
+    assert!(!ok && out.contains("step_000004") && out.contains("DAMAGED  no state.json"), "{out}");
+    let err = resume_error(&data, &log, Resume::Latest);
+    assert!(err.contains("step_000004") && err.contains("step_000002"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenmill"))
+        .args(["sample", "--device", "cpu", "--num-samples", "1", "--max-tokens", "12", "--model"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("step_000004"), "{stderr}");
+}
+
+/// Silent wrong result 9: an edited `step` in state.json (5 in step_000002) was believed: it moved the checkpoint it
+/// had just loaded into `abandoned/`. The step must be the folder's and the optimizer's.
+#[test]
+fn an_edited_step_in_state_json_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, log) = two_steps(dir.path());
+    let ckpt = checkpoint::step_dir(&log.join("checkpoints"), 2);
+    edit_state(&ckpt, |v| v["step"] = serde_json::json!(5));
+    let err = resume_error(&data, &log, Resume::From(ckpt.clone()));
+    assert!(err.contains("step 5 in a folder named for step 2"), "{err}");
+    assert!(ckpt.join(checkpoint::STATE_FILE).is_file(), "nothing was moved");
+    edit_state(&ckpt, |v| {
+        v["step"] = serde_json::json!(2);
+        v["optimizer_steps"] = serde_json::json!(7);
+    });
+    let (ok, out) = verify(&ckpt);
+    assert!(!ok && out.contains("7 optimizer steps"), "{out}");
+}

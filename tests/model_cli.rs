@@ -116,3 +116,52 @@ fn an_hf_folder_without_config_json_names_config_json() {
     let (ok, _, err) = tokenmill(&["sample", "--model", out.to_str().unwrap(), "--max-tokens", "8"]);
     assert!(!ok && err.contains("config.json") && err.contains("an HF GPT-2 folder"), "{err}");
 }
+
+/// Issue 26, resources: exports that failed or were killed left full-size `DIR.tmp.PID` folders nothing cleaned. An
+/// export builds in a marked staging folder; what a killed one left, the next export to the same folder removes (only
+/// a marked folder of a process that is gone: anything else with that name is left alone).
+#[test]
+fn a_killed_exports_staging_folder_is_removed_by_the_next_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tiny_checkpoint(tmp.path());
+    let dead = || {
+        let mut child = Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        child.id()
+    };
+    let (dead, dead_too) = (dead(), dead());
+    let stale = tmp.path().join(format!("hf.tmp.{dead}"));
+    std::fs::create_dir_all(stale.join("export.tmp.1")).unwrap();
+    std::fs::write(stale.join(".tokenmill-export"), format!("{dead}\n")).unwrap();
+    std::fs::write(stale.join("export.tmp.1/model.safetensors"), vec![0u8; 1 << 20]).unwrap();
+    let theirs = tmp.path().join(format!("hf.tmp.{dead_too}"));
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::write(theirs.join("notes.txt"), "mine").unwrap();
+    let out = tmp.path().join("hf");
+    let (ok, _, err) = tokenmill(&["export", "hf", &ckpt, out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(err.contains("removed") && !stale.exists(), "{err}");
+    assert!(theirs.join("notes.txt").is_file(), "an unmarked folder is not an export's");
+    let left: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("hf.tmp."))
+        .collect();
+    assert_eq!(left, [theirs.file_name().unwrap().to_string_lossy()], "no staging folder of this export is left");
+}
+
+/// Issue 26, silent wrong result 8: `sample --tokenizer gpt2` on a model of another vocabulary printed `<|unk:N|>`
+/// garbage with status 0. A tokenizer whose vocabulary is not the model's is refused, naming the one that fits.
+#[test]
+fn sample_refuses_a_tokenizer_of_another_vocabulary_than_the_models() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = ModelConfig { vocab_size: 100_288, real_vocab_size: 100_277, ..ModelConfig::preset("tiny").unwrap() };
+    let model = build_model(&cfg, Precision::FP32, &Device::Cpu, 1337).unwrap();
+    let weights = tmp.path().join("cl100k.safetensors");
+    save_model_weights(model.as_ref(), &weights).unwrap();
+    let w = weights.to_str().unwrap();
+    let (ok, _, err) = tokenmill(&["sample", "--model", w, "--tokenizer", "gpt2", "--max-tokens", "16"]);
+    assert!(!ok && err.contains("--tokenizer gpt2") && err.contains("cl100k_base"), "{err}");
+    let (ok, out, err) = tokenmill(&["sample", "--model", w, "--max-tokens", "16", "--num-samples", "1"]);
+    assert!(ok && !out.contains("<|unk"), "{out}{err}");
+}

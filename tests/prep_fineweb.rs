@@ -231,7 +231,7 @@ fn jsonl_and_text_inputs_and_32_bit_tokenizers() {
     let txt = input.path().join("poem.txt");
     std::fs::write(&txt, "Shall I compare thee to a summer's day?\n").unwrap();
     let out = tempfile::tempdir().unwrap();
-    let mut o = opts(local(&[jsonl.clone(), txt.clone()]), out.path(), 1000);
+    let mut o = opts(local(&[jsonl.clone(), txt.clone()]), out.path(), 1024);
     fineweb::prep(&o).unwrap();
     let m = Manifest::load(out.path()).unwrap();
     let (_, toks) = read_shard(&out.path().join(&m.shards[0].file)).unwrap();
@@ -242,11 +242,15 @@ fn jsonl_and_text_inputs_and_32_bit_tokenizers() {
     }
     assert_eq!(toks, expected, "special-token text is encoded as plain text, EOT before each document");
 
-    // cl100k_base writes u32 shards under llm.c's 32-bit header; the loader reads them back.
+    // cl100k_base writes u32 shards under llm.c's 32-bit header; the loader reads them back. (A sonnet's line 200
+    // times: ~2,200 tokens, so the smallest shard size, 1024, still gives a val shard and train shards.)
     let out32 = tempfile::tempdir().unwrap();
+    let long = input.path().join("long.txt");
+    std::fs::write(&long, "Shall I compare thee to a summer's day?\n".repeat(200)).unwrap();
+    o.input = local(&[jsonl.clone(), long]);
     o.out = out32.path().to_path_buf();
     o.tokenizer = TokenizerKind::Cl100kBase;
-    o.shard_size = 8;
+    o.shard_size = 1024;
     o.val_shards = 1;
     fineweb::prep(&o).unwrap();
     let m = Manifest::load(out32.path()).unwrap();
@@ -443,7 +447,7 @@ fn empty_text_files_and_readmes_are_not_documents_and_short_runs_report_real_rat
     std::fs::write(input.path().join("b_poem.txt"), "Shall I compare thee to a summer's day?\n").unwrap();
     std::fs::write(input.path().join("README.md"), "# About this corpus\n").unwrap();
     let out = tempfile::tempdir().unwrap();
-    fineweb::prep(&opts(local(&[input.path().to_path_buf()]), out.path(), 1000)).unwrap();
+    fineweb::prep(&opts(local(&[input.path().to_path_buf()]), out.path(), 1024)).unwrap();
     let m = Manifest::load(out.path()).unwrap();
     let (_, toks) = read_shard(&out.path().join(&m.shards[0].file)).unwrap();
     let mut expected = Vec::new();

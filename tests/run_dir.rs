@@ -228,7 +228,7 @@ fn a_branch_resume_moves_the_abandoned_checkpoints_aside_so_the_latest_is_the_li
     ok(train(&["--log-dir", s(&log), "--max-steps", "4"]));
     let out = ok(train(&["--resume", s(&checkpoint::step_dir(&ckpts, 2)), "--max-steps", "3"]));
     assert!(out.contains("starts a new branch"), "{out}");
-    assert_eq!(checkpoint::resolve(&log), checkpoint::step_dir(&ckpts, 3), "the live branch's latest");
+    assert_eq!(checkpoint::resolve(&log).unwrap(), checkpoint::step_dir(&ckpts, 3), "the live branch's latest");
     let abandoned: Vec<PathBuf> =
         std::fs::read_dir(ckpts.join("abandoned")).unwrap().map(|b| b.unwrap().path().join("step_000004")).collect();
     assert!(abandoned.len() == 1 && abandoned[0].join(checkpoint::STATE_FILE).is_file(), "moved, not deleted");
@@ -307,4 +307,260 @@ fn training_on_a_dataset_whose_prep_did_not_finish_is_refused_unless_allowed() {
     m.shards_limit = Some(m.shards.len());
     m.save(&data).unwrap();
     Trainer::new(cfg("c"), TrainerOptions { resume: Resume::No, ..Default::default() }).unwrap();
+}
+
+// Issue 26: never touch what tokenmill did not write; never use state it cannot vouch for.
+
+/// The steps of `log.txt`'s train lines, in order.
+fn train_steps(log: &Path) -> Vec<usize> {
+    String::from_utf8(read(&log.join("log.txt")))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" train "))
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect()
+}
+
+fn steps_in(root: &Path) -> Vec<usize> {
+    checkpoint::all(root).into_iter().map(|(s, _)| s).collect()
+}
+
+/// Data loss 4: `cp r0/.tokenmill-run proj/` made proj "tokenmill's", and a fresh run replaced the user's config.toml.
+/// A marker proves ownership only of the directory it was made in; in that directory, only of the files it lists.
+#[test]
+fn a_copied_run_marker_does_not_make_a_folder_tokenmills() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (r0, proj) = (tmp.path().join("r0"), tmp.path().join("proj"));
+    ok(train(&["--log-dir", s(&r0), "--max-steps", "2"]));
+    std::fs::create_dir(&proj).unwrap();
+    std::fs::copy(r0.join(MARKER_FILE), proj.join(MARKER_FILE)).unwrap();
+    std::fs::write(proj.join("config.toml"), "title=\"x\"\n").unwrap();
+    for extra in [&[][..], &["--overwrite"][..]] {
+        let mut args = vec!["--log-dir", s(&proj), "--max-steps", "2"];
+        args.extend_from_slice(extra);
+        let err = refused(train(&args));
+        assert!(err.contains("not a tokenmill run directory") && err.contains("made in another directory"), "{err}");
+    }
+    assert_eq!(read(&proj.join("config.toml")), b"title=\"x\"\n");
+    assert_eq!(std::fs::read_dir(&proj).unwrap().count(), 2, "nothing was added");
+
+    // In a directory a run did make, a file of an owned name its marker does not list is not the run's either: here
+    // the marker lists nothing (as if the user had put log.txt, metrics.jsonl and config.toml there), so even
+    // --overwrite leaves them.
+    let mut marker: serde_json::Value = serde_json::from_slice(&read(&r0.join(MARKER_FILE))).unwrap();
+    marker["files"] = serde_json::json!([]);
+    std::fs::write(r0.join(MARKER_FILE), marker.to_string()).unwrap();
+    std::fs::write(r0.join("config.toml"), "mine").unwrap();
+    let err = refused(train(&["--log-dir", s(&r0), "--max-steps", "2", "--overwrite"]));
+    assert!(err.contains("config.toml") && err.contains("does not list"), "{err}");
+    assert_eq!(read(&r0.join("config.toml")), b"mine");
+    assert!(r0.join("log.txt").is_file());
+}
+
+/// Data loss 5: resume with `checkpoint.dir` moved plus `--overwrite` deleted the checkpoint being resumed, the run's
+/// other checkpoints and its log. A checkpoint of the run in --log-dir continues that run (its log is kept up to the
+/// step, new checkpoints go to the new checkpoint.dir), and nothing a run resumes from is ever deleted.
+#[test]
+fn resume_with_checkpoint_dir_moved_and_overwrite_deletes_nothing_it_resumes_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, ck) = (tmp.path().join("run"), tmp.path().join("ck"));
+    ok(train(&["--log-dir", s(&run), "--max-steps", "8"]));
+    let step8 = checkpoint::step_dir(&run.join("checkpoints"), 8);
+    let moved = format!("checkpoint.dir={:?}", s(&ck));
+    let out =
+        ok(train(&["--resume", s(&step8), "--log-dir", s(&run), "--set", &moved, "--overwrite", "--max-steps", "10"]));
+    assert!(out.contains("resumed from"), "{out}");
+    assert_eq!(steps_in(&run.join("checkpoints")), [2, 4, 6, 8], "the run's checkpoints are all kept");
+    assert_eq!(steps_in(&ck), [10]);
+    assert_eq!(train_steps(&run), (0..10).collect::<Vec<_>>(), "the log continues, steps 0..7 kept");
+}
+
+/// Silent wrong result 1: with `checkpoint.dir` inside the run directory (`run/ck`, or `run` itself), `--overwrite`
+/// left the old run's checkpoints ("not tokenmill's") and a later `--resume` continued the old run (log steps 0 1 8
+/// 9). The marker lists the run's checkpoint directories, and `--overwrite` removes the run's checkpoints there.
+#[test]
+fn overwrite_removes_the_old_runs_checkpoints_wherever_inside_the_run_directory_they_are() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    for ck in [run.join("ck"), run.clone()] {
+        let _ = std::fs::remove_dir_all(&run);
+        let set = format!("checkpoint.dir={:?}", s(&ck));
+        ok(train(&["--log-dir", s(&run), "--set", &set, "--max-steps", "8"]));
+        ok(train(&["--log-dir", s(&run), "--set", &set, "--max-steps", "2", "--overwrite"]));
+        assert_eq!(steps_in(&ck), [2], "{}: only the new run's checkpoint", ck.display());
+        ok(train(&["--resume", "--log-dir", s(&run), "--set", &set, "--max-steps", "4"]));
+        assert_eq!(train_steps(&run), [0, 1, 2, 3], "{}", ck.display());
+    }
+}
+
+/// Silent wrong result 2: a checkpoint copied from another run (even of another architecture) into RUN/checkpoints
+/// was resumed by `--resume RUN`, the log continuing with the other run's steps. Checkpoints record their run's id.
+#[test]
+fn a_checkpoint_copied_in_from_another_run_is_not_resumed_as_this_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    ok(train(&["--log-dir", s(&a), "--max-steps", "2"]));
+    ok(train(&["--log-dir", s(&b), "--max-steps", "4"]));
+    let theirs = checkpoint::step_dir(&b.join("checkpoints"), 4);
+    let cp = Command::new("cp").arg("-r").arg(&theirs).arg(a.join("checkpoints")).status().unwrap();
+    assert!(cp.success());
+    let log_txt = read(&a.join("log.txt"));
+    let err = refused(train(&["--resume", s(&a), "--max-steps", "6"]));
+    assert!(err.contains("written by run") && err.contains("--log-dir NEW_DIR"), "{err}");
+    assert_eq!(read(&a.join("log.txt")), log_txt, "nothing written");
+}
+
+/// Misleading 2: a resume given the value already in effect (`--set model.ffn_hidden=256` on a model whose MLP is
+/// 4C = 256, left unset) was refused as a shape change "unset -> 256". Resolved values are compared.
+#[test]
+fn resume_with_the_model_value_in_effect_spelled_out_is_not_a_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("run");
+    ok(train(&["--log-dir", s(&log), "--max-steps", "2"]));
+    ok(train(&[
+        "--resume",
+        s(&log),
+        "--max-steps",
+        "4",
+        "--set",
+        "model.ffn_hidden=256",
+        "--set",
+        "model.n_kv_head=2",
+    ]));
+    let err = refused(train(&["--resume", s(&log), "--max-steps", "6", "--set", "model.n_layer=3"]));
+    assert!(err.contains("model n_layer 2 -> 3"), "{err}");
+}
+
+/// Misleading 4: a fresh run whose `checkpoint.dir` points at another run's checkpoints said the (empty) log directory
+/// "holds a run" and advised `--overwrite`. The message names checkpoint.dir, and nothing there is ever removed.
+#[test]
+fn a_checkpoint_dir_holding_another_runs_checkpoints_is_named_and_never_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (r1, r2) = (tmp.path().join("r1"), tmp.path().join("r2"));
+    ok(train(&["--log-dir", s(&r1), "--max-steps", "4"]));
+    let set = format!("checkpoint.dir={:?}", s(&r1.join("checkpoints")));
+    for extra in [&[][..], &["--overwrite"][..]] {
+        let mut args = vec!["--log-dir", s(&r2), "--set", &set, "--max-steps", "2"];
+        args.extend_from_slice(extra);
+        let err = refused(train(&args));
+        assert!(err.contains("checkpoint.dir holds 2 checkpoint(s)") && err.contains("step_000004"), "{err}");
+        assert!(!err.contains("r2: holds"), "{err}");
+    }
+    assert_eq!(steps_in(&r1.join("checkpoints")), [2, 4]);
+    assert!(!r2.exists(), "refused before the log directory was made");
+}
+
+/// Misleading 5: a resume started from another working directory said `base/ds: no such directory`, not that it is
+/// the checkpoint's recorded relative `data.dir`, nor to pass `--data`.
+#[test]
+fn a_resume_from_another_directory_says_the_recorded_data_dir_is_relative() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    let data = common::tiny_shakespeare_shards();
+    std::os::unix::fs::symlink(data, base.join("ds")).unwrap();
+    let config = repo().join("configs/tiny-cpu.toml");
+    let args = |more: &[&'static str]| {
+        let mut a = vec!["train", "--quiet", "--config", s(&config), "--data", "ds", "--log-dir", "run"];
+        a.extend(["--set", "data.micro_batch=4", "--set", "data.seq_len=32", "--set", "data.total_batch_tokens=128"]);
+        a.extend(["--set", "eval.val_every=0", "--set", "eval.sample_every=0", "--max-steps", "2"]);
+        a.extend_from_slice(more);
+        a
+    };
+    ok(tokenmill_in(&base, &args(&[])));
+    let (ok_, _, err) = tokenmill_in(tmp.path(), &["train", "--resume", "base/run", "--max-steps", "4"]);
+    assert!(!ok_, "{err}");
+    assert!(err.contains("data.dir ds") && err.contains("relative") && err.contains("--data"), "{err}");
+}
+
+/// Cosmetic 1 and 3: `--log-dir` on a regular file said "not empty"; quickstart printed the log directory twice in
+/// the lock message.
+#[test]
+fn a_log_dir_that_is_a_file_is_named_so_and_quickstart_names_the_directory_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("notes.txt");
+    std::fs::write(&file, "mine").unwrap();
+    let err = refused(train(&["--log-dir", s(&file), "--max-steps", "2"]));
+    assert!(err.contains("a file, not a directory") && !err.contains("not empty"), "{err}");
+    assert_eq!(read(&file), b"mine");
+
+    let log = tmp.path().join("qs");
+    let _held = tokenmill::util::DirLock::exclusive(&log).unwrap();
+    let err = refused(tokenmill(&["quickstart", "--log-dir", s(&log), "--max-steps", "1"]));
+    assert!(err.contains("another tokenmill process"), "{err}");
+    assert_eq!(err.matches(s(&log)).count(), 1, "{err}");
+}
+
+/// Misleading 8: `report` printed `hellaswag (max): 0.4000 ... (GPT-2 124M: 0.2955)` for a 10-example run without
+/// saying n.
+#[test]
+fn report_says_how_many_examples_a_hellaswag_score_is_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::write(run.join("log.txt"), "0 train 10.9\n5 hella 0.4000\n").unwrap();
+    std::fs::write(
+        run.join("metrics.jsonl"),
+        "{\"kind\":\"hella\",\"step\":5,\"acc\":0.3,\"acc_norm\":0.4,\"n\":10}\n",
+    )
+    .unwrap();
+    let out = ok(tokenmill(&["report", s(&run)]));
+    let line = out.lines().find(|l| l.starts_with("hellaswag")).unwrap();
+    assert!(line.contains("n=10 of 10042") && line.contains("not comparable"), "{out}");
+}
+
+/// Hang: `report` spun forever when a loss series had no finite value (`0 train nan`; also inf, -inf, +-1e308). A
+/// value no axis can hold is left out (and said); a log with nothing finite is refused. (A watchdog turns a hang
+/// back into a failure.)
+#[test]
+fn report_of_a_log_without_finite_values_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, (log, finite)) in
+        [("0 train nan\n", false), ("0 train inf\n1 train -inf\n", false), ("0 train 1e308\n1 train -1e308\n", true)]
+            .into_iter()
+            .enumerate()
+    {
+        let run = tmp.path().join(format!("run{i}"));
+        std::fs::create_dir(&run).unwrap();
+        std::fs::write(run.join("log.txt"), log).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tokenmill"))
+            .args(["report", s(&run)])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > std::time::Duration::from_secs(120) {
+                child.kill().unwrap();
+                panic!("report on {log:?} did not end");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), finite, "{log:?}: {stderr}");
+        if !finite {
+            assert!(stderr.contains("no finite value to plot"), "{stderr}");
+        }
+    }
+}
+
+/// The lock's rule for every file a run writes (data loss 2's class): a link planted at `log.txt` is never written
+/// through, by a fresh run or a resume.
+#[test]
+fn a_link_planted_at_a_runs_log_is_never_written_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let precious = tmp.path().join("precious.txt");
+    std::fs::write(&precious, "0 train 1.0\nirreplaceable\n").unwrap();
+    ok(train(&["--log-dir", s(&run), "--max-steps", "2"]));
+    std::fs::remove_file(run.join("log.txt")).unwrap();
+    std::os::unix::fs::symlink(&precious, run.join("log.txt")).unwrap();
+    let _ = train(&["--log-dir", s(&run), "--max-steps", "2", "--overwrite"]);
+    assert_eq!(read(&precious), b"0 train 1.0\nirreplaceable\n");
+    if run.join("log.txt").is_symlink() {
+        let _ = train(&["--resume", s(&run), "--max-steps", "4"]);
+    }
+    assert_eq!(read(&precious), b"0 train 1.0\nirreplaceable\n");
 }

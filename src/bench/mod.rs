@@ -52,6 +52,10 @@ pub enum BenchError {
     NonFinite { case: String, loss: f32 },
     #[error("reference `{command}`: {message}")]
     Reference { command: String, message: String },
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
+    #[error(transparent)]
+    Memory(#[from] crate::train::memory::MemoryError),
 }
 
 /// What one case times. Each is a piece of `train`'s optimizer step (see `runner` for exactly which calls).

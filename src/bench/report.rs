@@ -261,8 +261,48 @@ pub fn csv(report: &BenchReport) -> String {
     out
 }
 
-/// Write `text` to `dest`: `-` is stdout, anything else a file written atomically.
-pub fn write_to(dest: &str, text: &str) -> Result<(), BenchError> {
+/// What a bench output file holds: what a later `bench` may replace (`crate::output`: a file is replaced only when
+/// it is one tokenmill wrote, of the same kind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputKind {
+    /// `--json`: a bench report, or `bench compare`'s comparison.
+    Json,
+    /// `--csv`: one row per case under [`CSV_COLUMNS`].
+    Csv,
+}
+
+impl OutputKind {
+    fn what(self) -> &'static str {
+        match self {
+            OutputKind::Json => "a bench result (--json)",
+            OutputKind::Csv => "a bench table (--csv)",
+        }
+    }
+
+    /// Whether `path` holds what `bench` writes as this kind: JSON with a report's or a comparison's fields, or CSV
+    /// under bench's header line.
+    pub fn is_ours(self, path: &Path) -> bool {
+        match self {
+            OutputKind::Json => {
+                let text = std::fs::metadata(path)
+                    .ok()
+                    .filter(|m| m.len() < 64 << 20)
+                    .and_then(|_| std::fs::read_to_string(path).ok());
+                let Some(serde_json::Value::Object(o)) = text.and_then(|t| serde_json::from_str(&t).ok()) else {
+                    return false;
+                };
+                let has = |keys: &[&str]| keys.iter().all(|k| o.contains_key(*k));
+                has(&["tool_version", "host", "peak", "cases"]) || has(&["host", "tokenmill", "reference", "ratio"])
+            }
+            OutputKind::Csv => crate::output::head(path, 4096)
+                .is_some_and(|t| t.lines().next() == Some(CSV_COLUMNS.join(",").as_str())),
+        }
+    }
+}
+
+/// Write `text` to `dest`: `-` is stdout, anything else a file written atomically, which may replace only a file
+/// `bench` wrote as the same `kind` (never a run's log, a report, or anyone's file).
+pub fn write_to(dest: &str, text: &str, kind: OutputKind) -> Result<(), BenchError> {
     if dest == "-" {
         use std::io::Write;
         let mut stdout = std::io::stdout().lock();
@@ -271,8 +311,15 @@ pub fn write_to(dest: &str, text: &str) -> Result<(), BenchError> {
             .and_then(|()| stdout.flush())
             .map_err(|source| BenchError::Io { path: "<stdout>".into(), source });
     }
-    crate::util::write_atomic(Path::new(dest), text.as_bytes())
-        .map_err(|source| BenchError::Io { path: dest.to_string(), source })
+    Ok(crate::output::write_file(Path::new(dest), text.as_bytes(), kind.what(), |p| kind.is_ours(p))?)
+}
+
+/// Refuse, before a bench runs, an output path it could not write: a later failure would waste the run.
+pub fn check_dest(dest: &str, kind: OutputKind) -> Result<(), BenchError> {
+    if dest == "-" {
+        return Ok(());
+    }
+    Ok(crate::output::check_file(Path::new(dest), kind.what(), |p| kind.is_ours(p))?)
 }
 
 #[cfg(test)]

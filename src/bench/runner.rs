@@ -177,7 +177,12 @@ impl Plan {
             let dtypes = if self.dtypes.is_empty() { vec![src.base.run.dtype.clone()] } else { self.dtypes.clone() };
             for &t in &or_default(&self.seq_lens, d.seq_len) {
                 for &b in &or_default(&self.batches, d.micro_batch) {
-                    let total = self.total_batch.or(src.total_batch).unwrap_or(b * t * PRESET_ACCUM_STEPS);
+                    let preset_total = b.checked_mul(t).and_then(|bt| bt.checked_mul(PRESET_ACCUM_STEPS));
+                    let Some(total) = self.total_batch.or(src.total_batch).or(preset_total) else {
+                        return Err(BenchError::Invalid(format!(
+                            "--batch {b} x --seq-len {t} tokens does not fit in 64 bits: lower them"
+                        )));
+                    };
                     for dtype_name in &dtypes {
                         let mut overrides = vec![
                             format!("data.micro_batch={b}"),
@@ -192,6 +197,9 @@ impl Plan {
                         let cfg = TrainConfig::resolve_over(&src.base, &origin, None, &overrides)?;
                         cfg.grad_accum_steps(1)?;
                         let model = cfg.model.resolve(GPT2_VOCAB_SIZE)?;
+                        // Sizes no machine can hold are refused with the plan (`--batch 1000000000000000`); whether
+                        // a case fits this machine is judged when it runs (`run_case`), so the rest still run.
+                        crate::train::memory::estimate(&model, b, t, &format!("bench {origin}"))?;
                         let dtype = parse_compute_dtype(dtype_name, device)?;
                         let engine = EngineKind::resolve(cfg.run.engine, &model, device, dtype)?;
                         for &warmup in &self.warmups {
@@ -475,6 +483,8 @@ fn iterate<P, V>(
 
 /// Run one case on `device`.
 pub fn run_case(spec: &CaseSpec, device: &Device) -> Result<RawMeasurement, BenchError> {
+    // What it needs, before anything of it is allocated (`--batch 1000000000` aborted in the allocator on CPU).
+    crate::train::memory::check(&spec.model, spec.batch(), spec.seq_len(), device.is_cpu(), "this case")?;
     let probe = MemoryProbe::start(device);
     crate::device::set_tf32(spec.cfg.run.tf32);
     let model: Box<dyn LanguageModel> =

@@ -18,7 +18,7 @@ use anyhow::Context;
 
 use crate::bench::compare::{compare, comparison_table, ReferenceOptions};
 use crate::bench::peak::PeakOptions;
-use crate::bench::report::{csv, json, table, write_to};
+use crate::bench::report::{check_dest, csv, json, table, write_to, OutputKind};
 use crate::bench::runner::{BenchModel, Plan, DEFAULT_WARMUP};
 use crate::bench::{run_plan, Computation};
 
@@ -215,6 +215,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 anyhow::bail!("bench gemm-tune: --batch, --seq-len and --reps must be positive");
             }
             let device = crate::device::open(&a.device)?;
+            // The table replaces only a gemm table (`crate::output`).
+            crate::output::check_file(&a.out, "a gemm table (bench gemm-tune)", |p| {
+                crate::cuda::gemm_table::GemmTable::load(p).is_ok()
+            })?;
             let spec = crate::bench::gemm_tune::TuneSpec {
                 presets: a.models.clone(),
                 batch: a.batch,
@@ -237,7 +241,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn check_peak_size(device: &candle_core::Device, opts: &PeakOptions) -> anyhow::Result<()> {
     let n = opts.n as u128;
     let need = n * n * (4 + 3 * opts.dtype.size_in_bytes() as u128);
-    let available = if device.is_cpu() { mem_available_bytes() } else { None };
+    let available = if device.is_cpu() { crate::train::memory::mem_available_bytes() } else { None };
     let gib = |b: u128| b as f64 / (1u128 << 30) as f64;
     if let Some(avail) = available.filter(|&a| need > a as u128) {
         anyhow::bail!(
@@ -253,14 +257,6 @@ fn check_peak_size(device: &candle_core::Device, opts: &PeakOptions) -> anyhow::
         );
     }
     Ok(())
-}
-
-/// MemAvailable from /proc/meminfo, in bytes (`None` where there is no such file).
-fn mem_available_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 fn progress(line: &str) {
@@ -294,6 +290,13 @@ fn run_grid(a: GridArgs) -> anyhow::Result<()> {
     if a.json.as_deref() == Some("-") && a.csv.as_deref() == Some("-") {
         anyhow::bail!("--json - and --csv - both want stdout: send one of them to a file");
     }
+    // Before anything runs: an output that would replace a file bench did not write is refused now, not after.
+    if let Some(dest) = &a.json {
+        check_dest(dest, OutputKind::Json)?;
+    }
+    if let Some(dest) = &a.csv {
+        check_dest(dest, OutputKind::Csv)?;
+    }
     progress(&format!("{} cases", cases.len()));
     let report = run_plan(&cases, &device, &PeakOptions::for_device(&device, a.peak_size), &mut |l| progress(l))?;
 
@@ -304,10 +307,10 @@ fn run_grid(a: GridArgs) -> anyhow::Result<()> {
         print!("{text}");
     }
     if let Some(dest) = &a.json {
-        write_to(dest, &json(&report))?;
+        write_to(dest, &json(&report), OutputKind::Json)?;
     }
     if let Some(dest) = &a.csv {
-        write_to(dest, &csv(&report))?;
+        write_to(dest, &csv(&report), OutputKind::Csv)?;
     }
     let failed = report.failures();
     if failed > 0 {
@@ -336,6 +339,9 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
         engine: a.engine.clone(),
     };
     let cases = plan.cases(&device)?;
+    if let Some(dest) = &a.json {
+        check_dest(dest, OutputKind::Json)?;
+    }
     let [spec] = cases.as_slice() else { unreachable!("one model, one shape, one dtype: one case") };
     let opts = ReferenceOptions {
         python: a.python.clone(),
@@ -354,11 +360,11 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
     let text = comparison_table(&cmp);
     if a.json.as_deref() == Some("-") {
         eprint!("{text}");
-        write_to("-", &(serde_json::to_string_pretty(&cmp)? + "\n"))?;
+        write_to("-", &(serde_json::to_string_pretty(&cmp)? + "\n"), OutputKind::Json)?;
     } else {
         print!("{text}");
         if let Some(dest) = &a.json {
-            write_to(dest, &(serde_json::to_string_pretty(&cmp)? + "\n"))?;
+            write_to(dest, &(serde_json::to_string_pretty(&cmp)? + "\n"), OutputKind::Json)?;
         }
     }
     Ok(())

@@ -78,7 +78,7 @@ pub fn model_arg(spec: &str) -> anyhow::Result<String> {
     if !path.is_dir() {
         return Ok(spec.to_string());
     }
-    let dir = crate::train::checkpoint::resolve(path);
+    let dir = crate::train::checkpoint::resolve(path)?;
     if dir.join(crate::train::checkpoint::STATE_FILE).is_file() {
         let state = crate::train::checkpoint::load_state(&dir)?;
         crate::train::checkpoint::verify_file(&dir, &state, crate::train::checkpoint::MODEL_FILE)?;

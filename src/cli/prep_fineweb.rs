@@ -217,14 +217,16 @@ pub fn print_report(opts: &PrepOptions, r: &PrepReport) {
         crate::shards::Manifest::path_in(&r.dir).display()
     );
     if m.complete && train == 0 {
-        // The advice `train` gives too: it depends on how small the corpus is, not on which command made it.
-        let why = crate::shards::loader::empty_split_message(
-            &r.dir.display().to_string(),
-            crate::shards::Split::Train,
-            m.shards.len(),
-            m.shard_size,
-            val,
-        );
+        // The advice `train` gives too: it depends on what made the split empty, not on which command made it.
+        let why = m.empty_train_because_of_val_shards(&r.dir).unwrap_or_else(|| {
+            crate::shards::loader::empty_split_message(
+                &r.dir.display().to_string(),
+                crate::shards::Split::Train,
+                m.shards.len(),
+                m.shard_size,
+                val,
+            )
+        });
         eprintln!("warning: {why}");
     }
 }

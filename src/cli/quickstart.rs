@@ -52,8 +52,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Before anything is done: the log directory must be one a fresh run may take (a previous run's is replaced by
     // `train --overwrite` below, removing only what tokenmill wrote; a directory that is not a run is refused).
     let claim = crate::train::run_dir::Claim::Fresh { overwrite: true };
+    // (The error names the directory; the context says which flag it came from, without naming it twice.)
     crate::train::run_dir::check(&args.log_dir, &args.log_dir.join(crate::train::run_dir::CHECKPOINTS_DIR), claim)
-        .with_context(|| format!("--log-dir {}", args.log_dir.display()))?;
+        .context("--log-dir")?;
     let s = |p: &PathBuf| p.display().to_string();
     step(
         "tokenize the bundled tiny Shakespeare into GPT-2 shards",

@@ -55,21 +55,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "auto" => candle_core::DType::F32,
         other => bail!("--dtype `{other}` (expected fp32, bf16 or auto)"),
     };
-    let model = load_model(&super::model_arg(&args.model)?, Precision::with_compute(compute), &device)
+    let resolved = super::model_arg(&args.model)?;
+    let model = load_model(&resolved, Precision::with_compute(compute), &device)
         .with_context(|| format!("loading --model {}", args.model))?;
     let cfg = model.config().clone();
-    let kind = match args.tokenizer {
-        Some(k) => k,
-        None => [TokenizerKind::Gpt2, TokenizerKind::Cl100kBase, TokenizerKind::O200kBase]
-            .into_iter()
-            .find(|k| k.vocab_size() as usize == cfg.real_vocab_size)
-            .with_context(|| {
-                format!(
-                    "the model's vocabulary ({} ids) matches no known tokenizer; pass --tokenizer",
-                    cfg.real_vocab_size
-                )
-            })?,
-    };
+    let kind = tokenizer_for(&args, std::path::Path::new(&resolved), cfg.real_vocab_size)?;
     let tokenizer = Tokenizer::new(kind);
     let prompt = tokenizer.encode(&args.prompt);
     if prompt.is_empty() {
@@ -101,4 +91,40 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The tokenizer to sample with: `--tokenizer` if given, else the one the checkpoint records, else the one whose
+/// vocabulary is the model's. A tokenizer of another vocabulary than the model's (or than the one its checkpoint
+/// records) is refused: its ids would decode to garbage (`<|unk:N|>`), not text.
+fn tokenizer_for(args: &Args, resolved: &std::path::Path, real_vocab: usize) -> anyhow::Result<TokenizerKind> {
+    use crate::train::checkpoint;
+    let recorded = if resolved.join(checkpoint::STATE_FILE).is_file() {
+        checkpoint::load_state(resolved)?.data.and_then(|d| d.tokenizer)
+    } else {
+        None
+    };
+    let by_vocab = [TokenizerKind::Gpt2, TokenizerKind::Cl100kBase, TokenizerKind::O200kBase]
+        .into_iter()
+        .find(|k| k.vocab_size() as usize == real_vocab);
+    let Some(asked) = args.tokenizer else {
+        return recorded.or(by_vocab).with_context(|| {
+            format!("the model's vocabulary ({real_vocab} ids) matches no known tokenizer; pass --tokenizer")
+        });
+    };
+    if let Some(r) = recorded.filter(|&r| r != asked) {
+        bail!(
+            "--tokenizer {asked}: the checkpoint {} records that its model was trained on {r} tokens; sampling with \
+             another tokenizer decodes its ids to garbage (drop --tokenizer, or pass --tokenizer {r})",
+            resolved.display()
+        );
+    }
+    if asked.vocab_size() as usize != real_vocab {
+        let fits = by_vocab.map_or(String::new(), |k| format!(" ({k}'s; pass --tokenizer {k}, or drop it)"));
+        bail!(
+            "--tokenizer {asked} has {} token ids, but the model's vocabulary is {real_vocab} ids{fits}: its ids would \
+             decode to garbage",
+            asked.vocab_size()
+        );
+    }
+    Ok(asked)
 }

@@ -124,7 +124,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => Resume::No,
         Some("latest") => Resume::Latest,
         // A run's log directory or a checkpoints directory means its latest checkpoint.
-        Some(p) => Resume::From(checkpoint::resolve(std::path::Path::new(p))),
+        Some(p) => Resume::From(checkpoint::resolve(std::path::Path::new(p))?),
     };
     if let (Some(init), false) = (&args.init, resume == Resume::No) {
         anyhow::bail!(
@@ -142,6 +142,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let state = checkpoint::load_state(&dir)?;
             let origin = format!("{}/{}", dir.display(), checkpoint::STATE_FILE);
             let cfg = TrainConfig::resolve_over(&state.config, &origin, None, &overrides)?;
+            if args.data.is_none() {
+                check_recorded_data_dir(&cfg, &origin)?;
+            }
             if rank0 {
                 println!("resuming with the config saved in {origin}");
             }
@@ -239,6 +242,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("done: {} steps; logs in {}", trainer.step(), trainer.config().run.log_dir.display());
     }
     Ok(())
+}
+
+/// A resume without `--data` trains on the `data.dir` its checkpoint recorded, which is relative to the directory the
+/// run was started from: from anywhere else it is not there, and the error says so (not only "no such directory").
+fn check_recorded_data_dir(cfg: &TrainConfig, origin: &str) -> anyhow::Result<()> {
+    let Some(dir) = &cfg.data.dir else { return Ok(()) };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let here = std::env::current_dir().map_or_else(|_| "this directory".to_string(), |d| d.display().to_string());
+    let relative = if dir.is_relative() {
+        format!(
+            " (a relative path, recorded in {origin}: relative to the directory the run was started from, not {here})"
+        )
+    } else {
+        format!(" (recorded in {origin})")
+    };
+    anyhow::bail!(
+        "data.dir {}{relative} does not exist: run the resume from the directory the run was started in, or pass \
+         --data DIR naming the same dataset (its content is checked, so a moved copy is fine)",
+        dir.display()
+    )
 }
 
 /// `cuda` (and `auto` where CUDA is available) means this rank's GPU, `cuda:LOCAL_RANK`; anything explicit stays.

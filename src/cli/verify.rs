@@ -27,17 +27,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else if dir.join(STATE_FILE).exists() {
         one_checkpoint(dir)
     } else {
-        let mut found = checkpoint::all(dir);
-        if found.is_empty() {
-            found = checkpoint::all(&dir.join("checkpoints"));
+        // The checkpoints directory itself, or a run's `checkpoints/`: every step folder, complete or not.
+        let root = [dir.to_path_buf(), dir.join(checkpoint::CHECKPOINTS_DIR)]
+            .into_iter()
+            .find(|r| !checkpoint::all(r).is_empty() || !checkpoint::incomplete(r).is_empty());
+        let Some(root) = root else {
+            anyhow::bail!(
+                "{}: nothing to verify: not a shard directory (no manifest.json), a checkpoint (no {STATE_FILE}), or a \
+                 directory of step_NNNNNN checkpoints",
+                dir.display()
+            );
+        };
+        let found = checkpoint::all(&root);
+        let mut totals = found.iter().map(|(_, p)| one_checkpoint(p)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        for p in checkpoint::incomplete(&root) {
+            // A checkpoint write never leaves a step folder without its state: this one lost it.
+            println!("{}:\n  DAMAGED  no {STATE_FILE}: the checkpoint cannot be read or checked", p.display());
+            totals = (totals.0 + 1, totals.1 + 1);
         }
-        anyhow::ensure!(
-            !found.is_empty(),
-            "{}: nothing to verify: not a shard directory (no manifest.json), a checkpoint (no {STATE_FILE}), or a \
-             directory of step_NNNNNN checkpoints",
-            dir.display()
-        );
-        found.iter().map(|(_, p)| one_checkpoint(p)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        totals
     };
     anyhow::ensure!(damaged == 0, "{}: {damaged} of {checked} file(s) damaged", dir.display());
     println!("{}: all {checked} file(s) match their checksums", dir.display());
@@ -79,7 +87,11 @@ fn one_checkpoint(dir: &Path) -> (usize, usize) {
     println!("{}: step {}, {STATE_FILE} readable", dir.display(), state.step);
     let results = checkpoint::verify_each(dir, &state);
     if results.is_empty() {
-        println!("  note     no checksums recorded (written before tokenmill recorded them): nothing to check against");
+        println!(
+            "  note     no checksums recorded (a version-{} checkpoint, written before tokenmill recorded them): nothing \
+             to check against",
+            state.format_version
+        );
     }
     let mut damaged = 0;
     for (file, result) in &results {

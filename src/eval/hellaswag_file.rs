@@ -261,6 +261,14 @@ impl HellaswagFile {
                 if let Some(t) = run.iter().position(|&t| t == START_EXAMPLE) {
                     return Err(corrupt(format!("{what} token at position {t} is the delimiter 65535")));
                 }
+                // The file holds GPT-2 ids: one past GPT-2's vocabulary would score a model's padding rows (or index
+                // past a smaller model's embedding), so it is refused here, naming the example.
+                let gpt2_ids = TokenizerKind::Gpt2.vocab_size();
+                if let Some((t, id)) = run.iter().enumerate().find(|(_, &id)| u32::from(id) >= gpt2_ids) {
+                    return Err(corrupt(format!(
+                        "{what} token at position {t} is {id}, outside GPT-2's {gpt2_ids} token ids"
+                    )));
+                }
                 cur += 1 + n;
                 Ok(run.iter().map(|&t| t as u32).collect())
             };

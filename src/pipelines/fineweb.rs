@@ -179,6 +179,15 @@ pub fn prep(opts: &PrepOptions) -> Result<PrepReport, PrepError> {
         Input::Hub { repo, .. } => repo.clone(),
         Input::Local(_) => String::new(),
     };
+    if opts.worker.is_some() {
+        // Workers write their folders into --out, which must be tokenmill's (made by one of them, or empty) as a
+        // one-box prep's --out must be; `prep merge` later writes the dataset there.
+        let (_, notes) = crate::shards::out_dir::take(&opts.out, crate::shards::out_dir::Hold::Unlocked)
+            .map_err(WriterError::from)?;
+        for note in notes {
+            tracing::info!("{note}");
+        }
+    }
     let (mut writer, cursor, manifest_before) = ShardWriter::open(WriterConfig {
         dir: dir.clone(),
         dataset: opts.dataset.clone(),

@@ -34,6 +34,8 @@ pub const DEFAULT_PIPELINE_PATH: &str = "pipelines/hellaswag.toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HellaswagPrepError {
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -604,7 +606,11 @@ pub fn prep(config: &PrepConfig) -> Result<PrepSummary, HellaswagPrepError> {
 
     let bytes = hellaswag_file::encode(&examples)?;
     let path = config.out_dir.join(&config.pipeline.output.file);
-    if path.exists() || path.is_symlink() {
+    // The one rule for outputs (`crate::output`): a plain path, never through a link, never a folder; what may be
+    // replaced there is decided below (an eval file: the same bytes, or another with --overwrite).
+    crate::output::check_dir_path(&config.out_dir)?;
+    crate::output::check_file(&path, "an eval file", |_| true)?;
+    if path.exists() {
         let p = || path.display().to_string();
         let old = std::fs::read(&path).ok();
         if old.as_deref() != Some(&bytes[..]) {

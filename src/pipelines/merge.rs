@@ -86,6 +86,8 @@ pub enum MergeError {
     NoShardsAsked,
     #[error(transparent)]
     Lock(#[from] crate::util::LockError),
+    #[error(transparent)]
+    OutDir(#[from] crate::shards::out_dir::OutDirError),
 }
 
 /// At most [`PROBLEMS_SHOWN`] lines, then how many more (a merge of thousands of missing workers says so in a few
@@ -389,10 +391,11 @@ pub fn merge(opts: &MergeOptions) -> Result<MergeReport, MergeError> {
     plan.template.shards_limit = max_shards;
     // Before the first write: a one-box prep writes OUT alone; the processes of a split merge share it (each writes
     // its own shards), and exclude a one-box prep or an unsplit merge.
-    let _lock = match opts.split {
-        None => crate::util::DirLock::exclusive(out)?,
-        Some(_) => crate::util::DirLock::shared(out)?,
-    };
+    use crate::shards::out_dir::{self, Hold};
+    let (_lock, notes) = out_dir::take(out, if opts.split.is_none() { Hold::Exclusive } else { Hold::Shared })?;
+    for note in notes {
+        tracing::info!("{note}");
+    }
     let done = shards_in_place(out, &plan)?;
     write_shards(opts, &plan, done, states, start)
 }

@@ -70,6 +70,11 @@ pub enum SourceError {
     Unsupported { path: String },
     #[error("{path}: input does not exist")]
     Missing { path: String },
+    #[error(
+        "{path}: not a regular file ({kind}); an input is a file of text, jsonl or parquet that ends (a device such \
+         as /dev/zero never does): give the file itself"
+    )]
+    NotAFile { path: String, kind: &'static str },
     #[error("{path}: the input cannot be opened: {source} (a symbolic link that loops or points nowhere?)")]
     Unreadable {
         path: String,
@@ -107,6 +112,10 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<SourceFile>, SourceError>
                 _ => SourceError::Unreadable { path: input.display().to_string(), source: e },
             });
         }
+        let meta = std::fs::metadata(input).map_err(io_err(input))?;
+        if !meta.is_dir() && !meta.is_file() {
+            return Err(SourceError::NotAFile { path: input.display().to_string(), kind: file_kind(&meta) });
+        }
         if input.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(input)
                 .map_err(io_err(input))?
@@ -125,6 +134,26 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<SourceFile>, SourceError>
         }
     }
     Ok(out)
+}
+
+/// What a path that is neither a file nor a directory is (followed through links), for messages.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_char_device() {
+            return "a character device";
+        } else if t.is_block_device() {
+            return "a block device";
+        } else if t.is_fifo() {
+            return "a named pipe";
+        } else if t.is_socket() {
+            return "a socket";
+        }
+    }
+    let _ = meta;
+    "not a file"
 }
 
 /// Files up to this size are fingerprinted whole; larger ones by their size and both ends. Every prep start (resumes

@@ -258,11 +258,20 @@ impl Manifest {
     }
 
     /// What must hold for the manifest to be followed at all: every shard a plain file name in the manifest's own
-    /// directory (no `../`, no absolute path), listed once; the dataset name a plain file name; the token width the
-    /// tokenizer's.
+    /// directory (no `../`, no absolute path), listed once; the dataset name a plain file name; the end-of-text id and
+    /// token width the named tokenizer's, and no more token ids than it has.
     pub fn validate(&self) -> Result<(), String> {
         if !crate::util::is_plain_file_name(&self.dataset) {
             return Err(format!("dataset name `{}` is not a plain file name", self.dataset));
+        }
+        // More ids than the tokenizer has cannot come from it (a model would be built with rows no token uses); fewer
+        // is a restricted vocabulary, which the loader holds every shard id to.
+        let named = TokenizerInfo::from(self.tokenizer.name);
+        if self.tokenizer.vocab_size > named.vocab_size || self.tokenizer.eot != named.eot {
+            return Err(format!(
+                "tokenizer {} has {} token ids and <|endoftext|> {}, but the manifest says vocab_size {} and eot {}",
+                self.tokenizer.name, named.vocab_size, named.eot, self.tokenizer.vocab_size, self.tokenizer.eot
+            ));
         }
         let width = TokenWidth::for_token_bytes(self.tokenizer.name.token_bytes());
         if self.token_width != width {
@@ -315,6 +324,22 @@ impl Manifest {
     /// Shard files of one split, in order, as paths under `dir`.
     pub fn shard_paths(&self, dir: &Path, split: Split) -> Vec<PathBuf> {
         self.shards.iter().filter(|s| s.split == split).map(|s| dir.join(&s.file)).collect()
+    }
+
+    /// When the train split is empty because `--val-shards` asked for as many val shards as the dataset has (more
+    /// than one: with one, the corpus fit in a single shard and the shard size is the cause), what to say about it.
+    pub fn empty_train_because_of_val_shards(&self, dir: &Path) -> Option<String> {
+        let asked = self.definition.as_ref()?.val_shards;
+        let shards = self.shards.len();
+        let all_val = shards > 0 && self.shards.iter().all(|s| s.split == Split::Val);
+        (asked > 1 && all_val && asked >= shards).then(|| {
+            format!(
+                "{}: the train split is empty: the dataset was prepared with --val-shards {asked}, which made all \
+                 {shards} of its shard(s) val. Prep it again with a smaller --val-shards (1 is the usual) and \
+                 --overwrite",
+                dir.display()
+            )
+        })
     }
 
     pub fn tokens_in(&self, split: Split) -> u64 {

@@ -18,7 +18,7 @@ use crate::shards::manifest::{
 };
 use crate::shards::verify::check_listed_shard;
 use crate::tokenizer::TokenizerKind;
-use crate::util::{fsync_dir, io_at, temp_path_for, xxh3_hex, PathIoError};
+use crate::util::{fsync_dir, io_at, xxh3_hex, PathIoError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriterConfig {
@@ -51,13 +51,24 @@ pub enum WriterError {
     ForeignShards { dir: String },
     #[error("a finished shard is missing or damaged, so this directory cannot be resumed: {0}")]
     DamagedShard(#[source] ShardError),
-    #[error("shard size must be > 0 and at most {max} tokens (llm.c's int32 header); got {got}")]
+    #[error(
+        "--shard-size {got}: a shard holds {MIN_SHARD_SIZE} to {max} tokens (at least one training row of a 1024-token \
+         context; at most llm.c's int32 header): smaller shards would be one file, and one manifest rewrite, per few \
+         tokens"
+    )]
     BadShardSize { got: u64, max: u64 },
     #[error("the background shard writer stopped unexpectedly")]
     WriterThread,
     #[error(transparent)]
     Lock(#[from] crate::util::LockError),
+    #[error(transparent)]
+    OutDir(#[from] crate::shards::out_dir::OutDirError),
 }
+
+/// The fewest tokens a shard may hold: one training row (T + 1 tokens) of GPT-2's 1024-token context needs 1025, and
+/// `prep corpus` never picks fewer than 1024. `--shard-size 1` wrote one file per token and rewrote the manifest after
+/// each (quadratic).
+pub const MIN_SHARD_SIZE: u64 = 1024;
 
 /// A shard ready to be written, with the manifest state that becomes true once it is on disk.
 struct FinishedShard {
@@ -109,12 +120,17 @@ impl ShardWriter {
     /// start reading at, tokens of that document already in finished shards); a fresh directory gives the zero cursor.
     pub fn open(cfg: WriterConfig) -> Result<(ShardWriter, ResumeCursor, Manifest), WriterError> {
         let max = i32::MAX as u64;
-        if cfg.shard_size == 0 || cfg.shard_size > max {
+        if cfg.shard_size < MIN_SHARD_SIZE || cfg.shard_size > max {
             return Err(WriterError::BadShardSize { got: cfg.shard_size, max });
         }
         let dir = &cfg.dir;
-        // One writer per directory: a second prep into it is refused before it reads or deletes anything.
-        let lock = crate::util::DirLock::exclusive(dir)?;
+        // A directory tokenmill did not make is refused before anything is written or deleted there; one writer per
+        // directory: a second prep into it is refused before it reads or deletes anything.
+        let (lock, notes) = crate::shards::out_dir::take(dir, crate::shards::out_dir::Hold::Exclusive)?;
+        let lock = lock.expect("an exclusive hold locks");
+        for note in notes {
+            tracing::info!("{note}");
+        }
         if cfg.overwrite {
             remove_previous_dataset(dir)?;
         }
@@ -122,11 +138,11 @@ impl ShardWriter {
             let mut m = Manifest::load(dir)?;
             // Refuse before touching anything: a different definition leaves the directory exactly as it was.
             check_same_definition(&mut m, &cfg)?;
-            remove_stale_temps(dir)?;
+            remove_stale_temps(dir, &cfg.dataset)?;
             verify_finished_shards(&m, dir)?;
             m
         } else {
-            remove_stale_temps(dir)?;
+            remove_stale_temps(dir, &cfg.dataset)?;
             if has_shard_files(dir)? {
                 return Err(WriterError::ForeignShards { dir: dir.display().to_string() });
             }
@@ -329,15 +345,8 @@ pub fn shard_file_name(dataset: &str, split: Split, index: usize) -> String {
 }
 
 fn write_shard_file(dir: &Path, shard: &FinishedShard) -> Result<(), WriterError> {
-    use std::io::Write;
     let path = dir.join(&shard.file);
-    let tmp = temp_path_for(&path);
-    let mut f = std::fs::File::create(&tmp).map_err(io_at(&tmp))?;
-    f.write_all(&shard.bytes).map_err(io_at(&tmp))?;
-    f.sync_all().map_err(io_at(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, &path).map_err(io_at(&path))?;
-    fsync_dir(dir).map_err(io_at(dir))?;
+    crate::util::write_atomic(&path, &shard.bytes).map_err(io_at(&path))?;
     Ok(())
 }
 
@@ -444,13 +453,24 @@ fn has_shard_files(dir: &Path) -> Result<bool, WriterError> {
     }))
 }
 
-/// Temp files left by a killed run (never renamed, so never listed in the manifest) are removed on open.
-fn remove_stale_temps(dir: &Path) -> Result<(), WriterError> {
-    let rd = std::fs::read_dir(dir).map_err(io_at(dir))?;
-    for e in rd.filter_map(|e| e.ok()) {
-        if e.file_name().to_string_lossy().contains(".tmp.") {
-            let _ = std::fs::remove_file(e.path());
-        }
+/// Temp files left by a killed run (never renamed, so never listed in the manifest) are removed on open: only those of
+/// the names this writer gives (a shard of `dataset`, the manifest, a worker's record) whose process is gone, in the
+/// directory it owns (`out_dir`). Anything else with `.tmp.` in its name is not tokenmill's to remove.
+fn remove_stale_temps(dir: &Path, dataset: &str) -> Result<(), WriterError> {
+    let ours = |base: &str| {
+        base == crate::shards::manifest::MANIFEST_FILE
+            || base == crate::pipelines::workers::WORKER_FILE
+            || is_shard_file_name(dataset, base)
+    };
+    for name in crate::output::remove_stale_temps(dir, ours)? {
+        tracing::info!("removed {} (left by an interrupted prep)", dir.join(name).display());
     }
     Ok(())
+}
+
+/// Whether `name` is a shard file name [`shard_file_name`] gives for `dataset`.
+pub fn is_shard_file_name(dataset: &str, name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(dataset).and_then(|r| r.strip_suffix(".bin")) else { return false };
+    let index = rest.strip_prefix("_train_").or_else(|| rest.strip_prefix("_val_"));
+    index.is_some_and(|i| i.len() >= 6 && i.bytes().all(|b| b.is_ascii_digit()))
 }

@@ -18,23 +18,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use serde::{Deserialize, Serialize};
 
 use crate::model::store::{read_safetensors, write_safetensors};
-use crate::model::{save_model_weights, LanguageModel, ModelConfig, ModelError};
-use crate::shards::loader::LoaderState;
-use crate::train::resume::DataIdentity;
-use crate::train::TrainConfig;
+use crate::model::{save_model_weights, LanguageModel, ModelError};
 use crate::util::{io_at, PathIoError};
 
-/// A checkpoint directory's files: the model's weights and the state file (named where models are loaded from a
-/// checkpoint, `model::store`), and the optimizer moments.
-pub use crate::model::store::{MODEL_FILE, STATE_FILE};
-pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-/// The files `state.json` records checksums of.
-pub const TENSOR_FILES: [&str; 2] = [MODEL_FILE, OPTIMIZER_FILE];
-/// Bumped when state.json changes meaning; readers refuse newer versions.
-pub const CHECKPOINT_VERSION: u32 = 1;
+/// The names and the state a checkpoint holds live in `train::state` (shared with `resume` and `run_dir`).
+pub use crate::train::state::{
+    RngState, TrainState, CHECKPOINTS_DIR, CHECKPOINT_VERSION, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, TENSOR_FILES,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -58,8 +50,21 @@ pub enum CheckpointError {
     NoneFound { dir: String },
     #[error("{path}: xxh3 {found}, {STATE_FILE} says {expected}: the checkpoint is damaged; {}", damaged_advice(*.resume))]
     Damaged { path: String, found: String, expected: String, resume: bool },
-    #[error("{path}: {STATE_FILE} records no checksum for {file}")]
-    Unlisted { path: String, file: &'static str },
+    #[error(
+        "{path}: records no checksum for {file}, which a version-{version} checkpoint always does ({STATE_FILE} was \
+         edited or damaged), so its files cannot be checked; {}",
+        damaged_advice(*.resume)
+    )]
+    Unlisted { path: String, file: &'static str, version: u32, resume: bool },
+    #[error(
+        "{dir}: holds no {STATE_FILE} (damaged, or not a finished checkpoint), and it is the latest step folder; \
+         nothing falls back to an older checkpoint silently: {advice}"
+    )]
+    Incomplete { dir: String, advice: String },
+    #[error(
+        "{path}: {what}: {STATE_FILE} was edited, or the folder renamed; it is not loaded (use another checkpoint)"
+    )]
+    Inconsistent { path: String, what: String },
 }
 
 /// What to do about a damaged checkpoint: a resume may skip the check (`train --no-verify`); `sample`, `eval` and
@@ -73,94 +78,80 @@ fn damaged_advice(resume: bool) -> &'static str {
     }
 }
 
-/// The sampling RNG (ChaCha20) position: the seed and how many 32-bit words it has produced.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RngState {
-    /// The 32-byte ChaCha seed, hex.
-    pub seed: String,
-    /// Word position; a decimal string because JSON numbers cannot hold a u128 exactly everywhere.
-    pub word_pos: String,
-}
-
-impl RngState {
-    pub fn capture(rng: &rand_chacha::ChaCha20Rng) -> Self {
-        RngState { seed: hex::encode(rng.get_seed()), word_pos: rng.get_word_pos().to_string() }
-    }
-
-    pub fn restore(&self) -> Result<rand_chacha::ChaCha20Rng, String> {
-        use rand::SeedableRng;
-        let bytes = hex::decode(&self.seed).map_err(|e| format!("rng seed: {e}"))?;
-        let seed: [u8; 32] = bytes.try_into().map_err(|_| "rng seed: expected 32 bytes".to_string())?;
-        let pos: u128 = self.word_pos.parse().map_err(|e| format!("rng word_pos: {e}"))?;
-        let mut rng = rand_chacha::ChaCha20Rng::from_seed(seed);
-        rng.set_word_pos(pos);
-        Ok(rng)
-    }
-}
-
-/// `state.json`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TrainState {
-    pub format_version: u32,
-    /// Optimizer steps completed; the step a resumed run executes next.
-    pub step: usize,
-    /// AdamW's own step count (bias correction).
-    pub optimizer_steps: u64,
-    pub train_loader: LoaderState,
-    pub rng: RngState,
-    pub config: TrainConfig,
-    pub model: ModelConfig,
-    /// The data the run trains on (`train::resume`); absent in checkpoints written before it was recorded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<DataIdentity>,
-    /// What the engine's options resolved to when this checkpoint was written (the cuda engine: the attention backend
-    /// that ran and where its products' algorithms came from; `Engine::resolved`). For the reader: a resumed run may
-    /// resolve them differently (another binary or GPU) and says so in its log.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub engine: Option<String>,
-    /// xxh3 (16 hex digits) of each tensor file by name, filled in by [`save`]; empty in checkpoints written before
-    /// tokenmill recorded them.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub checksums: BTreeMap<String, String>,
-    pub tool_version: String,
-}
-
 /// `<root>/step_NNNNNN`.
 pub fn step_dir(root: &Path, step: usize) -> PathBuf {
     root.join(format!("step_{step:06}"))
 }
 
-/// The complete checkpoints under `root` (`step_NNNNNN` directories with a `state.json`), by step.
-pub fn all(root: &Path) -> Vec<(usize, PathBuf)> {
+/// The step of a checkpoint folder's name: `step_000500` -> 500 (digits only: `step_4.tmp.9` is not one).
+pub fn step_of_name(name: &str) -> Option<usize> {
+    let digits = name.strip_prefix("step_")?;
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok()).flatten()
+}
+
+/// Every `step_NNNNNN` folder under `root`, by step, and whether it holds a `state.json`.
+fn step_folders(root: &Path) -> Vec<(usize, PathBuf, bool)> {
     let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
-    let mut found: Vec<(usize, PathBuf)> = entries
+    let mut found: Vec<(usize, PathBuf, bool)> = entries
         .flatten()
+        .filter(|e| e.path().is_dir())
         .filter_map(|e| {
-            let name = e.file_name();
-            let step = name.to_str()?.strip_prefix("step_")?.parse::<usize>().ok()?;
-            e.path().join(STATE_FILE).is_file().then(|| (step, e.path()))
+            let step = step_of_name(e.file_name().to_str()?)?;
+            Some((step, e.path(), e.path().join(STATE_FILE).is_file()))
         })
         .collect();
     found.sort();
     found
 }
 
-/// What a command that reads a checkpoint may be given: a checkpoint (`state.json` inside), a checkpoints directory,
-/// or a run's log directory (its `checkpoints/`, or `checkpoint.dir` elsewhere given directly). The last two mean
-/// their latest checkpoint. Anything else comes back unchanged, for the caller to judge.
-pub fn resolve(path: &Path) -> PathBuf {
-    if path.join(STATE_FILE).is_file() {
-        return path.to_path_buf();
-    }
-    [path.to_path_buf(), path.join("checkpoints")]
-        .iter()
-        .find_map(|root| latest(root).ok())
-        .unwrap_or_else(|| path.to_path_buf())
+/// The complete checkpoints under `root` (`step_NNNNNN` directories with a `state.json`), by step.
+pub fn all(root: &Path) -> Vec<(usize, PathBuf)> {
+    step_folders(root).into_iter().filter(|(_, _, complete)| *complete).map(|(s, p, _)| (s, p)).collect()
 }
 
-/// The checkpoint with the highest step under `root`.
+/// The `step_NNNNNN` folders under `root` that hold no `state.json`: a checkpoint write never leaves one (it renames
+/// a finished temp folder into place), so each is a damaged checkpoint.
+pub fn incomplete(root: &Path) -> Vec<PathBuf> {
+    step_folders(root).into_iter().filter(|(_, _, complete)| !complete).map(|(_, p, _)| p).collect()
+}
+
+/// What a command that reads a checkpoint may be given: a checkpoint (`state.json` inside), a checkpoints directory,
+/// or a run's log directory (its `checkpoints/`, or `checkpoint.dir` elsewhere given directly). The last two mean
+/// their latest checkpoint ([`latest`]: refused when the latest step folder is damaged). Anything else comes back
+/// unchanged, for the caller to judge.
+pub fn resolve(path: &Path) -> Result<PathBuf, CheckpointError> {
+    if path.join(STATE_FILE).is_file() {
+        return Ok(path.to_path_buf());
+    }
+    for root in [path.to_path_buf(), path.join(crate::train::state::CHECKPOINTS_DIR)] {
+        if !step_folders(&root).is_empty() {
+            return latest(&root);
+        }
+    }
+    Ok(path.to_path_buf())
+}
+
+/// The checkpoint with the highest step under `root`. A `step_N` folder above it that lost its `state.json` is an
+/// error, not skipped: the run's latest state is damaged, and continuing (or sampling) from an older one must be
+/// asked for by name.
 pub fn latest(root: &Path) -> Result<PathBuf, CheckpointError> {
-    all(root).pop().map(|(_, p)| p).ok_or_else(|| CheckpointError::NoneFound { dir: root.display().to_string() })
+    let folders = step_folders(root);
+    match folders.last() {
+        None => Err(CheckpointError::NoneFound { dir: root.display().to_string() }),
+        Some((_, path, true)) => Ok(path.clone()),
+        Some((_, path, false)) => {
+            let older = folders.iter().rev().find(|(_, _, complete)| *complete);
+            let advice = match older {
+                Some((_, p, _)) => format!(
+                    "give the latest intact one by name ({}; `tokenmill verify {}` checks them), or restore the folder",
+                    p.display(),
+                    root.display()
+                ),
+                None => "restore the folder from a backup, or start a new run".to_string(),
+            };
+            Err(CheckpointError::Incomplete { dir: path.display().to_string(), advice })
+        }
+    }
 }
 
 /// Write a checkpoint to `dir` atomically (a temp sibling renamed into place; an existing `dir` is replaced).
@@ -238,7 +229,7 @@ pub fn clean_stale(root: &Path) -> Result<Vec<String>, CheckpointError> {
     for name in names {
         let Some((base, kind, pid)) = parse_leftover(&name) else { continue };
         let path = root.join(&name);
-        if pid != std::process::id() && process_running(pid) {
+        if pid != std::process::id() && crate::util::process_running(pid) {
             notes.push(format!("left {} alone: process {pid} is still running", path.display()));
             continue;
         }
@@ -263,7 +254,7 @@ pub fn is_leftover_name(name: &str) -> bool {
 /// checkpoint elsewhere (a `checkpoint.dir` of its own).
 pub fn run_dir_of(checkpoint: &Path) -> Option<PathBuf> {
     let root = checkpoint.parent()?;
-    if root.file_name()? != crate::train::run_dir::CHECKPOINTS_DIR {
+    if root.file_name()? != crate::train::state::CHECKPOINTS_DIR {
         return None;
     }
     Some(root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf())
@@ -279,7 +270,7 @@ pub fn abandon_after(root: &Path, step: usize) -> Result<Vec<String>, Checkpoint
         return Ok(Vec::new());
     }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let mut branch = root.join(crate::train::run_dir::ABANDONED_DIR).join(format!("branch-at-step_{step:06}-{now}"));
+    let mut branch = root.join(crate::train::state::ABANDONED_DIR).join(format!("branch-at-step_{step:06}-{now}"));
     if branch.exists() {
         branch.set_extension(std::process::id().to_string());
     }
@@ -307,12 +298,8 @@ fn parse_leftover(name: &str) -> Option<(&str, &str, u32)> {
     (base.starts_with("step_") && (kind == "tmp" || kind == "old")).then_some((base, kind, pid))
 }
 
-/// Whether process `pid` exists (Linux: /proc; elsewhere assumed gone, so leftovers are always cleaned).
-fn process_running(pid: u32) -> bool {
-    cfg!(target_os = "linux") && Path::new("/proc").join(pid.to_string()).exists()
-}
-
-/// Read `dir/state.json`.
+/// Read `dir/state.json` and check it against itself and its folder: the step its folder is named after
+/// (`step_000500` holds step 500) and AdamW's step count (one per optimizer step) must be its `step`.
 pub fn load_state(dir: &Path) -> Result<TrainState, CheckpointError> {
     let path = dir.join(STATE_FILE);
     if !path.is_file() {
@@ -324,11 +311,32 @@ pub fn load_state(dir: &Path) -> Result<TrainState, CheckpointError> {
     if state.format_version > CHECKPOINT_VERSION {
         return Err(CheckpointError::TooNew { path: path.display().to_string(), found: state.format_version });
     }
+    let inconsistent = |what: String| CheckpointError::Inconsistent { path: path.display().to_string(), what };
+    let folder_step = dir.file_name().and_then(|n| n.to_str()).and_then(step_of_name);
+    if let Some(n) = folder_step.filter(|&n| n != state.step) {
+        return Err(inconsistent(format!("step {} in a folder named for step {n}", state.step)));
+    }
+    if state.optimizer_steps != state.step as u64 {
+        return Err(inconsistent(format!(
+            "step {} but {} optimizer steps (each step is one optimizer step)",
+            state.step, state.optimizer_steps
+        )));
+    }
     Ok(state)
 }
 
+/// The run a checkpoint's `state.json` records (`None` for one written before runs were recorded), read without the
+/// rest of the checks: what decides whose checkpoint a folder is.
+pub fn recorded_run(dir: &Path) -> Result<Option<String>, CheckpointError> {
+    let path = dir.join(STATE_FILE);
+    let text = std::fs::read(&path).map_err(io_at(&path))?;
+    let v: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|source| CheckpointError::State { path: path.display().to_string(), source })?;
+    Ok(v.get("run_id").and_then(|r| r.as_str()).map(str::to_string))
+}
+
 /// Check checkpoint `dir`'s tensor files against the checksums its `state` records; the first damaged one is the
-/// error. Returns the files checked: none for a checkpoint written before checksums were recorded.
+/// error. Returns the files checked: none for a version-1 checkpoint written before checksums were recorded.
 pub fn verify(dir: &Path, state: &TrainState) -> Result<Vec<&'static str>, CheckpointError> {
     let mut checked = Vec::new();
     for (file, r) in verify_each(dir, state) {
@@ -337,31 +345,42 @@ pub fn verify(dir: &Path, state: &TrainState) -> Result<Vec<&'static str>, Check
             Err(CheckpointError::Damaged { path, found, expected, .. }) => {
                 return Err(CheckpointError::Damaged { path, found, expected, resume: true })
             }
+            Err(CheckpointError::Unlisted { path, file, version, .. }) => {
+                return Err(CheckpointError::Unlisted { path, file, version, resume: true })
+            }
             Err(e) => return Err(e),
         }
     }
     Ok(checked)
 }
 
-/// Each tensor file of checkpoint `dir` against `state`'s checksum (empty without checksums).
+/// Whether `state` may lack checksums: only a checkpoint of a version written before they were recorded.
+fn checksums_optional(state: &TrainState) -> bool {
+    state.format_version < crate::train::state::CHECKSUMS_REQUIRED_FROM && state.checksums.is_empty()
+}
+
+/// Each tensor file of checkpoint `dir` against `state`'s checksum (empty for a version-1 checkpoint without them).
 pub fn verify_each(dir: &Path, state: &TrainState) -> Vec<(&'static str, Result<(), CheckpointError>)> {
-    if state.checksums.is_empty() {
+    if checksums_optional(state) {
         return Vec::new();
     }
     TENSOR_FILES.into_iter().map(|f| (f, verify_file(dir, state, f))).collect()
 }
 
-/// One tensor file of checkpoint `dir` against `state`'s checksum (fine when `state` records none: an older
-/// checkpoint). `sample`, `eval` and `export` check the model file alone: that is all they read.
+/// One tensor file of checkpoint `dir` against `state`'s checksum (fine when a version-1 `state` records none: a
+/// checkpoint older than checksums; a version-2 one without them is refused). `sample`, `eval` and `export` check the
+/// model file alone: that is all they read.
 pub fn verify_file(dir: &Path, state: &TrainState, file: &'static str) -> Result<(), CheckpointError> {
-    if state.checksums.is_empty() {
+    if checksums_optional(state) {
         return Ok(());
     }
     let path = dir.join(file);
-    let expected = state
-        .checksums
-        .get(file)
-        .ok_or_else(|| CheckpointError::Unlisted { path: dir.join(STATE_FILE).display().to_string(), file })?;
+    let expected = state.checksums.get(file).ok_or_else(|| CheckpointError::Unlisted {
+        path: dir.join(STATE_FILE).display().to_string(),
+        file,
+        version: state.format_version,
+        resume: false,
+    })?;
     let found = crate::util::xxh3_file(&path).map_err(io_at(&path))?;
     if &found != expected {
         let (path, expected) = (path.display().to_string(), expected.clone());
@@ -425,7 +444,7 @@ mod tests {
     }
 
     #[test]
-    fn latest_picks_highest_complete_step() {
+    fn latest_is_the_highest_step_and_a_damaged_latest_is_not_skipped() {
         let dir = tempfile::tempdir().unwrap();
         for (step, complete) in [(5, true), (20, true), (30, false)] {
             let d = step_dir(dir.path(), step);
@@ -434,6 +453,11 @@ mod tests {
                 std::fs::write(d.join(STATE_FILE), "{}").unwrap();
             }
         }
+        // Issue 26: step_000030 lost its state.json; resume and sample silently took step_000020.
+        let err = latest(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("step_000030") && err.contains("step_000020"), "{err}");
+        assert_eq!(incomplete(dir.path()), [step_dir(dir.path(), 30)]);
+        std::fs::remove_dir(step_dir(dir.path(), 30)).unwrap();
         assert_eq!(latest(dir.path()).unwrap(), step_dir(dir.path(), 20));
         assert!(matches!(latest(&dir.path().join("nope")), Err(CheckpointError::NoneFound { .. })));
     }

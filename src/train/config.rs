@@ -14,6 +14,9 @@ pub use crate::train::decoder::options::{AttentionBackend, EngineOptions};
 
 /// GPT-2's vocabulary is padded to a multiple of this (50257 -> 50304, "nice number" for the matmul kernels).
 pub const VOCAB_MULTIPLE: usize = 64;
+/// The largest value a `[model]` size may take (2^32: token ids are u32, and no layer count or width comes near it);
+/// what keeps the size arithmetic of the model and the memory estimate (`train::memory`) from overflowing.
+pub const MAX_MODEL_DIMENSION: usize = 1 << 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -486,14 +489,27 @@ impl TrainConfig {
         if d.micro_batch == 0 || d.seq_len == 0 || d.total_batch_tokens == 0 {
             return bad("[data] micro_batch, seq_len and total_batch_tokens must be positive".into());
         }
-        if !d.total_batch_tokens.is_multiple_of(d.micro_batch * d.seq_len) {
+        // Sizes are multiplied with checked arithmetic: B * T that wraps must be refused, not divided by.
+        let Some(bt) = d.micro_batch.checked_mul(d.seq_len) else {
             return bad(format!(
-                "[data] total_batch_tokens {} is not divisible by micro_batch * seq_len = {} * {} = {}",
-                d.total_batch_tokens,
-                d.micro_batch,
-                d.seq_len,
-                d.micro_batch * d.seq_len
+                "[data] micro_batch * seq_len = {} * {} does not fit in 64 bits: lower micro_batch or seq_len",
+                d.micro_batch, d.seq_len
             ));
+        };
+        if !d.total_batch_tokens.is_multiple_of(bt) {
+            return bad(format!(
+                "[data] total_batch_tokens {} is not divisible by micro_batch * seq_len = {} * {} = {bt}",
+                d.total_batch_tokens, d.micro_batch, d.seq_len
+            ));
+        }
+        // A `[model]` size beyond any model is refused before anything multiplies it (the model's own checks and the
+        // memory estimate, `train::memory`, then stay within 64 bits).
+        for (key, value) in &self.model.fields {
+            if let Some(v) = value.as_integer().filter(|&v| v > MAX_MODEL_DIMENSION as i64) {
+                return bad(format!(
+                    "[model] {key} {v} is larger than any model dimension ({MAX_MODEL_DIMENSION} at most): lower it"
+                ));
+            }
         }
         if let Some(block) = self.model.field("block_size").and_then(|b| b.as_integer()) {
             if d.seq_len as i64 > block {
@@ -504,17 +520,32 @@ impl TrainConfig {
         if o.max_steps == 0 {
             return bad("[optim] max_steps must be positive".into());
         }
-        if o.max_lr.is_nan() || o.max_lr <= 0.0 || !(0.0..=1.0).contains(&o.min_lr_ratio) {
+        // Every optimizer constant must be a finite number: NaN compares false to every bound (grad_clip = nan turned
+        // clipping off, eps = inf froze learning, weight_decay = nan came back as "divergence").
+        for (key, value) in [
+            ("max_lr", o.max_lr),
+            ("min_lr_ratio", o.min_lr_ratio),
+            ("weight_decay", o.weight_decay),
+            ("betas[0]", o.betas[0]),
+            ("betas[1]", o.betas[1]),
+            ("eps", o.eps),
+            ("grad_clip", o.grad_clip),
+        ] {
+            if !value.is_finite() {
+                return bad(format!("[optim] {key} is {value}: it must be a finite number"));
+            }
+        }
+        if o.max_lr <= 0.0 || !(0.0..=1.0).contains(&o.min_lr_ratio) {
             return bad(format!(
                 "[optim] max_lr {} must be > 0 and min_lr_ratio {} in [0, 1]",
                 o.max_lr, o.min_lr_ratio
             ));
         }
-        if !o.betas.iter().all(|b| (0.0..1.0).contains(b)) || o.eps.is_nan() || o.eps <= 0.0 {
+        if !o.betas.iter().all(|b| (0.0..1.0).contains(b)) || o.eps <= 0.0 {
             return bad(format!("[optim] betas {:?} must be in [0, 1) and eps {} > 0", o.betas, o.eps));
         }
         if o.weight_decay < 0.0 || o.grad_clip < 0.0 {
-            return bad("[optim] weight_decay and grad_clip must be >= 0".into());
+            return bad(format!("[optim] weight_decay {} and grad_clip {} must be >= 0", o.weight_decay, o.grad_clip));
         }
         if self.engine.classifier_chunk == 0 {
             return bad("[engine] classifier_chunk must be positive".into());
@@ -537,7 +568,12 @@ impl TrainConfig {
     /// Micro-steps per optimizer step for `world` processes; errors if the batch does not divide evenly.
     pub fn grad_accum_steps(&self, world: usize) -> Result<usize, ConfigError> {
         let d = &self.data;
-        let per_micro = d.micro_batch * d.seq_len * world;
+        let Some(per_micro) = d.micro_batch.checked_mul(d.seq_len).and_then(|bt| bt.checked_mul(world)) else {
+            return Err(ConfigError::Invalid(format!(
+                "[data] micro_batch * seq_len * world = {} * {} * {world} does not fit in 64 bits: lower them",
+                d.micro_batch, d.seq_len
+            )));
+        };
         if per_micro == 0 || !d.total_batch_tokens.is_multiple_of(per_micro) {
             return Err(ConfigError::Invalid(format!(
                 "[data] total_batch_tokens {} must be divisible by micro_batch * seq_len * world = {} * {} * {world} = {per_micro}",
@@ -654,6 +690,38 @@ mod tests {
         let cfg = TrainConfig::resolve(None, &[]).unwrap();
         let err = cfg.grad_accum_steps(3).unwrap_err().to_string();
         assert!(err.contains("world = 64 * 1024 * 3"), "{err}");
+    }
+
+    /// Issue 26: `optim.grad_clip=nan` turned clipping off and `optim.eps=inf` froze learning, both with status 0;
+    /// `weight_decay=nan` came back as "divergence (lower optim.max_lr)". Every optimizer constant must be finite.
+    #[test]
+    fn non_finite_optimizer_constants_are_refused_naming_the_key() {
+        for (key, value) in [
+            ("grad_clip", "nan"),
+            ("eps", "inf"),
+            ("weight_decay", "nan"),
+            ("max_lr", "inf"),
+            ("min_lr_ratio", "nan"),
+            ("betas", "[nan, 0.95]"),
+        ] {
+            let err = TrainConfig::resolve(None, &[format!("optim.{key}={value}")]).unwrap_err().to_string();
+            assert!(err.contains(&format!("[optim] {key}")) && err.contains("finite"), "{key}={value}: {err}");
+        }
+    }
+
+    /// Issue 26: `micro_batch=4611686018427387905 seq_len=4 total_batch_tokens=4` passed validation (B * T wrapped to
+    /// 4) and panicked with a backtrace; sizes are multiplied with checked arithmetic, and a model size beyond any model
+    /// is refused before it is multiplied.
+    #[test]
+    fn sizes_that_overflow_when_multiplied_are_refused() {
+        let o = ["data.micro_batch=4611686018427387905", "data.seq_len=4", "data.total_batch_tokens=4"];
+        let err = TrainConfig::resolve(None, &o.map(String::from)).unwrap_err().to_string();
+        assert!(err.contains("does not fit in 64 bits") && err.contains("4611686018427387905"), "{err}");
+        let cfg = TrainConfig::resolve(None, &[]).unwrap();
+        let err = cfg.grad_accum_steps(usize::MAX).unwrap_err().to_string();
+        assert!(err.contains("does not fit"), "{err}");
+        let err = TrainConfig::resolve(None, &["model.n_embd=4611686018427387904".into()]).unwrap_err().to_string();
+        assert!(err.contains("[model] n_embd 4611686018427387904 is larger than any model dimension"), "{err}");
     }
 
     #[test]

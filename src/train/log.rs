@@ -109,6 +109,12 @@ impl RunLog {
         let open = |name: &str| {
             let mut o = OpenOptions::new();
             o.create(true);
+            // Never through a link planted at the log's name (`crate::output`): a link there is an error, not a target.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                o.custom_flags(libc::O_NOFOLLOW);
+            }
             if append {
                 o.append(true);
             } else {

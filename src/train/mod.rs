@@ -6,10 +6,12 @@
 //! backward compute in `run.dtype` (bf16 on GPU by default, see `config::ComputeDtype`), gradients come back fp32;
 //! losses, norms and evaluation statistics are reduced in fp32.
 //!
-//! Files: `config` (TrainConfig, resolution), `init` (a run that starts from a Hugging Face model), `schedule` (lr), `optim` (AdamW), `step` (micro-step, accumulation,
-//! the gradient-reduction seam, clipping), `checkpoint`, `resume` (what a resumed run may change), `run_dir` (the
-//! run directory's owner marker and lock: what a run may write and remove there), `log`, `sample`,
-//! `trainer` (the loop), `stop` (SIGTERM/SIGINT: stop after the step, with a checkpoint), `report` (SVG);
+//! Files: `config` (TrainConfig, resolution), `init` (a run that starts from a Hugging Face model), `schedule` (lr),
+//! `optim` (AdamW), `step` (micro-step, accumulation, the gradient-reduction seam, clipping), `state` (what
+//! `state.json` records, the names of a run's checkpoint files), `checkpoint`, `resume` (what a resumed run may
+//! change), `run_dir` (the run directory's owner marker and lock: what a run may write and remove there), `memory`
+//! (what a run needs, estimated before anything is allocated), `log`, `sample`, `trainer` (the loop), `stop`
+//! (SIGTERM/SIGINT: stop after the step, with a checkpoint), `report` (SVG);
 //! `dist` is data-parallel training (process groups, and `DataParallel`, the multi-process `step::Reducer`).
 
 pub mod checkpoint;
@@ -19,12 +21,14 @@ pub mod dist;
 pub mod engine;
 pub mod init;
 pub mod log;
+pub mod memory;
 pub mod optim;
 pub mod report;
 pub mod resume;
 pub mod run_dir;
 pub mod sample;
 pub mod schedule;
+pub mod state;
 pub mod step;
 pub mod stop;
 pub mod trainer;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 
 use crate::train::log::{read_log_txt, LogParseError, LogSeries, LOG_TXT};
-use crate::util::{io_at, PathIoError};
+use crate::util::PathIoError;
 
 /// Val loss of OpenAI's GPT-2 (124M) checkpoint on the FineWeb-Edu val split (build-nanogpt's plot baseline).
 pub const GPT2_124M_VAL_LOSS: f64 = 3.2924;
@@ -45,15 +45,14 @@ pub enum ReportError {
     Log(#[from] LogParseError),
     #[error("{path}: no train, val or hella lines to plot")]
     Empty { path: String },
+    #[error("{path}: no finite value to plot ({notes}): the run diverged from its first logged step")]
+    NothingFinite { path: String, notes: String },
     #[error("drawing the report: {0}")]
     Draw(String),
     #[error(transparent)]
     Io(#[from] PathIoError),
-    #[error(
-        "{path}: exists and is not a report tokenmill wrote; refusing to replace it (pass another --out, or remove \
-         the file yourself)"
-    )]
-    NotAReport { path: String },
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
 }
 
 fn draw_err<E: std::fmt::Display>(e: E) -> ReportError {
@@ -69,8 +68,12 @@ pub const HELLASWAG_CHANCE: f64 = 0.25;
 
 /// An axis range covering `values`, `baseline` and the span `at_least`, padded by 5%. Loss curves start near ln(V) ~ 11 and fall fast;
 /// the range is capped at the 95th percentile of the values so the interesting part stays readable.
+///
+/// The range is always finite and its span representable: values are clamped to +-[`AXIS_LIMIT`] (a loss of 1e308
+/// next to -1e308 made the span infinite, and the axis's tick search never ended).
 fn y_range(values: &[f64], baseline: f64, cap_outliers: bool, at_least: (f64, f64)) -> std::ops::Range<f64> {
-    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    let mut sorted: Vec<f64> =
+        values.iter().copied().filter(|v| v.is_finite()).map(|v| v.clamp(-AXIS_LIMIT, AXIS_LIMIT)).collect();
     sorted.sort_by(f64::total_cmp);
     let lo = sorted.first().copied().unwrap_or(baseline).min(baseline).min(at_least.0);
     let hi = if cap_outliers && sorted.len() >= 20 {
@@ -82,6 +85,31 @@ fn y_range(values: &[f64], baseline: f64, cap_outliers: bool, at_least: (f64, f6
     .max(at_least.1);
     let pad = ((hi - lo) * 0.05).max(1e-3);
     (lo - pad)..(hi + pad)
+}
+
+/// The largest magnitude an axis spans: far beyond any loss or accuracy, small enough that a span across it is finite.
+const AXIS_LIMIT: f64 = 1e300;
+
+/// The drawable part of `series`, and one note per curve that had values no axis can hold (nan, inf: a run that
+/// diverged logs them); those points are left out.
+pub fn finite_only(series: &LogSeries) -> (LogSeries, Vec<String>) {
+    let mut notes = Vec::new();
+    let mut keep = |name: &str, points: &[(usize, f64)]| -> Vec<(usize, f64)> {
+        let bad: Vec<&(usize, f64)> = points.iter().filter(|(_, v)| !v.is_finite()).collect();
+        if let Some((step, v)) = bad.first() {
+            notes.push(format!(
+                "{} {name} value(s) are not finite (the first: {v} at step {step}) and are not drawn",
+                bad.len()
+            ));
+        }
+        points.iter().copied().filter(|(_, v)| v.is_finite()).collect()
+    };
+    let drawn = LogSeries {
+        train: keep("train", &series.train),
+        val: keep("val", &series.val),
+        hella: keep("hella", &series.hella),
+    };
+    (drawn, notes)
 }
 
 /// A legend mark for a dashed line: two dashes, as the line is drawn (a macro: the closure's element type is
@@ -230,29 +258,65 @@ pub fn trained_on_fineweb_edu(log_dir: &Path) -> Option<bool> {
     Some(manifest.dataset == FINEWEB_EDU_DATASET)
 }
 
+/// What `report` drew and wrote.
+pub struct Written {
+    /// The curves drawn (finite values only).
+    pub series: LogSeries,
+    /// Values left out (not finite), one note per curve.
+    pub notes: Vec<String>,
+    pub opts: ReportOptions,
+    pub out: PathBuf,
+}
+
 /// Read `log_dir/log.txt` and write the plot atomically to `out` (default `log_dir/report.svg`), which must not exist
-/// or be a report tokenmill wrote ([`is_tokenmill_report`]). Returns the series drawn, the options it was drawn with
-/// and the file written.
-pub fn write_report(log_dir: &Path, out: Option<&Path>) -> Result<(LogSeries, ReportOptions, PathBuf), ReportError> {
+/// or be a report tokenmill wrote ([`is_tokenmill_report`]; `crate::output::write_file`).
+pub fn write_report(log_dir: &Path, out: Option<&Path>) -> Result<Written, ReportError> {
     let log_path = log_dir.join(LOG_TXT);
-    let series = read_log_txt(&log_path)?;
-    if series.train.is_empty() && series.val.is_empty() && series.hella.is_empty() {
+    let read = read_log_txt(&log_path)?;
+    if read.train.is_empty() && read.val.is_empty() && read.hella.is_empty() {
         return Err(ReportError::Empty { path: log_path.display().to_string() });
+    }
+    let (series, notes) = finite_only(&read);
+    if series.train.is_empty() && series.val.is_empty() && series.hella.is_empty() {
+        return Err(ReportError::NothingFinite { path: log_path.display().to_string(), notes: notes.join("; ") });
     }
     let opts = ReportOptions { val_baseline: trained_on_fineweb_edu(log_dir) == Some(true) };
     let svg = render_svg(&series, opts)?;
     let out = out.map(Path::to_path_buf).unwrap_or_else(|| log_dir.join(REPORT_FILE));
     // Only a report replaces a report: never a run's log, config or checkpoint, nor anything else that is not one.
-    if (out.exists() || out.is_symlink()) && !(out.is_file() && !out.is_symlink() && is_tokenmill_report(&out)) {
-        return Err(ReportError::NotAReport { path: out.display().to_string() });
-    }
-    crate::util::write_atomic(&out, svg.as_bytes()).map_err(io_at(&out))?;
-    Ok((series, opts, out))
+    crate::output::write_file(&out, svg.as_bytes(), "a report", is_tokenmill_report)?;
+    Ok(Written { series, notes, opts, out })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 26: `report` spun forever on a loss series with no finite value (nan, inf, -inf) or one spanning
+    /// +-1e308. Non-finite values are left out and said; any finite range is drawable.
+    #[test]
+    fn report_of_non_finite_or_huge_losses_ends() {
+        for (values, finite) in [
+            (vec![f64::NAN], false),
+            (vec![f64::INFINITY, f64::NEG_INFINITY], false),
+            (vec![1e308, -1e308], true),
+            (vec![-1e308, 2.0, f64::NAN], true),
+        ] {
+            let series = LogSeries {
+                train: values.iter().enumerate().map(|(i, &v)| (i, v)).collect(),
+                val: vec![(0, f64::NAN)],
+                hella: vec![],
+            };
+            let (drawn, notes) = finite_only(&series);
+            assert_eq!(drawn.train.is_empty(), !finite, "{values:?}");
+            assert!(notes.iter().any(|n| n.contains("val value(s) are not finite")), "{notes:?}");
+            let range = y_range(&values, 3.0, true, (f64::INFINITY, f64::NEG_INFINITY));
+            assert!(range.start.is_finite() && range.end.is_finite() && (range.end - range.start).is_finite());
+            if finite {
+                render_svg(&drawn, ReportOptions { val_baseline: false }).unwrap();
+            }
+        }
+    }
 
     #[test]
     fn range_covers_baseline_and_caps_the_initial_spike() {

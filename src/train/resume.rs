@@ -9,66 +9,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::shards::loader::{split_files, LoaderError};
-use crate::shards::{Manifest, Split};
-use crate::tokenizer::TokenizerKind;
-use crate::train::checkpoint::TrainState;
+pub use crate::train::state::DataIdentity;
+use crate::train::state::TrainState;
 use crate::train::TrainConfig;
-
-/// What a run trains on, as `state.json` records it: a resume on other data is refused, a moved directory is not.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DataIdentity {
-    /// The manifest's tokenizer; `None` for a directory of bare llm.c / `.npy` shards.
-    pub tokenizer: Option<TokenizerKind>,
-    pub train_shards: usize,
-    pub val_shards: usize,
-    /// xxh3 over every shard's split, name, token count and xxh3 as the manifest lists them (without a manifest:
-    /// split, name and size in bytes).
-    pub digest: String,
-}
-
-impl DataIdentity {
-    /// The identity of the shard directory `dir` (its manifest, or its files' names and sizes).
-    pub fn of_dir(dir: &Path) -> Result<DataIdentity, LoaderError> {
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        if Manifest::path_in(dir).exists() {
-            let m = Manifest::load(dir)?;
-            for s in &m.shards {
-                h.update(format!("{}\t{}\t{}\t{}\n", s.split, s.file, s.tokens, s.xxh3).as_bytes());
-            }
-            let count = |split| m.shards.iter().filter(|s| s.split == split).count();
-            return Ok(DataIdentity {
-                tokenizer: Some(m.tokenizer.name),
-                train_shards: count(Split::Train),
-                val_shards: count(Split::Val),
-                digest: format!("{:016x}", h.digest()),
-            });
-        }
-        let mut counts = [0; 2];
-        for (i, split) in [Split::Train, Split::Val].into_iter().enumerate() {
-            let (files, _) = split_files(dir, split)?;
-            for f in files.iter().map(|f| &f.path) {
-                let bytes = std::fs::metadata(f).map_err(|e| crate::shards::ShardError::io(f, e))?.len();
-                let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                h.update(format!("{split}\t{name}\t{bytes}\n").as_bytes());
-            }
-            counts[i] = files.len();
-        }
-        Ok(DataIdentity {
-            tokenizer: None,
-            train_shards: counts[0],
-            val_shards: counts[1],
-            digest: format!("{:016x}", h.digest()),
-        })
-    }
-
-    fn describe(&self) -> String {
-        let tok = self.tokenizer.map_or("no manifest".to_string(), |t| format!("{t} tokens"));
-        format!("{tok}, {} train + {} val shards, digest {}", self.train_shards, self.val_shards, self.digest)
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -99,7 +44,8 @@ pub fn reconcile(
     let mut reasons = Vec::new();
     match requested.model.resolve(data_vocab) {
         Ok(model) => {
-            let (was, now) = (flatten_json(&saved.model), flatten_json(&model));
+            // Resolved values are compared: `rope_theta = 10000.0` spelled out is the default left unset.
+            let (was, now) = (flatten_json(&resolved_model(&saved.model)), flatten_json(&resolved_model(&model)));
             for (key, old, new) in changed(&was, &now) {
                 reasons.push(format!("model {key} {old} -> {new} (the checkpoint's weights have its model's shape)"));
             }
@@ -148,6 +94,20 @@ pub fn reconcile(
         Ok(applied)
     } else {
         Err(ResumeRefused { checkpoint: checkpoint.display().to_string(), reasons })
+    }
+}
+
+/// `cfg` with every optional field at the value it takes (KV heads, MLP width, rotary base where the architecture has
+/// rotary positions, tied head, norm epsilon), so two configs that build the same model compare equal.
+fn resolved_model(cfg: &crate::model::ModelConfig) -> crate::model::ModelConfig {
+    let rotary = cfg.arch.spec().positions == crate::model::arch::Positions::Rotary;
+    crate::model::ModelConfig {
+        n_kv_head: Some(cfg.kv_heads()),
+        ffn_hidden: Some(cfg.hidden()),
+        rope_theta: if rotary { Some(cfg.rope_base()) } else { cfg.rope_theta },
+        tie_word_embeddings: Some(cfg.tied()),
+        norm_eps: Some(cfg.eps()),
+        ..cfg.clone()
     }
 }
 

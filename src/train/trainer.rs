@@ -73,6 +73,18 @@ pub enum TrainError {
          --max-steps above {step} to continue it (the learning-rate schedule follows), or start a new run"
     )]
     NothingToTrain { checkpoint: String, step: usize, max_steps: usize },
+    #[error(
+        "{checkpoint}: written by run {theirs}, but {dir} is run {ours} (its .tokenmill-run): a checkpoint copied in \
+         from another run is not this run's state, and continuing from it would mix two runs in one log. Resume it \
+         into a new directory (--resume {checkpoint} --log-dir NEW_DIR), or move it out of {dir}"
+    )]
+    OtherRunsCheckpoint { checkpoint: String, theirs: String, ours: String, dir: String },
+    #[error(transparent)]
+    Memory(#[from] crate::train::memory::MemoryError),
+    #[error("{0}")]
+    EmptyTrain(String),
+    #[error("[engine] gemm_table: {0} (fix or remove the file, or unset engine.gemm_table)")]
+    GemmTable(#[from] crate::cuda::gemm_table::GemmTableError),
 }
 
 impl From<InitError> for TrainError {
@@ -117,7 +129,7 @@ pub struct Trainer {
     /// Raised by SIGTERM / SIGINT (or `StopRequest::request`): stop after the current step, with a checkpoint.
     stop: StopRequest,
     /// Rank 0: the run directory, locked for as long as the trainer lives.
-    _run_dir: Option<RunDir>,
+    run_dir: Option<RunDir>,
 }
 
 /// How [`Trainer::run`] ended.
@@ -166,17 +178,19 @@ impl Default for TrainerOptions {
 
 /// The run directory, refused now if it is another run's, another process's or not tokenmill's (rank 0). A resume
 /// of this directory's own checkpoint takes it (lock, marker) at once, because the leftovers of interrupted
-/// checkpoint writes are cleaned before anything looks for the latest checkpoint; otherwise it is taken once
-/// everything else has been checked.
+/// checkpoint writes are cleaned before anything looks for the latest checkpoint, and because whose checkpoint it
+/// resumes is judged by the directory's run id; otherwise it is taken once everything else has been checked.
 fn claim_run_dir(
     log_dir: &Path,
     checkpoint_root: &Path,
     claim: Claim,
+    resumed_from: Option<&Path>,
     notes: &mut Vec<String>,
 ) -> Result<Option<RunDir>, TrainError> {
     run_dir::check(log_dir, checkpoint_root, claim)?;
-    if let (Claim::Resume { own: true, .. }, true) = (claim, checkpoint_root.is_dir()) {
-        let (dir, n) = RunDir::take(log_dir, checkpoint_root, claim)?;
+    let something_to_resume = checkpoint_root.is_dir() || resumed_from.is_some_and(Path::is_dir);
+    if let (Claim::Resume { own: true, .. }, true) = (claim, something_to_resume) {
+        let (dir, n) = RunDir::take(log_dir, checkpoint_root, claim, resumed_from)?;
         notes.extend(n);
         notes.extend(checkpoint::clean_stale(checkpoint_root)?);
         return Ok(Some(dir));
@@ -202,9 +216,11 @@ fn check_data(data_dir: &Path, allow_incomplete: bool) -> Result<(usize, DataIde
 }
 
 /// A resume's checkpoint: read, checked, and reconciled with `cfg` first, so a change it cannot honour is the first
-/// thing said; the changes it applies become notes. From here `cfg` is the config in effect.
+/// thing said; the changes it applies become notes. From here `cfg` is the config in effect. `this_run`: the run id
+/// and directory of the run it continues in place: a checkpoint another run wrote is refused there.
 fn read_resume(
     dir: &Path,
+    this_run: Option<(&str, &Path)>,
     cfg: &TrainConfig,
     data: &DataIdentity,
     data_vocab: usize,
@@ -212,6 +228,16 @@ fn read_resume(
     notes: &mut Vec<String>,
 ) -> Result<TrainState, TrainError> {
     let state = checkpoint::load_state(dir)?;
+    if let (Some(theirs), Some((ours, run))) = (&state.run_id, this_run) {
+        if theirs != ours {
+            return Err(TrainError::OtherRunsCheckpoint {
+                checkpoint: dir.display().to_string(),
+                theirs: theirs.clone(),
+                ours: ours.to_string(),
+                dir: run.display().to_string(),
+            });
+        }
+    }
     let changes = resume::reconcile(dir, &state, cfg, data, data_vocab)?;
     notes.extend(changes.into_iter().map(|c| format!("resume applies {c}")));
     if state.step >= cfg.optim.max_steps {
@@ -333,20 +359,29 @@ impl Trainer {
             Resume::No => Claim::Fresh { overwrite: opts.overwrite },
             Resume::Latest => Claim::Resume { own: true, overwrite: opts.overwrite },
             Resume::From(p) => Claim::Resume {
-                own: p.parent().is_some_and(|root| run_dir::same_dir(root, &checkpoint_root)),
+                own: run_dir::owns_checkpoint(&log_dir, &checkpoint_root, p),
                 overwrite: opts.overwrite,
             },
         };
+        let resumed_from = match &opts.resume {
+            Resume::From(p) => Some(p.as_path()),
+            _ => None,
+        };
         let mut notes = Vec::new();
-        let mut taken = if rank == 0 { claim_run_dir(&log_dir, &checkpoint_root, claim, &mut notes)? } else { None };
+        let mut taken =
+            if rank == 0 { claim_run_dir(&log_dir, &checkpoint_root, claim, resumed_from, &mut notes)? } else { None };
         let (data_vocab, data) = check_data(&data_dir, opts.allow_incomplete_data)?;
         let resume_dir = match &opts.resume {
             Resume::No => None,
             Resume::Latest => Some(checkpoint::latest(&checkpoint_root)?),
             Resume::From(p) => Some(p.clone()),
         };
+        let this_run = match (claim, &taken) {
+            (Claim::Resume { own: true, .. }, Some(d)) => Some((d.marker().run_id.as_str(), d.dir())),
+            _ => None,
+        };
         let resume_state = match &resume_dir {
-            Some(dir) => Some(read_resume(dir, &cfg, &data, data_vocab, opts.verify, &mut notes)?),
+            Some(dir) => Some(read_resume(dir, this_run, &cfg, &data, data_vocab, opts.verify, &mut notes)?),
             None => None,
         };
         let model_cfg = match &resume_state {
@@ -375,7 +410,13 @@ impl Trainer {
             world,
             shuffle_seed,
         };
-        let mut train = DataLoader::open_with(&data_dir, Split::Train, loader_cfg(cfg.data.shuffle_seed), opts.verify)?;
+        let mut train = DataLoader::open_with(&data_dir, Split::Train, loader_cfg(cfg.data.shuffle_seed), opts.verify)
+            .map_err(|e| match (&e, Manifest::load(&data_dir)) {
+                (LoaderError::EmptySplit { split: Split::Train, .. }, Ok(m)) => {
+                    m.empty_train_because_of_val_shards(&data_dir).map_or(TrainError::Loader(e), TrainError::EmptyTrain)
+                }
+                _ => TrainError::Loader(e),
+            })?;
         // Validation always reads the same batches, in file order, from the start.
         let val = if cfg.eval.val_every > 0 {
             Some(DataLoader::open_with(&data_dir, Split::Val, loader_cfg(None), opts.verify)?)
@@ -388,6 +429,12 @@ impl Trainer {
             Err(_) => None,
         };
         let hellaswag = hellaswag_examples(&cfg, &data_dir, data_vocab, &data)?;
+        // What the run needs, from the config alone, before the model and its optimizer state are allocated.
+        crate::train::memory::check(&model_cfg, cfg.data.micro_batch, cfg.data.seq_len, device.is_cpu(), "train")?;
+        if let crate::train::decoder::options::GemmTableChoice::File(table) = &cfg.engine.gemm_table {
+            // Read (and checked) whatever the engine: a missing or garbage file is named, not recorded silently.
+            crate::cuda::gemm_table::GemmTable::load(table)?;
+        }
         let init = open_init(&cfg, resume_dir.is_some(), &data_dir)?;
 
         let sources = (resume_dir.as_deref(), init.as_ref());
@@ -406,7 +453,7 @@ impl Trainer {
             let run_dir = match taken {
                 Some(d) => d,
                 None => {
-                    let (d, n) = RunDir::take(&log_dir, &checkpoint_root, claim)?;
+                    let (d, n) = RunDir::take(&log_dir, &checkpoint_root, claim, resumed_from)?;
                     notes.extend(n);
                     d
                 }
@@ -440,7 +487,7 @@ impl Trainer {
             last_checkpoint: None,
             data,
             stop: opts.stop,
-            _run_dir: taken,
+            run_dir: taken,
         };
         trainer.startup_notes(resume_dir.as_deref(), &notes, dtype);
         Ok(trainer)
@@ -467,6 +514,14 @@ impl Trainer {
         ));
         if let Some(resolved) = self.engine.resolved() {
             log.note(&format!("[engine] {} (resolved: {resolved})", self.cfg.engine.describe()));
+        } else if self.cfg.engine != crate::train::config::EngineOptions::default() {
+            log.note(&format!(
+                "note: [engine] {} applies to the cuda engine only; this run's {} engine on {:?} does not use it \
+                 (it is recorded in the config as given)",
+                self.cfg.engine.describe(),
+                self.engine.kind().name(),
+                self.device
+            ));
         }
         log.note(&format!("num decayed parameter tensors: {dt}, with {dn} parameters"));
         log.note(&format!("num non-decayed parameter tensors: {nt}, with {nn} parameters"));
@@ -649,6 +704,7 @@ impl Trainer {
             model: self.engine.model().config().clone(),
             data: Some(self.data.clone()),
             engine: self.engine.resolved(),
+            run_id: self.run_dir.as_ref().map(|d| d.marker().run_id.clone()),
             checksums: Default::default(), // filled in by checkpoint::save
             tool_version: crate::TOOL_VERSION.to_string(),
         };

@@ -14,6 +14,9 @@
 use super::DistError;
 
 pub const DEFAULT_MASTER_PORT: u16 = 29500;
+/// The most processes a data-parallel job may have (rank 0 keeps state per rank, so this bounds what the rendezvous
+/// allocates; the largest jobs run today are far below it).
+pub const MAX_WORLD: usize = 1 << 20;
 
 /// Which launcher's variables described the job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +94,10 @@ impl DistEnv {
             parse_usize(names.world, &require(present, names.world, "set both (the number of processes in the job)")?)?;
         if world == 0 {
             return Err(bad(names.world, "0", "the world size must be at least 1"));
+        }
+        if world > MAX_WORLD {
+            // Rank 0 keeps a connection slot per rank: a world of 10^12 aborted in the allocator.
+            return Err(bad(names.world, &world.to_string(), &format!("at most {MAX_WORLD} processes in a job")));
         }
         if rank >= world {
             return Err(bad(names.rank, &rank.to_string(), &format!("must be below {} = {world}", names.world)));
@@ -199,6 +206,14 @@ mod tests {
         );
         assert_eq!(e.master(), "node7:1234");
         assert_eq!(e.cuda_device(), "cuda:1");
+    }
+
+    /// Issue 26: a world of 10^12 (`launch --nnodes 1000000000000`) made rank 0's rendezvous abort in the allocator.
+    #[test]
+    fn a_world_beyond_any_job_is_refused() {
+        let big = (MAX_WORLD + 1).to_string();
+        let err = parse(&[("RANK", "0"), ("WORLD_SIZE", &big), ("LOCAL_RANK", "0")]).unwrap_err().to_string();
+        assert!(err.contains("WORLD_SIZE") && err.contains(&format!("at most {MAX_WORLD}")), "{err}");
     }
 
     #[test]

@@ -80,6 +80,14 @@ impl LaunchSpec {
         if self.nnodes == 0 || self.node_rank >= self.nnodes {
             return bad(format!("--node-rank {} must be below --nnodes {}", self.node_rank, self.nnodes));
         }
+        let max_world = crate::train::dist::env::MAX_WORLD;
+        if self.nproc_per_node.checked_mul(self.nnodes).is_none_or(|w| w > max_world) {
+            return bad(format!(
+                "--nnodes {} x --nproc-per-node {} is more than the {max_world} processes a job may have; nothing was \
+                 started",
+                self.nnodes, self.nproc_per_node
+            ));
+        }
         if self.master_port == 0 {
             return bad("--master-port must be a TCP port, 1..65535".into());
         }
@@ -478,5 +486,10 @@ mod tests {
         );
         assert!(e(LaunchSpec { node_rank: 2, ..spec() }).contains("--node-rank 2 must be below --nnodes 2"));
         assert!(e(LaunchSpec { timeout_s: Some(-1.0), ..spec() }).contains("--timeout"));
+        // Issue 26: --nnodes 10^12 started ranks whose rendezvous aborted in the allocator.
+        let err = e(LaunchSpec { nnodes: 1_000_000_000_000, node_rank: 0, ..spec() });
+        assert!(err.contains("--nnodes 1000000000000") && err.contains("nothing was started"), "{err}");
+        let err = e(LaunchSpec { nnodes: usize::MAX, node_rank: 0, ..spec() });
+        assert!(err.contains("more than the"), "{err}");
     }
 }
