@@ -41,7 +41,7 @@ fn one_box_options(out: &Path, tokenizer: TokenizerKind, max_shards: Option<usiz
         text_column: "text".into(),
         out: out.to_path_buf(),
         dataset: "edufineweb".into(),
-        tokenizer,
+        tokenizer: tokenizer.into(),
         shard_size: SHARD,
         val_shards: 1,
         max_shards,

@@ -13,8 +13,9 @@ use crate::model::{hf::export_hf, load_model, Architecture, Precision};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ExportCommand {
-    /// Write a Hugging Face folder (GPT2LMHeadModel or LlamaForCausalLM: config.json + model.safetensors, and
-    /// GPT-2's tokenizer files for a GPT-2 vocabulary) from a checkpoint.
+    /// Write a Hugging Face folder (GPT2LMHeadModel or LlamaForCausalLM: config.json + model.safetensors) from a
+    /// checkpoint, with the tokenizer files of its data: a Hugging Face tokenizer's tokenizer.json and
+    /// tokenizer_config.json, or GPT-2's for a GPT-2 vocabulary.
     Hf {
         /// A tokenmill checkpoint directory (or weights file, or HF folder).
         checkpoint: PathBuf,
@@ -35,7 +36,18 @@ pub fn run(c: ExportCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("loading {}", checkpoint.display()))?;
             export_hf(model.as_ref(), &dir)?;
             let cfg = model.config();
-            if cfg.real_vocab_size == crate::tokenizer::TokenizerKind::Gpt2.vocab_size() as usize {
+            let hf_tokenizer = super::sample::recorded_tokenizer(spec)?.filter(|t| t.hf().is_some());
+            if let Some(hf) = hf_tokenizer.as_ref().and_then(|t| t.hf()) {
+                // The model's own tokenizer, the one its data was prepared with (kept in every checkpoint).
+                for (name, bytes) in hf.export_files(cfg.block_size) {
+                    let path = dir.join(name);
+                    crate::util::write_atomic(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+                }
+                println!(
+                    "tokenizer: the model's tokenizer.json and tokenizer_config.json ({}; AutoTokenizer loads them)",
+                    hf.record().source
+                );
+            } else if cfg.real_vocab_size == crate::tokenizer::TokenizerKind::Gpt2.vocab_size() as usize {
                 println!(
                     "tokenizer: GPT-2's vocab.json, merges.txt and tokenizer_config.json (AutoTokenizer loads them)"
                 );

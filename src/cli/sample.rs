@@ -5,12 +5,19 @@
 //! tokenmill sample --model gpt2 --prompt "Hello, I'm a language model," --num-samples 5 --max-tokens 30
 //! tokenmill sample --model log/checkpoints/step_019073 --device cuda
 //! ```
+//!
+//! The text is encoded and decoded with the tokenizer the model was trained with: a checkpoint keeps its data's
+//! Hugging Face tokenizer (tokenizer.json) or records its built-in one; a Hugging Face folder has its tokenizer.json;
+//! otherwise the built-in vocabulary of the model's size. `--tokenizer` overrides.
 
 use anyhow::{bail, Context};
 use rand::SeedableRng;
 
+use std::path::Path;
+
 use crate::model::{load_model, Precision};
-use crate::tokenizer::{Tokenizer, TokenizerKind};
+use crate::tokenizer::{HfTokenizer, Tokenizer, TokenizerId, TokenizerKind, TokenizerSource, TOKENIZER_JSON};
+use crate::train::checkpoint;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -38,9 +45,10 @@ pub struct Args {
     /// `fp32`, `bf16` (bf16 matmuls, fp32 weights) or `auto` (bf16 on CUDA, else fp32).
     #[arg(long, default_value = "fp32")]
     pub dtype: String,
-    /// Tokenizer (gpt2, cl100k_base, o200k_base); default: the one whose vocabulary the model was trained on.
-    #[arg(long)]
-    pub tokenizer: Option<TokenizerKind>,
+    /// Tokenizer (gpt2, cl100k_base, o200k_base, a tokenizer.json or its folder, hf:OWNER/NAME); default: the one
+    /// the model was trained with (a checkpoint's, an HF folder's tokenizer.json), else the built-in one of its size.
+    #[arg(long, value_name = "NAME|PATH|hf:REPO")]
+    pub tokenizer: Option<TokenizerSource>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -58,25 +66,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let model = load_model(&super::model_arg(&args.model)?, Precision::with_compute(compute), &device)
         .with_context(|| format!("loading --model {}", args.model))?;
     let cfg = model.config().clone();
-    let kind = match args.tokenizer {
-        Some(k) => k,
-        None => [TokenizerKind::Gpt2, TokenizerKind::Cl100kBase, TokenizerKind::O200kBase]
-            .into_iter()
-            .find(|k| k.vocab_size() as usize == cfg.real_vocab_size)
-            .with_context(|| {
-                format!(
-                    "the model's vocabulary ({} ids) matches no known tokenizer; pass --tokenizer",
-                    cfg.real_vocab_size
-                )
-            })?,
+    let tokenizer = match &args.tokenizer {
+        Some(source) => source.load().with_context(|| format!("loading --tokenizer {source}"))?,
+        None => match recorded_tokenizer(&super::model_arg(&args.model)?)? {
+            Some(t) => t,
+            None => [TokenizerKind::Gpt2, TokenizerKind::Cl100kBase, TokenizerKind::O200kBase]
+                .into_iter()
+                .find(|k| k.vocab_size() as usize == cfg.real_vocab_size)
+                .map(Tokenizer::new)
+                .with_context(|| {
+                    format!(
+                        "the model's vocabulary ({} ids) matches no known tokenizer and it records none; pass \
+                         --tokenizer",
+                        cfg.real_vocab_size
+                    )
+                })?,
+        },
     };
-    let tokenizer = Tokenizer::new(kind);
-    let prompt = tokenizer.encode(&args.prompt);
+    let prompt = tokenizer.encode(&args.prompt)?;
     if prompt.is_empty() {
         bail!("--prompt is empty");
     }
     if let Some(&id) = prompt.iter().find(|&&id| id as usize >= cfg.real_vocab_size) {
-        bail!("the prompt has token id {id} ({kind}), outside the model's {}-id vocabulary", cfg.real_vocab_size);
+        bail!(
+            "the prompt has token id {id} ({}), outside the model's {}-id vocabulary",
+            tokenizer.describe(),
+            cfg.real_vocab_size
+        );
     }
     if args.max_tokens <= prompt.len() {
         bail!("--max-tokens {} leaves no room after the prompt's {} tokens", args.max_tokens, prompt.len());
@@ -101,4 +117,40 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The tokenizer a model records, for a `--model` value (`model_arg`'s): a tokenmill checkpoint's tokenizer.json
+/// (checked against the data identity its state.json records) or the built-in tokenizer it records, or a Hugging
+/// Face folder's tokenizer.json. `None` when the model says nothing (a hub name, a bare weights file, an older
+/// checkpoint of bare shards).
+pub(crate) fn recorded_tokenizer(spec: &str) -> anyhow::Result<Option<Tokenizer>> {
+    let dir = Path::new(spec);
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let recorded = match dir.join(checkpoint::STATE_FILE).is_file() {
+        true => checkpoint::load_state(dir)?.data.and_then(|d| d.tokenizer),
+        false => None,
+    };
+    if dir.join(TOKENIZER_JSON).is_file() {
+        let t: Tokenizer = HfTokenizer::load_path(dir, &dir.display().to_string())?.into();
+        if let Some(expected) = recorded.filter(|r| *r != t.id()) {
+            bail!(
+                "{}: {} is {}, but the checkpoint's data was tokenized with {expected}; pass --tokenizer",
+                dir.display(),
+                TOKENIZER_JSON,
+                t.id()
+            );
+        }
+        return Ok(Some(t));
+    }
+    match recorded {
+        Some(TokenizerId::Builtin(kind)) => Ok(Some(Tokenizer::new(kind))),
+        Some(id @ TokenizerId::Hf { .. }) => bail!(
+            "{}: the checkpoint's data was tokenized with {id}, but its copy ({TOKENIZER_JSON}) is gone; pass \
+             --tokenizer DATA_DIR/{TOKENIZER_JSON} (the shard directory keeps one)",
+            dir.display()
+        ),
+        None => Ok(None),
+    }
 }

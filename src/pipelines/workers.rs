@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::shards::format::{TokenWidth, HEADER_BYTES};
 use crate::shards::manifest::Manifest;
 
-/// The folder under the output directory that holds the worker folders.
-pub const WORKERS_DIR: &str = "workers";
+pub use crate::shards::WORKERS_DIR;
 /// A worker folder's record of who it is and whether it finished.
 pub const WORKER_FILE: &str = "worker.json";
 /// The most workers one dataset may be split over (folder names have five digits; a prep also refuses more workers

@@ -17,15 +17,16 @@ use crate::shards::manifest::{
     DatasetDefinition, Manifest, ManifestError, ResumeCursor, ShardEntry, SourceEntry, Split,
 };
 use crate::shards::verify::check_listed_shard;
-use crate::tokenizer::TokenizerKind;
+use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::util::{fsync_dir, io_at, temp_path_for, xxh3_hex, PathIoError};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct WriterConfig {
     pub dir: PathBuf,
     /// Prefix of shard file names (fineweb.py uses `edufineweb`).
     pub dataset: String,
-    pub tokenizer: TokenizerKind,
+    /// Recorded in the manifest; a Hugging Face tokenizer's files are copied into `dir` beside the shards.
+    pub tokenizer: Tokenizer,
     pub shard_size: u64,
     pub val_shards: usize,
     /// Stop after this many shards in total (`--shards N`).
@@ -57,6 +58,8 @@ pub enum WriterError {
     WriterThread,
     #[error(transparent)]
     Lock(#[from] crate::util::LockError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
 }
 
 /// A shard ready to be written, with the manifest state that becomes true once it is on disk.
@@ -124,14 +127,18 @@ impl ShardWriter {
             check_same_definition(&mut m, &cfg)?;
             remove_stale_temps(dir)?;
             verify_finished_shards(&m, dir)?;
+            // Same tokenizer (checked above): its copies are rewritten, in case one was removed.
+            cfg.tokenizer.write_files(dir)?;
             m
         } else {
             remove_stale_temps(dir)?;
             if has_shard_files(dir)? {
                 return Err(WriterError::ForeignShards { dir: dir.display().to_string() });
             }
-            let mut m = Manifest::new(&cfg.dataset, cfg.tokenizer, cfg.shard_size);
+            let mut m = Manifest::new(&cfg.dataset, cfg.tokenizer.info(), cfg.shard_size);
             m.definition = Some(cfg.definition.clone());
+            // The tokenizer's files before the manifest that names them.
+            cfg.tokenizer.write_files(dir)?;
             m.shards_limit = cfg.max_shards;
             m.save(dir)?;
             m
@@ -350,8 +357,9 @@ fn check_same_definition(m: &mut Manifest, cfg: &WriterConfig) -> Result<(), Wri
     if m.dataset != cfg.dataset {
         diffs.push(format!("dataset `{}` on disk, `{}` now", m.dataset, cfg.dataset));
     }
-    if m.tokenizer.name != cfg.tokenizer {
-        diffs.push(format!("tokenizer {} on disk, {} now", m.tokenizer.name, cfg.tokenizer));
+    let now = cfg.tokenizer.info();
+    if !m.tokenizer.same_as(&now) {
+        diffs.push(format!("tokenizer {} on disk, {} now", m.tokenizer.describe(), now.describe()));
     }
     if m.shard_size != cfg.shard_size {
         diffs.push(format!("shard size {} on disk, {} now", m.shard_size, cfg.shard_size));
@@ -405,7 +413,8 @@ fn legacy_differences(m: &Manifest, cfg: &WriterConfig) -> Vec<String> {
     diffs
 }
 
-/// `--overwrite`: remove the dataset a previous run left (the shards its manifest lists, then the manifest). Files
+/// `--overwrite`: remove the dataset a previous run left (the shards and tokenizer files its manifest lists, then the
+/// manifest). Files
 /// the manifest does not list are left alone, and so is everything when the manifest cannot be trusted (unreadable,
 /// or naming a file outside `dir`, `Manifest::validate`): the error says so and nothing is deleted.
 fn remove_previous_dataset(dir: &Path) -> Result<(), WriterError> {
@@ -414,10 +423,9 @@ fn remove_previous_dataset(dir: &Path) -> Result<(), WriterError> {
         return Ok(());
     }
     let m = Manifest::load(dir)?;
-    for s in &m.shards {
-        let shard = dir.join(&s.file);
-        match std::fs::remove_file(&shard) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_at(&shard)(e).into()),
+    for file in m.shards.iter().map(|s| dir.join(&s.file)).chain(m.tokenizer_files(dir)) {
+        match std::fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_at(&file)(e).into()),
             _ => {}
         }
     }

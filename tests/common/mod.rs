@@ -19,7 +19,7 @@ pub fn prep_tiny_shakespeare(dir: &Path) {
         text_column: "text".into(),
         out: dir.to_path_buf(),
         dataset: "tinyshakespeare".into(),
-        tokenizer: TokenizerKind::Gpt2,
+        tokenizer: TokenizerKind::Gpt2.into(),
         shard_size: 100_000,
         val_shards: 1,
         max_shards: None,
