@@ -180,6 +180,8 @@ def main() -> None:
             "eos": eos,
             "cases": {k: document_ids(tok, eos, [v])[0] for k, v in CASES.items()},
             "fineweb": {file: digest(document_ids(tok, eos, texts)) for file, texts in fineweb},
+            # The 28 files' documents in file order: the stream `prep` writes from the folder.
+            "fineweb_all": {k: v for k, v in digest([d for _, texts in fineweb for d in document_ids(tok, eos, texts)]).items() if k != "counts"},
             "tinyshakespeare": digest(document_ids(tok, eos, [shakespeare])),
         }
         reference["tokenizers"][name] = entry

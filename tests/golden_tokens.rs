@@ -7,17 +7,15 @@
 //! - the whole corpus: all 2,800 FineWeb documents and all of tiny Shakespeare, re-tokenized here in fineweb.py's
 //!   layout (EOT before each document, u16 LE) and compared by token count and sha256, per file and in total.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use arrow::array::AsArray;
-use arrow::datatypes::DataType;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ProjectionMask;
 use rayon::prelude::*;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokenmill::tokenizer::Tokenizer;
+
+#[path = "common/mod.rs"]
+mod common;
 
 #[derive(Deserialize)]
 struct Index {
@@ -94,23 +92,8 @@ fn load_ids(index: &Index) -> Vec<u32> {
     bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as u32).collect()
 }
 
-/// The `text` column of a parquet file, in row order.
 fn read_texts(path: &Path) -> Vec<String> {
-    let file = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mask = ProjectionMask::columns(builder.parquet_schema(), ["text"]);
-    let reader = builder.with_projection(mask).build().unwrap();
-    let mut texts = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let column = arrow::compute::cast(batch.column(0), &DataType::Utf8).unwrap();
-        let strings = column.as_string::<i32>();
-        for (i, text) in strings.iter().enumerate() {
-            let text = text.unwrap_or_else(|| panic!("{}: row {} has a null text", path.display(), texts.len() + i));
-            texts.push(text.to_string());
-        }
-    }
-    texts
+    common::read_parquet_texts(path)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

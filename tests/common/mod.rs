@@ -6,7 +6,11 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
+use arrow::array::AsArray;
+use arrow::datatypes::DataType;
 use candle_core::Device;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
 use tokenmill::pipelines::fineweb::{self, Input, PrepOptions};
 use tokenmill::pipelines::sources::{SourceFile, SourceKind};
 use tokenmill::tokenizer::TokenizerKind;
@@ -50,4 +54,23 @@ pub fn cuda_device() -> Option<Device> {
         return None;
     }
     Device::new_cuda(0).map_err(|e| eprintln!("skipped the CUDA part: no CUDA device ({e})")).ok()
+}
+
+/// The `text` column of a parquet file, in row order (the shared FineWeb files).
+pub fn read_parquet_texts(path: &Path) -> Vec<String> {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mask = ProjectionMask::columns(builder.parquet_schema(), ["text"]);
+    let reader = builder.with_projection(mask).build().unwrap();
+    let mut texts = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let column = arrow::compute::cast(batch.column(0), &DataType::Utf8).unwrap();
+        let strings = column.as_string::<i32>();
+        for (i, text) in strings.iter().enumerate() {
+            let text = text.unwrap_or_else(|| panic!("{}: row {} has a null text", path.display(), texts.len() + i));
+            texts.push(text.to_string());
+        }
+    }
+    texts
 }

@@ -1,0 +1,419 @@
+//! Hugging Face tokenizers in `prep`: the ids equal Python `tokenizers`' on the whole FineWeb sample and tiny
+//! Shakespeare, every document boundary token counted, for a byte-level BPE tokenizer (EOS appended) and a
+//! SentencePiece-style one (Metaspace, byte fallback, BOS prepended by its post-processor); the manifest records the
+//! tokenizer and the shard directory keeps its files; u32 shards past 65,536 ids; workers merge to the one-box
+//! dataset for both boundaries; HellaSwag prep with the model's tokenizer; and bad inputs as one-line errors naming
+//! the file and field.
+//!
+//! tests/fixtures/hf_tokenizers/ was written by scripts/make_hf_tokenizers.py (Python `tokenizers`, trained on tiny
+//! Shakespeare; reference.json holds Python's per-document token counts and sha256 of the ids).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rayon::prelude::*;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokenmill::pipelines::fineweb::{self, PrepOptions};
+use tokenmill::pipelines::sources::expand_inputs;
+use tokenmill::shards::format::read_shard;
+use tokenmill::shards::loader::{DataLoader, LoaderConfig};
+use tokenmill::shards::{Manifest, Split, TokenWidth};
+use tokenmill::tokenizer::{BoundaryAt, Tokenizer, TokenizerSource};
+
+#[path = "common/mod.rs"]
+mod common;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(name: &str) -> PathBuf {
+    repo().join("tests/fixtures/hf_tokenizers").join(name)
+}
+
+fn data() -> PathBuf {
+    repo().join("../shared/data")
+}
+
+fn reference() -> Value {
+    let path = fixture("reference.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn load(name: &str) -> Tokenizer {
+    TokenizerSource::Path(fixture(name)).load().unwrap()
+}
+
+fn sha256_u32le(ids: &[u32]) -> String {
+    let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Every document's ids as `prep` writes them.
+fn documents(tok: &Tokenizer, texts: &[String]) -> Vec<Vec<u32>> {
+    texts
+        .par_iter()
+        .map(|t| {
+            let mut ids = Vec::new();
+            tok.encode_document_into(t, &mut ids).unwrap();
+            ids
+        })
+        .collect()
+}
+
+/// Per-document counts, total and sha256 of the ids, as reference.json holds them.
+fn digest(docs: &[Vec<u32>]) -> (Vec<u64>, u64, String) {
+    let all: Vec<u32> = docs.concat();
+    (docs.iter().map(|d| d.len() as u64).collect(), all.len() as u64, sha256_u32le(&all))
+}
+
+fn expected(entry: &Value) -> (Vec<u64>, u64, String) {
+    let counts = entry["counts"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).collect();
+    (counts, entry["tokens"].as_u64().unwrap(), entry["sha256"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn ids_equal_python_tokenizers_on_fineweb_and_tiny_shakespeare() {
+    let reference = reference();
+    let fineweb: Vec<(String, Vec<String>)> = reference["tokenizers"]["bpe"]["fineweb"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|file| (file.clone(), common::read_parquet_texts(&data().join(file))))
+        .collect();
+    assert_eq!(fineweb.iter().map(|(_, t)| t.len()).sum::<usize>(), 2800);
+    let shakespeare = vec![std::fs::read_to_string(data().join("tinyshakespeare_input.txt")).unwrap()];
+    for name in ["bpe", "spm"] {
+        let entry = &reference["tokenizers"][name];
+        let tok = load(name);
+        let info = tok.info();
+        assert_eq!(info.hf.as_ref().unwrap().sha256, entry["tokenizer_json_sha256"].as_str().unwrap(), "{name}");
+        assert_eq!(u64::from(tok.vocab_size()), entry["vocab_size"].as_u64().unwrap(), "{name}");
+        for (case, ids) in entry["cases"].as_object().unwrap() {
+            let want: Vec<u32> = ids.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let text = match case.as_str() {
+                "ascii" => "Hello, world! The quick brown fox jumps over the lazy dog.",
+                "special strings as text" => "a <|endoftext|> b <s> c </s> d <unk> e <0x41>",
+                "whitespace" => "  two leading\n\n\tand a tab   three trailing   ",
+                "unicode" => "naïve café — 日本語 — Ελληνικά — 🤖🎉",
+                "empty" => "",
+                other => panic!("reference.json has a case this test does not know: {other}"),
+            };
+            assert_eq!(documents(&tok, &[text.to_string()])[0], want, "{name}: case {case}");
+        }
+        let mut all = Vec::new();
+        for (file, texts) in &fineweb {
+            let docs = documents(&tok, texts);
+            let (counts, tokens, sha) = digest(&docs);
+            let (want_counts, want_tokens, want_sha) = expected(&entry["fineweb"][file]);
+            if counts != want_counts {
+                let doc = counts.iter().zip(&want_counts).position(|(a, b)| a != b).unwrap_or(0);
+                panic!("{name} {file}: document {doc} has {} tokens, Python's {}", counts[doc], want_counts[doc]);
+            }
+            assert_eq!((tokens, &sha), (want_tokens, &want_sha), "{name} {file}: same counts, other ids");
+            all.extend(docs);
+        }
+        let (_, tokens, sha) = digest(&all);
+        let whole = &entry["fineweb_all"];
+        assert_eq!((tokens, sha.as_str()), (whole["tokens"].as_u64().unwrap(), whole["sha256"].as_str().unwrap()));
+        assert_eq!(digest(&documents(&tok, &shakespeare)), expected(&entry["tinyshakespeare"]), "{name}");
+    }
+}
+
+fn prep_options(out: &Path, tokenizer: Tokenizer, shard_size: u64) -> PrepOptions {
+    PrepOptions {
+        input: fineweb::Input::Local(expand_inputs(&[data().join("fineweb_legal_pilot")]).unwrap()),
+        text_column: "text".into(),
+        out: out.to_path_buf(),
+        dataset: "fw".into(),
+        tokenizer,
+        shard_size,
+        val_shards: 1,
+        max_shards: None,
+        threads: 2,
+        progress: false,
+        overwrite: false,
+        worker: None,
+    }
+}
+
+/// All of a directory's shards' ids, in manifest order.
+fn stream(dir: &Path, m: &Manifest) -> Vec<u32> {
+    m.shards.iter().flat_map(|s| read_shard(&dir.join(&s.file)).unwrap().1).collect()
+}
+
+#[test]
+fn prep_writes_pythons_ids_records_the_tokenizer_and_keeps_its_files() {
+    let reference = reference();
+    for (name, boundary, eot) in [("bpe", BoundaryAt::Last, "<|endoftext|>"), ("spm", BoundaryAt::First, "<s>")] {
+        let out = tempfile::tempdir().unwrap();
+        let m = fineweb::prep(&prep_options(out.path(), load(name), 1_000_000)).unwrap().manifest;
+        let entry = &reference["tokenizers"][name];
+        // The shards hold Python's stream, document after document, boundaries included.
+        let ids = stream(out.path(), &m);
+        assert_eq!(ids.len() as u64, entry["fineweb_all"]["tokens"].as_u64().unwrap(), "{name}");
+        assert_eq!(sha256_u32le(&ids), entry["fineweb_all"]["sha256"].as_str().unwrap(), "{name}");
+        assert_eq!(ids.iter().filter(|&&t| t == m.tokenizer.eot).count(), 2800, "{name}: one boundary per document");
+        // The record: name, size, boundary, special ids and the file's sha256; u16 shards for 4096 ids.
+        let t = &m.tokenizer;
+        let hf = t.hf.as_ref().unwrap();
+        assert_eq!((t.name.as_str(), t.vocab_size, t.boundary), ("hf", 4096, boundary), "{name}");
+        assert_eq!(m.token_width, TokenWidth::U16);
+        assert_eq!(hf.sha256, entry["tokenizer_json_sha256"].as_str().unwrap());
+        assert_eq!(hf.source, fixture(name).display().to_string());
+        let eot_token = if boundary == BoundaryAt::First { hf.bos.as_ref() } else { hf.eos.as_ref() };
+        assert_eq!(eot_token.map(|s| (s.id, s.text.as_str())), Some((t.eot, eot)), "{name}");
+        match boundary {
+            BoundaryAt::First => assert_eq!((&hf.prepend[..], &hf.append[..]), (&[t.eot][..], &[][..])),
+            BoundaryAt::Last => assert_eq!((&hf.prepend[..], &hf.append[..]), (&[][..], &[t.eot][..])),
+        }
+        // The directory keeps the very files, and its tokenizer loads back from them.
+        for file in std::iter::once(&hf.file).chain(&hf.config_file) {
+            let copy = std::fs::read(out.path().join(file)).unwrap();
+            assert_eq!(copy, std::fs::read(fixture(name).join(file)).unwrap(), "{name}: {file}");
+        }
+        assert_eq!(hf.config_file.is_some(), name == "spm");
+        assert!(m.load_tokenizer(out.path()).unwrap().info().same_as(t));
+        // A changed copy is named, not used.
+        let mut changed = std::fs::read(fixture(name).join("tokenizer.json")).unwrap();
+        changed.push(b'\n');
+        std::fs::write(out.path().join("tokenizer.json"), changed).unwrap();
+        let err = m.load_tokenizer(out.path()).unwrap_err().to_string();
+        assert!(err.contains("tokenizer.json") && err.contains("manifest.json") && !err.contains('\n'), "{err}");
+    }
+}
+
+/// The bpe fixture with its vocabulary padded to 70,000 ids (pieces no merge makes): a vocabulary past u16.
+fn wide_tokenizer(dir: &Path) -> PathBuf {
+    let mut json: Value = serde_json::from_slice(&std::fs::read(fixture("bpe/tokenizer.json")).unwrap()).unwrap();
+    let vocab = json["model"]["vocab"].as_object_mut().unwrap();
+    for id in vocab.len()..70_000 {
+        vocab.insert(format!("<pad{id}>"), id.into());
+    }
+    let path = dir.join("wide.json");
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn a_vocabulary_past_u16_writes_u32_shards_the_loader_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tok = TokenizerSource::Path(wide_tokenizer(tmp.path())).load().unwrap();
+    assert_eq!(tok.vocab_size(), 70_000);
+    let out = tmp.path().join("out");
+    let text = repo().join("data/tinyshakespeare.txt");
+    let mut o = prep_options(&out, tok.clone(), 50_000);
+    o.input = fineweb::local_input(&[text.clone()]).unwrap();
+    let m = fineweb::prep(&o).unwrap().manifest;
+    assert_eq!((m.token_width, m.tokenizer.vocab_size), (TokenWidth::U32, 70_000));
+    let (header, ids) = read_shard(&out.join(&m.shards[1].file)).unwrap();
+    assert_eq!(header.width, TokenWidth::U32);
+    let mut expected = Vec::new();
+    tok.encode_document_into(&std::fs::read_to_string(&text).unwrap(), &mut expected).unwrap();
+    assert_eq!(ids[..], expected[50_000..100_000]);
+    let mut loader = DataLoader::open(&out, Split::Train, LoaderConfig::new(2, 16)).unwrap();
+    assert_eq!(loader.vocab_size(), 70_000);
+    assert_eq!(loader.next_batch().unwrap().x[..], expected[50_000..50_032]);
+}
+
+/// `tokenmill ARGS` in `dir`: (success, stdout, stderr).
+fn tokenmill(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenmill")).args(args).current_dir(dir).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// The one line `tokenmill` prints for an error, after "error: ".
+fn one_line_error(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    lines[0]
+}
+
+#[test]
+fn bad_tokenizer_files_are_one_line_errors_naming_the_file_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = repo().join("data/tinyshakespeare.txt");
+    let prep = |tokenizer: &Path| {
+        let (ok, _, err) = tokenmill(
+            tmp.path(),
+            &[
+                "prep",
+                "corpus",
+                "--no-progress",
+                "--input",
+                text.to_str().unwrap(),
+                "--tokenizer",
+                tokenizer.to_str().unwrap(),
+            ],
+        );
+        assert!(!ok);
+        one_line_error(&err).to_string()
+    };
+    // Not JSON a tokenizer is made of.
+    let bad = tmp.path().join("broken/tokenizer.json");
+    std::fs::create_dir_all(bad.parent().unwrap()).unwrap();
+    std::fs::write(&bad, br#"{"version": "1.0", "model": {"type": "BPE", "vocab": 7}}"#).unwrap();
+    let err = prep(&bad);
+    assert!(err.contains(&bad.display().to_string()) && err.contains("not a tokenizer.json"), "{err}");
+    // A folder without one.
+    let err = prep(tmp.path());
+    assert!(err.contains("no tokenizer.json in this folder"), "{err}");
+    // tokenizer_config.json naming an EOS the vocabulary lacks, or a flag of the wrong type: the file and the field.
+    let dir = tmp.path().join("cfg");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixture("bpe/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    for (config, field) in
+        [(r#"{"eos_token": "</eos>"}"#, "eos_token"), (r#"{"add_bos_token": "yes"}"#, "add_bos_token")]
+    {
+        std::fs::write(dir.join("tokenizer_config.json"), config).unwrap();
+        let err = prep(&dir);
+        assert!(err.contains(&dir.join("tokenizer_config.json").display().to_string()) && err.contains(field), "{err}");
+    }
+    // No BOS added and no EOS to append: no document boundary.
+    let mut json: Value = serde_json::from_slice(&std::fs::read(fixture("bpe/tokenizer.json")).unwrap()).unwrap();
+    json["added_tokens"][0]["content"] = "<|pad|>".into();
+    let vocab = json["model"]["vocab"].as_object_mut().unwrap();
+    let id = vocab.remove("<|endoftext|>").unwrap();
+    vocab.insert("<|pad|>".into(), id);
+    let plain = tmp.path().join("plain.json");
+    std::fs::write(&plain, serde_json::to_vec(&json).unwrap()).unwrap();
+    let err = prep(&plain);
+    assert!(err.contains("plain.json") && err.contains("eos_token"), "{err}");
+}
+
+#[test]
+fn a_resume_with_another_tokenizer_is_refused_naming_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = repo().join("data/tinyshakespeare.txt");
+    let mut o = prep_options(tmp.path(), load("spm"), 50_000);
+    o.input = fineweb::local_input(&[text]).unwrap();
+    o.max_shards = Some(2);
+    fineweb::prep(&o).unwrap();
+    o.tokenizer = load("bpe");
+    o.max_shards = None;
+    let err = fineweb::prep(&o).unwrap_err().to_string();
+    assert!(err.contains(&fixture("spm").display().to_string()), "{err}");
+    assert!(err.contains(&fixture("bpe").display().to_string()), "{err}");
+    // The same tokenizer from a copy elsewhere is the same tokenizer: the resume goes on.
+    let copy = tmp.path().join("copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture("spm").join(f), copy.join(f)).unwrap();
+    }
+    o.tokenizer = TokenizerSource::Path(copy).load().unwrap();
+    assert!(fineweb::prep(&o).unwrap().complete);
+}
+
+/// Shard files (`*.bin` in `dir`) by name.
+fn shard_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "bin"))
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn workers_merge_to_the_one_box_dataset_with_bos_first_and_eos_last_boundaries() {
+    let input = tempfile::tempdir().unwrap();
+    for i in 1..=4 {
+        let name = format!("batch_{i:06}.parquet");
+        std::os::unix::fs::symlink(data().join("fineweb_legal_pilot").join(&name), input.path().join(&name)).unwrap();
+    }
+    for name in ["bpe", "spm"] {
+        let tok = fixture(name).display().to_string();
+        // --shards 3 of 100K tokens: the third shard ends inside a document, so the merge places a resume cursor.
+        let one = tempfile::tempdir().unwrap();
+        let mut o = prep_options(one.path(), load(name), 100_000);
+        o.input = fineweb::local_input(&[input.path().to_path_buf()]).unwrap();
+        o.dataset = "edufineweb".into();
+        o.max_shards = Some(3);
+        let m = fineweb::prep(&o).unwrap().manifest;
+        assert!(m.resume.tokens_into_document > 0, "{name}: the cut falls inside a document");
+        let out = tempfile::tempdir().unwrap();
+        let prep_worker = |w: &str, shards: &[&str]| {
+            let mut args = vec!["prep", "fineweb", "--no-progress", "--threads", "1", "--shard-size", "100000"];
+            args.extend(["--tokenizer", &tok, "--worker", w, "--input", input.path().to_str().unwrap()]);
+            args.extend(["--out", out.path().to_str().unwrap()]);
+            args.extend(shards);
+            let (ok, _, err) = tokenmill(input.path(), &args);
+            assert!(ok, "{err}");
+        };
+        for w in ["0/2", "1/2"] {
+            prep_worker(w, &["--shards", "3"]);
+        }
+        let merge = |shards: &[&str]| {
+            let mut args = vec!["prep", "merge", "--no-progress", out.path().to_str().unwrap()];
+            args.extend(shards);
+            let (ok, _, err) = tokenmill(input.path(), &args);
+            assert!(ok, "{err}");
+        };
+        merge(&[]);
+        assert_eq!(shard_files(out.path()), shard_files(one.path()), "{name}");
+        let mut merged = Manifest::load(out.path()).unwrap();
+        // Worker 0 alone held the 3 shards, so worker 1 never ran: the merge does not know its inputs yet.
+        assert!(merged.definition.is_none());
+        (merged.definition, merged.merged_from) = (m.definition.clone(), None);
+        assert_eq!(merged, m, "{name}: the merged manifest (resume cursor included) is the one-box run's");
+        for f in ["tokenizer.json", "tokenizer_config.json"] {
+            assert_eq!(out.path().join(f).exists(), one.path().join(f).exists(), "{name}: {f}");
+        }
+        // Without the limit: the whole input, as one box writes it.
+        o.max_shards = None;
+        let whole = fineweb::prep(&o).unwrap().manifest;
+        for w in ["0/2", "1/2"] {
+            prep_worker(w, &[]);
+        }
+        merge(&[]);
+        let mut merged = Manifest::load(out.path()).unwrap();
+        merged.merged_from = None;
+        assert_eq!(shard_files(out.path()), shard_files(one.path()), "{name}");
+        assert_eq!(merged, whole, "{name}");
+    }
+}
+
+#[test]
+fn hellaswag_prep_with_the_models_tokenizer_records_it() {
+    use tokenmill::eval::hellaswag_file::HellaswagFile;
+    use tokenmill::pipelines::hellaswag::{self, HellaswagPipeline, Input, PrepConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let config = |tokenizer: &str| PrepConfig {
+        pipeline: HellaswagPipeline::builtin(),
+        input: Input::Files { paths: vec![repo().join("tests/fixtures/hellaswag_sample.jsonl")], format: None },
+        out_dir: tmp.path().join(tokenizer.replace('/', "_")),
+        limit: None,
+        tokenizer: Some(tokenizer.parse().unwrap()),
+        overwrite: false,
+    };
+    let spm = fixture("spm").display().to_string();
+    let summary = hellaswag::prep(&config(&spm)).unwrap();
+    let file = HellaswagFile::open(&summary.path).unwrap();
+    let tok = load("spm");
+    assert_eq!(file.tokenizer().id, tok.id());
+    // A Llama-style tokenizer's documents start with its BOS, and so do the contexts; endings get a leading space.
+    let tasks = hellaswag::read_tasks(&repo().join("tests/fixtures/hellaswag_sample.jsonl"), None, &Default::default());
+    let task = &tasks.unwrap()[0];
+    let mut context = vec![1];
+    context.extend(tok.encode(&task.context).unwrap());
+    assert_eq!(file.examples()[0].context, context);
+    assert_eq!(file.examples()[0].endings[0], tok.encode(&format!(" {}", task.endings[0])).unwrap());
+    // Scoring checks the model's tokenizer against the file's.
+    assert!(file.check_tokenizer("m", 4096, Some(&tok.id())).is_ok());
+    let err = file.check_tokenizer("m", 4096, Some(&load("bpe").id())).unwrap_err().to_string();
+    assert!(err.contains("tokenizer.json sha256") && err.contains("--tokenizer"), "{err}");
+    let err = file.check_tokenizer("gpt2", 50257, None).unwrap_err().to_string();
+    assert!(err.contains("50257"), "{err}");
+    // The GPT-2 file is unchanged: its header fields past [3] stay zero, as llm.c writes them.
+    let gpt2 = hellaswag::prep(&config("gpt2")).unwrap();
+    let bytes = std::fs::read(&gpt2.path).unwrap();
+    assert!(bytes[16..1024].iter().all(|&b| b == 0));
+    // A vocabulary past u16 does not fit the file.
+    let wide = wide_tokenizer(tmp.path()).display().to_string();
+    let err = hellaswag::prep(&config(&wide)).unwrap_err().to_string();
+    assert!(err.contains("wide.json") && err.contains("65535"), "{err}");
+}
