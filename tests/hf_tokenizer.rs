@@ -417,3 +417,62 @@ fn hellaswag_prep_with_the_models_tokenizer_records_it() {
     let err = hellaswag::prep(&config(&wide)).unwrap_err().to_string();
     assert!(err.contains("wide.json") && err.contains("65535"), "{err}");
 }
+
+#[test]
+fn checkpoints_sample_and_export_use_the_datas_tokenizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, log, export) = (tmp.path().join("data"), tmp.path().join("log"), tmp.path().join("export"));
+    let mut o = prep_options(&data, load("spm"), 20_000);
+    o.input = fineweb::local_input(&[repo().join("data/tinyshakespeare.txt")]).unwrap();
+    fineweb::prep(&o).unwrap();
+    let run = |args: &[&str]| {
+        let (ok, out, err) = tokenmill(&repo(), args);
+        assert!(ok, "{args:?}: {err}");
+        out
+    };
+    let (data_s, log_s) = (data.to_str().unwrap(), log.to_str().unwrap());
+    let config = repo().join("configs/tiny-cpu.toml");
+    run(&[
+        "train",
+        "--quiet",
+        "--config",
+        config.to_str().unwrap(),
+        "--data",
+        data_s,
+        "--log-dir",
+        log_s,
+        "--max-steps",
+        "2",
+    ]);
+    // The checkpoint keeps the data's tokenizer files.
+    let ckpt = log.join("checkpoints/step_000002");
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        assert_eq!(std::fs::read(ckpt.join(f)).unwrap(), std::fs::read(fixture("spm").join(f)).unwrap(), "{f}");
+    }
+    // `sample` encodes the prompt with it (after the BOS its documents start with) and decodes with it.
+    let out = run(&["sample", "--model", log_s, "--prompt", "ROMEO:", "--num-samples", "1", "--max-tokens", "8"]);
+    assert!(out.starts_with("sample 0: ROMEO:"), "{out}");
+    // `export hf` writes tokenizer.json as it is and its tokenizer_config.json, which a sample then reads.
+    run(&["export", "hf", ckpt.to_str().unwrap(), export.to_str().unwrap()]);
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        assert_eq!(std::fs::read(export.join(f)).unwrap(), std::fs::read(fixture("spm").join(f)).unwrap(), "{f}");
+    }
+    let from_export = run(&[
+        "sample",
+        "--model",
+        export.to_str().unwrap(),
+        "--prompt",
+        "ROMEO:",
+        "--num-samples",
+        "1",
+        "--max-tokens",
+        "8",
+    ]);
+    assert_eq!(from_export, out, "the exported folder samples as the checkpoint does");
+    // A checkpoint whose copy is gone says which tokenizer it needs, instead of guessing one by its size.
+    std::fs::remove_file(ckpt.join("tokenizer.json")).unwrap();
+    let (ok, _, err) = tokenmill(&repo(), &["sample", "--model", ckpt.to_str().unwrap(), "--max-tokens", "8"]);
+    assert!(!ok);
+    let line = one_line_error(&err);
+    assert!(line.contains("tokenizer.json sha256 9e7d56f0c7a2") && line.contains("--tokenizer"), "{line}");
+}

@@ -44,8 +44,8 @@ pub fn run(c: ExportCommand) -> anyhow::Result<()> {
                     crate::util::write_atomic(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
                 }
                 println!(
-                    "tokenizer: the model's tokenizer.json and tokenizer_config.json ({}; AutoTokenizer loads them)",
-                    hf.record().source
+                    "tokenizer: the model's tokenizer.json ({}) and tokenizer_config.json (AutoTokenizer loads them)",
+                    hf_tokenizer.as_ref().map(|t| t.id().to_string()).unwrap_or_default()
                 );
             } else if cfg.real_vocab_size == crate::tokenizer::TokenizerKind::Gpt2.vocab_size() as usize {
                 println!(

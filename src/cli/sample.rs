@@ -83,10 +83,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 })?,
         },
     };
-    let prompt = tokenizer.encode(&args.prompt)?;
-    if prompt.is_empty() {
+    let text = tokenizer.encode(&args.prompt)?;
+    if text.is_empty() {
         bail!("--prompt is empty");
     }
+    // As the model's documents start (a Llama tokenizer's BOS; nothing for GPT-2), shown without it.
+    let prefix = tokenizer.document_prefix().len();
+    let prompt = [tokenizer.document_prefix(), &text].concat();
     if let Some(&id) = prompt.iter().find(|&&id| id as usize >= cfg.real_vocab_size) {
         bail!(
             "the prompt has token id {id} ({}), outside the model's {}-id vocabulary",
@@ -112,7 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let seqs =
             crate::train::sample::generate(model.as_ref(), &prompt, n, args.max_tokens, args.top_k, &mut rng, &device)?;
         for seq in &seqs {
-            println!("sample {done}: {}", tokenizer.decode(seq));
+            println!("sample {done}: {}", tokenizer.decode(&seq[prefix..]));
             done += 1;
         }
     }

@@ -668,7 +668,9 @@ impl Trainer {
     pub fn samples(&mut self) -> Result<Option<Vec<String>>, TrainError> {
         let Some(tok) = self.tokenizer.clone() else { return Ok(None) };
         let e = &self.cfg.eval;
-        let prompt = tok.encode(&e.sample_prompt)?;
+        // As the model's documents start (a Llama tokenizer's BOS; nothing for GPT-2), shown without it.
+        let prefix = tok.document_prefix().len();
+        let prompt = [tok.document_prefix(), &tok.encode(&e.sample_prompt)?].concat();
         let seqs = crate::train::sample::generate(
             self.engine.model(),
             &prompt,
@@ -678,7 +680,7 @@ impl Trainer {
             &mut self.rng,
             &self.device,
         )?;
-        Ok(Some(seqs.iter().map(|s| tok.decode(s)).collect()))
+        Ok(Some(seqs.iter().map(|s| tok.decode(&s[prefix..])).collect()))
     }
 
     /// Write `checkpoint_dir/step_N` for the current step (rank 0 only).
