@@ -204,7 +204,7 @@ fn a_vocabulary_past_u16_writes_u32_shards_the_loader_reads() {
     let out = tmp.path().join("out");
     let text = repo().join("data/tinyshakespeare.txt");
     let mut o = prep_options(&out, tok.clone(), 50_000);
-    o.input = fineweb::local_input(&[text.clone()]).unwrap();
+    o.input = fineweb::local_input(std::slice::from_ref(&text)).unwrap();
     let m = fineweb::prep(&o).unwrap().manifest;
     assert_eq!((m.token_width, m.tokenizer.vocab_size), (TokenWidth::U32, 70_000));
     let (header, ids) = read_shard(&out.join(&m.shards[1].file)).unwrap();

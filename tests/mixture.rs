@@ -165,7 +165,7 @@ fn a_stopped_mixture_run_resumes_bit_for_bit_and_logs_each_source() {
     let Event::Data { step: 7, tokens } = data[7] else { panic!("{:?}", data[7]) };
     assert_eq!(tokens.values().sum::<u64>(), 8 * 128);
     assert_eq!(tokens[&a.display().to_string()], 11 * 64, "16 micro-batches: 11 and 5 of them, 0.7 and 0.3");
-    let val = |step| history.iter().find_map(|e| matches!(e, Event::Val { step: s, .. } if *s == step).then_some(e));
+    let val = |step| history.iter().find(|e| matches!(e, Event::Val { step: s, .. } if *s == step));
     let Some(Event::Val { loss, .. }) = val(4) else { panic!("no val at step 4") };
     let each: Vec<f32> = history
         .iter()

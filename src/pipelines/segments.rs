@@ -102,7 +102,7 @@ impl Segment {
                 tokenizer.encode_document_into(text, ids).map_err(|source| SourceError::Tokenize {
                     path: self.path_name(),
                     place: place(),
-                    source,
+                    source: Box::new(source),
                 })?;
                 let t1 = t0.map(|_| Instant::now());
                 let before = out.bytes.len();

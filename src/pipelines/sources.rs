@@ -86,7 +86,7 @@ pub enum SourceError {
         path: String,
         place: String,
         #[source]
-        source: crate::tokenizer::TokenizerError,
+        source: Box<crate::tokenizer::TokenizerError>,
     },
     #[error(
         "{0}: no input files: a directory contributes its .parquet, .jsonl/.json/.ndjson and .txt/.text/.md files \
