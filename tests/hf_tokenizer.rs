@@ -476,3 +476,21 @@ fn checkpoints_sample_and_export_use_the_datas_tokenizer() {
     let line = one_line_error(&err);
     assert!(line.contains("tokenizer.json sha256 9e7d56f0c7a2") && line.contains("--tokenizer"), "{line}");
 }
+
+#[test]
+fn a_foreign_tokenizer_json_in_out_is_not_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("model_folder");
+    std::fs::create_dir_all(&out).unwrap();
+    let theirs = std::fs::read(fixture("bpe/tokenizer.json")).unwrap();
+    std::fs::write(out.join("tokenizer.json"), &theirs).unwrap();
+    let mut o = prep_options(&out, load("spm"), 50_000);
+    o.input = fineweb::local_input(&[repo().join("data/tinyshakespeare.txt")]).unwrap();
+    let err = fineweb::prep(&o).unwrap_err().to_string();
+    assert!(err.contains(&out.join("tokenizer.json").display().to_string()) && err.contains("another --out"), "{err}");
+    assert_eq!(std::fs::read(out.join("tokenizer.json")).unwrap(), theirs, "left as it was");
+    assert!(!Manifest::path_in(&out).exists());
+    // The model's own folder as --out, with its own tokenizer: the same bytes, so the shards go beside them.
+    o.tokenizer = load("bpe");
+    assert!(fineweb::prep(&o).unwrap().complete);
+}

@@ -194,7 +194,10 @@ impl HellaswagFile {
         let tokenizer = tokenizer.map(|t| t.to_string()).or(named).unwrap_or("another tokenizer".to_string());
         Err(HellaswagFileError::TokenizerMismatch {
             path: self.path.display().to_string(),
-            file_tokenizer: file.id.to_string(),
+            file_tokenizer: match &file.id {
+                TokenizerId::Builtin(TokenizerKind::Gpt2) => "GPT-2".to_string(),
+                other => other.to_string(),
+            },
             model: model.to_string(),
             tokenizer,
             vocab: real_vocab,

@@ -50,6 +50,11 @@ pub enum WriterError {
     SettingsChanged { dir: String, shards: usize, what: String },
     #[error("{dir}: holds shard files but no manifest.json; refusing to mix with them (use another --out)")]
     ForeignShards { dir: String },
+    #[error(
+        "{path}: exists, differs from the tokenizer's file, and no manifest.json lists it (a model folder?); refusing \
+         to replace it: use another --out"
+    )]
+    ForeignFile { path: String },
     #[error("a finished shard is missing or damaged, so this directory cannot be resumed: {0}")]
     DamagedShard(#[source] ShardError),
     #[error("shard size must be > 0 and at most {max} tokens (llm.c's int32 header); got {got}")]
@@ -135,6 +140,7 @@ impl ShardWriter {
             if has_shard_files(dir)? {
                 return Err(WriterError::ForeignShards { dir: dir.display().to_string() });
             }
+            refuse_foreign_tokenizer_files(dir, &cfg.tokenizer)?;
             let mut m = Manifest::new(&cfg.dataset, cfg.tokenizer.info(), cfg.shard_size);
             m.definition = Some(cfg.definition.clone());
             // The tokenizer's files before the manifest that names them.
@@ -414,9 +420,9 @@ fn legacy_differences(m: &Manifest, cfg: &WriterConfig) -> Vec<String> {
 }
 
 /// `--overwrite`: remove the dataset a previous run left (the shards and tokenizer files its manifest lists, then the
-/// manifest). Files
-/// the manifest does not list are left alone, and so is everything when the manifest cannot be trusted (unreadable,
-/// or naming a file outside `dir`, `Manifest::validate`): the error says so and nothing is deleted.
+/// manifest). Files the manifest does not list are left alone, and so is everything when the manifest cannot be
+/// trusted (unreadable, or naming a file outside `dir`, `Manifest::validate`): the error says so and nothing is
+/// deleted.
 fn remove_previous_dataset(dir: &Path) -> Result<(), WriterError> {
     let path = Manifest::path_in(dir);
     if !path.exists() {
@@ -439,6 +445,18 @@ fn remove_previous_dataset(dir: &Path) -> Result<(), WriterError> {
 fn verify_finished_shards(m: &Manifest, dir: &Path) -> Result<(), WriterError> {
     for s in &m.shards {
         check_listed_shard(dir, s, m.token_width).map_err(WriterError::DamagedShard)?;
+    }
+    Ok(())
+}
+
+/// A fresh dataset writes its tokenizer's files into `dir`: a file of that name already there (a model folder given as
+/// `--out`) is left alone unless it holds the same bytes.
+fn refuse_foreign_tokenizer_files(dir: &Path, tokenizer: &Tokenizer) -> Result<(), WriterError> {
+    for (name, bytes) in tokenizer.files() {
+        let path = dir.join(name);
+        if path.exists() && std::fs::read(&path).map_err(io_at(&path))? != bytes {
+            return Err(WriterError::ForeignFile { path: path.display().to_string() });
+        }
     }
     Ok(())
 }

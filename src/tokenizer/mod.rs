@@ -93,15 +93,6 @@ impl TokenizerKind {
         }
     }
 
-    /// Bytes per token in a shard: 2 when every id fits in u16 (GPT-2), else 4.
-    pub fn token_bytes(self) -> usize {
-        if self.vocab_size() <= u16::MAX as u32 + 1 {
-            2
-        } else {
-            4
-        }
-    }
-
     /// Build the shared tables now, two at once (the encoder from its ranks, then for GPT-2 the vocabulary table of
     /// `gpt2_split`; for GPT-2 also the splitter's class of every char), so that the first document does not wait for them (`prep` calls it while it lists its inputs).
     pub fn warm_up(self) {
@@ -204,11 +195,7 @@ impl Tokenizer {
 
     /// Bytes per token in a shard: 2 when every id fits in u16, else 4.
     pub fn token_bytes(&self) -> usize {
-        if self.vocab_size() <= u16::MAX as u32 + 1 {
-            2
-        } else {
-            4
-        }
+        crate::shards::TokenWidth::for_vocab(self.vocab_size()).bytes()
     }
 
     /// The document boundary token: `<|endoftext|>` (built-in), or the HF tokenizer's BOS / EOS (`info().boundary`).
