@@ -86,6 +86,11 @@ impl TokenizerSource {
     pub fn load_with(&self, hub: impl FnOnce() -> Result<HubClient, HubError>) -> Result<Tokenizer, TokenizerError> {
         match self {
             TokenizerSource::Builtin(k) => Ok(Tokenizer::new(*k)),
+            TokenizerSource::Path(p) if !p.exists() => Err(TokenizerError::Unsupported(format!(
+                "--tokenizer {}: no such file or folder (a tokenizer is gpt2, cl100k_base, o200k_base, \
+                 hf:OWNER/NAME, or the path of a tokenizer.json or of a folder holding one)",
+                p.display()
+            ))),
             TokenizerSource::Path(p) => Ok(HfTokenizer::load_path(p, &p.display().to_string())?.into()),
             TokenizerSource::Hub(repo) => {
                 let client = hub()?;
@@ -128,6 +133,8 @@ mod tests {
         for bad in ["hf:", "hf:a/b/c", "hf:a b", ""] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+        let err = parse("gpt3").unwrap().load().unwrap_err().to_string();
+        assert!(err.contains("--tokenizer gpt3: no such file") && err.contains("cl100k_base"), "{err}");
         let back: TokenizerSource = serde_json::from_str("\"hf:a/b\"").unwrap();
         assert_eq!(serde_json::to_string(&back).unwrap(), "\"hf:a/b\"");
     }
