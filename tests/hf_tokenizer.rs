@@ -11,7 +11,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rayon::prelude::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokenmill::pipelines::fineweb::{self, PrepOptions};
@@ -23,6 +22,7 @@ use tokenmill::tokenizer::{BoundaryAt, Tokenizer, TokenizerSource};
 
 #[path = "common/mod.rs"]
 mod common;
+use common::shard_files;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -50,20 +50,8 @@ fn sha256_u32le(ids: &[u32]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Every document's ids as `prep` writes them.
-fn documents(tok: &Tokenizer, texts: &[String]) -> Vec<Vec<u32>> {
-    texts
-        .par_iter()
-        .map(|t| {
-            let mut ids = Vec::new();
-            tok.encode_document_into(t, &mut ids).unwrap();
-            ids
-        })
-        .collect()
-}
-
 /// Per-document counts, total and sha256 of the ids, as reference.json holds them.
-fn digest(docs: &[Vec<u32>]) -> (Vec<u64>, u64, String) {
+fn digest(docs: &[&[u32]]) -> (Vec<u64>, u64, String) {
     let all: Vec<u32> = docs.concat();
     (docs.iter().map(|d| d.len() as u64).collect(), all.len() as u64, sha256_u32le(&all))
 }
@@ -73,23 +61,46 @@ fn expected(entry: &Value) -> (Vec<u64>, u64, String) {
     (counts, entry["tokens"].as_u64().unwrap(), entry["sha256"].as_str().unwrap().to_string())
 }
 
+/// `prep` of the FineWeb sample into `out`.
+fn prep_options(out: &Path, tokenizer: Tokenizer, shard_size: u64) -> PrepOptions {
+    let input = fineweb::Input::Local(expand_inputs(&[data().join("fineweb_legal_pilot")]).unwrap());
+    common::prep_options(input, out, "fw", tokenizer, shard_size)
+}
+
+/// All of a directory's shards' ids, in manifest order.
+fn stream(dir: &Path, m: &Manifest) -> Vec<u32> {
+    m.shards.iter().flat_map(|s| read_shard(&dir.join(&s.file)).unwrap().1).collect()
+}
+
+/// A stream cut into its documents at the boundary tokens (before a first one, after a last one).
+fn split_documents(ids: &[u32], eot: u32, at: BoundaryAt) -> Vec<&[u32]> {
+    let cuts: Vec<usize> = ids
+        .iter()
+        .enumerate()
+        .filter(|(_, &t)| t == eot)
+        .map(|(i, _)| if at == BoundaryAt::First { i } else { i + 1 })
+        .filter(|&i| i > 0 && i < ids.len())
+        .collect();
+    let bounds: Vec<usize> = std::iter::once(0).chain(cuts).chain(std::iter::once(ids.len())).collect();
+    bounds.windows(2).map(|w| &ids[w[0]..w[1]]).collect()
+}
+
+/// Python's ids, document by document and boundary tokens included: FineWeb through `prep` (2,800 documents in 28
+/// files, the shards read back and cut at the boundaries), tiny Shakespeare and the short cases through the tokenizer.
 #[test]
 fn ids_equal_python_tokenizers_on_fineweb_and_tiny_shakespeare() {
     let reference = reference();
-    let fineweb: Vec<(String, Vec<String>)> = reference["tokenizers"]["bpe"]["fineweb"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(|file| (file.clone(), common::read_parquet_texts(&data().join(file))))
-        .collect();
-    assert_eq!(fineweb.iter().map(|(_, t)| t.len()).sum::<usize>(), 2800);
-    let shakespeare = vec![std::fs::read_to_string(data().join("tinyshakespeare_input.txt")).unwrap()];
+    let shakespeare = std::fs::read_to_string(data().join("tinyshakespeare_input.txt")).unwrap();
     for name in ["bpe", "spm"] {
         let entry = &reference["tokenizers"][name];
         let tok = load(name);
-        let info = tok.info();
-        assert_eq!(info.hf.as_ref().unwrap().sha256, entry["tokenizer_json_sha256"].as_str().unwrap(), "{name}");
+        assert_eq!(tok.info().hf.unwrap().sha256, entry["tokenizer_json_sha256"].as_str().unwrap(), "{name}");
         assert_eq!(u64::from(tok.vocab_size()), entry["vocab_size"].as_u64().unwrap(), "{name}");
+        let document = |text: &str| {
+            let mut ids = Vec::new();
+            tok.encode_document_into(text, &mut ids).unwrap();
+            ids
+        };
         for (case, ids) in entry["cases"].as_object().unwrap() {
             let want: Vec<u32> = ids.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
             let text = match case.as_str() {
@@ -100,61 +111,41 @@ fn ids_equal_python_tokenizers_on_fineweb_and_tiny_shakespeare() {
                 "empty" => "",
                 other => panic!("reference.json has a case this test does not know: {other}"),
             };
-            assert_eq!(documents(&tok, &[text.to_string()])[0], want, "{name}: case {case}");
+            assert_eq!(document(text), want, "{name}: case {case}");
         }
-        let mut all = Vec::new();
-        for (file, texts) in &fineweb {
-            let docs = documents(&tok, texts);
-            let (counts, tokens, sha) = digest(&docs);
-            let (want_counts, want_tokens, want_sha) = expected(&entry["fineweb"][file]);
+        assert_eq!(digest(&[&document(&shakespeare)]), expected(&entry["tinyshakespeare"]), "{name}");
+
+        let out = tempfile::tempdir().unwrap();
+        let m = fineweb::prep(&prep_options(out.path(), tok.clone(), 1_000_000)).unwrap().manifest;
+        let ids = stream(out.path(), &m);
+        let whole = &entry["fineweb_all"];
+        assert_eq!(ids.len() as u64, whole["tokens"].as_u64().unwrap(), "{name}");
+        assert_eq!(sha256_u32le(&ids), whole["sha256"].as_str().unwrap(), "{name}: the whole stream");
+        let docs = split_documents(&ids, m.tokenizer.eot, m.tokenizer.boundary);
+        assert_eq!(docs.len(), 2800, "{name}: one boundary per document");
+        let mut at = 0;
+        for (file, want) in entry["fineweb"].as_object().unwrap() {
+            let (want_counts, want_tokens, want_sha) = expected(want);
+            let (counts, tokens, sha) = digest(&docs[at..at + want_counts.len()]);
             if counts != want_counts {
                 let doc = counts.iter().zip(&want_counts).position(|(a, b)| a != b).unwrap_or(0);
                 panic!("{name} {file}: document {doc} has {} tokens, Python's {}", counts[doc], want_counts[doc]);
             }
             assert_eq!((tokens, &sha), (want_tokens, &want_sha), "{name} {file}: same counts, other ids");
-            all.extend(docs);
+            at += want_counts.len();
         }
-        let (_, tokens, sha) = digest(&all);
-        let whole = &entry["fineweb_all"];
-        assert_eq!((tokens, sha.as_str()), (whole["tokens"].as_u64().unwrap(), whole["sha256"].as_str().unwrap()));
-        assert_eq!(digest(&documents(&tok, &shakespeare)), expected(&entry["tinyshakespeare"]), "{name}");
     }
-}
-
-fn prep_options(out: &Path, tokenizer: Tokenizer, shard_size: u64) -> PrepOptions {
-    PrepOptions {
-        input: fineweb::Input::Local(expand_inputs(&[data().join("fineweb_legal_pilot")]).unwrap()),
-        text_column: "text".into(),
-        out: out.to_path_buf(),
-        dataset: "fw".into(),
-        tokenizer,
-        shard_size,
-        val_shards: 1,
-        max_shards: None,
-        threads: 2,
-        progress: false,
-        overwrite: false,
-        worker: None,
-    }
-}
-
-/// All of a directory's shards' ids, in manifest order.
-fn stream(dir: &Path, m: &Manifest) -> Vec<u32> {
-    m.shards.iter().flat_map(|s| read_shard(&dir.join(&s.file)).unwrap().1).collect()
 }
 
 #[test]
-fn prep_writes_pythons_ids_records_the_tokenizer_and_keeps_its_files() {
+fn prep_records_the_tokenizer_and_keeps_its_files() {
     let reference = reference();
     for (name, boundary, eot) in [("bpe", BoundaryAt::Last, "<|endoftext|>"), ("spm", BoundaryAt::First, "<s>")] {
         let out = tempfile::tempdir().unwrap();
-        let m = fineweb::prep(&prep_options(out.path(), load(name), 1_000_000)).unwrap().manifest;
+        let mut o = prep_options(out.path(), load(name), 100_000);
+        o.input = fineweb::local_input(&[repo().join("data/tinyshakespeare.txt")]).unwrap();
+        let m = fineweb::prep(&o).unwrap().manifest;
         let entry = &reference["tokenizers"][name];
-        // The shards hold Python's stream, document after document, boundaries included.
-        let ids = stream(out.path(), &m);
-        assert_eq!(ids.len() as u64, entry["fineweb_all"]["tokens"].as_u64().unwrap(), "{name}");
-        assert_eq!(sha256_u32le(&ids), entry["fineweb_all"]["sha256"].as_str().unwrap(), "{name}");
-        assert_eq!(ids.iter().filter(|&&t| t == m.tokenizer.eot).count(), 2800, "{name}: one boundary per document");
         // The record: name, size, boundary, special ids and the file's sha256; u16 shards for 4096 ids.
         let t = &m.tokenizer;
         let hf = t.hf.as_ref().unwrap();
@@ -168,6 +159,7 @@ fn prep_writes_pythons_ids_records_the_tokenizer_and_keeps_its_files() {
             BoundaryAt::First => assert_eq!((&hf.prepend[..], &hf.append[..]), (&[t.eot][..], &[][..])),
             BoundaryAt::Last => assert_eq!((&hf.prepend[..], &hf.append[..]), (&[][..], &[t.eot][..])),
         }
+        assert_eq!(stream(out.path(), &m).len() as u64, entry["tinyshakespeare"]["tokens"].as_u64().unwrap());
         // The directory keeps the very files, and its tokenizer loads back from them.
         for file in std::iter::once(&hf.file).chain(&hf.config_file) {
             let copy = std::fs::read(out.path().join(file)).unwrap();
@@ -304,18 +296,6 @@ fn a_resume_with_another_tokenizer_is_refused_naming_both() {
     }
     o.tokenizer = TokenizerSource::Path(copy).load().unwrap();
     assert!(fineweb::prep(&o).unwrap().complete);
-}
-
-/// Shard files (`*.bin` in `dir`) by name.
-fn shard_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "bin"))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]

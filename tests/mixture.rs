@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use tokenmill::pipelines::fineweb::{self, PrepOptions};
+use tokenmill::pipelines::fineweb;
 use tokenmill::shards::loader::{DataLoader, LoaderConfig};
 use tokenmill::shards::mixture::MixtureLoader;
 use tokenmill::shards::Split;
 use tokenmill::tokenizer::{TokenizerKind, TokenizerSource};
-use tokenmill::train::log::{Event, StepStats};
+use tokenmill::train::log::Event;
 use tokenmill::train::{checkpoint, Resume, TrainConfig, Trainer, TrainerOptions};
 
 #[path = "common/mod.rs"]
@@ -24,21 +24,8 @@ fn repo() -> PathBuf {
 
 /// `inputs` through `prep` with `tokenizer`, 40K-token shards (1 val).
 fn prep(out: &Path, inputs: &[PathBuf], tokenizer: TokenizerSource) {
-    fineweb::prep(&PrepOptions {
-        input: fineweb::local_input(inputs).unwrap(),
-        text_column: "text".into(),
-        out: out.to_path_buf(),
-        dataset: "d".into(),
-        tokenizer: tokenizer.load().unwrap(),
-        shard_size: 40_000,
-        val_shards: 1,
-        max_shards: None,
-        threads: 2,
-        progress: false,
-        overwrite: false,
-        worker: None,
-    })
-    .unwrap();
+    let input = fineweb::local_input(inputs).unwrap();
+    fineweb::prep(&common::prep_options(input, out, "d", tokenizer.load().unwrap(), 40_000)).unwrap();
 }
 
 /// Two GPT-2 shard directories, once per test binary: tiny Shakespeare (`a`) and two FineWeb files (`b`).
@@ -146,15 +133,7 @@ fn a_stopped_mixture_run_resumes_bit_for_bit_and_logs_each_source() {
     assert_eq!(second.step(), 3);
     second.run(None).unwrap();
     history.extend_from_slice(second.history());
-    let strip = |h: &[Event]| -> Vec<Event> {
-        h.iter()
-            .map(|e| match e {
-                Event::Train(s) => Event::Train(StepStats { ms: 0.0, tokens_per_s: 0.0, ..*s }),
-                other => other.clone(),
-            })
-            .collect()
-    };
-    assert_eq!(strip(&history), strip(straight.history()));
+    assert_eq!(common::without_timings(&history), common::without_timings(straight.history()));
     for f in [checkpoint::MODEL_FILE, checkpoint::OPTIMIZER_FILE] {
         let at = |run: &str| std::fs::read(checkpoint::step_dir(&dir.path().join(run).join("checkpoints"), 8).join(f));
         assert!(at("straight").unwrap() == at("split").unwrap(), "{f} differs between the straight and resumed runs");

@@ -11,6 +11,9 @@ use tokenmill::shards::format::read_shard;
 use tokenmill::shards::{DataLoader, LoaderConfig, Manifest, Split};
 use tokenmill::tokenizer::{Tokenizer, TokenizerKind};
 
+#[path = "common/mod.rs"]
+mod common;
+
 fn shared_data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
 }
@@ -20,20 +23,7 @@ fn parquet_dir() -> PathBuf {
 }
 
 fn opts(input: Input, out: &Path, shard_size: u64) -> PrepOptions {
-    PrepOptions {
-        input,
-        text_column: "text".into(),
-        out: out.to_path_buf(),
-        dataset: "edufineweb".into(),
-        tokenizer: TokenizerKind::Gpt2.into(),
-        shard_size,
-        val_shards: 1,
-        max_shards: None,
-        threads: 2,
-        progress: false,
-        overwrite: false,
-        worker: None,
-    }
+    common::prep_options(input, out, "edufineweb", TokenizerKind::Gpt2.into(), shard_size)
 }
 
 fn local(paths: &[PathBuf]) -> Input {
