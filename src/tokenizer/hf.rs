@@ -96,8 +96,10 @@ impl HfTokenizer {
             None => ConfigFile::default(),
         };
         let vocab_size = tokenizer.get_vocab(true).values().max().map_or(0, |&m| m + 1);
-        let special = |named: &Option<String>, field: &'static str, fallback: &[&str]| match named {
-            Some(text) => match tokenizer.token_to_id(text) {
+        // A named token must exist; a null one is none; an absent one is looked for under its usual names.
+        let special = |named: &Option<Option<String>>, field: &'static str, fallback: &[&str]| match named {
+            Some(None) => Ok(None),
+            Some(Some(text)) => match tokenizer.token_to_id(text) {
                 Some(id) => Ok(Some(SpecialToken { id, text: text.clone() })),
                 None => Err(TokenizerError::Config {
                     path: config_path.display().to_string(),
@@ -138,7 +140,7 @@ impl HfTokenizer {
                 return Err(TokenizerError::NoBoundary { path: p(), names: EOS_NAMES.join(", ") });
             };
             append.push(eos.id);
-            let named = if settings.eos_token.is_some() { "its eos_token" } else { "found by name" };
+            let named = if settings.eos_token.is_some() { "its eos_token" } else { "found by its name" };
             rule = format!("the tokenizer adds no BOS or EOS: EOS `{}` ({named}) appended", eos.text);
         }
         let boundary = match (prepend.first(), append.last()) {
@@ -259,11 +261,12 @@ impl HfTokenizer {
     }
 }
 
-/// What tokenizer_config.json says about special tokens (every other field is transformers' business).
+/// What tokenizer_config.json says about special tokens (every other field is transformers' business). A token is
+/// absent (`None`), null (`Some(None)`) or named.
 #[derive(Debug, Default)]
 struct ConfigFile {
-    bos_token: Option<String>,
-    eos_token: Option<String>,
+    bos_token: Option<Option<String>>,
+    eos_token: Option<Option<String>>,
     add_bos_token: Option<bool>,
     add_eos_token: Option<bool>,
 }
@@ -275,12 +278,13 @@ impl ConfigFile {
             serde_json::from_slice(bytes).map_err(|e| bad(format!("not valid JSON: {}", one_line(&e.to_string()))))?;
         let obj = value.as_object().ok_or_else(|| bad("not a JSON object".into()))?;
         // A token is a string, or transformers' AddedToken object {"content": "...", ...}; null means none.
-        let token = |field: &str| -> Result<Option<String>, TokenizerError> {
+        let token = |field: &str| -> Result<Option<Option<String>>, TokenizerError> {
             match obj.get(field) {
-                None | Some(serde_json::Value::Null) => Ok(None),
-                Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+                None => Ok(None),
+                Some(serde_json::Value::Null) => Ok(Some(None)),
+                Some(serde_json::Value::String(s)) => Ok(Some(Some(s.clone()))),
                 Some(serde_json::Value::Object(o)) => match o.get("content") {
-                    Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+                    Some(serde_json::Value::String(s)) => Ok(Some(Some(s.clone()))),
                     _ => Err(bad(format!("{field} is an object without a string `content`"))),
                 },
                 Some(other) => Err(bad(format!("{field} is {other}, expected a string or an object"))),
@@ -335,4 +339,53 @@ fn read(path: &Path) -> Result<Vec<u8>, TokenizerError> {
 /// Library messages (serde_json's, the tokenizers crate's) on one line.
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fixture's tokenizer.json with `config` as its tokenizer_config.json.
+    fn with_config(fixture: &str, config: Option<&str>) -> Result<HfTokenizer, TokenizerError> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_tokenizers").join(fixture);
+        let json = std::fs::read(dir.join(TOKENIZER_JSON)).unwrap();
+        HfTokenizer::from_bytes(json, config.map(|c| c.as_bytes().to_vec()), fixture, &dir.join(TOKENIZER_JSON))
+    }
+
+    fn edges(t: &HfTokenizer) -> (Vec<u32>, Vec<u32>, BoundaryAt) {
+        (t.record().prepend.clone(), t.record().append.clone(), t.boundary().1)
+    }
+
+    #[test]
+    fn boundaries_follow_the_post_processor_then_the_config_flags_then_the_eos() {
+        // spm: <unk> 0, <s> 1, </s> 2; its post-processor prepends <s>.
+        let t = with_config("spm", None).unwrap();
+        assert_eq!(edges(&t), (vec![1], vec![], BoundaryAt::First));
+        assert_eq!(t.record().rule, "the post-processor adds them");
+        // add_bos_token = false takes the BOS away (transformers' Llama tokenizers rebuild the post-processor so):
+        // then nothing is added and the EOS the config names is appended.
+        let t = with_config("spm", Some(r#"{"add_bos_token": false, "eos_token": {"content": "</s>"}}"#)).unwrap();
+        assert_eq!(edges(&t), (vec![], vec![2], BoundaryAt::Last));
+        assert!(t.record().rule.contains("EOS `</s>` (its eos_token)"), "{}", t.record().rule);
+        // add_eos_token = true adds the EOS after the post-processor's BOS; the BOS stays the boundary.
+        let t = with_config("spm", Some(r#"{"add_eos_token": true, "eos_token": "</s>"}"#)).unwrap();
+        assert_eq!(edges(&t), (vec![1], vec![2], BoundaryAt::First));
+        assert_eq!(t.record().rule, "tokenizer_config.json sets add_eos_token=true");
+        // bpe adds nothing: its <|endoftext|> (id 0) is appended, found by its name.
+        let t = with_config("bpe", None).unwrap();
+        assert_eq!(edges(&t), (vec![], vec![0], BoundaryAt::Last));
+        // An EOS set to null is none: no boundary, named as such.
+        let err = with_config("bpe", Some(r#"{"eos_token": null}"#)).unwrap_err().to_string();
+        assert!(err.contains("adds no BOS or EOS") && err.contains("eos_token"), "{err}");
+    }
+
+    #[test]
+    fn documents_have_their_boundaries_and_special_strings_stay_text() {
+        let t = with_config("spm", None).unwrap();
+        let mut ids = Vec::new();
+        t.encode_document_into("a </s> b", &mut ids).unwrap();
+        assert_eq!(ids[0], 1);
+        assert!(!ids[1..].contains(&2) && !ids[1..].contains(&1), "{ids:?}");
+        assert_eq!(t.decode(&ids[1..]).unwrap(), "a </s> b");
+    }
 }
