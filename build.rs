@@ -1,4 +1,5 @@
-//! Compiles tokenmill's own CUDA kernels (every `src/**/*.cu`) to PTX, only when the `cuda` feature is on.
+//! Compiles tokenmill's own CUDA kernels (every `src/**/*.cu`) to PTX, only when the `cuda` feature is on; and, in
+//! every build, embeds the shipped cuBLASLt tables (`configs/gemm/*.toml`, `embed_gemm_tables`).
 //!
 //! Each `src/cuda/<op>.cu` (the kernel layer's one folder; any `src/**/*.cu` is compiled, stems unique) becomes
 //! `$OUT_DIR/<op>.ptx`; its Rust launcher embeds it with `include_str!(concat!(env!("OUT_DIR"), "/<op>.ptx"))` and
@@ -44,11 +45,12 @@ fn main() {
     for d in dirs {
         println!("cargo:rerun-if-changed={}", d.display());
     }
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    embed_gemm_tables(&out_dir);
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
 
-    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let nvcc = nvcc_path();
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".to_string());
     let cap = cap.trim().trim_start_matches("sm_").replace('.', "");
@@ -85,6 +87,27 @@ fn main() {
     if std::env::var_os("CARGO_FEATURE_CUDNN").is_some() {
         build_cudnn_shim(&out_dir);
     }
+}
+
+/// `$OUT_DIR/shipped_gemm_tables.rs`: every `configs/gemm/*.toml` (the tuned cuBLASLt tables tokenmill ships) as
+/// `(file stem, text)` pairs in file-name order, for `cuda::gemm_table::SHIPPED` (the engine's `gemm_table = "auto"`):
+/// adding a table is adding its file.
+fn embed_gemm_tables(out_dir: &Path) {
+    let dir = Path::new("configs/gemm");
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let mut tables: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect())
+        .unwrap_or_default();
+    tables.sort();
+    let mut code = String::from("&[\n");
+    for t in &tables {
+        println!("cargo:rerun-if-changed={}", t.display());
+        let abs = std::fs::canonicalize(t).unwrap_or_else(|e| panic!("{}: {e}", t.display()));
+        let stem = t.file_stem().and_then(|s| s.to_str()).expect("utf-8 table name");
+        code.push_str(&format!("    ({stem:?}, include_str!({:?})),\n", abs.display().to_string()));
+    }
+    code.push(']');
+    std::fs::write(out_dir.join("shipped_gemm_tables.rs"), code).expect("writing shipped_gemm_tables.rs");
 }
 
 /// `src/cuda/cudnn_attn.cpp` into a static library, and the link lines for libcudnn and libcudart.

@@ -2,7 +2,7 @@
 # GPU-machine script: everything tokenmill measures on the device, in one call.
 # Run from the repo root on the device with .dist/ carried (see scripts/device-pack.sh):
 #   scripts/device-run.sh STEP...      STEP in: env prep train bench pool compare ddp kernels correct engine
-#                                      engine-train cudnn profile bitwise gemm llama llama-1b hellaswag
+#                                      engine-train cudnn profile ab bitwise gemm llama llama-1b hellaswag
 # TOKENMILL_ATTENTION=cudnn|native overrides the config's [engine] attention in every step (auto: cuDNN in a
 # --features cudnn build). ENGINE=autograd|cuda|auto (default auto: the cuda engine for these bf16 runs) picks the
 # training engine of train, bench, compare and profile. MODEL=llama-124m runs bench/compare/profile on that preset.
@@ -104,17 +104,17 @@ for step in "$@"; do
     OUT="$OUT/correct" BIN="$BIN" PY="$PY" scripts/gpu-correctness.sh ${CORRECT_MODES:-tiny 124m} > "$OUT/correct.log" 2>&1
     note "correctness rc=$?:"; tail -n 14 "$OUT/correct.log" | tee -a "$SUMMARY"
     ;;
-  engine)  # the gpt2-cuda engine against the autograd engine on this GPU (tests/gpu_engine.rs), memcheck too
+  engine)  # the decoder (cuda) engine against the autograd engine on this GPU (tests/gpu_engine.rs), memcheck too
     KERNEL_MODULES=gpu_engine MEMCHECK_TIMEOUT="${MEMCHECK_TIMEOUT:-120}" scripts/gpu-kernel-check.sh run > "$OUT/engine.log" 2>&1
     note "engine checks rc=$?:"; sed -n '/===== summary/,$p' "$OUT/engine.log" | tee -a "$SUMMARY"
-    grep -E "gpt2-cuda|worst|after resume" "$OUT/engine.log" | sort -u | tee -a "$SUMMARY"
+    grep -E "cuda engine|worst|after resume" "$OUT/engine.log" | sort -u | tee -a "$SUMMARY"
     ;;
   engine-train)  # the engine through `tokenmill train`: val loss, samples, checkpoints; stop + resume = uninterrupted
     data
     et=(--config configs/gpt2-124m.toml --data "$OUT/fw" --device cuda --dtype bf16 --max-steps 8
       --set data.micro_batch=8 --set data.total_batch_tokens=16384 --set optim.warmup_steps=2
       --set eval.val_every=4 --set eval.val_steps=2 --set eval.sample_every=4 --set eval.sample_count=1
-      --set eval.hellaswag_every=0 --set checkpoint.every=4 --set "run.engine=\"gpt2-cuda\"")
+      --set eval.hellaswag_every=0 --set checkpoint.every=4 --set "run.engine=\"cuda\"")
     rm -rf "$OUT/et_full" "$OUT/et_part"
     "$BIN" train "${et[@]}" --log-dir "$OUT/et_full" > "$OUT/et_full.log" 2>&1; rc1=$?
     "$BIN" train "${et[@]}" --log-dir "$OUT/et_part" --stop-after 4 > "$OUT/et_part1.log" 2>&1; rc2=$?
@@ -136,13 +136,35 @@ for step in "$@"; do
     TOKENMILL_ATTENTION=cudnn KERNEL_MODULES=gpu_engine MEMCHECK_TIMEOUT="${MEMCHECK_TIMEOUT:-60}" \
       scripts/gpu-kernel-check.sh run > "$OUT/engine_cudnn.log" 2>&1
     note "engine checks with cuDNN attention rc=$?:"; sed -n '/===== summary/,$p' "$OUT/engine_cudnn.log" | tee -a "$SUMMARY"
-    grep -E "gpt2-cuda|worst|after resume" "$OUT/engine_cudnn.log" | sort -u | tee -a "$SUMMARY"
+    grep -E "cuda engine|worst|after resume" "$OUT/engine_cudnn.log" | sort -u | tee -a "$SUMMARY"
     ;;
-  profile)  # per-kernel CUDA-event breakdown of the cuda engine's micro-step (docs/PERF.md)
-    TOKENMILL_ENGINE_PROFILE=1 "$BIN" bench --model "${MODEL:-small}" --batch "${BENCH_B:-64}" --seq-len 1024 \
-      --dtype bf16 --device cuda --total-batch 524288 --warmup 1 --steps 3 --what train_step --engine cuda \
-      > "$OUT/profile_${MODEL:-small}.txt" 2>&1
-    note "profile ${MODEL:-small} rc=$?:"; sed -n '/engine profile/,$p' "$OUT/profile_${MODEL:-small}.txt" | tee -a "$SUMMARY"
+  profile)  # per-kernel CUDA-event breakdown of the cuda engine's micro-step (docs/PERF.md); PROFILE_BASE=1 also
+            # profiles .dist/base/tokenmill-base (the binary before this session's changes) at the same settings
+    for bin in "$BIN" ${PROFILE_BASE:+"$PWD/.dist/base/tokenmill-base"}; do
+      [ "$bin" = "$BIN" ] && tag=new || { unpack "$bin"; tag=base; }
+      pf="$OUT/profile_${MODEL:-small}_B${BENCH_B:-64}_$tag.txt"
+      TOKENMILL_ENGINE_PROFILE=1 "$bin" bench --model "${MODEL:-small}" --batch "${BENCH_B:-64}" --seq-len 1024 \
+        --dtype bf16 --device cuda --total-batch "${TOTAL:-524288}" --warmup 1 --steps 3 --what train_step \
+        --engine cuda > "$pf" 2>&1
+      note "profile ${MODEL:-small} B=${BENCH_B:-64} ($tag) rc=$?:"; sed -n '/engine profile/,$p' "$pf" | tee -a "$SUMMARY"
+    done
+    ;;
+  ab)  # train_step (tokenmill bench, median of 3 after 1 warm-up) of .dist/base/tokenmill-base and of this binary,
+       # the latter with the cuBLASLt heuristic (the kernels alone) and with the default gemm tables, per AB_SPECS
+       # entry MODEL:B:TOTAL_TOKENS, back to back in one call.
+    unpack "$PWD/.dist/base/tokenmill-base"
+    for spec in ${AB_SPECS:-gpt2-124m:64:524288 llama-1b:8:65536 gpt2-1558m:8:65536}; do
+      IFS=: read -r m b tot <<< "$spec"
+      for v in base heuristic auto; do
+        bin="$BIN"; [ $v = base ] && bin="$PWD/.dist/base/tokenmill-base"
+        tab=(); [ $v = heuristic ] && tab=(TOKENMILL_GEMM_TABLE=heuristic)
+        env "${tab[@]}" "$bin" bench --model "$m" --batch "$b" --seq-len 1024 --dtype bf16 --device cuda \
+          --total-batch "$tot" --warmup 1 --steps "${AB_STEPS:-3}" --what train_step --engine cuda \
+          > "$OUT/ab_${m}_B${b}_$v.txt" 2>&1
+        note "ab $m B=$b $v rc=$?: $(grep -E 'train_step' "$OUT/ab_${m}_B${b}_$v.txt" | tail -n 1)"
+        grep -E 'products:' "$OUT/ab_${m}_B${b}_$v.txt" | head -n 1 >> "$SUMMARY"
+      done
+    done
     ;;
   bitwise)  # GPT-2 124M, 20 steps: the generalised engine's losses against the previous engine's binary, bit for bit
     # .dist/base/tokenmill-base(.xz|.gz): the binary of the commit before the decoder engine (docs/PERF.md says which).
@@ -156,8 +178,9 @@ for step in "$@"; do
     sed '/^\[engine\]/,$d' configs/gpt2-124m.toml > "$OUT/gpt2-124m-base.toml"
     .dist/base/tokenmill-base train "${bw[@]}" --config "$OUT/gpt2-124m-base.toml" --set 'run.engine="gpt2-cuda"' \
       --log-dir "$OUT/bw_base" > "$OUT/bw_base.log" 2>&1; r1=$?
-    "$BIN" train "${bw[@]}" --config configs/gpt2-124m.toml --set 'run.engine="cuda"' --log-dir "$OUT/bw_new" \
-      > "$OUT/bw_new.log" 2>&1; r2=$?
+    # BITWISE_TABLE (e.g. heuristic) sets the new binary's gemm_table alone (the base binary may not know the value).
+    env ${BITWISE_TABLE:+TOKENMILL_GEMM_TABLE=$BITWISE_TABLE} "$BIN" train "${bw[@]}" --config configs/gpt2-124m.toml \
+      --set 'run.engine="cuda"' --log-dir "$OUT/bw_new" > "$OUT/bw_new.log" 2>&1; r2=$?
     n=$(grep -cE '^[0-9]+ train' "$OUT/bw_new/log.txt" 2>/dev/null)
     if [ $r1 = 0 ] && [ $r2 = 0 ] && [ "$n" = 20 ] &&
        cmp -s <(grep -E '^[0-9]+ (train|val)' "$OUT/bw_base/log.txt") <(grep -E '^[0-9]+ (train|val)' "$OUT/bw_new/log.txt"); then

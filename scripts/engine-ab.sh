@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A/B timings of the gpt2-cuda engine's switches on the GPU machine (docs/PERF.md, "engine choices"): the 124M
+# A/B timings of the decoder engine's switches on the GPU machine (docs/PERF.md, "engine choices"): the 124M
 # train_step at B=64, T=1024, 524,288 tokens per step, once per variant, in one process each:
 #   default                          GELU in the cuBLASLt epilogues, classifier chunks of 16,384 rows
 #   TOKENMILL_GELU_FUSION=0          GELU as its own kernels (activation.cu)
@@ -16,7 +16,7 @@ OUT="${OUT:-/tmp/tm-out}"; mkdir -p "$OUT"
 variant() {  # NAME ENV...
   local name="$1"; shift
   env "$@" "$BIN" bench --model small --batch 64 --seq-len 1024 --dtype bf16 --device cuda --total-batch 524288 \
-    --warmup "${AB_WARMUP:-1}" --steps "${AB_STEPS:-4}" --what train_step --engine gpt2-cuda --peak-size 2048 \
+    --warmup "${AB_WARMUP:-1}" --steps "${AB_STEPS:-4}" --what train_step --engine cuda --peak-size 2048 \
     > "$OUT/ab_$name.txt" 2>&1
   echo "$name: $(grep -E '^gpt2-124m' "$OUT/ab_$name.txt" | awk '{print $9 " ms/step, " $15 " tok/s, peak " $18 " " $19}')"
 }

@@ -156,7 +156,7 @@ mode_124m() {
     --set data.micro_batch=8 --set data.total_batch_tokens=8192 --set optim.warmup_steps=10
     --set eval.val_every=0 --set eval.sample_every=0 --set eval.hellaswag_every=0 --set checkpoint.every=0
     --set run.tf32=false)  # fp32 matmuls in full fp32, as the reference (TF32 off unless --tf32)
-  for dt in ${DTYPES_124M:-bf16 fp32}; do  # DTYPES_124M=bf16: the bf16 run (the gpt2-cuda engine) alone
+  for dt in ${DTYPES_124M:-bf16 fp32}; do  # DTYPES_124M=bf16: the bf16 run (the cuda engine) alone
     local log="$WORK/g124_$dt"
     rm -rf "$log" "$OUT/g124_$dt".* "$OUT/g124_${dt}_torch".*
     # --save-init: step_000000 holds the initial weights (and the resolved config) the reference starts from.

@@ -8,7 +8,7 @@
 #
 #   BIN=.dist/tokenmill scripts/gpu-ddp-check.sh [N]     # from the repo root; N GPUs (default 1)
 #   DEVICE=cpu BIN=target/debug/tokenmill scripts/gpu-ddp-check.sh 2    # the same on CPU ranks (tcp backend)
-#   DDP_ENGINE=gpt2-cuda BIN=.dist/tokenmill scripts/gpu-ddp-check.sh   # on the explicit GPT-2 engine
+#   DDP_ENGINE=cuda BIN=.dist/tokenmill scripts/gpu-ddp-check.sh        # on the decoder engine
 #
 # Prints the NCCL init lines (NCCL_DEBUG=INFO, INIT subsystem), every log line, and a summary last. Exit status
 # non-zero if the NCCL path did not run, a rank failed, or the run did not train.
@@ -32,11 +32,11 @@ export NCCL_NVLS_ENABLE=0
 COMMON=(--config configs/tiny-cpu.toml --data "$WORK/shards" --device "$DEVICE" --max-steps "$STEPS"
         --set "data.total_batch_tokens=$((512 * N))" --set eval.val_every=10 --set eval.val_steps=4
         --set eval.sample_every=0 --set checkpoint.every=0)
-# DDP_ENGINE=gpt2-cuda runs the same checks on the explicit engine (bf16, and one head of 64: the tiny config's two
+# DDP_ENGINE=cuda runs the same checks on the decoder engine (bf16, and one head of 64: the tiny config's two
 # heads of 32 are below the engine's attention head size); unset, `auto` picks for the tiny fp32 config.
 if [ -n "${DDP_ENGINE:-}" ]; then
   COMMON+=(--set "run.engine=\"$DDP_ENGINE\"")
-  [ "$DDP_ENGINE" = gpt2-cuda ] && COMMON+=(--dtype bf16 --set model.n_head=1)
+  [ "$DDP_ENGINE" = cuda ] && COMMON+=(--dtype bf16 --set model.n_head=1)
 fi
 
 PORT=$((29500 + RANDOM % 1000))

@@ -2,7 +2,10 @@
 //! host-side log-softmax, on real HellaSwag tasks (the first tasks of the validation set, GPT-2 BPE), with a
 //! tiny random GPT-2. Also the context-cropping path and `tokenmill eval hellaswag` on a checkpoint directory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+#[path = "common/mod.rs"]
+mod common;
 
 use candle_core::{Device, Tensor};
 use tokenmill::eval::hellaswag::{
@@ -12,14 +15,10 @@ use tokenmill::eval::hellaswag_file::{self, Example, HellaswagFile};
 use tokenmill::model::{build_model, Architecture, LanguageModel, ModelConfig, Precision};
 use tokenmill::tokenizer::Tokenizer;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// The first `n` tasks of the llama.cpp-layout validation file (6 lines each: context, label, 4 endings), tokenized
 /// as build-nanogpt's render_example does (`" " + ending`), written to and read back from an eval file.
 fn real_examples(n: usize, dir: &Path) -> Vec<Example> {
-    let text = std::fs::read_to_string(repo().join("../shared/data/hellaswag_val_full.txt")).unwrap();
+    let text = std::fs::read_to_string(common::hellaswag_val_full()).unwrap();
     let lines: Vec<&str> = text.lines().take(6 * n).collect();
     let tok = Tokenizer::gpt2();
     let examples: Vec<Example> = lines
@@ -52,6 +51,7 @@ fn tiny(block_size: usize) -> Box<dyn LanguageModel> {
         ffn_hidden: None,
         rope_theta: None,
         tie_word_embeddings: None,
+        norm_eps: None,
     };
     build_model(&cfg, Precision::FP32, &Device::Cpu, 42).unwrap()
 }
@@ -126,6 +126,7 @@ fn batched_scoring_equals_each_example_scored_alone() {
         ffn_hidden: None,
         rope_theta: None,
         tie_word_embeddings: Some(false),
+        norm_eps: None,
     };
     let models = [tiny(256), build_model(&llama, Precision::FP32, &Device::Cpu, 5).unwrap()];
     for model in &models {
@@ -293,6 +294,7 @@ fn cli_refuses_a_model_of_another_tokenizer() {
         ffn_hidden: None,
         rope_theta: None,
         tie_word_embeddings: None,
+        norm_eps: None,
     };
     let model = build_model(&cfg, Precision::FP32, &Device::Cpu, 1).unwrap();
     let ckpt = dir.path().join("cl100k");

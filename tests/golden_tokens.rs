@@ -4,8 +4,12 @@
 //! sha256 checked, cross-checked against the data-gym `gpt2` ranks). Two levels:
 //! - golden cases: exact ids for FineWeb documents, the start of tiny Shakespeare and tricky strings, so a mismatch
 //!   shows the first differing token;
-//! - the whole corpus: all 2,800 FineWeb documents and all of tiny Shakespeare, re-tokenized here in fineweb.py's
-//!   layout (EOT before each document, u16 LE) and compared by token count and sha256, per file and in total.
+//! - the whole corpus: FineWeb documents and all of tiny Shakespeare, re-tokenized here in fineweb.py's layout (EOT
+//!   before each document, u16 LE) and compared by token count and sha256 per file: the 4 parquet files in
+//!   tests/fixtures always, all 28 (2,800 documents, and the total) where `TOKENMILL_SHARED_DATA` holds them.
+//!
+//! The index names its files as shared/data does (`fineweb_legal_pilot/batch_0000NN.parquet`,
+//! `tinyshakespeare_input.txt`); [`data_file`] finds them in the repo.
 
 use std::path::{Path, PathBuf};
 
@@ -75,8 +79,18 @@ fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden")
 }
 
-fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
+/// Where a file the index names lives: tiny Shakespeare is data/tinyshakespeare.txt (the same bytes), parquet files
+/// are in tests/fixtures when vendored, else in the optional shared data; `None` where it is nowhere.
+fn data_file(name: &str) -> Option<PathBuf> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if name == "tinyshakespeare_input.txt" {
+        return Some(repo.join("data/tinyshakespeare.txt"));
+    }
+    [repo.join("tests/fixtures").join(name), common::shared_data_root().join(name)].into_iter().find(|p| p.exists())
+}
+
+fn required(name: &str) -> PathBuf {
+    data_file(name).unwrap_or_else(|| panic!("{name}: a golden case's source is not in tests/fixtures"))
 }
 
 fn load_index() -> Index {
@@ -115,9 +129,9 @@ fn layout_u16le(tok: &Tokenizer, docs: &[String]) -> Vec<u8> {
 
 fn case_text(source: &Source) -> String {
     match source {
-        Source::Parquet { file, row } => read_texts(&data_dir().join(file)).swap_remove(*row),
+        Source::Parquet { file, row } => read_texts(&required(file)).swap_remove(*row),
         Source::TextPrefix { file, chars } => {
-            let path = data_dir().join(file);
+            let path = required(file);
             let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             text.chars().take(*chars).collect()
         }
@@ -170,20 +184,21 @@ fn golden_cases_match_tiktoken() {
     );
 }
 
-/// All 2,800 FineWeb documents (19.5 MB of text, 4.36 M tokens) and tiny Shakespeare, tokenized in parallel; ~3 s
-/// of tokenization on 2 cores.
+/// FineWeb documents (all 2,800, 19.5 MB of text, 4.36 M tokens, where the shared data is present; the 400 of
+/// tests/fixtures otherwise) and tiny Shakespeare, tokenized in parallel; ~3 s of tokenization on 2 cores for all.
 #[test]
 fn whole_corpus_matches_tiktoken() {
     let index = load_index();
     let tok = Tokenizer::gpt2();
 
-    let digests: Vec<(StreamDigest, Vec<u8>)> = index
-        .corpus
-        .fineweb
-        .files
+    // Every file of the index found here, in the index's order: the vendored ones always.
+    let found: Vec<(&StreamDigest, PathBuf)> =
+        index.corpus.fineweb.files.iter().filter_map(|f| data_file(&f.file).map(|p| (f, p))).collect();
+    assert!(found.len() >= common::FINEWEB_FIXTURE_FILES.len(), "the vendored parquet files are in the index");
+    let digests: Vec<(StreamDigest, Vec<u8>)> = found
         .par_iter()
-        .map(|expected| {
-            let texts = read_texts(&data_dir().join(&expected.file));
+        .map(|(expected, path)| {
+            let texts = read_texts(path);
             let bytes = layout_u16le(&tok, &texts);
             let digest = StreamDigest {
                 file: expected.file.clone(),
@@ -197,24 +212,35 @@ fn whole_corpus_matches_tiktoken() {
 
     let mismatched: Vec<String> = digests
         .iter()
-        .zip(&index.corpus.fineweb.files)
-        .filter(|((got, _), expected)| got != *expected)
-        .map(|((got, _), expected)| format!("{}: ours {got:?}\n  tiktoken {expected:?}", expected.file))
+        .zip(&found)
+        .filter(|((got, _), (expected, _))| got != *expected)
+        .map(|((got, _), (expected, _))| format!("{}: ours {got:?}\n  tiktoken {expected:?}", expected.file))
         .collect();
     assert!(mismatched.is_empty(), "files whose token stream differs from tiktoken's:\n{}", mismatched.join("\n"));
 
-    let mut all = Sha256::new();
-    for (_, bytes) in &digests {
-        all.update(bytes);
+    // The whole stream's digest needs every file.
+    if found.len() == index.corpus.fineweb.files.len() {
+        let mut all = Sha256::new();
+        for (_, bytes) in &digests {
+            all.update(bytes);
+        }
+        let documents: usize = digests.iter().map(|(d, _)| d.documents).sum();
+        let tokens: usize = digests.iter().map(|(d, _)| d.tokens).sum();
+        assert_eq!(documents, 2800);
+        assert_eq!((documents, tokens), (index.corpus.fineweb.documents, index.corpus.fineweb.tokens));
+        assert_eq!(hex::encode(all.finalize()), index.corpus.fineweb.sha256, "whole FineWeb stream");
+    } else {
+        eprintln!(
+            "skipped the whole-FineWeb digest: {} of its {} files here, in tests/fixtures (each checked); the rest are \
+             read from {} (TOKENMILL_SHARED_DATA), which lacks them",
+            found.len(),
+            index.corpus.fineweb.files.len(),
+            common::shared_data_root().display()
+        );
     }
-    let documents: usize = digests.iter().map(|(d, _)| d.documents).sum();
-    let tokens: usize = digests.iter().map(|(d, _)| d.tokens).sum();
-    assert_eq!(documents, 2800);
-    assert_eq!((documents, tokens), (index.corpus.fineweb.documents, index.corpus.fineweb.tokens));
-    assert_eq!(hex::encode(all.finalize()), index.corpus.fineweb.sha256, "whole FineWeb stream");
 
     let expected = &index.corpus.tinyshakespeare;
-    let path = data_dir().join(&expected.file);
+    let path = required(&expected.file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let bytes = layout_u16le(&tok, &[text]);
     let got =

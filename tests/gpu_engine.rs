@@ -1,6 +1,7 @@
 //! The decoder engine (`train::decoder`, run.engine = "cuda") against the autograd engine on the same GPU, from the
-//! same initial weights and batches, for GPT-2 and for Llama-style models (RMSNorm, rotary, SwiGLU, grouped-query
-//! attention, tied and untied heads):
+//! same initial weights and batches, for GPT-2, for Llama-style models (RMSNorm, rotary, SwiGLU, grouped-query
+//! attention, tied and untied heads) and for Qwen2 (the Llama block with q, k, v biases through the qkv matmul's
+//! bias epilogue and `bias_grad`; its biases are drawn nonzero here so that a wrong bias shows in the forward):
 //! - one micro-step: the loss within 1e-3 relative and every parameter's gradient within 2e-2 relative L2 of the
 //!   autograd engine in f32 (TF32 off); the autograd engine in bf16 is measured against the same reference and
 //!   printed beside it, for scale (it was 7.8e-3 from f64 on the H100);
@@ -12,7 +13,8 @@
 //!
 //! Shapes: a 2-layer GPT-2 with C = 128 (two heads of 64), V = 512, B = 4, T = 100 (not a multiple of any tile), the
 //! classifier in chunks of 128 rows (the last one short); a 2-layer Llama with C = 256, 4 query heads on 2 KV heads,
-//! H = 200, an untied head; and GPT-2 124M and the Llama-124M preset at B = 2, T = 1024 (the real matmul shapes).
+//! H = 200, an untied head, and its Qwen2 twin (norm eps 1e-6); and GPT-2 124M and the Llama-124M preset at B = 2,
+//! T = 1024 (the real matmul shapes).
 //!
 //! Without a CUDA device (CI, or a build without `--features cuda`) the tests print "skipped" and pass. On the GPU
 //! machine they run from the GPU test binary (tests/gpu/main.rs; `scripts/gpu-kernel-check.sh`).
@@ -51,6 +53,7 @@ mod cuda {
             ffn_hidden: None,
             rope_theta: None,
             tie_word_embeddings: None,
+            norm_eps: None,
         }
     }
 
@@ -65,8 +68,14 @@ mod cuda {
             ffn_hidden: Some(200),
             rope_theta: Some(500_000.0),
             tie_word_embeddings: Some(false),
+            norm_eps: None,
             ..small()
         }
+    }
+
+    /// `small_llama` as Qwen2: q, k and v biases, RMSNorm eps 1e-6 (the row's defaults).
+    fn small_qwen2() -> ModelConfig {
+        ModelConfig { arch: Architecture::Qwen2, ..small_llama() }
     }
 
     fn options(chunk: usize) -> EngineOptions {
@@ -84,7 +93,16 @@ mod cuda {
     }
 
     fn model(cfg: &ModelConfig, dev: &Device, compute: DType) -> Box<dyn LanguageModel> {
-        build_model(cfg, Precision::with_compute(compute), dev, SEED).unwrap()
+        let m = build_model(cfg, Precision::with_compute(compute), dev, SEED).unwrap();
+        if cfg.arch == Architecture::Qwen2 {
+            // Biases start at zero, which would hide a bias read from the wrong place: draw them, seeded.
+            for (i, (_, v)) in m.parameters().into_iter().enumerate().filter(|(_, (n, _))| n.ends_with(".bias")) {
+                let mut rng = ChaCha8Rng::seed_from_u64(100 + i as u64);
+                let vals: Vec<f32> = (0..v.elem_count()).map(|_| rng.gen_range(-0.5..0.5)).collect();
+                v.set(&Tensor::from_vec(vals, v.dims(), dev).unwrap().to_dtype(v.dtype()).unwrap()).unwrap();
+            }
+        }
+        m
     }
 
     fn engine(cfg: &ModelConfig, dev: &Device, (b, t): (usize, usize), chunk: usize) -> DecoderEngine {
@@ -177,6 +195,10 @@ mod cuda {
 
     pub fn micro_step_matches_autograd_small_llama() {
         one_micro_step_matches(&small_llama(), (4, 100), 128);
+    }
+
+    pub fn micro_step_matches_autograd_small_qwen2() {
+        one_micro_step_matches(&small_qwen2(), (4, 100), 128);
     }
 
     #[test]
@@ -288,11 +310,17 @@ mod cuda {
 
     /// The Llama path's stages (embedding without positions, RMSNorm, the fused q|k|v product with rotary positions,
     /// grouped-query attention, gate|up and SwiGLU, the untied head) against references in f32 from the engine's own
-    /// inputs, as `each_forward_kernel_matches_its_reference` does for GPT-2.
+    /// inputs, as `each_forward_kernel_matches_its_reference` does for GPT-2; for Llama and for Qwen2 (q, k, v
+    /// biases added by the product's epilogue, in bf16, before the rotation).
     pub fn each_llama_forward_kernel_matches_its_reference() {
+        llama_forward_kernels_match_for(&small_llama());
+        llama_forward_kernels_match_for(&small_qwen2());
+    }
+
+    fn llama_forward_kernels_match_for(cfg: &ModelConfig) {
         let Some(dev) = super::common::cuda_device() else { return };
         set_tf32(false);
-        let cfg = small_llama();
+        let cfg = cfg.clone();
         let (b, t) = (4, 100);
         let (c, nh, nkv, hs, hid) = (cfg.n_embd, cfg.n_head, cfg.kv_heads(), cfg.head_size(), cfg.hidden());
         let m = model(&cfg, &dev, DType::BF16);
@@ -306,20 +334,22 @@ mod cuda {
         let w = |n: &str| p[n].clone();
         let linear = |x: &Tensor, wn: &str| x.matmul(&w16(wn).t().unwrap()).unwrap();
         let round16 = |x: &Tensor| x.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
-        let rms = |x: &Tensor, n: &str| tokenmill::model::ops::rms_norm(x, &w(n), 1e-5).unwrap();
+        let rms = |x: &Tensor, n: &str| tokenmill::model::ops::rms_norm(x, &w(n), cfg.eps()).unwrap();
         let l0 = |n: &str| format!("layers.0.{n}.weight");
         let ids = Tensor::from_slice(&batch.x, b * t, &dev).unwrap();
         let res0 = w("embed_tokens.weight").index_select(&ids, 0).unwrap();
-        // q|k|v before rotation, then rotated as the model does (HF's rotate-half layout).
-        let q_k_v = Tensor::cat(
-            &[
-                linear(&f("ln1"), &l0("self_attn.q_proj")),
-                linear(&f("ln1"), &l0("self_attn.k_proj")),
-                linear(&f("ln1"), &l0("self_attn.v_proj")),
-            ],
-            1,
-        )
-        .unwrap();
+        // q|k|v before rotation (plus the row's biases, in bf16 as the epilogue reads them), then rotated as the model
+        // does (HF's rotate-half layout).
+        let qkv_names = cfg.arch.spec().block(0).qkv;
+        assert_eq!(qkv_names.biases.len(), if cfg.arch == Architecture::Qwen2 { 3 } else { 0 });
+        let part = |i: usize| {
+            let y = linear(&f("ln1"), &qkv_names.weights[i]);
+            match qkv_names.biases.get(i) {
+                Some(bias) => y.broadcast_add(&w16(bias)).unwrap(),
+                None => y,
+            }
+        };
+        let q_k_v = Tensor::cat(&[part(0), part(1), part(2)], 1).unwrap();
         let (cos, sin) = tokenmill::model::ops::rotary_tables(t, hs, cfg.rope_base(), DType::F32, &dev).unwrap();
         let heads = |x: &Tensor, off: usize, n: usize| {
             x.narrow(1, off, n * hs)
@@ -381,12 +411,12 @@ mod cuda {
         let mut bad = Vec::new();
         for (name, reference, tol) in checks {
             let r = rel_l2(&host(&f(name)), &host(&reference));
-            println!("llama stage {name:<9} relative L2 {r:.3e} (bound {tol:.0e})");
+            println!("{:?} stage {name:<9} relative L2 {r:.3e} (bound {tol:.0e})", cfg.arch);
             if r.is_nan() || r > tol {
                 bad.push(format!("{name} {r:.3e}"));
             }
         }
-        assert!(bad.is_empty(), "llama stages off their references: {bad:?}");
+        assert!(bad.is_empty(), "{:?} stages off their references: {bad:?}", cfg.arch);
     }
 
     /// `steps` optimizer steps of 2 micro-steps; (loss, norm) per step.
@@ -420,6 +450,11 @@ mod cuda {
     #[test]
     fn deterministic_and_resumable_llama() {
         deterministic_and_resumable_for(&small_llama());
+    }
+
+    #[test]
+    fn deterministic_and_resumable_qwen2() {
+        deterministic_and_resumable_for(&small_qwen2());
     }
 
     fn deterministic_and_resumable_for(cfg: &ModelConfig) {
@@ -456,6 +491,7 @@ mod cuda {
     fn scoring_on_the_engine_matches_the_model_and_leaves_training_alone() {
         scoring_matches_for(&small());
         scoring_matches_for(&small_llama());
+        scoring_matches_for(&small_qwen2());
     }
 
     /// The engine's evaluation forward (`DecoderEngine::token_losses`, another shape than training's) against the
@@ -504,6 +540,7 @@ fn cuda_matches_cpu() {
     cuda::each_llama_forward_kernel_matches_its_reference();
     cuda::micro_step_matches_autograd_small();
     cuda::micro_step_matches_autograd_small_llama();
+    cuda::micro_step_matches_autograd_small_qwen2();
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -77,6 +77,7 @@ fn cases() -> Vec<(&'static str, ModelConfig, usize, usize)> {
         ffn_hidden: None,
         rope_theta: None,
         tie_word_embeddings: None,
+        norm_eps: None,
     };
     vec![
         // HS = 64: CUDA routes attention to the fused FlashAttention kernel (kernels::attention).

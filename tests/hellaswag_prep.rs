@@ -5,15 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+#[path = "common/mod.rs"]
+mod common;
+
 use tokenmill::eval::hellaswag_file::{self, Example, HellaswagFile, HellaswagFileError, HEADER_BYTES, MAGIC, VERSION};
 use tokenmill::pipelines::hellaswag::{
     self, Columns, HellaswagPipeline, HellaswagPrepError, Input, PrepConfig, SourceFormat, Task,
 };
 use tokenmill::tokenizer::{Tokenizer, TokenizerKind};
-
-fn shared_data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
-}
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hellaswag_sample.jsonl")
@@ -157,7 +156,7 @@ fn file_round_trip_and_header_fields() {
 
 #[test]
 fn full_llamacpp_validation_set_parses_and_round_trips() {
-    let path = shared_data().join("hellaswag_val_full.txt");
+    let path = common::hellaswag_val_full().to_path_buf();
     let tasks = hellaswag::read_tasks(&path, None, &Columns::default()).unwrap();
     assert_eq!(tasks.len(), 10_042);
     assert_eq!(hellaswag::task_label_counts(&tasks), [2515, 2485, 2584, 2458]);
@@ -236,7 +235,7 @@ fn parquet_in_rowan_schema_reads_like_the_jsonl() {
 
 #[test]
 fn malformed_llamacpp_text_names_file_and_line() {
-    let full = std::fs::read_to_string(shared_data().join("hellaswag_val_full.txt")).unwrap();
+    let full = std::fs::read_to_string(common::hellaswag_val_full()).unwrap();
     let lines: Vec<&str> = full.lines().take(18).collect();
     let dir = tempfile::tempdir().unwrap();
 

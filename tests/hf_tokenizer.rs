@@ -32,8 +32,24 @@ fn fixture(name: &str) -> PathBuf {
     repo().join("tests/fixtures/hf_tokenizers").join(name)
 }
 
-fn data() -> PathBuf {
-    repo().join("../shared/data")
+/// Tiny Shakespeare (the bytes of the reference's `tinyshakespeare_input.txt`).
+fn shakespeare() -> PathBuf {
+    repo().join("data/tinyshakespeare.txt")
+}
+
+/// The FineWeb files reference.json covers that are here (by its key, in its order): the 4 vendored in
+/// tests/fixtures always, the other 24 where the optional shared data has them.
+fn fineweb_files(entry: &Value) -> Vec<(String, PathBuf)> {
+    entry["fineweb"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter_map(|key| {
+            let name = Path::new(key).file_name().unwrap();
+            let places = [common::fineweb_fixture_dir().join(name), common::shared_data_root().join(key)];
+            places.into_iter().find(|p| p.exists()).map(|p| (key.clone(), p))
+        })
+        .collect()
 }
 
 fn reference() -> Value {
@@ -63,7 +79,7 @@ fn expected(entry: &Value) -> (Vec<u64>, u64, String) {
 
 /// `prep` of the FineWeb sample into `out`.
 fn prep_options(out: &Path, tokenizer: Tokenizer, shard_size: u64) -> PrepOptions {
-    let input = fineweb::Input::Local(expand_inputs(&[data().join("fineweb_legal_pilot")]).unwrap());
+    let input = fineweb::Input::Local(expand_inputs(&[common::fineweb_fixture_dir()]).unwrap());
     common::prep_options(input, out, "fw", tokenizer, shard_size)
 }
 
@@ -85,12 +101,19 @@ fn split_documents(ids: &[u32], eot: u32, at: BoundaryAt) -> Vec<&[u32]> {
     bounds.windows(2).map(|w| &ids[w[0]..w[1]]).collect()
 }
 
-/// Python's ids, document by document and boundary tokens included: FineWeb through `prep` (2,800 documents in 28
-/// files, the shards read back and cut at the boundaries), tiny Shakespeare and the short cases through the tokenizer.
+/// Python's ids, document by document and boundary tokens included: FineWeb through `prep` (the shards read back and
+/// cut at the boundaries: the 4 vendored files, all 28 and the whole stream's digest where the shared data is), tiny
+/// Shakespeare and the short cases through the tokenizer.
 #[test]
 fn ids_equal_python_tokenizers_on_fineweb_and_tiny_shakespeare() {
     let reference = reference();
-    let shakespeare = std::fs::read_to_string(data().join("tinyshakespeare_input.txt")).unwrap();
+    let shakespeare = std::fs::read_to_string(shakespeare()).unwrap();
+    let files = fineweb_files(&reference["tokenizers"]["bpe"]);
+    assert!(files.len() >= common::FINEWEB_FIXTURE_FILES.len(), "the vendored files are in reference.json");
+    let input = tempfile::tempdir().unwrap();
+    for (_, path) in &files {
+        std::os::unix::fs::symlink(path, input.path().join(path.file_name().unwrap())).unwrap();
+    }
     for name in ["bpe", "spm"] {
         let entry = &reference["tokenizers"][name];
         let tok = load(name);
@@ -116,16 +139,28 @@ fn ids_equal_python_tokenizers_on_fineweb_and_tiny_shakespeare() {
         assert_eq!(digest(&[&document(&shakespeare)]), expected(&entry["tinyshakespeare"]), "{name}");
 
         let out = tempfile::tempdir().unwrap();
-        let m = fineweb::prep(&prep_options(out.path(), tok.clone(), 1_000_000)).unwrap().manifest;
+        let mut o = prep_options(out.path(), tok.clone(), 1_000_000);
+        o.input = fineweb::local_input(&[input.path().to_path_buf()]).unwrap();
+        let m = fineweb::prep(&o).unwrap().manifest;
         let ids = stream(out.path(), &m);
-        let whole = &entry["fineweb_all"];
-        assert_eq!(ids.len() as u64, whole["tokens"].as_u64().unwrap(), "{name}");
-        assert_eq!(sha256_u32le(&ids), whole["sha256"].as_str().unwrap(), "{name}: the whole stream");
         let docs = split_documents(&ids, m.tokenizer.eot, m.tokenizer.boundary);
-        assert_eq!(docs.len(), 2800, "{name}: one boundary per document");
+        assert_eq!(docs.len(), 100 * files.len(), "{name}: one boundary per document");
+        if files.len() == entry["fineweb"].as_object().unwrap().len() {
+            let whole = &entry["fineweb_all"];
+            assert_eq!(ids.len() as u64, whole["tokens"].as_u64().unwrap(), "{name}");
+            assert_eq!(sha256_u32le(&ids), whole["sha256"].as_str().unwrap(), "{name}: the whole stream");
+        } else if name == "bpe" {
+            eprintln!(
+                "checked {} of the {} FineWeb files (the vendored ones); the others are read from {} \
+                 (TOKENMILL_SHARED_DATA), which lacks them",
+                files.len(),
+                entry["fineweb"].as_object().unwrap().len(),
+                common::shared_data_root().display()
+            );
+        }
         let mut at = 0;
-        for (file, want) in entry["fineweb"].as_object().unwrap() {
-            let (want_counts, want_tokens, want_sha) = expected(want);
+        for (file, _) in &files {
+            let (want_counts, want_tokens, want_sha) = expected(&entry["fineweb"][file]);
             let (counts, tokens, sha) = digest(&docs[at..at + want_counts.len()]);
             if counts != want_counts {
                 let doc = counts.iter().zip(&want_counts).position(|(a, b)| a != b).unwrap_or(0);
@@ -143,7 +178,7 @@ fn prep_records_the_tokenizer_and_keeps_its_files() {
     for (name, boundary, eot) in [("bpe", BoundaryAt::Last, "<|endoftext|>"), ("spm", BoundaryAt::First, "<s>")] {
         let out = tempfile::tempdir().unwrap();
         let mut o = prep_options(out.path(), load(name), 100_000);
-        o.input = fineweb::local_input(&[repo().join("data/tinyshakespeare.txt")]).unwrap();
+        o.input = fineweb::local_input(&[shakespeare()]).unwrap();
         let m = fineweb::prep(&o).unwrap().manifest;
         let entry = &reference["tokenizers"][name];
         // The record: name, size, boundary, special ids and the file's sha256; u16 shards for 4096 ids.
@@ -194,7 +229,7 @@ fn a_vocabulary_past_u16_writes_u32_shards_the_loader_reads() {
     let tok = TokenizerSource::Path(wide_tokenizer(tmp.path())).load().unwrap();
     assert_eq!(tok.vocab_size(), 70_000);
     let out = tmp.path().join("out");
-    let text = repo().join("data/tinyshakespeare.txt");
+    let text = shakespeare();
     let mut o = prep_options(&out, tok.clone(), 50_000);
     o.input = fineweb::local_input(std::slice::from_ref(&text)).unwrap();
     let m = fineweb::prep(&o).unwrap().manifest;
@@ -226,7 +261,7 @@ fn one_line_error(stderr: &str) -> &str {
 #[test]
 fn bad_tokenizer_files_are_one_line_errors_naming_the_file_and_field() {
     let tmp = tempfile::tempdir().unwrap();
-    let text = repo().join("data/tinyshakespeare.txt");
+    let text = shakespeare();
     let prep = |tokenizer: &Path| {
         let (ok, _, err) = tokenmill(
             tmp.path(),
@@ -278,7 +313,7 @@ fn bad_tokenizer_files_are_one_line_errors_naming_the_file_and_field() {
 #[test]
 fn a_resume_with_another_tokenizer_is_refused_naming_both() {
     let tmp = tempfile::tempdir().unwrap();
-    let text = repo().join("data/tinyshakespeare.txt");
+    let text = shakespeare();
     let mut o = prep_options(tmp.path(), load("spm"), 50_000);
     o.input = fineweb::local_input(&[text]).unwrap();
     o.max_shards = Some(2);
@@ -300,17 +335,13 @@ fn a_resume_with_another_tokenizer_is_refused_naming_both() {
 
 #[test]
 fn workers_merge_to_the_one_box_dataset_with_bos_first_and_eos_last_boundaries() {
-    let input = tempfile::tempdir().unwrap();
-    for i in 1..=4 {
-        let name = format!("batch_{i:06}.parquet");
-        std::os::unix::fs::symlink(data().join("fineweb_legal_pilot").join(&name), input.path().join(&name)).unwrap();
-    }
+    let input = common::fineweb_fixture_dir();
     for name in ["bpe", "spm"] {
         let tok = fixture(name).display().to_string();
         // --shards 3 of 100K tokens: the third shard ends inside a document, so the merge places a resume cursor.
         let one = tempfile::tempdir().unwrap();
         let mut o = prep_options(one.path(), load(name), 100_000);
-        o.input = fineweb::local_input(&[input.path().to_path_buf()]).unwrap();
+        o.input = fineweb::local_input(std::slice::from_ref(&input)).unwrap();
         o.dataset = "edufineweb".into();
         o.max_shards = Some(3);
         let m = fineweb::prep(&o).unwrap().manifest;
@@ -318,10 +349,10 @@ fn workers_merge_to_the_one_box_dataset_with_bos_first_and_eos_last_boundaries()
         let out = tempfile::tempdir().unwrap();
         let prep_worker = |w: &str, shards: &[&str]| {
             let mut args = vec!["prep", "fineweb", "--no-progress", "--threads", "1", "--shard-size", "100000"];
-            args.extend(["--tokenizer", &tok, "--worker", w, "--input", input.path().to_str().unwrap()]);
+            args.extend(["--tokenizer", &tok, "--worker", w, "--input", input.to_str().unwrap()]);
             args.extend(["--out", out.path().to_str().unwrap()]);
             args.extend(shards);
-            let (ok, _, err) = tokenmill(input.path(), &args);
+            let (ok, _, err) = tokenmill(&input, &args);
             assert!(ok, "{err}");
         };
         for w in ["0/2", "1/2"] {
@@ -330,7 +361,7 @@ fn workers_merge_to_the_one_box_dataset_with_bos_first_and_eos_last_boundaries()
         let merge = |shards: &[&str]| {
             let mut args = vec!["prep", "merge", "--no-progress", out.path().to_str().unwrap()];
             args.extend(shards);
-            let (ok, _, err) = tokenmill(input.path(), &args);
+            let (ok, _, err) = tokenmill(&input, &args);
             assert!(ok, "{err}");
         };
         merge(&[]);
@@ -403,7 +434,7 @@ fn checkpoints_sample_and_export_use_the_datas_tokenizer() {
     let tmp = tempfile::tempdir().unwrap();
     let (data, log, export) = (tmp.path().join("data"), tmp.path().join("log"), tmp.path().join("export"));
     let mut o = prep_options(&data, load("spm"), 20_000);
-    o.input = fineweb::local_input(&[repo().join("data/tinyshakespeare.txt")]).unwrap();
+    o.input = fineweb::local_input(&[shakespeare()]).unwrap();
     fineweb::prep(&o).unwrap();
     let run = |args: &[&str]| {
         let (ok, out, err) = tokenmill(&repo(), args);
@@ -465,7 +496,7 @@ fn a_foreign_tokenizer_json_in_out_is_not_replaced() {
     let theirs = std::fs::read(fixture("bpe/tokenizer.json")).unwrap();
     std::fs::write(out.join("tokenizer.json"), &theirs).unwrap();
     let mut o = prep_options(&out, load("spm"), 50_000);
-    o.input = fineweb::local_input(&[repo().join("data/tinyshakespeare.txt")]).unwrap();
+    o.input = fineweb::local_input(&[shakespeare()]).unwrap();
     let err = fineweb::prep(&o).unwrap_err().to_string();
     assert!(err.contains(&out.join("tokenizer.json").display().to_string()) && err.contains("another --out"), "{err}");
     assert_eq!(std::fs::read(out.join("tokenizer.json")).unwrap(), theirs, "left as it was");
@@ -473,4 +504,33 @@ fn a_foreign_tokenizer_json_in_out_is_not_replaced() {
     // The model's own folder as --out, with its own tokenizer: the same bytes, so the shards go beside them.
     o.tokenizer = load("bpe");
     assert!(fineweb::prep(&o).unwrap().complete);
+}
+
+/// `train --init` from a model whose tokenizer.json is not the one the data was prepared with is refused, naming
+/// both, even at the same vocabulary size (the data records the tokenizer's sha256).
+#[test]
+fn init_refuses_data_of_another_tokenizer_of_the_same_size() {
+    use tokenmill::train::init::InitModel;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut o = prep_options(&data, load("spm"), 100_000);
+    o.input = fineweb::local_input(&[shakespeare()]).unwrap();
+    let m = fineweb::prep(&o).unwrap().manifest;
+    let model = tmp.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::copy(repo().join("tests/fixtures/hf/llama_gqa_tied/config.json"), model.join("config.json")).unwrap();
+    std::fs::copy(repo().join("tests/fixtures/hf/llama_gqa_tied/model.safetensors"), model.join("model.safetensors"))
+        .unwrap();
+    for (tokenizer, same) in [("bpe", false), ("spm", true)] {
+        std::fs::copy(fixture(tokenizer).join("tokenizer.json"), model.join("tokenizer.json")).unwrap();
+        let init = InitModel::open(model.to_str().unwrap()).unwrap();
+        match init.check_data_tokenizer(&data, &m.tokenizer) {
+            Ok(()) => assert!(same),
+            Err(e) => {
+                let err = e.to_string();
+                assert!(!same, "{err}");
+                assert!(err.contains("sha256 9e7d56f0c7a2") && err.contains("sha256 6a9f8539108b"), "{err}");
+            }
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! The hub client against a real HTTP/1.1 server on 127.0.0.1 that speaks the hub's protocol: the revision listing
 //! (`/api/{datasets,models}/{repo}/revision/{rev}?blobs=true`), `resolve/{rev}/{path}` with HEAD/GET, `Range` (206 +
 //! `Content-Range`, 416), `x-repo-commit`, and LFS files redirected to a CDN route with `x-linked-etag` = sha256, as
-//! huggingface.co does. It serves the real FineWeb parquet files of shared/data as `sample/10BT/000_000NN.parquet`.
+//! huggingface.co does. It serves the real FineWeb parquet files of tests/fixtures as `sample/10BT/000_0000N.parquet`.
 //! Faults (a transfer cut after N bytes, the server vanishing, flipped bytes, a listing that lies about a size) are
 //! switched per test. Every server stops when its test drops it, and by itself after 60 s.
 
@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tokenmill::hub::{HubClient, HubError, HubSettings, RemoteFile};
 
+#[path = "common/mod.rs"]
+mod common;
+
 const DATASET: &str = "HuggingFaceFW/fineweb";
 const MODEL: &str = "openai-community/gpt2";
 const COMMIT: &str = "0f3c1a6e9d2b4c8f7a5e3d1b9c7a5f3e1d2c4b6a";
@@ -26,6 +29,9 @@ const MODEL_COMMIT: &str = "607a30d783dfa663caf39e06633721c8d4cfcd7e";
 const SPM_MODEL: &str = "tokenmill-test/spm-tokenizer";
 const BPE_MODEL: &str = "tokenmill-test/bpe-tokenizer";
 const TOKENIZER_COMMIT: &str = "1b2c3d4e5f60718293a4b5c6d7e8f90112233445";
+/// A sharded Llama (tests/fixtures/hf/llama_gqa_untied: config.json, the index and three shards).
+const SHARDED: &str = "tokenmill-test/llama-sharded";
+const SHARDED_COMMIT: &str = "5a1b2c3d4e5f60718293a4b5c6d7e8f901234567";
 
 // ---------------------------------------------------------------------------------------------------------------
 // Fixture data: the real parquet files, named as FineWeb's sample/10BT files are.
@@ -46,16 +52,17 @@ fn served(path: &str, bytes: Vec<u8>, lfs: bool) -> ServedFile {
     ServedFile { path: path.to_string(), sha256: sha256_hex(&bytes), bytes: Arc::new(bytes), lfs }
 }
 
-/// The 28 FineWeb parquet files (12 MB), read once per test binary.
+/// The vendored FineWeb parquet files (1.8 MB), read once per test binary.
 fn parquet_files() -> &'static Vec<(String, Arc<Vec<u8>>)> {
     static FILES: OnceLock<Vec<(String, Arc<Vec<u8>>)>> = OnceLock::new();
     FILES.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/fineweb_legal_pilot");
-        (1..=28)
-            .map(|i| {
-                let src = dir.join(format!("batch_{i:06}.parquet"));
+        common::FINEWEB_FIXTURE_FILES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let src = common::fineweb_fixture_dir().join(name);
                 let bytes = std::fs::read(&src).unwrap_or_else(|e| panic!("reading {}: {e}", src.display()));
-                (format!("sample/10BT/000_{:05}.parquet", i - 1), Arc::new(bytes))
+                (format!("sample/10BT/000_{i:05}.parquet"), Arc::new(bytes))
             })
             .collect()
     })
@@ -83,6 +90,21 @@ fn tokenizer_repo(fixture: &str) -> Vec<ServedFile> {
         .filter(|f| dir.join(f).is_file())
         .map(|f| served(f, std::fs::read(dir.join(f)).unwrap(), f == "tokenizer.json"))
         .collect()
+}
+
+fn sharded_llama_repo() -> Vec<ServedFile> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/llama_gqa_untied");
+    let mut files: Vec<ServedFile> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "reference.safetensors")
+        .map(|name| {
+            let bytes = std::fs::read(dir.join(&name)).unwrap();
+            served(&name, bytes, name.ends_with(".safetensors"))
+        })
+        .collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    files
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -136,6 +158,7 @@ impl HubServer {
                 (TOKENIZER_COMMIT.to_string(), tokenizer_repo(fixture)),
             );
         }
+        repos.insert(("models".to_string(), SHARDED.to_string()), (SHARDED_COMMIT.to_string(), sharded_llama_repo()));
         let shared = Arc::new(Shared {
             repos,
             faults: Mutex::new(faults),
@@ -463,7 +486,7 @@ fn listing_pins_the_commit_and_reports_sizes_and_sha256() {
     let hub = client(&server, cache.path(), 0);
 
     let files = list(&hub);
-    assert_eq!(files.len(), 28, "README.md must be filtered out by the prefix");
+    assert_eq!(files.len(), parquet_files().len(), "README.md must be filtered out by the prefix");
     for (i, f) in files.iter().enumerate() {
         let bytes = &parquet_files()[i].1;
         assert_eq!(f.path, format!("sample/10BT/000_{i:05}.parquet"), "sorted by path");
@@ -516,7 +539,7 @@ fn an_interrupted_transfer_resumes_on_the_next_call_with_a_range_request() {
     let server = HubServer::start(Faults { cut_after: Some(CUT), ..Faults::default() });
     let cache = tempfile::tempdir().unwrap();
     let hub = client(&server, cache.path(), 0);
-    let file = list(&hub)[4].clone();
+    let file = list(&hub)[1].clone();
     let sha = file.sha256.clone().unwrap();
 
     let err = hub.download_dataset_file(DATASET, &file).unwrap_err();
@@ -540,7 +563,7 @@ fn a_dropped_connection_is_resumed_within_the_same_call() {
     let server = HubServer::start(Faults { cut_after: Some(CUT), ..Faults::default() });
     let cache = tempfile::tempdir().unwrap();
     let hub = client(&server, cache.path(), 2);
-    let file = list(&hub)[7].clone();
+    let file = list(&hub)[3].clone();
 
     let path = hub.download_dataset_file(DATASET, &file).expect("retried download");
     assert_eq!(std::fs::read(&path).unwrap(), *source_bytes(&file.path));
@@ -625,7 +648,7 @@ fn a_stale_complete_part_file_is_discarded_and_downloaded_again() {
     let server = HubServer::start(Faults::default());
     let cache = tempfile::tempdir().unwrap();
     let hub = client(&server, cache.path(), 0);
-    let file = list(&hub)[5].clone();
+    let file = list(&hub)[2].clone();
     let sha = file.sha256.clone().unwrap();
     // A run that received every byte but died before the rename: the Range request for the rest gets 416.
     let blobs = blobs_dir(cache.path());
@@ -694,6 +717,27 @@ fn a_tokenizer_from_hf_repo_is_the_repos_files_and_loads_offline_from_the_cache(
     let hub = client(&server, cache.path(), 0);
     let err = TokenizerSource::Hub(MODEL.into()).load_with(|| Ok(hub)).unwrap_err().to_string();
     assert!(err.contains("tokenizer.json") && err.contains("config.json, model.safetensors"), "{err}");
+}
+
+/// `train --init hf:REPO`'s files: a sharded model (no model.safetensors) is found through its index, every shard
+/// downloaded and verified, and the same files come from the cache offline; the model loads as transformers saved it.
+#[test]
+fn a_sharded_model_is_fetched_through_its_index_and_then_served_offline() {
+    use tokenmill::model::hf::{load_hf_model, HfFiles};
+    let server = HubServer::start(Faults::default());
+    let cache = tempfile::tempdir().unwrap();
+    let hub = client(&server, cache.path(), 0);
+    let files = HfFiles::from_hub(&hub, SHARDED).expect("the sharded repo");
+    assert_eq!(files.weights.len(), 3, "{files:?}");
+    assert_eq!(files.tokenizer, None, "the repo has no tokenizer.json");
+    let model = load_hf_model(&files, tokenmill::model::Precision::FP32, &candle_core::Device::Cpu).unwrap();
+    assert_eq!((model.config().n_layer, model.config().kv_heads(), model.config().tied()), (2, 2, false));
+    assert!(server.log().iter().any(|l| l.path.ends_with("/model.safetensors.index.json")));
+
+    let endpoint = server.endpoint().to_string();
+    drop(server);
+    let offline = HfFiles::from_hub(&client_for(&endpoint, cache.path(), 0, true), SHARDED).expect("from the cache");
+    assert_eq!(offline, files);
 }
 
 /// `from_env` reads HF_ENDPOINT, HF_HOME and HF_TOKEN. The only test here that touches those variables, so it

@@ -8,11 +8,11 @@
 //!   native (y, lse) both match the CPU twin, so one lse buffer serves either backend;
 //! - every output element written (outputs start as NaN);
 //! - bitwise repeatability: forward and backward twice on the same inputs, the deterministic context (what
-//!   `TOKENMILL_ATTENTION=cudnn` trains with) and cuDNN's default backward, at T = 64, 100, 1024 and GPT-2's
+//!   `[engine] attention = "cudnn"` trains with) and cuDNN's default backward, at T = 64, 100, 1024 and GPT-2's
 //!   B = 8, NH = 12, T = 1024. The deterministic context must repeat (the test fails otherwise, after printing
 //!   everything); the default one is reported, not required;
-//! - the GPT-2 engine with `attention = Cudnn` against the engine with the native kernels: one micro-step's loss and
-//!   gradients.
+//! - the decoder engine (a GPT-2) with `attention = Cudnn` against the engine with the native kernels: one
+//!   micro-step's loss and gradients.
 //!
 //! T in {64, 100, 1024}: one cuDNN tile, a partial tile, the 124M context.
 //!
@@ -299,9 +299,9 @@ mod cudnn {
         assert!(failures.is_empty(), "the deterministic cuDNN context did not repeat:\n{}", failures.join("\n"));
     }
 
-    /// The GPT-2 engine with `attention = Cudnn` against the same engine on the native kernels: one micro-step
-    /// (2 layers, C = 128, two heads, B = 4, T = 100): loss within 2e-3 relative, every gradient within 3e-2
-    /// relative L2 (two bf16 attention implementations; the engine test holds the native one to 2e-2 of f32).
+    /// The decoder engine (a GPT-2) with `attention = Cudnn` against the same engine on the native kernels: one
+    /// micro-step (2 layers, C = 128, two heads, B = 4, T = 100): loss within 2e-3 relative, every gradient within
+    /// 3e-2 relative L2 (two bf16 attention implementations; the engine test holds the native one to 2e-2 of f32).
     #[test]
     fn cuda_engine_with_cudnn_matches_native() {
         use tokenmill::model::{build_model, Architecture, ModelConfig, Precision};
@@ -326,6 +326,7 @@ mod cudnn {
             ffn_hidden: None,
             rope_theta: None,
             tie_word_embeddings: None,
+            norm_eps: None,
         };
         let (b, t) = (4, 100);
         let mut rng = ChaCha8Rng::seed_from_u64(5);

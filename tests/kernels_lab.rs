@@ -4,7 +4,7 @@
 //! This keeps the .cu files checked in CPU-only CI; on a GPU, tests/kernels_*.rs and the GPU test binary run the
 //! real kernels. Skipped (with a printed line) without g++ >= 11.
 //!
-//! Two labs in dev/cuda: the candle ops' kernels (`run.sh ops`) and the explicit GPT-2 engine's (`run.sh engine`).
+//! Two labs in dev/cuda: the candle ops' kernels (`run.sh ops`) and the decoder engine's (`run.sh engine`).
 
 use std::path::Path;
 use std::process::Command;

@@ -273,7 +273,7 @@ fn gelu_finite_differences_f64() {
 
 /// CUDA forward and every gradient against the CPU twin in f64 on the same rounded inputs: LayerNorm in the
 /// model's f32 -> bf16 form, f32 -> f32 and bf16 -> bf16, at GPT-2 widths and odd ones (partial last blocks of the
-/// backward, rows that are not 128-column multiples, the widest 2048), an unaligned start, and widths the kernels do
+/// backward, rows that are not 128-column multiples, 1600 and the widest 2048), an unaligned start, and widths the kernels do
 /// not take routed to the composed version; GELU in f32, bf16 and f64 with an unaligned start.
 #[test]
 fn cuda_matches_cpu() {
@@ -285,8 +285,10 @@ fn cuda_matches_cpu() {
     type LnCase = (DType, DType, usize, usize, (f64, f64), (f64, f64));
     let f32_tol = (1e-5, 1e-4);
     let bf_tol = (4e-3, 1.0 / 128.0);
-    let cases: [LnCase; 5] = [
+    let cases: [LnCase; 6] = [
         (DType::F32, DType::BF16, 1000, 768, bf_tol, f32_tol),
+        // GPT-2 1558M's width: the backward's whole-register-file kernel (one block per SM, `norm::bwd_rows`).
+        (DType::F32, DType::BF16, 3000, 1600, bf_tol, f32_tol),
         (DType::F32, DType::F32, 2049, 772, f32_tol, f32_tol),
         (DType::F32, DType::F32, 70, 2048, f32_tol, f32_tol),
         (DType::BF16, DType::BF16, 300, 768, bf_tol, bf_tol),

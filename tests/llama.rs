@@ -27,6 +27,7 @@ fn cfg() -> ModelConfig {
         ffn_hidden: None,
         rope_theta: None,
         tie_word_embeddings: None,
+        norm_eps: None,
     }
 }
 
@@ -39,6 +40,7 @@ fn gqa_cfg() -> ModelConfig {
         ffn_hidden: Some(20),
         rope_theta: Some(500_000.0),
         tie_word_embeddings: Some(false),
+        norm_eps: None,
         ..cfg()
     }
 }

@@ -28,15 +28,15 @@ fn prep(out: &Path, inputs: &[PathBuf], tokenizer: TokenizerSource) {
     fineweb::prep(&common::prep_options(input, out, "d", tokenizer.load().unwrap(), 40_000)).unwrap();
 }
 
-/// Two GPT-2 shard directories, once per test binary: tiny Shakespeare (`a`) and two FineWeb files (`b`).
+/// Two GPT-2 shard directories, once per test binary: tiny Shakespeare (`a`) and two vendored FineWeb files (`b`).
 fn sources() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
     static DIRS: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
     DIRS.get_or_init(|| {
         let root = tempfile::tempdir().unwrap();
         let (a, b) = (root.path().join("a"), root.path().join("b"));
         prep(&a, &[repo().join("data/tinyshakespeare.txt")], TokenizerKind::Gpt2.into());
-        let fw = repo().join("../shared/data/fineweb_legal_pilot");
-        prep(&b, &[fw.join("batch_000001.parquet"), fw.join("batch_000002.parquet")], TokenizerKind::Gpt2.into());
+        let fw = common::fineweb_fixture_dir();
+        prep(&b, &[fw.join("batch_000001.parquet"), fw.join("batch_000010.parquet")], TokenizerKind::Gpt2.into());
         (root, a, b)
     })
 }

@@ -23,6 +23,7 @@ fn tiny_cfg() -> ModelConfig {
         ffn_hidden: None,
         rope_theta: None,
         tie_word_embeddings: None,
+        norm_eps: None,
     }
 }
 

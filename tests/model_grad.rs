@@ -220,6 +220,7 @@ fn whole_gpt2_loss_grad() {
         ffn_hidden: None,
         rope_theta: None,
         tie_word_embeddings: None,
+        norm_eps: None,
     };
     let model = build_model(&cfg, Precision::F64, &Device::Cpu, 3).unwrap();
     randomise(model.as_ref(), 30);

@@ -138,6 +138,7 @@ fn export_crops_the_padded_vocabulary() {
         ffn_hidden: None,
         rope_theta: None,
         tie_word_embeddings: None,
+        norm_eps: None,
     };
     let model = build_model(&cfg, Precision::FP32, &Device::Cpu, 9).unwrap();
     let out = tmp.path().join("hf");
@@ -168,6 +169,7 @@ fn llama_exports_as_llama_for_causal_lm_and_imports_back() {
         ffn_hidden: Some(24),
         rope_theta: Some(500_000.0),
         tie_word_embeddings: Some(false),
+        norm_eps: None,
     };
     let model = build_model(&cfg, Precision::FP32, &Device::Cpu, 9).unwrap();
     let out = tmp.path().join("hf-llama");

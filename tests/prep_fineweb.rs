@@ -1,5 +1,6 @@
-//! `prep fineweb` end to end on the real FineWeb parquet files of ../shared/data: manifest, order independence of the
-//! thread count, resume after SIGKILL and after `--shards N` (byte-identical), corrupt input, other input formats.
+//! `prep fineweb` end to end on real FineWeb parquet files (the 4 of tests/fixtures, 400 documents, 659K tokens):
+//! manifest, order independence of the thread count, resume after SIGKILL and after `--shards N` (byte-identical),
+//! corrupt input, other input formats.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,12 +15,8 @@ use tokenmill::tokenizer::{Tokenizer, TokenizerKind};
 #[path = "common/mod.rs"]
 mod common;
 
-fn shared_data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
-}
-
 fn parquet_dir() -> PathBuf {
-    shared_data().join("fineweb_legal_pilot")
+    common::fineweb_fixture_dir()
 }
 
 fn opts(input: Input, out: &Path, shard_size: u64) -> PrepOptions {
@@ -45,13 +42,14 @@ fn full_run(shard_size: u64) -> (tempfile::TempDir, Manifest) {
 
 #[test]
 fn manifest_describes_the_shards_and_tokens_follow_fineweb_py() {
-    let (dir, m) = full_run(1_000_000);
+    let (dir, m) = full_run(200_000);
     assert_eq!(m.tokenizer.vocab_size, 50257);
     assert_eq!(m.tokenizer.eot, 50256);
     assert_eq!(m.shards[0].split, Split::Val);
     assert!(m.shards[1..].iter().all(|s| s.split == Split::Train));
-    assert!(m.shards[..m.shards.len() - 1].iter().all(|s| s.tokens == 1_000_000));
-    assert_eq!(m.sources.len(), 28);
+    assert!(m.shards[..m.shards.len() - 1].iter().all(|s| s.tokens == 200_000));
+    assert_eq!(m.shards.len(), 4, "659,453 tokens");
+    assert_eq!(m.sources.len(), 4);
     assert!(m.sources.iter().all(|s| s.rows == 100), "each parquet file has 100 rows");
     assert!(m.complete);
 
@@ -65,7 +63,7 @@ fn manifest_describes_the_shards_and_tokens_follow_fineweb_py() {
     }
     assert_eq!(stream.len() as u64, m.tokens_in(Split::Train) + m.tokens_in(Split::Val));
     let docs = stream.iter().filter(|&&t| t == 50256).count();
-    assert_eq!(docs, 2800, "one <|endoftext|> before each of the 2,800 documents");
+    assert_eq!(docs, 400, "one <|endoftext|> before each of the 400 documents");
     assert_eq!(stream[0], 50256);
     // The first document, re-encoded on its own, is the stream's prefix.
     let first_doc_end = stream[1..].iter().position(|&t| t == 50256).unwrap() + 1;
@@ -82,7 +80,7 @@ fn xxhash_rust_free_xxh3(bytes: &[u8]) -> u64 {
 fn output_does_not_depend_on_the_thread_count() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let mut o = opts(local(&[parquet_dir()]), a.path(), 700_000);
+    let mut o = opts(local(&[parquet_dir()]), a.path(), 150_000);
     o.threads = 1;
     fineweb::prep(&o).unwrap();
     o.threads = 2;
@@ -93,9 +91,9 @@ fn output_does_not_depend_on_the_thread_count() {
 
 #[test]
 fn stop_after_n_shards_then_continue_is_byte_identical() {
-    let (full, full_manifest) = full_run(300_000);
+    let (full, full_manifest) = full_run(100_000);
     let dir = tempfile::tempdir().unwrap();
-    let mut o = opts(local(&[parquet_dir()]), dir.path(), 300_000);
+    let mut o = opts(local(&[parquet_dir()]), dir.path(), 100_000);
     o.max_shards = Some(3);
     let r = fineweb::prep(&o).unwrap();
     assert_eq!(r.manifest.shards.len(), 3);
@@ -115,11 +113,11 @@ fn stop_after_n_shards_then_continue_is_byte_identical() {
 
 #[test]
 fn killed_run_resumes_to_byte_identical_shards() {
-    let (full, _) = full_run(40_000);
+    let (full, _) = full_run(20_000);
     let out = tempfile::tempdir().unwrap();
     let args = |out: &Path| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_tokenmill"));
-        c.args(["prep", "fineweb", "--no-progress", "--shard-size", "40000", "--threads", "1", "--input"])
+        c.args(["prep", "fineweb", "--no-progress", "--shard-size", "20000", "--threads", "1", "--input"])
             .arg(parquet_dir())
             .arg("--out")
             .arg(out)
@@ -171,13 +169,13 @@ fn full_shard_count(dir: &Path) -> usize {
 
 #[test]
 fn corrupt_parquet_is_named_and_finished_shards_are_kept() {
-    let (full, _) = full_run(200_000);
+    let (full, _) = full_run(100_000);
     let input = tempfile::tempdir().unwrap();
     for f in std::fs::read_dir(parquet_dir()).unwrap() {
         let p = f.unwrap().path();
         std::fs::copy(&p, input.path().join(p.file_name().unwrap())).unwrap();
     }
-    let victim = input.path().join("batch_000015.parquet");
+    let victim = input.path().join("batch_000019.parquet");
     let good = std::fs::read(&victim).unwrap();
     let mut bad = good.clone();
     let mid = bad.len() / 2;
@@ -185,9 +183,9 @@ fn corrupt_parquet_is_named_and_finished_shards_are_kept() {
     std::fs::write(&victim, &bad).unwrap();
 
     let out = tempfile::tempdir().unwrap();
-    let o = opts(local(&[input.path().to_path_buf()]), out.path(), 200_000);
+    let o = opts(local(&[input.path().to_path_buf()]), out.path(), 100_000);
     let err = fineweb::prep(&o).unwrap_err().to_string();
-    assert!(err.contains("batch_000015.parquet"), "error names the file: {err}");
+    assert!(err.contains("batch_000019.parquet"), "error names the file: {err}");
     let m = Manifest::load(out.path()).unwrap();
     assert!(!m.shards.is_empty(), "shards finished before the bad file are kept");
     assert!(!m.complete);
@@ -311,15 +309,15 @@ fn resume_with_different_inputs_is_refused_and_touches_nothing() {
     let m = Manifest::load(out.path()).unwrap();
     assert!(m.sources.len() >= 2, "the resume point lies past the first file: {:?}", m.sources);
     let def = m.definition.expect("the manifest records the definition");
-    assert_eq!((def.inputs.len(), def.text_column.as_str(), def.val_shards), (28, "text", 1));
+    assert_eq!((def.inputs.len(), def.text_column.as_str(), def.val_shards), (4, "text", 1));
     assert!(def.inputs.iter().all(|i| i.content.starts_with("xxh3:") && i.bytes > 0));
     let before = dir_bytes(out.path());
     a.max_shards = None;
 
     let mut b = a.clone();
-    b.input = local(&[parquet_dir().join("batch_000020.parquet")]);
+    b.input = local(&[parquet_dir().join("batch_000028.parquet")]);
     let err = fineweb::prep(&b).unwrap_err().to_string();
-    assert!(err.contains("28 input file(s) on disk, 1 now"), "{err}");
+    assert!(err.contains("4 input file(s) on disk, 1 now"), "{err}");
     assert!(err.contains("input file #1 was") && err.contains("batch_000001.parquet"), "{err}");
     assert!(err.contains("--overwrite") && err.contains("--out"), "says how to start over: {err}");
     assert_eq!(dir_bytes(out.path()), before, "a refused resume changes nothing");

@@ -1,7 +1,8 @@
-//! `prep --worker I/N` + `prep merge` on the real FineWeb parquet files of ../shared/data: workers run as concurrent
+//! `prep --worker I/N` + `prep merge` on the real FineWeb parquet files of tests/fixtures: workers run as concurrent
 //! processes, and the merge must give the shards (bytes, names) and manifest of a one-box `prep` of the same inputs;
 //! with `--shards K`, a u32 tokenizer, a SIGKILLed worker, a missing worker, a split merge, and the worker chosen by
-//! Slurm's or Kubernetes' environment. Inputs are kept small (10 files, 100K-token shards) so this stays cheap.
+//! Slurm's or Kubernetes' environment. Inputs are kept small (4 files, 659K tokens, 50K-token shards) so this stays
+//! cheap; 4 files allow at most 4 workers.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,22 +18,12 @@ use tokenmill::tokenizer::TokenizerKind;
 mod common;
 use common::shard_files as shards;
 
-const SHARD: u64 = 100_000;
+const SHARD: u64 = 50_000;
 
-/// The first 10 of the shared parquet files, linked into one folder (workers and the one-box run read the same paths,
-/// so their manifests' input lists compare equal).
-fn input_dir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/fineweb_legal_pilot");
-        let dir = tempfile::tempdir().unwrap();
-        for i in 1..=10 {
-            let name = format!("batch_{i:06}.parquet");
-            std::os::unix::fs::symlink(src.join(&name), dir.path().join(&name)).unwrap();
-        }
-        dir
-    })
-    .path()
+/// The vendored parquet files (workers and the one-box run read the same paths, so their manifests' input lists
+/// compare equal).
+fn input_dir() -> PathBuf {
+    common::fineweb_fixture_dir()
 }
 
 fn one_box(out: &Path, tokenizer: TokenizerKind, max_shards: Option<usize>) -> Manifest {
@@ -41,7 +32,7 @@ fn one_box(out: &Path, tokenizer: TokenizerKind, max_shards: Option<usize>) -> M
 
 fn one_box_options(out: &Path, tokenizer: TokenizerKind, max_shards: Option<usize>) -> PrepOptions {
     PrepOptions {
-        input: fineweb::Input::Local(expand_inputs(&[input_dir().to_path_buf()]).unwrap()),
+        input: fineweb::Input::Local(expand_inputs(&[input_dir()]).unwrap()),
         text_column: "text".into(),
         out: out.to_path_buf(),
         dataset: "edufineweb".into(),
@@ -129,9 +120,9 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
-fn one_two_three_and_seven_workers_merge_to_the_one_box_dataset() {
+fn one_three_and_four_workers_merge_to_the_one_box_dataset() {
     let (one, _) = reference();
-    for n in [1usize, 3, 7] {
+    for n in [1usize, 3, 4] {
         let out = tempfile::tempdir().unwrap();
         run_workers(out.path(), n, &[]);
         let (ok, err) = merge(out.path(), &[]);
@@ -189,14 +180,15 @@ fn slurm_and_kubernetes_variables_choose_the_worker_and_a_split_merge_joins_them
 #[test]
 fn shards_k_across_workers_then_the_rest() {
     let one_k = tempfile::tempdir().unwrap();
-    let m = one_box(one_k.path(), TokenizerKind::Gpt2, Some(4));
-    assert!(!m.complete && m.resume.tokens_into_document > 0, "the 4th shard ends inside a document");
+    let m = one_box(one_k.path(), TokenizerKind::Gpt2, Some(3));
+    assert!(!m.complete && m.resume.tokens_into_document > 0, "the 3rd shard ends inside a document");
     let out = tempfile::tempdir().unwrap();
-    // Worker 0 alone holds more than 4 shards' tokens: workers 1 and 2, started after it, do nothing.
-    wait_ok(spawn_worker(out.path(), SHARD, &["--worker", "0/3", "--shards", "4"], &[]));
+    // Worker 0 alone (one file, 174K tokens) holds more than 3 shards' tokens: workers 1 and 2, started after it, do
+    // nothing.
+    wait_ok(spawn_worker(out.path(), SHARD, &["--worker", "0/3", "--shards", "3"], &[]));
     for i in 1..3 {
         let o = tokenmill()
-            .args(["prep", "fineweb", "--no-progress", "--shard-size", &SHARD.to_string(), "--shards", "4", "--input"])
+            .args(["prep", "fineweb", "--no-progress", "--shard-size", &SHARD.to_string(), "--shards", "3", "--input"])
             .arg(input_dir())
             .arg("--out")
             .arg(out.path())
@@ -310,7 +302,7 @@ fn worker_counts_are_bounded_and_a_merge_missing_thousands_says_so_briefly() {
     for (w, says) in [
         ("0/99999999999", "at most 65536 workers"),
         ("0/100000", "at most 65536 workers"),
-        ("0/11", "at most 10 workers"),
+        ("0/5", "at most 4 workers"),
     ] {
         let o = tokenmill()
             .args(["prep", "fineweb", "--no-progress", "--worker", w, "--input"])

@@ -325,7 +325,8 @@ static void check_layer_norm(const char* types, int N, int C, double tol_abs, do
     emu_launch(k.fwd, dim3{(unsigned)((N + LN_WARPS - 1) / LN_WARPS), 1, 1}, dim3{LN_THREADS, 1, 1}, (const T*)x.data(),
                (const float*)w.data(), (const float*)b.data(), yk.data(), mk.data(), rk.data(), N, C, eps);
     emu_launch(k.bwd, dim3{p, 1, 1}, dim3{LN_THREADS, 1, 1}, (const O*)dy.data(), (const T*)x.data(),
-               (const float*)w.data(), (const float*)mk.data(), (const float*)rk.data(), dxk.data(), partial.data(), N, C);
+               (const float*)w.data(), (const float*)mk.data(), (const float*)rk.data(), dxk.data(), partial.data(), N, C,
+               LN_BWD_ROWS);
     emu_launch(ln_bwd_reduce, dim3{(unsigned)((C + 31) / 32), 1, 1}, dim3{32, 8, 1}, (const float*)partial.data(),
                dwk.data(), dbk.data(), (int)p, C);
     const std::string tag = std::string("layer_norm ") + types + " N=" + std::to_string(N) + " C=" + std::to_string(C);
@@ -367,14 +368,14 @@ static void check_norm_op_is_engine(int N, int C, OpFwd op_fwd, OpBwd op_bwd, En
                (const float*)b.data(), op.y.data(), op.mean.data(), op.rstd.data(), N, C, 1e-5f);
     emu_launch(op_bwd, dim3{p, 1, 1}, dim3{LN_THREADS, 1, 1}, (const __nv_bfloat16*)dy.data(), (const float*)x.data(),
                (const float*)w.data(), (const float*)op.mean.data(), (const float*)op.rstd.data(), op.dx.data(),
-               partial.data(), N, C);
+               partial.data(), N, C, LN_BWD_ROWS);
     emu_launch(ln_bwd_reduce, rg, rb, (const float*)partial.data(), op.dw.data(), op.db.data(), (int)p, C);
     std::vector<__nv_bfloat16> dres16((size_t)N * C);
     emu_launch(eng_fwd, dim3{fg, 1, 1}, dim3{LN_THREADS, 1, 1}, (const float*)x.data(), (const float*)w.data(),
                (const float*)b.data(), eng.y.data(), eng.mean.data(), eng.rstd.data(), N, C, 1e-5f);
     emu_launch(eng_bwd, dim3{p, 1, 1}, dim3{LN_THREADS, 1, 1}, (const __nv_bfloat16*)dy.data(), (const float*)x.data(),
                (const float*)w.data(), (const float*)eng.mean.data(), (const float*)eng.rstd.data(), eng.dx.data(),
-               dres16.data(), partial.data(), N, C);
+               dres16.data(), partial.data(), N, C, LN_BWD_ROWS);
     emu_launch(ln_bwd_reduce_engine, rg, rb, (const float*)partial.data(), eng.dw.data(), eng.db.data(), (int)p, C);
     auto same = [](const auto& a, const auto& b) { return std::memcmp(a.data(), b.data(), a.size() * sizeof(a[0])) == 0; };
     const bool ok = same(op.y, eng.y) && same(op.mean, eng.mean) && same(op.rstd, eng.rstd) && same(op.dx, eng.dx) &&

@@ -69,8 +69,9 @@ static void expect(const std::string& what, const std::vector<G>& got, const std
 static unsigned blocks(size_t n, unsigned per) { return (unsigned)((n + per - 1) / per); }
 
 // ---- LayerNorm ---------------------------------------------------------------------------------------------------
-template <int NCH> static void check_layernorm(int n, int c) {
-    const std::string tag = "n=" + std::to_string(n) + " c=" + std::to_string(c);
+// `rows`: the backward's rows per block (norm.rs's bwd_rows picks LN_BWD_ROWS or fewer to fill the GPU).
+template <int NCH> static void check_layernorm(int n, int c, int rows = LN_BWD_ROWS) {
+    const std::string tag = "n=" + std::to_string(n) + " c=" + std::to_string(c) + " rows/block=" + std::to_string(rows);
     const auto x = randn((size_t)n * c, 1.5, 3.0);  // a large row mean: the centred variance must not cancel
     const auto w = randn(c, 0.3, 1.0), b = randn(c, 0.2);
     const float eps = 1e-5f;
@@ -140,10 +141,10 @@ template <int NCH> static void check_layernorm(int n, int c) {
     auto dyk = to_bf16(dy);
     auto dresk = to_f32(dres0), dwk = to_f32(dw0), dbk = to_f32(db0);
     std::vector<__nv_bfloat16> dres16((size_t)n * c);
-    const unsigned nb = blocks(n, LN_BWD_ROWS);
+    const unsigned nb = blocks(n, rows);
     std::vector<float> partial((size_t)2 * nb * c, NAN);
     emu_launch(norm_bwd<NCH, false, float, __nv_bfloat16, true>, {nb}, {LN_THREADS}, dyk.data(), xf.data(), wf.data(), mk.data(), rk.data(),
-               dresk.data(), dres16.data(), partial.data(), n, c);
+               dresk.data(), dres16.data(), partial.data(), n, c, rows);
     emu_launch(ln_bwd_reduce_engine, {blocks(c, 32)}, {32, 8}, (const float*)partial.data(), dwk.data(), dbk.data(),
                (int)nb, c);
     expect("ln_bwd dres += (f32) " + tag, dresk, dres, 1e-4, 1e-4);
@@ -158,13 +159,14 @@ template <int NCH> static void check_layernorm(int n, int c) {
 struct RmsKernels {
     void (*fwd)(const float*, const float*, __nv_bfloat16*, float*, int, int, float);
     void (*fwd_res)(const float*, const __nv_bfloat16*, float*, const float*, __nv_bfloat16*, float*, int, int, float);
-    void (*bwd)(const __nv_bfloat16*, const float*, const float*, const float*, float*, __nv_bfloat16*, float*, int, int);
+    void (*bwd)(const __nv_bfloat16*, const float*, const float*, const float*, float*, __nv_bfloat16*, float*, int, int,
+                int);
 };
 #define RMS_KERNELS(NCH) RmsKernels{rms_fwd_engine_##NCH, rms_fwd_residual_engine_##NCH, rms_bwd_engine_##NCH}
 
 // ---- RMSNorm (norm.cu with RMS): forward, fused residual forward, backward into non-zero gradients ---------------
-static void check_rmsnorm(int n, int c, RmsKernels k) {
-    const std::string tag = "n=" + std::to_string(n) + " c=" + std::to_string(c);
+static void check_rmsnorm(int n, int c, RmsKernels k, int rows = LN_BWD_ROWS) {
+    const std::string tag = "n=" + std::to_string(n) + " c=" + std::to_string(c) + " rows/block=" + std::to_string(rows);
     const auto x = randn((size_t)n * c, 1.5, 0.5);
     const auto w = randn(c, 0.3, 1.0);
     const float eps = 1e-5f;
@@ -219,11 +221,11 @@ static void check_rmsnorm(int n, int c, RmsKernels k) {
     auto dyk = to_bf16(dy);
     auto dresk = to_f32(dres0), dwk = to_f32(dw0);
     std::vector<__nv_bfloat16> dres16((size_t)n * c);
-    const unsigned nb = blocks(n, LN_BWD_ROWS);
+    const unsigned nb = blocks(n, rows);
     std::vector<float> partial((size_t)2 * nb * c, NAN);
     emu_launch(k.bwd, {nb}, {LN_THREADS}, (const __nv_bfloat16*)dyk.data(),
                (const float*)xf.data(), (const float*)wf.data(), (const float*)rk.data(), dresk.data(), dres16.data(),
-               partial.data(), n, c);
+               partial.data(), n, c, rows);
     emu_launch(rms_bwd_reduce_engine, {blocks(c, 32)}, {32, 8}, (const float*)partial.data(), dwk.data(), (int)nb, c);
     expect("rms_bwd dres += (f32) " + tag, dresk, dres, 1e-4, 1e-4);
     std::vector<double> dres_rounded(dresk.size());
@@ -444,6 +446,27 @@ static void check_bias_grad(int n, int oc, int chunks) {
                (const __nv_bfloat16*)dyk.data(), partial.data(), n, oc);
     emu_launch(bias_grad_reduce, {blocks(oc, 256)}, {256}, (const float*)partial.data(), dbk.data(), chunks, oc);
     expect("bias_grad db += column sums " + tag, dbk, db, 1e-4, 1e-5);
+    // The kernel's order, in f32 on the host: per chunk, warp w sums rows w, w + 8, ... one after another, the warps
+    // are added in warp order, the chunks in chunk order. However the kernel batches its loads, the sums are exactly
+    // these (the engine's runs repeat bit for bit, and a faster kernel keeps its predecessor's bytes).
+    const int per = (n + chunks - 1) / chunks;
+    std::vector<float> exact = to_f32(db0);
+    for (int j = 0; j < oc; j++) {
+        float total = 0.f;
+        for (int k = 0; k < chunks; k++) {
+            float block = 0.f;
+            for (int w = 0; w < BG_WARPS; w++) {
+                float a = 0.f;
+                for (int r = k * per + w; r < std::min(k * per + per, n); r += BG_WARPS)
+                    a += __bfloat162float(dyk[(size_t)r * oc + j]);
+                block += a;
+            }
+            total += block;
+        }
+        exact[j] += total;
+    }
+    std::vector<double> want(exact.begin(), exact.end());
+    expect("bias_grad in the kernel's order, bit for bit " + tag, dbk, want, 0, 0);
 }
 
 static void check_gelu() {
@@ -470,7 +493,8 @@ static void check_gelu() {
 // The same kernels as the candle op launches them (model::kernels::gelu): any dtype it takes, n not a multiple of
 // the vector, buffers `offset` elements past a 16-byte boundary (the element-by-element path), and a grid of `grid`
 // blocks that the grid-stride loop must walk several times.
-// 1 + tanh(u) cancels for very negative x, so y and dx near 0 carry an absolute error of a few ulp of 1: `abs`.
+// 1 + tanh(u) cancels for very negative x, so y and dx near 0 carry an absolute error of a few ulp of 1: `abs`; dx's
+// carries it times the derivative's factor |x| k (1 + 3c x^2) / 2 (about 4 at x = -4 with |dy| ~ 1), so dx gets 4 abs.
 template <typename T>
 static void check_gelu_op(const char* dtype, int64_t n, size_t offset, unsigned grid, double abs, double rel) {
     const std::string tag = std::string(dtype) + " n=" + std::to_string(n) + " offset " + std::to_string(offset) +
@@ -502,16 +526,20 @@ static void check_gelu_op(const char* dtype, int64_t n, size_t offset, unsigned 
     emu_launch(fwd, {grid}, {GELU_THREADS}, (const T*)xk, yk, n);
     emu_launch(bwd, {grid}, {GELU_THREADS}, (const T*)xk, (const T*)dyk, dxk, n);
     expect("gelu fwd " + tag, std::vector<T>(yk, yk + n), y, abs, rel);
-    expect("gelu bwd " + tag, std::vector<T>(dxk, dxk + n), dx, abs, rel);
+    expect("gelu bwd " + tag, std::vector<T>(dxk, dxk + n), dx, 4 * abs, rel);
 }
 
 int main() {
     check_layernorm<1>(37, 64);
     check_layernorm<2>(300, 200);
     check_layernorm<6>(21, 768);
+    check_layernorm<2>(300, 200, 24);  // fewer rows per block (bwd_rows on a small batch): 13 blocks, the last partial
+    check_layernorm<13>(50, 1600, 8);  // GPT-2 1558M's width at bwd_rows' smallest block
     check_rmsnorm(37, 64, RMS_KERNELS(1));
     check_rmsnorm(300, 200, RMS_KERNELS(2));
     check_rmsnorm(21, 768, RMS_KERNELS(6));
+    check_rmsnorm(300, 200, RMS_KERNELS(2), 32);
+    check_rmsnorm(70, 2048, RMS_KERNELS(16), 16);  // Llama-1B's width
     check_rope(12, 5, 4, 2, 32);
     check_rope(9, 9, 2, 2, 64);
     check_swiglu(7, 24);
@@ -526,6 +554,7 @@ int main() {
     check_adamw(1e3f);
     check_bias_grad(77, 264, 5);
     check_bias_grad(300, 8, 3);
+    check_bias_grad(1000, 264, 3);  // 334 rows a chunk: the four-row loads and the leftover rows
     check_gelu();
     check_gelu_op<float>("f32", 2003, 1, 1, 1e-6, 1e-6);
     check_gelu_op<float>("f32", 4096, 0, 2, 1e-6, 1e-6);

@@ -18,7 +18,8 @@ use serde::Serialize;
 use super::report::{fmt_bytes, fmt_ms, fmt_thousands};
 use super::runner::{run_case, CaseResult, CaseSpec};
 use super::{dtype_name, BenchError, Computation, HostInfo};
-use crate::model::{Architecture, ModelConfig};
+use crate::model::arch::Positions;
+use crate::model::ModelConfig;
 
 /// How to run the reference.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,12 +65,15 @@ fn torch_device(device: &Device) -> String {
     }
 }
 
-/// The reference script for a model's architecture.
-pub fn default_reference(model: &ModelConfig) -> PathBuf {
-    PathBuf::from(match model.arch {
-        Architecture::Gpt2 => "reference/train_gpt2_ref.py",
-        Architecture::Llama => "reference/train_llama_ref.py",
-    })
+/// The reference script for a model's architecture: GPT-2's, or Llama's (`LlamaForCausalLM`, no biases) for a
+/// rotary row without biases; `None` where there is none yet (Qwen2's q/k/v biases).
+pub fn default_reference(model: &ModelConfig) -> Option<PathBuf> {
+    let row = model.arch.spec();
+    match (row.positions, row.biases.qkv) {
+        (Positions::Learned, _) => Some("reference/train_gpt2_ref.py".into()),
+        (Positions::Rotary, false) => Some("reference/train_llama_ref.py".into()),
+        (Positions::Rotary, true) => None,
+    }
 }
 
 /// The reference's arguments for `spec`: the same model sizes (for Llama-style models also the KV heads, MLP width,
@@ -91,7 +95,7 @@ pub fn reference_args(spec: &CaseSpec, device: &Device, compile: bool) -> Vec<St
     .iter()
     .flat_map(|(k, v)| [k.to_string(), v.to_string()])
     .collect();
-    if m.arch == Architecture::Llama {
+    if m.arch.spec().positions == Positions::Rotary {
         args.extend([
             "--n-kv-head".to_string(),
             m.kv_heads().to_string(),
@@ -274,12 +278,12 @@ mod tests {
         };
         let cases = plan.cases(&Device::Cpu).unwrap();
         let spec = &cases[0];
-        assert_eq!(default_reference(&spec.model), PathBuf::from("reference/train_llama_ref.py"));
+        assert_eq!(default_reference(&spec.model), Some(PathBuf::from("reference/train_llama_ref.py")));
         let args = reference_args(spec, &Device::Cpu, false).join(" ");
         assert!(args.contains("--n-kv-head 2 --ffn-hidden 192 --rope-theta 10000"), "{args}");
         assert!(!args.contains("--untied"), "{args}");
         let gpt2 = ModelConfig::preset("tiny").unwrap();
-        assert_eq!(default_reference(&gpt2), PathBuf::from("reference/train_gpt2_ref.py"));
+        assert_eq!(default_reference(&gpt2), Some(PathBuf::from("reference/train_gpt2_ref.py")));
     }
 
     #[test]

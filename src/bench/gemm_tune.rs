@@ -50,7 +50,12 @@ pub fn tune(spec: &TuneSpec, device: &candle_core::Device, out: &Path) -> Result
         let bf16 = crate::train::config::ComputeDtype::Bf16.precision();
         let model = crate::model::build_model(&model_cfg, bf16, device, spec.seed)?;
         let vocab = model_cfg.real_vocab_size as u32;
-        let mut engine = DecoderEngine::new(model, device, (b, t), AdamWConfig::from_config(cfg), cfg.engine.clone())?;
+        // Timed from the heuristic's list whatever a shipped table says (tune_gemms times every candidate anyway).
+        let opts = crate::train::config::EngineOptions {
+            gemm_table: crate::train::decoder::GemmTableChoice::Heuristic,
+            ..cfg.engine.clone()
+        };
+        let mut engine = DecoderEngine::new(model, device, (b, t), AdamWConfig::from_config(cfg), opts)?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(spec.seed);
         let ids: Vec<u32> = (0..b * t + 1).map(|_| rng.gen_range(0..vocab)).collect();
         let batch = Batch { x: ids[..b * t].to_vec(), y: ids[1..].to_vec(), batch_size: b, seq_len: t };

@@ -229,7 +229,7 @@ pub struct CaseInfo {
     pub params: usize,
     pub what: Computation,
     pub dtype: String,
-    /// `autograd` or `gpt2-cuda`.
+    /// `autograd` or `cuda`.
     pub engine: String,
     /// B.
     pub batch: usize,
@@ -294,7 +294,7 @@ impl CaseSpec {
         let tokens = self.tokens_per_iter();
         CaseInfo {
             model: self.label.clone(),
-            arch: format!("{:?}", m.arch).to_lowercase(),
+            arch: m.arch.spec().name.to_string(),
             n_layer: m.n_layer,
             n_head: m.n_head,
             n_embd: m.n_embd,

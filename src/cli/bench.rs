@@ -339,7 +339,14 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
     let [spec] = cases.as_slice() else { unreachable!("one model, one shape, one dtype: one case") };
     let opts = ReferenceOptions {
         python: a.python.clone(),
-        script: a.reference.clone().unwrap_or_else(|| crate::bench::compare::default_reference(&spec.model)),
+        script: match a.reference.clone().or_else(|| crate::bench::compare::default_reference(&spec.model)) {
+            Some(script) => script,
+            None => anyhow::bail!(
+                "bench compare: no reference script for arch {} yet (reference/train_llama_ref.py builds \
+                 LlamaForCausalLM, without q/k/v biases); pass --reference SCRIPT",
+                spec.model.arch.spec().name
+            ),
+        },
         compile: if a.compile || a.no_compile { a.compile } else { device.is_cuda() },
         extra_args: a.reference_args.clone(),
     };

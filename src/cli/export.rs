@@ -9,13 +9,13 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::model::{hf::export_hf, load_model, Architecture, Precision};
+use crate::model::{hf::export_hf, load_model, Precision};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ExportCommand {
-    /// Write a Hugging Face folder (GPT2LMHeadModel or LlamaForCausalLM: config.json + model.safetensors) from a
-    /// checkpoint, with the tokenizer files of its data: a Hugging Face tokenizer's tokenizer.json and
-    /// tokenizer_config.json, or GPT-2's for a GPT-2 vocabulary.
+    /// Write a Hugging Face folder (GPT2LMHeadModel, LlamaForCausalLM or Qwen2ForCausalLM: config.json +
+    /// model.safetensors) from a checkpoint, with the tokenizer files of its data: a Hugging Face tokenizer's
+    /// tokenizer.json and tokenizer_config.json, or GPT-2's for a GPT-2 vocabulary.
     Hf {
         /// A tokenmill checkpoint directory (or weights file, or HF folder).
         checkpoint: PathBuf,
@@ -58,10 +58,7 @@ pub fn run(c: ExportCommand) -> anyhow::Result<()> {
                     cfg.real_vocab_size
                 );
             }
-            let class = match cfg.arch {
-                Architecture::Gpt2 => "GPT-2",
-                Architecture::Llama => "Llama",
-            };
+            let class = cfg.arch.spec().hf.class;
             println!(
                 "wrote {} ({class} L{} H{} C{}, vocab {}, {} parameters)",
                 dir.display(),

@@ -8,6 +8,7 @@
 //! tokenmill train --resume log/tiny/checkpoints/step_000200 --set eval.val_every=50
 //! tokenmill train --config configs/tiny-cpu.toml --data shards/tinyshakespeare --save-init   # + step_000000
 //! tokenmill train --config configs/tiny-cpu.toml --data shards/mine:0.7,shards/edu:0.3       # a mixture
+//! tokenmill train --init hf:HuggingFaceTB/SmolLM2-135M --data shards/corpus --config configs/smol.toml
 //! tokenmill launch --nproc-per-node 8 -- train --config configs/gpt2-124m.toml --data shards/edu_fineweb10B
 //! ```
 //!
@@ -76,6 +77,11 @@ pub struct Args {
     /// Seed of the initial weights and of the sampling RNG (run.seed).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Start a fresh run from a Hugging Face model (model.init): hf:ORG/NAME (the hub; its cache when offline) or a
+    /// folder with config.json and model.safetensors (or sharded). Its config.json is the model: the config file's
+    /// other [model] keys are dropped, --set model.KEY=VALUE still applies.
+    #[arg(long, value_name = "hf:REPO|DIR")]
+    pub init: Option<String>,
     /// Any other setting as SECTION.KEY=VALUE (TOML value), e.g. --set optim.max_lr=3e-4. Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -110,6 +116,9 @@ impl Args {
         if let Some(d) = &self.dtype {
             o.push(format!("run.dtype={}", toml::Value::String(d.clone())));
         }
+        if let Some(init) = &self.init {
+            o.push(format!("model.init={}", toml::Value::String(init.clone())));
+        }
         o.extend(self.set.iter().cloned());
         Ok(o)
     }
@@ -125,6 +134,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // A run's log directory or a checkpoints directory means its latest checkpoint.
         Some(p) => Resume::From(checkpoint::resolve(std::path::Path::new(p))),
     };
+    if let (Some(init), false) = (&args.init, resume == Resume::No) {
+        anyhow::bail!(
+            "--init {init} starts a fresh run from that model; a resume starts from its checkpoint (drop one)"
+        );
+    }
     let cfg = match (&resume, &args.config) {
         (Resume::No, _) | (_, Some(_)) => TrainConfig::resolve(args.config.as_deref(), &overrides)?,
         (_, None) => {

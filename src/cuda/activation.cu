@@ -1,15 +1,15 @@
-// GPT-2's tanh-GELU (gelu_new), forward and backward, for both callers: the engine when the matmul epilogue does not
-// fuse it (Rust side: activation.rs; bf16, n a multiple of 8, 16-byte aligned buffers, dx may alias dy) and the candle
-// op (model::kernels::gelu; f32, f64 and bf16, any n, any alignment).
+// GPT-2's tanh-GELU (gelu_new), forward and backward, for both callers (one launcher: activation.rs): the engine when
+// the matmul epilogue does not fuse it (bf16, dx may alias dy) and the candle op (model::kernels::gelu; f32, f64 and
+// bf16); any n, any alignment.
 //   forward:  y = 0.5 x (1 + tanh(k (x + 0.044715 x^3))),  k = sqrt(2 / pi)
 //   backward: dx = dy * (0.5 (1 + th) + 0.5 x (1 - th^2) k (1 + 3 * 0.044715 x^2)),  th = tanh(k (x + 0.044715 x^3))
 // Elementwise in the accumulator type (f32; f64 for f64), IEEE tanh (no fast-math tanh: the backward's 1 - th^2
 // must not lose digits). The products are grouped as the engine's kernel always grouped them, so its results are
 // unchanged bit for bit.
 //
-// Each thread takes one 16-byte vector (Vec16<T>::N elements) per step, grid-stride: the engine launches one
-// vector per thread (grid ceil(n / 8 / 256)), the candle op caps the grid. A vector that is not whole (the tail of
-// n) or not 16-byte aligned (a candle storage's offset) goes element by element, same arithmetic.
+// Each thread takes one 16-byte vector (Vec16<T>::N elements) per step, grid-stride (activation.rs launches one
+// vector per thread up to a capped grid, for both callers). A vector that is not whole (the tail of n) or not 16-byte
+// aligned (a candle storage's offset) goes element by element, same arithmetic.
 #include "common.cuh"
 
 #define GELU_THREADS 256

@@ -1,16 +1,39 @@
-//! GPT-2's tanh-GELU as its own kernels (activation.cu), for when the engine does not fuse it into the matmul
-//! epilogues (`[engine] gelu_fusion = false`, or to time the two against each other). CPU checks: dev/cuda/check_engine.cpp.
+//! GPT-2's tanh-GELU (activation.cu), the one launcher of its kernels for both callers: the decoder engine when it
+//! does not fuse GELU into the matmul epilogues (`[engine] gelu_fusion = false`, or to time the two against each
+//! other; bf16) and the candle op `model::kernels::gelu` (f32, f64, bf16; any length and start). Grid-stride over
+//! 16-byte vectors with an element-by-element path for what is not aligned. CPU checks: dev/cuda/check_engine.cpp.
 
 use std::sync::Arc;
 
-use candle_core::cuda_backend::cudarc::driver::{CudaStream, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaStream, DeviceRepr, PushKernelArg};
 use candle_core::Result;
 use half::bf16;
 
 use super::devptr::DevPtr;
-use super::launch::{blocks, cfg, go, Module};
+use super::launch::{cfg, go, Module};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/activation.ptx"));
+/// GELU_THREADS in activation.cu.
+const THREADS: u32 = 256;
+/// Grid-stride cap: ~16 blocks per SM on an H100 (132 SMs) keeps every SM busy; more only adds block overhead.
+const MAX_BLOCKS: usize = 2048;
+
+/// An element type activation.cu instantiates its kernels for (`gelu_fwd_<suffix>`).
+pub trait GeluElem: DeviceRepr {
+    const SUFFIX: &'static str;
+}
+
+impl GeluElem for f32 {
+    const SUFFIX: &'static str = "f32";
+}
+
+impl GeluElem for f64 {
+    const SUFFIX: &'static str = "f64";
+}
+
+impl GeluElem for bf16 {
+    const SUFFIX: &'static str = "bf16";
+}
 
 pub struct Gelu {
     module: Module,
@@ -18,37 +41,42 @@ pub struct Gelu {
 
 impl Gelu {
     pub fn new(stream: &Arc<CudaStream>) -> Result<Gelu> {
-        Ok(Gelu { module: Module::load(stream, "activation.cu", PTX, &["gelu_fwd_bf16", "gelu_bwd_bf16"])? })
+        Ok(Gelu { module: Module::load(stream, "activation.cu", PTX, &[])? })
     }
 
-    fn check(n: usize) -> Result<()> {
-        if !n.is_multiple_of(8) {
-            candle_core::bail!("GELU kernels: {n} elements is not a multiple of 8");
+    /// The grid for `n` elements of `T`: one 16-byte vector per thread, capped (the kernels stride over the rest).
+    fn grid<T>(n: usize) -> (u32, u32) {
+        let per_block = THREADS as usize * (16 / std::mem::size_of::<T>());
+        (n.div_ceil(per_block).clamp(1, MAX_BLOCKS) as u32, 1)
+    }
+
+    /// `y = gelu(x)` over n elements.
+    ///
+    /// # Safety
+    /// `x`, `y` hold n elements (any alignment: the kernels fall back to element accesses).
+    pub unsafe fn forward<T: GeluElem>(&self, x: DevPtr<T>, y: DevPtr<T>, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
         }
-        Ok(())
-    }
-
-    /// `y = gelu(x)`, n bf16.
-    ///
-    /// # Safety
-    /// `x`, `y` hold n bf16, 16-byte aligned.
-    pub unsafe fn forward(&self, x: DevPtr<bf16>, y: DevPtr<bf16>, n: usize) -> Result<()> {
-        Self::check(n)?;
         let n_i = n as i64;
-        let mut a = self.module.args("gelu_fwd_bf16")?;
+        let f = self.module.kernel(&format!("gelu_fwd_{}", T::SUFFIX))?;
+        let mut a = f.builder();
         a.arg(&x).arg(&y).arg(&n_i);
-        go(a, cfg((blocks(n / 8, 256)?, 1), (256, 1)))
+        go(a, cfg(Self::grid::<T>(n), (THREADS, 1)))
     }
 
-    /// `dx = dy * gelu'(x)` (dx may be dy).
+    /// `dx = dy * gelu'(x)` over n elements (dx may be dy).
     ///
     /// # Safety
-    /// All hold n bf16, 16-byte aligned.
-    pub unsafe fn backward(&self, x: DevPtr<bf16>, dy: DevPtr<bf16>, dx: DevPtr<bf16>, n: usize) -> Result<()> {
-        Self::check(n)?;
+    /// All hold n elements.
+    pub unsafe fn backward<T: GeluElem>(&self, x: DevPtr<T>, dy: DevPtr<T>, dx: DevPtr<T>, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
         let n_i = n as i64;
-        let mut a = self.module.args("gelu_bwd_bf16")?;
+        let f = self.module.kernel(&format!("gelu_bwd_{}", T::SUFFIX))?;
+        let mut a = f.builder();
         a.arg(&x).arg(&dy).arg(&dx).arg(&n_i);
-        go(a, cfg((blocks(n / 8, 256)?, 1), (256, 1)))
+        go(a, cfg(Self::grid::<T>(n), (THREADS, 1)))
     }
 }

@@ -1,4 +1,4 @@
-// Bias gradients for the GPT-2 engine (Rust side: bias_grad.rs): db[j] += sum over rows r of dy[r, j], dy bf16
+// Bias gradients for the decoder engine (Rust side: bias_grad.rs): db[j] += sum over rows r of dy[r, j], dy bf16
 // (N, OC) row-major, db f32. cuBLASLt's BGRADB epilogue writes rather than adds, and the engine accumulates
 // gradients over micro-steps, so the sum is its own deterministic two-stage reduction:
 //   bias_grad_partial: block (x, k) owns 256 columns and the k-th contiguous range of rows; lane l of warp w sums
@@ -26,7 +26,20 @@ extern "C" __global__ void __launch_bounds__(BG_THREADS)
 #pragma unroll
     for (int k = 0; k < 8; k++) acc[k] = 0.f;
     if (col0 < oc) {
-        for (int r = lo + warp; r < hi; r += BG_WARPS) {
+        // Four of the warp's rows loaded before any is added (one 16-byte load per lane per row left too little in
+        // flight to cover memory latency at OC = 768: 3 blocks per SM); added in row order, as one at a time would.
+        int r = lo + warp;
+        for (; r + 3 * BG_WARPS < hi; r += 4 * BG_WARPS) {
+            Vec16<__nv_bfloat16> x[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) x[u] = load16(dy + (int64_t)(r + u * BG_WARPS) * oc + col0);
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+#pragma unroll
+                for (int k = 0; k < 8; k++) acc[k] += to_acc(x[u].v[k]);
+            }
+        }
+        for (; r < hi; r += BG_WARPS) {
             const Vec16<__nv_bfloat16> x = load16(dy + (int64_t)r * oc + col0);
 #pragma unroll
             for (int k = 0; k < 8; k++) acc[k] += to_acc(x.v[k]);

@@ -145,6 +145,47 @@ impl GemmTable {
     }
 }
 
+/// The tables tokenmill ships (`configs/gemm/*.toml`, embedded by build.rs): (file stem, text), by file name.
+pub const SHIPPED: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/shipped_gemm_tables.rs"));
+
+/// The shipped tables tuned on `gpu` with cuBLASLt `version`, merged into one (a shape two tables both tuned takes
+/// the first table's choice, by file name), with the names of those tables; `None` where none was tuned there. What
+/// `[engine] gemm_table = "auto"` (the default) runs with: a shape is a product's whole description (sizes, strides,
+/// transposes, epilogue), so a choice tuned for one model is as valid for any other model's product of that shape.
+pub fn shipped_for(gpu: &str, version: usize) -> Result<Option<(GemmTable, Vec<String>)>, GemmTableError> {
+    merged(SHIPPED, gpu, version)
+}
+
+fn merged(
+    tables: &[(&str, &str)],
+    gpu: &str,
+    version: usize,
+) -> Result<Option<(GemmTable, Vec<String>)>, GemmTableError> {
+    let mut names = Vec::new();
+    let mut out: Option<GemmTable> = None;
+    for (name, text) in tables {
+        let path = format!("configs/gemm/{name}.toml (shipped)");
+        let table: GemmTable =
+            toml::from_str(text).map_err(|source| GemmTableError::Parse { path: path.clone(), source })?;
+        if table.gpu != gpu || table.cublaslt != version {
+            continue;
+        }
+        names.push(name.to_string());
+        match &mut out {
+            None => out = Some(table),
+            Some(m) => {
+                m.tuned_for = format!("{}; {}", m.tuned_for, table.tuned_for);
+                for s in table.shapes {
+                    if m.algo(&s.shape).is_none() {
+                        m.shapes.push(s);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out.map(|t| (t, names)))
+}
+
 /// The position to keep among timed candidates (`us[i]`: microseconds of the heuristic's i-th; NaN where it
 /// failed to run): the fastest, unless it beats the first by less than `MIN_GAIN`.
 pub fn choose(us: &[f64]) -> usize {
@@ -224,6 +265,38 @@ pub(crate) mod tests {
             n += 1;
         }
         assert!(n >= 3, "configs/gemm holds the tables docs/PERF.md measured");
+    }
+
+    #[test]
+    fn every_table_file_is_shipped_and_the_tables_of_one_machine_merge() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/gemm");
+        let files = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(SHIPPED.len(), files, "build.rs embeds every file of configs/gemm");
+        let (gpu, v) = ("NVIDIA H100 80GB HBM3", 130100);
+        let (t, names) = shipped_for(gpu, v).unwrap().expect("the H100 tables of docs/PERF.md");
+        assert!(names.len() >= 3 && names.iter().all(|n| n.starts_with("h100-")), "{names:?}");
+        let sum: usize = SHIPPED.iter().map(|(_, text)| toml::from_str::<GemmTable>(text).unwrap().shapes.len()).sum();
+        assert!(t.shapes.len() <= sum && t.shapes.len() > sum / 2, "{} of {sum}", t.shapes.len());
+        assert!(shipped_for(gpu, v + 1).unwrap().is_none(), "another cuBLASLt: no table");
+        assert!(shipped_for("NVIDIA H200", v).unwrap().is_none(), "another GPU: no table");
+
+        // A shape two tables tuned keeps the first table's choice; the rest are added.
+        let text = |algo: usize, m2: usize| {
+            toml::to_string(&GemmTable {
+                gpu: "g".into(),
+                cublaslt: 1,
+                tuned_for: format!("t{algo}"),
+                shapes: vec![tuned(2304, algo), tuned(m2, 0)],
+            })
+            .unwrap()
+        };
+        let (a, b) = (text(3, 768), text(5, 3072));
+        let (t, names) = merged(&[("a", &a), ("b", &b)], "g", 1).unwrap().unwrap();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!((t.algo(&shape(2304)), t.algo(&shape(768)), t.algo(&shape(3072))), (Some(3), Some(0), Some(0)));
+        assert_eq!(t.shapes.len(), 3);
+        let err = merged(&[("c", "gpu = 3")], "g", 1).unwrap_err().to_string();
+        assert!(err.contains("configs/gemm/c.toml"), "{err}");
     }
 
     #[test]

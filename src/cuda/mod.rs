@@ -31,14 +31,12 @@ pub mod classifier;
 pub mod cudnn_attn;
 #[cfg(feature = "cuda")]
 pub mod devptr;
-#[cfg(feature = "cuda")]
 pub mod encoder;
 #[cfg(feature = "cuda")]
 pub mod flash_attn;
 pub mod gemm_table;
 #[cfg(feature = "cuda")]
 pub mod launch;
-#[cfg(feature = "cuda")]
 pub mod norm;
 #[cfg(feature = "cuda")]
 pub mod rope;

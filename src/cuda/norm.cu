@@ -22,16 +22,24 @@
 // aligned (norm.rs and layer_norm.rs check; the candle op routes other shapes to the composed version).
 // No early returns around the shuffles: rows past N compute on another row and write nothing, which also keeps the
 // control flow uniform for the CPU lab.
-// dw/db are deterministic: a block owns LN_BWD_ROWS consecutive rows; each lane sums its columns over its warp's
-// rows in row order, the block's warps are merged in warp order, and ln_bwd_reduce adds the block partials in block
-// order. No atomics anywhere.
+// dw/db are deterministic: a block owns `rows` consecutive rows (a multiple of LN_WARPS, a launch argument: norm.rs
+// picks LN_BWD_ROWS where that fills the GPU and fewer where it would not); each lane sums its columns over its
+// warp's rows in row order, the block's warps are merged in warp order, and ln_bwd_reduce adds the block partials in
+// block order. No atomics anywhere; the sums depend on `rows`, which norm.rs derives from N and the GPU's SM count
+// alone.
 #include "common.cuh"
 #include "warp.cuh"
 
 #define LN_THREADS 256
 #define LN_WARPS 8
 #define LN_MAX_C 2048
-#define LN_BWD_ROWS 256
+#define LN_BWD_ROWS 256  // the backward's rows per block where N / LN_BWD_ROWS blocks fill the GPU
+// The backward holds a row's x, dy, dw and db sums (and, up to 6 chunks, its residual gradient) in registers: up to 6
+// chunks (C <= 768) that fits 128 registers, two blocks per SM; wider rows get the whole register file (one block per
+// SM) and read the residual gradient after the reductions, where at 128 registers they spilled 0.4-1.7 KB per thread
+// (ptxas: C = 1024, 1600, 2048). norm.rs sizes the grid to match (bwd_rows).
+#define LN_BWD_PRELOAD_MAX_NCH 6
+#define LN_BWD_MIN_BLOCKS(NCH) ((NCH) <= LN_BWD_PRELOAD_MAX_NCH ? 2 : 1)
 
 // Vector accesses through aligned types (a memcpy to global memory compiles to byte stores, which measured
 // both slow and wrong here: the bf16 output lost its low bytes on the H200).
@@ -165,7 +173,7 @@ __device__ void norm_fwd(const TX* __restrict__ res, const __nv_bfloat16* __rest
     }
 }
 
-// grid ceil(N / LN_BWD_ROWS), block 256 (two blocks per SM: the launch bound caps registers at 128). partial:
+// grid ceil(N / rows), block 256 (LN_BWD_MIN_BLOCKS per SM: the launch bound caps registers). partial:
 // 2 * gridDim.x rows of C floats (dw partials, then db partials; RMSNorm writes only the first gridDim.x). A lane
 // keeps its row's x (as f32) and dy (packed) and its columns' dw/db sums in registers; everything else is recomputed
 // rather than held. ACC (the engine): dx is the running residual gradient, added into, and dres16 its bf16 copy;
@@ -173,25 +181,27 @@ __device__ void norm_fwd(const TX* __restrict__ res, const __nv_bfloat16* __rest
 template <int NCH, bool RMS, typename TX, typename TY, bool ACC>
 __device__ void norm_bwd(const TY* __restrict__ dy, const TX* __restrict__ x, const float* __restrict__ w,
                          const float* __restrict__ mean, const float* __restrict__ rstd, TX* __restrict__ dres,
-                         __nv_bfloat16* __restrict__ dres16, float* __restrict__ partial, int n, int c) {
+                         __nv_bfloat16* __restrict__ dres16, float* __restrict__ partial, int n, int c, int rows) {
     __shared__ float acc_w[LN_MAX_C];
     __shared__ float acc_b[LN_MAX_C];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int r0 = blockIdx.x * LN_BWD_ROWS;
-    const int r1 = min(r0 + LN_BWD_ROWS, n);
+    const int r0 = blockIdx.x * rows;
+    const int r1 = min(r0 + rows, n);
     F4 dw[NCH], db[NCH];
 #pragma unroll
     for (int j = 0; j < NCH; j++) dw[j] = db[j] = F4{0.f, 0.f, 0.f, 0.f};
 
     // Every warp runs the same number of iterations (uniform for the lab); rows past r1 do nothing.
-    for (int row_raw = r0 + warp; row_raw < r0 + LN_BWD_ROWS; row_raw += LN_WARPS) {
+    for (int row_raw = r0 + warp; row_raw < r0 + rows; row_raw += LN_WARPS) {
         const bool valid = row_raw < r1;
         const int64_t row = valid ? row_raw : r0;
         const float m = RMS ? 0.f : mean[row], rs = rstd[row];
         // Every load of the row is issued before the reductions need any of them, the residual gradient this row
-        // adds into included, so a warp waits on memory once per row (reading dres after the shuffles made it a
-        // second round trip). dy stays packed bf16 in registers (half the registers of f32), unpacked where used.
-        F4 xv[NCH] = {}, ov[NCH] = {};
+        // adds into included (up to LN_BWD_PRELOAD_MAX_NCH chunks), so a warp waits on memory once per row (reading
+        // dres after the shuffles made it a second round trip). dy stays packed bf16 in registers (half the
+        // registers of f32), unpacked where used.
+        constexpr bool PRELOAD = ACC && NCH <= LN_BWD_PRELOAD_MAX_NCH;
+        F4 xv[NCH] = {}, ov[PRELOAD ? NCH : 1] = {};
         typename Quad<TY>::packed dh[NCH] = {};
 #pragma unroll
         for (int j = 0; j < NCH; j++) {
@@ -199,7 +209,7 @@ __device__ void norm_bwd(const TY* __restrict__ dy, const TX* __restrict__ x, co
             if (col < c) {
                 xv[j] = ld4_as_f32(x + row * c + col);
                 dh[j] = ldq(dy + row * c + col);
-                if (ACC) ov[j] = ld4_as_f32(dres + row * c + col);
+                if (PRELOAD) ov[PRELOAD ? j : 0] = ld4_as_f32(dres + row * c + col);
             }
         }
         float sg = 0.f, sgx = 0.f;
@@ -225,7 +235,8 @@ __device__ void norm_bwd(const TY* __restrict__ dy, const TX* __restrict__ x, co
                 if (col < c) {
                     float d[4];
                     const F4 wv = dy_and_w(dh[j], w + col, d);
-                    F4 o = ov[j];  // zeros without ACC
+                    // zeros without ACC
+                    F4 o = PRELOAD ? ov[PRELOAD ? j : 0] : ACC ? ld4_as_f32(dres + row * c + col) : F4{0.f, 0.f, 0.f, 0.f};
                     o.x += rs * (d[0] * wv.x - sg - xv[j].x * sgx);
                     o.y += rs * (d[1] * wv.y - sg - xv[j].y * sgx);
                     o.z += rs * (d[2] * wv.z - sg - xv[j].z * sgx);
@@ -329,10 +340,10 @@ extern "C" __global__ void __launch_bounds__(256)
         const TX* x, const float* w, const float* b, TY* y, float* mean, float* rstd, int n, int c, float eps) {    \
         norm_fwd<NCH, false, false, TX, TY>(x, nullptr, nullptr, w, b, y, mean, rstd, n, c, eps);                   \
     }                                                                                                               \
-    extern "C" __global__ void __launch_bounds__(LN_THREADS, 2) ln_bwd_##SFX##_##NCH(                               \
+    extern "C" __global__ void __launch_bounds__(LN_THREADS, LN_BWD_MIN_BLOCKS(NCH)) ln_bwd_##SFX##_##NCH(                               \
         const TY* dy, const TX* x, const float* w, const float* mean, const float* rstd, TX* dx, float* partial,    \
-        int n, int c) {                                                                                             \
-        norm_bwd<NCH, false, TX, TY, false>(dy, x, w, mean, rstd, dx, nullptr, partial, n, c);                      \
+        int n, int c, int rows) {                                                                                   \
+        norm_bwd<NCH, false, TX, TY, false>(dy, x, w, mean, rstd, dx, nullptr, partial, n, c, rows);                \
     }
 
 // Every kernel of chunk count NCH: the engine's (f32 -> bf16, fused residual, accumulating backward) and the op's.
@@ -347,10 +358,10 @@ extern "C" __global__ void __launch_bounds__(256)
         __nv_bfloat16* y, float* mean, float* rstd, int n, int c, float eps) {                                      \
         norm_fwd<NCH, true, false, float, __nv_bfloat16>(res, delta, res_out, w, b, y, mean, rstd, n, c, eps);      \
     }                                                                                                               \
-    extern "C" __global__ void __launch_bounds__(LN_THREADS, 2) ln_bwd_engine_##NCH(                                \
+    extern "C" __global__ void __launch_bounds__(LN_THREADS, LN_BWD_MIN_BLOCKS(NCH)) ln_bwd_engine_##NCH(                                \
         const __nv_bfloat16* dy, const float* x, const float* w, const float* mean, const float* rstd, float* dres, \
-        __nv_bfloat16* dres16, float* partial, int n, int c) {                                                      \
-        norm_bwd<NCH, false, float, __nv_bfloat16, true>(dy, x, w, mean, rstd, dres, dres16, partial, n, c);        \
+        __nv_bfloat16* dres16, float* partial, int n, int c, int rows) {                                            \
+        norm_bwd<NCH, false, float, __nv_bfloat16, true>(dy, x, w, mean, rstd, dres, dres16, partial, n, c, rows);  \
     }                                                                                                               \
     extern "C" __global__ void __launch_bounds__(LN_THREADS) rms_fwd_engine_##NCH(                                  \
         const float* x, const float* w, __nv_bfloat16* y, float* rstd, int n, int c, float eps) {                   \
@@ -361,10 +372,10 @@ extern "C" __global__ void __launch_bounds__(256)
         float* rstd, int n, int c, float eps) {                                                                     \
         norm_fwd<NCH, true, true, float, __nv_bfloat16>(res, delta, res_out, w, nullptr, y, nullptr, rstd, n, c, eps); \
     }                                                                                                               \
-    extern "C" __global__ void __launch_bounds__(LN_THREADS, 2) rms_bwd_engine_##NCH(                               \
+    extern "C" __global__ void __launch_bounds__(LN_THREADS, LN_BWD_MIN_BLOCKS(NCH)) rms_bwd_engine_##NCH(                               \
         const __nv_bfloat16* dy, const float* x, const float* w, const float* rstd, float* dres,                    \
-        __nv_bfloat16* dres16, float* partial, int n, int c) {                                                      \
-        norm_bwd<NCH, true, float, __nv_bfloat16, true>(dy, x, w, nullptr, rstd, dres, dres16, partial, n, c);      \
+        __nv_bfloat16* dres16, float* partial, int n, int c, int rows) {                                            \
+        norm_bwd<NCH, true, float, __nv_bfloat16, true>(dy, x, w, nullptr, rstd, dres, dres16, partial, n, c, rows); \
     }                                                                                                               \
     LN_OP_KERNELS(float, float, f32_f32, NCH)                                                                       \
     LN_OP_KERNELS(float, __nv_bfloat16, f32_bf16, NCH)                                                              \

@@ -1,7 +1,9 @@
 //! Model hyperparameters: the typed `ModelConfig` every architecture is built from, and the named presets
 //! (GPT-2 124M / 350M / 774M / 1558M, a tiny CPU model, Llama-style twins). Training configs (the `[model]` section
-//! of configs/*.toml) name a preset or spell the sizes out; this is the form they resolve to.
+//! of configs/*.toml) name a preset or spell the sizes out; this is the form they resolve to. What an architecture
+//! allows and defaults to is its row of the architecture table (`arch`).
 
+use super::arch::Positions;
 use super::ModelError;
 
 /// GPT-2's BPE vocabulary: 50,000 merges + 256 byte tokens + `<|endoftext|>`.
@@ -9,7 +11,7 @@ pub const GPT2_VOCAB_SIZE: usize = 50257;
 /// GPT-2's vocabulary padded up to a multiple of 64 (~4% faster matmuls on GPU in the seeds, nanoGPT's "nice number").
 pub const GPT2_PADDED_VOCAB_SIZE: usize = 50304;
 
-/// Which block the model is built from.
+/// Which row of the architecture table (`arch::TABLE`) the model is built from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Architecture {
@@ -17,9 +19,13 @@ pub enum Architecture {
     Gpt2,
     /// Llama-style: RMSNorm, rotary positions, SwiGLU MLP, no biases.
     Llama,
+    /// Qwen2 / Qwen2.5: the Llama block with q, k and v biases.
+    Qwen2,
 }
 
+/// Unknown keys are refused: a `[model]` table is checked against these fields, so a typo names itself.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     pub arch: Architecture,
     /// Max sequence length (T <= block_size).
@@ -43,12 +49,24 @@ pub struct ModelConfig {
     /// The lm_head shares the token embedding (HF's `tie_word_embeddings`); unset = tied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tie_word_embeddings: Option<bool>,
+    /// The norms' epsilon (HF's `layer_norm_epsilon` / `rms_norm_eps`); unset = the architecture's (`ArchSpec::norm_eps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub norm_eps: Option<f64>,
 }
 
 /// Every name `ModelConfig::preset` accepts (canonical names; the HF names `gpt2`, `gpt2-medium`, `gpt2-large`,
 /// `gpt2-xl` are accepted as aliases of the four GPT-2 sizes).
-pub const PRESETS: &[&str] =
-    &["gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1558m", "tiny", "llama-124m", "llama-1b", "llama-tiny"];
+pub const PRESETS: &[&str] = &[
+    "gpt2-124m",
+    "gpt2-350m",
+    "gpt2-774m",
+    "gpt2-1558m",
+    "tiny",
+    "llama-124m",
+    "llama-1b",
+    "llama-tiny",
+    "qwen2-tiny",
+];
 
 /// Rotary base frequency when `rope_theta` is unset (Llama 1 and 2).
 pub const DEFAULT_ROPE_THETA: f64 = 10_000.0;
@@ -76,6 +94,7 @@ impl ModelConfig {
                 return Ok(cfg);
             }
             "llama-tiny" => (Architecture::Llama, 64, 2, 2, 64),
+            "qwen2-tiny" => (Architecture::Qwen2, 64, 2, 2, 64),
             other => {
                 return Err(ModelError::Config(format!(
                     "unknown model preset `{other}` (expected one of: {})",
@@ -103,6 +122,7 @@ impl ModelConfig {
             ffn_hidden: None,
             rope_theta: None,
             tie_word_embeddings: None,
+            norm_eps: None,
         }
     }
 
@@ -118,7 +138,12 @@ impl ModelConfig {
 
     /// H: the MLP's hidden width.
     pub fn hidden(&self) -> usize {
-        self.ffn_hidden.unwrap_or_else(|| ffn_hidden_default(self.arch, self.n_embd))
+        self.ffn_hidden.unwrap_or_else(|| self.arch.spec().default_hidden(self.n_embd))
+    }
+
+    /// The norms' epsilon.
+    pub fn eps(&self) -> f64 {
+        self.norm_eps.unwrap_or(self.arch.spec().norm_eps)
     }
 
     /// The rotary base frequency (Llama).
@@ -152,8 +177,9 @@ impl ModelConfig {
         if self.vocab_size > u32::MAX as usize {
             return bad(format!("vocab_size {} does not fit token ids in u32", self.vocab_size));
         }
-        if self.arch == Architecture::Llama && !self.head_size().is_multiple_of(2) {
-            return bad(format!("llama: head size {} must be even for rotary embeddings", self.head_size()));
+        let row = self.arch.spec();
+        if row.positions == Positions::Rotary && !self.head_size().is_multiple_of(2) {
+            return bad(format!("{}: head size {} must be even for rotary embeddings", row.name, self.head_size()));
         }
         let kv = self.kv_heads();
         if kv == 0 || !self.n_head.is_multiple_of(kv) {
@@ -167,33 +193,28 @@ impl ModelConfig {
                 return bad(format!("rope_theta {theta} must be a finite number above 1"));
             }
         }
-        if self.arch == Architecture::Gpt2 {
-            // GPT-2's blocks are fixed by its checkpoints: multi-head attention, a 4C MLP, learned positions, tied head.
-            let gpt2 = |field: &str, why: String| {
-                bad(format!("gpt2: {field} {why} (GPT-2 has no such option; use arch = \"llama\")"))
-            };
+        let eps = self.eps();
+        if !(eps.is_finite() && eps > 0.0 && eps < 1.0) {
+            return bad(format!("norm_eps {eps} must be a number in (0, 1)"));
+        }
+        // The option this architecture lacks, named: its blocks are fixed by its checkpoints.
+        let fixed = |field: &str, why: String| {
+            bad(format!("{}: {field} {why} ({} has no such option; use arch = \"llama\")", row.name, row.name))
+        };
+        if row.positions == Positions::Learned && self.rope_theta.is_some() {
+            return fixed("rope_theta", "is set".to_string());
+        }
+        if !row.configurable {
             if kv != self.n_head {
-                return gpt2("n_kv_head", format!("{kv} != n_head {}", self.n_head));
+                return fixed("n_kv_head", format!("{kv} != n_head {}", self.n_head));
             }
-            if self.hidden() != 4 * self.n_embd {
-                return gpt2("ffn_hidden", format!("{} != 4 * n_embd", self.hidden()));
-            }
-            if self.rope_theta.is_some() {
-                return gpt2("rope_theta", "is set".to_string());
+            if self.hidden() != row.default_hidden(self.n_embd) {
+                return fixed("ffn_hidden", format!("{} != {}", self.hidden(), row.default_hidden(self.n_embd)));
             }
             if !self.tied() {
-                return gpt2("tie_word_embeddings", "= false".to_string());
+                return fixed("tie_word_embeddings", "= false".to_string());
             }
         }
         Ok(())
-    }
-}
-
-/// H when `ffn_hidden` is unset: GPT-2's 4C; for Llama-style SwiGLU `8C/3` rounded up to a multiple of 64 (2048 for
-/// C = 768), so its three matrices cost what GPT-2's two 4C ones do.
-pub fn ffn_hidden_default(arch: Architecture, n_embd: usize) -> usize {
-    match arch {
-        Architecture::Gpt2 => 4 * n_embd,
-        Architecture::Llama => (8 * n_embd).div_ceil(3).div_ceil(64) * 64,
     }
 }

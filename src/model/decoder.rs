@@ -10,7 +10,7 @@ use candle_core::{Device, Result, Tensor, Var};
 
 use super::attention::KvCache;
 use super::params::{init_params, params_from_tensors};
-use super::{check_input, kernels, ops, param_specs, Architecture, LanguageModel, ModelConfig, ModelError, Precision};
+use super::{check_input, kernels, ops, param_specs, LanguageModel, ModelConfig, ModelError, Precision};
 
 /// The parts a decoder model supplies; `LanguageModel` is implemented for every `Decoder`.
 pub trait Decoder: Send {
@@ -57,10 +57,7 @@ impl DecoderBase {
     ) -> std::result::Result<Self, ModelError> {
         cfg.validate()?;
         precision.validate()?;
-        let arch = match cfg.arch {
-            Architecture::Gpt2 => "gpt2",
-            Architecture::Llama => "llama",
-        };
+        let arch = cfg.arch.spec().name;
         let params = params_from_tensors(&param_specs(cfg), tensors, source, arch, precision.master, device)?;
         Ok(DecoderBase { cfg: cfg.clone(), precision, params })
     }

@@ -5,63 +5,41 @@
 //! `src/model.py`; nanoGPT / build-nanogpt `model.py` / `train_gpt2.py`, whose structure and init this follows.
 //!
 //! Parameter names are the Hugging Face GPT-2 checkpoint keys (`wte.weight`, `h.0.attn.c_attn.weight`, ...,
-//! `ln_f.bias`), so loading and exporting are key maps (src/model/hf.rs). Linear weights are stored `(out, in)`
-//! like PyTorch's nn.Linear; HF's Conv1D `(in, out)` is transposed at that boundary.
+//! `ln_f.bias`: the row `arch::GPT2`, which also lists them in order), so loading and exporting are key maps
+//! (src/model/hf.rs). Linear weights are stored `(out, in)` like PyTorch's nn.Linear; HF's Conv1D `(in, out)` is
+//! transposed at that boundary.
 //!
 //! Shapes: B batch, T time, C = n_embd, NH heads, HS = C / NH, V = vocab_size (padded).
 
 use candle_core::{DType, Result, Tensor, Var};
 
+use super::arch::{Stored, GPT2};
 use super::attention::{cached_causal_attention, causal_attention_qkv, KvCache};
 use super::decoder::{Decoder, DecoderBase};
-use super::ops::{self, LAYER_NORM_EPS};
-use super::params::{Init, ParamSpec, ParamTable};
-use super::ModelConfig;
+use super::ops;
+use super::params::ParamTable;
 
-/// The parameter list of a GPT-2 of size `cfg`, in checkpoint order (wte, wpe, h.0 ... h.{L-1}, ln_f).
-pub fn param_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
-    let (c, v) = (cfg.n_embd, cfg.vocab_size);
-    let std = 0.02;
-    // Residual projections: each block adds two outputs to the stream, so their std shrinks with depth (GPT-2 paper).
-    let proj_std = 0.02 * (2.0 * cfg.n_layer as f64).powf(-0.5);
-    let mut s = vec![
-        ParamSpec::new("wte.weight", &[v, c], Init::Normal(std)),
-        ParamSpec::new("wpe.weight", &[cfg.block_size, c], Init::Normal(std)),
-    ];
-    for l in 0..cfg.n_layer {
-        let p = |n: &str| format!("h.{l}.{n}");
-        s.push(ParamSpec::new(p("ln_1.weight"), &[c], Init::Ones));
-        s.push(ParamSpec::new(p("ln_1.bias"), &[c], Init::Zeros));
-        s.push(ParamSpec::new(p("attn.c_attn.weight"), &[3 * c, c], Init::Normal(std)));
-        s.push(ParamSpec::new(p("attn.c_attn.bias"), &[3 * c], Init::Zeros));
-        s.push(ParamSpec::new(p("attn.c_proj.weight"), &[c, c], Init::Normal(proj_std)));
-        s.push(ParamSpec::new(p("attn.c_proj.bias"), &[c], Init::Zeros));
-        s.push(ParamSpec::new(p("ln_2.weight"), &[c], Init::Ones));
-        s.push(ParamSpec::new(p("ln_2.bias"), &[c], Init::Zeros));
-        s.push(ParamSpec::new(p("mlp.c_fc.weight"), &[4 * c, c], Init::Normal(std)));
-        s.push(ParamSpec::new(p("mlp.c_fc.bias"), &[4 * c], Init::Zeros));
-        s.push(ParamSpec::new(p("mlp.c_proj.weight"), &[c, 4 * c], Init::Normal(proj_std)));
-        s.push(ParamSpec::new(p("mlp.c_proj.bias"), &[c], Init::Zeros));
-    }
-    s.push(ParamSpec::new("ln_f.weight", &[c], Init::Ones));
-    s.push(ParamSpec::new("ln_f.bias", &[c], Init::Zeros));
-    s
+/// The row's weight and bias of `s` (GPT-2 has both everywhere).
+fn weight_and_bias(t: &ParamTable, s: &Stored) -> (Var, Var) {
+    (t.get(s.weight()), t.get(s.bias().expect("GPT-2's row has a bias on every layer")))
 }
 
 struct LayerNorm {
     weight: Var, // (C)
     bias: Var,   // (C)
+    eps: f64,
 }
 
 impl LayerNorm {
-    fn new(t: &ParamTable, prefix: &str) -> Self {
-        LayerNorm { weight: t.get(&format!("{prefix}.weight")), bias: t.get(&format!("{prefix}.bias")) }
+    fn new(t: &ParamTable, s: &Stored, eps: f64) -> Self {
+        let (weight, bias) = weight_and_bias(t, s);
+        LayerNorm { weight, bias, eps }
     }
 
     /// `x (B, T, C)` -> normalised, in `out` (the compute dtype: the fused kernel writes it directly, so no f32
     /// copy of the activations is kept for the cast's backward).
     fn forward(&self, x: &Tensor, out: DType) -> Result<Tensor> {
-        ops::layer_norm_to(x, &self.weight, &self.bias, LAYER_NORM_EPS, out)
+        ops::layer_norm_to(x, &self.weight, &self.bias, self.eps, out)
     }
 }
 
@@ -71,8 +49,9 @@ struct Linear {
 }
 
 impl Linear {
-    fn new(t: &ParamTable, prefix: &str) -> Self {
-        Linear { weight: t.get(&format!("{prefix}.weight")), bias: t.get(&format!("{prefix}.bias")) }
+    fn new(t: &ParamTable, s: &Stored) -> Self {
+        let (weight, bias) = weight_and_bias(t, s);
+        Linear { weight, bias }
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -90,15 +69,15 @@ struct Block {
 }
 
 impl Block {
-    fn new(t: &ParamTable, l: usize) -> Self {
-        let p = |n: &str| format!("h.{l}.{n}");
+    fn new(t: &ParamTable, l: usize, eps: f64) -> Self {
+        let n = GPT2.block(l);
         Block {
-            ln_1: LayerNorm::new(t, &p("ln_1")),
-            c_attn: Linear::new(t, &p("attn.c_attn")),
-            attn_c_proj: Linear::new(t, &p("attn.c_proj")),
-            ln_2: LayerNorm::new(t, &p("ln_2")),
-            c_fc: Linear::new(t, &p("mlp.c_fc")),
-            mlp_c_proj: Linear::new(t, &p("mlp.c_proj")),
+            ln_1: LayerNorm::new(t, &n.norm1, eps),
+            c_attn: Linear::new(t, &n.qkv),
+            attn_c_proj: Linear::new(t, &n.attn_out),
+            ln_2: LayerNorm::new(t, &n.norm2, eps),
+            c_fc: Linear::new(t, &n.fc),
+            mlp_c_proj: Linear::new(t, &n.fc_out),
         }
     }
 
@@ -150,11 +129,12 @@ impl Gpt2 {
     /// The GPT-2 over `base`'s parameters (`DecoderBase::init` or `load` of a GPT-2 config).
     pub fn new(base: DecoderBase) -> Self {
         let t = ParamTable::new(&base.params);
+        let (top, eps) = (GPT2.top(true), base.cfg.eps());
         Gpt2 {
-            wte: t.get("wte.weight"),
-            wpe: t.get("wpe.weight"),
-            blocks: (0..base.cfg.n_layer).map(|l| Block::new(&t, l)).collect(),
-            ln_f: LayerNorm::new(&t, "ln_f"),
+            wte: t.get(&top.embedding),
+            wpe: t.get(top.positions.as_deref().expect("GPT-2's row has learned positions")),
+            blocks: (0..base.cfg.n_layer).map(|l| Block::new(&t, l, eps)).collect(),
+            ln_f: LayerNorm::new(&t, &top.final_norm, eps),
             base,
         }
     }

@@ -1,9 +1,10 @@
 //! Models behind one small trait, so the trainer (`crate::train`) is generic over architectures.
 //!
-//! Two architectures share the trait, the composed ops (`ops`, `attention`) and the parameter machinery
-//! (`params`): OpenAI's GPT-2 (`gpt2`) and a Llama-style model (`llama`), chosen by `ModelConfig::arch`.
-//! Around them: Hugging Face GPT-2 import/export (`hf`), tokenmill's own weight files and checkpoint directories
-//! (`store`) and resolving `--model gpt2|DIR` (`pretrained`). Top-k sampling lives with the trainer
+//! The architectures are rows of one table (`arch`: norm, positions, MLP, biases, tensor names here and in HF files);
+//! two block implementations share the trait, the composed ops (`ops`, `attention`) and the parameter machinery
+//! (`params`): OpenAI's GPT-2 (`gpt2`) and a Llama-style model (`llama`, also Qwen2's block), chosen by
+//! `ModelConfig::arch`. Around them: Hugging Face import/export (`hf`), tokenmill's own weight files and checkpoint
+//! directories (`store`) and resolving `--model gpt2|DIR` (`pretrained`). Top-k sampling lives with the trainer
 //! (`crate::train::sample`), which both training-time samples and `tokenmill sample` use.
 //!
 //! Precision (`Precision`): master weights are `Var`s in `master` (fp32; f64 in gradient tests); `forward` casts
@@ -15,6 +16,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
+pub mod arch;
 pub mod attention;
 pub mod config;
 pub mod decoder;
@@ -28,6 +30,7 @@ pub mod params;
 pub mod pretrained;
 pub mod store;
 
+pub use arch::param_specs;
 pub use config::{Architecture, ModelConfig};
 use decoder::DecoderBase;
 pub use error::ModelError;
@@ -119,14 +122,6 @@ impl Precision {
     }
 }
 
-/// The parameter list (names, shapes, init) of the architecture `cfg` names, in checkpoint order.
-pub fn param_specs(cfg: &ModelConfig) -> Vec<params::ParamSpec> {
-    match cfg.arch {
-        Architecture::Gpt2 => gpt2::param_specs(cfg),
-        Architecture::Llama => llama::param_specs(cfg),
-    }
-}
-
 /// A freshly initialised model of `cfg.arch`, reproducible from `seed` (bitwise on CPU).
 pub fn build_model(
     cfg: &ModelConfig,
@@ -148,11 +143,11 @@ pub fn model_from_tensors(
     wire(DecoderBase::load(cfg, precision, device, tensors, source)?, device)
 }
 
-/// The model of `base.cfg.arch` over `base`'s parameters.
+/// The model of `base.cfg.arch` over `base`'s parameters: which block implementation computes the row.
 fn wire(base: DecoderBase, device: &Device) -> std::result::Result<Box<dyn LanguageModel>, ModelError> {
     Ok(match base.cfg.arch {
         Architecture::Gpt2 => Box::new(gpt2::Gpt2::new(base)),
-        Architecture::Llama => Box::new(llama::Llama::new(base, device)?),
+        Architecture::Llama | Architecture::Qwen2 => Box::new(llama::Llama::new(base, device)?),
     })
 }
 

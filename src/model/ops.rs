@@ -13,10 +13,10 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
-/// LayerNorm epsilon of GPT-2 (HF `layer_norm_epsilon`, PyTorch's default).
-pub const LAYER_NORM_EPS: f64 = 1e-5;
-/// RMSNorm epsilon of the Llama-style model.
-pub const RMS_NORM_EPS: f64 = 1e-5;
+/// LayerNorm epsilon of GPT-2 (HF `layer_norm_epsilon`, PyTorch's default): its row's.
+pub const LAYER_NORM_EPS: f64 = super::arch::GPT2.norm_eps;
+/// RMSNorm epsilon of Llama: its row's (a model's own is `ModelConfig::eps`).
+pub const RMS_NORM_EPS: f64 = super::arch::LLAMA.norm_eps;
 
 /// The dtype reductions run in for inputs of dtype `dt`: f32, or f64 when the input is f64 (gradient tests).
 pub fn reduce_dtype(dt: DType) -> DType {

@@ -116,6 +116,11 @@ pub struct TrainState {
     /// The data the run trains on (`train::resume`); absent in checkpoints written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<DataIdentity>,
+    /// What the engine's options resolved to when this checkpoint was written (the cuda engine: the attention backend
+    /// that ran and where its products' algorithms came from; `Engine::resolved`). For the reader: a resumed run may
+    /// resolve them differently (another binary or GPU) and says so in its log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
     /// xxh3 (16 hex digits) of each tensor file by name, filled in by [`save`]; empty in checkpoints written before
     /// tokenmill recorded them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

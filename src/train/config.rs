@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Architecture, ModelConfig};
+use crate::model::ModelConfig;
 pub use crate::train::decoder::options::{AttentionBackend, EngineOptions};
 
 /// GPT-2's vocabulary is padded to a multiple of this (50257 -> 50304, "nice number" for the matmul kernels).
@@ -44,14 +44,23 @@ pub enum ConfigError {
     NotASection { key: String, part: String },
     #[error("[model] {0}")]
     Model(#[from] crate::model::ModelError),
-    #[error("[model] {0} is not set and there is no preset to take it from")]
+    #[error("[model] {0} is not set and there is no preset or init to take it from")]
     MissingModelField(&'static str),
+    /// Boxed: it carries a model error and paths, and would otherwise bloat every `Result` of the config.
+    #[error(transparent)]
+    Init(Box<crate::train::init::InitError>),
     #[error("invalid config: {0}")]
     Invalid(String),
     #[error("invalid config: {0}")]
     Device(#[from] crate::device::DeviceError),
     #[error("environment override {0}")]
     EngineOverride(#[from] crate::train::decoder::options::BadOverride),
+}
+
+impl From<crate::train::init::InitError> for ConfigError {
+    fn from(e: crate::train::init::InitError) -> Self {
+        ConfigError::Init(Box::new(e))
+    }
 }
 
 /// `[run] engine`: which engine runs the training step (`train::engine`).
@@ -84,30 +93,57 @@ pub struct TrainConfig {
     pub engine: EngineOptions,
 }
 
-/// `[model]`: a named preset (`crate::model::config::PRESETS`), or the architecture and sizes, or a preset with some sizes overridden.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[model]`: where the model comes from, and what differs from there. `preset` names a `ModelConfig`
+/// (`crate::model::config::PRESETS`); `init` a Hugging Face model (`hf:REPO` through the hub cache, or a folder:
+/// `train --init`), whose `config.json` gives the config and whose weights the starting point of a fresh run.
+/// Every other key is one of `ModelConfig`'s own fields (`arch`, `n_layer`, `n_kv_head`, `norm_eps`, ...), which
+/// win; without a preset or init they must give `arch` and the sizes. `vocab_size` unset = the data's vocabulary
+/// rounded up to a multiple of 64 (an init's: its own); `real_vocab_size` always comes from the data (an init's: its
+/// own).
+///
+/// The fields are kept as the TOML table they were written in and checked against `ModelConfig` itself when parsed
+/// (its serde form, unknown keys refused), so this section has no field list of its own to drift from it.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ModelSection {
     pub preset: Option<String>,
-    pub arch: Option<Architecture>,
-    pub block_size: Option<usize>,
-    pub n_layer: Option<usize>,
-    pub n_head: Option<usize>,
-    pub n_embd: Option<usize>,
-    /// Embedding / logits rows; unset = the data's vocabulary rounded up to a multiple of 64.
-    pub vocab_size: Option<usize>,
-    /// KV heads (grouped-query attention, Llama); unset = the preset's, else n_head.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub n_kv_head: Option<usize>,
-    /// The MLP's hidden width H; unset = the preset's, else the architecture's rule (4C; SwiGLU 8C/3 to 64).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ffn_hidden: Option<usize>,
-    /// Rotary base frequency (Llama); unset = the preset's, else 10000.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rope_theta: Option<f64>,
-    /// The lm_head shares the token embedding; unset = the preset's, else true.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tie_word_embeddings: Option<bool>,
+    /// `hf:REPO` or a folder: the Hugging Face model a fresh run starts from (recorded: config, checkpoints).
+    pub init: Option<String>,
+    /// `ModelConfig` fields that override the preset's or the init's.
+    pub fields: toml::Table,
+}
+
+const PRESET_KEY: &str = "preset";
+const INIT_KEY: &str = "init";
+/// The `ModelConfig` fields a section must have once filled (the rest have defaults; the vocabulary comes from the
+/// data unless set).
+const REQUIRED_KEYS: [&str; 5] = ["arch", "block_size", "n_layer", "n_head", "n_embd"];
+
+impl Serialize for ModelSection {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut t = toml::Table::new();
+        for (key, v) in [(PRESET_KEY, &self.preset), (INIT_KEY, &self.init)] {
+            if let Some(v) = v {
+                t.insert(key.into(), toml::Value::String(v.clone()));
+            }
+        }
+        t.extend(self.fields.clone());
+        t.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelSection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut fields = toml::Table::deserialize(d)?;
+        let mut take = |key: &str| match fields.remove(key) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(D::Error::custom(format!("`{key}` must be a string, got {other}"))),
+        };
+        let section = ModelSection { preset: take(PRESET_KEY)?, init: take(INIT_KEY)?, fields };
+        section.check_fields().map_err(D::Error::custom)?;
+        Ok(section)
+    }
 }
 
 /// `[data]`: where batches come from and how big they are.
@@ -299,50 +335,88 @@ impl DataSection {
 }
 
 impl ModelSection {
-    /// Fill every unset field from the preset, so the saved config names the model completely.
-    pub fn fill_from_preset(&mut self) -> Result<(), ConfigError> {
-        if let Some(name) = &self.preset {
-            let p = ModelConfig::preset(name)?;
-            self.arch.get_or_insert(p.arch);
-            self.block_size.get_or_insert(p.block_size);
-            self.n_layer.get_or_insert(p.n_layer);
-            self.n_head.get_or_insert(p.n_head);
-            self.n_embd.get_or_insert(p.n_embd);
-            // Optional fields stay unset where the preset leaves them at the architecture's default.
-            self.n_kv_head = self.n_kv_head.or(p.n_kv_head);
-            self.ffn_hidden = self.ffn_hidden.or(p.ffn_hidden);
-            self.rope_theta = self.rope_theta.or(p.rope_theta);
-            self.tie_word_embeddings = self.tie_word_embeddings.or(p.tie_word_embeddings);
+    /// A `ModelConfig` field's value as written (or filled), if set.
+    pub fn field(&self, key: &str) -> Option<&toml::Value> {
+        self.fields.get(key)
+    }
+
+    /// The fields are `ModelConfig`'s, of its types: laid over a complete config (the preset's, else a stand-in)
+    /// they must parse as one. `real_vocab_size` is the data's, never set here.
+    fn check_fields(&self) -> Result<(), String> {
+        if self.fields.contains_key("real_vocab_size") {
+            return Err("real_vocab_size is the data's tokenizer's (or the init model's); remove it".into());
         }
+        if self.preset.is_some() && self.init.is_some() {
+            return Err("`preset` and `init` both name the model; keep one".into());
+        }
+        let base = self.preset.as_deref().and_then(|p| ModelConfig::preset(p).ok());
+        let base = base.unwrap_or_else(|| ModelConfig::sized(crate::model::Architecture::Gpt2, 1, 1, 1, 1));
+        model_config_over(&base, &self.fields).map(|_| ()).map_err(|e| one_line(&e.to_string()))
+    }
+
+    /// Fill every unset field from the preset, or from the init model's `config.json` (read once: a filled section,
+    /// as saved with a run, already names the model and its vocabulary), so the saved config names the model
+    /// completely.
+    pub fn fill(&mut self) -> Result<(), ConfigError> {
+        let filled = REQUIRED_KEYS.iter().chain(&["vocab_size"]).all(|k| self.fields.contains_key(*k));
+        let base = match (&self.preset, &self.init) {
+            (Some(name), _) => ModelConfig::preset(name)?,
+            (None, Some(init)) if !filled => crate::train::init::config(init)?,
+            _ => return Ok(()),
+        };
+        let mut filled = config_table(&base);
+        // The data (or, for an init, the model itself) decides the vocabulary unless the section does.
+        filled.remove("real_vocab_size");
+        if self.init.is_none() {
+            filled.remove("vocab_size");
+        }
+        filled.extend(std::mem::take(&mut self.fields));
+        self.fields = filled;
         Ok(())
     }
 
     /// The model's config for data with `data_vocab` token ids (the manifest's tokenizer vocabulary).
     pub fn resolve(&self, data_vocab: usize) -> Result<ModelConfig, ConfigError> {
         let mut s = self.clone();
-        s.fill_from_preset()?;
-        let vocab_size = s.vocab_size.unwrap_or_else(|| data_vocab.div_ceil(VOCAB_MULTIPLE) * VOCAB_MULTIPLE);
+        s.fill()?;
+        for key in REQUIRED_KEYS {
+            if !s.fields.contains_key(key) {
+                return Err(ConfigError::MissingModelField(key));
+            }
+        }
+        let vocab = |key: &str| s.fields.get(key).and_then(|v| v.as_integer()).map(|v| v as usize);
+        let vocab_size = vocab("vocab_size").unwrap_or_else(|| data_vocab.div_ceil(VOCAB_MULTIPLE) * VOCAB_MULTIPLE);
         if vocab_size < data_vocab {
             return Err(ConfigError::Invalid(format!(
                 "[model] vocab_size {vocab_size} is smaller than the data's vocabulary ({data_vocab} token ids)"
             )));
         }
-        let cfg = ModelConfig {
-            arch: s.arch.ok_or(ConfigError::MissingModelField("arch"))?,
-            block_size: s.block_size.ok_or(ConfigError::MissingModelField("block_size"))?,
-            vocab_size,
-            real_vocab_size: data_vocab,
-            n_layer: s.n_layer.ok_or(ConfigError::MissingModelField("n_layer"))?,
-            n_head: s.n_head.ok_or(ConfigError::MissingModelField("n_head"))?,
-            n_embd: s.n_embd.ok_or(ConfigError::MissingModelField("n_embd"))?,
-            n_kv_head: s.n_kv_head,
-            ffn_hidden: s.ffn_hidden,
-            rope_theta: s.rope_theta,
-            tie_word_embeddings: s.tie_word_embeddings,
-        };
+        // An init model keeps its own vocabulary whole (export gives back the rows it came with).
+        let real_vocab_size = if s.init.is_some() { vocab_size } else { data_vocab };
+        let mut fields = s.fields.clone();
+        fields.insert("vocab_size".into(), toml::Value::Integer(vocab_size as i64));
+        fields.insert("real_vocab_size".into(), toml::Value::Integer(real_vocab_size as i64));
+        let cfg: ModelConfig = toml::Value::Table(fields)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(format!("[model] {}", one_line(&e.to_string()))))?;
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// `cfg` as a TOML table of its set fields.
+fn config_table(cfg: &ModelConfig) -> toml::Table {
+    match toml::Value::try_from(cfg).expect("a ModelConfig serialises") {
+        toml::Value::Table(t) => t,
+        _ => unreachable!("a struct serialises to a table"),
+    }
+}
+
+/// `fields` laid over `base`, parsed as a `ModelConfig` (unknown keys and wrong types are errors naming the key).
+fn model_config_over(base: &ModelConfig, fields: &toml::Table) -> Result<ModelConfig, toml::de::Error> {
+    let mut t = config_table(base);
+    t.extend(fields.clone());
+    toml::Value::Table(t).try_into()
 }
 
 /// The precision policy's one switch: what the forward/backward computes in. Master weights and AdamW state are
@@ -414,9 +488,10 @@ impl TrainConfig {
             let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io { path: p(), source: e })?;
             let file_table: toml::Table =
                 text.parse().map_err(|e| ConfigError::Toml { path: p(), source: Box::new(e) })?;
-            // A file that names a model preset or an architecture describes its model itself: drop the default's.
+            // A file that names a model preset, an init model or an architecture describes its model itself: drop
+            // the default's.
             if let Some(toml::Value::Table(m)) = file_table.get("model") {
-                if m.contains_key("preset") || m.contains_key("arch") {
+                if [PRESET_KEY, INIT_KEY, "arch"].iter().any(|k| m.contains_key(*k)) {
                     table.insert("model".into(), toml::Value::Table(toml::Table::new()));
                 }
             }
@@ -425,6 +500,10 @@ impl TrainConfig {
             }
             merge(&mut table, file_table);
             origin = p();
+        }
+        // `--init` (model.init=...) names the model whatever the file said: its other [model] keys go with it.
+        if overrides.iter().any(|o| o.split_once('=').is_some_and(|(k, _)| k.trim() == "model.init")) {
+            table.insert("model".into(), toml::Value::Table(toml::Table::new()));
         }
         for o in overrides {
             let key = o.split_once('=').map_or("", |(k, _)| k.trim());
@@ -436,7 +515,7 @@ impl TrainConfig {
         }
         let mut cfg: TrainConfig =
             toml::Value::Table(table).try_into().map_err(|e| ConfigError::Schema { origin, error: Box::new(e) })?;
-        cfg.model.fill_from_preset()?;
+        cfg.model.fill()?;
         // The engine's environment switches override the file here, once, so the config the run prints, saves and
         // checkpoints is what it runs with.
         let (engine, applied) = cfg.engine.with_env_overrides()?;
@@ -484,8 +563,8 @@ impl TrainConfig {
                 d.micro_batch * d.seq_len
             ));
         }
-        if let Some(block) = self.model.block_size {
-            if d.seq_len > block {
+        if let Some(block) = self.model.field("block_size").and_then(|b| b.as_integer()) {
+            if d.seq_len as i64 > block {
                 return bad(format!("[data] seq_len {} is longer than [model] block_size {block}", d.seq_len));
             }
         }
@@ -614,6 +693,7 @@ pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Architecture;
 
     #[test]
     fn default_is_the_gpt2_124m_seed() {
@@ -659,6 +739,47 @@ mod tests {
         let cfg = TrainConfig::resolve(None, &[]).unwrap();
         let err = cfg.grad_accum_steps(3).unwrap_err().to_string();
         assert!(err.contains("world = 64 * 1024 * 3"), "{err}");
+    }
+
+    #[test]
+    fn model_section_is_a_preset_plus_model_config_fields() {
+        let sets = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cfg = TrainConfig::resolve(
+            None,
+            &sets(&["model.preset=\"llama-tiny\"", "model.n_kv_head=1", "model.norm_eps=1e-6", "data.seq_len=64"]),
+        )
+        .unwrap();
+        let m = cfg.model.resolve(50257).unwrap();
+        assert_eq!((m.arch, m.n_kv_head, m.norm_eps, m.n_embd), (Architecture::Llama, Some(1), Some(1e-6), 64));
+        assert_eq!((m.vocab_size, m.real_vocab_size), (50304, 50257));
+        // The saved section names the whole model, and reads back as itself.
+        assert_eq!(cfg.model.field("n_layer").and_then(|v| v.as_integer()), Some(2));
+        assert_eq!(TrainConfig::from_toml_str(&cfg.to_toml(), "saved").unwrap(), cfg);
+        // Without a preset, a row's fields are spelled out (Qwen2's biases come with its arch).
+        let qwen = ["model.arch=\"qwen2\"", "model.block_size=64", "model.n_layer=1", "model.n_head=2"];
+        let cfg = TrainConfig::resolve(None, &sets(&[&qwen[..], &["model.n_embd=64", "data.seq_len=64"]].concat()));
+        assert_eq!(cfg.unwrap().model.resolve(100).unwrap().arch, Architecture::Qwen2);
+
+        for (set, says) in [
+            ("model.n_kv_heads=1", "n_kv_heads"),
+            ("model.n_kv_head=\"two\"", "n_kv_head"),
+            ("model.real_vocab_size=10", "real_vocab_size is the data's"),
+            ("model.init=\"hf:a/b\"", "keep one"),
+        ] {
+            let sets = sets(&["model.preset=\"llama-tiny\"", set]);
+            let err = match TrainConfig::resolve(None, &sets) {
+                Err(e) => crate::cli::render_error(&anyhow::Error::new(e)),
+                Ok(_) => panic!("{set} was accepted"),
+            };
+            assert!(err.contains(says) && !err.contains('\n'), "{set}: {err}");
+        }
+        let err = TrainConfig::resolve(None, &sets(&["model.preset=\"tiny\"", "model.n_kv_head=1", "data.seq_len=64"]))
+            .unwrap()
+            .model
+            .resolve(50257)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gpt2: n_kv_head"), "{err}");
     }
 
     #[test]

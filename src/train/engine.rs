@@ -97,6 +97,11 @@ pub trait Engine {
         let _ = longest;
         None
     }
+    /// What the engine resolved its choices to (the cuda engine: the attention backend that runs and where each
+    /// product's cuBLASLt algorithm comes from), for the run's log and checkpoints; `None` where it has none.
+    fn resolved(&self) -> Option<String> {
+        None
+    }
 }
 
 /// One whole optimizer step on any engine: `accum` micro-batches from `next_batch(k)`, then `finish_step`. A
@@ -226,6 +231,9 @@ impl Engine for Autograd {
 impl Engine for crate::train::decoder::DecoderEngine {
     fn kind(&self) -> EngineKind {
         EngineKind::Cuda
+    }
+    fn resolved(&self) -> Option<String> {
+        Some(self.describe())
     }
     fn model(&self) -> &dyn LanguageModel {
         Self::model(self)

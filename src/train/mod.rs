@@ -6,7 +6,7 @@
 //! backward compute in `run.dtype` (bf16 on GPU by default, see `config::ComputeDtype`), gradients come back fp32;
 //! losses, norms and evaluation statistics are reduced in fp32.
 //!
-//! Files: `config` (TrainConfig, resolution), `schedule` (lr), `optim` (AdamW), `step` (micro-step, accumulation,
+//! Files: `config` (TrainConfig, resolution), `init` (a run that starts from a Hugging Face model), `schedule` (lr), `optim` (AdamW), `step` (micro-step, accumulation,
 //! the gradient-reduction seam, clipping), `checkpoint`, `resume` (what a resumed run may change), `run_dir` (the
 //! run directory's owner marker and lock: what a run may write and remove there), `log`, `sample`,
 //! `trainer` (the loop), `stop` (SIGTERM/SIGINT: stop after the step, with a checkpoint), `report` (SVG);
@@ -17,6 +17,7 @@ pub mod config;
 pub mod decoder;
 pub mod dist;
 pub mod engine;
+pub mod init;
 pub mod log;
 pub mod optim;
 pub mod report;

@@ -19,6 +19,7 @@ use crate::tokenizer::{Tokenizer, TokenizerError, TokenizerKind};
 use crate::train::checkpoint::{self, CheckpointError, RngState, TrainState, CHECKPOINT_VERSION};
 use crate::train::config::{ComputeDtype, ConfigError, TrainConfig};
 use crate::train::engine::{self, Engine, EngineKind};
+use crate::train::init::{InitError, InitModel};
 use crate::train::log::{Event, RunLog, StepStats};
 use crate::train::optim::{AdamWConfig, OptimError};
 use crate::train::resume::{self, DataIdentity, ResumeRefused};
@@ -70,6 +71,8 @@ pub enum TrainError {
     RunDir(#[from] RunDirError),
     #[error(transparent)]
     Manifest(#[from] crate::shards::manifest::ManifestError),
+    #[error(transparent)]
+    Init(Box<InitError>),
     #[error(
         "{dir}/manifest.json says complete: false: the prep that wrote it stopped before the end of its input (killed, \
          or still running) after {shards} shard(s), {tokens} tokens. Re-run the same `tokenmill prep` command to \
@@ -81,6 +84,12 @@ pub enum TrainError {
          --max-steps above {step} to continue it (the learning-rate schedule follows), or start a new run"
     )]
     NothingToTrain { checkpoint: String, step: usize, max_steps: usize },
+}
+
+impl From<InitError> for TrainError {
+    fn from(e: InitError) -> Self {
+        TrainError::Init(Box::new(e))
+    }
 }
 
 /// How a run starts.
@@ -282,20 +291,32 @@ fn hellaswag_examples(
     }
 }
 
-/// The model (fresh from the seed, or a resume's checkpoint), its weights made equal across processes, and the
-/// engine `[run] engine` picks over it.
+/// A fresh run's `[model] init` model, found, with the data's tokenizer checked against it (None: no init, or a
+/// resume, which starts from its checkpoint).
+fn open_init(cfg: &TrainConfig, resumed: bool, data_dir: &Path) -> Result<Option<InitModel>, TrainError> {
+    let Some(spec) = cfg.model.init.as_deref().filter(|_| !resumed) else { return Ok(None) };
+    let init = InitModel::open(spec)?;
+    if Manifest::path_in(data_dir).exists() {
+        init.check_data_tokenizer(data_dir, &Manifest::load(data_dir)?.tokenizer)?;
+    }
+    Ok(Some(init))
+}
+
+/// The model (fresh from the seed or from `init`'s weights, or a resume's checkpoint), its weights made equal across
+/// processes, and the engine `[run] engine` picks over it.
 fn build_engine(
     cfg: &TrainConfig,
     model_cfg: &ModelConfig,
-    resume_dir: Option<&Path>,
+    (resume_dir, init): (Option<&Path>, Option<&InitModel>),
     device: &Device,
     dtype: ComputeDtype,
     reducer: &dyn Reducer,
 ) -> Result<Box<dyn Engine>, TrainError> {
     crate::device::set_tf32(cfg.run.tf32);
-    let model = match resume_dir {
-        Some(dir) => model::load_checkpoint_model(dir, dtype.precision(), device)?,
-        None => model::build_model(model_cfg, dtype.precision(), device, cfg.run.seed)?,
+    let model = match (resume_dir, init) {
+        (Some(dir), _) => model::load_checkpoint_model(dir, dtype.precision(), device)?,
+        (None, Some(init)) => init.load(model_cfg, dtype.precision(), device)?,
+        (None, None) => model::build_model(model_cfg, dtype.precision(), device, cfg.run.seed)?,
     };
     if model.config() != model_cfg {
         return Err(TrainError::Resume(format!(
@@ -415,8 +436,10 @@ impl Trainer {
             Err(_) => None,
         };
         let hellaswag = hellaswag_examples(&cfg, &data_dir, data_vocab, &data)?;
+        let init = open_init(&cfg, resume_dir.is_some(), &data_dir)?;
 
-        let mut engine = build_engine(&cfg, &model_cfg, resume_dir.as_deref(), &device, dtype, &*opts.reducer)?;
+        let sources = (resume_dir.as_deref(), init.as_ref());
+        let mut engine = build_engine(&cfg, &model_cfg, sources, &device, dtype, &*opts.reducer)?;
         let mut rng = ChaCha20Rng::seed_from_u64(cfg.run.seed);
         let mut step = 0;
         if let (Some(dir), Some(state)) = (&resume_dir, &resume_state) {
@@ -490,8 +513,8 @@ impl Trainer {
             self.device,
             self.engine.kind().name()
         ));
-        if self.engine.kind() == EngineKind::Cuda {
-            log.note(&format!("[engine] {}", self.cfg.engine.describe()));
+        if let Some(resolved) = self.engine.resolved() {
+            log.note(&format!("[engine] {} (resolved: {resolved})", self.cfg.engine.describe()));
         }
         log.note(&format!("num decayed parameter tensors: {dt}, with {dn} parameters"));
         log.note(&format!("num non-decayed parameter tensors: {nt}, with {nn} parameters"));
@@ -698,6 +721,7 @@ impl Trainer {
             config: self.cfg.clone(),
             model: self.engine.model().config().clone(),
             data: Some(self.data.clone()),
+            engine: self.engine.resolved(),
             checksums: Default::default(), // filled in by checkpoint::save
             tool_version: crate::TOOL_VERSION.to_string(),
         };

@@ -3,7 +3,7 @@
 //! tests/gpu/main.rs includes that file as a module). Not every test binary uses every fixture.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use arrow::array::AsArray;
@@ -73,6 +73,46 @@ pub fn tiny_shakespeare_shards() -> &'static Path {
         dir
     })
     .path()
+}
+
+/// tests/fixtures/fineweb_legal_pilot: 4 of the 28 real FineWeb parquet files (tests/fixtures/README.md), 100
+/// documents each, in the repo so these tests run in any clone.
+pub fn fineweb_fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fineweb_legal_pilot")
+}
+
+/// The vendored parquet files' names, in order.
+pub const FINEWEB_FIXTURE_FILES: [&str; 4] =
+    ["batch_000001.parquet", "batch_000010.parquet", "batch_000019.parquet", "batch_000028.parquet"];
+
+/// Where the larger optional data would be: `$TOKENMILL_SHARED_DATA`, else `../shared/data` beside the checkout
+/// (which exists only on the project's dev machine).
+pub fn shared_data_root() -> PathBuf {
+    std::env::var_os("TOKENMILL_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
+}
+
+/// The HellaSwag validation set in llama.cpp's layout (10,042 tasks), decompressed once per test binary from
+/// tests/fixtures/hellaswag_val_full.txt.zst and checked against the upstream file's sha256.
+pub fn hellaswag_val_full() -> &'static Path {
+    static FILE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, path) = FILE.get_or_init(|| {
+        use sha2::Digest;
+        let packed = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hellaswag_val_full.txt.zst");
+        let bytes = zstd::stream::decode_all(std::fs::File::open(&packed).unwrap()).unwrap();
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            "d572539320eb2050e858ca34b495bbe2103e3b3f1391a9c3bcdf215b0bb93bd1",
+            "{} does not hold the upstream hellaswag_val_full.txt (tests/fixtures/README.md)",
+            packed.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hellaswag_val_full.txt");
+        std::fs::write(&path, bytes).unwrap();
+        (dir, path)
+    });
+    path
 }
 
 /// CUDA device 0, or `None` (with the reason on stderr) where the binary lacks CUDA support or no GPU is present:

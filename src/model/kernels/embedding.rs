@@ -1,5 +1,6 @@
 //! Embedding lookup `table (V, C)`, `ids (N)` u32 -> `(N, C)`, whose backward on CUDA is a grouped, deterministic
-//! sum (`embedding_bwd_sorted_f32` in `src/cuda/encoder.cu`, the engine's wte backward with `=` for `+=`) instead of
+//! sum (`embedding_bwd_sorted_f32` in `src/cuda/encoder.cu`, the engine's wte backward with `=` for `+=`, launched by
+//! `cuda::encoder::Encoder::grouped_sum`) instead of
 //! candle's `index_add`, which walks all N ids serially per column (the cost is in encoder.cu's header). Forward is
 //! candle's own `index_select` on the storages.
 //!
@@ -10,6 +11,8 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+
+pub use crate::cuda::encoder::IdGroups;
 
 /// `table[ids]`: `table (V, C)`, `ids (N)` u32 -> `(N, C)` in the table's dtype, with the backward above.
 pub fn embedding_lookup(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
@@ -28,53 +31,6 @@ pub fn embedding_backward(dy: &Tensor, ids: &Tensor, v: usize) -> Result<Tensor>
         return dy.contiguous()?.apply_op2_no_bwd(&ids.contiguous()?, &cuda::ScatterAdd { v });
     }
     Tensor::zeros((v, c), dy.dtype(), dy.device())?.index_add(ids, dy, 0)
-}
-
-/// The rows of `ids` grouped by id, for the CUDA backwards (this op's and the GPT-2 engine's `cuda::encoder`): a
-/// stable counting sort, so every group lists its rows in ascending order. Only ids that occur get a group.
-#[derive(Debug, PartialEq)]
-pub struct IdGroups {
-    /// Row indices, group after group.
-    pub rows: Vec<u32>,
-    /// `start[g]..start[g + 1]` is group g's range in `rows` (len groups + 1).
-    pub start: Vec<u32>,
-    /// The id of each group, ascending.
-    pub id: Vec<u32>,
-}
-
-impl IdGroups {
-    /// Group `ids`; an id `>= v` is an error naming its position.
-    pub fn new(ids: &[u32], v: usize) -> Result<IdGroups> {
-        if ids.len() > u32::MAX as usize {
-            candle_core::bail!("embedding backward: {} ids do not fit u32 row indices", ids.len());
-        }
-        let mut count = vec![0u32; v];
-        for (r, &id) in ids.iter().enumerate() {
-            let Some(c) = count.get_mut(id as usize) else {
-                candle_core::bail!("embedding backward: id {id} at row {r} is out of range for a table of {v} rows")
-            };
-            *c += 1;
-        }
-        let (mut start, mut id) = (vec![0u32], Vec::new());
-        // `count` becomes each id's next write position in `rows`.
-        let mut next = 0u32;
-        for (i, c) in count.iter_mut().enumerate() {
-            if *c > 0 {
-                id.push(i as u32);
-                let n = *c;
-                *c = next;
-                next += n;
-                start.push(next);
-            }
-        }
-        let mut rows = vec![0u32; ids.len()];
-        for (r, &i) in ids.iter().enumerate() {
-            let pos = &mut count[i as usize];
-            rows[*pos as usize] = r as u32;
-            *pos += 1;
-        }
-        Ok(IdGroups { rows, start, id })
-    }
 }
 
 struct Lookup {
@@ -118,19 +74,15 @@ impl CustomOp2 for Lookup {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    //! Launcher for embedding_bwd_sorted_f32 in encoder.cu (the grouped sum the engine's wte backward runs too).
+    //! The op's storages over `crate::cuda::encoder::Encoder::grouped_sum` (encoder.cu's grouped sum, the engine's
+    //! wte backward with `=` for `+=`; that launcher owns its grid).
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-    use candle_core::cuda_backend::WrapErr;
     use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape};
 
     use super::IdGroups;
-    use crate::cuda::launch::{grid_1d, Module};
-
-    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/encoder.ptx"));
-    const FILE: &str = "encoder.cu";
-    /// EMB_THREADS in encoder.cu.
-    const THREADS: u32 = 256;
+    use crate::cuda::devptr::DevPtr;
+    use crate::cuda::encoder::{DeviceIdGroups, Encoder};
+    use crate::cuda::launch::per_device;
 
     /// `(dy (N, C) f32, ids (N) u32)` -> `(V, C)` f32 with `dtable[id] = sum of dy[r] over ids[r] == id`.
     pub(super) struct ScatterAdd {
@@ -159,7 +111,8 @@ mod cuda {
                 );
             }
             let dev = g.device();
-            let out = dev.alloc_zeros::<f32>(self.v * c)?;
+            let stream = dev.cuda_stream();
+            let mut out = dev.alloc_zeros::<f32>(self.v * c)?;
             if n == 0 || c == 0 {
                 return Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((self.v, c))));
             }
@@ -169,38 +122,20 @@ mod cuda {
             let groups = IdGroups::new(&ids, self.v)?;
             let packed: Vec<u32> = [&groups.rows[..], &groups.start[..], &groups.id[..]].concat();
             let packed = dev.clone_htod(&packed)?;
-            let ngroups = groups.id.len();
-            let rows = packed.slice(..n);
-            let start = packed.slice(n..n + ngroups + 1);
-            let id = packed.slice(n + ngroups + 1..);
+            let n_groups = groups.id.len();
             let dy = g.as_cuda_slice::<f32>()?.slice(gstart..);
-            let func = Module::on_device(dev, FILE, PTX)?.kernel("embedding_bwd_sorted_f32")?;
-            let mut b = func.builder();
-            let (c64, stride) = (c as i64, c as i64);
-            b.arg(&rows).arg(&start).arg(&id).arg(&dy).arg(&out).arg(&c64).arg(&stride);
-            let mut cfg = grid_1d(ngroups, THREADS)?;
-            // column slices of THREADS
-            cfg.grid_dim.1 = c.div_ceil(THREADS as usize) as u32;
-            // SAFETY: argument types and order match embedding_bwd_sorted_f32; every row index is < N, every group
-            // id < V (IdGroups checks), and `out` holds V * C f32.
-            unsafe { b.launch(cfg) }.w()?;
+            {
+                let (base, _p) = DevPtr::<u32>::of(&packed, &stream);
+                let groups =
+                    DeviceIdGroups { rows: base, start: base.offset(n), id: base.offset(n + n_groups + 1), n_groups };
+                let (dy, _g) = DevPtr::of(&dy, &stream);
+                let (outp, _o) = DevPtr::of_mut(&mut out, &stream);
+                let k = per_device(dev, "encoder.cu", Encoder::new)?;
+                // SAFETY: every row index is < N, every group id < V (IdGroups checks); dy holds N * C f32 from its
+                // start, `out` V * C f32; one stream.
+                unsafe { k.grouped_sum(groups, dy, outp, c)? };
+            }
             Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((self.v, c))))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::IdGroups;
-
-    #[test]
-    fn groups_are_stable_and_ascending() {
-        let g = IdGroups::new(&[3, 1, 3, 0, 1, 3], 5).unwrap();
-        assert_eq!(g.id, vec![0, 1, 3]);
-        assert_eq!(g.start, vec![0, 1, 3, 6]);
-        assert_eq!(g.rows, vec![3, 1, 4, 0, 2, 5]);
-        assert_eq!(IdGroups::new(&[], 4).unwrap(), IdGroups { rows: vec![], start: vec![0], id: vec![] });
-        let e = IdGroups::new(&[0, 7], 5).unwrap_err().to_string();
-        assert!(e.contains("id 7 at row 1"), "{e}");
     }
 }

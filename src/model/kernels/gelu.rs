@@ -136,21 +136,16 @@ fn gelu_tanh_bwd(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    //! Launcher for the GELU kernels of activation.cu (the engine's too): grid-stride, GELU_THREADS threads a block.
+    //! The op's storages over `crate::cuda::activation::Gelu` (activation.cu's kernels, the engine's too; that
+    //! launcher owns their grid and names).
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
-    use candle_core::cuda_backend::{CudaDType, WrapErr};
-    use candle_core::{CudaStorage, DType, Result};
+    use candle_core::cuda_backend::CudaDType;
+    use candle_core::{CudaStorage, Result};
 
     use super::super::real::float_elem;
-    use crate::cuda::launch::{dtype_suffix, grid_1d, Module};
-
-    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/activation.ptx"));
-    const FILE: &str = "activation.cu";
-    /// GELU_THREADS in activation.cu.
-    const THREADS: u32 = 256;
-    /// Grid-stride cap: ~16 blocks per SM on an H100 (132 SMs) keeps every SM busy; more only adds block overhead.
-    const MAX_BLOCKS: usize = 2048;
+    use crate::cuda::activation::{Gelu, GeluElem};
+    use crate::cuda::devptr::DevPtr;
+    use crate::cuda::launch::per_device;
 
     /// Forward (`dy` None: `y = gelu(x)`) or backward (`dx = dy * gelu'(x)`) over `n` elements of `x` from
     /// `xstart` (and of `dy` from its start).
@@ -160,37 +155,29 @@ mod cuda {
         dy: Option<(&CudaStorage, usize)>,
         n: usize,
     ) -> Result<CudaStorage> {
-        fn go<T: CudaDType + DeviceRepr>(
+        fn go<T: CudaDType + GeluElem>(
             xs: &CudaStorage,
             xstart: usize,
             dy: Option<(&CudaStorage, usize)>,
             n: usize,
         ) -> Result<CudaStorage> {
-            let sfx = dtype_suffix(xs.dtype(), "gelu", &[DType::F32, DType::F64, DType::BF16])?;
             let dev = xs.device();
+            let stream = dev.cuda_stream();
+            let k = per_device(dev, "activation.cu", Gelu::new)?;
             let x = xs.as_cuda_slice::<T>()?.slice(xstart..);
             // SAFETY: the kernel writes every one of the n elements.
-            let out = unsafe { dev.alloc::<T>(n)? };
-            if n > 0 {
-                let per_block = THREADS as usize * (16 / std::mem::size_of::<T>());
-                let blocks = n.div_ceil(per_block).clamp(1, MAX_BLOCKS);
-                let cfg = grid_1d(blocks, THREADS)?;
-                let n = n as i64;
+            let mut out = unsafe { dev.alloc::<T>(n)? };
+            {
+                let (xp, _x) = DevPtr::of(&x, &stream);
+                let (op, _o) = DevPtr::of_mut(&mut out, &stream);
                 match dy {
-                    None => {
-                        let func = Module::on_device(dev, FILE, PTX)?.kernel(&format!("gelu_fwd_{sfx}"))?;
-                        let mut b = func.builder();
-                        b.arg(&x).arg(&out).arg(&n);
-                        // SAFETY: argument types match gelu_fwd_* in activation.cu.
-                        unsafe { b.launch(cfg) }.w()?;
-                    }
+                    // SAFETY: x holds n elements from its start, out was just allocated for n; one stream.
+                    None => unsafe { k.forward(xp, op, n)? },
                     Some((gs, gstart)) => {
                         let g = gs.as_cuda_slice::<T>()?.slice(gstart..);
-                        let func = Module::on_device(dev, FILE, PTX)?.kernel(&format!("gelu_bwd_{sfx}"))?;
-                        let mut b = func.builder();
-                        b.arg(&x).arg(&g).arg(&out).arg(&n);
-                        // SAFETY: argument types match gelu_bwd_* in activation.cu.
-                        unsafe { b.launch(cfg) }.w()?;
+                        let (gp, _g) = DevPtr::of(&g, &stream);
+                        // SAFETY: as above, and dy holds n elements from its start.
+                        unsafe { k.backward(xp, gp, op, n)? }
                     }
                 }
             }

@@ -8,8 +8,8 @@
 //! intermediates per call (~0.6 GB per LayerNorm at 124M, B = 32) plus the f32 output its cast to bf16 holds on to;
 //! this keeps 2N floats and returns bf16 directly.
 //!
-//! dweight/dbias are deterministic on both devices: rows are summed in fixed blocks of `BWD_ROWS` (CPU) or
-//! LN_BWD_ROWS (CUDA, in warp order inside a block), then the block partials in block order.
+//! dweight/dbias are deterministic on both devices: rows are summed in fixed blocks (`BWD_ROWS` on the CPU; on CUDA
+//! `cuda::norm::bwd_rows`, in warp order inside a block), then the block partials in block order.
 //! CPU: rayon over row blocks (the twin the tests hold against the composed reference and finite differences).
 //! CUDA: the LayerNorm kernels of `src/cuda/norm.cu` (the decoder engine's, instantiated for the op's dtype pairs):
 //! one warp per row held in registers, so C must be a multiple of 4 up to 2048 (every GPT-2 width); [`supported`]
@@ -80,14 +80,8 @@ pub fn supported(x: &Tensor, out: DType) -> bool {
 }
 
 /// A row width the CUDA kernels take.
-#[cfg(feature = "cuda")]
 fn cuda_width(c: usize) -> bool {
     c > 0 && c.is_multiple_of(4) && c <= crate::cuda::norm::MAX_C
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_width(_c: usize) -> bool {
-    false
 }
 
 /// One call's op: the forward stores (mean, rstd) here for this call's backward.
@@ -310,34 +304,48 @@ fn layer_norm_bwd(
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    //! Launchers for the op's LayerNorm kernels in norm.cu: forward one warp per row (LN_WARPS rows per block);
-    //! backward one block per LN_BWD_ROWS rows writing dweight/dbias partials, then `ln_bwd_reduce` over them. The
-    //! kernels are instantiated per 128-column chunk count (`_<nch>`), as the engine's.
+    //! The op's storages over `crate::cuda::norm::LayerNormOp` (norm.cu's LayerNorm kernels, the engine's template
+    //! instantiated for the op's dtype pairs; that launcher owns their grids and names).
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
-    use candle_core::cuda_backend::{CudaDType, WrapErr};
-    use candle_core::{CudaStorage, DType, Result};
+    use candle_core::cuda_backend::CudaDType;
+    use candle_core::{CudaDevice, CudaStorage, DType, Result};
+    use half::bf16;
 
-    use super::super::real::float_pair;
-    use crate::cuda::launch::{dtype_suffix, grid_1d, int, Module};
+    use crate::cuda::devptr::DevPtr;
+    use crate::cuda::launch::per_device;
+    use crate::cuda::norm::{LayerNormOp, LayerNormOpBwd, NormElem};
 
-    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/norm.ptx"));
-    const FILE: &str = "norm.cu";
-    /// LN_THREADS, LN_WARPS and LN_BWD_ROWS in norm.cu.
-    const THREADS: u32 = 256;
-    const ROWS_PER_FWD_BLOCK: usize = 8;
-    const BWD_ROWS: usize = 256;
-
-    fn sfx(dt: DType) -> Result<&'static str> {
-        dtype_suffix(dt, "fused layer norm", &[DType::F32, DType::BF16])
+    fn kernels(dev: &CudaDevice) -> Result<std::sync::Arc<LayerNormOp>> {
+        per_device(dev, "norm.cu", LayerNormOp::new)
     }
 
-    /// The kernels' chunk count for rows of `c` (a multiple of 4 up to 2048: `supported`).
-    fn nch(c: usize) -> Result<usize> {
-        if !super::cuda_width(c) {
-            candle_core::bail!("fused layer norm on CUDA: C = {c} must be a positive multiple of 4 up to 2048");
-        }
-        Ok(c.div_ceil(128))
+    /// Calls `$body` with `$X` and `$Y` bound to the element types of `$x` and `$y` (f32 or bf16 each).
+    macro_rules! with_pair {
+        ($what:expr, ($x:expr, $y:expr), |$X:ident, $Y:ident| $body:expr) => {
+            match ($x, $y) {
+                (DType::F32, DType::F32) => {
+                    type $X = f32;
+                    type $Y = f32;
+                    $body
+                }
+                (DType::F32, DType::BF16) => {
+                    type $X = f32;
+                    type $Y = bf16;
+                    $body
+                }
+                (DType::BF16, DType::F32) => {
+                    type $X = bf16;
+                    type $Y = f32;
+                    $body
+                }
+                (DType::BF16, DType::BF16) => {
+                    type $X = bf16;
+                    type $Y = bf16;
+                    $body
+                }
+                (x, y) => candle_core::bail!("{} on CUDA takes f32/bf16, got {x:?} -> {y:?}", $what),
+            }
+        };
     }
 
     /// `s`: x, weight, bias (f32) with their start offsets; returns y in `out`, mean and rstd (f32).
@@ -348,26 +356,32 @@ mod cuda {
         out: DType,
         eps: f32,
     ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
-        fn go<T: CudaDType + DeviceRepr, O: CudaDType + DeviceRepr>(
+        fn go<X: NormElem + CudaDType, Y: NormElem + CudaDType>(
             s: [&CudaStorage; 3],
             offs: [usize; 3],
             (n, c): (usize, usize),
-            name: &str,
             eps: f32,
         ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
             let dev = s[0].device();
-            let x = s[0].as_cuda_slice::<T>()?.slice(offs[0]..);
+            let stream = dev.cuda_stream();
+            let x = s[0].as_cuda_slice::<X>()?.slice(offs[0]..);
             let w = s[1].as_cuda_slice::<f32>()?.slice(offs[1]..);
             let b = s[2].as_cuda_slice::<f32>()?.slice(offs[2]..);
             // SAFETY: the kernel writes every row of y and every mean/rstd entry.
-            let (y, mean, rstd) = unsafe { (dev.alloc::<O>(n * c)?, dev.alloc::<f32>(n)?, dev.alloc::<f32>(n)?) };
-            let func = Module::on_device(dev, FILE, PTX)?.kernel(name)?;
-            let mut a = func.builder();
-            let (n_i, c_i) = (int(n, "layer norm rows")?, int(c, "layer norm width")?);
-            a.arg(&x).arg(&w).arg(&b).arg(&y).arg(&mean).arg(&rstd).arg(&n_i).arg(&c_i).arg(&eps);
-            // SAFETY: argument types match ln_fwd_<tx>_<ty>_<nch> in norm.cu; x, w, b start 4-element aligned (the
-            // op's `aligned`) and C is the kernel's width.
-            unsafe { a.launch(grid_1d(n.div_ceil(ROWS_PER_FWD_BLOCK), THREADS)?) }.w()?;
+            let (mut y, mut mean, mut rstd) =
+                unsafe { (dev.alloc::<Y>(n * c)?, dev.alloc::<f32>(n)?, dev.alloc::<f32>(n)?) };
+            {
+                let ((xp, _x), (wp, _w), (bp, _b)) =
+                    (DevPtr::of(&x, &stream), DevPtr::of(&w, &stream), DevPtr::of(&b, &stream));
+                let ((yp, _y), (mp, _m), (rp, _r)) = (
+                    DevPtr::of_mut(&mut y, &stream),
+                    DevPtr::of_mut(&mut mean, &stream),
+                    DevPtr::of_mut(&mut rstd, &stream),
+                );
+                // SAFETY: x holds n * c elements from a 4-element aligned start (the op's `aligned`), w and b c f32;
+                // the outputs were just allocated at the sizes the kernel writes; the device's one stream.
+                unsafe { kernels(dev)?.forward(xp, (wp, bp), yp, (mp, rp), (n, c), eps)? };
+            }
             let d = || dev.clone();
             Ok((
                 CudaStorage::wrap_cuda_slice(y, d()),
@@ -375,9 +389,7 @@ mod cuda {
                 CudaStorage::wrap_cuda_slice(rstd, d()),
             ))
         }
-        let xt = s[0].dtype();
-        let name = format!("ln_fwd_{}_{}_{}", sfx(xt)?, sfx(out)?, nch(c)?);
-        float_pair!("fused layer norm on CUDA", (xt, out), |T, O, A| go::<T, O>(s, offs, (n, c), &name, eps))
+        with_pair!("fused layer norm", (s[0].dtype(), out), |X, Y| go::<X, Y>(s, offs, (n, c), eps))
     }
 
     /// `s`: x, weight, mean, rstd, dy with their start offsets; returns dx (x's dtype), dweight, dbias (f32).
@@ -386,36 +398,47 @@ mod cuda {
         offs: [usize; 5],
         (n, c): (usize, usize),
     ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
-        fn go<T: CudaDType + DeviceRepr, O: CudaDType + DeviceRepr>(
+        fn go<X: NormElem + CudaDType, Y: NormElem + CudaDType>(
             s: [&CudaStorage; 5],
             offs: [usize; 5],
             (n, c): (usize, usize),
-            name: &str,
         ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
             let dev = s[0].device();
-            let x = s[0].as_cuda_slice::<T>()?.slice(offs[0]..);
+            let stream = dev.cuda_stream();
+            let k = kernels(dev)?;
+            let x = s[0].as_cuda_slice::<X>()?.slice(offs[0]..);
             let w = s[1].as_cuda_slice::<f32>()?.slice(offs[1]..);
             let mean = s[2].as_cuda_slice::<f32>()?.slice(offs[2]..);
             let rstd = s[3].as_cuda_slice::<f32>()?.slice(offs[3]..);
-            let dy = s[4].as_cuda_slice::<O>()?.slice(offs[4]..);
-            let p = n.div_ceil(BWD_ROWS);
-            // SAFETY: ln_bwd writes every row of dx and all 2 * p partial rows; ln_bwd_reduce every dw/db entry.
-            let (dx, partial, dw, db) = unsafe {
-                (dev.alloc::<T>(n * c)?, dev.alloc::<f32>(2 * p * c)?, dev.alloc::<f32>(c)?, dev.alloc::<f32>(c)?)
+            let dy = s[4].as_cuda_slice::<Y>()?.slice(offs[4]..);
+            // SAFETY: the backward writes every row of dx, the partials it reduces, and every dw/db entry.
+            let (mut dx, mut scratch, mut dw, mut db) = unsafe {
+                (
+                    dev.alloc::<X>(n * c)?,
+                    dev.alloc::<f32>(k.scratch_len(n, c))?,
+                    dev.alloc::<f32>(c)?,
+                    dev.alloc::<f32>(c)?,
+                )
             };
-            let (n_i, c_i, p_i) = (int(n, "layer norm rows")?, int(c, "layer norm width")?, int(p, "partials")?);
-            let func = Module::on_device(dev, FILE, PTX)?.kernel(name)?;
-            let mut a = func.builder();
-            a.arg(&dy).arg(&x).arg(&w).arg(&mean).arg(&rstd).arg(&dx).arg(&partial).arg(&n_i).arg(&c_i);
-            // SAFETY: argument types match ln_bwd_<tx>_<ty>_<nch> in norm.cu; dy and x start 4-element aligned.
-            unsafe { a.launch(grid_1d(p, THREADS)?) }.w()?;
-            let func = Module::on_device(dev, FILE, PTX)?.kernel("ln_bwd_reduce")?;
-            let mut a = func.builder();
-            a.arg(&partial).arg(&dw).arg(&db).arg(&p_i).arg(&c_i);
-            let rcfg =
-                LaunchConfig { grid_dim: (c.div_ceil(32) as u32, 1, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
-            // SAFETY: argument types match ln_bwd_reduce in norm.cu.
-            unsafe { a.launch(rcfg) }.w()?;
+            {
+                let ((x, _x), (w, _w), (mean, _m), (rstd, _r), (dy, _g)) = (
+                    DevPtr::of(&x, &stream),
+                    DevPtr::of(&w, &stream),
+                    DevPtr::of(&mean, &stream),
+                    DevPtr::of(&rstd, &stream),
+                    DevPtr::of(&dy, &stream),
+                );
+                let ((dx, _dx), (scratch, _s), (dw, _dw), (db, _db)) = (
+                    DevPtr::of_mut(&mut dx, &stream),
+                    DevPtr::of_mut(&mut scratch, &stream),
+                    DevPtr::of_mut(&mut dw, &stream),
+                    DevPtr::of_mut(&mut db, &stream),
+                );
+                let p = LayerNormOpBwd { dy, x, w, mean, rstd, dx, dw, db, scratch };
+                // SAFETY: contiguous inputs of n rows of c from 4-element aligned starts (the op's `aligned`), the
+                // outputs and scratch just allocated at the launcher's sizes; the device's one stream.
+                unsafe { k.backward(p, n, c)? };
+            }
             let d = || dev.clone();
             Ok((
                 CudaStorage::wrap_cuda_slice(dx, d()),
@@ -423,8 +446,6 @@ mod cuda {
                 CudaStorage::wrap_cuda_slice(db, d()),
             ))
         }
-        let (xt, gt) = (s[0].dtype(), s[4].dtype());
-        let name = format!("ln_bwd_{}_{}_{}", sfx(xt)?, sfx(gt)?, nch(c)?);
-        float_pair!("fused layer norm backward on CUDA", (xt, gt), |T, O, A| go::<T, O>(s, offs, (n, c), &name))
+        with_pair!("fused layer norm backward", (s[0].dtype(), s[4].dtype()), |X, Y| go::<X, Y>(s, offs, (n, c)))
     }
 }

@@ -25,6 +25,7 @@ use half::bf16;
 
 use super::engine::{DecoderEngine, Kernels};
 use super::layout::{Mlp, Norm};
+use super::profile::Profiler;
 use crate::cuda::blaslt::{Epilogue, Gemm};
 use crate::cuda::devptr::DevPtr;
 use crate::cuda::encoder::DeviceIdGroups;
@@ -38,8 +39,11 @@ use crate::cuda::rope::RopeShape;
 ///
 /// # Safety
 /// `dweight`'s pointers are valid for its shape; `db` holds OC f32 and `scratch` at least `BiasGrad::scratch_len(OC)`.
+/// The profile marks the product (`labels.0`) and a separate bias-gradient kernel (`labels.1`) apart.
 unsafe fn dweight_and_bias(
     k: &mut Kernels,
+    prof: &mut Profiler,
+    labels: (&'static str, &'static str),
     epilogue: bool,
     dweight: Gemm,
     db: Option<DevPtr<f32>>,
@@ -47,14 +51,21 @@ unsafe fn dweight_and_bias(
 ) -> Result<()> {
     let (n, oc, dout): (usize, usize, DevPtr<bf16>) = (dweight.k, dweight.n, dweight.b());
     match db {
-        None => k.blas.matmul(&dweight),
+        None => {
+            k.blas.matmul(&dweight)?;
+            prof.mark(labels.0)
+        }
         Some(db) if epilogue => {
             k.blas.matmul(&dweight.with_epilogue(Epilogue::BGradB { grad: scratch }))?;
-            k.bias.add(scratch, db, oc)
+            prof.mark(labels.0)?;
+            k.bias.add(scratch, db, oc)?;
+            prof.mark(labels.1)
         }
         Some(db) => {
             k.blas.matmul(&dweight)?;
-            k.bias.accumulate(dout, db, scratch, n, oc)
+            prof.mark(labels.0)?;
+            k.bias.accumulate(dout, db, scratch, n, oc)?;
+            prof.mark(labels.1)
         }
     }
 }
@@ -72,7 +83,7 @@ impl DecoderEngine {
         let (w32, w16, g) = (&self.masters, &self.bufs.params16, &self.bufs.grads);
         let (f, h) = (&self.bufs.act32, &self.bufs.act16);
         let (dres, dres16, dbig, dsmall) = (f.at(a.dres), h.at(a.dres16), h.at(a.dbig), h.at(a.dsmall));
-        let (ln_scratch, bias_scratch) = (f.at(a.ln_scratch), f.at(a.bias_scratch));
+        let (norm_scratch, bias_scratch) = (f.at(a.norm_scratch), f.at(a.bias_scratch));
         let mean = |off: usize| (arch.norm == Norm::LayerNorm).then(|| f.at(off));
         let grad = |off: Option<usize>| off.map(|o| g.at(o));
         // A norm's backward from dsmall, added into the f32 residual gradient: the norm of input `x` with weight
@@ -87,7 +98,7 @@ impl DecoderEngine {
             dres16,
             dw: g.at(w),
             db: grad(b),
-            scratch: ln_scratch,
+            scratch: norm_scratch,
         };
         let heads = Heads { q: d.nh, kv: d.nkv };
         let rope = RopeShape { n, t: d.t, heads: d.nh + d.nkv, hs: d.hs(), ld: d.qkv() };
@@ -98,19 +109,20 @@ impl DecoderEngine {
 
         self.bufs.zero(dres, n * c)?;
         prof.mark("zero dres")?;
-        k.ln.backward(norm_bwd(a.res[d.l], top.normf_w, top.normf_b, a.lnf_mean, a.lnf_rstd), n)?;
+        k.norm.backward(norm_bwd(a.res[d.l], top.normf_w, top.normf_b, a.lnf_mean, a.lnf_rstd), n)?;
         prof.mark("norm bwd")?;
 
         for (l, lp) in self.layers.iter().enumerate().rev() {
             // MLP projection: res[l+1] = fch_act Wfcproj^T [+ bfcproj] + res_mid.
             dweight_and_bias(
                 k,
+                prof,
+                ("matmul dW mlp proj", "bias grad mlp proj"),
                 bias_epi,
                 Gemm::linear_dweight(dres16, h.at(a.fch_act[l]), g.at(lp.fcproj_w), n, d.hidden, c),
                 grad(lp.fcproj_b),
                 bias_scratch,
             )?;
-            prof.mark("matmul dW + db mlp proj")?;
             let dact = Gemm::linear_dinput(dres16, w16.at(lp.fcproj_w), dbig, n, d.hidden, c);
             match arch.mlp {
                 Mlp::Gelu if self.opts.gelu_fusion => {
@@ -130,26 +142,28 @@ impl DecoderEngine {
             // MLP input: fch = ln2 Wfc^T [+ bfc].
             dweight_and_bias(
                 k,
+                prof,
+                ("matmul dW fc", "bias grad fc"),
                 bias_epi,
                 Gemm::linear_dweight(dbig, h.at(a.ln2[l]), g.at(lp.fc_w), n, c, d.fc),
                 grad(lp.fc_b),
                 bias_scratch,
             )?;
-            prof.mark("matmul dW + db fc")?;
             k.blas.matmul(&Gemm::linear_dinput(dbig, w16.at(lp.fc_w), dsmall, n, c, d.fc))?;
             prof.mark("matmul dX fc")?;
-            k.ln.backward(norm_bwd(a.res_mid[l], lp.norm2_w, lp.norm2_b, a.ln2_mean[l], a.ln2_rstd[l]), n)?;
+            k.norm.backward(norm_bwd(a.res_mid[l], lp.norm2_w, lp.norm2_b, a.ln2_mean[l], a.ln2_rstd[l]), n)?;
             prof.mark("norm bwd")?;
 
             // Attention projection: res_mid = atty Wproj^T [+ bproj] + res[l].
             dweight_and_bias(
                 k,
+                prof,
+                ("matmul dW attn proj", "bias grad attn proj"),
                 bias_epi,
                 Gemm::linear_dweight(dres16, h.at(a.atty[l]), g.at(lp.proj_w), n, c, c),
                 grad(lp.proj_b),
                 bias_scratch,
             )?;
-            prof.mark("matmul dW + db attn proj")?;
             k.blas.matmul(&Gemm::linear_dinput(dres16, w16.at(lp.proj_w), dsmall, n, c, c))?;
             prof.mark("matmul dX attn proj")?;
             let att = AttnBwd {
@@ -170,15 +184,16 @@ impl DecoderEngine {
             // qkv projection: qkv = ln1 Wqkv^T [+ bqkv].
             dweight_and_bias(
                 k,
+                prof,
+                ("matmul dW qkv", "bias grad qkv"),
                 bias_epi,
                 Gemm::linear_dweight(dbig, h.at(a.ln1[l]), g.at(lp.qkv_w), n, c, d.qkv()),
                 grad(lp.qkv_b),
                 bias_scratch,
             )?;
-            prof.mark("matmul dW + db qkv")?;
             k.blas.matmul(&Gemm::linear_dinput(dbig, w16.at(lp.qkv_w), dsmall, n, c, d.qkv()))?;
             prof.mark("matmul dX qkv")?;
-            k.ln.backward(norm_bwd(a.res[l], lp.norm1_w, lp.norm1_b, a.ln1_mean[l], a.ln1_rstd[l]), n)?;
+            k.norm.backward(norm_bwd(a.res[l], lp.norm1_w, lp.norm1_b, a.ln1_mean[l], a.ln1_rstd[l]), n)?;
             prof.mark("norm bwd")?;
         }
 

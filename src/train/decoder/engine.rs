@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use super::attention::Attention;
 use super::buffers::{Buffers, LOSS_ACC};
 use super::layout::{rotary_tables, ActLayout, Arch, BlockParams, Dims, ModelParams, Norm, ParamLayout, ScratchSizes};
-use super::options::EngineOptions;
+use super::options::{EngineOptions, GemmTableChoice};
 use super::profile::Profiler;
 use crate::cuda::activation::Gelu;
 use crate::cuda::adamw::AdamWKernels;
@@ -20,7 +20,7 @@ use crate::cuda::classifier::Classifier;
 use crate::cuda::devptr::DevPtr;
 use crate::cuda::encoder::{Encoder, IdGroups};
 use crate::cuda::flash_attn::{FlashAttn, Heads};
-use crate::cuda::gemm_table::{GemmTable, TunedShape};
+use crate::cuda::gemm_table::{self, GemmTable, TunedShape};
 use crate::cuda::norm::Norm as NormKernels;
 use crate::cuda::rope::Rope;
 use crate::cuda::swiglu::SwiGlu;
@@ -31,7 +31,7 @@ use crate::train::optim::{AdamWConfig, OptimError};
 pub(super) struct Kernels {
     pub blas: BlasLt,
     /// The blocks' norm (LayerNorm or RMSNorm, `Arch::norm`).
-    pub ln: NormKernels,
+    pub norm: NormKernels,
     pub rope: Rope,
     pub swiglu: SwiGlu,
     pub cls: Classifier,
@@ -67,6 +67,8 @@ pub struct DecoderEngine {
     /// parameter's device address in it, by its offset in the parameter layout.
     pub(super) mirror: Box<dyn LanguageModel>,
     pub(super) masters: Masters,
+    /// Where the products' cuBLASLt algorithms come from, in words (`gemm_algorithms`).
+    pub(super) gemm_source: String,
 }
 
 /// Where each parameter's f32 master weights live: in the candle model's own Vars, so the engine keeps no second
@@ -101,6 +103,38 @@ fn var_ptr(v: &Var, stream: &Arc<CudaStream>) -> Result<DevPtr<f32>> {
     DevPtr::of_tensor(v.as_tensor(), stream)
 }
 
+/// The cuBLASLt algorithm choice `choice` resolves to on `stream`'s GPU and this cuBLASLt, and what it is in words
+/// (which shipped tables, which file, or the heuristic and why).
+fn gemm_algorithms(choice: &GemmTableChoice, stream: &Arc<CudaStream>) -> Result<(AlgoChoice, String)> {
+    let gpu = || stream.context().name().map_err(candle_core::Error::wrap);
+    let version = BlasLt::version();
+    Ok(match choice {
+        GemmTableChoice::Heuristic => (AlgoChoice::Heuristic, "cuBLASLt heuristic (gemm_table = \"heuristic\")".into()),
+        GemmTableChoice::File(path) => {
+            let table = GemmTable::load(path).map_err(candle_core::Error::wrap)?;
+            table.check_machine(path, &gpu()?, version).map_err(candle_core::Error::wrap)?;
+            let what = format!("gemm table {} ({} shapes)", path.display(), table.shapes.len());
+            (AlgoChoice::Table(table), what)
+        }
+        GemmTableChoice::Auto => {
+            let gpu = gpu()?;
+            match gemm_table::shipped_for(&gpu, version).map_err(candle_core::Error::wrap)? {
+                Some((table, names)) => {
+                    let what = format!("shipped gemm tables {} ({} shapes)", names.join(" + "), table.shapes.len());
+                    (AlgoChoice::Table(table), what)
+                }
+                None => (
+                    AlgoChoice::Heuristic,
+                    format!(
+                        "cuBLASLt heuristic: no shipped table was tuned on {gpu} with cuBLASLt {version} (`tokenmill \
+                         bench gemm-tune` makes one)"
+                    ),
+                ),
+            }
+        }
+    })
+}
+
 impl DecoderEngine {
     /// An engine for `model` (a decoder of the architecture table on a CUDA device, fp32 master weights) at
     /// micro-batch `(b, t)`. The engine starts from the model's current weights and keeps the model as its mirror.
@@ -125,18 +159,11 @@ impl DecoderEngine {
         let top = ModelParams::new(&cfg, &params);
         let layers = (0..cfg.n_layer).map(|l| BlockParams::new(&cfg, &params, l)).collect();
         let heads = Heads { q: dims.nh, kv: dims.nkv };
-        let algos = match &opts.gemm_table {
-            None => AlgoChoice::Heuristic,
-            Some(path) => {
-                let table = GemmTable::load(path).map_err(candle_core::Error::wrap)?;
-                let gpu = stream.context().name().map_err(candle_core::Error::wrap)?;
-                table.check_machine(path, &gpu, BlasLt::version()).map_err(candle_core::Error::wrap)?;
-                AlgoChoice::Table(table)
-            }
-        };
+        let (algos, gemm_source) = gemm_algorithms(&opts.gemm_table, &stream)?;
+        tracing::info!("cuda engine products: {gemm_source}");
         let k = Kernels {
             blas: BlasLt::new(stream.clone(), algos)?,
-            ln: NormKernels::new(&stream, cfg.n_embd, arch.norm == Norm::RmsNorm)?,
+            norm: NormKernels::new(&stream, cfg.n_embd, arch.norm == Norm::RmsNorm)?,
             rope: Rope::new(&stream)?,
             swiglu: SwiGlu::new(&stream)?,
             cls: Classifier::new(&stream)?,
@@ -148,7 +175,7 @@ impl DecoderEngine {
         };
         let n = dims.n();
         let scratch = ScratchSizes {
-            ln: k.ln.scratch_len(n),
+            norm: k.norm.scratch_len(n),
             bias: BiasGrad::scratch_len(dims.fc.max(dims.qkv())),
             attention: FlashAttn::scratch_len(b, t, cfg.n_head),
         };
@@ -203,6 +230,7 @@ impl DecoderEngine {
             prof: Profiler::new(&stream),
             mirror: model,
             masters: Masters { slots: masters },
+            gemm_source,
         };
         engine.cast_weights()?;
         Ok(engine)
@@ -245,6 +273,20 @@ impl DecoderEngine {
     /// The options the engine was built with.
     pub fn options(&self) -> &EngineOptions {
         &self.opts
+    }
+
+    /// The options as they resolved on this GPU and binary: the attention backend that runs (not `auto`) and where
+    /// the products' algorithms come from (which shipped tables, which file, or the heuristic).
+    pub fn describe(&self) -> String {
+        let o = &self.opts;
+        format!(
+            "attention {:?}, gelu_fusion {}, bias_grad_epilogue {}, classifier_chunk {}, products: {}",
+            o.attention.resolved(),
+            o.gelu_fusion,
+            o.bias_grad_epilogue,
+            o.classifier_chunk,
+            self.gemm_source
+        )
     }
 
     pub fn micro_batch(&self) -> (usize, usize) {

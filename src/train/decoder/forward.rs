@@ -1,6 +1,7 @@
 //! The decoder's forward pass, kernel by kernel (the autograd models `gpt2.rs` and `llama.rs` compute the same
-//! functions). `norm` is LayerNorm (GPT-2) or RMSNorm (Llama); bracketed steps run only where the architecture has
-//! them (`layout::Arch`):
+//! functions). `norm` is LayerNorm (GPT-2) or RMSNorm (Llama, Qwen2); bracketed steps run only where the
+//! architecture has them (`layout::Arch`; a bias where the row's tensors have one: GPT-2 everywhere, Qwen2 on q, k,
+//! v):
 //!
 //! ```text
 //! res[0] = wte[idx] [+ wpe]                                         encoder (learned positions: GPT-2)
@@ -30,7 +31,6 @@ use crate::cuda::blaslt::{BiasPtr, Epilogue, Gemm};
 use crate::cuda::flash_attn::{AttnFwd, Heads};
 use crate::cuda::norm::NormFwd;
 use crate::cuda::rope::RopeShape;
-use crate::model::ops::{LAYER_NORM_EPS, RMS_NORM_EPS};
 
 impl DecoderEngine {
     /// Forward of the uploaded micro-batch; per-row losses in `act.losses`. `dscale: Some(d)` also runs the
@@ -42,10 +42,7 @@ impl DecoderEngine {
         let d = self.dims;
         let (n, c) = (d.n(), d.c);
         let arch = self.arch;
-        let eps = match arch.norm {
-            Norm::LayerNorm => LAYER_NORM_EPS,
-            Norm::RmsNorm => RMS_NORM_EPS,
-        } as f32;
+        let eps = arch.eps as f32;
         // The LayerNorm mean (RMSNorm has none) and a bias of the norms and linear layers, where the model has them.
         let mean = |off: usize| (arch.norm == Norm::LayerNorm).then_some(off);
         let (a, top) = (&self.act, &self.top);
@@ -77,7 +74,7 @@ impl DecoderEngine {
             mean: mean(a.ln1_mean[0]).map(|o| f.at(o)),
             rstd: f.at(a.ln1_rstd[0]),
         };
-        k.ln.forward(f.at(a.res[0]), out, n, eps)?;
+        k.norm.forward(f.at(a.res[0]), out, n, eps)?;
         prof.mark("norm fwd")?;
         // Each projection's bf16 output lands in `proj` (the backward's dres16, free during the forward) and the next
         // norm adds it to the residual stream as it normalises.
@@ -108,7 +105,7 @@ impl DecoderEngine {
                 mean: mean(a.ln2_mean[l]).map(|o| f.at(o)),
                 rstd: f.at(a.ln2_rstd[l]),
             };
-            k.ln.forward_residual((f.at(a.res[l]), proj, f.at(a.res_mid[l])), out, n, eps)?;
+            k.norm.forward_residual((f.at(a.res[l]), proj, f.at(a.res_mid[l])), out, n, eps)?;
             prof.mark("residual + norm fwd")?;
             let fc = Gemm::linear_forward(h.at(a.ln2[l]), w16.at(lp.fc_w), h.at(a.fch_act[l]), n, c, d.fc);
             match (arch.mlp, lp.fc_b) {
@@ -143,7 +140,7 @@ impl DecoderEngine {
                 mean: mean(nm).map(|o| f.at(o)),
                 rstd: f.at(nr),
             };
-            k.ln.forward_residual((f.at(a.res_mid[l]), proj, f.at(a.res[l + 1])), out, n, eps)?;
+            k.norm.forward_residual((f.at(a.res_mid[l]), proj, f.at(a.res[l + 1])), out, n, eps)?;
             prof.mark("residual + norm fwd")?;
         }
 

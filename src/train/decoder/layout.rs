@@ -1,19 +1,23 @@
 //! The decoder engine's architecture as data, and where everything lives in its few big buffers. Plain arithmetic,
 //! no CUDA: tested on any machine.
 //!
-//! `Arch` is a model's row of the architecture table (norm, positions, MLP, biases, tied head); the forward and
-//! backward read it to pick kernels, so GPT-2 and a Llama-style model run the same step.
+//! `Arch` is what the forward and backward read of a model's row of the architecture table (`model::arch`: norm,
+//! positions, MLP; biases are where the row's tensors have them) to pick kernels, so GPT-2, Llama and Qwen2 run the
+//! same step. Tensor names come from the row too (`BlockParams::new`, `ModelParams::new`).
 //!
 //! Parameters (`ParamLayout`): every tensor of `model::param_specs` (checkpoint names and shapes), the >= 2-D ones
 //! (weight decay) first, then the 1-D ones, each region in checkpoint order; every tensor starts on a multiple of
 //! `ALIGN` elements, so each tensor's address is 256-byte aligned in the bf16 copy and 512-byte aligned in the f32
 //! buffers (what cuBLASLt's fastest algorithms want), and the optimizer needs only the boundary `n_decay` to know
-//! which elements decay. Padding elements have zero gradient forever and stay zero. The exception is a fused group:
-//! Llama's q/k/v projections and its gate/up projections are laid end to end without padding, so each group is one
-//! row-major `(rows, C)` matrix and one matmul computes it (`Arch::fused_with_previous`).
+//! which elements decay. Padding elements have zero gradient forever and stay zero. The exception is a group the
+//! row stores as several tensors (Llama's q/k/v and gate/up projections, Qwen2's q/k/v biases): they are laid end
+//! to end without padding, so each group is one row-major `(rows, C)` matrix (or one bias vector) and one matmul
+//! computes it (`ArchSpec::followers`).
 
+pub use crate::model::arch::{Mlp, Norm};
+use crate::model::arch::{Positions, Stored};
 use crate::model::params::ParamSpec;
-use crate::model::{param_specs, Architecture, ModelConfig};
+use crate::model::{param_specs, ModelConfig};
 
 /// Alignment of every tensor and activation, in elements.
 pub const ALIGN: usize = 128;
@@ -22,57 +26,26 @@ fn align(n: usize) -> usize {
     n.div_ceil(ALIGN) * ALIGN
 }
 
-/// Which normalisation the blocks use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Norm {
-    /// `(x - mean) * rstd * w + b` (GPT-2).
-    LayerNorm,
-    /// `x * rstd * w`, rstd from the mean square (Llama).
-    RmsNorm,
-}
-
-/// The MLP between the second norm and the residual.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mlp {
-    /// `gelu_tanh(x Wfc^T + b) Wproj^T + b`, hidden H (GPT-2: 4C).
-    Gelu,
-    /// `(silu(x Wg^T) * x Wu^T) Wd^T`, gate and up computed as one `(2H, C)` product (Llama).
-    SwiGlu,
-}
-
-/// One model's row of the architecture table.
+/// What the engine's kernels need of a model's row, for one config.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Arch {
     pub norm: Norm,
+    /// The norms' epsilon (`ModelConfig::eps`).
+    pub eps: f64,
     /// `Some(theta)`: rotary positions applied to q and k; `None`: a learned position table added to the embedding.
     pub rotary: Option<f64>,
     pub mlp: Mlp,
-    /// Biases on every linear layer and norm (GPT-2) or none (Llama).
-    pub bias: bool,
-    /// The lm_head is the token embedding.
-    pub tied: bool,
 }
 
 impl Arch {
     pub fn of(cfg: &ModelConfig) -> Arch {
-        match cfg.arch {
-            Architecture::Gpt2 => Arch { norm: Norm::LayerNorm, rotary: None, mlp: Mlp::Gelu, bias: true, tied: true },
-            Architecture::Llama => Arch {
-                norm: Norm::RmsNorm,
-                rotary: Some(cfg.rope_base()),
-                mlp: Mlp::SwiGlu,
-                bias: false,
-                tied: cfg.tied(),
-            },
+        let row = cfg.arch.spec();
+        Arch {
+            norm: row.norm,
+            eps: cfg.eps(),
+            rotary: (row.positions == Positions::Rotary).then(|| cfg.rope_base()),
+            mlp: row.mlp,
         }
-    }
-
-    /// Tensors laid out right after the one before them (no alignment padding), so that the group is one matrix.
-    pub fn fused_with_previous(cfg: &ModelConfig, name: &str) -> bool {
-        cfg.arch == Architecture::Llama
-            && [".self_attn.k_proj.weight", ".self_attn.v_proj.weight", ".mlp.up_proj.weight"]
-                .iter()
-                .any(|s| name.ends_with(s))
     }
 }
 
@@ -98,9 +71,10 @@ pub struct ParamLayout {
 }
 
 impl ParamLayout {
-    /// The layout of `cfg`'s parameters, fused groups end to end.
+    /// The layout of `cfg`'s parameters, each group the row stores as several tensors end to end.
     pub fn for_model(cfg: &ModelConfig) -> ParamLayout {
-        ParamLayout::new(&param_specs(cfg), |name| Arch::fused_with_previous(cfg, name))
+        let followers: std::collections::HashSet<String> = cfg.arch.spec().followers(cfg.n_layer).into_iter().collect();
+        ParamLayout::new(&param_specs(cfg), |name| followers.contains(name))
     }
 
     /// Every tensor of `specs` aligned, except those `fused` names, which follow the tensor before them in the list
@@ -170,13 +144,15 @@ impl ParamLayout {
     }
 }
 
-/// One block's parameter offsets, looked up once; `None` where the architecture has no such tensor (biases of Llama).
+/// One block's parameter offsets, looked up once; `None` where the row has no such tensor (Llama's biases; Qwen2's
+/// outside q, k, v).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BlockParams {
     /// The norm before attention: weight (C), bias (C).
     pub norm1_w: usize,
     pub norm1_b: Option<usize>,
-    /// q, k and v projections as one `((NH + 2 KV) HS, C)` matrix (GPT-2's c_attn; Llama's q_proj..v_proj).
+    /// q, k and v projections as one `((NH + 2 KV) HS, C)` matrix (GPT-2's c_attn; Llama's q_proj..v_proj) and
+    /// their biases as one `((NH + 2 KV) HS)` vector (GPT-2's, Qwen2's).
     pub qkv_w: usize,
     pub qkv_b: Option<usize>,
     /// Attention output projection (C, C).
@@ -192,47 +168,22 @@ pub struct BlockParams {
     pub fcproj_b: Option<usize>,
 }
 
-impl BlockParams {
-    pub fn new(cfg: &ModelConfig, p: &ParamLayout, l: usize) -> BlockParams {
-        let o = |n: &str| p.offset(&format!("{}.{l}.{n}", block_prefix(cfg)));
-        let ob = |n: &str| p.get(&format!("{}.{l}.{n}", block_prefix(cfg))).map(|s| s.offset);
-        match cfg.arch {
-            Architecture::Gpt2 => BlockParams {
-                norm1_w: o("ln_1.weight"),
-                norm1_b: ob("ln_1.bias"),
-                qkv_w: o("attn.c_attn.weight"),
-                qkv_b: ob("attn.c_attn.bias"),
-                proj_w: o("attn.c_proj.weight"),
-                proj_b: ob("attn.c_proj.bias"),
-                norm2_w: o("ln_2.weight"),
-                norm2_b: ob("ln_2.bias"),
-                fc_w: o("mlp.c_fc.weight"),
-                fc_b: ob("mlp.c_fc.bias"),
-                fcproj_w: o("mlp.c_proj.weight"),
-                fcproj_b: ob("mlp.c_proj.bias"),
-            },
-            Architecture::Llama => BlockParams {
-                norm1_w: o("input_layernorm.weight"),
-                norm1_b: None,
-                qkv_w: o("self_attn.q_proj.weight"),
-                qkv_b: None,
-                proj_w: o("self_attn.o_proj.weight"),
-                proj_b: None,
-                norm2_w: o("post_attention_layernorm.weight"),
-                norm2_b: None,
-                fc_w: o("mlp.gate_proj.weight"),
-                fc_b: None,
-                fcproj_w: o("mlp.down_proj.weight"),
-                fcproj_b: None,
-            },
-        }
-    }
+/// The offsets of a stored layer's first weight and first bias (a group's start).
+fn offsets(p: &ParamLayout, s: &Stored) -> (usize, Option<usize>) {
+    (p.offset(s.weight()), s.bias().map(|b| p.offset(b)))
 }
 
-fn block_prefix(cfg: &ModelConfig) -> &'static str {
-    match cfg.arch {
-        Architecture::Gpt2 => "h",
-        Architecture::Llama => "layers",
+impl BlockParams {
+    /// Layer `l` of `cfg`, by its row's tensor names.
+    pub fn new(cfg: &ModelConfig, p: &ParamLayout, l: usize) -> BlockParams {
+        let n = cfg.arch.spec().block(l);
+        let (norm1_w, norm1_b) = offsets(p, &n.norm1);
+        let (qkv_w, qkv_b) = offsets(p, &n.qkv);
+        let (proj_w, proj_b) = offsets(p, &n.attn_out);
+        let (norm2_w, norm2_b) = offsets(p, &n.norm2);
+        let (fc_w, fc_b) = offsets(p, &n.fc);
+        let (fcproj_w, fcproj_b) = offsets(p, &n.fc_out);
+        BlockParams { norm1_w, norm1_b, qkv_w, qkv_b, proj_w, proj_b, norm2_w, norm2_b, fc_w, fc_b, fcproj_w, fcproj_b }
     }
 }
 
@@ -252,17 +203,16 @@ pub struct ModelParams {
 
 impl ModelParams {
     pub fn new(cfg: &ModelConfig, p: &ParamLayout) -> ModelParams {
-        let (wte, wpe, normf_w, normf_b) = match cfg.arch {
-            Architecture::Gpt2 => (
-                p.offset("wte.weight"),
-                Some(p.offset("wpe.weight")),
-                p.offset("ln_f.weight"),
-                Some(p.offset("ln_f.bias")),
-            ),
-            Architecture::Llama => (p.offset("embed_tokens.weight"), None, p.offset("norm.weight"), None),
-        };
-        let lm_head = if cfg.tied() { wte } else { p.offset("lm_head.weight") };
-        ModelParams { wte, wpe, normf_w, normf_b, lm_head }
+        let n = cfg.arch.spec().top(cfg.tied());
+        let wte = p.offset(&n.embedding);
+        let (normf_w, normf_b) = offsets(p, &n.final_norm);
+        ModelParams {
+            wte,
+            wpe: n.positions.as_deref().map(|w| p.offset(w)),
+            normf_w,
+            normf_b,
+            lm_head: n.lm_head.as_deref().map_or(wte, |h| p.offset(h)),
+        }
     }
 }
 
@@ -363,7 +313,7 @@ pub struct ActLayout {
     /// gradient partials.
     pub dres: usize,
     pub att_scratch: usize,
-    pub ln_scratch: usize,
+    pub norm_scratch: usize,
     pub bias_scratch: usize,
     /// Backward, bf16: the residual gradient's copy (N, C), a buffer of the widest product input (N, max(fc, qkv):
     /// d pre-activation, then dqkv) and a (N, C) one (dnorm outputs, d attention out).
@@ -375,7 +325,7 @@ pub struct ActLayout {
 /// Scratch sizes that depend on kernels (given by the launchers, so this file stays free of CUDA).
 #[derive(Clone, Copy, Debug)]
 pub struct ScratchSizes {
-    pub ln: usize,
+    pub norm: usize,
     pub bias: usize,
     pub attention: usize,
 }
@@ -402,7 +352,7 @@ impl ActLayout {
         let losses = take_f(n);
         let dres = take_f(n * c);
         let att_scratch = take_f(s.attention);
-        let ln_scratch = take_f(s.ln);
+        let norm_scratch = take_f(s.norm);
         let bias_scratch = take_f(s.bias);
         let half = d.t * d.hs() / 2;
         let (rope_cos, rope_sin) = if arch.rotary.is_some() { (take_f(half), take_f(half)) } else { (0, 0) };
@@ -447,7 +397,7 @@ impl ActLayout {
             logits,
             dres,
             att_scratch,
-            ln_scratch,
+            norm_scratch,
             bias_scratch,
             dres16,
             dbig,
@@ -479,8 +429,9 @@ mod tests {
         for w in spans.windows(2) {
             assert!(w[0].1 <= w[1].0, "overlap {w:?}");
         }
+        let followers = cfg.arch.spec().followers(cfg.n_layer);
         for s in &p.slots {
-            if !Arch::fused_with_previous(cfg, &s.name) {
+            if !followers.contains(&s.name) {
                 assert_eq!(s.offset % ALIGN, 0, "{} unaligned", s.name);
             }
             assert_eq!(s.decay, s.shape.len() >= 2);
@@ -539,6 +490,26 @@ mod tests {
     }
 
     #[test]
+    fn qwen2_qkv_biases_are_one_vector_for_the_bias_epilogue() {
+        let mut cfg = ModelConfig::preset("qwen2-tiny").unwrap();
+        (cfg.n_head, cfg.n_kv_head, cfg.n_embd) = (4, Some(2), 72);
+        let p = ParamLayout::for_model(&cfg);
+        check_disjoint_aligned(&p, &cfg);
+        let d = Dims::new(&cfg, 2, 8, 1 << 20);
+        for l in 0..cfg.n_layer {
+            let s = |n: &str| p.get(&format!("layers.{l}.self_attn.{n}_proj.bias")).unwrap().clone();
+            let (q, k, v) = (s("q"), s("k"), s("v"));
+            assert_eq!((k.offset, v.offset), (q.offset + q.len, k.offset + k.len));
+            assert_eq!(q.len + k.len + v.len, d.qkv(), "the epilogue reads one (NH + 2 KV) HS vector");
+            assert!(!q.decay);
+            let b = BlockParams::new(&cfg, &p, l);
+            assert_eq!((b.qkv_b, b.proj_b, b.fc_b, b.fcproj_b, b.norm1_b), (Some(q.offset), None, None, None, None));
+        }
+        let a = Arch::of(&cfg);
+        assert_eq!((a.norm, a.eps, a.rotary, a.mlp), (Norm::RmsNorm, 1e-6, Some(10_000.0), Mlp::SwiGlu));
+    }
+
+    #[test]
     fn gpt2_blocks_find_every_tensor() {
         let cfg = ModelConfig::preset("gpt2-124m").unwrap();
         let p = ParamLayout::for_model(&cfg);
@@ -547,17 +518,14 @@ mod tests {
         assert_eq!(b.fcproj_b, Some(p.offset("h.3.mlp.c_proj.bias")));
         let m = ModelParams::new(&cfg, &p);
         assert_eq!((m.lm_head, m.wpe), (m.wte, Some(p.offset("wpe.weight"))));
-        assert_eq!(
-            Arch::of(&cfg),
-            Arch { norm: Norm::LayerNorm, rotary: None, mlp: Mlp::Gelu, bias: true, tied: true }
-        );
+        assert_eq!(Arch::of(&cfg), Arch { norm: Norm::LayerNorm, eps: 1e-5, rotary: None, mlp: Mlp::Gelu });
     }
 
     #[test]
     fn activations_are_aligned_and_sized() {
         let cfg = ModelConfig::preset("gpt2-124m").unwrap();
         let d = Dims::new(&cfg, 64, 1024, 16384);
-        let a = ActLayout::new(&d, &Arch::of(&cfg), ScratchSizes { ln: 1000, bias: 3000, attention: 64 * 12 * 1024 });
+        let a = ActLayout::new(&d, &Arch::of(&cfg), ScratchSizes { norm: 1000, bias: 3000, attention: 64 * 12 * 1024 });
         for v in [&a.res, &a.res_mid, &a.ln1, &a.qkv, &a.fch] {
             assert!(v.iter().all(|o| o % ALIGN == 0));
         }
@@ -569,7 +537,7 @@ mod tests {
         let llama = ModelConfig::preset("llama-124m").unwrap();
         let dl = Dims::new(&llama, 64, 1024, 16384);
         let al =
-            ActLayout::new(&dl, &Arch::of(&llama), ScratchSizes { ln: 1000, bias: 3000, attention: 64 * 12 * 1024 });
+            ActLayout::new(&dl, &Arch::of(&llama), ScratchSizes { norm: 1000, bias: 3000, attention: 64 * 12 * 1024 });
         assert_eq!(al.bf16_total - a.bf16_total, 64 * 1024 * (4096 - 3072), "dbig holds gate | up");
         assert!(al.rope_cos > 0 && al.rope_sin > al.rope_cos);
     }

@@ -46,7 +46,7 @@ pub mod scoring;
 
 #[cfg(feature = "cuda")]
 pub use engine::DecoderEngine;
-pub use options::{AttentionBackend, EngineOptions};
+pub use options::{AttentionBackend, EngineOptions, GemmTableChoice};
 
 use crate::model::ModelConfig;
 

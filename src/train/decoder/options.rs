@@ -44,6 +44,56 @@ impl AttentionBackend {
     }
 }
 
+/// Which cuBLASLt algorithm each product of the engine runs (`[engine] gemm_table`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum GemmTableChoice {
+    /// `"auto"`: the tables tokenmill ships (`configs/gemm`, `cuda::gemm_table::SHIPPED`) that were tuned on this GPU
+    /// model with this cuBLASLt version, merged; the heuristic's first where none was (said at start).
+    #[default]
+    Auto,
+    /// `"heuristic"` (or `"none"`): cuBLASLt's heuristic's first choice for every product.
+    Heuristic,
+    /// A table from `tokenmill bench gemm-tune` (refused on another GPU or cuBLASLt).
+    File(std::path::PathBuf),
+}
+
+impl GemmTableChoice {
+    /// `auto`, `heuristic` / `none`, or a table's path.
+    pub fn parse(s: &str) -> GemmTableChoice {
+        match s.trim() {
+            "auto" => GemmTableChoice::Auto,
+            "heuristic" | "none" => GemmTableChoice::Heuristic,
+            path => GemmTableChoice::File(path.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for GemmTableChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GemmTableChoice::Auto => f.write_str("auto"),
+            GemmTableChoice::Heuristic => f.write_str("heuristic"),
+            GemmTableChoice::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl Serialize for GemmTableChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for GemmTableChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim().is_empty() {
+            return Err(serde::de::Error::custom("gemm_table: expected \"auto\", \"heuristic\" or a table's path"));
+        }
+        Ok(GemmTableChoice::parse(&s))
+    }
+}
+
 /// `[engine]`: how the decoder engine computes (the autograd engine ignores it).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -58,10 +108,9 @@ pub struct EngineOptions {
     pub bias_grad_epilogue: bool,
     /// Rows of the lm_head + classifier computed at once (bounds the logits buffer: rows x V bf16).
     pub classifier_chunk: usize,
-    /// A table of cuBLASLt algorithms per matmul shape from `tokenmill bench gemm-tune` on this GPU and cuBLASLt
-    /// version (`cuda::gemm_table`); unset: cuBLASLt's heuristic picks.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gemm_table: Option<std::path::PathBuf>,
+    /// cuBLASLt's algorithm per matmul shape: `"auto"` (the shipped tables tuned on this GPU and cuBLASLt, else
+    /// the heuristic), `"heuristic"`, or a table from `tokenmill bench gemm-tune` (`cuda::gemm_table`).
+    pub gemm_table: GemmTableChoice,
 }
 
 impl Default for EngineOptions {
@@ -71,7 +120,7 @@ impl Default for EngineOptions {
             gelu_fusion: true,
             bias_grad_epilogue: false,
             classifier_chunk: 16384,
-            gemm_table: None,
+            gemm_table: GemmTableChoice::Auto,
         }
     }
 }
@@ -87,7 +136,7 @@ pub struct BadOverride {
 
 impl EngineOptions {
     /// These options with `TOKENMILL_ATTENTION=auto|native|cudnn`, `TOKENMILL_GELU_FUSION=0|1`, `TOKENMILL_BGRADB=0|1`,
-    /// `TOKENMILL_CLASSIFIER_CHUNK=ROWS` and `TOKENMILL_GEMM_TABLE=FILE` applied where set, and the name of each one
+    /// `TOKENMILL_CLASSIFIER_CHUNK=ROWS` and `TOKENMILL_GEMM_TABLE=auto|heuristic|FILE` applied where set, and the name of each one
     /// applied.
     pub fn with_env_overrides(self) -> Result<(EngineOptions, Vec<String>), BadOverride> {
         self.with_overrides(|var| std::env::var(var).ok().filter(|v| !v.trim().is_empty()))
@@ -129,7 +178,7 @@ impl EngineOptions {
             applied.push(format!("TOKENMILL_CLASSIFIER_CHUNK={v}"));
         }
         if let Some(v) = get("TOKENMILL_GEMM_TABLE") {
-            self.gemm_table = Some(v.trim().into());
+            self.gemm_table = GemmTableChoice::parse(&v);
             applied.push(format!("TOKENMILL_GEMM_TABLE={v}"));
         }
         Ok((self, applied))
@@ -137,16 +186,13 @@ impl EngineOptions {
 
     /// A one-line summary for the run's start.
     pub fn describe(&self) -> String {
-        let table = match &self.gemm_table {
-            Some(p) => format!("gemm_table {}", p.display()),
-            None => "cuBLASLt heuristic".to_string(),
-        };
         format!(
-            "attention {:?}, gelu_fusion {}, bias_grad_epilogue {}, classifier_chunk {}, {table}",
+            "attention {:?}, gelu_fusion {}, bias_grad_epilogue {}, classifier_chunk {}, gemm_table {}",
             self.attention.resolved(),
             self.gelu_fusion,
             self.bias_grad_epilogue,
-            self.classifier_chunk
+            self.classifier_chunk,
+            self.gemm_table
         )
     }
 }
@@ -179,7 +225,7 @@ mod tests {
             ]))
             .unwrap();
         assert_eq!((o.attention, o.classifier_chunk, o.gelu_fusion), (AttentionBackend::Native, 4096, true));
-        assert_eq!(o.gemm_table.as_deref(), Some(std::path::Path::new("h100.toml")));
+        assert_eq!(o.gemm_table, GemmTableChoice::File("h100.toml".into()));
         assert_eq!(
             applied,
             ["TOKENMILL_ATTENTION=native", "TOKENMILL_CLASSIFIER_CHUNK=4096", "TOKENMILL_GEMM_TABLE=h100.toml"]
@@ -188,7 +234,21 @@ mod tests {
         assert!(err.to_string().contains("TOKENMILL_BGRADB") && err.to_string().contains("0 or 1"), "{err}");
         let toml: EngineOptions =
             toml::from_str("attention = \"cudnn\"\nclassifier_chunk = 8192\ngemm_table = \"t.toml\"").unwrap();
-        assert_eq!(toml.gemm_table.as_deref(), Some(std::path::Path::new("t.toml")));
+        assert_eq!(toml.gemm_table, GemmTableChoice::File("t.toml".into()));
+        // The shipped tables by default; the heuristic or a file when named; what was chosen reads back.
+        assert_eq!(EngineOptions::default().gemm_table, GemmTableChoice::Auto);
+        for (text, want) in [
+            ("auto", GemmTableChoice::Auto),
+            ("heuristic", GemmTableChoice::Heuristic),
+            ("none", GemmTableChoice::Heuristic),
+            ("configs/gemm/x.toml", GemmTableChoice::File("configs/gemm/x.toml".into())),
+        ] {
+            let o: EngineOptions = toml::from_str(&format!("gemm_table = {text:?}")).unwrap();
+            assert_eq!(o.gemm_table, want, "{text}");
+            let back: EngineOptions = toml::from_str(&toml::to_string(&o).unwrap()).unwrap();
+            assert_eq!(back, o);
+        }
+        assert!(toml::from_str::<EngineOptions>("gemm_table = \"\"").is_err());
         assert_eq!((toml.attention, toml.classifier_chunk, toml.gelu_fusion), (AttentionBackend::Cudnn, 8192, true));
         assert!(toml::from_str::<EngineOptions>("fusion = true").is_err(), "unknown keys are refused");
     }

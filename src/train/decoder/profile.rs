@@ -1,4 +1,4 @@
-//! Per-kernel timing of the GPT-2 engine with CUDA events, for docs/PERF.md's breakdown of a micro-step: with
+//! Per-kernel timing of the decoder engine with CUDA events, for docs/PERF.md's breakdown of a micro-step: with
 //! `TOKENMILL_ENGINE_PROFILE=1` the engine records an event after every kernel (the region between two marks is the
 //! kernel the second mark names), sums the regions per label at the end of every micro-step and optimizer step,
 //! and prints the table when it is dropped. Off (the default), a mark is one branch.
