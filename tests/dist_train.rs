@@ -200,6 +200,7 @@ fn val_loss_and_hellaswag_are_split_and_reduced() {
         },
         out_dir: dir.path().join("hs"),
         limit: None,
+        tokenizer: None,
         overwrite: false,
     })
     .unwrap();

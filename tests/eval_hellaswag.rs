@@ -27,8 +27,8 @@ fn real_examples(n: usize, dir: &Path) -> Vec<Example> {
         .map(|(index, t)| Example {
             index,
             label: t[1].parse().unwrap(),
-            context: tok.encode(t[0]),
-            endings: [2, 3, 4, 5].map(|i| tok.encode(&format!(" {}", t[i]))),
+            context: tok.encode(t[0]).unwrap(),
+            endings: [2, 3, 4, 5].map(|i| tok.encode(&format!(" {}", t[i])).unwrap()),
         })
         .collect();
     let path = dir.join("hellaswag_val.bin");

@@ -11,13 +11,8 @@
 //! The index names its files as shared/data does (`fineweb_legal_pilot/batch_0000NN.parquet`,
 //! `tinyshakespeare_input.txt`); [`data_file`] finds them in the repo.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use arrow::array::AsArray;
-use arrow::datatypes::DataType;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ProjectionMask;
 use rayon::prelude::*;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -111,23 +106,8 @@ fn load_ids(index: &Index) -> Vec<u32> {
     bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as u32).collect()
 }
 
-/// The `text` column of a parquet file, in row order.
 fn read_texts(path: &Path) -> Vec<String> {
-    let file = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mask = ProjectionMask::columns(builder.parquet_schema(), ["text"]);
-    let reader = builder.with_projection(mask).build().unwrap();
-    let mut texts = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let column = arrow::compute::cast(batch.column(0), &DataType::Utf8).unwrap();
-        let strings = column.as_string::<i32>();
-        for (i, text) in strings.iter().enumerate() {
-            let text = text.unwrap_or_else(|| panic!("{}: row {} has a null text", path.display(), texts.len() + i));
-            texts.push(text.to_string());
-        }
-    }
-    texts
+    common::read_parquet_texts(path)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -140,7 +120,7 @@ fn layout_u16le(tok: &Tokenizer, docs: &[String]) -> Vec<u8> {
         .par_iter()
         .map(|text| {
             let mut ids = Vec::new();
-            tok.encode_document_into(text, &mut ids);
+            tok.encode_document_into(text, &mut ids).unwrap();
             ids.iter().flat_map(|&id| u16::try_from(id).expect("GPT-2 ids fit in u16").to_le_bytes()).collect()
         })
         .collect();
@@ -178,7 +158,7 @@ fn golden_cases_match_tiktoken() {
         let text = case_text(&case.source);
         assert_eq!(sha256_hex(text.as_bytes()), case.text_sha256, "{}: the source text changed", case.name);
         let expected = &ids[case.offset..case.offset + case.count];
-        let got = tok.encode(&text);
+        let got = tok.encode(&text).unwrap();
         if got != expected {
             let at = got.iter().zip(expected).position(|(a, b)| a != b).unwrap_or(got.len().min(expected.len()));
             let window = |v: &[u32]| v[at.saturating_sub(3)..(at + 3).min(v.len())].to_vec();

@@ -511,7 +511,10 @@ mod cuda {
             for (n, t) in &won {
                 assert_eq!(host(t), host(&woff[n]), "{:?}: {n} after 3 steps", cfg.arch);
             }
-            println!("{:?}: bias gradients on the side stream = on the main stream, bit for bit over 3 steps", cfg.arch);
+            println!(
+                "{:?}: bias gradients on the side stream = on the main stream, bit for bit over 3 steps",
+                cfg.arch
+            );
         }
     }
 

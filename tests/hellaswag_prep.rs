@@ -28,6 +28,7 @@ fn config(paths: Vec<PathBuf>, out_dir: &Path) -> PrepConfig {
         input: Input::Files { paths, format: None },
         out_dir: out_dir.to_path_buf(),
         limit: None,
+        tokenizer: None,
         overwrite: false,
     }
 }
@@ -49,7 +50,7 @@ fn pipeline_file_parses_with_hub_defaults() {
     for p in [&on_disk, &builtin] {
         assert_eq!(p.source.repo, "Rowan/hellaswag");
         assert_eq!(p.source.locations[0].revision, "main");
-        assert_eq!(p.tokenizer, TokenizerKind::Gpt2);
+        assert_eq!(p.tokenizer, TokenizerKind::Gpt2.into());
         assert_eq!(p.columns.context, "ctx");
         assert_eq!(p.output.dir, Path::new("shards/hellaswag"));
         assert_eq!(p.output.file, "hellaswag_val.bin");
@@ -57,7 +58,7 @@ fn pipeline_file_parses_with_hub_defaults() {
     // A 32-bit vocabulary cannot be stored in the u16 eval file: refused when the pipeline is loaded.
     let text = hellaswag::BUILTIN_PIPELINE.replace("tokenizer = \"gpt2\"", "tokenizer = \"cl100k_base\"");
     let err = HellaswagPipeline::from_toml_str(&text, "t.toml").unwrap_err();
-    assert!(matches!(err, HellaswagPrepError::Tokenizer(TokenizerKind::Cl100kBase)), "{err}");
+    assert!(matches!(err, HellaswagPrepError::Tokenizer(ref t) if t == "cl100k_base"), "{err}");
 }
 
 #[test]
@@ -74,13 +75,13 @@ fn jsonl_fixture_parses_in_original_schema() {
 fn task0_tokens_and_mask_follow_build_nanogpt() {
     let tasks = fixture_tasks();
     let tok = Tokenizer::gpt2();
-    let ex = hellaswag::tokenize_task(&tasks[0], 0, &tok);
+    let ex = hellaswag::tokenize_task(&tasks[0], 0, &tok).unwrap();
 
-    assert_eq!(ex.context, tok.encode("A man is sitting on a roof. he"));
+    assert_eq!(ex.context, tok.encode("A man is sitting on a roof. he").unwrap());
     // GPT-2 BPE ids of the context (tiktoken `gpt2`): "A", " man", " is", " sitting", " on", " a", " roof", ".", " he".
     assert_eq!(ex.context, vec![32, 582, 318, 5586, 319, 257, 9753, 13, 339]);
     for (i, ending) in tasks[0].endings.iter().enumerate() {
-        assert_eq!(ex.endings[i], tok.encode(&format!(" {ending}")), "ending {i}");
+        assert_eq!(ex.endings[i], tok.encode(&format!(" {ending}")).unwrap(), "ending {i}");
     }
     // The leading space matters: " is" (318) starts every ending here, not "is" (271).
     assert!(ex.endings.iter().take(3).all(|e| e[0] == 318));
@@ -110,7 +111,7 @@ fn file_round_trip_and_header_fields() {
     assert_eq!(summary.examples, 5);
     assert_eq!(summary.label_counts, [0, 1, 2, 2]);
 
-    let expected = hellaswag::tokenize_tasks(&fixture_tasks(), &Tokenizer::gpt2());
+    let expected = hellaswag::tokenize_tasks(&fixture_tasks(), &Tokenizer::gpt2()).unwrap();
     let file = HellaswagFile::open(&summary.path).unwrap();
     assert_eq!(file.examples(), &expected[..]);
     assert_eq!(file.label_counts(), [0, 1, 2, 2]);
@@ -173,7 +174,7 @@ fn full_llamacpp_validation_set_parses_and_round_trips() {
     assert_eq!(file.label_counts(), [2515, 2485, 2584, 2458]);
     assert_eq!(
         file.examples()[0].context,
-        Tokenizer::gpt2().encode("Roof shingle removal: A man is sitting on a roof. he")
+        Tokenizer::gpt2().encode("Roof shingle removal: A man is sitting on a roof. he").unwrap()
     );
     assert_eq!(file.examples()[10_041].index, 10_041);
     // Every example fits GPT-2's 1024-token context, so a 124M model scores all of them untruncated.
@@ -306,7 +307,7 @@ fn malformed_jsonl_names_file_and_line() {
 
 #[test]
 fn corrupt_eval_files_are_rejected_with_the_rebuild_command() {
-    let examples = hellaswag::tokenize_tasks(&fixture_tasks(), &Tokenizer::gpt2());
+    let examples = hellaswag::tokenize_tasks(&fixture_tasks(), &Tokenizer::gpt2()).unwrap();
     let good = hellaswag_file::encode(&examples).unwrap();
     let path = Path::new("hellaswag_val.bin");
     let open = |bytes: &[u8]| HellaswagFile::from_bytes(bytes, path).unwrap_err();

@@ -24,6 +24,11 @@ const DATASET: &str = "HuggingFaceFW/fineweb";
 const MODEL: &str = "openai-community/gpt2";
 const COMMIT: &str = "0f3c1a6e9d2b4c8f7a5e3d1b9c7a5f3e1d2c4b6a";
 const MODEL_COMMIT: &str = "607a30d783dfa663caf39e06633721c8d4cfcd7e";
+/// Model repos holding only tokenizer files: the SentencePiece-style fixture (with its tokenizer_config.json) and the
+/// byte-level BPE one (without).
+const SPM_MODEL: &str = "tokenmill-test/spm-tokenizer";
+const BPE_MODEL: &str = "tokenmill-test/bpe-tokenizer";
+const TOKENIZER_COMMIT: &str = "1b2c3d4e5f60718293a4b5c6d7e8f90112233445";
 /// A sharded Llama (tests/fixtures/hf/llama_gqa_untied: config.json, the index and three shards).
 const SHARDED: &str = "tokenmill-test/llama-sharded";
 const SHARDED_COMMIT: &str = "5a1b2c3d4e5f60718293a4b5c6d7e8f901234567";
@@ -75,6 +80,16 @@ fn gpt2_repo() -> Vec<ServedFile> {
     let config = br#"{"n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12, "vocab_size": 50257}"#.to_vec();
     // A real binary payload for the LFS path: one of the parquet files stands in for the weights.
     vec![served("config.json", config, false), served("model.safetensors", parquet_files()[0].1.to_vec(), true)]
+}
+
+/// A tokenizer fixture's files as a model repo serves them (tokenizer.json is LFS on the hub for large vocabularies).
+fn tokenizer_repo(fixture: &str) -> Vec<ServedFile> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_tokenizers").join(fixture);
+    ["tokenizer.json", "tokenizer_config.json"]
+        .into_iter()
+        .filter(|f| dir.join(f).is_file())
+        .map(|f| served(f, std::fs::read(dir.join(f)).unwrap(), f == "tokenizer.json"))
+        .collect()
 }
 
 fn sharded_llama_repo() -> Vec<ServedFile> {
@@ -137,6 +152,12 @@ impl HubServer {
         let mut repos = HashMap::new();
         repos.insert(("datasets".to_string(), DATASET.to_string()), (COMMIT.to_string(), fineweb_repo()));
         repos.insert(("models".to_string(), MODEL.to_string()), (MODEL_COMMIT.to_string(), gpt2_repo()));
+        for (repo, fixture) in [(SPM_MODEL, "spm"), (BPE_MODEL, "bpe")] {
+            repos.insert(
+                ("models".to_string(), repo.to_string()),
+                (TOKENIZER_COMMIT.to_string(), tokenizer_repo(fixture)),
+            );
+        }
         repos.insert(("models".to_string(), SHARDED.to_string()), (SHARDED_COMMIT.to_string(), sharded_llama_repo()));
         let shared = Arc::new(Shared {
             repos,
@@ -670,6 +691,32 @@ fn model_files_download_verify_and_work_offline_afterwards() {
     // The hub being unreachable falls back to the cache the same way.
     let hub = client_for(&endpoint, cache.path(), 0, false);
     assert_eq!(hub.download_model_file(MODEL, "model.safetensors").unwrap(), weights);
+}
+
+#[test]
+fn a_tokenizer_from_hf_repo_is_the_repos_files_and_loads_offline_from_the_cache() {
+    use tokenmill::tokenizer::TokenizerSource;
+    let server = HubServer::start(Faults::default());
+    let cache = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_tokenizers");
+    let load = |repo: &str, offline: bool| {
+        let hub = client_for(server.endpoint(), cache.path(), 0, offline);
+        format!("hf:{repo}").parse::<TokenizerSource>().unwrap().load_with(|| Ok(hub)).unwrap()
+    };
+    for (repo, fixture, has_config) in [(SPM_MODEL, "spm", true), (BPE_MODEL, "bpe", false)] {
+        let local = TokenizerSource::Path(fixtures.join(fixture)).load().unwrap().info();
+        let online = load(repo, false).info();
+        assert!(online.same_as(&local), "{repo}: {online:?}");
+        let hf = online.hf.as_ref().unwrap();
+        assert_eq!((hf.source.as_str(), hf.config_file.is_some()), (format!("hf:{repo}").as_str(), has_config));
+        // Offline, from the cache alone (a repo without tokenizer_config.json stays without one).
+        let offline = load(repo, true).info();
+        assert_eq!(offline, online, "{repo}");
+    }
+    // A repo without tokenizer.json is named with what it has.
+    let hub = client(&server, cache.path(), 0);
+    let err = TokenizerSource::Hub(MODEL.into()).load_with(|| Ok(hub)).unwrap_err().to_string();
+    assert!(err.contains("tokenizer.json") && err.contains("config.json, model.safetensors"), "{err}");
 }
 
 /// `train --init hf:REPO`'s files: a sharded model (no model.safetensors) is found through its index, every shard

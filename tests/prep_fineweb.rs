@@ -20,20 +20,7 @@ fn parquet_dir() -> PathBuf {
 }
 
 fn opts(input: Input, out: &Path, shard_size: u64) -> PrepOptions {
-    PrepOptions {
-        input,
-        text_column: "text".into(),
-        out: out.to_path_buf(),
-        dataset: "edufineweb".into(),
-        tokenizer: TokenizerKind::Gpt2,
-        shard_size,
-        val_shards: 1,
-        max_shards: None,
-        threads: 2,
-        progress: false,
-        overwrite: false,
-        worker: None,
-    }
+    common::prep_options(input, out, "edufineweb", TokenizerKind::Gpt2.into(), shard_size)
 }
 
 fn local(paths: &[PathBuf]) -> Input {
@@ -81,7 +68,7 @@ fn manifest_describes_the_shards_and_tokens_follow_fineweb_py() {
     // The first document, re-encoded on its own, is the stream's prefix.
     let first_doc_end = stream[1..].iter().position(|&t| t == 50256).unwrap() + 1;
     let text = Tokenizer::gpt2().decode(&stream[1..first_doc_end]);
-    assert_eq!(Tokenizer::gpt2().encode(&text), stream[1..first_doc_end].to_vec());
+    assert_eq!(Tokenizer::gpt2().encode(&text).unwrap(), stream[1..first_doc_end].to_vec());
 }
 
 /// xxh3 through the crate's writer helper (the test must not trust the manifest's own numbers blindly).
@@ -238,7 +225,7 @@ fn jsonl_and_text_inputs_and_32_bit_tokenizers() {
     let t = Tokenizer::gpt2();
     let mut expected = Vec::new();
     for d in ["Hello world", "Second <|endoftext|> doc", "Shall I compare thee to a summer's day?\n"] {
-        t.encode_document_into(d, &mut expected);
+        t.encode_document_into(d, &mut expected).unwrap();
     }
     assert_eq!(toks, expected, "special-token text is encoded as plain text, EOT before each document");
 
@@ -249,7 +236,7 @@ fn jsonl_and_text_inputs_and_32_bit_tokenizers() {
     std::fs::write(&long, "Shall I compare thee to a summer's day?\n".repeat(200)).unwrap();
     o.input = local(&[jsonl.clone(), long]);
     o.out = out32.path().to_path_buf();
-    o.tokenizer = TokenizerKind::Cl100kBase;
+    o.tokenizer = TokenizerKind::Cl100kBase.into();
     o.shard_size = 1024;
     o.val_shards = 1;
     fineweb::prep(&o).unwrap();
@@ -451,7 +438,7 @@ fn empty_text_files_and_readmes_are_not_documents_and_short_runs_report_real_rat
     let m = Manifest::load(out.path()).unwrap();
     let (_, toks) = read_shard(&out.path().join(&m.shards[0].file)).unwrap();
     let mut expected = Vec::new();
-    Tokenizer::gpt2().encode_document_into("Shall I compare thee to a summer's day?\n", &mut expected);
+    Tokenizer::gpt2().encode_document_into("Shall I compare thee to a summer's day?\n", &mut expected).unwrap();
     assert_eq!(toks, expected, "one document: no EOT for the empty file, nothing from README.md");
     assert_eq!(m.definition.unwrap().inputs.len(), 2);
 

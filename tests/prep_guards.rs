@@ -87,7 +87,7 @@ fn a_second_prep_on_an_out_being_written_is_refused() {
     let (writer, _, _) = ShardWriter::open(WriterConfig {
         dir: out.clone(),
         dataset: "poem".into(),
-        tokenizer: TokenizerKind::Gpt2,
+        tokenizer: TokenizerKind::Gpt2.into(),
         shard_size: 1024,
         val_shards: 1,
         max_shards: None,
@@ -122,7 +122,7 @@ fn a_null_text_is_refused_like_any_other_non_string_naming_the_line() {
             text_column: "text".into(),
             out: tmp.path().join(format!("out-{name}")),
             dataset: "t".into(),
-            tokenizer: TokenizerKind::Gpt2,
+            tokenizer: TokenizerKind::Gpt2.into(),
             shard_size: 1024,
             val_shards: 0,
             max_shards: None,

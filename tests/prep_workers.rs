@@ -16,6 +16,7 @@ use tokenmill::tokenizer::TokenizerKind;
 
 #[path = "common/mod.rs"]
 mod common;
+use common::shard_files as shards;
 
 const SHARD: u64 = 50_000;
 
@@ -35,7 +36,7 @@ fn one_box_options(out: &Path, tokenizer: TokenizerKind, max_shards: Option<usiz
         text_column: "text".into(),
         out: out.to_path_buf(),
         dataset: "edufineweb".into(),
-        tokenizer,
+        tokenizer: tokenizer.into(),
         shard_size: SHARD,
         val_shards: 1,
         max_shards,
@@ -101,18 +102,6 @@ fn run_workers(out: &Path, n: usize, extra: &[&str]) {
 fn merge(out: &Path, args: &[&str]) -> (bool, String) {
     let o = tokenmill().args(["prep", "merge", "--no-progress"]).arg(out).args(args).output().unwrap();
     (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
-}
-
-/// Shard files (`*.bin` directly in `dir`) by name.
-fn shards(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "bin"))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
-        .collect();
-    v.sort();
-    v
 }
 
 /// The merged directory is the one-box dataset: same shard files, and the same manifest but for the provenance.

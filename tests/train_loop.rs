@@ -13,6 +13,9 @@ use tokenmill::train::checkpoint;
 use tokenmill::train::log::{Event, StepStats};
 use tokenmill::train::{Resume, TrainConfig, Trainer, TrainerOptions};
 
+#[path = "common/mod.rs"]
+mod common;
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -23,7 +26,7 @@ fn shakespeare_tokens() -> &'static [u32] {
     TOKENS.get_or_init(|| {
         let text = std::fs::read_to_string(repo().join("data/tinyshakespeare.txt")).expect("data/tinyshakespeare.txt");
         let mut out = Vec::new();
-        Tokenizer::gpt2().encode_document_into(&text, &mut out);
+        Tokenizer::gpt2().encode_document_into(&text, &mut out).unwrap();
         out
     })
 }
@@ -239,15 +242,7 @@ fn resume_continues_bit_for_bit() {
     history.extend_from_slice(second.history());
 
     // Same losses, learning rates, norms, val losses and samples, step for step.
-    let strip = |h: &[Event]| -> Vec<Event> {
-        h.iter()
-            .map(|e| match e {
-                Event::Train(s) => Event::Train(StepStats { ms: 0.0, tokens_per_s: 0.0, ..*s }),
-                other => other.clone(),
-            })
-            .collect()
-    };
-    assert_eq!(strip(&history), strip(straight.history()));
+    assert_eq!(common::without_timings(&history), common::without_timings(straight.history()));
     assert!(history.iter().any(|e| matches!(e, Event::Sample { step: 9, .. })));
 
     // The final checkpoints are byte-identical (weights and AdamW moments), states equal but for the paths.

@@ -72,13 +72,9 @@ fn hellaswag(a: HellaswagArgs) -> anyhow::Result<()> {
     let spec = super::model_arg(&a.model)?;
     let model =
         crate::model::load_model(&spec, precision, &device).with_context(|| format!("loading --model {}", a.model))?;
-    // A tokenmill checkpoint says which tokenizer its data had; any model says how many token ids it knows.
-    let ckpt = std::path::Path::new(&spec);
-    let recorded = match ckpt.join(crate::train::checkpoint::STATE_FILE).is_file() {
-        true => crate::train::checkpoint::load_state(ckpt)?.data.and_then(|d| d.tokenizer),
-        false => None,
-    };
-    file.check_tokenizer(&a.model, model.config().real_vocab_size, recorded)?;
+    // A tokenmill checkpoint (or HF folder) says which tokenizer its data had; any model how many token ids it knows.
+    let recorded = super::sample::recorded_tokenizer(&spec)?.map(|t| t.id());
+    file.check_tokenizer(&a.model, model.config().real_vocab_size, recorded.as_ref())?;
     let block = model.config().block_size;
     if file.max_row_len() > block {
         eprintln!(

@@ -26,7 +26,8 @@ const STAGED: &str = "export";
 #[derive(clap::Subcommand, Debug)]
 pub enum ExportCommand {
     /// Write a Hugging Face folder (GPT2LMHeadModel, LlamaForCausalLM or Qwen2ForCausalLM: config.json +
-    /// model.safetensors, and GPT-2's tokenizer files for a GPT-2 vocabulary) from a checkpoint.
+    /// model.safetensors) from a checkpoint, with the tokenizer files of its data: a Hugging Face tokenizer's
+    /// tokenizer.json and tokenizer_config.json, or GPT-2's for a GPT-2 vocabulary.
     Hf {
         /// A tokenmill checkpoint directory (or weights file, or HF folder).
         checkpoint: PathBuf,
@@ -50,8 +51,20 @@ pub fn run(c: ExportCommand) -> anyhow::Result<()> {
             let model = load_model(spec, Precision::FP32, &candle_core::Device::Cpu)
                 .with_context(|| format!("loading {}", checkpoint.display()))?;
             let (cfg, params) = (model.config().clone(), model.num_parameters());
-            export_staged(model, &dir)?;
-            if cfg.real_vocab_size == crate::tokenizer::TokenizerKind::Gpt2.vocab_size() as usize {
+            // The model's own tokenizer, the one its data was prepared with (kept in every checkpoint), written into
+            // the staging folder with the weights.
+            let hf_tokenizer = super::sample::recorded_tokenizer(spec)?.filter(|t| t.hf().is_some());
+            let tokenizer_files: Vec<(String, Vec<u8>)> = match hf_tokenizer.as_ref().and_then(|t| t.hf()) {
+                Some(hf) => hf.export_files(cfg.block_size).into_iter().map(|(n, b)| (n.to_string(), b)).collect(),
+                None => Vec::new(),
+            };
+            export_staged(model, tokenizer_files, &dir)?;
+            if let Some(t) = &hf_tokenizer {
+                println!(
+                    "tokenizer: the model's tokenizer.json ({}) and tokenizer_config.json (AutoTokenizer loads them)",
+                    t.id()
+                );
+            } else if cfg.real_vocab_size == crate::tokenizer::TokenizerKind::Gpt2.vocab_size() as usize {
                 println!(
                     "tokenizer: GPT-2's vocab.json, merges.txt and tokenizer_config.json (AutoTokenizer loads them)"
                 );
@@ -141,7 +154,11 @@ fn remove_stale_staging(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 
 /// Export `model` into a marked staging folder on a worker thread, then rename it to `dir`. A failure or a stop
 /// signal (SIGTERM, SIGINT) removes the staging folder; a signal then ends the command with 128 + its number.
-fn export_staged(model: Box<dyn crate::model::LanguageModel>, dir: &Path) -> anyhow::Result<()> {
+fn export_staged(
+    model: Box<dyn crate::model::LanguageModel>,
+    extra_files: Vec<(String, Vec<u8>)>,
+    dir: &Path,
+) -> anyhow::Result<()> {
     let staging = staging_dir(dir, std::process::id());
     if staging.exists() {
         // This pid's own, from a process that had it before: an export's only if marked.
@@ -159,7 +176,14 @@ fn export_staged(model: Box<dyn crate::model::LanguageModel>, dir: &Path) -> any
             .map_err(crate::util::io_at(&staging))?;
         stop.on_signals().context("installing the SIGTERM / SIGINT handlers")?;
         let target = staging.join(STAGED);
-        let worker = std::thread::spawn(move || export_hf(model.as_ref(), &target));
+        let worker = std::thread::spawn(move || -> anyhow::Result<()> {
+            export_hf(model.as_ref(), &target)?;
+            for (name, bytes) in extra_files {
+                let path = target.join(&name);
+                crate::util::write_atomic(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        });
         while !worker.is_finished() {
             if stop.raised() {
                 return Err(crate::cli::Interrupted {
@@ -205,7 +229,7 @@ mod tests {
         std::fs::write(dir.join("theirs.txt"), "there first").unwrap();
         let cfg = crate::model::ModelConfig::preset("tiny").unwrap();
         let model = crate::model::build_model(&cfg, Precision::FP32, &candle_core::Device::Cpu, 1).unwrap();
-        let err = export_staged(model, &dir).unwrap_err().to_string();
+        let err = export_staged(model, Vec::new(), &dir).unwrap_err().to_string();
         assert!(err.contains("could not put the export in place"), "{err}");
         assert_eq!(output::entries(tmp.path(), &[]).unwrap(), ["hf"], "no staging folder left");
         assert_eq!(output::entries(&dir, &[]).unwrap(), ["theirs.txt"], "the winner's folder is untouched");

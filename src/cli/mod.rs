@@ -159,7 +159,7 @@ mod tests {
         assert_eq!((a.nproc_per_node, a.master_port), (2, 29501));
         let cli = super::Cli::try_parse_from(["tokenmill", "train", "--seed", "5"]).unwrap();
         let super::Command::Train(a) = cli.command else { panic!("not train") };
-        assert!(a.overrides().contains(&"run.seed=5".to_string()));
+        assert!(a.overrides().unwrap().contains(&"run.seed=5".to_string()));
     }
 
     #[test]

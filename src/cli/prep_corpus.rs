@@ -6,6 +6,7 @@
 //! ```text
 //! tokenmill prep corpus --input data/tinyshakespeare.txt                 # -> shards/tinyshakespeare/
 //! tokenmill prep corpus --input my_jsonl_dir/ --name mycorpus --tokenizer cl100k_base
+//! tokenmill prep corpus --input my_jsonl_dir/ --tokenizer hf:HuggingFaceTB/SmolLM2-135M   # the model's own
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -62,7 +63,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<PrepOptions> {
         text_column: a.text_column.clone().unwrap_or_else(|| "text".into()),
         out: a.out.clone().unwrap_or_else(|| Path::new("shards").join(&name)),
         dataset: name,
-        tokenizer: a.tokenizer.unwrap_or(TokenizerKind::Gpt2),
+        tokenizer: a.load_tokenizer(TokenizerKind::Gpt2.into())?,
         shard_size,
         val_shards: a.val_shards.unwrap_or(1),
         max_shards: a.shards,

@@ -8,7 +8,7 @@ use anyhow::Context;
 use crate::pipelines::fineweb::{self, Input, PrepOptions, PrepReport};
 use crate::pipelines::spec::PipelineSpec;
 use crate::pipelines::workers::WorkerId;
-use crate::tokenizer::TokenizerKind;
+use crate::tokenizer::{Tokenizer, TokenizerSource};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -39,9 +39,11 @@ pub struct ShardArgs {
     /// Column (parquet) or field (jsonl) holding the document text.
     #[arg(long)]
     pub text_column: Option<String>,
-    /// gpt2 (u16 shards), cl100k_base or o200k_base (u32 shards).
-    #[arg(long)]
-    pub tokenizer: Option<TokenizerKind>,
+    /// gpt2 (u16 shards), cl100k_base or o200k_base (u32 shards), or a model's own: a tokenizer.json (or a folder
+    /// holding one, with its tokenizer_config.json), or hf:OWNER/NAME from the hub. Shards are u16 when its vocabulary
+    /// fits, else u32; its files are copied beside them.
+    #[arg(long, value_name = "NAME|PATH|hf:REPO")]
+    pub tokenizer: Option<TokenizerSource>,
     /// Tokens per shard.
     #[arg(long)]
     pub shard_size: Option<u64>,
@@ -75,6 +77,12 @@ pub struct ShardArgs {
 }
 
 impl ShardArgs {
+    /// `--tokenizer`, else `default`, loaded.
+    pub fn load_tokenizer(&self, default: TokenizerSource) -> anyhow::Result<Tokenizer> {
+        let source = self.tokenizer.clone().unwrap_or(default);
+        source.load().with_context(|| format!("loading the tokenizer {source}"))
+    }
+
     /// The worker this process is: `--worker`, else the scheduler's environment (see `WorkerId::resolve`).
     pub fn worker(&self) -> anyhow::Result<Option<WorkerId>> {
         WorkerId::resolve(self.worker, self.workers, |k| std::env::var(k).ok()).map_err(anyhow::Error::msg)
@@ -112,7 +120,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<PrepOptions> {
         text_column: a.text_column.clone().unwrap_or(spec.source.text_column),
         out: a.out.clone().unwrap_or(spec.shards.out),
         dataset: args.dataset.clone().unwrap_or(spec.dataset.name),
-        tokenizer: a.tokenizer.unwrap_or(spec.tokenize.tokenizer),
+        tokenizer: a.load_tokenizer(spec.tokenize.tokenizer)?,
         shard_size: a.shard_size.unwrap_or(spec.shards.shard_size),
         val_shards: a.val_shards.unwrap_or(spec.shards.val_shards),
         max_shards: a.shards,
@@ -140,7 +148,7 @@ pub fn prep_and_report(opts: &PrepOptions) -> anyhow::Result<()> {
     eprintln!(
         "prep: {worker}{source} -> {} ({} tokenizer, {} tokens/shard, {} val shard(s){})",
         opts.out.display(),
-        opts.tokenizer,
+        opts.tokenizer.describe(),
         opts.shard_size,
         opts.val_shards,
         opts.max_shards.map(|n| format!(", stop after {n} shards")).unwrap_or_default()

@@ -5,11 +5,13 @@
 //! tokenmill prep hellaswag                                   # Rowan/hellaswag validation from the hub
 //! tokenmill prep hellaswag --input hellaswag_val.jsonl       # rowanz's original file
 //! tokenmill prep hellaswag --input ../shared/data/hellaswag_val_full.txt --out /tmp/hs
+//! tokenmill prep hellaswag --tokenizer shards/mycorpus/tokenizer.json --out shards/hellaswag-smollm2
 //! ```
 
 use std::path::PathBuf;
 
 use crate::pipelines::hellaswag::{self, HellaswagPipeline, HubLocation, Input, PrepConfig, SourceFormat};
+use crate::tokenizer::TokenizerSource;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -38,6 +40,10 @@ pub struct Args {
     /// Keep only the first N tasks (smoke runs).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// The model's tokenizer instead of the pipeline's gpt2: a tokenizer.json (e.g. the copy in the shard directory
+    /// the model trains on), a folder holding one, or hf:OWNER/NAME; at most 65535 ids (the file is u16).
+    #[arg(long, value_name = "PATH|hf:REPO")]
+    pub tokenizer: Option<TokenizerSource>,
     /// Replace an eval file already in --out that differs from this run's (without it, such a file is refused).
     #[arg(long)]
     pub overwrite: bool,
@@ -77,5 +83,5 @@ fn resolve(args: Args) -> anyhow::Result<PrepConfig> {
     let input =
         if args.inputs.is_empty() { Input::Hub } else { Input::Files { paths: args.inputs, format: args.format } };
     let out_dir = args.out.unwrap_or_else(|| pipeline.output.dir.clone());
-    Ok(PrepConfig { pipeline, input, out_dir, limit: args.limit, overwrite: args.overwrite })
+    Ok(PrepConfig { pipeline, input, out_dir, limit: args.limit, tokenizer: args.tokenizer, overwrite: args.overwrite })
 }

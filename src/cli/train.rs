@@ -7,6 +7,7 @@
 //! tokenmill train --data shards/tinyshakespeare --log-dir log/tiny --resume          # latest checkpoint
 //! tokenmill train --resume log/tiny/checkpoints/step_000200 --set eval.val_every=50
 //! tokenmill train --config configs/tiny-cpu.toml --data shards/tinyshakespeare --save-init   # + step_000000
+//! tokenmill train --config configs/tiny-cpu.toml --data shards/mine:0.7,shards/edu:0.3       # a mixture
 //! tokenmill train --init hf:HuggingFaceTB/SmolLM2-135M --data shards/corpus --config configs/smol.toml
 //! tokenmill launch --nproc-per-node 8 -- train --config configs/gpt2-124m.toml --data shards/edu_fineweb10B
 //! ```
@@ -31,8 +32,9 @@ pub struct Args {
     /// Training config (configs/*.toml). Without it: the GPT-2 124M defaults, or the checkpoint's config on --resume.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// The directory `tokenmill prep` wrote (its manifest.json names the train and val shards).
-    #[arg(long)]
+    /// The directory `tokenmill prep` wrote (its manifest.json names the train and val shards), or a weighted mixture
+    /// of such directories with one tokenizer, DIR:WEIGHT,DIR:WEIGHT (data.mix), e.g. shards/mine:0.7,shards/edu:0.3.
+    #[arg(long, value_name = "DIR|DIR:W,DIR:W")]
     pub data: Option<PathBuf>,
     /// Length of the run, and of the lr schedule (optim.max_steps).
     #[arg(long)]
@@ -87,11 +89,17 @@ pub struct Args {
 
 impl Args {
     /// The dedicated flags as overrides, then the --set ones (which therefore win).
-    pub(crate) fn overrides(&self) -> Vec<String> {
+    pub(crate) fn overrides(&self) -> anyhow::Result<Vec<String>> {
         let mut o = Vec::new();
         let path = |p: &PathBuf| toml::Value::String(p.display().to_string()).to_string();
         if let Some(d) = &self.data {
-            o.push(format!("data.dir={}", path(d)));
+            match crate::train::config::DataSection::parse_mix(&d.display().to_string())? {
+                Some(mix) => {
+                    let table: toml::Table = mix.into_iter().map(|(k, w)| (k, toml::Value::Float(w))).collect();
+                    o.push(format!("data.mix={}", toml::Value::Table(table)));
+                }
+                None => o.push(format!("data.dir={}", path(d))),
+            }
         }
         if let Some(n) = self.max_steps {
             o.push(format!("optim.max_steps={n}"));
@@ -112,14 +120,14 @@ impl Args {
             o.push(format!("model.init={}", toml::Value::String(init.clone())));
         }
         o.extend(self.set.iter().cloned());
-        o
+        Ok(o)
     }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let job = DistEnv::from_env().context("reading the data-parallel environment")?;
     let rank0 = job.as_ref().is_none_or(|j| j.rank == 0);
-    let overrides = args.overrides();
+    let overrides = args.overrides()?;
     let resume = match args.resume.as_deref() {
         None => Resume::No,
         Some("latest") => Resume::Latest,

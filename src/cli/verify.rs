@@ -59,7 +59,7 @@ fn shard_dir(dir: &Path) -> anyhow::Result<(usize, usize)> {
     println!(
         "{}: manifest.json: {} tokenizer, {} shard(s), {}",
         dir.display(),
-        m.tokenizer.name,
+        m.tokenizer.describe(),
         m.shards.len(),
         if m.complete { "complete" } else { "not complete (a prep that stopped or is still running)" }
     );
@@ -69,10 +69,15 @@ fn shard_dir(dir: &Path) -> anyhow::Result<(usize, usize)> {
             Err(e) => println!("  DAMAGED  {e}"),
         }
     }
+    match &report.tokenizer {
+        Some(Ok(())) => println!("  ok       {} (sha256 as recorded)", crate::tokenizer::TOKENIZER_JSON),
+        Some(Err(e)) => println!("  DAMAGED  {e}"),
+        None => {}
+    }
     for name in &report.unlisted {
         println!("  unlisted {name} (not in manifest.json: a leftover of a killed run, or not tokenmill's)");
     }
-    Ok((report.damaged(), report.shards.len()))
+    Ok((report.damaged(), report.checked()))
 }
 
 /// (damaged, checked) for one checkpoint; problems are printed, not returned, so every checkpoint is looked at.

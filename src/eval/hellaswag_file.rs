@@ -6,7 +6,10 @@
 //! ```text
 //! offset 0    : 256 x int32 LE header
 //!               [0] magic 20240522   [1] version 1   [2] number of examples N
-//!               [3] longest example in bytes          [4..256] zero
+//!               [3] longest example in bytes
+//!               [4] 0: GPT-2 token ids (llm.c's files) | 1: a Hugging Face tokenizer's, identified by
+//!               [5..13] the sha256 of its tokenizer.json (32 bytes) and [13] its vocabulary size
+//!               [14..256] zero
 //! offset 1024 : N examples, each a stream of uint16 LE:
 //!               START_EXAMPLE (65535), EXAMPLE_BYTES (of this whole example, these fields included),
 //!               EXAMPLE_INDEX, LABEL, NUM_COMPLETIONS (4),
@@ -14,11 +17,12 @@
 //!               then per completion: NUM ending tokens, the ending tokens
 //! ```
 //! Everything is a u16, so the index, the example size and every token id must stay below 2^16 (token 65535 is the
-//! delimiter); only the GPT-2 vocabulary fits. Files are written once (temp name, fsync, rename).
+//! delimiter): GPT-2's vocabulary fits, and any Hugging Face tokenizer of at most 65535 ids (SmolLM2's 49152, Llama-2's
+//! 32000), which the header records (llm.c reads only [0..4]). Files are written once (temp name, fsync, rename).
 
 use std::path::{Path, PathBuf};
 
-use crate::tokenizer::TokenizerKind;
+use crate::tokenizer::{TokenizerId, TokenizerKind};
 use crate::util::{io_at, PathIoError};
 
 pub const MAGIC: i32 = 20240522;
@@ -31,6 +35,9 @@ pub const START_EXAMPLE: u16 = u16::MAX;
 pub const NUM_COMPLETIONS: usize = 4;
 /// The u16 fields before the context tokens: delimiter, bytes, index, label, completions, context length.
 const FIXED_FIELDS: usize = 6;
+/// Header [4]: which tokenizer's ids the file holds.
+const TOKENIZER_GPT2: i32 = 0;
+const TOKENIZER_HF: i32 = 1;
 
 /// The name `prep hellaswag` gives the file (pipelines/hellaswag.toml); what a directory is searched for first.
 pub const DEFAULT_FILE: &str = "hellaswag_val.bin";
@@ -64,10 +71,11 @@ pub enum HellaswagFileError {
     #[error("{path}: {extra} bytes after the last of {count} examples ({REBUILD})")]
     TrailingBytes { path: String, count: usize, extra: usize },
     #[error(
-        "{path} holds GPT-2 token ids, but {model} uses {tokenizer} ({vocab} token ids): its HellaSwag score would be \
-         meaningless (llm.c's eval file is u16 GPT-2 tokens; HellaSwag is scored for GPT-2-tokenizer models only)"
+        "{path} holds {file_tokenizer} token ids, but {model} uses {tokenizer} ({vocab} token ids): its HellaSwag \
+         score would be meaningless; write the eval file with the model's tokenizer (`tokenmill prep hellaswag \
+         --tokenizer DATA_DIR/tokenizer.json`; its vocabulary must fit in u16)"
     )]
-    TokenizerMismatch { path: String, model: String, tokenizer: String, vocab: usize },
+    TokenizerMismatch { path: String, file_tokenizer: String, model: String, tokenizer: String, vocab: usize },
     #[error("{path}: header says the longest example is {header} bytes but it is {actual} ({REBUILD})")]
     LongestMismatch { path: String, header: usize, actual: usize },
     #[error("cannot encode example {index}: {reason}")]
@@ -121,6 +129,21 @@ pub struct HellaswagFile {
     path: PathBuf,
     examples: Vec<Example>,
     longest_example_bytes: usize,
+    /// Whose token ids these are (header [4..14]).
+    tokenizer: FileTokenizer,
+}
+
+/// The tokenizer an eval file records: GPT-2, or a Hugging Face tokenizer by sha256 and vocabulary size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileTokenizer {
+    pub id: TokenizerId,
+    pub vocab_size: u32,
+}
+
+impl FileTokenizer {
+    pub fn gpt2() -> Self {
+        FileTokenizer { id: TokenizerId::Builtin(TokenizerKind::Gpt2), vocab_size: TokenizerKind::Gpt2.vocab_size() }
+    }
 }
 
 impl HellaswagFile {
@@ -151,29 +174,39 @@ impl HellaswagFile {
         }
     }
 
-    /// Refuse to score a model whose vocabulary is not GPT-2's on this file (whose ids are GPT-2's: `prep
-    /// hellaswag` encodes with it, and llm.c's layout is u16). `real_vocab` is the model's real vocabulary
-    /// (`ModelConfig::real_vocab_size`, the tokenizer's id count), `tokenizer` what its checkpoint recorded, if it did.
+    /// Refuse to score a model on this file unless its tokenizer is the file's. `real_vocab` is the model's real
+    /// vocabulary (`ModelConfig::real_vocab_size`, the tokenizer's id count), `tokenizer` what its checkpoint
+    /// recorded, if it did (without a record, the vocabulary sizes must agree).
     pub fn check_tokenizer(
         &self,
         model: &str,
         real_vocab: usize,
-        tokenizer: Option<TokenizerKind>,
+        tokenizer: Option<&TokenizerId>,
     ) -> Result<(), HellaswagFileError> {
-        let gpt2 = TokenizerKind::Gpt2;
-        if tokenizer.is_none_or(|t| t == gpt2) && real_vocab == gpt2.vocab_size() as usize {
+        let file = &self.tokenizer;
+        if tokenizer.is_none_or(|t| *t == file.id) && real_vocab == file.vocab_size as usize {
             return Ok(());
         }
         let named = [TokenizerKind::Gpt2, TokenizerKind::Cl100kBase, TokenizerKind::O200kBase]
             .into_iter()
-            .find(|k| k.vocab_size() as usize == real_vocab);
-        let tokenizer = tokenizer.or(named).map_or("another tokenizer".to_string(), |t| t.name().to_string());
+            .find(|k| k.vocab_size() as usize == real_vocab)
+            .map(|k| k.name().to_string());
+        let tokenizer = tokenizer.map(|t| t.to_string()).or(named).unwrap_or("another tokenizer".to_string());
         Err(HellaswagFileError::TokenizerMismatch {
             path: self.path.display().to_string(),
+            file_tokenizer: match &file.id {
+                TokenizerId::Builtin(TokenizerKind::Gpt2) => "GPT-2".to_string(),
+                other => other.to_string(),
+            },
             model: model.to_string(),
             tokenizer,
             vocab: real_vocab,
         })
+    }
+
+    /// Whose token ids the file holds.
+    pub fn tokenizer(&self) -> &FileTokenizer {
+        &self.tokenizer
     }
 
     /// Decode a file's bytes; `path` is only used in error messages.
@@ -201,6 +234,14 @@ impl HellaswagFile {
             });
         }
         let count = count as usize;
+        let tokenizer = match int(4) {
+            TOKENIZER_GPT2 => FileTokenizer::gpt2(),
+            TOKENIZER_HF => FileTokenizer {
+                id: TokenizerId::Hf { sha256: hex::encode(&bytes[5 * 4..13 * 4]) },
+                vocab_size: int(13).clamp(0, START_EXAMPLE as i32) as u32,
+            },
+            other => return Err(HellaswagFileError::BadHeader { path: p(), field: "[4] tokenizer", value: other }),
+        };
 
         let body = &bytes[HEADER_BYTES..];
         if !body.len().is_multiple_of(2) {
@@ -291,7 +332,7 @@ impl HellaswagFile {
                 actual: longest_actual,
             });
         }
-        Ok(HellaswagFile { path: path.to_path_buf(), examples, longest_example_bytes: longest_actual })
+        Ok(HellaswagFile { path: path.to_path_buf(), examples, longest_example_bytes: longest_actual, tokenizer })
     }
 
     pub fn path(&self) -> &Path {
@@ -336,10 +377,15 @@ pub fn label_counts(examples: &[Example]) -> [usize; NUM_COMPLETIONS] {
     counts
 }
 
-/// Serialise `examples` as a complete eval file (header included). Each example's `index` must equal its position,
-/// its label must be in 0..4, its context and endings non-empty (the first ending token is predicted from the last
-/// context token, and a mean over zero tokens is undefined) and every token id below 65535.
+/// Serialise `examples` (GPT-2 token ids) as a complete eval file (header included). Each example's `index` must
+/// equal its position, its label must be in 0..4, its context and endings non-empty (the first ending token is
+/// predicted from the last context token, and a mean over zero tokens is undefined) and every token id below 65535.
 pub fn encode(examples: &[Example]) -> Result<Vec<u8>, HellaswagFileError> {
+    encode_for(examples, &FileTokenizer::gpt2())
+}
+
+/// [`encode`] for the ids of `tokenizer`, which the header records.
+pub fn encode_for(examples: &[Example], tokenizer: &FileTokenizer) -> Result<Vec<u8>, HellaswagFileError> {
     if examples.len() > u16::MAX as usize + 1 {
         return Err(HellaswagFileError::Unencodable {
             index: examples.len() - 1,
@@ -388,6 +434,29 @@ pub fn encode(examples: &[Example]) -> Result<Vec<u8>, HellaswagFileError> {
     header[1] = VERSION;
     header[2] = examples.len() as i32;
     header[3] = longest as i32;
+    match &tokenizer.id {
+        TokenizerId::Builtin(TokenizerKind::Gpt2) => {}
+        TokenizerId::Hf { sha256 } if sha256.len() == 64 && tokenizer.vocab_size <= START_EXAMPLE as u32 => {
+            let sha = hex::decode(sha256).map_err(|e| HellaswagFileError::Unencodable {
+                index: 0,
+                reason: format!("the tokenizer's sha256 `{sha256}`: {e}"),
+            })?;
+            header[4] = TOKENIZER_HF;
+            for (i, word) in sha.chunks_exact(4).enumerate() {
+                header[5 + i] = i32::from_le_bytes(word.try_into().expect("4 bytes"));
+            }
+            header[13] = tokenizer.vocab_size as i32;
+        }
+        other => {
+            return Err(HellaswagFileError::Unencodable {
+                index: 0,
+                reason: format!(
+                    "{other} ({} ids) does not fit the file (GPT-2, or a Hugging Face tokenizer of at most 65535 ids)",
+                    tokenizer.vocab_size
+                ),
+            })
+        }
+    }
     for v in header {
         out.extend_from_slice(&v.to_le_bytes());
     }

@@ -1,4 +1,5 @@
-//! `prep fineweb`: documents -> GPT-2 BPE (parallel, order preserved) -> shards + manifest, resumable.
+//! `prep fineweb`: documents -> tokens (GPT-2 BPE, another tiktoken vocabulary or any Hugging Face tokenizer;
+//! parallel, order preserved) -> shards + manifest, resumable.
 //!
 //! The input is planned as a sequence of segments (`segments`: a range of rows of a parquet row group, a block of
 //! JSON lines, a text file), each decoded *and* tokenized by one job on the rayon pool; at most two jobs per thread are
@@ -29,7 +30,7 @@ use crate::pipelines::sources::{self, SourceError, SourceFile, SourceKind};
 use crate::pipelines::workers::{self, Finished, PartRecord, WorkerId, WorkerRecord};
 use crate::shards::manifest::{DatasetDefinition, InputIdentity, Manifest};
 use crate::shards::writer::{PushOutcome, ShardWriter, WriterConfig, WriterError};
-use crate::tokenizer::{Tokenizer, TokenizerKind};
+use crate::tokenizer::Tokenizer;
 
 /// Segments outstanding per pool thread: one running, one queued, so a thread never waits for the planner; with
 /// segments of ~2 MiB of text this bounds memory to tens of MiB per thread.
@@ -52,7 +53,8 @@ pub struct PrepOptions {
     pub text_column: String,
     pub out: PathBuf,
     pub dataset: String,
-    pub tokenizer: TokenizerKind,
+    /// Loaded (`TokenizerSource::load`): a Hugging Face tokenizer's files are copied into the output directory.
+    pub tokenizer: Tokenizer,
     pub shard_size: u64,
     pub val_shards: usize,
     pub max_shards: Option<usize>,
@@ -128,9 +130,9 @@ pub fn prep(opts: &PrepOptions) -> Result<PrepReport, PrepError> {
     // fingerprinted: on many cores a run of tens of millions of tokens takes well under a second, so a serial start
     // would weigh on it.
     let warm_up = {
-        let kind = opts.tokenizer;
+        let tokenizer = opts.tokenizer.clone();
         std::thread::spawn(move || {
-            kind.warm_up();
+            tokenizer.warm_up();
             start.elapsed()
         })
     };
@@ -164,7 +166,7 @@ pub fn prep(opts: &PrepOptions) -> Result<PrepReport, PrepError> {
     if let (Some(w), Some(k)) = (opts.worker, opts.max_shards) {
         if let Some(why) = past_the_end(&opts.out, w, k as u64 * opts.shard_size) {
             return Ok(PrepReport {
-                manifest: Manifest::new(&opts.dataset, opts.tokenizer, opts.shard_size),
+                manifest: Manifest::new(&opts.dataset, opts.tokenizer.info(), opts.shard_size),
                 dir,
                 shards_before: 0,
                 documents_read: 0,
@@ -191,7 +193,7 @@ pub fn prep(opts: &PrepOptions) -> Result<PrepReport, PrepError> {
     let (mut writer, cursor, manifest_before) = ShardWriter::open(WriterConfig {
         dir: dir.clone(),
         dataset: opts.dataset.clone(),
-        tokenizer: opts.tokenizer,
+        tokenizer: opts.tokenizer.clone(),
         shard_size: opts.shard_size,
         val_shards: writer_val_shards,
         max_shards: opts.max_shards,
@@ -296,7 +298,7 @@ fn feed_pool(
     profile: &Option<Arc<Profile>>,
     consumer: &mut ConsumerTimes,
 ) -> Result<(u64, u64, bool), PrepError> {
-    let tokenizer = Tokenizer::new(opts.tokenizer);
+    let tokenizer = &opts.tokenizer;
     let window = SEGMENTS_PER_THREAD * pool.current_num_threads();
     let mut jobs = OrderedJobs::new(pool, window);
     // Consumed segment buffers go back to the jobs (see `Segment::encode`).
@@ -323,13 +325,14 @@ fn feed_pool(
                 Some(Ok(Planned::Segment(seg))) => {
                     let buffers = recycled.clone();
                     let profile = profile.clone();
+                    let tokenizer = tokenizer.clone();
                     jobs.submit(move || {
                         let buffer = buffers.try_recv().unwrap_or_default();
                         match profile {
-                            None => seg.encode(tokenizer, buffer, None),
+                            None => seg.encode(&tokenizer, buffer, None),
                             Some(p) => {
                                 let (timer, mut stages) = (p.job_start(), StageTimes::default());
-                                let r = seg.encode(tokenizer, buffer, Some(&mut stages));
+                                let r = seg.encode(&tokenizer, buffer, Some(&mut stages));
                                 p.job_finish(timer, stages);
                                 r
                             }

@@ -9,7 +9,9 @@
 //!   line is `activity_label + ": " + ctx` with wikiHow's `[header]`/`[step]` markers removed, and it is scored
 //!   whole, as llama.cpp scores it; so its tokens differ from the jsonl's for the same task.
 //!
-//! Tokenization (build-nanogpt `render_example`): context = enc(ctx), ending i = enc(" " + ending i).
+//! Tokenization (build-nanogpt `render_example`): context = enc(ctx), ending i = enc(" " + ending i), with any
+//! tokenizer whose vocabulary fits the file's u16 ids; a Hugging Face tokenizer's documents start with its BOS
+//! (Llama's), so its contexts do too.
 //! The defaults (hub repo and files, column names, tokenizer, output) come from `pipelines/hellaswag.toml`.
 
 use std::fmt;
@@ -23,9 +25,10 @@ use arrow::datatypes::{DataType, Field};
 use rayon::prelude::*;
 use serde::Deserialize;
 
+use crate::eval::hellaswag_file::FileTokenizer;
 use crate::eval::hellaswag_file::{self, Example, HellaswagFile, HellaswagFileError, NUM_COMPLETIONS};
 use crate::hub::{HubClient, HubError, RemoteFile};
-use crate::tokenizer::{Tokenizer, TokenizerKind};
+use crate::tokenizer::{Tokenizer, TokenizerError, TokenizerSource};
 
 /// The pipeline file compiled into the binary, used when no `pipelines/hellaswag.toml` is found.
 pub const BUILTIN_PIPELINE: &str = include_str!("../../pipelines/hellaswag.toml");
@@ -68,8 +71,13 @@ pub enum HellaswagPrepError {
     ColumnType { path: String, column: String, found: String, expected: &'static str },
     #[error("{path}: no HellaSwag tasks in the input")]
     Empty { path: String },
-    #[error("tokenizer {0} does not fit llm.c's HellaSwag file (every token is a u16 below 65535); use gpt2")]
-    Tokenizer(TokenizerKind),
+    #[error(
+        "tokenizer {0} does not fit llm.c's HellaSwag file (every token is a u16 below 65535): its ids go past \
+         65534; use gpt2, or a Hugging Face tokenizer of at most 65535 ids"
+    )]
+    Tokenizer(String),
+    #[error(transparent)]
+    Tokenize(#[from] TokenizerError),
     #[error(transparent)]
     Hub(#[from] HubError),
     #[error("hub: {repo} has no .parquet, .jsonl or .txt file under any of: {tried}")]
@@ -102,7 +110,8 @@ impl HellaswagPrepError {
 #[serde(deny_unknown_fields)]
 pub struct HellaswagPipeline {
     pub name: String,
-    pub tokenizer: TokenizerKind,
+    /// `gpt2`, or a Hugging Face tokenizer (`hf:REPO`, a tokenizer.json) of at most 65535 ids.
+    pub tokenizer: TokenizerSource,
     pub source: HubSource,
     #[serde(default)]
     pub columns: Columns,
@@ -154,8 +163,10 @@ impl HellaswagPipeline {
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, HellaswagPrepError> {
         let bad = |reason: String| HellaswagPrepError::Pipeline { origin: origin.to_string(), reason };
         let p: HellaswagPipeline = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
-        if p.tokenizer.vocab_size() > hellaswag_file::START_EXAMPLE as u32 {
-            return Err(HellaswagPrepError::Tokenizer(p.tokenizer));
+        if let TokenizerSource::Builtin(k) = p.tokenizer {
+            if k.vocab_size() > hellaswag_file::START_EXAMPLE as u32 {
+                return Err(HellaswagPrepError::Tokenizer(k.to_string()));
+            }
         }
         if p.source.locations.is_empty() {
             return Err(bad("[source] locations is empty".into()));
@@ -466,19 +477,19 @@ pub fn read_parquet(path: &Path, columns: &Columns) -> Result<Vec<Task>, Hellasw
 // ---------------------------------------------------------------------------------------------------------------
 // Tokenizing
 
-/// build-nanogpt's `render_example`, minus the padding (that is [`Example::rows`]): the context encoded as is,
-/// each ending encoded with a leading space so that its first word gets GPT-2's space-prefixed token.
-pub fn tokenize_task(task: &Task, index: usize, tokenizer: &Tokenizer) -> Example {
-    Example {
-        index,
-        label: task.label,
-        context: tokenizer.encode(&task.context),
-        endings: std::array::from_fn(|i| tokenizer.encode(&format!(" {}", task.endings[i]))),
-    }
+/// build-nanogpt's `render_example`, minus the padding (that is [`Example::rows`]): the context encoded as is (after
+/// the tokens a document starts with, `Tokenizer::document_prefix`: none for GPT-2), each ending encoded with a
+/// leading space so that its first word gets GPT-2's space-prefixed token.
+pub fn tokenize_task(task: &Task, index: usize, tokenizer: &Tokenizer) -> Result<Example, TokenizerError> {
+    let mut context = tokenizer.document_prefix().to_vec();
+    context.extend(tokenizer.encode(&task.context)?);
+    let endings = [0, 1, 2, 3].map(|i| tokenizer.encode(&format!(" {}", task.endings[i])));
+    let [a, b, c, d] = endings;
+    Ok(Example { index, label: task.label, context, endings: [a?, b?, c?, d?] })
 }
 
 /// Tokenize all tasks in parallel; examples keep the tasks' order and are indexed by position.
-pub fn tokenize_tasks(tasks: &[Task], tokenizer: &Tokenizer) -> Vec<Example> {
+pub fn tokenize_tasks(tasks: &[Task], tokenizer: &Tokenizer) -> Result<Vec<Example>, TokenizerError> {
     tasks.par_iter().enumerate().map(|(i, t)| tokenize_task(t, i, tokenizer)).collect()
 }
 
@@ -503,6 +514,8 @@ pub struct PrepConfig {
     pub out_dir: PathBuf,
     /// Keep only the first N tasks (smoke runs); None keeps all.
     pub limit: Option<usize>,
+    /// `--tokenizer`, instead of the pipeline's (the model's own, e.g. a shard directory's tokenizer.json).
+    pub tokenizer: Option<TokenizerSource>,
     /// Replace an existing eval file that differs from the one this run writes (`--overwrite`). Without it such a file
     /// is refused; one with the same bytes is left as it is. A file that is not an eval file is never replaced.
     pub overwrite: bool,
@@ -601,10 +614,14 @@ pub fn prep(config: &PrepConfig) -> Result<PrepSummary, HellaswagPrepError> {
         return Err(HellaswagPrepError::Empty { path });
     }
 
-    let tokenizer = Tokenizer::new(config.pipeline.tokenizer);
-    let examples = tokenize_tasks(&tasks, &tokenizer);
+    let tokenizer = config.tokenizer.as_ref().unwrap_or(&config.pipeline.tokenizer).load()?;
+    if tokenizer.vocab_size() > hellaswag_file::START_EXAMPLE as u32 {
+        return Err(HellaswagPrepError::Tokenizer(tokenizer.describe()));
+    }
+    let examples = tokenize_tasks(&tasks, &tokenizer)?;
 
-    let bytes = hellaswag_file::encode(&examples)?;
+    let file_tokenizer = FileTokenizer { id: tokenizer.id(), vocab_size: tokenizer.vocab_size() };
+    let bytes = hellaswag_file::encode_for(&examples, &file_tokenizer)?;
     let path = config.out_dir.join(&config.pipeline.output.file);
     // The one rule for outputs (`crate::output`): a plain path, never through a link, never a folder; what may be
     // replaced there is decided below (an eval file: the same bytes, or another with --overwrite).

@@ -22,6 +22,7 @@ use crate::shards::manifest::{
 };
 use crate::shards::verify::check_listed_shard;
 use crate::shards::writer::{shard_file_name, source_entries, SourceSpan};
+use crate::tokenizer::{BoundaryAt, TokenizerError};
 use crate::util::temp_path_for;
 use crate::util::xxh3_hex;
 
@@ -88,6 +89,8 @@ pub enum MergeError {
     Lock(#[from] crate::util::LockError),
     #[error(transparent)]
     OutDir(#[from] crate::shards::out_dir::OutDirError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
 }
 
 /// At most [`PROBLEMS_SHOWN`] lines, then how many more (a merge of thousands of missing workers says so in a few
@@ -180,7 +183,9 @@ impl Part {
 /// The dataset's token stream: the needed workers' parts in order, and what places shard boundaries in documents.
 struct Stream {
     width: TokenWidth,
+    /// The token that marks every document (`TokenizerInfo::eot`), first in it or last.
     eot: u32,
+    boundary: BoundaryAt,
     parts: Vec<Part>,
     /// Tokens available (all needed workers' parts) and the tokens the dataset takes (`--shards` may cut it).
     available: u64,
@@ -230,32 +235,44 @@ impl Stream {
                 .clone()
                 .unwrap_or(ResumeCursor { first_unfinished_document: self.documents, tokens_into_document: 0 }));
         }
-        // Every document starts with <|endoftext|>: count them before `pos`, and find the last one.
+        // Every document holds one boundary token: count them before `pos`, and find the last one.
         let j = self.part_at(pos);
         let part = &self.parts[j];
         let body = part.body(self.width)?;
         let local = (pos - part.start) as usize;
         let eots = (0..local).filter(|&i| self.token(body, i) == self.eot).count() as u64;
-        let docs_before = part.docs_before + eots;
-        if self.token(body, local) == self.eot {
-            return Ok(ResumeCursor { first_unfinished_document: docs_before, tokens_into_document: 0 });
-        }
-        // Inside a document: it started at the last <|endoftext|> before `pos`, in this part or an earlier one.
-        let mut doc_start = None;
+        let boundaries_before = part.docs_before + eots;
+        let mut last_boundary = None;
         for k in (0..=j).rev() {
             let p = &self.parts[k];
             let b = p.body(self.width)?;
             let end = if k == j { local } else { p.tokens as usize };
             if let Some(i) = (0..end).rev().find(|&i| self.token(b, i) == self.eot) {
-                doc_start = Some(p.start + i as u64);
+                last_boundary = Some(p.start + i as u64);
                 break;
             }
         }
-        let doc_start = doc_start.ok_or_else(|| MergeError::Part {
-            path: part.path.display().to_string(),
-            message: "the stream does not start with <|endoftext|>".into(),
-        })?;
-        Ok(ResumeCursor { first_unfinished_document: docs_before - 1, tokens_into_document: pos - doc_start })
+        match self.boundary {
+            // <|endoftext|> / BOS first: `pos` is at a document's start, or inside the one its last boundary opened.
+            BoundaryAt::First => {
+                if self.token(body, local) == self.eot {
+                    return Ok(ResumeCursor { first_unfinished_document: boundaries_before, tokens_into_document: 0 });
+                }
+                let doc_start = last_boundary.ok_or_else(|| MergeError::Part {
+                    path: part.path.display().to_string(),
+                    message: format!("the stream does not start with its boundary token {}", self.eot),
+                })?;
+                Ok(ResumeCursor {
+                    first_unfinished_document: boundaries_before - 1,
+                    tokens_into_document: pos - doc_start,
+                })
+            }
+            // EOS last: the documents before `pos` are the boundaries before it; the next one starts after the last.
+            BoundaryAt::Last => Ok(ResumeCursor {
+                first_unfinished_document: boundaries_before,
+                tokens_into_document: pos - last_boundary.map_or(0, |i| i + 1),
+            }),
+        }
     }
 }
 
@@ -263,6 +280,8 @@ impl Stream {
 struct Plan {
     stream: Stream,
     template: Manifest,
+    /// A worker folder holding the dataset's tokenizer files (when it has any), copied into the output.
+    tokenizer_dir: PathBuf,
     /// Every input file of the needed workers, placed in the dataset's document order.
     spans: Vec<SourceSpan>,
     val_shards: usize,
@@ -397,6 +416,8 @@ pub fn merge(opts: &MergeOptions) -> Result<MergeReport, MergeError> {
         tracing::info!("{note}");
     }
     let done = shards_in_place(out, &plan)?;
+    // The tokenizer's files (checked against the workers' record) before any manifest that names them.
+    plan.template.load_tokenizer(&plan.tokenizer_dir)?.write_files(out)?;
     write_shards(opts, &plan, done, states, start)
 }
 
@@ -457,18 +478,18 @@ fn plan(
     for w in needed {
         let (m, r) = (&w.manifest, &w.record);
         let first = first.expect("needed is not empty here");
-        if (&m.dataset, m.tokenizer.name, m.shard_size, m.token_width)
-            != (&first.dataset, first.tokenizer.name, first.shard_size, first.token_width)
+        if (&m.dataset, m.shard_size, m.token_width) != (&first.dataset, first.shard_size, first.token_width)
+            || !m.tokenizer.same_as(&first.tokenizer)
         {
             return Err(inconsistent(format!(
                 "worker {} is dataset `{}` ({}, {} tokens/shard), worker {} `{}` ({}, {} tokens/shard)",
                 w.id,
                 m.dataset,
-                m.tokenizer.name,
+                m.tokenizer.describe(),
                 m.shard_size,
                 needed[0].id,
                 first.dataset,
-                first.tokenizer.name,
+                first.tokenizer.describe(),
                 first.shard_size
             )));
         }
@@ -543,9 +564,10 @@ fn plan(
     let total = target.map_or(pos, |t| t.min(pos));
     // As a one-box run: reaching the --shards limit (even exactly at the input's end) leaves the dataset open.
     let complete = complete && target.is_none_or(|t| pos < t);
-    let template_from = needed.first().map(|w| &w.manifest).or(loaded.iter().flatten().next().map(|w| &w.manifest));
-    let template_from = template_from.ok_or_else(|| MergeError::NoWorkers(out.display().to_string()))?;
-    let mut template = Manifest::new(&template_from.dataset, template_from.tokenizer.name, template_from.shard_size);
+    let template_worker = needed.first().copied().or(loaded.iter().flatten().next());
+    let template_worker = template_worker.ok_or_else(|| MergeError::NoWorkers(out.display().to_string()))?;
+    let template_from = &template_worker.manifest;
+    let mut template = Manifest::new(&template_from.dataset, template_from.tokenizer.clone(), template_from.shard_size);
     // The dataset's definition is every worker's inputs in order: known when every worker folder is here.
     let all: Option<Vec<&Worker>> = loaded.iter().map(|w| w.as_ref()).collect();
     template.definition = match all {
@@ -565,13 +587,14 @@ fn plan(
     let stream = Stream {
         width: template.token_width,
         eot: template.tokenizer.eot,
+        boundary: template.tokenizer.boundary,
         parts,
         available: pos,
         total,
         documents: docs,
         end_cursor,
     };
-    Ok(Plan { stream, template, spans, val_shards, shard_size, complete })
+    Ok(Plan { stream, template, tokenizer_dir: template_worker.dir.clone(), spans, val_shards, shard_size, complete })
 }
 
 /// A split merge's record of the shards it wrote: `workers/merge-IIIII-of-NNNNN.json`.
@@ -589,10 +612,15 @@ fn shards_in_place(out: &Path, plan: &Plan) -> Result<Vec<Option<ShardEntry>>, M
     if Manifest::path_in(out).exists() {
         let m = Manifest::load(out)?;
         let t = &plan.template;
-        if (&m.dataset, m.tokenizer.name, m.shard_size) != (&t.dataset, t.tokenizer.name, t.shard_size) {
+        if (&m.dataset, m.shard_size) != (&t.dataset, t.shard_size) || !m.tokenizer.same_as(&t.tokenizer) {
             return Err(differs(format!(
                 "`{}` {} {} tokens/shard on disk, the workers make `{}` {} {}",
-                m.dataset, m.tokenizer.name, m.shard_size, t.dataset, t.tokenizer.name, t.shard_size
+                m.dataset,
+                m.tokenizer.describe(),
+                m.shard_size,
+                t.dataset,
+                t.tokenizer.describe(),
+                t.shard_size
             )));
         }
         if let (Some(a), Some(b)) = (&m.definition, &t.definition) {

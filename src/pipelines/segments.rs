@@ -48,12 +48,13 @@ enum Work {
         lines: Vec<(u64, String)>,
     },
     Text {
+        path: PathBuf,
         text: String,
     },
 }
 
-/// A segment decoded and tokenized: every document's tokens (`<|endoftext|>` first), back to back, already encoded in
-/// the shard token width.
+/// A segment decoded and tokenized: every document's tokens (its boundary tokens included), back to back, already
+/// encoded in the shard token width.
 #[derive(Debug, Default)]
 pub struct Encoded {
     pub bytes: Vec<u8>,
@@ -74,7 +75,8 @@ impl Encoded {
 }
 
 impl Segment {
-    /// Decode the segment's documents, tokenize them as fineweb.py does (EOT, then the text) and encode the tokens as
+    /// Decode the segment's documents, tokenize them (`Tokenizer::encode_document_into`: fineweb.py's EOT then the
+    /// text, or an HF tokenizer's own boundaries) and encode the tokens as
     /// the shards store them, all on the calling (pool) thread. `out` is a buffer to fill (emptied first): the driver
     /// hands back the ones it has consumed, so token buffers are not allocated afresh per segment (fresh pages cost a
     /// page fault each, and the page faults of many threads of one process contend on its memory map).
@@ -82,7 +84,7 @@ impl Segment {
     /// is decoding).
     pub fn encode(
         self,
-        tokenizer: Tokenizer,
+        tokenizer: &Tokenizer,
         mut out: Encoded,
         mut times: Option<&mut StageTimes>,
     ) -> Result<Encoded, SourceError> {
@@ -90,14 +92,18 @@ impl Segment {
             /// One document's token ids; kept per thread at the largest document's size.
             static IDS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
         }
-        let width = TokenWidth::for_token_bytes(tokenizer.kind().token_bytes());
+        let width = TokenWidth::for_vocab(tokenizer.vocab_size());
         out.bytes.clear();
         out.doc_bytes.clear();
-        let mut push = |text: &str| {
+        let mut push = |text: &str, place: &dyn Fn() -> String| {
             IDS.with_borrow_mut(|ids| {
                 ids.clear();
                 let t0 = times.is_some().then(Instant::now);
-                tokenizer.encode_document_into(text, ids);
+                tokenizer.encode_document_into(text, ids).map_err(|source| SourceError::Tokenize {
+                    path: self.path_name(),
+                    place: place(),
+                    source: Box::new(source),
+                })?;
                 let t1 = t0.map(|_| Instant::now());
                 let before = out.bytes.len();
                 encode_tokens(ids, width, &mut out.bytes);
@@ -107,20 +113,36 @@ impl Segment {
                     t.encode += t1.elapsed();
                     t.tokens += ids.len() as u64;
                 }
+                Ok(())
             })
         };
-        match self.work {
-            Work::Parquet { path, meta, column, row_group, offset } => {
-                decode_parquet_rows(&path, meta, column, row_group, offset, self.docs as usize, &mut push)?
-            }
+        match &self.work {
+            Work::Parquet { path, meta, column, row_group, offset } => decode_parquet_rows(
+                path,
+                meta.clone(),
+                *column,
+                *row_group,
+                *offset,
+                self.docs as usize,
+                &mut |text, row| push(text, &|| format!("row {row}")),
+            )?,
             Work::Jsonl { path, field, lines } => {
-                for (line_no, line) in &lines {
-                    push(&json_text(&path, *line_no, line, &field)?);
+                for (line_no, line) in lines {
+                    push(&json_text(path, *line_no, line, field)?, &|| format!("line {line_no}"))?;
                 }
             }
-            Work::Text { text } => push(&text),
+            Work::Text { text, .. } => push(text, &|| "the text".to_string())?,
         }
         Ok(out)
+    }
+
+    /// The input file, for messages.
+    fn path_name(&self) -> String {
+        match &self.work {
+            Work::Parquet { path, .. } | Work::Jsonl { path, .. } | Work::Text { path, .. } => {
+                path.display().to_string()
+            }
+        }
     }
 }
 
@@ -163,8 +185,11 @@ impl FilePlan {
                     tracing::warn!("{}: empty, skipped", file.path.display());
                     return Ok(ready(Vec::new(), 0));
                 }
-                let segs =
-                    if skip == 0 { vec![Segment { first_doc, docs: 1, work: Work::Text { text } }] } else { vec![] };
+                let segs = if skip == 0 {
+                    vec![Segment { first_doc, docs: 1, work: Work::Text { path: file.path.clone(), text } }]
+                } else {
+                    vec![]
+                };
                 Ok(ready(segs, 1))
             }
         }
@@ -255,7 +280,7 @@ fn plan_parquet(path: &Path, column: &str, first_doc: u64, skip: u64) -> Result<
 }
 
 /// Rows `offset..offset + rows` of one row group's text column, each handed to `each`. A null text is refused, naming
-/// the row (as a JSON line's null text is): one rule for every input format.
+/// the row (as a JSON line's null text is): one rule for every input format. `each` gets the text and its row.
 fn decode_parquet_rows(
     path: &Path,
     meta: ArrowReaderMetadata,
@@ -263,7 +288,7 @@ fn decode_parquet_rows(
     row_group: usize,
     offset: usize,
     rows: usize,
-    each: &mut dyn FnMut(&str),
+    each: &mut dyn FnMut(&str, u64) -> Result<(), SourceError>,
 ) -> Result<(), SourceError> {
     let p = || path.display().to_string();
     let first_row: u64 =
@@ -290,7 +315,7 @@ fn decode_parquet_rows(
                         let place = format!("row {}", row + i as u64);
                         return Err(SourceError::NullText { path: p(), place, unit: "row" });
                     }
-                    each(arr.value(i));
+                    each(arr.value(i), row + i as u64)?;
                 }
             }};
         }

@@ -86,6 +86,13 @@ pub enum SourceError {
          empty documents: remove or fill that {unit})"
     )]
     NullText { path: String, place: String, unit: &'static str },
+    #[error("{path}: {place}: {source}")]
+    Tokenize {
+        path: String,
+        place: String,
+        #[source]
+        source: Box<crate::tokenizer::TokenizerError>,
+    },
     #[error(
         "{0}: no input files: a directory contributes its .parquet, .jsonl/.json/.ndjson and .txt/.text/.md files \
          (not README/LICENSE files, not subdirectories: pass those themselves)"

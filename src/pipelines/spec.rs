@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::tokenizer::TokenizerKind;
+use crate::tokenizer::TokenizerSource;
 
 /// The FineWeb-Edu definition, compiled in so `tokenmill prep fineweb` works from any directory.
 pub const FINEWEB_EDU_TOML: &str = include_str!("../../pipelines/fineweb-edu.toml");
@@ -48,7 +48,8 @@ pub struct SourceSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenizeSection {
-    pub tokenizer: TokenizerKind,
+    /// `gpt2`, `cl100k_base`, `o200k_base`, `hf:OWNER/NAME` or a path to a tokenizer.json (or its folder).
+    pub tokenizer: TokenizerSource,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -126,7 +127,7 @@ mod tests {
         assert_eq!(spec.source.repo.as_deref(), Some("HuggingFaceFW/fineweb-edu"));
         assert_eq!(spec.shards.shard_size, 100_000_000);
         assert_eq!(spec.subset_prefix("x").unwrap(), "sample/10BT/");
-        assert_eq!(spec.tokenize.tokenizer, TokenizerKind::Gpt2);
+        assert_eq!(spec.tokenize.tokenizer, crate::tokenizer::TokenizerKind::Gpt2.into());
     }
 
     #[test]

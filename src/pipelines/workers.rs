@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::shards::format::{TokenWidth, HEADER_BYTES};
 use crate::shards::manifest::Manifest;
 
-/// The folder under the output directory that holds the worker folders.
-pub const WORKERS_DIR: &str = "workers";
+pub use crate::shards::WORKERS_DIR;
 /// A worker folder's record of who it is and whether it finished.
 pub const WORKER_FILE: &str = "worker.json";
 /// The most workers one dataset may be split over (folder names have five digits; a prep also refuses more workers
@@ -156,8 +155,9 @@ pub struct WorkerRecord {
 pub struct Finished {
     /// The worker's input was exhausted (else it stopped at its `--shards` limit).
     pub complete: bool,
-    /// The worker's parts (its manifest's shards), each with its count of documents, i.e. of `<|endoftext|>` tokens,
-    /// which every document starts with: what the merge needs to place the dataset's resume cursors.
+    /// The worker's parts (its manifest's shards), each with its count of documents, i.e. of boundary tokens
+    /// (`<|endoftext|>`, or an HF tokenizer's BOS or EOS), one per document: what the merge needs to place the
+    /// dataset's resume cursors.
     pub parts: Vec<PartRecord>,
 }
 
@@ -204,7 +204,7 @@ impl WorkerRecord {
     }
 }
 
-/// Count the `<|endoftext|>` tokens (= documents) of a shard file's body, memory-mapped (parts may be GBs).
+/// Count the boundary tokens `eot` (= documents) of a shard file's body, memory-mapped (parts may be GBs).
 pub fn count_documents_in_shard(path: &Path, width: TokenWidth, eot: u32) -> std::io::Result<u64> {
     let file = std::fs::File::open(path)?;
     // SAFETY: shards are immutable once renamed into place (docs/SHARD_FORMAT.md); this one is finished.

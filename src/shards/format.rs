@@ -44,6 +44,15 @@ impl TokenWidth {
         }
     }
 
+    /// The width a vocabulary of `vocab_size` ids needs: u16 when every id fits, else u32.
+    pub fn for_vocab(vocab_size: u32) -> TokenWidth {
+        if vocab_size <= u16::MAX as u32 + 1 {
+            TokenWidth::U16
+        } else {
+            TokenWidth::U32
+        }
+    }
+
     fn magic_version(self) -> (i32, i32) {
         match self {
             TokenWidth::U16 => (MAGIC_U16, VERSION_U16),

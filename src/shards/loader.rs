@@ -89,7 +89,7 @@ pub enum LoaderError {
     #[error(
         "{dir}: holds the folders of `prep --worker I/N` runs ({}/) but no dataset yet: run `tokenmill prep merge \
          {dir}` once every worker has finished, then train on {dir}",
-        crate::pipelines::workers::WORKERS_DIR
+        crate::shards::WORKERS_DIR
     )]
     UnmergedWorkers { dir: String },
     #[error("{}", empty_split_message(.dir, *.split, *.shards, *.shard_size, *.tokens))]
@@ -560,7 +560,7 @@ fn no_shards(data_dir: &Path, split: Split) -> LoaderError {
             tokens: m.shards.iter().map(|s| s.tokens).sum(),
         },
         Err(e) if Manifest::path_in(data_dir).exists() => e.into(),
-        _ if data_dir.join(crate::pipelines::workers::WORKERS_DIR).is_dir() => LoaderError::UnmergedWorkers { dir },
+        _ if data_dir.join(crate::shards::WORKERS_DIR).is_dir() => LoaderError::UnmergedWorkers { dir },
         _ => LoaderError::NoShards { dir, split },
     }
 }

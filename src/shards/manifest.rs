@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::shards::format::TokenWidth;
-use crate::tokenizer::TokenizerKind;
+pub use crate::tokenizer::TokenizerInfo;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Bumped when the manifest's meaning changes; readers refuse newer versions.
@@ -44,19 +44,6 @@ impl std::str::FromStr for Split {
             "val" => Ok(Split::Val),
             o => Err(format!("unknown split `{o}` (expected train or val)")),
         }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TokenizerInfo {
-    pub name: TokenizerKind,
-    pub vocab_size: u32,
-    pub eot: u32,
-}
-
-impl From<TokenizerKind> for TokenizerInfo {
-    fn from(k: TokenizerKind) -> Self {
-        TokenizerInfo { name: k, vocab_size: k.vocab_size(), eot: k.eot() }
     }
 }
 
@@ -233,12 +220,13 @@ pub enum ManifestError {
 }
 
 impl Manifest {
-    pub fn new(dataset: &str, tokenizer: TokenizerKind, shard_size: u64) -> Self {
+    pub fn new(dataset: &str, tokenizer: impl Into<TokenizerInfo>, shard_size: u64) -> Self {
+        let tokenizer = tokenizer.into();
         Manifest {
             format_version: MANIFEST_VERSION,
             dataset: dataset.to_string(),
-            tokenizer: tokenizer.into(),
-            token_width: TokenWidth::for_token_bytes(tokenizer.token_bytes()),
+            token_width: TokenWidth::for_vocab(tokenizer.vocab_size),
+            tokenizer,
             shard_size,
             shards: Vec::new(),
             sources: Vec::new(),
@@ -264,21 +252,35 @@ impl Manifest {
         if !crate::util::is_plain_file_name(&self.dataset) {
             return Err(format!("dataset name `{}` is not a plain file name", self.dataset));
         }
-        // More ids than the tokenizer has cannot come from it (a model would be built with rows no token uses); fewer
-        // is a restricted vocabulary, which the loader holds every shard id to.
-        let named = TokenizerInfo::from(self.tokenizer.name);
-        if self.tokenizer.vocab_size > named.vocab_size || self.tokenizer.eot != named.eot {
-            return Err(format!(
-                "tokenizer {} has {} token ids and <|endoftext|> {}, but the manifest says vocab_size {} and eot {}",
-                self.tokenizer.name, named.vocab_size, named.eot, self.tokenizer.vocab_size, self.tokenizer.eot
-            ));
+        self.tokenizer.check()?;
+        // More ids than a built-in tokenizer has cannot come from it (a model would be built with rows no token
+        // uses); fewer is a restricted vocabulary, which the loader holds every shard id to.
+        if let Some(kind) = self.tokenizer.builtin() {
+            if self.tokenizer.vocab_size > kind.vocab_size() || self.tokenizer.eot != kind.eot() {
+                return Err(format!(
+                    "tokenizer {} has {} token ids and <|endoftext|> {}, but the manifest says vocab_size {} and eot {}",
+                    self.tokenizer.name,
+                    kind.vocab_size(),
+                    kind.eot(),
+                    self.tokenizer.vocab_size,
+                    self.tokenizer.eot
+                ));
+            }
         }
-        let width = TokenWidth::for_token_bytes(self.tokenizer.name.token_bytes());
+        let width = TokenWidth::for_vocab(self.tokenizer.vocab_size);
         if self.token_width != width {
             return Err(format!(
                 "token_width {:?} but the {} tokenizer's ids are stored as {width:?}",
-                self.token_width, self.tokenizer.name
+                self.token_width,
+                self.tokenizer.describe()
             ));
+        }
+        if let Some(hf) = &self.tokenizer.hf {
+            for file in std::iter::once(&hf.file).chain(&hf.config_file) {
+                if !crate::util::is_plain_file_name(file) || file == MANIFEST_FILE {
+                    return Err(format!("tokenizer file `{file}` is not a file name in the dataset's directory"));
+                }
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, s) in self.shards.iter().enumerate() {
@@ -294,6 +296,23 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// The tokenizer the shards were written with (its copy in `dir` for a Hugging Face one, checked against the
+    /// recorded sha256).
+    pub fn load_tokenizer(&self, dir: &Path) -> Result<crate::tokenizer::Tokenizer, crate::tokenizer::TokenizerError> {
+        let what = Self::path_in(dir).display().to_string();
+        crate::tokenizer::Tokenizer::recorded(dir, &self.tokenizer, &what)
+    }
+
+    /// The tokenizer files the manifest lists (tokenizer.json, tokenizer_config.json), as paths under `dir`.
+    pub fn tokenizer_files(&self, dir: &Path) -> Vec<PathBuf> {
+        self.tokenizer
+            .hf
+            .iter()
+            .flat_map(|hf| std::iter::once(&hf.file).chain(&hf.config_file))
+            .map(|f| dir.join(f))
+            .collect()
     }
 
     pub fn path_in(dir: &Path) -> PathBuf {

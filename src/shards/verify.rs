@@ -1,7 +1,7 @@
 //! Checking shards against their manifest: each listed shard present, with a valid header, the listed token count
 //! and the listed xxh3. `prep` runs it on the finished shards before a resume, the loader on each shard the first
 //! time it enters it (see docs/PERF.md for the cost), and `tokenmill verify DIR` on a whole directory, which also
-//! names files the manifest does not list.
+//! checks a Hugging Face tokenizer's copy against its recorded sha256 and names files the manifest does not list.
 
 use std::path::Path;
 
@@ -45,17 +45,23 @@ pub fn check_listed_shard(dir: &Path, entry: &ShardEntry, width: TokenWidth) -> 
     check_xxh3(&path, &bytes, &entry.xxh3)
 }
 
-/// What `verify_dir` found: the manifest, each listed shard's result in order, and the files that look like shards
-/// or temp files but are not listed.
+/// What `verify_dir` found: the manifest, each listed shard's result in order, the tokenizer copy's (a Hugging Face
+/// tokenizer's), and the files that look like shards or temp files but are not listed.
 pub struct DirReport {
     pub manifest: Manifest,
     pub shards: Vec<(ShardEntry, Result<(), ShardError>)>,
+    pub tokenizer: Option<Result<(), crate::tokenizer::TokenizerError>>,
     pub unlisted: Vec<String>,
 }
 
 impl DirReport {
     pub fn damaged(&self) -> usize {
-        self.shards.iter().filter(|(_, r)| r.is_err()).count()
+        self.shards.iter().filter(|(_, r)| r.is_err()).count() + usize::from(matches!(self.tokenizer, Some(Err(_))))
+    }
+
+    /// Files checked: the shards, and the tokenizer copy when there is one.
+    pub fn checked(&self) -> usize {
+        self.shards.len() + usize::from(self.tokenizer.is_some())
     }
 }
 
@@ -74,5 +80,6 @@ pub fn verify_dir(dir: &Path) -> Result<DirReport, ManifestError> {
         })
         .collect();
     unlisted.sort();
-    Ok(DirReport { manifest, shards, unlisted })
+    let tokenizer = manifest.tokenizer.hf.is_some().then(|| manifest.load_tokenizer(dir).map(|_| ()));
+    Ok(DirReport { manifest, shards, tokenizer, unlisted })
 }

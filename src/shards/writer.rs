@@ -17,15 +17,16 @@ use crate::shards::manifest::{
     DatasetDefinition, Manifest, ManifestError, ResumeCursor, ShardEntry, SourceEntry, Split,
 };
 use crate::shards::verify::check_listed_shard;
-use crate::tokenizer::TokenizerKind;
+use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::util::{fsync_dir, io_at, xxh3_hex, PathIoError};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct WriterConfig {
     pub dir: PathBuf,
     /// Prefix of shard file names (fineweb.py uses `edufineweb`).
     pub dataset: String,
-    pub tokenizer: TokenizerKind,
+    /// Recorded in the manifest; a Hugging Face tokenizer's files are copied into `dir` beside the shards.
+    pub tokenizer: Tokenizer,
     pub shard_size: u64,
     pub val_shards: usize,
     /// Stop after this many shards in total (`--shards N`).
@@ -49,6 +50,11 @@ pub enum WriterError {
     SettingsChanged { dir: String, shards: usize, what: String },
     #[error("{dir}: holds shard files but no manifest.json; refusing to mix with them (use another --out)")]
     ForeignShards { dir: String },
+    #[error(
+        "{path}: exists, differs from the tokenizer's file, and no manifest.json lists it (a model folder?); refusing \
+         to replace it: use another --out"
+    )]
+    ForeignFile { path: String },
     #[error("a finished shard is missing or damaged, so this directory cannot be resumed: {0}")]
     DamagedShard(#[source] ShardError),
     #[error(
@@ -63,6 +69,8 @@ pub enum WriterError {
     Lock(#[from] crate::util::LockError),
     #[error(transparent)]
     OutDir(#[from] crate::shards::out_dir::OutDirError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
 }
 
 /// The fewest tokens a shard may hold: one training row (T + 1 tokens) of GPT-2's 1024-token context needs 1025, and
@@ -140,14 +148,19 @@ impl ShardWriter {
             check_same_definition(&mut m, &cfg)?;
             remove_stale_temps(dir, &cfg.dataset)?;
             verify_finished_shards(&m, dir)?;
+            // Same tokenizer (checked above): its copies are rewritten, in case one was removed.
+            cfg.tokenizer.write_files(dir)?;
             m
         } else {
             remove_stale_temps(dir, &cfg.dataset)?;
             if has_shard_files(dir)? {
                 return Err(WriterError::ForeignShards { dir: dir.display().to_string() });
             }
-            let mut m = Manifest::new(&cfg.dataset, cfg.tokenizer, cfg.shard_size);
+            refuse_foreign_tokenizer_files(dir, &cfg.tokenizer)?;
+            let mut m = Manifest::new(&cfg.dataset, cfg.tokenizer.info(), cfg.shard_size);
             m.definition = Some(cfg.definition.clone());
+            // The tokenizer's files before the manifest that names them.
+            cfg.tokenizer.write_files(dir)?;
             m.shards_limit = cfg.max_shards;
             m.save(dir)?;
             m
@@ -359,8 +372,9 @@ fn check_same_definition(m: &mut Manifest, cfg: &WriterConfig) -> Result<(), Wri
     if m.dataset != cfg.dataset {
         diffs.push(format!("dataset `{}` on disk, `{}` now", m.dataset, cfg.dataset));
     }
-    if m.tokenizer.name != cfg.tokenizer {
-        diffs.push(format!("tokenizer {} on disk, {} now", m.tokenizer.name, cfg.tokenizer));
+    let now = cfg.tokenizer.info();
+    if !m.tokenizer.same_as(&now) {
+        diffs.push(format!("tokenizer {} on disk, {} now", m.tokenizer.describe(), now.describe()));
     }
     if m.shard_size != cfg.shard_size {
         diffs.push(format!("shard size {} on disk, {} now", m.shard_size, cfg.shard_size));
@@ -414,19 +428,19 @@ fn legacy_differences(m: &Manifest, cfg: &WriterConfig) -> Vec<String> {
     diffs
 }
 
-/// `--overwrite`: remove the dataset a previous run left (the shards its manifest lists, then the manifest). Files
-/// the manifest does not list are left alone, and so is everything when the manifest cannot be trusted (unreadable,
-/// or naming a file outside `dir`, `Manifest::validate`): the error says so and nothing is deleted.
+/// `--overwrite`: remove the dataset a previous run left (the shards and tokenizer files its manifest lists, then the
+/// manifest). Files the manifest does not list are left alone, and so is everything when the manifest cannot be
+/// trusted (unreadable, or naming a file outside `dir`, `Manifest::validate`): the error says so and nothing is
+/// deleted.
 fn remove_previous_dataset(dir: &Path) -> Result<(), WriterError> {
     let path = Manifest::path_in(dir);
     if !path.exists() {
         return Ok(());
     }
     let m = Manifest::load(dir)?;
-    for s in &m.shards {
-        let shard = dir.join(&s.file);
-        match std::fs::remove_file(&shard) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_at(&shard)(e).into()),
+    for file in m.shards.iter().map(|s| dir.join(&s.file)).chain(m.tokenizer_files(dir)) {
+        match std::fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_at(&file)(e).into()),
             _ => {}
         }
     }
@@ -440,6 +454,18 @@ fn remove_previous_dataset(dir: &Path) -> Result<(), WriterError> {
 fn verify_finished_shards(m: &Manifest, dir: &Path) -> Result<(), WriterError> {
     for s in &m.shards {
         check_listed_shard(dir, s, m.token_width).map_err(WriterError::DamagedShard)?;
+    }
+    Ok(())
+}
+
+/// A fresh dataset writes its tokenizer's files into `dir`: a file of that name already there (a model folder given as
+/// `--out`) is left alone unless it holds the same bytes.
+fn refuse_foreign_tokenizer_files(dir: &Path, tokenizer: &Tokenizer) -> Result<(), WriterError> {
+    for (name, bytes) in tokenizer.files() {
+        let path = dir.join(name);
+        if path.exists() && std::fs::read(&path).map_err(io_at(&path))? != bytes {
+            return Err(WriterError::ForeignFile { path: path.display().to_string() });
+        }
     }
     Ok(())
 }

@@ -5,8 +5,11 @@
 //!     model.safetensors      fp32 master weights, named as the model names them (HF GPT-2 names for GPT-2),
 //!                            the model config in its metadata (`crate::model::store`)
 //!     optimizer.safetensors  AdamW moments, `<param>.m` and `<param>.v`, fp32
-//!     state.json             step, optimizer step count, train loader position, sampling RNG, resolved config,
-//!                            model config, data identity, xxh3 of both tensor files, tool version
+//!     state.json             step, optimizer step count, train loader position (each source's, for a mixture),
+//!                            sampling RNG, resolved config, model config, data identity, xxh3 of both tensor files,
+//!                            tool version
+//!     tokenizer.json         the data's Hugging Face tokenizer, when it has one (with tokenizer_config.json), so
+//!                            `sample` and `export` use the very tokenizer the model was trained with
 //! ```
 //! The checksums are verified on resume (unless `--no-verify`) and by `tokenmill verify`: a damaged file is named,
 //! never loaded silently.
@@ -155,12 +158,13 @@ pub fn latest(root: &Path) -> Result<PathBuf, CheckpointError> {
 }
 
 /// Write a checkpoint to `dir` atomically (a temp sibling renamed into place; an existing `dir` is replaced).
-/// `optimizer` is `AdamW::state_tensors()`.
+/// `optimizer` is `AdamW::state_tensors()`; `extra` are further files to keep in it (the tokenizer's).
 pub fn save(
     dir: &Path,
     model: &dyn LanguageModel,
     optimizer: &[(String, Tensor)],
     state: &TrainState,
+    extra: &[(&str, &[u8])],
 ) -> Result<(), CheckpointError> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io_at(parent))?;
@@ -169,7 +173,7 @@ pub fn save(
         std::fs::remove_dir_all(&tmp).map_err(io_at(&tmp))?;
     }
     std::fs::create_dir(&tmp).map_err(io_at(&tmp))?;
-    if let Err(e) = write_files(&tmp, model, optimizer, state) {
+    if let Err(e) = write_files(&tmp, model, optimizer, state, extra) {
         // A failed write (disk full) leaves nothing behind; what a crash leaves, the next start removes.
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
@@ -192,14 +196,19 @@ pub fn save(
     Ok(())
 }
 
-/// The three files of a checkpoint into the (temporary) directory `tmp`, each fsynced, `state.json` last and with the
-/// checksums of the other two.
+/// The files of a checkpoint into the (temporary) directory `tmp`, each fsynced, `state.json` last and with the
+/// checksums of the two tensor files.
 fn write_files(
     tmp: &Path,
     model: &dyn LanguageModel,
     optimizer: &[(String, Tensor)],
     state: &TrainState,
+    extra: &[(&str, &[u8])],
 ) -> Result<(), CheckpointError> {
+    for (name, bytes) in extra {
+        let path = tmp.join(name);
+        std::fs::write(&path, bytes).and_then(|_| std::fs::File::open(&path)?.sync_all()).map_err(io_at(&path))?;
+    }
     // Both tensor files go through the model store's writer: streamed, fsynced, in a fixed order (byte-identical
     // files for identical states), and model.safetensors carries the model config so `--model DIR` can load it.
     save_model_weights(model, &tmp.join(MODEL_FILE))?;

@@ -5,6 +5,7 @@
 //! value), and the merged table is parsed once with unknown keys rejected, so a typo is an error naming the key.
 //! The resolved config is what a run prints, saves to `log_dir/config.toml` and stores in every checkpoint.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -152,8 +153,14 @@ impl<'de> Deserialize<'de> for ModelSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// The directory `tokenmill prep` wrote (its manifest.json lists train and val shards). `--data` sets it.
+    /// The directory `tokenmill prep` wrote (its manifest.json lists train and val shards). `--data DIR` sets it.
     pub dir: Option<PathBuf>,
+    /// Instead of `dir`: a weighted mixture of such directories, all of one tokenizer, as directory = weight
+    /// (`[data.mix]` with `"shards/mine" = 0.7` and `"shards/edu" = 0.3`; `--data shards/mine:0.7,shards/edu:0.3`).
+    /// Weights are relative shares of the micro-batches (`shards::mixture`). Whichever of `dir` and `mix` a later
+    /// layer (file, flags) sets replaces the other.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mix: BTreeMap<String, f64>,
     /// B: sequences per micro-batch per process.
     pub micro_batch: usize,
     /// T: tokens per sequence.
@@ -244,6 +251,7 @@ impl Default for TrainConfig {
             model: ModelSection { preset: Some("gpt2-124m".into()), ..Default::default() },
             data: DataSection {
                 dir: None,
+                mix: BTreeMap::new(),
                 micro_batch: 64,
                 seq_len: 1024,
                 total_batch_tokens: 524_288, // 2**19, ~0.5M tokens as in GPT-3 Small
@@ -282,6 +290,50 @@ impl Default for TrainConfig {
             },
             engine: EngineOptions::default(),
         }
+    }
+}
+
+impl DataSection {
+    /// The sources batches come from: the mixture's directories with their weights (in key order), or `dir` alone
+    /// with weight 1; empty when neither is set.
+    pub fn sources(&self) -> Vec<(PathBuf, f64)> {
+        if !self.mix.is_empty() {
+            return self.mix.iter().map(|(d, w)| (PathBuf::from(d), *w)).collect();
+        }
+        self.dir.iter().map(|d| (d.clone(), 1.0)).collect()
+    }
+
+    /// `DIR`, `a:0.7,b:0.3` or `unset`, for messages.
+    pub fn describe(&self) -> String {
+        if !self.mix.is_empty() {
+            return self.mix.iter().map(|(d, w)| format!("{d}:{w}")).collect::<Vec<_>>().join(",");
+        }
+        self.dir.as_ref().map_or("unset".into(), |d| d.display().to_string())
+    }
+
+    /// `[data] mix` as a `--data` value gives it: `a:0.7,b:0.3` (a value without `:WEIGHT` is one directory, `None`).
+    /// Commas separate sources, the last `:` a weight.
+    pub fn parse_mix(value: &str) -> Result<Option<BTreeMap<String, f64>>, ConfigError> {
+        fn weighted(part: &str) -> Option<(&str, f64)> {
+            let (dir, weight) = part.rsplit_once(':')?;
+            Some((dir, weight.trim().parse().ok()?))
+        }
+        if !value.contains(',') && weighted(value).is_none() {
+            return Ok(None);
+        }
+        let mut mix = BTreeMap::new();
+        for part in value.split(',') {
+            let (dir, weight) = weighted(part).filter(|(d, _)| !d.is_empty()).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "--data {value}: `{part}` is not DIR:WEIGHT (a mixture is DIR:WEIGHT,DIR:WEIGHT, e.g. \
+                     shards/mine:0.7,shards/edu:0.3)"
+                ))
+            })?;
+            if mix.insert(dir.to_string(), weight).is_some() {
+                return Err(ConfigError::Invalid(format!("--data {value}: `{dir}` is given twice")));
+            }
+        }
+        Ok(Some(mix))
     }
 }
 
@@ -446,6 +498,9 @@ impl TrainConfig {
                     table.insert("model".into(), toml::Value::Table(toml::Table::new()));
                 }
             }
+            if let Some(toml::Value::Table(d)) = file_table.get("data") {
+                one_data_source(&mut table, d.keys().map(String::as_str));
+            }
             merge(&mut table, file_table);
             origin = p();
         }
@@ -454,6 +509,8 @@ impl TrainConfig {
             table.insert("model".into(), toml::Value::Table(toml::Table::new()));
         }
         for o in overrides {
+            let key = o.split_once('=').map_or("", |(k, _)| k.trim());
+            one_data_source(&mut table, key.strip_prefix("data.").into_iter());
             apply_override(&mut table, o)?;
         }
         if !overrides.is_empty() {
@@ -486,6 +543,17 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let d = &self.data;
+        if d.dir.is_some() && !d.mix.is_empty() {
+            return bad("[data] dir and [data] mix are both set: give one directory or one mixture".into());
+        }
+        for (dir, weight) in &d.mix {
+            if !(weight.is_finite() && *weight > 0.0) {
+                return bad(format!(
+                    "[data] mix: the weight of `{dir}` is {weight}; every weight must be a number > 0 (its share of \
+                     the batches)"
+                ));
+            }
+        }
         if d.micro_batch == 0 || d.seq_len == 0 || d.total_batch_tokens == 0 {
             return bad("[data] micro_batch, seq_len and total_batch_tokens must be positive".into());
         }
@@ -596,6 +664,23 @@ impl TrainConfig {
 /// `text` on one line: its lines trimmed and joined with a space.
 fn one_line(text: &str) -> String {
     text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+/// `[data] dir` and `[data] mix` name the data two ways: a layer that sets one of `keys` removes the other from
+/// `table` (the layers below), so `--data a:0.7,b:0.3` replaces a config file's `dir`, and `--data DIR` its `mix`.
+fn one_data_source<'a>(table: &mut toml::Table, keys: impl Iterator<Item = &'a str>) {
+    let Some(toml::Value::Table(data)) = table.get_mut("data") else { return };
+    for key in keys {
+        match key.split('.').next() {
+            Some("dir") => {
+                data.remove("mix");
+            }
+            Some("mix") => {
+                data.remove("dir");
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Deep-merge `src` into `dst`: tables merge key by key, anything else replaces.

@@ -92,13 +92,24 @@ impl InitModel {
         let Some(file) = &self.files.tokenizer else { return Ok(()) };
         let model_vocab =
             hf_tokenizer_vocab_size(file).map_err(|source| InitError::Model { spec: self.spec.clone(), source })?;
+        let mismatch = |model_tokenizer: String| InitError::TokenizerMismatch {
+            data: data_dir.display().to_string(),
+            data_tokenizer: format!("{}, {} ids", data.describe(), data.vocab_size),
+            model_tokenizer,
+            file: file.display().to_string(),
+        };
         if model_vocab != data.vocab_size as usize {
-            return Err(InitError::TokenizerMismatch {
-                data: data_dir.display().to_string(),
-                data_tokenizer: format!("{:?}, {} ids", data.name, data.vocab_size),
-                model_tokenizer: format!("{model_vocab} ids"),
-                file: file.display().to_string(),
-            });
+            return Err(mismatch(format!("{model_vocab} ids")));
+        }
+        // Data prepared with a Hugging Face tokenizer records its tokenizer.json's sha256: it must be the model's.
+        if let Some(hf) = &data.hf {
+            let sha = crate::hub::sha256_file(file).map_err(|e| InitError::Model {
+                spec: self.spec.clone(),
+                source: ModelError::io(file.to_path_buf(), e),
+            })?;
+            if sha != hf.sha256 {
+                return Err(mismatch(format!("tokenizer.json sha256 {}", &sha[..12])));
+            }
         }
         Ok(())
     }

@@ -48,6 +48,18 @@ pub enum Event {
         index: usize,
         text: String,
     },
+    /// A mixture's val loss on one of its sources (`Val` is the mixture's: the weighted mean of these).
+    #[serde(rename = "val_source")]
+    ValSource {
+        step: usize,
+        source: String,
+        loss: f32,
+    },
+    /// A mixture's tokens consumed so far from each source, after `step` (all processes).
+    Data {
+        step: usize,
+        tokens: std::collections::BTreeMap<String, u64>,
+    },
 }
 
 impl Event {
@@ -62,6 +74,15 @@ impl Event {
                 format!("step {step:5} | HellaSwag acc: {acc:.4} acc_norm: {acc_norm:.4} (n={n})")
             }
             Event::Sample { index, text, .. } => format!("sample {index}: {text}"),
+            Event::ValSource { step, source, loss } => format!("step {step:5} | validation loss on {source}: {loss:.4}"),
+            Event::Data { step, tokens } => {
+                let total = tokens.values().sum::<u64>().max(1) as f64;
+                let shares: Vec<String> = tokens
+                    .iter()
+                    .map(|(s, &n)| format!("{s} {n} ({:.1}%)", 100.0 * n as f64 / total))
+                    .collect();
+                format!("step {step:5} | tokens: {}", shares.join(", "))
+            }
         }
     }
 
@@ -71,7 +92,7 @@ impl Event {
             Event::Train(StepStats { step, loss, .. }) => Some(format!("{step} train {loss:.6}")),
             Event::Val { step, loss } => Some(format!("{step} val {loss:.4}")),
             Event::Hella { step, acc_norm, .. } => Some(format!("{step} hella {acc_norm:.4}")),
-            Event::Sample { .. } => None,
+            Event::Sample { .. } | Event::ValSource { .. } | Event::Data { .. } => None,
         }
     }
 }
@@ -134,6 +155,11 @@ impl RunLog {
         if self.echo {
             println!("{}", event.display());
         }
+        self.record_quiet(event)
+    }
+
+    /// Record one event in the files only (a mixture's per-step token counts: on screen at evaluations only).
+    pub fn record_quiet(&mut self, event: &Event) -> std::io::Result<()> {
         if let Some(line) = event.log_txt_line() {
             writeln!(self.txt, "{line}")?;
             self.txt.flush()?;

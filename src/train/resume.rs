@@ -52,7 +52,7 @@ pub fn reconcile(
         }
         Err(e) => reasons.push(format!("[model] {e}")),
     }
-    let data_dir = |c: &TrainConfig| c.data.dir.as_ref().map_or("unset".into(), |d| d.display().to_string());
+    let data_dir = |c: &TrainConfig| c.data.describe();
     match &saved.data {
         Some(trained_on) if trained_on != data => reasons.push(format!(
             "data: the run trained on {} ({}), {} holds {}",

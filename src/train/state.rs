@@ -10,9 +10,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::model::ModelConfig;
-use crate::shards::loader::{split_files, LoaderError, LoaderState};
+use crate::shards::loader::{split_files, LoaderError};
+use crate::shards::mixture::TrainLoaderState;
 use crate::shards::{Manifest, Split};
-use crate::tokenizer::TokenizerKind;
+use crate::tokenizer::TokenizerId;
 use crate::train::TrainConfig;
 
 /// A checkpoint directory's files: the model's weights and the state file (named where models are loaded from a
@@ -66,7 +67,8 @@ pub struct TrainState {
     pub step: usize,
     /// AdamW's own step count (bias correction).
     pub optimizer_steps: u64,
-    pub train_loader: LoaderState,
+    /// One loader's state, or a mixture's (each source's, `shards::mixture`).
+    pub train_loader: TrainLoaderState,
     pub rng: RngState,
     pub config: TrainConfig,
     pub model: ModelConfig,
@@ -92,8 +94,9 @@ pub struct TrainState {
 /// What a run trains on, as `state.json` records it: a resume on other data is refused, a moved directory is not.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataIdentity {
-    /// The manifest's tokenizer; `None` for a directory of bare llm.c / `.npy` shards.
-    pub tokenizer: Option<TokenizerKind>,
+    /// The manifest's tokenizer (a built-in name, or a tokenizer.json's sha256); `None` for a directory of bare
+    /// llm.c / `.npy` shards.
+    pub tokenizer: Option<TokenizerId>,
     pub train_shards: usize,
     pub val_shards: usize,
     /// xxh3 over every shard's split, name, token count and xxh3 as the manifest lists them (without a manifest:
@@ -112,7 +115,7 @@ impl DataIdentity {
             }
             let count = |split| m.shards.iter().filter(|s| s.split == split).count();
             return Ok(DataIdentity {
-                tokenizer: Some(m.tokenizer.name),
+                tokenizer: m.tokenizer.id(),
                 train_shards: count(Split::Train),
                 val_shards: count(Split::Val),
                 digest: format!("{:016x}", h.digest()),
@@ -136,9 +139,24 @@ impl DataIdentity {
         })
     }
 
+    /// A mixture's identity: its sources' identities with their (normalised) weights, in order. Another weight or
+    /// source is other data, refused on resume like another directory.
+    pub fn of_mixture(parts: &[(f64, DataIdentity)]) -> DataIdentity {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for (weight, id) in parts {
+            h.update(format!("{weight}\t{}\n", id.digest).as_bytes());
+        }
+        DataIdentity {
+            tokenizer: parts.first().and_then(|(_, id)| id.tokenizer.clone()),
+            train_shards: parts.iter().map(|(_, id)| id.train_shards).sum(),
+            val_shards: parts.iter().map(|(_, id)| id.val_shards).sum(),
+            digest: format!("{:016x}", h.digest()),
+        }
+    }
+
     /// One line for messages: tokenizer, shard counts, digest.
     pub fn describe(&self) -> String {
-        let tok = self.tokenizer.map_or("no manifest".to_string(), |t| format!("{t} tokens"));
+        let tok = self.tokenizer.as_ref().map_or("no manifest".to_string(), |t| format!("{t} tokens"));
         format!("{tok}, {} train + {} val shards, digest {}", self.train_shards, self.val_shards, self.digest)
     }
 }

@@ -12,9 +12,10 @@ use rand_chacha::ChaCha20Rng;
 use crate::eval::hellaswag::{self, HellaswagScore};
 use crate::eval::hellaswag_file::{Example, HellaswagFile, HellaswagFileError};
 use crate::model::{self, LanguageModel, ModelConfig, ModelError};
-use crate::shards::loader::{DataLoader, LoaderConfig, LoaderError};
+use crate::shards::loader::{LoaderConfig, LoaderError};
+use crate::shards::mixture::MixtureLoader;
 use crate::shards::{Manifest, Split};
-use crate::tokenizer::{Tokenizer, TokenizerKind};
+use crate::tokenizer::{Tokenizer, TokenizerError, TokenizerKind};
 use crate::train::checkpoint::{self, CheckpointError, RngState, TrainState, CHECKPOINT_VERSION};
 use crate::train::config::{ComputeDtype, ConfigError, TrainConfig};
 use crate::train::engine::{self, Engine, EngineKind};
@@ -46,8 +47,18 @@ pub enum TrainError {
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Io(#[from] PathIoError),
-    #[error("no training data: set [data] dir in the config or pass --data DIR (a directory `tokenmill prep` wrote)")]
+    #[error(
+        "no training data: set [data] dir (or [data] mix) in the config or pass --data DIR (a directory `tokenmill \
+         prep` wrote) or --data DIR:WEIGHT,DIR:WEIGHT (a mixture)"
+    )]
     NoDataDir,
+    #[error(
+        "[data] mix: {a} holds {a_tokens} token ids, {b} holds {b_tokens}: a mixture reads one tokenizer's ids; prep \
+         every source with the same --tokenizer"
+    )]
+    MixedTokenizers { a: String, a_tokens: String, b: String, b_tokens: String },
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
     #[error("{path}: the data has {data} token ids but the checkpoint's model was built for {model}")]
     VocabMismatch { path: String, data: usize, model: usize },
     #[error("step {step}: the loss is {loss}; training diverged (lower optim.max_lr or check the data)")]
@@ -109,8 +120,10 @@ pub struct Trainer {
     /// Runs the steps and holds the model and the optimizer state (`train::engine`).
     engine: Box<dyn Engine>,
     schedule: LrSchedule,
-    train: DataLoader,
-    val: Option<DataLoader>,
+    /// The training batches: one directory, or a weighted mixture of several (`shards::mixture`).
+    train: MixtureLoader,
+    /// The val split of every source (the mixture's val loss weighs theirs).
+    val: Option<MixtureLoader>,
     hellaswag: Option<Vec<Example>>,
     tokenizer: Option<Tokenizer>,
     reducer: Box<dyn Reducer>,
@@ -198,9 +211,42 @@ fn claim_run_dir(
     Ok(None)
 }
 
-/// The data, as far as a resume and the model need it, without opening the loaders yet: its vocabulary and identity.
-/// A corpus whose preparation did not finish is refused unless `allow_incomplete`.
-fn check_data(data_dir: &Path, allow_incomplete: bool) -> Result<(usize, DataIdentity), TrainError> {
+/// The data of every source, as far as a resume and the model need it, without opening the loaders yet: its
+/// vocabulary and identity (a mixture's combines its sources', `DataIdentity::of_mixture`). The sources of a mixture
+/// must share one tokenizer.
+fn check_data(sources: &[(PathBuf, f64)], allow_incomplete: bool) -> Result<(usize, DataIdentity), TrainError> {
+    let mut each: Vec<(usize, DataIdentity)> = Vec::with_capacity(sources.len());
+    for (dir, _) in sources {
+        let (vocab, identity) = check_dir(dir, allow_incomplete)?;
+        if let Some((first_vocab, first_id)) = each.first() {
+            let differ = matches!((&first_id.tokenizer, &identity.tokenizer), (Some(a), Some(b)) if a != b);
+            if differ || *first_vocab != vocab {
+                let show = |id: &DataIdentity, vocab: usize| match &id.tokenizer {
+                    Some(t) => format!("{t} ({vocab} ids)"),
+                    None => format!("{vocab}-id"),
+                };
+                return Err(TrainError::MixedTokenizers {
+                    a: sources[0].0.display().to_string(),
+                    a_tokens: show(first_id, *first_vocab),
+                    b: dir.display().to_string(),
+                    b_tokens: show(&identity, vocab),
+                });
+            }
+        }
+        each.push((vocab, identity));
+    }
+    let vocab = each.first().map_or(0, |e| e.0);
+    if each.len() == 1 {
+        return Ok((vocab, each.remove(0).1));
+    }
+    let total: f64 = sources.iter().map(|(_, w)| w).sum();
+    let parts: Vec<(f64, DataIdentity)> = sources.iter().zip(each).map(|((_, w), (_, id))| (w / total, id)).collect();
+    Ok((vocab, DataIdentity::of_mixture(&parts)))
+}
+
+/// One directory of the data: its vocabulary and identity; a corpus whose preparation did not finish is refused
+/// unless `allow_incomplete`.
+fn check_dir(data_dir: &Path, allow_incomplete: bool) -> Result<(usize, DataIdentity), TrainError> {
     let data_vocab = crate::shards::loader::dir_vocab_size(data_dir)? as usize;
     if Manifest::path_in(data_dir).exists() {
         let m = Manifest::load(data_dir)?;
@@ -263,7 +309,7 @@ fn hellaswag_examples(
     match (&cfg.eval.hellaswag_file, cfg.eval.hellaswag_every) {
         (Some(path), every) if every > 0 => {
             let file = HellaswagFile::open(path)?;
-            file.check_tokenizer(&format!("the data in {}", data_dir.display()), data_vocab, data.tokenizer)?;
+            file.check_tokenizer(&format!("the data in {}", data_dir.display()), data_vocab, data.tokenizer.as_ref())?;
             let n = cfg.eval.hellaswag_limit.unwrap_or(file.len()).min(file.len());
             Ok(Some(file.examples()[..n].to_vec()))
         }
@@ -352,7 +398,8 @@ impl Trainer {
         let dtype = cfg.run.compute_dtype(&device)?;
         let (rank, world) = (opts.reducer.rank(), opts.reducer.world());
         let grad_accum = cfg.grad_accum_steps(world)?;
-        let data_dir = cfg.data.dir.clone().ok_or(TrainError::NoDataDir)?;
+        let sources = cfg.data.sources();
+        let data_dir = sources.first().map(|(d, _)| d.clone()).ok_or(TrainError::NoDataDir)?;
         let (log_dir, checkpoint_root) = (cfg.run.log_dir.clone(), cfg.checkpoint_dir());
 
         let claim = match &opts.resume {
@@ -370,7 +417,7 @@ impl Trainer {
         let mut notes = Vec::new();
         let mut taken =
             if rank == 0 { claim_run_dir(&log_dir, &checkpoint_root, claim, resumed_from, &mut notes)? } else { None };
-        let (data_vocab, data) = check_data(&data_dir, opts.allow_incomplete_data)?;
+        let (data_vocab, data) = check_data(&sources, opts.allow_incomplete_data)?;
         let resume_dir = match &opts.resume {
             Resume::No => None,
             Resume::Latest => Some(checkpoint::latest(&checkpoint_root)?),
@@ -410,21 +457,26 @@ impl Trainer {
             world,
             shuffle_seed,
         };
-        let mut train = DataLoader::open_with(&data_dir, Split::Train, loader_cfg(cfg.data.shuffle_seed), opts.verify)
-            .map_err(|e| match (&e, Manifest::load(&data_dir)) {
-                (LoaderError::EmptySplit { split: Split::Train, .. }, Ok(m)) => {
-                    m.empty_train_because_of_val_shards(&data_dir).map_or(TrainError::Loader(e), TrainError::EmptyTrain)
-                }
+        let mut train = MixtureLoader::open(&sources, Split::Train, loader_cfg(cfg.data.shuffle_seed), opts.verify)
+            .map_err(|e| match (&e, &sources[..]) {
+                // One directory whose train split is empty because --val-shards took every shard: say so.
+                (LoaderError::EmptySplit { split: Split::Train, .. }, [(dir, _)]) => match Manifest::load(dir) {
+                    Ok(m) => {
+                        m.empty_train_because_of_val_shards(dir).map_or(TrainError::Loader(e), TrainError::EmptyTrain)
+                    }
+                    Err(_) => TrainError::Loader(e),
+                },
                 _ => TrainError::Loader(e),
             })?;
         // Validation always reads the same batches, in file order, from the start.
         let val = if cfg.eval.val_every > 0 {
-            Some(DataLoader::open_with(&data_dir, Split::Val, loader_cfg(None), opts.verify)?)
+            Some(MixtureLoader::open(&sources, Split::Val, loader_cfg(None), opts.verify)?)
         } else {
             None
         };
+        // The data's tokenizer (every source has the same, checked above): samples, checkpoints and exports use it.
         let tokenizer = match Manifest::load(&data_dir) {
-            Ok(m) => Some(Tokenizer::new(m.tokenizer.name)),
+            Ok(m) => Some(m.load_tokenizer(&data_dir)?),
             Err(_) if data_vocab == TokenizerKind::Gpt2.vocab_size() as usize => Some(Tokenizer::gpt2()),
             Err(_) => None,
         };
@@ -530,6 +582,12 @@ impl Trainer {
             self.cfg.data.total_batch_tokens, self.grad_accum
         ));
         log.note(&format!("train data: {} tokens in {} shards", self.train.total_tokens(), self.train.num_shards()));
+        if self.train.is_mixture() {
+            log.note(&format!("data mixture: {}", self.cfg.data.describe()));
+        }
+        if let Some(t) = &self.tokenizer {
+            log.note(&format!("tokenizer: {}", t.describe()));
+        }
         if let Some(dir) = resumed_from {
             log.note(&format!("resumed from {} at step {}", dir.display(), self.step));
         }
@@ -616,22 +674,39 @@ impl Trainer {
         Ok(stats)
     }
 
-    /// Mean loss over `val_steps` batches from the start of the val split (averaged across processes).
+    /// Mean loss over `val_steps` batches from the start of the val split (averaged across processes); for a
+    /// mixture, the weighted mean of its sources' (`val_losses`).
     pub fn val_loss(&mut self) -> Result<f32, TrainError> {
+        Ok(self.val_losses()?.0)
+    }
+
+    /// The val loss, and for a mixture each source's (directory, loss): `val_steps` batches from the start of each
+    /// source's val split, averaged across processes; the mixture's is their mean weighted as the training batches.
+    pub fn val_losses(&mut self) -> Result<(f32, Vec<(String, f32)>), TrainError> {
         let steps = self.cfg.eval.val_steps;
         let Some(mut val) = self.val.take() else {
             return Err(ConfigError::Invalid("no val loader (eval.val_every is 0)".into()).into());
         };
-        val.reset();
-        let result = (|| -> Result<f32, TrainError> {
-            let mut total = 0f64;
-            for _ in 0..steps {
-                let batch = val.next_batch()?;
-                total += self.engine.eval_loss(&batch)? as f64;
+        let result = (|| -> Result<(f32, Vec<(String, f32)>), TrainError> {
+            let (mut means, mut names, mut weights) = (Vec::new(), Vec::new(), Vec::new());
+            for (dir, weight, loader) in val.sources_mut() {
+                loader.reset();
+                let mut total = 0f64;
+                for _ in 0..steps {
+                    total += self.engine.eval_loss(&loader.next_batch()?)? as f64;
+                }
+                means.push(total / steps as f64);
+                names.push(dir.display().to_string());
+                weights.push(weight);
             }
-            let mut v = [total / steps as f64];
-            self.reducer.mean_f64(&mut v)?;
-            Ok(v[0] as f32)
+            self.reducer.mean_f64(&mut means)?;
+            let mixed: f64 = means.iter().zip(&weights).map(|(l, w)| l * w).sum();
+            let each = if names.len() > 1 {
+                names.into_iter().zip(&means).map(|(n, &l)| (n, l as f32)).collect()
+            } else {
+                Vec::new()
+            };
+            Ok((mixed as f32, each))
         })();
         self.val = Some(val);
         result
@@ -673,9 +748,11 @@ impl Trainer {
 
     /// `sample_count` continuations of the sample prompt (rank 0 only; None without a tokenizer).
     pub fn samples(&mut self) -> Result<Option<Vec<String>>, TrainError> {
-        let Some(tok) = self.tokenizer else { return Ok(None) };
+        let Some(tok) = self.tokenizer.clone() else { return Ok(None) };
         let e = &self.cfg.eval;
-        let prompt = tok.encode(&e.sample_prompt);
+        // As the model's documents start (a Llama tokenizer's BOS; nothing for GPT-2), shown without it.
+        let prefix = tok.document_prefix().len();
+        let prompt = [tok.document_prefix(), &tok.encode(&e.sample_prompt)?].concat();
         let seqs = crate::train::sample::generate(
             self.engine.model(),
             &prompt,
@@ -685,7 +762,7 @@ impl Trainer {
             &mut self.rng,
             &self.device,
         )?;
-        Ok(Some(seqs.iter().map(|s| tok.decode(s)).collect()))
+        Ok(Some(seqs.iter().map(|s| tok.decode(&s[prefix..])).collect()))
     }
 
     /// Write `checkpoint_dir/step_N` for the current step (rank 0 only).
@@ -708,7 +785,8 @@ impl Trainer {
             checksums: Default::default(), // filled in by checkpoint::save
             tool_version: crate::TOOL_VERSION.to_string(),
         };
-        checkpoint::save(&dir, self.engine.model(), &self.engine.optimizer_state()?, &state)?;
+        let tokenizer_files = self.tokenizer.as_ref().map(Tokenizer::files).unwrap_or_default();
+        checkpoint::save(&dir, self.engine.model(), &self.engine.optimizer_state()?, &state, &tokenizer_files)?;
         self.last_checkpoint = Some(self.step);
         if let Some(log) = &self.log {
             log.note(&format!("saved checkpoint {}", dir.display()));
@@ -743,9 +821,17 @@ impl Trainer {
 
             if self.val.is_some() && due(e.val_every, step, last) {
                 let started = Instant::now();
-                let loss = self.val_loss()?;
+                let (loss, each) = self.val_losses()?;
                 self.record(Event::Val { step, loss })?;
+                for (source, loss) in each {
+                    self.record(Event::ValSource { step, source, loss })?;
+                }
                 self.note_time(step, &format!("validation ({} batches)", e.val_steps), started);
+                if step > 0 && self.train.is_mixture() {
+                    if let Some(log) = &self.log {
+                        log.note(&self.data_event(step - 1).display());
+                    }
+                }
             }
             if due(e.hellaswag_every, step, last) {
                 let started = Instant::now();
@@ -764,6 +850,13 @@ impl Trainer {
 
             let s = self.train_step()?;
             self.record(Event::Train(s))?;
+            if self.train.is_mixture() {
+                let event = self.data_event(step);
+                if let Some(log) = &mut self.log {
+                    log.record_quiet(&event).map_err(io_at(&self.cfg.run.log_dir))?;
+                }
+                self.history.push(event);
+            }
 
             let every = self.cfg.checkpoint.every;
             if every > 0 && self.step.is_multiple_of(every) {
@@ -778,6 +871,16 @@ impl Trainer {
             self.final_checkpoint()?;
         }
         Ok(RunEnd::Finished)
+    }
+
+    /// The tokens each source of the mixture has given after `step` (`metrics.jsonl`'s `data` lines).
+    fn data_event(&self, step: usize) -> Event {
+        Event::Data { step, tokens: self.train.tokens_per_source().into_iter().collect() }
+    }
+
+    /// Tokens each training source has given so far (one entry without a mixture).
+    pub fn tokens_per_source(&self) -> Vec<(String, u64)> {
+        self.train.tokens_per_source()
     }
 
     /// The checkpoint of the current step, written unless it already was (rank 0; `None` elsewhere).
