@@ -497,13 +497,20 @@ fn a_foreign_tokenizer_json_in_out_is_not_replaced() {
     std::fs::write(out.join("tokenizer.json"), &theirs).unwrap();
     let mut o = prep_options(&out, load("spm"), 50_000);
     o.input = fineweb::local_input(&[shakespeare()]).unwrap();
-    let err = fineweb::prep(&o).unwrap_err().to_string();
-    assert!(err.contains(&out.join("tokenizer.json").display().to_string()) && err.contains("another --out"), "{err}");
-    assert_eq!(std::fs::read(out.join("tokenizer.json")).unwrap(), theirs, "left as it was");
-    assert!(!Manifest::path_in(&out).exists());
-    // The model's own folder as --out, with its own tokenizer: the same bytes, so the shards go beside them.
-    o.tokenizer = load("bpe");
+    // A folder tokenmill did not make is not its to write shards into (issue 26's rule for every --out), whatever
+    // it holds: the model's folder is refused with another tokenizer and with its own, and left as it was.
+    for tokenizer in ["spm", "bpe"] {
+        o.tokenizer = load(tokenizer);
+        let err = fineweb::prep(&o).unwrap_err().to_string();
+        assert!(err.contains("model_folder") && err.contains("tokenizer.json") && err.contains("new or empty --out"), "{err}");
+        assert_eq!(std::fs::read(out.join("tokenizer.json")).unwrap(), theirs, "left as it was");
+        assert!(!Manifest::path_in(&out).exists());
+    }
+    // An empty --out takes the shards and keeps its own copy of the tokenizer.json.
+    let fresh = tmp.path().join("fresh");
+    o.out = fresh.clone();
     assert!(fineweb::prep(&o).unwrap().complete);
+    assert_eq!(std::fs::read(fresh.join("tokenizer.json")).unwrap(), theirs);
 }
 
 /// `train --init` from a model whose tokenizer.json is not the one the data was prepared with is refused, naming

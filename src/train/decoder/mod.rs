@@ -2,7 +2,8 @@
 //! Llama-style with RMSNorm, rotary positions, SwiGLU and grouped-query attention), llm.c's design in Rust. Instead
 //! of candle's autograd (which allocates and zero-fills every gradient, runs bias adds, casts and reshapes as
 //! separate kernels and gives no control over matmul epilogues), the engine owns a few big buffers sized at start
-//! (`layout`, `buffers`) and runs the forward and backward kernel by kernel on one stream (`forward`, `backward`),
+//! (`layout`, `buffers`) and runs the forward and backward kernel by kernel on one stream (`forward`, `backward`;
+//! only the bias gradients may run beside it on a second, `bias_stream`),
 //! then the optimizer over the flat buffers in two launches (`optimizer`). No allocation and no host
 //! synchronisation inside a step except reading the loss and the gradient norm at its end. The architecture is
 //! data (`layout::Arch`: norm, positions, MLP, biases, tied head): GPT-2 is one row of that table, and its step is
