@@ -502,7 +502,10 @@ fn a_foreign_tokenizer_json_in_out_is_not_replaced() {
     for tokenizer in ["spm", "bpe"] {
         o.tokenizer = load(tokenizer);
         let err = fineweb::prep(&o).unwrap_err().to_string();
-        assert!(err.contains("model_folder") && err.contains("tokenizer.json") && err.contains("new or empty --out"), "{err}");
+        assert!(
+            err.contains("model_folder") && err.contains("tokenizer.json") && err.contains("new or empty --out"),
+            "{err}"
+        );
         assert_eq!(std::fs::read(out.join("tokenizer.json")).unwrap(), theirs, "left as it was");
         assert!(!Manifest::path_in(&out).exists());
     }

@@ -13,9 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::shards::format::{TokenWidth, HEADER_BYTES};
 use crate::shards::manifest::Manifest;
 
-pub use crate::shards::WORKERS_DIR;
-/// A worker folder's record of who it is and whether it finished.
-pub const WORKER_FILE: &str = "worker.json";
+/// The workers' folder, and a worker folder's record of who it is and whether it finished.
+pub use crate::shards::{WORKERS_DIR, WORKER_FILE};
 /// The most workers one dataset may be split over (folder names have five digits; a prep also refuses more workers
 /// than input files).
 pub const MAX_WORKERS: usize = 65_536;

@@ -16,5 +16,7 @@ pub use format::{ShardError, ShardHeader, TokenWidth};
 /// The folder under an output directory that holds the folders of `prep --worker I/N` runs (`pipelines::workers`);
 /// the loader names it when a directory holds only those, not a merged dataset yet.
 pub const WORKERS_DIR: &str = "workers";
+/// A worker's record in its folder (`pipelines::workers`); named here so the shard writer can tell it from a temp.
+pub const WORKER_FILE: &str = "worker.json";
 pub use loader::{Batch, DataLoader, LoaderConfig, LoaderError, LoaderState};
 pub use manifest::{Manifest, Split};

@@ -485,7 +485,7 @@ fn has_shard_files(dir: &Path) -> Result<bool, WriterError> {
 fn remove_stale_temps(dir: &Path, dataset: &str) -> Result<(), WriterError> {
     let ours = |base: &str| {
         base == crate::shards::manifest::MANIFEST_FILE
-            || base == crate::pipelines::workers::WORKER_FILE
+            || base == crate::shards::WORKER_FILE
             || is_shard_file_name(dataset, base)
     };
     for name in crate::output::remove_stale_temps(dir, ours)? {
