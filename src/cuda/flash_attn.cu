@@ -34,6 +34,7 @@
 // Precision (as FlashAttention-2): S, dP, statistics and accumulators f32; P and dS rounded to the input type
 // before their products; outputs rounded once at the end.
 #include "common.cuh"
+#include "cp_async.cuh"
 #include "mma.cuh"
 #include "warp.cuh"
 
@@ -55,23 +56,11 @@ template <typename P> __device__ __forceinline__ P* fa2_head(P* base, const Fa2S
     return base + (int64_t)b * s.b_ + (int64_t)h * s.h_;
 }
 
-// ---- asynchronous copies, ldmatrix, fast exp2/log2 (the product: mma.cuh; shuffles: warp.cuh) ----------------
+// ---- ldmatrix, fast exp2/log2 (the product: mma.cuh; shuffles: warp.cuh; asynchronous copies: cp_async.cuh) -----
 #ifdef __CUDACC__
-__device__ __forceinline__ uint32_t fa2_smem(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-// 16 bytes global -> shared, asynchronously; `valid` false writes zeros (src-size 0) and reads nothing.
-__device__ __forceinline__ void fa2_cp16(void* dst, const void* src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(fa2_smem(dst)), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void fa2_cp4(void* dst, const void* src, bool valid) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(fa2_smem(dst)), "l"(src), "r"(valid ? 4 : 0));
-}
-__device__ __forceinline__ void fa2_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void fa2_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-
 // Shared-memory addresses as ldmatrix takes them (32-bit, shared window).
 typedef uint32_t fa2_addr_t;
-__device__ __forceinline__ fa2_addr_t fa2_addr(const void* p) { return fa2_smem(p); }
+__device__ __forceinline__ fa2_addr_t fa2_addr(const void* p) { return smem_u32(p); }
 __device__ __forceinline__ void fa2_ldsm(uint32_t (&r)[4], fa2_addr_t a) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -91,10 +80,6 @@ __device__ __forceinline__ float fa2_exp2(float x) {
 }
 __device__ __forceinline__ float fa2_log2(float x) { return __log2f(x); }
 #else
-inline void fa2_cp16(void* dst, const void* src, bool valid) { emu_cp_async(dst, src, 16, valid); }
-inline void fa2_cp4(void* dst, const void* src, bool valid) { emu_cp_async(dst, src, 4, valid); }
-inline void fa2_commit() { emu_cp_commit(); }
-inline void fa2_wait_all() { emu_cp_wait(0); }
 typedef uintptr_t fa2_addr_t;
 inline fa2_addr_t fa2_addr(const void* p) { return reinterpret_cast<uintptr_t>(p); }
 inline void fa2_ldsm(uint32_t (&r)[4], fa2_addr_t a) { emu_ldmatrix_x4(r, reinterpret_cast<const void*>(a), false); }
@@ -118,7 +103,7 @@ __device__ __forceinline__ void fa2_load_tile(T* s, const T* g, int64_t ld, int 
     for (int i = 0; i < ROWS * FA2_CH / NT; i++) {
         const int e = i * NT + (int)threadIdx.x, r = e / FA2_CH, ch = e % FA2_CH, row = row0 + r;
         const bool ok = row < t_len;
-        fa2_cp16(s + fa2_swz(r, ch * 8), g + (int64_t)(ok ? row : 0) * ld + ch * 8, ok);
+        cp_async16(s + fa2_swz(r, ch * 8), g + (int64_t)(ok ? row : 0) * ld + ch * 8, ok);
     }
 }
 
@@ -277,7 +262,7 @@ __device__ __forceinline__ void fa2_fwd(const T* __restrict__ q, const T* __rest
     fa2_load_tile<BR, NT>(qs, qg, L.q.t_, q0, t_len);
     fa2_load_tile<FA2_TILE, NT>(ks, kg, L.k.t_, 0, t_len);
     fa2_load_tile<FA2_TILE, NT>(vs, vg, L.v.t_, 0, t_len);
-    fa2_commit();
+    cp_async_commit();
 
     uint32_t qa[M][4][4];
     float acc[M][8][4], mx[M][2], ls[M][2];
@@ -288,14 +273,14 @@ __device__ __forceinline__ void fa2_fwd(const T* __restrict__ q, const T* __rest
         for (int hf = 0; hf < 2; hf++) mx[m][hf] = -TM_INF, ls[m][hf] = 0.f;
 
     for (int t = 0; t < n_kv; t++) {
-        fa2_wait_all();
+        cp_async_wait<0>();
         __syncthreads();  // tile t visible to all; every warp is done with tile t - 1, whose stage loads next
         if (t + 1 < n_kv) {
             const int st = (t + 1) & 1;
             fa2_load_tile<FA2_TILE, NT>(ks + st * TILE, kg, L.k.t_, (t + 1) * FA2_TILE, t_len);
             fa2_load_tile<FA2_TILE, NT>(vs + st * TILE, vg, L.v.t_, (t + 1) * FA2_TILE, t_len);
         }
-        fa2_commit();
+        cp_async_commit();
         if (t == 0) {
 #pragma unroll
             for (int m = 0; m < M; m++) fa2_load_a<T>(qa[m], qs, warp * 16 * M + m * 16);
@@ -399,8 +384,8 @@ __device__ __forceinline__ void fa2_dkdv(const T* __restrict__ q, const T* __res
 
     fa2_load_tile<BK, NT>(qs, kg, L.k.t_, k0, t_len);
     fa2_load_tile<BK, NT>(gs, vg, L.v.t_, k0, t_len);
-    fa2_commit();
-    fa2_wait_all();
+    cp_async_commit();
+    cp_async_wait<0>();
     __syncthreads();
     uint32_t ka[1][4][4], va[1][4][4];
     fa2_load_a<T>(ka[0], qs, warp * 16);
@@ -417,22 +402,22 @@ __device__ __forceinline__ void fa2_dkdv(const T* __restrict__ q, const T* __res
         fa2_load_tile<FA2_TILE, NT>(gs + st * TILE, fa2_head(dy, L.y, b, hq), L.y.t_, i0, t_len);
         for (int e = tid; e < FA2_TILE; e += NT) {
             const bool ok = i0 + e < t_len;
-            fa2_cp4(&lsm[st][e], lse + bq * t_len + (ok ? i0 + e : 0), ok);
-            fa2_cp4(&dsm[st][e], dvec + bq * t_len + (ok ? i0 + e : 0), ok);
+            cp_async4(&lsm[st][e], lse + bq * t_len + (ok ? i0 + e : 0), ok);
+            cp_async4(&dsm[st][e], dvec + bq * t_len + (ok ? i0 + e : 0), ok);
         }
     };
     load_q_tile(0, 0);
-    fa2_commit();
+    cp_async_commit();
 
     float dka[1][8][4], dva[1][8][4];
     fa2_zero<1>(dka);
     fa2_zero<1>(dva);
     for (int j = 0; j < steps; j++) {
         const int st = j & 1;
-        fa2_wait_all();
+        cp_async_wait<0>();
         __syncthreads();
         if (j + 1 < steps) load_q_tile(j + 1, st ^ 1);
-        fa2_commit();
+        cp_async_commit();
         const int i0 = (i_first + j % per) * FA2_TILE;
         if (i0 + FA2_TILE - 1 < kw0) continue;  // every query of the tile is before every key of this warp
         const T* qt = qs + st * TILE;
@@ -504,7 +489,7 @@ __device__ __forceinline__ void fa2_dq(const T* __restrict__ q, const T* __restr
     fa2_load_tile<BQ, NT>(ks, qg, L.q.t_, q0, t_len);
     fa2_load_tile<BQ, NT>(vs, gg, L.y.t_, q0, t_len);
     fa2_load_tile<BQ, NT>(ys, yg, L.y.t_, q0, t_len);
-    fa2_commit();
+    cp_async_commit();
     // This thread's rows wr0 + g and wr0 + g + 8: lse (log2 units); rows >= T get 0 (their output is dropped).
     float l2[2], dd[2];
 #pragma unroll
@@ -512,7 +497,7 @@ __device__ __forceinline__ void fa2_dq(const T* __restrict__ q, const T* __restr
         const int row = wr0 + g + 8 * hf;
         l2[hf] = row < t_len ? lse[(int64_t)bh * t_len + row] * TM_LOG2E : 0.f;
     }
-    fa2_wait_all();
+    cp_async_wait<0>();
     __syncthreads();
     {
         // D: two threads per row (NT = 2 BQ: row r on lanes 2 (r % 16) and 2 (r % 16) + 1 of warp r / 16, the warp
@@ -541,19 +526,19 @@ __device__ __forceinline__ void fa2_dq(const T* __restrict__ q, const T* __restr
 
     fa2_load_tile<FA2_TILE, NT>(ks, kg, L.k.t_, 0, t_len);
     fa2_load_tile<FA2_TILE, NT>(vs, vg, L.v.t_, 0, t_len);
-    fa2_commit();
+    cp_async_commit();
 
     float dqa[1][8][4];
     fa2_zero<1>(dqa);
     for (int t = 0; t < n_kv; t++) {
         const int st = t & 1;
-        fa2_wait_all();
+        cp_async_wait<0>();
         __syncthreads();
         if (t + 1 < n_kv) {
             fa2_load_tile<FA2_TILE, NT>(ks + (st ^ 1) * TILE, kg, L.k.t_, (t + 1) * FA2_TILE, t_len);
             fa2_load_tile<FA2_TILE, NT>(vs + (st ^ 1) * TILE, vg, L.v.t_, (t + 1) * FA2_TILE, t_len);
         }
-        fa2_commit();
+        cp_async_commit();
         const int c0 = t * FA2_TILE;
         if (c0 > wr1) continue;
         const T* kt = ks + st * TILE;
