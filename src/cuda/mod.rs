@@ -8,7 +8,10 @@
 //!   attention (through strides: one kernel for both layouts and both callers).
 //! - Headers shared by the kernels: `common.cuh` (element types, conversions, 16-byte vectors), `warp.cuh` (warp
 //!   shuffles and sums), `mma.cuh` (the tensor-core product), `online_softmax.cuh` (the running max and sum of
-//!   `cross_entropy` and `classifier`).
+//!   `cross_entropy` and `classifier`), `cp_async.cuh` (asynchronous global -> shared copies), `wgmma.cuh` (Hopper's
+//!   warpgroup product, for files compiled for sm_90a: first line `// tokenmill: sm_90a`, see build.rs).
+//! - `wgmma_check`: a GEMM on `wgmma.cuh` in every operand form, run on an H100 by tests/kernels_wgmma.rs (and in
+//!   the lab) to pin the product's semantics down; not used in training.
 //! - Rust: each engine kernel file's thin launcher `<op>.rs` over typed device pointers (`devptr::DevPtr<T>`, the
 //!   element type each kernel parameter reads; no candle autograd);
 //!   `cudnn_attn` (cuDNN's SDPA, feature `cudnn`, with its C++ shim `cudnn_attn.cpp`); `blaslt` (cuBLASLt matmuls
@@ -42,3 +45,5 @@ pub mod norm;
 pub mod rope;
 #[cfg(feature = "cuda")]
 pub mod swiglu;
+#[cfg(feature = "cuda")]
+pub mod wgmma_check;
