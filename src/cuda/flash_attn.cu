@@ -35,28 +35,11 @@
 // before their products; outputs rounded once at the end.
 #include "common.cuh"
 #include "cp_async.cuh"
+#include "flash_tiles.cuh"
 #include "mma.cuh"
 #include "warp.cuh"
 
-#define FA2_HS 64          // head size
-#define FA2_CH 8           // 16-byte chunks per row (HS * 2 bytes / 16)
-#define FA2_TILE 64        // rows of a streamed tile
-
-// Where the heads of one tensor live (elements): row t of head h in batch b starts at b * b_ + h * h_ + t * t_.
-struct Fa2Strides {
-    int64_t b_, h_, t_;
-};
-// The strides of one call: q, k, v and their gradients (the candle op's inputs are views, its gradients dense), y
-// (and dy, which shares y's layout). A kernel argument by value: it lives in the constant bank, not in registers.
-struct Fa2Layout {
-    Fa2Strides q, k, v, y, dq, dk, dv;
-};
-// The first row of head h of batch b.
-template <typename P> __device__ __forceinline__ P* fa2_head(P* base, const Fa2Strides& s, int b, int h) {
-    return base + (int64_t)b * s.b_ + (int64_t)h * s.h_;
-}
-
-// ---- ldmatrix, fast exp2/log2 (the product: mma.cuh; shuffles: warp.cuh; asynchronous copies: cp_async.cuh) -----
+// ---- ldmatrix, fast log2 (exp2, tiles: flash_tiles.cuh; product: mma.cuh; shuffles: warp.cuh) ------------------
 #ifdef __CUDACC__
 // Shared-memory addresses as ldmatrix takes them (32-bit, shared window).
 typedef uint32_t fa2_addr_t;
@@ -71,53 +54,14 @@ __device__ __forceinline__ void fa2_ldsm_t(uint32_t (&r)[4], fa2_addr_t a) {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(a));
 }
-
-// 2^x; ex2.approx: 2 ulp, -inf -> +0 (the masked scores).
-__device__ __forceinline__ float fa2_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
 __device__ __forceinline__ float fa2_log2(float x) { return __log2f(x); }
 #else
 typedef uintptr_t fa2_addr_t;
 inline fa2_addr_t fa2_addr(const void* p) { return reinterpret_cast<uintptr_t>(p); }
 inline void fa2_ldsm(uint32_t (&r)[4], fa2_addr_t a) { emu_ldmatrix_x4(r, reinterpret_cast<const void*>(a), false); }
 inline void fa2_ldsm_t(uint32_t (&r)[4], fa2_addr_t a) { emu_ldmatrix_x4(r, reinterpret_cast<const void*>(a), true); }
-inline float fa2_exp2(float x) { return std::exp2(x); }
 inline float fa2_log2(float x) { return std::log2(x); }
 #endif
-
-// ---- shared-memory tiles ---------------------------------------------------------------------------------------
-// Element offset of (row, col) in a [rows][64] tile whose 16-byte chunks are XOR-swizzled by row & 7.
-__device__ __forceinline__ int fa2_swz(int row, int col) {
-    return row * FA2_HS + ((((col >> 3) ^ row) & 7) << 3) + (col & 7);
-}
-
-// cp.async rows row0 .. row0 + ROWS - 1 of a (t_len, 64) matrix (row stride `ld` elements, 16-byte aligned rows)
-// into tile `s`; rows >= t_len are zero-filled.
-template <int ROWS, int NT, typename T>
-__device__ __forceinline__ void fa2_load_tile(T* s, const T* g, int64_t ld, int row0, int t_len) {
-    static_assert(ROWS * FA2_CH % NT == 0, "whole 16-byte chunks per thread");
-#pragma unroll
-    for (int i = 0; i < ROWS * FA2_CH / NT; i++) {
-        const int e = i * NT + (int)threadIdx.x, r = e / FA2_CH, ch = e % FA2_CH, row = row0 + r;
-        const bool ok = row < t_len;
-        cp_async16(s + fa2_swz(r, ch * 8), g + (int64_t)(ok ? row : 0) * ld + ch * 8, ok);
-    }
-}
-
-// 16-byte stores of tile `s` (swizzled) rows < t_len - row0 to global rows row0.. (row stride ld).
-template <int ROWS, int NT, typename T>
-__device__ __forceinline__ void fa2_store_tile(T* g, int64_t ld, const T* s, int row0, int t_len) {
-    static_assert(ROWS * FA2_CH % NT == 0, "whole 16-byte chunks per thread");
-#pragma unroll
-    for (int i = 0; i < ROWS * FA2_CH / NT; i++) {
-        const int e = i * NT + (int)threadIdx.x, r = e / FA2_CH, ch = e % FA2_CH, row = row0 + r;
-        if (row < t_len)
-            *reinterpret_cast<uint4*>(g + (int64_t)row * ld + ch * 8) = *reinterpret_cast<const uint4*>(s + fa2_swz(r, ch * 8));
-    }
-}
 
 // mma fragments (g = lane / 4, c = lane % 4; PTX ISA "Matrix Fragments for mma.m16n8k16"):
 //   A 16x16: a0 = A[g][2c..2c+1], a1 = A[g+8][2c..], a2 = A[g][2c+8..], a3 = A[g+8][2c+8..]
@@ -203,17 +147,6 @@ template <int M> __device__ __forceinline__ void fa2_zero(float (&x)[M][8][4]) {
         for (int n = 0; n < 8; n++)
 #pragma unroll
             for (int i = 0; i < 4; i++) x[m][n][i] = 0.f;
-}
-
-// The (head, block) a CTA of a 1-D grid of n_bh * n_blocks works on: heads in groups of `group`, inside a group
-// block rank r (0 = most work) of every head before rank r + 1. `reverse`: rank r is block n_blocks - 1 - r.
-__device__ __forceinline__ void fa2_coords(int n_blocks, int n_bh, int group, bool reverse, int& bh, int& blk) {
-    const int per = group * n_blocks;
-    const int chunk = (int)blockIdx.x / per, r = (int)blockIdx.x - chunk * per;
-    const int g0 = chunk * group, gn = min(group, n_bh - g0);
-    const int rank = r / gn;
-    bh = g0 + (r - rank * gn);
-    blk = reverse ? n_blocks - 1 - rank : rank;
 }
 
 // The query block a forward or dQ CTA works on (longest blocks first), and its query head's q, k and v.

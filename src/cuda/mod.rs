@@ -37,6 +37,8 @@ pub mod devptr;
 pub mod encoder;
 #[cfg(feature = "cuda")]
 pub mod flash_attn;
+#[cfg(feature = "cuda")]
+pub mod flash_dkdv_sm90;
 pub mod gemm_table;
 #[cfg(feature = "cuda")]
 pub mod launch;

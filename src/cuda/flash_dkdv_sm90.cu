@@ -1,0 +1,197 @@
+// tokenmill: sm_90a
+// The dK/dV pass of the causal flash-attention backward on Hopper's warpgroup product (wgmma.cuh): bf16 in, f32
+// accumulation, head size 64, deterministic. A drop-in for flash_attn.cu's flash_dkdv (same arguments, same strided
+// layout Fa2Layout, same inputs: lse from the forward and D = rowsum(dy * y) written by flash_attn.cu's dQ kernel,
+// which still runs first); launcher: flash_dkdv_sm90.rs. CPU run against flash_attn.cu's kernels and a double
+// reference: dev/cuda/check_flash_sm90.cpp; on the device: tests/kernels_wgmma.rs.
+//
+// Per CTA: WG warpgroups x 64 keys of one (batch, key/value head); warpgroup w owns keys k0 + 64w .. + 63, their K
+// and V rows held in registers as wgmma A fragments for the whole kernel. 64-row tiles of Q and dY (and 64 of lse,
+// D) of the group's query heads stream through shared memory by cp.async, two stages (the next tile lands while
+// this one is multiplied). Per tile and warpgroup, four m64n64k16 chains of four k16 products each:
+//   S^T  = K Q^T      A = K (registers),    B = the Q tile, K-major (its rows are queries, hs contiguous)
+//   dP^T = V dY^T     A = V (registers),    B = the dY tile, K-major
+//   P^T = exp2(S^T * scale * log2e - lse * log2e), dS^T = P^T (dP^T - D), masked (query < key, query >= T) to 0,
+//   rounded to bf16 straight into A-fragment registers (the accumulator layout of columns 16kk..16kk+15 is the A
+//   fragment of k-step kk: wgmma.cuh section 4)
+//   dV  += P^T dY     A = P^T (registers),  B = the dY tile, N-major (its rows are the k dimension, queries)
+//   dK  += dS^T Q     A = dS^T (registers), B = the Q tile, N-major
+// One tile layout serves both B forms: a [64][64] bf16 tile with fa2_swz's 128-byte rows (chunk c of row r at
+// c ^ (r % 8)) is the canonical 128B-swizzled K-major layout of its rows and, as its 64 columns fit one 128-byte
+// row, also the canonical 128B-swizzled MN-major layout of its columns (wgmma.cuh section 3). No transposes, no
+// ldmatrix. A warpgroup skips a tile whose queries all precede its keys (warpgroup-uniform: wgmma is collective).
+//
+// Determinism: each output element is one warpgroup's f32 accumulator summed over the query tiles of the group's
+// query heads in a fixed order (head by head, tile by tile); no atomics. Precision as flash_attn.cu: S, dP, the
+// statistics and accumulators f32, P and dS rounded to bf16 before their products, dK (times scale) and dV rounded
+// once at the end.
+//
+// Not yet FA3: no TMA, no producer warpgroup, no overlap of one tile's softmax with the next tile's products inside a
+// CTA (other resident CTAs hide it); each product chain is waited for before its results are used.
+#include "common.cuh"
+#include "cp_async.cuh"
+#include "flash_tiles.cuh"
+#include "mma.cuh"
+#include "wgmma.cuh"
+
+// The descriptor of k-step kk of a [64][64] swizzled tile read K-major (rows = the product's N) or N-major (rows =
+// the product's K).
+__device__ __forceinline__ uint64_t fs_desc_k(const __nv_bfloat16* tile, int kk) {
+    return wgmma_desc(tile + kk * 16, 16, 1024, WGMMA_SWIZZLE_128B);  // 32 bytes along the swizzled row per step
+}
+__device__ __forceinline__ uint64_t fs_desc_n(const __nv_bfloat16* tile, int kk) {
+    return wgmma_desc(tile + kk * 16 * FA2_HS, 8192, 1024, WGMMA_SWIZZLE_128B);  // 16 rows per step
+}
+
+// A fragments (wgmma.cuh section 4) of this warpgroup's 64 rows r0.. of a swizzled tile, all four k-steps of HS.
+__device__ __forceinline__ void fs_load_a(uint32_t (&a)[4][4], const __nv_bfloat16* s, int r0) {
+    const int t = (int)threadIdx.x & 127, w = t >> 5, g = (t & 31) >> 2, c = t & 3;
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+            a[kk][r] = *reinterpret_cast<const uint32_t*>(s + fa2_swz(r0 + 16 * w + g + 8 * (r & 1), 16 * kk + 2 * c + 8 * (r >> 1)));
+}
+
+// Accumulators of a 64 x 64 product (columns = the next product's k) rounded to bf16 A fragments.
+__device__ __forceinline__ void fs_to_a(uint32_t (&a)[4][4], const float (&d)[32]) {
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) a[kk][r] = pack_pair<__nv_bfloat16>(d[8 * kk + 2 * r], d[8 * kk + 2 * r + 1]);
+}
+
+// d (64 x 64) = A B over HS = 64 (four k16 products, the first with scale-d `accumulate`), B from `tile` read as
+// K-major (TB = 0) or N-major (TB = 1). Issued only; the caller commits and waits.
+template <int TB>
+__device__ __forceinline__ void fs_chain(float (&d)[32], const uint32_t (&a)[4][4], const __nv_bfloat16* tile, int accumulate) {
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++)
+        wgmma_rs<64, TB>(d, a[kk], TB ? fs_desc_n(tile, kk) : fs_desc_k(tile, kk), kk > 0 || accumulate);
+}
+
+template <int WG>
+__device__ __forceinline__ void fs_dkdv(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
+                                        const __nv_bfloat16* __restrict__ v, const __nv_bfloat16* __restrict__ dy,
+                                        const float* __restrict__ lse, const float* __restrict__ dvec,
+                                        __nv_bfloat16* __restrict__ dk, __nv_bfloat16* __restrict__ dv, const Fa2Layout& L,
+                                        int nh, int nkv, int t_len, float scale, int group) {
+    typedef __nv_bfloat16 T;
+    constexpr int BK = WG * 64, NT = WG * 128, TILE = FA2_TILE * FA2_HS;
+    static_assert(BK * FA2_HS <= 2 * TILE, "the K and V blocks (and at the end dK and dV) are staged in two tiles each");
+    alignas(1024) __shared__ T sm[4 * TILE];
+    __shared__ float lsm[2][FA2_TILE], dsm[2][FA2_TILE];
+    T* qs = sm;             // [2 stages][64][64] Q; first the K block, at the end the dK block
+    T* gs = sm + 2 * TILE;  // [2 stages][64][64] dY; first the V block, at the end the dV block
+
+    const int n_kb = (t_len + BK - 1) / BK;
+    int bh, kb;
+    fa2_coords(n_kb, (int)(gridDim.x / n_kb), group, false, bh, kb);  // bh: (batch, key/value head)
+    const int b = bh / nkv, hk = bh - b * nkv, nq = nh / nkv, h0 = hk * nq;
+
+    const int tid = (int)threadIdx.x, wg = tid >> 7, tw = tid & 127, w = tw >> 5, g = (tw & 31) >> 2, cq = tw & 3;
+    const int k0 = kb * BK, kw0 = k0 + 64 * wg;  // this warpgroup's keys: kw0 .. kw0 + 63
+    const int i_first = k0 / FA2_TILE, n_qt = (t_len + FA2_TILE - 1) / FA2_TILE;
+    const float sl2 = scale * TM_LOG2E;
+
+    fa2_load_tile<BK, NT>(qs, fa2_head(k, L.k, b, hk), L.k.t_, k0, t_len);
+    fa2_load_tile<BK, NT>(gs, fa2_head(v, L.v, b, hk), L.v.t_, k0, t_len);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    uint32_t ka[4][4], va[4][4];
+    fs_load_a(ka, qs, 64 * wg);
+    fs_load_a(va, gs, 64 * wg);
+    __syncthreads();  // the K, V staging is overwritten by the first query tile next
+
+    // Step j: query tile i_first + j % per of the group's query head h0 + j / per (head by head: one fixed order).
+    const int per = n_qt - i_first, steps = nq * per;
+    auto load_q_tile = [&](int j, int st) {
+        const int hq = h0 + j / per, i0 = (i_first + j % per) * FA2_TILE;
+        const int64_t bq = (int64_t)b * nh + hq;
+        fa2_load_tile<FA2_TILE, NT>(qs + st * TILE, fa2_head(q, L.q, b, hq), L.q.t_, i0, t_len);
+        fa2_load_tile<FA2_TILE, NT>(gs + st * TILE, fa2_head(dy, L.y, b, hq), L.y.t_, i0, t_len);
+        for (int e = tid; e < FA2_TILE; e += NT) {
+            const bool ok = i0 + e < t_len;
+            cp_async4(&lsm[st][e], lse + bq * t_len + (ok ? i0 + e : 0), ok);
+            cp_async4(&dsm[st][e], dvec + bq * t_len + (ok ? i0 + e : 0), ok);
+        }
+    };
+    load_q_tile(0, 0);
+    cp_async_commit();
+
+    float dka[32], dva[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) dka[i] = dva[i] = 0.f;
+    for (int j = 0; j < steps; j++) {
+        const int st = j & 1;
+        cp_async_wait<0>();
+        fence_proxy_async();  // this thread's cp.async writes, visible to the products' async proxy
+        __syncthreads();      // ... and everyone's; every product of step j - 1 (stage st ^ 1) has retired
+        if (j + 1 < steps) load_q_tile(j + 1, st ^ 1);
+        cp_async_commit();
+        const int i0 = (i_first + j % per) * FA2_TILE;
+        if (i0 + FA2_TILE - 1 < kw0) continue;  // every query of the tile precedes every key of this warpgroup
+        const T* qt = qs + st * TILE;
+        const T* gt = gs + st * TILE;
+
+        float s[32], dp[32];
+        wgmma_fence_operand(s);
+        wgmma_fence_operand(dp);
+        wgmma_fence();
+        fs_chain<0>(s, ka, qt, 0);   // S^T: keys x queries
+        fs_chain<0>(dp, va, gt, 0);  // dP^T
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operand(s);
+        wgmma_fence_operand(dp);
+
+        const bool edge = i0 < kw0 + 63 || i0 + FA2_TILE > t_len;  // some masked (key, query) pair in the tile
+#pragma unroll
+        for (int i = 0; i < 32; i++) {
+            const int ql = 8 * (i >> 2) + 2 * cq + (i & 1), key = kw0 + 16 * w + g + 8 * ((i >> 1) & 1), qi = i0 + ql;
+            float p = fa2_exp2(s[i] * sl2 - lsm[st][ql] * TM_LOG2E);
+            if (edge && (qi < key || qi >= t_len)) p = 0.f;
+            s[i] = p;
+            dp[i] = p * (dp[i] - dsm[st][ql]);
+        }
+        uint32_t pa[4][4], dsa[4][4];
+        fs_to_a(pa, s);
+        fs_to_a(dsa, dp);
+
+        wgmma_fence_operand(dva);
+        wgmma_fence_operand(dka);
+        wgmma_fence();
+        fs_chain<1>(dva, pa, gt, 1);   // dV += P^T dY
+        fs_chain<1>(dka, dsa, qt, 1);  // dK += dS^T Q
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operand(dva);
+        wgmma_fence_operand(dka);
+    }
+
+    __syncthreads();  // every warpgroup is done with the last tiles before they become the output staging
+    const int r0 = 64 * wg + 16 * w + g;
+#pragma unroll
+    for (int i = 0; i < 32; i += 2) {
+        const int row = r0 + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * cq;
+        *reinterpret_cast<uint32_t*>(qs + fa2_swz(row, col)) = pack_pair<T>(dka[i] * scale, dka[i + 1] * scale);
+        *reinterpret_cast<uint32_t*>(gs + fa2_swz(row, col)) = pack_pair<T>(dva[i], dva[i + 1]);
+    }
+    __syncthreads();
+    fa2_store_tile<BK, NT>(fa2_head(dk, L.dk, b, hk), L.dk.t_, qs, k0, t_len);
+    fa2_store_tile<BK, NT>(fa2_head(dv, L.dv, b, hk), L.dv.t_, gs, k0, t_len);
+}
+
+// Grid: B * NKV * ceil(T / (64 WG)) blocks of 128 WG threads, 1-D, walked as flash_attn.cu's dK/dV grid
+// (flash_dkdv_sm90.rs). Names: flash_dkdv_sm90_wg<warpgroups>[b<min blocks per SM>].
+#define FS_DKDV(WG, MINB, NAME)                                                                                        \
+    extern "C" __global__ void __launch_bounds__(WG * 128, MINB) flash_dkdv_sm90_##NAME(                              \
+        const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* dy,             \
+        const float* lse, const float* dvec, __nv_bfloat16* dk, __nv_bfloat16* dv, Fa2Layout L, int nh, int nkv,      \
+        int t_len, float scale, int group) {                                                                           \
+        fs_dkdv<WG>(q, k, v, dy, lse, dvec, dk, dv, L, nh, nkv, t_len, scale, group);                                 \
+    }
+FS_DKDV(1, 1, wg1)
+FS_DKDV(1, 3, wg1b3)
+FS_DKDV(2, 1, wg2)
