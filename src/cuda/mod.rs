@@ -10,6 +10,9 @@
 //!   shuffles and sums), `mma.cuh` (the tensor-core product), `online_softmax.cuh` (the running max and sum of
 //!   `cross_entropy` and `classifier`), `cp_async.cuh` (asynchronous global -> shared copies), `wgmma.cuh` (Hopper's
 //!   warpgroup product, for files compiled for sm_90a: first line `// tokenmill: sm_90a`, see build.rs).
+//! - `flash_dkdv_sm90`: the attention backward's dK/dV pass on wgmma (sm_90a), a drop-in for `flash_attn`'s after its
+//!   dQ pass, sharing `flash_tiles.cuh` (layout, tiles, grid order) with it; timed by `bench attention`, not yet the
+//!   engine's default.
 //! - `wgmma_check`: a GEMM on `wgmma.cuh` in every operand form, run on an H100 by tests/kernels_wgmma.rs (and in
 //!   the lab) to pin the product's semantics down; not used in training.
 //! - Rust: each engine kernel file's thin launcher `<op>.rs` over typed device pointers (`devptr::DevPtr<T>`, the
