@@ -112,13 +112,13 @@ for step in "$@"; do
     MEMCHECK_TIMEOUT="${MEMCHECK_TIMEOUT:-30}" scripts/gpu-kernel-check.sh run > "$OUT/kernels.log" 2>&1
     note "kernels rc=$?:"; sed -n '/===== summary/,$p' "$OUT/kernels.log" | tee -a "$SUMMARY"
     ;;
-  wgmma)  # Hopper's wgmma: the check GEMMs and the sm90 dK/dV kernel against flash_attn's (kernels_wgmma), then
-           # bench attention's native rows with the "sm90 dkdv" variants beside the mma.sync dK/dV
+  wgmma)  # Hopper's wgmma: the check GEMMs and the sm90 backward kernels against flash_attn's (kernels_wgmma), then
+           # bench attention's native rows with the "sm90 bwd" variants beside the mma.sync kernels
     KERNEL_MODULES=kernels_wgmma MEMCHECK_TIMEOUT="${MEMCHECK_TIMEOUT:-60}" scripts/gpu-kernel-check.sh run > "$OUT/wgmma.log" 2>&1
     note "wgmma checks rc=$?:"; sed -n '/===== summary/,$p' "$OUT/wgmma.log" | tee -a "$SUMMARY"
     grep -E "FAIL|sm90|SKIPPED" "$OUT/wgmma.log" | tee -a "$SUMMARY"
     "$BIN" bench attention --backend native --reps "${ATTN_REPS:-20}" > "$OUT/wgmma_bench.log" 2>&1
-    note "bench attention (native + sm90 dK/dV) rc=$?:"; grep -E "B  |sm90|^ *64  1024|not an sm_90" "$OUT/wgmma_bench.log" | tee -a "$SUMMARY"
+    note "bench attention (native + sm90 backward) rc=$?:"; grep -E "B  |sm90|^ *64  1024|not an sm_90" "$OUT/wgmma_bench.log" | tee -a "$SUMMARY"
     ;;
   correct)  # loss tracking: tiny config CPU fp32 vs CUDA fp32/bf16, and 124M tokenmill vs PyTorch, 50 steps
     OUT="$OUT/correct" BIN="$BIN" PY="$PY" scripts/gpu-correctness.sh ${CORRECT_MODES:-tiny 124m} > "$OUT/correct.log" 2>&1

@@ -11,9 +11,9 @@
 //! (what `TOKENMILL_ATTENTION=cudnn` trains with) and with cuDNN's default backward, so the cost of determinism is
 //! measured. Graphs are built before timing; cuDNN has no separate dQ / dK-dV kernels to time (NaN there).
 //!
-//! On an sm_90 GPU (H100/H200) the native backend also times the Hopper dK/dV kernel (`crate::cuda::flash_dkdv_sm90`,
-//! wgmma; not yet what training runs) in each of its launch variants, after the default variant's dQ pass: rows
-//! "sm90 dkdv wg1|wg1b3|wg2", whose forward and dQ are the default variant's.
+//! On an sm_90 GPU (H100/H200) the native backend also times the Hopper backward kernels (`crate::cuda::flash_bwd_sm90`,
+//! wgmma; not yet what training runs: dQ with D, then dK/dV) in each of their launch variants: rows
+//! "sm90 bwd wg1|wg1b3|wg2", whose forward is the default variant's.
 
 use serde::Serialize;
 
@@ -159,7 +159,7 @@ mod gpu {
     use super::{AttnTiming, Backend, SHAPES};
     use crate::cuda::devptr::DevPtr;
     use crate::cuda::flash_attn::{check_dims, AttnBwd, FlashAttn, Heads, Variant};
-    use crate::cuda::flash_dkdv_sm90::{FlashDkdvSm90, Sm90Variant};
+    use crate::cuda::flash_bwd_sm90::{FlashBwdSm90, Sm90Variant};
 
     /// Random bf16 in [-1, 1) from a fixed xorshift stream.
     fn random_bf16(n: usize, seed: u64) -> Vec<bf16> {
@@ -236,10 +236,10 @@ mod gpu {
             variants.iter().map(|&v| FlashAttn::with_variant(&stream, v)).collect::<candle_core::Result<Vec<_>>>()?;
         let sm90 = if !backend.native() {
             Vec::new()
-        } else if FlashDkdvSm90::supported(&stream)? {
-            Sm90Variant::ALL.iter().map(|&v| FlashDkdvSm90::new(&stream, v)).collect::<candle_core::Result<Vec<_>>>()?
+        } else if FlashBwdSm90::supported(&stream)? {
+            Sm90Variant::ALL.iter().map(|&v| FlashBwdSm90::new(&stream, v)).collect::<candle_core::Result<Vec<_>>>()?
         } else {
-            eprintln!("{name} is not an sm_90 GPU: the sm90 dK/dV (wgmma) rows are skipped");
+            eprintln!("{name} is not an sm_90 GPU: the sm90 backward (wgmma) rows are skipped");
             Vec::new()
         };
         let mut rows = Vec::new();
@@ -274,13 +274,13 @@ mod gpu {
                 eprintln!("{}", super::report(std::slice::from_ref(&row)).lines().nth(1).unwrap_or_default());
                 rows.push(row);
             }
-            // The Hopper dK/dV pass after the default variant's dQ pass (which writes the D it reads).
+            // The Hopper kernels (dQ with D, then dK/dV), after the default variant's forward.
             if let Some(fa) = kernels.first() {
                 for sm in &sm90 {
-                    // SAFETY: as above; the scratch holds D from the dQ passes timed above on these buffers.
+                    // SAFETY: as above (the sm90 kernels take flash_attn's buffers).
                     let fwd_ms = time(s, warmup, reps, || unsafe { fa.forward_with(fwd, b, t, Heads::mha(nh), hs) })?;
-                    let bwd_ms = time(s, warmup, reps, || unsafe { sm.backward(fa, p, b, t, Heads::mha(nh)) })?;
-                    let dq_ms = time(s, warmup, reps, || unsafe { fa.launch_dq(&p, d) })?;
+                    let bwd_ms = time(s, warmup, reps, || unsafe { sm.backward(p, b, t, Heads::mha(nh)) })?;
+                    let dq_ms = time(s, warmup, reps, || unsafe { sm.dq(&p, b, t, Heads::mha(nh)) })?;
                     let dkdv_ms = time(s, warmup, reps, || unsafe { sm.dkdv(&p, b, t, Heads::mha(nh)) })?;
                     let variant = sm.variant().label().to_string();
                     let row = AttnTiming { b, t, nh, hs, variant, fwd_ms, bwd_ms, dq_ms, dkdv_ms };

@@ -149,26 +149,6 @@ template <int M> __device__ __forceinline__ void fa2_zero(float (&x)[M][8][4]) {
             for (int i = 0; i < 4; i++) x[m][n][i] = 0.f;
 }
 
-// The query block a forward or dQ CTA works on (longest blocks first), and its query head's q, k and v.
-template <typename T> struct Fa2QueryBlock {
-    int b, h, bh, blk;
-    const T *q, *k, *v;
-};
-template <typename T>
-__device__ __forceinline__ Fa2QueryBlock<T> fa2_query_block(int rows, const T* q, const T* k, const T* v,
-                                                            const Fa2Layout& L, int nh, int nkv, int t_len, int group) {
-    Fa2QueryBlock<T> qb;
-    const int n_qb = (t_len + rows - 1) / rows;
-    fa2_coords(n_qb, (int)(gridDim.x / n_qb), group, true, qb.bh, qb.blk);
-    qb.b = qb.bh / nh;
-    qb.h = qb.bh - qb.b * nh;
-    const int hk = qb.h / (nh / nkv);
-    qb.q = fa2_head(q, L.q, qb.b, qb.h);
-    qb.k = fa2_head(k, L.k, qb.b, hk);
-    qb.v = fa2_head(v, L.v, qb.b, hk);
-    return qb;
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Forward. CTA: WARPS warps x M m-tiles = BR query rows; warp w owns rows 16*M*w .. +16*M. Key/value tiles of 64.
 template <typename T, int WARPS, int M>

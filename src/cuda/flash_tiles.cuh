@@ -1,4 +1,4 @@
-// What the flash-attention kernels share (flash_attn.cu, the mma.sync kernels; flash_dkdv_sm90.cu, the dK/dV pass
+// What the flash-attention kernels share (flash_attn.cu, the mma.sync kernels; flash_bwd_sm90.cu, the backward
 // on Hopper's wgmma): the strided layout of the head-size tensors, the 64-column tiles in shared memory with their
 // XOR swizzle, the cp.async loads and 16-byte stores of such tiles, and the order in which a 1-D grid walks the
 // (head, block) pairs. flash_attn.cu's header comment describes the scheme.
@@ -77,3 +77,22 @@ __device__ __forceinline__ void fa2_coords(int n_blocks, int n_bh, int group, bo
     blk = reverse ? n_blocks - 1 - rank : rank;
 }
 
+// The query block a forward or dQ CTA works on (longest blocks first), and its query head's q, k and v.
+template <typename T> struct Fa2QueryBlock {
+    int b, h, bh, blk;
+    const T *q, *k, *v;
+};
+template <typename T>
+__device__ __forceinline__ Fa2QueryBlock<T> fa2_query_block(int rows, const T* q, const T* k, const T* v,
+                                                            const Fa2Layout& L, int nh, int nkv, int t_len, int group) {
+    Fa2QueryBlock<T> qb;
+    const int n_qb = (t_len + rows - 1) / rows;
+    fa2_coords(n_qb, (int)(gridDim.x / n_qb), group, true, qb.bh, qb.blk);
+    qb.b = qb.bh / nh;
+    qb.h = qb.bh - qb.b * nh;
+    const int hk = qb.h / (nh / nkv);
+    qb.q = fa2_head(q, L.q, qb.b, qb.h);
+    qb.k = fa2_head(k, L.k, qb.b, hk);
+    qb.v = fa2_head(v, L.v, qb.b, hk);
+    return qb;
+}

@@ -10,9 +10,9 @@
 //!   shuffles and sums), `mma.cuh` (the tensor-core product), `online_softmax.cuh` (the running max and sum of
 //!   `cross_entropy` and `classifier`), `cp_async.cuh` (asynchronous global -> shared copies), `wgmma.cuh` (Hopper's
 //!   warpgroup product, for files compiled for sm_90a: first line `// tokenmill: sm_90a`, see build.rs).
-//! - `flash_dkdv_sm90`: the attention backward's dK/dV pass on wgmma (sm_90a), a drop-in for `flash_attn`'s after its
-//!   dQ pass, sharing `flash_tiles.cuh` (layout, tiles, grid order) with it; timed by `bench attention`, not yet the
-//!   engine's default.
+//! - `flash_bwd_sm90`: the attention backward (dQ with D, dK/dV) on wgmma (sm_90a), drop-ins for `flash_attn`'s two
+//!   backward kernels, sharing `flash_tiles.cuh` (layout, tiles, grid order) with it; timed by `bench attention`,
+//!   not yet the engine's default.
 //! - `wgmma_check`: a GEMM on `wgmma.cuh` in every operand form, run on an H100 by tests/kernels_wgmma.rs (and in
 //!   the lab) to pin the product's semantics down; not used in training.
 //! - Rust: each engine kernel file's thin launcher `<op>.rs` over typed device pointers (`devptr::DevPtr<T>`, the
@@ -41,7 +41,7 @@ pub mod encoder;
 #[cfg(feature = "cuda")]
 pub mod flash_attn;
 #[cfg(feature = "cuda")]
-pub mod flash_dkdv_sm90;
+pub mod flash_bwd_sm90;
 pub mod gemm_table;
 #[cfg(feature = "cuda")]
 pub mod launch;

@@ -1,10 +1,12 @@
 // tokenmill: sm_90a
-// The dK/dV pass of the causal flash-attention backward on Hopper's warpgroup product (wgmma.cuh): bf16 in, f32
-// accumulation, head size 64, deterministic. A drop-in for flash_attn.cu's flash_dkdv (same arguments, same strided
-// layout Fa2Layout, same inputs: lse from the forward and D = rowsum(dy * y) written by flash_attn.cu's dQ kernel,
-// which still runs first); launcher: flash_dkdv_sm90.rs. CPU run against flash_attn.cu's kernels and a double
-// reference: dev/cuda/check_flash_sm90.cpp; on the device: tests/kernels_wgmma.rs.
+// The causal flash-attention backward on Hopper's warpgroup product (wgmma.cuh): bf16 in, f32 accumulation, head
+// size 64, deterministic. Two kernels, drop-ins for flash_attn.cu's (same arguments, same strided layout Fa2Layout,
+// same inputs and outputs), either usable with the other's counterpart: flash_dq_sm90 (dQ, and D = rowsum(dy * y)
+// into dvec, first; below the dK/dV kernel) and flash_dkdv_sm90 (dK, dV, reading lse and D). Launcher:
+// flash_bwd_sm90.rs. CPU run against flash_attn.cu's kernels and a double reference: dev/cuda/check_flash.cpp; on
+// the device: tests/kernels_wgmma.rs.
 //
+// dK/dV://
 // Per CTA: WG warpgroups x 64 keys of one (batch, key/value head); warpgroup w owns keys k0 + 64w .. + 63, their K
 // and V rows held in registers as wgmma A fragments for the whole kernel. 64-row tiles of Q and dY (and 64 of lse,
 // D) of the group's query heads stream through shared memory by cp.async, two stages (the next tile lands while
@@ -27,11 +29,12 @@
 // once at the end.
 //
 // Not yet FA3: no TMA, no producer warpgroup, no overlap of one tile's softmax with the next tile's products inside a
-// CTA (other resident CTAs hide it); each product chain is waited for before its results are used.
+// CTA (other resident CTAs hide it); each product chain is waited for before its results are used. Both kernels.
 #include "common.cuh"
 #include "cp_async.cuh"
 #include "flash_tiles.cuh"
 #include "mma.cuh"
+#include "warp.cuh"
 #include "wgmma.cuh"
 
 // The descriptor of k-step kk of a [64][64] swizzled tile read K-major (rows = the product's N) or N-major (rows =
@@ -183,8 +186,144 @@ __device__ __forceinline__ void fs_dkdv(const __nv_bfloat16* __restrict__ q, con
     fa2_store_tile<BK, NT>(fa2_head(dv, L.dv, b, hk), L.dv.t_, gs, k0, t_len);
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// dQ (and D), the first backward kernel, in place of flash_attn.cu's flash_dq (same arguments and outputs). Per CTA:
+// WG warpgroups x 64 queries of one (batch, query head); warpgroup w owns queries q0 + 64w .. + 63, their Q and dY
+// rows held in registers as A fragments. First D = rowsum(dY * Y) of the block's rows (written to dvec for the dK/dV
+// kernel, as flash_dq does). Then 64-row K and V tiles stream by cp.async in two stages, from key 0 to the block's
+// last query; per tile and warpgroup:
+//   S  = Q K^T      A = Q (registers),  B = the K tile, K-major
+//   dP = dY V^T     A = dY (registers), B = the V tile, K-major
+//   P = exp2(S * scale * log2e - lse * log2e) masked (key > query) to 0, dS = P (dP - D), packed into A fragments
+//   dQ += dS K      A = dS (registers), B = the K tile, N-major
+// A warpgroup skips a tile whose keys all follow its queries. Deterministic: each dQ element is one accumulator
+// summed over the key tiles in order.
+template <int WG>
+__device__ __forceinline__ void fs_dq(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
+                                      const __nv_bfloat16* __restrict__ v, const __nv_bfloat16* __restrict__ y,
+                                      const __nv_bfloat16* __restrict__ dy, const float* __restrict__ lse,
+                                      float* __restrict__ dvec, __nv_bfloat16* __restrict__ dq, const Fa2Layout& L, int nh,
+                                      int nkv, int t_len, float scale, int group) {
+    typedef __nv_bfloat16 T;
+    constexpr int BQ = WG * 64, NT = WG * 128, TILE = FA2_TILE * FA2_HS;
+    static_assert(BQ * FA2_HS <= 2 * TILE, "the Q and dY blocks (and at the end dQ) are staged in two tiles each");
+    static_assert(4 * TILE + BQ * FA2_HS <= 24576, "static shared memory is 48 KiB");
+    alignas(1024) __shared__ T sm[4 * TILE + BQ * FA2_HS];
+    T* ks = sm;              // [2 stages][64][64] K; first the Q block, at the end the dQ block
+    T* vs = sm + 2 * TILE;   // [2 stages][64][64] V; first the dY block
+    T* ys = sm + 4 * TILE;   // [BQ][64]: the Y block
+
+    const Fa2QueryBlock<T> blk = fa2_query_block(BQ, q, k, v, L, nh, nkv, t_len, group);
+    const int b = blk.b, h = blk.h, bh = blk.bh;
+    const T *kg = blk.k, *vg = blk.v;
+
+    const int tid = (int)threadIdx.x, wg = tid >> 7, tw = tid & 127, w = tw >> 5, g = (tw & 31) >> 2, cq = tw & 3;
+    const int q0 = blk.blk * BQ, qw0 = q0 + 64 * wg;  // this warpgroup's queries: qw0 .. qw0 + 63
+    const int n_kv = (min(t_len, q0 + BQ) + FA2_TILE - 1) / FA2_TILE;
+    const float sl2 = scale * TM_LOG2E;
+
+    fa2_load_tile<BQ, NT>(ks, blk.q, L.q.t_, q0, t_len);
+    fa2_load_tile<BQ, NT>(vs, fa2_head(dy, L.y, b, h), L.y.t_, q0, t_len);
+    fa2_load_tile<BQ, NT>(ys, fa2_head(y, L.y, b, h), L.y.t_, q0, t_len);
+    cp_async_commit();
+    // This thread's rows qw0 + 16w + g and + 8: lse (log2 units); rows >= T get 0 (their output is dropped).
+    float l2[2], dd[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        const int row = qw0 + 16 * w + g + 8 * hf;
+        l2[hf] = row < t_len ? lse[(int64_t)bh * t_len + row] * TM_LOG2E : 0.f;
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    {
+        // D as flash_dq: two threads per row (row r on threads 2r, 2r + 1: the warp whose accumulators hold the row),
+        // 32 columns each in column order, the halves added in a fixed order. Rows >= T are zero-filled: D = 0.
+        const int r = tid >> 1, half = tid & 1;
+        float part = 0.f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int off = fa2_swz(r, (half * 4 + i) * 8);
+            const uint4 a = *reinterpret_cast<const uint4*>(ys + off), d = *reinterpret_cast<const uint4*>(vs + off);
+            const T* ae = reinterpret_cast<const T*>(&a);
+            const T* de = reinterpret_cast<const T*>(&d);
+#pragma unroll
+            for (int j = 0; j < 8; j++) part += to_acc(ae[j]) * to_acc(de[j]);
+        }
+        const float dsum = part + warp_shfl_xor(part, 1);  // commutative: both threads hold the same sum
+        if (half == 0 && q0 + r < t_len) dvec[(int64_t)bh * t_len + q0 + r] = dsum;
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) dd[hf] = warp_shfl(dsum, 2 * (g + 8 * hf));
+    }
+    uint32_t qa[4][4], ga[4][4];
+    fs_load_a(qa, ks, 64 * wg);
+    fs_load_a(ga, vs, 64 * wg);
+    __syncthreads();  // the Q, dY staging is overwritten by the first key tile next
+
+    auto load_kv_tile = [&](int t, int st) {
+        fa2_load_tile<FA2_TILE, NT>(ks + st * TILE, kg, L.k.t_, t * FA2_TILE, t_len);
+        fa2_load_tile<FA2_TILE, NT>(vs + st * TILE, vg, L.v.t_, t * FA2_TILE, t_len);
+    };
+    load_kv_tile(0, 0);
+    cp_async_commit();
+
+    float dqa[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) dqa[i] = 0.f;
+    for (int t = 0; t < n_kv; t++) {
+        const int st = t & 1;
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();  // every product of tile t - 1 (stage st ^ 1) has retired
+        if (t + 1 < n_kv) load_kv_tile(t + 1, st ^ 1);
+        cp_async_commit();
+        const int c0 = t * FA2_TILE;
+        if (c0 > qw0 + 63) continue;  // every key of the tile follows every query of this warpgroup
+        const T* kt = ks + st * TILE;
+        const T* vt = vs + st * TILE;
+
+        float s[32], dp[32];
+        wgmma_fence_operand(s);
+        wgmma_fence_operand(dp);
+        wgmma_fence();
+        fs_chain<0>(s, qa, kt, 0);   // S: queries x keys
+        fs_chain<0>(dp, ga, vt, 0);  // dP
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operand(s);
+        wgmma_fence_operand(dp);
+
+        const bool diag = c0 + FA2_TILE - 1 > qw0;
+#pragma unroll
+        for (int i = 0; i < 32; i++) {
+            const int hf = (i >> 1) & 1, key = c0 + 8 * (i >> 2) + 2 * cq + (i & 1), row = qw0 + 16 * w + g + 8 * hf;
+            float p = fa2_exp2(s[i] * sl2 - l2[hf]);
+            if (diag && key > row) p = 0.f;
+            dp[i] = p * (dp[i] - dd[hf]);
+        }
+        uint32_t dsa[4][4];
+        fs_to_a(dsa, dp);
+
+        wgmma_fence_operand(dqa);
+        wgmma_fence();
+        fs_chain<1>(dqa, dsa, kt, 1);  // dQ += dS K
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operand(dqa);
+    }
+
+    __syncthreads();  // every warpgroup is done with the last tiles before they become the output staging
+    const int r0 = 64 * wg + 16 * w + g;
+#pragma unroll
+    for (int i = 0; i < 32; i += 2) {
+        const int row = r0 + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * cq;
+        *reinterpret_cast<uint32_t*>(ks + fa2_swz(row, col)) = pack_pair<T>(dqa[i] * scale, dqa[i + 1] * scale);
+    }
+    __syncthreads();
+    fa2_store_tile<BQ, NT>(fa2_head(dq, L.dq, b, h), L.dq.t_, ks, q0, t_len);
+}
+
 // Grid: B * NKV * ceil(T / (64 WG)) blocks of 128 WG threads, 1-D, walked as flash_attn.cu's dK/dV grid
-// (flash_dkdv_sm90.rs). Names: flash_dkdv_sm90_wg<warpgroups>[b<min blocks per SM>].
+// (flash_bwd_sm90.rs). Names: flash_dkdv_sm90_wg<warpgroups>[b<min blocks per SM>].
 #define FS_DKDV(WG, MINB, NAME)                                                                                        \
     extern "C" __global__ void __launch_bounds__(WG * 128, MINB) flash_dkdv_sm90_##NAME(                              \
         const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* dy,             \
@@ -192,6 +331,17 @@ __device__ __forceinline__ void fs_dkdv(const __nv_bfloat16* __restrict__ q, con
         int t_len, float scale, int group) {                                                                           \
         fs_dkdv<WG>(q, k, v, dy, lse, dvec, dk, dv, L, nh, nkv, t_len, scale, group);                                 \
     }
+// dQ: B * NH * ceil(T / (64 WG)) blocks of 128 WG threads, walked as flash_attn.cu's dQ grid (longest first).
+#define FS_DQ(WG, MINB, NAME)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(WG * 128, MINB) flash_dq_sm90_##NAME(                                \
+        const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* y,              \
+        const __nv_bfloat16* dy, const float* lse, float* dvec, __nv_bfloat16* dq, Fa2Layout L, int nh, int nkv,      \
+        int t_len, float scale, int group) {                                                                           \
+        fs_dq<WG>(q, k, v, y, dy, lse, dvec, dq, L, nh, nkv, t_len, scale, group);                                    \
+    }
 FS_DKDV(1, 1, wg1)
 FS_DKDV(1, 3, wg1b3)
 FS_DKDV(2, 1, wg2)
+FS_DQ(1, 1, wg1)
+FS_DQ(1, 3, wg1b3)
+FS_DQ(2, 1, wg2)
