@@ -5,7 +5,7 @@
 // qkv, the candle op's strided head views with dense gradients). Checks
 // that every output element is written (outputs start as NaN) and that a second run gives the same bytes. Every bf16
 // case also runs the Hopper backward kernels (flash_bwd_sm90.cu: dQ with D, then dK/dV; wgmma under the emulation,
-// one and two warpgroups per block) on the same inputs and lse: dq, dk, dv against the reference and against
+// one and two warpgroups per block, and the pipelined one) on the same inputs and lse: dq, dk, dv against the reference and against
 // flash_attn.cu's, repeatable bit for bit.
 // Prints one line per check; exits 1 on any mismatch. Build and run: dev/cuda/run.sh ops
 #include "cuda_emu.h"
@@ -98,15 +98,15 @@ template <typename T> struct Outputs {
     std::vector<float> lse;
 };
 
-// The Hopper backward kernels with 1 and 2 warpgroups per block: `launch(grad, wg)` resets dq, dk, dv in a copy of
+// The Hopper backward kernels with 1 and 2 warpgroups per block and the pipelined 1 (`wg` 3): `launch(grad, wg)` resets dq, dk, dv in a copy of
 // flash's gradient buffer `flash` and reruns them. The result against the reference `want` (bf16 tolerance, as flash's),
 // against flash_dkdv's bytes (both on tensor cores, rounded differently: 2% of the largest entry + 1/32), and a
 // second launch bitwise equal.
 template <typename T, typename Launch>
 static void check_sm90(const std::string& tag, const std::vector<T>& flash, const std::vector<double>& want, double gmax,
                        Launch launch) {
-    for (int wg : {1, 2}) {
-        const std::string t = tag + " sm90 bwd wg" + std::to_string(wg);
+    for (int wg : {1, 2, 3}) {  // 3: one warpgroup, the pipelined loop
+        const std::string t = tag + " sm90 bwd " + (wg == 3 ? std::string("wg1p") : "wg" + std::to_string(wg));
         std::vector<T> g = flash, g2 = flash;
         launch(g, wg);
         expect(t, g, want, 0.01 * gmax, 1.0 / 64);
@@ -269,8 +269,9 @@ static Outputs<T> check(const char* dtype, Layout layout, int B, int NH, int NKV
                     for (int d = 0; d < HS; d++) g[vdk.at(b, h, t, d)] = g[vdv.at(b, h, t, d)] = T{nan16};
         }
         std::vector<float> dv2((size_t)nbh * Tn, NAN);
-        auto dq_kern = wg == 2 ? flash_dq_sm90_wg2 : flash_dq_sm90_wg1;
-        auto dkdv_kern = wg == 2 ? flash_dkdv_sm90_wg2 : flash_dkdv_sm90_wg1;
+        auto dq_kern = wg == 2 ? flash_dq_sm90_wg2 : wg == 3 ? flash_dq_sm90_wg1p : flash_dq_sm90_wg1;
+        auto dkdv_kern = wg == 2 ? flash_dkdv_sm90_wg2 : wg == 3 ? flash_dkdv_sm90_wg1p : flash_dkdv_sm90_wg1;
+        if (wg == 3) wg = 1;
         const unsigned nb = (Tn + 64 * wg - 1) / (64 * wg);
         const T *q = base + vq.off, *kk = base + vk.off, *v = base + vv.off;
         emu_launch(dq_kern, dim3{nb * (unsigned)nbh, 1, 1}, dim3{128u * wg, 1, 1}, q, kk, v, (const T*)y.data(),

@@ -13,7 +13,7 @@
 //!
 //! On an sm_90 GPU (H100/H200) the native backend also times the Hopper backward kernels (`crate::cuda::flash_bwd_sm90`,
 //! wgmma; not yet what training runs: dQ with D, then dK/dV) in each of their launch variants: rows
-//! "sm90 bwd wg1|wg1b3|wg2", whose forward is the default variant's.
+//! "sm90 bwd wg1|wg1b3|wg2|wg1p", whose forward is the default variant's.
 
 use serde::Serialize;
 

@@ -28,8 +28,10 @@
 // statistics and accumulators f32, P and dS rounded to bf16 before their products, dK (times scale) and dV rounded
 // once at the end.
 //
-// Not yet FA3: no TMA, no producer warpgroup, no overlap of one tile's softmax with the next tile's products inside a
-// CTA (other resident CTAs hide it); each product chain is waited for before its results are used. Both kernels.
+// Not yet FA3: no TMA, no producer warpgroup, no overlap of one tile's softmax with the tensor cores inside a CTA (other
+// resident CTAs hide it). The plain loop waits for each product chain before using it; the pipelined one (PIPE, one
+// warpgroup, kernels `..._wg1p`) issues the next tile's S and dP chains right behind this tile's last chain and
+// waits for both. Both kernels.
 #include "common.cuh"
 #include "cp_async.cuh"
 #include "flash_tiles.cuh"
@@ -73,7 +75,46 @@ __device__ __forceinline__ void fs_chain(float (&d)[32], const uint32_t (&a)[4][
         wgmma_rs<64, TB>(d, a[kk], TB ? fs_desc_n(tile, kk) : fs_desc_k(tile, kk), kk > 0 || accumulate);
 }
 
-template <int WG>
+// Issues d1 = A1 B1 and d2 = A2 B2 (fs_chain<TB>, scale-d `accumulate`) as one wgmma group, after the fences their
+// registers need (wgmma.cuh section 5).
+template <int TB>
+__device__ __forceinline__ void fs_issue2(float (&d1)[32], const uint32_t (&a1)[4][4], const __nv_bfloat16* b1,
+                                          float (&d2)[32], const uint32_t (&a2)[4][4], const __nv_bfloat16* b2,
+                                          int accumulate) {
+    wgmma_fence_operand(d1);
+    wgmma_fence_operand(d2);
+    wgmma_fence();
+    fs_chain<TB>(d1, a1, b1, accumulate);
+    fs_chain<TB>(d2, a2, b2, accumulate);
+    wgmma_commit();
+}
+
+// Waits until every issued group has retired; the accumulators `d` are then readable (and pinned for the compiler).
+template <typename... D> __device__ __forceinline__ void fs_wait_all(D&... d) {
+    wgmma_wait<0>();
+    (wgmma_fence_operand(d), ...);
+}
+
+// P^T and dS^T of one (64 keys x 64 queries) tile from the S^T and dP^T accumulators (rows = keys kw0.., columns =
+// queries i0..; lse and D of the tile's queries in l, dd), masked (query < key, query >= T) to 0, rounded to bf16 A
+// fragments for the dV and dK products.
+__device__ __forceinline__ void fs_dkdv_probs(uint32_t (&pa)[4][4], uint32_t (&dsa)[4][4], float (&s)[32], float (&dp)[32],
+                                              const float* l, const float* dd, int i0, int kw0, int t_len, float sl2) {
+    const int tw = (int)threadIdx.x & 127, w = tw >> 5, g = (tw & 31) >> 2, cq = tw & 3;
+    const bool edge = i0 < kw0 + 63 || i0 + FA2_TILE > t_len;  // some masked (key, query) pair in the tile
+#pragma unroll
+    for (int i = 0; i < 32; i++) {
+        const int ql = 8 * (i >> 2) + 2 * cq + (i & 1), key = kw0 + 16 * w + g + 8 * ((i >> 1) & 1), qi = i0 + ql;
+        float p = fa2_exp2(s[i] * sl2 - l[ql] * TM_LOG2E);
+        if (edge && (qi < key || qi >= t_len)) p = 0.f;
+        s[i] = p;
+        dp[i] = p * (dp[i] - dd[ql]);
+    }
+    fs_to_a(pa, s);
+    fs_to_a(dsa, dp);
+}
+
+template <int WG, bool PIPE>
 __device__ __forceinline__ void fs_dkdv(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
                                         const __nv_bfloat16* __restrict__ v, const __nv_bfloat16* __restrict__ dy,
                                         const float* __restrict__ lse, const float* __restrict__ dvec,
@@ -126,51 +167,60 @@ __device__ __forceinline__ void fs_dkdv(const __nv_bfloat16* __restrict__ q, con
     float dka[32], dva[32];
 #pragma unroll
     for (int i = 0; i < 32; i++) dka[i] = dva[i] = 0.f;
-    for (int j = 0; j < steps; j++) {
-        const int st = j & 1;
-        cp_async_wait<0>();
-        fence_proxy_async();  // this thread's cp.async writes, visible to the products' async proxy
-        __syncthreads();      // ... and everyone's; every product of step j - 1 (stage st ^ 1) has retired
-        if (j + 1 < steps) load_q_tile(j + 1, st ^ 1);
-        cp_async_commit();
-        const int i0 = (i_first + j % per) * FA2_TILE;
-        if (i0 + FA2_TILE - 1 < kw0) continue;  // every query of the tile precedes every key of this warpgroup
-        const T* qt = qs + st * TILE;
-        const T* gt = gs + st * TILE;
-
+    if constexpr (PIPE) {
+        // One warpgroup: no tile is skipped. S^T, dP^T of step j + 1 are issued right behind dV, dK of step j, so
+        // the tensor cores run both chains back to back; stage j & 1 is refilled once both have retired.
+        static_assert(WG == 1, "the pipelined loop is written for one warpgroup");
         float s[32], dp[32];
-        wgmma_fence_operand(s);
-        wgmma_fence_operand(dp);
-        wgmma_fence();
-        fs_chain<0>(s, ka, qt, 0);   // S^T: keys x queries
-        fs_chain<0>(dp, va, gt, 0);  // dP^T
-        wgmma_commit();
-        wgmma_wait<0>();
-        wgmma_fence_operand(s);
-        wgmma_fence_operand(dp);
-
-        const bool edge = i0 < kw0 + 63 || i0 + FA2_TILE > t_len;  // some masked (key, query) pair in the tile
-#pragma unroll
-        for (int i = 0; i < 32; i++) {
-            const int ql = 8 * (i >> 2) + 2 * cq + (i & 1), key = kw0 + 16 * w + g + 8 * ((i >> 1) & 1), qi = i0 + ql;
-            float p = fa2_exp2(s[i] * sl2 - lsm[st][ql] * TM_LOG2E);
-            if (edge && (qi < key || qi >= t_len)) p = 0.f;
-            s[i] = p;
-            dp[i] = p * (dp[i] - dsm[st][ql]);
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+        if (steps > 1) load_q_tile(1, 1);
+        cp_async_commit();
+        fs_issue2<0>(s, ka, qs, dp, va, gs, 0);
+        fs_wait_all(s, dp);
+        for (int j = 0; j < steps; j++) {
+            const int st = j & 1;
+            const int i0 = (i_first + j % per) * FA2_TILE;
+            const T* qt = qs + st * TILE;
+            const T* gt = gs + st * TILE;
+            uint32_t pa[4][4], dsa[4][4];
+            fs_dkdv_probs(pa, dsa, s, dp, lsm[st], dsm[st], i0, kw0, t_len, sl2);
+            fs_issue2<1>(dva, pa, gt, dka, dsa, qt, 1);  // dV += P^T dY, dK += dS^T Q
+            if (j + 1 < steps) {
+                cp_async_wait<0>();  // tile j + 1 has landed
+                fence_proxy_async();
+                __syncthreads();
+                fs_issue2<0>(s, ka, qs + (st ^ 1) * TILE, dp, va, gs + (st ^ 1) * TILE, 0);  // S^T, dP^T of step j + 1
+            }
+            fs_wait_all(dva, dka, s, dp);
+            __syncthreads();  // every product that read stage st has retired before it is refilled
+            if (j + 2 < steps) load_q_tile(j + 2, st);
+            cp_async_commit();
         }
-        uint32_t pa[4][4], dsa[4][4];
-        fs_to_a(pa, s);
-        fs_to_a(dsa, dp);
+    } else {
+        for (int j = 0; j < steps; j++) {
+            const int st = j & 1;
+            cp_async_wait<0>();
+            fence_proxy_async();  // this thread's cp.async writes, visible to the products' async proxy
+            __syncthreads();      // ... and everyone's; every product of step j - 1 (stage st ^ 1) has retired
+            if (j + 1 < steps) load_q_tile(j + 1, st ^ 1);
+            cp_async_commit();
+            const int i0 = (i_first + j % per) * FA2_TILE;
+            if (i0 + FA2_TILE - 1 < kw0) continue;  // every query of the tile precedes every key of this warpgroup
+            const T* qt = qs + st * TILE;
+            const T* gt = gs + st * TILE;
 
-        wgmma_fence_operand(dva);
-        wgmma_fence_operand(dka);
-        wgmma_fence();
-        fs_chain<1>(dva, pa, gt, 1);   // dV += P^T dY
-        fs_chain<1>(dka, dsa, qt, 1);  // dK += dS^T Q
-        wgmma_commit();
-        wgmma_wait<0>();
-        wgmma_fence_operand(dva);
-        wgmma_fence_operand(dka);
+            float s[32], dp[32];
+            fs_issue2<0>(s, ka, qt, dp, va, gt, 0);  // S^T (keys x queries), dP^T
+            fs_wait_all(s, dp);
+
+            uint32_t pa[4][4], dsa[4][4];
+            fs_dkdv_probs(pa, dsa, s, dp, lsm[st], dsm[st], i0, kw0, t_len, sl2);
+
+            fs_issue2<1>(dva, pa, gt, dka, dsa, qt, 1);  // dV += P^T dY, dK += dS^T Q
+            fs_wait_all(dva, dka);
+        }
     }
 
     __syncthreads();  // every warpgroup is done with the last tiles before they become the output staging
@@ -198,7 +248,24 @@ __device__ __forceinline__ void fs_dkdv(const __nv_bfloat16* __restrict__ q, con
 //   dQ += dS K      A = dS (registers), B = the K tile, N-major
 // A warpgroup skips a tile whose keys all follow its queries. Deterministic: each dQ element is one accumulator
 // summed over the key tiles in order.
-template <int WG>
+// dS of one (64 queries x 64 keys) tile from the S and dP accumulators (rows = queries qw0.., columns = keys c0..;
+// this thread's two rows' lse in l2 (log2 units) and D in dd), P masked (key > query) to 0, rounded to bf16 A
+// fragments for the dQ product.
+__device__ __forceinline__ void fs_dq_probs(uint32_t (&dsa)[4][4], const float (&s)[32], float (&dp)[32], const float (&l2)[2],
+                                            const float (&dd)[2], int c0, int qw0, float sl2) {
+    const int tw = (int)threadIdx.x & 127, w = tw >> 5, g = (tw & 31) >> 2, cq = tw & 3;
+    const bool diag = c0 + FA2_TILE - 1 > qw0;
+#pragma unroll
+    for (int i = 0; i < 32; i++) {
+        const int hf = (i >> 1) & 1, key = c0 + 8 * (i >> 2) + 2 * cq + (i & 1), row = qw0 + 16 * w + g + 8 * hf;
+        float p = fa2_exp2(s[i] * sl2 - l2[hf]);
+        if (diag && key > row) p = 0.f;
+        dp[i] = p * (dp[i] - dd[hf]);
+    }
+    fs_to_a(dsa, dp);
+}
+
+template <int WG, bool PIPE>
 __device__ __forceinline__ void fs_dq(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
                                       const __nv_bfloat16* __restrict__ v, const __nv_bfloat16* __restrict__ y,
                                       const __nv_bfloat16* __restrict__ dy, const float* __restrict__ lse,
@@ -269,46 +336,63 @@ __device__ __forceinline__ void fs_dq(const __nv_bfloat16* __restrict__ q, const
     float dqa[32];
 #pragma unroll
     for (int i = 0; i < 32; i++) dqa[i] = 0.f;
-    for (int t = 0; t < n_kv; t++) {
-        const int st = t & 1;
+    if constexpr (PIPE) {
+        // One warpgroup: no tile is skipped. S, dP of tile t + 1 are issued right behind dQ of tile t; stage t & 1
+        // is refilled once both have retired.
+        static_assert(WG == 1, "the pipelined loop is written for one warpgroup");
+        float s[32], dp[32];
         cp_async_wait<0>();
         fence_proxy_async();
-        __syncthreads();  // every product of tile t - 1 (stage st ^ 1) has retired
-        if (t + 1 < n_kv) load_kv_tile(t + 1, st ^ 1);
+        __syncthreads();
+        if (n_kv > 1) load_kv_tile(1, 1);
         cp_async_commit();
-        const int c0 = t * FA2_TILE;
-        if (c0 > qw0 + 63) continue;  // every key of the tile follows every query of this warpgroup
-        const T* kt = ks + st * TILE;
-        const T* vt = vs + st * TILE;
-
-        float s[32], dp[32];
-        wgmma_fence_operand(s);
-        wgmma_fence_operand(dp);
-        wgmma_fence();
-        fs_chain<0>(s, qa, kt, 0);   // S: queries x keys
-        fs_chain<0>(dp, ga, vt, 0);  // dP
-        wgmma_commit();
-        wgmma_wait<0>();
-        wgmma_fence_operand(s);
-        wgmma_fence_operand(dp);
-
-        const bool diag = c0 + FA2_TILE - 1 > qw0;
-#pragma unroll
-        for (int i = 0; i < 32; i++) {
-            const int hf = (i >> 1) & 1, key = c0 + 8 * (i >> 2) + 2 * cq + (i & 1), row = qw0 + 16 * w + g + 8 * hf;
-            float p = fa2_exp2(s[i] * sl2 - l2[hf]);
-            if (diag && key > row) p = 0.f;
-            dp[i] = p * (dp[i] - dd[hf]);
+        fs_issue2<0>(s, qa, ks, dp, ga, vs, 0);
+        fs_wait_all(s, dp);
+        for (int t = 0; t < n_kv; t++) {
+            const int st = t & 1;
+            uint32_t dsa[4][4];
+            fs_dq_probs(dsa, s, dp, l2, dd, t * FA2_TILE, qw0, sl2);
+            wgmma_fence_operand(dqa);
+            wgmma_fence();
+            fs_chain<1>(dqa, dsa, ks + st * TILE, 1);  // dQ += dS K
+            wgmma_commit();
+            if (t + 1 < n_kv) {
+                cp_async_wait<0>();  // tile t + 1 has landed
+                fence_proxy_async();
+                __syncthreads();
+                fs_issue2<0>(s, qa, ks + (st ^ 1) * TILE, dp, ga, vs + (st ^ 1) * TILE, 0);  // S, dP of tile t + 1
+            }
+            fs_wait_all(dqa, s, dp);
+            __syncthreads();  // every product that read stage st has retired before it is refilled
+            if (t + 2 < n_kv) load_kv_tile(t + 2, st);
+            cp_async_commit();
         }
-        uint32_t dsa[4][4];
-        fs_to_a(dsa, dp);
+    } else {
+        for (int t = 0; t < n_kv; t++) {
+            const int st = t & 1;
+            cp_async_wait<0>();
+            fence_proxy_async();
+            __syncthreads();  // every product of tile t - 1 (stage st ^ 1) has retired
+            if (t + 1 < n_kv) load_kv_tile(t + 1, st ^ 1);
+            cp_async_commit();
+            const int c0 = t * FA2_TILE;
+            if (c0 > qw0 + 63) continue;  // every key of the tile follows every query of this warpgroup
+            const T* kt = ks + st * TILE;
+            const T* vt = vs + st * TILE;
 
-        wgmma_fence_operand(dqa);
-        wgmma_fence();
-        fs_chain<1>(dqa, dsa, kt, 1);  // dQ += dS K
-        wgmma_commit();
-        wgmma_wait<0>();
-        wgmma_fence_operand(dqa);
+            float s[32], dp[32];
+            fs_issue2<0>(s, qa, kt, dp, ga, vt, 0);  // S (queries x keys), dP
+            fs_wait_all(s, dp);
+
+            uint32_t dsa[4][4];
+            fs_dq_probs(dsa, s, dp, l2, dd, c0, qw0, sl2);
+
+            wgmma_fence_operand(dqa);
+            wgmma_fence();
+            fs_chain<1>(dqa, dsa, kt, 1);  // dQ += dS K
+            wgmma_commit();
+            fs_wait_all(dqa);
+        }
     }
 
     __syncthreads();  // every warpgroup is done with the last tiles before they become the output staging
@@ -323,25 +407,27 @@ __device__ __forceinline__ void fs_dq(const __nv_bfloat16* __restrict__ q, const
 }
 
 // Grid: B * NKV * ceil(T / (64 WG)) blocks of 128 WG threads, 1-D, walked as flash_attn.cu's dK/dV grid
-// (flash_bwd_sm90.rs). Names: flash_dkdv_sm90_wg<warpgroups>[b<min blocks per SM>].
-#define FS_DKDV(WG, MINB, NAME)                                                                                        \
+// (flash_bwd_sm90.rs). Names: flash_{dkdv,dq}_sm90_wg<warpgroups>[b<min blocks per SM>][p: the pipelined loop].
+#define FS_DKDV(WG, PIPE, MINB, NAME)                                                                                \
     extern "C" __global__ void __launch_bounds__(WG * 128, MINB) flash_dkdv_sm90_##NAME(                              \
         const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* dy,             \
         const float* lse, const float* dvec, __nv_bfloat16* dk, __nv_bfloat16* dv, Fa2Layout L, int nh, int nkv,      \
         int t_len, float scale, int group) {                                                                           \
-        fs_dkdv<WG>(q, k, v, dy, lse, dvec, dk, dv, L, nh, nkv, t_len, scale, group);                                 \
+        fs_dkdv<WG, PIPE>(q, k, v, dy, lse, dvec, dk, dv, L, nh, nkv, t_len, scale, group);                                 \
     }
 // dQ: B * NH * ceil(T / (64 WG)) blocks of 128 WG threads, walked as flash_attn.cu's dQ grid (longest first).
-#define FS_DQ(WG, MINB, NAME)                                                                                          \
+#define FS_DQ(WG, PIPE, MINB, NAME)                                                                                  \
     extern "C" __global__ void __launch_bounds__(WG * 128, MINB) flash_dq_sm90_##NAME(                                \
         const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* y,              \
         const __nv_bfloat16* dy, const float* lse, float* dvec, __nv_bfloat16* dq, Fa2Layout L, int nh, int nkv,      \
         int t_len, float scale, int group) {                                                                           \
-        fs_dq<WG>(q, k, v, y, dy, lse, dvec, dq, L, nh, nkv, t_len, scale, group);                                    \
+        fs_dq<WG, PIPE>(q, k, v, y, dy, lse, dvec, dq, L, nh, nkv, t_len, scale, group);                                    \
     }
-FS_DKDV(1, 1, wg1)
-FS_DKDV(1, 3, wg1b3)
-FS_DKDV(2, 1, wg2)
-FS_DQ(1, 1, wg1)
-FS_DQ(1, 3, wg1b3)
-FS_DQ(2, 1, wg2)
+FS_DKDV(1, false, 1, wg1)
+FS_DKDV(1, false, 3, wg1b3)
+FS_DKDV(2, false, 1, wg2)
+FS_DKDV(1, true, 1, wg1p)
+FS_DQ(1, false, 1, wg1)
+FS_DQ(1, false, 3, wg1b3)
+FS_DQ(2, false, 1, wg2)
+FS_DQ(1, true, 1, wg1p)

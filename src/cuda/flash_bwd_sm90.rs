@@ -33,10 +33,12 @@ pub enum Sm90Variant {
     Wg1B3,
     /// Two warpgroups, 128 keys (queries) per block (each streamed tile loaded once for both).
     Wg2,
+    /// One warpgroup whose loop issues the next tile's S, dP products right behind this tile's last products.
+    Wg1Pipe,
 }
 
 impl Sm90Variant {
-    pub const ALL: [Sm90Variant; 3] = [Sm90Variant::Wg1, Sm90Variant::Wg1B3, Sm90Variant::Wg2];
+    pub const ALL: [Sm90Variant; 4] = [Sm90Variant::Wg1, Sm90Variant::Wg1B3, Sm90Variant::Wg2, Sm90Variant::Wg1Pipe];
 
     /// The kernels' name suffix in flash_bwd_sm90.cu (`flash_dq_sm90_*`, `flash_dkdv_sm90_*`).
     fn suffix(self) -> &'static str {
@@ -44,12 +46,13 @@ impl Sm90Variant {
             Sm90Variant::Wg1 => "wg1",
             Sm90Variant::Wg1B3 => "wg1b3",
             Sm90Variant::Wg2 => "wg2",
+            Sm90Variant::Wg1Pipe => "wg1p",
         }
     }
 
     fn warpgroups(self) -> usize {
         match self {
-            Sm90Variant::Wg1 | Sm90Variant::Wg1B3 => 1,
+            Sm90Variant::Wg1 | Sm90Variant::Wg1B3 | Sm90Variant::Wg1Pipe => 1,
             Sm90Variant::Wg2 => 2,
         }
     }
@@ -59,6 +62,7 @@ impl Sm90Variant {
             Sm90Variant::Wg1 => "sm90 bwd wg1",
             Sm90Variant::Wg1B3 => "sm90 bwd wg1b3",
             Sm90Variant::Wg2 => "sm90 bwd wg2",
+            Sm90Variant::Wg1Pipe => "sm90 bwd wg1p",
         }
     }
 }
