@@ -9,12 +9,14 @@
 //! (`linear_cross_entropy`, what the models use) the tiny CPU run takes 0.31M faults and 1.1 s of system time
 //! instead of 2.6M and 5.5 s. GPU timings against the composed version: docs/PERF.md.
 //!
-//! The backward recovers each row's logsumexp as `loss + logits[target]` instead of saving it (exact up to one
-//! rounding in the accumulator dtype; see the tolerance in tests/kernels_cross_entropy.rs).
 //! Rows whose target is `IGNORE_INDEX` give 0 loss and 0 gradient (masked losses, e.g. HellaSwag's completion
 //! tokens). A target `>= V` is an error on CPU and a NaN loss on CUDA (checking it there would cost a sync).
 //!
-//! CPU: rayon over rows, f32 accumulation (f64 for f64). CUDA: `src/cuda/cross_entropy.cu`, one block per row.
+//! CPU: rayon over rows, f32 accumulation (f64 for f64); the backward recovers each row's logsumexp as
+//! `loss + logits[target]` instead of saving it (exact up to one rounding in the accumulator dtype).
+//! CUDA: the decoder engine's loss kernel (`src/cuda/classifier.cu` through `crate::cuda::classifier`, one block per
+//! row, statistics in the log2 domain), whose backward recomputes the row's statistics instead; the tolerances of
+//! both against the references are in tests/kernels_cross_entropy.rs.
 
 use std::sync::Mutex;
 
@@ -288,8 +290,8 @@ pub fn softmax_cross_entropy_bwd(logits: &Tensor, targets: &Tensor, loss: &Tenso
             }))
         }
         #[cfg(feature = "cuda")]
-        (Storage::Cuda(xs), Storage::Cuda(ts), Storage::Cuda(ls), Storage::Cuda(gs)) => {
-            Storage::Cuda(cuda::bwd(xs, geo, ts, vec_geometry(tl, "targets")?, ls, gs, vec_geometry(gl, "dloss")?)?)
+        (Storage::Cuda(xs), Storage::Cuda(ts), Storage::Cuda(_), Storage::Cuda(gs)) => {
+            Storage::Cuda(cuda::bwd(xs, geo, ts, vec_geometry(tl, "targets")?, gs, vec_geometry(gl, "dloss")?)?)
         }
         _ => candle_core::bail!(
             "cross-entropy backward: logits, targets and gradients must be on one CPU or CUDA device"
@@ -327,95 +329,101 @@ fn cpu_bwd_typed<T: Elem<A>, A: Real>(
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    //! Launchers for cross_entropy.cu: one block of `THREADS` threads per row.
+    //! The op's storages over `crate::cuda::classifier::Classifier` (classifier.cu: the engine's loss kernel,
+    //! instantiated for the op's dtypes; that launcher owns its grid and names).
+    use std::sync::Arc;
+
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
-    use candle_core::cuda_backend::{CudaDType, WrapErr};
-    use candle_core::{CudaStorage, DType, Result};
+    use candle_core::cuda_backend::CudaDType;
+    use candle_core::{CudaDevice, CudaStorage, Result};
 
     use super::super::real::float_elem;
-    use crate::cuda::launch::{dtype_suffix, grid_1d, Module};
+    use crate::cuda::classifier::{Classifier, LossElem, LossRows, Strided};
+    use crate::cuda::devptr::DevPtr;
+    use crate::cuda::launch::per_device;
 
-    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/cross_entropy.ptx"));
-    const FILE: &str = "cross_entropy.cu";
-    /// Must equal CE_THREADS in the .cu (the shared-memory reduction is sized by it).
-    const THREADS: u32 = 512;
-
-    fn suffix(dt: DType) -> Result<&'static str> {
-        dtype_suffix(dt, "cross-entropy", &[DType::F32, DType::F64, DType::BF16])
+    fn kernels(dev: &CudaDevice) -> Result<Arc<Classifier>> {
+        per_device(dev, "classifier.cu", Classifier::new)
     }
 
+    /// Per-row losses (n) in the accumulator dtype of logits `xs` (rows from `start`, `rs` apart) and targets `ts`.
     pub(super) fn fwd(
         xs: &CudaStorage,
         (n, v, start, rs): (usize, usize, usize, usize),
         ts: &CudaStorage,
         (tstart, tstride): (usize, usize),
     ) -> Result<CudaStorage> {
-        fn go<T: CudaDType + DeviceRepr, A: CudaDType + DeviceRepr>(
+        fn go<T: CudaDType + LossElem<Acc: CudaDType>>(
             xs: &CudaStorage,
-            name: &str,
             (n, v, start, rs): (usize, usize, usize, usize),
             ts: &CudaStorage,
             (tstart, tstride): (usize, usize),
         ) -> Result<CudaStorage> {
             let dev = xs.device();
+            let stream = dev.cuda_stream();
             let x = xs.as_cuda_slice::<T>()?.slice(start..);
             let t = ts.as_cuda_slice::<u32>()?.slice(tstart..);
-            // SAFETY: every element is written by the kernel (thread 0 of each row's block).
-            let loss = unsafe { dev.alloc::<A>(n)? };
-            if n > 0 {
-                let func = Module::on_device(dev, FILE, PTX)?.kernel(name)?;
-                let mut b = func.builder();
-                let (v, rs, tstride) = (v as i64, rs as i64, tstride as i64);
-                b.arg(&x).arg(&t).arg(&loss).arg(&v).arg(&rs).arg(&tstride);
-                // SAFETY: argument types match the kernel's signature in cross_entropy.cu.
-                unsafe { b.launch(grid_1d(n, THREADS)?) }.w()?;
+            // SAFETY: the kernel writes every row's loss.
+            let mut loss = unsafe { dev.alloc::<T::Acc>(n)? };
+            {
+                let ((xp, _x), (tp, _t)) = (DevPtr::of(&x, &stream), DevPtr::of(&t, &stream));
+                let (lp, _l) = DevPtr::of_mut(&mut loss, &stream);
+                let rows = LossRows {
+                    logits: Strided { ptr: xp, stride: rs },
+                    targets: Strided { ptr: tp, stride: tstride },
+                    n,
+                    v,
+                };
+                // SAFETY: the op's layouts put n rows of v dense columns, rs apart, and n targets tstride apart in
+                // their storages from these starts; loss was just allocated for n; the device's one stream.
+                unsafe { kernels(dev)?.loss(rows, lp)? };
             }
             Ok(CudaStorage::wrap_cuda_slice(loss, dev.clone()))
         }
-        let name = format!("ce_fwd_{}", suffix(xs.dtype())?);
-        let geo = (n, v, start, rs);
-        float_elem!("cross-entropy on CUDA", xs.dtype(), |T, A| go::<T, A>(xs, &name, geo, ts, (tstart, tstride)))
+        float_elem!("cross-entropy on CUDA", xs.dtype(), |T, A| go::<T>(xs, (n, v, start, rs), ts, (tstart, tstride)))
     }
 
+    /// dlogits (n, v) in the logits' dtype from the logits, targets and the upstream gradient `gs` (`gg`: its start
+    /// and stride, 0 when broadcast). The kernel recomputes each row's logsumexp, so the forward's loss is not read.
     pub(super) fn bwd(
         xs: &CudaStorage,
         geo: (usize, usize, usize, usize),
         ts: &CudaStorage,
         tg: (usize, usize),
-        ls: &CudaStorage,
         gs: &CudaStorage,
         gg: (usize, usize),
     ) -> Result<CudaStorage> {
-        #[allow(clippy::too_many_arguments)]
-        fn go<T: CudaDType + DeviceRepr, A: CudaDType + DeviceRepr>(
+        fn go<T: CudaDType + LossElem<Acc: CudaDType>>(
             xs: &CudaStorage,
-            name: &str,
             (n, v, start, rs): (usize, usize, usize, usize),
             ts: &CudaStorage,
             (tstart, tstride): (usize, usize),
-            ls: &CudaStorage,
             gs: &CudaStorage,
             (gstart, gstride): (usize, usize),
         ) -> Result<CudaStorage> {
             let dev = xs.device();
+            let stream = dev.cuda_stream();
             let x = xs.as_cuda_slice::<T>()?.slice(start..);
             let t = ts.as_cuda_slice::<u32>()?.slice(tstart..);
-            let loss = ls.as_cuda_slice::<A>()?.slice(0..);
-            let g = gs.as_cuda_slice::<A>()?.slice(gstart..);
-            // SAFETY: every element of every row is written by the kernel.
-            let dx = unsafe { dev.alloc::<T>(n * v)? };
-            if n > 0 && v > 0 {
-                let func = Module::on_device(dev, FILE, PTX)?.kernel(name)?;
-                let mut b = func.builder();
-                let (v, rs, tstride, gstride) = (v as i64, rs as i64, tstride as i64, gstride as i64);
-                b.arg(&x).arg(&t).arg(&loss).arg(&g).arg(&dx).arg(&v).arg(&rs).arg(&tstride).arg(&gstride);
-                // SAFETY: argument types match the kernel's signature in cross_entropy.cu.
-                unsafe { b.launch(grid_1d(n, THREADS)?) }.w()?;
+            let g = gs.as_cuda_slice::<T::Acc>()?.slice(gstart..);
+            // SAFETY: the kernel writes every element of every row.
+            let mut dx = unsafe { dev.alloc::<T>(n * v)? };
+            {
+                let ((xp, _x), (tp, _t), (gp, _g)) =
+                    (DevPtr::of(&x, &stream), DevPtr::of(&t, &stream), DevPtr::of(&g, &stream));
+                let (dp, _d) = DevPtr::of_mut(&mut dx, &stream);
+                let rows = LossRows {
+                    logits: Strided { ptr: xp, stride: rs },
+                    targets: Strided { ptr: tp, stride: tstride },
+                    n,
+                    v,
+                };
+                // SAFETY: as in `fwd`, and dloss reaches n values gstride apart; dx was just allocated for n * v and
+                // overlaps nothing; the device's one stream.
+                unsafe { kernels(dev)?.dlogits(rows, Strided { ptr: gp, stride: gstride }, dp)? };
             }
             Ok(CudaStorage::wrap_cuda_slice(dx, dev.clone()))
         }
-        let name = format!("ce_bwd_{}", suffix(xs.dtype())?);
-        float_elem!("cross-entropy backward on CUDA", xs.dtype(), |T, A| go::<T, A>(xs, &name, geo, ts, tg, ls, gs, gg))
+        float_elem!("cross-entropy backward on CUDA", xs.dtype(), |T, A| go::<T>(xs, geo, ts, tg, gs, gg))
     }
 }
