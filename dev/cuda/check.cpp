@@ -1,6 +1,6 @@
-// Runs the candle ops' CUDA kernels (src/cuda: classifier.cu's softmax cross-entropy, attention.cu's FMA kernels,
-// the embedding backward in encoder.cu, LayerNorm's op kernels in norm.cu; the op's tensor-core
-// attention is flash_attn.cu, check_flash.cpp) under cuda_emu.h and compares them with plain double-precision
+// Runs the candle ops' CUDA kernels (src/cuda: classifier.cu's softmax cross-entropy, attention_ref.cu's FMA reference
+// attention, the embedding backward in encoder.cu, LayerNorm's op kernels in norm.cu; the op's tensor-core attention
+// is flash_attn.cu, check_flash.cpp) under cuda_emu.h and compares them with plain double-precision
 // references, in f32, bf16, f16 and f64, on awkward sizes (T not a multiple of the tiles, unaligned rows, the strided
 // q/k/v views GPT-2 passes, ignored targets), and the ops' instantiations of the engine's templates byte for byte
 // against the engine's. Prints one line per check; exits 1 on any mismatch.
@@ -10,7 +10,7 @@
 // Smaller blocks than on the GPU (each emulated thread is a std::thread); the kernels read this constant.
 #define CLS_THREADS 128
 
-#include "../../src/cuda/attention.cu"
+#include "../../src/cuda/attention_ref.cu"
 #include "../../src/cuda/classifier.cu"
 #include "../../src/cuda/encoder.cu"
 #include "../../src/cuda/norm.cu"
@@ -77,7 +77,7 @@ void expect_nan_at(const std::string& what, const std::vector<G>& got, const std
     expect(what, g, w, abs, rel);
 }
 
-// ---- attention -------------------------------------------------------------------------------------------------
+// ---- attention (attention_ref.cu, the FMA reference kernels) -----------------------------------------------------
 // q, k, v are views into one qkv buffer laid out (B, T, 3, NH, HS), as GPT-2's c_attn output split into heads.
 struct Attn {
     int b, nh, t;
@@ -187,20 +187,20 @@ static void check_attention(const char* dtype, int B, int NH, int Tn, double tol
     void (*dqk)(const T*, const T*, const T*, const T*, const float*, const float*, T*, int, int, int64_t, int64_t,
                 int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float);
     if constexpr (std::is_same_v<T, float>) {
-        fwd = fa_fwd_f32;
-        dot = fa_bwd_dot_f32;
-        dkdv = fa_bwd_dkdv_f32;
-        dqk = fa_bwd_dq_f32;
+        fwd = attn_ref_fwd_f32;
+        dot = attn_ref_bwd_dot_f32;
+        dkdv = attn_ref_bwd_dkdv_f32;
+        dqk = attn_ref_bwd_dq_f32;
     } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-        fwd = fa_fwd_bf16;
-        dot = fa_bwd_dot_bf16;
-        dkdv = fa_bwd_dkdv_bf16;
-        dqk = fa_bwd_dq_bf16;
+        fwd = attn_ref_fwd_bf16;
+        dot = attn_ref_bwd_dot_bf16;
+        dkdv = attn_ref_bwd_dkdv_bf16;
+        dqk = attn_ref_bwd_dq_bf16;
     } else {
-        fwd = fa_fwd_f16;
-        dot = fa_bwd_dot_f16;
-        dkdv = fa_bwd_dkdv_f16;
-        dqk = fa_bwd_dq_f16;
+        fwd = attn_ref_fwd_f16;
+        dot = attn_ref_bwd_dot_f16;
+        dkdv = attn_ref_bwd_dkdv_f16;
+        dqk = attn_ref_bwd_dq_f16;
     }
     emu_launch(fwd, dim3{nqt, (unsigned)(B * NH), 1}, dim3{FA_THREADS, 1, 1}, q, k, v, o.data(), lse.data(), NH, Tn, sb, sh,
                st, sb, sh, st, sb, sh, st, scale);

@@ -1,14 +1,15 @@
-// Fused causal attention on the FMA units, FlashAttention-2 style, forward and backward: the f32 kernels of the
-// candle op over head views (Rust side: model/kernels/attention/cuda_heads.rs), and its bf16/f16 kernels when the
-// FMA path is forced (`TOKENMILL_ATTN_FMA=1`, tests). bf16/f16 otherwise run flash_attn.cu's tensor-core kernels,
-// the decoder engine's, through strided views.
+// Causal attention on the FMA units, FlashAttention-2 style, forward and backward: the reference kernels (Rust side:
+// attention_ref.rs). The kernel lab and the GPU tests hold flash_attn.cu's tensor-core kernels against them (the
+// candle op's `FlashKernel::FmaReference`), and they are the candle attention op's f32 path on CUDA, chosen
+// explicitly there: the tensor cores take bf16/f16 only, and f32 attention on CUDA is for checks and small runs.
+// Nothing in the decoder engine runs them.
 //
 //   forward:  O = softmax(scale * Q K^T + causal mask) V,  L = row logsumexp of the scaled, masked scores
 //   backward: D = rowsum(dO * O); P = exp(scale * Q K^T - L) recomputed tile by tile;
 //             dV = P^T dO, dP = dO V^T, dS = P * (dP - D), dQ = scale * dS K, dK = scale * dS^T Q
 //
 // q, k, v: (B, NH, T, HS) with any (b, h, t) strides and dense HS; o, dq, dk, dv: contiguous (B, NH, T, HS);
-// L, D: (B, NH, T) f32. HS = 64 only (GPT-2's head size; the launcher refuses others). Inputs f32/bf16/f16,
+// L, D: (B, NH, T) f32. HS = 64 only (the op refuses others on CUDA). Inputs f32/bf16/f16,
 // everything accumulated in f32; scores live in the log2 domain (pre-multiplied by scale * log2(e)) so each
 // probability is one exp2f.
 //
@@ -20,7 +21,6 @@
 // two halves hit neighbouring banks); tiles padded to 65 floats per row so rows 16 apart fall in other banks.
 // The backward runs as two kernels, dK/dV per key tile and dQ per query tile, each recomputing P: 7 tile matmuls
 // instead of FlashAttention-2's 5, in exchange for no atomics (deterministic, and emulable in dev/cuda/).
-// These kernels are also the reference the GPU tests hold the tensor-core kernels against.
 #include "common.cuh"
 
 #define FA_HS 64
@@ -337,25 +337,25 @@ __device__ void fa_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, cons
 #define FA_STRIDES int64_t qsb, int64_t qsh, int64_t qst, int64_t ksb, int64_t ksh, int64_t kst, int64_t vsb, int64_t vsh, int64_t vst
 #define FA_STRIDE_ARGS qsb, qsh, qst, ksb, ksh, kst, vsb, vsh, vst
 
-#define FA_KERNELS(T, SUFFIX)                                                                                         \
-    extern "C" __global__ void __launch_bounds__(FA_THREADS) fa_fwd_##SUFFIX(                                        \
+#define ATTN_REF_KERNELS(T, SUFFIX)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) attn_ref_fwd_##SUFFIX(                                        \
         const T* q, const T* k, const T* v, T* o, float* lse, int nh, int t_len, FA_STRIDES, float scale) {          \
         fa_fwd<T>(q, k, v, o, lse, nh, t_len, FA_STRIDE_ARGS, scale);                                                \
     }                                                                                                                \
-    extern "C" __global__ void fa_bwd_dot_##SUFFIX(const T* o, const T* dout, float* dvec, int64_t rows) {           \
+    extern "C" __global__ void attn_ref_bwd_dot_##SUFFIX(const T* o, const T* dout, float* dvec, int64_t rows) {           \
         fa_bwd_dot<T>(o, dout, dvec, rows);                                                                          \
     }                                                                                                                \
-    extern "C" __global__ void __launch_bounds__(FA_THREADS) fa_bwd_dkdv_##SUFFIX(                                   \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) attn_ref_bwd_dkdv_##SUFFIX(                                   \
         const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dvec, T* dk, T* dv, int nh, \
         int t_len, FA_STRIDES, float scale) {                                                                        \
         fa_bwd_dkdv<T>(q, k, v, dout, lse, dvec, dk, dv, nh, t_len, FA_STRIDE_ARGS, scale);                          \
     }                                                                                                                \
-    extern "C" __global__ void __launch_bounds__(FA_THREADS) fa_bwd_dq_##SUFFIX(                                     \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) attn_ref_bwd_dq_##SUFFIX(                                     \
         const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dvec, T* dq, int nh,       \
         int t_len, FA_STRIDES, float scale) {                                                                        \
         fa_bwd_dq<T>(q, k, v, dout, lse, dvec, dq, nh, t_len, FA_STRIDE_ARGS, scale);                                \
     }
 
-FA_KERNELS(float, f32)
-FA_KERNELS(__nv_bfloat16, bf16)
-FA_KERNELS(__half, f16)
+ATTN_REF_KERNELS(float, f32)
+ATTN_REF_KERNELS(__nv_bfloat16, bf16)
+ATTN_REF_KERNELS(__half, f16)
