@@ -1,4 +1,4 @@
-// Runs the GPT-2 engine's CUDA kernels (src/cuda/*.cu) on the CPU under dev/cuda/cuda_emu.h and
+// Runs the decoder engine's CUDA kernels (src/cuda/*.cu) on the CPU under dev/cuda/cuda_emu.h and
 // compares them with plain double-precision references on awkward sizes (rows not a multiple of the block's, widths
 // not a multiple of 128, repeated token ids, accumulation into non-zero gradients). One line per check; exit 1 on any
 // mismatch. Build and run: dev/cuda/run.sh engine (also run by `cargo test`, tests/kernels_lab.rs).
@@ -502,9 +502,9 @@ static void check_gelu() {
     expect("gelu_bwd_bf16 (in place)", dyk, dx, 1e-6, 8e-3);
 }
 
-// The same kernels as the candle op launches them (model::kernels::gelu): any dtype it takes, n not a multiple of
-// the vector, buffers `offset` elements past a 16-byte boundary (the element-by-element path), and a grid of `grid`
-// blocks that the grid-stride loop must walk several times.
+// The same kernels as the candle op runs them (model::kernels::gelu): any dtype it takes, n not a multiple of the
+// vector, buffers `offset` elements past a 16-byte boundary (the element-by-element path), and a grid of `grid`
+// blocks: activation.rs's (one thread per vector) or fewer, which the grid-stride loop must walk several times.
 // 1 + tanh(u) cancels for very negative x, so y and dx near 0 carry an absolute error of a few ulp of 1: `abs`; dx's
 // carries it times the derivative's factor |x| k (1 + 3c x^2) / 2 (about 4 at x = -4 with |dy| ~ 1), so dx gets 4 abs.
 template <typename T>
@@ -572,6 +572,7 @@ int main() {
     check_bias_grad(1000, 264, 3);  // 334 rows a chunk: the four-row loads and the leftover rows
     check_gelu();
     check_gelu_op<float>("f32", 2003, 1, 1, 1e-6, 1e-6);
+    check_gelu_op<float>("f32", 2003, 1, 2, 1e-6, 1e-6);  // activation.rs's grid: ceil(ceil(2003 / 4) / 256)
     check_gelu_op<float>("f32", 4096, 0, 2, 1e-6, 1e-6);
     check_gelu_op<double>("f64", 37, 1, 1, 1e-15, 1e-13);
     check_gelu_op<__nv_bfloat16>("bf16", 77, 0, 1, 1e-5, 8e-3);

@@ -64,12 +64,10 @@ pub struct AttnRef {
 
 impl AttnRef {
     pub fn new(stream: &Arc<CudaStream>) -> Result<AttnRef> {
-        let names: Vec<String> = [f32::SUFFIX, bf16::SUFFIX, f16::SUFFIX]
-            .iter()
-            .flat_map(|s| ["fwd", "bwd_dot", "bwd_dkdv", "bwd_dq"].map(|k| format!("attn_ref_{k}_{s}")))
-            .collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        Ok(AttnRef { module: Module::load(stream, "attention_ref.cu", PTX, &names)? })
+        let kernels = ["attn_ref_fwd", "attn_ref_bwd_dot", "attn_ref_bwd_dkdv", "attn_ref_bwd_dq"];
+        let module = Module::load(stream, "attention_ref.cu", PTX, &[])?
+            .with_suffixed(&kernels, &[f32::SUFFIX, bf16::SUFFIX, f16::SUFFIX])?;
+        Ok(AttnRef { module })
     }
 
     /// f32 elements of the backward's D scratch.

@@ -67,13 +67,9 @@ pub struct Classifier {
 
 impl Classifier {
     pub fn new(stream: &Arc<CudaStream>) -> Result<Classifier> {
-        let ops = [f32::SUFFIX, bf16::SUFFIX, f64::SUFFIX]
-            .iter()
-            .flat_map(|s| [format!("classifier_fwd_{s}"), format!("classifier_bwd_{s}")]);
-        let names: Vec<String> =
-            ["classifier_fwd_bwd".to_string(), "loss_reduce".to_string()].into_iter().chain(ops).collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        Ok(Classifier { module: Module::load(stream, "classifier.cu", PTX, &names)? })
+        let module = Module::load(stream, "classifier.cu", PTX, &["classifier_fwd_bwd", "loss_reduce"])?
+            .with_suffixed(&["classifier_fwd", "classifier_bwd"], &[f32::SUFFIX, bf16::SUFFIX, f64::SUFFIX])?;
+        Ok(Classifier { module })
     }
 
     /// The engine's: `loss[r]` (f32) for `rows` rows of `logits (rows, v)` bf16 and `targets (rows)` u32; with
