@@ -1,4 +1,4 @@
-//! cuBLASLt matmuls with epilogues, for the explicit GPT-2 engine, through cudarc's `cublaslt::result` layer (the
+//! cuBLASLt matmuls with epilogues, for the decoder engine, through cudarc's `cublaslt::result` layer (the
 //! safe `CudaBlasLT` lacks the aux pointer, DGELU, mixed bf16-in/f32-out and algorithm caching).
 //!
 //! Conventions are cuBLAS's: column-major, `D (m x n) = op(A) (m x k) op(B) (k x n) [+ C] [epilogue]`. A row-major
