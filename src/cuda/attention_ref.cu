@@ -32,16 +32,21 @@
 #define FA_BQ 32    // query rows per tile in dK/dV
 #define FA_PAD (FA_HS + 1)
 
-// The two dot products every backward tile step takes, over one head-size row each: s = a . b (a score) and
-// dp = c . d (its gradient), accumulated in d order.
-__device__ __forceinline__ void fa_dot2(const float* a, const float* b, const float* c, const float* d, float& s,
-                                        float& dp) {
-    s = 0.f, dp = 0.f;
+// One (query, key) pair of a backward tile step: the score s = a . b (in log2 units: one side is pre-scaled), its
+// probability p = 2^(s - l2) where `keep` (causal and in range; 0 elsewhere), and the score's gradient
+// ds = p * (dp - dr) with dp = c . d (dO . V) and dr the query row's D; both dot products accumulated in d order.
+// Returns p.
+__device__ __forceinline__ float fa_prob_grad(const float* a, const float* b, const float* c, const float* d, bool keep,
+                                              float l2, float dr, float& ds) {
+    float s = 0.f, dp = 0.f;
 #pragma unroll
     for (int i = 0; i < FA_HS; i++) {
         s += a[i] * b[i];
         dp += c[i] * d[i];
     }
+    const float p = keep ? exp2f(s - l2) : 0.f;
+    ds = p * (dp - dr);
+    return p;
 }
 
 // The query row a thread of a forward or dQ block owns (two threads per row, `h` its half of the output dims; the
@@ -245,11 +250,8 @@ __device__ void fa_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k, co
 #pragma unroll 2
         for (int ii = 0; ii < FA_BQ / 2; ii++) {
             const int i = h * (FA_BQ / 2) + ii, qi = i0 + i;
-            float s, dp;
-            fa_dot2(kr, Qs[i], vr, dOs[i], s, dp);
-            const float p = (key <= qi && qi < t_len && key < t_len) ? exp2f(s - Ls[i]) : 0.f;
-            Ps[cl][i] = p;
-            dSs[cl][i] = p * (dp - Ds[i]);
+            Ps[cl][i] = fa_prob_grad(kr, Qs[i], vr, dOs[i], key <= qi && qi < t_len && key < t_len, Ls[i], Ds[i],
+                                     dSs[cl][i]);
         }
         __syncthreads();
         for (int i = 0; i < FA_BQ; i++) {
@@ -313,10 +315,7 @@ __device__ void fa_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, cons
 #pragma unroll 2
         for (int jj = 0; jj < FA_BC / 2; jj++) {
             const int j = h * (FA_BC / 2) + jj, c = c0 + j;
-            float s, dp;
-            fa_dot2(qr, Ks[j], gr, Vs[j], s, dp);
-            const float p = (c <= lrow) ? exp2f(s - l2) : 0.f;
-            dSs[r][j] = p * (dp - dr);
+            fa_prob_grad(qr, Ks[j], gr, Vs[j], c <= lrow, l2, dr, dSs[r][j]);
         }
         __syncthreads();
         for (int j = 0; j < FA_BC; j++) {

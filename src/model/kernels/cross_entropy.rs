@@ -22,10 +22,12 @@ use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::real::{float_elem, Elem, Real};
+use super::real::{acc_dtype, float_elem, Elem, Real};
 
 /// A target id that contributes zero loss and zero gradient.
 pub const IGNORE_INDEX: u32 = u32::MAX;
@@ -76,13 +78,15 @@ pub fn linear_cross_entropy(x: &Tensor, w: &Tensor, targets: &Tensor) -> Result<
     let logits = x.detach().matmul(&w.detach().t()?)?; // (N, V), outside the graph
     let targets = u32_targets(targets)?;
     let loss = softmax_cross_entropy(&logits, &targets)?.detach(); // (N)
-    let op = LinearCrossEntropy { logits: Mutex::new(Some(logits)), loss };
-    x.apply_op3(w, &targets, op)
+    let op = LinearCrossEntropy { logits: Mutex::new(Some(logits)), targets, loss };
+    x.apply_op2(w, op)
 }
 
-/// Forward already computed (`loss`); the op's forward only hands it over, and its `bwd` is the point.
+/// Forward already computed (`loss`); the op's forward only hands it over, and its `bwd` is the point. An op of x and
+/// w alone: the targets get no gradient, so the op keeps them.
 struct LinearCrossEntropy {
     logits: Mutex<Option<Tensor>>, // (N, V); taken by the first backward
+    targets: Tensor,               // (N) u32
     loss: Tensor,                  // (N)
 }
 
@@ -92,20 +96,12 @@ impl LinearCrossEntropy {
     }
 }
 
-impl CustomOp3 for LinearCrossEntropy {
+impl CustomOp2 for LinearCrossEntropy {
     fn name(&self) -> &'static str {
         "linear-cross-entropy"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
         let (s, _) = self.loss.storage_and_layout();
         match &*s {
             Storage::Cpu(s) => Ok((s.clone(), self.shape())),
@@ -114,15 +110,7 @@ impl CustomOp3 for LinearCrossEntropy {
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
         let (s, l) = self.loss.storage_and_layout();
         match &*s {
             Storage::Cuda(s) => Ok((s.try_clone(l)?, self.shape())),
@@ -130,14 +118,7 @@ impl CustomOp3 for LinearCrossEntropy {
         }
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        targets: &Tensor,
-        loss: &Tensor,
-        dloss: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, w: &Tensor, loss: &Tensor, dloss: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (x, w) = (x.detach(), w.detach());
         let saved = self.logits.lock().unwrap_or_else(|e| e.into_inner()).take();
         // A second backward over the same graph recomputes what the first one consumed.
@@ -145,11 +126,11 @@ impl CustomOp3 for LinearCrossEntropy {
             Some(l) => l,
             None => x.matmul(&w.t()?)?,
         };
-        let dlogits = softmax_cross_entropy_bwd(&logits, targets, loss, dloss)?; // (N, V)
+        let dlogits = softmax_cross_entropy_bwd(&logits, &self.targets, loss, dloss)?; // (N, V)
         drop(logits);
         let dx = dlogits.matmul(&w)?; // (N, V) @ (V, C)
         let dw = dlogits.t()?.matmul(&x)?; // (V, N) @ (N, C)
-        Ok((Some(dx), Some(dw), None))
+        Ok((Some(dx), Some(dw)))
     }
 }
 
@@ -158,15 +139,6 @@ fn u32_targets(targets: &Tensor) -> Result<Tensor> {
         DType::U32 => Ok(targets.clone()),
         DType::U8 | DType::I64 => targets.to_dtype(DType::U32),
         dt => candle_core::bail!("cross-entropy targets must be integer ids (u32), got {dt:?}"),
-    }
-}
-
-/// Accumulator/loss dtype for logits of dtype `dt`.
-fn loss_dtype(dt: DType) -> DType {
-    if dt == DType::F64 {
-        DType::F64
-    } else {
-        DType::F32
     }
 }
 
@@ -244,13 +216,7 @@ impl CustomOp2 for SoftmaxCrossEntropy {
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
         let geo = row_geometry(l1)?;
         let tg = vec_geometry(l2, "targets")?;
         let out = cuda::fwd(s1, geo, s2, tg)?;
@@ -271,7 +237,7 @@ impl CustomOp2 for SoftmaxCrossEntropy {
 /// `dlogits (N, V)` in the logits' dtype from the forward's inputs, its per-row `loss (N)` and `dloss (N)`.
 pub fn softmax_cross_entropy_bwd(logits: &Tensor, targets: &Tensor, loss: &Tensor, dloss: &Tensor) -> Result<Tensor> {
     let (n, v) = logits.dims2()?;
-    let ld = loss_dtype(logits.dtype());
+    let ld = acc_dtype(logits.dtype());
     let loss = loss.to_dtype(ld)?.contiguous()?;
     let dloss = dloss.to_dtype(ld)?;
     let (xs, xl) = logits.storage_and_layout();
@@ -334,6 +300,7 @@ mod cuda {
     use std::sync::Arc;
 
     use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::CudaStream;
     use candle_core::cuda_backend::CudaDType;
     use candle_core::{CudaDevice, CudaStorage, Result};
 
@@ -346,41 +313,45 @@ mod cuda {
         per_device(dev, "classifier.cu", Classifier::new)
     }
 
-    /// Per-row losses (n) in the accumulator dtype of logits `xs` (rows from `start`, `rs` apart) and targets `ts`.
-    pub(super) fn fwd(
+    /// Calls `f` with the device, its stream and the kernels' view of logits `xs` (`n` rows of `v` from `start`,
+    /// `rs` apart) and targets `ts` (from `tstart`, `tstride` apart), held readable on the stream while `f` runs.
+    fn with_rows<T: CudaDType + LossElem, R>(
         xs: &CudaStorage,
         (n, v, start, rs): (usize, usize, usize, usize),
         ts: &CudaStorage,
         (tstart, tstride): (usize, usize),
+        f: impl FnOnce(&CudaDevice, &Arc<CudaStream>, LossRows<T>) -> Result<R>,
+    ) -> Result<R> {
+        let dev = xs.device();
+        let stream = dev.cuda_stream();
+        let x = xs.as_cuda_slice::<T>()?.slice(start..);
+        let t = ts.as_cuda_slice::<u32>()?.slice(tstart..);
+        let ((xp, _x), (tp, _t)) = (DevPtr::of(&x, &stream), DevPtr::of(&t, &stream));
+        let rows =
+            LossRows { logits: Strided { ptr: xp, stride: rs }, targets: Strided { ptr: tp, stride: tstride }, n, v };
+        f(dev, &stream, rows)
+    }
+
+    /// Per-row losses (n) in the accumulator dtype of logits `xs` (rows from `start`, `rs` apart) and targets `ts`.
+    pub(super) fn fwd(
+        xs: &CudaStorage,
+        geo: (usize, usize, usize, usize),
+        ts: &CudaStorage,
+        tg: (usize, usize),
     ) -> Result<CudaStorage> {
-        fn go<T: CudaDType + LossElem<Acc: CudaDType>>(
-            xs: &CudaStorage,
-            (n, v, start, rs): (usize, usize, usize, usize),
-            ts: &CudaStorage,
-            (tstart, tstride): (usize, usize),
-        ) -> Result<CudaStorage> {
-            let dev = xs.device();
-            let stream = dev.cuda_stream();
-            let x = xs.as_cuda_slice::<T>()?.slice(start..);
-            let t = ts.as_cuda_slice::<u32>()?.slice(tstart..);
-            // SAFETY: the kernel writes every row's loss.
-            let mut loss = unsafe { dev.alloc::<T::Acc>(n)? };
-            {
-                let ((xp, _x), (tp, _t)) = (DevPtr::of(&x, &stream), DevPtr::of(&t, &stream));
-                let (lp, _l) = DevPtr::of_mut(&mut loss, &stream);
-                let rows = LossRows {
-                    logits: Strided { ptr: xp, stride: rs },
-                    targets: Strided { ptr: tp, stride: tstride },
-                    n,
-                    v,
-                };
-                // SAFETY: the op's layouts put n rows of v dense columns, rs apart, and n targets tstride apart in
-                // their storages from these starts; loss was just allocated for n; the device's one stream.
-                unsafe { kernels(dev)?.loss(rows, lp)? };
-            }
-            Ok(CudaStorage::wrap_cuda_slice(loss, dev.clone()))
-        }
-        float_elem!("cross-entropy on CUDA", xs.dtype(), |T, A| go::<T>(xs, (n, v, start, rs), ts, (tstart, tstride)))
+        float_elem!("cross-entropy on CUDA", xs.dtype(), |T, A| {
+            with_rows::<T, _>(xs, geo, ts, tg, |dev, stream, rows| {
+                // SAFETY: the kernel writes every row's loss.
+                let mut loss = unsafe { dev.alloc::<A>(rows.n)? };
+                {
+                    let (lp, _l) = DevPtr::of_mut(&mut loss, stream);
+                    // SAFETY: the op's layouts put n rows of v dense columns, rs apart, and n targets tstride apart
+                    // in their storages from these starts; loss was just allocated for n; the device's one stream.
+                    unsafe { kernels(dev)?.loss(rows, lp)? };
+                }
+                Ok(CudaStorage::wrap_cuda_slice(loss, dev.clone()))
+            })
+        })
     }
 
     /// dlogits (n, v) in the logits' dtype from the logits, targets and the upstream gradient `gs` (`gg`: its start
@@ -391,39 +362,22 @@ mod cuda {
         ts: &CudaStorage,
         tg: (usize, usize),
         gs: &CudaStorage,
-        gg: (usize, usize),
+        (gstart, gstride): (usize, usize),
     ) -> Result<CudaStorage> {
-        fn go<T: CudaDType + LossElem<Acc: CudaDType>>(
-            xs: &CudaStorage,
-            (n, v, start, rs): (usize, usize, usize, usize),
-            ts: &CudaStorage,
-            (tstart, tstride): (usize, usize),
-            gs: &CudaStorage,
-            (gstart, gstride): (usize, usize),
-        ) -> Result<CudaStorage> {
-            let dev = xs.device();
-            let stream = dev.cuda_stream();
-            let x = xs.as_cuda_slice::<T>()?.slice(start..);
-            let t = ts.as_cuda_slice::<u32>()?.slice(tstart..);
-            let g = gs.as_cuda_slice::<T::Acc>()?.slice(gstart..);
-            // SAFETY: the kernel writes every element of every row.
-            let mut dx = unsafe { dev.alloc::<T>(n * v)? };
-            {
-                let ((xp, _x), (tp, _t), (gp, _g)) =
-                    (DevPtr::of(&x, &stream), DevPtr::of(&t, &stream), DevPtr::of(&g, &stream));
-                let (dp, _d) = DevPtr::of_mut(&mut dx, &stream);
-                let rows = LossRows {
-                    logits: Strided { ptr: xp, stride: rs },
-                    targets: Strided { ptr: tp, stride: tstride },
-                    n,
-                    v,
-                };
-                // SAFETY: as in `fwd`, and dloss reaches n values gstride apart; dx was just allocated for n * v and
-                // overlaps nothing; the device's one stream.
-                unsafe { kernels(dev)?.dlogits(rows, Strided { ptr: gp, stride: gstride }, dp)? };
-            }
-            Ok(CudaStorage::wrap_cuda_slice(dx, dev.clone()))
-        }
-        float_elem!("cross-entropy backward on CUDA", xs.dtype(), |T, A| go::<T>(xs, geo, ts, tg, gs, gg))
+        float_elem!("cross-entropy backward on CUDA", xs.dtype(), |T, A| {
+            let g = gs.as_cuda_slice::<A>()?.slice(gstart..);
+            with_rows::<T, _>(xs, geo, ts, tg, |dev, stream, rows| {
+                // SAFETY: the kernel writes every element of every row.
+                let mut dx = unsafe { dev.alloc::<T>(rows.n * rows.v)? };
+                {
+                    let (gp, _g) = DevPtr::of(&g, stream);
+                    let (dp, _d) = DevPtr::of_mut(&mut dx, stream);
+                    // SAFETY: as in `fwd`, and dloss reaches n values gstride apart; dx was just allocated for n * v
+                    // and overlaps nothing; the device's one stream.
+                    unsafe { kernels(dev)?.dlogits(rows, Strided { ptr: gp, stride: gstride }, dp)? };
+                }
+                Ok(CudaStorage::wrap_cuda_slice(dx, dev.clone()))
+            })
+        })
     }
 }
