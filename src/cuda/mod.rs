@@ -2,13 +2,14 @@
 //! `model` (they call down into it).
 //!
 //! - Kernels, one `<op>.cu` per op, compiled to PTX by build.rs: the engine's `norm` (LayerNorm and RMSNorm),
-//!   `rope`, `swiglu`, `classifier`, `encoder`, `bias_grad`, `activation` (GELU), `adamw`, `flash_attn`; and the
-//!   candle ops' `cross_entropy` and `attention` (the FMA kernels for f32), launched from `model::kernels`, which also
-//!   launches `norm`'s LayerNorm, `activation`'s GELU, `encoder`'s embedding backward and `flash_attn`'s tensor-core
-//!   attention (through strides: one kernel for both layouts and both callers).
+//!   `rope`, `swiglu`, `classifier` (softmax cross-entropy), `encoder`, `bias_grad`, `activation` (GELU), `adamw`,
+//!   `flash_attn`; and `attention_ref`, the FMA reference attention (the tests' reference for `flash_attn`, and the
+//!   candle ops' f32 attention). The candle ops in `model::kernels` also run `classifier`'s loss, `norm`'s LayerNorm,
+//!   `activation`'s GELU, `encoder`'s embedding backward and `flash_attn`'s tensor-core attention (through strides:
+//!   one kernel for both layouts and both callers).
 //! - Headers shared by the kernels: `common.cuh` (element types, conversions, 16-byte vectors), `warp.cuh` (warp
-//!   shuffles and sums), `mma.cuh` (the tensor-core product), `online_softmax.cuh` (the running max and sum of
-//!   `cross_entropy` and `classifier`).
+//!   shuffles and sums), `mma.cuh` (the tensor-core product), `online_softmax.cuh` (the classifier's running max and
+//!   sum).
 //! - Rust: each engine kernel file's thin launcher `<op>.rs` over typed device pointers (`devptr::DevPtr<T>`, the
 //!   element type each kernel parameter reads; no candle autograd);
 //!   `cudnn_attn` (cuDNN's SDPA, feature `cudnn`, with its C++ shim `cudnn_attn.cpp`); `blaslt` (cuBLASLt matmuls
@@ -21,6 +22,8 @@
 pub mod activation;
 #[cfg(feature = "cuda")]
 pub mod adamw;
+#[cfg(feature = "cuda")]
+pub mod attention_ref;
 #[cfg(feature = "cuda")]
 pub mod bias_grad;
 #[cfg(feature = "cuda")]
