@@ -9,9 +9,10 @@
 # `scripts/gpu-kernel-check.sh build`): the kernels against the CPU twin at T = 1..2048, bitwise repeats, every
 # launch variant writing every element; then compute-sanitizer memcheck and racecheck on a small fwd + bwd.
 # --cudnn also times tokenmill's cuDNN SDPA backend (a `--features cudnn` binary, which does so by default too):
-# rows tokenmill-cudnn (deterministic backward, what TOKENMILL_ATTENTION=cudnn trains with) and tokenmill-cudnn-nondet
-# (cuDNN's default backward), then their ratio to PyTorch's cuDNN and the cost of determinism; with --check it also
-# runs the cuDNN backend's tests (kernels_cudnn_attention: a gpu binary built with KERNEL_FEATURES=cudnn).
+# rows tokenmill-cudnn (deterministic backward, what [engine] attention = "cudnn" trains with) and
+# tokenmill-cudnn-nondet (cuDNN's default backward), then their ratio to PyTorch's cuDNN and the cost of determinism;
+# with --check it also runs the cuDNN backend's tests (kernels_cudnn_attention: a gpu binary built with
+# KERNEL_FEATURES=cudnn).
 # --ncu last reads the hardware counters of the default kernels at B=64, T=1024 (Nsight Compute, clocks left alone:
 # --clock-control none) into $OUT/ncu.txt: throughput of the tensor, shared-memory and issue pipes, stall reasons.
 # Environment: TOKENMILL (the binary; default: .dist/tokenmill.gz unpacked, else target/release/tokenmill),

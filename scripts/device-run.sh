@@ -196,6 +196,7 @@ for step in "$@"; do
     rm -rf "$OUT/bw_base" "$OUT/bw_new"
     # The earlier binary knows no [engine] table (its options were environment variables then): its config without it.
     sed '/^\[engine\]/,$d' configs/gpt2-124m.toml > "$OUT/gpt2-124m-base.toml"
+    # `gpt2-cuda` is that binary's only name for the engine (this one keeps it as an alias of `cuda`).
     .dist/base/tokenmill-base train "${bw[@]}" --config "$OUT/gpt2-124m-base.toml" --set 'run.engine="gpt2-cuda"' \
       --log-dir "$OUT/bw_base" > "$OUT/bw_base.log" 2>&1; r1=$?
     # BITWISE_TABLE (e.g. heuristic) sets the new binary's gemm_table alone (the base binary may not know the value).
@@ -204,7 +205,7 @@ for step in "$@"; do
     n=$(grep -cE '^[0-9]+ train' "$OUT/bw_new/log.txt" 2>/dev/null)
     if [ $r1 = 0 ] && [ $r2 = 0 ] && [ "$n" = 20 ] &&
        cmp -s <(grep -E '^[0-9]+ (train|val)' "$OUT/bw_base/log.txt") <(grep -E '^[0-9]+ (train|val)' "$OUT/bw_new/log.txt"); then
-      note "bitwise: GPT-2 124M, 20 steps (B=${BITWISE_B:-16}): decoder engine = previous gpt2-cuda engine, every train and val line bit for bit"
+      note "bitwise: GPT-2 124M, 20 steps (B=${BITWISE_B:-16}): decoder engine = the previous engine (7b291f5), every train and val line bit for bit"
     else
       note "bitwise: DIFFERS (rc $r1/$r2, $n train lines):"; diff <(grep -E '^[0-9]+ (train|val)' "$OUT/bw_base/log.txt") \
         <(grep -E '^[0-9]+ (train|val)' "$OUT/bw_new/log.txt") | head -n 10 | tee -a "$SUMMARY"

@@ -189,9 +189,9 @@ fn mismatched_inputs_are_errors() {
     assert!(flash_causal_attention(&a, &a, &a.to_dtype(DType::F64).unwrap()).is_err());
 }
 
-/// The FMA kernels (version 1) whatever the dtype; `flash_causal_attention` takes the tensor cores for bf16/f16.
+/// The FMA reference kernels whatever the dtype; `flash_causal_attention` takes the tensor cores for bf16/f16.
 fn fma_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
-    flash_causal_attention_with(q, k, v, FlashKernel::Fma)
+    flash_causal_attention_with(q, k, v, FlashKernel::FmaReference)
 }
 
 /// (kernel label, kernel, dtype, (B, NH, T, HS), abs, rel, pad); abs for f32 only, bf16/f16 take 1% of the
@@ -389,7 +389,7 @@ fn cuda_qkv_op_matches_head_views() {
     };
     for (shape, dt) in [((2, 12, 1024, 64), DType::BF16), ((2, 3, 100, 64), DType::BF16), ((1, 2, 97, 64), DType::F32)]
     {
-        // The same kernels on the same inputs, only the layouts differ (f32: attention.cu's FMA kernels; bf16:
+        // The same kernels on the same inputs, only the layouts differ (f32: attention_ref.cu's FMA kernels; bf16:
         // flash_attn.cu over the whole buffer and through the head views' strides): exact.
         let ((o, g), (ro, rg)) = qkv_op_vs_views(dt, shape, &dev, flash_causal_attention);
         assert_close(&format!("cuda qkv op output {shape:?} {dt:?}"), &o, &ro, 0.0, 0.0);

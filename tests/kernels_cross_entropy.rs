@@ -291,8 +291,9 @@ fn linear_head_second_backward_recomputes() {
 /// (dtype, N, V, (loss abs, loss rel, dlogits abs, dlogits rel)).
 type Case = (DType, usize, usize, (f64, f64, f64, f64));
 
-/// The CUDA kernels against the CPU kernel (f32, f64) and the composed f32 reference (bf16), on the GPT-2 vocab
-/// (aligned rows: the 16-byte path) and an odd vocab (unaligned rows: the scalar path).
+/// The CUDA kernels (the engine's classifier.cu: statistics in the log2 domain, the backward recomputing them where
+/// the CPU twin recovers logsumexp from the loss) against the CPU twin, on the GPT-2 vocab (aligned rows: the 16-byte
+/// path) and an odd vocab (unaligned rows: the element-by-element path).
 #[test]
 fn cuda_matches_cpu() {
     let Some(dev) = cuda_device() else {

@@ -157,7 +157,7 @@ fn a_stopped_mixture_run_resumes_bit_for_bit_and_logs_each_source() {
     assert!((0.7 * each[0] + 0.3 * each[1] - loss).abs() < 1e-4, "{each:?} -> {loss}");
     let metrics = std::fs::read_to_string(split.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().filter(|l| l.contains(r#""kind":"data""#)).count(), 8, "{metrics}");
-    // Val at steps 0, 4 and 7 (the last), two sources each.
+    // Val at steps 0, 4 and 8 (after the last update), two sources each.
     assert_eq!(metrics.lines().filter(|l| l.contains(r#""kind":"val_source""#)).count(), 6);
     // The checkpoint holds each source's position.
     let state = checkpoint::load_state(&checkpoint::step_dir(&split.join("checkpoints"), 8)).unwrap();

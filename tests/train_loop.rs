@@ -152,7 +152,8 @@ fn tiny_model_lowers_val_loss_on_real_text() {
     eprintln!("val loss {start} -> {end}; logged {logged:?}");
     assert!((start - 50304f32.ln()).abs() < 0.3, "initial val loss {start} should be near ln(V) = 10.83");
     assert!(end < 7.0, "80 steps should bring val loss from {start} well below 7, got {end}");
-    assert_eq!(logged.len(), 5, "val at steps 0, 20, 40, 60 and the last step 79");
+    assert_eq!(logged.len(), 5, "val at steps 0, 20, 40, 60 and after the last update, 80");
+    assert_eq!(*logged.last().unwrap(), end, "the last val loss is the final weights'");
     assert!(logged.windows(2).all(|w| w[1] < w[0]), "val loss should fall at every evaluation: {logged:?}");
 }
 

@@ -1,14 +1,17 @@
-// Runs the candle ops' CUDA kernels (src/cuda: cross_entropy.cu, attention.cu's FMA kernels, the embedding backward in
-// encoder.cu, LayerNorm's op kernels in norm.cu; the op's tensor-core attention is flash_attn.cu, check_flash.cpp) under
-// cuda_emu.h and
-// compares them with plain
-// double-precision references, in f32, bf16 and f16, on awkward sizes (T not a multiple of the tiles, unaligned rows,
-// the strided q/k/v views GPT-2 passes, ignored targets). Prints one line per check; exits 1 on any mismatch.
+// Runs the candle ops' CUDA kernels (src/cuda: classifier.cu's softmax cross-entropy, attention_ref.cu's FMA reference
+// attention, the embedding backward in encoder.cu, LayerNorm's op kernels in norm.cu; the op's tensor-core attention
+// is flash_attn.cu, check_flash.cpp) under cuda_emu.h and compares them with plain double-precision
+// references, in f32, bf16, f16 and f64, on awkward sizes (T not a multiple of the tiles, unaligned rows, the strided
+// q/k/v views GPT-2 passes, ignored targets), and the ops' instantiations of the engine's templates byte for byte
+// against the engine's. Prints one line per check; exits 1 on any mismatch.
 // Build and run: dev/cuda/run.sh ops
 #include "cuda_emu.h"
 
-#include "../../src/cuda/attention.cu"
-#include "../../src/cuda/cross_entropy.cu"
+// Smaller blocks than on the GPU (each emulated thread is a std::thread); the kernels read this constant.
+#define CLS_THREADS 128
+
+#include "../../src/cuda/attention_ref.cu"
+#include "../../src/cuda/classifier.cu"
 #include "../../src/cuda/encoder.cu"
 #include "../../src/cuda/norm.cu"
 
@@ -24,6 +27,8 @@ template <typename T> T cast_to(double x);
 template <> float cast_to<float>(double x) { return (float)x; }
 template <> __nv_bfloat16 cast_to<__nv_bfloat16>(double x) { return __float2bfloat16((float)x); }
 template <> __half cast_to<__half>(double x) { return __float2half((float)x); }
+template <> double cast_to<double>(double x) { return x; }
+static double back(double x) { return x; }
 static double back(float x) { return x; }
 static double back(__nv_bfloat16 x) { return __bfloat162float(x); }
 static double back(__half x) { return __half2float(x); }
@@ -49,7 +54,30 @@ template <typename G> void expect(const std::string& what, const std::vector<G>&
     if (bad) failures++;
 }
 
-// ---- attention -------------------------------------------------------------------------------------------------
+// As `expect`, where a NaN reference asks for a NaN (a target outside the vocabulary) and no other value may be NaN.
+template <typename G>
+void expect_nan_at(const std::string& what, const std::vector<G>& got, const std::vector<double>& want, double abs,
+                   double rel) {
+    std::vector<G> g;
+    std::vector<double> w;
+    size_t nan_bad = 0;
+    for (size_t i = 0; i < want.size(); i++) {
+        if (std::isnan(want[i]) || std::isnan(back(got[i]))) {
+            nan_bad += std::isnan(want[i]) != std::isnan(back(got[i]));
+            continue;
+        }
+        g.push_back(got[i]);
+        w.push_back(want[i]);
+    }
+    if (nan_bad) {
+        std::printf("FAIL  %-46s %zu values NaN on one side only\n", what.c_str(), nan_bad);
+        failures++;
+        return;
+    }
+    expect(what, g, w, abs, rel);
+}
+
+// ---- attention (attention_ref.cu, the FMA reference kernels) -----------------------------------------------------
 // q, k, v are views into one qkv buffer laid out (B, T, 3, NH, HS), as GPT-2's c_attn output split into heads.
 struct Attn {
     int b, nh, t;
@@ -159,20 +187,20 @@ static void check_attention(const char* dtype, int B, int NH, int Tn, double tol
     void (*dqk)(const T*, const T*, const T*, const T*, const float*, const float*, T*, int, int, int64_t, int64_t,
                 int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float);
     if constexpr (std::is_same_v<T, float>) {
-        fwd = fa_fwd_f32;
-        dot = fa_bwd_dot_f32;
-        dkdv = fa_bwd_dkdv_f32;
-        dqk = fa_bwd_dq_f32;
+        fwd = attn_ref_fwd_f32;
+        dot = attn_ref_bwd_dot_f32;
+        dkdv = attn_ref_bwd_dkdv_f32;
+        dqk = attn_ref_bwd_dq_f32;
     } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-        fwd = fa_fwd_bf16;
-        dot = fa_bwd_dot_bf16;
-        dkdv = fa_bwd_dkdv_bf16;
-        dqk = fa_bwd_dq_bf16;
+        fwd = attn_ref_fwd_bf16;
+        dot = attn_ref_bwd_dot_bf16;
+        dkdv = attn_ref_bwd_dkdv_bf16;
+        dqk = attn_ref_bwd_dq_bf16;
     } else {
-        fwd = fa_fwd_f16;
-        dot = fa_bwd_dot_f16;
-        dkdv = fa_bwd_dkdv_f16;
-        dqk = fa_bwd_dq_f16;
+        fwd = attn_ref_fwd_f16;
+        dot = attn_ref_bwd_dot_f16;
+        dkdv = attn_ref_bwd_dkdv_f16;
+        dqk = attn_ref_bwd_dq_f16;
     }
     emu_launch(fwd, dim3{nqt, (unsigned)(B * NH), 1}, dim3{FA_THREADS, 1, 1}, q, k, v, o.data(), lse.data(), NH, Tn, sb, sh,
                st, sb, sh, st, sb, sh, st, scale);
@@ -194,12 +222,24 @@ static void check_attention(const char* dtype, int B, int NH, int Tn, double tol
     expect(tag + " dV", dv, ref.dv, tol_abs, tol_rel);
 }
 
-// ---- cross-entropy ---------------------------------------------------------------------------------------------
-template <typename T>
+// ---- cross-entropy (classifier.cu, the candle op's kernels) -----------------------------------------------------
 // masked: every third logit is -inf (a masked vocabulary entry), the first of each row among them, so a thread's
-// running max starts at -inf and must stay NaN-free; targets avoid the masked columns.
+// running max starts at -inf and must stay NaN-free; targets avoid the masked columns. Every fifth row's target is
+// ignored; the last row's, with `bad_target`, is V (outside the vocabulary: NaN loss and gradient).
+template <typename T> struct CeOp;
+#define CE_OP(T, SFX)                                                                                              \
+    template <> struct CeOp<T> {                                                                                   \
+        static constexpr auto fwd = classifier_fwd_##SFX;                                                          \
+        static constexpr auto bwd = classifier_bwd_##SFX;                                                          \
+    };
+CE_OP(float, f32)
+CE_OP(__nv_bfloat16, bf16)
+CE_OP(double, f64)
+
+template <typename T>
 static void check_ce(const char* dtype, int N, int V, int64_t row_stride, double tol_abs, double tol_rel, uint32_t seed,
-                     bool masked = false) {
+                     bool masked = false, bool bad_target = false) {
+    using A = typename AccOf<T>::type;
     std::mt19937 rng(seed);
     std::uniform_real_distribution<double> u(-6.0, 6.0);
     std::vector<T> x((size_t)N * row_stride + 8);
@@ -211,12 +251,13 @@ static void check_ce(const char* dtype, int N, int V, int64_t row_stride, double
         xd[i] = back(x[i]);
     }
     std::vector<uint32_t> tg(N);
-    std::vector<float> dloss(N);
+    std::vector<A> dloss(N);
     for (int n = 0; n < N; n++) {
         tg[n] = (n % 5 == 3) ? TM_IGNORE_INDEX : rng() % V;
         if (masked && tg[n] != TM_IGNORE_INDEX && tg[n] % 3 == 0) tg[n] = (tg[n] + 1) % V;
-        dloss[n] = (float)(u(rng) / 6.0);
+        dloss[n] = (A)(u(rng) / 6.0);
     }
+    if (bad_target) tg[N - 1] = (uint32_t)V;
     std::vector<double> want_loss(N, 0), want_grad((size_t)N * V, 0);
     for (int n = 0; n < N; n++) {
         const double* r = xd.data() + off + n * row_stride;
@@ -225,29 +266,51 @@ static void check_ce(const char* dtype, int N, int V, int64_t row_stride, double
         for (int i = 0; i < V; i++) s += std::exp(r[i] - m);
         const double lse = m + std::log(s);
         if (tg[n] == TM_IGNORE_INDEX) continue;
+        if (tg[n] >= (uint32_t)V) {
+            want_loss[n] = NAN;
+            for (int i = 0; i < V; i++) want_grad[(size_t)n * V + i] = NAN;
+            continue;
+        }
         want_loss[n] = lse - r[tg[n]];
         for (int i = 0; i < V; i++) want_grad[(size_t)n * V + i] = (std::exp(r[i] - lse) - (i == (int)tg[n])) * dloss[n];
     }
-    std::vector<float> loss(N);
+    std::vector<A> loss(N);
     std::vector<T> grad((size_t)N * V);
-    void (*fwd)(const T*, const uint32_t*, float*, int64_t, int64_t, int64_t);
-    void (*bwd)(const T*, const uint32_t*, const float*, const float*, T*, int64_t, int64_t, int64_t, int64_t);
-    if constexpr (std::is_same_v<T, float>) {
-        fwd = ce_fwd_f32;
-        bwd = ce_bwd_f32;
-    } else {
-        fwd = ce_fwd_bf16;
-        bwd = ce_bwd_bf16;
-    }
-    emu_launch(fwd, dim3{(unsigned)N, 1, 1}, dim3{CE_THREADS, 1, 1}, (const T*)x.data() + off, (const uint32_t*)tg.data(),
-               loss.data(), (int64_t)V, row_stride, (int64_t)1);
-    emu_launch(bwd, dim3{(unsigned)N, 1, 1}, dim3{CE_THREADS, 1, 1}, (const T*)x.data() + off, (const uint32_t*)tg.data(),
-               (const float*)loss.data(), (const float*)dloss.data(), grad.data(), (int64_t)V, row_stride, (int64_t)1,
+    emu_launch(CeOp<T>::fwd, dim3{(unsigned)N, 1, 1}, dim3{CLS_THREADS, 1, 1}, (const T*)x.data() + off,
+               (const uint32_t*)tg.data(), loss.data(), (int64_t)V, row_stride, (int64_t)1);
+    emu_launch(CeOp<T>::bwd, dim3{(unsigned)N, 1, 1}, dim3{CLS_THREADS, 1, 1}, (const T*)x.data() + off,
+               (const uint32_t*)tg.data(), (const A*)dloss.data(), grad.data(), (int64_t)V, row_stride, (int64_t)1,
                (int64_t)1);
-    const std::string tag = std::string(masked ? "cross-entropy (masked) " : "cross-entropy ") + dtype + " N=" + std::to_string(N) + " V=" + std::to_string(V) +
-                            " row stride " + std::to_string(row_stride);
-    expect(tag + " loss", loss, want_loss, 1e-5, 1e-5);
-    expect(tag + " dlogits", grad, want_grad, tol_abs, tol_rel);
+    const std::string tag = std::string(masked ? "cross-entropy (masked) " : "cross-entropy ") + dtype +
+                            " N=" + std::to_string(N) + " V=" + std::to_string(V) + " row stride " +
+                            std::to_string(row_stride) + (bad_target ? " target V" : "");
+    expect_nan_at(tag + " loss", loss, want_loss, 1e-5, 1e-5);
+    expect_nan_at(tag + " dlogits", grad, want_grad, tol_abs, tol_rel);
+}
+
+// The op's bf16 kernels and the engine's are one template: on the same logits and targets, the op's forward gives
+// the engine's losses and its backward with dloss = dscale broadcast (stride 0) the engine's in-place gradient, byte
+// for byte.
+static void check_classifier_op_is_engine(int N, int V, float dscale) {
+    std::mt19937 rng(50 + V);
+    std::normal_distribution<float> nd(0.f, 2.f);
+    std::vector<__nv_bfloat16> logits((size_t)N * V);
+    for (auto& v : logits) v = __float2bfloat16(nd(rng));
+    std::vector<uint32_t> tg(N);
+    for (int n = 0; n < N; n++) tg[n] = rng() % V;
+    std::vector<float> op_loss(N, NAN), eng_loss(N, NAN);
+    std::vector<__nv_bfloat16> op_grad((size_t)N * V), eng_grad = logits;
+    const dim3 grid{(unsigned)N, 1, 1}, block{CLS_THREADS, 1, 1};
+    emu_launch(classifier_fwd_bf16, grid, block, (const __nv_bfloat16*)logits.data(), (const uint32_t*)tg.data(),
+               op_loss.data(), (int64_t)V, (int64_t)V, (int64_t)1);
+    emu_launch(classifier_bwd_bf16, grid, block, (const __nv_bfloat16*)logits.data(), (const uint32_t*)tg.data(),
+               (const float*)&dscale, op_grad.data(), (int64_t)V, (int64_t)V, (int64_t)1, (int64_t)0);
+    emu_launch(classifier_fwd_bwd, grid, block, eng_grad.data(), (const uint32_t*)tg.data(), eng_loss.data(), V, dscale);
+    auto same = [](const auto& a, const auto& b) { return std::memcmp(a.data(), b.data(), a.size() * sizeof(a[0])) == 0; };
+    const bool ok = same(op_loss, eng_loss) && same(op_grad, eng_grad);
+    std::printf("%-5s classifier op bf16 N=%d V=%d dscale=%g: the same bytes as the engine's kernel\n", ok ? "ok" : "FAIL",
+                N, V, dscale);
+    if (!ok) failures++;
 }
 
 // ---- LayerNorm, the candle op's kernels (norm.cu) ----------------------------------------------------------------
@@ -433,13 +496,20 @@ int main() {
     check_layer_norm<__nv_bfloat16, float>("bf16 -> f32", 70, 260, 2e-2, 1.0 / 128, 34);
     check_norm_op_is_engine<6>(300, 768, ln_fwd_f32_bf16_6, ln_bwd_f32_bf16_6, ln_fwd_engine_6, ln_bwd_engine_6);
     check_norm_op_is_engine<1>(40, 100, ln_fwd_f32_bf16_1, ln_bwd_f32_bf16_1, ln_fwd_engine_1, ln_bwd_engine_1);
+    // f32: statistics in the log2 domain (x * log2 e rounded, exp2f): ~1e-6 relative on each probability.
     check_ce<float>("f32", 7, 1024, 1024, 1e-7, 1e-5, 1);
-    check_ce<float>("f32", 6, 1003, 1003, 1e-7, 1e-5, 2);
+    check_ce<float>("f32", 6, 1003, 1003, 1e-7, 1e-5, 2, false, true);
     check_ce<float>("f32", 6, 999, 1010, 1e-7, 1e-5, 3);
     check_ce<__nv_bfloat16>("bf16", 7, 2048, 2048, 1e-6, 1.0 / 128, 4);
     check_ce<__nv_bfloat16>("bf16", 5, 1001, 1001, 1e-6, 1.0 / 128, 5);
     check_ce<float>("f32", 5, 1001, 1001, 1e-7, 1e-5, 6, true);
     check_ce<float>("f32", 4, 999, 1010, 1e-7, 1e-5, 7, true);
+    check_ce<double>("f64", 6, 1003, 1003, 1e-13, 1e-12, 8);
+    check_ce<double>("f64", 4, 999, 1010, 1e-13, 1e-12, 9, true, true);
+    check_classifier_op_is_engine(5, 72, 0.37f);
+    check_classifier_op_is_engine(3, 1000, 1.0f / 3000);
+    check_classifier_op_is_engine(2, 4200, 0.5f);
+    check_classifier_op_is_engine(256, 4096, 1.0f / 3000);
     // f32: scores ~ O(10) and sums over <= T keys: 1e-4 relative covers f32 accumulation order.
     check_attention<float>("f32", 1, 2, 1, 1e-5, 1e-4, 11);
     check_attention<float>("f32", 2, 3, 100, 1e-5, 1e-4, 12);

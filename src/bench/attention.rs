@@ -8,7 +8,7 @@
 //!
 //! `--backend cudnn|both` (a `--features cudnn` build; `both` is its default) also times cuDNN's SDPA through
 //! `crate::cuda::cudnn_attn` on the same buffers with the same events: with the deterministic backward requested
-//! (what `TOKENMILL_ATTENTION=cudnn` trains with) and with cuDNN's default backward, so the cost of determinism is
+//! (what `[engine] attention = "cudnn"` trains with) and with cuDNN's default backward, so the cost of determinism is
 //! measured. Graphs are built before timing; cuDNN has no separate dQ / dK-dV kernels to time (NaN there).
 //!
 //! On an sm_90 GPU (H100/H200) the native backend also times the Hopper backward kernels (`crate::cuda::flash_bwd_sm90`,

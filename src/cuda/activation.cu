@@ -8,7 +8,7 @@
 // unchanged bit for bit.
 //
 // Each thread takes one 16-byte vector (Vec16<T>::N elements) per step, grid-stride (activation.rs launches one
-// vector per thread up to a capped grid, for both callers). A vector that is not whole (the tail of n) or not 16-byte
+// thread per vector, for both callers, so a thread takes one step; the lab also runs smaller grids). A vector that is not whole (the tail of n) or not 16-byte
 // aligned (a candle storage's offset) goes element by element, same arithmetic.
 #include "common.cuh"
 

@@ -10,13 +10,11 @@ use candle_core::Result;
 use half::bf16;
 
 use super::devptr::DevPtr;
-use super::launch::{cfg, go, Module};
+use super::launch::{blocks, cfg, go, Module};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/activation.ptx"));
 /// GELU_THREADS in activation.cu.
 const THREADS: u32 = 256;
-/// Grid-stride cap: ~16 blocks per SM on an H100 (132 SMs) keeps every SM busy; more only adds block overhead.
-const MAX_BLOCKS: usize = 2048;
 
 /// An element type activation.cu instantiates its kernels for (`gelu_fwd_<suffix>`).
 pub trait GeluElem: DeviceRepr {
@@ -41,13 +39,16 @@ pub struct Gelu {
 
 impl Gelu {
     pub fn new(stream: &Arc<CudaStream>) -> Result<Gelu> {
-        Ok(Gelu { module: Module::load(stream, "activation.cu", PTX, &[])? })
+        let module = Module::load(stream, "activation.cu", PTX, &[])?
+            .with_suffixed(&["gelu_fwd", "gelu_bwd"], &[f32::SUFFIX, f64::SUFFIX, bf16::SUFFIX])?;
+        Ok(Gelu { module })
     }
 
-    /// The grid for `n` elements of `T`: one 16-byte vector per thread, capped (the kernels stride over the rest).
-    fn grid<T>(n: usize) -> (u32, u32) {
-        let per_block = THREADS as usize * (16 / std::mem::size_of::<T>());
-        (n.div_ceil(per_block).clamp(1, MAX_BLOCKS) as u32, 1)
+    /// The grid for `n` elements of `T`: one thread per 16-byte vector, so no thread strides (the engine's grid; the
+    /// candle op's own launcher capped it at 2048 blocks and strided, which gives the same values: GELU is
+    /// elementwise).
+    fn grid<T>(n: usize) -> Result<(u32, u32)> {
+        Ok((blocks(n.div_ceil(16 / std::mem::size_of::<T>()), THREADS as usize)?, 1))
     }
 
     /// `y = gelu(x)` over n elements.
@@ -59,10 +60,9 @@ impl Gelu {
             return Ok(());
         }
         let n_i = n as i64;
-        let f = self.module.kernel(&format!("gelu_fwd_{}", T::SUFFIX))?;
-        let mut a = f.builder();
+        let mut a = self.module.args(&format!("gelu_fwd_{}", T::SUFFIX))?;
         a.arg(&x).arg(&y).arg(&n_i);
-        go(a, cfg(Self::grid::<T>(n), (THREADS, 1)))
+        go(a, cfg(Self::grid::<T>(n)?, (THREADS, 1)))
     }
 
     /// `dx = dy * gelu'(x)` over n elements (dx may be dy).
@@ -74,9 +74,8 @@ impl Gelu {
             return Ok(());
         }
         let n_i = n as i64;
-        let f = self.module.kernel(&format!("gelu_bwd_{}", T::SUFFIX))?;
-        let mut a = f.builder();
+        let mut a = self.module.args(&format!("gelu_bwd_{}", T::SUFFIX))?;
         a.arg(&x).arg(&dy).arg(&dx).arg(&n_i);
-        go(a, cfg(Self::grid::<T>(n), (THREADS, 1)))
+        go(a, cfg(Self::grid::<T>(n)?, (THREADS, 1)))
     }
 }

@@ -1,4 +1,4 @@
-// The GPT-2 engine's optimizer over its flat buffers (Rust side: adamw.rs): global gradient norm, clipping and AdamW
+// The decoder engine's optimizer over its flat buffers (Rust side: adamw.rs): global gradient norm, clipping and AdamW
 // in two launches over all parameters at once, plus the f32 -> bf16 weight copy.
 //
 // grad_norm_partial + grad_norm_finalize: norm = sqrt(sum g^2) over the whole flat gradient, in a fixed order

@@ -1,4 +1,4 @@
-//! The GPT-2 engine's optimizer over its flat buffers (adamw.cu): the global gradient norm and clip coefficient
+//! The decoder engine's optimizer over its flat buffers (adamw.cu): the global gradient norm and clip coefficient
 //! (deterministic two-stage sum), then AdamW over every parameter in one launch, writing the bf16 working copy.
 //! The per-step scalars come as `AdamWStep` (the engine makes them from `train::optim::StepScalars`, the same the
 //! autograd engine's AdamW uses), so this layer knows nothing of the trainer.

@@ -1,4 +1,4 @@
-//! Bias gradients of the GPT-2 engine (bias_grad.cu): `db (OC) f32 += column sums of dy (N, OC) bf16`, in a fixed
+//! Bias gradients of the decoder engine (bias_grad.cu): `db (OC) f32 += column sums of dy (N, OC) bf16`, in a fixed
 //! order (row chunks, then the chunks in order). CPU checks: dev/cuda/check_engine.cpp.
 
 use std::sync::Arc;

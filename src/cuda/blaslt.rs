@@ -1,4 +1,4 @@
-//! cuBLASLt matmuls with epilogues, for the explicit GPT-2 engine, through cudarc's `cublaslt::result` layer (the
+//! cuBLASLt matmuls with epilogues, for the decoder engine, through cudarc's `cublaslt::result` layer (the
 //! safe `CudaBlasLT` lacks the aux pointer, DGELU, mixed bf16-in/f32-out and algorithm caching).
 //!
 //! Conventions are cuBLAS's: column-major, `D (m x n) = op(A) (m x k) op(B) (k x n) [+ C] [epilogue]`. A row-major
@@ -147,6 +147,33 @@ pub struct Gemm {
 }
 
 impl Gemm {
+    /// `D (m, n; ldd) = op(A) (m, k) op(B) (k, n)`, each operand given as (transposed, matrix, leading dimension);
+    /// no C, no epilogue.
+    fn product<D: GemmOut>(
+        (m, n, k): (usize, usize, usize),
+        (trans_a, a, lda): (bool, DevPtr<bf16>, usize),
+        (trans_b, b, ldb): (bool, DevPtr<bf16>, usize),
+        d: DevPtr<D>,
+        ldd: usize,
+    ) -> Gemm {
+        Gemm {
+            m,
+            n,
+            k,
+            trans_a,
+            trans_b,
+            a,
+            lda,
+            b,
+            ldb,
+            d: d.raw(),
+            ldd,
+            d_type: D::TY,
+            c: None,
+            epilogue: Epilogue::None,
+        }
+    }
+
     /// Forward of a linear layer on row-major buffers: `out (N, OC) = inp (N, IC) @ w (OC, IC)^T`, `out` bf16 or
     /// f32.
     pub fn linear_forward<D: GemmOut>(
@@ -157,22 +184,7 @@ impl Gemm {
         ic: usize,
         oc: usize,
     ) -> Gemm {
-        Gemm {
-            m: oc,
-            n,
-            k: ic,
-            trans_a: true,
-            trans_b: false,
-            a: w,
-            lda: ic,
-            b: inp,
-            ldb: ic,
-            d: out.raw(),
-            ldd: oc,
-            d_type: D::TY,
-            c: None,
-            epilogue: Epilogue::None,
-        }
+        Gemm::product((oc, n, ic), (true, w, ic), (false, inp, ic), out, oc)
     }
 
     /// Input gradient of a linear layer: `dinp (N, IC) = dout (N, OC) @ w (OC, IC)`.
@@ -184,22 +196,7 @@ impl Gemm {
         ic: usize,
         oc: usize,
     ) -> Gemm {
-        Gemm {
-            m: ic,
-            n,
-            k: oc,
-            trans_a: false,
-            trans_b: false,
-            a: w,
-            lda: ic,
-            b: dout,
-            ldb: oc,
-            d: dinp.raw(),
-            ldd: ic,
-            d_type: Ty::Bf16,
-            c: None,
-            epilogue: Epilogue::None,
-        }
+        Gemm::product((ic, n, oc), (false, w, ic), (false, dout, oc), dinp, ic)
     }
 
     /// Weight gradient of a linear layer, accumulated in f32: `dw (OC, IC) += dout (N, OC)^T @ inp (N, IC)`.
@@ -211,22 +208,7 @@ impl Gemm {
         ic: usize,
         oc: usize,
     ) -> Gemm {
-        Gemm {
-            m: ic,
-            n: oc,
-            k: n,
-            trans_a: false,
-            trans_b: true,
-            a: inp,
-            lda: ic,
-            b: dout,
-            ldb: oc,
-            d: dw.raw(),
-            ldd: ic,
-            d_type: Ty::F32,
-            c: Some(dw.raw()),
-            epilogue: Epilogue::None,
-        }
+        Gemm { c: Some(dw.raw()), ..Gemm::product((ic, oc, n), (false, inp, ic), (true, dout, oc), dw, ic) }
     }
 
     pub fn with_epilogue(mut self, e: Epilogue) -> Gemm {

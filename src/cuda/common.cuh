@@ -23,7 +23,7 @@
 #define TM_LOG2E 1.4426950408889634f
 #define TM_LN2 0.6931471805599453f
 
-// Targets equal to this id contribute zero loss and zero gradient (kernels::cross_entropy::IGNORE_INDEX).
+// Targets equal to this id contribute zero loss and zero gradient (model::kernels::cross_entropy::IGNORE_INDEX).
 #define TM_IGNORE_INDEX 0xffffffffu
 
 template <typename T> struct AccOf { using type = float; };
@@ -40,15 +40,23 @@ template <> __device__ __forceinline__ double from_acc<double>(double x) { retur
 template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
 template <> __device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half(x); }
 
-__device__ __forceinline__ float acc_exp(float x) { return expf(x); }
-__device__ __forceinline__ double acc_exp(double x) { return exp(x); }
-__device__ __forceinline__ float acc_log(float x) { return logf(x); }
-__device__ __forceinline__ double acc_log(double x) { return log(x); }
+// Base 2, for statistics kept in the log2 domain: exp2f is the hardware ex2 (2 ulp).
+__device__ __forceinline__ float acc_exp2(float x) { return exp2f(x); }
+__device__ __forceinline__ double acc_exp2(double x) { return exp2(x); }
+__device__ __forceinline__ float acc_log2(float x) { return log2f(x); }
+__device__ __forceinline__ double acc_log2(double x) { return log2(x); }
 __device__ __forceinline__ float acc_max(float a, float b) { return fmaxf(a, b); }
 __device__ __forceinline__ double acc_max(double a, double b) { return fmax(a, b); }
 template <typename A> __device__ __forceinline__ A acc_inf();
 template <> __device__ __forceinline__ float acc_inf<float>() { return TM_INF; }
 template <> __device__ __forceinline__ double acc_inf<double>() { return TM_INF_D; }
+// log2(e) and ln(2) in the accumulator type (TM_LOG2E, TM_LN2 for f32).
+template <typename A> __device__ __forceinline__ A acc_log2e();
+template <> __device__ __forceinline__ float acc_log2e<float>() { return TM_LOG2E; }
+template <> __device__ __forceinline__ double acc_log2e<double>() { return 1.4426950408889634074; }
+template <typename A> __device__ __forceinline__ A acc_ln2();
+template <> __device__ __forceinline__ float acc_ln2<float>() { return TM_LN2; }
+template <> __device__ __forceinline__ double acc_ln2<double>() { return 0.69314718055994530942; }
 
 // 16 bytes of T: 4 f32, 8 bf16/f16, 2 f64. One 128-bit load or store per vector (llm.c's Packed128).
 template <typename T> struct alignas(16) Vec16 {

@@ -45,11 +45,11 @@
 
 use std::sync::Arc;
 
-use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::{Error, Result};
 
 use super::devptr::DevPtr;
-use super::launch::Module;
+use super::launch::{go, Module};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_attn.ptx"));
 
@@ -297,19 +297,19 @@ impl Variant {
     }
 }
 
-/// One dtype's kernels of one variant.
+/// One dtype's kernel names of one variant.
 struct Kernels {
-    fwd: CudaFunction,
-    dq: CudaFunction,
-    dkdv: CudaFunction,
+    fwd: String,
+    dq: String,
+    dkdv: String,
 }
 
 /// The flash-attention kernels loaded for one stream (see the module doc); every launch goes on that stream.
 pub struct FlashAttn {
-    stream: Arc<CudaStream>,
+    module: Module,
     variant: Variant,
-    bf16: Kernels,
-    f16: Kernels,
+    /// bf16's, then f16's (boxed: the engine keeps this beside cuDNN's attention in one enum).
+    names: Box<[Kernels; 2]>,
 }
 
 /// Query heads and key/value heads (`kv` divides `q`; equal without grouped-query attention).
@@ -344,17 +344,18 @@ impl FlashAttn {
     /// Load with a chosen launch variant (benchmarks).
     pub fn with_variant(stream: &Arc<CudaStream>, variant: Variant) -> Result<FlashAttn> {
         variant.check()?;
-        let module = Module::load(stream, "flash_attn.cu", PTX, &[])?;
-        let load = |name: String| module.function(&name);
-        let kernels = |dt: Dtype| -> Result<Kernels> {
+        let kernels = |dt: Dtype| {
             let s = dt.suffix();
-            Ok(Kernels {
-                fwd: load(format!("flash_fwd_{s}_{}", variant.fwd_name()))?,
-                dq: load(format!("flash_dq_{s}_{}", variant.dq_name()))?,
-                dkdv: load(format!("flash_dkdv_{s}_{}", variant.dkdv_name()))?,
-            })
+            Kernels {
+                fwd: format!("flash_fwd_{s}_{}", variant.fwd_name()),
+                dq: format!("flash_dq_{s}_{}", variant.dq_name()),
+                dkdv: format!("flash_dkdv_{s}_{}", variant.dkdv_name()),
+            }
         };
-        Ok(FlashAttn { stream: stream.clone(), variant, bf16: kernels(Dtype::Bf16)?, f16: kernels(Dtype::F16)? })
+        let names = Box::new([kernels(Dtype::Bf16), kernels(Dtype::F16)]);
+        let all: Vec<&str> = names.iter().flat_map(|k| [&*k.fwd, &*k.dq, &*k.dkdv]).collect();
+        let module = Module::load(stream, "flash_attn.cu", PTX, &all)?;
+        Ok(FlashAttn { module, variant, names })
     }
 
     pub fn variant(&self) -> Variant {
@@ -362,7 +363,7 @@ impl FlashAttn {
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
+        self.module.stream()
     }
 
     /// f32 elements of the backward's scratch (`D`, one per (b, h, t)).
@@ -372,8 +373,8 @@ impl FlashAttn {
 
     fn kernels(&self, dtype: Dtype) -> &Kernels {
         match dtype {
-            Dtype::Bf16 => &self.bf16,
-            Dtype::F16 => &self.f16,
+            Dtype::Bf16 => &self.names[0],
+            Dtype::F16 => &self.names[1],
         }
     }
 
@@ -504,13 +505,13 @@ impl FlashAttn {
         let cfg = tile_grid(d.b * d.nh, d.t, rows, 32 * self.variant.fwd_warps as u32)?;
         let (nh, nkv, t, scale) = (d.nh as i32, d.nkv as i32, d.t as i32, scale());
         let group = self.group(d, rows, d.b * d.nh);
-        let mut a = self.stream.launch_builder(&self.kernels(T::DTYPE).fwd);
+        let mut a = self.module.args(&self.kernels(T::DTYPE).fwd)?;
         a.arg(&x.q).arg(&x.k).arg(&x.v).arg(&y).arg(&lse).arg(layout);
         a.arg(&nh).arg(&nkv).arg(&t).arg(&scale).arg(&group);
         // SAFETY: flash_fwd_*(const T* q, const T* k, const T* v, T* y, float* lse, Fa2Layout L, int nh, int nkv,
         // int t_len, float scale, int group); the caller vouches for the buffers (forward's contract); grid = B *
         // NH * ceil(T / rows) blocks.
-        unsafe { a.launch(cfg) }.map(|_| ()).map_err(|e| Error::Msg(format!("flash attention forward: {e:?}")))
+        unsafe { go(a, cfg) }
     }
 
     /// The dQ pass alone over fused buffers (the attention benchmark times it).
@@ -527,24 +528,24 @@ impl FlashAttn {
 
     unsafe fn launch_dq_views<T: AttnElem>(&self, p: &AttnBwdViews<T>, layout: &AttnLayout, d: Dims) -> Result<()> {
         let (cfg, (nh, nkv, t, scale, group)) = self.bwd_launch(d, d.b * d.nh)?;
-        let mut a = self.stream.launch_builder(&self.kernels(T::DTYPE).dq);
+        let mut a = self.module.args(&self.kernels(T::DTYPE).dq)?;
         a.arg(&p.x.q).arg(&p.x.k).arg(&p.x.v).arg(&p.y).arg(&p.dy).arg(&p.lse).arg(&p.dvec_scratch).arg(&p.dx.q);
         a.arg(layout).arg(&nh).arg(&nkv).arg(&t).arg(&scale).arg(&group);
         // SAFETY: flash_dq_*(const T* q, const T* k, const T* v, const T* y, const T* dy, const float* lse, float*
         // dvec, T* dq, Fa2Layout L, int nh, int nkv, int t_len, float scale, int group), T the pointers' element
         // type; buffers per backward's contract; one row of blocks per (batch, query head).
-        unsafe { a.launch(cfg) }.map(|_| ()).map_err(|e| Error::Msg(format!("flash attention dQ pass: {e:?}")))
+        unsafe { go(a, cfg) }
     }
 
     unsafe fn launch_dkdv_views<T: AttnElem>(&self, p: &AttnBwdViews<T>, layout: &AttnLayout, d: Dims) -> Result<()> {
         let (cfg, (nh, nkv, t, scale, group)) = self.bwd_launch(d, d.b * d.nkv)?;
-        let mut a = self.stream.launch_builder(&self.kernels(T::DTYPE).dkdv);
+        let mut a = self.module.args(&self.kernels(T::DTYPE).dkdv)?;
         a.arg(&p.x.q).arg(&p.x.k).arg(&p.x.v).arg(&p.dy).arg(&p.lse).arg(&p.dvec_scratch).arg(&p.dx.k).arg(&p.dx.v);
         a.arg(layout).arg(&nh).arg(&nkv).arg(&t).arg(&scale).arg(&group);
         // SAFETY: flash_dkdv_*(const T* q, const T* k, const T* v, const T* dy, const float* lse, const float* dvec,
         // T* dk, T* dv, Fa2Layout L, int nh, int nkv, int t_len, float scale, int group), T the pointers' element
         // type; buffers per backward's contract; one row of blocks per (batch, key/value head).
-        unsafe { a.launch(cfg) }.map(|_| ()).map_err(|e| Error::Msg(format!("flash attention dK/dV pass: {e:?}")))
+        unsafe { go(a, cfg) }
     }
 
     /// The grid of a backward kernel over `heads` rows of blocks and its trailing scalars.

@@ -12,12 +12,12 @@
 
 use std::sync::Arc;
 
-use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaStream, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaStream, PushKernelArg};
 use candle_core::{Error, Result};
 use half::bf16;
 
 use super::flash_attn::{check_align, check_dims, scale, tile_grid, AttnBwd, AttnLayout, Dims, Heads, HEAD_SIZE};
-use super::launch::Module;
+use super::launch::{go, Module};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_bwd_sm90.ptx"));
 
@@ -69,10 +69,10 @@ impl Sm90Variant {
 
 /// The kernels loaded for one stream; launches go on that stream.
 pub struct FlashBwdSm90 {
-    stream: Arc<CudaStream>,
+    module: Module,
     variant: Sm90Variant,
-    dq: CudaFunction,
-    dkdv: CudaFunction,
+    dq: String,
+    dkdv: String,
 }
 
 impl FlashBwdSm90 {
@@ -87,11 +87,10 @@ impl FlashBwdSm90 {
         if !FlashBwdSm90::supported(stream)? {
             candle_core::bail!("flash_bwd_sm90: the kernels need an sm_90 GPU (H100/H200)");
         }
-        let module = Module::load(stream, "flash_bwd_sm90.cu", PTX, &[])?;
         let sfx = variant.suffix();
-        let (dq, dkdv) =
-            (module.function(&format!("flash_dq_sm90_{sfx}"))?, module.function(&format!("flash_dkdv_sm90_{sfx}"))?);
-        Ok(FlashBwdSm90 { stream: stream.clone(), variant, dq, dkdv })
+        let (dq, dkdv) = (format!("flash_dq_sm90_{sfx}"), format!("flash_dkdv_sm90_{sfx}"));
+        let module = Module::load(stream, "flash_bwd_sm90.cu", PTX, &[&dq, &dkdv])?;
+        Ok(FlashBwdSm90 { module, variant, dq, dkdv })
     }
 
     pub fn variant(&self) -> Sm90Variant {
@@ -155,18 +154,17 @@ impl FlashBwdSm90 {
         let (q, k, v) = (p.qkv, p.qkv.offset(c), p.qkv.offset(c + kw));
         let (dq, dk, dv) = (p.dqkv, p.dqkv.offset(c), p.dqkv.offset(c + kw));
         let (nh, nkv, t, sc) = (d.nh as i32, d.nkv as i32, d.t as i32, scale());
-        let mut a = self.stream.launch_builder(if dkdv { &self.dkdv } else { &self.dq });
+        let mut a = self.module.args(if dkdv { &self.dkdv } else { &self.dq })?;
         if dkdv {
             a.arg(&q).arg(&k).arg(&v).arg(&p.dy).arg(&p.lse).arg(&p.dvec_scratch).arg(&dk).arg(&dv);
         } else {
             a.arg(&q).arg(&k).arg(&v).arg(&p.y).arg(&p.dy).arg(&p.lse).arg(&p.dvec_scratch).arg(&dq);
         }
         a.arg(&layout).arg(&nh).arg(&nkv).arg(&t).arg(&sc).arg(&group);
-        let pass = if dkdv { "dK/dV" } else { "dQ" };
         // SAFETY: flash_dkdv_sm90_*(const bf16* q, k, v, dy, const float* lse, dvec, bf16* dk, dv, Fa2Layout L, int nh,
         // int nkv, int t_len, float scale, int group) and flash_dq_sm90_*(const bf16* q, k, v, y, dy, const float* lse,
         // float* dvec, bf16* dq, Fa2Layout L, ...the same scalars); the caller vouches for the buffers (backward's
         // contract); one row of ceil(T / rows) blocks per (batch, head) of the pass.
-        unsafe { a.launch(cfg) }.map(|_| ()).map_err(|e| Error::Msg(format!("flash attention sm90 {pass} pass: {e:?}")))
+        unsafe { go(a, cfg) }
     }
 }

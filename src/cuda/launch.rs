@@ -1,18 +1,20 @@
-//! The one way tokenmill loads its kernels' PTX (build.rs compiles each `src/cuda/<op>.cu` to `$OUT_DIR/<op>.ptx`)
-//! into a CUDA context and looks kernels up, for both callers of the kernel layer:
-//! - the engine's thin launchers (norm.rs, classifier.rs, flash_attn.rs, ...) load a [`Module`] into their stream
-//!   once, with the kernel names they launch, and pass typed device pointers (`devptr::DevPtr<T>`, a `CUdeviceptr`);
-//! - the candle ops (`model::kernels`) take a [`Kernel`] from [`Module::on_device`], which loads each file once per
-//!   candle device and keeps it for the process (as candle's own kernel modules are kept), through [`per_device`]
-//!   (which also keeps the fused-qkv attention op's `FlashAttn`).
+//! The one way tokenmill loads its kernels' PTX (build.rs compiles each `src/cuda/<op>.cu` to `$OUT_DIR/<op>.ptx`,
+//! which that op's launcher `src/cuda/<op>.rs` alone embeds) into a CUDA context and launches them, for both callers
+//! of the kernel layer:
+//! - each launcher loads its file as a [`Module`] into a stream once, naming every kernel it launches, and launches
+//!   one way: `module.args(name)` (a [`Launch`]), the kernel's arguments pushed in order (typed device pointers,
+//!   `devptr::DevPtr<T>`, and scalars), then [`go`] with the grid;
+//! - the engine builds its launchers on its stream; the candle ops keep one per candle device through
+//!   [`per_device`] (loaded on first use and kept for the process, as candle keeps its own kernel modules).
 
 use std::any::Any;
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 
 use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaModule, CudaStream, LaunchArgs, LaunchConfig};
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::cuda_backend::{CudaDevice, DeviceId};
-use candle_core::{DType, Error, Result};
+use candle_core::{Error, Result};
 
 /// The named kernels of one PTX file, loaded once.
 pub struct Module {
@@ -22,22 +24,29 @@ pub struct Module {
     funcs: Vec<(String, CudaFunction)>,
 }
 
-/// One kernel and the stream it launches on (a candle device's).
-pub struct Kernel {
-    stream: Arc<CudaStream>,
-    func: CudaFunction,
+/// One launch being built: push the kernel's arguments in order (`PushKernelArg::arg` through `Deref`), then [`go`].
+pub struct Launch<'a> {
+    args: LaunchArgs<'a>,
+    file: &'static str,
+    name: &'a str,
 }
 
-impl Kernel {
-    /// A launch of this kernel; push the arguments in the kernel's order, then launch.
-    pub fn builder(&self) -> LaunchArgs<'_> {
-        self.stream.launch_builder(&self.func)
+impl<'a> Deref for Launch<'a> {
+    type Target = LaunchArgs<'a>;
+    fn deref(&self) -> &LaunchArgs<'a> {
+        &self.args
+    }
+}
+
+impl DerefMut for Launch<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.args
     }
 }
 
 impl Module {
     /// Load `ptx` (a build.rs output, `file` names its source for errors) into `stream`'s context and look up
-    /// `names`.
+    /// `names`, the kernels this module will launch.
     pub fn load(stream: &Arc<CudaStream>, file: &'static str, ptx: &'static str, names: &[&str]) -> Result<Module> {
         let module = stream
             .context()
@@ -51,35 +60,37 @@ impl Module {
         Ok(m)
     }
 
-    /// `file`'s module on candle device `dev` (its stream), loaded on the first call for that device and file.
-    pub fn on_device(dev: &CudaDevice, file: &'static str, ptx: &'static str) -> Result<Arc<Module>> {
-        per_device(dev, file, |stream| Module::load(stream, file, ptx, &[]))
+    /// This module with kernels `{kernel}_{suffix}` also looked up, for every kernel and suffix (the instantiations of
+    /// a kernel per element type, `gelu_fwd_bf16`).
+    pub fn with_suffixed(mut self, kernels: &[&str], suffixes: &[&str]) -> Result<Module> {
+        for k in kernels {
+            for s in suffixes {
+                let n = format!("{k}_{s}");
+                let f = self.function(&n)?;
+                self.funcs.push((n, f));
+            }
+        }
+        Ok(self)
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
 
-    /// Kernel `name` of this file, looked up now (for kernels not named at load).
-    pub fn function(&self, name: &str) -> Result<CudaFunction> {
+    /// Kernel `name` of this file, looked up now.
+    fn function(&self, name: &str) -> Result<CudaFunction> {
         self.module.load_function(name).map_err(|e| Error::Msg(format!("{}: kernel {name}: {e:?}", self.file)))
     }
 
-    /// Kernel `name` with this module's stream, for a candle op's launch.
-    pub fn kernel(&self, name: &str) -> Result<Kernel> {
-        Ok(Kernel { stream: self.stream.clone(), func: self.function(name)? })
-    }
-
     /// A launch of kernel `name` (one named at load) on the module's stream; push the arguments in the kernel's
-    /// order, then `go`.
-    pub fn args(&self, name: &str) -> Result<LaunchArgs<'_>> {
-        let f = self
+    /// order, then [`go`].
+    pub fn args(&self, name: &str) -> Result<Launch<'_>> {
+        let (name, f) = self
             .funcs
             .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, f)| f)
+            .find(|(n, _)| n == name)
             .ok_or_else(|| Error::Msg(format!("{}: kernel {name} was not loaded", self.file)))?;
-        Ok(self.stream.launch_builder(f))
+        Ok(Launch { args: self.stream.launch_builder(f), file: self.file, name })
     }
 }
 
@@ -104,13 +115,15 @@ pub fn per_device<T: Send + Sync + 'static>(
     Ok(x)
 }
 
-/// Enqueue a launch built by `Module::args`.
+/// Enqueue a launch built by [`Module::args`]; an error names the file and kernel.
 ///
 /// # Safety
 /// The pushed arguments match the kernel's parameter list in number, order and type, and every pointer addresses
 /// device memory the kernel may read or write as its comment in the `.cu` file says, for the grid given.
-pub unsafe fn go(mut args: LaunchArgs<'_>, cfg: LaunchConfig) -> Result<()> {
-    args.launch(cfg).map(|_| ()).map_err(|e| Error::Msg(format!("kernel launch: {e:?}")))
+pub unsafe fn go(mut launch: Launch<'_>, cfg: LaunchConfig) -> Result<()> {
+    // SAFETY: the caller's contract.
+    let r = unsafe { launch.args.launch(cfg) };
+    r.map(|_| ()).map_err(|e| Error::Msg(format!("{}: launching {}: {e:?}", launch.file, launch.name)))
 }
 
 /// `grid` blocks of `block` threads (1-D or 2-D grid), no dynamic shared memory.
@@ -127,28 +140,4 @@ pub fn blocks(n: usize, per: usize) -> Result<u32> {
 /// `x` as a kernel's `int`, or an error naming `what`.
 pub fn int(x: usize, what: &str) -> Result<i32> {
     i32::try_from(x).map_err(|_| Error::Msg(format!("{what} = {x} does not fit a kernel's int")))
-}
-
-/// `ce_fwd_bf16`-style suffix of `dt`, if `op`'s kernels come in it (`supported`); otherwise an error naming `op`
-/// (the candle ops' kernels are instantiated per dtype under these suffixes).
-pub fn dtype_suffix(dt: DType, op: &str, supported: &[DType]) -> Result<&'static str> {
-    let sfx = match dt {
-        DType::F32 => "f32",
-        DType::F64 => "f64",
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-        _ => "",
-    };
-    if sfx.is_empty() || !supported.contains(&dt) {
-        candle_core::bail!("{op} on CUDA takes {supported:?}, got {dt:?}");
-    }
-    Ok(sfx)
-}
-
-/// `blocks` blocks of `threads` threads in x, no dynamic shared memory.
-pub fn grid_1d(blocks: usize, threads: u32) -> Result<LaunchConfig> {
-    let Ok(blocks) = u32::try_from(blocks) else {
-        candle_core::bail!("{blocks} blocks exceed a CUDA grid's x dimension")
-    };
-    Ok(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 })
 }

@@ -2,14 +2,15 @@
 //! `model` (they call down into it).
 //!
 //! - Kernels, one `<op>.cu` per op, compiled to PTX by build.rs: the engine's `norm` (LayerNorm and RMSNorm),
-//!   `rope`, `swiglu`, `classifier`, `encoder`, `bias_grad`, `activation` (GELU), `adamw`, `flash_attn`; and the
-//!   candle ops' `cross_entropy` and `attention` (the FMA kernels for f32), launched from `model::kernels`, which also
-//!   launches `norm`'s LayerNorm, `activation`'s GELU, `encoder`'s embedding backward and `flash_attn`'s tensor-core
-//!   attention (through strides: one kernel for both layouts and both callers).
+//!   `rope`, `swiglu`, `classifier` (softmax cross-entropy), `encoder`, `bias_grad`, `activation` (GELU), `adamw`,
+//!   `flash_attn`; and `attention_ref`, the FMA reference attention (the tests' reference for `flash_attn`, and the
+//!   candle ops' f32 attention). The candle ops in `model::kernels` also run `classifier`'s loss, `norm`'s LayerNorm,
+//!   `activation`'s GELU, `encoder`'s embedding backward and `flash_attn`'s tensor-core attention (through strides:
+//!   one kernel for both layouts and both callers).
 //! - Headers shared by the kernels: `common.cuh` (element types, conversions, 16-byte vectors), `warp.cuh` (warp
-//!   shuffles and sums), `mma.cuh` (the tensor-core product), `online_softmax.cuh` (the running max and sum of
-//!   `cross_entropy` and `classifier`), `cp_async.cuh` (asynchronous global -> shared copies), `wgmma.cuh` (Hopper's
-//!   warpgroup product, for files compiled for sm_90a: first line `// tokenmill: sm_90a`, see build.rs).
+//!   shuffles and sums), `mma.cuh` (the tensor-core product), `online_softmax.cuh` (the classifier's running max and
+//!   sum), `cp_async.cuh` (asynchronous global -> shared copies), `wgmma.cuh` (Hopper's warpgroup product, for files
+//!   compiled for sm_90a: first line `// tokenmill: sm_90a`, see build.rs).
 //! - `flash_bwd_sm90`: the attention backward (dQ with D, dK/dV) on wgmma (sm_90a), drop-ins for `flash_attn`'s two
 //!   backward kernels, sharing `flash_tiles.cuh` (layout, tiles, grid order) with it; timed by `bench attention`,
 //!   not yet the engine's default.
@@ -27,6 +28,8 @@
 pub mod activation;
 #[cfg(feature = "cuda")]
 pub mod adamw;
+#[cfg(feature = "cuda")]
+pub mod attention_ref;
 #[cfg(feature = "cuda")]
 pub mod bias_grad;
 #[cfg(feature = "cuda")]

@@ -283,7 +283,16 @@ mod kernels {
 
     impl LayerNormOp {
         pub fn new(stream: &Arc<CudaStream>) -> Result<LayerNormOp> {
-            Ok(LayerNormOp { module: Module::load(stream, "norm.cu", PTX, &[])?, sms: multiprocessors(stream)? })
+            // Every dtype pair's forward and backward at every chunk count (`ln_fwd_<x>_<y>_<nch>`).
+            let (f, b) = (f32::SUFFIX, bf16::SUFFIX);
+            let pairs = [(f, f), (f, b), (b, f), (b, b)];
+            let kernels: Vec<String> =
+                pairs.iter().flat_map(|(x, y)| [format!("ln_fwd_{x}_{y}"), format!("ln_bwd_{x}_{y}")]).collect();
+            let kernels: Vec<&str> = kernels.iter().map(String::as_str).collect();
+            let nchs: Vec<String> = (1..=chunks(MAX_C)?).map(|n| n.to_string()).collect();
+            let nchs: Vec<&str> = nchs.iter().map(String::as_str).collect();
+            let module = Module::load(stream, "norm.cu", PTX, &["ln_bwd_reduce"])?.with_suffixed(&kernels, &nchs)?;
+            Ok(LayerNormOp { module, sms: multiprocessors(stream)? })
         }
 
         /// f32 scratch of a backward over `n` rows of width `c`.
@@ -305,9 +314,9 @@ mod kernels {
             (n, c): (usize, usize),
             eps: f32,
         ) -> Result<()> {
-            let f = self.module.kernel(&format!("ln_fwd_{}_{}_{}", X::SUFFIX, Y::SUFFIX, chunks(c)?))?;
+            let kernel = format!("ln_fwd_{}_{}_{}", X::SUFFIX, Y::SUFFIX, chunks(c)?);
             let (n_i, c_i) = (int(n, "layer norm rows")?, int(c, "layer norm width")?);
-            let mut a = f.builder();
+            let mut a = self.module.args(&kernel)?;
             a.arg(&x).arg(&w).arg(&b).arg(&y).arg(&mean).arg(&rstd).arg(&n_i).arg(&c_i).arg(&eps);
             go(a, cfg((blocks(n, WARPS)?, 1), (THREADS, 1)))
         }
@@ -323,16 +332,15 @@ mod kernels {
             c: usize,
         ) -> Result<()> {
             let LayerNormOpBwd { dy, x, w, mean, rstd, dx, dw, db, scratch } = p;
-            let f = self.module.kernel(&format!("ln_bwd_{}_{}_{}", X::SUFFIX, Y::SUFFIX, chunks(c)?))?;
+            let kernel = format!("ln_bwd_{}_{}_{}", X::SUFFIX, Y::SUFFIX, chunks(c)?);
             let rows = bwd_rows(n, c, self.sms);
             let nb = blocks(n, rows)?;
             let (n_i, c_i, rows_i, p_i) =
                 (int(n, "layer norm rows")?, int(c, "layer norm width")?, rows as i32, nb as i32);
-            let mut a = f.builder();
+            let mut a = self.module.args(&kernel)?;
             a.arg(&dy).arg(&x).arg(&w).arg(&mean).arg(&rstd).arg(&dx).arg(&scratch).arg(&n_i).arg(&c_i).arg(&rows_i);
             go(a, cfg((nb, 1), (THREADS, 1)))?;
-            let f = self.module.kernel("ln_bwd_reduce")?;
-            let mut a = f.builder();
+            let mut a = self.module.args("ln_bwd_reduce")?;
             a.arg(&scratch).arg(&dw).arg(&db).arg(&p_i).arg(&c_i);
             go(a, reduce_cfg(c)?)
         }

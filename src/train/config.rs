@@ -188,7 +188,8 @@ pub struct OptimSection {
     pub grad_clip: f64,
 }
 
-/// `[eval]`: what runs between training steps. An interval of 0 turns that hook off.
+/// `[eval]`: what runs between training steps: before each step its interval divides, and once more after the run's
+/// last update (on the final checkpoint's weights). An interval of 0 turns that hook off.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalSection {

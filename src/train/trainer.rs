@@ -809,44 +809,17 @@ impl Trainer {
 
     /// Train until `optim.max_steps` (or `stop_at`, if smaller), then write a final checkpoint. A raised stop request
     /// ends the run after the step in progress, with a checkpoint (`RunEnd::Stopped`).
+    ///
+    /// Evaluations (validation, HellaSwag, samples) run before the step whose number their interval divides, on the
+    /// weights of that many updates, and once more after the last update at `optim.max_steps` (as llm.c's loop
+    /// does): the run's last val loss is that of its final checkpoint, which `export` hands on.
     pub fn run(&mut self, stop_at: Option<usize>) -> Result<RunEnd, TrainError> {
         let max_steps = self.cfg.optim.max_steps;
         let stop = stop_at.unwrap_or(max_steps).min(max_steps);
-        let due = |every: usize, step: usize, last: bool| every > 0 && (step.is_multiple_of(every) || last);
         let first_step = self.step;
         while self.step < stop {
             let step = self.step;
-            let last = step + 1 == max_steps;
-            let e = self.cfg.eval.clone();
-
-            if self.val.is_some() && due(e.val_every, step, last) {
-                let started = Instant::now();
-                let (loss, each) = self.val_losses()?;
-                self.record(Event::Val { step, loss })?;
-                for (source, loss) in each {
-                    self.record(Event::ValSource { step, source, loss })?;
-                }
-                self.note_time(step, &format!("validation ({} batches)", e.val_steps), started);
-                if step > 0 && self.train.is_mixture() {
-                    if let Some(log) = &self.log {
-                        log.note(&self.data_event(step - 1).display());
-                    }
-                }
-            }
-            if due(e.hellaswag_every, step, last) {
-                let started = Instant::now();
-                if let Some(s) = self.hellaswag()? {
-                    self.record(Event::Hella { step, acc: s.acc(), acc_norm: s.acc_norm(), n: s.n })?;
-                    self.note_time(step, &format!("HellaSwag ({} examples)", s.n), started);
-                }
-            }
-            if self.reducer.rank() == 0 && due(e.sample_every, step, last) && (step > 0 || last) {
-                if let Some(texts) = self.samples()? {
-                    for (index, text) in texts.into_iter().enumerate() {
-                        self.record(Event::Sample { step, index, text })?;
-                    }
-                }
-            }
+            self.evaluate(step, false)?;
 
             let s = self.train_step()?;
             self.record(Event::Train(s))?;
@@ -869,8 +842,47 @@ impl Trainer {
         }
         if self.step > first_step {
             self.final_checkpoint()?;
+            if self.step == max_steps {
+                self.evaluate(self.step, true)?;
+            }
         }
         Ok(RunEnd::Finished)
+    }
+
+    /// The evaluations due at `step` (before its update; `end`: after the run's last update, where every enabled
+    /// evaluation runs), each recorded under `step`.
+    fn evaluate(&mut self, step: usize, end: bool) -> Result<(), TrainError> {
+        let due = |every: usize| every > 0 && (end || step.is_multiple_of(every));
+        let e = self.cfg.eval.clone();
+        if self.val.is_some() && due(e.val_every) {
+            let started = Instant::now();
+            let (loss, each) = self.val_losses()?;
+            self.record(Event::Val { step, loss })?;
+            for (source, loss) in each {
+                self.record(Event::ValSource { step, source, loss })?;
+            }
+            self.note_time(step, &format!("validation ({} batches)", e.val_steps), started);
+            if step > 0 && self.train.is_mixture() {
+                if let Some(log) = &self.log {
+                    log.note(&self.data_event(step - 1).display());
+                }
+            }
+        }
+        if due(e.hellaswag_every) {
+            let started = Instant::now();
+            if let Some(s) = self.hellaswag()? {
+                self.record(Event::Hella { step, acc: s.acc(), acc_norm: s.acc_norm(), n: s.n })?;
+                self.note_time(step, &format!("HellaSwag ({} examples)", s.n), started);
+            }
+        }
+        if self.reducer.rank() == 0 && due(e.sample_every) && step > 0 {
+            if let Some(texts) = self.samples()? {
+                for (index, text) in texts.into_iter().enumerate() {
+                    self.record(Event::Sample { step, index, text })?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The tokens each source of the mixture has given after `step` (`metrics.jsonl`'s `data` lines).

@@ -9,21 +9,25 @@
 //! (`linear_cross_entropy`, what the models use) the tiny CPU run takes 0.31M faults and 1.1 s of system time
 //! instead of 2.6M and 5.5 s. GPU timings against the composed version: docs/PERF.md.
 //!
-//! The backward recovers each row's logsumexp as `loss + logits[target]` instead of saving it (exact up to one
-//! rounding in the accumulator dtype; see the tolerance in tests/kernels_cross_entropy.rs).
 //! Rows whose target is `IGNORE_INDEX` give 0 loss and 0 gradient (masked losses, e.g. HellaSwag's completion
 //! tokens). A target `>= V` is an error on CPU and a NaN loss on CUDA (checking it there would cost a sync).
 //!
-//! CPU: rayon over rows, f32 accumulation (f64 for f64). CUDA: `src/cuda/cross_entropy.cu`, one block per row.
+//! CPU: rayon over rows, f32 accumulation (f64 for f64); the backward recovers each row's logsumexp as
+//! `loss + logits[target]` instead of saving it (exact up to one rounding in the accumulator dtype).
+//! CUDA: the decoder engine's loss kernel (`src/cuda/classifier.cu` through `crate::cuda::classifier`, one block per
+//! row, statistics in the log2 domain), whose backward recomputes the row's statistics instead; the tolerances of
+//! both against the references are in tests/kernels_cross_entropy.rs.
 
 use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::real::{float_elem, Elem, Real};
+use super::real::{acc_dtype, float_elem, Elem, Real};
 
 /// A target id that contributes zero loss and zero gradient.
 pub const IGNORE_INDEX: u32 = u32::MAX;
@@ -74,13 +78,15 @@ pub fn linear_cross_entropy(x: &Tensor, w: &Tensor, targets: &Tensor) -> Result<
     let logits = x.detach().matmul(&w.detach().t()?)?; // (N, V), outside the graph
     let targets = u32_targets(targets)?;
     let loss = softmax_cross_entropy(&logits, &targets)?.detach(); // (N)
-    let op = LinearCrossEntropy { logits: Mutex::new(Some(logits)), loss };
-    x.apply_op3(w, &targets, op)
+    let op = LinearCrossEntropy { logits: Mutex::new(Some(logits)), targets, loss };
+    x.apply_op2(w, op)
 }
 
-/// Forward already computed (`loss`); the op's forward only hands it over, and its `bwd` is the point.
+/// Forward already computed (`loss`); the op's forward only hands it over, and its `bwd` is the point. An op of x and
+/// w alone: the targets get no gradient, so the op keeps them.
 struct LinearCrossEntropy {
     logits: Mutex<Option<Tensor>>, // (N, V); taken by the first backward
+    targets: Tensor,               // (N) u32
     loss: Tensor,                  // (N)
 }
 
@@ -90,20 +96,12 @@ impl LinearCrossEntropy {
     }
 }
 
-impl CustomOp3 for LinearCrossEntropy {
+impl CustomOp2 for LinearCrossEntropy {
     fn name(&self) -> &'static str {
         "linear-cross-entropy"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
         let (s, _) = self.loss.storage_and_layout();
         match &*s {
             Storage::Cpu(s) => Ok((s.clone(), self.shape())),
@@ -112,15 +110,7 @@ impl CustomOp3 for LinearCrossEntropy {
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
         let (s, l) = self.loss.storage_and_layout();
         match &*s {
             Storage::Cuda(s) => Ok((s.try_clone(l)?, self.shape())),
@@ -128,14 +118,7 @@ impl CustomOp3 for LinearCrossEntropy {
         }
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        targets: &Tensor,
-        loss: &Tensor,
-        dloss: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, w: &Tensor, loss: &Tensor, dloss: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (x, w) = (x.detach(), w.detach());
         let saved = self.logits.lock().unwrap_or_else(|e| e.into_inner()).take();
         // A second backward over the same graph recomputes what the first one consumed.
@@ -143,11 +126,11 @@ impl CustomOp3 for LinearCrossEntropy {
             Some(l) => l,
             None => x.matmul(&w.t()?)?,
         };
-        let dlogits = softmax_cross_entropy_bwd(&logits, targets, loss, dloss)?; // (N, V)
+        let dlogits = softmax_cross_entropy_bwd(&logits, &self.targets, loss, dloss)?; // (N, V)
         drop(logits);
         let dx = dlogits.matmul(&w)?; // (N, V) @ (V, C)
         let dw = dlogits.t()?.matmul(&x)?; // (V, N) @ (N, C)
-        Ok((Some(dx), Some(dw), None))
+        Ok((Some(dx), Some(dw)))
     }
 }
 
@@ -156,15 +139,6 @@ fn u32_targets(targets: &Tensor) -> Result<Tensor> {
         DType::U32 => Ok(targets.clone()),
         DType::U8 | DType::I64 => targets.to_dtype(DType::U32),
         dt => candle_core::bail!("cross-entropy targets must be integer ids (u32), got {dt:?}"),
-    }
-}
-
-/// Accumulator/loss dtype for logits of dtype `dt`.
-fn loss_dtype(dt: DType) -> DType {
-    if dt == DType::F64 {
-        DType::F64
-    } else {
-        DType::F32
     }
 }
 
@@ -242,13 +216,7 @@ impl CustomOp2 for SoftmaxCrossEntropy {
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
         let geo = row_geometry(l1)?;
         let tg = vec_geometry(l2, "targets")?;
         let out = cuda::fwd(s1, geo, s2, tg)?;
@@ -269,7 +237,7 @@ impl CustomOp2 for SoftmaxCrossEntropy {
 /// `dlogits (N, V)` in the logits' dtype from the forward's inputs, its per-row `loss (N)` and `dloss (N)`.
 pub fn softmax_cross_entropy_bwd(logits: &Tensor, targets: &Tensor, loss: &Tensor, dloss: &Tensor) -> Result<Tensor> {
     let (n, v) = logits.dims2()?;
-    let ld = loss_dtype(logits.dtype());
+    let ld = acc_dtype(logits.dtype());
     let loss = loss.to_dtype(ld)?.contiguous()?;
     let dloss = dloss.to_dtype(ld)?;
     let (xs, xl) = logits.storage_and_layout();
@@ -288,8 +256,8 @@ pub fn softmax_cross_entropy_bwd(logits: &Tensor, targets: &Tensor, loss: &Tenso
             }))
         }
         #[cfg(feature = "cuda")]
-        (Storage::Cuda(xs), Storage::Cuda(ts), Storage::Cuda(ls), Storage::Cuda(gs)) => {
-            Storage::Cuda(cuda::bwd(xs, geo, ts, vec_geometry(tl, "targets")?, ls, gs, vec_geometry(gl, "dloss")?)?)
+        (Storage::Cuda(xs), Storage::Cuda(ts), Storage::Cuda(_), Storage::Cuda(gs)) => {
+            Storage::Cuda(cuda::bwd(xs, geo, ts, vec_geometry(tl, "targets")?, gs, vec_geometry(gl, "dloss")?)?)
         }
         _ => candle_core::bail!(
             "cross-entropy backward: logits, targets and gradients must be on one CPU or CUDA device"
@@ -327,95 +295,89 @@ fn cpu_bwd_typed<T: Elem<A>, A: Real>(
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    //! Launchers for cross_entropy.cu: one block of `THREADS` threads per row.
+    //! The op's storages over `crate::cuda::classifier::Classifier` (classifier.cu: the engine's loss kernel,
+    //! instantiated for the op's dtypes; that launcher owns its grid and names).
+    use std::sync::Arc;
+
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
-    use candle_core::cuda_backend::{CudaDType, WrapErr};
-    use candle_core::{CudaStorage, DType, Result};
+    use candle_core::cuda_backend::cudarc::driver::CudaStream;
+    use candle_core::cuda_backend::CudaDType;
+    use candle_core::{CudaDevice, CudaStorage, Result};
 
     use super::super::real::float_elem;
-    use crate::cuda::launch::{dtype_suffix, grid_1d, Module};
+    use crate::cuda::classifier::{Classifier, LossElem, LossRows, Strided};
+    use crate::cuda::devptr::DevPtr;
+    use crate::cuda::launch::per_device;
 
-    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/cross_entropy.ptx"));
-    const FILE: &str = "cross_entropy.cu";
-    /// Must equal CE_THREADS in the .cu (the shared-memory reduction is sized by it).
-    const THREADS: u32 = 512;
-
-    fn suffix(dt: DType) -> Result<&'static str> {
-        dtype_suffix(dt, "cross-entropy", &[DType::F32, DType::F64, DType::BF16])
+    fn kernels(dev: &CudaDevice) -> Result<Arc<Classifier>> {
+        per_device(dev, "classifier.cu", Classifier::new)
     }
 
-    pub(super) fn fwd(
+    /// Calls `f` with the device, its stream and the kernels' view of logits `xs` (`n` rows of `v` from `start`,
+    /// `rs` apart) and targets `ts` (from `tstart`, `tstride` apart), held readable on the stream while `f` runs.
+    fn with_rows<T: CudaDType + LossElem, R>(
         xs: &CudaStorage,
         (n, v, start, rs): (usize, usize, usize, usize),
         ts: &CudaStorage,
         (tstart, tstride): (usize, usize),
-    ) -> Result<CudaStorage> {
-        fn go<T: CudaDType + DeviceRepr, A: CudaDType + DeviceRepr>(
-            xs: &CudaStorage,
-            name: &str,
-            (n, v, start, rs): (usize, usize, usize, usize),
-            ts: &CudaStorage,
-            (tstart, tstride): (usize, usize),
-        ) -> Result<CudaStorage> {
-            let dev = xs.device();
-            let x = xs.as_cuda_slice::<T>()?.slice(start..);
-            let t = ts.as_cuda_slice::<u32>()?.slice(tstart..);
-            // SAFETY: every element is written by the kernel (thread 0 of each row's block).
-            let loss = unsafe { dev.alloc::<A>(n)? };
-            if n > 0 {
-                let func = Module::on_device(dev, FILE, PTX)?.kernel(name)?;
-                let mut b = func.builder();
-                let (v, rs, tstride) = (v as i64, rs as i64, tstride as i64);
-                b.arg(&x).arg(&t).arg(&loss).arg(&v).arg(&rs).arg(&tstride);
-                // SAFETY: argument types match the kernel's signature in cross_entropy.cu.
-                unsafe { b.launch(grid_1d(n, THREADS)?) }.w()?;
-            }
-            Ok(CudaStorage::wrap_cuda_slice(loss, dev.clone()))
-        }
-        let name = format!("ce_fwd_{}", suffix(xs.dtype())?);
-        let geo = (n, v, start, rs);
-        float_elem!("cross-entropy on CUDA", xs.dtype(), |T, A| go::<T, A>(xs, &name, geo, ts, (tstart, tstride)))
+        f: impl FnOnce(&CudaDevice, &Arc<CudaStream>, LossRows<T>) -> Result<R>,
+    ) -> Result<R> {
+        let dev = xs.device();
+        let stream = dev.cuda_stream();
+        let x = xs.as_cuda_slice::<T>()?.slice(start..);
+        let t = ts.as_cuda_slice::<u32>()?.slice(tstart..);
+        let ((xp, _x), (tp, _t)) = (DevPtr::of(&x, &stream), DevPtr::of(&t, &stream));
+        let rows =
+            LossRows { logits: Strided { ptr: xp, stride: rs }, targets: Strided { ptr: tp, stride: tstride }, n, v };
+        f(dev, &stream, rows)
     }
 
+    /// Per-row losses (n) in the accumulator dtype of logits `xs` (rows from `start`, `rs` apart) and targets `ts`.
+    pub(super) fn fwd(
+        xs: &CudaStorage,
+        geo: (usize, usize, usize, usize),
+        ts: &CudaStorage,
+        tg: (usize, usize),
+    ) -> Result<CudaStorage> {
+        float_elem!("cross-entropy on CUDA", xs.dtype(), |T, A| {
+            with_rows::<T, _>(xs, geo, ts, tg, |dev, stream, rows| {
+                // SAFETY: the kernel writes every row's loss.
+                let mut loss = unsafe { dev.alloc::<A>(rows.n)? };
+                {
+                    let (lp, _l) = DevPtr::of_mut(&mut loss, stream);
+                    // SAFETY: the op's layouts put n rows of v dense columns, rs apart, and n targets tstride apart
+                    // in their storages from these starts; loss was just allocated for n; the device's one stream.
+                    unsafe { kernels(dev)?.loss(rows, lp)? };
+                }
+                Ok(CudaStorage::wrap_cuda_slice(loss, dev.clone()))
+            })
+        })
+    }
+
+    /// dlogits (n, v) in the logits' dtype from the logits, targets and the upstream gradient `gs` (`gg`: its start
+    /// and stride, 0 when broadcast). The kernel recomputes each row's logsumexp, so the forward's loss is not read.
     pub(super) fn bwd(
         xs: &CudaStorage,
         geo: (usize, usize, usize, usize),
         ts: &CudaStorage,
         tg: (usize, usize),
-        ls: &CudaStorage,
         gs: &CudaStorage,
-        gg: (usize, usize),
+        (gstart, gstride): (usize, usize),
     ) -> Result<CudaStorage> {
-        #[allow(clippy::too_many_arguments)]
-        fn go<T: CudaDType + DeviceRepr, A: CudaDType + DeviceRepr>(
-            xs: &CudaStorage,
-            name: &str,
-            (n, v, start, rs): (usize, usize, usize, usize),
-            ts: &CudaStorage,
-            (tstart, tstride): (usize, usize),
-            ls: &CudaStorage,
-            gs: &CudaStorage,
-            (gstart, gstride): (usize, usize),
-        ) -> Result<CudaStorage> {
-            let dev = xs.device();
-            let x = xs.as_cuda_slice::<T>()?.slice(start..);
-            let t = ts.as_cuda_slice::<u32>()?.slice(tstart..);
-            let loss = ls.as_cuda_slice::<A>()?.slice(0..);
+        float_elem!("cross-entropy backward on CUDA", xs.dtype(), |T, A| {
             let g = gs.as_cuda_slice::<A>()?.slice(gstart..);
-            // SAFETY: every element of every row is written by the kernel.
-            let dx = unsafe { dev.alloc::<T>(n * v)? };
-            if n > 0 && v > 0 {
-                let func = Module::on_device(dev, FILE, PTX)?.kernel(name)?;
-                let mut b = func.builder();
-                let (v, rs, tstride, gstride) = (v as i64, rs as i64, tstride as i64, gstride as i64);
-                b.arg(&x).arg(&t).arg(&loss).arg(&g).arg(&dx).arg(&v).arg(&rs).arg(&tstride).arg(&gstride);
-                // SAFETY: argument types match the kernel's signature in cross_entropy.cu.
-                unsafe { b.launch(grid_1d(n, THREADS)?) }.w()?;
-            }
-            Ok(CudaStorage::wrap_cuda_slice(dx, dev.clone()))
-        }
-        let name = format!("ce_bwd_{}", suffix(xs.dtype())?);
-        float_elem!("cross-entropy backward on CUDA", xs.dtype(), |T, A| go::<T, A>(xs, &name, geo, ts, tg, ls, gs, gg))
+            with_rows::<T, _>(xs, geo, ts, tg, |dev, stream, rows| {
+                // SAFETY: the kernel writes every element of every row.
+                let mut dx = unsafe { dev.alloc::<T>(rows.n * rows.v)? };
+                {
+                    let (gp, _g) = DevPtr::of(&g, stream);
+                    let (dp, _d) = DevPtr::of_mut(&mut dx, stream);
+                    // SAFETY: as in `fwd`, and dloss reaches n values gstride apart; dx was just allocated for n * v
+                    // and overlaps nothing; the device's one stream.
+                    unsafe { kernels(dev)?.dlogits(rows, Strided { ptr: gp, stride: gstride }, dp)? };
+                }
+                Ok(CudaStorage::wrap_cuda_slice(dx, dev.clone()))
+            })
+        })
     }
 }

@@ -319,32 +319,27 @@ mod cuda {
         per_device(dev, "norm.cu", LayerNormOp::new)
     }
 
+    /// Calls `$body` with `$T` bound to the element type of dtype `$d` (f32 or bf16: what the kernels take).
+    macro_rules! with_elem {
+        ($what:expr, $d:expr, |$T:ident| $body:expr) => {
+            match $d {
+                DType::F32 => {
+                    type $T = f32;
+                    $body
+                }
+                DType::BF16 => {
+                    type $T = bf16;
+                    $body
+                }
+                d => candle_core::bail!("{} on CUDA takes f32/bf16, got {d:?}", $what),
+            }
+        };
+    }
+
     /// Calls `$body` with `$X` and `$Y` bound to the element types of `$x` and `$y` (f32 or bf16 each).
     macro_rules! with_pair {
         ($what:expr, ($x:expr, $y:expr), |$X:ident, $Y:ident| $body:expr) => {
-            match ($x, $y) {
-                (DType::F32, DType::F32) => {
-                    type $X = f32;
-                    type $Y = f32;
-                    $body
-                }
-                (DType::F32, DType::BF16) => {
-                    type $X = f32;
-                    type $Y = bf16;
-                    $body
-                }
-                (DType::BF16, DType::F32) => {
-                    type $X = bf16;
-                    type $Y = f32;
-                    $body
-                }
-                (DType::BF16, DType::BF16) => {
-                    type $X = bf16;
-                    type $Y = bf16;
-                    $body
-                }
-                (x, y) => candle_core::bail!("{} on CUDA takes f32/bf16, got {x:?} -> {y:?}", $what),
-            }
+            with_elem!($what, $x, |$X| with_elem!($what, $y, |$Y| $body))
         };
     }
 

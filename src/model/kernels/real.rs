@@ -4,9 +4,21 @@
 //!
 //! `float_pair!` (input and output dtypes) and `float_elem!` (one dtype) are the kernels' dtype dispatch (llm.c's
 //! precision discipline: the dtypes the project runs, f32 and bf16 in any pair, and f64 for gradient checks on the
-//! CPU; no f16, which no config selects).
+//! CPU; no f16, which no config selects). `acc_dtype` is the accumulator as a candle dtype (the ops' loss and
+//! logsumexp outputs).
 
+use candle_core::DType;
 use half::{bf16, f16};
+
+/// The accumulator's dtype for inputs in `dt` (what the kernels return their losses and logsumexps in): f64 for f64,
+/// f32 otherwise.
+pub fn acc_dtype(dt: DType) -> DType {
+    if dt == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
 
 pub trait Real:
     Copy

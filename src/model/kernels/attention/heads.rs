@@ -6,8 +6,9 @@ use std::sync::Mutex;
 #[cfg(feature = "cuda")]
 use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
+use super::super::real::acc_dtype;
 #[cfg(feature = "cuda")]
 use super::cuda_heads;
 use super::{cpu, refuse_on_cuda, store_lse, supported, FlashKernel, HeadView};
@@ -179,14 +180,5 @@ pub(super) fn flash_bwd(
             Ok((wrap(Storage::Cuda(dq)), wrap(Storage::Cuda(dk)), wrap(Storage::Cuda(dv))))
         }
         _ => candle_core::bail!("attention backward: q, k, v, o, dout and lse must be on one CPU or CUDA device"),
-    }
-}
-
-/// The logsumexp's dtype for inputs in `dt`: the accumulator's, f64 for f64 and f32 otherwise.
-fn acc_dtype(dt: DType) -> DType {
-    if dt == DType::F64 {
-        DType::F64
-    } else {
-        DType::F32
     }
 }

@@ -5,11 +5,12 @@
 //! 3.2 GB f32 scores + 3.2 GB probabilities (+ their bf16 copy) per layer.
 //!
 //! CUDA: HS = 64 only (GPT-2, Llama-124M), f32/bf16/f16 inputs, f32 accumulation; any (b, h, t) strides with a dense
-//! last dim, so GPT-2's head views of the fused qkv projection go in without copies. Two kernel sets, one per
-//! precision: bf16/f16 on the tensor cores, `crate::cuda::flash_attn` (flash_attn.cu, FlashAttention-2 with cp.async,
-//! ldmatrix and mma.sync: the decoder engine's kernels, read through strides; the head views must then start and step
-//! on 16-byte boundaries, or the op copies them), and plain FMA (`src/cuda/attention.cu`) for f32, for bf16/f16 on
-//! request ([`FlashKernel::Fma`], `TOKENMILL_ATTN_FMA=1`) and as the GPU tests' reference. GPT-2's fused-qkv op
+//! last dim, so GPT-2's head views of the fused qkv projection go in without copies. bf16/f16 run on the tensor cores,
+//! `crate::cuda::flash_attn` (flash_attn.cu, FlashAttention-2 with cp.async, ldmatrix and mma.sync: the decoder
+//! engine's kernels, read through strides; the head views must then start and step on 16-byte boundaries, or the op
+//! copies them). f32 runs the FMA reference kernels, `crate::cuda::attention_ref` (attention_ref.cu: what the lab and
+//! the GPU tests hold the tensor cores against), since the tensor cores take no f32: f32 attention on CUDA is for
+//! checks and small runs ([`FlashKernel`] says which set a call takes). GPT-2's fused-qkv op
 //! ([`flash_causal_attention_qkv`]) hands the whole buffer to the same tensor-core kernels (no layout copies); timings
 //! against PyTorch's SDPA and the composed version are in docs/PERF.md.
 //! CPU: the same algorithm row by row (any HS, f32/bf16/f16 accumulating in f32, f64 in f64); it is the twin the
@@ -19,8 +20,8 @@
 //!
 //! Files, one concern each: this one holds what both ops share (the routing rule, the kernel choice, head views,
 //! the saved logsumexp); `heads` the op over q, k, v head views; `qkv` the op over GPT-2's fused projection; `cpu`
-//! the CPU twin; `cuda_heads` the head-view op's launchers (`src/cuda/attention.cu`'s FMA kernels, and
-//! `crate::cuda::flash_attn`'s views); `cuda_qkv` the fused op's adapter over `crate::cuda::flash_attn`.
+//! the CPU twin; `cuda_heads` the head-view op's adapter over `crate::cuda::attention_ref` and
+//! `crate::cuda::flash_attn`'s views; `cuda_qkv` the fused op's adapter over `crate::cuda::flash_attn`.
 
 use std::sync::Mutex;
 
@@ -44,19 +45,16 @@ pub const FLASH_HEAD_SIZE: usize = 64;
 /// Which CUDA kernel set runs a fused attention call (CPU ignores it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlashKernel {
-    /// Tensor cores for bf16/f16, FMA for f32. `TOKENMILL_ATTN_FMA=1` in the environment forces FMA everywhere
-    /// (a switch for comparing or bisecting, read once per process).
+    /// The tensor cores (flash_attn.cu) for bf16/f16; f32, which they do not take, on the FMA reference kernels.
     Auto,
-    /// The FMA kernels (version 1) for every dtype.
-    Fma,
+    /// The FMA reference kernels (attention_ref.cu) for every dtype: what the GPU tests hold the tensor cores against.
+    FmaReference,
 }
 
 impl FlashKernel {
-    /// Whether this call runs the tensor-core kernels (flash_attn.cu) on CUDA.
+    /// Whether this call runs the tensor-core kernels (flash_attn.cu) on CUDA; otherwise the FMA reference kernels.
     fn tensor_cores(self, dt: DType) -> bool {
-        static FORCE_FMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let force_fma = *FORCE_FMA.get_or_init(|| std::env::var("TOKENMILL_ATTN_FMA").is_ok_and(|v| v == "1"));
-        self == FlashKernel::Auto && !force_fma && matches!(dt, DType::BF16 | DType::F16)
+        self == FlashKernel::Auto && matches!(dt, DType::BF16 | DType::F16)
     }
 }
 

@@ -19,8 +19,8 @@ use super::{cuda_heads, cuda_qkv};
 /// C = NH * HS) -> `y (B, T, C)` (the heads side by side, c_proj's input), recording a backward that returns d(qkv)
 /// as one `(B, T, 3C)` tensor. Nothing is permuted or copied around the kernels: on CUDA in bf16/f16 this is a thin
 /// adapter over [`crate::cuda::flash_attn`] (FlashAttention-2 on the tensor cores, reading the heads out of `qkv`
-/// and writing `y` and d(qkv) in place; deterministic). Elsewhere (CPU, f32 on CUDA, or `TOKENMILL_ATTN_FMA=1`)
-/// the kernels of [`flash_causal_attention`] run on head views and the result is permuted to the same layout.
+/// and writing `y` and d(qkv) in place; deterministic). Elsewhere (CPU, and f32 on CUDA: the FMA reference
+/// kernels) the kernels of [`flash_causal_attention`] run on head views and the result is permuted to the same layout.
 pub fn flash_causal_attention_qkv(qkv: &Tensor, n_head: usize) -> Result<Tensor> {
     let (_, _, c3) = qkv.dims3()?;
     if n_head == 0 || c3 % (3 * n_head) != 0 {
@@ -105,7 +105,7 @@ impl CustomOp1 for FlashAttentionQkv {
     fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
         let ([q, k, v], (b, nh, t, hs)) = self.views(l)?;
         let shape = Shape::from((b, t, nh * hs));
-        // The tensor-core kernels take the whole buffer; f32 (and forced FMA) goes to attention.cu over head views.
+        // The tensor-core kernels take the whole buffer; f32 goes to the FMA reference kernels over head views.
         if self.kernel.tensor_cores(s.dtype()) {
             let (y, lse) = cuda_qkv::fwd(s, l.start_offset(), (b, t, nh, hs))?;
             self.save_lse(Storage::Cuda(lse), (b, nh, t));

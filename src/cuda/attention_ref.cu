@@ -1,14 +1,15 @@
-// Fused causal attention on the FMA units, FlashAttention-2 style, forward and backward: the f32 kernels of the
-// candle op over head views (Rust side: model/kernels/attention/cuda_heads.rs), and its bf16/f16 kernels when the
-// FMA path is forced (`TOKENMILL_ATTN_FMA=1`, tests). bf16/f16 otherwise run flash_attn.cu's tensor-core kernels,
-// the decoder engine's, through strided views.
+// Causal attention on the FMA units, FlashAttention-2 style, forward and backward: the reference kernels (Rust side:
+// attention_ref.rs). The kernel lab and the GPU tests hold flash_attn.cu's tensor-core kernels against them (the
+// candle op's `FlashKernel::FmaReference`), and they are the candle attention op's f32 path on CUDA, chosen
+// explicitly there: the tensor cores take bf16/f16 only, and f32 attention on CUDA is for checks and small runs.
+// Nothing in the decoder engine runs them.
 //
 //   forward:  O = softmax(scale * Q K^T + causal mask) V,  L = row logsumexp of the scaled, masked scores
 //   backward: D = rowsum(dO * O); P = exp(scale * Q K^T - L) recomputed tile by tile;
 //             dV = P^T dO, dP = dO V^T, dS = P * (dP - D), dQ = scale * dS K, dK = scale * dS^T Q
 //
 // q, k, v: (B, NH, T, HS) with any (b, h, t) strides and dense HS; o, dq, dk, dv: contiguous (B, NH, T, HS);
-// L, D: (B, NH, T) f32. HS = 64 only (GPT-2's head size; the launcher refuses others). Inputs f32/bf16/f16,
+// L, D: (B, NH, T) f32. HS = 64 only (the op refuses others on CUDA). Inputs f32/bf16/f16,
 // everything accumulated in f32; scores live in the log2 domain (pre-multiplied by scale * log2(e)) so each
 // probability is one exp2f.
 //
@@ -20,7 +21,6 @@
 // two halves hit neighbouring banks); tiles padded to 65 floats per row so rows 16 apart fall in other banks.
 // The backward runs as two kernels, dK/dV per key tile and dQ per query tile, each recomputing P: 7 tile matmuls
 // instead of FlashAttention-2's 5, in exchange for no atomics (deterministic, and emulable in dev/cuda/).
-// These kernels are also the reference the GPU tests hold the tensor-core kernels against.
 #include "common.cuh"
 
 #define FA_HS 64
@@ -32,16 +32,21 @@
 #define FA_BQ 32    // query rows per tile in dK/dV
 #define FA_PAD (FA_HS + 1)
 
-// The two dot products every backward tile step takes, over one head-size row each: s = a . b (a score) and
-// dp = c . d (its gradient), accumulated in d order.
-__device__ __forceinline__ void fa_dot2(const float* a, const float* b, const float* c, const float* d, float& s,
-                                        float& dp) {
-    s = 0.f, dp = 0.f;
+// One (query, key) pair of a backward tile step: the score s = a . b (in log2 units: one side is pre-scaled), its
+// probability p = 2^(s - l2) where `keep` (causal and in range; 0 elsewhere), and the score's gradient
+// ds = p * (dp - dr) with dp = c . d (dO . V) and dr the query row's D; both dot products accumulated in d order.
+// Returns p.
+__device__ __forceinline__ float fa_prob_grad(const float* a, const float* b, const float* c, const float* d, bool keep,
+                                              float l2, float dr, float& ds) {
+    float s = 0.f, dp = 0.f;
 #pragma unroll
     for (int i = 0; i < FA_HS; i++) {
         s += a[i] * b[i];
         dp += c[i] * d[i];
     }
+    const float p = keep ? exp2f(s - l2) : 0.f;
+    ds = p * (dp - dr);
+    return p;
 }
 
 // The query row a thread of a forward or dQ block owns (two threads per row, `h` its half of the output dims; the
@@ -245,11 +250,8 @@ __device__ void fa_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k, co
 #pragma unroll 2
         for (int ii = 0; ii < FA_BQ / 2; ii++) {
             const int i = h * (FA_BQ / 2) + ii, qi = i0 + i;
-            float s, dp;
-            fa_dot2(kr, Qs[i], vr, dOs[i], s, dp);
-            const float p = (key <= qi && qi < t_len && key < t_len) ? exp2f(s - Ls[i]) : 0.f;
-            Ps[cl][i] = p;
-            dSs[cl][i] = p * (dp - Ds[i]);
+            Ps[cl][i] = fa_prob_grad(kr, Qs[i], vr, dOs[i], key <= qi && qi < t_len && key < t_len, Ls[i], Ds[i],
+                                     dSs[cl][i]);
         }
         __syncthreads();
         for (int i = 0; i < FA_BQ; i++) {
@@ -313,10 +315,7 @@ __device__ void fa_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, cons
 #pragma unroll 2
         for (int jj = 0; jj < FA_BC / 2; jj++) {
             const int j = h * (FA_BC / 2) + jj, c = c0 + j;
-            float s, dp;
-            fa_dot2(qr, Ks[j], gr, Vs[j], s, dp);
-            const float p = (c <= lrow) ? exp2f(s - l2) : 0.f;
-            dSs[r][j] = p * (dp - dr);
+            fa_prob_grad(qr, Ks[j], gr, Vs[j], c <= lrow, l2, dr, dSs[r][j]);
         }
         __syncthreads();
         for (int j = 0; j < FA_BC; j++) {
@@ -337,25 +336,25 @@ __device__ void fa_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, cons
 #define FA_STRIDES int64_t qsb, int64_t qsh, int64_t qst, int64_t ksb, int64_t ksh, int64_t kst, int64_t vsb, int64_t vsh, int64_t vst
 #define FA_STRIDE_ARGS qsb, qsh, qst, ksb, ksh, kst, vsb, vsh, vst
 
-#define FA_KERNELS(T, SUFFIX)                                                                                         \
-    extern "C" __global__ void __launch_bounds__(FA_THREADS) fa_fwd_##SUFFIX(                                        \
+#define ATTN_REF_KERNELS(T, SUFFIX)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) attn_ref_fwd_##SUFFIX(                                        \
         const T* q, const T* k, const T* v, T* o, float* lse, int nh, int t_len, FA_STRIDES, float scale) {          \
         fa_fwd<T>(q, k, v, o, lse, nh, t_len, FA_STRIDE_ARGS, scale);                                                \
     }                                                                                                                \
-    extern "C" __global__ void fa_bwd_dot_##SUFFIX(const T* o, const T* dout, float* dvec, int64_t rows) {           \
+    extern "C" __global__ void attn_ref_bwd_dot_##SUFFIX(const T* o, const T* dout, float* dvec, int64_t rows) {           \
         fa_bwd_dot<T>(o, dout, dvec, rows);                                                                          \
     }                                                                                                                \
-    extern "C" __global__ void __launch_bounds__(FA_THREADS) fa_bwd_dkdv_##SUFFIX(                                   \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) attn_ref_bwd_dkdv_##SUFFIX(                                   \
         const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dvec, T* dk, T* dv, int nh, \
         int t_len, FA_STRIDES, float scale) {                                                                        \
         fa_bwd_dkdv<T>(q, k, v, dout, lse, dvec, dk, dv, nh, t_len, FA_STRIDE_ARGS, scale);                          \
     }                                                                                                                \
-    extern "C" __global__ void __launch_bounds__(FA_THREADS) fa_bwd_dq_##SUFFIX(                                     \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) attn_ref_bwd_dq_##SUFFIX(                                     \
         const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dvec, T* dq, int nh,       \
         int t_len, FA_STRIDES, float scale) {                                                                        \
         fa_bwd_dq<T>(q, k, v, dout, lse, dvec, dq, nh, t_len, FA_STRIDE_ARGS, scale);                                \
     }
 
-FA_KERNELS(float, f32)
-FA_KERNELS(__nv_bfloat16, bf16)
-FA_KERNELS(__half, f16)
+ATTN_REF_KERNELS(float, f32)
+ATTN_REF_KERNELS(__nv_bfloat16, bf16)
+ATTN_REF_KERNELS(__half, f16)
