@@ -7,7 +7,11 @@
 //! the GPU it finds, so one binary built on a GPU-less machine runs on any card at or above the target arch.
 //!
 //! Environment: `NVCC` (default: `$CUDA_ROOT/bin/nvcc`, then `nvcc` on PATH), `CUDA_COMPUTE_CAP` (default 90,
-//! H100/H200; the same variable candle-kernels reads). No `--use_fast_math`: the kernels call the fast
+//! H100/H200; the same variable candle-kernels reads). A file whose first line is `// tokenmill: sm_90a` uses
+//! Hopper's arch-specific instructions (wgmma, `src/cuda/wgmma.cuh`): with cap 90 it is compiled for `compute_90a`,
+//! whose PTX the driver loads only on sm_90 GPUs (what tokenmill runs on); every other file keeps `compute_90`.
+//! With another cap such a file is compiled for that cap like the rest, and its sm_90a instructions trap (its
+//! launcher refuses other GPUs). No `--use_fast_math`: the kernels call the fast
 //! intrinsics (`exp2f` on pre-scaled arguments) explicitly where the error is bounded, and keep IEEE division and
 //! `expf`/`logf` elsewhere (the loss must agree with the CPU reference to ~1e-6).
 //!
@@ -65,12 +69,13 @@ fn main() {
             panic!("two CUDA sources are named {stem}.cu; kernel file names must be unique across src/");
         }
         let ptx = out_dir.join(format!("{stem}.ptx"));
-        if up_to_date(&ptx, src, &headers, &cap) {
+        let arch = if cap == "90" && needs_sm90a(src) { "90a".to_string() } else { cap.clone() };
+        if up_to_date(&ptx, src, &headers, &arch) {
             continue;
         }
         let status = Command::new(&nvcc)
             .arg("--ptx")
-            .arg(format!("-arch=compute_{cap}"))
+            .arg(format!("-arch=compute_{arch}"))
             .args(["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"])
             .arg("-I")
             .arg(src.parent().expect("a .cu file has a parent dir"))
@@ -82,7 +87,7 @@ fn main() {
         if !status.success() {
             panic!("nvcc failed on {} ({status})", src.display());
         }
-        std::fs::write(stamp(&ptx), &cap).expect("writing the PTX's compute-capability stamp");
+        std::fs::write(stamp(&ptx), &arch).expect("writing the PTX's compute-capability stamp");
     }
     if std::env::var_os("CARGO_FEATURE_CUDNN").is_some() {
         build_cudnn_shim(&out_dir);
@@ -163,16 +168,22 @@ fn build_cudnn_shim(out_dir: &Path) {
     }
 }
 
-/// The file beside a PTX that records the compute capability it was compiled for.
+/// Whether kernel file `src` asks for the arch-specific sm_90a target: its first line is `// tokenmill: sm_90a`.
+fn needs_sm90a(src: &Path) -> bool {
+    let text = std::fs::read_to_string(src).unwrap_or_else(|e| panic!("reading {}: {e}", src.display()));
+    text.lines().next().is_some_and(|l| l.trim() == "// tokenmill: sm_90a")
+}
+
+/// The file beside a PTX that records the compute capability (arch) it was compiled for.
 fn stamp(ptx: &Path) -> PathBuf {
     ptx.with_extension("ptx.cap")
 }
 
-/// Whether `ptx` was compiled for `cap` after `src` and every shared header last changed (then nvcc is skipped).
-fn up_to_date(ptx: &Path, src: &Path, headers: &[PathBuf], cap: &str) -> bool {
+/// Whether `ptx` was compiled for `arch` after `src` and every shared header last changed (then nvcc is skipped).
+fn up_to_date(ptx: &Path, src: &Path, headers: &[PathBuf], arch: &str) -> bool {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let Some(built) = modified(ptx) else { return false };
-    if std::fs::read_to_string(stamp(ptx)).ok().as_deref() != Some(cap) {
+    if std::fs::read_to_string(stamp(ptx)).ok().as_deref() != Some(arch) {
         return false;
     }
     std::iter::once(src).chain(headers.iter().map(PathBuf::as_path)).all(|p| modified(p).is_some_and(|m| m <= built))

@@ -3,7 +3,7 @@
 # Run from the repo root on the device with .dist/ carried (see scripts/device-pack.sh):
 #   scripts/device-run.sh STEP...      STEP in: env prep train bench pool compare ddp kernels correct engine
 #                                      engine-train cudnn profile ab bitwise gemm llama llama-1b hellaswag
-#                                      compare-sizes
+#                                      compare-sizes wgmma
 # TOKENMILL_ATTENTION=cudnn|native overrides the config's [engine] attention in every step (auto: cuDNN in a
 # --features cudnn build). ENGINE=autograd|cuda|auto (default auto: the cuda engine for these bf16 runs) picks the
 # training engine of train, bench, compare and profile. MODEL=llama-124m runs bench/compare/profile on that preset.
@@ -111,6 +111,14 @@ for step in "$@"; do
   kernels)  # fused kernels, NCCL path and model gradients on CUDA vs their CPU twins (one test binary), + timings
     MEMCHECK_TIMEOUT="${MEMCHECK_TIMEOUT:-30}" scripts/gpu-kernel-check.sh run > "$OUT/kernels.log" 2>&1
     note "kernels rc=$?:"; sed -n '/===== summary/,$p' "$OUT/kernels.log" | tee -a "$SUMMARY"
+    ;;
+  wgmma)  # Hopper's wgmma: the check GEMMs and the sm90 backward kernels against flash_attn's (kernels_wgmma), then
+           # bench attention's native rows with the "sm90 bwd" variants beside the mma.sync kernels
+    KERNEL_MODULES=kernels_wgmma MEMCHECK_TIMEOUT="${MEMCHECK_TIMEOUT:-60}" scripts/gpu-kernel-check.sh run > "$OUT/wgmma.log" 2>&1
+    note "wgmma checks rc=$?:"; sed -n '/===== summary/,$p' "$OUT/wgmma.log" | tee -a "$SUMMARY"
+    grep -E "FAIL|sm90|SKIPPED" "$OUT/wgmma.log" | tee -a "$SUMMARY"
+    "$BIN" bench attention --backend native --reps "${ATTN_REPS:-20}" > "$OUT/wgmma_bench.log" 2>&1
+    note "bench attention (native + sm90 backward) rc=$?:"; grep -E "B  |sm90|^ *64  1024|not an sm_90" "$OUT/wgmma_bench.log" | tee -a "$SUMMARY"
     ;;
   correct)  # loss tracking: tiny config CPU fp32 vs CUDA fp32/bf16, and 124M tokenmill vs PyTorch, 50 steps
     OUT="$OUT/correct" BIN="$BIN" PY="$PY" scripts/gpu-correctness.sh ${CORRECT_MODES:-tiny 124m} > "$OUT/correct.log" 2>&1

@@ -19,7 +19,7 @@ DIST=.dist/kernels
 # One binary (tests/gpu/main.rs) holding every test file with a CUDA part, as these modules.
 TESTS=(gpu)
 # KERNEL_MODULES="kernels_embedding dist_nccl" runs a subset.
-read -ra MODULES <<< "${KERNEL_MODULES:-kernels_cross_entropy kernels_attention kernels_cudnn_attention kernels_norm_act kernels_embedding dist_nccl gpu_model}"
+read -ra MODULES <<< "${KERNEL_MODULES:-kernels_cross_entropy kernels_attention kernels_cudnn_attention kernels_norm_act kernels_embedding kernels_wgmma dist_nccl gpu_model}"
 
 build() {
   if ! command -v nvcc >/dev/null; then

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Registers and spill bytes per kernel of a PTX file, as ptxas assembles it for one GPU: the static half of a kernel
 # change's prediction (a change that adds spills or drops occupancy is timed before it is trusted). No GPU needed.
-#   scripts/ptx-registers.sh FILE.ptx [SM]      (SM: 90 by default, the H100/H200)
+#   scripts/ptx-registers.sh FILE.ptx [SM]      (SM: 90 by default, the H100/H200; 90a for a PTX built for it)
 # ptxas comes from the PyPI nvcc wheel that `scripts/build-cuda.sh --pypi-toolchain` installs (or from PATH).
 # To compare two builds of a kernel file: run it on each PTX (a cargo build leaves them in
 # target/<dir>/<profile>/build/tokenmill-*/out/<op>.ptx) and diff the outputs.
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 FILE.ptx [SM]" >&2; exit 2; }
 ptx="$1"
-sm="${2:-90}"
 [ -f "$ptx" ] || { echo "$ptx: no such file" >&2; exit 2; }
+# A file build.rs compiled for compute_90a (first line `// tokenmill: sm_90a`) assembles only for sm_90a.
+default_sm=90
+grep -q '^\.target sm_90a' "$ptx" && default_sm=90a
+sm="${2:-$default_sm}"
 PREFIX="${TOKENMILL_CUDA_PREFIX:-$HOME/.cache/tokenmill-cuda}"
 ptxas="$(ls "$PREFIX"/venv/lib/python3*/site-packages/nvidia/cu13/bin/ptxas 2>/dev/null | head -n 1 || true)"
 [ -n "$ptxas" ] || ptxas="$(command -v ptxas || true)"

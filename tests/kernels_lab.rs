@@ -4,7 +4,9 @@
 //! This keeps the .cu files checked in CPU-only CI; on a GPU, tests/kernels_*.rs and the GPU test binary run the
 //! real kernels. Skipped (with a printed line) without g++ >= 11.
 //!
-//! Two labs in dev/cuda: the candle ops' kernels (`run.sh ops`) and the decoder engine's (`run.sh engine`).
+//! Three labs in dev/cuda: the candle ops' kernels (`run.sh ops`), the decoder engine's (`run.sh engine`), and the
+//! Hopper warpgroup product wgmma (`run.sh wgmma`: src/cuda/wgmma_check.cu against a reference, plus wrong
+//! descriptors and broken ordering rules that must fail).
 
 use std::path::Path;
 use std::process::Command;
@@ -42,4 +44,9 @@ fn cuda_sources_pass_the_cpu_emulation() {
 #[test]
 fn engine_kernels_pass_the_cpu_emulation() {
     run_lab("engine_kernels_pass_the_cpu_emulation", "engine", "all engine kernel checks passed");
+}
+
+#[test]
+fn wgmma_kernels_pass_the_cpu_emulation() {
+    run_lab("wgmma_kernels_pass_the_cpu_emulation", "wgmma", "all wgmma checks passed");
 }

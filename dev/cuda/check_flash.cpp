@@ -3,15 +3,20 @@
 // are and are not multiples of the tiles, every launch variant, head groups that do not divide B * NH, grouped-query
 // attention (NKV key/value heads shared by NH / NKV query heads each), and both callers' layouts (the engine's fused
 // qkv, the candle op's strided head views with dense gradients). Checks
-// that every output element is written (outputs start as NaN) and that a second run gives the same bytes.
+// that every output element is written (outputs start as NaN) and that a second run gives the same bytes. Every bf16
+// case also runs the Hopper backward kernels (flash_bwd_sm90.cu: dQ with D, then dK/dV; wgmma under the emulation,
+// one and two warpgroups per block, and the pipelined one) on the same inputs and lse: dq, dk, dv against the reference and against
+// flash_attn.cu's, repeatable bit for bit.
 // Prints one line per check; exits 1 on any mismatch. Build and run: dev/cuda/run.sh ops
 #include "cuda_emu.h"
 
 #include "../../src/cuda/flash_attn.cu"
+#include "../../src/cuda/flash_bwd_sm90.cu"
 
 #include <cstdio>
 #include <random>
 #include <string>
+#include <type_traits>
 
 static int failures = 0;
 
@@ -93,6 +98,28 @@ template <typename T> struct Outputs {
     std::vector<float> lse;
 };
 
+// The Hopper backward kernels with 1 and 2 warpgroups per block and the pipelined 1 (`wg` 3): `launch(grad, wg)` resets dq, dk, dv in a copy of
+// flash's gradient buffer `flash` and reruns them. The result against the reference `want` (bf16 tolerance, as flash's),
+// against flash_dkdv's bytes (both on tensor cores, rounded differently: 2% of the largest entry + 1/32), and a
+// second launch bitwise equal.
+template <typename T, typename Launch>
+static void check_sm90(const std::string& tag, const std::vector<T>& flash, const std::vector<double>& want, double gmax,
+                       Launch launch) {
+    for (int wg : {1, 2, 3}) {  // 3: one warpgroup, the pipelined loop
+        const std::string t = tag + " sm90 bwd " + (wg == 3 ? std::string("wg1p") : "wg" + std::to_string(wg));
+        std::vector<T> g = flash, g2 = flash;
+        launch(g, wg);
+        expect(t, g, want, 0.01 * gmax, 1.0 / 64);
+        std::vector<double> fl(flash.size());
+        for (size_t i = 0; i < flash.size(); i++) fl[i] = from16(flash[i]);
+        expect(t + " vs flash_attn.cu", g, fl, 0.02 * gmax, 1.0 / 32);
+        launch(g2, wg);
+        const bool same = std::memcmp(g.data(), g2.data(), g.size() * sizeof(T)) == 0;
+        std::printf("%-5s %-58s second run bitwise equal\n", same ? "ok" : "FAIL", t.c_str());
+        if (!same) failures++;
+    }
+}
+
 // One case: q, k, v, dy random; the kernels against the reference; every output element written; a second run
 // bitwise equal. The random values depend on the case's sizes and seed only, not on the layout.
 template <typename T>
@@ -148,11 +175,12 @@ static Outputs<T> check(const char* dtype, Layout layout, int B, int NH, int NKV
     const int nbh = B * NH;
     const float fscale = (float)scale;
     const T* base = in.data();
+    std::vector<float> dvec;  // D of the last run, for the Hopper dK/dV kernel
     auto run = [&](std::vector<T>& y, std::vector<float>& lse, std::vector<T>& grad) {
         y.assign(n_y, T{nan16});
         lse.assign((size_t)nbh * Tn, NAN);
         grad.assign(n_grad, T{nan16});
-        std::vector<float> dvec((size_t)nbh * Tn, NAN);
+        dvec.assign((size_t)nbh * Tn, NAN);
         const T *q = base + vq.off, *kk = base + vk.off, *v = base + vv.off;
         T *dq = grad.data() + vdq.off, *dk = grad.data() + vdk.off, *dv = grad.data() + vdv.off;
         const unsigned nq = (Tn + k.fwd_rows - 1) / k.fwd_rows, nb = (Tn + k.bwd_rows - 1) / k.bwd_rows;
@@ -229,6 +257,30 @@ static Outputs<T> check(const char* dtype, Layout layout, int B, int NH, int NKV
     expect(tag + " y", y, ry, 0.01 * ymax, 1.0 / 64);
     expect(tag + " lse", lse, rl, 1e-4, 1e-5);
     expect(tag + (layout == Layout::Fused ? " dqkv" : " dq dk dv"), grad, rd, 0.01 * gmax, 1.0 / 64);
+
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) check_sm90(tag, grad, rd, gmax, [&](std::vector<T>& g, int wg) {
+        // dq, dk and dv back to NaN, then the wgmma kernels (dQ with D, dK/dV) over the same inputs and lse.
+        for (int b = 0; b < B; b++) {
+            for (int h = 0; h < NH; h++)
+                for (int t = 0; t < Tn; t++)
+                    for (int d = 0; d < HS; d++) g[vdq.at(b, h, t, d)] = T{nan16};
+            for (int h = 0; h < NKV; h++)
+                for (int t = 0; t < Tn; t++)
+                    for (int d = 0; d < HS; d++) g[vdk.at(b, h, t, d)] = g[vdv.at(b, h, t, d)] = T{nan16};
+        }
+        std::vector<float> dv2((size_t)nbh * Tn, NAN);
+        auto dq_kern = wg == 2 ? flash_dq_sm90_wg2 : wg == 3 ? flash_dq_sm90_wg1p : flash_dq_sm90_wg1;
+        auto dkdv_kern = wg == 2 ? flash_dkdv_sm90_wg2 : wg == 3 ? flash_dkdv_sm90_wg1p : flash_dkdv_sm90_wg1;
+        if (wg == 3) wg = 1;
+        const unsigned nb = (Tn + 64 * wg - 1) / (64 * wg);
+        const T *q = base + vq.off, *kk = base + vk.off, *v = base + vv.off;
+        emu_launch(dq_kern, dim3{nb * (unsigned)nbh, 1, 1}, dim3{128u * wg, 1, 1}, q, kk, v, (const T*)y.data(),
+                   (const T*)dy.data(), (const float*)lse.data(), dv2.data(), g.data() + vdq.off, L, NH, NKV, Tn, fscale,
+                   group);
+        emu_launch(dkdv_kern, dim3{nb * (unsigned)(B * NKV), 1, 1}, dim3{128u * wg, 1, 1}, q, kk, v,
+                   (const T*)dy.data(), (const float*)lse.data(), (const float*)dv2.data(), g.data() + vdk.off,
+                   g.data() + vdv.off, L, NH, NKV, Tn, fscale, group);
+    });
 
     run(y2, lse2, grad2);
     const bool same = std::memcmp(y.data(), y2.data(), y.size() * sizeof(T)) == 0 &&

@@ -14,6 +14,17 @@
 // group, so reading a tile before waiting for it reads stale data here too. The warp-level calls need every lane of
 // the warp to make the same calls in the same order (warp-uniform control flow), as the hardware's .sync/.aligned
 // forms require.
+//
+// Warpgroup-level instructions (sm_90a, called through src/cuda/wgmma.cuh, whose header states the semantics and
+// their sources): wgmma.mma_async m64nNk16 (bf16 in, f32 accumulators) with A and B from shared-memory descriptors
+// (K- or MN-major, no swizzle or the 128-byte swizzle) or A from registers, and its fence, commit_group and
+// wait_group, emulated by the 128 threads of a warpgroup meeting at a per-warpgroup barrier. Asynchronous as on the
+// device: an issued product is computed only when a wait_group retires its group; until then its accumulator
+// registers hold a NaN poison (a kernel that reads them early gets NaN), and the retire aborts if the kernel wrote
+// those registers, changed its A registers or overwrote its shared-memory operands in the meantime. Also aborted:
+// a product without a wgmma.fence since the thread's last wait_group (or kernel start) unless it accumulates into
+// registers still in flight; shared memory filled by cp.async and read by a product without fence.proxy.async in
+// between; a kernel that exits with products in flight.
 #pragma once
 #include <algorithm>
 #include <barrier>
@@ -24,6 +35,7 @@
 #include <cstdlib>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <type_traits>
 #include <math.h>
 #include <thread>
@@ -204,12 +216,240 @@ inline void emu_cp_commit() {
     tm_cp_groups.push_back(std::move(tm_cp_open));
     tm_cp_open.clear();
 }
+// Whether this thread has written shared memory through cp.async (the generic proxy) since its last
+// fence.proxy.async: a wgmma (the async proxy) must not read such data before that fence.
+inline thread_local bool tm_async_proxy_stale = false;
 // cp.async.wait_group n: all but the n most recent committed groups have landed.
 inline void emu_cp_wait(size_t n) {
     while (tm_cp_groups.size() > n) {
         for (const EmuCopy& c : tm_cp_groups.front()) std::memcpy(c.dst, c.data, c.n);
+        tm_async_proxy_stale |= !tm_cp_groups.front().empty();
         tm_cp_groups.erase(tm_cp_groups.begin());
     }
+}
+
+// ---- warpgroup-level instructions (wgmma, sm_90a) -------------------------------------------------------------
+// Shared-memory addresses in descriptors. On the device a descriptor holds bits 4..17 of the operand's shared-window
+// address. Here `__shared__` arrays are ordinary statics at 64-bit addresses, so a descriptor holds the offset from a
+// 1024-byte-aligned "window" at or below the operand (bits 4..9 of the offset equal those of the real address, which
+// is what the 128-byte swizzle reads) and the window's index in this table in bits 52..61 (reserved on the device,
+// untouched by a kernel's address arithmetic on the low field).
+inline std::mutex emu_smem_windows_mutex;
+inline std::vector<uintptr_t> emu_smem_windows;
+inline uint64_t emu_wgmma_desc_address(const void* p) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p), window = a & ~(uintptr_t)1023;
+    std::lock_guard<std::mutex> lock(emu_smem_windows_mutex);
+    size_t tag = std::find(emu_smem_windows.begin(), emu_smem_windows.end(), window) - emu_smem_windows.begin();
+    if (tag == emu_smem_windows.size()) {
+        emu_check(tag < 1024, "more than 1024 shared-memory windows in wgmma descriptors");
+        emu_smem_windows.push_back(window);
+    }
+    return (uint64_t)((a - window) >> 4) | ((uint64_t)tag << 52);
+}
+inline const unsigned char* emu_wgmma_desc_start(uint64_t desc) {
+    std::lock_guard<std::mutex> lock(emu_smem_windows_mutex);
+    const size_t tag = (desc >> 52) & 1023;
+    emu_check(tag < emu_smem_windows.size(), "wgmma descriptor not made by wgmma_desc (unknown shared-memory window)");
+    return reinterpret_cast<const unsigned char*>(emu_smem_windows[tag]) + ((desc & 0x3fff) << 4);
+}
+
+// Where element (mn, k) (mn < rows, k < 16) of a bf16 operand lives, by the descriptor's canonical layout (the
+// layouts and their derivation: src/cuda/wgmma.cuh). Offsets in bytes; T = 8 elements per 16-byte unit.
+inline const uint16_t* emu_wgmma_elem(uint64_t desc, bool mn_major, int mn, int k) {
+    const unsigned char* start = emu_wgmma_desc_start(desc);
+    const size_t lbo = ((desc >> 16) & 0x3fff) << 4, sbo = ((desc >> 32) & 0x3fff) << 4;
+    const unsigned base_offset = (desc >> 49) & 7, mode = (unsigned)(desc >> 62);
+    emu_check(base_offset == 0, "wgmma descriptor base offset != 0 (not emulated: tiles start on 1024-byte boundaries)");
+    emu_check(mode == 0 || mode == 1, "wgmma descriptor swizzle 64B/32B (not emulated: only none and 128B)");
+    size_t off;
+    if (!mn_major) {  // K-major: rows of the operand are mn, k contiguous
+        off = mode == 1 ? (mn / 8) * sbo + (mn % 8) * 128 + k * 2
+                        : (mn / 8) * sbo + (k / 8) * lbo + (mn % 8) * 16 + (k % 8) * 2;
+    } else {  // MN-major: mn contiguous
+        off = mode == 1 ? (mn / 64) * lbo + (k / 8) * sbo + (k % 8) * 128 + (mn % 64) * 2
+                        : (mn / 8) * sbo + (k / 8) * lbo + (k % 8) * 16 + (mn % 8) * 2;
+    }
+    uintptr_t a = reinterpret_cast<uintptr_t>(start) + off;
+    if (mode == 1) a ^= ((a >> 7) & 7) << 4;  // 128B swizzle: 16-byte unit (bits 4..6) ^= row in the 1024-byte atom
+    return reinterpret_cast<const uint16_t*>(a);
+}
+
+// One issued wgmma.mma_async of a warpgroup, as captured at issue.
+struct EmuWgmmaOp {
+    int n = 0;              // N of m64nNk16; each thread holds n / 2 accumulators
+    bool scale_d = true;    // false: D = A B (the accumulators' old values ignored)
+    float* d[128] = {};     // each thread's accumulator registers
+    bool fresh[128] = {};   // d[t] was not the target of a product in flight at issue: c_in holds its values
+    std::vector<float> c_in;                  // 128 x n/2
+    std::vector<const uint16_t*> a_at, b_at;  // A (64 x 16) and B (n x 16) element addresses; a_at empty: registers
+    std::vector<uint16_t> a, b;               // their bf16 bits at issue
+    const uint32_t* a_regs[128] = {};         // register A: each thread's 4 registers, and their values at issue
+    uint32_t a_reg_vals[128][4] = {};
+};
+
+// One warpgroup's meeting point and its products in flight: `open` (issued, not committed), then committed groups,
+// oldest first.
+struct EmuWarpgroup {
+    std::barrier<> bar{128};
+    struct Slot {
+        float* d;
+        const uint32_t* a_regs;
+        uint64_t desc_a, desc_b;
+        int n, scale_d, tnsp_a, tnsp_b;
+        bool proxy_stale;
+    } slot[128];
+    std::vector<EmuWgmmaOp> open;
+    std::vector<std::vector<EmuWgmmaOp>> groups;
+    bool in_flight(const float* d) const {
+        for (const auto& op : open)
+            for (float* x : op.d) if (x == d) return true;
+        for (const auto& g : groups)
+            for (const auto& op : g)
+                for (float* x : op.d) if (x == d) return true;
+        return false;
+    }
+    bool idle() const { return open.empty() && groups.empty(); }
+};
+inline thread_local EmuWarpgroup* tm_wg = nullptr;
+inline thread_local unsigned tm_wg_rank = 0;
+// Whether this thread issued wgmma.fence since its last wait_group (or the kernel's start).
+inline thread_local bool tm_wgmma_fenced = false;
+
+constexpr uint32_t EMU_WGMMA_POISON = 0x7fc0beefu;  // a quiet NaN
+inline bool emu_is_poison(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return u == EMU_WGMMA_POISON;
+}
+
+inline void emu_wgmma_fence() { tm_wgmma_fenced = true; }
+inline void emu_fence_proxy_async() { tm_async_proxy_stale = false; }
+
+// Thread `t` of the warpgroup: accumulator i of the m64nNk16 fragment is D[row][col] (PTX ISA, "Register fragments
+// ... wgmma .m64nNk16", D matrix; wgmma.cuh).
+inline void emu_wgmma_d_coord(unsigned t, int i, int& row, int& col) {
+    const int w = (int)t / 32, l = (int)t % 32, g = l / 4, c = l % 4;
+    row = 16 * w + g + 8 * ((i / 2) % 2);
+    col = 8 * (i / 4) + 2 * c + (i % 2);
+}
+// Register A (m64k16, bf16): register r of thread t holds A[row][k], A[row][k + 1] (low half first).
+inline void emu_wgmma_a_coord(unsigned t, int r, int& row, int& k) {
+    const int w = (int)t / 32, l = (int)t % 32, g = l / 4, c = l % 4;
+    row = 16 * w + g + 8 * (r % 2);
+    k = 2 * c + 8 * (r / 2);
+}
+
+// Called by thread 0 of the warpgroup with the others waiting: compute `op` into the accumulators.
+inline void emu_wgmma_retire(EmuWgmmaOp& op) {
+    for (size_t i = 0; i < op.a_at.size(); i++)
+        emu_check(*op.a_at[i] == op.a[i], "wgmma: shared-memory A of a product in flight was overwritten before its wait_group");
+    for (size_t i = 0; i < op.b_at.size(); i++)
+        emu_check(*op.b_at[i] == op.b[i], "wgmma: shared-memory B of a product in flight was overwritten before its wait_group");
+    for (unsigned t = 0; t < 128; t++)
+        if (op.a_regs[t])
+            for (int r = 0; r < 4; r++)
+                emu_check(op.a_regs[t][r] == op.a_reg_vals[t][r],
+                          "wgmma: A registers of a product in flight were changed before its wait_group");
+    auto bf = [](uint16_t x) { return (double)__bfloat162float(__nv_bfloat16{x}); };
+    const int half_n = op.n / 2;
+    for (unsigned t = 0; t < 128; t++)
+        for (int i = 0; i < half_n; i++) {
+            int row, col;
+            emu_wgmma_d_coord(t, i, row, col);
+            double s = 0;
+            for (int k = 0; k < 16; k++) s += bf(op.a[row * 16 + k]) * bf(op.b[col * 16 + k]);
+            float& dst = op.d[t][i];
+            if (op.fresh[t])
+                emu_check(emu_is_poison(dst), "wgmma: accumulator registers of a product in flight were written before its wait_group");
+            const double c = !op.scale_d ? 0.0 : op.fresh[t] ? (double)op.c_in[t * half_n + i] : (double)dst;
+            dst = (float)(c + s);
+        }
+}
+
+// wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16: every thread of the warpgroup calls it with its own
+// accumulators `d` (n / 2 floats) and, for A from registers, its 4 A registers; descriptors, n, scale_d and the
+// transposes must agree across the warpgroup (.aligned).
+inline void emu_wgmma(float* d, int n, const uint32_t* a_regs, uint64_t desc_a, uint64_t desc_b, int scale_d, int tnsp_a,
+                      int tnsp_b) {
+    EmuWarpgroup* wg = tm_wg;
+    emu_check(wg != nullptr, "wgmma outside a whole warpgroup (block size not a multiple of 128)");
+    emu_check(tm_wgmma_fenced || wg->in_flight(d),
+              "wgmma.mma_async without wgmma.fence since the last wait_group (or kernel start) on registers not in flight");
+    wg->slot[tm_wg_rank] = {d, a_regs, desc_a, desc_b, n, scale_d, tnsp_a, tnsp_b, tm_async_proxy_stale};
+    wg->bar.arrive_and_wait();
+    if (tm_wg_rank == 0) {
+        const auto& s0 = wg->slot[0];
+        EmuWgmmaOp op;
+        op.n = n;
+        op.scale_d = scale_d != 0;
+        for (unsigned t = 0; t < 128; t++) {
+            const auto& s = wg->slot[t];
+            emu_check(s.desc_b == s0.desc_b && s.n == s0.n && s.scale_d == s0.scale_d && s.tnsp_a == s0.tnsp_a &&
+                          s.tnsp_b == s0.tnsp_b && (s.a_regs != nullptr) == (s0.a_regs != nullptr) &&
+                          (s0.a_regs != nullptr || s.desc_a == s0.desc_a),
+                      "wgmma operands differ across the warpgroup (.aligned)");
+            emu_check(!s.proxy_stale, "wgmma reads shared memory written by cp.async without fence.proxy.async in between");
+        }
+        if (!a_regs) {
+            for (int r = 0; r < 64; r++)
+                for (int k = 0; k < 16; k++) op.a_at.push_back(emu_wgmma_elem(desc_a, tnsp_a != 0, r, k));
+            for (const uint16_t* p : op.a_at) op.a.push_back(*p);
+        } else {
+            op.a.assign(64 * 16, 0);
+            for (unsigned t = 0; t < 128; t++) {
+                op.a_regs[t] = wg->slot[t].a_regs;
+                for (int r = 0; r < 4; r++) {
+                    const uint32_t v = op.a_regs[t][r];
+                    op.a_reg_vals[t][r] = v;
+                    int row, k;
+                    emu_wgmma_a_coord(t, r, row, k);
+                    op.a[row * 16 + k] = (uint16_t)v;
+                    op.a[row * 16 + k + 1] = (uint16_t)(v >> 16);
+                }
+            }
+        }
+        for (int c = 0; c < n; c++)
+            for (int k = 0; k < 16; k++) op.b_at.push_back(emu_wgmma_elem(desc_b, tnsp_b != 0, c, k));
+        for (const uint16_t* p : op.b_at) op.b.push_back(*p);
+        op.c_in.assign((size_t)128 * (n / 2), 0.f);
+        float poison;
+        memcpy(&poison, &EMU_WGMMA_POISON, 4);
+        for (unsigned t = 0; t < 128; t++) {
+            op.d[t] = wg->slot[t].d;
+            op.fresh[t] = !wg->in_flight(op.d[t]);
+            if (op.fresh[t])
+                for (int i = 0; i < n / 2; i++) op.c_in[t * (n / 2) + i] = op.d[t][i];
+            for (int i = 0; i < n / 2; i++) op.d[t][i] = poison;
+        }
+        wg->open.push_back(std::move(op));
+    }
+    wg->bar.arrive_and_wait();
+}
+
+// wgmma.commit_group.sync.aligned: the products issued since the last commit become one group.
+inline void emu_wgmma_commit() {
+    EmuWarpgroup* wg = tm_wg;
+    emu_check(wg != nullptr, "wgmma.commit_group outside a whole warpgroup");
+    wg->bar.arrive_and_wait();
+    if (tm_wg_rank == 0) {
+        wg->groups.push_back(std::move(wg->open));
+        wg->open.clear();
+    }
+    wg->bar.arrive_and_wait();
+}
+
+// wgmma.wait_group.sync.aligned n: all but the n most recent groups are complete (their accumulators written).
+inline void emu_wgmma_wait(size_t n) {
+    EmuWarpgroup* wg = tm_wg;
+    emu_check(wg != nullptr, "wgmma.wait_group outside a whole warpgroup");
+    wg->bar.arrive_and_wait();
+    if (tm_wg_rank == 0)
+        while (wg->groups.size() > n) {
+            for (EmuWgmmaOp& op : wg->groups.front()) emu_wgmma_retire(op);
+            wg->groups.erase(wg->groups.begin());
+        }
+    wg->bar.arrive_and_wait();
+    tm_wgmma_fenced = false;
 }
 
 // Launch `kern<<<grid, block>>>(args...)`.
@@ -223,6 +463,8 @@ template <typename... P, typename... A> void emu_launch(void (*kern)(P...), dim3
                 std::barrier<> bar(n);
                 std::vector<std::unique_ptr<EmuWarp>> warps;
                 for (unsigned w = 0; w < (n + 31) / 32; w++) warps.push_back(std::make_unique<EmuWarp>(std::min(32u, n - 32 * w)));
+                std::vector<std::unique_ptr<EmuWarpgroup>> warpgroups;  // whole warpgroups only
+                for (unsigned w = 0; w < n / 128; w++) warpgroups.push_back(std::make_unique<EmuWarpgroup>());
                 std::vector<std::thread> ts;
                 ts.reserve(n);
                 for (unsigned t = 0; t < n; t++) {
@@ -232,15 +474,21 @@ template <typename... P, typename... A> void emu_launch(void (*kern)(P...), dim3
                         tm_barrier = &bar;
                         tm_warp = warps[t / 32].get();
                         tm_lane = t % 32;
+                        tm_wg = t / 128 < warpgroups.size() ? warpgroups[t / 128].get() : nullptr;
+                        tm_wg_rank = t % 128;
+                        tm_wgmma_fenced = false;
+                        tm_async_proxy_stale = false;
                         kern(args...);
                         bool in_flight = !tm_cp_open.empty();
                         for (const auto& grp : tm_cp_groups) in_flight |= !grp.empty();
                         emu_check(!in_flight, "kernel exits with cp.async copies in flight");
                         tm_cp_groups.clear();
                         tm_warp->bar.arrive_and_drop();
+                        if (tm_wg) tm_wg->bar.arrive_and_drop();
                         bar.arrive_and_drop();
                     });
                 }
                 for (auto& th : ts) th.join();
+                for (const auto& wg : warpgroups) emu_check(wg->idle(), "kernel exits with wgmma products in flight");
             }
 }

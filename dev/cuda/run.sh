@@ -3,7 +3,9 @@
 # double-precision references. Needs g++ >= 11 (C++20 std::barrier); no GPU, no CUDA toolkit.
 #   ops:    the candle ops' kernels in src/cuda/ (check.cpp) and flash_attn.cu (check_flash.cpp)
 #   engine: the explicit engine's kernels in src/cuda/ (check_engine.cpp)
-# Usage: dev/cuda/run.sh [ops [full] | engine]   (no argument: both; full: also the larger flash-attention cases)
+#   wgmma:  the warpgroup tensor-core product (wgmma.cuh) through wgmma_check.cu (check_wgmma.cpp)
+# Usage: dev/cuda/run.sh [ops [full] | engine | wgmma]   (no argument: all three; full: also the larger flash-attention
+# cases)
 set -euo pipefail
 cd "$(dirname "$0")"
 out="${TMPDIR:-/tmp}/tokenmill-kernel-lab"
@@ -21,7 +23,11 @@ case "$what" in
   engine | all)
     build "$out-engine" check_engine.cpp
     "$out-engine"
+    ;;&
+  wgmma | all)
+    build "$out-wgmma" check_wgmma.cpp
+    "$out-wgmma"
     ;;
-  ops) ;;
-  *) echo "usage: $0 [ops [full] | engine]" >&2; exit 2 ;;
+  ops | engine) ;;
+  *) echo "usage: $0 [ops [full] | engine | wgmma]" >&2; exit 2 ;;
 esac

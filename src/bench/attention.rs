@@ -10,6 +10,10 @@
 //! `crate::cuda::cudnn_attn` on the same buffers with the same events: with the deterministic backward requested
 //! (what `[engine] attention = "cudnn"` trains with) and with cuDNN's default backward, so the cost of determinism is
 //! measured. Graphs are built before timing; cuDNN has no separate dQ / dK-dV kernels to time (NaN there).
+//!
+//! On an sm_90 GPU (H100/H200) the native backend also times the Hopper backward kernels (`crate::cuda::flash_bwd_sm90`,
+//! wgmma; not yet what training runs: dQ with D, then dK/dV) in each of their launch variants: rows
+//! "sm90 bwd wg1|wg1b3|wg2|wg1p", whose forward is the default variant's.
 
 use serde::Serialize;
 
@@ -155,6 +159,7 @@ mod gpu {
     use super::{AttnTiming, Backend, SHAPES};
     use crate::cuda::devptr::DevPtr;
     use crate::cuda::flash_attn::{check_dims, AttnBwd, FlashAttn, Heads, Variant};
+    use crate::cuda::flash_bwd_sm90::{FlashBwdSm90, Sm90Variant};
 
     /// Random bf16 in [-1, 1) from a fixed xorshift stream.
     fn random_bf16(n: usize, seed: u64) -> Vec<bf16> {
@@ -229,6 +234,14 @@ mod gpu {
         }
         let kernels =
             variants.iter().map(|&v| FlashAttn::with_variant(&stream, v)).collect::<candle_core::Result<Vec<_>>>()?;
+        let sm90 = if !backend.native() {
+            Vec::new()
+        } else if FlashBwdSm90::supported(&stream)? {
+            Sm90Variant::ALL.iter().map(|&v| FlashBwdSm90::new(&stream, v)).collect::<candle_core::Result<Vec<_>>>()?
+        } else {
+            eprintln!("{name} is not an sm_90 GPU: the sm90 backward (wgmma) rows are skipped");
+            Vec::new()
+        };
         let mut rows = Vec::new();
         for (si, &(b, t, nh, hs)) in SHAPES.iter().enumerate() {
             let c = nh * hs;
@@ -260,6 +273,20 @@ mod gpu {
                 let row = AttnTiming { b, t, nh, hs, variant: v.label(), fwd_ms, bwd_ms, dq_ms, dkdv_ms };
                 eprintln!("{}", super::report(std::slice::from_ref(&row)).lines().nth(1).unwrap_or_default());
                 rows.push(row);
+            }
+            // The Hopper kernels (dQ with D, then dK/dV), after the default variant's forward.
+            if let Some(fa) = kernels.first() {
+                for sm in &sm90 {
+                    // SAFETY: as above (the sm90 kernels take flash_attn's buffers).
+                    let fwd_ms = time(s, warmup, reps, || unsafe { fa.forward_with(fwd, b, t, Heads::mha(nh), hs) })?;
+                    let bwd_ms = time(s, warmup, reps, || unsafe { sm.backward(p, b, t, Heads::mha(nh)) })?;
+                    let dq_ms = time(s, warmup, reps, || unsafe { sm.dq(&p, b, t, Heads::mha(nh)) })?;
+                    let dkdv_ms = time(s, warmup, reps, || unsafe { sm.dkdv(&p, b, t, Heads::mha(nh)) })?;
+                    let variant = sm.variant().label().to_string();
+                    let row = AttnTiming { b, t, nh, hs, variant, fwd_ms, bwd_ms, dq_ms, dkdv_ms };
+                    eprintln!("{}", super::report(std::slice::from_ref(&row)).lines().nth(1).unwrap_or_default());
+                    rows.push(row);
+                }
             }
             #[cfg(feature = "cudnn")]
             for (att, label) in &cudnn {

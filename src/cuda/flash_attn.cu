@@ -34,44 +34,16 @@
 // Precision (as FlashAttention-2): S, dP, statistics and accumulators f32; P and dS rounded to the input type
 // before their products; outputs rounded once at the end.
 #include "common.cuh"
+#include "cp_async.cuh"
+#include "flash_tiles.cuh"
 #include "mma.cuh"
 #include "warp.cuh"
 
-#define FA2_HS 64          // head size
-#define FA2_CH 8           // 16-byte chunks per row (HS * 2 bytes / 16)
-#define FA2_TILE 64        // rows of a streamed tile
-
-// Where the heads of one tensor live (elements): row t of head h in batch b starts at b * b_ + h * h_ + t * t_.
-struct Fa2Strides {
-    int64_t b_, h_, t_;
-};
-// The strides of one call: q, k, v and their gradients (the candle op's inputs are views, its gradients dense), y
-// (and dy, which shares y's layout). A kernel argument by value: it lives in the constant bank, not in registers.
-struct Fa2Layout {
-    Fa2Strides q, k, v, y, dq, dk, dv;
-};
-// The first row of head h of batch b.
-template <typename P> __device__ __forceinline__ P* fa2_head(P* base, const Fa2Strides& s, int b, int h) {
-    return base + (int64_t)b * s.b_ + (int64_t)h * s.h_;
-}
-
-// ---- asynchronous copies, ldmatrix, fast exp2/log2 (the product: mma.cuh; shuffles: warp.cuh) ----------------
+// ---- ldmatrix, fast log2 (exp2, tiles: flash_tiles.cuh; product: mma.cuh; shuffles: warp.cuh) ------------------
 #ifdef __CUDACC__
-__device__ __forceinline__ uint32_t fa2_smem(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-// 16 bytes global -> shared, asynchronously; `valid` false writes zeros (src-size 0) and reads nothing.
-__device__ __forceinline__ void fa2_cp16(void* dst, const void* src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(fa2_smem(dst)), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void fa2_cp4(void* dst, const void* src, bool valid) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(fa2_smem(dst)), "l"(src), "r"(valid ? 4 : 0));
-}
-__device__ __forceinline__ void fa2_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void fa2_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-
 // Shared-memory addresses as ldmatrix takes them (32-bit, shared window).
 typedef uint32_t fa2_addr_t;
-__device__ __forceinline__ fa2_addr_t fa2_addr(const void* p) { return fa2_smem(p); }
+__device__ __forceinline__ fa2_addr_t fa2_addr(const void* p) { return smem_u32(p); }
 __device__ __forceinline__ void fa2_ldsm(uint32_t (&r)[4], fa2_addr_t a) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -82,57 +54,14 @@ __device__ __forceinline__ void fa2_ldsm_t(uint32_t (&r)[4], fa2_addr_t a) {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(a));
 }
-
-// 2^x; ex2.approx: 2 ulp, -inf -> +0 (the masked scores).
-__device__ __forceinline__ float fa2_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
 __device__ __forceinline__ float fa2_log2(float x) { return __log2f(x); }
 #else
-inline void fa2_cp16(void* dst, const void* src, bool valid) { emu_cp_async(dst, src, 16, valid); }
-inline void fa2_cp4(void* dst, const void* src, bool valid) { emu_cp_async(dst, src, 4, valid); }
-inline void fa2_commit() { emu_cp_commit(); }
-inline void fa2_wait_all() { emu_cp_wait(0); }
 typedef uintptr_t fa2_addr_t;
 inline fa2_addr_t fa2_addr(const void* p) { return reinterpret_cast<uintptr_t>(p); }
 inline void fa2_ldsm(uint32_t (&r)[4], fa2_addr_t a) { emu_ldmatrix_x4(r, reinterpret_cast<const void*>(a), false); }
 inline void fa2_ldsm_t(uint32_t (&r)[4], fa2_addr_t a) { emu_ldmatrix_x4(r, reinterpret_cast<const void*>(a), true); }
-inline float fa2_exp2(float x) { return std::exp2(x); }
 inline float fa2_log2(float x) { return std::log2(x); }
 #endif
-
-// ---- shared-memory tiles ---------------------------------------------------------------------------------------
-// Element offset of (row, col) in a [rows][64] tile whose 16-byte chunks are XOR-swizzled by row & 7.
-__device__ __forceinline__ int fa2_swz(int row, int col) {
-    return row * FA2_HS + ((((col >> 3) ^ row) & 7) << 3) + (col & 7);
-}
-
-// cp.async rows row0 .. row0 + ROWS - 1 of a (t_len, 64) matrix (row stride `ld` elements, 16-byte aligned rows)
-// into tile `s`; rows >= t_len are zero-filled.
-template <int ROWS, int NT, typename T>
-__device__ __forceinline__ void fa2_load_tile(T* s, const T* g, int64_t ld, int row0, int t_len) {
-    static_assert(ROWS * FA2_CH % NT == 0, "whole 16-byte chunks per thread");
-#pragma unroll
-    for (int i = 0; i < ROWS * FA2_CH / NT; i++) {
-        const int e = i * NT + (int)threadIdx.x, r = e / FA2_CH, ch = e % FA2_CH, row = row0 + r;
-        const bool ok = row < t_len;
-        fa2_cp16(s + fa2_swz(r, ch * 8), g + (int64_t)(ok ? row : 0) * ld + ch * 8, ok);
-    }
-}
-
-// 16-byte stores of tile `s` (swizzled) rows < t_len - row0 to global rows row0.. (row stride ld).
-template <int ROWS, int NT, typename T>
-__device__ __forceinline__ void fa2_store_tile(T* g, int64_t ld, const T* s, int row0, int t_len) {
-    static_assert(ROWS * FA2_CH % NT == 0, "whole 16-byte chunks per thread");
-#pragma unroll
-    for (int i = 0; i < ROWS * FA2_CH / NT; i++) {
-        const int e = i * NT + (int)threadIdx.x, r = e / FA2_CH, ch = e % FA2_CH, row = row0 + r;
-        if (row < t_len)
-            *reinterpret_cast<uint4*>(g + (int64_t)row * ld + ch * 8) = *reinterpret_cast<const uint4*>(s + fa2_swz(r, ch * 8));
-    }
-}
 
 // mma fragments (g = lane / 4, c = lane % 4; PTX ISA "Matrix Fragments for mma.m16n8k16"):
 //   A 16x16: a0 = A[g][2c..2c+1], a1 = A[g+8][2c..], a2 = A[g][2c+8..], a3 = A[g+8][2c+8..]
@@ -220,37 +149,6 @@ template <int M> __device__ __forceinline__ void fa2_zero(float (&x)[M][8][4]) {
             for (int i = 0; i < 4; i++) x[m][n][i] = 0.f;
 }
 
-// The (head, block) a CTA of a 1-D grid of n_bh * n_blocks works on: heads in groups of `group`, inside a group
-// block rank r (0 = most work) of every head before rank r + 1. `reverse`: rank r is block n_blocks - 1 - r.
-__device__ __forceinline__ void fa2_coords(int n_blocks, int n_bh, int group, bool reverse, int& bh, int& blk) {
-    const int per = group * n_blocks;
-    const int chunk = (int)blockIdx.x / per, r = (int)blockIdx.x - chunk * per;
-    const int g0 = chunk * group, gn = min(group, n_bh - g0);
-    const int rank = r / gn;
-    bh = g0 + (r - rank * gn);
-    blk = reverse ? n_blocks - 1 - rank : rank;
-}
-
-// The query block a forward or dQ CTA works on (longest blocks first), and its query head's q, k and v.
-template <typename T> struct Fa2QueryBlock {
-    int b, h, bh, blk;
-    const T *q, *k, *v;
-};
-template <typename T>
-__device__ __forceinline__ Fa2QueryBlock<T> fa2_query_block(int rows, const T* q, const T* k, const T* v,
-                                                            const Fa2Layout& L, int nh, int nkv, int t_len, int group) {
-    Fa2QueryBlock<T> qb;
-    const int n_qb = (t_len + rows - 1) / rows;
-    fa2_coords(n_qb, (int)(gridDim.x / n_qb), group, true, qb.bh, qb.blk);
-    qb.b = qb.bh / nh;
-    qb.h = qb.bh - qb.b * nh;
-    const int hk = qb.h / (nh / nkv);
-    qb.q = fa2_head(q, L.q, qb.b, qb.h);
-    qb.k = fa2_head(k, L.k, qb.b, hk);
-    qb.v = fa2_head(v, L.v, qb.b, hk);
-    return qb;
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Forward. CTA: WARPS warps x M m-tiles = BR query rows; warp w owns rows 16*M*w .. +16*M. Key/value tiles of 64.
 template <typename T, int WARPS, int M>
@@ -277,7 +175,7 @@ __device__ __forceinline__ void fa2_fwd(const T* __restrict__ q, const T* __rest
     fa2_load_tile<BR, NT>(qs, qg, L.q.t_, q0, t_len);
     fa2_load_tile<FA2_TILE, NT>(ks, kg, L.k.t_, 0, t_len);
     fa2_load_tile<FA2_TILE, NT>(vs, vg, L.v.t_, 0, t_len);
-    fa2_commit();
+    cp_async_commit();
 
     uint32_t qa[M][4][4];
     float acc[M][8][4], mx[M][2], ls[M][2];
@@ -288,14 +186,14 @@ __device__ __forceinline__ void fa2_fwd(const T* __restrict__ q, const T* __rest
         for (int hf = 0; hf < 2; hf++) mx[m][hf] = -TM_INF, ls[m][hf] = 0.f;
 
     for (int t = 0; t < n_kv; t++) {
-        fa2_wait_all();
+        cp_async_wait<0>();
         __syncthreads();  // tile t visible to all; every warp is done with tile t - 1, whose stage loads next
         if (t + 1 < n_kv) {
             const int st = (t + 1) & 1;
             fa2_load_tile<FA2_TILE, NT>(ks + st * TILE, kg, L.k.t_, (t + 1) * FA2_TILE, t_len);
             fa2_load_tile<FA2_TILE, NT>(vs + st * TILE, vg, L.v.t_, (t + 1) * FA2_TILE, t_len);
         }
-        fa2_commit();
+        cp_async_commit();
         if (t == 0) {
 #pragma unroll
             for (int m = 0; m < M; m++) fa2_load_a<T>(qa[m], qs, warp * 16 * M + m * 16);
@@ -399,8 +297,8 @@ __device__ __forceinline__ void fa2_dkdv(const T* __restrict__ q, const T* __res
 
     fa2_load_tile<BK, NT>(qs, kg, L.k.t_, k0, t_len);
     fa2_load_tile<BK, NT>(gs, vg, L.v.t_, k0, t_len);
-    fa2_commit();
-    fa2_wait_all();
+    cp_async_commit();
+    cp_async_wait<0>();
     __syncthreads();
     uint32_t ka[1][4][4], va[1][4][4];
     fa2_load_a<T>(ka[0], qs, warp * 16);
@@ -417,22 +315,22 @@ __device__ __forceinline__ void fa2_dkdv(const T* __restrict__ q, const T* __res
         fa2_load_tile<FA2_TILE, NT>(gs + st * TILE, fa2_head(dy, L.y, b, hq), L.y.t_, i0, t_len);
         for (int e = tid; e < FA2_TILE; e += NT) {
             const bool ok = i0 + e < t_len;
-            fa2_cp4(&lsm[st][e], lse + bq * t_len + (ok ? i0 + e : 0), ok);
-            fa2_cp4(&dsm[st][e], dvec + bq * t_len + (ok ? i0 + e : 0), ok);
+            cp_async4(&lsm[st][e], lse + bq * t_len + (ok ? i0 + e : 0), ok);
+            cp_async4(&dsm[st][e], dvec + bq * t_len + (ok ? i0 + e : 0), ok);
         }
     };
     load_q_tile(0, 0);
-    fa2_commit();
+    cp_async_commit();
 
     float dka[1][8][4], dva[1][8][4];
     fa2_zero<1>(dka);
     fa2_zero<1>(dva);
     for (int j = 0; j < steps; j++) {
         const int st = j & 1;
-        fa2_wait_all();
+        cp_async_wait<0>();
         __syncthreads();
         if (j + 1 < steps) load_q_tile(j + 1, st ^ 1);
-        fa2_commit();
+        cp_async_commit();
         const int i0 = (i_first + j % per) * FA2_TILE;
         if (i0 + FA2_TILE - 1 < kw0) continue;  // every query of the tile is before every key of this warp
         const T* qt = qs + st * TILE;
@@ -504,7 +402,7 @@ __device__ __forceinline__ void fa2_dq(const T* __restrict__ q, const T* __restr
     fa2_load_tile<BQ, NT>(ks, qg, L.q.t_, q0, t_len);
     fa2_load_tile<BQ, NT>(vs, gg, L.y.t_, q0, t_len);
     fa2_load_tile<BQ, NT>(ys, yg, L.y.t_, q0, t_len);
-    fa2_commit();
+    cp_async_commit();
     // This thread's rows wr0 + g and wr0 + g + 8: lse (log2 units); rows >= T get 0 (their output is dropped).
     float l2[2], dd[2];
 #pragma unroll
@@ -512,7 +410,7 @@ __device__ __forceinline__ void fa2_dq(const T* __restrict__ q, const T* __restr
         const int row = wr0 + g + 8 * hf;
         l2[hf] = row < t_len ? lse[(int64_t)bh * t_len + row] * TM_LOG2E : 0.f;
     }
-    fa2_wait_all();
+    cp_async_wait<0>();
     __syncthreads();
     {
         // D: two threads per row (NT = 2 BQ: row r on lanes 2 (r % 16) and 2 (r % 16) + 1 of warp r / 16, the warp
@@ -541,19 +439,19 @@ __device__ __forceinline__ void fa2_dq(const T* __restrict__ q, const T* __restr
 
     fa2_load_tile<FA2_TILE, NT>(ks, kg, L.k.t_, 0, t_len);
     fa2_load_tile<FA2_TILE, NT>(vs, vg, L.v.t_, 0, t_len);
-    fa2_commit();
+    cp_async_commit();
 
     float dqa[1][8][4];
     fa2_zero<1>(dqa);
     for (int t = 0; t < n_kv; t++) {
         const int st = t & 1;
-        fa2_wait_all();
+        cp_async_wait<0>();
         __syncthreads();
         if (t + 1 < n_kv) {
             fa2_load_tile<FA2_TILE, NT>(ks + (st ^ 1) * TILE, kg, L.k.t_, (t + 1) * FA2_TILE, t_len);
             fa2_load_tile<FA2_TILE, NT>(vs + (st ^ 1) * TILE, vg, L.v.t_, (t + 1) * FA2_TILE, t_len);
         }
-        fa2_commit();
+        cp_async_commit();
         const int c0 = t * FA2_TILE;
         if (c0 > wr1) continue;
         const T* kt = ks + st * TILE;

@@ -329,10 +329,10 @@ impl Heads {
 /// Sizes of one call, checked ([`check_dims`]).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Dims {
-    b: usize,
-    t: usize,
-    nh: usize,
-    nkv: usize,
+    pub(crate) b: usize,
+    pub(crate) t: usize,
+    pub(crate) nh: usize,
+    pub(crate) nkv: usize,
 }
 
 impl FlashAttn {
@@ -560,7 +560,7 @@ impl FlashAttn {
 /// A backward kernel's trailing arguments: int nh, int nkv, int t_len, float scale, int group.
 type BwdScalars = (i32, i32, i32, f32, i32);
 
-fn scale() -> f32 {
+pub(crate) fn scale() -> f32 {
     1.0 / (HEAD_SIZE as f32).sqrt()
 }
 
@@ -598,7 +598,7 @@ fn check_views<T>(
     Ok(d)
 }
 
-fn check_align(ptrs: &[(&str, u64, u64)]) -> Result<()> {
+pub(crate) fn check_align(ptrs: &[(&str, u64, u64)]) -> Result<()> {
     for &(name, p, align) in ptrs {
         if p == 0 || p % align != 0 {
             return Err(Error::Msg(format!(
@@ -611,7 +611,7 @@ fn check_align(ptrs: &[(&str, u64, u64)]) -> Result<()> {
 
 /// A 1-D grid of ceil(T / rows) blocks per each of `heads` (batch x heads), `threads` threads each (static shared
 /// memory only).
-fn tile_grid(heads: usize, t: usize, rows: usize, threads: u32) -> Result<LaunchConfig> {
+pub(crate) fn tile_grid(heads: usize, t: usize, rows: usize, threads: u32) -> Result<LaunchConfig> {
     let blocks = heads * t.div_ceil(rows);
     let blocks = u32::try_from(blocks)
         .ok()

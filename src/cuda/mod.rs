@@ -9,7 +9,13 @@
 //!   one kernel for both layouts and both callers).
 //! - Headers shared by the kernels: `common.cuh` (element types, conversions, 16-byte vectors), `warp.cuh` (warp
 //!   shuffles and sums), `mma.cuh` (the tensor-core product), `online_softmax.cuh` (the classifier's running max and
-//!   sum).
+//!   sum), `cp_async.cuh` (asynchronous global -> shared copies), `wgmma.cuh` (Hopper's warpgroup product, for files
+//!   compiled for sm_90a: first line `// tokenmill: sm_90a`, see build.rs).
+//! - `flash_bwd_sm90`: the attention backward (dQ with D, dK/dV) on wgmma (sm_90a), drop-ins for `flash_attn`'s two
+//!   backward kernels, sharing `flash_tiles.cuh` (layout, tiles, grid order) with it; timed by `bench attention`,
+//!   not yet the engine's default.
+//! - `wgmma_check`: a GEMM on `wgmma.cuh` in every operand form, run on an H100 by tests/kernels_wgmma.rs (and in
+//!   the lab) to pin the product's semantics down; not used in training.
 //! - Rust: each engine kernel file's thin launcher `<op>.rs` over typed device pointers (`devptr::DevPtr<T>`, the
 //!   element type each kernel parameter reads; no candle autograd);
 //!   `cudnn_attn` (cuDNN's SDPA, feature `cudnn`, with its C++ shim `cudnn_attn.cpp`); `blaslt` (cuBLASLt matmuls
@@ -37,6 +43,8 @@ pub mod devptr;
 pub mod encoder;
 #[cfg(feature = "cuda")]
 pub mod flash_attn;
+#[cfg(feature = "cuda")]
+pub mod flash_bwd_sm90;
 pub mod gemm_table;
 #[cfg(feature = "cuda")]
 pub mod launch;
@@ -45,3 +53,5 @@ pub mod norm;
 pub mod rope;
 #[cfg(feature = "cuda")]
 pub mod swiglu;
+#[cfg(feature = "cuda")]
+pub mod wgmma_check;

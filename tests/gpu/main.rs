@@ -21,3 +21,5 @@ mod kernels_cudnn_attention;
 mod kernels_embedding;
 #[path = "../kernels_norm_act.rs"]
 mod kernels_norm_act;
+#[path = "../kernels_wgmma.rs"]
+mod kernels_wgmma;

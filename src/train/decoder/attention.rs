@@ -1,6 +1,7 @@
 //! The engine's attention backend: tokenmill's flash kernels (`crate::cuda::flash_attn`, the reference, always
 //! built) or cuDNN's SDPA (`crate::cuda::cudnn_attn`, feature `cudnn`; deterministic backward), chosen by
-//! `[engine] attention` ([`AttentionBackend`]). Both take the same buffers (qkv with NH query heads and KV key/value
+//! `[engine] attention` ([`AttentionBackend`]); `native-sm90` runs the native forward with the backward on Hopper's
+//! wgmma (`crate::cuda::flash_bwd_sm90`, same buffers), for A/B timings. Both take the same buffers (qkv with NH query heads and KV key/value
 //! heads, y, lse, dy, dqkv) and the lse of either is the natural-log logsumexp its own backward reads, so the
 //! engine's layout does not change with the backend.
 
@@ -15,10 +16,12 @@ use crate::cuda::cudnn_attn::CudnnAttn;
 use half::bf16;
 
 use crate::cuda::flash_attn::{AttnBwd, AttnFwd, FlashAttn, Heads};
+use crate::cuda::flash_bwd_sm90::{FlashBwdSm90, Sm90Variant};
 
 /// The loaded backend; `forward` / `backward` have flash_attn's signatures.
 pub(super) enum Attention {
     Native(FlashAttn),
+    NativeSm90(FlashAttn, FlashBwdSm90),
     #[cfg(feature = "cudnn")]
     Cudnn(CudnnAttn),
 }
@@ -33,6 +36,13 @@ impl Attention {
     ) -> Result<Self> {
         match backend.resolved() {
             AttentionBackend::Native | AttentionBackend::Auto => Ok(Attention::Native(FlashAttn::new(stream)?)),
+            AttentionBackend::NativeSm90 => {
+                let bwd = FlashBwdSm90::new(stream, Sm90Variant::Wg1).map_err(|e| {
+                    candle_core::Error::Msg(format!("[engine] attention = \"native-sm90\": {e} (use native or auto)"))
+                })?;
+                tracing::info!("cuda engine attention: native forward, backward on wgmma ({})", bwd.variant().label());
+                Ok(Attention::NativeSm90(FlashAttn::new(stream)?, bwd))
+            }
             #[cfg(feature = "cudnn")]
             AttentionBackend::Cudnn => {
                 let att = CudnnAttn::new(stream)?;
@@ -58,7 +68,7 @@ impl Attention {
     pub unsafe fn forward(&self, p: AttnFwd<bf16>, b: usize, t: usize, heads: Heads) -> Result<()> {
         match self {
             // SAFETY: the caller's contract is the backends' contract.
-            Attention::Native(a) => unsafe { a.forward(p, b, t, heads) },
+            Attention::Native(a) | Attention::NativeSm90(a, _) => unsafe { a.forward(p, b, t, heads) },
             #[cfg(feature = "cudnn")]
             Attention::Cudnn(a) => unsafe { a.forward(p, b, t, heads) },
         }
@@ -72,6 +82,7 @@ impl Attention {
         match self {
             // SAFETY: the caller's contract is the backends' contract.
             Attention::Native(a) => unsafe { a.backward(p, b, t, heads) },
+            Attention::NativeSm90(_, s) => unsafe { s.backward(p, b, t, heads) },
             #[cfg(feature = "cudnn")]
             Attention::Cudnn(a) => unsafe { a.backward(p, b, t, heads) },
         }

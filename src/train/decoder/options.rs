@@ -20,15 +20,20 @@ pub enum AttentionBackend {
     Native,
     /// cuDNN's SDPA with the deterministic backward requested (needs a `--features cudnn` build).
     Cudnn,
+    /// The native forward with the backward on Hopper's wgmma (`crate::cuda::flash_bwd_sm90`; sm_90 GPUs only, refused
+    /// at start elsewhere): for A/B timings until it is measured, not chosen by `auto`.
+    #[serde(rename = "native-sm90", alias = "sm90")]
+    NativeSm90,
 }
 
 impl AttentionBackend {
-    /// `native` (or `flash`), `cudnn` or `auto`, case-insensitive.
+    /// `native` (or `flash`), `cudnn`, `native-sm90` (or `sm90`) or `auto`, case-insensitive.
     pub fn parse(s: &str) -> Option<AttentionBackend> {
         match s.trim().to_ascii_lowercase().as_str() {
             "auto" => Some(AttentionBackend::Auto),
             "native" | "flash" => Some(AttentionBackend::Native),
             "cudnn" => Some(AttentionBackend::Cudnn),
+            "native-sm90" | "sm90" => Some(AttentionBackend::NativeSm90),
             _ => None,
         }
     }
@@ -98,7 +103,7 @@ impl<'de> Deserialize<'de> for GemmTableChoice {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineOptions {
-    /// `auto` (cuDNN in a cudnn build, else native), `native` or `cudnn`.
+    /// `auto` (cuDNN in a cudnn build, else native), `native`, `cudnn` or `native-sm90`.
     pub attention: AttentionBackend,
     /// GPT-2's GELU inside the MLP matmuls' cuBLASLt epilogues (GELU_AUX_BIAS forward, DGELU backward) instead of
     /// its own kernels.
@@ -139,7 +144,7 @@ pub struct BadOverride {
 }
 
 impl EngineOptions {
-    /// These options with `TOKENMILL_ATTENTION=auto|native|cudnn`, `TOKENMILL_GELU_FUSION=0|1`, `TOKENMILL_BGRADB=0|1`,
+    /// These options with `TOKENMILL_ATTENTION=auto|native|cudnn|native-sm90`, `TOKENMILL_GELU_FUSION=0|1`, `TOKENMILL_BGRADB=0|1`,
     /// `TOKENMILL_CLASSIFIER_CHUNK=ROWS` and `TOKENMILL_GEMM_TABLE=auto|heuristic|FILE` applied where set, and the name of each one
     /// applied.
     pub fn with_env_overrides(self) -> Result<(EngineOptions, Vec<String>), BadOverride> {
@@ -161,7 +166,7 @@ impl EngineOptions {
             self.attention = AttentionBackend::parse(&v).ok_or(BadOverride {
                 var: "TOKENMILL_ATTENTION",
                 value: v.clone(),
-                expected: "expected auto, native or cudnn",
+                expected: "expected auto, native, cudnn or native-sm90",
             })?;
             applied.push(format!("TOKENMILL_ATTENTION={v}"));
         }
@@ -213,6 +218,11 @@ mod tests {
     #[test]
     fn backend_names_parse_and_auto_resolves_per_build() {
         assert_eq!(AttentionBackend::parse("cudnn"), Some(AttentionBackend::Cudnn));
+        assert_eq!(AttentionBackend::parse("SM90"), Some(AttentionBackend::NativeSm90));
+        assert_eq!(AttentionBackend::NativeSm90.resolved(), AttentionBackend::NativeSm90);
+        let o: EngineOptions = toml::from_str("attention = \"native-sm90\"").unwrap();
+        assert_eq!(o.attention, AttentionBackend::NativeSm90);
+        assert!(toml::to_string(&o).unwrap().contains("attention = \"native-sm90\""));
         assert_eq!(AttentionBackend::parse(" Native "), Some(AttentionBackend::Native));
         assert_eq!(AttentionBackend::parse("flash"), Some(AttentionBackend::Native));
         assert_eq!(AttentionBackend::parse("fa3"), None);

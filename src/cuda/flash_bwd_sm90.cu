@@ -1,0 +1,433 @@
+// tokenmill: sm_90a
+// The causal flash-attention backward on Hopper's warpgroup product (wgmma.cuh): bf16 in, f32 accumulation, head
+// size 64, deterministic. Two kernels, drop-ins for flash_attn.cu's (same arguments, same strided layout Fa2Layout,
+// same inputs and outputs), either usable with the other's counterpart: flash_dq_sm90 (dQ, and D = rowsum(dy * y)
+// into dvec, first; below the dK/dV kernel) and flash_dkdv_sm90 (dK, dV, reading lse and D). Launcher:
+// flash_bwd_sm90.rs. CPU run against flash_attn.cu's kernels and a double reference: dev/cuda/check_flash.cpp; on
+// the device: tests/kernels_wgmma.rs.
+//
+// dK/dV://
+// Per CTA: WG warpgroups x 64 keys of one (batch, key/value head); warpgroup w owns keys k0 + 64w .. + 63, their K
+// and V rows held in registers as wgmma A fragments for the whole kernel. 64-row tiles of Q and dY (and 64 of lse,
+// D) of the group's query heads stream through shared memory by cp.async, two stages (the next tile lands while
+// this one is multiplied). Per tile and warpgroup, four m64n64k16 chains of four k16 products each:
+//   S^T  = K Q^T      A = K (registers),    B = the Q tile, K-major (its rows are queries, hs contiguous)
+//   dP^T = V dY^T     A = V (registers),    B = the dY tile, K-major
+//   P^T = exp2(S^T * scale * log2e - lse * log2e), dS^T = P^T (dP^T - D), masked (query < key, query >= T) to 0,
+//   rounded to bf16 straight into A-fragment registers (the accumulator layout of columns 16kk..16kk+15 is the A
+//   fragment of k-step kk: wgmma.cuh section 4)
+//   dV  += P^T dY     A = P^T (registers),  B = the dY tile, N-major (its rows are the k dimension, queries)
+//   dK  += dS^T Q     A = dS^T (registers), B = the Q tile, N-major
+// One tile layout serves both B forms: a [64][64] bf16 tile with fa2_swz's 128-byte rows (chunk c of row r at
+// c ^ (r % 8)) is the canonical 128B-swizzled K-major layout of its rows and, as its 64 columns fit one 128-byte
+// row, also the canonical 128B-swizzled MN-major layout of its columns (wgmma.cuh section 3). No transposes, no
+// ldmatrix. A warpgroup skips a tile whose queries all precede its keys (warpgroup-uniform: wgmma is collective).
+//
+// Determinism: each output element is one warpgroup's f32 accumulator summed over the query tiles of the group's
+// query heads in a fixed order (head by head, tile by tile); no atomics. Precision as flash_attn.cu: S, dP, the
+// statistics and accumulators f32, P and dS rounded to bf16 before their products, dK (times scale) and dV rounded
+// once at the end.
+//
+// Not yet FA3: no TMA, no producer warpgroup, no overlap of one tile's softmax with the tensor cores inside a CTA (other
+// resident CTAs hide it). The plain loop waits for each product chain before using it; the pipelined one (PIPE, one
+// warpgroup, kernels `..._wg1p`) issues the next tile's S and dP chains right behind this tile's last chain and
+// waits for both. Both kernels.
+#include "common.cuh"
+#include "cp_async.cuh"
+#include "flash_tiles.cuh"
+#include "mma.cuh"
+#include "warp.cuh"
+#include "wgmma.cuh"
+
+// The descriptor of k-step kk of a [64][64] swizzled tile read K-major (rows = the product's N) or N-major (rows =
+// the product's K).
+__device__ __forceinline__ uint64_t fs_desc_k(const __nv_bfloat16* tile, int kk) {
+    return wgmma_desc(tile + kk * 16, 16, 1024, WGMMA_SWIZZLE_128B);  // 32 bytes along the swizzled row per step
+}
+__device__ __forceinline__ uint64_t fs_desc_n(const __nv_bfloat16* tile, int kk) {
+    return wgmma_desc(tile + kk * 16 * FA2_HS, 8192, 1024, WGMMA_SWIZZLE_128B);  // 16 rows per step
+}
+
+// A fragments (wgmma.cuh section 4) of this warpgroup's 64 rows r0.. of a swizzled tile, all four k-steps of HS.
+__device__ __forceinline__ void fs_load_a(uint32_t (&a)[4][4], const __nv_bfloat16* s, int r0) {
+    const int t = (int)threadIdx.x & 127, w = t >> 5, g = (t & 31) >> 2, c = t & 3;
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+            a[kk][r] = *reinterpret_cast<const uint32_t*>(s + fa2_swz(r0 + 16 * w + g + 8 * (r & 1), 16 * kk + 2 * c + 8 * (r >> 1)));
+}
+
+// Accumulators of a 64 x 64 product (columns = the next product's k) rounded to bf16 A fragments.
+__device__ __forceinline__ void fs_to_a(uint32_t (&a)[4][4], const float (&d)[32]) {
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) a[kk][r] = pack_pair<__nv_bfloat16>(d[8 * kk + 2 * r], d[8 * kk + 2 * r + 1]);
+}
+
+// d (64 x 64) = A B over HS = 64 (four k16 products, the first with scale-d `accumulate`), B from `tile` read as
+// K-major (TB = 0) or N-major (TB = 1). Issued only; the caller commits and waits.
+template <int TB>
+__device__ __forceinline__ void fs_chain(float (&d)[32], const uint32_t (&a)[4][4], const __nv_bfloat16* tile, int accumulate) {
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++)
+        wgmma_rs<64, TB>(d, a[kk], TB ? fs_desc_n(tile, kk) : fs_desc_k(tile, kk), kk > 0 || accumulate);
+}
+
+// Issues d1 = A1 B1 and d2 = A2 B2 (fs_chain<TB>, scale-d `accumulate`) as one wgmma group, after the fences their
+// registers need (wgmma.cuh section 5).
+template <int TB>
+__device__ __forceinline__ void fs_issue2(float (&d1)[32], const uint32_t (&a1)[4][4], const __nv_bfloat16* b1,
+                                          float (&d2)[32], const uint32_t (&a2)[4][4], const __nv_bfloat16* b2,
+                                          int accumulate) {
+    wgmma_fence_operand(d1);
+    wgmma_fence_operand(d2);
+    wgmma_fence();
+    fs_chain<TB>(d1, a1, b1, accumulate);
+    fs_chain<TB>(d2, a2, b2, accumulate);
+    wgmma_commit();
+}
+
+// Waits until every issued group has retired; the accumulators `d` are then readable (and pinned for the compiler).
+template <typename... D> __device__ __forceinline__ void fs_wait_all(D&... d) {
+    wgmma_wait<0>();
+    (wgmma_fence_operand(d), ...);
+}
+
+// P^T and dS^T of one (64 keys x 64 queries) tile from the S^T and dP^T accumulators (rows = keys kw0.., columns =
+// queries i0..; lse and D of the tile's queries in l, dd), masked (query < key, query >= T) to 0, rounded to bf16 A
+// fragments for the dV and dK products.
+__device__ __forceinline__ void fs_dkdv_probs(uint32_t (&pa)[4][4], uint32_t (&dsa)[4][4], float (&s)[32], float (&dp)[32],
+                                              const float* l, const float* dd, int i0, int kw0, int t_len, float sl2) {
+    const int tw = (int)threadIdx.x & 127, w = tw >> 5, g = (tw & 31) >> 2, cq = tw & 3;
+    const bool edge = i0 < kw0 + 63 || i0 + FA2_TILE > t_len;  // some masked (key, query) pair in the tile
+#pragma unroll
+    for (int i = 0; i < 32; i++) {
+        const int ql = 8 * (i >> 2) + 2 * cq + (i & 1), key = kw0 + 16 * w + g + 8 * ((i >> 1) & 1), qi = i0 + ql;
+        float p = fa2_exp2(s[i] * sl2 - l[ql] * TM_LOG2E);
+        if (edge && (qi < key || qi >= t_len)) p = 0.f;
+        s[i] = p;
+        dp[i] = p * (dp[i] - dd[ql]);
+    }
+    fs_to_a(pa, s);
+    fs_to_a(dsa, dp);
+}
+
+template <int WG, bool PIPE>
+__device__ __forceinline__ void fs_dkdv(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
+                                        const __nv_bfloat16* __restrict__ v, const __nv_bfloat16* __restrict__ dy,
+                                        const float* __restrict__ lse, const float* __restrict__ dvec,
+                                        __nv_bfloat16* __restrict__ dk, __nv_bfloat16* __restrict__ dv, const Fa2Layout& L,
+                                        int nh, int nkv, int t_len, float scale, int group) {
+    typedef __nv_bfloat16 T;
+    constexpr int BK = WG * 64, NT = WG * 128, TILE = FA2_TILE * FA2_HS;
+    static_assert(BK * FA2_HS <= 2 * TILE, "the K and V blocks (and at the end dK and dV) are staged in two tiles each");
+    alignas(1024) __shared__ T sm[4 * TILE];
+    __shared__ float lsm[2][FA2_TILE], dsm[2][FA2_TILE];
+    T* qs = sm;             // [2 stages][64][64] Q; first the K block, at the end the dK block
+    T* gs = sm + 2 * TILE;  // [2 stages][64][64] dY; first the V block, at the end the dV block
+
+    const int n_kb = (t_len + BK - 1) / BK;
+    int bh, kb;
+    fa2_coords(n_kb, (int)(gridDim.x / n_kb), group, false, bh, kb);  // bh: (batch, key/value head)
+    const int b = bh / nkv, hk = bh - b * nkv, nq = nh / nkv, h0 = hk * nq;
+
+    const int tid = (int)threadIdx.x, wg = tid >> 7, tw = tid & 127, w = tw >> 5, g = (tw & 31) >> 2, cq = tw & 3;
+    const int k0 = kb * BK, kw0 = k0 + 64 * wg;  // this warpgroup's keys: kw0 .. kw0 + 63
+    const int i_first = k0 / FA2_TILE, n_qt = (t_len + FA2_TILE - 1) / FA2_TILE;
+    const float sl2 = scale * TM_LOG2E;
+
+    fa2_load_tile<BK, NT>(qs, fa2_head(k, L.k, b, hk), L.k.t_, k0, t_len);
+    fa2_load_tile<BK, NT>(gs, fa2_head(v, L.v, b, hk), L.v.t_, k0, t_len);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    uint32_t ka[4][4], va[4][4];
+    fs_load_a(ka, qs, 64 * wg);
+    fs_load_a(va, gs, 64 * wg);
+    __syncthreads();  // the K, V staging is overwritten by the first query tile next
+
+    // Step j: query tile i_first + j % per of the group's query head h0 + j / per (head by head: one fixed order).
+    const int per = n_qt - i_first, steps = nq * per;
+    auto load_q_tile = [&](int j, int st) {
+        const int hq = h0 + j / per, i0 = (i_first + j % per) * FA2_TILE;
+        const int64_t bq = (int64_t)b * nh + hq;
+        fa2_load_tile<FA2_TILE, NT>(qs + st * TILE, fa2_head(q, L.q, b, hq), L.q.t_, i0, t_len);
+        fa2_load_tile<FA2_TILE, NT>(gs + st * TILE, fa2_head(dy, L.y, b, hq), L.y.t_, i0, t_len);
+        for (int e = tid; e < FA2_TILE; e += NT) {
+            const bool ok = i0 + e < t_len;
+            cp_async4(&lsm[st][e], lse + bq * t_len + (ok ? i0 + e : 0), ok);
+            cp_async4(&dsm[st][e], dvec + bq * t_len + (ok ? i0 + e : 0), ok);
+        }
+    };
+    load_q_tile(0, 0);
+    cp_async_commit();
+
+    float dka[32], dva[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) dka[i] = dva[i] = 0.f;
+    if constexpr (PIPE) {
+        // One warpgroup: no tile is skipped. S^T, dP^T of step j + 1 are issued right behind dV, dK of step j, so
+        // the tensor cores run both chains back to back; stage j & 1 is refilled once both have retired.
+        static_assert(WG == 1, "the pipelined loop is written for one warpgroup");
+        float s[32], dp[32];
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+        if (steps > 1) load_q_tile(1, 1);
+        cp_async_commit();
+        fs_issue2<0>(s, ka, qs, dp, va, gs, 0);
+        fs_wait_all(s, dp);
+        for (int j = 0; j < steps; j++) {
+            const int st = j & 1;
+            const int i0 = (i_first + j % per) * FA2_TILE;
+            const T* qt = qs + st * TILE;
+            const T* gt = gs + st * TILE;
+            uint32_t pa[4][4], dsa[4][4];
+            fs_dkdv_probs(pa, dsa, s, dp, lsm[st], dsm[st], i0, kw0, t_len, sl2);
+            fs_issue2<1>(dva, pa, gt, dka, dsa, qt, 1);  // dV += P^T dY, dK += dS^T Q
+            if (j + 1 < steps) {
+                cp_async_wait<0>();  // tile j + 1 has landed
+                fence_proxy_async();
+                __syncthreads();
+                fs_issue2<0>(s, ka, qs + (st ^ 1) * TILE, dp, va, gs + (st ^ 1) * TILE, 0);  // S^T, dP^T of step j + 1
+            }
+            fs_wait_all(dva, dka, s, dp);
+            __syncthreads();  // every product that read stage st has retired before it is refilled
+            if (j + 2 < steps) load_q_tile(j + 2, st);
+            cp_async_commit();
+        }
+    } else {
+        for (int j = 0; j < steps; j++) {
+            const int st = j & 1;
+            cp_async_wait<0>();
+            fence_proxy_async();  // this thread's cp.async writes, visible to the products' async proxy
+            __syncthreads();      // ... and everyone's; every product of step j - 1 (stage st ^ 1) has retired
+            if (j + 1 < steps) load_q_tile(j + 1, st ^ 1);
+            cp_async_commit();
+            const int i0 = (i_first + j % per) * FA2_TILE;
+            if (i0 + FA2_TILE - 1 < kw0) continue;  // every query of the tile precedes every key of this warpgroup
+            const T* qt = qs + st * TILE;
+            const T* gt = gs + st * TILE;
+
+            float s[32], dp[32];
+            fs_issue2<0>(s, ka, qt, dp, va, gt, 0);  // S^T (keys x queries), dP^T
+            fs_wait_all(s, dp);
+
+            uint32_t pa[4][4], dsa[4][4];
+            fs_dkdv_probs(pa, dsa, s, dp, lsm[st], dsm[st], i0, kw0, t_len, sl2);
+
+            fs_issue2<1>(dva, pa, gt, dka, dsa, qt, 1);  // dV += P^T dY, dK += dS^T Q
+            fs_wait_all(dva, dka);
+        }
+    }
+
+    __syncthreads();  // every warpgroup is done with the last tiles before they become the output staging
+    const int r0 = 64 * wg + 16 * w + g;
+#pragma unroll
+    for (int i = 0; i < 32; i += 2) {
+        const int row = r0 + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * cq;
+        *reinterpret_cast<uint32_t*>(qs + fa2_swz(row, col)) = pack_pair<T>(dka[i] * scale, dka[i + 1] * scale);
+        *reinterpret_cast<uint32_t*>(gs + fa2_swz(row, col)) = pack_pair<T>(dva[i], dva[i + 1]);
+    }
+    __syncthreads();
+    fa2_store_tile<BK, NT>(fa2_head(dk, L.dk, b, hk), L.dk.t_, qs, k0, t_len);
+    fa2_store_tile<BK, NT>(fa2_head(dv, L.dv, b, hk), L.dv.t_, gs, k0, t_len);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// dQ (and D), the first backward kernel, in place of flash_attn.cu's flash_dq (same arguments and outputs). Per CTA:
+// WG warpgroups x 64 queries of one (batch, query head); warpgroup w owns queries q0 + 64w .. + 63, their Q and dY
+// rows held in registers as A fragments. First D = rowsum(dY * Y) of the block's rows (written to dvec for the dK/dV
+// kernel, as flash_dq does). Then 64-row K and V tiles stream by cp.async in two stages, from key 0 to the block's
+// last query; per tile and warpgroup:
+//   S  = Q K^T      A = Q (registers),  B = the K tile, K-major
+//   dP = dY V^T     A = dY (registers), B = the V tile, K-major
+//   P = exp2(S * scale * log2e - lse * log2e) masked (key > query) to 0, dS = P (dP - D), packed into A fragments
+//   dQ += dS K      A = dS (registers), B = the K tile, N-major
+// A warpgroup skips a tile whose keys all follow its queries. Deterministic: each dQ element is one accumulator
+// summed over the key tiles in order.
+// dS of one (64 queries x 64 keys) tile from the S and dP accumulators (rows = queries qw0.., columns = keys c0..;
+// this thread's two rows' lse in l2 (log2 units) and D in dd), P masked (key > query) to 0, rounded to bf16 A
+// fragments for the dQ product.
+__device__ __forceinline__ void fs_dq_probs(uint32_t (&dsa)[4][4], const float (&s)[32], float (&dp)[32], const float (&l2)[2],
+                                            const float (&dd)[2], int c0, int qw0, float sl2) {
+    const int tw = (int)threadIdx.x & 127, w = tw >> 5, g = (tw & 31) >> 2, cq = tw & 3;
+    const bool diag = c0 + FA2_TILE - 1 > qw0;
+#pragma unroll
+    for (int i = 0; i < 32; i++) {
+        const int hf = (i >> 1) & 1, key = c0 + 8 * (i >> 2) + 2 * cq + (i & 1), row = qw0 + 16 * w + g + 8 * hf;
+        float p = fa2_exp2(s[i] * sl2 - l2[hf]);
+        if (diag && key > row) p = 0.f;
+        dp[i] = p * (dp[i] - dd[hf]);
+    }
+    fs_to_a(dsa, dp);
+}
+
+template <int WG, bool PIPE>
+__device__ __forceinline__ void fs_dq(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
+                                      const __nv_bfloat16* __restrict__ v, const __nv_bfloat16* __restrict__ y,
+                                      const __nv_bfloat16* __restrict__ dy, const float* __restrict__ lse,
+                                      float* __restrict__ dvec, __nv_bfloat16* __restrict__ dq, const Fa2Layout& L, int nh,
+                                      int nkv, int t_len, float scale, int group) {
+    typedef __nv_bfloat16 T;
+    constexpr int BQ = WG * 64, NT = WG * 128, TILE = FA2_TILE * FA2_HS;
+    static_assert(BQ * FA2_HS <= 2 * TILE, "the Q and dY blocks (and at the end dQ) are staged in two tiles each");
+    static_assert(4 * TILE + BQ * FA2_HS <= 24576, "static shared memory is 48 KiB");
+    alignas(1024) __shared__ T sm[4 * TILE + BQ * FA2_HS];
+    T* ks = sm;              // [2 stages][64][64] K; first the Q block, at the end the dQ block
+    T* vs = sm + 2 * TILE;   // [2 stages][64][64] V; first the dY block
+    T* ys = sm + 4 * TILE;   // [BQ][64]: the Y block
+
+    const Fa2QueryBlock<T> blk = fa2_query_block(BQ, q, k, v, L, nh, nkv, t_len, group);
+    const int b = blk.b, h = blk.h, bh = blk.bh;
+    const T *kg = blk.k, *vg = blk.v;
+
+    const int tid = (int)threadIdx.x, wg = tid >> 7, tw = tid & 127, w = tw >> 5, g = (tw & 31) >> 2, cq = tw & 3;
+    const int q0 = blk.blk * BQ, qw0 = q0 + 64 * wg;  // this warpgroup's queries: qw0 .. qw0 + 63
+    const int n_kv = (min(t_len, q0 + BQ) + FA2_TILE - 1) / FA2_TILE;
+    const float sl2 = scale * TM_LOG2E;
+
+    fa2_load_tile<BQ, NT>(ks, blk.q, L.q.t_, q0, t_len);
+    fa2_load_tile<BQ, NT>(vs, fa2_head(dy, L.y, b, h), L.y.t_, q0, t_len);
+    fa2_load_tile<BQ, NT>(ys, fa2_head(y, L.y, b, h), L.y.t_, q0, t_len);
+    cp_async_commit();
+    // This thread's rows qw0 + 16w + g and + 8: lse (log2 units); rows >= T get 0 (their output is dropped).
+    float l2[2], dd[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        const int row = qw0 + 16 * w + g + 8 * hf;
+        l2[hf] = row < t_len ? lse[(int64_t)bh * t_len + row] * TM_LOG2E : 0.f;
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    {
+        // D as flash_dq: two threads per row (row r on threads 2r, 2r + 1: the warp whose accumulators hold the row),
+        // 32 columns each in column order, the halves added in a fixed order. Rows >= T are zero-filled: D = 0.
+        const int r = tid >> 1, half = tid & 1;
+        float part = 0.f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int off = fa2_swz(r, (half * 4 + i) * 8);
+            const uint4 a = *reinterpret_cast<const uint4*>(ys + off), d = *reinterpret_cast<const uint4*>(vs + off);
+            const T* ae = reinterpret_cast<const T*>(&a);
+            const T* de = reinterpret_cast<const T*>(&d);
+#pragma unroll
+            for (int j = 0; j < 8; j++) part += to_acc(ae[j]) * to_acc(de[j]);
+        }
+        const float dsum = part + warp_shfl_xor(part, 1);  // commutative: both threads hold the same sum
+        if (half == 0 && q0 + r < t_len) dvec[(int64_t)bh * t_len + q0 + r] = dsum;
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) dd[hf] = warp_shfl(dsum, 2 * (g + 8 * hf));
+    }
+    uint32_t qa[4][4], ga[4][4];
+    fs_load_a(qa, ks, 64 * wg);
+    fs_load_a(ga, vs, 64 * wg);
+    __syncthreads();  // the Q, dY staging is overwritten by the first key tile next
+
+    auto load_kv_tile = [&](int t, int st) {
+        fa2_load_tile<FA2_TILE, NT>(ks + st * TILE, kg, L.k.t_, t * FA2_TILE, t_len);
+        fa2_load_tile<FA2_TILE, NT>(vs + st * TILE, vg, L.v.t_, t * FA2_TILE, t_len);
+    };
+    load_kv_tile(0, 0);
+    cp_async_commit();
+
+    float dqa[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) dqa[i] = 0.f;
+    if constexpr (PIPE) {
+        // One warpgroup: no tile is skipped. S, dP of tile t + 1 are issued right behind dQ of tile t; stage t & 1
+        // is refilled once both have retired.
+        static_assert(WG == 1, "the pipelined loop is written for one warpgroup");
+        float s[32], dp[32];
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+        if (n_kv > 1) load_kv_tile(1, 1);
+        cp_async_commit();
+        fs_issue2<0>(s, qa, ks, dp, ga, vs, 0);
+        fs_wait_all(s, dp);
+        for (int t = 0; t < n_kv; t++) {
+            const int st = t & 1;
+            uint32_t dsa[4][4];
+            fs_dq_probs(dsa, s, dp, l2, dd, t * FA2_TILE, qw0, sl2);
+            wgmma_fence_operand(dqa);
+            wgmma_fence();
+            fs_chain<1>(dqa, dsa, ks + st * TILE, 1);  // dQ += dS K
+            wgmma_commit();
+            if (t + 1 < n_kv) {
+                cp_async_wait<0>();  // tile t + 1 has landed
+                fence_proxy_async();
+                __syncthreads();
+                fs_issue2<0>(s, qa, ks + (st ^ 1) * TILE, dp, ga, vs + (st ^ 1) * TILE, 0);  // S, dP of tile t + 1
+            }
+            fs_wait_all(dqa, s, dp);
+            __syncthreads();  // every product that read stage st has retired before it is refilled
+            if (t + 2 < n_kv) load_kv_tile(t + 2, st);
+            cp_async_commit();
+        }
+    } else {
+        for (int t = 0; t < n_kv; t++) {
+            const int st = t & 1;
+            cp_async_wait<0>();
+            fence_proxy_async();
+            __syncthreads();  // every product of tile t - 1 (stage st ^ 1) has retired
+            if (t + 1 < n_kv) load_kv_tile(t + 1, st ^ 1);
+            cp_async_commit();
+            const int c0 = t * FA2_TILE;
+            if (c0 > qw0 + 63) continue;  // every key of the tile follows every query of this warpgroup
+            const T* kt = ks + st * TILE;
+            const T* vt = vs + st * TILE;
+
+            float s[32], dp[32];
+            fs_issue2<0>(s, qa, kt, dp, ga, vt, 0);  // S (queries x keys), dP
+            fs_wait_all(s, dp);
+
+            uint32_t dsa[4][4];
+            fs_dq_probs(dsa, s, dp, l2, dd, c0, qw0, sl2);
+
+            wgmma_fence_operand(dqa);
+            wgmma_fence();
+            fs_chain<1>(dqa, dsa, kt, 1);  // dQ += dS K
+            wgmma_commit();
+            fs_wait_all(dqa);
+        }
+    }
+
+    __syncthreads();  // every warpgroup is done with the last tiles before they become the output staging
+    const int r0 = 64 * wg + 16 * w + g;
+#pragma unroll
+    for (int i = 0; i < 32; i += 2) {
+        const int row = r0 + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * cq;
+        *reinterpret_cast<uint32_t*>(ks + fa2_swz(row, col)) = pack_pair<T>(dqa[i] * scale, dqa[i + 1] * scale);
+    }
+    __syncthreads();
+    fa2_store_tile<BQ, NT>(fa2_head(dq, L.dq, b, h), L.dq.t_, ks, q0, t_len);
+}
+
+// Grid: B * NKV * ceil(T / (64 WG)) blocks of 128 WG threads, 1-D, walked as flash_attn.cu's dK/dV grid
+// (flash_bwd_sm90.rs). Names: flash_{dkdv,dq}_sm90_wg<warpgroups>[b<min blocks per SM>][p: the pipelined loop].
+#define FS_DKDV(WG, PIPE, MINB, NAME)                                                                                \
+    extern "C" __global__ void __launch_bounds__(WG * 128, MINB) flash_dkdv_sm90_##NAME(                              \
+        const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* dy,             \
+        const float* lse, const float* dvec, __nv_bfloat16* dk, __nv_bfloat16* dv, Fa2Layout L, int nh, int nkv,      \
+        int t_len, float scale, int group) {                                                                           \
+        fs_dkdv<WG, PIPE>(q, k, v, dy, lse, dvec, dk, dv, L, nh, nkv, t_len, scale, group);                                 \
+    }
+// dQ: B * NH * ceil(T / (64 WG)) blocks of 128 WG threads, walked as flash_attn.cu's dQ grid (longest first).
+#define FS_DQ(WG, PIPE, MINB, NAME)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(WG * 128, MINB) flash_dq_sm90_##NAME(                                \
+        const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* y,              \
+        const __nv_bfloat16* dy, const float* lse, float* dvec, __nv_bfloat16* dq, Fa2Layout L, int nh, int nkv,      \
+        int t_len, float scale, int group) {                                                                           \
+        fs_dq<WG, PIPE>(q, k, v, y, dy, lse, dvec, dq, L, nh, nkv, t_len, scale, group);                                    \
+    }
+FS_DKDV(1, false, 1, wg1)
+FS_DKDV(1, false, 3, wg1b3)
+FS_DKDV(2, false, 1, wg2)
+FS_DKDV(1, true, 1, wg1p)
+FS_DQ(1, false, 1, wg1)
+FS_DQ(1, false, 3, wg1b3)
+FS_DQ(2, false, 1, wg2)
+FS_DQ(1, true, 1, wg1p)
