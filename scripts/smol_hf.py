@@ -152,7 +152,8 @@ def val(a: argparse.Namespace) -> None:
 
     device = a.device if (a.device != "cuda" or torch.cuda.is_available()) else "cpu"
     tok = AutoTokenizer.from_pretrained(a.export)
-    model = AutoModelForCausalLM.from_pretrained(a.export, dtype=torch.float32).to(device).eval()
+    # fp32 whatever the version's default load dtype (transformers 5: the saved one; 4.x: fp32).
+    model = AutoModelForCausalLM.from_pretrained(a.export).float().to(device).eval()
     print(f"export {a.export}: {type(model).__name__}, tokenizer {type(tok).__name__} of {len(tok)} ids, on {device}")
     B, T = a.batch, a.seq_len
     sources = []
