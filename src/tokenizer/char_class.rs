@@ -71,6 +71,56 @@ pub(super) fn char_at(text: &str, i: usize) -> char {
     text[i..].chars().next().expect("i is inside text")
 }
 
+/// Texts the hand-written scanners are held to their regexes on (`gpt2_split`, `llama3_split`).
+#[cfg(test)]
+pub(super) mod test_texts {
+    /// Hand cases: every alternative of both patterns, newlines inside whitespace runs, contractions in both cases
+    /// (and `ſ`, which `(?i)` folds to `s`), numbers of several scripts and lengths, non-ASCII spaces.
+    pub const HAND_CASES: &[&str] = &[
+        "",
+        " ",
+        "  ",
+        "hello world",
+        "  hello   world  ",
+        "a\n\nb",
+        "a \n b\n",
+        "\n\n\n",
+        " \r\n\t x",
+        "x's y'll z'VE 're 'm 'd 't 'q ''s",
+        "x's y'll z'VE 'RE 'M 'd 't 'q ''s 'ſ 'Ll",
+        " 's ?'s !!'ll",
+        "12,345.67 and ٣٤٥ and Ⅻ",
+        "12,345.67 and 1234567 and ٣٤٥ and Ⅻ",
+        "tab\there\r\nend\u{a0}nbsp\u{3000}ideographic",
+        "emoji 🙂🙂 and 中文字符 and ﬁ ligature",
+        "mixed: x1y2 3z !? ... --- ~~~",
+        "mixed: x1y2 3z !? ... --- ~~~\n\n",
+        "(foo) [bar]\n{baz}\r\n",
+        " \u{a0} x",
+        "trailing \t",
+        "a  \n  \n  b",
+    ];
+
+    /// `count` strings of up to `max_len - 1` chars drawn from `alphabet` (xorshift64 from `seed`: the same strings on
+    /// every run).
+    pub fn generated(alphabet: &str, seed: u64, count: usize, max_len: u64) -> Vec<String> {
+        let alphabet: Vec<char> = alphabet.chars().collect();
+        let mut state = seed;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        (0..count)
+            .map(|_| {
+                let len = (next() % max_len) as usize;
+                (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect()
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -152,6 +152,7 @@ pub fn encode_into(bpe: &CoreBPE, text: &str, out: &mut Vec<u32>) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::char_class::test_texts::{generated, HAND_CASES};
     use super::*;
 
     /// The pieces of tiktoken-rs's own regex (the r50k pattern through fancy-regex) for `text`.
@@ -179,24 +180,7 @@ mod tests {
 
     #[test]
     fn hand_cases_split_like_the_regex() {
-        for text in [
-            "",
-            " ",
-            "  ",
-            "hello world",
-            "  hello   world  ",
-            "a\n\nb",
-            "a \n b\n",
-            "\n\n\n",
-            "x's y'll z'VE 're 'm 'd 't 'q ''s",
-            " 's ?'s !!'ll",
-            "12,345.67 and ٣٤٥ and Ⅻ",
-            "tab\there\r\nend\u{a0}nbsp\u{3000}ideographic",
-            "emoji 🙂🙂 and 中文字符 and ﬁ ligature",
-            "mixed: x1y2 3z !? ... --- ~~~",
-            " \u{a0} x",
-            "trailing \t",
-        ] {
+        for &text in HAND_CASES {
             assert_eq!(pieces(text), regex_pieces(text), "{text:?}");
             assert_eq!(pieces(text), hf_regex_pieces(text), "{text:?}");
         }
@@ -206,17 +190,8 @@ mod tests {
     fn generated_text_splits_like_the_regex() {
         // Strings over an alphabet chosen to hit every branch: spaces of several kinds, apostrophes and the
         // contraction letters, letters and numbers from several scripts, punctuation and symbols.
-        let alphabet: Vec<char> = " \u{a0}\t\n\r\u{2003}'sdmtlvreSLVRxyZ09٣Ⅻ½.,!?-\"()中é🙂\u{301}_".chars().collect();
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for _ in 0..20_000 {
-            let len = (next() % 24) as usize;
-            let text: String = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+        let alphabet = " \u{a0}\t\n\r\u{2003}'sdmtlvreSLVRxyZ09٣Ⅻ½.,!?-\"()中é🙂\u{301}_";
+        for text in generated(alphabet, 0x2545_f491_4f6c_dd1d, 20_000, 24) {
             assert_eq!(pieces(&text), regex_pieces(&text), "{text:?}");
             assert_eq!(pieces(&text), hf_regex_pieces(&text), "{text:?}");
         }
@@ -248,19 +223,10 @@ mod tests {
     #[test]
     fn generated_text_encodes_like_tiktoken_and_counts_its_pieces() {
         let bpe = tiktoken_rs::r50k_base_singleton();
-        let alphabet: Vec<char> = " \n'sdtlverxyzqkjaeiouAEN0123.,!-中é🙂".chars().collect();
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let alphabet = " \n'sdtlverxyzqkjaeiouAEN0123.,!-中é🙂";
         let before = piece_counts::current();
         let mut pieces = 0u64;
-        for _ in 0..5_000 {
-            let len = (next() % 160) as usize;
-            let text: String = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+        for text in generated(alphabet, 0x9e37_79b9_7f4a_7c15, 5_000, 160) {
             let mut ours = Vec::new();
             encode_into(bpe, &text, &mut ours);
             assert_eq!(ours, bpe.encode_ordinary(&text), "{text:?}");

@@ -131,6 +131,7 @@ pub fn for_each_piece(text: &str, digits: usize, mut f: impl FnMut(&str)) {
 mod tests {
     use std::sync::OnceLock;
 
+    use super::super::char_class::test_texts::{generated, HAND_CASES};
     use super::*;
 
     /// The pieces the `tokenizers` crate's own regex engine gives (a `Split` with `Isolated` behaviour: matches and
@@ -172,27 +173,7 @@ mod tests {
 
     #[test]
     fn hand_cases_split_like_the_regex() {
-        for text in [
-            "",
-            " ",
-            "  ",
-            "hello world",
-            "  hello   world  ",
-            "a\n\nb",
-            "a \n b\n",
-            "\n\n\n",
-            " \r\n\t x",
-            "x's y'll z'VE 'RE 'M 'd 't 'q ''s 'ſ 'Ll",
-            " 's ?'s !!'ll",
-            "12,345.67 and 1234567 and ٣٤٥ and Ⅻ",
-            "tab\there\r\nend\u{a0}nbsp\u{3000}ideographic",
-            "emoji 🙂🙂 and 中文字符 and ﬁ ligature",
-            "mixed: x1y2 3z !? ... --- ~~~\n\n",
-            "(foo) [bar]\n{baz}\r\n",
-            " \u{a0} x",
-            "trailing \t",
-            "a  \n  \n  b",
-        ] {
+        for &text in HAND_CASES {
             for (pattern, digits) in [(LLAMA3_PATTERN, 3), (QWEN2_PATTERN, 1)] {
                 assert_eq!(pieces(text, digits), regex_pieces(pattern, text), "{text:?} {digits}");
             }
@@ -203,18 +184,8 @@ mod tests {
     fn generated_text_splits_like_the_regex() {
         // An alphabet that hits every branch: newlines and other spaces, apostrophes and every contraction letter in
         // both cases (and ſ, which `(?i)` folds to s), letters, numbers and punctuation of several scripts.
-        let alphabet: Vec<char> =
-            " \u{a0}\t\n\r\u{2003}'sSſdDmMtTlLvVrReExyZ09٣Ⅻ½.,!?-\"()中é🙂\u{301}_".chars().collect();
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for _ in 0..10_000 {
-            let len = (next() % 24) as usize;
-            let text: String = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+        let alphabet = " \u{a0}\t\n\r\u{2003}'sSſdDmMtTlLvVrReExyZ09٣Ⅻ½.,!?-\"()中é🙂\u{301}_";
+        for text in generated(alphabet, 0x2545_f491_4f6c_dd1d, 10_000, 24) {
             for (pattern, digits) in [(LLAMA3_PATTERN, 3), (QWEN2_PATTERN, 1)] {
                 assert_eq!(pieces(&text, digits), regex_pieces(pattern, &text), "{text:?} {digits}");
             }
