@@ -3,8 +3,9 @@
 //! one document and paragraph by paragraph), for the GPT-2-style fixture (`bpe`) and the Llama-3-style one
 //! (`bpe_llama3`: Split with Llama-3's regex, `ignore_merges`), and for variants of them edited here: Qwen2's regex
 //! with NFC, SmolLM2's Digits before a GPT-2 ByteLevel, split regexes without a hand-written scanner, `ignore_merges`
-//! flipped. Tokenizers it does not cover go to the crate and say why; `prep` logs which path ran and writes the same
-//! shards either way. (The crate itself is held to Python `tokenizers` by tests/hf_tokenizer.rs.)
+//! flipped, merges spelled as strings or listed twice. Tokenizers it does not cover go to the crate and say why;
+//! `prep` logs which path ran and writes the same shards either way. (The crate itself is held to Python `tokenizers`
+//! by tests/hf_tokenizer.rs.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -184,6 +185,20 @@ fn variants_qwen2_nfc_smollm2_digits_other_regexes_and_ignore_merges_equal_the_c
         assert_fast_equals_crate(&t, what, &texts);
     }
 
+    // Merges spelled "a b" (GPT-2's own tokenizer.json and other older files) are the same pairs; a pair listed
+    // twice takes its last rank, as the crate reads it.
+    let mut v = fixture_json("bpe");
+    let merges = v["model"]["merges"].as_array().unwrap().clone();
+    let joined: Vec<Value> =
+        merges.iter().map(|p| json!(format!("{} {}", p[0].as_str().unwrap(), p[1].as_str().unwrap()))).collect();
+    v["model"]["merges"] = json!(joined);
+    assert_fast_equals_crate(&tokenizer(&v, "merges as strings"), "merges as strings", &texts);
+    let mut v = fixture_json("bpe");
+    for early in &merges[..20] {
+        v["model"]["merges"].as_array_mut().unwrap().push(early.clone());
+    }
+    assert_fast_equals_crate(&tokenizer(&v, "merges listed twice"), "merges listed twice", &texts);
+
     // ignore_merges off for Llama-3's layout (pieces that are vocabulary entries are merged, not looked up), on for
     // GPT-2's.
     let mut v = llama3.clone();
@@ -227,13 +242,17 @@ fn tokenizers_it_does_not_cover_go_to_the_crate_naming_why() {
     v["added_tokens"].as_array_mut().unwrap().push(json!({ "id": 4096, "content": "<tool_call>", "single_word": false,
         "lstrip": false, "rstrip": false, "normalized": false, "special": false }));
     cases.push((v, "`<tool_call>` that is not special"));
-    let mut v = bpe.clone();
-    v["model"]["dropout"] = json!(0.1);
-    cases.push((v, "dropout"));
     for (json, why) in cases {
         let t = tokenizer(&json, why);
         assert!(!t.is_fast() && t.encoder().contains(why), "{why}: {}", t.encoder());
     }
+    // BPE dropout draws merges at random: refused on load (no path would give the same ids twice).
+    let mut v = bpe.clone();
+    v["model"]["dropout"] = json!(0.1);
+    let err = HfTokenizer::from_bytes(serde_json::to_vec(&v).unwrap(), None, "dropout", Path::new("d/tokenizer.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("d/tokenizer.json") && err.contains("model.dropout 0.1"), "{err}");
 }
 
 /// `tokenmill prep fineweb` over the vendored files: (its stderr, its output directory's shard files).

@@ -1,7 +1,8 @@
 //! Hugging Face tokenizers in `prep`: the ids equal Python `tokenizers`' on the whole FineWeb sample and tiny
 //! Shakespeare, every document boundary token counted, for byte-level BPE tokenizers (GPT-2 style with EOS appended,
-//! Llama-3 style with BOS prepended: both on the fast path of src/tokenizer/byte_bpe.rs) and a SentencePiece-style one (Metaspace, byte fallback, BOS prepended by its post-processor); the manifest records the
-//! tokenizer and the shard directory keeps its files; u32 shards past 65,536 ids; workers merge to the one-box
+//! Llama-3 style with BOS prepended: both on the fast path of src/tokenizer/byte_bpe.rs) and a SentencePiece-style
+//! one (Metaspace, byte fallback, BOS prepended by its post-processor); the manifest records the tokenizer and the
+//! shard directory keeps its files; u32 shards past 65,536 ids; workers merge to the one-box
 //! dataset for both boundaries; HellaSwag prep with the model's tokenizer; and bad inputs as one-line errors naming
 //! the file and field.
 //!

@@ -9,7 +9,7 @@
 //!
 //! Exactly the crate's ids, by construction and by test:
 //! - it runs only for a tokenizer whose every part it recognises, read from the loaded tokenizer's own structures
-//!   ([`plan`]): BPE without dropout, subword prefix/suffix or byte fallback, whose vocabulary holds the 256 byte
+//!   ([`plan`]): BPE without subword prefix/suffix or byte fallback, whose vocabulary holds the 256 byte
 //!   symbols; no normalizer or NFC; a pre-tokenizer of `Split` (regex or string, `Isolated`, not inverted), `Digits`
 //!   and, last, `ByteLevel` without a prefix space; added tokens all special (which `prep` encodes as text, so none
 //!   is split out); a post-processor that adds nothing without special tokens. Anything else is the crate's
@@ -35,7 +35,7 @@ use tokenizers::SplitDelimiterBehavior;
 use unicode_normalization_alignments::{is_nfc_quick, IsNormalized, UnicodeNormalization};
 
 use super::piece_counts::{self, PieceCounts};
-use super::{gpt2_split, hf_files, llama3_split};
+use super::{char_class, gpt2_split, hf_files, llama3_split};
 
 /// One step of the pre-tokenizer: each splits every piece of the step before it.
 enum Stage {
@@ -64,18 +64,19 @@ impl Stage {
 /// What [`plan`] found: the parts a [`ByteBpe`] is built from.
 pub(super) struct Plan<'a> {
     bpe: &'a BPE,
+    /// The tokenizer.json the tokenizer was loaded from (its merges, in rank order).
+    json: &'a [u8],
     stages: Vec<Stage>,
     nfc: bool,
 }
 
-/// Whether the fast path covers `tokenizer` exactly: its plan, or the first part it does not recognise.
-pub(super) fn plan(tokenizer: &tokenizers::Tokenizer) -> Result<Plan<'_>, String> {
+/// Whether the fast path covers `tokenizer` (loaded from `json`) exactly: its plan, or the first part it does not
+/// recognise.
+pub(super) fn plan<'a>(tokenizer: &'a tokenizers::Tokenizer, json: &'a [u8]) -> Result<Plan<'a>, String> {
     let ModelWrapper::BPE(bpe) = tokenizer.get_model() else {
         return Err(format!("model {}", type_name(tokenizer.get_model())));
     };
-    if bpe.dropout.is_some_and(|p| p != 0.0) {
-        return Err("BPE dropout".into());
-    }
+    // (BPE dropout is refused when the tokenizer is loaded: `hf`.)
     // GPT-2's own tokenizer.json spells "none" as "" for both.
     let set = |affix: &Option<String>| affix.as_deref().is_some_and(|a| !a.is_empty());
     if set(&bpe.continuing_subword_prefix) || set(&bpe.end_of_word_suffix) {
@@ -105,7 +106,7 @@ pub(super) fn plan(tokenizer: &tokenizers::Tokenizer) -> Result<Plan<'_>, String
         let value = serde_json::to_value(post).map_err(|e| format!("post-processor: {e}"))?;
         post_processor_adds_nothing(&value)?;
     }
-    Ok(Plan { bpe, stages, nfc })
+    Ok(Plan { bpe, json, stages, nfc })
 }
 
 /// Append the stages of `pre` (a `Sequence` flattened); `ByteLevel` must come last.
@@ -169,6 +170,26 @@ fn type_name(part: &impl serde::Serialize) -> String {
     serde_json::to_value(part).ok().and_then(|v| v["type"].as_str().map(str::to_string)).unwrap_or("?".into())
 }
 
+/// The part of a tokenizer.json the merge table is read from.
+#[derive(serde::Deserialize)]
+struct TokenizerJsonMerges {
+    model: ModelMerges,
+}
+
+#[derive(serde::Deserialize)]
+struct ModelMerges {
+    #[serde(default)]
+    merges: Vec<MergeSpelling>,
+}
+
+/// A merge as tokenizer.json spells it: `["a", "b"]`, or (older files) `"a b"`.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum MergeSpelling {
+    Pair(String, String),
+    Joined(String),
+}
+
 /// Entries a thread's piece cache holds before it is cleared (as `gpt2_split`'s).
 const CACHE_CAP: usize = 1 << 18;
 
@@ -192,7 +213,18 @@ impl ByteBpe {
     /// The tables: the byte symbols' ids, the merges with their ranks, the one-token pieces (built on all threads:
     /// a vocabulary of 128k entries, each merged once, is ~0.1 s on one core).
     pub(super) fn build(plan: Plan<'_>) -> Result<ByteBpe, String> {
-        let Plan { bpe, stages, nfc } = plan;
+        let Plan { bpe, json, stages, nfc } = plan;
+        // The split's character classes (~1.1M chars through three regexes) are built meanwhile.
+        let needs_classes = stages.iter().any(|s| matches!(s, Stage::Gpt2 | Stage::Llama3 { .. }));
+        std::thread::scope(|s| {
+            if needs_classes {
+                s.spawn(char_class::warm_up);
+            }
+            Self::build_tables(bpe, json, stages, nfc)
+        })
+    }
+
+    fn build_tables(bpe: &BPE, json: &[u8], stages: Vec<Stage>, nfc: bool) -> Result<ByteBpe, String> {
         let vocab = bpe.get_vocab();
         // A byte-level vocabulary spells byte `b` as `chars[b]` (GPT-2's map, which the crate's ByteLevel copies).
         let chars = hf_files::byte_to_unicode();
@@ -202,13 +234,20 @@ impl ByteBpe {
                 .get(c.to_string().as_str())
                 .ok_or_else(|| format!("byte 0x{b:02X} (`{c}`) has no token in the vocabulary"))?;
         }
-        // The merges as the crate holds them, in rank order: its serialisation writes each pair once, sorted.
-        let model = serde_json::to_value(bpe).map_err(|e| format!("BPE model: {e}"))?;
+        // The merges as the crate reads them: rank = place in tokenizer.json's list, a pair listed twice keeps its
+        // last rank (the crate collects them into a map). Read from the file, not the loaded model: serialising the
+        // model (its only way out) took ~0.1 s of a GPT-2 vocabulary's start-up, on one thread.
+        let listed: TokenizerJsonMerges =
+            serde_json::from_slice(json).map_err(|e| format!("tokenizer.json model.merges: {e}"))?;
         let mut merges = FxHashMap::default();
-        for (rank, pair) in model["merges"].as_array().into_iter().flatten().enumerate() {
-            let part = |i: usize| pair[i].as_str().and_then(|s| vocab.get(s).map(|&id| (s, id)));
-            let (Some((a, a_id)), Some((b, b_id))) = (part(0), part(1)) else {
-                return Err(format!("merge {rank} is not a pair of vocabulary entries: {pair}"));
+        for (rank, merge) in listed.model.merges.iter().enumerate() {
+            let (a, b) = match merge {
+                MergeSpelling::Pair(a, b) => (a.as_str(), b.as_str()),
+                MergeSpelling::Joined(line) => line.split_once(' ').unwrap_or((line, "")),
+            };
+            let id = |s: &str| vocab.get(s).copied();
+            let (Some(a_id), Some(b_id)) = (id(a), id(b)) else {
+                return Err(format!("merge {rank} `{a} {b}` is not a pair of vocabulary entries"));
             };
             let merged = vocab.get(&format!("{a}{b}")).ok_or_else(|| format!("merge `{a} {b}` makes no entry"))?;
             merges.insert((a_id, b_id), (rank as u32, *merged));
@@ -302,8 +341,9 @@ impl ByteBpe {
         piece_counts::add(counts);
     }
 
-    /// The crate's `BPE::merge_word` + `Word::merge_all` for one piece (every byte a symbol; no dropout): merge the
-    /// adjacent pair of lowest rank, leftmost first, until none is a merge; ids appended to `out`.
+    /// The crate's `BPE::merge_word` + `Word::merge_all` for one piece (every byte a symbol; no dropout: `hf`
+    /// refuses it): merge the adjacent pair of lowest rank, leftmost first, until none is a merge; ids appended to
+    /// `out`.
     fn merge_into(&self, piece: &[u8], out: &mut Vec<u32>) {
         let n = piece.len();
         let mut symbols: Vec<Symbol> = piece

@@ -111,6 +111,18 @@ impl HfTokenizer {
             .map_err(|e| TokenizerError::Parse { path: p(), message: one_line(&e.to_string()) })?;
         tokenizer.with_padding(None);
         tokenizer.set_encode_special_tokens(true);
+        // BPE dropout (a training-time regulariser) draws each text's merges at random: shards would not be the same
+        // twice, and a resumed prep would not continue its own.
+        if let tokenizers::models::ModelWrapper::BPE(bpe) = tokenizer.get_model() {
+            if let Some(p_drop) = bpe.dropout.filter(|&d| d > 0.0) {
+                return Err(TokenizerError::Parse {
+                    path: p(),
+                    message: format!(
+                        "model.dropout {p_drop}: BPE dropout makes the ids random; set it to null for tokenizing data"
+                    ),
+                });
+            }
+        }
         let config_path = path.with_file_name(TOKENIZER_CONFIG_JSON);
         let settings = match &config {
             Some(bytes) => ConfigFile::parse(bytes, &config_path)?,
@@ -250,7 +262,7 @@ impl HfTokenizer {
             if std::env::var(ENCODER_ENV).is_ok_and(|v| v == "crate") {
                 return Engine::Crate(format!("{ENCODER_ENV}=crate"));
             }
-            match byte_bpe::plan(&self.tokenizer).and_then(ByteBpe::build) {
+            match byte_bpe::plan(&self.tokenizer, &self.json).and_then(ByteBpe::build) {
                 Ok(fast) => Engine::Fast(Box::new(fast)),
                 Err(why) => Engine::Crate(format!("not covered by the fast path: {why}")),
             }

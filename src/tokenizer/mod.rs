@@ -3,9 +3,10 @@
 //! The tiktoken vocabularies and merges are tiktoken-rs's, the reference the golden tests hold us to
 //! (tests/golden_tokens.rs); GPT-2's pre-tokenizer regex is replaced by a hand-written scanner with a piece cache
 //! (`gpt2_split`), proven to split identically. Hugging Face tokenizers run in the `tokenizers` crate (`hf`), held
-//! to Python's `tokenizers` by tests/hf_tokenizer.rs; byte-level BPE ones (GPT-2, Llama-3, Qwen2, SmolLM2 style) take a
-//! fast path with the same ids (`byte_bpe`, held to the crate by tests/hf_byte_bpe.rs). A `--tokenizer` value is a [`TokenizerSource`]; what a shard
-//! directory records is a [`TokenizerInfo`], and [`Tokenizer::recorded`] loads exactly that tokenizer back.
+//! to Python's `tokenizers` by tests/hf_tokenizer.rs; byte-level BPE ones (GPT-2, Llama-3, Qwen2, SmolLM2 style)
+//! take a fast path with the same ids (`byte_bpe`, held to the crate by tests/hf_byte_bpe.rs). A `--tokenizer` value
+//! is a [`TokenizerSource`]; what a shard directory records is a [`TokenizerInfo`], and [`Tokenizer::recorded`] loads
+//! exactly that tokenizer back.
 
 use std::fmt;
 use std::path::Path;
