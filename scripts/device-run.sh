@@ -7,7 +7,8 @@
 # TOKENMILL_ATTENTION=cudnn|native overrides the config's [engine] attention in every step (auto: cuDNN in a
 # --features cudnn build). ENGINE=autograd|cuda|auto (default auto: the cuda engine for these bf16 runs) picks the
 # training engine of train, bench, compare and profile. MODEL=llama-124m runs bench/compare/profile on that preset.
-# Writes logs under $OUT (or /tmp/tm-out) and prints a short summary of each step last.
+# BIN and PY override the binary (.dist/tokenmill) and the Python (the device's torch venv), e.g. for smol's CPU dry
+# run (its comment below). Writes logs under $OUT (or /tmp/tm-out) and prints a short summary of each step last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/tm-out}"; mkdir -p "$OUT"
