@@ -3,22 +3,23 @@
 # Run from the repo root on the device with .dist/ carried (see scripts/device-pack.sh):
 #   scripts/device-run.sh STEP...      STEP in: env prep train bench pool compare ddp kernels correct engine
 #                                      engine-train cudnn profile ab bitwise gemm llama llama-1b hellaswag
-#                                      compare-sizes wgmma
-# TOKENMILL_ATTENTION=cudnn|native overrides the config's [engine] attention in every step (auto: cuDNN in a
+#                                      compare-sizes wgmma smol
+# TOKENMILL_ATTENTION=cudnn|native|native-sm90 overrides the config's [engine] attention in every step (auto: cuDNN in a
 # --features cudnn build). ENGINE=autograd|cuda|auto (default auto: the cuda engine for these bf16 runs) picks the
 # training engine of train, bench, compare and profile. MODEL=llama-124m runs bench/compare/profile on that preset.
-# Writes logs under $OUT (or /tmp/tm-out) and prints a short summary of each step last.
+# BIN and PY override the binary (.dist/tokenmill) and the Python (the device's torch venv), e.g. for smol's CPU dry
+# run (its comment below). Writes logs under $OUT (or /tmp/tm-out) and prints a short summary of each step last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/tm-out}"; mkdir -p "$OUT"
-BIN="$PWD/.dist/tokenmill"
+BIN="${BIN:-$PWD/.dist/tokenmill}"
 unpack() {  # $1 without the .xz / .gz that travelled (xz: about half gzip's size for these binaries)
   [ -x "$1" ] && return
   if [ -f "$1.xz" ]; then xz -dkf "$1.xz"; else gunzip -kf "$1.gz"; fi
   chmod +x "$1"
 }
 unpack "$BIN"
-PY=/opt/torch/.venv/bin/python3
+PY="${PY:-/opt/torch/.venv/bin/python3}"
 NV=/opt/torch/.venv/lib/python3.12/site-packages/nvidia
 export LD_LIBRARY_PATH="$(ls -d "$NV"/*/lib 2>/dev/null | tr '\n' ':')${LD_LIBRARY_PATH:-}"
 export TOKENMILL_R50K_RANKS="$PWD/.dist/r50k_base.tiktoken"
@@ -261,6 +262,58 @@ for step in "$@"; do
       --warmup "${BENCH_WARMUP:-2}" --steps "${BENCH_STEPS:-5}" --device cuda --python "$PY" \
       --engine "${ENGINE:-auto}" --json "$OUT/compare_$m.json" > "$OUT/compare_$m.txt" 2>&1
     note "compare $m B=$b rc=$? ${tab:+(gemm table $tab)}:"; tail -n 6 "$OUT/compare_$m.txt" | tee -a "$SUMMARY"
+    ;;
+  smol)  # issue 27 end to end at SmolLM2-135M's shape (llama-smol135m): a random LlamaForCausalLM + a SmolLM2-style
+          # tokenizer of 49,152 ids written by transformers (scripts/smol_hf.py; no network), two shard dirs prepped
+          # with that tokenizer from the two halves of the parquet, SMOL_STEPS steps on the engine from a 0.7/0.3
+          # mixture with --init, `export hf` of the checkpoint the last validation ran on, its val loss in transformers
+          # beside tokenmill's, then bench compare of the preset against HF + torch.compile. Each stage's log is
+          # $OUT/smol/STAGE.log; a stage whose input failed is skipped and says so. For a CPU dry run of the wiring:
+          # SMOL_DEVICE=cpu SMOL_DTYPE=fp32 SMOL_ENGINE=autograd SMOL_BENCH=0 SMOL_MAKE_ARGS="--vocab 2048 --layers 2
+          # --embd 64 --heads 4 --kv-heads 2 --hidden 128 --block 256" SMOL_B=2 SMOL_T=64 SMOL_TOTAL=256.
+    S="$OUT/smol"; rm -rf "$S"; mkdir -p "$S/in_a" "$S/in_b"
+    # Validation at steps 0, 10, 20, ... and at the end; a val loss logged at step N is on the weights of N updates
+    # (checkpoint step_N). The run's last val loss is at step_<steps> where evaluations also run after the last update
+    # (main since d0a6187), else at steps - 1 (before the last update): checkpoint.every = steps - 1 keeps that one.
+    steps=${SMOL_STEPS:-31}
+    b=${SMOL_B:-8}; t=${SMOL_T:-1024}; vs=${SMOL_VAL_STEPS:-4}; dev=${SMOL_DEVICE:-cuda}
+    files=("$(cd "${SMOL_PARQUET:-.dist/parquet}" && pwd)"/*.parquet); half=$(( (${#files[@]} + 1) / 2 ))
+    ln -s "${files[@]:0:$half}" "$S/in_a/"; ln -s "${files[@]:$half}" "$S/in_b/"
+    ok=1
+    stage() {  # stage NAME CMD...: run it (unless an earlier stage failed), log to $S/NAME.log, note its rc
+      local name=$1; shift
+      if [ $ok = 0 ]; then note "smol $name: skipped (an earlier stage failed)"; return; fi
+      "$@" > "$S/$name.log" 2>&1; local rc=$?
+      note "smol $name rc=$rc: $(grep -v '^\s*$' "$S/$name.log" | tail -n 1)"
+      [ $rc = 0 ] || { ok=0; tail -n 5 "$S/$name.log" | tee -a "$SUMMARY"; }
+    }
+    # shellcheck disable=SC2086
+    stage make "$PY" scripts/smol_hf.py make "$S/init" --parquet "$(dirname "${files[0]}")" \
+      --text data/tinyshakespeare.txt ${SMOL_MAKE_ARGS:-}
+    [ $ok = 1 ] && grep -E '^tokenizer:' "$S/make.log" | tee -a "$SUMMARY"
+    for src in a b; do
+      stage "prep_$src" "$BIN" prep fineweb --no-progress --input "$S/in_$src" --out "$S/$src" \
+        --shard-size "${SMOL_SHARD:-500000}" --tokenizer "$S/init"
+    done
+    [ $ok = 1 ] && grep -ho 'encoded by .*' "$S/prep_a.log" | head -n 1 | sed 's/^/smol prep: /' | tee -a "$SUMMARY"
+    stage train "$BIN" train --init "$S/init" --data "$S/a:0.7,$S/b:0.3" --device "$dev" \
+      --dtype "${SMOL_DTYPE:-bf16}" --max-steps "$steps" --log-dir "$S/run" --set data.micro_batch="$b" \
+      --set data.seq_len="$t" --set data.total_batch_tokens="${SMOL_TOTAL:-$((b * t * 4))}" \
+      --set optim.warmup_steps=5 --set eval.val_every=10 --set eval.val_steps="$vs" --set eval.sample_every=0 \
+      --set eval.hellaswag_every=0 --set checkpoint.every=$((steps - 1)) --set "run.engine=\"${SMOL_ENGINE:-cuda}\""
+    [ $ok = 1 ] && grep -E '^model: |\| tokens: ' "$S/train.log" | sed -n '1p;$p' | tee -a "$SUMMARY"
+    last=$(grep -o '"kind":"val","step":[0-9]*' "$S/run/metrics.jsonl" 2>/dev/null | tail -n 1 | grep -o '[0-9]*$')
+    stage export "$BIN" export hf "$S/run/checkpoints/$(printf 'step_%06d' "$last")" "$S/export"
+    stage val "$PY" scripts/smol_hf.py val "$S/export" --run "$S/run" --step "$last" --source "$S/a:0.7" \
+      --source "$S/b:0.3" --batch "$b" --seq-len "$t" --val-steps "$vs" --device "$dev"
+    [ $ok = 1 ] && grep -E '^val ' "$S/val.log" | tee -a "$SUMMARY"
+    if [ "${SMOL_BENCH:-1}" = 1 ]; then
+      m=llama-smol135m; bb=${SMOL_BENCH_B:-32}; tab="$OUT/gemm_${m}_B$bb.toml"; [ -f "$tab" ] || tab=""
+      TOKENMILL_GEMM_TABLE="$tab" "$BIN" bench compare --model $m --batch "$bb" --seq-len 1024 --total-batch 524288 \
+        --warmup "${BENCH_WARMUP:-2}" --steps "${BENCH_STEPS:-5}" --device cuda --python "$PY" \
+        --engine "${ENGINE:-auto}" --json "$OUT/compare_$m.json" > "$OUT/compare_$m.txt" 2>&1
+      note "compare $m B=$bb rc=$? ${tab:+(gemm table $tab)}:"; tail -n 6 "$OUT/compare_$m.txt" | tee -a "$SUMMARY"
+    fi
     ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
   esac

@@ -8,6 +8,13 @@ No network: the tokenizers are trained here, on shared/data/tinyshakespeare_inpu
   bpe/tokenizer.json   byte-level BPE as GPT-2 / SmolLM2 / Qwen2 build theirs: ByteLevel pre-tokenizer and decoder,
                        `<|endoftext|>` its only special token, a post-processor that adds nothing. No
                        tokenizer_config.json: the document boundary is `<|endoftext|>` appended (found by name).
+  bpe_llama3/tokenizer.json
+                       byte-level BPE as Llama-3 builds its: a Split with Llama-3's regex (cl100k_base's: numbers in
+                       pieces of up to 3 digits, punctuation runs with their newlines) before a ByteLevel without its
+                       own regex, `ignore_merges` on, special tokens `<|begin_of_text|>` `<|end_of_text|>` and some
+                       reserved ones, a TemplateProcessing post-processor that prepends `<|begin_of_text|>`, and a
+                       tokenizer_config.json naming both. The fast path's second pre-tokenizer (src/tokenizer/
+                       llama3_split.rs) is held to Python on it.
   spm/tokenizer.json   SentencePiece-style BPE as Llama-2 / TinyLlama build theirs: Metaspace pre-tokenizer (`▁`,
                        prepended to the first word), byte fallback (`<0x00>`..`<0xFF>` after `<unk> <s> </s>`), a
                        TemplateProcessing post-processor that prepends `<s>`, and a tokenizer_config.json naming
@@ -24,11 +31,15 @@ tokenizer files by itself (src/tokenizer/hf.rs); this script applies it the plai
 
 Usage (from the repo root; `pip install tokenizers pyarrow` in a venv, e.g. /work/venvs/tok):
     python scripts/make_hf_tokenizers.py [--data ../shared/data] [--out tests/fixtures/hf_tokenizers]
+    python scripts/make_hf_tokenizers.py --gpt2-json OUT.json   # only GPT-2's own tokenizer.json (50,257 ids), from
+        # the encoder.json / vocab.bpe tiktoken-rs vendors (in ~/.cargo/registry), for scripts/prep-tokenizers.sh to
+        # time the fast path on a real vocabulary against the tiktoken path with the very same ids
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import os
@@ -64,6 +75,43 @@ def train_bpe(text_path: str) -> Tokenizer:
         show_progress=False,
     )
     tok.train([text_path], trainer)
+    return tok
+
+
+# Llama-3's pre-tokenizer regex, as its tokenizer.json spells it.
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>"] + [f"<|reserved_special_token_{i}|>" for i in range(4)]
+
+
+def train_bpe_llama3(text_path: str) -> Tokenizer:
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(tokenizers.Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=LLAMA3_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train([text_path], trainer)
+    bos = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single="<|begin_of_text|> $A",
+                pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+                special_tokens=[("<|begin_of_text|>", bos)],
+            ),
+        ]
+    )
     return tok
 
 
@@ -134,18 +182,42 @@ def fineweb_texts(data: str) -> list[tuple[str, list[str]]]:
     return out
 
 
+def write_gpt2_json(out: str) -> None:
+    """GPT-2's tokenizer as Hugging Face's `gpt2` repo holds it, from OpenAI's encoder.json and vocab.bpe."""
+    found = sorted(glob.glob(os.path.expanduser("~/.cargo/registry/src/*/tiktoken-rs-*/assets/vocab.bpe")))
+    if not found:
+        raise SystemExit("no tiktoken-rs assets in ~/.cargo/registry: run `cargo fetch` first")
+    assets = os.path.dirname(found[-1])
+    tok = Tokenizer(models.BPE.from_file(os.path.join(assets, "encoder.json"), os.path.join(assets, "vocab.bpe")))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.add_special_tokens(["<|endoftext|>"])
+    assert tok.token_to_id("<|endoftext|>") == 50256 and tok.get_vocab_size() == 50257
+    tok.save(out)
+    print(f"{out}: GPT-2, {tok.get_vocab_size()} ids, from {assets}")
+
+
 def main() -> None:
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=os.path.join(repo, "..", "shared", "data"))
     ap.add_argument("--out", default=os.path.join(repo, "tests", "fixtures", "hf_tokenizers"))
+    ap.add_argument("--gpt2-json", help="write only GPT-2's own tokenizer.json to this path")
     args = ap.parse_args()
+    if args.gpt2_json:
+        write_gpt2_json(args.gpt2_json)
+        return
     shakespeare_path = os.path.join(args.data, SHAKESPEARE)
     with open(shakespeare_path, encoding="utf-8") as f:
         shakespeare = f.read()
     fineweb = fineweb_texts(args.data)
 
-    built = {"bpe": (train_bpe(shakespeare_path), None), "spm": (train_spm(shakespeare_path), {"bos": "<s>", "eos": "</s>"})}
+    built = {
+        "bpe": (train_bpe(shakespeare_path), None),
+        "bpe_llama3": (train_bpe_llama3(shakespeare_path), {"bos": "<|begin_of_text|>", "eos": "<|end_of_text|>"}),
+        "spm": (train_spm(shakespeare_path), {"bos": "<s>", "eos": "</s>", "unk": "<unk>"}),
+    }
     reference = {"tokenizers_version": tokenizers.__version__, "tokenizers": {}}
     for name, (tok, config) in built.items():
         folder = os.path.join(args.out, name)
@@ -153,18 +225,11 @@ def main() -> None:
         tok.save(os.path.join(folder, "tokenizer.json"))
         if config is not None:
             with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-                json.dump(
-                    {
-                        "tokenizer_class": "PreTrainedTokenizerFast",
-                        "bos_token": config["bos"],
-                        "eos_token": config["eos"],
-                        "unk_token": "<unk>",
-                        "add_bos_token": True,
-                        "add_eos_token": False,
-                    },
-                    f,
-                    indent=2,
-                )
+                settings = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": config["bos"], "eos_token": config["eos"]}
+                if "unk" in config:
+                    settings["unk_token"] = config["unk"]
+                settings.update({"add_bos_token": True, "add_eos_token": False})
+                json.dump(settings, f, indent=2)
                 f.write("\n")
         # Reload from the file, as tokenmill does, and encode the way a pretraining pipeline must.
         tok = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))

@@ -1,7 +1,8 @@
 //! Hugging Face tokenizers in `prep`: the ids equal Python `tokenizers`' on the whole FineWeb sample and tiny
-//! Shakespeare, every document boundary token counted, for a byte-level BPE tokenizer (EOS appended) and a
-//! SentencePiece-style one (Metaspace, byte fallback, BOS prepended by its post-processor); the manifest records the
-//! tokenizer and the shard directory keeps its files; u32 shards past 65,536 ids; workers merge to the one-box
+//! Shakespeare, every document boundary token counted, for byte-level BPE tokenizers (GPT-2 style with EOS appended,
+//! Llama-3 style with BOS prepended: both on the fast path of src/tokenizer/byte_bpe.rs) and a SentencePiece-style
+//! one (Metaspace, byte fallback, BOS prepended by its post-processor); the manifest records the tokenizer and the
+//! shard directory keeps its files; u32 shards past 65,536 ids; workers merge to the one-box
 //! dataset for both boundaries; HellaSwag prep with the model's tokenizer; and bad inputs as one-line errors naming
 //! the file and field.
 //!
@@ -114,7 +115,7 @@ fn ids_equal_python_tokenizers_on_fineweb_and_tiny_shakespeare() {
     for (_, path) in &files {
         std::os::unix::fs::symlink(path, input.path().join(path.file_name().unwrap())).unwrap();
     }
-    for name in ["bpe", "spm"] {
+    for name in ["bpe", "bpe_llama3", "spm"] {
         let entry = &reference["tokenizers"][name];
         let tok = load(name);
         assert_eq!(tok.info().hf.unwrap().sha256, entry["tokenizer_json_sha256"].as_str().unwrap(), "{name}");
@@ -336,7 +337,7 @@ fn a_resume_with_another_tokenizer_is_refused_naming_both() {
 #[test]
 fn workers_merge_to_the_one_box_dataset_with_bos_first_and_eos_last_boundaries() {
     let input = common::fineweb_fixture_dir();
-    for name in ["bpe", "spm"] {
+    for name in ["bpe", "bpe_llama3", "spm"] {
         let tok = fixture(name).display().to_string();
         // --shards 3 of 100K tokens: the third shard ends inside a document, so the merge places a resume cursor.
         let one = tempfile::tempdir().unwrap();

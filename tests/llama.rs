@@ -289,6 +289,14 @@ fn names_shapes_and_no_biases() {
     assert_eq!(gp.last().unwrap(), &("lm_head.weight".to_string(), vec![24, 16]));
     let one_b = ModelConfig::preset("llama-1b").unwrap();
     assert_eq!((one_b.kv_heads(), one_b.hidden(), one_b.rope_base(), one_b.tied()), (8, 8192, 500_000.0, true));
+    // SmolLM2-135M's shape: its config.json's sizes, and HF's count of its parameters (134,515,008).
+    let smol = ModelConfig::preset("llama-smol135m").unwrap();
+    assert_eq!((smol.n_layer, smol.n_embd, smol.n_head, smol.kv_heads(), smol.hidden()), (30, 576, 9, 3, 1536));
+    assert_eq!(
+        (smol.vocab_size, smol.real_vocab_size, smol.rope_base(), smol.eps(), smol.tied()),
+        (49_152, 49_152, 100_000.0, 1e-5, true)
+    );
+    assert_eq!(tokenmill::model::param_specs(&smol).iter().map(|s| s.numel()).sum::<usize>(), 134_515_008);
     let bad = ModelConfig { n_kv_head: Some(3), ..g.clone() };
     assert!(build_model(&bad, Precision::FP32, &Device::Cpu, 0).err().unwrap().to_string().contains("divide"));
     let gpt2_gqa = ModelConfig { arch: Architecture::Gpt2, ..g };

@@ -264,8 +264,8 @@ mod tests {
     fn llama_cases_run_the_llama_reference_with_its_shape() {
         use super::super::runner::BenchModel;
         use crate::bench::Plan;
-        let plan = Plan {
-            models: vec![BenchModel::preset("llama-tiny").unwrap()],
+        let plan = |preset: &str| Plan {
+            models: vec![BenchModel::preset(preset).unwrap()],
             seq_lens: vec![],
             batches: vec![],
             total_batch: None,
@@ -276,11 +276,17 @@ mod tests {
             seed: 1,
             engine: None,
         };
-        let cases = plan.cases(&Device::Cpu).unwrap();
+        let cases = plan("llama-tiny").cases(&Device::Cpu).unwrap();
         let spec = &cases[0];
         assert_eq!(default_reference(&spec.model), Some(PathBuf::from("reference/train_llama_ref.py")));
         let args = reference_args(spec, &Device::Cpu, false).join(" ");
         assert!(args.contains("--n-kv-head 2 --ffn-hidden 192 --rope-theta 10000"), "{args}");
+        assert!(!args.contains("--untied"), "{args}");
+        // SmolLM2-135M's shape reaches HF's LlamaForCausalLM whole: GQA 9/3, H 1536, theta 100000, its vocabulary.
+        let cases = plan("llama-smol135m").cases(&Device::Cpu).unwrap();
+        let args = reference_args(&cases[0], &Device::Cpu, false).join(" ");
+        assert!(args.contains("--n-layer 30 --n-head 9 --n-embd 576 --block-size 2048 --vocab-size 49152"), "{args}");
+        assert!(args.contains("--n-kv-head 3 --ffn-hidden 1536 --rope-theta 100000"), "{args}");
         assert!(!args.contains("--untied"), "{args}");
         let gpt2 = ModelConfig::preset("tiny").unwrap();
         assert_eq!(default_reference(&gpt2), Some(PathBuf::from("reference/train_gpt2_ref.py")));

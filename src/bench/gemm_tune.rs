@@ -46,7 +46,7 @@ pub fn tune(spec: &TuneSpec, device: &candle_core::Device, out: &Path) -> Result
     for name in &spec.presets {
         let bench = BenchModel::preset(name)?;
         let cfg = &bench.base;
-        let model_cfg = cfg.model.resolve(crate::model::config::GPT2_VOCAB_SIZE)?;
+        let model_cfg = cfg.model.resolve(bench.data_vocab)?;
         let bf16 = crate::train::config::ComputeDtype::Bf16.precision();
         let model = crate::model::build_model(&model_cfg, bf16, device, spec.seed)?;
         let vocab = model_cfg.real_vocab_size as u32;

@@ -62,6 +62,9 @@ pub struct BenchModel {
     pub origin: String,
     /// A config file's total batch; None for a preset (then `PRESET_ACCUM_STEPS` micro-batches).
     pub total_batch: Option<usize>,
+    /// The vocabulary the model is resolved for, as data's would be (the synthetic tokens are drawn from it): a
+    /// preset's own (SmolLM2's 49,152 for `llama-smol135m`), GPT-2's for the others and for config files.
+    pub data_vocab: usize,
 }
 
 impl BenchModel {
@@ -77,7 +80,13 @@ impl BenchModel {
             format!("data.total_batch_tokens={}", PRESET_MICRO_BATCH * t * PRESET_ACCUM_STEPS),
         ];
         let base = TrainConfig::resolve(None, &overrides)?;
-        Ok(BenchModel { label: name.to_string(), base, origin: format!("preset {name}"), total_batch: None })
+        Ok(BenchModel {
+            label: name.to_string(),
+            base,
+            origin: format!("preset {name}"),
+            total_batch: None,
+            data_vocab: model.real_vocab_size,
+        })
     }
 
     /// A training config file (configs/*.toml): its model, micro-batch, sequence length and total batch.
@@ -88,6 +97,7 @@ impl BenchModel {
         Ok(BenchModel {
             label,
             total_batch: Some(base.data.total_batch_tokens),
+            data_vocab: GPT2_VOCAB_SIZE,
             origin: path.display().to_string(),
             base,
         })
@@ -196,7 +206,7 @@ impl Plan {
                         let origin = format!("{} with B={b} T={t} total batch {total}", src.origin);
                         let cfg = TrainConfig::resolve_over(&src.base, &origin, None, &overrides)?;
                         cfg.grad_accum_steps(1)?;
-                        let model = cfg.model.resolve(GPT2_VOCAB_SIZE)?;
+                        let model = cfg.model.resolve(src.data_vocab)?;
                         // Sizes no machine can hold are refused with the plan (`--batch 1000000000000000`); whether
                         // a case fits this machine is judged when it runs (`run_case`), so the rest still run.
                         crate::train::memory::estimate(&model, b, t, &format!("bench {origin}"))?;

@@ -90,7 +90,8 @@ pub struct AttentionArgs {
 #[derive(clap::Args, Debug)]
 pub struct GridArgs {
     /// Model preset: gpt2-124m (small, 124m), gpt2-350m (medium, 350m), gpt2-774m, gpt2-1558m, tiny, llama-124m,
-    /// llama-tiny. Repeatable. Default: gpt2-124m on CUDA, tiny on CPU (with --sweep: 124m and 350m on CUDA).
+    /// llama-1b, llama-smol135m, llama-tiny, qwen2-tiny. Repeatable. Default: gpt2-124m on CUDA, tiny on CPU (with
+    /// --sweep: 124m and 350m on CUDA).
     #[arg(long = "model", value_name = "PRESET", value_delimiter = ',')]
     pub models: Vec<String>,
     /// A training config file (configs/*.toml): its model, micro-batch, seq_len and total batch. Repeatable.

@@ -64,6 +64,7 @@ pub const PRESETS: &[&str] = &[
     "tiny",
     "llama-124m",
     "llama-1b",
+    "llama-smol135m",
     "llama-tiny",
     "qwen2-tiny",
 ];
@@ -89,6 +90,22 @@ impl ModelConfig {
                     ffn_hidden: Some(8192),
                     rope_theta: Some(500_000.0),
                     ..ModelConfig::sized(Architecture::Llama, 1024, 16, 32, 2048)
+                };
+                cfg.validate()?;
+                return Ok(cfg);
+            }
+            // SmolLM2-135M's shape (GQA with 3 KV heads, H = 1536, theta 100000, tied) over its 49,152-id
+            // vocabulary, at its pretraining context of 2048: continued pretraining of that model, and its speed.
+            "llama-smol135m" => {
+                let cfg = ModelConfig {
+                    vocab_size: 49_152,
+                    real_vocab_size: 49_152,
+                    n_kv_head: Some(3),
+                    ffn_hidden: Some(1536),
+                    rope_theta: Some(100_000.0),
+                    tie_word_embeddings: Some(true),
+                    norm_eps: Some(1e-5),
+                    ..ModelConfig::sized(Architecture::Llama, 2048, 30, 9, 576)
                 };
                 cfg.validate()?;
                 return Ok(cfg);

@@ -228,6 +228,8 @@ pub fn prep(opts: &PrepOptions) -> Result<PrepReport, PrepError> {
         if let (Some(p), Ok(at)) = (&profile, built) {
             p.mark_at("tokenizer tables built", at);
         }
+        // Which code encodes: the ids are the same either way (not a manifest field), the speed is not.
+        tracing::info!("tokenizer {}: encoded by {}", opts.tokenizer.describe(), opts.tokenizer.encoder());
         mark("encoder ready");
         let run = run_segments(opts, planner, &mut writer, cursor.tokens_into_document, &progress, start, &profile);
         progress.finish();

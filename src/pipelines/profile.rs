@@ -194,7 +194,7 @@ impl Profile {
             .fold((0u64, 0u64, 0u64), |(a, b, c), j| (a + j.pieces.vocab, b + j.pieces.cached, c + j.pieces.merged));
         let pieces = (vocab + cached + merged).max(1) as f64;
         line(format!(
-            "pieces (GPT-2): {:.2}% one vocabulary token, {:.2}% from the thread's cache, {:.3}% merged ({merged})",
+            "pieces (GPT-2 path or byte-level BPE fast path): {:.2}% one vocabulary token, {:.2}% from the thread's cache, {:.3}% merged ({merged})",
             100.0 * vocab as f64 / pieces,
             100.0 * cached as f64 / pieces,
             100.0 * merged as f64 / pieces

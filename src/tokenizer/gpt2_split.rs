@@ -8,79 +8,22 @@
 //!
 //! The pattern (tiktoken's r50k_base, leftmost-first alternation):
 //! `'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`.
-//! The character classes come from the same regex engine tiktoken-rs uses (`regex` over regex-syntax's Unicode
-//! tables): a table of every char's class is built once by running `\p{L}+`, `\p{N}+` and `\s+` over all of
-//! Unicode, so a class here is the regex's class by construction.
+//! The character classes are `char_class`'s (the regex engine's own, by construction). The same pattern is the
+//! `tokenizers` crate's ByteLevel split (`'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ...`, the same alternatives), which
+//! `byte_bpe` runs through this scanner too.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use rustc_hash::FxHashMap;
 use tiktoken_rs::{CoreBPE, Rank};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-enum Class {
-    /// `\p{L}`
-    Letter = 0,
-    /// `\p{N}`
-    Number = 1,
-    /// `\s`
-    Space = 2,
-    /// anything else: `[^\s\p{L}\p{N}]`
-    Other = 3,
-}
+use super::char_class::{char_at, class_of, classes, Class};
+use super::piece_counts::{self, PieceCounts};
 
-/// The class of every char (indexed by scalar value; surrogates unused).
-fn classes() -> &'static [u8] {
-    static TABLE: OnceLock<Vec<u8>> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        let mut table = vec![Class::Other as u8; char::MAX as usize + 1];
-        // ~1.1M chars through three regexes is ~50 ms on one core, on the critical path of every `prep` start; a
-        // char's class does not depend on its neighbours (every char of a class is inside some match of `class+`),
-        // so ranges of code points are classified on their own threads.
-        let parts = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
-        let chunk = table.len().div_ceil(parts);
-        std::thread::scope(|s| {
-            for (i, part) in table.chunks_mut(chunk).enumerate() {
-                s.spawn(move || classify(part, (i * chunk) as u32));
-            }
-        });
-        table
-    })
-}
-
-/// Fill `part` (the table entries of code points `first..first + part.len()`) with their classes.
-fn classify(part: &mut [u8], first: u32) {
-    let chars: String = (first..first + part.len() as u32).filter_map(char::from_u32).collect();
-    for (pattern, class) in [(r"\p{L}+", Class::Letter), (r"\p{N}+", Class::Number), (r"\s+", Class::Space)] {
-        let re = regex::Regex::new(pattern).expect("a valid class pattern");
-        for m in re.find_iter(&chars) {
-            for c in m.as_str().chars() {
-                part[(c as u32 - first) as usize] = class as u8;
-            }
-        }
-    }
-}
-
-/// Build the class table now (~1.1M chars through three regexes) rather than on the first piece.
-pub fn warm_up() {
-    classes();
-}
-
-fn class_of(table: &[u8], c: char) -> Class {
-    match table[c as usize] {
-        0 => Class::Letter,
-        1 => Class::Number,
-        2 => Class::Space,
-        _ => Class::Other,
-    }
-}
-
-/// The char starting at byte `i` of `text` (which must be a char boundary).
-fn char_at(text: &str, i: usize) -> char {
-    text[i..].chars().next().expect("i is inside text")
-}
+/// The same pattern as the `tokenizers` crate spells it (its ByteLevel pre-tokenizer's, and a `Split` of GPT-2-style
+/// tokenizer.json files): the contractions listed one by one, the rest identical.
+pub const HF_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
 /// Calls `f` with each piece of `text` exactly as r50k_base's regex splits it, in order.
 pub fn for_each_piece(text: &str, mut f: impl FnMut(&str)) {
@@ -166,25 +109,8 @@ const CACHE_CAP: usize = 1 << 18;
 /// bytes, which `byte_pair_split` (the one merge entry point it exports) does not.
 const LONG_PIECE: usize = 100;
 
-/// How a thread's pieces were answered, since it started (`prep`'s profile reads it around each segment).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PieceCounts {
-    /// One token, from the shared vocabulary table.
-    pub vocab: u64,
-    /// Several tokens, from this thread's cache.
-    pub cached: u64,
-    /// Several tokens, merged now (and cached).
-    pub merged: u64,
-}
-
 thread_local! {
     static CACHE: RefCell<FxHashMap<Box<str>, Box<[u32]>>> = RefCell::new(FxHashMap::default());
-    static COUNTS: Cell<PieceCounts> = const { Cell::new(PieceCounts { vocab: 0, cached: 0, merged: 0 }) };
-}
-
-/// This thread's piece counts so far.
-pub fn piece_counts() -> PieceCounts {
-    COUNTS.get()
 }
 
 /// `bpe.encode_ordinary(text)` for r50k_base, appended to `out`: split here; a piece that is one vocabulary entry
@@ -192,7 +118,7 @@ pub fn piece_counts() -> PieceCounts {
 /// BPE the first time (a piece on its own splits into itself, so its tokens in isolation are its tokens in context).
 pub fn encode_into(bpe: &CoreBPE, text: &str, out: &mut Vec<u32>) {
     let ranks = ranks(bpe);
-    let mut counts = COUNTS.get();
+    let mut counts = PieceCounts::default();
     CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
         for_each_piece(text, |piece| {
@@ -221,11 +147,12 @@ pub fn encode_into(bpe: &CoreBPE, text: &str, out: &mut Vec<u32>) {
             cache.insert(piece.into(), out[start..].into());
         });
     });
-    COUNTS.set(counts);
+    piece_counts::add(counts);
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::char_class::test_texts::{generated, HAND_CASES};
     use super::*;
 
     /// The pieces of tiktoken-rs's own regex (the r50k pattern through fancy-regex) for `text`.
@@ -237,6 +164,14 @@ mod tests {
         re.find_iter(text).map(|m| m.unwrap().as_str().to_string()).collect()
     }
 
+    /// The pieces of the `tokenizers` crate's regex engine running its own spelling of the pattern (every char
+    /// starts a match, so its matches are all the pieces).
+    fn hf_regex_pieces(text: &str) -> Vec<String> {
+        static RE: OnceLock<tokenizers::utils::SysRegex> = OnceLock::new();
+        let re = RE.get_or_init(|| tokenizers::utils::SysRegex::new(HF_PATTERN).unwrap());
+        re.find_iter(text).map(|(start, end)| text[start..end].to_string()).collect()
+    }
+
     fn pieces(text: &str) -> Vec<String> {
         let mut v = Vec::new();
         for_each_piece(text, |p| v.push(p.to_string()));
@@ -244,43 +179,10 @@ mod tests {
     }
 
     #[test]
-    fn classes_of_code_point_ranges_equal_one_pass_over_all_of_unicode() {
-        let mut whole = vec![Class::Other as u8; char::MAX as usize + 1];
-        classify(&mut whole, 0);
-        assert_eq!(classes(), &whole[..]);
-        // Cut where the machine's core count would not: 7 ranges, boundaries inside letter and space runs.
-        let mut cut = vec![Class::Other as u8; whole.len()];
-        let chunk = cut.len().div_ceil(7);
-        for (i, part) in cut.chunks_mut(chunk).enumerate() {
-            classify(part, (i * chunk) as u32);
-        }
-        assert_eq!(cut, whole);
-        assert_eq!(class_of(&whole, 'é'), Class::Letter);
-        assert_eq!(class_of(&whole, '٣'), Class::Number);
-        assert_eq!(class_of(&whole, '\u{3000}'), Class::Space);
-    }
-
-    #[test]
     fn hand_cases_split_like_the_regex() {
-        for text in [
-            "",
-            " ",
-            "  ",
-            "hello world",
-            "  hello   world  ",
-            "a\n\nb",
-            "a \n b\n",
-            "\n\n\n",
-            "x's y'll z'VE 're 'm 'd 't 'q ''s",
-            " 's ?'s !!'ll",
-            "12,345.67 and ٣٤٥ and Ⅻ",
-            "tab\there\r\nend\u{a0}nbsp\u{3000}ideographic",
-            "emoji 🙂🙂 and 中文字符 and ﬁ ligature",
-            "mixed: x1y2 3z !? ... --- ~~~",
-            " \u{a0} x",
-            "trailing \t",
-        ] {
+        for &text in HAND_CASES {
             assert_eq!(pieces(text), regex_pieces(text), "{text:?}");
+            assert_eq!(pieces(text), hf_regex_pieces(text), "{text:?}");
         }
     }
 
@@ -288,18 +190,10 @@ mod tests {
     fn generated_text_splits_like_the_regex() {
         // Strings over an alphabet chosen to hit every branch: spaces of several kinds, apostrophes and the
         // contraction letters, letters and numbers from several scripts, punctuation and symbols.
-        let alphabet: Vec<char> = " \u{a0}\t\n\r\u{2003}'sdmtlvreSLVRxyZ09٣Ⅻ½.,!?-\"()中é🙂\u{301}_".chars().collect();
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for _ in 0..20_000 {
-            let len = (next() % 24) as usize;
-            let text: String = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+        let alphabet = " \u{a0}\t\n\r\u{2003}'sdmtlvreSLVRxyZ09٣Ⅻ½.,!?-\"()中é🙂\u{301}_";
+        for text in generated(alphabet, 0x2545_f491_4f6c_dd1d, 20_000, 24) {
             assert_eq!(pieces(&text), regex_pieces(&text), "{text:?}");
+            assert_eq!(pieces(&text), hf_regex_pieces(&text), "{text:?}");
         }
     }
 
@@ -329,25 +223,16 @@ mod tests {
     #[test]
     fn generated_text_encodes_like_tiktoken_and_counts_its_pieces() {
         let bpe = tiktoken_rs::r50k_base_singleton();
-        let alphabet: Vec<char> = " \n'sdtlverxyzqkjaeiouAEN0123.,!-中é🙂".chars().collect();
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let before = piece_counts();
+        let alphabet = " \n'sdtlverxyzqkjaeiouAEN0123.,!-中é🙂";
+        let before = piece_counts::current();
         let mut pieces = 0u64;
-        for _ in 0..5_000 {
-            let len = (next() % 160) as usize;
-            let text: String = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+        for text in generated(alphabet, 0x9e37_79b9_7f4a_7c15, 5_000, 160) {
             let mut ours = Vec::new();
             encode_into(bpe, &text, &mut ours);
             assert_eq!(ours, bpe.encode_ordinary(&text), "{text:?}");
             for_each_piece(&text, |_| pieces += 1);
         }
-        let after = piece_counts();
+        let after = piece_counts::current();
         let (vocab, cached, merged) =
             (after.vocab - before.vocab, after.cached - before.cached, after.merged - before.merged);
         assert_eq!(vocab + cached + merged, pieces);

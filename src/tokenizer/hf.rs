@@ -17,13 +17,19 @@
 //! The tokens before and after every document's text are recorded in the manifest (`HfRecord`), with the rule that
 //! chose them; the first token added before the text (else the last after it) is the boundary one token per document
 //! marks.
+//!
+//! Text is encoded by `byte_bpe`'s fast path when the tokenizer is a byte-level BPE it covers exactly (same ids,
+//! ~10x the crate's speed in `prep`), else by the crate; [`HfTokenizer::encoder`] says which and why, and
+//! `TOKENMILL_HF_ENCODER=crate` makes every tokenizer use the crate.
 
 use std::cell::RefCell;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
 
+use crate::tokenizer::byte_bpe::{self, ByteBpe};
 use crate::tokenizer::record::{BoundaryAt, HfRecord, SpecialToken};
 use crate::tokenizer::TokenizerError;
 
@@ -50,7 +56,22 @@ pub struct HfTokenizer {
     /// 1 + the largest id of the vocabulary (added tokens included).
     vocab_size: u32,
     boundary: (u32, BoundaryAt),
+    /// Which encoder runs, decided (and its tables built) on first use: loading a tokenizer to read its record or
+    /// decode a sample costs nothing more.
+    engine: OnceLock<Engine>,
 }
+
+/// The encoder of a tokenizer's text.
+enum Engine {
+    /// `byte_bpe`'s fast path.
+    Fast(Box<ByteBpe>),
+    /// The `tokenizers` crate, and why not the fast path.
+    Crate(String),
+}
+
+/// Set to `crate`, every Hugging Face tokenizer encodes through the `tokenizers` crate (a check on the fast path,
+/// and the slow side of scripts/prep-tokenizers.sh's comparison).
+const ENCODER_ENV: &str = "TOKENMILL_HF_ENCODER";
 
 impl std::fmt::Debug for HfTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -90,6 +111,18 @@ impl HfTokenizer {
             .map_err(|e| TokenizerError::Parse { path: p(), message: one_line(&e.to_string()) })?;
         tokenizer.with_padding(None);
         tokenizer.set_encode_special_tokens(true);
+        // BPE dropout (a training-time regulariser) draws each text's merges at random: shards would not be the same
+        // twice, and a resumed prep would not continue its own.
+        if let tokenizers::models::ModelWrapper::BPE(bpe) = tokenizer.get_model() {
+            if let Some(p_drop) = bpe.dropout.filter(|&d| d > 0.0) {
+                return Err(TokenizerError::Parse {
+                    path: p(),
+                    message: format!(
+                        "model.dropout {p_drop}: BPE dropout makes the ids random; set it to null for tokenizing data"
+                    ),
+                });
+            }
+        }
         let config_path = path.with_file_name(TOKENIZER_CONFIG_JSON);
         let settings = match &config {
             Some(bytes) => ConfigFile::parse(bytes, &config_path)?,
@@ -174,6 +207,7 @@ impl HfTokenizer {
             record,
             vocab_size,
             boundary,
+            engine: OnceLock::new(),
         })
     }
 
@@ -222,8 +256,50 @@ impl HfTokenizer {
         vec![(TOKENIZER_JSON, self.json.clone()), (TOKENIZER_CONFIG_JSON, config)]
     }
 
+    /// The encoder, chosen and built once.
+    fn engine(&self) -> &Engine {
+        self.engine.get_or_init(|| {
+            if std::env::var(ENCODER_ENV).is_ok_and(|v| v == "crate") {
+                return Engine::Crate(format!("{ENCODER_ENV}=crate"));
+            }
+            match byte_bpe::plan(&self.tokenizer, &self.json).and_then(ByteBpe::build) {
+                Ok(fast) => Engine::Fast(Box::new(fast)),
+                Err(why) => Engine::Crate(format!("not covered by the fast path: {why}")),
+            }
+        })
+    }
+
+    /// Choose the encoder and build its tables now (`prep` does it while it lists its inputs).
+    pub fn warm_up(&self) {
+        self.engine();
+    }
+
+    /// Which encoder encodes this tokenizer's text, in one line (for `prep`'s log).
+    pub fn encoder(&self) -> String {
+        match self.engine() {
+            Engine::Fast(fast) => fast.describe().to_string(),
+            Engine::Crate(why) => format!("the `tokenizers` crate ({why})"),
+        }
+    }
+
+    /// Whether the fast path encodes it.
+    pub fn is_fast(&self) -> bool {
+        matches!(self.engine(), Engine::Fast(_))
+    }
+
     /// `text`'s ids, no boundary tokens, appended to `out`.
     pub fn encode_into(&self, text: &str, out: &mut Vec<u32>) -> Result<(), TokenizerError> {
+        match self.engine() {
+            Engine::Fast(fast) => {
+                fast.encode_into(text, out);
+                Ok(())
+            }
+            Engine::Crate(_) => self.encode_with_crate_into(text, out),
+        }
+    }
+
+    /// `encode_into` through the `tokenizers` crate, whatever the encoder: the reference the fast path is held to.
+    pub fn encode_with_crate_into(&self, text: &str, out: &mut Vec<u32>) -> Result<(), TokenizerError> {
         self.with_local(|t| {
             let encoding =
                 t.encode_fast(text, false).map_err(|e| TokenizerError::Encode { message: one_line(&e.to_string()) })?;

@@ -3,8 +3,10 @@
 //! The tiktoken vocabularies and merges are tiktoken-rs's, the reference the golden tests hold us to
 //! (tests/golden_tokens.rs); GPT-2's pre-tokenizer regex is replaced by a hand-written scanner with a piece cache
 //! (`gpt2_split`), proven to split identically. Hugging Face tokenizers run in the `tokenizers` crate (`hf`), held
-//! to Python's `tokenizers` by tests/hf_tokenizer.rs. A `--tokenizer` value is a [`TokenizerSource`]; what a shard
-//! directory records is a [`TokenizerInfo`], and [`Tokenizer::recorded`] loads exactly that tokenizer back.
+//! to Python's `tokenizers` by tests/hf_tokenizer.rs; byte-level BPE ones (GPT-2, Llama-3, Qwen2, SmolLM2 style)
+//! take a fast path with the same ids (`byte_bpe`, held to the crate by tests/hf_byte_bpe.rs). A `--tokenizer` value
+//! is a [`TokenizerSource`]; what a shard directory records is a [`TokenizerInfo`], and [`Tokenizer::recorded`] loads
+//! exactly that tokenizer back.
 
 use std::fmt;
 use std::path::Path;
@@ -13,14 +15,18 @@ use std::sync::Arc;
 
 use tiktoken_rs::CoreBPE;
 
+mod byte_bpe;
+mod char_class;
 mod gpt2_split;
 pub mod hf;
 pub mod hf_files;
+mod llama3_split;
+pub mod piece_counts;
 pub mod record;
 pub mod source;
 
-pub use gpt2_split::{piece_counts, PieceCounts};
 pub use hf::{HfTokenizer, TOKENIZER_CONFIG_JSON, TOKENIZER_JSON};
+pub use piece_counts::{current as piece_counts, PieceCounts};
 pub use record::{BoundaryAt, HfRecord, SpecialToken, TokenizerId, TokenizerInfo};
 pub use source::TokenizerSource;
 
@@ -98,7 +104,7 @@ impl TokenizerKind {
     pub fn warm_up(self) {
         std::thread::scope(|s| {
             if self == TokenizerKind::Gpt2 {
-                s.spawn(gpt2_split::warm_up);
+                s.spawn(char_class::warm_up);
             }
             let bpe = self.bpe();
             if self == TokenizerKind::Gpt2 {
@@ -258,10 +264,22 @@ impl Tokenizer {
         }
     }
 
-    /// Build the shared tables now (see [`TokenizerKind::warm_up`]); an HF tokenizer is ready once loaded.
+    /// Build the shared tables now (see [`TokenizerKind::warm_up`]; an HF tokenizer chooses its encoder and builds
+    /// the fast path's tables).
     pub fn warm_up(&self) {
-        if let Inner::Builtin(k) = &self.inner {
-            k.warm_up();
+        match &self.inner {
+            Inner::Builtin(k) => k.warm_up(),
+            Inner::Hf(t) => t.warm_up(),
+        }
+    }
+
+    /// Which code encodes text, in one line for `prep`'s log: tiktoken's vocabulary (GPT-2 through the hand-written
+    /// splitter), or [`HfTokenizer::encoder`].
+    pub fn encoder(&self) -> String {
+        match &self.inner {
+            Inner::Builtin(TokenizerKind::Gpt2) => "tiktoken-rs ranks, hand-written GPT-2 split and piece cache".into(),
+            Inner::Builtin(_) => "tiktoken-rs".into(),
+            Inner::Hf(t) => t.encoder(),
         }
     }
 
