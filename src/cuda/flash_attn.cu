@@ -310,14 +310,8 @@ __device__ __forceinline__ void fa2_dkdv(const T* __restrict__ q, const T* __res
     const int per = n_qt - i_first, steps = nq * per;
     auto load_q_tile = [&](int j, int st) {
         const int hq = h0 + j / per, i0 = (i_first + j % per) * FA2_TILE;
-        const int64_t bq = (int64_t)b * nh + hq;
-        fa2_load_tile<FA2_TILE, NT>(qs + st * TILE, fa2_head(q, L.q, b, hq), L.q.t_, i0, t_len);
-        fa2_load_tile<FA2_TILE, NT>(gs + st * TILE, fa2_head(dy, L.y, b, hq), L.y.t_, i0, t_len);
-        for (int e = tid; e < FA2_TILE; e += NT) {
-            const bool ok = i0 + e < t_len;
-            cp_async4(&lsm[st][e], lse + bq * t_len + (ok ? i0 + e : 0), ok);
-            cp_async4(&dsm[st][e], dvec + bq * t_len + (ok ? i0 + e : 0), ok);
-        }
+        fa2_load_q_stage<NT>(qs + st * TILE, gs + st * TILE, lsm[st], dsm[st], q, dy, lse, dvec, L, b, nh, hq, i0,
+                             t_len, tid);
     };
     load_q_tile(0, 0);
     cp_async_commit();
@@ -403,35 +397,11 @@ __device__ __forceinline__ void fa2_dq(const T* __restrict__ q, const T* __restr
     fa2_load_tile<BQ, NT>(vs, gg, L.y.t_, q0, t_len);
     fa2_load_tile<BQ, NT>(ys, yg, L.y.t_, q0, t_len);
     cp_async_commit();
-    // This thread's rows wr0 + g and wr0 + g + 8: lse (log2 units); rows >= T get 0 (their output is dropped).
     float l2[2], dd[2];
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        const int row = wr0 + g + 8 * hf;
-        l2[hf] = row < t_len ? lse[(int64_t)bh * t_len + row] * TM_LOG2E : 0.f;
-    }
+    fa2_lse_rows(l2, lse, bh, t_len, wr0 + g);  // rows >= T: 0 (their output is dropped)
     cp_async_wait<0>();
     __syncthreads();
-    {
-        // D: two threads per row (NT = 2 BQ: row r on lanes 2 (r % 16) and 2 (r % 16) + 1 of warp r / 16, the warp
-        // that owns the row), each 32 columns as four 16-byte chunks in column order; the halves add up in a fixed
-        // order. Rows >= T are zero-filled: D = 0.
-        const int r = tid >> 1, half = tid & 1;
-        float part = 0.f;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int off = fa2_swz(r, (half * 4 + i) * 8);
-            const uint4 a = *reinterpret_cast<const uint4*>(ys + off), d = *reinterpret_cast<const uint4*>(vs + off);
-            const T* ae = reinterpret_cast<const T*>(&a);
-            const T* de = reinterpret_cast<const T*>(&d);
-#pragma unroll
-            for (int j = 0; j < 8; j++) part += to_acc(ae[j]) * to_acc(de[j]);
-        }
-        const float dsum = part + warp_shfl_xor(part, 1);  // commutative: both threads hold the same sum
-        if (half == 0 && q0 + r < t_len) dvec[(int64_t)bh * t_len + q0 + r] = dsum;
-#pragma unroll
-        for (int hf = 0; hf < 2; hf++) dd[hf] = warp_shfl(dsum, 2 * (g + 8 * hf));
-    }
+    fa2_block_d(dd, ys, vs, dvec, bh, t_len, q0, tid, g);  // D; vs holds the dY block here
     uint32_t qa[1][4][4], ga[1][4][4];
     fa2_load_a<T>(qa[0], ks, warp * 16);
     fa2_load_a<T>(ga[0], vs, warp * 16);

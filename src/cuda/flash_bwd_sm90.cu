@@ -152,14 +152,8 @@ __device__ __forceinline__ void fs_dkdv(const __nv_bfloat16* __restrict__ q, con
     const int per = n_qt - i_first, steps = nq * per;
     auto load_q_tile = [&](int j, int st) {
         const int hq = h0 + j / per, i0 = (i_first + j % per) * FA2_TILE;
-        const int64_t bq = (int64_t)b * nh + hq;
-        fa2_load_tile<FA2_TILE, NT>(qs + st * TILE, fa2_head(q, L.q, b, hq), L.q.t_, i0, t_len);
-        fa2_load_tile<FA2_TILE, NT>(gs + st * TILE, fa2_head(dy, L.y, b, hq), L.y.t_, i0, t_len);
-        for (int e = tid; e < FA2_TILE; e += NT) {
-            const bool ok = i0 + e < t_len;
-            cp_async4(&lsm[st][e], lse + bq * t_len + (ok ? i0 + e : 0), ok);
-            cp_async4(&dsm[st][e], dvec + bq * t_len + (ok ? i0 + e : 0), ok);
-        }
+        fa2_load_q_stage<NT>(qs + st * TILE, gs + st * TILE, lsm[st], dsm[st], q, dy, lse, dvec, L, b, nh, hq, i0,
+                             t_len, tid);
     };
     load_q_tile(0, 0);
     cp_async_commit();
@@ -293,34 +287,11 @@ __device__ __forceinline__ void fs_dq(const __nv_bfloat16* __restrict__ q, const
     fa2_load_tile<BQ, NT>(vs, fa2_head(dy, L.y, b, h), L.y.t_, q0, t_len);
     fa2_load_tile<BQ, NT>(ys, fa2_head(y, L.y, b, h), L.y.t_, q0, t_len);
     cp_async_commit();
-    // This thread's rows qw0 + 16w + g and + 8: lse (log2 units); rows >= T get 0 (their output is dropped).
     float l2[2], dd[2];
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        const int row = qw0 + 16 * w + g + 8 * hf;
-        l2[hf] = row < t_len ? lse[(int64_t)bh * t_len + row] * TM_LOG2E : 0.f;
-    }
+    fa2_lse_rows(l2, lse, bh, t_len, qw0 + 16 * w + g);  // rows >= T: 0 (their output is dropped)
     cp_async_wait<0>();
     __syncthreads();
-    {
-        // D as flash_dq: two threads per row (row r on threads 2r, 2r + 1: the warp whose accumulators hold the row),
-        // 32 columns each in column order, the halves added in a fixed order. Rows >= T are zero-filled: D = 0.
-        const int r = tid >> 1, half = tid & 1;
-        float part = 0.f;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int off = fa2_swz(r, (half * 4 + i) * 8);
-            const uint4 a = *reinterpret_cast<const uint4*>(ys + off), d = *reinterpret_cast<const uint4*>(vs + off);
-            const T* ae = reinterpret_cast<const T*>(&a);
-            const T* de = reinterpret_cast<const T*>(&d);
-#pragma unroll
-            for (int j = 0; j < 8; j++) part += to_acc(ae[j]) * to_acc(de[j]);
-        }
-        const float dsum = part + warp_shfl_xor(part, 1);  // commutative: both threads hold the same sum
-        if (half == 0 && q0 + r < t_len) dvec[(int64_t)bh * t_len + q0 + r] = dsum;
-#pragma unroll
-        for (int hf = 0; hf < 2; hf++) dd[hf] = warp_shfl(dsum, 2 * (g + 8 * hf));
-    }
+    fa2_block_d(dd, ys, vs, dvec, bh, t_len, q0, tid, g);  // D as flash_dq; vs holds the dY block here
     uint32_t qa[4][4], ga[4][4];
     fs_load_a(qa, ks, 64 * wg);
     fs_load_a(ga, vs, 64 * wg);

@@ -5,6 +5,7 @@
 #pragma once
 #include "common.cuh"
 #include "cp_async.cuh"
+#include "warp.cuh"
 
 #define FA2_HS 64          // head size
 #define FA2_CH 8           // 16-byte chunks per row (HS * 2 bytes / 16)
@@ -95,4 +96,55 @@ __device__ __forceinline__ Fa2QueryBlock<T> fa2_query_block(int rows, const T* q
     qb.k = fa2_head(k, L.k, qb.b, hk);
     qb.v = fa2_head(v, L.v, qb.b, hk);
     return qb;
+}
+
+// The backward's softmax statistics of this thread's two rows row0 and row0 + 8: lse in log2 units; rows >= T get 0
+// (their output is dropped).
+__device__ __forceinline__ void fa2_lse_rows(float l2[2], const float* __restrict__ lse, int64_t bh, int t_len, int row0) {
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        const int row = row0 + 8 * hf;
+        l2[hf] = row < t_len ? lse[bh * t_len + row] * TM_LOG2E : 0.f;
+    }
+}
+
+// D = rowsum(dY * Y) of a query block's rows, from its dY (dys) and Y (ys) tiles in shared memory (swizzled, 64
+// columns): two threads per row (row r on threads 2r and 2r + 1: lanes 2 (r % 16) and 2 (r % 16) + 1 of warp r / 16,
+// the warp whose accumulators hold the row), each 32 columns as four 16-byte chunks in column order; the halves add
+// up in a fixed order. Rows >= T are zero-filled: D = 0. Row q0 + r of dvec gets D (rows < T); dd gets the D of this
+// thread's rows g and g + 8 of its warp's 16.
+template <typename T>
+__device__ __forceinline__ void fa2_block_d(float dd[2], const T* ys, const T* dys, float* __restrict__ dvec, int64_t bh, int t_len,
+                                            int q0, int tid, int g) {
+    const int r = tid >> 1, half = tid & 1;
+    float part = 0.f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int off = fa2_swz(r, (half * 4 + i) * 8);
+        const uint4 a = *reinterpret_cast<const uint4*>(ys + off), d = *reinterpret_cast<const uint4*>(dys + off);
+        const T* ae = reinterpret_cast<const T*>(&a);
+        const T* de = reinterpret_cast<const T*>(&d);
+#pragma unroll
+        for (int j = 0; j < 8; j++) part += to_acc(ae[j]) * to_acc(de[j]);
+    }
+    const float dsum = part + warp_shfl_xor(part, 1);  // commutative: both threads hold the same sum
+    if (half == 0 && q0 + r < t_len) dvec[bh * t_len + q0 + r] = dsum;
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) dd[hf] = warp_shfl(dsum, 2 * (g + 8 * hf));
+}
+
+// Stage `st` of a dK/dV kernel's stream of query tiles: rows i0 .. i0 + 63 of query head hq (batch b): their Q and dY
+// tiles into qs and gs (64 rows each), their lse and D into lsm and dsm (rows >= T: zero-filled).
+template <int NT, typename T>
+__device__ __forceinline__ void fa2_load_q_stage(T* qs, T* gs, float* lsm, float* dsm, const T* q, const T* dy,
+                                                 const float* __restrict__ lse, const float* __restrict__ dvec,
+                                                 const Fa2Layout& L, int b, int nh, int hq, int i0, int t_len, int tid) {
+    const int64_t bq = (int64_t)b * nh + hq;
+    fa2_load_tile<FA2_TILE, NT>(qs, fa2_head(q, L.q, b, hq), L.q.t_, i0, t_len);
+    fa2_load_tile<FA2_TILE, NT>(gs, fa2_head(dy, L.y, b, hq), L.y.t_, i0, t_len);
+    for (int e = tid; e < FA2_TILE; e += NT) {
+        const bool ok = i0 + e < t_len;
+        cp_async4(&lsm[e], lse + bq * t_len + (ok ? i0 + e : 0), ok);
+        cp_async4(&dsm[e], dvec + bq * t_len + (ok ? i0 + e : 0), ok);
+    }
 }
