@@ -272,9 +272,8 @@ for step in "$@"; do
           # SMOL_DEVICE=cpu SMOL_DTYPE=fp32 SMOL_ENGINE=autograd SMOL_BENCH=0 SMOL_MAKE_ARGS="--vocab 2048 --layers 2
           # --embd 64 --heads 4 --kv-heads 2 --hidden 128 --block 256" SMOL_B=2 SMOL_T=64 SMOL_TOTAL=256.
     S="$OUT/smol"; rm -rf "$S"; mkdir -p "$S/in_a" "$S/in_b"
-    # Validation at steps 0, 10, 20, ... and at the end; a val loss logged at step N is on the weights of N updates
-    # (checkpoint step_N). The run's last val loss is at step_<steps> where evaluations also run after the last update
-    # (main since d0a6187), else at steps - 1 (before the last update): checkpoint.every = steps - 1 keeps that one.
+    # Validation at steps 0, 10, 20, ... and after the last update; a val loss logged at step N is on the weights of N
+    # updates (checkpoint step_N), so the run's last val loss is that of its final checkpoint, the one exported.
     steps=${SMOL_STEPS:-31}
     b=${SMOL_B:-8}; t=${SMOL_T:-1024}; vs=${SMOL_VAL_STEPS:-4}; dev=${SMOL_DEVICE:-cuda}
     files=("$(cd "${SMOL_PARQUET:-.dist/parquet}" && pwd)"/*.parquet); half=$(( (${#files[@]} + 1) / 2 ))
@@ -300,7 +299,7 @@ for step in "$@"; do
       --dtype "${SMOL_DTYPE:-bf16}" --max-steps "$steps" --log-dir "$S/run" --set data.micro_batch="$b" \
       --set data.seq_len="$t" --set data.total_batch_tokens="${SMOL_TOTAL:-$((b * t * 4))}" \
       --set optim.warmup_steps=5 --set eval.val_every=10 --set eval.val_steps="$vs" --set eval.sample_every=0 \
-      --set eval.hellaswag_every=0 --set checkpoint.every=$((steps - 1)) --set "run.engine=\"${SMOL_ENGINE:-cuda}\""
+      --set eval.hellaswag_every=0 --set checkpoint.every="$steps" --set "run.engine=\"${SMOL_ENGINE:-cuda}\""
     [ $ok = 1 ] && grep -E '^model: |\| tokens: ' "$S/train.log" | sed -n '1p;$p' | tee -a "$SUMMARY"
     last=$(grep -o '"kind":"val","step":[0-9]*' "$S/run/metrics.jsonl" 2>/dev/null | tail -n 1 | grep -o '[0-9]*$')
     stage export "$BIN" export hf "$S/run/checkpoints/$(printf 'step_%06d' "$last")" "$S/export"
