@@ -24,20 +24,19 @@ Exit status 0 when every loss matches, 1 otherwise; the figures are printed.
 import argparse
 import json
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+import hf_val  # scripts/hf_val.py: the val windows and logged losses, read as tokenmill reads them
 
 REPO = Path(__file__).resolve().parent.parent
 TOKENIZER = REPO / "tests/fixtures/hf_tokenizers/bpe/tokenizer.json"
 CORPUS = REPO / "data/tinyshakespeare.txt"
-HEADER_INTS = 256  # a shard's header: 256 little-endian int32 (docs/SHARD_FORMAT.md)
 B, T, VAL_STEPS = 4, 64, 4
 
 
@@ -105,31 +104,11 @@ def write_corpus(root: Path):
     return [root / "a", root / "b"]
 
 
-def read_shard(path: Path):
-    raw = path.read_bytes()
-    header = struct.unpack(f"<{HEADER_INTS}i", raw[: 4 * HEADER_INTS])
-    dtype = np.uint16 if header[0] == 20240520 else np.uint32
-    return np.frombuffer(raw[4 * HEADER_INTS:], dtype=dtype).astype(np.int64)
-
-
-def val_windows(shard_dir: Path):
-    """The val loader's first VAL_STEPS batches of a shard directory: rank 0 of 1, in order, within the first val
-    shard (tokenmill's loader reads window i at i*B*T; the run's val shards are made large enough below)."""
-    manifest = json.loads((shard_dir / "manifest.json").read_text())
-    first = next(s for s in manifest["shards"] if s["split"] == "val")
-    tokens = read_shard(shard_dir / first["file"])
-    need = VAL_STEPS * B * T + 1
-    if len(tokens) < need:
-        sys.exit(f"{shard_dir}: the first val shard holds {len(tokens)} tokens, fewer than {need}")
-    for i in range(VAL_STEPS):
-        w = torch.from_numpy(tokens[i * B * T: (i + 1) * B * T + 1])
-        yield w[:-1].view(B, T), w[1:].view(B, T)
-
-
 def hf_val_loss(model, shard_dir: Path):
     losses = []
     with torch.no_grad():
-        for x, y in val_windows(shard_dir):
+        for x, y in hf_val.val_windows(shard_dir, B, T, VAL_STEPS):
+            x, y = torch.from_numpy(x), torch.from_numpy(y)
             logits = model(input_ids=x).logits.float()
             losses.append(torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1)).item())
     return sum(losses) / len(losses)
@@ -154,10 +133,8 @@ def check(bin_path: Path, work: Path, index: int, steps: int, rtol: float) -> bo
          "--set", f"data.seq_len={T}", "--set", f"data.micro_batch={B}", "--set", f"data.total_batch_tokens={B * T}",
          "--set", "eval.sample_every=0", "--set", f"eval.val_every={steps}", "--set", f"eval.val_steps={VAL_STEPS}",
          "--set", f"checkpoint.every={steps}", "--set", "optim.warmup_steps=2", "--set", "optim.max_lr=1e-3"])
-    records = [json.loads(line) for line in (log / "metrics.jsonl").read_text().splitlines()]
-    val = [r for r in records if r["kind"] == "val" and r["step"] == steps]
-    each = {r["source"]: r["loss"] for r in records if r["kind"] == "val_source" and r["step"] == steps}
-    if not val:
+    each = hf_val.logged_val_losses(log, steps)
+    if "mixture" not in each:
         sys.exit(f"{log / 'metrics.jsonl'}: no val loss at step {steps}")
     checkpoint = sorted((log / "checkpoints").glob("step_*"))[-1]
     run([bin_path, "export", "hf", checkpoint, export])
@@ -167,7 +144,7 @@ def check(bin_path: Path, work: Path, index: int, steps: int, rtol: float) -> bo
     ok = True
     hf_each = [hf_val_loss(model, s) for s in sources]
     hf_mixed = sum(w * l for w, l in zip(weights, hf_each)) / sum(weights)
-    pairs = [(str(s), each.get(str(s)), l) for s, l in zip(sources, hf_each)] + [("mixture", val[-1]["loss"], hf_mixed)]
+    pairs = [(str(s), each.get(str(s)), l) for s, l in zip(sources, hf_each)] + [("mixture", each["mixture"], hf_mixed)]
     for what, tm, hf in pairs:
         if tm is None:
             print(f"{name} {what}: tokenmill logged no val loss for this source")
@@ -182,7 +159,7 @@ def check(bin_path: Path, work: Path, index: int, steps: int, rtol: float) -> bo
     first_doc = sorted((work / "corpus" / "a").iterdir())[0].read_text()
     want = tokenizer(first_doc)["input_ids"] + [tokenizer.eos_token_id]
     manifest = json.loads((sources[0] / "manifest.json").read_text())
-    got = read_shard(sources[0] / manifest["shards"][0]["file"])[: len(want)].tolist()
+    got = hf_val.read_shard(sources[0] / manifest["shards"][0]["file"])[: len(want)].tolist()
     same = got == want
     ok &= same
     print(f"{name} tokenizer: AutoTokenizer ({type(tokenizer).__name__}) on the export gives prep's {len(want)} ids "

@@ -29,6 +29,9 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hf_val  # noqa: E402  scripts/hf_val.py: val windows and logged losses as tokenmill reads them
+
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
@@ -125,26 +128,6 @@ def make_model(folder: str, a: argparse.Namespace) -> None:
     print(f"model: LlamaForCausalLM L={a.layers} C={a.embd} NH={a.heads} KV={a.kv_heads} H={a.hidden} V={a.vocab}, {n:,} parameters")
 
 
-def val_tokens(source: str, need: int):
-    """The first `need` tokens of a shard directory's val split, in file order (the manifest's shard list)."""
-    import numpy as np
-
-    with open(os.path.join(source, "manifest.json")) as f:
-        manifest = json.load(f)
-    dtype = np.uint32 if manifest["token_width"] == "u32" else np.uint16
-    parts, have = [], 0
-    for shard in manifest["shards"]:
-        if shard["split"] != "val" or have >= need:
-            continue
-        data = np.fromfile(os.path.join(source, shard["file"]), dtype=np.uint8)
-        toks = data[1024:].view(dtype)[: shard["tokens"]]
-        parts.append(toks.astype(np.int64))
-        have += len(toks)
-    if have < need:
-        raise SystemExit(f"{source}: its val shards hold {have} tokens, {need} needed")
-    return np.concatenate(parts)[:need]
-
-
 def val(a: argparse.Namespace) -> None:
     import torch
     import torch.nn.functional as F
@@ -160,25 +143,14 @@ def val(a: argparse.Namespace) -> None:
     for s in a.source:
         path, _, w = s.rpartition(":")
         sources.append((path, float(w)))
-    logged: dict[str, float] = {}
-    with open(os.path.join(a.run, "metrics.jsonl")) as f:
-        for line in f:
-            e = json.loads(line)
-            if e.get("step") != a.step:
-                continue
-            if e.get("kind") == "val":
-                logged["mixture"] = e["loss"]
-            elif e.get("kind") == "val_source":
-                logged[os.path.normpath(e["source"])] = e["loss"]
+    logged = {os.path.normpath(k): v for k, v in hf_val.logged_val_losses(a.run, a.step).items()}
     total_w = sum(w for _, w in sources)
     mixed = {"fp32": 0.0, "bf16": 0.0}
     for path, w in sources:
-        toks = torch.from_numpy(val_tokens(path, a.val_steps * B * T + 1))
         losses = {"fp32": 0.0, "bf16": 0.0}
         with torch.no_grad():
-            for i in range(a.val_steps):
-                buf = toks[i * B * T : i * B * T + B * T + 1].to(device)
-                x, y = buf[:-1].view(B, T), buf[1:].view(B, T)
+            for x, y in hf_val.val_windows(path, B, T, a.val_steps):
+                x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
                 for kind in losses:
                     with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=kind == "bf16"):
                         logits = model(input_ids=x).logits
