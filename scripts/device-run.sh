@@ -3,7 +3,7 @@
 # Run from the repo root on the device with .dist/ carried (see scripts/device-pack.sh):
 #   scripts/device-run.sh STEP...      STEP in: env prep train bench pool compare ddp kernels correct engine
 #                                      engine-train cudnn profile ab bitwise gemm llama llama-1b hellaswag
-#                                      compare-sizes wgmma smol
+#                                      compare-sizes wgmma smol prep-hf
 # TOKENMILL_ATTENTION=cudnn|native|native-sm90 overrides the config's [engine] attention in every step (auto: cuDNN in a
 # --features cudnn build). ENGINE=autograd|cuda|auto (default auto: the cuda engine for these bf16 runs) picks the
 # training engine of train, bench, compare and profile. MODEL=llama-124m runs bench/compare/profile on that preset.
@@ -53,6 +53,15 @@ for step in "$@"; do
     CORES=0-15 BIN="$BIN" PYTHON="$PYV/bin/python" REPEATS=1 SHARD_SIZE=10000000 REPLICATE=4 \
       scripts/prep-compare.sh .dist/parquet 4 8 16 > "$OUT/prep_compare_16.log" 2>&1
     note "prep scaling (16 cores):"; tail -n 6 "$OUT/prep_compare_16.log" | tee -a "$SUMMARY"
+    ;;
+  prep-hf)  # issue 27: prep with GPT-2's own tokenizer.json through the byte-level BPE fast path (and the tokenizers
+            # crate) against the tiktoken path, same vocabulary and ids, 4/8/16 pinned cores, interleaved runs
+            # (.dist/gpt2_tokenizer.json: scripts/device-pack.sh writes it)
+    # shellcheck disable=SC2086
+    CORES="${PREP_HF_CORES:-0-15}" BIN="$BIN" TOKENIZER=.dist/gpt2_tokenizer.json CRATE=1 \
+      REPEATS="${PREP_HF_REPEATS:-3}" SHARD_SIZE=10000000 scripts/prep-tokenizers.sh .dist/parquet \
+      ${PREP_HF_THREADS:-4 8 16} > "$OUT/prep_hf.log" 2>&1
+    note "prep-hf rc=$? (fast path and crate against the tiktoken path, cores ${PREP_HF_CORES:-0-15}):"; tail -n 12 "$OUT/prep_hf.log" | tee -a "$SUMMARY"
     ;;
   train)  # 124M, bf16, total batch 524288, largest micro-batch that fits
     data
