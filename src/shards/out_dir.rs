@@ -120,13 +120,16 @@ fn judge(dir: &Path) -> Result<Verdict, OutDirError> {
         Ok(m) if !m.is_dir() => return Err(OutDirError::NotADirectory { dir: dir.display().to_string() }),
         Ok(_) => {}
     }
+    let mut entries = output::entries(dir, &[LOCK_FILE])?;
+    // A marker another prep worker is writing at this moment (its temp name) does not make the directory non-empty.
+    entries.retain(|n| crate::util::parse_temp_name(n).is_none_or(|(base, _)| base != MARKER_FILE));
+    // The marker is read after the listing: one a concurrent prep worker renames into place between the two is seen
+    // here (the directory is then ours), and one it renames later is in neither (the directory is then empty of
+    // anything but the others' temps). Read first, a marker landing in between looked like a stranger's file.
     let marker = DatasetMarker::load(dir)?;
     if marker.as_ref().is_some_and(|m| m.made_in(dir)) {
         return Ok(Verdict::Ours);
     }
-    let mut entries = output::entries(dir, &[LOCK_FILE])?;
-    // A marker another prep worker is writing at this moment (its temp name) does not make the directory non-empty.
-    entries.retain(|n| crate::util::parse_temp_name(n).is_none_or(|(base, _)| base != MARKER_FILE));
     if entries.is_empty() {
         return Ok(Verdict::Mark(None));
     }
