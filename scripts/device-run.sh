@@ -3,7 +3,7 @@
 # Run from the repo root on the device with .dist/ carried (see scripts/device-pack.sh):
 #   scripts/device-run.sh STEP...      STEP in: env prep train bench pool compare ddp kernels correct engine
 #                                      engine-train cudnn profile ab bitwise gemm llama llama-1b hellaswag
-#                                      compare-sizes wgmma smol prep-hf
+#                                      compare-sizes wgmma ncu smol prep-hf
 # TOKENMILL_ATTENTION=cudnn|native|native-sm90 overrides the config's [engine] attention in every step (auto: cuDNN in a
 # --features cudnn build). ENGINE=autograd|cuda|auto (default auto: the cuda engine for these bf16 runs) picks the
 # training engine of train, bench, compare and profile. MODEL=llama-124m runs bench/compare/profile on that preset.
@@ -124,11 +124,23 @@ for step in "$@"; do
     ;;
   wgmma)  # Hopper's wgmma: the check GEMMs and the sm90 backward kernels against flash_attn's (kernels_wgmma), then
            # bench attention's native rows with the "sm90 bwd" variants beside the mma.sync kernels
-    KERNEL_MODULES=kernels_wgmma MEMCHECK_TIMEOUT="${MEMCHECK_TIMEOUT:-60}" scripts/gpu-kernel-check.sh run > "$OUT/wgmma.log" 2>&1
+    # timeout: a kernel fault leaves the test process hanging on exit (seen once, 2026-12-07: 8 minutes of a call).
+    KERNEL_MODULES=kernels_wgmma MEMCHECK_TIMEOUT="${MEMCHECK_TIMEOUT:-60}" timeout "${WGMMA_TIMEOUT:-240}" \
+      scripts/gpu-kernel-check.sh run > "$OUT/wgmma.log" 2>&1
     note "wgmma checks rc=$?:"; sed -n '/===== summary/,$p' "$OUT/wgmma.log" | tee -a "$SUMMARY"
     grep -E "FAIL|sm90|SKIPPED" "$OUT/wgmma.log" | tee -a "$SUMMARY"
-    "$BIN" bench attention --backend native --reps "${ATTN_REPS:-20}" > "$OUT/wgmma_bench.log" 2>&1
+    timeout 120 "$BIN" bench attention --backend native --reps "${ATTN_REPS:-20}" > "$OUT/wgmma_bench.log" 2>&1
     note "bench attention (native + sm90 backward) rc=$?:"; grep -E "B  |sm90|^ *64  1024|not an sm_90" "$OUT/wgmma_bench.log" | tee -a "$SUMMARY"
+    ;;
+  ncu)  # Nsight Compute on the attention backward kernels (mma.sync and wgmma, every variant) at bench attention's
+        # first shape (B=64 T=1024 NH=12): throughput, occupancy, warp stalls, memory; text report $OUT/ncu_attn.txt
+    timeout "${NCU_TIMEOUT:-300}" ncu --kernel-name "regex:${NCU_KERNELS:-flash_(dq|dkdv)_}" --launch-count "${NCU_COUNT:-20}" \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section SchedulerStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+      "$BIN" bench attention --backend native --reps 1 --warmup 0 > "$OUT/ncu_attn.txt" 2>&1
+    note "ncu attention backward rc=$?: $(grep -cE '^  flash_' "$OUT/ncu_attn.txt") kernels profiled ($OUT/ncu_attn.txt)"
+    grep -E '^  flash_|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per' \
+      "$OUT/ncu_attn.txt" | tee -a "$SUMMARY"
     ;;
   correct)  # loss tracking: tiny config CPU fp32 vs CUDA fp32/bf16, and 124M tokenmill vs PyTorch, 50 steps
     OUT="$OUT/correct" BIN="$BIN" PY="$PY" scripts/gpu-correctness.sh ${CORRECT_MODES:-tiny 124m} > "$OUT/correct.log" 2>&1
@@ -197,11 +209,15 @@ for step in "$@"; do
     done
     ;;
   bitwise)  # GPT-2 124M, 20 steps: the generalised engine's losses against the previous engine's binary, bit for bit
+    # At the config's B=64 (BITWISE_B). Below B=64 the bits differ from 3599339 by design: since session 6 the norm
+    # backward gives each block fewer rows where N / 256 blocks would not fill the GPU (N = B*T = 16384 on 132 SMs:
+    # 64-row blocks, not 256), which changes the order of the dw/db sums (H100, B=16, 2026-12-07: steps 0-3 equal,
+    # step 4 10.497673 -> 10.497678).
     # .dist/base/tokenmill-base(.xz|.gz): the binary of the commit before the decoder engine (docs/PERF.md says which).
     data
     unpack "$PWD/.dist/base/tokenmill-base"
     bw=(--data "$OUT/fw" --device cuda --dtype bf16 --max-steps 20
-      --set data.micro_batch=${BITWISE_B:-16} --set eval.val_every=10 --set eval.val_steps=2 --set eval.sample_every=0
+      --set data.micro_batch=${BITWISE_B:-64} --set eval.val_every=10 --set eval.val_steps=2 --set eval.sample_every=0
       --set eval.hellaswag_every=0 --set checkpoint.every=0)
     rm -rf "$OUT/bw_base" "$OUT/bw_new"
     # The earlier binary knows no [engine] table (its options were environment variables then): its config without it.

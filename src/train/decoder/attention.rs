@@ -37,7 +37,9 @@ impl Attention {
         match backend.resolved() {
             AttentionBackend::Native | AttentionBackend::Auto => Ok(Attention::Native(FlashAttn::new(stream)?)),
             AttentionBackend::NativeSm90 => {
-                let bwd = FlashBwdSm90::new(stream, Sm90Variant::Wg1).map_err(|e| {
+                // wg1p: the fastest variant on the H100 (bench attention, B=64 T=1024 NH=12: 1.235 ms against wg1's
+                // 1.261, wg1b3's 1.294 and wg2's 1.370; docs/PERF.md); every variant gives the same bits.
+                let bwd = FlashBwdSm90::new(stream, Sm90Variant::Wg1Pipe).map_err(|e| {
                     candle_core::Error::Msg(format!("[engine] attention = \"native-sm90\": {e} (use native or auto)"))
                 })?;
                 tracing::info!("cuda engine attention: native forward, backward on wgmma ({})", bwd.variant().label());
