@@ -4,9 +4,10 @@
 //! This keeps the .cu files checked in CPU-only CI; on a GPU, tests/kernels_*.rs and the GPU test binary run the
 //! real kernels. Skipped (with a printed line) without g++ >= 11.
 //!
-//! Three labs in dev/cuda: the candle ops' kernels (`run.sh ops`), the decoder engine's (`run.sh engine`), and the
+//! Four labs in dev/cuda: the candle ops' kernels (`run.sh ops`), the decoder engine's (`run.sh engine`), the
 //! Hopper warpgroup product wgmma (`run.sh wgmma`: src/cuda/wgmma_check.cu against a reference, plus wrong
-//! descriptors and broken ordering rules that must fail).
+//! descriptors and broken ordering rules that must fail), and Hopper's asynchronous pipeline (`run.sh pipeline`:
+//! src/cuda/pipeline_check.cu's producer and consumer warpgroups, plus broken protocols that must fail).
 
 use std::path::Path;
 use std::process::Command;
@@ -49,4 +50,9 @@ fn engine_kernels_pass_the_cpu_emulation() {
 #[test]
 fn wgmma_kernels_pass_the_cpu_emulation() {
     run_lab("wgmma_kernels_pass_the_cpu_emulation", "wgmma", "all wgmma checks passed");
+}
+
+#[test]
+fn pipeline_kernels_pass_the_cpu_emulation() {
+    run_lab("pipeline_kernels_pass_the_cpu_emulation", "pipeline", "all pipeline checks passed");
 }

@@ -7,6 +7,9 @@
 //! B descriptors the lab also tries (SBO 1024 -> 0, LBO 128 -> 0, and the swizzle mode flipped where B is K-major)
 //! must give wrong products, so a descriptor field the hardware ignores would show.
 //!
+//! Then Hopper's asynchronous pipeline (src/cuda/pipeline_check.cu: mbarriers, bulk copies, named barriers, dynamic
+//! shared memory), every tile's sum bit for bit against the CPU in the kernel's order and the consumers' turns in order.
+//!
 //! Then the Hopper attention backward (`tokenmill::cuda::flash_bwd_sm90`, wgmma: dQ with D, then dK/dV) in every
 //! launch variant against the mma.sync kernels (`cuda::flash_attn`) on the same inputs and forward: dq, dk and dv
 //! within the tensor-core-vs-tensor-core tolerance of tests/kernels_cudnn_attention.rs (2% of the largest entry + 1/32
@@ -177,6 +180,67 @@ mod device {
             "wrong descriptors gave the right product (a field the hardware ignores?):\n{}",
             missed.join("\n")
         );
+    }
+
+    /// The kernel's sum of one tile (pipeline_check.cu): thread t of a consumer sums elements t, t + 128, ... in f32,
+    /// then thread 0 adds the 128 partial sums in order.
+    fn pipeline_tile_sum(x: &[f32]) -> f32 {
+        let part: Vec<f32> = (0..128).map(|t| x.iter().skip(t).step_by(128).fold(0f32, |a, &v| a + v)).collect();
+        part.iter().fold(0f32, |a, &v| a + v)
+    }
+
+    /// Hopper's asynchronous pipeline (pipeline.cuh through pipeline_check.cu): a producer warpgroup streams tiles by
+    /// bulk copies through mbarrier-guarded stages to two consumer warpgroups that take turns on named barriers.
+    /// Every tile's sum must equal the CPU's in the kernel's order bit for bit (a stage read before its copy landed,
+    /// or overwritten while read, gives another sum) and the turns must come in tile order. A protocol that
+    /// deadlocks on the hardware would hang the test binary: the kernel gets 20 s, then the process exits.
+    #[test]
+    fn cuda_pipeline_matches_cpu() {
+        use tokenmill::cuda::pipeline_check::{PipelineCheck, Stages, TILE};
+        let Some((stream, _wg)) = setup("kernels_wgmma::cuda_pipeline_matches_cpu") else { return };
+        let pc = PipelineCheck::new(&stream).unwrap();
+        let mut failures = Vec::new();
+        for stages in Stages::ALL {
+            for (n_tiles, per_cta) in [(40, 1), (40, 5), (1000, 37), (4096, 256)] {
+                let mut rng = ChaCha8Rng::seed_from_u64(n_tiles as u64 + per_cta as u64);
+                let x: Vec<f32> = (0..n_tiles * TILE).map(|_| rng.gen_range(-1f32..1.)).collect();
+                let dx = stream.clone_htod(&x).unwrap();
+                let mut sums = stream.clone_htod(&vec![f32::NAN; n_tiles]).unwrap();
+                let mut order = stream.clone_htod(&vec![-1i32; n_tiles]).unwrap();
+                {
+                    let (px, _a) = DevPtr::of(&dx, &stream);
+                    let (ps, _b) = DevPtr::of_mut(&mut sums, &stream);
+                    let (po, _c) = DevPtr::of_mut(&mut order, &stream);
+                    // SAFETY: x holds n_tiles * TILE f32, sums and order n_tiles each, allocated above.
+                    unsafe { pc.ring(stages, px, ps, po, n_tiles, per_cta).unwrap() };
+                    let done = stream.record_event(None).unwrap();
+                    let start = std::time::Instant::now();
+                    while !done.try_is_complete().unwrap() {
+                        if start.elapsed() > std::time::Duration::from_secs(20) {
+                            println!(
+                                "cuda FAIL pipeline {stages:?} {n_tiles} tiles: not finished after 20 s (deadlock)"
+                            );
+                            std::process::exit(3);
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                }
+                let (sums, order) = (stream.clone_dtoh(&sums).unwrap(), stream.clone_dtoh(&order).unwrap());
+                let wrong_sums = (0..n_tiles)
+                    .filter(|&i| sums[i].to_bits() != pipeline_tile_sum(&x[i * TILE..(i + 1) * TILE]).to_bits())
+                    .count();
+                let wrong_order = (0..n_tiles).filter(|&i| order[i] != (i % per_cta) as i32).count();
+                let ok = wrong_sums == 0 && wrong_order == 0;
+                println!(
+                    "cuda {} pipeline {stages:?} stages, {n_tiles} tiles, {per_cta} per block: {wrong_sums} sums differ, {wrong_order} turns out of order",
+                    if ok { "ok" } else { "FAIL" }
+                );
+                if !ok {
+                    failures.push(format!("{stages:?} {n_tiles}/{per_cta}"));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "pipeline check failed:\n{}", failures.join("\n"));
     }
 
     /// One attention forward (flash_attn's) and backward on the device: `sm90` None = flash_attn's two kernels, else

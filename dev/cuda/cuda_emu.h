@@ -3,8 +3,9 @@
 //
 // Model: blocks run one after another; the threads of a block run concurrently as std::threads and
 // __syncthreads() is a std::barrier (a thread that returns drops out of it, as an exited CUDA thread does).
-// `__shared__` becomes `static`, which is right because one block runs at a time. Not emulated: dynamic shared
-// memory, atomics, streams; the kernels restrict themselves accordingly (see src/cuda/common.cuh).
+// `__shared__` becomes `static`, which is right because one block runs at a time; dynamic shared memory is one
+// buffer per block (emu_launch_smem). Not emulated: atomics, streams; the kernels restrict themselves accordingly
+// (see src/cuda/common.cuh).
 //
 // Warp-level instructions (called through src/cuda/warp.cuh and mma.cuh, and flash_attn.cu's copy wrappers), emulated
 // by the 32 threads of a warp meeting at a per-warp barrier and exchanging operands: shfl (idx and xor), ldmatrix.x4 (plain and .trans, with its 16-byte alignment checked),
@@ -25,15 +26,29 @@
 // a product without a wgmma.fence since the thread's last wait_group (or kernel start) unless it accumulates into
 // registers still in flight; shared memory filled by cp.async and read by a product without fence.proxy.async in
 // between; a kernel that exits with products in flight.
+//
+// Hopper's asynchronous pipeline (sm_90, called through src/cuda/pipeline.cuh, whose header states the semantics and
+// their sources): named barriers (bar.sync / bar.arrive with an id and a thread count), mbarriers in shared memory
+// (init, arrive, arrive.expect_tx, try_wait.parity) and the bulk asynchronous copy global -> shared that completes
+// bytes on an mbarrier (cp.async.bulk, the non-tensor form of TMA), with dynamic shared memory (emu_launch_smem).
+// A bulk copy's bytes are captured at issue and land in shared memory only when a thread
+// observes the completed phase (try_wait / wait on its mbarrier), so a consumer that reads a stage without waiting
+// reads stale data, as it may on the device. Aborted: a barrier whose participants give different thread counts, an
+// arrive on an mbarrier with no pending arrivals, a copy not 16-byte aligned or sized, a kernel that exits with a bulk
+// copy whose phase never completed, and a wait that makes no progress for TM_EMU_DEADLOCK_S seconds (default 60: a
+// deadlock in the kernel's protocol).
 #pragma once
 #include <algorithm>
 #include <barrier>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <type_traits>
@@ -452,8 +467,138 @@ inline void emu_wgmma_wait(size_t n) {
     tm_wgmma_fenced = false;
 }
 
+// ---- Hopper's asynchronous pipeline (sm_90): named barriers, mbarriers, bulk copies -----------------------------
+// One block's synchronisation state, behind one mutex: the 16 named barriers and every mbarrier (keyed by its
+// shared-memory address; the 8 bytes there are not used).
+struct EmuBulkCopy {
+    void* dst;
+    std::vector<unsigned char> data;
+};
+struct EmuMbarrier {
+    unsigned count = 0, pending = 0;  // arrivals per phase, and those still missing in the current one
+    long long tx = 0;                 // bytes expected (expect_tx) minus bytes of the copies issued, this phase
+    uint64_t phase = 0;               // completed phases
+    std::vector<EmuBulkCopy> issued;  // this phase's copies, not landed
+    std::vector<EmuBulkCopy> landing; // completed phases' copies, landed when a thread observes the completion
+};
+struct EmuNamedBarrier {
+    unsigned expected = 0, arrived = 0;
+    uint64_t generation = 0;
+};
+struct EmuBlockSync {
+    std::mutex m;
+    std::condition_variable cv;
+    EmuNamedBarrier named[16];
+    std::map<const void*, EmuMbarrier> mbar;
+};
+inline thread_local EmuBlockSync* tm_block_sync = nullptr;
+inline thread_local unsigned char* tm_dyn_smem = nullptr;
+
+inline std::chrono::seconds emu_deadlock_timeout() {
+    const char* e = std::getenv("TM_EMU_DEADLOCK_S");
+    return std::chrono::seconds(e ? std::max(1, std::atoi(e)) : 60);
+}
+// Waits on the block's condition until `done()` (the lock held), aborting with `what` after the deadlock timeout.
+template <typename F> inline void emu_block_wait(std::unique_lock<std::mutex>& lock, F done, const char* what) {
+    if (!tm_block_sync->cv.wait_for(lock, emu_deadlock_timeout(), done)) emu_check(false, what);
+}
+
+// bar.sync id, count / bar.arrive id, count: `count` threads (whole warps on the device) meet at barrier `id` (1..15;
+// 0 is __syncthreads); arrive counts this thread without waiting.
+inline void emu_named_barrier(unsigned id, unsigned count, bool wait) {
+    emu_check(id >= 1 && id < 16, "named barrier id outside 1..15 (0 is __syncthreads)");
+    emu_check(count > 0 && count % 32 == 0, "named barrier thread count not a positive multiple of 32");
+    EmuBlockSync* bs = tm_block_sync;
+    std::unique_lock<std::mutex> lock(bs->m);
+    EmuNamedBarrier& b = bs->named[id];
+    if (b.arrived == 0) b.expected = count;
+    emu_check(b.expected == count, "named barrier: participants give different thread counts");
+    const uint64_t gen = b.generation;
+    if (++b.arrived == b.expected) {
+        b.arrived = 0;
+        b.generation++;
+        bs->cv.notify_all();
+        return;
+    }
+    if (wait) emu_block_wait(lock, [&] { return b.generation != gen; }, "named barrier: no progress (deadlock)");
+}
+
+inline EmuMbarrier& emu_mbar(const void* bar) {
+    auto it = tm_block_sync->mbar.find(bar);
+    emu_check(it != tm_block_sync->mbar.end(), "mbarrier used before mbarrier.init");
+    return it->second;
+}
+// The phase completes once every arrival is in and the copies issued cover the bytes expected.
+inline void emu_mbar_try_complete(EmuMbarrier& b) {
+    if (b.pending != 0 || b.tx != 0) return;
+    for (auto& c : b.issued) b.landing.push_back(std::move(c));
+    b.issued.clear();
+    b.phase++;
+    b.pending = b.count;
+    tm_block_sync->cv.notify_all();
+}
+inline void emu_mbar_land(EmuMbarrier& b) {
+    for (const auto& c : b.landing) std::memcpy(c.dst, c.data.data(), c.data.size());
+    b.landing.clear();
+}
+inline void emu_mbar_init(void* bar, unsigned count) {
+    emu_check(count > 0, "mbarrier.init with count 0");
+    std::lock_guard<std::mutex> lock(tm_block_sync->m);
+    EmuMbarrier& b = tm_block_sync->mbar[bar];
+    b = EmuMbarrier{};
+    b.count = b.pending = count;
+}
+inline void emu_mbar_arrive(void* bar, long long expect_tx) {
+    std::lock_guard<std::mutex> lock(tm_block_sync->m);
+    EmuMbarrier& b = emu_mbar(bar);
+    emu_check(b.pending > 0, "mbarrier arrive with no pending arrivals in the phase");
+    b.tx += expect_tx;
+    b.pending--;
+    emu_mbar_try_complete(b);
+}
+inline void emu_mbar_expect_tx(void* bar, long long bytes) {
+    std::lock_guard<std::mutex> lock(tm_block_sync->m);
+    emu_mbar(bar).tx += bytes;
+}
+// cp.async.bulk global -> shared, completing `bytes` on `bar`: captured now, landing when a thread observes the phase.
+inline void emu_bulk_copy(void* dst, const void* src, unsigned bytes, void* bar) {
+    emu_check(bytes > 0 && bytes % 16 == 0, "cp.async.bulk size not a positive multiple of 16");
+    emu_check(reinterpret_cast<uintptr_t>(dst) % 16 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0,
+              "cp.async.bulk address not 16-byte aligned");
+    std::lock_guard<std::mutex> lock(tm_block_sync->m);
+    EmuMbarrier& b = emu_mbar(bar);
+    emu_mbar_land(b);  // an earlier phase's copy never lands over this one
+    const auto* p = static_cast<const unsigned char*>(src);
+    b.issued.push_back({dst, std::vector<unsigned char>(p, p + bytes)});
+    b.tx -= bytes;
+    emu_mbar_try_complete(b);
+}
+// mbarrier.try_wait.parity: whether the phase of parity `parity` has completed (the current phase's parity differs).
+inline bool emu_mbar_try_wait(void* bar, unsigned parity) {
+    std::lock_guard<std::mutex> lock(tm_block_sync->m);
+    EmuMbarrier& b = emu_mbar(bar);
+    const bool done = (b.phase & 1) != (parity & 1);
+    if (done) emu_mbar_land(b);
+    return done;
+}
+inline void emu_mbar_wait(void* bar, unsigned parity) {
+    std::unique_lock<std::mutex> lock(tm_block_sync->m);
+    EmuMbarrier& b = emu_mbar(bar);
+    emu_block_wait(lock, [&] { return (b.phase & 1) != (parity & 1); }, "mbarrier wait: no progress (deadlock)");
+    emu_mbar_land(b);
+}
+
+// Launch `kern<<<grid, block, smem_bytes>>>(args...)`: `smem_bytes` of dynamic shared memory (1024-byte aligned,
+// zeroed per block), reached through TM_DYNAMIC_SMEM (pipeline.cuh).
+template <typename... P, typename... A>
+void emu_launch_smem(void (*kern)(P...), dim3 grid, dim3 block, size_t smem_bytes, A... args);
+
 // Launch `kern<<<grid, block>>>(args...)`.
 template <typename... P, typename... A> void emu_launch(void (*kern)(P...), dim3 grid, dim3 block, A... args) {
+    emu_launch_smem(kern, grid, block, 0, args...);
+}
+template <typename... P, typename... A>
+void emu_launch_smem(void (*kern)(P...), dim3 grid, dim3 block, size_t smem_bytes, A... args) {
     gridDim = grid;
     blockDim = block;
     const unsigned n = block.x * block.y * block.z;
@@ -461,6 +606,10 @@ template <typename... P, typename... A> void emu_launch(void (*kern)(P...), dim3
         for (unsigned by = 0; by < grid.y; by++)
             for (unsigned bx = 0; bx < grid.x; bx++) {
                 std::barrier<> bar(n);
+                EmuBlockSync block_sync;
+                std::vector<unsigned char> dyn(smem_bytes + 1024, 0);
+                unsigned char* dyn_smem =
+                    dyn.data() + (1024 - reinterpret_cast<uintptr_t>(dyn.data()) % 1024) % 1024;
                 std::vector<std::unique_ptr<EmuWarp>> warps;
                 for (unsigned w = 0; w < (n + 31) / 32; w++) warps.push_back(std::make_unique<EmuWarp>(std::min(32u, n - 32 * w)));
                 std::vector<std::unique_ptr<EmuWarpgroup>> warpgroups;  // whole warpgroups only
@@ -472,6 +621,8 @@ template <typename... P, typename... A> void emu_launch(void (*kern)(P...), dim3
                         threadIdx = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
                         blockIdx = {bx, by, bz};
                         tm_barrier = &bar;
+                        tm_block_sync = &block_sync;
+                        tm_dyn_smem = smem_bytes ? dyn_smem : nullptr;
                         tm_warp = warps[t / 32].get();
                         tm_lane = t % 32;
                         tm_wg = t / 128 < warpgroups.size() ? warpgroups[t / 128].get() : nullptr;
@@ -490,5 +641,7 @@ template <typename... P, typename... A> void emu_launch(void (*kern)(P...), dim3
                 }
                 for (auto& th : ts) th.join();
                 for (const auto& wg : warpgroups) emu_check(wg->idle(), "kernel exits with wgmma products in flight");
+                for (const auto& [addr, mb] : block_sync.mbar)
+                    emu_check(mb.issued.empty(), "kernel exits with a cp.async.bulk copy whose phase never completed");
             }
 }

@@ -4,8 +4,10 @@
 #   ops:    the candle ops' kernels in src/cuda/ (check.cpp) and flash_attn.cu (check_flash.cpp)
 #   engine: the explicit engine's kernels in src/cuda/ (check_engine.cpp)
 #   wgmma:  the warpgroup tensor-core product (wgmma.cuh) through wgmma_check.cu (check_wgmma.cpp)
-# Usage: dev/cuda/run.sh [ops [full] | engine | wgmma]   (no argument: all three; full: also the larger flash-attention
-# cases)
+#   pipeline: Hopper's named barriers, mbarriers and bulk copies (pipeline.cuh) through pipeline_check.cu
+#           (check_pipeline.cpp)
+# Usage: dev/cuda/run.sh [ops [full] | engine | wgmma | pipeline]   (no argument: all four; full: also the larger
+# flash-attention cases)
 set -euo pipefail
 cd "$(dirname "$0")"
 out="${TMPDIR:-/tmp}/tokenmill-kernel-lab"
@@ -27,7 +29,11 @@ case "$what" in
   wgmma | all)
     build "$out-wgmma" check_wgmma.cpp
     "$out-wgmma"
+    ;;&
+  pipeline | all)
+    build "$out-pipeline" check_pipeline.cpp
+    "$out-pipeline"
     ;;
-  ops | engine) ;;
-  *) echo "usage: $0 [ops [full] | engine | wgmma]" >&2; exit 2 ;;
+  ops | engine | wgmma) ;;
+  *) echo "usage: $0 [ops [full] | engine | wgmma | pipeline]" >&2; exit 2 ;;
 esac

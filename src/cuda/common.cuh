@@ -2,8 +2,8 @@
 // (f32, f64 for f64), conversions, and 16-byte vector loads/stores.
 //
 // The kernels use only what `dev/cuda/cuda_emu.h` can also provide on a CPU (threadIdx/blockIdx, __syncthreads,
-// static __shared__ arrays, the warp shuffles of warp.cuh, the tensor-core product of mma.cuh and flash_attn.cu's
-// cp.async/ldmatrix; no dynamic shared memory, no atomics), so `dev/cuda/run.sh` can execute them with g++ against
+// static __shared__ arrays, the warp shuffles of warp.cuh, the tensor-core products of mma.cuh and wgmma.cuh,
+// cp.async/ldmatrix, and pipeline.cuh's barriers, bulk copies and dynamic shared memory; no atomics), so `dev/cuda/run.sh` can execute them with g++ against
 // double-precision references before any GPU time is spent.
 #pragma once
 

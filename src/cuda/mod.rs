@@ -10,12 +10,15 @@
 //! - Headers shared by the kernels: `common.cuh` (element types, conversions, 16-byte vectors), `warp.cuh` (warp
 //!   shuffles and sums), `mma.cuh` (the tensor-core product), `online_softmax.cuh` (the classifier's running max and
 //!   sum), `cp_async.cuh` (asynchronous global -> shared copies), `wgmma.cuh` (Hopper's warpgroup product, for files
-//!   compiled for sm_90a: first line `// tokenmill: sm_90a`, see build.rs).
+//!   compiled for sm_90a: first line `// tokenmill: sm_90a`, see build.rs), `pipeline.cuh` (Hopper's named barriers,
+//!   mbarriers and bulk copies).
 //! - `flash_bwd_sm90`: the attention backward (dQ with D, dK/dV) on wgmma (sm_90a), drop-ins for `flash_attn`'s two
 //!   backward kernels, sharing `flash_tiles.cuh` (layout, tiles, grid order) with it; timed by `bench attention`,
 //!   not yet the engine's default.
 //! - `wgmma_check`: a GEMM on `wgmma.cuh` in every operand form, run on an H100 by tests/kernels_wgmma.rs (and in
-//!   the lab) to pin the product's semantics down; not used in training.
+//!   the lab) to pin the product's semantics down; not used in training. `pipeline_check` does the same for
+//!   `pipeline.cuh` (named barriers, mbarriers, bulk copies, dynamic shared memory: what a warp-specialised kernel
+//!   synchronises with) through a producer warpgroup feeding two consumer warpgroups that take turns.
 //! - Rust: each engine kernel file's thin launcher `<op>.rs` over typed device pointers (`devptr::DevPtr<T>`, the
 //!   element type each kernel parameter reads; no candle autograd);
 //!   `cudnn_attn` (cuDNN's SDPA, feature `cudnn`, with its C++ shim `cudnn_attn.cpp`); `blaslt` (cuBLASLt matmuls
@@ -49,6 +52,8 @@ pub mod gemm_table;
 #[cfg(feature = "cuda")]
 pub mod launch;
 pub mod norm;
+#[cfg(feature = "cuda")]
+pub mod pipeline_check;
 #[cfg(feature = "cuda")]
 pub mod rope;
 #[cfg(feature = "cuda")]
