@@ -5,8 +5,9 @@
 // qkv, the candle op's strided head views with dense gradients). Checks
 // that every output element is written (outputs start as NaN) and that a second run gives the same bytes. Every bf16
 // case also runs the Hopper backward kernels (flash_bwd_sm90.cu: dQ with D, then dK/dV; wgmma under the emulation,
-// one and two warpgroups per block, and the pipelined one) on the same inputs and lse: dq, dk, dv against the reference and against
-// flash_attn.cu's, repeatable bit for bit.
+// one and two warpgroups per block, the pipelined one, and the warp-specialised ones: a producer warpgroup feeding two
+// consumer warpgroups through mbarrier-guarded stages, pipeline.cuh) on the same inputs and lse: dq, dk, dv against
+// the reference and against flash_attn.cu's, repeatable bit for bit, every variant bitwise equal to the first.
 // Prints one line per check; exits 1 on any mismatch. Build and run: dev/cuda/run.sh ops
 #include "cuda_emu.h"
 
@@ -98,25 +99,44 @@ template <typename T> struct Outputs {
     std::vector<float> lse;
 };
 
-// The Hopper backward kernels with 1 and 2 warpgroups per block and the pipelined 1 (`wg` 3): `launch(grad, wg)` resets dq, dk, dv in a copy of
-// flash's gradient buffer `flash` and reruns them. The result against the reference `want` (bf16 tolerance, as flash's),
-// against flash_dkdv's bytes (both on tensor cores, rounded differently: 2% of the largest entry + 1/32), and a
-// second launch bitwise equal.
+// The Hopper backward kernels, every variant of flash_bwd_sm90.cu (SM90_VARIANTS): `launch(grad, v)` resets dq, dk, dv
+// in a copy of flash's gradient buffer `flash` and reruns them. The result against the reference `want` (bf16
+// tolerance, as flash's), against flash_dkdv's bytes (both on tensor cores, rounded differently: 2% of the largest
+// entry + 1/32), a second launch bitwise equal, and every variant bitwise equal to the first (each dK, dV, dQ element
+// is summed in the same order by all of them).
+struct Sm90Variant {
+    const char* name;
+    int dq_rows, dq_threads, dkdv_rows, dkdv_threads;
+    size_t dkdv_smem;  // dynamic shared memory of the dK/dV kernel
+};
+static const Sm90Variant SM90_VARIANTS[] = {
+    {"wg1", 64, 128, 64, 128, 0},   {"wg2", 128, 256, 128, 256, 0},
+    {"wg1p", 64, 128, 64, 128, 0},  {"ws2", 64, 128, 128, FS_WS_THREADS, (size_t)fs_ws_smem(2)},
+    {"ws4", 64, 128, 128, FS_WS_THREADS, (size_t)fs_ws_smem(4)},
+};
 template <typename T, typename Launch>
 static void check_sm90(const std::string& tag, const std::vector<T>& flash, const std::vector<double>& want, double gmax,
                        Launch launch) {
-    for (int wg : {1, 2, 3}) {  // 3: one warpgroup, the pipelined loop
-        const std::string t = tag + " sm90 bwd " + (wg == 3 ? std::string("wg1p") : "wg" + std::to_string(wg));
+    std::vector<T> first;
+    for (const Sm90Variant& v : SM90_VARIANTS) {
+        const std::string t = tag + " sm90 bwd " + v.name;
         std::vector<T> g = flash, g2 = flash;
-        launch(g, wg);
+        launch(g, v);
         expect(t, g, want, 0.01 * gmax, 1.0 / 64);
         std::vector<double> fl(flash.size());
         for (size_t i = 0; i < flash.size(); i++) fl[i] = from16(flash[i]);
         expect(t + " vs flash_attn.cu", g, fl, 0.02 * gmax, 1.0 / 32);
-        launch(g2, wg);
+        launch(g2, v);
         const bool same = std::memcmp(g.data(), g2.data(), g.size() * sizeof(T)) == 0;
         std::printf("%-5s %-58s second run bitwise equal\n", same ? "ok" : "FAIL", t.c_str());
         if (!same) failures++;
+        if (first.empty()) {
+            first = g;
+        } else {
+            const bool eq = std::memcmp(g.data(), first.data(), g.size() * sizeof(T)) == 0;
+            std::printf("%-5s %-58s bitwise equal to %s\n", eq ? "ok" : "FAIL", t.c_str(), SM90_VARIANTS[0].name);
+            if (!eq) failures++;
+        }
     }
 }
 
@@ -258,7 +278,7 @@ static Outputs<T> check(const char* dtype, Layout layout, int B, int NH, int NKV
     expect(tag + " lse", lse, rl, 1e-4, 1e-5);
     expect(tag + (layout == Layout::Fused ? " dqkv" : " dq dk dv"), grad, rd, 0.01 * gmax, 1.0 / 64);
 
-    if constexpr (std::is_same_v<T, __nv_bfloat16>) check_sm90(tag, grad, rd, gmax, [&](std::vector<T>& g, int wg) {
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) check_sm90(tag, grad, rd, gmax, [&](std::vector<T>& g, const Sm90Variant& sv) {
         // dq, dk and dv back to NaN, then the wgmma kernels (dQ with D, dK/dV) over the same inputs and lse.
         for (int b = 0; b < B; b++) {
             for (int h = 0; h < NH; h++)
@@ -269,17 +289,19 @@ static Outputs<T> check(const char* dtype, Layout layout, int B, int NH, int NKV
                     for (int d = 0; d < HS; d++) g[vdk.at(b, h, t, d)] = g[vdv.at(b, h, t, d)] = T{nan16};
         }
         std::vector<float> dv2((size_t)nbh * Tn, NAN);
-        auto dq_kern = wg == 2 ? flash_dq_sm90_wg2 : wg == 3 ? flash_dq_sm90_wg1p : flash_dq_sm90_wg1;
-        auto dkdv_kern = wg == 2 ? flash_dkdv_sm90_wg2 : wg == 3 ? flash_dkdv_sm90_wg1p : flash_dkdv_sm90_wg1;
-        if (wg == 3) wg = 1;
-        const unsigned nb = (Tn + 64 * wg - 1) / (64 * wg);
+        const std::string n = sv.name;
+        auto dq_kern = n == "wg2" ? flash_dq_sm90_wg2 : n == "wg1p" ? flash_dq_sm90_wg1p : n == "ws2" ? flash_dq_sm90_ws2
+                     : n == "ws4" ? flash_dq_sm90_ws4 : flash_dq_sm90_wg1;
+        auto dkdv_kern = n == "wg2" ? flash_dkdv_sm90_wg2 : n == "wg1p" ? flash_dkdv_sm90_wg1p
+                       : n == "ws2" ? flash_dkdv_sm90_ws2 : n == "ws4" ? flash_dkdv_sm90_ws4 : flash_dkdv_sm90_wg1;
+        const unsigned nbq = (Tn + sv.dq_rows - 1) / sv.dq_rows, nbk = (Tn + sv.dkdv_rows - 1) / sv.dkdv_rows;
         const T *q = base + vq.off, *kk = base + vk.off, *v = base + vv.off;
-        emu_launch(dq_kern, dim3{nb * (unsigned)nbh, 1, 1}, dim3{128u * wg, 1, 1}, q, kk, v, (const T*)y.data(),
-                   (const T*)dy.data(), (const float*)lse.data(), dv2.data(), g.data() + vdq.off, L, NH, NKV, Tn, fscale,
-                   group);
-        emu_launch(dkdv_kern, dim3{nb * (unsigned)(B * NKV), 1, 1}, dim3{128u * wg, 1, 1}, q, kk, v,
-                   (const T*)dy.data(), (const float*)lse.data(), (const float*)dv2.data(), g.data() + vdk.off,
-                   g.data() + vdv.off, L, NH, NKV, Tn, fscale, group);
+        emu_launch(dq_kern, dim3{nbq * (unsigned)nbh, 1, 1}, dim3{(unsigned)sv.dq_threads, 1, 1}, q, kk, v,
+                   (const T*)y.data(), (const T*)dy.data(), (const float*)lse.data(), dv2.data(), g.data() + vdq.off, L,
+                   NH, NKV, Tn, fscale, group);
+        emu_launch_smem(dkdv_kern, dim3{nbk * (unsigned)(B * NKV), 1, 1}, dim3{(unsigned)sv.dkdv_threads, 1, 1},
+                        sv.dkdv_smem, q, kk, v, (const T*)dy.data(), (const float*)lse.data(), (const float*)dv2.data(),
+                        g.data() + vdk.off, g.data() + vdv.off, L, NH, NKV, Tn, fscale, group);
     });
 
     run(y2, lse2, grad2);

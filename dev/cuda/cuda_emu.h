@@ -607,9 +607,13 @@ void emu_launch_smem(void (*kern)(P...), dim3 grid, dim3 block, size_t smem_byte
             for (unsigned bx = 0; bx < grid.x; bx++) {
                 std::barrier<> bar(n);
                 EmuBlockSync block_sync;
-                std::vector<unsigned char> dyn(smem_bytes + 1024, 0);
+                // One grow-only buffer for every launch: a fixed address keeps the wgmma descriptors' table of
+                // shared-memory windows small (cuda_emu.h's emu_wgmma_desc_address).
+                static std::vector<unsigned char> dyn;
+                if (dyn.size() < smem_bytes + 1024) dyn.assign(smem_bytes + 1024, 0);
                 unsigned char* dyn_smem =
                     dyn.data() + (1024 - reinterpret_cast<uintptr_t>(dyn.data()) % 1024) % 1024;
+                std::memset(dyn_smem, 0, smem_bytes);
                 std::vector<std::unique_ptr<EmuWarp>> warps;
                 for (unsigned w = 0; w < (n + 31) / 32; w++) warps.push_back(std::make_unique<EmuWarp>(std::min(32u, n - 32 * w)));
                 std::vector<std::unique_ptr<EmuWarpgroup>> warpgroups;  // whole warpgroups only

@@ -36,6 +36,7 @@
 #include "cp_async.cuh"
 #include "flash_tiles.cuh"
 #include "mma.cuh"
+#include "pipeline.cuh"
 #include "warp.cuh"
 #include "wgmma.cuh"
 
@@ -86,6 +87,21 @@ __device__ __forceinline__ void fs_issue2(float (&d1)[32], const uint32_t (&a1)[
     wgmma_fence();
     fs_chain<TB>(d1, a1, b1, accumulate);
     fs_chain<TB>(d2, a2, b2, accumulate);
+    wgmma_commit();
+}
+
+// d1 = A1 B1^T, d2 = A2 B2^T (fresh accumulators) as one wgmma group, A1, A2 (64 x 64) also from swizzled tiles in
+// shared memory read K-major (the warp-specialised kernel keeps its K and V blocks there: 32 registers fewer than
+// the fragments).
+__device__ __forceinline__ void fs_issue2_ss(float (&d1)[32], const __nv_bfloat16* a1, const __nv_bfloat16* b1,
+                                             float (&d2)[32], const __nv_bfloat16* a2, const __nv_bfloat16* b2) {
+    wgmma_fence_operand(d1);
+    wgmma_fence_operand(d2);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) wgmma_ss<64, 0, 0>(d1, fs_desc_k(a1, kk), fs_desc_k(b1, kk), kk > 0);
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) wgmma_ss<64, 0, 0>(d2, fs_desc_k(a2, kk), fs_desc_k(b2, kk), kk > 0);
     wgmma_commit();
 }
 
@@ -228,6 +244,143 @@ __device__ __forceinline__ void fs_dkdv(const __nv_bfloat16* __restrict__ q, con
     __syncthreads();
     fa2_store_tile<BK, NT>(fa2_head(dk, L.dk, b, hk), L.dk.t_, qs, k0, t_len);
     fa2_store_tile<BK, NT>(fa2_head(dv, L.dv, b, hk), L.dv.t_, gs, k0, t_len);
+}
+
+// Warp-specialised dK/dV (kernels `..._ws<stages>`): 384 threads. Warpgroups 0 and 1 are consumers, each owning 64
+// of the block's 128 keys; the K and V blocks stay in shared memory (the S^T and dP^T products read their A from
+// there, not from register fragments as above). Warpgroup 2 is the producer, alone streaming the query tiles (Q, dY,
+// lse, D) through STAGES stages by cp.async: it waits until a stage is free (its `empty` mbarrier: both consumers'
+// thread 0 arrive once the products that read it have retired), loads it, waits for its own copies, fences them for
+// the async proxy and arrives on the stage's `full` mbarrier (its 128 threads), keeping STAGES - 1 tiles in flight.
+// The consumers never wait on each other's loads, only on `full`, and take turns issuing their product chains (named
+// barriers 1 + c: consumer c's turn, 256 threads; pipeline.cuh, checked on its own by pipeline_check.cu): S^T, dP^T
+// of consumer 0, of consumer 1, dV, dK of consumer 0, of consumer 1, ..., so the exponentials of one run while the
+// other's products occupy the tensor cores. A consumer whose keys all follow a tile's queries still takes its turns
+// (issuing nothing) and releases the stage. Per key the order of the sums is the plain loop's (query heads, then
+// tiles): the same bits as the other variants. Registers: the launch bound gives every thread 168 (65536 / 384); the
+// producer drops to 24 and the consumers rise to 240 (setmaxnreg; their code never joins the producer's again, so
+// the compiler allocates each branch on its own count).
+// Shared memory (dynamic, fs_ws_smem, past 48 KiB: the launcher opts in): the K and V blocks ([2][128][64] bf16,
+// swizzled; at the end the dK and dV blocks), the stages ([STAGES][Q 64x64 | dY 64x64]), lse and D per stage, the
+// 2 * STAGES mbarriers.
+#define FS_WS_THREADS 384
+__host__ __device__ constexpr int fs_ws_smem(int stages) {
+    return 2 * 128 * FA2_HS * 2 + stages * 2 * FA2_TILE * FA2_HS * 2 + stages * 2 * FA2_TILE * 4 + stages * 2 * 8;
+}
+
+template <int STAGES>
+__device__ __forceinline__ void fs_dkdv_ws(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
+                                           const __nv_bfloat16* __restrict__ v, const __nv_bfloat16* __restrict__ dy,
+                                           const float* __restrict__ lse, const float* __restrict__ dvec,
+                                           __nv_bfloat16* __restrict__ dk, __nv_bfloat16* __restrict__ dv,
+                                           const Fa2Layout& L, int nh, int nkv, int t_len, float scale, int group) {
+    typedef __nv_bfloat16 T;
+    constexpr int BK = 128, TILE = FA2_TILE * FA2_HS, NC = 256, NP = 128;  // keys per block, tile elements, threads
+    TM_DYNAMIC_SMEM(unsigned char, smem);
+    T* kstage = reinterpret_cast<T*>(smem);  // [128][64]: the K block, at the end the dK block
+    T* vstage = kstage + 2 * TILE;           // [128][64]: the V block, at the end the dV block
+    T* st_base = vstage + 2 * TILE;          // stage s: Q tile at st_base + 2 s TILE, dY tile right after
+    float* lsm = reinterpret_cast<float*>(st_base + STAGES * 2 * TILE);  // [STAGES][64]
+    float* dsm = lsm + STAGES * FA2_TILE;                                 // [STAGES][64]
+    uint64_t* full = reinterpret_cast<uint64_t*>(dsm + STAGES * FA2_TILE);
+    uint64_t* empty = full + STAGES;
+
+    const int n_kb = (t_len + BK - 1) / BK;
+    int bh, kb;
+    fa2_coords(n_kb, (int)(gridDim.x / n_kb), group, false, bh, kb);  // bh: (batch, key/value head)
+    const int b = bh / nkv, hk = bh - b * nkv, nq = nh / nkv, h0 = hk * nq;
+    const int tid = (int)threadIdx.x, tw = tid & 127, w = tw >> 5, g = (tw & 31) >> 2, cq = tw & 3;
+    const int wg = warp_uniform(tid >> 7);  // (so that branches on the role keep the products unserialised)
+    const int k0 = kb * BK, kw0 = k0 + 64 * wg;  // consumer wg's keys: kw0 .. kw0 + 63
+    const int i_first = k0 / FA2_TILE, n_qt = (t_len + FA2_TILE - 1) / FA2_TILE;
+    const int per = n_qt - i_first, steps = nq * per;
+    const float sl2 = scale * TM_LOG2E;
+
+    if (wg < 2) {
+        fa2_load_tile<BK, NC>(kstage, fa2_head(k, L.k, b, hk), L.k.t_, k0, t_len, tid);
+        fa2_load_tile<BK, NC>(vstage, fa2_head(v, L.v, b, hk), L.v.t_, k0, t_len, tid);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    fence_proxy_async();  // the K and V blocks, for the products
+    if (tid == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            mbar_init(&full[s], NP);  // the producer warpgroup
+            mbar_init(&empty[s], 2);  // both consumers' thread 0
+        }
+        mbar_init_fence();
+    }
+    __syncthreads();  // the mbarriers are initialised, the K and V blocks have landed
+
+    if (wg == 2) {
+        // The producer. Step j: query tile i_first + j % per of query head h0 + j / per, into stage j % STAGES.
+        setmaxnreg_dec<24>();
+        auto load = [&](int j) {
+            const int s = j % STAGES, hq = h0 + j / per, i0 = (i_first + j % per) * FA2_TILE;
+            fa2_load_q_stage<NP>(st_base + 2 * s * TILE, st_base + (2 * s + 1) * TILE, lsm + s * FA2_TILE,
+                                 dsm + s * FA2_TILE, q, dy, lse, dvec, L, b, nh, hq, i0, t_len, tw);
+        };
+        for (int j = 0; j < STAGES; j++) {
+            if (j < steps) load(j);
+            cp_async_commit();  // (empty groups past the last tile keep the count)
+        }
+        for (int j = 0; j < steps; j++) {
+            cp_async_wait<STAGES - 1>();  // tile j has landed
+            fence_proxy_async();          // for the consumers' products (the async proxy)
+            mbar_arrive(&full[j % STAGES]);
+            if (j + STAGES < steps) {
+                mbar_wait(&empty[j % STAGES], (j / STAGES) & 1);  // both consumers are done with tile j
+                load(j + STAGES);
+            }
+            cp_async_commit();
+        }
+        cp_async_wait<0>();
+        return;
+    }
+    // The consumers. Their code and the producer's never join again (the compiler could not give each its own
+    // register count otherwise): they meet on barrier 3 alone from here.
+    setmaxnreg_inc<240>();
+    {
+        const int c = wg;
+        float dka[32], dva[32];
+#pragma unroll
+        for (int i = 0; i < 32; i++) dka[i] = dva[i] = 0.f;
+        if (c == 1) named_arrive(1, 2 * 128);  // consumer 0 takes the first turn
+        for (int j = 0; j < steps; j++) {
+            const int s = j % STAGES, i0 = (i_first + j % per) * FA2_TILE;
+            const T* qt = st_base + 2 * s * TILE;
+            const T* gt = qt + TILE;
+            const bool skip = i0 + FA2_TILE - 1 < kw0;  // every query of the tile precedes every key of this consumer
+            mbar_wait(&full[s], (j / STAGES) & 1);
+            float sa[32], dp[32];
+            named_sync(1 + c, 2 * 128);  // my turn: S^T, dP^T
+            if (!skip) fs_issue2_ss(sa, kstage + 64 * c * FA2_HS, qt, dp, vstage + 64 * c * FA2_HS, gt);
+            named_arrive(2 - c, 2 * 128);
+            uint32_t pa[4][4], dsa[4][4];
+            if (!skip) {
+                fs_wait_all(sa, dp);
+                fs_dkdv_probs(pa, dsa, sa, dp, lsm + s * FA2_TILE, dsm + s * FA2_TILE, i0, kw0, t_len, sl2);
+            }
+            named_sync(1 + c, 2 * 128);  // my turn: dV += P^T dY, dK += dS^T Q
+            if (!skip) fs_issue2<1>(dva, pa, gt, dka, dsa, qt, 1);
+            if (c == 0 || j + 1 < steps) named_arrive(2 - c, 2 * 128);  // (consumer 1's last turn has no taker)
+            if (!skip) fs_wait_all(dva, dka);
+            if (tw == 0) mbar_arrive(&empty[s]);
+        }
+
+        // Every product has retired (the K and V blocks are read no more): they become the output staging.
+        named_sync(3, 2 * 128);
+        const int r0 = 64 * wg + 16 * w + g;
+#pragma unroll
+        for (int i = 0; i < 32; i += 2) {
+            const int row = r0 + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * cq;
+            *reinterpret_cast<uint32_t*>(kstage + fa2_swz(row, col)) = pack_pair<T>(dka[i] * scale, dka[i + 1] * scale);
+            *reinterpret_cast<uint32_t*>(vstage + fa2_swz(row, col)) = pack_pair<T>(dva[i], dva[i + 1]);
+        }
+        named_sync(3, 2 * 128);
+        fa2_store_tile<BK, NC>(fa2_head(dk, L.dk, b, hk), L.dk.t_, kstage, k0, t_len);
+        fa2_store_tile<BK, NC>(fa2_head(dv, L.dv, b, hk), L.dv.t_, vstage, k0, t_len);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -394,6 +547,15 @@ __device__ __forceinline__ void fs_dq(const __nv_bfloat16* __restrict__ q, const
         int t_len, float scale, int group) {                                                                           \
         fs_dq<WG, PIPE>(q, k, v, y, dy, lse, dvec, dq, L, nh, nkv, t_len, scale, group);                                    \
     }
+// Warp-specialised: block FS_WS_THREADS (one block per SM), dynamic shared memory fs_ws_smem(STAGES); its dQ is
+// wg1b3's.
+#define FS_DKDV_WS(STAGES, NAME)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(FS_WS_THREADS, 1) flash_dkdv_sm90_##NAME(                            \
+        const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* dy,             \
+        const float* lse, const float* dvec, __nv_bfloat16* dk, __nv_bfloat16* dv, Fa2Layout L, int nh, int nkv,      \
+        int t_len, float scale, int group) {                                                                           \
+        fs_dkdv_ws<STAGES>(q, k, v, dy, lse, dvec, dk, dv, L, nh, nkv, t_len, scale, group);                                \
+    }
 FS_DKDV(1, false, 1, wg1)
 FS_DKDV(1, false, 3, wg1b3)
 FS_DKDV(2, false, 1, wg2)
@@ -402,3 +564,7 @@ FS_DQ(1, false, 1, wg1)
 FS_DQ(1, false, 3, wg1b3)
 FS_DQ(2, false, 1, wg2)
 FS_DQ(1, true, 1, wg1p)
+FS_DKDV_WS(2, ws2)
+FS_DKDV_WS(4, ws4)
+FS_DQ(1, false, 3, ws2)
+FS_DQ(1, false, 3, ws4)

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use candle_core::cuda_backend::cudarc::driver::{CudaStream, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaStream, LaunchConfig, PushKernelArg};
 use candle_core::{Error, Result};
 use half::bf16;
 
@@ -35,10 +35,26 @@ pub enum Sm90Variant {
     Wg2,
     /// One warpgroup whose loop issues the next tile's S, dP products right behind this tile's last products.
     Wg1Pipe,
+    /// Warp-specialised dK/dV (a producer warpgroup streaming the query tiles through 2 stages guarded by mbarriers,
+    /// two consumer warpgroups of 64 keys taking turns on the tensor cores; dynamic shared memory past 48 KiB); dQ
+    /// as `Wg1B3`.
+    Ws2,
+    /// As `Ws2` with 4 stages.
+    Ws4,
 }
 
+/// FS_WS_THREADS in flash_bwd_sm90.cu: two consumer warpgroups and the producer warpgroup.
+const WS_THREADS: u32 = 384;
+
 impl Sm90Variant {
-    pub const ALL: [Sm90Variant; 4] = [Sm90Variant::Wg1, Sm90Variant::Wg1B3, Sm90Variant::Wg2, Sm90Variant::Wg1Pipe];
+    pub const ALL: [Sm90Variant; 6] = [
+        Sm90Variant::Wg1,
+        Sm90Variant::Wg1B3,
+        Sm90Variant::Wg2,
+        Sm90Variant::Wg1Pipe,
+        Sm90Variant::Ws2,
+        Sm90Variant::Ws4,
+    ];
 
     /// The kernels' name suffix in flash_bwd_sm90.cu (`flash_dq_sm90_*`, `flash_dkdv_sm90_*`).
     fn suffix(self) -> &'static str {
@@ -47,13 +63,19 @@ impl Sm90Variant {
             Sm90Variant::Wg1B3 => "wg1b3",
             Sm90Variant::Wg2 => "wg2",
             Sm90Variant::Wg1Pipe => "wg1p",
+            Sm90Variant::Ws2 => "ws2",
+            Sm90Variant::Ws4 => "ws4",
         }
     }
 
-    fn warpgroups(self) -> usize {
-        match self {
-            Sm90Variant::Wg1 | Sm90Variant::Wg1B3 | Sm90Variant::Wg1Pipe => 1,
-            Sm90Variant::Wg2 => 2,
+    /// Rows (keys for dK/dV, queries for dQ) per block, threads per block and bytes of dynamic shared memory of one
+    /// pass.
+    fn pass_shape(self, dkdv: bool) -> (usize, u32, usize) {
+        match (self, dkdv) {
+            (Sm90Variant::Wg2, _) => (128, 256, 0),
+            (Sm90Variant::Ws2, true) => (128, WS_THREADS, ws_smem(2)),
+            (Sm90Variant::Ws4, true) => (128, WS_THREADS, ws_smem(4)),
+            _ => (64, 128, 0),
         }
     }
 
@@ -63,8 +85,16 @@ impl Sm90Variant {
             Sm90Variant::Wg1B3 => "sm90 bwd wg1b3",
             Sm90Variant::Wg2 => "sm90 bwd wg2",
             Sm90Variant::Wg1Pipe => "sm90 bwd wg1p",
+            Sm90Variant::Ws2 => "sm90 bwd ws2",
+            Sm90Variant::Ws4 => "sm90 bwd ws4",
         }
     }
+}
+
+/// fs_ws_smem(stages) in flash_bwd_sm90.cu: the K and V blocks and the stages' Q and dY tiles (bf16), their lse and D
+/// (f32), the mbarriers.
+fn ws_smem(stages: usize) -> usize {
+    2 * 128 * HEAD_SIZE * 2 + stages * 2 * 64 * HEAD_SIZE * 2 + stages * 2 * 64 * 4 + stages * 2 * 8
 }
 
 /// The kernels loaded for one stream; launches go on that stream.
@@ -90,6 +120,10 @@ impl FlashBwdSm90 {
         let sfx = variant.suffix();
         let (dq, dkdv) = (format!("flash_dq_sm90_{sfx}"), format!("flash_dkdv_sm90_{sfx}"));
         let module = Module::load(stream, "flash_bwd_sm90.cu", PTX, &[&dq, &dkdv])?;
+        let (_, _, smem) = variant.pass_shape(true);
+        if smem > 48 * 1024 {
+            module.allow_dynamic_smem(&dkdv, smem)?;
+        }
         Ok(FlashBwdSm90 { module, variant, dq, dkdv })
     }
 
@@ -145,10 +179,10 @@ impl FlashBwdSm90 {
     unsafe fn launch(&self, p: &AttnBwd<bf16>, d: Dims, dkdv: bool) -> Result<()> {
         let heads = Heads { q: d.nh, kv: d.nkv };
         let layout = AttnLayout::fused(d.t, heads, HEAD_SIZE);
-        let rows = 64 * self.variant.warpgroups();
+        let (rows, threads, smem) = self.variant.pass_shape(dkdv);
         // dK/dV: a row of blocks per (batch, key/value head); dQ: per (batch, query head).
         let n_bh = d.b * if dkdv { d.nkv } else { d.nh };
-        let cfg = tile_grid(n_bh, d.t, rows, 128 * self.variant.warpgroups() as u32)?;
+        let cfg = LaunchConfig { shared_mem_bytes: smem as u32, ..tile_grid(n_bh, d.t, rows, threads)? };
         let group = GROUP_BLOCKS.div_ceil(d.t.div_ceil(rows)).clamp(1, n_bh) as i32;
         let (c, kw) = (d.nh * HEAD_SIZE, d.nkv * HEAD_SIZE);
         let (q, k, v) = (p.qkv, p.qkv.offset(c), p.qkv.offset(c + kw));

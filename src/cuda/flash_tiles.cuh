@@ -43,13 +43,13 @@ __device__ __forceinline__ int fa2_swz(int row, int col) {
 }
 
 // cp.async rows row0 .. row0 + ROWS - 1 of a (t_len, 64) matrix (row stride `ld` elements, 16-byte aligned rows)
-// into tile `s`; rows >= t_len are zero-filled.
+// into tile `s` by NT threads, this one number `tid` of them; rows >= t_len are zero-filled.
 template <int ROWS, int NT, typename T>
-__device__ __forceinline__ void fa2_load_tile(T* s, const T* g, int64_t ld, int row0, int t_len) {
+__device__ __forceinline__ void fa2_load_tile(T* s, const T* g, int64_t ld, int row0, int t_len, int tid = (int)threadIdx.x) {
     static_assert(ROWS * FA2_CH % NT == 0, "whole 16-byte chunks per thread");
 #pragma unroll
     for (int i = 0; i < ROWS * FA2_CH / NT; i++) {
-        const int e = i * NT + (int)threadIdx.x, r = e / FA2_CH, ch = e % FA2_CH, row = row0 + r;
+        const int e = i * NT + tid, r = e / FA2_CH, ch = e % FA2_CH, row = row0 + r;
         const bool ok = row < t_len;
         cp_async16(s + fa2_swz(r, ch * 8), g + (int64_t)(ok ? row : 0) * ld + ch * 8, ok);
     }
@@ -134,14 +134,15 @@ __device__ __forceinline__ void fa2_block_d(float dd[2], const T* ys, const T* d
 }
 
 // Stage `st` of a dK/dV kernel's stream of query tiles: rows i0 .. i0 + 63 of query head hq (batch b): their Q and dY
-// tiles into qs and gs (64 rows each), their lse and D into lsm and dsm (rows >= T: zero-filled).
+// tiles into qs and gs (64 rows each), their lse and D into lsm and dsm (rows >= T: zero-filled); by NT threads,
+// this one number `tid` of them.
 template <int NT, typename T>
 __device__ __forceinline__ void fa2_load_q_stage(T* qs, T* gs, float* lsm, float* dsm, const T* q, const T* dy,
                                                  const float* __restrict__ lse, const float* __restrict__ dvec,
                                                  const Fa2Layout& L, int b, int nh, int hq, int i0, int t_len, int tid) {
     const int64_t bq = (int64_t)b * nh + hq;
-    fa2_load_tile<FA2_TILE, NT>(qs, fa2_head(q, L.q, b, hq), L.q.t_, i0, t_len);
-    fa2_load_tile<FA2_TILE, NT>(gs, fa2_head(dy, L.y, b, hq), L.y.t_, i0, t_len);
+    fa2_load_tile<FA2_TILE, NT>(qs, fa2_head(q, L.q, b, hq), L.q.t_, i0, t_len, tid);
+    fa2_load_tile<FA2_TILE, NT>(gs, fa2_head(dy, L.y, b, hq), L.y.t_, i0, t_len, tid);
     for (int e = tid; e < FA2_TILE; e += NT) {
         const bool ok = i0 + e < t_len;
         cp_async4(&lsm[e], lse + bq * t_len + (ok ? i0 + e : 0), ok);

@@ -11,6 +11,7 @@ use std::any::Any;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 
+use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
 use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaModule, CudaStream, LaunchArgs, LaunchConfig};
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::cuda_backend::{CudaDevice, DeviceId};
@@ -71,6 +72,19 @@ impl Module {
             }
         }
         Ok(self)
+    }
+
+    /// Lets kernel `name` (one named at load) launch with up to `bytes` of dynamic shared memory: past 48 KiB the
+    /// driver needs this opt-in (cuFuncSetAttribute MAX_DYNAMIC_SHARED_SIZE_BYTES).
+    pub fn allow_dynamic_smem(&self, name: &str, bytes: usize) -> Result<()> {
+        let (_, f) = self
+            .funcs
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| Error::Msg(format!("{}: kernel {name} was not loaded", self.file)))?;
+        let bytes = i32::try_from(bytes).map_err(|_| Error::Msg(format!("{}: {name}: {bytes} bytes", self.file)))?;
+        f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes)
+            .map_err(|e| Error::Msg(format!("{}: {name}: {bytes} bytes of dynamic shared memory: {e:?}", self.file)))
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {

@@ -9,9 +9,14 @@
 #ifdef __CUDACC__
 __device__ __forceinline__ float warp_shfl_xor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
 __device__ __forceinline__ float warp_shfl(float v, int src_lane) { return __shfl_sync(0xffffffffu, v, src_lane); }
+// Lane 0's `v` on every lane (|v| < 2^24 in the lab, which passes it as a float). For a value the same on every lane
+// already (a warpgroup index): the compiler then knows it is warp-uniform, so wgmma under a branch on it is not
+// serialised (ptxas C7518, "compiler-inserted WG.DP in divergent path"; CUTLASS's canonical_warp_group_idx).
+__device__ __forceinline__ int warp_uniform(int v) { return __shfl_sync(0xffffffffu, v, 0); }
 #else
 inline float warp_shfl_xor(float v, int mask) { return emu_warp_shfl_xor(v, mask); }
 inline float warp_shfl(float v, int src_lane) { return emu_warp_shfl(v, src_lane); }
+inline int warp_uniform(int v) { return (int)emu_warp_shfl((float)v, 0); }
 #endif
 
 // Sum over the warp's 32 lanes, by butterfly: every lane gets the total, added in the same order on every lane.
