@@ -107,12 +107,14 @@ template <typename T> struct Outputs {
 struct Sm90Variant {
     const char* name;
     int dq_rows, dq_threads, dkdv_rows, dkdv_threads;
-    size_t dkdv_smem;  // dynamic shared memory of the dK/dV kernel
+    size_t dq_smem, dkdv_smem;  // dynamic shared memory of each kernel
 };
 static const Sm90Variant SM90_VARIANTS[] = {
-    {"wg1", 64, 128, 64, 128, 0},   {"wg2", 128, 256, 128, 256, 0},
-    {"wg1p", 64, 128, 64, 128, 0},  {"ws2", 64, 128, 128, FS_WS_THREADS, (size_t)fs_ws_smem(2)},
-    {"ws4", 64, 128, 128, FS_WS_THREADS, (size_t)fs_ws_smem(4)},
+    {"wg1", 64, 128, 64, 128, 0, 0},
+    {"wg2", 128, 256, 128, 256, 0, 0},
+    {"wg1p", 64, 128, 64, 128, 0, 0},
+    {"ws2", 128, FS_WS_THREADS, 128, FS_WS_THREADS, (size_t)fs_dq_ws_smem(2), (size_t)fs_ws_smem(2)},
+    {"ws4", 128, FS_WS_THREADS, 128, FS_WS_THREADS, (size_t)fs_dq_ws_smem(4), (size_t)fs_ws_smem(4)},
 };
 template <typename T, typename Launch>
 static void check_sm90(const std::string& tag, const std::vector<T>& flash, const std::vector<double>& want, double gmax,
@@ -296,9 +298,9 @@ static Outputs<T> check(const char* dtype, Layout layout, int B, int NH, int NKV
                        : n == "ws2" ? flash_dkdv_sm90_ws2 : n == "ws4" ? flash_dkdv_sm90_ws4 : flash_dkdv_sm90_wg1;
         const unsigned nbq = (Tn + sv.dq_rows - 1) / sv.dq_rows, nbk = (Tn + sv.dkdv_rows - 1) / sv.dkdv_rows;
         const T *q = base + vq.off, *kk = base + vk.off, *v = base + vv.off;
-        emu_launch(dq_kern, dim3{nbq * (unsigned)nbh, 1, 1}, dim3{(unsigned)sv.dq_threads, 1, 1}, q, kk, v,
-                   (const T*)y.data(), (const T*)dy.data(), (const float*)lse.data(), dv2.data(), g.data() + vdq.off, L,
-                   NH, NKV, Tn, fscale, group);
+        emu_launch_smem(dq_kern, dim3{nbq * (unsigned)nbh, 1, 1}, dim3{(unsigned)sv.dq_threads, 1, 1}, sv.dq_smem, q,
+                        kk, v, (const T*)y.data(), (const T*)dy.data(), (const float*)lse.data(), dv2.data(),
+                        g.data() + vdq.off, L, NH, NKV, Tn, fscale, group);
         emu_launch_smem(dkdv_kern, dim3{nbk * (unsigned)(B * NKV), 1, 1}, dim3{(unsigned)sv.dkdv_threads, 1, 1},
                         sv.dkdv_smem, q, kk, v, (const T*)dy.data(), (const float*)lse.data(), (const float*)dv2.data(),
                         g.data() + vdk.off, g.data() + vdv.off, L, NH, NKV, Tn, fscale, group);

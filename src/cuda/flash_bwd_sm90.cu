@@ -258,7 +258,7 @@ __device__ __forceinline__ void fs_dkdv(const __nv_bfloat16* __restrict__ q, con
 // other's products occupy the tensor cores. A consumer whose keys all follow a tile's queries still takes its turns
 // (issuing nothing) and releases the stage. Per key the order of the sums is the plain loop's (query heads, then
 // tiles): the same bits as the other variants. Registers: the launch bound gives every thread 168 (65536 / 384); the
-// producer drops to 24 and the consumers rise to 240 (setmaxnreg; their code never joins the producer's again, so
+// producer drops to 40 and the consumers rise to 232 (setmaxnreg; their code never joins the producer's again, so
 // the compiler allocates each branch on its own count).
 // Shared memory (dynamic, fs_ws_smem, past 48 KiB: the launcher opts in): the K and V blocks ([2][128][64] bf16,
 // swizzled; at the end the dK and dV blocks), the stages ([STAGES][Q 64x64 | dY 64x64]), lse and D per stage, the
@@ -314,7 +314,7 @@ __device__ __forceinline__ void fs_dkdv_ws(const __nv_bfloat16* __restrict__ q, 
 
     if (wg == 2) {
         // The producer. Step j: query tile i_first + j % per of query head h0 + j / per, into stage j % STAGES.
-        setmaxnreg_dec<24>();
+        setmaxnreg_dec<40>();
         auto load = [&](int j) {
             const int s = j % STAGES, hq = h0 + j / per, i0 = (i_first + j % per) * FA2_TILE;
             fa2_load_q_stage<NP>(st_base + 2 * s * TILE, st_base + (2 * s + 1) * TILE, lsm + s * FA2_TILE,
@@ -339,7 +339,7 @@ __device__ __forceinline__ void fs_dkdv_ws(const __nv_bfloat16* __restrict__ q, 
     }
     // The consumers. Their code and the producer's never join again (the compiler could not give each its own
     // register count otherwise): they meet on barrier 3 alone from here.
-    setmaxnreg_inc<240>();
+    setmaxnreg_inc<232>();
     {
         const int c = wg;
         float dka[32], dva[32];
@@ -530,6 +530,138 @@ __device__ __forceinline__ void fs_dq(const __nv_bfloat16* __restrict__ q, const
     fa2_store_tile<BQ, NT>(fa2_head(dq, L.dq, b, h), L.dq.t_, ks, q0, t_len);
 }
 
+// Warp-specialised dQ (kernels `flash_dq_sm90_ws<stages>`), the counterpart of fs_dkdv_ws: 384 threads. Warpgroups 0
+// and 1 are consumers, each owning 64 of the block's 128 queries; the Q and dY blocks stay in shared memory (the S
+// and dP products read their A from there). First D = rowsum(dY * Y) of the block's rows (as fs_dq, the Y block
+// staged in the first stage). Warpgroup 2, the producer, streams the K and V tiles (keys 0 .. the block's last query)
+// through STAGES stages, `full` / `empty` mbarriers as fs_dkdv_ws; the consumers take turns issuing S, dP and then
+// dQ += dS K (named barriers 1 + c). A consumer whose queries all precede a tile's keys takes its turns issuing
+// nothing. Each dQ element is one accumulator summed over the key tiles in order: the same bits as fs_dq.
+// Shared memory (dynamic, fs_dq_ws_smem): the Q and dY blocks ([2][128][64] bf16, swizzled; at the end the dQ block
+// in the first), the stages ([STAGES][K 64x64 | V 64x64]), the 2 * STAGES mbarriers.
+__host__ __device__ constexpr int fs_dq_ws_smem(int stages) {
+    return 2 * 128 * FA2_HS * 2 + stages * 2 * FA2_TILE * FA2_HS * 2 + stages * 2 * 8;
+}
+
+template <int STAGES>
+__device__ __forceinline__ void fs_dq_ws(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
+                                         const __nv_bfloat16* __restrict__ v, const __nv_bfloat16* __restrict__ y,
+                                         const __nv_bfloat16* __restrict__ dy, const float* __restrict__ lse,
+                                         float* __restrict__ dvec, __nv_bfloat16* __restrict__ dq, const Fa2Layout& L,
+                                         int nh, int nkv, int t_len, float scale, int group) {
+    typedef __nv_bfloat16 T;
+    constexpr int BQ = 128, TILE = FA2_TILE * FA2_HS, NC = 256, NP = 128;  // queries per block, tile elements, threads
+    TM_DYNAMIC_SMEM(unsigned char, smem);
+    T* qstage = reinterpret_cast<T*>(smem);  // [128][64]: the Q block, at the end the dQ block
+    T* gstage = qstage + 2 * TILE;           // [128][64]: the dY block
+    T* st_base = gstage + 2 * TILE;          // stage s: K tile at st_base + 2 s TILE, V tile right after
+    uint64_t* full = reinterpret_cast<uint64_t*>(st_base + STAGES * 2 * TILE);
+    uint64_t* empty = full + STAGES;
+    T* ystage = st_base;  // [128][64]: the Y block, for D, before the first K and V tiles
+
+    const Fa2QueryBlock<T> blk = fa2_query_block(BQ, q, k, v, L, nh, nkv, t_len, group);
+    const int b = blk.b, h = blk.h, bh = blk.bh;
+    const int tid = (int)threadIdx.x, tw = tid & 127, w = tw >> 5, g = (tw & 31) >> 2, cq = tw & 3;
+    const int wg = warp_uniform(tid >> 7);       // (so that branches on the role keep the products unserialised)
+    const int q0 = blk.blk * BQ, qw0 = q0 + 64 * wg;  // consumer wg's queries: qw0 .. qw0 + 63
+    const int n_kv = (min(t_len, q0 + BQ) + FA2_TILE - 1) / FA2_TILE;
+    const float sl2 = scale * TM_LOG2E;
+
+    if (wg < 2) {
+        fa2_load_tile<BQ, NC>(qstage, blk.q, L.q.t_, q0, t_len, tid);
+        fa2_load_tile<BQ, NC>(gstage, fa2_head(dy, L.y, b, h), L.y.t_, q0, t_len, tid);
+        fa2_load_tile<BQ, NC>(ystage, fa2_head(y, L.y, b, h), L.y.t_, q0, t_len, tid);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    fence_proxy_async();  // the Q and dY blocks, for the products
+    if (tid == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            mbar_init(&full[s], NP);  // the producer warpgroup
+            mbar_init(&empty[s], 2);  // both consumers' thread 0
+        }
+        mbar_init_fence();
+    }
+    __syncthreads();  // the mbarriers are initialised, the blocks have landed
+    float l2[2], dd[2];
+    if (wg < 2) {
+        fa2_lse_rows(l2, lse, bh, t_len, qw0 + 16 * w + g);  // rows >= T: 0 (their output is dropped)
+        fa2_block_d(dd, ystage, gstage, dvec, bh, t_len, q0, tid, g);
+    }
+    __syncthreads();  // the Y staging is overwritten by the first K and V tiles next
+
+    if (wg == 2) {
+        // The producer. Step t: key tile t into stage t % STAGES.
+        setmaxnreg_dec<40>();
+        auto load = [&](int t) {
+            const int s = t % STAGES;
+            fa2_load_tile<FA2_TILE, NP>(st_base + 2 * s * TILE, blk.k, L.k.t_, t * FA2_TILE, t_len, tw);
+            fa2_load_tile<FA2_TILE, NP>(st_base + (2 * s + 1) * TILE, blk.v, L.v.t_, t * FA2_TILE, t_len, tw);
+        };
+        for (int t = 0; t < STAGES; t++) {
+            if (t < n_kv) load(t);
+            cp_async_commit();  // (empty groups past the last tile keep the count)
+        }
+        for (int t = 0; t < n_kv; t++) {
+            cp_async_wait<STAGES - 1>();  // tile t has landed
+            fence_proxy_async();          // for the consumers' products (the async proxy)
+            mbar_arrive(&full[t % STAGES]);
+            if (t + STAGES < n_kv) {
+                mbar_wait(&empty[t % STAGES], (t / STAGES) & 1);  // both consumers are done with tile t
+                load(t + STAGES);
+            }
+            cp_async_commit();
+        }
+        cp_async_wait<0>();
+        return;
+    }
+    // The consumers (their code never joins the producer's again: see fs_dkdv_ws).
+    setmaxnreg_inc<232>();
+    {
+        const int c = wg;
+        float dqa[32];
+#pragma unroll
+        for (int i = 0; i < 32; i++) dqa[i] = 0.f;
+        if (c == 1) named_arrive(1, 2 * 128);  // consumer 0 takes the first turn
+        for (int t = 0; t < n_kv; t++) {
+            const int s = t % STAGES, c0 = t * FA2_TILE;
+            const T* kt = st_base + 2 * s * TILE;
+            const T* vt = kt + TILE;
+            const bool skip = c0 > qw0 + 63;  // every key of the tile follows every query of this consumer
+            mbar_wait(&full[s], (t / STAGES) & 1);
+            float sa[32], dp[32];
+            named_sync(1 + c, 2 * 128);  // my turn: S, dP
+            if (!skip) fs_issue2_ss(sa, qstage + 64 * c * FA2_HS, kt, dp, gstage + 64 * c * FA2_HS, vt);
+            named_arrive(2 - c, 2 * 128);
+            uint32_t dsa[4][4];
+            if (!skip) {
+                fs_wait_all(sa, dp);
+                fs_dq_probs(dsa, sa, dp, l2, dd, c0, qw0, sl2);
+            }
+            named_sync(1 + c, 2 * 128);  // my turn: dQ += dS K
+            if (!skip) {
+                wgmma_fence_operand(dqa);
+                wgmma_fence();
+                fs_chain<1>(dqa, dsa, kt, 1);
+                wgmma_commit();
+            }
+            if (c == 0 || t + 1 < n_kv) named_arrive(2 - c, 2 * 128);  // (consumer 1's last turn has no taker)
+            if (!skip) fs_wait_all(dqa);
+            if (tw == 0) mbar_arrive(&empty[s]);
+        }
+
+        named_sync(3, 2 * 128);  // every product has retired (the Q block is read no more): the dQ staging
+        const int r0 = 64 * wg + 16 * w + g;
+#pragma unroll
+        for (int i = 0; i < 32; i += 2) {
+            const int row = r0 + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * cq;
+            *reinterpret_cast<uint32_t*>(qstage + fa2_swz(row, col)) = pack_pair<T>(dqa[i] * scale, dqa[i + 1] * scale);
+        }
+        named_sync(3, 2 * 128);
+        fa2_store_tile<BQ, NC>(fa2_head(dq, L.dq, b, h), L.dq.t_, qstage, q0, t_len);
+    }
+}
+
 // Grid: B * NKV * ceil(T / (64 WG)) blocks of 128 WG threads, 1-D, walked as flash_attn.cu's dK/dV grid
 // (flash_bwd_sm90.rs). Names: flash_{dkdv,dq}_sm90_wg<warpgroups>[b<min blocks per SM>][p: the pipelined loop].
 #define FS_DKDV(WG, PIPE, MINB, NAME)                                                                                \
@@ -547,14 +679,21 @@ __device__ __forceinline__ void fs_dq(const __nv_bfloat16* __restrict__ q, const
         int t_len, float scale, int group) {                                                                           \
         fs_dq<WG, PIPE>(q, k, v, y, dy, lse, dvec, dq, L, nh, nkv, t_len, scale, group);                                    \
     }
-// Warp-specialised: block FS_WS_THREADS (one block per SM), dynamic shared memory fs_ws_smem(STAGES); its dQ is
-// wg1b3's.
+// Warp-specialised: block FS_WS_THREADS (one block per SM), dynamic shared memory fs_ws_smem(STAGES) and
+// fs_dq_ws_smem(STAGES).
 #define FS_DKDV_WS(STAGES, NAME)                                                                                     \
     extern "C" __global__ void __launch_bounds__(FS_WS_THREADS, 1) flash_dkdv_sm90_##NAME(                            \
         const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* dy,             \
         const float* lse, const float* dvec, __nv_bfloat16* dk, __nv_bfloat16* dv, Fa2Layout L, int nh, int nkv,      \
         int t_len, float scale, int group) {                                                                           \
         fs_dkdv_ws<STAGES>(q, k, v, dy, lse, dvec, dk, dv, L, nh, nkv, t_len, scale, group);                                \
+    }
+#define FS_DQ_WS(STAGES, NAME)                                                                                       \
+    extern "C" __global__ void __launch_bounds__(FS_WS_THREADS, 1) flash_dq_sm90_##NAME(                              \
+        const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* y,              \
+        const __nv_bfloat16* dy, const float* lse, float* dvec, __nv_bfloat16* dq, Fa2Layout L, int nh, int nkv,      \
+        int t_len, float scale, int group) {                                                                           \
+        fs_dq_ws<STAGES>(q, k, v, y, dy, lse, dvec, dq, L, nh, nkv, t_len, scale, group);                                   \
     }
 FS_DKDV(1, false, 1, wg1)
 FS_DKDV(1, false, 3, wg1b3)
@@ -566,5 +705,5 @@ FS_DQ(2, false, 1, wg2)
 FS_DQ(1, true, 1, wg1p)
 FS_DKDV_WS(2, ws2)
 FS_DKDV_WS(4, ws4)
-FS_DQ(1, false, 3, ws2)
-FS_DQ(1, false, 3, ws4)
+FS_DQ_WS(2, ws2)
+FS_DQ_WS(4, ws4)

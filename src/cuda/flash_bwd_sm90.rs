@@ -35,9 +35,9 @@ pub enum Sm90Variant {
     Wg2,
     /// One warpgroup whose loop issues the next tile's S, dP products right behind this tile's last products.
     Wg1Pipe,
-    /// Warp-specialised dK/dV (a producer warpgroup streaming the query tiles through 2 stages guarded by mbarriers,
-    /// two consumer warpgroups of 64 keys taking turns on the tensor cores; dynamic shared memory past 48 KiB); dQ
-    /// as `Wg1B3`.
+    /// Warp-specialised dK/dV and dQ (a producer warpgroup streaming the query, or key/value, tiles through 2 stages
+    /// guarded by mbarriers; two consumer warpgroups of 64 keys, or queries, taking turns on the tensor cores; dynamic
+    /// shared memory past 48 KiB).
     Ws2,
     /// As `Ws2` with 4 stages.
     Ws4,
@@ -75,6 +75,8 @@ impl Sm90Variant {
             (Sm90Variant::Wg2, _) => (128, 256, 0),
             (Sm90Variant::Ws2, true) => (128, WS_THREADS, ws_smem(2)),
             (Sm90Variant::Ws4, true) => (128, WS_THREADS, ws_smem(4)),
+            (Sm90Variant::Ws2, false) => (128, WS_THREADS, ws_dq_smem(2)),
+            (Sm90Variant::Ws4, false) => (128, WS_THREADS, ws_dq_smem(4)),
             _ => (64, 128, 0),
         }
     }
@@ -95,6 +97,11 @@ impl Sm90Variant {
 /// (f32), the mbarriers.
 fn ws_smem(stages: usize) -> usize {
     2 * 128 * HEAD_SIZE * 2 + stages * 2 * 64 * HEAD_SIZE * 2 + stages * 2 * 64 * 4 + stages * 2 * 8
+}
+
+/// fs_dq_ws_smem(stages) in flash_bwd_sm90.cu: the Q and dY blocks, the stages' K and V tiles (bf16), the mbarriers.
+fn ws_dq_smem(stages: usize) -> usize {
+    2 * 128 * HEAD_SIZE * 2 + stages * 2 * 64 * HEAD_SIZE * 2 + stages * 2 * 8
 }
 
 /// The kernels loaded for one stream; launches go on that stream.
@@ -120,9 +127,11 @@ impl FlashBwdSm90 {
         let sfx = variant.suffix();
         let (dq, dkdv) = (format!("flash_dq_sm90_{sfx}"), format!("flash_dkdv_sm90_{sfx}"));
         let module = Module::load(stream, "flash_bwd_sm90.cu", PTX, &[&dq, &dkdv])?;
-        let (_, _, smem) = variant.pass_shape(true);
-        if smem > 48 * 1024 {
-            module.allow_dynamic_smem(&dkdv, smem)?;
+        for (kernel, dkdv_pass) in [(&dq, false), (&dkdv, true)] {
+            let (_, _, smem) = variant.pass_shape(dkdv_pass);
+            if smem > 48 * 1024 {
+                module.allow_dynamic_smem(kernel, smem)?;
+            }
         }
         Ok(FlashBwdSm90 { module, variant, dq, dkdv })
     }
