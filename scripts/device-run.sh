@@ -134,7 +134,7 @@ for step in "$@"; do
     ;;
   ncu)  # Nsight Compute on the attention backward kernels (mma.sync and wgmma, every variant) at bench attention's
         # first shape (B=64 T=1024 NH=12): throughput, occupancy, warp stalls, memory; text report $OUT/ncu_attn.txt
-    timeout "${NCU_TIMEOUT:-300}" ncu --kernel-name "regex:${NCU_KERNELS:-flash_(dq|dkdv)_}" --launch-count "${NCU_COUNT:-20}" \
+    timeout "${NCU_TIMEOUT:-300}" ncu --kernel-name "regex:${NCU_KERNELS:-flash_(dq|dkdv)_}" --launch-count "${NCU_COUNT:-28}" \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
       --section SchedulerStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
       "$BIN" bench attention --backend native --reps 1 --warmup 0 > "$OUT/ncu_attn.txt" 2>&1
