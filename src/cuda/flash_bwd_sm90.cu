@@ -105,6 +105,17 @@ __device__ __forceinline__ void fs_issue2_ss(float (&d1)[32], const __nv_bfloat1
     wgmma_commit();
 }
 
+// This warpgroup's 64 x 64 accumulators `d` (rows r_base.., wgmma.cuh section 4) times `mul`, rounded to bf16 into a
+// swizzled tile of shared memory (the output staging of every kernel here).
+__device__ __forceinline__ void fs_stage_acc(__nv_bfloat16* tile, const float (&d)[32], float mul, int r_base) {
+    const int tw = (int)threadIdx.x & 127, r0 = r_base + 16 * (tw >> 5) + ((tw & 31) >> 2), cq = tw & 3;
+#pragma unroll
+    for (int i = 0; i < 32; i += 2) {
+        const int row = r0 + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * cq;
+        *reinterpret_cast<uint32_t*>(tile + fa2_swz(row, col)) = pack_pair<__nv_bfloat16>(d[i] * mul, d[i + 1] * mul);
+    }
+}
+
 // Waits until every issued group has retired; the accumulators `d` are then readable (and pinned for the compiler).
 template <typename... D> __device__ __forceinline__ void fs_wait_all(D&... d) {
     wgmma_wait<0>();
@@ -149,7 +160,7 @@ __device__ __forceinline__ void fs_dkdv(const __nv_bfloat16* __restrict__ q, con
     fa2_coords(n_kb, (int)(gridDim.x / n_kb), group, false, bh, kb);  // bh: (batch, key/value head)
     const int b = bh / nkv, hk = bh - b * nkv, nq = nh / nkv, h0 = hk * nq;
 
-    const int tid = (int)threadIdx.x, wg = tid >> 7, tw = tid & 127, w = tw >> 5, g = (tw & 31) >> 2, cq = tw & 3;
+    const int tid = (int)threadIdx.x, wg = tid >> 7;
     const int k0 = kb * BK, kw0 = k0 + 64 * wg;  // this warpgroup's keys: kw0 .. kw0 + 63
     const int i_first = k0 / FA2_TILE, n_qt = (t_len + FA2_TILE - 1) / FA2_TILE;
     const float sl2 = scale * TM_LOG2E;
@@ -234,16 +245,53 @@ __device__ __forceinline__ void fs_dkdv(const __nv_bfloat16* __restrict__ q, con
     }
 
     __syncthreads();  // every warpgroup is done with the last tiles before they become the output staging
-    const int r0 = 64 * wg + 16 * w + g;
-#pragma unroll
-    for (int i = 0; i < 32; i += 2) {
-        const int row = r0 + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * cq;
-        *reinterpret_cast<uint32_t*>(qs + fa2_swz(row, col)) = pack_pair<T>(dka[i] * scale, dka[i + 1] * scale);
-        *reinterpret_cast<uint32_t*>(gs + fa2_swz(row, col)) = pack_pair<T>(dva[i], dva[i + 1]);
-    }
+    fs_stage_acc(qs, dka, scale, 64 * wg);
+    fs_stage_acc(gs, dva, 1.f, 64 * wg);
     __syncthreads();
     fa2_store_tile<BK, NT>(fa2_head(dk, L.dk, b, hk), L.dk.t_, qs, k0, t_len);
     fa2_store_tile<BK, NT>(fa2_head(dv, L.dv, b, hk), L.dv.t_, gs, k0, t_len);
+}
+
+// The start of the warp-specialised kernels (fs_dkdv_ws, fs_dq_ws), after the consumers issued the cp.async copies of
+// the block's own rows: they land (fenced for the products' async proxy), thread 0 initialises the stages' mbarriers
+// (`full`: the producer warpgroup's 128 arrivals; `empty`: both consumers' thread 0) and the block meets.
+template <int STAGES> __device__ __forceinline__ void fs_ws_start(uint64_t* full, uint64_t* empty) {
+    cp_async_commit();
+    cp_async_wait<0>();
+    fence_proxy_async();
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            mbar_init(&full[s], 128);
+            mbar_init(&empty[s], 2);
+        }
+        mbar_init_fence();
+    }
+    __syncthreads();
+}
+
+// The producer warpgroup of the warp-specialised kernels (fs_dkdv_ws, fs_dq_ws): tiles 0 .. n - 1 through STAGES
+// stages, `load(j)` issuing tile j's cp.async copies (this warpgroup's 128 threads) into stage j % STAGES; STAGES - 1
+// tiles in flight. Each stage's `full` mbarrier gets the warpgroup's 128 arrivals once the tile's copies have landed
+// (fenced for the products' async proxy); a stage is refilled once its `empty` phase has completed (both consumers
+// done with the tile before). Registers drop to 40 (setmaxnreg): the consumers take the rest.
+template <int STAGES, typename Load>
+__device__ __forceinline__ void fs_ws_produce(int n, uint64_t* full, uint64_t* empty, Load load) {
+    setmaxnreg_dec<40>();
+    for (int j = 0; j < STAGES; j++) {
+        if (j < n) load(j);
+        cp_async_commit();  // (empty groups past the last tile keep the count)
+    }
+    for (int j = 0; j < n; j++) {
+        cp_async_wait<STAGES - 1>();  // tile j has landed
+        fence_proxy_async();          // for the consumers' products (the async proxy)
+        mbar_arrive(&full[j % STAGES]);
+        if (j + STAGES < n) {
+            mbar_wait(&empty[j % STAGES], (j / STAGES) & 1);  // both consumers are done with tile j
+            load(j + STAGES);
+        }
+        cp_async_commit();
+    }
+    cp_async_wait<0>();
 }
 
 // Warp-specialised dK/dV (kernels `..._ws<stages>`): 384 threads. Warpgroups 0 and 1 are consumers, each owning 64
@@ -289,7 +337,7 @@ __device__ __forceinline__ void fs_dkdv_ws(const __nv_bfloat16* __restrict__ q, 
     int bh, kb;
     fa2_coords(n_kb, (int)(gridDim.x / n_kb), group, false, bh, kb);  // bh: (batch, key/value head)
     const int b = bh / nkv, hk = bh - b * nkv, nq = nh / nkv, h0 = hk * nq;
-    const int tid = (int)threadIdx.x, tw = tid & 127, w = tw >> 5, g = (tw & 31) >> 2, cq = tw & 3;
+    const int tid = (int)threadIdx.x, tw = tid & 127;
     const int wg = warp_uniform(tid >> 7);  // (so that branches on the role keep the products unserialised)
     const int k0 = kb * BK, kw0 = k0 + 64 * wg;  // consumer wg's keys: kw0 .. kw0 + 63
     const int i_first = k0 / FA2_TILE, n_qt = (t_len + FA2_TILE - 1) / FA2_TILE;
@@ -300,41 +348,15 @@ __device__ __forceinline__ void fs_dkdv_ws(const __nv_bfloat16* __restrict__ q, 
         fa2_load_tile<BK, NC>(kstage, fa2_head(k, L.k, b, hk), L.k.t_, k0, t_len, tid);
         fa2_load_tile<BK, NC>(vstage, fa2_head(v, L.v, b, hk), L.v.t_, k0, t_len, tid);
     }
-    cp_async_commit();
-    cp_async_wait<0>();
-    fence_proxy_async();  // the K and V blocks, for the products
-    if (tid == 0) {
-        for (int s = 0; s < STAGES; s++) {
-            mbar_init(&full[s], NP);  // the producer warpgroup
-            mbar_init(&empty[s], 2);  // both consumers' thread 0
-        }
-        mbar_init_fence();
-    }
-    __syncthreads();  // the mbarriers are initialised, the K and V blocks have landed
+    fs_ws_start<STAGES>(full, empty);
 
     if (wg == 2) {
-        // The producer. Step j: query tile i_first + j % per of query head h0 + j / per, into stage j % STAGES.
-        setmaxnreg_dec<40>();
-        auto load = [&](int j) {
+        // The producer. Step j: query tile i_first + j % per of query head h0 + j / per.
+        fs_ws_produce<STAGES>(steps, full, empty, [&](int j) {
             const int s = j % STAGES, hq = h0 + j / per, i0 = (i_first + j % per) * FA2_TILE;
             fa2_load_q_stage<NP>(st_base + 2 * s * TILE, st_base + (2 * s + 1) * TILE, lsm + s * FA2_TILE,
                                  dsm + s * FA2_TILE, q, dy, lse, dvec, L, b, nh, hq, i0, t_len, tw);
-        };
-        for (int j = 0; j < STAGES; j++) {
-            if (j < steps) load(j);
-            cp_async_commit();  // (empty groups past the last tile keep the count)
-        }
-        for (int j = 0; j < steps; j++) {
-            cp_async_wait<STAGES - 1>();  // tile j has landed
-            fence_proxy_async();          // for the consumers' products (the async proxy)
-            mbar_arrive(&full[j % STAGES]);
-            if (j + STAGES < steps) {
-                mbar_wait(&empty[j % STAGES], (j / STAGES) & 1);  // both consumers are done with tile j
-                load(j + STAGES);
-            }
-            cp_async_commit();
-        }
-        cp_async_wait<0>();
+        });
         return;
     }
     // The consumers. Their code and the producer's never join again (the compiler could not give each its own
@@ -370,13 +392,8 @@ __device__ __forceinline__ void fs_dkdv_ws(const __nv_bfloat16* __restrict__ q, 
 
         // Every product has retired (the K and V blocks are read no more): they become the output staging.
         named_sync(3, 2 * 128);
-        const int r0 = 64 * wg + 16 * w + g;
-#pragma unroll
-        for (int i = 0; i < 32; i += 2) {
-            const int row = r0 + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * cq;
-            *reinterpret_cast<uint32_t*>(kstage + fa2_swz(row, col)) = pack_pair<T>(dka[i] * scale, dka[i + 1] * scale);
-            *reinterpret_cast<uint32_t*>(vstage + fa2_swz(row, col)) = pack_pair<T>(dva[i], dva[i + 1]);
-        }
+        fs_stage_acc(kstage, dka, scale, 64 * wg);
+        fs_stage_acc(vstage, dva, 1.f, 64 * wg);
         named_sync(3, 2 * 128);
         fa2_store_tile<BK, NC>(fa2_head(dk, L.dk, b, hk), L.dk.t_, kstage, k0, t_len);
         fa2_store_tile<BK, NC>(fa2_head(dv, L.dv, b, hk), L.dv.t_, vstage, k0, t_len);
@@ -431,7 +448,7 @@ __device__ __forceinline__ void fs_dq(const __nv_bfloat16* __restrict__ q, const
     const int b = blk.b, h = blk.h, bh = blk.bh;
     const T *kg = blk.k, *vg = blk.v;
 
-    const int tid = (int)threadIdx.x, wg = tid >> 7, tw = tid & 127, w = tw >> 5, g = (tw & 31) >> 2, cq = tw & 3;
+    const int tid = (int)threadIdx.x, wg = tid >> 7, tw = tid & 127, w = tw >> 5, g = (tw & 31) >> 2;
     const int q0 = blk.blk * BQ, qw0 = q0 + 64 * wg;  // this warpgroup's queries: qw0 .. qw0 + 63
     const int n_kv = (min(t_len, q0 + BQ) + FA2_TILE - 1) / FA2_TILE;
     const float sl2 = scale * TM_LOG2E;
@@ -520,12 +537,7 @@ __device__ __forceinline__ void fs_dq(const __nv_bfloat16* __restrict__ q, const
     }
 
     __syncthreads();  // every warpgroup is done with the last tiles before they become the output staging
-    const int r0 = 64 * wg + 16 * w + g;
-#pragma unroll
-    for (int i = 0; i < 32; i += 2) {
-        const int row = r0 + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * cq;
-        *reinterpret_cast<uint32_t*>(ks + fa2_swz(row, col)) = pack_pair<T>(dqa[i] * scale, dqa[i + 1] * scale);
-    }
+    fs_stage_acc(ks, dqa, scale, 64 * wg);
     __syncthreads();
     fa2_store_tile<BQ, NT>(fa2_head(dq, L.dq, b, h), L.dq.t_, ks, q0, t_len);
 }
@@ -561,7 +573,7 @@ __device__ __forceinline__ void fs_dq_ws(const __nv_bfloat16* __restrict__ q, co
 
     const Fa2QueryBlock<T> blk = fa2_query_block(BQ, q, k, v, L, nh, nkv, t_len, group);
     const int b = blk.b, h = blk.h, bh = blk.bh;
-    const int tid = (int)threadIdx.x, tw = tid & 127, w = tw >> 5, g = (tw & 31) >> 2, cq = tw & 3;
+    const int tid = (int)threadIdx.x, tw = tid & 127, w = tw >> 5, g = (tw & 31) >> 2;
     const int wg = warp_uniform(tid >> 7);       // (so that branches on the role keep the products unserialised)
     const int q0 = blk.blk * BQ, qw0 = q0 + 64 * wg;  // consumer wg's queries: qw0 .. qw0 + 63
     const int n_kv = (min(t_len, q0 + BQ) + FA2_TILE - 1) / FA2_TILE;
@@ -572,17 +584,7 @@ __device__ __forceinline__ void fs_dq_ws(const __nv_bfloat16* __restrict__ q, co
         fa2_load_tile<BQ, NC>(gstage, fa2_head(dy, L.y, b, h), L.y.t_, q0, t_len, tid);
         fa2_load_tile<BQ, NC>(ystage, fa2_head(y, L.y, b, h), L.y.t_, q0, t_len, tid);
     }
-    cp_async_commit();
-    cp_async_wait<0>();
-    fence_proxy_async();  // the Q and dY blocks, for the products
-    if (tid == 0) {
-        for (int s = 0; s < STAGES; s++) {
-            mbar_init(&full[s], NP);  // the producer warpgroup
-            mbar_init(&empty[s], 2);  // both consumers' thread 0
-        }
-        mbar_init_fence();
-    }
-    __syncthreads();  // the mbarriers are initialised, the blocks have landed
+    fs_ws_start<STAGES>(full, empty);
     float l2[2], dd[2];
     if (wg < 2) {
         fa2_lse_rows(l2, lse, bh, t_len, qw0 + 16 * w + g);  // rows >= T: 0 (their output is dropped)
@@ -591,28 +593,12 @@ __device__ __forceinline__ void fs_dq_ws(const __nv_bfloat16* __restrict__ q, co
     __syncthreads();  // the Y staging is overwritten by the first K and V tiles next
 
     if (wg == 2) {
-        // The producer. Step t: key tile t into stage t % STAGES.
-        setmaxnreg_dec<40>();
-        auto load = [&](int t) {
+        // The producer. Step t: key tile t.
+        fs_ws_produce<STAGES>(n_kv, full, empty, [&](int t) {
             const int s = t % STAGES;
             fa2_load_tile<FA2_TILE, NP>(st_base + 2 * s * TILE, blk.k, L.k.t_, t * FA2_TILE, t_len, tw);
             fa2_load_tile<FA2_TILE, NP>(st_base + (2 * s + 1) * TILE, blk.v, L.v.t_, t * FA2_TILE, t_len, tw);
-        };
-        for (int t = 0; t < STAGES; t++) {
-            if (t < n_kv) load(t);
-            cp_async_commit();  // (empty groups past the last tile keep the count)
-        }
-        for (int t = 0; t < n_kv; t++) {
-            cp_async_wait<STAGES - 1>();  // tile t has landed
-            fence_proxy_async();          // for the consumers' products (the async proxy)
-            mbar_arrive(&full[t % STAGES]);
-            if (t + STAGES < n_kv) {
-                mbar_wait(&empty[t % STAGES], (t / STAGES) & 1);  // both consumers are done with tile t
-                load(t + STAGES);
-            }
-            cp_async_commit();
-        }
-        cp_async_wait<0>();
+        });
         return;
     }
     // The consumers (their code never joins the producer's again: see fs_dkdv_ws).
@@ -651,12 +637,7 @@ __device__ __forceinline__ void fs_dq_ws(const __nv_bfloat16* __restrict__ q, co
         }
 
         named_sync(3, 2 * 128);  // every product has retired (the Q block is read no more): the dQ staging
-        const int r0 = 64 * wg + 16 * w + g;
-#pragma unroll
-        for (int i = 0; i < 32; i += 2) {
-            const int row = r0 + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * cq;
-            *reinterpret_cast<uint32_t*>(qstage + fa2_swz(row, col)) = pack_pair<T>(dqa[i] * scale, dqa[i + 1] * scale);
-        }
+        fs_stage_acc(qstage, dqa, scale, 64 * wg);
         named_sync(3, 2 * 128);
         fa2_store_tile<BQ, NC>(fa2_head(dq, L.dq, b, h), L.dq.t_, qstage, q0, t_len);
     }
