@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Registers and spill bytes per kernel of a PTX file, as ptxas assembles it for one GPU: the static half of a kernel
-# change's prediction (a change that adds spills or drops occupancy is timed before it is trusted). No GPU needed.
+# Registers and spill bytes per kernel of a PTX file, as ptxas assembles it for one GPU, then ptxas's performance
+# notes (C75xx: wgmma serialised, waits injected): the static half of a kernel change's prediction (a change that adds
+# spills, serialises products or drops occupancy is timed before it is trusted). No GPU needed.
 #   scripts/ptx-registers.sh FILE.ptx [SM]      (SM: 90 by default, the H100/H200; 90a for a PTX built for it)
 # ptxas comes from the PyPI nvcc wheel that `scripts/build-cuda.sh --pypi-toolchain` installs (or from PATH).
 # To compare two builds of a kernel file: run it on each PTX (a cargo build leaves them in
@@ -29,3 +30,4 @@ awk '
   END { printf "%-40s %9s %11s %10s\n", "kernel", "registers", "spill st B", "spill ld B";
         for (k in reg) printf "%-40s %9s %11s %10s\n", k, reg[k], st[k], ld[k] }
 ' "$out" | { read -r header; echo "$header"; sort; }
+grep -E "\(C75[0-9]+\)" "$out" | sed -E 's/^ptxas info *: //' || true

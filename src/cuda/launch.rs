@@ -77,11 +77,7 @@ impl Module {
     /// Lets kernel `name` (one named at load) launch with up to `bytes` of dynamic shared memory: past 48 KiB the
     /// driver needs this opt-in (cuFuncSetAttribute MAX_DYNAMIC_SHARED_SIZE_BYTES).
     pub fn allow_dynamic_smem(&self, name: &str, bytes: usize) -> Result<()> {
-        let (_, f) = self
-            .funcs
-            .iter()
-            .find(|(n, _)| n == name)
-            .ok_or_else(|| Error::Msg(format!("{}: kernel {name} was not loaded", self.file)))?;
+        let (_, f) = self.loaded(name)?;
         let bytes = i32::try_from(bytes).map_err(|_| Error::Msg(format!("{}: {name}: {bytes} bytes", self.file)))?;
         f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes)
             .map_err(|e| Error::Msg(format!("{}: {name}: {bytes} bytes of dynamic shared memory: {e:?}", self.file)))
@@ -99,12 +95,17 @@ impl Module {
     /// A launch of kernel `name` (one named at load) on the module's stream; push the arguments in the kernel's
     /// order, then [`go`].
     pub fn args(&self, name: &str) -> Result<Launch<'_>> {
-        let (name, f) = self
-            .funcs
+        let (name, f) = self.loaded(name)?;
+        Ok(Launch { args: self.stream.launch_builder(f), file: self.file, name })
+    }
+
+    /// Kernel `name` as looked up at load (its kept name and function), or an error naming the file and kernel.
+    fn loaded(&self, name: &str) -> Result<(&str, &CudaFunction)> {
+        self.funcs
             .iter()
             .find(|(n, _)| n == name)
-            .ok_or_else(|| Error::Msg(format!("{}: kernel {name} was not loaded", self.file)))?;
-        Ok(Launch { args: self.stream.launch_builder(f), file: self.file, name })
+            .map(|(n, f)| (n.as_str(), f))
+            .ok_or_else(|| Error::Msg(format!("{}: kernel {name} was not loaded", self.file)))
     }
 }
 
